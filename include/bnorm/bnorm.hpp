@@ -1,0 +1,7 @@
+// bnorm: batch normalization for CPU engines. The one header to include.
+#pragma once
+
+#include "bnorm/module.hpp"
+#include "bnorm/plan.hpp"
+#include "bnorm/status.hpp"
+#include "bnorm/version.hpp"

@@ -1,0 +1,172 @@
+// bnorm framework-level API: modules that behave like torch.nn.BatchNorm1d/2d/3d and
+// mindspore.nn.BatchNorm1d/2d/3d. They own their parameters and buffers, keep the train/eval
+// state, and throw bnorm::error on bad input (nothing is written when they do).
+//
+//   auto bn = bnorm::torch::BatchNorm2d(64);                 // train mode, momentum 0.1
+//   bn.forward(src, dst, {32, 64, 56, 56});
+//   bn.eval();
+//
+//   bnorm::mindspore::options opts;
+//   opts.data_format = "NHWC";
+//   auto ms = bnorm::mindspore::BatchNorm2d(64, opts);      // eval mode, momentum 0.9
+//
+// A module is not safe to call from several threads at once (it updates its buffers); its
+// plans are, for engines that share them.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "bnorm/plan.hpp"
+
+namespace bnorm {
+
+/// Initial values of a parameter or buffer: "ones", "zeros", a constant, or C given values.
+class initializer {
+ public:
+  initializer(const char* name);  // "ones" or "zeros"; anything else fails at construction
+  initializer(const std::string& name) : initializer(name.c_str()) {}
+  initializer(double constant) : kind_(kind::constant), constant_(constant) {}
+  initializer(std::vector<double> values) : kind_(kind::values), values_(std::move(values)) {}
+
+  /// Fills `out` with `channels` values, or throws bnorm::error naming `parameter`.
+  template <class T>
+  void fill(const char* parameter, std::size_t channels, std::vector<T>& out) const;
+
+ private:
+  enum class kind { constant, values, unknown_name };
+  kind kind_ = kind::constant;
+  double constant_ = 0.0;
+  std::vector<double> values_;
+  std::string name_;
+};
+
+/// Which framework's semantics a module follows.
+enum class framework { pytorch, mindspore };
+
+template <class T>
+class batch_norm {
+ public:
+  /// Everything that defines a module; the framework factories below fill it in.
+  struct config {
+    bnorm::framework framework = framework::pytorch;
+    std::int64_t num_features = 0;
+    /// Input ranks the module accepts: BatchNorm1d takes 2 or 3, 2d takes 4, 3d takes 5.
+    std::size_t min_rank = 4, max_rank = 4;
+    double eps = 1e-5;
+    /// PyTorch: nullopt is momentum=None (cumulative average). MindSpore: always set.
+    std::optional<double> momentum = 0.1;
+    bool affine = true;
+    bool track_running_stats = true;                 // PyTorch
+    std::optional<bool> use_batch_statistics;        // MindSpore
+    bnorm::layout layout = layout::channels_first;   // MindSpore data_format, PyTorch memory_format
+    initializer weight_init = "ones", bias_init = "zeros";
+    initializer running_mean_init = "zeros", running_var_init = "ones";
+    /// Engine knobs: see plan_options.
+    int max_threads = 0;
+    std::optional<bnorm::isa> max_isa;
+  };
+
+  explicit batch_norm(const config& cfg);
+
+  /// y = BatchNorm(x) on N×C×spatial values in the module's layout. dst may equal src.
+  void forward(const T* src, T* dst, const tensor_shape& shape);
+  std::vector<T> forward(const std::vector<T>& src, const tensor_shape& shape);
+
+  /// PyTorch modules start in train mode, MindSpore cells in eval mode.
+  batch_norm& train(bool mode = true) {
+    training_ = mode;
+    return *this;
+  }
+  batch_norm& eval() { return train(false); }
+  bool is_training() const noexcept { return training_; }
+
+  /// Running statistics back to their initial values and num_batches_tracked to 0.
+  void reset_running_stats();
+  /// The above plus weight and bias back to their initial values.
+  void reset_parameters();
+
+  // Parameters and buffers, resizable by the caller; forward() checks they hold C values.
+  // With PyTorch's affine=false, weight and bias are empty; with track_running_stats=false the
+  // running statistics are. MindSpore keeps all four (frozen when affine=false).
+  std::vector<T>& weight() noexcept { return weight_; }
+  std::vector<T>& bias() noexcept { return bias_; }
+  std::vector<T>& running_mean() noexcept { return running_mean_; }
+  std::vector<T>& running_var() noexcept { return running_var_; }
+  std::int64_t& num_batches_tracked() noexcept { return num_batches_tracked_; }
+  std::vector<T>& gamma() noexcept { return weight_; }                 // MindSpore names
+  std::vector<T>& beta() noexcept { return bias_; }
+  std::vector<T>& moving_mean() noexcept { return running_mean_; }
+  std::vector<T>& moving_variance() noexcept { return running_var_; }
+
+  /// Batch mean and 1/sqrt(var + eps) of the last forward that used batch statistics.
+  const std::vector<T>& saved_mean() const noexcept { return saved_mean_; }
+  const std::vector<T>& saved_inv_std() const noexcept { return saved_inv_std_; }
+
+  const config& get_config() const noexcept { return config_; }
+  /// The ISA of the most recent forward's plan (the best available before the first forward).
+  bnorm::isa isa() const;
+  /// Whether forward() in the current mode uses batch statistics / updates the running ones.
+  bool uses_batch_statistics() const noexcept;
+  bool updates_running_stats() const noexcept;
+
+ private:
+  const plan& plan_for(const tensor_shape& shape, bool training_path);
+
+  config config_;
+  bool training_;
+  std::vector<T> weight_, bias_, running_mean_, running_var_;
+  std::int64_t num_batches_tracked_ = 0;
+  std::vector<T> saved_mean_, saved_inv_std_;
+  plan training_plan_, inference_plan_;
+};
+
+extern template class batch_norm<float>;
+extern template class batch_norm<double>;
+
+namespace torch {
+
+/// torch.nn.BatchNorm*d arguments (device/dtype aside).
+struct options {
+  double eps = 1e-5;
+  std::optional<double> momentum = 0.1;  ///< nullopt = momentum=None
+  bool affine = true;
+  bool track_running_stats = true;
+  bnorm::layout memory_format = layout::channels_first;  ///< torch.channels_last(_3d)
+};
+
+template <class T = float>
+batch_norm<T> BatchNorm1d(std::int64_t num_features, const options& opts = {});
+template <class T = float>
+batch_norm<T> BatchNorm2d(std::int64_t num_features, const options& opts = {});
+template <class T = float>
+batch_norm<T> BatchNorm3d(std::int64_t num_features, const options& opts = {});
+
+}  // namespace torch
+
+namespace mindspore {
+
+/// mindspore.nn.BatchNorm*d arguments.
+struct options {
+  double eps = 1e-5;
+  double momentum = 0.9;  ///< r = momentum·r + (1 - momentum)·batch
+  bool affine = true;
+  initializer gamma_init = "ones";
+  initializer beta_init = "zeros";
+  initializer moving_mean_init = "zeros";
+  initializer moving_var_init = "ones";
+  std::optional<bool> use_batch_statistics;  ///< None / True / False
+  std::string data_format = "NCHW";          ///< "NCHW" or "NHWC"
+};
+
+template <class T = float>
+batch_norm<T> BatchNorm1d(std::int64_t num_features, const options& opts = {});
+template <class T = float>
+batch_norm<T> BatchNorm2d(std::int64_t num_features, const options& opts = {});
+template <class T = float>
+batch_norm<T> BatchNorm3d(std::int64_t num_features, const options& opts = {});
+
+}  // namespace mindspore
+}  // namespace bnorm

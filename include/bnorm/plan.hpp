@@ -1,0 +1,186 @@
+// bnorm engine API: validate a problem once into a plan, then execute it on caller-owned buffers.
+//
+//   bnorm::problem prob({32, 64, 56, 56}, bnorm::layout::channels_first, bnorm::dtype::f32, 1e-5);
+//   bnorm::plan plan;
+//   bnorm::status st = bnorm::make_plan(prob, bnorm::plan_options{}, &plan);
+//   st = plan.forward_training({src, dst, {gamma, 64}, {beta, 64}, ...});
+//
+// No call throws. Every failure is reported before anything is written.
+#pragma once
+
+#include <array>
+#include <cstddef>
+#include <cstdint>
+#include <initializer_list>
+#include <memory>
+#include <optional>
+#include <vector>
+
+#include "bnorm/status.hpp"
+
+namespace bnorm {
+
+/// Memory order of the tensor. The channel is always logical dimension 1.
+enum class layout {
+  channels_first,  ///< N, C, spatial... contiguous (PyTorch contiguous, NCHW, NCDHW).
+  channels_last,   ///< N, spatial..., C contiguous (PyTorch channels_last, NHWC, NDHWC).
+};
+
+/// Element type of the data, the parameters and the statistics alike.
+enum class dtype { f32, f64 };
+
+/// Instruction sets with a compiled kernel. Order within a family is the dispatch order.
+enum class isa {
+  sse2,     ///< x86-64 baseline.
+  avx2,     ///< AVX2 with FMA3 (xsimd's fma3<avx2>).
+  avx512f,  ///< AVX-512 Foundation.
+  neon64,   ///< AArch64 Advanced SIMD.
+};
+
+const char* to_string(isa value) noexcept;
+
+/// Parses "sse2", "avx2", "avx512f" or "neon64". Returns nullopt for anything else.
+std::optional<isa> parse_isa(const char* name) noexcept;
+
+/// The ISAs this build has kernels for and this CPU (and OS) can run, lowest first.
+std::vector<isa> available_isas();
+
+/// How the running statistics follow the batch statistics. Always explicit: the same momentum
+/// number means opposite things in PyTorch and MindSpore.
+enum class momentum_convention {
+  /// torch.nn.BatchNorm*d: r = (1 - m)·r + m·batch; the running variance takes the unbiased
+  /// batch variance (× n/(n-1)).
+  pytorch,
+  /// mindspore.nn.BatchNorm*d: r = m·r + (1 - m)·batch; unbiased running variance.
+  mindspore,
+  /// ONNX BatchNormalization (training_mode=1): MindSpore's formula with the biased variance.
+  onnx,
+};
+
+/// Maximum tensor rank (N, C, D, H, W).
+inline constexpr std::size_t max_rank = 5;
+
+/// Dimensions of a tensor in logical order (N, C, spatial...). Any rank can be stored so that a
+/// wrong one is reported, not truncated.
+class tensor_shape {
+ public:
+  tensor_shape() noexcept = default;
+  tensor_shape(std::initializer_list<std::int64_t> dims) noexcept;
+  tensor_shape(const std::int64_t* dims, std::size_t rank) noexcept;
+
+  std::size_t rank() const noexcept { return rank_; }
+  /// Dimension i; 0 when i >= rank() or beyond the 8 stored dimensions.
+  std::int64_t operator[](std::size_t i) const noexcept { return i < stored_ ? dims_[i] : 0; }
+
+ private:
+  static constexpr std::size_t capacity = 8;
+  std::size_t rank_ = 0;
+  std::size_t stored_ = 0;
+  std::array<std::int64_t, capacity> dims_{};
+};
+
+/// What to compute: shape, layout, element type and epsilon.
+struct problem {
+  tensor_shape shape;
+  bnorm::layout layout = layout::channels_first;
+  bnorm::dtype dtype = dtype::f32;
+  double epsilon = 1e-5;
+};
+
+/// How a plan runs and how its training path treats the running statistics.
+struct plan_options {
+  /// Training updates running_mean/running_var (PyTorch track_running_stats in train mode,
+  /// MindSpore's bn_train). When false, forward_training uses batch statistics only.
+  bool update_running_stats = true;
+  momentum_convention convention = momentum_convention::pytorch;
+  /// In the convention's own meaning: PyTorch 0.1, MindSpore and ONNX 0.9 by default.
+  double momentum = 0.1;
+  /// PyTorch momentum=None: the factor is 1/num_batches_tracked, a cumulative average.
+  /// Only with the pytorch convention; needs num_batches_tracked at every training call.
+  bool cumulative_average = false;
+  /// 0 runs in the caller's current oneTBB arena, honouring its limit. N > 0 caps the threads
+  /// at N (1 runs on the calling thread alone). Results are bitwise the same for any value.
+  int max_threads = 0;
+  /// Highest ISA the plan may use; the environment variable BNORM_MAX_ISA caps it too.
+  std::optional<bnorm::isa> max_isa;
+};
+
+/// A per-channel input buffer: `size` must be C. Leave it empty ({}) to omit an optional one.
+struct channel_input {
+  const void* data = nullptr;
+  std::size_t size = 0;
+};
+
+/// A per-channel output (or in-out) buffer: `size` must be C.
+struct channel_output {
+  void* data = nullptr;
+  std::size_t size = 0;
+};
+
+/// Buffers of one training step. All per-channel buffers hold C values of the plan's dtype.
+struct training_args {
+  const void* src = nullptr;  ///< Input, N×C×spatial elements in the plan's layout.
+  void* dst = nullptr;        ///< Output, same shape and layout; may equal src (in place).
+  channel_input scale;        ///< gamma; omitted means 1.
+  channel_input shift;        ///< beta; omitted means 0.
+  channel_output batch_mean;      ///< Optional: the batch mean (for a backward pass).
+  channel_output batch_inv_std;   ///< Optional: 1/sqrt(biased batch variance + eps).
+  channel_output running_mean;    ///< Required when the plan updates running statistics.
+  channel_output running_var;     ///< Required when the plan updates running statistics.
+  /// Incremented by one per tracked step when non-null; required with cumulative_average.
+  std::int64_t* num_batches_tracked = nullptr;
+  /// Optional caller-owned scratch of at least plan::scratch_size() bytes, 64-byte aligned.
+  /// Without it the call allocates what it needs (nothing for small problems).
+  void* scratch = nullptr;
+  std::size_t scratch_size = 0;
+};
+
+/// Buffers of one inference call.
+struct inference_args {
+  const void* src = nullptr;
+  void* dst = nullptr;  ///< May equal src.
+  channel_input scale;  ///< gamma; omitted means 1.
+  channel_input shift;  ///< beta; omitted means 0.
+  channel_input mean;   ///< Running mean (required).
+  channel_input var;    ///< Running variance (required).
+  void* scratch = nullptr;
+  std::size_t scratch_size = 0;
+};
+
+namespace detail {
+struct plan_impl;
+}
+
+/// A validated problem bound to one ISA and one work partition. Cheap to copy (shared state);
+/// const and safe to execute from many threads at once.
+class plan {
+ public:
+  plan() noexcept = default;
+
+  /// Training: batch mean and biased variance per channel, y = (x-mean)/sqrt(var+eps)·gamma+beta,
+  /// then the running statistics and num_batches_tracked. Errors (including "Expected more than
+  /// 1 value per channel when training") are returned before anything is written.
+  status forward_training(const training_args& args) const noexcept;
+
+  /// Inference: y = (x - mean)/sqrt(var + eps)·gamma + beta with the given statistics.
+  status forward_inference(const inference_args& args) const noexcept;
+
+  bool valid() const noexcept { return impl_ != nullptr; }
+  /// The ISA whose kernels this plan runs.
+  bnorm::isa isa() const noexcept;
+  /// Bytes of scratch a training call uses (inference needs no more). Pass a buffer this big
+  /// to avoid the per-call allocation of large problems; small ones use the stack.
+  std::size_t scratch_size() const noexcept;
+  const bnorm::problem& get_problem() const noexcept;
+  const plan_options& options() const noexcept;
+
+ private:
+  friend status make_plan(const problem&, const plan_options&, plan*) noexcept;
+  std::shared_ptr<const detail::plan_impl> impl_;
+};
+
+/// Validates `prob` and `options`, picks the ISA and the work partition, and stores the plan in
+/// `*out` (left untouched on failure).
+status make_plan(const problem& prob, const plan_options& options, plan* out) noexcept;
+
+}  // namespace bnorm

@@ -1,0 +1,67 @@
+// bnorm: error reporting shared by the engine API (status values) and the module API (exceptions).
+#pragma once
+
+#include <cstddef>
+#include <exception>
+
+namespace bnorm {
+
+/// What kind of failure a call reports. `invalid_argument` is a caller error (bad shape, bad
+/// option, missing buffer); `unsupported` is a valid request this build or CPU cannot serve.
+enum class status_code {
+  ok = 0,
+  invalid_argument,
+  unsupported,
+  out_of_memory,
+  internal_error,
+};
+
+/// Returns a stable lower-case name for `code`, e.g. "invalid_argument".
+const char* to_string(status_code code) noexcept;
+
+/// The result of every engine-level call: a code and, on failure, one sentence that names the
+/// parameter, what was expected and what came. Holds no heap memory, so returning it never
+/// allocates and never throws.
+class status {
+ public:
+  static constexpr std::size_t max_message_length = 255;
+
+  status() noexcept = default;  // ok
+  status(status_code code, const char* message) noexcept;
+
+  /// Builds a failure whose message is formatted printf-style (truncated to fit).
+  static status failure(status_code code, const char* format, ...) noexcept
+#if defined(__GNUC__)
+      __attribute__((format(printf, 2, 3)))
+#endif
+      ;
+
+  bool ok() const noexcept { return code_ == status_code::ok; }
+  explicit operator bool() const noexcept { return ok(); }
+  status_code code() const noexcept { return code_; }
+  /// Empty when ok().
+  const char* message() const noexcept { return message_; }
+
+ private:
+  status_code code_ = status_code::ok;
+  char message_[max_message_length + 1] = {};
+};
+
+/// The one exception type of the module API: it carries the status of the failed call.
+class error : public std::exception {
+ public:
+  explicit error(const status& s) noexcept : status_(s) {}
+  const char* what() const noexcept override { return status_.message(); }
+  status_code code() const noexcept { return status_.code(); }
+  const bnorm::status& get_status() const noexcept { return status_; }
+
+ private:
+  bnorm::status status_;
+};
+
+/// Throws `error` when `s` is a failure; the bridge from the engine API to the module API.
+inline void throw_if_failed(const status& s) {
+  if (!s.ok()) throw error(s);
+}
+
+}  // namespace bnorm

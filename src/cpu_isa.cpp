@@ -1,0 +1,123 @@
+// ISA detection and selection. This unit is compiled with baseline flags only.
+#include "cpu_isa.hpp"
+
+#include <cstdlib>
+#include <cstring>
+
+#include <xsimd/config/xsimd_cpuid.hpp>
+
+namespace bnorm {
+
+const char* to_string(isa value) noexcept {
+  switch (value) {
+    case isa::sse2: return "sse2";
+    case isa::avx2: return "avx2";
+    case isa::avx512f: return "avx512f";
+    case isa::neon64: return "neon64";
+  }
+  return "unknown";
+}
+
+std::optional<isa> parse_isa(const char* name) noexcept {
+  if (name == nullptr) return std::nullopt;
+  for (isa candidate : {isa::sse2, isa::avx2, isa::avx512f, isa::neon64}) {
+    if (std::strcmp(name, to_string(candidate)) == 0) return candidate;
+  }
+  return std::nullopt;
+}
+
+namespace {
+
+// Dispatch order, best first, of the ISAs this build compiles.
+#if defined(__x86_64__) || defined(_M_X64)
+constexpr isa compiled_isas[] = {isa::avx512f, isa::avx2, isa::sse2};
+#elif defined(__aarch64__)
+constexpr isa compiled_isas[] = {isa::neon64};
+#else
+#error "bnorm: no kernels for this architecture"
+#endif
+
+const kernels::kernel_table& table_for(isa value) noexcept {
+  switch (value) {
+#if defined(__x86_64__) || defined(_M_X64)
+    case isa::avx512f: return kernels::avx512f_kernels();
+    case isa::avx2: return kernels::avx2_kernels();
+    default: return kernels::sse2_kernels();
+#else
+    default: return kernels::neon64_kernels();
+#endif
+  }
+}
+
+// The rank of an ISA within the compiled family; -1 when it is not compiled here.
+int rank_of(isa value) noexcept {
+  constexpr int count = sizeof(compiled_isas) / sizeof(compiled_isas[0]);
+  for (int i = 0; i < count; ++i) {
+    if (compiled_isas[i] == value) return count - i;
+  }
+  return -1;
+}
+
+}  // namespace
+
+std::vector<isa> available_isas() {
+  std::vector<isa> result;
+  for (auto it = std::rbegin(compiled_isas); it != std::rend(compiled_isas); ++it) {
+    if (detail::cpu_supports(*it)) result.push_back(*it);
+  }
+  return result;
+}
+
+namespace detail {
+
+bool cpu_supports(isa value) noexcept {
+  if (rank_of(value) < 0) return false;
+#if defined(__x86_64__) || defined(_M_X64)
+  // xsimd 8.1.0 reads CPUID only and never checks that the OS saves the YMM/ZMM state (XCR0;
+  // fixed in xsimd 13.1.0). GCC's __builtin_cpu_supports does check it, so require both.
+  const auto cpu = xsimd::available_architectures();
+  switch (value) {
+    case isa::sse2: return true;
+    case isa::avx2:
+      return cpu.fma3_avx2 && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    case isa::avx512f: return cpu.avx512f && __builtin_cpu_supports("avx512f");
+    default: return false;
+  }
+#else
+  return value == isa::neon64;
+#endif
+}
+
+status select_kernels(std::optional<isa> cap, const kernels::kernel_table** out) noexcept {
+  int limit = cap ? rank_of(*cap) : 1 << 20;
+  if (cap && limit < 0) {
+    return status::failure(status_code::unsupported,
+                           "max_isa: expected an ISA of this build's architecture, got %s",
+                           to_string(*cap));
+  }
+  if (const char* env = std::getenv("BNORM_MAX_ISA"); env != nullptr && *env != '\0') {
+    const std::optional<isa> env_cap = parse_isa(env);
+    if (!env_cap) {
+      return status::failure(status_code::invalid_argument,
+                             "BNORM_MAX_ISA: expected sse2, avx2, avx512f or neon64, got '%.64s'",
+                             env);
+    }
+    const int env_limit = rank_of(*env_cap);
+    if (env_limit < 0) {
+      return status::failure(status_code::unsupported,
+                             "BNORM_MAX_ISA: expected an ISA of this build's architecture, got %s",
+                             env);
+    }
+    if (env_limit < limit) limit = env_limit;
+  }
+  for (isa candidate : compiled_isas) {
+    if (rank_of(candidate) <= limit && cpu_supports(candidate)) {
+      *out = &table_for(candidate);
+      return {};
+    }
+  }
+  return status::failure(status_code::unsupported, "max_isa: no ISA at or below the cap runs here");
+}
+
+}  // namespace detail
+}  // namespace bnorm

@@ -1,0 +1,65 @@
+// The per-ISA kernel interface. Declarations only: no xsimd types, so the baseline translation
+// units can include it without pulling in any ISA-specific code.
+#pragma once
+
+#include <cstddef>
+
+#include "bnorm/plan.hpp"
+
+namespace bnorm::kernels {
+
+/// Pure loops over caller-validated memory. They assert nothing, allocate nothing, never throw.
+/// Statistics accumulate shifted values d = x - shift in float64: sum += Σd, sum_sq += Σd².
+/// Normalization computes y = ((x - mean_hi) - mean_lo)·scale + shift, where mean_hi + mean_lo
+/// carries the mean to better than T precision (x·a + b would cancel when |mean| ≫ std).
+template <class T>
+struct kernel_set {
+  /// One contiguous run of a single channel.
+  void (*plane_stats)(const T* src, std::size_t len, double shift, double* sum,
+                      double* sum_sq) noexcept;
+  void (*plane_normalize)(const T* src, T* dst, std::size_t len, T mean_hi, T mean_lo, T scale,
+                          T shift) noexcept;
+  /// Interleaved channels: element i belongs to accumulator/coefficient slot i % period; the
+  /// period is a multiple of C so slot j is channel j % C. `len` is a multiple of C, not
+  /// necessarily of the period. Per-slot arrays hold `period` values (coefficient arrays are
+  /// padded by one vector past it).
+  void (*interleaved_stats)(const T* src, std::size_t len, std::size_t period,
+                            const double* shift, double* sum, double* sum_sq) noexcept;
+  void (*interleaved_normalize)(const T* src, T* dst, std::size_t len, std::size_t period,
+                                const T* mean_hi, const T* mean_lo, const T* scale,
+                                const T* shift) noexcept;
+};
+
+struct kernel_table {
+  bnorm::isa id;
+  std::size_t f32_lanes;  // floats per vector register
+  std::size_t f64_lanes;  // doubles per vector register
+  kernel_set<float> f32;
+  kernel_set<double> f64;
+
+  template <class T>
+  const kernel_set<T>& get() const noexcept;
+  template <class T>
+  std::size_t lanes() const noexcept;
+};
+
+template <>
+inline const kernel_set<float>& kernel_table::get<float>() const noexcept { return f32; }
+template <>
+inline const kernel_set<double>& kernel_table::get<double>() const noexcept { return f64; }
+template <>
+inline std::size_t kernel_table::lanes<float>() const noexcept { return f32_lanes; }
+template <>
+inline std::size_t kernel_table::lanes<double>() const noexcept { return f64_lanes; }
+
+// One table per compiled ISA, each defined in its own translation unit (kernels_<isa>.cpp)
+// built with that ISA's flags.
+#if defined(__x86_64__) || defined(_M_X64)
+const kernel_table& sse2_kernels() noexcept;
+const kernel_table& avx2_kernels() noexcept;
+const kernel_table& avx512f_kernels() noexcept;
+#elif defined(__aarch64__)
+const kernel_table& neon64_kernels() noexcept;
+#endif
+
+}  // namespace bnorm::kernels

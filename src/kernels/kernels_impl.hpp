@@ -1,0 +1,165 @@
+// Kernel definitions, written once over xsimd and instantiated per ISA by kernels_<isa>.cpp.
+// Include only from those units: each is compiled with its own -m flags.
+#pragma once
+
+#include <cstddef>
+
+#include "kernels/kernels.hpp"
+#include "kernels/xsimd_compat.hpp"
+
+namespace bnorm::kernels {
+namespace {
+
+// ------------------------------------------------------------------------------ statistics
+
+template <class Arch, class T>
+void plane_stats(const T* src, std::size_t len, double shift, double* sum,
+                 double* sum_sq) noexcept {
+  using vec = xsimd::batch<double, Arch>;
+  constexpr std::size_t lanes = vec::size;
+  const vec k(shift);
+  // Four independent chains: the adds and FMAs have a latency of 3-4 cycles, so one chain
+  // would leave the vector units idle even on in-cache data.
+  vec s0(0.0), s1(0.0), s2(0.0), s3(0.0);
+  vec q0(0.0), q1(0.0), q2(0.0), q3(0.0);
+  std::size_t i = 0;
+  for (; i + 4 * lanes <= len; i += 4 * lanes) {
+    const vec d0 = load_as_f64<Arch>(src + i) - k;
+    const vec d1 = load_as_f64<Arch>(src + i + lanes) - k;
+    const vec d2 = load_as_f64<Arch>(src + i + 2 * lanes) - k;
+    const vec d3 = load_as_f64<Arch>(src + i + 3 * lanes) - k;
+    s0 += d0;
+    s1 += d1;
+    s2 += d2;
+    s3 += d3;
+    q0 = fmadd(d0, d0, q0);
+    q1 = fmadd(d1, d1, q1);
+    q2 = fmadd(d2, d2, q2);
+    q3 = fmadd(d3, d3, q3);
+  }
+  for (; i + lanes <= len; i += lanes) {
+    const vec d = load_as_f64<Arch>(src + i) - k;
+    s0 += d;
+    q0 = fmadd(d, d, q0);
+  }
+  double s = sum_lanes<Arch>((s0 + s1) + (s2 + s3));
+  double q = sum_lanes<Arch>((q0 + q1) + (q2 + q3));
+  for (; i < len; ++i) {
+    const double d = static_cast<double>(src[i]) - shift;
+    s += d;
+    q += d * d;
+  }
+  *sum += s;
+  *sum_sq += q;
+}
+
+template <class Arch, class T>
+void interleaved_stats(const T* src, std::size_t len, std::size_t period, const double* shift,
+                       double* sum, double* sum_sq) noexcept {
+  using vec = xsimd::batch<double, Arch>;
+  constexpr std::size_t lanes = vec::size;
+  // The per-slot accumulators live in L1-resident arrays: the period is at least a few vectors
+  // (see the planner), so consecutive updates of one slot are far apart and do not stall.
+  for (std::size_t base = 0; base < len; base += period) {
+    const T* row = src + base;
+    const std::size_t count = len - base < period ? len - base : period;
+    std::size_t j = 0;
+    for (; j + lanes <= count; j += lanes) {
+      const vec d = load_as_f64<Arch>(row + j) - vec::load_unaligned(shift + j);
+      (vec::load_unaligned(sum + j) + d).store_unaligned(sum + j);
+      fmadd(d, d, vec::load_unaligned(sum_sq + j)).store_unaligned(sum_sq + j);
+    }
+    for (; j < count; ++j) {
+      const double d = static_cast<double>(row[j]) - shift[j];
+      sum[j] += d;
+      sum_sq[j] += d * d;
+    }
+  }
+}
+
+// --------------------------------------------------------------------------- normalization
+
+template <class Arch, class T>
+xsimd::batch<T, Arch> normalize(const xsimd::batch<T, Arch>& x, const xsimd::batch<T, Arch>& mean_hi,
+                                const xsimd::batch<T, Arch>& mean_lo,
+                                const xsimd::batch<T, Arch>& scale,
+                                const xsimd::batch<T, Arch>& shift) noexcept {
+  // x - mean_hi is exact when x is near the mean (Sterbenz); mean_lo then adds the part of the
+  // mean that T could not hold.
+  return fmadd((x - mean_hi) - mean_lo, scale, shift);
+}
+
+/// Runs the last `count` (< one vector) elements through the vector code via a padded copy, so
+/// every element of a tensor is rounded the same way, whatever its position.
+template <class Arch, class T, class Compute>
+void normalize_tail(const T* src, T* dst, std::size_t count, Compute compute) noexcept {
+  using vec = xsimd::batch<T, Arch>;
+  alignas(64) T padded[vec::size] = {};
+  for (std::size_t i = 0; i < count; ++i) padded[i] = src[i];
+  compute(vec::load_aligned(padded)).store_aligned(padded);
+  for (std::size_t i = 0; i < count; ++i) dst[i] = padded[i];
+}
+
+template <class Arch, class T>
+void plane_normalize(const T* src, T* dst, std::size_t len, T mean_hi, T mean_lo, T scale,
+                     T shift) noexcept {
+  using vec = xsimd::batch<T, Arch>;
+  constexpr std::size_t lanes = vec::size;
+  const vec m_hi(mean_hi), m_lo(mean_lo), a(scale), b(shift);
+  std::size_t i = 0;
+  for (; i + 2 * lanes <= len; i += 2 * lanes) {
+    const vec x0 = vec::load_unaligned(src + i);
+    const vec x1 = vec::load_unaligned(src + i + lanes);
+    normalize(x0, m_hi, m_lo, a, b).store_unaligned(dst + i);
+    normalize(x1, m_hi, m_lo, a, b).store_unaligned(dst + i + lanes);
+  }
+  for (; i + lanes <= len; i += lanes) {
+    normalize(vec::load_unaligned(src + i), m_hi, m_lo, a, b).store_unaligned(dst + i);
+  }
+  if (i < len) {
+    normalize_tail<Arch>(src + i, dst + i, len - i,
+                         [&](const vec& x) { return normalize(x, m_hi, m_lo, a, b); });
+  }
+}
+
+template <class Arch, class T>
+void interleaved_normalize(const T* src, T* dst, std::size_t len, std::size_t period,
+                           const T* mean_hi, const T* mean_lo, const T* scale,
+                           const T* shift) noexcept {
+  using vec = xsimd::batch<T, Arch>;
+  constexpr std::size_t lanes = vec::size;
+  for (std::size_t base = 0; base < len; base += period) {
+    const std::size_t count = len - base < period ? len - base : period;
+    std::size_t j = 0;
+    for (; j + lanes <= count; j += lanes) {
+      const vec y = normalize(vec::load_unaligned(src + base + j), vec::load_unaligned(mean_hi + j),
+                              vec::load_unaligned(mean_lo + j), vec::load_unaligned(scale + j),
+                              vec::load_unaligned(shift + j));
+      y.store_unaligned(dst + base + j);
+    }
+    if (j < count) {
+      // The coefficient arrays are padded by one vector, so these loads stay in bounds.
+      const vec m_hi = vec::load_unaligned(mean_hi + j), m_lo = vec::load_unaligned(mean_lo + j);
+      const vec a = vec::load_unaligned(scale + j), b = vec::load_unaligned(shift + j);
+      normalize_tail<Arch>(src + base + j, dst + base + j, count - j,
+                           [&](const vec& x) { return normalize(x, m_hi, m_lo, a, b); });
+    }
+  }
+}
+
+// ------------------------------------------------------------------------------- the table
+
+template <class Arch, class T>
+constexpr kernel_set<T> make_kernel_set() noexcept {
+  return {&plane_stats<Arch, T>, &plane_normalize<Arch, T>, &interleaved_stats<Arch, T>,
+          &interleaved_normalize<Arch, T>};
+}
+
+template <class Arch>
+constexpr kernel_table make_kernel_table(bnorm::isa id) noexcept {
+  return {id, xsimd::batch<float, Arch>::size, xsimd::batch<double, Arch>::size,
+          make_kernel_set<Arch, float>(), make_kernel_set<Arch, double>()};
+}
+
+}  // namespace
+}  // namespace bnorm::kernels

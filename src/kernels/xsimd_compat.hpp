@@ -1,0 +1,87 @@
+// Shims over xsimd 8.1.0 (Debian bookworm), included only by the per-ISA kernel units.
+//
+// Everything here is a template on the xsimd Arch tag or sits in an unnamed namespace: per-ISA
+// units are compiled with different flags, and an inline non-template helper shared by them
+// would be one weak symbol that the linker may take from the AVX-512 unit (an ODR violation that
+// crashes pre-AVX CPUs).
+#pragma once
+
+#include <cstddef>
+#include <type_traits>
+
+#include <xsimd/xsimd.hpp>
+
+namespace bnorm::kernels {
+namespace {
+
+template <class Arch, class Target>
+inline constexpr bool is_arch = std::is_same<Arch, Target>::value;
+
+/// Loads batch<double, Arch>::size consecutive values as float64. For float input this widens
+/// with one conversion instruction; xsimd 8.1's converting load falls back to scalar code.
+template <class Arch>
+xsimd::batch<double, Arch> load_as_f64(const double* src) noexcept {
+  return xsimd::batch<double, Arch>::load_unaligned(src);
+}
+
+template <class Arch>
+xsimd::batch<double, Arch> load_as_f64(const float* src) noexcept {
+  using batch = xsimd::batch<double, Arch>;
+#if XSIMD_WITH_AVX512F
+  if constexpr (is_arch<Arch, xsimd::avx512f>) return batch(_mm512_cvtps_pd(_mm256_loadu_ps(src)));
+  else
+#endif
+#if XSIMD_WITH_AVX
+  if constexpr (std::is_base_of<xsimd::avx, Arch>::value)
+    return batch(_mm256_cvtps_pd(_mm_loadu_ps(src)));
+  else
+#endif
+#if XSIMD_WITH_SSE2
+  if constexpr (std::is_base_of<xsimd::sse2, Arch>::value)
+    // Two floats through a 64-bit load; _mm_load_sd reads memory of any type (may_alias).
+    return batch(_mm_cvtps_pd(_mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(src)))));
+  else
+#endif
+#if XSIMD_WITH_NEON64
+  if constexpr (is_arch<Arch, xsimd::neon64>) return batch(vcvt_f64_f32(vld1_f32(src)));
+  else
+#endif
+  {
+    alignas(64) double widened[batch::size];
+    for (std::size_t i = 0; i < batch::size; ++i) widened[i] = static_cast<double>(src[i]);
+    return batch::load_aligned(widened);
+  }
+}
+
+/// a·b + c, fused wherever the ISA has FMA. xsimd 8.1.0 has no avx512f override of fma (its
+/// generic fallback is x*y+z, and kernel units are built with -ffp-contract=off), so AVX-512
+/// calls the intrinsic itself; xsimd 11.0.0 added the override.
+template <class T, class Arch>
+xsimd::batch<T, Arch> fmadd(const xsimd::batch<T, Arch>& a, const xsimd::batch<T, Arch>& b,
+                            const xsimd::batch<T, Arch>& c) noexcept {
+#if XSIMD_WITH_AVX512F
+  if constexpr (is_arch<Arch, xsimd::avx512f>) {
+    if constexpr (std::is_same<T, float>::value) return _mm512_fmadd_ps(a, b, c);
+    else return _mm512_fmadd_pd(a, b, c);
+  } else
+#endif
+  {
+    return xsimd::fma(a, b, c);
+  }
+}
+
+/// Horizontal sum in a fixed lane order. xsimd 8.1's hadd needs AVX512DQ for float on avx512f
+/// (fixed in 10.0.0) and was renamed reduce_add in 9.0.0; a store-and-add is portable and its
+/// order is ours.
+template <class Arch>
+double sum_lanes(const xsimd::batch<double, Arch>& v) noexcept {
+  constexpr std::size_t lanes = xsimd::batch<double, Arch>::size;
+  alignas(64) double values[lanes];
+  v.store_aligned(values);
+  double total = values[0];
+  for (std::size_t i = 1; i < lanes; ++i) total += values[i];
+  return total;
+}
+
+}  // namespace
+}  // namespace bnorm::kernels

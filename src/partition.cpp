@@ -1,0 +1,100 @@
+#include "partition.hpp"
+
+#include <algorithm>
+#include <numeric>
+
+namespace bnorm::detail {
+namespace {
+
+// A unit of about 128 KiB streams for ~5 µs per core: long enough to amortize a oneTBB task
+// (~1 µs), short enough to give two cores a dozen units on a 4 MiB tensor.
+constexpr std::size_t unit_bytes = 128 * 1024;
+// Below this a pass is done before a worker would wake up.
+constexpr std::size_t serial_bytes = 256 * 1024;
+// An interleaved period up to this many elements keeps the per-slot arrays in L1.
+constexpr std::size_t max_vector_period = 1024;
+// Interleaved partials are chunks × period doubles; at least this many elements per chunk keep
+// them below 1/16 of the data they summarize.
+constexpr std::size_t min_chunk_periods = 32;
+constexpr std::size_t max_interleaved_chunks = 256;
+constexpr std::size_t finalize_channels_per_task = 512;
+
+std::size_t ceil_div(std::size_t a, std::size_t b) { return (a + b - 1) / b; }
+std::size_t round_up(std::size_t a, std::size_t b) { return ceil_div(a, b) * b; }
+
+void lay_out_scratch(partition& p) {
+  scratch_layout& s = p.scratch;
+  std::size_t offset = 0;
+  auto take = [&](std::size_t bytes) {
+    const std::size_t at = offset;
+    offset += round_up(bytes, 64);
+    return at;
+  };
+  const std::size_t pad = 64 / p.element_size;  // one vector of the widest ISA
+  s.coeff_stride = round_up((p.kind == traversal::planes ? p.channels : p.period) + pad, pad);
+  s.coeffs = take(4 * s.coeff_stride * p.element_size);
+  s.inference_bytes = offset;
+  s.shift_count = p.kind == traversal::planes ? p.channels : p.period;
+  s.partial_count = p.kind == traversal::planes ? p.channels * p.chunks_per_channel
+                                                : p.units * p.period;
+  s.shift = take(s.shift_count * sizeof(double));
+  s.sum = take(s.partial_count * sizeof(double));
+  s.sum_sq = take(s.partial_count * sizeof(double));
+  s.mean = take(p.channels * sizeof(double));
+  s.variance = take(p.channels * sizeof(double));
+  s.training_bytes = offset;
+}
+
+}  // namespace
+
+partition make_partition(const problem& prob, std::size_t vector_lanes) noexcept {
+  partition p;
+  p.batch = static_cast<std::size_t>(prob.shape[0]);
+  p.channels = static_cast<std::size_t>(prob.shape[1]);
+  p.spatial = 1;
+  for (std::size_t d = 2; d < prob.shape.rank(); ++d) {
+    p.spatial *= static_cast<std::size_t>(prob.shape[d]);
+  }
+  p.per_channel = p.batch * p.spatial;
+  p.elements = p.per_channel * p.channels;
+  p.element_size = prob.dtype == dtype::f32 ? sizeof(float) : sizeof(double);
+  p.serial = p.elements * p.element_size < serial_bytes;
+  const std::size_t unit_elements = unit_bytes / p.element_size;
+
+  if (prob.layout == layout::channels_first && p.spatial > 1) {
+    p.kind = traversal::planes;
+    // A channel of more than one unit's worth is split into equal runs; small channels are
+    // grouped into tasks instead.
+    p.chunks_per_channel = std::max<std::size_t>(1, p.per_channel / unit_elements);
+    p.chunk_len = ceil_div(std::max<std::size_t>(p.per_channel, 1), p.chunks_per_channel);
+    p.units = p.channels * p.chunks_per_channel;
+    p.units_per_task =
+        std::max<std::size_t>(1, unit_elements / std::max<std::size_t>(p.chunk_len, 1));
+  } else {
+    p.kind = traversal::interleaved;
+    p.rows = p.per_channel;
+    const std::size_t lcm = std::lcm(p.channels, vector_lanes);
+    if (lcm <= max_vector_period) {
+      // Whole vectors per period, and at least four of them so that the per-slot
+      // read-modify-write chains of consecutive periods overlap.
+      p.period = lcm * std::max<std::size_t>(1, ceil_div(4 * vector_lanes, lcm));
+    } else {
+      p.period = p.channels;  // rows of C with a short tail each
+    }
+    const std::size_t rows_per_period = p.period / p.channels;
+    const std::size_t chunk_elements =
+        std::max(unit_elements, min_chunk_periods * p.period);
+    p.rows_per_chunk = round_up(std::max<std::size_t>(1, chunk_elements / p.channels),
+                                rows_per_period);
+    if (ceil_div(p.rows, p.rows_per_chunk) > max_interleaved_chunks) {
+      p.rows_per_chunk = round_up(ceil_div(p.rows, max_interleaved_chunks), rows_per_period);
+    }
+    p.units = std::max<std::size_t>(1, ceil_div(p.rows, p.rows_per_chunk));
+    p.units_per_task = 1;
+  }
+  p.channels_per_finalize_task = finalize_channels_per_task;
+  lay_out_scratch(p);
+  return p;
+}
+
+}  // namespace bnorm::detail

@@ -1,0 +1,65 @@
+// The planner: how a problem's elements are split into work units and where scratch lives.
+// Everything here depends on the problem and the ISA only, never on the thread count, so the
+// same input gives the same bits however many threads run the units.
+#pragma once
+
+#include <cstddef>
+
+#include "bnorm/plan.hpp"
+
+namespace bnorm::detail {
+
+enum class traversal {
+  /// Channels-first with spatial > 1: each (n, c) plane is a contiguous run of one channel.
+  planes,
+  /// Channels-last, or no spatial extent: rows of C interleaved channels.
+  interleaved,
+};
+
+/// Byte offsets of the scratch arrays, each 64-byte aligned. Sizes in elements are below.
+struct scratch_layout {
+  std::size_t shift = 0;       // double[shift_count]: per-channel (or per-slot) shifts
+  std::size_t sum = 0;         // double[partial_count]: Σ(x - shift) per unit
+  std::size_t sum_sq = 0;      // double[partial_count]: Σ(x - shift)² per unit
+  std::size_t mean = 0;        // double[C]: the batch mean, kept until the results are committed
+  std::size_t variance = 0;    // double[C]: the biased batch variance
+  std::size_t coeffs = 0;      // T[4][coeff_stride]: mean_hi, mean_lo, scale, shift
+  std::size_t shift_count = 0;
+  std::size_t partial_count = 0;
+  std::size_t coeff_stride = 0;
+  std::size_t training_bytes = 0;
+  std::size_t inference_bytes = 0;  // coefficients only, laid out first
+};
+
+struct partition {
+  traversal kind = traversal::planes;
+  std::size_t batch = 0;        // N
+  std::size_t channels = 0;     // C
+  std::size_t spatial = 0;      // product of the dimensions after C
+  std::size_t per_channel = 0;  // N × spatial: values per channel
+  std::size_t elements = 0;     // N × C × spatial
+  std::size_t element_size = 0;
+  /// Too small to be worth a task: run every unit on the calling thread.
+  bool serial = false;
+
+  // planes: unit u covers the run [j·chunk_len, (j+1)·chunk_len) of channel u / k, j = u % k,
+  // of its N·spatial values, k = chunks_per_channel.
+  std::size_t chunks_per_channel = 1;
+  std::size_t chunk_len = 0;
+  std::size_t units_per_task = 1;
+
+  // interleaved: unit i covers rows [i·rows_per_chunk, ...) of the N·spatial rows.
+  std::size_t period = 0;  // a multiple of C and, where cheap, of the vector length
+  std::size_t rows = 0;
+  std::size_t rows_per_chunk = 0;
+
+  std::size_t units = 0;  // work units of a pass
+  std::size_t channels_per_finalize_task = 0;
+  scratch_layout scratch;
+};
+
+/// Builds the partition for a validated problem; `vector_lanes` is the ISA's lanes for the
+/// problem's dtype.
+partition make_partition(const problem& prob, std::size_t vector_lanes) noexcept;
+
+}  // namespace bnorm::detail

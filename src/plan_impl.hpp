@@ -1,0 +1,21 @@
+// What a plan holds once make_plan has validated its problem.
+#pragma once
+
+#include <memory>
+
+#include "bnorm/plan.hpp"
+#include "kernels/kernels.hpp"
+#include "partition.hpp"
+#include "threading.hpp"
+
+namespace bnorm::detail {
+
+struct plan_impl {
+  problem prob;
+  plan_options options;
+  const kernels::kernel_table* kernels = nullptr;
+  partition part;
+  thread_limit threads;
+};
+
+}  // namespace bnorm::detail

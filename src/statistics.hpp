@@ -1,0 +1,73 @@
+// Per-channel arithmetic in float64: moments from shifted sums, the normalization coefficients,
+// and the running-statistics rules of each framework.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#include "bnorm/plan.hpp"
+
+namespace bnorm::detail {
+
+struct moments {
+  double mean;
+  double variance;  // biased (population)
+};
+
+/// From Σd and Σd² with d = x - shift. The shift is a value of the channel itself, so the
+/// subtraction removes the offset that ruins E[x²] - E[x]² when |mean| ≫ std.
+inline moments moments_from_shifted_sums(double shift, double sum, double sum_sq,
+                                         double count) noexcept {
+  const double mean_offset = sum / count;
+  double variance = (sum_sq - sum * mean_offset) / count;
+  if (variance < 0.0) variance = 0.0;  // rounding only; a NaN stays NaN
+  return {shift + mean_offset, variance};
+}
+
+inline double inverse_std(double variance, double epsilon) noexcept {
+  return 1.0 / std::sqrt(variance + epsilon);  // exact, unlike a vector rsqrt estimate
+}
+
+/// y = ((x - mean_hi) - mean_lo)·scale + shift, with mean_hi + mean_lo ≈ mean beyond T's
+/// precision.
+template <class T>
+struct coefficients {
+  T mean_hi;
+  T mean_lo;
+  T scale;
+  T shift;
+};
+
+template <class T>
+coefficients<T> make_coefficients(double mean, double inv_std, double gamma,
+                                  double beta) noexcept {
+  const T mean_hi = static_cast<T>(mean);
+  return {mean_hi, static_cast<T>(mean - static_cast<double>(mean_hi)),
+          static_cast<T>(gamma * inv_std), static_cast<T>(beta)};
+}
+
+/// How one training step moves the running statistics: r = (1 - w)·r + w·batch.
+struct running_rule {
+  double batch_weight;
+  bool unbiased_variance;
+};
+
+/// `batches_tracked` is num_batches_tracked after this step's increment.
+inline running_rule make_running_rule(const plan_options& options,
+                                      std::int64_t batches_tracked) noexcept {
+  switch (options.convention) {
+    case momentum_convention::pytorch:
+      return {options.cumulative_average ? 1.0 / static_cast<double>(batches_tracked)
+                                         : options.momentum,
+              true};
+    case momentum_convention::mindspore: return {1.0 - options.momentum, true};
+    case momentum_convention::onnx: return {1.0 - options.momentum, false};
+  }
+  return {options.momentum, true};
+}
+
+inline double blend(double running, double batch, double batch_weight) noexcept {
+  return batch_weight * batch + (1.0 - batch_weight) * running;
+}
+
+}  // namespace bnorm::detail

@@ -1,0 +1,50 @@
+#include "threading.hpp"
+
+#include <algorithm>
+
+#include <oneapi/tbb/blocked_range.h>
+#include <oneapi/tbb/info.h>
+#include <oneapi/tbb/parallel_for.h>
+#include <oneapi/tbb/task_arena.h>
+
+namespace bnorm::detail {
+
+struct thread_limit::capped_arena {
+  explicit capped_arena(int threads) : arena(threads) { arena.initialize(); }
+  tbb::task_arena arena;
+};
+
+thread_limit::thread_limit(int max_threads) {
+  if (max_threads == 1) {
+    single_ = true;
+  } else if (max_threads > 1) {
+    // More threads than cores only oversubscribes (and makes oneTBB warn); results do not depend
+    // on the count, so clamping changes nothing but speed.
+    const int cores = std::max(1, tbb::info::default_concurrency());
+    const int threads = std::min(max_threads, cores);
+    if (threads == 1) {
+      single_ = true;
+    } else {
+      arena_ = std::make_unique<capped_arena>(threads);
+    }
+  }
+}
+
+thread_limit::~thread_limit() = default;
+thread_limit::thread_limit(thread_limit&&) noexcept = default;
+thread_limit& thread_limit::operator=(thread_limit&&) noexcept = default;
+
+void thread_limit::run_parallel(std::size_t count, std::size_t grain,
+                                const block_fn& body) const {
+  auto loop = [&] {
+    tbb::parallel_for(tbb::blocked_range<std::size_t>(0, count, grain),
+                      [&](const tbb::blocked_range<std::size_t>& r) { body(r.begin(), r.end()); });
+  };
+  if (arena_) {
+    arena_->arena.execute(loop);
+  } else {
+    loop();  // in whatever arena the caller runs in, so its limit holds
+  }
+}
+
+}  // namespace bnorm::detail

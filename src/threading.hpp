@@ -1,0 +1,42 @@
+// The only oneTBB user. Runs the units of a pass on the calling thread, in the caller's arena,
+// or in an arena capped by plan_options::max_threads. Which thread runs a unit never changes
+// what the unit computes.
+#pragma once
+
+#include <cstddef>
+#include <functional>
+#include <memory>
+
+namespace bnorm::detail {
+
+class thread_limit {
+ public:
+  /// max_threads: 0 = the caller's arena; 1 = the calling thread only; N = an arena of N.
+  explicit thread_limit(int max_threads = 0);
+  ~thread_limit();
+  thread_limit(thread_limit&&) noexcept;
+  thread_limit& operator=(thread_limit&&) noexcept;
+
+  bool single_threaded() const noexcept { return single_; }
+
+  /// Calls body(begin, end) over [0, count) in blocks of at least `grain` units, in parallel
+  /// unless `serial`. May throw what oneTBB throws (e.g. std::bad_alloc).
+  template <class Body>
+  void for_each(std::size_t count, std::size_t grain, bool serial, const Body& body) const {
+    if (serial || single_ || count <= grain) {
+      body(std::size_t{0}, count);
+      return;
+    }
+    run_parallel(count, grain, std::cref(body));
+  }
+
+ private:
+  using block_fn = std::function<void(std::size_t, std::size_t)>;
+  void run_parallel(std::size_t count, std::size_t grain, const block_fn& body) const;
+
+  struct capped_arena;  // a tbb::task_arena; kept out of this header
+  bool single_ = false;
+  std::unique_ptr<capped_arena> arena_;  // set only for a cap of 2 or more
+};
+
+}  // namespace bnorm::detail

@@ -1,0 +1,137 @@
+// Test support: replicable random data, a float64 reference batch norm, and engine helpers.
+#pragma once
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdint>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "bnorm/bnorm.hpp"
+
+namespace bnorm_test {
+
+/// Seeded from --gtest_random_seed so that a failure can be replayed.
+inline std::mt19937_64 make_rng(std::uint64_t salt = 0) {
+  const int seed = testing::UnitTest::GetInstance()->random_seed();
+  return std::mt19937_64(static_cast<std::uint64_t>(seed) * 0x9E3779B97F4A7C15ull + salt);
+}
+
+template <class T>
+std::vector<T> normal_data(std::size_t count, double mean, double stddev, std::uint64_t salt) {
+  auto rng = make_rng(salt);
+  std::normal_distribution<double> dist(mean, stddev);
+  std::vector<T> out(count);
+  for (auto& v : out) v = static_cast<T>(dist(rng));
+  return out;
+}
+
+struct geometry {
+  std::size_t n = 0, c = 0, spatial = 1;
+  explicit geometry(const bnorm::tensor_shape& shape)
+      : n(static_cast<std::size_t>(shape[0])), c(static_cast<std::size_t>(shape[1])) {
+    for (std::size_t d = 2; d < shape.rank(); ++d) spatial *= static_cast<std::size_t>(shape[d]);
+  }
+  std::size_t elements() const { return n * c * spatial; }
+  std::size_t offset(bnorm::layout l, std::size_t in, std::size_t ic, std::size_t is) const {
+    return l == bnorm::layout::channels_first ? (in * c + ic) * spatial + is
+                                              : (in * spatial + is) * c + ic;
+  }
+};
+
+struct reference_stats {
+  std::vector<double> mean, variance;  // biased
+};
+
+/// Two-pass float64 statistics of the same (possibly float32) input.
+template <class T>
+reference_stats reference_moments(const std::vector<T>& x, const bnorm::tensor_shape& shape,
+                                  bnorm::layout l) {
+  const geometry g(shape);
+  reference_stats r{std::vector<double>(g.c, 0.0), std::vector<double>(g.c, 0.0)};
+  const double count = static_cast<double>(g.n * g.spatial);
+  for (std::size_t c = 0; c < g.c; ++c) {
+    long double sum = 0;
+    for (std::size_t n = 0; n < g.n; ++n)
+      for (std::size_t s = 0; s < g.spatial; ++s) sum += x[g.offset(l, n, c, s)];
+    const double mean = static_cast<double>(sum / count);
+    long double sq = 0;
+    for (std::size_t n = 0; n < g.n; ++n)
+      for (std::size_t s = 0; s < g.spatial; ++s) {
+        const long double d = static_cast<long double>(x[g.offset(l, n, c, s)]) - mean;
+        sq += d * d;
+      }
+    r.mean[c] = mean;
+    r.variance[c] = static_cast<double>(sq / count);
+  }
+  return r;
+}
+
+/// y = (x - mean)/sqrt(var + eps)·gamma + beta in float64 (gamma, beta may be empty).
+template <class T>
+std::vector<double> reference_normalize(const std::vector<T>& x, const bnorm::tensor_shape& shape,
+                                        bnorm::layout l, const std::vector<double>& mean,
+                                        const std::vector<double>& variance, double eps,
+                                        const std::vector<T>& gamma, const std::vector<T>& beta) {
+  const geometry g(shape);
+  std::vector<double> y(x.size());
+  for (std::size_t c = 0; c < g.c; ++c) {
+    const double inv = 1.0 / std::sqrt(variance[c] + eps);
+    const double w = gamma.empty() ? 1.0 : static_cast<double>(gamma[c]);
+    const double b = beta.empty() ? 0.0 : static_cast<double>(beta[c]);
+    for (std::size_t n = 0; n < g.n; ++n)
+      for (std::size_t s = 0; s < g.spatial; ++s) {
+        const std::size_t i = g.offset(l, n, c, s);
+        y[i] = (static_cast<double>(x[i]) - mean[c]) * inv * w + b;
+      }
+  }
+  return y;
+}
+
+template <class T>
+double max_abs_error(const std::vector<T>& got, const std::vector<double>& want) {
+  double worst = 0.0;
+  for (std::size_t i = 0; i < got.size(); ++i) {
+    const double e = std::fabs(static_cast<double>(got[i]) - want[i]);
+    if (!(e <= worst)) worst = e;  // NaN propagates
+  }
+  return worst;
+}
+
+template <class T>
+constexpr bnorm::dtype dtype_of() {
+  return sizeof(T) == sizeof(float) ? bnorm::dtype::f32 : bnorm::dtype::f64;
+}
+
+template <class T>
+bnorm::channel_input in(const std::vector<T>& v) {
+  return v.empty() ? bnorm::channel_input{} : bnorm::channel_input{v.data(), v.size()};
+}
+template <class T>
+bnorm::channel_output out(std::vector<T>& v) {
+  return v.empty() ? bnorm::channel_output{} : bnorm::channel_output{v.data(), v.size()};
+}
+
+inline bnorm::plan make_plan_or_fail(const bnorm::problem& prob, const bnorm::plan_options& opts) {
+  bnorm::plan p;
+  const bnorm::status s = bnorm::make_plan(prob, opts, &p);
+  EXPECT_TRUE(s.ok()) << s.message();
+  return p;
+}
+
+inline std::string shape_name(const bnorm::tensor_shape& s) {
+  std::string out;
+  for (std::size_t i = 0; i < s.rank(); ++i) out += (i ? "x" : "") + std::to_string(s[i]);
+  return out;
+}
+
+/// The ISAs under test: every one the CPU has.
+inline std::vector<bnorm::isa> isas_under_test() { return bnorm::available_isas(); }
+
+inline std::string isa_param_name(const testing::TestParamInfo<bnorm::isa>& info) {
+  return bnorm::to_string(info.param);
+}
+
+}  // namespace bnorm_test
