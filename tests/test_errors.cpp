@@ -1,0 +1,303 @@
+// Bad input: an expected-failure table (as oneDNN's Test_BatchNormalization_EF). Every row must
+// fail with the right code and a message naming the parameter, and leave every buffer bitwise
+// untouched: y, the running statistics, num_batches_tracked and the batch statistics.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <functional>
+#include <limits>
+
+#include "support.hpp"
+
+using namespace bnorm_test;
+using bnorm::layout;
+using bnorm::status_code;
+
+namespace {
+
+struct plan_error_case {
+  const char* name;
+  std::function<void(bnorm::problem&, bnorm::plan_options&)> mutate;
+  status_code code;
+  const char* message;  // must appear in the status message
+};
+
+const double nan = std::numeric_limits<double>::quiet_NaN();
+const double inf = std::numeric_limits<double>::infinity();
+
+class PlanErrors : public testing::TestWithParam<plan_error_case> {};
+
+TEST_P(PlanErrors, RejectedWithANamedParameter) {
+  const plan_error_case& k = GetParam();
+  bnorm::problem prob{{2, 4, 3}, layout::channels_first, bnorm::dtype::f32, 1e-5};
+  bnorm::plan_options opts;
+  k.mutate(prob, opts);
+  bnorm::plan plan;
+  const bnorm::status s = bnorm::make_plan(prob, opts, &plan);
+  EXPECT_EQ(s.code(), k.code) << s.message();
+  EXPECT_NE(std::strstr(s.message(), k.message), nullptr)
+      << "message '" << s.message() << "' lacks '" << k.message << "'";
+  EXPECT_FALSE(plan.valid()) << "a failed make_plan must leave the plan untouched";
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Table, PlanErrors,
+    testing::Values(
+        plan_error_case{"rank1", [](auto& p, auto&) { p.shape = {4}; }, status_code::invalid_argument,
+                        "shape: expected rank 2 to 5 (N, C[, D][, H][, W]), got rank 1 [4]"},
+        plan_error_case{"rank6", [](auto& p, auto&) { p.shape = {1, 2, 3, 4, 5, 6}; },
+                        status_code::invalid_argument, "got rank 6"},
+        plan_error_case{"rank0", [](auto& p, auto&) { p.shape = {}; }, status_code::invalid_argument,
+                        "got rank 0"},
+        plan_error_case{"negative_dim", [](auto& p, auto&) { p.shape = {2, 4, -3}; },
+                        status_code::invalid_argument, "expected dimensions >= 0, got -3"},
+        plan_error_case{"zero_features", [](auto& p, auto&) { p.shape = {2, 0, 3}; },
+                        status_code::invalid_argument, "num_features (C = shape[1]): expected >= 1, got 0"},
+        plan_error_case{"too_many_elements",
+                        [](auto& p, auto&) { p.shape = {1ll << 31, 4, 1ll << 31}; },
+                        status_code::invalid_argument, "shape: expected at most 2^60 elements"},
+        plan_error_case{"eps_negative", [](auto& p, auto&) { p.epsilon = -1e-5; },
+                        status_code::invalid_argument, "epsilon: expected a finite value >= 0, got -1e-05"},
+        plan_error_case{"eps_nan", [](auto& p, auto&) { p.epsilon = nan; },
+                        status_code::invalid_argument, "epsilon: expected a finite value >= 0, got nan"},
+        plan_error_case{"eps_inf", [](auto& p, auto&) { p.epsilon = inf; },
+                        status_code::invalid_argument, "epsilon"},
+        plan_error_case{"momentum_negative", [](auto&, auto& o) { o.momentum = -0.1; },
+                        status_code::invalid_argument, "momentum: expected a finite value in [0, 1], got -0.1"},
+        plan_error_case{"momentum_above_one", [](auto&, auto& o) { o.momentum = 1.5; },
+                        status_code::invalid_argument, "got 1.5"},
+        plan_error_case{"momentum_nan", [](auto&, auto& o) { o.momentum = nan; },
+                        status_code::invalid_argument, "momentum"},
+        plan_error_case{"cumulative_mindspore",
+                        [](auto&, auto& o) {
+                          o.cumulative_average = true;
+                          o.convention = bnorm::momentum_convention::mindspore;
+                        },
+                        status_code::invalid_argument, "cumulative_average: expected the pytorch convention"},
+        plan_error_case{"max_threads_negative", [](auto&, auto& o) { o.max_threads = -2; },
+                        status_code::invalid_argument, "max_threads: expected 0 (caller's arena) or a count >= 1, got -2"},
+        plan_error_case{"bad_layout", [](auto& p, auto&) { p.layout = static_cast<layout>(9); },
+                        status_code::invalid_argument, "layout: expected channels_first or channels_last, got 9"},
+        plan_error_case{"bad_dtype", [](auto& p, auto&) { p.dtype = static_cast<bnorm::dtype>(5); },
+                        status_code::invalid_argument, "dtype: expected f32 or f64, got 5"},
+        plan_error_case{"bad_convention",
+                        [](auto&, auto& o) { o.convention = static_cast<bnorm::momentum_convention>(4); },
+                        status_code::invalid_argument, "convention"},
+#if defined(__x86_64__)
+        plan_error_case{"foreign_isa", [](auto&, auto& o) { o.max_isa = bnorm::isa::neon64; },
+                        status_code::unsupported, "max_isa: expected an ISA of this build's architecture, got neon64"}
+#else
+        plan_error_case{"foreign_isa", [](auto&, auto& o) { o.max_isa = bnorm::isa::avx2; },
+                        status_code::unsupported, "max_isa"}
+#endif
+        ),
+    [](const testing::TestParamInfo<plan_error_case>& info) { return std::string(info.param.name); });
+
+TEST(PlanErrorsMisc, NullOutput) {
+  const bnorm::status s = bnorm::make_plan({{2, 3}}, {}, nullptr);
+  EXPECT_EQ(s.code(), status_code::invalid_argument);
+  EXPECT_NE(std::strstr(s.message(), "out: expected a plan"), nullptr);
+}
+
+// ---------------------------------------------------------------------------- call errors
+
+// A valid training call on C = 4 whose buffers all hold sentinels, and a snapshot to compare.
+struct training_fixture {
+  static constexpr std::size_t c = 4;
+  bnorm::tensor_shape shape{2, 4, 3};
+  std::vector<float> x = std::vector<float>(24, 0.5f), y = std::vector<float>(24, -9.f);
+  std::vector<float> gamma = std::vector<float>(c, 1.f), beta = std::vector<float>(c, 0.f);
+  std::vector<float> mean = std::vector<float>(c, -3.f), inv_std = std::vector<float>(c, -4.f);
+  std::vector<float> running_mean = std::vector<float>(c, 0.25f);
+  std::vector<float> running_var = std::vector<float>(c, 0.75f);
+  std::int64_t tracked = 5;
+  alignas(64) unsigned char scratch[64 * 1024];
+  bnorm::training_args args;
+  bnorm::plan_options options;
+
+  training_fixture() {
+    for (std::size_t i = 0; i < x.size(); ++i) x[i] = static_cast<float>(i % 7);
+    args.src = x.data();
+    args.dst = y.data();
+    args.scale = in(gamma);
+    args.shift = in(beta);
+    args.batch_mean = out(mean);
+    args.batch_inv_std = out(inv_std);
+    args.running_mean = out(running_mean);
+    args.running_var = out(running_var);
+    args.num_batches_tracked = &tracked;
+  }
+  std::vector<float> snapshot() const {
+    std::vector<float> all = y;
+    for (const auto* v : {&mean, &inv_std, &running_mean, &running_var}) {
+      all.insert(all.end(), v->begin(), v->end());
+    }
+    all.push_back(static_cast<float>(tracked));
+    return all;
+  }
+};
+
+struct call_error_case {
+  const char* name;
+  std::function<void(training_fixture&)> mutate;
+  const char* message;
+};
+
+class TrainingCallErrors : public testing::TestWithParam<call_error_case> {};
+
+TEST_P(TrainingCallErrors, RejectedBeforeAnythingIsWritten) {
+  const call_error_case& k = GetParam();
+  training_fixture f;
+  k.mutate(f);
+  bnorm::plan plan;
+  ASSERT_TRUE(bnorm::make_plan({f.shape, layout::channels_first, bnorm::dtype::f32, 1e-5},
+                               f.options, &plan).ok());
+  const std::vector<float> before = f.snapshot();
+  const bnorm::status s = plan.forward_training(f.args);
+  EXPECT_EQ(s.code(), status_code::invalid_argument) << s.message();
+  EXPECT_NE(std::strstr(s.message(), k.message), nullptr)
+      << "message '" << s.message() << "' lacks '" << k.message << "'";
+  const std::vector<float> after = f.snapshot();
+  EXPECT_EQ(0, std::memcmp(before.data(), after.data(), before.size() * sizeof(float)))
+      << "a rejected call wrote to a buffer";
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Table, TrainingCallErrors,
+    testing::Values(
+        call_error_case{"src_null", [](auto& f) { f.args.src = nullptr; },
+                        "src: expected 24 elements of shape [2, 4, 3], got a null pointer"},
+        call_error_case{"dst_null", [](auto& f) { f.args.dst = nullptr; }, "dst: expected 24 elements"},
+        call_error_case{"scale_short", [](auto& f) { f.args.scale.size = 3; },
+                        "scale: expected 4 values (one per channel, C = 4), got 3"},
+        call_error_case{"scale_null_with_size", [](auto& f) { f.args.scale.data = nullptr; },
+                        "scale: expected data for the given size 4, got a null pointer"},
+        call_error_case{"shift_long", [](auto& f) { f.args.shift.size = 5; }, "shift: expected 4 values"},
+        call_error_case{"batch_mean_short", [](auto& f) { f.args.batch_mean.size = 1; },
+                        "batch_mean: expected 4 values"},
+        call_error_case{"batch_inv_std_short", [](auto& f) { f.args.batch_inv_std.size = 2; },
+                        "batch_inv_std: expected 4 values"},
+        call_error_case{"running_mean_missing", [](auto& f) { f.args.running_mean = {}; },
+                        "running_mean: expected 4 values, got a null pointer (required because "
+                        "plan_options.update_running_stats is true)"},
+        call_error_case{"running_var_missing", [](auto& f) { f.args.running_var = {}; },
+                        "running_var: expected 4 values, got a null pointer"},
+        call_error_case{"running_var_short", [](auto& f) { f.args.running_var.size = 3; },
+                        "running_var: expected 4 values (one per channel, C = 4), got 3"},
+        call_error_case{"counter_missing_for_cumulative",
+                        [](auto& f) {
+                          f.options.cumulative_average = true;
+                          f.args.num_batches_tracked = nullptr;
+                        },
+                        "num_batches_tracked: expected a counter"},
+        call_error_case{"one_value_per_channel",
+                        [](auto& f) {
+                          f.shape = {1, 4};
+                        },
+                        "Expected more than 1 value per channel when training, got input size [1, 4]"},
+        call_error_case{"one_value_per_channel_3d", [](auto& f) { f.shape = {1, 4, 1, 1, 1}; },
+                        "Expected more than 1 value per channel when training, got input size [1, 4, 1, 1, 1]"},
+        call_error_case{"scratch_too_small",
+                        [](auto& f) {
+                          f.args.scratch = f.scratch;
+                          f.args.scratch_size = 8;
+                        },
+                        "scratch: expected at least"},
+        call_error_case{"scratch_misaligned",
+                        [](auto& f) {
+                          f.args.scratch = f.scratch + 8;
+                          f.args.scratch_size = sizeof(f.scratch) - 8;
+                        },
+                        "scratch: expected a 64-byte aligned address"}),
+    [](const testing::TestParamInfo<call_error_case>& info) { return std::string(info.param.name); });
+
+TEST(CallErrors, UninitializedPlan) {
+  const bnorm::plan plan;
+  training_fixture f;
+  const bnorm::status s = plan.forward_training(f.args);
+  EXPECT_EQ(s.code(), status_code::invalid_argument);
+  EXPECT_NE(std::strstr(s.message(), "plan: not initialized"), nullptr);
+  EXPECT_FALSE(plan.forward_inference({}).ok());
+}
+
+TEST(CallErrors, InferenceNeedsStatistics) {
+  bnorm::plan plan;
+  ASSERT_TRUE(bnorm::make_plan({{2, 4}}, {}, &plan).ok());
+  std::vector<float> x(8, 1.f), y(8, -9.f), mean(4, 0.f), var(4, 1.f);
+  bnorm::inference_args args;
+  args.src = x.data();
+  args.dst = y.data();
+  args.var = in(var);
+  bnorm::status s = plan.forward_inference(args);
+  EXPECT_NE(std::strstr(s.message(), "mean: expected 4 values, got a null pointer (required by "
+                                     "inference (the running mean))"),
+            nullptr)
+      << s.message();
+  args.mean = in(mean);
+  args.var.size = 2;
+  s = plan.forward_inference(args);
+  EXPECT_NE(std::strstr(s.message(), "var: expected 4 values (one per channel, C = 4), got 2"),
+            nullptr)
+      << s.message();
+  args.var.size = 4;
+  args.src = nullptr;
+  s = plan.forward_inference(args);
+  EXPECT_NE(std::strstr(s.message(), "src: expected 8 elements"), nullptr) << s.message();
+  EXPECT_EQ(y, std::vector<float>(8, -9.f));
+}
+
+// --------------------------------------------------------------------------- ISA selection
+
+TEST(IsaSelection, EnvironmentCapIsHonouredAndValidated) {
+  const char* saved = std::getenv("BNORM_MAX_ISA");
+  const std::string saved_value = saved ? saved : "";
+  const bnorm::isa lowest = bnorm::available_isas().front();
+  setenv("BNORM_MAX_ISA", bnorm::to_string(lowest), 1);
+  bnorm::plan plan;
+  ASSERT_TRUE(bnorm::make_plan({{2, 3}}, {}, &plan).ok());
+  EXPECT_EQ(plan.isa(), lowest);
+  setenv("BNORM_MAX_ISA", "avx9000", 1);
+  const bnorm::status s = bnorm::make_plan({{2, 3}}, {}, &plan);
+  EXPECT_EQ(s.code(), status_code::invalid_argument);
+  EXPECT_NE(std::strstr(s.message(), "BNORM_MAX_ISA: expected sse2, avx2, avx512f or neon64, got 'avx9000'"),
+            nullptr)
+      << s.message();
+  if (saved) {
+    setenv("BNORM_MAX_ISA", saved_value.c_str(), 1);
+  } else {
+    unsetenv("BNORM_MAX_ISA");
+  }
+}
+
+// A path must never fall back silently: what /proc/cpuinfo lists must be offered and chosen.
+TEST(IsaSelection, DetectionAgreesWithTheKernel) {
+#if defined(__x86_64__)
+  std::ifstream cpuinfo("/proc/cpuinfo");
+  std::string line, flags;
+  while (std::getline(cpuinfo, line)) {
+    if (line.rfind("flags", 0) == 0) {
+      flags = line + " ";
+      break;
+    }
+  }
+  if (flags.empty()) GTEST_SKIP() << "no /proc/cpuinfo";
+  auto has = [&](const char* f) { return flags.find(std::string(" ") + f + " ") != std::string::npos; };
+  const std::vector<bnorm::isa> isas = bnorm::available_isas();
+  auto offered = [&](bnorm::isa i) { return std::find(isas.begin(), isas.end(), i) != isas.end(); };
+  EXPECT_TRUE(offered(bnorm::isa::sse2));
+  EXPECT_EQ(offered(bnorm::isa::avx2), has("avx2") && has("fma"));
+  EXPECT_EQ(offered(bnorm::isa::avx512f), has("avx512f"));
+  if (std::getenv("BNORM_MAX_ISA") == nullptr) {
+    bnorm::plan plan;
+    ASSERT_TRUE(bnorm::make_plan({{2, 3}}, {}, &plan).ok());
+    EXPECT_EQ(plan.isa(), isas.back()) << "the default plan must take the best ISA";
+  }
+#else
+  GTEST_SKIP() << "x86-64 only";
+#endif
+}
+
+}  // namespace
