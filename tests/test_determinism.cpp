@@ -1,0 +1,83 @@
+// Bitwise determinism: the same input gives the same outputs and statistics for any thread cap
+// (including the caller's own arena) and on every repeated run.
+#include <gtest/gtest.h>
+
+#include <cstring>
+
+#include <oneapi/tbb/task_arena.h>
+
+#include "support.hpp"
+
+using namespace bnorm_test;
+using bnorm::layout;
+
+namespace {
+
+struct outputs {
+  std::vector<float> y, mean, inv_std, running_mean, running_var, inference_y;
+  bool operator==(const outputs& o) const {
+    auto same = [](const std::vector<float>& a, const std::vector<float>& b) {
+      return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
+    };
+    return same(y, o.y) && same(mean, o.mean) && same(inv_std, o.inv_std) &&
+           same(running_mean, o.running_mean) && same(running_var, o.running_var) &&
+           same(inference_y, o.inference_y);
+  }
+};
+
+outputs run(const bnorm::tensor_shape& shape, layout l, bnorm::isa isa, int threads,
+            const std::vector<float>& x) {
+  const geometry g(shape);
+  bnorm::plan_options opts;
+  opts.max_isa = isa;
+  opts.max_threads = threads;
+  const bnorm::plan plan = make_plan_or_fail({shape, l, bnorm::dtype::f32, 1e-5}, opts);
+  outputs o{std::vector<float>(x.size()), std::vector<float>(g.c), std::vector<float>(g.c),
+            std::vector<float>(g.c, 0.f), std::vector<float>(g.c, 1.f),
+            std::vector<float>(x.size())};
+  bnorm::training_args args;
+  args.src = x.data();
+  args.dst = o.y.data();
+  args.batch_mean = out(o.mean);
+  args.batch_inv_std = out(o.inv_std);
+  args.running_mean = out(o.running_mean);
+  args.running_var = out(o.running_var);
+  EXPECT_TRUE(plan.forward_training(args).ok());
+  bnorm::inference_args inf;
+  inf.src = x.data();
+  inf.dst = o.inference_y.data();
+  inf.mean = in(o.running_mean);
+  inf.var = in(o.running_var);
+  EXPECT_TRUE(plan.forward_inference(inf).ok());
+  return o;
+}
+
+class Determinism : public testing::TestWithParam<bnorm::isa> {};
+
+TEST_P(Determinism, BitwiseEqualAcrossThreadCapsAndRuns) {
+  const bnorm::tensor_shape shapes[] = {
+      {2, 4}, {65536, 4}, {64, 128, 1024}, {1, 256, 56, 56}, {2, 2048, 7, 7}, {3, 5, 301, 77},
+      {2, 8, 4, 28, 28}};
+  std::uint64_t salt = 0;
+  for (const auto& shape : shapes) {
+    const std::vector<float> x = normal_data<float>(geometry(shape).elements(), 3.0, 2.0, ++salt);
+    for (layout l : {layout::channels_first, layout::channels_last}) {
+      SCOPED_TRACE(shape_name(shape) + (l == layout::channels_first ? " nchw" : " nhwc"));
+      const outputs serial = run(shape, l, GetParam(), 1, x);
+      for (int threads : {2, 8, 0}) {
+        EXPECT_TRUE(run(shape, l, GetParam(), threads, x) == serial) << "threads " << threads;
+      }
+      EXPECT_TRUE(run(shape, l, GetParam(), 0, x) == serial) << "repeated run";
+      // Inside a caller's own arena: the plan runs there and still gives the same bits.
+      tbb::task_arena arena(2);
+      outputs inside;
+      arena.execute([&] { inside = run(shape, l, GetParam(), 0, x); });
+      EXPECT_TRUE(inside == serial) << "in the caller's arena";
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(AllIsas, Determinism, testing::ValuesIn(isas_under_test()),
+                         isa_param_name);
+
+}  // namespace

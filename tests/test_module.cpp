@@ -1,0 +1,267 @@
+// The module API: the seed example, PyTorch's and MindSpore's mode matrices, momentum
+// conventions, initializers, reset, empty batches, and exceptions that leave state untouched.
+#include <gtest/gtest.h>
+
+#include "support.hpp"
+
+using namespace bnorm_test;
+
+namespace {
+
+const std::vector<float> seed_x = {0.7f, 0.5f, 0.5f, 0.6f, 0.5f, 0.4f, 0.6f, 0.9f};
+const std::vector<double> seed_y = {0.9995001, 0.9980063,  -0.998006, -0.99977785,
+                                    -0.9995007, -0.9980057, 0.998006,  0.99977785};
+// Batch mean and unbiased variance of the seed, per channel.
+const double seed_mean[] = {0.6, 0.45, 0.55, 0.75};
+const double seed_unbiased_var[] = {0.02, 0.005, 0.005, 0.045};
+
+void expect_seed_output(const std::vector<float>& y) {
+  ASSERT_EQ(y.size(), seed_y.size());
+  for (std::size_t i = 0; i < y.size(); ++i) EXPECT_NEAR(y[i], seed_y[i], 1e-6) << i;
+}
+
+TEST(Module, SeedExamplePyTorch) {
+  bnorm::torch::options opts;
+  opts.affine = false;
+  opts.momentum = 0.1;
+  auto bn = bnorm::torch::BatchNorm1d(4, opts);
+  expect_seed_output(bn.forward(seed_x, {2, 4}));
+  for (int c = 0; c < 4; ++c) {
+    EXPECT_NEAR(bn.running_mean()[c], 0.1 * seed_mean[c], 1e-7);
+    EXPECT_NEAR(bn.running_var()[c], 0.9 + 0.1 * seed_unbiased_var[c], 1e-7);
+  }
+  EXPECT_EQ(bn.num_batches_tracked(), 1);
+}
+
+TEST(Module, SeedExampleMindSpore) {
+  bnorm::mindspore::options opts;
+  opts.affine = false;
+  opts.momentum = 0.9;
+  auto bn = bnorm::mindspore::BatchNorm1d(4, opts);
+  EXPECT_FALSE(bn.is_training()) << "MindSpore cells start in eval mode";
+  bn.train();
+  expect_seed_output(bn.forward(seed_x, {2, 4}));
+  for (int c = 0; c < 4; ++c) {  // moving = 0.9·moving + 0.1·batch
+    EXPECT_NEAR(bn.moving_mean()[c], 0.9 * 0.0 + 0.1 * seed_mean[c], 1e-7);
+    EXPECT_NEAR(bn.moving_variance()[c], 0.9 * 1.0 + 0.1 * seed_unbiased_var[c], 1e-7);
+  }
+}
+
+// A module's y in the current mode, against batch or running statistics computed here.
+template <class Module>
+void expect_mode(Module& bn, bool batch_stats, bool updates) {
+  const std::vector<float> x = normal_data<float>(24, 2.0, 3.0, 5);
+  const std::vector<float> mean0 = bn.running_mean(), var0 = bn.running_var();
+  const std::int64_t tracked0 = bn.num_batches_tracked();
+  const std::vector<float> y = bn.forward(x, {4, 3, 2});
+  EXPECT_EQ(bn.uses_batch_statistics(), batch_stats);
+  EXPECT_EQ(bn.updates_running_stats(), updates);
+  const reference_stats batch = reference_moments(x, {4, 3, 2}, bnorm::layout::channels_first);
+  std::vector<double> m(3, 0.0), v(3, 1.0);
+  if (batch_stats) {
+    m = batch.mean;
+    v = batch.variance;
+  } else if (!mean0.empty()) {
+    m.assign(mean0.begin(), mean0.end());
+    v.assign(var0.begin(), var0.end());
+  }
+  const std::vector<double> want = reference_normalize(x, {4, 3, 2}, bnorm::layout::channels_first,
+                                                       m, v, 1e-5, bn.weight(), bn.bias());
+  EXPECT_LE(max_abs_error(y, want), 1e-5);
+  if (updates) {
+    EXPECT_NE(bn.running_mean(), mean0);
+  } else {
+    EXPECT_EQ(bn.running_mean(), mean0);
+    EXPECT_EQ(bn.running_var(), var0);
+  }
+  EXPECT_EQ(bn.num_batches_tracked(), tracked0 + (updates ? 1 : 0));
+}
+
+TEST(Module, TorchModeMatrix) {
+  bnorm::torch::options tracked;
+  auto bn = bnorm::torch::BatchNorm1d(3, tracked);
+  expect_mode(bn, true, true);   // train, tracking: batch statistics, update
+  bn.eval();
+  expect_mode(bn, false, false);  // eval, tracking: running statistics
+  bnorm::torch::options untracked;
+  untracked.track_running_stats = false;
+  auto free_bn = bnorm::torch::BatchNorm1d(3, untracked);
+  EXPECT_TRUE(free_bn.running_mean().empty());
+  expect_mode(free_bn, true, false);  // train, not tracking: batch statistics, no update
+  free_bn.eval();
+  expect_mode(free_bn, true, false);  // eval, not tracking: still batch statistics
+}
+
+TEST(Module, MindSporeUseBatchStatisticsMatrix) {
+  struct row {
+    std::optional<bool> use_batch_statistics;
+    bool training, batch_stats, updates;
+  } rows[] = {{std::nullopt, true, true, true},  {std::nullopt, false, false, false},
+              {true, true, true, true},          {true, false, true, true},
+              {false, true, false, false},       {false, false, false, false}};
+  for (const row& r : rows) {
+    SCOPED_TRACE(std::string("use_batch_statistics=") +
+                 (r.use_batch_statistics ? (*r.use_batch_statistics ? "True" : "False") : "None") +
+                 (r.training ? " train" : " eval"));
+    bnorm::mindspore::options opts;
+    opts.use_batch_statistics = r.use_batch_statistics;
+    opts.moving_mean_init = 0.5;
+    opts.moving_var_init = 2.0;
+    auto bn = bnorm::mindspore::BatchNorm1d(3, opts);
+    bn.train(r.training);
+    expect_mode(bn, r.batch_stats, r.updates);
+  }
+}
+
+TEST(Module, MomentumNoneIsACumulativeAverage) {
+  bnorm::torch::options opts;
+  opts.momentum = std::nullopt;
+  auto bn = bnorm::torch::BatchNorm2d<double>(2, opts);
+  std::vector<double> mean_sum(2, 0.0);
+  for (int step = 0; step < 4; ++step) {
+    const std::vector<double> x = normal_data<double>(2 * 2 * 3 * 3, step * 1.5, 1.0 + step, step);
+    bn.forward(x, {2, 2, 3, 3});
+    const reference_stats r = reference_moments(x, {2, 2, 3, 3}, bnorm::layout::channels_first);
+    for (int c = 0; c < 2; ++c) mean_sum[c] += r.mean[c];
+  }
+  EXPECT_EQ(bn.num_batches_tracked(), 4);
+  for (int c = 0; c < 2; ++c) EXPECT_NEAR(bn.running_mean()[c], mean_sum[c] / 4, 1e-12);
+}
+
+TEST(Module, OnnxConventionUsesTheBiasedVariance) {
+  bnorm::plan_options opts;
+  opts.convention = bnorm::momentum_convention::onnx;
+  opts.momentum = 0.9;
+  const bnorm::plan plan = make_plan_or_fail({{2, 4}}, opts);
+  std::vector<float> y(8), rm(4, 1.f), rv(4, 2.f);
+  bnorm::training_args args;
+  args.src = seed_x.data();
+  args.dst = y.data();
+  args.running_mean = out(rm);
+  args.running_var = out(rv);
+  ASSERT_TRUE(plan.forward_training(args).ok());
+  for (int c = 0; c < 4; ++c) {
+    EXPECT_NEAR(rm[c], 0.9 * 1.0 + 0.1 * seed_mean[c], 1e-7);
+    EXPECT_NEAR(rv[c], 0.9 * 2.0 + 0.1 * seed_unbiased_var[c] / 2, 1e-7);  // biased = unbiased/2
+  }
+}
+
+TEST(Module, MindSporeInitializersAndFormat) {
+  bnorm::mindspore::options opts;
+  opts.gamma_init = 2.0;
+  opts.beta_init = std::vector<double>{1, 2, 3};
+  opts.moving_mean_init = "zeros";
+  opts.moving_var_init = "ones";
+  opts.data_format = "NHWC";
+  opts.affine = false;
+  auto bn = bnorm::mindspore::BatchNorm2d(3, opts);
+  EXPECT_EQ(bn.gamma(), std::vector<float>(3, 2.f)) << "MindSpore keeps frozen gamma";
+  EXPECT_EQ(bn.beta(), (std::vector<float>{1, 2, 3}));
+  EXPECT_EQ(bn.get_config().layout, bnorm::layout::channels_last);
+  // Eval with moving statistics 0 and 1: y = x/sqrt(1+eps)·2 + beta, channel innermost.
+  const std::vector<float> y = bn.forward(std::vector<float>(6, 1.f), {1, 3, 1, 2});
+  for (int i = 0; i < 6; ++i) EXPECT_NEAR(y[i], 2.0 / std::sqrt(1 + 1e-5) + 1 + i % 3, 1e-6);
+
+  opts.gamma_init = "normal";
+  try {
+    bnorm::mindspore::BatchNorm2d(3, opts);
+    FAIL() << "an unknown initializer must throw";
+  } catch (const bnorm::error& e) {
+    EXPECT_EQ(e.code(), bnorm::status_code::invalid_argument);
+    EXPECT_STREQ(e.what(), "gamma_init: expected 'ones', 'zeros', a number or 3 values, got 'normal'");
+  }
+  opts.gamma_init = std::vector<double>{1, 2};
+  EXPECT_THROW(bnorm::mindspore::BatchNorm2d(3, opts), bnorm::error);
+  opts.gamma_init = "ones";
+  opts.data_format = "NCWH";
+  try {
+    bnorm::mindspore::BatchNorm2d(3, opts);
+    FAIL();
+  } catch (const bnorm::error& e) {
+    EXPECT_STREQ(e.what(), "data_format: expected 'NCHW' or 'NHWC', got 'NCWH'");
+  }
+}
+
+TEST(Module, ResetRunningStatsAndParameters) {
+  auto bn = bnorm::torch::BatchNorm1d(3);
+  bn.weight()[0] = 5.f;
+  bn.forward(normal_data<float>(12, 1.0, 1.0, 3), {4, 3});
+  EXPECT_EQ(bn.num_batches_tracked(), 1);
+  bn.reset_running_stats();
+  EXPECT_EQ(bn.running_mean(), std::vector<float>(3, 0.f));
+  EXPECT_EQ(bn.running_var(), std::vector<float>(3, 1.f));
+  EXPECT_EQ(bn.num_batches_tracked(), 0);
+  EXPECT_EQ(bn.weight()[0], 5.f);
+  bn.reset_parameters();
+  EXPECT_EQ(bn.weight(), std::vector<float>(3, 1.f));
+  EXPECT_EQ(bn.bias(), std::vector<float>(3, 0.f));
+}
+
+TEST(Module, EmptyBatchCountsAStepAndLeavesStatistics) {
+  auto bn = bnorm::torch::BatchNorm2d(3);
+  const std::vector<float> y = bn.forward(std::vector<float>{}, {0, 3, 4, 4});
+  EXPECT_TRUE(y.empty());
+  EXPECT_EQ(bn.num_batches_tracked(), 1);  // as PyTorch: counted before the empty call
+  EXPECT_EQ(bn.running_mean(), std::vector<float>(3, 0.f));
+  bn.eval();
+  EXPECT_TRUE(bn.forward(std::vector<float>{}, {2, 3, 0, 4}).empty());
+}
+
+TEST(Module, ErrorsThrowAndLeaveStateUntouched) {
+  auto bn = bnorm::torch::BatchNorm1d(4);
+  auto expect_error = [&](auto&& call, const char* message) {
+    const std::vector<float> mean = bn.running_mean(), var = bn.running_var();
+    const std::int64_t tracked = bn.num_batches_tracked();
+    try {
+      call();
+      ADD_FAILURE() << "expected bnorm::error: " << message;
+    } catch (const bnorm::error& e) {
+      EXPECT_STREQ(e.what(), message);
+    }
+    EXPECT_EQ(bn.running_mean(), mean);
+    EXPECT_EQ(bn.running_var(), var);
+    EXPECT_EQ(bn.num_batches_tracked(), tracked);
+  };
+  expect_error([&] { bn.forward(std::vector<float>(16), {1, 4, 2, 2}); },
+               "input: expected 2D or 3D input (got 4D input)");
+  expect_error([&] { bn.forward(std::vector<float>(6), {2, 3}); },
+               "input: expected 4 channels (num_features) in dimension 1, got 3");
+  expect_error([&] { bn.forward(std::vector<float>(4), {1, 4}); },
+               "Expected more than 1 value per channel when training, got input size [1, 4]");
+  expect_error([&] { bn.forward(std::vector<float>(5), {2, 4}); },
+               "src: expected 8 values for the given shape, got 5");
+  bn.weight().resize(3);
+  expect_error([&] { bn.forward(std::vector<float>(8), {2, 4}); },
+               "scale: expected 4 values (one per channel, C = 4), got 3");
+  bn.weight().resize(4, 1.f);
+  bn.eval();
+  bn.running_var().clear();
+  expect_error([&] { bn.forward(std::vector<float>(8), {2, 4}); },
+               "var: expected 4 values, got a null pointer (required by inference (the running "
+               "variance))");
+
+  EXPECT_THROW(bnorm::torch::BatchNorm2d(0), bnorm::error);
+  bnorm::torch::options bad;
+  bad.eps = -1;
+  EXPECT_THROW(bnorm::torch::BatchNorm2d(2, bad), bnorm::error);
+  bad.eps = 1e-5;
+  bad.momentum = 1.5;
+  EXPECT_THROW(bnorm::torch::BatchNorm2d(2, bad), bnorm::error);
+  auto bn3 = bnorm::torch::BatchNorm3d(2);
+  try {
+    bn3.forward(std::vector<float>(8), {2, 2, 2});
+    FAIL();
+  } catch (const bnorm::error& e) {
+    EXPECT_STREQ(e.what(), "input: expected 5D input (got 3D input)");
+  }
+}
+
+TEST(Module, ReportsItsIsa) {
+  auto bn = bnorm::torch::BatchNorm2d(2);
+  bn.forward(std::vector<float>(16, 1.f), {2, 2, 2, 2});
+  if (std::getenv("BNORM_MAX_ISA") == nullptr) {
+    EXPECT_EQ(bn.isa(), bnorm::available_isas().back());
+  }
+}
+
+}  // namespace
