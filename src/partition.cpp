@@ -78,6 +78,8 @@ partition make_partition(const problem& prob, std::size_t vector_lanes) noexcept
       // Whole vectors per period, and at least four of them so that the per-slot
       // read-modify-write chains of consecutive periods overlap.
       p.period = lcm * std::max<std::size_t>(1, ceil_div(4 * vector_lanes, lcm));
+      // A tensor shorter than that needs no more than one period's worth of slots.
+      p.period = std::min(p.period, round_up(std::max<std::size_t>(p.elements, 1), lcm));
     } else {
       p.period = p.channels;  // rows of C with a short tail each
     }

@@ -129,19 +129,11 @@ status check_channel_buffer(const char* name, const void* data, std::size_t size
 }
 
 status check_tensors(const plan_impl& plan, const void* src, const void* dst) noexcept {
-  if (plan.part.elements == 0) return {};
-  const shape_text shape(plan.prob.shape);
-  if (src == nullptr) {
-    return status::failure(status_code::invalid_argument,
-                           "src: expected %zu elements of shape %s, got a null pointer",
-                           plan.part.elements, shape.text);
-  }
-  if (dst == nullptr) {
-    return status::failure(status_code::invalid_argument,
-                           "dst: expected %zu elements of shape %s, got a null pointer",
-                           plan.part.elements, shape.text);
-  }
-  return {};
+  if (plan.part.elements == 0 || (src != nullptr && dst != nullptr)) return {};
+  return status::failure(status_code::invalid_argument,
+                         "%s: expected %zu elements of shape %s, got a null pointer",
+                         src == nullptr ? "src" : "dst", plan.part.elements,
+                         shape_text(plan.prob.shape).text);
 }
 
 /// Scratch from the caller, the stack, or the heap, in that order of preference.

@@ -19,6 +19,7 @@ const char* to_string(status_code code) noexcept {
 }
 
 status::status(status_code code, const char* message) noexcept : code_(code) {
+  message_[0] = '\0';
   if (message != nullptr) {
     std::strncpy(message_, message, max_message_length);
     message_[max_message_length] = '\0';

@@ -26,7 +26,7 @@ class status {
  public:
   static constexpr std::size_t max_message_length = 255;
 
-  status() noexcept = default;  // ok
+  status() noexcept { message_[0] = '\0'; }  // ok
   status(status_code code, const char* message) noexcept;
 
   /// Builds a failure whose message is formatted printf-style (truncated to fit).
@@ -44,7 +44,9 @@ class status {
 
  private:
   status_code code_ = status_code::ok;
-  char message_[max_message_length + 1] = {};
+  // Only the terminated prefix is meaningful: the rest is left uninitialized so that creating
+  // an ok status on every call costs nothing.
+  char message_[max_message_length + 1];
 };
 
 /// The one exception type of the module API: it carries the status of the failed call.
