@@ -140,14 +140,10 @@ void run_training(const plan_impl& plan, const training_args& args, unsigned cha
   } else {
     plan.threads.for_each(p.units, 1, p.serial, [&](std::size_t b, std::size_t e) {
       for (std::size_t i = b; i < e; ++i) {
-        double* unit_sum = sum + i * p.period;
-        double* unit_sum_sq = sum_sq + i * p.period;
-        std::fill(unit_sum, unit_sum + p.period, 0.0);
-        std::fill(unit_sum_sq, unit_sum_sq + p.period, 0.0);
         const std::size_t row = i * p.rows_per_chunk;
         const std::size_t rows = std::min(p.rows_per_chunk, p.rows - row);
         kern.interleaved_stats(src + row * p.channels, rows * p.channels, p.period, shift,
-                               unit_sum, unit_sum_sq);
+                               sum + i * p.period, sum_sq + i * p.period);
       }
     });
   }

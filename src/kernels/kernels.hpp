@@ -22,7 +22,8 @@ struct kernel_set {
   /// Interleaved channels: element i belongs to accumulator/coefficient slot i % period; the
   /// period is a multiple of C so slot j is channel j % C. `len` is a multiple of C, not
   /// necessarily of the period. Per-slot arrays hold `period` values (coefficient arrays are
-  /// padded by one vector past it).
+  /// padded by one vector past it). Unlike plane_stats, interleaved_stats overwrites its sums:
+  /// zeroing period-long arrays first would cost as much as a pass over short tensors.
   void (*interleaved_stats)(const T* src, std::size_t len, std::size_t period,
                             const double* shift, double* sum, double* sum_sq) noexcept;
   void (*interleaved_normalize)(const T* src, T* dst, std::size_t len, std::size_t period,
