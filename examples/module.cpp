@@ -1,0 +1,27 @@
+// The README's module-API example, built and run by ctest.
+#include <bnorm/bnorm.hpp>
+
+#include <cstdio>
+#include <vector>
+
+int main() {
+  // torch.nn.BatchNorm1d(4, affine=False): starts in train mode.
+  bnorm::torch::options opts;
+  opts.affine = false;
+  auto bn = bnorm::torch::BatchNorm1d(4, opts);
+  std::vector<float> y = bn.forward({0.7f, 0.5f, 0.5f, 0.6f, 0.5f, 0.4f, 0.6f, 0.9f}, {2, 4});
+  bn.eval();
+
+  // mindspore.nn.BatchNorm2d(64, momentum=0.9, data_format='NHWC'): starts in eval mode.
+  bnorm::mindspore::options ms;
+  ms.data_format = "NHWC";
+  ms.gamma_init = 0.5;
+  auto cell = bnorm::mindspore::BatchNorm2d(64, ms);
+  cell.train();
+  try {
+    cell.forward(std::vector<float>(64), {1, 64, 1, 1});  // one value per channel
+  } catch (const bnorm::error& e) {
+    std::printf("%s\n", e.what());  // Expected more than 1 value per channel when training, ...
+  }
+  std::printf("%f %f\n", y[0], bn.running_var()[0]);
+}
