@@ -12,29 +12,26 @@ namespace {
 
 template <class T>
 struct coefficient_arrays {
-  T* mean_hi;
-  T* mean_lo;
+  T* center;
   T* scale;
   T* shift;
 
   coefficient_arrays(unsigned char* scratch, const scratch_layout& s) {
     T* base = reinterpret_cast<T*>(scratch + s.coeffs);
-    mean_hi = base;
-    mean_lo = base + s.coeff_stride;
-    scale = base + 2 * s.coeff_stride;
-    shift = base + 3 * s.coeff_stride;
+    center = base;
+    scale = base + s.coeff_stride;
+    shift = base + 2 * s.coeff_stride;
   }
 
   void set(std::size_t c, const coefficients<T>& k) const {
-    mean_hi[c] = k.mean_hi;
-    mean_lo[c] = k.mean_lo;
+    center[c] = k.center;
     scale[c] = k.scale;
     shift[c] = k.shift;
   }
 
   /// Interleaved passes read per slot: slot j holds channel j % C; the padding holds zeros.
   void replicate(std::size_t channels, std::size_t period, std::size_t stride) const {
-    for (T* a : {mean_hi, mean_lo, scale, shift}) {
+    for (T* a : {center, scale, shift}) {
       for (std::size_t j = channels; j < period; ++j) a[j] = a[j - channels];
       std::fill(a + period, a + stride, T(0));
     }
@@ -71,8 +68,8 @@ void normalize_pass(const plan_impl& plan, const T* src, T* dst,
         const std::size_t begin = j * p.chunk_len;
         const std::size_t end = std::min(begin + p.chunk_len, p.per_channel);
         for_each_plane_piece(p, c, begin, end, [&](std::size_t at, std::size_t len) {
-          kern.plane_normalize(src + at, dst + at, len, k.mean_hi[c], k.mean_lo[c], k.scale[c],
-                               k.shift[c]);
+          kern.plane_normalize(src + at, dst + at, len, k.center[c], k.scale[c], k.shift[c],
+                               p.stream_stores);
         });
       }
     });
@@ -82,8 +79,8 @@ void normalize_pass(const plan_impl& plan, const T* src, T* dst,
         const std::size_t row = i * p.rows_per_chunk;
         const std::size_t rows = std::min(p.rows_per_chunk, p.rows - row);
         const std::size_t at = row * p.channels;
-        kern.interleaved_normalize(src + at, dst + at, rows * p.channels, p.period, k.mean_hi,
-                                   k.mean_lo, k.scale, k.shift);
+        kern.interleaved_normalize(src + at, dst + at, rows * p.channels, p.period, k.center,
+                                   k.scale, k.shift, p.stream_stores);
       }
     });
   }
@@ -210,7 +207,6 @@ void run_inference(const plan_impl& plan, const inference_args& args, unsigned c
   const T* var = static_cast<const T*>(args.var.data);
   const double epsilon = plan.prob.epsilon;
   for_each_channel(plan, [&](std::size_t c) {
-    // The running mean is already a T, so mean_lo is exactly zero here.
     coeffs.set(c, make_coefficients<T>(mean[c], inverse_std(var[c], epsilon),
                                        value_or<T>(args.scale, c, 1.0),
                                        value_or<T>(args.shift, c, 0.0)));

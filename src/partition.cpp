@@ -18,6 +18,8 @@ constexpr std::size_t max_vector_period = 1024;
 constexpr std::size_t min_chunk_periods = 32;
 constexpr std::size_t max_interleaved_chunks = 256;
 constexpr std::size_t finalize_channels_per_task = 512;
+// Outputs from this size on are written around the cache (store_policy::automatic).
+constexpr std::size_t streaming_bytes = 8u << 20;
 
 std::size_t ceil_div(std::size_t a, std::size_t b) { return (a + b - 1) / b; }
 std::size_t round_up(std::size_t a, std::size_t b) { return ceil_div(a, b) * b; }
@@ -32,7 +34,7 @@ void lay_out_scratch(partition& p) {
   };
   const std::size_t pad = 64 / p.element_size;  // one vector of the widest ISA
   s.coeff_stride = round_up((p.kind == traversal::planes ? p.channels : p.period) + pad, pad);
-  s.coeffs = take(4 * s.coeff_stride * p.element_size);
+  s.coeffs = take(3 * s.coeff_stride * p.element_size);
   s.inference_bytes = offset;
   s.shift_count = p.kind == traversal::planes ? p.channels : p.period;
   s.partial_count = p.kind == traversal::planes ? p.channels * p.chunks_per_channel
@@ -47,7 +49,8 @@ void lay_out_scratch(partition& p) {
 
 }  // namespace
 
-partition make_partition(const problem& prob, std::size_t vector_lanes) noexcept {
+partition make_partition(const problem& prob, const plan_options& options,
+                         std::size_t vector_lanes) noexcept {
   partition p;
   p.batch = static_cast<std::size_t>(prob.shape[0]);
   p.channels = static_cast<std::size_t>(prob.shape[1]);
@@ -59,6 +62,9 @@ partition make_partition(const problem& prob, std::size_t vector_lanes) noexcept
   p.elements = p.per_channel * p.channels;
   p.element_size = prob.dtype == dtype::f32 ? sizeof(float) : sizeof(double);
   p.serial = p.elements * p.element_size < serial_bytes;
+  p.stream_stores = options.stores == store_policy::streaming ||
+                    (options.stores == store_policy::automatic &&
+                     p.elements * p.element_size >= streaming_bytes);
   const std::size_t unit_elements = unit_bytes / p.element_size;
 
   if (prob.layout == layout::channels_first && p.spatial > 1) {

@@ -23,7 +23,7 @@ struct scratch_layout {
   std::size_t sum_sq = 0;      // double[partial_count]: Σ(x - shift)² per unit
   std::size_t mean = 0;        // double[C]: the batch mean, kept until the results are committed
   std::size_t variance = 0;    // double[C]: the biased batch variance
-  std::size_t coeffs = 0;      // T[4][coeff_stride]: mean_hi, mean_lo, scale, shift
+  std::size_t coeffs = 0;      // T[3][coeff_stride]: center, scale, shift
   std::size_t shift_count = 0;
   std::size_t partial_count = 0;
   std::size_t coeff_stride = 0;
@@ -41,6 +41,8 @@ struct partition {
   std::size_t element_size = 0;
   /// Too small to be worth a task: run every unit on the calling thread.
   bool serial = false;
+  /// Write dst with non-temporal stores (see plan_options::stores).
+  bool stream_stores = false;
 
   // planes: unit u covers the run [j·chunk_len, (j+1)·chunk_len) of channel u / k, j = u % k,
   // of its N·spatial values, k = chunks_per_channel.
@@ -60,6 +62,7 @@ struct partition {
 
 /// Builds the partition for a validated problem; `vector_lanes` is the ISA's lanes for the
 /// problem's dtype.
-partition make_partition(const problem& prob, std::size_t vector_lanes) noexcept;
+partition make_partition(const problem& prob, const plan_options& options,
+                         std::size_t vector_lanes) noexcept;
 
 }  // namespace bnorm::detail

@@ -96,6 +96,12 @@ status validate_problem(const problem& prob, const plan_options& options) noexce
                            "got convention %d",
                            static_cast<int>(options.convention));
   }
+  if (options.stores != store_policy::automatic && options.stores != store_policy::cached &&
+      options.stores != store_policy::streaming) {
+    return status::failure(status_code::invalid_argument,
+                           "stores: expected automatic, cached or streaming, got %d",
+                           static_cast<int>(options.stores));
+  }
   if (options.max_threads < 0) {
     return status::failure(status_code::invalid_argument,
                            "max_threads: expected 0 (caller's arena) or a count >= 1, got %d",
@@ -206,7 +212,7 @@ status make_plan(const problem& prob, const plan_options& options, plan* out) no
     impl->options = options;
     impl->kernels = table;
     impl->part = detail::make_partition(
-        prob, prob.dtype == dtype::f32 ? table->f32_lanes : table->f64_lanes);
+        prob, options, prob.dtype == dtype::f32 ? table->f32_lanes : table->f64_lanes);
     impl->threads = detail::thread_limit(options.max_threads);
     out->impl_ = std::move(impl);
     return {};

@@ -28,12 +28,13 @@ inline double inverse_std(double variance, double epsilon) noexcept {
   return 1.0 / std::sqrt(variance + epsilon);  // exact, unlike a vector rsqrt estimate
 }
 
-/// y = ((x - mean_hi) - mean_lo)·scale + shift, with mean_hi + mean_lo ≈ mean beyond T's
-/// precision.
+/// y = (x - center)·scale + shift. The center is the mean rounded to T, so x - center is exact
+/// for x near the mean (Sterbenz); the part of the mean T cannot hold goes into the shift,
+/// where it is small. Folding the whole mean into the shift (x·a + b) would cancel when
+/// |mean| ≫ std.
 template <class T>
 struct coefficients {
-  T mean_hi;
-  T mean_lo;
+  T center;
   T scale;
   T shift;
 };
@@ -41,9 +42,10 @@ struct coefficients {
 template <class T>
 coefficients<T> make_coefficients(double mean, double inv_std, double gamma,
                                   double beta) noexcept {
-  const T mean_hi = static_cast<T>(mean);
-  return {mean_hi, static_cast<T>(mean - static_cast<double>(mean_hi)),
-          static_cast<T>(gamma * inv_std), static_cast<T>(beta)};
+  const T center = static_cast<T>(mean);
+  const double scale = gamma * inv_std;
+  const double residual = mean - static_cast<double>(center);
+  return {center, static_cast<T>(scale), static_cast<T>(beta - residual * scale)};
 }
 
 /// How one training step moves the running statistics: r = (1 - w)·r + w·batch.

@@ -5,6 +5,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <new>
 #include <random>
 #include <string>
 #include <vector>
@@ -12,6 +13,25 @@
 #include "bnorm/bnorm.hpp"
 
 namespace bnorm_test {
+
+/// 64-byte aligned storage, as engines allocate tensors (and as streaming stores want).
+template <class T>
+struct aligned64 {
+  using value_type = T;
+  aligned64() = default;
+  template <class U>
+  aligned64(const aligned64<U>&) {}
+  T* allocate(std::size_t n) {
+    return static_cast<T*>(::operator new(n * sizeof(T), std::align_val_t(64)));
+  }
+  void deallocate(T* p, std::size_t) { ::operator delete(p, std::align_val_t(64)); }
+  template <class U>
+  bool operator==(const aligned64<U>&) const { return true; }
+  template <class U>
+  bool operator!=(const aligned64<U>&) const { return false; }
+};
+template <class T>
+using aligned_vector = std::vector<T, aligned64<T>>;
 
 /// Seeded from --gtest_random_seed so that a failure can be replayed.
 inline std::mt19937_64 make_rng(std::uint64_t salt = 0) {
@@ -90,8 +110,8 @@ std::vector<double> reference_normalize(const std::vector<T>& x, const bnorm::te
   return y;
 }
 
-template <class T>
-double max_abs_error(const std::vector<T>& got, const std::vector<double>& want) {
+template <class Vector>
+double max_abs_error(const Vector& got, const std::vector<double>& want) {
   double worst = 0.0;
   for (std::size_t i = 0; i < got.size(); ++i) {
     const double e = std::fabs(static_cast<double>(got[i]) - want[i]);

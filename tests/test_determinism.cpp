@@ -1,5 +1,5 @@
 // Bitwise determinism: the same input gives the same outputs and statistics for any thread cap
-// (including the caller's own arena) and on every repeated run.
+// (including the caller's own arena), any store policy, and on every repeated run.
 #include <gtest/gtest.h>
 
 #include <cstring>
@@ -26,11 +26,13 @@ struct outputs {
 };
 
 outputs run(const bnorm::tensor_shape& shape, layout l, bnorm::isa isa, int threads,
-            const std::vector<float>& x) {
+            const std::vector<float>& x,
+            bnorm::store_policy stores = bnorm::store_policy::automatic) {
   const geometry g(shape);
   bnorm::plan_options opts;
   opts.max_isa = isa;
   opts.max_threads = threads;
+  opts.stores = stores;
   const bnorm::plan plan = make_plan_or_fail({shape, l, bnorm::dtype::f32, 1e-5}, opts);
   outputs o{std::vector<float>(x.size()), std::vector<float>(g.c), std::vector<float>(g.c),
             std::vector<float>(g.c, 0.f), std::vector<float>(g.c, 1.f),
@@ -68,6 +70,11 @@ TEST_P(Determinism, BitwiseEqualAcrossThreadCapsAndRuns) {
         EXPECT_TRUE(run(shape, l, GetParam(), threads, x) == serial) << "threads " << threads;
       }
       EXPECT_TRUE(run(shape, l, GetParam(), 0, x) == serial) << "repeated run";
+      // Non-temporal stores change where the bits go, never what they are.
+      for (auto stores : {bnorm::store_policy::streaming, bnorm::store_policy::cached}) {
+        EXPECT_TRUE(run(shape, l, GetParam(), 0, x, stores) == serial)
+            << "store policy " << static_cast<int>(stores);
+      }
       // Inside a caller's own arena: the plan runs there and still gives the same bits.
       tbb::task_arena arena(2);
       outputs inside;

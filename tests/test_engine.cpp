@@ -26,8 +26,9 @@ double tolerance(double y) {
   return sizeof(T) == 4 ? 1e-6 + 2e-7 * std::fabs(y) : 1e-12 + 1e-14 * std::fabs(y);
 }
 
-template <class T>
-void check_close(const std::vector<T>& got, const std::vector<double>& want, const char* what) {
+template <class T, class Alloc>
+void check_close(const std::vector<T, Alloc>& got, const std::vector<double>& want,
+                 const char* what) {
   ASSERT_EQ(got.size(), want.size());
   for (std::size_t i = 0; i < got.size(); ++i) {
     ASSERT_NEAR(static_cast<double>(got[i]), want[i], tolerance<T>(want[i]))
@@ -52,7 +53,8 @@ void check_training_case(const bnorm::tensor_shape& shape, layout l, bnorm::plan
 
   const bnorm::plan plan = make_plan_or_fail({shape, l, dtype_of<T>(), eps}, opts);
   ASSERT_EQ(plan.isa(), *opts.max_isa) << "the plan fell back to another ISA";
-  std::vector<T> y = in_place ? x : std::vector<T>(x.size(), T(-7));
+  aligned_vector<T> y(x.size(), T(-7));
+  if (in_place) y.assign(x.begin(), x.end());
   std::vector<T> mean(g.c), inv_std(g.c);
   bnorm::training_args args;
   args.src = in_place ? static_cast<const void*>(y.data()) : x.data();
@@ -100,7 +102,8 @@ void check_inference_case(const bnorm::tensor_shape& shape, layout l, bnorm::pla
   for (auto& v : var) v = std::fabs(v) + T(0.1);
   const bnorm::plan plan = make_plan_or_fail({shape, l, dtype_of<T>(), eps}, opts);
   ASSERT_EQ(plan.isa(), *opts.max_isa);
-  std::vector<T> y = in_place ? x : std::vector<T>(x.size());
+  aligned_vector<T> y(x.size());
+  if (in_place) y.assign(x.begin(), x.end());
   bnorm::inference_args args;
   args.src = in_place ? static_cast<const void*>(y.data()) : x.data();
   args.dst = y.data();
@@ -158,6 +161,23 @@ TEST_P(Engine, InferenceMatchesFloat64Reference) {
     for (layout l : {layout::channels_first, layout::channels_last}) {
       check_inference_case<float>(shape, l, options(), false, ++salt);
       check_inference_case<double>(shape, l, options(), false, ++salt);
+    }
+  }
+}
+
+TEST_P(Engine, StreamingStoresMatchTheReference) {
+  bnorm::plan_options opts = options();
+  opts.stores = bnorm::store_policy::streaming;
+  std::uint64_t salt = 500;
+  for (const bnorm::tensor_shape& shape :
+       {bnorm::tensor_shape{3, 5, 77}, bnorm::tensor_shape{2, 16, 9, 31}, bnorm::tensor_shape{700, 48},
+        bnorm::tensor_shape{3, 37, 5}, bnorm::tensor_shape{4, 3, 50000}}) {
+    for (layout l : {layout::channels_first, layout::channels_last}) {
+      for (bool in_place : {false, true}) {
+        check_training_case<float>(shape, l, opts, in_place, ++salt);
+        check_inference_case<float>(shape, l, opts, in_place, ++salt);
+        check_training_case<double>(shape, l, opts, in_place, ++salt);
+      }
     }
   }
 }

@@ -57,6 +57,17 @@ enum class momentum_convention {
   onnx,
 };
 
+/// How normalization writes dst.
+enum class store_policy {
+  /// Non-temporal stores for outputs of 8 MiB or more, ordinary stores below.
+  automatic,
+  /// Ordinary stores: best when the next layer reads y while it is still in cache.
+  cached,
+  /// Non-temporal stores, which skip the read of each destination line: best for outputs that
+  /// do not fit in cache.
+  streaming,
+};
+
 /// Maximum tensor rank (N, C, D, H, W).
 inline constexpr std::size_t max_rank = 5;
 
@@ -103,6 +114,8 @@ struct plan_options {
   int max_threads = 0;
   /// Highest ISA the plan may use; the environment variable BNORM_MAX_ISA caps it too.
   std::optional<bnorm::isa> max_isa;
+  /// The outputs are the same bits under every policy; only the speed differs.
+  store_policy stores = store_policy::automatic;
 };
 
 /// A per-channel input buffer: `size` must be C. Leave it empty ({}) to omit an optional one.

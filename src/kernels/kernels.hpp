@@ -10,15 +10,17 @@ namespace bnorm::kernels {
 
 /// Pure loops over caller-validated memory. They assert nothing, allocate nothing, never throw.
 /// Statistics accumulate shifted values d = x - shift in float64: sum += Σd, sum_sq += Σd².
-/// Normalization computes y = ((x - mean_hi) - mean_lo)·scale + shift, where mean_hi + mean_lo
-/// carries the mean to better than T precision (x·a + b would cancel when |mean| ≫ std).
+/// Normalization computes y = (x - center)·scale + shift, with the center the mean rounded to T
+/// (x·a + b with the mean folded into b would cancel when |mean| ≫ std). With `stream`, whole
+/// aligned vectors are written with non-temporal stores: for outputs that do not fit in cache,
+/// this saves the read of every destination line before it is written.
 template <class T>
 struct kernel_set {
   /// One contiguous run of a single channel.
   void (*plane_stats)(const T* src, std::size_t len, double shift, double* sum,
                       double* sum_sq) noexcept;
-  void (*plane_normalize)(const T* src, T* dst, std::size_t len, T mean_hi, T mean_lo, T scale,
-                          T shift) noexcept;
+  void (*plane_normalize)(const T* src, T* dst, std::size_t len, T center, T scale, T shift,
+                          bool stream) noexcept;
   /// Interleaved channels: element i belongs to accumulator/coefficient slot i % period; the
   /// period is a multiple of C so slot j is channel j % C. `len` is a multiple of C, not
   /// necessarily of the period. Per-slot arrays hold `period` values (coefficient arrays are
@@ -27,8 +29,8 @@ struct kernel_set {
   void (*interleaved_stats)(const T* src, std::size_t len, std::size_t period,
                             const double* shift, double* sum, double* sum_sq) noexcept;
   void (*interleaved_normalize)(const T* src, T* dst, std::size_t len, std::size_t period,
-                                const T* mean_hi, const T* mean_lo, const T* scale,
-                                const T* shift) noexcept;
+                                const T* center, const T* scale, const T* shift,
+                                bool stream) noexcept;
 };
 
 struct kernel_table {

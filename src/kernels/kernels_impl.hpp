@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 
 #include "kernels/kernels.hpp"
 #include "kernels/xsimd_compat.hpp"
@@ -110,19 +111,16 @@ void interleaved_stats(const T* src, std::size_t len, std::size_t period, const 
 // --------------------------------------------------------------------------- normalization
 
 template <class Arch, class T>
-xsimd::batch<T, Arch> normalize(const xsimd::batch<T, Arch>& x, const xsimd::batch<T, Arch>& mean_hi,
-                                const xsimd::batch<T, Arch>& mean_lo,
+xsimd::batch<T, Arch> normalize(const xsimd::batch<T, Arch>& x, const xsimd::batch<T, Arch>& center,
                                 const xsimd::batch<T, Arch>& scale,
                                 const xsimd::batch<T, Arch>& shift) noexcept {
-  // x - mean_hi is exact when x is near the mean (Sterbenz); mean_lo then adds the part of the
-  // mean that T could not hold.
-  return fmadd((x - mean_hi) - mean_lo, scale, shift);
+  return fmadd(x - center, scale, shift);
 }
 
-/// Runs the last `count` (< one vector) elements through the vector code via a padded copy, so
-/// every element of a tensor is rounded the same way, whatever its position.
+/// Runs `count` (< one vector) elements through the vector code via a padded copy, so every
+/// element of a tensor is rounded the same way, whatever its position.
 template <class Arch, class T, class Compute>
-void normalize_tail(const T* src, T* dst, std::size_t count, Compute compute) noexcept {
+void normalize_partial(const T* src, T* dst, std::size_t count, Compute compute) noexcept {
   using vec = xsimd::batch<T, Arch>;
   alignas(64) T padded[vec::size] = {};
   for (std::size_t i = 0; i < count; ++i) padded[i] = src[i];
@@ -131,53 +129,71 @@ void normalize_tail(const T* src, T* dst, std::size_t count, Compute compute) no
 }
 
 template <class Arch, class T>
-void plane_normalize(const T* src, T* dst, std::size_t len, T mean_hi, T mean_lo, T scale,
-                     T shift) noexcept {
+std::size_t misalignment(const T* p) noexcept {
+  constexpr std::size_t bytes = xsimd::batch<T, Arch>::size * sizeof(T);
+  return reinterpret_cast<std::uintptr_t>(p) % bytes;
+}
+
+template <class Arch, class T>
+void plane_normalize(const T* src, T* dst, std::size_t len, T center, T scale, T shift,
+                     bool stream) noexcept {
   using vec = xsimd::batch<T, Arch>;
   constexpr std::size_t lanes = vec::size;
-  const vec m_hi(mean_hi), m_lo(mean_lo), a(scale), b(shift);
+  const vec c(center), a(scale), b(shift);
+  const auto compute = [&](const vec& x) { return normalize(x, c, a, b); };
   std::size_t i = 0;
-  for (; i + 2 * lanes <= len; i += 2 * lanes) {
-    const vec x0 = vec::load_unaligned(src + i);
-    const vec x1 = vec::load_unaligned(src + i + lanes);
-    normalize(x0, m_hi, m_lo, a, b).store_unaligned(dst + i);
-    normalize(x1, m_hi, m_lo, a, b).store_unaligned(dst + i + lanes);
+  const std::size_t off = misalignment<Arch>(dst);
+  if (stream && len >= 4 * lanes && off % sizeof(T) == 0) {
+    // Peel up to the first aligned destination vector, then stream whole vectors.
+    const std::size_t head = off == 0 ? 0 : lanes - off / sizeof(T);
+    if (head) normalize_partial<Arch>(src, dst, head, compute);
+    for (i = head; i + lanes <= len; i += lanes) {
+      store_stream(dst + i, compute(vec::load_unaligned(src + i)));
+    }
+    stream_fence<Arch>();
+  } else {
+    for (; i + 2 * lanes <= len; i += 2 * lanes) {
+      const vec x0 = vec::load_unaligned(src + i);
+      const vec x1 = vec::load_unaligned(src + i + lanes);
+      compute(x0).store_unaligned(dst + i);
+      compute(x1).store_unaligned(dst + i + lanes);
+    }
+    for (; i + lanes <= len; i += lanes) compute(vec::load_unaligned(src + i)).store_unaligned(dst + i);
   }
-  for (; i + lanes <= len; i += lanes) {
-    normalize(vec::load_unaligned(src + i), m_hi, m_lo, a, b).store_unaligned(dst + i);
-  }
-  if (i < len) {
-    normalize_tail<Arch>(src + i, dst + i, len - i,
-                         [&](const vec& x) { return normalize(x, m_hi, m_lo, a, b); });
-  }
+  if (i < len) normalize_partial<Arch>(src + i, dst + i, len - i, compute);
 }
 
 template <class Arch, class T>
 void interleaved_normalize(const T* src, T* dst, std::size_t len, std::size_t period,
-                           const T* mean_hi, const T* mean_lo, const T* scale,
-                           const T* shift) noexcept {
+                           const T* center, const T* scale, const T* shift, bool stream) noexcept {
   // Row by row: blocking rows here, as the statistics do, makes loads and stores 4 KiB apart
   // alias in the store buffer when C·sizeof(T) is a multiple of 4 KiB (3× slower, measured);
   // the coefficients come from L1 either way.
   using vec = xsimd::batch<T, Arch>;
   constexpr std::size_t lanes = vec::size;
+  // Streaming needs every row to start aligned: an aligned dst and a period of whole vectors.
+  stream = stream && misalignment<Arch>(dst) == 0 && period % lanes == 0;
   for (std::size_t base = 0; base < len; base += period) {
     const std::size_t count = len - base < period ? len - base : period;
     std::size_t j = 0;
     for (; j + lanes <= count; j += lanes) {
-      const vec y = normalize(vec::load_unaligned(src + base + j), vec::load_unaligned(mean_hi + j),
-                              vec::load_unaligned(mean_lo + j), vec::load_unaligned(scale + j),
-                              vec::load_unaligned(shift + j));
-      y.store_unaligned(dst + base + j);
+      const vec y = normalize(vec::load_unaligned(src + base + j), vec::load_unaligned(center + j),
+                              vec::load_unaligned(scale + j), vec::load_unaligned(shift + j));
+      if (stream) {
+        store_stream(dst + base + j, y);
+      } else {
+        y.store_unaligned(dst + base + j);
+      }
     }
     if (j < count) {
       // The coefficient arrays are padded by one vector, so these loads stay in bounds.
-      const vec m_hi = vec::load_unaligned(mean_hi + j), m_lo = vec::load_unaligned(mean_lo + j);
-      const vec a = vec::load_unaligned(scale + j), b = vec::load_unaligned(shift + j);
-      normalize_tail<Arch>(src + base + j, dst + base + j, count - j,
-                           [&](const vec& x) { return normalize(x, m_hi, m_lo, a, b); });
+      const vec c = vec::load_unaligned(center + j), a = vec::load_unaligned(scale + j);
+      const vec b = vec::load_unaligned(shift + j);
+      normalize_partial<Arch>(src + base + j, dst + base + j, count - j,
+                              [&](const vec& x) { return normalize(x, c, a, b); });
     }
   }
+  if (stream) stream_fence<Arch>();
 }
 
 // ------------------------------------------------------------------------------- the table

@@ -83,5 +83,45 @@ double sum_lanes(const xsimd::batch<double, Arch>& v) noexcept {
   return total;
 }
 
+/// Non-temporal store of a whole vector to a vector-aligned address; xsimd 8.1 has none.
+/// Architectures without one store normally.
+template <class T, class Arch>
+void store_stream(T* dst, const xsimd::batch<T, Arch>& v) noexcept {
+  constexpr bool is_float = std::is_same<T, float>::value;
+#if XSIMD_WITH_AVX512F
+  if constexpr (is_arch<Arch, xsimd::avx512f>) {
+    if constexpr (is_float) _mm512_stream_ps(dst, v);
+    else _mm512_stream_pd(dst, v);
+    return;
+  } else
+#endif
+#if XSIMD_WITH_AVX
+  if constexpr (std::is_base_of<xsimd::avx, Arch>::value) {
+    if constexpr (is_float) _mm256_stream_ps(dst, v);
+    else _mm256_stream_pd(dst, v);
+    return;
+  } else
+#endif
+#if XSIMD_WITH_SSE2
+  if constexpr (std::is_base_of<xsimd::sse2, Arch>::value) {
+    if constexpr (is_float) _mm_stream_ps(dst, v);
+    else _mm_stream_pd(dst, v);
+    return;
+  } else
+#endif
+  {
+    v.store_aligned(dst);
+  }
+}
+
+/// Orders this thread's non-temporal stores before whatever it does next (they are weakly
+/// ordered), so the results are visible once the pass joins.
+template <class Arch>
+void stream_fence() noexcept {
+#if XSIMD_WITH_SSE2
+  _mm_sfence();
+#endif
+}
+
 }  // namespace
 }  // namespace bnorm::kernels

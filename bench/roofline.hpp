@@ -1,0 +1,14 @@
+// The memory roofline of a case: plain streaming passes over the same bytes with the same
+// threads, measured in the same process as the case. Inference: y = a·x + b. Training: a
+// read-only sum over x, then y = a·x + b.
+#pragma once
+
+#include <cstddef>
+
+namespace bnorm_bench {
+
+/// Runs on `threads` threads (a oneTBB arena of that size; 1 = the calling thread).
+void stream_affine(const float* x, float* y, std::size_t n, int threads);
+double stream_sum(const float* x, std::size_t n, int threads);
+
+}  // namespace bnorm_bench
