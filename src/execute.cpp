@@ -106,7 +106,7 @@ void run_training(const plan_impl& plan, const training_args& args, unsigned cha
   const kernels::kernel_set<T>& kern = plan.kernels->get<T>();
   const T* src = static_cast<const T*>(args.src);
   T* dst = static_cast<T*>(args.dst);
-  double* shift = reinterpret_cast<double*>(scratch + lay.shift);
+  T* shift = reinterpret_cast<T*>(scratch + lay.shift);
   double* sum = reinterpret_cast<double*>(scratch + lay.sum);
   double* sum_sq = reinterpret_cast<double*>(scratch + lay.sum_sq);
   double* mean = reinterpret_cast<double*>(scratch + lay.mean);
@@ -115,9 +115,9 @@ void run_training(const plan_impl& plan, const training_args& args, unsigned cha
 
   // Shifts: the channel's first value. Fixed by the data alone, so chunking cannot change it.
   if (p.kind == traversal::planes) {
-    for (std::size_t c = 0; c < p.channels; ++c) shift[c] = static_cast<double>(src[c * p.spatial]);
+    for (std::size_t c = 0; c < p.channels; ++c) shift[c] = src[c * p.spatial];
   } else {
-    for (std::size_t j = 0; j < p.period; ++j) shift[j] = static_cast<double>(src[j % p.channels]);
+    for (std::size_t j = 0; j < p.period; ++j) shift[j] = src[j % p.channels];
   }
 
   // Partial sums, one slot per unit: what a unit adds never depends on the thread running it.

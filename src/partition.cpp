@@ -39,7 +39,7 @@ void lay_out_scratch(partition& p) {
   s.shift_count = p.kind == traversal::planes ? p.channels : p.period;
   s.partial_count = p.kind == traversal::planes ? p.channels * p.chunks_per_channel
                                                 : p.units * p.period;
-  s.shift = take(s.shift_count * sizeof(double));
+  s.shift = take(s.shift_count * p.element_size);
   s.sum = take(s.partial_count * sizeof(double));
   s.sum_sq = take(s.partial_count * sizeof(double));
   s.mean = take(p.channels * sizeof(double));

@@ -18,7 +18,7 @@ enum class traversal {
 
 /// Byte offsets of the scratch arrays, each 64-byte aligned. Sizes in elements are below.
 struct scratch_layout {
-  std::size_t shift = 0;       // double[shift_count]: per-channel (or per-slot) shifts
+  std::size_t shift = 0;       // T[shift_count]: per-channel (or per-slot) shifts
   std::size_t sum = 0;         // double[partial_count]: Σ(x - shift) per unit
   std::size_t sum_sq = 0;      // double[partial_count]: Σ(x - shift)² per unit
   std::size_t mean = 0;        // double[C]: the batch mean, kept until the results are committed

@@ -26,8 +26,8 @@ struct kernel_set {
   /// necessarily of the period. Per-slot arrays hold `period` values (coefficient arrays are
   /// padded by one vector past it). Unlike plane_stats, interleaved_stats overwrites its sums:
   /// zeroing period-long arrays first would cost as much as a pass over short tensors.
-  void (*interleaved_stats)(const T* src, std::size_t len, std::size_t period,
-                            const double* shift, double* sum, double* sum_sq) noexcept;
+  void (*interleaved_stats)(const T* src, std::size_t len, std::size_t period, const T* shift,
+                            double* sum, double* sum_sq) noexcept;
   void (*interleaved_normalize)(const T* src, T* dst, std::size_t len, std::size_t period,
                                 const T* center, const T* scale, const T* shift,
                                 bool stream) noexcept;

@@ -53,6 +53,47 @@ xsimd::batch<double, Arch> load_as_f64(const float* src) noexcept {
   }
 }
 
+/// The low and high halves of a float vector as two float64 vectors.
+template <class Arch>
+void widen(const xsimd::batch<float, Arch>& v, xsimd::batch<double, Arch>& low,
+           xsimd::batch<double, Arch>& high) noexcept {
+  using dvec = xsimd::batch<double, Arch>;
+#if XSIMD_WITH_AVX512F
+  if constexpr (is_arch<Arch, xsimd::avx512f>) {
+    const __m512 r = v;
+    low = dvec(_mm512_cvtps_pd(_mm512_castps512_ps256(r)));
+    // _mm512_extractf32x8_ps would need AVX512DQ; the 64-bit lane extract is AVX512F.
+    high = dvec(_mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(r), 1))));
+    return;
+  } else
+#endif
+#if XSIMD_WITH_AVX
+  if constexpr (std::is_base_of<xsimd::avx, Arch>::value) {
+    const __m256 r = v;
+    low = dvec(_mm256_cvtps_pd(_mm256_castps256_ps128(r)));
+    high = dvec(_mm256_cvtps_pd(_mm256_extractf128_ps(r, 1)));
+    return;
+  } else
+#endif
+#if XSIMD_WITH_SSE2
+  if constexpr (std::is_base_of<xsimd::sse2, Arch>::value) {
+    const __m128 r = v;
+    low = dvec(_mm_cvtps_pd(r));
+    high = dvec(_mm_cvtps_pd(_mm_movehl_ps(r, r)));
+    return;
+  } else
+#endif
+  {
+    constexpr std::size_t lanes = xsimd::batch<float, Arch>::size;
+    alignas(64) float values[lanes];
+    alignas(64) double wide[lanes];
+    v.store_aligned(values);
+    for (std::size_t i = 0; i < lanes; ++i) wide[i] = static_cast<double>(values[i]);
+    low = dvec::load_aligned(wide);
+    high = dvec::load_aligned(wide + lanes / 2);
+  }
+}
+
 /// a·b + c, fused wherever the ISA has FMA. xsimd 8.1.0 has no avx512f override of fma (its
 /// generic fallback is x*y+z, and kernel units are built with -ffp-contract=off), so AVX-512
 /// calls the intrinsic itself; xsimd 11.0.0 added the override.
