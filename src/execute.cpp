@@ -86,14 +86,14 @@ void normalize_pass(const plan_impl& plan, const T* src, T* dst,
   }
 }
 
-/// Calls body(c) for every channel, in parallel blocks when C is large.
+/// Calls body(c_begin, c_end) over blocks of channels, in parallel when C is large.
 template <class Body>
-void for_each_channel(const plan_impl& plan, const Body& body) {
+void for_each_channel_block(const plan_impl& plan, const Body& body) {
   const partition& p = plan.part;
   const std::size_t block = p.channels_per_finalize_task;
   const std::size_t blocks = (p.channels + block - 1) / block;
   plan.threads.for_each(blocks, 1, p.serial, [&](std::size_t b, std::size_t e) {
-    for (std::size_t c = b * block; c < std::min(e * block, p.channels); ++c) body(c);
+    body(b * block, std::min(e * block, p.channels));
   });
 }
 
@@ -146,29 +146,46 @@ void run_training(const plan_impl& plan, const training_args& args, unsigned cha
   }
 
   // Merge in a fixed order (unit by unit, slot by slot), then the per-channel coefficients.
+  // mean[] and variance[] hold Σd and Σd² until finalize() turns them into moments.
   const double count = static_cast<double>(p.per_channel);
   const double epsilon = plan.prob.epsilon;
-  for_each_channel(plan, [&](std::size_t c) {
-    double s = 0.0, q = 0.0;
-    if (p.kind == traversal::planes) {
-      for (std::size_t j = 0; j < p.chunks_per_channel; ++j) {
-        s += sum[c * p.chunks_per_channel + j];
-        q += sum_sq[c * p.chunks_per_channel + j];
-      }
-    } else {
-      for (std::size_t i = 0; i < p.units; ++i) {
-        for (std::size_t slot = c; slot < p.period; slot += p.channels) {
-          s += sum[i * p.period + slot];
-          q += sum_sq[i * p.period + slot];
-        }
-      }
-    }
-    const moments m = moments_from_shifted_sums(shift[c], s, q, count);
+  const auto finalize = [&](std::size_t c) {
+    const moments m =
+        moments_from_shifted_sums(static_cast<double>(shift[c]), mean[c], variance[c], count);
     mean[c] = m.mean;
     variance[c] = m.variance;
     coeffs.set(c, make_coefficients<T>(m.mean, inverse_std(m.variance, epsilon),
                                        value_or<T>(args.scale, c, 1.0),
                                        value_or<T>(args.shift, c, 0.0)));
+  };
+  for_each_channel_block(plan, [&](std::size_t c0, std::size_t c1) {
+    if (p.kind == traversal::planes) {
+      for (std::size_t c = c0; c < c1; ++c) {
+        double s = 0.0, q = 0.0;
+        for (std::size_t j = 0; j < p.chunks_per_channel; ++j) {
+          s += sum[c * p.chunks_per_channel + j];
+          q += sum_sq[c * p.chunks_per_channel + j];
+        }
+        mean[c] = s;
+        variance[c] = q;
+      }
+    } else {
+      // Contiguous runs of slots: for each channel the order is unit by unit, then slot c,
+      // c + C, ... within the unit.
+      std::fill(mean + c0, mean + c1, 0.0);
+      std::fill(variance + c0, variance + c1, 0.0);
+      for (std::size_t i = 0; i < p.units; ++i) {
+        for (std::size_t slot = 0; slot < p.period; slot += p.channels) {
+          const double* s = sum + i * p.period + slot;
+          const double* q = sum_sq + i * p.period + slot;
+          for (std::size_t c = c0; c < c1; ++c) {
+            mean[c] += s[c];
+            variance[c] += q[c];
+          }
+        }
+      }
+    }
+    for (std::size_t c = c0; c < c1; ++c) finalize(c);
   });
   if (p.kind == traversal::interleaved) {
     coeffs.replicate(p.channels, p.period, lay.coeff_stride);
@@ -206,10 +223,12 @@ void run_inference(const plan_impl& plan, const inference_args& args, unsigned c
   const T* mean = static_cast<const T*>(args.mean.data);
   const T* var = static_cast<const T*>(args.var.data);
   const double epsilon = plan.prob.epsilon;
-  for_each_channel(plan, [&](std::size_t c) {
-    coeffs.set(c, make_coefficients<T>(mean[c], inverse_std(var[c], epsilon),
-                                       value_or<T>(args.scale, c, 1.0),
-                                       value_or<T>(args.shift, c, 0.0)));
+  for_each_channel_block(plan, [&](std::size_t c0, std::size_t c1) {
+    for (std::size_t c = c0; c < c1; ++c) {
+      coeffs.set(c, make_coefficients<T>(mean[c], inverse_std(var[c], epsilon),
+                                         value_or<T>(args.scale, c, 1.0),
+                                         value_or<T>(args.shift, c, 0.0)));
+    }
   });
   if (p.kind == traversal::interleaved) {
     coeffs.replicate(p.channels, p.period, p.scratch.coeff_stride);

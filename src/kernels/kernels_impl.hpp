@@ -45,15 +45,33 @@ void plane_stats(const T* src, std::size_t len, double shift, double* sum,
     constexpr std::size_t lanes = fvec::size;
     const fvec k(static_cast<float>(shift));  // a value of the data: exact in float
     f64_accumulator<Arch> acc;
-    for (; i + block_vectors * lanes <= len; i += block_vectors * lanes) {
+    while (i < len) {
+      // One block: up to block_vectors whole vectors, then (last block only) the partial
+      // vector, padded with the shift so that it adds zeros.
       fvec s0(0.f), s1(0.f), q0(0.f), q1(0.f);
-      for (std::size_t v = 0; v < block_vectors; v += 2) {
-        const fvec d0 = fvec::load_unaligned(src + i + v * lanes) - k;
-        const fvec d1 = fvec::load_unaligned(src + i + (v + 1) * lanes) - k;
+      const std::size_t end = len - i < block_vectors * lanes ? len : i + block_vectors * lanes;
+      for (; i + 2 * lanes <= end; i += 2 * lanes) {
+        const fvec d0 = fvec::load_unaligned(src + i) - k;
+        const fvec d1 = fvec::load_unaligned(src + i + lanes) - k;
         s0 += d0;
         s1 += d1;
         q0 = fmadd(d0, d0, q0);
         q1 = fmadd(d1, d1, q1);
+      }
+      if (i + lanes <= end) {
+        const fvec d = fvec::load_unaligned(src + i) - k;
+        s0 += d;
+        q0 = fmadd(d, d, q0);
+        i += lanes;
+      }
+      if (i < end) {
+        alignas(64) float padded[lanes];
+        const float k_scalar = static_cast<float>(shift);
+        for (std::size_t j = 0; j < lanes; ++j) padded[j] = i + j < end ? src[i + j] : k_scalar;
+        const fvec d = fvec::load_aligned(padded) - k;
+        s1 += d;
+        q1 = fmadd(d, d, q1);
+        i = end;
       }
       acc.add(s0 + s1, q0 + q1);
     }
@@ -79,19 +97,18 @@ void plane_stats(const T* src, std::size_t len, double shift, double* sum,
       q2 = fmadd(d2, d2, q2);
       q3 = fmadd(d3, d3, q3);
     }
+    for (; i + lanes <= len; i += lanes) {
+      const dvec d = dvec::load_unaligned(src + i) - k;
+      s0 += d;
+      q0 = fmadd(d, d, q0);
+    }
     s = sum_lanes<Arch>((s0 + s1) + (s2 + s3));
     q = sum_lanes<Arch>((q0 + q1) + (q2 + q3));
-  }
-  // The rest, at most a block, in float64.
-  for (; i + dvec::size <= len; i += dvec::size) {
-    const dvec d = load_as_f64<Arch>(src + i) - dvec(shift);
-    s += sum_lanes<Arch>(d);
-    q += sum_lanes<Arch>(d * d);
-  }
-  for (; i < len; ++i) {
-    const double d = static_cast<double>(src[i]) - shift;
-    s += d;
-    q += d * d;
+    for (; i < len; ++i) {
+      const double d = static_cast<double>(src[i]) - shift;
+      s += d;
+      q += d * d;
+    }
   }
   *sum += s;
   *sum_sq += q;
