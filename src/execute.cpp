@@ -56,6 +56,45 @@ void for_each_plane_piece(const partition& p, std::size_t c, std::size_t begin, 
   }
 }
 
+/// Planes traversal, unit u: Σd, Σd² of its run into *sum, *sum_sq (added).
+template <class T>
+void stats_unit(const plan_impl& plan, std::size_t u, const T* src, double shift, double* sum,
+                double* sum_sq) {
+  const partition& p = plan.part;
+  const kernels::kernel_set<T>& kern = plan.kernels->get<T>();
+  const std::size_t c = u / p.chunks_per_channel;
+  if (p.chunks_per_channel == 1) {  // the whole channel: its N planes in one call
+    kern.plane_stats(src + c * p.spatial, p.spatial, p.batch, p.channels * p.spatial, shift, sum,
+                     sum_sq);
+    return;
+  }
+  const std::size_t begin = (u % p.chunks_per_channel) * p.chunk_len;
+  const std::size_t end = std::min(begin + p.chunk_len, p.per_channel);
+  for_each_plane_piece(p, c, begin, end, [&](std::size_t at, std::size_t len) {
+    kern.plane_stats(src + at, len, 1, 0, shift, sum, sum_sq);
+  });
+}
+
+/// Planes traversal, unit u: normalize its run with its channel's coefficients.
+template <class T>
+void normalize_unit(const plan_impl& plan, std::size_t u, const T* src, T* dst, T center, T scale,
+                    T shift) {
+  const partition& p = plan.part;
+  const kernels::kernel_set<T>& kern = plan.kernels->get<T>();
+  const std::size_t c = u / p.chunks_per_channel;
+  if (p.chunks_per_channel == 1) {
+    const std::size_t at = c * p.spatial;
+    kern.plane_normalize(src + at, dst + at, p.spatial, p.batch, p.channels * p.spatial, center,
+                         scale, shift, p.stream_stores);
+    return;
+  }
+  const std::size_t begin = (u % p.chunks_per_channel) * p.chunk_len;
+  const std::size_t end = std::min(begin + p.chunk_len, p.per_channel);
+  for_each_plane_piece(p, c, begin, end, [&](std::size_t at, std::size_t len) {
+    kern.plane_normalize(src + at, dst + at, len, 1, 0, center, scale, shift, p.stream_stores);
+  });
+}
+
 template <class T>
 void normalize_pass(const plan_impl& plan, const T* src, T* dst,
                     const coefficient_arrays<T>& k) {
@@ -64,13 +103,8 @@ void normalize_pass(const plan_impl& plan, const T* src, T* dst,
   if (p.kind == traversal::planes) {
     plan.threads.for_each(p.units, p.units_per_task, p.serial, [&](std::size_t b, std::size_t e) {
       for (std::size_t u = b; u < e; ++u) {
-        const std::size_t c = u / p.chunks_per_channel, j = u % p.chunks_per_channel;
-        const std::size_t begin = j * p.chunk_len;
-        const std::size_t end = std::min(begin + p.chunk_len, p.per_channel);
-        for_each_plane_piece(p, c, begin, end, [&](std::size_t at, std::size_t len) {
-          kern.plane_normalize(src + at, dst + at, len, k.center[c], k.scale[c], k.shift[c],
-                               p.stream_stores);
-        });
+        const std::size_t c = u / p.chunks_per_channel;
+        normalize_unit(plan, u, src, dst, k.center[c], k.scale[c], k.shift[c]);
       }
     });
   } else {
@@ -97,143 +131,225 @@ void for_each_channel_block(const plan_impl& plan, const Body& body) {
   });
 }
 
+/// One training call: the scratch arrays and the steps over them.
+template <class T>
+class training_step {
+ public:
+  training_step(const plan_impl& plan, const training_args& args, unsigned char* scratch)
+      : plan_(plan),
+        p_(plan.part),
+        args_(args),
+        src_(static_cast<const T*>(args.src)),
+        dst_(static_cast<T*>(args.dst)),
+        shift_(reinterpret_cast<T*>(scratch + p_.scratch.shift)),
+        sum_(reinterpret_cast<double*>(scratch + p_.scratch.sum)),
+        sum_sq_(reinterpret_cast<double*>(scratch + p_.scratch.sum_sq)),
+        mean_(reinterpret_cast<double*>(scratch + p_.scratch.mean)),
+        variance_(reinterpret_cast<double*>(scratch + p_.scratch.variance)),
+        coeffs_(scratch, p_.scratch) {}
+
+  void run() {
+    compute_shifts();
+    if (p_.fused) {
+      fused_pass();
+    } else {
+      stats_pass();
+      merge_pass();
+      normalize_pass<T>(plan_, src_, dst_, coeffs_);
+    }
+    commit();
+  }
+
+ private:
+  /// Each channel's shift: the mean of its first few values, rounded to T. Near the mean, so
+  /// Σd² - (Σd)²/n does not cancel; a value of the data alone, so chunking cannot change it;
+  /// exactly the value of a constant channel, whose output is then exactly zero.
+  void compute_shifts() {
+    constexpr std::size_t sample = 16;
+    if (p_.kind == traversal::planes) {
+      const std::size_t count = std::min(sample, p_.spatial);
+      for (std::size_t c = 0; c < p_.channels; ++c) {
+        const T* run = src_ + c * p_.spatial;
+        double total = 0.0;
+        for (std::size_t i = 0; i < count; ++i) total += static_cast<double>(run[i]);
+        shift_[c] = static_cast<T>(total / static_cast<double>(count));
+      }
+    } else {
+      const std::size_t rows = std::min(sample, p_.rows);
+      for (std::size_t c = 0; c < p_.channels; ++c) {
+        double total = 0.0;
+        for (std::size_t r = 0; r < rows; ++r) total += static_cast<double>(src_[r * p_.channels + c]);
+        shift_[c] = static_cast<T>(total / static_cast<double>(rows));
+      }
+      for (std::size_t j = p_.channels; j < p_.period; ++j) shift_[j] = shift_[j - p_.channels];
+    }
+  }
+
+  /// Planes of whole channels: statistics, coefficients and normalization of one channel back
+  /// to back, its planes still in cache for the second read, in a single parallel pass.
+  void fused_pass() {
+    plan_.threads.for_each(p_.units, p_.units_per_task, p_.serial,
+                           [&](std::size_t b, std::size_t e) {
+                             for (std::size_t c = b; c < e; ++c) {
+                               mean_[c] = variance_[c] = 0.0;
+                               stats_unit(plan_, c, src_, static_cast<double>(shift_[c]),
+                                          &mean_[c], &variance_[c]);
+                               finalize(c);
+                               normalize_unit(plan_, c, src_, dst_, coeffs_.center[c],
+                                              coeffs_.scale[c], coeffs_.shift[c]);
+                             }
+                           });
+  }
+
+  /// Partial sums, one slot per unit: what a unit adds never depends on the thread running it.
+  void stats_pass() {
+    const kernels::kernel_set<T>& kern = plan_.kernels->get<T>();
+    if (p_.kind == traversal::planes) {
+      plan_.threads.for_each(p_.units, p_.units_per_task, p_.serial,
+                             [&](std::size_t b, std::size_t e) {
+                               for (std::size_t u = b; u < e; ++u) {
+                                 sum_[u] = sum_sq_[u] = 0.0;
+                                 stats_unit(plan_, u, src_,
+                                            static_cast<double>(shift_[u / p_.chunks_per_channel]),
+                                            &sum_[u], &sum_sq_[u]);
+                               }
+                             });
+    } else {
+      plan_.threads.for_each(p_.units, 1, p_.serial, [&](std::size_t b, std::size_t e) {
+        for (std::size_t i = b; i < e; ++i) {
+          const std::size_t row = i * p_.rows_per_chunk;
+          const std::size_t rows = std::min(p_.rows_per_chunk, p_.rows - row);
+          kern.interleaved_stats(src_ + row * p_.channels, rows * p_.channels, p_.period, shift_,
+                                 sum_ + i * p_.period, sum_sq_ + i * p_.period);
+        }
+      });
+    }
+  }
+
+  /// Merges the partials in a fixed order (unit by unit, slot by slot) into Σd, Σd² per channel
+  /// (held in mean_ and variance_), then finalizes.
+  void merge_pass() {
+    for_each_channel_block(plan_, [&](std::size_t c0, std::size_t c1) {
+      if (p_.kind == traversal::planes) {
+        for (std::size_t c = c0; c < c1; ++c) {
+          double s = 0.0, q = 0.0;
+          for (std::size_t j = 0; j < p_.chunks_per_channel; ++j) {
+            s += sum_[c * p_.chunks_per_channel + j];
+            q += sum_sq_[c * p_.chunks_per_channel + j];
+          }
+          mean_[c] = s;
+          variance_[c] = q;
+        }
+      } else {
+        // Contiguous runs of slots; for each channel the order is unit by unit, then slot c,
+        // c + C, ... within the unit.
+        std::fill(mean_ + c0, mean_ + c1, 0.0);
+        std::fill(variance_ + c0, variance_ + c1, 0.0);
+        for (std::size_t i = 0; i < p_.units; ++i) {
+          for (std::size_t slot = 0; slot < p_.period; slot += p_.channels) {
+            const double* s = sum_ + i * p_.period + slot;
+            const double* q = sum_sq_ + i * p_.period + slot;
+            for (std::size_t c = c0; c < c1; ++c) {
+              mean_[c] += s[c];
+              variance_[c] += q[c];
+            }
+          }
+        }
+      }
+      for (std::size_t c = c0; c < c1; ++c) finalize(c);
+    });
+    if (p_.kind == traversal::interleaved) {
+      coeffs_.replicate(p_.channels, p_.period, p_.scratch.coeff_stride);
+    }
+  }
+
+  /// Σd, Σd² in mean_[c], variance_[c] → the moments there, and the coefficients.
+  void finalize(std::size_t c) {
+    const moments m = moments_from_shifted_sums(static_cast<double>(shift_[c]), mean_[c],
+                                                variance_[c], count());
+    mean_[c] = m.mean;
+    variance_[c] = m.variance;
+    coeffs_.set(c, make_coefficients<T>(m.mean, inverse_std(m.variance, plan_.prob.epsilon),
+                                        value_or<T>(args_.scale, c, 1.0),
+                                        value_or<T>(args_.shift, c, 0.0)));
+  }
+
+  /// The batch statistics, then the running statistics and the step counter: the only writes
+  /// to the caller's buffers besides dst, made once everything else has succeeded.
+  void commit() {
+    const double epsilon = plan_.prob.epsilon;
+    for (std::size_t c = 0; c < p_.channels; ++c) {
+      if (args_.batch_mean.data) static_cast<T*>(args_.batch_mean.data)[c] = static_cast<T>(mean_[c]);
+      if (args_.batch_inv_std.data) {
+        static_cast<T*>(args_.batch_inv_std.data)[c] =
+            static_cast<T>(inverse_std(variance_[c], epsilon));
+      }
+    }
+    if (!plan_.options.update_running_stats) return;
+    std::int64_t tracked = 0;
+    if (args_.num_batches_tracked) tracked = ++*args_.num_batches_tracked;
+    const running_rule rule = make_running_rule(plan_.options, tracked);
+    const double bessel = rule.unbiased_variance ? count() / (count() - 1.0) : 1.0;
+    T* running_mean = static_cast<T*>(args_.running_mean.data);
+    T* running_var = static_cast<T*>(args_.running_var.data);
+    for (std::size_t c = 0; c < p_.channels; ++c) {
+      running_mean[c] = static_cast<T>(blend(running_mean[c], mean_[c], rule.batch_weight));
+      running_var[c] =
+          static_cast<T>(blend(running_var[c], variance_[c] * bessel, rule.batch_weight));
+    }
+  }
+
+  double count() const { return static_cast<double>(p_.per_channel); }
+
+  const plan_impl& plan_;
+  const partition& p_;
+  const training_args& args_;
+  const T* src_;
+  T* dst_;
+  T* shift_;
+  double* sum_;
+  double* sum_sq_;
+  double* mean_;
+  double* variance_;
+  coefficient_arrays<T> coeffs_;
+};
+
 }  // namespace
 
 template <class T>
 void run_training(const plan_impl& plan, const training_args& args, unsigned char* scratch) {
-  const partition& p = plan.part;
-  const scratch_layout& lay = p.scratch;
-  const kernels::kernel_set<T>& kern = plan.kernels->get<T>();
-  const T* src = static_cast<const T*>(args.src);
-  T* dst = static_cast<T*>(args.dst);
-  T* shift = reinterpret_cast<T*>(scratch + lay.shift);
-  double* sum = reinterpret_cast<double*>(scratch + lay.sum);
-  double* sum_sq = reinterpret_cast<double*>(scratch + lay.sum_sq);
-  double* mean = reinterpret_cast<double*>(scratch + lay.mean);
-  double* variance = reinterpret_cast<double*>(scratch + lay.variance);
-  const coefficient_arrays<T> coeffs(scratch, lay);
-
-  // Shifts: the channel's first value. Fixed by the data alone, so chunking cannot change it.
-  if (p.kind == traversal::planes) {
-    for (std::size_t c = 0; c < p.channels; ++c) shift[c] = src[c * p.spatial];
-  } else {
-    for (std::size_t j = 0; j < p.period; ++j) shift[j] = src[j % p.channels];
-  }
-
-  // Partial sums, one slot per unit: what a unit adds never depends on the thread running it.
-  if (p.kind == traversal::planes) {
-    plan.threads.for_each(p.units, p.units_per_task, p.serial, [&](std::size_t b, std::size_t e) {
-      for (std::size_t u = b; u < e; ++u) {
-        const std::size_t c = u / p.chunks_per_channel, j = u % p.chunks_per_channel;
-        const std::size_t begin = j * p.chunk_len;
-        const std::size_t end = std::min(begin + p.chunk_len, p.per_channel);
-        sum[u] = 0.0;
-        sum_sq[u] = 0.0;
-        for_each_plane_piece(p, c, begin, end, [&](std::size_t at, std::size_t len) {
-          kern.plane_stats(src + at, len, shift[c], &sum[u], &sum_sq[u]);
-        });
-      }
-    });
-  } else {
-    plan.threads.for_each(p.units, 1, p.serial, [&](std::size_t b, std::size_t e) {
-      for (std::size_t i = b; i < e; ++i) {
-        const std::size_t row = i * p.rows_per_chunk;
-        const std::size_t rows = std::min(p.rows_per_chunk, p.rows - row);
-        kern.interleaved_stats(src + row * p.channels, rows * p.channels, p.period, shift,
-                               sum + i * p.period, sum_sq + i * p.period);
-      }
-    });
-  }
-
-  // Merge in a fixed order (unit by unit, slot by slot), then the per-channel coefficients.
-  // mean[] and variance[] hold Σd and Σd² until finalize() turns them into moments.
-  const double count = static_cast<double>(p.per_channel);
-  const double epsilon = plan.prob.epsilon;
-  const auto finalize = [&](std::size_t c) {
-    const moments m =
-        moments_from_shifted_sums(static_cast<double>(shift[c]), mean[c], variance[c], count);
-    mean[c] = m.mean;
-    variance[c] = m.variance;
-    coeffs.set(c, make_coefficients<T>(m.mean, inverse_std(m.variance, epsilon),
-                                       value_or<T>(args.scale, c, 1.0),
-                                       value_or<T>(args.shift, c, 0.0)));
-  };
-  for_each_channel_block(plan, [&](std::size_t c0, std::size_t c1) {
-    if (p.kind == traversal::planes) {
-      for (std::size_t c = c0; c < c1; ++c) {
-        double s = 0.0, q = 0.0;
-        for (std::size_t j = 0; j < p.chunks_per_channel; ++j) {
-          s += sum[c * p.chunks_per_channel + j];
-          q += sum_sq[c * p.chunks_per_channel + j];
-        }
-        mean[c] = s;
-        variance[c] = q;
-      }
-    } else {
-      // Contiguous runs of slots: for each channel the order is unit by unit, then slot c,
-      // c + C, ... within the unit.
-      std::fill(mean + c0, mean + c1, 0.0);
-      std::fill(variance + c0, variance + c1, 0.0);
-      for (std::size_t i = 0; i < p.units; ++i) {
-        for (std::size_t slot = 0; slot < p.period; slot += p.channels) {
-          const double* s = sum + i * p.period + slot;
-          const double* q = sum_sq + i * p.period + slot;
-          for (std::size_t c = c0; c < c1; ++c) {
-            mean[c] += s[c];
-            variance[c] += q[c];
-          }
-        }
-      }
-    }
-    for (std::size_t c = c0; c < c1; ++c) finalize(c);
-  });
-  if (p.kind == traversal::interleaved) {
-    coeffs.replicate(p.channels, p.period, lay.coeff_stride);
-  }
-
-  normalize_pass<T>(plan, src, dst, coeffs);
-
-  // Commit: the batch statistics, then the running statistics and the step counter.
-  for (std::size_t c = 0; c < p.channels; ++c) {
-    if (args.batch_mean.data) static_cast<T*>(args.batch_mean.data)[c] = static_cast<T>(mean[c]);
-    if (args.batch_inv_std.data) {
-      static_cast<T*>(args.batch_inv_std.data)[c] =
-          static_cast<T>(inverse_std(variance[c], epsilon));
-    }
-  }
-  if (plan.options.update_running_stats) {
-    std::int64_t tracked = 0;
-    if (args.num_batches_tracked) tracked = ++*args.num_batches_tracked;
-    const running_rule rule = make_running_rule(plan.options, tracked);
-    const double bessel = rule.unbiased_variance ? count / (count - 1.0) : 1.0;
-    T* running_mean = static_cast<T*>(args.running_mean.data);
-    T* running_var = static_cast<T*>(args.running_var.data);
-    for (std::size_t c = 0; c < p.channels; ++c) {
-      running_mean[c] = static_cast<T>(blend(running_mean[c], mean[c], rule.batch_weight));
-      running_var[c] =
-          static_cast<T>(blend(running_var[c], variance[c] * bessel, rule.batch_weight));
-    }
-  }
+  training_step<T>(plan, args, scratch).run();
 }
 
 template <class T>
 void run_inference(const plan_impl& plan, const inference_args& args, unsigned char* scratch) {
   const partition& p = plan.part;
-  const coefficient_arrays<T> coeffs(scratch, p.scratch);
+  const T* src = static_cast<const T*>(args.src);
+  T* dst = static_cast<T*>(args.dst);
   const T* mean = static_cast<const T*>(args.mean.data);
   const T* var = static_cast<const T*>(args.var.data);
   const double epsilon = plan.prob.epsilon;
-  for_each_channel_block(plan, [&](std::size_t c0, std::size_t c1) {
-    for (std::size_t c = c0; c < c1; ++c) {
-      coeffs.set(c, make_coefficients<T>(mean[c], inverse_std(var[c], epsilon),
-                                         value_or<T>(args.scale, c, 1.0),
-                                         value_or<T>(args.shift, c, 0.0)));
-    }
-  });
-  if (p.kind == traversal::interleaved) {
-    coeffs.replicate(p.channels, p.period, p.scratch.coeff_stride);
+  const auto coefficients_of = [&](std::size_t c) {
+    return make_coefficients<T>(mean[c], inverse_std(var[c], epsilon),
+                                value_or<T>(args.scale, c, 1.0), value_or<T>(args.shift, c, 0.0));
+  };
+  if (p.kind == traversal::planes) {
+    // One pass: each unit works out its own channel's coefficients.
+    plan.threads.for_each(p.units, p.units_per_task, p.serial, [&](std::size_t b, std::size_t e) {
+      for (std::size_t u = b; u < e; ++u) {
+        const coefficients<T> k = coefficients_of(u / p.chunks_per_channel);
+        normalize_unit(plan, u, src, dst, k.center, k.scale, k.shift);
+      }
+    });
+    return;
   }
-  normalize_pass<T>(plan, static_cast<const T*>(args.src), static_cast<T*>(args.dst), coeffs);
+  // Interleaved rows need every channel's coefficients, laid out per slot.
+  const coefficient_arrays<T> coeffs(scratch, p.scratch);
+  for_each_channel_block(plan, [&](std::size_t c0, std::size_t c1) {
+    for (std::size_t c = c0; c < c1; ++c) coeffs.set(c, coefficients_of(c));
+  });
+  coeffs.replicate(p.channels, p.period, p.scratch.coeff_stride);
+  normalize_pass<T>(plan, src, dst, coeffs);
 }
 
 template void run_training<float>(const plan_impl&, const training_args&, unsigned char*);

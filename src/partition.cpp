@@ -10,6 +10,8 @@ namespace {
 // A unit of about 128 KiB streams for ~5 µs per core: long enough to amortize a oneTBB task
 // (~1 µs), short enough to give two cores a dozen units on a 4 MiB tensor.
 constexpr std::size_t unit_bytes = 128 * 1024;
+// A channels-first channel up to this size is one unit (half of a 1 MiB L2).
+constexpr std::size_t fused_channel_bytes = 512 * 1024;
 // Below this a pass is done before a worker would wake up.
 constexpr std::size_t serial_bytes = 256 * 1024;
 // An interleaved period up to this many elements keeps the per-slot arrays in L1.
@@ -91,9 +93,11 @@ partition make_partition(const problem& prob, const plan_options& options,
 
   if (prob.layout == layout::channels_first && p.spatial > 1) {
     p.kind = traversal::planes;
-    // A channel of more than one unit's worth is split into equal runs; small channels are
-    // grouped into tasks instead.
-    p.chunks_per_channel = std::max<std::size_t>(1, p.per_channel / unit_elements);
+    // A channel that fits in a core's cache is one unit, and training reads it the second time
+    // from there. A larger one is split into equal runs; small channels are grouped into tasks.
+    p.fused = p.per_channel * p.element_size <= fused_channel_bytes;
+    p.chunks_per_channel =
+        p.fused ? 1 : std::max<std::size_t>(1, p.per_channel / unit_elements);
     p.chunk_len = ceil_div(std::max<std::size_t>(p.per_channel, 1), p.chunks_per_channel);
     p.units = p.channels * p.chunks_per_channel;
     p.units_per_task =

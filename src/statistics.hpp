@@ -14,8 +14,9 @@ struct moments {
   double variance;  // biased (population)
 };
 
-/// From Σd and Σd² with d = x - shift. The shift is a value of the channel itself, so the
-/// subtraction removes the offset that ruins E[x²] - E[x]² when |mean| ≫ std.
+/// From Σd and Σd² with d = x - shift. The shift is near the channel's mean (the mean of its
+/// first values), so the subtraction removes the offset that ruins E[x²] - E[x]² when
+/// |mean| ≫ std.
 inline moments moments_from_shifted_sums(double shift, double sum, double sum_sq,
                                          double count) noexcept {
   const double mean_offset = sum / count;

@@ -16,11 +16,12 @@ namespace bnorm::kernels {
 /// this saves the read of every destination line before it is written.
 template <class T>
 struct kernel_set {
-  /// One contiguous run of a single channel.
-  void (*plane_stats)(const T* src, std::size_t len, double shift, double* sum,
-                      double* sum_sq) noexcept;
-  void (*plane_normalize)(const T* src, T* dst, std::size_t len, T center, T scale, T shift,
-                          bool stream) noexcept;
+  /// `planes` contiguous runs of `len` values of one channel, `stride` elements apart: the N
+  /// planes of a channels-first channel, or a piece of one. Statistics add into *sum, *sum_sq.
+  void (*plane_stats)(const T* src, std::size_t len, std::size_t planes, std::size_t stride,
+                      double shift, double* sum, double* sum_sq) noexcept;
+  void (*plane_normalize)(const T* src, T* dst, std::size_t len, std::size_t planes,
+                          std::size_t stride, T center, T scale, T shift, bool stream) noexcept;
   /// Interleaved channels: element i belongs to accumulator/coefficient slot i % period; the
   /// period is a multiple of C so slot j is channel j % C. `len` is a multiple of C, not
   /// necessarily of the period. Per-slot arrays hold `period` values (coefficient arrays are

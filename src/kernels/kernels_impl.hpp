@@ -32,86 +32,87 @@ struct f64_accumulator {
     widen(q, lo, hi);
     sum_sq += lo + hi;
   }
+  void add(const xsimd::batch<double, Arch>& s, const xsimd::batch<double, Arch>& q) noexcept {
+    sum += s;
+    sum_sq += q;
+  }
 };
 
+/// 0, 1, 2, ... as T, for lane masks.
+template <class T>
+struct lane_index {
+  alignas(64) static constexpr T values[16] = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+};
+
+/// d = x - shift for the last `count` (< lanes) values of a run of at least one vector, read as
+/// the run's last whole vector with the lanes counted before masked to zero: no read past the
+/// run, no scalar loop.
 template <class Arch, class T>
-void plane_stats(const T* src, std::size_t len, double shift, double* sum,
-                 double* sum_sq) noexcept {
-  using dvec = xsimd::batch<double, Arch>;
+xsimd::batch<T, Arch> masked_tail(const T* run_end, std::size_t count,
+                                  const xsimd::batch<T, Arch>& shift) noexcept {
+  using vec = xsimd::batch<T, Arch>;
+  constexpr std::size_t lanes = vec::size;
+  const vec index = vec::load_aligned(lane_index<T>::values);
+  const auto fresh = index >= vec(static_cast<T>(lanes - count));
+  return xsimd::select(fresh, vec::load_unaligned(run_end - lanes) - shift, vec(T(0)));
+}
+
+/// Σ(x - shift) and Σ(x - shift)² of one run of at least one vector.
+template <class Arch, class T>
+void run_stats(const T* x, std::size_t len, const xsimd::batch<T, Arch>& k,
+               f64_accumulator<Arch>& acc) noexcept {
+  using vec = xsimd::batch<T, Arch>;
+  constexpr std::size_t lanes = vec::size;
+  // float32: blocks of block_vectors vectors per lane, then into float64. float64: the
+  // accumulators themselves, flushed as often (it costs nothing next to the loads).
   std::size_t i = 0;
-  double s = 0.0, q = 0.0;
-  if constexpr (std::is_same<T, float>::value) {
-    using fvec = xsimd::batch<float, Arch>;
-    constexpr std::size_t lanes = fvec::size;
-    const fvec k(static_cast<float>(shift));  // a value of the data: exact in float
-    f64_accumulator<Arch> acc;
-    while (i < len) {
-      // One block: up to block_vectors whole vectors, then (last block only) the partial
-      // vector, padded with the shift so that it adds zeros.
-      fvec s0(0.f), s1(0.f), q0(0.f), q1(0.f);
-      const std::size_t end = len - i < block_vectors * lanes ? len : i + block_vectors * lanes;
-      for (; i + 2 * lanes <= end; i += 2 * lanes) {
-        const fvec d0 = fvec::load_unaligned(src + i) - k;
-        const fvec d1 = fvec::load_unaligned(src + i + lanes) - k;
-        s0 += d0;
-        s1 += d1;
-        q0 = fmadd(d0, d0, q0);
-        q1 = fmadd(d1, d1, q1);
-      }
-      if (i + lanes <= end) {
-        const fvec d = fvec::load_unaligned(src + i) - k;
-        s0 += d;
-        q0 = fmadd(d, d, q0);
-        i += lanes;
-      }
-      if (i < end) {
-        alignas(64) float padded[lanes];
-        const float k_scalar = static_cast<float>(shift);
-        for (std::size_t j = 0; j < lanes; ++j) padded[j] = i + j < end ? src[i + j] : k_scalar;
-        const fvec d = fvec::load_aligned(padded) - k;
-        s1 += d;
-        q1 = fmadd(d, d, q1);
-        i = end;
-      }
-      acc.add(s0 + s1, q0 + q1);
-    }
-    s = sum_lanes<Arch>(acc.sum);
-    q = sum_lanes<Arch>(acc.sum_sq);
-  } else {
-    constexpr std::size_t lanes = dvec::size;
-    const dvec k(shift);
-    // Four independent chains: one would leave the FMA units idle (latency 4).
-    dvec s0(0.0), s1(0.0), s2(0.0), s3(0.0);
-    dvec q0(0.0), q1(0.0), q2(0.0), q3(0.0);
-    for (; i + 4 * lanes <= len; i += 4 * lanes) {
-      const dvec d0 = dvec::load_unaligned(src + i) - k;
-      const dvec d1 = dvec::load_unaligned(src + i + lanes) - k;
-      const dvec d2 = dvec::load_unaligned(src + i + 2 * lanes) - k;
-      const dvec d3 = dvec::load_unaligned(src + i + 3 * lanes) - k;
+  while (i + lanes <= len) {
+    vec s0(T(0)), s1(T(0)), q0(T(0)), q1(T(0));
+    const std::size_t end = len - i < block_vectors * lanes ? len : i + block_vectors * lanes;
+    for (; i + 2 * lanes <= end; i += 2 * lanes) {
+      const vec d0 = vec::load_unaligned(x + i) - k;
+      const vec d1 = vec::load_unaligned(x + i + lanes) - k;
       s0 += d0;
       s1 += d1;
-      s2 += d2;
-      s3 += d3;
       q0 = fmadd(d0, d0, q0);
       q1 = fmadd(d1, d1, q1);
-      q2 = fmadd(d2, d2, q2);
-      q3 = fmadd(d3, d3, q3);
     }
-    for (; i + lanes <= len; i += lanes) {
-      const dvec d = dvec::load_unaligned(src + i) - k;
+    if (i + lanes <= end) {
+      const vec d = vec::load_unaligned(x + i) - k;
       s0 += d;
       q0 = fmadd(d, d, q0);
+      i += lanes;
     }
-    s = sum_lanes<Arch>((s0 + s1) + (s2 + s3));
-    q = sum_lanes<Arch>((q0 + q1) + (q2 + q3));
-    for (; i < len; ++i) {
-      const double d = static_cast<double>(src[i]) - shift;
-      s += d;
-      q += d * d;
+    acc.add(s0 + s1, q0 + q1);
+  }
+  if (i < len) {
+    const vec d = masked_tail<Arch>(x + len, len - i, k);
+    acc.add(d, d * d);
+  }
+}
+
+template <class Arch, class T>
+void plane_stats(const T* src, std::size_t len, std::size_t planes, std::size_t stride,
+                 double shift, double* sum, double* sum_sq) noexcept {
+  using vec = xsimd::batch<T, Arch>;
+  constexpr std::size_t lanes = vec::size;
+  const vec k(static_cast<T>(shift));  // a T already (see compute_shifts)
+  f64_accumulator<Arch> acc;
+  double s = 0.0, q = 0.0;
+  for (std::size_t p = 0; p < planes; ++p) {
+    const T* x = src + p * stride;
+    if (len >= lanes) {
+      run_stats<Arch>(x, len, k, acc);
+    } else {
+      for (std::size_t i = 0; i < len; ++i) {  // runs shorter than a vector
+        const double d = static_cast<double>(x[i]) - shift;
+        s += d;
+        q += d * d;
+      }
     }
   }
-  *sum += s;
-  *sum_sq += q;
+  *sum += sum_lanes<Arch>(acc.sum) + s;
+  *sum_sq += sum_lanes<Arch>(acc.sum_sq) + q;
 }
 
 // The interleaved statistics walk a block of this many periods (rows) per slot vector, so each
@@ -213,32 +214,40 @@ std::size_t misalignment(const T* p) noexcept {
 }
 
 template <class Arch, class T>
-void plane_normalize(const T* src, T* dst, std::size_t len, T center, T scale, T shift,
-                     bool stream) noexcept {
+void plane_normalize(const T* src, T* dst, std::size_t len, std::size_t planes,
+                     std::size_t stride, T center, T scale, T shift, bool stream) noexcept {
   using vec = xsimd::batch<T, Arch>;
   constexpr std::size_t lanes = vec::size;
   const vec c(center), a(scale), b(shift);
   const auto compute = [&](const vec& x) { return normalize(x, c, a, b); };
-  std::size_t i = 0;
-  const std::size_t off = misalignment<Arch>(dst);
-  if (stream && len >= 4 * lanes && off % sizeof(T) == 0) {
-    // Peel up to the first aligned destination vector, then stream whole vectors.
-    const std::size_t head = off == 0 ? 0 : lanes - off / sizeof(T);
-    if (head) normalize_partial<Arch>(src, dst, head, compute);
-    for (i = head; i + lanes <= len; i += lanes) {
-      store_stream(dst + i, compute(vec::load_unaligned(src + i)));
+  bool streamed = false;
+  for (std::size_t p = 0; p < planes; ++p) {
+    const T* x = src + p * stride;
+    T* y = dst + p * stride;
+    if (len < lanes) {
+      normalize_partial<Arch>(x, y, len, compute);
+      continue;
     }
-    stream_fence<Arch>();
-  } else {
-    for (; i + 2 * lanes <= len; i += 2 * lanes) {
-      const vec x0 = vec::load_unaligned(src + i);
-      const vec x1 = vec::load_unaligned(src + i + lanes);
-      compute(x0).store_unaligned(dst + i);
-      compute(x1).store_unaligned(dst + i + lanes);
+    // The last vector overlaps the one before it when len is not a multiple of the lanes. It is
+    // computed before anything is stored, so in place it still reads x, and stored last.
+    const std::size_t last = len - lanes;
+    const vec tail = compute(vec::load_unaligned(x + last));
+    std::size_t i = 0;
+    if (stream && misalignment<Arch>(y) == 0) {
+      for (; i < last; i += lanes) store_stream(y + i, compute(vec::load_unaligned(x + i)));
+      streamed = true;
+    } else {
+      for (; i + lanes < last; i += 2 * lanes) {
+        const vec y0 = compute(vec::load_unaligned(x + i));
+        const vec y1 = compute(vec::load_unaligned(x + i + lanes));
+        y0.store_unaligned(y + i);
+        y1.store_unaligned(y + i + lanes);
+      }
+      for (; i < last; i += lanes) compute(vec::load_unaligned(x + i)).store_unaligned(y + i);
     }
-    for (; i + lanes <= len; i += lanes) compute(vec::load_unaligned(src + i)).store_unaligned(dst + i);
+    tail.store_unaligned(y + last);
   }
-  if (i < len) normalize_partial<Arch>(src + i, dst + i, len - i, compute);
+  if (streamed) stream_fence<Arch>();
 }
 
 template <class Arch, class T>
