@@ -56,6 +56,28 @@ void for_each_plane_piece(const partition& p, std::size_t c, std::size_t begin, 
   }
 }
 
+/// Interleaved traversal, unit u: its rows' whole periods, restricted to its column block, and
+/// the partial period that may end the last chunk.
+struct interleaved_unit {
+  std::size_t chunk;      // row chunk: index of its partial sums
+  std::size_t offset;     // first element of its rows
+  std::size_t column;     // first slot of its column block
+  std::size_t width;      // slots in its column block
+  std::size_t periods;    // whole periods in its rows
+  std::size_t remainder;  // elements of a last, partial period (column block 0 only)
+
+  interleaved_unit(const partition& p, std::size_t u) {
+    chunk = u / p.column_blocks;
+    column = (u % p.column_blocks) * p.block_width;
+    width = std::min(p.block_width, p.period - column);
+    const std::size_t row = chunk * p.rows_per_chunk;
+    const std::size_t elements = std::min(p.rows_per_chunk, p.rows - row) * p.channels;
+    offset = row * p.channels;
+    periods = elements / p.period;
+    remainder = column == 0 ? elements - periods * p.period : 0;
+  }
+};
+
 /// Planes traversal, unit u: Σd, Σd² of its run into *sum, *sum_sq (added).
 template <class T>
 void stats_unit(const plan_impl& plan, std::size_t u, const T* src, double shift, double* sum,
@@ -109,12 +131,17 @@ void normalize_pass(const plan_impl& plan, const T* src, T* dst,
     });
   } else {
     plan.threads.for_each(p.units, 1, p.serial, [&](std::size_t b, std::size_t e) {
-      for (std::size_t i = b; i < e; ++i) {
-        const std::size_t row = i * p.rows_per_chunk;
-        const std::size_t rows = std::min(p.rows_per_chunk, p.rows - row);
-        const std::size_t at = row * p.channels;
-        kern.interleaved_normalize(src + at, dst + at, rows * p.channels, p.period, k.center,
-                                   k.scale, k.shift, p.stream_stores);
+      for (std::size_t u = b; u < e; ++u) {
+        const interleaved_unit w(p, u);
+        const std::size_t at = w.offset + w.column;
+        kern.interleaved_normalize(src + at, dst + at, w.periods, w.width, p.period,
+                                   k.center + w.column, k.scale + w.column, k.shift + w.column,
+                                   p.stream_stores);
+        if (w.remainder) {
+          const std::size_t tail = w.offset + w.periods * p.period;
+          kern.interleaved_normalize(src + tail, dst + tail, 1, w.remainder, p.period, k.center,
+                                     k.scale, k.shift, p.stream_stores);
+        }
       }
     });
   }
@@ -216,11 +243,16 @@ class training_step {
                              });
     } else {
       plan_.threads.for_each(p_.units, 1, p_.serial, [&](std::size_t b, std::size_t e) {
-        for (std::size_t i = b; i < e; ++i) {
-          const std::size_t row = i * p_.rows_per_chunk;
-          const std::size_t rows = std::min(p_.rows_per_chunk, p_.rows - row);
-          kern.interleaved_stats(src_ + row * p_.channels, rows * p_.channels, p_.period, shift_,
-                                 sum_ + i * p_.period, sum_sq_ + i * p_.period);
+        for (std::size_t u = b; u < e; ++u) {
+          const interleaved_unit w(p_, u);
+          double* sum = sum_ + w.chunk * p_.period;
+          double* sum_sq = sum_sq_ + w.chunk * p_.period;
+          kern.interleaved_stats(src_ + w.offset + w.column, w.periods, w.width, p_.period,
+                                 shift_ + w.column, sum + w.column, sum_sq + w.column, false);
+          if (w.remainder) {
+            kern.interleaved_stats(src_ + w.offset + w.periods * p_.period, 1, w.remainder,
+                                   p_.period, shift_, sum, sum_sq, true);
+          }
         }
       });
     }
@@ -245,7 +277,7 @@ class training_step {
         // c + C, ... within the unit.
         std::fill(mean_ + c0, mean_ + c1, 0.0);
         std::fill(variance_ + c0, variance_ + c1, 0.0);
-        for (std::size_t i = 0; i < p_.units; ++i) {
+        for (std::size_t i = 0; i < p_.row_chunks; ++i) {
           for (std::size_t slot = 0; slot < p_.period; slot += p_.channels) {
             const double* s = sum_ + i * p_.period + slot;
             const double* q = sum_sq_ + i * p_.period + slot;

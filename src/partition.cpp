@@ -62,7 +62,7 @@ void lay_out_scratch(partition& p) {
   s.inference_bytes = offset;
   s.shift_count = p.kind == traversal::planes ? p.channels : p.period;
   s.partial_count = p.kind == traversal::planes ? p.channels * p.chunks_per_channel
-                                                : p.units * p.period;
+                                                : p.row_chunks * p.period;
   s.shift = take(s.shift_count * p.element_size);
   s.sum = take(s.partial_count * sizeof(double));
   s.sum_sq = take(s.partial_count * sizeof(double));
@@ -123,7 +123,19 @@ partition make_partition(const problem& prob, const plan_options& options,
     if (ceil_div(p.rows, p.rows_per_chunk) > max_interleaved_chunks) {
       p.rows_per_chunk = round_up(ceil_div(p.rows, max_interleaved_chunks), rows_per_period);
     }
-    p.units = std::max<std::size_t>(1, ceil_div(p.rows, p.rows_per_chunk));
+    p.row_chunks = std::max<std::size_t>(1, ceil_div(p.rows, p.rows_per_chunk));
+    p.block_width = p.period;
+    const std::size_t wanted_units = ceil_div(std::max<std::size_t>(p.elements, 1), unit_elements);
+    if (p.row_chunks < wanted_units && p.period == p.channels &&
+        p.channels >= 4 * vector_lanes) {
+      // Few rows of many channels (ResNet's 7×7 and 14×14 in NHWC): split the channels too, in
+      // blocks of whole vectors, or one core would do it all.
+      const std::size_t blocks =
+          std::min(ceil_div(wanted_units, p.row_chunks), p.channels / (2 * vector_lanes));
+      p.block_width = round_up(ceil_div(p.channels, blocks), vector_lanes);
+      p.column_blocks = ceil_div(p.channels, p.block_width);
+    }
+    p.units = p.row_chunks * p.column_blocks;
     p.units_per_task = 1;
   }
   p.channels_per_finalize_task = finalize_channels_per_task;

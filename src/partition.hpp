@@ -53,10 +53,15 @@ struct partition {
   std::size_t chunk_len = 0;
   std::size_t units_per_task = 1;
 
-  // interleaved: unit i covers rows [i·rows_per_chunk, ...) of the N·spatial rows.
+  // interleaved: unit u covers rows [i·rows_per_chunk, ...) of the N·spatial rows and slots
+  // [b·block_width, ...) of them, i = u / column_blocks, b = u % column_blocks. Only few rows
+  // of many channels are split into column blocks.
   std::size_t period = 0;  // a multiple of C and, where cheap, of the vector length
   std::size_t rows = 0;
   std::size_t rows_per_chunk = 0;
+  std::size_t row_chunks = 0;
+  std::size_t column_blocks = 1;
+  std::size_t block_width = 0;
 
   std::size_t units = 0;  // work units of a pass
   std::size_t channels_per_finalize_task = 0;

@@ -22,16 +22,16 @@ struct kernel_set {
                       double shift, double* sum, double* sum_sq) noexcept;
   void (*plane_normalize)(const T* src, T* dst, std::size_t len, std::size_t planes,
                           std::size_t stride, T center, T scale, T shift, bool stream) noexcept;
-  /// Interleaved channels: element i belongs to accumulator/coefficient slot i % period; the
-  /// period is a multiple of C so slot j is channel j % C. `len` is a multiple of C, not
-  /// necessarily of the period. Per-slot arrays hold `period` values (coefficient arrays are
-  /// padded by one vector past it). Unlike plane_stats, interleaved_stats overwrites its sums:
-  /// zeroing period-long arrays first would cost as much as a pass over short tensors.
-  void (*interleaved_stats)(const T* src, std::size_t len, std::size_t period, const T* shift,
-                            double* sum, double* sum_sq) noexcept;
-  void (*interleaved_normalize)(const T* src, T* dst, std::size_t len, std::size_t period,
-                                const T* center, const T* scale, const T* shift,
-                                bool stream) noexcept;
+  /// Interleaved channels: `rows` rows of `width` slots, `stride` elements apart. Slot j of
+  /// every row shares the per-slot arrays' entry j (shift, sums, coefficients); the planner
+  /// makes slot j channel j % C. Coefficient arrays are padded by one vector past the width.
+  /// The statistics start the sums (overwrite) unless `accumulate`: zeroing the arrays first
+  /// would cost as much as a pass over short tensors.
+  void (*interleaved_stats)(const T* src, std::size_t rows, std::size_t width, std::size_t stride,
+                            const T* shift, double* sum, double* sum_sq, bool accumulate) noexcept;
+  void (*interleaved_normalize)(const T* src, T* dst, std::size_t rows, std::size_t width,
+                                std::size_t stride, const T* center, const T* scale,
+                                const T* shift, bool stream) noexcept;
 };
 
 struct kernel_table {

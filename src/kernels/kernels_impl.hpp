@@ -120,70 +120,61 @@ void plane_stats(const T* src, std::size_t len, std::size_t planes, std::size_t 
 constexpr std::size_t rows_per_block = 8;
 
 template <class Arch, class T>
-void interleaved_stats(const T* src, std::size_t len, std::size_t period, const T* shift,
-                       double* sum, double* sum_sq) noexcept {
+void interleaved_stats(const T* src, std::size_t rows, std::size_t width, std::size_t stride,
+                       const T* shift, double* sum, double* sum_sq, bool accumulate) noexcept {
   using dvec = xsimd::batch<double, Arch>;
-  const std::size_t periods = len / period;
-  for (std::size_t first = 0; first < periods; first += rows_per_block) {
-    const std::size_t rows = periods - first < rows_per_block ? periods - first : rows_per_block;
-    const T* block = src + first * period;
-    // Adds a block's partials for slots [j, j + dvec::size) into the float64 sums (or starts
-    // them, in the first block: the caller does not zero them).
-    const auto accumulate = [&](std::size_t j, const dvec& s, const dvec& q) {
-      (first == 0 ? s : dvec::load_unaligned(sum + j) + s).store_unaligned(sum + j);
-      (first == 0 ? q : dvec::load_unaligned(sum_sq + j) + q).store_unaligned(sum_sq + j);
+  if (rows == 0 && !accumulate) {
+    for (std::size_t j = 0; j < width; ++j) sum[j] = sum_sq[j] = 0.0;
+  }
+  for (std::size_t first = 0; first < rows; first += rows_per_block) {
+    const std::size_t count = rows - first < rows_per_block ? rows - first : rows_per_block;
+    const T* block = src + first * stride;
+    // The first block starts the sums unless asked to add to them: the caller does not zero.
+    const bool add = accumulate || first > 0;
+    const auto store = [&](std::size_t j, const dvec& s, const dvec& q) {
+      (add ? dvec::load_unaligned(sum + j) + s : s).store_unaligned(sum + j);
+      (add ? dvec::load_unaligned(sum_sq + j) + q : q).store_unaligned(sum_sq + j);
     };
     std::size_t j = 0;
     if constexpr (std::is_same<T, float>::value) {
       // float32 partials over the block's rows, as plane_stats (see block_vectors).
       using fvec = xsimd::batch<float, Arch>;
       constexpr std::size_t lanes = fvec::size;
-      for (; j + lanes <= period; j += lanes) {
+      for (; j + lanes <= width; j += lanes) {
         const fvec k = fvec::load_unaligned(shift + j);
         fvec s(0.f), q(0.f);
-        for (std::size_t r = 0; r < rows; ++r) {
-          const fvec d = fvec::load_unaligned(block + r * period + j) - k;
+        for (std::size_t r = 0; r < count; ++r) {
+          const fvec d = fvec::load_unaligned(block + r * stride + j) - k;
           s += d;
           q = fmadd(d, d, q);
         }
         dvec s_lo, s_hi, q_lo, q_hi;
         widen(s, s_lo, s_hi);
         widen(q, q_lo, q_hi);
-        accumulate(j, s_lo, q_lo);
-        accumulate(j + lanes / 2, s_hi, q_hi);
+        store(j, s_lo, q_lo);
+        store(j + lanes / 2, s_hi, q_hi);
       }
     } else {
       constexpr std::size_t lanes = dvec::size;
-      for (; j + lanes <= period; j += lanes) {
+      for (; j + lanes <= width; j += lanes) {
         const dvec k = dvec::load_unaligned(shift + j);
         dvec s(0.0), q(0.0);
-        for (std::size_t r = 0; r < rows; ++r) {
-          const dvec d = dvec::load_unaligned(block + r * period + j) - k;
+        for (std::size_t r = 0; r < count; ++r) {
+          const dvec d = dvec::load_unaligned(block + r * stride + j) - k;
           s += d;
           q = fmadd(d, d, q);
         }
-        accumulate(j, s, q);
+        store(j, s, q);
       }
     }
-    for (; j < period; ++j) {
-      if (first == 0) sum[j] = sum_sq[j] = 0.0;
-      for (std::size_t r = 0; r < rows; ++r) {
-        const double d = static_cast<double>(block[r * period + j]) - static_cast<double>(shift[j]);
+    for (; j < width; ++j) {
+      if (!add) sum[j] = sum_sq[j] = 0.0;
+      for (std::size_t r = 0; r < count; ++r) {
+        const double d = static_cast<double>(block[r * stride + j]) - static_cast<double>(shift[j]);
         sum[j] += d;
         sum_sq[j] += d * d;
       }
     }
-  }
-  if (periods == 0) {
-    for (std::size_t i = 0; i < period; ++i) sum[i] = sum_sq[i] = 0.0;
-  }
-  // The last, partial period (a whole number of rows of C), in float64.
-  const T* rest = src + periods * period;
-  const std::size_t count = len - periods * period;
-  for (std::size_t i = 0; i < count; ++i) {
-    const double d = static_cast<double>(rest[i]) - static_cast<double>(shift[i]);
-    sum[i] += d;
-    sum_sq[i] += d * d;
   }
 }
 
@@ -251,33 +242,35 @@ void plane_normalize(const T* src, T* dst, std::size_t len, std::size_t planes,
 }
 
 template <class Arch, class T>
-void interleaved_normalize(const T* src, T* dst, std::size_t len, std::size_t period,
-                           const T* center, const T* scale, const T* shift, bool stream) noexcept {
+void interleaved_normalize(const T* src, T* dst, std::size_t rows, std::size_t width,
+                           std::size_t stride, const T* center, const T* scale, const T* shift,
+                           bool stream) noexcept {
   // Row by row: blocking rows here, as the statistics do, makes loads and stores 4 KiB apart
   // alias in the store buffer when C·sizeof(T) is a multiple of 4 KiB (3× slower, measured);
   // the coefficients come from L1 either way.
   using vec = xsimd::batch<T, Arch>;
   constexpr std::size_t lanes = vec::size;
-  // Streaming needs every row to start aligned: an aligned dst and a period of whole vectors.
-  stream = stream && misalignment<Arch>(dst) == 0 && period % lanes == 0;
-  for (std::size_t base = 0; base < len; base += period) {
-    const std::size_t count = len - base < period ? len - base : period;
+  // Streaming needs every row to start aligned: an aligned dst and a stride of whole vectors.
+  stream = stream && misalignment<Arch>(dst) == 0 && stride % lanes == 0;
+  for (std::size_t r = 0; r < rows; ++r) {
+    const T* x = src + r * stride;
+    T* y = dst + r * stride;
     std::size_t j = 0;
-    for (; j + lanes <= count; j += lanes) {
-      const vec y = normalize(vec::load_unaligned(src + base + j), vec::load_unaligned(center + j),
+    for (; j + lanes <= width; j += lanes) {
+      const vec v = normalize(vec::load_unaligned(x + j), vec::load_unaligned(center + j),
                               vec::load_unaligned(scale + j), vec::load_unaligned(shift + j));
       if (stream) {
-        store_stream(dst + base + j, y);
+        store_stream(y + j, v);
       } else {
-        y.store_unaligned(dst + base + j);
+        v.store_unaligned(y + j);
       }
     }
-    if (j < count) {
+    if (j < width) {
       // The coefficient arrays are padded by one vector, so these loads stay in bounds.
       const vec c = vec::load_unaligned(center + j), a = vec::load_unaligned(scale + j);
       const vec b = vec::load_unaligned(shift + j);
-      normalize_partial<Arch>(src + base + j, dst + base + j, count - j,
-                              [&](const vec& x) { return normalize(x, c, a, b); });
+      normalize_partial<Arch>(x + j, y + j, width - j,
+                              [&](const vec& v) { return normalize(v, c, a, b); });
     }
   }
   if (stream) stream_fence<Arch>();
