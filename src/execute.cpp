@@ -202,11 +202,16 @@ class training_step {
         shift_[c] = static_cast<T>(total / static_cast<double>(count));
       }
     } else {
+      // Row by row (mean_ is free until the merge): a walk down the columns would touch a
+      // cache line per value.
       const std::size_t rows = std::min(sample, p_.rows);
+      std::fill(mean_, mean_ + p_.channels, 0.0);
+      for (std::size_t r = 0; r < rows; ++r) {
+        const T* row = src_ + r * p_.channels;
+        for (std::size_t c = 0; c < p_.channels; ++c) mean_[c] += static_cast<double>(row[c]);
+      }
       for (std::size_t c = 0; c < p_.channels; ++c) {
-        double total = 0.0;
-        for (std::size_t r = 0; r < rows; ++r) total += static_cast<double>(src_[r * p_.channels + c]);
-        shift_[c] = static_cast<T>(total / static_cast<double>(rows));
+        shift_[c] = static_cast<T>(mean_[c] / static_cast<double>(rows));
       }
       for (std::size_t j = p_.channels; j < p_.period; ++j) shift_[j] = shift_[j - p_.channels];
     }
