@@ -1,56 +1,213 @@
-#!/usr/bin/env python3
-"""Turns a bnorm_bench JSON file (--benchmark_out) into the README's markdown table.
+#!/usr/bin/python3
+"""The benchmark report: merges bnorm_bench's JSON (bnorm, roofline, oneDNN), bench_torch.py's
+JSON (PyTorch) and the per-ISA runs into a markdown table with the targets checked, and a PNG
+chart of % of the roofline per case.
 
-  python3 bench/report.py build/release/bench.json
+  /usr/bin/python3 bench/report.py --main main.json [--torch torch.json] \\
+      [--isa sse2=sse2.json --isa avx2=avx2.json] --markdown report.md [--chart chart.png]
 
-Medians of the repetitions, in µs, for 1 thread and all threads, with the training/inference
-ratio at all threads.
+Every figure is the median of the repetitions of one run of the harness.
 """
+import argparse
 import json
+import math
+import platform
 import re
-import sys
 from collections import defaultdict
 
+NAME = re.compile(r"([^/]+)/(nchw|nhwc)/(train|infer)/threads:(\d+)/(\w+)")
+UNIT = {"ns": 1e-3, "us": 1.0, "ms": 1e3, "s": 1e6}
 
-def main(path):
+
+def load(path, rename=None):
+    """{(shape, layout, mode, threads, impl): {"us": .., "bytes": ..}} and the JSON context."""
     with open(path) as f:
         data = json.load(f)
-    times = defaultdict(dict)  # (shape, layout, mode) -> {threads: µs}
-    threads_seen = set()
+    rows = {}
     for b in data["benchmarks"]:
-        if b.get("aggregate_name", "median") != "median" or b.get("error_occurred"):
+        if b.get("aggregate_name", "median") != "median":
             continue
-        m = re.match(r"([^/]+)/(nchw|nhwc)/(train|infer)/threads:(\d+)", b["name"])
+        m = NAME.match(b.get("run_name", b["name"]))
         if not m:
             continue
-        shape, layout, mode, threads = m.group(1), m.group(2), m.group(3), int(m.group(4))
-        scale = {"ns": 1e-3, "us": 1.0, "ms": 1e3, "s": 1e6}[b["time_unit"]]
-        times[(shape, layout, mode)][threads] = b["real_time"] * scale
-        threads_seen.add(threads)
-    most = max(threads_seen)
-    ctx = data["context"]
-    print(f"{ctx.get('num_cpus')} CPUs at {ctx.get('mhz_per_cpu')} MHz, {ctx.get('date')}; "
-          f"median of {data['benchmarks'][0].get('repetitions', 1)} repetitions, µs\n")
-    print(f"| shape | layout | train 1 thr | train {most} thr | infer 1 thr | infer {most} thr "
-          f"| train/infer |")
-    print("|---|---|---|---|---|---|---|")
-    shapes = []
-    for key in times:
-        if key[0] not in shapes:
-            shapes.append(key[0])
-    for shape in shapes:
-        for layout in ("nchw", "nhwc"):
-            tr = times.get((shape, layout, "train"), {})
-            inf = times.get((shape, layout, "infer"), {})
-            if not tr:
+        shape, layout, mode, threads, impl = m.groups()
+        key = (shape, layout, mode, int(threads), rename or impl)
+        if b.get("error_occurred"):
+            rows[key] = {"error": b.get("error_message", "error")}
+            continue
+        us = b["real_time"] * UNIT[b["time_unit"]]
+        rows[key] = {"us": us, "bytes": b.get("bytes_per_second", 0) * us * 1e-6}
+    return rows, data.get("context", {})
+
+
+def cpu_name():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def fmt(us):
+    if us is None:
+        return "-"
+    return f"{us:.2f}" if us < 10 else f"{us:.1f}" if us < 1000 else f"{us:,.0f}"
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--main", required=True)
+    ap.add_argument("--torch")
+    ap.add_argument("--isa", action="append", default=[])
+    ap.add_argument("--markdown", required=True)
+    ap.add_argument("--chart")
+    args = ap.parse_args()
+
+    rows, context = load(args.main)
+    torch_version = None
+    if args.torch:
+        torch_rows, torch_ctx = load(args.torch)
+        rows.update(torch_rows)
+        torch_version = torch_ctx.get("torch_version")
+    isas = []
+    for spec in args.isa:
+        isa, path = spec.split("=", 1)
+        isa_rows, _ = load(path, rename="bnorm_" + isa)
+        rows.update(isa_rows)
+        isas.append(isa)
+
+    threads_all = max(k[3] for k in rows)
+    cases = []  # (shape, layout, mode) in suite order
+    for k in rows:
+        if (k[0], k[1], k[2]) not in cases:
+            cases.append((k[0], k[1], k[2]))
+
+    def get(case, threads, impl):
+        r = rows.get((*case, threads, impl))
+        return r.get("us") if r else None
+
+    def bytes_of(case):
+        r = rows.get((*case, threads_all, "bnorm")) or {}
+        total = r.get("bytes", 0)
+        return total / (3 if case[2] == "train" else 2)  # the tensor's own size
+
+    lines = []
+    versions = [f"bnorm {context.get('bnorm_version', '?')}"]
+    if context.get("onednn_version"):
+        versions.append(f"oneDNN {context['onednn_version']}")
+    if torch_version:
+        versions.append(f"PyTorch {torch_version}")
+    header = (f"{cpu_name()}, {context.get('num_cpus', '?')} cores used as {threads_all} threads; "
+              f"{', '.join(versions)}; float32; {context.get('date', '')}")
+    lines.append(f"# bnorm benchmark report\n\n{header}\n")
+    lines.append("Median µs at all threads; `% roof`: the roofline's time over bnorm's (a plain "
+                 "streaming pass over the same bytes with the same threads, measured in the same "
+                 "run); `vs peer`: the faster peer's time over bnorm's; `scaling`: one thread's "
+                 "time over all threads'." + (" Per-ISA columns: bnorm capped with BNORM_MAX_ISA."
+                                              if isas else "") + "\n")
+    head = ["case", "MiB", "bnorm", "oneDNN", "PyTorch", "roofline", "% roof", "vs peer",
+            "scaling"] + [f"bnorm {i}" for i in isas]
+    lines.append("| " + " | ".join(head) + " |")
+    lines.append("|" + "---|" * len(head))
+    summary = []
+    for case in cases:
+        bn = get(case, threads_all, "bnorm")
+        if bn is None:
+            continue
+        one = get(case, 1, "bnorm")
+        roof = get(case, threads_all, "roofline")
+        peers = [p for p in (get(case, threads_all, "onednn"), get(case, threads_all, "pytorch"))
+                 if p is not None]
+        best_peer = min(peers) if peers else None
+        mib = bytes_of(case) / 2**20
+        rec = dict(case=case, bn=bn, one=one, roof=roof, peer=best_peer, mib=mib,
+                   pct=roof / bn * 100 if roof else None,
+                   speedup=best_peer / bn if best_peer else None,
+                   scaling=one / bn if one else None)
+        summary.append(rec)
+        cells = [f"{case[0]} {case[1]} {case[2]}", f"{mib:.2f}", fmt(bn),
+                 fmt(get(case, threads_all, "onednn")), fmt(get(case, threads_all, "pytorch")),
+                 fmt(roof), f"{rec['pct']:.0f}%" if rec["pct"] else "-",
+                 f"{rec['speedup']:.2f}×" if rec["speedup"] else "-",
+                 f"{rec['scaling']:.2f}×" if rec["scaling"] else "-"]
+        cells += [fmt(get(case, threads_all, "bnorm_" + i)) for i in isas]
+        lines.append("| " + " | ".join(cells) + " |")
+    errors = [f"- {'/'.join(map(str, k))}: {v['error']}" for k, v in rows.items() if "error" in v]
+    if errors:
+        lines.append("\nRejected peer results (output differed from bnorm's):\n")
+        lines += errors
+
+    # The targets of the benchmark issue, each with the cases that miss it.
+    def check(title, selected, ok, show):
+        misses = [r for r in selected if not ok(r)]
+        status = "met" if not misses else f"missed by {len(misses)} of {len(selected)}"
+        lines.append(f"- **{title}**: {status}" + (
+            "; " + ", ".join(f"{' '.join(r['case'])} {show(r)}" for r in misses) if misses else ""))
+
+    big = [r for r in summary if r["mib"] >= 1.0 and r["pct"]]
+    lines.append("\n## Targets\n")
+    check("training ≥ 80% of the roofline (≥ 1 MiB)", [r for r in big if r["case"][2] == "train"],
+          lambda r: r["pct"] >= 80, lambda r: f"{r['pct']:.0f}%")
+    check("inference ≥ 85% of the roofline (≥ 1 MiB)", [r for r in big if r["case"][2] == "infer"],
+          lambda r: r["pct"] >= 85, lambda r: f"{r['pct']:.0f}%")
+    with_peer = [r for r in summary if r["speedup"]]
+    check("training ≥ 3× the faster peer, channels-first",
+          [r for r in with_peer if r["case"][2] == "train" and r["case"][1] == "nchw"],
+          lambda r: r["speedup"] >= 3, lambda r: f"{r['speedup']:.2f}×")
+    check("training ≥ 1.25× the faster peer, channels-last",
+          [r for r in with_peer if r["case"][2] == "train" and r["case"][1] == "nhwc"],
+          lambda r: r["speedup"] >= 1.25, lambda r: f"{r['speedup']:.2f}×")
+    infer_peer = [r for r in with_peer if r["case"][2] == "infer"]
+    check("inference never slower than the faster peer", infer_peer,
+          lambda r: r["speedup"] >= 1.0, lambda r: f"{r['speedup']:.2f}×")
+    if infer_peer:
+        geo = math.exp(sum(math.log(r["speedup"]) for r in infer_peer) / len(infer_peer))
+        lines.append(f"- **inference ≥ 1.3× the faster peer, geometric mean**: "
+                     f"{'met' if geo >= 1.3 else 'missed'} ({geo:.2f}×)")
+    check("small shapes (ResNet-50 batch 1, 14×14 and 7×7) ≥ 1.5× the faster peer",
+          [r for r in with_peer if r["case"][0] in ("r50_b1_c1024_14", "r50_b1_c2048_7")],
+          lambda r: r["speedup"] >= 1.5, lambda r: f"{r['speedup']:.2f}×")
+    seed = [r for r in summary if r["case"][0] == "seed_1d_2x4"]
+    check("seed 2×4: training ≤ 0.2 µs, inference ≤ 0.1 µs", seed,
+          lambda r: r["bn"] <= (0.2 if r["case"][2] == "train" else 0.1),
+          lambda r: f"{r['bn']:.2f} µs")
+    check("threads: ≥ 1.7× one thread or ≥ 90% of the all-core roofline (≥ 4 MiB)",
+          [r for r in summary if r["mib"] >= 4 and r["scaling"] and r["pct"]],
+          lambda r: r["scaling"] >= 1.7 or r["pct"] >= 90,
+          lambda r: f"{r['scaling']:.2f}×, {r['pct']:.0f}%")
+
+    with open(args.markdown, "w") as f:
+        f.write("\n".join(lines) + "\n")
+
+    if args.chart:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        labels = [" ".join(r["case"]) for r in summary if r["roof"]]
+        series = {"bnorm": [], "oneDNN": [], "PyTorch": []}
+        for r in summary:
+            if not r["roof"]:
                 continue
-            def cell(d, t):
-                v = d.get(t)
-                return "-" if v is None else (f"{v:.2f}" if v < 10 else f"{v:.1f}")
-            ratio = (f"{tr[most] / inf[most]:.2f}" if most in tr and most in inf else "-")
-            print(f"| {shape} | {layout} | {cell(tr, 1)} | {cell(tr, most)} | {cell(inf, 1)} "
-                  f"| {cell(inf, most)} | {ratio} |")
+            for impl, key in (("bnorm", "bnorm"), ("oneDNN", "onednn"), ("PyTorch", "pytorch")):
+                t = get(r["case"], threads_all, key)
+                series[impl].append(r["roof"] / t * 100 if t else 0)
+        fig, ax = plt.subplots(figsize=(max(10, len(labels) * 0.42), 6))
+        width = 0.27
+        for i, (impl, values) in enumerate(series.items()):
+            ax.bar([x + (i - 1) * width for x in range(len(labels))], values, width, label=impl)
+        ax.axhline(100, color="black", linewidth=0.8)
+        ax.set_xticks(range(len(labels)))
+        ax.set_xticklabels(labels, rotation=90, fontsize=7)
+        ax.set_ylabel("% of the roofline (higher is faster)")
+        ax.set_yscale("log")
+        ax.set_title(header, fontsize=8)
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(args.chart, dpi=110)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "build/release/bench.json")
+    main()

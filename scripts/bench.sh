@@ -1,14 +1,36 @@
 #!/usr/bin/env bash
-# Quick start, main job: installs what the build needs, builds (Release) and runs the benchmark
-# that compares the training and inference paths over the suite of shapes, both layouts, one
-# thread and all cores. Results: the console, build/release/bench.json and the markdown table
-# build/release/bench.md.
-# Extra arguments go to the benchmark (e.g. --benchmark_filter=r50).
+# Quick start, main job: installs what it needs, builds (Release), and runs the benchmark harness:
+# bnorm's training and inference paths over the suite of shapes, both layouts, one thread and all
+# cores, each next to its memory roofline and oneDNN (same binary, same run), PyTorch (same
+# shapes, bench/bench_torch.py), and bnorm capped at sse2 and avx2. Writes the report:
+# bench/results/report.md and bench/results/roofline.png. Extra arguments go to bnorm_bench.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/install-deps.sh cmake g++ make libxsimd-dev libtbb-dev libgtest-dev libbenchmark-dev
+bash scripts/install-deps.sh cmake g++ make libxsimd-dev libtbb-dev libgtest-dev libbenchmark-dev \
+  libdnnl-dev python3-torch python3-numpy python3-matplotlib
 cmake -S . -B build/release -DCMAKE_BUILD_TYPE=Release -DBNORM_BUILD_BENCHMARKS=ON
 cmake --build build/release -j"$(nproc)" --target bnorm_bench
-build/release/bench/bnorm_bench --benchmark_repetitions=5 --benchmark_report_aggregates_only=true \
-  --benchmark_min_time=0.05 --benchmark_out=build/release/bench.json --benchmark_out_format=json "$@"
-python3 bench/report.py build/release/bench.json | tee build/release/bench.md
+
+out=build/release/bench/results
+mkdir -p "$out" bench/results
+bench=build/release/bench/bnorm_bench
+common=(--benchmark_repetitions=5 --benchmark_report_aggregates_only=true --benchmark_min_time=0.05
+        --benchmark_out_format=json)
+threads=$(nproc)
+
+"$bench" --samples_out="$out/samples.json"
+"$bench" "${common[@]}" --benchmark_out="$out/main.json" "$@"
+isa_args=()
+for isa in sse2 avx2; do
+  if BNORM_MAX_ISA=$isa "$bench" --benchmark_filter="seed_1d_2x4/nchw/train/threads:1/bnorm" \
+      --benchmark_min_time=0.001 2>/dev/null | grep -q " $isa"; then
+    BNORM_MAX_ISA=$isa "$bench" "${common[@]}" --benchmark_filter="/threads:$threads/bnorm\$" \
+      --benchmark_out="$out/$isa.json" > /dev/null
+    isa_args+=(--isa "$isa=$out/$isa.json")
+  fi
+done
+/usr/bin/python3 bench/bench_torch.py --samples "$out/samples.json" --out "$out/torch.json" \
+  --threads "1,$threads"
+/usr/bin/python3 bench/report.py --main "$out/main.json" --torch "$out/torch.json" "${isa_args[@]}" \
+  --markdown bench/results/report.md --chart bench/results/roofline.png
+cat bench/results/report.md

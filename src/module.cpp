@@ -240,15 +240,13 @@ isa batch_norm<T>::isa() const {
 template class batch_norm<float>;
 template class batch_norm<double>;
 
-// ------------------------------------------------------------------------------- factories
+// ---------------------------------------------------------------- the frameworks' factories
 
 namespace torch {
-namespace {
 
-template <class T>
-batch_norm<T> make(std::int64_t num_features, const options& opts, std::size_t min_rank,
-                   std::size_t max_rank) {
-  typename batch_norm<T>::config cfg;
+module_config make_config(std::int64_t num_features, const options& opts, std::size_t min_rank,
+                          std::size_t max_rank) {
+  module_config cfg;
   cfg.framework = framework::pytorch;
   cfg.num_features = num_features;
   cfg.min_rank = min_rank;
@@ -258,40 +256,16 @@ batch_norm<T> make(std::int64_t num_features, const options& opts, std::size_t m
   cfg.affine = opts.affine;
   cfg.track_running_stats = opts.track_running_stats;
   cfg.layout = opts.memory_format;
-  return batch_norm<T>(cfg);
+  return cfg;
 }
-
-}  // namespace
-
-template <class T>
-batch_norm<T> BatchNorm1d(std::int64_t num_features, const options& opts) {
-  return make<T>(num_features, opts, 2, 3);
-}
-template <class T>
-batch_norm<T> BatchNorm2d(std::int64_t num_features, const options& opts) {
-  return make<T>(num_features, opts, 4, 4);
-}
-template <class T>
-batch_norm<T> BatchNorm3d(std::int64_t num_features, const options& opts) {
-  return make<T>(num_features, opts, 5, 5);
-}
-
-template batch_norm<float> BatchNorm1d<float>(std::int64_t, const options&);
-template batch_norm<float> BatchNorm2d<float>(std::int64_t, const options&);
-template batch_norm<float> BatchNorm3d<float>(std::int64_t, const options&);
-template batch_norm<double> BatchNorm1d<double>(std::int64_t, const options&);
-template batch_norm<double> BatchNorm2d<double>(std::int64_t, const options&);
-template batch_norm<double> BatchNorm3d<double>(std::int64_t, const options&);
 
 }  // namespace torch
 
 namespace mindspore {
-namespace {
 
-template <class T>
-batch_norm<T> make(std::int64_t num_features, const options& opts, std::size_t min_rank,
-                   std::size_t max_rank) {
-  typename batch_norm<T>::config cfg;
+module_config make_config(std::int64_t num_features, const options& opts, std::size_t min_rank,
+                          std::size_t max_rank) {
+  module_config cfg;
   cfg.framework = framework::mindspore;
   cfg.num_features = num_features;
   cfg.min_rank = min_rank;
@@ -313,30 +287,8 @@ batch_norm<T> make(std::int64_t num_features, const options& opts, std::size_t m
   cfg.bias_init = opts.beta_init;
   cfg.running_mean_init = opts.moving_mean_init;
   cfg.running_var_init = opts.moving_var_init;
-  return batch_norm<T>(cfg);
+  return cfg;
 }
-
-}  // namespace
-
-template <class T>
-batch_norm<T> BatchNorm1d(std::int64_t num_features, const options& opts) {
-  return make<T>(num_features, opts, 2, 3);
-}
-template <class T>
-batch_norm<T> BatchNorm2d(std::int64_t num_features, const options& opts) {
-  return make<T>(num_features, opts, 4, 4);
-}
-template <class T>
-batch_norm<T> BatchNorm3d(std::int64_t num_features, const options& opts) {
-  return make<T>(num_features, opts, 5, 5);
-}
-
-template batch_norm<float> BatchNorm1d<float>(std::int64_t, const options&);
-template batch_norm<float> BatchNorm2d<float>(std::int64_t, const options&);
-template batch_norm<float> BatchNorm3d<float>(std::int64_t, const options&);
-template batch_norm<double> BatchNorm1d<double>(std::int64_t, const options&);
-template batch_norm<double> BatchNorm2d<double>(std::int64_t, const options&);
-template batch_norm<double> BatchNorm3d<double>(std::int64_t, const options&);
 
 }  // namespace mindspore
 }  // namespace bnorm

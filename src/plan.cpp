@@ -2,6 +2,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <initializer_list>
 #include <new>
 
 #include "bnorm/plan.hpp"
@@ -111,25 +112,32 @@ status validate_problem(const problem& prob, const plan_options& options) noexce
 }
 
 // A per-channel buffer: omitted ({}), or C values. `required` names why it may not be omitted.
-status check_channel_buffer(const char* name, const void* data, std::size_t size,
-                            std::size_t channels, const char* required) noexcept {
-  if (data == nullptr) {
-    if (required != nullptr) {
+struct channel_buffer {
+  const char* name;
+  const void* data;
+  std::size_t size;
+  const char* required = nullptr;
+};
+
+status check_channel_buffers(std::initializer_list<channel_buffer> buffers,
+                             std::size_t channels) noexcept {
+  for (const channel_buffer& b : buffers) {
+    if (b.data == nullptr) {
+      if (b.required != nullptr) {
+        return status::failure(status_code::invalid_argument,
+                               "%s: expected %zu values, got a null pointer (required %s)", b.name,
+                               channels, b.required);
+      }
+      if (b.size != 0) {
+        return status::failure(status_code::invalid_argument,
+                               "%s: expected data for the given size %zu, got a null pointer",
+                               b.name, b.size);
+      }
+    } else if (b.size != channels) {
       return status::failure(status_code::invalid_argument,
-                             "%s: expected %zu values, got a null pointer (required %s)", name,
-                             channels, required);
+                             "%s: expected %zu values (one per channel, C = %zu), got %zu", b.name,
+                             channels, channels, b.size);
     }
-    if (size != 0) {
-      return status::failure(status_code::invalid_argument,
-                             "%s: expected data for the given size %zu, got a null pointer", name,
-                             size);
-    }
-    return {};
-  }
-  if (size != channels) {
-    return status::failure(status_code::invalid_argument,
-                           "%s: expected %zu values (one per channel, C = %zu), got %zu", name,
-                           channels, channels, size);
   }
   return {};
 }
@@ -229,32 +237,15 @@ status plan::forward_training(const training_args& args) const noexcept {
   const std::size_t channels = p.part.channels;
   const bool update = p.options.update_running_stats;
   if (status s = check_tensors(p, args.src, args.dst); !s) return s;
-  if (status s = check_channel_buffer("scale", args.scale.data, args.scale.size, channels, nullptr);
-      !s) {
-    return s;
-  }
-  if (status s = check_channel_buffer("shift", args.shift.data, args.shift.size, channels, nullptr);
-      !s) {
-    return s;
-  }
-  if (status s = check_channel_buffer("batch_mean", args.batch_mean.data, args.batch_mean.size,
-                                      channels, nullptr);
-      !s) {
-    return s;
-  }
-  if (status s = check_channel_buffer("batch_inv_std", args.batch_inv_std.data,
-                                      args.batch_inv_std.size, channels, nullptr);
-      !s) {
-    return s;
-  }
   const char* why_running = update ? "because plan_options.update_running_stats is true" : nullptr;
-  if (status s = check_channel_buffer("running_mean", args.running_mean.data,
-                                      args.running_mean.size, channels, why_running);
-      !s) {
-    return s;
-  }
-  if (status s = check_channel_buffer("running_var", args.running_var.data, args.running_var.size,
-                                      channels, why_running);
+  if (status s = check_channel_buffers(
+          {{"scale", args.scale.data, args.scale.size},
+           {"shift", args.shift.data, args.shift.size},
+           {"batch_mean", args.batch_mean.data, args.batch_mean.size},
+           {"batch_inv_std", args.batch_inv_std.data, args.batch_inv_std.size},
+           {"running_mean", args.running_mean.data, args.running_mean.size, why_running},
+           {"running_var", args.running_var.data, args.running_var.size, why_running}},
+          channels);
       !s) {
     return s;
   }
@@ -292,21 +283,12 @@ status plan::forward_inference(const inference_args& args) const noexcept {
   const plan_impl& p = *impl_;
   const std::size_t channels = p.part.channels;
   if (status s = check_tensors(p, args.src, args.dst); !s) return s;
-  if (status s = check_channel_buffer("scale", args.scale.data, args.scale.size, channels, nullptr);
-      !s) {
-    return s;
-  }
-  if (status s = check_channel_buffer("shift", args.shift.data, args.shift.size, channels, nullptr);
-      !s) {
-    return s;
-  }
-  if (status s = check_channel_buffer("mean", args.mean.data, args.mean.size, channels,
-                                      "by inference (the running mean)");
-      !s) {
-    return s;
-  }
-  if (status s = check_channel_buffer("var", args.var.data, args.var.size, channels,
-                                      "by inference (the running variance)");
+  if (status s = check_channel_buffers(
+          {{"scale", args.scale.data, args.scale.size},
+           {"shift", args.shift.data, args.shift.size},
+           {"mean", args.mean.data, args.mean.size, "by inference (the running mean)"},
+           {"var", args.var.data, args.var.size, "by inference (the running variance)"}},
+          channels);
       !s) {
     return s;
   }

@@ -46,28 +46,30 @@ class initializer {
 /// Which framework's semantics a module follows.
 enum class framework { pytorch, mindspore };
 
+/// Everything that defines a module; the framework factories below fill it in.
+struct module_config {
+  bnorm::framework framework = framework::pytorch;
+  std::int64_t num_features = 0;
+  /// Input ranks the module accepts: BatchNorm1d takes 2 or 3, 2d takes 4, 3d takes 5.
+  std::size_t min_rank = 4, max_rank = 4;
+  double eps = 1e-5;
+  /// PyTorch: nullopt is momentum=None (cumulative average). MindSpore: always set.
+  std::optional<double> momentum = 0.1;
+  bool affine = true;
+  bool track_running_stats = true;                 // PyTorch
+  std::optional<bool> use_batch_statistics;        // MindSpore
+  bnorm::layout layout = layout::channels_first;   // MindSpore data_format, PyTorch memory_format
+  initializer weight_init = "ones", bias_init = "zeros";
+  initializer running_mean_init = "zeros", running_var_init = "ones";
+  /// Engine knobs: see plan_options.
+  int max_threads = 0;
+  std::optional<bnorm::isa> max_isa;
+};
+
 template <class T>
 class batch_norm {
  public:
-  /// Everything that defines a module; the framework factories below fill it in.
-  struct config {
-    bnorm::framework framework = framework::pytorch;
-    std::int64_t num_features = 0;
-    /// Input ranks the module accepts: BatchNorm1d takes 2 or 3, 2d takes 4, 3d takes 5.
-    std::size_t min_rank = 4, max_rank = 4;
-    double eps = 1e-5;
-    /// PyTorch: nullopt is momentum=None (cumulative average). MindSpore: always set.
-    std::optional<double> momentum = 0.1;
-    bool affine = true;
-    bool track_running_stats = true;                 // PyTorch
-    std::optional<bool> use_batch_statistics;        // MindSpore
-    bnorm::layout layout = layout::channels_first;   // MindSpore data_format, PyTorch memory_format
-    initializer weight_init = "ones", bias_init = "zeros";
-    initializer running_mean_init = "zeros", running_var_init = "ones";
-    /// Engine knobs: see plan_options.
-    int max_threads = 0;
-    std::optional<bnorm::isa> max_isa;
-  };
+  using config = module_config;
 
   explicit batch_norm(const config& cfg);
 
@@ -137,12 +139,22 @@ struct options {
   bnorm::layout memory_format = layout::channels_first;  ///< torch.channels_last(_3d)
 };
 
+/// The module_config of torch.nn.BatchNorm*d for inputs of rank min_rank to max_rank.
+module_config make_config(std::int64_t num_features, const options& opts, std::size_t min_rank,
+                          std::size_t max_rank);
+
 template <class T = float>
-batch_norm<T> BatchNorm1d(std::int64_t num_features, const options& opts = {});
+batch_norm<T> BatchNorm1d(std::int64_t num_features, const options& opts = {}) {
+  return batch_norm<T>(make_config(num_features, opts, 2, 3));  // (N, C) or (N, C, L)
+}
 template <class T = float>
-batch_norm<T> BatchNorm2d(std::int64_t num_features, const options& opts = {});
+batch_norm<T> BatchNorm2d(std::int64_t num_features, const options& opts = {}) {
+  return batch_norm<T>(make_config(num_features, opts, 4, 4));
+}
 template <class T = float>
-batch_norm<T> BatchNorm3d(std::int64_t num_features, const options& opts = {});
+batch_norm<T> BatchNorm3d(std::int64_t num_features, const options& opts = {}) {
+  return batch_norm<T>(make_config(num_features, opts, 5, 5));
+}
 
 }  // namespace torch
 
@@ -161,12 +173,23 @@ struct options {
   std::string data_format = "NCHW";          ///< "NCHW" or "NHWC"
 };
 
+/// The module_config of mindspore.nn.BatchNorm*d for inputs of rank min_rank to max_rank.
+/// Throws bnorm::error for a data_format other than "NCHW" or "NHWC".
+module_config make_config(std::int64_t num_features, const options& opts, std::size_t min_rank,
+                          std::size_t max_rank);
+
 template <class T = float>
-batch_norm<T> BatchNorm1d(std::int64_t num_features, const options& opts = {});
+batch_norm<T> BatchNorm1d(std::int64_t num_features, const options& opts = {}) {
+  return batch_norm<T>(make_config(num_features, opts, 2, 3));  // (N, C) or (N, C, L)
+}
 template <class T = float>
-batch_norm<T> BatchNorm2d(std::int64_t num_features, const options& opts = {});
+batch_norm<T> BatchNorm2d(std::int64_t num_features, const options& opts = {}) {
+  return batch_norm<T>(make_config(num_features, opts, 4, 4));
+}
 template <class T = float>
-batch_norm<T> BatchNorm3d(std::int64_t num_features, const options& opts = {});
+batch_norm<T> BatchNorm3d(std::int64_t num_features, const options& opts = {}) {
+  return batch_norm<T>(make_config(num_features, opts, 5, 5));
+}
 
 }  // namespace mindspore
 }  // namespace bnorm

@@ -1,0 +1,134 @@
+#!/usr/bin/python3
+"""PyTorch (Debian python3-torch) on the benchmark suite, in bnorm_bench's JSON schema.
+
+  /usr/bin/python3 bench/bench_torch.py --samples SAMPLES.json --out torch.json [--threads 1,2]
+
+Each case uses bnorm_bench's input (the same formula, in the same memory order) and its
+parameters (gamma 1.5, beta 0.25, running mean 0 and variance 1). Before a case's time
+counts, PyTorch's output is compared with bnorm's at the sampled positions bnorm_bench wrote
+(--samples_out); a case that differs is reported as an error, not a time.
+"""
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+SUITE = [  # name, N, C, D, H, W, rank: as bench/shapes.hpp
+    ("seed_1d_2x4", 2, 4, 1, 1, 1, 2),
+    ("bn1d_4096x1024", 4096, 1024, 1, 1, 1, 2),
+    ("bn1d_64x128x1024", 64, 128, 1, 1, 1024, 3),
+    ("bn1d_smallC_65536x4", 65536, 4, 1, 1, 1, 2),
+    ("r50_b1_c64_112", 1, 64, 1, 112, 112, 4),
+    ("r50_b1_c256_56", 1, 256, 1, 56, 56, 4),
+    ("r50_b1_c1024_14", 1, 1024, 1, 14, 14, 4),
+    ("r50_b1_c2048_7", 1, 2048, 1, 7, 7, 4),
+    ("r50_b32_c64_56", 32, 64, 1, 56, 56, 4),
+    ("r50_b8_c256_56", 8, 256, 1, 56, 56, 4),
+    ("bn3d_b2_c32_16x56x56", 2, 32, 16, 56, 56, 5),
+]
+
+
+def spatial_dims(n, c, d, h, w, rank):
+    return {2: [], 3: [w], 4: [h, w], 5: [d, h, w]}[rank]
+
+
+def make_input(count):
+    i = np.arange(count, dtype=np.int64)
+    return (((i * 7919) % 10007) / 10007.0 * 4.0 - 1.5).astype(np.float32)
+
+
+def logical_input(n, c, spatial, layout):
+    """The tensor in logical (N, C, spatial...) order over bnorm_bench's memory-order buffer."""
+    flat = torch.from_numpy(make_input(n * c * int(np.prod(spatial or [1]))))
+    if layout == "nchw" or not spatial:
+        return flat.view(n, c, *spatial)
+    rank = 2 + len(spatial)
+    return flat.view(n, *spatial, c).permute(0, rank - 1, *range(1, rank - 1))
+
+
+def memory_order(y, layout):
+    if layout == "nchw" or y.dim() == 2:
+        return y.contiguous().flatten()
+    return y.permute(0, *range(2, y.dim()), 1).contiguous().flatten()
+
+
+def time_case(fn, min_time, repetitions):
+    fn()
+    fn()
+    times = []
+    for _ in range(repetitions):
+        iterations, elapsed = 0, 0.0
+        start = time.perf_counter()
+        while elapsed < min_time:
+            fn()
+            iterations += 1
+            elapsed = time.perf_counter() - start
+        times.append(elapsed / iterations)
+    return statistics.median(times) * 1e6
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--samples", required=True)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--threads", default=f"1,{os.cpu_count()}")
+    parser.add_argument("--min_time", type=float, default=0.05)
+    parser.add_argument("--repetitions", type=int, default=5)
+    parser.add_argument("--filter", default="")
+    args = parser.parse_args()
+    with open(args.samples) as f:
+        samples = json.load(f)
+    threads_list = sorted({int(t) for t in args.threads.split(",")})
+    results = []
+    for threads in threads_list:
+        torch.set_num_threads(threads)
+        for name, n, c, d, h, w, rank in SUITE:
+            spatial = spatial_dims(n, c, d, h, w, rank)
+            for layout in ("nchw", "nhwc"):
+                for mode in ("train", "infer"):
+                    case = f"{name}/{layout}/{mode}/threads:{threads}"
+                    if args.filter and args.filter not in case:
+                        continue
+                    x = logical_input(n, c, spatial, layout)
+                    weight = torch.full((c,), 1.5)
+                    bias = torch.full((c,), 0.25)
+                    mean, var = torch.zeros(c), torch.ones(c)
+                    training = mode == "train"
+
+                    def run():
+                        return F.batch_norm(x, mean, var, weight, bias, training, 0.1, 1e-5)
+
+                    entry = {"name": case + "/pytorch", "run_name": case + "/pytorch",
+                             "aggregate_name": "median", "time_unit": "us",
+                             "repetitions": args.repetitions, "threads": threads}
+                    with torch.no_grad():
+                        y = memory_order(run(), layout).numpy()
+                    expected = samples.get(f"{name}/{layout}/{mode}/threads:1/bnorm", [])
+                    worst = max((abs(float(y[i]) - v) / (1 + abs(v)) for i, v in expected),
+                                default=float("inf"))
+                    if not worst <= 1e-4:
+                        entry.update(error_occurred=True,
+                                     error_message=f"PyTorch output differs from bnorm's by {worst:g}")
+                    else:
+                        mean.zero_()
+                        var.fill_(1.0)
+                        with torch.no_grad():
+                            entry["real_time"] = time_case(run, args.min_time, args.repetitions)
+                    results.append(entry)
+                    print(f"{entry['name']:60s} "
+                          f"{entry.get('real_time', float('nan')):12.1f} us "
+                          f"{entry.get('error_message', '')}", flush=True)
+    context = {"torch_version": torch.__version__, "num_cpus": os.cpu_count(),
+               "python": sys.version.split()[0]}
+    with open(args.out, "w") as f:
+        json.dump({"context": context, "benchmarks": results}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
