@@ -242,18 +242,31 @@ template class batch_norm<double>;
 
 // ---------------------------------------------------------------- the frameworks' factories
 
+namespace {
+
+// What both frameworks' modules share.
+module_config common_config(framework which, std::int64_t num_features, std::size_t min_rank,
+                            std::size_t max_rank, double eps, std::optional<double> momentum,
+                            bool affine) {
+  module_config cfg;
+  cfg.framework = which;
+  cfg.num_features = num_features;
+  cfg.min_rank = min_rank;
+  cfg.max_rank = max_rank;
+  cfg.eps = eps;
+  cfg.momentum = momentum;
+  cfg.affine = affine;
+  return cfg;
+}
+
+}  // namespace
+
 namespace torch {
 
 module_config make_config(std::int64_t num_features, const options& opts, std::size_t min_rank,
                           std::size_t max_rank) {
-  module_config cfg;
-  cfg.framework = framework::pytorch;
-  cfg.num_features = num_features;
-  cfg.min_rank = min_rank;
-  cfg.max_rank = max_rank;
-  cfg.eps = opts.eps;
-  cfg.momentum = opts.momentum;
-  cfg.affine = opts.affine;
+  module_config cfg = common_config(framework::pytorch, num_features, min_rank, max_rank,
+                                    opts.eps, opts.momentum, opts.affine);
   cfg.track_running_stats = opts.track_running_stats;
   cfg.layout = opts.memory_format;
   return cfg;
@@ -265,14 +278,8 @@ namespace mindspore {
 
 module_config make_config(std::int64_t num_features, const options& opts, std::size_t min_rank,
                           std::size_t max_rank) {
-  module_config cfg;
-  cfg.framework = framework::mindspore;
-  cfg.num_features = num_features;
-  cfg.min_rank = min_rank;
-  cfg.max_rank = max_rank;
-  cfg.eps = opts.eps;
-  cfg.momentum = opts.momentum;
-  cfg.affine = opts.affine;
+  module_config cfg = common_config(framework::mindspore, num_features, min_rank, max_rank,
+                                    opts.eps, opts.momentum, opts.affine);
   cfg.use_batch_statistics = opts.use_batch_statistics;
   if (opts.data_format == "NCHW") {
     cfg.layout = layout::channels_first;
