@@ -192,9 +192,8 @@ class training_step {
   /// Σd² - (Σd)²/n does not cancel; a value of the data alone, so chunking cannot change it;
   /// exactly the value of a constant channel, whose output is then exactly zero.
   void compute_shifts() {
-    constexpr std::size_t sample = 16;
     if (p_.kind == traversal::planes) {
-      const std::size_t count = std::min(sample, p_.spatial);
+      const std::size_t count = std::min<std::size_t>(16, p_.spatial);
       for (std::size_t c = 0; c < p_.channels; ++c) {
         const T* run = src_ + c * p_.spatial;
         double total = 0.0;
@@ -204,7 +203,8 @@ class training_step {
     } else {
       // Row by row (mean_ is free until the merge): a walk down the columns would touch a
       // cache line per value.
-      const std::size_t rows = std::min(sample, p_.rows);
+      // Fewer rows than a plane's values: they cost C reads each, on the calling thread.
+      const std::size_t rows = std::min<std::size_t>(4, p_.rows);
       std::fill(mean_, mean_ + p_.channels, 0.0);
       for (std::size_t r = 0; r < rows; ++r) {
         const T* row = src_ + r * p_.channels;
