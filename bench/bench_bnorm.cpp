@@ -12,6 +12,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <new>
 #include <string>
 #include <vector>
 
@@ -47,9 +48,27 @@ struct bench_case {
   }
 };
 
+/// 64-byte aligned storage, as engines allocate tensors (streaming stores need aligned rows).
+template <class T>
+struct aligned64 {
+  using value_type = T;
+  aligned64() = default;
+  template <class U>
+  aligned64(const aligned64<U>&) {}
+  T* allocate(std::size_t n) {
+    return static_cast<T*>(::operator new(n * sizeof(T), std::align_val_t(64)));
+  }
+  void deallocate(T* p, std::size_t) { ::operator delete(p, std::align_val_t(64)); }
+  template <class U>
+  bool operator==(const aligned64<U>&) const { return true; }
+  template <class U>
+  bool operator!=(const aligned64<U>&) const { return false; }
+};
+using tensor = std::vector<float, aligned64<float>>;
+
 /// The input, in memory order, reproducible in numpy (bench_torch.py uses the same formula).
-std::vector<float> make_input(std::size_t n) {
-  std::vector<float> x(n);
+tensor make_input(std::size_t n) {
+  tensor x(n);
   for (std::size_t i = 0; i < n; ++i) {
     x[i] = static_cast<float>(static_cast<double>((i * 7919) % 10007) / 10007.0 * 4.0 - 1.5);
   }
@@ -58,7 +77,8 @@ std::vector<float> make_input(std::size_t n) {
 
 /// Buffers of one case; gamma 1.5, beta 0.25, running mean 0 and variance 1.
 struct buffers {
-  std::vector<float> x, y, gamma, beta, mean, var, batch_mean, batch_inv_std;
+  tensor x, y;
+  std::vector<float> gamma, beta, mean, var, batch_mean, batch_inv_std;
   explicit buffers(const bench_case& k)
       : x(make_input(static_cast<std::size_t>(k.shape.elements()))),
         y(x.size()),
@@ -154,7 +174,7 @@ void run_onednn(benchmark::State& state, const bench_case& k) {
     state.SkipWithError(s.message());
     return;
   }
-  const std::vector<float> expected = b.y;
+  const tensor expected = b.y;
   std::fill(b.y.begin(), b.y.end(), 0.f);
   std::vector<float> mean = b.mean, var = b.var;
   bnorm_bench::onednn_peer peer(k.shape.shape(), k.layout, k.m == mode::training, epsilon,

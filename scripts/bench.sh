@@ -24,7 +24,7 @@ isa_args=()
 for isa in sse2 avx2; do
   if BNORM_MAX_ISA=$isa "$bench" --benchmark_filter="seed_1d_2x4/nchw/train/threads:1/bnorm" \
       --benchmark_min_time=0.001 2>/dev/null | grep -q " $isa"; then
-    BNORM_MAX_ISA=$isa "$bench" "${common[@]}" --benchmark_filter="/threads:$threads/bnorm\$" \
+    BNORM_MAX_ISA=$isa "$bench" "${common[@]}" --benchmark_filter="/threads:$threads/bnorm/" \
       --benchmark_out="$out/$isa.json" > /dev/null
     isa_args+=(--isa "$isa=$out/$isa.json")
   fi

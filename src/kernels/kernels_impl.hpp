@@ -224,7 +224,13 @@ void plane_normalize(const T* src, T* dst, std::size_t len, std::size_t planes,
     const std::size_t last = len - lanes;
     const vec tail = compute(vec::load_unaligned(x + last));
     std::size_t i = 0;
-    if (stream && misalignment<Arch>(y) == 0) {
+    const std::size_t off = misalignment<Arch>(y);
+    if (stream && off % sizeof(T) == 0 && len >= 2 * lanes) {
+      // A partial vector up to the first aligned destination, then streamed whole vectors.
+      if (off != 0) {
+        i = lanes - off / sizeof(T);
+        normalize_partial<Arch>(x, y, i, compute);
+      }
       for (; i < last; i += lanes) store_stream(y + i, compute(vec::load_unaligned(x + i)));
       streamed = true;
     } else {
