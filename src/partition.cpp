@@ -88,7 +88,7 @@ partition make_partition(const problem& prob, const plan_options& options,
   p.serial = p.elements * p.element_size < serial_bytes;
   p.stream_stores = options.stores == store_policy::streaming ||
                     (options.stores == store_policy::automatic &&
-                     p.elements * p.element_size > streaming_threshold());
+                     p.elements * p.element_size >= streaming_threshold());
   const std::size_t unit_elements = unit_bytes / p.element_size;
 
   if (prob.layout == layout::channels_first && p.spatial > 1) {
