@@ -36,7 +36,28 @@ struct f64_accumulator {
     sum += s;
     sum_sq += q;
   }
+  /// x - shift and its square in float64: for values whose float32 square would overflow.
+  void add_exact(const xsimd::batch<float, Arch>& x, const xsimd::batch<float, Arch>& shift) noexcept {
+    xsimd::batch<double, Arch> x_lo, x_hi, k_lo, k_hi;
+    widen(x, x_lo, x_hi);
+    widen(shift, k_lo, k_hi);
+    const auto d_lo = x_lo - k_lo, d_hi = x_hi - k_hi;
+    sum += d_lo + d_hi;
+    sum_sq = fmadd(d_lo, d_lo, fmadd(d_hi, d_hi, sum_sq));
+  }
+  void add_exact(const xsimd::batch<double, Arch>& x, const xsimd::batch<double, Arch>& shift) noexcept {
+    const auto d = x - shift;
+    sum += d;
+    sum_sq = fmadd(d, d, sum_sq);
+  }
 };
+
+/// False when a float32 block partial overflowed (|x - shift| beyond ~1.8e19 squares to inf) or
+/// holds a NaN: the block is then summed again in float64.
+template <class Arch, class T>
+bool partial_is_finite(const xsimd::batch<T, Arch>& q) noexcept {
+  return xsimd::all(xsimd::isfinite(q));
+}
 
 /// 0, 1, 2, ... as T, for lane masks.
 template <class T>
@@ -44,9 +65,9 @@ struct lane_index {
   alignas(64) static constexpr T values[16] = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
 };
 
-/// d = x - shift for the last `count` (< lanes) values of a run of at least one vector, read as
-/// the run's last whole vector with the lanes counted before masked to zero: no read past the
-/// run, no scalar loop.
+/// The last `count` (< lanes) values of a run of at least one vector, read as the run's last
+/// whole vector with the lanes already counted replaced by the shift (so that they add zero):
+/// no read past the run, no scalar loop.
 template <class Arch, class T>
 xsimd::batch<T, Arch> masked_tail(const T* run_end, std::size_t count,
                                   const xsimd::batch<T, Arch>& shift) noexcept {
@@ -54,7 +75,7 @@ xsimd::batch<T, Arch> masked_tail(const T* run_end, std::size_t count,
   constexpr std::size_t lanes = vec::size;
   const vec index = vec::load_aligned(lane_index<T>::values);
   const auto fresh = index >= vec(static_cast<T>(lanes - count));
-  return xsimd::select(fresh, vec::load_unaligned(run_end - lanes) - shift, vec(T(0)));
+  return xsimd::select(fresh, vec::load_unaligned(run_end - lanes), shift);
 }
 
 /// Σ(x - shift) and Σ(x - shift)² of one run of at least one vector.
@@ -68,6 +89,7 @@ void run_stats(const T* x, std::size_t len, const xsimd::batch<T, Arch>& k,
   std::size_t i = 0;
   while (i + lanes <= len) {
     vec s0(T(0)), s1(T(0)), q0(T(0)), q1(T(0));
+    const std::size_t begin = i;
     const std::size_t end = len - i < block_vectors * lanes ? len : i + block_vectors * lanes;
     for (; i + 2 * lanes <= end; i += 2 * lanes) {
       const vec d0 = vec::load_unaligned(x + i) - k;
@@ -83,11 +105,14 @@ void run_stats(const T* x, std::size_t len, const xsimd::batch<T, Arch>& k,
       q0 = fmadd(d, d, q0);
       i += lanes;
     }
-    acc.add(s0 + s1, q0 + q1);
+    if (partial_is_finite<Arch>(q0 + q1)) {
+      acc.add(s0 + s1, q0 + q1);
+    } else {
+      for (std::size_t j = begin; j < i; j += lanes) acc.add_exact(vec::load_unaligned(x + j), k);
+    }
   }
   if (i < len) {
-    const vec d = masked_tail<Arch>(x + len, len - i, k);
-    acc.add(d, d * d);
+    acc.add_exact(masked_tail<Arch>(x + len, len - i, k), k);
   }
 }
 
@@ -149,8 +174,21 @@ void interleaved_stats(const T* src, std::size_t rows, std::size_t width, std::s
           q = fmadd(d, d, q);
         }
         dvec s_lo, s_hi, q_lo, q_hi;
-        widen(s, s_lo, s_hi);
-        widen(q, q_lo, q_hi);
+        if (partial_is_finite<Arch>(q)) {
+          widen(s, s_lo, s_hi);
+          widen(q, q_lo, q_hi);
+        } else {
+          f64_accumulator<Arch> lo, hi;  // the low and the high lanes, again in float64
+          dvec k_lo, k_hi;
+          widen(k, k_lo, k_hi);
+          for (std::size_t r = 0; r < count; ++r) {
+            dvec x_lo, x_hi;
+            widen(fvec::load_unaligned(block + r * stride + j), x_lo, x_hi);
+            lo.add_exact(x_lo, k_lo);
+            hi.add_exact(x_hi, k_hi);
+          }
+          s_lo = lo.sum, s_hi = hi.sum, q_lo = lo.sum_sq, q_hi = hi.sum_sq;
+        }
         store(j, s_lo, q_lo);
         store(j + lanes / 2, s_hi, q_hi);
       }
