@@ -1,0 +1,267 @@
+// Reliability: extreme values, concurrent callers, the caller's own parallelism, and bitwise
+// determinism over every benchmark shape.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <thread>
+
+#include <oneapi/tbb/parallel_for.h>
+#include <oneapi/tbb/task_arena.h>
+
+#include "../bench/shapes.hpp"
+#include "support.hpp"
+
+using namespace bnorm_test;
+using bnorm::layout;
+
+namespace {
+
+struct training_result {
+  std::vector<float> y, mean, inv_std, running_mean, running_var;
+};
+
+training_result train(const bnorm::plan& plan, const std::vector<float>& x, std::size_t channels) {
+  training_result r{std::vector<float>(x.size()), std::vector<float>(channels),
+                    std::vector<float>(channels), std::vector<float>(channels, 0.f),
+                    std::vector<float>(channels, 1.f)};
+  bnorm::training_args args;
+  args.src = x.data();
+  args.dst = r.y.data();
+  args.batch_mean = out(r.mean);
+  args.batch_inv_std = out(r.inv_std);
+  args.running_mean = out(r.running_mean);
+  args.running_var = out(r.running_var);
+  const bnorm::status s = plan.forward_training(args);
+  EXPECT_TRUE(s.ok()) << s.message();
+  return r;
+}
+
+bool same_bits(const std::vector<float>& a, const std::vector<float>& b) {
+  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
+}
+
+bool same_bits(const training_result& a, const training_result& b) {
+  return same_bits(a.y, b.y) && same_bits(a.mean, b.mean) && same_bits(a.inv_std, b.inv_std) &&
+         same_bits(a.running_mean, b.running_mean) && same_bits(a.running_var, b.running_var);
+}
+
+class Extremes : public testing::TestWithParam<bnorm::isa> {
+ protected:
+  bnorm::plan plan(const bnorm::tensor_shape& shape, layout l, double eps = 1e-5) {
+    bnorm::plan_options opts;
+    opts.max_isa = GetParam();
+    return make_plan_or_fail({shape, l, bnorm::dtype::f32, eps}, opts);
+  }
+};
+
+// As PyTorch: a NaN or an Inf spoils its own channel's statistics and output, no other's.
+TEST_P(Extremes, NonFiniteValuesSpoilTheirChannelOnly) {
+  for (layout l : {layout::channels_first, layout::channels_last}) {
+    for (float bad : {std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::infinity()}) {
+      const bnorm::tensor_shape shape{4, 5, 300};
+      const geometry g(shape);
+      std::vector<float> x = normal_data<float>(g.elements(), 1.0, 2.0, 3);
+      x[g.offset(l, 2, 3, 77)] = bad;  // channel 3
+      const training_result r = train(plan(shape, l), x, g.c);
+      const reference_stats ref = reference_moments(x, shape, l);
+      const std::vector<double> want =
+          reference_normalize(x, shape, l, ref.mean, ref.variance, 1e-5, {}, {});
+      for (std::size_t c = 0; c < g.c; ++c) {
+        for (std::size_t n = 0; n < g.n; ++n) {
+          for (std::size_t s = 0; s < g.spatial; ++s) {
+            const std::size_t i = g.offset(l, n, c, s);
+            if (c == 3) {
+              ASSERT_TRUE(std::isnan(r.y[i])) << "channel 3 at " << i;
+            } else {
+              ASSERT_NEAR(r.y[i], want[i], 1e-5) << "channel " << c;
+            }
+          }
+        }
+        EXPECT_EQ(std::isfinite(r.running_mean[c]), c != 3) << "running_mean " << c;
+      }
+    }
+  }
+}
+
+// |x| near 1e30: the float64 statistics do not overflow (PyTorch #162489), even where float32
+// squares would.
+TEST_P(Extremes, HugeValuesDoNotOverflowTheVariance) {
+  for (layout l : {layout::channels_first, layout::channels_last}) {
+    const bnorm::tensor_shape shape{3, 4, 200};
+    const geometry g(shape);
+    std::vector<float> x = normal_data<float>(g.elements(), 0.0, 1.0, 4);
+    for (float& v : x) v *= 1e30f;
+    const training_result r = train(plan(shape, l), x, g.c);
+    const reference_stats ref = reference_moments(x, shape, l);
+    const std::vector<double> want =
+        reference_normalize(x, shape, l, ref.mean, ref.variance, 1e-5, {}, {});
+    EXPECT_LE(max_abs_error(r.y, want), 1e-5);
+    for (std::size_t c = 0; c < g.c; ++c) {
+      EXPECT_TRUE(std::isfinite(r.running_var[c]) || ref.variance[c] > 3e38) << c;
+      EXPECT_NEAR(r.inv_std[c] * 1e30, 1.0 / std::sqrt(ref.variance[c]) * 1e30, 1e-5);
+    }
+  }
+}
+
+// A constant channel gives exactly zero (PyTorch #5410); with eps = 0, var + eps = 0 and the
+// channel is NaN (1/sqrt(0)·0), as in PyTorch, while the others are unaffected.
+TEST_P(Extremes, ConstantChannels) {
+  for (layout l : {layout::channels_first, layout::channels_last}) {
+    const bnorm::tensor_shape shape{4, 3, 50};
+    const geometry g(shape);
+    std::vector<float> x = normal_data<float>(g.elements(), 0.0, 1.0, 5);
+    for (std::size_t n = 0; n < g.n; ++n) {
+      for (std::size_t s = 0; s < g.spatial; ++s) x[g.offset(l, n, 1, s)] = 1234.5678f;
+    }
+    for (double eps : {1e-5, 0.0}) {
+      const training_result r = train(plan(shape, l, eps), x, g.c);
+      EXPECT_EQ(r.mean[1], 1234.5678f);
+      for (std::size_t n = 0; n < g.n; ++n) {
+        for (std::size_t s = 0; s < g.spatial; ++s) {
+          const float y = r.y[g.offset(l, n, 1, s)];
+          if (eps > 0) {
+            ASSERT_EQ(y, 0.f);
+          } else {
+            ASSERT_TRUE(std::isnan(y));
+          }
+          ASSERT_TRUE(std::isfinite(r.y[g.offset(l, n, 0, s)]));
+        }
+      }
+    }
+  }
+}
+
+TEST_P(Extremes, DenormalInputs) {
+  const bnorm::tensor_shape shape{8, 3, 40};
+  const geometry g(shape);
+  std::vector<float> x = normal_data<float>(g.elements(), 0.0, 1.0, 6);
+  for (float& v : x) v *= 1e-41f;  // subnormal floats
+  const training_result r = train(plan(shape, layout::channels_first), x, g.c);
+  for (float v : r.y) ASSERT_TRUE(std::isfinite(v));
+}
+
+INSTANTIATE_TEST_SUITE_P(AllIsas, Extremes, testing::ValuesIn(isas_under_test()), isa_param_name);
+
+// ---------------------------------------------------------------------------- concurrency
+
+// Host threads sharing one plan, and each running a module of its own, get the serial bits.
+TEST(Concurrency, SharedPlanAndSeparateModules) {
+  const bnorm::tensor_shape shape{8, 16, 33, 17};
+  const geometry g(shape);
+  const std::vector<float> x = normal_data<float>(g.elements(), 2.0, 3.0, 7);
+  for (layout l : {layout::channels_first, layout::channels_last}) {
+    const bnorm::plan plan = make_plan_or_fail({shape, l}, {});
+    const training_result serial = train(plan, x, g.c);
+    auto module = [&] {
+      bnorm::torch::options opts;
+      opts.memory_format = l;
+      return bnorm::torch::BatchNorm2d(16, opts);
+    };
+    auto reference_module = module();
+    const std::vector<float> module_y = reference_module.forward(x, shape);
+    constexpr int threads = 8;
+    std::vector<training_result> results(threads);
+    std::vector<std::vector<float>> module_results(threads);
+    std::vector<std::thread> pool;
+    for (int t = 0; t < threads; ++t) {
+      pool.emplace_back([&, t] {
+        for (int rep = 0; rep < 5; ++rep) results[t] = train(plan, x, g.c);
+        auto m = module();
+        module_results[t] = m.forward(x, shape);
+      });
+    }
+    for (auto& th : pool) th.join();
+    for (int t = 0; t < threads; ++t) {
+      EXPECT_TRUE(same_bits(results[t], serial)) << "thread " << t;
+      EXPECT_TRUE(same_bits(module_results[t], module_y)) << "module on thread " << t;
+    }
+  }
+}
+
+// Calls from inside the caller's own arena and parallel_for work and give the same bits.
+TEST(Concurrency, InsideTheCallersParallelism) {
+  const bnorm::tensor_shape shape{4, 32, 64, 64};
+  const geometry g(shape);
+  const std::vector<float> x = normal_data<float>(g.elements(), 0.0, 1.0, 8);
+  const bnorm::plan plan = make_plan_or_fail({shape, layout::channels_last}, {});
+  const training_result serial = train(plan, x, g.c);
+  for (int arena_size : {1, 2}) {
+    tbb::task_arena arena(arena_size);
+    std::vector<training_result> results(6);
+    arena.execute([&] {
+      EXPECT_EQ(tbb::this_task_arena::max_concurrency(), arena_size);
+      tbb::parallel_for(0, 6, [&](int i) { results[i] = train(plan, x, g.c); });
+    });
+    for (const auto& r : results) EXPECT_TRUE(same_bits(r, serial)) << "arena " << arena_size;
+  }
+}
+
+// ---------------------------------------------------------------------------- determinism
+
+// Every benchmark shape, both layouts, both paths: the same bits for thread caps 1, 2, 3 and 8
+// and on a repeated run.
+TEST(DeterminismAcrossTheSuite, BitwiseEqualForEveryThreadCap) {
+  for (const auto& s : bnorm_bench::suite()) {
+    const bnorm::tensor_shape shape = s.shape();
+    const geometry g(shape);
+    const std::vector<float> x = normal_data<float>(g.elements(), -1.0, 2.5, 9);
+    for (layout l : {layout::channels_first, layout::channels_last}) {
+      SCOPED_TRACE(std::string(s.name) + (l == layout::channels_first ? " nchw" : " nhwc"));
+      training_result first;
+      std::vector<float> first_inference;
+      for (int threads : {1, 2, 3, 8, 2}) {
+        bnorm::plan_options opts;
+        opts.max_threads = threads;
+        const bnorm::plan plan = make_plan_or_fail({shape, l}, opts);
+        const training_result r = train(plan, x, g.c);
+        std::vector<float> y(x.size());
+        bnorm::inference_args inf;
+        inf.src = x.data();
+        inf.dst = y.data();
+        inf.mean = in(r.running_mean);
+        inf.var = in(r.running_var);
+        ASSERT_TRUE(plan.forward_inference(inf).ok());
+        if (threads == 1) {
+          first = r;
+          first_inference = y;
+        } else {
+          EXPECT_TRUE(same_bits(r, first)) << "training, threads " << threads;
+          EXPECT_TRUE(same_bits(y, first_inference)) << "inference, threads " << threads;
+        }
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------- big tensors
+
+// More than 2^31 elements, in place, inference: 64-bit index arithmetic everywhere. Opt in with
+// BNORM_BIG_TESTS=1 (needs 8.6 GB of memory); .ci/run does when the machine has it.
+TEST(BigTensor, InPlaceInferenceBeyond2To31Elements) {
+  if (std::getenv("BNORM_BIG_TESTS") == nullptr) GTEST_SKIP() << "set BNORM_BIG_TESTS=1";
+  const std::int64_t n = 1, c = 2, l = (std::int64_t{1} << 30) + 5;  // 2^31 + 10 elements
+  std::vector<float> x(static_cast<std::size_t>(n * c * l));
+  for (std::size_t i = 0; i < x.size(); ++i) x[i] = static_cast<float>(i % 1024);
+  const std::vector<float> mean{1.f, 2.f}, var{4.f, 16.f};
+  for (layout lay : {layout::channels_first, layout::channels_last}) {
+    const bnorm::plan plan = make_plan_or_fail({{n, c, l}, lay, bnorm::dtype::f32, 0.0}, {});
+    std::vector<float>& y = x;
+    bnorm::inference_args args;
+    args.src = y.data();
+    args.dst = y.data();
+    args.mean = in(mean);
+    args.var = in(var);
+    ASSERT_TRUE(plan.forward_inference(args).ok());
+    for (std::size_t probe : {std::size_t{0}, std::size_t{1} << 31, x.size() - 1, x.size() / 2 + 5}) {
+      const std::size_t ch = lay == layout::channels_first ? (probe / l) % c : probe % c;
+      const double before = static_cast<double>(probe % 1024);
+      const double want = (before - mean[ch]) / std::sqrt(var[ch]);
+      EXPECT_NEAR(y[probe], want, 1e-4 * (1 + std::fabs(want))) << "element " << probe;
+    }
+    for (std::size_t i = 0; i < x.size(); ++i) x[i] = static_cast<float>(i % 1024);  // reset
+  }
+}
+
+}  // namespace
