@@ -1,0 +1,59 @@
+// An allocation failure inside a call returns out_of_memory and writes nothing. This binary
+// replaces the nothrow array new, which the call's scratch comes from, so it can fail on demand.
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <cstring>
+#include <new>
+
+#include "support.hpp"
+
+namespace {
+std::atomic<bool> fail_allocations{false};
+}
+
+void* operator new[](std::size_t size, const std::nothrow_t&) noexcept {
+  if (fail_allocations.load()) return nullptr;
+  try {
+    return ::operator new[](size);  // the default, so the default delete[] matches
+  } catch (...) {
+    return nullptr;
+  }
+}
+
+namespace {
+
+using namespace bnorm_test;
+
+TEST(OutOfMemory, ScratchAllocationFailureWritesNothing) {
+  for (bnorm::layout l : {bnorm::layout::channels_first, bnorm::layout::channels_last}) {
+    const bnorm::tensor_shape shape{64, 1000, 3};
+    const geometry g(shape);
+    const bnorm::plan plan = make_plan_or_fail({shape, l}, {});
+    ASSERT_GT(plan.scratch_size(), 4096u) << "the test needs a heap-allocated scratch";
+    const std::vector<float> x = normal_data<float>(g.elements(), 0.0, 1.0, 1);
+    std::vector<float> y(x.size(), -5.f), mean(g.c, 0.25f), var(g.c, 0.75f);
+    std::int64_t tracked = 3;
+    bnorm::training_args args;
+    args.src = x.data();
+    args.dst = y.data();
+    args.running_mean = out(mean);
+    args.running_var = out(var);
+    args.num_batches_tracked = &tracked;
+
+    fail_allocations = true;
+    const bnorm::status s = plan.forward_training(args);
+    fail_allocations = false;
+    EXPECT_EQ(s.code(), bnorm::status_code::out_of_memory);
+    EXPECT_NE(std::strstr(s.message(), "scratch: could not allocate"), nullptr) << s.message();
+    EXPECT_EQ(y, std::vector<float>(x.size(), -5.f));
+    EXPECT_EQ(mean, std::vector<float>(g.c, 0.25f));
+    EXPECT_EQ(var, std::vector<float>(g.c, 0.75f));
+    EXPECT_EQ(tracked, 3);
+
+    EXPECT_TRUE(plan.forward_training(args).ok()) << "the same call succeeds with memory";
+    EXPECT_EQ(tracked, 4);
+  }
+}
+
+}  // namespace
