@@ -6,6 +6,7 @@
 #include "execute.hpp"
 
 #include <algorithm>
+#include <type_traits>
 
 #include "statistics.hpp"
 
@@ -304,13 +305,38 @@ class training_step {
 
   /// Σd, Σd² in mean_[c], variance_[c] → the moments there, and the coefficients.
   void finalize(std::size_t c) {
-    const moments m = moments_from_shifted_sums(static_cast<double>(shift_[c]), mean_[c],
-                                                variance_[c], count());
+    moments m = moments_from_shifted_sums(static_cast<double>(shift_[c]), mean_[c], variance_[c],
+                                          count());
+    if constexpr (std::is_same<T, float>::value) {
+      // The kernels square float32 differences: below ~1e-19 those squares lose bits or vanish.
+      // That only shows when var + eps is that small too (an eps far below any framework's),
+      // so such a channel is summed again here, exactly, instead of slowing every block.
+      if (m.variance + plan_.prob.epsilon < 1e-30) m = exact_moments(c);
+    }
     mean_[c] = m.mean;
     variance_[c] = m.variance;
     coeffs_.set(c, make_coefficients<T>(m.mean, inverse_std(m.variance, plan_.prob.epsilon),
                                         value_or<T>(args_.scale, c, 1.0),
                                         value_or<T>(args_.shift, c, 0.0)));
+  }
+
+  /// Two passes over channel c in float64 (the rare path of finalize).
+  moments exact_moments(std::size_t c) const {
+    const bool first = plan_.prob.layout == layout::channels_first;
+    const auto at = [&](std::size_t n, std::size_t s) {
+      return first ? (n * p_.channels + c) * p_.spatial + s : (n * p_.spatial + s) * p_.channels + c;
+    };
+    double total = 0.0;
+    for (std::size_t n = 0; n < p_.batch; ++n)
+      for (std::size_t s = 0; s < p_.spatial; ++s) total += static_cast<double>(src_[at(n, s)]);
+    const double mean = total / count();
+    double squares = 0.0;
+    for (std::size_t n = 0; n < p_.batch; ++n)
+      for (std::size_t s = 0; s < p_.spatial; ++s) {
+        const double d = static_cast<double>(src_[at(n, s)]) - mean;
+        squares += d * d;
+      }
+    return {mean, squares / count()};
   }
 
   /// The batch statistics, then the running statistics and the step counter: the only writes

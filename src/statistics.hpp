@@ -4,6 +4,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <limits>
 
 #include "bnorm/plan.hpp"
 
@@ -40,13 +41,24 @@ struct coefficients {
   T shift;
 };
 
+/// A finite float64 value beyond T's range becomes T's largest finite value, not an infinity:
+/// a constant channel with a tiny var + eps then still gives exactly 0·scale = 0, as the float64
+/// reference does, instead of 0·inf = NaN. A value that is already infinite or NaN stays so.
+template <class T>
+T saturate(double value) noexcept {
+  constexpr double largest = static_cast<double>(std::numeric_limits<T>::max());
+  if (value > largest && value <= std::numeric_limits<double>::max()) return std::numeric_limits<T>::max();
+  if (value < -largest && value >= -std::numeric_limits<double>::max()) return -std::numeric_limits<T>::max();
+  return static_cast<T>(value);
+}
+
 template <class T>
 coefficients<T> make_coefficients(double mean, double inv_std, double gamma,
                                   double beta) noexcept {
   const T center = static_cast<T>(mean);
   const double scale = gamma * inv_std;
   const double residual = mean - static_cast<double>(center);
-  return {center, static_cast<T>(scale), static_cast<T>(beta - residual * scale)};
+  return {center, saturate<T>(scale), saturate<T>(beta - residual * scale)};
 }
 
 /// How one training step moves the running statistics: r = (1 - w)·r + w·batch.

@@ -133,6 +133,35 @@ TEST_P(Extremes, ConstantChannels) {
   }
 }
 
+// Found by the fuzzer: a constant channel with var + eps tiny but not zero (eps = 4.9e-324)
+// has a float64 scale of 4.5e161, beyond float. It saturates, so the output is 0 like the
+// float64 reference's, not 0·inf = NaN.
+TEST_P(Extremes, ScaleBeyondFloatRangeSaturates) {
+  const bnorm::tensor_shape shape{4, 2};
+  std::vector<float> x(8, std::numeric_limits<float>::denorm_min());
+  x[1] = x[3] = x[5] = x[7] = 2.f;
+  for (layout l : {layout::channels_first, layout::channels_last}) {
+    const training_result r = train(plan(shape, l, std::numeric_limits<double>::denorm_min()), x, 2);
+    for (std::size_t i = 0; i < x.size(); ++i) EXPECT_EQ(r.y[i], 0.f) << "element " << i;
+  }
+}
+
+// Found by the fuzzer: float32 squares of differences near 1e-30 vanish; a channel whose
+// var + eps is that small is summed again exactly, so y is still ±1 here.
+TEST_P(Extremes, TinyVarianceIsExact) {
+  const bnorm::tensor_shape shape{8, 2, 20};
+  const geometry g(shape);
+  for (layout l : {layout::channels_first, layout::channels_last}) {
+    std::vector<float> x(g.elements());
+    for (std::size_t i = 0; i < x.size(); ++i) x[i] = (i / 3) % 2 ? 1e-30f : -1e-30f;
+    const training_result r = train(plan(shape, l, 1e-70), x, g.c);
+    const reference_stats ref = reference_moments(x, shape, l);
+    EXPECT_LE(max_abs_error(r.y, reference_normalize(x, shape, l, ref.mean, ref.variance, 1e-70,
+                                                     std::vector<float>{}, std::vector<float>{})),
+              1e-5);
+  }
+}
+
 TEST_P(Extremes, DenormalInputs) {
   const bnorm::tensor_shape shape{8, 3, 40};
   const geometry g(shape);

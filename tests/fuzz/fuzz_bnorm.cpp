@@ -1,0 +1,182 @@
+// libFuzzer target: arbitrary ranks, dims, layouts, options, parameters and data (NaN, Inf,
+// denormals, huge and tiny values) through the engine API. Checks that nothing crashes, that
+// every rejection is a clean status that leaves every buffer untouched, and that every accepted
+// call matches a float64 reference.
+//
+//   scripts/fuzz.sh 60        (clang-14, ASan + UBSan, the committed seed corpus)
+#include <fuzzer/FuzzedDataProvider.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+#include "bnorm/bnorm.hpp"
+
+namespace {
+
+[[noreturn]] void fail(const char* what, const bnorm::status& s) {
+  std::fprintf(stderr, "bnorm fuzz: %s (status %s: %s)\n", what, bnorm::to_string(s.code()),
+               s.message());
+  std::abort();
+}
+
+template <class T>
+T next_value(FuzzedDataProvider& in) {
+  switch (in.ConsumeIntegralInRange<int>(0, 15)) {
+    case 0: return std::numeric_limits<T>::quiet_NaN();
+    case 1: return std::numeric_limits<T>::infinity() * (in.ConsumeBool() ? 1 : -1);
+    case 2: return std::numeric_limits<T>::denorm_min() * in.ConsumeIntegralInRange<int>(-9, 9);
+    case 3: return static_cast<T>(in.ConsumeFloatingPointInRange<double>(-1e30, 1e30));
+    case 4: return static_cast<T>(1e-30 * in.ConsumeIntegralInRange<int>(-100, 100));
+    default: return static_cast<T>(in.ConsumeFloatingPointInRange<double>(-4, 4) +
+                                   in.ConsumeIntegralInRange<int>(-3, 3) * 1000.0);
+  }
+}
+
+template <class T>
+std::vector<T> values(FuzzedDataProvider& in, std::size_t n) {
+  std::vector<T> v(n);
+  for (T& x : v) x = next_value<T>(in);
+  return v;
+}
+
+struct geometry {
+  std::size_t n = 0, c = 0, s = 1;
+  std::size_t at(bnorm::layout l, std::size_t in, std::size_t ic, std::size_t is) const {
+    return l == bnorm::layout::channels_first ? (in * c + ic) * s + is : (in * s + is) * c + ic;
+  }
+};
+
+// Tolerance of a float result next to the float64 reference: a few rounding steps of the
+// values involved, scaled by 1/std.
+template <class T>
+double tolerance(double ref, double x, double mean, double inv_std) {
+  const double eps = std::numeric_limits<T>::epsilon();
+  return 64 * eps * (1 + std::fabs(ref)) + 64 * eps * (std::fabs(x) + std::fabs(mean)) * inv_std;
+}
+
+template <class T>
+void run(FuzzedDataProvider& in, const bnorm::plan& plan, const bnorm::problem& prob) {
+  geometry g;
+  g.n = static_cast<std::size_t>(prob.shape[0]);
+  g.c = static_cast<std::size_t>(prob.shape[1]);
+  for (std::size_t d = 2; d < prob.shape.rank(); ++d) g.s *= static_cast<std::size_t>(prob.shape[d]);
+  const std::size_t count = g.n * g.c * g.s;
+  const std::vector<T> x = values<T>(in, count);
+  const std::vector<T> gamma = values<T>(in, g.c), beta = values<T>(in, g.c);
+  std::vector<T> running_mean = values<T>(in, g.c), running_var = values<T>(in, g.c);
+  std::vector<T> y(count, T(-7)), mean(g.c, T(-8)), inv_std(g.c, T(-9));
+  std::int64_t tracked = in.ConsumeIntegralInRange<std::int64_t>(0, 5);
+  const std::vector<T> rm0 = running_mean, rv0 = running_var, y0 = y;
+  const std::int64_t tracked0 = tracked;
+
+  bnorm::training_args args;
+  args.src = in.ConsumeIntegralInRange<int>(0, 20) == 0 ? nullptr : x.data();
+  args.dst = in.ConsumeIntegralInRange<int>(0, 20) == 0 ? nullptr : y.data();
+  const auto size = [&](std::size_t c) {
+    return in.ConsumeIntegralInRange<int>(0, 10) == 0 ? c + 1 : c;  // sometimes wrong
+  };
+  if (in.ConsumeBool()) args.scale = {gamma.data(), size(g.c)};
+  if (in.ConsumeBool()) args.shift = {beta.data(), size(g.c)};
+  if (in.ConsumeBool()) args.batch_mean = {mean.data(), size(g.c)};
+  if (in.ConsumeBool()) args.batch_inv_std = {inv_std.data(), size(g.c)};
+  if (in.ConsumeIntegralInRange<int>(0, 10) != 0) {
+    args.running_mean = {running_mean.data(), size(g.c)};
+    args.running_var = {running_var.data(), size(g.c)};
+  }
+  if (in.ConsumeIntegralInRange<int>(0, 10) != 0) args.num_batches_tracked = &tracked;
+
+  const bnorm::status s = plan.forward_training(args);
+  if (!s.ok()) {
+    if (s.message()[0] == '\0') fail("a rejection without a message", s);
+    const auto same = [](const std::vector<T>& a, const std::vector<T>& b) {  // NaN-safe
+      return a.empty() || std::memcmp(a.data(), b.data(), a.size() * sizeof(T)) == 0;
+    };
+    if (!same(running_mean, rm0) || !same(running_var, rv0) || tracked != tracked0 ||
+        !same(y, y0)) {
+      fail("a rejected call wrote to a buffer", s);
+    }
+    return;
+  }
+  if (count == 0) return;
+  // The float64 reference, two-pass, on the same values.
+  for (std::size_t c = 0; c < g.c; ++c) {
+    long double total = 0;
+    for (std::size_t n = 0; n < g.n; ++n)
+      for (std::size_t i = 0; i < g.s; ++i) total += x[g.at(prob.layout, n, c, i)];
+    const double ref_mean = static_cast<double>(total / (g.n * g.s));
+    long double sq = 0;
+    for (std::size_t n = 0; n < g.n; ++n)
+      for (std::size_t i = 0; i < g.s; ++i) {
+        const long double d = x[g.at(prob.layout, n, c, i)] - static_cast<long double>(ref_mean);
+        sq += d * d;
+      }
+    const double var = static_cast<double>(sq / (g.n * g.s));
+    const double inv = 1.0 / std::sqrt(var + prob.epsilon);
+    const double w = args.scale.data ? static_cast<double>(gamma[c]) : 1.0;
+    const double b = args.shift.data ? static_cast<double>(beta[c]) : 0.0;
+    if (!std::isfinite(ref_mean) || !std::isfinite(inv) || !std::isfinite(w) ||
+        !std::isfinite(b) || var > 1e300) {
+      continue;  // a non-finite channel: any output is PyTorch's answer too
+    }
+    if (std::fabs(w * inv) > static_cast<double>(std::numeric_limits<T>::max())) {
+      continue;  // gamma/sqrt(var + eps) beyond T: the scale saturates (documented)
+    }
+    for (std::size_t n = 0; n < g.n; ++n)
+      for (std::size_t i = 0; i < g.s; ++i) {
+        const std::size_t at = g.at(prob.layout, n, c, i);
+        const double ref = (static_cast<double>(x[at]) - ref_mean) * inv * w + b;
+        if (!std::isfinite(ref) || std::fabs(ref) > 0.5 * std::numeric_limits<T>::max()) continue;
+        const double tol = tolerance<T>(ref, x[at], ref_mean, inv) * (1 + std::fabs(w));
+        if (!(std::fabs(static_cast<double>(y[at]) - ref) <= tol)) {
+          std::fprintf(stderr,
+                       "channel %zu element %zu: got %.9g, float64 reference %.9g (x %.9g, mean "
+                       "%.9g, var %.9g, eps %g, gamma %g, beta %g, N %zu C %zu S %zu layout %d)\n",
+                       c, at, static_cast<double>(y[at]), ref, static_cast<double>(x[at]),
+                       ref_mean, var, prob.epsilon, w, b, g.n, g.c, g.s,
+                       static_cast<int>(prob.layout));
+          fail("an accepted call differs from the float64 reference", s);
+        }
+      }
+  }
+}
+
+}  // namespace
+
+extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
+  FuzzedDataProvider in(data, size);
+  // Shapes stay small (at most 9^5 elements) so that each input runs in milliseconds.
+  const std::size_t rank = in.ConsumeIntegralInRange<std::size_t>(0, 6);
+  std::int64_t dims[6] = {};
+  for (std::size_t d = 0; d < rank; ++d) {
+    dims[d] = in.ConsumeIntegralInRange<int>(0, 40) == 0 ? -1 : in.ConsumeIntegralInRange<int>(0, 9);
+  }
+  bnorm::problem prob;
+  prob.shape = bnorm::tensor_shape(dims, rank);
+  prob.layout = static_cast<bnorm::layout>(in.ConsumeIntegralInRange<int>(0, 2));
+  prob.dtype = static_cast<bnorm::dtype>(in.ConsumeIntegralInRange<int>(0, 2));
+  prob.epsilon = in.ConsumeBool() ? 1e-5 : next_value<double>(in);
+  bnorm::plan_options opts;
+  opts.update_running_stats = in.ConsumeBool();
+  opts.convention = static_cast<bnorm::momentum_convention>(in.ConsumeIntegralInRange<int>(0, 3));
+  opts.momentum = in.ConsumeBool() ? 0.1 : next_value<double>(in);
+  opts.cumulative_average = in.ConsumeIntegralInRange<int>(0, 4) == 0;
+  opts.max_threads = in.ConsumeIntegralInRange<int>(-1, 3);
+  opts.stores = static_cast<bnorm::store_policy>(in.ConsumeIntegralInRange<int>(0, 3));
+  bnorm::plan plan;
+  const bnorm::status s = bnorm::make_plan(prob, opts, &plan);
+  if (!s.ok()) {
+    if (s.message()[0] == '\0' || plan.valid()) fail("a bad make_plan rejection", s);
+    return 0;
+  }
+  if (prob.dtype == bnorm::dtype::f32) {
+    run<float>(in, plan, prob);
+  } else {
+    run<double>(in, plan, prob);
+  }
+  return 0;
+}
