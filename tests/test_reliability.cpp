@@ -276,7 +276,8 @@ TEST(DeterminismAcrossTheSuite, BitwiseEqualForEveryThreadCap) {
 // ---------------------------------------------------------------------------- big tensors
 
 // More than 2^31 elements, in place, inference: 64-bit index arithmetic everywhere. Opt in with
-// BNORM_BIG_TESTS=1 (needs 8.6 GB of memory); .ci/run does when the machine has it.
+// BNORM_BIG_TESTS=1 (needs 8.6 GB of memory), as the ctest label "big" does; .ci/run runs it when
+// the machine has the memory.
 TEST(BigTensor, InPlaceInferenceBeyond2To31Elements) {
   if (std::getenv("BNORM_BIG_TESTS") == nullptr) GTEST_SKIP() << "set BNORM_BIG_TESTS=1";
   const std::int64_t n = 1, c = 2, l = (std::int64_t{1} << 30) + 5;  // 2^31 + 10 elements
