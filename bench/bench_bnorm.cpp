@@ -19,6 +19,7 @@
 #include <oneapi/tbb/info.h>
 
 #include "bnorm/bnorm.hpp"
+#include "aligned64.hpp"
 #include "roofline.hpp"
 #include "shapes.hpp"
 #if BNORM_BENCH_WITH_ONEDNN
@@ -48,23 +49,7 @@ struct bench_case {
   }
 };
 
-/// 64-byte aligned storage, as engines allocate tensors (streaming stores need aligned rows).
-template <class T>
-struct aligned64 {
-  using value_type = T;
-  aligned64() = default;
-  template <class U>
-  aligned64(const aligned64<U>&) {}
-  T* allocate(std::size_t n) {
-    return static_cast<T*>(::operator new(n * sizeof(T), std::align_val_t(64)));
-  }
-  void deallocate(T* p, std::size_t) { ::operator delete(p, std::align_val_t(64)); }
-  template <class U>
-  bool operator==(const aligned64<U>&) const { return true; }
-  template <class U>
-  bool operator!=(const aligned64<U>&) const { return false; }
-};
-using tensor = std::vector<float, aligned64<float>>;
+using tensor = bnorm_bench::aligned_vector<float>;
 
 /// The input, in memory order, reproducible in numpy (bench_torch.py uses the same formula).
 tensor make_input(std::size_t n) {

@@ -10,28 +10,12 @@
 #include <string>
 #include <vector>
 
+#include "../bench/aligned64.hpp"
 #include "bnorm/bnorm.hpp"
 
 namespace bnorm_test {
 
-/// 64-byte aligned storage, as engines allocate tensors (and as streaming stores want).
-template <class T>
-struct aligned64 {
-  using value_type = T;
-  aligned64() = default;
-  template <class U>
-  aligned64(const aligned64<U>&) {}
-  T* allocate(std::size_t n) {
-    return static_cast<T*>(::operator new(n * sizeof(T), std::align_val_t(64)));
-  }
-  void deallocate(T* p, std::size_t) { ::operator delete(p, std::align_val_t(64)); }
-  template <class U>
-  bool operator==(const aligned64<U>&) const { return true; }
-  template <class U>
-  bool operator!=(const aligned64<U>&) const { return false; }
-};
-template <class T>
-using aligned_vector = std::vector<T, aligned64<T>>;
+using bnorm_bench::aligned_vector;
 
 /// Seeded from --gtest_random_seed so that a failure can be replayed.
 inline std::mt19937_64 make_rng(std::uint64_t salt = 0) {
