@@ -24,7 +24,7 @@ constexpr std::size_t finalize_channels_per_task = 512;
 // Without a known last-level cache size, outputs from this size on are written around it.
 constexpr std::size_t default_streaming_bytes = 16u << 20;
 
-// store_policy::automatic streams once source and destination together exceed the last-level
+// store_policy::automatic streams once source and destination together fill the last-level
 // cache: below that, the next pass (or layer) finds y in cache (measured: 12.8 MiB streamed
 // was 1.7× slower here, 25.7 MiB 1.4× faster, with a 32 MiB L3).
 std::size_t streaming_threshold() noexcept {

@@ -59,7 +59,8 @@ enum class momentum_convention {
 
 /// How normalization writes dst.
 enum class store_policy {
-  /// Non-temporal stores for outputs of 8 MiB or more, ordinary stores below.
+  /// Non-temporal stores once the output reaches half the last-level cache (source and
+  /// destination no longer fit in it together), ordinary stores below.
   automatic,
   /// Ordinary stores: best when the next layer reads y while it is still in cache.
   cached,
