@@ -2,13 +2,16 @@
 // determinism over every benchmark shape.
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <limits>
 #include <thread>
 
 #include <oneapi/tbb/parallel_for.h>
+#include <oneapi/tbb/info.h>
 #include <oneapi/tbb/task_arena.h>
+#include <oneapi/tbb/task_scheduler_observer.h>
 
 #include "../bench/shapes.hpp"
 #include "support.hpp"
@@ -233,6 +236,37 @@ TEST(Concurrency, InsideTheCallersParallelism) {
       tbb::parallel_for(0, 6, [&](int i) { results[i] = train(plan, x, g.c); });
     });
     for (const auto& r : results) EXPECT_TRUE(same_bits(r, serial)) << "arena " << arena_size;
+  }
+}
+
+// A plan with no thread cap of its own runs in the caller's arena: an arena of one gets no
+// worker, an arena of two does.
+class worker_counter : public tbb::task_scheduler_observer {
+ public:
+  explicit worker_counter(tbb::task_arena& arena) : tbb::task_scheduler_observer(arena) {
+    observe(true);
+  }
+  ~worker_counter() override { observe(false); }
+  void on_scheduler_entry(bool is_worker) override {
+    if (is_worker) ++workers;
+  }
+  std::atomic<int> workers{0};
+};
+
+TEST(Concurrency, RespectsTheCallersArenaLimit) {
+  const bnorm::tensor_shape shape{16, 64, 32, 32};
+  const geometry g(shape);
+  const std::vector<float> x = normal_data<float>(g.elements(), 0.0, 1.0, 10);
+  const bnorm::plan plan = make_plan_or_fail({shape, layout::channels_first}, {});
+  tbb::task_arena one(1);
+  worker_counter in_one(one);
+  one.execute([&] { train(plan, x, g.c); });
+  EXPECT_EQ(in_one.workers.load(), 0) << "a worker joined an arena of one";
+  if (tbb::info::default_concurrency() > 1) {
+    tbb::task_arena two(2);
+    worker_counter in_two(two);
+    for (int i = 0; i < 20 && in_two.workers.load() == 0; ++i) two.execute([&] { train(plan, x, g.c); });
+    EXPECT_GT(in_two.workers.load(), 0) << "the plan never used the caller's second thread";
   }
 }
 
