@@ -176,6 +176,7 @@ class training_step {
         sum_sq_(reinterpret_cast<double*>(scratch + p_.scratch.sum_sq)),
         mean_(reinterpret_cast<double*>(scratch + p_.scratch.mean)),
         variance_(reinterpret_cast<double*>(scratch + p_.scratch.variance)),
+        inv_std_(reinterpret_cast<double*>(scratch + p_.scratch.inv_std)),
         coeffs_(scratch, p_.scratch) {}
 
   void run() {
@@ -315,8 +316,8 @@ class training_step {
     }
     mean_[c] = m.mean;
     variance_[c] = m.variance;
-    coeffs_.set(c, make_coefficients<T>(m.mean, inverse_std(m.variance, plan_.prob.epsilon),
-                                        value_or<T>(args_.scale, c, 1.0),
+    inv_std_[c] = inverse_std(m.variance, plan_.prob.epsilon);
+    coeffs_.set(c, make_coefficients<T>(m.mean, inv_std_[c], value_or<T>(args_.scale, c, 1.0),
                                         value_or<T>(args_.shift, c, 0.0)));
   }
 
@@ -342,13 +343,11 @@ class training_step {
   /// The batch statistics, then the running statistics and the step counter: the only writes
   /// to the caller's buffers besides dst, made once everything else has succeeded.
   void commit() {
-    const double epsilon = plan_.prob.epsilon;
-    for (std::size_t c = 0; c < p_.channels; ++c) {
-      if (args_.batch_mean.data) static_cast<T*>(args_.batch_mean.data)[c] = static_cast<T>(mean_[c]);
-      if (args_.batch_inv_std.data) {
-        static_cast<T*>(args_.batch_inv_std.data)[c] =
-            static_cast<T>(inverse_std(variance_[c], epsilon));
-      }
+    if (T* out = static_cast<T*>(args_.batch_mean.data)) {
+      for (std::size_t c = 0; c < p_.channels; ++c) out[c] = static_cast<T>(mean_[c]);
+    }
+    if (T* out = static_cast<T*>(args_.batch_inv_std.data)) {
+      for (std::size_t c = 0; c < p_.channels; ++c) out[c] = static_cast<T>(inv_std_[c]);
     }
     if (!plan_.options.update_running_stats) return;
     std::int64_t tracked = 0;
@@ -376,6 +375,7 @@ class training_step {
   double* sum_sq_;
   double* mean_;
   double* variance_;
+  double* inv_std_;
   coefficient_arrays<T> coeffs_;
 };
 

@@ -68,6 +68,7 @@ void lay_out_scratch(partition& p) {
   s.sum_sq = take(s.partial_count * sizeof(double));
   s.mean = take(p.channels * sizeof(double));
   s.variance = take(p.channels * sizeof(double));
+  s.inv_std = take(p.channels * sizeof(double));
   s.training_bytes = offset;
 }
 
