@@ -177,6 +177,7 @@ class training_step {
         mean_(reinterpret_cast<double*>(scratch + p_.scratch.mean)),
         variance_(reinterpret_cast<double*>(scratch + p_.scratch.variance)),
         inv_std_(reinterpret_cast<double*>(scratch + p_.scratch.inv_std)),
+        scale_(reinterpret_cast<double*>(scratch + p_.scratch.scale)),
         coeffs_(scratch, p_.scratch) {}
 
   void run() {
@@ -297,28 +298,45 @@ class training_step {
           }
         }
       }
-      for (std::size_t c = c0; c < c1; ++c) finalize(c);
+      // The float64 arithmetic of a block of channels in vectors, then its rounding to T.
+      const T* gamma = static_cast<const T*>(args_.scale.data);
+      plan_.kernels->get<T>().channel_moments(c1 - c0, count(), plan_.prob.epsilon, shift_ + c0,
+                                              gamma ? gamma + c0 : nullptr, mean_ + c0,
+                                              variance_ + c0, inv_std_ + c0, scale_ + c0);
+      for (std::size_t c = c0; c < c1; ++c) set_coefficients(c);
     });
     if (p_.kind == traversal::interleaved) {
       coeffs_.replicate(p_.channels, p_.period, p_.scratch.coeff_stride);
     }
   }
 
-  /// Σd, Σd² in mean_[c], variance_[c] → the moments there, and the coefficients.
+  /// Σd, Σd² in mean_[c], variance_[c] → the moments there, and the coefficients (one channel;
+  /// merge_pass does blocks of them with the vector kernel, the same arithmetic).
   void finalize(std::size_t c) {
-    moments m = moments_from_shifted_sums(static_cast<double>(shift_[c]), mean_[c], variance_[c],
-                                          count());
+    const moments m = moments_from_shifted_sums(static_cast<double>(shift_[c]), mean_[c],
+                                                variance_[c], count());
+    mean_[c] = m.mean;
+    variance_[c] = m.variance;
+    inv_std_[c] = inverse_std(m.variance, plan_.prob.epsilon);
+    scale_[c] = value_or<T>(args_.scale, c, 1.0) * inv_std_[c];
+    set_coefficients(c);
+  }
+
+  /// The coefficients of channel c from its float64 moments.
+  void set_coefficients(std::size_t c) {
     if constexpr (std::is_same<T, float>::value) {
       // The kernels square float32 differences: below ~1e-19 those squares lose bits or vanish.
       // That only shows when var + eps is that small too (an eps far below any framework's),
       // so such a channel is summed again here, exactly, instead of slowing every block.
-      if (m.variance + plan_.prob.epsilon < 1e-30) m = exact_moments(c);
+      if (variance_[c] + plan_.prob.epsilon < 1e-30) {
+        const moments m = exact_moments(c);
+        mean_[c] = m.mean;
+        variance_[c] = m.variance;
+        inv_std_[c] = inverse_std(m.variance, plan_.prob.epsilon);
+        scale_[c] = value_or<T>(args_.scale, c, 1.0) * inv_std_[c];
+      }
     }
-    mean_[c] = m.mean;
-    variance_[c] = m.variance;
-    inv_std_[c] = inverse_std(m.variance, plan_.prob.epsilon);
-    coeffs_.set(c, make_coefficients<T>(m.mean, inv_std_[c], value_or<T>(args_.scale, c, 1.0),
-                                        value_or<T>(args_.shift, c, 0.0)));
+    coeffs_.set(c, make_coefficients<T>(mean_[c], scale_[c], value_or<T>(args_.shift, c, 0.0)));
   }
 
   /// Two passes over channel c in float64 (the rare path of finalize).
@@ -376,6 +394,7 @@ class training_step {
   double* mean_;
   double* variance_;
   double* inv_std_;
+  double* scale_;
   coefficient_arrays<T> coeffs_;
 };
 
@@ -395,8 +414,8 @@ void run_inference(const plan_impl& plan, const inference_args& args, unsigned c
   const T* var = static_cast<const T*>(args.var.data);
   const double epsilon = plan.prob.epsilon;
   const auto coefficients_of = [&](std::size_t c) {
-    return make_coefficients<T>(mean[c], inverse_std(var[c], epsilon),
-                                value_or<T>(args.scale, c, 1.0), value_or<T>(args.shift, c, 0.0));
+    return make_coefficients<T>(mean[c], value_or<T>(args.scale, c, 1.0) * inverse_std(var[c], epsilon),
+                                value_or<T>(args.shift, c, 0.0));
   };
   if (p.kind == traversal::planes) {
     // One pass: each unit works out its own channel's coefficients.

@@ -69,6 +69,7 @@ void lay_out_scratch(partition& p) {
   s.mean = take(p.channels * sizeof(double));
   s.variance = take(p.channels * sizeof(double));
   s.inv_std = take(p.channels * sizeof(double));
+  s.scale = take(p.channels * sizeof(double));
   s.training_bytes = offset;
 }
 

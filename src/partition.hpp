@@ -24,6 +24,7 @@ struct scratch_layout {
   std::size_t mean = 0;        // double[C]: the batch mean, kept until the results are committed
   std::size_t variance = 0;    // double[C]: the biased batch variance
   std::size_t inv_std = 0;     // double[C]: 1/sqrt(variance + eps)
+  std::size_t scale = 0;       // double[C]: gamma·inv_std
   std::size_t coeffs = 0;      // T[3][coeff_stride]: center, scale, shift
   std::size_t shift_count = 0;
   std::size_t partial_count = 0;

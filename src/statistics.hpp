@@ -52,11 +52,10 @@ T saturate(double value) noexcept {
   return static_cast<T>(value);
 }
 
+/// `scale` is gamma/sqrt(var + eps) in float64.
 template <class T>
-coefficients<T> make_coefficients(double mean, double inv_std, double gamma,
-                                  double beta) noexcept {
+coefficients<T> make_coefficients(double mean, double scale, double beta) noexcept {
   const T center = static_cast<T>(mean);
-  const double scale = gamma * inv_std;
   const double residual = mean - static_cast<double>(center);
   return {center, saturate<T>(scale), saturate<T>(beta - residual * scale)};
 }

@@ -32,6 +32,12 @@ struct kernel_set {
   void (*interleaved_normalize)(const T* src, T* dst, std::size_t rows, std::size_t width,
                                 std::size_t stride, const T* center, const T* scale,
                                 const T* shift, bool stream) noexcept;
+  /// Per channel, in float64 and in place: Σd, Σd² (d = x - shift, `count` values) become the
+  /// mean and the biased variance; then inv_std = 1/sqrt(variance + eps) and
+  /// scale = gamma·inv_std (gamma null: 1). Exact division and square root, as the scalar code.
+  void (*channel_moments)(std::size_t channels, double count, double eps, const T* shift,
+                          const T* gamma, double* sum_to_mean, double* sum_sq_to_variance,
+                          double* inv_std, double* scale) noexcept;
 };
 
 struct kernel_table {

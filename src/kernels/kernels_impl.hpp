@@ -2,6 +2,7 @@
 // Include only from those units: each is compiled with its own -m flags.
 #pragma once
 
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
 
@@ -320,12 +321,46 @@ void interleaved_normalize(const T* src, T* dst, std::size_t rows, std::size_t w
   if (stream) stream_fence<Arch>();
 }
 
+// -------------------------------------------------------------------------- per channel
+
+template <class Arch, class T>
+void channel_moments(std::size_t channels, double count, double eps, const T* shift,
+                     const T* gamma, double* sum_to_mean, double* sum_sq_to_variance,
+                     double* inv_std, double* scale) noexcept {
+  using dvec = xsimd::batch<double, Arch>;
+  constexpr std::size_t lanes = dvec::size;
+  const auto one = [&](std::size_t c) {  // the same operations, one channel
+    const double offset = sum_to_mean[c] / count;
+    double variance = (sum_sq_to_variance[c] - sum_to_mean[c] * offset) / count;
+    if (variance < 0.0) variance = 0.0;  // rounding only; a NaN stays NaN
+    sum_to_mean[c] = static_cast<double>(shift[c]) + offset;
+    sum_sq_to_variance[c] = variance;
+    inv_std[c] = 1.0 / std::sqrt(variance + eps);
+    scale[c] = (gamma ? static_cast<double>(gamma[c]) : 1.0) * inv_std[c];
+  };
+  const dvec n(count), e(eps), zero(0.0), unit(1.0);
+  std::size_t c = 0;
+  for (; c + lanes <= channels; c += lanes) {
+    const dvec s = dvec::load_unaligned(sum_to_mean + c);
+    const dvec q = dvec::load_unaligned(sum_sq_to_variance + c);
+    const dvec offset = s / n;
+    dvec variance = (q - s * offset) / n;
+    variance = xsimd::select(variance < zero, zero, variance);
+    (load_as_f64<Arch>(shift + c) + offset).store_unaligned(sum_to_mean + c);
+    variance.store_unaligned(sum_sq_to_variance + c);
+    const dvec inv = unit / xsimd::sqrt(variance + e);
+    inv.store_unaligned(inv_std + c);
+    (gamma ? load_as_f64<Arch>(gamma + c) * inv : inv).store_unaligned(scale + c);
+  }
+  for (; c < channels; ++c) one(c);
+}
+
 // ------------------------------------------------------------------------------- the table
 
 template <class Arch, class T>
 constexpr kernel_set<T> make_kernel_set() noexcept {
   return {&plane_stats<Arch, T>, &plane_normalize<Arch, T>, &interleaved_stats<Arch, T>,
-          &interleaved_normalize<Arch, T>};
+          &interleaved_normalize<Arch, T>, &channel_moments<Arch, T>};
 }
 
 template <class Arch>
