@@ -412,25 +412,32 @@ void run_inference(const plan_impl& plan, const inference_args& args, unsigned c
   T* dst = static_cast<T*>(args.dst);
   const T* mean = static_cast<const T*>(args.mean.data);
   const T* var = static_cast<const T*>(args.var.data);
-  const double epsilon = plan.prob.epsilon;
-  const auto coefficients_of = [&](std::size_t c) {
-    return make_coefficients<T>(mean[c], value_or<T>(args.scale, c, 1.0) * inverse_std(var[c], epsilon),
-                                value_or<T>(args.shift, c, 0.0));
-  };
+  const T* gamma = static_cast<const T*>(args.scale.data);
   if (p.kind == traversal::planes) {
-    // One pass: each unit works out its own channel's coefficients.
+    // One pass: each unit works out its own channel's coefficients (a second pass for them
+    // costs more than it saves, measured on 7×7 and 14×14 planes).
     plan.threads.for_each(p.units, p.units_per_task, p.serial, [&](std::size_t b, std::size_t e) {
       for (std::size_t u = b; u < e; ++u) {
-        const coefficients<T> k = coefficients_of(u / p.chunks_per_channel);
+        const std::size_t c = u / p.chunks_per_channel;
+        const double scale =
+            value_or<T>(args.scale, c, 1.0) * inverse_std(var[c], plan.prob.epsilon);
+        const coefficients<T> k =
+            make_coefficients<T>(mean[c], scale, value_or<T>(args.shift, c, 0.0));
         normalize_unit(plan, u, src, dst, k.center, k.scale, k.shift);
       }
     });
     return;
   }
-  // Interleaved rows need every channel's coefficients, laid out per slot.
+  // Interleaved rows need every channel's coefficients, laid out per slot; the float64 scales
+  // of a block of channels come from the vector kernel.
+  double* scale = reinterpret_cast<double*>(scratch + p.scratch.scale);
   const coefficient_arrays<T> coeffs(scratch, p.scratch);
   for_each_channel_block(plan, [&](std::size_t c0, std::size_t c1) {
-    for (std::size_t c = c0; c < c1; ++c) coeffs.set(c, coefficients_of(c));
+    plan.kernels->get<T>().channel_scale(c1 - c0, plan.prob.epsilon, var + c0,
+                                         gamma ? gamma + c0 : nullptr, scale + c0);
+    for (std::size_t c = c0; c < c1; ++c) {
+      coeffs.set(c, make_coefficients<T>(mean[c], scale[c], value_or<T>(args.shift, c, 0.0)));
+    }
   });
   coeffs.replicate(p.channels, p.period, p.scratch.coeff_stride);
   normalize_pass<T>(plan, src, dst, coeffs);

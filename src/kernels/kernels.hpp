@@ -38,6 +38,9 @@ struct kernel_set {
   void (*channel_moments)(std::size_t channels, double count, double eps, const T* shift,
                           const T* gamma, double* sum_to_mean, double* sum_sq_to_variance,
                           double* inv_std, double* scale) noexcept;
+  /// Inference: scale = gamma/sqrt(variance + eps) per channel, in float64 (gamma null: 1).
+  void (*channel_scale)(std::size_t channels, double eps, const T* variance, const T* gamma,
+                        double* scale) noexcept;
 };
 
 struct kernel_table {

@@ -355,12 +355,29 @@ void channel_moments(std::size_t channels, double count, double eps, const T* sh
   for (; c < channels; ++c) one(c);
 }
 
+template <class Arch, class T>
+void channel_scale(std::size_t channels, double eps, const T* variance, const T* gamma,
+                   double* scale) noexcept {
+  using dvec = xsimd::batch<double, Arch>;
+  constexpr std::size_t lanes = dvec::size;
+  const dvec e(eps), unit(1.0);
+  std::size_t c = 0;
+  for (; c + lanes <= channels; c += lanes) {
+    const dvec inv = unit / xsimd::sqrt(load_as_f64<Arch>(variance + c) + e);
+    (gamma ? load_as_f64<Arch>(gamma + c) * inv : inv).store_unaligned(scale + c);
+  }
+  for (; c < channels; ++c) {
+    const double inv = 1.0 / std::sqrt(static_cast<double>(variance[c]) + eps);
+    scale[c] = (gamma ? static_cast<double>(gamma[c]) : 1.0) * inv;
+  }
+}
+
 // ------------------------------------------------------------------------------- the table
 
 template <class Arch, class T>
 constexpr kernel_set<T> make_kernel_set() noexcept {
   return {&plane_stats<Arch, T>, &plane_normalize<Arch, T>, &interleaved_stats<Arch, T>,
-          &interleaved_normalize<Arch, T>, &channel_moments<Arch, T>};
+          &interleaved_normalize<Arch, T>, &channel_moments<Arch, T>, &channel_scale<Arch, T>};
 }
 
 template <class Arch>
