@@ -181,10 +181,10 @@ class training_step {
         coeffs_(scratch, p_.scratch) {}
 
   void run() {
-    compute_shifts();
     if (p_.fused) {
-      fused_pass();
+      fused_pass();  // computes each channel's shift in its own task
     } else {
+      compute_shifts();
       stats_pass();
       merge_pass();
       normalize_pass<T>(plan_, src_, dst_, coeffs_);
@@ -198,13 +198,7 @@ class training_step {
   /// exactly the value of a constant channel, whose output is then exactly zero.
   void compute_shifts() {
     if (p_.kind == traversal::planes) {
-      const std::size_t count = std::min<std::size_t>(16, p_.spatial);
-      for (std::size_t c = 0; c < p_.channels; ++c) {
-        const T* run = src_ + c * p_.spatial;
-        double total = 0.0;
-        for (std::size_t i = 0; i < count; ++i) total += static_cast<double>(run[i]);
-        shift_[c] = static_cast<T>(total / static_cast<double>(count));
-      }
+      for (std::size_t c = 0; c < p_.channels; ++c) compute_plane_shift(c);
     } else {
       // Row by row (mean_ is free until the merge): a walk down the columns would touch a
       // cache line per value.
@@ -222,20 +216,37 @@ class training_step {
     }
   }
 
+  /// Planes: the mean of the first (up to 16) values of channel c's first plane.
+  void compute_plane_shift(std::size_t c) {
+    const std::size_t count = std::min<std::size_t>(16, p_.spatial);
+    const T* run = src_ + c * p_.spatial;
+    double total = 0.0;
+    for (std::size_t i = 0; i < count; ++i) total += static_cast<double>(run[i]);
+    shift_[c] = static_cast<T>(total / static_cast<double>(count));
+  }
+
   /// Planes of whole channels: statistics, coefficients and normalization of one channel back
   /// to back, its planes still in cache for the second read, in a single parallel pass.
+  /// Channels go in groups of 16: the statistics of the group, its float64 arithmetic in one
+  /// vector-kernel call, then its normalization while its planes are still in cache.
   void fused_pass() {
-    plan_.threads.for_each(p_.units, p_.units_per_task, p_.serial,
-                           [&](std::size_t b, std::size_t e) {
-                             for (std::size_t c = b; c < e; ++c) {
-                               mean_[c] = variance_[c] = 0.0;
-                               stats_unit(plan_, c, src_, static_cast<double>(shift_[c]),
-                                          &mean_[c], &variance_[c]);
-                               finalize(c);
-                               normalize_unit(plan_, c, src_, dst_, coeffs_.center[c],
-                                              coeffs_.scale[c], coeffs_.shift[c]);
-                             }
-                           });
+    constexpr std::size_t group = 16;
+    plan_.threads.for_each(p_.units, p_.units_per_task, p_.serial, [&](std::size_t b,
+                                                                       std::size_t e) {
+      for (std::size_t c0 = b; c0 < e; c0 += group) {
+        const std::size_t c1 = std::min(c0 + group, e);
+        for (std::size_t c = c0; c < c1; ++c) {
+          compute_plane_shift(c);
+          mean_[c] = variance_[c] = 0.0;
+          stats_unit(plan_, c, src_, static_cast<double>(shift_[c]), &mean_[c], &variance_[c]);
+        }
+        finalize_block(c0, c1);
+        for (std::size_t c = c0; c < c1; ++c) {
+          normalize_unit(plan_, c, src_, dst_, coeffs_.center[c], coeffs_.scale[c],
+                         coeffs_.shift[c]);
+        }
+      }
+    });
   }
 
   /// Partial sums, one slot per unit: what a unit adds never depends on the thread running it.
@@ -298,28 +309,21 @@ class training_step {
           }
         }
       }
-      // The float64 arithmetic of a block of channels in vectors, then its rounding to T.
-      const T* gamma = static_cast<const T*>(args_.scale.data);
-      plan_.kernels->get<T>().channel_moments(c1 - c0, count(), plan_.prob.epsilon, shift_ + c0,
-                                              gamma ? gamma + c0 : nullptr, mean_ + c0,
-                                              variance_ + c0, inv_std_ + c0, scale_ + c0);
-      for (std::size_t c = c0; c < c1; ++c) set_coefficients(c);
+      finalize_block(c0, c1);
     });
     if (p_.kind == traversal::interleaved) {
       coeffs_.replicate(p_.channels, p_.period, p_.scratch.coeff_stride);
     }
   }
 
-  /// Σd, Σd² in mean_[c], variance_[c] → the moments there, and the coefficients (one channel;
-  /// merge_pass does blocks of them with the vector kernel, the same arithmetic).
-  void finalize(std::size_t c) {
-    const moments m = moments_from_shifted_sums(static_cast<double>(shift_[c]), mean_[c],
-                                                variance_[c], count());
-    mean_[c] = m.mean;
-    variance_[c] = m.variance;
-    inv_std_[c] = inverse_std(m.variance, plan_.prob.epsilon);
-    scale_[c] = value_or<T>(args_.scale, c, 1.0) * inv_std_[c];
-    set_coefficients(c);
+  /// Σd, Σd² in mean_ and variance_ over channels [c0, c1) → the moments there, 1/sqrt and the
+  /// scale in float64 in vectors, then the coefficients rounded to T.
+  void finalize_block(std::size_t c0, std::size_t c1) {
+    const T* gamma = static_cast<const T*>(args_.scale.data);
+    plan_.kernels->get<T>().channel_moments(c1 - c0, count(), plan_.prob.epsilon, shift_ + c0,
+                                            gamma ? gamma + c0 : nullptr, mean_ + c0,
+                                            variance_ + c0, inv_std_ + c0, scale_ + c0);
+    for (std::size_t c = c0; c < c1; ++c) set_coefficients(c);
   }
 
   /// The coefficients of channel c from its float64 moments.

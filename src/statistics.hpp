@@ -15,17 +15,6 @@ struct moments {
   double variance;  // biased (population)
 };
 
-/// From Σd and Σd² with d = x - shift. The shift is near the channel's mean (the mean of its
-/// first values), so the subtraction removes the offset that ruins E[x²] - E[x]² when
-/// |mean| ≫ std.
-inline moments moments_from_shifted_sums(double shift, double sum, double sum_sq,
-                                         double count) noexcept {
-  const double mean_offset = sum / count;
-  double variance = (sum_sq - sum * mean_offset) / count;
-  if (variance < 0.0) variance = 0.0;  // rounding only; a NaN stays NaN
-  return {shift + mean_offset, variance};
-}
-
 inline double inverse_std(double variance, double epsilon) noexcept {
   return 1.0 / std::sqrt(variance + epsilon);  // exact, unlike a vector rsqrt estimate
 }
