@@ -11,6 +11,7 @@ cmake -S . -B build/asan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DBNORM_BUILD_BENCHMA
   -DCMAKE_CXX_FLAGS="-fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer"
 cmake --build build/asan -j"$jobs"
 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
+  LSAN_OPTIONS=suppressions=$PWD/tests/sanitizers/lsan.supp \
   ctest --test-dir build/asan --output-on-failure -j"$jobs" -E "package_consumer" -LE big
 
 # TSan: host threads sharing plans and running modules. Only without oneTBB workers: Debian's
