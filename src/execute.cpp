@@ -181,8 +181,12 @@ class training_step {
         coeffs_(scratch, p_.scratch) {}
 
   void run() {
-    if (p_.fused) {
-      fused_pass();  // computes each channel's shift in its own task
+    if (p_.fused) {  // each unit computes its channels' shifts itself
+      if (p_.kind == traversal::planes) {
+        fused_planes_pass();
+      } else {
+        fused_interleaved_pass();
+      }
     } else {
       compute_shifts();
       stats_pass();
@@ -200,19 +204,23 @@ class training_step {
     if (p_.kind == traversal::planes) {
       for (std::size_t c = 0; c < p_.channels; ++c) compute_plane_shift(c);
     } else {
-      // Row by row (mean_ is free until the merge): a walk down the columns would touch a
-      // cache line per value.
-      // Fewer rows than a plane's values: they cost C reads each, on the calling thread.
-      const std::size_t rows = std::min<std::size_t>(4, p_.rows);
-      std::fill(mean_, mean_ + p_.channels, 0.0);
-      for (std::size_t r = 0; r < rows; ++r) {
-        const T* row = src_ + r * p_.channels;
-        for (std::size_t c = 0; c < p_.channels; ++c) mean_[c] += static_cast<double>(row[c]);
-      }
-      for (std::size_t c = 0; c < p_.channels; ++c) {
-        shift_[c] = static_cast<T>(mean_[c] / static_cast<double>(rows));
-      }
+      compute_row_shifts(0, p_.channels);
       for (std::size_t j = p_.channels; j < p_.period; ++j) shift_[j] = shift_[j - p_.channels];
+    }
+  }
+
+  /// Rows: the mean of the first (up to 4) rows for channels [c0, c1), summed row by row
+  /// (mean_ is free until the merge): a walk down the columns would touch a cache line per
+  /// value. Fewer rows than a plane's values: they cost C reads each.
+  void compute_row_shifts(std::size_t c0, std::size_t c1) {
+    const std::size_t rows = std::min<std::size_t>(4, p_.rows);
+    std::fill(mean_ + c0, mean_ + c1, 0.0);
+    for (std::size_t r = 0; r < rows; ++r) {
+      const T* row = src_ + r * p_.channels;
+      for (std::size_t c = c0; c < c1; ++c) mean_[c] += static_cast<double>(row[c]);
+    }
+    for (std::size_t c = c0; c < c1; ++c) {
+      shift_[c] = static_cast<T>(mean_[c] / static_cast<double>(rows));
     }
   }
 
@@ -229,7 +237,7 @@ class training_step {
   /// to back, its planes still in cache for the second read, in a single parallel pass.
   /// Channels go in groups of 16: the statistics of the group, its float64 arithmetic in one
   /// vector-kernel call, then its normalization while its planes are still in cache.
-  void fused_pass() {
+  void fused_planes_pass() {
     constexpr std::size_t group = 16;
     plan_.threads.for_each(p_.units, p_.units_per_task, p_.serial, [&](std::size_t b,
                                                                        std::size_t e) {
@@ -245,6 +253,29 @@ class training_step {
           normalize_unit(plan_, c, src_, dst_, coeffs_.center[c], coeffs_.scale[c],
                          coeffs_.shift[c]);
         }
+      }
+    });
+  }
+
+  /// Rows in blocks of whole channels (slot j is channel j): shifts, statistics, coefficients
+  /// and normalization of a block back to back, its rows still in cache for the second read,
+  /// in a single parallel pass. The sums go straight into mean_ and variance_: a block owns its
+  /// channels.
+  void fused_interleaved_pass() {
+    const kernels::kernel_set<T>& kern = plan_.kernels->get<T>();
+    // Vector loads of the last block's coefficients read the padding: keep it defined.
+    coeffs_.replicate(p_.channels, p_.period, p_.scratch.coeff_stride);
+    plan_.threads.for_each(p_.units, 1, p_.serial, [&](std::size_t b, std::size_t e) {
+      for (std::size_t u = b; u < e; ++u) {
+        const interleaved_unit w(p_, u);
+        const std::size_t c0 = w.column, c1 = w.column + w.width;
+        compute_row_shifts(c0, c1);
+        kern.interleaved_stats(src_ + c0, p_.rows, w.width, p_.period, shift_ + c0, mean_ + c0,
+                               variance_ + c0, false);
+        finalize_block(c0, c1);
+        kern.interleaved_normalize(src_ + c0, dst_ + c0, p_.rows, w.width, p_.period,
+                                   coeffs_.center + c0, coeffs_.scale + c0, coeffs_.shift + c0,
+                                   p_.stream_stores);
       }
     });
   }

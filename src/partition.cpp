@@ -12,6 +12,8 @@ namespace {
 constexpr std::size_t unit_bytes = 128 * 1024;
 // A channels-first channel up to this size is one unit (half of a 1 MiB L2).
 constexpr std::size_t fused_channel_bytes = 512 * 1024;
+// A fused interleaved unit reads row runs of at least this much: enough for the prefetcher.
+constexpr std::size_t min_fused_run_bytes = 1024;
 // Below this a pass is done before a worker would wake up.
 constexpr std::size_t serial_bytes = 256 * 1024;
 // An interleaved period up to this many elements keeps the per-slot arrays in L1.
@@ -128,10 +130,24 @@ partition make_partition(const problem& prob, const plan_options& options,
     p.row_chunks = std::max<std::size_t>(1, ceil_div(p.rows, p.rows_per_chunk));
     p.block_width = p.period;
     const std::size_t wanted_units = ceil_div(std::max<std::size_t>(p.elements, 1), unit_elements);
-    if (p.row_chunks < wanted_units && p.period == p.channels &&
-        p.channels >= 4 * vector_lanes) {
-      // Few rows of many channels (ResNet's 7×7 and 14×14 in NHWC): split the channels too, in
-      // blocks of whole vectors, or one core would do it all.
+    const bool splits_columns = p.period == p.channels && p.channels >= 4 * vector_lanes;
+    // Few rows of many channels (ResNet's 7×7 and 14×14 in NHWC): a block of whole channels
+    // over all the rows, with row runs long enough to stream, that fits in a core's cache is
+    // one unit, and training does all of its work in one pass (as channels-first does).
+    const std::size_t fused_blocks =
+        std::min(wanted_units, p.channels * p.element_size / min_fused_run_bytes);
+    const std::size_t fused_width =
+        fused_blocks > 0 ? round_up(ceil_div(p.channels, fused_blocks), vector_lanes) : 0;
+    if (splits_columns && p.rows > 0 && fused_blocks > 0 &&
+        p.rows * fused_width * p.element_size <= fused_channel_bytes) {
+      p.fused = true;
+      p.rows_per_chunk = p.rows;
+      p.row_chunks = 1;
+      p.block_width = fused_width;
+      p.column_blocks = ceil_div(p.channels, p.block_width);
+    } else if (splits_columns && p.row_chunks < wanted_units) {
+      // Otherwise split the channels too, in blocks of whole vectors, or one core would do it
+      // all.
       const std::size_t blocks =
           std::min(ceil_div(wanted_units, p.row_chunks), p.channels / (2 * vector_lanes));
       p.block_width = round_up(ceil_div(p.channels, blocks), vector_lanes);

@@ -45,8 +45,9 @@ struct partition {
   bool serial = false;
   /// Write dst with non-temporal stores (see plan_options::stores).
   bool stream_stores = false;
-  /// Planes whose units are whole channels small enough to stay in cache: training runs
-  /// statistics and normalization of a channel back to back, in one parallel pass.
+  /// Units that hold whole channels and stay in cache: training runs the statistics and the
+  /// normalization of a unit back to back, in one parallel pass. Planes: one channel per unit.
+  /// Interleaved: one row chunk (all the rows), units are blocks of whole channels.
   bool fused = false;
 
   // planes: unit u covers the run [j·chunk_len, (j+1)·chunk_len) of channel u / k, j = u % k,
