@@ -81,43 +81,57 @@ struct interleaved_unit {
   }
 };
 
-/// Planes traversal, unit u: Σd, Σd² of its run into *sum, *sum_sq (added).
+/// Planes traversal, unit u: Σd, Σd² of its run added into *sum, *sum_sq; `shift` points to
+/// its channel's shift.
 template <class T>
-void stats_unit(const plan_impl& plan, std::size_t u, const T* src, double shift, double* sum,
+void stats_unit(const plan_impl& plan, std::size_t u, const T* src, const T* shift, double* sum,
                 double* sum_sq) {
   const partition& p = plan.part;
   const kernels::kernel_set<T>& kern = plan.kernels->get<T>();
   const std::size_t c = u / p.chunks_per_channel;
   if (p.chunks_per_channel == 1) {  // the whole channel: its N planes in one call
-    kern.plane_stats(src + c * p.spatial, p.spatial, p.batch, p.channels * p.spatial, shift, sum,
-                     sum_sq);
+    kern.plane_stats(src + c * p.spatial, p.spatial, p.batch, p.channels * p.spatial, 1, shift,
+                     sum, sum_sq);
     return;
   }
   const std::size_t begin = (u % p.chunks_per_channel) * p.chunk_len;
   const std::size_t end = std::min(begin + p.chunk_len, p.per_channel);
   for_each_plane_piece(p, c, begin, end, [&](std::size_t at, std::size_t len) {
-    kern.plane_stats(src + at, len, 1, 0, shift, sum, sum_sq);
+    kern.plane_stats(src + at, len, 1, 0, 1, shift, sum, sum_sq);
   });
 }
 
-/// Planes traversal, unit u: normalize its run with its channel's coefficients.
+/// Planes traversal, unit u: normalize its run; the coefficients point to its channel's.
 template <class T>
-void normalize_unit(const plan_impl& plan, std::size_t u, const T* src, T* dst, T center, T scale,
-                    T shift) {
+void normalize_unit(const plan_impl& plan, std::size_t u, const T* src, T* dst, const T* center,
+                    const T* scale, const T* shift) {
   const partition& p = plan.part;
   const kernels::kernel_set<T>& kern = plan.kernels->get<T>();
   const std::size_t c = u / p.chunks_per_channel;
   if (p.chunks_per_channel == 1) {
     const std::size_t at = c * p.spatial;
-    kern.plane_normalize(src + at, dst + at, p.spatial, p.batch, p.channels * p.spatial, center,
-                         scale, shift, p.stream_stores);
+    kern.plane_normalize(src + at, dst + at, p.spatial, p.batch, p.channels * p.spatial, 1,
+                         center, scale, shift, p.stream_stores);
     return;
   }
   const std::size_t begin = (u % p.chunks_per_channel) * p.chunk_len;
   const std::size_t end = std::min(begin + p.chunk_len, p.per_channel);
   for_each_plane_piece(p, c, begin, end, [&](std::size_t at, std::size_t len) {
-    kern.plane_normalize(src + at, dst + at, len, 1, 0, center, scale, shift, p.stream_stores);
+    kern.plane_normalize(src + at, dst + at, len, 1, 0, 1, center, scale, shift,
+                         p.stream_stores);
   });
+}
+
+/// Planes of whole channels [c0, c1) (one unit each) in one kernel call; the coefficient
+/// arrays start at channel c0.
+template <class T>
+void normalize_channels(const plan_impl& plan, std::size_t c0, std::size_t c1, const T* src,
+                        T* dst, const T* center, const T* scale, const T* shift) {
+  const partition& p = plan.part;
+  const std::size_t at = c0 * p.spatial;
+  plan.kernels->get<T>().plane_normalize(src + at, dst + at, p.spatial, p.batch,
+                                         p.channels * p.spatial, c1 - c0, center, scale, shift,
+                                         p.stream_stores);
 }
 
 template <class T>
@@ -129,7 +143,7 @@ void normalize_pass(const plan_impl& plan, const T* src, T* dst,
     plan.threads.for_each(p.units, p.units_per_task, p.serial, [&](std::size_t b, std::size_t e) {
       for (std::size_t u = b; u < e; ++u) {
         const std::size_t c = u / p.chunks_per_channel;
-        normalize_unit(plan, u, src, dst, k.center[c], k.scale[c], k.shift[c]);
+        normalize_unit(plan, u, src, dst, k.center + c, k.scale + c, k.shift + c);
       }
     });
   } else {
@@ -224,35 +238,36 @@ class training_step {
     }
   }
 
-  /// Planes: the mean of the first (up to 16) values of channel c's first plane.
+  /// Planes: the mean of the first (up to 16) values of channel c's first plane, in four
+  /// chains so that it is not one long dependency (the sum of equal values stays exact).
   void compute_plane_shift(std::size_t c) {
     const std::size_t count = std::min<std::size_t>(16, p_.spatial);
     const T* run = src_ + c * p_.spatial;
-    double total = 0.0;
-    for (std::size_t i = 0; i < count; ++i) total += static_cast<double>(run[i]);
+    double partial[4] = {0.0, 0.0, 0.0, 0.0};
+    for (std::size_t i = 0; i < count; ++i) partial[i % 4] += static_cast<double>(run[i]);
+    const double total = (partial[0] + partial[1]) + (partial[2] + partial[3]);
     shift_[c] = static_cast<T>(total / static_cast<double>(count));
   }
 
-  /// Planes of whole channels: statistics, coefficients and normalization of one channel back
-  /// to back, its planes still in cache for the second read, in a single parallel pass.
-  /// Channels go in groups of 16: the statistics of the group, its float64 arithmetic in one
-  /// vector-kernel call, then its normalization while its planes are still in cache.
+  /// Planes of whole channels: statistics, coefficients and normalization of a group of
+  /// channels back to back, their planes still in cache for the second read, in a single
+  /// parallel pass: the statistics of the group in one kernel call, its float64 arithmetic in
+  /// another, then its normalization in a third.
   void fused_planes_pass() {
-    constexpr std::size_t group = 16;
     plan_.threads.for_each(p_.units, p_.units_per_task, p_.serial, [&](std::size_t b,
                                                                        std::size_t e) {
-      for (std::size_t c0 = b; c0 < e; c0 += group) {
-        const std::size_t c1 = std::min(c0 + group, e);
+      for (std::size_t c0 = b; c0 < e; c0 += p_.fused_group) {
+        const std::size_t c1 = std::min(c0 + p_.fused_group, e);
         for (std::size_t c = c0; c < c1; ++c) {
           compute_plane_shift(c);
           mean_[c] = variance_[c] = 0.0;
-          stats_unit(plan_, c, src_, static_cast<double>(shift_[c]), &mean_[c], &variance_[c]);
         }
+        plan_.kernels->get<T>().plane_stats(src_ + c0 * p_.spatial, p_.spatial, p_.batch,
+                                            p_.channels * p_.spatial, c1 - c0, shift_ + c0,
+                                            mean_ + c0, variance_ + c0);
         finalize_block(c0, c1);
-        for (std::size_t c = c0; c < c1; ++c) {
-          normalize_unit(plan_, c, src_, dst_, coeffs_.center[c], coeffs_.scale[c],
-                         coeffs_.shift[c]);
-        }
+        normalize_channels(plan_, c0, c1, src_, dst_, coeffs_.center + c0, coeffs_.scale + c0,
+                           coeffs_.shift + c0);
       }
     });
   }
@@ -288,8 +303,7 @@ class training_step {
                              [&](std::size_t b, std::size_t e) {
                                for (std::size_t u = b; u < e; ++u) {
                                  sum_[u] = sum_sq_[u] = 0.0;
-                                 stats_unit(plan_, u, src_,
-                                            static_cast<double>(shift_[u / p_.chunks_per_channel]),
+                                 stats_unit(plan_, u, src_, shift_ + u / p_.chunks_per_channel,
                                             &sum_[u], &sum_sq_[u]);
                                }
                              });
@@ -457,16 +471,26 @@ void run_inference(const plan_impl& plan, const inference_args& args, unsigned c
     plan.threads.for_each(p.units, p.units_per_task, p.serial, [&](std::size_t b, std::size_t e) {
       constexpr std::size_t group = 16;
       double scale[group];
+      T center_k[group], scale_k[group], shift_k[group];
       for (std::size_t u0 = b; u0 < e; u0 += group) {
         const std::size_t u1 = std::min(u0 + group, e);
         const std::size_t c0 = u0 / p.chunks_per_channel, c1 = (u1 - 1) / p.chunks_per_channel + 1;
         kern.channel_scale(c1 - c0, plan.prob.epsilon, var + c0, gamma ? gamma + c0 : nullptr,
                            scale);
-        for (std::size_t u = u0; u < u1; ++u) {
-          const std::size_t c = u / p.chunks_per_channel;
+        for (std::size_t c = c0; c < c1; ++c) {
           const coefficients<T> k =
               make_coefficients<T>(mean[c], scale[c - c0], value_or<T>(args.shift, c, 0.0));
-          normalize_unit(plan, u, src, dst, k.center, k.scale, k.shift);
+          center_k[c - c0] = k.center;
+          scale_k[c - c0] = k.scale;
+          shift_k[c - c0] = k.shift;
+        }
+        if (p.chunks_per_channel == 1) {
+          normalize_channels(plan, c0, c1, src, dst, center_k, scale_k, shift_k);
+          continue;
+        }
+        for (std::size_t u = u0; u < u1; ++u) {
+          const std::size_t k = u / p.chunks_per_channel - c0;
+          normalize_unit(plan, u, src, dst, center_k + k, scale_k + k, shift_k + k);
         }
       }
     });

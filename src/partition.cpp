@@ -12,6 +12,8 @@ namespace {
 constexpr std::size_t unit_bytes = 128 * 1024;
 // A channels-first channel up to this size is one unit (half of a 1 MiB L2).
 constexpr std::size_t fused_channel_bytes = 512 * 1024;
+// A fused group of channels-first channels (statistics, then normalization) up to this size.
+constexpr std::size_t fused_group_bytes = 256 * 1024;
 // A fused interleaved unit reads row runs of at least this much: enough for the prefetcher.
 constexpr std::size_t min_fused_run_bytes = 1024;
 // Below this a pass is done before a worker would wake up.
@@ -100,6 +102,8 @@ partition make_partition(const problem& prob, const plan_options& options,
     // A channel that fits in a core's cache is one unit, and training reads it the second time
     // from there. A larger one is split into equal runs; small channels are grouped into tasks.
     p.fused = p.per_channel * p.element_size <= fused_channel_bytes;
+    p.fused_group = std::clamp<std::size_t>(
+        fused_group_bytes / std::max<std::size_t>(1, p.per_channel * p.element_size), 1, 16);
     p.chunks_per_channel =
         p.fused ? 1 : std::max<std::size_t>(1, p.per_channel / unit_elements);
     p.chunk_len = ceil_div(std::max<std::size_t>(p.per_channel, 1), p.chunks_per_channel);

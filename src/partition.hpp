@@ -49,6 +49,9 @@ struct partition {
   /// normalization of a unit back to back, in one parallel pass. Planes: one channel per unit.
   /// Interleaved: one row chunk (all the rows), units are blocks of whole channels.
   bool fused = false;
+  /// Fused planes: channels per group (statistics, then normalization), as many as stay in a
+  /// quarter of a core's cache, at most 16.
+  std::size_t fused_group = 1;
 
   // planes: unit u covers the run [j·chunk_len, (j+1)·chunk_len) of channel u / k, j = u % k,
   // of its N·spatial values, k = chunks_per_channel.

@@ -16,12 +16,17 @@ namespace bnorm::kernels {
 /// this saves the read of every destination line before it is written.
 template <class T>
 struct kernel_set {
-  /// `planes` contiguous runs of `len` values of one channel, `stride` elements apart: the N
-  /// planes of a channels-first channel, or a piece of one. Statistics add into *sum, *sum_sq.
+  /// `channels` consecutive channels of `planes` contiguous runs of `len` values each, the runs
+  /// of a channel `stride` elements apart and channel k's first run at src + k·len: the N
+  /// planes of channels-first channels, or a piece of one channel (channels = 1). Per-channel
+  /// arrays are indexed by k; statistics add into sum[k], sum_sq[k]. One call for a block of
+  /// channels: short planes (7×7) would otherwise pay a call per channel.
   void (*plane_stats)(const T* src, std::size_t len, std::size_t planes, std::size_t stride,
-                      double shift, double* sum, double* sum_sq) noexcept;
+                      std::size_t channels, const T* shift, double* sum,
+                      double* sum_sq) noexcept;
   void (*plane_normalize)(const T* src, T* dst, std::size_t len, std::size_t planes,
-                          std::size_t stride, T center, T scale, T shift, bool stream) noexcept;
+                          std::size_t stride, std::size_t channels, const T* center,
+                          const T* scale, const T* shift, bool stream) noexcept;
   /// Interleaved channels: `rows` rows of `width` slots, `stride` elements apart. Slot j of
   /// every row shares the per-slot arrays' entry j (shift, sums, coefficients); the planner
   /// makes slot j channel j % C. Coefficient arrays are padded by one vector past the width.

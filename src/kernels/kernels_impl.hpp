@@ -117,28 +117,33 @@ void run_stats(const T* x, std::size_t len, const xsimd::batch<T, Arch>& k,
   }
 }
 
+/// Channel k of `channels` has its first plane at src + k·len and shift shift[k].
 template <class Arch, class T>
 void plane_stats(const T* src, std::size_t len, std::size_t planes, std::size_t stride,
-                 double shift, double* sum, double* sum_sq) noexcept {
+                 std::size_t channels, const T* shift, double* sum, double* sum_sq) noexcept {
   using vec = xsimd::batch<T, Arch>;
   constexpr std::size_t lanes = vec::size;
-  const vec k(static_cast<T>(shift));  // a T already (see compute_shifts)
-  f64_accumulator<Arch> acc;
-  double s = 0.0, q = 0.0;
-  for (std::size_t p = 0; p < planes; ++p) {
-    const T* x = src + p * stride;
-    if (len >= lanes) {
-      run_stats<Arch>(x, len, k, acc);
-    } else {
-      for (std::size_t i = 0; i < len; ++i) {  // runs shorter than a vector
-        const double d = static_cast<double>(x[i]) - shift;
-        s += d;
-        q += d * d;
+  for (std::size_t ch = 0; ch < channels; ++ch) {
+    const T* first = src + ch * len;
+    const vec k(shift[ch]);
+    const double shift64 = static_cast<double>(shift[ch]);
+    f64_accumulator<Arch> acc;
+    double s = 0.0, q = 0.0;
+    for (std::size_t p = 0; p < planes; ++p) {
+      const T* x = first + p * stride;
+      if (len >= lanes) {
+        run_stats<Arch>(x, len, k, acc);
+      } else {
+        for (std::size_t i = 0; i < len; ++i) {  // runs shorter than a vector
+          const double d = static_cast<double>(x[i]) - shift64;
+          s += d;
+          q += d * d;
+        }
       }
     }
+    sum[ch] += sum_lanes<Arch>(acc.sum) + s;
+    sum_sq[ch] += sum_lanes<Arch>(acc.sum_sq) + q;
   }
-  *sum += sum_lanes<Arch>(acc.sum) + s;
-  *sum_sq += sum_lanes<Arch>(acc.sum_sq) + q;
 }
 
 // The interleaved statistics walk a block of this many periods (rows) per slot vector, so each
@@ -243,45 +248,51 @@ std::size_t misalignment(const T* p) noexcept {
   return reinterpret_cast<std::uintptr_t>(p) % bytes;
 }
 
+/// Channel k of `channels` has its first plane at src + k·len (dst likewise) and the
+/// coefficients center[k], scale[k], shift[k].
 template <class Arch, class T>
 void plane_normalize(const T* src, T* dst, std::size_t len, std::size_t planes,
-                     std::size_t stride, T center, T scale, T shift, bool stream) noexcept {
+                     std::size_t stride, std::size_t channels, const T* center, const T* scale,
+                     const T* shift, bool stream) noexcept {
   using vec = xsimd::batch<T, Arch>;
   constexpr std::size_t lanes = vec::size;
-  const vec c(center), a(scale), b(shift);
-  const auto compute = [&](const vec& x) { return normalize(x, c, a, b); };
   bool streamed = false;
-  for (std::size_t p = 0; p < planes; ++p) {
-    const T* x = src + p * stride;
-    T* y = dst + p * stride;
-    if (len < lanes) {
-      normalize_partial<Arch>(x, y, len, compute);
-      continue;
-    }
-    // The last vector overlaps the one before it when len is not a multiple of the lanes. It is
-    // computed before anything is stored, so in place it still reads x, and stored last.
-    const std::size_t last = len - lanes;
-    const vec tail = compute(vec::load_unaligned(x + last));
-    std::size_t i = 0;
-    const std::size_t off = misalignment<Arch>(y);
-    if (stream && off % sizeof(T) == 0 && len >= 2 * lanes) {
-      // A partial vector up to the first aligned destination, then streamed whole vectors.
-      if (off != 0) {
-        i = lanes - off / sizeof(T);
-        normalize_partial<Arch>(x, y, i, compute);
+  for (std::size_t ch = 0; ch < channels; ++ch) {
+    const vec c(center[ch]), a(scale[ch]), b(shift[ch]);
+    const auto compute = [&](const vec& x) { return normalize(x, c, a, b); };
+    for (std::size_t p = 0; p < planes; ++p) {
+      const T* x = src + ch * len + p * stride;
+      T* y = dst + ch * len + p * stride;
+      if (len < lanes) {
+        normalize_partial<Arch>(x, y, len, compute);
+        continue;
       }
-      for (; i < last; i += lanes) store_stream(y + i, compute(vec::load_unaligned(x + i)));
-      streamed = true;
-    } else {
-      for (; i + lanes < last; i += 2 * lanes) {
-        const vec y0 = compute(vec::load_unaligned(x + i));
-        const vec y1 = compute(vec::load_unaligned(x + i + lanes));
-        y0.store_unaligned(y + i);
-        y1.store_unaligned(y + i + lanes);
+      // The last vector overlaps the one before it when len is not a multiple of the lanes.
+      // It is computed before anything is stored, so in place it still reads x, and stored
+      // last.
+      const std::size_t last = len - lanes;
+      const vec tail = compute(vec::load_unaligned(x + last));
+      std::size_t i = 0;
+      const std::size_t off = misalignment<Arch>(y);
+      if (stream && off % sizeof(T) == 0 && len >= 2 * lanes) {
+        // A partial vector up to the first aligned destination, then streamed whole vectors.
+        if (off != 0) {
+          i = lanes - off / sizeof(T);
+          normalize_partial<Arch>(x, y, i, compute);
+        }
+        for (; i < last; i += lanes) store_stream(y + i, compute(vec::load_unaligned(x + i)));
+        streamed = true;
+      } else {
+        for (; i + lanes < last; i += 2 * lanes) {
+          const vec y0 = compute(vec::load_unaligned(x + i));
+          const vec y1 = compute(vec::load_unaligned(x + i + lanes));
+          y0.store_unaligned(y + i);
+          y1.store_unaligned(y + i + lanes);
+        }
+        for (; i < last; i += lanes) compute(vec::load_unaligned(x + i)).store_unaligned(y + i);
       }
-      for (; i < last; i += lanes) compute(vec::load_unaligned(x + i)).store_unaligned(y + i);
+      tail.store_unaligned(y + last);
     }
-    tail.store_unaligned(y + last);
   }
   if (streamed) stream_fence<Arch>();
 }
