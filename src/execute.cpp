@@ -1,8 +1,9 @@
 // Training: shifts → partial sums per unit (parallel) → per-channel moments and coefficients →
-// normalize (parallel) → commit the statistics; channels-first channels that fit in cache do
-// all but the commit channel by channel in one parallel pass. Inference: coefficients →
-// normalize, one pass for channels-first. The caller's buffers other than dst are written only
-// in the final commit.
+// normalize (parallel) → commit the statistics. Where a unit holds whole channels that fit in
+// cache (channels-first channels; channels-last blocks of channels over few rows), all but
+// the commit runs unit by unit in one parallel pass. Inference: coefficients → normalize, one
+// pass for channels-first. The caller's buffers other than dst are written only in the final
+// commit.
 #include "execute.hpp"
 
 #include <algorithm>
