@@ -347,18 +347,45 @@ void interleaved_normalize(const T* src, T* dst, std::size_t rows, std::size_t w
     if (stream) stream_fence<Arch>();
     return;
   }
-  for (std::size_t r = 0; r < rows; ++r) {
+  const auto put = [stream](T* y, const vec& v) {
+    if (stream) {
+      store_stream(y, v);
+    } else {
+      v.store_unaligned(y);
+    }
+  };
+  std::size_t r = 0;
+  // Two rows per coefficient load where rows are not 4 KiB apart (see above): in-cache tensors
+  // are bound by the loads, a third of which are coefficients.
+  if ((stride * sizeof(T)) % 4096 != 0) {
+    const std::size_t whole = width - width % lanes;
+    for (; r + 2 <= rows; r += 2) {
+      const T* x = src + r * stride;
+      T* y = dst + r * stride;
+      for (std::size_t j = 0; j < whole; j += lanes) {
+        const vec c = vec::load_unaligned(center + j), a = vec::load_unaligned(scale + j);
+        const vec b = vec::load_unaligned(shift + j);
+        const vec v0 = normalize(vec::load_unaligned(x + j), c, a, b);
+        const vec v1 = normalize(vec::load_unaligned(x + stride + j), c, a, b);
+        put(y + j, v0);
+        put(y + stride + j, v1);
+      }
+      if (whole < width) {
+        const vec c = vec::load_unaligned(center + whole), a = vec::load_unaligned(scale + whole);
+        const vec b = vec::load_unaligned(shift + whole);
+        const auto compute = [&](const vec& v) { return normalize(v, c, a, b); };
+        normalize_partial<Arch>(x + whole, y + whole, width - whole, compute);
+        normalize_partial<Arch>(x + stride + whole, y + stride + whole, width - whole, compute);
+      }
+    }
+  }
+  for (; r < rows; ++r) {
     const T* x = src + r * stride;
     T* y = dst + r * stride;
     std::size_t j = 0;
     for (; j + lanes <= width; j += lanes) {
-      const vec v = normalize(vec::load_unaligned(x + j), vec::load_unaligned(center + j),
-                              vec::load_unaligned(scale + j), vec::load_unaligned(shift + j));
-      if (stream) {
-        store_stream(y + j, v);
-      } else {
-        v.store_unaligned(y + j);
-      }
+      put(y + j, normalize(vec::load_unaligned(x + j), vec::load_unaligned(center + j),
+                           vec::load_unaligned(scale + j), vec::load_unaligned(shift + j)));
     }
     if (j < width) {
       // The coefficient arrays are padded by one vector, so these loads stay in bounds.
