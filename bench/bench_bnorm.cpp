@@ -201,7 +201,9 @@ std::vector<bench_case> all_cases() {
 
 void register_all() {
   for (const bench_case& k : all_cases()) {
-    // Adjacent, so that the roofline and the peers see the same machine state as the case.
+    // Adjacent, so that the roofline and the peers see the same machine state as the case;
+    // bench.sh also interleaves the repetitions of all cases at random, so that a burst of
+    // load from a neighbour on a shared machine spoils a few repetitions, not a whole case.
     benchmark::RegisterBenchmark(k.name("roofline").c_str(),
                                  [k](benchmark::State& s) { run_roofline(s, k); })
         ->UseRealTime();

@@ -64,6 +64,8 @@ def main():
     ap.add_argument("--isa", action="append", default=[])
     ap.add_argument("--markdown", required=True)
     ap.add_argument("--chart")
+    ap.add_argument("--order", help="bnorm_bench --benchmark_list_tests output: the case order "
+                    "(the main run interleaves its repetitions at random)")
     args = ap.parse_args()
 
     rows, context = load(args.main)
@@ -81,7 +83,12 @@ def main():
 
     threads_all = max(k[3] for k in rows)
     cases = []  # (shape, layout, mode) in suite order
-    for k in rows:
+    names = list(rows)
+    if args.order:
+        with open(args.order) as f:
+            listed = [m.groups() for m in map(NAME.match, f) if m]
+        names = [(g[0], g[1], g[2], int(g[3]), g[4]) for g in listed] + names
+    for k in names:
         if (k[0], k[1], k[2]) not in cases:
             cases.append((k[0], k[1], k[2]))
 

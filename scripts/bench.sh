@@ -14,11 +14,13 @@ cmake --build build/release -j"$(nproc)" --target bnorm_bench
 out=build/release/bench/results
 mkdir -p "$out" bench/results
 bench=build/release/bench/bnorm_bench
-common=(--benchmark_repetitions=5 --benchmark_report_aggregates_only=true --benchmark_min_time=0.05
+common=(--benchmark_repetitions=9 --benchmark_enable_random_interleaving=true
+        --benchmark_report_aggregates_only=true --benchmark_min_time=0.05
         --benchmark_out_format=json)
 threads=$(nproc)
 
 "$bench" --samples_out="$out/samples.json"
+"$bench" --benchmark_list_tests > "$out/order.txt"
 "$bench" "${common[@]}" --benchmark_out="$out/main.json" "$@"
 isa_args=()
 for isa in sse2 avx2; do
@@ -30,7 +32,8 @@ for isa in sse2 avx2; do
   fi
 done
 /usr/bin/python3 bench/bench_torch.py --samples "$out/samples.json" --out "$out/torch.json" \
-  --threads "1,$threads"
+  --threads "1,$threads" --repetitions 9
 /usr/bin/python3 bench/report.py --main "$out/main.json" --torch "$out/torch.json" "${isa_args[@]}" \
+  --order "$out/order.txt" \
   --markdown bench/results/report.md --chart bench/results/roofline.png
 cat bench/results/report.md
