@@ -4,6 +4,11 @@
 //
 //   bnorm_bench [google benchmark flags]      names: SHAPE/LAYOUT/MODE/threads:T/IMPL
 //   bnorm_bench --samples_out=FILE            writes sampled bnorm outputs for bench_torch.py
+//   bnorm_bench --calls=CASE --count=K        runs bnorm's CASE (e.g. r50_b1_c2048_7/nchw/train/
+//                                             threads:1) K times and nothing else: under
+//                                             valgrind --tool=callgrind, the difference of two
+//                                             counts gives instructions per call, which a noisy
+//                                             machine does not move
 //
 // Bytes/s count the traffic a batch norm cannot avoid: training reads x twice and writes y;
 // inference reads x and writes y. Every implementation of a case reports the same bytes.
@@ -11,6 +16,7 @@
 
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <new>
 #include <string>
@@ -241,12 +247,32 @@ int write_samples(const char* path) {
   return std::fclose(f) == 0 ? 0 : 1;
 }
 
+/// Runs one bnorm case `count` times, for instruction counts.
+int run_calls(const std::string& wanted, long count) {
+  for (const bench_case& k : all_cases()) {
+    if (k.name("bnorm") != wanted + "/bnorm") continue;
+    buffers b(k);
+    const bnorm_runner runner(k, b, k.threads);
+    for (long i = 0; i < count; ++i) {
+      if (!runner.run()) return 1;
+    }
+    return 0;
+  }
+  std::fprintf(stderr, "no case %s (see --benchmark_list_tests)\n", wanted.c_str());
+  return 1;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
+  std::string calls;
+  long count = 1;
   for (int i = 1; i < argc; ++i) {
     if (std::strncmp(argv[i], "--samples_out=", 14) == 0) return write_samples(argv[i] + 14);
+    if (std::strncmp(argv[i], "--calls=", 8) == 0) calls = argv[i] + 8;
+    if (std::strncmp(argv[i], "--count=", 8) == 0) count = std::atol(argv[i] + 8);
   }
+  if (!calls.empty()) return run_calls(calls, count);
   register_all();
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
