@@ -82,49 +82,18 @@ struct interleaved_unit {
   }
 };
 
-/// Planes traversal, unit u: Σd, Σd² of its run added into *sum, *sum_sq; `shift` points to
-/// its channel's shift.
+/// Planes of whole channels [c0, c1) in one kernel call: Σd, Σd² per channel added into sum,
+/// sum_sq. The per-channel arrays start at channel c0.
 template <class T>
-void stats_unit(const plan_impl& plan, std::size_t u, const T* src, const T* shift, double* sum,
-                double* sum_sq) {
+void stats_channels(const plan_impl& plan, std::size_t c0, std::size_t c1, const T* src,
+                    const T* shift, double* sum, double* sum_sq) {
   const partition& p = plan.part;
-  const kernels::kernel_set<T>& kern = plan.kernels->get<T>();
-  const std::size_t c = u / p.chunks_per_channel;
-  if (p.chunks_per_channel == 1) {  // the whole channel: its N planes in one call
-    kern.plane_stats(src + c * p.spatial, p.spatial, p.batch, p.channels * p.spatial, 1, shift,
-                     sum, sum_sq);
-    return;
-  }
-  const std::size_t begin = (u % p.chunks_per_channel) * p.chunk_len;
-  const std::size_t end = std::min(begin + p.chunk_len, p.per_channel);
-  for_each_plane_piece(p, c, begin, end, [&](std::size_t at, std::size_t len) {
-    kern.plane_stats(src + at, len, 1, 0, 1, shift, sum, sum_sq);
-  });
+  plan.kernels->get<T>().plane_stats(src + c0 * p.spatial, p.spatial, p.batch,
+                                     p.channels * p.spatial, c1 - c0, shift, sum, sum_sq);
 }
 
-/// Planes traversal, unit u: normalize its run; the coefficients point to its channel's.
-template <class T>
-void normalize_unit(const plan_impl& plan, std::size_t u, const T* src, T* dst, const T* center,
-                    const T* scale, const T* shift) {
-  const partition& p = plan.part;
-  const kernels::kernel_set<T>& kern = plan.kernels->get<T>();
-  const std::size_t c = u / p.chunks_per_channel;
-  if (p.chunks_per_channel == 1) {
-    const std::size_t at = c * p.spatial;
-    kern.plane_normalize(src + at, dst + at, p.spatial, p.batch, p.channels * p.spatial, 1,
-                         center, scale, shift, p.stream_stores);
-    return;
-  }
-  const std::size_t begin = (u % p.chunks_per_channel) * p.chunk_len;
-  const std::size_t end = std::min(begin + p.chunk_len, p.per_channel);
-  for_each_plane_piece(p, c, begin, end, [&](std::size_t at, std::size_t len) {
-    kern.plane_normalize(src + at, dst + at, len, 1, 0, 1, center, scale, shift,
-                         p.stream_stores);
-  });
-}
-
-/// Planes of whole channels [c0, c1) (one unit each) in one kernel call; the coefficient
-/// arrays start at channel c0.
+/// Planes of whole channels [c0, c1) in one kernel call; the coefficient arrays start at
+/// channel c0.
 template <class T>
 void normalize_channels(const plan_impl& plan, std::size_t c0, std::size_t c1, const T* src,
                         T* dst, const T* center, const T* scale, const T* shift) {
@@ -133,6 +102,42 @@ void normalize_channels(const plan_impl& plan, std::size_t c0, std::size_t c1, c
   plan.kernels->get<T>().plane_normalize(src + at, dst + at, p.spatial, p.batch,
                                          p.channels * p.spatial, c1 - c0, center, scale, shift,
                                          p.stream_stores);
+}
+
+/// Planes traversal, unit u: Σd, Σd² of its run added into *sum, *sum_sq; `shift` points to
+/// its channel's shift.
+template <class T>
+void stats_unit(const plan_impl& plan, std::size_t u, const T* src, const T* shift, double* sum,
+                double* sum_sq) {
+  const partition& p = plan.part;
+  const std::size_t c = u / p.chunks_per_channel;
+  if (p.chunks_per_channel == 1) {
+    stats_channels(plan, c, c + 1, src, shift, sum, sum_sq);
+    return;
+  }
+  const std::size_t begin = (u % p.chunks_per_channel) * p.chunk_len;
+  const std::size_t end = std::min(begin + p.chunk_len, p.per_channel);
+  for_each_plane_piece(p, c, begin, end, [&](std::size_t at, std::size_t len) {
+    plan.kernels->get<T>().plane_stats(src + at, len, 1, 0, 1, shift, sum, sum_sq);
+  });
+}
+
+/// Planes traversal, unit u: normalize its run; the coefficients point to its channel's.
+template <class T>
+void normalize_unit(const plan_impl& plan, std::size_t u, const T* src, T* dst, const T* center,
+                    const T* scale, const T* shift) {
+  const partition& p = plan.part;
+  const std::size_t c = u / p.chunks_per_channel;
+  if (p.chunks_per_channel == 1) {
+    normalize_channels(plan, c, c + 1, src, dst, center, scale, shift);
+    return;
+  }
+  const std::size_t begin = (u % p.chunks_per_channel) * p.chunk_len;
+  const std::size_t end = std::min(begin + p.chunk_len, p.per_channel);
+  for_each_plane_piece(p, c, begin, end, [&](std::size_t at, std::size_t len) {
+    plan.kernels->get<T>().plane_normalize(src + at, dst + at, len, 1, 0, 1, center, scale,
+                                           shift, p.stream_stores);
+  });
 }
 
 template <class T>
@@ -263,9 +268,7 @@ class training_step {
           compute_plane_shift(c);
           mean_[c] = variance_[c] = 0.0;
         }
-        plan_.kernels->get<T>().plane_stats(src_ + c0 * p_.spatial, p_.spatial, p_.batch,
-                                            p_.channels * p_.spatial, c1 - c0, shift_ + c0,
-                                            mean_ + c0, variance_ + c0);
+        stats_channels(plan_, c0, c1, src_, shift_ + c0, mean_ + c0, variance_ + c0);
         finalize_block(c0, c1);
         normalize_channels(plan_, c0, c1, src_, dst_, coeffs_.center + c0, coeffs_.scale + c0,
                            coeffs_.shift + c0);

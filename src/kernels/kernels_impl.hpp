@@ -329,9 +329,9 @@ template <class Arch, class T>
 void interleaved_normalize(const T* src, T* dst, std::size_t rows, std::size_t width,
                            std::size_t stride, const T* center, const T* scale, const T* shift,
                            bool stream) noexcept {
-  // Row by row: blocking rows here, as the statistics do, makes loads and stores 4 KiB apart
-  // alias in the store buffer when C·sizeof(T) is a multiple of 4 KiB (3× slower, measured);
-  // the coefficients come from L1 either way.
+  // Blocking rows, as the statistics do, makes loads and stores 4 KiB apart alias in the store
+  // buffer when C·sizeof(T) is a multiple of 4 KiB (3× slower, measured): such rows go one at
+  // a time, with the coefficients from L1.
   using vec = xsimd::batch<T, Arch>;
   constexpr std::size_t lanes = vec::size;
   // Streaming needs every row to start aligned: an aligned dst and a stride of whole vectors.
@@ -347,13 +347,6 @@ void interleaved_normalize(const T* src, T* dst, std::size_t rows, std::size_t w
     if (stream) stream_fence<Arch>();
     return;
   }
-  const auto put = [stream](T* y, const vec& v) {
-    if (stream) {
-      store_stream(y, v);
-    } else {
-      v.store_unaligned(y);
-    }
-  };
   std::size_t r = 0;
   // Two rows per coefficient load where rows are not 4 KiB apart (see above): in-cache tensors
   // are bound by the loads, a third of which are coefficients. Not when streaming: two store
@@ -368,8 +361,8 @@ void interleaved_normalize(const T* src, T* dst, std::size_t rows, std::size_t w
         const vec b = vec::load_unaligned(shift + j);
         const vec v0 = normalize(vec::load_unaligned(x + j), c, a, b);
         const vec v1 = normalize(vec::load_unaligned(x + stride + j), c, a, b);
-        put(y + j, v0);
-        put(y + stride + j, v1);
+        v0.store_unaligned(y + j);
+        v1.store_unaligned(y + stride + j);
       }
       if (whole < width) {
         const vec c = vec::load_unaligned(center + whole), a = vec::load_unaligned(scale + whole);
@@ -380,6 +373,13 @@ void interleaved_normalize(const T* src, T* dst, std::size_t rows, std::size_t w
       }
     }
   }
+  const auto put = [stream](T* y, const vec& v) {
+    if (stream) {
+      store_stream(y, v);
+    } else {
+      v.store_unaligned(y);
+    }
+  };
   for (; r < rows; ++r) {
     const T* x = src + r * stride;
     T* y = dst + r * stride;
