@@ -145,7 +145,21 @@ void normalize_pass(const plan_impl& plan, const T* src, T* dst,
                     const coefficient_arrays<T>& k) {
   const partition& p = plan.part;
   const kernels::kernel_set<T>& kern = plan.kernels->get<T>();
-  if (p.kind == traversal::planes) {
+  if (p.kind == traversal::planes && p.planes_per_unit > 0) {
+    plan.threads.for_each(p.plane_units, 1, p.serial, [&](std::size_t b, std::size_t e) {
+      const std::size_t planes = p.batch * p.channels;
+      std::size_t q = b * p.planes_per_unit;
+      const std::size_t end = std::min(e * p.planes_per_unit, planes);
+      while (q < end) {  // one kernel call per run of consecutive channels
+        const std::size_t c = q % p.channels;
+        const std::size_t run = std::min(p.channels - c, end - q);
+        const std::size_t at = q * p.spatial;
+        kern.plane_normalize(src + at, dst + at, p.spatial, 1, 0, run, k.center + c,
+                             k.scale + c, k.shift + c, p.stream_stores);
+        q += run;
+      }
+    });
+  } else if (p.kind == traversal::planes) {
     plan.threads.for_each(p.units, p.units_per_task, p.serial, [&](std::size_t b, std::size_t e) {
       for (std::size_t u = b; u < e; ++u) {
         const std::size_t c = u / p.chunks_per_channel;
@@ -466,7 +480,7 @@ void run_inference(const plan_impl& plan, const inference_args& args, unsigned c
   const T* mean = static_cast<const T*>(args.mean.data);
   const T* var = static_cast<const T*>(args.var.data);
   const T* gamma = static_cast<const T*>(args.scale.data);
-  if (p.kind == traversal::planes) {
+  if (p.kind == traversal::planes && p.planes_per_unit == 0) {
     // One pass: each task works out its own channels' coefficients (a second pass for them
     // costs more than it saves, measured on 7×7 and 14×14 planes), the float64 scales of 16
     // channels at a time from the vector kernel: its division and square root are as exact as
@@ -500,8 +514,8 @@ void run_inference(const plan_impl& plan, const inference_args& args, unsigned c
     });
     return;
   }
-  // Interleaved rows need every channel's coefficients, laid out per slot; the float64 scales
-  // of a block of channels come from the vector kernel.
+  // Planes in memory order and interleaved rows need every channel's coefficients (laid out
+  // per slot for rows); the float64 scales of a block of channels come from the vector kernel.
   double* scale = reinterpret_cast<double*>(scratch + p.scratch.scale);
   const coefficient_arrays<T> coeffs(scratch, p.scratch);
   for_each_channel_block(plan, [&](std::size_t c0, std::size_t c1) {
@@ -511,7 +525,9 @@ void run_inference(const plan_impl& plan, const inference_args& args, unsigned c
       coeffs.set(c, make_coefficients<T>(mean[c], scale[c], value_or<T>(args.shift, c, 0.0)));
     }
   });
-  coeffs.replicate(p.channels, p.period, p.scratch.coeff_stride);
+  if (p.kind == traversal::interleaved) {
+    coeffs.replicate(p.channels, p.period, p.scratch.coeff_stride);
+  }
   normalize_pass<T>(plan, src, dst, coeffs);
 }
 

@@ -110,6 +110,10 @@ partition make_partition(const problem& prob, const plan_options& options,
     p.units = p.channels * p.chunks_per_channel;
     p.units_per_task =
         std::max<std::size_t>(1, unit_elements / std::max<std::size_t>(p.chunk_len, 1));
+    if (p.batch > 1 && p.spatial <= unit_elements) {
+      p.planes_per_unit = unit_elements / p.spatial;
+      p.plane_units = ceil_div(p.batch * p.channels, p.planes_per_unit);
+    }
   } else {
     p.kind = traversal::interleaved;
     p.rows = p.per_channel;

@@ -58,6 +58,13 @@ struct partition {
   std::size_t chunks_per_channel = 1;
   std::size_t chunk_len = 0;
   std::size_t units_per_task = 1;
+  // planes, N > 1 with planes shorter than a unit: the normalize pass of inference (and of
+  // unfused training) walks whole planes in memory order instead, unit u covering planes
+  // [u·planes_per_unit, ...) of the N·C, plane q being channel q % C. Channel-major units
+  // would jump C·spatial elements every plane, and the prefetcher stops at every jump (4 KiB
+  // planes ran at 70% of the roofline). 0: channel-major.
+  std::size_t planes_per_unit = 0;
+  std::size_t plane_units = 0;
 
   // interleaved: unit u covers rows [i·rows_per_chunk, ...) of the N·spatial rows and slots
   // [b·block_width, ...) of them, i = u / column_blocks, b = u % column_blocks. Only few rows

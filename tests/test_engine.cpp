@@ -171,7 +171,9 @@ TEST_P(Engine, StreamingStoresMatchTheReference) {
   std::uint64_t salt = 500;
   for (const bnorm::tensor_shape& shape :
        {bnorm::tensor_shape{3, 5, 77}, bnorm::tensor_shape{2, 16, 9, 31}, bnorm::tensor_shape{700, 48},
-        bnorm::tensor_shape{3, 37, 5}, bnorm::tensor_shape{4, 3, 50000}}) {
+        bnorm::tensor_shape{3, 37, 5}, bnorm::tensor_shape{4, 3, 50000},
+        // Planes of whole vectors, and planes with a tail after an aligned start.
+        bnorm::tensor_shape{3, 8, 1024}, bnorm::tensor_shape{2, 4, 4100}}) {
     for (layout l : {layout::channels_first, layout::channels_last}) {
       for (bool in_place : {false, true}) {
         check_training_case<float>(shape, l, opts, in_place, ++salt);

@@ -275,13 +275,18 @@ void plane_normalize(const T* src, T* dst, std::size_t len, std::size_t planes,
       std::size_t i = 0;
       const std::size_t off = misalignment<Arch>(y);
       if (stream && off % sizeof(T) == 0 && len >= 2 * lanes) {
-        // A partial vector up to the first aligned destination, then streamed whole vectors.
+        // A partial vector up to the first aligned destination, then streamed whole vectors
+        // to the end: an ordinary store into a line that streaming stores are filling makes
+        // the core flush the line and read it back (an ordinary last vector on every plane
+        // made (64,128,1024) inference 1.7× slower, measured). The tail, if any, is ordinary.
         if (off != 0) {
           i = lanes - off / sizeof(T);
           normalize_partial<Arch>(x, y, i, compute);
         }
-        for (; i < last; i += lanes) store_stream(y + i, compute(vec::load_unaligned(x + i)));
+        for (; i + lanes <= len; i += lanes) store_stream(y + i, compute(vec::load_unaligned(x + i)));
         streamed = true;
+        if (i < len) tail.store_unaligned(y + last);
+        continue;
       } else {
         for (; i + lanes < last; i += 2 * lanes) {
           const vec y0 = compute(vec::load_unaligned(x + i));
