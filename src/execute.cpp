@@ -1,8 +1,9 @@
 // Training: shifts → partial sums per unit (parallel) → per-channel moments and coefficients →
 // normalize (parallel) → commit the statistics. Where a unit holds whole channels that fit in
 // cache (channels-first channels; channels-last blocks of channels over few rows), all but
-// the commit runs unit by unit in one parallel pass. Inference: coefficients → normalize, one
-// pass for channels-first. The caller's buffers other than dst are written only in the final
+// the commit runs unit by unit in one parallel pass. Inference: coefficients → normalize; in
+// one parallel pass where units own their channels (channel-major planes, channels-last
+// blocks of channels). The caller's buffers other than dst are written only in the final
 // commit.
 #include "execute.hpp"
 
@@ -465,6 +466,112 @@ class training_step {
   coefficient_arrays<T> coeffs_;
 };
 
+/// One inference call: coefficients from the running statistics, then the normalization.
+template <class T>
+class inference_step {
+ public:
+  inference_step(const plan_impl& plan, const inference_args& args, unsigned char* scratch)
+      : plan_(plan),
+        p_(plan.part),
+        kern_(plan.kernels->get<T>()),
+        args_(args),
+        src_(static_cast<const T*>(args.src)),
+        dst_(static_cast<T*>(args.dst)),
+        scale_(reinterpret_cast<double*>(scratch + p_.scratch.scale)),
+        coeffs_(scratch, p_.scratch) {}
+
+  void run() {
+    if (p_.kind == traversal::planes && p_.planes_per_unit == 0) {
+      channel_planes_pass();
+    } else if (p_.kind == traversal::interleaved && p_.fused) {
+      column_blocks_pass();
+    } else {
+      // Planes in memory order and rows of all channels need every channel's coefficients
+      // (laid out per slot for rows) before the normalization.
+      for_each_channel_block(plan_, [&](std::size_t c0, std::size_t c1) {
+        set_coefficients(c0, c1, scale_ + c0, coeffs_.center + c0, coeffs_.scale + c0,
+                         coeffs_.shift + c0);
+      });
+      if (p_.kind == traversal::interleaved) {
+        coeffs_.replicate(p_.channels, p_.period, p_.scratch.coeff_stride);
+      }
+      normalize_pass<T>(plan_, src_, dst_, coeffs_);
+    }
+  }
+
+ private:
+  /// The coefficients of channels [c0, c1), written from index 0 of each array; the float64
+  /// scales of a block come from the vector kernel, whose division and square root are as
+  /// exact as the scalar ones (so the blocking does not change a bit).
+  void set_coefficients(std::size_t c0, std::size_t c1, double* scale, T* center_k, T* scale_k,
+                        T* shift_k) const {
+    const T* gamma = static_cast<const T*>(args_.scale.data);
+    const T* mean = static_cast<const T*>(args_.mean.data);
+    kern_.channel_scale(c1 - c0, plan_.prob.epsilon, static_cast<const T*>(args_.var.data) + c0,
+                        gamma ? gamma + c0 : nullptr, scale);
+    for (std::size_t c = c0; c < c1; ++c) {
+      const coefficients<T> k =
+          make_coefficients<T>(mean[c], scale[c - c0], value_or<T>(args_.shift, c, 0.0));
+      center_k[c - c0] = k.center;
+      scale_k[c - c0] = k.scale;
+      shift_k[c - c0] = k.shift;
+    }
+  }
+
+  /// Channel-major planes: each task works out its own channels' coefficients, 16 at a time,
+  /// in one parallel pass (a pass of its own for them costs more than it saves, measured on
+  /// 7×7 and 14×14 planes).
+  void channel_planes_pass() const {
+    plan_.threads.for_each(p_.units, p_.units_per_task, p_.serial, [&](std::size_t b,
+                                                                       std::size_t e) {
+      constexpr std::size_t group = 16;
+      double scale[group];
+      T center_k[group], scale_k[group], shift_k[group];
+      for (std::size_t u0 = b; u0 < e; u0 += group) {
+        const std::size_t u1 = std::min(u0 + group, e);
+        const std::size_t c0 = u0 / p_.chunks_per_channel;
+        const std::size_t c1 = (u1 - 1) / p_.chunks_per_channel + 1;
+        set_coefficients(c0, c1, scale, center_k, scale_k, shift_k);
+        if (p_.chunks_per_channel == 1) {
+          normalize_channels(plan_, c0, c1, src_, dst_, center_k, scale_k, shift_k);
+          continue;
+        }
+        for (std::size_t u = u0; u < u1; ++u) {
+          const std::size_t k = u / p_.chunks_per_channel - c0;
+          normalize_unit(plan_, u, src_, dst_, center_k + k, scale_k + k, shift_k + k);
+        }
+      }
+    });
+  }
+
+  /// Rows in blocks of whole channels (slot j is channel j): each unit works out its block's
+  /// coefficients and normalizes the block, in one parallel pass.
+  void column_blocks_pass() const {
+    // Vector loads of the last block's coefficients read the padding: keep it defined.
+    coeffs_.replicate(p_.channels, p_.period, p_.scratch.coeff_stride);
+    plan_.threads.for_each(p_.units, 1, p_.serial, [&](std::size_t b, std::size_t e) {
+      for (std::size_t u = b; u < e; ++u) {
+        const interleaved_unit w(p_, u);
+        const std::size_t c0 = w.column;
+        set_coefficients(c0, c0 + w.width, scale_ + c0, coeffs_.center + c0, coeffs_.scale + c0,
+                         coeffs_.shift + c0);
+        kern_.interleaved_normalize(src_ + c0, dst_ + c0, p_.rows, w.width, p_.period,
+                                    coeffs_.center + c0, coeffs_.scale + c0, coeffs_.shift + c0,
+                                    p_.stream_stores);
+      }
+    });
+  }
+
+  const plan_impl& plan_;
+  const partition& p_;
+  const kernels::kernel_set<T>& kern_;
+  const inference_args& args_;
+  const T* src_;
+  T* dst_;
+  double* scale_;
+  coefficient_arrays<T> coeffs_;
+};
+
 }  // namespace
 
 template <class T>
@@ -474,61 +581,7 @@ void run_training(const plan_impl& plan, const training_args& args, unsigned cha
 
 template <class T>
 void run_inference(const plan_impl& plan, const inference_args& args, unsigned char* scratch) {
-  const partition& p = plan.part;
-  const T* src = static_cast<const T*>(args.src);
-  T* dst = static_cast<T*>(args.dst);
-  const T* mean = static_cast<const T*>(args.mean.data);
-  const T* var = static_cast<const T*>(args.var.data);
-  const T* gamma = static_cast<const T*>(args.scale.data);
-  if (p.kind == traversal::planes && p.planes_per_unit == 0) {
-    // One pass: each task works out its own channels' coefficients (a second pass for them
-    // costs more than it saves, measured on 7×7 and 14×14 planes), the float64 scales of 16
-    // channels at a time from the vector kernel: its division and square root are as exact as
-    // the scalar ones, so the grouping does not change a bit.
-    const kernels::kernel_set<T>& kern = plan.kernels->get<T>();
-    plan.threads.for_each(p.units, p.units_per_task, p.serial, [&](std::size_t b, std::size_t e) {
-      constexpr std::size_t group = 16;
-      double scale[group];
-      T center_k[group], scale_k[group], shift_k[group];
-      for (std::size_t u0 = b; u0 < e; u0 += group) {
-        const std::size_t u1 = std::min(u0 + group, e);
-        const std::size_t c0 = u0 / p.chunks_per_channel, c1 = (u1 - 1) / p.chunks_per_channel + 1;
-        kern.channel_scale(c1 - c0, plan.prob.epsilon, var + c0, gamma ? gamma + c0 : nullptr,
-                           scale);
-        for (std::size_t c = c0; c < c1; ++c) {
-          const coefficients<T> k =
-              make_coefficients<T>(mean[c], scale[c - c0], value_or<T>(args.shift, c, 0.0));
-          center_k[c - c0] = k.center;
-          scale_k[c - c0] = k.scale;
-          shift_k[c - c0] = k.shift;
-        }
-        if (p.chunks_per_channel == 1) {
-          normalize_channels(plan, c0, c1, src, dst, center_k, scale_k, shift_k);
-          continue;
-        }
-        for (std::size_t u = u0; u < u1; ++u) {
-          const std::size_t k = u / p.chunks_per_channel - c0;
-          normalize_unit(plan, u, src, dst, center_k + k, scale_k + k, shift_k + k);
-        }
-      }
-    });
-    return;
-  }
-  // Planes in memory order and interleaved rows need every channel's coefficients (laid out
-  // per slot for rows); the float64 scales of a block of channels come from the vector kernel.
-  double* scale = reinterpret_cast<double*>(scratch + p.scratch.scale);
-  const coefficient_arrays<T> coeffs(scratch, p.scratch);
-  for_each_channel_block(plan, [&](std::size_t c0, std::size_t c1) {
-    plan.kernels->get<T>().channel_scale(c1 - c0, plan.prob.epsilon, var + c0,
-                                         gamma ? gamma + c0 : nullptr, scale + c0);
-    for (std::size_t c = c0; c < c1; ++c) {
-      coeffs.set(c, make_coefficients<T>(mean[c], scale[c], value_or<T>(args.shift, c, 0.0)));
-    }
-  });
-  if (p.kind == traversal::interleaved) {
-    coeffs.replicate(p.channels, p.period, p.scratch.coeff_stride);
-  }
-  normalize_pass<T>(plan, src, dst, coeffs);
+  inference_step<T>(plan, args, scratch).run();
 }
 
 template void run_training<float>(const plan_impl&, const training_args&, unsigned char*);

@@ -248,10 +248,11 @@ std::size_t misalignment(const T* p) noexcept {
   return reinterpret_cast<std::uintptr_t>(p) % bytes;
 }
 
-/// y[j] for j in [begin, end) with ordinary stores; compute(j, x) gives the vector at j.
+/// y[j] for j in [begin, end) with ordinary stores; compute(j, x) gives the vector at j. The
+/// helpers take `compute` by value: a store through y could alias a closure held by
+/// reference, and the loop would reload its coefficient pointers at every vector.
 template <class Arch, class T, class Compute>
-void store_run(const T* x, T* y, std::size_t begin, std::size_t end,
-               const Compute& compute) noexcept {
+void store_run(const T* x, T* y, std::size_t begin, std::size_t end, Compute compute) noexcept {
   using vec = xsimd::batch<T, Arch>;
   constexpr std::size_t lanes = vec::size;
   std::size_t j = begin;
@@ -266,7 +267,7 @@ void store_run(const T* x, T* y, std::size_t begin, std::size_t end,
 /// the core flush the line and read it back (an ordinary last vector on every (64,128,1024)
 /// plane made inference 1.7× slower, measured). y must be aligned to its element.
 template <class Arch, class T, class Compute>
-void stream_run(const T* x, T* y, std::size_t n, const Compute& compute) noexcept {
+void stream_run(const T* x, T* y, std::size_t n, Compute compute) noexcept {
   using vec = xsimd::batch<T, Arch>;
   constexpr std::size_t lanes = vec::size;
   constexpr std::size_t line = 64 / sizeof(T);  // a multiple of the lanes on every ISA
@@ -407,7 +408,6 @@ void interleaved_normalize(const T* src, T* dst, std::size_t rows, std::size_t w
   }
   // The coefficient arrays are padded by one vector past the width: the loads for a partial
   // last vector stay in bounds.
-  // By value: a store through y could alias a captured reference, forcing reloads.
   const auto compute = [center, scale, shift](std::size_t j, const vec& v) {
     return normalize(v, vec::load_unaligned(center + j), vec::load_unaligned(scale + j),
                      vec::load_unaligned(shift + j));
