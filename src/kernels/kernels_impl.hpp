@@ -360,9 +360,6 @@ template <class Arch, class T>
 void interleaved_normalize(const T* src, T* dst, std::size_t rows, std::size_t width,
                            std::size_t stride, const T* center, const T* scale, const T* shift,
                            bool stream) noexcept {
-  // Blocking rows, as the statistics do, makes loads and stores 4 KiB apart alias in the store
-  // buffer when C·sizeof(T) is a multiple of 4 KiB (3× slower, measured): such rows go one at
-  // a time, with the coefficients from L1.
   using vec = xsimd::batch<T, Arch>;
   constexpr std::size_t lanes = vec::size;
   // Narrow rows stream whole vectors, so every row must start aligned: an aligned dst and a
@@ -381,28 +378,35 @@ void interleaved_normalize(const T* src, T* dst, std::size_t rows, std::size_t w
   }
   stream = stream && element_aligned(dst);
   std::size_t r = 0;
-  // Two rows per coefficient load where rows are not 4 KiB apart (see above): in-cache tensors
-  // are bound by the loads, a third of which are coefficients. Not when streaming: two store
-  // streams made (8,256,56,56) NHWC inference 1.3× slower (measured), one row at a time is not.
-  if (!stream && (stride * sizeof(T)) % 4096 != 0) {
+  if (!stream) {
+    // Four rows per coefficient load: in-cache tensors are bound by their loads, and three in
+    // four of them were coefficients. All four rows are loaded before any is stored, so when
+    // rows are 4 KiB apart (C·sizeof(T) a multiple of 4 KiB) and x and y are congruent modulo
+    // 4 KiB, as buffers from mmap are, no load follows a pending store to the same 4 KiB offset
+    // (which waits for the store: one row at a time, a (1,1024,14,14) NHWC call with 1 KiB
+    // column blocks took 1.8× as long as with y moved by 1 KiB, measured). Not when streaming:
+    // two streamed rows at a time were 1.3× slower on (8,256,56,56) NHWC inference (measured).
+    constexpr std::size_t together = 4;
     const std::size_t whole = width - width % lanes;
-    for (; r + 2 <= rows; r += 2) {
+    for (; r + together <= rows; r += together) {
       const T* x = src + r * stride;
       T* y = dst + r * stride;
       for (std::size_t j = 0; j < whole; j += lanes) {
         const vec c = vec::load_unaligned(center + j), a = vec::load_unaligned(scale + j);
         const vec b = vec::load_unaligned(shift + j);
-        const vec v0 = normalize(vec::load_unaligned(x + j), c, a, b);
-        const vec v1 = normalize(vec::load_unaligned(x + stride + j), c, a, b);
-        v0.store_unaligned(y + j);
-        v1.store_unaligned(y + stride + j);
+        vec v[together];
+        for (std::size_t k = 0; k < together; ++k) v[k] = vec::load_unaligned(x + k * stride + j);
+        for (std::size_t k = 0; k < together; ++k) v[k] = normalize(v[k], c, a, b);
+        for (std::size_t k = 0; k < together; ++k) v[k].store_unaligned(y + k * stride + j);
       }
       if (whole < width) {
         const vec c = vec::load_unaligned(center + whole), a = vec::load_unaligned(scale + whole);
         const vec b = vec::load_unaligned(shift + whole);
-        const auto compute = [&](const vec& v) { return normalize(v, c, a, b); };
-        normalize_partial<Arch>(x + whole, y + whole, width - whole, compute);
-        normalize_partial<Arch>(x + stride + whole, y + stride + whole, width - whole, compute);
+        const auto compute = [c, a, b](const vec& v) { return normalize(v, c, a, b); };
+        for (std::size_t k = 0; k < together; ++k) {
+          normalize_partial<Arch>(x + k * stride + whole, y + k * stride + whole, width - whole,
+                                  compute);
+        }
       }
     }
   }
