@@ -28,12 +28,6 @@ struct coefficient_arrays {
     shift = base + 2 * s.coeff_stride;
   }
 
-  void set(std::size_t c, const coefficients<T>& k) const {
-    center[c] = k.center;
-    scale[c] = k.scale;
-    shift[c] = k.shift;
-  }
-
   /// Interleaved passes read per slot: slot j holds channel j % C; the padding holds zeros.
   void replicate(std::size_t channels, std::size_t period, std::size_t stride) const {
     for (T* a : {center, scale, shift}) {
@@ -381,30 +375,32 @@ class training_step {
   }
 
   /// Σd, Σd² in mean_ and variance_ over channels [c0, c1) → the moments there, 1/sqrt and the
-  /// scale in float64 in vectors, then the coefficients rounded to T.
+  /// scale, then the coefficients rounded to T, in float64 vectors.
   void finalize_block(std::size_t c0, std::size_t c1) {
+    const kernels::kernel_set<T>& kern = plan_.kernels->get<T>();
     const T* gamma = static_cast<const T*>(args_.scale.data);
-    plan_.kernels->get<T>().channel_moments(c1 - c0, count(), plan_.prob.epsilon, shift_ + c0,
-                                            gamma ? gamma + c0 : nullptr, mean_ + c0,
-                                            variance_ + c0, inv_std_ + c0, scale_ + c0);
-    for (std::size_t c = c0; c < c1; ++c) set_coefficients(c);
-  }
-
-  /// The coefficients of channel c from its float64 moments.
-  void set_coefficients(std::size_t c) {
+    const T* beta = static_cast<const T*>(args_.shift.data);
+    kern.channel_moments(c1 - c0, count(), plan_.prob.epsilon, shift_ + c0,
+                         gamma ? gamma + c0 : nullptr, mean_ + c0, variance_ + c0, inv_std_ + c0,
+                         scale_ + c0);
     if constexpr (std::is_same<T, float>::value) {
-      // The kernels square float32 differences: below ~1e-19 those squares lose bits or vanish.
-      // That only shows when var + eps is that small too (an eps far below any framework's),
-      // so such a channel is summed again here, exactly, instead of slowing every block.
-      if (variance_[c] + plan_.prob.epsilon < 1e-30) {
-        const moments m = exact_moments(c);
-        mean_[c] = m.mean;
-        variance_[c] = m.variance;
-        inv_std_[c] = inverse_std(m.variance, plan_.prob.epsilon);
-        scale_[c] = value_or<T>(args_.scale, c, 1.0) * inv_std_[c];
+      for (std::size_t c = c0; c < c1; ++c) {
+        if (variance_[c] + plan_.prob.epsilon < 1e-30) resum_exactly(c);
       }
     }
-    coeffs_.set(c, make_coefficients<T>(mean_[c], scale_[c], value_or<T>(args_.shift, c, 0.0)));
+    kern.channel_coefficients(c1 - c0, mean_ + c0, scale_ + c0, beta ? beta + c0 : nullptr,
+                              coeffs_.center + c0, coeffs_.scale + c0, coeffs_.shift + c0);
+  }
+
+  /// The kernels square float32 differences: below ~1e-19 those squares lose bits or vanish.
+  /// That only shows when var + eps is that small too (an eps far below any framework's), so
+  /// such a channel is summed again, exactly, instead of slowing every block.
+  void resum_exactly(std::size_t c) {
+    const moments m = exact_moments(c);
+    mean_[c] = m.mean;
+    variance_[c] = m.variance;
+    inv_std_[c] = inverse_std(m.variance, plan_.prob.epsilon);
+    scale_[c] = value_or<T>(args_.scale, c, 1.0) * inv_std_[c];
   }
 
   /// Two passes over channel c in float64 (the rare path of finalize).
@@ -477,7 +473,6 @@ class inference_step {
         args_(args),
         src_(static_cast<const T*>(args.src)),
         dst_(static_cast<T*>(args.dst)),
-        scale_(reinterpret_cast<double*>(scratch + p_.scratch.scale)),
         coeffs_(scratch, p_.scratch) {}
 
   void run() {
@@ -489,8 +484,7 @@ class inference_step {
       // Planes in memory order and rows of all channels need every channel's coefficients
       // (laid out per slot for rows) before the normalization.
       for_each_channel_block(plan_, [&](std::size_t c0, std::size_t c1) {
-        set_coefficients(c0, c1, scale_ + c0, coeffs_.center + c0, coeffs_.scale + c0,
-                         coeffs_.shift + c0);
+        set_coefficients(c0, c1, coeffs_.center + c0, coeffs_.scale + c0, coeffs_.shift + c0);
       });
       if (p_.kind == traversal::interleaved) {
         coeffs_.replicate(p_.channels, p_.period, p_.scratch.coeff_stride);
@@ -500,22 +494,16 @@ class inference_step {
   }
 
  private:
-  /// The coefficients of channels [c0, c1), written from index 0 of each array; the float64
-  /// scales of a block come from the vector kernel, whose division and square root are as
-  /// exact as the scalar ones (so the blocking does not change a bit).
-  void set_coefficients(std::size_t c0, std::size_t c1, double* scale, T* center_k, T* scale_k,
+  /// The coefficients of channels [c0, c1), written from index 0 of each array, in float64
+  /// vectors: the kernel's division and square root are as exact as scalar ones, so how the
+  /// channels are blocked does not change a bit.
+  void set_coefficients(std::size_t c0, std::size_t c1, T* center_k, T* scale_k,
                         T* shift_k) const {
-    const T* gamma = static_cast<const T*>(args_.scale.data);
-    const T* mean = static_cast<const T*>(args_.mean.data);
-    kern_.channel_scale(c1 - c0, plan_.prob.epsilon, static_cast<const T*>(args_.var.data) + c0,
-                        gamma ? gamma + c0 : nullptr, scale);
-    for (std::size_t c = c0; c < c1; ++c) {
-      const coefficients<T> k =
-          make_coefficients<T>(mean[c], scale[c - c0], value_or<T>(args_.shift, c, 0.0));
-      center_k[c - c0] = k.center;
-      scale_k[c - c0] = k.scale;
-      shift_k[c - c0] = k.shift;
-    }
+    const auto at = [c0](const channel_input& buffer) {
+      return buffer.data ? static_cast<const T*>(buffer.data) + c0 : nullptr;
+    };
+    kern_.inference_coefficients(c1 - c0, plan_.prob.epsilon, at(args_.mean), at(args_.var),
+                                 at(args_.scale), at(args_.shift), center_k, scale_k, shift_k);
   }
 
   /// Channel-major planes: each task works out its own channels' coefficients, 16 at a time,
@@ -525,13 +513,12 @@ class inference_step {
     plan_.threads.for_each(p_.units, p_.units_per_task, p_.serial, [&](std::size_t b,
                                                                        std::size_t e) {
       constexpr std::size_t group = 16;
-      double scale[group];
       T center_k[group], scale_k[group], shift_k[group];
       for (std::size_t u0 = b; u0 < e; u0 += group) {
         const std::size_t u1 = std::min(u0 + group, e);
         const std::size_t c0 = u0 / p_.chunks_per_channel;
         const std::size_t c1 = (u1 - 1) / p_.chunks_per_channel + 1;
-        set_coefficients(c0, c1, scale, center_k, scale_k, shift_k);
+        set_coefficients(c0, c1, center_k, scale_k, shift_k);
         if (p_.chunks_per_channel == 1) {
           normalize_channels(plan_, c0, c1, src_, dst_, center_k, scale_k, shift_k);
           continue;
@@ -553,7 +540,7 @@ class inference_step {
       for (std::size_t u = b; u < e; ++u) {
         const interleaved_unit w(p_, u);
         const std::size_t c0 = w.column;
-        set_coefficients(c0, c0 + w.width, scale_ + c0, coeffs_.center + c0, coeffs_.scale + c0,
+        set_coefficients(c0, c0 + w.width, coeffs_.center + c0, coeffs_.scale + c0,
                          coeffs_.shift + c0);
         kern_.interleaved_normalize(src_ + c0, dst_ + c0, p_.rows, w.width, p_.period,
                                     coeffs_.center + c0, coeffs_.scale + c0, coeffs_.shift + c0,
@@ -568,7 +555,6 @@ class inference_step {
   const inference_args& args_;
   const T* src_;
   T* dst_;
-  double* scale_;
   coefficient_arrays<T> coeffs_;
 };
 

@@ -63,8 +63,8 @@ void lay_out_scratch(partition& p) {
   const std::size_t pad = 64 / p.element_size;  // one vector of the widest ISA
   s.coeff_stride = round_up((p.kind == traversal::planes ? p.channels : p.period) + pad, pad);
   s.coeffs = take(3 * s.coeff_stride * p.element_size);
-  s.scale = take(p.channels * sizeof(double));
   s.inference_bytes = offset;
+  s.scale = take(p.channels * sizeof(double));
   s.shift_count = p.kind == traversal::planes ? p.channels : p.period;
   s.partial_count = p.kind == traversal::planes ? p.channels * p.chunks_per_channel
                                                 : p.row_chunks * p.period;

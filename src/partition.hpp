@@ -30,7 +30,7 @@ struct scratch_layout {
   std::size_t partial_count = 0;
   std::size_t coeff_stride = 0;
   std::size_t training_bytes = 0;
-  std::size_t inference_bytes = 0;  // the coefficients and the scales, laid out first
+  std::size_t inference_bytes = 0;  // the coefficients, laid out first
 };
 
 struct partition {

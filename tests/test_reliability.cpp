@@ -140,11 +140,15 @@ TEST_P(Extremes, ConstantChannels) {
 // has a float64 scale of 4.5e161, beyond float. It saturates, so the output is 0 like the
 // float64 reference's, not 0·inf = NaN.
 TEST_P(Extremes, ScaleBeyondFloatRangeSaturates) {
-  const bnorm::tensor_shape shape{4, 2};
-  std::vector<float> x(8, std::numeric_limits<float>::denorm_min());
-  x[1] = x[3] = x[5] = x[7] = 2.f;
+  // Nine channels: the coefficients of whole float64 vectors (up to AVX-512's) and of the
+  // channels after them take different code.
+  const bnorm::tensor_shape shape{4, 9};
+  std::vector<float> x(36, std::numeric_limits<float>::denorm_min());
+  for (std::size_t i = 0; i < x.size(); ++i) {
+    if (i % 9 % 2) x[i] = 2.f;  // (N, C) memory: channel i % 9, each one constant
+  }
   for (layout l : {layout::channels_first, layout::channels_last}) {
-    const training_result r = train(plan(shape, l, std::numeric_limits<double>::denorm_min()), x, 2);
+    const training_result r = train(plan(shape, l, std::numeric_limits<double>::denorm_min()), x, 9);
     for (std::size_t i = 0; i < x.size(); ++i) EXPECT_EQ(r.y[i], 0.f) << "element " << i;
   }
 }

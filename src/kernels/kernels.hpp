@@ -43,9 +43,16 @@ struct kernel_set {
   void (*channel_moments)(std::size_t channels, double count, double eps, const T* shift,
                           const T* gamma, double* sum_to_mean, double* sum_sq_to_variance,
                           double* inv_std, double* scale) noexcept;
-  /// Inference: scale = gamma/sqrt(variance + eps) per channel, in float64 (gamma null: 1).
-  void (*channel_scale)(std::size_t channels, double eps, const T* variance, const T* gamma,
-                        double* scale) noexcept;
+  /// Training, per channel from the float64 mean and scale: center = mean rounded to T,
+  /// scale, shift = beta − (mean − center)·scale (beta null: 0); values beyond T's range
+  /// saturate to its largest.
+  void (*channel_coefficients)(std::size_t channels, const double* mean, const double* scale,
+                               const T* beta, T* center, T* scale_out, T* shift) noexcept;
+  /// Inference, per channel from the running statistics: the same coefficients with
+  /// scale = gamma/sqrt(variance + eps) in float64 (gamma null: 1).
+  void (*inference_coefficients)(std::size_t channels, double eps, const T* mean,
+                                 const T* variance, const T* gamma, const T* beta, T* center,
+                                 T* scale_out, T* shift) noexcept;
 };
 
 struct kernel_table {

@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <limits>
 
 #include "kernels/kernels.hpp"
 #include "kernels/xsimd_compat.hpp"
@@ -460,20 +461,94 @@ void channel_moments(std::size_t channels, double count, double eps, const T* sh
   for (; c < channels; ++c) one(c);
 }
 
+// y = (x − center)·scale + shift. The center is the mean rounded to T, so x − center is exact
+// for x near the mean (Sterbenz); the part of the mean T cannot hold goes into the shift, where
+// it is small. Folding the whole mean into the shift (x·a + b) would cancel when |mean| ≫ std.
+
+/// A finite float64 value beyond T's range becomes T's largest finite value of its sign, not an
+/// infinity: a constant channel with a tiny var + eps then still gives exactly 0·scale = 0, as
+/// the float64 reference does, instead of 0·inf = NaN. Infinities and NaN stay.
 template <class Arch, class T>
-void channel_scale(std::size_t channels, double eps, const T* variance, const T* gamma,
-                   double* scale) noexcept {
+xsimd::batch<double, Arch> saturate_to(const xsimd::batch<double, Arch>& v) noexcept {
+  using dvec = xsimd::batch<double, Arch>;
+  const dvec largest(static_cast<double>(std::numeric_limits<T>::max()));
+  const dvec finite_limit(std::numeric_limits<double>::max());
+  const dvec magnitude = xsimd::abs(v);
+  const auto beyond = (magnitude > largest) & (magnitude <= finite_limit);
+  return xsimd::select(beyond, xsimd::select(v > dvec(0.0), largest, -largest), v);
+}
+
+/// saturate_to for one value, for the channels after the last whole vector.
+template <class T>
+T saturate_scalar(double v) noexcept {
+  constexpr double largest = static_cast<double>(std::numeric_limits<T>::max());
+  const double magnitude = std::fabs(v);
+  if (magnitude > largest && magnitude <= std::numeric_limits<double>::max()) {
+    return v > 0.0 ? std::numeric_limits<T>::max() : -std::numeric_limits<T>::max();
+  }
+  return static_cast<T>(v);
+}
+
+template <class T>
+void store_coefficients_scalar(double mean, double scale, double beta, T* center, T* scale_out,
+                               T* shift) noexcept {
+  *center = static_cast<T>(mean);
+  const double residual = mean - static_cast<double>(*center);
+  *scale_out = saturate_scalar<T>(scale);
+  *shift = saturate_scalar<T>(beta - residual * scale);
+}
+
+/// The coefficients of `lanes` channels from their float64 mean and scale: center = mean
+/// rounded to T; scale saturated to T; shift = beta − (mean − center)·scale, saturated. The
+/// same operations as store_coefficients_scalar, so vector and scalar channels agree to the bit.
+template <class Arch, class T>
+void store_coefficients(const xsimd::batch<double, Arch>& mean, const xsimd::batch<double, Arch>& scale,
+                        const xsimd::batch<double, Arch>& beta, T* center, T* scale_out,
+                        T* shift) noexcept {
+  store_as<Arch>(center, mean);
+  const auto residual = mean - load_as_f64<Arch>(center);
+  store_as<Arch>(scale_out, saturate_to<Arch, T>(scale));
+  store_as<Arch>(shift, saturate_to<Arch, T>(beta - residual * scale));
+}
+
+template <class Arch, class T>
+void channel_coefficients(std::size_t channels, const double* mean, const double* scale,
+                          const T* beta, T* center, T* scale_out, T* shift) noexcept {
+  using dvec = xsimd::batch<double, Arch>;
+  constexpr std::size_t lanes = dvec::size;
+  std::size_t c = 0;
+  for (; c + lanes <= channels; c += lanes) {
+    store_coefficients<Arch>(dvec::load_unaligned(mean + c), dvec::load_unaligned(scale + c),
+                             beta ? load_as_f64<Arch>(beta + c) : dvec(0.0), center + c,
+                             scale_out + c, shift + c);
+  }
+  for (; c < channels; ++c) {
+    store_coefficients_scalar(mean[c], scale[c], beta ? static_cast<double>(beta[c]) : 0.0,
+                              center + c, scale_out + c, shift + c);
+  }
+}
+
+template <class Arch, class T>
+void inference_coefficients(std::size_t channels, double eps, const T* mean, const T* variance,
+                            const T* gamma, const T* beta, T* center, T* scale_out,
+                            T* shift) noexcept {
   using dvec = xsimd::batch<double, Arch>;
   constexpr std::size_t lanes = dvec::size;
   const dvec e(eps), unit(1.0);
   std::size_t c = 0;
   for (; c + lanes <= channels; c += lanes) {
     const dvec inv = unit / xsimd::sqrt(load_as_f64<Arch>(variance + c) + e);
-    (gamma ? load_as_f64<Arch>(gamma + c) * inv : inv).store_unaligned(scale + c);
+    store_coefficients<Arch>(load_as_f64<Arch>(mean + c),
+                             gamma ? load_as_f64<Arch>(gamma + c) * inv : inv,
+                             beta ? load_as_f64<Arch>(beta + c) : dvec(0.0), center + c,
+                             scale_out + c, shift + c);
   }
   for (; c < channels; ++c) {
     const double inv = 1.0 / std::sqrt(static_cast<double>(variance[c]) + eps);
-    scale[c] = (gamma ? static_cast<double>(gamma[c]) : 1.0) * inv;
+    store_coefficients_scalar(static_cast<double>(mean[c]),
+                              (gamma ? static_cast<double>(gamma[c]) : 1.0) * inv,
+                              beta ? static_cast<double>(beta[c]) : 0.0, center + c,
+                              scale_out + c, shift + c);
   }
 }
 
@@ -481,8 +556,10 @@ void channel_scale(std::size_t channels, double eps, const T* variance, const T*
 
 template <class Arch, class T>
 constexpr kernel_set<T> make_kernel_set() noexcept {
-  return {&plane_stats<Arch, T>, &plane_normalize<Arch, T>, &interleaved_stats<Arch, T>,
-          &interleaved_normalize<Arch, T>, &channel_moments<Arch, T>, &channel_scale<Arch, T>};
+  return {&plane_stats<Arch, T>,           &plane_normalize<Arch, T>,
+          &interleaved_stats<Arch, T>,     &interleaved_normalize<Arch, T>,
+          &channel_moments<Arch, T>,       &channel_coefficients<Arch, T>,
+          &inference_coefficients<Arch, T>};
 }
 
 template <class Arch>

@@ -54,6 +54,47 @@ xsimd::batch<double, Arch> load_as_f64(const float* src) noexcept {
   }
 }
 
+/// Stores batch<double, Arch>::size float64 values as T, each rounded to nearest (to an infinity
+/// beyond T's range, as a scalar conversion). xsimd 8.1 has no narrowing store.
+template <class Arch>
+void store_as(double* dst, const xsimd::batch<double, Arch>& v) noexcept {
+  v.store_unaligned(dst);
+}
+
+template <class Arch>
+void store_as(float* dst, const xsimd::batch<double, Arch>& v) noexcept {
+#if XSIMD_WITH_AVX512F
+  if constexpr (is_arch<Arch, xsimd::avx512f>) {
+    _mm256_storeu_ps(dst, _mm512_cvtpd_ps(v));
+    return;
+  } else
+#endif
+#if XSIMD_WITH_AVX
+  if constexpr (std::is_base_of<xsimd::avx, Arch>::value) {
+    _mm_storeu_ps(dst, _mm256_cvtpd_ps(v));
+    return;
+  } else
+#endif
+#if XSIMD_WITH_SSE2
+  if constexpr (std::is_base_of<xsimd::sse2, Arch>::value) {
+    _mm_storel_epi64(reinterpret_cast<__m128i*>(dst), _mm_castps_si128(_mm_cvtpd_ps(v)));
+    return;
+  } else
+#endif
+#if XSIMD_WITH_NEON64
+  if constexpr (is_arch<Arch, xsimd::neon64>) {
+    vst1_f32(dst, vcvt_f32_f64(v));
+    return;
+  } else
+#endif
+  {
+    constexpr std::size_t lanes = xsimd::batch<double, Arch>::size;
+    alignas(64) double values[lanes];
+    v.store_aligned(values);
+    for (std::size_t i = 0; i < lanes; ++i) dst[i] = static_cast<float>(values[i]);
+  }
+}
+
 /// The low and high halves of a float vector as two float64 vectors.
 template <class Arch>
 void widen(const xsimd::batch<float, Arch>& v, xsimd::batch<double, Arch>& low,
