@@ -226,42 +226,24 @@ class training_step {
   }
 
  private:
-  /// Each channel's shift: the mean of its first few values, rounded to T. Near the mean, so
-  /// Σd² - (Σd)²/n does not cancel; a value of the data alone, so chunking cannot change it;
-  /// exactly the value of a constant channel, whose output is then exactly zero.
+  /// Each channel's shift (see the shift kernels): planes, the first values of the channel's
+  /// first plane; rows, the first (up to 4) rows.
   void compute_shifts() {
     if (p_.kind == traversal::planes) {
-      for (std::size_t c = 0; c < p_.channels; ++c) compute_plane_shift(c);
+      compute_plane_shifts(0, p_.channels);
     } else {
       compute_row_shifts(0, p_.channels);
       for (std::size_t j = p_.channels; j < p_.period; ++j) shift_[j] = shift_[j - p_.channels];
     }
   }
 
-  /// Rows: the mean of the first (up to 4) rows for channels [c0, c1), summed row by row
-  /// (mean_ is free until the merge): a walk down the columns would touch a cache line per
-  /// value. Fewer rows than a plane's values: they cost C reads each.
   void compute_row_shifts(std::size_t c0, std::size_t c1) {
-    const std::size_t rows = std::min<std::size_t>(4, p_.rows);
-    std::fill(mean_ + c0, mean_ + c1, 0.0);
-    for (std::size_t r = 0; r < rows; ++r) {
-      const T* row = src_ + r * p_.channels;
-      for (std::size_t c = c0; c < c1; ++c) mean_[c] += static_cast<double>(row[c]);
-    }
-    for (std::size_t c = c0; c < c1; ++c) {
-      shift_[c] = static_cast<T>(mean_[c] / static_cast<double>(rows));
-    }
+    plan_.kernels->get<T>().row_shifts(src_ + c0, std::min<std::size_t>(4, p_.rows), p_.channels,
+                                       c1 - c0, shift_ + c0);
   }
 
-  /// Planes: the mean of the first (up to 16) values of channel c's first plane, in four
-  /// chains so that it is not one long dependency (the sum of equal values stays exact).
-  void compute_plane_shift(std::size_t c) {
-    const std::size_t count = std::min<std::size_t>(16, p_.spatial);
-    const T* run = src_ + c * p_.spatial;
-    double partial[4] = {0.0, 0.0, 0.0, 0.0};
-    for (std::size_t i = 0; i < count; ++i) partial[i % 4] += static_cast<double>(run[i]);
-    const double total = (partial[0] + partial[1]) + (partial[2] + partial[3]);
-    shift_[c] = static_cast<T>(total / static_cast<double>(count));
+  void compute_plane_shifts(std::size_t c0, std::size_t c1) {
+    plan_.kernels->get<T>().plane_shifts(src_ + c0 * p_.spatial, p_.spatial, c1 - c0, shift_ + c0);
   }
 
   /// Planes of whole channels: statistics, coefficients and normalization of a group of
@@ -273,10 +255,9 @@ class training_step {
                                                                        std::size_t e) {
       for (std::size_t c0 = b; c0 < e; c0 += p_.fused_group) {
         const std::size_t c1 = std::min(c0 + p_.fused_group, e);
-        for (std::size_t c = c0; c < c1; ++c) {
-          compute_plane_shift(c);
-          mean_[c] = variance_[c] = 0.0;
-        }
+        compute_plane_shifts(c0, c1);
+        std::fill(mean_ + c0, mean_ + c1, 0.0);
+        std::fill(variance_ + c0, variance_ + c1, 0.0);
         stats_channels(plan_, c0, c1, src_, shift_ + c0, mean_ + c0, variance_ + c0);
         finalize_block(c0, c1);
         normalize_channels(plan_, c0, c1, src_, dst_, coeffs_.center + c0, coeffs_.scale + c0,

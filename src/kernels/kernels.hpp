@@ -16,6 +16,12 @@ namespace bnorm::kernels {
 /// this saves the read of every destination line before it is written.
 template <class T>
 struct kernel_set {
+  /// Per channel, the shift that statistics subtract: the mean in float64 of its first values,
+  /// rounded to T. Planes: channel k's first min(len, 16) values at src + k·len. Rows: the
+  /// first `rows` rows of slots [0, width), `stride` elements apart.
+  void (*plane_shifts)(const T* src, std::size_t len, std::size_t channels, T* shift) noexcept;
+  void (*row_shifts)(const T* src, std::size_t rows, std::size_t stride, std::size_t width,
+                     T* shift) noexcept;
   /// `channels` consecutive channels of `planes` contiguous runs of `len` values each, the runs
   /// of a channel `stride` elements apart and channel k's first run at src + k·len: the N
   /// planes of channels-first channels, or a piece of one channel (channels = 1). Per-channel

@@ -223,6 +223,46 @@ void interleaved_stats(const T* src, std::size_t rows, std::size_t width, std::s
   }
 }
 
+// Shifts: per channel, the mean of its first few values in float64, rounded to T. Near the
+// mean, so that Σd² − (Σd)²/n does not cancel; a value of the data alone, so chunking cannot
+// change it; exactly the value of a constant channel (count·v and its quotient by count are
+// exact in float64), whose output is then exactly zero.
+
+template <class Arch, class T>
+void plane_shifts(const T* src, std::size_t len, std::size_t channels, T* shift) noexcept {
+  using dvec = xsimd::batch<double, Arch>;
+  constexpr std::size_t lanes = dvec::size;
+  const std::size_t count = len < 16 ? len : 16;
+  const std::size_t whole = count - count % lanes;
+  for (std::size_t ch = 0; ch < channels; ++ch) {
+    const T* x = src + ch * len;
+    dvec acc(0.0);
+    for (std::size_t i = 0; i < whole; i += lanes) acc += load_as_f64<Arch>(x + i);
+    double total = sum_lanes<Arch>(acc);
+    for (std::size_t i = whole; i < count; ++i) total += static_cast<double>(x[i]);
+    shift[ch] = static_cast<T>(total / static_cast<double>(count));
+  }
+}
+
+template <class Arch, class T>
+void row_shifts(const T* src, std::size_t rows, std::size_t stride, std::size_t width,
+                T* shift) noexcept {
+  using dvec = xsimd::batch<double, Arch>;
+  constexpr std::size_t lanes = dvec::size;
+  const dvec count(static_cast<double>(rows));
+  std::size_t j = 0;
+  for (; j + lanes <= width; j += lanes) {
+    dvec acc(0.0);
+    for (std::size_t r = 0; r < rows; ++r) acc += load_as_f64<Arch>(src + r * stride + j);
+    store_as<Arch>(shift + j, acc / count);
+  }
+  for (; j < width; ++j) {
+    double total = 0.0;
+    for (std::size_t r = 0; r < rows; ++r) total += static_cast<double>(src[r * stride + j]);
+    shift[j] = static_cast<T>(total / static_cast<double>(rows));
+  }
+}
+
 // --------------------------------------------------------------------------- normalization
 
 template <class Arch, class T>
@@ -556,7 +596,8 @@ void inference_coefficients(std::size_t channels, double eps, const T* mean, con
 
 template <class Arch, class T>
 constexpr kernel_set<T> make_kernel_set() noexcept {
-  return {&plane_stats<Arch, T>,           &plane_normalize<Arch, T>,
+  return {&plane_shifts<Arch, T>,          &row_shifts<Arch, T>,
+          &plane_stats<Arch, T>,           &plane_normalize<Arch, T>,
           &interleaved_stats<Arch, T>,     &interleaved_normalize<Arch, T>,
           &channel_moments<Arch, T>,       &channel_coefficients<Arch, T>,
           &inference_coefficients<Arch, T>};
