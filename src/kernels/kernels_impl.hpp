@@ -16,7 +16,7 @@ namespace {
 // ------------------------------------------------------------------------------ statistics
 
 // float32 statistics accumulate d = x - shift in float32 over short blocks (each lane adds at
-// most block_vectors values) and add each block's partials into float64. d is small next to x,
+// most block_vectors + 1 values) and add each block's partials into float64. d is small next to x,
 // the block partials carry ~8 ulp of rounding at worst, and float64 does the long sums: the
 // statistics stay within a few 1e-8 relative while the hot loop needs no conversions (twice
 // the speed of widening every element, measured).
@@ -89,7 +89,7 @@ void run_stats(const T* x, std::size_t len, const xsimd::batch<T, Arch>& k,
   // float32: blocks of block_vectors vectors per lane, then into float64. float64: the
   // accumulators themselves, flushed as often (it costs nothing next to the loads).
   std::size_t i = 0;
-  while (i + lanes <= len) {
+  while (i < len) {
     vec s0(T(0)), s1(T(0)), q0(T(0)), q1(T(0));
     const std::size_t begin = i;
     const std::size_t end = len - i < block_vectors * lanes ? len : i + block_vectors * lanes;
@@ -107,14 +107,25 @@ void run_stats(const T* x, std::size_t len, const xsimd::batch<T, Arch>& k,
       q0 = fmadd(d, d, q0);
       i += lanes;
     }
+    // The last values, fewer than a vector, join the last block (one more value per lane):
+    // short planes (7×7) would otherwise pay a float64 step for them.
+    const std::size_t whole_end = i;
+    vec tail(T(0));
+    if (i < len && len - i < lanes) {
+      tail = masked_tail<Arch>(x + len, len - i, k);
+      const vec d = tail - k;
+      s1 += d;
+      q1 = fmadd(d, d, q1);
+      i = len;
+    }
     if (partial_is_finite<Arch>(q0 + q1)) {
       acc.add(s0 + s1, q0 + q1);
     } else {
-      for (std::size_t j = begin; j < i; j += lanes) acc.add_exact(vec::load_unaligned(x + j), k);
+      for (std::size_t j = begin; j < whole_end; j += lanes) {
+        acc.add_exact(vec::load_unaligned(x + j), k);
+      }
+      if (whole_end < i) acc.add_exact(tail, k);
     }
-  }
-  if (i < len) {
-    acc.add_exact(masked_tail<Arch>(x + len, len - i, k), k);
   }
 }
 
