@@ -168,11 +168,11 @@ void normalize_pass(const plan_impl& plan, const T* src, T* dst,
         const std::size_t at = w.offset + w.column;
         kern.interleaved_normalize(src + at, dst + at, w.periods, w.width, p.period,
                                    k.center + w.column, k.scale + w.column, k.shift + w.column,
-                                   p.stream_stores, p.in_cache);
+                                   p.stream_stores);
         if (w.remainder) {
           const std::size_t tail = w.offset + w.periods * p.period;
           kern.interleaved_normalize(src + tail, dst + tail, 1, w.remainder, p.period, k.center,
-                                     k.scale, k.shift, p.stream_stores, p.in_cache);
+                                     k.scale, k.shift, p.stream_stores);
         }
       }
     });
@@ -284,7 +284,7 @@ class training_step {
         finalize_block(c0, c1);
         kern.interleaved_normalize(src_ + c0, dst_ + c0, p_.rows, w.width, p_.period,
                                    coeffs_.center + c0, coeffs_.scale + c0, coeffs_.shift + c0,
-                                   p_.stream_stores, true);
+                                   p_.stream_stores);
       }
     });
   }
@@ -525,7 +525,7 @@ class inference_step {
                          coeffs_.shift + c0);
         kern_.interleaved_normalize(src_ + c0, dst_ + c0, p_.rows, w.width, p_.period,
                                     coeffs_.center + c0, coeffs_.scale + c0, coeffs_.shift + c0,
-                                    p_.stream_stores, true);
+                                    p_.stream_stores);
       }
     });
   }

@@ -16,8 +16,6 @@ constexpr std::size_t fused_channel_bytes = 512 * 1024;
 constexpr std::size_t fused_group_bytes = 256 * 1024;
 // A fused interleaved unit reads row runs of at least this much: enough for the prefetcher.
 constexpr std::size_t min_fused_run_bytes = 1024;
-// Source and destination together up to this size stay in a core's L2 between calls.
-constexpr std::size_t in_cache_bytes = 512 * 1024;
 // Below this a pass is done before a worker would wake up.
 constexpr std::size_t serial_bytes = 256 * 1024;
 // An interleaved period up to this many elements keeps the per-slot arrays in L1.
@@ -97,7 +95,6 @@ partition make_partition(const problem& prob, const plan_options& options,
   p.stream_stores = options.stores == store_policy::streaming ||
                     (options.stores == store_policy::automatic &&
                      p.elements * p.element_size >= streaming_threshold());
-  p.in_cache = 2 * p.elements * p.element_size <= in_cache_bytes;
   const std::size_t unit_elements = unit_bytes / p.element_size;
 
   if (prob.layout == layout::channels_first && p.spatial > 1) {

@@ -45,9 +45,6 @@ struct partition {
   bool serial = false;
   /// Write dst with non-temporal stores (see plan_options::stores).
   bool stream_stores = false;
-  /// Source and destination fit in a core's cache together: kernels may walk several rows at a
-  /// time (from memory, each extra row stream costs more than it saves).
-  bool in_cache = false;
   /// Units that hold whole channels and stay in cache: training runs the statistics and the
   /// normalization of a unit back to back, in one parallel pass. Planes: one channel per unit.
   /// Interleaved: one row chunk (all the rows), units are blocks of whole channels.

@@ -40,11 +40,9 @@ struct kernel_set {
   /// would cost as much as a pass over short tensors.
   void (*interleaved_stats)(const T* src, std::size_t rows, std::size_t width, std::size_t stride,
                             const T* shift, double* sum, double* sum_sq, bool accumulate) noexcept;
-  /// `in_cache`: src and dst are in cache (a block that training reads a second time, or a
-  /// small tensor), so rows may be taken several at a time.
   void (*interleaved_normalize)(const T* src, T* dst, std::size_t rows, std::size_t width,
                                 std::size_t stride, const T* center, const T* scale,
-                                const T* shift, bool stream, bool in_cache) noexcept;
+                                const T* shift, bool stream) noexcept;
   /// Per channel, in float64 and in place: Σd, Σd² (d = x - shift, `count` values) become the
   /// mean and the biased variance; then inv_std = 1/sqrt(variance + eps) and
   /// scale = gamma·inv_std (gamma null: 1). Exact division and square root, as the scalar code.

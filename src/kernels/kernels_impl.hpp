@@ -411,7 +411,7 @@ void narrow_rows_normalize(const T* src, T* dst, std::size_t rows, std::size_t s
 template <class Arch, class T>
 void interleaved_normalize(const T* src, T* dst, std::size_t rows, std::size_t width,
                            std::size_t stride, const T* center, const T* scale, const T* shift,
-                           bool stream, bool in_cache) noexcept {
+                           bool stream) noexcept {
   using vec = xsimd::batch<T, Arch>;
   constexpr std::size_t lanes = vec::size;
   // Narrow rows stream whole vectors, so every row must start aligned: an aligned dst and a
@@ -430,15 +430,14 @@ void interleaved_normalize(const T* src, T* dst, std::size_t rows, std::size_t w
   }
   stream = stream && element_aligned(dst);
   std::size_t r = 0;
-  if (in_cache && !stream) {
-    // In cache, four rows per coefficient load: such passes are bound by their loads, and
-    // three in four of them were coefficients. All four rows are loaded before any is stored,
-    // so when rows are 4 KiB apart (C·sizeof(T) a multiple of 4 KiB) and x and y are congruent
-    // modulo 4 KiB, as buffers from mmap are, no load follows a pending store to the same 4 KiB
-    // offset (which waits for the store: one row at a time, a (1,1024,14,14) NHWC call with
-    // 1 KiB column blocks took 1.8× as long as with y moved by 1 KiB, measured). Rows that come
-    // from memory go one at a time: four row streams at once made (8,256,56,56) NHWC inference
-    // with ordinary stores 1.3× slower, and two streamed rows at a time 1.3× slower too.
+  if (!stream) {
+    // Four rows per coefficient load: in-cache tensors are bound by their loads, and three in
+    // four of them were coefficients. All four rows are loaded before any is stored, so when
+    // rows are 4 KiB apart (C·sizeof(T) a multiple of 4 KiB) and x and y are congruent modulo
+    // 4 KiB, as buffers from mmap are, no load follows a pending store to the same 4 KiB offset
+    // (which waits for the store: one row at a time, a (1,1024,14,14) NHWC call with 1 KiB
+    // column blocks took 1.8× as long as with y moved by 1 KiB, measured). Not when streaming:
+    // two streamed rows at a time were 1.3× slower on (8,256,56,56) NHWC inference (measured).
     constexpr std::size_t together = 4;
     const std::size_t whole = width - width % lanes;
     for (; r + together <= rows; r += together) {
