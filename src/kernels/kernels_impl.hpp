@@ -159,8 +159,10 @@ void plane_stats(const T* src, std::size_t len, std::size_t planes, std::size_t 
 }
 
 // The interleaved statistics walk a block of this many periods (rows) per slot vector, so each
-// accumulator vector is loaded and stored once per block rather than once per row.
-constexpr std::size_t rows_per_block = 8;
+// accumulator vector is loaded and stored once per block rather than once per row. Each lane's
+// float32 partial adds this many values: 16 rather than 8 cut (1,64,112,112) NHWC training from
+// 1.67M to 1.54M instructions a call, with the same worst error in the accuracy tests.
+constexpr std::size_t rows_per_block = 16;
 
 template <class Arch, class T>
 void interleaved_stats(const T* src, std::size_t rows, std::size_t width, std::size_t stride,
