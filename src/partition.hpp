@@ -61,8 +61,9 @@ struct partition {
   // planes, N > 1 with planes shorter than a unit: the normalize pass of inference (and of
   // unfused training) walks whole planes in memory order instead, unit u covering planes
   // [u·planes_per_unit, ...) of the N·C, plane q being channel q % C. Channel-major units
-  // would jump C·spatial elements every plane, and the prefetcher stops at every jump (4 KiB
-  // planes ran at 70% of the roofline). 0: channel-major.
+  // would jump C·spatial elements at every plane (streamed (8,256,56,56) inference took
+  // 1.25–1.34 ms in memory order against 1.38–1.55 ms channel-major, alternating runs).
+  // 0: channel-major.
   std::size_t planes_per_unit = 0;
   std::size_t plane_units = 0;
 
