@@ -17,6 +17,13 @@ namespace {
 template <class Arch, class Target>
 inline constexpr bool is_arch = std::is_same<Arch, Target>::value;
 
+#if XSIMD_WITH_AVX512F
+// The float <-> double conversions go through their zero-masked forms with every lane set: the
+// plain intrinsics pass GCC 12 an undefined merge source, which -Wuninitialized reports (GCC
+// PR 105593) in the sanitizer builds.
+constexpr __mmask8 all_lanes = 0xFF;
+#endif
+
 /// Loads batch<double, Arch>::size consecutive values as float64. For float input this widens
 /// with one conversion instruction; xsimd 8.1's converting load falls back to scalar code.
 template <class Arch>
@@ -28,7 +35,8 @@ template <class Arch>
 xsimd::batch<double, Arch> load_as_f64(const float* src) noexcept {
   using batch = xsimd::batch<double, Arch>;
 #if XSIMD_WITH_AVX512F
-  if constexpr (is_arch<Arch, xsimd::avx512f>) return batch(_mm512_cvtps_pd(_mm256_loadu_ps(src)));
+  if constexpr (is_arch<Arch, xsimd::avx512f>)
+    return batch(_mm512_maskz_cvtps_pd(all_lanes, _mm256_loadu_ps(src)));
   else
 #endif
 #if XSIMD_WITH_AVX
@@ -65,7 +73,7 @@ template <class Arch>
 void store_as(float* dst, const xsimd::batch<double, Arch>& v) noexcept {
 #if XSIMD_WITH_AVX512F
   if constexpr (is_arch<Arch, xsimd::avx512f>) {
-    _mm256_storeu_ps(dst, _mm512_cvtpd_ps(v));
+    _mm256_storeu_ps(dst, _mm512_maskz_cvtpd_ps(all_lanes, v));
     return;
   } else
 #endif
@@ -103,9 +111,10 @@ void widen(const xsimd::batch<float, Arch>& v, xsimd::batch<double, Arch>& low,
 #if XSIMD_WITH_AVX512F
   if constexpr (is_arch<Arch, xsimd::avx512f>) {
     const __m512 r = v;
-    low = dvec(_mm512_cvtps_pd(_mm512_castps512_ps256(r)));
+    low = dvec(_mm512_maskz_cvtps_pd(all_lanes, _mm512_castps512_ps256(r)));
     // _mm512_extractf32x8_ps would need AVX512DQ; the 64-bit lane extract is AVX512F.
-    high = dvec(_mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(r), 1))));
+    high = dvec(_mm512_maskz_cvtps_pd(
+        all_lanes, _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(r), 1))));
     return;
   } else
 #endif
