@@ -431,6 +431,12 @@ void interleaved_normalize(const T* src, T* dst, std::size_t rows, std::size_t w
     return;
   }
   stream = stream && element_aligned(dst);
+  // The coefficient arrays are padded by one vector past the width: the loads for a partial
+  // last vector stay in bounds.
+  const auto compute = [center, scale, shift](std::size_t j, const vec& v) {
+    return normalize(v, vec::load_unaligned(center + j), vec::load_unaligned(scale + j),
+                     vec::load_unaligned(shift + j));
+  };
   std::size_t r = 0;
   if (!stream) {
     // Four rows per coefficient load: in-cache tensors are bound by their loads, and three in
@@ -453,23 +459,11 @@ void interleaved_normalize(const T* src, T* dst, std::size_t rows, std::size_t w
         for (std::size_t k = 0; k < together; ++k) v[k] = normalize(v[k], c, a, b);
         for (std::size_t k = 0; k < together; ++k) v[k].store_unaligned(y + k * stride + j);
       }
-      if (whole < width) {
-        const vec c = vec::load_unaligned(center + whole), a = vec::load_unaligned(scale + whole);
-        const vec b = vec::load_unaligned(shift + whole);
-        const auto compute = [c, a, b](const vec& v) { return normalize(v, c, a, b); };
-        for (std::size_t k = 0; k < together; ++k) {
-          normalize_partial<Arch>(x + k * stride + whole, y + k * stride + whole, width - whole,
-                                  compute);
-        }
+      for (std::size_t k = 0; whole < width && k < together; ++k) {
+        store_run<Arch>(x + k * stride, y + k * stride, whole, width, compute);
       }
     }
   }
-  // The coefficient arrays are padded by one vector past the width: the loads for a partial
-  // last vector stay in bounds.
-  const auto compute = [center, scale, shift](std::size_t j, const vec& v) {
-    return normalize(v, vec::load_unaligned(center + j), vec::load_unaligned(scale + j),
-                     vec::load_unaligned(shift + j));
-  };
   for (; r < rows; ++r) {
     if (stream) {
       stream_run<Arch>(src + r * stride, dst + r * stride, width, compute);
