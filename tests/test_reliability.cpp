@@ -109,6 +109,28 @@ TEST_P(Extremes, HugeValuesDoNotOverflowTheVariance) {
   }
 }
 
+// One huge channel among ordinary ones, channels-last: the statistics kernel checks a group of
+// vectors of channels at once and sums the whole group again in float64 when one of them
+// overflows; every channel of the group, huge or not, must still come out right.
+TEST_P(Extremes, OneHugeChannelAmongOrdinaryOnes) {
+  const bnorm::tensor_shape shape{3, 40, 7};
+  const geometry g(shape);
+  std::vector<float> x = normal_data<float>(g.elements(), 0.5, 2.0, 6);
+  for (std::size_t n = 0; n < g.n; ++n) {
+    for (std::size_t s = 0; s < g.spatial; ++s) x[g.offset(layout::channels_last, n, 9, s)] *= 1e30f;
+  }
+  const training_result r = train(plan(shape, layout::channels_last), x, g.c);
+  const reference_stats ref = reference_moments(x, shape, layout::channels_last);
+  const std::vector<double> want =
+      reference_normalize(x, shape, layout::channels_last, ref.mean, ref.variance, 1e-5, {}, {});
+  EXPECT_LE(max_abs_error(r.y, want), 1e-5);
+  for (std::size_t c = 0; c < g.c; ++c) {
+    EXPECT_NEAR(r.mean[c], ref.mean[c], 1e-6 * std::fabs(ref.mean[c]) + 1e-6) << c;
+    EXPECT_NEAR(r.inv_std[c], 1.0 / std::sqrt(ref.variance[c] + 1e-5),
+                1e-6 / std::sqrt(ref.variance[c] + 1e-5)) << c;
+  }
+}
+
 // A constant channel gives exactly zero (PyTorch #5410); with eps = 0, var + eps = 0 and the
 // channel is NaN (1/sqrt(0)·0), as in PyTorch, while the others are unaffected.
 TEST_P(Extremes, ConstantChannels) {

@@ -6,6 +6,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <limits>
+#include <type_traits>
 
 #include "kernels/kernels.hpp"
 #include "kernels/xsimd_compat.hpp"
@@ -164,10 +165,48 @@ void plane_stats(const T* src, std::size_t len, std::size_t planes, std::size_t 
 // 1.67M to 1.54M instructions a call, with the same worst error in the accuracy tests.
 constexpr std::size_t rows_per_block = 16;
 
+/// One block of `count` rows: per lane, Σ(x − k) and Σ(x − k)² in T over the rows, for
+/// `Group` adjacent vectors of slots from j. Several columns at once keep that many independent
+/// add chains in flight (one column's 16 rows are a chain of dependent adds) and share the
+/// loop's overhead; each lane still adds its rows in order, whatever the group.
+template <std::size_t Group, class Arch, class T>
+void column_partials(const T* block, std::size_t count, std::size_t stride, const T* shift,
+                     xsimd::batch<T, Arch> (&s)[Group], xsimd::batch<T, Arch> (&q)[Group]) noexcept {
+  using vec = xsimd::batch<T, Arch>;
+  constexpr std::size_t lanes = vec::size;
+  vec k[Group];
+  for (std::size_t g = 0; g < Group; ++g) {
+    k[g] = vec::load_unaligned(shift + g * lanes);
+    s[g] = q[g] = vec(T(0));
+  }
+  for (std::size_t r = 0; r < count; ++r) {
+    const T* x = block + r * stride;
+    for (std::size_t g = 0; g < Group; ++g) {
+      const vec d = vec::load_unaligned(x + g * lanes) - k[g];
+      s[g] += d;
+      q[g] = fmadd(d, d, q[g]);
+    }
+  }
+}
+
+/// One slot after the last whole vector: Σ(x − shift), Σ(x − shift)² over a block's rows, added
+/// into sum and sum_sq in float64.
+template <class T>
+void column_sums_scalar(const T* block, std::size_t count, std::size_t stride, T shift,
+                        double& sum, double& sum_sq) noexcept {
+  for (std::size_t r = 0; r < count; ++r) {
+    const double d = static_cast<double>(block[r * stride]) - static_cast<double>(shift);
+    sum += d;
+    sum_sq += d * d;
+  }
+}
+
 template <class Arch, class T>
 void interleaved_stats(const T* src, std::size_t rows, std::size_t width, std::size_t stride,
                        const T* shift, double* sum, double* sum_sq, bool accumulate) noexcept {
+  using vec = xsimd::batch<T, Arch>;
   using dvec = xsimd::batch<double, Arch>;
+  constexpr std::size_t lanes = vec::size;
   if (rows == 0 && !accumulate) {
     for (std::size_t j = 0; j < width; ++j) sum[j] = sum_sq[j] = 0.0;
   }
@@ -180,58 +219,60 @@ void interleaved_stats(const T* src, std::size_t rows, std::size_t width, std::s
       (add ? dvec::load_unaligned(sum + j) + s : s).store_unaligned(sum + j);
       (add ? dvec::load_unaligned(sum_sq + j) + q : q).store_unaligned(sum_sq + j);
     };
+    // float32 only: slots [j, j + lanes) of the block again, in float64.
+    const auto flush_exact = [&](auto j) {  // generic: instantiated for float32 only
+      f64_accumulator<Arch> lo, hi;  // the low and the high lanes
+      dvec k_lo, k_hi;
+      widen(vec::load_unaligned(shift + j), k_lo, k_hi);
+      for (std::size_t r = 0; r < count; ++r) {
+        dvec x_lo, x_hi;
+        widen(vec::load_unaligned(block + r * stride + j), x_lo, x_hi);
+        lo.add_exact(x_lo, k_lo);
+        hi.add_exact(x_hi, k_hi);
+      }
+      store(j, lo.sum, lo.sum_sq);
+      store(j + lanes / 2, hi.sum, hi.sum_sq);
+    };
+    // The block's partials of a group of vectors of slots from j into the float64 sums. One check
+    // for the group: the q are sums of squares, so their sum is finite only if each is. float32
+    // partials that overflowed (or hold a NaN) are summed again in float64 (see block_vectors).
+    const auto flush = [&](auto group_tag, std::size_t j, const vec* s, const vec* q) {
+      constexpr std::size_t group = decltype(group_tag)::value;
+      if constexpr (std::is_same<T, float>::value) {
+        vec all = q[0];
+        for (std::size_t g = 1; g < group; ++g) all += q[g];
+        if (!partial_is_finite<Arch>(all)) {
+          for (std::size_t g = 0; g < group; ++g) flush_exact(j + g * lanes);
+          return;
+        }
+#pragma GCC unroll 4
+        for (std::size_t g = 0; g < group; ++g) {
+          dvec s_lo, s_hi, q_lo, q_hi;
+          widen(s[g], s_lo, s_hi);
+          widen(q[g], q_lo, q_hi);
+          store(j + g * lanes, s_lo, q_lo);
+          store(j + g * lanes + lanes / 2, s_hi, q_hi);
+        }
+      } else {
+#pragma GCC unroll 4
+        for (std::size_t g = 0; g < group; ++g) store(j + g * lanes, s[g], q[g]);
+      }
+    };
     std::size_t j = 0;
-    if constexpr (std::is_same<T, float>::value) {
-      // float32 partials over the block's rows, as plane_stats (see block_vectors).
-      using fvec = xsimd::batch<float, Arch>;
-      constexpr std::size_t lanes = fvec::size;
-      for (; j + lanes <= width; j += lanes) {
-        const fvec k = fvec::load_unaligned(shift + j);
-        fvec s(0.f), q(0.f);
-        for (std::size_t r = 0; r < count; ++r) {
-          const fvec d = fvec::load_unaligned(block + r * stride + j) - k;
-          s += d;
-          q = fmadd(d, d, q);
-        }
-        dvec s_lo, s_hi, q_lo, q_hi;
-        if (partial_is_finite<Arch>(q)) {
-          widen(s, s_lo, s_hi);
-          widen(q, q_lo, q_hi);
-        } else {
-          f64_accumulator<Arch> lo, hi;  // the low and the high lanes, again in float64
-          dvec k_lo, k_hi;
-          widen(k, k_lo, k_hi);
-          for (std::size_t r = 0; r < count; ++r) {
-            dvec x_lo, x_hi;
-            widen(fvec::load_unaligned(block + r * stride + j), x_lo, x_hi);
-            lo.add_exact(x_lo, k_lo);
-            hi.add_exact(x_hi, k_hi);
-          }
-          s_lo = lo.sum, s_hi = hi.sum, q_lo = lo.sum_sq, q_hi = hi.sum_sq;
-        }
-        store(j, s_lo, q_lo);
-        store(j + lanes / 2, s_hi, q_hi);
-      }
-    } else {
-      constexpr std::size_t lanes = dvec::size;
-      for (; j + lanes <= width; j += lanes) {
-        const dvec k = dvec::load_unaligned(shift + j);
-        dvec s(0.0), q(0.0);
-        for (std::size_t r = 0; r < count; ++r) {
-          const dvec d = dvec::load_unaligned(block + r * stride + j) - k;
-          s += d;
-          q = fmadd(d, d, q);
-        }
-        store(j, s, q);
-      }
+    constexpr std::size_t group = 4;
+    for (; j + group * lanes <= width; j += group * lanes) {
+      vec s[group], q[group];
+      column_partials<group, Arch>(block + j, count, stride, shift + j, s, q);
+      flush(std::integral_constant<std::size_t, group>(), j, s, q);
+    }
+    for (; j + lanes <= width; j += lanes) {
+      vec s[1], q[1];
+      column_partials<1, Arch>(block + j, count, stride, shift + j, s, q);
+      flush(std::integral_constant<std::size_t, 1>(), j, s, q);
     }
     for (; j < width; ++j) {
       if (!add) sum[j] = sum_sq[j] = 0.0;
-      for (std::size_t r = 0; r < count; ++r) {
-        const double d = static_cast<double>(block[r * stride + j]) - static_cast<double>(shift[j]);
-        sum[j] += d;
-        sum_sq[j] += d * d;
-      }
+      column_sums_scalar(block + j, count, stride, shift[j], sum[j], sum_sq[j]);
     }
   }
 }
