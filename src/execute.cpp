@@ -361,12 +361,13 @@ class training_step {
     const kernels::kernel_set<T>& kern = plan_.kernels->get<T>();
     const T* gamma = static_cast<const T*>(args_.scale.data);
     const T* beta = static_cast<const T*>(args_.shift.data);
-    kern.channel_moments(c1 - c0, count(), plan_.prob.epsilon, shift_ + c0,
-                         gamma ? gamma + c0 : nullptr, mean_ + c0, variance_ + c0, inv_std_ + c0,
-                         scale_ + c0);
-    if constexpr (std::is_same<T, float>::value) {
+    // float64 needs no resum: its squares keep their bits down to ~1e-300.
+    const double tiny = std::is_same<T, float>::value ? 1e-30 : 0.0;
+    if (kern.channel_moments(c1 - c0, count(), plan_.prob.epsilon, shift_ + c0,
+                             gamma ? gamma + c0 : nullptr, mean_ + c0, variance_ + c0,
+                             inv_std_ + c0, scale_ + c0, tiny)) {
       for (std::size_t c = c0; c < c1; ++c) {
-        if (variance_[c] + plan_.prob.epsilon < 1e-30) resum_exactly(c);
+        if (variance_[c] + plan_.prob.epsilon < tiny) resum_exactly(c);
       }
     }
     kern.channel_coefficients(c1 - c0, mean_ + c0, scale_ + c0, beta ? beta + c0 : nullptr,
@@ -406,24 +407,20 @@ class training_step {
   /// The batch statistics, then the running statistics and the step counter: the only writes
   /// to the caller's buffers besides dst, made once everything else has succeeded.
   void commit() {
-    if (T* out = static_cast<T*>(args_.batch_mean.data)) {
-      for (std::size_t c = 0; c < p_.channels; ++c) out[c] = static_cast<T>(mean_[c]);
-    }
+    const kernels::kernel_set<T>& kern = plan_.kernels->get<T>();
+    if (T* out = static_cast<T*>(args_.batch_mean.data)) kern.narrow(p_.channels, mean_, out);
     if (T* out = static_cast<T*>(args_.batch_inv_std.data)) {
-      for (std::size_t c = 0; c < p_.channels; ++c) out[c] = static_cast<T>(inv_std_[c]);
+      kern.narrow(p_.channels, inv_std_, out);
     }
     if (!plan_.options.update_running_stats) return;
     std::int64_t tracked = 0;
     if (args_.num_batches_tracked) tracked = ++*args_.num_batches_tracked;
     const running_rule rule = make_running_rule(plan_.options, tracked);
     const double bessel = rule.unbiased_variance ? count() / (count() - 1.0) : 1.0;
-    T* running_mean = static_cast<T*>(args_.running_mean.data);
-    T* running_var = static_cast<T*>(args_.running_var.data);
-    for (std::size_t c = 0; c < p_.channels; ++c) {
-      running_mean[c] = static_cast<T>(blend(running_mean[c], mean_[c], rule.batch_weight));
-      running_var[c] =
-          static_cast<T>(blend(running_var[c], variance_[c] * bessel, rule.batch_weight));
-    }
+    kern.blend_running(p_.channels, mean_, 1.0, rule.batch_weight,
+                       static_cast<T*>(args_.running_mean.data));
+    kern.blend_running(p_.channels, variance_, bessel, rule.batch_weight,
+                       static_cast<T*>(args_.running_var.data));
   }
 
   double count() const { return static_cast<double>(p_.per_channel); }

@@ -18,7 +18,8 @@ inline double inverse_std(double variance, double epsilon) noexcept {
   return 1.0 / std::sqrt(variance + epsilon);  // exact, unlike a vector rsqrt estimate
 }
 
-/// How one training step moves the running statistics: r = (1 - w)·r + w·batch.
+/// How one training step moves the running statistics: r = (1 - w)·r + w·batch (the
+/// blend_running kernel).
 struct running_rule {
   double batch_weight;
   bool unbiased_variance;
@@ -36,10 +37,6 @@ inline running_rule make_running_rule(const plan_options& options,
     case momentum_convention::onnx: return {1.0 - options.momentum, false};
   }
   return {options.momentum, true};
-}
-
-inline double blend(double running, double batch, double batch_weight) noexcept {
-  return batch_weight * batch + (1.0 - batch_weight) * running;
 }
 
 }  // namespace bnorm::detail

@@ -46,9 +46,10 @@ struct kernel_set {
   /// Per channel, in float64 and in place: Σd, Σd² (d = x - shift, `count` values) become the
   /// mean and the biased variance; then inv_std = 1/sqrt(variance + eps) and
   /// scale = gamma·inv_std (gamma null: 1). Exact division and square root, as the scalar code.
-  void (*channel_moments)(std::size_t channels, double count, double eps, const T* shift,
+  /// Returns whether some channel has variance + eps below `tiny` (see resum_exactly).
+  bool (*channel_moments)(std::size_t channels, double count, double eps, const T* shift,
                           const T* gamma, double* sum_to_mean, double* sum_sq_to_variance,
-                          double* inv_std, double* scale) noexcept;
+                          double* inv_std, double* scale, double tiny) noexcept;
   /// Training, per channel from the float64 mean and scale: center = mean rounded to T,
   /// scale, shift = beta − (mean − center)·scale (beta null: 0); values beyond T's range
   /// saturate to its largest.
@@ -59,6 +60,13 @@ struct kernel_set {
   void (*inference_coefficients)(std::size_t channels, double eps, const T* mean,
                                  const T* variance, const T* gamma, const T* beta, T* center,
                                  T* scale_out, T* shift) noexcept;
+  /// Per channel: out[c] = in[c] rounded to T (the batch statistics the caller asked for).
+  void (*narrow)(std::size_t channels, const double* in, T* out) noexcept;
+  /// Per channel, the running statistic's update in float64, rounded to T:
+  /// running[c] = weight·(batch[c]·factor) + (1 − weight)·running[c]. factor: 1, or the Bessel
+  /// correction n/(n − 1) for an unbiased running variance.
+  void (*blend_running)(std::size_t channels, const double* batch, double factor, double weight,
+                        T* running) noexcept;
 };
 
 struct kernel_table {

@@ -518,21 +518,24 @@ void interleaved_normalize(const T* src, T* dst, std::size_t rows, std::size_t w
 // -------------------------------------------------------------------------- per channel
 
 template <class Arch, class T>
-void channel_moments(std::size_t channels, double count, double eps, const T* shift,
+bool channel_moments(std::size_t channels, double count, double eps, const T* shift,
                      const T* gamma, double* sum_to_mean, double* sum_sq_to_variance,
-                     double* inv_std, double* scale) noexcept {
+                     double* inv_std, double* scale, double tiny) noexcept {
   using dvec = xsimd::batch<double, Arch>;
   constexpr std::size_t lanes = dvec::size;
+  bool below_tiny = false;
   const auto one = [&](std::size_t c) {  // the same operations, one channel
     const double offset = sum_to_mean[c] / count;
     double variance = (sum_sq_to_variance[c] - sum_to_mean[c] * offset) / count;
     if (variance < 0.0) variance = 0.0;  // rounding only; a NaN stays NaN
     sum_to_mean[c] = static_cast<double>(shift[c]) + offset;
     sum_sq_to_variance[c] = variance;
+    below_tiny |= variance + eps < tiny;
     inv_std[c] = 1.0 / std::sqrt(variance + eps);
     scale[c] = (gamma ? static_cast<double>(gamma[c]) : 1.0) * inv_std[c];
   };
-  const dvec n(count), e(eps), zero(0.0), unit(1.0);
+  const dvec n(count), e(eps), zero(0.0), unit(1.0), small(tiny);
+  auto below = zero < zero;  // all false
   std::size_t c = 0;
   for (; c + lanes <= channels; c += lanes) {
     const dvec s = dvec::load_unaligned(sum_to_mean + c);
@@ -542,11 +545,13 @@ void channel_moments(std::size_t channels, double count, double eps, const T* sh
     variance = xsimd::select(variance < zero, zero, variance);
     (load_as_f64<Arch>(shift + c) + offset).store_unaligned(sum_to_mean + c);
     variance.store_unaligned(sum_sq_to_variance + c);
+    below = below | (variance + e < small);
     const dvec inv = unit / xsimd::sqrt(variance + e);
     inv.store_unaligned(inv_std + c);
     (gamma ? load_as_f64<Arch>(gamma + c) * inv : inv).store_unaligned(scale + c);
   }
   for (; c < channels; ++c) one(c);
+  return below_tiny || xsimd::any(below);
 }
 
 // y = (x − center)·scale + shift. The center is the mean rounded to T, so x − center is exact
@@ -640,6 +645,32 @@ void inference_coefficients(std::size_t channels, double eps, const T* mean, con
   }
 }
 
+template <class Arch, class T>
+void narrow(std::size_t channels, const double* in, T* out) noexcept {
+  using dvec = xsimd::batch<double, Arch>;
+  constexpr std::size_t lanes = dvec::size;
+  std::size_t c = 0;
+  for (; c + lanes <= channels; c += lanes) store_as<Arch>(out + c, dvec::load_unaligned(in + c));
+  for (; c < channels; ++c) out[c] = static_cast<T>(in[c]);
+}
+
+template <class Arch, class T>
+void blend_running(std::size_t channels, const double* batch, double factor, double weight,
+                   T* running) noexcept {
+  using dvec = xsimd::batch<double, Arch>;
+  constexpr std::size_t lanes = dvec::size;
+  const double keep = 1.0 - weight;
+  const dvec f(factor), w(weight), k(keep);
+  std::size_t c = 0;
+  for (; c + lanes <= channels; c += lanes) {
+    const dvec b = dvec::load_unaligned(batch + c) * f;
+    store_as<Arch>(running + c, w * b + k * load_as_f64<Arch>(running + c));
+  }
+  for (; c < channels; ++c) {  // the same operations, one channel
+    running[c] = static_cast<T>(weight * (batch[c] * factor) + keep * static_cast<double>(running[c]));
+  }
+}
+
 // ------------------------------------------------------------------------------- the table
 
 template <class Arch, class T>
@@ -648,7 +679,8 @@ constexpr kernel_set<T> make_kernel_set() noexcept {
           &plane_stats<Arch, T>,           &plane_normalize<Arch, T>,
           &interleaved_stats<Arch, T>,     &interleaved_normalize<Arch, T>,
           &channel_moments<Arch, T>,       &channel_coefficients<Arch, T>,
-          &inference_coefficients<Arch, T>};
+          &inference_coefficients<Arch, T>, &narrow<Arch, T>,
+          &blend_running<Arch, T>};
 }
 
 template <class Arch>
