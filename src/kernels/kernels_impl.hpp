@@ -298,22 +298,35 @@ void plane_shifts(const T* src, std::size_t len, std::size_t channels, T* shift)
   }
 }
 
-template <class Arch, class T>
-void row_shifts(const T* src, std::size_t rows, std::size_t stride, std::size_t width,
-                T* shift) noexcept {
+/// row_shifts for a row count known at compile time (at most 4, the common case): the row
+/// loop unrolled, the same additions in the same order.
+template <std::size_t Rows, class Arch, class T>
+void row_shifts_of(const T* src, std::size_t rows, std::size_t stride, std::size_t width,
+                   T* shift) noexcept {
   using dvec = xsimd::batch<double, Arch>;
   constexpr std::size_t lanes = dvec::size;
-  const dvec count(static_cast<double>(rows));
+  const std::size_t count = Rows > 0 ? Rows : rows;
+  const dvec divisor(static_cast<double>(count));
   std::size_t j = 0;
   for (; j + lanes <= width; j += lanes) {
     dvec acc(0.0);
-    for (std::size_t r = 0; r < rows; ++r) acc += load_as_f64<Arch>(src + r * stride + j);
-    store_as<Arch>(shift + j, acc / count);
+    for (std::size_t r = 0; r < count; ++r) acc += load_as_f64<Arch>(src + r * stride + j);
+    store_as<Arch>(shift + j, acc / divisor);
   }
   for (; j < width; ++j) {
     double total = 0.0;
-    for (std::size_t r = 0; r < rows; ++r) total += static_cast<double>(src[r * stride + j]);
-    shift[j] = static_cast<T>(total / static_cast<double>(rows));
+    for (std::size_t r = 0; r < count; ++r) total += static_cast<double>(src[r * stride + j]);
+    shift[j] = static_cast<T>(total / static_cast<double>(count));
+  }
+}
+
+template <class Arch, class T>
+void row_shifts(const T* src, std::size_t rows, std::size_t stride, std::size_t width,
+                T* shift) noexcept {
+  switch (rows) {
+    case 4: row_shifts_of<4, Arch>(src, rows, stride, width, shift); break;
+    case 1: row_shifts_of<1, Arch>(src, rows, stride, width, shift); break;
+    default: row_shifts_of<0, Arch>(src, rows, stride, width, shift); break;
   }
 }
 
