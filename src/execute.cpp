@@ -28,11 +28,12 @@ struct coefficient_arrays {
     shift = base + 2 * s.coeff_stride;
   }
 
-  /// Interleaved passes read per slot: slot j holds channel j % C; the padding holds zeros.
-  void replicate(std::size_t channels, std::size_t period, std::size_t stride) const {
+  /// Interleaved passes read per slot: slot j holds channel j % C. Vector loads of the last
+  /// slots read up to one vector (of the widest ISA) past the period: zeros there.
+  void replicate(std::size_t channels, std::size_t period) const {
     for (T* a : {center, scale, shift}) {
       for (std::size_t j = channels; j < period; ++j) a[j] = a[j - channels];
-      std::fill(a + period, a + stride, T(0));
+      std::fill(a + period, a + period + 64 / sizeof(T), T(0));
     }
   }
 };
@@ -210,7 +211,10 @@ class training_step {
         coeffs_(scratch, p_.scratch) {}
 
   void run() {
-    if (p_.fused) {  // each unit computes its channels' shifts itself
+    if (p_.tiny) {
+      tiny_statistics();
+      normalize_pass<T>(plan_, src_, dst_, coeffs_);
+    } else if (p_.fused) {  // each unit computes its channels' shifts itself
       if (p_.kind == traversal::planes) {
         fused_planes_pass();
       } else {
@@ -273,7 +277,7 @@ class training_step {
   void fused_interleaved_pass() {
     const kernels::kernel_set<T>& kern = plan_.kernels->get<T>();
     // Vector loads of the last block's coefficients read the padding: keep it defined.
-    coeffs_.replicate(p_.channels, p_.period, p_.scratch.coeff_stride);
+    coeffs_.replicate(p_.channels, p_.period);
     plan_.threads.for_each(p_.units, 1, p_.serial, [&](std::size_t b, std::size_t e) {
       for (std::size_t u = b; u < e; ++u) {
         const interleaved_unit w(p_, u);
@@ -287,6 +291,33 @@ class training_step {
                                    p_.stream_stores);
       }
     });
+  }
+
+  /// A tiny tensor: Σd, Σd² per channel in float64 in one walk over memory, each channel
+  /// shifted by its first value (d = x − shift is exact in float64), then finalize_block.
+  void tiny_statistics() {
+    const bool planes = p_.kind == traversal::planes;
+    const std::size_t run = planes ? p_.spatial : 1;  // consecutive values of one channel
+    for (std::size_t c = 0; c < p_.channels; ++c) {
+      shift_[c] = src_[c * run];
+      mean_[c] = variance_[c] = 0.0;
+    }
+    const T* x = src_;
+    for (std::size_t outer = 0; outer < p_.elements / (p_.channels * run); ++outer) {
+      for (std::size_t c = 0; c < p_.channels; ++c, x += run) {
+        const double k = static_cast<double>(shift_[c]);
+        double sum = 0.0, sum_sq = 0.0;
+        for (std::size_t j = 0; j < run; ++j) {
+          const double d = static_cast<double>(x[j]) - k;
+          sum += d;
+          sum_sq += d * d;
+        }
+        mean_[c] += sum;
+        variance_[c] += sum_sq;
+      }
+    }
+    finalize_block(0, p_.channels);
+    if (!planes) coeffs_.replicate(p_.channels, p_.period);
   }
 
   /// Partial sums, one slot per unit: what a unit adds never depends on the thread running it.
@@ -351,7 +382,7 @@ class training_step {
       finalize_block(c0, c1);
     });
     if (p_.kind == traversal::interleaved) {
-      coeffs_.replicate(p_.channels, p_.period, p_.scratch.coeff_stride);
+      coeffs_.replicate(p_.channels, p_.period);
     }
   }
 
@@ -361,23 +392,24 @@ class training_step {
     const kernels::kernel_set<T>& kern = plan_.kernels->get<T>();
     const T* gamma = static_cast<const T*>(args_.scale.data);
     const T* beta = static_cast<const T*>(args_.shift.data);
-    // float64 needs no resum: its squares keep their bits down to ~1e-300.
-    const double tiny = std::is_same<T, float>::value ? 1e-30 : 0.0;
+    // The kernels square float32 differences: below ~1e-19 those squares lose bits or vanish.
+    // That only shows when var + eps is that small too (an eps far below any framework's), so
+    // such a channel is summed again, exactly, instead of slowing every block. float64 squares
+    // keep their bits down to ~1e-300.
+    const double resum_below = std::is_same<T, float>::value ? 1e-30 : 0.0;
     if (kern.channel_moments(c1 - c0, count(), plan_.prob.epsilon, shift_ + c0,
                              gamma ? gamma + c0 : nullptr, mean_ + c0, variance_ + c0,
-                             inv_std_ + c0, scale_ + c0, tiny)) {
+                             inv_std_ + c0, scale_ + c0, resum_below)) {
       for (std::size_t c = c0; c < c1; ++c) {
-        if (variance_[c] + plan_.prob.epsilon < tiny) resum_exactly(c);
+        if (variance_[c] + plan_.prob.epsilon < resum_below) set_exact_moments(c);
       }
     }
     kern.channel_coefficients(c1 - c0, mean_ + c0, scale_ + c0, beta ? beta + c0 : nullptr,
                               coeffs_.center + c0, coeffs_.scale + c0, coeffs_.shift + c0);
   }
 
-  /// The kernels square float32 differences: below ~1e-19 those squares lose bits or vanish.
-  /// That only shows when var + eps is that small too (an eps far below any framework's), so
-  /// such a channel is summed again, exactly, instead of slowing every block.
-  void resum_exactly(std::size_t c) {
+  /// Channel c's moments, 1/sqrt and scale from two float64 passes over its values.
+  void set_exact_moments(std::size_t c) {
     const moments m = exact_moments(c);
     mean_[c] = m.mean;
     variance_[c] = m.variance;
@@ -385,7 +417,7 @@ class training_step {
     scale_[c] = value_or<T>(args_.scale, c, 1.0) * inv_std_[c];
   }
 
-  /// Two passes over channel c in float64 (the rare path of finalize).
+  /// Two passes over channel c in float64.
   moments exact_moments(std::size_t c) const {
     const bool first = plan_.prob.layout == layout::channels_first;
     const auto at = [&](std::size_t n, std::size_t s) {
@@ -465,7 +497,7 @@ class inference_step {
         set_coefficients(c0, c1, coeffs_.center + c0, coeffs_.scale + c0, coeffs_.shift + c0);
       });
       if (p_.kind == traversal::interleaved) {
-        coeffs_.replicate(p_.channels, p_.period, p_.scratch.coeff_stride);
+        coeffs_.replicate(p_.channels, p_.period);
       }
       normalize_pass<T>(plan_, src_, dst_, coeffs_);
     }
@@ -513,7 +545,7 @@ class inference_step {
   /// coefficients and normalizes the block, in one parallel pass.
   void column_blocks_pass() const {
     // Vector loads of the last block's coefficients read the padding: keep it defined.
-    coeffs_.replicate(p_.channels, p_.period, p_.scratch.coeff_stride);
+    coeffs_.replicate(p_.channels, p_.period);
     plan_.threads.for_each(p_.units, 1, p_.serial, [&](std::size_t b, std::size_t e) {
       for (std::size_t u = b; u < e; ++u) {
         const interleaved_unit w(p_, u);

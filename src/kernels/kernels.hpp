@@ -46,7 +46,7 @@ struct kernel_set {
   /// Per channel, in float64 and in place: Σd, Σd² (d = x - shift, `count` values) become the
   /// mean and the biased variance; then inv_std = 1/sqrt(variance + eps) and
   /// scale = gamma·inv_std (gamma null: 1). Exact division and square root, as the scalar code.
-  /// Returns whether some channel has variance + eps below `tiny` (see resum_exactly).
+  /// Returns whether some channel has variance + eps below `tiny` (see finalize_block).
   bool (*channel_moments)(std::size_t channels, double count, double eps, const T* shift,
                           const T* gamma, double* sum_to_mean, double* sum_sq_to_variance,
                           double* inv_std, double* scale, double tiny) noexcept;
