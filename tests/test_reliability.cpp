@@ -60,30 +60,35 @@ class Extremes : public testing::TestWithParam<bnorm::isa> {
   }
 };
 
+// Tiny tensors (up to 64 values) take a statistics path of their own: the extremes below also
+// run on one.
+const bnorm::tensor_shape tiny_shape{2, 5, 3};
+
 // As PyTorch: a NaN or an Inf spoils its own channel's statistics and output, no other's.
 TEST_P(Extremes, NonFiniteValuesSpoilTheirChannelOnly) {
   for (layout l : {layout::channels_first, layout::channels_last}) {
     for (float bad : {std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::infinity()}) {
-      const bnorm::tensor_shape shape{4, 5, 300};
-      const geometry g(shape);
-      std::vector<float> x = normal_data<float>(g.elements(), 1.0, 2.0, 3);
-      x[g.offset(l, 2, 3, 77)] = bad;  // channel 3
-      const training_result r = train(plan(shape, l), x, g.c);
-      const reference_stats ref = reference_moments(x, shape, l);
-      const std::vector<double> want =
-          reference_normalize(x, shape, l, ref.mean, ref.variance, 1e-5, {}, {});
-      for (std::size_t c = 0; c < g.c; ++c) {
-        for (std::size_t n = 0; n < g.n; ++n) {
-          for (std::size_t s = 0; s < g.spatial; ++s) {
-            const std::size_t i = g.offset(l, n, c, s);
-            if (c == 3) {
-              ASSERT_TRUE(std::isnan(r.y[i])) << "channel 3 at " << i;
-            } else {
-              ASSERT_NEAR(r.y[i], want[i], 1e-5) << "channel " << c;
+      for (const bnorm::tensor_shape& shape : {bnorm::tensor_shape{4, 5, 300}, tiny_shape}) {
+        const geometry g(shape);
+        std::vector<float> x = normal_data<float>(g.elements(), 1.0, 2.0, 3);
+        x[g.offset(l, 1, 3, 2)] = bad;  // channel 3
+        const training_result r = train(plan(shape, l), x, g.c);
+        const reference_stats ref = reference_moments(x, shape, l);
+        const std::vector<double> want =
+            reference_normalize(x, shape, l, ref.mean, ref.variance, 1e-5, {}, {});
+        for (std::size_t c = 0; c < g.c; ++c) {
+          for (std::size_t n = 0; n < g.n; ++n) {
+            for (std::size_t s = 0; s < g.spatial; ++s) {
+              const std::size_t i = g.offset(l, n, c, s);
+              if (c == 3) {
+                ASSERT_TRUE(std::isnan(r.y[i])) << "channel 3 at " << i;
+              } else {
+                ASSERT_NEAR(r.y[i], want[i], 1e-5) << "channel " << c;
+              }
             }
           }
+          EXPECT_EQ(std::isfinite(r.running_mean[c]), c != 3) << "running_mean " << c;
         }
-        EXPECT_EQ(std::isfinite(r.running_mean[c]), c != 3) << "running_mean " << c;
       }
     }
   }
@@ -93,18 +98,19 @@ TEST_P(Extremes, NonFiniteValuesSpoilTheirChannelOnly) {
 // squares would.
 TEST_P(Extremes, HugeValuesDoNotOverflowTheVariance) {
   for (layout l : {layout::channels_first, layout::channels_last}) {
-    const bnorm::tensor_shape shape{3, 4, 200};
-    const geometry g(shape);
-    std::vector<float> x = normal_data<float>(g.elements(), 0.0, 1.0, 4);
-    for (float& v : x) v *= 1e30f;
-    const training_result r = train(plan(shape, l), x, g.c);
-    const reference_stats ref = reference_moments(x, shape, l);
-    const std::vector<double> want =
-        reference_normalize(x, shape, l, ref.mean, ref.variance, 1e-5, {}, {});
-    EXPECT_LE(max_abs_error(r.y, want), 1e-5);
-    for (std::size_t c = 0; c < g.c; ++c) {
-      EXPECT_TRUE(std::isfinite(r.running_var[c]) || ref.variance[c] > 3e38) << c;
-      EXPECT_NEAR(r.inv_std[c] * 1e30, 1.0 / std::sqrt(ref.variance[c]) * 1e30, 1e-5);
+    for (const bnorm::tensor_shape& shape : {bnorm::tensor_shape{3, 4, 200}, tiny_shape}) {
+      const geometry g(shape);
+      std::vector<float> x = normal_data<float>(g.elements(), 0.0, 1.0, 4);
+      for (float& v : x) v *= 1e30f;
+      const training_result r = train(plan(shape, l), x, g.c);
+      const reference_stats ref = reference_moments(x, shape, l);
+      const std::vector<double> want =
+          reference_normalize(x, shape, l, ref.mean, ref.variance, 1e-5, {}, {});
+      EXPECT_LE(max_abs_error(r.y, want), 1e-5);
+      for (std::size_t c = 0; c < g.c; ++c) {
+        EXPECT_TRUE(std::isfinite(r.running_var[c]) || ref.variance[c] > 3e38) << c;
+        EXPECT_NEAR(r.inv_std[c] * 1e30, 1.0 / std::sqrt(ref.variance[c]) * 1e30, 1e-5);
+      }
     }
   }
 }
@@ -135,24 +141,25 @@ TEST_P(Extremes, OneHugeChannelAmongOrdinaryOnes) {
 // channel is NaN (1/sqrt(0)·0), as in PyTorch, while the others are unaffected.
 TEST_P(Extremes, ConstantChannels) {
   for (layout l : {layout::channels_first, layout::channels_last}) {
-    const bnorm::tensor_shape shape{4, 3, 50};
-    const geometry g(shape);
-    std::vector<float> x = normal_data<float>(g.elements(), 0.0, 1.0, 5);
-    for (std::size_t n = 0; n < g.n; ++n) {
-      for (std::size_t s = 0; s < g.spatial; ++s) x[g.offset(l, n, 1, s)] = 1234.5678f;
-    }
-    for (double eps : {1e-5, 0.0}) {
-      const training_result r = train(plan(shape, l, eps), x, g.c);
-      EXPECT_EQ(r.mean[1], 1234.5678f);
+    for (const bnorm::tensor_shape& shape : {bnorm::tensor_shape{4, 3, 50}, tiny_shape}) {
+      const geometry g(shape);
+      std::vector<float> x = normal_data<float>(g.elements(), 0.0, 1.0, 5);
       for (std::size_t n = 0; n < g.n; ++n) {
-        for (std::size_t s = 0; s < g.spatial; ++s) {
-          const float y = r.y[g.offset(l, n, 1, s)];
-          if (eps > 0) {
-            ASSERT_EQ(y, 0.f);
-          } else {
-            ASSERT_TRUE(std::isnan(y));
+        for (std::size_t s = 0; s < g.spatial; ++s) x[g.offset(l, n, 1, s)] = 1234.5678f;
+      }
+      for (double eps : {1e-5, 0.0}) {
+        const training_result r = train(plan(shape, l, eps), x, g.c);
+        EXPECT_EQ(r.mean[1], 1234.5678f);
+        for (std::size_t n = 0; n < g.n; ++n) {
+          for (std::size_t s = 0; s < g.spatial; ++s) {
+            const float y = r.y[g.offset(l, n, 1, s)];
+            if (eps > 0) {
+              ASSERT_EQ(y, 0.f);
+            } else {
+              ASSERT_TRUE(std::isnan(y));
+            }
+            ASSERT_TRUE(std::isfinite(r.y[g.offset(l, n, 0, s)]));
           }
-          ASSERT_TRUE(std::isfinite(r.y[g.offset(l, n, 0, s)]));
         }
       }
     }
@@ -179,16 +186,17 @@ TEST_P(Extremes, ScaleBeyondFloatRangeSaturates) {
 // Found by the fuzzer: float32 squares of differences near 1e-30 vanish; a channel whose
 // var + eps is that small is summed again exactly, so y is still ±1 here.
 TEST_P(Extremes, TinyVarianceIsExact) {
-  const bnorm::tensor_shape shape{8, 2, 20};
-  const geometry g(shape);
-  for (layout l : {layout::channels_first, layout::channels_last}) {
-    std::vector<float> x(g.elements());
-    for (std::size_t i = 0; i < x.size(); ++i) x[i] = (i / 3) % 2 ? 1e-30f : -1e-30f;
-    const training_result r = train(plan(shape, l, 1e-70), x, g.c);
-    const reference_stats ref = reference_moments(x, shape, l);
-    EXPECT_LE(max_abs_error(r.y, reference_normalize(x, shape, l, ref.mean, ref.variance, 1e-70,
-                                                     std::vector<float>{}, std::vector<float>{})),
-              1e-5);
+  for (const bnorm::tensor_shape& shape : {bnorm::tensor_shape{8, 2, 20}, tiny_shape}) {
+    const geometry g(shape);
+    for (layout l : {layout::channels_first, layout::channels_last}) {
+      std::vector<float> x(g.elements());
+      for (std::size_t i = 0; i < x.size(); ++i) x[i] = (i / 3) % 2 ? 1e-30f : -1e-30f;
+      const training_result r = train(plan(shape, l, 1e-70), x, g.c);
+      const reference_stats ref = reference_moments(x, shape, l);
+      EXPECT_LE(max_abs_error(r.y, reference_normalize(x, shape, l, ref.mean, ref.variance, 1e-70,
+                                                       std::vector<float>{}, std::vector<float>{})),
+                1e-5);
+    }
   }
 }
 
