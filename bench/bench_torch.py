@@ -69,8 +69,8 @@ def time_case(fn, min_time, repetitions):
             fn()
             iterations += 1
             elapsed = time.perf_counter() - start
-        times.append(elapsed / iterations)
-    return statistics.median(times) * 1e6
+        times.append(elapsed / iterations * 1e6)
+    return times
 
 
 def main():
@@ -105,7 +105,7 @@ def main():
                         return F.batch_norm(x, mean, var, weight, bias, training, 0.1, 1e-5)
 
                     entry = {"name": case + "/pytorch", "run_name": case + "/pytorch",
-                             "aggregate_name": "median", "time_unit": "us",
+                             "run_type": "aggregate", "aggregate_name": "median", "time_unit": "us",
                              "repetitions": args.repetitions, "threads": threads}
                     with torch.no_grad():
                         y = memory_order(run(), layout).numpy()
@@ -119,7 +119,14 @@ def main():
                         mean.zero_()
                         var.fill_(1.0)
                         with torch.no_grad():
-                            entry["real_time"] = time_case(run, args.min_time, args.repetitions)
+                            times = time_case(run, args.min_time, args.repetitions)
+                        entry["real_time"] = statistics.median(times)
+                        # Each repetition too, as bnorm_bench writes them: the report takes
+                        # the median over the rounds of the harness.
+                        results += [{"name": case + "/pytorch", "run_name": case + "/pytorch",
+                                     "run_type": "iteration", "repetition_index": i,
+                                     "time_unit": "us", "real_time": t, "threads": threads}
+                                    for i, t in enumerate(times)]
                     results.append(entry)
                     print(f"{entry['name']:60s} "
                           f"{entry.get('real_time', float('nan')):12.1f} us "

@@ -10,7 +10,8 @@ namespace {
 // A unit of about 128 KiB streams for ~5 µs per core: long enough to amortize a oneTBB task
 // (~1 µs), short enough to give two cores a dozen units on a 4 MiB tensor.
 constexpr std::size_t unit_bytes = 128 * 1024;
-// A channels-first channel up to this size is one unit (half of a 1 MiB L2).
+// A channels-first channel up to this size is one unit: training reads it the second time from
+// a core's L2 (512 KiB here) and the L3 behind it.
 constexpr std::size_t fused_channel_bytes = 512 * 1024;
 // A fused group of channels-first channels (statistics, then normalization) up to this size.
 constexpr std::size_t fused_group_bytes = 256 * 1024;

@@ -5,6 +5,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
 #include <new>
 #include <random>
 #include <string>
@@ -22,6 +23,17 @@ inline std::mt19937_64 make_rng(std::uint64_t salt = 0) {
   const int seed = testing::UnitTest::GetInstance()->random_seed();
   return std::mt19937_64(static_cast<std::uint64_t>(seed) * 0x9E3779B97F4A7C15ull + salt);
 }
+
+/// Prints the data seed before the tests: without --gtest_random_seed it comes from the clock,
+/// and a failure in ctest's output is only replayable with it.
+struct seed_report : testing::Environment {
+  void SetUp() override {
+    const int seed = testing::UnitTest::GetInstance()->random_seed();
+    std::printf("Test data seed %d (replay with --gtest_random_seed=%d)\n", seed, seed);
+  }
+};
+inline testing::Environment* const seed_report_environment =
+    testing::AddGlobalTestEnvironment(new seed_report);
 
 template <class T>
 std::vector<T> normal_data(std::size_t count, double mean, double stddev, std::uint64_t salt) {
