@@ -464,6 +464,36 @@ void narrow_rows_normalize(const T* src, T* dst, std::size_t rows, std::size_t s
   }
 }
 
+/// `Rows` rows, `stride` apart, of `Vectors` whole vectors from x (y likewise): the coefficients
+/// loaded once for all the rows, and every row's values loaded before any is stored. The
+/// caller takes two vectors (a whole 64-byte line on AVX2) per row and step: the next step's
+/// loads then start on lines the step's stores did not touch. Against one vector per step, on
+/// one thread: (1,1024,14,14) NHWC inference with y 32 bytes past x modulo 4 KiB took 59 µs
+/// instead of 73, and in alternating runs of (1,1024,14,14), (1,256,56,56) and (1,64,112,112)
+/// it was as fast or faster; 151k instead of 166k instructions a (1,1024,14,14) call. Always
+/// inlined: as a call, each step paid a call and a vzeroupper.
+template <std::size_t Rows, std::size_t Vectors, class Arch, class T>
+[[gnu::always_inline]] inline void normalize_rows(const T* x, T* y, std::size_t stride,
+                                                  const T* center, const T* scale,
+                                                  const T* shift) noexcept {
+  using vec = xsimd::batch<T, Arch>;
+  constexpr std::size_t lanes = vec::size;
+  vec c[Vectors], a[Vectors], b[Vectors], v[Rows][Vectors];
+  for (std::size_t g = 0; g < Vectors; ++g) {
+    c[g] = vec::load_unaligned(center + g * lanes);
+    a[g] = vec::load_unaligned(scale + g * lanes);
+    b[g] = vec::load_unaligned(shift + g * lanes);
+  }
+  for (std::size_t k = 0; k < Rows; ++k) {
+    for (std::size_t g = 0; g < Vectors; ++g) v[k][g] = vec::load_unaligned(x + k * stride + g * lanes);
+  }
+  for (std::size_t k = 0; k < Rows; ++k) {
+    for (std::size_t g = 0; g < Vectors; ++g) {
+      normalize(v[k][g], c[g], a[g], b[g]).store_unaligned(y + k * stride + g * lanes);
+    }
+  }
+}
+
 template <class Arch, class T>
 void interleaved_normalize(const T* src, T* dst, std::size_t rows, std::size_t width,
                            std::size_t stride, const T* center, const T* scale, const T* shift,
@@ -505,13 +535,12 @@ void interleaved_normalize(const T* src, T* dst, std::size_t rows, std::size_t w
     for (; r + together <= rows; r += together) {
       const T* x = src + r * stride;
       T* y = dst + r * stride;
-      for (std::size_t j = 0; j < whole; j += lanes) {
-        const vec c = vec::load_unaligned(center + j), a = vec::load_unaligned(scale + j);
-        const vec b = vec::load_unaligned(shift + j);
-        vec v[together];
-        for (std::size_t k = 0; k < together; ++k) v[k] = vec::load_unaligned(x + k * stride + j);
-        for (std::size_t k = 0; k < together; ++k) v[k] = normalize(v[k], c, a, b);
-        for (std::size_t k = 0; k < together; ++k) v[k].store_unaligned(y + k * stride + j);
+      std::size_t j = 0;
+      for (; j + 2 * lanes <= whole; j += 2 * lanes) {
+        normalize_rows<together, 2, Arch>(x + j, y + j, stride, center + j, scale + j, shift + j);
+      }
+      if (j < whole) {
+        normalize_rows<together, 1, Arch>(x + j, y + j, stride, center + j, scale + j, shift + j);
       }
       for (std::size_t k = 0; whole < width && k < together; ++k) {
         store_run<Arch>(x + k * stride, y + k * stride, whole, width, compute);
