@@ -46,10 +46,10 @@ struct kernel_set {
   /// Per channel, in float64 and in place: Σd, Σd² (d = x - shift, `count` values) become the
   /// mean and the biased variance; then inv_std = 1/sqrt(variance + eps) and
   /// scale = gamma·inv_std (gamma null: 1). Exact division and square root, as the scalar code.
-  /// Returns whether some channel has variance + eps below `tiny` (see finalize_block).
+  /// Returns whether some channel has variance + eps below `resum_below` (see finalize_block).
   bool (*channel_moments)(std::size_t channels, double count, double eps, const T* shift,
                           const T* gamma, double* sum_to_mean, double* sum_sq_to_variance,
-                          double* inv_std, double* scale, double tiny) noexcept;
+                          double* inv_std, double* scale, double resum_below) noexcept;
   /// Training, per channel from the float64 mean and scale: center = mean rounded to T,
   /// scale, shift = beta − (mean − center)·scale (beta null: 0); values beyond T's range
   /// saturate to its largest.

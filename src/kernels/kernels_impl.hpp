@@ -166,7 +166,7 @@ void plane_stats(const T* src, std::size_t len, std::size_t planes, std::size_t 
 constexpr std::size_t rows_per_block = 16;
 
 /// One block of `count` rows: per lane, Σ(x − k) and Σ(x − k)² in T over the rows, for
-/// `Group` adjacent vectors of slots from j. Several columns at once keep that many independent
+/// `Group` adjacent vectors of slots from `block` (k from `shift`). Several columns at once keep that many independent
 /// add chains in flight (one column's 16 rows are a chain of dependent adds) and share the
 /// loop's overhead; each lane still adds its rows in order, whatever the group.
 template <std::size_t Group, class Arch, class T>
@@ -562,21 +562,21 @@ void interleaved_normalize(const T* src, T* dst, std::size_t rows, std::size_t w
 template <class Arch, class T>
 bool channel_moments(std::size_t channels, double count, double eps, const T* shift,
                      const T* gamma, double* sum_to_mean, double* sum_sq_to_variance,
-                     double* inv_std, double* scale, double tiny) noexcept {
+                     double* inv_std, double* scale, double resum_below) noexcept {
   using dvec = xsimd::batch<double, Arch>;
   constexpr std::size_t lanes = dvec::size;
-  bool below_tiny = false;
+  bool scalar_below = false;
   const auto one = [&](std::size_t c) {  // the same operations, one channel
     const double offset = sum_to_mean[c] / count;
     double variance = (sum_sq_to_variance[c] - sum_to_mean[c] * offset) / count;
     if (variance < 0.0) variance = 0.0;  // rounding only; a NaN stays NaN
     sum_to_mean[c] = static_cast<double>(shift[c]) + offset;
     sum_sq_to_variance[c] = variance;
-    below_tiny |= variance + eps < tiny;
+    scalar_below |= variance + eps < resum_below;
     inv_std[c] = 1.0 / std::sqrt(variance + eps);
     scale[c] = (gamma ? static_cast<double>(gamma[c]) : 1.0) * inv_std[c];
   };
-  const dvec n(count), e(eps), zero(0.0), unit(1.0), small(tiny);
+  const dvec n(count), e(eps), zero(0.0), unit(1.0), small(resum_below);
   auto below = zero < zero;  // all false
   std::size_t c = 0;
   for (; c + lanes <= channels; c += lanes) {
@@ -593,7 +593,7 @@ bool channel_moments(std::size_t channels, double count, double eps, const T* sh
     (gamma ? load_as_f64<Arch>(gamma + c) * inv : inv).store_unaligned(scale + c);
   }
   for (; c < channels; ++c) one(c);
-  return below_tiny || xsimd::any(below);
+  return scalar_below || xsimd::any(below);
 }
 
 // y = (x − center)·scale + shift. The center is the mean rounded to T, so x − center is exact
