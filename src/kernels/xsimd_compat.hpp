@@ -111,10 +111,14 @@ void widen(const xsimd::batch<float, Arch>& v, xsimd::batch<double, Arch>& low,
 #if XSIMD_WITH_AVX512F
   if constexpr (is_arch<Arch, xsimd::avx512f>) {
     const __m512 r = v;
-    low = dvec(_mm512_maskz_cvtps_pd(all_lanes, _mm512_castps512_ps256(r)));
-    // _mm512_extractf32x8_ps would need AVX512DQ; the 64-bit lane extract is AVX512F.
+    // _mm512_extractf32x8_ps would need AVX512DQ; the 64-bit lane extract is AVX512F. Its
+    // zero-masked form, as the conversions', for both halves: GCC 12 builds the plain extract
+    // and _mm512_castps512_ps256 on an undefined value and warns (GCC PR 105593).
+    const __m512d halves = _mm512_castps_pd(r);
+    low = dvec(_mm512_maskz_cvtps_pd(
+        all_lanes, _mm256_castpd_ps(_mm512_maskz_extractf64x4_pd(0xF, halves, 0))));
     high = dvec(_mm512_maskz_cvtps_pd(
-        all_lanes, _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(r), 1))));
+        all_lanes, _mm256_castpd_ps(_mm512_maskz_extractf64x4_pd(0xF, halves, 1))));
     return;
   } else
 #endif
