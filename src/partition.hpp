@@ -43,8 +43,8 @@ struct partition {
   std::size_t element_size = 0;
   /// Too small to be worth a task: run every unit on the calling thread.
   bool serial = false;
-  /// So few values that training computes the statistics directly, two passes in float64 per
-  /// channel, instead of shifts, partial sums and their merge (whose fixed costs dominate).
+  /// So few values that training sums each channel directly in float64, in one walk over
+  /// memory, instead of shifts, partial sums and their merge (whose fixed costs dominate).
   bool tiny = false;
   /// Write dst with non-temporal stores (see plan_options::stores).
   bool stream_stores = false;
