@@ -302,8 +302,9 @@ class training_step {
       shift_[c] = src_[c * run];
       mean_[c] = variance_[c] = 0.0;
     }
-    const T* x = src_;
-    for (std::size_t outer = 0; outer < p_.elements / (p_.channels * run); ++outer) {
+    const T* x = src_;  // memory order: N planes of C channels, or rows of C values
+    const std::size_t outer = planes ? p_.batch : p_.rows;
+    for (std::size_t o = 0; o < outer; ++o) {
       for (std::size_t c = 0; c < p_.channels; ++c, x += run) {
         const double k = static_cast<double>(shift_[c]);
         double sum = 0.0, sum_sq = 0.0;
