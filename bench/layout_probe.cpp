@@ -4,10 +4,12 @@
 // placement of x and y in memory and the machine's state are the same for all four. It prints
 // each variant's min, first quartile and median time per call.
 //
-//   bnorm_layout_probe N C H W [--threads T] [--y-offset BYTES] [--rounds R]
+//   bnorm_layout_probe N C H W [--threads T] [--y-offset BYTES] [--scratch-offset BYTES]
+//                      [--rounds R]
 //
 // --y-offset moves y by that many bytes (a multiple of 4) from a 4 KiB boundary; x starts on
-// one. Speed is measured here, not asserted.
+// one. --scratch-offset passes bnorm a caller scratch that many bytes (a multiple of 64) past a
+// 4 KiB boundary; without it bnorm uses its own. Speed is measured here, not asserted.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -57,7 +59,9 @@ bool make(const bnorm::tensor_shape& shape, bnorm::layout l, int threads, bnorm:
 
 int main(int argc, char** argv) {
   if (argc < 5) {
-    std::fprintf(stderr, "usage: %s N C H W [--threads T] [--y-offset BYTES] [--rounds R]\n",
+    std::fprintf(stderr,
+                 "usage: %s N C H W [--threads T] [--y-offset BYTES] [--scratch-offset BYTES] "
+                 "[--rounds R]\n",
                  argv[0]);
     return 2;
   }
@@ -65,10 +69,12 @@ int main(int argc, char** argv) {
   const std::int64_t h = std::atoll(argv[3]), w = std::atoll(argv[4]);
   int threads = 1, rounds = 100;
   std::size_t y_offset = 0;
+  long scratch_offset = -1;
   for (int i = 5; i + 1 < argc; i += 2) {
     const std::string flag = argv[i];
     if (flag == "--threads") threads = std::atoi(argv[i + 1]);
     else if (flag == "--y-offset") y_offset = std::strtoull(argv[i + 1], nullptr, 10) / 4 * 4;
+    else if (flag == "--scratch-offset") scratch_offset = std::atol(argv[i + 1]) / 64 * 64;
     else if (flag == "--rounds") rounds = std::atoi(argv[i + 1]);
   }
   if (n <= 0 || c <= 0 || h <= 0 || w <= 0 || threads <= 0 || rounds <= 0) {
@@ -98,6 +104,12 @@ int main(int argc, char** argv) {
   args.shift = {beta.data(), channels};
   args.mean = {mean.data(), channels};
   args.var = {var.data(), channels};
+  const std::size_t scratch_bytes = std::max(first.scratch_size(), last.scratch_size());
+  page_buffer scratch_buffer(scratch_bytes + 4096);
+  if (scratch_offset >= 0) {
+    args.scratch = reinterpret_cast<unsigned char*>(scratch_buffer.data) + scratch_offset % 4096;
+    args.scratch_size = scratch_bytes;
+  }
 
   struct variant {
     const char* name;
@@ -128,9 +140,9 @@ int main(int argc, char** argv) {
     }
   }
   std::printf("(%lld,%lld,%lld,%lld) float32, %d thread(s), y %zu bytes past a 4 KiB boundary, "
-              "%d rounds of %d calls; µs per call\n",
+              "scratch %ld (-1: bnorm's own), %d rounds of %d calls; µs per call\n",
               static_cast<long long>(n), static_cast<long long>(c), static_cast<long long>(h),
-              static_cast<long long>(w), threads, y_offset, rounds, calls);
+              static_cast<long long>(w), threads, y_offset, scratch_offset % 4096, rounds, calls);
   for (variant& v : variants) {
     std::sort(v.us.begin(), v.us.end());
     std::printf("%-24s min %8.1f  p25 %8.1f  median %8.1f\n", v.name, v.us.front(),

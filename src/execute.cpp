@@ -405,8 +405,9 @@ class training_step {
         if (variance_[c] + plan_.prob.epsilon < resum_below) set_exact_moments(c);
       }
     }
-    kern.channel_coefficients(c1 - c0, mean_ + c0, scale_ + c0, beta ? beta + c0 : nullptr,
-                              coeffs_.center + c0, coeffs_.scale + c0, coeffs_.shift + c0);
+    kern.channel_coefficients(c1 - c0, mean_ + c0, inv_std_ + c0, scale_ + c0,
+                              beta ? beta + c0 : nullptr, coeffs_.center + c0,
+                              coeffs_.scale + c0, coeffs_.shift + c0);
   }
 
   /// Channel c's moments, 1/sqrt and scale from two float64 passes over its values.

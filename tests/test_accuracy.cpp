@@ -122,6 +122,68 @@ TEST_P(Accuracy, ExactDataGivesExactResults) {
   }
 }
 
+// Inference folds a running mean within a quarter of the std into the shift (center +0, two
+// coefficient streams instead of three). Both forms must meet the float64 reference, and a
+// folded channel must give the same bits whether its block runs the two-stream kernel (every
+// channel folds) or the three-stream one (one channel of the block does not).
+TEST_P(Accuracy, InferenceFoldsSmallMeansWithoutLosingAccuracy) {
+  const bnorm::tensor_shape shapes[] = {{64, 96}, {2, 96, 7, 5}};
+  for (const bnorm::tensor_shape& shape : shapes) {
+    for (layout l : {layout::channels_last, layout::channels_first}) {
+      const geometry g(shape);
+      SCOPED_TRACE(shape_name(shape) + (l == layout::channels_first ? " nchw" : " nhwc"));
+      std::vector<float> mean(g.c), var(g.c);
+      for (std::size_t c = 0; c < g.c; ++c) {
+        const double sigma = 0.5 + static_cast<double>(c % 5);
+        var[c] = static_cast<float>(sigma * sigma);
+        mean[c] = static_cast<float>(sigma * 0.0625 * (static_cast<double>(c % 9) - 4.0));
+      }
+      std::vector<float> x = normal_data<float>(g.elements(), 0.0, 1.0, 11);
+      for (std::size_t n = 0; n < g.n; ++n)
+        for (std::size_t c = 0; c < g.c; ++c)
+          for (std::size_t s = 0; s < g.spatial; ++s) {
+            float& v = x[g.offset(l, n, c, s)];
+            v = static_cast<float>(mean[c] + std::sqrt(static_cast<double>(var[c])) * v);
+          }
+      bnorm::plan_options opts;
+      opts.max_isa = GetParam();
+      const bnorm::plan plan = make_plan_or_fail({shape, l, bnorm::dtype::f32, 1e-5}, opts);
+      const auto run = [&](const std::vector<float>& running_mean) {
+        std::vector<float> y(x.size());
+        bnorm::inference_args args;
+        args.src = x.data();
+        args.dst = y.data();
+        args.mean = in(running_mean);
+        args.var = in(var);
+        EXPECT_TRUE(plan.forward_inference(args).ok());
+        return y;
+      };
+      const auto reference = [&](const std::vector<float>& running_mean) {
+        return reference_normalize(x, shape, l,
+                                   std::vector<double>(running_mean.begin(), running_mean.end()),
+                                   std::vector<double>(var.begin(), var.end()), 1e-5,
+                                   std::vector<float>{}, std::vector<float>{});
+      };
+      const std::vector<float> folded = run(mean);
+      EXPECT_LE(max_abs_error(folded, reference(mean)), 1e-6);
+
+      std::vector<float> mixed_mean = mean;
+      constexpr std::size_t centered = 37;
+      mixed_mean[centered] = 3.0f * std::sqrt(var[centered]);  // 3 std: not folded
+      const std::vector<float> mixed = run(mixed_mean);
+      EXPECT_LE(max_abs_error(mixed, reference(mixed_mean)), 1e-6);
+      for (std::size_t n = 0; n < g.n; ++n)
+        for (std::size_t c = 0; c < g.c; ++c)
+          for (std::size_t s = 0; s < g.spatial; ++s) {
+            const std::size_t i = g.offset(l, n, c, s);
+            if (c == centered) continue;
+            ASSERT_EQ(0, std::memcmp(&folded[i], &mixed[i], sizeof(float)))
+                << "channel " << c << ": " << folded[i] << " vs " << mixed[i];
+          }
+    }
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(AllIsas, Accuracy, testing::ValuesIn(isas_under_test()), isa_param_name);
 
 }  // namespace

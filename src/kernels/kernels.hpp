@@ -50,11 +50,13 @@ struct kernel_set {
   bool (*channel_moments)(std::size_t channels, double count, double eps, const T* shift,
                           const T* gamma, double* sum_to_mean, double* sum_sq_to_variance,
                           double* inv_std, double* scale, double resum_below) noexcept;
-  /// Training, per channel from the float64 mean and scale: center = mean rounded to T,
-  /// scale, shift = beta − (mean − center)·scale (beta null: 0); values beyond T's range
-  /// saturate to its largest.
-  void (*channel_coefficients)(std::size_t channels, const double* mean, const double* scale,
-                               const T* beta, T* center, T* scale_out, T* shift) noexcept;
+  /// Training, per channel from the float64 mean, 1/std and scale: center = +0 where
+  /// |mean|·inv_std ≤ 1/4 (the mean folds into the shift), else the mean rounded to T; scale;
+  /// shift = beta − (mean − center)·scale (beta null: 0); values beyond T's range saturate to
+  /// its largest.
+  void (*channel_coefficients)(std::size_t channels, const double* mean, const double* inv_std,
+                               const double* scale, const T* beta, T* center, T* scale_out,
+                               T* shift) noexcept;
   /// Inference, per channel from the running statistics: the same coefficients with
   /// scale = gamma/sqrt(variance + eps) in float64 (gamma null: 1).
   void (*inference_coefficients)(std::size_t channels, double eps, const T* mean,
