@@ -122,28 +122,39 @@ TEST_P(Accuracy, ExactDataGivesExactResults) {
   }
 }
 
-// Inference folds a running mean within a quarter of the std into the shift (center +0, two
-// coefficient streams instead of three). Both forms must meet the float64 reference, and a
-// folded channel must give the same bits whether its block runs the two-stream kernel (every
-// channel folds) or the three-stream one (one channel of the block does not).
+// Inference folds a running mean within a quarter of the std into the shift (center +0: two
+// coefficient streams instead of three channels-last, one operation less channels-first). Both
+// forms must meet the float64 reference, and leaving out a +0 center must not change a bit:
+// - channels-last, a folded channel gives the same bits whether its block runs the two-stream
+//   kernel (every channel folds) or the three-stream one (channel 37 does not);
+// - channels-first planes leave out each +0 center, and must give the channels-last
+//   three-stream kernel's bits.
 TEST_P(Accuracy, InferenceFoldsSmallMeansWithoutLosingAccuracy) {
+  constexpr std::size_t centered = 37;
   const bnorm::tensor_shape shapes[] = {{64, 96}, {2, 96, 7, 5}};
   for (const bnorm::tensor_shape& shape : shapes) {
+    const geometry g(shape);
+    std::vector<float> mean(g.c), var(g.c);
+    for (std::size_t c = 0; c < g.c; ++c) {
+      const double sigma = 0.5 + static_cast<double>(c % 5);
+      var[c] = static_cast<float>(sigma * sigma);
+      mean[c] = static_cast<float>(sigma * 0.0625 * (static_cast<double>(c % 9) - 4.0));
+    }
+    std::vector<float> mixed_mean = mean;
+    mixed_mean[centered] = 3.0f * std::sqrt(var[centered]);  // 3 std: not folded
+    const std::vector<float> z = normal_data<float>(g.elements(), 0.0, 1.0, 11);
+    const auto logical = [&](std::size_t n, std::size_t c, std::size_t s) {
+      return (n * g.c + c) * g.spatial + s;
+    };
+    std::vector<float> mixed_by_layout[2];  // in logical order
     for (layout l : {layout::channels_last, layout::channels_first}) {
-      const geometry g(shape);
       SCOPED_TRACE(shape_name(shape) + (l == layout::channels_first ? " nchw" : " nhwc"));
-      std::vector<float> mean(g.c), var(g.c);
-      for (std::size_t c = 0; c < g.c; ++c) {
-        const double sigma = 0.5 + static_cast<double>(c % 5);
-        var[c] = static_cast<float>(sigma * sigma);
-        mean[c] = static_cast<float>(sigma * 0.0625 * (static_cast<double>(c % 9) - 4.0));
-      }
-      std::vector<float> x = normal_data<float>(g.elements(), 0.0, 1.0, 11);
+      std::vector<float> x(g.elements());
       for (std::size_t n = 0; n < g.n; ++n)
         for (std::size_t c = 0; c < g.c; ++c)
           for (std::size_t s = 0; s < g.spatial; ++s) {
-            float& v = x[g.offset(l, n, c, s)];
-            v = static_cast<float>(mean[c] + std::sqrt(static_cast<double>(var[c])) * v);
+            x[g.offset(l, n, c, s)] = static_cast<float>(
+                mean[c] + std::sqrt(static_cast<double>(var[c])) * z[logical(n, c, s)]);
           }
       bnorm::plan_options opts;
       opts.max_isa = GetParam();
@@ -156,31 +167,30 @@ TEST_P(Accuracy, InferenceFoldsSmallMeansWithoutLosingAccuracy) {
         args.mean = in(running_mean);
         args.var = in(var);
         EXPECT_TRUE(plan.forward_inference(args).ok());
-        return y;
-      };
-      const auto reference = [&](const std::vector<float>& running_mean) {
-        return reference_normalize(x, shape, l,
-                                   std::vector<double>(running_mean.begin(), running_mean.end()),
-                                   std::vector<double>(var.begin(), var.end()), 1e-5,
-                                   std::vector<float>{}, std::vector<float>{});
+        const std::vector<double> want =
+            reference_normalize(x, shape, l, std::vector<double>(running_mean.begin(), running_mean.end()),
+                                std::vector<double>(var.begin(), var.end()), 1e-5,
+                                std::vector<float>{}, std::vector<float>{});
+        EXPECT_LE(max_abs_error(y, want), 1e-6);
+        std::vector<float> in_logical_order(y.size());
+        for (std::size_t n = 0; n < g.n; ++n)
+          for (std::size_t c = 0; c < g.c; ++c)
+            for (std::size_t s = 0; s < g.spatial; ++s)
+              in_logical_order[logical(n, c, s)] = y[g.offset(l, n, c, s)];
+        return in_logical_order;
       };
       const std::vector<float> folded = run(mean);
-      EXPECT_LE(max_abs_error(folded, reference(mean)), 1e-6);
-
-      std::vector<float> mixed_mean = mean;
-      constexpr std::size_t centered = 37;
-      mixed_mean[centered] = 3.0f * std::sqrt(var[centered]);  // 3 std: not folded
       const std::vector<float> mixed = run(mixed_mean);
-      EXPECT_LE(max_abs_error(mixed, reference(mixed_mean)), 1e-6);
-      for (std::size_t n = 0; n < g.n; ++n)
-        for (std::size_t c = 0; c < g.c; ++c)
-          for (std::size_t s = 0; s < g.spatial; ++s) {
-            const std::size_t i = g.offset(l, n, c, s);
-            if (c == centered) continue;
-            ASSERT_EQ(0, std::memcmp(&folded[i], &mixed[i], sizeof(float)))
-                << "channel " << c << ": " << folded[i] << " vs " << mixed[i];
-          }
+      for (std::size_t i = 0; i < folded.size(); ++i) {
+        if (i / g.spatial % g.c == centered) continue;
+        ASSERT_EQ(0, std::memcmp(&folded[i], &mixed[i], sizeof(float)))
+            << "channel " << i / g.spatial % g.c << ": " << folded[i] << " vs " << mixed[i];
+      }
+      mixed_by_layout[l == layout::channels_first] = mixed;
     }
+    ASSERT_EQ(0, std::memcmp(mixed_by_layout[0].data(), mixed_by_layout[1].data(),
+                             mixed_by_layout[0].size() * sizeof(float)))
+        << shape_name(shape) << ": channels-first and channels-last differ";
   }
 }
 
