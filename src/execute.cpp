@@ -2,8 +2,8 @@
 // normalize (parallel) → commit the statistics. Where a unit holds whole channels that fit in
 // cache (channels-first channels; channels-last blocks of channels over few rows), all but
 // the commit runs unit by unit in one parallel pass. Inference: coefficients → normalize; in
-// one parallel pass where units own their channels (channel-major planes, channels-last
-// blocks of channels). The caller's buffers other than dst are written only in the final
+// one parallel pass where units own their channels (channel-major planes); channels-last in
+// chunks of whole rows. The caller's buffers other than dst are written only in the final
 // commit.
 #include "execute.hpp"
 
@@ -66,12 +66,17 @@ struct interleaved_unit {
   std::size_t periods;    // whole periods in its rows
   std::size_t remainder;  // elements of a last, partial period (column block 0 only)
 
-  interleaved_unit(const partition& p, std::size_t u) {
-    chunk = u / p.column_blocks;
-    column = (u % p.column_blocks) * p.block_width;
-    width = std::min(p.block_width, p.period - column);
-    const std::size_t row = chunk * p.rows_per_chunk;
-    const std::size_t elements = std::min(p.rows_per_chunk, p.rows - row) * p.channels;
+  interleaved_unit(const partition& p, std::size_t u)
+      : interleaved_unit(p, u, p.rows_per_chunk, p.column_blocks, p.block_width) {}
+
+  /// Unit u of a tiling in chunks of rows_per_chunk rows and column blocks of block_width slots.
+  interleaved_unit(const partition& p, std::size_t u, std::size_t rows_per_chunk,
+                   std::size_t column_blocks, std::size_t block_width) {
+    chunk = u / column_blocks;
+    column = (u % column_blocks) * block_width;
+    width = std::min(block_width, p.period - column);
+    const std::size_t row = chunk * rows_per_chunk;
+    const std::size_t elements = std::min(rows_per_chunk, p.rows - row) * p.channels;
     offset = row * p.channels;
     periods = elements / p.period;
     remainder = column == 0 ? elements - periods * p.period : 0;
@@ -136,6 +141,28 @@ void normalize_unit(const plan_impl& plan, std::size_t u, const T* src, T* dst, 
   });
 }
 
+/// Interleaved normalization of `units` units, unit u being unit_at(u).
+template <class T, class UnitAt>
+void normalize_interleaved_units(const plan_impl& plan, std::size_t units, const UnitAt& unit_at,
+                                 const T* src, T* dst, const coefficient_arrays<T>& k) {
+  const partition& p = plan.part;
+  const kernels::kernel_set<T>& kern = plan.kernels->get<T>();
+  plan.threads.for_each(units, 1, p.serial, [&](std::size_t b, std::size_t e) {
+    for (std::size_t u = b; u < e; ++u) {
+      const interleaved_unit w = unit_at(u);
+      const std::size_t at = w.offset + w.column;
+      kern.interleaved_normalize(src + at, dst + at, w.periods, w.width, p.period,
+                                 k.center + w.column, k.scale + w.column, k.shift + w.column,
+                                 p.stream_stores);
+      if (w.remainder) {
+        const std::size_t tail = w.offset + w.periods * p.period;
+        kern.interleaved_normalize(src + tail, dst + tail, 1, w.remainder, p.period, k.center,
+                                   k.scale, k.shift, p.stream_stores);
+      }
+    }
+  });
+}
+
 template <class T>
 void normalize_pass(const plan_impl& plan, const T* src, T* dst,
                     const coefficient_arrays<T>& k) {
@@ -163,20 +190,8 @@ void normalize_pass(const plan_impl& plan, const T* src, T* dst,
       }
     });
   } else {
-    plan.threads.for_each(p.units, 1, p.serial, [&](std::size_t b, std::size_t e) {
-      for (std::size_t u = b; u < e; ++u) {
-        const interleaved_unit w(p, u);
-        const std::size_t at = w.offset + w.column;
-        kern.interleaved_normalize(src + at, dst + at, w.periods, w.width, p.period,
-                                   k.center + w.column, k.scale + w.column, k.shift + w.column,
-                                   p.stream_stores);
-        if (w.remainder) {
-          const std::size_t tail = w.offset + w.periods * p.period;
-          kern.interleaved_normalize(src + tail, dst + tail, 1, w.remainder, p.period, k.center,
-                                     k.scale, k.shift, p.stream_stores);
-        }
-      }
-    });
+    normalize_interleaved_units<T>(plan, p.units, [&p](std::size_t u) { return interleaved_unit(p, u); },
+                                   src, dst, k);
   }
 }
 
@@ -490,19 +505,24 @@ class inference_step {
   void run() {
     if (p_.kind == traversal::planes && p_.planes_per_unit == 0) {
       channel_planes_pass();
-    } else if (p_.kind == traversal::interleaved && p_.fused) {
-      column_blocks_pass();
-    } else {
-      // Planes in memory order and rows of all channels need every channel's coefficients
-      // (laid out per slot for rows) before the normalization.
-      for_each_channel_block(plan_, [&](std::size_t c0, std::size_t c1) {
-        set_coefficients(c0, c1, coeffs_.center + c0, coeffs_.scale + c0, coeffs_.shift + c0);
-      });
-      if (p_.kind == traversal::interleaved) {
-        coeffs_.replicate(p_.channels, p_.period);
-      }
-      normalize_pass<T>(plan_, src_, dst_, coeffs_);
+      return;
     }
+    // Planes in memory order and rows of all channels need every channel's coefficients
+    // (laid out per slot for rows) before the normalization.
+    for_each_channel_block(plan_, [&](std::size_t c0, std::size_t c1) {
+      set_coefficients(c0, c1, coeffs_.center + c0, coeffs_.scale + c0, coeffs_.shift + c0);
+    });
+    if (p_.kind == traversal::planes) {
+      normalize_pass<T>(plan_, src_, dst_, coeffs_);
+      return;
+    }
+    coeffs_.replicate(p_.channels, p_.period);
+    normalize_interleaved_units<T>(
+        plan_, p_.inference_row_chunks,
+        [this](std::size_t u) {
+          return interleaved_unit(p_, u, p_.inference_rows_per_chunk, 1, p_.period);
+        },
+        src_, dst_, coeffs_);
   }
 
  private:
@@ -539,24 +559,6 @@ class inference_step {
           const std::size_t k = u / p_.chunks_per_channel - c0;
           normalize_unit(plan_, u, src_, dst_, center_k + k, scale_k + k, shift_k + k);
         }
-      }
-    });
-  }
-
-  /// Rows in blocks of whole channels (slot j is channel j): each unit works out its block's
-  /// coefficients and normalizes the block, in one parallel pass.
-  void column_blocks_pass() const {
-    // Vector loads of the last block's coefficients read the padding: keep it defined.
-    coeffs_.replicate(p_.channels, p_.period);
-    plan_.threads.for_each(p_.units, 1, p_.serial, [&](std::size_t b, std::size_t e) {
-      for (std::size_t u = b; u < e; ++u) {
-        const interleaved_unit w(p_, u);
-        const std::size_t c0 = w.column;
-        set_coefficients(c0, c0 + w.width, coeffs_.center + c0, coeffs_.scale + c0,
-                         coeffs_.shift + c0);
-        kern_.interleaved_normalize(src_ + c0, dst_ + c0, p_.rows, w.width, p_.period,
-                                    coeffs_.center + c0, coeffs_.scale + c0, coeffs_.shift + c0,
-                                    p_.stream_stores);
       }
     });
   }

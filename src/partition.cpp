@@ -28,6 +28,9 @@ constexpr std::size_t max_vector_period = 1024;
 // them below 1/64 of the data they summarize.
 constexpr std::size_t min_chunk_periods = 128;
 constexpr std::size_t max_interleaved_chunks = 256;
+// Interleaved inference splits at least this many row chunks where there are rows enough, so
+// that few rows of many channels (7×7, 14×14) still share out evenly between threads.
+constexpr std::size_t min_inference_chunks = 16;
 constexpr std::size_t finalize_channels_per_task = 512;
 // Without a known last-level cache size, outputs from this size on are written around it.
 constexpr std::size_t default_streaming_bytes = 16u << 20;
@@ -168,6 +171,11 @@ partition make_partition(const problem& prob, const plan_options& options,
     }
     p.units = p.row_chunks * p.column_blocks;
     p.units_per_task = 1;
+    const std::size_t inference_chunks = std::max(
+        wanted_units, std::min(min_inference_chunks, ceil_div(p.rows, rows_per_period)));
+    p.inference_rows_per_chunk =
+        round_up(ceil_div(std::max<std::size_t>(p.rows, 1), inference_chunks), rows_per_period);
+    p.inference_row_chunks = std::max<std::size_t>(1, ceil_div(p.rows, p.inference_rows_per_chunk));
   }
   p.channels_per_finalize_task = finalize_channels_per_task;
   lay_out_scratch(p);

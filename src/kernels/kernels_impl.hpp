@@ -543,13 +543,14 @@ bool all_positive_zero(const T* a, std::size_t n) noexcept {
   return zero;
 }
 
-/// Rows [0, rows − rows % 4) of interleaved_normalize's in-cache path, four at a time.
-template <bool Centered, class Arch, class T, class Compute>
+/// Rows [0, rows − rows % Together) of interleaved_normalize's in-cache path, Together at a
+/// time.
+template <std::size_t Together, bool Centered, class Arch, class T, class Compute>
 std::size_t normalize_row_groups(const T* src, T* dst, std::size_t rows, std::size_t width,
                                  std::size_t stride, const T* center, const T* scale,
                                  const T* shift, Compute compute) noexcept {
   constexpr std::size_t lanes = xsimd::batch<T, Arch>::size;
-  constexpr std::size_t together = 4;
+  constexpr std::size_t together = Together;
   const std::size_t whole = width - width % lanes;
   std::size_t r = 0;
   for (; r + together <= rows; r += together) {
@@ -600,21 +601,31 @@ void interleaved_normalize(const T* src, T* dst, std::size_t rows, std::size_t w
   };
   std::size_t r = 0;
   if (!stream) {
-    // Four rows per coefficient load: in-cache tensors are bound by their loads, and three in
-    // four of them were coefficients. All four rows are loaded before any is stored, so when
-    // rows are 4 KiB apart (C·sizeof(T) a multiple of 4 KiB) and x and y are congruent modulo
-    // 4 KiB, as buffers from mmap are, no load follows a pending store to the same 4 KiB offset
-    // (which waits for the store: one row at a time, a (1,1024,14,14) NHWC call with 1 KiB
-    // column blocks took 1.8× as long as with y moved by 1 KiB, measured). Not when streaming:
-    // two streamed rows at a time were 1.3× slower on (8,256,56,56) NHWC inference (measured).
-    // Blocks whose channels all have center +0 (see store_coefficients) skip its loads: on
-    // (1,256,56,56) NHWC inference, from L3, the third coefficient stream cost about 10%
-    // (measured against two streams in one process).
-    r = all_positive_zero<Arch>(center, width)
-            ? normalize_row_groups<false, Arch>(src, dst, rows, width, stride, center, scale,
-                                                shift, compute)
-            : normalize_row_groups<true, Arch>(src, dst, rows, width, stride, center, scale,
-                                               shift, compute);
+    // Column blocks (width < stride) take four rows per coefficient load, and load all four
+    // before storing any: a block's row r + 1 then never loads from the 4 KiB offsets where
+    // row r's stores are still pending (a 4 KiB stride puts them there). One row at a time, a
+    // (1,1024,14,14) NHWC call with 1 KiB column blocks took 1.8× as long as with y moved by
+    // 1 KiB (measured). Whole rows (width == stride) of 1 KiB or more are one contiguous run,
+    // walked one row at a time, as fast as a plain y = a·x + b pass over the same bytes where
+    // the four-row walk was slower (plain loops of each, alternating in one process, one
+    // thread: 35.6 µs against 25.4 on (1,1024,14,14), 110.8 against 101.7 on (1,256,56,56)).
+    // Shorter rows keep the four-row walk: one row at a time, (1,64,112,112) NHWC training
+    // took 220 µs against 188.
+    // A block whose centers are all +0 (see store_coefficients) reads two coefficient streams,
+    // not three: on (1,256,56,56) NHWC inference from L3, one thread, the third stream cost
+    // about 10% (115–129 µs against 104–118, alternating in one process).
+    const bool centered = !all_positive_zero<Arch>(center, width);
+    if (width == stride && width * sizeof(T) >= 1024) {
+      r = centered ? normalize_row_groups<1, true, Arch>(src, dst, rows, width, stride, center,
+                                                         scale, shift, compute)
+                   : normalize_row_groups<1, false, Arch>(src, dst, rows, width, stride, center,
+                                                          scale, shift, compute);
+    } else {
+      r = centered ? normalize_row_groups<4, true, Arch>(src, dst, rows, width, stride, center,
+                                                         scale, shift, compute)
+                   : normalize_row_groups<4, false, Arch>(src, dst, rows, width, stride, center,
+                                                          scale, shift, compute);
+    }
   }
   for (; r < rows; ++r) {
     if (stream) {
