@@ -8,7 +8,8 @@
 //                                             threads:1) K times and nothing else: under
 //                                             valgrind --tool=callgrind, the difference of two
 //                                             counts gives instructions per call, which a noisy
-//                                             machine does not move
+//                                             machine does not move. CASE/roofline runs the
+//                                             case's roofline pass instead.
 //
 // Bytes/s count the traffic a batch norm cannot avoid: training reads x twice and writes y;
 // inference reads x and writes y. Every implementation of a case reports the same bytes.
@@ -127,17 +128,21 @@ void finish(benchmark::State& state, const bench_case& k) {
   state.counters["threads"] = k.threads;
 }
 
+/// One pass of a case's roofline.
+void roofline_pass(const bench_case& k, buffers& b) {
+  const std::size_t n = b.x.size();
+  if (k.m == mode::training) {
+    benchmark::DoNotOptimize(bnorm_bench::stream_sum(b.x.data(), n, k.threads));
+  }
+  bnorm_bench::stream_affine(b.x.data(), b.y.data(), n, k.threads);
+  benchmark::ClobberMemory();
+}
+
 void run_roofline(benchmark::State& state, const bench_case& k) {
   buffers b(k);
   const std::size_t n = b.x.size();
   bnorm_bench::stream_affine(b.x.data(), b.y.data(), n, k.threads);  // first touch
-  for (auto _ : state) {
-    if (k.m == mode::training) {
-      benchmark::DoNotOptimize(bnorm_bench::stream_sum(b.x.data(), n, k.threads));
-    }
-    bnorm_bench::stream_affine(b.x.data(), b.y.data(), n, k.threads);
-    benchmark::ClobberMemory();
-  }
+  for (auto _ : state) roofline_pass(k, b);
   finish(state, k);
 }
 
@@ -247,11 +252,17 @@ int write_samples(const char* path) {
   return std::fclose(f) == 0 ? 0 : 1;
 }
 
-/// Runs one bnorm case `count` times, for instruction counts.
+/// Runs one bnorm case (or, with IMPL roofline, its roofline) `count` times, for instruction
+/// counts.
 int run_calls(const std::string& wanted, long count) {
   for (const bench_case& k : all_cases()) {
-    if (k.name("bnorm") != wanted + "/bnorm") continue;
+    const bool roofline = k.name("roofline") == wanted;
+    if (!roofline && k.name("bnorm") != wanted + "/bnorm") continue;
     buffers b(k);
+    if (roofline) {
+      for (long i = 0; i < count; ++i) roofline_pass(k, b);
+      return 0;
+    }
     const bnorm_runner runner(k, b, k.threads);
     for (long i = 0; i < count; ++i) {
       if (!runner.run()) return 1;

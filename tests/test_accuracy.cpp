@@ -159,14 +159,20 @@ TEST_P(Accuracy, InferenceFoldsSmallMeansWithoutLosingAccuracy) {
       bnorm::plan_options opts;
       opts.max_isa = GetParam();
       const bnorm::plan plan = make_plan_or_fail({shape, l, bnorm::dtype::f32, 1e-5}, opts);
+      opts.stores = bnorm::store_policy::streaming;  // its own kernels; the same bits
+      const bnorm::plan streaming = make_plan_or_fail({shape, l, bnorm::dtype::f32, 1e-5}, opts);
       const auto run = [&](const std::vector<float>& running_mean) {
-        std::vector<float> y(x.size());
+        std::vector<float> y(x.size()), streamed(x.size());
         bnorm::inference_args args;
         args.src = x.data();
         args.dst = y.data();
         args.mean = in(running_mean);
         args.var = in(var);
         EXPECT_TRUE(plan.forward_inference(args).ok());
+        args.dst = streamed.data();
+        EXPECT_TRUE(streaming.forward_inference(args).ok());
+        EXPECT_EQ(0, std::memcmp(y.data(), streamed.data(), y.size() * sizeof(float)))
+            << "streaming stores changed the output";
         const std::vector<double> want =
             reference_normalize(x, shape, l, std::vector<double>(running_mean.begin(), running_mean.end()),
                                 std::vector<double>(var.begin(), var.end()), 1e-5,

@@ -573,6 +573,49 @@ std::size_t normalize_row_groups(const T* src, T* dst, std::size_t rows, std::si
   return r;
 }
 
+/// interleaved_normalize for rows wider than the narrow kernels take, with the center left
+/// out (Centered false: every center is +0) or not.
+template <bool Centered, class Arch, class T>
+void wide_rows_normalize(const T* src, T* dst, std::size_t rows, std::size_t width,
+                         std::size_t stride, const T* center, const T* scale, const T* shift,
+                         bool stream) noexcept {
+  using vec = xsimd::batch<T, Arch>;
+  // The coefficient arrays are padded by one vector past the width: the loads for a partial
+  // last vector stay in bounds.
+  const auto compute = [center, scale, shift](std::size_t j, const vec& v) {
+    return Centered ? normalize(v, vec::load_unaligned(center + j), vec::load_unaligned(scale + j),
+                                vec::load_unaligned(shift + j))
+                    : fmadd(v, vec::load_unaligned(scale + j), vec::load_unaligned(shift + j));
+  };
+  std::size_t r = 0;
+  if (!stream) {
+    // Column blocks (width < stride) take four rows per coefficient load, and load all four
+    // before storing any: a block's row r + 1 then never loads from the 4 KiB offsets where
+    // row r's stores are still pending (a 4 KiB stride puts them there). One row at a time, a
+    // (1,1024,14,14) NHWC call with 1 KiB column blocks took 1.8× as long as with y moved by
+    // 1 KiB (measured). Whole rows (width == stride) of 1 KiB or more are one contiguous run,
+    // walked one row at a time, as fast as a plain y = a·x + b pass over the same bytes where
+    // the four-row walk was slower (plain loops of each, alternating in one process, one
+    // thread: 35.6 µs against 25.4 on (1,1024,14,14), 110.8 against 101.7 on (1,256,56,56)).
+    // Shorter rows keep the four-row walk: one row at a time, (1,64,112,112) NHWC training
+    // took 220 µs against 188.
+    if (width == stride && width * sizeof(T) >= 1024) {
+      r = normalize_row_groups<1, Centered, Arch>(src, dst, rows, width, stride, center, scale,
+                                                  shift, compute);
+    } else {
+      r = normalize_row_groups<4, Centered, Arch>(src, dst, rows, width, stride, center, scale,
+                                                  shift, compute);
+    }
+  }
+  for (; r < rows; ++r) {
+    if (stream) {
+      stream_run<Arch>(src + r * stride, dst + r * stride, width, compute);
+    } else {
+      store_run<Arch>(src + r * stride, dst + r * stride, 0, width, compute);
+    }
+  }
+}
+
 template <class Arch, class T>
 void interleaved_normalize(const T* src, T* dst, std::size_t rows, std::size_t width,
                            std::size_t stride, const T* center, const T* scale, const T* shift,
@@ -594,46 +637,13 @@ void interleaved_normalize(const T* src, T* dst, std::size_t rows, std::size_t w
     return;
   }
   stream = stream && element_aligned(dst);
-  // The coefficient arrays are padded by one vector past the width: the loads for a partial
-  // last vector stay in bounds.
-  const auto compute = [center, scale, shift](std::size_t j, const vec& v) {
-    return normalize(v, vec::load_unaligned(center + j), vec::load_unaligned(scale + j),
-                     vec::load_unaligned(shift + j));
-  };
-  std::size_t r = 0;
-  if (!stream) {
-    // Column blocks (width < stride) take four rows per coefficient load, and load all four
-    // before storing any: a block's row r + 1 then never loads from the 4 KiB offsets where
-    // row r's stores are still pending (a 4 KiB stride puts them there). One row at a time, a
-    // (1,1024,14,14) NHWC call with 1 KiB column blocks took 1.8× as long as with y moved by
-    // 1 KiB (measured). Whole rows (width == stride) of 1 KiB or more are one contiguous run,
-    // walked one row at a time, as fast as a plain y = a·x + b pass over the same bytes where
-    // the four-row walk was slower (plain loops of each, alternating in one process, one
-    // thread: 35.6 µs against 25.4 on (1,1024,14,14), 110.8 against 101.7 on (1,256,56,56)).
-    // Shorter rows keep the four-row walk: one row at a time, (1,64,112,112) NHWC training
-    // took 220 µs against 188.
-    // A block whose centers are all +0 (see store_coefficients) reads two coefficient streams,
-    // not three: on (1,256,56,56) NHWC inference from L3, one thread, the third stream cost
-    // about 10% (115–129 µs against 104–118, alternating in one process).
-    const bool centered = !all_positive_zero<Arch>(center, width);
-    if (width == stride && width * sizeof(T) >= 1024) {
-      r = centered ? normalize_row_groups<1, true, Arch>(src, dst, rows, width, stride, center,
-                                                         scale, shift, compute)
-                   : normalize_row_groups<1, false, Arch>(src, dst, rows, width, stride, center,
-                                                          scale, shift, compute);
-    } else {
-      r = centered ? normalize_row_groups<4, true, Arch>(src, dst, rows, width, stride, center,
-                                                         scale, shift, compute)
-                   : normalize_row_groups<4, false, Arch>(src, dst, rows, width, stride, center,
-                                                          scale, shift, compute);
-    }
-  }
-  for (; r < rows; ++r) {
-    if (stream) {
-      stream_run<Arch>(src + r * stride, dst + r * stride, width, compute);
-    } else {
-      store_run<Arch>(src + r * stride, dst + r * stride, 0, width, compute);
-    }
+  // A block whose centers are all +0 (see store_coefficients) reads two coefficient streams,
+  // not three: on (1,256,56,56) NHWC inference from L3, one thread, the third stream cost
+  // about 10% (115–129 µs against 104–118, alternating in one process).
+  if (all_positive_zero<Arch>(center, width)) {
+    wide_rows_normalize<false, Arch>(src, dst, rows, width, stride, center, scale, shift, stream);
+  } else {
+    wide_rows_normalize<true, Arch>(src, dst, rows, width, stride, center, scale, shift, stream);
   }
   if (stream) stream_fence<Arch>();
 }
