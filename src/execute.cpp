@@ -190,8 +190,8 @@ void normalize_pass(const plan_impl& plan, const T* src, T* dst,
       }
     });
   } else {
-    normalize_interleaved_units<T>(plan, p.units, [&p](std::size_t u) { return interleaved_unit(p, u); },
-                                   src, dst, k);
+    normalize_interleaved_units<T>(
+        plan, p.units, [&p](std::size_t u) { return interleaved_unit(p, u); }, src, dst, k);
   }
 }
 

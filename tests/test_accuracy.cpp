@@ -173,10 +173,10 @@ TEST_P(Accuracy, InferenceFoldsSmallMeansWithoutLosingAccuracy) {
         EXPECT_TRUE(streaming.forward_inference(args).ok());
         EXPECT_EQ(0, std::memcmp(y.data(), streamed.data(), y.size() * sizeof(float)))
             << "streaming stores changed the output";
-        const std::vector<double> want =
-            reference_normalize(x, shape, l, std::vector<double>(running_mean.begin(), running_mean.end()),
-                                std::vector<double>(var.begin(), var.end()), 1e-5,
-                                std::vector<float>{}, std::vector<float>{});
+        const std::vector<double> want = reference_normalize(
+            x, shape, l, std::vector<double>(running_mean.begin(), running_mean.end()),
+            std::vector<double>(var.begin(), var.end()), 1e-5, std::vector<float>{},
+            std::vector<float>{});
         EXPECT_LE(max_abs_error(y, want), 1e-6);
         std::vector<float> in_logical_order(y.size());
         for (std::size_t n = 0; n < g.n; ++n)
