@@ -78,6 +78,16 @@ def fmt(us):
     return f"{us:.2f}" if us < 10 else f"{us:.1f}" if us < 1000 else f"{us:,.0f}"
 
 
+def pct(v):
+    """A share, rounded down: a miss never prints as the target it missed (79.6% is 79%)."""
+    return f"{math.floor(v)}%"
+
+
+def times(v):
+    """A ratio, rounded down to hundredths (1.499 is 1.49×)."""
+    return f"{math.floor(v * 100) / 100:.2f}×"
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--main", required=True, action="append",
@@ -167,10 +177,10 @@ def main():
         summary.append(rec)
         cells = [f"{case[0]} {case[1]} {case[2]}", f"{mib:.2f}", fmt(bn),
                  fmt(get(case, threads_all, "onednn")), fmt(get(case, threads_all, "pytorch")),
-                 fmt(roof), f"{rec['pct']:.0f}%" if rec["pct"] else "-",
-                 f"{rec['pct_median']:.0f}%" if rec["pct_median"] else "-",
-                 f"{rec['speedup']:.2f}×" if rec["speedup"] else "-",
-                 f"{rec['scaling']:.2f}×" if rec["scaling"] else "-"]
+                 fmt(roof), pct(rec['pct']) if rec["pct"] else "-",
+                 pct(rec['pct_median']) if rec["pct_median"] else "-",
+                 times(rec['speedup']) if rec["speedup"] else "-",
+                 times(rec['scaling']) if rec["scaling"] else "-"]
         cells += [fmt(get(case, threads_all, "bnorm_" + i)) for i in isas]
         lines.append("| " + " | ".join(cells) + " |")
     errors = [f"- {'/'.join(map(str, k))}: {v['error']}" for k, v in rows.items() if "error" in v]
@@ -189,11 +199,11 @@ def main():
         """A roofline miss, with how far the roofline itself is from its best time (its own
         median as a share of its best), and bnorm like with like: median against median, best
         against best."""
-        text = f"{r['pct']:.0f}%"
+        text = pct(r["pct"])
         if r["roof_median"] and r["bn_best"]:
-            text += (f" (the roofline's own median is {r['roof'] / r['roof_median'] * 100:.0f}%"
-                     f" of its best; median against median {r['pct_median']:.0f}%, best against"
-                     f" best {r['roof'] / r['bn_best'] * 100:.0f}%)")
+            text += (f" (the roofline's own median is {pct(r['roof'] / r['roof_median'] * 100)}"
+                     f" of its best; median against median {pct(r['pct_median'])}, best against"
+                     f" best {pct(r['roof'] / r['bn_best'] * 100)})")
         return text
 
     big = [r for r in summary if r["mib"] >= 1.0 and r["pct"]]
@@ -220,7 +230,7 @@ def main():
         pass, then a read-write pass, over the same bytes) the target is out of reach for any
         two-pass training."""
         def show(r):
-            text = f"{r['speedup']:.2f}×"
+            text = times(r["speedup"])
             need, floor = r["peer"] / target, inference_floor(r["case"])
             if floor:
                 text += (f" ({target:g}× the peer is {fmt(need)} µs; one read and one write of "
@@ -239,14 +249,14 @@ def main():
           lambda r: r["speedup"] >= 1.25, versus_peer(1.25))
     infer_peer = [r for r in with_peer if r["case"][2] == "infer"]
     check("inference never slower than the faster peer", infer_peer,
-          lambda r: r["speedup"] >= 1.0, lambda r: f"{r['speedup']:.2f}×")
+          lambda r: r["speedup"] >= 1.0, lambda r: times(r["speedup"]))
     if infer_peer:
         geo = math.exp(sum(math.log(r["speedup"]) for r in infer_peer) / len(infer_peer))
         lines.append(f"- **inference ≥ 1.3× the faster peer, geometric mean**: "
-                     f"{'met' if geo >= 1.3 else 'missed'} ({geo:.2f}×)")
+                     f"{'met' if geo >= 1.3 else 'missed'} ({times(geo)})")
     check("small shapes (ResNet-50 batch 1, 14×14 and 7×7) ≥ 1.5× the faster peer",
           [r for r in with_peer if r["case"][0] in ("r50_b1_c1024_14", "r50_b1_c2048_7")],
-          lambda r: r["speedup"] >= 1.5, lambda r: f"{r['speedup']:.2f}×")
+          lambda r: r["speedup"] >= 1.5, lambda r: times(r["speedup"]))
     seed = [r for r in summary if r["case"][0] == "seed_1d_2x4"]
     check("seed 2×4: training ≤ 0.2 µs, inference ≤ 0.1 µs", seed,
           lambda r: r["bn"] <= (0.2 if r["case"][2] == "train" else 0.1),
@@ -254,7 +264,7 @@ def main():
     check("threads: ≥ 1.7× one thread or ≥ 90% of the all-core roofline (≥ 4 MiB)",
           [r for r in summary if r["mib"] >= 4 and r["scaling"] and r["pct"]],
           lambda r: r["scaling"] >= 1.7 or r["pct"] >= 90,
-          lambda r: f"{r['scaling']:.2f}×, {versus_roofline(r)}")
+          lambda r: f"{times(r['scaling'])}, {versus_roofline(r)}")
 
     with open(args.markdown, "w") as f:
         f.write("\n".join(lines) + "\n")
