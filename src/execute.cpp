@@ -206,14 +206,6 @@ void for_each_channel_block(const plan_impl& plan, const Body& body) {
   });
 }
 
-// Channels-last inference of few rows of many channels (the training partition's fused
-// column blocks) runs block by block in one parallel pass where a block's rows are at least
-// this wide; narrower blocks run as chunks of whole rows instead. Medians of eight processes
-// each, alternating, two threads: (1,2048,7,7) NHWC, 2 KiB blocks, took 11–26 µs in blocks
-// (five of eight below 14) against 17–26 in whole rows; (1,1024,14,14), 1 KiB blocks, 22–87
-// µs in blocks against 18–33 in whole rows.
-constexpr std::size_t min_inference_block_bytes = 2048;
-
 /// One training call: the scratch arrays and the steps over them.
 template <class T>
 class training_step {
@@ -515,8 +507,7 @@ class inference_step {
       channel_planes_pass();
       return;
     }
-    if (p_.kind == traversal::interleaved && p_.fused &&
-        p_.block_width * sizeof(T) >= min_inference_block_bytes) {
+    if (p_.inference_in_blocks) {
       column_blocks_pass();
       return;
     }

@@ -79,11 +79,14 @@ struct partition {
   std::size_t row_chunks = 0;
   std::size_t column_blocks = 1;
   std::size_t block_width = 0;
-  // interleaved inference (unless it runs in the fused column blocks, see execute.cpp): unit u
-  // covers whole rows [u·inference_rows_per_chunk, ...), at least 16 units where there are
-  // rows enough. Inference needs no column blocks (no statistics), and whole rows stream:
-  // (1,1024,14,14) NHWC inference on one thread took 28.7–30.9 µs a call in whole rows
-  // against 40.4–45.9 µs in four 1 KiB column blocks (alternating runs).
+  // interleaved inference in the fused column blocks (units as above, each computing its
+  // block's coefficients), where their rows are wide enough.
+  bool inference_in_blocks = false;
+  // interleaved inference otherwise: unit u covers whole rows [u·inference_rows_per_chunk,
+  // ...), at least 16 units where there are rows enough. Inference needs no column blocks (no
+  // statistics), and whole rows stream: (1,1024,14,14) NHWC inference on one thread took
+  // 28.7–30.9 µs a call in whole rows against 40.4–45.9 µs in four 1 KiB column blocks
+  // (alternating runs).
   std::size_t inference_rows_per_chunk = 0;
   std::size_t inference_row_chunks = 0;
 
