@@ -1,6 +1,7 @@
 #include "partition.hpp"
 
 #include <algorithm>
+#include <cstdint>
 #include <cstdio>
 #include <numeric>
 
@@ -66,36 +67,47 @@ std::size_t streaming_threshold() noexcept {
 std::size_t ceil_div(std::size_t a, std::size_t b) { return (a + b - 1) / b; }
 std::size_t round_up(std::size_t a, std::size_t b) { return ceil_div(a, b) * b; }
 
-void lay_out_scratch(partition& p) {
+/// Lays the scratch arrays out one after the other, 64-byte aligned. Every size is checked:
+/// false when the scratch would not fit in size_t (absurd channel counts).
+bool lay_out_scratch(partition& p) {
   scratch_layout& s = p.scratch;
   std::size_t offset = 0;
-  auto take = [&](std::size_t bytes) {
+  bool fits = true;
+  const auto bytes_of = [&](std::size_t count, std::size_t size) {
+    std::size_t bytes = 0;
+    fits = fits && !__builtin_mul_overflow(count, size, &bytes) && bytes <= SIZE_MAX / 2;
+    return fits ? bytes : 0;
+  };
+  const auto take = [&](std::size_t bytes) {
     const std::size_t at = offset;
-    offset += round_up(bytes, 64);
+    fits = fits && !__builtin_add_overflow(offset, round_up(bytes, 64), &offset) &&
+           offset <= SIZE_MAX / 2;
     return at;
   };
   const std::size_t pad = 64 / p.element_size;  // one vector of the widest ISA
   s.coeff_stride = round_up((p.kind == traversal::planes ? p.channels : p.period) + pad, pad);
-  s.coeffs = take(3 * s.coeff_stride * p.element_size);
+  s.coeffs = take(bytes_of(3 * s.coeff_stride, p.element_size));
   s.inference_bytes = offset;
-  s.scale = take(p.channels * sizeof(double));
+  s.scale = take(bytes_of(p.channels, sizeof(double)));
   s.shift_count = p.kind == traversal::planes ? p.channels : p.period;
   s.partial_count = p.kind == traversal::planes ? p.channels * p.chunks_per_channel
                                                 : p.row_chunks * p.period;
-  s.shift = take(s.shift_count * p.element_size);
-  s.sum = take(s.partial_count * sizeof(double));
-  s.sum_sq = take(s.partial_count * sizeof(double));
-  s.mean = take(p.channels * sizeof(double));
-  s.variance = take(p.channels * sizeof(double));
-  s.inv_std = take(p.channels * sizeof(double));
+  s.shift = take(bytes_of(s.shift_count, p.element_size));
+  s.sum = take(bytes_of(s.partial_count, sizeof(double)));
+  s.sum_sq = take(bytes_of(s.partial_count, sizeof(double)));
+  s.mean = take(bytes_of(p.channels, sizeof(double)));
+  s.variance = take(bytes_of(p.channels, sizeof(double)));
+  s.inv_std = take(bytes_of(p.channels, sizeof(double)));
   s.training_bytes = offset;
+  return fits;
 }
 
 }  // namespace
 
-partition make_partition(const problem& prob, const plan_options& options,
-                         std::size_t vector_lanes) noexcept {
-  partition p;
+bool make_partition(const problem& prob, const plan_options& options, std::size_t vector_lanes,
+                    partition* out) noexcept {
+  partition& p = *out;
+  p = partition{};
   p.batch = static_cast<std::size_t>(prob.shape[0]);
   p.channels = static_cast<std::size_t>(prob.shape[1]);
   p.spatial = 1;
@@ -187,8 +199,7 @@ partition make_partition(const problem& prob, const plan_options& options,
         p.fused && p.block_width * p.element_size >= min_inference_block_bytes;
   }
   p.channels_per_finalize_task = finalize_channels_per_task;
-  lay_out_scratch(p);
-  return p;
+  return lay_out_scratch(p);
 }
 
 }  // namespace bnorm::detail

@@ -95,9 +95,9 @@ struct partition {
   scratch_layout scratch;
 };
 
-/// Builds the partition for a validated problem; `vector_lanes` is the ISA's lanes for the
-/// problem's dtype.
-partition make_partition(const problem& prob, const plan_options& options,
-                         std::size_t vector_lanes) noexcept;
+/// Builds the partition for a validated problem into *out; `vector_lanes` is the ISA's lanes
+/// for the problem's dtype. False when its scratch would not fit in size_t.
+bool make_partition(const problem& prob, const plan_options& options, std::size_t vector_lanes,
+                    partition* out) noexcept;
 
 }  // namespace bnorm::detail

@@ -1,4 +1,5 @@
 // The engine API: validation of problems and arguments, scratch, and the no-throw boundary.
+// Every check runs before anything is written.
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -8,6 +9,8 @@
 #include "bnorm/plan.hpp"
 #include "cpu_isa.hpp"
 #include "execute.hpp"
+#include "fp_environment.hpp"
+#include "messages.hpp"
 #include "plan_impl.hpp"
 
 namespace bnorm {
@@ -20,23 +23,52 @@ tensor_shape::tensor_shape(const std::int64_t* dims, std::size_t rank) noexcept
   for (std::size_t i = 0; i < stored_; ++i) dims_[i] = dims[i];
 }
 
+const char* to_string(bnorm::layout value) noexcept {
+  switch (value) {
+    case layout::channels_first: return "channels_first";
+    case layout::channels_last: return "channels_last";
+  }
+  return "unknown";
+}
+
+const char* to_string(dtype value) noexcept {
+  switch (value) {
+    case dtype::f32: return "f32";
+    case dtype::f64: return "f64";
+  }
+  return "unknown";
+}
+
+const char* to_string(momentum_convention value) noexcept {
+  switch (value) {
+    case momentum_convention::pytorch: return "pytorch";
+    case momentum_convention::mindspore: return "mindspore";
+    case momentum_convention::onnx: return "onnx";
+  }
+  return "unknown";
+}
+
+const char* to_string(store_policy value) noexcept {
+  switch (value) {
+    case store_policy::automatic: return "automatic";
+    case store_policy::cached: return "cached";
+    case store_policy::streaming: return "streaming";
+  }
+  return "unknown";
+}
+
 namespace {
 
+using detail::enum_text;
+using detail::number_text;
 using detail::plan_impl;
+using detail::shape_text;
 
-// "[2, 4, 3]" for messages.
-struct shape_text {
-  char text[128] = {};
-  explicit shape_text(const tensor_shape& shape) {
-    int at = std::snprintf(text, sizeof(text), "[");
-    for (std::size_t i = 0; i < shape.rank() && at < static_cast<int>(sizeof(text)); ++i) {
-      at += std::snprintf(text + at, sizeof(text) - at, i ? ", %lld" : "%lld",
-                          static_cast<long long>(shape[i]));
-    }
-    if (at < static_cast<int>(sizeof(text))) std::snprintf(text + at, sizeof(text) - at, "]");
-  }
-};
+// No address space holds more; below it, every size computation of the planner (products of
+// element counts with small factors) fits in 64 bits.
+constexpr std::uint64_t max_tensor_bytes = std::uint64_t{1} << 60;
 
+std::size_t element_size(dtype d) noexcept { return d == dtype::f64 ? 8 : 4; }
 
 status validate_problem(const problem& prob, const plan_options& options) noexcept {
   const tensor_shape& shape = prob.shape;
@@ -45,63 +77,61 @@ status validate_problem(const problem& prob, const plan_options& options) noexce
                            "shape: expected rank 2 to 5 (N, C[, D][, H][, W]), got rank %zu %s",
                            shape.rank(), shape_text(shape).text);
   }
-  for (std::size_t d = 0; d < shape.rank(); ++d) {
-    if (shape[d] < 0) {
-      return status::failure(status_code::invalid_argument,
-                             "shape: expected dimensions >= 0, got %lld at dimension %zu of %s",
-                             static_cast<long long>(shape[d]), d, shape_text(shape).text);
-    }
-  }
+  if (status s = detail::check_dimensions(shape); !s) return s;
   if (shape[1] < 1) {
     return status::failure(status_code::invalid_argument,
                            "num_features (C = shape[1]): expected >= 1, got %lld",
                            static_cast<long long>(shape[1]));
   }
-  // The element count and the byte count must fit, so index arithmetic cannot wrap.
-  std::uint64_t elements = 1;
-  for (std::size_t d = 0; d < shape.rank(); ++d) {
-    if (__builtin_mul_overflow(elements, static_cast<std::uint64_t>(shape[d]), &elements) ||
-        elements > (std::uint64_t{1} << 60)) {
-      return status::failure(status_code::invalid_argument,
-                             "shape: expected at most 2^60 elements, got %s",
-                             shape_text(shape).text);
-    }
+  if (prob.dtype != dtype::f32 && prob.dtype != dtype::f64) {
+    return status::failure(status_code::invalid_argument, "dtype: expected f32 or f64, got %s",
+                           enum_text(prob.dtype).text);
+  }
+  // The tensor and its per-channel buffers must fit in an address space, so that no index or
+  // size computation can wrap.
+  std::uint64_t elements = 0;
+  const std::uint64_t largest = max_tensor_bytes / element_size(prob.dtype);
+  if (!detail::element_count(shape, &elements) || elements > largest ||
+      static_cast<std::uint64_t>(shape[1]) > largest) {
+    return status::failure(status_code::invalid_argument,
+                           "shape: expected at most 2^60 bytes of %s (%llu elements, and as "
+                           "many channels), got %s",
+                           to_string(prob.dtype), static_cast<unsigned long long>(largest),
+                           shape_text(shape).text);
   }
   if (prob.layout != layout::channels_first && prob.layout != layout::channels_last) {
     return status::failure(status_code::invalid_argument,
-                           "layout: expected channels_first or channels_last, got %d",
-                           static_cast<int>(prob.layout));
-  }
-  if (prob.dtype != dtype::f32 && prob.dtype != dtype::f64) {
-    return status::failure(status_code::invalid_argument, "dtype: expected f32 or f64, got %d",
-                           static_cast<int>(prob.dtype));
+                           "layout: expected channels_first or channels_last, got %s",
+                           enum_text(prob.layout).text);
   }
   if (!std::isfinite(prob.epsilon) || prob.epsilon < 0.0) {
     return status::failure(status_code::invalid_argument,
-                           "epsilon: expected a finite value >= 0, got %g", prob.epsilon);
+                           "epsilon: expected a finite value >= 0, got %s",
+                           number_text(prob.epsilon).text);
   }
   if (!std::isfinite(options.momentum) || options.momentum < 0.0 || options.momentum > 1.0) {
     return status::failure(status_code::invalid_argument,
-                           "momentum: expected a finite value in [0, 1], got %g", options.momentum);
+                           "momentum: expected a finite value in [0, 1], got %s",
+                           number_text(options.momentum).text);
   }
   if (options.convention != momentum_convention::pytorch &&
       options.convention != momentum_convention::mindspore &&
       options.convention != momentum_convention::onnx) {
     return status::failure(status_code::invalid_argument,
-                           "convention: expected pytorch, mindspore or onnx, got %d",
-                           static_cast<int>(options.convention));
+                           "convention: expected pytorch, mindspore or onnx, got %s",
+                           enum_text(options.convention).text);
   }
   if (options.cumulative_average && options.convention != momentum_convention::pytorch) {
     return status::failure(status_code::invalid_argument,
                            "cumulative_average: expected the pytorch convention (momentum=None), "
-                           "got convention %d",
-                           static_cast<int>(options.convention));
+                           "got the %s convention",
+                           enum_text(options.convention).text);
   }
   if (options.stores != store_policy::automatic && options.stores != store_policy::cached &&
       options.stores != store_policy::streaming) {
     return status::failure(status_code::invalid_argument,
-                           "stores: expected automatic, cached or streaming, got %d",
-                           static_cast<int>(options.stores));
+                           "stores: expected automatic, cached or streaming, got %s",
+                           enum_text(options.stores).text);
   }
   if (options.max_threads < 0) {
     return status::failure(status_code::invalid_argument,
@@ -109,6 +139,14 @@ status validate_problem(const problem& prob, const plan_options& options) noexce
                            options.max_threads);
   }
   return {};
+}
+
+status check_alignment(const char* name, const void* data, std::size_t alignment,
+                       const char* what) noexcept {
+  if (reinterpret_cast<std::uintptr_t>(data) % alignment == 0) return {};
+  return status::failure(status_code::invalid_argument,
+                         "%s: expected an address aligned to %zu bytes (%s), got %p", name,
+                         alignment, what, data);
 }
 
 // A per-channel buffer: omitted ({}), or C values. `required` names why it may not be omitted.
@@ -119,8 +157,8 @@ struct channel_buffer {
   const char* required = nullptr;
 };
 
-status check_channel_buffers(std::initializer_list<channel_buffer> buffers,
-                             std::size_t channels) noexcept {
+status check_channel_buffers(std::initializer_list<channel_buffer> buffers, std::size_t channels,
+                             dtype values) noexcept {
   for (const channel_buffer& b : buffers) {
     if (b.data == nullptr) {
       if (b.required != nullptr) {
@@ -133,48 +171,121 @@ status check_channel_buffers(std::initializer_list<channel_buffer> buffers,
                                "%s: expected data for the given size %zu, got a null pointer",
                                b.name, b.size);
       }
-    } else if (b.size != channels) {
+      continue;
+    }
+    if (b.size != channels) {
       return status::failure(status_code::invalid_argument,
                              "%s: expected %zu values (one per channel, C = %zu), got %zu", b.name,
                              channels, channels, b.size);
+    }
+    if (status s = check_alignment(b.name, b.data, element_size(values), to_string(values)); !s) {
+      return s;
     }
   }
   return {};
 }
 
 status check_tensors(const plan_impl& plan, const void* src, const void* dst) noexcept {
-  if (plan.part.elements == 0 || (src != nullptr && dst != nullptr)) return {};
-  return status::failure(status_code::invalid_argument,
-                         "%s: expected %zu elements of shape %s, got a null pointer",
-                         src == nullptr ? "src" : "dst", plan.part.elements,
-                         shape_text(plan.prob.shape).text);
+  if (plan.part.elements == 0) return {};
+  if (src == nullptr || dst == nullptr) {
+    return status::failure(status_code::invalid_argument,
+                           "%s: expected %zu elements of shape %s, got a null pointer",
+                           src == nullptr ? "src" : "dst", plan.part.elements,
+                           shape_text(plan.prob.shape).text);
+  }
+  const std::size_t alignment = element_size(plan.prob.dtype);
+  const char* what = to_string(plan.prob.dtype);
+  if (status s = check_alignment("src", src, alignment, what); !s) return s;
+  return check_alignment("dst", dst, alignment, what);
 }
 
-/// Scratch from the caller, the stack, or the heap, in that order of preference.
+status check_counter(const std::int64_t* counter) noexcept {
+  if (counter == nullptr) return {};
+  if (status s = check_alignment("num_batches_tracked", counter, alignof(std::int64_t), "int64");
+      !s) {
+    return s;
+  }
+  if (*counter < 0) {
+    return status::failure(status_code::invalid_argument,
+                           "num_batches_tracked: expected a count >= 0, got %lld",
+                           static_cast<long long>(*counter));
+  }
+  if (*counter == INT64_MAX) {
+    return status::failure(status_code::invalid_argument,
+                           "num_batches_tracked: expected a count below %lld (this step would "
+                           "overflow it), got %lld",
+                           static_cast<long long>(INT64_MAX), static_cast<long long>(*counter));
+  }
+  return {};
+}
+
+status check_scratch_pointer(const void* data, std::size_t size) noexcept {
+  if (data == nullptr) {
+    if (size == 0) return {};
+    return status::failure(status_code::invalid_argument,
+                           "scratch: expected data for the given size %zu, got a null pointer",
+                           size);
+  }
+  return check_alignment("scratch", data, 64, "a cache line");
+}
+
+// The bytes of one buffer of a call, for the overlap rule.
+struct region {
+  const char* name;
+  const void* data;
+  std::size_t bytes;
+  bool written;
+  bool in_place = false;  // src and dst: they may be the very same buffer
+};
+
+/// A buffer that the call writes may overlap no other; dst == src exactly (in place) is the
+/// one exception. Empty and omitted buffers take no memory.
+status check_separate(std::initializer_list<region> regions) noexcept {
+  for (auto a = regions.begin(); a != regions.end(); ++a) {
+    for (auto b = a + 1; b != regions.end(); ++b) {
+      if (!(a->written || b->written) || a->data == nullptr || b->data == nullptr ||
+          a->bytes == 0 || b->bytes == 0) {
+        continue;
+      }
+      const auto a0 = reinterpret_cast<std::uintptr_t>(a->data);
+      const auto b0 = reinterpret_cast<std::uintptr_t>(b->data);
+      if (a0 >= b0 + b->bytes || b0 >= a0 + a->bytes) continue;
+      if (a->in_place && b->in_place && a0 == b0 && a->bytes == b->bytes) continue;
+      return status::failure(status_code::invalid_argument,
+                             "%s: expected memory of its own (a written buffer may overlap no "
+                             "other; only dst == src, in place), got %zu bytes at %p that "
+                             "overlap %s (%zu bytes at %p)",
+                             b->written ? b->name : a->name, b->written ? b->bytes : a->bytes,
+                             b->written ? b->data : a->data, b->written ? a->name : b->name,
+                             b->written ? a->bytes : b->bytes, b->written ? a->data : b->data);
+    }
+  }
+  return {};
+}
+
+/// Scratch from the caller, or the stack, or the heap. `needed` is what the call lays out;
+/// only scratch beyond the stack's is taken from the caller.
 class scratch_buffer {
  public:
-  status acquire(std::size_t bytes, void* given, std::size_t given_size) noexcept {
+  status acquire(std::size_t needed, void* given, std::size_t given_size,
+                 const char* size_function) noexcept {
+    if (needed <= detail::stack_scratch_bytes) {
+      data_ = local_;
+      return {};
+    }
     if (given != nullptr) {
-      if (given_size < bytes) {
+      if (given_size < needed) {
         return status::failure(status_code::invalid_argument,
-                               "scratch: expected at least %zu bytes (plan::scratch_size()), got %zu",
-                               bytes, given_size);
-      }
-      if (reinterpret_cast<std::uintptr_t>(given) % 64 != 0) {
-        return status::failure(status_code::invalid_argument,
-                               "scratch: expected a 64-byte aligned address, got %p", given);
+                               "scratch: expected at least %zu bytes (plan::%s()), got %zu",
+                               needed, size_function, given_size);
       }
       data_ = static_cast<unsigned char*>(given);
       return {};
     }
-    if (bytes <= sizeof(local_)) {
-      data_ = local_;
-      return {};
-    }
-    owned_ = new (std::nothrow) unsigned char[bytes + 63];
+    owned_ = new (std::nothrow) unsigned char[needed + 63];
     if (owned_ == nullptr) {
       return status::failure(status_code::out_of_memory,
-                             "scratch: could not allocate %zu bytes", bytes);
+                             "scratch: could not allocate %zu bytes", needed);
     }
     data_ = owned_ + (64 - reinterpret_cast<std::uintptr_t>(owned_) % 64) % 64;
     return {};
@@ -183,14 +294,16 @@ class scratch_buffer {
   unsigned char* data() const noexcept { return data_; }
 
  private:
-  alignas(64) unsigned char local_[4096];
+  alignas(64) unsigned char local_[detail::stack_scratch_bytes];
   unsigned char* owned_ = nullptr;
   unsigned char* data_ = nullptr;
 };
 
-// The no-throw boundary: xsimd kernels are noexcept, but oneTBB may throw.
+// The no-throw boundary: xsimd kernels are noexcept, but oneTBB may throw. The work runs in
+// bnorm's floating-point environment (see plan.hpp).
 template <class Fn>
 status guarded(Fn&& fn) noexcept {
+  const detail::fp_environment_scope environment;
   try {
     fn();
     return {};
@@ -205,7 +318,22 @@ status guarded(Fn&& fn) noexcept {
 
 constexpr const char* not_planned = "plan: not initialized; create it with bnorm::make_plan";
 
+/// Caller scratch a call of `layout_bytes` needs: none when it fits on the stack.
+std::size_t caller_scratch(std::size_t layout_bytes) noexcept {
+  return layout_bytes > detail::stack_scratch_bytes ? layout_bytes : 0;
+}
+
 }  // namespace
+
+status select_isa(std::optional<isa> max_isa, isa* out) noexcept {
+  if (out == nullptr) {
+    return status(status_code::invalid_argument, "out: expected an isa to fill, got a null pointer");
+  }
+  const kernels::kernel_table* table = nullptr;
+  if (status s = detail::select_kernels(max_isa, &table); !s) return s;
+  *out = table->id;
+  return {};
+}
 
 status make_plan(const problem& prob, const plan_options& options, plan* out) noexcept {
   if (out == nullptr) {
@@ -219,8 +347,14 @@ status make_plan(const problem& prob, const plan_options& options, plan* out) no
     impl->prob = prob;
     impl->options = options;
     impl->kernels = table;
-    impl->part = detail::make_partition(
-        prob, options, prob.dtype == dtype::f32 ? table->f32_lanes : table->f64_lanes);
+    if (!detail::make_partition(prob, options,
+                                prob.dtype == dtype::f32 ? table->f32_lanes : table->f64_lanes,
+                                &impl->part)) {
+      return status::failure(status_code::invalid_argument,
+                             "shape: expected a problem whose scratch fits in memory, got %s "
+                             "(its per-channel scratch exceeds 2^63 bytes)",
+                             shape_text(prob.shape).text);
+    }
     impl->threads = detail::thread_limit(options.max_threads);
     out->impl_ = std::move(impl);
     return {};
@@ -245,7 +379,7 @@ status plan::forward_training(const training_args& args) const noexcept {
            {"batch_inv_std", args.batch_inv_std.data, args.batch_inv_std.size},
            {"running_mean", args.running_mean.data, args.running_mean.size, why_running},
            {"running_var", args.running_var.data, args.running_var.size, why_running}},
-          channels);
+          channels, p.prob.dtype);
       !s) {
     return s;
   }
@@ -254,18 +388,40 @@ status plan::forward_training(const training_args& args) const noexcept {
                   "num_batches_tracked: expected a counter (cumulative_average divides by it), "
                   "got a null pointer");
   }
+  const std::int64_t* counter = update ? args.num_batches_tracked : nullptr;
+  if (status s = check_counter(counter); !s) return s;
+  if (status s = check_scratch_pointer(args.scratch, args.scratch_size); !s) return s;
   if (p.part.per_channel == 1) {
     return status::failure(status_code::invalid_argument,
                            "Expected more than 1 value per channel when training, got input size %s",
                            shape_text(p.prob.shape).text);
   }
+  const std::size_t data_bytes = p.part.elements * p.part.element_size;
+  const std::size_t channel_bytes = channels * p.part.element_size;
+  const std::size_t running_bytes = update ? channel_bytes : 0;
+  const std::size_t scratch_bytes = caller_scratch(p.part.scratch.training_bytes);
+  if (status s = check_separate(
+          {{"src", args.src, data_bytes, false, true},
+           {"dst", args.dst, data_bytes, true, true},
+           {"scale", args.scale.data, channel_bytes, false},
+           {"shift", args.shift.data, channel_bytes, false},
+           {"batch_mean", args.batch_mean.data, channel_bytes, true},
+           {"batch_inv_std", args.batch_inv_std.data, channel_bytes, true},
+           {"running_mean", args.running_mean.data, running_bytes, true},
+           {"running_var", args.running_var.data, running_bytes, true},
+           {"num_batches_tracked", counter, sizeof(std::int64_t), true},
+           {"scratch", args.scratch, p.part.elements ? scratch_bytes : 0, true}});
+      !s) {
+    return s;
+  }
   if (p.part.elements == 0) {
     // As PyTorch: an empty batch leaves the statistics alone but still counts as a step.
-    if (update && args.num_batches_tracked) ++*args.num_batches_tracked;
+    if (counter) ++*args.num_batches_tracked;
     return {};
   }
   scratch_buffer scratch;
-  if (status s = scratch.acquire(p.part.scratch.training_bytes, args.scratch, args.scratch_size);
+  if (status s = scratch.acquire(p.part.scratch.training_bytes, args.scratch, args.scratch_size,
+                                 "training_scratch_size");
       !s) {
     return s;
   }
@@ -288,13 +444,29 @@ status plan::forward_inference(const inference_args& args) const noexcept {
            {"shift", args.shift.data, args.shift.size},
            {"mean", args.mean.data, args.mean.size, "by inference (the running mean)"},
            {"var", args.var.data, args.var.size, "by inference (the running variance)"}},
-          channels);
+          channels, p.prob.dtype);
+      !s) {
+    return s;
+  }
+  if (status s = check_scratch_pointer(args.scratch, args.scratch_size); !s) return s;
+  const std::size_t data_bytes = p.part.elements * p.part.element_size;
+  const std::size_t channel_bytes = channels * p.part.element_size;
+  const std::size_t scratch_bytes = caller_scratch(p.part.scratch.inference_bytes);
+  if (status s = check_separate({{"src", args.src, data_bytes, false, true},
+                                 {"dst", args.dst, data_bytes, true, true},
+                                 {"scale", args.scale.data, channel_bytes, false},
+                                 {"shift", args.shift.data, channel_bytes, false},
+                                 {"mean", args.mean.data, channel_bytes, false},
+                                 {"var", args.var.data, channel_bytes, false},
+                                 {"scratch", args.scratch, p.part.elements ? scratch_bytes : 0,
+                                  true}});
       !s) {
     return s;
   }
   if (p.part.elements == 0) return {};
   scratch_buffer scratch;
-  if (status s = scratch.acquire(p.part.scratch.inference_bytes, args.scratch, args.scratch_size);
+  if (status s = scratch.acquire(p.part.scratch.inference_bytes, args.scratch, args.scratch_size,
+                                 "inference_scratch_size");
       !s) {
     return s;
   }
@@ -309,8 +481,19 @@ status plan::forward_inference(const inference_args& args) const noexcept {
 
 isa plan::isa() const noexcept { return impl_ ? impl_->kernels->id : bnorm::isa::sse2; }
 
+std::size_t plan::training_scratch_size() const noexcept {
+  if (!impl_ || impl_->part.elements == 0 || impl_->part.per_channel == 1) return 0;
+  return caller_scratch(impl_->part.scratch.training_bytes);
+}
+
+std::size_t plan::inference_scratch_size() const noexcept {
+  if (!impl_ || impl_->part.elements == 0) return 0;
+  return caller_scratch(impl_->part.scratch.inference_bytes);
+}
+
 std::size_t plan::scratch_size() const noexcept {
-  return impl_ ? impl_->part.scratch.training_bytes : 0;
+  const std::size_t training = training_scratch_size(), inference = inference_scratch_size();
+  return training > inference ? training : inference;
 }
 
 const problem& plan::get_problem() const noexcept {

@@ -10,6 +10,9 @@
 
 namespace bnorm::detail {
 
+/// A call whose scratch fits in this many bytes takes it from its own stack frame.
+inline constexpr std::size_t stack_scratch_bytes = 4096;
+
 struct plan_impl {
   problem prob;
   plan_options options;

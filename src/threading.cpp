@@ -6,6 +6,9 @@
 #include <oneapi/tbb/info.h>
 #include <oneapi/tbb/parallel_for.h>
 #include <oneapi/tbb/task_arena.h>
+#include <oneapi/tbb/task_group.h>
+
+#include "fp_environment.hpp"
 
 namespace bnorm::detail {
 
@@ -37,8 +40,18 @@ thread_limit& thread_limit::operator=(thread_limit&&) noexcept = default;
 void thread_limit::run_parallel(std::size_t count, std::size_t grain,
                                 const block_fn& body) const {
   auto loop = [&] {
-    tbb::parallel_for(tbb::blocked_range<std::size_t>(0, count, grain),
-                      [&](const tbb::blocked_range<std::size_t>& r) { body(r.begin(), r.end()); });
+    // An isolated context: a call made from inside a caller's task whose group is cancelled
+    // (another iteration threw, say) must still run every unit, not return with dst unwritten.
+    // bnorm's own bodies neither throw nor cancel.
+    tbb::task_group_context context(tbb::task_group_context::isolated);
+    tbb::parallel_for(
+        tbb::blocked_range<std::size_t>(0, count, grain),
+        [&](const tbb::blocked_range<std::size_t>& r) {
+          // Workers keep their own floating-point environment: each block computes in bnorm's.
+          const fp_environment_scope environment;
+          body(r.begin(), r.end());
+        },
+        context);
   };
   if (arena_) {
     arena_->arena.execute(loop);

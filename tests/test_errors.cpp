@@ -58,7 +58,23 @@ INSTANTIATE_TEST_SUITE_P(
                         status_code::invalid_argument, "num_features (C = shape[1]): expected >= 1, got 0"},
         plan_error_case{"too_many_elements",
                         [](auto& p, auto&) { p.shape = {1ll << 31, 4, 1ll << 31}; },
-                        status_code::invalid_argument, "shape: expected at most 2^60 elements"},
+                        status_code::invalid_argument, "shape: expected at most 2^60 bytes of f32"},
+        plan_error_case{"f64_tensor_beyond_2_to_60_bytes",
+                        [](auto& p, auto&) {
+                          p.shape = {1ll << 27, 2, 1ll << 30};
+                          p.dtype = bnorm::dtype::f64;
+                        },
+                        status_code::invalid_argument, "shape: expected at most 2^60 bytes of f64"},
+        plan_error_case{"channels_beyond_2_to_60_bytes", [](auto& p, auto&) { p.shape = {2, 1ll << 59}; },
+                        status_code::invalid_argument, "shape: expected at most 2^60 bytes of f32"},
+        plan_error_case{"scratch_beyond_size_t", [](auto& p, auto&) { p.shape = {0, 1ll << 57}; },
+                        status_code::invalid_argument, "shape: expected a problem whose scratch fits in memory"},
+        plan_error_case{"rank9_prints_what_it_stores",
+                        [](auto& p, auto&) { p.shape = {1, 2, 3, 4, 5, 6, 7, 8, 9}; },
+                        status_code::invalid_argument, "got rank 9 [1, 2, 3, 4, 5, 6, 7, 8, …]"},
+        plan_error_case{"negative_dim_rank5", [](auto& p, auto&) { p.shape = {2, 4, 3, -1, 2}; },
+                        status_code::invalid_argument,
+                        "shape: expected dimensions >= 0, got -1 at dimension 3 of [2, 4, 3, -1, 2]"},
         plan_error_case{"eps_negative", [](auto& p, auto&) { p.epsilon = -1e-5; },
                         status_code::invalid_argument, "epsilon: expected a finite value >= 0, got -1e-05"},
         plan_error_case{"eps_nan", [](auto& p, auto&) { p.epsilon = nan; },
@@ -69,6 +85,11 @@ INSTANTIATE_TEST_SUITE_P(
                         status_code::invalid_argument, "momentum: expected a finite value in [0, 1], got -0.1"},
         plan_error_case{"momentum_above_one", [](auto&, auto& o) { o.momentum = 1.5; },
                         status_code::invalid_argument, "got 1.5"},
+        plan_error_case{"momentum_just_above_one", [](auto&, auto& o) { o.momentum = 1.0000001; },
+                        status_code::invalid_argument, "got 1.0000001"},
+        plan_error_case{"momentum_one_ulp_above_one",
+                        [](auto&, auto& o) { o.momentum = std::nextafter(1.0, 2.0); },
+                        status_code::invalid_argument, "got 1.0000000000000002"},
         plan_error_case{"momentum_nan", [](auto&, auto& o) { o.momentum = nan; },
                         status_code::invalid_argument, "momentum"},
         plan_error_case{"cumulative_mindspore",
@@ -76,16 +97,23 @@ INSTANTIATE_TEST_SUITE_P(
                           o.cumulative_average = true;
                           o.convention = bnorm::momentum_convention::mindspore;
                         },
-                        status_code::invalid_argument, "cumulative_average: expected the pytorch convention"},
+                        status_code::invalid_argument,
+                        "cumulative_average: expected the pytorch convention (momentum=None), got "
+                        "the mindspore convention"},
+        plan_error_case{"bad_stores",
+                        [](auto&, auto& o) { o.stores = static_cast<bnorm::store_policy>(7); },
+                        status_code::invalid_argument,
+                        "stores: expected automatic, cached or streaming, got an unknown value (7)"},
         plan_error_case{"max_threads_negative", [](auto&, auto& o) { o.max_threads = -2; },
                         status_code::invalid_argument, "max_threads: expected 0 (caller's arena) or a count >= 1, got -2"},
         plan_error_case{"bad_layout", [](auto& p, auto&) { p.layout = static_cast<layout>(9); },
-                        status_code::invalid_argument, "layout: expected channels_first or channels_last, got 9"},
+                        status_code::invalid_argument, "layout: expected channels_first or channels_last, got an unknown value (9)"},
         plan_error_case{"bad_dtype", [](auto& p, auto&) { p.dtype = static_cast<bnorm::dtype>(5); },
-                        status_code::invalid_argument, "dtype: expected f32 or f64, got 5"},
+                        status_code::invalid_argument, "dtype: expected f32 or f64, got an unknown value (5)"},
         plan_error_case{"bad_convention",
                         [](auto&, auto& o) { o.convention = static_cast<bnorm::momentum_convention>(4); },
-                        status_code::invalid_argument, "convention"},
+                        status_code::invalid_argument,
+                        "convention: expected pytorch, mindspore or onnx, got an unknown value (4)"},
 #if defined(__x86_64__)
         plan_error_case{"foreign_isa", [](auto&, auto& o) { o.max_isa = bnorm::isa::neon64; },
                         status_code::unsupported, "max_isa: expected an ISA of this build's architecture, got neon64"}
@@ -114,6 +142,7 @@ struct training_fixture {
   std::vector<float> running_mean = std::vector<float>(c, 0.25f);
   std::vector<float> running_var = std::vector<float>(c, 0.75f);
   std::int64_t tracked = 5;
+  alignas(8) unsigned char counter_bytes[16] = {};
   alignas(64) unsigned char scratch[64 * 1024];
   bnorm::training_args args;
   bnorm::plan_options options;
@@ -130,12 +159,35 @@ struct training_fixture {
     args.running_var = out(running_var);
     args.num_batches_tracked = &tracked;
   }
+  /// A larger shape (its scratch no longer fits on the stack), with buffers to match.
+  void resize(const bnorm::tensor_shape& larger) {
+    shape = larger;
+    std::size_t elements = 1;
+    for (std::size_t d = 0; d < larger.rank(); ++d) elements *= static_cast<std::size_t>(larger[d]);
+    x.assign(elements, 0.5f);
+    y.assign(elements, -9.f);
+    args.src = x.data();
+    args.dst = y.data();
+    const auto channels = static_cast<std::size_t>(larger[1]);
+    for (auto* v : {&gamma, &beta, &mean, &inv_std, &running_mean, &running_var}) {
+      v->resize(channels, (*v)[0]);
+    }
+    args.scale = in(gamma);
+    args.shift = in(beta);
+    args.batch_mean = out(mean);
+    args.batch_inv_std = out(inv_std);
+    args.running_mean = out(running_mean);
+    args.running_var = out(running_var);
+  }
   std::vector<float> snapshot() const {
     std::vector<float> all = y;
+    all.insert(all.end(), x.begin(), x.end());
     for (const auto* v : {&mean, &inv_std, &running_mean, &running_var}) {
       all.insert(all.end(), v->begin(), v->end());
     }
-    all.push_back(static_cast<float>(tracked));
+    all.push_back(static_cast<float>(tracked % 1000));  // the counter's low digits ...
+    all.push_back(static_cast<float>(tracked / 1000 % 1000));
+    all.push_back(static_cast<float>(tracked == std::numeric_limits<std::int64_t>::max()));
     return all;
   }
 };
@@ -202,6 +254,7 @@ INSTANTIATE_TEST_SUITE_P(
                         "Expected more than 1 value per channel when training, got input size [1, 4, 1, 1, 1]"},
         call_error_case{"scratch_too_small",
                         [](auto& f) {
+                          f.resize({2, 1000, 3});
                           f.args.scratch = f.scratch;
                           f.args.scratch_size = 8;
                         },
@@ -211,7 +264,85 @@ INSTANTIATE_TEST_SUITE_P(
                           f.args.scratch = f.scratch + 8;
                           f.args.scratch_size = sizeof(f.scratch) - 8;
                         },
-                        "scratch: expected a 64-byte aligned address"}),
+                        "scratch: expected an address aligned to 64 bytes (a cache line), got"},
+        call_error_case{"scratch_null_with_size",
+                        [](auto& f) {
+                          f.args.scratch = nullptr;
+                          f.args.scratch_size = 12345;
+                        },
+                        "scratch: expected data for the given size 12345, got a null pointer"},
+        // The overlap rule: a written buffer overlaps no other; only dst == src exactly.
+        call_error_case{"dst_overlaps_src",
+                        [](auto& f) {
+                          f.x.resize(f.x.size() + 1);
+                          f.args.src = f.x.data();
+                          f.args.dst = f.x.data() + 1;
+                        },
+                        "dst: expected memory of its own (a written buffer may overlap no other; "
+                        "only dst == src, in place), got 96 bytes at"},
+        call_error_case{"batch_mean_in_running_mean",
+                        [](auto& f) {
+                          f.running_mean.resize(8);
+                          f.args.running_mean = {f.running_mean.data(), 4};
+                          f.args.batch_mean = {f.running_mean.data() + 2, 4};
+                        },
+                        "running_mean: expected memory of its own"},
+        call_error_case{"running_var_is_scale",
+                        [](auto& f) { f.args.scale = {f.running_var.data(), 4}; },
+                        "overlap scale"},
+        call_error_case{"dst_over_batch_inv_std",
+                        [](auto& f) { f.args.batch_inv_std = {f.y.data() + 20, 4}; },
+                        "batch_inv_std: expected memory of its own"},
+        call_error_case{"counter_inside_running_var",
+                        [](auto& f) {
+                          f.args.num_batches_tracked =
+                              reinterpret_cast<std::int64_t*>(f.running_var.data());
+                        },
+                        "overlap running_var"},
+        // Every pointer aligned to its element.
+        call_error_case{"src_misaligned",
+                        [](auto& f) {
+                          f.x.resize(f.x.size() + 1);
+                          f.args.src = reinterpret_cast<const char*>(f.x.data()) + 2;
+                        },
+                        "src: expected an address aligned to 4 bytes (f32), got"},
+        call_error_case{"dst_misaligned",
+                        [](auto& f) {
+                          f.y.resize(f.y.size() + 1);
+                          f.args.dst = reinterpret_cast<char*>(f.y.data()) + 1;
+                        },
+                        "dst: expected an address aligned to 4 bytes (f32)"},
+        call_error_case{"scale_misaligned",
+                        [](auto& f) {
+                          f.gamma.resize(f.c + 1);
+                          f.args.scale.data = reinterpret_cast<const char*>(f.gamma.data()) + 3;
+                        },
+                        "scale: expected an address aligned to 4 bytes (f32)"},
+        call_error_case{"counter_misaligned",
+                        [](auto& f) {
+                          f.args.num_batches_tracked =
+                              reinterpret_cast<std::int64_t*>(f.counter_bytes + 4);
+                        },
+                        "num_batches_tracked: expected an address aligned to 8 bytes (int64)"},
+        // The step counter's edges.
+        call_error_case{"counter_negative", [](auto& f) { f.tracked = -1; },
+                        "num_batches_tracked: expected a count >= 0, got -1"},
+        call_error_case{"counter_negative_cumulative",
+                        [](auto& f) {
+                          f.options.cumulative_average = true;
+                          f.tracked = -1;
+                        },
+                        "num_batches_tracked: expected a count >= 0, got -1"},
+        call_error_case{"counter_at_int64_max",
+                        [](auto& f) { f.tracked = std::numeric_limits<std::int64_t>::max(); },
+                        "num_batches_tracked: expected a count below 9223372036854775807 (this "
+                        "step would overflow it), got 9223372036854775807"},
+        call_error_case{"counter_at_int64_max_empty_batch",
+                        [](auto& f) {
+                          f.tracked = std::numeric_limits<std::int64_t>::max();
+                          f.shape = {0, 4, 3};
+                        },
+                        "num_batches_tracked: expected a count below"}),
     [](const testing::TestParamInfo<call_error_case>& info) { return std::string(info.param.name); });
 
 TEST(CallErrors, UninitializedPlan) {
@@ -247,6 +378,68 @@ TEST(CallErrors, InferenceNeedsStatistics) {
   s = plan.forward_inference(args);
   EXPECT_NE(std::strstr(s.message(), "src: expected 8 elements"), nullptr) << s.message();
   EXPECT_EQ(y, std::vector<float>(8, -9.f));
+}
+
+// scratch_size() is what a call needs from the caller: none where it fits on the stack, and a
+// too-small scratch is named by the bound of its own path.
+TEST(CallErrors, ScratchBoundsAreWhatTheCallsNeed) {
+  bnorm::plan tiny;
+  ASSERT_TRUE(bnorm::make_plan({{2, 4}}, {}, &tiny).ok());
+  EXPECT_EQ(tiny.scratch_size(), 0u);
+  EXPECT_EQ(tiny.training_scratch_size(), 0u);
+  EXPECT_EQ(tiny.inference_scratch_size(), 0u);
+
+  bnorm::plan plan;
+  const bnorm::tensor_shape shape{2, 1000, 3};
+  ASSERT_TRUE(bnorm::make_plan({shape}, {}, &plan).ok());
+  ASSERT_GT(plan.inference_scratch_size(), 0u);
+  EXPECT_GT(plan.training_scratch_size(), plan.inference_scratch_size());
+  EXPECT_EQ(plan.scratch_size(), plan.training_scratch_size());
+  std::vector<float> x(6000, 1.f), y(6000, -9.f), mean(1000, 1.f), var(1000, 1.f);
+  alignas(64) static unsigned char scratch[1 << 16];
+  bnorm::inference_args args;
+  args.src = x.data();
+  args.dst = y.data();
+  args.mean = in(mean);
+  args.var = in(var);
+  args.scratch = scratch;
+  args.scratch_size = plan.inference_scratch_size() - 1;
+  bnorm::status s = plan.forward_inference(args);
+  const std::string want = "scratch: expected at least " +
+                           std::to_string(plan.inference_scratch_size()) +
+                           " bytes (plan::inference_scratch_size()), got " +
+                           std::to_string(plan.inference_scratch_size() - 1);
+  EXPECT_NE(std::strstr(s.message(), want.c_str()), nullptr) << s.message();
+  EXPECT_EQ(y, std::vector<float>(6000, -9.f));
+  args.scratch_size = plan.inference_scratch_size();
+  s = plan.forward_inference(args);
+  EXPECT_TRUE(s.ok()) << s.message();
+  EXPECT_EQ(y, std::vector<float>(6000, 0.f));
+}
+
+// Inference's written buffers: dst may be src exactly, and overlap nothing else.
+TEST(CallErrors, InferenceOverlapRule) {
+  bnorm::plan plan;
+  ASSERT_TRUE(bnorm::make_plan({{4, 4}}, {}, &plan).ok());
+  std::vector<float> x(16, 2.f), mean(4, 0.f), var(4, 1.f);
+  bnorm::inference_args args;
+  args.src = x.data();
+  args.dst = x.data();
+  args.mean = in(mean);
+  args.var = in(var);
+  EXPECT_TRUE(plan.forward_inference(args).ok()) << "in place is allowed";
+  std::vector<float> y(20, -9.f);
+  args.src = y.data();
+  args.dst = y.data() + 4;
+  bnorm::status s = plan.forward_inference(args);
+  EXPECT_NE(std::strstr(s.message(), "dst: expected memory of its own"), nullptr) << s.message();
+  args.src = x.data();
+  args.dst = y.data();
+  args.var = {y.data() + 12, 4};
+  s = plan.forward_inference(args);
+  EXPECT_NE(std::strstr(s.message(), "dst: expected memory of its own"), nullptr) << s.message();
+  EXPECT_NE(std::strstr(s.message(), "overlap var"), nullptr) << s.message();
+  for (std::size_t i = 0; i < 12; ++i) EXPECT_EQ(y[i], -9.f);
 }
 
 // --------------------------------------------------------------------------- ISA selection

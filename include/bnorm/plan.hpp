@@ -6,6 +6,18 @@
 //   st = plan.forward_training({src, dst, {gamma, 64}, {beta, 64}, ...});
 //
 // No call throws. Every failure is reported before anything is written.
+//
+// The contract on buffers, checked by every call (a breach is an invalid_argument status):
+// - Every pointer is aligned to its element: 4 bytes for f32 data and per-channel values, 8 for
+//   f64 and for num_batches_tracked, 64 for scratch.
+// - A buffer that the call writes (dst, batch_mean, batch_inv_std, running_mean, running_var,
+//   num_batches_tracked, the scratch it uses) overlaps no other buffer of the call, except
+//   dst == src exactly (in place).
+// - Results are computed in one floating-point environment whatever the caller's: round to
+//   nearest even, subnormals kept (no flush-to-zero or denormals-are-zero), exceptions masked.
+//   bnorm sets it for the duration of its work on each thread it uses and restores the
+//   thread's own modes after; so the bits are the same for any thread count and any caller's
+//   environment.
 #pragma once
 
 #include <array>
@@ -29,6 +41,9 @@ enum class layout {
 /// Element type of the data, the parameters and the statistics alike.
 enum class dtype { f32, f64 };
 
+const char* to_string(bnorm::layout value) noexcept;  ///< "channels_first", ...; "unknown"
+const char* to_string(dtype value) noexcept;          ///< "f32", "f64"; "unknown"
+
 /// Instruction sets with a compiled kernel. Order within a family is the dispatch order.
 enum class isa {
   sse2,     ///< x86-64 baseline.
@@ -42,8 +57,15 @@ const char* to_string(isa value) noexcept;
 /// Parses "sse2", "avx2", "avx512f" or "neon64". Returns nullopt for anything else.
 std::optional<isa> parse_isa(const char* name) noexcept;
 
-/// The ISAs this build has kernels for and this CPU (and OS) can run, lowest first.
+/// The ISAs this build has kernels for and this CPU (and OS) can run, lowest first. The
+/// environment variable BNORM_MAX_ISA does not change this list: see select_isa.
 std::vector<isa> available_isas();
+
+/// The ISA that make_plan picks for `max_isa`: the best available one at or below both
+/// `max_isa` (when given) and the environment variable BNORM_MAX_ISA (when set), which caps
+/// every plan of the process. Fails as make_plan would (a malformed BNORM_MAX_ISA, no ISA
+/// under the cap).
+status select_isa(std::optional<isa> max_isa, isa* out) noexcept;
 
 /// How the running statistics follow the batch statistics. Always explicit: the same momentum
 /// number means opposite things in PyTorch and MindSpore.
@@ -57,6 +79,8 @@ enum class momentum_convention {
   onnx,
 };
 
+const char* to_string(momentum_convention value) noexcept;  ///< "pytorch", ...; "unknown"
+
 /// How normalization writes dst.
 enum class store_policy {
   /// Non-temporal stores once the output reaches half the last-level cache (source and
@@ -69,6 +93,8 @@ enum class store_policy {
   streaming,
 };
 
+const char* to_string(store_policy value) noexcept;  ///< "automatic", ...; "unknown"
+
 /// Maximum tensor rank (N, C, D, H, W).
 inline constexpr std::size_t max_rank = 5;
 
@@ -76,16 +102,18 @@ inline constexpr std::size_t max_rank = 5;
 /// wrong one is reported, not truncated.
 class tensor_shape {
  public:
+  /// Dimensions stored; a longer shape keeps its rank (and is refused by make_plan).
+  static constexpr std::size_t capacity = 8;
+
   tensor_shape() noexcept = default;
   tensor_shape(std::initializer_list<std::int64_t> dims) noexcept;
   tensor_shape(const std::int64_t* dims, std::size_t rank) noexcept;
 
   std::size_t rank() const noexcept { return rank_; }
-  /// Dimension i; 0 when i >= rank() or beyond the 8 stored dimensions.
+  /// Dimension i; 0 when i >= rank() or beyond the `capacity` stored dimensions.
   std::int64_t operator[](std::size_t i) const noexcept { return i < stored_ ? dims_[i] : 0; }
 
  private:
-  static constexpr std::size_t capacity = 8;
   std::size_t rank_ = 0;
   std::size_t stored_ = 0;
   std::array<std::int64_t, capacity> dims_{};
@@ -102,7 +130,8 @@ struct problem {
 /// How a plan runs and how its training path treats the running statistics.
 struct plan_options {
   /// Training updates running_mean/running_var (PyTorch track_running_stats in train mode,
-  /// MindSpore's bn_train). When false, forward_training uses batch statistics only.
+  /// MindSpore's bn_train) and counts the step in num_batches_tracked. When false,
+  /// forward_training uses batch statistics only and leaves those buffers alone.
   bool update_running_stats = true;
   momentum_convention convention = momentum_convention::pytorch;
   /// In the convention's own meaning: PyTorch 0.1, MindSpore and ONNX 0.9 by default.
@@ -113,19 +142,21 @@ struct plan_options {
   /// 0 runs in the caller's current oneTBB arena, honouring its limit. N > 0 caps the threads
   /// at N (1 runs on the calling thread alone). Results are bitwise the same for any value.
   int max_threads = 0;
-  /// Highest ISA the plan may use; the environment variable BNORM_MAX_ISA caps it too.
+  /// Highest ISA the plan may use. The environment variable BNORM_MAX_ISA caps it too, and wins
+  /// when lower; select_isa tells which ISA the two caps leave.
   std::optional<bnorm::isa> max_isa;
   /// The outputs are the same bits under every policy; only the speed differs.
   store_policy stores = store_policy::automatic;
 };
 
-/// A per-channel input buffer: `size` must be C. Leave it empty ({}) to omit an optional one.
+/// A per-channel input buffer: `size` values of the plan's dtype (float for f32, double for
+/// f64), and `size` must be C. Leave it empty ({}) to omit an optional one.
 struct channel_input {
   const void* data = nullptr;
   std::size_t size = 0;
 };
 
-/// A per-channel output (or in-out) buffer: `size` must be C.
+/// A per-channel output (or in-out) buffer: C values of the plan's dtype.
 struct channel_output {
   void* data = nullptr;
   std::size_t size = 0;
@@ -141,10 +172,13 @@ struct training_args {
   channel_output batch_inv_std;   ///< Optional: 1/sqrt(biased batch variance + eps).
   channel_output running_mean;    ///< Required when the plan updates running statistics.
   channel_output running_var;     ///< Required when the plan updates running statistics.
-  /// Incremented by one per tracked step when non-null; required with cumulative_average.
+  /// Incremented by one per tracked step when non-null; required with cumulative_average. It
+  /// must hold a count from 0 to INT64_MAX − 1: a negative count, or one that the step would
+  /// overflow, is refused before anything is written (PyTorch would divide by zero or wrap).
   std::int64_t* num_batches_tracked = nullptr;
-  /// Optional caller-owned scratch of at least plan::scratch_size() bytes, 64-byte aligned.
-  /// Without it the call allocates what it needs (nothing for small problems).
+  /// Optional caller-owned scratch, 64-byte aligned, of at least
+  /// plan::training_scratch_size() bytes when that is not 0. Without it a call that needs
+  /// scratch allocates it; calls whose scratch fits on the stack ignore it.
   void* scratch = nullptr;
   std::size_t scratch_size = 0;
 };
@@ -157,6 +191,7 @@ struct inference_args {
   channel_input shift;  ///< beta; omitted means 0.
   channel_input mean;   ///< Running mean (required).
   channel_input var;    ///< Running variance (required).
+  /// As training_args::scratch, with plan::inference_scratch_size().
   void* scratch = nullptr;
   std::size_t scratch_size = 0;
 };
@@ -182,8 +217,11 @@ class plan {
   bool valid() const noexcept { return impl_ != nullptr; }
   /// The ISA whose kernels this plan runs.
   bnorm::isa isa() const noexcept;
-  /// Bytes of scratch a training call uses (inference needs no more). Pass a buffer this big
-  /// to avoid the per-call allocation of large problems; small ones use the stack.
+  /// Bytes of caller scratch with which a training (inference) call allocates nothing; 0 when
+  /// the call needs none (its scratch fits on the stack, or the tensor is empty).
+  std::size_t training_scratch_size() const noexcept;
+  std::size_t inference_scratch_size() const noexcept;
+  /// The larger of the two: scratch enough for either path.
   std::size_t scratch_size() const noexcept;
   const bnorm::problem& get_problem() const noexcept;
   const plan_options& options() const noexcept;
