@@ -3,6 +3,12 @@
 
 #include <cmath>
 #include <cstring>
+#include <new>
+#include <stdexcept>
+
+#include <unistd.h>
+
+#include "validation.hpp"
 
 namespace bnorm {
 
@@ -38,6 +44,21 @@ void initializer::fill(const char* parameter, std::size_t channels, std::vector<
 
 namespace {
 
+/// Runs `fn`, turning the standard library's allocation failures into bnorm::error: every
+/// failure of the module API is a bnorm::error with a status.
+template <class Fn>
+auto module_call(const char* what, Fn&& fn) -> decltype(fn()) {
+  try {
+    return fn();
+  } catch (const error&) {
+    throw;
+  } catch (const std::bad_alloc&) {
+    throw error(status::failure(status_code::out_of_memory, "%s: out of memory", what));
+  } catch (const std::length_error&) {
+    throw error(status::failure(status_code::out_of_memory, "%s: out of memory (length)", what));
+  }
+}
+
 const char* rank_text(std::size_t min_rank, std::size_t max_rank, char* buf, std::size_t n) {
   if (min_rank == max_rank) {
     std::snprintf(buf, n, "%zuD", min_rank);
@@ -59,23 +80,33 @@ channel_output out(std::vector<T>& v) {
 
 }  // namespace
 
+// A module's parameters and buffers: at most this many channels (the engine's bound on
+// per-channel buffers, 2^60 bytes, for the widest dtype).
+constexpr std::int64_t max_num_features = std::int64_t{1} << 57;
+
 template <class T>
 batch_norm<T>::batch_norm(const config& cfg)
     : config_(cfg), training_(cfg.framework == framework::pytorch) {
-  if (cfg.num_features < 1) {
+  if (cfg.num_features < 1 || cfg.num_features > max_num_features) {
     throw error(status::failure(status_code::invalid_argument,
-                                "num_features: expected >= 1, got %lld",
+                                "num_features: expected 1 to 2^57, got %lld",
                                 static_cast<long long>(cfg.num_features)));
   }
-  if (!std::isfinite(cfg.eps) || cfg.eps < 0.0) {
-    throw error(status::failure(status_code::invalid_argument,
-                                "eps: expected a finite value >= 0, got %g", cfg.eps));
+  // Four per-channel vectors (weight, bias and the running statistics) beyond the machine's
+  // memory are refused before they are tried: filling them would otherwise end in the
+  // allocator's abort (sanitizers) or the out-of-memory killer (overcommit), not an exception.
+  const double parameter_bytes = 4.0 * static_cast<double>(cfg.num_features) * sizeof(T);
+  const long pages = sysconf(_SC_PHYS_PAGES), page_size = sysconf(_SC_PAGESIZE);
+  if (pages > 0 && page_size > 0 &&
+      parameter_bytes > static_cast<double>(pages) * static_cast<double>(page_size)) {
+    throw error(status::failure(status_code::out_of_memory,
+                                "num_features: %lld channels need %.3g bytes of parameters and "
+                                "buffers, more than this machine's %.3g bytes of memory",
+                                static_cast<long long>(cfg.num_features), parameter_bytes,
+                                static_cast<double>(pages) * static_cast<double>(page_size)));
   }
-  if (cfg.momentum && (!std::isfinite(*cfg.momentum) || *cfg.momentum < 0.0 || *cfg.momentum > 1.0)) {
-    throw error(status::failure(status_code::invalid_argument,
-                                "momentum: expected a finite value in [0, 1], got %g",
-                                *cfg.momentum));
-  }
+  throw_if_failed(detail::check_epsilon("eps", cfg.eps));
+  if (cfg.momentum) throw_if_failed(detail::check_momentum("momentum", *cfg.momentum));
   if (!cfg.momentum && cfg.framework != framework::pytorch) {
     throw error(status(status_code::invalid_argument,
                        "momentum: expected a value; only PyTorch defines momentum=None"));
@@ -85,6 +116,11 @@ batch_norm<T>::batch_norm(const config& cfg)
 
 template <class T>
 void batch_norm<T>::reset_running_stats() {
+  module_call("reset_running_stats", [&] { reset_running_stats_unguarded(); });
+}
+
+template <class T>
+void batch_norm<T>::reset_running_stats_unguarded() {
   const auto channels = static_cast<std::size_t>(config_.num_features);
   const bool has_running = config_.framework == framework::mindspore || config_.track_running_stats;
   std::vector<T> mean, var;
@@ -103,19 +139,21 @@ void batch_norm<T>::reset_running_stats() {
 
 template <class T>
 void batch_norm<T>::reset_parameters() {
-  const auto channels = static_cast<std::size_t>(config_.num_features);
-  // PyTorch drops weight and bias without affine; MindSpore keeps them, frozen.
-  const bool has_affine = config_.framework == framework::mindspore || config_.affine;
-  std::vector<T> weight, bias;
-  if (has_affine) {
-    config_.weight_init.fill(config_.framework == framework::mindspore ? "gamma_init" : "weight",
-                             channels, weight);
-    config_.bias_init.fill(config_.framework == framework::mindspore ? "beta_init" : "bias",
-                           channels, bias);
-  }
-  reset_running_stats();
-  weight_ = std::move(weight);
-  bias_ = std::move(bias);
+  module_call("reset_parameters", [&] {
+    const auto channels = static_cast<std::size_t>(config_.num_features);
+    // PyTorch drops weight and bias without affine; MindSpore keeps them, frozen.
+    const bool has_affine = config_.framework == framework::mindspore || config_.affine;
+    std::vector<T> weight, bias;
+    if (has_affine) {
+      config_.weight_init.fill(config_.framework == framework::mindspore ? "gamma_init" : "weight",
+                               channels, weight);
+      config_.bias_init.fill(config_.framework == framework::mindspore ? "beta_init" : "bias",
+                             channels, bias);
+    }
+    reset_running_stats_unguarded();
+    weight_ = std::move(weight);
+    bias_ = std::move(bias);
+  });
 }
 
 template <class T>
@@ -166,7 +204,49 @@ const plan& batch_norm<T>::plan_for(const tensor_shape& shape, bool training_pat
 }
 
 template <class T>
+void batch_norm<T>::check_buffers() const {
+  const auto channels = static_cast<std::size_t>(config_.num_features);
+  const bool mindspore = config_.framework == framework::mindspore;
+  // PyTorch drops weight and bias without affine and the running statistics without
+  // track_running_stats; MindSpore keeps all four.
+  const bool has_affine = mindspore || config_.affine;
+  const bool has_running = mindspore || config_.track_running_stats;
+  const char* affine_why = mindspore ? "a MindSpore cell keeps it" : "affine is true";
+  const char* running_why = mindspore ? "a MindSpore cell keeps it" : "track_running_stats is true";
+  struct buffer {
+    const char* name;
+    std::size_t size;
+    bool kept;
+    const char* why;
+  };
+  const buffer buffers[] = {
+      {mindspore ? "gamma" : "weight", weight_.size(), has_affine, affine_why},
+      {mindspore ? "beta" : "bias", bias_.size(), has_affine, affine_why},
+      {mindspore ? "moving_mean" : "running_mean", running_mean_.size(), has_running, running_why},
+      {mindspore ? "moving_variance" : "running_var", running_var_.size(), has_running,
+       running_why}};
+  for (const buffer& b : buffers) {
+    if (b.kept && b.size != channels) {
+      throw error(status::failure(status_code::invalid_argument,
+                                  "%s: expected %zu values (num_features; %s), got %zu", b.name,
+                                  channels, b.why, b.size));
+    }
+    if (!b.kept && b.size != 0) {
+      throw error(status::failure(status_code::invalid_argument,
+                                  "%s: expected no values (%s is false), got %zu", b.name,
+                                  b.why == affine_why ? "affine" : "track_running_stats",
+                                  b.size));
+    }
+  }
+}
+
+template <class T>
 void batch_norm<T>::forward(const T* src, T* dst, const tensor_shape& shape) {
+  module_call("forward", [&] { forward_unguarded(src, dst, shape); });
+}
+
+template <class T>
+void batch_norm<T>::check_input_shape(const tensor_shape& shape) const {
   if (shape.rank() < config_.min_rank || shape.rank() > config_.max_rank) {
     char expected[32];
     throw error(status::failure(
@@ -180,6 +260,13 @@ void batch_norm<T>::forward(const T* src, T* dst, const tensor_shape& shape) {
                                 static_cast<long long>(config_.num_features),
                                 static_cast<long long>(shape[1])));
   }
+  throw_if_failed(detail::check_dimensions(shape));
+}
+
+template <class T>
+void batch_norm<T>::forward_unguarded(const T* src, T* dst, const tensor_shape& shape) {
+  check_input_shape(shape);
+  check_buffers();
   const bool batch_stats = uses_batch_statistics();
   const plan& p = plan_for(shape, batch_stats);
   if (batch_stats) {
@@ -215,26 +302,28 @@ void batch_norm<T>::forward(const T* src, T* dst, const tensor_shape& shape) {
 
 template <class T>
 std::vector<T> batch_norm<T>::forward(const std::vector<T>& src, const tensor_shape& shape) {
-  std::size_t expected = 1;
-  for (std::size_t d = 0; d < shape.rank(); ++d) {
-    expected *= static_cast<std::size_t>(shape[d] < 0 ? 0 : shape[d]);
-  }
-  if (src.size() != expected) {
-    throw error(status::failure(status_code::invalid_argument,
-                                "src: expected %zu values for the given shape, got %zu", expected,
-                                src.size()));
-  }
-  std::vector<T> dst(src.size());
-  forward(src.data(), dst.data(), shape);
-  return dst;
+  return module_call("forward", [&] {
+    check_input_shape(shape);
+    std::uint64_t expected = 0;
+    if (!detail::element_count(shape, &expected) || src.size() != expected) {
+      throw error(status::failure(status_code::invalid_argument,
+                                  "src: expected %llu values for the shape %s, got %zu",
+                                  static_cast<unsigned long long>(expected),
+                                  detail::shape_text(shape).text, src.size()));
+    }
+    std::vector<T> dst(src.size());
+    forward_unguarded(src.data(), dst.data(), shape);
+    return dst;
+  });
 }
 
 template <class T>
 isa batch_norm<T>::isa() const {
   if (training_plan_.valid()) return training_plan_.isa();
   if (inference_plan_.valid()) return inference_plan_.isa();
-  const std::vector<bnorm::isa> all = available_isas();
-  return all.back();
+  bnorm::isa selected = bnorm::isa::sse2;
+  throw_if_failed(select_isa(config_.max_isa, &selected));
+  return selected;
 }
 
 template class batch_norm<float>;

@@ -10,7 +10,7 @@
 #include "cpu_isa.hpp"
 #include "execute.hpp"
 #include "fp_environment.hpp"
-#include "messages.hpp"
+#include "validation.hpp"
 #include "plan_impl.hpp"
 
 namespace bnorm {
@@ -60,7 +60,6 @@ const char* to_string(store_policy value) noexcept {
 namespace {
 
 using detail::enum_text;
-using detail::number_text;
 using detail::plan_impl;
 using detail::shape_text;
 
@@ -104,16 +103,8 @@ status validate_problem(const problem& prob, const plan_options& options) noexce
                            "layout: expected channels_first or channels_last, got %s",
                            enum_text(prob.layout).text);
   }
-  if (!std::isfinite(prob.epsilon) || prob.epsilon < 0.0) {
-    return status::failure(status_code::invalid_argument,
-                           "epsilon: expected a finite value >= 0, got %s",
-                           number_text(prob.epsilon).text);
-  }
-  if (!std::isfinite(options.momentum) || options.momentum < 0.0 || options.momentum > 1.0) {
-    return status::failure(status_code::invalid_argument,
-                           "momentum: expected a finite value in [0, 1], got %s",
-                           number_text(options.momentum).text);
-  }
+  if (status s = detail::check_epsilon("epsilon", prob.epsilon); !s) return s;
+  if (status s = detail::check_momentum("momentum", options.momentum); !s) return s;
   if (options.convention != momentum_convention::pytorch &&
       options.convention != momentum_convention::mindspore &&
       options.convention != momentum_convention::onnx) {

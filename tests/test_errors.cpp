@@ -452,12 +452,18 @@ TEST(IsaSelection, EnvironmentCapIsHonouredAndValidated) {
   bnorm::plan plan;
   ASSERT_TRUE(bnorm::make_plan({{2, 3}}, {}, &plan).ok());
   EXPECT_EQ(plan.isa(), lowest);
+  bnorm::isa selected = bnorm::isa::neon64;
+  ASSERT_TRUE(bnorm::select_isa(std::nullopt, &selected).ok());
+  EXPECT_EQ(selected, lowest) << "select_isa tells the cap the environment sets";
+  ASSERT_TRUE(bnorm::select_isa(bnorm::available_isas().back(), &selected).ok());
+  EXPECT_EQ(selected, lowest) << "the environment's cap wins when lower";
   setenv("BNORM_MAX_ISA", "avx9000", 1);
   const bnorm::status s = bnorm::make_plan({{2, 3}}, {}, &plan);
   EXPECT_EQ(s.code(), status_code::invalid_argument);
   EXPECT_NE(std::strstr(s.message(), "BNORM_MAX_ISA: expected sse2, avx2, avx512f or neon64, got 'avx9000'"),
             nullptr)
       << s.message();
+  EXPECT_EQ(bnorm::select_isa(std::nullopt, &selected).code(), status_code::invalid_argument);
   if (saved) {
     setenv("BNORM_MAX_ISA", saved_value.c_str(), 1);
   } else {

@@ -2,6 +2,9 @@
 // conventions, initializers, reset, empty batches, and exceptions that leave state untouched.
 #include <gtest/gtest.h>
 
+#include <cstring>
+#include <limits>
+
 #include "support.hpp"
 
 using namespace bnorm_test;
@@ -197,6 +200,47 @@ TEST(Module, ResetRunningStatsAndParameters) {
   EXPECT_EQ(bn.bias(), std::vector<float>(3, 0.f));
 }
 
+// Without affine (track_running_stats), PyTorch has no weight and bias (running statistics):
+// values put there are refused, not silently ignored. MindSpore cells keep all four.
+TEST(Module, BuffersTheModuleDoesNotHaveStayEmpty) {
+  bnorm::torch::options opts;
+  opts.affine = false;
+  opts.track_running_stats = false;
+  auto bn = bnorm::torch::BatchNorm1d(2, opts);
+  bn.weight().assign(2, 1.f);
+  try {
+    bn.forward(std::vector<float>(4, 1.f), {2, 2});
+    ADD_FAILURE();
+  } catch (const bnorm::error& e) {
+    EXPECT_STREQ(e.what(), "weight: expected no values (affine is false), got 2");
+  }
+  bn.weight().clear();
+  bn.running_mean().assign(2, 0.f);
+  try {
+    bn.forward(std::vector<float>(4, 1.f), {2, 2});
+    ADD_FAILURE();
+  } catch (const bnorm::error& e) {
+    EXPECT_STREQ(e.what(), "running_mean: expected no values (track_running_stats is false), got 2");
+  }
+  auto cell = bnorm::mindspore::BatchNorm1d(2);
+  cell.moving_variance().clear();
+  try {
+    cell.forward(std::vector<float>(4, 1.f), {2, 2});
+    ADD_FAILURE();
+  } catch (const bnorm::error& e) {
+    EXPECT_STREQ(e.what(),
+                 "moving_variance: expected 2 values (num_features; a MindSpore cell keeps it), got 0");
+  }
+  cell.moving_variance().assign(2, 1.f);
+  cell.gamma().resize(1);
+  try {
+    cell.forward(std::vector<float>(4, 1.f), {2, 2});
+    ADD_FAILURE();
+  } catch (const bnorm::error& e) {
+    EXPECT_STREQ(e.what(), "gamma: expected 2 values (num_features; a MindSpore cell keeps it), got 1");
+  }
+}
+
 TEST(Module, EmptyBatchCountsAStepAndLeavesStatistics) {
   auto bn = bnorm::torch::BatchNorm2d(3);
   const std::vector<float> y = bn.forward(std::vector<float>{}, {0, 3, 4, 4});
@@ -229,24 +273,67 @@ TEST(Module, ErrorsThrowAndLeaveStateUntouched) {
   expect_error([&] { bn.forward(std::vector<float>(4), {1, 4}); },
                "Expected more than 1 value per channel when training, got input size [1, 4]");
   expect_error([&] { bn.forward(std::vector<float>(5), {2, 4}); },
-               "src: expected 8 values for the given shape, got 5");
-  bn.weight().resize(3);
+               "src: expected 8 values for the shape [2, 4], got 5");
+  expect_error([&] { bn.forward(std::vector<float>(8), {2, 4, -3}); },
+               "shape: expected dimensions >= 0, got -3 at dimension 2 of [2, 4, -3]");
+  // The module's own names, in both modes.
+  for (bool training : {true, false}) {
+    bn.train(training);
+    bn.weight().resize(3);
+    expect_error([&] { bn.forward(std::vector<float>(8), {2, 4}); },
+                 "weight: expected 4 values (num_features; affine is true), got 3");
+    bn.weight().clear();
+    expect_error([&] { bn.forward(std::vector<float>(8), {2, 4}); },
+                 "weight: expected 4 values (num_features; affine is true), got 0");
+    bn.weight().resize(4, 1.f);
+    bn.bias().clear();
+    expect_error([&] { bn.forward(std::vector<float>(8), {2, 4}); },
+                 "bias: expected 4 values (num_features; affine is true), got 0");
+    bn.bias().resize(4, 0.f);
+    const std::vector<float> kept = bn.running_var();
+    bn.running_var().clear();
+    expect_error([&] { bn.forward(std::vector<float>(8), {2, 4}); },
+                 "running_var: expected 4 values (num_features; track_running_stats is true), "
+                 "got 0");
+    bn.running_var() = kept;
+    bn.running_mean().resize(5);
+    expect_error([&] { bn.forward(std::vector<float>(8), {2, 4}); },
+                 "running_mean: expected 4 values (num_features; track_running_stats is true), "
+                 "got 5");
+    bn.running_mean().resize(4);
+  }
+  bn.num_batches_tracked() = -1;
+  bn.train();
   expect_error([&] { bn.forward(std::vector<float>(8), {2, 4}); },
-               "scale: expected 4 values (one per channel, C = 4), got 3");
-  bn.weight().resize(4, 1.f);
-  bn.eval();
-  bn.running_var().clear();
-  expect_error([&] { bn.forward(std::vector<float>(8), {2, 4}); },
-               "var: expected 4 values, got a null pointer (required by inference (the running "
-               "variance))");
+               "num_batches_tracked: expected a count >= 0, got -1");
+  bn.num_batches_tracked() = 0;
 
   EXPECT_THROW(bnorm::torch::BatchNorm2d(0), bnorm::error);
+  try {
+    bnorm::torch::BatchNorm1d(std::numeric_limits<std::int64_t>::max());
+    ADD_FAILURE() << "INT64_MAX features must throw";
+  } catch (const bnorm::error& e) {
+    EXPECT_EQ(e.code(), bnorm::status_code::invalid_argument);
+    EXPECT_STREQ(e.what(), "num_features: expected 1 to 2^57, got 9223372036854775807");
+  }
+  try {  // 16 TiB of parameters and buffers: refused before it is tried
+    bnorm::torch::BatchNorm1d(std::int64_t{1} << 40);
+    ADD_FAILURE() << "2^40 features must throw";
+  } catch (const bnorm::error& e) {
+    EXPECT_EQ(e.code(), bnorm::status_code::out_of_memory);
+    EXPECT_NE(std::strstr(e.what(), "more than this machine's"), nullptr) << e.what();
+  }
   bnorm::torch::options bad;
   bad.eps = -1;
   EXPECT_THROW(bnorm::torch::BatchNorm2d(2, bad), bnorm::error);
   bad.eps = 1e-5;
-  bad.momentum = 1.5;
-  EXPECT_THROW(bnorm::torch::BatchNorm2d(2, bad), bnorm::error);
+  bad.momentum = 1.0000001;
+  try {
+    bnorm::torch::BatchNorm2d(2, bad);
+    ADD_FAILURE() << "momentum above 1 must throw";
+  } catch (const bnorm::error& e) {
+    EXPECT_STREQ(e.what(), "momentum: expected a finite value in [0, 1], got 1.0000001");
+  }
   auto bn3 = bnorm::torch::BatchNorm3d(2);
   try {
     bn3.forward(std::vector<float>(8), {2, 2, 2});
@@ -258,10 +345,17 @@ TEST(Module, ErrorsThrowAndLeaveStateUntouched) {
 
 TEST(Module, ReportsItsIsa) {
   auto bn = bnorm::torch::BatchNorm2d(2);
+  bnorm::isa expected = bnorm::isa::neon64;
+  ASSERT_TRUE(bnorm::select_isa(std::nullopt, &expected).ok());
+  EXPECT_EQ(bn.isa(), expected) << "before the first forward: the ISA its plans will take";
   bn.forward(std::vector<float>(16, 1.f), {2, 2, 2, 2});
+  EXPECT_EQ(bn.isa(), expected);
   if (std::getenv("BNORM_MAX_ISA") == nullptr) {
-    EXPECT_EQ(bn.isa(), bnorm::available_isas().back());
+    EXPECT_EQ(expected, bnorm::available_isas().back()) << "no cap: the best ISA";
   }
+  const bnorm::isa lowest = bnorm::available_isas().front();
+  ASSERT_TRUE(bnorm::select_isa(lowest, &expected).ok());
+  EXPECT_EQ(expected, lowest);
 }
 
 }  // namespace

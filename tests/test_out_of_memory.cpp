@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <cstdlib>
 #include <cstring>
 #include <new>
 
@@ -10,6 +11,15 @@
 
 namespace {
 std::atomic<bool> fail_allocations{false};
+std::atomic<bool> fail_throwing_new{false};
+}
+
+// The throwing new, for the module API's vectors: malloc as the default one, so the default
+// delete matches.
+void* operator new(std::size_t size) {
+  if (fail_throwing_new.load()) throw std::bad_alloc();
+  if (void* p = std::malloc(size ? size : 1)) return p;
+  throw std::bad_alloc();
 }
 
 void* operator new[](std::size_t size, const std::nothrow_t&) noexcept {
@@ -54,6 +64,34 @@ TEST(OutOfMemory, ScratchAllocationFailureWritesNothing) {
     EXPECT_TRUE(plan.forward_training(args).ok()) << "the same call succeeds with memory";
     EXPECT_EQ(tracked, 4);
   }
+}
+
+// Every failure of the module API is a bnorm::error, out of memory included, and a failed
+// forward changes no state.
+TEST(OutOfMemory, ModuleAllocationFailuresAreBnormErrors) {
+  fail_throwing_new = true;
+  try {
+    auto bn = bnorm::torch::BatchNorm1d(4);
+    fail_throwing_new = false;
+    ADD_FAILURE() << "construction allocated nothing?";
+  } catch (const bnorm::error& e) {
+    fail_throwing_new = false;
+    EXPECT_EQ(e.code(), bnorm::status_code::out_of_memory) << e.what();
+  }
+  auto bn = bnorm::torch::BatchNorm1d(4);
+  const std::vector<float> x = normal_data<float>(8, 0.0, 1.0, 2);
+  fail_throwing_new = true;
+  try {
+    bn.forward(x, {2, 4});
+    fail_throwing_new = false;
+    ADD_FAILURE() << "forward allocated nothing?";
+  } catch (const bnorm::error& e) {
+    fail_throwing_new = false;
+    EXPECT_EQ(e.code(), bnorm::status_code::out_of_memory) << e.what();
+    EXPECT_NE(std::strstr(e.what(), "forward: out of memory"), nullptr) << e.what();
+  }
+  EXPECT_EQ(bn.num_batches_tracked(), 0);
+  EXPECT_EQ(bn.running_mean(), std::vector<float>(4, 0.f));
 }
 
 }  // namespace

@@ -1,6 +1,7 @@
 // bnorm framework-level API: modules that behave like torch.nn.BatchNorm1d/2d/3d and
 // mindspore.nn.BatchNorm1d/2d/3d. They own their parameters and buffers, keep the train/eval
-// state, and throw bnorm::error on bad input (nothing is written when they do).
+// state, and throw bnorm::error on bad input (nothing is written when they do); every failure,
+// out of memory included, is a bnorm::error carrying a status.
 //
 //   auto bn = bnorm::torch::BatchNorm2d(64);                 // train mode, momentum 0.1
 //   bn.forward(src, dst, {32, 64, 56, 56});
@@ -90,9 +91,10 @@ class batch_norm {
   /// The above plus weight and bias back to their initial values.
   void reset_parameters();
 
-  // Parameters and buffers, resizable by the caller; forward() checks they hold C values.
-  // With PyTorch's affine=false, weight and bias are empty; with track_running_stats=false the
-  // running statistics are. MindSpore keeps all four (frozen when affine=false).
+  // Parameters and buffers, resizable by the caller; forward() checks they hold C values, or
+  // none where the module has no such buffer: with PyTorch's affine=false, weight and bias are
+  // empty; with track_running_stats=false the running statistics are. MindSpore keeps all four
+  // (frozen when affine=false). Errors name them as the module does (weight or gamma, ...).
   std::vector<T>& weight() noexcept { return weight_; }
   std::vector<T>& bias() noexcept { return bias_; }
   std::vector<T>& running_mean() noexcept { return running_mean_; }
@@ -108,7 +110,8 @@ class batch_norm {
   const std::vector<T>& saved_inv_std() const noexcept { return saved_inv_std_; }
 
   const config& get_config() const noexcept { return config_; }
-  /// The ISA of the most recent forward's plan (the best available before the first forward).
+  /// The ISA of the most recent forward's plan; before the first forward, the one its plans
+  /// will take (see select_isa).
   bnorm::isa isa() const;
   /// Whether forward() in the current mode uses batch statistics / updates the running ones.
   bool uses_batch_statistics() const noexcept;
@@ -116,6 +119,10 @@ class batch_norm {
 
  private:
   const plan& plan_for(const tensor_shape& shape, bool training_path);
+  void check_input_shape(const tensor_shape& shape) const;
+  void check_buffers() const;
+  void forward_unguarded(const T* src, T* dst, const tensor_shape& shape);
+  void reset_running_stats_unguarded();
 
   config config_;
   bool training_;

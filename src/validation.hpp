@@ -1,5 +1,6 @@
-// Text for error messages, shared by the engine API and the modules: shapes, numbers and enum
-// values printed so that a message shows exactly why a value was refused.
+// The rules that the engine API and the modules share, each in one place, and the text of
+// their messages: shapes, numbers and enum values printed so that a message shows exactly why
+// a value was refused.
 #pragma once
 
 #include <cstddef>
@@ -31,6 +32,12 @@ struct enum_text {
  private:
   enum_text(const char* name, int value) noexcept;
 };
+
+/// epsilon (named `name`, "eps" in the modules): finite and >= 0.
+status check_epsilon(const char* name, double value) noexcept;
+
+/// momentum: finite and in [0, 1].
+status check_momentum(const char* name, double value) noexcept;
 
 /// Rejects a dimension below 0, naming it and the shape.
 status check_dimensions(const tensor_shape& shape) noexcept;

@@ -1,5 +1,6 @@
-#include "messages.hpp"
+#include "validation.hpp"
 
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -35,6 +36,19 @@ enum_text::enum_text(const char* name, int value) noexcept {
   } else {
     std::snprintf(text, sizeof(text), "%s", name);
   }
+}
+
+status check_epsilon(const char* name, double value) noexcept {
+  if (std::isfinite(value) && value >= 0.0) return {};
+  return status::failure(status_code::invalid_argument, "%s: expected a finite value >= 0, got %s",
+                         name, number_text(value).text);
+}
+
+status check_momentum(const char* name, double value) noexcept {
+  if (std::isfinite(value) && value >= 0.0 && value <= 1.0) return {};
+  return status::failure(status_code::invalid_argument,
+                         "%s: expected a finite value in [0, 1], got %s", name,
+                         number_text(value).text);
 }
 
 status check_dimensions(const tensor_shape& shape) noexcept {
