@@ -15,25 +15,23 @@
 namespace bnorm::detail {
 namespace {
 
+/// The coefficient arrays in scratch.
 template <class T>
-struct coefficient_arrays {
-  T* center;
-  T* scale;
-  T* shift;
-
+struct coefficient_arrays : kernels::coefficients<T> {
   coefficient_arrays(unsigned char* scratch, const scratch_layout& s) {
     T* base = reinterpret_cast<T*>(scratch + s.coeffs);
-    center = base;
-    scale = base + s.coeff_stride;
-    shift = base + 2 * s.coeff_stride;
+    this->center = base;
+    this->scale = base + s.coeff_stride;
+    this->shift = base + 2 * s.coeff_stride;
+    this->prescale = base + 3 * s.coeff_stride;
   }
 
   /// Interleaved passes read per slot: slot j holds channel j % C. Vector loads of the last
-  /// slots read up to one vector (of the widest ISA) past the period: zeros there.
+  /// slots read up to one vector (of the widest ISA) past the period: zeros there (prescale 1).
   void replicate(std::size_t channels, std::size_t period) const {
-    for (T* a : {center, scale, shift}) {
+    for (T* a : {this->center, this->scale, this->shift, this->prescale}) {
       for (std::size_t j = channels; j < period; ++j) a[j] = a[j - channels];
-      std::fill(a + period, a + period + 64 / sizeof(T), T(0));
+      std::fill(a + period, a + period + 64 / sizeof(T), a == this->prescale ? T(1) : T(0));
     }
   }
 };
@@ -97,12 +95,11 @@ void stats_channels(const plan_impl& plan, std::size_t c0, std::size_t c1, const
 /// channel c0.
 template <class T>
 void normalize_channels(const plan_impl& plan, std::size_t c0, std::size_t c1, const T* src,
-                        T* dst, const T* center, const T* scale, const T* shift) {
+                        T* dst, kernels::coefficients<const T> k) {
   const partition& p = plan.part;
   const std::size_t at = c0 * p.spatial;
   plan.kernels->get<T>().plane_normalize(src + at, dst + at, p.spatial, p.batch,
-                                         p.channels * p.spatial, c1 - c0, center, scale, shift,
-                                         p.stream_stores);
+                                         p.channels * p.spatial, c1 - c0, k, p.stream_stores);
 }
 
 /// Planes traversal, unit u: Σd, Σd² of its run added into *sum, *sum_sq; `shift` points to
@@ -125,19 +122,18 @@ void stats_unit(const plan_impl& plan, std::size_t u, const T* src, const T* shi
 
 /// Planes traversal, unit u: normalize its run; the coefficients point to its channel's.
 template <class T>
-void normalize_unit(const plan_impl& plan, std::size_t u, const T* src, T* dst, const T* center,
-                    const T* scale, const T* shift) {
+void normalize_unit(const plan_impl& plan, std::size_t u, const T* src, T* dst,
+                    kernels::coefficients<const T> k) {
   const partition& p = plan.part;
   const std::size_t c = u / p.chunks_per_channel;
   if (p.chunks_per_channel == 1) {
-    normalize_channels(plan, c, c + 1, src, dst, center, scale, shift);
+    normalize_channels(plan, c, c + 1, src, dst, k);
     return;
   }
   const std::size_t begin = (u % p.chunks_per_channel) * p.chunk_len;
   const std::size_t end = std::min(begin + p.chunk_len, p.per_channel);
   for_each_plane_piece(p, c, begin, end, [&](std::size_t at, std::size_t len) {
-    plan.kernels->get<T>().plane_normalize(src + at, dst + at, len, 1, 0, 1, center, scale,
-                                           shift, p.stream_stores);
+    plan.kernels->get<T>().plane_normalize(src + at, dst + at, len, 1, 0, 1, k, p.stream_stores);
   });
 }
 
@@ -152,12 +148,11 @@ void normalize_interleaved_units(const plan_impl& plan, std::size_t units, const
       const interleaved_unit w = unit_at(u);
       const std::size_t at = w.offset + w.column;
       kern.interleaved_normalize(src + at, dst + at, w.periods, w.width, p.period,
-                                 k.center + w.column, k.scale + w.column, k.shift + w.column,
-                                 p.stream_stores);
+                                 k + w.column, p.stream_stores);
       if (w.remainder) {
         const std::size_t tail = w.offset + w.periods * p.period;
-        kern.interleaved_normalize(src + tail, dst + tail, 1, w.remainder, p.period, k.center,
-                                   k.scale, k.shift, p.stream_stores);
+        kern.interleaved_normalize(src + tail, dst + tail, 1, w.remainder, p.period, k,
+                                   p.stream_stores);
       }
     }
   });
@@ -177,8 +172,7 @@ void normalize_pass(const plan_impl& plan, const T* src, T* dst,
         const std::size_t c = q % p.channels;
         const std::size_t run = std::min(p.channels - c, end - q);
         const std::size_t at = q * p.spatial;
-        kern.plane_normalize(src + at, dst + at, p.spatial, 1, 0, run, k.center + c,
-                             k.scale + c, k.shift + c, p.stream_stores);
+        kern.plane_normalize(src + at, dst + at, p.spatial, 1, 0, run, k + c, p.stream_stores);
         q += run;
       }
     });
@@ -186,7 +180,7 @@ void normalize_pass(const plan_impl& plan, const T* src, T* dst,
     plan.threads.for_each(p.units, p.units_per_task, p.serial, [&](std::size_t b, std::size_t e) {
       for (std::size_t u = b; u < e; ++u) {
         const std::size_t c = u / p.chunks_per_channel;
-        normalize_unit(plan, u, src, dst, k.center + c, k.scale + c, k.shift + c);
+        normalize_unit<T>(plan, u, src, dst, k + c);
       }
     });
   } else {
@@ -279,8 +273,7 @@ class training_step {
         std::fill(variance_ + c0, variance_ + c1, 0.0);
         stats_channels(plan_, c0, c1, src_, shift_ + c0, mean_ + c0, variance_ + c0);
         finalize_block(c0, c1);
-        normalize_channels(plan_, c0, c1, src_, dst_, coeffs_.center + c0, coeffs_.scale + c0,
-                           coeffs_.shift + c0);
+        normalize_channels<T>(plan_, c0, c1, src_, dst_, coeffs_ + c0);
       }
     });
   }
@@ -302,8 +295,7 @@ class training_step {
                                variance_ + c0, false);
         finalize_block(c0, c1);
         kern.interleaved_normalize(src_ + c0, dst_ + c0, p_.rows, w.width, p_.period,
-                                   coeffs_.center + c0, coeffs_.scale + c0, coeffs_.shift + c0,
-                                   p_.stream_stores);
+                                   coeffs_ + c0, p_.stream_stores);
       }
     });
   }
@@ -411,46 +403,36 @@ class training_step {
     // The kernels square float32 differences: below ~1e-19 those squares lose bits or vanish.
     // That only shows when var + eps is that small too (an eps far below any framework's), so
     // such a channel is summed again, exactly, instead of slowing every block. float64 squares
-    // keep their bits down to ~1e-300.
+    // keep their bits down to ~1e-300. Beyond ~1e154 they overflow: a channel whose variance
+    // is not finite is summed again too, scaled (and stays NaN where its data holds a NaN or
+    // an infinity).
     const double resum_below = std::is_same<T, float>::value ? 1e-30 : 0.0;
     if (kern.channel_moments(c1 - c0, count(), plan_.prob.epsilon, shift_ + c0,
                              gamma ? gamma + c0 : nullptr, mean_ + c0, variance_ + c0,
                              inv_std_ + c0, scale_ + c0, resum_below)) {
       for (std::size_t c = c0; c < c1; ++c) {
-        if (variance_[c] + plan_.prob.epsilon < resum_below) set_exact_moments(c);
+        if (!std::isfinite(variance_[c]) || variance_[c] + plan_.prob.epsilon < resum_below) {
+          set_exact_moments(c);
+        }
       }
     }
     kern.channel_coefficients(c1 - c0, mean_ + c0, inv_std_ + c0, scale_ + c0,
-                              beta ? beta + c0 : nullptr, coeffs_.center + c0,
-                              coeffs_.scale + c0, coeffs_.shift + c0);
+                              beta ? beta + c0 : nullptr, coeffs_ + c0);
   }
 
-  /// Channel c's moments, 1/sqrt and scale from two float64 passes over its values.
+  /// Channel c's moments, 1/sqrt and scale from exact float64 passes over its values.
   void set_exact_moments(std::size_t c) {
-    const moments m = exact_moments(c);
+    const bool first = plan_.prob.layout == layout::channels_first;
+    const std::size_t spatial = p_.spatial, channels = p_.channels;
+    const moments m = exact_moments(
+        p_.batch, spatial, plan_.prob.epsilon, [&](std::size_t n, std::size_t s) {
+          return static_cast<double>(
+              src_[first ? (n * channels + c) * spatial + s : (n * spatial + s) * channels + c]);
+        });
     mean_[c] = m.mean;
     variance_[c] = m.variance;
-    inv_std_[c] = inverse_std(m.variance, plan_.prob.epsilon);
+    inv_std_[c] = m.inv_std;
     scale_[c] = value_or<T>(args_.scale, c, 1.0) * inv_std_[c];
-  }
-
-  /// Two passes over channel c in float64.
-  moments exact_moments(std::size_t c) const {
-    const bool first = plan_.prob.layout == layout::channels_first;
-    const auto at = [&](std::size_t n, std::size_t s) {
-      return first ? (n * p_.channels + c) * p_.spatial + s : (n * p_.spatial + s) * p_.channels + c;
-    };
-    double total = 0.0;
-    for (std::size_t n = 0; n < p_.batch; ++n)
-      for (std::size_t s = 0; s < p_.spatial; ++s) total += static_cast<double>(src_[at(n, s)]);
-    const double mean = total / count();
-    double squares = 0.0;
-    for (std::size_t n = 0; n < p_.batch; ++n)
-      for (std::size_t s = 0; s < p_.spatial; ++s) {
-        const double d = static_cast<double>(src_[at(n, s)]) - mean;
-        squares += d * d;
-      }
-    return {mean, squares / count()};
   }
 
   /// The batch statistics, then the running statistics and the step counter: the only writes
@@ -514,7 +496,7 @@ class inference_step {
     // Planes in memory order and rows of all channels need every channel's coefficients
     // (laid out per slot for rows) before the normalization.
     for_each_channel_block(plan_, [&](std::size_t c0, std::size_t c1) {
-      set_coefficients(c0, c1, coeffs_.center + c0, coeffs_.scale + c0, coeffs_.shift + c0);
+      set_coefficients(c0, c1, coeffs_ + c0);
     });
     if (p_.kind == traversal::planes) {
       normalize_pass<T>(plan_, src_, dst_, coeffs_);
@@ -533,13 +515,12 @@ class inference_step {
   /// The coefficients of channels [c0, c1), written from index 0 of each array, in float64
   /// vectors: the kernel's division and square root are as exact as scalar ones, so how the
   /// channels are blocked does not change a bit.
-  void set_coefficients(std::size_t c0, std::size_t c1, T* center_k, T* scale_k,
-                        T* shift_k) const {
+  void set_coefficients(std::size_t c0, std::size_t c1, kernels::coefficients<T> out) const {
     const auto at = [c0](const channel_input& buffer) {
       return buffer.data ? static_cast<const T*>(buffer.data) + c0 : nullptr;
     };
     kern_.inference_coefficients(c1 - c0, plan_.prob.epsilon, at(args_.mean), at(args_.var),
-                                 at(args_.scale), at(args_.shift), center_k, scale_k, shift_k);
+                                 at(args_.scale), at(args_.shift), out);
   }
 
   /// Channel-major planes: each task works out its own channels' coefficients, 16 at a time,
@@ -549,19 +530,19 @@ class inference_step {
     plan_.threads.for_each(p_.units, p_.units_per_task, p_.serial, [&](std::size_t b,
                                                                        std::size_t e) {
       constexpr std::size_t group = 16;
-      T center_k[group], scale_k[group], shift_k[group];
+      T center_k[group], scale_k[group], shift_k[group], prescale_k[group];
+      const kernels::coefficients<T> k(center_k, scale_k, shift_k, prescale_k);
       for (std::size_t u0 = b; u0 < e; u0 += group) {
         const std::size_t u1 = std::min(u0 + group, e);
         const std::size_t c0 = u0 / p_.chunks_per_channel;
         const std::size_t c1 = (u1 - 1) / p_.chunks_per_channel + 1;
-        set_coefficients(c0, c1, center_k, scale_k, shift_k);
+        set_coefficients(c0, c1, k);
         if (p_.chunks_per_channel == 1) {
-          normalize_channels(plan_, c0, c1, src_, dst_, center_k, scale_k, shift_k);
+          normalize_channels<T>(plan_, c0, c1, src_, dst_, k);
           continue;
         }
         for (std::size_t u = u0; u < u1; ++u) {
-          const std::size_t k = u / p_.chunks_per_channel - c0;
-          normalize_unit(plan_, u, src_, dst_, center_k + k, scale_k + k, shift_k + k);
+          normalize_unit<T>(plan_, u, src_, dst_, k + (u / p_.chunks_per_channel - c0));
         }
       }
     });
@@ -577,11 +558,9 @@ class inference_step {
       for (std::size_t u = b; u < e; ++u) {
         const interleaved_unit w(p_, u);
         const std::size_t c0 = w.column;
-        set_coefficients(c0, c0 + w.width, coeffs_.center + c0, coeffs_.scale + c0,
-                         coeffs_.shift + c0);
+        set_coefficients(c0, c0 + w.width, coeffs_ + c0);
         kern_.interleaved_normalize(src_ + c0, dst_ + c0, p_.rows, w.width, p_.period,
-                                    coeffs_.center + c0, coeffs_.scale + c0, coeffs_.shift + c0,
-                                    p_.stream_stores);
+                                    coeffs_ + c0, p_.stream_stores);
       }
     });
   }

@@ -86,7 +86,7 @@ bool lay_out_scratch(partition& p) {
   };
   const std::size_t pad = 64 / p.element_size;  // one vector of the widest ISA
   s.coeff_stride = round_up((p.kind == traversal::planes ? p.channels : p.period) + pad, pad);
-  s.coeffs = take(bytes_of(3 * s.coeff_stride, p.element_size));
+  s.coeffs = take(bytes_of(4 * s.coeff_stride, p.element_size));
   s.inference_bytes = offset;
   s.scale = take(bytes_of(p.channels, sizeof(double)));
   s.shift_count = p.kind == traversal::planes ? p.channels : p.period;

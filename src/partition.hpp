@@ -25,7 +25,7 @@ struct scratch_layout {
   std::size_t variance = 0;    // double[C]: the biased batch variance
   std::size_t inv_std = 0;     // double[C]: 1/sqrt(variance + eps)
   std::size_t scale = 0;       // double[C]: gamma·inv_std
-  std::size_t coeffs = 0;      // T[3][coeff_stride]: center, scale, shift
+  std::size_t coeffs = 0;      // T[4][coeff_stride]: center, scale, shift, prescale
   std::size_t shift_count = 0;
   std::size_t partial_count = 0;
   std::size_t coeff_stride = 0;

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cmath>
+#include <cstddef>
 #include <cstdint>
 
 #include "bnorm/plan.hpp"
@@ -11,11 +12,47 @@ namespace bnorm::detail {
 
 struct moments {
   double mean;
-  double variance;  // biased (population)
+  double variance;  // biased (population); infinite where it exceeds the double range
+  double inv_std;   // 1/sqrt(variance + epsilon), finite even then
 };
 
 inline double inverse_std(double variance, double epsilon) noexcept {
   return 1.0 / std::sqrt(variance + epsilon);  // exact, unlike a vector rsqrt estimate
+}
+
+/// A channel's moments from its values value_at(n, s), n < batch, s < spatial, in passes of
+/// float64 over values scaled by a power of two near the largest magnitude: no sum or square
+/// overflows, whatever the values (float64 data spread beyond ~1e154 would square to
+/// infinity). A NaN or an infinity among the values gives NaN moments, as the direct sums do.
+template <class ValueAt>
+moments exact_moments(std::size_t batch, std::size_t spatial, double epsilon,
+                      const ValueAt& value_at) noexcept {
+  const double count = static_cast<double>(batch) * static_cast<double>(spatial);
+  double largest = 0.0;
+  for (std::size_t n = 0; n < batch; ++n)
+    for (std::size_t s = 0; s < spatial; ++s) largest = std::fmax(largest, std::fabs(value_at(n, s)));
+  int exponent = 0;
+  std::frexp(largest, &exponent);
+  // A NaN or an infinity: no scaling (largest is then NaN or inf, and so the moments).
+  const double unit = std::isfinite(largest) && largest > 0.0 ? std::ldexp(1.0, exponent - 1) : 1.0;
+  double total = 0.0;
+  for (std::size_t n = 0; n < batch; ++n)
+    for (std::size_t s = 0; s < spatial; ++s) total += value_at(n, s) / unit;
+  const double mean = total / count;
+  double squares = 0.0;
+  for (std::size_t n = 0; n < batch; ++n)
+    for (std::size_t s = 0; s < spatial; ++s) {
+      const double d = value_at(n, s) / unit - mean;
+      squares += d * d;
+    }
+  const double scaled_variance = squares / count;
+  const double variance = scaled_variance * unit * unit;
+  // Where the variance overflows, 1/std still fits: take it from the scaled variance.
+  const double inv_std =
+      std::isinf(variance) && std::isfinite(scaled_variance)
+          ? 1.0 / (unit * std::sqrt(scaled_variance + epsilon / (unit * unit)))
+          : inverse_std(variance, epsilon);
+  return {mean * unit, variance, inv_std};
 }
 
 /// How one training step moves the running statistics: r = (1 - w)·r + w·batch (the

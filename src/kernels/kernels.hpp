@@ -8,10 +8,37 @@
 
 namespace bnorm::kernels {
 
+/// The per-channel (channels-last: per-slot) normalization coefficients, one array each:
+/// y = (x·prescale − center)·scale + shift. The prescale is 1 for all but extreme channels, and
+/// then the expression is (x − center)·scale + shift exactly. Where x − center could overflow
+/// (a center within a rounding of the largest finite value) or the scale is below T's normal
+/// range, the prescale is a power of two that keeps x·prescale − center finite and the scale
+/// normal: the same result, rounded once more at most. `Value` is T or const T.
+template <class Value>
+struct coefficients {
+  Value* center = nullptr;
+  Value* scale = nullptr;
+  Value* shift = nullptr;
+  Value* prescale = nullptr;
+
+  coefficients() noexcept = default;
+  coefficients(Value* center_, Value* scale_, Value* shift_, Value* prescale_) noexcept
+      : center(center_), scale(scale_), shift(shift_), prescale(prescale_) {}
+  /// A writable set reads as a read-only one.
+  template <class Other>
+  coefficients(const coefficients<Other>& o) noexcept  // NOLINT: implicit on purpose
+      : center(o.center), scale(o.scale), shift(o.shift), prescale(o.prescale) {}
+  /// The coefficients from channel (slot) j on.
+  coefficients operator+(std::size_t j) const noexcept {
+    return {center + j, scale + j, shift + j, prescale + j};
+  }
+};
+
 /// Pure loops over caller-validated memory. They assert nothing, allocate nothing, never throw.
 /// Statistics accumulate shifted values d = x - shift in float64: sum += Σd, sum_sq += Σd².
-/// Normalization computes y = (x - center)·scale + shift, with the center the mean rounded to T
-/// (x·a + b with the mean folded into b would cancel when |mean| ≫ std). With `stream`, whole
+/// Normalization computes y = (x·prescale − center)·scale + shift (see coefficients), with the
+/// center the mean rounded to T (x·a + b with the mean folded into b would cancel when
+/// |mean| ≫ std). With `stream`, whole
 /// aligned vectors are written with non-temporal stores: for outputs that do not fit in cache,
 /// this saves the read of every destination line before it is written.
 template <class T>
@@ -31,8 +58,8 @@ struct kernel_set {
                       std::size_t channels, const T* shift, double* sum,
                       double* sum_sq) noexcept;
   void (*plane_normalize)(const T* src, T* dst, std::size_t len, std::size_t planes,
-                          std::size_t stride, std::size_t channels, const T* center,
-                          const T* scale, const T* shift, bool stream) noexcept;
+                          std::size_t stride, std::size_t channels,
+                          coefficients<const T> coeffs, bool stream) noexcept;
   /// Interleaved channels: `rows` rows of `width` slots, `stride` elements apart. Slot j of
   /// every row shares the per-slot arrays' entry j (shift, sums, coefficients); the planner
   /// makes slot j channel j % C. Coefficient arrays are padded by one vector past the width.
@@ -41,27 +68,28 @@ struct kernel_set {
   void (*interleaved_stats)(const T* src, std::size_t rows, std::size_t width, std::size_t stride,
                             const T* shift, double* sum, double* sum_sq, bool accumulate) noexcept;
   void (*interleaved_normalize)(const T* src, T* dst, std::size_t rows, std::size_t width,
-                                std::size_t stride, const T* center, const T* scale,
-                                const T* shift, bool stream) noexcept;
+                                std::size_t stride, coefficients<const T> coeffs,
+                                bool stream) noexcept;
   /// Per channel, in float64 and in place: Σd, Σd² (d = x - shift, `count` values) become the
   /// mean and the biased variance; then inv_std = 1/sqrt(variance + eps) and
   /// scale = gamma·inv_std (gamma null: 1). Exact division and square root, as the scalar code.
-  /// Returns whether some channel has variance + eps below `resum_below` (see finalize_block).
+  /// Returns whether some channel has variance + eps below `resum_below`, or a variance that
+  /// is not finite (see finalize_block).
   bool (*channel_moments)(std::size_t channels, double count, double eps, const T* shift,
                           const T* gamma, double* sum_to_mean, double* sum_sq_to_variance,
                           double* inv_std, double* scale, double resum_below) noexcept;
   /// Training, per channel from the float64 mean, 1/std and scale: center = +0 where
   /// |mean|·inv_std ≤ 1/4 (the mean folds into the shift), else the mean rounded to T; scale;
   /// shift = beta − (mean − center)·scale (beta null: 0); values beyond T's range saturate to
-  /// its largest.
+  /// its largest; then the prescale (see coefficients).
   void (*channel_coefficients)(std::size_t channels, const double* mean, const double* inv_std,
-                               const double* scale, const T* beta, T* center, T* scale_out,
-                               T* shift) noexcept;
+                               const double* scale, const T* beta,
+                               coefficients<T> out) noexcept;
   /// Inference, per channel from the running statistics: the same coefficients with
   /// scale = gamma/sqrt(variance + eps) in float64 (gamma null: 1).
   void (*inference_coefficients)(std::size_t channels, double eps, const T* mean,
-                                 const T* variance, const T* gamma, const T* beta, T* center,
-                                 T* scale_out, T* shift) noexcept;
+                                 const T* variance, const T* gamma, const T* beta,
+                                 coefficients<T> out) noexcept;
   /// Per channel: out[c] = in[c] rounded to T (the batch statistics the caller asked for).
   void (*narrow)(std::size_t channels, const double* in, T* out) noexcept;
   /// Per channel, the running statistic's update in float64, rounded to T:

@@ -340,6 +340,21 @@ xsimd::batch<T, Arch> normalize(const xsimd::batch<T, Arch>& x, const xsimd::bat
   return fmadd(x - center, scale, shift);
 }
 
+/// The three forms of y = (x·prescale − center)·scale + shift: with every prescale 1 and every
+/// center +0 (two coefficient streams), with every prescale 1 (three), and the general one of
+/// extreme channels (four). Each drops only operations that change no bit.
+enum class form { uncentered, centered, prescaled };
+
+template <form Form, class Arch, class T>
+[[gnu::always_inline]] inline xsimd::batch<T, Arch> normalize_as(
+    const xsimd::batch<T, Arch>& x, const xsimd::batch<T, Arch>& center,
+    const xsimd::batch<T, Arch>& scale, const xsimd::batch<T, Arch>& shift,
+    const xsimd::batch<T, Arch>& prescale) noexcept {
+  if (Form == form::uncentered) return fmadd(x, scale, shift);
+  if (Form == form::centered) return normalize(x, center, scale, shift);
+  return fmadd(fms(x, prescale, center), scale, shift);
+}
+
 /// Runs `count` (< one vector) elements through the vector code via a padded copy, so every
 /// element of a tensor is rounded the same way, whatever its position.
 template <class Arch, class T, class Compute>
@@ -420,6 +435,19 @@ bool all_positive_zero(const T* a, std::size_t n) noexcept {
   return zero;
 }
 
+/// Whether every one of the n values is 1 (no channel needs a prescale).
+template <class Arch, class T>
+bool all_one(const T* a, std::size_t n) noexcept {
+  using vec = xsimd::batch<T, Arch>;
+  const vec one(T(1));
+  auto differs = one != one;  // all false
+  std::size_t j = 0;
+  for (; j + vec::size <= n; j += vec::size) differs = differs | (vec::load_unaligned(a + j) != one);
+  bool same = !xsimd::any(differs);
+  for (; j < n; ++j) same = same && a[j] == T(1);
+  return same;
+}
+
 template <class T>
 bool element_aligned(const T* p) noexcept {
   return reinterpret_cast<std::uintptr_t>(p) % sizeof(T) == 0;
@@ -465,22 +493,31 @@ void normalize_planes(const T* src, T* dst, std::size_t len, std::size_t planes,
 /// inference on one thread).
 template <class Arch, class T>
 void plane_normalize(const T* src, T* dst, std::size_t len, std::size_t planes,
-                     std::size_t stride, std::size_t channels, const T* center, const T* scale,
-                     const T* shift, bool stream) noexcept {
+                     std::size_t stride, std::size_t channels, coefficients<const T> k,
+                     bool stream) noexcept {
   using vec = xsimd::batch<T, Arch>;
   stream = stream && element_aligned(dst);
-  if (all_positive_zero<Arch>(center, channels)) {
+  const auto each_channel = [&](auto form_of) {
     for (std::size_t ch = 0; ch < channels; ++ch) {
-      const vec a(scale[ch]), b(shift[ch]);
-      normalize_planes<Arch>(src + ch * len, dst + ch * len, len, planes, stride, stream,
-                             [a, b](const vec& v) { return fmadd(v, a, b); });
+      const vec c(k.center[ch]), a(k.scale[ch]), b(k.shift[ch]), h(k.prescale[ch]);
+      const auto run = [&](auto form_tag) {
+        constexpr form f = decltype(form_tag)::value;
+        normalize_planes<Arch>(src + ch * len, dst + ch * len, len, planes, stride, stream,
+                               [c, a, b, h](const vec& v) { return normalize_as<f>(v, c, a, b, h); });
+      };
+      switch (form_of(ch)) {
+        case form::uncentered: run(std::integral_constant<form, form::uncentered>{}); break;
+        case form::centered: run(std::integral_constant<form, form::centered>{}); break;
+        case form::prescaled: run(std::integral_constant<form, form::prescaled>{}); break;
+      }
     }
+  };
+  if (!all_one<Arch>(k.prescale, channels)) {
+    each_channel([&](std::size_t ch) { return k.prescale[ch] != T(1) ? form::prescaled : form::centered; });
+  } else if (all_positive_zero<Arch>(k.center, channels)) {
+    each_channel([](std::size_t) { return form::uncentered; });
   } else {
-    for (std::size_t ch = 0; ch < channels; ++ch) {
-      const vec c(center[ch]), a(scale[ch]), b(shift[ch]);
-      normalize_planes<Arch>(src + ch * len, dst + ch * len, len, planes, stride, stream,
-                             [c, a, b](const vec& v) { return normalize(v, c, a, b); });
-    }
+    each_channel([](std::size_t) { return form::centered; });
   }
   if (stream) stream_fence<Arch>();
 }
@@ -491,6 +528,7 @@ void plane_normalize(const T* src, T* dst, std::size_t len, std::size_t planes,
 template <std::size_t Vectors, class Arch, class T>
 void narrow_rows_normalize(const T* src, T* dst, std::size_t rows, std::size_t stride,
                            const T* center, const T* scale, const T* shift, bool stream) noexcept {
+  // (Prescale 1 in every slot: the caller checked.)
   using vec = xsimd::batch<T, Arch>;
   constexpr std::size_t lanes = vec::size;
   vec c[Vectors], a[Vectors], b[Vectors];
@@ -521,36 +559,35 @@ void narrow_rows_normalize(const T* src, T* dst, std::size_t rows, std::size_t s
 /// instead of 73, and in alternating runs of (1,1024,14,14), (1,256,56,56) and (1,64,112,112)
 /// it was as fast or faster; 151k instead of 166k instructions a (1,1024,14,14) call. Always
 /// inlined: as a call, each step paid a call and a vzeroupper.
-template <std::size_t Rows, std::size_t Vectors, bool Centered, class Arch, class T>
+template <std::size_t Rows, std::size_t Vectors, form Form, class Arch, class T>
 [[gnu::always_inline]] inline void normalize_rows(const T* x, T* y, std::size_t stride,
-                                                  const T* center, const T* scale,
-                                                  const T* shift) noexcept {
+                                                  coefficients<const T> k) noexcept {
   using vec = xsimd::batch<T, Arch>;
   constexpr std::size_t lanes = vec::size;
-  vec c[Vectors], a[Vectors], b[Vectors], v[Rows][Vectors];
+  vec c[Vectors], a[Vectors], b[Vectors], h[Vectors], v[Rows][Vectors];
   for (std::size_t g = 0; g < Vectors; ++g) {
-    if (Centered) c[g] = vec::load_unaligned(center + g * lanes);
-    a[g] = vec::load_unaligned(scale + g * lanes);
-    b[g] = vec::load_unaligned(shift + g * lanes);
+    if (Form != form::uncentered) c[g] = vec::load_unaligned(k.center + g * lanes);
+    if (Form == form::prescaled) h[g] = vec::load_unaligned(k.prescale + g * lanes);
+    a[g] = vec::load_unaligned(k.scale + g * lanes);
+    b[g] = vec::load_unaligned(k.shift + g * lanes);
   }
-  for (std::size_t k = 0; k < Rows; ++k) {
-    for (std::size_t g = 0; g < Vectors; ++g) v[k][g] = vec::load_unaligned(x + k * stride + g * lanes);
+  for (std::size_t r = 0; r < Rows; ++r) {
+    for (std::size_t g = 0; g < Vectors; ++g) v[r][g] = vec::load_unaligned(x + r * stride + g * lanes);
   }
-  for (std::size_t k = 0; k < Rows; ++k) {
+  for (std::size_t r = 0; r < Rows; ++r) {
     for (std::size_t g = 0; g < Vectors; ++g) {
-      const vec out =
-          Centered ? normalize(v[k][g], c[g], a[g], b[g]) : fmadd(v[k][g], a[g], b[g]);
-      out.store_unaligned(y + k * stride + g * lanes);
+      normalize_as<Form, Arch>(v[r][g], c[g], a[g], b[g], h[g])
+          .store_unaligned(y + r * stride + g * lanes);
     }
   }
 }
 
 /// Rows [0, rows − rows % Together) of interleaved_normalize's in-cache path, Together at a
 /// time.
-template <std::size_t Together, bool Centered, class Arch, class T, class Compute>
+template <std::size_t Together, form Form, class Arch, class T, class Compute>
 std::size_t normalize_row_groups(const T* src, T* dst, std::size_t rows, std::size_t width,
-                                 std::size_t stride, const T* center, const T* scale,
-                                 const T* shift, Compute compute) noexcept {
+                                 std::size_t stride, coefficients<const T> k,
+                                 Compute compute) noexcept {
   constexpr std::size_t lanes = xsimd::batch<T, Arch>::size;
   constexpr std::size_t together = Together;
   const std::size_t whole = width - width % lanes;
@@ -560,33 +597,32 @@ std::size_t normalize_row_groups(const T* src, T* dst, std::size_t rows, std::si
     T* y = dst + r * stride;
     std::size_t j = 0;
     for (; j + 2 * lanes <= whole; j += 2 * lanes) {
-      normalize_rows<together, 2, Centered, Arch>(x + j, y + j, stride, center + j, scale + j,
-                                                  shift + j);
+      normalize_rows<together, 2, Form, Arch>(x + j, y + j, stride, k + j);
     }
-    if (j < whole) {
-      normalize_rows<together, 1, Centered, Arch>(x + j, y + j, stride, center + j, scale + j,
-                                                  shift + j);
-    }
-    for (std::size_t k = 0; whole < width && k < together; ++k) {
-      store_run<Arch>(x + k * stride, y + k * stride, whole, width, compute);
+    if (j < whole) normalize_rows<together, 1, Form, Arch>(x + j, y + j, stride, k + j);
+    for (std::size_t i = 0; whole < width && i < together; ++i) {
+      store_run<Arch>(x + i * stride, y + i * stride, whole, width, compute);
     }
   }
   return r;
 }
 
-/// interleaved_normalize for rows wider than the narrow kernels take, with the center left
-/// out (Centered false: every center is +0) or not.
-template <bool Centered, class Arch, class T>
+/// interleaved_normalize for rows wider than the narrow kernels take, in one of the forms.
+template <form Form, class Arch, class T>
 void wide_rows_normalize(const T* src, T* dst, std::size_t rows, std::size_t width,
-                         std::size_t stride, const T* center, const T* scale, const T* shift,
-                         bool stream) noexcept {
+                         std::size_t stride, coefficients<const T> k, bool stream) noexcept {
   using vec = xsimd::batch<T, Arch>;
   // The coefficient arrays are padded by one vector past the width: the loads for a partial
   // last vector stay in bounds.
-  const auto compute = [center, scale, shift](std::size_t j, const vec& v) {
-    return Centered ? normalize(v, vec::load_unaligned(center + j), vec::load_unaligned(scale + j),
-                                vec::load_unaligned(shift + j))
-                    : fmadd(v, vec::load_unaligned(scale + j), vec::load_unaligned(shift + j));
+  const T* center = k.center;
+  const T* scale = k.scale;
+  const T* shift = k.shift;
+  const T* prescale = k.prescale;
+  const auto compute = [center, scale, shift, prescale](std::size_t j, const vec& v) {
+    return normalize_as<Form, Arch>(
+        v, Form == form::uncentered ? vec(T(0)) : vec::load_unaligned(center + j),
+        vec::load_unaligned(scale + j), vec::load_unaligned(shift + j),
+        Form == form::prescaled ? vec::load_unaligned(prescale + j) : vec(T(1)));
   };
   std::size_t r = 0;
   if (!stream) {
@@ -602,11 +638,9 @@ void wide_rows_normalize(const T* src, T* dst, std::size_t rows, std::size_t wid
     // took 220 µs against 188. Streamed rows go one at a time: two at a time were 1.3× slower
     // on (8,256,56,56) NHWC inference (measured).
     if (width == stride && width * sizeof(T) >= 1024) {
-      r = normalize_row_groups<1, Centered, Arch>(src, dst, rows, width, stride, center, scale,
-                                                  shift, compute);
+      r = normalize_row_groups<1, Form, Arch>(src, dst, rows, width, stride, k, compute);
     } else {
-      r = normalize_row_groups<4, Centered, Arch>(src, dst, rows, width, stride, center, scale,
-                                                  shift, compute);
+      r = normalize_row_groups<4, Form, Arch>(src, dst, rows, width, stride, k, compute);
     }
   }
   for (; r < rows; ++r) {
@@ -620,14 +654,18 @@ void wide_rows_normalize(const T* src, T* dst, std::size_t rows, std::size_t wid
 
 template <class Arch, class T>
 void interleaved_normalize(const T* src, T* dst, std::size_t rows, std::size_t width,
-                           std::size_t stride, const T* center, const T* scale, const T* shift,
-                           bool stream) noexcept {
+                           std::size_t stride, coefficients<const T> k, bool stream) noexcept {
   using vec = xsimd::batch<T, Arch>;
   constexpr std::size_t lanes = vec::size;
+  const T* center = k.center;
+  const T* scale = k.scale;
+  const T* shift = k.shift;
+  // Extreme channels (see coefficients) take the general form, on the wide-row path.
+  const bool prescaled = !all_one<Arch>(k.prescale, width);
   // Narrow rows stream whole vectors, so every row must start aligned: an aligned dst and a
   // stride of whole vectors. Other rows stream their whole cache lines, wherever they start.
   const bool aligned_rows = misalignment<Arch>(dst) == 0 && stride % lanes == 0;
-  if (width % lanes == 0 && width <= 4 * lanes && (aligned_rows || !stream)) {
+  if (!prescaled && width % lanes == 0 && width <= 4 * lanes && (aligned_rows || !stream)) {
     switch (width / lanes) {
       case 1: narrow_rows_normalize<1, Arch>(src, dst, rows, stride, center, scale, shift, stream); break;
       case 2: narrow_rows_normalize<2, Arch>(src, dst, rows, stride, center, scale, shift, stream); break;
@@ -642,10 +680,12 @@ void interleaved_normalize(const T* src, T* dst, std::size_t rows, std::size_t w
   // A block whose centers are all +0 (see store_coefficients) reads two coefficient streams,
   // not three: on (1,256,56,56) NHWC inference from L3, one thread, the third stream cost
   // about 10% (115–129 µs against 104–118, alternating in one process).
-  if (all_positive_zero<Arch>(center, width)) {
-    wide_rows_normalize<false, Arch>(src, dst, rows, width, stride, center, scale, shift, stream);
+  if (prescaled) {
+    wide_rows_normalize<form::prescaled, Arch>(src, dst, rows, width, stride, k, stream);
+  } else if (all_positive_zero<Arch>(center, width)) {
+    wide_rows_normalize<form::uncentered, Arch>(src, dst, rows, width, stride, k, stream);
   } else {
-    wide_rows_normalize<true, Arch>(src, dst, rows, width, stride, center, scale, shift, stream);
+    wide_rows_normalize<form::centered, Arch>(src, dst, rows, width, stride, k, stream);
   }
   if (stream) stream_fence<Arch>();
 }
@@ -665,7 +705,7 @@ bool channel_moments(std::size_t channels, double count, double eps, const T* sh
     if (variance < 0.0) variance = 0.0;  // rounding only; a NaN stays NaN
     sum_to_mean[c] = static_cast<double>(shift[c]) + offset;
     sum_sq_to_variance[c] = variance;
-    scalar_below |= variance + eps < resum_below;
+    scalar_below |= variance + eps < resum_below || !std::isfinite(variance);
     inv_std[c] = 1.0 / std::sqrt(variance + eps);
     scale[c] = (gamma ? static_cast<double>(gamma[c]) : 1.0) * inv_std[c];
   };
@@ -680,7 +720,7 @@ bool channel_moments(std::size_t channels, double count, double eps, const T* sh
     variance = xsimd::select(variance < zero, zero, variance);
     (load_as_f64<Arch>(shift + c) + offset).store_unaligned(sum_to_mean + c);
     variance.store_unaligned(sum_sq_to_variance + c);
-    below = below | (variance + e < small);
+    below = below | (variance + e < small) | !xsimd::isfinite(variance);
     const dvec inv = unit / xsimd::sqrt(variance + e);
     inv.store_unaligned(inv_std + c);
     (gamma ? load_as_f64<Arch>(gamma + c) * inv : inv).store_unaligned(scale + c);
@@ -725,57 +765,104 @@ inline bool folds(double mean, double inv_std) noexcept {
   return std::fabs(mean) * inv_std <= 0.25;
 }
 
+/// A center from which x − center can overflow for a finite x: within half an ulp of T's
+/// largest value (2^103 for float, 2^970 for double).
 template <class T>
-void store_coefficients_scalar(double mean, double inv_std, double scale, double beta, T* center,
-                               T* scale_out, T* shift) noexcept {
-  *center = folds(mean, inv_std) ? T(0) : static_cast<T>(mean);
-  const double residual = mean - static_cast<double>(*center);
-  *scale_out = saturate_scalar<T>(scale);
-  *shift = saturate_scalar<T>(beta - residual * scale);
+constexpr double overflowing_center() noexcept {
+  using limits = std::numeric_limits<T>;
+  double value = 1.0;
+  for (int i = 0; i < limits::max_exponent - limits::digits - 1; ++i) value *= 2.0;
+  return value;
+}
+
+/// The prescale of a channel (see kernels::coefficients): 1 unless x − center could overflow
+/// or the scale is below T's normal range. Then a power of two h with scale/h in [1, 2) (h at
+/// most 1/2 where the center overflows, so that x·h − center·h cannot), and no smaller than
+/// T's least normal value, so that x·h and center·h stay exact near the center.
+template <class T>
+double prescale_for(double center, double scale) noexcept {
+  using limits = std::numeric_limits<T>;
+  const double least = static_cast<double>(limits::min());
+  const bool wide = std::fabs(center) >= overflowing_center<T>();
+  const bool subnormal_scale = scale != 0.0 && std::fabs(scale) < least;
+  if (!(wide || subnormal_scale) || !std::isfinite(scale)) return 1.0;
+  if (std::fabs(scale) < 1.0) {
+    int exponent = 0;
+    std::frexp(scale, &exponent);  // |scale| = m·2^exponent, m in [1/2, 1)
+    return std::fmax(std::ldexp(1.0, exponent - 1), least);
+  }
+  return std::fabs(scale) <= 0.5 * static_cast<double>(limits::max()) ? 0.5 : 1.0;
+}
+
+template <class T>
+void store_coefficients_scalar(double mean, double inv_std, double scale, double beta,
+                               coefficients<T> out) noexcept {
+  const T center = folds(mean, inv_std) ? T(0) : static_cast<T>(mean);
+  const double residual = mean - static_cast<double>(center);
+  const double h = prescale_for<T>(center, scale);
+  *out.center = static_cast<T>(static_cast<double>(center) * h);  // exact: h is a power of two
+  *out.scale = saturate_scalar<T>(scale / h);
+  *out.shift = saturate_scalar<T>(beta - residual * scale);
+  *out.prescale = static_cast<T>(h);
 }
 
 /// The coefficients of `lanes` channels from their float64 mean, 1/std and scale: center = +0
 /// where the mean folds, else the mean rounded to T; scale saturated to T; shift = beta −
-/// (mean − center)·scale, saturated. The same operations as store_coefficients_scalar, so
-/// vector and scalar channels agree to the bit.
+/// (mean − center)·scale, saturated; prescale 1. The same operations as
+/// store_coefficients_scalar, so vector and scalar channels agree to the bit; lanes that need
+/// a prescale (extreme channels) go through it.
 template <class Arch, class T>
 void store_coefficients(const xsimd::batch<double, Arch>& mean,
                         const xsimd::batch<double, Arch>& inv_std,
                         const xsimd::batch<double, Arch>& scale,
-                        const xsimd::batch<double, Arch>& beta, T* center, T* scale_out,
-                        T* shift) noexcept {
+                        const xsimd::batch<double, Arch>& beta, coefficients<T> out) noexcept {
   using dvec = xsimd::batch<double, Arch>;
   const auto fold = xsimd::abs(mean) * inv_std <= dvec(0.25);
-  store_as<Arch>(center, xsimd::select(fold, dvec(0.0), mean));
-  const auto residual = mean - load_as_f64<Arch>(center);
-  store_as<Arch>(scale_out, saturate_to<Arch, T>(scale));
-  store_as<Arch>(shift, saturate_to<Arch, T>(beta - residual * scale));
+  store_as<Arch>(out.center, xsimd::select(fold, dvec(0.0), mean));
+  const dvec center = load_as_f64<Arch>(out.center);
+  const dvec magnitude = xsimd::abs(scale);
+  const auto extreme =
+      (xsimd::abs(center) >= dvec(overflowing_center<T>())) |
+      ((magnitude < dvec(static_cast<double>(std::numeric_limits<T>::min()))) &
+       (magnitude > dvec(0.0)));
+  if (xsimd::any(extreme)) {
+    constexpr std::size_t lanes = dvec::size;
+    alignas(64) double m[lanes], i[lanes], a[lanes], b[lanes];
+    mean.store_aligned(m);
+    inv_std.store_aligned(i);
+    scale.store_aligned(a);
+    beta.store_aligned(b);
+    for (std::size_t lane = 0; lane < lanes; ++lane) {
+      store_coefficients_scalar<T>(m[lane], i[lane], a[lane], b[lane], out + lane);
+    }
+    return;
+  }
+  const auto residual = mean - center;
+  store_as<Arch>(out.scale, saturate_to<Arch, T>(scale));
+  store_as<Arch>(out.shift, saturate_to<Arch, T>(beta - residual * scale));
+  store_as<Arch>(out.prescale, dvec(1.0));
 }
 
 template <class Arch, class T>
 void channel_coefficients(std::size_t channels, const double* mean, const double* inv_std,
-                          const double* scale, const T* beta, T* center, T* scale_out,
-                          T* shift) noexcept {
+                          const double* scale, const T* beta, coefficients<T> out) noexcept {
   using dvec = xsimd::batch<double, Arch>;
   constexpr std::size_t lanes = dvec::size;
   std::size_t c = 0;
   for (; c + lanes <= channels; c += lanes) {
     store_coefficients<Arch>(dvec::load_unaligned(mean + c), dvec::load_unaligned(inv_std + c),
                              dvec::load_unaligned(scale + c),
-                             beta ? load_as_f64<Arch>(beta + c) : dvec(0.0), center + c,
-                             scale_out + c, shift + c);
+                             beta ? load_as_f64<Arch>(beta + c) : dvec(0.0), out + c);
   }
   for (; c < channels; ++c) {
     store_coefficients_scalar(mean[c], inv_std[c], scale[c],
-                              beta ? static_cast<double>(beta[c]) : 0.0, center + c,
-                              scale_out + c, shift + c);
+                              beta ? static_cast<double>(beta[c]) : 0.0, out + c);
   }
 }
 
 template <class Arch, class T>
 void inference_coefficients(std::size_t channels, double eps, const T* mean, const T* variance,
-                            const T* gamma, const T* beta, T* center, T* scale_out,
-                            T* shift) noexcept {
+                            const T* gamma, const T* beta, coefficients<T> out) noexcept {
   using dvec = xsimd::batch<double, Arch>;
   constexpr std::size_t lanes = dvec::size;
   const dvec e(eps), unit(1.0);
@@ -784,15 +871,13 @@ void inference_coefficients(std::size_t channels, double eps, const T* mean, con
     const dvec inv = unit / xsimd::sqrt(load_as_f64<Arch>(variance + c) + e);
     store_coefficients<Arch>(load_as_f64<Arch>(mean + c), inv,
                              gamma ? load_as_f64<Arch>(gamma + c) * inv : inv,
-                             beta ? load_as_f64<Arch>(beta + c) : dvec(0.0), center + c,
-                             scale_out + c, shift + c);
+                             beta ? load_as_f64<Arch>(beta + c) : dvec(0.0), out + c);
   }
   for (; c < channels; ++c) {
     const double inv = 1.0 / std::sqrt(static_cast<double>(variance[c]) + eps);
     store_coefficients_scalar(static_cast<double>(mean[c]), inv,
                               (gamma ? static_cast<double>(gamma[c]) : 1.0) * inv,
-                              beta ? static_cast<double>(beta[c]) : 0.0, center + c,
-                              scale_out + c, shift + c);
+                              beta ? static_cast<double>(beta[c]) : 0.0, out + c);
   }
 }
 

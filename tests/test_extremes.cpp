@@ -1,0 +1,251 @@
+// The edges of both dtypes: where the exact result is finite in the dtype, bnorm's is finite
+// and within the accuracy target (1e-6 of max(1, |y|) for float32, 1e-12 for float64), even
+// with values at the largest finite value, a center from which x − center overflows, a scale
+// below the normal range, or float64 squares beyond the double range. The reference is long
+// double (x86: 64-bit significand, range to 1e4932), from the same input.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <limits>
+
+#include "support.hpp"
+
+using namespace bnorm_test;
+using bnorm::layout;
+
+namespace {
+
+using real = long double;
+
+template <class T>
+constexpr double tolerance() {
+  return std::is_same<T, float>::value ? 1e-6 : 1e-12;
+}
+
+template <class T>
+struct channel_reference {
+  real mean = 0, variance = 0;  // biased
+};
+
+template <class T>
+std::vector<channel_reference<T>> long_double_moments(const std::vector<T>& x,
+                                                      const bnorm::tensor_shape& shape, layout l) {
+  const geometry g(shape);
+  std::vector<channel_reference<T>> r(g.c);
+  const real count = static_cast<real>(g.n * g.spatial);
+  for (std::size_t c = 0; c < g.c; ++c) {
+    real sum = 0;
+    for (std::size_t n = 0; n < g.n; ++n)
+      for (std::size_t s = 0; s < g.spatial; ++s) sum += x[g.offset(l, n, c, s)];
+    r[c].mean = sum / count;
+    real squares = 0;
+    for (std::size_t n = 0; n < g.n; ++n)
+      for (std::size_t s = 0; s < g.spatial; ++s) {
+        const real d = x[g.offset(l, n, c, s)] - r[c].mean;
+        squares += d * d;
+      }
+    r[c].variance = squares / count;
+  }
+  return r;
+}
+
+/// |got − want| within the target of max(1, |want|), and finite where want is.
+template <class T>
+void expect_close(T got, real want, const char* what, std::size_t index) {
+  const real limit = std::numeric_limits<T>::max();
+  if (std::fabs(want) > limit) {
+    EXPECT_TRUE(std::isinf(got)) << what << " " << index << ": " << got << " for " << (double)want;
+    return;
+  }
+  ASSERT_TRUE(std::isfinite(got)) << what << " " << index << ": " << got << " for " << (double)want;
+  const real error = std::fabs(static_cast<real>(got) - want);
+  EXPECT_LE(static_cast<double>(error / std::fmax(1.0L, std::fabs(want))), tolerance<T>())
+      << what << " " << index << ": got " << got << ", want " << static_cast<double>(want);
+}
+
+/// Relative to |want| itself: for outputs far below 1, where max(1, |y|) would hide a scale
+/// rounded to a few bits. A subnormal output holds fewer bits than the target: there, within
+/// a few units of the last place.
+template <class T>
+void expect_relative(T got, real want, const char* what, std::size_t index) {
+  const real error = std::fabs(static_cast<real>(got) - want);
+  if (std::fabs(want) < std::numeric_limits<T>::min()) {
+    EXPECT_LE(static_cast<double>(error), 4 * std::numeric_limits<T>::denorm_min())
+        << what << " " << index << ": got " << got << ", want " << static_cast<double>(want);
+    return;
+  }
+  EXPECT_LE(static_cast<double>(error / std::fabs(want)), tolerance<T>())
+      << what << " " << index << ": got " << got << ", want " << static_cast<double>(want);
+}
+
+class Edges : public testing::TestWithParam<bnorm::isa> {
+ protected:
+  template <class T>
+  bnorm::plan plan(const bnorm::tensor_shape& shape, layout l, double eps = 1e-5) {
+    bnorm::plan_options opts;
+    opts.max_isa = GetParam();
+    opts.momentum = 0.5;
+    return make_plan_or_fail({shape, l, dtype_of<T>(), eps}, opts);
+  }
+
+  /// Training on x; y, the batch statistics and the running statistics (from mean 0, var 1)
+  /// checked against the long double reference.
+  template <class T>
+  void check_training(const std::vector<T>& x, const bnorm::tensor_shape& shape, layout l) {
+    const geometry g(shape);
+    std::vector<T> y(x.size()), mean(g.c), inv_std(g.c), running_mean(g.c, T(0)),
+        running_var(g.c, T(1));
+    bnorm::training_args args;
+    args.src = x.data();
+    args.dst = y.data();
+    args.batch_mean = out(mean);
+    args.batch_inv_std = out(inv_std);
+    args.running_mean = out(running_mean);
+    args.running_var = out(running_var);
+    const bnorm::status s = plan<T>(shape, l).forward_training(args);
+    ASSERT_TRUE(s.ok()) << s.message();
+    const auto ref = long_double_moments(x, shape, l);
+    const real count = static_cast<real>(g.n * g.spatial);
+    for (std::size_t c = 0; c < g.c; ++c) {
+      const real inv = 1 / std::sqrt(ref[c].variance + static_cast<real>(1e-5));
+      for (std::size_t n = 0; n < g.n; ++n)
+        for (std::size_t sp = 0; sp < g.spatial; ++sp) {
+          const std::size_t i = g.offset(l, n, c, sp);
+          expect_close<T>(y[i], (x[i] - ref[c].mean) * inv, "y", i);
+        }
+      expect_close<T>(mean[c], ref[c].mean, "batch mean", c);
+      expect_relative<T>(inv_std[c], inv, "batch inv_std", c);
+      expect_close<T>(running_mean[c], ref[c].mean / 2, "running mean", c);
+      expect_close<T>(running_var[c], (ref[c].variance * count / (count - 1) + 1) / 2,
+                      "running var", c);
+    }
+  }
+};
+
+template <class T>
+constexpr T largest = std::numeric_limits<T>::max();
+
+/// Four channels, each a pattern over its values: {M, M, M, −M} (a center from which x − center
+/// overflows), ±M alternating (a scale below the normal range), M/2 plus a small spread (a
+/// huge center, a normal scale), and ordinary data.
+template <class T>
+std::vector<T> edge_channels(const bnorm::tensor_shape& shape, layout l) {
+  const geometry g(shape);
+  std::vector<T> x(g.elements());
+  const std::vector<T> ordinary = normal_data<T>(g.elements(), 3.0, 2.0, 7);
+  const T m = largest<T>;
+  for (std::size_t n = 0; n < g.n; ++n)
+    for (std::size_t s = 0; s < g.spatial; ++s) {
+      const std::size_t k = n * g.spatial + s;
+      for (std::size_t c = 0; c < g.c; ++c) {
+        const std::size_t i = g.offset(l, n, c, s);
+        switch (c % 4) {
+          case 0: x[i] = k % 4 == 3 ? -m : m; break;
+          case 1: x[i] = k % 2 ? -m : m; break;
+          case 2: x[i] = m / 2 - static_cast<T>(k % 5) * (m / 1024); break;
+          default: x[i] = ordinary[i]; break;
+        }
+      }
+    }
+  return x;
+}
+
+TEST_P(Edges, TrainingAtTheLargestFloat) {
+  for (layout l : {layout::channels_first, layout::channels_last}) {
+    for (const bnorm::tensor_shape& shape :
+         {bnorm::tensor_shape{4, 4}, bnorm::tensor_shape{8, 4, 40}, bnorm::tensor_shape{2, 36, 300}}) {
+      SCOPED_TRACE(shape_name(shape) + (l == layout::channels_last ? " channels_last" : ""));
+      check_training<float>(edge_channels<float>(shape, l), shape, l);
+    }
+  }
+}
+
+TEST_P(Edges, TrainingAtTheLargestDouble) {
+  for (layout l : {layout::channels_first, layout::channels_last}) {
+    for (const bnorm::tensor_shape& shape : {bnorm::tensor_shape{4, 4}, bnorm::tensor_shape{8, 4, 40}}) {
+      SCOPED_TRACE(shape_name(shape) + (l == layout::channels_last ? " channels_last" : ""));
+      check_training<double>(edge_channels<double>(shape, l), shape, l);
+    }
+  }
+}
+
+// float64 data spread beyond ~1e154 squares to infinity in float64: the whole channel turned
+// NaN. Its y and 1/std are finite; its variance (1e400) is not, and neither is the reference's.
+TEST_P(Edges, DoubleSpreadBeyondTheSquareRange) {
+  for (layout l : {layout::channels_first, layout::channels_last}) {
+    for (double spread : {1e160, 1e200, 1e300}) {
+      const bnorm::tensor_shape shape{16, 3, 5};
+      const geometry g(shape);
+      std::vector<double> x = normal_data<double>(g.elements(), 0.5, 1.0, 9);
+      for (double& v : x) v *= spread;
+      SCOPED_TRACE(spread);
+      check_training<double>(x, shape, l);
+    }
+  }
+}
+
+/// Inference with the given per-channel statistics on x; y against the long double formula.
+template <class T>
+void check_inference(const bnorm::plan& plan, const std::vector<T>& x, const bnorm::tensor_shape& shape,
+                     layout l, const std::vector<T>& mean, const std::vector<T>& var,
+                     const std::vector<T>& gamma, bool relative) {
+  const geometry g(shape);
+  std::vector<T> y(x.size());
+  bnorm::inference_args args;
+  args.src = x.data();
+  args.dst = y.data();
+  args.mean = in(mean);
+  args.var = in(var);
+  args.scale = in(gamma);
+  const bnorm::status s = plan.forward_inference(args);
+  ASSERT_TRUE(s.ok()) << s.message();
+  for (std::size_t c = 0; c < g.c; ++c) {
+    const real scale = static_cast<real>(gamma[c]) / std::sqrt(static_cast<real>(var[c]) + 1e-5L);
+    for (std::size_t n = 0; n < g.n; ++n)
+      for (std::size_t sp = 0; sp < g.spatial; ++sp) {
+        const std::size_t i = g.offset(l, n, c, sp);
+        const real want = (static_cast<real>(x[i]) - mean[c]) * scale;
+        if (relative && want != 0) {
+          expect_relative<T>(y[i], want, "y", i);
+        } else {
+          expect_close<T>(y[i], want, "y", i);
+        }
+      }
+  }
+}
+
+template <class T>
+void inference_at_the_edges(const Edges& test, bnorm::isa isa) {
+  const T m = largest<T>;
+  const T subnormal_gamma = std::numeric_limits<T>::min() / 64;
+  for (layout l : {layout::channels_first, layout::channels_last}) {
+    // Channels: mean M/2 and var M/4 (x = −M is 3.7e19 standard deviations away, float32);
+    // mean −M/2, var M; a scale below T's normal range; and ordinary.
+    const bnorm::tensor_shape shape{6, 4, 9};
+    const geometry g(shape);
+    std::vector<T> x(g.elements());
+    const std::vector<T> values = {-m, m, m / 2, -m / 2, T(0), T(1), m / 3, -m / 7, T(-3)};
+    for (std::size_t i = 0; i < x.size(); ++i) x[i] = values[(i * 7 + i / 9) % values.size()];
+    const std::vector<T> mean = {m / 2, -m / 2, T(2), T(0.5)};
+    const std::vector<T> var = {m / 4, m, T(4), T(2)};
+    const std::vector<T> gamma = {T(1), T(3), subnormal_gamma, T(-2)};
+    bnorm::plan_options opts;
+    opts.max_isa = isa;
+    const bnorm::plan plan = make_plan_or_fail({shape, l, dtype_of<T>()}, opts);
+    SCOPED_TRACE(l == layout::channels_last ? "channels_last" : "channels_first");
+    check_inference<T>(plan, x, shape, l, mean, var, gamma, false);
+    // A scale below the normal range in every channel, relative to |y| (x up to M makes y
+    // normal): without a prescale the scale keeps a few bits.
+    const std::vector<T> tiny_gamma(4, subnormal_gamma);
+    check_inference<T>(plan, x, shape, l, {T(2), T(-3), T(0.5), T(0)}, {T(4), T(1), T(9), T(0.25)},
+                       tiny_gamma, true);
+  }
+  (void)test;
+}
+
+TEST_P(Edges, InferenceAtTheLargestFloat) { inference_at_the_edges<float>(*this, GetParam()); }
+TEST_P(Edges, InferenceAtTheLargestDouble) { inference_at_the_edges<double>(*this, GetParam()); }
+
+INSTANTIATE_TEST_SUITE_P(AllIsas, Edges, testing::ValuesIn(isas_under_test()), isa_param_name);
+
+}  // namespace
