@@ -8,6 +8,8 @@
 #include "execute.hpp"
 
 #include <algorithm>
+#include <atomic>
+#include <cmath>
 #include <type_traits>
 
 #include "statistics.hpp"
@@ -95,11 +97,12 @@ void stats_channels(const plan_impl& plan, std::size_t c0, std::size_t c1, const
 /// channel c0.
 template <class T>
 void normalize_channels(const plan_impl& plan, std::size_t c0, std::size_t c1, const T* src,
-                        T* dst, kernels::coefficients<const T> k) {
+                        T* dst, kernels::coefficients<const T> k, bool prescaled) {
   const partition& p = plan.part;
   const std::size_t at = c0 * p.spatial;
   plan.kernels->get<T>().plane_normalize(src + at, dst + at, p.spatial, p.batch,
-                                         p.channels * p.spatial, c1 - c0, k, p.stream_stores);
+                                         p.channels * p.spatial, c1 - c0, k, prescaled,
+                                         p.stream_stores);
 }
 
 /// Planes traversal, unit u: Σd, Σd² of its run added into *sum, *sum_sq; `shift` points to
@@ -123,24 +126,26 @@ void stats_unit(const plan_impl& plan, std::size_t u, const T* src, const T* shi
 /// Planes traversal, unit u: normalize its run; the coefficients point to its channel's.
 template <class T>
 void normalize_unit(const plan_impl& plan, std::size_t u, const T* src, T* dst,
-                    kernels::coefficients<const T> k) {
+                    kernels::coefficients<const T> k, bool prescaled) {
   const partition& p = plan.part;
   const std::size_t c = u / p.chunks_per_channel;
   if (p.chunks_per_channel == 1) {
-    normalize_channels(plan, c, c + 1, src, dst, k);
+    normalize_channels(plan, c, c + 1, src, dst, k, prescaled);
     return;
   }
   const std::size_t begin = (u % p.chunks_per_channel) * p.chunk_len;
   const std::size_t end = std::min(begin + p.chunk_len, p.per_channel);
   for_each_plane_piece(p, c, begin, end, [&](std::size_t at, std::size_t len) {
-    plan.kernels->get<T>().plane_normalize(src + at, dst + at, len, 1, 0, 1, k, p.stream_stores);
+    plan.kernels->get<T>().plane_normalize(src + at, dst + at, len, 1, 0, 1, k, prescaled,
+                                           p.stream_stores);
   });
 }
 
 /// Interleaved normalization of `units` units, unit u being unit_at(u).
 template <class T, class UnitAt>
 void normalize_interleaved_units(const plan_impl& plan, std::size_t units, const UnitAt& unit_at,
-                                 const T* src, T* dst, const coefficient_arrays<T>& k) {
+                                 const T* src, T* dst, const coefficient_arrays<T>& k,
+                                 bool prescaled) {
   const partition& p = plan.part;
   const kernels::kernel_set<T>& kern = plan.kernels->get<T>();
   plan.threads.for_each(units, 1, p.serial, [&](std::size_t b, std::size_t e) {
@@ -148,19 +153,19 @@ void normalize_interleaved_units(const plan_impl& plan, std::size_t units, const
       const interleaved_unit w = unit_at(u);
       const std::size_t at = w.offset + w.column;
       kern.interleaved_normalize(src + at, dst + at, w.periods, w.width, p.period,
-                                 k + w.column, p.stream_stores);
+                                 k + w.column, prescaled, p.stream_stores);
       if (w.remainder) {
         const std::size_t tail = w.offset + w.periods * p.period;
         kern.interleaved_normalize(src + tail, dst + tail, 1, w.remainder, p.period, k,
-                                   p.stream_stores);
+                                   prescaled, p.stream_stores);
       }
     }
   });
 }
 
 template <class T>
-void normalize_pass(const plan_impl& plan, const T* src, T* dst,
-                    const coefficient_arrays<T>& k) {
+void normalize_pass(const plan_impl& plan, const T* src, T* dst, const coefficient_arrays<T>& k,
+                    bool prescaled) {
   const partition& p = plan.part;
   const kernels::kernel_set<T>& kern = plan.kernels->get<T>();
   if (p.kind == traversal::planes && p.planes_per_unit > 0) {
@@ -172,7 +177,8 @@ void normalize_pass(const plan_impl& plan, const T* src, T* dst,
         const std::size_t c = q % p.channels;
         const std::size_t run = std::min(p.channels - c, end - q);
         const std::size_t at = q * p.spatial;
-        kern.plane_normalize(src + at, dst + at, p.spatial, 1, 0, run, k + c, p.stream_stores);
+        kern.plane_normalize(src + at, dst + at, p.spatial, 1, 0, run, k + c, prescaled,
+                             p.stream_stores);
         q += run;
       }
     });
@@ -180,12 +186,13 @@ void normalize_pass(const plan_impl& plan, const T* src, T* dst,
     plan.threads.for_each(p.units, p.units_per_task, p.serial, [&](std::size_t b, std::size_t e) {
       for (std::size_t u = b; u < e; ++u) {
         const std::size_t c = u / p.chunks_per_channel;
-        normalize_unit<T>(plan, u, src, dst, k + c);
+        normalize_unit<T>(plan, u, src, dst, k + c, prescaled);
       }
     });
   } else {
     normalize_interleaved_units<T>(
-        plan, p.units, [&p](std::size_t u) { return interleaved_unit(p, u); }, src, dst, k);
+        plan, p.units, [&p](std::size_t u) { return interleaved_unit(p, u); }, src, dst, k,
+        prescaled);
   }
 }
 
@@ -222,7 +229,7 @@ class training_step {
   void run() {
     if (p_.tiny) {
       tiny_statistics();
-      normalize_pass<T>(plan_, src_, dst_, coeffs_);
+      normalize_pass<T>(plan_, src_, dst_, coeffs_, prescaled_);
     } else if (p_.fused) {  // each unit computes its channels' shifts itself
       if (p_.kind == traversal::planes) {
         fused_planes_pass();
@@ -233,7 +240,7 @@ class training_step {
       compute_shifts();
       stats_pass();
       merge_pass();
-      normalize_pass<T>(plan_, src_, dst_, coeffs_);
+      normalize_pass<T>(plan_, src_, dst_, coeffs_, prescaled_);
     }
     commit();
   }
@@ -272,8 +279,8 @@ class training_step {
         std::fill(mean_ + c0, mean_ + c1, 0.0);
         std::fill(variance_ + c0, variance_ + c1, 0.0);
         stats_channels(plan_, c0, c1, src_, shift_ + c0, mean_ + c0, variance_ + c0);
-        finalize_block(c0, c1);
-        normalize_channels<T>(plan_, c0, c1, src_, dst_, coeffs_ + c0);
+        const bool prescaled = finalize_block(c0, c1);
+        normalize_channels<T>(plan_, c0, c1, src_, dst_, coeffs_ + c0, prescaled);
       }
     });
   }
@@ -293,9 +300,9 @@ class training_step {
         compute_row_shifts(c0, c1);
         kern.interleaved_stats(src_ + c0, p_.rows, w.width, p_.period, shift_ + c0, mean_ + c0,
                                variance_ + c0, false);
-        finalize_block(c0, c1);
+        const bool prescaled = finalize_block(c0, c1);
         kern.interleaved_normalize(src_ + c0, dst_ + c0, p_.rows, w.width, p_.period,
-                                   coeffs_ + c0, p_.stream_stores);
+                                   coeffs_ + c0, prescaled, p_.stream_stores);
       }
     });
   }
@@ -324,7 +331,7 @@ class training_step {
         variance_[c] += sum_sq;
       }
     }
-    finalize_block(0, p_.channels);
+    prescaled_ = finalize_block(0, p_.channels);
     if (!planes) coeffs_.replicate(p_.channels, p_.period);
   }
 
@@ -387,7 +394,7 @@ class training_step {
           }
         }
       }
-      finalize_block(c0, c1);
+      if (finalize_block(c0, c1)) prescaled_ = true;  // any order: an OR
     });
     if (p_.kind == traversal::interleaved) {
       coeffs_.replicate(p_.channels, p_.period);
@@ -395,8 +402,9 @@ class training_step {
   }
 
   /// Σd, Σd² in mean_ and variance_ over channels [c0, c1) → the moments there, 1/sqrt and the
-  /// scale, then the coefficients rounded to T, in float64 vectors.
-  void finalize_block(std::size_t c0, std::size_t c1) {
+  /// scale, then the coefficients rounded to T, in float64 vectors. Returns whether some
+  /// channel needs a prescale (see kernels::coefficients).
+  bool finalize_block(std::size_t c0, std::size_t c1) {
     const kernels::kernel_set<T>& kern = plan_.kernels->get<T>();
     const T* gamma = static_cast<const T*>(args_.scale.data);
     const T* beta = static_cast<const T*>(args_.shift.data);
@@ -416,8 +424,8 @@ class training_step {
         }
       }
     }
-    kern.channel_coefficients(c1 - c0, mean_ + c0, inv_std_ + c0, scale_ + c0,
-                              beta ? beta + c0 : nullptr, coeffs_ + c0);
+    return kern.channel_coefficients(c1 - c0, mean_ + c0, inv_std_ + c0, scale_ + c0,
+                                     beta ? beta + c0 : nullptr, coeffs_ + c0);
   }
 
   /// Channel c's moments, 1/sqrt and scale from exact float64 passes over its values.
@@ -469,6 +477,7 @@ class training_step {
   double* inv_std_;
   double* scale_;
   coefficient_arrays<T> coeffs_;
+  std::atomic<bool> prescaled_{false};  // some channel's prescale is not 1
 };
 
 /// One inference call: coefficients from the running statistics, then the normalization.
@@ -495,11 +504,12 @@ class inference_step {
     }
     // Planes in memory order and rows of all channels need every channel's coefficients
     // (laid out per slot for rows) before the normalization.
+    std::atomic<bool> prescaled{false};
     for_each_channel_block(plan_, [&](std::size_t c0, std::size_t c1) {
-      set_coefficients(c0, c1, coeffs_ + c0);
+      if (set_coefficients(c0, c1, coeffs_ + c0)) prescaled = true;  // any order: an OR
     });
     if (p_.kind == traversal::planes) {
-      normalize_pass<T>(plan_, src_, dst_, coeffs_);
+      normalize_pass<T>(plan_, src_, dst_, coeffs_, prescaled);
       return;
     }
     coeffs_.replicate(p_.channels, p_.period);
@@ -508,18 +518,18 @@ class inference_step {
         [this](std::size_t u) {
           return interleaved_unit(p_, u, p_.inference_rows_per_chunk, 1, p_.period);
         },
-        src_, dst_, coeffs_);
+        src_, dst_, coeffs_, prescaled);
   }
 
  private:
   /// The coefficients of channels [c0, c1), written from index 0 of each array, in float64
   /// vectors: the kernel's division and square root are as exact as scalar ones, so how the
   /// channels are blocked does not change a bit.
-  void set_coefficients(std::size_t c0, std::size_t c1, kernels::coefficients<T> out) const {
+  bool set_coefficients(std::size_t c0, std::size_t c1, kernels::coefficients<T> out) const {
     const auto at = [c0](const channel_input& buffer) {
       return buffer.data ? static_cast<const T*>(buffer.data) + c0 : nullptr;
     };
-    kern_.inference_coefficients(c1 - c0, plan_.prob.epsilon, at(args_.mean), at(args_.var),
+    return kern_.inference_coefficients(c1 - c0, plan_.prob.epsilon, at(args_.mean), at(args_.var),
                                  at(args_.scale), at(args_.shift), out);
   }
 
@@ -536,13 +546,13 @@ class inference_step {
         const std::size_t u1 = std::min(u0 + group, e);
         const std::size_t c0 = u0 / p_.chunks_per_channel;
         const std::size_t c1 = (u1 - 1) / p_.chunks_per_channel + 1;
-        set_coefficients(c0, c1, k);
+        const bool prescaled = set_coefficients(c0, c1, k);
         if (p_.chunks_per_channel == 1) {
-          normalize_channels<T>(plan_, c0, c1, src_, dst_, k);
+          normalize_channels<T>(plan_, c0, c1, src_, dst_, k, prescaled);
           continue;
         }
         for (std::size_t u = u0; u < u1; ++u) {
-          normalize_unit<T>(plan_, u, src_, dst_, k + (u / p_.chunks_per_channel - c0));
+          normalize_unit<T>(plan_, u, src_, dst_, k + (u / p_.chunks_per_channel - c0), prescaled);
         }
       }
     });
@@ -558,9 +568,9 @@ class inference_step {
       for (std::size_t u = b; u < e; ++u) {
         const interleaved_unit w(p_, u);
         const std::size_t c0 = w.column;
-        set_coefficients(c0, c0 + w.width, coeffs_ + c0);
+        const bool prescaled = set_coefficients(c0, c0 + w.width, coeffs_ + c0);
         kern_.interleaved_normalize(src_ + c0, dst_ + c0, p_.rows, w.width, p_.period,
-                                    coeffs_ + c0, p_.stream_stores);
+                                    coeffs_ + c0, prescaled, p_.stream_stores);
       }
     });
   }

@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <initializer_list>
 #include <new>
+#include <utility>
 
 #include "bnorm/plan.hpp"
 #include "cpu_isa.hpp"
@@ -232,23 +233,37 @@ struct region {
 /// A buffer that the call writes may overlap no other; dst == src exactly (in place) is the
 /// one exception. Empty and omitted buffers take no memory.
 status check_separate(std::initializer_list<region> regions) noexcept {
-  for (auto a = regions.begin(); a != regions.end(); ++a) {
-    for (auto b = a + 1; b != regions.end(); ++b) {
-      if (!(a->written || b->written) || a->data == nullptr || b->data == nullptr ||
-          a->bytes == 0 || b->bytes == 0) {
-        continue;
-      }
-      const auto a0 = reinterpret_cast<std::uintptr_t>(a->data);
-      const auto b0 = reinterpret_cast<std::uintptr_t>(b->data);
-      if (a0 >= b0 + b->bytes || b0 >= a0 + a->bytes) continue;
-      if (a->in_place && b->in_place && a0 == b0 && a->bytes == b->bytes) continue;
+  struct span {
+    std::uintptr_t begin, end;
+    const region* of;
+  };
+  span present[16];
+  std::size_t count = 0;
+  for (const region& r : regions) {  // in order of address (insertion: a dozen at most)
+    if (r.data == nullptr || r.bytes == 0 || count == 16) continue;
+    const auto begin = reinterpret_cast<std::uintptr_t>(r.data);
+    std::size_t at = count++;
+    for (; at > 0 && present[at - 1].begin > begin; --at) present[at] = present[at - 1];
+    present[at] = {begin, begin + r.bytes, &r};
+  }
+  // Sorted by start, the buffers that overlap a are the ones that start before a ends.
+  for (std::size_t i = 0; i < count; ++i) {
+    for (std::size_t j = i + 1; j < count && present[j].begin < present[i].end; ++j) {
+      const span& a = present[i];
+      const span& b = present[j];
+      if (!(a.of->written || b.of->written)) continue;
+      if (a.of->in_place && b.of->in_place && a.begin == b.begin && a.end == b.end) continue;
+      // Named first: the written one; of two, the later argument.
+      const region* first = a.of > b.of ? a.of : b.of;
+      const region* second = a.of > b.of ? b.of : a.of;
+      if (!first->written) std::swap(first, second);
+      const region& w = *first;
+      const region& o = *second;
       return status::failure(status_code::invalid_argument,
                              "%s: expected memory of its own (a written buffer may overlap no "
                              "other; only dst == src, in place), got %zu bytes at %p that "
                              "overlap %s (%zu bytes at %p)",
-                             b->written ? b->name : a->name, b->written ? b->bytes : a->bytes,
-                             b->written ? b->data : a->data, b->written ? a->name : b->name,
-                             b->written ? a->bytes : b->bytes, b->written ? a->data : b->data);
+                             w.name, w.bytes, w.data, o.name, o.bytes, o.data);
     }
   }
   return {};

@@ -38,7 +38,8 @@ struct coefficients {
 /// Statistics accumulate shifted values d = x - shift in float64: sum += Σd, sum_sq += Σd².
 /// Normalization computes y = (x·prescale − center)·scale + shift (see coefficients), with the
 /// center the mean rounded to T (x·a + b with the mean folded into b would cancel when
-/// |mean| ≫ std). With `stream`, whole
+/// |mean| ≫ std). `prescaled` says whether some channel's prescale may differ from 1 (the
+/// coefficient kernels tell): without, no kernel looks at the prescales. With `stream`, whole
 /// aligned vectors are written with non-temporal stores: for outputs that do not fit in cache,
 /// this saves the read of every destination line before it is written.
 template <class T>
@@ -59,7 +60,7 @@ struct kernel_set {
                       double* sum_sq) noexcept;
   void (*plane_normalize)(const T* src, T* dst, std::size_t len, std::size_t planes,
                           std::size_t stride, std::size_t channels,
-                          coefficients<const T> coeffs, bool stream) noexcept;
+                          coefficients<const T> coeffs, bool prescaled, bool stream) noexcept;
   /// Interleaved channels: `rows` rows of `width` slots, `stride` elements apart. Slot j of
   /// every row shares the per-slot arrays' entry j (shift, sums, coefficients); the planner
   /// makes slot j channel j % C. Coefficient arrays are padded by one vector past the width.
@@ -69,7 +70,7 @@ struct kernel_set {
                             const T* shift, double* sum, double* sum_sq, bool accumulate) noexcept;
   void (*interleaved_normalize)(const T* src, T* dst, std::size_t rows, std::size_t width,
                                 std::size_t stride, coefficients<const T> coeffs,
-                                bool stream) noexcept;
+                                bool prescaled, bool stream) noexcept;
   /// Per channel, in float64 and in place: Σd, Σd² (d = x - shift, `count` values) become the
   /// mean and the biased variance; then inv_std = 1/sqrt(variance + eps) and
   /// scale = gamma·inv_std (gamma null: 1). Exact division and square root, as the scalar code.
@@ -81,13 +82,13 @@ struct kernel_set {
   /// Training, per channel from the float64 mean, 1/std and scale: center = +0 where
   /// |mean|·inv_std ≤ 1/4 (the mean folds into the shift), else the mean rounded to T; scale;
   /// shift = beta − (mean − center)·scale (beta null: 0); values beyond T's range saturate to
-  /// its largest; then the prescale (see coefficients).
-  void (*channel_coefficients)(std::size_t channels, const double* mean, const double* inv_std,
+  /// its largest; then the prescale (see coefficients). Returns whether some prescale is not 1.
+  bool (*channel_coefficients)(std::size_t channels, const double* mean, const double* inv_std,
                                const double* scale, const T* beta,
                                coefficients<T> out) noexcept;
   /// Inference, per channel from the running statistics: the same coefficients with
   /// scale = gamma/sqrt(variance + eps) in float64 (gamma null: 1).
-  void (*inference_coefficients)(std::size_t channels, double eps, const T* mean,
+  bool (*inference_coefficients)(std::size_t channels, double eps, const T* mean,
                                  const T* variance, const T* gamma, const T* beta,
                                  coefficients<T> out) noexcept;
   /// Per channel: out[c] = in[c] rounded to T (the batch statistics the caller asked for).

@@ -491,33 +491,51 @@ void normalize_planes(const T* src, T* dst, std::size_t len, std::size_t planes,
 /// coefficients center[k], scale[k], shift[k]. Where every center is +0 it is left out (same
 /// bits, one operation less per vector: 456k instead of 606k instructions for (1,64,112,112)
 /// inference on one thread).
+/// plane_normalize's channels [ch0, ch1), in one form.
+template <form Form, class Arch, class T>
+void normalize_channel_planes(const T* src, T* dst, std::size_t len, std::size_t planes,
+                              std::size_t stride, std::size_t ch0, std::size_t ch1,
+                              coefficients<const T> k, bool stream) noexcept {
+  using vec = xsimd::batch<T, Arch>;
+  for (std::size_t ch = ch0; ch < ch1; ++ch) {
+    const auto run = [&](auto compute) {
+      normalize_planes<Arch>(src + ch * len, dst + ch * len, len, planes, stride, stream, compute);
+    };
+    // Each closure holds only the coefficients its form reads: normalize_planes copies it.
+    const vec a(k.scale[ch]), b(k.shift[ch]);
+    if constexpr (Form == form::uncentered) {
+      run([a, b](const vec& v) { return fmadd(v, a, b); });
+    } else if constexpr (Form == form::centered) {
+      const vec c(k.center[ch]);
+      run([c, a, b](const vec& v) { return normalize(v, c, a, b); });
+    } else {
+      const vec c(k.center[ch]), h(k.prescale[ch]);
+      run([c, a, b, h](const vec& v) { return normalize_as<form::prescaled>(v, c, a, b, h); });
+    }
+  }
+}
+
 template <class Arch, class T>
 void plane_normalize(const T* src, T* dst, std::size_t len, std::size_t planes,
                      std::size_t stride, std::size_t channels, coefficients<const T> k,
-                     bool stream) noexcept {
-  using vec = xsimd::batch<T, Arch>;
+                     bool prescaled, bool stream) noexcept {
   stream = stream && element_aligned(dst);
-  const auto each_channel = [&](auto form_of) {
+  if (prescaled && !all_one<Arch>(k.prescale, channels)) {
     for (std::size_t ch = 0; ch < channels; ++ch) {
-      const vec c(k.center[ch]), a(k.scale[ch]), b(k.shift[ch]), h(k.prescale[ch]);
-      const auto run = [&](auto form_tag) {
-        constexpr form f = decltype(form_tag)::value;
-        normalize_planes<Arch>(src + ch * len, dst + ch * len, len, planes, stride, stream,
-                               [c, a, b, h](const vec& v) { return normalize_as<f>(v, c, a, b, h); });
-      };
-      switch (form_of(ch)) {
-        case form::uncentered: run(std::integral_constant<form, form::uncentered>{}); break;
-        case form::centered: run(std::integral_constant<form, form::centered>{}); break;
-        case form::prescaled: run(std::integral_constant<form, form::prescaled>{}); break;
+      if (k.prescale[ch] != T(1)) {
+        normalize_channel_planes<form::prescaled, Arch>(src, dst, len, planes, stride, ch, ch + 1,
+                                                        k, stream);
+      } else {
+        normalize_channel_planes<form::centered, Arch>(src, dst, len, planes, stride, ch, ch + 1,
+                                                       k, stream);
       }
     }
-  };
-  if (!all_one<Arch>(k.prescale, channels)) {
-    each_channel([&](std::size_t ch) { return k.prescale[ch] != T(1) ? form::prescaled : form::centered; });
   } else if (all_positive_zero<Arch>(k.center, channels)) {
-    each_channel([](std::size_t) { return form::uncentered; });
+    normalize_channel_planes<form::uncentered, Arch>(src, dst, len, planes, stride, 0, channels,
+                                                     k, stream);
   } else {
-    each_channel([](std::size_t) { return form::centered; });
+    normalize_channel_planes<form::centered, Arch>(src, dst, len, planes, stride, 0, channels, k,
+                                                   stream);
   }
   if (stream) stream_fence<Arch>();
 }
@@ -654,14 +672,15 @@ void wide_rows_normalize(const T* src, T* dst, std::size_t rows, std::size_t wid
 
 template <class Arch, class T>
 void interleaved_normalize(const T* src, T* dst, std::size_t rows, std::size_t width,
-                           std::size_t stride, coefficients<const T> k, bool stream) noexcept {
+                           std::size_t stride, coefficients<const T> k, bool prescaled,
+                           bool stream) noexcept {
   using vec = xsimd::batch<T, Arch>;
   constexpr std::size_t lanes = vec::size;
   const T* center = k.center;
   const T* scale = k.scale;
   const T* shift = k.shift;
   // Extreme channels (see coefficients) take the general form, on the wide-row path.
-  const bool prescaled = !all_one<Arch>(k.prescale, width);
+  prescaled = prescaled && !all_one<Arch>(k.prescale, width);
   // Narrow rows stream whole vectors, so every row must start aligned: an aligned dst and a
   // stride of whole vectors. Other rows stream their whole cache lines, wherever they start.
   const bool aligned_rows = misalignment<Arch>(dst) == 0 && stride % lanes == 0;
@@ -809,10 +828,10 @@ void store_coefficients_scalar(double mean, double inv_std, double scale, double
 /// The coefficients of `lanes` channels from their float64 mean, 1/std and scale: center = +0
 /// where the mean folds, else the mean rounded to T; scale saturated to T; shift = beta −
 /// (mean − center)·scale, saturated; prescale 1. The same operations as
-/// store_coefficients_scalar, so vector and scalar channels agree to the bit; lanes that need
-/// a prescale (extreme channels) go through it.
+/// store_coefficients_scalar, so vector and scalar channels agree to the bit. Returns the lanes
+/// that need a prescale (extreme channels): the caller redoes those through the scalar code.
 template <class Arch, class T>
-void store_coefficients(const xsimd::batch<double, Arch>& mean,
+auto store_coefficients(const xsimd::batch<double, Arch>& mean,
                         const xsimd::batch<double, Arch>& inv_std,
                         const xsimd::batch<double, Arch>& scale,
                         const xsimd::batch<double, Arch>& beta, coefficients<T> out) noexcept {
@@ -820,65 +839,75 @@ void store_coefficients(const xsimd::batch<double, Arch>& mean,
   const auto fold = xsimd::abs(mean) * inv_std <= dvec(0.25);
   store_as<Arch>(out.center, xsimd::select(fold, dvec(0.0), mean));
   const dvec center = load_as_f64<Arch>(out.center);
-  const dvec magnitude = xsimd::abs(scale);
-  const auto extreme =
-      (xsimd::abs(center) >= dvec(overflowing_center<T>())) |
-      ((magnitude < dvec(static_cast<double>(std::numeric_limits<T>::min()))) &
-       (magnitude > dvec(0.0)));
-  if (xsimd::any(extreme)) {
-    constexpr std::size_t lanes = dvec::size;
-    alignas(64) double m[lanes], i[lanes], a[lanes], b[lanes];
-    mean.store_aligned(m);
-    inv_std.store_aligned(i);
-    scale.store_aligned(a);
-    beta.store_aligned(b);
-    for (std::size_t lane = 0; lane < lanes; ++lane) {
-      store_coefficients_scalar<T>(m[lane], i[lane], a[lane], b[lane], out + lane);
-    }
-    return;
-  }
   const auto residual = mean - center;
   store_as<Arch>(out.scale, saturate_to<Arch, T>(scale));
   store_as<Arch>(out.shift, saturate_to<Arch, T>(beta - residual * scale));
   store_as<Arch>(out.prescale, dvec(1.0));
+  const dvec magnitude = xsimd::abs(scale);
+  return (xsimd::abs(center) >= dvec(overflowing_center<T>())) |
+         ((magnitude < dvec(static_cast<double>(std::numeric_limits<T>::min()))) &
+          (magnitude > dvec(0.0)));
+}
+
+/// The coefficients of channels [0, channels) through channel(c, out) for each vector of
+/// channels at c (returning its extreme lanes) and channel_scalar(c, out) for single ones;
+/// where some channel needs a prescale, all of them again through the scalar code (same bits
+/// where the prescale is 1). Returns whether some channel needs one.
+template <class Arch, class T, class Vector, class Scalar>
+bool all_coefficients(std::size_t channels, coefficients<T> out, const Vector& channel,
+                      const Scalar& channel_scalar) noexcept {
+  constexpr std::size_t lanes = xsimd::batch<double, Arch>::size;
+  const xsimd::batch<double, Arch> zero(0.0);
+  auto extreme = zero != zero;  // all false
+  std::size_t c = 0;
+  for (; c + lanes <= channels; c += lanes) extreme = extreme | channel(c, out + c);
+  bool prescaled = false;
+  for (; c < channels; ++c) {
+    channel_scalar(c, out + c);
+    prescaled = prescaled || out.prescale[c] != T(1);
+  }
+  if (!xsimd::any(extreme)) return prescaled;
+  for (c = 0; c < channels; ++c) channel_scalar(c, out + c);
+  return true;
 }
 
 template <class Arch, class T>
-void channel_coefficients(std::size_t channels, const double* mean, const double* inv_std,
+bool channel_coefficients(std::size_t channels, const double* mean, const double* inv_std,
                           const double* scale, const T* beta, coefficients<T> out) noexcept {
   using dvec = xsimd::batch<double, Arch>;
-  constexpr std::size_t lanes = dvec::size;
-  std::size_t c = 0;
-  for (; c + lanes <= channels; c += lanes) {
-    store_coefficients<Arch>(dvec::load_unaligned(mean + c), dvec::load_unaligned(inv_std + c),
-                             dvec::load_unaligned(scale + c),
-                             beta ? load_as_f64<Arch>(beta + c) : dvec(0.0), out + c);
-  }
-  for (; c < channels; ++c) {
-    store_coefficients_scalar(mean[c], inv_std[c], scale[c],
-                              beta ? static_cast<double>(beta[c]) : 0.0, out + c);
-  }
+  return all_coefficients<Arch>(
+      channels, out,
+      [&](std::size_t c, coefficients<T> at) {
+        return store_coefficients<Arch>(dvec::load_unaligned(mean + c),
+                                        dvec::load_unaligned(inv_std + c),
+                                        dvec::load_unaligned(scale + c),
+                                        beta ? load_as_f64<Arch>(beta + c) : dvec(0.0), at);
+      },
+      [&](std::size_t c, coefficients<T> at) {
+        store_coefficients_scalar(mean[c], inv_std[c], scale[c],
+                                  beta ? static_cast<double>(beta[c]) : 0.0, at);
+      });
 }
 
 template <class Arch, class T>
-void inference_coefficients(std::size_t channels, double eps, const T* mean, const T* variance,
+bool inference_coefficients(std::size_t channels, double eps, const T* mean, const T* variance,
                             const T* gamma, const T* beta, coefficients<T> out) noexcept {
   using dvec = xsimd::batch<double, Arch>;
-  constexpr std::size_t lanes = dvec::size;
   const dvec e(eps), unit(1.0);
-  std::size_t c = 0;
-  for (; c + lanes <= channels; c += lanes) {
-    const dvec inv = unit / xsimd::sqrt(load_as_f64<Arch>(variance + c) + e);
-    store_coefficients<Arch>(load_as_f64<Arch>(mean + c), inv,
-                             gamma ? load_as_f64<Arch>(gamma + c) * inv : inv,
-                             beta ? load_as_f64<Arch>(beta + c) : dvec(0.0), out + c);
-  }
-  for (; c < channels; ++c) {
-    const double inv = 1.0 / std::sqrt(static_cast<double>(variance[c]) + eps);
-    store_coefficients_scalar(static_cast<double>(mean[c]), inv,
-                              (gamma ? static_cast<double>(gamma[c]) : 1.0) * inv,
-                              beta ? static_cast<double>(beta[c]) : 0.0, out + c);
-  }
+  return all_coefficients<Arch>(
+      channels, out,
+      [&](std::size_t c, coefficients<T> at) {
+        const dvec inv = unit / xsimd::sqrt(load_as_f64<Arch>(variance + c) + e);
+        return store_coefficients<Arch>(load_as_f64<Arch>(mean + c), inv,
+                                        gamma ? load_as_f64<Arch>(gamma + c) * inv : inv,
+                                        beta ? load_as_f64<Arch>(beta + c) : dvec(0.0), at);
+      },
+      [&](std::size_t c, coefficients<T> at) {
+        const double inv = 1.0 / std::sqrt(static_cast<double>(variance[c]) + eps);
+        store_coefficients_scalar(static_cast<double>(mean[c]), inv,
+                                  (gamma ? static_cast<double>(gamma[c]) : 1.0) * inv,
+                                  beta ? static_cast<double>(beta[c]) : 0.0, at);
+      });
 }
 
 template <class Arch, class T>
