@@ -6,7 +6,7 @@
 # bench/results/report.md and bench/results/roofline.png. Extra arguments go to bnorm_bench.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/install-deps.sh cmake g++ make libxsimd-dev libtbb-dev libgtest-dev libbenchmark-dev \
+bash scripts/install-deps.sh cmake g++ make pkgconf libxsimd-dev libtbb-dev libgtest-dev libbenchmark-dev \
   libdnnl-dev ocl-icd-opencl-dev opencl-c-headers python3-torch python3-numpy python3-matplotlib
 cmake -S . -B build/release -DCMAKE_BUILD_TYPE=Release -DBNORM_BUILD_BENCHMARKS=ON
 cmake --build build/release -j"$(nproc)" --target bnorm_bench

@@ -1,7 +1,8 @@
 cmake_policy(VERSION 3.25)
 # Installs the build tree into a scratch prefix, then configures, builds and runs the consumer
-# against it: the find_package(bnorm CONFIG) path an engine takes.
-# Inputs: -DBUILD_DIR= -DSOURCE_DIR= -DWORK_DIR=
+# against it: the find_package(bnorm CONFIG) path an engine takes; then builds and runs it again
+# with the compiler and `pkg-config --cflags --libs bnorm` alone, the path of other builds.
+# Inputs: -DBUILD_DIR= -DSOURCE_DIR= -DWORK_DIR= -DCXX= -DPKG_CONFIG=
 file(REMOVE_RECURSE "${WORK_DIR}")
 function(run)
   execute_process(COMMAND ${ARGN} RESULT_VARIABLE result OUTPUT_VARIABLE out ERROR_VARIABLE err)
@@ -15,3 +16,19 @@ run(${CMAKE_COMMAND} -S "${SOURCE_DIR}" -B "${WORK_DIR}/build" -DCMAKE_BUILD_TYP
     "-DCMAKE_PREFIX_PATH=${WORK_DIR}/prefix")
 run(${CMAKE_COMMAND} --build "${WORK_DIR}/build")
 run("${WORK_DIR}/build/consumer")
+
+file(GLOB_RECURSE pc_files "${WORK_DIR}/prefix/*/bnorm.pc")
+list(LENGTH pc_files pc_count)
+if(NOT pc_count EQUAL 1)
+  message(FATAL_ERROR "expected one installed bnorm.pc, found: ${pc_files}")
+endif()
+get_filename_component(pc_dir "${pc_files}" DIRECTORY)
+set(ENV{PKG_CONFIG_PATH} "${pc_dir}")
+execute_process(COMMAND ${PKG_CONFIG} --cflags --libs bnorm RESULT_VARIABLE result
+                OUTPUT_VARIABLE flags ERROR_VARIABLE err OUTPUT_STRIP_TRAILING_WHITESPACE)
+if(NOT result EQUAL 0)
+  message(FATAL_ERROR "pkg-config --cflags --libs bnorm failed: ${err}")
+endif()
+separate_arguments(flags UNIX_COMMAND "${flags}")
+run(${CXX} -std=c++17 "${SOURCE_DIR}/consumer.cpp" -o "${WORK_DIR}/consumer_pkg_config" ${flags})
+run("${WORK_DIR}/consumer_pkg_config")
