@@ -1,7 +1,9 @@
 // libFuzzer target: arbitrary ranks, dims, layouts, options, parameters and data (NaN, Inf,
-// denormals, huge and tiny values) through the engine API. Checks that nothing crashes, that
-// every rejection is a clean status that leaves every buffer untouched, and that every accepted
-// call matches a float64 reference.
+// denormals, huge and tiny values) through the engine API, and calls that break the buffer
+// contract (overlapping buffers, pointers misaligned for their element, step counters at their
+// edges, scratch without data). Checks that nothing crashes, that every call the contract
+// refuses is refused, that every rejection is a clean status that leaves every buffer
+// untouched, and that every accepted call matches a float64 reference.
 //
 //   scripts/fuzz.sh 60        (clang-14, ASan + UBSan, the committed seed corpus)
 #include <fuzzer/FuzzedDataProvider.h>
@@ -69,10 +71,12 @@ void run(FuzzedDataProvider& in, const bnorm::plan& plan, const bnorm::problem& 
   const std::vector<T> x = values<T>(in, count);
   const std::vector<T> gamma = values<T>(in, g.c), beta = values<T>(in, g.c);
   std::vector<T> running_mean = values<T>(in, g.c), running_var = values<T>(in, g.c);
+  running_mean.push_back(T(0));  // room for a batch mean placed one value into it
   std::vector<T> y(count, T(-7)), mean(g.c, T(-8)), inv_std(g.c, T(-9));
   std::int64_t tracked = in.ConsumeIntegralInRange<std::int64_t>(0, 5);
-  const std::vector<T> rm0 = running_mean, rv0 = running_var, y0 = y;
-  const std::int64_t tracked0 = tracked;
+  // A copy of x one element longer, to misalign within: the bytes at an odd offset.
+  std::vector<unsigned char> shifted_bytes((count + 1) * sizeof(T));
+  std::vector<unsigned char> shifted_gamma((g.c + 1) * sizeof(T));
 
   bnorm::training_args args;
   args.src = in.ConsumeIntegralInRange<int>(0, 20) == 0 ? nullptr : x.data();
@@ -90,6 +94,65 @@ void run(FuzzedDataProvider& in, const bnorm::plan& plan, const bnorm::problem& 
   }
   if (in.ConsumeIntegralInRange<int>(0, 10) != 0) args.num_batches_tracked = &tracked;
 
+  // Breaches of the buffer contract (plan.hpp), each refused whatever else the call holds.
+  const bool updates = plan.options().update_running_stats;
+  bool must_refuse = false;
+  std::vector<T> x_in_place;  // dst == src: the reference reads this copy
+  switch (in.ConsumeIntegralInRange<int>(0, 14)) {
+    case 0:  // in place: allowed
+      if (args.src && args.dst) {
+        x_in_place = x;
+        y = x;
+        args.src = args.dst = y.data();
+      }
+      break;
+    case 1:  // dst overlaps src without being it
+      if (args.src && args.dst && count >= 2) {
+        y = x;
+        args.src = y.data();
+        args.dst = y.data() + in.ConsumeIntegralInRange<std::size_t>(1, count - 1);
+        must_refuse = true;
+      }
+      break;
+    case 2:  // the batch mean inside the running mean
+      if (args.running_mean.data && g.c >= 2) {
+        args.batch_mean = {running_mean.data() + 1, g.c};
+        must_refuse = updates || args.running_mean.size != g.c;
+      }
+      break;
+    case 3:  // src misaligned by 1 to 3 bytes
+      if (args.src && count > 0) {
+        const std::size_t offset = in.ConsumeIntegralInRange<std::size_t>(1, 3);
+        std::memcpy(shifted_bytes.data() + offset, x.data(), count * sizeof(T));
+        args.src = shifted_bytes.data() + offset;
+        must_refuse = true;
+      }
+      break;
+    case 4:  // gamma misaligned
+      if (args.scale.data) {
+        const std::size_t offset = in.ConsumeIntegralInRange<std::size_t>(1, sizeof(T) - 1);
+        std::memcpy(shifted_gamma.data() + offset, gamma.data(), g.c * sizeof(T));
+        args.scale.data = shifted_gamma.data() + offset;
+        must_refuse = true;
+      }
+      break;
+    case 5:  // a step counter at its edges
+      if (args.num_batches_tracked) {
+        tracked = in.ConsumeBool() ? -1 : std::numeric_limits<std::int64_t>::max();
+        must_refuse = updates;
+      }
+      break;
+    case 6:  // scratch without data
+      args.scratch = nullptr;
+      args.scratch_size = in.ConsumeIntegralInRange<std::size_t>(1, 1 << 20);
+      must_refuse = true;
+      break;
+    default: break;
+  }
+  const std::vector<T> x0 = x, y0 = y, rm0 = running_mean, rv0 = running_var, mean0 = mean,
+                       inv_std0 = inv_std;
+  const std::int64_t tracked0 = tracked;
+
   const bnorm::status s = plan.forward_training(args);
   if (!s.ok()) {
     if (s.message()[0] == '\0') fail("a rejection without a message", s);
@@ -97,22 +160,24 @@ void run(FuzzedDataProvider& in, const bnorm::plan& plan, const bnorm::problem& 
       return a.empty() || std::memcmp(a.data(), b.data(), a.size() * sizeof(T)) == 0;
     };
     if (!same(running_mean, rm0) || !same(running_var, rv0) || tracked != tracked0 ||
-        !same(y, y0)) {
+        !same(y, y0) || !same(x, x0) || !same(mean, mean0) || !same(inv_std, inv_std0)) {
       fail("a rejected call wrote to a buffer", s);
     }
     return;
   }
+  if (must_refuse) fail("a call that breaks the buffer contract was accepted", s);
   if (count == 0) return;
+  const std::vector<T>& x_read = x_in_place.empty() ? x : x_in_place;
   // The float64 reference, two-pass, on the same values.
   for (std::size_t c = 0; c < g.c; ++c) {
     long double total = 0;
     for (std::size_t n = 0; n < g.n; ++n)
-      for (std::size_t i = 0; i < g.s; ++i) total += x[g.at(prob.layout, n, c, i)];
+      for (std::size_t i = 0; i < g.s; ++i) total += x_read[g.at(prob.layout, n, c, i)];
     const double ref_mean = static_cast<double>(total / (g.n * g.s));
     long double sq = 0;
     for (std::size_t n = 0; n < g.n; ++n)
       for (std::size_t i = 0; i < g.s; ++i) {
-        const long double d = x[g.at(prob.layout, n, c, i)] - static_cast<long double>(ref_mean);
+        const long double d = x_read[g.at(prob.layout, n, c, i)] - static_cast<long double>(ref_mean);
         sq += d * d;
       }
     const double var = static_cast<double>(sq / (g.n * g.s));
@@ -129,14 +194,14 @@ void run(FuzzedDataProvider& in, const bnorm::plan& plan, const bnorm::problem& 
     for (std::size_t n = 0; n < g.n; ++n)
       for (std::size_t i = 0; i < g.s; ++i) {
         const std::size_t at = g.at(prob.layout, n, c, i);
-        const double ref = (static_cast<double>(x[at]) - ref_mean) * inv * w + b;
+        const double ref = (static_cast<double>(x_read[at]) - ref_mean) * inv * w + b;
         if (!std::isfinite(ref) || std::fabs(ref) > 0.5 * std::numeric_limits<T>::max()) continue;
-        const double tol = tolerance<T>(ref, x[at], ref_mean, inv) * (1 + std::fabs(w));
+        const double tol = tolerance<T>(ref, x_read[at], ref_mean, inv) * (1 + std::fabs(w));
         if (!(std::fabs(static_cast<double>(y[at]) - ref) <= tol)) {
           std::fprintf(stderr,
                        "channel %zu element %zu: got %.9g, float64 reference %.9g (x %.9g, mean "
                        "%.9g, var %.9g, eps %g, gamma %g, beta %g, N %zu C %zu S %zu layout %d)\n",
-                       c, at, static_cast<double>(y[at]), ref, static_cast<double>(x[at]),
+                       c, at, static_cast<double>(y[at]), ref, static_cast<double>(x_read[at]),
                        ref_mean, var, prob.epsilon, w, b, g.n, g.c, g.s,
                        static_cast<int>(prob.layout));
           fail("an accepted call differs from the float64 reference", s);
