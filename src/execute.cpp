@@ -1,4 +1,4 @@
-// Training: shifts → partial sums per unit (parallel) → per-channel moments and coefficients →
+// Training: pivots → partial sums per unit (parallel) → per-channel moments and coefficients →
 // normalize (parallel) → commit the statistics. Where a unit holds whole channels that fit in
 // cache (channels-first channels; channels-last blocks of channels over few rows), all but
 // the commit runs unit by unit in one parallel pass. Inference: coefficients → normalize; in
@@ -87,10 +87,10 @@ struct interleaved_unit {
 /// sum_sq. The per-channel arrays start at channel c0.
 template <class T>
 void stats_channels(const plan_impl& plan, std::size_t c0, std::size_t c1, const T* src,
-                    const T* shift, double* sum, double* sum_sq) {
+                    const T* pivot, double* sum, double* sum_sq) {
   const partition& p = plan.part;
   plan.kernels->get<T>().plane_stats(src + c0 * p.spatial, p.spatial, p.batch,
-                                     p.channels * p.spatial, c1 - c0, shift, sum, sum_sq);
+                                     p.channels * p.spatial, c1 - c0, pivot, sum, sum_sq);
 }
 
 /// Planes of whole channels [c0, c1) in one kernel call; the coefficient arrays start at
@@ -105,21 +105,21 @@ void normalize_channels(const plan_impl& plan, std::size_t c0, std::size_t c1, c
                                          p.stream_stores);
 }
 
-/// Planes traversal, unit u: Σd, Σd² of its run added into *sum, *sum_sq; `shift` points to
-/// its channel's shift.
+/// Planes traversal, unit u: Σd, Σd² of its run added into *sum, *sum_sq; `pivot` points to
+/// its channel's pivot.
 template <class T>
-void stats_unit(const plan_impl& plan, std::size_t u, const T* src, const T* shift, double* sum,
+void stats_unit(const plan_impl& plan, std::size_t u, const T* src, const T* pivot, double* sum,
                 double* sum_sq) {
   const partition& p = plan.part;
   const std::size_t c = u / p.chunks_per_channel;
   if (p.chunks_per_channel == 1) {
-    stats_channels(plan, c, c + 1, src, shift, sum, sum_sq);
+    stats_channels(plan, c, c + 1, src, pivot, sum, sum_sq);
     return;
   }
   const std::size_t begin = (u % p.chunks_per_channel) * p.chunk_len;
   const std::size_t end = std::min(begin + p.chunk_len, p.per_channel);
   for_each_plane_piece(p, c, begin, end, [&](std::size_t at, std::size_t len) {
-    plan.kernels->get<T>().plane_stats(src + at, len, 1, 0, 1, shift, sum, sum_sq);
+    plan.kernels->get<T>().plane_stats(src + at, len, 1, 0, 1, pivot, sum, sum_sq);
   });
 }
 
@@ -217,7 +217,7 @@ class training_step {
         args_(args),
         src_(static_cast<const T*>(args.src)),
         dst_(static_cast<T*>(args.dst)),
-        shift_(reinterpret_cast<T*>(scratch + p_.scratch.shift)),
+        pivot_(reinterpret_cast<T*>(scratch + p_.scratch.pivot)),
         sum_(reinterpret_cast<double*>(scratch + p_.scratch.sum)),
         sum_sq_(reinterpret_cast<double*>(scratch + p_.scratch.sum_sq)),
         mean_(reinterpret_cast<double*>(scratch + p_.scratch.mean)),
@@ -230,40 +230,51 @@ class training_step {
     if (p_.tiny) {
       tiny_statistics();
       normalize_pass<T>(plan_, src_, dst_, coeffs_, prescaled_);
-    } else if (p_.fused) {  // each unit computes its channels' shifts itself
+    } else if (p_.fused) {  // each unit computes its channels' pivots itself
       if (p_.kind == traversal::planes) {
         fused_planes_pass();
       } else {
         fused_interleaved_pass();
       }
     } else {
-      compute_shifts();
+      compute_pivots();
       stats_pass();
-      merge_pass();
+      merge_pass(correction::allowed);
+      if (repivoted_) {  // some pivot was far from its mean: the sums again, around the mean
+        if (p_.kind == traversal::interleaved) replicate_pivots();
+        stats_pass();
+        merge_pass(correction::done);
+      }
       normalize_pass<T>(plan_, src_, dst_, coeffs_, prescaled_);
     }
     commit();
   }
 
  private:
-  /// Each channel's shift (see the shift kernels): planes, the first values of the channel's
-  /// first plane; rows, the first (up to 4) rows.
-  void compute_shifts() {
+  /// Whether finalize_block may still move a pivot that landed far from its channel's mean.
+  enum class correction { allowed, done };
+
+  /// Each channel's pivot (see the pivot kernels); rows hold it per slot.
+  void compute_pivots() {
     if (p_.kind == traversal::planes) {
-      compute_plane_shifts(0, p_.channels);
+      compute_plane_pivots(0, p_.channels);
     } else {
-      compute_row_shifts(0, p_.channels);
-      for (std::size_t j = p_.channels; j < p_.period; ++j) shift_[j] = shift_[j - p_.channels];
+      compute_row_pivots(0, p_.channels);
+      replicate_pivots();
     }
   }
 
-  void compute_row_shifts(std::size_t c0, std::size_t c1) {
-    plan_.kernels->get<T>().row_shifts(src_ + c0, std::min<std::size_t>(4, p_.rows), p_.channels,
-                                       c1 - c0, shift_ + c0);
+  void replicate_pivots() {
+    for (std::size_t j = p_.channels; j < p_.period; ++j) pivot_[j] = pivot_[j - p_.channels];
   }
 
-  void compute_plane_shifts(std::size_t c0, std::size_t c1) {
-    plan_.kernels->get<T>().plane_shifts(src_ + c0 * p_.spatial, p_.spatial, c1 - c0, shift_ + c0);
+  void compute_row_pivots(std::size_t c0, std::size_t c1) {
+    plan_.kernels->get<T>().row_pivots(src_ + c0, p_.rows, p_.channels, c1 - c0, pivot_ + c0);
+  }
+
+  void compute_plane_pivots(std::size_t c0, std::size_t c1) {
+    plan_.kernels->get<T>().plane_pivots(src_ + c0 * p_.spatial, p_.spatial, p_.batch,
+                                         p_.channels * p_.spatial, c1 - c0, pivot_ + c0);
   }
 
   /// Planes of whole channels: statistics, coefficients and normalization of a group of
@@ -275,12 +286,19 @@ class training_step {
                                                                        std::size_t e) {
       for (std::size_t c0 = b; c0 < e; c0 += p_.fused_group) {
         const std::size_t c1 = std::min(c0 + p_.fused_group, e);
-        compute_plane_shifts(c0, c1);
-        std::fill(mean_ + c0, mean_ + c1, 0.0);
-        std::fill(variance_ + c0, variance_ + c1, 0.0);
-        stats_channels(plan_, c0, c1, src_, shift_ + c0, mean_ + c0, variance_ + c0);
-        const bool prescaled = finalize_block(c0, c1);
-        normalize_channels<T>(plan_, c0, c1, src_, dst_, coeffs_ + c0, prescaled);
+        compute_plane_pivots(c0, c1);
+        const auto sums = [&] {
+          std::fill(mean_ + c0, mean_ + c1, 0.0);
+          std::fill(variance_ + c0, variance_ + c1, 0.0);
+          stats_channels(plan_, c0, c1, src_, pivot_ + c0, mean_ + c0, variance_ + c0);
+        };
+        sums();
+        finalized block = finalize_block(c0, c1, correction::allowed);
+        if (block.repivoted) {  // around the mean this time, from cache
+          sums();
+          block = finalize_block(c0, c1, correction::done);
+        }
+        normalize_channels<T>(plan_, c0, c1, src_, dst_, coeffs_ + c0, block.prescaled);
       }
     });
   }
@@ -297,30 +315,48 @@ class training_step {
       for (std::size_t u = b; u < e; ++u) {
         const interleaved_unit w(p_, u);
         const std::size_t c0 = w.column, c1 = w.column + w.width;
-        compute_row_shifts(c0, c1);
-        kern.interleaved_stats(src_ + c0, p_.rows, w.width, p_.period, shift_ + c0, mean_ + c0,
-                               variance_ + c0, false);
-        const bool prescaled = finalize_block(c0, c1);
+        compute_row_pivots(c0, c1);
+        const auto sums = [&] {
+          kern.interleaved_stats(src_ + c0, p_.rows, w.width, p_.period, pivot_ + c0,
+                                 mean_ + c0, variance_ + c0, false);
+        };
+        sums();
+        finalized block = finalize_block(c0, c1, correction::allowed);
+        if (block.repivoted) {  // around the mean this time, from cache
+          sums();
+          block = finalize_block(c0, c1, correction::done);
+        }
         kern.interleaved_normalize(src_ + c0, dst_ + c0, p_.rows, w.width, p_.period,
-                                   coeffs_ + c0, prescaled, p_.stream_stores);
+                                   coeffs_ + c0, block.prescaled, p_.stream_stores);
       }
     });
   }
 
   /// A tiny tensor: Σd, Σd² per channel in float64 in one walk over memory, each channel
-  /// shifted by its first value (d = x − shift is exact in float64), then finalize_block.
+  /// pivoted on its first value (d = x − pivot is exact in float64), then finalize_block.
   void tiny_statistics() {
+    const std::size_t run = p_.kind == traversal::planes ? p_.spatial : 1;
+    for (std::size_t c = 0; c < p_.channels; ++c) pivot_[c] = src_[c * run];
+    tiny_sums();
+    finalized block = finalize_block(0, p_.channels, correction::allowed);
+    if (block.repivoted) {
+      tiny_sums();
+      block = finalize_block(0, p_.channels, correction::done);
+    }
+    prescaled_ = block.prescaled;
+    if (p_.kind == traversal::interleaved) coeffs_.replicate(p_.channels, p_.period);
+  }
+
+  void tiny_sums() {
     const bool planes = p_.kind == traversal::planes;
     const std::size_t run = planes ? p_.spatial : 1;  // consecutive values of one channel
-    for (std::size_t c = 0; c < p_.channels; ++c) {
-      shift_[c] = src_[c * run];
-      mean_[c] = variance_[c] = 0.0;
-    }
+    std::fill(mean_, mean_ + p_.channels, 0.0);
+    std::fill(variance_, variance_ + p_.channels, 0.0);
     const T* x = src_;  // memory order: N planes of C channels, or rows of C values
     const std::size_t outer = planes ? p_.batch : p_.rows;
     for (std::size_t o = 0; o < outer; ++o) {
       for (std::size_t c = 0; c < p_.channels; ++c, x += run) {
-        const double k = static_cast<double>(shift_[c]);
+        const double k = static_cast<double>(pivot_[c]);
         double sum = 0.0, sum_sq = 0.0;
         for (std::size_t j = 0; j < run; ++j) {
           const double d = static_cast<double>(x[j]) - k;
@@ -331,8 +367,6 @@ class training_step {
         variance_[c] += sum_sq;
       }
     }
-    prescaled_ = finalize_block(0, p_.channels);
-    if (!planes) coeffs_.replicate(p_.channels, p_.period);
   }
 
   /// Partial sums, one slot per unit: what a unit adds never depends on the thread running it.
@@ -343,7 +377,7 @@ class training_step {
                              [&](std::size_t b, std::size_t e) {
                                for (std::size_t u = b; u < e; ++u) {
                                  sum_[u] = sum_sq_[u] = 0.0;
-                                 stats_unit(plan_, u, src_, shift_ + u / p_.chunks_per_channel,
+                                 stats_unit(plan_, u, src_, pivot_ + u / p_.chunks_per_channel,
                                             &sum_[u], &sum_sq_[u]);
                                }
                              });
@@ -354,10 +388,10 @@ class training_step {
           double* sum = sum_ + w.chunk * p_.period;
           double* sum_sq = sum_sq_ + w.chunk * p_.period;
           kern.interleaved_stats(src_ + w.offset + w.column, w.periods, w.width, p_.period,
-                                 shift_ + w.column, sum + w.column, sum_sq + w.column, false);
+                                 pivot_ + w.column, sum + w.column, sum_sq + w.column, false);
           if (w.remainder) {
             kern.interleaved_stats(src_ + w.offset + w.periods * p_.period, 1, w.remainder,
-                                   p_.period, shift_, sum, sum_sq, true);
+                                   p_.period, pivot_, sum, sum_sq, true);
           }
         }
       });
@@ -366,7 +400,8 @@ class training_step {
 
   /// Merges the partials in a fixed order (unit by unit, slot by slot) into Σd, Σd² per channel
   /// (held in mean_ and variance_), then finalizes.
-  void merge_pass() {
+  void merge_pass(correction pivots) {
+    prescaled_ = false;
     for_each_channel_block(plan_, [&](std::size_t c0, std::size_t c1) {
       if (p_.kind == traversal::planes) {
         for (std::size_t c = c0; c < c1; ++c) {
@@ -394,17 +429,23 @@ class training_step {
           }
         }
       }
-      if (finalize_block(c0, c1)) prescaled_ = true;  // any order: an OR
+      const finalized block = finalize_block(c0, c1, pivots);
+      if (block.prescaled) prescaled_ = true;  // in any order: an OR
+      if (block.repivoted) repivoted_ = true;
     });
     if (p_.kind == traversal::interleaved) {
       coeffs_.replicate(p_.channels, p_.period);
     }
   }
 
+  struct finalized {
+    bool prescaled = false;  // some channel needs a prescale (see kernels::coefficients)
+    bool repivoted = false;  // some pivot moved: the block's sums are to be taken again
+  };
+
   /// Σd, Σd² in mean_ and variance_ over channels [c0, c1) → the moments there, 1/sqrt and the
-  /// scale, then the coefficients rounded to T, in float64 vectors. Returns whether some
-  /// channel needs a prescale (see kernels::coefficients).
-  bool finalize_block(std::size_t c0, std::size_t c1) {
+  /// scale, then the coefficients rounded to T, in float64 vectors.
+  finalized finalize_block(std::size_t c0, std::size_t c1, correction pivots) {
     const kernels::kernel_set<T>& kern = plan_.kernels->get<T>();
     const T* gamma = static_cast<const T*>(args_.scale.data);
     const T* beta = static_cast<const T*>(args_.shift.data);
@@ -414,18 +455,34 @@ class training_step {
     // keep their bits down to ~1e-300. Beyond ~1e154 they overflow: a channel whose variance
     // is not finite is summed again too, scaled (and stays NaN where its data holds a NaN or
     // an infinity).
+    //
+    // A pivot more than two standard deviations from its channel's mean (the values it was
+    // taken from did not represent the channel: zero padding, an outlier, sorted data) leaves
+    // the float32 squares large next to the variance, and their rounding shows in it: the
+    // pivot moves to the mean and the caller takes the sums again, once. With pivots spread
+    // over the channel, ordinary data never comes near that bound.
     const double resum_below = std::is_same<T, float>::value ? 1e-30 : 0.0;
-    if (kern.channel_moments(c1 - c0, count(), plan_.prob.epsilon, shift_ + c0,
+    finalized result;
+    if (kern.channel_moments(c1 - c0, count(), plan_.prob.epsilon, pivot_ + c0,
                              gamma ? gamma + c0 : nullptr, mean_ + c0, variance_ + c0,
                              inv_std_ + c0, scale_ + c0, resum_below)) {
       for (std::size_t c = c0; c < c1; ++c) {
-        if (!std::isfinite(variance_[c]) || variance_[c] + plan_.prob.epsilon < resum_below) {
+        const double variance = variance_[c];
+        if (!std::isfinite(variance) || variance + plan_.prob.epsilon < resum_below) {
           set_exact_moments(c);
+          continue;
+        }
+        const double offset = mean_[c] - static_cast<double>(pivot_[c]);
+        if (pivots == correction::allowed && offset * offset > 4.0 * variance) {
+          const T moved = static_cast<T>(mean_[c]);
+          result.repivoted = result.repivoted || moved != pivot_[c];
+          pivot_[c] = moved;
         }
       }
     }
-    return kern.channel_coefficients(c1 - c0, mean_ + c0, inv_std_ + c0, scale_ + c0,
-                                     beta ? beta + c0 : nullptr, coeffs_ + c0);
+    result.prescaled = kern.channel_coefficients(c1 - c0, mean_ + c0, inv_std_ + c0, scale_ + c0,
+                                                 beta ? beta + c0 : nullptr, coeffs_ + c0);
+    return result;
   }
 
   /// Channel c's moments, 1/sqrt and scale from exact float64 passes over its values.
@@ -469,7 +526,7 @@ class training_step {
   const training_args& args_;
   const T* src_;
   T* dst_;
-  T* shift_;
+  T* pivot_;
   double* sum_;
   double* sum_sq_;
   double* mean_;
@@ -478,6 +535,7 @@ class training_step {
   double* scale_;
   coefficient_arrays<T> coeffs_;
   std::atomic<bool> prescaled_{false};  // some channel's prescale is not 1
+  std::atomic<bool> repivoted_{false};  // some pivot moved: the sums are to be taken again
 };
 
 /// One inference call: coefficients from the running statistics, then the normalization.

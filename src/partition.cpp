@@ -89,10 +89,10 @@ bool lay_out_scratch(partition& p) {
   s.coeffs = take(bytes_of(4 * s.coeff_stride, p.element_size));
   s.inference_bytes = offset;
   s.scale = take(bytes_of(p.channels, sizeof(double)));
-  s.shift_count = p.kind == traversal::planes ? p.channels : p.period;
+  s.pivot_count = p.kind == traversal::planes ? p.channels : p.period;
   s.partial_count = p.kind == traversal::planes ? p.channels * p.chunks_per_channel
                                                 : p.row_chunks * p.period;
-  s.shift = take(bytes_of(s.shift_count, p.element_size));
+  s.pivot = take(bytes_of(s.pivot_count, p.element_size));
   s.sum = take(bytes_of(s.partial_count, sizeof(double)));
   s.sum_sq = take(bytes_of(s.partial_count, sizeof(double)));
   s.mean = take(bytes_of(p.channels, sizeof(double)));

@@ -35,7 +35,8 @@ struct coefficients {
 };
 
 /// Pure loops over caller-validated memory. They assert nothing, allocate nothing, never throw.
-/// Statistics accumulate shifted values d = x - shift in float64: sum += Σd, sum_sq += Σd².
+/// Statistics accumulate values relative to a pivot, d = x − pivot, in float64: sum += Σd,
+/// sum_sq += Σd².
 /// Normalization computes y = (x·prescale − center)·scale + shift (see coefficients), with the
 /// center the mean rounded to T (x·a + b with the mean folded into b would cancel when
 /// |mean| ≫ std). `prescaled` says whether some channel's prescale may differ from 1 (the
@@ -44,39 +45,42 @@ struct coefficients {
 /// this saves the read of every destination line before it is written.
 template <class T>
 struct kernel_set {
-  /// Per channel, the shift that statistics subtract: the mean in float64 of its first values,
-  /// rounded to T. Planes: channel k's first min(len, 16) values at src + k·len. Rows: the
-  /// first `rows` rows of slots [0, width), `stride` elements apart.
-  void (*plane_shifts)(const T* src, std::size_t len, std::size_t channels, T* shift) noexcept;
-  void (*row_shifts)(const T* src, std::size_t rows, std::size_t stride, std::size_t width,
-                     T* shift) noexcept;
+  /// Per channel, the pivot that the statistics subtract (d = x − pivot): the mean in float64
+  /// of up to 16 (planes) or 8 (rows) of its values, spread evenly over it, rounded to T.
+  /// Planes: channel k's `planes` runs of `len` values, `stride` apart, the first at src + k·len.
+  /// Rows: slots [0, width) of the `rows` rows, `stride` elements apart.
+  void (*plane_pivots)(const T* src, std::size_t len, std::size_t planes, std::size_t stride,
+                       std::size_t channels, T* pivot) noexcept;
+  void (*row_pivots)(const T* src, std::size_t rows, std::size_t stride, std::size_t width,
+                     T* pivot) noexcept;
   /// `channels` consecutive channels of `planes` contiguous runs of `len` values each, the runs
   /// of a channel `stride` elements apart and channel k's first run at src + k·len: the N
   /// planes of channels-first channels, or a piece of one channel (channels = 1). Per-channel
   /// arrays are indexed by k; statistics add into sum[k], sum_sq[k]. One call for a block of
   /// channels: short planes (7×7) would otherwise pay a call per channel.
   void (*plane_stats)(const T* src, std::size_t len, std::size_t planes, std::size_t stride,
-                      std::size_t channels, const T* shift, double* sum,
+                      std::size_t channels, const T* pivot, double* sum,
                       double* sum_sq) noexcept;
   void (*plane_normalize)(const T* src, T* dst, std::size_t len, std::size_t planes,
                           std::size_t stride, std::size_t channels,
                           coefficients<const T> coeffs, bool prescaled, bool stream) noexcept;
   /// Interleaved channels: `rows` rows of `width` slots, `stride` elements apart. Slot j of
-  /// every row shares the per-slot arrays' entry j (shift, sums, coefficients); the planner
+  /// every row shares the per-slot arrays' entry j (pivot, sums, coefficients); the planner
   /// makes slot j channel j % C. Coefficient arrays are padded by one vector past the width.
   /// The statistics start the sums (overwrite) unless `accumulate`: zeroing the arrays first
   /// would cost as much as a pass over short tensors.
   void (*interleaved_stats)(const T* src, std::size_t rows, std::size_t width, std::size_t stride,
-                            const T* shift, double* sum, double* sum_sq, bool accumulate) noexcept;
+                            const T* pivot, double* sum, double* sum_sq, bool accumulate) noexcept;
   void (*interleaved_normalize)(const T* src, T* dst, std::size_t rows, std::size_t width,
                                 std::size_t stride, coefficients<const T> coeffs,
                                 bool prescaled, bool stream) noexcept;
-  /// Per channel, in float64 and in place: Σd, Σd² (d = x - shift, `count` values) become the
+  /// Per channel, in float64 and in place: Σd, Σd² (d = x − pivot, `count` values) become the
   /// mean and the biased variance; then inv_std = 1/sqrt(variance + eps) and
   /// scale = gamma·inv_std (gamma null: 1). Exact division and square root, as the scalar code.
-  /// Returns whether some channel has variance + eps below `resum_below`, or a variance that
-  /// is not finite (see finalize_block).
-  bool (*channel_moments)(std::size_t channels, double count, double eps, const T* shift,
+  /// Returns whether some channel needs another look (see finalize_block): variance + eps
+  /// below `resum_below`, a variance that is not finite, or a pivot more than two standard
+  /// deviations from the mean ((mean − pivot)² > 4·variance: its squares lost bits).
+  bool (*channel_moments)(std::size_t channels, double count, double eps, const T* pivot,
                           const T* gamma, double* sum_to_mean, double* sum_sq_to_variance,
                           double* inv_std, double* scale, double resum_below) noexcept;
   /// Training, per channel from the float64 mean, 1/std and scale: center = +0 where

@@ -17,7 +17,7 @@ namespace {
 
 // ------------------------------------------------------------------------------ statistics
 
-// float32 statistics accumulate d = x - shift in float32 over short blocks (each lane adds at
+// float32 statistics accumulate d = x - pivot in float32 over short blocks (each lane adds at
 // most block_vectors + 1 values) and add each block's partials into float64. d is small next to x,
 // the block partials carry ~8 ulp of rounding at worst, and float64 does the long sums: the
 // statistics stay within a few 1e-8 relative while the hot loop needs no conversions (twice
@@ -40,23 +40,23 @@ struct f64_accumulator {
     sum += s;
     sum_sq += q;
   }
-  /// x - shift and its square in float64: for values whose float32 square would overflow.
-  void add_exact(const xsimd::batch<float, Arch>& x, const xsimd::batch<float, Arch>& shift) noexcept {
+  /// x - pivot and its square in float64: for values whose float32 square would overflow.
+  void add_exact(const xsimd::batch<float, Arch>& x, const xsimd::batch<float, Arch>& pivot) noexcept {
     xsimd::batch<double, Arch> x_lo, x_hi, k_lo, k_hi;
     widen(x, x_lo, x_hi);
-    widen(shift, k_lo, k_hi);
+    widen(pivot, k_lo, k_hi);
     const auto d_lo = x_lo - k_lo, d_hi = x_hi - k_hi;
     sum += d_lo + d_hi;
     sum_sq = fmadd(d_lo, d_lo, fmadd(d_hi, d_hi, sum_sq));
   }
-  void add_exact(const xsimd::batch<double, Arch>& x, const xsimd::batch<double, Arch>& shift) noexcept {
-    const auto d = x - shift;
+  void add_exact(const xsimd::batch<double, Arch>& x, const xsimd::batch<double, Arch>& pivot) noexcept {
+    const auto d = x - pivot;
     sum += d;
     sum_sq = fmadd(d, d, sum_sq);
   }
 };
 
-/// False when a float32 block partial overflowed (|x - shift| beyond ~1.8e19 squares to inf) or
+/// False when a float32 block partial overflowed (|x - pivot| beyond ~1.8e19 squares to inf) or
 /// holds a NaN: the block is then summed again in float64.
 template <class Arch, class T>
 bool partial_is_finite(const xsimd::batch<T, Arch>& q) noexcept {
@@ -70,19 +70,19 @@ struct lane_index {
 };
 
 /// The last `count` (< lanes) values of a run of at least one vector, read as the run's last
-/// whole vector with the lanes already counted replaced by the shift (so that they add zero):
+/// whole vector with the lanes already counted replaced by the pivot (so that they add zero):
 /// no read past the run, no scalar loop.
 template <class Arch, class T>
 xsimd::batch<T, Arch> masked_tail(const T* run_end, std::size_t count,
-                                  const xsimd::batch<T, Arch>& shift) noexcept {
+                                  const xsimd::batch<T, Arch>& pivot) noexcept {
   using vec = xsimd::batch<T, Arch>;
   constexpr std::size_t lanes = vec::size;
   const vec index = vec::load_aligned(lane_index<T>::values);
   const auto fresh = index >= vec(static_cast<T>(lanes - count));
-  return xsimd::select(fresh, vec::load_unaligned(run_end - lanes), shift);
+  return xsimd::select(fresh, vec::load_unaligned(run_end - lanes), pivot);
 }
 
-/// Σ(x - shift) and Σ(x - shift)² of one run of at least one vector.
+/// Σ(x - pivot) and Σ(x - pivot)² of one run of at least one vector.
 template <class Arch, class T>
 void run_stats(const T* x, std::size_t len, const xsimd::batch<T, Arch>& k,
                f64_accumulator<Arch>& acc) noexcept {
@@ -131,16 +131,16 @@ void run_stats(const T* x, std::size_t len, const xsimd::batch<T, Arch>& k,
   }
 }
 
-/// Channel k of `channels` has its first plane at src + k·len and shift shift[k].
+/// Channel k of `channels` has its first plane at src + k·len and pivot pivot[k].
 template <class Arch, class T>
 void plane_stats(const T* src, std::size_t len, std::size_t planes, std::size_t stride,
-                 std::size_t channels, const T* shift, double* sum, double* sum_sq) noexcept {
+                 std::size_t channels, const T* pivot, double* sum, double* sum_sq) noexcept {
   using vec = xsimd::batch<T, Arch>;
   constexpr std::size_t lanes = vec::size;
   for (std::size_t ch = 0; ch < channels; ++ch) {
     const T* first = src + ch * len;
-    const vec k(shift[ch]);
-    const double shift64 = static_cast<double>(shift[ch]);
+    const vec k(pivot[ch]);
+    const double pivot64 = static_cast<double>(pivot[ch]);
     f64_accumulator<Arch> acc;
     double s = 0.0, q = 0.0;
     for (std::size_t p = 0; p < planes; ++p) {
@@ -149,7 +149,7 @@ void plane_stats(const T* src, std::size_t len, std::size_t planes, std::size_t 
         run_stats<Arch>(x, len, k, acc);
       } else {
         for (std::size_t i = 0; i < len; ++i) {  // runs shorter than a vector
-          const double d = static_cast<double>(x[i]) - shift64;
+          const double d = static_cast<double>(x[i]) - pivot64;
           s += d;
           q += d * d;
         }
@@ -167,17 +167,17 @@ void plane_stats(const T* src, std::size_t len, std::size_t planes, std::size_t 
 constexpr std::size_t rows_per_block = 16;
 
 /// One block of `count` rows: per lane, Σ(x − k) and Σ(x − k)² in T over the rows, for
-/// `Group` adjacent vectors of slots from `block` (k from `shift`). Several columns at once keep that many independent
+/// `Group` adjacent vectors of slots from `block` (k from `pivot`). Several columns at once keep that many independent
 /// add chains in flight (one column's 16 rows are a chain of dependent adds) and share the
 /// loop's overhead; each lane still adds its rows in order, whatever the group.
 template <std::size_t Group, class Arch, class T>
-void column_partials(const T* block, std::size_t count, std::size_t stride, const T* shift,
+void column_partials(const T* block, std::size_t count, std::size_t stride, const T* pivot,
                      xsimd::batch<T, Arch> (&s)[Group], xsimd::batch<T, Arch> (&q)[Group]) noexcept {
   using vec = xsimd::batch<T, Arch>;
   constexpr std::size_t lanes = vec::size;
   vec k[Group];
   for (std::size_t g = 0; g < Group; ++g) {
-    k[g] = vec::load_unaligned(shift + g * lanes);
+    k[g] = vec::load_unaligned(pivot + g * lanes);
     s[g] = q[g] = vec(T(0));
   }
   for (std::size_t r = 0; r < count; ++r) {
@@ -190,13 +190,13 @@ void column_partials(const T* block, std::size_t count, std::size_t stride, cons
   }
 }
 
-/// One slot after the last whole vector: Σ(x − shift), Σ(x − shift)² over a block's rows, added
+/// One slot after the last whole vector: Σ(x − pivot), Σ(x − pivot)² over a block's rows, added
 /// into sum and sum_sq in float64.
 template <class T>
-void column_sums_scalar(const T* block, std::size_t count, std::size_t stride, T shift,
+void column_sums_scalar(const T* block, std::size_t count, std::size_t stride, T pivot,
                         double& sum, double& sum_sq) noexcept {
   for (std::size_t r = 0; r < count; ++r) {
-    const double d = static_cast<double>(block[r * stride]) - static_cast<double>(shift);
+    const double d = static_cast<double>(block[r * stride]) - static_cast<double>(pivot);
     sum += d;
     sum_sq += d * d;
   }
@@ -204,7 +204,7 @@ void column_sums_scalar(const T* block, std::size_t count, std::size_t stride, T
 
 template <class Arch, class T>
 void interleaved_stats(const T* src, std::size_t rows, std::size_t width, std::size_t stride,
-                       const T* shift, double* sum, double* sum_sq, bool accumulate) noexcept {
+                       const T* pivot, double* sum, double* sum_sq, bool accumulate) noexcept {
   using vec = xsimd::batch<T, Arch>;
   using dvec = xsimd::batch<double, Arch>;
   constexpr std::size_t lanes = vec::size;
@@ -224,7 +224,7 @@ void interleaved_stats(const T* src, std::size_t rows, std::size_t width, std::s
     const auto flush_exact = [&](auto j) {  // generic: instantiated for float32 only
       f64_accumulator<Arch> lo, hi;  // the low and the high lanes
       dvec k_lo, k_hi;
-      widen(vec::load_unaligned(shift + j), k_lo, k_hi);
+      widen(vec::load_unaligned(pivot + j), k_lo, k_hi);
       for (std::size_t r = 0; r < count; ++r) {
         dvec x_lo, x_hi;
         widen(vec::load_unaligned(block + r * stride + j), x_lo, x_hi);
@@ -263,71 +263,85 @@ void interleaved_stats(const T* src, std::size_t rows, std::size_t width, std::s
     constexpr std::size_t group = 4;
     for (; j + group * lanes <= width; j += group * lanes) {
       vec s[group], q[group];
-      column_partials<group, Arch>(block + j, count, stride, shift + j, s, q);
+      column_partials<group, Arch>(block + j, count, stride, pivot + j, s, q);
       flush(std::integral_constant<std::size_t, group>(), j, s, q);
     }
     for (; j + lanes <= width; j += lanes) {
       vec s[1], q[1];
-      column_partials<1, Arch>(block + j, count, stride, shift + j, s, q);
+      column_partials<1, Arch>(block + j, count, stride, pivot + j, s, q);
       flush(std::integral_constant<std::size_t, 1>(), j, s, q);
     }
     for (; j < width; ++j) {
       if (!add) sum[j] = sum_sq[j] = 0.0;
-      column_sums_scalar(block + j, count, stride, shift[j], sum[j], sum_sq[j]);
+      column_sums_scalar(block + j, count, stride, pivot[j], sum[j], sum_sq[j]);
     }
   }
 }
 
-// Shifts: per channel, the mean of its first few values in float64, rounded to T. Near the
-// mean, so that Σd² − (Σd)²/n does not cancel; a value of the data alone, so chunking cannot
-// change it; exactly the value of a constant channel (count·v and its quotient by count are
-// exact in float64), whose output is then exactly zero.
+// Pivots: per channel, the mean in float64 of a few of its values spread evenly over it,
+// rounded to T: near the mean, so that Σd² − (Σd)²/n does not cancel, whatever the order of the
+// values (zero padding in the first rows, a dark corner, an outlier first sample); a value of
+// the data alone, so chunking cannot change it; exactly the value of a constant channel (count·v
+// and its quotient by count are exact in float64), whose output is then exactly zero. A pivot
+// that still lands far from its channel's mean is corrected by the caller (see finalize_block).
+
+/// Values that pivot_samples takes: at most this many, spread evenly.
+constexpr std::size_t plane_pivot_samples = 16;
+constexpr std::size_t row_pivot_samples = 8;
 
 template <class Arch, class T>
-void plane_shifts(const T* src, std::size_t len, std::size_t channels, T* shift) noexcept {
-  using dvec = xsimd::batch<double, Arch>;
-  constexpr std::size_t lanes = dvec::size;
-  const std::size_t count = len < 16 ? len : 16;
-  const std::size_t whole = count - count % lanes;
+void plane_pivots(const T* src, std::size_t len, std::size_t planes, std::size_t stride,
+                  std::size_t channels, T* pivot) noexcept {
+  const std::size_t total = len * planes;
+  const std::size_t count = total < plane_pivot_samples ? total : plane_pivot_samples;
+  if (count == 0) return;
+  // The offsets of the samples within a channel: the same for every channel.
+  std::size_t at[plane_pivot_samples];
+  for (std::size_t i = 0; i < count; ++i) {
+    const std::size_t k = i * total / count;
+    at[i] = k / len * stride + k % len;
+  }
   for (std::size_t ch = 0; ch < channels; ++ch) {
     const T* x = src + ch * len;
-    dvec acc(0.0);
-    for (std::size_t i = 0; i < whole; i += lanes) acc += load_as_f64<Arch>(x + i);
-    double total = sum_lanes<Arch>(acc);
-    for (std::size_t i = whole; i < count; ++i) total += static_cast<double>(x[i]);
-    shift[ch] = static_cast<T>(total / static_cast<double>(count));
+    double total_of = 0.0;
+    for (std::size_t i = 0; i < count; ++i) total_of += static_cast<double>(x[at[i]]);
+    pivot[ch] = static_cast<T>(total_of / static_cast<double>(count));
   }
 }
 
-/// row_shifts for a row count known at compile time (at most 4, the common case): the row
-/// loop unrolled, the same additions in the same order.
-template <std::size_t Rows, class Arch, class T>
-void row_shifts_of(const T* src, std::size_t rows, std::size_t stride, std::size_t width,
-                   T* shift) noexcept {
+/// row_pivots for a sample count known at compile time (the common ones): the loop unrolled,
+/// the same additions in the same order.
+template <std::size_t Samples, class Arch, class T>
+void row_pivots_of(const T* src, std::size_t rows, std::size_t stride, std::size_t width,
+                   T* pivot) noexcept {
   using dvec = xsimd::batch<double, Arch>;
   constexpr std::size_t lanes = dvec::size;
-  const std::size_t count = Rows > 0 ? Rows : rows;
+  const std::size_t count = Samples > 0 ? Samples : rows;
+  const T* row[row_pivot_samples];
+  for (std::size_t i = 0; i < count; ++i) row[i] = src + i * rows / count * stride;
   const dvec divisor(static_cast<double>(count));
   std::size_t j = 0;
   for (; j + lanes <= width; j += lanes) {
     dvec acc(0.0);
-    for (std::size_t r = 0; r < count; ++r) acc += load_as_f64<Arch>(src + r * stride + j);
-    store_as<Arch>(shift + j, acc / divisor);
+    for (std::size_t i = 0; i < count; ++i) acc += load_as_f64<Arch>(row[i] + j);
+    store_as<Arch>(pivot + j, acc / divisor);
   }
   for (; j < width; ++j) {
     double total = 0.0;
-    for (std::size_t r = 0; r < count; ++r) total += static_cast<double>(src[r * stride + j]);
-    shift[j] = static_cast<T>(total / static_cast<double>(count));
+    for (std::size_t i = 0; i < count; ++i) total += static_cast<double>(row[i][j]);
+    pivot[j] = static_cast<T>(total / static_cast<double>(count));
   }
 }
 
 template <class Arch, class T>
-void row_shifts(const T* src, std::size_t rows, std::size_t stride, std::size_t width,
-                T* shift) noexcept {
-  switch (rows) {
-    case 4: row_shifts_of<4, Arch>(src, rows, stride, width, shift); break;
-    case 1: row_shifts_of<1, Arch>(src, rows, stride, width, shift); break;
-    default: row_shifts_of<0, Arch>(src, rows, stride, width, shift); break;
+void row_pivots(const T* src, std::size_t rows, std::size_t stride, std::size_t width,
+                T* pivot) noexcept {
+  if (rows >= row_pivot_samples) {
+    row_pivots_of<row_pivot_samples, Arch>(src, rows, stride, width, pivot);
+  } else if (rows == 1) {
+    row_pivots_of<1, Arch>(src, rows, stride, width, pivot);
+  } else if (rows > 0) {
+    row_pivots_of<0, Arch>(src, rows, stride, width, pivot);
   }
 }
 
@@ -712,7 +726,7 @@ void interleaved_normalize(const T* src, T* dst, std::size_t rows, std::size_t w
 // -------------------------------------------------------------------------- per channel
 
 template <class Arch, class T>
-bool channel_moments(std::size_t channels, double count, double eps, const T* shift,
+bool channel_moments(std::size_t channels, double count, double eps, const T* pivot,
                      const T* gamma, double* sum_to_mean, double* sum_sq_to_variance,
                      double* inv_std, double* scale, double resum_below) noexcept {
   using dvec = xsimd::batch<double, Arch>;
@@ -722,13 +736,14 @@ bool channel_moments(std::size_t channels, double count, double eps, const T* sh
     const double offset = sum_to_mean[c] / count;
     double variance = (sum_sq_to_variance[c] - sum_to_mean[c] * offset) / count;
     if (variance < 0.0) variance = 0.0;  // rounding only; a NaN stays NaN
-    sum_to_mean[c] = static_cast<double>(shift[c]) + offset;
+    sum_to_mean[c] = static_cast<double>(pivot[c]) + offset;
     sum_sq_to_variance[c] = variance;
-    scalar_below |= variance + eps < resum_below || !std::isfinite(variance);
+    scalar_below |= variance + eps < resum_below || !std::isfinite(variance) ||
+                    offset * offset > 4.0 * variance;
     inv_std[c] = 1.0 / std::sqrt(variance + eps);
     scale[c] = (gamma ? static_cast<double>(gamma[c]) : 1.0) * inv_std[c];
   };
-  const dvec n(count), e(eps), zero(0.0), unit(1.0), small(resum_below);
+  const dvec n(count), e(eps), zero(0.0), unit(1.0), small(resum_below), four(4.0);
   auto below = zero < zero;  // all false
   std::size_t c = 0;
   for (; c + lanes <= channels; c += lanes) {
@@ -737,9 +752,10 @@ bool channel_moments(std::size_t channels, double count, double eps, const T* sh
     const dvec offset = s / n;
     dvec variance = (q - s * offset) / n;
     variance = xsimd::select(variance < zero, zero, variance);
-    (load_as_f64<Arch>(shift + c) + offset).store_unaligned(sum_to_mean + c);
+    (load_as_f64<Arch>(pivot + c) + offset).store_unaligned(sum_to_mean + c);
     variance.store_unaligned(sum_sq_to_variance + c);
-    below = below | (variance + e < small) | !xsimd::isfinite(variance);
+    below = below | (variance + e < small) | !xsimd::isfinite(variance) |
+            (offset * offset > four * variance);
     const dvec inv = unit / xsimd::sqrt(variance + e);
     inv.store_unaligned(inv_std + c);
     (gamma ? load_as_f64<Arch>(gamma + c) * inv : inv).store_unaligned(scale + c);
@@ -940,7 +956,7 @@ void blend_running(std::size_t channels, const double* batch, double factor, dou
 
 template <class Arch, class T>
 constexpr kernel_set<T> make_kernel_set() noexcept {
-  return {&plane_shifts<Arch, T>,          &row_shifts<Arch, T>,
+  return {&plane_pivots<Arch, T>,          &row_pivots<Arch, T>,
           &plane_stats<Arch, T>,           &plane_normalize<Arch, T>,
           &interleaved_stats<Arch, T>,     &interleaved_normalize<Arch, T>,
           &channel_moments<Arch, T>,       &channel_coefficients<Arch, T>,
