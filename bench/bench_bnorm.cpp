@@ -158,7 +158,7 @@ void run_bnorm(benchmark::State& state, const bench_case& k) {
     benchmark::ClobberMemory();
   }
   finish(state, k);
-  state.SetLabel(bnorm::to_string(runner.plan().isa()));
+  state.SetLabel(runner.plan().describe());  // the ISA first, then the schedule
 }
 
 #if BNORM_BENCH_WITH_ONEDNN

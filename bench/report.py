@@ -29,6 +29,7 @@ def load(paths, rename=None):
     median of its repetitions in all the files given, or of the files' medians when they hold
     only aggregates."""
     samples, aggregates, errors, context = defaultdict(list), defaultdict(list), {}, None
+    labels = {}
     for path in paths:
         with open(path) as f:
             data = json.load(f)
@@ -43,6 +44,8 @@ def load(paths, rename=None):
             if b.get("error_occurred"):
                 errors[key] = b.get("error_message", "error")
                 continue
+            if b.get("label"):
+                labels[key] = b["label"]
             us = b["real_time"] * UNIT[b["time_unit"]]
             sample = (us, b.get("bytes_per_second", 0) * us * 1e-6)
             if b.get("run_type") == "aggregate" or "aggregate_name" in b:
@@ -57,7 +60,7 @@ def load(paths, rename=None):
         chosen = samples.get(key) or aggregates[key]
         rows[key] = {"us": statistics.median(us for us, _ in chosen),
                      "best": min(us for us, _ in chosen), "bytes": chosen[0][1],
-                     "samples": len(chosen)}
+                     "samples": len(chosen), "label": labels.get(key, "")}
     return rows, context or {}
 
 
@@ -148,11 +151,12 @@ def main():
                  "benchmark issue's definition). `% roof`: the roofline over bnorm's median; "
                  "`% roof med`: the roofline's median over bnorm's, like with like (on this noisy "
                  "machine the best of nine repetitions can be far below their median). `vs peer`: "
-                 "the faster peer's time over bnorm's; `scaling`: one thread's time over all "
-                 "threads'." + (" Per-ISA columns: bnorm capped with BNORM_MAX_ISA."
-                                if isas else "") + "\n")
-    head = ["case", "MiB", "bnorm", "oneDNN", "PyTorch", "roofline", "% roof", "% roof med",
-            "vs peer", "scaling"] + [f"bnorm {i}" for i in isas]
+                 "the faster peer's time over bnorm's; `bnorm 1T`: bnorm's median on one thread; "
+                 "`scaling`: one thread's time over all threads'." +
+                 (" Per-ISA columns: bnorm capped with BNORM_MAX_ISA." if isas else "") +
+                 " The schedule each case ran is listed after the targets.\n")
+    head = ["case", "MiB", "bnorm", "bnorm 1T", "oneDNN", "PyTorch", "roofline", "% roof",
+            "% roof med", "vs peer", "scaling"] + [f"bnorm {i}" for i in isas]
     lines.append("| " + " | ".join(head) + " |")
     lines.append("|" + "---|" * len(head))
     summary = []
@@ -175,7 +179,7 @@ def main():
                    speedup=best_peer / bn if best_peer else None,
                    scaling=one / bn if one else None)
         summary.append(rec)
-        cells = [f"{case[0]} {case[1]} {case[2]}", f"{mib:.2f}", fmt(bn),
+        cells = [f"{case[0]} {case[1]} {case[2]}", f"{mib:.2f}", fmt(bn), fmt(one),
                  fmt(get(case, threads_all, "onednn")), fmt(get(case, threads_all, "pytorch")),
                  fmt(roof), pct(rec['pct']) if rec["pct"] else "-",
                  pct(rec['pct_median']) if rec["pct_median"] else "-",
@@ -265,6 +269,12 @@ def main():
           [r for r in summary if r["mib"] >= 4 and r["scaling"] and r["pct"]],
           lambda r: r["scaling"] >= 1.7 or r["pct"] >= 90,
           lambda r: f"{times(r['scaling'])}, {versus_roofline(r)}")
+
+    lines.append("\n**Schedules** (bnorm at all threads, from `plan::describe()`):\n")
+    for case in cases:
+        r = rows.get((*case, threads_all, "bnorm")) or {}
+        if r.get("label"):
+            lines.append(f"- {case[0]} {case[1]} {case[2]}: {r['label']}")
 
     with open(args.markdown, "w") as f:
         f.write("\n".join(lines) + "\n")

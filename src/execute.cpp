@@ -227,25 +227,24 @@ class training_step {
         coeffs_(scratch, p_.scratch) {}
 
   void run() {
-    if (p_.tiny) {
-      tiny_statistics();
-      normalize_pass<T>(plan_, src_, dst_, coeffs_, prescaled_);
-    } else if (p_.fused) {  // each unit computes its channels' pivots itself
-      if (p_.kind == traversal::planes) {
-        fused_planes_pass();
-      } else {
-        fused_interleaved_pass();
-      }
-    } else {
-      compute_pivots();
-      stats_pass();
-      merge_pass(correction::allowed);
-      if (repivoted_) {  // some pivot was far from its mean: the sums again, around the mean
-        if (p_.kind == traversal::interleaved) replicate_pivots();
+    switch (p_.training) {
+      case training_schedule::direct:
+        tiny_statistics();
+        normalize_pass<T>(plan_, src_, dst_, coeffs_, prescaled_);
+        break;
+      case training_schedule::fused_planes: fused_planes_pass(); break;
+      case training_schedule::fused_column_blocks: fused_interleaved_pass(); break;
+      case training_schedule::two_passes:
+        compute_pivots();
         stats_pass();
-        merge_pass(correction::done);
-      }
-      normalize_pass<T>(plan_, src_, dst_, coeffs_, prescaled_);
+        merge_pass(correction::allowed);
+        if (repivoted_) {  // some pivot was far from its mean: the sums again, around the mean
+          if (p_.kind == traversal::interleaved) replicate_pivots();
+          stats_pass();
+          merge_pass(correction::done);
+        }
+        normalize_pass<T>(plan_, src_, dst_, coeffs_, prescaled_);
+        break;
     }
     commit();
   }
@@ -552,16 +551,16 @@ class inference_step {
         coeffs_(scratch, p_.scratch) {}
 
   void run() {
-    if (p_.kind == traversal::planes && p_.planes_per_unit == 0) {
+    if (p_.inference == inference_schedule::channel_planes) {
       channel_planes_pass();
       return;
     }
-    if (p_.inference_in_blocks) {
+    if (p_.inference == inference_schedule::column_blocks) {
       column_blocks_pass();
       return;
     }
-    // Planes in memory order and rows of all channels need every channel's coefficients
-    // (laid out per slot for rows) before the normalization.
+    // Planes in memory order and row chunks need every channel's coefficients (laid out per
+    // slot for rows) before the normalization.
     std::atomic<bool> prescaled{false};
     for_each_channel_block(plan_, [&](std::size_t c0, std::size_t c1) {
       if (set_coefficients(c0, c1, coeffs_ + c0)) prescaled = true;  // any order: an OR

@@ -18,8 +18,8 @@ constexpr std::size_t fused_channel_bytes = 512 * 1024;
 constexpr std::size_t fused_group_bytes = 256 * 1024;
 // A fused interleaved unit reads row runs of at least this much: enough for the prefetcher.
 constexpr std::size_t min_fused_run_bytes = 1024;
-// Up to this many values, training's statistics are direct float64 sums (the seed's 2×4 call
-// went from 1,558 to 1,166 instructions a call).
+// Up to this many values, training's statistics are direct float64 sums, in one walk over
+// memory, instead of pivots, partial sums and their merge, whose fixed costs dominate there.
 constexpr std::size_t tiny_elements = 64;
 // Below this a pass is done before a worker would wake up.
 constexpr std::size_t serial_bytes = 256 * 1024;
@@ -118,7 +118,6 @@ bool make_partition(const problem& prob, const plan_options& options, std::size_
   p.elements = p.per_channel * p.channels;
   p.element_size = prob.dtype == dtype::f32 ? sizeof(float) : sizeof(double);
   p.serial = p.elements * p.element_size < serial_bytes;
-  p.tiny = p.elements <= tiny_elements;
   p.stream_stores = options.stores == store_policy::streaming ||
                     (options.stores == store_policy::automatic &&
                      p.elements * p.element_size >= streaming_threshold());
@@ -195,11 +194,76 @@ bool make_partition(const problem& prob, const plan_options& options, std::size_
     p.inference_rows_per_chunk =
         round_up(ceil_div(std::max<std::size_t>(p.rows, 1), inference_chunks), rows_per_period);
     p.inference_row_chunks = std::max<std::size_t>(1, ceil_div(p.rows, p.inference_rows_per_chunk));
-    p.inference_in_blocks =
-        p.fused && p.block_width * p.element_size >= min_inference_block_bytes;
+    p.inference = p.fused && p.block_width * p.element_size >= min_inference_block_bytes
+                      ? inference_schedule::column_blocks
+                      : inference_schedule::row_chunks;
+  }
+  if (p.kind == traversal::planes) {
+    p.inference = p.planes_per_unit == 0 ? inference_schedule::channel_planes
+                                         : inference_schedule::memory_order_planes;
+  }
+  if (p.elements <= tiny_elements) {
+    p.training = training_schedule::direct;
+  } else if (p.fused) {
+    p.training = p.kind == traversal::planes ? training_schedule::fused_planes
+                                             : training_schedule::fused_column_blocks;
+  } else {
+    p.training = training_schedule::two_passes;
   }
   p.channels_per_finalize_task = finalize_channels_per_task;
   return lay_out_scratch(p);
+}
+
+std::string describe(const partition& p) {
+  const auto text = [](const char* format, auto... values) {
+    char buffer[160];
+    std::snprintf(buffer, sizeof(buffer), format, values...);
+    return std::string(buffer);
+  };
+  std::string out;
+  if (p.kind == traversal::planes) {
+    out = text("channels-first planes (%zu × %zu of %zu)", p.batch, p.channels, p.spatial);
+  } else {
+    out = text("channels-last rows (%zu × %zu)", p.rows, p.channels);
+  }
+  out += " · training: ";
+  switch (p.training) {
+    case training_schedule::direct: out += "direct float64 sums"; break;
+    case training_schedule::fused_planes:
+      out += text("fused planes, %zu channels in groups of %zu", p.channels, p.fused_group);
+      break;
+    case training_schedule::fused_column_blocks:
+      out += text("fused column blocks, %zu × %zu channels", p.column_blocks, p.block_width);
+      break;
+    case training_schedule::two_passes:
+      if (p.kind == traversal::planes) {
+        out += text("two passes, %zu units (%zu per channel)", p.units, p.chunks_per_channel);
+      } else {
+        out += text("two passes, %zu row chunks × %zu column blocks", p.row_chunks,
+                    p.column_blocks);
+      }
+      break;
+  }
+  out += " · inference: ";
+  switch (p.inference) {
+    case inference_schedule::channel_planes:
+      out += text("channel planes, %zu units", p.units);
+      break;
+    case inference_schedule::memory_order_planes:
+      out += text("planes in memory order, %zu units of %zu planes", p.plane_units,
+                  p.planes_per_unit);
+      break;
+    case inference_schedule::column_blocks:
+      out += text("column blocks, %zu × %zu channels", p.column_blocks, p.block_width);
+      break;
+    case inference_schedule::row_chunks:
+      out += text("row chunks, %zu × %zu rows", p.inference_row_chunks,
+                  p.inference_rows_per_chunk);
+      break;
+  }
+  out += p.stream_stores ? " · streaming stores" : " · cached stores";
+  out += p.serial ? " · calling thread" : " · parallel";
+  return out;
 }
 
 }  // namespace bnorm::detail

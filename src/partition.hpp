@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstddef>
+#include <string>
 
 #include "bnorm/plan.hpp"
 
@@ -14,6 +15,32 @@ enum class traversal {
   planes,
   /// Channels-last, or no spatial extent: rows of C interleaved channels.
   interleaved,
+};
+
+/// How a training call runs: the planner's choice, which execute.cpp carries out.
+enum class training_schedule {
+  /// A tiny tensor: float64 sums in one walk over memory, then the normalize pass.
+  direct,
+  /// Channels-first channels that fit in a core's cache: the statistics and the normalization
+  /// of a group of channels back to back, in one parallel pass.
+  fused_planes,
+  /// Channels-last, few rows of many channels: blocks of whole channels over all the rows,
+  /// statistics and normalization back to back, in one parallel pass.
+  fused_column_blocks,
+  /// A statistics pass (partial sums per unit, merged in a fixed order), then a normalize pass.
+  two_passes,
+};
+
+/// How an inference call runs.
+enum class inference_schedule {
+  /// Channel-major planes: each task works out its own channels' coefficients.
+  channel_planes,
+  /// A coefficient pass, then the planes in memory order.
+  memory_order_planes,
+  /// The fused column blocks: each unit works out its block's coefficients.
+  column_blocks,
+  /// A coefficient pass (per slot), then chunks of whole rows.
+  row_chunks,
 };
 
 /// Byte offsets of the scratch arrays, each 64-byte aligned. Sizes in elements are below.
@@ -35,6 +62,8 @@ struct scratch_layout {
 
 struct partition {
   traversal kind = traversal::planes;
+  training_schedule training = training_schedule::two_passes;
+  inference_schedule inference = inference_schedule::row_chunks;
   std::size_t batch = 0;        // N
   std::size_t channels = 0;     // C
   std::size_t spatial = 0;      // product of the dimensions after C
@@ -43,14 +72,11 @@ struct partition {
   std::size_t element_size = 0;
   /// Too small to be worth a task: run every unit on the calling thread.
   bool serial = false;
-  /// So few values that training sums each channel directly in float64, in one walk over
-  /// memory, instead of pivots, partial sums and their merge (whose fixed costs dominate).
-  bool tiny = false;
   /// Write dst with non-temporal stores (see plan_options::stores).
   bool stream_stores = false;
-  /// Units that hold whole channels and stay in cache: training runs the statistics and the
-  /// normalization of a unit back to back, in one parallel pass. Planes: one channel per unit.
-  /// Interleaved: one row chunk (all the rows), units are blocks of whole channels.
+  /// Units that hold whole channels and stay in cache (the fused schedules). Planes: one
+  /// channel per unit. Interleaved: one row chunk (all the rows), units are blocks of whole
+  /// channels.
   bool fused = false;
   /// Fused planes: channels per group (statistics, then normalization), as many as stay in a
   /// quarter of a core's cache, at most 16.
@@ -79,10 +105,7 @@ struct partition {
   std::size_t row_chunks = 0;
   std::size_t column_blocks = 1;
   std::size_t block_width = 0;
-  // interleaved inference in the fused column blocks (units as above, each computing its
-  // block's coefficients), where their rows are wide enough.
-  bool inference_in_blocks = false;
-  // interleaved inference otherwise: unit u covers whole rows [u·inference_rows_per_chunk,
+  // interleaved inference in row chunks: unit u covers whole rows [u·inference_rows_per_chunk,
   // ...), at least 16 units where there are rows enough. Inference needs no column blocks (no
   // statistics), and whole rows stream: (1,1024,14,14) NHWC inference on one thread took
   // 28.7–30.9 µs a call in whole rows against 40.4–45.9 µs in four 1 KiB column blocks
@@ -94,6 +117,11 @@ struct partition {
   std::size_t channels_per_finalize_task = 0;
   scratch_layout scratch;
 };
+
+/// One line that says what a plan runs, e.g. "channels-last rows (3136 × 256) · training: two
+/// passes, 25 row chunks × 1 column block · inference: row chunks, 25 × 128 rows · cached
+/// stores · parallel".
+std::string describe(const partition& p);
 
 /// Builds the partition for a validated problem into *out; `vector_lanes` is the ISA's lanes
 /// for the problem's dtype. False when its scratch would not fit in size_t.

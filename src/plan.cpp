@@ -362,6 +362,8 @@ status make_plan(const problem& prob, const plan_options& options, plan* out) no
                              shape_text(prob.shape).text);
     }
     impl->threads = detail::thread_limit(options.max_threads);
+    impl->description = std::string(to_string(table->id)) + " · " + to_string(prob.dtype) + " · " +
+                        detail::describe(impl->part);
     out->impl_ = std::move(impl);
     return {};
   } catch (const std::bad_alloc&) {
@@ -486,6 +488,10 @@ status plan::forward_inference(const inference_args& args) const noexcept {
 }
 
 isa plan::isa() const noexcept { return impl_ ? impl_->kernels->id : bnorm::isa::sse2; }
+
+const char* plan::describe() const noexcept {
+  return impl_ ? impl_->description.c_str() : "plan: not initialized";
+}
 
 std::size_t plan::training_scratch_size() const noexcept {
   if (!impl_ || impl_->part.elements == 0 || impl_->part.per_channel == 1) return 0;

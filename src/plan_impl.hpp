@@ -2,6 +2,7 @@
 #pragma once
 
 #include <memory>
+#include <string>
 
 #include "bnorm/plan.hpp"
 #include "kernels/kernels.hpp"
@@ -19,6 +20,7 @@ struct plan_impl {
   const kernels::kernel_table* kernels = nullptr;
   partition part;
   thread_limit threads;
+  std::string description;  // plan::describe()
 };
 
 }  // namespace bnorm::detail

@@ -217,6 +217,12 @@ class plan {
   bool valid() const noexcept { return impl_ != nullptr; }
   /// The ISA whose kernels this plan runs.
   bnorm::isa isa() const noexcept;
+  /// One line that says what the plan runs: ISA, dtype, traversal, the schedule of each path
+  /// with its units, stores and threading, e.g. "avx512f · f32 · channels-last rows (3136 ×
+  /// 256) · training: two passes, 25 row chunks × 1 column blocks · inference: row chunks,
+  /// 25 × 128 rows · cached stores · parallel". For logs and benchmark reports; its wording
+  /// may change between versions.
+  const char* describe() const noexcept;
   /// Bytes of caller scratch with which a training (inference) call allocates nothing; 0 when
   /// the call needs none (its scratch fits on the stack, or the tensor is empty).
   std::size_t training_scratch_size() const noexcept;
