@@ -811,22 +811,31 @@ constexpr double overflowing_center() noexcept {
 }
 
 /// The prescale of a channel (see kernels::coefficients): 1 unless x − center could overflow
-/// or the scale is below T's normal range. Then a power of two h with scale/h in [1, 2) (h at
-/// most 1/2 where the center overflows, so that x·h − center·h cannot), and no smaller than
-/// T's least normal value, so that x·h and center·h stay exact near the center.
+/// or the scale is outside T's normal range. Then a power of two h with scale/h in [1, 2), as
+/// far as T holds h: at least T's least normal value (x·h and center·h stay exact near the
+/// center), at most its largest power of two; at most 1/2 where the center overflows, so that
+/// x·h − center·h cannot. A scale beyond T (1/std of subnormal data with eps 0) keeps the
+/// prescale 1, and saturates, where center·h would overflow or h cannot bring it into range.
 template <class T>
 double prescale_for(double center, double scale) noexcept {
   using limits = std::numeric_limits<T>;
   const double least = static_cast<double>(limits::min());
+  const double largest = static_cast<double>(limits::max());
+  const double largest_power = std::ldexp(1.0, limits::max_exponent - 1);
+  const double magnitude = std::fabs(scale);
   const bool wide = std::fabs(center) >= overflowing_center<T>();
-  const bool subnormal_scale = scale != 0.0 && std::fabs(scale) < least;
-  if (!(wide || subnormal_scale) || !std::isfinite(scale)) return 1.0;
-  if (std::fabs(scale) < 1.0) {
-    int exponent = 0;
-    std::frexp(scale, &exponent);  // |scale| = m·2^exponent, m in [1/2, 1)
-    return std::fmax(std::ldexp(1.0, exponent - 1), least);
+  const bool subnormal_scale = scale != 0.0 && magnitude < least;
+  const bool huge_scale = magnitude > largest;
+  if (!(wide || subnormal_scale || huge_scale) || !std::isfinite(scale)) return 1.0;
+  int exponent = 0;
+  std::frexp(scale, &exponent);  // |scale| = m·2^exponent, m in [1/2, 1)
+  const double h = std::fmin(std::fmax(std::ldexp(1.0, exponent - 1), least), largest_power);
+  if (huge_scale) {
+    const bool fits = !wide && std::fabs(center) * h <= largest && magnitude / h <= largest;
+    return fits ? h : 1.0;
   }
-  return std::fabs(scale) <= 0.5 * static_cast<double>(limits::max()) ? 0.5 : 1.0;
+  if (magnitude < 1.0) return h;
+  return magnitude <= 0.5 * largest ? 0.5 : 1.0;
 }
 
 template <class T>
@@ -862,7 +871,8 @@ auto store_coefficients(const xsimd::batch<double, Arch>& mean,
   const dvec magnitude = xsimd::abs(scale);
   return (xsimd::abs(center) >= dvec(overflowing_center<T>())) |
          ((magnitude < dvec(static_cast<double>(std::numeric_limits<T>::min()))) &
-          (magnitude > dvec(0.0)));
+          (magnitude > dvec(0.0))) |
+         (magnitude > dvec(static_cast<double>(std::numeric_limits<T>::max())));
 }
 
 /// The coefficients of channels [0, channels) through channel(c, out) for each vector of
