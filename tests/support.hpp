@@ -11,7 +11,7 @@
 #include <string>
 #include <vector>
 
-#include "../bench/aligned64.hpp"
+#include "aligned64.hpp"
 #include "bnorm/bnorm.hpp"
 
 namespace bnorm_test {

@@ -14,7 +14,7 @@
 #include <oneapi/tbb/task_arena.h>
 #include <oneapi/tbb/task_scheduler_observer.h>
 
-#include "../bench/shapes.hpp"
+#include "shapes.hpp"
 #include "support.hpp"
 
 using namespace bnorm_test;

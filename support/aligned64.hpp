@@ -1,5 +1,5 @@
 // 64-byte aligned std::vector storage, as engines allocate tensors (streaming stores want
-// aligned rows). Shared by the benchmark and the tests.
+// aligned rows). Shared by the benchmarks and the tests (support/: code both use).
 #pragma once
 
 #include <cstddef>
