@@ -25,8 +25,8 @@
 
 #include <oneapi/tbb/info.h>
 
-#include "bnorm/bnorm.hpp"
 #include "aligned64.hpp"
+#include "bnorm/bnorm.hpp"
 #include "roofline.hpp"
 #include "shapes.hpp"
 #if BNORM_BENCH_WITH_ONEDNN
@@ -88,9 +88,11 @@ class bnorm_runner {
   bnorm_runner(const bench_case& k, buffers& b, int threads) : training_(k.m == mode::training) {
     bnorm::plan_options opts;
     opts.max_threads = threads;
-    status_ = bnorm::make_plan({k.shape.shape(), k.layout, bnorm::dtype::f32, epsilon}, opts, &plan_);
+    status_ =
+        bnorm::make_plan({k.shape.shape(), k.layout, bnorm::dtype::f32, epsilon}, opts, &plan_);
     scratch_.resize(plan_.scratch_size() + 64);
-    void* scratch = scratch_.data() + (64 - reinterpret_cast<std::uintptr_t>(scratch_.data()) % 64) % 64;
+    void* scratch =
+        scratch_.data() + (64 - reinterpret_cast<std::uintptr_t>(scratch_.data()) % 64) % 64;
     train_.src = infer_.src = b.x.data();
     train_.dst = infer_.dst = b.y.data();
     train_.scale = infer_.scale = {b.gamma.data(), b.gamma.size()};
@@ -174,8 +176,8 @@ void run_onednn(benchmark::State& state, const bench_case& k) {
   std::fill(b.y.begin(), b.y.end(), 0.f);
   std::vector<float> mean = b.mean, var = b.var;
   bnorm_bench::onednn_peer peer(k.shape.shape(), k.layout, k.m == mode::training, epsilon,
-                                b.x.data(), b.y.data(), b.gamma.data(), b.beta.data(),
-                                mean.data(), var.data());
+                                b.x.data(), b.y.data(), b.gamma.data(), b.beta.data(), mean.data(),
+                                var.data());
   peer.run(k.threads);
   double worst = 0;
   for (std::size_t i = 0; i < expected.size(); ++i) {
@@ -215,16 +217,16 @@ void register_all() {
     // Adjacent, so that the roofline and the peers see the same machine state as the case;
     // bench.sh also interleaves the repetitions of all cases at random, so that a burst of
     // load from a neighbour on a shared machine spoils a few repetitions, not a whole case.
-    benchmark::RegisterBenchmark(k.name("roofline").c_str(),
-                                 [k](benchmark::State& s) { run_roofline(s, k); })
-        ->UseRealTime();
-    benchmark::RegisterBenchmark(k.name("bnorm").c_str(),
-                                 [k](benchmark::State& s) { run_bnorm(s, k); })
-        ->UseRealTime();
+    benchmark::RegisterBenchmark(k.name("roofline").c_str(), [k](benchmark::State& s) {
+      run_roofline(s, k);
+    })->UseRealTime();
+    benchmark::RegisterBenchmark(k.name("bnorm").c_str(), [k](benchmark::State& s) {
+      run_bnorm(s, k);
+    })->UseRealTime();
 #if BNORM_BENCH_WITH_ONEDNN
-    benchmark::RegisterBenchmark(k.name("onednn").c_str(),
-                                 [k](benchmark::State& s) { run_onednn(s, k); })
-        ->UseRealTime();
+    benchmark::RegisterBenchmark(k.name("onednn").c_str(), [k](benchmark::State& s) {
+      run_onednn(s, k);
+    })->UseRealTime();
 #endif
   }
 }

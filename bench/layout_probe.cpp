@@ -72,10 +72,14 @@ int main(int argc, char** argv) {
   long scratch_offset = -1;
   for (int i = 5; i + 1 < argc; i += 2) {
     const std::string flag = argv[i];
-    if (flag == "--threads") threads = std::atoi(argv[i + 1]);
-    else if (flag == "--y-offset") y_offset = std::strtoull(argv[i + 1], nullptr, 10) / 4 * 4;
-    else if (flag == "--scratch-offset") scratch_offset = std::atol(argv[i + 1]) / 64 * 64;
-    else if (flag == "--rounds") rounds = std::atoi(argv[i + 1]);
+    if (flag == "--threads")
+      threads = std::atoi(argv[i + 1]);
+    else if (flag == "--y-offset")
+      y_offset = std::strtoull(argv[i + 1], nullptr, 10) / 4 * 4;
+    else if (flag == "--scratch-offset")
+      scratch_offset = std::atol(argv[i + 1]) / 64 * 64;
+    else if (flag == "--rounds")
+      rounds = std::atoi(argv[i + 1]);
   }
   if (n <= 0 || c <= 0 || h <= 0 || w <= 0 || threads <= 0 || rounds <= 0) {
     std::fprintf(stderr, "N, C, H, W, T and R must be positive\n");
@@ -124,8 +128,8 @@ int main(int argc, char** argv) {
   if (threads == 1) {
     variants.push_back({"plain per-channel rows",
                         [&] {
-                          rows_with_coefficients(x, y, elements / channels, channels,
-                                                 center.data(), scale.data(), shift.data());
+                          rows_with_coefficients(x, y, elements / channels, channels, center.data(),
+                                                 scale.data(), shift.data());
                         },
                         {}});
   }
@@ -135,14 +139,16 @@ int main(int argc, char** argv) {
       v.run();  // the previous variant's cache state out of the way
       const auto start = std::chrono::steady_clock::now();
       for (int i = 0; i < calls; ++i) v.run();
-      const std::chrono::duration<double, std::micro> took = std::chrono::steady_clock::now() - start;
+      const std::chrono::duration<double, std::micro> took =
+          std::chrono::steady_clock::now() - start;
       v.us.push_back(took.count() / calls);
     }
   }
-  std::printf("(%lld,%lld,%lld,%lld) float32, %d thread(s), y %zu bytes past a 4 KiB boundary, "
-              "scratch %ld (-1: bnorm's own), %d rounds of %d calls; µs per call\n",
-              static_cast<long long>(n), static_cast<long long>(c), static_cast<long long>(h),
-              static_cast<long long>(w), threads, y_offset, scratch_offset % 4096, rounds, calls);
+  std::printf(
+      "(%lld,%lld,%lld,%lld) float32, %d thread(s), y %zu bytes past a 4 KiB boundary, "
+      "scratch %ld (-1: bnorm's own), %d rounds of %d calls; µs per call\n",
+      static_cast<long long>(n), static_cast<long long>(c), static_cast<long long>(h),
+      static_cast<long long>(w), threads, y_offset, scratch_offset % 4096, rounds, calls);
   for (variant& v : variants) {
     std::sort(v.us.begin(), v.us.end());
     std::printf("%-24s min %8.1f  p25 %8.1f  median %8.1f\n", v.name, v.us.front(),

@@ -16,14 +16,15 @@ constexpr std::size_t chunk = 32 * 1024;  // elements per task, as bnorm's unit
 
 // Each loop is compiled for the best ISA of the CPU (GCC function multiversioning), so the
 // roofline is what the memory system allows, not what a baseline build emits.
-__attribute__((target_clones("avx512f", "avx2", "default"))) void affine_block(
-    const float* x, float* y, std::size_t n) {
+__attribute__((target_clones("avx512f", "avx2", "default"))) void affine_block(const float* x,
+                                                                               float* y,
+                                                                               std::size_t n) {
 #pragma omp simd
   for (std::size_t i = 0; i < n; ++i) y[i] = 1.5f * x[i] + 0.25f;
 }
 
 __attribute__((target_clones("avx512f", "avx2", "default"))) double sum_block(const float* x,
-                                                                             std::size_t n) {
+                                                                              std::size_t n) {
   float s = 0.f;
 #pragma omp simd reduction(+ : s)
   for (std::size_t i = 0; i < n; ++i) s += x[i];

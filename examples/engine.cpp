@@ -25,7 +25,7 @@ int main() {
   train.dst = y.data();  // or x.data(): in place
   train.scale = {gamma.data(), gamma.size()};
   train.shift = {beta.data(), beta.size()};
-  train.batch_mean = {saved_mean.data(), saved_mean.size()};        // optional, for backward
+  train.batch_mean = {saved_mean.data(), saved_mean.size()};  // optional, for backward
   train.batch_inv_std = {saved_inv_std.data(), saved_inv_std.size()};
   train.running_mean = {mean.data(), mean.size()};
   train.running_var = {var.data(), var.size()};

@@ -4,7 +4,7 @@
 # elements (ctest label "big") when the machine has 12 GiB available.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/install-deps.sh cmake g++ make binutils pkgconf libxsimd-dev libtbb-dev libgtest-dev \
+bash scripts/install-deps.sh cmake g++ make binutils pkgconf clang-format libxsimd-dev libtbb-dev libgtest-dev \
   libbenchmark-dev
 cmake -S . -B build/release -DCMAKE_BUILD_TYPE=Release -DBNORM_BUILD_TESTS=ON \
   -DBNORM_BUILD_BENCHMARKS=ON

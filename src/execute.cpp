@@ -96,8 +96,8 @@ void stats_channels(const plan_impl& plan, std::size_t c0, std::size_t c1, const
 /// Planes of whole channels [c0, c1) in one kernel call; the coefficient arrays start at
 /// channel c0.
 template <class T>
-void normalize_channels(const plan_impl& plan, std::size_t c0, std::size_t c1, const T* src,
-                        T* dst, kernels::coefficients<const T> k, bool prescaled) {
+void normalize_channels(const plan_impl& plan, std::size_t c0, std::size_t c1, const T* src, T* dst,
+                        kernels::coefficients<const T> k, bool prescaled) {
   const partition& p = plan.part;
   const std::size_t at = c0 * p.spatial;
   plan.kernels->get<T>().plane_normalize(src + at, dst + at, p.spatial, p.batch,
@@ -152,12 +152,12 @@ void normalize_interleaved_units(const plan_impl& plan, std::size_t units, const
     for (std::size_t u = b; u < e; ++u) {
       const interleaved_unit w = unit_at(u);
       const std::size_t at = w.offset + w.column;
-      kern.interleaved_normalize(src + at, dst + at, w.periods, w.width, p.period,
-                                 k + w.column, prescaled, p.stream_stores);
+      kern.interleaved_normalize(src + at, dst + at, w.periods, w.width, p.period, k + w.column,
+                                 prescaled, p.stream_stores);
       if (w.remainder) {
         const std::size_t tail = w.offset + w.periods * p.period;
-        kern.interleaved_normalize(src + tail, dst + tail, 1, w.remainder, p.period, k,
-                                   prescaled, p.stream_stores);
+        kern.interleaved_normalize(src + tail, dst + tail, 1, w.remainder, p.period, k, prescaled,
+                                   p.stream_stores);
       }
     }
   });
@@ -281,25 +281,25 @@ class training_step {
   /// parallel pass: the statistics of the group in one kernel call, its float64 arithmetic in
   /// another, then its normalization in a third.
   void fused_planes_pass() {
-    plan_.threads.for_each(p_.units, p_.units_per_task, p_.serial, [&](std::size_t b,
-                                                                       std::size_t e) {
-      for (std::size_t c0 = b; c0 < e; c0 += p_.fused_group) {
-        const std::size_t c1 = std::min(c0 + p_.fused_group, e);
-        compute_plane_pivots(c0, c1);
-        const auto sums = [&] {
-          std::fill(mean_ + c0, mean_ + c1, 0.0);
-          std::fill(variance_ + c0, variance_ + c1, 0.0);
-          stats_channels(plan_, c0, c1, src_, pivot_ + c0, mean_ + c0, variance_ + c0);
-        };
-        sums();
-        finalized block = finalize_block(c0, c1, correction::allowed);
-        if (block.repivoted) {  // around the mean this time, from cache
-          sums();
-          block = finalize_block(c0, c1, correction::done);
-        }
-        normalize_channels<T>(plan_, c0, c1, src_, dst_, coeffs_ + c0, block.prescaled);
-      }
-    });
+    plan_.threads.for_each(
+        p_.units, p_.units_per_task, p_.serial, [&](std::size_t b, std::size_t e) {
+          for (std::size_t c0 = b; c0 < e; c0 += p_.fused_group) {
+            const std::size_t c1 = std::min(c0 + p_.fused_group, e);
+            compute_plane_pivots(c0, c1);
+            const auto sums = [&] {
+              std::fill(mean_ + c0, mean_ + c1, 0.0);
+              std::fill(variance_ + c0, variance_ + c1, 0.0);
+              stats_channels(plan_, c0, c1, src_, pivot_ + c0, mean_ + c0, variance_ + c0);
+            };
+            sums();
+            finalized block = finalize_block(c0, c1, correction::allowed);
+            if (block.repivoted) {  // around the mean this time, from cache
+              sums();
+              block = finalize_block(c0, c1, correction::done);
+            }
+            normalize_channels<T>(plan_, c0, c1, src_, dst_, coeffs_ + c0, block.prescaled);
+          }
+        });
   }
 
   /// Rows in blocks of whole channels (slot j is channel j): shifts, statistics, coefficients
@@ -316,8 +316,8 @@ class training_step {
         const std::size_t c0 = w.column, c1 = w.column + w.width;
         compute_row_pivots(c0, c1);
         const auto sums = [&] {
-          kern.interleaved_stats(src_ + c0, p_.rows, w.width, p_.period, pivot_ + c0,
-                                 mean_ + c0, variance_ + c0, false);
+          kern.interleaved_stats(src_ + c0, p_.rows, w.width, p_.period, pivot_ + c0, mean_ + c0,
+                                 variance_ + c0, false);
         };
         sums();
         finalized block = finalize_block(c0, c1, correction::allowed);
@@ -325,8 +325,8 @@ class training_step {
           sums();
           block = finalize_block(c0, c1, correction::done);
         }
-        kern.interleaved_normalize(src_ + c0, dst_ + c0, p_.rows, w.width, p_.period,
-                                   coeffs_ + c0, block.prescaled, p_.stream_stores);
+        kern.interleaved_normalize(src_ + c0, dst_ + c0, p_.rows, w.width, p_.period, coeffs_ + c0,
+                                   block.prescaled, p_.stream_stores);
       }
     });
   }
@@ -372,14 +372,13 @@ class training_step {
   void stats_pass() {
     const kernels::kernel_set<T>& kern = plan_.kernels->get<T>();
     if (p_.kind == traversal::planes) {
-      plan_.threads.for_each(p_.units, p_.units_per_task, p_.serial,
-                             [&](std::size_t b, std::size_t e) {
-                               for (std::size_t u = b; u < e; ++u) {
-                                 sum_[u] = sum_sq_[u] = 0.0;
-                                 stats_unit(plan_, u, src_, pivot_ + u / p_.chunks_per_channel,
-                                            &sum_[u], &sum_sq_[u]);
-                               }
-                             });
+      plan_.threads.for_each(
+          p_.units, p_.units_per_task, p_.serial, [&](std::size_t b, std::size_t e) {
+            for (std::size_t u = b; u < e; ++u) {
+              sum_[u] = sum_sq_[u] = 0.0;
+              stats_unit(plan_, u, src_, pivot_ + u / p_.chunks_per_channel, &sum_[u], &sum_sq_[u]);
+            }
+          });
     } else {
       plan_.threads.for_each(p_.units, 1, p_.serial, [&](std::size_t b, std::size_t e) {
         for (std::size_t u = b; u < e; ++u) {
@@ -488,8 +487,8 @@ class training_step {
   void set_exact_moments(std::size_t c) {
     const bool first = plan_.prob.layout == layout::channels_first;
     const std::size_t spatial = p_.spatial, channels = p_.channels;
-    const moments m = exact_moments(
-        p_.batch, spatial, plan_.prob.epsilon, [&](std::size_t n, std::size_t s) {
+    const moments m =
+        exact_moments(p_.batch, spatial, plan_.prob.epsilon, [&](std::size_t n, std::size_t s) {
           return static_cast<double>(
               src_[first ? (n * channels + c) * spatial + s : (n * spatial + s) * channels + c]);
         });
@@ -587,32 +586,33 @@ class inference_step {
       return buffer.data ? static_cast<const T*>(buffer.data) + c0 : nullptr;
     };
     return kern_.inference_coefficients(c1 - c0, plan_.prob.epsilon, at(args_.mean), at(args_.var),
-                                 at(args_.scale), at(args_.shift), out);
+                                        at(args_.scale), at(args_.shift), out);
   }
 
   /// Channel-major planes: each task works out its own channels' coefficients, 16 at a time,
   /// in one parallel pass (a pass of its own for them costs more than it saves, measured on
   /// 7×7 and 14×14 planes).
   void channel_planes_pass() const {
-    plan_.threads.for_each(p_.units, p_.units_per_task, p_.serial, [&](std::size_t b,
-                                                                       std::size_t e) {
-      constexpr std::size_t group = 16;
-      T center_k[group], scale_k[group], shift_k[group], prescale_k[group];
-      const kernels::coefficients<T> k(center_k, scale_k, shift_k, prescale_k);
-      for (std::size_t u0 = b; u0 < e; u0 += group) {
-        const std::size_t u1 = std::min(u0 + group, e);
-        const std::size_t c0 = u0 / p_.chunks_per_channel;
-        const std::size_t c1 = (u1 - 1) / p_.chunks_per_channel + 1;
-        const bool prescaled = set_coefficients(c0, c1, k);
-        if (p_.chunks_per_channel == 1) {
-          normalize_channels<T>(plan_, c0, c1, src_, dst_, k, prescaled);
-          continue;
-        }
-        for (std::size_t u = u0; u < u1; ++u) {
-          normalize_unit<T>(plan_, u, src_, dst_, k + (u / p_.chunks_per_channel - c0), prescaled);
-        }
-      }
-    });
+    plan_.threads.for_each(
+        p_.units, p_.units_per_task, p_.serial, [&](std::size_t b, std::size_t e) {
+          constexpr std::size_t group = 16;
+          T center_k[group], scale_k[group], shift_k[group], prescale_k[group];
+          const kernels::coefficients<T> k(center_k, scale_k, shift_k, prescale_k);
+          for (std::size_t u0 = b; u0 < e; u0 += group) {
+            const std::size_t u1 = std::min(u0 + group, e);
+            const std::size_t c0 = u0 / p_.chunks_per_channel;
+            const std::size_t c1 = (u1 - 1) / p_.chunks_per_channel + 1;
+            const bool prescaled = set_coefficients(c0, c1, k);
+            if (p_.chunks_per_channel == 1) {
+              normalize_channels<T>(plan_, c0, c1, src_, dst_, k, prescaled);
+              continue;
+            }
+            for (std::size_t u = u0; u < u1; ++u) {
+              normalize_unit<T>(plan_, u, src_, dst_, k + (u / p_.chunks_per_channel - c0),
+                                prescaled);
+            }
+          }
+        });
   }
 
   /// Few rows of many channels in blocks of whole channels (slot j is channel j), each block
@@ -626,8 +626,8 @@ class inference_step {
         const interleaved_unit w(p_, u);
         const std::size_t c0 = w.column;
         const bool prescaled = set_coefficients(c0, c0 + w.width, coeffs_ + c0);
-        kern_.interleaved_normalize(src_ + c0, dst_ + c0, p_.rows, w.width, p_.period,
-                                    coeffs_ + c0, prescaled, p_.stream_stores);
+        kern_.interleaved_normalize(src_ + c0, dst_ + c0, p_.rows, w.width, p_.period, coeffs_ + c0,
+                                    prescaled, p_.stream_stores);
       }
     });
   }

@@ -32,8 +32,12 @@ class fp_environment_scope {
   using word = std::uint32_t;
   static constexpr word mode_mask = 0xFFC0;
   static constexpr word computing = 0x1F80;  // all masked, round to nearest, no FTZ/DAZ
-  static word read() noexcept { return _mm_getcsr(); }
-  static void write(word value) noexcept { _mm_setcsr(value); }
+  static word read() noexcept {
+    return _mm_getcsr();
+  }
+  static void write(word value) noexcept {
+    _mm_setcsr(value);
+  }
 #elif defined(__aarch64__)
   // FPCR: AHP (26), DN (25), FZ (24), rounding (23:22), FZ16 (19), trap enables (15, 12:8).
   using word = std::uint64_t;
@@ -44,7 +48,9 @@ class fp_environment_scope {
     __asm__ __volatile__("mrs %0, fpcr" : "=r"(value));
     return value;
   }
-  static void write(word value) noexcept { __asm__ __volatile__("msr fpcr, %0" : : "r"(value)); }
+  static void write(word value) noexcept {
+    __asm__ __volatile__("msr fpcr, %0" : : "r"(value));
+  }
 #else
 #error "bnorm: no floating-point environment control for this architecture"
 #endif

@@ -36,9 +36,10 @@ void initializer::fill(const char* parameter, std::size_t channels, std::vector<
       out.assign(values_.begin(), values_.end());
       return;
     case kind::unknown_name:
-      throw error(status::failure(status_code::invalid_argument,
-                                  "%s: expected 'ones', 'zeros', a number or %zu values, got '%.64s'",
-                                  parameter, channels, name_.c_str()));
+      throw error(
+          status::failure(status_code::invalid_argument,
+                          "%s: expected 'ones', 'zeros', a number or %zu values, got '%.64s'",
+                          parameter, channels, name_.c_str()));
   }
 }
 
@@ -234,8 +235,7 @@ void batch_norm<T>::check_buffers() const {
     if (!b.kept && b.size != 0) {
       throw error(status::failure(status_code::invalid_argument,
                                   "%s: expected no values (%s is false), got %zu", b.name,
-                                  b.why == affine_why ? "affine" : "track_running_stats",
-                                  b.size));
+                                  b.why == affine_why ? "affine" : "track_running_stats", b.size));
     }
   }
 }
@@ -306,10 +306,9 @@ std::vector<T> batch_norm<T>::forward(const std::vector<T>& src, const tensor_sh
     check_input_shape(shape);
     std::uint64_t expected = 0;
     if (!detail::element_count(shape, &expected) || src.size() != expected) {
-      throw error(status::failure(status_code::invalid_argument,
-                                  "src: expected %llu values for the shape %s, got %zu",
-                                  static_cast<unsigned long long>(expected),
-                                  detail::shape_text(shape).text, src.size()));
+      throw error(status::failure(
+          status_code::invalid_argument, "src: expected %llu values for the shape %s, got %zu",
+          static_cast<unsigned long long>(expected), detail::shape_text(shape).text, src.size()));
     }
     std::vector<T> dst(src.size());
     forward_unguarded(src.data(), dst.data(), shape);
@@ -354,8 +353,8 @@ namespace torch {
 
 module_config make_config(std::int64_t num_features, const options& opts, std::size_t min_rank,
                           std::size_t max_rank) {
-  module_config cfg = common_config(framework::pytorch, num_features, min_rank, max_rank,
-                                    opts.eps, opts.momentum, opts.affine);
+  module_config cfg = common_config(framework::pytorch, num_features, min_rank, max_rank, opts.eps,
+                                    opts.momentum, opts.affine);
   cfg.track_running_stats = opts.track_running_stats;
   cfg.layout = opts.memory_format;
   return cfg;

@@ -64,8 +64,12 @@ std::size_t streaming_threshold() noexcept {
   return threshold;
 }
 
-std::size_t ceil_div(std::size_t a, std::size_t b) { return (a + b - 1) / b; }
-std::size_t round_up(std::size_t a, std::size_t b) { return ceil_div(a, b) * b; }
+std::size_t ceil_div(std::size_t a, std::size_t b) {
+  return (a + b - 1) / b;
+}
+std::size_t round_up(std::size_t a, std::size_t b) {
+  return ceil_div(a, b) * b;
+}
 
 /// Lays the scratch arrays out one after the other, 64-byte aligned. Every size is checked:
 /// false when the scratch would not fit in size_t (absurd channel counts).
@@ -90,8 +94,8 @@ bool lay_out_scratch(partition& p) {
   s.inference_bytes = offset;
   s.scale = take(bytes_of(p.channels, sizeof(double)));
   s.pivot_count = p.kind == traversal::planes ? p.channels : p.period;
-  s.partial_count = p.kind == traversal::planes ? p.channels * p.chunks_per_channel
-                                                : p.row_chunks * p.period;
+  s.partial_count =
+      p.kind == traversal::planes ? p.channels * p.chunks_per_channel : p.row_chunks * p.period;
   s.pivot = take(bytes_of(s.pivot_count, p.element_size));
   s.sum = take(bytes_of(s.partial_count, sizeof(double)));
   s.sum_sq = take(bytes_of(s.partial_count, sizeof(double)));
@@ -130,8 +134,7 @@ bool make_partition(const problem& prob, const plan_options& options, std::size_
     p.fused = p.per_channel * p.element_size <= fused_channel_bytes;
     p.fused_group = std::clamp<std::size_t>(
         fused_group_bytes / std::max<std::size_t>(1, p.per_channel * p.element_size), 1, 16);
-    p.chunks_per_channel =
-        p.fused ? 1 : std::max<std::size_t>(1, p.per_channel / unit_elements);
+    p.chunks_per_channel = p.fused ? 1 : std::max<std::size_t>(1, p.per_channel / unit_elements);
     p.chunk_len = ceil_div(std::max<std::size_t>(p.per_channel, 1), p.chunks_per_channel);
     p.units = p.channels * p.chunks_per_channel;
     p.units_per_task =
@@ -154,10 +157,9 @@ bool make_partition(const problem& prob, const plan_options& options, std::size_
       p.period = p.channels;  // rows of C with a short tail each
     }
     const std::size_t rows_per_period = p.period / p.channels;
-    const std::size_t chunk_elements =
-        std::max(unit_elements, min_chunk_periods * p.period);
-    p.rows_per_chunk = round_up(std::max<std::size_t>(1, chunk_elements / p.channels),
-                                rows_per_period);
+    const std::size_t chunk_elements = std::max(unit_elements, min_chunk_periods * p.period);
+    p.rows_per_chunk =
+        round_up(std::max<std::size_t>(1, chunk_elements / p.channels), rows_per_period);
     if (ceil_div(p.rows, p.rows_per_chunk) > max_interleaved_chunks) {
       p.rows_per_chunk = round_up(ceil_div(p.rows, max_interleaved_chunks), rows_per_period);
     }
@@ -189,8 +191,8 @@ bool make_partition(const problem& prob, const plan_options& options, std::size_
     }
     p.units = p.row_chunks * p.column_blocks;
     p.units_per_task = 1;
-    const std::size_t inference_chunks = std::max(
-        wanted_units, std::min(min_inference_chunks, ceil_div(p.rows, rows_per_period)));
+    const std::size_t inference_chunks =
+        std::max(wanted_units, std::min(min_inference_chunks, ceil_div(p.rows, rows_per_period)));
     p.inference_rows_per_chunk =
         round_up(ceil_div(std::max<std::size_t>(p.rows, 1), inference_chunks), rows_per_period);
     p.inference_row_chunks = std::max<std::size_t>(1, ceil_div(p.rows, p.inference_rows_per_chunk));
@@ -239,8 +241,8 @@ std::string describe(const partition& p) {
       if (p.kind == traversal::planes) {
         out += text("two passes, %zu units (%zu per channel)", p.units, p.chunks_per_channel);
       } else {
-        out += text("two passes, %zu row chunks × %zu column blocks", p.row_chunks,
-                    p.column_blocks);
+        out +=
+            text("two passes, %zu row chunks × %zu column blocks", p.row_chunks, p.column_blocks);
       }
       break;
   }
@@ -250,15 +252,14 @@ std::string describe(const partition& p) {
       out += text("channel planes, %zu units", p.units);
       break;
     case inference_schedule::memory_order_planes:
-      out += text("planes in memory order, %zu units of %zu planes", p.plane_units,
-                  p.planes_per_unit);
+      out +=
+          text("planes in memory order, %zu units of %zu planes", p.plane_units, p.planes_per_unit);
       break;
     case inference_schedule::column_blocks:
       out += text("column blocks, %zu × %zu channels", p.column_blocks, p.block_width);
       break;
     case inference_schedule::row_chunks:
-      out += text("row chunks, %zu × %zu rows", p.inference_row_chunks,
-                  p.inference_rows_per_chunk);
+      out += text("row chunks, %zu × %zu rows", p.inference_row_chunks, p.inference_rows_per_chunk);
       break;
   }
   out += p.stream_stores ? " · streaming stores" : " · cached stores";

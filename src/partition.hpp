@@ -45,14 +45,14 @@ enum class inference_schedule {
 
 /// Byte offsets of the scratch arrays, each 64-byte aligned. Sizes in elements are below.
 struct scratch_layout {
-  std::size_t pivot = 0;       // T[pivot_count]: per-channel (or per-slot) pivots
-  std::size_t sum = 0;         // double[partial_count]: Σ(x − pivot) per unit
-  std::size_t sum_sq = 0;      // double[partial_count]: Σ(x − pivot)² per unit
-  std::size_t mean = 0;        // double[C]: the batch mean, kept until the results are committed
-  std::size_t variance = 0;    // double[C]: the biased batch variance
-  std::size_t inv_std = 0;     // double[C]: 1/sqrt(variance + eps)
-  std::size_t scale = 0;       // double[C]: gamma·inv_std
-  std::size_t coeffs = 0;      // T[4][coeff_stride]: center, scale, shift, prescale
+  std::size_t pivot = 0;     // T[pivot_count]: per-channel (or per-slot) pivots
+  std::size_t sum = 0;       // double[partial_count]: Σ(x − pivot) per unit
+  std::size_t sum_sq = 0;    // double[partial_count]: Σ(x − pivot)² per unit
+  std::size_t mean = 0;      // double[C]: the batch mean, kept until the results are committed
+  std::size_t variance = 0;  // double[C]: the biased batch variance
+  std::size_t inv_std = 0;   // double[C]: 1/sqrt(variance + eps)
+  std::size_t scale = 0;     // double[C]: gamma·inv_std
+  std::size_t coeffs = 0;    // T[4][coeff_stride]: center, scale, shift, prescale
   std::size_t pivot_count = 0;
   std::size_t partial_count = 0;
   std::size_t coeff_stride = 0;

@@ -11,8 +11,8 @@
 #include "cpu_isa.hpp"
 #include "execute.hpp"
 #include "fp_environment.hpp"
-#include "validation.hpp"
 #include "plan_impl.hpp"
+#include "validation.hpp"
 
 namespace bnorm {
 
@@ -68,7 +68,9 @@ using detail::shape_text;
 // element counts with small factors) fits in 64 bits.
 constexpr std::uint64_t max_tensor_bytes = std::uint64_t{1} << 60;
 
-std::size_t element_size(dtype d) noexcept { return d == dtype::f64 ? 8 : 4; }
+std::size_t element_size(dtype d) noexcept {
+  return d == dtype::f64 ? 8 : 4;
+}
 
 status validate_problem(const problem& prob, const plan_options& options) noexcept {
   const tensor_shape& shape = prob.shape;
@@ -180,10 +182,9 @@ status check_channel_buffers(std::initializer_list<channel_buffer> buffers, std:
 status check_tensors(const plan_impl& plan, const void* src, const void* dst) noexcept {
   if (plan.part.elements == 0) return {};
   if (src == nullptr || dst == nullptr) {
-    return status::failure(status_code::invalid_argument,
-                           "%s: expected %zu elements of shape %s, got a null pointer",
-                           src == nullptr ? "src" : "dst", plan.part.elements,
-                           shape_text(plan.prob.shape).text);
+    return status::failure(
+        status_code::invalid_argument, "%s: expected %zu elements of shape %s, got a null pointer",
+        src == nullptr ? "src" : "dst", plan.part.elements, shape_text(plan.prob.shape).text);
   }
   const std::size_t alignment = element_size(plan.prob.dtype);
   const char* what = to_string(plan.prob.dtype);
@@ -282,16 +283,16 @@ class scratch_buffer {
     if (given != nullptr) {
       if (given_size < needed) {
         return status::failure(status_code::invalid_argument,
-                               "scratch: expected at least %zu bytes (plan::%s()), got %zu",
-                               needed, size_function, given_size);
+                               "scratch: expected at least %zu bytes (plan::%s()), got %zu", needed,
+                               size_function, given_size);
       }
       data_ = static_cast<unsigned char*>(given);
       return {};
     }
     owned_ = new (std::nothrow) unsigned char[needed + 63];
     if (owned_ == nullptr) {
-      return status::failure(status_code::out_of_memory,
-                             "scratch: could not allocate %zu bytes", needed);
+      return status::failure(status_code::out_of_memory, "scratch: could not allocate %zu bytes",
+                             needed);
     }
     data_ = owned_ + (64 - reinterpret_cast<std::uintptr_t>(owned_) % 64) % 64;
     return {};
@@ -333,7 +334,8 @@ std::size_t caller_scratch(std::size_t layout_bytes) noexcept {
 
 status select_isa(std::optional<isa> max_isa, isa* out) noexcept {
   if (out == nullptr) {
-    return status(status_code::invalid_argument, "out: expected an isa to fill, got a null pointer");
+    return status(status_code::invalid_argument,
+                  "out: expected an isa to fill, got a null pointer");
   }
   const kernels::kernel_table* table = nullptr;
   if (status s = detail::select_kernels(max_isa, &table); !s) return s;
@@ -343,7 +345,8 @@ status select_isa(std::optional<isa> max_isa, isa* out) noexcept {
 
 status make_plan(const problem& prob, const plan_options& options, plan* out) noexcept {
   if (out == nullptr) {
-    return status(status_code::invalid_argument, "out: expected a plan to fill, got a null pointer");
+    return status(status_code::invalid_argument,
+                  "out: expected a plan to fill, got a null pointer");
   }
   if (status s = validate_problem(prob, options); !s) return s;
   const kernels::kernel_table* table = nullptr;
@@ -400,25 +403,26 @@ status plan::forward_training(const training_args& args) const noexcept {
   if (status s = check_counter(counter); !s) return s;
   if (status s = check_scratch_pointer(args.scratch, args.scratch_size); !s) return s;
   if (p.part.per_channel == 1) {
-    return status::failure(status_code::invalid_argument,
-                           "Expected more than 1 value per channel when training, got input size %s",
-                           shape_text(p.prob.shape).text);
+    return status::failure(
+        status_code::invalid_argument,
+        "Expected more than 1 value per channel when training, got input size %s",
+        shape_text(p.prob.shape).text);
   }
   const std::size_t data_bytes = p.part.elements * p.part.element_size;
   const std::size_t channel_bytes = channels * p.part.element_size;
   const std::size_t running_bytes = update ? channel_bytes : 0;
   const std::size_t scratch_bytes = caller_scratch(p.part.scratch.training_bytes);
-  if (status s = check_separate(
-          {{"src", args.src, data_bytes, false, true},
-           {"dst", args.dst, data_bytes, true, true},
-           {"scale", args.scale.data, channel_bytes, false},
-           {"shift", args.shift.data, channel_bytes, false},
-           {"batch_mean", args.batch_mean.data, channel_bytes, true},
-           {"batch_inv_std", args.batch_inv_std.data, channel_bytes, true},
-           {"running_mean", args.running_mean.data, running_bytes, true},
-           {"running_var", args.running_var.data, running_bytes, true},
-           {"num_batches_tracked", counter, sizeof(std::int64_t), true},
-           {"scratch", args.scratch, p.part.elements ? scratch_bytes : 0, true}});
+  if (status s =
+          check_separate({{"src", args.src, data_bytes, false, true},
+                          {"dst", args.dst, data_bytes, true, true},
+                          {"scale", args.scale.data, channel_bytes, false},
+                          {"shift", args.shift.data, channel_bytes, false},
+                          {"batch_mean", args.batch_mean.data, channel_bytes, true},
+                          {"batch_inv_std", args.batch_inv_std.data, channel_bytes, true},
+                          {"running_mean", args.running_mean.data, running_bytes, true},
+                          {"running_var", args.running_var.data, running_bytes, true},
+                          {"num_batches_tracked", counter, sizeof(std::int64_t), true},
+                          {"scratch", args.scratch, p.part.elements ? scratch_bytes : 0, true}});
       !s) {
     return s;
   }
@@ -460,14 +464,14 @@ status plan::forward_inference(const inference_args& args) const noexcept {
   const std::size_t data_bytes = p.part.elements * p.part.element_size;
   const std::size_t channel_bytes = channels * p.part.element_size;
   const std::size_t scratch_bytes = caller_scratch(p.part.scratch.inference_bytes);
-  if (status s = check_separate({{"src", args.src, data_bytes, false, true},
-                                 {"dst", args.dst, data_bytes, true, true},
-                                 {"scale", args.scale.data, channel_bytes, false},
-                                 {"shift", args.shift.data, channel_bytes, false},
-                                 {"mean", args.mean.data, channel_bytes, false},
-                                 {"var", args.var.data, channel_bytes, false},
-                                 {"scratch", args.scratch, p.part.elements ? scratch_bytes : 0,
-                                  true}});
+  if (status s =
+          check_separate({{"src", args.src, data_bytes, false, true},
+                          {"dst", args.dst, data_bytes, true, true},
+                          {"scale", args.scale.data, channel_bytes, false},
+                          {"shift", args.shift.data, channel_bytes, false},
+                          {"mean", args.mean.data, channel_bytes, false},
+                          {"var", args.var.data, channel_bytes, false},
+                          {"scratch", args.scratch, p.part.elements ? scratch_bytes : 0, true}});
       !s) {
     return s;
   }
@@ -487,7 +491,9 @@ status plan::forward_inference(const inference_args& args) const noexcept {
   });
 }
 
-isa plan::isa() const noexcept { return impl_ ? impl_->kernels->id : bnorm::isa::sse2; }
+isa plan::isa() const noexcept {
+  return impl_ ? impl_->kernels->id : bnorm::isa::sse2;
+}
 
 const char* plan::describe() const noexcept {
   return impl_ ? impl_->description.c_str() : "plan: not initialized";

@@ -30,7 +30,8 @@ moments exact_moments(std::size_t batch, std::size_t spatial, double epsilon,
   const double count = static_cast<double>(batch) * static_cast<double>(spatial);
   double largest = 0.0;
   for (std::size_t n = 0; n < batch; ++n)
-    for (std::size_t s = 0; s < spatial; ++s) largest = std::fmax(largest, std::fabs(value_at(n, s)));
+    for (std::size_t s = 0; s < spatial; ++s)
+      largest = std::fmax(largest, std::fabs(value_at(n, s)));
   int exponent = 0;
   std::frexp(largest, &exponent);
   // A NaN or an infinity: no scaling (largest is then NaN or inf, and so the moments).
@@ -48,10 +49,9 @@ moments exact_moments(std::size_t batch, std::size_t spatial, double epsilon,
   const double scaled_variance = squares / count;
   const double variance = scaled_variance * unit * unit;
   // Where the variance overflows, 1/std still fits: take it from the scaled variance.
-  const double inv_std =
-      std::isinf(variance) && std::isfinite(scaled_variance)
-          ? 1.0 / (unit * std::sqrt(scaled_variance + epsilon / (unit * unit)))
-          : inverse_std(variance, epsilon);
+  const double inv_std = std::isinf(variance) && std::isfinite(scaled_variance)
+                             ? 1.0 / (unit * std::sqrt(scaled_variance + epsilon / (unit * unit)))
+                             : inverse_std(variance, epsilon);
   return {mean * unit, variance, inv_std};
 }
 

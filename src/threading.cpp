@@ -37,8 +37,7 @@ thread_limit::~thread_limit() = default;
 thread_limit::thread_limit(thread_limit&&) noexcept = default;
 thread_limit& thread_limit::operator=(thread_limit&&) noexcept = default;
 
-void thread_limit::run_parallel(std::size_t count, std::size_t grain,
-                                const block_fn& body) const {
+void thread_limit::run_parallel(std::size_t count, std::size_t grain, const block_fn& body) const {
   auto loop = [&] {
     // An isolated context: a call made from inside a caller's task whose group is cancelled
     // (another iteration threw, say) must still run every unit, not return with dst unwritten.

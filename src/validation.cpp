@@ -15,7 +15,8 @@ shape_text::shape_text(const tensor_shape& shape) noexcept {
     at += written > 0 ? static_cast<std::size_t>(written) : 0;
   };
   append("%s", "[");
-  const std::size_t stored = shape.rank() < tensor_shape::capacity ? shape.rank() : tensor_shape::capacity;
+  const std::size_t stored =
+      shape.rank() < tensor_shape::capacity ? shape.rank() : tensor_shape::capacity;
   for (std::size_t i = 0; i < stored; ++i) {
     append(i ? ", %lld" : "%lld", static_cast<long long>(shape[i]));
   }

@@ -19,9 +19,13 @@ struct aligned64 {
   }
   void deallocate(T* p, std::size_t) { ::operator delete(p, std::align_val_t(64)); }
   template <class U>
-  bool operator==(const aligned64<U>&) const { return true; }
+  bool operator==(const aligned64<U>&) const {
+    return true;
+  }
   template <class U>
-  bool operator!=(const aligned64<U>&) const { return false; }
+  bool operator!=(const aligned64<U>&) const {
+    return false;
+  }
 };
 
 template <class T>

@@ -144,7 +144,9 @@ inline std::string shape_name(const bnorm::tensor_shape& s) {
 }
 
 /// The ISAs under test: every one the CPU has.
-inline std::vector<bnorm::isa> isas_under_test() { return bnorm::available_isas(); }
+inline std::vector<bnorm::isa> isas_under_test() {
+  return bnorm::available_isas();
+}
 
 inline std::string isa_param_name(const testing::TestParamInfo<bnorm::isa>& info) {
   return bnorm::to_string(info.param);

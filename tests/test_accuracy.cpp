@@ -47,9 +47,9 @@ TEST_P(Accuracy, TrainingMeetsTheTargetsAtLargeOffsets) {
     args.dst = y.data();
     ASSERT_TRUE(plan.forward_training(args).ok());
     const reference_stats ref = reference_moments(x, k.shape, k.l);
-    const double err = max_abs_error(y, reference_normalize(x, k.shape, k.l, ref.mean, ref.variance,
-                                                            1e-5, std::vector<float>{},
-                                                            std::vector<float>{}));
+    const double err =
+        max_abs_error(y, reference_normalize(x, k.shape, k.l, ref.mean, ref.variance, 1e-5,
+                                             std::vector<float>{}, std::vector<float>{}));
     const std::string name = shape_name(k.shape) +
                              (k.l == layout::channels_first ? "_nchw" : "_nhwc") + "_offset" +
                              std::to_string(static_cast<long>(k.offset));

@@ -34,9 +34,9 @@ outputs run(const bnorm::tensor_shape& shape, layout l, bnorm::isa isa, int thre
   opts.max_threads = threads;
   opts.stores = stores;
   const bnorm::plan plan = make_plan_or_fail({shape, l, bnorm::dtype::f32, 1e-5}, opts);
-  outputs o{std::vector<float>(x.size()), std::vector<float>(g.c), std::vector<float>(g.c),
-            std::vector<float>(g.c, 0.f), std::vector<float>(g.c, 1.f),
-            std::vector<float>(x.size())};
+  outputs o{std::vector<float>(x.size()), std::vector<float>(g.c),
+            std::vector<float>(g.c),      std::vector<float>(g.c, 0.f),
+            std::vector<float>(g.c, 1.f), std::vector<float>(x.size())};
   bnorm::training_args args;
   args.src = x.data();
   args.dst = o.y.data();
@@ -57,9 +57,9 @@ outputs run(const bnorm::tensor_shape& shape, layout l, bnorm::isa isa, int thre
 class Determinism : public testing::TestWithParam<bnorm::isa> {};
 
 TEST_P(Determinism, BitwiseEqualAcrossThreadCapsAndRuns) {
-  const bnorm::tensor_shape shapes[] = {
-      {2, 4}, {65536, 4}, {64, 128, 1024}, {1, 256, 56, 56}, {2, 2048, 7, 7}, {3, 5, 301, 77},
-      {2, 8, 4, 28, 28}};
+  const bnorm::tensor_shape shapes[] = {{2, 4},           {65536, 4},      {64, 128, 1024},
+                                        {1, 256, 56, 56}, {2, 2048, 7, 7}, {3, 5, 301, 77},
+                                        {2, 8, 4, 28, 28}};
   std::uint64_t salt = 0;
   for (const auto& shape : shapes) {
     const std::vector<float> x = normal_data<float>(geometry(shape).elements(), 3.0, 2.0, ++salt);

@@ -129,12 +129,12 @@ std::vector<bnorm::tensor_shape> sweep_shapes() {
   shapes.push_back({1, 3, 4, 2, 3});
   shapes.push_back({2, 2, 3, 3, 17});
   // Large enough to be chunked and run in parallel.
-  shapes.push_back({4, 3, 50000});     // long channels split into runs
-  shapes.push_back({70000, 3});        // many rows, C not a divisor of the vector
-  shapes.push_back({65536, 4});        // small C, many rows
-  shapes.push_back({4, 1000, 37});     // C without a short period (row mode)
-  shapes.push_back({2, 2048, 7, 7});   // many channels, short planes
-  shapes.push_back({1, 2048, 7, 7});   // channels-last inference in 2 KiB column blocks
+  shapes.push_back({4, 3, 50000});    // long channels split into runs
+  shapes.push_back({70000, 3});       // many rows, C not a divisor of the vector
+  shapes.push_back({65536, 4});       // small C, many rows
+  shapes.push_back({4, 1000, 37});    // C without a short period (row mode)
+  shapes.push_back({2, 2048, 7, 7});  // many channels, short planes
+  shapes.push_back({1, 2048, 7, 7});  // channels-last inference in 2 KiB column blocks
   shapes.push_back({1, 1001, 300});
   return shapes;
 }
@@ -142,11 +142,13 @@ std::vector<bnorm::tensor_shape> sweep_shapes() {
 TEST_P(Engine, TrainingMatchesFloat64Reference) {
   std::uint64_t salt = 0;
   for (const auto& shape : sweep_shapes()) {
-    if (shape[0] * [&] {
-          std::int64_t s = 1;
-          for (std::size_t d = 2; d < shape.rank(); ++d) s *= shape[d];
-          return s;
-        }() < 2) {
+    if (shape[0] *
+            [&] {
+              std::int64_t s = 1;
+              for (std::size_t d = 2; d < shape.rank(); ++d) s *= shape[d];
+              return s;
+            }() <
+        2) {
       continue;  // one value per channel cannot train
     }
     for (layout l : {layout::channels_first, layout::channels_last}) {
@@ -171,8 +173,9 @@ TEST_P(Engine, StreamingStoresMatchTheReference) {
   opts.stores = bnorm::store_policy::streaming;
   std::uint64_t salt = 500;
   for (const bnorm::tensor_shape& shape :
-       {bnorm::tensor_shape{3, 5, 77}, bnorm::tensor_shape{2, 16, 9, 31}, bnorm::tensor_shape{700, 48},
-        bnorm::tensor_shape{3, 37, 5}, bnorm::tensor_shape{4, 3, 50000},
+       {bnorm::tensor_shape{3, 5, 77}, bnorm::tensor_shape{2, 16, 9, 31},
+        bnorm::tensor_shape{700, 48}, bnorm::tensor_shape{3, 37, 5},
+        bnorm::tensor_shape{4, 3, 50000},
         // Planes of whole vectors, and planes with a tail after an aligned start.
         bnorm::tensor_shape{3, 8, 1024}, bnorm::tensor_shape{2, 4, 4100}}) {
     for (layout l : {layout::channels_first, layout::channels_last}) {

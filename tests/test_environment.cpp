@@ -136,9 +136,8 @@ TEST(CallersFloatingPointEnvironment, FlushToZeroChangesNoBitForAnyThreadCount) 
       for (const bnorm::plan& plan : plans) {
         const outputs got = run_both(plan, x, g.c);
         EXPECT_TRUE(got.training.ok() && got.inference.ok());
-        EXPECT_TRUE(got.same_bits_as(plain))
-            << "MXCSR " << std::hex << mode << std::dec << ", max_threads "
-            << plan.options().max_threads;
+        EXPECT_TRUE(got.same_bits_as(plain)) << "MXCSR " << std::hex << mode << std::dec
+                                             << ", max_threads " << plan.options().max_threads;
         EXPECT_EQ(_mm_getcsr() & 0xFFC0u, mode & 0xFFC0u) << "the caller's modes were not restored";
       }
     }

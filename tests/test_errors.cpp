@@ -46,18 +46,28 @@ TEST_P(PlanErrors, RejectedWithANamedParameter) {
 INSTANTIATE_TEST_SUITE_P(
     Table, PlanErrors,
     testing::Values(
-        plan_error_case{"rank1", [](auto& p, auto&) { p.shape = {4}; }, status_code::invalid_argument,
+        plan_error_case{"rank1", [](auto& p, auto&) { p.shape = {4}; },
+                        status_code::invalid_argument,
                         "shape: expected rank 2 to 5 (N, C[, D][, H][, W]), got rank 1 [4]"},
         plan_error_case{"rank6", [](auto& p, auto&) { p.shape = {1, 2, 3, 4, 5, 6}; },
                         status_code::invalid_argument, "got rank 6"},
-        plan_error_case{"rank0", [](auto& p, auto&) { p.shape = {}; }, status_code::invalid_argument,
-                        "got rank 0"},
-        plan_error_case{"negative_dim", [](auto& p, auto&) { p.shape = {2, 4, -3}; },
+        plan_error_case{"rank0", [](auto& p, auto&) { p.shape = {}; },
+                        status_code::invalid_argument, "got rank 0"},
+        plan_error_case{"negative_dim",
+                        [](auto& p, auto&) {
+                          p.shape = {2, 4, -3};
+                        },
                         status_code::invalid_argument, "expected dimensions >= 0, got -3"},
-        plan_error_case{"zero_features", [](auto& p, auto&) { p.shape = {2, 0, 3}; },
-                        status_code::invalid_argument, "num_features (C = shape[1]): expected >= 1, got 0"},
+        plan_error_case{"zero_features",
+                        [](auto& p, auto&) {
+                          p.shape = {2, 0, 3};
+                        },
+                        status_code::invalid_argument,
+                        "num_features (C = shape[1]): expected >= 1, got 0"},
         plan_error_case{"too_many_elements",
-                        [](auto& p, auto&) { p.shape = {1ll << 31, 4, 1ll << 31}; },
+                        [](auto& p, auto&) {
+                          p.shape = {1ll << 31, 4, 1ll << 31};
+                        },
                         status_code::invalid_argument, "shape: expected at most 2^60 bytes of f32"},
         plan_error_case{"f64_tensor_beyond_2_to_60_bytes",
                         [](auto& p, auto&) {
@@ -65,24 +75,38 @@ INSTANTIATE_TEST_SUITE_P(
                           p.dtype = bnorm::dtype::f64;
                         },
                         status_code::invalid_argument, "shape: expected at most 2^60 bytes of f64"},
-        plan_error_case{"channels_beyond_2_to_60_bytes", [](auto& p, auto&) { p.shape = {2, 1ll << 59}; },
+        plan_error_case{"channels_beyond_2_to_60_bytes",
+                        [](auto& p, auto&) {
+                          p.shape = {2, 1ll << 59};
+                        },
                         status_code::invalid_argument, "shape: expected at most 2^60 bytes of f32"},
-        plan_error_case{"scratch_beyond_size_t", [](auto& p, auto&) { p.shape = {0, 1ll << 57}; },
-                        status_code::invalid_argument, "shape: expected a problem whose scratch fits in memory"},
+        plan_error_case{"scratch_beyond_size_t",
+                        [](auto& p, auto&) {
+                          p.shape = {0, 1ll << 57};
+                        },
+                        status_code::invalid_argument,
+                        "shape: expected a problem whose scratch fits in memory"},
         plan_error_case{"rank9_prints_what_it_stores",
                         [](auto& p, auto&) { p.shape = {1, 2, 3, 4, 5, 6, 7, 8, 9}; },
                         status_code::invalid_argument, "got rank 9 [1, 2, 3, 4, 5, 6, 7, 8, …]"},
-        plan_error_case{"negative_dim_rank5", [](auto& p, auto&) { p.shape = {2, 4, 3, -1, 2}; },
-                        status_code::invalid_argument,
-                        "shape: expected dimensions >= 0, got -1 at dimension 3 of [2, 4, 3, -1, 2]"},
+        plan_error_case{
+            "negative_dim_rank5",
+            [](auto& p, auto&) {
+              p.shape = {2, 4, 3, -1, 2};
+            },
+            status_code::invalid_argument,
+            "shape: expected dimensions >= 0, got -1 at dimension 3 of [2, 4, 3, -1, 2]"},
         plan_error_case{"eps_negative", [](auto& p, auto&) { p.epsilon = -1e-5; },
-                        status_code::invalid_argument, "epsilon: expected a finite value >= 0, got -1e-05"},
+                        status_code::invalid_argument,
+                        "epsilon: expected a finite value >= 0, got -1e-05"},
         plan_error_case{"eps_nan", [](auto& p, auto&) { p.epsilon = nan; },
-                        status_code::invalid_argument, "epsilon: expected a finite value >= 0, got nan"},
+                        status_code::invalid_argument,
+                        "epsilon: expected a finite value >= 0, got nan"},
         plan_error_case{"eps_inf", [](auto& p, auto&) { p.epsilon = inf; },
                         status_code::invalid_argument, "epsilon"},
         plan_error_case{"momentum_negative", [](auto&, auto& o) { o.momentum = -0.1; },
-                        status_code::invalid_argument, "momentum: expected a finite value in [0, 1], got -0.1"},
+                        status_code::invalid_argument,
+                        "momentum: expected a finite value in [0, 1], got -0.1"},
         plan_error_case{"momentum_above_one", [](auto&, auto& o) { o.momentum = 1.5; },
                         status_code::invalid_argument, "got 1.5"},
         plan_error_case{"momentum_just_above_one", [](auto&, auto& o) { o.momentum = 1.0000001; },
@@ -100,29 +124,37 @@ INSTANTIATE_TEST_SUITE_P(
                         status_code::invalid_argument,
                         "cumulative_average: expected the pytorch convention (momentum=None), got "
                         "the mindspore convention"},
-        plan_error_case{"bad_stores",
-                        [](auto&, auto& o) { o.stores = static_cast<bnorm::store_policy>(7); },
-                        status_code::invalid_argument,
-                        "stores: expected automatic, cached or streaming, got an unknown value (7)"},
+        plan_error_case{
+            "bad_stores", [](auto&, auto& o) { o.stores = static_cast<bnorm::store_policy>(7); },
+            status_code::invalid_argument,
+            "stores: expected automatic, cached or streaming, got an unknown value (7)"},
         plan_error_case{"max_threads_negative", [](auto&, auto& o) { o.max_threads = -2; },
-                        status_code::invalid_argument, "max_threads: expected 0 (caller's arena) or a count >= 1, got -2"},
-        plan_error_case{"bad_layout", [](auto& p, auto&) { p.layout = static_cast<layout>(9); },
-                        status_code::invalid_argument, "layout: expected channels_first or channels_last, got an unknown value (9)"},
-        plan_error_case{"bad_dtype", [](auto& p, auto&) { p.dtype = static_cast<bnorm::dtype>(5); },
-                        status_code::invalid_argument, "dtype: expected f32 or f64, got an unknown value (5)"},
-        plan_error_case{"bad_convention",
-                        [](auto&, auto& o) { o.convention = static_cast<bnorm::momentum_convention>(4); },
                         status_code::invalid_argument,
-                        "convention: expected pytorch, mindspore or onnx, got an unknown value (4)"},
+                        "max_threads: expected 0 (caller's arena) or a count >= 1, got -2"},
+        plan_error_case{
+            "bad_layout", [](auto& p, auto&) { p.layout = static_cast<layout>(9); },
+            status_code::invalid_argument,
+            "layout: expected channels_first or channels_last, got an unknown value (9)"},
+        plan_error_case{"bad_dtype", [](auto& p, auto&) { p.dtype = static_cast<bnorm::dtype>(5); },
+                        status_code::invalid_argument,
+                        "dtype: expected f32 or f64, got an unknown value (5)"},
+        plan_error_case{
+            "bad_convention",
+            [](auto&, auto& o) { o.convention = static_cast<bnorm::momentum_convention>(4); },
+            status_code::invalid_argument,
+            "convention: expected pytorch, mindspore or onnx, got an unknown value (4)"},
 #if defined(__x86_64__)
         plan_error_case{"foreign_isa", [](auto&, auto& o) { o.max_isa = bnorm::isa::neon64; },
-                        status_code::unsupported, "max_isa: expected an ISA of this build's architecture, got neon64"}
+                        status_code::unsupported,
+                        "max_isa: expected an ISA of this build's architecture, got neon64"}
 #else
         plan_error_case{"foreign_isa", [](auto&, auto& o) { o.max_isa = bnorm::isa::avx2; },
                         status_code::unsupported, "max_isa"}
 #endif
         ),
-    [](const testing::TestParamInfo<plan_error_case>& info) { return std::string(info.param.name); });
+    [](const testing::TestParamInfo<plan_error_case>& info) {
+      return std::string(info.param.name);
+    });
 
 TEST(PlanErrorsMisc, NullOutput) {
   const bnorm::status s = bnorm::make_plan({{2, 3}}, {}, nullptr);
@@ -205,8 +237,9 @@ TEST_P(TrainingCallErrors, RejectedBeforeAnythingIsWritten) {
   training_fixture f;
   k.mutate(f);
   bnorm::plan plan;
-  ASSERT_TRUE(bnorm::make_plan({f.shape, layout::channels_first, bnorm::dtype::f32, 1e-5},
-                               f.options, &plan).ok());
+  ASSERT_TRUE(
+      bnorm::make_plan({f.shape, layout::channels_first, bnorm::dtype::f32, 1e-5}, f.options, &plan)
+          .ok());
   const std::vector<float> before = f.snapshot();
   const bnorm::status s = plan.forward_training(f.args);
   EXPECT_EQ(s.code(), status_code::invalid_argument) << s.message();
@@ -222,12 +255,14 @@ INSTANTIATE_TEST_SUITE_P(
     testing::Values(
         call_error_case{"src_null", [](auto& f) { f.args.src = nullptr; },
                         "src: expected 24 elements of shape [2, 4, 3], got a null pointer"},
-        call_error_case{"dst_null", [](auto& f) { f.args.dst = nullptr; }, "dst: expected 24 elements"},
+        call_error_case{"dst_null", [](auto& f) { f.args.dst = nullptr; },
+                        "dst: expected 24 elements"},
         call_error_case{"scale_short", [](auto& f) { f.args.scale.size = 3; },
                         "scale: expected 4 values (one per channel, C = 4), got 3"},
         call_error_case{"scale_null_with_size", [](auto& f) { f.args.scale.data = nullptr; },
                         "scale: expected data for the given size 4, got a null pointer"},
-        call_error_case{"shift_long", [](auto& f) { f.args.shift.size = 5; }, "shift: expected 4 values"},
+        call_error_case{"shift_long", [](auto& f) { f.args.shift.size = 5; },
+                        "shift: expected 4 values"},
         call_error_case{"batch_mean_short", [](auto& f) { f.args.batch_mean.size = 1; },
                         "batch_mean: expected 4 values"},
         call_error_case{"batch_inv_std_short", [](auto& f) { f.args.batch_inv_std.size = 2; },
@@ -245,13 +280,18 @@ INSTANTIATE_TEST_SUITE_P(
                           f.args.num_batches_tracked = nullptr;
                         },
                         "num_batches_tracked: expected a counter"},
-        call_error_case{"one_value_per_channel",
-                        [](auto& f) {
-                          f.shape = {1, 4};
-                        },
-                        "Expected more than 1 value per channel when training, got input size [1, 4]"},
-        call_error_case{"one_value_per_channel_3d", [](auto& f) { f.shape = {1, 4, 1, 1, 1}; },
-                        "Expected more than 1 value per channel when training, got input size [1, 4, 1, 1, 1]"},
+        call_error_case{
+            "one_value_per_channel",
+            [](auto& f) {
+              f.shape = {1, 4};
+            },
+            "Expected more than 1 value per channel when training, got input size [1, 4]"},
+        call_error_case{
+            "one_value_per_channel_3d",
+            [](auto& f) {
+              f.shape = {1, 4, 1, 1, 1};
+            },
+            "Expected more than 1 value per channel when training, got input size [1, 4, 1, 1, 1]"},
         call_error_case{"scratch_too_small",
                         [](auto& f) {
                           f.resize({2, 1000, 3});
@@ -288,10 +328,14 @@ INSTANTIATE_TEST_SUITE_P(
                         },
                         "running_mean: expected memory of its own"},
         call_error_case{"running_var_is_scale",
-                        [](auto& f) { f.args.scale = {f.running_var.data(), 4}; },
+                        [](auto& f) {
+                          f.args.scale = {f.running_var.data(), 4};
+                        },
                         "overlap scale"},
         call_error_case{"dst_over_batch_inv_std",
-                        [](auto& f) { f.args.batch_inv_std = {f.y.data() + 20, 4}; },
+                        [](auto& f) {
+                          f.args.batch_inv_std = {f.y.data() + 20, 4};
+                        },
                         "batch_inv_std: expected memory of its own"},
         call_error_case{"counter_inside_running_var",
                         [](auto& f) {
@@ -343,7 +387,9 @@ INSTANTIATE_TEST_SUITE_P(
                           f.shape = {0, 4, 3};
                         },
                         "num_batches_tracked: expected a count below"}),
-    [](const testing::TestParamInfo<call_error_case>& info) { return std::string(info.param.name); });
+    [](const testing::TestParamInfo<call_error_case>& info) {
+      return std::string(info.param.name);
+    });
 
 TEST(CallErrors, UninitializedPlan) {
   const bnorm::plan plan;
@@ -363,8 +409,9 @@ TEST(CallErrors, InferenceNeedsStatistics) {
   args.dst = y.data();
   args.var = in(var);
   bnorm::status s = plan.forward_inference(args);
-  EXPECT_NE(std::strstr(s.message(), "mean: expected 4 values, got a null pointer (required by "
-                                     "inference (the running mean))"),
+  EXPECT_NE(std::strstr(s.message(),
+                        "mean: expected 4 values, got a null pointer (required by "
+                        "inference (the running mean))"),
             nullptr)
       << s.message();
   args.mean = in(mean);
@@ -460,7 +507,8 @@ TEST(IsaSelection, EnvironmentCapIsHonouredAndValidated) {
   setenv("BNORM_MAX_ISA", "avx9000", 1);
   const bnorm::status s = bnorm::make_plan({{2, 3}}, {}, &plan);
   EXPECT_EQ(s.code(), status_code::invalid_argument);
-  EXPECT_NE(std::strstr(s.message(), "BNORM_MAX_ISA: expected sse2, avx2, avx512f or neon64, got 'avx9000'"),
+  EXPECT_NE(std::strstr(s.message(),
+                        "BNORM_MAX_ISA: expected sse2, avx2, avx512f or neon64, got 'avx9000'"),
             nullptr)
       << s.message();
   EXPECT_EQ(bnorm::select_isa(std::nullopt, &selected).code(), status_code::invalid_argument);
@@ -483,7 +531,9 @@ TEST(IsaSelection, DetectionAgreesWithTheKernel) {
     }
   }
   if (flags.empty()) GTEST_SKIP() << "no /proc/cpuinfo";
-  auto has = [&](const char* f) { return flags.find(std::string(" ") + f + " ") != std::string::npos; };
+  auto has = [&](const char* f) {
+    return flags.find(std::string(" ") + f + " ") != std::string::npos;
+  };
   const std::vector<bnorm::isa> isas = bnorm::available_isas();
   auto offered = [&](bnorm::isa i) { return std::find(isas.begin(), isas.end(), i) != isas.end(); };
   EXPECT_TRUE(offered(bnorm::isa::sse2));

@@ -153,7 +153,8 @@ std::vector<T> edge_channels(const bnorm::tensor_shape& shape, layout l) {
 TEST_P(Edges, TrainingAtTheLargestFloat) {
   for (layout l : {layout::channels_first, layout::channels_last}) {
     for (const bnorm::tensor_shape& shape :
-         {bnorm::tensor_shape{4, 4}, bnorm::tensor_shape{8, 4, 40}, bnorm::tensor_shape{2, 36, 300}}) {
+         {bnorm::tensor_shape{4, 4}, bnorm::tensor_shape{8, 4, 40},
+          bnorm::tensor_shape{2, 36, 300}}) {
       SCOPED_TRACE(shape_name(shape) + (l == layout::channels_last ? " channels_last" : ""));
       check_training<float>(edge_channels<float>(shape, l), shape, l);
     }
@@ -162,7 +163,8 @@ TEST_P(Edges, TrainingAtTheLargestFloat) {
 
 TEST_P(Edges, TrainingAtTheLargestDouble) {
   for (layout l : {layout::channels_first, layout::channels_last}) {
-    for (const bnorm::tensor_shape& shape : {bnorm::tensor_shape{4, 4}, bnorm::tensor_shape{8, 4, 40}}) {
+    for (const bnorm::tensor_shape& shape :
+         {bnorm::tensor_shape{4, 4}, bnorm::tensor_shape{8, 4, 40}}) {
       SCOPED_TRACE(shape_name(shape) + (l == layout::channels_last ? " channels_last" : ""));
       check_training<double>(edge_channels<double>(shape, l), shape, l);
     }
@@ -186,9 +188,9 @@ TEST_P(Edges, DoubleSpreadBeyondTheSquareRange) {
 
 /// Inference with the given per-channel statistics on x; y against the long double formula.
 template <class T>
-void check_inference(const bnorm::plan& plan, const std::vector<T>& x, const bnorm::tensor_shape& shape,
-                     layout l, const std::vector<T>& mean, const std::vector<T>& var,
-                     const std::vector<T>& gamma, bool relative) {
+void check_inference(const bnorm::plan& plan, const std::vector<T>& x,
+                     const bnorm::tensor_shape& shape, layout l, const std::vector<T>& mean,
+                     const std::vector<T>& var, const std::vector<T>& gamma, bool relative) {
   const geometry g(shape);
   std::vector<T> y(x.size());
   bnorm::inference_args args;
@@ -243,8 +245,12 @@ void inference_at_the_edges(const Edges& test, bnorm::isa isa) {
   (void)test;
 }
 
-TEST_P(Edges, InferenceAtTheLargestFloat) { inference_at_the_edges<float>(*this, GetParam()); }
-TEST_P(Edges, InferenceAtTheLargestDouble) { inference_at_the_edges<double>(*this, GetParam()); }
+TEST_P(Edges, InferenceAtTheLargestFloat) {
+  inference_at_the_edges<float>(*this, GetParam());
+}
+TEST_P(Edges, InferenceAtTheLargestDouble) {
+  inference_at_the_edges<double>(*this, GetParam());
+}
 
 INSTANTIATE_TEST_SUITE_P(AllIsas, Edges, testing::ValuesIn(isas_under_test()), isa_param_name);
 

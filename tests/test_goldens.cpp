@@ -91,7 +91,8 @@ void run_case(const golden_case& g) {
   opts.momentum = g.momentum;
   opts.affine = g.affine;
   opts.track_running_stats = g.track;
-  opts.memory_format = g.layout == "cl" ? bnorm::layout::channels_last : bnorm::layout::channels_first;
+  opts.memory_format =
+      g.layout == "cl" ? bnorm::layout::channels_last : bnorm::layout::channels_first;
   auto bn = g.kind == "1d"   ? bnorm::torch::BatchNorm1d<T>(g.channels, opts)
             : g.kind == "2d" ? bnorm::torch::BatchNorm2d<T>(g.channels, opts)
                              : bnorm::torch::BatchNorm3d<T>(g.channels, opts);
@@ -115,7 +116,8 @@ void run_case(const golden_case& g) {
     }
     ASSERT_EQ(bn.running_mean().empty(), !s.has_running);
     for (std::size_t c = 0; s.has_running && c < s.running_mean.size(); ++c) {
-      EXPECT_NEAR(bn.running_mean()[c], s.running_mean[c], tol * (1 + std::fabs(s.running_mean[c])));
+      EXPECT_NEAR(bn.running_mean()[c], s.running_mean[c],
+                  tol * (1 + std::fabs(s.running_mean[c])));
       EXPECT_NEAR(bn.running_var()[c], s.running_var[c], tol * (1 + std::fabs(s.running_var[c])));
     }
     EXPECT_EQ(bn.num_batches_tracked(), s.nbt);

@@ -12,7 +12,7 @@ using namespace bnorm_test;
 namespace {
 
 const std::vector<float> seed_x = {0.7f, 0.5f, 0.5f, 0.6f, 0.5f, 0.4f, 0.6f, 0.9f};
-const std::vector<double> seed_y = {0.9995001, 0.9980063,  -0.998006, -0.99977785,
+const std::vector<double> seed_y = {0.9995001,  0.9980063,  -0.998006, -0.99977785,
                                     -0.9995007, -0.9980057, 0.998006,  0.99977785};
 // Batch mean and unbiased variance of the seed, per channel.
 const double seed_mean[] = {0.6, 0.45, 0.55, 0.75};
@@ -83,7 +83,7 @@ void expect_mode(Module& bn, bool batch_stats, bool updates) {
 TEST(Module, TorchModeMatrix) {
   bnorm::torch::options tracked;
   auto bn = bnorm::torch::BatchNorm1d(3, tracked);
-  expect_mode(bn, true, true);   // train, tracking: batch statistics, update
+  expect_mode(bn, true, true);  // train, tracking: batch statistics, update
   bn.eval();
   expect_mode(bn, false, false);  // eval, tracking: running statistics
   bnorm::torch::options untracked;
@@ -99,9 +99,9 @@ TEST(Module, MindSporeUseBatchStatisticsMatrix) {
   struct row {
     std::optional<bool> use_batch_statistics;
     bool training, batch_stats, updates;
-  } rows[] = {{std::nullopt, true, true, true},  {std::nullopt, false, false, false},
-              {true, true, true, true},          {true, false, true, true},
-              {false, true, false, false},       {false, false, false, false}};
+  } rows[] = {{std::nullopt, true, true, true}, {std::nullopt, false, false, false},
+              {true, true, true, true},         {true, false, true, true},
+              {false, true, false, false},      {false, false, false, false}};
   for (const row& r : rows) {
     SCOPED_TRACE(std::string("use_batch_statistics=") +
                  (r.use_batch_statistics ? (*r.use_batch_statistics ? "True" : "False") : "None") +
@@ -171,7 +171,8 @@ TEST(Module, MindSporeInitializersAndFormat) {
     FAIL() << "an unknown initializer must throw";
   } catch (const bnorm::error& e) {
     EXPECT_EQ(e.code(), bnorm::status_code::invalid_argument);
-    EXPECT_STREQ(e.what(), "gamma_init: expected 'ones', 'zeros', a number or 3 values, got 'normal'");
+    EXPECT_STREQ(e.what(),
+                 "gamma_init: expected 'ones', 'zeros', a number or 3 values, got 'normal'");
   }
   opts.gamma_init = std::vector<double>{1, 2};
   EXPECT_THROW(bnorm::mindspore::BatchNorm2d(3, opts), bnorm::error);
@@ -220,7 +221,8 @@ TEST(Module, BuffersTheModuleDoesNotHaveStayEmpty) {
     bn.forward(std::vector<float>(4, 1.f), {2, 2});
     ADD_FAILURE();
   } catch (const bnorm::error& e) {
-    EXPECT_STREQ(e.what(), "running_mean: expected no values (track_running_stats is false), got 2");
+    EXPECT_STREQ(e.what(),
+                 "running_mean: expected no values (track_running_stats is false), got 2");
   }
   auto cell = bnorm::mindspore::BatchNorm1d(2);
   cell.moving_variance().clear();
@@ -228,8 +230,9 @@ TEST(Module, BuffersTheModuleDoesNotHaveStayEmpty) {
     cell.forward(std::vector<float>(4, 1.f), {2, 2});
     ADD_FAILURE();
   } catch (const bnorm::error& e) {
-    EXPECT_STREQ(e.what(),
-                 "moving_variance: expected 2 values (num_features; a MindSpore cell keeps it), got 0");
+    EXPECT_STREQ(
+        e.what(),
+        "moving_variance: expected 2 values (num_features; a MindSpore cell keeps it), got 0");
   }
   cell.moving_variance().assign(2, 1.f);
   cell.gamma().resize(1);
@@ -237,7 +240,8 @@ TEST(Module, BuffersTheModuleDoesNotHaveStayEmpty) {
     cell.forward(std::vector<float>(4, 1.f), {2, 2});
     ADD_FAILURE();
   } catch (const bnorm::error& e) {
-    EXPECT_STREQ(e.what(), "gamma: expected 2 values (num_features; a MindSpore cell keeps it), got 1");
+    EXPECT_STREQ(e.what(),
+                 "gamma: expected 2 values (num_features; a MindSpore cell keeps it), got 1");
   }
 }
 
@@ -266,46 +270,79 @@ TEST(Module, ErrorsThrowAndLeaveStateUntouched) {
     EXPECT_EQ(bn.running_var(), var);
     EXPECT_EQ(bn.num_batches_tracked(), tracked);
   };
-  expect_error([&] { bn.forward(std::vector<float>(16), {1, 4, 2, 2}); },
-               "input: expected 2D or 3D input (got 4D input)");
-  expect_error([&] { bn.forward(std::vector<float>(6), {2, 3}); },
-               "input: expected 4 channels (num_features) in dimension 1, got 3");
-  expect_error([&] { bn.forward(std::vector<float>(4), {1, 4}); },
-               "Expected more than 1 value per channel when training, got input size [1, 4]");
-  expect_error([&] { bn.forward(std::vector<float>(5), {2, 4}); },
-               "src: expected 8 values for the shape [2, 4], got 5");
-  expect_error([&] { bn.forward(std::vector<float>(8), {2, 4, -3}); },
-               "shape: expected dimensions >= 0, got -3 at dimension 2 of [2, 4, -3]");
+  expect_error(
+      [&] {
+        bn.forward(std::vector<float>(16), {1, 4, 2, 2});
+      },
+      "input: expected 2D or 3D input (got 4D input)");
+  expect_error(
+      [&] {
+        bn.forward(std::vector<float>(6), {2, 3});
+      },
+      "input: expected 4 channels (num_features) in dimension 1, got 3");
+  expect_error(
+      [&] {
+        bn.forward(std::vector<float>(4), {1, 4});
+      },
+      "Expected more than 1 value per channel when training, got input size [1, 4]");
+  expect_error(
+      [&] {
+        bn.forward(std::vector<float>(5), {2, 4});
+      },
+      "src: expected 8 values for the shape [2, 4], got 5");
+  expect_error(
+      [&] {
+        bn.forward(std::vector<float>(8), {2, 4, -3});
+      },
+      "shape: expected dimensions >= 0, got -3 at dimension 2 of [2, 4, -3]");
   // The module's own names, in both modes.
   for (bool training : {true, false}) {
     bn.train(training);
     bn.weight().resize(3);
-    expect_error([&] { bn.forward(std::vector<float>(8), {2, 4}); },
-                 "weight: expected 4 values (num_features; affine is true), got 3");
+    expect_error(
+        [&] {
+          bn.forward(std::vector<float>(8), {2, 4});
+        },
+        "weight: expected 4 values (num_features; affine is true), got 3");
     bn.weight().clear();
-    expect_error([&] { bn.forward(std::vector<float>(8), {2, 4}); },
-                 "weight: expected 4 values (num_features; affine is true), got 0");
+    expect_error(
+        [&] {
+          bn.forward(std::vector<float>(8), {2, 4});
+        },
+        "weight: expected 4 values (num_features; affine is true), got 0");
     bn.weight().resize(4, 1.f);
     bn.bias().clear();
-    expect_error([&] { bn.forward(std::vector<float>(8), {2, 4}); },
-                 "bias: expected 4 values (num_features; affine is true), got 0");
+    expect_error(
+        [&] {
+          bn.forward(std::vector<float>(8), {2, 4});
+        },
+        "bias: expected 4 values (num_features; affine is true), got 0");
     bn.bias().resize(4, 0.f);
     const std::vector<float> kept = bn.running_var();
     bn.running_var().clear();
-    expect_error([&] { bn.forward(std::vector<float>(8), {2, 4}); },
-                 "running_var: expected 4 values (num_features; track_running_stats is true), "
-                 "got 0");
+    expect_error(
+        [&] {
+          bn.forward(std::vector<float>(8), {2, 4});
+        },
+        "running_var: expected 4 values (num_features; track_running_stats is true), "
+        "got 0");
     bn.running_var() = kept;
     bn.running_mean().resize(5);
-    expect_error([&] { bn.forward(std::vector<float>(8), {2, 4}); },
-                 "running_mean: expected 4 values (num_features; track_running_stats is true), "
-                 "got 5");
+    expect_error(
+        [&] {
+          bn.forward(std::vector<float>(8), {2, 4});
+        },
+        "running_mean: expected 4 values (num_features; track_running_stats is true), "
+        "got 5");
     bn.running_mean().resize(4);
   }
   bn.num_batches_tracked() = -1;
   bn.train();
-  expect_error([&] { bn.forward(std::vector<float>(8), {2, 4}); },
-               "num_batches_tracked: expected a count >= 0, got -1");
+  expect_error(
+      [&] {
+        bn.forward(std::vector<float>(8), {2, 4});
+      },
+      "num_batches_tracked: expected a count >= 0, got -1");
   bn.num_batches_tracked() = 0;
 
   EXPECT_THROW(bnorm::torch::BatchNorm2d(0), bnorm::error);

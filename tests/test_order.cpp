@@ -73,9 +73,9 @@ auto padded_images(std::size_t width, bool first_only) {
     for (std::size_t n = 0; n < (first_only ? 1 : g.n); ++n)
       for (std::size_t s = 0; s < g.spatial; ++s) {
         const std::size_t row = s / w, col = s % w;
-        const bool border = first_only ? row < width
-                                       : row < width || row >= h - width || col < width ||
-                                             col >= w - width;
+        const bool border =
+            first_only ? row < width
+                       : row < width || row >= h - width || col < width || col >= w - width;
         if (border) set_sample(x, shape, l, n, s, 0.f);
       }
   };
@@ -96,12 +96,21 @@ const order_case cases[] = {
      [](std::vector<float>& x, const bnorm::tensor_shape& shape, layout l) {
        set_sample(x, shape, l, 0, 0, 3e4f);
      }},
-    {"sorted_ascending", {8, 16, 10, 10},
-     [](std::vector<float>& x, const bnorm::tensor_shape& s, layout l) { sort_channels(x, s, l, true); }},
-    {"sorted_descending", {2, 16, 4, 10, 10},
-     [](std::vector<float>& x, const bnorm::tensor_shape& s, layout l) { sort_channels(x, s, l, false); }},
-    {"sorted_ascending_batch", {2048, 12},
-     [](std::vector<float>& x, const bnorm::tensor_shape& s, layout l) { sort_channels(x, s, l, true); }},
+    {"sorted_ascending",
+     {8, 16, 10, 10},
+     [](std::vector<float>& x, const bnorm::tensor_shape& s, layout l) {
+       sort_channels(x, s, l, true);
+     }},
+    {"sorted_descending",
+     {2, 16, 4, 10, 10},
+     [](std::vector<float>& x, const bnorm::tensor_shape& s, layout l) {
+       sort_channels(x, s, l, false);
+     }},
+    {"sorted_ascending_batch",
+     {2048, 12},
+     [](std::vector<float>& x, const bnorm::tensor_shape& s, layout l) {
+       sort_channels(x, s, l, true);
+     }},
     {"large_first_image_zero_rows", {16, 64, 32, 32}, padded_images(3, true)},
 };
 

@@ -12,7 +12,7 @@
 namespace {
 std::atomic<bool> fail_allocations{false};
 std::atomic<bool> fail_throwing_new{false};
-}
+}  // namespace
 
 // The throwing new, for the module API's vectors, over malloc, with the deletes to match (a
 // sanitizer's own delete would report a mismatch).
@@ -21,11 +21,21 @@ void* operator new(std::size_t size) {
   if (void* p = std::malloc(size ? size : 1)) return p;
   throw std::bad_alloc();
 }
-void* operator new[](std::size_t size) { return ::operator new(size); }
-void operator delete(void* p) noexcept { std::free(p); }
-void operator delete(void* p, std::size_t) noexcept { std::free(p); }
-void operator delete[](void* p) noexcept { std::free(p); }
-void operator delete[](void* p, std::size_t) noexcept { std::free(p); }
+void* operator new[](std::size_t size) {
+  return ::operator new(size);
+}
+void operator delete(void* p) noexcept {
+  std::free(p);
+}
+void operator delete(void* p, std::size_t) noexcept {
+  std::free(p);
+}
+void operator delete[](void* p) noexcept {
+  std::free(p);
+}
+void operator delete[](void* p, std::size_t) noexcept {
+  std::free(p);
+}
 
 void* operator new[](std::size_t size, const std::nothrow_t&) noexcept {
   if (fail_allocations.load()) return nullptr;

@@ -9,8 +9,8 @@
 #include <limits>
 #include <thread>
 
-#include <oneapi/tbb/parallel_for.h>
 #include <oneapi/tbb/info.h>
+#include <oneapi/tbb/parallel_for.h>
 #include <oneapi/tbb/task_arena.h>
 #include <oneapi/tbb/task_scheduler_observer.h>
 
@@ -67,7 +67,8 @@ const bnorm::tensor_shape tiny_shape{2, 5, 3};
 // As PyTorch: a NaN or an Inf spoils its own channel's statistics and output, no other's.
 TEST_P(Extremes, NonFiniteValuesSpoilTheirChannelOnly) {
   for (layout l : {layout::channels_first, layout::channels_last}) {
-    for (float bad : {std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::infinity()}) {
+    for (float bad :
+         {std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::infinity()}) {
       for (const bnorm::tensor_shape& shape : {bnorm::tensor_shape{4, 5, 300}, tiny_shape}) {
         const geometry g(shape);
         std::vector<float> x = normal_data<float>(g.elements(), 1.0, 2.0, 3);
@@ -130,7 +131,8 @@ TEST_P(Extremes, OneHugeChannelAmongOrdinaryOnes) {
   const geometry g(shape);
   std::vector<float> x = normal_data<float>(g.elements(), 0.5, 2.0, 6);
   for (std::size_t n = 0; n < g.n; ++n) {
-    for (std::size_t s = 0; s < g.spatial; ++s) x[g.offset(layout::channels_last, n, 9, s)] *= 1e30f;
+    for (std::size_t s = 0; s < g.spatial; ++s)
+      x[g.offset(layout::channels_last, n, 9, s)] *= 1e30f;
   }
   const training_result r = train(plan(shape, layout::channels_last), x, g.c);
   const reference_stats ref = reference_moments(x, shape, layout::channels_last);
@@ -140,7 +142,8 @@ TEST_P(Extremes, OneHugeChannelAmongOrdinaryOnes) {
   for (std::size_t c = 0; c < g.c; ++c) {
     EXPECT_NEAR(r.mean[c], ref.mean[c], 1e-6 * std::fabs(ref.mean[c]) + 1e-6) << c;
     EXPECT_NEAR(r.inv_std[c], 1.0 / std::sqrt(ref.variance[c] + 1e-5),
-                1e-6 / std::sqrt(ref.variance[c] + 1e-5)) << c;
+                1e-6 / std::sqrt(ref.variance[c] + 1e-5))
+        << c;
   }
 }
 
@@ -185,7 +188,8 @@ TEST_P(Extremes, ScaleBeyondFloatRangeSaturates) {
     if (i % 9 % 2) x[i] = 2.f;  // (N, C) memory: channel i % 9, each one constant
   }
   for (layout l : {layout::channels_first, layout::channels_last}) {
-    const training_result r = train(plan(shape, l, std::numeric_limits<double>::denorm_min()), x, 9);
+    const training_result r =
+        train(plan(shape, l, std::numeric_limits<double>::denorm_min()), x, 9);
     for (std::size_t i = 0; i < x.size(); ++i) EXPECT_EQ(r.y[i], 0.f) << "element " << i;
   }
 }
@@ -274,11 +278,15 @@ void check_shared_plan_and_separate_modules(int max_threads) {
   }
 }
 
-TEST(Concurrency, SharedPlanAndSeparateModules) { check_shared_plan_and_separate_modules(0); }
+TEST(Concurrency, SharedPlanAndSeparateModules) {
+  check_shared_plan_and_separate_modules(0);
+}
 
 // The same with no oneTBB worker: what ThreadSanitizer checks (Debian's oneTBB is not built
 // for it, so it cannot see the synchronization of the workers' joins).
-TEST(Concurrency, HostThreadsOnly) { check_shared_plan_and_separate_modules(1); }
+TEST(Concurrency, HostThreadsOnly) {
+  check_shared_plan_and_separate_modules(1);
+}
 
 // Calls from inside the caller's own arena and parallel_for work and give the same bits.
 TEST(Concurrency, InsideTheCallersParallelism) {
@@ -391,7 +399,8 @@ TEST(BigTensor, InPlaceInferenceBeyond2To31Elements) {
     args.mean = in(mean);
     args.var = in(var);
     ASSERT_TRUE(plan.forward_inference(args).ok());
-    for (std::size_t probe : {std::size_t{0}, std::size_t{1} << 31, x.size() - 1, x.size() / 2 + 5}) {
+    for (std::size_t probe :
+         {std::size_t{0}, std::size_t{1} << 31, x.size() - 1, x.size() / 2 + 5}) {
       const std::size_t ch = lay == layout::channels_first ? (probe / l) % c : probe % c;
       const double before = static_cast<double>(probe % 1024);
       const double want = (before - mean[ch]) / std::sqrt(var[ch]);

@@ -57,9 +57,9 @@ struct module_config {
   /// PyTorch: nullopt is momentum=None (cumulative average). MindSpore: always set.
   std::optional<double> momentum = 0.1;
   bool affine = true;
-  bool track_running_stats = true;                 // PyTorch
-  std::optional<bool> use_batch_statistics;        // MindSpore
-  bnorm::layout layout = layout::channels_first;   // MindSpore data_format, PyTorch memory_format
+  bool track_running_stats = true;                // PyTorch
+  std::optional<bool> use_batch_statistics;       // MindSpore
+  bnorm::layout layout = layout::channels_first;  // MindSpore data_format, PyTorch memory_format
   initializer weight_init = "ones", bias_init = "zeros";
   initializer running_mean_init = "zeros", running_var_init = "ones";
   /// Engine knobs: see plan_options.
@@ -100,7 +100,7 @@ class batch_norm {
   std::vector<T>& running_mean() noexcept { return running_mean_; }
   std::vector<T>& running_var() noexcept { return running_var_; }
   std::int64_t& num_batches_tracked() noexcept { return num_batches_tracked_; }
-  std::vector<T>& gamma() noexcept { return weight_; }                 // MindSpore names
+  std::vector<T>& gamma() noexcept { return weight_; }  // MindSpore names
   std::vector<T>& beta() noexcept { return bias_; }
   std::vector<T>& moving_mean() noexcept { return running_mean_; }
   std::vector<T>& moving_variance() noexcept { return running_var_; }

@@ -164,14 +164,14 @@ struct channel_output {
 
 /// Buffers of one training step. All per-channel buffers hold C values of the plan's dtype.
 struct training_args {
-  const void* src = nullptr;  ///< Input, N×C×spatial elements in the plan's layout.
-  void* dst = nullptr;        ///< Output, same shape and layout; may equal src (in place).
-  channel_input scale;        ///< gamma; omitted means 1.
-  channel_input shift;        ///< beta; omitted means 0.
-  channel_output batch_mean;      ///< Optional: the batch mean (for a backward pass).
-  channel_output batch_inv_std;   ///< Optional: 1/sqrt(biased batch variance + eps).
-  channel_output running_mean;    ///< Required when the plan updates running statistics.
-  channel_output running_var;     ///< Required when the plan updates running statistics.
+  const void* src = nullptr;     ///< Input, N×C×spatial elements in the plan's layout.
+  void* dst = nullptr;           ///< Output, same shape and layout; may equal src (in place).
+  channel_input scale;           ///< gamma; omitted means 1.
+  channel_input shift;           ///< beta; omitted means 0.
+  channel_output batch_mean;     ///< Optional: the batch mean (for a backward pass).
+  channel_output batch_inv_std;  ///< Optional: 1/sqrt(biased batch variance + eps).
+  channel_output running_mean;   ///< Required when the plan updates running statistics.
+  channel_output running_var;    ///< Required when the plan updates running statistics.
   /// Incremented by one per tracked step when non-null; required with cumulative_average. It
   /// must hold a count from 0 to INT64_MAX − 1: a negative count, or one that the step would
   /// overflow, is refused before anything is written (PyTorch would divide by zero or wrap).

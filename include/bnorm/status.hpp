@@ -36,11 +36,19 @@ class status {
 #endif
       ;
 
-  bool ok() const noexcept { return code_ == status_code::ok; }
-  explicit operator bool() const noexcept { return ok(); }
-  status_code code() const noexcept { return code_; }
+  bool ok() const noexcept {
+    return code_ == status_code::ok;
+  }
+  explicit operator bool() const noexcept {
+    return ok();
+  }
+  status_code code() const noexcept {
+    return code_;
+  }
   /// Empty when ok().
-  const char* message() const noexcept { return message_; }
+  const char* message() const noexcept {
+    return message_;
+  }
 
  private:
   status_code code_ = status_code::ok;

@@ -59,11 +59,10 @@ struct kernel_set {
   /// arrays are indexed by k; statistics add into sum[k], sum_sq[k]. One call for a block of
   /// channels: short planes (7×7) would otherwise pay a call per channel.
   void (*plane_stats)(const T* src, std::size_t len, std::size_t planes, std::size_t stride,
-                      std::size_t channels, const T* pivot, double* sum,
-                      double* sum_sq) noexcept;
+                      std::size_t channels, const T* pivot, double* sum, double* sum_sq) noexcept;
   void (*plane_normalize)(const T* src, T* dst, std::size_t len, std::size_t planes,
-                          std::size_t stride, std::size_t channels,
-                          coefficients<const T> coeffs, bool prescaled, bool stream) noexcept;
+                          std::size_t stride, std::size_t channels, coefficients<const T> coeffs,
+                          bool prescaled, bool stream) noexcept;
   /// Interleaved channels: `rows` rows of `width` slots, `stride` elements apart. Slot j of
   /// every row shares the per-slot arrays' entry j (pivot, sums, coefficients); the planner
   /// makes slot j channel j % C. Coefficient arrays are padded by one vector past the width.
@@ -72,8 +71,8 @@ struct kernel_set {
   void (*interleaved_stats)(const T* src, std::size_t rows, std::size_t width, std::size_t stride,
                             const T* pivot, double* sum, double* sum_sq, bool accumulate) noexcept;
   void (*interleaved_normalize)(const T* src, T* dst, std::size_t rows, std::size_t width,
-                                std::size_t stride, coefficients<const T> coeffs,
-                                bool prescaled, bool stream) noexcept;
+                                std::size_t stride, coefficients<const T> coeffs, bool prescaled,
+                                bool stream) noexcept;
   /// Per channel, in float64 and in place: Σd, Σd² (d = x − pivot, `count` values) become the
   /// mean and the biased variance; then inv_std = 1/sqrt(variance + eps) and
   /// scale = gamma·inv_std (gamma null: 1). Exact division and square root, as the scalar code.
@@ -88,13 +87,11 @@ struct kernel_set {
   /// shift = beta − (mean − center)·scale (beta null: 0); values beyond T's range saturate to
   /// its largest; then the prescale (see coefficients). Returns whether some prescale is not 1.
   bool (*channel_coefficients)(std::size_t channels, const double* mean, const double* inv_std,
-                               const double* scale, const T* beta,
-                               coefficients<T> out) noexcept;
+                               const double* scale, const T* beta, coefficients<T> out) noexcept;
   /// Inference, per channel from the running statistics: the same coefficients with
   /// scale = gamma/sqrt(variance + eps) in float64 (gamma null: 1).
-  bool (*inference_coefficients)(std::size_t channels, double eps, const T* mean,
-                                 const T* variance, const T* gamma, const T* beta,
-                                 coefficients<T> out) noexcept;
+  bool (*inference_coefficients)(std::size_t channels, double eps, const T* mean, const T* variance,
+                                 const T* gamma, const T* beta, coefficients<T> out) noexcept;
   /// Per channel: out[c] = in[c] rounded to T (the batch statistics the caller asked for).
   void (*narrow)(std::size_t channels, const double* in, T* out) noexcept;
   /// Per channel, the running statistic's update in float64, rounded to T:
@@ -118,13 +115,21 @@ struct kernel_table {
 };
 
 template <>
-inline const kernel_set<float>& kernel_table::get<float>() const noexcept { return f32; }
+inline const kernel_set<float>& kernel_table::get<float>() const noexcept {
+  return f32;
+}
 template <>
-inline const kernel_set<double>& kernel_table::get<double>() const noexcept { return f64; }
+inline const kernel_set<double>& kernel_table::get<double>() const noexcept {
+  return f64;
+}
 template <>
-inline std::size_t kernel_table::lanes<float>() const noexcept { return f32_lanes; }
+inline std::size_t kernel_table::lanes<float>() const noexcept {
+  return f32_lanes;
+}
 template <>
-inline std::size_t kernel_table::lanes<double>() const noexcept { return f64_lanes; }
+inline std::size_t kernel_table::lanes<double>() const noexcept {
+  return f64_lanes;
+}
 
 // One table per compiled ISA, each defined in its own translation unit (kernels_<isa>.cpp)
 // built with that ISA's flags.

@@ -41,7 +41,8 @@ struct f64_accumulator {
     sum_sq += q;
   }
   /// x - pivot and its square in float64: for values whose float32 square would overflow.
-  void add_exact(const xsimd::batch<float, Arch>& x, const xsimd::batch<float, Arch>& pivot) noexcept {
+  void add_exact(const xsimd::batch<float, Arch>& x,
+                 const xsimd::batch<float, Arch>& pivot) noexcept {
     xsimd::batch<double, Arch> x_lo, x_hi, k_lo, k_hi;
     widen(x, x_lo, x_hi);
     widen(pivot, k_lo, k_hi);
@@ -49,7 +50,8 @@ struct f64_accumulator {
     sum += d_lo + d_hi;
     sum_sq = fmadd(d_lo, d_lo, fmadd(d_hi, d_hi, sum_sq));
   }
-  void add_exact(const xsimd::batch<double, Arch>& x, const xsimd::batch<double, Arch>& pivot) noexcept {
+  void add_exact(const xsimd::batch<double, Arch>& x,
+                 const xsimd::batch<double, Arch>& pivot) noexcept {
     const auto d = x - pivot;
     sum += d;
     sum_sq = fmadd(d, d, sum_sq);
@@ -66,7 +68,8 @@ bool partial_is_finite(const xsimd::batch<T, Arch>& q) noexcept {
 /// 0, 1, 2, ... as T, for lane masks.
 template <class T>
 struct lane_index {
-  alignas(64) static constexpr T values[16] = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+  alignas(64) static constexpr T values[16] = {0, 1, 2,  3,  4,  5,  6,  7,
+                                               8, 9, 10, 11, 12, 13, 14, 15};
 };
 
 /// The last `count` (< lanes) values of a run of at least one vector, read as the run's last
@@ -167,12 +170,13 @@ void plane_stats(const T* src, std::size_t len, std::size_t planes, std::size_t 
 constexpr std::size_t rows_per_block = 16;
 
 /// One block of `count` rows: per lane, Σ(x − k) and Σ(x − k)² in T over the rows, for
-/// `Group` adjacent vectors of slots from `block` (k from `pivot`). Several columns at once keep that many independent
-/// add chains in flight (one column's 16 rows are a chain of dependent adds) and share the
-/// loop's overhead; each lane still adds its rows in order, whatever the group.
+/// `Group` adjacent vectors of slots from `block` (k from `pivot`). Several columns at once keep
+/// that many independent add chains in flight (one column's 16 rows are a chain of dependent adds)
+/// and share the loop's overhead; each lane still adds its rows in order, whatever the group.
 template <std::size_t Group, class Arch, class T>
 void column_partials(const T* block, std::size_t count, std::size_t stride, const T* pivot,
-                     xsimd::batch<T, Arch> (&s)[Group], xsimd::batch<T, Arch> (&q)[Group]) noexcept {
+                     xsimd::batch<T, Arch> (&s)[Group],
+                     xsimd::batch<T, Arch> (&q)[Group]) noexcept {
   using vec = xsimd::batch<T, Arch>;
   constexpr std::size_t lanes = vec::size;
   vec k[Group];
@@ -193,8 +197,8 @@ void column_partials(const T* block, std::size_t count, std::size_t stride, cons
 /// One slot after the last whole vector: Σ(x − pivot), Σ(x − pivot)² over a block's rows, added
 /// into sum and sum_sq in float64.
 template <class T>
-void column_sums_scalar(const T* block, std::size_t count, std::size_t stride, T pivot,
-                        double& sum, double& sum_sq) noexcept {
+void column_sums_scalar(const T* block, std::size_t count, std::size_t stride, T pivot, double& sum,
+                        double& sum_sq) noexcept {
   for (std::size_t r = 0; r < count; ++r) {
     const double d = static_cast<double>(block[r * stride]) - static_cast<double>(pivot);
     sum += d;
@@ -222,7 +226,7 @@ void interleaved_stats(const T* src, std::size_t rows, std::size_t width, std::s
     };
     // float32 only: slots [j, j + lanes) of the block again, in float64.
     const auto flush_exact = [&](auto j) {  // generic: instantiated for float32 only
-      f64_accumulator<Arch> lo, hi;  // the low and the high lanes
+      f64_accumulator<Arch> lo, hi;         // the low and the high lanes
       dvec k_lo, k_hi;
       widen(vec::load_unaligned(pivot + j), k_lo, k_hi);
       for (std::size_t r = 0; r < count; ++r) {
@@ -394,7 +398,8 @@ void store_run(const T* x, T* y, std::size_t begin, std::size_t end, Compute com
   using vec = xsimd::batch<T, Arch>;
   constexpr std::size_t lanes = vec::size;
   std::size_t j = begin;
-  for (; j + lanes <= end; j += lanes) compute(j, vec::load_unaligned(x + j)).store_unaligned(y + j);
+  for (; j + lanes <= end; j += lanes)
+    compute(j, vec::load_unaligned(x + j)).store_unaligned(y + j);
   if (j < end) {
     normalize_partial<Arch>(x + j, y + j, end - j, [&](const vec& v) { return compute(j, v); });
   }
@@ -456,7 +461,8 @@ bool all_one(const T* a, std::size_t n) noexcept {
   const vec one(T(1));
   auto differs = one != one;  // all false
   std::size_t j = 0;
-  for (; j + vec::size <= n; j += vec::size) differs = differs | (vec::load_unaligned(a + j) != one);
+  for (; j + vec::size <= n; j += vec::size)
+    differs = differs | (vec::load_unaligned(a + j) != one);
   bool same = !xsimd::any(differs);
   for (; j < n; ++j) same = same && a[j] == T(1);
   return same;
@@ -469,8 +475,8 @@ bool element_aligned(const T* p) noexcept {
 
 /// `planes` planes of len values, `stride` apart, through compute(x vector).
 template <class Arch, class T, class Compute>
-void normalize_planes(const T* src, T* dst, std::size_t len, std::size_t planes,
-                      std::size_t stride, bool stream, Compute compute) noexcept {
+void normalize_planes(const T* src, T* dst, std::size_t len, std::size_t planes, std::size_t stride,
+                      bool stream, Compute compute) noexcept {
   using vec = xsimd::batch<T, Arch>;
   constexpr std::size_t lanes = vec::size;
   for (std::size_t p = 0; p < planes; ++p) {
@@ -530,9 +536,9 @@ void normalize_channel_planes(const T* src, T* dst, std::size_t len, std::size_t
 }
 
 template <class Arch, class T>
-void plane_normalize(const T* src, T* dst, std::size_t len, std::size_t planes,
-                     std::size_t stride, std::size_t channels, coefficients<const T> k,
-                     bool prescaled, bool stream) noexcept {
+void plane_normalize(const T* src, T* dst, std::size_t len, std::size_t planes, std::size_t stride,
+                     std::size_t channels, coefficients<const T> k, bool prescaled,
+                     bool stream) noexcept {
   stream = stream && element_aligned(dst);
   if (prescaled && !all_one<Arch>(k.prescale, channels)) {
     for (std::size_t ch = 0; ch < channels; ++ch) {
@@ -540,13 +546,13 @@ void plane_normalize(const T* src, T* dst, std::size_t len, std::size_t planes,
         normalize_channel_planes<form::prescaled, Arch>(src, dst, len, planes, stride, ch, ch + 1,
                                                         k, stream);
       } else {
-        normalize_channel_planes<form::centered, Arch>(src, dst, len, planes, stride, ch, ch + 1,
-                                                       k, stream);
+        normalize_channel_planes<form::centered, Arch>(src, dst, len, planes, stride, ch, ch + 1, k,
+                                                       stream);
       }
     }
   } else if (all_positive_zero<Arch>(k.center, channels)) {
-    normalize_channel_planes<form::uncentered, Arch>(src, dst, len, planes, stride, 0, channels,
-                                                     k, stream);
+    normalize_channel_planes<form::uncentered, Arch>(src, dst, len, planes, stride, 0, channels, k,
+                                                     stream);
   } else {
     normalize_channel_planes<form::centered, Arch>(src, dst, len, planes, stride, 0, channels, k,
                                                    stream);
@@ -604,7 +610,8 @@ template <std::size_t Rows, std::size_t Vectors, form Form, class Arch, class T>
     b[g] = vec::load_unaligned(k.shift + g * lanes);
   }
   for (std::size_t r = 0; r < Rows; ++r) {
-    for (std::size_t g = 0; g < Vectors; ++g) v[r][g] = vec::load_unaligned(x + r * stride + g * lanes);
+    for (std::size_t g = 0; g < Vectors; ++g)
+      v[r][g] = vec::load_unaligned(x + r * stride + g * lanes);
   }
   for (std::size_t r = 0; r < Rows; ++r) {
     for (std::size_t g = 0; g < Vectors; ++g) {
@@ -700,10 +707,18 @@ void interleaved_normalize(const T* src, T* dst, std::size_t rows, std::size_t w
   const bool aligned_rows = misalignment<Arch>(dst) == 0 && stride % lanes == 0;
   if (!prescaled && width % lanes == 0 && width <= 4 * lanes && (aligned_rows || !stream)) {
     switch (width / lanes) {
-      case 1: narrow_rows_normalize<1, Arch>(src, dst, rows, stride, center, scale, shift, stream); break;
-      case 2: narrow_rows_normalize<2, Arch>(src, dst, rows, stride, center, scale, shift, stream); break;
-      case 3: narrow_rows_normalize<3, Arch>(src, dst, rows, stride, center, scale, shift, stream); break;
-      case 4: narrow_rows_normalize<4, Arch>(src, dst, rows, stride, center, scale, shift, stream); break;
+      case 1:
+        narrow_rows_normalize<1, Arch>(src, dst, rows, stride, center, scale, shift, stream);
+        break;
+      case 2:
+        narrow_rows_normalize<2, Arch>(src, dst, rows, stride, center, scale, shift, stream);
+        break;
+      case 3:
+        narrow_rows_normalize<3, Arch>(src, dst, rows, stride, center, scale, shift, stream);
+        break;
+      case 4:
+        narrow_rows_normalize<4, Arch>(src, dst, rows, stride, center, scale, shift, stream);
+        break;
       default: break;  // width 0: nothing to do
     }
     if (stream) stream_fence<Arch>();
@@ -726,9 +741,9 @@ void interleaved_normalize(const T* src, T* dst, std::size_t rows, std::size_t w
 // -------------------------------------------------------------------------- per channel
 
 template <class Arch, class T>
-bool channel_moments(std::size_t channels, double count, double eps, const T* pivot,
-                     const T* gamma, double* sum_to_mean, double* sum_sq_to_variance,
-                     double* inv_std, double* scale, double resum_below) noexcept {
+bool channel_moments(std::size_t channels, double count, double eps, const T* pivot, const T* gamma,
+                     double* sum_to_mean, double* sum_sq_to_variance, double* inv_std,
+                     double* scale, double resum_below) noexcept {
   using dvec = xsimd::batch<double, Arch>;
   constexpr std::size_t lanes = dvec::size;
   bool scalar_below = false;
@@ -904,10 +919,9 @@ bool channel_coefficients(std::size_t channels, const double* mean, const double
   return all_coefficients<Arch>(
       channels, out,
       [&](std::size_t c, coefficients<T> at) {
-        return store_coefficients<Arch>(dvec::load_unaligned(mean + c),
-                                        dvec::load_unaligned(inv_std + c),
-                                        dvec::load_unaligned(scale + c),
-                                        beta ? load_as_f64<Arch>(beta + c) : dvec(0.0), at);
+        return store_coefficients<Arch>(
+            dvec::load_unaligned(mean + c), dvec::load_unaligned(inv_std + c),
+            dvec::load_unaligned(scale + c), beta ? load_as_f64<Arch>(beta + c) : dvec(0.0), at);
       },
       [&](std::size_t c, coefficients<T> at) {
         store_coefficients_scalar(mean[c], inv_std[c], scale[c],
@@ -958,7 +972,8 @@ void blend_running(std::size_t channels, const double* batch, double factor, dou
     store_as<Arch>(running + c, w * b + k * load_as_f64<Arch>(running + c));
   }
   for (; c < channels; ++c) {  // the same operations, one channel
-    running[c] = static_cast<T>(weight * (batch[c] * factor) + keep * static_cast<double>(running[c]));
+    running[c] =
+        static_cast<T>(weight * (batch[c] * factor) + keep * static_cast<double>(running[c]));
   }
 }
 
@@ -966,12 +981,11 @@ void blend_running(std::size_t channels, const double* batch, double factor, dou
 
 template <class Arch, class T>
 constexpr kernel_set<T> make_kernel_set() noexcept {
-  return {&plane_pivots<Arch, T>,          &row_pivots<Arch, T>,
-          &plane_stats<Arch, T>,           &plane_normalize<Arch, T>,
-          &interleaved_stats<Arch, T>,     &interleaved_normalize<Arch, T>,
-          &channel_moments<Arch, T>,       &channel_coefficients<Arch, T>,
-          &inference_coefficients<Arch, T>, &narrow<Arch, T>,
-          &blend_running<Arch, T>};
+  return {
+      &plane_pivots<Arch, T>,    &row_pivots<Arch, T>,           &plane_stats<Arch, T>,
+      &plane_normalize<Arch, T>, &interleaved_stats<Arch, T>,    &interleaved_normalize<Arch, T>,
+      &channel_moments<Arch, T>, &channel_coefficients<Arch, T>, &inference_coefficients<Arch, T>,
+      &narrow<Arch, T>,          &blend_running<Arch, T>};
 }
 
 template <class Arch>

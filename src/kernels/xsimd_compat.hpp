@@ -40,19 +40,21 @@ xsimd::batch<double, Arch> load_as_f64(const float* src) noexcept {
   else
 #endif
 #if XSIMD_WITH_AVX
-  if constexpr (std::is_base_of<xsimd::avx, Arch>::value)
+      if constexpr (std::is_base_of<xsimd::avx, Arch>::value)
     return batch(_mm256_cvtps_pd(_mm_loadu_ps(src)));
   else
 #endif
 #if XSIMD_WITH_SSE2
-  if constexpr (std::is_base_of<xsimd::sse2, Arch>::value)
+      if constexpr (std::is_base_of<xsimd::sse2, Arch>::value)
     // Two floats through a 64-bit load. _mm_loadl_epi64 dereferences an unaligned, may_alias
     // type; _mm_load_sd dereferences a double*, which UBSan flags at 4-byte alignment.
-    return batch(_mm_cvtps_pd(_mm_castsi128_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(src)))));
+    return batch(
+        _mm_cvtps_pd(_mm_castsi128_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(src)))));
   else
 #endif
 #if XSIMD_WITH_NEON64
-  if constexpr (is_arch<Arch, xsimd::neon64>) return batch(vcvt_f64_f32(vld1_f32(src)));
+      if constexpr (is_arch<Arch, xsimd::neon64>)
+    return batch(vcvt_f64_f32(vld1_f32(src)));
   else
 #endif
   {
@@ -78,19 +80,19 @@ void store_as(float* dst, const xsimd::batch<double, Arch>& v) noexcept {
   } else
 #endif
 #if XSIMD_WITH_AVX
-  if constexpr (std::is_base_of<xsimd::avx, Arch>::value) {
+      if constexpr (std::is_base_of<xsimd::avx, Arch>::value) {
     _mm_storeu_ps(dst, _mm256_cvtpd_ps(v));
     return;
   } else
 #endif
 #if XSIMD_WITH_SSE2
-  if constexpr (std::is_base_of<xsimd::sse2, Arch>::value) {
+      if constexpr (std::is_base_of<xsimd::sse2, Arch>::value) {
     _mm_storel_epi64(reinterpret_cast<__m128i*>(dst), _mm_castps_si128(_mm_cvtpd_ps(v)));
     return;
   } else
 #endif
 #if XSIMD_WITH_NEON64
-  if constexpr (is_arch<Arch, xsimd::neon64>) {
+      if constexpr (is_arch<Arch, xsimd::neon64>) {
     vst1_f32(dst, vcvt_f32_f64(v));
     return;
   } else
@@ -123,7 +125,7 @@ void widen(const xsimd::batch<float, Arch>& v, xsimd::batch<double, Arch>& low,
   } else
 #endif
 #if XSIMD_WITH_AVX
-  if constexpr (std::is_base_of<xsimd::avx, Arch>::value) {
+      if constexpr (std::is_base_of<xsimd::avx, Arch>::value) {
     const __m256 r = v;
     low = dvec(_mm256_cvtps_pd(_mm256_castps256_ps128(r)));
     high = dvec(_mm256_cvtps_pd(_mm256_extractf128_ps(r, 1)));
@@ -131,7 +133,7 @@ void widen(const xsimd::batch<float, Arch>& v, xsimd::batch<double, Arch>& low,
   } else
 #endif
 #if XSIMD_WITH_SSE2
-  if constexpr (std::is_base_of<xsimd::sse2, Arch>::value) {
+      if constexpr (std::is_base_of<xsimd::sse2, Arch>::value) {
     const __m128 r = v;
     low = dvec(_mm_cvtps_pd(r));
     high = dvec(_mm_cvtps_pd(_mm_movehl_ps(r, r)));
@@ -157,8 +159,10 @@ xsimd::batch<T, Arch> fmadd(const xsimd::batch<T, Arch>& a, const xsimd::batch<T
                             const xsimd::batch<T, Arch>& c) noexcept {
 #if XSIMD_WITH_AVX512F
   if constexpr (is_arch<Arch, xsimd::avx512f>) {
-    if constexpr (std::is_same<T, float>::value) return _mm512_fmadd_ps(a, b, c);
-    else return _mm512_fmadd_pd(a, b, c);
+    if constexpr (std::is_same<T, float>::value)
+      return _mm512_fmadd_ps(a, b, c);
+    else
+      return _mm512_fmadd_pd(a, b, c);
   } else
 #endif
   {
@@ -186,22 +190,28 @@ void store_stream(T* dst, const xsimd::batch<T, Arch>& v) noexcept {
   constexpr bool is_float = std::is_same<T, float>::value;
 #if XSIMD_WITH_AVX512F
   if constexpr (is_arch<Arch, xsimd::avx512f>) {
-    if constexpr (is_float) _mm512_stream_ps(dst, v);
-    else _mm512_stream_pd(dst, v);
+    if constexpr (is_float)
+      _mm512_stream_ps(dst, v);
+    else
+      _mm512_stream_pd(dst, v);
     return;
   } else
 #endif
 #if XSIMD_WITH_AVX
-  if constexpr (std::is_base_of<xsimd::avx, Arch>::value) {
-    if constexpr (is_float) _mm256_stream_ps(dst, v);
-    else _mm256_stream_pd(dst, v);
+      if constexpr (std::is_base_of<xsimd::avx, Arch>::value) {
+    if constexpr (is_float)
+      _mm256_stream_ps(dst, v);
+    else
+      _mm256_stream_pd(dst, v);
     return;
   } else
 #endif
 #if XSIMD_WITH_SSE2
-  if constexpr (std::is_base_of<xsimd::sse2, Arch>::value) {
-    if constexpr (is_float) _mm_stream_ps(dst, v);
-    else _mm_stream_pd(dst, v);
+      if constexpr (std::is_base_of<xsimd::sse2, Arch>::value) {
+    if constexpr (is_float)
+      _mm_stream_ps(dst, v);
+    else
+      _mm_stream_pd(dst, v);
     return;
   } else
 #endif

@@ -34,8 +34,9 @@ T next_value(FuzzedDataProvider& in) {
     case 2: return std::numeric_limits<T>::denorm_min() * in.ConsumeIntegralInRange<int>(-9, 9);
     case 3: return static_cast<T>(in.ConsumeFloatingPointInRange<double>(-1e30, 1e30));
     case 4: return static_cast<T>(1e-30 * in.ConsumeIntegralInRange<int>(-100, 100));
-    default: return static_cast<T>(in.ConsumeFloatingPointInRange<double>(-4, 4) +
-                                   in.ConsumeIntegralInRange<int>(-3, 3) * 1000.0);
+    default:
+      return static_cast<T>(in.ConsumeFloatingPointInRange<double>(-4, 4) +
+                            in.ConsumeIntegralInRange<int>(-3, 3) * 1000.0);
   }
 }
 
@@ -66,7 +67,8 @@ void run(FuzzedDataProvider& in, const bnorm::plan& plan, const bnorm::problem& 
   geometry g;
   g.n = static_cast<std::size_t>(prob.shape[0]);
   g.c = static_cast<std::size_t>(prob.shape[1]);
-  for (std::size_t d = 2; d < prob.shape.rank(); ++d) g.s *= static_cast<std::size_t>(prob.shape[d]);
+  for (std::size_t d = 2; d < prob.shape.rank(); ++d)
+    g.s *= static_cast<std::size_t>(prob.shape[d]);
   const std::size_t count = g.n * g.c * g.s;
   const std::vector<T> x = values<T>(in, count);
   const std::vector<T> gamma = values<T>(in, g.c), beta = values<T>(in, g.c);
@@ -177,15 +179,16 @@ void run(FuzzedDataProvider& in, const bnorm::plan& plan, const bnorm::problem& 
     long double sq = 0;
     for (std::size_t n = 0; n < g.n; ++n)
       for (std::size_t i = 0; i < g.s; ++i) {
-        const long double d = x_read[g.at(prob.layout, n, c, i)] - static_cast<long double>(ref_mean);
+        const long double d =
+            x_read[g.at(prob.layout, n, c, i)] - static_cast<long double>(ref_mean);
         sq += d * d;
       }
     const double var = static_cast<double>(sq / (g.n * g.s));
     const double inv = 1.0 / std::sqrt(var + prob.epsilon);
     const double w = args.scale.data ? static_cast<double>(gamma[c]) : 1.0;
     const double b = args.shift.data ? static_cast<double>(beta[c]) : 0.0;
-    if (!std::isfinite(ref_mean) || !std::isfinite(inv) || !std::isfinite(w) ||
-        !std::isfinite(b) || var > 1e300) {
+    if (!std::isfinite(ref_mean) || !std::isfinite(inv) || !std::isfinite(w) || !std::isfinite(b) ||
+        var > 1e300) {
       continue;  // a non-finite channel: any output is PyTorch's answer too
     }
     if (std::fabs(w * inv) > static_cast<double>(std::numeric_limits<T>::max())) {
@@ -218,7 +221,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   const std::size_t rank = in.ConsumeIntegralInRange<std::size_t>(0, 6);
   std::int64_t dims[6] = {};
   for (std::size_t d = 0; d < rank; ++d) {
-    dims[d] = in.ConsumeIntegralInRange<int>(0, 40) == 0 ? -1 : in.ConsumeIntegralInRange<int>(0, 9);
+    dims[d] =
+        in.ConsumeIntegralInRange<int>(0, 40) == 0 ? -1 : in.ConsumeIntegralInRange<int>(0, 9);
   }
   bnorm::problem prob;
   prob.shape = bnorm::tensor_shape(dims, rank);
