@@ -590,8 +590,8 @@ class inference_step {
   }
 
   /// Channel-major planes: each task works out its own channels' coefficients, 16 at a time,
-  /// in one parallel pass (a pass of its own for them costs more than it saves, measured on
-  /// 7×7 and 14×14 planes).
+  /// in one parallel pass (a pass of its own for them costs more than it saves on short
+  /// planes: docs/design.md).
   void channel_planes_pass() const {
     plan_.threads.for_each(
         p_.units, p_.units_per_task, p_.serial, [&](std::size_t b, std::size_t e) {

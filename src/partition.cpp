@@ -34,21 +34,18 @@ constexpr std::size_t max_interleaved_chunks = 256;
 constexpr std::size_t min_inference_chunks = 16;
 // Channels-last inference of few rows of many channels runs in the training partition's fused
 // column blocks, in one parallel pass, where a block's rows are at least this wide; narrower
-// blocks run as chunks of whole rows instead. Medians of eight processes each, alternating,
-// two threads: (1,2048,7,7) NHWC, 2 KiB blocks, took 11–26 µs in blocks (five of eight below
-// 14) against 17–26 in whole rows; (1,1024,14,14), 1 KiB blocks, 22–87 µs in blocks against
-// 18–33 in whole rows.
+// blocks stream worse than whole rows and run as chunks of whole rows instead
+// (docs/design.md has the timings).
 constexpr std::size_t min_inference_block_bytes = 2048;
 constexpr std::size_t finalize_channels_per_task = 512;
 // Without a known last-level cache size, outputs from this size on are written around it.
 constexpr std::size_t default_streaming_bytes = 16u << 20;
 
 // store_policy::automatic streams once source and destination together fill the last-level
-// cache: below that, the next pass (or layer) finds y in cache (measured: 12.8 MiB streamed
-// was 1.7× slower here, 25.7 MiB 1.4× faster, with a 32 MiB L3).
+// cache: below that, the next pass (or layer) finds y in cache (docs/design.md).
 std::size_t streaming_threshold() noexcept {
-  // sysconf(_SC_LEVEL3_CACHE_SIZE) reports 320 MiB on this project's 32 MiB VMs; the kernel's
-  // cache description is right.
+  // sysconf(_SC_LEVEL3_CACHE_SIZE) can report the host's cache on a VM; the kernel's cache
+  // description is the guest's.
   static const std::size_t threshold = [] {
     std::size_t bytes = 0;
     if (std::FILE* f = std::fopen("/sys/devices/system/cpu/cpu0/cache/index3/size", "r")) {

@@ -90,9 +90,7 @@ struct partition {
   // planes, N > 1 with planes shorter than a unit: the normalize pass of inference (and of
   // unfused training) walks whole planes in memory order instead, unit u covering planes
   // [u·planes_per_unit, ...) of the N·C, plane q being channel q % C. Channel-major units
-  // would jump C·spatial elements at every plane (streamed (8,256,56,56) inference took
-  // 1.25–1.34 ms in memory order against 1.38–1.55 ms channel-major, alternating runs).
-  // 0: channel-major.
+  // would jump C·spatial elements at every plane (docs/design.md). 0: channel-major.
   std::size_t planes_per_unit = 0;
   std::size_t plane_units = 0;
 
@@ -107,9 +105,7 @@ struct partition {
   std::size_t block_width = 0;
   // interleaved inference in row chunks: unit u covers whole rows [u·inference_rows_per_chunk,
   // ...), at least 16 units where there are rows enough. Inference needs no column blocks (no
-  // statistics), and whole rows stream: (1,1024,14,14) NHWC inference on one thread took
-  // 28.7–30.9 µs a call in whole rows against 40.4–45.9 µs in four 1 KiB column blocks
-  // (alternating runs).
+  // statistics), and whole rows stream better than short column blocks (docs/design.md).
   std::size_t inference_rows_per_chunk = 0;
   std::size_t inference_row_chunks = 0;
 

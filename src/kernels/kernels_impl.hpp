@@ -20,8 +20,8 @@ namespace {
 // float32 statistics accumulate d = x - pivot in float32 over short blocks (each lane adds at
 // most block_vectors + 1 values) and add each block's partials into float64. d is small next to x,
 // the block partials carry ~8 ulp of rounding at worst, and float64 does the long sums: the
-// statistics stay within a few 1e-8 relative while the hot loop needs no conversions (twice
-// the speed of widening every element, measured).
+// statistics stay within a few 1e-8 relative while the hot loop needs no conversions
+// (docs/design.md: widening every element is half the speed).
 constexpr std::size_t block_vectors = 8;
 
 template <class Arch>
@@ -165,8 +165,8 @@ void plane_stats(const T* src, std::size_t len, std::size_t planes, std::size_t 
 
 // The interleaved statistics walk a block of this many periods (rows) per slot vector, so each
 // accumulator vector is loaded and stored once per block rather than once per row. Each lane's
-// float32 partial adds this many values: 16 rather than 8 cut (1,64,112,112) NHWC training from
-// 1.67M to 1.54M instructions a call, with the same worst error in the accuracy tests.
+// float32 partial adds this many values: fewer instructions than 8, with the same worst error
+// in the accuracy tests (docs/design.md).
 constexpr std::size_t rows_per_block = 16;
 
 /// One block of `count` rows: per lane, Σ(x − k) and Σ(x − k)² in T over the rows, for
@@ -407,8 +407,7 @@ void store_run(const T* x, T* y, std::size_t begin, std::size_t end, Compute com
 
 /// y[0, n) with streaming stores for its whole cache lines and ordinary ones for the partial
 /// lines at either end: an ordinary store into a line that streaming stores are filling makes
-/// the core flush the line and read it back (an ordinary last vector on every (64,128,1024)
-/// plane made inference 1.7× slower, measured). y must be aligned to its element.
+/// the core flush the line and read it back (docs/design.md). y must be aligned to its element.
 template <class Arch, class T, class Compute>
 void stream_run(const T* x, T* y, std::size_t n, Compute compute) noexcept {
   using vec = xsimd::batch<T, Arch>;
@@ -509,8 +508,7 @@ void normalize_planes(const T* src, T* dst, std::size_t len, std::size_t planes,
 
 /// Channel k of `channels` has its first plane at src + k·len (dst likewise) and the
 /// coefficients center[k], scale[k], shift[k]. Where every center is +0 it is left out (same
-/// bits, one operation less per vector: 456k instead of 606k instructions for (1,64,112,112)
-/// inference on one thread).
+/// bits, one operation less per vector).
 /// plane_normalize's channels [ch0, ch1), in one form.
 template <form Form, class Arch, class T>
 void normalize_channel_planes(const T* src, T* dst, std::size_t len, std::size_t planes,
@@ -592,11 +590,9 @@ void narrow_rows_normalize(const T* src, T* dst, std::size_t rows, std::size_t s
 /// `Rows` rows, `stride` apart, of `Vectors` whole vectors from x (y likewise): the coefficients
 /// loaded once for all the rows, and every row's values loaded before any is stored. The
 /// caller takes two vectors (a whole 64-byte line on AVX2) per row and step: the next step's
-/// loads then start on lines the step's stores did not touch. Against one vector per step, on
-/// one thread: (1,1024,14,14) NHWC inference with y 32 bytes past x modulo 4 KiB took 59 µs
-/// instead of 73, and in alternating runs of (1,1024,14,14), (1,256,56,56) and (1,64,112,112)
-/// it was as fast or faster; 151k instead of 166k instructions a (1,1024,14,14) call. Always
-/// inlined: as a call, each step paid a call and a vzeroupper.
+/// loads then start on lines the step's stores did not touch, faster and in fewer instructions
+/// than one vector per step (docs/design.md). Always inlined: as a call, each step paid a call
+/// and a vzeroupper.
 template <std::size_t Rows, std::size_t Vectors, form Form, class Arch, class T>
 [[gnu::always_inline]] inline void normalize_rows(const T* x, T* y, std::size_t stride,
                                                   coefficients<const T> k) noexcept {
@@ -667,15 +663,10 @@ void wide_rows_normalize(const T* src, T* dst, std::size_t rows, std::size_t wid
   if (!stream) {
     // Column blocks (width < stride) take four rows per coefficient load, and load all four
     // before storing any: a block's row r + 1 then never loads from the 4 KiB offsets where
-    // row r's stores are still pending (a 4 KiB stride puts them there). One row at a time, a
-    // (1,1024,14,14) NHWC call with 1 KiB column blocks took 1.8× as long as with y moved by
-    // 1 KiB (measured). Whole rows (width == stride) of 1 KiB or more are one contiguous run,
-    // walked one row at a time, as fast as a plain y = a·x + b pass over the same bytes where
-    // the four-row walk was slower (plain loops of each, alternating in one process, one
-    // thread: 35.6 µs against 25.4 on (1,1024,14,14), 110.8 against 101.7 on (1,256,56,56)).
-    // Shorter rows keep the four-row walk: one row at a time, (1,64,112,112) NHWC training
-    // took 220 µs against 188. Streamed rows go one at a time: two at a time were 1.3× slower
-    // on (8,256,56,56) NHWC inference (measured).
+    // row r's stores are still pending (a 4 KiB stride puts them there). Whole rows (width ==
+    // stride) of 1 KiB or more are one contiguous run, walked one row at a time, as fast as a
+    // plain y = a·x + b pass over the same bytes; shorter rows keep the four-row walk, and
+    // streamed rows go one at a time (docs/design.md has the timings of each).
     if (width == stride && width * sizeof(T) >= 1024) {
       r = normalize_row_groups<1, Form, Arch>(src, dst, rows, width, stride, k, compute);
     } else {
@@ -726,8 +717,7 @@ void interleaved_normalize(const T* src, T* dst, std::size_t rows, std::size_t w
   }
   stream = stream && element_aligned(dst);
   // A block whose centers are all +0 (see store_coefficients) reads two coefficient streams,
-  // not three: on (1,256,56,56) NHWC inference from L3, one thread, the third stream cost
-  // about 10% (115–129 µs against 104–118, alternating in one process).
+  // not three: the third costs about 10% from L3 (docs/design.md).
   if (prescaled) {
     wide_rows_normalize<form::prescaled, Arch>(src, dst, rows, width, stride, k, stream);
   } else if (all_positive_zero<Arch>(center, width)) {
