@@ -285,9 +285,10 @@ void interleaved_stats(const T* src, std::size_t rows, std::size_t width, std::s
 // Pivots: per channel, the mean in float64 of a few of its values spread evenly over it,
 // rounded to T: near the mean, so that Σd² − (Σd)²/n does not cancel, whatever the order of the
 // values (zero padding in the first rows, a dark corner, an outlier first sample); a value of
-// the data alone, so chunking cannot change it; exactly the value of a constant channel (count·v
-// and its quotient by count are exact in float64), whose output is then exactly zero. A pivot
-// that still lands far from its channel's mean is corrected by the caller (see finalize_block).
+// the data alone, so chunking cannot change it. Taken as the first sample plus the mean of the
+// others' differences from it, it is exactly the value of a constant channel (every difference
+// is 0), whose output is then exactly zero, in float64 too. A pivot that still lands far from
+// its channel's mean is corrected by the caller (see finalize_block).
 
 /// Values that pivot_samples takes: at most this many, spread evenly.
 constexpr std::size_t plane_pivot_samples = 16;
@@ -307,9 +308,10 @@ void plane_pivots(const T* src, std::size_t len, std::size_t planes, std::size_t
   }
   for (std::size_t ch = 0; ch < channels; ++ch) {
     const T* x = src + ch * len;
-    double total_of = 0.0;
-    for (std::size_t i = 0; i < count; ++i) total_of += static_cast<double>(x[at[i]]);
-    pivot[ch] = static_cast<T>(total_of / static_cast<double>(count));
+    const double first = static_cast<double>(x[0]);
+    double differences = 0.0;
+    for (std::size_t i = 1; i < count; ++i) differences += static_cast<double>(x[at[i]]) - first;
+    pivot[ch] = static_cast<T>(first + differences / static_cast<double>(count));
   }
 }
 
@@ -326,14 +328,16 @@ void row_pivots_of(const T* src, std::size_t rows, std::size_t stride, std::size
   const dvec divisor(static_cast<double>(count));
   std::size_t j = 0;
   for (; j + lanes <= width; j += lanes) {
-    dvec acc(0.0);
-    for (std::size_t i = 0; i < count; ++i) acc += load_as_f64<Arch>(row[i] + j);
-    store_as<Arch>(pivot + j, acc / divisor);
+    const dvec first = load_as_f64<Arch>(row[0] + j);
+    dvec differences(0.0);
+    for (std::size_t i = 1; i < count; ++i) differences += load_as_f64<Arch>(row[i] + j) - first;
+    store_as<Arch>(pivot + j, first + differences / divisor);
   }
   for (; j < width; ++j) {
-    double total = 0.0;
-    for (std::size_t i = 0; i < count; ++i) total += static_cast<double>(row[i][j]);
-    pivot[j] = static_cast<T>(total / static_cast<double>(count));
+    const double first = static_cast<double>(row[0][j]);
+    double differences = 0.0;
+    for (std::size_t i = 1; i < count; ++i) differences += static_cast<double>(row[i][j]) - first;
+    pivot[j] = static_cast<T>(first + differences / static_cast<double>(count));
   }
 }
 

@@ -1,0 +1,320 @@
+// Kernel testers, in the manner of XNNPACK's: every kernel of every ISA the CPU runs, called
+// directly (no planner), over the lengths where vector code breaks — 1, V − 1, V, V + 1, 2V + 1
+// and longer, for each ISA's float and double widths V — with odd strides and starts that are
+// not vector-aligned, against long double references. Normalization also checks that nothing
+// outside the rows it was given is written.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <string>
+
+#include "kernels/kernels.hpp"
+#include "support.hpp"
+
+using namespace bnorm_test;
+namespace kernels = bnorm::kernels;
+
+namespace {
+
+const kernels::kernel_table& table_of(bnorm::isa isa) {
+  switch (isa) {
+#if defined(__x86_64__)
+    case bnorm::isa::avx512f: return kernels::avx512f_kernels();
+    case bnorm::isa::avx2: return kernels::avx2_kernels();
+    default: return kernels::sse2_kernels();
+#else
+    default: return kernels::neon64_kernels();
+#endif
+  }
+}
+
+/// The tail lengths of a vector width: 1, V − 1, V, V + 1, 2V + 1, and a long odd one.
+std::vector<std::size_t> lengths(std::size_t v) {
+  std::vector<std::size_t> out = {1, v + 1, v, 2 * v + 1, 9 * v + 3, 17 * v + 5};
+  if (v > 2) out.push_back(v - 1);
+  return out;
+}
+
+template <class T>
+double tolerance() {
+  return std::is_same<T, float>::value ? 2e-6 : 1e-13;
+}
+
+template <class T>
+class KernelTester : public testing::Test {
+ protected:
+  using real = long double;
+
+  void for_each_isa(const std::function<void(const kernels::kernel_set<T>&, std::size_t)>& body) {
+    for (bnorm::isa isa : isas_under_test()) {
+      const kernels::kernel_table& table = table_of(isa);
+      SCOPED_TRACE(bnorm::to_string(isa));
+      body(table.get<T>(), table.lanes<T>());
+    }
+  }
+
+  /// Values near `center` with a spread of `spread`.
+  std::vector<T> data(std::size_t n, double center, double spread, std::uint64_t salt) {
+    return normal_data<T>(n, center, spread, salt);
+  }
+};
+
+using element_types = testing::Types<float, double>;
+TYPED_TEST_SUITE(KernelTester, element_types);
+
+TYPED_TEST(KernelTester, PlaneStatsOverTails) {
+  using T = TypeParam;
+  using real = typename TestFixture::real;
+  this->for_each_isa([&](const kernels::kernel_set<T>& k, std::size_t v) {
+    for (std::size_t len : lengths(v)) {
+      for (std::size_t planes : {1, 3}) {
+        const std::size_t channels = 2, offset = 1;     // a start one element past alignment
+        const std::size_t stride = channels * len + 3;  // odd gap between a channel's planes
+        std::vector<T> buffer = this->data(offset + planes * stride, 5.0, 2.0, len * 7 + planes);
+        const T* src = buffer.data() + offset;
+        const T pivot[channels] = {T(5), T(4.5)};
+        double sum[channels] = {0.5, -0.5}, sum_sq[channels] = {1.0, 2.0};
+        k.plane_stats(src, len, planes, stride, channels, pivot, sum, sum_sq);
+        for (std::size_t c = 0; c < channels; ++c) {
+          real s = c == 0 ? 0.5L : -0.5L, q = c == 0 ? 1.0L : 2.0L;
+          for (std::size_t p = 0; p < planes; ++p)
+            for (std::size_t i = 0; i < len; ++i) {
+              const real d = static_cast<real>(src[c * len + p * stride + i]) - pivot[c];
+              s += d;
+              q += d * d;
+            }
+          EXPECT_NEAR(sum[c], static_cast<double>(s), tolerance<T>() * (1 + std::fabs((double)q)))
+              << "len " << len << " planes " << planes << " channel " << c;
+          EXPECT_NEAR(sum_sq[c], static_cast<double>(q), tolerance<T>() * static_cast<double>(q))
+              << "len " << len << " planes " << planes << " channel " << c;
+        }
+      }
+    }
+  });
+}
+
+TYPED_TEST(KernelTester, InterleavedStatsOverTails) {
+  using T = TypeParam;
+  using real = typename TestFixture::real;
+  this->for_each_isa([&](const kernels::kernel_set<T>& k, std::size_t v) {
+    for (std::size_t width : lengths(v)) {
+      for (std::size_t rows : {1, 15, 16, 17, 40}) {
+        for (bool accumulate : {false, true}) {
+          const std::size_t stride = width + 3, offset = 1;
+          std::vector<T> buffer = this->data(offset + rows * stride, -3.0, 1.5, width + rows);
+          const T* src = buffer.data() + offset;
+          std::vector<T> pivot(width + 64);
+          for (std::size_t j = 0; j < width; ++j) pivot[j] = T(-3) + T(j % 3);
+          std::vector<double> sum(width, 0.25), sum_sq(width, 0.75);
+          k.interleaved_stats(src, rows, width, stride, pivot.data(), sum.data(), sum_sq.data(),
+                              accumulate);
+          for (std::size_t j = 0; j < width; ++j) {
+            real s = accumulate ? 0.25L : 0.0L, q = accumulate ? 0.75L : 0.0L;
+            for (std::size_t r = 0; r < rows; ++r) {
+              const real d = static_cast<real>(src[r * stride + j]) - pivot[j];
+              s += d;
+              q += d * d;
+            }
+            ASSERT_NEAR(sum[j], static_cast<double>(s), tolerance<T>() * (1 + (double)q))
+                << "width " << width << " rows " << rows << " slot " << j;
+            ASSERT_NEAR(sum_sq[j], static_cast<double>(q), tolerance<T>() * (1 + (double)q))
+                << "width " << width << " rows " << rows << " slot " << j;
+          }
+        }
+      }
+    }
+  });
+}
+
+/// Coefficients of `n` channels (slots), padded by one widest vector as the kernels' contract
+/// asks: centers zero (uncentered), nonzero (centered) or with extreme channels (prescaled).
+template <class T>
+struct coefficient_buffers {
+  std::vector<T> center, scale, shift, prescale;
+  coefficient_buffers(std::size_t n, int form) {
+    const std::size_t padded = n + 64 / sizeof(T);
+    center.assign(padded, T(0));
+    scale.assign(padded, T(0));
+    shift.assign(padded, T(0));
+    prescale.assign(padded, T(1));
+    for (std::size_t j = 0; j < n; ++j) {
+      center[j] = form == 0 ? T(0) : T(1) + T(j % 5) * T(0.25);
+      scale[j] = T(0.5) + T(j % 7) * T(0.125);
+      shift[j] = T(j % 3) - T(1);
+      if (form == 2 && j % 3 == 1) {  // an extreme channel: a power-of-two prescale
+        prescale[j] = T(0.25);
+        center[j] = center[j] * T(0.25);
+        scale[j] = scale[j] * T(4);
+      }
+    }
+  }
+  kernels::coefficients<const T> view() const {
+    return {center.data(), scale.data(), shift.data(), prescale.data()};
+  }
+  long double at(std::size_t j, long double x) const {
+    return (x * prescale[j] - center[j]) * static_cast<long double>(scale[j]) + shift[j];
+  }
+};
+
+TYPED_TEST(KernelTester, PlaneNormalizeOverTailsFormsAndStores) {
+  using T = TypeParam;
+  this->for_each_isa([&](const kernels::kernel_set<T>& k, std::size_t v) {
+    for (std::size_t len : lengths(v)) {
+      for (std::size_t planes : {1, 2}) {
+        for (int form : {0, 1, 2}) {
+          for (bool stream : {false, true}) {
+            const std::size_t channels = 3, offset = 1, stride = channels * len + 5;
+            const std::vector<T> x = this->data(offset + planes * stride + 8, 1.0, 1.0, len);
+            std::vector<T> y(x.size(), T(-77));
+            const coefficient_buffers<T> coeffs(channels, form);
+            k.plane_normalize(x.data() + offset, y.data() + offset, len, planes, stride, channels,
+                              coeffs.view(), form == 2, stream);
+            for (std::size_t i = 0; i < y.size(); ++i) {
+              const std::size_t at = i - offset;
+              const bool written =
+                  i >= offset && at % stride < channels * len && at / stride < planes;
+              if (!written) {
+                ASSERT_EQ(y[i], T(-77)) << "wrote outside its planes at " << i;
+                continue;
+              }
+              const long double want = coeffs.at(at % stride / len, x[i]);
+              ASSERT_NEAR(y[i], static_cast<double>(want),
+                          4 * std::numeric_limits<T>::epsilon() * (1 + std::fabs((double)want)))
+                  << "len " << len << " planes " << planes << " form " << form << " stream "
+                  << stream << " at " << i;
+            }
+          }
+        }
+      }
+    }
+  });
+}
+
+TYPED_TEST(KernelTester, InterleavedNormalizeOverTailsFormsAndStores) {
+  using T = TypeParam;
+  this->for_each_isa([&](const kernels::kernel_set<T>& k, std::size_t v) {
+    std::vector<std::size_t> widths = lengths(v);
+    widths.push_back(4 * v);  // the narrow kernels' widths, 1 to 4 whole vectors
+    widths.push_back(2 * v);
+    for (std::size_t width : widths) {
+      for (std::size_t extra : {0, 3}) {  // whole rows, and column blocks of a wider row
+        for (std::size_t rows : {1, 3, 4, 5, 9}) {
+          for (int form : {0, 1, 2}) {
+            for (bool stream : {false, true}) {
+              const std::size_t stride = width + extra, offset = extra ? 1 : 0;
+              const std::vector<T> x = this->data(offset + rows * stride + 8, 1.0, 1.0, width);
+              std::vector<T> y(x.size(), T(-77));
+              const coefficient_buffers<T> coeffs(width, form);
+              k.interleaved_normalize(x.data() + offset, y.data() + offset, rows, width, stride,
+                                      coeffs.view(), form == 2, stream);
+              for (std::size_t i = 0; i < y.size(); ++i) {
+                const std::size_t at = i - offset;
+                const bool written = i >= offset && at % stride < width && at / stride < rows;
+                if (!written) {
+                  ASSERT_EQ(y[i], T(-77)) << "wrote outside its rows at " << i;
+                  continue;
+                }
+                const long double want = coeffs.at(at % stride, x[i]);
+                ASSERT_NEAR(y[i], static_cast<double>(want),
+                            4 * std::numeric_limits<T>::epsilon() * (1 + std::fabs((double)want)))
+                    << "width " << width << " stride " << stride << " rows " << rows << " form "
+                    << form << " stream " << stream << " at " << i;
+              }
+            }
+          }
+        }
+      }
+    }
+  });
+}
+
+// Pivots: a constant channel's is exactly its value (its output is then exactly 0), and any
+// channel's lies within its values' range.
+TYPED_TEST(KernelTester, PivotsLieWithinTheirChannels) {
+  using T = TypeParam;
+  this->for_each_isa([&](const kernels::kernel_set<T>& k, std::size_t v) {
+    for (std::size_t len : lengths(v)) {
+      const std::size_t channels = 3, planes = 4, stride = channels * len;
+      std::vector<T> x = this->data(planes * stride, 10.0, 3.0, len + 11);
+      for (std::size_t p = 0; p < planes; ++p)
+        for (std::size_t i = 0; i < len; ++i) x[p * stride + i] = T(0.1);  // channel 0: constant
+      T pivot[channels];
+      k.plane_pivots(x.data(), len, planes, stride, channels, pivot);
+      EXPECT_EQ(pivot[0], T(0.1)) << "len " << len;
+      for (std::size_t c = 1; c < channels; ++c) {
+        T lo = std::numeric_limits<T>::max(), hi = -lo;
+        for (std::size_t p = 0; p < planes; ++p)
+          for (std::size_t i = 0; i < len; ++i) {
+            lo = std::min(lo, x[c * len + p * stride + i]);
+            hi = std::max(hi, x[c * len + p * stride + i]);
+          }
+        EXPECT_GE(pivot[c], lo);
+        EXPECT_LE(pivot[c], hi);
+      }
+      // Rows: slot j of `rows` rows.
+      for (std::size_t rows : {1, 3, 8, 50}) {
+        const std::size_t width = len, row_stride = len + 2;
+        std::vector<T> r = this->data(rows * row_stride, -4.0, 1.0, rows + len);
+        for (std::size_t i = 0; i < rows; ++i) r[i * row_stride] = T(-2.5);  // slot 0: constant
+        std::vector<T> row_pivot(width);
+        k.row_pivots(r.data(), rows, row_stride, width, row_pivot.data());
+        EXPECT_EQ(row_pivot[0], T(-2.5)) << "rows " << rows;
+        for (std::size_t j = 1; j < width; ++j) {
+          T lo = std::numeric_limits<T>::max(), hi = -lo;
+          for (std::size_t i = 0; i < rows; ++i) {
+            lo = std::min(lo, r[i * row_stride + j]);
+            hi = std::max(hi, r[i * row_stride + j]);
+          }
+          EXPECT_GE(row_pivot[j], lo);
+          EXPECT_LE(row_pivot[j], hi);
+        }
+      }
+    }
+  });
+}
+
+// The per-channel kernels: vector channels and the scalar ones after them agree to the bit
+// (how channels are blocked cannot change a result), and match long double.
+TYPED_TEST(KernelTester, PerChannelKernelsOverTails) {
+  using T = TypeParam;
+  this->for_each_isa([&](const kernels::kernel_set<T>& k, std::size_t v) {
+    for (std::size_t n : lengths(v)) {
+      std::vector<T> mean = this->data(n, 3.0, 2.0, n), gamma = this->data(n, 1.0, 0.5, n + 1),
+                     beta = this->data(n, 0.0, 1.0, n + 2);
+      std::vector<T> var(n);
+      for (std::size_t c = 0; c < n; ++c) var[c] = T(0.5) + T(c % 4);
+      coefficient_buffers<T> all(n, 1), one(1, 1);
+      EXPECT_FALSE(k.inference_coefficients(
+          n, 1e-5, mean.data(), var.data(), gamma.data(), beta.data(),
+          {all.center.data(), all.scale.data(), all.shift.data(), all.prescale.data()}));
+      for (std::size_t c = 0; c < n; ++c) {
+        k.inference_coefficients(
+            1, 1e-5, &mean[c], &var[c], &gamma[c], &beta[c],
+            {one.center.data(), one.scale.data(), one.shift.data(), one.prescale.data()});
+        EXPECT_EQ(all.center[c], one.center[0]) << c;
+        EXPECT_EQ(all.scale[c], one.scale[0]) << c;
+        EXPECT_EQ(all.shift[c], one.shift[0]) << c;
+        EXPECT_EQ(all.prescale[c], T(1)) << c;
+        const long double scale = gamma[c] / std::sqrt(static_cast<long double>(var[c]) + 1e-5L);
+        // y at x = mean + 1 from the coefficients, against the formula.
+        const long double x = static_cast<long double>(mean[c]) + 1;
+        EXPECT_NEAR(static_cast<double>((x - all.center[c]) * all.scale[c] + all.shift[c]),
+                    static_cast<double>(scale + beta[c]), 8 * tolerance<T>());
+      }
+      // blend_running and narrow.
+      std::vector<double> batch(n);
+      for (std::size_t c = 0; c < n; ++c) batch[c] = 1.5 + c;
+      std::vector<T> running(n, T(2)), narrowed(n);
+      k.blend_running(n, batch.data(), 2.0, 0.25, running.data());
+      k.narrow(n, batch.data(), narrowed.data());
+      for (std::size_t c = 0; c < n; ++c) {
+        EXPECT_EQ(running[c], static_cast<T>(0.25 * (batch[c] * 2.0) + 0.75 * 2.0)) << c;
+        EXPECT_EQ(narrowed[c], static_cast<T>(batch[c])) << c;
+      }
+    }
+  });
+}
+
+}  // namespace
