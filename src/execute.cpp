@@ -454,7 +454,7 @@ class training_step {
     // is not finite is summed again too, scaled (and stays NaN where its data holds a NaN or
     // an infinity).
     //
-    // A pivot more than two standard deviations from its channel's mean (the values it was
+    // A pivot more than three standard deviations from its channel's mean (the values it was
     // taken from did not represent the channel: zero padding, an outlier, sorted data) leaves
     // the float32 squares large next to the variance, and their rounding shows in it: the
     // pivot moves to the mean and the caller takes the sums again, once. With pivots spread
@@ -471,7 +471,8 @@ class training_step {
           continue;
         }
         const double offset = mean_[c] - static_cast<double>(pivot_[c]);
-        if (pivots == correction::allowed && offset * offset > 4.0 * variance) {
+        if (pivots == correction::allowed &&
+            offset * offset > kernels::max_pivot_offset_squared * variance) {
           const T moved = static_cast<T>(mean_[c]);
           result.repivoted = result.repivoted || moved != pivot_[c];
           pivot_[c] = moved;

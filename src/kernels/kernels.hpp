@@ -8,6 +8,12 @@
 
 namespace bnorm::kernels {
 
+/// A pivot farther than this from its channel's mean, in variances ((mean − pivot)² above this
+/// many times the variance: three standard deviations), left the float32 squares large next to
+/// the variance; the caller moves it to the mean and sums again. Pivots spread over a channel
+/// land within it on any ordinary data (see the pivot kernels).
+inline constexpr double max_pivot_offset_squared = 9.0;
+
 /// The per-channel (channels-last: per-slot) normalization coefficients, one array each:
 /// y = (x·prescale − center)·scale + shift. The prescale is 1 for all but extreme channels, and
 /// then the expression is (x − center)·scale + shift exactly. Where x − center could overflow
@@ -46,7 +52,8 @@ struct coefficients {
 template <class T>
 struct kernel_set {
   /// Per channel, the pivot that the statistics subtract (d = x − pivot): the mean in float64
-  /// of up to 16 (planes) or 8 (rows) of its values, spread evenly over it, rounded to T.
+  /// of a few of its values spread evenly over it (four runs of one float64 vector over a
+  /// channel's planes, or 16 single values of short planes; four rows), rounded to T.
   /// Planes: channel k's `planes` runs of `len` values, `stride` apart, the first at src + k·len.
   /// Rows: slots [0, width) of the `rows` rows, `stride` elements apart.
   void (*plane_pivots)(const T* src, std::size_t len, std::size_t planes, std::size_t stride,
@@ -77,8 +84,8 @@ struct kernel_set {
   /// mean and the biased variance; then inv_std = 1/sqrt(variance + eps) and
   /// scale = gamma·inv_std (gamma null: 1). Exact division and square root, as the scalar code.
   /// Returns whether some channel needs another look (see finalize_block): variance + eps
-  /// below `resum_below`, a variance that is not finite, or a pivot more than two standard
-  /// deviations from the mean ((mean − pivot)² > 4·variance: its squares lost bits).
+  /// below `resum_below`, a variance that is not finite, or a pivot beyond
+  /// max_pivot_offset_squared.
   bool (*channel_moments)(std::size_t channels, double count, double eps, const T* pivot,
                           const T* gamma, double* sum_to_mean, double* sum_sq_to_variance,
                           double* inv_std, double* scale, double resum_below) noexcept;

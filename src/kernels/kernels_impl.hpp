@@ -290,17 +290,42 @@ void interleaved_stats(const T* src, std::size_t rows, std::size_t width, std::s
 // is 0), whose output is then exactly zero, in float64 too. A pivot that still lands far from
 // its channel's mean is corrected by the caller (see finalize_block).
 
-/// Values that pivot_samples takes: at most this many, spread evenly.
+/// Planes: the pivot is taken from this many runs of one float64 vector's worth of values
+/// each, spread evenly over the channel (16 values on AVX2), or from up to 16 single values
+/// where a plane is shorter than a vector. Rows: from this many rows spread evenly. Powers of
+/// two: the pivot of exactly representable data stays exact.
+constexpr std::size_t plane_pivot_runs = 4;
 constexpr std::size_t plane_pivot_samples = 16;
-constexpr std::size_t row_pivot_samples = 8;
+constexpr std::size_t row_pivot_samples = 4;
 
 template <class Arch, class T>
 void plane_pivots(const T* src, std::size_t len, std::size_t planes, std::size_t stride,
                   std::size_t channels, T* pivot) noexcept {
+  using dvec = xsimd::batch<double, Arch>;
+  constexpr std::size_t lanes = dvec::size;
   const std::size_t total = len * planes;
+  if (total == 0) return;
+  if (len >= lanes) {
+    // Run r starts at the r-th quarter of the channel's values, moved back within its plane so
+    // that it stays in one contiguous run.
+    std::size_t at[plane_pivot_runs];
+    for (std::size_t r = 0; r < plane_pivot_runs; ++r) {
+      const std::size_t k = r * total / plane_pivot_runs;
+      at[r] = k / len * stride + std::min(k % len, len - lanes);
+    }
+    const dvec divisor(static_cast<double>(plane_pivot_runs * lanes));
+    for (std::size_t ch = 0; ch < channels; ++ch) {
+      const T* x = src + ch * len;
+      const dvec first(static_cast<double>(x[0]));
+      dvec differences(0.0);
+      for (std::size_t r = 0; r < plane_pivot_runs; ++r) {
+        differences += load_as_f64<Arch>(x + at[r]) - first;
+      }
+      pivot[ch] = static_cast<T>(x[0] + sum_lanes<Arch>(differences / divisor));
+    }
+    return;
+  }
   const std::size_t count = total < plane_pivot_samples ? total : plane_pivot_samples;
-  if (count == 0) return;
-  // The offsets of the samples within a channel: the same for every channel.
   std::size_t at[plane_pivot_samples];
   for (std::size_t i = 0; i < count; ++i) {
     const std::size_t k = i * total / count;
@@ -599,15 +624,16 @@ void narrow_rows_normalize(const T* src, T* dst, std::size_t rows, std::size_t s
 /// and a vzeroupper.
 template <std::size_t Rows, std::size_t Vectors, form Form, class Arch, class T>
 [[gnu::always_inline]] inline void normalize_rows(const T* x, T* y, std::size_t stride,
-                                                  coefficients<const T> k) noexcept {
+                                                  const coefficients<const T>& k,
+                                                  std::size_t j) noexcept {
   using vec = xsimd::batch<T, Arch>;
   constexpr std::size_t lanes = vec::size;
   vec c[Vectors], a[Vectors], b[Vectors], h[Vectors], v[Rows][Vectors];
   for (std::size_t g = 0; g < Vectors; ++g) {
-    if (Form != form::uncentered) c[g] = vec::load_unaligned(k.center + g * lanes);
-    if (Form == form::prescaled) h[g] = vec::load_unaligned(k.prescale + g * lanes);
-    a[g] = vec::load_unaligned(k.scale + g * lanes);
-    b[g] = vec::load_unaligned(k.shift + g * lanes);
+    if (Form != form::uncentered) c[g] = vec::load_unaligned(k.center + j + g * lanes);
+    if (Form == form::prescaled) h[g] = vec::load_unaligned(k.prescale + j + g * lanes);
+    a[g] = vec::load_unaligned(k.scale + j + g * lanes);
+    b[g] = vec::load_unaligned(k.shift + j + g * lanes);
   }
   for (std::size_t r = 0; r < Rows; ++r) {
     for (std::size_t g = 0; g < Vectors; ++g)
@@ -636,9 +662,9 @@ std::size_t normalize_row_groups(const T* src, T* dst, std::size_t rows, std::si
     T* y = dst + r * stride;
     std::size_t j = 0;
     for (; j + 2 * lanes <= whole; j += 2 * lanes) {
-      normalize_rows<together, 2, Form, Arch>(x + j, y + j, stride, k + j);
+      normalize_rows<together, 2, Form, Arch>(x + j, y + j, stride, k, j);
     }
-    if (j < whole) normalize_rows<together, 1, Form, Arch>(x + j, y + j, stride, k + j);
+    if (j < whole) normalize_rows<together, 1, Form, Arch>(x + j, y + j, stride, k, j);
     for (std::size_t i = 0; whole < width && i < together; ++i) {
       store_run<Arch>(x + i * stride, y + i * stride, whole, width, compute);
     }
@@ -748,11 +774,12 @@ bool channel_moments(std::size_t channels, double count, double eps, const T* pi
     sum_to_mean[c] = static_cast<double>(pivot[c]) + offset;
     sum_sq_to_variance[c] = variance;
     scalar_below |= variance + eps < resum_below || !std::isfinite(variance) ||
-                    offset * offset > 4.0 * variance;
+                    offset * offset > max_pivot_offset_squared * variance;
     inv_std[c] = 1.0 / std::sqrt(variance + eps);
     scale[c] = (gamma ? static_cast<double>(gamma[c]) : 1.0) * inv_std[c];
   };
-  const dvec n(count), e(eps), zero(0.0), unit(1.0), small(resum_below), four(4.0);
+  const dvec n(count), e(eps), zero(0.0), unit(1.0), small(resum_below),
+      bound(max_pivot_offset_squared);
   auto below = zero < zero;  // all false
   std::size_t c = 0;
   for (; c + lanes <= channels; c += lanes) {
@@ -764,7 +791,7 @@ bool channel_moments(std::size_t channels, double count, double eps, const T* pi
     (load_as_f64<Arch>(pivot + c) + offset).store_unaligned(sum_to_mean + c);
     variance.store_unaligned(sum_sq_to_variance + c);
     below = below | (variance + e < small) | !xsimd::isfinite(variance) |
-            (offset * offset > four * variance);
+            (offset * offset > bound * variance);
     const dvec inv = unit / xsimd::sqrt(variance + e);
     inv.store_unaligned(inv_std + c);
     (gamma ? load_as_f64<Arch>(gamma + c) * inv : inv).store_unaligned(scale + c);
