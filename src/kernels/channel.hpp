@@ -1,0 +1,258 @@
+// Per-channel kernels in float64: moments from the sums, the normalization coefficients (and
+// their prescale), and the commit of batch and running statistics. Part of the kernels compiled
+// once per ISA: include only from kernels_impl.hpp.
+#pragma once
+
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <type_traits>
+
+#include "kernels/kernels.hpp"
+#include "kernels/xsimd_compat.hpp"
+
+namespace bnorm::kernels {
+namespace {
+
+template <class Arch, class T>
+bool channel_moments(std::size_t channels, double count, double eps, const T* pivot, const T* gamma,
+                     double* sum_to_mean, double* sum_sq_to_variance, double* inv_std,
+                     double* scale, double resum_below) noexcept {
+  using dvec = xsimd::batch<double, Arch>;
+  constexpr std::size_t lanes = dvec::size;
+  bool scalar_below = false;
+  const auto one = [&](std::size_t c) {  // the same operations, one channel
+    const double offset = sum_to_mean[c] / count;
+    double variance = (sum_sq_to_variance[c] - sum_to_mean[c] * offset) / count;
+    if (variance < 0.0) variance = 0.0;  // rounding only; a NaN stays NaN
+    sum_to_mean[c] = static_cast<double>(pivot[c]) + offset;
+    sum_sq_to_variance[c] = variance;
+    scalar_below |= variance + eps < resum_below || !std::isfinite(variance) ||
+                    offset * offset > max_pivot_offset_squared * variance;
+    inv_std[c] = 1.0 / std::sqrt(variance + eps);
+    scale[c] = (gamma ? static_cast<double>(gamma[c]) : 1.0) * inv_std[c];
+  };
+  const dvec n(count), e(eps), zero(0.0), unit(1.0), small(resum_below),
+      bound(max_pivot_offset_squared);
+  auto below = zero < zero;  // all false
+  std::size_t c = 0;
+  for (; c + lanes <= channels; c += lanes) {
+    const dvec s = dvec::load_unaligned(sum_to_mean + c);
+    const dvec q = dvec::load_unaligned(sum_sq_to_variance + c);
+    const dvec offset = s / n;
+    dvec variance = (q - s * offset) / n;
+    variance = xsimd::select(variance < zero, zero, variance);
+    (load_as_f64<Arch>(pivot + c) + offset).store_unaligned(sum_to_mean + c);
+    variance.store_unaligned(sum_sq_to_variance + c);
+    below = below | (variance + e < small) | !xsimd::isfinite(variance) |
+            (offset * offset > bound * variance);
+    const dvec inv = unit / xsimd::sqrt(variance + e);
+    inv.store_unaligned(inv_std + c);
+    (gamma ? load_as_f64<Arch>(gamma + c) * inv : inv).store_unaligned(scale + c);
+  }
+  for (; c < channels; ++c) one(c);
+  return scalar_below || xsimd::any(below);
+}
+
+// y = (x − center)·scale + shift. The center is the mean rounded to T, so x − center is exact
+// for x near the mean (Sterbenz); the part of the mean T cannot hold goes into the shift, where
+// it is small. Folding the whole mean into the shift (x·a + b) would cancel when |mean| ≫ std.
+// Where |mean| ≤ std/4 it does not: the center is then +0 and the shift takes mean·scale, whose
+// magnitude is at most |gamma|/4, so the roundings of x·scale and of the shift grow by at most
+// half an ulp of |gamma|. A block of such channels normalizes from two arrays instead of three.
+
+/// A finite float64 value beyond T's range becomes T's largest finite value of its sign, not an
+/// infinity: a constant channel with a tiny var + eps then still gives exactly 0·scale = 0, as
+/// the float64 reference does, instead of 0·inf = NaN. Infinities and NaN stay.
+template <class Arch, class T>
+xsimd::batch<double, Arch> saturate_to(const xsimd::batch<double, Arch>& v) noexcept {
+  using dvec = xsimd::batch<double, Arch>;
+  const dvec largest(static_cast<double>(std::numeric_limits<T>::max()));
+  const dvec finite_limit(std::numeric_limits<double>::max());
+  const dvec magnitude = xsimd::abs(v);
+  const auto beyond = (magnitude > largest) & (magnitude <= finite_limit);
+  return xsimd::select(beyond, xsimd::select(v > dvec(0.0), largest, -largest), v);
+}
+
+/// saturate_to for one value, for the channels after the last whole vector.
+template <class T>
+T saturate_scalar(double v) noexcept {
+  constexpr double largest = static_cast<double>(std::numeric_limits<T>::max());
+  const double magnitude = std::fabs(v);
+  if (magnitude > largest && magnitude <= std::numeric_limits<double>::max()) {
+    return v > 0.0 ? std::numeric_limits<T>::max() : -std::numeric_limits<T>::max();
+  }
+  return static_cast<T>(v);
+}
+
+/// Where the mean is within a quarter of the standard deviation: fold it into the shift.
+inline bool folds(double mean, double inv_std) noexcept {
+  return std::fabs(mean) * inv_std <= 0.25;
+}
+
+/// A center from which x − center can overflow for a finite x: within half an ulp of T's
+/// largest value (2^103 for float, 2^970 for double).
+template <class T>
+constexpr double overflowing_center() noexcept {
+  using limits = std::numeric_limits<T>;
+  double value = 1.0;
+  for (int i = 0; i < limits::max_exponent - limits::digits - 1; ++i) value *= 2.0;
+  return value;
+}
+
+/// The prescale of a channel (see kernels::coefficients): 1 unless x − center could overflow
+/// or the scale is outside T's normal range. Then a power of two h with scale/h in [1, 2), as
+/// far as T holds h: at least T's least normal value (x·h and center·h stay exact near the
+/// center), at most its largest power of two; at most 1/2 where the center overflows, so that
+/// x·h − center·h cannot. A scale beyond T (1/std of subnormal data with eps 0) keeps the
+/// prescale 1, and saturates, where center·h would overflow or h cannot bring it into range.
+template <class T>
+double prescale_for(double center, double scale) noexcept {
+  using limits = std::numeric_limits<T>;
+  const double least = static_cast<double>(limits::min());
+  const double largest = static_cast<double>(limits::max());
+  const double largest_power = std::ldexp(1.0, limits::max_exponent - 1);
+  const double magnitude = std::fabs(scale);
+  const bool wide = std::fabs(center) >= overflowing_center<T>();
+  const bool subnormal_scale = scale != 0.0 && magnitude < least;
+  const bool huge_scale = magnitude > largest;
+  if (!(wide || subnormal_scale || huge_scale) || !std::isfinite(scale)) return 1.0;
+  int exponent = 0;
+  std::frexp(scale, &exponent);  // |scale| = m·2^exponent, m in [1/2, 1)
+  const double h = std::fmin(std::fmax(std::ldexp(1.0, exponent - 1), least), largest_power);
+  if (huge_scale) {
+    const bool fits = !wide && std::fabs(center) * h <= largest && magnitude / h <= largest;
+    return fits ? h : 1.0;
+  }
+  if (magnitude < 1.0) return h;
+  return magnitude <= 0.5 * largest ? 0.5 : 1.0;
+}
+
+template <class T>
+void store_coefficients_scalar(double mean, double inv_std, double scale, double beta,
+                               coefficients<T> out) noexcept {
+  const T center = folds(mean, inv_std) ? T(0) : static_cast<T>(mean);
+  const double residual = mean - static_cast<double>(center);
+  const double h = prescale_for<T>(center, scale);
+  *out.center = static_cast<T>(static_cast<double>(center) * h);  // exact: h is a power of two
+  *out.scale = saturate_scalar<T>(scale / h);
+  *out.shift = saturate_scalar<T>(beta - residual * scale);
+  *out.prescale = static_cast<T>(h);
+}
+
+/// The coefficients of `lanes` channels from their float64 mean, 1/std and scale: center = +0
+/// where the mean folds, else the mean rounded to T; scale saturated to T; shift = beta −
+/// (mean − center)·scale, saturated; prescale 1. The same operations as
+/// store_coefficients_scalar, so vector and scalar channels agree to the bit. Returns the lanes
+/// that need a prescale (extreme channels): the caller redoes those through the scalar code.
+template <class Arch, class T>
+auto store_coefficients(const xsimd::batch<double, Arch>& mean,
+                        const xsimd::batch<double, Arch>& inv_std,
+                        const xsimd::batch<double, Arch>& scale,
+                        const xsimd::batch<double, Arch>& beta, coefficients<T> out) noexcept {
+  using dvec = xsimd::batch<double, Arch>;
+  const auto fold = xsimd::abs(mean) * inv_std <= dvec(0.25);
+  store_as<Arch>(out.center, xsimd::select(fold, dvec(0.0), mean));
+  const dvec center = load_as_f64<Arch>(out.center);
+  const auto residual = mean - center;
+  store_as<Arch>(out.scale, saturate_to<Arch, T>(scale));
+  store_as<Arch>(out.shift, saturate_to<Arch, T>(beta - residual * scale));
+  store_as<Arch>(out.prescale, dvec(1.0));
+  const dvec magnitude = xsimd::abs(scale);
+  return (xsimd::abs(center) >= dvec(overflowing_center<T>())) |
+         ((magnitude < dvec(static_cast<double>(std::numeric_limits<T>::min()))) &
+          (magnitude > dvec(0.0))) |
+         (magnitude > dvec(static_cast<double>(std::numeric_limits<T>::max())));
+}
+
+/// The coefficients of channels [0, channels) through channel(c, out) for each vector of
+/// channels at c (returning its extreme lanes) and channel_scalar(c, out) for single ones;
+/// where some channel needs a prescale, all of them again through the scalar code (same bits
+/// where the prescale is 1). Returns whether some channel needs one.
+template <class Arch, class T, class Vector, class Scalar>
+bool all_coefficients(std::size_t channels, coefficients<T> out, const Vector& channel,
+                      const Scalar& channel_scalar) noexcept {
+  constexpr std::size_t lanes = xsimd::batch<double, Arch>::size;
+  const xsimd::batch<double, Arch> zero(0.0);
+  auto extreme = zero != zero;  // all false
+  std::size_t c = 0;
+  for (; c + lanes <= channels; c += lanes) extreme = extreme | channel(c, out + c);
+  bool prescaled = false;
+  for (; c < channels; ++c) {
+    channel_scalar(c, out + c);
+    prescaled = prescaled || out.prescale[c] != T(1);
+  }
+  if (!xsimd::any(extreme)) return prescaled;
+  for (c = 0; c < channels; ++c) channel_scalar(c, out + c);
+  return true;
+}
+
+template <class Arch, class T>
+bool channel_coefficients(std::size_t channels, const double* mean, const double* inv_std,
+                          const double* scale, const T* beta, coefficients<T> out) noexcept {
+  using dvec = xsimd::batch<double, Arch>;
+  return all_coefficients<Arch>(
+      channels, out,
+      [&](std::size_t c, coefficients<T> at) {
+        return store_coefficients<Arch>(
+            dvec::load_unaligned(mean + c), dvec::load_unaligned(inv_std + c),
+            dvec::load_unaligned(scale + c), beta ? load_as_f64<Arch>(beta + c) : dvec(0.0), at);
+      },
+      [&](std::size_t c, coefficients<T> at) {
+        store_coefficients_scalar(mean[c], inv_std[c], scale[c],
+                                  beta ? static_cast<double>(beta[c]) : 0.0, at);
+      });
+}
+
+template <class Arch, class T>
+bool inference_coefficients(std::size_t channels, double eps, const T* mean, const T* variance,
+                            const T* gamma, const T* beta, coefficients<T> out) noexcept {
+  using dvec = xsimd::batch<double, Arch>;
+  const dvec e(eps), unit(1.0);
+  return all_coefficients<Arch>(
+      channels, out,
+      [&](std::size_t c, coefficients<T> at) {
+        const dvec inv = unit / xsimd::sqrt(load_as_f64<Arch>(variance + c) + e);
+        return store_coefficients<Arch>(load_as_f64<Arch>(mean + c), inv,
+                                        gamma ? load_as_f64<Arch>(gamma + c) * inv : inv,
+                                        beta ? load_as_f64<Arch>(beta + c) : dvec(0.0), at);
+      },
+      [&](std::size_t c, coefficients<T> at) {
+        const double inv = 1.0 / std::sqrt(static_cast<double>(variance[c]) + eps);
+        store_coefficients_scalar(static_cast<double>(mean[c]), inv,
+                                  (gamma ? static_cast<double>(gamma[c]) : 1.0) * inv,
+                                  beta ? static_cast<double>(beta[c]) : 0.0, at);
+      });
+}
+
+template <class Arch, class T>
+void narrow(std::size_t channels, const double* in, T* out) noexcept {
+  using dvec = xsimd::batch<double, Arch>;
+  constexpr std::size_t lanes = dvec::size;
+  std::size_t c = 0;
+  for (; c + lanes <= channels; c += lanes) store_as<Arch>(out + c, dvec::load_unaligned(in + c));
+  for (; c < channels; ++c) out[c] = static_cast<T>(in[c]);
+}
+
+template <class Arch, class T>
+void blend_running(std::size_t channels, const double* batch, double factor, double weight,
+                   T* running) noexcept {
+  using dvec = xsimd::batch<double, Arch>;
+  constexpr std::size_t lanes = dvec::size;
+  const double keep = 1.0 - weight;
+  const dvec f(factor), w(weight), k(keep);
+  std::size_t c = 0;
+  for (; c + lanes <= channels; c += lanes) {
+    const dvec b = dvec::load_unaligned(batch + c) * f;
+    store_as<Arch>(running + c, w * b + k * load_as_f64<Arch>(running + c));
+  }
+  for (; c < channels; ++c) {  // the same operations, one channel
+    running[c] =
+        static_cast<T>(weight * (batch[c] * factor) + keep * static_cast<double>(running[c]));
+  }
+}
+
+}  // namespace
+}  // namespace bnorm::kernels

@@ -1,0 +1,398 @@
+// Map kernels: every element from its channel's coefficients, y = (x·h − center)·scale + shift,
+// over planes or interleaved rows, with ordinary or streaming stores. Part of the kernels
+// compiled once per ISA: include only from kernels_impl.hpp.
+#pragma once
+
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <type_traits>
+
+#include "kernels/kernels.hpp"
+#include "kernels/xsimd_compat.hpp"
+
+namespace bnorm::kernels {
+namespace {
+
+template <class Arch, class T>
+xsimd::batch<T, Arch> normalize(const xsimd::batch<T, Arch>& x, const xsimd::batch<T, Arch>& center,
+                                const xsimd::batch<T, Arch>& scale,
+                                const xsimd::batch<T, Arch>& shift) noexcept {
+  return fmadd(x - center, scale, shift);
+}
+
+/// The three forms of y = (x·prescale − center)·scale + shift: with every prescale 1 and every
+/// center +0 (two coefficient streams), with every prescale 1 (three), and the general one of
+/// extreme channels (four). Each drops only operations that change no bit.
+enum class form { uncentered, centered, prescaled };
+
+template <form Form, class Arch, class T>
+[[gnu::always_inline]] inline xsimd::batch<T, Arch> normalize_as(
+    const xsimd::batch<T, Arch>& x, const xsimd::batch<T, Arch>& center,
+    const xsimd::batch<T, Arch>& scale, const xsimd::batch<T, Arch>& shift,
+    const xsimd::batch<T, Arch>& prescale) noexcept {
+  if (Form == form::uncentered) return fmadd(x, scale, shift);
+  if (Form == form::centered) return normalize(x, center, scale, shift);
+  return fmadd(fms(x, prescale, center), scale, shift);
+}
+
+/// Runs `count` (< one vector) elements through the vector code via a padded copy, so every
+/// element of a tensor is rounded the same way, whatever its position.
+template <class Arch, class T, class Compute>
+void normalize_partial(const T* src, T* dst, std::size_t count, Compute compute) noexcept {
+  using vec = xsimd::batch<T, Arch>;
+  alignas(64) T padded[vec::size] = {};
+  for (std::size_t i = 0; i < count; ++i) padded[i] = src[i];
+  compute(vec::load_aligned(padded)).store_aligned(padded);
+  for (std::size_t i = 0; i < count; ++i) dst[i] = padded[i];
+}
+
+template <class Arch, class T>
+std::size_t misalignment(const T* p) noexcept {
+  constexpr std::size_t bytes = xsimd::batch<T, Arch>::size * sizeof(T);
+  return reinterpret_cast<std::uintptr_t>(p) % bytes;
+}
+
+/// y[j] for j in [begin, end) with ordinary stores; compute(j, x) gives the vector at j. The
+/// helpers take `compute` by value: a store through y could alias a closure held by
+/// reference, and the loop would reload its coefficient pointers at every vector.
+template <class Arch, class T, class Compute>
+void store_run(const T* x, T* y, std::size_t begin, std::size_t end, Compute compute) noexcept {
+  using vec = xsimd::batch<T, Arch>;
+  constexpr std::size_t lanes = vec::size;
+  std::size_t j = begin;
+  for (; j + lanes <= end; j += lanes)
+    compute(j, vec::load_unaligned(x + j)).store_unaligned(y + j);
+  if (j < end) {
+    normalize_partial<Arch>(x + j, y + j, end - j, [&](const vec& v) { return compute(j, v); });
+  }
+}
+
+/// y[0, n) with streaming stores for its whole cache lines and ordinary ones for the partial
+/// lines at either end: an ordinary store into a line that streaming stores are filling makes
+/// the core flush the line and read it back (docs/design.md). y must be aligned to its element.
+template <class Arch, class T, class Compute>
+void stream_run(const T* x, T* y, std::size_t n, Compute compute) noexcept {
+  using vec = xsimd::batch<T, Arch>;
+  constexpr std::size_t lanes = vec::size;
+  constexpr std::size_t line = 64 / sizeof(T);  // a multiple of the lanes on every ISA
+  const std::size_t into_line = reinterpret_cast<std::uintptr_t>(y) % 64 / sizeof(T);
+  const std::size_t head = std::min(n, (line - into_line) % line);
+  const std::size_t body_end = head + (n - head) / line * line;
+  if (head > 0) store_run<Arch>(x, y, 0, head, compute);
+  for (std::size_t i = head; i < body_end; i += lanes) {
+    store_stream(y + i, compute(i, vec::load_unaligned(x + i)));
+  }
+  if (body_end < n) store_run<Arch>(x, y, body_end, n, compute);
+}
+
+/// Whether v is +0.0, bit for bit: x − (+0) is x for every x (−0, NaN and infinities
+/// included), so such a center can be left out without changing a bit. −0 is not (−0 − (−0)
+/// is +0).
+template <class T>
+bool is_positive_zero(T v) noexcept {
+  std::conditional_t<sizeof(T) == 4, std::uint32_t, std::uint64_t> bits;
+  std::memcpy(&bits, &v, sizeof bits);
+  return bits == 0;
+}
+
+/// Whether every one of the n values is +0.0 (see is_positive_zero).
+template <class Arch, class T>
+bool all_positive_zero(const T* a, std::size_t n) noexcept {
+  using bits_t = std::conditional_t<sizeof(T) == 4, std::uint32_t, std::uint64_t>;
+  using vec = xsimd::batch<T, Arch>;
+  using bits_vec = xsimd::batch<bits_t, Arch>;
+  bits_vec any(bits_t(0));
+  std::size_t j = 0;
+  for (; j + vec::size <= n; j += vec::size) {
+    any = any | xsimd::bitwise_cast<bits_vec>(vec::load_unaligned(a + j));
+  }
+  alignas(64) bits_t lanes[bits_vec::size];
+  any.store_aligned(lanes);
+  bits_t all = 0;
+  for (const bits_t lane : lanes) all |= lane;
+  bool zero = all == 0;
+  for (; j < n; ++j) zero = zero && is_positive_zero(a[j]);
+  return zero;
+}
+
+/// Whether every one of the n values is 1 (no channel needs a prescale).
+template <class Arch, class T>
+bool all_one(const T* a, std::size_t n) noexcept {
+  using vec = xsimd::batch<T, Arch>;
+  const vec one(T(1));
+  auto differs = one != one;  // all false
+  std::size_t j = 0;
+  for (; j + vec::size <= n; j += vec::size)
+    differs = differs | (vec::load_unaligned(a + j) != one);
+  bool same = !xsimd::any(differs);
+  for (; j < n; ++j) same = same && a[j] == T(1);
+  return same;
+}
+
+template <class T>
+bool element_aligned(const T* p) noexcept {
+  return reinterpret_cast<std::uintptr_t>(p) % sizeof(T) == 0;
+}
+
+/// `planes` planes of len values, `stride` apart, through compute(x vector).
+template <class Arch, class T, class Compute>
+void normalize_planes(const T* src, T* dst, std::size_t len, std::size_t planes, std::size_t stride,
+                      bool stream, Compute compute) noexcept {
+  using vec = xsimd::batch<T, Arch>;
+  constexpr std::size_t lanes = vec::size;
+  for (std::size_t p = 0; p < planes; ++p) {
+    const T* x = src + p * stride;
+    T* y = dst + p * stride;
+    if (stream) {
+      stream_run<Arch>(x, y, len, [compute](std::size_t, const vec& v) { return compute(v); });
+      continue;
+    }
+    if (len < lanes) {
+      normalize_partial<Arch>(x, y, len, compute);
+      continue;
+    }
+    // The last vector overlaps the one before it when len is not a multiple of the lanes.
+    // It is computed before anything is stored, so in place it still reads x, and stored
+    // last.
+    const std::size_t last = len - lanes;
+    const vec tail = compute(vec::load_unaligned(x + last));
+    std::size_t i = 0;
+    for (; i + lanes < last; i += 2 * lanes) {
+      const vec y0 = compute(vec::load_unaligned(x + i));
+      const vec y1 = compute(vec::load_unaligned(x + i + lanes));
+      y0.store_unaligned(y + i);
+      y1.store_unaligned(y + i + lanes);
+    }
+    for (; i < last; i += lanes) compute(vec::load_unaligned(x + i)).store_unaligned(y + i);
+    tail.store_unaligned(y + last);
+  }
+}
+
+/// Channel k of `channels` has its first plane at src + k·len (dst likewise) and the
+/// coefficients center[k], scale[k], shift[k]. Where every center is +0 it is left out (same
+/// bits, one operation less per vector).
+/// plane_normalize's channels [ch0, ch1), in one form.
+template <form Form, class Arch, class T>
+void normalize_channel_planes(const T* src, T* dst, std::size_t len, std::size_t planes,
+                              std::size_t stride, std::size_t ch0, std::size_t ch1,
+                              coefficients<const T> k, bool stream) noexcept {
+  using vec = xsimd::batch<T, Arch>;
+  for (std::size_t ch = ch0; ch < ch1; ++ch) {
+    const auto run = [&](auto compute) {
+      normalize_planes<Arch>(src + ch * len, dst + ch * len, len, planes, stride, stream, compute);
+    };
+    // Each closure holds only the coefficients its form reads: normalize_planes copies it.
+    const vec a(k.scale[ch]), b(k.shift[ch]);
+    if constexpr (Form == form::uncentered) {
+      run([a, b](const vec& v) { return fmadd(v, a, b); });
+    } else if constexpr (Form == form::centered) {
+      const vec c(k.center[ch]);
+      run([c, a, b](const vec& v) { return normalize(v, c, a, b); });
+    } else {
+      const vec c(k.center[ch]), h(k.prescale[ch]);
+      run([c, a, b, h](const vec& v) { return normalize_as<form::prescaled>(v, c, a, b, h); });
+    }
+  }
+}
+
+template <class Arch, class T>
+void plane_normalize(const T* src, T* dst, std::size_t len, std::size_t planes, std::size_t stride,
+                     std::size_t channels, coefficients<const T> k, bool prescaled,
+                     bool stream) noexcept {
+  stream = stream && element_aligned(dst);
+  if (prescaled && !all_one<Arch>(k.prescale, channels)) {
+    for (std::size_t ch = 0; ch < channels; ++ch) {
+      if (k.prescale[ch] != T(1)) {
+        normalize_channel_planes<form::prescaled, Arch>(src, dst, len, planes, stride, ch, ch + 1,
+                                                        k, stream);
+      } else {
+        normalize_channel_planes<form::centered, Arch>(src, dst, len, planes, stride, ch, ch + 1, k,
+                                                       stream);
+      }
+    }
+  } else if (all_positive_zero<Arch>(k.center, channels)) {
+    normalize_channel_planes<form::uncentered, Arch>(src, dst, len, planes, stride, 0, channels, k,
+                                                     stream);
+  } else {
+    normalize_channel_planes<form::centered, Arch>(src, dst, len, planes, stride, 0, channels, k,
+                                                   stream);
+  }
+  if (stream) stream_fence<Arch>();
+}
+
+/// Rows of exactly `Vectors` whole vectors: the coefficients stay in registers for all the
+/// rows (small C, whose period the planner makes four vectors long), instead of three loads
+/// from L1 per vector of data.
+template <std::size_t Vectors, class Arch, class T>
+void narrow_rows_normalize(const T* src, T* dst, std::size_t rows, std::size_t stride,
+                           const T* center, const T* scale, const T* shift, bool stream) noexcept {
+  // (Prescale 1 in every slot: the caller checked.)
+  using vec = xsimd::batch<T, Arch>;
+  constexpr std::size_t lanes = vec::size;
+  vec c[Vectors], a[Vectors], b[Vectors];
+  for (std::size_t v = 0; v < Vectors; ++v) {
+    c[v] = vec::load_unaligned(center + v * lanes);
+    a[v] = vec::load_unaligned(scale + v * lanes);
+    b[v] = vec::load_unaligned(shift + v * lanes);
+  }
+  for (std::size_t r = 0; r < rows; ++r) {
+    const T* x = src + r * stride;
+    T* y = dst + r * stride;
+    for (std::size_t v = 0; v < Vectors; ++v) {
+      const vec out = normalize(vec::load_unaligned(x + v * lanes), c[v], a[v], b[v]);
+      if (stream) {
+        store_stream(y + v * lanes, out);
+      } else {
+        out.store_unaligned(y + v * lanes);
+      }
+    }
+  }
+}
+
+/// `Rows` rows, `stride` apart, of `Vectors` whole vectors from x (y likewise): the coefficients
+/// loaded once for all the rows, and every row's values loaded before any is stored. The
+/// caller takes two vectors (a whole 64-byte line on AVX2) per row and step: the next step's
+/// loads then start on lines the step's stores did not touch, faster and in fewer instructions
+/// than one vector per step (docs/design.md). Always inlined: as a call, each step paid a call
+/// and a vzeroupper.
+template <std::size_t Rows, std::size_t Vectors, form Form, class Arch, class T>
+[[gnu::always_inline]] inline void normalize_rows(const T* x, T* y, std::size_t stride,
+                                                  const coefficients<const T>& k,
+                                                  std::size_t j) noexcept {
+  using vec = xsimd::batch<T, Arch>;
+  constexpr std::size_t lanes = vec::size;
+  vec c[Vectors], a[Vectors], b[Vectors], h[Vectors], v[Rows][Vectors];
+  for (std::size_t g = 0; g < Vectors; ++g) {
+    if (Form != form::uncentered) c[g] = vec::load_unaligned(k.center + j + g * lanes);
+    if (Form == form::prescaled) h[g] = vec::load_unaligned(k.prescale + j + g * lanes);
+    a[g] = vec::load_unaligned(k.scale + j + g * lanes);
+    b[g] = vec::load_unaligned(k.shift + j + g * lanes);
+  }
+  for (std::size_t r = 0; r < Rows; ++r) {
+    for (std::size_t g = 0; g < Vectors; ++g)
+      v[r][g] = vec::load_unaligned(x + r * stride + g * lanes);
+  }
+  for (std::size_t r = 0; r < Rows; ++r) {
+    for (std::size_t g = 0; g < Vectors; ++g) {
+      normalize_as<Form, Arch>(v[r][g], c[g], a[g], b[g], h[g])
+          .store_unaligned(y + r * stride + g * lanes);
+    }
+  }
+}
+
+/// Rows [0, rows − rows % Together) of interleaved_normalize's in-cache path, Together at a
+/// time.
+template <std::size_t Together, form Form, class Arch, class T, class Compute>
+std::size_t normalize_row_groups(const T* src, T* dst, std::size_t rows, std::size_t width,
+                                 std::size_t stride, coefficients<const T> k,
+                                 Compute compute) noexcept {
+  constexpr std::size_t lanes = xsimd::batch<T, Arch>::size;
+  constexpr std::size_t together = Together;
+  const std::size_t whole = width - width % lanes;
+  std::size_t r = 0;
+  for (; r + together <= rows; r += together) {
+    const T* x = src + r * stride;
+    T* y = dst + r * stride;
+    std::size_t j = 0;
+    for (; j + 2 * lanes <= whole; j += 2 * lanes) {
+      normalize_rows<together, 2, Form, Arch>(x + j, y + j, stride, k, j);
+    }
+    if (j < whole) normalize_rows<together, 1, Form, Arch>(x + j, y + j, stride, k, j);
+    for (std::size_t i = 0; whole < width && i < together; ++i) {
+      store_run<Arch>(x + i * stride, y + i * stride, whole, width, compute);
+    }
+  }
+  return r;
+}
+
+/// interleaved_normalize for rows wider than the narrow kernels take, in one of the forms.
+template <form Form, class Arch, class T>
+void wide_rows_normalize(const T* src, T* dst, std::size_t rows, std::size_t width,
+                         std::size_t stride, coefficients<const T> k, bool stream) noexcept {
+  using vec = xsimd::batch<T, Arch>;
+  // The coefficient arrays are padded by one vector past the width: the loads for a partial
+  // last vector stay in bounds.
+  const T* center = k.center;
+  const T* scale = k.scale;
+  const T* shift = k.shift;
+  const T* prescale = k.prescale;
+  const auto compute = [center, scale, shift, prescale](std::size_t j, const vec& v) {
+    return normalize_as<Form, Arch>(
+        v, Form == form::uncentered ? vec(T(0)) : vec::load_unaligned(center + j),
+        vec::load_unaligned(scale + j), vec::load_unaligned(shift + j),
+        Form == form::prescaled ? vec::load_unaligned(prescale + j) : vec(T(1)));
+  };
+  std::size_t r = 0;
+  if (!stream) {
+    // Column blocks (width < stride) take four rows per coefficient load, and load all four
+    // before storing any: a block's row r + 1 then never loads from the 4 KiB offsets where
+    // row r's stores are still pending (a 4 KiB stride puts them there). Whole rows (width ==
+    // stride) of 1 KiB or more are one contiguous run, walked one row at a time, as fast as a
+    // plain y = a·x + b pass over the same bytes; shorter rows keep the four-row walk, and
+    // streamed rows go one at a time (docs/design.md has the timings of each).
+    if (width == stride && width * sizeof(T) >= 1024) {
+      r = normalize_row_groups<1, Form, Arch>(src, dst, rows, width, stride, k, compute);
+    } else {
+      r = normalize_row_groups<4, Form, Arch>(src, dst, rows, width, stride, k, compute);
+    }
+  }
+  for (; r < rows; ++r) {
+    if (stream) {
+      stream_run<Arch>(src + r * stride, dst + r * stride, width, compute);
+    } else {
+      store_run<Arch>(src + r * stride, dst + r * stride, 0, width, compute);
+    }
+  }
+}
+
+template <class Arch, class T>
+void interleaved_normalize(const T* src, T* dst, std::size_t rows, std::size_t width,
+                           std::size_t stride, coefficients<const T> k, bool prescaled,
+                           bool stream) noexcept {
+  using vec = xsimd::batch<T, Arch>;
+  constexpr std::size_t lanes = vec::size;
+  const T* center = k.center;
+  const T* scale = k.scale;
+  const T* shift = k.shift;
+  // Extreme channels (see coefficients) take the general form, on the wide-row path.
+  prescaled = prescaled && !all_one<Arch>(k.prescale, width);
+  // Narrow rows stream whole vectors, so every row must start aligned: an aligned dst and a
+  // stride of whole vectors. Other rows stream their whole cache lines, wherever they start.
+  const bool aligned_rows = misalignment<Arch>(dst) == 0 && stride % lanes == 0;
+  if (!prescaled && width % lanes == 0 && width <= 4 * lanes && (aligned_rows || !stream)) {
+    switch (width / lanes) {
+      case 1:
+        narrow_rows_normalize<1, Arch>(src, dst, rows, stride, center, scale, shift, stream);
+        break;
+      case 2:
+        narrow_rows_normalize<2, Arch>(src, dst, rows, stride, center, scale, shift, stream);
+        break;
+      case 3:
+        narrow_rows_normalize<3, Arch>(src, dst, rows, stride, center, scale, shift, stream);
+        break;
+      case 4:
+        narrow_rows_normalize<4, Arch>(src, dst, rows, stride, center, scale, shift, stream);
+        break;
+      default: break;  // width 0: nothing to do
+    }
+    if (stream) stream_fence<Arch>();
+    return;
+  }
+  stream = stream && element_aligned(dst);
+  // A block whose centers are all +0 (see store_coefficients) reads two coefficient streams,
+  // not three: the third costs about 10% from L3 (docs/design.md).
+  if (prescaled) {
+    wide_rows_normalize<form::prescaled, Arch>(src, dst, rows, width, stride, k, stream);
+  } else if (all_positive_zero<Arch>(center, width)) {
+    wide_rows_normalize<form::uncentered, Arch>(src, dst, rows, width, stride, k, stream);
+  } else {
+    wide_rows_normalize<form::centered, Arch>(src, dst, rows, width, stride, k, stream);
+  }
+  if (stream) stream_fence<Arch>();
+}
+
+}  // namespace
+}  // namespace bnorm::kernels
