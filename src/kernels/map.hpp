@@ -1,6 +1,8 @@
 // Map kernels: every element from its channel's coefficients, y = (x·h − center)·scale + shift,
-// over planes or interleaved rows, with ordinary or streaming stores. Part of the kernels
-// compiled once per ISA: include only from kernels_impl.hpp.
+// over planes or interleaved rows, with ordinary or streaming stores. The data is of a storage
+// type S, loaded and stored through the storage layer (storage.hpp) and computed in
+// T = compute_t<S>, the type of the coefficients. Part of the kernels compiled once per ISA:
+// include only from kernels_impl.hpp.
 #pragma once
 
 #include <cmath>
@@ -11,6 +13,7 @@
 #include <type_traits>
 
 #include "kernels/kernels.hpp"
+#include "kernels/storage.hpp"
 #include "kernels/xsimd_compat.hpp"
 
 namespace bnorm::kernels {
@@ -40,31 +43,34 @@ template <form Form, class Arch, class T>
 
 /// Runs `count` (< one vector) elements through the vector code via a padded copy, so every
 /// element of a tensor is rounded the same way, whatever its position.
-template <class Arch, class T, class Compute>
-void normalize_partial(const T* src, T* dst, std::size_t count, Compute compute) noexcept {
+template <class Arch, class S, class Compute>
+void normalize_partial(const S* src, S* dst, std::size_t count, Compute compute) noexcept {
+  using T = compute_t<S>;
   using vec = xsimd::batch<T, Arch>;
   alignas(64) T padded[vec::size] = {};
-  for (std::size_t i = 0; i < count; ++i) padded[i] = src[i];
+  for (std::size_t i = 0; i < count; ++i) padded[i] = to_compute(src[i]);
   compute(vec::load_aligned(padded)).store_aligned(padded);
-  for (std::size_t i = 0; i < count; ++i) dst[i] = padded[i];
+  for (std::size_t i = 0; i < count; ++i) dst[i] = from_compute<S>(padded[i]);
 }
 
-template <class Arch, class T>
-std::size_t misalignment(const T* p) noexcept {
-  constexpr std::size_t bytes = xsimd::batch<T, Arch>::size * sizeof(T);
+/// Bytes past the last boundary of a vector's worth of elements.
+template <class Arch, class S>
+std::size_t misalignment(const S* p) noexcept {
+  constexpr std::size_t bytes = xsimd::batch<compute_t<S>, Arch>::size * sizeof(S);
   return reinterpret_cast<std::uintptr_t>(p) % bytes;
 }
 
 /// y[j] for j in [begin, end) with ordinary stores; compute(j, x) gives the vector at j. The
 /// helpers take `compute` by value: a store through y could alias a closure held by
 /// reference, and the loop would reload its coefficient pointers at every vector.
-template <class Arch, class T, class Compute>
-void store_run(const T* x, T* y, std::size_t begin, std::size_t end, Compute compute) noexcept {
-  using vec = xsimd::batch<T, Arch>;
+template <class Arch, class S, class Compute>
+void store_run(const S* x, S* y, std::size_t begin, std::size_t end, Compute compute) noexcept {
+  using vec = xsimd::batch<compute_t<S>, Arch>;
   constexpr std::size_t lanes = vec::size;
   std::size_t j = begin;
-  for (; j + lanes <= end; j += lanes)
-    compute(j, vec::load_unaligned(x + j)).store_unaligned(y + j);
+  for (; j + lanes <= end; j += lanes) {
+    store_elements<Arch>(y + j, compute(j, load_elements<Arch>(x + j)));
+  }
   if (j < end) {
     normalize_partial<Arch>(x + j, y + j, end - j, [&](const vec& v) { return compute(j, v); });
   }
@@ -73,17 +79,17 @@ void store_run(const T* x, T* y, std::size_t begin, std::size_t end, Compute com
 /// y[0, n) with streaming stores for its whole cache lines and ordinary ones for the partial
 /// lines at either end: an ordinary store into a line that streaming stores are filling makes
 /// the core flush the line and read it back (docs/design.md). y must be aligned to its element.
-template <class Arch, class T, class Compute>
-void stream_run(const T* x, T* y, std::size_t n, Compute compute) noexcept {
-  using vec = xsimd::batch<T, Arch>;
+template <class Arch, class S, class Compute>
+void stream_run(const S* x, S* y, std::size_t n, Compute compute) noexcept {
+  using vec = xsimd::batch<compute_t<S>, Arch>;
   constexpr std::size_t lanes = vec::size;
-  constexpr std::size_t line = 64 / sizeof(T);  // a multiple of the lanes on every ISA
-  const std::size_t into_line = reinterpret_cast<std::uintptr_t>(y) % 64 / sizeof(T);
+  constexpr std::size_t line = 64 / sizeof(S);  // a multiple of the lanes on every ISA
+  const std::size_t into_line = reinterpret_cast<std::uintptr_t>(y) % 64 / sizeof(S);
   const std::size_t head = std::min(n, (line - into_line) % line);
   const std::size_t body_end = head + (n - head) / line * line;
   if (head > 0) store_run<Arch>(x, y, 0, head, compute);
   for (std::size_t i = head; i < body_end; i += lanes) {
-    store_stream(y + i, compute(i, vec::load_unaligned(x + i)));
+    stream_elements<Arch>(y + i, compute(i, load_elements<Arch>(x + i)));
   }
   if (body_end < n) store_run<Arch>(x, y, body_end, n, compute);
 }
@@ -138,14 +144,14 @@ bool element_aligned(const T* p) noexcept {
 }
 
 /// `planes` planes of len values, `stride` apart, through compute(x vector).
-template <class Arch, class T, class Compute>
-void normalize_planes(const T* src, T* dst, std::size_t len, std::size_t planes, std::size_t stride,
+template <class Arch, class S, class Compute>
+void normalize_planes(const S* src, S* dst, std::size_t len, std::size_t planes, std::size_t stride,
                       bool stream, Compute compute) noexcept {
-  using vec = xsimd::batch<T, Arch>;
+  using vec = xsimd::batch<compute_t<S>, Arch>;
   constexpr std::size_t lanes = vec::size;
   for (std::size_t p = 0; p < planes; ++p) {
-    const T* x = src + p * stride;
-    T* y = dst + p * stride;
+    const S* x = src + p * stride;
+    S* y = dst + p * stride;
     if (stream) {
       stream_run<Arch>(x, y, len, [compute](std::size_t, const vec& v) { return compute(v); });
       continue;
@@ -158,28 +164,25 @@ void normalize_planes(const T* src, T* dst, std::size_t len, std::size_t planes,
     // It is computed before anything is stored, so in place it still reads x, and stored
     // last.
     const std::size_t last = len - lanes;
-    const vec tail = compute(vec::load_unaligned(x + last));
+    const vec tail = compute(load_elements<Arch>(x + last));
     std::size_t i = 0;
     for (; i + lanes < last; i += 2 * lanes) {
-      const vec y0 = compute(vec::load_unaligned(x + i));
-      const vec y1 = compute(vec::load_unaligned(x + i + lanes));
-      y0.store_unaligned(y + i);
-      y1.store_unaligned(y + i + lanes);
+      const vec y0 = compute(load_elements<Arch>(x + i));
+      const vec y1 = compute(load_elements<Arch>(x + i + lanes));
+      store_elements<Arch>(y + i, y0);
+      store_elements<Arch>(y + i + lanes, y1);
     }
-    for (; i < last; i += lanes) compute(vec::load_unaligned(x + i)).store_unaligned(y + i);
-    tail.store_unaligned(y + last);
+    for (; i < last; i += lanes) store_elements<Arch>(y + i, compute(load_elements<Arch>(x + i)));
+    store_elements<Arch>(y + last, tail);
   }
 }
 
-/// Channel k of `channels` has its first plane at src + k·len (dst likewise) and the
-/// coefficients center[k], scale[k], shift[k]. Where every center is +0 it is left out (same
-/// bits, one operation less per vector).
 /// plane_normalize's channels [ch0, ch1), in one form.
-template <form Form, class Arch, class T>
-void normalize_channel_planes(const T* src, T* dst, std::size_t len, std::size_t planes,
+template <form Form, class Arch, class S>
+void normalize_channel_planes(const S* src, S* dst, std::size_t len, std::size_t planes,
                               std::size_t stride, std::size_t ch0, std::size_t ch1,
-                              coefficients<const T> k, bool stream) noexcept {
-  using vec = xsimd::batch<T, Arch>;
+                              coefficients<const compute_t<S>> k, bool stream) noexcept {
+  using vec = xsimd::batch<compute_t<S>, Arch>;
   for (std::size_t ch = ch0; ch < ch1; ++ch) {
     const auto run = [&](auto compute) {
       normalize_planes<Arch>(src + ch * len, dst + ch * len, len, planes, stride, stream, compute);
@@ -198,10 +201,14 @@ void normalize_channel_planes(const T* src, T* dst, std::size_t len, std::size_t
   }
 }
 
-template <class Arch, class T>
-void plane_normalize(const T* src, T* dst, std::size_t len, std::size_t planes, std::size_t stride,
-                     std::size_t channels, coefficients<const T> k, bool prescaled,
+/// Channel k of `channels` has its first plane at src + k·len (dst likewise) and the
+/// coefficients k.center[k], ... Where every center is +0 it is left out (same bits, one
+/// operation less per vector).
+template <class Arch, class S>
+void plane_normalize(const S* src, S* dst, std::size_t len, std::size_t planes, std::size_t stride,
+                     std::size_t channels, coefficients<const compute_t<S>> k, bool prescaled,
                      bool stream) noexcept {
+  using T = compute_t<S>;
   stream = stream && element_aligned(dst);
   if (prescaled && !all_one<Arch>(k.prescale, channels)) {
     for (std::size_t ch = 0; ch < channels; ++ch) {
@@ -226,8 +233,8 @@ void plane_normalize(const T* src, T* dst, std::size_t len, std::size_t planes, 
 /// Rows of exactly `Vectors` whole vectors: the coefficients stay in registers for all the
 /// rows (small C, whose period the planner makes four vectors long), instead of three loads
 /// from L1 per vector of data.
-template <std::size_t Vectors, class Arch, class T>
-void narrow_rows_normalize(const T* src, T* dst, std::size_t rows, std::size_t stride,
+template <std::size_t Vectors, class Arch, class S, class T = compute_t<S>>
+void narrow_rows_normalize(const S* src, S* dst, std::size_t rows, std::size_t stride,
                            const T* center, const T* scale, const T* shift, bool stream) noexcept {
   // (Prescale 1 in every slot: the caller checked.)
   using vec = xsimd::batch<T, Arch>;
@@ -239,14 +246,14 @@ void narrow_rows_normalize(const T* src, T* dst, std::size_t rows, std::size_t s
     b[v] = vec::load_unaligned(shift + v * lanes);
   }
   for (std::size_t r = 0; r < rows; ++r) {
-    const T* x = src + r * stride;
-    T* y = dst + r * stride;
+    const S* x = src + r * stride;
+    S* y = dst + r * stride;
     for (std::size_t v = 0; v < Vectors; ++v) {
-      const vec out = normalize(vec::load_unaligned(x + v * lanes), c[v], a[v], b[v]);
+      const vec out = normalize(load_elements<Arch>(x + v * lanes), c[v], a[v], b[v]);
       if (stream) {
-        store_stream(y + v * lanes, out);
+        stream_elements<Arch>(y + v * lanes, out);
       } else {
-        out.store_unaligned(y + v * lanes);
+        store_elements<Arch>(y + v * lanes, out);
       }
     }
   }
@@ -258,8 +265,9 @@ void narrow_rows_normalize(const T* src, T* dst, std::size_t rows, std::size_t s
 /// loads then start on lines the step's stores did not touch, faster and in fewer instructions
 /// than one vector per step (docs/design.md). Always inlined: as a call, each step paid a call
 /// and a vzeroupper.
-template <std::size_t Rows, std::size_t Vectors, form Form, class Arch, class T>
-[[gnu::always_inline]] inline void normalize_rows(const T* x, T* y, std::size_t stride,
+template <std::size_t Rows, std::size_t Vectors, form Form, class Arch, class S,
+          class T = compute_t<S>>
+[[gnu::always_inline]] inline void normalize_rows(const S* x, S* y, std::size_t stride,
                                                   const coefficients<const T>& k,
                                                   std::size_t j) noexcept {
   using vec = xsimd::batch<T, Arch>;
@@ -272,30 +280,31 @@ template <std::size_t Rows, std::size_t Vectors, form Form, class Arch, class T>
     b[g] = vec::load_unaligned(k.shift + j + g * lanes);
   }
   for (std::size_t r = 0; r < Rows; ++r) {
-    for (std::size_t g = 0; g < Vectors; ++g)
-      v[r][g] = vec::load_unaligned(x + r * stride + g * lanes);
+    for (std::size_t g = 0; g < Vectors; ++g) {
+      v[r][g] = load_elements<Arch>(x + r * stride + g * lanes);
+    }
   }
   for (std::size_t r = 0; r < Rows; ++r) {
     for (std::size_t g = 0; g < Vectors; ++g) {
-      normalize_as<Form, Arch>(v[r][g], c[g], a[g], b[g], h[g])
-          .store_unaligned(y + r * stride + g * lanes);
+      store_elements<Arch>(y + r * stride + g * lanes,
+                           normalize_as<Form, Arch>(v[r][g], c[g], a[g], b[g], h[g]));
     }
   }
 }
 
 /// Rows [0, rows − rows % Together) of interleaved_normalize's in-cache path, Together at a
 /// time.
-template <std::size_t Together, form Form, class Arch, class T, class Compute>
-std::size_t normalize_row_groups(const T* src, T* dst, std::size_t rows, std::size_t width,
-                                 std::size_t stride, coefficients<const T> k,
+template <std::size_t Together, form Form, class Arch, class S, class Compute>
+std::size_t normalize_row_groups(const S* src, S* dst, std::size_t rows, std::size_t width,
+                                 std::size_t stride, coefficients<const compute_t<S>> k,
                                  Compute compute) noexcept {
-  constexpr std::size_t lanes = xsimd::batch<T, Arch>::size;
+  constexpr std::size_t lanes = xsimd::batch<compute_t<S>, Arch>::size;
   constexpr std::size_t together = Together;
   const std::size_t whole = width - width % lanes;
   std::size_t r = 0;
   for (; r + together <= rows; r += together) {
-    const T* x = src + r * stride;
-    T* y = dst + r * stride;
+    const S* x = src + r * stride;
+    S* y = dst + r * stride;
     std::size_t j = 0;
     for (; j + 2 * lanes <= whole; j += 2 * lanes) {
       normalize_rows<together, 2, Form, Arch>(x + j, y + j, stride, k, j);
@@ -309,9 +318,11 @@ std::size_t normalize_row_groups(const T* src, T* dst, std::size_t rows, std::si
 }
 
 /// interleaved_normalize for rows wider than the narrow kernels take, in one of the forms.
-template <form Form, class Arch, class T>
-void wide_rows_normalize(const T* src, T* dst, std::size_t rows, std::size_t width,
-                         std::size_t stride, coefficients<const T> k, bool stream) noexcept {
+template <form Form, class Arch, class S>
+void wide_rows_normalize(const S* src, S* dst, std::size_t rows, std::size_t width,
+                         std::size_t stride, coefficients<const compute_t<S>> k,
+                         bool stream) noexcept {
+  using T = compute_t<S>;
   using vec = xsimd::batch<T, Arch>;
   // The coefficient arrays are padded by one vector past the width: the loads for a partial
   // last vector stay in bounds.
@@ -333,7 +344,7 @@ void wide_rows_normalize(const T* src, T* dst, std::size_t rows, std::size_t wid
     // stride) of 1 KiB or more are one contiguous run, walked one row at a time, as fast as a
     // plain y = a·x + b pass over the same bytes; shorter rows keep the four-row walk, and
     // streamed rows go one at a time (docs/design.md has the timings of each).
-    if (width == stride && width * sizeof(T) >= 1024) {
+    if (width == stride && width * sizeof(S) >= 1024) {
       r = normalize_row_groups<1, Form, Arch>(src, dst, rows, width, stride, k, compute);
     } else {
       r = normalize_row_groups<4, Form, Arch>(src, dst, rows, width, stride, k, compute);
@@ -348,10 +359,11 @@ void wide_rows_normalize(const T* src, T* dst, std::size_t rows, std::size_t wid
   }
 }
 
-template <class Arch, class T>
-void interleaved_normalize(const T* src, T* dst, std::size_t rows, std::size_t width,
-                           std::size_t stride, coefficients<const T> k, bool prescaled,
+template <class Arch, class S>
+void interleaved_normalize(const S* src, S* dst, std::size_t rows, std::size_t width,
+                           std::size_t stride, coefficients<const compute_t<S>> k, bool prescaled,
                            bool stream) noexcept {
+  using T = compute_t<S>;
   using vec = xsimd::batch<T, Arch>;
   constexpr std::size_t lanes = vec::size;
   const T* center = k.center;

@@ -1,6 +1,7 @@
 // Reduce kernels: per-channel (per-slot) sums over the data, Σ(x − pivot) and Σ(x − pivot)²,
-// and the pivots they subtract. Part of the kernels compiled once per ISA: include only from
-// kernels_impl.hpp.
+// and the pivots they subtract. The data is of a storage type S, loaded through the storage
+// layer (storage.hpp) and computed in T = compute_t<S>, the type of the pivots. Part of the kernels
+// compiled once per ISA: include only from kernels_impl.hpp.
 #pragma once
 
 #include <cmath>
@@ -11,6 +12,7 @@
 #include <type_traits>
 
 #include "kernels/kernels.hpp"
+#include "kernels/storage.hpp"
 #include "kernels/xsimd_compat.hpp"
 
 namespace bnorm::kernels {
@@ -74,19 +76,19 @@ struct lane_index {
 /// The last `count` (< lanes) values of a run of at least one vector, read as the run's last
 /// whole vector with the lanes already counted replaced by the pivot (so that they add zero):
 /// no read past the run, no scalar loop.
-template <class Arch, class T>
-xsimd::batch<T, Arch> masked_tail(const T* run_end, std::size_t count,
+template <class Arch, class S, class T = compute_t<S>>
+xsimd::batch<T, Arch> masked_tail(const S* run_end, std::size_t count,
                                   const xsimd::batch<T, Arch>& pivot) noexcept {
   using vec = xsimd::batch<T, Arch>;
   constexpr std::size_t lanes = vec::size;
   const vec index = vec::load_aligned(lane_index<T>::values);
   const auto fresh = index >= vec(static_cast<T>(lanes - count));
-  return xsimd::select(fresh, vec::load_unaligned(run_end - lanes), pivot);
+  return xsimd::select(fresh, load_elements<Arch>(run_end - lanes), pivot);
 }
 
 /// Σ(x - pivot) and Σ(x - pivot)² of one run of at least one vector.
-template <class Arch, class T>
-void run_stats(const T* x, std::size_t len, const xsimd::batch<T, Arch>& k,
+template <class Arch, class S, class T = compute_t<S>>
+void run_stats(const S* x, std::size_t len, const xsimd::batch<T, Arch>& k,
                f64_accumulator<Arch>& acc) noexcept {
   using vec = xsimd::batch<T, Arch>;
   constexpr std::size_t lanes = vec::size;
@@ -98,15 +100,15 @@ void run_stats(const T* x, std::size_t len, const xsimd::batch<T, Arch>& k,
     const std::size_t begin = i;
     const std::size_t end = len - i < block_vectors * lanes ? len : i + block_vectors * lanes;
     for (; i + 2 * lanes <= end; i += 2 * lanes) {
-      const vec d0 = vec::load_unaligned(x + i) - k;
-      const vec d1 = vec::load_unaligned(x + i + lanes) - k;
+      const vec d0 = load_elements<Arch>(x + i) - k;
+      const vec d1 = load_elements<Arch>(x + i + lanes) - k;
       s0 += d0;
       s1 += d1;
       q0 = fmadd(d0, d0, q0);
       q1 = fmadd(d1, d1, q1);
     }
     if (i + lanes <= end) {
-      const vec d = vec::load_unaligned(x + i) - k;
+      const vec d = load_elements<Arch>(x + i) - k;
       s0 += d;
       q0 = fmadd(d, d, q0);
       i += lanes;
@@ -126,7 +128,7 @@ void run_stats(const T* x, std::size_t len, const xsimd::batch<T, Arch>& k,
       acc.add(s0 + s1, q0 + q1);
     } else {
       for (std::size_t j = begin; j < whole_end; j += lanes) {
-        acc.add_exact(vec::load_unaligned(x + j), k);
+        acc.add_exact(load_elements<Arch>(x + j), k);
       }
       if (whole_end < i) acc.add_exact(tail, k);
     }
@@ -134,24 +136,24 @@ void run_stats(const T* x, std::size_t len, const xsimd::batch<T, Arch>& k,
 }
 
 /// Channel k of `channels` has its first plane at src + k·len and pivot pivot[k].
-template <class Arch, class T>
-void plane_stats(const T* src, std::size_t len, std::size_t planes, std::size_t stride,
+template <class Arch, class S, class T = compute_t<S>>
+void plane_stats(const S* src, std::size_t len, std::size_t planes, std::size_t stride,
                  std::size_t channels, const T* pivot, double* sum, double* sum_sq) noexcept {
   using vec = xsimd::batch<T, Arch>;
   constexpr std::size_t lanes = vec::size;
   for (std::size_t ch = 0; ch < channels; ++ch) {
-    const T* first = src + ch * len;
+    const S* first = src + ch * len;
     const vec k(pivot[ch]);
     const double pivot64 = static_cast<double>(pivot[ch]);
     f64_accumulator<Arch> acc;
     double s = 0.0, q = 0.0;
     for (std::size_t p = 0; p < planes; ++p) {
-      const T* x = first + p * stride;
+      const S* x = first + p * stride;
       if (len >= lanes) {
         run_stats<Arch>(x, len, k, acc);
       } else {
         for (std::size_t i = 0; i < len; ++i) {  // runs shorter than a vector
-          const double d = static_cast<double>(x[i]) - pivot64;
+          const double d = static_cast<double>(to_compute(x[i])) - pivot64;
           s += d;
           q += d * d;
         }
@@ -172,8 +174,8 @@ constexpr std::size_t rows_per_block = 16;
 /// `Group` adjacent vectors of slots from `block` (k from `pivot`). Several columns at once keep
 /// that many independent add chains in flight (one column's 16 rows are a chain of dependent adds)
 /// and share the loop's overhead; each lane still adds its rows in order, whatever the group.
-template <std::size_t Group, class Arch, class T>
-void column_partials(const T* block, std::size_t count, std::size_t stride, const T* pivot,
+template <std::size_t Group, class Arch, class S, class T = compute_t<S>>
+void column_partials(const S* block, std::size_t count, std::size_t stride, const T* pivot,
                      xsimd::batch<T, Arch> (&s)[Group],
                      xsimd::batch<T, Arch> (&q)[Group]) noexcept {
   using vec = xsimd::batch<T, Arch>;
@@ -184,9 +186,9 @@ void column_partials(const T* block, std::size_t count, std::size_t stride, cons
     s[g] = q[g] = vec(T(0));
   }
   for (std::size_t r = 0; r < count; ++r) {
-    const T* x = block + r * stride;
+    const S* x = block + r * stride;
     for (std::size_t g = 0; g < Group; ++g) {
-      const vec d = vec::load_unaligned(x + g * lanes) - k[g];
+      const vec d = load_elements<Arch>(x + g * lanes) - k[g];
       s[g] += d;
       q[g] = fmadd(d, d, q[g]);
     }
@@ -195,18 +197,19 @@ void column_partials(const T* block, std::size_t count, std::size_t stride, cons
 
 /// One slot after the last whole vector: Σ(x − pivot), Σ(x − pivot)² over a block's rows, added
 /// into sum and sum_sq in float64.
-template <class T>
-void column_sums_scalar(const T* block, std::size_t count, std::size_t stride, T pivot, double& sum,
+template <class S, class T = compute_t<S>>
+void column_sums_scalar(const S* block, std::size_t count, std::size_t stride, T pivot, double& sum,
                         double& sum_sq) noexcept {
   for (std::size_t r = 0; r < count; ++r) {
-    const double d = static_cast<double>(block[r * stride]) - static_cast<double>(pivot);
+    const double d =
+        static_cast<double>(to_compute(block[r * stride])) - static_cast<double>(pivot);
     sum += d;
     sum_sq += d * d;
   }
 }
 
-template <class Arch, class T>
-void interleaved_stats(const T* src, std::size_t rows, std::size_t width, std::size_t stride,
+template <class Arch, class S, class T = compute_t<S>>
+void interleaved_stats(const S* src, std::size_t rows, std::size_t width, std::size_t stride,
                        const T* pivot, double* sum, double* sum_sq, bool accumulate) noexcept {
   using vec = xsimd::batch<T, Arch>;
   using dvec = xsimd::batch<double, Arch>;
@@ -216,7 +219,7 @@ void interleaved_stats(const T* src, std::size_t rows, std::size_t width, std::s
   }
   for (std::size_t first = 0; first < rows; first += rows_per_block) {
     const std::size_t count = rows - first < rows_per_block ? rows - first : rows_per_block;
-    const T* block = src + first * stride;
+    const S* block = src + first * stride;
     // The first block starts the sums unless asked to add to them: the caller does not zero.
     const bool add = accumulate || first > 0;
     const auto store = [&](std::size_t j, const dvec& s, const dvec& q) {
@@ -230,7 +233,7 @@ void interleaved_stats(const T* src, std::size_t rows, std::size_t width, std::s
       widen(vec::load_unaligned(pivot + j), k_lo, k_hi);
       for (std::size_t r = 0; r < count; ++r) {
         dvec x_lo, x_hi;
-        widen(vec::load_unaligned(block + r * stride + j), x_lo, x_hi);
+        widen(load_elements<Arch>(block + r * stride + j), x_lo, x_hi);
         lo.add_exact(x_lo, k_lo);
         hi.add_exact(x_hi, k_hi);
       }
@@ -297,8 +300,8 @@ constexpr std::size_t plane_pivot_runs = 4;
 constexpr std::size_t plane_pivot_samples = 16;
 constexpr std::size_t row_pivot_samples = 4;
 
-template <class Arch, class T>
-void plane_pivots(const T* src, std::size_t len, std::size_t planes, std::size_t stride,
+template <class Arch, class S, class T = compute_t<S>>
+void plane_pivots(const S* src, std::size_t len, std::size_t planes, std::size_t stride,
                   std::size_t channels, T* pivot) noexcept {
   using dvec = xsimd::batch<double, Arch>;
   constexpr std::size_t lanes = dvec::size;
@@ -314,13 +317,14 @@ void plane_pivots(const T* src, std::size_t len, std::size_t planes, std::size_t
     }
     const dvec divisor(static_cast<double>(plane_pivot_runs * lanes));
     for (std::size_t ch = 0; ch < channels; ++ch) {
-      const T* x = src + ch * len;
-      const dvec first(static_cast<double>(x[0]));
+      const S* x = src + ch * len;
+      const double first_value = static_cast<double>(to_compute(x[0]));
+      const dvec first(first_value);
       dvec differences(0.0);
       for (std::size_t r = 0; r < plane_pivot_runs; ++r) {
-        differences += load_as_f64<Arch>(x + at[r]) - first;
+        differences += load_elements_as_f64<Arch>(x + at[r]) - first;
       }
-      pivot[ch] = static_cast<T>(x[0] + sum_lanes<Arch>(differences / divisor));
+      pivot[ch] = static_cast<T>(first_value + sum_lanes<Arch>(differences / divisor));
     }
     return;
   }
@@ -331,42 +335,48 @@ void plane_pivots(const T* src, std::size_t len, std::size_t planes, std::size_t
     at[i] = k / len * stride + k % len;
   }
   for (std::size_t ch = 0; ch < channels; ++ch) {
-    const T* x = src + ch * len;
-    const double first = static_cast<double>(x[0]);
+    const S* x = src + ch * len;
+    const double first = static_cast<double>(to_compute(x[0]));
     double differences = 0.0;
-    for (std::size_t i = 1; i < count; ++i) differences += static_cast<double>(x[at[i]]) - first;
+    for (std::size_t i = 1; i < count; ++i) {
+      differences += static_cast<double>(to_compute(x[at[i]])) - first;
+    }
     pivot[ch] = static_cast<T>(first + differences / static_cast<double>(count));
   }
 }
 
 /// row_pivots for a sample count known at compile time (the common ones): the loop unrolled,
 /// the same additions in the same order.
-template <std::size_t Samples, class Arch, class T>
-void row_pivots_of(const T* src, std::size_t rows, std::size_t stride, std::size_t width,
+template <std::size_t Samples, class Arch, class S, class T = compute_t<S>>
+void row_pivots_of(const S* src, std::size_t rows, std::size_t stride, std::size_t width,
                    T* pivot) noexcept {
   using dvec = xsimd::batch<double, Arch>;
   constexpr std::size_t lanes = dvec::size;
   const std::size_t count = Samples > 0 ? Samples : rows;
-  const T* row[row_pivot_samples];
+  const S* row[row_pivot_samples];
   for (std::size_t i = 0; i < count; ++i) row[i] = src + i * rows / count * stride;
   const dvec divisor(static_cast<double>(count));
   std::size_t j = 0;
   for (; j + lanes <= width; j += lanes) {
-    const dvec first = load_as_f64<Arch>(row[0] + j);
+    const dvec first = load_elements_as_f64<Arch>(row[0] + j);
     dvec differences(0.0);
-    for (std::size_t i = 1; i < count; ++i) differences += load_as_f64<Arch>(row[i] + j) - first;
+    for (std::size_t i = 1; i < count; ++i) {
+      differences += load_elements_as_f64<Arch>(row[i] + j) - first;
+    }
     store_as<Arch>(pivot + j, first + differences / divisor);
   }
   for (; j < width; ++j) {
-    const double first = static_cast<double>(row[0][j]);
+    const double first = static_cast<double>(to_compute(row[0][j]));
     double differences = 0.0;
-    for (std::size_t i = 1; i < count; ++i) differences += static_cast<double>(row[i][j]) - first;
+    for (std::size_t i = 1; i < count; ++i) {
+      differences += static_cast<double>(to_compute(row[i][j])) - first;
+    }
     pivot[j] = static_cast<T>(first + differences / static_cast<double>(count));
   }
 }
 
-template <class Arch, class T>
-void row_pivots(const T* src, std::size_t rows, std::size_t stride, std::size_t width,
+template <class Arch, class S, class T = compute_t<S>>
+void row_pivots(const S* src, std::size_t rows, std::size_t stride, std::size_t width,
                 T* pivot) noexcept {
   if (rows >= row_pivot_samples) {
     row_pivots_of<row_pivot_samples, Arch>(src, rows, stride, width, pivot);
