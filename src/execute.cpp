@@ -17,15 +17,19 @@
 namespace bnorm::detail {
 namespace {
 
-/// The coefficient arrays in scratch.
+/// The coefficient arrays in scratch, writable, and `readable`: the view the normalize kernels
+/// take (with the slot to start at), made once per call.
 template <class T>
 struct coefficient_arrays : kernels::coefficients<T> {
+  kernels::coefficients<const T> readable;
+
   coefficient_arrays(unsigned char* scratch, const scratch_layout& s) {
     T* base = reinterpret_cast<T*>(scratch + s.coeffs);
     this->center = base;
     this->scale = base + s.coeff_stride;
     this->shift = base + 2 * s.coeff_stride;
     this->prescale = base + 3 * s.coeff_stride;
+    readable = *this;
   }
 
   /// Interleaved passes read per slot: slot j holds channel j % C. Vector loads of the last
@@ -93,15 +97,16 @@ void stats_channels(const plan_impl& plan, std::size_t c0, std::size_t c1, const
                                      p.channels * p.spatial, c1 - c0, pivot, sum, sum_sq);
 }
 
-/// Planes of whole channels [c0, c1) in one kernel call; the coefficient arrays start at
-/// channel c0.
+/// Planes of whole channels [c0, c1) in one kernel call; channel c0's coefficients are at
+/// index `first` of k's arrays.
 template <class T>
 void normalize_channels(const plan_impl& plan, std::size_t c0, std::size_t c1, const T* src, T* dst,
-                        kernels::coefficients<const T> k, bool prescaled) {
+                        const kernels::coefficients<const T>& k, std::size_t first,
+                        bool prescaled) {
   const partition& p = plan.part;
   const std::size_t at = c0 * p.spatial;
   plan.kernels->get<T>().plane_normalize(src + at, dst + at, p.spatial, p.batch,
-                                         p.channels * p.spatial, c1 - c0, k, prescaled,
+                                         p.channels * p.spatial, c1 - c0, k, first, prescaled,
                                          p.stream_stores);
 }
 
@@ -123,20 +128,21 @@ void stats_unit(const plan_impl& plan, std::size_t u, const T* src, const T* piv
   });
 }
 
-/// Planes traversal, unit u: normalize its run; the coefficients point to its channel's.
+/// Planes traversal, unit u: normalize its run; its channel's coefficients are at index
+/// `first` of k's arrays.
 template <class T>
 void normalize_unit(const plan_impl& plan, std::size_t u, const T* src, T* dst,
-                    kernels::coefficients<const T> k, bool prescaled) {
+                    const kernels::coefficients<const T>& k, std::size_t first, bool prescaled) {
   const partition& p = plan.part;
   const std::size_t c = u / p.chunks_per_channel;
   if (p.chunks_per_channel == 1) {
-    normalize_channels(plan, c, c + 1, src, dst, k, prescaled);
+    normalize_channels(plan, c, c + 1, src, dst, k, first, prescaled);
     return;
   }
   const std::size_t begin = (u % p.chunks_per_channel) * p.chunk_len;
   const std::size_t end = std::min(begin + p.chunk_len, p.per_channel);
   for_each_plane_piece(p, c, begin, end, [&](std::size_t at, std::size_t len) {
-    plan.kernels->get<T>().plane_normalize(src + at, dst + at, len, 1, 0, 1, k, prescaled,
+    plan.kernels->get<T>().plane_normalize(src + at, dst + at, len, 1, 0, 1, k, first, prescaled,
                                            p.stream_stores);
   });
 }
@@ -152,12 +158,12 @@ void normalize_interleaved_units(const plan_impl& plan, std::size_t units, const
     for (std::size_t u = b; u < e; ++u) {
       const interleaved_unit w = unit_at(u);
       const std::size_t at = w.offset + w.column;
-      kern.interleaved_normalize(src + at, dst + at, w.periods, w.width, p.period, k + w.column,
-                                 prescaled, p.stream_stores);
+      kern.interleaved_normalize(src + at, dst + at, w.periods, w.width, p.period, k.readable,
+                                 w.column, prescaled, p.stream_stores);
       if (w.remainder) {
         const std::size_t tail = w.offset + w.periods * p.period;
-        kern.interleaved_normalize(src + tail, dst + tail, 1, w.remainder, p.period, k, prescaled,
-                                   p.stream_stores);
+        kern.interleaved_normalize(src + tail, dst + tail, 1, w.remainder, p.period, k.readable, 0,
+                                   prescaled, p.stream_stores);
       }
     }
   });
@@ -177,7 +183,7 @@ void normalize_pass(const plan_impl& plan, const T* src, T* dst, const coefficie
         const std::size_t c = q % p.channels;
         const std::size_t run = std::min(p.channels - c, end - q);
         const std::size_t at = q * p.spatial;
-        kern.plane_normalize(src + at, dst + at, p.spatial, 1, 0, run, k + c, prescaled,
+        kern.plane_normalize(src + at, dst + at, p.spatial, 1, 0, run, k.readable, c, prescaled,
                              p.stream_stores);
         q += run;
       }
@@ -186,7 +192,7 @@ void normalize_pass(const plan_impl& plan, const T* src, T* dst, const coefficie
     plan.threads.for_each(p.units, p.units_per_task, p.serial, [&](std::size_t b, std::size_t e) {
       for (std::size_t u = b; u < e; ++u) {
         const std::size_t c = u / p.chunks_per_channel;
-        normalize_unit<T>(plan, u, src, dst, k + c, prescaled);
+        normalize_unit<T>(plan, u, src, dst, k.readable, c, prescaled);
       }
     });
   } else {
@@ -297,7 +303,7 @@ class training_step {
               sums();
               block = finalize_block(c0, c1, correction::done);
             }
-            normalize_channels<T>(plan_, c0, c1, src_, dst_, coeffs_ + c0, block.prescaled);
+            normalize_channels<T>(plan_, c0, c1, src_, dst_, coeffs_.readable, c0, block.prescaled);
           }
         });
   }
@@ -325,8 +331,8 @@ class training_step {
           sums();
           block = finalize_block(c0, c1, correction::done);
         }
-        kern.interleaved_normalize(src_ + c0, dst_ + c0, p_.rows, w.width, p_.period, coeffs_ + c0,
-                                   block.prescaled, p_.stream_stores);
+        kern.interleaved_normalize(src_ + c0, dst_ + c0, p_.rows, w.width, p_.period,
+                                   coeffs_.readable, c0, block.prescaled, p_.stream_stores);
       }
     });
   }
@@ -480,7 +486,7 @@ class training_step {
       }
     }
     result.prescaled = kern.channel_coefficients(c1 - c0, mean_ + c0, inv_std_ + c0, scale_ + c0,
-                                                 beta ? beta + c0 : nullptr, coeffs_ + c0);
+                                                 beta ? beta + c0 : nullptr, coeffs_, c0);
     return result;
   }
 
@@ -563,7 +569,7 @@ class inference_step {
     // slot for rows) before the normalization.
     std::atomic<bool> prescaled{false};
     for_each_channel_block(plan_, [&](std::size_t c0, std::size_t c1) {
-      if (set_coefficients(c0, c1, coeffs_ + c0)) prescaled = true;  // any order: an OR
+      if (set_coefficients(c0, c1, coeffs_, c0)) prescaled = true;  // any order: an OR
     });
     if (p_.kind == traversal::planes) {
       normalize_pass<T>(plan_, src_, dst_, coeffs_, prescaled);
@@ -579,15 +585,16 @@ class inference_step {
   }
 
  private:
-  /// The coefficients of channels [c0, c1), written from index 0 of each array, in float64
+  /// The coefficients of channels [c0, c1), written from index `first` of out's arrays, in float64
   /// vectors: the kernel's division and square root are as exact as scalar ones, so how the
   /// channels are blocked does not change a bit.
-  bool set_coefficients(std::size_t c0, std::size_t c1, kernels::coefficients<T> out) const {
+  bool set_coefficients(std::size_t c0, std::size_t c1, const kernels::coefficients<T>& out,
+                        std::size_t first) const {
     const auto at = [c0](const channel_input& buffer) {
       return buffer.data ? static_cast<const T*>(buffer.data) + c0 : nullptr;
     };
     return kern_.inference_coefficients(c1 - c0, plan_.prob.epsilon, at(args_.mean), at(args_.var),
-                                        at(args_.scale), at(args_.shift), out);
+                                        at(args_.scale), at(args_.shift), out, first);
   }
 
   /// Channel-major planes: each task works out its own channels' coefficients, 16 at a time,
@@ -599,17 +606,18 @@ class inference_step {
           constexpr std::size_t group = 16;
           T center_k[group], scale_k[group], shift_k[group], prescale_k[group];
           const kernels::coefficients<T> k(center_k, scale_k, shift_k, prescale_k);
+          const kernels::coefficients<const T> readable(k);
           for (std::size_t u0 = b; u0 < e; u0 += group) {
             const std::size_t u1 = std::min(u0 + group, e);
             const std::size_t c0 = u0 / p_.chunks_per_channel;
             const std::size_t c1 = (u1 - 1) / p_.chunks_per_channel + 1;
-            const bool prescaled = set_coefficients(c0, c1, k);
+            const bool prescaled = set_coefficients(c0, c1, k, 0);
             if (p_.chunks_per_channel == 1) {
-              normalize_channels<T>(plan_, c0, c1, src_, dst_, k, prescaled);
+              normalize_channels<T>(plan_, c0, c1, src_, dst_, readable, 0, prescaled);
               continue;
             }
             for (std::size_t u = u0; u < u1; ++u) {
-              normalize_unit<T>(plan_, u, src_, dst_, k + (u / p_.chunks_per_channel - c0),
+              normalize_unit<T>(plan_, u, src_, dst_, readable, u / p_.chunks_per_channel - c0,
                                 prescaled);
             }
           }
@@ -626,9 +634,9 @@ class inference_step {
       for (std::size_t u = b; u < e; ++u) {
         const interleaved_unit w(p_, u);
         const std::size_t c0 = w.column;
-        const bool prescaled = set_coefficients(c0, c0 + w.width, coeffs_ + c0);
-        kern_.interleaved_normalize(src_ + c0, dst_ + c0, p_.rows, w.width, p_.period, coeffs_ + c0,
-                                    prescaled, p_.stream_stores);
+        const bool prescaled = set_coefficients(c0, c0 + w.width, coeffs_, c0);
+        kern_.interleaved_normalize(src_ + c0, dst_ + c0, p_.rows, w.width, p_.period,
+                                    coeffs_.readable, c0, prescaled, p_.stream_stores);
       }
     });
   }

@@ -135,12 +135,19 @@ status validate_problem(const problem& prob, const plan_options& options) noexce
   return {};
 }
 
+/// `what` names the element: a string, or a dtype whose name is looked up only on failure.
 status check_alignment(const char* name, const void* data, std::size_t alignment,
                        const char* what) noexcept {
   if (reinterpret_cast<std::uintptr_t>(data) % alignment == 0) return {};
   return status::failure(status_code::invalid_argument,
                          "%s: expected an address aligned to %zu bytes (%s), got %p", name,
                          alignment, what, data);
+}
+
+status check_alignment(const char* name, const void* data, dtype values) noexcept {
+  const std::size_t alignment = element_size(values);
+  if (reinterpret_cast<std::uintptr_t>(data) % alignment == 0) return {};
+  return check_alignment(name, data, alignment, to_string(values));
 }
 
 // A per-channel buffer: omitted ({}), or C values. `required` names why it may not be omitted.
@@ -172,9 +179,7 @@ status check_channel_buffers(std::initializer_list<channel_buffer> buffers, std:
                              "%s: expected %zu values (one per channel, C = %zu), got %zu", b.name,
                              channels, channels, b.size);
     }
-    if (status s = check_alignment(b.name, b.data, element_size(values), to_string(values)); !s) {
-      return s;
-    }
+    if (status s = check_alignment(b.name, b.data, values); !s) return s;
   }
   return {};
 }
@@ -186,10 +191,8 @@ status check_tensors(const plan_impl& plan, const void* src, const void* dst) no
         status_code::invalid_argument, "%s: expected %zu elements of shape %s, got a null pointer",
         src == nullptr ? "src" : "dst", plan.part.elements, shape_text(plan.prob.shape).text);
   }
-  const std::size_t alignment = element_size(plan.prob.dtype);
-  const char* what = to_string(plan.prob.dtype);
-  if (status s = check_alignment("src", src, alignment, what); !s) return s;
-  return check_alignment("dst", dst, alignment, what);
+  if (status s = check_alignment("src", src, plan.prob.dtype); !s) return s;
+  return check_alignment("dst", dst, plan.prob.dtype);
 }
 
 status check_counter(const std::int64_t* counter) noexcept {
@@ -232,39 +235,39 @@ struct region {
 };
 
 /// A buffer that the call writes may overlap no other; dst == src exactly (in place) is the
-/// one exception. Empty and omitted buffers take no memory.
+/// one exception. Empty and omitted buffers take no memory. Every call runs this, so it is
+/// kept short: the buffers present are sorted by address (a dozen at most) and each is
+/// compared only with those that start before it ends.
 status check_separate(std::initializer_list<region> regions) noexcept {
-  struct span {
-    std::uintptr_t begin, end;
-    const region* of;
-  };
-  span present[16];
+  constexpr std::size_t most = 16;
+  std::uintptr_t begin[most], end[most];
+  const region* of[most];
+  unsigned char order[most];
   std::size_t count = 0;
-  for (const region& r : regions) {  // in order of address (insertion: a dozen at most)
-    if (r.data == nullptr || r.bytes == 0 || count == 16) continue;
-    const auto begin = reinterpret_cast<std::uintptr_t>(r.data);
-    std::size_t at = count++;
-    for (; at > 0 && present[at - 1].begin > begin; --at) present[at] = present[at - 1];
-    present[at] = {begin, begin + r.bytes, &r};
+  for (const region& r : regions) {
+    if (r.data == nullptr || r.bytes == 0 || count == most) continue;
+    begin[count] = reinterpret_cast<std::uintptr_t>(r.data);
+    end[count] = begin[count] + r.bytes;
+    of[count] = &r;
+    std::size_t at = count;
+    for (; at > 0 && begin[order[at - 1]] > begin[count]; --at) order[at] = order[at - 1];
+    order[at] = static_cast<unsigned char>(count++);
   }
-  // Sorted by start, the buffers that overlap a are the ones that start before a ends.
   for (std::size_t i = 0; i < count; ++i) {
-    for (std::size_t j = i + 1; j < count && present[j].begin < present[i].end; ++j) {
-      const span& a = present[i];
-      const span& b = present[j];
-      if (!(a.of->written || b.of->written)) continue;
-      if (a.of->in_place && b.of->in_place && a.begin == b.begin && a.end == b.end) continue;
+    const std::size_t a = order[i];
+    for (std::size_t k = i + 1; k < count && begin[order[k]] < end[a]; ++k) {
+      const std::size_t b = order[k];
+      if (!(of[a]->written || of[b]->written)) continue;
+      if (of[a]->in_place && of[b]->in_place && begin[a] == begin[b] && end[a] == end[b]) continue;
       // Named first: the written one; of two, the later argument.
-      const region* first = a.of > b.of ? a.of : b.of;
-      const region* second = a.of > b.of ? b.of : a.of;
-      if (!first->written) std::swap(first, second);
-      const region& w = *first;
-      const region& o = *second;
+      const region* w = of[a] > of[b] ? of[a] : of[b];
+      const region* o = of[a] > of[b] ? of[b] : of[a];
+      if (!w->written) std::swap(w, o);
       return status::failure(status_code::invalid_argument,
                              "%s: expected memory of its own (a written buffer may overlap no "
                              "other; only dst == src, in place), got %zu bytes at %p that "
                              "overlap %s (%zu bytes at %p)",
-                             w.name, w.bytes, w.data, o.name, o.bytes, o.data);
+                             w->name, w->bytes, w->data, o->name, o->bytes, o->data);
     }
   }
   return {};

@@ -170,7 +170,7 @@ TYPED_TEST(KernelTester, PlaneNormalizeOverTailsFormsAndStores) {
             std::vector<T> y(x.size(), T(-77));
             const coefficient_buffers<T> coeffs(channels, form);
             k.plane_normalize(x.data() + offset, y.data() + offset, len, planes, stride, channels,
-                              coeffs.view(), form == 2, stream);
+                              coeffs.view(), 0, form == 2, stream);
             for (std::size_t i = 0; i < y.size(); ++i) {
               const std::size_t at = i - offset;
               const bool written =
@@ -208,7 +208,7 @@ TYPED_TEST(KernelTester, InterleavedNormalizeOverTailsFormsAndStores) {
               std::vector<T> y(x.size(), T(-77));
               const coefficient_buffers<T> coeffs(width, form);
               k.interleaved_normalize(x.data() + offset, y.data() + offset, rows, width, stride,
-                                      coeffs.view(), form == 2, stream);
+                                      coeffs.view(), 0, form == 2, stream);
               for (std::size_t i = 0; i < y.size(); ++i) {
                 const std::size_t at = i - offset;
                 const bool written = i >= offset && at % stride < width && at / stride < rows;
@@ -288,11 +288,11 @@ TYPED_TEST(KernelTester, PerChannelKernelsOverTails) {
       coefficient_buffers<T> all(n, 1), one(1, 1);
       EXPECT_FALSE(k.inference_coefficients(
           n, 1e-5, mean.data(), var.data(), gamma.data(), beta.data(),
-          {all.center.data(), all.scale.data(), all.shift.data(), all.prescale.data()}));
+          {all.center.data(), all.scale.data(), all.shift.data(), all.prescale.data()}, 0));
       for (std::size_t c = 0; c < n; ++c) {
         k.inference_coefficients(
             1, 1e-5, &mean[c], &var[c], &gamma[c], &beta[c],
-            {one.center.data(), one.scale.data(), one.shift.data(), one.prescale.data()});
+            {one.center.data(), one.scale.data(), one.shift.data(), one.prescale.data()}, 0);
         EXPECT_EQ(all.center[c], one.center[0]) << c;
         EXPECT_EQ(all.scale[c], one.scale[0]) << c;
         EXPECT_EQ(all.shift[c], one.shift[0]) << c;

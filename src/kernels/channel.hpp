@@ -130,16 +130,20 @@ double prescale_for(double center, double scale) noexcept {
   return magnitude <= 0.5 * largest ? 0.5 : 1.0;
 }
 
+/// Channel `at`'s coefficients (see store_coefficients). The arrays come with the index to
+/// write at, not as a view made for the call: the view's pointers, stored just before and
+/// loaded together in the callee, would stall store-to-load forwarding at every call.
 template <class T>
 void store_coefficients_scalar(double mean, double inv_std, double scale, double beta,
-                               coefficients<T> out) noexcept {
+                               const coefficients<T>& out, std::size_t at) noexcept {
   const T center = folds(mean, inv_std) ? T(0) : static_cast<T>(mean);
   const double residual = mean - static_cast<double>(center);
   const double h = prescale_for<T>(center, scale);
-  *out.center = static_cast<T>(static_cast<double>(center) * h);  // exact: h is a power of two
-  *out.scale = saturate_scalar<T>(scale / h);
-  *out.shift = saturate_scalar<T>(beta - residual * scale);
-  *out.prescale = static_cast<T>(h);
+  // Exact: h is a power of two (and h = 1 for all but extreme channels).
+  out.center[at] = h == 1.0 ? center : static_cast<T>(static_cast<double>(center) * h);
+  out.scale[at] = saturate_scalar<T>(h == 1.0 ? scale : scale / h);
+  out.shift[at] = saturate_scalar<T>(beta - residual * scale);
+  out.prescale[at] = static_cast<T>(h);
 }
 
 /// The coefficients of `lanes` channels from their float64 mean, 1/std and scale: center = +0
@@ -151,15 +155,16 @@ template <class Arch, class T>
 auto store_coefficients(const xsimd::batch<double, Arch>& mean,
                         const xsimd::batch<double, Arch>& inv_std,
                         const xsimd::batch<double, Arch>& scale,
-                        const xsimd::batch<double, Arch>& beta, coefficients<T> out) noexcept {
+                        const xsimd::batch<double, Arch>& beta, const coefficients<T>& out,
+                        std::size_t at) noexcept {
   using dvec = xsimd::batch<double, Arch>;
   const auto fold = xsimd::abs(mean) * inv_std <= dvec(0.25);
-  store_as<Arch>(out.center, xsimd::select(fold, dvec(0.0), mean));
-  const dvec center = load_as_f64<Arch>(out.center);
+  store_as<Arch>(out.center + at, xsimd::select(fold, dvec(0.0), mean));
+  const dvec center = load_as_f64<Arch>(out.center + at);
   const auto residual = mean - center;
-  store_as<Arch>(out.scale, saturate_to<Arch, T>(scale));
-  store_as<Arch>(out.shift, saturate_to<Arch, T>(beta - residual * scale));
-  store_as<Arch>(out.prescale, dvec(1.0));
+  store_as<Arch>(out.scale + at, saturate_to<Arch, T>(scale));
+  store_as<Arch>(out.shift + at, saturate_to<Arch, T>(beta - residual * scale));
+  store_as<Arch>(out.prescale + at, dvec(1.0));
   const dvec magnitude = xsimd::abs(scale);
   return (xsimd::abs(center) >= dvec(overflowing_center<T>())) |
          ((magnitude < dvec(static_cast<double>(std::numeric_limits<T>::min()))) &
@@ -172,58 +177,61 @@ auto store_coefficients(const xsimd::batch<double, Arch>& mean,
 /// where some channel needs a prescale, all of them again through the scalar code (same bits
 /// where the prescale is 1). Returns whether some channel needs one.
 template <class Arch, class T, class Vector, class Scalar>
-bool all_coefficients(std::size_t channels, coefficients<T> out, const Vector& channel,
-                      const Scalar& channel_scalar) noexcept {
+bool all_coefficients(std::size_t channels, const coefficients<T>& out, std::size_t first,
+                      const Vector& channel, const Scalar& channel_scalar) noexcept {
   constexpr std::size_t lanes = xsimd::batch<double, Arch>::size;
   const xsimd::batch<double, Arch> zero(0.0);
   auto extreme = zero != zero;  // all false
   std::size_t c = 0;
-  for (; c + lanes <= channels; c += lanes) extreme = extreme | channel(c, out + c);
+  for (; c + lanes <= channels; c += lanes) extreme = extreme | channel(c, first + c);
   bool prescaled = false;
   for (; c < channels; ++c) {
-    channel_scalar(c, out + c);
-    prescaled = prescaled || out.prescale[c] != T(1);
+    channel_scalar(c, first + c);
+    prescaled = prescaled || out.prescale[first + c] != T(1);
   }
   if (!xsimd::any(extreme)) return prescaled;
-  for (c = 0; c < channels; ++c) channel_scalar(c, out + c);
+  for (c = 0; c < channels; ++c) channel_scalar(c, first + c);
   return true;
 }
 
 template <class Arch, class T>
 bool channel_coefficients(std::size_t channels, const double* mean, const double* inv_std,
-                          const double* scale, const T* beta, coefficients<T> out) noexcept {
+                          const double* scale, const T* beta, const coefficients<T>& out,
+                          std::size_t first) noexcept {
   using dvec = xsimd::batch<double, Arch>;
   return all_coefficients<Arch>(
-      channels, out,
-      [&](std::size_t c, coefficients<T> at) {
-        return store_coefficients<Arch>(
-            dvec::load_unaligned(mean + c), dvec::load_unaligned(inv_std + c),
-            dvec::load_unaligned(scale + c), beta ? load_as_f64<Arch>(beta + c) : dvec(0.0), at);
+      channels, out, first,
+      [&](std::size_t c, std::size_t at) {
+        return store_coefficients<Arch>(dvec::load_unaligned(mean + c),
+                                        dvec::load_unaligned(inv_std + c),
+                                        dvec::load_unaligned(scale + c),
+                                        beta ? load_as_f64<Arch>(beta + c) : dvec(0.0), out, at);
       },
-      [&](std::size_t c, coefficients<T> at) {
+      [&](std::size_t c, std::size_t at) {
         store_coefficients_scalar(mean[c], inv_std[c], scale[c],
-                                  beta ? static_cast<double>(beta[c]) : 0.0, at);
+                                  beta ? static_cast<double>(beta[c]) : 0.0, out, at);
       });
 }
 
 template <class Arch, class T>
 bool inference_coefficients(std::size_t channels, double eps, const T* mean, const T* variance,
-                            const T* gamma, const T* beta, coefficients<T> out) noexcept {
+                            const T* gamma, const T* beta, const coefficients<T>& out,
+                            std::size_t first) noexcept {
   using dvec = xsimd::batch<double, Arch>;
   const dvec e(eps), unit(1.0);
   return all_coefficients<Arch>(
-      channels, out,
-      [&](std::size_t c, coefficients<T> at) {
+      channels, out, first,
+      [&](std::size_t c, std::size_t at) {
         const dvec inv = unit / xsimd::sqrt(load_as_f64<Arch>(variance + c) + e);
         return store_coefficients<Arch>(load_as_f64<Arch>(mean + c), inv,
                                         gamma ? load_as_f64<Arch>(gamma + c) * inv : inv,
-                                        beta ? load_as_f64<Arch>(beta + c) : dvec(0.0), at);
+                                        beta ? load_as_f64<Arch>(beta + c) : dvec(0.0), out, at);
       },
-      [&](std::size_t c, coefficients<T> at) {
+      [&](std::size_t c, std::size_t at) {
         const double inv = 1.0 / std::sqrt(static_cast<double>(variance[c]) + eps);
         store_coefficients_scalar(static_cast<double>(mean[c]), inv,
                                   (gamma ? static_cast<double>(gamma[c]) : 1.0) * inv,
-                                  beta ? static_cast<double>(beta[c]) : 0.0, at);
+                                  beta ? static_cast<double>(beta[c]) : 0.0, out, at);
       });
 }
 

@@ -45,7 +45,8 @@ struct coefficients {
 /// sum_sq += Σd².
 /// Normalization computes y = (x·prescale − center)·scale + shift (see coefficients), with the
 /// center the mean rounded to T (x·a + b with the mean folded into b would cancel when
-/// |mean| ≫ std). `prescaled` says whether some channel's prescale may differ from 1 (the
+/// |mean| ≫ std); channel (slot) j's coefficients are at index first + j of their arrays.
+/// `prescaled` says whether some channel's prescale may differ from 1 (the
 /// coefficient kernels tell): without, no kernel looks at the prescales. With `stream`, whole
 /// aligned vectors are written with non-temporal stores: for outputs that do not fit in cache,
 /// this saves the read of every destination line before it is written.
@@ -68,8 +69,9 @@ struct kernel_set {
   void (*plane_stats)(const T* src, std::size_t len, std::size_t planes, std::size_t stride,
                       std::size_t channels, const T* pivot, double* sum, double* sum_sq) noexcept;
   void (*plane_normalize)(const T* src, T* dst, std::size_t len, std::size_t planes,
-                          std::size_t stride, std::size_t channels, coefficients<const T> coeffs,
-                          bool prescaled, bool stream) noexcept;
+                          std::size_t stride, std::size_t channels,
+                          const coefficients<const T>& coeffs, std::size_t first, bool prescaled,
+                          bool stream) noexcept;
   /// Interleaved channels: `rows` rows of `width` slots, `stride` elements apart. Slot j of
   /// every row shares the per-slot arrays' entry j (pivot, sums, coefficients); the planner
   /// makes slot j channel j % C. Coefficient arrays are padded by one vector past the width.
@@ -78,8 +80,8 @@ struct kernel_set {
   void (*interleaved_stats)(const T* src, std::size_t rows, std::size_t width, std::size_t stride,
                             const T* pivot, double* sum, double* sum_sq, bool accumulate) noexcept;
   void (*interleaved_normalize)(const T* src, T* dst, std::size_t rows, std::size_t width,
-                                std::size_t stride, coefficients<const T> coeffs, bool prescaled,
-                                bool stream) noexcept;
+                                std::size_t stride, const coefficients<const T>& coeffs,
+                                std::size_t first, bool prescaled, bool stream) noexcept;
   /// Per channel, in float64 and in place: Σd, Σd² (d = x − pivot, `count` values) become the
   /// mean and the biased variance; then inv_std = 1/sqrt(variance + eps) and
   /// scale = gamma·inv_std (gamma null: 1). Exact division and square root, as the scalar code.
@@ -92,13 +94,16 @@ struct kernel_set {
   /// Training, per channel from the float64 mean, 1/std and scale: center = +0 where
   /// |mean|·inv_std ≤ 1/4 (the mean folds into the shift), else the mean rounded to T; scale;
   /// shift = beta − (mean − center)·scale (beta null: 0); values beyond T's range saturate to
-  /// its largest; then the prescale (see coefficients). Returns whether some prescale is not 1.
+  /// its largest; then the prescale (see coefficients). Channel c's go to index first + c of
+  /// the arrays. Returns whether some prescale is not 1.
   bool (*channel_coefficients)(std::size_t channels, const double* mean, const double* inv_std,
-                               const double* scale, const T* beta, coefficients<T> out) noexcept;
+                               const double* scale, const T* beta, const coefficients<T>& out,
+                               std::size_t first) noexcept;
   /// Inference, per channel from the running statistics: the same coefficients with
   /// scale = gamma/sqrt(variance + eps) in float64 (gamma null: 1).
   bool (*inference_coefficients)(std::size_t channels, double eps, const T* mean, const T* variance,
-                                 const T* gamma, const T* beta, coefficients<T> out) noexcept;
+                                 const T* gamma, const T* beta, const coefficients<T>& out,
+                                 std::size_t first) noexcept;
   /// Per channel: out[c] = in[c] rounded to T (the batch statistics the caller asked for).
   void (*narrow)(std::size_t channels, const double* in, T* out) noexcept;
   /// Per channel, the running statistic's update in float64, rounded to T:

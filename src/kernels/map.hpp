@@ -181,51 +181,55 @@ void normalize_planes(const S* src, S* dst, std::size_t len, std::size_t planes,
 template <form Form, class Arch, class S>
 void normalize_channel_planes(const S* src, S* dst, std::size_t len, std::size_t planes,
                               std::size_t stride, std::size_t ch0, std::size_t ch1,
-                              coefficients<const compute_t<S>> k, bool stream) noexcept {
+                              const coefficients<const compute_t<S>>& k, std::size_t first,
+                              bool stream) noexcept {
   using vec = xsimd::batch<compute_t<S>, Arch>;
   for (std::size_t ch = ch0; ch < ch1; ++ch) {
     const auto run = [&](auto compute) {
       normalize_planes<Arch>(src + ch * len, dst + ch * len, len, planes, stride, stream, compute);
     };
     // Each closure holds only the coefficients its form reads: normalize_planes copies it.
-    const vec a(k.scale[ch]), b(k.shift[ch]);
+    const std::size_t at = first + ch;
+    const vec a(k.scale[at]), b(k.shift[at]);
     if constexpr (Form == form::uncentered) {
       run([a, b](const vec& v) { return fmadd(v, a, b); });
     } else if constexpr (Form == form::centered) {
-      const vec c(k.center[ch]);
+      const vec c(k.center[at]);
       run([c, a, b](const vec& v) { return normalize(v, c, a, b); });
     } else {
-      const vec c(k.center[ch]), h(k.prescale[ch]);
+      const vec c(k.center[at]), h(k.prescale[at]);
       run([c, a, b, h](const vec& v) { return normalize_as<form::prescaled>(v, c, a, b, h); });
     }
   }
 }
 
 /// Channel k of `channels` has its first plane at src + k·len (dst likewise) and the
-/// coefficients k.center[k], ... Where every center is +0 it is left out (same bits, one
-/// operation less per vector).
+/// coefficients k.center[first + k], ... Where every center is +0 it is left out (same bits,
+/// one operation less per vector). The coefficient arrays come with the slot they start at,
+/// not as a view made for the call: a view's pointers stored just before the call and loaded
+/// two at once in it stall store-to-load forwarding, at every call.
 template <class Arch, class S>
 void plane_normalize(const S* src, S* dst, std::size_t len, std::size_t planes, std::size_t stride,
-                     std::size_t channels, coefficients<const compute_t<S>> k, bool prescaled,
-                     bool stream) noexcept {
+                     std::size_t channels, const coefficients<const compute_t<S>>& k,
+                     std::size_t first, bool prescaled, bool stream) noexcept {
   using T = compute_t<S>;
   stream = stream && element_aligned(dst);
-  if (prescaled && !all_one<Arch>(k.prescale, channels)) {
+  if (prescaled && !all_one<Arch>(k.prescale + first, channels)) {
     for (std::size_t ch = 0; ch < channels; ++ch) {
-      if (k.prescale[ch] != T(1)) {
+      if (k.prescale[first + ch] != T(1)) {
         normalize_channel_planes<form::prescaled, Arch>(src, dst, len, planes, stride, ch, ch + 1,
-                                                        k, stream);
+                                                        k, first, stream);
       } else {
         normalize_channel_planes<form::centered, Arch>(src, dst, len, planes, stride, ch, ch + 1, k,
-                                                       stream);
+                                                       first, stream);
       }
     }
-  } else if (all_positive_zero<Arch>(k.center, channels)) {
+  } else if (all_positive_zero<Arch>(k.center + first, channels)) {
     normalize_channel_planes<form::uncentered, Arch>(src, dst, len, planes, stride, 0, channels, k,
-                                                     stream);
+                                                     first, stream);
   } else {
     normalize_channel_planes<form::centered, Arch>(src, dst, len, planes, stride, 0, channels, k,
-                                                   stream);
+                                                   first, stream);
   }
   if (stream) stream_fence<Arch>();
 }
@@ -268,16 +272,17 @@ void narrow_rows_normalize(const S* src, S* dst, std::size_t rows, std::size_t s
 template <std::size_t Rows, std::size_t Vectors, form Form, class Arch, class S,
           class T = compute_t<S>>
 [[gnu::always_inline]] inline void normalize_rows(const S* x, S* y, std::size_t stride,
-                                                  const coefficients<const T>& k,
+                                                  const coefficients<const T>& k, std::size_t first,
                                                   std::size_t j) noexcept {
   using vec = xsimd::batch<T, Arch>;
   constexpr std::size_t lanes = vec::size;
   vec c[Vectors], a[Vectors], b[Vectors], h[Vectors], v[Rows][Vectors];
   for (std::size_t g = 0; g < Vectors; ++g) {
-    if (Form != form::uncentered) c[g] = vec::load_unaligned(k.center + j + g * lanes);
-    if (Form == form::prescaled) h[g] = vec::load_unaligned(k.prescale + j + g * lanes);
-    a[g] = vec::load_unaligned(k.scale + j + g * lanes);
-    b[g] = vec::load_unaligned(k.shift + j + g * lanes);
+    const std::size_t at = first + j + g * lanes;
+    if (Form != form::uncentered) c[g] = vec::load_unaligned(k.center + at);
+    if (Form == form::prescaled) h[g] = vec::load_unaligned(k.prescale + at);
+    a[g] = vec::load_unaligned(k.scale + at);
+    b[g] = vec::load_unaligned(k.shift + at);
   }
   for (std::size_t r = 0; r < Rows; ++r) {
     for (std::size_t g = 0; g < Vectors; ++g) {
@@ -296,8 +301,8 @@ template <std::size_t Rows, std::size_t Vectors, form Form, class Arch, class S,
 /// time.
 template <std::size_t Together, form Form, class Arch, class S, class Compute>
 std::size_t normalize_row_groups(const S* src, S* dst, std::size_t rows, std::size_t width,
-                                 std::size_t stride, coefficients<const compute_t<S>> k,
-                                 Compute compute) noexcept {
+                                 std::size_t stride, const coefficients<const compute_t<S>>& k,
+                                 std::size_t first, Compute compute) noexcept {
   constexpr std::size_t lanes = xsimd::batch<compute_t<S>, Arch>::size;
   constexpr std::size_t together = Together;
   const std::size_t whole = width - width % lanes;
@@ -307,9 +312,9 @@ std::size_t normalize_row_groups(const S* src, S* dst, std::size_t rows, std::si
     S* y = dst + r * stride;
     std::size_t j = 0;
     for (; j + 2 * lanes <= whole; j += 2 * lanes) {
-      normalize_rows<together, 2, Form, Arch>(x + j, y + j, stride, k, j);
+      normalize_rows<together, 2, Form, Arch>(x + j, y + j, stride, k, first, j);
     }
-    if (j < whole) normalize_rows<together, 1, Form, Arch>(x + j, y + j, stride, k, j);
+    if (j < whole) normalize_rows<together, 1, Form, Arch>(x + j, y + j, stride, k, first, j);
     for (std::size_t i = 0; whole < width && i < together; ++i) {
       store_run<Arch>(x + i * stride, y + i * stride, whole, width, compute);
     }
@@ -320,16 +325,16 @@ std::size_t normalize_row_groups(const S* src, S* dst, std::size_t rows, std::si
 /// interleaved_normalize for rows wider than the narrow kernels take, in one of the forms.
 template <form Form, class Arch, class S>
 void wide_rows_normalize(const S* src, S* dst, std::size_t rows, std::size_t width,
-                         std::size_t stride, coefficients<const compute_t<S>> k,
-                         bool stream) noexcept {
+                         std::size_t stride, const coefficients<const compute_t<S>>& k,
+                         std::size_t first, bool stream) noexcept {
   using T = compute_t<S>;
   using vec = xsimd::batch<T, Arch>;
   // The coefficient arrays are padded by one vector past the width: the loads for a partial
   // last vector stay in bounds.
-  const T* center = k.center;
-  const T* scale = k.scale;
-  const T* shift = k.shift;
-  const T* prescale = k.prescale;
+  const T* center = k.center + first;
+  const T* scale = k.scale + first;
+  const T* shift = k.shift + first;
+  const T* prescale = k.prescale + first;
   const auto compute = [center, scale, shift, prescale](std::size_t j, const vec& v) {
     return normalize_as<Form, Arch>(
         v, Form == form::uncentered ? vec(T(0)) : vec::load_unaligned(center + j),
@@ -345,9 +350,9 @@ void wide_rows_normalize(const S* src, S* dst, std::size_t rows, std::size_t wid
     // plain y = a·x + b pass over the same bytes; shorter rows keep the four-row walk, and
     // streamed rows go one at a time (docs/design.md has the timings of each).
     if (width == stride && width * sizeof(S) >= 1024) {
-      r = normalize_row_groups<1, Form, Arch>(src, dst, rows, width, stride, k, compute);
+      r = normalize_row_groups<1, Form, Arch>(src, dst, rows, width, stride, k, first, compute);
     } else {
-      r = normalize_row_groups<4, Form, Arch>(src, dst, rows, width, stride, k, compute);
+      r = normalize_row_groups<4, Form, Arch>(src, dst, rows, width, stride, k, first, compute);
     }
   }
   for (; r < rows; ++r) {
@@ -361,16 +366,16 @@ void wide_rows_normalize(const S* src, S* dst, std::size_t rows, std::size_t wid
 
 template <class Arch, class S>
 void interleaved_normalize(const S* src, S* dst, std::size_t rows, std::size_t width,
-                           std::size_t stride, coefficients<const compute_t<S>> k, bool prescaled,
-                           bool stream) noexcept {
+                           std::size_t stride, const coefficients<const compute_t<S>>& k,
+                           std::size_t first, bool prescaled, bool stream) noexcept {
   using T = compute_t<S>;
   using vec = xsimd::batch<T, Arch>;
   constexpr std::size_t lanes = vec::size;
-  const T* center = k.center;
-  const T* scale = k.scale;
-  const T* shift = k.shift;
+  const T* center = k.center + first;
+  const T* scale = k.scale + first;
+  const T* shift = k.shift + first;
   // Extreme channels (see coefficients) take the general form, on the wide-row path.
-  prescaled = prescaled && !all_one<Arch>(k.prescale, width);
+  prescaled = prescaled && !all_one<Arch>(k.prescale + first, width);
   // Narrow rows stream whole vectors, so every row must start aligned: an aligned dst and a
   // stride of whole vectors. Other rows stream their whole cache lines, wherever they start.
   const bool aligned_rows = misalignment<Arch>(dst) == 0 && stride % lanes == 0;
@@ -397,11 +402,11 @@ void interleaved_normalize(const S* src, S* dst, std::size_t rows, std::size_t w
   // A block whose centers are all +0 (see store_coefficients) reads two coefficient streams,
   // not three: the third costs about 10% from L3 (docs/design.md).
   if (prescaled) {
-    wide_rows_normalize<form::prescaled, Arch>(src, dst, rows, width, stride, k, stream);
+    wide_rows_normalize<form::prescaled, Arch>(src, dst, rows, width, stride, k, first, stream);
   } else if (all_positive_zero<Arch>(center, width)) {
-    wide_rows_normalize<form::uncentered, Arch>(src, dst, rows, width, stride, k, stream);
+    wide_rows_normalize<form::uncentered, Arch>(src, dst, rows, width, stride, k, first, stream);
   } else {
-    wide_rows_normalize<form::centered, Arch>(src, dst, rows, width, stride, k, stream);
+    wide_rows_normalize<form::centered, Arch>(src, dst, rows, width, stride, k, first, stream);
   }
   if (stream) stream_fence<Arch>();
 }
