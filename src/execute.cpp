@@ -34,11 +34,16 @@ struct coefficient_arrays : kernels::coefficients<T> {
 
   /// Interleaved passes read per slot: slot j holds channel j % C. Vector loads of the last
   /// slots read up to one vector (of the widest ISA) past the period: zeros there (prescale 1).
-  void replicate(std::size_t channels, std::size_t period) const {
-    for (T* a : {this->center, this->scale, this->shift, this->prescale}) {
+  /// The prescales are read only where some channel has one: without, they are left alone.
+  void replicate(std::size_t channels, std::size_t period, bool prescaled) const {
+    const auto fill = [&](T* a, T padding) {
       for (std::size_t j = channels; j < period; ++j) a[j] = a[j - channels];
-      std::fill(a + period, a + period + 64 / sizeof(T), a == this->prescale ? T(1) : T(0));
-    }
+      std::fill(a + period, a + period + 64 / sizeof(T), padding);
+    };
+    fill(this->center, T(0));
+    fill(this->scale, T(0));
+    fill(this->shift, T(0));
+    if (prescaled) fill(this->prescale, T(1));
   }
 };
 
@@ -314,8 +319,9 @@ class training_step {
   /// channels.
   void fused_interleaved_pass() {
     const kernels::kernel_set<T>& kern = plan_.kernels->get<T>();
-    // Vector loads of the last block's coefficients read the padding: keep it defined.
-    coeffs_.replicate(p_.channels, p_.period);
+    // Vector loads of the last block's coefficients read the padding: keep it defined (the
+    // prescales too: a block may need them).
+    coeffs_.replicate(p_.channels, p_.period, true);
     plan_.threads.for_each(p_.units, 1, p_.serial, [&](std::size_t b, std::size_t e) {
       for (std::size_t u = b; u < e; ++u) {
         const interleaved_unit w(p_, u);
@@ -349,7 +355,9 @@ class training_step {
       block = finalize_block(0, p_.channels, correction::done);
     }
     prescaled_ = block.prescaled;
-    if (p_.kind == traversal::interleaved) coeffs_.replicate(p_.channels, p_.period);
+    if (p_.kind == traversal::interleaved) {
+      coeffs_.replicate(p_.channels, p_.period, prescaled_);
+    }
   }
 
   void tiny_sums() {
@@ -438,7 +446,7 @@ class training_step {
       if (block.repivoted) repivoted_ = true;
     });
     if (p_.kind == traversal::interleaved) {
-      coeffs_.replicate(p_.channels, p_.period);
+      coeffs_.replicate(p_.channels, p_.period, prescaled_);
     }
   }
 
@@ -575,7 +583,7 @@ class inference_step {
       normalize_pass<T>(plan_, src_, dst_, coeffs_, prescaled);
       return;
     }
-    coeffs_.replicate(p_.channels, p_.period);
+    coeffs_.replicate(p_.channels, p_.period, prescaled);
     normalize_interleaved_units<T>(
         plan_, p_.inference_row_chunks,
         [this](std::size_t u) {
@@ -628,8 +636,9 @@ class inference_step {
   /// over all the rows: each unit works out its block's coefficients and normalizes the block,
   /// in one parallel pass.
   void column_blocks_pass() const {
-    // Vector loads of the last block's coefficients read the padding: keep it defined.
-    coeffs_.replicate(p_.channels, p_.period);
+    // Vector loads of the last block's coefficients read the padding: keep it defined (the
+    // prescales too: a block may need them).
+    coeffs_.replicate(p_.channels, p_.period, true);
     plan_.threads.for_each(p_.units, 1, p_.serial, [&](std::size_t b, std::size_t e) {
       for (std::size_t u = b; u < e; ++u) {
         const interleaved_unit w(p_, u);
