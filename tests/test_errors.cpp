@@ -181,6 +181,11 @@ struct training_fixture {
 
   training_fixture() {
     for (std::size_t i = 0; i < x.size(); ++i) x[i] = static_cast<float>(i % 7);
+    bind();
+    args.num_batches_tracked = &tracked;
+  }
+  /// args onto the buffers as they are now.
+  void bind() {
     args.src = x.data();
     args.dst = y.data();
     args.scale = in(gamma);
@@ -189,7 +194,6 @@ struct training_fixture {
     args.batch_inv_std = out(inv_std);
     args.running_mean = out(running_mean);
     args.running_var = out(running_var);
-    args.num_batches_tracked = &tracked;
   }
   /// A larger shape (its scratch no longer fits on the stack), with buffers to match.
   void resize(const bnorm::tensor_shape& larger) {
@@ -198,18 +202,11 @@ struct training_fixture {
     for (std::size_t d = 0; d < larger.rank(); ++d) elements *= static_cast<std::size_t>(larger[d]);
     x.assign(elements, 0.5f);
     y.assign(elements, -9.f);
-    args.src = x.data();
-    args.dst = y.data();
     const auto channels = static_cast<std::size_t>(larger[1]);
     for (auto* v : {&gamma, &beta, &mean, &inv_std, &running_mean, &running_var}) {
       v->resize(channels, (*v)[0]);
     }
-    args.scale = in(gamma);
-    args.shift = in(beta);
-    args.batch_mean = out(mean);
-    args.batch_inv_std = out(inv_std);
-    args.running_mean = out(running_mean);
-    args.running_var = out(running_var);
+    bind();
   }
   std::vector<float> snapshot() const {
     std::vector<float> all = y;

@@ -380,19 +380,15 @@ void interleaved_normalize(const S* src, S* dst, std::size_t rows, std::size_t w
   // stride of whole vectors. Other rows stream their whole cache lines, wherever they start.
   const bool aligned_rows = misalignment<Arch>(dst) == 0 && stride % lanes == 0;
   if (!prescaled && width % lanes == 0 && width <= 4 * lanes && (aligned_rows || !stream)) {
+    const auto narrow = [&](auto vectors) {
+      narrow_rows_normalize<decltype(vectors)::value, Arch>(src, dst, rows, stride, center, scale,
+                                                            shift, stream);
+    };
     switch (width / lanes) {
-      case 1:
-        narrow_rows_normalize<1, Arch>(src, dst, rows, stride, center, scale, shift, stream);
-        break;
-      case 2:
-        narrow_rows_normalize<2, Arch>(src, dst, rows, stride, center, scale, shift, stream);
-        break;
-      case 3:
-        narrow_rows_normalize<3, Arch>(src, dst, rows, stride, center, scale, shift, stream);
-        break;
-      case 4:
-        narrow_rows_normalize<4, Arch>(src, dst, rows, stride, center, scale, shift, stream);
-        break;
+      case 1: narrow(std::integral_constant<std::size_t, 1>()); break;
+      case 2: narrow(std::integral_constant<std::size_t, 2>()); break;
+      case 3: narrow(std::integral_constant<std::size_t, 3>()); break;
+      case 4: narrow(std::integral_constant<std::size_t, 4>()); break;
       default: break;  // width 0: nothing to do
     }
     if (stream) stream_fence<Arch>();
