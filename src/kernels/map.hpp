@@ -272,13 +272,13 @@ void narrow_rows_normalize(const S* src, S* dst, std::size_t rows, std::size_t s
 template <std::size_t Rows, std::size_t Vectors, form Form, class Arch, class S,
           class T = compute_t<S>>
 [[gnu::always_inline]] inline void normalize_rows(const S* x, S* y, std::size_t stride,
-                                                  const coefficients<const T>& k, std::size_t first,
+                                                  const coefficients<const T>& k,
                                                   std::size_t j) noexcept {
   using vec = xsimd::batch<T, Arch>;
   constexpr std::size_t lanes = vec::size;
   vec c[Vectors], a[Vectors], b[Vectors], h[Vectors], v[Rows][Vectors];
   for (std::size_t g = 0; g < Vectors; ++g) {
-    const std::size_t at = first + j + g * lanes;
+    const std::size_t at = j + g * lanes;
     if (Form != form::uncentered) c[g] = vec::load_unaligned(k.center + at);
     if (Form == form::prescaled) h[g] = vec::load_unaligned(k.prescale + at);
     a[g] = vec::load_unaligned(k.scale + at);
@@ -306,15 +306,18 @@ std::size_t normalize_row_groups(const S* src, S* dst, std::size_t rows, std::si
   constexpr std::size_t lanes = xsimd::batch<compute_t<S>, Arch>::size;
   constexpr std::size_t together = Together;
   const std::size_t whole = width - width % lanes;
+  // A copy of the pointers whose address never leaves this function: the vector stores
+  // (may_alias intrinsics) would otherwise make every step reload them from k.
+  const coefficients<const compute_t<S>> at = k + first;
   std::size_t r = 0;
   for (; r + together <= rows; r += together) {
     const S* x = src + r * stride;
     S* y = dst + r * stride;
     std::size_t j = 0;
     for (; j + 2 * lanes <= whole; j += 2 * lanes) {
-      normalize_rows<together, 2, Form, Arch>(x + j, y + j, stride, k, first, j);
+      normalize_rows<together, 2, Form, Arch>(x + j, y + j, stride, at, j);
     }
-    if (j < whole) normalize_rows<together, 1, Form, Arch>(x + j, y + j, stride, k, first, j);
+    if (j < whole) normalize_rows<together, 1, Form, Arch>(x + j, y + j, stride, at, j);
     for (std::size_t i = 0; whole < width && i < together; ++i) {
       store_run<Arch>(x + i * stride, y + i * stride, whole, width, compute);
     }
