@@ -313,7 +313,7 @@ class training_step {
         });
   }
 
-  /// Rows in blocks of whole channels (slot j is channel j): shifts, statistics, coefficients
+  /// Rows in blocks of whole channels (slot j is channel j): pivots, statistics, coefficients
   /// and normalization of a block back to back, its rows still in cache for the second read,
   /// in a single parallel pass. The sums go straight into mean_ and variance_: a block owns its
   /// channels.
@@ -344,7 +344,8 @@ class training_step {
   }
 
   /// A tiny tensor: Σd, Σd² per channel in float64 in one walk over memory, each channel
-  /// pivoted on its first value (d = x − pivot is exact in float64), then finalize_block.
+  /// pivoted on its first value (d = x − pivot is exact in float64 for float32 data), then
+  /// finalize_block.
   void tiny_statistics() {
     const std::size_t run = p_.kind == traversal::planes ? p_.spatial : 1;
     for (std::size_t c = 0; c < p_.channels; ++c) pivot_[c] = src_[c * run];

@@ -39,9 +39,10 @@ class fp_environment_scope {
     _mm_setcsr(value);
   }
 #elif defined(__aarch64__)
-  // FPCR: AHP (26), DN (25), FZ (24), rounding (23:22), FZ16 (19), trap enables (15, 12:8).
+  // FPCR: AHP (26), DN (25), FZ (24), rounding (23:22), FZ16 (19), trap enables (15, 12:8),
+  // and FEAT_AFP's NEP, AH and FIZ (2:0).
   using word = std::uint64_t;
-  static constexpr word mode_mask = 0x07C89F00;
+  static constexpr word mode_mask = 0x07C89F07;
   static constexpr word computing = 0;  // round to nearest, no flush, no traps
   static word read() noexcept {
     word value;

@@ -85,8 +85,10 @@ channel_output out(std::vector<T>& v) {
 // per-channel buffers, 2^60 bytes, for the widest dtype).
 constexpr std::int64_t max_num_features = std::int64_t{1} << 57;
 
+// A function try block: copying the config (its strings and vectors) may fail too, and every
+// failure of the module API is a bnorm::error.
 template <class T>
-batch_norm<T>::batch_norm(const config& cfg)
+batch_norm<T>::batch_norm(const config& cfg) try
     : config_(cfg), training_(cfg.framework == framework::pytorch) {
   if (cfg.num_features < 1 || cfg.num_features > max_num_features) {
     throw error(status::failure(status_code::invalid_argument,
@@ -113,6 +115,12 @@ batch_norm<T>::batch_norm(const config& cfg)
                        "momentum: expected a value; only PyTorch defines momentum=None"));
   }
   reset_parameters();
+} catch (const error&) {
+  throw;
+} catch (const std::bad_alloc&) {
+  throw error(status(status_code::out_of_memory, "module: out of memory"));
+} catch (const std::length_error&) {
+  throw error(status(status_code::out_of_memory, "module: out of memory (length)"));
 }
 
 template <class T>
@@ -364,8 +372,10 @@ module_config make_config(std::int64_t num_features, const options& opts, std::s
 
 namespace mindspore {
 
-module_config make_config(std::int64_t num_features, const options& opts, std::size_t min_rank,
-                          std::size_t max_rank) {
+namespace {
+
+module_config mindspore_config(std::int64_t num_features, const options& opts, std::size_t min_rank,
+                               std::size_t max_rank) {
   module_config cfg = common_config(framework::mindspore, num_features, min_rank, max_rank,
                                     opts.eps, opts.momentum, opts.affine);
   cfg.use_batch_statistics = opts.use_batch_statistics;
@@ -383,6 +393,16 @@ module_config make_config(std::int64_t num_features, const options& opts, std::s
   cfg.running_mean_init = opts.moving_mean_init;
   cfg.running_var_init = opts.moving_var_init;
   return cfg;
+}
+
+}  // namespace
+
+// The copies of the initializers (names, values) may fail: make_config turns that into a
+// bnorm::error like every other failure of the module API.
+module_config make_config(std::int64_t num_features, const options& opts, std::size_t min_rank,
+                          std::size_t max_rank) {
+  return module_call("make_config",
+                     [&] { return mindspore_config(num_features, opts, min_rank, max_rank); });
 }
 
 }  // namespace mindspore

@@ -25,7 +25,7 @@ constexpr std::size_t tiny_elements = 64;
 constexpr std::size_t serial_bytes = 256 * 1024;
 // An interleaved period up to this many elements keeps the per-slot arrays in L1.
 constexpr std::size_t max_vector_period = 1024;
-// Interleaved partials are chunks × period doubles; at least this many rows per chunk keep
+// Interleaved partials are chunks × period doubles; at least this many periods per chunk keep
 // them below 1/64 of the data they summarize.
 constexpr std::size_t min_chunk_periods = 128;
 constexpr std::size_t max_interleaved_chunks = 256;

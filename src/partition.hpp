@@ -78,8 +78,8 @@ struct partition {
   /// channel per unit. Interleaved: one row chunk (all the rows), units are blocks of whole
   /// channels.
   bool fused = false;
-  /// Fused planes: channels per group (statistics, then normalization), as many as stay in a
-  /// quarter of a core's cache, at most 16.
+  /// Fused planes: channels per group (statistics, then normalization), as many as fit in
+  /// fused_group_bytes (half a core's L2 here), at most 16.
   std::size_t fused_group = 1;
 
   // planes: unit u covers the run [j·chunk_len, (j+1)·chunk_len) of channel u / k, j = u % k,
@@ -115,7 +115,7 @@ struct partition {
 };
 
 /// One line that says what a plan runs, e.g. "channels-last rows (3136 × 256) · training: two
-/// passes, 25 row chunks × 1 column block · inference: row chunks, 25 × 128 rows · cached
+/// passes, 25 row chunks × 1 column blocks · inference: row chunks, 25 × 128 rows · cached
 /// stores · parallel".
 std::string describe(const partition& p);
 

@@ -93,8 +93,7 @@ status validate_problem(const problem& prob, const plan_options& options) noexce
   // size computation can wrap.
   std::uint64_t elements = 0;
   const std::uint64_t largest = max_tensor_bytes / element_size(prob.dtype);
-  if (!detail::element_count(shape, &elements) || elements > largest ||
-      static_cast<std::uint64_t>(shape[1]) > largest) {
+  if (!detail::element_count(shape, &elements) || !detail::extent_fits(shape, largest)) {
     return status::failure(status_code::invalid_argument,
                            "shape: expected at most 2^60 bytes of %s (%llu elements, and as "
                            "many channels), got %s",
@@ -185,7 +184,10 @@ status check_channel_buffers(std::initializer_list<channel_buffer> buffers, std:
 }
 
 status check_tensors(const plan_impl& plan, const void* src, const void* dst) noexcept {
-  if (plan.part.elements == 0) return {};
+  if (plan.part.elements == 0) {  // an empty tensor: pointers may be null, but not misaligned
+    if (status s = check_alignment("src", src, plan.prob.dtype); !s) return s;
+    return check_alignment("dst", dst, plan.prob.dtype);
+  }
   if (src == nullptr || dst == nullptr) {
     return status::failure(
         status_code::invalid_argument, "%s: expected %zu elements of shape %s, got a null pointer",

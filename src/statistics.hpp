@@ -34,7 +34,8 @@ moments exact_moments(std::size_t batch, std::size_t spatial, double epsilon,
       largest = std::fmax(largest, std::fabs(value_at(n, s)));
   int exponent = 0;
   std::frexp(largest, &exponent);
-  // A NaN or an infinity: no scaling (largest is then NaN or inf, and so the moments).
+  // An infinity: no scaling (largest is inf), and the sums give inf or NaN moments; a NaN
+  // (which fmax passes over) gives NaN sums whatever the scale.
   const double unit = std::isfinite(largest) && largest > 0.0 ? std::ldexp(1.0, exponent - 1) : 1.0;
   double total = 0.0;
   for (std::size_t n = 0; n < batch; ++n)

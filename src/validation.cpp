@@ -64,14 +64,24 @@ status check_dimensions(const tensor_shape& shape) noexcept {
 }
 
 bool element_count(const tensor_shape& shape, std::uint64_t* out) noexcept {
-  std::uint64_t elements = 1;
+  std::uint64_t extent = 1;
+  bool empty = false;
   for (std::size_t d = 0; d < shape.rank(); ++d) {
-    if (__builtin_mul_overflow(elements, static_cast<std::uint64_t>(shape[d]), &elements)) {
-      return false;
-    }
+    const auto dimension = static_cast<std::uint64_t>(shape[d]);
+    empty = empty || dimension == 0;
+    if (__builtin_mul_overflow(extent, dimension == 0 ? 1 : dimension, &extent)) return false;
   }
-  *out = elements;
+  *out = empty ? 0 : extent;
   return true;
+}
+
+bool extent_fits(const tensor_shape& shape, std::uint64_t limit) noexcept {
+  std::uint64_t extent = 1;
+  for (std::size_t d = 0; d < shape.rank(); ++d) {
+    const auto dimension = static_cast<std::uint64_t>(shape[d]);
+    if (__builtin_mul_overflow(extent, dimension == 0 ? 1 : dimension, &extent)) return false;
+  }
+  return extent <= limit;
 }
 
 }  // namespace bnorm::detail

@@ -42,8 +42,13 @@ status check_momentum(const char* name, double value) noexcept;
 /// Rejects a dimension below 0, naming it and the shape.
 status check_dimensions(const tensor_shape& shape) noexcept;
 
-/// Elements of a shape whose dimensions were checked; false when the count does not fit in
-/// 64 bits.
+/// Elements of a shape whose dimensions were checked; false when the product of its nonzero
+/// dimensions does not fit in 64 bits (whatever the position of a zero: the same shape is
+/// refused or not wherever its empty dimension stands).
 bool element_count(const tensor_shape& shape, std::uint64_t* out) noexcept;
+
+/// Whether the product of the nonzero dimensions is at most `limit`: then no product of some
+/// of them (the planner's spatial extent, rows, ...) can wrap, even in an empty tensor.
+bool extent_fits(const tensor_shape& shape, std::uint64_t limit) noexcept;
 
 }  // namespace bnorm::detail

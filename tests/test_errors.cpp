@@ -80,6 +80,18 @@ INSTANTIATE_TEST_SUITE_P(
                           p.shape = {2, 1ll << 59};
                         },
                         status_code::invalid_argument, "shape: expected at most 2^60 bytes of f32"},
+        // Wherever the empty dimension stands, the others must fit: their products size the
+        // planner's arrays even when the tensor is empty.
+        plan_error_case{"empty_last_beyond_2_to_60",
+                        [](auto& p, auto&) {
+                          p.shape = {1ll << 40, 1, 1ll << 40, 1ll << 40, 0};
+                        },
+                        status_code::invalid_argument, "shape: expected at most 2^60 bytes"},
+        plan_error_case{"empty_first_beyond_2_to_60",
+                        [](auto& p, auto&) {
+                          p.shape = {0, 1, 1ll << 40, 1ll << 40, 1ll << 40};
+                        },
+                        status_code::invalid_argument, "shape: expected at most 2^60 bytes"},
         plan_error_case{"scratch_beyond_size_t",
                         [](auto& p, auto&) {
                           p.shape = {0, 1ll << 57};
@@ -459,6 +471,23 @@ TEST(CallErrors, ScratchBoundsAreWhatTheCallsNeed) {
   s = plan.forward_inference(args);
   EXPECT_TRUE(s.ok()) << s.message();
   EXPECT_EQ(y, std::vector<float>(6000, 0.f));
+}
+
+// An empty tensor's src and dst may be null, but a pointer that is given is aligned.
+TEST(CallErrors, EmptyTensorPointersAreAlignedToo) {
+  bnorm::plan plan;
+  ASSERT_TRUE(bnorm::make_plan({{0, 4}}, {}, &plan).ok());
+  std::vector<float> mean(4, 0.f), var(4, 1.f);
+  alignas(8) unsigned char bytes[16] = {};
+  bnorm::inference_args args;
+  args.mean = in(mean);
+  args.var = in(var);
+  EXPECT_TRUE(plan.forward_inference(args).ok()) << "null src and dst of an empty tensor";
+  args.src = bytes + 1;
+  args.dst = bytes + 8;
+  const bnorm::status s = plan.forward_inference(args);
+  EXPECT_NE(std::strstr(s.message(), "src: expected an address aligned to 4 bytes (f32)"), nullptr)
+      << s.message();
 }
 
 // Inference's written buffers: dst may be src exactly, and overlap nothing else.

@@ -93,6 +93,19 @@ TEST(OutOfMemory, ModuleAllocationFailuresAreBnormErrors) {
     fail_throwing_new = false;
     EXPECT_EQ(e.code(), bnorm::status_code::out_of_memory) << e.what();
   }
+  // A MindSpore cell whose initializers hold values: copying them allocates, in make_config
+  // and in the constructor.
+  bnorm::mindspore::options ms;
+  ms.gamma_init = std::vector<double>{1.0, 2.0, 3.0, 4.0};
+  fail_throwing_new = true;
+  try {
+    auto cell = bnorm::mindspore::BatchNorm1d(4, ms);
+    fail_throwing_new = false;
+    ADD_FAILURE() << "construction allocated nothing?";
+  } catch (const bnorm::error& e) {
+    fail_throwing_new = false;
+    EXPECT_EQ(e.code(), bnorm::status_code::out_of_memory) << e.what();
+  }
   auto bn = bnorm::torch::BatchNorm1d(4);
   const std::vector<float> x = normal_data<float>(8, 0.0, 1.0, 2);
   fail_throwing_new = true;

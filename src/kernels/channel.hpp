@@ -27,10 +27,14 @@ bool channel_moments(std::size_t channels, double count, double eps, const T* pi
     const double offset = sum_to_mean[c] / count;
     double variance = (sum_sq_to_variance[c] - sum_to_mean[c] * offset) / count;
     if (variance < 0.0) variance = 0.0;  // rounding only; a NaN stays NaN
-    sum_to_mean[c] = static_cast<double>(pivot[c]) + offset;
+    const double mean = static_cast<double>(pivot[c]) + offset;
+    sum_to_mean[c] = mean;
     sum_sq_to_variance[c] = variance;
+    // The pivot's distance as finalize_block measures it, from the rounded mean: the two
+    // tests agree to the bit, so which channels move never depends on how they are blocked.
+    const double moved = mean - static_cast<double>(pivot[c]);
     scalar_below |= variance + eps < resum_below || !std::isfinite(variance) ||
-                    offset * offset > max_pivot_offset_squared * variance;
+                    moved * moved > max_pivot_offset_squared * variance;
     inv_std[c] = 1.0 / std::sqrt(variance + eps);
     scale[c] = (gamma ? static_cast<double>(gamma[c]) : 1.0) * inv_std[c];
   };
@@ -44,10 +48,13 @@ bool channel_moments(std::size_t channels, double count, double eps, const T* pi
     const dvec offset = s / n;
     dvec variance = (q - s * offset) / n;
     variance = xsimd::select(variance < zero, zero, variance);
-    (load_as_f64<Arch>(pivot + c) + offset).store_unaligned(sum_to_mean + c);
+    const dvec p = load_as_f64<Arch>(pivot + c);
+    const dvec mean = p + offset;
+    mean.store_unaligned(sum_to_mean + c);
     variance.store_unaligned(sum_sq_to_variance + c);
+    const dvec moved = mean - p;
     below = below | (variance + e < small) | !xsimd::isfinite(variance) |
-            (offset * offset > bound * variance);
+            (moved * moved > bound * variance);
     const dvec inv = unit / xsimd::sqrt(variance + e);
     inv.store_unaligned(inv_std + c);
     (gamma ? load_as_f64<Arch>(gamma + c) * inv : inv).store_unaligned(scale + c);
@@ -92,7 +99,7 @@ inline bool folds(double mean, double inv_std) noexcept {
   return std::fabs(mean) * inv_std <= 0.25;
 }
 
-/// A center from which x − center can overflow for a finite x: within half an ulp of T's
+/// The smallest center from which x − center can overflow for a finite x: half an ulp of T's
 /// largest value (2^103 for float, 2^970 for double).
 template <class T>
 constexpr double overflowing_center() noexcept {

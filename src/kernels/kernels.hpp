@@ -17,8 +17,8 @@ inline constexpr double max_pivot_offset_squared = 9.0;
 /// The per-channel (channels-last: per-slot) normalization coefficients, one array each:
 /// y = (x·prescale − center)·scale + shift. The prescale is 1 for all but extreme channels, and
 /// then the expression is (x − center)·scale + shift exactly. Where x − center could overflow
-/// (a center within a rounding of the largest finite value) or the scale is below T's normal
-/// range, the prescale is a power of two that keeps x·prescale − center finite and the scale
+/// (a center of at least half an ulp of the largest finite value) or the scale is outside T's
+/// normal range, the prescale is a power of two that keeps x·prescale − center finite and the scale
 /// normal: the same result, rounded once more at most. `Value` is T or const T.
 template <class Value>
 struct coefficients {
@@ -74,7 +74,7 @@ struct kernel_set {
                           bool stream) noexcept;
   /// Interleaved channels: `rows` rows of `width` slots, `stride` elements apart. Slot j of
   /// every row shares the per-slot arrays' entry j (pivot, sums, coefficients); the planner
-  /// makes slot j channel j % C. Coefficient arrays are padded by one vector past the width.
+  /// makes slot j channel j % C. Coefficient arrays are padded by one vector past the period.
   /// The statistics start the sums (overwrite) unless `accumulate`: zeroing the arrays first
   /// would cost as much as a pass over short tensors.
   void (*interleaved_stats)(const T* src, std::size_t rows, std::size_t width, std::size_t stride,
@@ -100,7 +100,7 @@ struct kernel_set {
                                const double* scale, const T* beta, const coefficients<T>& out,
                                std::size_t first) noexcept;
   /// Inference, per channel from the running statistics: the same coefficients with
-  /// scale = gamma/sqrt(variance + eps) in float64 (gamma null: 1).
+  /// scale = gamma·(1/sqrt(variance + eps)) in float64 (gamma null: 1).
   bool (*inference_coefficients)(std::size_t channels, double eps, const T* mean, const T* variance,
                                  const T* gamma, const T* beta, const coefficients<T>& out,
                                  std::size_t first) noexcept;

@@ -295,7 +295,8 @@ void interleaved_stats(const S* src, std::size_t rows, std::size_t width, std::s
 /// Planes: the pivot is taken from this many runs of one float64 vector's worth of values
 /// each, spread evenly over the channel (16 values on AVX2), or from up to 16 single values
 /// where a plane is shorter than a vector. Rows: from this many rows spread evenly. Powers of
-/// two: the pivot of exactly representable data stays exact.
+/// two, so that the pivot of exactly representable data stays exact (short channels of fewer
+/// samples divide by their count).
 constexpr std::size_t plane_pivot_runs = 4;
 constexpr std::size_t plane_pivot_samples = 16;
 constexpr std::size_t row_pivot_samples = 4;
