@@ -41,5 +41,5 @@ int main() {
   infer.mean = {mean.data(), mean.size()};
   infer.var = {var.data(), var.size()};
   bnorm::status s = plan.forward_inference(infer);
-  std::printf("%s on %s\n", s ? "ok" : s.message(), bnorm::to_string(plan.isa()));
+  std::printf("%s: %s\n", s ? "ok" : s.message(), plan.describe());  // ISA and schedule
 }
