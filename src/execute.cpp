@@ -302,12 +302,7 @@ class training_step {
               std::fill(variance_ + c0, variance_ + c1, 0.0);
               stats_channels(plan_, c0, c1, src_, pivot_ + c0, mean_ + c0, variance_ + c0);
             };
-            sums();
-            finalized block = finalize_block(c0, c1, correction::allowed);
-            if (block.repivoted) {  // around the mean this time, from cache
-              sums();
-              block = finalize_block(c0, c1, correction::done);
-            }
+            const finalized block = statistics_of(c0, c1, sums);
             normalize_channels<T>(plan_, c0, c1, src_, dst_, coeffs_.readable, c0, block.prescaled);
           }
         });
@@ -331,12 +326,7 @@ class training_step {
           kern.interleaved_stats(src_ + c0, p_.rows, w.width, p_.period, pivot_ + c0, mean_ + c0,
                                  variance_ + c0, false);
         };
-        sums();
-        finalized block = finalize_block(c0, c1, correction::allowed);
-        if (block.repivoted) {  // around the mean this time, from cache
-          sums();
-          block = finalize_block(c0, c1, correction::done);
-        }
+        const finalized block = statistics_of(c0, c1, sums);
         kern.interleaved_normalize(src_ + c0, dst_ + c0, p_.rows, w.width, p_.period,
                                    coeffs_.readable, c0, block.prescaled, p_.stream_stores);
       }
@@ -349,13 +339,7 @@ class training_step {
   void tiny_statistics() {
     const std::size_t run = p_.kind == traversal::planes ? p_.spatial : 1;
     for (std::size_t c = 0; c < p_.channels; ++c) pivot_[c] = src_[c * run];
-    tiny_sums();
-    finalized block = finalize_block(0, p_.channels, correction::allowed);
-    if (block.repivoted) {
-      tiny_sums();
-      block = finalize_block(0, p_.channels, correction::done);
-    }
-    prescaled_ = block.prescaled;
+    prescaled_ = statistics_of(0, p_.channels, [this] { tiny_sums(); }).prescaled;
     if (p_.kind == traversal::interleaved) {
       coeffs_.replicate(p_.channels, p_.period, prescaled_);
     }
@@ -455,6 +439,20 @@ class training_step {
     bool prescaled = false;  // some channel needs a prescale (see kernels::coefficients)
     bool repivoted = false;  // some pivot moved: the block's sums are to be taken again
   };
+
+  /// Channels [c0, c1) whose sums sums() takes into mean_ and variance_ (from their pivots)
+  /// and that one unit finalizes: where finalize_block moves a pivot, the sums again (from
+  /// cache), once.
+  template <class Sums>
+  finalized statistics_of(std::size_t c0, std::size_t c1, const Sums& sums) {
+    sums();
+    finalized block = finalize_block(c0, c1, correction::allowed);
+    if (block.repivoted) {
+      sums();
+      block = finalize_block(c0, c1, correction::done);
+    }
+    return block;
+  }
 
   /// Σd, Σd² in mean_ and variance_ over channels [c0, c1) → the moments there, 1/sqrt and the
   /// scale, then the coefficients rounded to T, in float64 vectors.

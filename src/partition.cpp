@@ -123,15 +123,19 @@ bool make_partition(const problem& prob, const plan_options& options, std::size_
                     (options.stores == store_policy::automatic &&
                      p.elements * p.element_size >= streaming_threshold());
   const std::size_t unit_elements = unit_bytes / p.element_size;
+  // Units that hold whole channels and stay in cache, for the fused schedules. Planes: one
+  // channel per unit. Interleaved: one row chunk (all the rows), units are blocks of whole
+  // channels.
+  bool fused = false;
 
   if (prob.layout == layout::channels_first && p.spatial > 1) {
     p.kind = traversal::planes;
     // A channel that fits in a core's cache is one unit, and training reads it the second time
     // from there. A larger one is split into equal runs; small channels are grouped into tasks.
-    p.fused = p.per_channel * p.element_size <= fused_channel_bytes;
+    fused = p.per_channel * p.element_size <= fused_channel_bytes;
     p.fused_group = std::clamp<std::size_t>(
         fused_group_bytes / std::max<std::size_t>(1, p.per_channel * p.element_size), 1, 16);
-    p.chunks_per_channel = p.fused ? 1 : std::max<std::size_t>(1, p.per_channel / unit_elements);
+    p.chunks_per_channel = fused ? 1 : std::max<std::size_t>(1, p.per_channel / unit_elements);
     p.chunk_len = ceil_div(std::max<std::size_t>(p.per_channel, 1), p.chunks_per_channel);
     p.units = p.channels * p.chunks_per_channel;
     p.units_per_task =
@@ -173,7 +177,7 @@ bool make_partition(const problem& prob, const plan_options& options, std::size_
         fused_blocks > 0 ? round_up(ceil_div(p.channels, fused_blocks), vector_lanes) : 0;
     if (splits_columns && p.rows > 0 && fused_blocks > 0 &&
         p.rows * fused_width * p.element_size <= fused_channel_bytes) {
-      p.fused = true;
+      fused = true;
       p.rows_per_chunk = p.rows;
       p.row_chunks = 1;
       p.block_width = fused_width;
@@ -193,7 +197,7 @@ bool make_partition(const problem& prob, const plan_options& options, std::size_
     p.inference_rows_per_chunk =
         round_up(ceil_div(std::max<std::size_t>(p.rows, 1), inference_chunks), rows_per_period);
     p.inference_row_chunks = std::max<std::size_t>(1, ceil_div(p.rows, p.inference_rows_per_chunk));
-    p.inference = p.fused && p.block_width * p.element_size >= min_inference_block_bytes
+    p.inference = fused && p.block_width * p.element_size >= min_inference_block_bytes
                       ? inference_schedule::column_blocks
                       : inference_schedule::row_chunks;
   }
@@ -203,7 +207,7 @@ bool make_partition(const problem& prob, const plan_options& options, std::size_
   }
   if (p.elements <= tiny_elements) {
     p.training = training_schedule::direct;
-  } else if (p.fused) {
+  } else if (fused) {
     p.training = p.kind == traversal::planes ? training_schedule::fused_planes
                                              : training_schedule::fused_column_blocks;
   } else {

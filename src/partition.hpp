@@ -74,10 +74,6 @@ struct partition {
   bool serial = false;
   /// Write dst with non-temporal stores (see plan_options::stores).
   bool stream_stores = false;
-  /// Units that hold whole channels and stay in cache (the fused schedules). Planes: one
-  /// channel per unit. Interleaved: one row chunk (all the rows), units are blocks of whole
-  /// channels.
-  bool fused = false;
   /// Fused planes: channels per group (statistics, then normalization), as many as fit in
   /// fused_group_bytes (half a core's L2 here), at most 16.
   std::size_t fused_group = 1;

@@ -91,9 +91,9 @@ status validate_problem(const problem& prob, const plan_options& options) noexce
   }
   // The tensor and its per-channel buffers must fit in an address space, so that no index or
   // size computation can wrap.
-  std::uint64_t elements = 0;
+  std::uint64_t elements = 0, extent = 0;
   const std::uint64_t largest = max_tensor_bytes / element_size(prob.dtype);
-  if (!detail::element_count(shape, &elements) || !detail::extent_fits(shape, largest)) {
+  if (!detail::element_count(shape, &elements, &extent) || extent > largest) {
     return status::failure(status_code::invalid_argument,
                            "shape: expected at most 2^60 bytes of %s (%llu elements, and as "
                            "many channels), got %s",

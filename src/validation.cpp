@@ -63,25 +63,18 @@ status check_dimensions(const tensor_shape& shape) noexcept {
   return {};
 }
 
-bool element_count(const tensor_shape& shape, std::uint64_t* out) noexcept {
-  std::uint64_t extent = 1;
+bool element_count(const tensor_shape& shape, std::uint64_t* elements,
+                   std::uint64_t* extent) noexcept {
+  std::uint64_t product = 1;
   bool empty = false;
   for (std::size_t d = 0; d < shape.rank(); ++d) {
     const auto dimension = static_cast<std::uint64_t>(shape[d]);
     empty = empty || dimension == 0;
-    if (__builtin_mul_overflow(extent, dimension == 0 ? 1 : dimension, &extent)) return false;
+    if (__builtin_mul_overflow(product, dimension == 0 ? 1 : dimension, &product)) return false;
   }
-  *out = empty ? 0 : extent;
+  *elements = empty ? 0 : product;
+  if (extent != nullptr) *extent = product;
   return true;
-}
-
-bool extent_fits(const tensor_shape& shape, std::uint64_t limit) noexcept {
-  std::uint64_t extent = 1;
-  for (std::size_t d = 0; d < shape.rank(); ++d) {
-    const auto dimension = static_cast<std::uint64_t>(shape[d]);
-    if (__builtin_mul_overflow(extent, dimension == 0 ? 1 : dimension, &extent)) return false;
-  }
-  return extent <= limit;
 }
 
 }  // namespace bnorm::detail

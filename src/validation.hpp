@@ -42,13 +42,11 @@ status check_momentum(const char* name, double value) noexcept;
 /// Rejects a dimension below 0, naming it and the shape.
 status check_dimensions(const tensor_shape& shape) noexcept;
 
-/// Elements of a shape whose dimensions were checked; false when the product of its nonzero
-/// dimensions does not fit in 64 bits (whatever the position of a zero: the same shape is
-/// refused or not wherever its empty dimension stands).
-bool element_count(const tensor_shape& shape, std::uint64_t* out) noexcept;
-
-/// Whether the product of the nonzero dimensions is at most `limit`: then no product of some
-/// of them (the planner's spatial extent, rows, ...) can wrap, even in an empty tensor.
-bool extent_fits(const tensor_shape& shape, std::uint64_t limit) noexcept;
+/// Elements of a shape whose dimensions were checked, and (when asked) its extent: the product
+/// of its nonzero dimensions, which bounds every product of some of them (the planner's
+/// spatial extent, rows, ...) even in an empty tensor. False when the extent does not fit in
+/// 64 bits, wherever a zero dimension stands.
+bool element_count(const tensor_shape& shape, std::uint64_t* elements,
+                   std::uint64_t* extent = nullptr) noexcept;
 
 }  // namespace bnorm::detail
