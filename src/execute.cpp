@@ -12,6 +12,7 @@
 #include <cmath>
 #include <type_traits>
 
+#include "passes.hpp"
 #include "statistics.hpp"
 
 namespace bnorm::detail {
@@ -52,170 +53,52 @@ double value_or(const channel_input& buffer, std::size_t c, double fallback) {
   return buffer.data ? static_cast<double>(static_cast<const T*>(buffer.data)[c]) : fallback;
 }
 
-/// Calls run(ptr offset, length) for the contiguous pieces of a run [begin, end) of one
-/// channel's N·spatial values in channels-first memory.
-template <class Run>
-void for_each_plane_piece(const partition& p, std::size_t c, std::size_t begin, std::size_t end,
-                          const Run& run) {
-  for (std::size_t idx = begin; idx < end;) {
-    const std::size_t n = idx / p.spatial, s = idx % p.spatial;
-    const std::size_t len = std::min(p.spatial - s, end - idx);
-    run((n * p.channels + c) * p.spatial + s, len);
-    idx += len;
+/// The forward statistics as a reduce operation (see passes.hpp): Σd, Σd² around the pivots.
+template <class T>
+struct statistics_reduce {
+  const kernels::kernel_set<T>& kern;
+  const T* src;
+  const T* pivot;
+  std::size_t period;
+
+  void planes(std::size_t at, std::size_t len, std::size_t planes, std::size_t stride,
+              std::size_t channels, std::size_t c0, double* sum, double* sum_sq) const {
+    kern.plane_stats(src + at, len, planes, stride, channels, pivot + c0, sum, sum_sq);
   }
-}
-
-/// Interleaved traversal, unit u: its rows' whole periods, restricted to its column block, and
-/// the partial period that may end the last chunk.
-struct interleaved_unit {
-  std::size_t chunk;      // row chunk: index of its partial sums
-  std::size_t offset;     // first element of its rows
-  std::size_t column;     // first slot of its column block
-  std::size_t width;      // slots in its column block
-  std::size_t periods;    // whole periods in its rows
-  std::size_t remainder;  // elements of a last, partial period (column block 0 only)
-
-  interleaved_unit(const partition& p, std::size_t u)
-      : interleaved_unit(p, u, p.rows_per_chunk, p.column_blocks, p.block_width) {}
-
-  /// Unit u of a tiling in chunks of rows_per_chunk rows and column blocks of block_width slots.
-  interleaved_unit(const partition& p, std::size_t u, std::size_t rows_per_chunk,
-                   std::size_t column_blocks, std::size_t block_width) {
-    chunk = u / column_blocks;
-    column = (u % column_blocks) * block_width;
-    width = std::min(block_width, p.period - column);
-    const std::size_t row = chunk * rows_per_chunk;
-    const std::size_t elements = std::min(rows_per_chunk, p.rows - row) * p.channels;
-    offset = row * p.channels;
-    periods = elements / p.period;
-    remainder = column == 0 ? elements - periods * p.period : 0;
+  void rows(std::size_t at, std::size_t rows, std::size_t width, std::size_t slot, double* sum,
+            double* sum_sq, bool accumulate) const {
+    kern.interleaved_stats(src + at, rows, width, period, pivot + slot, sum, sum_sq, accumulate);
   }
 };
 
-/// Planes of whole channels [c0, c1) in one kernel call: Σd, Σd² per channel added into sum,
-/// sum_sq. The per-channel arrays start at channel c0.
+/// The normalization as a map operation (see passes.hpp). It holds the coefficient arrays by
+/// reference: the kernels take them so, never as a view made just before the call.
 template <class T>
-void stats_channels(const plan_impl& plan, std::size_t c0, std::size_t c1, const T* src,
-                    const T* pivot, double* sum, double* sum_sq) {
-  const partition& p = plan.part;
-  plan.kernels->get<T>().plane_stats(src + c0 * p.spatial, p.spatial, p.batch,
-                                     p.channels * p.spatial, c1 - c0, pivot, sum, sum_sq);
-}
+struct normalize_map {
+  const kernels::kernel_set<T>& kern;
+  const T* src;
+  T* dst;
+  const kernels::coefficients<const T>& coeffs;
+  std::size_t period;
+  bool prescaled;
+  bool stream;
 
-/// Planes of whole channels [c0, c1) in one kernel call; channel c0's coefficients are at
-/// index `first` of k's arrays.
-template <class T>
-void normalize_channels(const plan_impl& plan, std::size_t c0, std::size_t c1, const T* src, T* dst,
-                        const kernels::coefficients<const T>& k, std::size_t first,
-                        bool prescaled) {
-  const partition& p = plan.part;
-  const std::size_t at = c0 * p.spatial;
-  plan.kernels->get<T>().plane_normalize(src + at, dst + at, p.spatial, p.batch,
-                                         p.channels * p.spatial, c1 - c0, k, first, prescaled,
-                                         p.stream_stores);
-}
-
-/// Planes traversal, unit u: Σd, Σd² of its run added into *sum, *sum_sq; `pivot` points to
-/// its channel's pivot.
-template <class T>
-void stats_unit(const plan_impl& plan, std::size_t u, const T* src, const T* pivot, double* sum,
-                double* sum_sq) {
-  const partition& p = plan.part;
-  const std::size_t c = u / p.chunks_per_channel;
-  if (p.chunks_per_channel == 1) {
-    stats_channels(plan, c, c + 1, src, pivot, sum, sum_sq);
-    return;
+  void planes(std::size_t at, std::size_t len, std::size_t planes, std::size_t stride,
+              std::size_t channels, std::size_t first) const {
+    kern.plane_normalize(src + at, dst + at, len, planes, stride, channels, coeffs, first,
+                         prescaled, stream);
   }
-  const std::size_t begin = (u % p.chunks_per_channel) * p.chunk_len;
-  const std::size_t end = std::min(begin + p.chunk_len, p.per_channel);
-  for_each_plane_piece(p, c, begin, end, [&](std::size_t at, std::size_t len) {
-    plan.kernels->get<T>().plane_stats(src + at, len, 1, 0, 1, pivot, sum, sum_sq);
-  });
-}
-
-/// Planes traversal, unit u: normalize its run; its channel's coefficients are at index
-/// `first` of k's arrays.
-template <class T>
-void normalize_unit(const plan_impl& plan, std::size_t u, const T* src, T* dst,
-                    const kernels::coefficients<const T>& k, std::size_t first, bool prescaled) {
-  const partition& p = plan.part;
-  const std::size_t c = u / p.chunks_per_channel;
-  if (p.chunks_per_channel == 1) {
-    normalize_channels(plan, c, c + 1, src, dst, k, first, prescaled);
-    return;
+  void rows(std::size_t at, std::size_t rows, std::size_t width, std::size_t first) const {
+    kern.interleaved_normalize(src + at, dst + at, rows, width, period, coeffs, first, prescaled,
+                               stream);
   }
-  const std::size_t begin = (u % p.chunks_per_channel) * p.chunk_len;
-  const std::size_t end = std::min(begin + p.chunk_len, p.per_channel);
-  for_each_plane_piece(p, c, begin, end, [&](std::size_t at, std::size_t len) {
-    plan.kernels->get<T>().plane_normalize(src + at, dst + at, len, 1, 0, 1, k, first, prescaled,
-                                           p.stream_stores);
-  });
-}
-
-/// Interleaved normalization of `units` units, unit u being unit_at(u).
-template <class T, class UnitAt>
-void normalize_interleaved_units(const plan_impl& plan, std::size_t units, const UnitAt& unit_at,
-                                 const T* src, T* dst, const coefficient_arrays<T>& k,
-                                 bool prescaled) {
-  const partition& p = plan.part;
-  const kernels::kernel_set<T>& kern = plan.kernels->get<T>();
-  plan.threads.for_each(units, 1, p.serial, [&](std::size_t b, std::size_t e) {
-    for (std::size_t u = b; u < e; ++u) {
-      const interleaved_unit w = unit_at(u);
-      const std::size_t at = w.offset + w.column;
-      kern.interleaved_normalize(src + at, dst + at, w.periods, w.width, p.period, k.readable,
-                                 w.column, prescaled, p.stream_stores);
-      if (w.remainder) {
-        const std::size_t tail = w.offset + w.periods * p.period;
-        kern.interleaved_normalize(src + tail, dst + tail, 1, w.remainder, p.period, k.readable, 0,
-                                   prescaled, p.stream_stores);
-      }
-    }
-  });
-}
+};
 
 template <class T>
-void normalize_pass(const plan_impl& plan, const T* src, T* dst, const coefficient_arrays<T>& k,
-                    bool prescaled) {
-  const partition& p = plan.part;
-  const kernels::kernel_set<T>& kern = plan.kernels->get<T>();
-  if (p.kind == traversal::planes && p.planes_per_unit > 0) {
-    plan.threads.for_each(p.plane_units, 1, p.serial, [&](std::size_t b, std::size_t e) {
-      const std::size_t planes = p.batch * p.channels;
-      std::size_t q = b * p.planes_per_unit;
-      const std::size_t end = std::min(e * p.planes_per_unit, planes);
-      while (q < end) {  // one kernel call per run of consecutive channels
-        const std::size_t c = q % p.channels;
-        const std::size_t run = std::min(p.channels - c, end - q);
-        const std::size_t at = q * p.spatial;
-        kern.plane_normalize(src + at, dst + at, p.spatial, 1, 0, run, k.readable, c, prescaled,
-                             p.stream_stores);
-        q += run;
-      }
-    });
-  } else if (p.kind == traversal::planes) {
-    plan.threads.for_each(p.units, p.units_per_task, p.serial, [&](std::size_t b, std::size_t e) {
-      for (std::size_t u = b; u < e; ++u) {
-        const std::size_t c = u / p.chunks_per_channel;
-        normalize_unit<T>(plan, u, src, dst, k.readable, c, prescaled);
-      }
-    });
-  } else {
-    normalize_interleaved_units<T>(
-        plan, p.units, [&p](std::size_t u) { return interleaved_unit(p, u); }, src, dst, k,
-        prescaled);
-  }
-}
-
-/// Calls body(c_begin, c_end) over blocks of channels, in parallel when C is large.
-template <class Body>
-void for_each_channel_block(const plan_impl& plan, const Body& body) {
-  const partition& p = plan.part;
-  const std::size_t block = p.channels_per_finalize_task;
-  const std::size_t blocks = (p.channels + block - 1) / block;
-  plan.threads.for_each(blocks, 1, p.serial, [&](std::size_t b, std::size_t e) {
-    body(b * block, std::min(e * block, p.channels));
-  });
+normalize_map<T> make_normalize(const plan_impl& plan, const T* src, T* dst,
+                                const kernels::coefficients<const T>& coeffs, bool prescaled) {
+  return {plan.kernels->get<T>(), src, dst, coeffs, plan.part.period, prescaled,
+          plan.part.stream_stores};
 }
 
 /// One training call: the scratch arrays and the steps over them.
@@ -241,20 +124,20 @@ class training_step {
     switch (p_.training) {
       case training_schedule::direct:
         tiny_statistics();
-        normalize_pass<T>(plan_, src_, dst_, coeffs_, prescaled_);
+        map_pass(plan_, normalize());
         break;
-      case training_schedule::fused_planes: fused_planes_pass(); break;
-      case training_schedule::fused_column_blocks: fused_interleaved_pass(); break;
+      case training_schedule::fused_planes:
+      case training_schedule::fused_column_blocks: fused_pass(plan_, fused_block()); break;
       case training_schedule::two_passes:
         compute_pivots();
-        stats_pass();
-        merge_pass(correction::allowed);
+        reduce_pass(plan_, statistics(), sum_, sum_sq_);
+        merge(correction::allowed);
         if (repivoted_) {  // some pivot was far from its mean: the sums again, around the mean
           if (p_.kind == traversal::interleaved) replicate_pivots();
-          stats_pass();
-          merge_pass(correction::done);
+          reduce_pass(plan_, statistics(), sum_, sum_sq_);
+          merge(correction::done);
         }
-        normalize_pass<T>(plan_, src_, dst_, coeffs_, prescaled_);
+        map_pass(plan_, normalize());
         break;
     }
     commit();
@@ -264,73 +147,49 @@ class training_step {
   /// Whether finalize_block may still move a pivot that landed far from its channel's mean.
   enum class correction { allowed, done };
 
+  statistics_reduce<T> statistics() const {
+    return {plan_.kernels->get<T>(), src_, pivot_, p_.period};
+  }
+  normalize_map<T> normalize() const {
+    return make_normalize(plan_, src_, dst_, coeffs_.readable, prescaled_);
+  }
+
   /// Each channel's pivot (see the pivot kernels); rows hold it per slot.
   void compute_pivots() {
-    if (p_.kind == traversal::planes) {
-      compute_plane_pivots(0, p_.channels);
-    } else {
-      compute_row_pivots(0, p_.channels);
-      replicate_pivots();
-    }
+    compute_pivots(0, p_.channels);
+    if (p_.kind == traversal::interleaved) replicate_pivots();
   }
 
   void replicate_pivots() {
     for (std::size_t j = p_.channels; j < p_.period; ++j) pivot_[j] = pivot_[j - p_.channels];
   }
 
-  void compute_row_pivots(std::size_t c0, std::size_t c1) {
-    plan_.kernels->get<T>().row_pivots(src_ + c0, p_.rows, p_.channels, c1 - c0, pivot_ + c0);
-  }
-
-  void compute_plane_pivots(std::size_t c0, std::size_t c1) {
-    plan_.kernels->get<T>().plane_pivots(src_ + c0 * p_.spatial, p_.spatial, p_.batch,
-                                         p_.channels * p_.spatial, c1 - c0, pivot_ + c0);
-  }
-
-  /// Planes of whole channels: statistics, coefficients and normalization of a group of
-  /// channels back to back, their planes still in cache for the second read, in a single
-  /// parallel pass: the statistics of the group in one kernel call, its float64 arithmetic in
-  /// another, then its normalization in a third.
-  void fused_planes_pass() {
-    plan_.threads.for_each(
-        p_.units, p_.units_per_task, p_.serial, [&](std::size_t b, std::size_t e) {
-          for (std::size_t c0 = b; c0 < e; c0 += p_.fused_group) {
-            const std::size_t c1 = std::min(c0 + p_.fused_group, e);
-            compute_plane_pivots(c0, c1);
-            const auto sums = [&] {
-              std::fill(mean_ + c0, mean_ + c1, 0.0);
-              std::fill(variance_ + c0, variance_ + c1, 0.0);
-              stats_channels(plan_, c0, c1, src_, pivot_ + c0, mean_ + c0, variance_ + c0);
-            };
-            const finalized block = statistics_of(c0, c1, sums);
-            normalize_channels<T>(plan_, c0, c1, src_, dst_, coeffs_.readable, c0, block.prescaled);
-          }
-        });
-  }
-
-  /// Rows in blocks of whole channels (slot j is channel j): pivots, statistics, coefficients
-  /// and normalization of a block back to back, its rows still in cache for the second read,
-  /// in a single parallel pass. The sums go straight into mean_ and variance_: a block owns its
-  /// channels.
-  void fused_interleaved_pass() {
+  void compute_pivots(std::size_t c0, std::size_t c1) {
     const kernels::kernel_set<T>& kern = plan_.kernels->get<T>();
-    // Vector loads of the last block's coefficients read the padding: keep it defined (the
-    // prescales too: a block may need them).
-    coeffs_.replicate(p_.channels, p_.period, true);
-    plan_.threads.for_each(p_.units, 1, p_.serial, [&](std::size_t b, std::size_t e) {
-      for (std::size_t u = b; u < e; ++u) {
-        const interleaved_unit w(p_, u);
-        const std::size_t c0 = w.column, c1 = w.column + w.width;
-        compute_row_pivots(c0, c1);
-        const auto sums = [&] {
-          kern.interleaved_stats(src_ + c0, p_.rows, w.width, p_.period, pivot_ + c0, mean_ + c0,
-                                 variance_ + c0, false);
-        };
-        const finalized block = statistics_of(c0, c1, sums);
-        kern.interleaved_normalize(src_ + c0, dst_ + c0, p_.rows, w.width, p_.period,
-                                   coeffs_.readable, c0, block.prescaled, p_.stream_stores);
-      }
-    });
+    if (p_.kind == traversal::planes) {
+      kern.plane_pivots(src_ + c0 * p_.spatial, p_.spatial, p_.batch, p_.channels * p_.spatial,
+                        c1 - c0, pivot_ + c0);
+    } else {
+      kern.row_pivots(src_ + c0, p_.rows, p_.channels, c1 - c0, pivot_ + c0);
+    }
+  }
+
+  /// The fused schedules' work on a block of whole channels in cache: pivots, statistics,
+  /// coefficients and normalization back to back. A block owns its channels: its sums go
+  /// straight into mean_ and variance_.
+  auto fused_block() {
+    if (p_.kind == traversal::interleaved) {
+      // Vector loads of the last block's coefficients read the padding: keep it defined (the
+      // prescales too: a block may need them).
+      coeffs_.replicate(p_.channels, p_.period, true);
+    }
+    return [this](std::size_t c0, std::size_t c1) {
+      compute_pivots(c0, c1);
+      const finalized block = statistics_of(
+          c0, c1, [&] { reduce_channels(p_, statistics(), c0, c1, mean_, variance_); });
+      map_channels(p_, make_normalize(plan_, src_, dst_, coeffs_.readable, block.prescaled), c0, c1,
+                   c0);
+    };
   }
 
   /// A tiny tensor: Σd, Σd² per channel in float64 in one walk over memory, each channel
@@ -367,65 +226,12 @@ class training_step {
     }
   }
 
-  /// Partial sums, one slot per unit: what a unit adds never depends on the thread running it.
-  void stats_pass() {
-    const kernels::kernel_set<T>& kern = plan_.kernels->get<T>();
-    if (p_.kind == traversal::planes) {
-      plan_.threads.for_each(
-          p_.units, p_.units_per_task, p_.serial, [&](std::size_t b, std::size_t e) {
-            for (std::size_t u = b; u < e; ++u) {
-              sum_[u] = sum_sq_[u] = 0.0;
-              stats_unit(plan_, u, src_, pivot_ + u / p_.chunks_per_channel, &sum_[u], &sum_sq_[u]);
-            }
-          });
-    } else {
-      plan_.threads.for_each(p_.units, 1, p_.serial, [&](std::size_t b, std::size_t e) {
-        for (std::size_t u = b; u < e; ++u) {
-          const interleaved_unit w(p_, u);
-          double* sum = sum_ + w.chunk * p_.period;
-          double* sum_sq = sum_sq_ + w.chunk * p_.period;
-          kern.interleaved_stats(src_ + w.offset + w.column, w.periods, w.width, p_.period,
-                                 pivot_ + w.column, sum + w.column, sum_sq + w.column, false);
-          if (w.remainder) {
-            kern.interleaved_stats(src_ + w.offset + w.periods * p_.period, 1, w.remainder,
-                                   p_.period, pivot_, sum, sum_sq, true);
-          }
-        }
-      });
-    }
-  }
-
-  /// Merges the partials in a fixed order (unit by unit, slot by slot) into Σd, Σd² per channel
-  /// (held in mean_ and variance_), then finalizes.
-  void merge_pass(correction pivots) {
+  /// The reduce pass's partials merged into Σd, Σd² per channel (held in mean_ and variance_),
+  /// then finalized.
+  void merge(correction pivots) {
     prescaled_ = false;
     for_each_channel_block(plan_, [&](std::size_t c0, std::size_t c1) {
-      if (p_.kind == traversal::planes) {
-        for (std::size_t c = c0; c < c1; ++c) {
-          double s = 0.0, q = 0.0;
-          for (std::size_t j = 0; j < p_.chunks_per_channel; ++j) {
-            s += sum_[c * p_.chunks_per_channel + j];
-            q += sum_sq_[c * p_.chunks_per_channel + j];
-          }
-          mean_[c] = s;
-          variance_[c] = q;
-        }
-      } else {
-        // Contiguous runs of slots; for each channel the order is unit by unit, then slot c,
-        // c + C, ... within the unit.
-        std::fill(mean_ + c0, mean_ + c1, 0.0);
-        std::fill(variance_ + c0, variance_ + c1, 0.0);
-        for (std::size_t i = 0; i < p_.row_chunks; ++i) {
-          for (std::size_t slot = 0; slot < p_.period; slot += p_.channels) {
-            const double* s = sum_ + i * p_.period + slot;
-            const double* q = sum_sq_ + i * p_.period + slot;
-            for (std::size_t c = c0; c < c1; ++c) {
-              mean_[c] += s[c];
-              variance_[c] += q[c];
-            }
-          }
-        }
-      }
+      merge_partials(p_, c0, c1, sum_, sum_sq_, mean_, variance_);
       const finalized block = finalize_block(c0, c1, pivots);
       if (block.prescaled) prescaled_ = true;  // in any order: an OR
       if (block.repivoted) repivoted_ = true;
@@ -564,13 +370,21 @@ class inference_step {
         coeffs_(scratch, p_.scratch) {}
 
   void run() {
-    if (p_.inference == inference_schedule::channel_planes) {
-      channel_planes_pass();
-      return;
-    }
-    if (p_.inference == inference_schedule::column_blocks) {
-      column_blocks_pass();
-      return;
+    switch (p_.inference) {
+      case inference_schedule::channel_planes: channel_planes_pass(); return;
+      case inference_schedule::column_blocks:
+        // Each unit works out its block's coefficients and normalizes the block, in one
+        // parallel pass. Vector loads of the last block's coefficients read the padding: keep
+        // it defined (the prescales too: a block may need them).
+        coeffs_.replicate(p_.channels, p_.period, true);
+        fused_pass(plan_, [this](std::size_t c0, std::size_t c1) {
+          const bool prescaled = set_coefficients(c0, c1, coeffs_, c0);
+          map_channels(p_, make_normalize(plan_, src_, dst_, coeffs_.readable, prescaled), c0, c1,
+                       c0);
+        });
+        return;
+      case inference_schedule::memory_order_planes:
+      case inference_schedule::row_chunks: break;
     }
     // Planes in memory order and row chunks need every channel's coefficients (laid out per
     // slot for rows) before the normalization.
@@ -578,17 +392,14 @@ class inference_step {
     for_each_channel_block(plan_, [&](std::size_t c0, std::size_t c1) {
       if (set_coefficients(c0, c1, coeffs_, c0)) prescaled = true;  // any order: an OR
     });
+    const normalize_map<T> normalize =
+        make_normalize(plan_, src_, dst_, coeffs_.readable, prescaled);
     if (p_.kind == traversal::planes) {
-      normalize_pass<T>(plan_, src_, dst_, coeffs_, prescaled);
+      map_pass(plan_, normalize);
       return;
     }
     coeffs_.replicate(p_.channels, p_.period, prescaled);
-    normalize_interleaved_units<T>(
-        plan_, p_.inference_row_chunks,
-        [this](std::size_t u) {
-          return interleaved_unit(p_, u, p_.inference_rows_per_chunk, 1, p_.period);
-        },
-        src_, dst_, coeffs_, prescaled);
+    map_row_chunks(plan_, normalize);
   }
 
  private:
@@ -618,35 +429,17 @@ class inference_step {
             const std::size_t u1 = std::min(u0 + group, e);
             const std::size_t c0 = u0 / p_.chunks_per_channel;
             const std::size_t c1 = (u1 - 1) / p_.chunks_per_channel + 1;
-            const bool prescaled = set_coefficients(c0, c1, k, 0);
+            const normalize_map<T> normalize =
+                make_normalize(plan_, src_, dst_, readable, set_coefficients(c0, c1, k, 0));
             if (p_.chunks_per_channel == 1) {
-              normalize_channels<T>(plan_, c0, c1, src_, dst_, readable, 0, prescaled);
+              map_channels(p_, normalize, c0, c1, 0);
               continue;
             }
             for (std::size_t u = u0; u < u1; ++u) {
-              normalize_unit<T>(plan_, u, src_, dst_, readable, u / p_.chunks_per_channel - c0,
-                                prescaled);
+              map_unit(p_, normalize, u, u / p_.chunks_per_channel - c0);
             }
           }
         });
-  }
-
-  /// Few rows of many channels in blocks of whole channels (slot j is channel j), each block
-  /// over all the rows: each unit works out its block's coefficients and normalizes the block,
-  /// in one parallel pass.
-  void column_blocks_pass() const {
-    // Vector loads of the last block's coefficients read the padding: keep it defined (the
-    // prescales too: a block may need them).
-    coeffs_.replicate(p_.channels, p_.period, true);
-    plan_.threads.for_each(p_.units, 1, p_.serial, [&](std::size_t b, std::size_t e) {
-      for (std::size_t u = b; u < e; ++u) {
-        const interleaved_unit w(p_, u);
-        const std::size_t c0 = w.column;
-        const bool prescaled = set_coefficients(c0, c0 + w.width, coeffs_, c0);
-        kern_.interleaved_normalize(src_ + c0, dst_ + c0, p_.rows, w.width, p_.period,
-                                    coeffs_.readable, c0, prescaled, p_.stream_stores);
-      }
-    });
   }
 
   const plan_impl& plan_;

@@ -1,7 +1,8 @@
-// Reduce kernels: per-channel (per-slot) sums over the data, Σ(x − pivot) and Σ(x − pivot)²,
-// and the pivots they subtract. The data is of a storage type S, loaded through the storage
-// layer (storage.hpp) and computed in T = compute_t<S>, the type of the pivots. Part of the kernels
-// compiled once per ISA: include only from kernels_impl.hpp.
+// Reduce kernels: per-channel (per-slot) pairs of sums over the data, written once over the kind
+// of terms they sum: the forward's Σ(x − pivot) and Σ(x − pivot)², the backward's Σdy and
+// Σdy·(x − mean); and the pivots the forward subtracts. The data is of a storage type S, loaded
+// through the storage layer (storage.hpp) and computed in T = compute_t<S>, the type of the
+// centers. Part of the kernels compiled once per ISA: include only from kernels_impl.hpp.
 #pragma once
 
 #include <cmath>
@@ -41,30 +42,7 @@ struct f64_accumulator {
     sum += s;
     sum_sq += q;
   }
-  /// x - pivot and its square in float64: for values whose float32 square would overflow.
-  void add_exact(const xsimd::batch<float, Arch>& x,
-                 const xsimd::batch<float, Arch>& pivot) noexcept {
-    xsimd::batch<double, Arch> x_lo, x_hi, k_lo, k_hi;
-    widen(x, x_lo, x_hi);
-    widen(pivot, k_lo, k_hi);
-    const auto d_lo = x_lo - k_lo, d_hi = x_hi - k_hi;
-    sum += d_lo + d_hi;
-    sum_sq = fmadd(d_lo, d_lo, fmadd(d_hi, d_hi, sum_sq));
-  }
-  void add_exact(const xsimd::batch<double, Arch>& x,
-                 const xsimd::batch<double, Arch>& pivot) noexcept {
-    const auto d = x - pivot;
-    sum += d;
-    sum_sq = fmadd(d, d, sum_sq);
-  }
 };
-
-/// False when a float32 block partial overflowed (|x - pivot| beyond ~1.8e19 squares to inf) or
-/// holds a NaN: the block is then summed again in float64.
-template <class Arch, class T>
-bool partial_is_finite(const xsimd::batch<T, Arch>& q) noexcept {
-  return xsimd::all(xsimd::isfinite(q));
-}
 
 /// 0, 1, 2, ... as T, for lane masks.
 template <class T>
@@ -73,90 +51,191 @@ struct lane_index {
                                                8, 9, 10, 11, 12, 13, 14, 15};
 };
 
-/// The last `count` (< lanes) values of a run of at least one vector, read as the run's last
-/// whole vector with the lanes already counted replaced by the pivot (so that they add zero):
-/// no read past the run, no scalar loop.
-template <class Arch, class S, class T = compute_t<S>>
-xsimd::batch<T, Arch> masked_tail(const S* run_end, std::size_t count,
-                                  const xsimd::batch<T, Arch>& pivot) noexcept {
+/// The lanes of a vector at or after lane `counted`: the last values of a run of at least one
+/// vector read as its last whole vector, the lanes already counted masked out (so that they add
+/// zero): no read past the run, no scalar loop.
+template <class Arch, class T>
+auto fresh_lanes(std::size_t counted) noexcept {
   using vec = xsimd::batch<T, Arch>;
-  constexpr std::size_t lanes = vec::size;
-  const vec index = vec::load_aligned(lane_index<T>::values);
-  const auto fresh = index >= vec(static_cast<T>(lanes - count));
-  return xsimd::select(fresh, load_elements<Arch>(run_end - lanes), pivot);
+  return vec::load_aligned(lane_index<T>::values) >= vec(static_cast<T>(counted));
 }
 
-/// Σ(x - pivot) and Σ(x - pivot)² of one run of at least one vector.
-template <class Arch, class S, class T = compute_t<S>>
-void run_stats(const S* x, std::size_t len, const xsimd::batch<T, Arch>& k,
-               f64_accumulator<Arch>& acc) noexcept {
+// The terms a reduce kernel sums: per lane, two sums (s, q) of terms of the elements at offset
+// i from the terms' base pointers, given the channel's (slot's) center k. Every reduce kernel is
+// written once over them, so the forward statistics and the backward's gradient sums share
+// their traversal, blocking and overflow handling. Each kind provides:
+//   add(i, k, s, q)               one vector of terms, in T
+//   add_masked(i, counted, k, s, q)  the vector at i, its first `counted` lanes left out
+//   add_exact(i, k, acc)          one vector of terms in float64 (float32: both halves)
+//   add_exact_masked(i, counted, k, acc)  likewise, its first `counted` lanes left out
+//   add_scalar(i, k, s, q)        one element in float64
+//   finite(s, q)                  whether T partials kept every bit they should (no overflow,
+//                                 no NaN): else the block is summed again with add_exact.
+
+/// The forward statistics: Σd and Σd², d = x − k.
+template <class Arch, class S>
+struct deviation_terms {
+  using T = compute_t<S>;
+  using vec = xsimd::batch<T, Arch>;
+  const S* x;
+
+  void add(std::size_t i, const vec& k, vec& s, vec& q) const noexcept {
+    const vec d = load_elements<Arch>(x + i) - k;
+    s += d;
+    q = fmadd(d, d, q);
+  }
+  void add_masked(std::size_t i, std::size_t counted, const vec& k, vec& s, vec& q) const noexcept {
+    const vec d = xsimd::select(fresh_lanes<Arch, T>(counted), load_elements<Arch>(x + i), k) - k;
+    s += d;
+    q = fmadd(d, d, q);
+  }
+  void add_exact(std::size_t i, const vec& k, f64_accumulator<Arch>& acc) const noexcept {
+    add_in_f64(load_elements<Arch>(x + i), k, acc);
+  }
+  void add_exact_masked(std::size_t i, std::size_t counted, const vec& k,
+                        f64_accumulator<Arch>& acc) const noexcept {
+    add_in_f64(xsimd::select(fresh_lanes<Arch, T>(counted), load_elements<Arch>(x + i), k), k, acc);
+  }
+  void add_scalar(std::size_t i, double k, double& s, double& q) const noexcept {
+    const double d = static_cast<double>(to_compute(x[i])) - k;
+    s += d;
+    q += d * d;
+  }
+  /// q sums squares: it is finite only if every square and every d is.
+  static bool finite(const vec&, const vec& q) noexcept { return xsimd::all(xsimd::isfinite(q)); }
+
+ private:
+  static void add_in_f64(const xsimd::batch<float, Arch>& v, const xsimd::batch<float, Arch>& k,
+                         f64_accumulator<Arch>& acc) noexcept {
+    xsimd::batch<double, Arch> x_lo, x_hi, k_lo, k_hi;
+    widen(v, x_lo, x_hi);
+    widen(k, k_lo, k_hi);
+    const auto d_lo = x_lo - k_lo, d_hi = x_hi - k_hi;
+    acc.sum += d_lo + d_hi;
+    acc.sum_sq = fmadd(d_lo, d_lo, fmadd(d_hi, d_hi, acc.sum_sq));
+  }
+  static void add_in_f64(const xsimd::batch<double, Arch>& v, const xsimd::batch<double, Arch>& k,
+                         f64_accumulator<Arch>& acc) noexcept {
+    const auto d = v - k;
+    acc.sum += d;
+    acc.sum_sq = fmadd(d, d, acc.sum_sq);
+  }
+};
+
+/// The backward's sums: Σdy and Σdy·d, d = x − k (k the saved mean, or the running mean).
+template <class Arch, class S>
+struct gradient_terms {
+  using T = compute_t<S>;
+  using vec = xsimd::batch<T, Arch>;
+  const S* x;
+  const S* dy;
+
+  void add(std::size_t i, const vec& k, vec& s, vec& q) const noexcept {
+    const vec g = load_elements<Arch>(dy + i);
+    s += g;
+    q = fmadd(g, load_elements<Arch>(x + i) - k, q);
+  }
+  void add_masked(std::size_t i, std::size_t counted, const vec& k, vec& s, vec& q) const noexcept {
+    const auto fresh = fresh_lanes<Arch, T>(counted);
+    const vec g = xsimd::select(fresh, load_elements<Arch>(dy + i), vec(T(0)));
+    s += g;
+    q = fmadd(g, xsimd::select(fresh, load_elements<Arch>(x + i), k) - k, q);
+  }
+  void add_exact(std::size_t i, const vec& k, f64_accumulator<Arch>& acc) const noexcept {
+    add_in_f64(load_elements<Arch>(x + i), load_elements<Arch>(dy + i), k, acc);
+  }
+  void add_exact_masked(std::size_t i, std::size_t counted, const vec& k,
+                        f64_accumulator<Arch>& acc) const noexcept {
+    const auto fresh = fresh_lanes<Arch, T>(counted);
+    add_in_f64(xsimd::select(fresh, load_elements<Arch>(x + i), k),
+               xsimd::select(fresh, load_elements<Arch>(dy + i), vec(T(0))), k, acc);
+  }
+  void add_scalar(std::size_t i, double k, double& s, double& q) const noexcept {
+    const double g = static_cast<double>(to_compute(dy[i]));
+    s += g;
+    q += g * (static_cast<double>(to_compute(x[i])) - k);
+  }
+  /// Σdy can overflow where Σdy·d does not: both are checked (an infinity in s makes s − s NaN).
+  static bool finite(const vec& s, const vec& q) noexcept {
+    return xsimd::all(xsimd::isfinite(q + (s - s)));
+  }
+
+ private:
+  static void add_in_f64(const xsimd::batch<float, Arch>& v, const xsimd::batch<float, Arch>& g,
+                         const xsimd::batch<float, Arch>& k, f64_accumulator<Arch>& acc) noexcept {
+    xsimd::batch<double, Arch> x_lo, x_hi, g_lo, g_hi, k_lo, k_hi;
+    widen(v, x_lo, x_hi);
+    widen(g, g_lo, g_hi);
+    widen(k, k_lo, k_hi);
+    acc.sum += g_lo + g_hi;
+    acc.sum_sq = fmadd(g_lo, x_lo - k_lo, fmadd(g_hi, x_hi - k_hi, acc.sum_sq));
+  }
+  static void add_in_f64(const xsimd::batch<double, Arch>& v, const xsimd::batch<double, Arch>& g,
+                         const xsimd::batch<double, Arch>& k, f64_accumulator<Arch>& acc) noexcept {
+    acc.sum += g;
+    acc.sum_sq = fmadd(g, v - k, acc.sum_sq);
+  }
+};
+
+/// The terms of one run [base, base + len) of at least one vector.
+template <class Arch, class Terms, class T = typename Terms::T>
+void run_sums(const Terms& terms, std::size_t base, std::size_t len, const xsimd::batch<T, Arch>& k,
+              f64_accumulator<Arch>& acc) noexcept {
   using vec = xsimd::batch<T, Arch>;
   constexpr std::size_t lanes = vec::size;
   // float32: blocks of block_vectors vectors per lane, then into float64. float64: the
   // accumulators themselves, flushed as often (it costs nothing next to the loads).
-  std::size_t i = 0;
-  while (i < len) {
+  const std::size_t end_of_run = base + len;
+  std::size_t i = base;
+  while (i < end_of_run) {
     vec s0(T(0)), s1(T(0)), q0(T(0)), q1(T(0));
     const std::size_t begin = i;
-    const std::size_t end = len - i < block_vectors * lanes ? len : i + block_vectors * lanes;
+    const std::size_t end =
+        end_of_run - i < block_vectors * lanes ? end_of_run : i + block_vectors * lanes;
     for (; i + 2 * lanes <= end; i += 2 * lanes) {
-      const vec d0 = load_elements<Arch>(x + i) - k;
-      const vec d1 = load_elements<Arch>(x + i + lanes) - k;
-      s0 += d0;
-      s1 += d1;
-      q0 = fmadd(d0, d0, q0);
-      q1 = fmadd(d1, d1, q1);
+      terms.add(i, k, s0, q0);
+      terms.add(i + lanes, k, s1, q1);
     }
     if (i + lanes <= end) {
-      const vec d = load_elements<Arch>(x + i) - k;
-      s0 += d;
-      q0 = fmadd(d, d, q0);
+      terms.add(i, k, s0, q0);
       i += lanes;
     }
     // The last values, fewer than a vector, join the last block (one more value per lane):
     // short planes (7×7) would otherwise pay a float64 step for them.
     const std::size_t whole_end = i;
-    vec tail(T(0));
-    if (i < len && len - i < lanes) {
-      tail = masked_tail<Arch>(x + len, len - i, k);
-      const vec d = tail - k;
-      s1 += d;
-      q1 = fmadd(d, d, q1);
-      i = len;
+    if (i < end_of_run && end_of_run - i < lanes) {
+      terms.add_masked(end_of_run - lanes, lanes - (end_of_run - i), k, s1, q1);
+      i = end_of_run;
     }
-    if (partial_is_finite<Arch>(q0 + q1)) {
+    if (Terms::finite(s0 + s1, q0 + q1)) {
       acc.add(s0 + s1, q0 + q1);
     } else {
-      for (std::size_t j = begin; j < whole_end; j += lanes) {
-        acc.add_exact(load_elements<Arch>(x + j), k);
+      for (std::size_t j = begin; j < whole_end; j += lanes) terms.add_exact(j, k, acc);
+      if (whole_end < i) {
+        terms.add_exact_masked(end_of_run - lanes, lanes - (end_of_run - whole_end), k, acc);
       }
-      if (whole_end < i) acc.add_exact(tail, k);
     }
   }
 }
 
-/// Channel k of `channels` has its first plane at src + k·len and pivot pivot[k].
-template <class Arch, class S, class T = compute_t<S>>
-void plane_stats(const S* src, std::size_t len, std::size_t planes, std::size_t stride,
-                 std::size_t channels, const T* pivot, double* sum, double* sum_sq) noexcept {
+/// Channel k of `channels` has its first plane at offset k·len of the terms and center
+/// center[k]; its sums are added into sum[k], sum_sq[k].
+template <class Arch, class Terms, class T = typename Terms::T>
+void plane_sums(const Terms& terms, std::size_t len, std::size_t planes, std::size_t stride,
+                std::size_t channels, const T* center, double* sum, double* sum_sq) noexcept {
   using vec = xsimd::batch<T, Arch>;
   constexpr std::size_t lanes = vec::size;
   for (std::size_t ch = 0; ch < channels; ++ch) {
-    const S* first = src + ch * len;
-    const vec k(pivot[ch]);
-    const double pivot64 = static_cast<double>(pivot[ch]);
+    const vec k(center[ch]);
+    const double center64 = static_cast<double>(center[ch]);
     f64_accumulator<Arch> acc;
     double s = 0.0, q = 0.0;
     for (std::size_t p = 0; p < planes; ++p) {
-      const S* x = first + p * stride;
+      const std::size_t at = ch * len + p * stride;
       if (len >= lanes) {
-        run_stats<Arch>(x, len, k, acc);
+        run_sums<Arch>(terms, at, len, k, acc);
       } else {
-        for (std::size_t i = 0; i < len; ++i) {  // runs shorter than a vector
-          const double d = static_cast<double>(to_compute(x[i])) - pivot64;
-          s += d;
-          q += d * d;
-        }
+        for (std::size_t i = 0; i < len; ++i) terms.add_scalar(at + i, center64, s, q);
       }
     }
     sum[ch] += sum_lanes<Arch>(acc.sum) + s;
@@ -164,53 +243,39 @@ void plane_stats(const S* src, std::size_t len, std::size_t planes, std::size_t 
   }
 }
 
-// The interleaved statistics walk a block of this many periods (rows) per slot vector, so each
+// The interleaved sums walk a block of this many periods (rows) per slot vector, so each
 // accumulator vector is loaded and stored once per block rather than once per row. Each lane's
 // float32 partial adds this many values: fewer instructions than 8, with the same worst error
 // in the accuracy tests (docs/design.md).
 constexpr std::size_t rows_per_block = 16;
 
-/// One block of `count` rows: per lane, Σ(x − k) and Σ(x − k)² in T over the rows, for
-/// `Group` adjacent vectors of slots from `block` (k from `pivot`). Several columns at once keep
-/// that many independent add chains in flight (one column's 16 rows are a chain of dependent adds)
-/// and share the loop's overhead; each lane still adds its rows in order, whatever the group.
-template <std::size_t Group, class Arch, class S, class T = compute_t<S>>
-void column_partials(const S* block, std::size_t count, std::size_t stride, const T* pivot,
-                     xsimd::batch<T, Arch> (&s)[Group],
+/// One block of `count` rows from offset `at` of the terms: per lane, the sums in T over the
+/// rows for `Group` adjacent vectors of slots (k from `center`). Several columns at once keep
+/// that many independent add chains in flight (one column's 16 rows are a chain of dependent
+/// adds) and share the loop's overhead; each lane still adds its rows in order, whatever the
+/// group.
+template <std::size_t Group, class Arch, class Terms, class T = typename Terms::T>
+void column_partials(const Terms& terms, std::size_t at, std::size_t count, std::size_t stride,
+                     const T* center, xsimd::batch<T, Arch> (&s)[Group],
                      xsimd::batch<T, Arch> (&q)[Group]) noexcept {
   using vec = xsimd::batch<T, Arch>;
   constexpr std::size_t lanes = vec::size;
   vec k[Group];
   for (std::size_t g = 0; g < Group; ++g) {
-    k[g] = vec::load_unaligned(pivot + g * lanes);
+    k[g] = vec::load_unaligned(center + g * lanes);
     s[g] = q[g] = vec(T(0));
   }
   for (std::size_t r = 0; r < count; ++r) {
-    const S* x = block + r * stride;
-    for (std::size_t g = 0; g < Group; ++g) {
-      const vec d = load_elements<Arch>(x + g * lanes) - k[g];
-      s[g] += d;
-      q[g] = fmadd(d, d, q[g]);
-    }
+    const std::size_t row = at + r * stride;
+    for (std::size_t g = 0; g < Group; ++g) terms.add(row + g * lanes, k[g], s[g], q[g]);
   }
 }
 
-/// One slot after the last whole vector: Σ(x − pivot), Σ(x − pivot)² over a block's rows, added
-/// into sum and sum_sq in float64.
-template <class S, class T = compute_t<S>>
-void column_sums_scalar(const S* block, std::size_t count, std::size_t stride, T pivot, double& sum,
-                        double& sum_sq) noexcept {
-  for (std::size_t r = 0; r < count; ++r) {
-    const double d =
-        static_cast<double>(to_compute(block[r * stride])) - static_cast<double>(pivot);
-    sum += d;
-    sum_sq += d * d;
-  }
-}
-
-template <class Arch, class S, class T = compute_t<S>>
-void interleaved_stats(const S* src, std::size_t rows, std::size_t width, std::size_t stride,
-                       const T* pivot, double* sum, double* sum_sq, bool accumulate) noexcept {
+/// `rows` rows of `width` slots, `stride` apart, from the terms' base; slot j's sums go to
+/// sum[j], sum_sq[j] (started unless `accumulate`).
+template <class Arch, class Terms, class T = typename Terms::T>
+void interleaved_sums(const Terms& terms, std::size_t rows, std::size_t width, std::size_t stride,
+                      const T* center, double* sum, double* sum_sq, bool accumulate) noexcept {
   using vec = xsimd::batch<T, Arch>;
   using dvec = xsimd::batch<double, Arch>;
   constexpr std::size_t lanes = vec::size;
@@ -219,37 +284,35 @@ void interleaved_stats(const S* src, std::size_t rows, std::size_t width, std::s
   }
   for (std::size_t first = 0; first < rows; first += rows_per_block) {
     const std::size_t count = rows - first < rows_per_block ? rows - first : rows_per_block;
-    const S* block = src + first * stride;
+    const std::size_t block = first * stride;
     // The first block starts the sums unless asked to add to them: the caller does not zero.
     const bool add = accumulate || first > 0;
     const auto store = [&](std::size_t j, const dvec& s, const dvec& q) {
       (add ? dvec::load_unaligned(sum + j) + s : s).store_unaligned(sum + j);
       (add ? dvec::load_unaligned(sum_sq + j) + q : q).store_unaligned(sum_sq + j);
     };
-    // float32 only: slots [j, j + lanes) of the block again, in float64.
-    const auto flush_exact = [&](auto j) {  // generic: instantiated for float32 only
-      f64_accumulator<Arch> lo, hi;         // the low and the high lanes
-      dvec k_lo, k_hi;
-      widen(vec::load_unaligned(pivot + j), k_lo, k_hi);
-      for (std::size_t r = 0; r < count; ++r) {
-        dvec x_lo, x_hi;
-        widen(load_elements<Arch>(block + r * stride + j), x_lo, x_hi);
-        lo.add_exact(x_lo, k_lo);
-        hi.add_exact(x_hi, k_hi);
-      }
-      store(j, lo.sum, lo.sum_sq);
-      store(j + lanes / 2, hi.sum, hi.sum_sq);
+    // Slot j's sums over the block's rows in float64, added to what it holds: the slots after
+    // the last whole vector, and float32 partials that overflowed (or hold a NaN).
+    const auto column_exact = [&](std::size_t j) {
+      double s = add ? sum[j] : 0.0, q = add ? sum_sq[j] : 0.0;
+      const double k = static_cast<double>(center[j]);
+      for (std::size_t r = 0; r < count; ++r) terms.add_scalar(block + r * stride + j, k, s, q);
+      sum[j] = s;
+      sum_sq[j] = q;
     };
-    // The block's partials of a group of vectors of slots from j into the float64 sums. One check
-    // for the group: the q are sums of squares, so their sum is finite only if each is. float32
-    // partials that overflowed (or hold a NaN) are summed again in float64 (see block_vectors).
+    // The block's partials of a group of vectors of slots from j into the float64 sums. One
+    // check for the group. float32 partials that overflowed (or hold a NaN) are summed again in
+    // float64 (see block_vectors).
     const auto flush = [&](auto group_tag, std::size_t j, const vec* s, const vec* q) {
       constexpr std::size_t group = decltype(group_tag)::value;
       if constexpr (std::is_same<T, float>::value) {
-        vec all = q[0];
-        for (std::size_t g = 1; g < group; ++g) all += q[g];
-        if (!partial_is_finite<Arch>(all)) {
-          for (std::size_t g = 0; g < group; ++g) flush_exact(j + g * lanes);
+        vec all_s = s[0], all_q = q[0];
+        for (std::size_t g = 1; g < group; ++g) {
+          all_s += s[g];
+          all_q += q[g];
+        }
+        if (!Terms::finite(all_s, all_q)) {
+          for (std::size_t i = 0; i < group * lanes; ++i) column_exact(j + i);
           return;
         }
 #pragma GCC unroll 4
@@ -269,19 +332,48 @@ void interleaved_stats(const S* src, std::size_t rows, std::size_t width, std::s
     constexpr std::size_t group = 4;
     for (; j + group * lanes <= width; j += group * lanes) {
       vec s[group], q[group];
-      column_partials<group, Arch>(block + j, count, stride, pivot + j, s, q);
+      column_partials<group, Arch>(terms, block + j, count, stride, center + j, s, q);
       flush(std::integral_constant<std::size_t, group>(), j, s, q);
     }
     for (; j + lanes <= width; j += lanes) {
       vec s[1], q[1];
-      column_partials<1, Arch>(block + j, count, stride, pivot + j, s, q);
+      column_partials<1, Arch>(terms, block + j, count, stride, center + j, s, q);
       flush(std::integral_constant<std::size_t, 1>(), j, s, q);
     }
-    for (; j < width; ++j) {
-      if (!add) sum[j] = sum_sq[j] = 0.0;
-      column_sums_scalar(block + j, count, stride, pivot[j], sum[j], sum_sq[j]);
-    }
+    for (; j < width; ++j) column_exact(j);
   }
+}
+
+// The reduce kernels of the kernel table.
+
+template <class Arch, class S, class T = compute_t<S>>
+void plane_stats(const S* src, std::size_t len, std::size_t planes, std::size_t stride,
+                 std::size_t channels, const T* pivot, double* sum, double* sum_sq) noexcept {
+  plane_sums<Arch>(deviation_terms<Arch, S>{src}, len, planes, stride, channels, pivot, sum,
+                   sum_sq);
+}
+
+template <class Arch, class S, class T = compute_t<S>>
+void interleaved_stats(const S* src, std::size_t rows, std::size_t width, std::size_t stride,
+                       const T* pivot, double* sum, double* sum_sq, bool accumulate) noexcept {
+  interleaved_sums<Arch>(deviation_terms<Arch, S>{src}, rows, width, stride, pivot, sum, sum_sq,
+                         accumulate);
+}
+
+template <class Arch, class S, class T = compute_t<S>>
+void plane_gradient_sums(const S* src, const S* diff_dst, std::size_t len, std::size_t planes,
+                         std::size_t stride, std::size_t channels, const T* center, double* sum_dy,
+                         double* sum_dy_d) noexcept {
+  plane_sums<Arch>(gradient_terms<Arch, S>{src, diff_dst}, len, planes, stride, channels, center,
+                   sum_dy, sum_dy_d);
+}
+
+template <class Arch, class S, class T = compute_t<S>>
+void interleaved_gradient_sums(const S* src, const S* diff_dst, std::size_t rows, std::size_t width,
+                               std::size_t stride, const T* center, double* sum_dy,
+                               double* sum_dy_d, bool accumulate) noexcept {
+  interleaved_sums<Arch>(gradient_terms<Arch, S>{src, diff_dst}, rows, width, stride, center,
+                         sum_dy, sum_dy_d, accumulate);
 }
 
 // Pivots: per channel, the mean in float64 of a few of its values spread evenly over it,
