@@ -1,5 +1,6 @@
 // The engine API: validation of problems and arguments, scratch, and the no-throw boundary.
 // Every check runs before anything is written.
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -496,6 +497,123 @@ status plan::forward_inference(const inference_args& args) const noexcept {
   });
 }
 
+namespace {
+
+/// A backward call, either kind: what it computes decides what it needs (see backward_args).
+status backward(const plan_impl& p, const backward_args& args, bool frozen) noexcept {
+  const std::size_t channels = p.part.channels;
+  const bool dx = args.diff_src != nullptr, dgamma = args.diff_scale.data != nullptr,
+             dbeta = args.diff_shift.data != nullptr;
+  if (!dx && !dgamma && !dbeta) {
+    return status(status_code::invalid_argument,
+                  "diff_src, diff_scale, diff_shift: expected at least one output to compute, "
+                  "got none");
+  }
+  // What the outputs asked for read: x̂ needs src, mean and the variance (or 1/std).
+  const bool needs_x = dgamma || (dx && !frozen);
+  const bool needs_std = needs_x || (dx && frozen);
+  const char* why = frozen
+                        ? (needs_x ? "by backward_frozen with diff_scale" : nullptr)
+                        : (needs_x ? "by backward_training with diff_src or diff_scale" : nullptr);
+  const std::size_t elements = p.part.elements;
+  if (elements > 0 && (args.diff_dst == nullptr || (needs_x && args.src == nullptr))) {
+    return status::failure(
+        status_code::invalid_argument,
+        "%s: expected %zu elements of shape %s, got a null pointer (required %s)",
+        args.diff_dst == nullptr ? "diff_dst" : "src", elements, shape_text(p.prob.shape).text,
+        args.diff_dst == nullptr ? "by every backward" : why);
+  }
+  for (const auto& [name, data] : {std::pair<const char*, const void*>{"src", args.src},
+                                   {"diff_dst", args.diff_dst},
+                                   {"diff_src", args.diff_src}}) {
+    if (status s = check_alignment(name, data, p.prob.dtype); !s) return s;
+  }
+  if (frozen && args.inv_std.data != nullptr) {
+    return status(status_code::invalid_argument,
+                  "inv_std: expected none (backward_frozen takes the running variance in var), "
+                  "got a buffer");
+  }
+  if (args.inv_std.data != nullptr && args.var.data != nullptr) {
+    return status(status_code::invalid_argument,
+                  "inv_std, var: expected one of the two (the batch statistics' 1/std or their "
+                  "variance), got both");
+  }
+  const bool has_std = args.inv_std.data != nullptr || args.var.data != nullptr;
+  if (needs_std && !has_std) {
+    return status::failure(status_code::invalid_argument,
+                           "%s: expected %zu values, got a null pointer (required %s)",
+                           frozen ? "var" : "inv_std or var", channels,
+                           frozen ? "by backward_frozen with diff_src or diff_scale"
+                                  : "by backward_training with diff_src or diff_scale");
+  }
+  if (status s = check_channel_buffers({{"scale", args.scale.data, args.scale.size},
+                                        {"mean", args.mean.data, args.mean.size, why},
+                                        {"inv_std", args.inv_std.data, args.inv_std.size},
+                                        {"var", args.var.data, args.var.size},
+                                        {"diff_scale", args.diff_scale.data, args.diff_scale.size},
+                                        {"diff_shift", args.diff_shift.data, args.diff_shift.size}},
+                                       channels, p.prob.dtype);
+      !s) {
+    return s;
+  }
+  if (status s = check_scratch_pointer(args.scratch, args.scratch_size); !s) return s;
+  const std::size_t data_bytes = elements * p.part.element_size;
+  const std::size_t channel_bytes = channels * p.part.element_size;
+  const std::size_t scratch_bytes = caller_scratch(p.part.scratch.training_bytes);
+  if (status s = check_separate({{"src", args.src, needs_x ? data_bytes : 0, false},
+                                 {"diff_dst", args.diff_dst, data_bytes, false, true},
+                                 {"diff_src", args.diff_src, data_bytes, true, true},
+                                 {"scale", args.scale.data, channel_bytes, false},
+                                 {"mean", args.mean.data, channel_bytes, false},
+                                 {"inv_std", args.inv_std.data, channel_bytes, false},
+                                 {"var", args.var.data, channel_bytes, false},
+                                 {"diff_scale", args.diff_scale.data, channel_bytes, true},
+                                 {"diff_shift", args.diff_shift.data, channel_bytes, true},
+                                 {"scratch", args.scratch, elements ? scratch_bytes : 0, true}});
+      !s) {
+    return s;
+  }
+  if (elements == 0) {  // as PyTorch: sums over no values
+    for (void* out : {args.diff_scale.data, args.diff_shift.data}) {
+      if (out == nullptr) continue;
+      if (p.prob.dtype == dtype::f32) {
+        std::fill_n(static_cast<float*>(out), channels, 0.0f);
+      } else {
+        std::fill_n(static_cast<double*>(out), channels, 0.0);
+      }
+    }
+    return {};
+  }
+  // A frozen dx alone runs as inference: its scratch is inference's.
+  const bool sums = !frozen || dgamma || dbeta;
+  scratch_buffer scratch;
+  if (status s =
+          scratch.acquire(sums ? p.part.scratch.training_bytes : p.part.scratch.inference_bytes,
+                          args.scratch, args.scratch_size, "backward_scratch_size");
+      !s) {
+    return s;
+  }
+  return guarded([&] {
+    if (p.prob.dtype == dtype::f32) {
+      detail::run_backward<float>(p, args, frozen, scratch.data());
+    } else {
+      detail::run_backward<double>(p, args, frozen, scratch.data());
+    }
+  });
+}
+
+}  // namespace
+
+status plan::backward_training(const backward_args& args) const noexcept {
+  if (!impl_) return status(status_code::invalid_argument, not_planned);
+  return backward(*impl_, args, false);
+}
+
+status plan::backward_frozen(const backward_args& args) const noexcept {
+  if (!impl_) return status(status_code::invalid_argument, not_planned);
+  return backward(*impl_, args, true);
+}
+
 isa plan::isa() const noexcept {
   return impl_ ? impl_->kernels->id : bnorm::isa::sse2;
 }
@@ -514,9 +632,13 @@ std::size_t plan::inference_scratch_size() const noexcept {
   return caller_scratch(impl_->part.scratch.inference_bytes);
 }
 
+std::size_t plan::backward_scratch_size() const noexcept {
+  if (!impl_ || impl_->part.elements == 0) return 0;
+  return caller_scratch(impl_->part.scratch.training_bytes);
+}
+
 std::size_t plan::scratch_size() const noexcept {
-  const std::size_t training = training_scratch_size(), inference = inference_scratch_size();
-  return training > inference ? training : inference;
+  return std::max({training_scratch_size(), inference_scratch_size(), backward_scratch_size()});
 }
 
 const problem& plan::get_problem() const noexcept {

@@ -199,6 +199,33 @@ struct inference_args {
   std::size_t scratch_size = 0;
 };
 
+/// Buffers of one backward call. The gradients it computes are the outputs it is given
+/// (PyTorch's grad_input_mask, oneDNN's backward_data): any of diff_src, diff_scale and
+/// diff_shift, at least one. What it needs besides diff_dst:
+/// - backward_training (batch statistics): src, mean and one of inv_std or var, except for dβ
+///   alone;
+/// - backward_frozen (running statistics): var for dx; src, mean and var for dγ.
+struct backward_args {
+  const void* src = nullptr;       ///< x, as the forward took it.
+  const void* diff_dst = nullptr;  ///< dy (grad_output), same shape and layout.
+  void* diff_src = nullptr;        ///< dx (grad_input), or null; may equal diff_dst (in place).
+  channel_input scale;             ///< gamma; omitted means 1 (affine = false).
+  /// Training: the forward's batch mean (forward_training's batch_mean, PyTorch's save_mean).
+  /// Frozen: the running mean.
+  channel_input mean;
+  /// Training only: 1/sqrt(biased batch variance + eps), as forward_training's batch_inv_std
+  /// and PyTorch's save_invstd. Give this or var, not both.
+  channel_input inv_std;
+  /// Training: the biased batch variance (as oneDNN and MindSpore pass it); frozen: the running
+  /// variance. 1/sqrt(var + eps) with the plan's epsilon.
+  channel_input var;
+  channel_output diff_scale;  ///< dγ = Σ dy·x̂, or omitted.
+  channel_output diff_shift;  ///< dβ = Σ dy, or omitted.
+  /// As training_args::scratch, with plan::backward_scratch_size().
+  void* scratch = nullptr;
+  std::size_t scratch_size = 0;
+};
+
 namespace detail {
 struct plan_impl;
 }
@@ -217,6 +244,16 @@ class plan {
   /// Inference: y = (x - mean)/sqrt(var + eps)·gamma + beta with the given statistics.
   status forward_inference(const inference_args& args) const noexcept;
 
+  /// Training backward, from the batch statistics the forward saved: with x̂ = (x − mean)·inv_std
+  /// and M values per channel, dβ = Σ dy, dγ = Σ dy·x̂, dx = γ·inv_std·(dy − dβ/M − x̂·dγ/M).
+  /// dγ and dβ are overwritten, not accumulated. Errors are returned before anything is written.
+  status backward_training(const backward_args& args) const noexcept;
+
+  /// Backward of inference (eval mode, frozen batch norm, PyTorch's backward with training
+  /// false): dx = γ·dy/sqrt(running_var + eps), one read of dy and one write of dx; dβ = Σ dy
+  /// and dγ = Σ dy·(x − running_mean)/sqrt(running_var + eps) when asked.
+  status backward_frozen(const backward_args& args) const noexcept;
+
   bool valid() const noexcept { return impl_ != nullptr; }
   /// The ISA whose kernels this plan runs.
   bnorm::isa isa() const noexcept;
@@ -230,7 +267,9 @@ class plan {
   /// the call needs none (its scratch fits on the stack, or the tensor is empty).
   std::size_t training_scratch_size() const noexcept;
   std::size_t inference_scratch_size() const noexcept;
-  /// The larger of the two: scratch enough for either path.
+  /// Bytes of caller scratch with which a backward call (either kind) allocates nothing.
+  std::size_t backward_scratch_size() const noexcept;
+  /// The largest of them: scratch enough for any path.
   std::size_t scratch_size() const noexcept;
   const bnorm::problem& get_problem() const noexcept;
   const plan_options& options() const noexcept;

@@ -230,16 +230,57 @@ bool inference_coefficients(std::size_t channels, double eps, const T* mean, con
       channels, out, first,
       [&](std::size_t c, std::size_t at) {
         const dvec inv = unit / xsimd::sqrt(load_as_f64<Arch>(variance + c) + e);
-        return store_coefficients<Arch>(load_as_f64<Arch>(mean + c), inv,
+        return store_coefficients<Arch>(mean ? load_as_f64<Arch>(mean + c) : dvec(0.0), inv,
                                         gamma ? load_as_f64<Arch>(gamma + c) * inv : inv,
                                         beta ? load_as_f64<Arch>(beta + c) : dvec(0.0), out, at);
       },
       [&](std::size_t c, std::size_t at) {
         const double inv = 1.0 / std::sqrt(static_cast<double>(variance[c]) + eps);
-        store_coefficients_scalar(static_cast<double>(mean[c]), inv,
+        store_coefficients_scalar(mean ? static_cast<double>(mean[c]) : 0.0, inv,
                                   (gamma ? static_cast<double>(gamma[c]) : 1.0) * inv,
                                   beta ? static_cast<double>(beta[c]) : 0.0, out, at);
       });
+}
+
+// The backward: dx = γ·inv_std·(dy − Σdy/M − (x − mean)·inv_std²·Σdy·(x − mean)/M), written as
+// dx = dy·a + (x − mean)·b + e with a = γ·inv_std, b = −a·inv_std·(dγ/M), e = −a·(Σdy/M) and
+// dγ = inv_std·Σdy·(x − mean): x − mean is exact near the mean (as the forward's x − center), and
+// no term cancels against a large one when |mean| ≫ std.
+template <class Arch, class T>
+void channel_gradients(const gradient_channels<T>& in, const gradient_coefficients<T>* out,
+                       std::size_t first) noexcept {
+  using dvec = xsimd::batch<double, Arch>;
+  constexpr std::size_t lanes = dvec::size;
+  const dvec count(in.count), eps(in.epsilon), unit(1.0);
+  std::size_t c = 0;
+  for (; c + lanes <= in.channels; c += lanes) {
+    const dvec inv = in.inv_std ? load_as_f64<Arch>(in.inv_std + c)
+                                : unit / xsimd::sqrt(load_as_f64<Arch>(in.variance + c) + eps);
+    const dvec dgamma = dvec::load_unaligned(in.sum_dy_d + c) * inv;
+    dgamma.store_unaligned(in.sum_dy_d + c);
+    if (out == nullptr) continue;
+    const dvec a = in.gamma ? load_as_f64<Arch>(in.gamma + c) * inv : inv;
+    const std::size_t at = first + c;
+    store_as<Arch>(out->center + at, load_as_f64<Arch>(in.mean + c));
+    store_as<Arch>(out->dy_scale + at, saturate_to<Arch, T>(a));
+    store_as<Arch>(out->x_scale + at, saturate_to<Arch, T>(-(a * inv) * (dgamma / count)));
+    store_as<Arch>(out->shift + at,
+                   saturate_to<Arch, T>(-a * (dvec::load_unaligned(in.sum_dy + c) / count)));
+  }
+  for (; c < in.channels; ++c) {  // the same operations, one channel
+    const double inv = in.inv_std
+                           ? static_cast<double>(in.inv_std[c])
+                           : 1.0 / std::sqrt(static_cast<double>(in.variance[c]) + in.epsilon);
+    const double dgamma = in.sum_dy_d[c] * inv;
+    in.sum_dy_d[c] = dgamma;
+    if (out == nullptr) continue;
+    const double a = in.gamma ? static_cast<double>(in.gamma[c]) * inv : inv;
+    const std::size_t at = first + c;
+    out->center[at] = in.mean[c];
+    out->dy_scale[at] = saturate_scalar<T>(a);
+    out->x_scale[at] = saturate_scalar<T>(-(a * inv) * (dgamma / in.count));
+    out->shift[at] = saturate_scalar<T>(-a * (in.sum_dy[c] / in.count));
+  }
 }
 
 template <class Arch, class T>

@@ -40,6 +40,40 @@ struct coefficients {
   }
 };
 
+/// The backward's per-channel (per-slot) coefficients, one array each:
+/// dx = dy·dy_scale + (x − center)·x_scale + shift. Training: center the saved mean,
+/// dy_scale = γ·inv_std, x_scale = −γ·inv_std²·Σdy·(x − mean)/M, shift = −γ·inv_std·Σdy/M.
+template <class Value>
+struct gradient_coefficients {
+  Value* center = nullptr;
+  Value* dy_scale = nullptr;
+  Value* x_scale = nullptr;
+  Value* shift = nullptr;
+
+  gradient_coefficients() noexcept = default;
+  gradient_coefficients(Value* center_, Value* dy_scale_, Value* x_scale_, Value* shift_) noexcept
+      : center(center_), dy_scale(dy_scale_), x_scale(x_scale_), shift(shift_) {}
+  template <class Other>
+  gradient_coefficients(const gradient_coefficients<Other>& o) noexcept  // NOLINT: implicit
+      : center(o.center), dy_scale(o.dy_scale), x_scale(o.x_scale), shift(o.shift) {}
+};
+
+/// The per-channel arithmetic of a backward call, in float64, channels [0, channels) of the
+/// arrays given (the caller offsets them).
+template <class T>
+struct gradient_channels {
+  std::size_t channels = 0;
+  double count = 0;            // M: values per channel
+  double epsilon = 0;          // with `variance`
+  const T* mean = nullptr;     // the centers the sums were taken around
+  const T* inv_std = nullptr;  // 1/sqrt(variance + eps), or null and:
+  const T* variance = nullptr;
+  const T* gamma = nullptr;  // null: 1
+  const double* sum_dy = nullptr;
+  /// In: Σdy·(x − mean). Out: dγ = inv_std·Σdy·(x − mean).
+  double* sum_dy_d = nullptr;
+};
+
 /// Pure loops over caller-validated memory. They assert nothing, allocate nothing, never throw.
 /// Statistics accumulate values relative to a pivot, d = x − pivot, in float64: sum += Σd,
 /// sum_sq += Σd².
@@ -100,10 +134,34 @@ struct kernel_set {
                                const double* scale, const T* beta, const coefficients<T>& out,
                                std::size_t first) noexcept;
   /// Inference, per channel from the running statistics: the same coefficients with
-  /// scale = gamma·(1/sqrt(variance + eps)) in float64 (gamma null: 1).
+  /// scale = gamma·(1/sqrt(variance + eps)) in float64 (gamma null: 1; mean null: 0, as the
+  /// frozen backward's dx = dy·gamma/sqrt(variance + eps) takes it).
   bool (*inference_coefficients)(std::size_t channels, double eps, const T* mean, const T* variance,
                                  const T* gamma, const T* beta, const coefficients<T>& out,
                                  std::size_t first) noexcept;
+  /// The backward's sums, as plane_stats and interleaved_stats with the terms dy and
+  /// dy·(x − center): sum_dy += Σdy, sum_dy_d += Σdy·(x − center), x and dy at the same offsets.
+  void (*plane_gradient_sums)(const T* src, const T* diff_dst, std::size_t len, std::size_t planes,
+                              std::size_t stride, std::size_t channels, const T* center,
+                              double* sum_dy, double* sum_dy_d) noexcept;
+  void (*interleaved_gradient_sums)(const T* src, const T* diff_dst, std::size_t rows,
+                                    std::size_t width, std::size_t stride, const T* center,
+                                    double* sum_dy, double* sum_dy_d, bool accumulate) noexcept;
+  /// The backward's dx from its coefficients (see gradient_coefficients), over planes or rows as
+  /// plane_normalize and interleaved_normalize. diff_src may be diff_dst (in place).
+  void (*plane_gradient)(const T* src, const T* diff_dst, T* diff_src, std::size_t len,
+                         std::size_t planes, std::size_t stride, std::size_t channels,
+                         const gradient_coefficients<const T>& coeffs, std::size_t first,
+                         bool stream) noexcept;
+  void (*interleaved_gradient)(const T* src, const T* diff_dst, T* diff_src, std::size_t rows,
+                               std::size_t width, std::size_t stride,
+                               const gradient_coefficients<const T>& coeffs, std::size_t first,
+                               bool stream) noexcept;
+  /// dγ in place of the sums (see gradient_channels), and, unless `out` is null, the dx
+  /// coefficients of training, to index first + c of its arrays; values beyond T's range
+  /// saturate to its largest.
+  void (*channel_gradients)(const gradient_channels<T>& in, const gradient_coefficients<T>* out,
+                            std::size_t first) noexcept;
   /// Per channel: out[c] = in[c] rounded to T (the batch statistics the caller asked for).
   void (*narrow)(std::size_t channels, const double* in, T* out) noexcept;
   /// Per channel, the running statistic's update in float64, rounded to T:

@@ -1,9 +1,11 @@
 // Kernel definitions, written once over xsimd and instantiated per ISA by kernels_<isa>.cpp.
 // Include only from those units: each is compiled with its own -m flags. The kernels by kind:
-// reduce.hpp (statistics), map.hpp (normalization), channel.hpp (per-channel float64).
+// reduce.hpp (statistics and gradient sums), map.hpp (normalization), gradient_map.hpp (the
+// backward's dx), channel.hpp (per-channel float64).
 #pragma once
 
 #include "kernels/channel.hpp"
+#include "kernels/gradient_map.hpp"
 #include "kernels/kernels.hpp"
 #include "kernels/map.hpp"
 #include "kernels/reduce.hpp"
@@ -13,11 +15,22 @@ namespace {
 
 template <class Arch, class T>
 constexpr kernel_set<T> make_kernel_set() noexcept {
-  return {
-      &plane_pivots<Arch, T>,    &row_pivots<Arch, T>,           &plane_stats<Arch, T>,
-      &plane_normalize<Arch, T>, &interleaved_stats<Arch, T>,    &interleaved_normalize<Arch, T>,
-      &channel_moments<Arch, T>, &channel_coefficients<Arch, T>, &inference_coefficients<Arch, T>,
-      &narrow<Arch, T>,          &blend_running<Arch, T>};
+  return {&plane_pivots<Arch, T>,
+          &row_pivots<Arch, T>,
+          &plane_stats<Arch, T>,
+          &plane_normalize<Arch, T>,
+          &interleaved_stats<Arch, T>,
+          &interleaved_normalize<Arch, T>,
+          &channel_moments<Arch, T>,
+          &channel_coefficients<Arch, T>,
+          &inference_coefficients<Arch, T>,
+          &plane_gradient_sums<Arch, T>,
+          &interleaved_gradient_sums<Arch, T>,
+          &plane_gradient<Arch, T>,
+          &interleaved_gradient<Arch, T>,
+          &channel_gradients<Arch, T>,
+          &narrow<Arch, T>,
+          &blend_running<Arch, T>};
 }
 
 template <class Arch>

@@ -1,0 +1,199 @@
+// The backward paths, composed of the generic passes (passes.hpp) on the training partition.
+// Training: the sums Σdy and Σdy·(x − mean) per unit (reduce) → per channel in float64, dγ, dβ
+// and the dx coefficients → dx (map); where a unit holds whole channels that fit in cache, the
+// three back to back on each block, in one parallel pass (one read of x and dy). Frozen: dx =
+// dy·γ/sqrt(running_var + eps) is the inference map with a zero mean (one read of dy); dγ and
+// dβ, when asked, take a reduce pass around the running mean. The caller's dγ and dβ are
+// written only at the end.
+#include <algorithm>
+
+#include "execute.hpp"
+#include "passes.hpp"
+
+namespace bnorm::detail {
+namespace {
+
+/// The gradient sums as a reduce operation (see passes.hpp), around per-channel (per-slot)
+/// centers.
+template <class T>
+struct gradient_reduce {
+  const kernels::kernel_set<T>& kern;
+  const T* src;
+  const T* diff_dst;
+  const T* center;
+  std::size_t period;
+
+  void planes(std::size_t at, std::size_t len, std::size_t planes, std::size_t stride,
+              std::size_t channels, std::size_t c0, double* sum, double* sum_sq) const {
+    kern.plane_gradient_sums(src + at, diff_dst + at, len, planes, stride, channels, center + c0,
+                             sum, sum_sq);
+  }
+  void rows(std::size_t at, std::size_t rows, std::size_t width, std::size_t slot, double* sum,
+            double* sum_sq, bool accumulate) const {
+    kern.interleaved_gradient_sums(src + at, diff_dst + at, rows, width, period, center + slot, sum,
+                                   sum_sq, accumulate);
+  }
+};
+
+/// dx as a map operation (see passes.hpp).
+template <class T>
+struct gradient_map {
+  const kernels::kernel_set<T>& kern;
+  const T* src;
+  const T* diff_dst;
+  T* diff_src;
+  const kernels::gradient_coefficients<const T>& coeffs;
+  std::size_t period;
+  bool stream;
+
+  void planes(std::size_t at, std::size_t len, std::size_t planes, std::size_t stride,
+              std::size_t channels, std::size_t first) const {
+    kern.plane_gradient(src + at, diff_dst + at, diff_src + at, len, planes, stride, channels,
+                        coeffs, first, stream);
+  }
+  void rows(std::size_t at, std::size_t rows, std::size_t width, std::size_t first) const {
+    kern.interleaved_gradient(src + at, diff_dst + at, diff_src + at, rows, width, period, coeffs,
+                              first, stream);
+  }
+};
+
+template <class T>
+const T* data_of(const channel_input& buffer) {
+  return static_cast<const T*>(buffer.data);
+}
+
+/// One backward call that needs the sums: the training backward, and a frozen backward that
+/// computes dγ or dβ.
+template <class T>
+class gradient_step {
+ public:
+  gradient_step(const plan_impl& plan, const backward_args& args, bool frozen,
+                unsigned char* scratch)
+      : plan_(plan),
+        p_(plan.part),
+        kern_(plan.kernels->get<T>()),
+        args_(args),
+        // dβ alone needs no x: dy stands in for it (its Σdy·(x − 0) is left unused).
+        src_(static_cast<const T*>(args.src ? args.src : args.diff_dst)),
+        diff_dst_(static_cast<const T*>(args.diff_dst)),
+        diff_src_(frozen ? nullptr : static_cast<T*>(args.diff_src)),
+        center_(reinterpret_cast<T*>(scratch + p_.scratch.pivot)),
+        sum_(reinterpret_cast<double*>(scratch + p_.scratch.sum)),
+        sum_sq_(reinterpret_cast<double*>(scratch + p_.scratch.sum_sq)),
+        sum_dy_(reinterpret_cast<double*>(scratch + p_.scratch.mean)),
+        sum_dy_d_(reinterpret_cast<double*>(scratch + p_.scratch.variance)) {
+    T* base = reinterpret_cast<T*>(scratch + p_.scratch.coeffs);
+    const std::size_t stride = p_.scratch.coeff_stride;
+    coeffs_ = {base, base + stride, base + 2 * stride, base + 3 * stride};
+    readable_ = coeffs_;
+  }
+
+  void run() {
+    // Rows hold the centers per slot: slot j is channel j % C.
+    const T* mean = data_of<T>(args_.mean);
+    const std::size_t slots = p_.kind == traversal::planes ? p_.channels : p_.period;
+    for (std::size_t j = 0; j < slots; ++j) center_[j] = mean ? mean[j % p_.channels] : T(0);
+    const bool fused = p_.training == training_schedule::fused_planes ||
+                       p_.training == training_schedule::fused_column_blocks;
+    if (fused) {
+      // Vector loads of the last block's coefficients read past the period: keep it defined.
+      if (p_.kind == traversal::interleaved) pad_coefficients();
+      fused_pass(plan_, [this](std::size_t c0, std::size_t c1) {
+        reduce_channels(p_, reduce(), c0, c1, sum_dy_, sum_dy_d_);
+        channel_math(c0, c1);
+        if (diff_src_) map_channels(p_, map(), c0, c1, c0);
+      });
+    } else {
+      reduce_pass(plan_, reduce(), sum_, sum_sq_);
+      for_each_channel_block(plan_, [this](std::size_t c0, std::size_t c1) {
+        merge_partials(p_, c0, c1, sum_, sum_sq_, sum_dy_, sum_dy_d_);
+        channel_math(c0, c1);
+      });
+      if (diff_src_) {
+        if (p_.kind == traversal::interleaved) replicate_coefficients();
+        map_pass(plan_, map());
+      }
+    }
+    if (T* out = static_cast<T*>(args_.diff_shift.data)) kern_.narrow(p_.channels, sum_dy_, out);
+    if (T* out = static_cast<T*>(args_.diff_scale.data)) kern_.narrow(p_.channels, sum_dy_d_, out);
+  }
+
+ private:
+  gradient_reduce<T> reduce() const { return {kern_, src_, diff_dst_, center_, p_.period}; }
+  gradient_map<T> map() const {
+    return {kern_, src_, diff_dst_, diff_src_, readable_, p_.period, p_.stream_stores};
+  }
+
+  /// dγ (in place of Σdy·(x − mean)) and the dx coefficients of channels [c0, c1).
+  void channel_math(std::size_t c0, std::size_t c1) const {
+    if (!args_.inv_std.data && !args_.var.data) return;  // dβ alone: Σdy is all it takes
+    const auto at = [c0](const channel_input& buffer) {
+      return buffer.data ? data_of<T>(buffer) + c0 : nullptr;
+    };
+    kernels::gradient_channels<T> in;
+    in.channels = c1 - c0;
+    in.count = static_cast<double>(p_.per_channel);
+    in.epsilon = plan_.prob.epsilon;
+    in.mean = at(args_.mean);
+    in.inv_std = at(args_.inv_std);
+    in.variance = at(args_.var);
+    in.gamma = at(args_.scale);
+    in.sum_dy = sum_dy_ + c0;
+    in.sum_dy_d = sum_dy_d_ + c0;
+    kern_.channel_gradients(in, diff_src_ ? &coeffs_ : nullptr, c0);
+  }
+
+  /// Zeros in the vector past the period that the last slots' loads read.
+  void pad_coefficients() const {
+    for (T* a : {coeffs_.center, coeffs_.dy_scale, coeffs_.x_scale, coeffs_.shift}) {
+      std::fill(a + p_.period, a + p_.period + 64 / sizeof(T), T(0));
+    }
+  }
+
+  /// Slot j takes channel j % C's coefficients.
+  void replicate_coefficients() const {
+    for (T* a : {coeffs_.center, coeffs_.dy_scale, coeffs_.x_scale, coeffs_.shift}) {
+      for (std::size_t j = p_.channels; j < p_.period; ++j) a[j] = a[j - p_.channels];
+    }
+    pad_coefficients();
+  }
+
+  const plan_impl& plan_;
+  const partition& p_;
+  const kernels::kernel_set<T>& kern_;
+  const backward_args& args_;
+  const T* src_;
+  const T* diff_dst_;
+  T* diff_src_;  // null: dx is not computed here
+  T* center_;
+  double* sum_;
+  double* sum_sq_;
+  double* sum_dy_;
+  double* sum_dy_d_;
+  kernels::gradient_coefficients<T> coeffs_;
+  kernels::gradient_coefficients<const T> readable_;
+};
+
+}  // namespace
+
+template <class T>
+void run_backward(const plan_impl& plan, const backward_args& args, bool frozen,
+                  unsigned char* scratch) {
+  if (args.diff_scale.data || args.diff_shift.data || !frozen) {
+    gradient_step<T>(plan, args, frozen, scratch).run();
+  }
+  if (frozen && args.diff_src) {
+    // dx = dy·γ/sqrt(running_var + eps): the inference map of dy with a zero mean and no shift.
+    inference_args as_inference;
+    as_inference.src = args.diff_dst;
+    as_inference.dst = args.diff_src;
+    as_inference.scale = args.scale;
+    as_inference.var = args.var;
+    run_inference<T>(plan, as_inference, scratch);
+  }
+}
+
+template void run_backward<float>(const plan_impl&, const backward_args&, bool, unsigned char*);
+template void run_backward<double>(const plan_impl&, const backward_args&, bool, unsigned char*);
+
+}  // namespace bnorm::detail

@@ -1,0 +1,129 @@
+// The backward's map kernels: dx from x, dy and per-channel (per-slot) coefficients,
+// dx = dy·dy_scale + (x − center)·x_scale + shift, over planes or interleaved rows, with ordinary
+// or streaming stores. Two inputs and one output at the same offsets; dx may be dy (in place):
+// every vector of x and dy is loaded before the dx vector at its place is stored. Part of the
+// kernels compiled once per ISA: include only from kernels_impl.hpp.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "kernels/kernels.hpp"
+#include "kernels/map.hpp"
+#include "kernels/storage.hpp"
+#include "kernels/xsimd_compat.hpp"
+
+namespace bnorm::kernels {
+namespace {
+
+template <class Arch, class T>
+[[gnu::always_inline]] inline xsimd::batch<T, Arch> gradient_of(
+    const xsimd::batch<T, Arch>& x, const xsimd::batch<T, Arch>& dy,
+    const xsimd::batch<T, Arch>& center, const xsimd::batch<T, Arch>& dy_scale,
+    const xsimd::batch<T, Arch>& x_scale, const xsimd::batch<T, Arch>& shift) noexcept {
+  return fmadd(dy, dy_scale, fmadd(x - center, x_scale, shift));
+}
+
+/// dx[j] for j in [begin, end) with ordinary stores, f(j, x vector, dy vector) giving the vector
+/// at j; the last values, fewer than a vector, through padded copies (every element is rounded
+/// the same way, whatever its position). f is taken by value: a store through dx could alias a
+/// closure held by reference.
+template <class Arch, class S, class F>
+void gradient_store_run(const S* x, const S* dy, S* dx, std::size_t begin, std::size_t end,
+                        F f) noexcept {
+  using T = compute_t<S>;
+  using vec = xsimd::batch<T, Arch>;
+  constexpr std::size_t lanes = vec::size;
+  std::size_t j = begin;
+  for (; j + 2 * lanes <= end; j += 2 * lanes) {
+    const vec v0 = f(j, load_elements<Arch>(x + j), load_elements<Arch>(dy + j));
+    const vec v1 =
+        f(j + lanes, load_elements<Arch>(x + j + lanes), load_elements<Arch>(dy + j + lanes));
+    store_elements<Arch>(dx + j, v0);
+    store_elements<Arch>(dx + j + lanes, v1);
+  }
+  for (; j + lanes <= end; j += lanes) {
+    store_elements<Arch>(dx + j, f(j, load_elements<Arch>(x + j), load_elements<Arch>(dy + j)));
+  }
+  if (j < end) {
+    alignas(64) T px[lanes] = {}, pg[lanes] = {};
+    const std::size_t count = end - j;
+    for (std::size_t i = 0; i < count; ++i) {
+      px[i] = to_compute(x[j + i]);
+      pg[i] = to_compute(dy[j + i]);
+    }
+    f(j, vec::load_aligned(px), vec::load_aligned(pg)).store_aligned(px);
+    for (std::size_t i = 0; i < count; ++i) dx[j + i] = from_compute<S>(px[i]);
+  }
+}
+
+/// dx[0, n): streaming stores for its whole cache lines, ordinary ones for the partial lines at
+/// either end (see stream_run); ordinary stores throughout without `stream`.
+template <class Arch, class S, class F>
+void gradient_run(const S* x, const S* dy, S* dx, std::size_t n, bool stream, F f) noexcept {
+  if (!stream) {
+    gradient_store_run<Arch>(x, dy, dx, 0, n, f);
+    return;
+  }
+  constexpr std::size_t lanes = xsimd::batch<compute_t<S>, Arch>::size;
+  constexpr std::size_t line = 64 / sizeof(S);
+  const std::size_t into_line = reinterpret_cast<std::uintptr_t>(dx) % 64 / sizeof(S);
+  const std::size_t head = std::min(n, (line - into_line) % line);
+  const std::size_t body_end = head + (n - head) / line * line;
+  if (head > 0) gradient_store_run<Arch>(x, dy, dx, 0, head, f);
+  for (std::size_t i = head; i < body_end; i += lanes) {
+    stream_elements<Arch>(dx + i, f(i, load_elements<Arch>(x + i), load_elements<Arch>(dy + i)));
+  }
+  if (body_end < n) gradient_store_run<Arch>(x, dy, dx, body_end, n, f);
+}
+
+/// Channel k of `channels` has its first plane at offset k·len and coefficients at first + k.
+template <class Arch, class S>
+void plane_gradient(const S* src, const S* diff_dst, S* diff_src, std::size_t len,
+                    std::size_t planes, std::size_t stride, std::size_t channels,
+                    const gradient_coefficients<const compute_t<S>>& k, std::size_t first,
+                    bool stream) noexcept {
+  using vec = xsimd::batch<compute_t<S>, Arch>;
+  stream = stream && element_aligned(diff_src);
+  for (std::size_t ch = 0; ch < channels; ++ch) {
+    const std::size_t at = first + ch;
+    const vec c(k.center[at]), a(k.dy_scale[at]), b(k.x_scale[at]), e(k.shift[at]);
+    const auto f = [c, a, b, e](std::size_t, const vec& x, const vec& g) {
+      return gradient_of(x, g, c, a, b, e);
+    };
+    for (std::size_t p = 0; p < planes; ++p) {
+      const std::size_t offset = ch * len + p * stride;
+      gradient_run<Arch>(src + offset, diff_dst + offset, diff_src + offset, len, stream, f);
+    }
+  }
+  if (stream) stream_fence<Arch>();
+}
+
+/// Slot j of every row takes the coefficients at first + j (padded by one vector past the
+/// period, so that a partial last vector loads in bounds).
+template <class Arch, class S>
+void interleaved_gradient(const S* src, const S* diff_dst, S* diff_src, std::size_t rows,
+                          std::size_t width, std::size_t stride,
+                          const gradient_coefficients<const compute_t<S>>& k, std::size_t first,
+                          bool stream) noexcept {
+  using T = compute_t<S>;
+  using vec = xsimd::batch<T, Arch>;
+  stream = stream && element_aligned(diff_src);
+  // Copies of the pointers whose address never leaves this function (see normalize_row_groups).
+  const T* center = k.center + first;
+  const T* dy_scale = k.dy_scale + first;
+  const T* x_scale = k.x_scale + first;
+  const T* shift = k.shift + first;
+  const auto f = [center, dy_scale, x_scale, shift](std::size_t j, const vec& x, const vec& g) {
+    return gradient_of(x, g, vec::load_unaligned(center + j), vec::load_unaligned(dy_scale + j),
+                       vec::load_unaligned(x_scale + j), vec::load_unaligned(shift + j));
+  };
+  for (std::size_t r = 0; r < rows; ++r) {
+    const std::size_t offset = r * stride;
+    gradient_run<Arch>(src + offset, diff_dst + offset, diff_src + offset, width, stream, f);
+  }
+  if (stream) stream_fence<Arch>();
+}
+
+}  // namespace
+}  // namespace bnorm::kernels

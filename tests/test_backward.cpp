@@ -1,0 +1,556 @@
+// The backward paths against a float64 (long double) reference computed from the same inputs,
+// against central finite differences of the forward (independent of both), and their contract:
+// masks, in place, determinism, empty tensors, errors that write nothing.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cstring>
+#include <iostream>
+
+#include "support.hpp"
+
+using namespace bnorm_test;
+using bnorm::layout;
+
+namespace {
+
+/// The reference gradients, and the magnitudes the targets are relative to.
+struct reference_gradients {
+  std::vector<double> dx, dgamma, dbeta;
+  std::vector<double> abs_dgamma, abs_dbeta;  // Σ|dy·x̂|, Σ|dy|
+};
+
+/// With x̂ = (x − mean)·inv_std: dβ = Σdy, dγ = Σdy·x̂; training dx = γ·inv·(dy − dβ/M −
+/// x̂·dγ/M), frozen dx = γ·inv·dy. mean and inv_std as the call takes them (rounded to T).
+template <class T>
+reference_gradients reference_backward(const std::vector<T>& x, const std::vector<T>& dy,
+                                       const bnorm::tensor_shape& shape, layout l,
+                                       const std::vector<T>& mean, const std::vector<double>& inv,
+                                       const std::vector<T>& gamma, bool training) {
+  const geometry g(shape);
+  reference_gradients r;
+  r.dx.assign(x.size(), 0.0);
+  r.dgamma.assign(g.c, 0.0);
+  r.dbeta.assign(g.c, 0.0);
+  r.abs_dgamma.assign(g.c, 0.0);
+  r.abs_dbeta.assign(g.c, 0.0);
+  const double count = static_cast<double>(g.n * g.spatial);
+  for (std::size_t c = 0; c < g.c; ++c) {
+    long double s1 = 0, s2 = 0, a1 = 0, a2 = 0;
+    const auto xhat = [&](std::size_t i) {
+      return (static_cast<long double>(x[i]) - static_cast<long double>(mean[c])) * inv[c];
+    };
+    for (std::size_t n = 0; n < g.n; ++n)
+      for (std::size_t s = 0; s < g.spatial; ++s) {
+        const std::size_t i = g.offset(l, n, c, s);
+        s1 += dy[i];
+        s2 += dy[i] * xhat(i);
+        a1 += std::fabs(static_cast<long double>(dy[i]));
+        a2 += std::fabs(dy[i] * xhat(i));
+      }
+    r.dbeta[c] = static_cast<double>(s1);
+    r.dgamma[c] = static_cast<double>(s2);
+    r.abs_dbeta[c] = static_cast<double>(a1);
+    r.abs_dgamma[c] = static_cast<double>(a2);
+    const long double k = (gamma.empty() ? 1.0L : gamma[c]) * static_cast<long double>(inv[c]);
+    for (std::size_t n = 0; n < g.n; ++n)
+      for (std::size_t s = 0; s < g.spatial; ++s) {
+        const std::size_t i = g.offset(l, n, c, s);
+        const long double v =
+            training ? k * (dy[i] - s1 / count - xhat(i) * s2 / count) : k * dy[i];
+        r.dx[i] = static_cast<double>(v);
+      }
+  }
+  return r;
+}
+
+/// The largest error of `got` relative to its reference's magnitude (per channel).
+template <class T>
+double worst_relative(const std::vector<T>& got, const std::vector<double>& want,
+                      const std::vector<double>& magnitude) {
+  double worst = 0.0;
+  for (std::size_t c = 0; c < got.size(); ++c) {
+    const double e =
+        std::fabs(static_cast<double>(got[c]) - want[c]) / std::max(1e-30, magnitude[c]);
+    if (!(e <= worst)) worst = e;
+  }
+  return worst;
+}
+
+/// |dx − dx_ref| / max(1, max|dx_ref|).
+double dx_error(const std::vector<float>& got, const std::vector<double>& want) {
+  double largest = 1.0;
+  for (double v : want) largest = std::max(largest, std::fabs(v));
+  return max_abs_error(got, want) / largest;
+}
+double dx_error(const std::vector<double>& got, const std::vector<double>& want) {
+  double largest = 1.0;
+  for (double v : want) largest = std::max(largest, std::fabs(v));
+  return max_abs_error(got, want) / largest;
+}
+
+/// A forward_training call's saved statistics for x (batch mean, 1/std, biased variance).
+template <class T>
+struct saved_statistics {
+  std::vector<T> mean, inv_std, variance;
+};
+
+template <class T>
+saved_statistics<T> forward_statistics(const bnorm::plan& plan, const std::vector<T>& x,
+                                       std::size_t channels) {
+  saved_statistics<T> s{std::vector<T>(channels), std::vector<T>(channels),
+                        std::vector<T>(channels)};
+  std::vector<T> y(x.size());
+  bnorm::training_args args;
+  args.src = x.data();
+  args.dst = y.data();
+  args.batch_mean = out(s.mean);
+  args.batch_inv_std = out(s.inv_std);
+  EXPECT_TRUE(plan.forward_training(args).ok());
+  for (std::size_t c = 0; c < channels; ++c) {
+    const double inv = static_cast<double>(s.inv_std[c]);
+    s.variance[c] = static_cast<T>(1.0 / (inv * inv) - 1e-5);
+  }
+  return s;
+}
+
+struct backward_case {
+  bnorm::tensor_shape shape;
+  layout l;
+  double offset;  // mean of x, in standard deviations
+  double dx_bound;
+};
+
+const backward_case accuracy_cases[] = {
+    {{64, 32}, layout::channels_last, 0.0, 1e-6},
+    {{4, 16, 100}, layout::channels_first, 0.0, 1e-6},
+    {{4, 16, 100}, layout::channels_last, 0.0, 1e-6},
+    {{8, 64, 28, 28}, layout::channels_first, 0.0, 1e-6},
+    {{8, 64, 28, 28}, layout::channels_last, 0.0, 1e-6},
+    {{2, 8, 5, 7, 9}, layout::channels_first, 0.0, 1e-6},
+    {{2, 8, 5, 7, 9}, layout::channels_last, 0.0, 1e-6},
+    {{1, 1024, 7, 7}, layout::channels_first, 0.0, 1e-6},
+    {{1, 1024, 7, 7}, layout::channels_last, 0.0, 1e-6},
+    {{32, 3, 130, 130}, layout::channels_first, 0.0, 1e-6},  // channels larger than a unit
+    {{4096, 64}, layout::channels_last, 0.0, 1e-6},
+    {{8, 64, 28, 28}, layout::channels_first, 1e5, 1e-5},
+    {{8, 64, 28, 28}, layout::channels_last, 1e5, 1e-5},
+    {{4096, 64}, layout::channels_last, 1e5, 1e-5},
+};
+
+std::string case_name(const backward_case& k) {
+  return shape_name(k.shape) + (k.l == layout::channels_first ? "_nchw" : "_nhwc") + "_offset" +
+         std::to_string(static_cast<long>(k.offset));
+}
+
+class Backward : public testing::TestWithParam<bnorm::isa> {
+ protected:
+  bnorm::plan make(const bnorm::tensor_shape& shape, layout l, bnorm::dtype d,
+                   int threads = 0) const {
+    bnorm::plan_options opts;
+    opts.max_isa = GetParam();
+    opts.update_running_stats = false;
+    opts.max_threads = threads;
+    bnorm::plan plan = make_plan_or_fail({shape, l, d, 1e-5}, opts);
+    EXPECT_EQ(plan.isa(), GetParam());
+    return plan;
+  }
+};
+
+// The targets: dx within 1e-6·max(1, max|dx_ref|) on standard-normal x and dy (1e-5
+// when the mean of x is 1e5 × its std); dγ, dβ within 1e-6 of Σ|dy·x̂| and Σ|dy|.
+TEST_P(Backward, TrainingMeetsTheTargets) {
+  for (const backward_case& k : accuracy_cases) {
+    const geometry g(k.shape);
+    const auto x = normal_data<float>(g.elements(), k.offset, 1.0, 1);
+    const auto dy = normal_data<float>(g.elements(), 0.0, 1.0, 2);
+    const auto gamma = normal_data<float>(g.c, 1.0, 0.5, 3);
+    const bnorm::plan plan = make(k.shape, k.l, bnorm::dtype::f32);
+    const saved_statistics<float> saved = forward_statistics(plan, x, g.c);
+    for (const bool with_variance : {false, true}) {
+      std::vector<float> dx(x.size()), dgamma(g.c), dbeta(g.c);
+      bnorm::backward_args args;
+      args.src = x.data();
+      args.diff_dst = dy.data();
+      args.diff_src = dx.data();
+      args.scale = in(gamma);
+      args.mean = in(saved.mean);
+      (with_variance ? args.var : args.inv_std) =
+          in(with_variance ? saved.variance : saved.inv_std);
+      args.diff_scale = out(dgamma);
+      args.diff_shift = out(dbeta);
+      const bnorm::status st = plan.backward_training(args);
+      ASSERT_TRUE(st.ok()) << st.message();
+      std::vector<double> inv(g.c);
+      for (std::size_t c = 0; c < g.c; ++c) {
+        inv[c] = with_variance ? 1.0 / std::sqrt(static_cast<double>(saved.variance[c]) + 1e-5)
+                               : static_cast<double>(saved.inv_std[c]);
+      }
+      const reference_gradients ref =
+          reference_backward(x, dy, k.shape, k.l, saved.mean, inv, gamma, true);
+      const double e_dx = dx_error(dx, ref.dx);
+      const double e_dgamma = worst_relative(dgamma, ref.dgamma, ref.abs_dgamma);
+      const double e_dbeta = worst_relative(dbeta, ref.dbeta, ref.abs_dbeta);
+      const std::string name = case_name(k) + (with_variance ? "_var" : "_invstd");
+      std::cout << "[ backward accuracy ] " << bnorm::to_string(GetParam()) << " " << name << " dx "
+                << e_dx << " dgamma " << e_dgamma << " dbeta " << e_dbeta << "\n";
+      EXPECT_LE(e_dx, k.dx_bound) << name;
+      EXPECT_LE(e_dgamma, 1e-6) << name;
+      EXPECT_LE(e_dbeta, 1e-6) << name;
+    }
+  }
+}
+
+TEST_P(Backward, FrozenMeetsTheTargets) {
+  for (const backward_case& k : accuracy_cases) {
+    const geometry g(k.shape);
+    const auto x = normal_data<float>(g.elements(), k.offset, 1.0, 4);
+    const auto dy = normal_data<float>(g.elements(), 0.0, 1.0, 5);
+    const auto gamma = normal_data<float>(g.c, 1.0, 0.5, 6);
+    auto running_mean = normal_data<float>(g.c, k.offset, 0.1, 7);
+    auto running_var = normal_data<float>(g.c, 1.0, 0.1, 8);
+    const bnorm::plan plan = make(k.shape, k.l, bnorm::dtype::f32);
+    std::vector<float> dx(x.size()), dgamma(g.c), dbeta(g.c);
+    bnorm::backward_args args;
+    args.src = x.data();
+    args.diff_dst = dy.data();
+    args.diff_src = dx.data();
+    args.scale = in(gamma);
+    args.mean = in(running_mean);
+    args.var = in(running_var);
+    args.diff_scale = out(dgamma);
+    args.diff_shift = out(dbeta);
+    const bnorm::status st = plan.backward_frozen(args);
+    ASSERT_TRUE(st.ok()) << st.message();
+    std::vector<double> inv(g.c);
+    for (std::size_t c = 0; c < g.c; ++c) {
+      inv[c] = 1.0 / std::sqrt(static_cast<double>(running_var[c]) + 1e-5);
+    }
+    const reference_gradients ref =
+        reference_backward(x, dy, k.shape, k.l, running_mean, inv, gamma, false);
+    const std::string name = case_name(k);
+    EXPECT_LE(dx_error(dx, ref.dx), 1e-6) << name;
+    EXPECT_LE(worst_relative(dgamma, ref.dgamma, ref.abs_dgamma), 1e-6) << name;
+    EXPECT_LE(worst_relative(dbeta, ref.dbeta, ref.abs_dbeta), 1e-6) << name;
+  }
+}
+
+TEST_P(Backward, Float64MeetsTighterBounds) {
+  for (const backward_case& k : accuracy_cases) {
+    const geometry g(k.shape);
+    const auto x = normal_data<double>(g.elements(), k.offset, 1.0, 9);
+    const auto dy = normal_data<double>(g.elements(), 0.0, 1.0, 10);
+    const bnorm::plan plan = make(k.shape, k.l, bnorm::dtype::f64);
+    const saved_statistics<double> saved = forward_statistics(plan, x, g.c);
+    std::vector<double> dx(x.size()), dgamma(g.c), dbeta(g.c);
+    bnorm::backward_args args;
+    args.src = x.data();
+    args.diff_dst = dy.data();
+    args.diff_src = dx.data();
+    args.mean = in(saved.mean);
+    args.inv_std = in(saved.inv_std);
+    args.diff_scale = out(dgamma);
+    args.diff_shift = out(dbeta);
+    ASSERT_TRUE(plan.backward_training(args).ok());
+    const std::vector<double> inv(saved.inv_std.begin(), saved.inv_std.end());
+    const reference_gradients ref =
+        reference_backward(x, dy, k.shape, k.l, saved.mean, inv, std::vector<double>{}, true);
+    const std::string name = case_name(k);
+    EXPECT_LE(dx_error(dx, ref.dx), k.offset > 0 ? 1e-10 : 1e-13) << name;
+    EXPECT_LE(worst_relative(dgamma, ref.dgamma, ref.abs_dgamma), 1e-13) << name;
+    EXPECT_LE(worst_relative(dbeta, ref.dbeta, ref.abs_dbeta), 1e-13) << name;
+  }
+}
+
+// Gradients of L = Σ w·y(x, γ, β) in float64 against central differences of the forward: the
+// forward's own statistics move with x, so this checks the training formula itself.
+TEST_P(Backward, MatchesFiniteDifferencesOfTheForward) {
+  const struct {
+    bnorm::tensor_shape shape;
+    layout l;
+  } cases[] = {{{3, 4}, layout::channels_last},
+               {{2, 3, 5}, layout::channels_first},
+               {{2, 3, 5}, layout::channels_last},
+               {{2, 2, 3, 3}, layout::channels_first},
+               {{2, 2, 3, 3}, layout::channels_last}};
+  for (const auto& k : cases) {
+    const geometry g(k.shape);
+    auto x = normal_data<double>(g.elements(), 0.5, 2.0, 11);
+    const auto w = normal_data<double>(g.elements(), 0.0, 1.0, 12);
+    auto gamma = normal_data<double>(g.c, 1.0, 0.5, 13);
+    auto beta = normal_data<double>(g.c, 0.0, 0.5, 14);
+    const bnorm::plan plan = make(k.shape, k.l, bnorm::dtype::f64);
+    const auto loss = [&] {
+      std::vector<double> y(x.size());
+      bnorm::training_args args;
+      args.src = x.data();
+      args.dst = y.data();
+      args.scale = in(gamma);
+      args.shift = in(beta);
+      EXPECT_TRUE(plan.forward_training(args).ok());
+      long double l = 0;
+      for (std::size_t i = 0; i < y.size(); ++i) l += static_cast<long double>(w[i]) * y[i];
+      return static_cast<double>(l);
+    };
+    const auto derivative = [&](double& v) {
+      const double h = 1e-5 * std::max(1.0, std::fabs(v)), keep = v;
+      v = keep + h;
+      const double up = loss();
+      v = keep - h;
+      const double down = loss();
+      v = keep;
+      return (up - down) / (2 * h);
+    };
+    const saved_statistics<double> saved = forward_statistics(plan, x, g.c);
+    std::vector<double> dx(x.size()), dgamma(g.c), dbeta(g.c);
+    bnorm::backward_args args;
+    args.src = x.data();
+    args.diff_dst = w.data();
+    args.diff_src = dx.data();
+    args.scale = in(gamma);
+    args.mean = in(saved.mean);
+    args.inv_std = in(saved.inv_std);
+    args.diff_scale = out(dgamma);
+    args.diff_shift = out(dbeta);
+    ASSERT_TRUE(plan.backward_training(args).ok());
+    const std::string name = shape_name(k.shape);
+    for (std::size_t i = 0; i < x.size(); ++i) EXPECT_NEAR(dx[i], derivative(x[i]), 1e-6) << name;
+    for (std::size_t c = 0; c < g.c; ++c) {
+      EXPECT_NEAR(dgamma[c], derivative(gamma[c]), 1e-6) << name;
+      EXPECT_NEAR(dbeta[c], derivative(beta[c]), 1e-6) << name;
+    }
+  }
+}
+
+// Frozen: the forward is inference, y = (x − rm)/sqrt(rv + eps)·γ + β.
+TEST_P(Backward, FrozenMatchesFiniteDifferencesOfInference) {
+  const bnorm::tensor_shape shape{2, 3, 4, 5};
+  for (const layout l : {layout::channels_first, layout::channels_last}) {
+    const geometry g(shape);
+    auto x = normal_data<double>(g.elements(), 0.0, 1.0, 15);
+    const auto w = normal_data<double>(g.elements(), 0.0, 1.0, 16);
+    auto gamma = normal_data<double>(g.c, 1.0, 0.5, 17);
+    auto beta = normal_data<double>(g.c, 0.0, 0.5, 18);
+    const auto rm = normal_data<double>(g.c, 0.0, 0.5, 19);
+    const auto rv = normal_data<double>(g.c, 2.0, 0.5, 20);
+    const bnorm::plan plan = make(shape, l, bnorm::dtype::f64);
+    const auto loss = [&] {
+      std::vector<double> y(x.size());
+      bnorm::inference_args args;
+      args.src = x.data();
+      args.dst = y.data();
+      args.scale = in(gamma);
+      args.shift = in(beta);
+      args.mean = in(rm);
+      args.var = in(rv);
+      EXPECT_TRUE(plan.forward_inference(args).ok());
+      long double s = 0;
+      for (std::size_t i = 0; i < y.size(); ++i) s += static_cast<long double>(w[i]) * y[i];
+      return static_cast<double>(s);
+    };
+    const auto derivative = [&](double& v) {
+      const double h = 1e-5, keep = v;
+      v = keep + h;
+      const double up = loss();
+      v = keep - h;
+      const double down = loss();
+      v = keep;
+      return (up - down) / (2 * h);
+    };
+    std::vector<double> dx(x.size()), dgamma(g.c), dbeta(g.c);
+    bnorm::backward_args args;
+    args.src = x.data();
+    args.diff_dst = w.data();
+    args.diff_src = dx.data();
+    args.scale = in(gamma);
+    args.mean = in(rm);
+    args.var = in(rv);
+    args.diff_scale = out(dgamma);
+    args.diff_shift = out(dbeta);
+    ASSERT_TRUE(plan.backward_frozen(args).ok());
+    for (std::size_t i = 0; i < x.size(); ++i) EXPECT_NEAR(dx[i], derivative(x[i]), 1e-7);
+    for (std::size_t c = 0; c < g.c; ++c) {
+      EXPECT_NEAR(dgamma[c], derivative(gamma[c]), 1e-7);
+      EXPECT_NEAR(dbeta[c], derivative(beta[c]), 1e-7);
+    }
+  }
+}
+
+// Every mask gives the same bits as the full call for what it computes; in place too; and
+// the bits are the same for 1, 2 and all threads.
+TEST_P(Backward, MasksInPlaceAndThreadCountsGiveTheSameBits) {
+  const backward_case cases[] = {{{8, 64, 28, 28}, layout::channels_first, 0.0, 0},
+                                 {{8, 64, 28, 28}, layout::channels_last, 0.0, 0},
+                                 {{1, 2048, 7, 7}, layout::channels_last, 0.0, 0},
+                                 {{64, 3, 100, 100}, layout::channels_first, 0.0, 0},
+                                 {{3, 5}, layout::channels_last, 0.0, 0}};
+  for (const backward_case& k : cases) {
+    const geometry g(k.shape);
+    const auto x = normal_data<float>(g.elements(), 3.0, 2.0, 21);
+    const auto dy = normal_data<float>(g.elements(), 0.0, 1.0, 22);
+    const auto gamma = normal_data<float>(g.c, 1.0, 0.5, 23);
+    const std::string name = case_name(k);
+    for (const bool frozen : {false, true}) {
+      const bnorm::plan plan = make(k.shape, k.l, bnorm::dtype::f32, 1);
+      const saved_statistics<float> saved = forward_statistics(plan, x, g.c);
+      const auto call = [&](const bnorm::plan& p, bool dx_on, bool dgamma_on, bool dbeta_on,
+                            bool in_place) {
+        std::vector<float> dx = in_place ? dy : std::vector<float>(x.size(), -7.0f);
+        std::vector<float> dgamma(g.c, -7.0f), dbeta(g.c, -7.0f);
+        bnorm::backward_args args;
+        args.src = x.data();
+        args.diff_dst = in_place ? dx.data() : dy.data();
+        args.diff_src = dx_on ? dx.data() : nullptr;
+        args.scale = in(gamma);
+        args.mean = in(saved.mean);
+        (frozen ? args.var : args.inv_std) = in(frozen ? saved.variance : saved.inv_std);
+        if (dgamma_on) args.diff_scale = out(dgamma);
+        if (dbeta_on) args.diff_shift = out(dbeta);
+        const bnorm::status st = frozen ? p.backward_frozen(args) : p.backward_training(args);
+        EXPECT_TRUE(st.ok()) << st.message();
+        return std::make_tuple(dx, dgamma, dbeta);
+      };
+      const auto full = call(plan, true, true, true, false);
+      EXPECT_EQ(std::get<0>(call(plan, true, false, false, false)), std::get<0>(full)) << name;
+      EXPECT_EQ(std::get<0>(call(plan, true, false, false, true)), std::get<0>(full)) << name;
+      EXPECT_EQ(std::get<0>(call(plan, true, true, true, true)), std::get<0>(full)) << name;
+      const auto params = call(plan, false, true, true, false);
+      EXPECT_EQ(std::get<1>(params), std::get<1>(full)) << name;
+      EXPECT_EQ(std::get<2>(params), std::get<2>(full)) << name;
+      EXPECT_EQ(std::get<2>(call(plan, false, false, true, false)), std::get<2>(full)) << name;
+      EXPECT_EQ(std::get<0>(params), std::vector<float>(x.size(), -7.0f)) << "dx written";
+      for (const int threads : {2, 0}) {
+        EXPECT_EQ(call(make(k.shape, k.l, bnorm::dtype::f32, threads), true, true, true, false),
+                  full)
+            << name << " threads " << threads;
+      }
+    }
+  }
+}
+
+// dβ alone needs neither x nor the statistics.
+TEST_P(Backward, ShiftGradientAloneNeedsOnlyDy) {
+  const bnorm::tensor_shape shape{4, 8, 9};
+  const geometry g(shape);
+  const auto dy = normal_data<float>(g.elements(), 0.0, 1.0, 24);
+  for (const layout l : {layout::channels_first, layout::channels_last}) {
+    const bnorm::plan plan = make(shape, l, bnorm::dtype::f32);
+    for (const bool frozen : {false, true}) {
+      std::vector<float> dbeta(g.c);
+      bnorm::backward_args args;
+      args.diff_dst = dy.data();
+      args.diff_shift = out(dbeta);
+      ASSERT_TRUE((frozen ? plan.backward_frozen(args) : plan.backward_training(args)).ok());
+      for (std::size_t c = 0; c < g.c; ++c) {
+        long double want = 0;
+        for (std::size_t n = 0; n < g.n; ++n)
+          for (std::size_t s = 0; s < g.spatial; ++s) want += dy[g.offset(l, n, c, s)];
+        EXPECT_NEAR(dbeta[c], static_cast<double>(want), 1e-5);
+      }
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(AllIsas, Backward, testing::ValuesIn(isas_under_test()), isa_param_name);
+
+// As PyTorch: an empty batch gives an empty dx and zero dγ, dβ.
+TEST(BackwardContract, EmptyBatchGivesZeroParameterGradients) {
+  const bnorm::plan plan =
+      make_plan_or_fail({{0, 3, 4}, layout::channels_first, bnorm::dtype::f32, 1e-5}, {});
+  std::vector<float> mean(3, 0.0f), inv(3, 1.0f), dgamma(3, 5.0f), dbeta(3, 5.0f);
+  bnorm::backward_args args;
+  args.mean = in(mean);
+  args.inv_std = in(inv);
+  args.diff_scale = out(dgamma);
+  args.diff_shift = out(dbeta);
+  ASSERT_TRUE(plan.backward_training(args).ok());
+  EXPECT_EQ(dgamma, std::vector<float>(3, 0.0f));
+  EXPECT_EQ(dbeta, std::vector<float>(3, 0.0f));
+}
+
+struct backward_error {
+  const char* name;
+  void (*mutate)(bnorm::backward_args&, std::vector<float>& x);
+  bool frozen;
+  const char* expected;  // a part of the message
+};
+
+const backward_error backward_errors[] = {
+    {"nothing_asked",
+     [](bnorm::backward_args& a, std::vector<float>&) {
+       a.diff_src = nullptr;
+       a.diff_scale = {};
+       a.diff_shift = {};
+     },
+     false, "expected at least one output to compute, got none"},
+    {"missing_dy", [](bnorm::backward_args& a, std::vector<float>&) { a.diff_dst = nullptr; },
+     false, "diff_dst: expected 720 elements of shape [4, 5, 6, 6], got a null pointer"},
+    {"missing_src", [](bnorm::backward_args& a, std::vector<float>&) { a.src = nullptr; }, false,
+     "src: expected 720 elements"},
+    {"missing_mean", [](bnorm::backward_args& a, std::vector<float>&) { a.mean = {}; }, false,
+     "mean: expected 5 values, got a null pointer"},
+    {"missing_std", [](bnorm::backward_args& a, std::vector<float>&) { a.inv_std = {}; }, false,
+     "inv_std or var: expected 5 values, got a null pointer"},
+    {"both_std", [](bnorm::backward_args& a, std::vector<float>&) { a.var = a.inv_std; }, false,
+     "inv_std, var: expected one of the two"},
+    {"frozen_inv_std", [](bnorm::backward_args& a, std::vector<float>&) { a.var = {}; }, true,
+     "inv_std: expected none (backward_frozen takes the running variance in var)"},
+    {"short_mean", [](bnorm::backward_args& a, std::vector<float>&) { a.mean.size = 4; }, false,
+     "mean: expected 5 values (one per channel, C = 5), got 4"},
+    {"long_dgamma", [](bnorm::backward_args& a, std::vector<float>&) { a.diff_scale.size = 6; },
+     false, "diff_scale: expected 5 values"},
+    {"dx_overlaps_x",
+     [](bnorm::backward_args& a, std::vector<float>& x) { a.diff_src = x.data() + 1; }, false,
+     "diff_src: expected memory of its own"},
+    {"dgamma_in_dbeta",
+     [](bnorm::backward_args& a, std::vector<float>&) {
+       a.diff_scale.data = static_cast<float*>(a.diff_shift.data) + 1;
+       a.diff_scale.size = 5;
+     },
+     false, "expected memory of its own"},
+    {"misaligned_dy",
+     [](bnorm::backward_args& a, std::vector<float>&) {
+       a.diff_dst = reinterpret_cast<const char*>(a.diff_dst) + 2;
+     },
+     false, "diff_dst: expected an address aligned to 4 bytes"},
+};
+
+class BackwardErrors : public testing::TestWithParam<backward_error> {};
+
+// Each refused call names the parameter, what was expected and what came, and writes nothing.
+TEST_P(BackwardErrors, AreReportedBeforeAnythingIsWritten) {
+  const backward_error& e = GetParam();
+  const bnorm::tensor_shape shape{4, 5, 6, 6};
+  const geometry g(shape);
+  const bnorm::plan plan =
+      make_plan_or_fail({shape, layout::channels_first, bnorm::dtype::f32, 1e-5}, {});
+  std::vector<float> x = normal_data<float>(g.elements() + 8, 0.0, 1.0, 25);
+  const auto dy = normal_data<float>(g.elements(), 0.0, 1.0, 26);
+  std::vector<float> dx(g.elements(), 9.0f), mean(5, 0.0f), inv(5, 1.0f), dgamma(5, 9.0f),
+      dbeta(5, 9.0f);
+  bnorm::backward_args args;
+  args.src = x.data();
+  args.diff_dst = dy.data();
+  args.diff_src = dx.data();
+  args.mean = in(mean);
+  args.inv_std = in(inv);
+  args.diff_scale = out(dgamma);
+  args.diff_shift = out(dbeta);
+  const std::vector<float> x_before = x;
+  e.mutate(args, x);
+  const bnorm::status st = e.frozen ? plan.backward_frozen(args) : plan.backward_training(args);
+  ASSERT_FALSE(st.ok());
+  EXPECT_EQ(st.code(), bnorm::status_code::invalid_argument);
+  EXPECT_NE(std::string(st.message()).find(e.expected), std::string::npos) << st.message();
+  EXPECT_EQ(dx, std::vector<float>(g.elements(), 9.0f));
+  EXPECT_EQ(dgamma, std::vector<float>(5, 9.0f));
+  EXPECT_EQ(dbeta, std::vector<float>(5, 9.0f));
+  EXPECT_EQ(x, x_before);
+}
+
+INSTANTIATE_TEST_SUITE_P(Rows, BackwardErrors, testing::ValuesIn(backward_errors),
+                         [](const testing::TestParamInfo<backward_error>& info) {
+                           return std::string(info.param.name);
+                         });
+
+}  // namespace
