@@ -425,12 +425,13 @@ class inference_step {
           T center_k[group], scale_k[group], shift_k[group], prescale_k[group];
           const kernels::coefficients<T> k(center_k, scale_k, shift_k, prescale_k);
           const kernels::coefficients<const T> readable(k);
+          // Made once per task: only whether a group has prescales changes.
+          normalize_map<T> normalize = make_normalize(plan_, src_, dst_, readable, false);
           for (std::size_t u0 = b; u0 < e; u0 += group) {
             const std::size_t u1 = std::min(u0 + group, e);
             const std::size_t c0 = u0 / p_.chunks_per_channel;
             const std::size_t c1 = (u1 - 1) / p_.chunks_per_channel + 1;
-            const normalize_map<T> normalize =
-                make_normalize(plan_, src_, dst_, readable, set_coefficients(c0, c1, k, 0));
+            normalize.prescaled = set_coefficients(c0, c1, k, 0);
             if (p_.chunks_per_channel == 1) {
               map_channels(p_, normalize, c0, c1, 0);
               continue;

@@ -159,11 +159,12 @@ void store_coefficients_scalar(double mean, double inv_std, double scale, double
 /// store_coefficients_scalar, so vector and scalar channels agree to the bit. Returns the lanes
 /// that need a prescale (extreme channels): the caller redoes those through the scalar code.
 template <class Arch, class T>
-auto store_coefficients(const xsimd::batch<double, Arch>& mean,
-                        const xsimd::batch<double, Arch>& inv_std,
-                        const xsimd::batch<double, Arch>& scale,
-                        const xsimd::batch<double, Arch>& beta, const coefficients<T>& out,
-                        std::size_t at) noexcept {
+[[gnu::always_inline]] inline auto store_coefficients(const xsimd::batch<double, Arch>& mean,
+                                                      const xsimd::batch<double, Arch>& inv_std,
+                                                      const xsimd::batch<double, Arch>& scale,
+                                                      const xsimd::batch<double, Arch>& beta,
+                                                      const coefficients<T>& out,
+                                                      std::size_t at) noexcept {
   using dvec = xsimd::batch<double, Arch>;
   const auto fold = xsimd::abs(mean) * inv_std <= dvec(0.25);
   store_as<Arch>(out.center + at, xsimd::select(fold, dvec(0.0), mean));
@@ -226,20 +227,25 @@ bool inference_coefficients(std::size_t channels, double eps, const T* mean, con
                             std::size_t first) noexcept {
   using dvec = xsimd::batch<double, Arch>;
   const dvec e(eps), unit(1.0);
-  return all_coefficients<Arch>(
-      channels, out, first,
-      [&](std::size_t c, std::size_t at) {
-        const dvec inv = unit / xsimd::sqrt(load_as_f64<Arch>(variance + c) + e);
-        return store_coefficients<Arch>(mean ? load_as_f64<Arch>(mean + c) : dvec(0.0), inv,
-                                        gamma ? load_as_f64<Arch>(gamma + c) * inv : inv,
-                                        beta ? load_as_f64<Arch>(beta + c) : dvec(0.0), out, at);
-      },
-      [&](std::size_t c, std::size_t at) {
-        const double inv = 1.0 / std::sqrt(static_cast<double>(variance[c]) + eps);
-        store_coefficients_scalar(mean ? static_cast<double>(mean[c]) : 0.0, inv,
-                                  (gamma ? static_cast<double>(gamma[c]) : 1.0) * inv,
-                                  beta ? static_cast<double>(beta[c]) : 0.0, out, at);
-      });
+  // Instantiated with and without a mean: a test per vector shows on short planes.
+  const auto with = [&](auto has_mean) {
+    constexpr bool centered = decltype(has_mean)::value;
+    return all_coefficients<Arch>(
+        channels, out, first,
+        [&](std::size_t c, std::size_t at) {
+          const dvec inv = unit / xsimd::sqrt(load_as_f64<Arch>(variance + c) + e);
+          return store_coefficients<Arch>(centered ? load_as_f64<Arch>(mean + c) : dvec(0.0), inv,
+                                          gamma ? load_as_f64<Arch>(gamma + c) * inv : inv,
+                                          beta ? load_as_f64<Arch>(beta + c) : dvec(0.0), out, at);
+        },
+        [&](std::size_t c, std::size_t at) {
+          const double inv = 1.0 / std::sqrt(static_cast<double>(variance[c]) + eps);
+          store_coefficients_scalar(centered ? static_cast<double>(mean[c]) : 0.0, inv,
+                                    (gamma ? static_cast<double>(gamma[c]) : 1.0) * inv,
+                                    beta ? static_cast<double>(beta[c]) : 0.0, out, at);
+        });
+  };
+  return mean ? with(std::true_type()) : with(std::false_type());
 }
 
 // The backward: dx = γ·inv_std·(dy − Σdy/M − (x − mean)·inv_std²·Σdy·(x − mean)/M), written as
