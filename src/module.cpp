@@ -296,6 +296,7 @@ void batch_norm<T>::forward_unguarded(const T* src, T* dst, const tensor_shape& 
     throw_if_failed(p.forward_training(args));
     saved_mean_ = std::move(mean);
     saved_inv_std_ = std::move(inv_std);
+    last_forward_ = last_forward{shape, true};
   } else {
     inference_args args;
     args.src = src;
@@ -305,7 +306,100 @@ void batch_norm<T>::forward_unguarded(const T* src, T* dst, const tensor_shape& 
     args.mean = in(running_mean_);
     args.var = in(running_var_);
     throw_if_failed(p.forward_inference(args));
+    last_forward_ = last_forward{shape, false};
   }
+}
+
+template <class T>
+bool batch_norm<T>::has_affine() const noexcept {
+  // PyTorch drops weight and bias without affine; MindSpore keeps them, frozen.
+  return config_.affine;
+}
+
+template <class T>
+void batch_norm<T>::backward(const T* input, const T* grad_output, T* grad_input) {
+  module_call("backward", [&] { backward_unguarded(input, grad_output, grad_input); });
+}
+
+template <class T>
+std::vector<T> batch_norm<T>::backward(const std::vector<T>& input,
+                                       const std::vector<T>& grad_output) {
+  return module_call("backward", [&] {
+    if (!last_forward_) backward_unguarded(nullptr, nullptr, nullptr);  // its error
+    std::uint64_t expected = 0;
+    detail::element_count(last_forward_->shape, &expected);
+    for (const auto& [name, v] : {std::pair<const char*, const std::vector<T>*>{"input", &input},
+                                  {"grad_output", &grad_output}}) {
+      if (v->size() != expected) {
+        throw error(status::failure(status_code::invalid_argument,
+                                    "%s: expected %llu values (the last forward's shape %s), "
+                                    "got %zu",
+                                    name, static_cast<unsigned long long>(expected),
+                                    detail::shape_text(last_forward_->shape).text, v->size()));
+      }
+    }
+    std::vector<T> grad_input(grad_output.size());
+    backward_unguarded(input.data(), grad_output.data(), grad_input.data());
+    return grad_input;
+  });
+}
+
+template <class T>
+void batch_norm<T>::backward_unguarded(const T* input, const T* grad_output, T* grad_input) {
+  if (!last_forward_) {
+    throw error(status(status_code::invalid_argument,
+                       "backward: expected a forward before it (its statistics and shape), got "
+                       "none"));
+  }
+  check_buffers();
+  const last_forward& last = *last_forward_;
+  const plan& p = plan_for(last.shape, last.batch_statistics);
+  const std::size_t channels = static_cast<std::size_t>(config_.num_features);
+  // The parameter gradients are staged: the accumulated ones change only on success.
+  std::vector<T> dweight, dbias;
+  if (has_affine()) {
+    dweight.resize(channels);
+    dbias.resize(channels);
+  }
+  backward_args args;
+  args.src = input;
+  args.diff_dst = grad_output;
+  args.diff_src = grad_input;
+  args.scale = in(weight_);
+  args.diff_scale = out(dweight);
+  args.diff_shift = out(dbias);
+  if (last.batch_statistics) {
+    args.mean = in(saved_mean_);
+    args.inv_std = in(saved_inv_std_);
+    throw_if_failed(p.backward_training(args));
+  } else {
+    args.mean = in(running_mean_);
+    args.var = in(running_var_);
+    throw_if_failed(p.backward_frozen(args));
+  }
+  if (!has_affine()) return;
+  const auto accumulate = [](std::vector<T>& into, const std::vector<T>& grad) {
+    if (into.empty()) {
+      into = grad;
+      return;
+    }
+    for (std::size_t c = 0; c < grad.size(); ++c) into[c] += grad[c];
+  };
+  accumulate(weight_grad_, dweight);
+  accumulate(bias_grad_, dbias);
+}
+
+template <class T>
+void batch_norm<T>::zero_grad(bool set_to_none) {
+  module_call("zero_grad", [&] {
+    if (set_to_none) {
+      weight_grad_.clear();
+      bias_grad_.clear();
+    } else {
+      weight_grad_.assign(has_affine() ? static_cast<std::size_t>(config_.num_features) : 0, T(0));
+      bias_grad_.assign(weight_grad_.size(), T(0));
+    }
+  });
 }
 
 template <class T>

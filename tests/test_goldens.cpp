@@ -1,6 +1,7 @@
 // The module API against PyTorch's own outputs (tests/goldens/torch_goldens.txt, written by
 // make_torch_goldens.py from Debian's python3-torch): multi-step training, momentum=None,
-// track_running_stats=False, channels-last, float64, eval before and after training.
+// track_running_stats=False, channels-last, float64, eval before and after training; and their
+// gradients (autograd, checked there against aten's native_batch_norm_backward), accumulated.
 #include <gtest/gtest.h>
 
 #include <fstream>
@@ -14,6 +15,7 @@ struct golden_step {
   bool train = true;
   std::vector<std::int64_t> dims;
   std::vector<double> x, y, running_mean, running_var;
+  std::vector<double> dy, dx, dweight, dbias;  // autograd's gradients of the step
   bool has_running = false;
   std::int64_t nbt = 0;
 };
@@ -71,6 +73,14 @@ std::vector<golden_case> load_goldens() {
       cases.back().steps.back().x = read_values(line);
     } else if (key == "y") {
       cases.back().steps.back().y = read_values(line);
+    } else if (key == "dy") {
+      cases.back().steps.back().dy = read_values(line);
+    } else if (key == "dx") {
+      cases.back().steps.back().dx = read_values(line);
+    } else if (key == "dweight") {
+      cases.back().steps.back().dweight = read_values(line);
+    } else if (key == "dbias") {
+      cases.back().steps.back().dbias = read_values(line);
     } else if (key == "running_mean" || key == "running_var") {
       golden_step& s = cases.back().steps.back();
       if (text.find("none") != std::string::npos) continue;
@@ -104,6 +114,7 @@ void run_case(const golden_case& g) {
     EXPECT_TRUE(bn.weight().empty());
   }
   const double tol = sizeof(T) == 4 ? 1e-6 : 1e-12;
+  std::vector<double> dweight_sum(g.weight.size(), 0.0), dbias_sum(g.bias.size(), 0.0);
   int index = 0;
   for (const golden_step& s : g.steps) {
     SCOPED_TRACE("step " + std::to_string(index++));
@@ -121,6 +132,28 @@ void run_case(const golden_case& g) {
       EXPECT_NEAR(bn.running_var()[c], s.running_var[c], tol * (1 + std::fabs(s.running_var[c])));
     }
     EXPECT_EQ(bn.num_batches_tracked(), s.nbt);
+    // The gradients of the step, with .grad accumulated over the steps as PyTorch's would be
+    // without zero_grad: compared with the sum of autograd's per-step gradients. The goldens
+    // are float64 throughout, while a float32 module saves its mean and 1/std in float32 (as
+    // PyTorch does): their rounding moves x̂ by up to |mean|·2⁻²⁴·inv_std, which the gradients
+    // carry (~4e-5 at a mean of 100 std). The bound for float32 allows that; the float64
+    // reference of test_backward.cpp, from the same saved statistics, holds the 1e-6 target.
+    ASSERT_EQ(s.dx.size(), x.size());
+    const std::vector<T> dy(s.dy.begin(), s.dy.end());
+    const std::vector<T> dx = bn.backward(x, dy);
+    double largest = 1.0;
+    for (double v : s.dx) largest = std::max(largest, std::fabs(v));
+    const double grad_tol = sizeof(T) == 4 ? 3e-5 : 1e-11;
+    for (std::size_t i = 0; i < dx.size(); ++i) {
+      ASSERT_NEAR(dx[i], s.dx[i], grad_tol * largest) << "dx at " << i;
+    }
+    for (std::size_t c = 0; c < s.dweight.size(); ++c) {
+      dweight_sum[c] += s.dweight[c];
+      dbias_sum[c] += s.dbias[c];
+      EXPECT_NEAR(bn.weight_grad()[c], dweight_sum[c], grad_tol * (1 + std::fabs(dweight_sum[c])));
+      EXPECT_NEAR(bn.bias_grad()[c], dbias_sum[c], grad_tol * (1 + std::fabs(dbias_sum[c])));
+    }
+    EXPECT_EQ(bn.weight_grad().size(), g.affine ? g.weight.size() : 0u);
   }
 }
 

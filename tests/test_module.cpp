@@ -396,3 +396,71 @@ TEST(Module, ReportsItsIsa) {
 }
 
 }  // namespace
+
+namespace {
+
+// Backward through the module: gradients accumulate as .grad does, zero_grad clears them,
+// affine=false has none, a MindSpore cell in eval mode takes the frozen backward, and
+// errors leave the accumulated gradients alone.
+TEST(ModuleBackward, AccumulatesClearsAndRefuses) {
+  const bnorm::tensor_shape shape{4, 3, 5};
+  const auto x = normal_data<float>(60, 1.0, 2.0, 31);
+  const auto dy = normal_data<float>(60, 0.0, 1.0, 32);
+  auto bn = bnorm::torch::BatchNorm1d(3);
+  EXPECT_THROW(bn.backward(x, dy), bnorm::error) << "a backward before any forward";
+  bn.forward(x, shape);
+  EXPECT_TRUE(bn.weight_grad().empty());
+  const std::vector<float> dx = bn.backward(x, dy);
+  const std::vector<float> first = bn.weight_grad(), first_bias = bn.bias_grad();
+  ASSERT_EQ(first.size(), 3u);
+  // dβ = Σdy per channel (channels-first (N, C, L)).
+  for (std::size_t c = 0; c < 3; ++c) {
+    double want = 0;
+    for (std::size_t n = 0; n < 4; ++n)
+      for (std::size_t l = 0; l < 5; ++l) want += dy[(n * 3 + c) * 5 + l];
+    EXPECT_NEAR(first_bias[c], want, 1e-5);
+  }
+  // Training dx sums to zero over each channel (it is orthogonal to the constant).
+  for (std::size_t c = 0; c < 3; ++c) {
+    double sum = 0;
+    for (std::size_t n = 0; n < 4; ++n)
+      for (std::size_t l = 0; l < 5; ++l) sum += dx[(n * 3 + c) * 5 + l];
+    EXPECT_NEAR(sum, 0.0, 1e-5);
+  }
+  bn.backward(x, dy);
+  for (std::size_t c = 0; c < 3; ++c) EXPECT_FLOAT_EQ(bn.weight_grad()[c], 2 * first[c]);
+  const std::vector<float> before = bn.weight_grad();
+  EXPECT_THROW(bn.backward(x, std::vector<float>(59)), bnorm::error);
+  EXPECT_EQ(bn.weight_grad(), before) << "a refused backward leaves .grad alone";
+  bn.zero_grad(false);
+  EXPECT_EQ(bn.weight_grad(), std::vector<float>(3, 0.0f));
+  bn.zero_grad();
+  EXPECT_TRUE(bn.weight_grad().empty());
+
+  // Eval mode: the frozen backward, dx = γ·dy/sqrt(running_var + eps).
+  bn.eval();
+  bn.weight() = {2.0f, 1.0f, 0.5f};
+  bn.forward(x, shape);
+  const std::vector<float> frozen = bn.backward(x, dy);
+  for (std::size_t i = 0; i < 60; ++i) {
+    const std::size_t c = i / 5 % 3;
+    const double want = bn.weight()[c] * dy[i] / std::sqrt(bn.running_var()[c] + 1e-5);
+    EXPECT_NEAR(frozen[i], want, 1e-6 * (1 + std::fabs(want)));
+  }
+
+  bnorm::torch::options plain;
+  plain.affine = false;
+  auto no_affine = bnorm::torch::BatchNorm1d(3, plain);
+  no_affine.forward(x, shape);
+  no_affine.backward(x, dy);
+  EXPECT_TRUE(no_affine.weight_grad().empty());
+
+  // A MindSpore cell starts in eval mode: frozen, and its gamma gradient is named as such.
+  auto cell = bnorm::mindspore::BatchNorm1d(3);
+  cell.forward(x, shape);
+  cell.backward(x, dy);
+  ASSERT_EQ(cell.gamma_grad().size(), 3u);
+  EXPECT_EQ(cell.beta_grad(), first_bias) << "dβ = Σdy whatever the statistics";
+}
+
+}  // namespace

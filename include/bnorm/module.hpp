@@ -78,6 +78,24 @@ class batch_norm {
   void forward(const T* src, T* dst, const tensor_shape& shape);
   std::vector<T> forward(const std::vector<T>& src, const tensor_shape& shape);
 
+  /// The gradients of the most recent forward, as autograd (PyTorch) or GradOperation
+  /// (MindSpore) gives them: dL/dx into grad_input (null: not computed; may equal
+  /// grad_output), and dL/dweight, dL/dbias added to weight_grad() and bias_grad() as PyTorch
+  /// accumulates .grad (not with affine=false). A forward that used batch statistics takes the
+  /// training backward with its saved mean and 1/std; one that used the running statistics
+  /// (eval mode) the frozen backward. The module does not keep a copy of the input: `input` is
+  /// the forward's input again, of the forward's shape and layout.
+  void backward(const T* input, const T* grad_output, T* grad_input);
+  /// As above, returning grad_input.
+  std::vector<T> backward(const std::vector<T>& input, const std::vector<T>& grad_output);
+  /// Accumulated gradients of weight and bias; empty until a backward (PyTorch's None).
+  const std::vector<T>& weight_grad() const noexcept { return weight_grad_; }
+  const std::vector<T>& bias_grad() const noexcept { return bias_grad_; }
+  const std::vector<T>& gamma_grad() const noexcept { return weight_grad_; }  // MindSpore names
+  const std::vector<T>& beta_grad() const noexcept { return bias_grad_; }
+  /// Clears the accumulated gradients: to none (PyTorch 2's default), or to zeros.
+  void zero_grad(bool set_to_none = true);
+
   /// PyTorch modules start in train mode, MindSpore cells in eval mode.
   batch_norm& train(bool mode = true) {
     training_ = mode;
@@ -122,6 +140,8 @@ class batch_norm {
   void check_input_shape(const tensor_shape& shape) const;
   void check_buffers() const;
   void forward_unguarded(const T* src, T* dst, const tensor_shape& shape);
+  void backward_unguarded(const T* input, const T* grad_output, T* grad_input);
+  bool has_affine() const noexcept;
   void reset_running_stats_unguarded();
 
   config config_;
@@ -129,6 +149,13 @@ class batch_norm {
   std::vector<T> weight_, bias_, running_mean_, running_var_;
   std::int64_t num_batches_tracked_ = 0;
   std::vector<T> saved_mean_, saved_inv_std_;
+  std::vector<T> weight_grad_, bias_grad_;
+  /// What the most recent successful forward was, for backward.
+  struct last_forward {
+    tensor_shape shape;
+    bool batch_statistics = false;
+  };
+  std::optional<last_forward> last_forward_;
   plan training_plan_, inference_plan_;
 };
 

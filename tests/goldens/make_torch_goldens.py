@@ -1,5 +1,6 @@
 #!/usr/bin/python3
-"""Writes torch_goldens.txt: PyTorch's own nn.BatchNorm*d outputs for multi-step sequences.
+"""Writes torch_goldens.txt: PyTorch's own nn.BatchNorm*d outputs and gradients for multi-step
+sequences.
 
 Run with Debian's python3-torch (1.13):  /usr/bin/python3 tests/goldens/make_torch_goldens.py
 The output is committed, so the C++ tests (test_goldens.cpp) need no torch.
@@ -11,6 +12,8 @@ Format, one record per line, whitespace separated:
   step MODE(train|eval) RANK DIMS...
   x V...                               (memory order of LAYOUT)
   y V...                               (memory order of LAYOUT)
+  dy V... / dx V...                    the step's output gradient and input gradient (autograd)
+  dweight V... / dbias V...            the step's parameter gradients (only with AFFINE 1)
   running_mean V... | none, running_var V... | none, nbt N
   end
 """
@@ -58,18 +61,46 @@ def record(lines, name, kind, dtype, c, steps, layout="cf", eps=1e-5, momentum=0
         lines.append("bias " + fmt(bn.bias.detach()))
     for mode, x in steps:
         x = x.to(storage).to(torch_dtype)
+        dy = torch.randn(*x.shape, dtype=torch.float64).to(storage).to(torch_dtype)
         bn.train(mode == "train")
-        with torch.no_grad():
-            y = bn(x)
+        bn.zero_grad()
+        before = [None if b is None else b.clone() for b in (bn.running_mean, bn.running_var)]
+        x.requires_grad_(True)
+        y = bn(x)
+        y.backward(dy)
+        check_native_backward(bn, x.detach(), x.grad, dy, before, mode == "train" or not track)
         lines.append(f"step {mode} {x.dim()} " + " ".join(str(d) for d in x.shape))
-        lines.append("x " + fmt(memory_order(x, layout)))
-        lines.append("y " + fmt(memory_order(y, layout)))
+        lines.append("x " + fmt(memory_order(x.detach(), layout)))
+        lines.append("y " + fmt(memory_order(y.detach(), layout)))
+        lines.append("dy " + fmt(memory_order(dy, layout)))
+        lines.append("dx " + fmt(memory_order(x.grad, layout)))
+        if affine:
+            lines.append("dweight " + fmt(bn.weight.grad))
+            lines.append("dbias " + fmt(bn.bias.grad))
         for buf in ("running_mean", "running_var"):
             v = getattr(bn, buf)
             lines.append(f"{buf} " + ("none" if v is None else fmt(v)))
         nbt = bn.num_batches_tracked
         lines.append(f"nbt {0 if nbt is None else int(nbt)}")
     lines.append("end")
+
+
+def check_native_backward(bn, x, grad_x, dy, running, batch_stats):
+    """The autograd gradients again from aten's own kernels: native_batch_norm (for the saved
+    statistics) and native_batch_norm_backward, with the running statistics before the step."""
+    rm, rv = (None if r is None else r.clone() for r in running)
+    weight = bn.weight.detach() if bn.affine else None
+    bias = bn.bias.detach() if bn.affine else None
+    _, save_mean, save_invstd = torch.ops.aten.native_batch_norm(
+        x, weight, bias, rm, rv, batch_stats, 0.1, bn.eps)
+    rm, rv = (None if r is None else r.clone() for r in running)
+    dx, dw, db = torch.ops.aten.native_batch_norm_backward(
+        dy, x, weight, rm, rv, save_mean, save_invstd, batch_stats, bn.eps,
+        [True, bn.affine, bn.affine])
+    assert torch.allclose(dx, grad_x, rtol=1e-9, atol=1e-12)
+    if bn.affine:
+        assert torch.allclose(dw, bn.weight.grad, rtol=1e-9, atol=1e-12)
+        assert torch.allclose(db, bn.bias.grad, rtol=1e-9, atol=1e-12)
 
 
 def randn(*shape, offset=0.0, scale=1.0):
