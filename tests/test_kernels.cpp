@@ -317,4 +317,214 @@ TYPED_TEST(KernelTester, PerChannelKernelsOverTails) {
   });
 }
 
+// The backward's sums: Σdy and Σdy·(x − center), planes and rows, over tails; and dx from
+// its coefficients, in place (dx = dy) too, nothing written outside the pieces.
+TYPED_TEST(KernelTester, GradientSumsOverTails) {
+  using T = TypeParam;
+  using real = typename TestFixture::real;
+  this->for_each_isa([&](const kernels::kernel_set<T>& k, std::size_t v) {
+    for (std::size_t len : lengths(v)) {
+      for (std::size_t planes : {1, 3}) {
+        const std::size_t channels = 2, offset = 1, stride = channels * len + 3;
+        const std::vector<T> x = this->data(offset + planes * stride, 5.0, 2.0, len + planes);
+        const std::vector<T> dy = this->data(offset + planes * stride, 0.0, 1.0, len * 3 + 1);
+        const T center[channels] = {T(5), T(4.5)};
+        double sum[channels] = {0.5, -0.5}, sum_sq[channels] = {1.0, 2.0};
+        k.plane_gradient_sums(x.data() + offset, dy.data() + offset, len, planes, stride, channels,
+                              center, sum, sum_sq);
+        for (std::size_t c = 0; c < channels; ++c) {
+          real s = c == 0 ? 0.5L : -0.5L, q = c == 0 ? 1.0L : 2.0L, magnitude = 1;
+          for (std::size_t p = 0; p < planes; ++p)
+            for (std::size_t i = 0; i < len; ++i) {
+              const std::size_t at = offset + c * len + p * stride + i;
+              s += dy[at];
+              q += dy[at] * (static_cast<real>(x[at]) - center[c]);
+              magnitude += std::fabs(dy[at] * (static_cast<real>(x[at]) - center[c]));
+            }
+          EXPECT_NEAR(sum[c], (double)s, tolerance<T>() * (double)magnitude) << "len " << len;
+          EXPECT_NEAR(sum_sq[c], (double)q, tolerance<T>() * (double)magnitude) << "len " << len;
+        }
+      }
+    }
+    for (std::size_t width : lengths(v)) {
+      for (std::size_t rows : {1, 15, 16, 17, 40}) {
+        for (bool accumulate : {false, true}) {
+          const std::size_t stride = width + 3, offset = 1;
+          const std::vector<T> x = this->data(offset + rows * stride, -3.0, 1.5, width + rows);
+          const std::vector<T> dy = this->data(offset + rows * stride, 0.0, 1.0, width * rows);
+          std::vector<T> center(width + 64);
+          for (std::size_t j = 0; j < width; ++j) center[j] = T(-3) + T(j % 3);
+          std::vector<double> sum(width, 0.25), sum_sq(width, 0.75);
+          k.interleaved_gradient_sums(x.data() + offset, dy.data() + offset, rows, width, stride,
+                                      center.data(), sum.data(), sum_sq.data(), accumulate);
+          for (std::size_t j = 0; j < width; ++j) {
+            real s = accumulate ? 0.25L : 0.0L, q = accumulate ? 0.75L : 0.0L, magnitude = 1;
+            for (std::size_t r = 0; r < rows; ++r) {
+              const std::size_t at = offset + r * stride + j;
+              s += dy[at];
+              q += dy[at] * (static_cast<real>(x[at]) - center[j]);
+              magnitude += std::fabs(dy[at] * (static_cast<real>(x[at]) - center[j]));
+            }
+            ASSERT_NEAR(sum[j], (double)s, tolerance<T>() * (double)magnitude)
+                << "width " << width << " rows " << rows << " slot " << j;
+            ASSERT_NEAR(sum_sq[j], (double)q, tolerance<T>() * (double)magnitude)
+                << "width " << width << " rows " << rows << " slot " << j;
+          }
+        }
+      }
+    }
+  });
+}
+
+/// dx coefficients of `n` channels (slots), padded by one widest vector.
+template <class T>
+struct gradient_buffers {
+  std::vector<T> center, dy_scale, x_scale, shift;
+  explicit gradient_buffers(std::size_t n) {
+    const std::size_t padded = n + 64 / sizeof(T);
+    center.assign(padded, T(0));
+    dy_scale.assign(padded, T(0));
+    x_scale.assign(padded, T(0));
+    shift.assign(padded, T(0));
+    for (std::size_t j = 0; j < n; ++j) {
+      center[j] = T(1) + T(j % 5) * T(0.25);
+      dy_scale[j] = T(0.5) + T(j % 7) * T(0.125);
+      x_scale[j] = T(-0.25) + T(j % 3) * T(0.125);
+      shift[j] = T(j % 3) - T(1);
+    }
+  }
+  kernels::gradient_coefficients<const T> view() const {
+    return {center.data(), dy_scale.data(), x_scale.data(), shift.data()};
+  }
+  long double at(std::size_t j, long double x, long double dy) const {
+    return dy * dy_scale[j] + (x - center[j]) * static_cast<long double>(x_scale[j]) + shift[j];
+  }
+};
+
+TYPED_TEST(KernelTester, GradientMapOverTailsStoresAndInPlace) {
+  using T = TypeParam;
+  const double bound = 8 * std::numeric_limits<T>::epsilon();
+  this->for_each_isa([&](const kernels::kernel_set<T>& k, std::size_t v) {
+    for (std::size_t len : lengths(v)) {
+      for (std::size_t planes : {1, 2}) {
+        for (bool stream : {false, true}) {
+          for (bool in_place : {false, true}) {
+            const std::size_t channels = 3, offset = 1, stride = channels * len + 5;
+            const std::vector<T> x = this->data(offset + planes * stride + 8, 1.0, 1.0, len);
+            const std::vector<T> dy = this->data(x.size(), 0.0, 1.0, len + 9);
+            std::vector<T> dx = in_place ? dy : std::vector<T>(x.size(), T(-77));
+            const gradient_buffers<T> coeffs(channels);
+            k.plane_gradient(x.data() + offset, (in_place ? dx : dy).data() + offset,
+                             dx.data() + offset, len, planes, stride, channels, coeffs.view(), 0,
+                             stream);
+            for (std::size_t i = 0; i < dx.size(); ++i) {
+              const std::size_t at = i - offset;
+              const bool written =
+                  i >= offset && at % stride < channels * len && at / stride < planes;
+              if (!written) {
+                ASSERT_EQ(dx[i], in_place ? dy[i] : T(-77)) << "wrote outside at " << i;
+                continue;
+              }
+              const long double want = coeffs.at(at % stride / len, x[i], dy[i]);
+              ASSERT_NEAR(dx[i], (double)want, bound * (1 + std::fabs((double)want)))
+                  << "len " << len << " planes " << planes << " stream " << stream << " at " << i;
+            }
+          }
+        }
+      }
+    }
+    for (std::size_t width : lengths(v)) {
+      for (std::size_t extra : {0, 3}) {
+        for (std::size_t rows : {1, 4, 9}) {
+          for (bool stream : {false, true}) {
+            for (bool in_place : {false, true}) {
+              const std::size_t stride = width + extra, offset = extra ? 1 : 0;
+              const std::vector<T> x = this->data(offset + rows * stride + 8, 1.0, 1.0, width);
+              const std::vector<T> dy = this->data(x.size(), 0.0, 1.0, width + 13);
+              std::vector<T> dx = in_place ? dy : std::vector<T>(x.size(), T(-77));
+              const gradient_buffers<T> coeffs(width);
+              k.interleaved_gradient(x.data() + offset, (in_place ? dx : dy).data() + offset,
+                                     dx.data() + offset, rows, width, stride, coeffs.view(), 0,
+                                     stream);
+              for (std::size_t i = 0; i < dx.size(); ++i) {
+                const std::size_t at = i - offset;
+                const bool written = i >= offset && at % stride < width && at / stride < rows;
+                if (!written) {
+                  ASSERT_EQ(dx[i], in_place ? dy[i] : T(-77)) << "wrote outside at " << i;
+                  continue;
+                }
+                const long double want = coeffs.at(at % stride, x[i], dy[i]);
+                ASSERT_NEAR(dx[i], (double)want, bound * (1 + std::fabs((double)want)))
+                    << "width " << width << " rows " << rows << " stream " << stream;
+              }
+            }
+          }
+        }
+      }
+    }
+  });
+}
+
+// dγ and the dx coefficients: vector channels and the scalar ones after them agree to the bit,
+// from 1/std or from the variance.
+TYPED_TEST(KernelTester, ChannelGradientsOverTails) {
+  using T = TypeParam;
+  this->for_each_isa([&](const kernels::kernel_set<T>& k, std::size_t v) {
+    for (std::size_t n : lengths(v)) {
+      const std::vector<T> mean = this->data(n, 3.0, 2.0, n),
+                           gamma = this->data(n, 1.0, 0.5, n + 1);
+      std::vector<T> var(n), inv(n);
+      for (std::size_t c = 0; c < n; ++c) {
+        var[c] = T(0.5) + T(c % 4);
+        inv[c] = static_cast<T>(1 / std::sqrt(static_cast<double>(var[c]) + 1e-5));
+      }
+      const std::vector<double> sum_dy = normal_data<double>(n, 0.0, 3.0, n + 2);
+      for (const bool from_variance : {false, true}) {
+        std::vector<double> dgamma = normal_data<double>(n, 0.0, 3.0, n + 3);
+        const std::vector<double> sums = dgamma;
+        gradient_buffers<T> all(n);
+        kernels::gradient_channels<T> in;
+        in.channels = n;
+        in.count = 50;
+        in.epsilon = 1e-5;
+        in.mean = mean.data();
+        (from_variance ? in.variance : in.inv_std) = from_variance ? var.data() : inv.data();
+        in.gamma = gamma.data();
+        in.sum_dy = sum_dy.data();
+        in.sum_dy_d = dgamma.data();
+        kernels::gradient_coefficients<T> out(all.center.data(), all.dy_scale.data(),
+                                              all.x_scale.data(), all.shift.data());
+        k.channel_gradients(in, &out, 0);
+        for (std::size_t c = 0; c < n; ++c) {
+          gradient_buffers<T> one(1);
+          std::vector<double> one_sum = {sums[c]};
+          kernels::gradient_channels<T> single = in;
+          single.channels = 1;
+          single.mean += c;
+          single.gamma += c;
+          (from_variance ? single.variance : single.inv_std) += c;
+          single.sum_dy += c;
+          single.sum_dy_d = one_sum.data();
+          kernels::gradient_coefficients<T> one_out(one.center.data(), one.dy_scale.data(),
+                                                    one.x_scale.data(), one.shift.data());
+          k.channel_gradients(single, &one_out, 0);
+          EXPECT_EQ(dgamma[c], one_sum[0]) << c;
+          EXPECT_EQ(all.dy_scale[c], one.dy_scale[0]) << c;
+          EXPECT_EQ(all.x_scale[c], one.x_scale[0]) << c;
+          EXPECT_EQ(all.shift[c], one.shift[0]) << c;
+          EXPECT_EQ(all.center[c], mean[c]) << c;
+          const long double i = from_variance ? 1 / std::sqrt((long double)var[c] + 1e-5L) : inv[c];
+          EXPECT_NEAR(dgamma[c], (double)(sums[c] * i), 1e-14 * (1 + std::fabs(dgamma[c])));
+          const long double a = gamma[c] * i;
+          EXPECT_NEAR(all.dy_scale[c], (double)a, 4 * tolerance<T>() * std::fabs((double)a));
+          EXPECT_NEAR(all.x_scale[c], (double)(-a * i * (sums[c] * i) / 50),
+                      4 * tolerance<T>() * (1 + std::fabs((double)(a * i * sums[c] * i / 50))));
+          EXPECT_NEAR(all.shift[c], (double)(-a * sum_dy[c] / 50),
+                      4 * tolerance<T>() * (1 + std::fabs((double)(a * sum_dy[c] / 50))));
+        }
+      }
+    }
+  });
+}
+
 }  // namespace
