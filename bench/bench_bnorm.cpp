@@ -1,6 +1,7 @@
-// The benchmark harness: bnorm's training and inference paths over the suite of shapes, both
-// layouts, one thread and all cores, each next to its memory roofline (measured here, in the
-// same process) and, when built with oneDNN, oneDNN on the same buffers.
+// The benchmark harness: bnorm's training and inference paths, and its training and frozen
+// backward, over the suite of shapes, both layouts, one thread and all cores, each next to its
+// memory roofline (measured here, in the same process) and, when built with oneDNN, oneDNN on
+// the same buffers.
 //
 //   bnorm_bench [google benchmark flags]      names: SHAPE/LAYOUT/MODE/threads:T/IMPL
 //   bnorm_bench --samples_out=FILE            writes sampled bnorm outputs for bench_torch.py
@@ -12,7 +13,10 @@
 //                                             case's roofline pass instead.
 //
 // Bytes/s count the traffic a batch norm cannot avoid: training reads x twice and writes y;
-// inference reads x and writes y. Every implementation of a case reports the same bytes.
+// inference reads x and writes y; the backward reads x and dy twice (a reduce pass, then the
+// map) and writes dx; the frozen backward reads dy and writes dx. Every implementation of a
+// case reports the same bytes. Backward cases also run `roofline1`, their one-pass bound (one
+// read of x and dy, one write of dx).
 #include <benchmark/benchmark.h>
 
 #include <cmath>
@@ -37,7 +41,28 @@ namespace {
 
 using bnorm_bench::bench_shape;
 
-enum class mode { training, inference };
+enum class mode { training, inference, backward, frozen };
+
+const char* mode_name(mode m) {
+  switch (m) {
+    case mode::training: return "train";
+    case mode::inference: return "infer";
+    case mode::backward: return "backward";
+    case mode::frozen: return "frozen";
+  }
+  return "?";
+}
+
+/// Tensor-sizes of traffic a case cannot avoid (see above).
+double traffic(mode m) {
+  switch (m) {
+    case mode::training: return 3;
+    case mode::inference: return 2;
+    case mode::backward: return 5;
+    case mode::frozen: return 2;
+  }
+  return 0;
+}
 constexpr double epsilon = 1e-5;
 
 struct bench_case {
@@ -48,44 +73,52 @@ struct bench_case {
 
   std::string name(const char* impl) const {
     return std::string(shape.name) + (layout == bnorm::layout::channels_first ? "/nchw" : "/nhwc") +
-           (m == mode::training ? "/train" : "/infer") + "/threads:" + std::to_string(threads) +
-           "/" + impl;
+           "/" + mode_name(m) + "/threads:" + std::to_string(threads) + "/" + impl;
   }
   double bytes() const {
-    return static_cast<double>(shape.elements()) * sizeof(float) * (m == mode::training ? 3 : 2);
+    return static_cast<double>(shape.elements()) * sizeof(float) * traffic(m);
   }
+  bool backward() const { return m == mode::backward || m == mode::frozen; }
 };
 
 using tensor = bnorm_bench::aligned_vector<float>;
 
-/// The input, in memory order, reproducible in numpy (bench_torch.py uses the same formula).
-tensor make_input(std::size_t n) {
+/// A tensor in memory order, reproducible in numpy (bench_torch.py uses the same formulas):
+/// the input x, or (with its own multiplier and range) the upstream gradient dy.
+tensor make_values(std::size_t n, std::size_t multiplier, double range, double low) {
   tensor x(n);
   for (std::size_t i = 0; i < n; ++i) {
-    x[i] = static_cast<float>(static_cast<double>((i * 7919) % 10007) / 10007.0 * 4.0 - 1.5);
+    x[i] =
+        static_cast<float>(static_cast<double>((i * multiplier) % 10007) / 10007.0 * range + low);
   }
   return x;
 }
 
 /// Buffers of one case; gamma 1.5, beta 0.25, running mean 0 and variance 1.
 struct buffers {
-  tensor x, y;
-  std::vector<float> gamma, beta, mean, var, batch_mean, batch_inv_std;
+  tensor x, y, dy, dx;
+  std::vector<float> gamma, beta, mean, var, batch_mean, batch_inv_std, dgamma, dbeta;
   explicit buffers(const bench_case& k)
-      : x(make_input(static_cast<std::size_t>(k.shape.elements()))),
+      : x(make_values(static_cast<std::size_t>(k.shape.elements()), 7919, 4.0, -1.5)),
         y(x.size()),
+        dy(k.backward() ? make_values(x.size(), 104729, 2.0, -1.0) : tensor()),
+        dx(dy.size()),
         gamma(static_cast<std::size_t>(k.shape.c), 1.5f),
         beta(gamma.size(), 0.25f),
         mean(gamma.size(), 0.f),
         var(gamma.size(), 1.f),
         batch_mean(gamma.size()),
-        batch_inv_std(gamma.size()) {}
+        batch_inv_std(gamma.size()),
+        dgamma(gamma.size()),
+        dbeta(gamma.size()) {}
+  /// What the case computes: y, or dx.
+  const tensor& output(const bench_case& k) const { return k.backward() ? dx : y; }
 };
 
 /// A bnorm plan bound to a case's buffers; run() executes the case's path once.
 class bnorm_runner {
  public:
-  bnorm_runner(const bench_case& k, buffers& b, int threads) : training_(k.m == mode::training) {
+  bnorm_runner(const bench_case& k, buffers& b, int threads) : mode_(k.m) {
     bnorm::plan_options opts;
     opts.max_threads = threads;
     status_ =
@@ -106,23 +139,44 @@ class bnorm_runner {
     train_.running_var = {running_var_.data(), running_var_.size()};
     infer_.mean = {b.mean.data(), b.mean.size()};
     infer_.var = {b.var.data(), b.var.size()};
-    train_.scratch = infer_.scratch = scratch;
-    train_.scratch_size = infer_.scratch_size = plan_.scratch_size();
+    train_.scratch = infer_.scratch = backward_.scratch = scratch;
+    train_.scratch_size = infer_.scratch_size = backward_.scratch_size = plan_.scratch_size();
+    backward_.src = b.x.data();
+    backward_.diff_dst = b.dy.data();
+    backward_.diff_src = b.dx.data();
+    backward_.scale = train_.scale;
+    if (k.m == mode::backward) {
+      // The statistics a training forward saves, as an engine passes them on.
+      if (status_) status_ = plan_.forward_training(train_);
+      backward_.mean = {b.batch_mean.data(), b.batch_mean.size()};
+      backward_.inv_std = {b.batch_inv_std.data(), b.batch_inv_std.size()};
+      backward_.diff_scale = {b.dgamma.data(), b.dgamma.size()};
+      backward_.diff_shift = {b.dbeta.data(), b.dbeta.size()};
+    } else {  // frozen: dx alone, from the running variance
+      backward_.var = infer_.var;
+    }
   }
   bnorm::status run() const {
     if (!status_) return status_;
-    return training_ ? plan_.forward_training(train_) : plan_.forward_inference(infer_);
+    switch (mode_) {
+      case mode::training: return plan_.forward_training(train_);
+      case mode::inference: return plan_.forward_inference(infer_);
+      case mode::backward: return plan_.backward_training(backward_);
+      case mode::frozen: return plan_.backward_frozen(backward_);
+    }
+    return status_;
   }
   const bnorm::plan& plan() const { return plan_; }
 
  private:
-  bool training_;
+  mode mode_;
   bnorm::status status_;
   bnorm::plan plan_;
   std::vector<unsigned char> scratch_;
   std::vector<float> running_mean_, running_var_;
   bnorm::training_args train_;
   bnorm::inference_args infer_;
+  bnorm::backward_args backward_;
 };
 
 void finish(benchmark::State& state, const bench_case& k) {
@@ -130,21 +184,29 @@ void finish(benchmark::State& state, const bench_case& k) {
   state.counters["threads"] = k.threads;
 }
 
-/// One pass of a case's roofline.
-void roofline_pass(const bench_case& k, buffers& b) {
+/// One pass of a case's roofline; with `one_pass`, a backward's one-pass bound.
+void roofline_pass(const bench_case& k, buffers& b, bool one_pass = false) {
   const std::size_t n = b.x.size();
-  if (k.m == mode::training) {
-    benchmark::DoNotOptimize(bnorm_bench::stream_sum(b.x.data(), n, k.threads));
+  switch (k.m) {
+    case mode::training:
+      benchmark::DoNotOptimize(bnorm_bench::stream_sum(b.x.data(), n, k.threads));
+      [[fallthrough]];
+    case mode::inference: bnorm_bench::stream_affine(b.x.data(), b.y.data(), n, k.threads); break;
+    case mode::backward:
+      if (!one_pass) {
+        benchmark::DoNotOptimize(bnorm_bench::stream_sum2(b.x.data(), b.dy.data(), n, k.threads));
+      }
+      bnorm_bench::stream_combine(b.x.data(), b.dy.data(), b.dx.data(), n, k.threads);
+      break;
+    case mode::frozen: bnorm_bench::stream_affine(b.dy.data(), b.dx.data(), n, k.threads); break;
   }
-  bnorm_bench::stream_affine(b.x.data(), b.y.data(), n, k.threads);
   benchmark::ClobberMemory();
 }
 
-void run_roofline(benchmark::State& state, const bench_case& k) {
+void run_roofline(benchmark::State& state, const bench_case& k, bool one_pass) {
   buffers b(k);
-  const std::size_t n = b.x.size();
-  bnorm_bench::stream_affine(b.x.data(), b.y.data(), n, k.threads);  // first touch
-  for (auto _ : state) roofline_pass(k, b);
+  roofline_pass(k, b, one_pass);  // first touch
+  for (auto _ : state) roofline_pass(k, b, one_pass);
   finish(state, k);
 }
 
@@ -172,16 +234,41 @@ void run_onednn(benchmark::State& state, const bench_case& k) {
     state.SkipWithError(s.message());
     return;
   }
-  const tensor expected = b.y;
-  std::fill(b.y.begin(), b.y.end(), 0.f);
+  tensor& output = k.backward() ? b.dx : b.y;
+  const tensor expected = output;
+  std::fill(output.begin(), output.end(), 0.f);
   std::vector<float> mean = b.mean, var = b.var;
-  bnorm_bench::onednn_peer peer(k.shape.shape(), k.layout, k.m == mode::training, epsilon,
-                                b.x.data(), b.y.data(), b.gamma.data(), b.beta.data(), mean.data(),
-                                var.data());
+  if (k.m == mode::backward) {  // the batch statistics, oneDNN taking the biased variance
+    mean = b.batch_mean;
+    for (std::size_t c = 0; c < var.size(); ++c) {
+      const double inv = b.batch_inv_std[c];
+      var[c] = static_cast<float>(1.0 / (inv * inv) - epsilon);
+    }
+  }
+  std::vector<float> dgamma(b.gamma.size()), dbeta(b.gamma.size());
+  bnorm_bench::peer_buffers peer_args;
+  peer_args.src = b.x.data();
+  peer_args.dst = b.y.data();
+  peer_args.scale = b.gamma.data();
+  peer_args.shift = b.beta.data();
+  peer_args.mean = mean.data();
+  peer_args.var = var.data();
+  peer_args.diff_dst = b.dy.data();
+  peer_args.diff_src = b.dx.data();
+  peer_args.diff_scale = dgamma.data();
+  peer_args.diff_shift = dbeta.data();
+  const bnorm_bench::peer_kind kind = k.m == mode::training    ? bnorm_bench::peer_kind::training
+                                      : k.m == mode::inference ? bnorm_bench::peer_kind::inference
+                                      : k.m == mode::backward  ? bnorm_bench::peer_kind::backward
+                                                               : bnorm_bench::peer_kind::frozen;
+  bnorm_bench::onednn_peer peer(k.shape.shape(), k.layout, kind, epsilon, peer_args);
   peer.run(k.threads);
+  // oneDNN's frozen backward takes no scale: its dx is bnorm's over gamma (1.5 throughout).
+  const double factor = k.m == mode::frozen ? 1.5 : 1.0;
   double worst = 0;
   for (std::size_t i = 0; i < expected.size(); ++i) {
-    const double e = std::fabs(double(b.y[i]) - expected[i]) / (1 + std::fabs(double(expected[i])));
+    const double got = output[i] * factor;
+    const double e = std::fabs(got - expected[i]) / (1 + std::fabs(double(expected[i])));
     if (!(e <= worst)) worst = e;
   }
   if (!(worst <= 1e-4)) {
@@ -203,7 +290,7 @@ std::vector<bench_case> all_cases() {
   std::vector<bench_case> cases;
   for (const bench_shape& s : bnorm_bench::suite()) {
     for (bnorm::layout l : {bnorm::layout::channels_first, bnorm::layout::channels_last}) {
-      for (mode m : {mode::training, mode::inference}) {
+      for (mode m : {mode::training, mode::inference, mode::backward, mode::frozen}) {
         cases.push_back({s, l, m, 1});
         if (cores > 1) cases.push_back({s, l, m, cores});
       }
@@ -218,8 +305,13 @@ void register_all() {
     // bench.sh also interleaves the repetitions of all cases at random, so that a burst of
     // load from a neighbour on a shared machine spoils a few repetitions, not a whole case.
     benchmark::RegisterBenchmark(k.name("roofline").c_str(), [k](benchmark::State& s) {
-      run_roofline(s, k);
+      run_roofline(s, k, false);
     })->UseRealTime();
+    if (k.m == mode::backward) {
+      benchmark::RegisterBenchmark(k.name("roofline1").c_str(), [k](benchmark::State& s) {
+        run_roofline(s, k, true);
+      })->UseRealTime();
+    }
     benchmark::RegisterBenchmark(k.name("bnorm").c_str(), [k](benchmark::State& s) {
       run_bnorm(s, k);
     })->UseRealTime();
@@ -244,9 +336,10 @@ int write_samples(const char* path) {
     if (!runner.run()) continue;
     std::fprintf(f, "%s\"%s\": [", first ? "" : ",\n", k.name("bnorm").c_str());
     first = false;
+    const tensor& out = b.output(k);
     for (std::size_t j = 0; j < 64; ++j) {
-      const std::size_t i = (j * 2654435761u) % b.y.size();
-      std::fprintf(f, "%s[%zu, %.9g]", j ? ", " : "", i, static_cast<double>(b.y[i]));
+      const std::size_t i = (j * 2654435761u) % out.size();
+      std::fprintf(f, "%s[%zu, %.9g]", j ? ", " : "", i, static_cast<double>(out[i]));
     }
     std::fprintf(f, "]");
   }

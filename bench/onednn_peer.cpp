@@ -1,6 +1,7 @@
 #include "onednn_peer.hpp"
 
 #include <cstdio>
+#include <functional>
 #include <unordered_map>
 
 #include <omp.h>
@@ -11,15 +12,15 @@ namespace bnorm_bench {
 struct onednn_peer::state {
   dnnl::engine engine{dnnl::engine::kind::cpu, 0};
   dnnl::stream stream{engine};
-  dnnl::batch_normalization_forward primitive;
+  dnnl::primitive primitive;
   std::unordered_map<int, dnnl::memory> args;
 };
 
-onednn_peer::onednn_peer(const bnorm::tensor_shape& shape, bnorm::layout l, bool training,
-                         double eps, const float* src, float* dst, const float* scale,
-                         const float* shift, float* mean, float* var)
+onednn_peer::onednn_peer(const bnorm::tensor_shape& shape, bnorm::layout l, peer_kind kind,
+                         double eps, const peer_buffers& b)
     : state_(std::make_unique<state>()) {
   using dnnl::memory;
+  using dnnl::normalization_flags;
   using tag = memory::format_tag;
   memory::dims dims;
   for (std::size_t i = 0; i < shape.rank(); ++i) dims.push_back(shape[i]);
@@ -30,20 +31,45 @@ onednn_peer::onednn_peer(const bnorm::tensor_shape& shape, bnorm::layout l, bool
                                     : (first ? tag::ncdhw : tag::ndhwc);
   const memory::desc data(dims, memory::data_type::f32, t);
   const memory::desc channel({shape[1]}, memory::data_type::f32, tag::x);
-  auto flags = dnnl::normalization_flags::use_scale | dnnl::normalization_flags::use_shift;
-  if (!training) flags = flags | dnnl::normalization_flags::use_global_stats;
-  const dnnl::batch_normalization_forward::desc desc(
-      training ? dnnl::prop_kind::forward_training : dnnl::prop_kind::forward_inference, data,
-      static_cast<float>(eps), flags);
-  const dnnl::batch_normalization_forward::primitive_desc pd(desc, state_->engine);
-  state_->primitive = dnnl::batch_normalization_forward(pd);
+  const auto affine = normalization_flags::use_scale | normalization_flags::use_shift;
+  const bool global = kind == peer_kind::inference || kind == peer_kind::frozen;
+  // oneDNN's backward_data cannot take a scale: the frozen peer runs without one.
+  const auto flags = kind == peer_kind::frozen ? normalization_flags::use_global_stats
+                     : global                  ? affine | normalization_flags::use_global_stats
+                                               : affine;
+  const bool forward = kind == peer_kind::training || kind == peer_kind::inference;
+  const dnnl::batch_normalization_forward::desc forward_desc(
+      kind == peer_kind::inference ? dnnl::prop_kind::forward_inference
+                                   : dnnl::prop_kind::forward_training,
+      data, static_cast<float>(eps), flags);
+  const dnnl::batch_normalization_forward::primitive_desc forward_pd(forward_desc, state_->engine);
   auto& e = state_->engine;
-  state_->args = {{DNNL_ARG_SRC, memory(data, e, const_cast<float*>(src))},
-                  {DNNL_ARG_DST, memory(data, e, dst)},
-                  {DNNL_ARG_SCALE, memory(channel, e, const_cast<float*>(scale))},
-                  {DNNL_ARG_SHIFT, memory(channel, e, const_cast<float*>(shift))},
-                  {DNNL_ARG_MEAN, memory(pd.mean_desc(), e, mean)},
-                  {DNNL_ARG_VARIANCE, memory(pd.variance_desc(), e, var)}};
+  const auto buffer = [](const float* p) { return const_cast<float*>(p); };
+  state_->args = {{DNNL_ARG_SRC, memory(data, e, buffer(b.src))},
+                  {DNNL_ARG_MEAN, memory(forward_pd.mean_desc(), e, b.mean)},
+                  {DNNL_ARG_VARIANCE, memory(forward_pd.variance_desc(), e, b.var)}};
+  if (kind != peer_kind::frozen) {
+    // oneDNN 2.6's backward refuses to run without the shift too, though it does not read it.
+    state_->args.insert({DNNL_ARG_SCALE, memory(channel, e, buffer(b.scale))});
+    state_->args.insert({DNNL_ARG_SHIFT, memory(channel, e, buffer(b.shift))});
+  }
+  if (forward) {
+    state_->primitive = dnnl::batch_normalization_forward(forward_pd);
+    state_->args.insert({DNNL_ARG_DST, memory(data, e, b.dst)});
+    return;
+  }
+  const dnnl::batch_normalization_backward::desc backward_desc(
+      kind == peer_kind::frozen ? dnnl::prop_kind::backward_data : dnnl::prop_kind::backward, data,
+      data, static_cast<float>(eps), flags);
+  const dnnl::batch_normalization_backward::primitive_desc backward_pd(backward_desc, e,
+                                                                       forward_pd);
+  state_->primitive = dnnl::batch_normalization_backward(backward_pd);
+  state_->args.insert({DNNL_ARG_DIFF_DST, memory(data, e, buffer(b.diff_dst))});
+  state_->args.insert({DNNL_ARG_DIFF_SRC, memory(data, e, b.diff_src)});
+  if (kind == peer_kind::backward) {
+    state_->args.insert({DNNL_ARG_DIFF_SCALE, memory(channel, e, b.diff_scale)});
+    state_->args.insert({DNNL_ARG_DIFF_SHIFT, memory(channel, e, b.diff_shift)});
+  }
 }
 
 onednn_peer::~onednn_peer() = default;

@@ -1,5 +1,5 @@
-// oneDNN's batch_normalization_forward on the same buffers, for the comparison (built when
-// Debian's libdnnl-dev is found).
+// oneDNN's batch normalization on the same buffers, for the comparison (built when Debian's
+// libdnnl-dev is found).
 #pragma once
 
 #include <memory>
@@ -8,13 +8,34 @@
 
 namespace bnorm_bench {
 
+/// What the peer runs.
+enum class peer_kind {
+  training,   ///< batch_normalization_forward, forward_training, scale and shift
+  inference,  ///< forward_inference with use_global_stats
+  backward,   ///< batch_normalization_backward, prop_kind backward: dx, dscale, dshift
+  frozen,     ///< backward_data with use_global_stats: dx (oneDNN takes no scale here)
+};
+
+/// The caller's buffers; the peer owns none. mean and var: the batch statistics (written by
+/// training, read by backward) or the running ones (inference, frozen); var is the biased
+/// variance, as oneDNN takes it.
+struct peer_buffers {
+  const float* src = nullptr;
+  float* dst = nullptr;
+  const float* scale = nullptr;
+  const float* shift = nullptr;
+  float* mean = nullptr;
+  float* var = nullptr;
+  const float* diff_dst = nullptr;
+  float* diff_src = nullptr;
+  float* diff_scale = nullptr;
+  float* diff_shift = nullptr;
+};
+
 class onednn_peer {
  public:
-  /// Training: batch statistics with scale and shift. Inference: use_global_stats with the given
-  /// mean and variance. All pointers stay owned by the caller.
-  onednn_peer(const bnorm::tensor_shape& shape, bnorm::layout l, bool training, double eps,
-              const float* src, float* dst, const float* scale, const float* shift, float* mean,
-              float* var);
+  onednn_peer(const bnorm::tensor_shape& shape, bnorm::layout l, peer_kind kind, double eps,
+              const peer_buffers& buffers);
   ~onednn_peer();
   void run(int threads);
   static const char* version();

@@ -31,6 +31,26 @@ __attribute__((target_clones("avx512f", "avx2", "default"))) double sum_block(co
   return s;
 }
 
+__attribute__((target_clones("avx512f", "avx2", "default"))) double sum2_block(const float* x,
+                                                                               const float* dy,
+                                                                               std::size_t n) {
+  float s = 0.f, t = 0.f;
+#pragma omp simd reduction(+ : s, t)
+  for (std::size_t i = 0; i < n; ++i) {
+    s += dy[i];
+    t += dy[i] * x[i];
+  }
+  return s + t;
+}
+
+__attribute__((target_clones("avx512f", "avx2", "default"))) void combine_block(const float* x,
+                                                                                const float* dy,
+                                                                                float* dx,
+                                                                                std::size_t n) {
+#pragma omp simd
+  for (std::size_t i = 0; i < n; ++i) dx[i] = 1.5f * dy[i] - 0.5f * x[i] + 0.25f;
+}
+
 tbb::task_arena& arena_for(int threads) {
   static std::mutex mutex;
   static std::map<int, std::unique_ptr<tbb::task_arena>> arenas;
@@ -40,33 +60,53 @@ tbb::task_arena& arena_for(int threads) {
   return *a;
 }
 
-}  // namespace
-
-void stream_affine(const float* x, float* y, std::size_t n, int threads) {
+/// body(begin, end) over [0, n) in chunks, on `threads` threads.
+template <class Body>
+void for_chunks(std::size_t n, int threads, const Body& body) {
   if (threads <= 1 || n <= chunk) {
-    affine_block(x, y, n);
+    body(std::size_t{0}, n);
     return;
   }
   arena_for(threads).execute([&] {
     tbb::parallel_for(
         tbb::blocked_range<std::size_t>(0, n, chunk),
-        [&](const tbb::blocked_range<std::size_t>& r) {
-          affine_block(x + r.begin(), y + r.begin(), r.size());
-        },
+        [&](const tbb::blocked_range<std::size_t>& r) { body(r.begin(), r.end()); },
         tbb::static_partitioner());
   });
 }
 
-double stream_sum(const float* x, std::size_t n, int threads) {
-  if (threads <= 1 || n <= chunk) return sum_block(x, n);
+template <class Block>
+double sum_chunks(std::size_t n, int threads, const Block& block) {
+  if (threads <= 1 || n <= chunk) return block(std::size_t{0}, n);
   return arena_for(threads).execute([&] {
     return tbb::parallel_reduce(
         tbb::blocked_range<std::size_t>(0, n, chunk), 0.0,
         [&](const tbb::blocked_range<std::size_t>& r, double s) {
-          return s + sum_block(x + r.begin(), r.size());
+          return s + block(r.begin(), r.end());
         },
         [](double a, double b) { return a + b; }, tbb::static_partitioner());
   });
+}
+
+}  // namespace
+
+void stream_affine(const float* x, float* y, std::size_t n, int threads) {
+  for_chunks(n, threads, [&](std::size_t b, std::size_t e) { affine_block(x + b, y + b, e - b); });
+}
+
+double stream_sum(const float* x, std::size_t n, int threads) {
+  return sum_chunks(n, threads,
+                    [&](std::size_t b, std::size_t e) { return sum_block(x + b, e - b); });
+}
+
+double stream_sum2(const float* x, const float* dy, std::size_t n, int threads) {
+  return sum_chunks(n, threads,
+                    [&](std::size_t b, std::size_t e) { return sum2_block(x + b, dy + b, e - b); });
+}
+
+void stream_combine(const float* x, const float* dy, float* dx, std::size_t n, int threads) {
+  for_chunks(n, threads,
+             [&](std::size_t b, std::size_t e) { combine_block(x + b, dy + b, dx + b, e - b); });
 }
 
 }  // namespace bnorm_bench
