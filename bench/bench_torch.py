@@ -4,9 +4,20 @@
   /usr/bin/python3 bench/bench_torch.py --samples SAMPLES.json --out torch.json [--threads 1,2]
 
 Each case uses bnorm_bench's input (the same formula, in the same memory order) and its
-parameters (gamma 1.5, beta 0.25, running mean 0 and variance 1). Before a case's time
-counts, PyTorch's output is compared with bnorm's at the sampled positions bnorm_bench wrote
-(--samples_out); a case that differs is reported as an error, not a time.
+parameters (gamma 1.5, beta 0.25, running mean 0 and variance 1, epsilon 1e-5). Modes:
+
+  train     F.batch_norm in training mode (batch statistics, running statistics updated)
+  infer     F.batch_norm in inference mode (running statistics)
+  backward  aten's native_batch_norm_backward in training mode: dx, dgamma and dbeta from x,
+            the upstream gradient dy and the batch statistics (saved by one forward pass
+            beforehand, not timed)
+  frozen    native_batch_norm_backward with the running statistics, dx only:
+            dx = gamma * dy / sqrt(running_var + eps)
+
+The upstream gradient dy is a second deterministic tensor, made like x (with its own
+constants, see GRADIENT) and in x's memory layout. Before a case's time counts, PyTorch's
+output (y; dx for the backward modes) is compared with bnorm's at the sampled positions
+bnorm_bench wrote (--samples_out); a case that differs is reported as an error, not a time.
 """
 import argparse
 import json
@@ -38,14 +49,20 @@ def spatial_dims(n, c, d, h, w, rank):
     return {2: [], 3: [w], 4: [h, w], 5: [d, h, w]}[rank]
 
 
-def make_input(count):
+# bnorm_bench's deterministic tensors, in memory order: element i is
+# ((i * multiplier) % 10007) / 10007 * scale + shift.
+INPUT = dict(multiplier=7919, scale=4.0, shift=-1.5)  # x
+GRADIENT = dict(multiplier=104729, scale=2.0, shift=-1.0)  # dy, the upstream gradient
+
+
+def make_input(count, multiplier, scale, shift):
     i = np.arange(count, dtype=np.int64)
-    return (((i * 7919) % 10007) / 10007.0 * 4.0 - 1.5).astype(np.float32)
+    return (((i * multiplier) % 10007) / 10007.0 * scale + shift).astype(np.float32)
 
 
-def logical_input(n, c, spatial, layout):
+def logical_input(n, c, spatial, layout, formula=INPUT):
     """The tensor in logical (N, C, spatial...) order over bnorm_bench's memory-order buffer."""
-    flat = torch.from_numpy(make_input(n * c * int(np.prod(spatial or [1]))))
+    flat = torch.from_numpy(make_input(n * c * int(np.prod(spatial or [1])), **formula))
     if layout == "nchw" or not spatial:
         return flat.view(n, c, *spatial)
     rank = 2 + len(spatial)
@@ -56,6 +73,24 @@ def memory_order(y, layout):
     if layout == "nchw" or y.dim() == 2:
         return y.contiguous().flatten()
     return y.permute(0, *range(2, y.dim()), 1).contiguous().flatten()
+
+
+def case_function(mode, x, dy, weight, bias, mean, var):
+    """The function timed for one mode; it returns the output checked against bnorm's (y, or
+    dx for the backward modes)."""
+    if mode in ("train", "infer"):
+        training = mode == "train"
+        return lambda: F.batch_norm(x, mean, var, weight, bias, training, 0.1, 1e-5)
+    if mode == "backward":
+        # The batch statistics, as the forward pass saves them (on copies of the running
+        # statistics, which it would update).
+        _, save_mean, save_invstd = torch.ops.aten.native_batch_norm(
+            x, weight, bias, mean.clone(), var.clone(), True, 0.1, 1e-5)
+        return lambda: torch.ops.aten.native_batch_norm_backward(
+            dy, x, weight, mean, var, save_mean, save_invstd, True, 1e-5, [True, True, True])[0]
+    assert mode == "frozen"
+    return lambda: torch.ops.aten.native_batch_norm_backward(
+        dy, x, weight, mean, var, None, None, False, 1e-5, [True, False, False])[0]
 
 
 def time_case(fn, min_time, repetitions):
@@ -91,7 +126,7 @@ def main():
         for name, n, c, d, h, w, rank in SUITE:
             spatial = spatial_dims(n, c, d, h, w, rank)
             for layout in ("nchw", "nhwc"):
-                for mode in ("train", "infer"):
+                for mode in ("train", "infer", "backward", "frozen"):
                     case = f"{name}/{layout}/{mode}/threads:{threads}"
                     if args.filter and args.filter not in case:
                         continue
@@ -99,10 +134,12 @@ def main():
                     weight = torch.full((c,), 1.5)
                     bias = torch.full((c,), 0.25)
                     mean, var = torch.zeros(c), torch.ones(c)
-                    training = mode == "train"
-
-                    def run():
-                        return F.batch_norm(x, mean, var, weight, bias, training, 0.1, 1e-5)
+                    dy = None
+                    if mode in ("backward", "frozen"):
+                        # In x's memory layout (channels-last strides for nhwc).
+                        dy = logical_input(n, c, spatial, layout, GRADIENT)
+                    with torch.no_grad():
+                        run = case_function(mode, x, dy, weight, bias, mean, var)
 
                     entry = {"name": case + "/pytorch", "run_name": case + "/pytorch",
                              "run_type": "aggregate", "aggregate_name": "median", "time_unit": "us",

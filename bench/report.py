@@ -1,7 +1,8 @@
 #!/usr/bin/python3
-"""The benchmark report: merges bnorm_bench's JSON (bnorm, roofline, oneDNN), bench_torch.py's
-JSON (PyTorch) and the per-ISA runs into a markdown table with the targets checked, and a PNG
-chart of % of the roofline per case.
+"""The benchmark report: merges bnorm_bench's JSON (bnorm, roofline, roofline1, oneDNN),
+bench_torch.py's JSON (PyTorch) and the per-ISA runs into a markdown table with the targets
+checked, and a PNG chart of % of the roofline per case. Modes: train, infer, backward
+(training backward) and frozen (backward with the running statistics, dx only).
 
   /usr/bin/python3 bench/report.py --main main.1.json [--main main.2.json ...] \\
       [--torch torch.1.json --torch torch.2.json ...] \\
@@ -18,8 +19,13 @@ import re
 import statistics
 from collections import defaultdict
 
-NAME = re.compile(r"([^/]+)/(nchw|nhwc)/(train|infer)/threads:(\d+)/(\w+)")
+NAME = re.compile(r"([^/]+)/(nchw|nhwc)/(train|infer|backward|frozen)/threads:(\d+)/(\w+)")
 UNIT = {"ns": 1e-3, "us": 1.0, "ms": 1e3, "s": 1e6}
+FORWARD, BACKWARD = ("train", "infer"), ("backward", "frozen")
+# The tensor sizes of traffic each mode's bytes/s counts: training reads x twice and writes y,
+# inference reads x and writes y; backward reads x and dy twice (a reduce pass, then a map
+# pass) and writes dx; frozen backward reads dy and writes dx.
+TRAFFIC = {"train": 3, "infer": 2, "backward": 5, "frozen": 2}
 
 
 def load(paths, rename=None):
@@ -135,7 +141,7 @@ def main():
     def bytes_of(case):
         r = rows.get((*case, threads_all, "bnorm")) or {}
         total = r.get("bytes", 0)
-        return total / (3 if case[2] == "train" else 2)  # the tensor's own size
+        return total / TRAFFIC[case[2]]  # the tensor's own size
 
     lines = []
     versions = [f"bnorm {context.get('bnorm_version', '?')}"]
@@ -152,11 +158,17 @@ def main():
                  "`% roof med`: the roofline's median over bnorm's, like with like (on this noisy "
                  "machine the best of nine repetitions can be far below their median). `vs peer`: "
                  "the faster peer's time over bnorm's; `bnorm 1T`: bnorm's median on one thread; "
-                 "`scaling`: one thread's time over all threads'." +
+                 "`scaling`: one thread's time over all threads'. Modes: `train`, `infer`, "
+                 "`backward` (dx, dγ, dβ from x and dy) and `frozen` (backward with the running "
+                 "statistics, dx only); a backward case's `roofline` is the two-pass one (a read "
+                 "pass over x and dy, then a pass reading x and dy and writing dx). `roofline "
+                 "1-pass` (backward only): the best time of one pass reading x and dy and writing "
+                 "dx; `% 1-pass`: it over bnorm's median." +
                  (" Per-ISA columns: bnorm capped with BNORM_MAX_ISA." if isas else "") +
                  " The schedule each case ran is listed after the targets.\n")
     head = ["case", "MiB", "bnorm", "bnorm 1T", "oneDNN", "PyTorch", "roofline", "% roof",
-            "% roof med", "vs peer", "scaling"] + [f"bnorm {i}" for i in isas]
+            "% roof med", "roofline 1-pass", "% 1-pass", "vs peer", "scaling"] + [
+                f"bnorm {i}" for i in isas]
     lines.append("| " + " | ".join(head) + " |")
     lines.append("|" + "---|" * len(head))
     summary = []
@@ -167,15 +179,17 @@ def main():
         one = get(case, 1, "bnorm")
         roof = get(case, threads_all, "roofline", "best")
         roof_median = get(case, threads_all, "roofline")
+        roof1 = get(case, threads_all, "roofline1", "best")  # backward only
         peers = [p for p in (get(case, threads_all, "onednn"), get(case, threads_all, "pytorch"))
                  if p is not None]
         best_peer = min(peers) if peers else None
         mib = bytes_of(case) / 2**20
         rec = dict(case=case, bn=bn, bn_best=get(case, threads_all, "bnorm", "best"), one=one,
-                   roof=roof, roof_median=roof_median,
+                   roof=roof, roof_median=roof_median, roof1=roof1,
                    peer=best_peer, mib=mib,
                    pct=roof / bn * 100 if roof else None,
                    pct_median=roof_median / bn * 100 if roof_median else None,
+                   pct1=roof1 / bn * 100 if roof1 else None,
                    speedup=best_peer / bn if best_peer else None,
                    scaling=one / bn if one else None)
         summary.append(rec)
@@ -183,6 +197,7 @@ def main():
                  fmt(get(case, threads_all, "onednn")), fmt(get(case, threads_all, "pytorch")),
                  fmt(roof), pct(rec['pct']) if rec["pct"] else "-",
                  pct(rec['pct_median']) if rec["pct_median"] else "-",
+                 fmt(roof1), pct(rec['pct1']) if rec["pct1"] else "-",
                  times(rec['speedup']) if rec["speedup"] else "-",
                  times(rec['scaling']) if rec["scaling"] else "-"]
         cells += [fmt(get(case, threads_all, "bnorm_" + i)) for i in isas]
@@ -212,6 +227,7 @@ def main():
 
     big = [r for r in summary if r["mib"] >= 1.0 and r["pct"]]
     lines.append("\n## Targets\n")
+    forward = [r for r in summary if r["case"][2] in FORWARD]
     check("training ≥ 80% of the roofline (≥ 1 MiB)", [r for r in big if r["case"][2] == "train"],
           lambda r: r["pct"] >= 80, versus_roofline)
     check("inference ≥ 85% of the roofline (≥ 1 MiB)", [r for r in big if r["case"][2] == "infer"],
@@ -232,9 +248,11 @@ def main():
         a block of channels does not fit a core's cache, training reads the input twice (its
         statistics come before any output): below the training roofline's best time (a read
         pass, then a read-write pass, over the same bytes) the target is out of reach for any
-        two-pass training."""
+        two-pass training. A backward case shows its speedup alone (no such bounds here)."""
         def show(r):
             text = times(r["speedup"])
+            if r["case"][2] not in FORWARD:
+                return text
             need, floor = r["peer"] / target, inference_floor(r["case"])
             if floor:
                 text += (f" ({target:g}× the peer is {fmt(need)} µs; one read and one write of "
@@ -258,17 +276,45 @@ def main():
         geo = math.exp(sum(math.log(r["speedup"]) for r in infer_peer) / len(infer_peer))
         lines.append(f"- **inference ≥ 1.3× the faster peer, geometric mean**: "
                      f"{'met' if geo >= 1.3 else 'missed'} ({times(geo)})")
+    small = ("r50_b1_c1024_14", "r50_b1_c2048_7")
     check("small shapes (ResNet-50 batch 1, 14×14 and 7×7) ≥ 1.5× the faster peer",
-          [r for r in with_peer if r["case"][0] in ("r50_b1_c1024_14", "r50_b1_c2048_7")],
+          [r for r in with_peer if r["case"][0] in small and r["case"][2] in FORWARD],
           lambda r: r["speedup"] >= 1.5, lambda r: times(r["speedup"]))
-    seed = [r for r in summary if r["case"][0] == "seed_1d_2x4"]
+    seed = [r for r in forward if r["case"][0] == "seed_1d_2x4"]
     check("seed 2×4: training ≤ 0.2 µs, inference ≤ 0.1 µs", seed,
           lambda r: r["bn"] <= (0.2 if r["case"][2] == "train" else 0.1),
           lambda r: f"{r['bn']:.2f} µs")
     check("threads: ≥ 1.7× one thread or ≥ 90% of the all-core roofline (≥ 4 MiB)",
-          [r for r in summary if r["mib"] >= 4 and r["scaling"] and r["pct"]],
+          [r for r in forward if r["mib"] >= 4 and r["scaling"] and r["pct"]],
           lambda r: r["scaling"] >= 1.7 or r["pct"] >= 90,
           lambda r: f"{times(r['scaling'])}, {versus_roofline(r)}")
+
+    # The backward targets (training backward: dx, dγ, dβ; frozen: dx with the running
+    # statistics), when the run has backward cases.
+    if any(r["case"][2] in BACKWARD for r in summary):
+        check("backward ≥ 80% of its two-pass roofline (≥ 1 MiB)",
+              [r for r in big if r["case"][2] == "backward"],
+              lambda r: r["pct"] >= 80, versus_roofline)
+        check("frozen backward (dx only) ≥ 85% of its roofline (≥ 1 MiB)",
+              [r for r in big if r["case"][2] == "frozen"],
+              lambda r: r["pct"] >= 85, versus_roofline)
+        check("backward ≥ 2× the faster peer, channels-first",
+              [r for r in with_peer if r["case"][2] == "backward" and r["case"][1] == "nchw"],
+              lambda r: r["speedup"] >= 2, versus_peer(2))
+        check("backward ≥ 1.3× the faster peer, channels-last",
+              [r for r in with_peer if r["case"][2] == "backward" and r["case"][1] == "nhwc"],
+              lambda r: r["speedup"] >= 1.3, versus_peer(1.3))
+        check("backward and frozen never slower than a peer",
+              [r for r in with_peer if r["case"][2] in BACKWARD],
+              lambda r: r["speedup"] >= 1.0, lambda r: times(r["speedup"]))
+        frozen_peer = [r for r in with_peer if r["case"][2] == "frozen"]
+        if frozen_peer:
+            geo = math.exp(sum(math.log(r["speedup"]) for r in frozen_peer) / len(frozen_peer))
+            lines.append(f"- **frozen dx-only about 3× the best peer, geometric mean**: "
+                         f"{'met' if geo >= 3 else 'missed'} ({times(geo)})")
+        check("small shapes (ResNet-50 batch 1, 14×14 and 7×7) backward ≥ 1.5× the faster peer",
+              [r for r in with_peer if r["case"][0] in small and r["case"][2] in BACKWARD],
+              lambda r: r["speedup"] >= 1.5, lambda r: times(r["speedup"]))
 
     lines.append("\n**Schedules** (bnorm at all threads, from `plan::describe()`):\n")
     for case in cases:

@@ -93,7 +93,20 @@ void plane_gradient(const S* src, const S* diff_dst, S* diff_src, std::size_t le
     };
     for (std::size_t p = 0; p < planes; ++p) {
       const std::size_t offset = ch * len + p * stride;
-      gradient_run<Arch>(src + offset, diff_dst + offset, diff_src + offset, len, stream, f);
+      const S* x = src + offset;
+      const S* g = diff_dst + offset;
+      S* y = diff_src + offset;
+      if (stream || len < vec::size) {
+        gradient_run<Arch>(x, g, y, len, stream, f);
+        continue;
+      }
+      // The last vector overlaps the one before it when len is not a multiple of the lanes
+      // (short planes, 7×7): computed before anything is stored, so in place it still reads
+      // dy, and stored last.
+      const std::size_t last = len - vec::size;
+      const vec tail = f(last, load_elements<Arch>(x + last), load_elements<Arch>(g + last));
+      gradient_store_run<Arch>(x, g, y, 0, (last + vec::size - 1) / vec::size * vec::size, f);
+      store_elements<Arch>(y + last, tail);
     }
   }
   if (stream) stream_fence<Arch>();
