@@ -560,7 +560,7 @@ status backward(const plan_impl& p, const backward_args& args, bool frozen) noex
   const std::size_t data_bytes = elements * p.part.element_size;
   const std::size_t channel_bytes = channels * p.part.element_size;
   const std::size_t scratch_bytes = caller_scratch(p.part.scratch.training_bytes);
-  if (status s = check_separate({{"src", args.src, needs_x ? data_bytes : 0, false},
+  if (status s = check_separate({{"src", args.src, data_bytes, false},
                                  {"diff_dst", args.diff_dst, data_bytes, false, true},
                                  {"diff_src", args.diff_src, data_bytes, true, true},
                                  {"scale", args.scale.data, channel_bytes, false},

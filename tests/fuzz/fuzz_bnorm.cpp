@@ -3,7 +3,9 @@
 // contract (overlapping buffers, pointers misaligned for their element, step counters at their
 // edges, scratch without data). Checks that nothing crashes, that every call the contract
 // refuses is refused, that every rejection is a clean status that leaves every buffer
-// untouched, and that every accepted call matches a float64 reference.
+// untouched, and that every accepted call matches a float64 reference. Then a backward call
+// (training or frozen, any output mask, statistics from the forward or arbitrary, some breaching
+// the contract) under the same checks.
 //
 //   scripts/fuzz.sh 60        (clang-14, ASan + UBSan, the committed seed corpus)
 #include <fuzzer/FuzzedDataProvider.h>
@@ -61,6 +63,10 @@ double tolerance(double ref, double x, double mean, double inv_std) {
   const double eps = std::numeric_limits<T>::epsilon();
   return 64 * eps * (1 + std::fabs(ref)) + 64 * eps * (std::fabs(x) + std::fabs(mean)) * inv_std;
 }
+
+template <class T>
+void run_backward(FuzzedDataProvider& in, const bnorm::plan& plan, const bnorm::problem& prob,
+                  const std::vector<T>& x, std::vector<T> mean, std::vector<T> inv_std);
 
 template <class T>
 void run(FuzzedDataProvider& in, const bnorm::plan& plan, const bnorm::problem& prob) {
@@ -170,6 +176,8 @@ void run(FuzzedDataProvider& in, const bnorm::plan& plan, const bnorm::problem& 
   if (must_refuse) fail("a call that breaks the buffer contract was accepted", s);
   if (count == 0) return;
   const std::vector<T>& x_read = x_in_place.empty() ? x : x_in_place;
+  // A backward on the forward's input and, where it saved them, its statistics.
+  if (in.ConsumeBool() && !must_refuse) run_backward<T>(in, plan, prob, x_read, mean, inv_std);
   // The float64 reference, two-pass, on the same values.
   for (std::size_t c = 0; c < g.c; ++c) {
     long double total = 0;
@@ -208,6 +216,141 @@ void run(FuzzedDataProvider& in, const bnorm::plan& plan, const bnorm::problem& 
                        ref_mean, var, prob.epsilon, w, b, g.n, g.c, g.s,
                        static_cast<int>(prob.layout));
           fail("an accepted call differs from the float64 reference", s);
+        }
+      }
+  }
+}
+
+/// A backward call on the same plan: arbitrary dy, output mask and statistics (the forward's
+/// where it saved them, else arbitrary), some calls breaking the contract.
+template <class T>
+void run_backward(FuzzedDataProvider& in, const bnorm::plan& plan, const bnorm::problem& prob,
+                  const std::vector<T>& x, std::vector<T> mean, std::vector<T> inv_std) {
+  geometry g;
+  g.n = static_cast<std::size_t>(prob.shape[0]);
+  g.c = static_cast<std::size_t>(prob.shape[1]);
+  for (std::size_t d = 2; d < prob.shape.rank(); ++d)
+    g.s *= static_cast<std::size_t>(prob.shape[d]);
+  const std::size_t count = x.size();
+  const bool frozen = in.ConsumeBool();
+  const std::vector<T> dy = values<T>(in, count), gamma = values<T>(in, g.c);
+  std::vector<T> var = values<T>(in, g.c);
+  if (in.ConsumeBool()) mean = values<T>(in, g.c);
+  if (in.ConsumeBool()) inv_std = values<T>(in, g.c);
+  std::vector<T> dx(count, T(-5)), dgamma(g.c, T(-6)), dbeta(g.c, T(-7));
+  bnorm::backward_args args;
+  args.src = in.ConsumeIntegralInRange<int>(0, 20) == 0 ? nullptr : x.data();
+  args.diff_dst = in.ConsumeIntegralInRange<int>(0, 20) == 0 ? nullptr : dy.data();
+  if (in.ConsumeIntegralInRange<int>(0, 3) != 0) args.diff_src = dx.data();
+  if (in.ConsumeBool()) args.scale = {gamma.data(), gamma.size()};
+  if (in.ConsumeIntegralInRange<int>(0, 10) != 0) args.mean = {mean.data(), mean.size()};
+  // Training takes 1/std or the variance; frozen the variance; sometimes both, or neither.
+  const int which = in.ConsumeIntegralInRange<int>(0, 7);
+  if (which == 0 || which == 2) args.inv_std = {inv_std.data(), inv_std.size()};
+  if (which >= 1) args.var = {var.data(), var.size()};
+  if (which == 1 && !frozen) args.var = {}, args.inv_std = {inv_std.data(), inv_std.size()};
+  if (in.ConsumeBool()) args.diff_scale = {dgamma.data(), dgamma.size()};
+  if (in.ConsumeBool()) args.diff_shift = {dbeta.data(), dbeta.size()};
+  bool must_refuse = false;
+  std::vector<T> dy_in_place;  // dx == dy: the reference reads this copy
+  switch (in.ConsumeIntegralInRange<int>(0, 8)) {
+    case 0:  // in place: allowed
+      if (args.diff_src && args.diff_dst) {
+        dy_in_place = dy;
+        dx = dy;
+        args.diff_dst = dx.data();
+      }
+      break;
+    case 1:  // dx over x
+      if (args.diff_src && args.src && count >= 1) {
+        args.diff_src = const_cast<T*>(x.data());
+        must_refuse = true;
+      }
+      break;
+    case 2:  // dγ over dβ
+      if (args.diff_scale.data && args.diff_shift.data && g.c >= 1) {
+        args.diff_scale.data = dbeta.data();
+        must_refuse = true;
+      }
+      break;
+    case 3:  // a short per-channel buffer
+      if (args.mean.data) {
+        args.mean.size = g.c + 1;
+        must_refuse = true;
+      }
+      break;
+    default: break;
+  }
+  const std::vector<T> dx0 = dx, dgamma0 = dgamma, dbeta0 = dbeta;
+  const bnorm::status s = frozen ? plan.backward_frozen(args) : plan.backward_training(args);
+  if (!s.ok()) {
+    if (s.message()[0] == '\0') fail("a backward rejection without a message", s);
+    const auto same = [](const std::vector<T>& a, const std::vector<T>& b) {
+      return a.empty() || std::memcmp(a.data(), b.data(), a.size() * sizeof(T)) == 0;
+    };
+    if (!same(dx, dx0) || !same(dgamma, dgamma0) || !same(dbeta, dbeta0)) {
+      fail("a rejected backward wrote to a buffer", s);
+    }
+    return;
+  }
+  if (must_refuse) fail("a backward that breaks the contract was accepted", s);
+  const std::vector<T>& dy_read = dy_in_place.empty() ? dy : dy_in_place;
+  const double eps = std::numeric_limits<T>::epsilon();
+  const double m = static_cast<double>(g.n * g.s);
+  for (std::size_t c = 0; c < g.c && count > 0; ++c) {
+    // The reference from the same inputs, with the rounding each term may carry.
+    const bool have_x = args.src && args.mean.data && (args.inv_std.data || args.var.data);
+    const double inv = !have_x && !args.var.data ? 0.0
+                       : args.inv_std.data
+                           ? static_cast<double>(inv_std[c])
+                           : 1.0 / std::sqrt(static_cast<double>(var[c]) + prob.epsilon);
+    const double w = args.scale.data ? static_cast<double>(gamma[c]) : 1.0;
+    const double center = have_x ? static_cast<double>(mean[c]) : 0.0;
+    long double s1 = 0, s2 = 0, a1 = 0, a2 = 0;
+    for (std::size_t n = 0; n < g.n; ++n)
+      for (std::size_t i = 0; i < g.s; ++i) {
+        const std::size_t at = g.at(prob.layout, n, c, i);
+        const long double d = have_x ? static_cast<long double>(x[at]) - center : 0.0L;
+        s1 += dy_read[at];
+        s2 += dy_read[at] * d;
+        a1 += std::fabs(static_cast<long double>(dy_read[at]));
+        a2 += std::fabs(dy_read[at] * d);
+      }
+    const double limit = 1e30;  // beyond: saturation and overflow are documented, not checked
+    if (!std::isfinite(static_cast<double>(a1 + a2)) || a1 + a2 > limit || !std::isfinite(inv) ||
+        std::fabs(inv) > 1e10 || std::fabs(w) > 1e10) {
+      continue;
+    }
+    if (args.diff_shift.data &&
+        !(std::fabs(dbeta[c] - static_cast<double>(s1)) <= 32 * eps * (1 + (double)a1))) {
+      fail("dbeta differs from the float64 reference", s);
+    }
+    if (args.diff_scale.data && have_x &&
+        !(std::fabs(dgamma[c] - static_cast<double>(s2) * inv) <=
+          32 * eps * (1 + (double)a2 * std::fabs(inv)))) {
+      fail("dgamma differs from the float64 reference", s);
+    }
+    if (!args.diff_src) continue;
+    const double k = w * inv;
+    for (std::size_t n = 0; n < g.n; ++n)
+      for (std::size_t i = 0; i < g.s; ++i) {
+        const std::size_t at = g.at(prob.layout, n, c, i);
+        const double d = static_cast<double>(x[at]) - center;
+        const double g_at = static_cast<double>(dy_read[at]);
+        double ref = k * g_at, size = std::fabs(k * g_at);
+        if (!frozen) {
+          const double b = k * inv * inv * static_cast<double>(s2) / m,
+                       e = k * static_cast<double>(s1) / m;
+          ref = k * g_at - b * d - e;
+          size += std::fabs(b * d) + std::fabs(e) +
+                  std::fabs(k) * inv * inv * (double)a2 / m * std::fabs(d) +
+                  std::fabs(k) * (double)a1 / m;
+        }
+        if (!std::isfinite(ref) || size > limit) continue;
+        if (!(std::fabs(static_cast<double>(dx[at]) - ref) <= 64 * eps * (1 + size))) {
+          std::fprintf(stderr, "dx at %zu: got %.9g, reference %.9g (frozen %d)\n", at,
+                       static_cast<double>(dx[at]), ref, frozen);
+          fail("dx differs from the float64 reference", s);
         }
       }
   }

@@ -130,6 +130,13 @@ record(lines, "bn3d_channels_last_f64", "3d", "f64", 5,
 record(lines, "bn1d_ncl_channels_last_offset", "1d", "f32", 17,
        [("train", randn(4, 17, 9, offset=100.0)), ("eval", randn(4, 17, 9, offset=100.0))],
        layout="cl", momentum=0.05)
+record(lines, "bn2d_affine_false_channels_last", "2d", "f32", 6,
+       [("train", randn(3, 6, 4, 5, offset=-2.0)), ("eval", randn(3, 6, 4, 5))],
+       layout="cl", affine=False)
+record(lines, "bn3d_eval_channels_first", "3d", "f32", 3,
+       [("train", randn(2, 3, 3, 4, 4, scale=2.0)), ("eval", randn(2, 3, 3, 4, 4))])
+record(lines, "bn1d_nc_f64_affine_false", "1d", "f64", 5,
+       [("train", randn(7, 5, offset=1e3)), ("eval", randn(7, 5, offset=1e3))], affine=False)
 
 with open(OUT, "w") as f:
     f.write("\n".join(lines) + "\n")
