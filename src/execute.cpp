@@ -71,8 +71,9 @@ struct statistics_reduce {
   }
 };
 
-/// The normalization as a map operation (see passes.hpp). It holds the coefficient arrays by
-/// reference: the kernels take them so, never as a view made just before the call.
+/// The normalization, through the plan's epilogue, as a map operation (see passes.hpp). It
+/// holds the coefficient arrays by reference: the kernels take them so, never as a view made
+/// just before the call.
 template <class T>
 struct normalize_map {
   const kernels::kernel_set<T>& kern;
@@ -82,23 +83,32 @@ struct normalize_map {
   std::size_t period;
   bool prescaled;
   bool stream;
+  const kernels::epilogue<T>& post;
+  const T* residual;  // add_relu's z, else null
 
   void planes(std::size_t at, std::size_t len, std::size_t planes, std::size_t stride,
               std::size_t channels, std::size_t first) const {
     kern.plane_normalize(src + at, dst + at, len, planes, stride, channels, coeffs, first,
-                         prescaled, stream);
+                         prescaled, stream, post, residual ? residual + at : nullptr);
   }
   void rows(std::size_t at, std::size_t rows, std::size_t width, std::size_t first) const {
     kern.interleaved_normalize(src + at, dst + at, rows, width, period, coeffs, first, prescaled,
-                               stream);
+                               stream, post, residual ? residual + at : nullptr);
   }
 };
 
 template <class T>
-normalize_map<T> make_normalize(const plan_impl& plan, const T* src, T* dst,
+normalize_map<T> make_normalize(const plan_impl& plan, const T* src, T* dst, const void* residual,
                                 const kernels::coefficients<const T>& coeffs, bool prescaled) {
-  return {plan.kernels->get<T>(), src, dst, coeffs, plan.part.period, prescaled,
-          plan.part.stream_stores};
+  return {plan.kernels->get<T>(),
+          src,
+          dst,
+          coeffs,
+          plan.part.period,
+          prescaled,
+          plan.part.stream_stores,
+          plan.epilogue<T>(),
+          static_cast<const T*>(residual)};
 }
 
 /// One training call: the scratch arrays and the steps over them.
@@ -151,7 +161,7 @@ class training_step {
     return {plan_.kernels->get<T>(), src_, pivot_, p_.period};
   }
   normalize_map<T> normalize() const {
-    return make_normalize(plan_, src_, dst_, coeffs_.readable, prescaled_);
+    return make_normalize(plan_, src_, dst_, args_.residual, coeffs_.readable, prescaled_);
   }
 
   /// Each channel's pivot (see the pivot kernels); rows hold it per slot.
@@ -187,8 +197,9 @@ class training_step {
       compute_pivots(c0, c1);
       const finalized block = statistics_of(
           c0, c1, [&] { reduce_channels(p_, statistics(), c0, c1, mean_, variance_); });
-      map_channels(p_, make_normalize(plan_, src_, dst_, coeffs_.readable, block.prescaled), c0, c1,
-                   c0);
+      map_channels(
+          p_, make_normalize(plan_, src_, dst_, args_.residual, coeffs_.readable, block.prescaled),
+          c0, c1, c0);
     };
   }
 
@@ -379,8 +390,9 @@ class inference_step {
         coeffs_.replicate(p_.channels, p_.period, true);
         fused_pass(plan_, [this](std::size_t c0, std::size_t c1) {
           const bool prescaled = set_coefficients(c0, c1, coeffs_, c0);
-          map_channels(p_, make_normalize(plan_, src_, dst_, coeffs_.readable, prescaled), c0, c1,
-                       c0);
+          map_channels(
+              p_, make_normalize(plan_, src_, dst_, args_.residual, coeffs_.readable, prescaled),
+              c0, c1, c0);
         });
         return;
       case inference_schedule::memory_order_planes:
@@ -393,7 +405,7 @@ class inference_step {
       if (set_coefficients(c0, c1, coeffs_, c0)) prescaled = true;  // any order: an OR
     });
     const normalize_map<T> normalize =
-        make_normalize(plan_, src_, dst_, coeffs_.readable, prescaled);
+        make_normalize(plan_, src_, dst_, args_.residual, coeffs_.readable, prescaled);
     if (p_.kind == traversal::planes) {
       map_pass(plan_, normalize);
       return;
@@ -426,7 +438,8 @@ class inference_step {
           const kernels::coefficients<T> k(center_k, scale_k, shift_k, prescale_k);
           const kernels::coefficients<const T> readable(k);
           // Made once per task: only whether a group has prescales changes.
-          normalize_map<T> normalize = make_normalize(plan_, src_, dst_, readable, false);
+          normalize_map<T> normalize =
+              make_normalize(plan_, src_, dst_, args_.residual, readable, false);
           for (std::size_t u0 = b; u0 < e; u0 += group) {
             const std::size_t u1 = std::min(u0 + group, e);
             const std::size_t c0 = u0 / p_.chunks_per_channel;

@@ -390,6 +390,47 @@ void batch_norm<T>::backward_unguarded(const T* input, const T* grad_output, T* 
 }
 
 template <class T>
+void batch_norm<T>::fold_into(std::vector<T>& weight, std::vector<T>& bias,
+                              const tensor_shape& weight_shape, weight_layout layout,
+                              std::int64_t groups) const {
+  module_call("fold_into", [&] {
+    if (uses_batch_statistics()) {
+      throw error(status(status_code::invalid_argument,
+                         "fold_into: expected a module that normalizes with its running "
+                         "statistics (eval mode), got one that uses batch statistics"));
+    }
+    check_buffers();
+    fold_problem prob;
+    prob.layout = layout;
+    prob.weight_shape = weight_shape;
+    prob.groups = groups;
+    prob.dtype = sizeof(T) == sizeof(float) ? dtype::f32 : dtype::f64;
+    prob.epsilon = config_.eps;
+    std::uint64_t elements = 0;
+    if (detail::check_dimensions(weight_shape) && detail::element_count(weight_shape, &elements) &&
+        weight.size() != elements) {
+      throw error(status::failure(status_code::invalid_argument,
+                                  "weight: expected %llu values for the shape %s, got %zu",
+                                  static_cast<unsigned long long>(elements),
+                                  detail::shape_text(weight_shape).text, weight.size()));
+    }
+    // Staged: the layer changes only when the fold succeeds.
+    std::vector<T> folded_bias(static_cast<std::size_t>(config_.num_features));
+    fold_args args;
+    args.weight = weight.data();
+    args.folded_weight = weight.data();
+    args.bias = in(bias);
+    args.folded_bias = out(folded_bias);
+    args.scale = in(weight_);
+    args.shift = in(bias_);
+    args.mean = in(running_mean_);
+    args.var = in(running_var_);
+    throw_if_failed(fold_into_layer(prob, args));
+    bias = std::move(folded_bias);
+  });
+}
+
+template <class T>
 void batch_norm<T>::zero_grad(bool set_to_none) {
   module_call("zero_grad", [&] {
     if (set_to_none) {

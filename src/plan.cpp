@@ -50,6 +50,16 @@ const char* to_string(momentum_convention value) noexcept {
   return "unknown";
 }
 
+const char* to_string(activation value) noexcept {
+  switch (value) {
+    case activation::none: return "none";
+    case activation::relu: return "relu";
+    case activation::clamp: return "clamp";
+    case activation::add_relu: return "add_relu";
+  }
+  return "unknown";
+}
+
 const char* to_string(store_policy value) noexcept {
   switch (value) {
     case store_policy::automatic: return "automatic";
@@ -61,6 +71,10 @@ const char* to_string(store_policy value) noexcept {
 
 namespace {
 
+using detail::check_alignment;
+using detail::check_channel_buffers;
+using detail::check_separate;
+using detail::element_size;
 using detail::enum_text;
 using detail::plan_impl;
 using detail::shape_text;
@@ -68,10 +82,6 @@ using detail::shape_text;
 // No address space holds more; below it, every size computation of the planner (products of
 // element counts with small factors) fits in 64 bits.
 constexpr std::uint64_t max_tensor_bytes = std::uint64_t{1} << 60;
-
-std::size_t element_size(dtype d) noexcept {
-  return d == dtype::f64 ? 8 : 4;
-}
 
 status validate_problem(const problem& prob, const plan_options& options) noexcept {
   const tensor_shape& shape = prob.shape;
@@ -127,59 +137,23 @@ status validate_problem(const problem& prob, const plan_options& options) noexce
                            "stores: expected automatic, cached or streaming, got %s",
                            enum_text(options.stores).text);
   }
+  if (options.activation != activation::none && options.activation != activation::relu &&
+      options.activation != activation::clamp && options.activation != activation::add_relu) {
+    return status::failure(status_code::invalid_argument,
+                           "activation: expected none, relu, clamp or add_relu, got %s",
+                           enum_text(options.activation).text);
+  }
+  if (options.activation == activation::clamp && !(options.clamp_min <= options.clamp_max)) {
+    return status::failure(status_code::invalid_argument,
+                           "clamp_min, clamp_max: expected clamp_min <= clamp_max (neither NaN), "
+                           "got %s and %s",
+                           detail::number_text(options.clamp_min).text,
+                           detail::number_text(options.clamp_max).text);
+  }
   if (options.max_threads < 0) {
     return status::failure(status_code::invalid_argument,
                            "max_threads: expected 0 (caller's arena) or a count >= 1, got %d",
                            options.max_threads);
-  }
-  return {};
-}
-
-/// `what` names the element: a string, or a dtype whose name is looked up only on failure.
-status check_alignment(const char* name, const void* data, std::size_t alignment,
-                       const char* what) noexcept {
-  if (reinterpret_cast<std::uintptr_t>(data) % alignment == 0) return {};
-  return status::failure(status_code::invalid_argument,
-                         "%s: expected an address aligned to %zu bytes (%s), got %p", name,
-                         alignment, what, data);
-}
-
-status check_alignment(const char* name, const void* data, dtype values) noexcept {
-  const std::size_t alignment = element_size(values);
-  if (reinterpret_cast<std::uintptr_t>(data) % alignment == 0) return {};
-  return check_alignment(name, data, alignment, to_string(values));
-}
-
-// A per-channel buffer: omitted ({}), or C values. `required` names why it may not be omitted.
-struct channel_buffer {
-  const char* name;
-  const void* data;
-  std::size_t size;
-  const char* required = nullptr;
-};
-
-status check_channel_buffers(std::initializer_list<channel_buffer> buffers, std::size_t channels,
-                             dtype values) noexcept {
-  for (const channel_buffer& b : buffers) {
-    if (b.data == nullptr) {
-      if (b.required != nullptr) {
-        return status::failure(status_code::invalid_argument,
-                               "%s: expected %zu values, got a null pointer (required %s)", b.name,
-                               channels, b.required);
-      }
-      if (b.size != 0) {
-        return status::failure(status_code::invalid_argument,
-                               "%s: expected data for the given size %zu, got a null pointer",
-                               b.name, b.size);
-      }
-      continue;
-    }
-    if (b.size != channels) {
-      return status::failure(status_code::invalid_argument,
-                             "%s: expected %zu values (one per channel, C = %zu), got %zu", b.name,
-                             channels, channels, b.size);
-    }
-    if (status s = check_alignment(b.name, b.data, values); !s) return s;
   }
   return {};
 }
@@ -196,6 +170,23 @@ status check_tensors(const plan_impl& plan, const void* src, const void* dst) no
   }
   if (status s = check_alignment("src", src, plan.prob.dtype); !s) return s;
   return check_alignment("dst", dst, plan.prob.dtype);
+}
+
+/// The residual tensor: given exactly when the plan's activation adds it.
+status check_residual(const plan_impl& plan, const void* residual) noexcept {
+  if (plan.options.activation != activation::add_relu) {
+    if (residual == nullptr) return {};
+    return status::failure(status_code::invalid_argument,
+                           "residual: expected none (the plan's activation is %s), got a buffer",
+                           to_string(plan.options.activation));
+  }
+  if (residual == nullptr && plan.part.elements > 0) {
+    return status::failure(status_code::invalid_argument,
+                           "residual: expected %zu elements of shape %s, got a null pointer "
+                           "(required by the activation add_relu)",
+                           plan.part.elements, shape_text(plan.prob.shape).text);
+  }
+  return check_alignment("residual", residual, plan.prob.dtype);
 }
 
 status check_counter(const std::int64_t* counter) noexcept {
@@ -226,54 +217,6 @@ status check_scratch_pointer(const void* data, std::size_t size) noexcept {
                            size);
   }
   return check_alignment("scratch", data, 64, "a cache line");
-}
-
-// The bytes of one buffer of a call, for the overlap rule.
-struct region {
-  const char* name;
-  const void* data;
-  std::size_t bytes;
-  bool written;
-  bool in_place = false;  // src and dst: they may be the very same buffer
-};
-
-/// A buffer that the call writes may overlap no other; dst == src exactly (in place) is the
-/// one exception. Empty and omitted buffers take no memory. Every call runs this, so it is
-/// kept short: the buffers present are sorted by address (a dozen at most) and each is
-/// compared only with those that start before it ends.
-status check_separate(std::initializer_list<region> regions) noexcept {
-  constexpr std::size_t most = 16;
-  std::uintptr_t begin[most], end[most];
-  const region* of[most];
-  unsigned char order[most];
-  std::size_t count = 0;
-  for (const region& r : regions) {
-    if (r.data == nullptr || r.bytes == 0 || count == most) continue;
-    begin[count] = reinterpret_cast<std::uintptr_t>(r.data);
-    end[count] = begin[count] + r.bytes;
-    of[count] = &r;
-    std::size_t at = count;
-    for (; at > 0 && begin[order[at - 1]] > begin[count]; --at) order[at] = order[at - 1];
-    order[at] = static_cast<unsigned char>(count++);
-  }
-  for (std::size_t i = 0; i < count; ++i) {
-    const std::size_t a = order[i];
-    for (std::size_t k = i + 1; k < count && begin[order[k]] < end[a]; ++k) {
-      const std::size_t b = order[k];
-      if (!(of[a]->written || of[b]->written)) continue;
-      if (of[a]->in_place && of[b]->in_place && begin[a] == begin[b] && end[a] == end[b]) continue;
-      // Named first: the written one; of two, the later argument.
-      const region* w = of[a] > of[b] ? of[a] : of[b];
-      const region* o = of[a] > of[b] ? of[b] : of[a];
-      if (!w->written) std::swap(w, o);
-      return status::failure(status_code::invalid_argument,
-                             "%s: expected memory of its own (a written buffer may overlap no "
-                             "other; only dst == src, in place), got %zu bytes at %p that "
-                             "overlap %s (%zu bytes at %p)",
-                             w->name, w->bytes, w->data, o->name, o->bytes, o->data);
-    }
-  }
-  return {};
 }
 
 /// Scratch from the caller, or the stack, or the heap. `needed` is what the call lays out;
@@ -371,8 +314,18 @@ status make_plan(const problem& prob, const plan_options& options, plan* out) no
                              shape_text(prob.shape).text);
     }
     impl->threads = detail::thread_limit(options.max_threads);
+    static_assert(static_cast<int>(kernels::epilogue_kind::add_relu) ==
+                      static_cast<int>(activation::add_relu),
+                  "the kernels' epilogues follow the public activations");
+    const auto kind = static_cast<kernels::epilogue_kind>(options.activation);
+    impl->epilogue_f32 = {kind, static_cast<float>(options.clamp_min),
+                          static_cast<float>(options.clamp_max)};
+    impl->epilogue_f64 = {kind, options.clamp_min, options.clamp_max};
     impl->description = std::string(to_string(table->id)) + " · " + to_string(prob.dtype) + " · " +
                         detail::describe(impl->part);
+    if (options.activation != activation::none) {
+      impl->description += std::string(" · fused ") + to_string(options.activation);
+    }
     out->impl_ = std::move(impl);
     return {};
   } catch (const std::bad_alloc&) {
@@ -388,6 +341,7 @@ status plan::forward_training(const training_args& args) const noexcept {
   const std::size_t channels = p.part.channels;
   const bool update = p.options.update_running_stats;
   if (status s = check_tensors(p, args.src, args.dst); !s) return s;
+  if (status s = check_residual(p, args.residual); !s) return s;
   const char* why_running = update ? "because plan_options.update_running_stats is true" : nullptr;
   if (status s = check_channel_buffers(
           {{"scale", args.scale.data, args.scale.size},
@@ -421,6 +375,7 @@ status plan::forward_training(const training_args& args) const noexcept {
   if (status s =
           check_separate({{"src", args.src, data_bytes, false, true},
                           {"dst", args.dst, data_bytes, true, true},
+                          {"residual", args.residual, data_bytes, false, true},
                           {"scale", args.scale.data, channel_bytes, false},
                           {"shift", args.shift.data, channel_bytes, false},
                           {"batch_mean", args.batch_mean.data, channel_bytes, true},
@@ -457,6 +412,7 @@ status plan::forward_inference(const inference_args& args) const noexcept {
   const plan_impl& p = *impl_;
   const std::size_t channels = p.part.channels;
   if (status s = check_tensors(p, args.src, args.dst); !s) return s;
+  if (status s = check_residual(p, args.residual); !s) return s;
   if (status s = check_channel_buffers(
           {{"scale", args.scale.data, args.scale.size},
            {"shift", args.shift.data, args.shift.size},
@@ -473,6 +429,7 @@ status plan::forward_inference(const inference_args& args) const noexcept {
   if (status s =
           check_separate({{"src", args.src, data_bytes, false, true},
                           {"dst", args.dst, data_bytes, true, true},
+                          {"residual", args.residual, data_bytes, false, true},
                           {"scale", args.scale.data, channel_bytes, false},
                           {"shift", args.shift.data, channel_bytes, false},
                           {"mean", args.mean.data, channel_bytes, false},
@@ -501,6 +458,12 @@ namespace {
 
 /// A backward call, either kind: what it computes decides what it needs (see backward_args).
 status backward(const plan_impl& p, const backward_args& args, bool frozen) noexcept {
+  if (p.options.activation != activation::none) {
+    return status::failure(status_code::unsupported,
+                           "activation: expected none for a backward (the fused %s would need "
+                           "the forward's output to mask dy), got %s",
+                           to_string(p.options.activation), to_string(p.options.activation));
+  }
   const std::size_t channels = p.part.channels;
   const bool dx = args.diff_src != nullptr, dgamma = args.diff_scale.data != nullptr,
              dbeta = args.diff_shift.data != nullptr;

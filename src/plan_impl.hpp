@@ -21,6 +21,21 @@ struct plan_impl {
   partition part;
   thread_limit threads;
   std::string description;  // plan::describe()
+  /// plan_options::activation as the map kernels take it, in each dtype.
+  kernels::epilogue<float> epilogue_f32;
+  kernels::epilogue<double> epilogue_f64;
+
+  template <class T>
+  const kernels::epilogue<T>& epilogue() const noexcept;
 };
+
+template <>
+inline const kernels::epilogue<float>& plan_impl::epilogue<float>() const noexcept {
+  return epilogue_f32;
+}
+template <>
+inline const kernels::epilogue<double>& plan_impl::epilogue<double>() const noexcept {
+  return epilogue_f64;
+}
 
 }  // namespace bnorm::detail

@@ -4,6 +4,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <utility>
 
 namespace bnorm::detail {
 
@@ -75,6 +76,84 @@ bool element_count(const tensor_shape& shape, std::uint64_t* elements,
   *elements = empty ? 0 : product;
   if (extent != nullptr) *extent = product;
   return true;
+}
+
+/// `what` names the element: a string, or a dtype whose name is looked up only on failure.
+status check_alignment(const char* name, const void* data, std::size_t alignment,
+                       const char* what) noexcept {
+  if (reinterpret_cast<std::uintptr_t>(data) % alignment == 0) return {};
+  return status::failure(status_code::invalid_argument,
+                         "%s: expected an address aligned to %zu bytes (%s), got %p", name,
+                         alignment, what, data);
+}
+
+status check_alignment(const char* name, const void* data, dtype values) noexcept {
+  const std::size_t alignment = element_size(values);
+  if (reinterpret_cast<std::uintptr_t>(data) % alignment == 0) return {};
+  return check_alignment(name, data, alignment, to_string(values));
+}
+
+status check_channel_buffers(std::initializer_list<channel_buffer> buffers, std::size_t channels,
+                             dtype values) noexcept {
+  for (const channel_buffer& b : buffers) {
+    if (b.data == nullptr) {
+      if (b.required != nullptr) {
+        return status::failure(status_code::invalid_argument,
+                               "%s: expected %zu values, got a null pointer (required %s)", b.name,
+                               channels, b.required);
+      }
+      if (b.size != 0) {
+        return status::failure(status_code::invalid_argument,
+                               "%s: expected data for the given size %zu, got a null pointer",
+                               b.name, b.size);
+      }
+      continue;
+    }
+    if (b.size != channels) {
+      return status::failure(status_code::invalid_argument,
+                             "%s: expected %zu values (one per channel, C = %zu), got %zu", b.name,
+                             channels, channels, b.size);
+    }
+    if (status s = check_alignment(b.name, b.data, values); !s) return s;
+  }
+  return {};
+}
+
+// Every call runs this, so it is kept short: the buffers present are sorted by address (a dozen
+// at most) and each is compared only with those that start before it ends.
+status check_separate(std::initializer_list<region> regions) noexcept {
+  constexpr std::size_t most = 16;
+  std::uintptr_t begin[most], end[most];
+  const region* of[most];
+  unsigned char order[most];
+  std::size_t count = 0;
+  for (const region& r : regions) {
+    if (r.data == nullptr || r.bytes == 0 || count == most) continue;
+    begin[count] = reinterpret_cast<std::uintptr_t>(r.data);
+    end[count] = begin[count] + r.bytes;
+    of[count] = &r;
+    std::size_t at = count;
+    for (; at > 0 && begin[order[at - 1]] > begin[count]; --at) order[at] = order[at - 1];
+    order[at] = static_cast<unsigned char>(count++);
+  }
+  for (std::size_t i = 0; i < count; ++i) {
+    const std::size_t a = order[i];
+    for (std::size_t k = i + 1; k < count && begin[order[k]] < end[a]; ++k) {
+      const std::size_t b = order[k];
+      if (!(of[a]->written || of[b]->written)) continue;
+      if (of[a]->in_place && of[b]->in_place && begin[a] == begin[b] && end[a] == end[b]) continue;
+      // Named first: the written one; of two, the later argument.
+      const region* w = of[a] > of[b] ? of[a] : of[b];
+      const region* o = of[a] > of[b] ? of[b] : of[a];
+      if (!w->written) std::swap(w, o);
+      return status::failure(status_code::invalid_argument,
+                             "%s: expected memory of its own (a written buffer may overlap no "
+                             "other; only dst == src, in place), got %zu bytes at %p that "
+                             "overlap %s (%zu bytes at %p)",
+                             w->name, w->bytes, w->data, o->name, o->bytes, o->data);
+    }
+  }
+  return {};
 }
 
 }  // namespace bnorm::detail

@@ -5,6 +5,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <initializer_list>
 
 #include "bnorm/plan.hpp"
 
@@ -48,5 +49,43 @@ status check_dimensions(const tensor_shape& shape) noexcept;
 /// 64 bits, wherever a zero dimension stands.
 bool element_count(const tensor_shape& shape, std::uint64_t* elements,
                    std::uint64_t* extent = nullptr) noexcept;
+
+/// Bytes of one element of a dtype.
+inline std::size_t element_size(dtype d) noexcept {
+  return d == dtype::f64 ? 8 : 4;
+}
+
+// The buffer rules of every call.
+
+/// `data` aligned to `alignment` bytes; `what` names the element ("int64", "a cache line").
+status check_alignment(const char* name, const void* data, std::size_t alignment,
+                       const char* what) noexcept;
+/// `data` aligned to an element of `values`.
+status check_alignment(const char* name, const void* data, dtype values) noexcept;
+
+/// A per-channel buffer: omitted ({}), or C values. `required` names why it may not be omitted.
+struct channel_buffer {
+  const char* name;
+  const void* data;
+  std::size_t size;
+  const char* required = nullptr;
+};
+
+/// Each buffer omitted (unless required) or of `channels` values, aligned to `values`.
+status check_channel_buffers(std::initializer_list<channel_buffer> buffers, std::size_t channels,
+                             dtype values) noexcept;
+
+/// The bytes of one buffer of a call, for the overlap rule.
+struct region {
+  const char* name;
+  const void* data;
+  std::size_t bytes;
+  bool written;
+  bool in_place = false;  // a buffer that may be the very same as another in_place one
+};
+
+/// A buffer that the call writes may overlap no other; two in_place buffers that are exactly
+/// the same (dst == src) are the one exception. Empty and omitted buffers take no memory.
+status check_separate(std::initializer_list<region> regions) noexcept;
 
 }  // namespace bnorm::detail

@@ -170,7 +170,7 @@ TYPED_TEST(KernelTester, PlaneNormalizeOverTailsFormsAndStores) {
             std::vector<T> y(x.size(), T(-77));
             const coefficient_buffers<T> coeffs(channels, form);
             k.plane_normalize(x.data() + offset, y.data() + offset, len, planes, stride, channels,
-                              coeffs.view(), 0, form == 2, stream);
+                              coeffs.view(), 0, form == 2, stream, {}, nullptr);
             for (std::size_t i = 0; i < y.size(); ++i) {
               const std::size_t at = i - offset;
               const bool written =
@@ -208,7 +208,7 @@ TYPED_TEST(KernelTester, InterleavedNormalizeOverTailsFormsAndStores) {
               std::vector<T> y(x.size(), T(-77));
               const coefficient_buffers<T> coeffs(width, form);
               k.interleaved_normalize(x.data() + offset, y.data() + offset, rows, width, stride,
-                                      coeffs.view(), 0, form == 2, stream);
+                                      coeffs.view(), 0, form == 2, stream, {}, nullptr);
               for (std::size_t i = 0; i < y.size(); ++i) {
                 const std::size_t at = i - offset;
                 const bool written = i >= offset && at % stride < width && at / stride < rows;
@@ -521,6 +521,59 @@ TYPED_TEST(KernelTester, ChannelGradientsOverTails) {
                       4 * tolerance<T>() * (1 + std::fabs((double)(a * i * sums[c] * i / 50))));
           EXPECT_NEAR(all.shift[c], (double)(-a * sum_dy[c] / 50),
                       4 * tolerance<T>() * (1 + std::fabs((double)(a * sum_dy[c] / 50))));
+        }
+      }
+    }
+  });
+}
+
+// The map kernels' epilogues over tails, forms and stores: each element the plain kernel's
+// value through the activation, to the bit; add+ReLU in place over its residual too.
+TYPED_TEST(KernelTester, NormalizeEpiloguesOverTails) {
+  using T = TypeParam;
+  using kind = kernels::epilogue_kind;
+  this->for_each_isa([&](const kernels::kernel_set<T>& k, std::size_t v) {
+    for (std::size_t n : lengths(v)) {
+      for (const kind e : {kind::relu, kind::clamp, kind::add_relu}) {
+        for (bool stream : {false, true}) {
+          for (bool in_place : {false, true}) {
+            if (in_place && e != kind::add_relu) continue;
+            const kernels::epilogue<T> post{e, T(-0.25), T(0.5)};
+            const std::size_t channels = 3, rows = 5, offset = 1;
+            const std::vector<T> x = this->data(offset + channels * n * rows + 8, 0.0, 1.0, n);
+            const std::vector<T> z = this->data(x.size(), 0.0, 1.0, n + 5);
+            const coefficient_buffers<T> coeffs(channels * n, 1);
+            const auto expect = [&](const std::vector<T>& plain, const std::vector<T>& got,
+                                    const char* kernel) {
+              for (std::size_t i = offset; i < offset + channels * n; ++i) {
+                T want = plain[i];
+                if (e == kind::add_relu) want = want + z[i];
+                if (e == kind::clamp) {
+                  want = want < post.lo ? post.lo : want > post.hi ? post.hi : want;
+                } else {
+                  want = want < T(0) ? T(0) : want;
+                }
+                ASSERT_EQ(got[i], want) << kernel << " n " << n << " stream " << stream;
+              }
+            };
+            // Planes: `channels` channels of one plane of n values.
+            std::vector<T> plain(x.size(), T(-77)), got = in_place ? z : plain;
+            k.plane_normalize(x.data() + offset, plain.data() + offset, n, 1, 0, channels,
+                              coeffs.view(), 0, false, stream, {}, nullptr);
+            k.plane_normalize(x.data() + offset, got.data() + offset, n, 1, 0, channels,
+                              coeffs.view(), 0, false, stream, post,
+                              (in_place ? got : z).data() + offset);
+            expect(plain, got, "plane_normalize");
+            // Rows: one row of channels·n slots.
+            plain.assign(x.size(), T(-77));
+            got = in_place ? z : plain;
+            k.interleaved_normalize(x.data() + offset, plain.data() + offset, 1, channels * n,
+                                    channels * n, coeffs.view(), 0, false, stream, {}, nullptr);
+            k.interleaved_normalize(x.data() + offset, got.data() + offset, 1, channels * n,
+                                    channels * n, coeffs.view(), 0, false, stream, post,
+                                    (in_place ? got : z).data() + offset);
+            expect(plain, got, "interleaved_normalize");
+          }
         }
       }
     }

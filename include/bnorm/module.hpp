@@ -20,6 +20,7 @@
 #include <string>
 #include <vector>
 
+#include "bnorm/fold.hpp"
 #include "bnorm/plan.hpp"
 
 namespace bnorm {
@@ -95,6 +96,14 @@ class batch_norm {
   const std::vector<T>& beta_grad() const noexcept { return bias_grad_; }
   /// Clears the accumulated gradients: to none (PyTorch 2's default), or to zeros.
   void zero_grad(bool set_to_none = true);
+
+  /// Folds this batch norm, as inference runs it (eval mode, running statistics), into the
+  /// layer before it: weight and bias become the fused layer's (see fold_into_layer); an empty
+  /// bias (a layer without one) becomes C values. Refused with a bnorm::error, the layer left
+  /// untouched, for a module that normalizes with batch statistics (train mode, PyTorch's
+  /// track_running_stats=False, MindSpore's use_batch_statistics=True): "Fusion only for eval".
+  void fold_into(std::vector<T>& weight, std::vector<T>& bias, const tensor_shape& weight_shape,
+                 weight_layout layout = weight_layout::output_first, std::int64_t groups = 1) const;
 
   /// PyTorch modules start in train mode, MindSpore cells in eval mode.
   batch_norm& train(bool mode = true) {

@@ -98,6 +98,17 @@ enum class store_policy {
 
 const char* to_string(store_policy value) noexcept;  ///< "automatic", ...; "unknown"
 
+/// What the forward writes: the normalized y, or an activation of it fused into the same pass
+/// over memory (no second pass, no intermediate tensor).
+enum class activation {
+  none,      ///< y
+  relu,      ///< max(y, 0)
+  clamp,     ///< min(max(y, clamp_min), clamp_max): ReLU6 with 0 and 6, hardtanh
+  add_relu,  ///< max(y + z, 0), z the call's residual tensor: the ResNet block's tail
+};
+
+const char* to_string(activation value) noexcept;  ///< "none", "relu", ...; "unknown"
+
 /// Maximum tensor rank (N, C, D, H, W).
 inline constexpr std::size_t max_rank = 5;
 
@@ -150,6 +161,12 @@ struct plan_options {
   std::optional<bnorm::isa> max_isa;
   /// The outputs are the same bits under every policy; only the speed differs.
   store_policy stores = store_policy::automatic;
+  /// Fused into both forward paths; NaN stays NaN. Its bounds (activation::clamp):
+  /// clamp_min <= clamp_max, either may be infinite. The backward of a plan with an
+  /// activation is refused (it would need the forward's output to mask dy).
+  bnorm::activation activation = activation::none;
+  double clamp_min = 0.0;
+  double clamp_max = 6.0;
 };
 
 /// A per-channel input buffer: `size` values of the plan's dtype (float for f32, double for
@@ -179,6 +196,9 @@ struct training_args {
   /// must hold a count from 0 to INT64_MAX − 1: a negative count, or one that the step would
   /// overflow, is refused before anything is written (PyTorch would divide by zero or wrap).
   std::int64_t* num_batches_tracked = nullptr;
+  /// activation::add_relu: z, same shape and layout as src, added before the ReLU; it may
+  /// equal dst (y written over z). Other activations: none.
+  const void* residual = nullptr;
   /// Optional caller-owned scratch, 64-byte aligned, of at least
   /// plan::training_scratch_size() bytes when that is not 0. Without it a call that needs
   /// scratch allocates it; calls whose scratch fits on the stack ignore it.
@@ -189,11 +209,12 @@ struct training_args {
 /// Buffers of one inference call.
 struct inference_args {
   const void* src = nullptr;
-  void* dst = nullptr;  ///< May equal src.
-  channel_input scale;  ///< gamma; omitted means 1.
-  channel_input shift;  ///< beta; omitted means 0.
-  channel_input mean;   ///< Running mean (required).
-  channel_input var;    ///< Running variance (required).
+  void* dst = nullptr;             ///< May equal src.
+  channel_input scale;             ///< gamma; omitted means 1.
+  channel_input shift;             ///< beta; omitted means 0.
+  channel_input mean;              ///< Running mean (required).
+  channel_input var;               ///< Running variance (required).
+  const void* residual = nullptr;  ///< As training_args::residual.
   /// As training_args::scratch, with plan::inference_scratch_size().
   void* scratch = nullptr;
   std::size_t scratch_size = 0;

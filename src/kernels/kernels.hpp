@@ -40,6 +40,16 @@ struct coefficients {
   }
 };
 
+/// What the map writes after normalizing (plan_options::activation): y itself, relu(y),
+/// clamp(y, lo, hi), or relu(y + z) with z a residual tensor at the same offsets as the data.
+enum class epilogue_kind { identity, relu, clamp, add_relu };
+
+template <class T>
+struct epilogue {
+  epilogue_kind kind = epilogue_kind::identity;
+  T lo = 0, hi = 0;  // clamp's bounds
+};
+
 /// The backward's per-channel (per-slot) coefficients, one array each:
 /// dx = dy·dy_scale + (x − center)·x_scale + shift. Training: center the saved mean,
 /// dy_scale = γ·inv_std, x_scale = −γ·inv_std²·Σdy·(x − mean)/M, shift = −γ·inv_std·Σdy/M.
@@ -102,10 +112,11 @@ struct kernel_set {
   /// channels: short planes (7×7) would otherwise pay a call per channel.
   void (*plane_stats)(const T* src, std::size_t len, std::size_t planes, std::size_t stride,
                       std::size_t channels, const T* pivot, double* sum, double* sum_sq) noexcept;
+  /// The map kernels write through an epilogue; `residual` (add_relu) is z at src's offset.
   void (*plane_normalize)(const T* src, T* dst, std::size_t len, std::size_t planes,
                           std::size_t stride, std::size_t channels,
                           const coefficients<const T>& coeffs, std::size_t first, bool prescaled,
-                          bool stream) noexcept;
+                          bool stream, const epilogue<T>& post, const T* residual) noexcept;
   /// Interleaved channels: `rows` rows of `width` slots, `stride` elements apart. Slot j of
   /// every row shares the per-slot arrays' entry j (pivot, sums, coefficients); the planner
   /// makes slot j channel j % C. Coefficient arrays are padded by one vector past the period.
@@ -115,7 +126,8 @@ struct kernel_set {
                             const T* pivot, double* sum, double* sum_sq, bool accumulate) noexcept;
   void (*interleaved_normalize)(const T* src, T* dst, std::size_t rows, std::size_t width,
                                 std::size_t stride, const coefficients<const T>& coeffs,
-                                std::size_t first, bool prescaled, bool stream) noexcept;
+                                std::size_t first, bool prescaled, bool stream,
+                                const epilogue<T>& post, const T* residual) noexcept;
   /// Per channel, in float64 and in place: Σd, Σd² (d = x − pivot, `count` values) become the
   /// mean and the biased variance; then inv_std = 1/sqrt(variance + eps) and
   /// scale = gamma·inv_std (gamma null: 1). Exact division and square root, as the scalar code.

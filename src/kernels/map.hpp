@@ -41,15 +41,89 @@ template <form Form, class Arch, class T>
   return fmadd(fms(x, prescale, center), scale, shift);
 }
 
+// What a map kernel writes: the normalized value through an epilogue (see kernels::epilogue).
+// out.finish(y, v) is the vector to store at y, and out.finish_partial(y, values, count) the
+// same for the first `count` values of a padded copy. add+ReLU reads its residual at y's
+// place in the residual tensor: before anything is stored there (dst may be the residual).
+
+/// The plain normalization.
+template <class Arch, class S>
+struct identity_output {
+  using vec = xsimd::batch<compute_t<S>, Arch>;
+  const vec& finish(const S*, const vec& v) const noexcept { return v; }
+  void finish_partial(const S*, compute_t<S>*, std::size_t) const noexcept {}
+};
+
+/// ReLU, clamp(lo, hi), or ReLU of the sum with a residual tensor. A NaN stays NaN, as
+/// PyTorch's relu and clamp give it.
+template <epilogue_kind Kind, class Arch, class S>
+struct activation_output {
+  using T = compute_t<S>;
+  using vec = xsimd::batch<T, Arch>;
+  vec lo, hi;
+  std::uintptr_t residual_offset;  // bytes from an element of dst to the residual's (mod 2^64)
+
+  activation_output(const epilogue<T>& post, const S* dst, const S* residual) noexcept
+      : lo(Kind == epilogue_kind::clamp ? post.lo : T(0)),
+        hi(post.hi),
+        residual_offset(reinterpret_cast<std::uintptr_t>(residual) -
+                        reinterpret_cast<std::uintptr_t>(dst)) {}
+
+  const S* residual_at(const S* y) const noexcept {
+    return reinterpret_cast<const S*>(reinterpret_cast<std::uintptr_t>(y) + residual_offset);
+  }
+  vec activate(const vec& v) const noexcept {
+    const vec floored = xsimd::select(v < lo, lo, v);
+    return Kind == epilogue_kind::clamp ? xsimd::select(v > hi, hi, floored) : floored;
+  }
+  vec finish(const S* y, const vec& v) const noexcept {
+    if constexpr (Kind == epilogue_kind::add_relu) {
+      return activate(v + load_elements<Arch>(residual_at(y)));
+    } else {
+      return activate(v);
+    }
+  }
+  void finish_partial(const S* y, T* values, std::size_t count) const noexcept {
+    alignas(64) T residual[vec::size] = {};
+    if constexpr (Kind == epilogue_kind::add_relu) {
+      for (std::size_t i = 0; i < count; ++i) residual[i] = to_compute(residual_at(y)[i]);
+    }
+    const vec v = vec::load_aligned(values);
+    activate(Kind == epilogue_kind::add_relu ? v + vec::load_aligned(residual) : v)
+        .store_aligned(values);
+  }
+};
+
+/// Calls body(out) with the output of the epilogue: the map kernels are instantiated once
+/// per kind, the plain one exactly as without epilogues.
+template <class Arch, class S, class Body>
+void with_output(const epilogue<compute_t<S>>& post, const S* dst, const S* residual,
+                 const Body& body) noexcept {
+  switch (post.kind) {
+    case epilogue_kind::identity: body(identity_output<Arch, S>()); break;
+    case epilogue_kind::relu:
+      body(activation_output<epilogue_kind::relu, Arch, S>(post, dst, dst));
+      break;
+    case epilogue_kind::clamp:
+      body(activation_output<epilogue_kind::clamp, Arch, S>(post, dst, dst));
+      break;
+    case epilogue_kind::add_relu:
+      body(activation_output<epilogue_kind::add_relu, Arch, S>(post, dst, residual));
+      break;
+  }
+}
+
 /// Runs `count` (< one vector) elements through the vector code via a padded copy, so every
 /// element of a tensor is rounded the same way, whatever its position.
-template <class Arch, class S, class Compute>
-void normalize_partial(const S* src, S* dst, std::size_t count, Compute compute) noexcept {
+template <class Arch, class S, class Compute, class Out>
+void normalize_partial(const S* src, S* dst, std::size_t count, Compute compute,
+                       const Out& out) noexcept {
   using T = compute_t<S>;
   using vec = xsimd::batch<T, Arch>;
   alignas(64) T padded[vec::size] = {};
   for (std::size_t i = 0; i < count; ++i) padded[i] = to_compute(src[i]);
   compute(vec::load_aligned(padded)).store_aligned(padded);
+  out.finish_partial(dst, padded, count);
   for (std::size_t i = 0; i < count; ++i) dst[i] = from_compute<S>(padded[i]);
 }
 
@@ -63,35 +137,37 @@ std::size_t misalignment(const S* p) noexcept {
 /// y[j] for j in [begin, end) with ordinary stores; compute(j, x) gives the vector at j. The
 /// helpers take `compute` by value: a store through y could alias a closure held by
 /// reference, and the loop would reload its coefficient pointers at every vector.
-template <class Arch, class S, class Compute>
-void store_run(const S* x, S* y, std::size_t begin, std::size_t end, Compute compute) noexcept {
+template <class Arch, class S, class Compute, class Out>
+void store_run(const S* x, S* y, std::size_t begin, std::size_t end, Compute compute,
+               Out out) noexcept {
   using vec = xsimd::batch<compute_t<S>, Arch>;
   constexpr std::size_t lanes = vec::size;
   std::size_t j = begin;
   for (; j + lanes <= end; j += lanes) {
-    store_elements<Arch>(y + j, compute(j, load_elements<Arch>(x + j)));
+    store_elements<Arch>(y + j, out.finish(y + j, compute(j, load_elements<Arch>(x + j))));
   }
   if (j < end) {
-    normalize_partial<Arch>(x + j, y + j, end - j, [&](const vec& v) { return compute(j, v); });
+    normalize_partial<Arch>(
+        x + j, y + j, end - j, [&](const vec& v) { return compute(j, v); }, out);
   }
 }
 
 /// y[0, n) with streaming stores for its whole cache lines and ordinary ones for the partial
 /// lines at either end: an ordinary store into a line that streaming stores are filling makes
 /// the core flush the line and read it back (docs/design.md). y must be aligned to its element.
-template <class Arch, class S, class Compute>
-void stream_run(const S* x, S* y, std::size_t n, Compute compute) noexcept {
+template <class Arch, class S, class Compute, class Out>
+void stream_run(const S* x, S* y, std::size_t n, Compute compute, Out out) noexcept {
   using vec = xsimd::batch<compute_t<S>, Arch>;
   constexpr std::size_t lanes = vec::size;
   constexpr std::size_t line = 64 / sizeof(S);  // a multiple of the lanes on every ISA
   const std::size_t into_line = reinterpret_cast<std::uintptr_t>(y) % 64 / sizeof(S);
   const std::size_t head = std::min(n, (line - into_line) % line);
   const std::size_t body_end = head + (n - head) / line * line;
-  if (head > 0) store_run<Arch>(x, y, 0, head, compute);
+  if (head > 0) store_run<Arch>(x, y, 0, head, compute, out);
   for (std::size_t i = head; i < body_end; i += lanes) {
-    stream_elements<Arch>(y + i, compute(i, load_elements<Arch>(x + i)));
+    stream_elements<Arch>(y + i, out.finish(y + i, compute(i, load_elements<Arch>(x + i))));
   }
-  if (body_end < n) store_run<Arch>(x, y, body_end, n, compute);
+  if (body_end < n) store_run<Arch>(x, y, body_end, n, compute, out);
 }
 
 /// Whether v is +0.0, bit for bit: x − (+0) is x for every x (−0, NaN and infinities
@@ -144,49 +220,53 @@ bool element_aligned(const T* p) noexcept {
 }
 
 /// `planes` planes of len values, `stride` apart, through compute(x vector).
-template <class Arch, class S, class Compute>
+template <class Arch, class S, class Compute, class Out>
 void normalize_planes(const S* src, S* dst, std::size_t len, std::size_t planes, std::size_t stride,
-                      bool stream, Compute compute) noexcept {
+                      bool stream, Compute compute, Out out) noexcept {
   using vec = xsimd::batch<compute_t<S>, Arch>;
   constexpr std::size_t lanes = vec::size;
   for (std::size_t p = 0; p < planes; ++p) {
     const S* x = src + p * stride;
     S* y = dst + p * stride;
     if (stream) {
-      stream_run<Arch>(x, y, len, [compute](std::size_t, const vec& v) { return compute(v); });
+      stream_run<Arch>(
+          x, y, len, [compute](std::size_t, const vec& v) { return compute(v); }, out);
       continue;
     }
     if (len < lanes) {
-      normalize_partial<Arch>(x, y, len, compute);
+      normalize_partial<Arch>(x, y, len, compute, out);
       continue;
     }
     // The last vector overlaps the one before it when len is not a multiple of the lanes.
-    // It is computed before anything is stored, so in place it still reads x, and stored
-    // last.
+    // It is computed (with its residual) before anything is stored, so in place it still
+    // reads x, and stored last.
     const std::size_t last = len - lanes;
-    const vec tail = compute(load_elements<Arch>(x + last));
+    const vec tail = out.finish(y + last, compute(load_elements<Arch>(x + last)));
     std::size_t i = 0;
     for (; i + lanes < last; i += 2 * lanes) {
-      const vec y0 = compute(load_elements<Arch>(x + i));
-      const vec y1 = compute(load_elements<Arch>(x + i + lanes));
+      const vec y0 = out.finish(y + i, compute(load_elements<Arch>(x + i)));
+      const vec y1 = out.finish(y + i + lanes, compute(load_elements<Arch>(x + i + lanes)));
       store_elements<Arch>(y + i, y0);
       store_elements<Arch>(y + i + lanes, y1);
     }
-    for (; i < last; i += lanes) store_elements<Arch>(y + i, compute(load_elements<Arch>(x + i)));
+    for (; i < last; i += lanes) {
+      store_elements<Arch>(y + i, out.finish(y + i, compute(load_elements<Arch>(x + i))));
+    }
     store_elements<Arch>(y + last, tail);
   }
 }
 
 /// plane_normalize's channels [ch0, ch1), in one form.
-template <form Form, class Arch, class S>
+template <form Form, class Arch, class S, class Out>
 void normalize_channel_planes(const S* src, S* dst, std::size_t len, std::size_t planes,
                               std::size_t stride, std::size_t ch0, std::size_t ch1,
                               const coefficients<const compute_t<S>>& k, std::size_t first,
-                              bool stream) noexcept {
+                              bool stream, const Out& out) noexcept {
   using vec = xsimd::batch<compute_t<S>, Arch>;
   for (std::size_t ch = ch0; ch < ch1; ++ch) {
     const auto run = [&](auto compute) {
-      normalize_planes<Arch>(src + ch * len, dst + ch * len, len, planes, stride, stream, compute);
+      normalize_planes<Arch>(src + ch * len, dst + ch * len, len, planes, stride, stream, compute,
+                             out);
     };
     // Each closure holds only the coefficients its form reads: normalize_planes copies it.
     const std::size_t at = first + ch;
@@ -211,35 +291,39 @@ void normalize_channel_planes(const S* src, S* dst, std::size_t len, std::size_t
 template <class Arch, class S>
 void plane_normalize(const S* src, S* dst, std::size_t len, std::size_t planes, std::size_t stride,
                      std::size_t channels, const coefficients<const compute_t<S>>& k,
-                     std::size_t first, bool prescaled, bool stream) noexcept {
+                     std::size_t first, bool prescaled, bool stream,
+                     const epilogue<compute_t<S>>& post, const S* residual) noexcept {
   using T = compute_t<S>;
   stream = stream && element_aligned(dst);
-  if (prescaled && !all_one<Arch>(k.prescale + first, channels)) {
-    for (std::size_t ch = 0; ch < channels; ++ch) {
-      if (k.prescale[first + ch] != T(1)) {
-        normalize_channel_planes<form::prescaled, Arch>(src, dst, len, planes, stride, ch, ch + 1,
-                                                        k, first, stream);
-      } else {
-        normalize_channel_planes<form::centered, Arch>(src, dst, len, planes, stride, ch, ch + 1, k,
-                                                       first, stream);
+  with_output<Arch>(post, dst, residual, [&](const auto& out) {
+    if (prescaled && !all_one<Arch>(k.prescale + first, channels)) {
+      for (std::size_t ch = 0; ch < channels; ++ch) {
+        if (k.prescale[first + ch] != T(1)) {
+          normalize_channel_planes<form::prescaled, Arch>(src, dst, len, planes, stride, ch, ch + 1,
+                                                          k, first, stream, out);
+        } else {
+          normalize_channel_planes<form::centered, Arch>(src, dst, len, planes, stride, ch, ch + 1,
+                                                         k, first, stream, out);
+        }
       }
+    } else if (all_positive_zero<Arch>(k.center + first, channels)) {
+      normalize_channel_planes<form::uncentered, Arch>(src, dst, len, planes, stride, 0, channels,
+                                                       k, first, stream, out);
+    } else {
+      normalize_channel_planes<form::centered, Arch>(src, dst, len, planes, stride, 0, channels, k,
+                                                     first, stream, out);
     }
-  } else if (all_positive_zero<Arch>(k.center + first, channels)) {
-    normalize_channel_planes<form::uncentered, Arch>(src, dst, len, planes, stride, 0, channels, k,
-                                                     first, stream);
-  } else {
-    normalize_channel_planes<form::centered, Arch>(src, dst, len, planes, stride, 0, channels, k,
-                                                   first, stream);
-  }
+  });
   if (stream) stream_fence<Arch>();
 }
 
 /// Rows of exactly `Vectors` whole vectors: the coefficients stay in registers for all the
 /// rows (small C, whose period the planner makes four vectors long), instead of three loads
 /// from L1 per vector of data.
-template <std::size_t Vectors, class Arch, class S, class T = compute_t<S>>
+template <std::size_t Vectors, class Arch, class S, class Out, class T = compute_t<S>>
 void narrow_rows_normalize(const S* src, S* dst, std::size_t rows, std::size_t stride,
-                           const T* center, const T* scale, const T* shift, bool stream) noexcept {
+                           const T* center, const T* scale, const T* shift, bool stream,
+                           const Out& output) noexcept {
   // (Prescale 1 in every slot: the caller checked.)
   using vec = xsimd::batch<T, Arch>;
   constexpr std::size_t lanes = vec::size;
@@ -253,7 +337,8 @@ void narrow_rows_normalize(const S* src, S* dst, std::size_t rows, std::size_t s
     const S* x = src + r * stride;
     S* y = dst + r * stride;
     for (std::size_t v = 0; v < Vectors; ++v) {
-      const vec out = normalize(load_elements<Arch>(x + v * lanes), c[v], a[v], b[v]);
+      const vec out = output.finish(
+          y + v * lanes, normalize(load_elements<Arch>(x + v * lanes), c[v], a[v], b[v]));
       if (stream) {
         stream_elements<Arch>(y + v * lanes, out);
       } else {
@@ -269,11 +354,11 @@ void narrow_rows_normalize(const S* src, S* dst, std::size_t rows, std::size_t s
 /// loads then start on lines the step's stores did not touch, faster and in fewer instructions
 /// than one vector per step (docs/design.md). Always inlined: as a call, each step paid a call
 /// and a vzeroupper.
-template <std::size_t Rows, std::size_t Vectors, form Form, class Arch, class S,
+template <std::size_t Rows, std::size_t Vectors, form Form, class Arch, class S, class Out,
           class T = compute_t<S>>
 [[gnu::always_inline]] inline void normalize_rows(const S* x, S* y, std::size_t stride,
-                                                  const coefficients<const T>& k,
-                                                  std::size_t j) noexcept {
+                                                  const coefficients<const T>& k, std::size_t j,
+                                                  const Out& out) noexcept {
   using vec = xsimd::batch<T, Arch>;
   constexpr std::size_t lanes = vec::size;
   vec c[Vectors], a[Vectors], b[Vectors], h[Vectors], v[Rows][Vectors];
@@ -291,18 +376,19 @@ template <std::size_t Rows, std::size_t Vectors, form Form, class Arch, class S,
   }
   for (std::size_t r = 0; r < Rows; ++r) {
     for (std::size_t g = 0; g < Vectors; ++g) {
-      store_elements<Arch>(y + r * stride + g * lanes,
-                           normalize_as<Form, Arch>(v[r][g], c[g], a[g], b[g], h[g]));
+      S* at = y + r * stride + g * lanes;
+      store_elements<Arch>(
+          at, out.finish(at, normalize_as<Form, Arch>(v[r][g], c[g], a[g], b[g], h[g])));
     }
   }
 }
 
 /// Rows [0, rows − rows % Together) of interleaved_normalize's in-cache path, Together at a
 /// time.
-template <std::size_t Together, form Form, class Arch, class S, class Compute>
+template <std::size_t Together, form Form, class Arch, class S, class Compute, class Out>
 std::size_t normalize_row_groups(const S* src, S* dst, std::size_t rows, std::size_t width,
                                  std::size_t stride, const coefficients<const compute_t<S>>& k,
-                                 std::size_t first, Compute compute) noexcept {
+                                 std::size_t first, Compute compute, const Out& out) noexcept {
   constexpr std::size_t lanes = xsimd::batch<compute_t<S>, Arch>::size;
   constexpr std::size_t together = Together;
   const std::size_t whole = width - width % lanes;
@@ -315,21 +401,21 @@ std::size_t normalize_row_groups(const S* src, S* dst, std::size_t rows, std::si
     S* y = dst + r * stride;
     std::size_t j = 0;
     for (; j + 2 * lanes <= whole; j += 2 * lanes) {
-      normalize_rows<together, 2, Form, Arch>(x + j, y + j, stride, at, j);
+      normalize_rows<together, 2, Form, Arch>(x + j, y + j, stride, at, j, out);
     }
-    if (j < whole) normalize_rows<together, 1, Form, Arch>(x + j, y + j, stride, at, j);
+    if (j < whole) normalize_rows<together, 1, Form, Arch>(x + j, y + j, stride, at, j, out);
     for (std::size_t i = 0; whole < width && i < together; ++i) {
-      store_run<Arch>(x + i * stride, y + i * stride, whole, width, compute);
+      store_run<Arch>(x + i * stride, y + i * stride, whole, width, compute, out);
     }
   }
   return r;
 }
 
 /// interleaved_normalize for rows wider than the narrow kernels take, in one of the forms.
-template <form Form, class Arch, class S>
+template <form Form, class Arch, class S, class Out>
 void wide_rows_normalize(const S* src, S* dst, std::size_t rows, std::size_t width,
                          std::size_t stride, const coefficients<const compute_t<S>>& k,
-                         std::size_t first, bool stream) noexcept {
+                         std::size_t first, bool stream, const Out& out) noexcept {
   using T = compute_t<S>;
   using vec = xsimd::batch<T, Arch>;
   // The coefficient arrays are padded by one vector past the width: the loads for a partial
@@ -353,24 +439,28 @@ void wide_rows_normalize(const S* src, S* dst, std::size_t rows, std::size_t wid
     // plain y = a·x + b pass over the same bytes; shorter rows keep the four-row walk, and
     // streamed rows go one at a time (docs/design.md has the timings of each).
     if (width == stride && width * sizeof(S) >= 1024) {
-      r = normalize_row_groups<1, Form, Arch>(src, dst, rows, width, stride, k, first, compute);
+      r = normalize_row_groups<1, Form, Arch>(src, dst, rows, width, stride, k, first, compute,
+                                              out);
     } else {
-      r = normalize_row_groups<4, Form, Arch>(src, dst, rows, width, stride, k, first, compute);
+      r = normalize_row_groups<4, Form, Arch>(src, dst, rows, width, stride, k, first, compute,
+                                              out);
     }
   }
   for (; r < rows; ++r) {
     if (stream) {
-      stream_run<Arch>(src + r * stride, dst + r * stride, width, compute);
+      stream_run<Arch>(src + r * stride, dst + r * stride, width, compute, out);
     } else {
-      store_run<Arch>(src + r * stride, dst + r * stride, 0, width, compute);
+      store_run<Arch>(src + r * stride, dst + r * stride, 0, width, compute, out);
     }
   }
 }
 
-template <class Arch, class S>
-void interleaved_normalize(const S* src, S* dst, std::size_t rows, std::size_t width,
-                           std::size_t stride, const coefficients<const compute_t<S>>& k,
-                           std::size_t first, bool prescaled, bool stream) noexcept {
+/// interleaved_normalize through one epilogue's output.
+template <class Arch, class S, class Out>
+void interleaved_normalize_to(const S* src, S* dst, std::size_t rows, std::size_t width,
+                              std::size_t stride, const coefficients<const compute_t<S>>& k,
+                              std::size_t first, bool prescaled, bool stream,
+                              const Out& out) noexcept {
   using T = compute_t<S>;
   using vec = xsimd::batch<T, Arch>;
   constexpr std::size_t lanes = vec::size;
@@ -385,7 +475,7 @@ void interleaved_normalize(const S* src, S* dst, std::size_t rows, std::size_t w
   if (!prescaled && width % lanes == 0 && width <= 4 * lanes && (aligned_rows || !stream)) {
     const auto narrow = [&](auto vectors) {
       narrow_rows_normalize<decltype(vectors)::value, Arch>(src, dst, rows, stride, center, scale,
-                                                            shift, stream);
+                                                            shift, stream, out);
     };
     switch (width / lanes) {
       case 1: narrow(std::integral_constant<std::size_t, 1>()); break;
@@ -401,13 +491,25 @@ void interleaved_normalize(const S* src, S* dst, std::size_t rows, std::size_t w
   // A block whose centers are all +0 (see store_coefficients) reads two coefficient streams,
   // not three: the third costs about 10% from L3 (docs/design.md).
   if (prescaled) {
-    wide_rows_normalize<form::prescaled, Arch>(src, dst, rows, width, stride, k, first, stream);
+    wide_rows_normalize<form::prescaled, Arch>(src, dst, rows, width, stride, k, first, stream,
+                                               out);
   } else if (all_positive_zero<Arch>(center, width)) {
-    wide_rows_normalize<form::uncentered, Arch>(src, dst, rows, width, stride, k, first, stream);
+    wide_rows_normalize<form::uncentered, Arch>(src, dst, rows, width, stride, k, first, stream,
+                                                out);
   } else {
-    wide_rows_normalize<form::centered, Arch>(src, dst, rows, width, stride, k, first, stream);
+    wide_rows_normalize<form::centered, Arch>(src, dst, rows, width, stride, k, first, stream, out);
   }
   if (stream) stream_fence<Arch>();
+}
+
+template <class Arch, class S>
+void interleaved_normalize(const S* src, S* dst, std::size_t rows, std::size_t width,
+                           std::size_t stride, const coefficients<const compute_t<S>>& k,
+                           std::size_t first, bool prescaled, bool stream,
+                           const epilogue<compute_t<S>>& post, const S* residual) noexcept {
+  with_output<Arch>(post, dst, residual, [&](const auto& out) {
+    interleaved_normalize_to<Arch>(src, dst, rows, width, stride, k, first, prescaled, stream, out);
+  });
 }
 
 }  // namespace

@@ -1,0 +1,218 @@
+// Folding an inference batch norm into the layer before it: validation, then two passes in
+// float64, the first checking every folded value, the second writing them.
+#include "bnorm/fold.hpp"
+
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "validation.hpp"
+
+namespace bnorm {
+
+const char* to_string(weight_layout value) noexcept {
+  switch (value) {
+    case weight_layout::output_first: return "output_first";
+    case weight_layout::output_last: return "output_last";
+    case weight_layout::transposed: return "transposed";
+  }
+  return "unknown";
+}
+
+namespace {
+
+using detail::shape_text;
+
+/// How the weight's elements map to output channels: element (outer, c, inner) of a
+/// [outer, channels, inner] view. A transposed convolution's [I, O/g, k...] is g groups of
+/// [I/g, O/g, k...]: its view is walked group by group (see channel_of).
+struct weight_geometry {
+  std::size_t channels = 0;  // C, the batch norm's
+  std::size_t elements = 0;
+  std::size_t outer = 1, axis = 0, inner = 1;  // [outer, axis, inner]
+  std::size_t groups = 1;                      // transposed: the channel adds group·axis
+  std::size_t rows_per_group = 1;              // transposed: I/g
+
+  /// The output channel of element i.
+  std::size_t channel_of(std::size_t i) const {
+    const std::size_t row = i / (axis * inner);
+    const std::size_t local = i / inner % axis;
+    return groups == 1 ? local : row / rows_per_group * axis + local;
+  }
+};
+
+status geometry_of(const fold_problem& prob, weight_geometry* out) noexcept {
+  const tensor_shape& shape = prob.weight_shape;
+  if (shape.rank() < 2 || shape.rank() > tensor_shape::capacity) {
+    return status::failure(status_code::invalid_argument,
+                           "weight_shape: expected rank 2 to 8 (linear [out, in], convolutions "
+                           "[O, I, k...]), got rank %zu %s",
+                           shape.rank(), shape_text(shape).text);
+  }
+  if (status s = detail::check_dimensions(shape); !s) return s;
+  std::uint64_t elements = 0, extent = 0;
+  if (!detail::element_count(shape, &elements, &extent) ||
+      extent > (std::uint64_t{1} << 60) / detail::element_size(prob.dtype)) {
+    return status::failure(status_code::invalid_argument,
+                           "weight_shape: expected at most 2^60 bytes, got %s",
+                           shape_text(shape).text);
+  }
+  if (prob.groups < 1) {
+    return status::failure(status_code::invalid_argument, "groups: expected >= 1, got %lld",
+                           static_cast<long long>(prob.groups));
+  }
+  weight_geometry g;
+  g.elements = static_cast<std::size_t>(elements);
+  const std::size_t rank = shape.rank();
+  const auto dim = [&](std::size_t d) { return static_cast<std::size_t>(shape[d]); };
+  const auto groups = static_cast<std::size_t>(prob.groups);
+  switch (prob.layout) {
+    case weight_layout::output_first:
+    case weight_layout::output_last: {
+      const std::size_t at = prob.layout == weight_layout::output_first ? 0 : rank - 1;
+      g.axis = dim(at);
+      for (std::size_t d = 0; d < at; ++d) g.outer *= dim(d);
+      for (std::size_t d = at + 1; d < rank; ++d) g.inner *= dim(d);
+      g.channels = g.axis;
+      if (prob.layout == weight_layout::output_first && g.axis % groups != 0) {
+        return status::failure(status_code::invalid_argument,
+                               "groups: expected a divisor of the output channels %zu, got %lld",
+                               g.axis, static_cast<long long>(prob.groups));
+      }
+      break;
+    }
+    case weight_layout::transposed: {
+      if (dim(0) % groups != 0) {
+        return status::failure(status_code::invalid_argument,
+                               "groups: expected a divisor of the input channels (weight_shape[0] "
+                               "= %zu of a transposed convolution's [I, O/groups, k...]), got %lld",
+                               dim(0), static_cast<long long>(prob.groups));
+      }
+      g.outer = dim(0);
+      g.axis = dim(1);
+      for (std::size_t d = 2; d < rank; ++d) g.inner *= dim(d);
+      g.groups = groups;
+      g.rows_per_group = dim(0) / groups;
+      g.channels = g.axis * groups;
+      break;
+    }
+    default:
+      return status::failure(status_code::invalid_argument,
+                             "layout: expected output_first, output_last or transposed, got %s",
+                             detail::enum_text(prob.layout).text);
+  }
+  if (g.channels == 0) {
+    return status::failure(status_code::invalid_argument,
+                           "weight_shape: expected at least one output channel, got %s",
+                           shape_text(shape).text);
+  }
+  *out = g;
+  return {};
+}
+
+template <class T>
+double at_or(const channel_input& buffer, std::size_t c, double fallback) {
+  return buffer.data ? static_cast<double>(static_cast<const T*>(buffer.data)[c]) : fallback;
+}
+
+/// A folded value beyond T: refused, naming the channel.
+status beyond_range(const char* name, std::size_t c, double value, double scale) {
+  return status::failure(status_code::invalid_argument,
+                         "%s: expected values within the dtype's range, got %s for channel %zu "
+                         "(gamma/sqrt(var + eps) = %s)",
+                         name, detail::number_text(value).text, c, detail::number_text(scale).text);
+}
+
+template <class T>
+status fold(const fold_problem& prob, const weight_geometry& g, const fold_args& args) {
+  const double largest = static_cast<double>(std::numeric_limits<T>::max());
+  std::vector<double> scale(g.channels), bias(g.channels);
+  for (std::size_t c = 0; c < g.channels; ++c) {
+    const double var = at_or<T>(args.var, c, 0.0);
+    if (!(var + prob.epsilon > 0.0) || !std::isfinite(var)) {
+      return status::failure(status_code::invalid_argument,
+                             "var: expected var + eps > 0 and finite for every channel, got var "
+                             "%s (eps %s) for channel %zu",
+                             detail::number_text(var).text, detail::number_text(prob.epsilon).text,
+                             c);
+    }
+    scale[c] = at_or<T>(args.scale, c, 1.0) / std::sqrt(var + prob.epsilon);
+    bias[c] = (at_or<T>(args.bias, c, 0.0) - at_or<T>(args.mean, c, 0.0)) * scale[c] +
+              at_or<T>(args.shift, c, 0.0);
+    if (!(std::fabs(bias[c]) <= largest)) return beyond_range("folded_bias", c, bias[c], scale[c]);
+  }
+  const T* w = static_cast<const T*>(args.weight);
+  for (std::size_t i = 0; i < g.elements; ++i) {
+    const std::size_t c = g.channel_of(i);
+    const double v = static_cast<double>(w[i]) * scale[c];
+    if (!(std::fabs(v) <= largest) && std::isfinite(static_cast<double>(w[i]))) {
+      return beyond_range("folded_weight", c, v, scale[c]);
+    }
+  }
+  // Everything checked: write (in place too: each element is read before it is written).
+  T* out = static_cast<T*>(args.folded_weight);
+  for (std::size_t i = 0; i < g.elements; ++i) {
+    out[i] = static_cast<T>(static_cast<double>(w[i]) * scale[g.channel_of(i)]);
+  }
+  T* folded_bias = static_cast<T*>(args.folded_bias.data);
+  for (std::size_t c = 0; c < g.channels; ++c) folded_bias[c] = static_cast<T>(bias[c]);
+  return {};
+}
+
+}  // namespace
+
+status fold_into_layer(const fold_problem& prob, const fold_args& args) noexcept {
+  if (prob.dtype != dtype::f32 && prob.dtype != dtype::f64) {
+    return status::failure(status_code::invalid_argument, "dtype: expected f32 or f64, got %s",
+                           detail::enum_text(prob.dtype).text);
+  }
+  if (status s = detail::check_epsilon("epsilon", prob.epsilon); !s) return s;
+  weight_geometry g;
+  if (status s = geometry_of(prob, &g); !s) return s;
+  if (g.elements > 0 && (args.weight == nullptr || args.folded_weight == nullptr)) {
+    return status::failure(status_code::invalid_argument,
+                           "%s: expected %zu elements of shape %s, got a null pointer",
+                           args.weight == nullptr ? "weight" : "folded_weight", g.elements,
+                           shape_text(prob.weight_shape).text);
+  }
+  if (status s = detail::check_alignment("weight", args.weight, prob.dtype); !s) return s;
+  if (status s = detail::check_alignment("folded_weight", args.folded_weight, prob.dtype); !s) {
+    return s;
+  }
+  if (status s = detail::check_channel_buffers(
+          {{"bias", args.bias.data, args.bias.size},
+           {"folded_bias", args.folded_bias.data, args.folded_bias.size,
+            "by fold_into_layer (the folded layer has a bias)"},
+           {"scale", args.scale.data, args.scale.size},
+           {"shift", args.shift.data, args.shift.size},
+           {"mean", args.mean.data, args.mean.size, "by fold_into_layer (the running mean)"},
+           {"var", args.var.data, args.var.size, "by fold_into_layer (the running variance)"}},
+          g.channels, prob.dtype);
+      !s) {
+    return s;
+  }
+  const std::size_t size = detail::element_size(prob.dtype);
+  const std::size_t weight_bytes = g.elements * size, channel_bytes = g.channels * size;
+  // In place is the same buffer read and written: the read one leaves the overlap rule.
+  const bool weight_in_place = args.weight == args.folded_weight;
+  const bool bias_in_place = args.bias.data == args.folded_bias.data;
+  if (status s = detail::check_separate(
+          {{"weight", args.weight, weight_in_place ? 0 : weight_bytes, false},
+           {"folded_weight", args.folded_weight, weight_bytes, true},
+           {"bias", args.bias.data, bias_in_place ? 0 : channel_bytes, false},
+           {"folded_bias", args.folded_bias.data, channel_bytes, true},
+           {"scale", args.scale.data, channel_bytes, false},
+           {"shift", args.shift.data, channel_bytes, false},
+           {"mean", args.mean.data, channel_bytes, false},
+           {"var", args.var.data, channel_bytes, false}});
+      !s) {
+    return s;
+  }
+  try {
+    return prob.dtype == dtype::f32 ? fold<float>(prob, g, args) : fold<double>(prob, g, args);
+  } catch (const std::bad_alloc&) {
+    return status(status_code::out_of_memory, "fold_into_layer: out of memory");
+  }
+}
+
+}  // namespace bnorm

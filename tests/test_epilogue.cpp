@@ -1,0 +1,187 @@
+// Fused activations (plan_options::activation): the fused forward gives the same bits as the
+// plain forward followed by the activation, on every ISA, layout, rank and dtype, in both
+// paths; add+ReLU in place over its residual; NaN stays NaN; and the rules of the residual.
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <functional>
+
+#include "support.hpp"
+
+using namespace bnorm_test;
+using bnorm::activation;
+using bnorm::layout;
+
+namespace {
+
+struct epilogue_case {
+  bnorm::tensor_shape shape;
+  layout l;
+};
+
+const epilogue_case cases[] = {
+    {{64, 48}, layout::channels_last},          {{3, 5, 37}, layout::channels_first},
+    {{3, 5, 37}, layout::channels_last},        {{2, 64, 7, 7}, layout::channels_first},
+    {{2, 64, 7, 7}, layout::channels_last},     {{1, 1024, 7, 7}, layout::channels_last},
+    {{2, 3, 4, 9, 11}, layout::channels_first}, {{2, 3, 4, 9, 11}, layout::channels_last},
+    {{8, 16, 64, 64}, layout::channels_first},  {{4, 96, 20, 20}, layout::channels_last},
+};
+
+/// The activation applied to the plain forward's output, in T, as the fused one must give it.
+template <class T>
+T activate(activation a, T y, T z, double lo, double hi) {
+  switch (a) {
+    case activation::none: return y;
+    case activation::relu: return y < T(0) ? T(0) : y;
+    case activation::clamp:
+      return y < static_cast<T>(lo)   ? static_cast<T>(lo)
+             : y > static_cast<T>(hi) ? static_cast<T>(hi)
+                                      : y;
+    case activation::add_relu: {
+      const T sum = y + z;
+      return sum < T(0) ? T(0) : sum;
+    }
+  }
+  return y;
+}
+
+template <class T>
+bool same_bits(const std::vector<T>& a, const std::vector<T>& b) {
+  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(T)) == 0;
+}
+
+class Epilogue : public testing::TestWithParam<bnorm::isa> {
+ protected:
+  template <class T>
+  void check(const epilogue_case& k, activation a, bool training) {
+    const geometry g(k.shape);
+    std::vector<T> x = normal_data<T>(g.elements(), 0.3, 1.5, 70);
+    x[g.elements() / 3] = std::numeric_limits<T>::quiet_NaN();  // its channel goes NaN
+    const std::vector<T> z = normal_data<T>(g.elements(), 0.0, 1.0, 71);
+    const auto gamma = normal_data<T>(g.c, 1.0, 0.5, 72), beta = normal_data<T>(g.c, 0.1, 0.5, 73);
+    const auto mean = normal_data<T>(g.c, 0.2, 0.3, 74);
+    std::vector<T> var(g.c, T(1.3));
+    const double lo = -0.5, hi = 0.7;
+    const auto run = [&](activation which, T* dst, const T* residual) {
+      bnorm::plan_options opts;
+      opts.max_isa = GetParam();
+      opts.update_running_stats = false;
+      opts.activation = which;
+      opts.clamp_min = lo;
+      opts.clamp_max = hi;
+      const bnorm::plan plan = make_plan_or_fail({k.shape, k.l, dtype_of<T>(), 1e-5}, opts);
+      bnorm::status st;
+      if (training) {
+        bnorm::training_args args;
+        args.src = x.data();
+        args.dst = dst;
+        args.scale = in(gamma);
+        args.shift = in(beta);
+        args.residual = residual;
+        st = plan.forward_training(args);
+      } else {
+        bnorm::inference_args args;
+        args.src = x.data();
+        args.dst = dst;
+        args.scale = in(gamma);
+        args.shift = in(beta);
+        args.mean = in(mean);
+        args.var = in(var);
+        args.residual = residual;
+        st = plan.forward_inference(args);
+      }
+      EXPECT_TRUE(st.ok()) << st.message();
+    };
+    std::vector<T> plain(x.size()), fused(x.size());
+    run(activation::none, plain.data(), nullptr);
+    const T* residual = a == activation::add_relu ? z.data() : nullptr;
+    run(a, fused.data(), residual);
+    std::vector<T> want(x.size());
+    for (std::size_t i = 0; i < x.size(); ++i) want[i] = activate(a, plain[i], z[i], lo, hi);
+    const std::string name = shape_name(k.shape) +
+                             (k.l == layout::channels_first ? " nchw " : " nhwc ") +
+                             bnorm::to_string(a) + (training ? " train" : " infer");
+    ASSERT_TRUE(same_bits(fused, want)) << name;
+    std::size_t nan = 0;
+    for (const T v : fused) nan += std::isnan(v);
+    // Training: the NaN's whole channel (its statistics are NaN); inference: the NaN alone.
+    EXPECT_EQ(nan, training ? g.n * g.spatial : 1u) << name << ": NaN stays NaN";
+    if (a == activation::add_relu) {  // y written over z
+      std::vector<T> over = z;
+      run(a, over.data(), over.data());
+      EXPECT_TRUE(same_bits(over, want)) << name << " in place over the residual";
+    }
+  }
+};
+
+TEST_P(Epilogue, FusedEqualsPlainThenActivationToTheBit) {
+  for (const epilogue_case& k : cases) {
+    for (const activation a : {activation::relu, activation::clamp, activation::add_relu}) {
+      for (const bool training : {false, true}) {
+        check<float>(k, a, training);
+        check<double>(k, a, training);
+      }
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(AllIsas, Epilogue, testing::ValuesIn(isas_under_test()), isa_param_name);
+
+TEST(EpilogueContract, ResidualRulesAndBounds) {
+  const bnorm::tensor_shape shape{2, 4, 3, 3};
+  const geometry g(shape);
+  std::vector<float> x(g.elements(), 1.0f), y(g.elements(), 7.0f), z(g.elements() + 4, 0.5f),
+      mean(4, 0.0f), var(4, 1.0f);
+  const auto plan_with = [&](activation a) {
+    bnorm::plan_options opts;
+    opts.activation = a;
+    return make_plan_or_fail({shape, layout::channels_first, bnorm::dtype::f32, 1e-5}, opts);
+  };
+  bnorm::inference_args args;
+  args.src = x.data();
+  args.dst = y.data();
+  args.mean = in(mean);
+  args.var = in(var);
+  const auto refused = [&](const bnorm::plan& plan, const char* expected) {
+    const bnorm::status st = plan.forward_inference(args);
+    ASSERT_FALSE(st.ok()) << expected;
+    EXPECT_NE(std::string(st.message()).find(expected), std::string::npos) << st.message();
+    EXPECT_EQ(y, std::vector<float>(g.elements(), 7.0f)) << expected;
+  };
+  refused(plan_with(activation::add_relu),
+          "residual: expected 72 elements of shape [2, 4, 3, 3], got a null pointer (required by "
+          "the activation add_relu)");
+  args.residual = z.data();
+  refused(plan_with(activation::relu), "residual: expected none (the plan's activation is relu)");
+  args.residual = y.data() + 1;
+  refused(plan_with(activation::add_relu), "expected memory of its own");
+  args.residual = reinterpret_cast<const char*>(z.data()) + 1;
+  refused(plan_with(activation::add_relu), "residual: expected an address aligned to 4 bytes");
+
+  bnorm::plan plan;
+  bnorm::plan_options opts;
+  opts.activation = activation::clamp;
+  opts.clamp_min = 1;
+  opts.clamp_max = 0;
+  const bnorm::status bad =
+      bnorm::make_plan({shape, layout::channels_first, bnorm::dtype::f32, 1e-5}, opts, &plan);
+  EXPECT_NE(std::string(bad.message())
+                .find("clamp_min, clamp_max: expected clamp_min <= clamp_max "
+                      "(neither NaN), got 1 and 0"),
+            std::string::npos)
+      << bad.message();
+
+  // A backward of a plan with an activation is refused: it would need the output to mask dy.
+  const bnorm::plan relu = plan_with(activation::relu);
+  bnorm::backward_args back;
+  back.src = x.data();
+  back.diff_dst = x.data();
+  back.diff_src = y.data();
+  back.mean = in(mean);
+  back.var = in(var);
+  const bnorm::status st = relu.backward_training(back);
+  EXPECT_EQ(st.code(), bnorm::status_code::unsupported) << st.message();
+  EXPECT_NE(std::string(relu.describe()).find("fused relu"), std::string::npos) << relu.describe();
+}
+
+}  // namespace
