@@ -112,8 +112,30 @@ void plane_gradient(const S* src, const S* diff_dst, S* diff_src, std::size_t le
   if (stream) stream_fence<Arch>();
 }
 
+/// `Rows` rows, `stride` apart, of one vector at slot j: the coefficients loaded once for the
+/// rows, every row's x and dy loaded before any dx is stored (in place, dx = dy, stays right).
+template <std::size_t Rows, class Arch, class S, class T = compute_t<S>>
+[[gnu::always_inline]] inline void gradient_rows(const S* x, const S* g, S* y, std::size_t stride,
+                                                 const T* center, const T* dy_scale,
+                                                 const T* x_scale, const T* shift,
+                                                 std::size_t j) noexcept {
+  using vec = xsimd::batch<T, Arch>;
+  const vec c = vec::load_unaligned(center + j), a = vec::load_unaligned(dy_scale + j),
+            b = vec::load_unaligned(x_scale + j), e = vec::load_unaligned(shift + j);
+  vec xv[Rows], gv[Rows];
+  for (std::size_t r = 0; r < Rows; ++r) {
+    xv[r] = load_elements<Arch>(x + r * stride + j);
+    gv[r] = load_elements<Arch>(g + r * stride + j);
+  }
+  for (std::size_t r = 0; r < Rows; ++r) {
+    store_elements<Arch>(y + r * stride + j, gradient_of(xv[r], gv[r], c, a, b, e));
+  }
+}
+
 /// Slot j of every row takes the coefficients at first + j (padded by one vector past the
-/// period, so that a partial last vector loads in bounds).
+/// period, so that a partial last vector loads in bounds). Rows go four at a time, each
+/// coefficient vector loaded once for the four: narrow rows (few channels) would otherwise
+/// load four coefficients from L1 for every vector of data.
 template <class Arch, class S>
 void interleaved_gradient(const S* src, const S* diff_dst, S* diff_src, std::size_t rows,
                           std::size_t width, std::size_t stride,
@@ -121,6 +143,7 @@ void interleaved_gradient(const S* src, const S* diff_dst, S* diff_src, std::siz
                           bool stream) noexcept {
   using T = compute_t<S>;
   using vec = xsimd::batch<T, Arch>;
+  constexpr std::size_t lanes = vec::size, together = 4;
   stream = stream && element_aligned(diff_src);
   // Copies of the pointers whose address never leaves this function (see normalize_row_groups).
   const T* center = k.center + first;
@@ -131,7 +154,23 @@ void interleaved_gradient(const S* src, const S* diff_dst, S* diff_src, std::siz
     return gradient_of(x, g, vec::load_unaligned(center + j), vec::load_unaligned(dy_scale + j),
                        vec::load_unaligned(x_scale + j), vec::load_unaligned(shift + j));
   };
-  for (std::size_t r = 0; r < rows; ++r) {
+  std::size_t r = 0;
+  if (!stream) {
+    const std::size_t whole = width - width % lanes;
+    for (; r + together <= rows; r += together) {
+      const std::size_t offset = r * stride;
+      const S* x = src + offset;
+      const S* g = diff_dst + offset;
+      S* y = diff_src + offset;
+      for (std::size_t j = 0; j < whole; j += lanes) {
+        gradient_rows<together, Arch>(x, g, y, stride, center, dy_scale, x_scale, shift, j);
+      }
+      for (std::size_t i = 0; whole < width && i < together; ++i) {
+        gradient_store_run<Arch>(x + i * stride, g + i * stride, y + i * stride, whole, width, f);
+      }
+    }
+  }
+  for (; r < rows; ++r) {
     const std::size_t offset = r * stride;
     gradient_run<Arch>(src + offset, diff_dst + offset, diff_src + offset, width, stream, f);
   }
