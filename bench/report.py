@@ -248,12 +248,20 @@ def main():
         a block of channels does not fit a core's cache, training reads the input twice (its
         statistics come before any output): below the training roofline's best time (a read
         pass, then a read-write pass, over the same bytes) the target is out of reach for any
-        two-pass training. A backward case shows its speedup alone (no such bounds here)."""
+        two-pass training. The backward likewise: one read of x and dy and one write of dx
+        (`roofline1`) at least, and its two-pass roofline where channels do not fit in cache."""
         def show(r):
             text = times(r["speedup"])
+            need = r["peer"] / target
             if r["case"][2] not in FORWARD:
+                if r["roof1"]:
+                    text += (f" ({target:g}× the peer is {fmt(need)} µs; one read of x and dy and "
+                             f"one write of dx took {fmt(r['roof1'])} µs at best in this run, the "
+                             f"two-pass roofline {fmt(r['roof'])} µs"
+                             + (": out of reach)" if need < r["roof1"] else
+                                ": out of reach for two passes)" if need < r["roof"] else ")"))
                 return text
-            need, floor = r["peer"] / target, inference_floor(r["case"])
+            floor = inference_floor(r["case"])
             if floor:
                 text += (f" ({target:g}× the peer is {fmt(need)} µs; one read and one write of "
                          f"the same bytes took {fmt(floor)} µs in this run, the training "

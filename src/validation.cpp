@@ -87,12 +87,6 @@ status check_alignment(const char* name, const void* data, std::size_t alignment
                          alignment, what, data);
 }
 
-status check_alignment(const char* name, const void* data, dtype values) noexcept {
-  const std::size_t alignment = element_size(values);
-  if (reinterpret_cast<std::uintptr_t>(data) % alignment == 0) return {};
-  return check_alignment(name, data, alignment, to_string(values));
-}
-
 status check_channel_buffers(std::initializer_list<channel_buffer> buffers, std::size_t channels,
                              dtype values) noexcept {
   for (const channel_buffer& b : buffers) {

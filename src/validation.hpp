@@ -60,8 +60,12 @@ inline std::size_t element_size(dtype d) noexcept {
 /// `data` aligned to `alignment` bytes; `what` names the element ("int64", "a cache line").
 status check_alignment(const char* name, const void* data, std::size_t alignment,
                        const char* what) noexcept;
-/// `data` aligned to an element of `values`.
-status check_alignment(const char* name, const void* data, dtype values) noexcept;
+/// `data` aligned to an element of `values`. Inline: every call checks a handful of pointers.
+inline status check_alignment(const char* name, const void* data, dtype values) noexcept {
+  const std::size_t alignment = element_size(values);
+  if (reinterpret_cast<std::uintptr_t>(data) % alignment == 0) return {};
+  return check_alignment(name, data, alignment, to_string(values));
+}
 
 /// A per-channel buffer: omitted ({}), or C values. `required` names why it may not be omitted.
 struct channel_buffer {

@@ -258,10 +258,10 @@ void normalize_planes(const S* src, S* dst, std::size_t len, std::size_t planes,
 
 /// plane_normalize's channels [ch0, ch1), in one form.
 template <form Form, class Arch, class S, class Out>
-void normalize_channel_planes(const S* src, S* dst, std::size_t len, std::size_t planes,
-                              std::size_t stride, std::size_t ch0, std::size_t ch1,
-                              const coefficients<const compute_t<S>>& k, std::size_t first,
-                              bool stream, const Out& out) noexcept {
+[[gnu::always_inline]] inline void normalize_channel_planes(
+    const S* src, S* dst, std::size_t len, std::size_t planes, std::size_t stride, std::size_t ch0,
+    std::size_t ch1, const coefficients<const compute_t<S>>& k, std::size_t first, bool stream,
+    const Out& out) noexcept {
   using vec = xsimd::batch<compute_t<S>, Arch>;
   for (std::size_t ch = ch0; ch < ch1; ++ch) {
     const auto run = [&](auto compute) {
@@ -283,6 +283,34 @@ void normalize_channel_planes(const S* src, S* dst, std::size_t len, std::size_t
   }
 }
 
+/// plane_normalize through one epilogue's output (inlined, as interleaved_normalize_to).
+template <class Arch, class S, class Out>
+[[gnu::always_inline]] inline void plane_normalize_to(const S* src, S* dst, std::size_t len,
+                                                      std::size_t planes, std::size_t stride,
+                                                      std::size_t channels,
+                                                      const coefficients<const compute_t<S>>& k,
+                                                      std::size_t first, bool prescaled,
+                                                      bool stream, const Out& out) noexcept {
+  using T = compute_t<S>;
+  if (prescaled && !all_one<Arch>(k.prescale + first, channels)) {
+    for (std::size_t ch = 0; ch < channels; ++ch) {
+      if (k.prescale[first + ch] != T(1)) {
+        normalize_channel_planes<form::prescaled, Arch>(src, dst, len, planes, stride, ch, ch + 1,
+                                                        k, first, stream, out);
+      } else {
+        normalize_channel_planes<form::centered, Arch>(src, dst, len, planes, stride, ch, ch + 1, k,
+                                                       first, stream, out);
+      }
+    }
+  } else if (all_positive_zero<Arch>(k.center + first, channels)) {
+    normalize_channel_planes<form::uncentered, Arch>(src, dst, len, planes, stride, 0, channels, k,
+                                                     first, stream, out);
+  } else {
+    normalize_channel_planes<form::centered, Arch>(src, dst, len, planes, stride, 0, channels, k,
+                                                   first, stream, out);
+  }
+}
+
 /// Channel k of `channels` has its first plane at src + k·len (dst likewise) and the
 /// coefficients k.center[first + k], ... Where every center is +0 it is left out (same bits,
 /// one operation less per vector). The coefficient arrays come with the slot they start at,
@@ -293,27 +321,16 @@ void plane_normalize(const S* src, S* dst, std::size_t len, std::size_t planes, 
                      std::size_t channels, const coefficients<const compute_t<S>>& k,
                      std::size_t first, bool prescaled, bool stream,
                      const epilogue<compute_t<S>>& post, const S* residual) noexcept {
-  using T = compute_t<S>;
   stream = stream && element_aligned(dst);
-  with_output<Arch>(post, dst, residual, [&](const auto& out) {
-    if (prescaled && !all_one<Arch>(k.prescale + first, channels)) {
-      for (std::size_t ch = 0; ch < channels; ++ch) {
-        if (k.prescale[first + ch] != T(1)) {
-          normalize_channel_planes<form::prescaled, Arch>(src, dst, len, planes, stride, ch, ch + 1,
-                                                          k, first, stream, out);
-        } else {
-          normalize_channel_planes<form::centered, Arch>(src, dst, len, planes, stride, ch, ch + 1,
-                                                         k, first, stream, out);
-        }
-      }
-    } else if (all_positive_zero<Arch>(k.center + first, channels)) {
-      normalize_channel_planes<form::uncentered, Arch>(src, dst, len, planes, stride, 0, channels,
-                                                       k, first, stream, out);
-    } else {
-      normalize_channel_planes<form::centered, Arch>(src, dst, len, planes, stride, 0, channels, k,
-                                                     first, stream, out);
-    }
-  });
+  if (post.kind == epilogue_kind::identity) {  // inline, without the dispatch's closure
+    plane_normalize_to<Arch>(src, dst, len, planes, stride, channels, k, first, prescaled, stream,
+                             identity_output<Arch, S>());
+  } else {
+    with_output<Arch>(post, dst, residual, [&](const auto& out) {
+      plane_normalize_to<Arch>(src, dst, len, planes, stride, channels, k, first, prescaled, stream,
+                               out);
+    });
+  }
   if (stream) stream_fence<Arch>();
 }
 
@@ -455,12 +472,13 @@ void wide_rows_normalize(const S* src, S* dst, std::size_t rows, std::size_t wid
   }
 }
 
-/// interleaved_normalize through one epilogue's output.
+/// interleaved_normalize through one epilogue's output. Inlined into the dispatch on the
+/// epilogue: a call more showed on tiny tensors.
 template <class Arch, class S, class Out>
-void interleaved_normalize_to(const S* src, S* dst, std::size_t rows, std::size_t width,
-                              std::size_t stride, const coefficients<const compute_t<S>>& k,
-                              std::size_t first, bool prescaled, bool stream,
-                              const Out& out) noexcept {
+[[gnu::always_inline]] inline void interleaved_normalize_to(
+    const S* src, S* dst, std::size_t rows, std::size_t width, std::size_t stride,
+    const coefficients<const compute_t<S>>& k, std::size_t first, bool prescaled, bool stream,
+    const Out& out) noexcept {
   using T = compute_t<S>;
   using vec = xsimd::batch<T, Arch>;
   constexpr std::size_t lanes = vec::size;
@@ -507,6 +525,11 @@ void interleaved_normalize(const S* src, S* dst, std::size_t rows, std::size_t w
                            std::size_t stride, const coefficients<const compute_t<S>>& k,
                            std::size_t first, bool prescaled, bool stream,
                            const epilogue<compute_t<S>>& post, const S* residual) noexcept {
+  if (post.kind == epilogue_kind::identity) {  // inline, without the dispatch's closure
+    interleaved_normalize_to<Arch>(src, dst, rows, width, stride, k, first, prescaled, stream,
+                                   identity_output<Arch, S>());
+    return;
+  }
   with_output<Arch>(post, dst, residual, [&](const auto& out) {
     interleaved_normalize_to<Arch>(src, dst, rows, width, stride, k, first, prescaled, stream, out);
   });
