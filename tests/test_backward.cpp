@@ -451,6 +451,68 @@ TEST_P(Backward, ShiftGradientAloneNeedsOnlyDy) {
   }
 }
 
+// Data whose first values do not represent their channel (the forward's order tests): zero
+// rows first in a batch around 1e4, values sorted ascending. The sums are taken around the
+// saved mean, so their order cannot matter: the same targets hold.
+TEST_P(Backward, OrderOfTheDataDoesNotMatter) {
+  struct order_case {
+    const char* name;
+    bnorm::tensor_shape shape;
+    layout l;
+    void (*arrange)(std::vector<float>&, const geometry&, layout);
+  };
+  const order_case cases[] = {
+      {"zero first rows",
+       {4096, 8},
+       layout::channels_last,
+       [](std::vector<float>& x, const geometry& g, layout) {
+         std::fill(x.begin(), x.begin() + 4 * g.c, 0.0f);
+       }},
+      {"zero first image rows",
+       {16, 64, 16, 16},
+       layout::channels_first,
+       [](std::vector<float>& x, const geometry& g, layout l) {
+         for (std::size_t c = 0; c < g.c; ++c)
+           for (std::size_t s = 0; s < 3 * 16; ++s) x[g.offset(l, 0, c, s)] = 0.0f;
+       }},
+      {"sorted ascending",
+       {8, 16, 10, 10},
+       layout::channels_last,
+       [](std::vector<float>& x, const geometry&, layout) { std::sort(x.begin(), x.end()); }},
+  };
+  for (const order_case& k : cases) {
+    const geometry g(k.shape);
+    std::vector<float> x = normal_data<float>(g.elements(), 1e4, 1.0, 30);
+    k.arrange(x, g, k.l);
+    const auto dy = normal_data<float>(g.elements(), 0.0, 1.0, 31);
+    const auto gamma = normal_data<float>(g.c, 1.0, 0.5, 32);
+    const bnorm::plan plan = make(k.shape, k.l, bnorm::dtype::f32);
+    const saved_statistics<float> saved = forward_statistics(plan, x, g.c);
+    std::vector<float> dx(x.size()), dgamma(g.c), dbeta(g.c);
+    bnorm::backward_args args;
+    args.src = x.data();
+    args.diff_dst = dy.data();
+    args.diff_src = dx.data();
+    args.scale = in(gamma);
+    args.mean = in(saved.mean);
+    args.inv_std = in(saved.inv_std);
+    args.diff_scale = out(dgamma);
+    args.diff_shift = out(dbeta);
+    ASSERT_TRUE(plan.backward_training(args).ok());
+    const std::vector<double> inv(saved.inv_std.begin(), saved.inv_std.end());
+    const reference_gradients ref =
+        reference_backward(x, dy, k.shape, k.l, saved.mean, inv, gamma, true);
+    const double e_dx = dx_error(dx, ref.dx);
+    const double e_dgamma = worst_relative(dgamma, ref.dgamma, ref.abs_dgamma);
+    const double e_dbeta = worst_relative(dbeta, ref.dbeta, ref.abs_dbeta);
+    std::cout << "[ backward order ] " << bnorm::to_string(GetParam()) << " " << k.name << " dx "
+              << e_dx << " dgamma " << e_dgamma << " dbeta " << e_dbeta << "\n";
+    EXPECT_LE(e_dx, 1e-6) << k.name;
+    EXPECT_LE(e_dgamma, 1e-6) << k.name;
+    EXPECT_LE(e_dbeta, 1e-6) << k.name;
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(AllIsas, Backward, testing::ValuesIn(isas_under_test()), isa_param_name);
 
 // As PyTorch: an empty batch gives an empty dx and zero dγ, dβ.
