@@ -97,9 +97,11 @@ struct normalize_map {
   }
 };
 
+/// The normalization through `post` (the plan's epilogue unless the call is plain).
 template <class T>
 normalize_map<T> make_normalize(const plan_impl& plan, const T* src, T* dst, const void* residual,
-                                const kernels::coefficients<const T>& coeffs, bool prescaled) {
+                                const kernels::coefficients<const T>& coeffs, bool prescaled,
+                                const kernels::epilogue<T>& post) {
   return {plan.kernels->get<T>(),
           src,
           dst,
@@ -107,7 +109,7 @@ normalize_map<T> make_normalize(const plan_impl& plan, const T* src, T* dst, con
           plan.part.period,
           prescaled,
           plan.part.stream_stores,
-          plan.epilogue<T>(),
+          post,
           static_cast<const T*>(residual)};
 }
 
@@ -161,7 +163,8 @@ class training_step {
     return {plan_.kernels->get<T>(), src_, pivot_, p_.period};
   }
   normalize_map<T> normalize() const {
-    return make_normalize(plan_, src_, dst_, args_.residual, coeffs_.readable, prescaled_);
+    return make_normalize(plan_, src_, dst_, args_.residual, coeffs_.readable, prescaled_,
+                          plan_.epilogue<T>());
   }
 
   /// Each channel's pivot (see the pivot kernels); rows hold it per slot.
@@ -197,9 +200,10 @@ class training_step {
       compute_pivots(c0, c1);
       const finalized block = statistics_of(
           c0, c1, [&] { reduce_channels(p_, statistics(), c0, c1, mean_, variance_); });
-      map_channels(
-          p_, make_normalize(plan_, src_, dst_, args_.residual, coeffs_.readable, block.prescaled),
-          c0, c1, c0);
+      map_channels(p_,
+                   make_normalize(plan_, src_, dst_, args_.residual, coeffs_.readable,
+                                  block.prescaled, plan_.epilogue<T>()),
+                   c0, c1, c0);
     };
   }
 
@@ -371,8 +375,10 @@ class training_step {
 template <class T>
 class inference_step {
  public:
-  inference_step(const plan_impl& plan, const inference_args& args, unsigned char* scratch)
+  inference_step(const plan_impl& plan, const inference_args& args, unsigned char* scratch,
+                 bool plain)
       : plan_(plan),
+        post_(plain ? plain_epilogue : plan.epilogue<T>()),
         p_(plan.part),
         kern_(plan.kernels->get<T>()),
         args_(args),
@@ -391,7 +397,8 @@ class inference_step {
         fused_pass(plan_, [this](std::size_t c0, std::size_t c1) {
           const bool prescaled = set_coefficients(c0, c1, coeffs_, c0);
           map_channels(
-              p_, make_normalize(plan_, src_, dst_, args_.residual, coeffs_.readable, prescaled),
+              p_,
+              make_normalize(plan_, src_, dst_, args_.residual, coeffs_.readable, prescaled, post_),
               c0, c1, c0);
         });
         return;
@@ -405,7 +412,7 @@ class inference_step {
       if (set_coefficients(c0, c1, coeffs_, c0)) prescaled = true;  // any order: an OR
     });
     const normalize_map<T> normalize =
-        make_normalize(plan_, src_, dst_, args_.residual, coeffs_.readable, prescaled);
+        make_normalize(plan_, src_, dst_, args_.residual, coeffs_.readable, prescaled, post_);
     if (p_.kind == traversal::planes) {
       map_pass(plan_, normalize);
       return;
@@ -439,7 +446,7 @@ class inference_step {
           const kernels::coefficients<const T> readable(k);
           // Made once per task: only whether a group has prescales changes.
           normalize_map<T> normalize =
-              make_normalize(plan_, src_, dst_, args_.residual, readable, false);
+              make_normalize(plan_, src_, dst_, args_.residual, readable, false, post_);
           for (std::size_t u0 = b; u0 < e; u0 += group) {
             const std::size_t u1 = std::min(u0 + group, e);
             const std::size_t c0 = u0 / p_.chunks_per_channel;
@@ -456,7 +463,10 @@ class inference_step {
         });
   }
 
+  static constexpr kernels::epilogue<T> plain_epilogue{};
+
   const plan_impl& plan_;
+  const kernels::epilogue<T>& post_;  // the plan's activation, or none (plain)
   const partition& p_;
   const kernels::kernel_set<T>& kern_;
   const inference_args& args_;
@@ -473,13 +483,14 @@ void run_training(const plan_impl& plan, const training_args& args, unsigned cha
 }
 
 template <class T>
-void run_inference(const plan_impl& plan, const inference_args& args, unsigned char* scratch) {
-  inference_step<T>(plan, args, scratch).run();
+void run_inference(const plan_impl& plan, const inference_args& args, unsigned char* scratch,
+                   bool plain) {
+  inference_step<T>(plan, args, scratch, plain).run();
 }
 
 template void run_training<float>(const plan_impl&, const training_args&, unsigned char*);
 template void run_training<double>(const plan_impl&, const training_args&, unsigned char*);
-template void run_inference<float>(const plan_impl&, const inference_args&, unsigned char*);
-template void run_inference<double>(const plan_impl&, const inference_args&, unsigned char*);
+template void run_inference<float>(const plan_impl&, const inference_args&, unsigned char*, bool);
+template void run_inference<double>(const plan_impl&, const inference_args&, unsigned char*, bool);
 
 }  // namespace bnorm::detail

@@ -6,6 +6,7 @@
 // dβ, when asked, take a reduce pass around the running mean. The caller's dγ and dβ are
 // written only at the end.
 #include <algorithm>
+#include <limits>
 
 #include "execute.hpp"
 #include "passes.hpp"
@@ -174,26 +175,53 @@ class gradient_step {
   kernels::gradient_coefficients<const T> readable_;
 };
 
+/// dy through the plan's activation into `out`: elementwise, in parallel chunks (the result
+/// does not depend on them).
+template <class T>
+void mask_gradient(const plan_impl& plan, const backward_args& args, T* out) {
+  const partition& p = plan.part;
+  const kernels::epilogue<T>& post = plan.epilogue<T>();
+  const bool clamp = post.kind == kernels::epilogue_kind::clamp;
+  const T lo = clamp ? post.lo : T(0);
+  const T hi = clamp ? post.hi : std::numeric_limits<T>::infinity();
+  const T* dy = static_cast<const T*>(args.diff_dst);
+  const T* y = static_cast<const T*>(args.dst);
+  const std::size_t chunk = 32 * 1024;  // elements: about a unit's bytes
+  const std::size_t chunks = (p.elements + chunk - 1) / chunk;
+  plan.threads.for_each(chunks, 1, p.serial, [&](std::size_t b, std::size_t e) {
+    const std::size_t begin = b * chunk, end = std::min(e * chunk, p.elements);
+    plan.kernels->get<T>().activation_mask(dy + begin, y + begin, out + begin, end - begin, lo, hi);
+  });
+}
+
 }  // namespace
 
 template <class T>
-void run_backward(const plan_impl& plan, const backward_args& args, bool frozen,
-                  unsigned char* scratch) {
-  if (args.diff_scale.data || args.diff_shift.data || !frozen) {
+void run_backward(const plan_impl& plan, const backward_args& given, bool frozen,
+                  unsigned char* scratch, void* masked) {
+  backward_args args = given;
+  if (masked != nullptr) {  // a fused activation: the gradient of its input first
+    mask_gradient<T>(plan, given, static_cast<T*>(masked));
+    args.diff_dst = masked;
+  }
+  if (args.diff_scale.data || args.diff_shift.data || (!frozen && args.diff_src)) {
     gradient_step<T>(plan, args, frozen, scratch).run();
   }
   if (frozen && args.diff_src) {
-    // dx = dy·γ/sqrt(running_var + eps): the inference map of dy with a zero mean and no shift.
+    // dx = dy·γ/sqrt(running_var + eps): the inference map of dy with a zero mean and no shift
+    // (and without the plan's activation).
     inference_args as_inference;
     as_inference.src = args.diff_dst;
     as_inference.dst = args.diff_src;
     as_inference.scale = args.scale;
     as_inference.var = args.var;
-    run_inference<T>(plan, as_inference, scratch);
+    run_inference<T>(plan, as_inference, scratch, true);
   }
 }
 
-template void run_backward<float>(const plan_impl&, const backward_args&, bool, unsigned char*);
-template void run_backward<double>(const plan_impl&, const backward_args&, bool, unsigned char*);
+template void run_backward<float>(const plan_impl&, const backward_args&, bool, unsigned char*,
+                                  void*);
+template void run_backward<double>(const plan_impl&, const backward_args&, bool, unsigned char*,
+                                   void*);
 
 }  // namespace bnorm::detail

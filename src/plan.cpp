@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <initializer_list>
+#include <memory>
 #include <new>
 #include <utility>
 
@@ -458,19 +459,31 @@ namespace {
 
 /// A backward call, either kind: what it computes decides what it needs (see backward_args).
 status backward(const plan_impl& p, const backward_args& args, bool frozen) noexcept {
-  if (p.options.activation != activation::none) {
-    return status::failure(status_code::unsupported,
-                           "activation: expected none for a backward (the fused %s would need "
-                           "the forward's output to mask dy), got %s",
-                           to_string(p.options.activation), to_string(p.options.activation));
-  }
   const std::size_t channels = p.part.channels;
   const bool dx = args.diff_src != nullptr, dgamma = args.diff_scale.data != nullptr,
-             dbeta = args.diff_shift.data != nullptr;
-  if (!dx && !dgamma && !dbeta) {
+             dbeta = args.diff_shift.data != nullptr, dz = args.diff_residual != nullptr;
+  const activation fused = p.options.activation;
+  if (!dx && !dgamma && !dbeta && !dz) {
     return status(status_code::invalid_argument,
                   "diff_src, diff_scale, diff_shift: expected at least one output to compute, "
                   "got none");
+  }
+  if (dz && fused != activation::add_relu) {
+    return status::failure(status_code::invalid_argument,
+                           "diff_residual: expected none (the plan's activation is %s), got a "
+                           "buffer",
+                           to_string(fused));
+  }
+  if (fused == activation::none && args.dst != nullptr) {
+    return status(status_code::invalid_argument,
+                  "dst: expected none (the plan has no activation to mask dy with), got a "
+                  "buffer");
+  }
+  if (fused != activation::none && p.part.elements > 0 && args.dst == nullptr) {
+    return status::failure(status_code::invalid_argument,
+                           "dst: expected %zu elements of shape %s, got a null pointer (required "
+                           "by the fused %s: its output masks dy)",
+                           p.part.elements, shape_text(p.prob.shape).text, to_string(fused));
   }
   // What the outputs asked for read: x̂ needs src, mean and the variance (or 1/std).
   const bool needs_x = dgamma || (dx && !frozen);
@@ -488,7 +501,9 @@ status backward(const plan_impl& p, const backward_args& args, bool frozen) noex
   }
   for (const auto& [name, data] : {std::pair<const char*, const void*>{"src", args.src},
                                    {"diff_dst", args.diff_dst},
-                                   {"diff_src", args.diff_src}}) {
+                                   {"diff_src", args.diff_src},
+                                   {"dst", args.dst},
+                                   {"diff_residual", args.diff_residual}}) {
     if (status s = check_alignment(name, data, p.prob.dtype); !s) return s;
   }
   if (frozen && args.inv_std.data != nullptr) {
@@ -526,6 +541,8 @@ status backward(const plan_impl& p, const backward_args& args, bool frozen) noex
   if (status s = check_separate({{"src", args.src, data_bytes, false},
                                  {"diff_dst", args.diff_dst, data_bytes, false, true},
                                  {"diff_src", args.diff_src, data_bytes, true, true},
+                                 {"dst", args.dst, data_bytes, false},
+                                 {"diff_residual", args.diff_residual, data_bytes, true, true},
                                  {"scale", args.scale.data, channel_bytes, false},
                                  {"mean", args.mean.data, channel_bytes, false},
                                  {"inv_std", args.inv_std.data, channel_bytes, false},
@@ -556,11 +573,27 @@ status backward(const plan_impl& p, const backward_args& args, bool frozen) noex
       !s) {
     return s;
   }
+  // With an activation, dy goes through its mask first, into dz, or dx (whose backward then
+  // runs in place), or, with neither asked for, a tensor of the call's own.
+  std::unique_ptr<unsigned char[]> masked_own;
+  void* masked = nullptr;
+  if (fused != activation::none) {
+    masked = dz ? args.diff_residual : args.diff_src;
+    if (masked == nullptr) {
+      masked_own.reset(new (std::nothrow) unsigned char[data_bytes]);
+      if (!masked_own) {
+        return status::failure(status_code::out_of_memory,
+                               "backward: could not allocate %zu bytes for dy through the %s",
+                               data_bytes, to_string(fused));
+      }
+      masked = masked_own.get();
+    }
+  }
   return guarded([&] {
     if (p.prob.dtype == dtype::f32) {
-      detail::run_backward<float>(p, args, frozen, scratch.data());
+      detail::run_backward<float>(p, args, frozen, scratch.data(), masked);
     } else {
-      detail::run_backward<double>(p, args, frozen, scratch.data());
+      detail::run_backward<double>(p, args, frozen, scratch.data(), masked);
     }
   });
 }

@@ -125,6 +125,86 @@ TEST_P(Epilogue, FusedEqualsPlainThenActivationToTheBit) {
   }
 }
 
+// The backward of a fused activation: dy through the mask of the forward's output (into dz
+// for add+ReLU), then the plain backward: the same bits as the plain plan's backward of the
+// masked dy, computed here; every output mask, dz in place over dy.
+TEST_P(Epilogue, BackwardIsThePlainBackwardOfTheMaskedGradient) {
+  const epilogue_case backward_cases[] = {cases[1], cases[4], cases[5], cases[8]};
+  for (const epilogue_case& k : backward_cases) {
+    const geometry g(k.shape);
+    const auto x = normal_data<float>(g.elements(), 0.3, 1.5, 80);
+    const auto z = normal_data<float>(g.elements(), 0.0, 1.0, 81);
+    const auto dy = normal_data<float>(g.elements(), 0.0, 1.0, 82);
+    const auto gamma = normal_data<float>(g.c, 1.0, 0.5, 83);
+    const double lo = -0.5, hi = 0.7;
+    for (const activation a : {activation::relu, activation::clamp, activation::add_relu}) {
+      for (const bool frozen : {false, true}) {
+        bnorm::plan_options opts;
+        opts.max_isa = GetParam();
+        opts.update_running_stats = false;
+        opts.clamp_min = lo;
+        opts.clamp_max = hi;
+        const bnorm::plan plain = make_plan_or_fail({k.shape, k.l, bnorm::dtype::f32, 1e-5}, opts);
+        opts.activation = a;
+        const bnorm::plan fused = make_plan_or_fail({k.shape, k.l, bnorm::dtype::f32, 1e-5}, opts);
+        // The forward (fused) and its saved statistics.
+        std::vector<float> y(x.size()), mean(g.c), inv_std(g.c), var(g.c, 1.25f);
+        bnorm::training_args fwd;
+        fwd.src = x.data();
+        fwd.dst = y.data();
+        fwd.scale = in(gamma);
+        fwd.batch_mean = out(mean);
+        fwd.batch_inv_std = out(inv_std);
+        if (a == activation::add_relu) fwd.residual = z.data();
+        ASSERT_TRUE(fused.forward_training(fwd).ok());
+        std::vector<float> masked(x.size());
+        for (std::size_t i = 0; i < x.size(); ++i) {
+          const double low = a == activation::clamp ? lo : 0.0;
+          const double high = a == activation::clamp ? hi : INFINITY;
+          masked[i] =
+              y[i] > static_cast<float>(low) && y[i] < static_cast<float>(high) ? dy[i] : 0.0f;
+        }
+        const auto call = [&](const bnorm::plan& p, const std::vector<float>& grad, bool with_y,
+                              float* dz) {
+          std::vector<float> dx(x.size(), -3.0f), dgamma(g.c, -3.0f), dbeta(g.c, -3.0f);
+          bnorm::backward_args args;
+          args.src = x.data();
+          args.diff_dst = grad.data();
+          args.diff_src = dx.data();
+          args.scale = in(gamma);
+          args.mean = in(mean);
+          (frozen ? args.var : args.inv_std) = in(frozen ? var : inv_std);
+          args.diff_scale = out(dgamma);
+          args.diff_shift = out(dbeta);
+          if (with_y) args.dst = y.data();
+          args.diff_residual = dz;
+          const bnorm::status st = frozen ? p.backward_frozen(args) : p.backward_training(args);
+          EXPECT_TRUE(st.ok()) << st.message();
+          return std::make_tuple(dx, dgamma, dbeta);
+        };
+        const std::string name =
+            shape_name(k.shape) + " " + bnorm::to_string(a) + (frozen ? " frozen" : " training");
+        const auto want = call(plain, masked, false, nullptr);
+        std::vector<float> dz(x.size(), -5.0f);
+        const auto got = call(fused, dy, true, a == activation::add_relu ? dz.data() : nullptr);
+        EXPECT_TRUE(same_bits(std::get<0>(got), std::get<0>(want))) << name << " dx";
+        EXPECT_TRUE(same_bits(std::get<1>(got), std::get<1>(want))) << name << " dgamma";
+        EXPECT_TRUE(same_bits(std::get<2>(got), std::get<2>(want))) << name << " dbeta";
+        if (a != activation::add_relu) continue;
+        EXPECT_TRUE(same_bits(dz, masked)) << name << " dz";
+        // dz alone, in place over dy.
+        std::vector<float> over = dy;
+        bnorm::backward_args only;
+        only.diff_dst = over.data();
+        only.diff_residual = over.data();
+        only.dst = y.data();
+        ASSERT_TRUE((frozen ? fused.backward_frozen(only) : fused.backward_training(only)).ok());
+        EXPECT_TRUE(same_bits(over, masked)) << name << " dz alone, in place";
+      }
+    }
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(AllIsas, Epilogue, testing::ValuesIn(isas_under_test()), isa_param_name);
 
 TEST(EpilogueContract, ResidualRulesAndBounds) {
@@ -171,7 +251,7 @@ TEST(EpilogueContract, ResidualRulesAndBounds) {
             std::string::npos)
       << bad.message();
 
-  // A backward of a plan with an activation is refused: it would need the output to mask dy.
+  // A backward of a plan with an activation needs the forward's output to mask dy.
   const bnorm::plan relu = plan_with(activation::relu);
   bnorm::backward_args back;
   back.src = x.data();
@@ -179,8 +259,21 @@ TEST(EpilogueContract, ResidualRulesAndBounds) {
   back.diff_src = y.data();
   back.mean = in(mean);
   back.var = in(var);
-  const bnorm::status st = relu.backward_training(back);
-  EXPECT_EQ(st.code(), bnorm::status_code::unsupported) << st.message();
+  bnorm::status st = relu.backward_training(back);
+  EXPECT_NE(std::string(st.message())
+                .find("dst: expected 72 elements of shape [2, 4, 3, 3], got "
+                      "a null pointer (required by the fused relu"),
+            std::string::npos)
+      << st.message();
+  back.dst = z.data();
+  back.diff_residual = z.data() + 1;
+  st = relu.backward_training(back);
+  EXPECT_NE(std::string(st.message())
+                .find("diff_residual: expected none (the plan's activation "
+                      "is relu)"),
+            std::string::npos)
+      << st.message();
+  EXPECT_EQ(y, std::vector<float>(g.elements(), 7.0f));
   EXPECT_NE(std::string(relu.describe()).find("fused relu"), std::string::npos) << relu.describe();
 }
 

@@ -162,8 +162,8 @@ struct plan_options {
   /// The outputs are the same bits under every policy; only the speed differs.
   store_policy stores = store_policy::automatic;
   /// Fused into both forward paths; NaN stays NaN. Its bounds (activation::clamp):
-  /// clamp_min <= clamp_max, either may be infinite. The backward of a plan with an
-  /// activation is refused (it would need the forward's output to mask dy).
+  /// clamp_min <= clamp_max, either may be infinite. The backward of such a plan takes the
+  /// forward's output (backward_args::dst) to pass dy through the activation first.
   bnorm::activation activation = activation::none;
   double clamp_min = 0.0;
   double clamp_max = 6.0;
@@ -242,6 +242,13 @@ struct backward_args {
   channel_input var;
   channel_output diff_scale;  ///< dγ = Σ dy·x̂, or omitted.
   channel_output diff_shift;  ///< dβ = Σ dy, or omitted.
+  /// A plan with an activation (plan_options::activation): the forward's output, whose mask
+  /// the gradient passes through first (ReLU, add+ReLU: y > 0; clamp: clamp_min < y <
+  /// clamp_max). Required there, none otherwise.
+  const void* dst = nullptr;
+  /// add_relu: dz, the residual's gradient (dy through the mask), or null; may equal
+  /// diff_dst (in place). Other activations: none.
+  void* diff_residual = nullptr;
   /// As training_args::scratch, with plan::backward_scratch_size().
   void* scratch = nullptr;
   std::size_t scratch_size = 0;

@@ -177,5 +177,21 @@ void interleaved_gradient(const S* src, const S* diff_dst, S* diff_src, std::siz
   if (stream) stream_fence<Arch>();
 }
 
+/// The gradient through a fused activation, from its output y: out = dy where lo < y < hi,
+/// else 0 (ReLU: lo = 0, hi = +inf; a NaN y passes nothing, as PyTorch's threshold_backward).
+/// Elementwise over n contiguous values; out may be dy (in place).
+template <class Arch, class T>
+void activation_mask(const T* dy, const T* y, T* out, std::size_t n, T lo, T hi) noexcept {
+  using vec = xsimd::batch<T, Arch>;
+  constexpr std::size_t lanes = vec::size;
+  const vec low(lo), high(hi), zero(T(0));
+  std::size_t i = 0;
+  for (; i + lanes <= n; i += lanes) {
+    const vec v = vec::load_unaligned(y + i);
+    xsimd::select((v > low) & (v < high), vec::load_unaligned(dy + i), zero).store_unaligned(out + i);
+  }
+  for (; i < n; ++i) out[i] = y[i] > lo && y[i] < hi ? dy[i] : T(0);
+}
+
 }  // namespace
 }  // namespace bnorm::kernels

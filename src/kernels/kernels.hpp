@@ -169,6 +169,9 @@ struct kernel_set {
                                std::size_t width, std::size_t stride,
                                const gradient_coefficients<const T>& coeffs, std::size_t first,
                                bool stream) noexcept;
+  /// The gradient through a fused activation: out = lo < y < hi ? dy : 0, elementwise over n
+  /// values (out may be dy).
+  void (*activation_mask)(const T* dy, const T* y, T* out, std::size_t n, T lo, T hi) noexcept;
   /// dγ in place of the sums (see gradient_channels), and, unless `out` is null, the dx
   /// coefficients of training, to index first + c of its arrays; values beyond T's range
   /// saturate to its largest.

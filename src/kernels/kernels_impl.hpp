@@ -28,6 +28,7 @@ constexpr kernel_set<T> make_kernel_set() noexcept {
           &interleaved_gradient_sums<Arch, T>,
           &plane_gradient<Arch, T>,
           &interleaved_gradient<Arch, T>,
+          &activation_mask<Arch, T>,
           &channel_gradients<Arch, T>,
           &narrow<Arch, T>,
           &blend_running<Arch, T>};
