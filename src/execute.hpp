@@ -6,7 +6,8 @@
 
 namespace bnorm::detail {
 
-/// Each may throw what oneTBB throws; `plain`: inference without the plan's activation; the API layer turns that into a status.
+/// Each may throw what oneTBB throws; `plain`: inference without the plan's activation; the API
+/// layer turns that into a status.
 template <class T>
 void run_training(const plan_impl& plan, const training_args& args, unsigned char* scratch);
 template <class T>

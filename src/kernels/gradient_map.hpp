@@ -188,7 +188,8 @@ void activation_mask(const T* dy, const T* y, T* out, std::size_t n, T lo, T hi)
   std::size_t i = 0;
   for (; i + lanes <= n; i += lanes) {
     const vec v = vec::load_unaligned(y + i);
-    xsimd::select((v > low) & (v < high), vec::load_unaligned(dy + i), zero).store_unaligned(out + i);
+    xsimd::select((v > low) & (v < high), vec::load_unaligned(dy + i), zero)
+        .store_unaligned(out + i);
   }
   for (; i < n; ++i) out[i] = y[i] > lo && y[i] < hi ? dy[i] : T(0);
 }
