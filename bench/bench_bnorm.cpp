@@ -41,7 +41,8 @@ namespace {
 
 using bnorm_bench::bench_shape;
 
-enum class mode { training, inference, backward, frozen };
+/// The paths, and inference with a fused activation: ReLU, and add+ReLU with a residual.
+enum class mode { training, inference, backward, frozen, relu, add_relu };
 
 const char* mode_name(mode m) {
   switch (m) {
@@ -49,6 +50,8 @@ const char* mode_name(mode m) {
     case mode::inference: return "infer";
     case mode::backward: return "backward";
     case mode::frozen: return "frozen";
+    case mode::relu: return "relu";
+    case mode::add_relu: return "add_relu";
   }
   return "?";
 }
@@ -60,6 +63,8 @@ double traffic(mode m) {
     case mode::inference: return 2;
     case mode::backward: return 5;
     case mode::frozen: return 2;
+    case mode::relu: return 2;
+    case mode::add_relu: return 3;  // x and z read, y written
   }
   return 0;
 }
@@ -79,6 +84,8 @@ struct bench_case {
     return static_cast<double>(shape.elements()) * sizeof(float) * traffic(m);
   }
   bool backward() const { return m == mode::backward || m == mode::frozen; }
+  /// The cases whose second tensor (dy, or the residual z) the buffers hold.
+  bool two_inputs() const { return backward() || m == mode::add_relu; }
 };
 
 using tensor = bnorm_bench::aligned_vector<float>;
@@ -101,7 +108,7 @@ struct buffers {
   explicit buffers(const bench_case& k)
       : x(make_values(static_cast<std::size_t>(k.shape.elements()), 7919, 4.0, -1.5)),
         y(x.size()),
-        dy(k.backward() ? make_values(x.size(), 104729, 2.0, -1.0) : tensor()),
+        dy(k.two_inputs() ? make_values(x.size(), 104729, 2.0, -1.0) : tensor()),
         dx(dy.size()),
         gamma(static_cast<std::size_t>(k.shape.c), 1.5f),
         beta(gamma.size(), 0.25f),
@@ -121,6 +128,9 @@ class bnorm_runner {
   bnorm_runner(const bench_case& k, buffers& b, int threads) : mode_(k.m) {
     bnorm::plan_options opts;
     opts.max_threads = threads;
+    opts.activation = k.m == mode::relu       ? bnorm::activation::relu
+                      : k.m == mode::add_relu ? bnorm::activation::add_relu
+                                              : bnorm::activation::none;
     status_ =
         bnorm::make_plan({k.shape.shape(), k.layout, bnorm::dtype::f32, epsilon}, opts, &plan_);
     scratch_.resize(plan_.scratch_size() + 64);
@@ -138,6 +148,7 @@ class bnorm_runner {
     train_.running_mean = {running_mean_.data(), running_mean_.size()};
     train_.running_var = {running_var_.data(), running_var_.size()};
     infer_.mean = {b.mean.data(), b.mean.size()};
+    if (k.m == mode::add_relu) infer_.residual = b.dy.data();  // dy's buffer holds z
     infer_.var = {b.var.data(), b.var.size()};
     train_.scratch = infer_.scratch = backward_.scratch = scratch;
     train_.scratch_size = infer_.scratch_size = backward_.scratch_size = plan_.scratch_size();
@@ -160,7 +171,9 @@ class bnorm_runner {
     if (!status_) return status_;
     switch (mode_) {
       case mode::training: return plan_.forward_training(train_);
-      case mode::inference: return plan_.forward_inference(infer_);
+      case mode::inference:
+      case mode::relu:
+      case mode::add_relu: return plan_.forward_inference(infer_);
       case mode::backward: return plan_.backward_training(backward_);
       case mode::frozen: return plan_.backward_frozen(backward_);
     }
@@ -199,6 +212,10 @@ void roofline_pass(const bench_case& k, buffers& b, bool one_pass = false) {
       bnorm_bench::stream_combine(b.x.data(), b.dy.data(), b.dx.data(), n, k.threads);
       break;
     case mode::frozen: bnorm_bench::stream_affine(b.dy.data(), b.dx.data(), n, k.threads); break;
+    case mode::relu: bnorm_bench::stream_affine(b.x.data(), b.y.data(), n, k.threads); break;
+    case mode::add_relu:
+      bnorm_bench::stream_combine(b.x.data(), b.dy.data(), b.y.data(), n, k.threads);
+      break;
   }
   benchmark::ClobberMemory();
 }
@@ -223,6 +240,33 @@ void run_bnorm(benchmark::State& state, const bench_case& k) {
   }
   finish(state, k);
   state.SetLabel(runner.plan().describe());  // the ISA first, then the schedule
+}
+
+/// A fused-activation case as an engine runs it without fusion: bnorm's plain inference, then
+/// a separate activation pass over y.
+void run_unfused(benchmark::State& state, const bench_case& k) {
+  buffers b(k);
+  bench_case plain = k;
+  plain.m = mode::inference;
+  const bnorm_runner runner(plain, b, k.threads);
+  const auto step = [&] {
+    const bnorm::status s = runner.run();
+    if (k.m == mode::relu) {
+      bnorm_bench::stream_relu(b.y.data(), b.y.size(), k.threads);
+    } else {
+      bnorm_bench::stream_add_relu(b.y.data(), b.dy.data(), b.y.size(), k.threads);
+    }
+    return s;
+  };
+  if (bnorm::status s = step(); !s) {
+    state.SkipWithError(s.message());
+    return;
+  }
+  for (auto _ : state) {
+    step();
+    benchmark::ClobberMemory();
+  }
+  finish(state, k);
 }
 
 #if BNORM_BENCH_WITH_ONEDNN
@@ -259,8 +303,9 @@ void run_onednn(benchmark::State& state, const bench_case& k) {
   peer_args.diff_shift = dbeta.data();
   const bnorm_bench::peer_kind kind = k.m == mode::training    ? bnorm_bench::peer_kind::training
                                       : k.m == mode::inference ? bnorm_bench::peer_kind::inference
-                                      : k.m == mode::backward  ? bnorm_bench::peer_kind::backward
-                                                               : bnorm_bench::peer_kind::frozen;
+                                      : k.m == mode::relu ? bnorm_bench::peer_kind::inference_relu
+                                      : k.m == mode::backward ? bnorm_bench::peer_kind::backward
+                                                              : bnorm_bench::peer_kind::frozen;
   bnorm_bench::onednn_peer peer(k.shape.shape(), k.layout, kind, epsilon, peer_args);
   peer.run(k.threads);
   // oneDNN's frozen backward takes no scale: its dx is bnorm's over gamma (1.5 throughout).
@@ -290,7 +335,8 @@ std::vector<bench_case> all_cases() {
   std::vector<bench_case> cases;
   for (const bench_shape& s : bnorm_bench::suite()) {
     for (bnorm::layout l : {bnorm::layout::channels_first, bnorm::layout::channels_last}) {
-      for (mode m : {mode::training, mode::inference, mode::backward, mode::frozen}) {
+      for (mode m : {mode::training, mode::inference, mode::backward, mode::frozen, mode::relu,
+                     mode::add_relu}) {
         cases.push_back({s, l, m, 1});
         if (cores > 1) cases.push_back({s, l, m, cores});
       }
@@ -312,13 +358,20 @@ void register_all() {
         run_roofline(s, k, true);
       })->UseRealTime();
     }
+    if (k.m == mode::relu || k.m == mode::add_relu) {
+      benchmark::RegisterBenchmark(k.name("unfused").c_str(), [k](benchmark::State& s) {
+        run_unfused(s, k);
+      })->UseRealTime();
+    }
     benchmark::RegisterBenchmark(k.name("bnorm").c_str(), [k](benchmark::State& s) {
       run_bnorm(s, k);
     })->UseRealTime();
 #if BNORM_BENCH_WITH_ONEDNN
-    benchmark::RegisterBenchmark(k.name("onednn").c_str(), [k](benchmark::State& s) {
-      run_onednn(s, k);
-    })->UseRealTime();
+    if (k.m != mode::add_relu) {  // oneDNN fuses no add+ReLU into its batch norm
+      benchmark::RegisterBenchmark(k.name("onednn").c_str(), [k](benchmark::State& s) {
+        run_onednn(s, k);
+      })->UseRealTime();
+    }
 #endif
   }
 }

@@ -32,11 +32,15 @@ onednn_peer::onednn_peer(const bnorm::tensor_shape& shape, bnorm::layout l, peer
   const memory::desc data(dims, memory::data_type::f32, t);
   const memory::desc channel({shape[1]}, memory::data_type::f32, tag::x);
   const auto affine = normalization_flags::use_scale | normalization_flags::use_shift;
+  const bool relu = kind == peer_kind::inference_relu;
+  if (relu) kind = peer_kind::inference;
   const bool global = kind == peer_kind::inference || kind == peer_kind::frozen;
   // oneDNN's backward_data cannot take a scale: the frozen peer runs without one.
-  const auto flags = kind == peer_kind::frozen ? normalization_flags::use_global_stats
-                     : global                  ? affine | normalization_flags::use_global_stats
-                                               : affine;
+  const auto flags =
+      kind == peer_kind::frozen ? normalization_flags::use_global_stats
+      : relu ? affine | normalization_flags::use_global_stats | normalization_flags::fuse_norm_relu
+      : global ? affine | normalization_flags::use_global_stats
+               : affine;
   const bool forward = kind == peer_kind::training || kind == peer_kind::inference;
   const dnnl::batch_normalization_forward::desc forward_desc(
       kind == peer_kind::inference ? dnnl::prop_kind::forward_inference

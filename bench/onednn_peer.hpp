@@ -10,10 +10,11 @@ namespace bnorm_bench {
 
 /// What the peer runs.
 enum class peer_kind {
-  training,   ///< batch_normalization_forward, forward_training, scale and shift
-  inference,  ///< forward_inference with use_global_stats
-  backward,   ///< batch_normalization_backward, prop_kind backward: dx, dscale, dshift
-  frozen,     ///< backward_data with use_global_stats: dx (oneDNN takes no scale here)
+  training,        ///< batch_normalization_forward, forward_training, scale and shift
+  inference,       ///< forward_inference with use_global_stats
+  inference_relu,  ///< the same with fuse_norm_relu
+  backward,        ///< batch_normalization_backward, prop_kind backward: dx, dscale, dshift
+  frozen,          ///< backward_data with use_global_stats: dx (oneDNN takes no scale here)
 };
 
 /// The caller's buffers; the peer owns none. mean and var: the batch statistics (written by

@@ -19,13 +19,16 @@ import re
 import statistics
 from collections import defaultdict
 
-NAME = re.compile(r"([^/]+)/(nchw|nhwc)/(train|infer|backward|frozen)/threads:(\d+)/(\w+)")
+NAME = re.compile(
+    r"([^/]+)/(nchw|nhwc)/(train|infer|backward|frozen|relu|add_relu)/threads:(\d+)/(\w+)")
 UNIT = {"ns": 1e-3, "us": 1.0, "ms": 1e3, "s": 1e6}
 FORWARD, BACKWARD = ("train", "infer"), ("backward", "frozen")
+# Inference with a fused activation; `unfused` is bnorm's plain inference then a separate pass.
+FUSED = ("relu", "add_relu")
 # The tensor sizes of traffic each mode's bytes/s counts: training reads x twice and writes y,
 # inference reads x and writes y; backward reads x and dy twice (a reduce pass, then a map
 # pass) and writes dx; frozen backward reads dy and writes dx.
-TRAFFIC = {"train": 3, "infer": 2, "backward": 5, "frozen": 2}
+TRAFFIC = {"train": 3, "infer": 2, "backward": 5, "frozen": 2, "relu": 2, "add_relu": 3}
 
 
 def load(paths, rename=None):
@@ -323,6 +326,42 @@ def main():
         check("small shapes (ResNet-50 batch 1, 14×14 and 7×7) backward ≥ 1.5× the faster peer",
               [r for r in with_peer if r["case"][0] in small and r["case"][2] in BACKWARD],
               lambda r: r["speedup"] >= 1.5, lambda r: times(r["speedup"]))
+
+    # Fused activations: the fused call against the plain inference of the same case and the
+    # unfused pair (plain inference, then a separate activation pass over y).
+    fused_rows = []
+    for r in summary:
+        if r["case"][2] not in FUSED:
+            continue
+        plain = get((r["case"][0], r["case"][1], "infer"), threads_all, "bnorm")
+        unfused = get(r["case"], threads_all, "unfused")
+        fused_rows.append(dict(r, plain=plain, unfused=unfused,
+                               over_plain=r["bn"] / plain if plain else None,
+                               over_unfused=unfused / r["bn"] if unfused else None))
+    if fused_rows:
+        lines.append("\n## Fused activations\n")
+        lines.append("Inference with ReLU or add+ReLU in its map pass (`fused`), against the plain "
+                     "inference of the same tensor (`plain`), bnorm's plain inference followed by "
+                     "a separate activation pass over y (`unfused`), and oneDNN's "
+                     "`fuse_norm_relu` (ReLU only; oneDNN fuses no add+ReLU). Median µs at all "
+                     "threads.\n")
+        lines.append("| case | MiB | fused | plain | unfused | oneDNN fused | fused / plain | "
+                     "unfused / fused |")
+        lines.append("|---|---|---|---|---|---|---|---|")
+        for r in fused_rows:
+            lines.append(f"| {' '.join(r['case'])} | {r['mib']:.2f} | {fmt(r['bn'])} | "
+                         f"{fmt(r['plain'])} | {fmt(r['unfused'])} | "
+                         f"{fmt(get(r['case'], threads_all, 'onednn'))} | "
+                         + (times(r['over_plain']) if r['over_plain'] else "-") + " | "
+                         + (times(r['over_unfused']) if r['over_unfused'] else "-") + " |")
+        lines.append("")
+        # add+ReLU reads a third tensor (z): its bound is its own roofline (main table).
+        check("fused ReLU costs ≤ 5% more than the plain inference",
+              [r for r in fused_rows if r["over_plain"] and r["case"][2] == "relu"],
+              lambda r: r["over_plain"] <= 1.05, lambda r: times(r["over_plain"]))
+        check("fused ≥ 1.4× the unfused pair (≥ 4 MiB)",
+              [r for r in fused_rows if r["over_unfused"] and r["mib"] >= 4],
+              lambda r: r["over_unfused"] >= 1.4, lambda r: times(r["over_unfused"]))
 
     lines.append("\n**Schedules** (bnorm at all threads, from `plan::describe()`):\n")
     for case in cases:

@@ -51,6 +51,22 @@ __attribute__((target_clones("avx512f", "avx2", "default"))) void combine_block(
   for (std::size_t i = 0; i < n; ++i) dx[i] = 1.5f * dy[i] - 0.5f * x[i] + 0.25f;
 }
 
+__attribute__((target_clones("avx512f", "avx2", "default"))) void relu_block(float* y,
+                                                                             std::size_t n) {
+#pragma omp simd
+  for (std::size_t i = 0; i < n; ++i) y[i] = y[i] < 0.f ? 0.f : y[i];
+}
+
+__attribute__((target_clones("avx512f", "avx2", "default"))) void add_relu_block(float* y,
+                                                                                 const float* z,
+                                                                                 std::size_t n) {
+#pragma omp simd
+  for (std::size_t i = 0; i < n; ++i) {
+    const float v = y[i] + z[i];
+    y[i] = v < 0.f ? 0.f : v;
+  }
+}
+
 tbb::task_arena& arena_for(int threads) {
   static std::mutex mutex;
   static std::map<int, std::unique_ptr<tbb::task_arena>> arenas;
@@ -107,6 +123,15 @@ double stream_sum2(const float* x, const float* dy, std::size_t n, int threads) 
 void stream_combine(const float* x, const float* dy, float* dx, std::size_t n, int threads) {
   for_chunks(n, threads,
              [&](std::size_t b, std::size_t e) { combine_block(x + b, dy + b, dx + b, e - b); });
+}
+
+void stream_relu(float* y, std::size_t n, int threads) {
+  for_chunks(n, threads, [&](std::size_t b, std::size_t e) { relu_block(y + b, e - b); });
+}
+
+void stream_add_relu(float* y, const float* z, std::size_t n, int threads) {
+  for_chunks(n, threads,
+             [&](std::size_t b, std::size_t e) { add_relu_block(y + b, z + b, e - b); });
 }
 
 }  // namespace bnorm_bench

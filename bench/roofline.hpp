@@ -13,5 +13,9 @@ void stream_affine(const float* x, float* y, std::size_t n, int threads);
 double stream_sum(const float* x, std::size_t n, int threads);
 double stream_sum2(const float* x, const float* dy, std::size_t n, int threads);
 void stream_combine(const float* x, const float* dy, float* dx, std::size_t n, int threads);
+/// The separate activation pass an engine runs without fusion: y = max(y, 0), or
+/// y = max(y + z, 0), in place.
+void stream_relu(float* y, std::size_t n, int threads);
+void stream_add_relu(float* y, const float* z, std::size_t n, int threads);
 
 }  // namespace bnorm_bench
