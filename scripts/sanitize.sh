@@ -8,7 +8,8 @@ jobs=$(nproc)
 
 # ASan + UBSan: every test but the package consumer (an uninstrumented build of its own).
 cmake -S . -B build/asan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DBNORM_BUILD_BENCHMARKS=OFF \
-  -DCMAKE_CXX_FLAGS="-fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer"
+  -DCMAKE_CXX_FLAGS="-fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer" \
+  -DCMAKE_C_FLAGS="-fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer"
 cmake --build build/asan -j"$jobs"
 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
   LSAN_OPTIONS=suppressions=$PWD/tests/sanitizers/lsan.supp \
@@ -17,6 +18,7 @@ ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
 # TSan: host threads sharing plans and running modules. Only without oneTBB workers: Debian's
 # oneTBB is not built with TSan, which then reports its joins as races.
 cmake -S . -B build/tsan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DBNORM_BUILD_BENCHMARKS=OFF \
-  -DCMAKE_CXX_FLAGS="-fsanitize=thread -fno-omit-frame-pointer"
+  -DCMAKE_CXX_FLAGS="-fsanitize=thread -fno-omit-frame-pointer" \
+  -DCMAKE_C_FLAGS="-fsanitize=thread -fno-omit-frame-pointer"
 cmake --build build/tsan -j"$jobs" --target bnorm_tests
 TSAN_OPTIONS="halt_on_error=1" build/tsan/tests/bnorm_tests --gtest_filter='Concurrency.HostThreadsOnly'

@@ -2,7 +2,7 @@ cmake_policy(VERSION 3.25)
 # Installs the build tree into a scratch prefix, then configures, builds and runs the consumer
 # against it: the find_package(bnorm CONFIG) path an engine takes; then builds and runs it again
 # with the compiler and `pkg-config --cflags --libs bnorm` alone, the path of other builds.
-# Inputs: -DBUILD_DIR= -DSOURCE_DIR= -DWORK_DIR= -DCXX= -DPKG_CONFIG=
+# Inputs: -DBUILD_DIR= -DSOURCE_DIR= -DWORK_DIR= -DCXX= -DCC= -DPKG_CONFIG=
 file(REMOVE_RECURSE "${WORK_DIR}")
 function(run)
   execute_process(COMMAND ${ARGN} RESULT_VARIABLE result OUTPUT_VARIABLE out ERROR_VARIABLE err)
@@ -16,6 +16,7 @@ run(${CMAKE_COMMAND} -S "${SOURCE_DIR}" -B "${WORK_DIR}/build" -DCMAKE_BUILD_TYP
     "-DCMAKE_PREFIX_PATH=${WORK_DIR}/prefix")
 run(${CMAKE_COMMAND} --build "${WORK_DIR}/build")
 run("${WORK_DIR}/build/consumer")
+run("${WORK_DIR}/build/consumer_c")
 
 file(GLOB_RECURSE pc_files "${WORK_DIR}/prefix/*/bnorm.pc")
 list(LENGTH pc_files pc_count)
@@ -32,3 +33,13 @@ endif()
 separate_arguments(flags UNIX_COMMAND "${flags}")
 run(${CXX} -std=c++17 "${SOURCE_DIR}/consumer.cpp" -o "${WORK_DIR}/consumer_pkg_config" ${flags})
 run("${WORK_DIR}/consumer_pkg_config")
+# A C compiler links the C++ library with its static dependencies (libstdc++: Libs.private).
+execute_process(COMMAND ${PKG_CONFIG} --cflags --libs --static bnorm RESULT_VARIABLE result
+                OUTPUT_VARIABLE static_flags ERROR_VARIABLE err OUTPUT_STRIP_TRAILING_WHITESPACE)
+if(NOT result EQUAL 0)
+  message(FATAL_ERROR "pkg-config --cflags --libs --static bnorm failed: ${err}")
+endif()
+separate_arguments(static_flags UNIX_COMMAND "${static_flags}")
+run(${CC} -std=c99 "${SOURCE_DIR}/consumer.c" -o "${WORK_DIR}/consumer_c_pkg_config"
+    ${static_flags})
+run("${WORK_DIR}/consumer_c_pkg_config")

@@ -1,0 +1,193 @@
+/* bnorm's C API (C99): the engine API for engines that are not C++. Plans are opaque handles;
+ * every call returns a status code, with the message, when asked, in a bnorm_status. Nothing
+ * crosses the boundary as an exception.
+ *
+ *   bnorm_problem prob;
+ *   bnorm_problem_init(&prob);                 // defaults, and prob.struct_size
+ *   prob.rank = 4;  prob.shape[0] = 32;  prob.shape[1] = 64;  prob.shape[2] = prob.shape[3] = 56;
+ *   bnorm_plan_options opts;
+ *   bnorm_plan_options_init(&opts);
+ *   bnorm_plan plan;
+ *   bnorm_status status;
+ *   if (bnorm_plan_create(&plan, &prob, &opts, &status) != BNORM_OK) puts(status.message);
+ *   bnorm_inference_args args;
+ *   bnorm_inference_args_init(&args);
+ *   args.src = x;  args.dst = y;
+ *   args.mean.data = running_mean;  args.mean.size = 64;  ...
+ *   bnorm_forward_inference(plan, &args, &status);
+ *   bnorm_plan_destroy(plan);
+ *
+ * The semantics are the C++ engine API's (bnorm/plan.hpp): the same buffer contract, the same
+ * checks before anything is written, the same results. Structs that may grow carry their own
+ * size (struct_size, set by their _init function): a library older than the header refuses a
+ * struct larger than it knows, naming it.
+ */
+#ifndef BNORM_BNORM_H
+#define BNORM_BNORM_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/** The version of this C API: bumped when a struct grows or a call is added. */
+#define BNORM_C_API_VERSION 1
+
+/** The library's version, "0.1.0", and the C API version it implements. */
+const char* bnorm_version(void);
+int bnorm_c_api_version(void);
+
+/** The values of bnorm::status_code. */
+typedef enum bnorm_status_code {
+  BNORM_OK = 0,
+  BNORM_INVALID_ARGUMENT = 1, /**< a bad problem, option or buffer: the message names it */
+  BNORM_UNSUPPORTED = 2,      /**< a valid request this build or CPU cannot serve */
+  BNORM_OUT_OF_MEMORY = 3,
+  BNORM_INTERNAL_ERROR = 4
+} bnorm_status_code;
+
+/** A call's code and message ("" when ok). Optional everywhere: pass NULL to skip it. */
+typedef struct bnorm_status {
+  bnorm_status_code code;
+  char message[256];
+} bnorm_status;
+
+typedef enum bnorm_layout { BNORM_CHANNELS_FIRST = 0, BNORM_CHANNELS_LAST = 1 } bnorm_layout;
+typedef enum bnorm_dtype { BNORM_F32 = 0, BNORM_F64 = 1 } bnorm_dtype;
+typedef enum bnorm_isa {
+  BNORM_ISA_ANY = -1, /**< as max_isa: no cap */
+  BNORM_ISA_SSE2 = 0,
+  BNORM_ISA_AVX2 = 1,
+  BNORM_ISA_AVX512F = 2,
+  BNORM_ISA_NEON64 = 3
+} bnorm_isa;
+typedef enum bnorm_momentum_convention {
+  BNORM_CONVENTION_PYTORCH = 0,
+  BNORM_CONVENTION_MINDSPORE = 1,
+  BNORM_CONVENTION_ONNX = 2
+} bnorm_momentum_convention;
+typedef enum bnorm_store_policy {
+  BNORM_STORES_AUTOMATIC = 0,
+  BNORM_STORES_CACHED = 1,
+  BNORM_STORES_STREAMING = 2
+} bnorm_store_policy;
+typedef enum bnorm_activation {
+  BNORM_ACTIVATION_NONE = 0,
+  BNORM_ACTIVATION_RELU = 1,
+  BNORM_ACTIVATION_CLAMP = 2,
+  BNORM_ACTIVATION_ADD_RELU = 3
+} bnorm_activation;
+
+/** Shape (N, C, spatial...), layout, element type, epsilon. */
+typedef struct bnorm_problem {
+  size_t struct_size;
+  size_t rank;
+  int64_t shape[8];
+  bnorm_layout layout;
+  bnorm_dtype dtype;
+  double epsilon;
+} bnorm_problem;
+
+/** As bnorm::plan_options; booleans are ints (0 or 1). */
+typedef struct bnorm_plan_options {
+  size_t struct_size;
+  int update_running_stats;
+  bnorm_momentum_convention convention;
+  double momentum;
+  int cumulative_average;
+  int max_threads;
+  bnorm_isa max_isa;
+  bnorm_store_policy stores;
+  bnorm_activation activation;
+  double clamp_min;
+  double clamp_max;
+} bnorm_plan_options;
+
+/** Per-channel buffers: `size` values of the plan's dtype, C of them; {NULL, 0} to omit. */
+typedef struct bnorm_channel_input {
+  const void* data;
+  size_t size;
+} bnorm_channel_input;
+typedef struct bnorm_channel_output {
+  void* data;
+  size_t size;
+} bnorm_channel_output;
+
+typedef struct bnorm_training_args {
+  size_t struct_size;
+  const void* src;
+  void* dst;
+  bnorm_channel_input scale, shift;
+  bnorm_channel_output batch_mean, batch_inv_std, running_mean, running_var;
+  int64_t* num_batches_tracked;
+  const void* residual;
+  void* scratch;
+  size_t scratch_size;
+} bnorm_training_args;
+
+typedef struct bnorm_inference_args {
+  size_t struct_size;
+  const void* src;
+  void* dst;
+  bnorm_channel_input scale, shift, mean, var;
+  const void* residual;
+  void* scratch;
+  size_t scratch_size;
+} bnorm_inference_args;
+
+typedef struct bnorm_backward_args {
+  size_t struct_size;
+  const void* src;
+  const void* diff_dst;
+  void* diff_src;
+  bnorm_channel_input scale, mean, inv_std, var;
+  bnorm_channel_output diff_scale, diff_shift;
+  const void* dst;
+  void* diff_residual;
+  void* scratch;
+  size_t scratch_size;
+} bnorm_backward_args;
+
+/** Defaults of the C++ API (PyTorch convention, momentum 0.1, ...), struct_size set; a
+ * problem's rank 0 and shape zeros, f32, channels-first, epsilon 1e-5; args all empty. */
+void bnorm_problem_init(bnorm_problem* problem);
+void bnorm_plan_options_init(bnorm_plan_options* options);
+void bnorm_training_args_init(bnorm_training_args* args);
+void bnorm_inference_args_init(bnorm_inference_args* args);
+void bnorm_backward_args_init(bnorm_backward_args* args);
+
+/** An opaque, immutable plan; safe to execute from many threads at once. */
+typedef struct bnorm_plan_impl* bnorm_plan;
+
+/** Validates the problem and options into *plan (left untouched on failure); options NULL
+ * means the defaults. */
+bnorm_status_code bnorm_plan_create(bnorm_plan* plan, const bnorm_problem* problem,
+                                    const bnorm_plan_options* options, bnorm_status* status);
+/** Frees a plan; NULL is a no-op. */
+void bnorm_plan_destroy(bnorm_plan plan);
+
+/** What a plan runs: its ISA, its one-line description (owned by the plan), and the scratch
+ * its calls take from the caller (0: none). A NULL plan: BNORM_ISA_ANY, "", 0. */
+bnorm_isa bnorm_plan_isa(bnorm_plan plan);
+const char* bnorm_plan_describe(bnorm_plan plan);
+size_t bnorm_plan_training_scratch_size(bnorm_plan plan);
+size_t bnorm_plan_inference_scratch_size(bnorm_plan plan);
+size_t bnorm_plan_backward_scratch_size(bnorm_plan plan);
+
+/** The four calls of bnorm::plan. */
+bnorm_status_code bnorm_forward_training(bnorm_plan plan, const bnorm_training_args* args,
+                                         bnorm_status* status);
+bnorm_status_code bnorm_forward_inference(bnorm_plan plan, const bnorm_inference_args* args,
+                                          bnorm_status* status);
+bnorm_status_code bnorm_backward_training(bnorm_plan plan, const bnorm_backward_args* args,
+                                          bnorm_status* status);
+bnorm_status_code bnorm_backward_frozen(bnorm_plan plan, const bnorm_backward_args* args,
+                                        bnorm_status* status);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* BNORM_BNORM_H */

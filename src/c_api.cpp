@@ -1,0 +1,273 @@
+// The C API (include/bnorm/bnorm.h) over the engine API: translation of structs and enums, and
+// the statuses copied out. The engine API throws nothing; creating a plan's handle may fail to
+// allocate, which is reported, not thrown.
+#include "bnorm/bnorm.h"
+
+#include <cstdio>
+#include <cstring>
+#include <new>
+
+#include "bnorm/plan.hpp"
+#include "bnorm/version.hpp"
+
+struct bnorm_plan_impl {
+  bnorm::plan plan;
+};
+
+namespace {
+
+bnorm_status_code report(const bnorm::status& s, bnorm_status* out) noexcept {
+  const auto code = static_cast<bnorm_status_code>(s.code());
+  if (out != nullptr) {
+    out->code = code;
+    std::snprintf(out->message, sizeof(out->message), "%s", s.message());
+  }
+  return code;
+}
+
+bnorm_status_code refuse(const char* message, bnorm_status* out) noexcept {
+  return report(bnorm::status(bnorm::status_code::invalid_argument, message), out);
+}
+
+/// A struct the caller's header sized: this library knows `known` bytes of it.
+bool size_fits(const char* name, std::size_t given, std::size_t known, bnorm_status* out,
+               bnorm_status_code* code) noexcept {
+  if (given == known) return true;
+  *code = report(bnorm::status::failure(bnorm::status_code::invalid_argument,
+                                        "%s.struct_size: expected %zu (this library's %s, as "
+                                        "its _init function sets it), got %zu",
+                                        name, known, name, given),
+                 out);
+  return false;
+}
+
+bnorm::channel_input in(const bnorm_channel_input& b) noexcept {
+  return {b.data, b.size};
+}
+bnorm::channel_output out(const bnorm_channel_output& b) noexcept {
+  return {b.data, b.size};
+}
+
+/// Runs `call` on the plan's C++ object once the handle and the args' size are checked.
+template <class Args, class Call>
+bnorm_status_code run(bnorm_plan plan, const Args* args, const char* name, bnorm_status* status,
+                      const Call& call) noexcept {
+  if (plan == nullptr)
+    return refuse("plan: expected a plan from bnorm_plan_create, got NULL", status);
+  if (args == nullptr) {
+    return report(bnorm::status::failure(bnorm::status_code::invalid_argument,
+                                         "args: expected a %s, got NULL", name),
+                  status);
+  }
+  bnorm_status_code code = BNORM_OK;
+  if (!size_fits(name, args->struct_size, sizeof(Args), status, &code)) return code;
+  return report(call(plan->plan), status);
+}
+
+}  // namespace
+
+extern "C" {
+
+const char* bnorm_version(void) {
+  return BNORM_VERSION_STRING;
+}
+
+int bnorm_c_api_version(void) {
+  return BNORM_C_API_VERSION;
+}
+
+void bnorm_problem_init(bnorm_problem* problem) {
+  if (problem == nullptr) return;
+  std::memset(problem, 0, sizeof(*problem));
+  problem->struct_size = sizeof(*problem);
+  const bnorm::problem defaults;
+  problem->layout = static_cast<bnorm_layout>(defaults.layout);
+  problem->dtype = static_cast<bnorm_dtype>(defaults.dtype);
+  problem->epsilon = defaults.epsilon;
+}
+
+void bnorm_plan_options_init(bnorm_plan_options* options) {
+  if (options == nullptr) return;
+  std::memset(options, 0, sizeof(*options));
+  options->struct_size = sizeof(*options);
+  const bnorm::plan_options defaults;
+  options->update_running_stats = defaults.update_running_stats;
+  options->convention = static_cast<bnorm_momentum_convention>(defaults.convention);
+  options->momentum = defaults.momentum;
+  options->cumulative_average = defaults.cumulative_average;
+  options->max_threads = defaults.max_threads;
+  options->max_isa = BNORM_ISA_ANY;
+  options->stores = static_cast<bnorm_store_policy>(defaults.stores);
+  options->activation = static_cast<bnorm_activation>(defaults.activation);
+  options->clamp_min = defaults.clamp_min;
+  options->clamp_max = defaults.clamp_max;
+}
+
+void bnorm_training_args_init(bnorm_training_args* args) {
+  if (args == nullptr) return;
+  std::memset(args, 0, sizeof(*args));
+  args->struct_size = sizeof(*args);
+}
+
+void bnorm_inference_args_init(bnorm_inference_args* args) {
+  if (args == nullptr) return;
+  std::memset(args, 0, sizeof(*args));
+  args->struct_size = sizeof(*args);
+}
+
+void bnorm_backward_args_init(bnorm_backward_args* args) {
+  if (args == nullptr) return;
+  std::memset(args, 0, sizeof(*args));
+  args->struct_size = sizeof(*args);
+}
+
+bnorm_status_code bnorm_plan_create(bnorm_plan* plan, const bnorm_problem* problem,
+                                    const bnorm_plan_options* options, bnorm_status* status) {
+  if (plan == nullptr) return refuse("plan: expected a bnorm_plan to fill, got NULL", status);
+  if (problem == nullptr) return refuse("problem: expected a bnorm_problem, got NULL", status);
+  bnorm_status_code code = BNORM_OK;
+  if (!size_fits("bnorm_problem", problem->struct_size, sizeof(bnorm_problem), status, &code)) {
+    return code;
+  }
+  bnorm_plan_options defaults;
+  bnorm_plan_options_init(&defaults);
+  const bnorm_plan_options& o = options != nullptr ? *options : defaults;
+  if (!size_fits("bnorm_plan_options", o.struct_size, sizeof(bnorm_plan_options), status, &code)) {
+    return code;
+  }
+  const std::size_t capacity = sizeof(problem->shape) / sizeof(problem->shape[0]);
+  bnorm::problem prob;
+  // A rank beyond the array is refused by make_plan, which names it (the shape keeps it).
+  prob.shape = bnorm::tensor_shape(problem->shape, problem->rank);
+  if (problem->rank > capacity) {
+    return report(bnorm::status::failure(bnorm::status_code::invalid_argument,
+                                         "problem.rank: expected at most %zu dimensions in "
+                                         "problem.shape, got %zu",
+                                         capacity, problem->rank),
+                  status);
+  }
+  prob.layout = static_cast<bnorm::layout>(problem->layout);
+  prob.dtype = static_cast<bnorm::dtype>(problem->dtype);
+  prob.epsilon = problem->epsilon;
+  bnorm::plan_options opts;
+  opts.update_running_stats = o.update_running_stats != 0;
+  opts.convention = static_cast<bnorm::momentum_convention>(o.convention);
+  opts.momentum = o.momentum;
+  opts.cumulative_average = o.cumulative_average != 0;
+  opts.max_threads = o.max_threads;
+  if (o.max_isa != BNORM_ISA_ANY) opts.max_isa = static_cast<bnorm::isa>(o.max_isa);
+  opts.stores = static_cast<bnorm::store_policy>(o.stores);
+  opts.activation = static_cast<bnorm::activation>(o.activation);
+  opts.clamp_min = o.clamp_min;
+  opts.clamp_max = o.clamp_max;
+  auto* handle = new (std::nothrow) bnorm_plan_impl;
+  if (handle == nullptr) {
+    return report(bnorm::status(bnorm::status_code::out_of_memory,
+                                "bnorm_plan_create: could not allocate the plan's handle"),
+                  status);
+  }
+  const bnorm::status s = bnorm::make_plan(prob, opts, &handle->plan);
+  if (!s) {
+    delete handle;
+    return report(s, status);
+  }
+  *plan = handle;
+  return report(s, status);
+}
+
+void bnorm_plan_destroy(bnorm_plan plan) {
+  delete plan;
+}
+
+bnorm_isa bnorm_plan_isa(bnorm_plan plan) {
+  return plan != nullptr ? static_cast<bnorm_isa>(plan->plan.isa()) : BNORM_ISA_ANY;
+}
+
+const char* bnorm_plan_describe(bnorm_plan plan) {
+  return plan != nullptr ? plan->plan.describe() : "";
+}
+
+size_t bnorm_plan_training_scratch_size(bnorm_plan plan) {
+  return plan != nullptr ? plan->plan.training_scratch_size() : 0;
+}
+
+size_t bnorm_plan_inference_scratch_size(bnorm_plan plan) {
+  return plan != nullptr ? plan->plan.inference_scratch_size() : 0;
+}
+
+size_t bnorm_plan_backward_scratch_size(bnorm_plan plan) {
+  return plan != nullptr ? plan->plan.backward_scratch_size() : 0;
+}
+
+bnorm_status_code bnorm_forward_training(bnorm_plan plan, const bnorm_training_args* args,
+                                         bnorm_status* status) {
+  return run(plan, args, "bnorm_training_args", status, [args](const bnorm::plan& p) {
+    bnorm::training_args a;
+    a.src = args->src;
+    a.dst = args->dst;
+    a.scale = in(args->scale);
+    a.shift = in(args->shift);
+    a.batch_mean = out(args->batch_mean);
+    a.batch_inv_std = out(args->batch_inv_std);
+    a.running_mean = out(args->running_mean);
+    a.running_var = out(args->running_var);
+    a.num_batches_tracked = args->num_batches_tracked;
+    a.residual = args->residual;
+    a.scratch = args->scratch;
+    a.scratch_size = args->scratch_size;
+    return p.forward_training(a);
+  });
+}
+
+bnorm_status_code bnorm_forward_inference(bnorm_plan plan, const bnorm_inference_args* args,
+                                          bnorm_status* status) {
+  return run(plan, args, "bnorm_inference_args", status, [args](const bnorm::plan& p) {
+    bnorm::inference_args a;
+    a.src = args->src;
+    a.dst = args->dst;
+    a.scale = in(args->scale);
+    a.shift = in(args->shift);
+    a.mean = in(args->mean);
+    a.var = in(args->var);
+    a.residual = args->residual;
+    a.scratch = args->scratch;
+    a.scratch_size = args->scratch_size;
+    return p.forward_inference(a);
+  });
+}
+
+namespace {
+
+bnorm::backward_args backward_of(const bnorm_backward_args& args) noexcept {
+  bnorm::backward_args a;
+  a.src = args.src;
+  a.diff_dst = args.diff_dst;
+  a.diff_src = args.diff_src;
+  a.scale = in(args.scale);
+  a.mean = in(args.mean);
+  a.inv_std = in(args.inv_std);
+  a.var = in(args.var);
+  a.diff_scale = out(args.diff_scale);
+  a.diff_shift = out(args.diff_shift);
+  a.dst = args.dst;
+  a.diff_residual = args.diff_residual;
+  a.scratch = args.scratch;
+  a.scratch_size = args.scratch_size;
+  return a;
+}
+
+}  // namespace
+
+bnorm_status_code bnorm_backward_training(bnorm_plan plan, const bnorm_backward_args* args,
+                                          bnorm_status* status) {
+  return run(plan, args, "bnorm_backward_args", status,
+             [args](const bnorm::plan& p) { return p.backward_training(backward_of(*args)); });
+}
+
+bnorm_status_code bnorm_backward_frozen(bnorm_plan plan, const bnorm_backward_args* args,
+                                        bnorm_status* status) {
+  return run(plan, args, "bnorm_backward_args", status,
+             [args](const bnorm::plan& p) { return p.backward_frozen(backward_of(*args)); });
+}
+
+}  // extern "C"

@@ -1,0 +1,273 @@
+/* The C API, compiled as C99: every call, its results against values computed here, and its
+ * errors (code, message naming the parameter, nothing written). */
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "bnorm/bnorm.h"
+
+static int failures = 0;
+
+#define CHECK(condition)                                                   \
+  do {                                                                     \
+    if (!(condition)) {                                                    \
+      fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #condition); \
+      ++failures;                                                          \
+    }                                                                      \
+  } while (0)
+
+/* The status carries `code` and a message that contains `part`. */
+static void expect_error(bnorm_status_code got, const bnorm_status* status,
+                         bnorm_status_code code, const char* part) {
+  CHECK(got == code);
+  CHECK(status->code == code);
+  if (strstr(status->message, part) == NULL) {
+    fprintf(stderr, "message \"%s\" lacks \"%s\"\n", status->message, part);
+    ++failures;
+  }
+}
+
+/* The seed example: (2, 4), channels-first, per-channel values {0.7, 0.5}, {0.5, 0.4}, ... */
+static const float seed_x[8] = {0.7f, 0.5f, 0.5f, 0.6f, 0.5f, 0.4f, 0.6f, 0.9f};
+
+static bnorm_plan seed_plan(bnorm_activation activation) {
+  bnorm_problem prob;
+  bnorm_problem_init(&prob);
+  prob.rank = 2;
+  prob.shape[0] = 2;
+  prob.shape[1] = 4;
+  bnorm_plan_options opts;
+  bnorm_plan_options_init(&opts);
+  opts.activation = activation;
+  bnorm_plan plan = NULL;
+  bnorm_status status;
+  CHECK(bnorm_plan_create(&plan, &prob, &opts, &status) == BNORM_OK);
+  CHECK(status.code == BNORM_OK && status.message[0] == '\0');
+  return plan;
+}
+
+static void test_versions_and_inits(void) {
+  CHECK(strcmp(bnorm_version(), "") != 0);
+  CHECK(bnorm_c_api_version() == BNORM_C_API_VERSION);
+  bnorm_problem prob;
+  bnorm_problem_init(&prob);
+  CHECK(prob.struct_size == sizeof prob && prob.rank == 0 && prob.epsilon == 1e-5);
+  CHECK(prob.layout == BNORM_CHANNELS_FIRST && prob.dtype == BNORM_F32);
+  bnorm_plan_options opts;
+  bnorm_plan_options_init(&opts);
+  CHECK(opts.struct_size == sizeof opts && opts.update_running_stats == 1);
+  CHECK(opts.convention == BNORM_CONVENTION_PYTORCH && opts.momentum == 0.1);
+  CHECK(opts.max_isa == BNORM_ISA_ANY && opts.activation == BNORM_ACTIVATION_NONE);
+  bnorm_training_args t;
+  bnorm_training_args_init(&t);
+  CHECK(t.struct_size == sizeof t && t.src == NULL && t.scale.size == 0);
+  bnorm_inference_args i;
+  bnorm_inference_args_init(&i);
+  CHECK(i.struct_size == sizeof i && i.mean.data == NULL);
+  bnorm_backward_args b;
+  bnorm_backward_args_init(&b);
+  CHECK(b.struct_size == sizeof b && b.diff_residual == NULL);
+  bnorm_problem_init(NULL); /* no-ops */
+  bnorm_plan_options_init(NULL);
+}
+
+static void test_plan_create_and_queries(void) {
+  bnorm_status status;
+  bnorm_problem prob;
+  bnorm_problem_init(&prob);
+  bnorm_plan plan = NULL;
+  expect_error(bnorm_plan_create(NULL, &prob, NULL, &status), &status, BNORM_INVALID_ARGUMENT,
+               "plan: expected a bnorm_plan to fill, got NULL");
+  expect_error(bnorm_plan_create(&plan, NULL, NULL, &status), &status, BNORM_INVALID_ARGUMENT,
+               "problem: expected a bnorm_problem, got NULL");
+  prob.struct_size = 8;
+  expect_error(bnorm_plan_create(&plan, &prob, NULL, &status), &status, BNORM_INVALID_ARGUMENT,
+               "bnorm_problem.struct_size: expected");
+  bnorm_problem_init(&prob);
+  prob.rank = 1;
+  prob.shape[0] = 3;
+  expect_error(bnorm_plan_create(&plan, &prob, NULL, &status), &status, BNORM_INVALID_ARGUMENT,
+               "shape: expected rank 2 to 5");
+  prob.rank = 9;
+  expect_error(bnorm_plan_create(&plan, &prob, NULL, &status), &status, BNORM_INVALID_ARGUMENT,
+               "problem.rank: expected at most 8");
+  prob.rank = 2;
+  prob.shape[1] = 4;
+  prob.layout = (bnorm_layout)7;
+  expect_error(bnorm_plan_create(&plan, &prob, NULL, &status), &status, BNORM_INVALID_ARGUMENT,
+               "layout: expected channels_first or channels_last");
+  prob.layout = BNORM_CHANNELS_LAST;
+  bnorm_plan_options opts;
+  bnorm_plan_options_init(&opts);
+  opts.struct_size = 0;
+  expect_error(bnorm_plan_create(&plan, &prob, &opts, &status), &status, BNORM_INVALID_ARGUMENT,
+               "bnorm_plan_options.struct_size: expected");
+  bnorm_plan_options_init(&opts);
+  opts.momentum = 2.0;
+  expect_error(bnorm_plan_create(&plan, &prob, &opts, &status), &status, BNORM_INVALID_ARGUMENT,
+               "momentum: expected");
+  CHECK(plan == NULL); /* untouched by every failure */
+
+  opts.momentum = 0.1;
+  opts.max_isa = BNORM_ISA_SSE2;
+  CHECK(bnorm_plan_create(&plan, &prob, &opts, NULL) == BNORM_OK); /* status optional */
+  CHECK(plan != NULL);
+  CHECK(bnorm_plan_isa(plan) == BNORM_ISA_SSE2);
+  CHECK(strstr(bnorm_plan_describe(plan), "sse2 · f32 · channels-last rows") != NULL);
+  CHECK(bnorm_plan_training_scratch_size(plan) == 0); /* fits on the stack */
+  CHECK(bnorm_plan_inference_scratch_size(plan) == 0);
+  CHECK(bnorm_plan_backward_scratch_size(plan) == 0);
+  bnorm_plan_destroy(plan);
+
+  bnorm_problem_init(&prob);
+  prob.rank = 4;
+  prob.shape[0] = 8;
+  prob.shape[1] = 4096;
+  prob.shape[2] = 16;
+  prob.shape[3] = 16;
+  CHECK(bnorm_plan_create(&plan, &prob, NULL, &status) == BNORM_OK);
+  CHECK(bnorm_plan_training_scratch_size(plan) > 4096);
+  CHECK(bnorm_plan_backward_scratch_size(plan) >= bnorm_plan_training_scratch_size(plan));
+  bnorm_plan_destroy(plan);
+
+  CHECK(bnorm_plan_isa(NULL) == BNORM_ISA_ANY);
+  CHECK(strcmp(bnorm_plan_describe(NULL), "") == 0);
+  CHECK(bnorm_plan_training_scratch_size(NULL) == 0);
+  CHECK(bnorm_plan_inference_scratch_size(NULL) == 0);
+  CHECK(bnorm_plan_backward_scratch_size(NULL) == 0);
+  bnorm_plan_destroy(NULL);
+}
+
+static void test_forward(void) {
+  bnorm_plan plan = seed_plan(BNORM_ACTIVATION_NONE);
+  bnorm_status status;
+  float y[8], mean[4], inv_std[4], running_mean[4] = {0, 0, 0, 0}, running_var[4] = {1, 1, 1, 1};
+  int64_t tracked = 0;
+  bnorm_training_args t;
+  bnorm_training_args_init(&t);
+  t.src = seed_x;
+  t.dst = y;
+  t.batch_mean.data = mean;
+  t.batch_mean.size = 4;
+  t.batch_inv_std.data = inv_std;
+  t.batch_inv_std.size = 4;
+  t.num_batches_tracked = &tracked;
+  /* Refused: the running statistics are required; nothing written. */
+  memset(y, 0, sizeof y);
+  expect_error(bnorm_forward_training(plan, &t, &status), &status, BNORM_INVALID_ARGUMENT,
+               "running_mean: expected 4 values, got a null pointer");
+  CHECK(tracked == 0 && y[0] == 0.0f);
+  t.running_mean.data = running_mean;
+  t.running_mean.size = 4;
+  t.running_var.data = running_var;
+  t.running_var.size = 4;
+  CHECK(bnorm_forward_training(plan, &t, &status) == BNORM_OK);
+  CHECK(tracked == 1);
+  for (int c = 0; c < 4; ++c) {
+    const double m = (seed_x[c] + seed_x[4 + c]) / 2.0;
+    const double d = seed_x[c] - m;
+    const double inv = 1.0 / sqrt(d * d + 1e-5);
+    CHECK(fabs(mean[c] - m) < 1e-7);
+    CHECK(fabs(inv_std[c] - inv) < 1e-6 * inv);
+    CHECK(fabs(y[c] - d * inv) < 1e-6);
+    CHECK(fabs(running_mean[c] - 0.1 * m) < 1e-7);
+    CHECK(fabs(running_var[c] - (0.9 + 0.1 * 2 * d * d)) < 1e-7); /* unbiased: n/(n-1) = 2 */
+  }
+  /* Handle and args checks. */
+  expect_error(bnorm_forward_training(NULL, &t, &status), &status, BNORM_INVALID_ARGUMENT,
+               "plan: expected a plan from bnorm_plan_create, got NULL");
+  expect_error(bnorm_forward_training(plan, NULL, &status), &status, BNORM_INVALID_ARGUMENT,
+               "args: expected a bnorm_training_args, got NULL");
+  t.struct_size += 8;
+  expect_error(bnorm_forward_training(plan, &t, &status), &status, BNORM_INVALID_ARGUMENT,
+               "bnorm_training_args.struct_size: expected");
+
+  bnorm_inference_args i;
+  bnorm_inference_args_init(&i);
+  i.src = seed_x;
+  i.dst = y;
+  expect_error(bnorm_forward_inference(plan, &i, &status), &status, BNORM_INVALID_ARGUMENT,
+               "mean: expected 4 values, got a null pointer");
+  const float zeros[4] = {0, 0, 0, 0}, fours[4] = {4, 4, 4, 4};
+  i.mean.data = zeros;
+  i.mean.size = 4;
+  i.var.data = fours;
+  i.var.size = 4;
+  CHECK(bnorm_forward_inference(plan, &i, &status) == BNORM_OK);
+  for (int k = 0; k < 8; ++k) CHECK(fabs(y[k] - seed_x[k] / sqrt(4 + 1e-5)) < 1e-6);
+  i.struct_size = 0;
+  expect_error(bnorm_forward_inference(plan, &i, &status), &status, BNORM_INVALID_ARGUMENT,
+               "bnorm_inference_args.struct_size");
+  expect_error(bnorm_forward_inference(NULL, &i, &status), &status, BNORM_INVALID_ARGUMENT,
+               "plan: expected");
+  expect_error(bnorm_forward_inference(plan, NULL, &status), &status, BNORM_INVALID_ARGUMENT,
+               "args: expected a bnorm_inference_args");
+  bnorm_plan_destroy(plan);
+}
+
+static void test_backward(void) {
+  bnorm_plan plan = seed_plan(BNORM_ACTIVATION_NONE);
+  bnorm_status status;
+  const float dy[8] = {1, -2, 0.5f, 3, -1, 2, 1.5f, -3};
+  const float zeros[4] = {0, 0, 0, 0}, fours[4] = {4, 4, 4, 4};
+  float dx[8], dgamma[4], dbeta[4];
+  bnorm_backward_args b;
+  bnorm_backward_args_init(&b);
+  b.diff_dst = dy;
+  expect_error(bnorm_backward_training(plan, &b, &status), &status, BNORM_INVALID_ARGUMENT,
+               "expected at least one output to compute, got none");
+  /* Frozen, against a zero mean and variance 4: dx = dy/sqrt(4 + eps), dβ = Σdy. */
+  b.src = seed_x;
+  b.diff_src = dx;
+  b.mean.data = zeros;
+  b.mean.size = 4;
+  b.var.data = fours;
+  b.var.size = 4;
+  b.diff_scale.data = dgamma;
+  b.diff_scale.size = 4;
+  b.diff_shift.data = dbeta;
+  b.diff_shift.size = 4;
+  CHECK(bnorm_backward_frozen(plan, &b, &status) == BNORM_OK);
+  for (int c = 0; c < 4; ++c) {
+    const double inv = 1 / sqrt(4 + 1e-5);
+    CHECK(fabs(dx[c] - dy[c] * inv) < 1e-6 && fabs(dx[4 + c] - dy[4 + c] * inv) < 1e-6);
+    CHECK(fabs(dbeta[c] - (dy[c] + dy[4 + c])) < 1e-6);
+    CHECK(fabs(dgamma[c] - (dy[c] * seed_x[c] + dy[4 + c] * seed_x[4 + c]) * inv) < 1e-6);
+  }
+  /* Training, from the batch's own statistics: dx sums to zero over each channel. */
+  float mean[4], var[4];
+  for (int c = 0; c < 4; ++c) {
+    mean[c] = (seed_x[c] + seed_x[4 + c]) / 2;
+    var[c] = (seed_x[c] - mean[c]) * (seed_x[c] - mean[c]);
+  }
+  b.mean.data = mean;
+  b.var.data = var;
+  CHECK(bnorm_backward_training(plan, &b, &status) == BNORM_OK);
+  for (int c = 0; c < 4; ++c) CHECK(fabs(dx[c] + dx[4 + c]) < 1e-4 * (1 + fabs(dx[c])));
+  memset(dx, 0, sizeof dx);
+  b.var.size = 3;
+  expect_error(bnorm_backward_training(plan, &b, &status), &status, BNORM_INVALID_ARGUMENT,
+               "var: expected 4 values (one per channel, C = 4), got 3");
+  CHECK(dx[0] == 0.0f);
+  b.struct_size = 1;
+  expect_error(bnorm_backward_frozen(plan, &b, &status), &status, BNORM_INVALID_ARGUMENT,
+               "bnorm_backward_args.struct_size");
+  expect_error(bnorm_backward_frozen(NULL, &b, &status), &status, BNORM_INVALID_ARGUMENT,
+               "plan: expected");
+  expect_error(bnorm_backward_training(plan, NULL, &status), &status, BNORM_INVALID_ARGUMENT,
+               "args: expected a bnorm_backward_args");
+  bnorm_plan_destroy(plan);
+}
+
+int main(void) {
+  test_versions_and_inits();
+  test_plan_create_and_queries();
+  test_forward();
+  test_backward();
+  if (failures) {
+    fprintf(stderr, "%d C API checks failed\n", failures);
+    return 1;
+  }
+  printf("C API: every check passed\n");
+  return 0;
+}
