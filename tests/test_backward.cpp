@@ -114,6 +114,25 @@ saved_statistics<T> forward_statistics(const bnorm::plan& plan, const std::vecto
   return s;
 }
 
+/// Σ w·y: the loss whose gradient with respect to y is w.
+double weighted_sum(const std::vector<double>& w, const std::vector<double>& y) {
+  long double sum = 0;
+  for (std::size_t i = 0; i < y.size(); ++i) sum += static_cast<long double>(w[i]) * y[i];
+  return static_cast<double>(sum);
+}
+
+/// d loss / d v by central differences, step h·max(1, |v|); v is restored.
+template <class Loss>
+double central_difference(double& v, const Loss& loss, double h = 1e-5) {
+  const double step = h * std::max(1.0, std::fabs(v)), keep = v;
+  v = keep + step;
+  const double up = loss();
+  v = keep - step;
+  const double down = loss();
+  v = keep;
+  return (up - down) / (2 * step);
+}
+
 struct backward_case {
   bnorm::tensor_shape shape;
   layout l;
@@ -288,19 +307,9 @@ TEST_P(Backward, MatchesFiniteDifferencesOfTheForward) {
       args.scale = in(gamma);
       args.shift = in(beta);
       EXPECT_TRUE(plan.forward_training(args).ok());
-      long double l = 0;
-      for (std::size_t i = 0; i < y.size(); ++i) l += static_cast<long double>(w[i]) * y[i];
-      return static_cast<double>(l);
+      return weighted_sum(w, y);
     };
-    const auto derivative = [&](double& v) {
-      const double h = 1e-5 * std::max(1.0, std::fabs(v)), keep = v;
-      v = keep + h;
-      const double up = loss();
-      v = keep - h;
-      const double down = loss();
-      v = keep;
-      return (up - down) / (2 * h);
-    };
+    const auto derivative = [&](double& v) { return central_difference(v, loss); };
     const saved_statistics<double> saved = forward_statistics(plan, x, g.c);
     std::vector<double> dx(x.size()), dgamma(g.c), dbeta(g.c);
     bnorm::backward_args args;
@@ -344,19 +353,9 @@ TEST_P(Backward, FrozenMatchesFiniteDifferencesOfInference) {
       args.mean = in(rm);
       args.var = in(rv);
       EXPECT_TRUE(plan.forward_inference(args).ok());
-      long double s = 0;
-      for (std::size_t i = 0; i < y.size(); ++i) s += static_cast<long double>(w[i]) * y[i];
-      return static_cast<double>(s);
+      return weighted_sum(w, y);
     };
-    const auto derivative = [&](double& v) {
-      const double h = 1e-5, keep = v;
-      v = keep + h;
-      const double up = loss();
-      v = keep - h;
-      const double down = loss();
-      v = keep;
-      return (up - down) / (2 * h);
-    };
+    const auto derivative = [&](double& v) { return central_difference(v, loss); };
     std::vector<double> dx(x.size()), dgamma(g.c), dbeta(g.c);
     bnorm::backward_args args;
     args.src = x.data();
