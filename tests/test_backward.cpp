@@ -114,6 +114,33 @@ saved_statistics<T> forward_statistics(const bnorm::plan& plan, const std::vecto
   return s;
 }
 
+/// The gradients of a full training backward (dx, dγ, dβ) from the forward's saved mean and
+/// 1/std; gamma may be empty.
+template <class T>
+struct gradients {
+  std::vector<T> dx, dgamma, dbeta;
+};
+
+template <class T>
+gradients<T> training_gradients(const bnorm::plan& plan, const std::vector<T>& x,
+                                const std::vector<T>& dy, const std::vector<T>& gamma,
+                                const saved_statistics<T>& saved) {
+  gradients<T> g{std::vector<T>(x.size()), std::vector<T>(saved.mean.size()),
+                 std::vector<T>(saved.mean.size())};
+  bnorm::backward_args args;
+  args.src = x.data();
+  args.diff_dst = dy.data();
+  args.diff_src = g.dx.data();
+  args.scale = in(gamma);
+  args.mean = in(saved.mean);
+  args.inv_std = in(saved.inv_std);
+  args.diff_scale = out(g.dgamma);
+  args.diff_shift = out(g.dbeta);
+  const bnorm::status st = plan.backward_training(args);
+  EXPECT_TRUE(st.ok()) << st.message();
+  return g;
+}
+
 /// Σ w·y: the loss whose gradient with respect to y is w.
 double weighted_sum(const std::vector<double>& w, const std::vector<double>& y) {
   long double sum = 0;
@@ -261,16 +288,7 @@ TEST_P(Backward, Float64MeetsTighterBounds) {
     const auto dy = normal_data<double>(g.elements(), 0.0, 1.0, 10);
     const bnorm::plan plan = make(k.shape, k.l, bnorm::dtype::f64);
     const saved_statistics<double> saved = forward_statistics(plan, x, g.c);
-    std::vector<double> dx(x.size()), dgamma(g.c), dbeta(g.c);
-    bnorm::backward_args args;
-    args.src = x.data();
-    args.diff_dst = dy.data();
-    args.diff_src = dx.data();
-    args.mean = in(saved.mean);
-    args.inv_std = in(saved.inv_std);
-    args.diff_scale = out(dgamma);
-    args.diff_shift = out(dbeta);
-    ASSERT_TRUE(plan.backward_training(args).ok());
+    const auto [dx, dgamma, dbeta] = training_gradients(plan, x, dy, std::vector<double>{}, saved);
     const std::vector<double> inv(saved.inv_std.begin(), saved.inv_std.end());
     const reference_gradients ref =
         reference_backward(x, dy, k.shape, k.l, saved.mean, inv, std::vector<double>{}, true);
@@ -311,17 +329,7 @@ TEST_P(Backward, MatchesFiniteDifferencesOfTheForward) {
     };
     const auto derivative = [&](double& v) { return central_difference(v, loss); };
     const saved_statistics<double> saved = forward_statistics(plan, x, g.c);
-    std::vector<double> dx(x.size()), dgamma(g.c), dbeta(g.c);
-    bnorm::backward_args args;
-    args.src = x.data();
-    args.diff_dst = w.data();
-    args.diff_src = dx.data();
-    args.scale = in(gamma);
-    args.mean = in(saved.mean);
-    args.inv_std = in(saved.inv_std);
-    args.diff_scale = out(dgamma);
-    args.diff_shift = out(dbeta);
-    ASSERT_TRUE(plan.backward_training(args).ok());
+    const auto [dx, dgamma, dbeta] = training_gradients(plan, x, w, gamma, saved);
     const std::string name = shape_name(k.shape);
     for (std::size_t i = 0; i < x.size(); ++i) EXPECT_NEAR(dx[i], derivative(x[i]), 1e-6) << name;
     for (std::size_t c = 0; c < g.c; ++c) {
@@ -487,17 +495,7 @@ TEST_P(Backward, OrderOfTheDataDoesNotMatter) {
     const auto gamma = normal_data<float>(g.c, 1.0, 0.5, 32);
     const bnorm::plan plan = make(k.shape, k.l, bnorm::dtype::f32);
     const saved_statistics<float> saved = forward_statistics(plan, x, g.c);
-    std::vector<float> dx(x.size()), dgamma(g.c), dbeta(g.c);
-    bnorm::backward_args args;
-    args.src = x.data();
-    args.diff_dst = dy.data();
-    args.diff_src = dx.data();
-    args.scale = in(gamma);
-    args.mean = in(saved.mean);
-    args.inv_std = in(saved.inv_std);
-    args.diff_scale = out(dgamma);
-    args.diff_shift = out(dbeta);
-    ASSERT_TRUE(plan.backward_training(args).ok());
+    const auto [dx, dgamma, dbeta] = training_gradients(plan, x, dy, gamma, saved);
     const std::vector<double> inv(saved.inv_std.begin(), saved.inv_std.end());
     const reference_gradients ref =
         reference_backward(x, dy, k.shape, k.l, saved.mean, inv, gamma, true);
