@@ -135,15 +135,19 @@ status check_separate(std::initializer_list<region> regions) noexcept {
     for (std::size_t k = i + 1; k < count && begin[order[k]] < end[a]; ++k) {
       const std::size_t b = order[k];
       if (!(of[a]->written || of[b]->written)) continue;
-      if (of[a]->in_place && of[b]->in_place && begin[a] == begin[b] && end[a] == end[b]) continue;
+      // In place: a written buffer that is exactly one it reads (never two written ones).
+      if (of[a]->in_place && of[b]->in_place && !(of[a]->written && of[b]->written) &&
+          begin[a] == begin[b] && end[a] == end[b]) {
+        continue;
+      }
       // Named first: the written one; of two, the later argument.
       const region* w = of[a] > of[b] ? of[a] : of[b];
       const region* o = of[a] > of[b] ? of[b] : of[a];
       if (!w->written) std::swap(w, o);
       return status::failure(status_code::invalid_argument,
                              "%s: expected memory of its own (a written buffer may overlap no "
-                             "other; only dst == src, in place), got %zu bytes at %p that "
-                             "overlap %s (%zu bytes at %p)",
+                             "other, except the very buffer it replaces, in place), got %zu "
+                             "bytes at %p that overlap %s (%zu bytes at %p)",
                              w->name, w->bytes, w->data, o->name, o->bytes, o->data);
     }
   }

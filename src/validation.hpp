@@ -88,8 +88,9 @@ struct region {
   bool in_place = false;  // a buffer that may be the very same as another in_place one
 };
 
-/// A buffer that the call writes may overlap no other; two in_place buffers that are exactly
-/// the same (dst == src) are the one exception. Empty and omitted buffers take no memory.
+/// A buffer that the call writes may overlap no other; the one exception is a written in_place
+/// buffer that is exactly a read in_place one (dst == src). Empty and omitted buffers take no
+/// memory.
 status check_separate(std::initializer_list<region> regions) noexcept;
 
 }  // namespace bnorm::detail

@@ -200,6 +200,21 @@ TEST_P(Epilogue, BackwardIsThePlainBackwardOfTheMaskedGradient) {
         only.dst = y.data();
         ASSERT_TRUE((frozen ? fused.backward_frozen(only) : fused.backward_training(only)).ok());
         EXPECT_TRUE(same_bits(over, masked)) << name << " dz alone, in place";
+        // dz and dx may not share memory: both are written.
+        std::vector<float> shared(x.size(), 4.0f);
+        only.diff_dst = dy.data();
+        only.diff_residual = shared.data();
+        only.diff_src = shared.data();
+        only.src = x.data();
+        only.scale = in(gamma);
+        only.mean = in(mean);
+        (frozen ? only.var : only.inv_std) = in(frozen ? var : inv_std);
+        const bnorm::status refused =
+            frozen ? fused.backward_frozen(only) : fused.backward_training(only);
+        EXPECT_NE(std::string(refused.message()).find("expected memory of its own"),
+                  std::string::npos)
+            << refused.message();
+        EXPECT_EQ(shared, std::vector<float>(x.size(), 4.0f));
       }
     }
   }

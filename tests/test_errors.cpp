@@ -327,8 +327,8 @@ INSTANTIATE_TEST_SUITE_P(
                           f.args.src = f.x.data();
                           f.args.dst = f.x.data() + 1;
                         },
-                        "dst: expected memory of its own (a written buffer may overlap no other; "
-                        "only dst == src, in place), got 96 bytes at"},
+                        "dst: expected memory of its own (a written buffer may overlap no other, "
+                        "except the very buffer it replaces, in place), got 96 bytes at"},
         call_error_case{"batch_mean_in_running_mean",
                         [](auto& f) {
                           f.running_mean.resize(8);
