@@ -45,7 +45,8 @@ typedef enum bnorm_status_code {
   BNORM_INVALID_ARGUMENT = 1, /**< a bad problem, option or buffer: the message names it */
   BNORM_UNSUPPORTED = 2,      /**< a valid request this build or CPU cannot serve */
   BNORM_OUT_OF_MEMORY = 3,
-  BNORM_INTERNAL_ERROR = 4
+  BNORM_INTERNAL_ERROR = 4,
+  BNORM_STATUS_CODE_MAX_ENUM = 0x7FFFFFFF
 } bnorm_status_code;
 
 /** A call's code and message ("" when ok). Optional everywhere: pass NULL to skip it. */
@@ -54,30 +55,40 @@ typedef struct bnorm_status {
   char message[256];
 } bnorm_status;
 
-typedef enum bnorm_layout { BNORM_CHANNELS_FIRST = 0, BNORM_CHANNELS_LAST = 1 } bnorm_layout;
-typedef enum bnorm_dtype { BNORM_F32 = 0, BNORM_F64 = 1 } bnorm_dtype;
+/* Every enum spans an int (its _MAX_ENUM value): a value outside the named ones is read as it
+ * is, and refused by the call with its name, not undefined behaviour. */
+typedef enum bnorm_layout {
+  BNORM_CHANNELS_FIRST = 0,
+  BNORM_CHANNELS_LAST = 1,
+  BNORM_LAYOUT_MAX_ENUM = 0x7FFFFFFF
+} bnorm_layout;
+typedef enum bnorm_dtype { BNORM_F32 = 0, BNORM_F64 = 1, BNORM_DTYPE_MAX_ENUM = 0x7FFFFFFF } bnorm_dtype;
 typedef enum bnorm_isa {
   BNORM_ISA_ANY = -1, /**< as max_isa: no cap */
   BNORM_ISA_SSE2 = 0,
   BNORM_ISA_AVX2 = 1,
   BNORM_ISA_AVX512F = 2,
-  BNORM_ISA_NEON64 = 3
+  BNORM_ISA_NEON64 = 3,
+  BNORM_ISA_MAX_ENUM = 0x7FFFFFFF
 } bnorm_isa;
 typedef enum bnorm_momentum_convention {
   BNORM_CONVENTION_PYTORCH = 0,
   BNORM_CONVENTION_MINDSPORE = 1,
-  BNORM_CONVENTION_ONNX = 2
+  BNORM_CONVENTION_ONNX = 2,
+  BNORM_CONVENTION_MAX_ENUM = 0x7FFFFFFF
 } bnorm_momentum_convention;
 typedef enum bnorm_store_policy {
   BNORM_STORES_AUTOMATIC = 0,
   BNORM_STORES_CACHED = 1,
-  BNORM_STORES_STREAMING = 2
+  BNORM_STORES_STREAMING = 2,
+  BNORM_STORES_MAX_ENUM = 0x7FFFFFFF
 } bnorm_store_policy;
 typedef enum bnorm_activation {
   BNORM_ACTIVATION_NONE = 0,
   BNORM_ACTIVATION_RELU = 1,
   BNORM_ACTIVATION_CLAMP = 2,
-  BNORM_ACTIVATION_ADD_RELU = 3
+  BNORM_ACTIVATION_ADD_RELU = 3,
+  BNORM_ACTIVATION_MAX_ENUM = 0x7FFFFFFF
 } bnorm_activation;
 
 /** Shape (N, C, spatial...), layout, element type, epsilon. */
