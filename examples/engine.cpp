@@ -42,4 +42,35 @@ int main() {
   infer.var = {var.data(), var.size()};
   bnorm::status s = plan.forward_inference(infer);
   std::printf("%s: %s\n", s ? "ok" : s.message(), plan.describe());  // ISA and schedule
+
+  // The backward of the training step, from the statistics it saved.
+  std::vector<float> dy(x.size(), 0.5f), dx(x.size()), dgamma(64), dbeta(64);
+  bnorm::backward_args back;
+  back.src = x.data();
+  back.diff_dst = dy.data();
+  back.diff_src = dx.data();  // null: dx not computed; may equal diff_dst
+  back.scale = train.scale;
+  back.mean = {saved_mean.data(), saved_mean.size()};
+  back.inv_std = {saved_inv_std.data(), saved_inv_std.size()};
+  back.diff_scale = {dgamma.data(), dgamma.size()};
+  back.diff_shift = {dbeta.data(), dbeta.size()};
+  s = plan.backward_training(back);
+  std::printf("backward %s: dbeta[0] = %g\n", s ? "ok" : s.message(), dbeta[0]);
+
+  // Folding the inference batch norm into a 3×3 convolution before it (OIHW, in place).
+  std::vector<float> weight(64 * 32 * 3 * 3, 0.1f), bias(64, 0.f);
+  bnorm::fold_problem fold;
+  fold.weight_shape = {64, 32, 3, 3};
+  bnorm::fold_args folding;
+  folding.weight = weight.data();
+  folding.folded_weight = weight.data();
+  folding.bias = {bias.data(), bias.size()};
+  folding.folded_bias = {bias.data(), bias.size()};
+  folding.scale = infer.scale;
+  folding.shift = infer.shift;
+  folding.mean = infer.mean;
+  folding.var = infer.var;
+  s = bnorm::fold_into_layer(fold, folding);
+  std::printf("fold %s\n", s ? "ok" : s.message());
+  return s ? 0 : 1;
 }

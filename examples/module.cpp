@@ -24,4 +24,18 @@ int main() {
     std::printf("%s\n", e.what());  // Expected more than 1 value per channel when training, ...
   }
   std::printf("%f %f\n", y[0], bn.running_var()[0]);
+
+  // Backward through a module, as autograd: dx, and .grad accumulated.
+  auto conv_bn = bnorm::torch::BatchNorm2d(3);
+  const std::vector<float> x(2 * 3 * 4 * 4, 1.5f), dy(x.size(), 0.25f);
+  std::vector<float> out = conv_bn.forward(x, {2, 3, 4, 4});
+  std::vector<float> dx = conv_bn.backward(x, dy);  // the forward's input again: no copy kept
+  std::printf("dx[0] %f, bias grad %f\n", dx[0], conv_bn.bias_grad()[0]);
+  conv_bn.zero_grad();
+
+  // Folding it, in eval mode, into the 1×1 convolution before it (a layer without a bias).
+  conv_bn.eval();
+  std::vector<float> weight(3 * 5, 1.0f), bias;
+  conv_bn.fold_into(weight, bias, {3, 5, 1, 1});
+  std::printf("folded bias %f\n", bias[0]);
 }
