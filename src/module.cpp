@@ -311,8 +311,9 @@ void batch_norm<T>::forward_unguarded(const T* src, T* dst, const tensor_shape& 
 }
 
 template <class T>
-bool batch_norm<T>::has_affine() const noexcept {
-  // PyTorch drops weight and bias without affine; MindSpore keeps them, frozen.
+bool batch_norm<T>::trains_affine() const noexcept {
+  // Without affine, PyTorch has no weight and bias and MindSpore keeps them frozen: neither
+  // has their gradients.
   return config_.affine;
 }
 
@@ -357,7 +358,7 @@ void batch_norm<T>::backward_unguarded(const T* input, const T* grad_output, T* 
   const std::size_t channels = static_cast<std::size_t>(config_.num_features);
   // The parameter gradients are staged: the accumulated ones change only on success.
   std::vector<T> dweight, dbias;
-  if (has_affine()) {
+  if (trains_affine()) {
     dweight.resize(channels);
     dbias.resize(channels);
   }
@@ -377,7 +378,7 @@ void batch_norm<T>::backward_unguarded(const T* input, const T* grad_output, T* 
     args.var = in(running_var_);
     throw_if_failed(p.backward_frozen(args));
   }
-  if (!has_affine()) return;
+  if (!trains_affine()) return;
   const auto accumulate = [](std::vector<T>& into, const std::vector<T>& grad) {
     if (into.empty()) {
       into = grad;
@@ -437,7 +438,8 @@ void batch_norm<T>::zero_grad(bool set_to_none) {
       weight_grad_.clear();
       bias_grad_.clear();
     } else {
-      weight_grad_.assign(has_affine() ? static_cast<std::size_t>(config_.num_features) : 0, T(0));
+      weight_grad_.assign(trains_affine() ? static_cast<std::size_t>(config_.num_features) : 0,
+                          T(0));
       bias_grad_.assign(weight_grad_.size(), T(0));
     }
   });

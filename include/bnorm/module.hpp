@@ -150,7 +150,7 @@ class batch_norm {
   void check_buffers() const;
   void forward_unguarded(const T* src, T* dst, const tensor_shape& shape);
   void backward_unguarded(const T* input, const T* grad_output, T* grad_input);
-  bool has_affine() const noexcept;
+  bool trains_affine() const noexcept;
   void reset_running_stats_unguarded();
 
   config config_;

@@ -50,7 +50,7 @@ template <form Form, class Arch, class T>
 template <class Arch, class S>
 struct identity_output {
   using vec = xsimd::batch<compute_t<S>, Arch>;
-  const vec& finish(const S*, const vec& v) const noexcept { return v; }
+  vec finish(const S*, const vec& v) const noexcept { return v; }
   void finish_partial(const S*, compute_t<S>*, std::size_t) const noexcept {}
 };
 
