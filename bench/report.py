@@ -186,7 +186,7 @@ def main():
         peers = [p for p in (get(case, threads_all, "onednn"), get(case, threads_all, "pytorch"))
                  if p is not None]
         best_peer = min(peers) if peers else None
-        mib = bytes_of(case) / 2**20
+        mib = round(bytes_of(case) / 2**20, 6)  # bytes/s × time carries rounding: 1 MiB is 1
         rec = dict(case=case, bn=bn, bn_best=get(case, threads_all, "bnorm", "best"), one=one,
                    roof=roof, roof_median=roof_median, roof1=roof1,
                    peer=best_peer, mib=mib,
