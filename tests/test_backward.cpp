@@ -114,31 +114,45 @@ saved_statistics<T> forward_statistics(const bnorm::plan& plan, const std::vecto
   return s;
 }
 
-/// The gradients of a full training backward (dx, dγ, dβ) from the forward's saved mean and
-/// 1/std; gamma may be empty.
+/// The gradients of a full backward.
 template <class T>
 struct gradients {
   std::vector<T> dx, dgamma, dbeta;
 };
 
+/// Which statistics a full backward takes: the training backward's saved mean with its 1/std
+/// or its variance, or the frozen backward's running mean and variance.
+enum class statistics { saved_inv_std, saved_variance, running };
+
+/// The gradients of a full backward (dx, dγ, dβ); gamma may be empty; `spread` is the 1/std or
+/// the variance, as `kind` says.
 template <class T>
-gradients<T> training_gradients(const bnorm::plan& plan, const std::vector<T>& x,
-                                const std::vector<T>& dy, const std::vector<T>& gamma,
-                                const saved_statistics<T>& saved) {
-  gradients<T> g{std::vector<T>(x.size()), std::vector<T>(saved.mean.size()),
-                 std::vector<T>(saved.mean.size())};
+gradients<T> all_gradients(const bnorm::plan& plan, statistics kind, const std::vector<T>& x,
+                           const std::vector<T>& dy, const std::vector<T>& gamma,
+                           const std::vector<T>& mean, const std::vector<T>& spread) {
+  gradients<T> g{std::vector<T>(x.size()), std::vector<T>(mean.size()),
+                 std::vector<T>(mean.size())};
   bnorm::backward_args args;
   args.src = x.data();
   args.diff_dst = dy.data();
   args.diff_src = g.dx.data();
   args.scale = in(gamma);
-  args.mean = in(saved.mean);
-  args.inv_std = in(saved.inv_std);
+  args.mean = in(mean);
+  (kind == statistics::saved_inv_std ? args.inv_std : args.var) = in(spread);
   args.diff_scale = out(g.dgamma);
   args.diff_shift = out(g.dbeta);
-  const bnorm::status st = plan.backward_training(args);
+  const bnorm::status st =
+      kind == statistics::running ? plan.backward_frozen(args) : plan.backward_training(args);
   EXPECT_TRUE(st.ok()) << st.message();
   return g;
+}
+
+/// The training backward from the forward's saved mean and 1/std.
+template <class T>
+gradients<T> training_gradients(const bnorm::plan& plan, const std::vector<T>& x,
+                                const std::vector<T>& dy, const std::vector<T>& gamma,
+                                const saved_statistics<T>& saved) {
+  return all_gradients(plan, statistics::saved_inv_std, x, dy, gamma, saved.mean, saved.inv_std);
 }
 
 /// Σ w·y: the loss whose gradient with respect to y is w.
@@ -214,19 +228,9 @@ TEST_P(Backward, TrainingMeetsTheTargets) {
     const bnorm::plan plan = make(k.shape, k.l, bnorm::dtype::f32);
     const saved_statistics<float> saved = forward_statistics(plan, x, g.c);
     for (const bool with_variance : {false, true}) {
-      std::vector<float> dx(x.size()), dgamma(g.c), dbeta(g.c);
-      bnorm::backward_args args;
-      args.src = x.data();
-      args.diff_dst = dy.data();
-      args.diff_src = dx.data();
-      args.scale = in(gamma);
-      args.mean = in(saved.mean);
-      (with_variance ? args.var : args.inv_std) =
-          in(with_variance ? saved.variance : saved.inv_std);
-      args.diff_scale = out(dgamma);
-      args.diff_shift = out(dbeta);
-      const bnorm::status st = plan.backward_training(args);
-      ASSERT_TRUE(st.ok()) << st.message();
+      const auto [dx, dgamma, dbeta] = all_gradients(
+          plan, with_variance ? statistics::saved_variance : statistics::saved_inv_std, x, dy,
+          gamma, saved.mean, with_variance ? saved.variance : saved.inv_std);
       std::vector<double> inv(g.c);
       for (std::size_t c = 0; c < g.c; ++c) {
         inv[c] = with_variance ? 1.0 / std::sqrt(static_cast<double>(saved.variance[c]) + 1e-5)
@@ -253,21 +257,11 @@ TEST_P(Backward, FrozenMeetsTheTargets) {
     const auto x = normal_data<float>(g.elements(), k.offset, 1.0, 4);
     const auto dy = normal_data<float>(g.elements(), 0.0, 1.0, 5);
     const auto gamma = normal_data<float>(g.c, 1.0, 0.5, 6);
-    auto running_mean = normal_data<float>(g.c, k.offset, 0.1, 7);
-    auto running_var = normal_data<float>(g.c, 1.0, 0.1, 8);
+    const auto running_mean = normal_data<float>(g.c, k.offset, 0.1, 7);
+    const auto running_var = normal_data<float>(g.c, 1.0, 0.1, 8);
     const bnorm::plan plan = make(k.shape, k.l, bnorm::dtype::f32);
-    std::vector<float> dx(x.size()), dgamma(g.c), dbeta(g.c);
-    bnorm::backward_args args;
-    args.src = x.data();
-    args.diff_dst = dy.data();
-    args.diff_src = dx.data();
-    args.scale = in(gamma);
-    args.mean = in(running_mean);
-    args.var = in(running_var);
-    args.diff_scale = out(dgamma);
-    args.diff_shift = out(dbeta);
-    const bnorm::status st = plan.backward_frozen(args);
-    ASSERT_TRUE(st.ok()) << st.message();
+    const auto [dx, dgamma, dbeta] =
+        all_gradients(plan, statistics::running, x, dy, gamma, running_mean, running_var);
     std::vector<double> inv(g.c);
     for (std::size_t c = 0; c < g.c; ++c) {
       inv[c] = 1.0 / std::sqrt(static_cast<double>(running_var[c]) + 1e-5);
@@ -364,17 +358,7 @@ TEST_P(Backward, FrozenMatchesFiniteDifferencesOfInference) {
       return weighted_sum(w, y);
     };
     const auto derivative = [&](double& v) { return central_difference(v, loss); };
-    std::vector<double> dx(x.size()), dgamma(g.c), dbeta(g.c);
-    bnorm::backward_args args;
-    args.src = x.data();
-    args.diff_dst = w.data();
-    args.diff_src = dx.data();
-    args.scale = in(gamma);
-    args.mean = in(rm);
-    args.var = in(rv);
-    args.diff_scale = out(dgamma);
-    args.diff_shift = out(dbeta);
-    ASSERT_TRUE(plan.backward_frozen(args).ok());
+    const auto [dx, dgamma, dbeta] = all_gradients(plan, statistics::running, x, w, gamma, rm, rv);
     for (std::size_t i = 0; i < x.size(); ++i) EXPECT_NEAR(dx[i], derivative(x[i]), 1e-7);
     for (std::size_t c = 0; c < g.c; ++c) {
       EXPECT_NEAR(dgamma[c], derivative(gamma[c]), 1e-7);
