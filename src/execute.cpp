@@ -33,18 +33,13 @@ struct coefficient_arrays : kernels::coefficients<T> {
     readable = *this;
   }
 
-  /// Interleaved passes read per slot: slot j holds channel j % C. Vector loads of the last
-  /// slots read up to one vector (of the widest ISA) past the period: zeros there (prescale 1).
-  /// The prescales are read only where some channel has one: without, they are left alone.
+  /// Per slot for interleaved passes (see replicate_slots), zeros past the period (prescale
+  /// 1). The prescales are read only where some channel has one: without, they are left alone.
   void replicate(std::size_t channels, std::size_t period, bool prescaled) const {
-    const auto fill = [&](T* a, T padding) {
-      for (std::size_t j = channels; j < period; ++j) a[j] = a[j - channels];
-      std::fill(a + period, a + period + 64 / sizeof(T), padding);
-    };
-    fill(this->center, T(0));
-    fill(this->scale, T(0));
-    fill(this->shift, T(0));
-    if (prescaled) fill(this->prescale, T(1));
+    replicate_slots(this->center, channels, period, T(0));
+    replicate_slots(this->scale, channels, period, T(0));
+    replicate_slots(this->shift, channels, period, T(0));
+    if (prescaled) replicate_slots(this->prescale, channels, period, T(1));
   }
 };
 

@@ -97,8 +97,9 @@ class gradient_step {
     const bool fused = p_.training == training_schedule::fused_planes ||
                        p_.training == training_schedule::fused_column_blocks;
     if (fused) {
-      // Vector loads of the last block's coefficients read past the period: keep it defined.
-      if (p_.kind == traversal::interleaved) pad_coefficients();
+      // Vector loads of the last block's coefficients read past the period: keep it defined
+      // (the blocks' slots are their channels: nothing to replicate).
+      if (p_.kind == traversal::interleaved) replicate_coefficients();
       fused_pass(plan_, [this](std::size_t c0, std::size_t c1) {
         reduce_channels(p_, reduce(), c0, c1, sum_dy_, sum_dy_d_);
         channel_math(c0, c1);
@@ -144,19 +145,11 @@ class gradient_step {
     kern_.channel_gradients(in, diff_src_ ? &coeffs_ : nullptr, c0);
   }
 
-  /// Zeros in the vector past the period that the last slots' loads read.
-  void pad_coefficients() const {
-    for (T* a : {coeffs_.center, coeffs_.dy_scale, coeffs_.x_scale, coeffs_.shift}) {
-      std::fill(a + p_.period, a + p_.period + 64 / sizeof(T), T(0));
-    }
-  }
-
-  /// Slot j takes channel j % C's coefficients.
+  /// Per slot for interleaved passes, zeros past the period (see replicate_slots).
   void replicate_coefficients() const {
     for (T* a : {coeffs_.center, coeffs_.dy_scale, coeffs_.x_scale, coeffs_.shift}) {
-      for (std::size_t j = p_.channels; j < p_.period; ++j) a[j] = a[j - p_.channels];
+      replicate_slots(a, p_.channels, p_.period, T(0));
     }
-    pad_coefficients();
   }
 
   const plan_impl& plan_;

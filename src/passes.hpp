@@ -66,6 +66,15 @@ struct interleaved_unit {
   }
 };
 
+/// Rows read per-slot arrays: slot j holds channel j % C. Fills slots [C, period) from the
+/// channels' own, and the vector (of the widest ISA) past the period that the last slots' loads
+/// read with `padding`. Where period = C (column blocks), only the padding.
+template <class T>
+void replicate_slots(T* a, std::size_t channels, std::size_t period, T padding) {
+  for (std::size_t j = channels; j < period; ++j) a[j] = a[j - channels];
+  std::fill(a + period, a + period + 64 / sizeof(T), padding);
+}
+
 /// Channels [c0, c1) whole, in one operation: their planes (channels-first), or their slots
 /// over all the rows (channels-last, where slot j is channel j: the fused column blocks).
 /// Their sums go to sum[c0...], sum_sq[c0...], started.
