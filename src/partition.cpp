@@ -11,11 +11,11 @@ namespace {
 // A unit of about 128 KiB streams for ~5 µs per core: long enough to amortize a oneTBB task
 // (~1 µs), short enough to give two cores a dozen units on a 4 MiB tensor.
 constexpr std::size_t unit_bytes = 128 * 1024;
-// A channels-first channel up to this size is one unit: training reads it the second time from
-// a core's L2 (512 KiB here) and the L3 behind it.
-constexpr std::size_t fused_channel_bytes = 512 * 1024;
-// A fused group of channels-first channels (statistics, then normalization) up to this size.
-constexpr std::size_t fused_group_bytes = 256 * 1024;
+// A channels-first channel up to a quarter of a core's L2 is one unit: training reads it the
+// second time from there, with room left for y's lines and the prefetches of the next channel.
+constexpr std::size_t fused_channel_l2_fraction = 4;
+// A fused group of channels-first channels (statistics, then normalization) up to an eighth.
+constexpr std::size_t fused_group_l2_fraction = 8;
 // A fused interleaved unit reads row runs of at least this much: enough for the prefetcher.
 constexpr std::size_t min_fused_run_bytes = 1024;
 // Up to this many values, training's statistics are direct float64 sums, in one walk over
@@ -38,27 +38,10 @@ constexpr std::size_t min_inference_chunks = 16;
 // (docs/design.md has the timings).
 constexpr std::size_t min_inference_block_bytes = 2048;
 constexpr std::size_t finalize_channels_per_task = 512;
-// Without a known last-level cache size, outputs from this size on are written around it.
-constexpr std::size_t default_streaming_bytes = 16u << 20;
-
 // store_policy::automatic streams once source and destination together fill the last-level
 // cache: below that, the next pass (or layer) finds y in cache (docs/design.md).
-std::size_t streaming_threshold() noexcept {
-  // sysconf(_SC_LEVEL3_CACHE_SIZE) can report the host's cache on a VM; the kernel's cache
-  // description is the guest's.
-  static const std::size_t threshold = [] {
-    std::size_t bytes = 0;
-    if (std::FILE* f = std::fopen("/sys/devices/system/cpu/cpu0/cache/index3/size", "r")) {
-      unsigned long value = 0;
-      char unit = 0;
-      if (std::fscanf(f, "%lu%c", &value, &unit) >= 1) {
-        bytes = value * (unit == 'K' ? 1024ul : unit == 'M' ? 1024ul * 1024 : 1ul);
-      }
-      std::fclose(f);
-    }
-    return bytes > 0 ? bytes / 2 : default_streaming_bytes;
-  }();
-  return threshold;
+std::size_t streaming_threshold(const cache_sizes& caches) noexcept {
+  return caches.last_level_bytes / 2;
 }
 
 std::size_t ceil_div(std::size_t a, std::size_t b) {
@@ -106,7 +89,7 @@ bool lay_out_scratch(partition& p) {
 }  // namespace
 
 bool make_partition(const problem& prob, const plan_options& options, std::size_t vector_lanes,
-                    partition* out) noexcept {
+                    const cache_sizes& caches, partition* out) noexcept {
   partition& p = *out;
   p = partition{};
   p.batch = static_cast<std::size_t>(prob.shape[0]);
@@ -121,8 +104,10 @@ bool make_partition(const problem& prob, const plan_options& options, std::size_
   p.serial = p.elements * p.element_size < serial_bytes;
   p.stream_stores = options.stores == store_policy::streaming ||
                     (options.stores == store_policy::automatic &&
-                     p.elements * p.element_size >= streaming_threshold());
+                     p.elements * p.element_size >= streaming_threshold(caches));
   const std::size_t unit_elements = unit_bytes / p.element_size;
+  const std::size_t fused_channel_bytes = caches.l2_bytes / fused_channel_l2_fraction;
+  const std::size_t fused_group_bytes = caches.l2_bytes / fused_group_l2_fraction;
   // Units that hold whole channels and stay in cache, for the fused schedules. Planes: one
   // channel per unit. Interleaved: one row chunk (all the rows), units are blocks of whole
   // channels.

@@ -1,12 +1,13 @@
 // The planner: how a problem's elements are split into work units and where scratch lives.
-// Everything here depends on the problem and the ISA only, never on the thread count, so the
-// same input gives the same bits however many threads run the units.
+// Everything here depends on the problem, the ISA and the cache sizes only, never on the thread
+// count, so the same input gives the same bits however many threads run the units.
 #pragma once
 
 #include <cstddef>
 #include <string>
 
 #include "bnorm/plan.hpp"
+#include "cache_sizes.hpp"
 
 namespace bnorm::detail {
 
@@ -75,7 +76,7 @@ struct partition {
   /// Write dst with non-temporal stores (see plan_options::stores).
   bool stream_stores = false;
   /// Fused planes: channels per group (statistics, then normalization), as many as fit in
-  /// fused_group_bytes (half a core's L2 here), at most 16.
+  /// an eighth of a core's L2, at most 16.
   std::size_t fused_group = 1;
 
   // planes: unit u covers the run [j·chunk_len, (j+1)·chunk_len) of channel u / k, j = u % k,
@@ -116,8 +117,9 @@ struct partition {
 std::string describe(const partition& p);
 
 /// Builds the partition for a validated problem into *out; `vector_lanes` is the ISA's lanes
-/// for the problem's dtype. False when its scratch would not fit in size_t.
+/// for the problem's dtype, `caches` the machine's (detected_cache_sizes(); tests pass fixed
+/// ones). False when its scratch would not fit in size_t.
 bool make_partition(const problem& prob, const plan_options& options, std::size_t vector_lanes,
-                    partition* out) noexcept;
+                    const cache_sizes& caches, partition* out) noexcept;
 
 }  // namespace bnorm::detail

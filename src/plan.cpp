@@ -308,7 +308,7 @@ status make_plan(const problem& prob, const plan_options& options, plan* out) no
     impl->kernels = table;
     if (!detail::make_partition(prob, options,
                                 prob.dtype == dtype::f32 ? table->f32_lanes : table->f64_lanes,
-                                &impl->part)) {
+                                detail::detected_cache_sizes(), &impl->part)) {
       return status::failure(status_code::invalid_argument,
                              "shape: expected a problem whose scratch fits in memory, got %s "
                              "(its per-channel scratch exceeds 2^63 bytes)",
