@@ -136,17 +136,50 @@ class training_step {
       case training_schedule::fused_planes:
       case training_schedule::fused_column_blocks: fused_pass(plan_, fused_block()); break;
       case training_schedule::two_passes:
-        compute_pivots();
-        reduce_pass(plan_, statistics(), sum_, sum_sq_);
-        merge(correction::allowed);
-        if (repivoted_) {  // some pivot was far from its mean: the sums again, around the mean
-          if (p_.kind == traversal::interleaved) replicate_pivots();
-          reduce_pass(plan_, statistics(), sum_, sum_sq_);
-          merge(correction::done);
-        }
+        two_pass_statistics();
         map_pass(plan_, normalize());
         break;
     }
+    commit();
+  }
+
+  /// Distributed training: this rank's count, means and biased variances into `exchange`.
+  void run_local_statistics(double* exchange) {
+    switch (p_.training) {
+      case training_schedule::direct: tiny_statistics(); break;
+      case training_schedule::fused_planes:
+      case training_schedule::fused_column_blocks:
+        fused_pass(plan_, [this](std::size_t c0, std::size_t c1) {
+          compute_pivots(c0, c1);
+          statistics_of(c0, c1,
+                        [&] { reduce_channels(p_, statistics(), c0, c1, mean_, variance_); });
+        });
+        break;
+      case training_schedule::two_passes: two_pass_statistics(); break;
+    }
+    exchange[0] = local_count();
+    std::copy(mean_, mean_ + p_.channels, exchange + 1);
+    std::copy(variance_, variance_ + p_.channels, exchange + 1 + p_.channels);
+  }
+
+  /// Distributed training: normalize and commit with the whole batch's statistics, `merged`
+  /// (count, means, biased variances).
+  void run_merged(const double* merged) {
+    total_count_ = merged[0];
+    const std::size_t channels = p_.channels;
+    for (std::size_t c = 0; c < channels; ++c) {
+      mean_[c] = merged[1 + c];
+      variance_[c] = merged[1 + channels + c];
+      inv_std_[c] = inverse_std(variance_[c], plan_.prob.epsilon);
+      scale_[c] = value_or<T>(args_.scale, c, 1.0) * inv_std_[c];
+    }
+    const T* beta = static_cast<const T*>(args_.shift.data);
+    prescaled_ = plan_.kernels->get<T>().channel_coefficients(channels, mean_, inv_std_, scale_,
+                                                              beta, coeffs_, 0);
+    if (p_.kind == traversal::interleaved) {
+      coeffs_.replicate(channels, p_.period, prescaled_);
+    }
+    if (p_.elements > 0) map_pass(plan_, normalize());
     commit();
   }
 
@@ -160,6 +193,19 @@ class training_step {
   normalize_map<T> normalize() const {
     return make_normalize(plan_, src_, dst_, args_.residual, coeffs_.readable, prescaled_,
                           plan_.epilogue<T>());
+  }
+
+  /// Pivots, the reduce pass and the merge of its partials into the moments; where some pivot
+  /// was far from its mean, the sums again around the mean.
+  void two_pass_statistics() {
+    compute_pivots();
+    reduce_pass(plan_, statistics(), sum_, sum_sq_);
+    merge(correction::allowed);
+    if (repivoted_) {
+      if (p_.kind == traversal::interleaved) replicate_pivots();
+      reduce_pass(plan_, statistics(), sum_, sum_sq_);
+      merge(correction::done);
+    }
   }
 
   /// Each channel's pivot (see the pivot kernels); rows hold it per slot.
@@ -290,7 +336,7 @@ class training_step {
     // over the channel, ordinary data never comes near that bound.
     const double resum_below = std::is_same<T, float>::value ? 1e-30 : 0.0;
     finalized result;
-    if (kern.channel_moments(c1 - c0, count(), plan_.prob.epsilon, pivot_ + c0,
+    if (kern.channel_moments(c1 - c0, local_count(), plan_.prob.epsilon, pivot_ + c0,
                              gamma ? gamma + c0 : nullptr, mean_ + c0, variance_ + c0,
                              inv_std_ + c0, scale_ + c0, resum_below)) {
       for (std::size_t c = c0; c < c1; ++c) {
@@ -340,14 +386,16 @@ class training_step {
     std::int64_t tracked = 0;
     if (args_.num_batches_tracked) tracked = ++*args_.num_batches_tracked;
     const running_rule rule = make_running_rule(plan_.options, tracked);
-    const double bessel = rule.unbiased_variance ? count() / (count() - 1.0) : 1.0;
+    const double count = total_count_;
+    const double bessel = rule.unbiased_variance ? count / (count - 1.0) : 1.0;
     kern.blend_running(p_.channels, mean_, 1.0, rule.batch_weight,
                        static_cast<T*>(args_.running_mean.data));
     kern.blend_running(p_.channels, variance_, bessel, rule.batch_weight,
                        static_cast<T*>(args_.running_var.data));
   }
 
-  double count() const { return static_cast<double>(p_.per_channel); }
+  /// Values per channel in this call's tensor.
+  double local_count() const { return static_cast<double>(p_.per_channel); }
 
   const plan_impl& plan_;
   const partition& p_;
@@ -362,6 +410,9 @@ class training_step {
   double* inv_std_;
   double* scale_;
   coefficient_arrays<T> coeffs_;
+  // Values per channel in the batch whose statistics are committed: this call's, or every
+  // rank's in a distributed step.
+  double total_count_ = local_count();
   std::atomic<bool> prescaled_{false};  // some channel's prescale is not 1
   std::atomic<bool> repivoted_{false};  // some pivot moved: the sums are to be taken again
 };
@@ -483,6 +534,26 @@ void run_inference(const plan_impl& plan, const inference_args& args, unsigned c
   inference_step<T>(plan, args, scratch, plain).run();
 }
 
+template <class T>
+void run_local_statistics(const plan_impl& plan, const training_args& args, unsigned char* scratch,
+                          double* exchange) {
+  training_step<T>(plan, args, scratch).run_local_statistics(exchange);
+}
+
+template <class T>
+void run_training_merged(const plan_impl& plan, const training_args& args, unsigned char* scratch,
+                         const double* merged) {
+  training_step<T>(plan, args, scratch).run_merged(merged);
+}
+
+template void run_local_statistics<float>(const plan_impl&, const training_args&, unsigned char*,
+                                          double*);
+template void run_local_statistics<double>(const plan_impl&, const training_args&, unsigned char*,
+                                           double*);
+template void run_training_merged<float>(const plan_impl&, const training_args&, unsigned char*,
+                                         const double*);
+template void run_training_merged<double>(const plan_impl&, const training_args&, unsigned char*,
+                                          const double*);
 template void run_training<float>(const plan_impl&, const training_args&, unsigned char*);
 template void run_training<double>(const plan_impl&, const training_args&, unsigned char*);
 template void run_inference<float>(const plan_impl&, const inference_args&, unsigned char*, bool);

@@ -13,10 +13,29 @@ void run_training(const plan_impl& plan, const training_args& args, unsigned cha
 template <class T>
 void run_inference(const plan_impl& plan, const inference_args& args, unsigned char* scratch,
                    bool plain = false);
-/// The training backward, or with `frozen` the backward on the running statistics. A plan
-/// with an activation puts dy through its mask into `masked` (a tensor of the call's) first.
+/// This rank's statistics block, and training from merged ones (bnorm/distributed.hpp).
+template <class T>
+void run_local_statistics(const plan_impl& plan, const training_args& args, unsigned char* scratch,
+                          double* exchange);
+template <class T>
+void run_training_merged(const plan_impl& plan, const training_args& args, unsigned char* scratch,
+                         const double* merged);
+
+/// One step of the distributed training backward: this rank's sums into local_out, or, without
+/// it, dx from the summed blocks and dγ, dβ from the rank's own (local). `size` doubles each.
+struct backward_exchange {
+  double* local_out;
+  const double* local;
+  const double* summed;
+  std::size_t size;
+};
+
+/// The training backward, or with `frozen` the backward on the running statistics, or a step
+/// of the distributed one (`exchange`). A plan with an activation puts dy through its mask
+/// into `masked` (a tensor of the call's) first.
 template <class T>
 void run_backward(const plan_impl& plan, const backward_args& args, bool frozen,
-                  unsigned char* scratch, void* masked);
+                  unsigned char* scratch, void* masked,
+                  const backward_exchange* exchange = nullptr);
 
 }  // namespace bnorm::detail

@@ -90,13 +90,8 @@ class gradient_step {
   }
 
   void run() {
-    // Rows hold the centers per slot: slot j is channel j % C.
-    const T* mean = data_of<T>(args_.mean);
-    const std::size_t slots = p_.kind == traversal::planes ? p_.channels : p_.period;
-    for (std::size_t j = 0; j < slots; ++j) center_[j] = mean ? mean[j % p_.channels] : T(0);
-    const bool fused = p_.training == training_schedule::fused_planes ||
-                       p_.training == training_schedule::fused_column_blocks;
-    if (fused) {
+    set_centers();
+    if (fused()) {
       // Vector loads of the last block's coefficients read past the period: keep it defined
       // (the blocks' slots are their channels: nothing to replicate).
       if (p_.kind == traversal::interleaved) replicate_coefficients();
@@ -120,7 +115,69 @@ class gradient_step {
     if (T* out = static_cast<T*>(args_.diff_scale.data)) kern_.narrow(p_.channels, sum_dy_d_, out);
   }
 
+  /// Distributed training: this rank's count, Σdy and Σdy·(x − mean) into `exchange`.
+  void run_local(double* exchange) {
+    set_centers();
+    if (fused()) {
+      fused_pass(plan_, [this](std::size_t c0, std::size_t c1) {
+        reduce_channels(p_, reduce(), c0, c1, sum_dy_, sum_dy_d_);
+      });
+    } else {
+      reduce_pass(plan_, reduce(), sum_, sum_sq_);
+      for_each_channel_block(plan_, [this](std::size_t c0, std::size_t c1) {
+        merge_partials(p_, c0, c1, sum_, sum_sq_, sum_dy_, sum_dy_d_);
+      });
+    }
+    const std::size_t channels = p_.channels;
+    exchange[0] = static_cast<double>(p_.per_channel);
+    std::copy(sum_dy_, sum_dy_ + channels, exchange + 1);
+    std::copy(sum_dy_d_, sum_dy_d_ + channels, exchange + 1 + channels);
+  }
+
+  /// Distributed training: dγ and dβ from this rank's sums (`local`), then dx from the whole
+  /// batch's (`summed`, with its count).
+  void run_merged(const double* local, const double* summed) {
+    const std::size_t channels = p_.channels;
+    // This rank's dβ and dγ wait in the partials' arrays (at least C long) until the end.
+    double* local_dbeta = sum_;
+    double* local_dgamma = sum_sq_;
+    if (args_.diff_scale.data || args_.diff_shift.data) {
+      std::copy(local + 1, local + 1 + channels, sum_dy_);
+      std::copy(local + 1 + channels, local + 1 + 2 * channels, sum_dy_d_);
+      T* const dx = diff_src_;
+      diff_src_ = nullptr;  // the sums alone: dγ in place of Σdy·(x − mean)
+      channel_math(0, channels);
+      diff_src_ = dx;
+      std::copy(sum_dy_, sum_dy_ + channels, local_dbeta);
+      std::copy(sum_dy_d_, sum_dy_d_ + channels, local_dgamma);
+    }
+    if (diff_src_) {
+      set_centers();
+      count_ = summed[0];
+      std::copy(summed + 1, summed + 1 + channels, sum_dy_);
+      std::copy(summed + 1 + channels, summed + 1 + 2 * channels, sum_dy_d_);
+      channel_math(0, channels);
+      if (p_.kind == traversal::interleaved) replicate_coefficients();
+      map_pass(plan_, map());
+    }
+    if (T* out = static_cast<T*>(args_.diff_shift.data)) kern_.narrow(channels, local_dbeta, out);
+    if (T* out = static_cast<T*>(args_.diff_scale.data)) kern_.narrow(channels, local_dgamma, out);
+  }
+
  private:
+  bool fused() const {
+    return p_.training == training_schedule::fused_planes ||
+           p_.training == training_schedule::fused_column_blocks;
+  }
+
+  /// The centers of the sums and of dx: the mean per channel, per slot for rows (slot j is
+  /// channel j % C).
+  void set_centers() const {
+    const T* mean = data_of<T>(args_.mean);
+    const std::size_t slots = p_.kind == traversal::planes ? p_.channels : p_.period;
+    for (std::size_t j = 0; j < slots; ++j) center_[j] = mean ? mean[j % p_.channels] : T(0);
+  }
+
   gradient_reduce<T> reduce() const { return {kern_, src_, diff_dst_, center_, p_.period}; }
   gradient_map<T> map() const {
     return {kern_, src_, diff_dst_, diff_src_, readable_, p_.period, p_.stream_stores};
@@ -134,7 +191,7 @@ class gradient_step {
     };
     kernels::gradient_channels<T> in;
     in.channels = c1 - c0;
-    in.count = static_cast<double>(p_.per_channel);
+    in.count = count_;
     in.epsilon = plan_.prob.epsilon;
     in.mean = at(args_.mean);
     in.inv_std = at(args_.inv_std);
@@ -158,7 +215,8 @@ class gradient_step {
   const backward_args& args_;
   const T* src_;
   const T* diff_dst_;
-  T* diff_src_;  // null: dx is not computed here
+  T* diff_src_;                                         // null: dx is not computed here
+  double count_ = static_cast<double>(p_.per_channel);  // M: the whole batch's when distributed
   T* center_;
   double* sum_;
   double* sum_sq_;
@@ -191,11 +249,20 @@ void mask_gradient(const plan_impl& plan, const backward_args& args, T* out) {
 
 template <class T>
 void run_backward(const plan_impl& plan, const backward_args& given, bool frozen,
-                  unsigned char* scratch, void* masked) {
+                  unsigned char* scratch, void* masked, const backward_exchange* exchange) {
   backward_args args = given;
   if (masked != nullptr) {  // a fused activation: the gradient of its input first
     mask_gradient<T>(plan, given, static_cast<T*>(masked));
     args.diff_dst = masked;
+  }
+  if (exchange != nullptr) {
+    gradient_step<T> step(plan, args, false, scratch);
+    if (exchange->local_out) {
+      step.run_local(exchange->local_out);
+    } else {
+      step.run_merged(exchange->local, exchange->summed);
+    }
+    return;
   }
   if (args.diff_scale.data || args.diff_shift.data || (!frozen && args.diff_src)) {
     gradient_step<T>(plan, args, frozen, scratch).run();
@@ -213,8 +280,8 @@ void run_backward(const plan_impl& plan, const backward_args& given, bool frozen
 }
 
 template void run_backward<float>(const plan_impl&, const backward_args&, bool, unsigned char*,
-                                  void*);
+                                  void*, const backward_exchange*);
 template void run_backward<double>(const plan_impl&, const backward_args&, bool, unsigned char*,
-                                   void*);
+                                   void*, const backward_exchange*);
 
 }  // namespace bnorm::detail

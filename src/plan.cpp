@@ -9,6 +9,7 @@
 #include <new>
 #include <utility>
 
+#include "bnorm/distributed.hpp"
 #include "bnorm/plan.hpp"
 #include "cpu_isa.hpp"
 #include "execute.hpp"
@@ -77,7 +78,9 @@ using detail::check_channel_buffers;
 using detail::check_separate;
 using detail::element_size;
 using detail::enum_text;
+using detail::number_text;
 using detail::plan_impl;
+using detail::region;
 using detail::shape_text;
 
 // No address space holds more; below it, every size computation of the planner (products of
@@ -336,9 +339,12 @@ status make_plan(const problem& prob, const plan_options& options, plan* out) no
   }
 }
 
-status plan::forward_training(const training_args& args) const noexcept {
-  if (!impl_) return status(status_code::invalid_argument, not_planned);
-  const plan_impl& p = *impl_;
+namespace {
+
+/// Every rule of a training call's arguments; `exchange` is the distributed steps' block (none
+/// otherwise), which may overlap no buffer of the call.
+status check_training(const plan_impl& p, const training_args& args,
+                      region exchange = {"exchange", nullptr, 0, false}) noexcept {
   const std::size_t channels = p.part.channels;
   const bool update = p.options.update_running_stats;
   if (status s = check_tensors(p, args.src, args.dst); !s) return s;
@@ -363,36 +369,50 @@ status plan::forward_training(const training_args& args) const noexcept {
   const std::int64_t* counter = update ? args.num_batches_tracked : nullptr;
   if (status s = check_counter(counter); !s) return s;
   if (status s = check_scratch_pointer(args.scratch, args.scratch_size); !s) return s;
-  if (p.part.per_channel == 1) {
-    return status::failure(
-        status_code::invalid_argument,
-        "Expected more than 1 value per channel when training, got input size %s",
-        shape_text(p.prob.shape).text);
-  }
   const std::size_t data_bytes = p.part.elements * p.part.element_size;
   const std::size_t channel_bytes = channels * p.part.element_size;
   const std::size_t running_bytes = update ? channel_bytes : 0;
   const std::size_t scratch_bytes = caller_scratch(p.part.scratch.training_bytes);
-  if (status s =
-          check_separate({{"src", args.src, data_bytes, false, true},
-                          {"dst", args.dst, data_bytes, true, true},
-                          {"residual", args.residual, data_bytes, false, true},
-                          {"scale", args.scale.data, channel_bytes, false},
-                          {"shift", args.shift.data, channel_bytes, false},
-                          {"batch_mean", args.batch_mean.data, channel_bytes, true},
-                          {"batch_inv_std", args.batch_inv_std.data, channel_bytes, true},
-                          {"running_mean", args.running_mean.data, running_bytes, true},
-                          {"running_var", args.running_var.data, running_bytes, true},
-                          {"num_batches_tracked", counter, sizeof(std::int64_t), true},
-                          {"scratch", args.scratch, p.part.elements ? scratch_bytes : 0, true}});
-      !s) {
-    return s;
+  return check_separate({{"src", args.src, data_bytes, false, true},
+                         {"dst", args.dst, data_bytes, true, true},
+                         {"residual", args.residual, data_bytes, false, true},
+                         {"scale", args.scale.data, channel_bytes, false},
+                         {"shift", args.shift.data, channel_bytes, false},
+                         {"batch_mean", args.batch_mean.data, channel_bytes, true},
+                         {"batch_inv_std", args.batch_inv_std.data, channel_bytes, true},
+                         {"running_mean", args.running_mean.data, running_bytes, true},
+                         {"running_var", args.running_var.data, running_bytes, true},
+                         {"num_batches_tracked", counter, sizeof(std::int64_t), true},
+                         {"scratch", args.scratch, p.part.elements ? scratch_bytes : 0, true},
+                         exchange});
+}
+
+/// A distributed step's exchange block: `size` doubles, statistics_exchange_size(C).
+status check_exchange(const char* name, const void* data, std::size_t size,
+                      std::size_t channels) noexcept {
+  const std::size_t expected = statistics_exchange_size(channels);
+  if (data == nullptr || size != expected) {
+    return status::failure(
+        status_code::invalid_argument, "%s: expected %zu doubles (1 + 2 × %zu channels), got %s%zu",
+        name, expected, channels, data == nullptr ? "a null pointer of size " : "", size);
   }
-  if (p.part.elements == 0) {
-    // As PyTorch: an empty batch leaves the statistics alone but still counts as a step.
-    if (counter) ++*args.num_batches_tracked;
-    return {};
+  return check_alignment(name, data, alignof(double), "double");
+}
+
+/// The count a merged block gives this rank's plan: a whole number, at least this rank's own.
+status check_merged_count(const plan_impl& p, const char* name, double count) noexcept {
+  const double local = static_cast<double>(p.part.per_channel);
+  if (!(count >= local) || count != std::floor(count) || count > 9007199254740992.0) {
+    return status::failure(status_code::invalid_argument,
+                           "%s: expected a count of values per channel, a whole number of at "
+                           "least this rank's %zu, got %s",
+                           name, p.part.per_channel, number_text(count).text);
   }
+  return {};
+}
+
+template <class Run>
+status run_training_call(const plan_impl& p, const training_args& args, const Run& run) noexcept {
   scratch_buffer scratch;
   if (status s = scratch.acquire(p.part.scratch.training_bytes, args.scratch, args.scratch_size,
                                  "training_scratch_size");
@@ -401,10 +421,74 @@ status plan::forward_training(const training_args& args) const noexcept {
   }
   return guarded([&] {
     if (p.prob.dtype == dtype::f32) {
-      detail::run_training<float>(p, args, scratch.data());
+      run(float{}, scratch.data());
     } else {
-      detail::run_training<double>(p, args, scratch.data());
+      run(double{}, scratch.data());
     }
+  });
+}
+
+}  // namespace
+
+status plan::forward_training(const training_args& args) const noexcept {
+  if (!impl_) return status(status_code::invalid_argument, not_planned);
+  const plan_impl& p = *impl_;
+  if (status s = check_training(p, args); !s) return s;
+  if (p.part.per_channel == 1) {
+    return status::failure(
+        status_code::invalid_argument,
+        "Expected more than 1 value per channel when training, got input size %s",
+        shape_text(p.prob.shape).text);
+  }
+  if (p.part.elements == 0) {
+    // As PyTorch: an empty batch leaves the statistics alone but still counts as a step.
+    if (p.options.update_running_stats && args.num_batches_tracked) ++*args.num_batches_tracked;
+    return {};
+  }
+  return run_training_call(p, args, [&](auto type, unsigned char* scratch) {
+    detail::run_training<decltype(type)>(p, args, scratch);
+  });
+}
+
+status plan::local_statistics(const training_args& args, double* exchange,
+                              std::size_t exchange_size) const noexcept {
+  if (!impl_) return status(status_code::invalid_argument, not_planned);
+  const plan_impl& p = *impl_;
+  if (status s = check_exchange("exchange", exchange, exchange_size, p.part.channels); !s) {
+    return s;
+  }
+  if (status s =
+          check_training(p, args, {"exchange", exchange, exchange_size * sizeof(double), true});
+      !s) {
+    return s;
+  }
+  if (p.part.elements == 0) {
+    std::fill_n(exchange, exchange_size, 0.0);
+    return {};
+  }
+  return run_training_call(p, args, [&](auto type, unsigned char* scratch) {
+    detail::run_local_statistics<decltype(type)>(p, args, scratch, exchange);
+  });
+}
+
+status plan::forward_training_merged(const training_args& args, const double* merged,
+                                     std::size_t merged_size) const noexcept {
+  if (!impl_) return status(status_code::invalid_argument, not_planned);
+  const plan_impl& p = *impl_;
+  if (status s = check_exchange("merged", merged, merged_size, p.part.channels); !s) return s;
+  if (status s = check_training(p, args, {"merged", merged, merged_size * sizeof(double), false});
+      !s) {
+    return s;
+  }
+  if (status s = check_merged_count(p, "merged[0]", merged[0]); !s) return s;
+  if (merged[0] <= 1.0) {
+    return status::failure(status_code::invalid_argument,
+                           "Expected more than 1 value per channel when training, got %s over "
+                           "every rank (input size %s here)",
+                           number_text(merged[0]).text, shape_text(p.prob.shape).text);
+  }
+  return run_training_call(p, args, [&](auto type, unsigned char* scratch) {
+    detail::run_training_merged<decltype(type)>(p, args, scratch, merged);
   });
 }
 
@@ -458,7 +542,9 @@ status plan::forward_inference(const inference_args& args) const noexcept {
 namespace {
 
 /// A backward call, either kind: what it computes decides what it needs (see backward_args).
-status backward(const plan_impl& p, const backward_args& args, bool frozen) noexcept {
+/// `exchange`: one of the distributed training backward's steps.
+status backward(const plan_impl& p, const backward_args& args, bool frozen,
+                const detail::backward_exchange* exchange = nullptr) noexcept {
   const std::size_t channels = p.part.channels;
   const bool dx = args.diff_src != nullptr, dgamma = args.diff_scale.data != nullptr,
              dbeta = args.diff_shift.data != nullptr, dz = args.diff_residual != nullptr;
@@ -538,20 +624,50 @@ status backward(const plan_impl& p, const backward_args& args, bool frozen) noex
   const std::size_t data_bytes = elements * p.part.element_size;
   const std::size_t channel_bytes = channels * p.part.element_size;
   const std::size_t scratch_bytes = caller_scratch(p.part.scratch.training_bytes);
-  if (status s = check_separate({{"src", args.src, data_bytes, false},
-                                 {"diff_dst", args.diff_dst, data_bytes, false, true},
-                                 {"diff_src", args.diff_src, data_bytes, true, true},
-                                 {"dst", args.dst, data_bytes, false},
-                                 {"diff_residual", args.diff_residual, data_bytes, true, true},
-                                 {"scale", args.scale.data, channel_bytes, false},
-                                 {"mean", args.mean.data, channel_bytes, false},
-                                 {"inv_std", args.inv_std.data, channel_bytes, false},
-                                 {"var", args.var.data, channel_bytes, false},
-                                 {"diff_scale", args.diff_scale.data, channel_bytes, true},
-                                 {"diff_shift", args.diff_shift.data, channel_bytes, true},
-                                 {"scratch", args.scratch, elements ? scratch_bytes : 0, true}});
+  const std::size_t exchange_bytes = exchange ? exchange->size * sizeof(double) : 0;
+  const double* local = exchange ? exchange->local : nullptr;
+  if (exchange) {
+    const bool writes = exchange->local_out != nullptr;
+    const void* block = writes ? static_cast<const void*>(exchange->local_out) : local;
+    if (status s = check_exchange(writes ? "exchange" : "local", block, exchange->size, channels);
+        !s) {
+      return s;
+    }
+    if (!writes) {
+      if (status s = check_exchange("summed", exchange->summed, exchange->size, channels); !s) {
+        return s;
+      }
+      if (local[0] != static_cast<double>(p.part.per_channel)) {
+        return status::failure(status_code::invalid_argument,
+                               "local[0]: expected this rank's count of values per channel, %zu "
+                               "(its own block from local_gradient_sums), got %s",
+                               p.part.per_channel, number_text(local[0]).text);
+      }
+      if (status s = check_merged_count(p, "summed[0]", exchange->summed[0]); !s) return s;
+    }
+  }
+  if (status s = check_separate(
+          {{"exchange", exchange ? exchange->local_out : nullptr, exchange_bytes, true},
+           {"local", local, exchange_bytes, false},
+           {"summed", exchange ? exchange->summed : nullptr, exchange_bytes, false},
+           {"src", args.src, data_bytes, false},
+           {"diff_dst", args.diff_dst, data_bytes, false, true},
+           {"diff_src", args.diff_src, data_bytes, true, true},
+           {"dst", args.dst, data_bytes, false},
+           {"diff_residual", args.diff_residual, data_bytes, true, true},
+           {"scale", args.scale.data, channel_bytes, false},
+           {"mean", args.mean.data, channel_bytes, false},
+           {"inv_std", args.inv_std.data, channel_bytes, false},
+           {"var", args.var.data, channel_bytes, false},
+           {"diff_scale", args.diff_scale.data, channel_bytes, true},
+           {"diff_shift", args.diff_shift.data, channel_bytes, true},
+           {"scratch", args.scratch, elements ? scratch_bytes : 0, true}});
       !s) {
     return s;
+  }
+  if (elements == 0 && exchange && exchange->local_out) {  // no values: a count of 0, zero sums
+    std::fill_n(exchange->local_out, exchange->size, 0.0);
+    return {};
   }
   if (elements == 0) {  // as PyTorch: sums over no values
     for (void* out : {args.diff_scale.data, args.diff_shift.data}) {
@@ -578,7 +694,9 @@ status backward(const plan_impl& p, const backward_args& args, bool frozen) noex
   std::unique_ptr<unsigned char[]> masked_own;
   void* masked = nullptr;
   if (fused != activation::none) {
-    masked = dz ? args.diff_residual : args.diff_src;
+    // The local step of a distributed backward writes its exchange block only.
+    const bool own = exchange && exchange->local_out;
+    masked = own ? nullptr : dz ? args.diff_residual : args.diff_src;
     if (masked == nullptr) {
       masked_own.reset(new (std::nothrow) unsigned char[data_bytes]);
       if (!masked_own) {
@@ -591,9 +709,9 @@ status backward(const plan_impl& p, const backward_args& args, bool frozen) noex
   }
   return guarded([&] {
     if (p.prob.dtype == dtype::f32) {
-      detail::run_backward<float>(p, args, frozen, scratch.data(), masked);
+      detail::run_backward<float>(p, args, frozen, scratch.data(), masked, exchange);
     } else {
-      detail::run_backward<double>(p, args, frozen, scratch.data(), masked);
+      detail::run_backward<double>(p, args, frozen, scratch.data(), masked, exchange);
     }
   });
 }
@@ -603,6 +721,21 @@ status backward(const plan_impl& p, const backward_args& args, bool frozen) noex
 status plan::backward_training(const backward_args& args) const noexcept {
   if (!impl_) return status(status_code::invalid_argument, not_planned);
   return backward(*impl_, args, false);
+}
+
+status plan::local_gradient_sums(const backward_args& args, double* exchange,
+                                 std::size_t exchange_size) const noexcept {
+  if (!impl_) return status(status_code::invalid_argument, not_planned);
+  const detail::backward_exchange step{exchange, nullptr, nullptr, exchange_size};
+  return backward(*impl_, args, false, &step);
+}
+
+status plan::backward_training_merged(const backward_args& args, const double* local,
+                                      const double* summed,
+                                      std::size_t exchange_size) const noexcept {
+  if (!impl_) return status(status_code::invalid_argument, not_planned);
+  const detail::backward_exchange step{nullptr, local, summed, exchange_size};
+  return backward(*impl_, args, false, &step);
 }
 
 status plan::backward_frozen(const backward_args& args) const noexcept {

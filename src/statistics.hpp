@@ -78,3 +78,27 @@ inline running_rule make_running_rule(const plan_options& options,
 }
 
 }  // namespace bnorm::detail
+
+namespace bnorm::detail {
+
+/// The statistics of values in two groups, from each group's count, mean and biased variance
+/// (Chan, Golub and LeVeque's pairwise update, in weights so that nothing grows past the
+/// variance itself): the distributed merge of per-rank statistics. A group of no values leaves
+/// the other as it is.
+struct group_statistics {
+  double count;
+  double mean;
+  double variance;
+};
+
+inline group_statistics merge_groups(const group_statistics& a,
+                                     const group_statistics& b) noexcept {
+  if (b.count == 0.0) return a;
+  if (a.count == 0.0) return b;
+  const double count = a.count + b.count;
+  const double wa = a.count / count, wb = b.count / count;
+  const double delta = b.mean - a.mean;
+  return {count, a.mean + delta * wb, wa * a.variance + wb * b.variance + delta * delta * wa * wb};
+}
+
+}  // namespace bnorm::detail

@@ -14,56 +14,6 @@ using bnorm::layout;
 
 namespace {
 
-/// The reference gradients, and the magnitudes the targets are relative to.
-struct reference_gradients {
-  std::vector<double> dx, dgamma, dbeta;
-  std::vector<double> abs_dgamma, abs_dbeta;  // Σ|dy·x̂|, Σ|dy|
-};
-
-/// With x̂ = (x − mean)·inv_std: dβ = Σdy, dγ = Σdy·x̂; training dx = γ·inv·(dy − dβ/M −
-/// x̂·dγ/M), frozen dx = γ·inv·dy. mean and inv_std as the call takes them (rounded to T).
-template <class T>
-reference_gradients reference_backward(const std::vector<T>& x, const std::vector<T>& dy,
-                                       const bnorm::tensor_shape& shape, layout l,
-                                       const std::vector<T>& mean, const std::vector<double>& inv,
-                                       const std::vector<T>& gamma, bool training) {
-  const geometry g(shape);
-  reference_gradients r;
-  r.dx.assign(x.size(), 0.0);
-  r.dgamma.assign(g.c, 0.0);
-  r.dbeta.assign(g.c, 0.0);
-  r.abs_dgamma.assign(g.c, 0.0);
-  r.abs_dbeta.assign(g.c, 0.0);
-  const double count = static_cast<double>(g.n * g.spatial);
-  for (std::size_t c = 0; c < g.c; ++c) {
-    long double s1 = 0, s2 = 0, a1 = 0, a2 = 0;
-    const auto xhat = [&](std::size_t i) {
-      return (static_cast<long double>(x[i]) - static_cast<long double>(mean[c])) * inv[c];
-    };
-    for (std::size_t n = 0; n < g.n; ++n)
-      for (std::size_t s = 0; s < g.spatial; ++s) {
-        const std::size_t i = g.offset(l, n, c, s);
-        s1 += dy[i];
-        s2 += dy[i] * xhat(i);
-        a1 += std::fabs(static_cast<long double>(dy[i]));
-        a2 += std::fabs(dy[i] * xhat(i));
-      }
-    r.dbeta[c] = static_cast<double>(s1);
-    r.dgamma[c] = static_cast<double>(s2);
-    r.abs_dbeta[c] = static_cast<double>(a1);
-    r.abs_dgamma[c] = static_cast<double>(a2);
-    const long double k = (gamma.empty() ? 1.0L : gamma[c]) * static_cast<long double>(inv[c]);
-    for (std::size_t n = 0; n < g.n; ++n)
-      for (std::size_t s = 0; s < g.spatial; ++s) {
-        const std::size_t i = g.offset(l, n, c, s);
-        const long double v =
-            training ? k * (dy[i] - s1 / count - xhat(i) * s2 / count) : k * dy[i];
-        r.dx[i] = static_cast<double>(v);
-      }
-  }
-  return r;
-}
-
 /// The largest error of `got` relative to its reference's magnitude (per channel).
 template <class T>
 double worst_relative(const std::vector<T>& got, const std::vector<double>& want,

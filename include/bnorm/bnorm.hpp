@@ -1,6 +1,7 @@
 // bnorm: batch normalization for CPU engines. The one header to include.
 #pragma once
 
+#include "bnorm/distributed.hpp"
 #include "bnorm/fold.hpp"
 #include "bnorm/module.hpp"
 #include "bnorm/plan.hpp"

@@ -282,6 +282,30 @@ class plan {
   /// and dγ = Σ dy·(x − running_mean)/sqrt(running_var + eps) when asked.
   status backward_frozen(const backward_args& args) const noexcept;
 
+  // Distributed training (SyncBatchNorm): the steps around an exchange between ranks, with
+  // the exchange format and its merge in bnorm/distributed.hpp.
+
+  /// This rank's statistics (count, per-channel mean and biased variance) into `exchange` of
+  /// statistics_exchange_size(C) doubles. `args` is validated as forward_training_merged will
+  /// take it; only `exchange` is written. A rank may hold one value per channel, or none.
+  status local_statistics(const training_args& args, double* exchange,
+                          std::size_t exchange_size) const noexcept;
+  /// forward_training with the whole batch's statistics (merge_statistics): y, the batch mean
+  /// and 1/std, and the running statistics (unbiased with the merged count) as one call over
+  /// the whole batch gives them. "Expected more than 1 value per channel" counts every rank.
+  status forward_training_merged(const training_args& args, const double* merged,
+                                 std::size_t merged_size) const noexcept;
+  /// This rank's Σdy and Σdy·(x − mean) into `exchange` of gradient_exchange_size(C)
+  /// doubles; args.mean is the merged mean. `args` is validated as backward_training_merged
+  /// will take it; only `exchange` is written.
+  status local_gradient_sums(const backward_args& args, double* exchange,
+                             std::size_t exchange_size) const noexcept;
+  /// dx (and dz) from the whole batch's sums (`summed`, from sum_gradient_exchanges), and dγ,
+  /// dβ from this rank's own block (`local`): as torch.nn.SyncBatchNorm, the parameters'
+  /// gradients stay per rank for the data-parallel all-reduce that follows.
+  status backward_training_merged(const backward_args& args, const double* local,
+                                  const double* summed, std::size_t exchange_size) const noexcept;
+
   bool valid() const noexcept { return impl_ != nullptr; }
   /// The ISA whose kernels this plan runs.
   bnorm::isa isa() const noexcept;

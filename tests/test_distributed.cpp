@@ -1,0 +1,318 @@
+// Distributed training's steps (bnorm/distributed.hpp) with the ranks simulated in one process:
+// a batch split along N, each share on its own plan, the blocks exchanged by copying. The
+// results must be those of one call over the whole batch, within the accuracy targets against
+// a float64 reference, and the same bits on every rank. tests/mpi/ runs the same over MPI.
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "support.hpp"
+
+using namespace bnorm_test;
+using bnorm::layout;
+
+namespace {
+
+struct split_case {
+  const char* name;
+  bnorm::tensor_shape whole;
+  std::vector<std::int64_t> batch_of_rank;  // N of each rank, summing to whole[0]
+  layout l;
+  double mean;  // of the data, whose std is 1
+};
+
+const split_case split_cases[] = {
+    {"planes_unequal_empty_rank", {10, 6, 5, 7}, {3, 0, 7}, layout::channels_first, 0.5},
+    {"rows_unequal_empty_rank", {10, 6, 5, 7}, {3, 0, 7}, layout::channels_last, 0.5},
+    {"one_value_a_rank", {3, 40}, {1, 1, 1}, layout::channels_first, -2.0},
+    {"mean_1e5_std", {9, 5, 33}, {4, 5}, layout::channels_first, 1e5},
+    {"mean_1e5_std_rows", {9, 5, 33}, {2, 4, 3}, layout::channels_last, 1e5},
+    {"fused_column_blocks", {2, 256, 7, 7}, {1, 1}, layout::channels_last, 3.0},
+    {"two_pass_planes", {6, 3, 40000}, {2, 4}, layout::channels_first, 1.0},
+};
+
+/// One rank's share: its plan and its slices of the whole batch's tensors, and its own
+/// per-channel outputs.
+template <class T>
+struct rank_share {
+  bnorm::plan plan;
+  std::size_t offset = 0, elements = 0;
+  std::vector<T> mean, inv_std, running_mean, running_var, dgamma, dbeta;
+  std::int64_t tracked = 0;
+};
+
+template <class T>
+struct split_run {
+  std::vector<T> y, dx;
+  std::vector<rank_share<T>> ranks;
+};
+
+/// The whole distributed step (forward, then backward) over the ranks of `k`, as an engine
+/// with its own transport runs it.
+template <class T>
+split_run<T> run_split(const split_case& k, bnorm::isa id, int threads, const std::vector<T>& x,
+                       const std::vector<T>& dy, const std::vector<T>& gamma,
+                       const std::vector<T>& beta) {
+  const geometry whole(k.whole);
+  const std::size_t channels = whole.c, block = bnorm::statistics_exchange_size(channels);
+  const std::size_t ranks = k.batch_of_rank.size();
+  split_run<T> run;
+  run.y.assign(x.size(), T(0));
+  run.dx.assign(x.size(), T(0));
+  run.ranks.resize(ranks);
+  std::size_t offset = 0;
+  for (std::size_t r = 0; r < ranks; ++r) {
+    std::vector<std::int64_t> dims;
+    for (std::size_t d = 0; d < k.whole.rank(); ++d) dims.push_back(k.whole[d]);
+    dims[0] = k.batch_of_rank[r];
+    rank_share<T>& share = run.ranks[r];
+    bnorm::plan_options opts;
+    opts.max_isa = id;
+    opts.max_threads = threads;
+    share.plan = make_plan_or_fail(
+        {bnorm::tensor_shape(dims.data(), dims.size()), k.l, dtype_of<T>()}, opts);
+    share.offset = offset;
+    share.elements = static_cast<std::size_t>(dims[0]) * channels * whole.spatial;
+    offset += share.elements;
+    share.mean.assign(channels, T(0));
+    share.inv_std.assign(channels, T(0));
+    share.running_mean.assign(channels, T(0));
+    share.running_var.assign(channels, T(1));
+    share.dgamma.assign(channels, T(0));
+    share.dbeta.assign(channels, T(0));
+  }
+  const auto forward_args = [&](rank_share<T>& share) {
+    bnorm::training_args a;
+    a.src = x.data() + share.offset;
+    a.dst = run.y.data() + share.offset;
+    a.scale = in(gamma);
+    a.shift = in(beta);
+    a.batch_mean = out(share.mean);
+    a.batch_inv_std = out(share.inv_std);
+    a.running_mean = out(share.running_mean);
+    a.running_var = out(share.running_var);
+    a.num_batches_tracked = &share.tracked;
+    return a;
+  };
+  std::vector<double> blocks(ranks * block), merged(block);
+  for (std::size_t r = 0; r < ranks; ++r) {
+    const bnorm::status s =
+        run.ranks[r].plan.local_statistics(forward_args(run.ranks[r]), &blocks[r * block], block);
+    EXPECT_TRUE(s) << s.message();
+  }
+  EXPECT_TRUE(bnorm::merge_statistics(channels, blocks.data(), ranks, merged.data(), block));
+  for (rank_share<T>& share : run.ranks) {
+    const bnorm::status s =
+        share.plan.forward_training_merged(forward_args(share), merged.data(), block);
+    EXPECT_TRUE(s) << s.message();
+  }
+  const auto backward_args = [&](rank_share<T>& share) {
+    bnorm::backward_args b;
+    b.src = x.data() + share.offset;
+    b.diff_dst = dy.data() + share.offset;
+    b.diff_src = run.dx.data() + share.offset;
+    b.scale = in(gamma);
+    b.mean = in(share.mean);
+    b.inv_std = in(share.inv_std);
+    b.diff_scale = out(share.dgamma);
+    b.diff_shift = out(share.dbeta);
+    return b;
+  };
+  std::vector<double> sums(ranks * block), summed(block);
+  for (std::size_t r = 0; r < ranks; ++r) {
+    const bnorm::status s =
+        run.ranks[r].plan.local_gradient_sums(backward_args(run.ranks[r]), &sums[r * block], block);
+    EXPECT_TRUE(s) << s.message();
+  }
+  EXPECT_TRUE(bnorm::sum_gradient_exchanges(channels, sums.data(), ranks, summed.data(), block));
+  for (std::size_t r = 0; r < ranks; ++r) {
+    rank_share<T>& share = run.ranks[r];
+    const bnorm::status s = share.plan.backward_training_merged(
+        backward_args(share), &sums[r * block], summed.data(), block);
+    EXPECT_TRUE(s) << s.message();
+  }
+  return run;
+}
+
+template <class T>
+bool same_bits(const std::vector<T>& a, const std::vector<T>& b) {
+  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(T)) == 0;
+}
+
+class Distributed : public testing::TestWithParam<std::tuple<bnorm::isa, std::size_t>> {
+ protected:
+  template <class T>
+  void check(double tolerance) {
+    const split_case& k = split_cases[std::get<1>(GetParam())];
+    const bnorm::isa id = std::get<0>(GetParam());
+    const geometry g(k.whole);
+    const std::vector<T> x = normal_data<T>(g.elements(), k.mean, 1.0, 71);
+    const std::vector<T> dy = normal_data<T>(g.elements(), 0.0, 1.0, 72);
+    const std::vector<T> gamma = normal_data<T>(g.c, 1.0, 0.5, 73);
+    const std::vector<T> beta = normal_data<T>(g.c, 0.0, 1.0, 74);
+    const split_run<T> run = run_split<T>(k, id, 0, x, dy, gamma, beta);
+
+    // Every rank holds the same statistics, to the bit.
+    for (const rank_share<T>& share : run.ranks) {
+      EXPECT_TRUE(same_bits(share.mean, run.ranks[0].mean));
+      EXPECT_TRUE(same_bits(share.inv_std, run.ranks[0].inv_std));
+      EXPECT_TRUE(same_bits(share.running_mean, run.ranks[0].running_mean));
+      EXPECT_TRUE(same_bits(share.running_var, run.ranks[0].running_var));
+      EXPECT_EQ(share.tracked, 1);
+    }
+    // Those of one call over the whole batch, against float64.
+    const reference_stats ref = reference_moments(x, k.whole, k.l);
+    const std::vector<double> y_ref =
+        reference_normalize(x, k.whole, k.l, ref.mean, ref.variance, 1e-5, gamma, beta);
+    double worst_y = 0.0;
+    for (std::size_t i = 0; i < x.size(); ++i) {
+      worst_y =
+          std::max(worst_y, std::fabs(run.y[i] - y_ref[i]) / std::max(1.0, std::fabs(y_ref[i])));
+    }
+    EXPECT_LE(worst_y, tolerance);
+    const double count = static_cast<double>(g.n * g.spatial);
+    const rank_share<T>& any = run.ranks.back();
+    for (std::size_t c = 0; c < g.c; ++c) {
+      const double inv = 1.0 / std::sqrt(ref.variance[c] + 1e-5);
+      EXPECT_NEAR(any.inv_std[c], inv, tolerance * inv) << c;
+      EXPECT_NEAR(any.mean[c], ref.mean[c], tolerance * std::max(1.0, std::fabs(ref.mean[c])));
+      const double running_var = 0.9 + 0.1 * ref.variance[c] * count / (count - 1.0);
+      EXPECT_NEAR(any.running_var[c], running_var, tolerance * running_var) << c;
+    }
+    // The gradients of the whole batch: dx everywhere, dγ and dβ summed over the ranks.
+    std::vector<double> inv(g.c);
+    for (std::size_t c = 0; c < g.c; ++c) inv[c] = static_cast<double>(any.inv_std[c]);
+    const reference_gradients grads =
+        reference_backward(x, dy, k.whole, k.l, any.mean, inv, gamma, true);
+    double dx_scale = 1.0;
+    for (const double v : grads.dx) dx_scale = std::max(dx_scale, std::fabs(v));
+    EXPECT_LE(max_abs_error(run.dx, grads.dx), tolerance * dx_scale);
+    for (std::size_t c = 0; c < g.c; ++c) {
+      double dgamma = 0.0, dbeta = 0.0;
+      for (const rank_share<T>& share : run.ranks) {
+        dgamma += share.dgamma[c];
+        dbeta += share.dbeta[c];
+      }
+      EXPECT_NEAR(dgamma, grads.dgamma[c], tolerance * grads.abs_dgamma[c]) << c;
+      EXPECT_NEAR(dbeta, grads.dbeta[c], tolerance * grads.abs_dbeta[c]) << c;
+    }
+    // The same bits for one thread per rank.
+    const split_run<T> serial = run_split<T>(k, id, 1, x, dy, gamma, beta);
+    EXPECT_TRUE(same_bits(serial.y, run.y));
+    EXPECT_TRUE(same_bits(serial.dx, run.dx));
+    EXPECT_TRUE(same_bits(serial.ranks[0].running_var, run.ranks[0].running_var));
+    EXPECT_TRUE(same_bits(serial.ranks[0].dgamma, run.ranks[0].dgamma));
+  }
+};
+
+TEST_P(Distributed, SplitBatchMatchesTheWholeBatchF32) {
+  check<float>(1e-6);
+}
+
+TEST_P(Distributed, SplitBatchMatchesTheWholeBatchF64) {
+  // float64 data around 1e5 carries ~1e-11 of rounding in every x − mean, as in one process.
+  check<double>(1e-12 * std::max(1.0, std::fabs(split_cases[std::get<1>(GetParam())].mean) / 1e3));
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Cases, Distributed,
+    testing::Combine(testing::ValuesIn(isas_under_test()),
+                     testing::Range<std::size_t>(0, std::size(split_cases))),
+    [](const testing::TestParamInfo<std::tuple<bnorm::isa, std::size_t>>& info) {
+      return std::string(split_cases[std::get<1>(info.param)].name) + "_" +
+             bnorm::to_string(std::get<0>(info.param));
+    });
+
+TEST(DistributedMerge, ChanMergeInRankOrderMatchesThePooledMoments) {
+  // Three ranks of 2, 0 and 3 values of one channel: {1, 3}, {}, {10, 11, 12}.
+  const double blocks[] = {2, 2.0, 1.0, 0, 0.0, 0.0, 3, 11.0, 2.0 / 3.0};
+  double merged[3];
+  ASSERT_TRUE(bnorm::merge_statistics(1, blocks, 3, merged, 3));
+  EXPECT_EQ(merged[0], 5.0);
+  EXPECT_NEAR(merged[1], 37.0 / 5.0, 1e-15);
+  // Σ(x − 7.4)² / 5 over {1, 3, 10, 11, 12}.
+  EXPECT_NEAR(merged[2], (40.96 + 19.36 + 6.76 + 12.96 + 21.16) / 5.0, 1e-13);
+  double summed[3];
+  const double sums[] = {2, 1.0, -1.0, 3, 0.5, 4.0};
+  ASSERT_TRUE(bnorm::sum_gradient_exchanges(1, sums, 2, summed, 3));
+  EXPECT_EQ(summed[0], 5.0);
+  EXPECT_EQ(summed[1], 1.5);
+  EXPECT_EQ(summed[2], 3.0);
+}
+
+TEST(DistributedErrors, RefusedBeforeAnythingIsWritten) {
+  const bnorm::plan plan = make_plan_or_fail({{2, 3, 4}}, {});
+  std::vector<float> x = normal_data<float>(24, 0.0, 1.0, 5), y(24, 7.0f);
+  std::vector<float> mean(3, 7.0f), inv(3, 7.0f), rm(3, 7.0f), rv(3, 7.0f);
+  bnorm::training_args a;
+  a.src = x.data();
+  a.dst = y.data();
+  a.batch_mean = out(mean);
+  a.batch_inv_std = out(inv);
+  a.running_mean = out(rm);
+  a.running_var = out(rv);
+  std::vector<double> block(bnorm::statistics_exchange_size(3), 9.0);
+  const auto untouched = [&] {
+    for (const auto* v : {&y, &mean, &inv, &rm, &rv}) {
+      for (const float f : *v) EXPECT_EQ(f, 7.0f);
+    }
+  };
+  // The local step checks what the merged one will need, and writes only its block.
+  bnorm::training_args no_running = a;
+  no_running.running_var = {};
+  bnorm::status s = plan.local_statistics(no_running, block.data(), block.size());
+  EXPECT_EQ(s.code(), bnorm::status_code::invalid_argument);
+  EXPECT_NE(std::string(s.message()).find("running_var"), std::string::npos) << s.message();
+  for (const double v : block) EXPECT_EQ(v, 9.0);
+  s = plan.local_statistics(a, block.data(), block.size() - 1);
+  EXPECT_NE(std::string(s.message()).find("exchange: expected 7 doubles"), std::string::npos)
+      << s.message();
+  ASSERT_TRUE(plan.local_statistics(a, block.data(), block.size()));
+  EXPECT_EQ(block[0], 8.0);
+  untouched();
+  // A merged count below this rank's own, or of one value in all, is refused.
+  std::vector<double> merged = block;
+  merged[0] = 4.0;
+  s = plan.forward_training_merged(a, merged.data(), merged.size());
+  EXPECT_NE(std::string(s.message()).find("merged[0]: expected a count"), std::string::npos)
+      << s.message();
+  untouched();
+  const bnorm::plan one = make_plan_or_fail({{1, 3}}, {});
+  std::vector<float> x1(3, 1.0f), y1(3, 7.0f);
+  bnorm::training_args a1 = a;
+  a1.src = x1.data();
+  a1.dst = y1.data();
+  std::vector<double> block1(7);
+  ASSERT_TRUE(one.local_statistics(a1, block1.data(), block1.size()));
+  EXPECT_EQ(block1[0], 1.0);
+  s = one.forward_training_merged(a1, block1.data(), block1.size());
+  EXPECT_NE(std::string(s.message()).find("Expected more than 1 value per channel"),
+            std::string::npos)
+      << s.message();
+  EXPECT_EQ(y1[0], 7.0f);
+  untouched();
+  // Backward: the merged step wants this rank's own block back.
+  std::vector<float> dy(24, 1.0f), dx(24, 7.0f);
+  bnorm::backward_args b;
+  b.src = x.data();
+  b.diff_dst = dy.data();
+  b.diff_src = dx.data();
+  b.mean = in(mean);
+  b.inv_std = in(inv);
+  std::vector<double> sums(7, 9.0);
+  ASSERT_TRUE(plan.local_gradient_sums(b, sums.data(), sums.size()));
+  for (const float f : dx) EXPECT_EQ(f, 7.0f);
+  std::vector<double> wrong = sums;
+  wrong[0] = 3.0;
+  s = plan.backward_training_merged(b, wrong.data(), sums.data(), sums.size());
+  EXPECT_NE(std::string(s.message()).find("local[0]: expected this rank's count"),
+            std::string::npos)
+      << s.message();
+  for (const float f : dx) EXPECT_EQ(f, 7.0f);
+  s = bnorm::merge_statistics(3, block.data(), 0, merged.data(), merged.size());
+  EXPECT_NE(std::string(s.message()).find("0 ranks"), std::string::npos) << s.message();
+}
+
+}  // namespace
