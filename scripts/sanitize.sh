@@ -3,7 +3,8 @@
 # under ThreadSanitizer (Debian's g++). Exits non-zero on any finding or failed test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/install-deps.sh cmake g++ make pkgconf libxsimd-dev libtbb-dev libgtest-dev libbenchmark-dev
+bash scripts/install-deps.sh cmake g++ make pkgconf libxsimd-dev libtbb-dev libgtest-dev libbenchmark-dev \
+  libopenmpi-dev openmpi-bin
 jobs=$(nproc)
 
 # ASan + UBSan: every test but the package consumer (an uninstrumented build of its own).

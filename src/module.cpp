@@ -293,7 +293,7 @@ void batch_norm<T>::forward_unguarded(const T* src, T* dst, const tensor_shape& 
       args.running_var = out(running_var_);
       args.num_batches_tracked = &num_batches_tracked_;
     }
-    throw_if_failed(p.forward_training(args));
+    throw_if_failed(exchange_ ? exchange_->forward_training(p, args) : p.forward_training(args));
     saved_mean_ = std::move(mean);
     saved_inv_std_ = std::move(inv_std);
     last_forward_ = last_forward{shape, true};
@@ -372,7 +372,7 @@ void batch_norm<T>::backward_unguarded(const T* input, const T* grad_output, T* 
   if (last.batch_statistics) {
     args.mean = in(saved_mean_);
     args.inv_std = in(saved_inv_std_);
-    throw_if_failed(p.backward_training(args));
+    throw_if_failed(exchange_ ? exchange_->backward_training(p, args) : p.backward_training(args));
   } else {
     args.mean = in(running_mean_);
     args.var = in(running_var_);

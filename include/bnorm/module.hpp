@@ -16,6 +16,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -68,12 +69,34 @@ struct module_config {
   std::optional<bnorm::isa> max_isa;
 };
 
+/// How a module's training steps reach the statistics of the whole batch. The default is one
+/// process: the plan's forward_training and backward_training. SyncBatchNorm (bnorm/mpi.hpp)
+/// runs them over every rank of a communicator; an engine with its own transport implements
+/// this interface over the steps of bnorm/distributed.hpp. Each call returns a status and
+/// writes nothing when it fails; a collective one fails on every rank alike.
+class training_exchange {
+ public:
+  virtual ~training_exchange() = default;
+  virtual status forward_training(const plan& p, const training_args& args) const = 0;
+  virtual status backward_training(const plan& p, const backward_args& args) const = 0;
+};
+
 template <class T>
 class batch_norm {
  public:
   using config = module_config;
 
   explicit batch_norm(const config& cfg);
+
+  /// Runs the training forward and backward (batch statistics) through `exchange`, or, with
+  /// null, in this process alone. Eval mode never exchanges (the running statistics are the
+  /// same on every rank), as torch.nn.SyncBatchNorm.
+  void set_training_exchange(std::shared_ptr<const training_exchange> exchange) {
+    exchange_ = std::move(exchange);
+  }
+  const std::shared_ptr<const training_exchange>& get_training_exchange() const noexcept {
+    return exchange_;
+  }
 
   /// y = BatchNorm(x) on N×C×spatial values in the module's layout. dst may equal src.
   void forward(const T* src, T* dst, const tensor_shape& shape);
@@ -166,6 +189,7 @@ class batch_norm {
   };
   std::optional<last_forward> last_forward_;
   plan training_plan_, inference_plan_;
+  std::shared_ptr<const training_exchange> exchange_;
 };
 
 extern template class batch_norm<float>;

@@ -17,6 +17,11 @@ run(${CMAKE_COMMAND} -S "${SOURCE_DIR}" -B "${WORK_DIR}/build" -DCMAKE_BUILD_TYP
 run(${CMAKE_COMMAND} --build "${WORK_DIR}/build")
 run("${WORK_DIR}/build/consumer")
 run("${WORK_DIR}/build/consumer_c")
+if(EXISTS "${WORK_DIR}/build/consumer_mpi")  # a singleton MPI process, no mpirun
+  set(ENV{OMPI_ALLOW_RUN_AS_ROOT} 1)
+  set(ENV{OMPI_ALLOW_RUN_AS_ROOT_CONFIRM} 1)
+  run("${WORK_DIR}/build/consumer_mpi")
+endif()
 
 file(GLOB_RECURSE pc_files "${WORK_DIR}/prefix/*/bnorm.pc")
 list(LENGTH pc_files pc_count)

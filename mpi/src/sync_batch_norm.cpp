@@ -1,0 +1,228 @@
+// SyncBatchNorm over MPI: per call, one MPI_Allgather of a fixed-size header (what the rank
+// was asked, and whether its arguments passed), then one of the per-channel blocks of
+// bnorm/distributed.hpp, merged in rank order by every rank. All-gather rather than
+// all-reduce: MPI's reductions may add in any order (MPI-4.1 §6.9.1), the gathered blocks are
+// merged in one, so every rank, every repetition and every rank count's merge of the same
+// blocks gives the same bits; and the blocks are O(C) doubles a rank (docs/design.md has the
+// cost model).
+#include "bnorm/mpi.hpp"
+
+#include <cstdio>
+#include <cstring>
+#include <new>
+#include <string>
+#include <vector>
+
+namespace bnorm::mpi {
+namespace {
+
+/// What a rank was asked, as 64-bit words that every rank compares with every other's.
+enum header_word : int {
+  version_word,  // of this header's layout
+  status_word,   // 0: the rank's arguments passed; else the status code that refused them
+  channels_word,
+  dtype_word,
+  layout_word,
+  activation_word,
+  convention_word,
+  update_running_word,
+  cumulative_word,
+  epsilon_word,  // the bits of the doubles
+  momentum_word,
+  clamp_min_word,
+  clamp_max_word,
+  header_words
+};
+constexpr std::int64_t header_version = 1;
+
+std::int64_t bits_of(double value) {
+  std::int64_t bits;
+  std::memcpy(&bits, &value, sizeof bits);
+  return bits;
+}
+
+struct header {
+  std::int64_t words[header_words];
+};
+
+header header_of(const plan& p, const status& local) {
+  const problem& prob = p.get_problem();
+  const plan_options& o = p.options();
+  header h{};
+  h.words[version_word] = header_version;
+  h.words[status_word] = local ? 0 : static_cast<std::int64_t>(local.code());
+  h.words[channels_word] = prob.shape[1];
+  h.words[dtype_word] = static_cast<std::int64_t>(prob.dtype);
+  h.words[layout_word] = static_cast<std::int64_t>(prob.layout);
+  h.words[activation_word] = static_cast<std::int64_t>(o.activation);
+  h.words[convention_word] = static_cast<std::int64_t>(o.convention);
+  h.words[update_running_word] = o.update_running_stats;
+  h.words[cumulative_word] = o.cumulative_average;
+  h.words[epsilon_word] = bits_of(prob.epsilon);
+  h.words[momentum_word] = bits_of(o.momentum);
+  h.words[clamp_min_word] = bits_of(o.clamp_min);
+  h.words[clamp_max_word] = bits_of(o.clamp_max);
+  return h;
+}
+
+const char* word_name(int word) {
+  switch (word) {
+    case version_word: return "the bnorm_mpi header version";
+    case channels_word: return "the channels (C)";
+    case dtype_word: return "the dtype";
+    case layout_word: return "the layout";
+    case activation_word: return "the activation";
+    case convention_word: return "the momentum convention";
+    case update_running_word: return "update_running_stats";
+    case cumulative_word: return "cumulative_average";
+    case epsilon_word: return "epsilon";
+    case momentum_word: return "momentum";
+    case clamp_min_word: return "clamp_min";
+    case clamp_max_word: return "clamp_max";
+    default: return "the header";
+  }
+}
+
+status mpi_failure(const char* call, int code) {
+  char text[MPI_MAX_ERROR_STRING] = {};
+  int length = 0;
+  MPI_Error_string(code, text, &length);
+  return status::failure(status_code::internal_error, "bnorm::mpi: %s failed: %.200s", call, text);
+}
+
+/// The collective part of a call: every rank's header, checked alike on every rank; then, if
+/// all agree and passed, every rank's block (`block_size` doubles) gathered into `blocks`.
+/// `local` is this rank's own verdict, returned as it is when it refused.
+status exchange(const plan& p, const status& local, const double* block, std::size_t block_size,
+                MPI_Comm comm, std::vector<double>& blocks, int* rank_out) {
+  int initialized = 0;
+  MPI_Initialized(&initialized);
+  if (!initialized) {
+    return status(status_code::invalid_argument,
+                  "bnorm::mpi: expected MPI to be initialized (MPI_Init), got none");
+  }
+  int ranks = 0, rank = 0;
+  if (int code = MPI_Comm_size(comm, &ranks); code != MPI_SUCCESS) {
+    return mpi_failure("MPI_Comm_size", code);
+  }
+  MPI_Comm_rank(comm, &rank);
+  *rank_out = rank;
+  const header mine = header_of(p, local);
+  std::vector<header> all(static_cast<std::size_t>(ranks));
+  if (int code = MPI_Allgather(mine.words, header_words, MPI_INT64_T, all.data(), header_words,
+                               MPI_INT64_T, comm);
+      code != MPI_SUCCESS) {
+    return mpi_failure("MPI_Allgather of the headers", code);
+  }
+  if (!local) return local;
+  for (int r = 0; r < ranks; ++r) {
+    const header& theirs = all[static_cast<std::size_t>(r)];
+    if (theirs.words[status_word] != 0) {
+      return status::failure(status_code::invalid_argument,
+                             "bnorm::mpi: rank %d refused its arguments (its own status says "
+                             "why); nothing was written on any rank",
+                             r);
+    }
+    for (int w = 0; w < header_words; ++w) {
+      if (w == status_word || theirs.words[w] == mine.words[w]) continue;
+      const bool number = w >= epsilon_word;
+      double here = 0.0, there = 0.0;
+      std::memcpy(&here, &mine.words[w], sizeof here);
+      std::memcpy(&there, &theirs.words[w], sizeof there);
+      char text[96];
+      if (number) {
+        std::snprintf(text, sizeof text, "%.17g here, %.17g on rank %d", here, there, r);
+      } else {
+        std::snprintf(text, sizeof text, "%lld here, %lld on rank %d",
+                      static_cast<long long>(mine.words[w]),
+                      static_cast<long long>(theirs.words[w]), r);
+      }
+      return status::failure(status_code::invalid_argument,
+                             "bnorm::mpi: expected every rank to agree on %s, got %s; nothing "
+                             "was written on any rank",
+                             word_name(w), text);
+    }
+  }
+  blocks.resize(static_cast<std::size_t>(ranks) * block_size);
+  if (int code = MPI_Allgather(block, static_cast<int>(block_size), MPI_DOUBLE, blocks.data(),
+                               static_cast<int>(block_size), MPI_DOUBLE, comm);
+      code != MPI_SUCCESS) {
+    return mpi_failure("MPI_Allgather of the blocks", code);
+  }
+  return {};
+}
+
+/// Runs body() and turns an allocation failure into a status: the call never throws.
+template <class Body>
+status no_throw(const Body& body) noexcept {
+  try {
+    return body();
+  } catch (const std::bad_alloc&) {
+    return status(status_code::out_of_memory, "bnorm::mpi: out of memory for the exchange");
+  } catch (...) {
+    return status(status_code::internal_error, "bnorm::mpi: unexpected exception");
+  }
+}
+
+/// A rank's block: 1 + 2C doubles, the same on every rank that agrees on C. An uninitialized
+/// plan has no channels: its rank refuses (and says so) before any block moves.
+std::size_t block_size_of(const plan& p) {
+  const std::int64_t channels = p.valid() ? p.get_problem().shape[1] : 0;
+  return statistics_exchange_size(static_cast<std::size_t>(channels > 0 ? channels : 0));
+}
+
+class communicator_exchange final : public training_exchange {
+ public:
+  explicit communicator_exchange(MPI_Comm comm) : comm_(comm) {}
+  status forward_training(const plan& p, const training_args& args) const override {
+    return mpi::forward_training(p, args, comm_);
+  }
+  status backward_training(const plan& p, const backward_args& args) const override {
+    return mpi::backward_training(p, args, comm_);
+  }
+
+ private:
+  MPI_Comm comm_;
+};
+
+}  // namespace
+
+status forward_training(const plan& p, const training_args& args, MPI_Comm comm) noexcept {
+  return no_throw([&]() -> status {
+    const std::size_t size = block_size_of(p);
+    std::vector<double> block(size), blocks, merged(size);
+    const status local = p.local_statistics(args, block.data(), size);
+    int rank = 0;
+    if (status s = exchange(p, local, block.data(), size, comm, blocks, &rank); !s) return s;
+    const std::size_t ranks = blocks.size() / size;
+    const std::size_t channels = size / 2;
+    if (status s = merge_statistics(channels, blocks.data(), ranks, merged.data(), size); !s) {
+      return s;
+    }
+    // Every rank has the same merged block: a refusal here (one value in all) is every rank's.
+    return p.forward_training_merged(args, merged.data(), size);
+  });
+}
+
+status backward_training(const plan& p, const backward_args& args, MPI_Comm comm) noexcept {
+  return no_throw([&]() -> status {
+    const std::size_t size = block_size_of(p);
+    std::vector<double> block(size), blocks, summed(size);
+    const status local = p.local_gradient_sums(args, block.data(), size);
+    int rank = 0;
+    if (status s = exchange(p, local, block.data(), size, comm, blocks, &rank); !s) return s;
+    const std::size_t ranks = blocks.size() / size;
+    if (status s = sum_gradient_exchanges(size / 2, blocks.data(), ranks, summed.data(), size);
+        !s) {
+      return s;
+    }
+    return p.backward_training_merged(args, blocks.data() + static_cast<std::size_t>(rank) * size,
+                                      summed.data(), size);
+  });
+}
+
+std::shared_ptr<const training_exchange> make_training_exchange(MPI_Comm comm) {
+  return std::make_shared<communicator_exchange>(comm);
+}
+
+}  // namespace bnorm::mpi

@@ -1,0 +1,347 @@
+// SyncBatchNorm over MPI, run by ctest under `mpirun -np 1, 2, 3`. Every rank builds the same
+// whole batch (same seeds), takes its share along N (unequal shares, rank 1 holds none when
+// there are three), and checks its part of the results against a float64 reference of the
+// whole batch; the statistics of every rank are gathered and compared bit for bit.
+#include <gtest/gtest.h>
+#include <mpi.h>
+
+#include <cstring>
+#include <ctime>
+#include <string>
+#include <vector>
+
+#include "bnorm/mpi.hpp"
+#include "support.hpp"
+
+using namespace bnorm_test;
+using bnorm::layout;
+
+namespace {
+
+int world_rank() {
+  int rank = 0;
+  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  return rank;
+}
+
+int world_size() {
+  int size = 0;
+  MPI_Comm_size(MPI_COMM_WORLD, &size);
+  return size;
+}
+
+/// Rank r's batch size: 3, 0, 5, 2, ... (rank 1 empty when there are more than two ranks).
+std::int64_t share_of(int r, int ranks) {
+  if (ranks > 2 && r == 1) return 0;
+  return 3 + 2 * (r % 2) - (r >= 2 ? 1 : 0);
+}
+
+template <class T>
+bool same_bytes(const std::vector<T>& a, const std::vector<T>& b) {
+  return a.size() == b.size() &&
+         (a.empty() || std::memcmp(a.data(), b.data(), a.size() * sizeof(T)) == 0);
+}
+
+/// Whether every rank holds the same bytes as this one.
+template <class T>
+bool same_on_every_rank(const std::vector<T>& values) {
+  const int ranks = world_size();
+  const int bytes = static_cast<int>(values.size() * sizeof(T));
+  std::vector<unsigned char> all(static_cast<std::size_t>(bytes) * ranks);
+  MPI_Allgather(values.data(), bytes, MPI_BYTE, all.data(), bytes, MPI_BYTE, MPI_COMM_WORLD);
+  for (int r = 0; r < ranks; ++r) {
+    if (std::memcmp(all.data() + static_cast<std::size_t>(r) * bytes, values.data(), bytes) != 0) {
+      return false;
+    }
+  }
+  return true;
+}
+
+/// Σ over the ranks, in rank order.
+std::vector<double> sum_over_ranks(const std::vector<double>& values) {
+  std::vector<double> sum(values.size());
+  MPI_Allreduce(values.data(), sum.data(), static_cast<int>(values.size()), MPI_DOUBLE, MPI_SUM,
+                MPI_COMM_WORLD);
+  return sum;
+}
+
+struct sync_case {
+  const char* name;
+  std::vector<std::int64_t> dims;  // N is each rank's share
+  layout l;
+  double mean;           // of the data, std 1
+  bool zero_first_rows;  // the whole batch's first two samples are zero padding
+};
+
+const sync_case sync_cases[] = {
+    {"planes", {0, 6, 5, 7}, layout::channels_first, 0.5, false},
+    {"rows", {0, 6, 5, 7}, layout::channels_last, 0.5, false},
+    {"vectors", {0, 40}, layout::channels_first, -2.0, false},
+    {"mean_1e5_std", {0, 5, 33}, layout::channels_first, 1e5, false},
+    {"zero_padding_rows", {0, 8, 3, 3}, layout::channels_last, 1e4, true},
+    {"zero_padding_planes", {0, 8, 3, 3}, layout::channels_first, 1e4, true},
+};
+
+/// One step over every rank, with `threads` per rank; this rank's results.
+template <class T>
+struct step_result {
+  std::vector<T> y, dx, mean, inv_std, running_mean, running_var, dgamma, dbeta;
+};
+
+template <class T>
+step_result<T> sync_step(const bnorm::plan& plan, const T* x, const T* dy, std::size_t elements,
+                         std::size_t channels, const std::vector<T>& gamma,
+                         const std::vector<T>& beta) {
+  step_result<T> r;
+  r.y.assign(elements, T(0));
+  r.dx.assign(elements, T(0));
+  r.mean.assign(channels, T(0));
+  r.inv_std.assign(channels, T(0));
+  r.running_mean.assign(channels, T(0));
+  r.running_var.assign(channels, T(1));
+  r.dgamma.assign(channels, T(0));
+  r.dbeta.assign(channels, T(0));
+  bnorm::training_args a;
+  a.src = x;
+  a.dst = r.y.data();
+  a.scale = in(gamma);
+  a.shift = in(beta);
+  a.batch_mean = out(r.mean);
+  a.batch_inv_std = out(r.inv_std);
+  a.running_mean = out(r.running_mean);
+  a.running_var = out(r.running_var);
+  const bnorm::status forward = bnorm::mpi::forward_training(plan, a, MPI_COMM_WORLD);
+  EXPECT_TRUE(forward) << forward.message();
+  bnorm::backward_args b;
+  b.src = x;
+  b.diff_dst = dy;
+  b.diff_src = r.dx.data();
+  b.scale = in(gamma);
+  b.mean = in(r.mean);
+  b.inv_std = in(r.inv_std);
+  b.diff_scale = out(r.dgamma);
+  b.diff_shift = out(r.dbeta);
+  const bnorm::status backward = bnorm::mpi::backward_training(plan, b, MPI_COMM_WORLD);
+  EXPECT_TRUE(backward) << backward.message();
+  return r;
+}
+
+class SyncBatchNorm : public testing::TestWithParam<std::size_t> {
+ protected:
+  template <class T>
+  void check(double tolerance) {
+    const sync_case& k = sync_cases[GetParam()];
+    const int ranks = world_size(), rank = world_rank();
+    std::vector<std::int64_t> whole_dims = k.dims, local_dims = k.dims;
+    std::int64_t before = 0, total = 0;
+    for (int r = 0; r < ranks; ++r) {
+      if (r < rank) before += share_of(r, ranks);
+      total += share_of(r, ranks);
+    }
+    whole_dims[0] = total;
+    local_dims[0] = share_of(rank, ranks);
+    const bnorm::tensor_shape whole(whole_dims.data(), whole_dims.size());
+    const bnorm::tensor_shape local(local_dims.data(), local_dims.size());
+    const geometry g(whole);
+    std::vector<T> x = normal_data<T>(g.elements(), k.mean, 1.0, 91);
+    if (k.zero_first_rows) std::fill(x.begin(), x.begin() + 2 * g.c * g.spatial, T(0));
+    const std::vector<T> dy = normal_data<T>(g.elements(), 0.0, 1.0, 92);
+    const std::vector<T> gamma = normal_data<T>(g.c, 1.0, 0.5, 93);
+    const std::vector<T> beta = normal_data<T>(g.c, 0.0, 1.0, 94);
+    const std::size_t offset = static_cast<std::size_t>(before) * g.c * g.spatial;
+    const std::size_t elements = static_cast<std::size_t>(local_dims[0]) * g.c * g.spatial;
+
+    bnorm::plan_options opts;
+    bnorm::plan plan;
+    ASSERT_TRUE(bnorm::make_plan({local, k.l, dtype_of<T>()}, opts, &plan));
+    const step_result<T> r =
+        sync_step(plan, x.data() + offset, dy.data() + offset, elements, g.c, gamma, beta);
+    // Every rank: the same statistics, to the bit.
+    EXPECT_TRUE(same_on_every_rank(r.mean));
+    EXPECT_TRUE(same_on_every_rank(r.inv_std));
+    EXPECT_TRUE(same_on_every_rank(r.running_mean));
+    EXPECT_TRUE(same_on_every_rank(r.running_var));
+    // This rank's part of the whole batch's results, against float64.
+    const reference_stats ref = reference_moments(x, whole, k.l);
+    const std::vector<double> y_ref =
+        reference_normalize(x, whole, k.l, ref.mean, ref.variance, 1e-5, gamma, beta);
+    double worst_y = 0.0;
+    for (std::size_t i = 0; i < elements; ++i) {
+      const double want = y_ref[offset + i];
+      worst_y = std::max(worst_y, std::fabs(r.y[i] - want) / std::max(1.0, std::fabs(want)));
+    }
+    EXPECT_LE(worst_y, tolerance);
+    const double count = static_cast<double>(g.n * g.spatial);
+    for (std::size_t c = 0; c < g.c; ++c) {
+      const double inv = 1.0 / std::sqrt(ref.variance[c] + 1e-5);
+      EXPECT_NEAR(r.inv_std[c], inv, tolerance * inv) << c;
+      const double running_var = 0.9 + 0.1 * ref.variance[c] * count / (count - 1.0);
+      EXPECT_NEAR(r.running_var[c], running_var, tolerance * running_var) << c;
+    }
+    std::vector<double> inv(g.c);
+    for (std::size_t c = 0; c < g.c; ++c) inv[c] = static_cast<double>(r.inv_std[c]);
+    const reference_gradients grads =
+        reference_backward(x, dy, whole, k.l, r.mean, inv, gamma, true);
+    double dx_scale = 1.0;
+    for (const double v : grads.dx) dx_scale = std::max(dx_scale, std::fabs(v));
+    double worst_dx = 0.0;
+    for (std::size_t i = 0; i < elements; ++i) {
+      worst_dx = std::max(worst_dx, std::fabs(r.dx[i] - grads.dx[offset + i]));
+    }
+    EXPECT_LE(worst_dx, tolerance * dx_scale);
+    const std::vector<double> dgamma =
+        sum_over_ranks(std::vector<double>(r.dgamma.begin(), r.dgamma.end()));
+    const std::vector<double> dbeta =
+        sum_over_ranks(std::vector<double>(r.dbeta.begin(), r.dbeta.end()));
+    for (std::size_t c = 0; c < g.c; ++c) {
+      EXPECT_NEAR(dgamma[c], grads.dgamma[c], tolerance * grads.abs_dgamma[c]) << c;
+      EXPECT_NEAR(dbeta[c], grads.dbeta[c], tolerance * grads.abs_dbeta[c]) << c;
+    }
+    // The same bits again, and with one thread a rank.
+    opts.max_threads = 1;
+    bnorm::plan serial;
+    ASSERT_TRUE(bnorm::make_plan({local, k.l, dtype_of<T>()}, opts, &serial));
+    for (const bnorm::plan* p : {&plan, &serial}) {
+      const step_result<T> again =
+          sync_step(*p, x.data() + offset, dy.data() + offset, elements, g.c, gamma, beta);
+      EXPECT_TRUE(same_bytes(again.y, r.y));
+      EXPECT_TRUE(same_bytes(again.dx, r.dx));
+      EXPECT_TRUE(same_bytes(again.running_var, r.running_var));
+      EXPECT_TRUE(same_bytes(again.dgamma, r.dgamma));
+    }
+    if (rank == 0) {
+      std::printf("[ sync ] %s %s, %d ranks: y %.2g, dx %.2g of max(1, |dx|)\n", k.name,
+                  sizeof(T) == 4 ? "f32" : "f64", ranks, worst_y, worst_dx / dx_scale);
+    }
+  }
+};
+
+TEST_P(SyncBatchNorm, MatchesTheWholeBatchOnEveryRankF32) {
+  check<float>(1e-6);
+}
+
+TEST_P(SyncBatchNorm, MatchesTheWholeBatchOnEveryRankF64) {
+  check<double>(1e-12 * std::max(1.0, std::fabs(sync_cases[GetParam()].mean) / 1e3));
+}
+
+INSTANTIATE_TEST_SUITE_P(Cases, SyncBatchNorm,
+                         testing::Range<std::size_t>(0, std::size(sync_cases)),
+                         [](const testing::TestParamInfo<std::size_t>& info) {
+                           return std::string(sync_cases[info.param].name);
+                         });
+
+TEST(SyncBatchNormErrors, RanksThatDisagreeFailOnEveryRankWithNothingWritten) {
+  const int rank = world_rank(), ranks = world_size();
+  // The last rank asks for one channel more than the others.
+  const std::int64_t channels = rank == ranks - 1 && ranks > 1 ? 5 : 4;
+  bnorm::plan plan;
+  ASSERT_TRUE(bnorm::make_plan({{3, channels, 2}}, {}, &plan));
+  std::vector<float> x = normal_data<float>(static_cast<std::size_t>(6 * channels), 0.0, 1.0, 3);
+  std::vector<float> y(x.size(), 7.0f), rm(channels, 7.0f), rv(channels, 7.0f);
+  bnorm::training_args a;
+  a.src = x.data();
+  a.dst = y.data();
+  a.running_mean = out(rm);
+  a.running_var = out(rv);
+  const bnorm::status s = bnorm::mpi::forward_training(plan, a, MPI_COMM_WORLD);
+  if (ranks > 1) {
+    EXPECT_FALSE(s);
+    EXPECT_NE(std::string(s.message()).find("the channels (C)"), std::string::npos) << s.message();
+    for (const float v : y) ASSERT_EQ(v, 7.0f);
+    for (const float v : rv) ASSERT_EQ(v, 7.0f);
+  } else {
+    EXPECT_TRUE(s) << s.message();
+  }
+}
+
+TEST(SyncBatchNormErrors, OneRankRefusedMeansEveryRankFails) {
+  const int rank = world_rank();
+  bnorm::plan plan;
+  ASSERT_TRUE(bnorm::make_plan({{3, 4, 2}}, {}, &plan));
+  std::vector<float> x = normal_data<float>(24, 0.0, 1.0, 4), y(24, 7.0f);
+  std::vector<float> rm(4, 7.0f), rv(4, 7.0f);
+  bnorm::training_args a;
+  a.src = x.data();
+  a.dst = rank == 0 ? nullptr : y.data();  // rank 0's dst is missing
+  a.running_mean = out(rm);
+  a.running_var = out(rv);
+  const bnorm::status s = bnorm::mpi::forward_training(plan, a, MPI_COMM_WORLD);
+  EXPECT_FALSE(s);
+  const std::string why = s.message();
+  if (rank == 0) {
+    EXPECT_NE(why.find("dst: expected 24 elements"), std::string::npos) << why;
+  } else {
+    EXPECT_NE(why.find("rank 0 refused its arguments"), std::string::npos) << why;
+  }
+  for (const float v : y) ASSERT_EQ(v, 7.0f);
+  for (const float v : rm) ASSERT_EQ(v, 7.0f);
+  // The backward too: rank 0 asks for nothing.
+  std::vector<float> dy(24, 1.0f), dx(24, 7.0f), mean(4, 0.0f), inv(4, 1.0f);
+  bnorm::backward_args b;
+  b.src = x.data();
+  b.diff_dst = dy.data();
+  b.diff_src = rank == 0 ? nullptr : dx.data();
+  b.mean = in(mean);
+  b.inv_std = in(inv);
+  const bnorm::status sb = bnorm::mpi::backward_training(plan, b, MPI_COMM_WORLD);
+  EXPECT_FALSE(sb);
+  for (const float v : dx) ASSERT_EQ(v, 7.0f);
+}
+
+TEST(SyncBatchNormModule, MirrorsTorchSyncBatchNorm) {
+  const int rank = world_rank(), ranks = world_size();
+  auto bn = bnorm::mpi::SyncBatchNorm<double>(3);
+  // One value per channel on each rank: refused by BatchNorm2d on one rank, fine over several.
+  const std::vector<double> x = normal_data<double>(3 * 4, 1.0, 2.0, 50 + rank);
+  if (ranks == 1) {
+    EXPECT_THROW(bn.forward(x, {1, 3, 1, 1}), bnorm::error);
+    EXPECT_EQ(bn.num_batches_tracked(), 0);
+    return;
+  }
+  const std::vector<double> y = bn.forward(std::vector<double>(x.begin(), x.begin() + 3), {1, 3});
+  EXPECT_TRUE(same_on_every_rank(bn.running_mean()));
+  EXPECT_TRUE(same_on_every_rank(bn.running_var()));
+  EXPECT_EQ(bn.num_batches_tracked(), 1);
+  // The mean of y over every rank is β = 0 for each channel.
+  const std::vector<double> sum = sum_over_ranks(y);
+  for (const double v : sum) EXPECT_NEAR(v, 0.0, 1e-12);
+  const std::vector<double> dx = bn.backward(std::vector<double>(x.begin(), x.begin() + 3),
+                                             std::vector<double>{1.0, 2.0, 3.0});
+  // dy constant on every rank: dx is 0 (its mean is taken out over the whole batch).
+  for (const double v : dx) EXPECT_NEAR(v, 0.0, 1e-12);
+  ASSERT_EQ(bn.bias_grad().size(), 3u);
+  EXPECT_EQ(bn.bias_grad()[1], 2.0);  // this rank's Σdy
+  bn.eval();                          // eval mode: this rank's running statistics, no exchange
+  EXPECT_EQ(bn.forward(std::vector<double>(x.begin(), x.begin() + 3), {1, 3}).size(), 3u);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  MPI_Init(&argc, &argv);
+  testing::InitGoogleTest(&argc, argv);
+  // Every rank builds the same whole batch: rank 0's data seed (given, or from the clock).
+  int seed = GTEST_FLAG_GET(random_seed);
+  if (seed == 0) seed = static_cast<int>(std::time(nullptr) % 99989) + 1;
+  MPI_Bcast(&seed, 1, MPI_INT, 0, MPI_COMM_WORLD);
+  GTEST_FLAG_SET(random_seed, seed);
+  // Only rank 0 reports passing tests; every rank reports its failures.
+  if (world_rank() != 0) {
+    auto& listeners = testing::UnitTest::GetInstance()->listeners();
+    delete listeners.Release(listeners.default_result_printer());
+    struct failures_only : testing::EmptyTestEventListener {
+      void OnTestPartResult(const testing::TestPartResult& result) override {
+        if (result.failed()) {
+          std::printf("rank %d: %s:%d: %s\n", world_rank(), result.file_name(),
+                      result.line_number(), result.summary());
+        }
+      }
+    };
+    listeners.Append(new failures_only);
+  }
+  const int failed = RUN_ALL_TESTS();
+  int any_failed = 0;
+  MPI_Allreduce(&failed, &any_failed, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
+  MPI_Finalize();
+  return any_failed;
+}
