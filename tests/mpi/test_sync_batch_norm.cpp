@@ -254,6 +254,51 @@ TEST(SyncBatchNormErrors, RanksThatDisagreeFailOnEveryRankWithNothingWritten) {
   }
 }
 
+TEST(SyncBatchNormErrors, LayoutDtypeAndOptionsMustAgree) {
+  const int rank = world_rank(), ranks = world_size();
+  const bool odd_one = rank == ranks - 1 && ranks > 1;
+  struct variant {
+    const char* named;  // what the message names
+    bnorm::layout l;
+    bnorm::dtype d;
+    double momentum;
+  };
+  const variant variants[] = {
+      {"the layout", odd_one ? layout::channels_last : layout::channels_first, bnorm::dtype::f32,
+       0.1},
+      {"the dtype", layout::channels_first, odd_one ? bnorm::dtype::f64 : bnorm::dtype::f32, 0.1},
+      {"momentum", layout::channels_first, bnorm::dtype::f32, odd_one ? 0.2 : 0.1},
+  };
+  for (const variant& v : variants) {
+    bnorm::plan_options opts;
+    opts.momentum = v.momentum;
+    bnorm::plan plan;
+    ASSERT_TRUE(bnorm::make_plan({{3, 4, 2}, v.l, v.d}, opts, &plan));
+    std::vector<double> x = normal_data<double>(24, 0.0, 1.0, 6), y(24, 7.0), rv(4, 7.0);
+    std::vector<double> rm(4, 7.0);
+    std::vector<float> xf(x.begin(), x.end()), yf(24, 7.0f), rvf(4, 7.0f), rmf(4, 7.0f);
+    const bool f64 = v.d == bnorm::dtype::f64;
+    bnorm::training_args a;
+    a.src = f64 ? static_cast<const void*>(x.data()) : xf.data();
+    a.dst = f64 ? static_cast<void*>(y.data()) : yf.data();
+    a.running_mean =
+        f64 ? bnorm::channel_output{rm.data(), 4} : bnorm::channel_output{rmf.data(), 4};
+    a.running_var =
+        f64 ? bnorm::channel_output{rv.data(), 4} : bnorm::channel_output{rvf.data(), 4};
+    const bnorm::status s = bnorm::mpi::forward_training(plan, a, MPI_COMM_WORLD);
+    if (ranks == 1) {
+      EXPECT_TRUE(s) << s.message();
+      continue;
+    }
+    EXPECT_FALSE(s);
+    EXPECT_NE(std::string(s.message()).find(v.named), std::string::npos) << s.message();
+    for (const double d : y) ASSERT_EQ(d, 7.0);
+    for (const float f : yf) ASSERT_EQ(f, 7.0f);
+    for (const float f : rvf) ASSERT_EQ(f, 7.0f);
+    for (const double d : rv) ASSERT_EQ(d, 7.0);
+  }
+}
+
 TEST(SyncBatchNormErrors, OneRankRefusedMeansEveryRankFails) {
   const int rank = world_rank();
   bnorm::plan plan;
@@ -291,6 +336,12 @@ TEST(SyncBatchNormErrors, OneRankRefusedMeansEveryRankFails) {
 TEST(SyncBatchNormModule, MirrorsTorchSyncBatchNorm) {
   const int rank = world_rank(), ranks = world_size();
   auto bn = bnorm::mpi::SyncBatchNorm<double>(3);
+  // convert_sync_batchnorm: an existing module, its parameters kept, synchronised.
+  auto plain = bnorm::torch::BatchNorm1d<double>(3);
+  plain.weight()[0] = 2.0;
+  bnorm::mpi::convert_sync_batchnorm(plain, MPI_COMM_WORLD);
+  EXPECT_NE(plain.get_training_exchange(), nullptr);
+  EXPECT_EQ(plain.weight()[0], 2.0);
   // One value per channel on each rank: refused by BatchNorm2d on one rank, fine over several.
   const std::vector<double> x = normal_data<double>(3 * 4, 1.0, 2.0, 50 + rank);
   if (ranks == 1) {

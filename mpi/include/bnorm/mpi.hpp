@@ -51,4 +51,14 @@ batch_norm<T> SyncBatchNorm(std::int64_t num_features, const torch::options& opt
   return module;
 }
 
+/// torch.nn.SyncBatchNorm.convert_sync_batchnorm for one module: from now on its training
+/// steps take the statistics of every rank of `process_group`; its parameters, buffers and
+/// mode stay as they are.
+template <class T>
+batch_norm<T>& convert_sync_batchnorm(batch_norm<T>& module,
+                                      MPI_Comm process_group = MPI_COMM_WORLD) {
+  module.set_training_exchange(make_training_exchange(process_group));
+  return module;
+}
+
 }  // namespace bnorm::mpi
