@@ -1,9 +1,9 @@
 // What SyncBatchNorm costs: one training step (forward and backward) of each suite shape,
 // split along N across the ranks of MPI_COMM_WORLD (a rank holds max(1, N / ranks) samples,
 // two for (N, C)), over MPI (bnorm::mpi) against plain bnorm on the same share, every rank at
-// once, one thread a rank. Run by scripts/bench_mpi.sh under `mpirun -np 2` and `-np 3`; rank 0 prints a
-// Markdown table. A step's time is the slowest rank's (a barrier before each); repetitions of
-// the two alternate, so a slow spell of the machine weighs on both; medians.
+// once, one thread a rank. Run by scripts/bench_mpi.sh under `mpirun -np 2` and `-np 3`; rank 0
+// prints a Markdown table. A step's time is the slowest rank's (a barrier before each); repetitions
+// of the two alternate, so a slow spell of the machine weighs on both; medians.
 #include <mpi.h>
 
 #include <algorithm>
@@ -90,8 +90,9 @@ int main(int argc, char** argv) {
     if (std::strncmp(argv[i], "--repetitions=", 14) == 0) repetitions = std::atoi(argv[i] + 14);
   }
   if (rank == 0) {
-    std::printf("| case | ranks | rank's share | plain µs | sync µs | sync cost µs | cost | "
-                "bytes exchanged a step |\n|---|---|---|---|---|---|---|---|\n");
+    std::printf(
+        "| case | ranks | rank's share | plain µs | sync µs | sync cost µs | cost | "
+        "bytes exchanged a step |\n|---|---|---|---|---|---|---|---|\n");
   }
   for (const bnorm_bench::bench_shape& s : bnorm_bench::suite()) {
     bnorm_bench::bench_shape share = s;

@@ -171,6 +171,27 @@ std::size_t block_size_of(const plan& p) {
   return statistics_exchange_size(static_cast<std::size_t>(channels > 0 ? channels : 0));
 }
 
+/// One collective step: this rank's block from local(block, size), every rank's gathered
+/// (after the headers agree), combined by combine(C, blocks, ranks, out, size) in rank order,
+/// then finish(this rank's own block, the combined one, size).
+template <class Local, class Combine, class Finish>
+status collective_step(const plan& p, MPI_Comm comm, const Local& local, const Combine& combine,
+                       const Finish& finish) noexcept {
+  return no_throw([&]() -> status {
+    const std::size_t size = block_size_of(p);
+    std::vector<double> block(size), blocks, combined(size);
+    const status verdict = local(block.data(), size);
+    int rank = 0;
+    if (status s = exchange(p, verdict, block.data(), size, comm, blocks, &rank); !s) return s;
+    const std::size_t channels = (size - 1) / 2;
+    if (status s = combine(channels, blocks.data(), blocks.size() / size, combined.data(), size);
+        !s) {
+      return s;
+    }
+    return finish(blocks.data() + static_cast<std::size_t>(rank) * size, combined.data(), size);
+  });
+}
+
 class communicator_exchange final : public training_exchange {
  public:
   explicit communicator_exchange(MPI_Comm comm) : comm_(comm) {}
@@ -188,37 +209,24 @@ class communicator_exchange final : public training_exchange {
 }  // namespace
 
 status forward_training(const plan& p, const training_args& args, MPI_Comm comm) noexcept {
-  return no_throw([&]() -> status {
-    const std::size_t size = block_size_of(p);
-    std::vector<double> block(size), blocks, merged(size);
-    const status local = p.local_statistics(args, block.data(), size);
-    int rank = 0;
-    if (status s = exchange(p, local, block.data(), size, comm, blocks, &rank); !s) return s;
-    const std::size_t ranks = blocks.size() / size;
-    const std::size_t channels = size / 2;
-    if (status s = merge_statistics(channels, blocks.data(), ranks, merged.data(), size); !s) {
-      return s;
-    }
-    // Every rank has the same merged block: a refusal here (one value in all) is every rank's.
-    return p.forward_training_merged(args, merged.data(), size);
-  });
+  return collective_step(
+      p, comm,
+      [&](double* block, std::size_t size) { return p.local_statistics(args, block, size); },
+      merge_statistics,
+      // Every rank has the same merged block: a refusal here (one value in all) is every rank's.
+      [&](const double*, const double* merged, std::size_t size) {
+        return p.forward_training_merged(args, merged, size);
+      });
 }
 
 status backward_training(const plan& p, const backward_args& args, MPI_Comm comm) noexcept {
-  return no_throw([&]() -> status {
-    const std::size_t size = block_size_of(p);
-    std::vector<double> block(size), blocks, summed(size);
-    const status local = p.local_gradient_sums(args, block.data(), size);
-    int rank = 0;
-    if (status s = exchange(p, local, block.data(), size, comm, blocks, &rank); !s) return s;
-    const std::size_t ranks = blocks.size() / size;
-    if (status s = sum_gradient_exchanges(size / 2, blocks.data(), ranks, summed.data(), size);
-        !s) {
-      return s;
-    }
-    return p.backward_training_merged(args, blocks.data() + static_cast<std::size_t>(rank) * size,
-                                      summed.data(), size);
-  });
+  return collective_step(
+      p, comm,
+      [&](double* block, std::size_t size) { return p.local_gradient_sums(args, block, size); },
+      sum_gradient_exchanges,
+      [&](const double* own, const double* summed, std::size_t size) {
+        return p.backward_training_merged(args, own, summed, size);
+      });
 }
 
 std::shared_ptr<const training_exchange> make_training_exchange(MPI_Comm comm) {
