@@ -14,6 +14,12 @@ struct bnorm_plan_impl {
   bnorm::plan plan;
 };
 
+static_assert(BNORM_F32 == static_cast<int>(bnorm::dtype::f32) &&
+                  BNORM_F64 == static_cast<int>(bnorm::dtype::f64) &&
+                  BNORM_BF16 == static_cast<int>(bnorm::dtype::bf16) &&
+                  BNORM_F16 == static_cast<int>(bnorm::dtype::f16),
+              "the C dtypes are the engine's");
+
 namespace {
 
 bnorm_status_code report(const bnorm::status& s, bnorm_status* out) noexcept {

@@ -6,6 +6,10 @@
 
 #include <xsimd/config/xsimd_cpuid.hpp>
 
+#if defined(__x86_64__) || defined(_M_X64)
+#include <cpuid.h>
+#endif
+
 namespace bnorm {
 
 const char* to_string(isa value) noexcept {
@@ -27,6 +31,15 @@ std::optional<isa> parse_isa(const char* name) noexcept {
 }
 
 namespace {
+
+#if defined(__x86_64__) || defined(_M_X64)
+/// F16C (CPUID leaf 1, ECX bit 29): float16 conversions in AVX registers, whose state the
+/// AVX2 check already requires the OS to save.
+bool has_f16c() noexcept {
+  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+  return __get_cpuid(1, &eax, &ebx, &ecx, &edx) && (ecx & (1u << 29)) != 0;
+}
+#endif
 
 // Dispatch order, best first, of the ISAs this build compiles.
 #if defined(__x86_64__) || defined(_M_X64)
@@ -78,8 +91,9 @@ bool cpu_supports(isa value) noexcept {
   const auto cpu = xsimd::available_architectures();
   switch (value) {
     case isa::sse2: return true;
-    case isa::avx2:
-      return cpu.fma3_avx2 && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    case isa::avx2:  // its kernels convert float16 with F16C
+      return cpu.fma3_avx2 && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+             has_f16c();
     case isa::avx512f: return cpu.avx512f && __builtin_cpu_supports("avx512f");
     default: return false;
   }

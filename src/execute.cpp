@@ -49,10 +49,10 @@ double value_or(const channel_input& buffer, std::size_t c, double fallback) {
 }
 
 /// The forward statistics as a reduce operation (see passes.hpp): Σd, Σd² around the pivots.
-template <class T>
+template <class S, class T = kernels::compute_of_t<S>>
 struct statistics_reduce {
-  const kernels::kernel_set<T>& kern;
-  const T* src;
+  const kernels::kernel_set<S>& kern;
+  const S* src;
   const T* pivot;
   std::size_t period;
 
@@ -69,17 +69,17 @@ struct statistics_reduce {
 /// The normalization, through the plan's epilogue, as a map operation (see passes.hpp). It
 /// holds the coefficient arrays by reference: the kernels take them so, never as a view made
 /// just before the call.
-template <class T>
+template <class S, class T = kernels::compute_of_t<S>>
 struct normalize_map {
-  const kernels::kernel_set<T>& kern;
-  const T* src;
-  T* dst;
+  const kernels::kernel_set<S>& kern;
+  const S* src;
+  S* dst;
   const kernels::coefficients<const T>& coeffs;
   std::size_t period;
   bool prescaled;
   bool stream;
   const kernels::epilogue<T>& post;
-  const T* residual;  // add_relu's z, else null
+  const S* residual;  // add_relu's z, else null
 
   void planes(std::size_t at, std::size_t len, std::size_t planes, std::size_t stride,
               std::size_t channels, std::size_t first) const {
@@ -93,11 +93,11 @@ struct normalize_map {
 };
 
 /// The normalization through `post` (the plan's epilogue unless the call is plain).
-template <class T>
-normalize_map<T> make_normalize(const plan_impl& plan, const T* src, T* dst, const void* residual,
+template <class S, class T = kernels::compute_of_t<S>>
+normalize_map<S> make_normalize(const plan_impl& plan, const S* src, S* dst, const void* residual,
                                 const kernels::coefficients<const T>& coeffs, bool prescaled,
                                 const kernels::epilogue<T>& post) {
-  return {plan.kernels->get<T>(),
+  return {plan.kernels->get<S>(),
           src,
           dst,
           coeffs,
@@ -105,19 +105,22 @@ normalize_map<T> make_normalize(const plan_impl& plan, const T* src, T* dst, con
           prescaled,
           plan.part.stream_stores,
           post,
-          static_cast<const T*>(residual)};
+          static_cast<const S*>(residual)};
 }
 
-/// One training call: the scratch arrays and the steps over them.
-template <class T>
+/// One training call: the scratch arrays and the steps over them. Data of storage type S,
+/// pivots, coefficients and per-channel values in T.
+template <class S>
 class training_step {
+  using T = kernels::compute_of_t<S>;
+
  public:
   training_step(const plan_impl& plan, const training_args& args, unsigned char* scratch)
       : plan_(plan),
         p_(plan.part),
         args_(args),
-        src_(static_cast<const T*>(args.src)),
-        dst_(static_cast<T*>(args.dst)),
+        src_(static_cast<const S*>(args.src)),
+        dst_(static_cast<S*>(args.dst)),
         pivot_(reinterpret_cast<T*>(scratch + p_.scratch.pivot)),
         sum_(reinterpret_cast<double*>(scratch + p_.scratch.sum)),
         sum_sq_(reinterpret_cast<double*>(scratch + p_.scratch.sum_sq)),
@@ -174,7 +177,7 @@ class training_step {
       scale_[c] = value_or<T>(args_.scale, c, 1.0) * inv_std_[c];
     }
     const T* beta = static_cast<const T*>(args_.shift.data);
-    prescaled_ = plan_.kernels->get<T>().channel_coefficients(channels, mean_, inv_std_, scale_,
+    prescaled_ = plan_.kernels->get<S>().channel_coefficients(channels, mean_, inv_std_, scale_,
                                                               beta, coeffs_, 0);
     if (p_.kind == traversal::interleaved) {
       coeffs_.replicate(channels, p_.period, prescaled_);
@@ -187,10 +190,10 @@ class training_step {
   /// Whether finalize_block may still move a pivot that landed far from its channel's mean.
   enum class correction { allowed, done };
 
-  statistics_reduce<T> statistics() const {
-    return {plan_.kernels->get<T>(), src_, pivot_, p_.period};
+  statistics_reduce<S> statistics() const {
+    return {plan_.kernels->get<S>(), src_, pivot_, p_.period};
   }
-  normalize_map<T> normalize() const {
+  normalize_map<S> normalize() const {
     return make_normalize(plan_, src_, dst_, args_.residual, coeffs_.readable, prescaled_,
                           plan_.epilogue<T>());
   }
@@ -219,7 +222,7 @@ class training_step {
   }
 
   void compute_pivots(std::size_t c0, std::size_t c1) {
-    const kernels::kernel_set<T>& kern = plan_.kernels->get<T>();
+    const kernels::kernel_set<S>& kern = plan_.kernels->get<S>();
     if (p_.kind == traversal::planes) {
       kern.plane_pivots(src_ + c0 * p_.spatial, p_.spatial, p_.batch, p_.channels * p_.spatial,
                         c1 - c0, pivot_ + c0);
@@ -253,7 +256,9 @@ class training_step {
   /// finalize_block.
   void tiny_statistics() {
     const std::size_t run = p_.kind == traversal::planes ? p_.spatial : 1;
-    for (std::size_t c = 0; c < p_.channels; ++c) pivot_[c] = src_[c * run];
+    for (std::size_t c = 0; c < p_.channels; ++c) {
+      pivot_[c] = static_cast<T>(kernels::to_double(src_[c * run]));
+    }
     prescaled_ = statistics_of(0, p_.channels, [this] { tiny_sums(); }).prescaled;
     if (p_.kind == traversal::interleaved) {
       coeffs_.replicate(p_.channels, p_.period, prescaled_);
@@ -265,14 +270,14 @@ class training_step {
     const std::size_t run = planes ? p_.spatial : 1;  // consecutive values of one channel
     std::fill(mean_, mean_ + p_.channels, 0.0);
     std::fill(variance_, variance_ + p_.channels, 0.0);
-    const T* x = src_;  // memory order: N planes of C channels, or rows of C values
+    const S* x = src_;  // memory order: N planes of C channels, or rows of C values
     const std::size_t outer = planes ? p_.batch : p_.rows;
     for (std::size_t o = 0; o < outer; ++o) {
       for (std::size_t c = 0; c < p_.channels; ++c, x += run) {
         const double k = static_cast<double>(pivot_[c]);
         double sum = 0.0, sum_sq = 0.0;
         for (std::size_t j = 0; j < run; ++j) {
-          const double d = static_cast<double>(x[j]) - k;
+          const double d = kernels::to_double(x[j]) - k;
           sum += d;
           sum_sq += d * d;
         }
@@ -319,7 +324,7 @@ class training_step {
   /// Σd, Σd² in mean_ and variance_ over channels [c0, c1) → the moments there, 1/sqrt and the
   /// scale, then the coefficients rounded to T, in float64 vectors.
   finalized finalize_block(std::size_t c0, std::size_t c1, correction pivots) {
-    const kernels::kernel_set<T>& kern = plan_.kernels->get<T>();
+    const kernels::kernel_set<S>& kern = plan_.kernels->get<S>();
     const T* gamma = static_cast<const T*>(args_.scale.data);
     const T* beta = static_cast<const T*>(args_.shift.data);
     // The kernels square float32 differences: below ~1e-19 those squares lose bits or vanish.
@@ -365,7 +370,7 @@ class training_step {
     const std::size_t spatial = p_.spatial, channels = p_.channels;
     const moments m =
         exact_moments(p_.batch, spatial, plan_.prob.epsilon, [&](std::size_t n, std::size_t s) {
-          return static_cast<double>(
+          return kernels::to_double(
               src_[first ? (n * channels + c) * spatial + s : (n * spatial + s) * channels + c]);
         });
     mean_[c] = m.mean;
@@ -377,7 +382,7 @@ class training_step {
   /// The batch statistics, then the running statistics and the step counter: the only writes
   /// to the caller's buffers besides dst, made once everything else has succeeded.
   void commit() {
-    const kernels::kernel_set<T>& kern = plan_.kernels->get<T>();
+    const kernels::kernel_set<S>& kern = plan_.kernels->get<S>();
     if (T* out = static_cast<T*>(args_.batch_mean.data)) kern.narrow(p_.channels, mean_, out);
     if (T* out = static_cast<T*>(args_.batch_inv_std.data)) {
       kern.narrow(p_.channels, inv_std_, out);
@@ -400,8 +405,8 @@ class training_step {
   const plan_impl& plan_;
   const partition& p_;
   const training_args& args_;
-  const T* src_;
-  T* dst_;
+  const S* src_;
+  S* dst_;
   T* pivot_;
   double* sum_;
   double* sum_sq_;
@@ -418,18 +423,20 @@ class training_step {
 };
 
 /// One inference call: coefficients from the running statistics, then the normalization.
-template <class T>
+template <class S>
 class inference_step {
+  using T = kernels::compute_of_t<S>;
+
  public:
   inference_step(const plan_impl& plan, const inference_args& args, unsigned char* scratch,
                  bool plain)
       : plan_(plan),
         post_(plain ? plain_epilogue : plan.epilogue<T>()),
         p_(plan.part),
-        kern_(plan.kernels->get<T>()),
+        kern_(plan.kernels->get<S>()),
         args_(args),
-        src_(static_cast<const T*>(args.src)),
-        dst_(static_cast<T*>(args.dst)),
+        src_(static_cast<const S*>(args.src)),
+        dst_(static_cast<S*>(args.dst)),
         coeffs_(scratch, p_.scratch) {}
 
   void run() {
@@ -457,7 +464,7 @@ class inference_step {
     for_each_channel_block(plan_, [&](std::size_t c0, std::size_t c1) {
       if (set_coefficients(c0, c1, coeffs_, c0)) prescaled = true;  // any order: an OR
     });
-    const normalize_map<T> normalize =
+    const normalize_map<S> normalize =
         make_normalize(plan_, src_, dst_, args_.residual, coeffs_.readable, prescaled, post_);
     if (p_.kind == traversal::planes) {
       map_pass(plan_, normalize);
@@ -491,7 +498,7 @@ class inference_step {
           const kernels::coefficients<T> k(center_k, scale_k, shift_k, prescale_k);
           const kernels::coefficients<const T> readable(k);
           // Made once per task: only whether a group has prescales changes.
-          normalize_map<T> normalize =
+          normalize_map<S> normalize =
               make_normalize(plan_, src_, dst_, args_.residual, readable, false, post_);
           for (std::size_t u0 = b; u0 < e; u0 += group) {
             const std::size_t u1 = std::min(u0 + group, e);
@@ -514,49 +521,49 @@ class inference_step {
   const plan_impl& plan_;
   const kernels::epilogue<T>& post_;  // the plan's activation, or none (plain)
   const partition& p_;
-  const kernels::kernel_set<T>& kern_;
+  const kernels::kernel_set<S>& kern_;
   const inference_args& args_;
-  const T* src_;
-  T* dst_;
+  const S* src_;
+  S* dst_;
   coefficient_arrays<T> coeffs_;
 };
 
 }  // namespace
 
-template <class T>
+template <class S>
 void run_training(const plan_impl& plan, const training_args& args, unsigned char* scratch) {
-  training_step<T>(plan, args, scratch).run();
+  training_step<S>(plan, args, scratch).run();
 }
 
-template <class T>
+template <class S>
 void run_inference(const plan_impl& plan, const inference_args& args, unsigned char* scratch,
                    bool plain) {
-  inference_step<T>(plan, args, scratch, plain).run();
+  inference_step<S>(plan, args, scratch, plain).run();
 }
 
-template <class T>
+template <class S>
 void run_local_statistics(const plan_impl& plan, const training_args& args, unsigned char* scratch,
                           double* exchange) {
-  training_step<T>(plan, args, scratch).run_local_statistics(exchange);
+  training_step<S>(plan, args, scratch).run_local_statistics(exchange);
 }
 
-template <class T>
+template <class S>
 void run_training_merged(const plan_impl& plan, const training_args& args, unsigned char* scratch,
                          const double* merged) {
-  training_step<T>(plan, args, scratch).run_merged(merged);
+  training_step<S>(plan, args, scratch).run_merged(merged);
 }
 
-template void run_local_statistics<float>(const plan_impl&, const training_args&, unsigned char*,
-                                          double*);
-template void run_local_statistics<double>(const plan_impl&, const training_args&, unsigned char*,
-                                           double*);
-template void run_training_merged<float>(const plan_impl&, const training_args&, unsigned char*,
-                                         const double*);
-template void run_training_merged<double>(const plan_impl&, const training_args&, unsigned char*,
-                                          const double*);
-template void run_training<float>(const plan_impl&, const training_args&, unsigned char*);
-template void run_training<double>(const plan_impl&, const training_args&, unsigned char*);
-template void run_inference<float>(const plan_impl&, const inference_args&, unsigned char*, bool);
-template void run_inference<double>(const plan_impl&, const inference_args&, unsigned char*, bool);
+#define BNORM_INSTANTIATE_FORWARD(S)                                                             \
+  template void run_training<S>(const plan_impl&, const training_args&, unsigned char*);         \
+  template void run_inference<S>(const plan_impl&, const inference_args&, unsigned char*, bool); \
+  template void run_local_statistics<S>(const plan_impl&, const training_args&, unsigned char*,  \
+                                        double*);                                                \
+  template void run_training_merged<S>(const plan_impl&, const training_args&, unsigned char*,   \
+                                       const double*);
+BNORM_INSTANTIATE_FORWARD(float)
+BNORM_INSTANTIATE_FORWARD(double)
+BNORM_INSTANTIATE_FORWARD(kernels::bfloat16)
+BNORM_INSTANTIATE_FORWARD(kernels::float16)
+#undef BNORM_INSTANTIATE_FORWARD
 
 }  // namespace bnorm::detail

@@ -16,11 +16,11 @@ namespace {
 
 /// The gradient sums as a reduce operation (see passes.hpp), around per-channel (per-slot)
 /// centers.
-template <class T>
+template <class S, class T = kernels::compute_of_t<S>>
 struct gradient_reduce {
-  const kernels::kernel_set<T>& kern;
-  const T* src;
-  const T* diff_dst;
+  const kernels::kernel_set<S>& kern;
+  const S* src;
+  const S* diff_dst;
   const T* center;
   std::size_t period;
 
@@ -37,12 +37,12 @@ struct gradient_reduce {
 };
 
 /// dx as a map operation (see passes.hpp).
-template <class T>
+template <class S, class T = kernels::compute_of_t<S>>
 struct gradient_map {
-  const kernels::kernel_set<T>& kern;
-  const T* src;
-  const T* diff_dst;
-  T* diff_src;
+  const kernels::kernel_set<S>& kern;
+  const S* src;
+  const S* diff_dst;
+  S* diff_src;
   const kernels::gradient_coefficients<const T>& coeffs;
   std::size_t period;
   bool stream;
@@ -65,19 +65,21 @@ const T* data_of(const channel_input& buffer) {
 
 /// One backward call that needs the sums: the training backward, and a frozen backward that
 /// computes dγ or dβ.
-template <class T>
+template <class S>
 class gradient_step {
+  using T = kernels::compute_of_t<S>;
+
  public:
   gradient_step(const plan_impl& plan, const backward_args& args, bool frozen,
                 unsigned char* scratch)
       : plan_(plan),
         p_(plan.part),
-        kern_(plan.kernels->get<T>()),
+        kern_(plan.kernels->get<S>()),
         args_(args),
         // dβ alone needs no x: dy stands in for it (its Σdy·(x − 0) is left unused).
-        src_(static_cast<const T*>(args.src ? args.src : args.diff_dst)),
-        diff_dst_(static_cast<const T*>(args.diff_dst)),
-        diff_src_(frozen ? nullptr : static_cast<T*>(args.diff_src)),
+        src_(static_cast<const S*>(args.src ? args.src : args.diff_dst)),
+        diff_dst_(static_cast<const S*>(args.diff_dst)),
+        diff_src_(frozen ? nullptr : static_cast<S*>(args.diff_src)),
         center_(reinterpret_cast<T*>(scratch + p_.scratch.pivot)),
         sum_(reinterpret_cast<double*>(scratch + p_.scratch.sum)),
         sum_sq_(reinterpret_cast<double*>(scratch + p_.scratch.sum_sq)),
@@ -144,7 +146,7 @@ class gradient_step {
     if (args_.diff_scale.data || args_.diff_shift.data) {
       std::copy(local + 1, local + 1 + channels, sum_dy_);
       std::copy(local + 1 + channels, local + 1 + 2 * channels, sum_dy_d_);
-      T* const dx = diff_src_;
+      S* const dx = diff_src_;
       diff_src_ = nullptr;  // the sums alone: dγ in place of Σdy·(x − mean)
       channel_math(0, channels);
       diff_src_ = dx;
@@ -178,8 +180,8 @@ class gradient_step {
     for (std::size_t j = 0; j < slots; ++j) center_[j] = mean ? mean[j % p_.channels] : T(0);
   }
 
-  gradient_reduce<T> reduce() const { return {kern_, src_, diff_dst_, center_, p_.period}; }
-  gradient_map<T> map() const {
+  gradient_reduce<S> reduce() const { return {kern_, src_, diff_dst_, center_, p_.period}; }
+  gradient_map<S> map() const {
     return {kern_, src_, diff_dst_, diff_src_, readable_, p_.period, p_.stream_stores};
   }
 
@@ -211,11 +213,11 @@ class gradient_step {
 
   const plan_impl& plan_;
   const partition& p_;
-  const kernels::kernel_set<T>& kern_;
+  const kernels::kernel_set<S>& kern_;
   const backward_args& args_;
-  const T* src_;
-  const T* diff_dst_;
-  T* diff_src_;                                         // null: dx is not computed here
+  const S* src_;
+  const S* diff_dst_;
+  S* diff_src_;                                         // null: dx is not computed here
   double count_ = static_cast<double>(p_.per_channel);  // M: the whole batch's when distributed
   T* center_;
   double* sum_;
@@ -228,35 +230,36 @@ class gradient_step {
 
 /// dy through the plan's activation into `out`: elementwise, in parallel chunks (the result
 /// does not depend on them).
-template <class T>
-void mask_gradient(const plan_impl& plan, const backward_args& args, T* out) {
+template <class S>
+void mask_gradient(const plan_impl& plan, const backward_args& args, S* out) {
+  using T = kernels::compute_of_t<S>;
   const partition& p = plan.part;
   const kernels::epilogue<T>& post = plan.epilogue<T>();
   const bool clamp = post.kind == kernels::epilogue_kind::clamp;
   const T lo = clamp ? post.lo : T(0);
   const T hi = clamp ? post.hi : std::numeric_limits<T>::infinity();
-  const T* dy = static_cast<const T*>(args.diff_dst);
-  const T* y = static_cast<const T*>(args.dst);
+  const S* dy = static_cast<const S*>(args.diff_dst);
+  const S* y = static_cast<const S*>(args.dst);
   const std::size_t chunk = 32 * 1024;  // elements: about a unit's bytes
   const std::size_t chunks = (p.elements + chunk - 1) / chunk;
   plan.threads.for_each(chunks, 1, p.serial, [&](std::size_t b, std::size_t e) {
     const std::size_t begin = b * chunk, end = std::min(e * chunk, p.elements);
-    plan.kernels->get<T>().activation_mask(dy + begin, y + begin, out + begin, end - begin, lo, hi);
+    plan.kernels->get<S>().activation_mask(dy + begin, y + begin, out + begin, end - begin, lo, hi);
   });
 }
 
 }  // namespace
 
-template <class T>
+template <class S>
 void run_backward(const plan_impl& plan, const backward_args& given, bool frozen,
                   unsigned char* scratch, void* masked, const backward_exchange* exchange) {
   backward_args args = given;
   if (masked != nullptr) {  // a fused activation: the gradient of its input first
-    mask_gradient<T>(plan, given, static_cast<T*>(masked));
+    mask_gradient<S>(plan, given, static_cast<S*>(masked));
     args.diff_dst = masked;
   }
   if (exchange != nullptr) {
-    gradient_step<T> step(plan, args, false, scratch);
+    gradient_step<S> step(plan, args, false, scratch);
     if (exchange->local_out) {
       step.run_local(exchange->local_out);
     } else {
@@ -265,7 +268,7 @@ void run_backward(const plan_impl& plan, const backward_args& given, bool frozen
     return;
   }
   if (args.diff_scale.data || args.diff_shift.data || (!frozen && args.diff_src)) {
-    gradient_step<T>(plan, args, frozen, scratch).run();
+    gradient_step<S>(plan, args, frozen, scratch).run();
   }
   if (frozen && args.diff_src) {
     // dx = dy·γ/sqrt(running_var + eps): the inference map of dy with a zero mean and no shift
@@ -275,7 +278,7 @@ void run_backward(const plan_impl& plan, const backward_args& given, bool frozen
     as_inference.dst = args.diff_src;
     as_inference.scale = args.scale;
     as_inference.var = args.var;
-    run_inference<T>(plan, as_inference, scratch, true);
+    run_inference<S>(plan, as_inference, scratch, true);
   }
 }
 
@@ -283,5 +286,9 @@ template void run_backward<float>(const plan_impl&, const backward_args&, bool, 
                                   void*, const backward_exchange*);
 template void run_backward<double>(const plan_impl&, const backward_args&, bool, unsigned char*,
                                    void*, const backward_exchange*);
+template void run_backward<kernels::bfloat16>(const plan_impl&, const backward_args&, bool,
+                                              unsigned char*, void*, const backward_exchange*);
+template void run_backward<kernels::float16>(const plan_impl&, const backward_args&, bool,
+                                             unsigned char*, void*, const backward_exchange*);
 
 }  // namespace bnorm::detail

@@ -5,6 +5,8 @@
 #include <cstdio>
 #include <numeric>
 
+#include "validation.hpp"
+
 namespace bnorm::detail {
 namespace {
 
@@ -68,15 +70,15 @@ bool lay_out_scratch(partition& p) {
            offset <= SIZE_MAX / 2;
     return at;
   };
-  const std::size_t pad = 64 / p.element_size;  // one vector of the widest ISA
+  const std::size_t pad = 64 / p.value_size;  // one vector of the widest ISA
   s.coeff_stride = round_up((p.kind == traversal::planes ? p.channels : p.period) + pad, pad);
-  s.coeffs = take(bytes_of(4 * s.coeff_stride, p.element_size));
+  s.coeffs = take(bytes_of(4 * s.coeff_stride, p.value_size));
   s.inference_bytes = offset;
   s.scale = take(bytes_of(p.channels, sizeof(double)));
   s.pivot_count = p.kind == traversal::planes ? p.channels : p.period;
   s.partial_count =
       p.kind == traversal::planes ? p.channels * p.chunks_per_channel : p.row_chunks * p.period;
-  s.pivot = take(bytes_of(s.pivot_count, p.element_size));
+  s.pivot = take(bytes_of(s.pivot_count, p.value_size));
   s.sum = take(bytes_of(s.partial_count, sizeof(double)));
   s.sum_sq = take(bytes_of(s.partial_count, sizeof(double)));
   s.mean = take(bytes_of(p.channels, sizeof(double)));
@@ -100,7 +102,8 @@ bool make_partition(const problem& prob, const plan_options& options, std::size_
   }
   p.per_channel = p.batch * p.spatial;
   p.elements = p.per_channel * p.channels;
-  p.element_size = prob.dtype == dtype::f32 ? sizeof(float) : sizeof(double);
+  p.element_size = element_size(prob.dtype);
+  p.value_size = element_size(parameter_dtype(prob.dtype));
   p.serial = p.elements * p.element_size < serial_bytes;
   p.stream_stores = options.stores == store_policy::streaming ||
                     (options.stores == store_policy::automatic &&

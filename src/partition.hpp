@@ -65,12 +65,13 @@ struct partition {
   traversal kind = traversal::planes;
   training_schedule training = training_schedule::two_passes;
   inference_schedule inference = inference_schedule::row_chunks;
-  std::size_t batch = 0;        // N
-  std::size_t channels = 0;     // C
-  std::size_t spatial = 0;      // product of the dimensions after C
-  std::size_t per_channel = 0;  // N × spatial: values per channel
-  std::size_t elements = 0;     // N × C × spatial
-  std::size_t element_size = 0;
+  std::size_t batch = 0;         // N
+  std::size_t channels = 0;      // C
+  std::size_t spatial = 0;       // product of the dimensions after C
+  std::size_t per_channel = 0;   // N × spatial: values per channel
+  std::size_t elements = 0;      // N × C × spatial
+  std::size_t element_size = 0;  // bytes of a tensor element
+  std::size_t value_size = 0;    // bytes of a per-channel value (pivots, coefficients)
   /// Too small to be worth a task: run every unit on the calling thread.
   bool serial = false;
   /// Write dst with non-temporal stores (see plan_options::stores).

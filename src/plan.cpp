@@ -39,6 +39,8 @@ const char* to_string(dtype value) noexcept {
   switch (value) {
     case dtype::f32: return "f32";
     case dtype::f64: return "f64";
+    case dtype::bf16: return "bf16";
+    case dtype::f16: return "f16";
   }
   return "unknown";
 }
@@ -79,6 +81,7 @@ using detail::check_separate;
 using detail::element_size;
 using detail::enum_text;
 using detail::number_text;
+using detail::parameter_dtype;
 using detail::plan_impl;
 using detail::region;
 using detail::shape_text;
@@ -100,8 +103,10 @@ status validate_problem(const problem& prob, const plan_options& options) noexce
                            "num_features (C = shape[1]): expected >= 1, got %lld",
                            static_cast<long long>(shape[1]));
   }
-  if (prob.dtype != dtype::f32 && prob.dtype != dtype::f64) {
-    return status::failure(status_code::invalid_argument, "dtype: expected f32 or f64, got %s",
+  if (prob.dtype != dtype::f32 && prob.dtype != dtype::f64 && prob.dtype != dtype::bf16 &&
+      prob.dtype != dtype::f16) {
+    return status::failure(status_code::invalid_argument,
+                           "dtype: expected f32, f64, bf16 or f16, got %s",
                            enum_text(prob.dtype).text);
   }
   // The tensor and its per-channel buffers must fit in an address space, so that no index or
@@ -276,6 +281,17 @@ status guarded(Fn&& fn) noexcept {
   }
 }
 
+/// Calls fn with a value of the storage type of dtype d: the one place a dtype becomes a type.
+template <class Fn>
+void with_storage(dtype d, const Fn& fn) {
+  switch (d) {
+    case dtype::f32: fn(float{}); return;
+    case dtype::f64: fn(double{}); return;
+    case dtype::bf16: fn(kernels::bfloat16{}); return;
+    case dtype::f16: fn(kernels::float16{}); return;
+  }
+}
+
 constexpr const char* not_planned = "plan: not initialized; create it with bnorm::make_plan";
 
 /// Caller scratch a call of `layout_bytes` needs: none when it fits on the stack.
@@ -310,7 +326,7 @@ status make_plan(const problem& prob, const plan_options& options, plan* out) no
     impl->options = options;
     impl->kernels = table;
     if (!detail::make_partition(prob, options,
-                                prob.dtype == dtype::f32 ? table->f32_lanes : table->f64_lanes,
+                                prob.dtype == dtype::f64 ? table->f64_lanes : table->f32_lanes,
                                 detail::detected_cache_sizes(), &impl->part)) {
       return status::failure(status_code::invalid_argument,
                              "shape: expected a problem whose scratch fits in memory, got %s "
@@ -357,7 +373,7 @@ status check_training(const plan_impl& p, const training_args& args,
            {"batch_inv_std", args.batch_inv_std.data, args.batch_inv_std.size},
            {"running_mean", args.running_mean.data, args.running_mean.size, why_running},
            {"running_var", args.running_var.data, args.running_var.size, why_running}},
-          channels, p.prob.dtype);
+          channels, parameter_dtype(p.prob.dtype));
       !s) {
     return s;
   }
@@ -370,7 +386,7 @@ status check_training(const plan_impl& p, const training_args& args,
   if (status s = check_counter(counter); !s) return s;
   if (status s = check_scratch_pointer(args.scratch, args.scratch_size); !s) return s;
   const std::size_t data_bytes = p.part.elements * p.part.element_size;
-  const std::size_t channel_bytes = channels * p.part.element_size;
+  const std::size_t channel_bytes = channels * p.part.value_size;
   const std::size_t running_bytes = update ? channel_bytes : 0;
   const std::size_t scratch_bytes = caller_scratch(p.part.scratch.training_bytes);
   return check_separate({{"src", args.src, data_bytes, false, true},
@@ -419,13 +435,8 @@ status run_training_call(const plan_impl& p, const training_args& args, const Ru
       !s) {
     return s;
   }
-  return guarded([&] {
-    if (p.prob.dtype == dtype::f32) {
-      run(float{}, scratch.data());
-    } else {
-      run(double{}, scratch.data());
-    }
-  });
+  return guarded(
+      [&] { with_storage(p.prob.dtype, [&](auto type) { run(type, scratch.data()); }); });
 }
 
 }  // namespace
@@ -503,13 +514,13 @@ status plan::forward_inference(const inference_args& args) const noexcept {
            {"shift", args.shift.data, args.shift.size},
            {"mean", args.mean.data, args.mean.size, "by inference (the running mean)"},
            {"var", args.var.data, args.var.size, "by inference (the running variance)"}},
-          channels, p.prob.dtype);
+          channels, parameter_dtype(p.prob.dtype));
       !s) {
     return s;
   }
   if (status s = check_scratch_pointer(args.scratch, args.scratch_size); !s) return s;
   const std::size_t data_bytes = p.part.elements * p.part.element_size;
-  const std::size_t channel_bytes = channels * p.part.element_size;
+  const std::size_t channel_bytes = channels * p.part.value_size;
   const std::size_t scratch_bytes = caller_scratch(p.part.scratch.inference_bytes);
   if (status s =
           check_separate({{"src", args.src, data_bytes, false, true},
@@ -531,11 +542,9 @@ status plan::forward_inference(const inference_args& args) const noexcept {
     return s;
   }
   return guarded([&] {
-    if (p.prob.dtype == dtype::f32) {
-      detail::run_inference<float>(p, args, scratch.data());
-    } else {
-      detail::run_inference<double>(p, args, scratch.data());
-    }
+    with_storage(p.prob.dtype, [&](auto type) {
+      detail::run_inference<decltype(type)>(p, args, scratch.data());
+    });
   });
 }
 
@@ -616,13 +625,13 @@ status backward(const plan_impl& p, const backward_args& args, bool frozen,
                                         {"var", args.var.data, args.var.size},
                                         {"diff_scale", args.diff_scale.data, args.diff_scale.size},
                                         {"diff_shift", args.diff_shift.data, args.diff_shift.size}},
-                                       channels, p.prob.dtype);
+                                       channels, parameter_dtype(p.prob.dtype));
       !s) {
     return s;
   }
   if (status s = check_scratch_pointer(args.scratch, args.scratch_size); !s) return s;
   const std::size_t data_bytes = elements * p.part.element_size;
-  const std::size_t channel_bytes = channels * p.part.element_size;
+  const std::size_t channel_bytes = channels * p.part.value_size;
   const std::size_t scratch_bytes = caller_scratch(p.part.scratch.training_bytes);
   const std::size_t exchange_bytes = exchange ? exchange->size * sizeof(double) : 0;
   const double* local = exchange ? exchange->local : nullptr;
@@ -672,7 +681,7 @@ status backward(const plan_impl& p, const backward_args& args, bool frozen,
   if (elements == 0) {  // as PyTorch: sums over no values
     for (void* out : {args.diff_scale.data, args.diff_shift.data}) {
       if (out == nullptr) continue;
-      if (p.prob.dtype == dtype::f32) {
+      if (p.prob.dtype != dtype::f64) {
         std::fill_n(static_cast<float*>(out), channels, 0.0f);
       } else {
         std::fill_n(static_cast<double*>(out), channels, 0.0);
@@ -708,11 +717,9 @@ status backward(const plan_impl& p, const backward_args& args, bool frozen,
     }
   }
   return guarded([&] {
-    if (p.prob.dtype == dtype::f32) {
-      detail::run_backward<float>(p, args, frozen, scratch.data(), masked, exchange);
-    } else {
-      detail::run_backward<double>(p, args, frozen, scratch.data(), masked, exchange);
-    }
+    with_storage(p.prob.dtype, [&](auto type) {
+      detail::run_backward<decltype(type)>(p, args, frozen, scratch.data(), masked, exchange);
+    });
   });
 }
 

@@ -52,7 +52,12 @@ bool element_count(const tensor_shape& shape, std::uint64_t* elements,
 
 /// Bytes of one element of a dtype.
 inline std::size_t element_size(dtype d) noexcept {
-  return d == dtype::f64 ? 8 : 4;
+  return d == dtype::f64 ? 8 : d == dtype::f32 ? 4 : 2;
+}
+
+/// The type of the per-channel buffers (and of the kernels' arithmetic) for data of dtype d.
+inline dtype parameter_dtype(dtype d) noexcept {
+  return d == dtype::f64 ? dtype::f64 : dtype::f32;
 }
 
 // The buffer rules of every call.

@@ -149,7 +149,7 @@ INSTANTIATE_TEST_SUITE_P(
             "layout: expected channels_first or channels_last, got an unknown value (9)"},
         plan_error_case{"bad_dtype", [](auto& p, auto&) { p.dtype = static_cast<bnorm::dtype>(5); },
                         status_code::invalid_argument,
-                        "dtype: expected f32 or f64, got an unknown value (5)"},
+                        "dtype: expected f32, f64, bf16 or f16, got an unknown value (5)"},
         plan_error_case{
             "bad_convention",
             [](auto&, auto& o) { o.convention = static_cast<bnorm::momentum_convention>(4); },

@@ -62,7 +62,14 @@ typedef enum bnorm_layout {
   BNORM_CHANNELS_LAST = 1,
   BNORM_LAYOUT_MAX_ENUM = 0x7FFFFFFF
 } bnorm_layout;
-typedef enum bnorm_dtype { BNORM_F32 = 0, BNORM_F64 = 1, BNORM_DTYPE_MAX_ENUM = 0x7FFFFFFF } bnorm_dtype;
+/* BNORM_BF16, BNORM_F16: bfloat16 and IEEE binary16 data with float32 per-channel buffers. */
+typedef enum bnorm_dtype {
+  BNORM_F32 = 0,
+  BNORM_F64 = 1,
+  BNORM_BF16 = 2,
+  BNORM_F16 = 3,
+  BNORM_DTYPE_MAX_ENUM = 0x7FFFFFFF
+} bnorm_dtype;
 typedef enum bnorm_isa {
   BNORM_ISA_ANY = -1, /**< as max_isa: no cap */
   BNORM_ISA_SSE2 = 0,

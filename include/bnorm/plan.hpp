@@ -41,11 +41,13 @@ enum class layout {
   channels_last,   ///< N, spatial..., C contiguous (PyTorch channels_last, NHWC, NDHWC).
 };
 
-/// Element type of the data, the parameters and the statistics alike.
-enum class dtype { f32, f64 };
+/// Element type of the data. f32 and f64 data take per-channel buffers (gamma, beta, the
+/// statistics) of the same type; bf16 (bfloat16) and f16 (IEEE binary16) data take float32
+/// ones, as PyTorch's mixed types do, and compute in float32.
+enum class dtype { f32, f64, bf16, f16 };
 
 const char* to_string(bnorm::layout value) noexcept;  ///< "channels_first", ...; "unknown"
-const char* to_string(dtype value) noexcept;          ///< "f32", "f64"; "unknown"
+const char* to_string(dtype value) noexcept;          ///< "f32", "f64", "bf16", "f16"
 
 /// Instruction sets with a compiled kernel. Order within a family is the dispatch order.
 enum class isa {

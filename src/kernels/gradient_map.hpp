@@ -180,18 +180,21 @@ void interleaved_gradient(const S* src, const S* diff_dst, S* diff_src, std::siz
 /// The gradient through a fused activation, from its output y: out = dy where lo < y < hi,
 /// else 0 (ReLU: lo = 0, hi = +inf; a NaN y passes nothing, as PyTorch's threshold_backward).
 /// Elementwise over n contiguous values; out may be dy (in place).
-template <class Arch, class T>
-void activation_mask(const T* dy, const T* y, T* out, std::size_t n, T lo, T hi) noexcept {
+template <class Arch, class S, class T = compute_t<S>>
+void activation_mask(const S* dy, const S* y, S* out, std::size_t n, T lo, T hi) noexcept {
   using vec = xsimd::batch<T, Arch>;
   constexpr std::size_t lanes = vec::size;
   const vec low(lo), high(hi), zero(T(0));
   std::size_t i = 0;
   for (; i + lanes <= n; i += lanes) {
-    const vec v = vec::load_unaligned(y + i);
-    xsimd::select((v > low) & (v < high), vec::load_unaligned(dy + i), zero)
-        .store_unaligned(out + i);
+    const vec v = load_elements<Arch>(y + i);
+    store_elements<Arch>(out + i,
+                         xsimd::select((v > low) & (v < high), load_elements<Arch>(dy + i), zero));
   }
-  for (; i < n; ++i) out[i] = y[i] > lo && y[i] < hi ? dy[i] : T(0);
+  for (; i < n; ++i) {
+    const T v = to_compute(y[i]);
+    out[i] = v > lo && v < hi ? dy[i] : from_compute<S>(T(0));
+  }
 }
 
 }  // namespace

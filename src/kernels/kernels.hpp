@@ -5,6 +5,7 @@
 #include <cstddef>
 
 #include "bnorm/plan.hpp"
+#include "element_types.hpp"
 
 namespace bnorm::kernels {
 
@@ -94,40 +95,44 @@ struct gradient_channels {
 /// coefficient kernels tell): without, no kernel looks at the prescales. With `stream`, whole
 /// aligned vectors are written with non-temporal stores: for outputs that do not fit in cache,
 /// this saves the read of every destination line before it is written.
-template <class T>
+template <class S>
 struct kernel_set {
+  /// Data of storage type S (float, double, bfloat16, float16); pivots, coefficients and the
+  /// per-channel values in T (float for the half types).
+  using T = compute_of_t<S>;
+
   /// Per channel, the pivot that the statistics subtract (d = x − pivot): the mean in float64
   /// of a few of its values spread evenly over it (four runs of one float64 vector over a
   /// channel's planes, or 16 single values of short planes; four rows), rounded to T.
   /// Planes: channel k's `planes` runs of `len` values, `stride` apart, the first at src + k·len.
   /// Rows: slots [0, width) of the `rows` rows, `stride` elements apart.
-  void (*plane_pivots)(const T* src, std::size_t len, std::size_t planes, std::size_t stride,
+  void (*plane_pivots)(const S* src, std::size_t len, std::size_t planes, std::size_t stride,
                        std::size_t channels, T* pivot) noexcept;
-  void (*row_pivots)(const T* src, std::size_t rows, std::size_t stride, std::size_t width,
+  void (*row_pivots)(const S* src, std::size_t rows, std::size_t stride, std::size_t width,
                      T* pivot) noexcept;
   /// `channels` consecutive channels of `planes` contiguous runs of `len` values each, the runs
   /// of a channel `stride` elements apart and channel k's first run at src + k·len: the N
   /// planes of channels-first channels, or a piece of one channel (channels = 1). Per-channel
   /// arrays are indexed by k; statistics add into sum[k], sum_sq[k]. One call for a block of
   /// channels: short planes (7×7) would otherwise pay a call per channel.
-  void (*plane_stats)(const T* src, std::size_t len, std::size_t planes, std::size_t stride,
+  void (*plane_stats)(const S* src, std::size_t len, std::size_t planes, std::size_t stride,
                       std::size_t channels, const T* pivot, double* sum, double* sum_sq) noexcept;
   /// The map kernels write through an epilogue; `residual` (add_relu) is z at src's offset.
-  void (*plane_normalize)(const T* src, T* dst, std::size_t len, std::size_t planes,
+  void (*plane_normalize)(const S* src, S* dst, std::size_t len, std::size_t planes,
                           std::size_t stride, std::size_t channels,
                           const coefficients<const T>& coeffs, std::size_t first, bool prescaled,
-                          bool stream, const epilogue<T>& post, const T* residual) noexcept;
+                          bool stream, const epilogue<T>& post, const S* residual) noexcept;
   /// Interleaved channels: `rows` rows of `width` slots, `stride` elements apart. Slot j of
   /// every row shares the per-slot arrays' entry j (pivot, sums, coefficients); the planner
   /// makes slot j channel j % C. Coefficient arrays are padded by one vector past the period.
   /// The statistics start the sums (overwrite) unless `accumulate`: zeroing the arrays first
   /// would cost as much as a pass over short tensors.
-  void (*interleaved_stats)(const T* src, std::size_t rows, std::size_t width, std::size_t stride,
+  void (*interleaved_stats)(const S* src, std::size_t rows, std::size_t width, std::size_t stride,
                             const T* pivot, double* sum, double* sum_sq, bool accumulate) noexcept;
-  void (*interleaved_normalize)(const T* src, T* dst, std::size_t rows, std::size_t width,
+  void (*interleaved_normalize)(const S* src, S* dst, std::size_t rows, std::size_t width,
                                 std::size_t stride, const coefficients<const T>& coeffs,
                                 std::size_t first, bool prescaled, bool stream,
-                                const epilogue<T>& post, const T* residual) noexcept;
+                                const epilogue<T>& post, const S* residual) noexcept;
   /// Per channel, in float64 and in place: Σd, Σd² (d = x − pivot, `count` values) become the
   /// mean and the biased variance; then inv_std = 1/sqrt(variance + eps) and
   /// scale = gamma·inv_std (gamma null: 1). Exact division and square root, as the scalar code.
@@ -153,25 +158,25 @@ struct kernel_set {
                                  std::size_t first) noexcept;
   /// The backward's sums, as plane_stats and interleaved_stats with the terms dy and
   /// dy·(x − center): sum_dy += Σdy, sum_dy_d += Σdy·(x − center), x and dy at the same offsets.
-  void (*plane_gradient_sums)(const T* src, const T* diff_dst, std::size_t len, std::size_t planes,
+  void (*plane_gradient_sums)(const S* src, const S* diff_dst, std::size_t len, std::size_t planes,
                               std::size_t stride, std::size_t channels, const T* center,
                               double* sum_dy, double* sum_dy_d) noexcept;
-  void (*interleaved_gradient_sums)(const T* src, const T* diff_dst, std::size_t rows,
+  void (*interleaved_gradient_sums)(const S* src, const S* diff_dst, std::size_t rows,
                                     std::size_t width, std::size_t stride, const T* center,
                                     double* sum_dy, double* sum_dy_d, bool accumulate) noexcept;
   /// The backward's dx from its coefficients (see gradient_coefficients), over planes or rows as
   /// plane_normalize and interleaved_normalize. diff_src may be diff_dst (in place).
-  void (*plane_gradient)(const T* src, const T* diff_dst, T* diff_src, std::size_t len,
+  void (*plane_gradient)(const S* src, const S* diff_dst, S* diff_src, std::size_t len,
                          std::size_t planes, std::size_t stride, std::size_t channels,
                          const gradient_coefficients<const T>& coeffs, std::size_t first,
                          bool stream) noexcept;
-  void (*interleaved_gradient)(const T* src, const T* diff_dst, T* diff_src, std::size_t rows,
+  void (*interleaved_gradient)(const S* src, const S* diff_dst, S* diff_src, std::size_t rows,
                                std::size_t width, std::size_t stride,
                                const gradient_coefficients<const T>& coeffs, std::size_t first,
                                bool stream) noexcept;
   /// The gradient through a fused activation: out = lo < y < hi ? dy : 0, elementwise over n
   /// values (out may be dy).
-  void (*activation_mask)(const T* dy, const T* y, T* out, std::size_t n, T lo, T hi) noexcept;
+  void (*activation_mask)(const S* dy, const S* y, S* out, std::size_t n, T lo, T hi) noexcept;
   /// dγ in place of the sums (see gradient_channels), and, unless `out` is null, the dx
   /// coefficients of training, to index first + c of its arrays; values beyond T's range
   /// saturate to its largest.
@@ -192,6 +197,8 @@ struct kernel_table {
   std::size_t f64_lanes;  // doubles per vector register
   kernel_set<float> f32;
   kernel_set<double> f64;
+  kernel_set<bfloat16> bf16;
+  kernel_set<float16> f16;
 
   template <class T>
   const kernel_set<T>& get() const noexcept;
@@ -206,6 +213,14 @@ inline const kernel_set<float>& kernel_table::get<float>() const noexcept {
 template <>
 inline const kernel_set<double>& kernel_table::get<double>() const noexcept {
   return f64;
+}
+template <>
+inline const kernel_set<bfloat16>& kernel_table::get<bfloat16>() const noexcept {
+  return bf16;
+}
+template <>
+inline const kernel_set<float16>& kernel_table::get<float16>() const noexcept {
+  return f16;
 }
 template <>
 inline std::size_t kernel_table::lanes<float>() const noexcept {

@@ -13,22 +13,24 @@
 namespace bnorm::kernels {
 namespace {
 
-template <class Arch, class T>
-constexpr kernel_set<T> make_kernel_set() noexcept {
-  return {&plane_pivots<Arch, T>,
-          &row_pivots<Arch, T>,
-          &plane_stats<Arch, T>,
-          &plane_normalize<Arch, T>,
-          &interleaved_stats<Arch, T>,
-          &interleaved_normalize<Arch, T>,
+/// The kernels of storage type S: the data kernels load and store S, the per-channel ones are
+/// those of its compute type (float for the half types).
+template <class Arch, class S, class T = compute_t<S>>
+constexpr kernel_set<S> make_kernel_set() noexcept {
+  return {&plane_pivots<Arch, S>,
+          &row_pivots<Arch, S>,
+          &plane_stats<Arch, S>,
+          &plane_normalize<Arch, S>,
+          &interleaved_stats<Arch, S>,
+          &interleaved_normalize<Arch, S>,
           &channel_moments<Arch, T>,
           &channel_coefficients<Arch, T>,
           &inference_coefficients<Arch, T>,
-          &plane_gradient_sums<Arch, T>,
-          &interleaved_gradient_sums<Arch, T>,
-          &plane_gradient<Arch, T>,
-          &interleaved_gradient<Arch, T>,
-          &activation_mask<Arch, T>,
+          &plane_gradient_sums<Arch, S>,
+          &interleaved_gradient_sums<Arch, S>,
+          &plane_gradient<Arch, S>,
+          &interleaved_gradient<Arch, S>,
+          &activation_mask<Arch, S>,
           &channel_gradients<Arch, T>,
           &narrow<Arch, T>,
           &blend_running<Arch, T>};
@@ -36,8 +38,13 @@ constexpr kernel_set<T> make_kernel_set() noexcept {
 
 template <class Arch>
 constexpr kernel_table make_kernel_table(bnorm::isa id) noexcept {
-  return {id, xsimd::batch<float, Arch>::size, xsimd::batch<double, Arch>::size,
-          make_kernel_set<Arch, float>(), make_kernel_set<Arch, double>()};
+  return {id,
+          xsimd::batch<float, Arch>::size,
+          xsimd::batch<double, Arch>::size,
+          make_kernel_set<Arch, float>(),
+          make_kernel_set<Arch, double>(),
+          make_kernel_set<Arch, bfloat16>(),
+          make_kernel_set<Arch, float16>()};
 }
 
 }  // namespace

@@ -1,66 +1,261 @@
 // The storage layer: how the kernels load and store a tensor's elements, of the storage type S,
-// in the type they compute in, compute_t<S>. float and double compute in themselves; a new
-// storage type (bfloat16, float16) is a specialization here and its loads and stores, not new
-// kernels. Part of the kernels compiled once per ISA: include only from the kernel headers.
+// in the type they compute in, compute_t<S>. float and double compute in themselves; bfloat16
+// and float16 (element_types.hpp) compute in float, converted here and nowhere else: a storage
+// type is its loads and stores, not new kernels. Part of the kernels compiled once per ISA:
+// include only from the kernel headers.
+//
+// The conversions give the bits of the scalar reference ones (element_types.hpp). bfloat16:
+// integer rounding to nearest even on every ISA (AVX512_BF16's vcvtneps2bf16 flushes subnormal
+// inputs to zero, so it is not used). float16: F16C on AVX2 (the AVX2 kernels require it) and
+// AVX-512, the scalar conversion below.
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
 
+#if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>  // every ISA unit names the AVX types, in branches it never takes
+#endif
+
+#include "element_types.hpp"
 #include "kernels/xsimd_compat.hpp"
 
 namespace bnorm::kernels {
 namespace {
 
-template <class S>
-struct storage;
-
-template <>
-struct storage<float> {
-  using compute = float;
-};
-
-template <>
-struct storage<double> {
-  using compute = double;
-};
-
 /// The type a kernel computes in for elements stored as S.
 template <class S>
-using compute_t = typename storage<S>::compute;
+using compute_t = compute_of_t<S>;
 
-/// One vector of compute_t<S> from batch<compute_t<S>>::size consecutive elements.
+/// The 16-bit elements of a half storage type, as the integers the intrinsics take.
+template <class S>
+const std::uint16_t* raw(const S* p) noexcept {
+  return reinterpret_cast<const std::uint16_t*>(p);
+}
+template <class S>
+std::uint16_t* raw(S* p) noexcept {
+  return reinterpret_cast<std::uint16_t*>(p);
+}
+
+/// One vector of float from batch<float, Arch>::size half elements, through a buffer: the
+/// ISAs without a vector conversion.
+template <class Arch, class S>
+xsimd::batch<float, Arch> load_halves_scalar(const S* p) noexcept {
+  using vec = xsimd::batch<float, Arch>;
+  alignas(64) float values[vec::size];
+  for (std::size_t i = 0; i < vec::size; ++i) values[i] = to_float(p[i]);
+  return vec::load_aligned(values);
+}
+
+template <class Arch, class S>
+void store_halves_scalar(S* p, const xsimd::batch<float, Arch>& v) noexcept {
+  using vec = xsimd::batch<float, Arch>;
+  alignas(64) float values[vec::size];
+  v.store_aligned(values);
+  if constexpr (std::is_same<S, bfloat16>::value) {
+    for (std::size_t i = 0; i < vec::size; ++i) p[i] = to_bfloat16(values[i]);
+  } else {
+    for (std::size_t i = 0; i < vec::size; ++i) p[i] = to_float16(values[i]);
+  }
+}
+
+/// One vector of compute_t<S> from batch<compute_t<S>, Arch>::size consecutive elements.
 template <class Arch, class S>
 xsimd::batch<compute_t<S>, Arch> load_elements(const S* p) noexcept {
-  return xsimd::batch<compute_t<S>, Arch>::load_unaligned(p);
+  using vec = xsimd::batch<compute_t<S>, Arch>;
+  if constexpr (!is_half_storage<S>) {
+    return vec::load_unaligned(p);
+  } else if constexpr (std::is_same<S, bfloat16>::value) {
+#if XSIMD_WITH_AVX512F
+    if constexpr (is_arch<Arch, xsimd::avx512f>) {
+      const __m512i wide =
+          _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(raw(p))));
+      return vec(_mm512_castsi512_ps(_mm512_slli_epi32(wide, 16)));
+    } else
+#endif
+#if XSIMD_WITH_AVX2
+        if constexpr (std::is_base_of<xsimd::avx2, Arch>::value) {
+      const __m256i wide =
+          _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(raw(p))));
+      return vec(_mm256_castsi256_ps(_mm256_slli_epi32(wide, 16)));
+    } else
+#endif
+#if XSIMD_WITH_SSE2
+        if constexpr (std::is_base_of<xsimd::sse2, Arch>::value) {
+      const __m128i halves = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(raw(p)));
+      return vec(_mm_castsi128_ps(_mm_unpacklo_epi16(_mm_setzero_si128(), halves)));
+    } else
+#endif
+    {
+      return load_halves_scalar<Arch>(p);
+    }
+  } else {  // float16
+#if XSIMD_WITH_AVX512F
+    if constexpr (is_arch<Arch, xsimd::avx512f>) {
+      return vec(_mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(raw(p)))));
+    } else
+#endif
+#if XSIMD_WITH_AVX2
+        if constexpr (std::is_base_of<xsimd::avx2, Arch>::value) {
+      return vec(_mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(raw(p)))));
+    } else
+#endif
+    {
+      return load_halves_scalar<Arch>(p);
+    }
+  }
 }
+
+/// Whether the ISA converts a float vector to half elements in registers (half_bits).
+template <class Arch, class S>
+constexpr bool converts_in_registers() noexcept {
+#if XSIMD_WITH_AVX512F
+  if constexpr (is_arch<Arch, xsimd::avx512f>) return true;
+#endif
+#if XSIMD_WITH_AVX2
+  if constexpr (std::is_base_of<xsimd::avx2, Arch>::value) return true;
+#endif
+#if XSIMD_WITH_SSE2
+  if constexpr (std::is_base_of<xsimd::sse2, Arch>::value) return std::is_same<S, bfloat16>::value;
+#endif
+  return false;
+}
+
+#if XSIMD_WITH_SSE2
+/// The half elements of a float vector, rounded to S, in an integer register: 256 bits on
+/// AVX-512, 128 on AVX2, the low 64 bits on SSE2 (where converts_in_registers).
+template <class Arch, class S>
+auto half_bits(const xsimd::batch<float, Arch>& v) noexcept {
+  if constexpr (std::is_same<S, bfloat16>::value) {
+    // to_bfloat16: add 0x7FFF and the lowest kept bit, keep the top half; NaN → 0x7FC0.
+#if XSIMD_WITH_AVX512F
+    if constexpr (is_arch<Arch, xsimd::avx512f>) {
+      const __m512i bits = _mm512_castps_si512(v);
+      const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
+      const __m512i rounded = _mm512_srli_epi32(
+          _mm512_add_epi32(bits, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7FFF))), 16);
+      const __mmask16 nan = _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+      return _mm512_cvtepi32_epi16(
+          _mm512_mask_blend_epi32(nan, rounded, _mm512_set1_epi32(0x7FC0)));
+    } else
+#endif
+#if XSIMD_WITH_AVX2
+        if constexpr (std::is_base_of<xsimd::avx2, Arch>::value) {
+      const __m256i bits = _mm256_castps_si256(v);
+      const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(bits, 16), _mm256_set1_epi32(1));
+      const __m256i rounded = _mm256_srli_epi32(
+          _mm256_add_epi32(bits, _mm256_add_epi32(lsb, _mm256_set1_epi32(0x7FFF))), 16);
+      const __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+      const __m256i result = _mm256_blendv_epi8(rounded, _mm256_set1_epi32(0x7FC0), nan);
+      // packus works within each 128-bit lane: each half's four results, then put in order.
+      return _mm256_castsi256_si128(
+          _mm256_permute4x64_epi64(_mm256_packus_epi32(result, result), 0x08));
+    } else
+#endif
+    {
+      const __m128i bits = _mm_castps_si128(v);
+      const __m128i lsb = _mm_and_si128(_mm_srli_epi32(bits, 16), _mm_set1_epi32(1));
+      const __m128i rounded =
+          _mm_srli_epi32(_mm_add_epi32(bits, _mm_add_epi32(lsb, _mm_set1_epi32(0x7FFF))), 16);
+      const __m128i nan = _mm_castps_si128(_mm_cmpunord_ps(v, v));
+      const __m128i result =
+          _mm_or_si128(_mm_andnot_si128(nan, rounded), _mm_and_si128(nan, _mm_set1_epi32(0x7FC0)));
+      // Sign-extend the low halves so that the signed pack keeps them as they are.
+      const __m128i low = _mm_srai_epi32(_mm_slli_epi32(result, 16), 16);
+      return _mm_packs_epi32(low, low);
+    }
+  } else {  // float16, through F16C
+#if XSIMD_WITH_AVX512F
+    if constexpr (is_arch<Arch, xsimd::avx512f>) {
+      return _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    } else
+#endif
+    {
+      return _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    }
+  }
+}
+#else
+template <class Arch, class S>
+int half_bits(const xsimd::batch<float, Arch>&) noexcept {  // never called: no such ISA here
+  return 0;
+}
+#endif
 
 /// One vector into consecutive elements, rounded to S.
 template <class Arch, class S>
 void store_elements(S* p, const xsimd::batch<compute_t<S>, Arch>& v) noexcept {
-  v.store_unaligned(p);
+  if constexpr (!is_half_storage<S>) {
+    v.store_unaligned(p);
+  } else if constexpr (converts_in_registers<Arch, S>()) {
+    const auto bits = half_bits<Arch, S>(v);
+    if constexpr (sizeof(bits) == 32) {
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(raw(p)), bits);
+    } else if constexpr (xsimd::batch<float, Arch>::size == 8) {
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(raw(p)), bits);
+    } else {
+      _mm_storel_epi64(reinterpret_cast<__m128i*>(raw(p)), bits);
+    }
+  } else {
+    store_halves_scalar<Arch>(p, v);
+  }
 }
 
 /// As store_elements, with a non-temporal store: p is aligned to the vector's bytes.
 template <class Arch, class S>
 void stream_elements(S* p, const xsimd::batch<compute_t<S>, Arch>& v) noexcept {
-  store_stream(p, v);
+  if constexpr (!is_half_storage<S>) {
+    store_stream(p, v);
+  } else if constexpr (converts_in_registers<Arch, S>()) {
+    const auto bits = half_bits<Arch, S>(v);
+    if constexpr (sizeof(bits) == 32) {
+      _mm256_stream_si256(reinterpret_cast<__m256i*>(raw(p)), bits);
+    } else if constexpr (xsimd::batch<float, Arch>::size == 8) {
+      _mm_stream_si128(reinterpret_cast<__m128i*>(raw(p)), bits);
+    } else {
+      long long low;
+      std::memcpy(&low, &bits, sizeof low);
+      _mm_stream_si64(reinterpret_cast<long long*>(raw(p)), low);
+    }
+  } else {
+    store_halves_scalar<Arch>(p, v);
+  }
 }
 
 /// batch<double, Arch>::size consecutive elements as float64 (pivots, per-channel values).
 template <class Arch, class S>
 xsimd::batch<double, Arch> load_elements_as_f64(const S* p) noexcept {
-  return load_as_f64<Arch>(p);
+  if constexpr (!is_half_storage<S>) {
+    return load_as_f64<Arch>(p);
+  } else {
+    using dvec = xsimd::batch<double, Arch>;
+    alignas(64) double values[dvec::size];
+    for (std::size_t i = 0; i < dvec::size; ++i) values[i] = to_float(p[i]);
+    return dvec::load_aligned(values);
+  }
 }
 
 /// One element, for the scalar edges of the vector code.
 template <class S>
 compute_t<S> to_compute(S v) noexcept {
-  return static_cast<compute_t<S>>(v);
+  if constexpr (is_half_storage<S>) {
+    return to_float(v);
+  } else {
+    return v;
+  }
 }
 
 template <class S>
 S from_compute(compute_t<S> v) noexcept {
-  return static_cast<S>(v);
+  if constexpr (std::is_same<S, bfloat16>::value) {
+    return to_bfloat16(v);
+  } else if constexpr (std::is_same<S, float16>::value) {
+    return to_float16(v);
+  } else {
+    return v;
+  }
 }
 
 }  // namespace

@@ -1,0 +1,126 @@
+// The storage types of tensor elements beside float and double: bfloat16 and IEEE float16, and
+// their scalar conversions. Both compute in float (compute_of_t). The conversions here are
+// the reference ones, exact by construction; the kernels' vector conversions give the same
+// bits (tests/test_kernels.cpp checks them against these and against the compiler's _Float16).
+//
+// Everything with a body is in an unnamed namespace: the per-ISA kernel units and the baseline
+// units include this header with different compiler flags, and one inline function shared
+// between them would be a weak symbol the linker may take from the AVX-512 unit.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
+
+namespace bnorm::kernels {
+
+/// The top half of a float32: 8 exponent bits, 7 of fraction (PyTorch's torch.bfloat16).
+struct bfloat16 {
+  std::uint16_t bits;
+};
+
+/// IEEE 754 binary16: 5 exponent bits, 10 of fraction (torch.float16).
+struct float16 {
+  std::uint16_t bits;
+};
+
+template <class S>
+struct compute_of {
+  using type = S;  // float and double compute in themselves
+};
+template <>
+struct compute_of<bfloat16> {
+  using type = float;
+};
+template <>
+struct compute_of<float16> {
+  using type = float;
+};
+/// The type the kernels compute in for elements stored as S.
+template <class S>
+using compute_of_t = typename compute_of<S>::type;
+
+template <class S>
+inline constexpr bool is_half_storage =
+    std::is_same<S, bfloat16>::value || std::is_same<S, float16>::value;
+
+namespace {
+
+inline std::uint32_t float_bits(float v) noexcept {
+  std::uint32_t bits;
+  std::memcpy(&bits, &v, sizeof bits);
+  return bits;
+}
+
+inline float bits_float(std::uint32_t bits) noexcept {
+  float v;
+  std::memcpy(&v, &bits, sizeof v);
+  return v;
+}
+
+inline float to_float(bfloat16 v) noexcept {
+  return bits_float(static_cast<std::uint32_t>(v.bits) << 16);
+}
+
+/// Rounded to nearest even, as PyTorch rounds (c10::round_to_nearest_even): a NaN becomes the
+/// quiet NaN 0x7FC0, a value beyond the largest bfloat16 an infinity.
+inline bfloat16 to_bfloat16(float v) noexcept {
+  if (std::isnan(v)) return {0x7FC0};
+  const std::uint32_t bits = float_bits(v);
+  const std::uint32_t rounding = 0x7FFF + ((bits >> 16) & 1);
+  return {static_cast<std::uint16_t>((bits + rounding) >> 16)};
+}
+
+inline float to_float(float16 v) noexcept {
+  const std::uint32_t sign = static_cast<std::uint32_t>(v.bits & 0x8000) << 16;
+  const std::uint32_t exponent = (v.bits >> 10) & 0x1F;
+  const std::uint32_t fraction = v.bits & 0x3FF;
+  if (exponent == 0) {  // zero or subnormal: fraction · 2^-24, exact in float
+    const float magnitude = std::ldexp(static_cast<float>(fraction), -24);
+    return sign ? -magnitude : magnitude;
+  }
+  if (exponent == 31) {  // infinity, or NaN with its payload (quieted, as F16C converts it)
+    return bits_float(sign | 0x7F800000 | (fraction << 13) | (fraction ? 0x400000 : 0));
+  }
+  return bits_float(sign | ((exponent + 112) << 23) | (fraction << 13));
+}
+
+/// Rounded to nearest even, as F16C's vcvtps2ph and the compiler's _Float16: subnormals kept,
+/// beyond 65504 + half an ulp an infinity, a NaN stays a (quiet) NaN with its payload's top bits.
+inline float16 to_float16(float v) noexcept {
+  const std::uint32_t bits = float_bits(v);
+  const std::uint16_t sign = static_cast<std::uint16_t>((bits >> 16) & 0x8000);
+  const std::uint32_t magnitude = bits & 0x7FFFFFFF;
+  if (magnitude > 0x7F800000) {
+    return {static_cast<std::uint16_t>(sign | 0x7E00 | ((magnitude >> 13) & 0x3FF))};
+  }
+  if (magnitude >= 0x477FF000) return {static_cast<std::uint16_t>(sign | 0x7C00)};  // ≥ 65520
+  if (magnitude < 0x38800000) {
+    // Below 2^-14: a multiple of 2^-24, the float scaled by 2^24 (exact) and rounded to an
+    // integer in the current rounding mode, round to nearest even in bnorm's environment.
+    const float units = std::nearbyint(std::ldexp(bits_float(magnitude), 24));
+    return {static_cast<std::uint16_t>(sign | static_cast<std::uint16_t>(units))};
+  }
+  // Round at bit 13, then take the exponent from float's bias to float16's; a carry out of the
+  // fraction steps the exponent up, as it should.
+  const std::uint32_t rounded = magnitude + 0xFFF + ((magnitude >> 13) & 1);
+  return {static_cast<std::uint16_t>(sign | ((rounded - 0x38000000) >> 13))};
+}
+
+/// An element as float64 (baseline code: exact moments, tests).
+inline double to_double(float v) noexcept {
+  return v;
+}
+inline double to_double(double v) noexcept {
+  return v;
+}
+inline double to_double(bfloat16 v) noexcept {
+  return to_float(v);
+}
+inline double to_double(float16 v) noexcept {
+  return to_float(v);
+}
+
+}  // namespace
+}  // namespace bnorm::kernels
