@@ -1,0 +1,294 @@
+// bfloat16 and float16 storage: the conversions against independent references (the compiler's
+// _Float16, a bfloat16 rounding written on float64), and every path against a float64
+// reference computed from the same (decoded) inputs: y and dx within one unit in the last
+// place of the storage type, the statistics as exact as float32's.
+#include <gtest/gtest.h>
+
+#include <cfloat>
+#include <cmath>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "element_types.hpp"
+#include "support.hpp"
+
+using namespace bnorm_test;
+using bnorm::layout;
+using bnorm::kernels::bfloat16;
+using bnorm::kernels::float16;
+
+namespace {
+
+/// The bfloat16 nearest to v (ties to even), found on float64 from the two candidates around
+/// it: independent of the bit trick the library uses.
+std::uint16_t reference_bfloat16(float v) {
+  if (std::isnan(v)) return 0x7FC0;
+  std::uint32_t bits;
+  std::memcpy(&bits, &v, 4);
+  const std::uint32_t down = bits & 0xFFFF0000u, up = down + 0x10000u;
+  float lo, hi;
+  std::memcpy(&lo, &down, 4);
+  std::memcpy(&hi, &up, 4);
+  const double d_lo = std::fabs(static_cast<double>(v) - lo);
+  const double d_hi = std::isinf(hi) ? INFINITY : std::fabs(static_cast<double>(hi) - v);
+  // Past the largest finite bfloat16 (up is an infinity's bits or beyond): round as the
+  // format defines, to infinity from half an ulp above the largest.
+  if ((up & 0x7F800000u) == 0x7F800000u) {
+    const double largest = lo, half_ulp = std::ldexp(1.0, 127 - 8);
+    return std::fabs(static_cast<double>(v)) - std::fabs(largest) >= half_ulp
+               ? static_cast<std::uint16_t>((bits & 0x80000000u) >> 16 | 0x7F80)
+               : static_cast<std::uint16_t>(down >> 16);
+  }
+  if (d_lo < d_hi) return static_cast<std::uint16_t>(down >> 16);
+  if (d_hi < d_lo) return static_cast<std::uint16_t>(up >> 16);
+  return static_cast<std::uint16_t>(((down >> 16) & 1) ? up >> 16 : down >> 16);
+}
+
+TEST(HalfConversions, Float16MatchesTheCompilersFloat16) {
+  // Every float16 to float and back, and floats around every float16 boundary.
+  for (std::uint32_t h = 0; h < 0x10000; ++h) {
+    _Float16 reference;
+    const std::uint16_t bits = static_cast<std::uint16_t>(h);
+    std::memcpy(&reference, &bits, 2);
+    const float widened = bnorm::kernels::to_float(float16{bits});
+    if (std::isnan(static_cast<float>(reference))) {
+      ASSERT_TRUE(std::isnan(widened)) << h;
+      continue;
+    }
+    ASSERT_EQ(widened, static_cast<float>(reference)) << h;
+    ASSERT_EQ(bnorm::kernels::to_float16(widened).bits, bits) << h;
+  }
+  auto rng = make_rng(11);
+  std::uniform_int_distribution<std::uint32_t> any;
+  for (int i = 0; i < 2000000; ++i) {
+    std::uint32_t bits = any(rng);
+    if (i % 2) bits = (bits & 0x80000000u) | (0x33000000u + bits % 0x14800000u);  // near range
+    float v;
+    std::memcpy(&v, &bits, 4);
+    const _Float16 reference = static_cast<_Float16>(v);
+    std::uint16_t want;
+    std::memcpy(&want, &reference, 2);
+    const std::uint16_t got = bnorm::kernels::to_float16(v).bits;
+    if (std::isnan(v)) {
+      ASSERT_EQ(got & 0x7C00, 0x7C00) << bits;
+      ASSERT_NE(got & 0x3FF, 0) << bits;
+      continue;
+    }
+    ASSERT_EQ(got, want) << std::hex << bits;
+  }
+}
+
+TEST(HalfConversions, BFloat16RoundsToNearestEven) {
+  auto rng = make_rng(12);
+  std::uniform_int_distribution<std::uint32_t> any;
+  const std::uint32_t edges[] = {0x00000000u, 0x80000000u, 0x00008000u, 0x00018000u, 0x3F808000u,
+                                 0x3F818000u, 0x7F7F7FFFu, 0x7F7F8000u, 0x7F7FFFFFu, 0xFF7F8000u,
+                                 0x7F800000u, 0x7FC00001u, 0x00000001u, 0x807FFFFFu};
+  for (int i = 0; i < 4000000; ++i) {
+    const std::uint32_t bits = i < 14 ? edges[i] : any(rng);
+    float v;
+    std::memcpy(&v, &bits, 4);
+    const std::uint16_t got = bnorm::kernels::to_bfloat16(v).bits;
+    ASSERT_EQ(got, reference_bfloat16(v)) << std::hex << bits;
+    if (!std::isnan(v) && std::fabs(v) >= FLT_MIN) {  // subnormal floats may round to zero
+      const float back = bnorm::kernels::to_float(bfloat16{got});
+      ASSERT_TRUE(std::isinf(back) || std::fabs(back - v) <= std::fabs(v) * std::ldexp(1.0f, -8))
+          << std::hex << bits;
+    }
+  }
+}
+
+/// One unit in the last place of the storage type at v (its subnormal spacing below).
+double ulp_of(bnorm::dtype d, double v) {
+  const int fraction_bits = d == bnorm::dtype::bf16 ? 7 : 10;
+  const int min_exponent = d == bnorm::dtype::bf16 ? -126 : -14;
+  int exponent = 0;
+  std::frexp(std::fabs(v), &exponent);  // |v| in [2^(e-1), 2^e)
+  return std::ldexp(1.0, std::max(exponent - 1, min_exponent) - fraction_bits);
+}
+
+struct half_tensor {
+  bnorm::dtype d;
+  std::vector<std::uint16_t> bits;
+  std::vector<double> values;  // decoded
+
+  half_tensor(bnorm::dtype type, const std::vector<double>& wanted) : d(type) {
+    for (const double v : wanted) {
+      const float f = static_cast<float>(v);
+      bits.push_back(d == bnorm::dtype::bf16 ? bnorm::kernels::to_bfloat16(f).bits
+                                             : bnorm::kernels::to_float16(f).bits);
+    }
+    decode();
+  }
+  void decode() {
+    values.clear();
+    for (const std::uint16_t b : bits) {
+      values.push_back(d == bnorm::dtype::bf16 ? bnorm::kernels::to_float(bfloat16{b})
+                                               : bnorm::kernels::to_float(float16{b}));
+    }
+  }
+};
+
+struct half_case {
+  const char* name;
+  bnorm::tensor_shape shape;
+  layout l;
+  double mean;
+};
+
+const half_case half_cases[] = {
+    {"vectors", {64, 24}, layout::channels_first, 0.5},
+    {"planes_fused", {4, 12, 9, 9}, layout::channels_first, -1.0},
+    {"rows", {4, 12, 9, 9}, layout::channels_last, 2.0},
+    {"planes_two_pass", {8, 3, 40000}, layout::channels_first, 0.25},
+    {"rows_two_pass", {16, 40, 30, 30}, layout::channels_last, 0.0},
+    {"volumes", {2, 5, 3, 7, 6}, layout::channels_last, 3.0},
+    {"few_wide_rows", {1, 512, 7, 7}, layout::channels_last, 1.0},
+    {"mean_far_from_zero", {16, 6, 50}, layout::channels_first, 40.0},
+};
+
+class HalfStorage
+    : public testing::TestWithParam<std::tuple<bnorm::isa, bnorm::dtype, std::size_t>> {};
+
+TEST_P(HalfStorage, EveryPathWithinOneUlpOfFloat64) {
+  const auto [id, d, which] = GetParam();
+  const half_case& k = half_cases[which];
+  const geometry g(k.shape);
+  bnorm::plan_options opts;
+  opts.max_isa = id;
+  const bnorm::plan plan = make_plan_or_fail({k.shape, k.l, d}, opts);
+  const half_tensor x(d, normal_data<double>(g.elements(), k.mean, 1.0, 31));
+  const half_tensor dy(d, normal_data<double>(g.elements(), 0.0, 1.0, 32));
+  const std::vector<float> gamma = normal_data<float>(g.c, 1.0, 0.3, 33);
+  const std::vector<float> beta = normal_data<float>(g.c, 0.0, 1.0, 34);
+  std::vector<std::uint16_t> y(x.bits.size()), dx(x.bits.size());
+  std::vector<float> mean(g.c), inv(g.c), rm(g.c, 0.0f), rv(g.c, 1.0f), dgamma(g.c), dbeta(g.c);
+
+  bnorm::training_args a;
+  a.src = x.bits.data();
+  a.dst = y.data();
+  a.scale = in(gamma);
+  a.shift = in(beta);
+  a.batch_mean = out(mean);
+  a.batch_inv_std = out(inv);
+  a.running_mean = out(rm);
+  a.running_var = out(rv);
+  ASSERT_TRUE(plan.forward_training(a));
+
+  // The statistics, from the decoded inputs, as exact as float32's.
+  const reference_stats ref = reference_moments(x.values, k.shape, k.l);
+  for (std::size_t c = 0; c < g.c; ++c) {
+    const double want_inv = 1.0 / std::sqrt(ref.variance[c] + 1e-5);
+    EXPECT_NEAR(inv[c], want_inv, 1e-6 * want_inv) << c;
+    EXPECT_NEAR(mean[c], ref.mean[c], 1e-6 * std::max(1.0, std::fabs(ref.mean[c]))) << c;
+  }
+  // y within one ulp of the storage type of the float64 value (float32's own rounding, 1e-6
+  // of max(1, |y|), where the storage type is finer: float16's subnormals).
+  const auto check = [&](const std::vector<std::uint16_t>& got_bits,
+                         const std::vector<double>& want, double scale, const char* what) {
+    half_tensor got(d, {});
+    got.bits = got_bits;
+    got.decode();
+    double worst_ulps = 0.0;
+    std::size_t exact = 0;
+    for (std::size_t i = 0; i < want.size(); ++i) {
+      const double error = std::fabs(got.values[i] - want[i]);
+      const double bound = std::max(ulp_of(d, want[i]), 1e-6 * std::max(scale, std::fabs(want[i])));
+      worst_ulps = std::max(worst_ulps, error / ulp_of(d, want[i]));
+      if (error <= 0.5 * ulp_of(d, want[i])) ++exact;
+      ASSERT_LE(error, bound) << what << " at " << i << ": " << got.values[i] << " for " << want[i];
+    }
+    std::printf("[ %s ] %s %s %s: worst %.2f ulp, %.2f%% correctly rounded\n", what,
+                bnorm::to_string(d), k.name, bnorm::to_string(id), worst_ulps,
+                100.0 * static_cast<double>(exact) / static_cast<double>(want.size()));
+  };
+  const std::vector<double> gamma64(gamma.begin(), gamma.end()), beta64(beta.begin(), beta.end());
+  const std::vector<double> y_ref =
+      reference_normalize(x.values, k.shape, k.l, ref.mean, ref.variance, 1e-5, gamma64, beta64);
+  check(y, y_ref, 1.0, "half y");
+
+  // Inference from the running statistics.
+  bnorm::inference_args i;
+  i.src = x.bits.data();
+  i.dst = y.data();
+  i.scale = in(gamma);
+  i.shift = in(beta);
+  i.mean = in(rm);
+  i.var = in(rv);
+  ASSERT_TRUE(plan.forward_inference(i));
+  std::vector<double> rm64(rm.begin(), rm.end()), rv64(rv.begin(), rv.end());
+  check(y, reference_normalize(x.values, k.shape, k.l, rm64, rv64, 1e-5, gamma64, beta64), 1.0,
+        "half inference");
+
+  // The training backward, from the saved statistics.
+  bnorm::backward_args b;
+  b.src = x.bits.data();
+  b.diff_dst = dy.bits.data();
+  b.diff_src = dx.data();
+  b.scale = in(gamma);
+  b.mean = in(mean);
+  b.inv_std = in(inv);
+  b.diff_scale = out(dgamma);
+  b.diff_shift = out(dbeta);
+  ASSERT_TRUE(plan.backward_training(b));
+  const std::vector<double> inv64(inv.begin(), inv.end()), mean64(mean.begin(), mean.end());
+  const reference_gradients grads =
+      reference_backward(x.values, dy.values, k.shape, k.l, mean64, inv64, gamma64, true);
+  double dx_scale = 1.0;
+  for (const double v : grads.dx) dx_scale = std::max(dx_scale, std::fabs(v));
+  check(dx, grads.dx, dx_scale, "half dx");
+  for (std::size_t c = 0; c < g.c; ++c) {
+    EXPECT_NEAR(dgamma[c], grads.dgamma[c], 1e-6 * grads.abs_dgamma[c]) << c;
+    EXPECT_NEAR(dbeta[c], grads.dbeta[c], 1e-6 * grads.abs_dbeta[c]) << c;
+  }
+
+  // The same bits on one thread.
+  opts.max_threads = 1;
+  const bnorm::plan serial = make_plan_or_fail({k.shape, k.l, d}, opts);
+  std::vector<std::uint16_t> y1(y.size());
+  a.dst = y1.data();
+  std::vector<float> rm1(g.c, 0.0f), rv1(g.c, 1.0f);
+  a.running_mean = out(rm1);
+  a.running_var = out(rv1);
+  ASSERT_TRUE(serial.forward_training(a));
+  ASSERT_TRUE(plan.forward_training(a));
+  std::vector<std::uint16_t> y2 = y1;
+  ASSERT_TRUE(serial.forward_training(a));
+  EXPECT_EQ(y1, y2);
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Cases, HalfStorage,
+    testing::Combine(testing::ValuesIn(isas_under_test()),
+                     testing::Values(bnorm::dtype::bf16, bnorm::dtype::f16),
+                     testing::Range<std::size_t>(0, std::size(half_cases))),
+    [](const testing::TestParamInfo<std::tuple<bnorm::isa, bnorm::dtype, std::size_t>>& info) {
+      return std::string(half_cases[std::get<2>(info.param)].name) + "_" +
+             bnorm::to_string(std::get<1>(info.param)) + "_" +
+             bnorm::to_string(std::get<0>(info.param));
+    });
+
+TEST(HalfStorage, NanStaysNanAndOverflowBecomesInfinity) {
+  for (const bnorm::dtype d : {bnorm::dtype::bf16, bnorm::dtype::f16}) {
+    const bnorm::plan plan = make_plan_or_fail({{4, 2}, layout::channels_first, d}, {});
+    half_tensor x(d, {1.0, 1.0, NAN, 2.0, 3.0, 0.5, 4.0, 1.0});
+    std::vector<std::uint16_t> y(8);
+    std::vector<float> mean{0.0f, 0.0f}, var{1.0f, 1.0f}, gamma{1.0f, 1e6f};
+    bnorm::inference_args i;
+    i.src = x.bits.data();
+    i.dst = y.data();
+    i.scale = in(gamma);
+    i.mean = in(mean);
+    i.var = in(var);
+    ASSERT_TRUE(plan.forward_inference(i));
+    half_tensor got(d, {});
+    got.bits = y;
+    got.decode();
+    EXPECT_TRUE(std::isnan(got.values[2])) << bnorm::to_string(d);
+    // channel 1 scaled by 1e6: beyond float16's range (65504), within bfloat16's.
+    EXPECT_EQ(std::isinf(got.values[1]), d == bnorm::dtype::f16) << bnorm::to_string(d);
+  }
+}
+
+}  // namespace
