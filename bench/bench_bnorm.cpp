@@ -12,6 +12,9 @@
 //                                             machine does not move. CASE/roofline runs the
 //                                             case's roofline pass instead.
 //
+// Half cases (train_bf16, infer_f16, ...) store x and y as bfloat16 or float16 with float32
+// parameters; their bytes, and their roofline's, are the half tensors'.
+//
 // Bytes/s count the traffic a batch norm cannot avoid: training reads x twice and writes y;
 // inference reads x and writes y; the backward reads x and dy twice (a reduce pass, then the
 // map) and writes dx; the frozen backward reads dy and writes dx. Every implementation of a
@@ -70,19 +73,29 @@ double traffic(mode m) {
 }
 constexpr double epsilon = 1e-5;
 
+/// Bytes of a tensor element of the case's storage type.
+std::size_t element_bytes(bnorm::dtype type) {
+  return type == bnorm::dtype::f32 ? 4 : 2;
+}
+
 struct bench_case {
   bench_shape shape;
   bnorm::layout layout;
   mode m;
   int threads;
+  /// f32, or the half storage types (training and inference): modes train_bf16, infer_f16...
+  bnorm::dtype type = bnorm::dtype::f32;
 
   std::string name(const char* impl) const {
+    const std::string storage =
+        type == bnorm::dtype::f32 ? "" : std::string("_") + bnorm::to_string(type);
     return std::string(shape.name) + (layout == bnorm::layout::channels_first ? "/nchw" : "/nhwc") +
-           "/" + mode_name(m) + "/threads:" + std::to_string(threads) + "/" + impl;
+           "/" + mode_name(m) + storage + "/threads:" + std::to_string(threads) + "/" + impl;
   }
   double bytes() const {
-    return static_cast<double>(shape.elements()) * sizeof(float) * traffic(m);
+    return static_cast<double>(shape.elements()) * element_bytes(type) * traffic(m);
   }
+  bool half() const { return type != bnorm::dtype::f32; }
   bool backward() const { return m == mode::backward || m == mode::frozen; }
   /// The cases whose second tensor (dy, or the residual z) the buffers hold.
   bool two_inputs() const { return backward() || m == mode::add_relu; }
@@ -101,9 +114,38 @@ tensor make_values(std::size_t n, std::size_t multiplier, double range, double l
   return x;
 }
 
-/// Buffers of one case; gamma 1.5, beta 0.25, running mean 0 and variance 1.
+/// A float as a half storage type's bits, rounded to nearest even (NaN aside: none here).
+std::uint16_t half_bits(float v, bnorm::dtype type) {
+  if (type == bnorm::dtype::f16) {
+    const _Float16 h = static_cast<_Float16>(v);
+    std::uint16_t bits;
+    std::memcpy(&bits, &h, sizeof bits);
+    return bits;
+  }
+  std::uint32_t bits;
+  std::memcpy(&bits, &v, sizeof bits);
+  return static_cast<std::uint16_t>((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16);
+}
+
+float half_value(std::uint16_t bits, bnorm::dtype type) {
+  if (type == bnorm::dtype::f16) {
+    _Float16 h;
+    std::memcpy(&h, &bits, sizeof h);
+    return static_cast<float>(h);
+  }
+  const std::uint32_t wide = static_cast<std::uint32_t>(bits) << 16;
+  float v;
+  std::memcpy(&v, &wide, sizeof v);
+  return v;
+}
+
+using half_tensor = bnorm_bench::aligned_vector<std::uint16_t>;
+
+/// Buffers of one case; gamma 1.5, beta 0.25, running mean 0 and variance 1. Half cases keep
+/// x rounded to their storage type in hx, and y in hy.
 struct buffers {
   tensor x, y, dy, dx;
+  half_tensor hx, hy;
   std::vector<float> gamma, beta, mean, var, batch_mean, batch_inv_std, dgamma, dbeta;
   explicit buffers(const bench_case& k)
       : x(make_values(static_cast<std::size_t>(k.shape.elements()), 7919, 4.0, -1.5)),
@@ -117,9 +159,24 @@ struct buffers {
         batch_mean(gamma.size()),
         batch_inv_std(gamma.size()),
         dgamma(gamma.size()),
-        dbeta(gamma.size()) {}
-  /// What the case computes: y, or dx.
-  const tensor& output(const bench_case& k) const { return k.backward() ? dx : y; }
+        dbeta(gamma.size()) {
+    if (k.half()) {
+      hx.resize(x.size());
+      hy.resize(x.size());
+      for (std::size_t i = 0; i < x.size(); ++i) hx[i] = half_bits(x[i], k.type);
+    }
+  }
+  const void* src(const bench_case& k) const {
+    return k.half() ? static_cast<const void*>(hx.data()) : x.data();
+  }
+  void* dst(const bench_case& k) { return k.half() ? static_cast<void*>(hy.data()) : y.data(); }
+  /// What the case computes: y, or dx (half outputs widened to float).
+  tensor output(const bench_case& k) const {
+    if (!k.half()) return k.backward() ? dx : y;
+    tensor widened(hy.size());
+    for (std::size_t i = 0; i < hy.size(); ++i) widened[i] = half_value(hy[i], k.type);
+    return widened;
+  }
 };
 
 /// A bnorm plan bound to a case's buffers; run() executes the case's path once.
@@ -131,13 +188,12 @@ class bnorm_runner {
     opts.activation = k.m == mode::relu       ? bnorm::activation::relu
                       : k.m == mode::add_relu ? bnorm::activation::add_relu
                                               : bnorm::activation::none;
-    status_ =
-        bnorm::make_plan({k.shape.shape(), k.layout, bnorm::dtype::f32, epsilon}, opts, &plan_);
+    status_ = bnorm::make_plan({k.shape.shape(), k.layout, k.type, epsilon}, opts, &plan_);
     scratch_.resize(plan_.scratch_size() + 64);
     void* scratch =
         scratch_.data() + (64 - reinterpret_cast<std::uintptr_t>(scratch_.data()) % 64) % 64;
-    train_.src = infer_.src = b.x.data();
-    train_.dst = infer_.dst = b.y.data();
+    train_.src = infer_.src = b.src(k);
+    train_.dst = infer_.dst = b.dst(k);
     train_.scale = infer_.scale = {b.gamma.data(), b.gamma.size()};
     train_.shift = infer_.shift = {b.beta.data(), b.beta.size()};
     train_.batch_mean = {b.batch_mean.data(), b.batch_mean.size()};
@@ -199,6 +255,14 @@ void finish(benchmark::State& state, const bench_case& k) {
 
 /// One pass of a case's roofline; with `one_pass`, a backward's one-pass bound.
 void roofline_pass(const bench_case& k, buffers& b, bool one_pass = false) {
+  if (k.half()) {  // the same bytes, streamed as floats
+    const std::size_t n = b.hx.size() * sizeof(std::uint16_t) / sizeof(float);
+    const float* x = reinterpret_cast<const float*>(b.hx.data());
+    if (k.m == mode::training) benchmark::DoNotOptimize(bnorm_bench::stream_sum(x, n, k.threads));
+    bnorm_bench::stream_affine(x, reinterpret_cast<float*>(b.hy.data()), n, k.threads);
+    benchmark::ClobberMemory();
+    return;
+  }
   const std::size_t n = b.x.size();
   switch (k.m) {
     case mode::training:
@@ -278,9 +342,10 @@ void run_onednn(benchmark::State& state, const bench_case& k) {
     state.SkipWithError(s.message());
     return;
   }
+  const tensor expected = b.output(k);
   tensor& output = k.backward() ? b.dx : b.y;
-  const tensor expected = output;
   std::fill(output.begin(), output.end(), 0.f);
+  std::fill(b.hy.begin(), b.hy.end(), std::uint16_t{0});
   std::vector<float> mean = b.mean, var = b.var;
   if (k.m == mode::backward) {  // the batch statistics, oneDNN taking the biased variance
     mean = b.batch_mean;
@@ -291,8 +356,8 @@ void run_onednn(benchmark::State& state, const bench_case& k) {
   }
   std::vector<float> dgamma(b.gamma.size()), dbeta(b.gamma.size());
   bnorm_bench::peer_buffers peer_args;
-  peer_args.src = b.x.data();
-  peer_args.dst = b.y.data();
+  peer_args.src = b.src(k);
+  peer_args.dst = b.dst(k);
   peer_args.scale = b.gamma.data();
   peer_args.shift = b.beta.data();
   peer_args.mean = mean.data();
@@ -306,17 +371,19 @@ void run_onednn(benchmark::State& state, const bench_case& k) {
                                       : k.m == mode::relu ? bnorm_bench::peer_kind::inference_relu
                                       : k.m == mode::backward ? bnorm_bench::peer_kind::backward
                                                               : bnorm_bench::peer_kind::frozen;
-  bnorm_bench::onednn_peer peer(k.shape.shape(), k.layout, kind, epsilon, peer_args);
+  bnorm_bench::onednn_peer peer(k.shape.shape(), k.layout, kind, k.type, epsilon, peer_args);
   peer.run(k.threads);
   // oneDNN's frozen backward takes no scale: its dx is bnorm's over gamma (1.5 throughout).
   const double factor = k.m == mode::frozen ? 1.5 : 1.0;
+  const tensor got_output = b.output(k);
   double worst = 0;
   for (std::size_t i = 0; i < expected.size(); ++i) {
-    const double got = output[i] * factor;
+    const double got = got_output[i] * factor;
     const double e = std::fabs(got - expected[i]) / (1 + std::fabs(double(expected[i])));
     if (!(e <= worst)) worst = e;
   }
-  if (!(worst <= 1e-4)) {
+  // bfloat16 outputs may differ by an ulp of theirs (2^-8 relative) where rounding differs.
+  if (!(worst <= (k.half() ? 1e-2 : 1e-4))) {
     const std::string message = "oneDNN output differs from bnorm's by " + std::to_string(worst);
     state.SkipWithError(message.c_str());
     return;
@@ -339,6 +406,12 @@ std::vector<bench_case> all_cases() {
                      mode::add_relu}) {
         cases.push_back({s, l, m, 1});
         if (cores > 1) cases.push_back({s, l, m, cores});
+      }
+      for (bnorm::dtype type : {bnorm::dtype::bf16, bnorm::dtype::f16}) {
+        for (mode m : {mode::training, mode::inference}) {
+          cases.push_back({s, l, m, 1, type});
+          if (cores > 1) cases.push_back({s, l, m, cores, type});
+        }
       }
     }
   }
@@ -367,7 +440,8 @@ void register_all() {
       run_bnorm(s, k);
     })->UseRealTime();
 #if BNORM_BENCH_WITH_ONEDNN
-    if (k.m != mode::add_relu) {  // oneDNN fuses no add+ReLU into its batch norm
+    // oneDNN fuses no add+ReLU into its batch norm, and 2.6 has no f16 batch norm on CPU.
+    if (k.m != mode::add_relu && k.type != bnorm::dtype::f16) {
       benchmark::RegisterBenchmark(k.name("onednn").c_str(), [k](benchmark::State& s) {
         run_onednn(s, k);
       })->UseRealTime();
@@ -389,7 +463,7 @@ int write_samples(const char* path) {
     if (!runner.run()) continue;
     std::fprintf(f, "%s\"%s\": [", first ? "" : ",\n", k.name("bnorm").c_str());
     first = false;
-    const tensor& out = b.output(k);
+    const tensor out = b.output(k);
     for (std::size_t j = 0; j < 64; ++j) {
       const std::size_t i = (j * 2654435761u) % out.size();
       std::fprintf(f, "%s[%zu, %.9g]", j ? ", " : "", i, static_cast<double>(out[i]));

@@ -17,7 +17,7 @@ struct onednn_peer::state {
 };
 
 onednn_peer::onednn_peer(const bnorm::tensor_shape& shape, bnorm::layout l, peer_kind kind,
-                         double eps, const peer_buffers& b)
+                         bnorm::dtype data_type, double eps, const peer_buffers& b)
     : state_(std::make_unique<state>()) {
   using dnnl::memory;
   using dnnl::normalization_flags;
@@ -29,7 +29,8 @@ onednn_peer::onednn_peer(const bnorm::tensor_shape& shape, bnorm::layout l, peer
                 : shape.rank() == 3 ? (first ? tag::ncw : tag::nwc)
                 : shape.rank() == 4 ? (first ? tag::nchw : tag::nhwc)
                                     : (first ? tag::ncdhw : tag::ndhwc);
-  const memory::desc data(dims, memory::data_type::f32, t);
+  const memory::desc data(
+      dims, data_type == bnorm::dtype::bf16 ? memory::data_type::bf16 : memory::data_type::f32, t);
   const memory::desc channel({shape[1]}, memory::data_type::f32, tag::x);
   const auto affine = normalization_flags::use_scale | normalization_flags::use_shift;
   const bool relu = kind == peer_kind::inference_relu;
@@ -48,7 +49,7 @@ onednn_peer::onednn_peer(const bnorm::tensor_shape& shape, bnorm::layout l, peer
       data, static_cast<float>(eps), flags);
   const dnnl::batch_normalization_forward::primitive_desc forward_pd(forward_desc, state_->engine);
   auto& e = state_->engine;
-  const auto buffer = [](const float* p) { return const_cast<float*>(p); };
+  const auto buffer = [](const void* p) { return const_cast<void*>(p); };
   state_->args = {{DNNL_ARG_SRC, memory(data, e, buffer(b.src))},
                   {DNNL_ARG_MEAN, memory(forward_pd.mean_desc(), e, b.mean)},
                   {DNNL_ARG_VARIANCE, memory(forward_pd.variance_desc(), e, b.var)}};

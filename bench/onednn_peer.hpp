@@ -21,8 +21,8 @@ enum class peer_kind {
 /// training, read by backward) or the running ones (inference, frozen); var is the biased
 /// variance, as oneDNN takes it.
 struct peer_buffers {
-  const float* src = nullptr;
-  float* dst = nullptr;
+  const void* src = nullptr;  // float, or bfloat16 for a bf16 peer
+  void* dst = nullptr;
   const float* scale = nullptr;
   const float* shift = nullptr;
   float* mean = nullptr;
@@ -35,8 +35,9 @@ struct peer_buffers {
 
 class onednn_peer {
  public:
-  onednn_peer(const bnorm::tensor_shape& shape, bnorm::layout l, peer_kind kind, double eps,
-              const peer_buffers& buffers);
+  /// `data`: f32, or bf16 (float32 scale, shift and statistics).
+  onednn_peer(const bnorm::tensor_shape& shape, bnorm::layout l, peer_kind kind, bnorm::dtype data,
+              double eps, const peer_buffers& buffers);
   ~onednn_peer();
   void run(int threads);
   static const char* version();

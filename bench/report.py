@@ -2,7 +2,8 @@
 """The benchmark report: merges bnorm_bench's JSON (bnorm, roofline, roofline1, oneDNN),
 bench_torch.py's JSON (PyTorch) and the per-ISA runs into a markdown table with the targets
 checked, and a PNG chart of % of the roofline per case. Modes: train, infer, backward
-(training backward) and frozen (backward with the running statistics, dx only).
+(training backward), frozen (backward with the running statistics, dx only), relu and add_relu
+(fused inference), and train_bf16, infer_bf16, train_f16, infer_f16 (half storage).
 
   /usr/bin/python3 bench/report.py --main main.1.json [--main main.2.json ...] \\
       [--torch torch.1.json --torch torch.2.json ...] \\
@@ -19,8 +20,8 @@ import re
 import statistics
 from collections import defaultdict
 
-NAME = re.compile(
-    r"([^/]+)/(nchw|nhwc)/(train|infer|backward|frozen|relu|add_relu)/threads:(\d+)/(\w+)")
+NAME = re.compile(r"([^/]+)/(nchw|nhwc)/((?:train|infer|backward|frozen|relu|add_relu)"
+                  r"(?:_bf16|_f16)?)/threads:(\d+)/(\w+)")
 UNIT = {"ns": 1e-3, "us": 1.0, "ms": 1e3, "s": 1e6}
 FORWARD, BACKWARD = ("train", "infer"), ("backward", "frozen")
 # Inference with a fused activation; `unfused` is bnorm's plain inference then a separate pass.
@@ -29,6 +30,13 @@ FUSED = ("relu", "add_relu")
 # inference reads x and writes y; backward reads x and dy twice (a reduce pass, then a map
 # pass) and writes dx; frozen backward reads dy and writes dx.
 TRAFFIC = {"train": 3, "infer": 2, "backward": 5, "frozen": 2, "relu": 2, "add_relu": 3}
+# Training and inference on bfloat16 or float16 storage (float32 parameters): modes
+# train_bf16, infer_f16, ...; their bytes and roofline are the half tensors'.
+HALF = ("bf16", "f16")
+
+
+def base_mode(mode):
+    return mode.split("_")[0] if mode.endswith(HALF) else mode
 
 
 def load(paths, rename=None):
@@ -144,7 +152,7 @@ def main():
     def bytes_of(case):
         r = rows.get((*case, threads_all, "bnorm")) or {}
         total = r.get("bytes", 0)
-        return total / TRAFFIC[case[2]]  # the tensor's own size
+        return total / TRAFFIC[base_mode(case[2])]  # the tensor's own size
 
     lines = []
     versions = [f"bnorm {context.get('bnorm_version', '?')}"]
@@ -362,6 +370,47 @@ def main():
         check("fused ≥ 1.4× the unfused pair (≥ 4 MiB)",
               [r for r in fused_rows if r["over_unfused"] and r["mib"] >= 4],
               lambda r: r["over_unfused"] >= 1.4, lambda r: times(r["over_unfused"]))
+
+    # Half storage: bf16 and f16 training and inference against their own roofline (the same
+    # bytes), the float32 call and the peers' bf16.
+    half_rows = []
+    for r in summary:
+        if not r["case"][2].endswith(HALF):
+            continue
+        f32 = get((r["case"][0], r["case"][1], base_mode(r["case"][2])), threads_all, "bnorm")
+        half_rows.append(dict(r, over_f32=f32 / r["bn"] if f32 else None))
+    if half_rows:
+        lines.append("\n## bfloat16 and float16 storage\n")
+        lines.append("x and y stored as bfloat16 or float16, gamma, beta and the statistics in "
+                     "float32 (PyTorch's mixed type); `roofline` streams the same bytes. `vs f32`: "
+                     "bnorm's float32 call on the same shape over this one. oneDNN 2.6 has no "
+                     "float16 batch norm on CPU, nor PyTorch 1.13. Median µs at all threads.\n")
+        lines.append("| case | MiB | bnorm | bnorm 1T | oneDNN | PyTorch | roofline | % roof | "
+                     "vs f32 | vs peer |")
+        lines.append("|---|---|---|---|---|---|---|---|---|---|")
+        for r in half_rows:
+            lines.append(f"| {' '.join(r['case'])} | {r['mib']:.2f} | {fmt(r['bn'])} | "
+                         f"{fmt(r['one'])} | {fmt(get(r['case'], threads_all, 'onednn'))} | "
+                         f"{fmt(get(r['case'], threads_all, 'pytorch'))} | {fmt(r['roof'])} | "
+                         + (pct(r['pct']) if r['pct'] else "-") + " | "
+                         + (times(r['over_f32']) if r['over_f32'] else "-") + " | "
+                         + (times(r['speedup']) if r['speedup'] else "-") + " |")
+        lines.append("")
+        check("half-storage inference ≥ 85% of its roofline (≥ 4 MiB)",
+              [r for r in half_rows if r["mib"] >= 4 and r["pct"] and
+               r["case"][2].startswith("infer")], lambda r: r["pct"] >= 85, versus_roofline)
+        check("half-storage training ≥ 80% of its roofline (≥ 4 MiB)",
+              [r for r in half_rows if r["mib"] >= 4 and r["pct"] and
+               r["case"][2].startswith("train")], lambda r: r["pct"] >= 80, versus_roofline)
+
+        def half_versus_peer(r):
+            need = r["peer"] / 2
+            return (f"{times(r['speedup'])} (2× the peer is {fmt(need)} µs, the roofline "
+                    f"{fmt(r['roof'])} µs at its best" +
+                    (": out of reach)" if r["roof"] and need < r["roof"] else ")"))
+        check("bf16 ≥ 2× the faster peer's bf16 (≥ 1 MiB)",
+              [r for r in half_rows if r["mib"] >= 1 and r["speedup"] and
+               r["case"][2].endswith("bf16")], lambda r: r["speedup"] >= 2, half_versus_peer)
 
     lines.append("\n**Schedules** (bnorm at all threads, from `plan::describe()`):\n")
     for case in cases:
