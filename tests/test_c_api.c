@@ -8,17 +8,17 @@
 
 static int failures = 0;
 
-#define CHECK(condition)                                                   \
-  do {                                                                     \
-    if (!(condition)) {                                                    \
+#define CHECK(condition)                                                            \
+  do {                                                                              \
+    if (!(condition)) {                                                             \
       fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #condition); \
-      ++failures;                                                          \
-    }                                                                      \
+      ++failures;                                                                   \
+    }                                                                               \
   } while (0)
 
 /* The status carries `code` and a message that contains `part`. */
-static void expect_error(bnorm_status_code got, const bnorm_status* status,
-                         bnorm_status_code code, const char* part) {
+static void expect_error(bnorm_status_code got, const bnorm_status* status, bnorm_status_code code,
+                         const char* part) {
   CHECK(got == code);
   CHECK(status->code == code);
   if (strstr(status->message, part) == NULL) {
@@ -205,6 +205,37 @@ static void test_forward(void) {
   bnorm_plan_destroy(plan);
 }
 
+/* bfloat16 data with float32 per-channel buffers: x = 1, 2, 3, 4 (bits 0x3F80 ...), var 4 and
+ * epsilon 0: y = x / 2, exact in bfloat16. */
+static void test_bfloat16(void) {
+  bnorm_problem prob;
+  bnorm_problem_init(&prob);
+  prob.rank = 2;
+  prob.shape[0] = 2;
+  prob.shape[1] = 2;
+  prob.dtype = BNORM_BF16;
+  prob.epsilon = 0.0;
+  bnorm_plan plan;
+  bnorm_status status;
+  CHECK(bnorm_plan_create(&plan, &prob, NULL, &status) == BNORM_OK);
+  CHECK(strstr(bnorm_plan_describe(plan), "bf16") != NULL);
+  const uint16_t x[4] = {0x3F80, 0x4000, 0x4040, 0x4080};
+  uint16_t y[4] = {0, 0, 0, 0};
+  const float zeros[2] = {0, 0}, fours[2] = {4, 4};
+  bnorm_inference_args i;
+  bnorm_inference_args_init(&i);
+  i.src = x;
+  i.dst = y;
+  i.mean.data = zeros;
+  i.mean.size = 2;
+  i.var.data = fours;
+  i.var.size = 2;
+  CHECK(bnorm_forward_inference(plan, &i, &status) == BNORM_OK);
+  /* 0.5, 1, 1.5, 2 */
+  CHECK(y[0] == 0x3F00 && y[1] == 0x3F80 && y[2] == 0x3FC0 && y[3] == 0x4000);
+  bnorm_plan_destroy(plan);
+}
+
 static void test_backward(void) {
   bnorm_plan plan = seed_plan(BNORM_ACTIVATION_NONE);
   bnorm_status status;
@@ -260,6 +291,7 @@ static void test_backward(void) {
 }
 
 int main(void) {
+  test_bfloat16();
   test_versions_and_inits();
   test_plan_create_and_queries();
   test_forward();

@@ -292,3 +292,41 @@ TEST(HalfStorage, NanStaysNanAndOverflowBecomesInfinity) {
 }
 
 }  // namespace
+
+namespace {
+
+TEST(HalfStorage, FusedAddReluReadsAndWritesTheStorageType) {
+  for (const bnorm::dtype d : {bnorm::dtype::bf16, bnorm::dtype::f16}) {
+    for (const layout l : {layout::channels_first, layout::channels_last}) {
+      const bnorm::tensor_shape shape{3, 5, 4, 7};
+      const geometry g(shape);
+      bnorm::plan_options opts;
+      opts.activation = bnorm::activation::add_relu;
+      const bnorm::plan plan = make_plan_or_fail({shape, l, d}, opts);
+      const half_tensor x(d, normal_data<double>(g.elements(), 1.0, 2.0, 41));
+      const half_tensor z(d, normal_data<double>(g.elements(), 0.0, 1.0, 42));
+      const std::vector<float> mean = normal_data<float>(g.c, 1.0, 0.5, 43);
+      std::vector<float> var(g.c, 3.0f);
+      std::vector<std::uint16_t> y(x.bits.size());
+      bnorm::inference_args i;
+      i.src = x.bits.data();
+      i.dst = y.data();
+      i.mean = in(mean);
+      i.var = in(var);
+      i.residual = z.bits.data();
+      ASSERT_TRUE(plan.forward_inference(i));
+      half_tensor got(d, {});
+      got.bits = y;
+      got.decode();
+      for (std::size_t e = 0; e < x.values.size(); ++e) {
+        const std::size_t c = l == layout::channels_first ? e / g.spatial % g.c : e % g.c;
+        const double want =
+            std::max(0.0, (x.values[e] - mean[c]) / std::sqrt(3.0 + 1e-5) + z.values[e]);
+        ASSERT_LE(std::fabs(got.values[e] - want), std::max(ulp_of(d, want), 1e-6))
+            << bnorm::to_string(d) << " " << e;
+      }
+    }
+  }
+}
+
+}  // namespace
