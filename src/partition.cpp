@@ -103,7 +103,7 @@ bool make_partition(const problem& prob, const plan_options& options, std::size_
   p.per_channel = p.batch * p.spatial;
   p.elements = p.per_channel * p.channels;
   p.element_size = element_size(prob.dtype);
-  p.value_size = element_size(parameter_dtype(prob.dtype));
+  p.value_size = element_size(compute_dtype(prob.dtype));
   p.serial = p.elements * p.element_size < serial_bytes;
   p.stream_stores = options.stores == store_policy::streaming ||
                     (options.stores == store_policy::automatic &&

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <cstring>
 #include <initializer_list>
 #include <memory>
 #include <new>
@@ -12,6 +13,7 @@
 #include "bnorm/distributed.hpp"
 #include "bnorm/plan.hpp"
 #include "cpu_isa.hpp"
+#include "element_types.hpp"
 #include "execute.hpp"
 #include "fp_environment.hpp"
 #include "plan_impl.hpp"
@@ -108,6 +110,17 @@ status validate_problem(const problem& prob, const plan_options& options) noexce
     return status::failure(status_code::invalid_argument,
                            "dtype: expected f32, f64, bf16 or f16, got %s",
                            enum_text(prob.dtype).text);
+  }
+  const std::optional<dtype>& parameters = options.parameter_dtype;
+  if (parameters && *parameters != detail::compute_dtype(prob.dtype) &&
+      !(*parameters == prob.dtype && element_size(prob.dtype) == 2)) {
+    return status::failure(status_code::invalid_argument,
+                           "parameter_dtype: expected %s%s%s (the per-channel buffers of %s data), "
+                           "got %s",
+                           to_string(detail::compute_dtype(prob.dtype)),
+                           element_size(prob.dtype) == 2 ? " or " : "",
+                           element_size(prob.dtype) == 2 ? to_string(prob.dtype) : "",
+                           to_string(prob.dtype), enum_text(*parameters).text);
   }
   // The tensor and its per-channel buffers must fit in an address space, so that no index or
   // size computation can wrap.
@@ -264,6 +277,87 @@ class scratch_buffer {
   unsigned char* data_ = nullptr;
 };
 
+/// Per-channel buffers of a half type (plan_options::parameter_dtype bf16 or f16), staged as the
+/// float32 the kernels read and write: inputs converted in, outputs converted back by
+/// commit(), after the call succeeded. Without half buffers, stage() changes nothing.
+class staged_parameters {
+ public:
+  explicit staged_parameters(const plan_impl& p) noexcept
+      : type_(parameter_dtype(p.prob, p.options)), channels_(p.part.channels) {}
+
+  status stage(training_args& a) noexcept {
+    return stage_all({&a.scale, &a.shift}, {&a.batch_mean, &a.batch_inv_std},
+                     {&a.running_mean, &a.running_var});
+  }
+  status stage(inference_args& a) noexcept {
+    return stage_all({&a.scale, &a.shift, &a.mean, &a.var}, {}, {});
+  }
+  status stage(backward_args& a) noexcept {
+    return stage_all({&a.scale, &a.mean, &a.inv_std, &a.var}, {&a.diff_scale, &a.diff_shift}, {});
+  }
+  /// The staged outputs into the caller's buffers, rounded to nearest even.
+  void commit() noexcept {
+    for (std::size_t i = 0; i < output_count_; ++i) {
+      const output& o = outputs_[i];
+      for (std::size_t c = 0; c < channels_; ++c) {
+        const std::uint16_t bits = type_ == dtype::bf16 ? kernels::to_bfloat16(o.staged[c]).bits
+                                                        : kernels::to_float16(o.staged[c]).bits;
+        std::memcpy(static_cast<unsigned char*>(o.caller) + 2 * c, &bits, 2);
+      }
+    }
+  }
+
+ private:
+  struct output {
+    void* caller;
+    float* staged;
+  };
+
+  status stage_all(std::initializer_list<channel_input*> inputs,
+                   std::initializer_list<channel_output*> outputs,
+                   std::initializer_list<channel_output*> in_outs) noexcept {
+    if (element_size(type_) != 2) return {};
+    const std::size_t arrays = inputs.size() + outputs.size() + in_outs.size();
+    storage_.reset(new (std::nothrow) float[arrays * channels_]);
+    if (!storage_) {
+      return status::failure(status_code::out_of_memory,
+                             "parameters: could not allocate %zu bytes to stage them as float32",
+                             arrays * channels_ * sizeof(float));
+    }
+    float* next = storage_.get();
+    const auto read = [&](const void* caller, float* staged) {
+      for (std::size_t c = 0; c < channels_; ++c) {
+        std::uint16_t bits;
+        std::memcpy(&bits, static_cast<const unsigned char*>(caller) + 2 * c, 2);
+        staged[c] = type_ == dtype::bf16 ? kernels::to_float(kernels::bfloat16{bits})
+                                         : kernels::to_float(kernels::float16{bits});
+      }
+    };
+    for (channel_input* in : inputs) {
+      if (in->data == nullptr) continue;
+      read(in->data, next);
+      in->data = next;
+      next += channels_;
+    }
+    const auto stage_output = [&](channel_output* out, bool in_out) {
+      if (out->data == nullptr) return;
+      if (in_out) read(out->data, next);
+      outputs_[output_count_++] = {out->data, next};
+      out->data = next;
+      next += channels_;
+    };
+    for (channel_output* out : outputs) stage_output(out, false);
+    for (channel_output* out : in_outs) stage_output(out, true);
+    return {};
+  }
+
+  dtype type_;
+  std::size_t channels_;
+  std::unique_ptr<float[]> storage_;
+  output outputs_[4] = {};
+  std::size_t output_count_ = 0;
+};
+
 // The no-throw boundary: xsimd kernels are noexcept, but oneTBB may throw. The work runs in
 // bnorm's floating-point environment (see plan.hpp).
 template <class Fn>
@@ -373,7 +467,7 @@ status check_training(const plan_impl& p, const training_args& args,
            {"batch_inv_std", args.batch_inv_std.data, args.batch_inv_std.size},
            {"running_mean", args.running_mean.data, args.running_mean.size, why_running},
            {"running_var", args.running_var.data, args.running_var.size, why_running}},
-          channels, parameter_dtype(p.prob.dtype));
+          channels, parameter_dtype(p.prob, p.options));
       !s) {
     return s;
   }
@@ -386,7 +480,7 @@ status check_training(const plan_impl& p, const training_args& args,
   if (status s = check_counter(counter); !s) return s;
   if (status s = check_scratch_pointer(args.scratch, args.scratch_size); !s) return s;
   const std::size_t data_bytes = p.part.elements * p.part.element_size;
-  const std::size_t channel_bytes = channels * p.part.value_size;
+  const std::size_t channel_bytes = channels * element_size(parameter_dtype(p.prob, p.options));
   const std::size_t running_bytes = update ? channel_bytes : 0;
   const std::size_t scratch_bytes = caller_scratch(p.part.scratch.training_bytes);
   return check_separate({{"src", args.src, data_bytes, false, true},
@@ -427,6 +521,8 @@ status check_merged_count(const plan_impl& p, const char* name, double count) no
   return {};
 }
 
+/// A validated training call: scratch, the staged parameters, then run(type, scratch, args)
+/// with the storage type and the arguments the kernels take.
 template <class Run>
 status run_training_call(const plan_impl& p, const training_args& args, const Run& run) noexcept {
   scratch_buffer scratch;
@@ -435,8 +531,13 @@ status run_training_call(const plan_impl& p, const training_args& args, const Ru
       !s) {
     return s;
   }
-  return guarded(
-      [&] { with_storage(p.prob.dtype, [&](auto type) { run(type, scratch.data()); }); });
+  training_args staged = args;
+  staged_parameters parameters(p);
+  if (status s = parameters.stage(staged); !s) return s;
+  status s = guarded(
+      [&] { with_storage(p.prob.dtype, [&](auto type) { run(type, scratch.data(), staged); }); });
+  if (s) parameters.commit();
+  return s;
 }
 
 }  // namespace
@@ -456,9 +557,10 @@ status plan::forward_training(const training_args& args) const noexcept {
     if (p.options.update_running_stats && args.num_batches_tracked) ++*args.num_batches_tracked;
     return {};
   }
-  return run_training_call(p, args, [&](auto type, unsigned char* scratch) {
-    detail::run_training<decltype(type)>(p, args, scratch);
-  });
+  return run_training_call(p, args,
+                           [&](auto type, unsigned char* scratch, const training_args& staged) {
+                             detail::run_training<decltype(type)>(p, staged, scratch);
+                           });
 }
 
 status plan::local_statistics(const training_args& args, double* exchange,
@@ -477,9 +579,10 @@ status plan::local_statistics(const training_args& args, double* exchange,
     std::fill_n(exchange, exchange_size, 0.0);
     return {};
   }
-  return run_training_call(p, args, [&](auto type, unsigned char* scratch) {
-    detail::run_local_statistics<decltype(type)>(p, args, scratch, exchange);
-  });
+  return run_training_call(
+      p, args, [&](auto type, unsigned char* scratch, const training_args& staged) {
+        detail::run_local_statistics<decltype(type)>(p, staged, scratch, exchange);
+      });
 }
 
 status plan::forward_training_merged(const training_args& args, const double* merged,
@@ -498,9 +601,10 @@ status plan::forward_training_merged(const training_args& args, const double* me
                            "every rank (input size %s here)",
                            number_text(merged[0]).text, shape_text(p.prob.shape).text);
   }
-  return run_training_call(p, args, [&](auto type, unsigned char* scratch) {
-    detail::run_training_merged<decltype(type)>(p, args, scratch, merged);
-  });
+  return run_training_call(
+      p, args, [&](auto type, unsigned char* scratch, const training_args& staged) {
+        detail::run_training_merged<decltype(type)>(p, staged, scratch, merged);
+      });
 }
 
 status plan::forward_inference(const inference_args& args) const noexcept {
@@ -514,13 +618,13 @@ status plan::forward_inference(const inference_args& args) const noexcept {
            {"shift", args.shift.data, args.shift.size},
            {"mean", args.mean.data, args.mean.size, "by inference (the running mean)"},
            {"var", args.var.data, args.var.size, "by inference (the running variance)"}},
-          channels, parameter_dtype(p.prob.dtype));
+          channels, parameter_dtype(p.prob, p.options));
       !s) {
     return s;
   }
   if (status s = check_scratch_pointer(args.scratch, args.scratch_size); !s) return s;
   const std::size_t data_bytes = p.part.elements * p.part.element_size;
-  const std::size_t channel_bytes = channels * p.part.value_size;
+  const std::size_t channel_bytes = channels * element_size(parameter_dtype(p.prob, p.options));
   const std::size_t scratch_bytes = caller_scratch(p.part.scratch.inference_bytes);
   if (status s =
           check_separate({{"src", args.src, data_bytes, false, true},
@@ -541,9 +645,12 @@ status plan::forward_inference(const inference_args& args) const noexcept {
       !s) {
     return s;
   }
+  inference_args staged = args;
+  staged_parameters parameters(p);
+  if (status s = parameters.stage(staged); !s) return s;
   return guarded([&] {
     with_storage(p.prob.dtype, [&](auto type) {
-      detail::run_inference<decltype(type)>(p, args, scratch.data());
+      detail::run_inference<decltype(type)>(p, staged, scratch.data());
     });
   });
 }
@@ -625,13 +732,13 @@ status backward(const plan_impl& p, const backward_args& args, bool frozen,
                                         {"var", args.var.data, args.var.size},
                                         {"diff_scale", args.diff_scale.data, args.diff_scale.size},
                                         {"diff_shift", args.diff_shift.data, args.diff_shift.size}},
-                                       channels, parameter_dtype(p.prob.dtype));
+                                       channels, parameter_dtype(p.prob, p.options));
       !s) {
     return s;
   }
   if (status s = check_scratch_pointer(args.scratch, args.scratch_size); !s) return s;
   const std::size_t data_bytes = elements * p.part.element_size;
-  const std::size_t channel_bytes = channels * p.part.value_size;
+  const std::size_t channel_bytes = channels * element_size(parameter_dtype(p.prob, p.options));
   const std::size_t scratch_bytes = caller_scratch(p.part.scratch.training_bytes);
   const std::size_t exchange_bytes = exchange ? exchange->size * sizeof(double) : 0;
   const double* local = exchange ? exchange->local : nullptr;
@@ -681,11 +788,8 @@ status backward(const plan_impl& p, const backward_args& args, bool frozen,
   if (elements == 0) {  // as PyTorch: sums over no values
     for (void* out : {args.diff_scale.data, args.diff_shift.data}) {
       if (out == nullptr) continue;
-      if (p.prob.dtype != dtype::f64) {
-        std::fill_n(static_cast<float*>(out), channels, 0.0f);
-      } else {
-        std::fill_n(static_cast<double*>(out), channels, 0.0);
-      }
+      std::memset(out, 0,
+                  channels * element_size(parameter_dtype(p.prob, p.options)));  // +0 everywhere
     }
     return {};
   }
@@ -716,11 +820,16 @@ status backward(const plan_impl& p, const backward_args& args, bool frozen,
       masked = masked_own.get();
     }
   }
-  return guarded([&] {
+  backward_args staged = args;
+  staged_parameters parameters(p);
+  if (status s = parameters.stage(staged); !s) return s;
+  status s = guarded([&] {
     with_storage(p.prob.dtype, [&](auto type) {
-      detail::run_backward<decltype(type)>(p, args, frozen, scratch.data(), masked, exchange);
+      detail::run_backward<decltype(type)>(p, staged, frozen, scratch.data(), masked, exchange);
     });
   });
+  if (s) parameters.commit();
+  return s;
 }
 
 }  // namespace

@@ -55,9 +55,14 @@ inline std::size_t element_size(dtype d) noexcept {
   return d == dtype::f64 ? 8 : d == dtype::f32 ? 4 : 2;
 }
 
-/// The type of the per-channel buffers (and of the kernels' arithmetic) for data of dtype d.
-inline dtype parameter_dtype(dtype d) noexcept {
+/// The type the kernels compute in for data of dtype d (and their per-channel values).
+inline dtype compute_dtype(dtype d) noexcept {
   return d == dtype::f64 ? dtype::f64 : dtype::f32;
+}
+
+/// The type of a plan's per-channel buffers (see plan_options::parameter_dtype).
+inline dtype parameter_dtype(const problem& prob, const plan_options& options) noexcept {
+  return options.parameter_dtype.value_or(compute_dtype(prob.dtype));
 }
 
 // The buffer rules of every call.

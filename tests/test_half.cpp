@@ -330,3 +330,106 @@ TEST(HalfStorage, FusedAddReluReadsAndWritesTheStorageType) {
 }
 
 }  // namespace
+
+namespace {
+
+/// Per-channel values rounded to a half type, as its bits and as floats.
+struct half_channels {
+  std::vector<std::uint16_t> bits;
+  std::vector<float> values;
+  half_channels(bnorm::dtype d, const std::vector<double>& wanted) {
+    const half_tensor t(d, wanted);
+    bits = t.bits;
+    values.assign(t.values.begin(), t.values.end());
+  }
+};
+
+TEST(HalfStorage, ParametersInTheStorageTypeAreTheFloatOnesRounded) {
+  for (const bnorm::dtype d : {bnorm::dtype::bf16, bnorm::dtype::f16}) {
+    const bnorm::tensor_shape shape{6, 5, 3, 4};
+    const geometry g(shape);
+    bnorm::plan_options as_float, as_storage;
+    as_storage.parameter_dtype = d;
+    const bnorm::plan plan_f = make_plan_or_fail({shape, layout::channels_first, d}, as_float);
+    const bnorm::plan plan_h = make_plan_or_fail({shape, layout::channels_first, d}, as_storage);
+    const half_tensor x(d, normal_data<double>(g.elements(), 2.0, 1.5, 51));
+    const half_tensor dy(d, normal_data<double>(g.elements(), 0.0, 1.0, 52));
+    half_channels gamma(d, normal_data<double>(g.c, 1.0, 0.3, 53));
+    half_channels beta(d, normal_data<double>(g.c, 0.0, 1.0, 54));
+    half_channels running(d, std::vector<double>(g.c, 1.0));
+    // Float parameters (exactly the half values), then half ones: the same y, and the
+    // per-channel outputs rounded once from the float ones.
+    std::vector<std::uint16_t> y_f(x.bits.size()), y_h(x.bits.size());
+    std::vector<float> mean_f(g.c), inv_f(g.c), rm_f(g.c, 0.0f), rv_f = running.values;
+    std::vector<std::uint16_t> mean_h(g.c), inv_h(g.c), rm_h(g.c, 0), rv_h = running.bits;
+    bnorm::training_args a;
+    a.src = x.bits.data();
+    a.dst = y_f.data();
+    a.scale = in(gamma.values);
+    a.shift = in(beta.values);
+    a.batch_mean = out(mean_f);
+    a.batch_inv_std = out(inv_f);
+    a.running_mean = out(rm_f);
+    a.running_var = out(rv_f);
+    ASSERT_TRUE(plan_f.forward_training(a));
+    a.dst = y_h.data();
+    a.scale = {gamma.bits.data(), g.c};
+    a.shift = {beta.bits.data(), g.c};
+    a.batch_mean = {mean_h.data(), g.c};
+    a.batch_inv_std = {inv_h.data(), g.c};
+    a.running_mean = {rm_h.data(), g.c};
+    a.running_var = {rv_h.data(), g.c};
+    const bnorm::status s = plan_h.forward_training(a);
+    ASSERT_TRUE(s) << s.message();
+    EXPECT_EQ(y_f, y_h);
+    const auto rounded = [d](float v) {
+      return d == bnorm::dtype::bf16 ? bnorm::kernels::to_bfloat16(v).bits
+                                     : bnorm::kernels::to_float16(v).bits;
+    };
+    for (std::size_t c = 0; c < g.c; ++c) {
+      EXPECT_EQ(mean_h[c], rounded(mean_f[c])) << c;
+      EXPECT_EQ(inv_h[c], rounded(inv_f[c])) << c;
+      EXPECT_EQ(rm_h[c], rounded(rm_f[c])) << c;
+      EXPECT_EQ(rv_h[c], rounded(rv_f[c])) << c;
+    }
+    // The backward's dγ, dβ likewise, from the same (half-exact) statistics.
+    half_channels mean(d, std::vector<double>(mean_f.begin(), mean_f.end()));
+    half_channels inv(d, std::vector<double>(inv_f.begin(), inv_f.end()));
+    std::vector<std::uint16_t> dx_f(x.bits.size()), dx_h(x.bits.size());
+    std::vector<float> dgamma_f(g.c), dbeta_f(g.c);
+    std::vector<std::uint16_t> dgamma_h(g.c), dbeta_h(g.c);
+    bnorm::backward_args b;
+    b.src = x.bits.data();
+    b.diff_dst = dy.bits.data();
+    b.diff_src = dx_f.data();
+    b.scale = in(gamma.values);
+    b.mean = in(mean.values);
+    b.inv_std = in(inv.values);
+    b.diff_scale = out(dgamma_f);
+    b.diff_shift = out(dbeta_f);
+    ASSERT_TRUE(plan_f.backward_training(b));
+    b.diff_src = dx_h.data();
+    b.scale = {gamma.bits.data(), g.c};
+    b.mean = {mean.bits.data(), g.c};
+    b.inv_std = {inv.bits.data(), g.c};
+    b.diff_scale = {dgamma_h.data(), g.c};
+    b.diff_shift = {dbeta_h.data(), g.c};
+    ASSERT_TRUE(plan_h.backward_training(b));
+    EXPECT_EQ(dx_f, dx_h);
+    for (std::size_t c = 0; c < g.c; ++c) {
+      EXPECT_EQ(dgamma_h[c], rounded(dgamma_f[c])) << c;
+      EXPECT_EQ(dbeta_h[c], rounded(dbeta_f[c])) << c;
+    }
+  }
+  // Only the data's own half type, or float32.
+  bnorm::plan_options wrong;
+  wrong.parameter_dtype = bnorm::dtype::f16;
+  bnorm::plan plan;
+  const bnorm::status s =
+      bnorm::make_plan({{2, 3}, layout::channels_first, bnorm::dtype::bf16}, wrong, &plan);
+  EXPECT_STREQ(s.message(),
+               "parameter_dtype: expected f32 or bf16 (the per-channel buffers of bf16 data), got "
+               "f16");
+}
+
+}  // namespace

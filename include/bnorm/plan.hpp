@@ -169,16 +169,22 @@ struct plan_options {
   bnorm::activation activation = activation::none;
   double clamp_min = 0.0;
   double clamp_max = 6.0;
+  /// The type of the per-channel buffers (gamma, beta, the statistics and their gradients):
+  /// by default the data's for f32 and f64, float32 for bf16 and f16 (PyTorch's mixed type).
+  /// bf16 and f16 data may take them in their own type instead; the arithmetic stays float32
+  /// and the outputs are rounded to nearest even once, from float32.
+  std::optional<bnorm::dtype> parameter_dtype;
 };
 
-/// A per-channel input buffer: `size` values of the plan's dtype (float for f32, double for
-/// f64), and `size` must be C. Leave it empty ({}) to omit an optional one.
+/// A per-channel input buffer: `size` values of the plan's parameter type (float for f32, bf16
+/// and f16 data, double for f64, unless plan_options::parameter_dtype says otherwise), and
+/// `size` must be C. Leave it empty ({}) to omit an optional one.
 struct channel_input {
   const void* data = nullptr;
   std::size_t size = 0;
 };
 
-/// A per-channel output (or in-out) buffer: C values of the plan's dtype.
+/// A per-channel output (or in-out) buffer: C values of the plan's parameter type.
 struct channel_output {
   void* data = nullptr;
   std::size_t size = 0;
