@@ -7,6 +7,9 @@
 #include <cfloat>
 #include <cmath>
 #include <cstring>
+#include <fstream>
+#include <map>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -430,6 +433,104 @@ TEST(HalfStorage, ParametersInTheStorageTypeAreTheFloatOnesRounded) {
   EXPECT_STREQ(s.message(),
                "parameter_dtype: expected f32 or bf16 (the per-channel buffers of bf16 data), got "
                "f16");
+}
+
+}  // namespace
+
+namespace {
+
+/// One record of torch_half_goldens.txt (make_torch_goldens.py): PyTorch's bfloat16 batch norm.
+struct half_golden {
+  std::string name, layout_name, mode;
+  std::vector<std::int64_t> dims;
+  std::map<std::string, std::vector<double>> values;
+};
+
+std::vector<half_golden> read_half_goldens() {
+  std::ifstream file(BNORM_HALF_GOLDENS_PATH);
+  std::vector<half_golden> cases;
+  std::string line;
+  while (std::getline(file, line)) {
+    std::istringstream in(line);
+    std::string key;
+    in >> key;
+    if (key == "half") {
+      half_golden g;
+      std::size_t rank = 0;
+      in >> g.name >> g.layout_name >> g.mode >> rank;
+      g.dims.resize(rank);
+      for (auto& d : g.dims) in >> d;
+      cases.push_back(g);
+    } else if (!cases.empty() && key != "end" && !key.empty() && key[0] != '#') {
+      std::vector<double>& v = cases.back().values[key];
+      for (double d; in >> d;) v.push_back(d);
+    }
+  }
+  return cases;
+}
+
+TEST(HalfGoldens, BFloat16MatchesPyTorchWithinAnUlp) {
+  const std::vector<half_golden> cases = read_half_goldens();
+  ASSERT_GE(cases.size(), 6u) << "golden file missing or truncated: " << BNORM_HALF_GOLDENS_PATH;
+  for (const bnorm::isa id : isas_under_test()) {
+    for (const half_golden& g : cases) {
+      const bnorm::tensor_shape shape(g.dims.data(), g.dims.size());
+      bnorm::plan_options opts;
+      opts.max_isa = id;
+      const bnorm::plan plan = make_plan_or_fail(
+          {shape, g.layout_name == "cl" ? layout::channels_last : layout::channels_first,
+           bnorm::dtype::bf16},
+          opts);
+      const half_tensor x(bnorm::dtype::bf16, g.values.at("x"));
+      ASSERT_EQ(x.values, g.values.at("x")) << g.name << ": the inputs are bfloat16 values";
+      const auto floats = [&](const char* key) {
+        const std::vector<double>& v = g.values.at(key);
+        return std::vector<float>(v.begin(), v.end());
+      };
+      const std::vector<float> weight = floats("weight"), bias = floats("bias");
+      std::vector<float> rm = floats("running_mean"), rv = floats("running_var");
+      std::vector<std::uint16_t> y(x.bits.size());
+      bnorm::status s;
+      if (g.mode == "train") {
+        bnorm::training_args a;
+        a.src = x.bits.data();
+        a.dst = y.data();
+        a.scale = in(weight);
+        a.shift = in(bias);
+        a.running_mean = out(rm);
+        a.running_var = out(rv);
+        s = plan.forward_training(a);
+      } else {
+        bnorm::inference_args i;
+        i.src = x.bits.data();
+        i.dst = y.data();
+        i.scale = in(weight);
+        i.shift = in(bias);
+        i.mean = in(rm);
+        i.var = in(rv);
+        s = plan.forward_inference(i);
+      }
+      ASSERT_TRUE(s) << s.message();
+      half_tensor got(bnorm::dtype::bf16, {});
+      got.bits = y;
+      got.decode();
+      const std::vector<double>& want = g.values.at("y");
+      std::size_t same = 0;
+      for (std::size_t e = 0; e < want.size(); ++e) {
+        EXPECT_LE(std::fabs(got.values[e] - want[e]), ulp_of(bnorm::dtype::bf16, want[e]))
+            << g.name << " " << e;
+        same += got.values[e] == want[e];
+      }
+      const std::vector<double>& rm_want = g.values.at("running_mean_after");
+      const std::vector<double>& rv_want = g.values.at("running_var_after");
+      for (std::size_t c = 0; c < rm.size(); ++c) {
+        EXPECT_NEAR(rm[c], rm_want[c], 1e-6 * std::max(1.0, std::fabs(rm_want[c]))) << g.name;
+        EXPECT_NEAR(rv[c], rv_want[c], 1e-6 * std::max(1.0, std::fabs(rv_want[c]))) << g.name;
+      }
+      std::printf("[ torch bf16 ] %s %s: %zu of %zu values the same bits as PyTorch's\n",
+                  g.name.c_str(), bnorm::to_string(id), same, want.size());
+    }
+  }
 }
 
 }  // namespace
