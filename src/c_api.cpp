@@ -14,6 +14,8 @@ struct bnorm_plan_impl {
   bnorm::plan plan;
 };
 
+static_assert(BNORM_ISA_AVX512BF16 == static_cast<int>(bnorm::isa::avx512bf16),
+              "the C ISAs are the engine's");
 static_assert(BNORM_F32 == static_cast<int>(bnorm::dtype::f32) &&
                   BNORM_F64 == static_cast<int>(bnorm::dtype::f64) &&
                   BNORM_BF16 == static_cast<int>(bnorm::dtype::bf16) &&

@@ -18,13 +18,14 @@ const char* to_string(isa value) noexcept {
     case isa::avx2: return "avx2";
     case isa::avx512f: return "avx512f";
     case isa::neon64: return "neon64";
+    case isa::avx512bf16: return "avx512bf16";
   }
   return "unknown";
 }
 
 std::optional<isa> parse_isa(const char* name) noexcept {
   if (name == nullptr) return std::nullopt;
-  for (isa candidate : {isa::sse2, isa::avx2, isa::avx512f, isa::neon64}) {
+  for (isa candidate : {isa::sse2, isa::avx2, isa::avx512f, isa::avx512bf16, isa::neon64}) {
     if (std::strcmp(name, to_string(candidate)) == 0) return candidate;
   }
   return std::nullopt;
@@ -43,7 +44,7 @@ bool has_f16c() noexcept {
 
 // Dispatch order, best first, of the ISAs this build compiles.
 #if defined(__x86_64__) || defined(_M_X64)
-constexpr isa compiled_isas[] = {isa::avx512f, isa::avx2, isa::sse2};
+constexpr isa compiled_isas[] = {isa::avx512bf16, isa::avx512f, isa::avx2, isa::sse2};
 #elif defined(__aarch64__)
 constexpr isa compiled_isas[] = {isa::neon64};
 #else
@@ -53,6 +54,7 @@ constexpr isa compiled_isas[] = {isa::neon64};
 const kernels::kernel_table& table_for(isa value) noexcept {
   switch (value) {
 #if defined(__x86_64__) || defined(_M_X64)
+    case isa::avx512bf16: return kernels::avx512bf16_kernels();
     case isa::avx512f: return kernels::avx512f_kernels();
     case isa::avx2: return kernels::avx2_kernels();
     default: return kernels::sse2_kernels();
@@ -95,6 +97,9 @@ bool cpu_supports(isa value) noexcept {
       return cpu.fma3_avx2 && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
              has_f16c();
     case isa::avx512f: return cpu.avx512f && __builtin_cpu_supports("avx512f");
+    case isa::avx512bf16:
+      return cpu.avx512f && __builtin_cpu_supports("avx512f") &&
+             __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512bf16");
     default: return false;
   }
 #else
@@ -112,9 +117,11 @@ status select_kernels(std::optional<isa> cap, const kernels::kernel_table** out)
   if (const char* env = std::getenv("BNORM_MAX_ISA"); env != nullptr && *env != '\0') {
     const std::optional<isa> env_cap = parse_isa(env);
     if (!env_cap) {
-      return status::failure(status_code::invalid_argument,
-                             "BNORM_MAX_ISA: expected sse2, avx2, avx512f or neon64, got '%.64s'",
-                             env);
+      return status::failure(
+          status_code::invalid_argument,
+          "BNORM_MAX_ISA: expected sse2, avx2, avx512f, avx512bf16 or neon64, got "
+          "'%.64s'",
+          env);
     }
     const int env_limit = rank_of(*env_cap);
     if (env_limit < 0) {

@@ -534,7 +534,8 @@ TEST(IsaSelection, EnvironmentCapIsHonouredAndValidated) {
   const bnorm::status s = bnorm::make_plan({{2, 3}}, {}, &plan);
   EXPECT_EQ(s.code(), status_code::invalid_argument);
   EXPECT_NE(std::strstr(s.message(),
-                        "BNORM_MAX_ISA: expected sse2, avx2, avx512f or neon64, got 'avx9000'"),
+                        "BNORM_MAX_ISA: expected sse2, avx2, avx512f, avx512bf16 or neon64, got "
+                        "'avx9000'"),
             nullptr)
       << s.message();
   EXPECT_EQ(bnorm::select_isa(std::nullopt, &selected).code(), status_code::invalid_argument);
@@ -565,6 +566,8 @@ TEST(IsaSelection, DetectionAgreesWithTheKernel) {
   EXPECT_TRUE(offered(bnorm::isa::sse2));
   EXPECT_EQ(offered(bnorm::isa::avx2), has("avx2") && has("fma"));
   EXPECT_EQ(offered(bnorm::isa::avx512f), has("avx512f"));
+  EXPECT_EQ(offered(bnorm::isa::avx512bf16),
+            has("avx512f") && has("avx512dq") && has("avx512_bf16"));
   if (std::getenv("BNORM_MAX_ISA") == nullptr) {
     bnorm::plan plan;
     ASSERT_TRUE(bnorm::make_plan({{2, 3}}, {}, &plan).ok());

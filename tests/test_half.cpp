@@ -534,3 +534,43 @@ TEST(HalfGoldens, BFloat16MatchesPyTorchWithinAnUlp) {
 }
 
 }  // namespace
+
+namespace {
+
+TEST(HalfStorage, EveryIsaRoundsToTheSameBits) {
+  // y = 1·gamma (epsilon 0, variance 1): each channel's gamma reaches the vector stores as it
+  // is: subnormal floats, NaNs of both signs, values that round to infinity, ties.
+  std::vector<float> gamma = {1e-40f,      -3e-39f,     NAN,  -NAN,    3.3961776e38f,  -3.4e38f,
+                              1.00390625f, 1.01171875f, 0.0f, -1e-45f, 1.17549435e-38f};
+  for (int i = static_cast<int>(gamma.size()); i < 64; ++i) {
+    gamma.push_back(std::ldexp(1.0f + static_cast<float>(i) / 1024.0f, 2 * i - 64));
+  }
+  const std::size_t spatial = 16;
+  std::vector<std::uint16_t> ones(gamma.size() * spatial, 0x3F80);
+  std::vector<float> mean(gamma.size(), 0.0f), var(gamma.size(), 1.0f);
+  for (const bnorm::isa id : isas_under_test()) {
+    bnorm::plan_options opts;
+    opts.max_isa = id;
+    bnorm::problem prob{{1, static_cast<std::int64_t>(gamma.size()), 16},
+                        layout::channels_first,
+                        bnorm::dtype::bf16,
+                        0.0};
+    const bnorm::plan plan = make_plan_or_fail(prob, opts);
+    std::vector<std::uint16_t> y(ones.size());
+    bnorm::inference_args i;
+    i.src = ones.data();
+    i.dst = y.data();
+    i.scale = in(gamma);
+    i.mean = in(mean);
+    i.var = in(var);
+    ASSERT_TRUE(plan.forward_inference(i));
+    for (std::size_t c = 0; c < gamma.size(); ++c) {
+      for (std::size_t e = 0; e < spatial; ++e) {
+        ASSERT_EQ(y[c * spatial + e], reference_bfloat16(gamma[c]))
+            << bnorm::to_string(id) << " channel " << c << " (" << gamma[c] << ")";
+      }
+    }
+  }
+}
+
+}  // namespace

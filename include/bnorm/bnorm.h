@@ -76,6 +76,7 @@ typedef enum bnorm_isa {
   BNORM_ISA_AVX2 = 1,
   BNORM_ISA_AVX512F = 2,
   BNORM_ISA_NEON64 = 3,
+  BNORM_ISA_AVX512BF16 = 4,
   BNORM_ISA_MAX_ENUM = 0x7FFFFFFF
 } bnorm_isa;
 typedef enum bnorm_momentum_convention {

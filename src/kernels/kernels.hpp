@@ -237,6 +237,7 @@ inline std::size_t kernel_table::lanes<double>() const noexcept {
 const kernel_table& sse2_kernels() noexcept;
 const kernel_table& avx2_kernels() noexcept;
 const kernel_table& avx512f_kernels() noexcept;
+const kernel_table& avx512bf16_kernels() noexcept;
 #elif defined(__aarch64__)
 const kernel_table& neon64_kernels() noexcept;
 #endif

@@ -132,6 +132,14 @@ auto half_bits(const xsimd::batch<float, Arch>& v) noexcept {
     // to_bfloat16: add 0x7FFF and the lowest kept bit, keep the top half; NaN → 0x7FC0.
 #if XSIMD_WITH_AVX512F
     if constexpr (is_arch<Arch, xsimd::avx512f>) {
+#if defined(__AVX512BF16__) && defined(__AVX512DQ__)
+      // vcvtneps2bf16 rounds to nearest even as below, but reads subnormal inputs as zero and
+      // keeps a NaN's sign and payload: vectors holding either take the integer rounding.
+      constexpr int nan_or_subnormal = 0x01 | 0x80 | 0x20;  // QNaN, SNaN, denormal
+      if (_mm512_fpclass_ps_mask(v, nan_or_subnormal) == 0) {
+        return reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(v));
+      }
+#endif
       const __m512i bits = _mm512_castps_si512(v);
       const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
       const __m512i rounded = _mm512_srli_epi32(
