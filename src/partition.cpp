@@ -104,7 +104,9 @@ bool make_partition(const problem& prob, const plan_options& options, std::size_
   p.elements = p.per_channel * p.channels;
   p.element_size = element_size(prob.dtype);
   p.value_size = element_size(compute_dtype(prob.dtype));
-  p.serial = p.elements * p.element_size < serial_bytes;
+  // The work of an element is its compute type's, whatever it is stored in (bf16 and f16
+  // convert to float32 and back): half-storage tensors wait for workers at the same counts.
+  p.serial = p.elements * std::max(p.element_size, p.value_size) < serial_bytes;
   p.stream_stores = options.stores == store_policy::streaming ||
                     (options.stores == store_policy::automatic &&
                      p.elements * p.element_size >= streaming_threshold(caches));

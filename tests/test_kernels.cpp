@@ -18,9 +18,12 @@ namespace kernels = bnorm::kernels;
 
 namespace {
 
+/// The kernel table of an ISA, whatever BNORM_MAX_ISA says (the testers run every ISA the CPU
+/// has).
 const kernels::kernel_table& table_of(bnorm::isa isa) {
   switch (isa) {
 #if defined(__x86_64__)
+    case bnorm::isa::avx512bf16: return kernels::avx512bf16_kernels();
     case bnorm::isa::avx512f: return kernels::avx512f_kernels();
     case bnorm::isa::avx2: return kernels::avx2_kernels();
     default: return kernels::sse2_kernels();

@@ -235,10 +235,29 @@ void stream_elements(S* p, const xsimd::batch<compute_t<S>, Arch>& v) noexcept {
 /// batch<double, Arch>::size consecutive elements as float64 (pivots, per-channel values).
 template <class Arch, class S>
 xsimd::batch<double, Arch> load_elements_as_f64(const S* p) noexcept {
+  using dvec = xsimd::batch<double, Arch>;
+  [[maybe_unused]] constexpr bool bf16 = std::is_same<S, bfloat16>::value;
   if constexpr (!is_half_storage<S>) {
     return load_as_f64<Arch>(p);
-  } else {
-    using dvec = xsimd::batch<double, Arch>;
+  }
+#if XSIMD_WITH_AVX512F
+  else if constexpr (is_arch<Arch, xsimd::avx512f>) {  // 8 halves
+    const __m128i halves = _mm_loadu_si128(reinterpret_cast<const __m128i*>(raw(p)));
+    const __m256 floats =
+        bf16 ? _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(halves), 16))
+             : _mm256_cvtph_ps(halves);
+    return dvec(_mm512_cvtps_pd(floats));
+  }
+#endif
+#if XSIMD_WITH_AVX2
+  else if constexpr (std::is_base_of<xsimd::avx2, Arch>::value) {  // 4 halves
+    const __m128i halves = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(raw(p)));
+    const __m128 floats = bf16 ? _mm_castsi128_ps(_mm_unpacklo_epi16(_mm_setzero_si128(), halves))
+                               : _mm_cvtph_ps(halves);
+    return dvec(_mm256_cvtps_pd(floats));
+  }
+#endif
+  else {
     alignas(64) double values[dvec::size];
     for (std::size_t i = 0; i < dvec::size; ++i) values[i] = to_float(p[i]);
     return dvec::load_aligned(values);
