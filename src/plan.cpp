@@ -521,6 +521,19 @@ status check_merged_count(const plan_impl& p, const char* name, double count) no
   return {};
 }
 
+/// A validated call on its staged arguments (half-type parameters as float32, committed back
+/// when it succeeds): run(type, staged) with the storage type, inside the no-throw boundary.
+template <class Args, class Run>
+status run_staged(const plan_impl& p, const Args& args, const Run& run) noexcept {
+  Args staged = args;
+  staged_parameters parameters(p);
+  if (status s = parameters.stage(staged); !s) return s;
+  const status s =
+      guarded([&] { with_storage(p.prob.dtype, [&](auto type) { run(type, staged); }); });
+  if (s) parameters.commit();
+  return s;
+}
+
 /// A validated training call: scratch, the staged parameters, then run(type, scratch, args)
 /// with the storage type and the arguments the kernels take.
 template <class Run>
@@ -531,13 +544,8 @@ status run_training_call(const plan_impl& p, const training_args& args, const Ru
       !s) {
     return s;
   }
-  training_args staged = args;
-  staged_parameters parameters(p);
-  if (status s = parameters.stage(staged); !s) return s;
-  status s = guarded(
-      [&] { with_storage(p.prob.dtype, [&](auto type) { run(type, scratch.data(), staged); }); });
-  if (s) parameters.commit();
-  return s;
+  return run_staged(
+      p, args, [&](auto type, const training_args& staged) { run(type, scratch.data(), staged); });
 }
 
 }  // namespace
@@ -645,13 +653,8 @@ status plan::forward_inference(const inference_args& args) const noexcept {
       !s) {
     return s;
   }
-  inference_args staged = args;
-  staged_parameters parameters(p);
-  if (status s = parameters.stage(staged); !s) return s;
-  return guarded([&] {
-    with_storage(p.prob.dtype, [&](auto type) {
-      detail::run_inference<decltype(type)>(p, staged, scratch.data());
-    });
+  return run_staged(p, args, [&](auto type, const inference_args& staged) {
+    detail::run_inference<decltype(type)>(p, staged, scratch.data());
   });
 }
 
@@ -820,16 +823,9 @@ status backward(const plan_impl& p, const backward_args& args, bool frozen,
       masked = masked_own.get();
     }
   }
-  backward_args staged = args;
-  staged_parameters parameters(p);
-  if (status s = parameters.stage(staged); !s) return s;
-  status s = guarded([&] {
-    with_storage(p.prob.dtype, [&](auto type) {
-      detail::run_backward<decltype(type)>(p, staged, frozen, scratch.data(), masked, exchange);
-    });
+  return run_staged(p, args, [&](auto type, const backward_args& staged) {
+    detail::run_backward<decltype(type)>(p, staged, frozen, scratch.data(), masked, exchange);
   });
-  if (s) parameters.commit();
-  return s;
 }
 
 }  // namespace
