@@ -4,7 +4,10 @@
 // the commit runs unit by unit in one parallel pass. Inference: coefficients → normalize; in
 // one parallel pass where units own their channels (channel-major planes, channels-last blocks
 // of channels of 2 KiB rows or more); other channels-last tensors in chunks of whole rows. The
-// caller's buffers other than dst are written only in the final commit.
+// caller's buffers other than dst are written only in the final commit. Distributed training
+// splits a training call at its moments: a rank's moments into its exchange block
+// (run_local_statistics), then coefficients, normalize and commit from the merged block
+// (run_training_merged). Data of any storage type S; the arithmetic in compute_of_t<S>.
 #include "execute.hpp"
 
 #include <algorithm>
