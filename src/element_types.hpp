@@ -11,19 +11,16 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <type_traits>
+
+#include "bnorm/element_types.hpp"
 
 namespace bnorm::kernels {
 
-/// The top half of a float32: 8 exponent bits, 7 of fraction (PyTorch's torch.bfloat16).
-struct bfloat16 {
-  std::uint16_t bits;
-};
-
-/// IEEE 754 binary16: 5 exponent bits, 10 of fraction (torch.float16).
-struct float16 {
-  std::uint16_t bits;
-};
+// The public types (bnorm/element_types.hpp): their member conversions are these functions.
+using bfloat16 = ::bnorm::bfloat16;
+using float16 = ::bnorm::float16;
 
 template <class S>
 struct compute_of {
@@ -120,6 +117,39 @@ inline double to_double(bfloat16 v) noexcept {
 }
 inline double to_double(float16 v) noexcept {
   return to_float(v);
+}
+
+/// The element of type S nearest to a float64 (ties to even). A half type goes through a
+/// float rounded to odd (toward zero, its last bit set when inexact), which has more bits than
+/// the half type needs for its rounding: so no double rounding (folding writes these).
+template <class S>
+S from_double(double v) noexcept {
+  if constexpr (is_half_storage<S>) {
+    float f = static_cast<float>(v);
+    if (static_cast<double>(f) != v && std::isfinite(f)) {
+      if (std::fabs(static_cast<double>(f)) > std::fabs(v)) f = std::nextafter(f, 0.0f);
+      f = bits_float(float_bits(f) | 1u);
+    }
+    if constexpr (std::is_same<S, bfloat16>::value) {
+      return to_bfloat16(f);
+    } else {
+      return to_float16(f);
+    }
+  } else {
+    return static_cast<S>(v);
+  }
+}
+
+/// The largest finite value of S.
+template <class S>
+double largest_finite() noexcept {
+  if constexpr (std::is_same<S, bfloat16>::value) {
+    return to_float(bfloat16{0x7F7F});
+  } else if constexpr (std::is_same<S, float16>::value) {
+    return 65504.0;
+  } else {
+    return static_cast<double>(std::numeric_limits<S>::max());
+  }
 }
 
 }  // namespace

@@ -6,6 +6,7 @@
 #include <limits>
 #include <vector>
 
+#include "element_types.hpp"
 #include "validation.hpp"
 
 namespace bnorm {
@@ -112,10 +113,10 @@ status geometry_of(const fold_problem& prob, weight_geometry* out) noexcept {
 
 template <class T>
 double at_or(const channel_input& buffer, std::size_t c, double fallback) {
-  return buffer.data ? static_cast<double>(static_cast<const T*>(buffer.data)[c]) : fallback;
+  return buffer.data ? kernels::to_double(static_cast<const T*>(buffer.data)[c]) : fallback;
 }
 
-/// A folded value beyond T: refused, naming the channel.
+/// A folded value beyond the layer's type: refused, naming the channel.
 status beyond_range(const char* name, std::size_t c, double value, double scale) {
   return status::failure(status_code::invalid_argument,
                          "%s: expected values within the dtype's range, got %s for channel %zu "
@@ -123,12 +124,13 @@ status beyond_range(const char* name, std::size_t c, double value, double scale)
                          name, detail::number_text(value).text, c, detail::number_text(scale).text);
 }
 
-template <class T>
+/// W: the layer's weight and bias; P: the batch norm's parameters and running statistics.
+template <class W, class P>
 status fold(const fold_problem& prob, const weight_geometry& g, const fold_args& args) {
-  const double largest = static_cast<double>(std::numeric_limits<T>::max());
+  const double largest = kernels::largest_finite<W>();
   std::vector<double> scale(g.channels), bias(g.channels);
   for (std::size_t c = 0; c < g.channels; ++c) {
-    const double var = at_or<T>(args.var, c, 0.0);
+    const double var = at_or<P>(args.var, c, 0.0);
     if (!(var + prob.epsilon > 0.0) || !std::isfinite(var)) {
       return status::failure(status_code::invalid_argument,
                              "var: expected var + eps > 0 and finite for every channel, got var "
@@ -136,34 +138,47 @@ status fold(const fold_problem& prob, const weight_geometry& g, const fold_args&
                              detail::number_text(var).text, detail::number_text(prob.epsilon).text,
                              c);
     }
-    scale[c] = at_or<T>(args.scale, c, 1.0) / std::sqrt(var + prob.epsilon);
-    bias[c] = (at_or<T>(args.bias, c, 0.0) - at_or<T>(args.mean, c, 0.0)) * scale[c] +
-              at_or<T>(args.shift, c, 0.0);
+    scale[c] = at_or<P>(args.scale, c, 1.0) / std::sqrt(var + prob.epsilon);
+    bias[c] = (at_or<W>(args.bias, c, 0.0) - at_or<P>(args.mean, c, 0.0)) * scale[c] +
+              at_or<P>(args.shift, c, 0.0);
     if (!(std::fabs(bias[c]) <= largest)) return beyond_range("folded_bias", c, bias[c], scale[c]);
   }
-  const T* w = static_cast<const T*>(args.weight);
+  const W* w = static_cast<const W*>(args.weight);
   for (std::size_t i = 0; i < g.elements; ++i) {
     const std::size_t c = g.channel_of(i);
-    const double v = static_cast<double>(w[i]) * scale[c];
-    if (!(std::fabs(v) <= largest) && std::isfinite(static_cast<double>(w[i]))) {
+    const double weight = kernels::to_double(w[i]);
+    const double v = weight * scale[c];
+    if (!(std::fabs(v) <= largest) && std::isfinite(weight)) {
       return beyond_range("folded_weight", c, v, scale[c]);
     }
   }
   // Everything checked: write (in place too: each element is read before it is written).
-  T* out = static_cast<T*>(args.folded_weight);
+  W* out = static_cast<W*>(args.folded_weight);
   for (std::size_t i = 0; i < g.elements; ++i) {
-    out[i] = static_cast<T>(static_cast<double>(w[i]) * scale[g.channel_of(i)]);
+    out[i] = kernels::from_double<W>(kernels::to_double(w[i]) * scale[g.channel_of(i)]);
   }
-  T* folded_bias = static_cast<T*>(args.folded_bias.data);
-  for (std::size_t c = 0; c < g.channels; ++c) folded_bias[c] = static_cast<T>(bias[c]);
+  W* folded_bias = static_cast<W*>(args.folded_bias.data);
+  for (std::size_t c = 0; c < g.channels; ++c) folded_bias[c] = kernels::from_double<W>(bias[c]);
   return {};
+}
+
+status fold_as(const fold_problem& prob, const weight_geometry& g, const fold_args& args) {
+  switch (prob.dtype) {
+    case dtype::f32: return fold<float, float>(prob, g, args);
+    case dtype::f64: return fold<double, double>(prob, g, args);
+    case dtype::bf16: return fold<kernels::bfloat16, float>(prob, g, args);
+    case dtype::f16: return fold<kernels::float16, float>(prob, g, args);
+  }
+  return status(status_code::internal_error, "fold_into_layer: unknown dtype");
 }
 
 }  // namespace
 
 status fold_into_layer(const fold_problem& prob, const fold_args& args) noexcept {
-  if (prob.dtype != dtype::f32 && prob.dtype != dtype::f64) {
-    return status::failure(status_code::invalid_argument, "dtype: expected f32 or f64, got %s",
+  if (prob.dtype != dtype::f32 && prob.dtype != dtype::f64 && prob.dtype != dtype::bf16 &&
+      prob.dtype != dtype::f16) {
+    return status::failure(status_code::invalid_argument,
+                           "dtype: expected f32, f64, bf16 or f16, got %s",
                            detail::enum_text(prob.dtype).text);
   }
   if (status s = detail::check_epsilon("epsilon", prob.epsilon); !s) return s;
@@ -179,20 +194,28 @@ status fold_into_layer(const fold_problem& prob, const fold_args& args) noexcept
   if (status s = detail::check_alignment("folded_weight", args.folded_weight, prob.dtype); !s) {
     return s;
   }
+  // The layer's bias is of its dtype, the batch norm's values of that dtype's parameter type.
+  const dtype values = detail::compute_dtype(prob.dtype);
   if (status s = detail::check_channel_buffers(
           {{"bias", args.bias.data, args.bias.size},
            {"folded_bias", args.folded_bias.data, args.folded_bias.size,
-            "by fold_into_layer (the folded layer has a bias)"},
-           {"scale", args.scale.data, args.scale.size},
+            "by fold_into_layer (the folded layer has a bias)"}},
+          g.channels, prob.dtype);
+      !s) {
+    return s;
+  }
+  if (status s = detail::check_channel_buffers(
+          {{"scale", args.scale.data, args.scale.size},
            {"shift", args.shift.data, args.shift.size},
            {"mean", args.mean.data, args.mean.size, "by fold_into_layer (the running mean)"},
            {"var", args.var.data, args.var.size, "by fold_into_layer (the running variance)"}},
-          g.channels, prob.dtype);
+          g.channels, values);
       !s) {
     return s;
   }
   const std::size_t size = detail::element_size(prob.dtype);
   const std::size_t weight_bytes = g.elements * size, channel_bytes = g.channels * size;
+  const std::size_t value_bytes = g.channels * detail::element_size(values);
   // In place is the same buffer read and written: the read one leaves the overlap rule.
   const bool weight_in_place = args.weight == args.folded_weight;
   const bool bias_in_place = args.bias.data == args.folded_bias.data;
@@ -201,15 +224,15 @@ status fold_into_layer(const fold_problem& prob, const fold_args& args) noexcept
            {"folded_weight", args.folded_weight, weight_bytes, true},
            {"bias", args.bias.data, bias_in_place ? 0 : channel_bytes, false},
            {"folded_bias", args.folded_bias.data, channel_bytes, true},
-           {"scale", args.scale.data, channel_bytes, false},
-           {"shift", args.shift.data, channel_bytes, false},
-           {"mean", args.mean.data, channel_bytes, false},
-           {"var", args.var.data, channel_bytes, false}});
+           {"scale", args.scale.data, value_bytes, false},
+           {"shift", args.shift.data, value_bytes, false},
+           {"mean", args.mean.data, value_bytes, false},
+           {"var", args.var.data, value_bytes, false}});
       !s) {
     return s;
   }
   try {
-    return prob.dtype == dtype::f32 ? fold<float>(prob, g, args) : fold<double>(prob, g, args);
+    return fold_as(prob, g, args);
   } catch (const std::bad_alloc&) {
     return status(status_code::out_of_memory, "fold_into_layer: out of memory");
   }

@@ -98,7 +98,8 @@ batch_norm<T>::batch_norm(const config& cfg) try
   // Four per-channel vectors (weight, bias and the running statistics) beyond the machine's
   // memory are refused before they are tried: filling them would otherwise end in the
   // allocator's abort (sanitizers) or the out-of-memory killer (overcommit), not an exception.
-  const double parameter_bytes = 4.0 * static_cast<double>(cfg.num_features) * sizeof(T);
+  const double parameter_bytes =
+      4.0 * static_cast<double>(cfg.num_features) * sizeof(parameter_type);
   const long pages = sysconf(_SC_PHYS_PAGES), page_size = sysconf(_SC_PAGESIZE);
   if (pages > 0 && page_size > 0 &&
       parameter_bytes > static_cast<double>(pages) * static_cast<double>(page_size)) {
@@ -132,7 +133,7 @@ template <class T>
 void batch_norm<T>::reset_running_stats_unguarded() {
   const auto channels = static_cast<std::size_t>(config_.num_features);
   const bool has_running = config_.framework == framework::mindspore || config_.track_running_stats;
-  std::vector<T> mean, var;
+  std::vector<parameter_type> mean, var;
   if (has_running) {
     config_.running_mean_init.fill(
         config_.framework == framework::mindspore ? "moving_mean_init" : "running_mean", channels,
@@ -152,7 +153,7 @@ void batch_norm<T>::reset_parameters() {
     const auto channels = static_cast<std::size_t>(config_.num_features);
     // PyTorch drops weight and bias without affine; MindSpore keeps them, frozen.
     const bool has_affine = config_.framework == framework::mindspore || config_.affine;
-    std::vector<T> weight, bias;
+    std::vector<parameter_type> weight, bias;
     if (has_affine) {
       config_.weight_init.fill(config_.framework == framework::mindspore ? "gamma_init" : "weight",
                                channels, weight);
@@ -192,8 +193,7 @@ const plan& batch_norm<T>::plan_for(const tensor_shape& shape, bool training_pat
     for (std::size_t d = 0; same && d < shape.rank(); ++d) same = p.shape[d] == shape[d];
     if (same) return cached;
   }
-  problem prob{shape, config_.layout, sizeof(T) == sizeof(float) ? dtype::f32 : dtype::f64,
-               config_.eps};
+  problem prob{shape, config_.layout, dtype_of<T>, config_.eps};
   plan_options options;
   options.update_running_stats = update;
   options.max_threads = config_.max_threads;
@@ -279,8 +279,8 @@ void batch_norm<T>::forward_unguarded(const T* src, T* dst, const tensor_shape& 
   const plan& p = plan_for(shape, batch_stats);
   if (batch_stats) {
     // The saved statistics are written only by a successful call: stage them.
-    std::vector<T> mean(static_cast<std::size_t>(config_.num_features));
-    std::vector<T> inv_std(mean.size());
+    std::vector<parameter_type> mean(static_cast<std::size_t>(config_.num_features));
+    std::vector<parameter_type> inv_std(mean.size());
     training_args args;
     args.src = src;
     args.dst = dst;
@@ -357,7 +357,7 @@ void batch_norm<T>::backward_unguarded(const T* input, const T* grad_output, T* 
   const plan& p = plan_for(last.shape, last.batch_statistics);
   const std::size_t channels = static_cast<std::size_t>(config_.num_features);
   // The parameter gradients are staged: the accumulated ones change only on success.
-  std::vector<T> dweight, dbias;
+  std::vector<parameter_type> dweight, dbias;
   if (trains_affine()) {
     dweight.resize(channels);
     dbias.resize(channels);
@@ -379,7 +379,8 @@ void batch_norm<T>::backward_unguarded(const T* input, const T* grad_output, T* 
     throw_if_failed(p.backward_frozen(args));
   }
   if (!trains_affine()) return;
-  const auto accumulate = [](std::vector<T>& into, const std::vector<T>& grad) {
+  const auto accumulate = [](std::vector<parameter_type>& into,
+                             const std::vector<parameter_type>& grad) {
     if (into.empty()) {
       into = grad;
       return;
@@ -405,7 +406,7 @@ void batch_norm<T>::fold_into(std::vector<T>& weight, std::vector<T>& bias,
     prob.layout = layout;
     prob.weight_shape = weight_shape;
     prob.groups = groups;
-    prob.dtype = sizeof(T) == sizeof(float) ? dtype::f32 : dtype::f64;
+    prob.dtype = dtype_of<T>;
     prob.epsilon = config_.eps;
     std::uint64_t elements = 0;
     if (detail::check_dimensions(weight_shape) && detail::element_count(weight_shape, &elements) &&
@@ -439,8 +440,8 @@ void batch_norm<T>::zero_grad(bool set_to_none) {
       bias_grad_.clear();
     } else {
       weight_grad_.assign(trains_affine() ? static_cast<std::size_t>(config_.num_features) : 0,
-                          T(0));
-      bias_grad_.assign(weight_grad_.size(), T(0));
+                          parameter_type(0));
+      bias_grad_.assign(weight_grad_.size(), parameter_type(0));
     }
   });
 }
@@ -472,6 +473,8 @@ isa batch_norm<T>::isa() const {
 
 template class batch_norm<float>;
 template class batch_norm<double>;
+template class batch_norm<bfloat16>;
+template class batch_norm<float16>;
 
 // ---------------------------------------------------------------- the frameworks' factories
 

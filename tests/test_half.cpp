@@ -573,4 +573,264 @@ TEST(HalfStorage, EveryIsaRoundsToTheSameBits) {
   }
 }
 
+/// The element of dtype d nearest to v (ties to the even one), searched among the neighbours of
+/// a first guess by their decoded values: independent of the library's rounding.
+std::uint16_t reference_nearest(bnorm::dtype d, double v) {
+  const auto decode = [&](std::uint16_t b) {
+    return d == bnorm::dtype::bf16 ? static_cast<double>(bnorm::kernels::to_float(bfloat16{b}))
+                                   : static_cast<double>(bnorm::kernels::to_float(float16{b}));
+  };
+  const float guess = static_cast<float>(v);
+  const std::uint16_t start = d == bnorm::dtype::bf16 ? bnorm::kernels::to_bfloat16(guess).bits
+                                                      : bnorm::kernels::to_float16(guess).bits;
+  std::uint16_t best = start;
+  for (const int step : {-2, -1, 1, 2}) {
+    const auto candidate = static_cast<std::uint16_t>(start + step);
+    if ((candidate ^ start) & 0x8000) continue;  // same sign only
+    const double distance = std::fabs(decode(candidate) - v), current = std::fabs(decode(best) - v);
+    if (std::isnan(distance)) continue;
+    if (distance < current || (distance == current && (candidate & 1) == 0)) best = candidate;
+  }
+  return best;
+}
+
+std::uint16_t from_double_bits(bnorm::dtype d, double v) {
+  return d == bnorm::dtype::bf16 ? bnorm::kernels::from_double<bfloat16>(v).bits
+                                 : bnorm::kernels::from_double<float16>(v).bits;
+}
+
+// Folding writes half-precision layers from float64 values: rounded once. Values within a
+// float's rounding of a midpoint between two half values are where rounding to float first
+// (then to the half type) goes wrong half of the time.
+TEST(HalfConversions, FromDoubleRoundsOnce) {
+  auto rng = make_rng(12);
+  for (const bnorm::dtype d : {bnorm::dtype::bf16, bnorm::dtype::f16}) {
+    std::uniform_int_distribution<int> pick(d == bnorm::dtype::bf16 ? 0x0080 : 0x0001,
+                                            d == bnorm::dtype::bf16 ? 0x7F7E : 0x7BFE);
+    std::uniform_real_distribution<double> unit(-1.0, 1.0);
+    for (int i = 0; i < 200000; ++i) {
+      const auto low = static_cast<std::uint16_t>(pick(rng));
+      const double a = d == bnorm::dtype::bf16 ? bnorm::kernels::to_float(bfloat16{low})
+                                               : bnorm::kernels::to_float(float16{low});
+      const double b = d == bnorm::dtype::bf16
+                           ? bnorm::kernels::to_float(bfloat16{static_cast<std::uint16_t>(low + 1)})
+                           : bnorm::kernels::to_float(float16{static_cast<std::uint16_t>(low + 1)});
+      const double midpoint = 0.5 * (a + b);
+      const double v = i % 2 ? midpoint + (b - a) * std::ldexp(unit(rng), -30)  // near a tie
+                             : a + (b - a) * (0.5 + 0.5 * unit(rng));           // anywhere between
+      for (const double signed_v : {v, -v}) {
+        ASSERT_EQ(from_double_bits(d, signed_v), reference_nearest(d, signed_v))
+            << bnorm::to_string(d) << " " << std::hexfloat << signed_v;
+      }
+    }
+  }
+}
+
+// A layer stored in bfloat16 or float16 folds in float64 with the batch norm's float32
+// parameters: every folded value is the float64 one rounded once; a running variance beyond
+// float16's range folds; a folded value beyond the layer's type is refused, nothing written.
+TEST(HalfStorage, FoldsIntoHalfLayersRoundedOnce) {
+  for (const bnorm::dtype d : {bnorm::dtype::bf16, bnorm::dtype::f16}) {
+    SCOPED_TRACE(bnorm::to_string(d));
+    const std::size_t out_features = 5, in_features = 7;
+    half_tensor w(d, normal_data<double>(out_features * in_features, 0.0, 1.0, 70));
+    half_tensor b(d, normal_data<double>(out_features, 0.0, 1.0, 71));
+    const std::vector<float> gamma = {1.5f, -0.5f, 2.0f, 1.0f, 0.75f};
+    const std::vector<float> beta = {0.0f, 1.0f, -1.0f, 0.5f, 2.0f};
+    const std::vector<float> mean = {0.25f, -1.0f, 1e5f, 3.0f, 0.0f};
+    const std::vector<float> var = {1.0f, 0.25f, 4e9f, 1e6f, 2.0f};  // 4e9: beyond float16
+    const double eps = 1e-5;
+    bnorm::fold_problem prob;
+    prob.weight_shape = {static_cast<std::int64_t>(out_features),
+                         static_cast<std::int64_t>(in_features)};
+    prob.dtype = d;
+    prob.epsilon = eps;
+    std::vector<std::uint16_t> folded_w(w.bits.size()), folded_b(out_features);
+    bnorm::fold_args args;
+    args.weight = w.bits.data();
+    args.folded_weight = folded_w.data();
+    args.bias = {b.bits.data(), out_features};
+    args.folded_bias = {folded_b.data(), out_features};
+    args.scale = in(gamma);
+    args.shift = in(beta);
+    args.mean = in(mean);
+    args.var = in(var);
+    const bnorm::status st = bnorm::fold_into_layer(prob, args);
+    ASSERT_TRUE(st.ok()) << st.message();
+    for (std::size_t o = 0; o < out_features; ++o) {
+      const long double scale = gamma[o] / std::sqrt(static_cast<long double>(var[o]) + eps);
+      for (std::size_t i = 0; i < in_features; ++i) {
+        const std::size_t at = o * in_features + i;
+        EXPECT_EQ(folded_w[at], reference_nearest(d, static_cast<double>(w.values[at] * scale)))
+            << at;
+      }
+      const long double bias = (b.values[o] - mean[o]) * scale + beta[o];
+      EXPECT_EQ(folded_b[o], reference_nearest(d, static_cast<double>(bias))) << o;
+    }
+
+    // 1000 · 100 / sqrt(1): beyond float16 (refused); within bfloat16 (folded).
+    const std::vector<std::uint16_t> big = {from_double_bits(d, 1000.0)};
+    std::vector<std::uint16_t> out_w = {7}, out_b = {7};
+    const std::vector<float> hundred = {100.0f}, zero = {0.0f}, one = {1.0f};
+    bnorm::fold_problem single = prob;
+    single.weight_shape = {1, 1};
+    single.epsilon = 0.0;
+    bnorm::fold_args dead;
+    dead.weight = big.data();
+    dead.folded_weight = out_w.data();
+    dead.folded_bias = {out_b.data(), 1};
+    dead.scale = in(hundred);
+    dead.mean = in(zero);
+    dead.var = in(one);
+    const bnorm::status refused = bnorm::fold_into_layer(single, dead);
+    if (d == bnorm::dtype::f16) {
+      ASSERT_FALSE(refused.ok());
+      EXPECT_NE(std::string(refused.message()).find("folded_weight: expected values within"),
+                std::string::npos)
+          << refused.message();
+      EXPECT_EQ(out_w[0], 7);
+      EXPECT_EQ(out_b[0], 7);
+    } else {
+      ASSERT_TRUE(refused.ok()) << refused.message();
+      EXPECT_EQ(out_w[0], reference_nearest(d, 1e5));
+    }
+  }
+}
+
+/// A module's tensor of T from float64 values, and back.
+template <class T>
+std::vector<T> to_elements(const half_tensor& t) {
+  std::vector<T> v(t.bits.size());
+  std::memcpy(v.data(), t.bits.data(), t.bits.size() * 2);
+  return v;
+}
+
+template <class T>
+std::vector<double> decoded(const std::vector<T>& v) {
+  std::vector<double> out;
+  for (const T e : v) out.push_back(e.to_float());
+  return out;
+}
+
+// The modules over bfloat16 and float16 tensors (float32 parameters): PyTorch's train step and
+// backward, eval mode and folding; MindSpore's NHWC cell; against float64 from the same inputs.
+template <class T>
+void expect_module_matches_float64() {
+  constexpr bnorm::dtype d = bnorm::dtype_of<T>;
+  SCOPED_TRACE(bnorm::to_string(d));
+  static_assert(std::is_same<typename bnorm::batch_norm<T>::parameter_type, float>::value,
+                "half modules keep float32 parameters");
+  const bnorm::tensor_shape shape{4, 6, 5, 5};
+  const geometry g(shape);
+  const half_tensor x_half(d, normal_data<double>(g.elements(), 3.0, 2.0, 80));
+  const half_tensor dy_half(d, normal_data<double>(g.elements(), 0.0, 1.0, 81));
+  const std::vector<T> x = to_elements<T>(x_half), dy = to_elements<T>(dy_half);
+  const auto within_ulp = [&](const std::vector<T>& got, const std::vector<double>& want,
+                              double scale, const char* what) {
+    const std::vector<double> values = decoded(got);
+    for (std::size_t i = 0; i < want.size(); ++i) {
+      const double bound = std::max(ulp_of(d, want[i]), 1e-6 * std::max(scale, std::fabs(want[i])));
+      ASSERT_LE(std::fabs(values[i] - want[i]), bound) << what << " at " << i;
+    }
+  };
+
+  auto bn = bnorm::torch::BatchNorm2d<T>(6);
+  bn.weight() = normal_data<float>(6, 1.0, 0.3, 82);
+  bn.bias() = normal_data<float>(6, 0.0, 1.0, 83);
+  const std::vector<double> gamma(bn.weight().begin(), bn.weight().end());
+  const std::vector<double> beta(bn.bias().begin(), bn.bias().end());
+  const std::vector<T> y = bn.forward(x, shape);
+  const reference_stats ref = reference_moments(x_half.values, shape, layout::channels_first);
+  within_ulp(y,
+             reference_normalize(x_half.values, shape, layout::channels_first, ref.mean,
+                                 ref.variance, 1e-5, gamma, beta),
+             1.0, "train y");
+  const double n = static_cast<double>(g.n * g.spatial);
+  for (std::size_t c = 0; c < 6; ++c) {
+    EXPECT_NEAR(bn.running_mean()[c], 0.1 * ref.mean[c], 1e-6 * std::fabs(ref.mean[c])) << c;
+    const double unbiased = ref.variance[c] * n / (n - 1);
+    EXPECT_NEAR(bn.running_var()[c], 0.9 + 0.1 * unbiased, 1e-6 * (0.9 + 0.1 * unbiased)) << c;
+    EXPECT_NEAR(bn.saved_inv_std()[c], 1.0 / std::sqrt(ref.variance[c] + 1e-5),
+                1e-6 / std::sqrt(ref.variance[c] + 1e-5))
+        << c;
+  }
+
+  const std::vector<T> dx = bn.backward(x, dy);
+  const std::vector<double> mean64(bn.saved_mean().begin(), bn.saved_mean().end());
+  const std::vector<double> inv64(bn.saved_inv_std().begin(), bn.saved_inv_std().end());
+  const reference_gradients grads = reference_backward(
+      x_half.values, dy_half.values, shape, layout::channels_first, mean64, inv64, gamma, true);
+  double dx_scale = 1.0;
+  for (const double v : grads.dx) dx_scale = std::max(dx_scale, std::fabs(v));
+  within_ulp(dx, grads.dx, dx_scale, "dx");
+  for (std::size_t c = 0; c < 6; ++c) {
+    EXPECT_NEAR(bn.weight_grad()[c], grads.dgamma[c], 1e-6 * grads.abs_dgamma[c]) << c;
+    EXPECT_NEAR(bn.bias_grad()[c], grads.dbeta[c], 1e-6 * grads.abs_dbeta[c]) << c;
+  }
+
+  bn.eval();
+  const std::vector<double> rm(bn.running_mean().begin(), bn.running_mean().end());
+  const std::vector<double> rv(bn.running_var().begin(), bn.running_var().end());
+  within_ulp(
+      bn.forward(x, shape),
+      reference_normalize(x_half.values, shape, layout::channels_first, rm, rv, 1e-5, gamma, beta),
+      1.0, "eval y");
+  // Folding into a 1×1 convolution stored as T: the folded bias is the float64 one rounded once.
+  const half_tensor w_half(d, normal_data<double>(6 * 3, 0.0, 1.0, 84));
+  std::vector<T> w = to_elements<T>(w_half), b;
+  bn.fold_into(w, b, {6, 3, 1, 1});
+  ASSERT_EQ(b.size(), 6u);
+  for (std::size_t c = 0; c < 6; ++c) {
+    const double scale = gamma[c] / std::sqrt(rv[c] + 1e-5);
+    EXPECT_EQ(b[c].bits, reference_nearest(d, beta[c] - rm[c] * scale)) << c;
+    EXPECT_EQ(w[c * 3].bits, reference_nearest(d, w_half.values[c * 3] * scale)) << c;
+  }
+
+  // MindSpore's cell in NHWC, eval mode (its default): the running statistics as given.
+  bnorm::mindspore::options opts;
+  opts.data_format = "NHWC";
+  opts.moving_mean_init = std::vector<double>{1.0, 2.0, 3.0, -1.0, 0.5, 0.0};
+  opts.moving_var_init = 4.0;
+  auto cell = bnorm::mindspore::BatchNorm2d<T>(6, opts);
+  const std::vector<double> ms_mean = {1.0, 2.0, 3.0, -1.0, 0.5, 0.0}, ms_var(6, 4.0);
+  within_ulp(cell.forward(x, shape),
+             reference_normalize(x_half.values, shape, layout::channels_last, ms_mean, ms_var, 1e-5,
+                                 std::vector<double>(6, 1.0), std::vector<double>(6, 0.0)),
+             1.0, "mindspore NHWC y");
+}
+
+TEST(HalfStorage, ModulesTakeBFloat16AndFloat16Tensors) {
+  expect_module_matches_float64<bnorm::bfloat16>();
+  expect_module_matches_float64<bnorm::float16>();
+}
+
+// The public types' conversions are the reference ones.
+TEST(HalfConversions, PublicTypesConvertAsTheReference) {
+  auto rng = make_rng(13);
+  std::uniform_int_distribution<std::uint32_t> any;
+  for (int i = 0; i < 100000; ++i) {
+    const std::uint32_t bits = any(rng);
+    float v;
+    std::memcpy(&v, &bits, 4);
+    EXPECT_EQ(bnorm::bfloat16::from_float(v).bits, reference_bfloat16(v)) << std::hex << bits;
+    const _Float16 h = static_cast<_Float16>(v);
+    std::uint16_t h_bits;
+    std::memcpy(&h_bits, &h, 2);
+    if (!std::isnan(v)) {
+      EXPECT_EQ(bnorm::float16::from_float(v).bits, h_bits) << std::hex << bits;
+    }
+    const auto half_bits = static_cast<std::uint16_t>(bits);
+    const float widened = bnorm::float16{half_bits}.to_float();
+    _Float16 reference;
+    std::memcpy(&reference, &half_bits, 2);
+    if (!std::isnan(widened)) {
+      EXPECT_EQ(widened, static_cast<float>(reference)) << half_bits;
+    }
+    const float bf = bnorm::bfloat16{half_bits}.to_float();
+    std::uint32_t bf_bits;
+    std::memcpy(&bf_bits, &bf, 4);
+    EXPECT_EQ(bf_bits, static_cast<std::uint32_t>(half_bits) << 16);
+  }
+}
+
 }  // namespace

@@ -2,6 +2,7 @@
 #pragma once
 
 #include "bnorm/distributed.hpp"
+#include "bnorm/element_types.hpp"
 #include "bnorm/fold.hpp"
 #include "bnorm/module.hpp"
 #include "bnorm/plan.hpp"

@@ -41,13 +41,15 @@ struct fold_problem {
   /// Groups of a transposed convolution (its I must be a multiple). Other layouts keep their
   /// output channels on one axis whatever their groups: 1 or their groups (O a multiple).
   std::int64_t groups = 1;
-  /// Of the weight, the bias and the batch norm's parameters and running statistics alike.
+  /// Of the layer's weight and bias; the batch norm's parameters and running statistics are of
+  /// the same type for f32 and f64, float32 for bf16 and f16 (the forward's mixed types). The
+  /// arithmetic is float64 whatever the type; each folded value is rounded once to it.
   bnorm::dtype dtype = dtype::f32;
   double epsilon = 1e-5;  ///< the batch norm's
 };
 
 /// The buffers: C = the weight's output channels (see weight_layout), per-channel ones of C
-/// values of the problem's dtype.
+/// values: the layer's of the problem's dtype, the batch norm's of its parameter type.
 struct fold_args {
   const void* weight = nullptr;   ///< weight_shape's elements, contiguous
   void* folded_weight = nullptr;  ///< as many; may equal weight (in place)

@@ -21,6 +21,7 @@
 #include <string>
 #include <vector>
 
+#include "bnorm/element_types.hpp"
 #include "bnorm/fold.hpp"
 #include "bnorm/plan.hpp"
 
@@ -81,10 +82,16 @@ class training_exchange {
   virtual status backward_training(const plan& p, const backward_args& args) const = 0;
 };
 
+/// A module over tensors of T: float, double, bnorm::bfloat16 or bnorm::float16. Its
+/// parameters, buffers and gradients are of parameter_type: T for float and double, float for
+/// the half-precision types (as PyTorch keeps a bfloat16 network's batch norm parameters under
+/// autocast, and as its CPU kernel takes them).
 template <class T>
 class batch_norm {
  public:
   using config = module_config;
+  using element_type = T;
+  using parameter_type = parameter_type_t<T>;
 
   explicit batch_norm(const config& cfg);
 
@@ -113,10 +120,12 @@ class batch_norm {
   /// As above, returning grad_input.
   std::vector<T> backward(const std::vector<T>& input, const std::vector<T>& grad_output);
   /// Accumulated gradients of weight and bias; empty until a backward (PyTorch's None).
-  const std::vector<T>& weight_grad() const noexcept { return weight_grad_; }
-  const std::vector<T>& bias_grad() const noexcept { return bias_grad_; }
-  const std::vector<T>& gamma_grad() const noexcept { return weight_grad_; }  // MindSpore names
-  const std::vector<T>& beta_grad() const noexcept { return bias_grad_; }
+  const std::vector<parameter_type>& weight_grad() const noexcept { return weight_grad_; }
+  const std::vector<parameter_type>& bias_grad() const noexcept { return bias_grad_; }
+  const std::vector<parameter_type>& gamma_grad() const noexcept {
+    return weight_grad_;
+  }  // MindSpore names
+  const std::vector<parameter_type>& beta_grad() const noexcept { return bias_grad_; }
   /// Clears the accumulated gradients: to none (PyTorch 2's default), or to zeros.
   void zero_grad(bool set_to_none = true);
 
@@ -145,19 +154,19 @@ class batch_norm {
   // none where the module has no such buffer: with PyTorch's affine=false, weight and bias are
   // empty; with track_running_stats=false the running statistics are. MindSpore keeps all four
   // (frozen when affine=false). Errors name them as the module does (weight or gamma, ...).
-  std::vector<T>& weight() noexcept { return weight_; }
-  std::vector<T>& bias() noexcept { return bias_; }
-  std::vector<T>& running_mean() noexcept { return running_mean_; }
-  std::vector<T>& running_var() noexcept { return running_var_; }
+  std::vector<parameter_type>& weight() noexcept { return weight_; }
+  std::vector<parameter_type>& bias() noexcept { return bias_; }
+  std::vector<parameter_type>& running_mean() noexcept { return running_mean_; }
+  std::vector<parameter_type>& running_var() noexcept { return running_var_; }
   std::int64_t& num_batches_tracked() noexcept { return num_batches_tracked_; }
-  std::vector<T>& gamma() noexcept { return weight_; }  // MindSpore names
-  std::vector<T>& beta() noexcept { return bias_; }
-  std::vector<T>& moving_mean() noexcept { return running_mean_; }
-  std::vector<T>& moving_variance() noexcept { return running_var_; }
+  std::vector<parameter_type>& gamma() noexcept { return weight_; }  // MindSpore names
+  std::vector<parameter_type>& beta() noexcept { return bias_; }
+  std::vector<parameter_type>& moving_mean() noexcept { return running_mean_; }
+  std::vector<parameter_type>& moving_variance() noexcept { return running_var_; }
 
   /// Batch mean and 1/sqrt(var + eps) of the last forward that used batch statistics.
-  const std::vector<T>& saved_mean() const noexcept { return saved_mean_; }
-  const std::vector<T>& saved_inv_std() const noexcept { return saved_inv_std_; }
+  const std::vector<parameter_type>& saved_mean() const noexcept { return saved_mean_; }
+  const std::vector<parameter_type>& saved_inv_std() const noexcept { return saved_inv_std_; }
 
   const config& get_config() const noexcept { return config_; }
   /// The ISA of the most recent forward's plan; before the first forward, the one its plans
@@ -178,10 +187,10 @@ class batch_norm {
 
   config config_;
   bool training_;
-  std::vector<T> weight_, bias_, running_mean_, running_var_;
+  std::vector<parameter_type> weight_, bias_, running_mean_, running_var_;
   std::int64_t num_batches_tracked_ = 0;
-  std::vector<T> saved_mean_, saved_inv_std_;
-  std::vector<T> weight_grad_, bias_grad_;
+  std::vector<parameter_type> saved_mean_, saved_inv_std_;
+  std::vector<parameter_type> weight_grad_, bias_grad_;
   /// What the most recent successful forward was, for backward.
   struct last_forward {
     tensor_shape shape;
@@ -194,6 +203,8 @@ class batch_norm {
 
 extern template class batch_norm<float>;
 extern template class batch_norm<double>;
+extern template class batch_norm<bfloat16>;
+extern template class batch_norm<float16>;
 
 namespace torch {
 
