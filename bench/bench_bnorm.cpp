@@ -44,8 +44,18 @@ namespace {
 
 using bnorm_bench::bench_shape;
 
-/// The paths, and inference with a fused activation: ReLU, and add+ReLU with a residual.
-enum class mode { training, inference, backward, frozen, relu, add_relu };
+/// The paths, and both forwards with a fused activation: ReLU, and add+ReLU with a residual
+/// (relu and add_relu are inference's; train_relu and train_add_relu training's).
+enum class mode {
+  training,
+  inference,
+  backward,
+  frozen,
+  relu,
+  add_relu,
+  training_relu,
+  training_add_relu
+};
 
 const char* mode_name(mode m) {
   switch (m) {
@@ -55,6 +65,8 @@ const char* mode_name(mode m) {
     case mode::frozen: return "frozen";
     case mode::relu: return "relu";
     case mode::add_relu: return "add_relu";
+    case mode::training_relu: return "train_relu";
+    case mode::training_add_relu: return "train_add_relu";
   }
   return "?";
 }
@@ -68,6 +80,8 @@ double traffic(mode m) {
     case mode::frozen: return 2;
     case mode::relu: return 2;
     case mode::add_relu: return 3;  // x and z read, y written
+    case mode::training_relu: return 3;
+    case mode::training_add_relu: return 4;  // x read twice, z read, y written
   }
   return 0;
 }
@@ -97,8 +111,15 @@ struct bench_case {
   }
   bool half() const { return type != bnorm::dtype::f32; }
   bool backward() const { return m == mode::backward || m == mode::frozen; }
+  bool adds_residual() const { return m == mode::add_relu || m == mode::training_add_relu; }
+  bool fused() const { return m == mode::relu || adds_residual() || m == mode::training_relu; }
+  bool trains() const {
+    return m == mode::training || m == mode::training_relu || m == mode::training_add_relu;
+  }
+  /// The case without its activation: what `unfused` runs before its separate pass.
+  mode plain() const { return trains() ? mode::training : mode::inference; }
   /// The cases whose second tensor (dy, or the residual z) the buffers hold.
-  bool two_inputs() const { return backward() || m == mode::add_relu; }
+  bool two_inputs() const { return backward() || adds_residual(); }
 };
 
 using tensor = bnorm_bench::aligned_vector<float>;
@@ -185,9 +206,9 @@ class bnorm_runner {
   bnorm_runner(const bench_case& k, buffers& b, int threads) : mode_(k.m) {
     bnorm::plan_options opts;
     opts.max_threads = threads;
-    opts.activation = k.m == mode::relu       ? bnorm::activation::relu
-                      : k.m == mode::add_relu ? bnorm::activation::add_relu
-                                              : bnorm::activation::none;
+    opts.activation = !k.fused()          ? bnorm::activation::none
+                      : k.adds_residual() ? bnorm::activation::add_relu
+                                          : bnorm::activation::relu;
     status_ = bnorm::make_plan({k.shape.shape(), k.layout, k.type, epsilon}, opts, &plan_);
     scratch_.resize(plan_.scratch_size() + 64);
     void* scratch =
@@ -204,7 +225,7 @@ class bnorm_runner {
     train_.running_mean = {running_mean_.data(), running_mean_.size()};
     train_.running_var = {running_var_.data(), running_var_.size()};
     infer_.mean = {b.mean.data(), b.mean.size()};
-    if (k.m == mode::add_relu) infer_.residual = b.dy.data();  // dy's buffer holds z
+    if (k.adds_residual()) train_.residual = infer_.residual = b.dy.data();  // dy's holds z
     infer_.var = {b.var.data(), b.var.size()};
     train_.scratch = infer_.scratch = backward_.scratch = scratch;
     train_.scratch_size = infer_.scratch_size = backward_.scratch_size = plan_.scratch_size();
@@ -226,7 +247,9 @@ class bnorm_runner {
   bnorm::status run() const {
     if (!status_) return status_;
     switch (mode_) {
-      case mode::training: return plan_.forward_training(train_);
+      case mode::training:
+      case mode::training_relu:
+      case mode::training_add_relu: return plan_.forward_training(train_);
       case mode::inference:
       case mode::relu:
       case mode::add_relu: return plan_.forward_inference(infer_);
@@ -280,6 +303,14 @@ void roofline_pass(const bench_case& k, buffers& b, bool one_pass = false) {
     case mode::add_relu:
       bnorm_bench::stream_combine(b.x.data(), b.dy.data(), b.y.data(), n, k.threads);
       break;
+    case mode::training_relu:
+      benchmark::DoNotOptimize(bnorm_bench::stream_sum(b.x.data(), n, k.threads));
+      bnorm_bench::stream_affine(b.x.data(), b.y.data(), n, k.threads);
+      break;
+    case mode::training_add_relu:
+      benchmark::DoNotOptimize(bnorm_bench::stream_sum(b.x.data(), n, k.threads));
+      bnorm_bench::stream_combine(b.x.data(), b.dy.data(), b.y.data(), n, k.threads);
+      break;
   }
   benchmark::ClobberMemory();
 }
@@ -306,16 +337,16 @@ void run_bnorm(benchmark::State& state, const bench_case& k) {
   state.SetLabel(runner.plan().describe());  // the ISA first, then the schedule
 }
 
-/// A fused-activation case as an engine runs it without fusion: bnorm's plain inference, then
-/// a separate activation pass over y.
+/// A fused-activation case as an engine runs it without fusion: bnorm's plain forward (the same
+/// path), then a separate activation pass over y.
 void run_unfused(benchmark::State& state, const bench_case& k) {
   buffers b(k);
   bench_case plain = k;
-  plain.m = mode::inference;
+  plain.m = k.plain();
   const bnorm_runner runner(plain, b, k.threads);
   const auto step = [&] {
     const bnorm::status s = runner.run();
-    if (k.m == mode::relu) {
+    if (!k.adds_residual()) {
       bnorm_bench::stream_relu(b.y.data(), b.y.size(), k.threads);
     } else {
       bnorm_bench::stream_add_relu(b.y.data(), b.dy.data(), b.y.size(), k.threads);
@@ -369,6 +400,8 @@ void run_onednn(benchmark::State& state, const bench_case& k) {
   const bnorm_bench::peer_kind kind = k.m == mode::training    ? bnorm_bench::peer_kind::training
                                       : k.m == mode::inference ? bnorm_bench::peer_kind::inference
                                       : k.m == mode::relu ? bnorm_bench::peer_kind::inference_relu
+                                      : k.m == mode::training_relu
+                                          ? bnorm_bench::peer_kind::training_relu
                                       : k.m == mode::backward ? bnorm_bench::peer_kind::backward
                                                               : bnorm_bench::peer_kind::frozen;
   bnorm_bench::onednn_peer peer(k.shape.shape(), k.layout, kind, k.type, epsilon, peer_args);
@@ -403,7 +436,7 @@ std::vector<bench_case> all_cases() {
   for (const bench_shape& s : bnorm_bench::suite()) {
     for (bnorm::layout l : {bnorm::layout::channels_first, bnorm::layout::channels_last}) {
       for (mode m : {mode::training, mode::inference, mode::backward, mode::frozen, mode::relu,
-                     mode::add_relu}) {
+                     mode::add_relu, mode::training_relu, mode::training_add_relu}) {
         cases.push_back({s, l, m, 1});
         if (cores > 1) cases.push_back({s, l, m, cores});
       }
@@ -431,7 +464,7 @@ void register_all() {
         run_roofline(s, k, true);
       })->UseRealTime();
     }
-    if (k.m == mode::relu || k.m == mode::add_relu) {
+    if (k.fused()) {
       benchmark::RegisterBenchmark(k.name("unfused").c_str(), [k](benchmark::State& s) {
         run_unfused(s, k);
       })->UseRealTime();
@@ -441,7 +474,7 @@ void register_all() {
     })->UseRealTime();
 #if BNORM_BENCH_WITH_ONEDNN
     // oneDNN fuses no add+ReLU into its batch norm, and 2.6 has no f16 batch norm on CPU.
-    if (k.m != mode::add_relu && k.type != bnorm::dtype::f16) {
+    if (!k.adds_residual() && k.type != bnorm::dtype::f16) {
       benchmark::RegisterBenchmark(k.name("onednn").c_str(), [k](benchmark::State& s) {
         run_onednn(s, k);
       })->UseRealTime();

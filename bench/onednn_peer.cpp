@@ -33,15 +33,17 @@ onednn_peer::onednn_peer(const bnorm::tensor_shape& shape, bnorm::layout l, peer
       dims, data_type == bnorm::dtype::bf16 ? memory::data_type::bf16 : memory::data_type::f32, t);
   const memory::desc channel({shape[1]}, memory::data_type::f32, tag::x);
   const auto affine = normalization_flags::use_scale | normalization_flags::use_shift;
-  const bool relu = kind == peer_kind::inference_relu;
-  if (relu) kind = peer_kind::inference;
+  const bool relu = kind == peer_kind::inference_relu || kind == peer_kind::training_relu;
+  if (kind == peer_kind::inference_relu) kind = peer_kind::inference;
+  if (kind == peer_kind::training_relu) kind = peer_kind::training;
   const bool global = kind == peer_kind::inference || kind == peer_kind::frozen;
   // oneDNN's backward_data cannot take a scale: the frozen peer runs without one.
-  const auto flags =
-      kind == peer_kind::frozen ? normalization_flags::use_global_stats
-      : relu ? affine | normalization_flags::use_global_stats | normalization_flags::fuse_norm_relu
-      : global ? affine | normalization_flags::use_global_stats
-               : affine;
+  const auto flags = kind == peer_kind::frozen ? normalization_flags::use_global_stats
+                     : relu && global          ? affine | normalization_flags::use_global_stats |
+                                            normalization_flags::fuse_norm_relu
+                     : relu   ? affine | normalization_flags::fuse_norm_relu
+                     : global ? affine | normalization_flags::use_global_stats
+                              : affine;
   const bool forward = kind == peer_kind::training || kind == peer_kind::inference;
   const dnnl::batch_normalization_forward::desc forward_desc(
       kind == peer_kind::inference ? dnnl::prop_kind::forward_inference
@@ -61,6 +63,10 @@ onednn_peer::onednn_peer(const bnorm::tensor_shape& shape, bnorm::layout l, peer
   if (forward) {
     state_->primitive = dnnl::batch_normalization_forward(forward_pd);
     state_->args.insert({DNNL_ARG_DST, memory(data, e, b.dst)});
+    // Training with fuse_norm_relu writes the ReLU mask for its backward: oneDNN's own buffer.
+    if (forward_pd.workspace_desc().get_size() != 0) {
+      state_->args.insert({DNNL_ARG_WORKSPACE, memory(forward_pd.workspace_desc(), e)});
+    }
     return;
   }
   const dnnl::batch_normalization_backward::desc backward_desc(

@@ -13,6 +13,7 @@ enum class peer_kind {
   training,        ///< batch_normalization_forward, forward_training, scale and shift
   inference,       ///< forward_inference with use_global_stats
   inference_relu,  ///< the same with fuse_norm_relu
+  training_relu,   ///< training with fuse_norm_relu (and the ReLU mask's workspace)
   backward,        ///< batch_normalization_backward, prop_kind backward: dx, dscale, dshift
   frozen,          ///< backward_data with use_global_stats: dx (oneDNN takes no scale here)
 };

@@ -3,7 +3,7 @@
 bench_torch.py's JSON (PyTorch) and the per-ISA runs into a markdown table with the targets
 checked, and a PNG chart of % of the roofline per case. Modes: train, infer, backward
 (training backward), frozen (backward with the running statistics, dx only), relu and add_relu
-(fused inference), and train_bf16, infer_bf16, train_f16, infer_f16 (half storage).
+(fused inference), train_relu and train_add_relu (fused training), and train_bf16, infer_bf16, train_f16, infer_f16 (half storage).
 
   /usr/bin/python3 bench/report.py --main main.1.json [--main main.2.json ...] \\
       [--torch torch.1.json --torch torch.2.json ...] \\
@@ -20,16 +20,20 @@ import re
 import statistics
 from collections import defaultdict
 
-NAME = re.compile(r"([^/]+)/(nchw|nhwc)/((?:train|infer|backward|frozen|relu|add_relu)"
+NAME = re.compile(r"([^/]+)/(nchw|nhwc)/((?:train_add_relu|train_relu|train|infer|backward|"
+                  r"frozen|relu|add_relu)"
                   r"(?:_bf16|_f16)?)/threads:(\d+)/(\w+)")
 UNIT = {"ns": 1e-3, "us": 1.0, "ms": 1e3, "s": 1e6}
 FORWARD, BACKWARD = ("train", "infer"), ("backward", "frozen")
-# Inference with a fused activation; `unfused` is bnorm's plain inference then a separate pass.
-FUSED = ("relu", "add_relu")
+# A forward with a fused activation; `unfused` is bnorm's plain forward of the same path (PLAIN)
+# then a separate pass.
+FUSED = ("relu", "add_relu", "train_relu", "train_add_relu")
+PLAIN = {"relu": "infer", "add_relu": "infer", "train_relu": "train", "train_add_relu": "train"}
 # The tensor sizes of traffic each mode's bytes/s counts: training reads x twice and writes y,
 # inference reads x and writes y; backward reads x and dy twice (a reduce pass, then a map
 # pass) and writes dx; frozen backward reads dy and writes dx.
-TRAFFIC = {"train": 3, "infer": 2, "backward": 5, "frozen": 2, "relu": 2, "add_relu": 3}
+TRAFFIC = {"train": 3, "infer": 2, "backward": 5, "frozen": 2, "relu": 2, "add_relu": 3,
+           "train_relu": 3, "train_add_relu": 4}
 # Training and inference on bfloat16 or float16 storage (float32 parameters): modes
 # train_bf16, infer_f16, ...; their bytes and roofline are the half tensors'.
 HALF = ("bf16", "f16")
@@ -341,18 +345,19 @@ def main():
     for r in summary:
         if r["case"][2] not in FUSED:
             continue
-        plain = get((r["case"][0], r["case"][1], "infer"), threads_all, "bnorm")
+        plain = get((r["case"][0], r["case"][1], PLAIN[r["case"][2]]), threads_all, "bnorm")
         unfused = get(r["case"], threads_all, "unfused")
         fused_rows.append(dict(r, plain=plain, unfused=unfused,
                                over_plain=r["bn"] / plain if plain else None,
                                over_unfused=unfused / r["bn"] if unfused else None))
     if fused_rows:
         lines.append("\n## Fused activations\n")
-        lines.append("Inference with ReLU or add+ReLU in its map pass (`fused`), against the plain "
-                     "inference of the same tensor (`plain`), bnorm's plain inference followed by "
-                     "a separate activation pass over y (`unfused`), and oneDNN's "
-                     "`fuse_norm_relu` (ReLU only; oneDNN fuses no add+ReLU). Median µs at all "
-                     "threads.\n")
+        lines.append("Inference (`relu`, `add_relu`) and training (`train_relu`, "
+                     "`train_add_relu`) with ReLU or add+ReLU in their map pass (`fused`), against "
+                     "the plain call of the same path and tensor (`plain`), bnorm's plain call "
+                     "followed by a separate activation pass over y (`unfused`), and oneDNN's "
+                     "`fuse_norm_relu` (ReLU only; oneDNN fuses no add+ReLU; its training writes "
+                     "the ReLU mask to a workspace). Median µs at all threads.\n")
         lines.append("| case | MiB | fused | plain | unfused | oneDNN fused | fused / plain | "
                      "unfused / fused |")
         lines.append("|---|---|---|---|---|---|---|---|")
@@ -364,12 +369,25 @@ def main():
                          + (times(r['over_unfused']) if r['over_unfused'] else "-") + " |")
         lines.append("")
         # add+ReLU reads a third tensor (z): its bound is its own roofline (main table).
-        check("fused ReLU costs ≤ 5% more than the plain inference",
-              [r for r in fused_rows if r["over_plain"] and r["case"][2] == "relu"],
+        check("fused ReLU costs ≤ 5% more than the plain call",
+              [r for r in fused_rows if r["over_plain"] and r["case"][2] in ("relu", "train_relu")],
               lambda r: r["over_plain"] <= 1.05, lambda r: times(r["over_plain"]))
+
+        def versus_unfused(r):
+            """A miss, with the fused call's own bound: its roofline at its best (the same bytes
+            streamed). The unfused pair's activation pass reads y right after the plain call
+            wrote it, from cache, and writes it in place: 1.4× the pair can be below the fused
+            call's roofline, out of reach for any fused call."""
+            text = times(r["over_unfused"])
+            target = r["unfused"] / 1.4
+            if r["roof"]:
+                text += (f" (1.4× the unfused pair is {fmt(target)} µs; the fused call's "
+                         f"roofline {fmt(r['roof'])} µs at its best"
+                         + (": out of reach)" if target < r["roof"] else ")"))
+            return text
         check("fused ≥ 1.4× the unfused pair (≥ 4 MiB)",
               [r for r in fused_rows if r["over_unfused"] and r["mib"] >= 4],
-              lambda r: r["over_unfused"] >= 1.4, lambda r: times(r["over_unfused"]))
+              lambda r: r["over_unfused"] >= 1.4, versus_unfused)
 
     # Half storage: bf16 and f16 training and inference against their own roofline (the same
     # bytes), the float32 call and the peers' bf16.

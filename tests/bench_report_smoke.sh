@@ -14,7 +14,8 @@ for round in 1 2; do
 done
 "$python" "$report" "${rounds[@]}" --markdown "$work/report.md"
 # Every seed case has a row with a bnorm time and a roofline percentage, and the targets ran.
-for row in "nchw train" "nchw infer" "nhwc train" "nhwc infer" "nchw backward" "nhwc frozen"; do
+for row in "nchw train" "nchw infer" "nhwc train" "nhwc infer" "nchw backward" "nhwc frozen" \
+  "nchw train_relu" "nhwc train_add_relu"; do
   grep -Eq "^\| seed_1d_2x4 $row \| [0-9.]+ \| [0-9.,]+ \|.*\| [0-9]+% \|" "$work/report.md" ||
     { echo "no complete row for seed_1d_2x4 $row in the report"; cat "$work/report.md"; exit 1; }
 done
