@@ -61,37 +61,34 @@ struct statistics_reduce {
 
   void planes(std::size_t at, std::size_t len, std::size_t planes, std::size_t stride,
               std::size_t channels, std::size_t c0, double* sum, double* sum_sq) const {
-    kern.plane_stats(src + at, len, planes, stride, channels, pivot + c0, sum, sum_sq);
+    kern.plane_stats(src + at, {len, planes, stride, channels}, pivot + c0, sum, sum_sq);
   }
   void rows(std::size_t at, std::size_t rows, std::size_t width, std::size_t slot, double* sum,
-            double* sum_sq, bool accumulate) const {
-    kern.interleaved_stats(src + at, rows, width, period, pivot + slot, sum, sum_sq, accumulate);
+            double* sum_sq, kernels::sums_mode mode) const {
+    kern.interleaved_stats(src + at, {rows, width, period}, pivot + slot, sum, sum_sq, mode);
   }
 };
 
 /// The normalization, through the plan's epilogue, as a map operation (see passes.hpp). It
-/// holds the coefficient arrays by reference: the kernels take them so, never as a view made
-/// just before the call.
+/// holds the kernels' params for the whole pass: they take them by reference, never as a
+/// struct made just before the call.
 template <class S, class T = kernels::compute_of_t<S>>
 struct normalize_map {
   const kernels::kernel_set<S>& kern;
   const S* src;
   S* dst;
-  const kernels::coefficients<const T>& coeffs;
-  std::size_t period;
-  bool prescaled;
-  bool stream;
-  const kernels::epilogue<T>& post;
   const S* residual;  // add_relu's z, else null
+  std::size_t period;
+  kernels::normalize_params<T> params;
 
   void planes(std::size_t at, std::size_t len, std::size_t planes, std::size_t stride,
               std::size_t channels, std::size_t first) const {
-    kern.plane_normalize(src + at, dst + at, len, planes, stride, channels, coeffs, first,
-                         prescaled, stream, post, residual ? residual + at : nullptr);
+    kern.plane_normalize(src + at, dst + at, residual ? residual + at : nullptr,
+                         {len, planes, stride, channels}, params, first);
   }
   void rows(std::size_t at, std::size_t rows, std::size_t width, std::size_t first) const {
-    kern.interleaved_normalize(src + at, dst + at, rows, width, period, coeffs, first, prescaled,
-                               stream, post, residual ? residual + at : nullptr);
+    kern.interleaved_normalize(src + at, dst + at, residual ? residual + at : nullptr,
+                               {rows, width, period}, params, first);
   }
 };
 
@@ -103,12 +100,9 @@ normalize_map<S> make_normalize(const plan_impl& plan, const S* src, S* dst, con
   return {plan.kernels->get<S>(),
           src,
           dst,
-          coeffs,
+          static_cast<const S*>(residual),
           plan.part.period,
-          prescaled,
-          plan.part.stream_stores,
-          post,
-          static_cast<const S*>(residual)};
+          {coeffs, prescaled, plan.part.stream_stores, post}};
 }
 
 /// One training call: the scratch arrays and the steps over them. Data of storage type S,
@@ -227,10 +221,10 @@ class training_step {
   void compute_pivots(std::size_t c0, std::size_t c1) {
     const kernels::kernel_set<S>& kern = plan_.kernels->get<S>();
     if (p_.kind == traversal::planes) {
-      kern.plane_pivots(src_ + c0 * p_.spatial, p_.spatial, p_.batch, p_.channels * p_.spatial,
-                        c1 - c0, pivot_ + c0);
+      kern.plane_pivots(src_ + c0 * p_.spatial,
+                        {p_.spatial, p_.batch, p_.channels * p_.spatial, c1 - c0}, pivot_ + c0);
     } else {
-      kern.row_pivots(src_ + c0, p_.rows, p_.channels, c1 - c0, pivot_ + c0);
+      kern.row_pivots(src_ + c0, {p_.rows, c1 - c0, p_.channels}, pivot_ + c0);
     }
   }
 
@@ -344,9 +338,18 @@ class training_step {
     // over the channel, ordinary data never comes near that bound.
     const double resum_below = std::is_same<T, float>::value ? 1e-30 : 0.0;
     finalized result;
-    if (kern.channel_moments(c1 - c0, local_count(), plan_.prob.epsilon, pivot_ + c0,
-                             gamma ? gamma + c0 : nullptr, mean_ + c0, variance_ + c0,
-                             inv_std_ + c0, scale_ + c0, resum_below)) {
+    kernels::moment_channels<T> moments;
+    moments.channels = c1 - c0;
+    moments.count = local_count();
+    moments.epsilon = plan_.prob.epsilon;
+    moments.pivot = pivot_ + c0;
+    moments.gamma = gamma ? gamma + c0 : nullptr;
+    moments.sum_to_mean = mean_ + c0;
+    moments.sum_sq_to_variance = variance_ + c0;
+    moments.inv_std = inv_std_ + c0;
+    moments.scale = scale_ + c0;
+    moments.resum_below = resum_below;
+    if (kern.channel_moments(moments)) {
       for (std::size_t c = c0; c < c1; ++c) {
         const double variance = variance_[c];
         if (!std::isfinite(variance) || variance + plan_.prob.epsilon < resum_below) {
@@ -507,7 +510,7 @@ class inference_step {
             const std::size_t u1 = std::min(u0 + group, e);
             const std::size_t c0 = u0 / p_.chunks_per_channel;
             const std::size_t c1 = (u1 - 1) / p_.chunks_per_channel + 1;
-            normalize.prescaled = set_coefficients(c0, c1, k, 0);
+            normalize.params.prescaled = set_coefficients(c0, c1, k, 0);
             if (p_.chunks_per_channel == 1) {
               map_channels(p_, normalize, c0, c1, 0);
               continue;

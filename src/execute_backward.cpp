@@ -26,35 +26,34 @@ struct gradient_reduce {
 
   void planes(std::size_t at, std::size_t len, std::size_t planes, std::size_t stride,
               std::size_t channels, std::size_t c0, double* sum, double* sum_sq) const {
-    kern.plane_gradient_sums(src + at, diff_dst + at, len, planes, stride, channels, center + c0,
+    kern.plane_gradient_sums(src + at, diff_dst + at, {len, planes, stride, channels}, center + c0,
                              sum, sum_sq);
   }
   void rows(std::size_t at, std::size_t rows, std::size_t width, std::size_t slot, double* sum,
-            double* sum_sq, bool accumulate) const {
-    kern.interleaved_gradient_sums(src + at, diff_dst + at, rows, width, period, center + slot, sum,
-                                   sum_sq, accumulate);
+            double* sum_sq, kernels::sums_mode mode) const {
+    kern.interleaved_gradient_sums(src + at, diff_dst + at, {rows, width, period}, center + slot,
+                                   sum, sum_sq, mode);
   }
 };
 
-/// dx as a map operation (see passes.hpp).
+/// dx as a map operation (see passes.hpp), holding the kernels' params for the pass.
 template <class S, class T = kernels::compute_of_t<S>>
 struct gradient_map {
   const kernels::kernel_set<S>& kern;
   const S* src;
   const S* diff_dst;
   S* diff_src;
-  const kernels::gradient_coefficients<const T>& coeffs;
   std::size_t period;
-  bool stream;
+  kernels::gradient_params<T> params;
 
   void planes(std::size_t at, std::size_t len, std::size_t planes, std::size_t stride,
               std::size_t channels, std::size_t first) const {
-    kern.plane_gradient(src + at, diff_dst + at, diff_src + at, len, planes, stride, channels,
-                        coeffs, first, stream);
+    kern.plane_gradient(src + at, diff_dst + at, diff_src + at, {len, planes, stride, channels},
+                        params, first);
   }
   void rows(std::size_t at, std::size_t rows, std::size_t width, std::size_t first) const {
-    kern.interleaved_gradient(src + at, diff_dst + at, diff_src + at, rows, width, period, coeffs,
-                              first, stream);
+    kern.interleaved_gradient(src + at, diff_dst + at, diff_src + at, {rows, width, period}, params,
+                              first);
   }
 };
 
@@ -182,7 +181,7 @@ class gradient_step {
 
   gradient_reduce<S> reduce() const { return {kern_, src_, diff_dst_, center_, p_.period}; }
   gradient_map<S> map() const {
-    return {kern_, src_, diff_dst_, diff_src_, readable_, p_.period, p_.stream_stores};
+    return {kern_, src_, diff_dst_, diff_src_, p_.period, {readable_, p_.stream_stores}};
   }
 
   /// dγ (in place of Σdy·(x − mean)) and the dx coefficients of channels [c0, c1).

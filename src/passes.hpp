@@ -7,9 +7,9 @@
 //   planes(at, len, planes, stride, channels, c0, sum, sum_sq): `channels` channels from c0, each
 //     `planes` runs of `len` elements `stride` apart, the first at element offset `at` + k·len;
 //     channel k's sums go to sum[k], sum_sq[k], its center is center[c0 + k].
-//   rows(at, rows, width, slot, sum, sum_sq, accumulate): `rows` rows of `width` slots from
-//     element offset `at`, a period apart; the centers and sums from slot `slot` on (started
-//     unless `accumulate`).
+//   rows(at, rows, width, slot, sum, sum_sq, mode): `rows` rows of `width` slots from element
+//     offset `at`, a period apart; the centers and sums from slot `slot` on (started or added
+//     to, as kernels::sums_mode says).
 // The per-piece helpers are always inlined: on short planes (7×7) a call per block of channels
 // shows in the instruction count.
 //
@@ -88,7 +88,7 @@ template <class Reduce>
     reduce.planes(c0 * p.spatial, p.spatial, p.batch, p.channels * p.spatial, c1 - c0, c0, sum + c0,
                   sum_sq + c0);
   } else {
-    reduce.rows(c0, p.rows, c1 - c0, c0, sum + c0, sum_sq + c0, false);
+    reduce.rows(c0, p.rows, c1 - c0, c0, sum + c0, sum_sq + c0, kernels::sums_mode::start);
   }
 }
 
@@ -135,8 +135,11 @@ void reduce_pass(const plan_impl& plan, const Reduce& reduce, double* sum, doubl
       double* s = sum + w.chunk * p.period;
       double* q = sum_sq + w.chunk * p.period;
       reduce.rows(w.offset + w.column, w.periods, w.width, w.column, s + w.column, q + w.column,
-                  false);
-      if (w.remainder) reduce.rows(w.offset + w.periods * p.period, 1, w.remainder, 0, s, q, true);
+                  kernels::sums_mode::start);
+      if (w.remainder) {
+        reduce.rows(w.offset + w.periods * p.period, 1, w.remainder, 0, s, q,
+                    kernels::sums_mode::add);  // the last period's first slots, started above
+      }
     }
   });
 }

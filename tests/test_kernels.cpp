@@ -79,7 +79,7 @@ TYPED_TEST(KernelTester, PlaneStatsOverTails) {
         const T* src = buffer.data() + offset;
         const T pivot[channels] = {T(5), T(4.5)};
         double sum[channels] = {0.5, -0.5}, sum_sq[channels] = {1.0, 2.0};
-        k.plane_stats(src, len, planes, stride, channels, pivot, sum, sum_sq);
+        k.plane_stats(src, {len, planes, stride, channels}, pivot, sum, sum_sq);
         for (std::size_t c = 0; c < channels; ++c) {
           real s = c == 0 ? 0.5L : -0.5L, q = c == 0 ? 1.0L : 2.0L;
           for (std::size_t p = 0; p < planes; ++p)
@@ -111,8 +111,8 @@ TYPED_TEST(KernelTester, InterleavedStatsOverTails) {
           std::vector<T> pivot(width + 64);
           for (std::size_t j = 0; j < width; ++j) pivot[j] = T(-3) + T(j % 3);
           std::vector<double> sum(width, 0.25), sum_sq(width, 0.75);
-          k.interleaved_stats(src, rows, width, stride, pivot.data(), sum.data(), sum_sq.data(),
-                              accumulate);
+          k.interleaved_stats(src, {rows, width, stride}, pivot.data(), sum.data(), sum_sq.data(),
+                              accumulate ? kernels::sums_mode::add : kernels::sums_mode::start);
           for (std::size_t j = 0; j < width; ++j) {
             real s = accumulate ? 0.25L : 0.0L, q = accumulate ? 0.75L : 0.0L;
             for (std::size_t r = 0; r < rows; ++r) {
@@ -172,8 +172,9 @@ TYPED_TEST(KernelTester, PlaneNormalizeOverTailsFormsAndStores) {
             const std::vector<T> x = this->data(offset + planes * stride + 8, 1.0, 1.0, len);
             std::vector<T> y(x.size(), T(-77));
             const coefficient_buffers<T> coeffs(channels, form);
-            k.plane_normalize(x.data() + offset, y.data() + offset, len, planes, stride, channels,
-                              coeffs.view(), 0, form == 2, stream, {}, nullptr);
+            const kernels::normalize_params<T> params{coeffs.view(), form == 2, stream, {}};
+            k.plane_normalize(x.data() + offset, y.data() + offset, nullptr,
+                              {len, planes, stride, channels}, params, 0);
             for (std::size_t i = 0; i < y.size(); ++i) {
               const std::size_t at = i - offset;
               const bool written =
@@ -210,8 +211,9 @@ TYPED_TEST(KernelTester, InterleavedNormalizeOverTailsFormsAndStores) {
               const std::vector<T> x = this->data(offset + rows * stride + 8, 1.0, 1.0, width);
               std::vector<T> y(x.size(), T(-77));
               const coefficient_buffers<T> coeffs(width, form);
-              k.interleaved_normalize(x.data() + offset, y.data() + offset, rows, width, stride,
-                                      coeffs.view(), 0, form == 2, stream, {}, nullptr);
+              const kernels::normalize_params<T> params{coeffs.view(), form == 2, stream, {}};
+              k.interleaved_normalize(x.data() + offset, y.data() + offset, nullptr,
+                                      {rows, width, stride}, params, 0);
               for (std::size_t i = 0; i < y.size(); ++i) {
                 const std::size_t at = i - offset;
                 const bool written = i >= offset && at % stride < width && at / stride < rows;
@@ -244,7 +246,7 @@ TYPED_TEST(KernelTester, PivotsLieWithinTheirChannels) {
       for (std::size_t p = 0; p < planes; ++p)
         for (std::size_t i = 0; i < len; ++i) x[p * stride + i] = T(0.1);  // channel 0: constant
       T pivot[channels];
-      k.plane_pivots(x.data(), len, planes, stride, channels, pivot);
+      k.plane_pivots(x.data(), {len, planes, stride, channels}, pivot);
       EXPECT_EQ(pivot[0], T(0.1)) << "len " << len;
       for (std::size_t c = 1; c < channels; ++c) {
         T lo = std::numeric_limits<T>::max(), hi = -lo;
@@ -262,7 +264,7 @@ TYPED_TEST(KernelTester, PivotsLieWithinTheirChannels) {
         std::vector<T> r = this->data(rows * row_stride, -4.0, 1.0, rows + len);
         for (std::size_t i = 0; i < rows; ++i) r[i * row_stride] = T(-2.5);  // slot 0: constant
         std::vector<T> row_pivot(width);
-        k.row_pivots(r.data(), rows, row_stride, width, row_pivot.data());
+        k.row_pivots(r.data(), {rows, width, row_stride}, row_pivot.data());
         EXPECT_EQ(row_pivot[0], T(-2.5)) << "rows " << rows;
         for (std::size_t j = 1; j < width; ++j) {
           T lo = std::numeric_limits<T>::max(), hi = -lo;
@@ -333,8 +335,8 @@ TYPED_TEST(KernelTester, GradientSumsOverTails) {
         const std::vector<T> dy = this->data(offset + planes * stride, 0.0, 1.0, len * 3 + 1);
         const T center[channels] = {T(5), T(4.5)};
         double sum[channels] = {0.5, -0.5}, sum_sq[channels] = {1.0, 2.0};
-        k.plane_gradient_sums(x.data() + offset, dy.data() + offset, len, planes, stride, channels,
-                              center, sum, sum_sq);
+        k.plane_gradient_sums(x.data() + offset, dy.data() + offset,
+                              {len, planes, stride, channels}, center, sum, sum_sq);
         for (std::size_t c = 0; c < channels; ++c) {
           real s = c == 0 ? 0.5L : -0.5L, q = c == 0 ? 1.0L : 2.0L, magnitude = 1;
           for (std::size_t p = 0; p < planes; ++p)
@@ -358,8 +360,10 @@ TYPED_TEST(KernelTester, GradientSumsOverTails) {
           std::vector<T> center(width + 64);
           for (std::size_t j = 0; j < width; ++j) center[j] = T(-3) + T(j % 3);
           std::vector<double> sum(width, 0.25), sum_sq(width, 0.75);
-          k.interleaved_gradient_sums(x.data() + offset, dy.data() + offset, rows, width, stride,
-                                      center.data(), sum.data(), sum_sq.data(), accumulate);
+          k.interleaved_gradient_sums(
+              x.data() + offset, dy.data() + offset, {rows, width, stride}, center.data(),
+              sum.data(), sum_sq.data(),
+              accumulate ? kernels::sums_mode::add : kernels::sums_mode::start);
           for (std::size_t j = 0; j < width; ++j) {
             real s = accumulate ? 0.25L : 0.0L, q = accumulate ? 0.75L : 0.0L, magnitude = 1;
             for (std::size_t r = 0; r < rows; ++r) {
@@ -417,9 +421,9 @@ TYPED_TEST(KernelTester, GradientMapOverTailsStoresAndInPlace) {
             const std::vector<T> dy = this->data(x.size(), 0.0, 1.0, len + 9);
             std::vector<T> dx = in_place ? dy : std::vector<T>(x.size(), T(-77));
             const gradient_buffers<T> coeffs(channels);
+            const kernels::gradient_params<T> params{coeffs.view(), stream};
             k.plane_gradient(x.data() + offset, (in_place ? dx : dy).data() + offset,
-                             dx.data() + offset, len, planes, stride, channels, coeffs.view(), 0,
-                             stream);
+                             dx.data() + offset, {len, planes, stride, channels}, params, 0);
             for (std::size_t i = 0; i < dx.size(); ++i) {
               const std::size_t at = i - offset;
               const bool written =
@@ -446,9 +450,9 @@ TYPED_TEST(KernelTester, GradientMapOverTailsStoresAndInPlace) {
               const std::vector<T> dy = this->data(x.size(), 0.0, 1.0, width + 13);
               std::vector<T> dx = in_place ? dy : std::vector<T>(x.size(), T(-77));
               const gradient_buffers<T> coeffs(width);
+              const kernels::gradient_params<T> params{coeffs.view(), stream};
               k.interleaved_gradient(x.data() + offset, (in_place ? dx : dy).data() + offset,
-                                     dx.data() + offset, rows, width, stride, coeffs.view(), 0,
-                                     stream);
+                                     dx.data() + offset, {rows, width, stride}, params, 0);
               for (std::size_t i = 0; i < dx.size(); ++i) {
                 const std::size_t at = i - offset;
                 const bool written = i >= offset && at % stride < width && at / stride < rows;
@@ -561,20 +565,21 @@ TYPED_TEST(KernelTester, NormalizeEpiloguesOverTails) {
             };
             // Planes: `channels` channels of one plane of n values.
             std::vector<T> plain(x.size(), T(-77)), got = in_place ? z : plain;
-            k.plane_normalize(x.data() + offset, plain.data() + offset, n, 1, 0, channels,
-                              coeffs.view(), 0, false, stream, {}, nullptr);
-            k.plane_normalize(x.data() + offset, got.data() + offset, n, 1, 0, channels,
-                              coeffs.view(), 0, false, stream, post,
-                              (in_place ? got : z).data() + offset);
+            const kernels::normalize_params<T> plain_params{coeffs.view(), false, stream, {}};
+            const kernels::normalize_params<T> params{coeffs.view(), false, stream, post};
+            k.plane_normalize(x.data() + offset, plain.data() + offset, nullptr,
+                              {n, 1, 0, channels}, plain_params, 0);
+            k.plane_normalize(x.data() + offset, got.data() + offset,
+                              (in_place ? got : z).data() + offset, {n, 1, 0, channels}, params, 0);
             expect(plain, got, "plane_normalize");
             // Rows: one row of channels·n slots.
             plain.assign(x.size(), T(-77));
             got = in_place ? z : plain;
-            k.interleaved_normalize(x.data() + offset, plain.data() + offset, 1, channels * n,
-                                    channels * n, coeffs.view(), 0, false, stream, {}, nullptr);
-            k.interleaved_normalize(x.data() + offset, got.data() + offset, 1, channels * n,
-                                    channels * n, coeffs.view(), 0, false, stream, post,
-                                    (in_place ? got : z).data() + offset);
+            k.interleaved_normalize(x.data() + offset, plain.data() + offset, nullptr,
+                                    {1, channels * n, channels * n}, plain_params, 0);
+            k.interleaved_normalize(x.data() + offset, got.data() + offset,
+                                    (in_place ? got : z).data() + offset,
+                                    {1, channels * n, channels * n}, params, 0);
             expect(plain, got, "interleaved_normalize");
           }
         }

@@ -17,9 +17,15 @@ namespace bnorm::kernels {
 namespace {
 
 template <class Arch, class T>
-bool channel_moments(std::size_t channels, double count, double eps, const T* pivot, const T* gamma,
-                     double* sum_to_mean, double* sum_sq_to_variance, double* inv_std,
-                     double* scale, double resum_below) noexcept {
+bool channel_moments(const moment_channels<T>& in) noexcept {
+  const std::size_t channels = in.channels;
+  const double count = in.count, eps = in.epsilon, resum_below = in.resum_below;
+  const T* pivot = in.pivot;
+  const T* gamma = in.gamma;
+  double* sum_to_mean = in.sum_to_mean;
+  double* sum_sq_to_variance = in.sum_sq_to_variance;
+  double* inv_std = in.inv_std;
+  double* scale = in.scale;
   using dvec = xsimd::batch<double, Arch>;
   constexpr std::size_t lanes = dvec::size;
   bool scalar_below = false;

@@ -79,12 +79,13 @@ void gradient_run(const S* x, const S* dy, S* dx, std::size_t n, bool stream, F 
 
 /// Channel k of `channels` has its first plane at offset k·len and coefficients at first + k.
 template <class Arch, class S>
-void plane_gradient(const S* src, const S* diff_dst, S* diff_src, std::size_t len,
-                    std::size_t planes, std::size_t stride, std::size_t channels,
-                    const gradient_coefficients<const compute_t<S>>& k, std::size_t first,
-                    bool stream) noexcept {
+void plane_gradient(const S* src, const S* diff_dst, S* diff_src, const plane_block& block,
+                    const gradient_params<compute_t<S>>& params, std::size_t first) noexcept {
   using vec = xsimd::batch<compute_t<S>, Arch>;
-  stream = stream && element_aligned(diff_src);
+  const std::size_t len = block.len, planes = block.planes, stride = block.stride;
+  const std::size_t channels = block.channels;
+  const gradient_coefficients<const compute_t<S>>& k = params.coeffs;
+  const bool stream = params.stream && element_aligned(diff_src);
   for (std::size_t ch = 0; ch < channels; ++ch) {
     const std::size_t at = first + ch;
     const vec c(k.center[at]), a(k.dy_scale[at]), b(k.x_scale[at]), e(k.shift[at]);
@@ -137,14 +138,14 @@ template <std::size_t Rows, class Arch, class S, class T = compute_t<S>>
 /// coefficient vector loaded once for the four: narrow rows (few channels) would otherwise
 /// load four coefficients from L1 for every vector of data.
 template <class Arch, class S>
-void interleaved_gradient(const S* src, const S* diff_dst, S* diff_src, std::size_t rows,
-                          std::size_t width, std::size_t stride,
-                          const gradient_coefficients<const compute_t<S>>& k, std::size_t first,
-                          bool stream) noexcept {
+void interleaved_gradient(const S* src, const S* diff_dst, S* diff_src, const row_block& block,
+                          const gradient_params<compute_t<S>>& params, std::size_t first) noexcept {
   using T = compute_t<S>;
   using vec = xsimd::batch<T, Arch>;
   constexpr std::size_t lanes = vec::size, together = 4;
-  stream = stream && element_aligned(diff_src);
+  const std::size_t rows = block.rows, width = block.width, stride = block.stride;
+  const gradient_coefficients<const T>& k = params.coeffs;
+  const bool stream = params.stream && element_aligned(diff_src);
   // Copies of the pointers whose address never leaves this function (see normalize_row_groups).
   const T* center = k.center + first;
   const T* dy_scale = k.dy_scale + first;

@@ -51,6 +51,45 @@ struct epilogue {
   T lo = 0, hi = 0;  // clamp's bounds
 };
 
+/// A block of channels-first planes: `channels` consecutive channels of `planes` contiguous runs
+/// of `len` values each, a channel's runs `stride` elements apart and channel k's first run at
+/// offset k·len: the N planes of channels-first channels, or a piece of one channel
+/// (channels = 1).
+struct plane_block {
+  std::size_t len = 0;
+  std::size_t planes = 0;
+  std::size_t stride = 0;
+  std::size_t channels = 0;
+};
+
+/// A block of interleaved channels: `rows` rows of `width` slots, `stride` elements apart. Slot
+/// j of every row shares the per-slot arrays' entry j (pivot, sums, coefficients); the planner
+/// makes slot j channel j % C.
+struct row_block {
+  std::size_t rows = 0;
+  std::size_t width = 0;
+  std::size_t stride = 0;
+};
+
+/// Whether a reduce kernel starts the per-slot sums (overwrites them) or adds to them: zeroing
+/// the arrays first would cost as much as a pass over short tensors.
+enum class sums_mode { start, add };
+
+/// How a normalization writes, the same for every call of a pass: the coefficients (channel
+/// j's at index first + j of the arrays, `first` given per call), whether some channel's
+/// prescale may differ from 1 (the coefficient kernels tell: without, no kernel looks at the
+/// prescales), non-temporal stores for whole aligned vectors (outputs that do not fit in cache:
+/// no read of each destination line before it is written), and the epilogue. A pass holds one
+/// and the kernels take it by reference: a struct stored just before each call would be loaded
+/// back in it, at every call.
+template <class T>
+struct normalize_params {
+  coefficients<const T> coeffs;
+  bool prescaled = false;
+  bool stream = false;
+  epilogue<T> post;
+};
+
 /// The backward's per-channel (per-slot) coefficients, one array each:
 /// dx = dy·dy_scale + (x − center)·x_scale + shift. Training: center the saved mean,
 /// dy_scale = γ·inv_std, x_scale = −γ·inv_std²·Σdy·(x − mean)/M, shift = −γ·inv_std·Σdy/M.
@@ -67,6 +106,32 @@ struct gradient_coefficients {
   template <class Other>
   gradient_coefficients(const gradient_coefficients<Other>& o) noexcept  // NOLINT: implicit
       : center(o.center), dy_scale(o.dy_scale), x_scale(o.x_scale), shift(o.shift) {}
+};
+
+/// The per-channel arithmetic of the forward statistics, in float64 and in place, channels
+/// [0, channels) of the arrays given (the caller offsets them).
+template <class T>
+struct moment_channels {
+  std::size_t channels = 0;
+  double count = 0;  // values per channel
+  double epsilon = 0;
+  const T* pivot = nullptr;  // d = x − pivot
+  const T* gamma = nullptr;  // null: 1
+  /// In: Σd and Σd². Out: the mean and the biased variance.
+  double* sum_to_mean = nullptr;
+  double* sum_sq_to_variance = nullptr;
+  double* inv_std = nullptr;  // out: 1/sqrt(variance + eps)
+  double* scale = nullptr;    // out: gamma·inv_std
+  /// A variance + eps below this asks for another look (float32's squares lose their bits
+  /// near the bottom of the range).
+  double resum_below = 0;
+};
+
+/// How the backward's dx is written, the same for every call of a pass (see normalize_params).
+template <class T>
+struct gradient_params {
+  gradient_coefficients<const T> coeffs;
+  bool stream = false;
 };
 
 /// The per-channel arithmetic of a backward call, in float64, channels [0, channels) of the
@@ -90,11 +155,7 @@ struct gradient_channels {
 /// sum_sq += Σd².
 /// Normalization computes y = (x·prescale − center)·scale + shift (see coefficients), with the
 /// center the mean rounded to T (x·a + b with the mean folded into b would cancel when
-/// |mean| ≫ std); channel (slot) j's coefficients are at index first + j of their arrays.
-/// `prescaled` says whether some channel's prescale may differ from 1 (the
-/// coefficient kernels tell): without, no kernel looks at the prescales. With `stream`, whole
-/// aligned vectors are written with non-temporal stores: for outputs that do not fit in cache,
-/// this saves the read of every destination line before it is written.
+/// |mean| ≫ std), written as normalize_params say.
 template <class S>
 struct kernel_set {
   /// Data of storage type S (float, double, bfloat16, float16); pivots, coefficients and the
@@ -104,44 +165,28 @@ struct kernel_set {
   /// Per channel, the pivot that the statistics subtract (d = x − pivot): the mean in float64
   /// of a few of its values spread evenly over it (four runs of one float64 vector over a
   /// channel's planes, or 16 single values of short planes; four rows), rounded to T.
-  /// Planes: channel k's `planes` runs of `len` values, `stride` apart, the first at src + k·len.
-  /// Rows: slots [0, width) of the `rows` rows, `stride` elements apart.
-  void (*plane_pivots)(const S* src, std::size_t len, std::size_t planes, std::size_t stride,
-                       std::size_t channels, T* pivot) noexcept;
-  void (*row_pivots)(const S* src, std::size_t rows, std::size_t stride, std::size_t width,
-                     T* pivot) noexcept;
-  /// `channels` consecutive channels of `planes` contiguous runs of `len` values each, the runs
-  /// of a channel `stride` elements apart and channel k's first run at src + k·len: the N
-  /// planes of channels-first channels, or a piece of one channel (channels = 1). Per-channel
-  /// arrays are indexed by k; statistics add into sum[k], sum_sq[k]. One call for a block of
-  /// channels: short planes (7×7) would otherwise pay a call per channel.
-  void (*plane_stats)(const S* src, std::size_t len, std::size_t planes, std::size_t stride,
-                      std::size_t channels, const T* pivot, double* sum, double* sum_sq) noexcept;
-  /// The map kernels write through an epilogue; `residual` (add_relu) is z at src's offset.
-  void (*plane_normalize)(const S* src, S* dst, std::size_t len, std::size_t planes,
-                          std::size_t stride, std::size_t channels,
-                          const coefficients<const T>& coeffs, std::size_t first, bool prescaled,
-                          bool stream, const epilogue<T>& post, const S* residual) noexcept;
-  /// Interleaved channels: `rows` rows of `width` slots, `stride` elements apart. Slot j of
-  /// every row shares the per-slot arrays' entry j (pivot, sums, coefficients); the planner
-  /// makes slot j channel j % C. Coefficient arrays are padded by one vector past the period.
-  /// The statistics start the sums (overwrite) unless `accumulate`: zeroing the arrays first
-  /// would cost as much as a pass over short tensors.
-  void (*interleaved_stats)(const S* src, std::size_t rows, std::size_t width, std::size_t stride,
-                            const T* pivot, double* sum, double* sum_sq, bool accumulate) noexcept;
-  void (*interleaved_normalize)(const S* src, S* dst, std::size_t rows, std::size_t width,
-                                std::size_t stride, const coefficients<const T>& coeffs,
-                                std::size_t first, bool prescaled, bool stream,
-                                const epilogue<T>& post, const S* residual) noexcept;
-  /// Per channel, in float64 and in place: Σd, Σd² (d = x − pivot, `count` values) become the
-  /// mean and the biased variance; then inv_std = 1/sqrt(variance + eps) and
-  /// scale = gamma·inv_std (gamma null: 1). Exact division and square root, as the scalar code.
-  /// Returns whether some channel needs another look (see finalize_block): variance + eps
-  /// below `resum_below`, a variance that is not finite, or a pivot beyond
-  /// max_pivot_offset_squared.
-  bool (*channel_moments)(std::size_t channels, double count, double eps, const T* pivot,
-                          const T* gamma, double* sum_to_mean, double* sum_sq_to_variance,
-                          double* inv_std, double* scale, double resum_below) noexcept;
+  /// Planes: per channel of the block. Rows: per slot of the block.
+  void (*plane_pivots)(const S* src, const plane_block& block, T* pivot) noexcept;
+  void (*row_pivots)(const S* src, const row_block& block, T* pivot) noexcept;
+  /// Per-channel arrays are indexed by the block's channel k; statistics add into sum[k],
+  /// sum_sq[k]. One call for a block of channels: short planes (7×7) would otherwise pay a
+  /// call per channel.
+  void (*plane_stats)(const S* src, const plane_block& block, const T* pivot, double* sum,
+                      double* sum_sq) noexcept;
+  /// The map kernels write through the params' epilogue; `residual` (add_relu) is z at src's
+  /// offset. Channel k's coefficients are at index first + k.
+  void (*plane_normalize)(const S* src, S* dst, const S* residual, const plane_block& block,
+                          const normalize_params<T>& params, std::size_t first) noexcept;
+  /// Coefficient arrays are padded by one vector past the period.
+  void (*interleaved_stats)(const S* src, const row_block& block, const T* pivot, double* sum,
+                            double* sum_sq, sums_mode mode) noexcept;
+  void (*interleaved_normalize)(const S* src, S* dst, const S* residual, const row_block& block,
+                                const normalize_params<T>& params, std::size_t first) noexcept;
+  /// Per channel (see moment_channels): Σd, Σd² become the mean and the biased variance; then
+  /// inv_std and scale. Exact division and square root, as the scalar code. Returns whether
+  /// some channel needs another look (see finalize_block): variance + eps below
+  /// `resum_below`, a variance that is not finite, or a pivot beyond max_pivot_offset_squared.
+  bool (*channel_moments)(const moment_channels<T>& in) noexcept;
   /// Training, per channel from the float64 mean, 1/std and scale: center = +0 where
   /// |mean|·inv_std ≤ 1/4 (the mean folds into the shift), else the mean rounded to T; scale;
   /// shift = beta − (mean − center)·scale (beta null: 0); values beyond T's range saturate to
@@ -158,22 +203,17 @@ struct kernel_set {
                                  std::size_t first) noexcept;
   /// The backward's sums, as plane_stats and interleaved_stats with the terms dy and
   /// dy·(x − center): sum_dy += Σdy, sum_dy_d += Σdy·(x − center), x and dy at the same offsets.
-  void (*plane_gradient_sums)(const S* src, const S* diff_dst, std::size_t len, std::size_t planes,
-                              std::size_t stride, std::size_t channels, const T* center,
-                              double* sum_dy, double* sum_dy_d) noexcept;
-  void (*interleaved_gradient_sums)(const S* src, const S* diff_dst, std::size_t rows,
-                                    std::size_t width, std::size_t stride, const T* center,
-                                    double* sum_dy, double* sum_dy_d, bool accumulate) noexcept;
+  void (*plane_gradient_sums)(const S* src, const S* diff_dst, const plane_block& block,
+                              const T* center, double* sum_dy, double* sum_dy_d) noexcept;
+  void (*interleaved_gradient_sums)(const S* src, const S* diff_dst, const row_block& block,
+                                    const T* center, double* sum_dy, double* sum_dy_d,
+                                    sums_mode mode) noexcept;
   /// The backward's dx from its coefficients (see gradient_coefficients), over planes or rows as
   /// plane_normalize and interleaved_normalize. diff_src may be diff_dst (in place).
-  void (*plane_gradient)(const S* src, const S* diff_dst, S* diff_src, std::size_t len,
-                         std::size_t planes, std::size_t stride, std::size_t channels,
-                         const gradient_coefficients<const T>& coeffs, std::size_t first,
-                         bool stream) noexcept;
-  void (*interleaved_gradient)(const S* src, const S* diff_dst, S* diff_src, std::size_t rows,
-                               std::size_t width, std::size_t stride,
-                               const gradient_coefficients<const T>& coeffs, std::size_t first,
-                               bool stream) noexcept;
+  void (*plane_gradient)(const S* src, const S* diff_dst, S* diff_src, const plane_block& block,
+                         const gradient_params<T>& params, std::size_t first) noexcept;
+  void (*interleaved_gradient)(const S* src, const S* diff_dst, S* diff_src, const row_block& block,
+                               const gradient_params<T>& params, std::size_t first) noexcept;
   /// The gradient through a fused activation: out = lo < y < hi ? dy : 0, elementwise over n
   /// values (out may be dy).
   void (*activation_mask)(const S* dy, const S* y, S* out, std::size_t n, T lo, T hi) noexcept;

@@ -317,11 +317,14 @@ template <class Arch, class S, class Out>
 /// not as a view made for the call: a view's pointers stored just before the call and loaded
 /// two at once in it stall store-to-load forwarding, at every call.
 template <class Arch, class S>
-void plane_normalize(const S* src, S* dst, std::size_t len, std::size_t planes, std::size_t stride,
-                     std::size_t channels, const coefficients<const compute_t<S>>& k,
-                     std::size_t first, bool prescaled, bool stream,
-                     const epilogue<compute_t<S>>& post, const S* residual) noexcept {
-  stream = stream && element_aligned(dst);
+void plane_normalize(const S* src, S* dst, const S* residual, const plane_block& block,
+                     const normalize_params<compute_t<S>>& params, std::size_t first) noexcept {
+  const std::size_t len = block.len, planes = block.planes, stride = block.stride;
+  const std::size_t channels = block.channels;
+  const coefficients<const compute_t<S>>& k = params.coeffs;
+  const epilogue<compute_t<S>>& post = params.post;
+  const bool prescaled = params.prescaled;
+  const bool stream = params.stream && element_aligned(dst);
   if (post.kind == epilogue_kind::identity) {  // inline, without the dispatch's closure
     plane_normalize_to<Arch>(src, dst, len, planes, stride, channels, k, first, prescaled, stream,
                              identity_output<Arch, S>());
@@ -521,10 +524,13 @@ template <class Arch, class S, class Out>
 }
 
 template <class Arch, class S>
-void interleaved_normalize(const S* src, S* dst, std::size_t rows, std::size_t width,
-                           std::size_t stride, const coefficients<const compute_t<S>>& k,
-                           std::size_t first, bool prescaled, bool stream,
-                           const epilogue<compute_t<S>>& post, const S* residual) noexcept {
+void interleaved_normalize(const S* src, S* dst, const S* residual, const row_block& block,
+                           const normalize_params<compute_t<S>>& params,
+                           std::size_t first) noexcept {
+  const std::size_t rows = block.rows, width = block.width, stride = block.stride;
+  const coefficients<const compute_t<S>>& k = params.coeffs;
+  const epilogue<compute_t<S>>& post = params.post;
+  const bool prescaled = params.prescaled, stream = params.stream;
   if (post.kind == epilogue_kind::identity) {  // inline, without the dispatch's closure
     interleaved_normalize_to<Arch>(src, dst, rows, width, stride, k, first, prescaled, stream,
                                    identity_output<Arch, S>());

@@ -347,33 +347,31 @@ void interleaved_sums(const Terms& terms, std::size_t rows, std::size_t width, s
 // The reduce kernels of the kernel table.
 
 template <class Arch, class S, class T = compute_t<S>>
-void plane_stats(const S* src, std::size_t len, std::size_t planes, std::size_t stride,
-                 std::size_t channels, const T* pivot, double* sum, double* sum_sq) noexcept {
-  plane_sums<Arch>(deviation_terms<Arch, S>{src}, len, planes, stride, channels, pivot, sum,
+void plane_stats(const S* src, const plane_block& b, const T* pivot, double* sum,
+                 double* sum_sq) noexcept {
+  plane_sums<Arch>(deviation_terms<Arch, S>{src}, b.len, b.planes, b.stride, b.channels, pivot, sum,
                    sum_sq);
 }
 
 template <class Arch, class S, class T = compute_t<S>>
-void interleaved_stats(const S* src, std::size_t rows, std::size_t width, std::size_t stride,
-                       const T* pivot, double* sum, double* sum_sq, bool accumulate) noexcept {
-  interleaved_sums<Arch>(deviation_terms<Arch, S>{src}, rows, width, stride, pivot, sum, sum_sq,
-                         accumulate);
+void interleaved_stats(const S* src, const row_block& b, const T* pivot, double* sum,
+                       double* sum_sq, sums_mode mode) noexcept {
+  interleaved_sums<Arch>(deviation_terms<Arch, S>{src}, b.rows, b.width, b.stride, pivot, sum,
+                         sum_sq, mode == sums_mode::add);
 }
 
 template <class Arch, class S, class T = compute_t<S>>
-void plane_gradient_sums(const S* src, const S* diff_dst, std::size_t len, std::size_t planes,
-                         std::size_t stride, std::size_t channels, const T* center, double* sum_dy,
-                         double* sum_dy_d) noexcept {
-  plane_sums<Arch>(gradient_terms<Arch, S>{src, diff_dst}, len, planes, stride, channels, center,
-                   sum_dy, sum_dy_d);
+void plane_gradient_sums(const S* src, const S* diff_dst, const plane_block& b, const T* center,
+                         double* sum_dy, double* sum_dy_d) noexcept {
+  plane_sums<Arch>(gradient_terms<Arch, S>{src, diff_dst}, b.len, b.planes, b.stride, b.channels,
+                   center, sum_dy, sum_dy_d);
 }
 
 template <class Arch, class S, class T = compute_t<S>>
-void interleaved_gradient_sums(const S* src, const S* diff_dst, std::size_t rows, std::size_t width,
-                               std::size_t stride, const T* center, double* sum_dy,
-                               double* sum_dy_d, bool accumulate) noexcept {
-  interleaved_sums<Arch>(gradient_terms<Arch, S>{src, diff_dst}, rows, width, stride, center,
-                         sum_dy, sum_dy_d, accumulate);
+void interleaved_gradient_sums(const S* src, const S* diff_dst, const row_block& b, const T* center,
+                               double* sum_dy, double* sum_dy_d, sums_mode mode) noexcept {
+  interleaved_sums<Arch>(gradient_terms<Arch, S>{src, diff_dst}, b.rows, b.width, b.stride, center,
+                         sum_dy, sum_dy_d, mode == sums_mode::add);
 }
 
 // Pivots: per channel, the mean in float64 of a few of its values spread evenly over it,
@@ -394,8 +392,9 @@ constexpr std::size_t plane_pivot_samples = 16;
 constexpr std::size_t row_pivot_samples = 4;
 
 template <class Arch, class S, class T = compute_t<S>>
-void plane_pivots(const S* src, std::size_t len, std::size_t planes, std::size_t stride,
-                  std::size_t channels, T* pivot) noexcept {
+void plane_pivots(const S* src, const plane_block& block, T* pivot) noexcept {
+  const std::size_t len = block.len, planes = block.planes, stride = block.stride;
+  const std::size_t channels = block.channels;
   using dvec = xsimd::batch<double, Arch>;
   constexpr std::size_t lanes = dvec::size;
   const std::size_t total = len * planes;
@@ -469,8 +468,8 @@ void row_pivots_of(const S* src, std::size_t rows, std::size_t stride, std::size
 }
 
 template <class Arch, class S, class T = compute_t<S>>
-void row_pivots(const S* src, std::size_t rows, std::size_t stride, std::size_t width,
-                T* pivot) noexcept {
+void row_pivots(const S* src, const row_block& block, T* pivot) noexcept {
+  const std::size_t rows = block.rows, stride = block.stride, width = block.width;
   if (rows >= row_pivot_samples) {
     row_pivots_of<row_pivot_samples, Arch>(src, rows, stride, width, pivot);
   } else if (rows == 1) {
