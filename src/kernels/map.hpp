@@ -73,8 +73,8 @@ struct activation_output {
     return reinterpret_cast<const S*>(reinterpret_cast<std::uintptr_t>(y) + residual_offset);
   }
   vec activate(const vec& v) const noexcept {
-    const vec floored = xsimd::select(v < lo, lo, v);
-    return Kind == epilogue_kind::clamp ? xsimd::select(v > hi, hi, floored) : floored;
+    const vec floored = at_least(v, lo);
+    return Kind == epilogue_kind::clamp ? at_most(floored, hi) : floored;
   }
   vec finish(const S* y, const vec& v) const noexcept {
     if constexpr (Kind == epilogue_kind::add_relu) {

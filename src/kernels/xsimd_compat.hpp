@@ -170,6 +170,76 @@ xsimd::batch<T, Arch> fmadd(const xsimd::batch<T, Arch>& a, const xsimd::batch<T
   }
 }
 
+/// (v < lo) ? lo : v, lane by lane: a NaN stays, −0 stays −0 above a +0 bound. x86's max
+/// instructions compute exactly this with the bound first ((lo > v) ? lo : v, the second operand
+/// when either is NaN): one instruction for the compare and the blend.
+template <class T, class Arch>
+xsimd::batch<T, Arch> at_least(const xsimd::batch<T, Arch>& v,
+                               const xsimd::batch<T, Arch>& lo) noexcept {
+  constexpr bool is_float = std::is_same<T, float>::value;
+#if XSIMD_WITH_AVX512F
+  if constexpr (is_arch<Arch, xsimd::avx512f>) {
+    if constexpr (is_float)
+      return _mm512_max_ps(lo, v);
+    else
+      return _mm512_max_pd(lo, v);
+  } else
+#endif
+#if XSIMD_WITH_AVX
+      if constexpr (std::is_base_of<xsimd::avx, Arch>::value) {
+    if constexpr (is_float)
+      return _mm256_max_ps(lo, v);
+    else
+      return _mm256_max_pd(lo, v);
+  } else
+#endif
+#if XSIMD_WITH_SSE2
+      if constexpr (std::is_base_of<xsimd::sse2, Arch>::value) {
+    if constexpr (is_float)
+      return _mm_max_ps(lo, v);
+    else
+      return _mm_max_pd(lo, v);
+  } else
+#endif
+  {
+    return xsimd::select(v < lo, lo, v);
+  }
+}
+
+/// (v > hi) ? hi : v, lane by lane, as at_least: x86's min with the bound first.
+template <class T, class Arch>
+xsimd::batch<T, Arch> at_most(const xsimd::batch<T, Arch>& v,
+                              const xsimd::batch<T, Arch>& hi) noexcept {
+  constexpr bool is_float = std::is_same<T, float>::value;
+#if XSIMD_WITH_AVX512F
+  if constexpr (is_arch<Arch, xsimd::avx512f>) {
+    if constexpr (is_float)
+      return _mm512_min_ps(hi, v);
+    else
+      return _mm512_min_pd(hi, v);
+  } else
+#endif
+#if XSIMD_WITH_AVX
+      if constexpr (std::is_base_of<xsimd::avx, Arch>::value) {
+    if constexpr (is_float)
+      return _mm256_min_ps(hi, v);
+    else
+      return _mm256_min_pd(hi, v);
+  } else
+#endif
+#if XSIMD_WITH_SSE2
+      if constexpr (std::is_base_of<xsimd::sse2, Arch>::value) {
+    if constexpr (is_float)
+      return _mm_min_ps(hi, v);
+    else
+      return _mm_min_pd(hi, v);
+  } else
+#endif
+  {
+    return xsimd::select(v > hi, hi, v);
+  }
+}
+
 /// Horizontal sum in a fixed lane order. xsimd 8.1's hadd needs AVX512DQ for float on avx512f
 /// (fixed in 10.0.0) and was renamed reduce_add in 9.0.0; a store-and-add is portable and its
 /// order is ours.
