@@ -288,12 +288,13 @@ class training_step {
   /// then finalized.
   void merge(correction pivots) {
     prescaled_ = false;
-    for_each_channel_block(plan_, [&](std::size_t c0, std::size_t c1) {
-      merge_partials(p_, c0, c1, sum_, sum_sq_, mean_, variance_);
-      const finalized block = finalize_block(c0, c1, pivots);
-      if (block.prescaled) prescaled_ = true;  // in any order: an OR
-      if (block.repivoted) repivoted_ = true;
-    });
+    for_each_channel_block(plan_, p_.channels_per_finalize_task,
+                           [&](std::size_t c0, std::size_t c1) {
+                             merge_partials(p_, c0, c1, sum_, sum_sq_, mean_, variance_);
+                             const finalized block = finalize_block(c0, c1, pivots);
+                             if (block.prescaled) prescaled_ = true;  // in any order: an OR
+                             if (block.repivoted) repivoted_ = true;
+                           });
     if (p_.kind == traversal::interleaved) {
       coeffs_.replicate(p_.channels, p_.period, prescaled_);
     }
@@ -467,9 +468,11 @@ class inference_step {
     // Planes in memory order and row chunks need every channel's coefficients (laid out per
     // slot for rows) before the normalization.
     std::atomic<bool> prescaled{false};
-    for_each_channel_block(plan_, [&](std::size_t c0, std::size_t c1) {
-      if (set_coefficients(c0, c1, coeffs_, c0)) prescaled = true;  // any order: an OR
-    });
+    for_each_channel_block(plan_, p_.channels_per_coefficient_task,
+                           [&](std::size_t c0, std::size_t c1) {
+                             if (set_coefficients(c0, c1, coeffs_, c0))
+                               prescaled = true;  // any order: an OR
+                           });
     const normalize_map<S> normalize =
         make_normalize(plan_, src_, dst_, args_.residual, coeffs_.readable, prescaled, post_);
     if (p_.kind == traversal::planes) {

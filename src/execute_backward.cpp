@@ -103,10 +103,11 @@ class gradient_step {
       });
     } else {
       reduce_pass(plan_, reduce(), sum_, sum_sq_);
-      for_each_channel_block(plan_, [this](std::size_t c0, std::size_t c1) {
-        merge_partials(p_, c0, c1, sum_, sum_sq_, sum_dy_, sum_dy_d_);
-        channel_math(c0, c1);
-      });
+      for_each_channel_block(plan_, p_.channels_per_finalize_task,
+                             [this](std::size_t c0, std::size_t c1) {
+                               merge_partials(p_, c0, c1, sum_, sum_sq_, sum_dy_, sum_dy_d_);
+                               channel_math(c0, c1);
+                             });
       if (diff_src_) {
         if (p_.kind == traversal::interleaved) replicate_coefficients();
         map_pass(plan_, map());
@@ -125,9 +126,10 @@ class gradient_step {
       });
     } else {
       reduce_pass(plan_, reduce(), sum_, sum_sq_);
-      for_each_channel_block(plan_, [this](std::size_t c0, std::size_t c1) {
-        merge_partials(p_, c0, c1, sum_, sum_sq_, sum_dy_, sum_dy_d_);
-      });
+      for_each_channel_block(plan_, p_.channels_per_finalize_task,
+                             [this](std::size_t c0, std::size_t c1) {
+                               merge_partials(p_, c0, c1, sum_, sum_sq_, sum_dy_, sum_dy_d_);
+                             });
     }
     const std::size_t channels = p_.channels;
     exchange[0] = static_cast<double>(p_.per_channel);

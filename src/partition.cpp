@@ -40,6 +40,10 @@ constexpr std::size_t min_inference_chunks = 16;
 // (docs/design.md has the timings).
 constexpr std::size_t min_inference_block_bytes = 2048;
 constexpr std::size_t finalize_channels_per_task = 512;
+// Inference's coefficients alone (a square root and a division per channel, in float64 vectors)
+// take about a microsecond for this many channels: less than waking a worker, so they are one
+// task (docs/design.md).
+constexpr std::size_t coefficient_channels_per_task = 4096;
 // store_policy::automatic streams once source and destination together fill the last-level
 // cache: below that, the next pass (or layer) finds y in cache (docs/design.md).
 std::size_t streaming_threshold(const cache_sizes& caches) noexcept {
@@ -204,6 +208,7 @@ bool make_partition(const problem& prob, const plan_options& options, std::size_
     p.training = training_schedule::two_passes;
   }
   p.channels_per_finalize_task = finalize_channels_per_task;
+  p.channels_per_coefficient_task = coefficient_channels_per_task;
   return lay_out_scratch(p);
 }
 

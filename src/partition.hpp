@@ -108,7 +108,10 @@ struct partition {
   std::size_t inference_row_chunks = 0;
 
   std::size_t units = 0;  // work units of a pass
+  /// Channels per task of the per-channel passes: merging partials and finalizing (training),
+  /// the coefficients alone (inference).
   std::size_t channels_per_finalize_task = 0;
+  std::size_t channels_per_coefficient_task = 0;
   scratch_layout scratch;
 };
 

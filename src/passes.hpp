@@ -174,12 +174,11 @@ inline void merge_partials(const partition& p, std::size_t c0, std::size_t c1, c
   }
 }
 
-/// Calls body(c0, c1) over blocks of channels, in parallel when C is large: per-channel work
-/// between the passes.
+/// Calls body(c0, c1) over blocks of `block` channels (the partition's channels_per_*_task),
+/// in parallel when C is large: per-channel work between the passes.
 template <class Body>
-void for_each_channel_block(const plan_impl& plan, const Body& body) {
+void for_each_channel_block(const plan_impl& plan, std::size_t block, const Body& body) {
   const partition& p = plan.part;
-  const std::size_t block = p.channels_per_finalize_task;
   const std::size_t blocks = (p.channels + block - 1) / block;
   plan.threads.for_each(blocks, 1, p.serial, [&](std::size_t b, std::size_t e) {
     body(b * block, std::min(e * block, p.channels));
