@@ -107,6 +107,29 @@ bool cpu_supports(isa value) noexcept {
 #endif
 }
 
+bool isa_capped(std::optional<isa> cap) noexcept {
+  const char* env = std::getenv("BNORM_MAX_ISA");
+  return cap.has_value() || (env != nullptr && *env != '\0');
+}
+
+const kernels::kernel_table& kernels_for(const problem& prob, const kernels::kernel_table& best,
+                                         std::size_t short_plane) noexcept {
+#if defined(__x86_64__) || defined(_M_X64)
+  if ((best.id == isa::avx512f || best.id == isa::avx512bf16) && prob.dtype == dtype::f32 &&
+      prob.layout == layout::channels_first && cpu_supports(isa::avx2)) {
+    std::size_t spatial = 1;
+    for (std::size_t d = 2; d < prob.shape.rank(); ++d) {
+      spatial *= static_cast<std::size_t>(prob.shape[d]);
+    }
+    if (spatial > 1 && spatial < short_plane) return table_for(isa::avx2);
+  }
+#else
+  (void)prob;
+  (void)short_plane;
+#endif
+  return best;
+}
+
 status select_kernels(std::optional<isa> cap, const kernels::kernel_table** out) noexcept {
   int limit = cap ? rank_of(*cap) : 1 << 20;
   if (cap && limit < 0) {

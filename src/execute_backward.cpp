@@ -73,7 +73,7 @@ class gradient_step {
                 unsigned char* scratch)
       : plan_(plan),
         p_(plan.part),
-        kern_(plan.kernels->get<S>()),
+        kern_(plan.backward_kernels->get<S>()),
         args_(args),
         // dβ alone needs no x: dy stands in for it (its Σdy·(x − 0) is left unused).
         src_(static_cast<const S*>(args.src ? args.src : args.diff_dst)),
@@ -245,7 +245,8 @@ void mask_gradient(const plan_impl& plan, const backward_args& args, S* out) {
   const std::size_t chunks = (p.elements + chunk - 1) / chunk;
   plan.threads.for_each(chunks, 1, p.serial, [&](std::size_t b, std::size_t e) {
     const std::size_t begin = b * chunk, end = std::min(e * chunk, p.elements);
-    plan.kernels->get<S>().activation_mask(dy + begin, y + begin, out + begin, end - begin, lo, hi);
+    plan.backward_kernels->get<S>().activation_mask(dy + begin, y + begin, out + begin, end - begin,
+                                                    lo, hi);
   });
 }
 

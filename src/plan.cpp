@@ -412,13 +412,19 @@ status make_plan(const problem& prob, const plan_options& options, plan* out) no
                   "out: expected a plan to fill, got a null pointer");
   }
   if (status s = validate_problem(prob, options); !s) return s;
-  const kernels::kernel_table* table = nullptr;
-  if (status s = detail::select_kernels(options.max_isa, &table); !s) return s;
+  const kernels::kernel_table* best = nullptr;
+  if (status s = detail::select_kernels(options.max_isa, &best); !s) return s;
+  const bool capped = detail::isa_capped(options.max_isa);
+  const kernels::kernel_table* table =
+      capped ? best : &detail::kernels_for(prob, *best, detail::forward_short_plane);
+  const kernels::kernel_table* backward_table =
+      capped ? best : &detail::kernels_for(prob, *best, detail::backward_short_plane);
   try {
     auto impl = std::make_shared<plan_impl>();
     impl->prob = prob;
     impl->options = options;
     impl->kernels = table;
+    impl->backward_kernels = backward_table;
     if (!detail::make_partition(prob, options,
                                 prob.dtype == dtype::f64 ? table->f64_lanes : table->f32_lanes,
                                 detail::detected_cache_sizes(), &impl->part)) {
@@ -437,6 +443,9 @@ status make_plan(const problem& prob, const plan_options& options, plan* out) no
     impl->epilogue_f64 = {kind, options.clamp_min, options.clamp_max};
     impl->description = std::string(to_string(table->id)) + " · " + to_string(prob.dtype) + " · " +
                         detail::describe(impl->part);
+    if (backward_table != table) {
+      impl->description += std::string(" · backward ") + to_string(backward_table->id);
+    }
     if (options.activation != activation::none) {
       impl->description += std::string(" · fused ") + to_string(options.activation);
     }

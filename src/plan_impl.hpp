@@ -17,7 +17,10 @@ inline constexpr std::size_t stack_scratch_bytes = 4096;
 struct plan_impl {
   problem prob;
   plan_options options;
+  /// The forward's kernels (and the frozen backward's dx, inference's map of dy), and the
+  /// training backward's sums and dx: the same table but for short planes (see kernels_for).
   const kernels::kernel_table* kernels = nullptr;
+  const kernels::kernel_table* backward_kernels = nullptr;
   partition part;
   thread_limit threads;
   std::string description;  // plan::describe()

@@ -385,7 +385,9 @@ TEST(Module, ReportsItsIsa) {
   bnorm::isa expected = bnorm::isa::neon64;
   ASSERT_TRUE(bnorm::select_isa(std::nullopt, &expected).ok());
   EXPECT_EQ(bn.isa(), expected) << "before the first forward: the ISA its plans will take";
-  bn.forward(std::vector<float>(16, 1.f), {2, 2, 2, 2});
+  // Planes of 256 values: the best ISA (shorter float32 planes may run AVX2's kernels on an
+  // AVX-512 machine when no cap is set: PlansForShortPlanes below).
+  bn.forward(std::vector<float>(2 * 2 * 256, 1.f), {2, 2, 16, 16});
   EXPECT_EQ(bn.isa(), expected);
   if (std::getenv("BNORM_MAX_ISA") == nullptr) {
     EXPECT_EQ(expected, bnorm::available_isas().back()) << "no cap: the best ISA";
@@ -393,6 +395,29 @@ TEST(Module, ReportsItsIsa) {
   const bnorm::isa lowest = bnorm::available_isas().front();
   ASSERT_TRUE(bnorm::select_isa(lowest, &expected).ok());
   EXPECT_EQ(expected, lowest);
+}
+
+// Without a cap, float32 channels-first planes shorter than 256 values run AVX2's kernels on an
+// AVX-512 machine (they are faster there); with a cap, the ISA it names; other problems the
+// best ISA.
+TEST(Module, PlansForShortPlanes) {
+  if (std::getenv("BNORM_MAX_ISA") != nullptr) GTEST_SKIP() << "BNORM_MAX_ISA caps every plan";
+  const auto plan_isa = [](const bnorm::problem& prob, std::optional<bnorm::isa> cap) {
+    bnorm::plan_options opts;
+    opts.max_isa = cap;
+    return make_plan_or_fail(prob, opts).isa();
+  };
+  bnorm::isa best = bnorm::isa::neon64;
+  ASSERT_TRUE(bnorm::select_isa(std::nullopt, &best).ok());
+  const bool avx512 = best == bnorm::isa::avx512f || best == bnorm::isa::avx512bf16;
+  const bnorm::problem short_planes{{1, 2048, 7, 7}, bnorm::layout::channels_first};
+  EXPECT_EQ(plan_isa(short_planes, std::nullopt), avx512 ? bnorm::isa::avx2 : best);
+  EXPECT_EQ(plan_isa(short_planes, best), best) << "a cap names the kernels";
+  EXPECT_EQ(plan_isa({{1, 2048, 16, 16}, bnorm::layout::channels_first}, std::nullopt), best);
+  EXPECT_EQ(plan_isa({{1, 7, 7, 2048}, bnorm::layout::channels_last}, std::nullopt), best);
+  EXPECT_EQ(
+      plan_isa({{1, 2048, 7, 7}, bnorm::layout::channels_first, bnorm::dtype::bf16}, std::nullopt),
+      best);
 }
 
 }  // namespace

@@ -169,8 +169,8 @@ class batch_norm {
   const std::vector<parameter_type>& saved_inv_std() const noexcept { return saved_inv_std_; }
 
   const config& get_config() const noexcept { return config_; }
-  /// The ISA of the most recent forward's plan; before the first forward, the one its plans
-  /// will take (see select_isa).
+  /// The ISA of the most recent forward's plan; before the first forward, the best its plans
+  /// may take (see select_isa: short float32 planes may take a narrower one).
   bnorm::isa isa() const;
   /// Whether forward() in the current mode uses batch statistics / updates the running ones.
   bool uses_batch_statistics() const noexcept;

@@ -73,8 +73,10 @@ std::vector<isa> available_isas();
 
 /// The ISA that make_plan picks for `max_isa`: the best available one at or below both
 /// `max_isa` (when given) and the environment variable BNORM_MAX_ISA (when set), which caps
-/// every plan of the process. Fails as make_plan would (a malformed BNORM_MAX_ISA, no ISA
-/// under the cap).
+/// every plan of the process. Without either cap, one kind of problem runs a narrower ISA where
+/// it is faster: float32 channels-first planes of fewer than 256 values (ResNet's 7×7 and
+/// 14×14) take AVX2's kernels on AVX-512 machines; plan::isa() tells. Fails as make_plan would
+/// (a malformed BNORM_MAX_ISA, no ISA under the cap).
 status select_isa(std::optional<isa> max_isa, isa* out) noexcept;
 
 /// How the running statistics follow the batch statistics. Always explicit: the same momentum
@@ -163,8 +165,9 @@ struct plan_options {
   /// 0 runs in the caller's current oneTBB arena, honouring its limit. N > 0 caps the threads
   /// at N (1 runs on the calling thread alone). Results are bitwise the same for any value.
   int max_threads = 0;
-  /// Highest ISA the plan may use. The environment variable BNORM_MAX_ISA caps it too, and wins
-  /// when lower; select_isa tells which ISA the two caps leave.
+  /// Highest ISA the plan may use; the plan uses the best at or below it. The environment
+  /// variable BNORM_MAX_ISA caps it too, and wins when lower; select_isa tells which ISA the
+  /// two caps leave.
   std::optional<bnorm::isa> max_isa;
   /// The outputs are the same bits under every policy; only the speed differs.
   store_policy stores = store_policy::automatic;

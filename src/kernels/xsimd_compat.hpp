@@ -240,17 +240,44 @@ xsimd::batch<T, Arch> at_most(const xsimd::batch<T, Arch>& v,
   }
 }
 
-/// Horizontal sum in a fixed lane order. xsimd 8.1's hadd needs AVX512DQ for float on avx512f
-/// (fixed in 10.0.0) and was renamed reduce_add in 9.0.0; a store-and-add is portable and its
-/// order is ours.
+/// Horizontal sum in a fixed lane order: halves added pairwise, ((v0 + v4) + (v2 + v6)) +
+/// ((v1 + v5) + (v3 + v7)) on AVX-512. In registers on x86: a store and a chain of scalar adds
+/// made short channels (7×7) wait on it (the chain is as long as the lanes). xsimd 8.1's hadd
+/// needs AVX512DQ for float on avx512f (fixed in 10.0.0) and was renamed reduce_add in 9.0.0.
 template <class Arch>
 double sum_lanes(const xsimd::batch<double, Arch>& v) noexcept {
-  constexpr std::size_t lanes = xsimd::batch<double, Arch>::size;
-  alignas(64) double values[lanes];
-  v.store_aligned(values);
-  double total = values[0];
-  for (std::size_t i = 1; i < lanes; ++i) total += values[i];
-  return total;
+#if XSIMD_WITH_AVX512F
+  if constexpr (is_arch<Arch, xsimd::avx512f>) {
+    const __m512d wide = v;
+    const __m256d four =
+        _mm256_add_pd(_mm512_castpd512_pd256(wide), _mm512_extractf64x4_pd(wide, 1));
+    const __m128d two = _mm_add_pd(_mm256_castpd256_pd128(four), _mm256_extractf128_pd(four, 1));
+    return _mm_cvtsd_f64(_mm_add_sd(two, _mm_unpackhi_pd(two, two)));
+  } else
+#endif
+#if XSIMD_WITH_AVX
+      if constexpr (std::is_base_of<xsimd::avx, Arch>::value) {
+    const __m256d four = v;
+    const __m128d two = _mm_add_pd(_mm256_castpd256_pd128(four), _mm256_extractf128_pd(four, 1));
+    return _mm_cvtsd_f64(_mm_add_sd(two, _mm_unpackhi_pd(two, two)));
+  } else
+#endif
+#if XSIMD_WITH_SSE2
+      if constexpr (std::is_base_of<xsimd::sse2, Arch>::value) {
+    const __m128d two = v;
+    return _mm_cvtsd_f64(_mm_add_sd(two, _mm_unpackhi_pd(two, two)));
+  } else
+#endif
+  {
+    constexpr std::size_t lanes = xsimd::batch<double, Arch>::size;
+    alignas(64) double values[lanes];
+    v.store_aligned(values);
+    // The same pairing as the x86 code: halves first.
+    for (std::size_t width = lanes / 2; width > 0; width /= 2) {
+      for (std::size_t i = 0; i < width; ++i) values[i] += values[i + width];
+    }
+    return values[0];
+  }
 }
 
 /// Non-temporal store of a whole vector to a vector-aligned address; xsimd 8.1 has none.
