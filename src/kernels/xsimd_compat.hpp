@@ -170,74 +170,53 @@ xsimd::batch<T, Arch> fmadd(const xsimd::batch<T, Arch>& a, const xsimd::batch<T
   }
 }
 
-/// (v < lo) ? lo : v, lane by lane: a NaN stays, −0 stays −0 above a +0 bound. x86's max
-/// instructions compute exactly this with the bound first ((lo > v) ? lo : v, the second operand
-/// when either is NaN): one instruction for the compare and the blend.
-template <class T, class Arch>
-xsimd::batch<T, Arch> at_least(const xsimd::batch<T, Arch>& v,
-                               const xsimd::batch<T, Arch>& lo) noexcept {
+/// (v < bound) ? bound : v (a lower bound) or (v > bound) ? bound : v (an upper one), lane by
+/// lane: a NaN stays, −0 stays −0 against a +0 bound. x86's max and min compute exactly this
+/// with the bound first ((bound > v) ? bound : v, the second operand when either is NaN): one
+/// instruction for the compare and the blend.
+template <bool Upper, class T, class Arch>
+xsimd::batch<T, Arch> bounded(const xsimd::batch<T, Arch>& v,
+                              const xsimd::batch<T, Arch>& bound) noexcept {
   constexpr bool is_float = std::is_same<T, float>::value;
 #if XSIMD_WITH_AVX512F
   if constexpr (is_arch<Arch, xsimd::avx512f>) {
     if constexpr (is_float)
-      return _mm512_max_ps(lo, v);
+      return Upper ? _mm512_min_ps(bound, v) : _mm512_max_ps(bound, v);
     else
-      return _mm512_max_pd(lo, v);
+      return Upper ? _mm512_min_pd(bound, v) : _mm512_max_pd(bound, v);
   } else
 #endif
 #if XSIMD_WITH_AVX
       if constexpr (std::is_base_of<xsimd::avx, Arch>::value) {
     if constexpr (is_float)
-      return _mm256_max_ps(lo, v);
+      return Upper ? _mm256_min_ps(bound, v) : _mm256_max_ps(bound, v);
     else
-      return _mm256_max_pd(lo, v);
+      return Upper ? _mm256_min_pd(bound, v) : _mm256_max_pd(bound, v);
   } else
 #endif
 #if XSIMD_WITH_SSE2
       if constexpr (std::is_base_of<xsimd::sse2, Arch>::value) {
     if constexpr (is_float)
-      return _mm_max_ps(lo, v);
+      return Upper ? _mm_min_ps(bound, v) : _mm_max_ps(bound, v);
     else
-      return _mm_max_pd(lo, v);
+      return Upper ? _mm_min_pd(bound, v) : _mm_max_pd(bound, v);
   } else
 #endif
   {
-    return xsimd::select(v < lo, lo, v);
+    return xsimd::select(Upper ? v > bound : v < bound, bound, v);
   }
 }
 
-/// (v > hi) ? hi : v, lane by lane, as at_least: x86's min with the bound first.
+template <class T, class Arch>
+xsimd::batch<T, Arch> at_least(const xsimd::batch<T, Arch>& v,
+                               const xsimd::batch<T, Arch>& lo) noexcept {
+  return bounded<false>(v, lo);
+}
+
 template <class T, class Arch>
 xsimd::batch<T, Arch> at_most(const xsimd::batch<T, Arch>& v,
                               const xsimd::batch<T, Arch>& hi) noexcept {
-  constexpr bool is_float = std::is_same<T, float>::value;
-#if XSIMD_WITH_AVX512F
-  if constexpr (is_arch<Arch, xsimd::avx512f>) {
-    if constexpr (is_float)
-      return _mm512_min_ps(hi, v);
-    else
-      return _mm512_min_pd(hi, v);
-  } else
-#endif
-#if XSIMD_WITH_AVX
-      if constexpr (std::is_base_of<xsimd::avx, Arch>::value) {
-    if constexpr (is_float)
-      return _mm256_min_ps(hi, v);
-    else
-      return _mm256_min_pd(hi, v);
-  } else
-#endif
-#if XSIMD_WITH_SSE2
-      if constexpr (std::is_base_of<xsimd::sse2, Arch>::value) {
-    if constexpr (is_float)
-      return _mm_min_ps(hi, v);
-    else
-      return _mm_min_pd(hi, v);
-  } else
-#endif
-  {
-    return xsimd::select(v > hi, hi, v);
-  }
+  return bounded<true>(v, hi);
 }
 
 /// Horizontal sum in a fixed lane order: halves added pairwise, ((v0 + v4) + (v2 + v6)) +
