@@ -177,9 +177,9 @@ struct kernel_set {
   /// offset. Channel k's coefficients are at index first + k.
   void (*plane_normalize)(const S* src, S* dst, const S* residual, const plane_block& block,
                           const normalize_params<T>& params, std::size_t first) noexcept;
-  /// Coefficient arrays are padded by one vector past the period.
   void (*interleaved_stats)(const S* src, const row_block& block, const T* pivot, double* sum,
                             double* sum_sq, sums_mode mode) noexcept;
+  /// Coefficient arrays are padded by one vector past the period.
   void (*interleaved_normalize)(const S* src, S* dst, const S* residual, const row_block& block,
                                 const normalize_params<T>& params, std::size_t first) noexcept;
   /// Per channel (see moment_channels): Σd, Σd² become the mean and the biased variance; then
