@@ -20,10 +20,12 @@ class Engine : public testing::TestWithParam<bnorm::isa> {
   }
 };
 
-// Tolerances: float32 output rounding plus the statistics' error, relative to |y|.
+// Tolerances: the accuracy target, 1e-6 of max(1, |y|), for float32 (float64: 1e-12 + 1e-14·|y|).
+// The tighter 1e-6 + 2e-7·|y| failed on a data seed (2775: 6.2e-7 of |y| at (1,2048,7,7) NHWC).
 template <class T>
 double tolerance(double y) {
-  return sizeof(T) == 4 ? 1e-6 + 2e-7 * std::fabs(y) : 1e-12 + 1e-14 * std::fabs(y);
+  const double scale = std::max(1.0, std::fabs(y));
+  return sizeof(T) == 4 ? 1e-6 * scale : 1e-12 + 1e-14 * std::fabs(y);
 }
 
 template <class T, class Alloc>
