@@ -283,6 +283,35 @@ template <form Form, class Arch, class S, class Out>
   }
 }
 
+/// Channels of one plane each, back to back from src (N = 1), every prescale 1 and plane at
+/// least a vector long: what normalize_channel_planes does for them, in a loop that keeps the
+/// coefficient pointers and the plane's bounds in registers (on 7×7 planes, the general loop's
+/// reloads and spills cost as much as the plane's own vectors). The last vector overlaps the
+/// one before it where len is not a multiple of the lanes: computed (with its residual) before
+/// anything is stored, so in place it still reads x, and stored last.
+template <form Form, class Arch, class S, class Out, class T = compute_t<S>>
+void normalize_contiguous_planes(const S* src, S* dst, std::size_t len, std::size_t channels,
+                                 const T* center, const T* scale, const T* shift,
+                                 const Out& out) noexcept {
+  static_assert(Form != form::prescaled, "extreme channels take normalize_channel_planes");
+  using vec = xsimd::batch<T, Arch>;
+  constexpr std::size_t lanes = vec::size;
+  const std::size_t last = len - lanes;
+  for (std::size_t ch = 0; ch < channels; ++ch) {
+    const S* x = src + ch * len;
+    S* y = dst + ch * len;
+    const vec c(Form == form::centered ? center[ch] : T(0)), a(scale[ch]), b(shift[ch]);
+    const auto compute = [&](const vec& v) {
+      return normalize_as<Form, Arch>(v, c, a, b, vec(T(1)));
+    };
+    const vec tail = out.finish(y + last, compute(load_elements<Arch>(x + last)));
+    for (std::size_t i = 0; i < last; i += lanes) {
+      store_elements<Arch>(y + i, out.finish(y + i, compute(load_elements<Arch>(x + i))));
+    }
+    store_elements<Arch>(y + last, tail);
+  }
+}
+
 /// plane_normalize through one epilogue's output (inlined, as interleaved_normalize_to).
 template <class Arch, class S, class Out>
 [[gnu::always_inline]] inline void plane_normalize_to(const S* src, S* dst, std::size_t len,
@@ -301,6 +330,15 @@ template <class Arch, class S, class Out>
         normalize_channel_planes<form::centered, Arch>(src, dst, len, planes, stride, ch, ch + 1, k,
                                                        first, stream, out);
       }
+    }
+  } else if (planes == 1 && !stream && len >= xsimd::batch<T, Arch>::size) {
+    const T* center = k.center + first;
+    if (all_positive_zero<Arch>(center, channels)) {
+      normalize_contiguous_planes<form::uncentered, Arch>(src, dst, len, channels, center,
+                                                          k.scale + first, k.shift + first, out);
+    } else {
+      normalize_contiguous_planes<form::centered, Arch>(src, dst, len, channels, center,
+                                                        k.scale + first, k.shift + first, out);
     }
   } else if (all_positive_zero<Arch>(k.center + first, channels)) {
     normalize_channel_planes<form::uncentered, Arch>(src, dst, len, planes, stride, 0, channels, k,

@@ -54,8 +54,11 @@ struct lane_index {
 /// The lanes of a vector at or after lane `counted`: the last values of a run of at least one
 /// vector read as its last whole vector, the lanes already counted masked out (so that they add
 /// zero): no read past the run, no scalar loop.
+template <class T, class Arch>
+using lane_mask = xsimd::batch_bool<T, Arch>;
+
 template <class Arch, class T>
-auto fresh_lanes(std::size_t counted) noexcept {
+lane_mask<T, Arch> fresh_lanes(std::size_t counted) noexcept {
   using vec = xsimd::batch<T, Arch>;
   return vec::load_aligned(lane_index<T>::values) >= vec(static_cast<T>(counted));
 }
@@ -65,9 +68,9 @@ auto fresh_lanes(std::size_t counted) noexcept {
 // written once over them, so the forward statistics and the backward's gradient sums share
 // their traversal, blocking and overflow handling. Each kind provides:
 //   add(i, k, s, q)               one vector of terms, in T
-//   add_masked(i, counted, k, s, q)  the vector at i, its first `counted` lanes left out
+//   add_masked(i, fresh, k, s, q)    the vector at i, only its lanes `fresh` (fresh_lanes)
 //   add_exact(i, k, acc)          one vector of terms in float64 (float32: both halves)
-//   add_exact_masked(i, counted, k, acc)  likewise, its first `counted` lanes left out
+//   add_exact_masked(i, fresh, k, acc)  likewise, only its lanes `fresh`
 //   add_scalar(i, k, s, q)        one element in float64
 //   finite(s, q)                  whether T partials kept every bit they should (no overflow,
 //                                 no NaN): else the block is summed again with add_exact.
@@ -84,17 +87,18 @@ struct deviation_terms {
     s += d;
     q = fmadd(d, d, q);
   }
-  void add_masked(std::size_t i, std::size_t counted, const vec& k, vec& s, vec& q) const noexcept {
-    const vec d = xsimd::select(fresh_lanes<Arch, T>(counted), load_elements<Arch>(x + i), k) - k;
+  void add_masked(std::size_t i, const lane_mask<T, Arch>& fresh, const vec& k, vec& s,
+                  vec& q) const noexcept {
+    const vec d = xsimd::select(fresh, load_elements<Arch>(x + i), k) - k;
     s += d;
     q = fmadd(d, d, q);
   }
   void add_exact(std::size_t i, const vec& k, f64_accumulator<Arch>& acc) const noexcept {
     add_in_f64(load_elements<Arch>(x + i), k, acc);
   }
-  void add_exact_masked(std::size_t i, std::size_t counted, const vec& k,
+  void add_exact_masked(std::size_t i, const lane_mask<T, Arch>& fresh, const vec& k,
                         f64_accumulator<Arch>& acc) const noexcept {
-    add_in_f64(xsimd::select(fresh_lanes<Arch, T>(counted), load_elements<Arch>(x + i), k), k, acc);
+    add_in_f64(xsimd::select(fresh, load_elements<Arch>(x + i), k), k, acc);
   }
   void add_scalar(std::size_t i, double k, double& s, double& q) const noexcept {
     const double d = static_cast<double>(to_compute(x[i])) - k;
@@ -135,8 +139,8 @@ struct gradient_terms {
     s += g;
     q = fmadd(g, load_elements<Arch>(x + i) - k, q);
   }
-  void add_masked(std::size_t i, std::size_t counted, const vec& k, vec& s, vec& q) const noexcept {
-    const auto fresh = fresh_lanes<Arch, T>(counted);
+  void add_masked(std::size_t i, const lane_mask<T, Arch>& fresh, const vec& k, vec& s,
+                  vec& q) const noexcept {
     const vec g = xsimd::select(fresh, load_elements<Arch>(dy + i), vec(T(0)));
     s += g;
     q = fmadd(g, xsimd::select(fresh, load_elements<Arch>(x + i), k) - k, q);
@@ -144,9 +148,8 @@ struct gradient_terms {
   void add_exact(std::size_t i, const vec& k, f64_accumulator<Arch>& acc) const noexcept {
     add_in_f64(load_elements<Arch>(x + i), load_elements<Arch>(dy + i), k, acc);
   }
-  void add_exact_masked(std::size_t i, std::size_t counted, const vec& k,
+  void add_exact_masked(std::size_t i, const lane_mask<T, Arch>& fresh, const vec& k,
                         f64_accumulator<Arch>& acc) const noexcept {
-    const auto fresh = fresh_lanes<Arch, T>(counted);
     add_in_f64(xsimd::select(fresh, load_elements<Arch>(x + i), k),
                xsimd::select(fresh, load_elements<Arch>(dy + i), vec(T(0))), k, acc);
   }
@@ -177,69 +180,132 @@ struct gradient_terms {
   }
 };
 
-/// The terms of one run [base, base + len) of at least one vector.
+/// One block [begin, end) of a run ending at end_of_run: its whole vectors, and the run's last
+/// values (fewer than a vector, lanes `fresh`) where the block is the run's last. Per lane in T,
+/// then into acc in float64 (float32: at most block_vectors + 1 values a lane, see
+/// block_vectors; float64: the accumulators themselves, flushed as often, which costs nothing
+/// next to the loads).
 template <class Arch, class Terms, class T = typename Terms::T>
-void run_sums(const Terms& terms, std::size_t base, std::size_t len, const xsimd::batch<T, Arch>& k,
-              f64_accumulator<Arch>& acc) noexcept {
+[[gnu::always_inline]] inline void block_sums(const Terms& terms, std::size_t begin,
+                                              std::size_t end, std::size_t end_of_run,
+                                              const lane_mask<T, Arch>& fresh,
+                                              const xsimd::batch<T, Arch>& k,
+                                              f64_accumulator<Arch>& acc) noexcept {
   using vec = xsimd::batch<T, Arch>;
   constexpr std::size_t lanes = vec::size;
-  // float32: blocks of block_vectors vectors per lane, then into float64. float64: the
-  // accumulators themselves, flushed as often (it costs nothing next to the loads).
+  vec s0(T(0)), s1(T(0)), q0(T(0)), q1(T(0));
+  std::size_t i = begin;
+  for (; i + 2 * lanes <= end; i += 2 * lanes) {
+    terms.add(i, k, s0, q0);
+    terms.add(i + lanes, k, s1, q1);
+  }
+  if (i + lanes <= end) {
+    terms.add(i, k, s0, q0);
+    i += lanes;
+  }
+  const std::size_t whole_end = i;
+  const bool tail = i < end_of_run && end_of_run - i < lanes;
+  if (tail) terms.add_masked(end_of_run - lanes, fresh, k, s1, q1);
+  if (Terms::finite(s0 + s1, q0 + q1)) {
+    acc.add(s0 + s1, q0 + q1);
+  } else {
+    for (std::size_t j = begin; j < whole_end; j += lanes) terms.add_exact(j, k, acc);
+    if (tail) terms.add_exact_masked(end_of_run - lanes, fresh, k, acc);
+  }
+}
+
+/// Runs shorter than this are one block (see run_sums): block_vectors vectors and a partial one.
+template <class T, class Arch>
+constexpr std::size_t one_block_runs_below = (block_vectors + 1) * xsimd::batch<T, Arch>::size;
+
+/// The terms of one run [base, base + len) of at least one vector, in blocks of block_vectors
+/// vectors; the last values, fewer than a vector, join the last block (one more value per
+/// lane): short planes (7×7) would otherwise pay a float64 step for them. `fresh`:
+/// fresh_lanes for the run's length, made once by the caller for all its runs. OneBlock: the
+/// caller knows the run is shorter than one_block_runs_below (the same bits, without the walk).
+template <bool OneBlock, class Arch, class Terms, class T = typename Terms::T>
+[[gnu::always_inline]] inline void run_sums(const Terms& terms, std::size_t base, std::size_t len,
+                                            const lane_mask<T, Arch>& fresh,
+                                            const xsimd::batch<T, Arch>& k,
+                                            f64_accumulator<Arch>& acc) noexcept {
+  constexpr std::size_t block = block_vectors * xsimd::batch<T, Arch>::size;
   const std::size_t end_of_run = base + len;
-  std::size_t i = base;
-  while (i < end_of_run) {
-    vec s0(T(0)), s1(T(0)), q0(T(0)), q1(T(0));
-    const std::size_t begin = i;
-    const std::size_t end =
-        end_of_run - i < block_vectors * lanes ? end_of_run : i + block_vectors * lanes;
-    for (; i + 2 * lanes <= end; i += 2 * lanes) {
-      terms.add(i, k, s0, q0);
-      terms.add(i + lanes, k, s1, q1);
-    }
-    if (i + lanes <= end) {
-      terms.add(i, k, s0, q0);
-      i += lanes;
-    }
-    // The last values, fewer than a vector, join the last block (one more value per lane):
-    // short planes (7×7) would otherwise pay a float64 step for them.
-    const std::size_t whole_end = i;
-    if (i < end_of_run && end_of_run - i < lanes) {
-      terms.add_masked(end_of_run - lanes, lanes - (end_of_run - i), k, s1, q1);
-      i = end_of_run;
-    }
-    if (Terms::finite(s0 + s1, q0 + q1)) {
-      acc.add(s0 + s1, q0 + q1);
-    } else {
-      for (std::size_t j = begin; j < whole_end; j += lanes) terms.add_exact(j, k, acc);
-      if (whole_end < i) {
-        terms.add_exact_masked(end_of_run - lanes, lanes - (end_of_run - whole_end), k, acc);
-      }
-    }
+  if (OneBlock) {
+    block_sums<Arch>(terms, base, end_of_run, end_of_run, fresh, k, acc);
+    return;
+  }
+  for (std::size_t i = base; i < end_of_run;) {
+    const std::size_t end = end_of_run - i < block ? end_of_run : i + block;
+    block_sums<Arch>(terms, i, end, end_of_run, fresh, k, acc);
+    // A last partial vector joined this block where the run ends within a vector of it.
+    i = end_of_run - end < xsimd::batch<T, Arch>::size ? end_of_run : end;
+  }
+}
+
+/// The sums of channel `ch` of plane_sums (its planes' runs of at least one vector) into acc.
+template <bool OneBlock, class Arch, class Terms, class T = typename Terms::T>
+[[gnu::always_inline]] inline void channel_sums(const Terms& terms, std::size_t len,
+                                                std::size_t planes, std::size_t stride,
+                                                std::size_t ch, const T* center,
+                                                const lane_mask<T, Arch>& fresh,
+                                                f64_accumulator<Arch>& acc) noexcept {
+  const xsimd::batch<T, Arch> k(center[ch]);
+  for (std::size_t p = 0; p < planes; ++p) {
+    run_sums<OneBlock, Arch>(terms, ch * len + p * stride, len, fresh, k, acc);
   }
 }
 
 /// Channel k of `channels` has its first plane at offset k·len of the terms and center
-/// center[k]; its sums are added into sum[k], sum_sq[k].
+/// center[k]; its sums are added into sum[k], sum_sq[k]. A vector of channels (one per float64
+/// lane) is reduced across lanes at once (sum_lanes_of): on short planes (7×7) one channel's
+/// reduction cost as much as its sums. A channel's sums are the same bits in a vector of
+/// channels or alone, so how a schedule groups channels never shows.
 template <class Arch, class Terms, class T = typename Terms::T>
 void plane_sums(const Terms& terms, std::size_t len, std::size_t planes, std::size_t stride,
                 std::size_t channels, const T* center, double* sum, double* sum_sq) noexcept {
   using vec = xsimd::batch<T, Arch>;
+  using dvec = xsimd::batch<double, Arch>;
   constexpr std::size_t lanes = vec::size;
-  for (std::size_t ch = 0; ch < channels; ++ch) {
-    const vec k(center[ch]);
-    const double center64 = static_cast<double>(center[ch]);
-    f64_accumulator<Arch> acc;
-    double s = 0.0, q = 0.0;
-    for (std::size_t p = 0; p < planes; ++p) {
-      const std::size_t at = ch * len + p * stride;
-      if (len >= lanes) {
-        run_sums<Arch>(terms, at, len, k, acc);
-      } else {
+  constexpr std::size_t group = dvec::size;
+  if (len < lanes) {
+    for (std::size_t ch = 0; ch < channels; ++ch) {
+      const double center64 = static_cast<double>(center[ch]);
+      double s = 0.0, q = 0.0;
+      for (std::size_t p = 0; p < planes; ++p) {
+        const std::size_t at = ch * len + p * stride;
         for (std::size_t i = 0; i < len; ++i) terms.add_scalar(at + i, center64, s, q);
       }
+      sum[ch] += s;
+      sum_sq[ch] += q;
     }
-    sum[ch] += sum_lanes<Arch>(acc.sum) + s;
-    sum_sq[ch] += sum_lanes<Arch>(acc.sum_sq) + q;
+    return;
+  }
+  const lane_mask<T, Arch> fresh = fresh_lanes<Arch, T>(lanes - len % lanes);
+  const auto all_channels = [&](auto one_block) {
+    constexpr bool OneBlock = decltype(one_block)::value;
+    std::size_t ch = 0;
+    for (; ch + group <= channels; ch += group) {
+      dvec s[group], q[group];
+      for (std::size_t g = 0; g < group; ++g) {
+        f64_accumulator<Arch> acc;
+        channel_sums<OneBlock, Arch>(terms, len, planes, stride, ch + g, center, fresh, acc);
+        s[g] = acc.sum;
+        q[g] = acc.sum_sq;
+      }
+      (dvec::load_unaligned(sum + ch) + sum_lanes_of<Arch>(s)).store_unaligned(sum + ch);
+      (dvec::load_unaligned(sum_sq + ch) + sum_lanes_of<Arch>(q)).store_unaligned(sum_sq + ch);
+    }
+    for (; ch < channels; ++ch) {
+      f64_accumulator<Arch> acc;
+      channel_sums<OneBlock, Arch>(terms, len, planes, stride, ch, center, fresh, acc);
+      sum[ch] += sum_lanes<Arch>(acc.sum);
+      sum_sq[ch] += sum_lanes<Arch>(acc.sum_sq);
+    }
+  };
+  if (len < one_block_runs_below<T, Arch>) {
+    all_channels(std::true_type());
+  } else {
+    all_channels(std::false_type());
   }
 }
 
@@ -407,16 +473,33 @@ void plane_pivots(const S* src, const plane_block& block, T* pivot) noexcept {
       const std::size_t k = r * total / plane_pivot_runs;
       at[r] = k / len * stride + std::min(k % len, len - lanes);
     }
-    const dvec divisor(static_cast<double>(plane_pivot_runs * lanes));
-    for (std::size_t ch = 0; ch < channels; ++ch) {
+    // The runs' differences from the first value, over the runs' count (a power of two: the
+    // product by its reciprocal is the quotient, bit for bit), summed across lanes a vector of
+    // channels at a time (sum_lanes_of: the same bits as one at a time).
+    static_assert((plane_pivot_runs & (plane_pivot_runs - 1)) == 0, "a power of two");
+    const dvec reciprocal(1.0 / static_cast<double>(plane_pivot_runs * lanes));
+    const auto differences = [&](std::size_t ch, double first) {
       const S* x = src + ch * len;
-      const double first_value = static_cast<double>(to_compute(x[0]));
-      const dvec first(first_value);
-      dvec differences(0.0);
+      const dvec from(first);
+      dvec sum(0.0);
       for (std::size_t r = 0; r < plane_pivot_runs; ++r) {
-        differences += load_elements_as_f64<Arch>(x + at[r]) - first;
+        sum += load_elements_as_f64<Arch>(x + at[r]) - from;
       }
-      pivot[ch] = static_cast<T>(first_value + sum_lanes<Arch>(differences / divisor));
+      return sum * reciprocal;
+    };
+    std::size_t ch = 0;
+    for (; ch + lanes <= channels; ch += lanes) {
+      alignas(64) double first[lanes];
+      dvec sums[lanes];
+      for (std::size_t g = 0; g < lanes; ++g) {
+        first[g] = static_cast<double>(to_compute(src[(ch + g) * len]));
+        sums[g] = differences(ch + g, first[g]);
+      }
+      store_as<Arch>(pivot + ch, dvec::load_aligned(first) + sum_lanes_of<Arch>(sums));
+    }
+    for (; ch < channels; ++ch) {
+      const double first = static_cast<double>(to_compute(src[ch * len]));
+      pivot[ch] = static_cast<T>(first + sum_lanes<Arch>(differences(ch, first)));
     }
     return;
   }

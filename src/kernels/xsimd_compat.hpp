@@ -259,6 +259,63 @@ double sum_lanes(const xsimd::batch<double, Arch>& v) noexcept {
   }
 }
 
+#if XSIMD_WITH_AVX512F
+/// _mm512_shuffle_f64x2 in its zero-masked form (GCC 12 warns of the plain one's undefined
+/// source, see all_lanes).
+template <int Blocks>
+__m512d shuffle(__m512d a, __m512d b) noexcept {
+  return _mm512_maskz_shuffle_f64x2(all_lanes, a, b, Blocks);
+}
+#endif
+
+/// The horizontal sums of as many vectors as a vector has lanes, at once: lane g of the result
+/// is sum_lanes(v[g]), bit for bit (the same pairs added in the same order, the vectors
+/// transposed as they are reduced). Channels reduced a vector of them at a time share the
+/// shuffles that one channel at a time pays alone.
+template <class Arch>
+xsimd::batch<double, Arch> sum_lanes_of(const xsimd::batch<double, Arch>* v) noexcept {
+#if XSIMD_WITH_AVX512F
+  if constexpr (is_arch<Arch, xsimd::avx512f>) {
+    // Halves: w[g] = [four of g | four of g + 4]; quarters: x[g] = the pairs of g, g + 4,
+    // g + 2, g + 6; then the last pair of each, in the order 0, 1, 4, 5, 2, 3, 6, 7.
+    __m512d w[4], x[2];
+    for (int g = 0; g < 4; ++g) {
+      const __m512d a = v[g], b = v[g + 4];
+      w[g] = _mm512_add_pd(shuffle<0x44>(a, b), shuffle<0xEE>(a, b));
+    }
+    for (int g = 0; g < 2; ++g) {
+      x[g] = _mm512_add_pd(shuffle<0x88>(w[g], w[g + 2]), shuffle<0xDD>(w[g], w[g + 2]));
+    }
+    const __m512d sums = _mm512_add_pd(_mm512_maskz_unpacklo_pd(all_lanes, x[0], x[1]),
+                                       _mm512_maskz_unpackhi_pd(all_lanes, x[0], x[1]));
+    return shuffle<0xD8>(sums, sums);
+  } else
+#endif
+#if XSIMD_WITH_AVX
+      if constexpr (std::is_base_of<xsimd::avx, Arch>::value) {
+    // u = [a0 + a2, a1 + a3, c0 + c2, c1 + c3], w likewise of b and d; then their pairs.
+    const __m256d a = v[0], b = v[1], c = v[2], d = v[3];
+    const __m256d u =
+        _mm256_add_pd(_mm256_permute2f128_pd(a, c, 0x20), _mm256_permute2f128_pd(a, c, 0x31));
+    const __m256d w =
+        _mm256_add_pd(_mm256_permute2f128_pd(b, d, 0x20), _mm256_permute2f128_pd(b, d, 0x31));
+    return _mm256_hadd_pd(u, w);
+  } else
+#endif
+#if XSIMD_WITH_SSE2
+      if constexpr (std::is_base_of<xsimd::sse2, Arch>::value) {
+    const __m128d a = v[0], b = v[1];
+    return _mm_add_pd(_mm_unpacklo_pd(a, b), _mm_unpackhi_pd(a, b));
+  } else
+#endif
+  {
+    constexpr std::size_t lanes = xsimd::batch<double, Arch>::size;
+    alignas(64) double sums[lanes];
+    for (std::size_t g = 0; g < lanes; ++g) sums[g] = sum_lanes(v[g]);
+    return xsimd::batch<double, Arch>::load_aligned(sums);
+  }
+}
+
 /// Non-temporal store of a whole vector to a vector-aligned address; xsimd 8.1 has none.
 /// Architectures without one store normally.
 template <class T, class Arch>
