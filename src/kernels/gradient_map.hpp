@@ -77,6 +77,36 @@ void gradient_run(const S* x, const S* dy, S* dx, std::size_t n, bool stream, F 
   if (body_end < n) gradient_store_run<Arch>(x, dy, dx, body_end, n, f);
 }
 
+/// Channels of one plane each, back to back (N = 1), each plane at least a vector long, with
+/// ordinary stores: plane_gradient's loop for them, the coefficient pointers and the plane's
+/// bounds in registers (see normalize_contiguous_planes).
+template <class Arch, class S, class T = compute_t<S>>
+void gradient_contiguous_planes(const S* src, const S* diff_dst, S* diff_src, std::size_t len,
+                                std::size_t channels, const T* center, const T* dy_scale,
+                                const T* x_scale, const T* shift) noexcept {
+  using vec = xsimd::batch<T, Arch>;
+  constexpr std::size_t lanes = vec::size;
+  const std::size_t last = len - lanes;
+  for (std::size_t ch = 0; ch < channels; ++ch) {
+    const S* x = src + ch * len;
+    const S* g = diff_dst + ch * len;
+    S* y = diff_src + ch * len;
+    const vec c(center[ch]), a(dy_scale[ch]), b(x_scale[ch]), e(shift[ch]);
+    const auto f = [&](std::size_t j) {
+      return gradient_of(load_elements<Arch>(x + j), load_elements<Arch>(g + j), c, a, b, e);
+    };
+    const vec tail = f(last);  // as in plane_gradient: before anything is stored
+    std::size_t i = 0;
+    for (; i + lanes < last; i += 2 * lanes) {
+      const vec v0 = f(i), v1 = f(i + lanes);
+      store_elements<Arch>(y + i, v0);
+      store_elements<Arch>(y + i + lanes, v1);
+    }
+    if (i < last) store_elements<Arch>(y + i, f(i));
+    store_elements<Arch>(y + last, tail);
+  }
+}
+
 /// Channel k of `channels` has its first plane at offset k·len and coefficients at first + k.
 template <class Arch, class S>
 void plane_gradient(const S* src, const S* diff_dst, S* diff_src, const plane_block& block,
@@ -86,6 +116,11 @@ void plane_gradient(const S* src, const S* diff_dst, S* diff_src, const plane_bl
   const std::size_t channels = block.channels;
   const gradient_coefficients<const compute_t<S>>& k = params.coeffs;
   const bool stream = params.stream && element_aligned(diff_src);
+  if (planes == 1 && !stream && len >= vec::size) {
+    gradient_contiguous_planes<Arch>(src, diff_dst, diff_src, len, channels, k.center + first,
+                                     k.dy_scale + first, k.x_scale + first, k.shift + first);
+    return;
+  }
   for (std::size_t ch = 0; ch < channels; ++ch) {
     const std::size_t at = first + ch;
     const vec c(k.center[at]), a(k.dy_scale[at]), b(k.x_scale[at]), e(k.shift[at]);
