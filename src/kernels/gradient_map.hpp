@@ -77,9 +77,9 @@ void gradient_run(const S* x, const S* dy, S* dx, std::size_t n, bool stream, F 
   if (body_end < n) gradient_store_run<Arch>(x, dy, dx, body_end, n, f);
 }
 
-/// Channels of one plane each, back to back (N = 1), each plane at least a vector long, with
-/// ordinary stores: plane_gradient's loop for them, the coefficient pointers and the plane's
-/// bounds in registers (see normalize_contiguous_planes).
+/// Channels of one plane each, back to back (N = 1), each plane at least a vector long and
+/// short (see plane_gradient), with ordinary stores: plane_gradient's loop for them, the
+/// coefficient pointers and the plane's bounds in registers (see normalize_contiguous_planes).
 template <class Arch, class S, class T = compute_t<S>>
 void gradient_contiguous_planes(const S* src, const S* diff_dst, S* diff_src, std::size_t len,
                                 std::size_t channels, const T* center, const T* dy_scale,
@@ -116,7 +116,10 @@ void plane_gradient(const S* src, const S* diff_dst, S* diff_src, const plane_bl
   const std::size_t channels = block.channels;
   const gradient_coefficients<const compute_t<S>>& k = params.coeffs;
   const bool stream = params.stream && element_aligned(diff_src);
-  if (planes == 1 && !stream && len >= vec::size) {
+  // Planes of 1,024 values or more keep the general loop: GCC 12 gives the contiguous one two
+  // register copies a step there ((1,64,112,112) backward: 1,932,967 instructions a call
+  // against 1,889,470, `bash scripts/instruction_counts.sh`).
+  if (planes == 1 && !stream && len >= vec::size && len < 1024) {
     gradient_contiguous_planes<Arch>(src, diff_dst, diff_src, len, channels, k.center + first,
                                      k.dy_scale + first, k.x_scale + first, k.shift + first);
     return;
