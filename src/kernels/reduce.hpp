@@ -180,36 +180,43 @@ struct gradient_terms {
   }
 };
 
-/// One block [begin, end) of a run ending at end_of_run: its whole vectors, and the run's last
-/// values (fewer than a vector, lanes fresh()) where the block is the run's last. Per lane in T,
-/// then into acc in float64 (float32: at most block_vectors + 1 values a lane, see
-/// block_vectors; float64: the accumulators themselves, flushed as often, which costs nothing
-/// next to the loads).
-template <class Arch, class Terms, class Fresh, class T = typename Terms::T>
-[[gnu::always_inline]] inline void block_sums(const Terms& terms, std::size_t begin,
-                                              std::size_t end, std::size_t end_of_run,
-                                              const Fresh& fresh, const xsimd::batch<T, Arch>& k,
-                                              f64_accumulator<Arch>& acc) noexcept {
+/// Group channels' runs shorter than one_block_runs_below at once: run g from offset at[g], its
+/// center k[g], into acc[g]. Per lane in T over the run's whole vectors and its last partial one
+/// (lanes `fresh`), one chain a channel, then into float64 (at most block_vectors + 1 values a
+/// lane, see block_vectors); a channel whose T partials overflowed (or hold a NaN) is summed
+/// again in float64. Channels side by side share the loop (on 7×7 planes its overhead was as
+/// large as the sums); each channel's lanes add the same values in the same order whatever the
+/// group, so its bits never depend on its neighbours.
+template <std::size_t Group, class Arch, class Terms, class T = typename Terms::T>
+[[gnu::always_inline]] inline void short_run_sums(const Terms& terms,
+                                                  const std::size_t (&at)[Group], std::size_t len,
+                                                  const lane_mask<T, Arch>& fresh,
+                                                  const xsimd::batch<T, Arch> (&k)[Group],
+                                                  f64_accumulator<Arch> (&acc)[Group]) noexcept {
   using vec = xsimd::batch<T, Arch>;
   constexpr std::size_t lanes = vec::size;
-  vec s0(T(0)), s1(T(0)), q0(T(0)), q1(T(0));
-  std::size_t i = begin;
-  for (; i + 2 * lanes <= end; i += 2 * lanes) {
-    terms.add(i, k, s0, q0);
-    terms.add(i + lanes, k, s1, q1);
+  const std::size_t whole = len - len % lanes;
+  vec s[Group], q[Group];
+#pragma GCC unroll 8
+  for (std::size_t g = 0; g < Group; ++g) s[g] = q[g] = vec(T(0));
+  for (std::size_t i = 0; i < whole; i += lanes) {
+#pragma GCC unroll 8
+    for (std::size_t g = 0; g < Group; ++g) terms.add(at[g] + i, k[g], s[g], q[g]);
   }
-  if (i + lanes <= end) {
-    terms.add(i, k, s0, q0);
-    i += lanes;
+  if (whole < len) {
+#pragma GCC unroll 8
+    for (std::size_t g = 0; g < Group; ++g) {
+      terms.add_masked(at[g] + len - lanes, fresh, k[g], s[g], q[g]);
+    }
   }
-  const std::size_t whole_end = i;
-  const bool tail = i < end_of_run && end_of_run - i < lanes;
-  if (tail) terms.add_masked(end_of_run - lanes, fresh(), k, s1, q1);
-  if (Terms::finite(s0 + s1, q0 + q1)) {
-    acc.add(s0 + s1, q0 + q1);
-  } else {
-    for (std::size_t j = begin; j < whole_end; j += lanes) terms.add_exact(j, k, acc);
-    if (tail) terms.add_exact_masked(end_of_run - lanes, fresh(), k, acc);
+#pragma GCC unroll 8
+  for (std::size_t g = 0; g < Group; ++g) {
+    if (Terms::finite(s[g], q[g])) {
+      acc[g].add(s[g], q[g]);
+      continue;
+    }
+    for (std::size_t j = 0; j < whole; j += lanes) terms.add_exact(at[g] + j, k[g], acc[g]);
+    if (whole < len) terms.add_exact_masked(at[g] + len - lanes, fresh, k[g], acc[g]);
   }
 }
 
@@ -219,24 +226,14 @@ constexpr std::size_t one_block_runs_below = (block_vectors + 1) * xsimd::batch<
 
 /// The terms of one run [base, base + len) of at least one vector, in blocks of block_vectors
 /// vectors; the last values, fewer than a vector, join the last block (one more value per
-/// lane): short planes (7×7) would otherwise pay a float64 step for them. `fresh`:
-/// fresh_lanes for the run's length, made once by the caller for all its runs. OneBlock: the
-/// caller knows the run is shorter than one_block_runs_below (the same bits, without the walk).
-template <bool OneBlock, class Arch, class Terms, class T = typename Terms::T>
+/// lane): short planes would otherwise pay a float64 step for them. Runs shorter than
+/// one_block_runs_below take short_run_sums.
+template <class Arch, class Terms, class T = typename Terms::T>
 [[gnu::always_inline]] inline void run_sums(const Terms& terms, std::size_t base, std::size_t len,
-                                            const lane_mask<T, Arch>& fresh,
                                             const xsimd::batch<T, Arch>& k,
                                             f64_accumulator<Arch>& acc) noexcept {
   constexpr std::size_t block = block_vectors * xsimd::batch<T, Arch>::size;
   const std::size_t end_of_run = base + len;
-  if (OneBlock) {
-    block_sums<Arch>(
-        terms, base, end_of_run, end_of_run, [&fresh] { return fresh; }, k, acc);
-    return;
-  }
-  // Longer runs: the block walk written out, the mask made where the last block uses it (as
-  // block_sums, the same operations; through it, the walk cost 112×112 planes 1–6% more
-  // instructions).
   using vec = xsimd::batch<T, Arch>;
   constexpr std::size_t lanes = vec::size;
   std::size_t i = base;
@@ -271,15 +268,29 @@ template <bool OneBlock, class Arch, class Terms, class T = typename Terms::T>
 }
 
 /// The sums of channel `ch` of plane_sums (its planes' runs of at least one vector) into acc.
-template <bool OneBlock, class Arch, class Terms, class T = typename Terms::T>
+template <class Arch, class Terms, class T = typename Terms::T>
 [[gnu::always_inline]] inline void channel_sums(const Terms& terms, std::size_t len,
                                                 std::size_t planes, std::size_t stride,
                                                 std::size_t ch, const T* center,
-                                                const lane_mask<T, Arch>& fresh,
                                                 f64_accumulator<Arch>& acc) noexcept {
   const xsimd::batch<T, Arch> k(center[ch]);
+  for (std::size_t p = 0; p < planes; ++p)
+    run_sums<Arch>(terms, ch * len + p * stride, len, k, acc);
+}
+
+/// The sums of channels [ch, ch + Group) of plane_sums whose runs are shorter than
+/// one_block_runs_below into acc[0, Group), side by side (see short_run_sums).
+template <std::size_t Group, class Arch, class Terms, class T = typename Terms::T>
+[[gnu::always_inline]] inline void short_channel_sums(
+    const Terms& terms, std::size_t len, std::size_t planes, std::size_t stride, std::size_t ch,
+    const T* center, const lane_mask<T, Arch>& fresh,
+    f64_accumulator<Arch> (&acc)[Group]) noexcept {
+  xsimd::batch<T, Arch> k[Group];
+  for (std::size_t g = 0; g < Group; ++g) k[g] = xsimd::batch<T, Arch>(center[ch + g]);
   for (std::size_t p = 0; p < planes; ++p) {
-    run_sums<OneBlock, Arch>(terms, ch * len + p * stride, len, fresh, k, acc);
+    std::size_t at[Group];
+    for (std::size_t g = 0; g < Group; ++g) at[g] = (ch + g) * len + p * stride;
+    short_run_sums<Group, Arch>(terms, at, len, fresh, k, acc);
   }
 }
 
@@ -308,32 +319,45 @@ void plane_sums(const Terms& terms, std::size_t len, std::size_t planes, std::si
     }
     return;
   }
-  const lane_mask<T, Arch> fresh = fresh_lanes<Arch, T>(lanes - len % lanes);
-  const auto all_channels = [&](auto one_block) {
-    constexpr bool OneBlock = decltype(one_block)::value;
-    std::size_t ch = 0;
+  const auto store_group = [&](std::size_t ch, const f64_accumulator<Arch>* acc) {
+    dvec s[group], q[group];
+    for (std::size_t g = 0; g < group; ++g) {
+      s[g] = acc[g].sum;
+      q[g] = acc[g].sum_sq;
+    }
+    (dvec::load_unaligned(sum + ch) + sum_lanes_of<Arch>(s)).store_unaligned(sum + ch);
+    (dvec::load_unaligned(sum_sq + ch) + sum_lanes_of<Arch>(q)).store_unaligned(sum_sq + ch);
+  };
+  const auto store_one = [&](std::size_t ch, const f64_accumulator<Arch>& acc) {
+    sum[ch] += sum_lanes<Arch>(acc.sum);
+    sum_sq[ch] += sum_lanes<Arch>(acc.sum_sq);
+  };
+  std::size_t ch = 0;
+  if (len < one_block_runs_below<T, Arch>) {
+    const lane_mask<T, Arch> fresh = fresh_lanes<Arch, T>(lanes - len % lanes);
     for (; ch + group <= channels; ch += group) {
-      dvec s[group], q[group];
-      for (std::size_t g = 0; g < group; ++g) {
-        f64_accumulator<Arch> acc;
-        channel_sums<OneBlock, Arch>(terms, len, planes, stride, ch + g, center, fresh, acc);
-        s[g] = acc.sum;
-        q[g] = acc.sum_sq;
-      }
-      (dvec::load_unaligned(sum + ch) + sum_lanes_of<Arch>(s)).store_unaligned(sum + ch);
-      (dvec::load_unaligned(sum_sq + ch) + sum_lanes_of<Arch>(q)).store_unaligned(sum_sq + ch);
+      f64_accumulator<Arch> acc[group];
+      short_channel_sums<group, Arch>(terms, len, planes, stride, ch, center, fresh, acc);
+      store_group(ch, acc);
     }
     for (; ch < channels; ++ch) {
-      f64_accumulator<Arch> acc;
-      channel_sums<OneBlock, Arch>(terms, len, planes, stride, ch, center, fresh, acc);
-      sum[ch] += sum_lanes<Arch>(acc.sum);
-      sum_sq[ch] += sum_lanes<Arch>(acc.sum_sq);
+      f64_accumulator<Arch> acc[1];
+      short_channel_sums<1, Arch>(terms, len, planes, stride, ch, center, fresh, acc);
+      store_one(ch, acc[0]);
     }
-  };
-  if (len < one_block_runs_below<T, Arch>) {
-    all_channels(std::true_type());
-  } else {
-    all_channels(std::false_type());
+    return;
+  }
+  for (; ch + group <= channels; ch += group) {
+    f64_accumulator<Arch> acc[group];
+    for (std::size_t g = 0; g < group; ++g) {
+      channel_sums<Arch>(terms, len, planes, stride, ch + g, center, acc[g]);
+    }
+    store_group(ch, acc);
+  }
+  for (; ch < channels; ++ch) {
+    f64_accumulator<Arch> acc;
+    channel_sums<Arch>(terms, len, planes, stride, ch, center, acc);
+    store_one(ch, acc);
   }
 }
 
