@@ -319,12 +319,7 @@ void plane_sums(const Terms& terms, std::size_t len, std::size_t planes, std::si
     }
     return;
   }
-  const auto store_group = [&](std::size_t ch, const f64_accumulator<Arch>* acc) {
-    dvec s[group], q[group];
-    for (std::size_t g = 0; g < group; ++g) {
-      s[g] = acc[g].sum;
-      q[g] = acc[g].sum_sq;
-    }
+  const auto store_sums = [&](std::size_t ch, const dvec* s, const dvec* q) {
     (dvec::load_unaligned(sum + ch) + sum_lanes_of<Arch>(s)).store_unaligned(sum + ch);
     (dvec::load_unaligned(sum_sq + ch) + sum_lanes_of<Arch>(q)).store_unaligned(sum_sq + ch);
   };
@@ -338,7 +333,12 @@ void plane_sums(const Terms& terms, std::size_t len, std::size_t planes, std::si
     for (; ch + group <= channels; ch += group) {
       f64_accumulator<Arch> acc[group];
       short_channel_sums<group, Arch>(terms, len, planes, stride, ch, center, fresh, acc);
-      store_group(ch, acc);
+      dvec s[group], q[group];
+      for (std::size_t g = 0; g < group; ++g) {
+        s[g] = acc[g].sum;
+        q[g] = acc[g].sum_sq;
+      }
+      store_sums(ch, s, q);
     }
     for (; ch < channels; ++ch) {
       f64_accumulator<Arch> acc[1];
@@ -348,11 +348,14 @@ void plane_sums(const Terms& terms, std::size_t len, std::size_t planes, std::si
     return;
   }
   for (; ch + group <= channels; ch += group) {
-    f64_accumulator<Arch> acc[group];
+    dvec s[group], q[group];
     for (std::size_t g = 0; g < group; ++g) {
-      channel_sums<Arch>(terms, len, planes, stride, ch + g, center, acc[g]);
+      f64_accumulator<Arch> acc;
+      channel_sums<Arch>(terms, len, planes, stride, ch + g, center, acc);
+      s[g] = acc.sum;
+      q[g] = acc.sum_sq;
     }
-    store_group(ch, acc);
+    store_sums(ch, s, q);
   }
   for (; ch < channels; ++ch) {
     f64_accumulator<Arch> acc;
