@@ -229,9 +229,12 @@ constexpr std::size_t one_block_runs_below = (block_vectors + 1) * xsimd::batch<
 /// lane): short planes would otherwise pay a float64 step for them. Runs shorter than
 /// one_block_runs_below take short_run_sums.
 template <class Arch, class Terms, class T = typename Terms::T>
-[[gnu::always_inline]] inline void run_sums(const Terms& terms, std::size_t base, std::size_t len,
-                                            const xsimd::batch<T, Arch>& k,
+[[gnu::always_inline]] inline void run_sums(const Terms& all_terms, std::size_t base,
+                                            std::size_t len, const xsimd::batch<T, Arch>& k,
                                             f64_accumulator<Arch>& acc) noexcept {
+  // A copy whose address never leaves the function: its pointers stay in registers instead of
+  // being loaded again at every block.
+  const Terms terms = all_terms;
   constexpr std::size_t block = block_vectors * xsimd::batch<T, Arch>::size;
   const std::size_t end_of_run = base + len;
   using vec = xsimd::batch<T, Arch>;
