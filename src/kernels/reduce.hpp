@@ -225,9 +225,10 @@ template <class T, class Arch>
 constexpr std::size_t one_block_runs_below = (block_vectors + 1) * xsimd::batch<T, Arch>::size;
 
 /// The terms of one run [base, base + len) of at least one vector, in blocks of block_vectors
-/// vectors; the last values, fewer than a vector, join the last block (one more value per
-/// lane): short planes would otherwise pay a float64 step for them. Runs shorter than
-/// one_block_runs_below take short_run_sums.
+/// vectors per lane in T, each block then into float64 (float64 data: the accumulators
+/// themselves, flushed as often, which costs nothing next to the loads); the last values, fewer
+/// than a vector, join the last block (one more value per lane): short planes would otherwise
+/// pay a float64 step for them. Runs shorter than one_block_runs_below take short_run_sums.
 template <class Arch, class Terms, class T = typename Terms::T>
 [[gnu::always_inline]] inline void run_sums(const Terms& all_terms, std::size_t base,
                                             std::size_t len, const xsimd::batch<T, Arch>& k,
