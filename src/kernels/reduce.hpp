@@ -51,12 +51,13 @@ struct lane_index {
                                                8, 9, 10, 11, 12, 13, 14, 15};
 };
 
-/// The lanes of a vector at or after lane `counted`: the last values of a run of at least one
-/// vector read as its last whole vector, the lanes already counted masked out (so that they add
-/// zero): no read past the run, no scalar loop.
+/// Which lanes of a vector a kernel takes (fresh_lanes).
 template <class T, class Arch>
 using lane_mask = xsimd::batch_bool<T, Arch>;
 
+/// The lanes of a vector at or after lane `counted`: the last values of a run of at least one
+/// vector read as its last whole vector, the lanes already counted masked out (so that they add
+/// zero): no read past the run, no scalar loop.
 template <class Arch, class T>
 lane_mask<T, Arch> fresh_lanes(std::size_t counted) noexcept {
   using vec = xsimd::batch<T, Arch>;
