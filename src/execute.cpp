@@ -15,6 +15,7 @@
 #include <cmath>
 #include <type_traits>
 
+#include "commit_journal.hpp"
 #include "passes.hpp"
 #include "statistics.hpp"
 
@@ -125,6 +126,7 @@ class training_step {
         variance_(reinterpret_cast<double*>(scratch + p_.scratch.variance)),
         inv_std_(reinterpret_cast<double*>(scratch + p_.scratch.inv_std)),
         scale_(reinterpret_cast<double*>(scratch + p_.scratch.scale)),
+        scratch_(scratch),
         coeffs_(scratch, p_.scratch) {}
 
   void run() {
@@ -134,7 +136,7 @@ class training_step {
         map_pass(plan_, normalize());
         break;
       case training_schedule::fused_planes:
-      case training_schedule::fused_column_blocks: fused_pass(plan_, fused_block()); break;
+      case training_schedule::fused_column_blocks: fused_training(); return;
       case training_schedule::two_passes:
         two_pass_statistics();
         map_pass(plan_, normalize());
@@ -386,24 +388,76 @@ class training_step {
     scale_[c] = value_or<T>(args_.scale, c, 1.0) * inv_std_[c];
   }
 
-  /// The batch statistics, then the running statistics and the step counter: the only writes
-  /// to the caller's buffers besides dst, made once everything else has succeeded.
-  void commit() {
-    const kernels::kernel_set<S>& kern = plan_.kernels->get<S>();
-    if (T* out = static_cast<T*>(args_.batch_mean.data)) kern.narrow(p_.channels, mean_, out);
-    if (T* out = static_cast<T*>(args_.batch_inv_std.data)) {
-      kern.narrow(p_.channels, inv_std_, out);
+  /// The fused schedules: each block commits its own channels as soon as they are final, on
+  /// the core that holds them (commit_journal.hpp has why, and how a failed pass undoes it);
+  /// the step counter last.
+  void fused_training() {
+    const running_update update = this_step();
+    T* const outputs[] = {static_cast<T*>(args_.batch_mean.data),
+                          static_cast<T*>(args_.batch_inv_std.data),
+                          update.active ? static_cast<T*>(args_.running_mean.data) : nullptr,
+                          update.active ? static_cast<T*>(args_.running_var.data) : nullptr};
+    const commit_journal<T> journal(outputs, p_.channels, scratch_as<T>(p_.scratch.kept),
+                                    scratch_as<unsigned char>(p_.scratch.committed));
+    journal.open();
+    try {
+      fused_pass(plan_, fused_block(), [&](std::size_t c0, std::size_t c1) {
+        journal.keep(c0, c1);
+        commit_channels(update, c0, c1);
+      });
+    } catch (...) {
+      journal.restore();
+      throw;
     }
-    if (!plan_.options.update_running_stats) return;
-    std::int64_t tracked = 0;
-    if (args_.num_batches_tracked) tracked = ++*args_.num_batches_tracked;
+    count_step(update);
+  }
+
+  /// The batch statistics, the running statistics, then the step counter: the only writes to
+  /// the caller's buffers besides dst, made once everything else has succeeded.
+  void commit() {
+    const running_update update = this_step();
+    commit_channels(update, 0, p_.channels);
+    count_step(update);
+  }
+
+  /// How this step blends the batch statistics into the running ones.
+  struct running_update {
+    bool active = false;
+    std::int64_t batches_tracked = 0;  // num_batches_tracked after this step
+    double batch_weight = 0.0;
+    double bessel = 1.0;  // the unbiased variance's factor, or 1
+  };
+  running_update this_step() const {
+    if (!plan_.options.update_running_stats) return {};
+    const std::int64_t tracked = args_.num_batches_tracked ? *args_.num_batches_tracked + 1 : 0;
     const running_rule rule = make_running_rule(plan_.options, tracked);
     const double count = total_count_;
-    const double bessel = rule.unbiased_variance ? count / (count - 1.0) : 1.0;
-    kern.blend_running(p_.channels, mean_, 1.0, rule.batch_weight,
-                       static_cast<T*>(args_.running_mean.data));
-    kern.blend_running(p_.channels, variance_, bessel, rule.batch_weight,
-                       static_cast<T*>(args_.running_var.data));
+    return {true, tracked, rule.batch_weight, rule.unbiased_variance ? count / (count - 1.0) : 1.0};
+  }
+  void count_step(const running_update& update) const {
+    if (update.active && args_.num_batches_tracked) {
+      *args_.num_batches_tracked = update.batches_tracked;
+    }
+  }
+
+  /// Channels [c0, c1) of the batch and running statistics.
+  void commit_channels(const running_update& update, std::size_t c0, std::size_t c1) const {
+    const kernels::kernel_set<S>& kern = plan_.kernels->get<S>();
+    const std::size_t count = c1 - c0;
+    if (T* out = static_cast<T*>(args_.batch_mean.data)) kern.narrow(count, mean_ + c0, out + c0);
+    if (T* out = static_cast<T*>(args_.batch_inv_std.data)) {
+      kern.narrow(count, inv_std_ + c0, out + c0);
+    }
+    if (!update.active) return;
+    kern.blend_running(count, mean_ + c0, 1.0, update.batch_weight,
+                       static_cast<T*>(args_.running_mean.data) + c0);
+    kern.blend_running(count, variance_ + c0, update.bessel, update.batch_weight,
+                       static_cast<T*>(args_.running_var.data) + c0);
+  }
+
+  template <class U>
+  U* scratch_as(std::size_t offset) const {
+    return reinterpret_cast<U*>(scratch_ + offset);
   }
 
   /// Values per channel in this call's tensor.
@@ -421,6 +475,7 @@ class training_step {
   double* variance_;
   double* inv_std_;
   double* scale_;
+  unsigned char* scratch_;
   coefficient_arrays<T> coeffs_;
   // Values per channel in the batch whose statistics are committed: this call's, or every
   // rank's in a distributed step.

@@ -88,6 +88,10 @@ bool lay_out_scratch(partition& p) {
   s.mean = take(bytes_of(p.channels, sizeof(double)));
   s.variance = take(bytes_of(p.channels, sizeof(double)));
   s.inv_std = take(bytes_of(p.channels, sizeof(double)));
+  const bool journal = p.training == training_schedule::fused_planes ||
+                       p.training == training_schedule::fused_column_blocks;
+  s.kept = take(bytes_of(journal ? 4 * p.channels : 0, p.value_size));
+  s.committed = take(bytes_of(journal ? p.channels : 0, 1));
   s.training_bytes = offset;
   return fits;
 }

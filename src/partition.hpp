@@ -54,6 +54,9 @@ struct scratch_layout {
   std::size_t inv_std = 0;   // double[C]: 1/sqrt(variance + eps)
   std::size_t scale = 0;     // double[C]: gamma·inv_std
   std::size_t coeffs = 0;    // T[4][coeff_stride]: center, scale, shift, prescale
+  // The fused training schedules' commit journal (commit_journal.hpp); empty otherwise.
+  std::size_t kept = 0;       // T[4][C]: the values the blocks' commits replace
+  std::size_t committed = 0;  // unsigned char[C]: which channels a block has committed
   std::size_t pivot_count = 0;
   std::size_t partial_count = 0;
   std::size_t coeff_stride = 0;

@@ -188,15 +188,17 @@ void for_each_channel_block(const plan_impl& plan, std::size_t block, const Body
 /// The fused schedules' one parallel pass: body(c0, c1) on each block of whole channels that
 /// fits in a core's cache, which reduces, finalizes and maps the block back to back (its data
 /// still in cache for the second read). Planes: groups of up to fused_group channels within a
-/// task; rows: the column blocks.
-template <class Body>
-void fused_pass(const plan_impl& plan, const Body& body) {
+/// task; rows: the column blocks. finish(c0, c1) then takes each task's channels once more, on
+/// the same thread, while their per-channel results are in its cache.
+template <class Body, class Finish>
+void fused_pass(const plan_impl& plan, const Body& body, const Finish& finish) {
   const partition& p = plan.part;
   if (p.kind == traversal::planes) {
     plan.threads.for_each(p.units, p.units_per_task, p.serial, [&](std::size_t b, std::size_t e) {
       for (std::size_t c0 = b; c0 < e; c0 += p.fused_group) {
         body(c0, std::min(c0 + p.fused_group, e));
       }
+      finish(b, e);
     });
     return;
   }
@@ -204,8 +206,13 @@ void fused_pass(const plan_impl& plan, const Body& body) {
     for (std::size_t u = b; u < e; ++u) {
       const interleaved_unit w(p, u);
       body(w.column, w.column + w.width);
+      finish(w.column, w.column + w.width);
     }
   });
+}
+template <class Body>
+void fused_pass(const plan_impl& plan, const Body& body) {
+  fused_pass(plan, body, [](std::size_t, std::size_t) {});
 }
 
 /// `units` interleaved units, unit u being unit_at(u): rows of slots with per-slot

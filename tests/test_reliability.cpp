@@ -14,6 +14,7 @@
 #include <oneapi/tbb/task_arena.h>
 #include <oneapi/tbb/task_scheduler_observer.h>
 
+#include "commit_journal.hpp"
 #include "shapes.hpp"
 #include "support.hpp"
 
@@ -274,6 +275,44 @@ void check_shared_plan_and_separate_modules(int max_threads) {
     for (int t = 0; t < threads; ++t) {
       EXPECT_TRUE(same_bits(results[t], serial)) << "thread " << t;
       EXPECT_TRUE(same_bits(module_results[t], module_y)) << "module on thread " << t;
+    }
+  }
+}
+
+// The fused training schedules commit each block's statistics inside the parallel pass; should
+// the pass fail midway (oneTBB throws), the journal puts back exactly the blocks committed so
+// far, and nothing else: the caller's statistics stay untouched on failure.
+TEST(CommitJournal, RestoresExactlyTheBlocksCommittedBeforeAFailure) {
+  constexpr std::size_t channels = 37;
+  std::vector<float> outputs[3];
+  for (std::size_t k = 0; k < 3; ++k) {
+    for (std::size_t c = 0; c < channels; ++c) outputs[k].push_back(float(k * 100 + c) + 0.5f);
+  }
+  const std::vector<float> before[3] = {outputs[0], outputs[1], outputs[2]};
+  std::vector<float> kept(4 * channels, -7.f);
+  std::vector<unsigned char> committed(channels, 1);  // a previous call's flags
+  float* const buffers[] = {outputs[0].data(), nullptr, outputs[1].data(), outputs[2].data()};
+  const bnorm::detail::commit_journal<float> journal(buffers, channels, kept.data(),
+                                                     committed.data());
+  const auto commit_block = [&](std::size_t c0, std::size_t c1) {
+    journal.keep(c0, c1);
+    for (auto& out : outputs) std::fill(out.begin() + c0, out.begin() + c1, -1.f);
+  };
+
+  journal.open();
+  journal.restore();  // nothing committed yet: a stale flag must not restore garbage
+  for (std::size_t k = 0; k < 3; ++k) EXPECT_EQ(outputs[k], before[k]) << "output " << k;
+
+  commit_block(0, 10);
+  commit_block(20, channels);
+  for (auto& out : outputs) {
+    std::fill(out.begin() + 12, out.begin() + 15, 9.f);  // a block the journal never kept
+  }
+  journal.restore();
+  for (std::size_t k = 0; k < 3; ++k) {
+    for (std::size_t c = 0; c < channels; ++c) {
+      const bool uncommitted = c >= 12 && c < 15;
+      EXPECT_EQ(outputs[k][c], uncommitted ? 9.f : before[k][c]) << "output " << k << " c " << c;
     }
   }
 }
