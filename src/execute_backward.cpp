@@ -91,30 +91,45 @@ class gradient_step {
   }
 
   void run() {
-    set_centers();
     if (fused()) {
       // Vector loads of the last block's coefficients read past the period: keep it defined
       // (the blocks' slots are their channels: nothing to replicate).
       if (p_.kind == traversal::interleaved) replicate_coefficients();
-      fused_pass(plan_, [this](std::size_t c0, std::size_t c1) {
-        reduce_channels(p_, reduce(), c0, c1, sum_dy_, sum_dy_d_);
-        channel_math(c0, c1);
-        if (diff_src_) map_channels(p_, map(), c0, c1, c0);
-      });
-    } else {
-      reduce_pass(plan_, reduce(), sum_, sum_sq_);
-      for_each_channel_block(plan_, p_.channels_per_finalize_task,
-                             [this](std::size_t c0, std::size_t c1) {
-                               merge_partials(p_, c0, c1, sum_, sum_sq_, sum_dy_, sum_dy_d_);
-                               channel_math(c0, c1);
-                             });
-      if (diff_src_) {
-        if (p_.kind == traversal::interleaved) replicate_coefficients();
-        map_pass(plan_, map());
-      }
+      // Each block's centers and gradients are set and written by the thread that sums it,
+      // while they are in its cache (as the forward's commit, execute.cpp).
+      fused_pass(
+          plan_,
+          [this](std::size_t c0, std::size_t c1) {
+            set_centers(c0, c1);
+            reduce_channels(p_, reduce(), c0, c1, sum_dy_, sum_dy_d_);
+            channel_math(c0, c1);
+            if (diff_src_) map_channels(p_, map(), c0, c1, c0);
+          },
+          [this](std::size_t c0, std::size_t c1) { write_gradients(c0, c1); });
+      return;
     }
-    if (T* out = static_cast<T*>(args_.diff_shift.data)) kern_.narrow(p_.channels, sum_dy_, out);
-    if (T* out = static_cast<T*>(args_.diff_scale.data)) kern_.narrow(p_.channels, sum_dy_d_, out);
+    set_centers();
+    reduce_pass(plan_, reduce(), sum_, sum_sq_);
+    for_each_channel_block(plan_, p_.channels_per_finalize_task,
+                           [this](std::size_t c0, std::size_t c1) {
+                             merge_partials(p_, c0, c1, sum_, sum_sq_, sum_dy_, sum_dy_d_);
+                             channel_math(c0, c1);
+                           });
+    if (diff_src_) {
+      if (p_.kind == traversal::interleaved) replicate_coefficients();
+      map_pass(plan_, map());
+    }
+    write_gradients(0, p_.channels);
+  }
+
+  /// dβ and dγ of channels [c0, c1), from Σdy and the dγ in place of Σdy·(x − mean).
+  void write_gradients(std::size_t c0, std::size_t c1) const {
+    if (T* out = static_cast<T*>(args_.diff_shift.data)) {
+      kern_.narrow(c1 - c0, sum_dy_ + c0, out + c0);
+    }
+    if (T* out = static_cast<T*>(args_.diff_scale.data)) {
+      kern_.narrow(c1 - c0, sum_dy_d_ + c0, out + c0);
+    }
   }
 
   /// Distributed training: this rank's count, Σdy and Σdy·(x − mean) into `exchange`.
@@ -176,9 +191,19 @@ class gradient_step {
   /// The centers of the sums and of dx: the mean per channel, per slot for rows (slot j is
   /// channel j % C).
   void set_centers() const {
+    set_centers(0, p_.channels);
+    if (p_.kind == traversal::interleaved) {
+      for (std::size_t j = p_.channels; j < p_.period; ++j) center_[j] = center_[j - p_.channels];
+    }
+  }
+  /// Channels [c0, c1)'s centers (slots c0... : the fused column blocks' period is C).
+  void set_centers(std::size_t c0, std::size_t c1) const {
     const T* mean = data_of<T>(args_.mean);
-    const std::size_t slots = p_.kind == traversal::planes ? p_.channels : p_.period;
-    for (std::size_t j = 0; j < slots; ++j) center_[j] = mean ? mean[j % p_.channels] : T(0);
+    if (mean) {
+      std::copy(mean + c0, mean + c1, center_ + c0);
+    } else {
+      std::fill(center_ + c0, center_ + c1, T(0));
+    }
   }
 
   gradient_reduce<S> reduce() const { return {kern_, src_, diff_dst_, center_, p_.period}; }

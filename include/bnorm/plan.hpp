@@ -8,7 +8,8 @@
 // No call throws. Every failure of validation (a bad problem, option or buffer) is reported
 // before anything is written. Should oneTBB itself fail during the passes (out_of_memory,
 // internal_error), dst is left unspecified; the batch and running statistics and
-// num_batches_tracked are still untouched (they are written last).
+// num_batches_tracked are still untouched (written last, or put back). A failed backward leaves
+// its outputs (diff_src, diff_scale, diff_shift, diff_residual) unspecified.
 //
 // The contract on buffers, checked by every call (a breach is an invalid_argument status):
 // - Every pointer is aligned to its element: 4 bytes for f32 data and per-channel values, 8 for
