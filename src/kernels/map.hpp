@@ -45,6 +45,9 @@ template <form Form, class Arch, class T>
 // out.finish(y, v) is the vector to store at y, and out.finish_partial(y, values, count) the
 // same for the first `count` values of a padded copy. add+ReLU reads its residual at y's
 // place in the residual tensor: before anything is stored there (dst may be the residual).
+// A kernel that loops over vectors takes its output by value: through a reference, the
+// bounds might be overwritten by y's stores (may_alias intrinsics), and every vector
+// reloaded them.
 
 /// The plain normalization.
 template <class Arch, class S>
@@ -292,7 +295,7 @@ template <form Form, class Arch, class S, class Out>
 template <form Form, class Arch, class S, class Out, class T = compute_t<S>>
 void normalize_contiguous_planes(const S* src, S* dst, std::size_t len, std::size_t channels,
                                  const T* center, const T* scale, const T* shift,
-                                 const Out& out) noexcept {
+                                 Out out) noexcept {
   static_assert(Form != form::prescaled, "extreme channels take normalize_channel_planes");
   using vec = xsimd::batch<T, Arch>;
   constexpr std::size_t lanes = vec::size;
@@ -388,7 +391,7 @@ void plane_normalize(const S* src, S* dst, const S* residual, const plane_block&
 template <std::size_t Vectors, class Arch, class S, class Out, class T = compute_t<S>>
 void narrow_rows_normalize(const S* src, S* dst, std::size_t rows, std::size_t stride,
                            const T* center, const T* scale, const T* shift, bool stream,
-                           const Out& output) noexcept {
+                           Out output) noexcept {
   // (Prescale 1 in every slot: the caller checked.)
   using vec = xsimd::batch<T, Arch>;
   constexpr std::size_t lanes = vec::size;
@@ -453,7 +456,7 @@ template <std::size_t Rows, std::size_t Vectors, form Form, class Arch, class S,
 template <std::size_t Together, form Form, class Arch, class S, class Compute, class Out>
 std::size_t normalize_row_groups(const S* src, S* dst, std::size_t rows, std::size_t width,
                                  std::size_t stride, const coefficients<const compute_t<S>>& k,
-                                 std::size_t first, Compute compute, const Out& out) noexcept {
+                                 std::size_t first, Compute compute, Out out) noexcept {
   constexpr std::size_t lanes = xsimd::batch<compute_t<S>, Arch>::size;
   constexpr std::size_t together = Together;
   const std::size_t whole = width - width % lanes;
