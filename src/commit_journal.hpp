@@ -1,10 +1,10 @@
 // The undo journal of the fused training schedules, which commit each block's per-channel
 // results (batch mean and 1/std, running mean and variance) inside the parallel pass, on the
 // core whose cache holds them: a serial commit after the pass would read every block's
-// statistics from the other cores' caches (docs/design.md, "Committing in the blocks"). Each
-// block keeps the values it is about to replace; should the pass fail midway (oneTBB throws),
-// restore() puts back the blocks already committed, so the caller's statistics stay untouched
-// on failure as plan.hpp promises.
+// statistics from the other cores' caches (docs/design.md, "Per-channel results stay on their
+// core"). Each block keeps the values it is about to replace; should the pass fail midway
+// (oneTBB throws), restore() puts back the blocks already committed, so the caller's
+// statistics stay untouched on failure as plan.hpp promises.
 #pragma once
 
 #include <algorithm>
