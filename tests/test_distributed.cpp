@@ -186,9 +186,25 @@ class Distributed : public testing::TestWithParam<std::tuple<bnorm::isa, std::si
     for (std::size_t c = 0; c < g.c; ++c) inv[c] = static_cast<double>(any.inv_std[c]);
     const reference_gradients grads =
         reference_backward(x, dy, k.whole, k.l, any.mean, inv, gamma, true);
-    double dx_scale = 1.0;
-    for (const double v : grads.dx) dx_scale = std::max(dx_scale, std::fabs(v));
-    EXPECT_LE(max_abs_error(run.dx, grads.dx), tolerance * dx_scale);
+    // dx = dy·a + (x − mean)·b + e, each term rounded in T: the error is bounded by the terms'
+    // magnitude, which channels of few values (three, "one_value_a_rank") make far larger
+    // than dx itself. A bound by max |dx| failed there on 1 random seed in ~10,000.
+    const double count_all = static_cast<double>(g.n * g.spatial);
+    double worst_dx = 0.0;
+    for (std::size_t in = 0; in < g.n; ++in) {
+      for (std::size_t c = 0; c < g.c; ++c) {
+        const double a = static_cast<double>(gamma[c]) * inv[c];
+        const double b = a * inv[c] * grads.dgamma[c] / count_all;
+        const double e = a * grads.dbeta[c] / count_all;
+        for (std::size_t is = 0; is < g.spatial; ++is) {
+          const std::size_t i = g.offset(k.l, in, c, is);
+          const double d = static_cast<double>(x[i]) - static_cast<double>(any.mean[c]);
+          const double terms = std::fabs(dy[i] * a) + std::fabs(d * b) + std::fabs(e);
+          worst_dx = std::max(worst_dx, std::fabs(run.dx[i] - grads.dx[i]) / std::max(1.0, terms));
+        }
+      }
+    }
+    EXPECT_LE(worst_dx, tolerance);
     for (std::size_t c = 0; c < g.c; ++c) {
       double dgamma = 0.0, dbeta = 0.0;
       for (const rank_share<T>& share : run.ranks) {
