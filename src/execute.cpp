@@ -389,8 +389,9 @@ class training_step {
   }
 
   /// The fused schedules: each block commits its own channels as soon as they are final, on
-  /// the core that holds them (commit_journal.hpp has why, and how a failed pass undoes it);
-  /// the step counter last.
+  /// the core that holds them (commit_journal.hpp has why, and how a failed pass undoes it;
+  /// a pass on the calling thread alone cannot fail and keeps no journal); the step counter
+  /// last.
   void fused_training() {
     const running_update update = this_step();
     T* const outputs[] = {static_cast<T*>(args_.batch_mean.data),
@@ -399,14 +400,15 @@ class training_step {
                           update.active ? static_cast<T*>(args_.running_var.data) : nullptr};
     const commit_journal<T> journal(outputs, p_.channels, scratch_as<T>(p_.scratch.kept),
                                     scratch_as<unsigned char>(p_.scratch.committed));
-    journal.open();
+    const bool journaled = !fused_pass_runs_inline(plan_);
+    if (journaled) journal.open();
     try {
       fused_pass(plan_, fused_block(), [&](std::size_t c0, std::size_t c1) {
-        journal.keep(c0, c1);
+        if (journaled) journal.keep(c0, c1);
         commit_channels(update, c0, c1);
       });
     } catch (...) {
-      journal.restore();
+      if (journaled) journal.restore();
       throw;
     }
     count_step(update);

@@ -185,6 +185,16 @@ void for_each_channel_block(const plan_impl& plan, std::size_t block, const Body
   });
 }
 
+/// Units a task of fused_pass takes at least: a task of planes, one column block of rows.
+inline std::size_t fused_grain(const partition& p) noexcept {
+  return p.kind == traversal::planes ? p.units_per_task : 1;
+}
+
+/// Whether fused_pass runs on the calling thread alone, where it cannot throw.
+inline bool fused_pass_runs_inline(const plan_impl& plan) noexcept {
+  return plan.threads.runs_inline(plan.part.units, fused_grain(plan.part), plan.part.serial);
+}
+
 /// The fused schedules' one parallel pass: body(c0, c1) on each block of whole channels that
 /// fits in a core's cache, which reduces, finalizes and maps the block back to back (its data
 /// still in cache for the second read). Planes: groups of up to fused_group channels within a
@@ -194,7 +204,7 @@ template <class Body, class Finish>
 void fused_pass(const plan_impl& plan, const Body& body, const Finish& finish) {
   const partition& p = plan.part;
   if (p.kind == traversal::planes) {
-    plan.threads.for_each(p.units, p.units_per_task, p.serial, [&](std::size_t b, std::size_t e) {
+    plan.threads.for_each(p.units, fused_grain(p), p.serial, [&](std::size_t b, std::size_t e) {
       for (std::size_t c0 = b; c0 < e; c0 += p.fused_group) {
         body(c0, std::min(c0 + p.fused_group, e));
       }
@@ -202,7 +212,7 @@ void fused_pass(const plan_impl& plan, const Body& body, const Finish& finish) {
     });
     return;
   }
-  plan.threads.for_each(p.units, 1, p.serial, [&](std::size_t b, std::size_t e) {
+  plan.threads.for_each(p.units, fused_grain(p), p.serial, [&](std::size_t b, std::size_t e) {
     for (std::size_t u = b; u < e; ++u) {
       const interleaved_unit w(p, u);
       body(w.column, w.column + w.width);

@@ -19,11 +19,17 @@ class thread_limit {
 
   bool single_threaded() const noexcept { return single_; }
 
+  /// Whether for_each(count, grain, serial, ...) calls its body once, on the calling thread:
+  /// then it throws nothing that the body does not.
+  bool runs_inline(std::size_t count, std::size_t grain, bool serial) const noexcept {
+    return serial || single_ || count <= grain;
+  }
+
   /// Calls body(begin, end) over [0, count) in blocks of at least `grain` units, in parallel
   /// unless `serial`. May throw what oneTBB throws (e.g. std::bad_alloc).
   template <class Body>
   void for_each(std::size_t count, std::size_t grain, bool serial, const Body& body) const {
-    if (serial || single_ || count <= grain) {
+    if (runs_inline(count, grain, serial)) {
       body(std::size_t{0}, count);
       return;
     }

@@ -381,6 +381,58 @@ TYPED_TEST(KernelTester, PerChannelKernelsOverTails) {
   });
 }
 
+// One extreme channel among ordinary ones, at every position of vectors and tails: a shift or
+// a scale beyond T (saturated), a scale below T's normal range or a center from which x − center
+// overflows (prescaled). Each channel's coefficients are those of a call for it alone (the
+// scalar code, which holds the rules), and the kernel says whether some prescale is not 1.
+TYPED_TEST(KernelTester, ExtremeChannelsAmongVectorsFollowTheScalarRules) {
+  using T = TypeParam;
+  using limits = std::numeric_limits<T>;
+  struct extreme {
+    const char* what;
+    T mean, var, gamma, beta;
+  };
+  const extreme cases[] = {
+      {"shift beyond T", T(-0.2), T(1), limits::max(), limits::max()},
+      {"scale beyond T", T(0), T(0), limits::max(), T(0)},
+      {"scale below normal", T(1), T(1), limits::denorm_min() * 4, T(0)},
+      {"overflowing center", limits::max() / 2, T(1), T(1), T(0)},
+  };
+  this->for_each_isa([&](const kernels::kernel_set<T>& k, std::size_t v) {
+    for (const extreme& e : cases) {
+      SCOPED_TRACE(e.what);
+      for (std::size_t n : lengths(v)) {
+        for (std::size_t at = 0; at < n; ++at) {
+          std::vector<T> mean = this->data(n, 3.0, 2.0, n), gamma = this->data(n, 1.0, 0.5, n + 1),
+                         beta = this->data(n, 0.0, 1.0, n + 2), var(n, T(0.5));
+          mean[at] = e.mean, var[at] = e.var, gamma[at] = e.gamma, beta[at] = e.beta;
+          coefficient_buffers<T> all(n, 1), one(1, 1);
+          const bool prescaled = k.inference_coefficients(
+              n, 1e-5, mean.data(), var.data(), gamma.data(), beta.data(),
+              {all.center.data(), all.scale.data(), all.shift.data(), all.prescale.data()}, 0);
+          bool some_prescale = false;
+          for (std::size_t c = 0; c < n; ++c) {
+            k.inference_coefficients(
+                1, 1e-5, &mean[c], &var[c], &gamma[c], &beta[c],
+                {one.center.data(), one.scale.data(), one.shift.data(), one.prescale.data()}, 0);
+            // Bits, not values: a double's shift beyond its range is a NaN (inf − inf) both ways.
+            const auto same = [](T a, T b) { return std::memcmp(&a, &b, sizeof(T)) == 0; };
+            EXPECT_TRUE(same(all.center[c], one.center[0]) && same(all.scale[c], one.scale[0]) &&
+                        same(all.shift[c], one.shift[0]) && same(all.prescale[c], one.prescale[0]))
+                << n << " " << at << " " << c;
+            if (std::is_same<T, float>::value) {  // float64 holds these values: they saturate
+              EXPECT_TRUE(std::isfinite(all.scale[c]) && std::isfinite(all.shift[c]))
+                  << n << " " << at << " " << c;
+            }
+            some_prescale = some_prescale || all.prescale[c] != T(1);
+          }
+          EXPECT_EQ(prescaled, some_prescale) << n << " " << at;
+        }
+      }
+    }
+  });
+}
+
 // The backward's sums: Σdy and Σdy·(x − center), planes and rows, over tails; and dx from
 // its coefficients, in place (dx = dy) too, nothing written outside the pieces.
 TYPED_TEST(KernelTester, GradientSumsOverTails) {

@@ -45,28 +45,31 @@ bool channel_moments(const moment_channels<T>& in) noexcept {
     scale[c] = (gamma ? static_cast<double>(gamma[c]) : 1.0) * inv_std[c];
   };
   const dvec n(count), e(eps), zero(0.0), unit(1.0), small(resum_below),
-      bound(max_pivot_offset_squared);
-  auto below = zero < zero;  // all false
+      bound(max_pivot_offset_squared), infinity(std::numeric_limits<double>::infinity());
+  // The vectors' test is the scalar one negated, with ordered compares: a NaN fails each one, so
+  // !isfinite costs one compare (variance < infinity). A NaN pivot distance asks for another
+  // look where the scalar test does not; finalize_block decides per channel either way.
+  auto settled = zero == zero;  // all true
   std::size_t c = 0;
   for (; c + lanes <= channels; c += lanes) {
     const dvec s = dvec::load_unaligned(sum_to_mean + c);
     const dvec q = dvec::load_unaligned(sum_sq_to_variance + c);
     const dvec offset = s / n;
     dvec variance = (q - s * offset) / n;
-    variance = xsimd::select(variance < zero, zero, variance);
+    variance = at_least(variance, zero);
     const dvec p = load_as_f64<Arch>(pivot + c);
     const dvec mean = p + offset;
     mean.store_unaligned(sum_to_mean + c);
     variance.store_unaligned(sum_sq_to_variance + c);
     const dvec moved = mean - p;
-    below = below | (variance + e < small) | !xsimd::isfinite(variance) |
-            (moved * moved > bound * variance);
+    settled = settled & (variance + e >= small) & (variance < infinity) &
+              (moved * moved <= bound * variance);
     const dvec inv = unit / xsimd::sqrt(variance + e);
     inv.store_unaligned(inv_std + c);
     (gamma ? load_as_f64<Arch>(gamma + c) * inv : inv).store_unaligned(scale + c);
   }
   for (; c < channels; ++c) one(c);
-  return scalar_below || xsimd::any(below);
+  return scalar_below || !xsimd::all(settled);
 }
 
 // y = (x − center)·scale + shift. The center is the mean rounded to T, so x − center is exact
@@ -160,10 +163,11 @@ void store_coefficients_scalar(double mean, double inv_std, double scale, double
 }
 
 /// The coefficients of `lanes` channels from their float64 mean, 1/std and scale: center = +0
-/// where the mean folds, else the mean rounded to T; scale saturated to T; shift = beta −
-/// (mean − center)·scale, saturated; prescale 1. The same operations as
-/// store_coefficients_scalar, so vector and scalar channels agree to the bit. Returns the lanes
-/// that need a prescale (extreme channels): the caller redoes those through the scalar code.
+/// where the mean folds, else the mean rounded to T; scale; shift = beta − (mean − center)·scale;
+/// prescale 1. Returns the extreme lanes: a prescale needed, or a scale or shift at or beyond
+/// T's largest value; the caller redoes all channels through the scalar code, which saturates
+/// and prescales them. Elsewhere the scalar code's saturation and prescale are the identity and
+/// its operations are these, so vector and scalar channels agree to the bit.
 template <class Arch, class T>
 [[gnu::always_inline]] inline auto store_coefficients(const xsimd::batch<double, Arch>& mean,
                                                       const xsimd::batch<double, Arch>& inv_std,
@@ -175,37 +179,50 @@ template <class Arch, class T>
   const auto fold = xsimd::abs(mean) * inv_std <= dvec(0.25);
   store_as<Arch>(out.center + at, xsimd::select(fold, dvec(0.0), mean));
   const dvec center = load_as_f64<Arch>(out.center + at);
-  const auto residual = mean - center;
-  store_as<Arch>(out.scale + at, saturate_to<Arch, T>(scale));
-  store_as<Arch>(out.shift + at, saturate_to<Arch, T>(beta - residual * scale));
+  const dvec shift = beta - (mean - center) * scale;
+  store_as<Arch>(out.scale + at, scale);
+  store_as<Arch>(out.shift + at, shift);
   store_as<Arch>(out.prescale + at, dvec(1.0));
-  const dvec magnitude = xsimd::abs(scale);
-  return (xsimd::abs(center) >= dvec(overflowing_center<T>())) |
+  const dvec magnitude = xsimd::abs(scale),
+             largest(static_cast<double>(std::numeric_limits<T>::max()));
+  return (xsimd::abs(center) >= dvec(overflowing_center<T>())) | (magnitude >= largest) |
+         (xsimd::abs(shift) >= largest) |
          ((magnitude < dvec(static_cast<double>(std::numeric_limits<T>::min()))) &
-          (magnitude > dvec(0.0))) |
-         (magnitude > dvec(static_cast<double>(std::numeric_limits<T>::max())));
+          (scale != dvec(0.0)));
 }
 
-/// The coefficients of channels [0, channels) through channel(c, out) for each vector of
-/// channels at c (returning its extreme lanes) and channel_scalar(c, out) for single ones;
-/// where some channel needs a prescale, all of them again through the scalar code (same bits
-/// where the prescale is 1). Returns whether some channel needs one.
+/// The coefficients of channels [0, channels) through channel(c, at, out) for each vector of
+/// channels at c (returning its extreme lanes) and channel_scalar(c, at, out) for single ones,
+/// channel c's going to index at; where some channel is extreme, all of them again through the
+/// scalar code (the same bits for the others). Returns whether some channel needs a prescale.
+/// `out` is a copy: the arrays' pointers stay in registers, where through a reference every
+/// store (may_alias) would load them again.
 template <class Arch, class T, class Vector, class Scalar>
-bool all_coefficients(std::size_t channels, const coefficients<T>& out, std::size_t first,
+bool all_coefficients(std::size_t channels, const coefficients<T> out, std::size_t first,
                       const Vector& channel, const Scalar& channel_scalar) noexcept {
   constexpr std::size_t lanes = xsimd::batch<double, Arch>::size;
   const xsimd::batch<double, Arch> zero(0.0);
   auto extreme = zero != zero;  // all false
   std::size_t c = 0;
-  for (; c + lanes <= channels; c += lanes) extreme = extreme | channel(c, first + c);
+  for (; c + lanes <= channels; c += lanes) extreme = extreme | channel(c, first + c, out);
   bool prescaled = false;
   for (; c < channels; ++c) {
-    channel_scalar(c, first + c);
+    channel_scalar(c, first + c, out);
     prescaled = prescaled || out.prescale[first + c] != T(1);
   }
   if (!xsimd::any(extreme)) return prescaled;
-  for (c = 0; c < channels; ++c) channel_scalar(c, first + c);
-  return true;
+  for (c = 0; c < channels; ++c) {
+    channel_scalar(c, first + c, out);
+    prescaled = prescaled || out.prescale[first + c] != T(1);
+  }
+  return prescaled;
+}
+
+/// Calls with(std::bool_constant<b>) for b = condition: a test that would run once per vector
+/// of channels runs once per call.
+template <class With>
+[[gnu::always_inline]] inline auto instantiate_both(bool condition, const With& with) noexcept {
+  return condition ? with(std::true_type()) : with(std::false_type());
 }
 
 template <class Arch, class T>
@@ -213,18 +230,22 @@ bool channel_coefficients(std::size_t channels, const double* mean, const double
                           const double* scale, const T* beta, const coefficients<T>& out,
                           std::size_t first) noexcept {
   using dvec = xsimd::batch<double, Arch>;
-  return all_coefficients<Arch>(
-      channels, out, first,
-      [&](std::size_t c, std::size_t at) {
-        return store_coefficients<Arch>(dvec::load_unaligned(mean + c),
-                                        dvec::load_unaligned(inv_std + c),
-                                        dvec::load_unaligned(scale + c),
-                                        beta ? load_as_f64<Arch>(beta + c) : dvec(0.0), out, at);
-      },
-      [&](std::size_t c, std::size_t at) {
-        store_coefficients_scalar(mean[c], inv_std[c], scale[c],
-                                  beta ? static_cast<double>(beta[c]) : 0.0, out, at);
-      });
+  using vector_out = const coefficients<T>&;
+  return instantiate_both(beta != nullptr, [&](auto has_beta) {
+    constexpr bool shifted = decltype(has_beta)::value;
+    return all_coefficients<Arch>(
+        channels, out, first,
+        [&](std::size_t c, std::size_t at, vector_out k) {
+          return store_coefficients<Arch>(dvec::load_unaligned(mean + c),
+                                          dvec::load_unaligned(inv_std + c),
+                                          dvec::load_unaligned(scale + c),
+                                          shifted ? load_as_f64<Arch>(beta + c) : dvec(0.0), k, at);
+        },
+        [&](std::size_t c, std::size_t at, vector_out k) {
+          store_coefficients_scalar(mean[c], inv_std[c], scale[c],
+                                    shifted ? static_cast<double>(beta[c]) : 0.0, k, at);
+        });
+  });
 }
 
 template <class Arch, class T>
@@ -232,26 +253,31 @@ bool inference_coefficients(std::size_t channels, double eps, const T* mean, con
                             const T* gamma, const T* beta, const coefficients<T>& out,
                             std::size_t first) noexcept {
   using dvec = xsimd::batch<double, Arch>;
+  using vector_out = const coefficients<T>&;
   const dvec e(eps), unit(1.0);
-  // Instantiated with and without a mean: a test per vector shows on short planes.
-  const auto with = [&](auto has_mean) {
-    constexpr bool centered = decltype(has_mean)::value;
-    return all_coefficients<Arch>(
-        channels, out, first,
-        [&](std::size_t c, std::size_t at) {
-          const dvec inv = unit / xsimd::sqrt(load_as_f64<Arch>(variance + c) + e);
-          return store_coefficients<Arch>(centered ? load_as_f64<Arch>(mean + c) : dvec(0.0), inv,
-                                          gamma ? load_as_f64<Arch>(gamma + c) * inv : inv,
-                                          beta ? load_as_f64<Arch>(beta + c) : dvec(0.0), out, at);
-        },
-        [&](std::size_t c, std::size_t at) {
-          const double inv = 1.0 / std::sqrt(static_cast<double>(variance[c]) + eps);
-          store_coefficients_scalar(centered ? static_cast<double>(mean[c]) : 0.0, inv,
-                                    (gamma ? static_cast<double>(gamma[c]) : 1.0) * inv,
-                                    beta ? static_cast<double>(beta[c]) : 0.0, out, at);
-        });
-  };
-  return mean ? with(std::true_type()) : with(std::false_type());
+  // With and without a mean (the frozen backward has none), with both affine parameters or
+  // testing each: the common cases test nothing per vector.
+  return instantiate_both(mean != nullptr, [&](auto has_mean) {
+    return instantiate_both(gamma && beta, [&](auto has_affine) {
+      constexpr bool centered = decltype(has_mean)::value;
+      constexpr bool affine = decltype(has_affine)::value;
+      return all_coefficients<Arch>(
+          channels, out, first,
+          [&](std::size_t c, std::size_t at, vector_out k) {
+            const dvec inv = unit / xsimd::sqrt(load_as_f64<Arch>(variance + c) + e);
+            return store_coefficients<Arch>(
+                centered ? load_as_f64<Arch>(mean + c) : dvec(0.0), inv,
+                affine || gamma ? load_as_f64<Arch>(gamma + c) * inv : inv,
+                affine || beta ? load_as_f64<Arch>(beta + c) : dvec(0.0), k, at);
+          },
+          [&](std::size_t c, std::size_t at, vector_out k) {
+            const double inv = 1.0 / std::sqrt(static_cast<double>(variance[c]) + eps);
+            store_coefficients_scalar(centered ? static_cast<double>(mean[c]) : 0.0, inv,
+                                      (affine || gamma ? static_cast<double>(gamma[c]) : 1.0) * inv,
+                                      affine || beta ? static_cast<double>(beta[c]) : 0.0, k, at);
+          });
+    });
+  });
 }
 
 // The backward: dx = γ·inv_std·(dy − Σdy/M − (x − mean)·inv_std²·Σdy·(x − mean)/M), written as
