@@ -334,11 +334,11 @@ class training_step {
     // is not finite is summed again too, scaled (and stays NaN where its data holds a NaN or
     // an infinity).
     //
-    // A pivot more than three standard deviations from its channel's mean (the values it was
-    // taken from did not represent the channel: zero padding, an outlier, sorted data) leaves
-    // the float32 squares large next to the variance, and their rounding shows in it: the
-    // pivot moves to the mean and the caller takes the sums again, once. With pivots spread
-    // over the channel, ordinary data never comes near that bound.
+    // A pivot more than 1.5 standard deviations from its channel's mean (the values it was
+    // taken from did not represent the channel: zero padding, an outlier, stripes) leaves the
+    // float32 squares large next to the variance, and their rounding shows in it: the pivot
+    // moves to the mean and the caller takes the sums again, once (see
+    // kernels::max_pivot_offset_squared).
     const double resum_below = std::is_same<T, float>::value ? 1e-30 : 0.0;
     finalized result;
     kernels::moment_channels<T> moments;

@@ -295,7 +295,7 @@ TYPED_TEST(KernelTester, PlaneKernelsGiveEachChannelTheSameBitsInAnyGroup) {
 }
 
 // Pivots: a constant channel's is exactly its value (its output is then exactly 0), and any
-// channel's lies within its values' range.
+// channel's lies within its values' range, also where differences of its values overflow.
 TYPED_TEST(KernelTester, PivotsLieWithinTheirChannels) {
   using T = TypeParam;
   this->for_each_isa([&](const kernels::kernel_set<T>& k, std::size_t v) {
@@ -322,6 +322,12 @@ TYPED_TEST(KernelTester, PivotsLieWithinTheirChannels) {
         const std::size_t width = len, row_stride = len + 2;
         std::vector<T> r = this->data(rows * row_stride, -4.0, 1.0, rows + len);
         for (std::size_t i = 0; i < rows; ++i) r[i * row_stride] = T(-2.5);  // slot 0: constant
+        if (std::is_same<T, float>::value && width > 1) {
+          // Slot 1: values of both signs whose float32 differences overflow (float64's hold).
+          for (std::size_t i = 0; i < rows; ++i) {
+            r[i * row_stride + 1] = (i % 2 ? -0.75 : 0.75) * std::numeric_limits<T>::max();
+          }
+        }
         std::vector<T> row_pivot(width);
         k.row_pivots(r.data(), {rows, width, row_stride}, row_pivot.data());
         EXPECT_EQ(row_pivot[0], T(-2.5)) << "rows " << rows;

@@ -10,10 +10,11 @@
 namespace bnorm::kernels {
 
 /// A pivot farther than this from its channel's mean, in variances ((mean − pivot)² above this
-/// many times the variance: three standard deviations), left the float32 squares large next to
-/// the variance; the caller moves it to the mean and sums again. Pivots spread over a channel
-/// land within it on any ordinary data (see the pivot kernels).
-inline constexpr double max_pivot_offset_squared = 9.0;
+/// many times the variance: 1.5 standard deviations), leaves the float32 squares large next to
+/// the variance: their rounding grows 1 + 2.25 times in it, y's error up to 1.1e-6 at that
+/// distance (docs/design.md, "Pivots"). The caller moves it to the mean and sums again. Pivots
+/// from eight values or more land that far on ordinary data in fewer than one channel of 45,000.
+inline constexpr double max_pivot_offset_squared = 2.25;
 
 /// The per-channel (channels-last: per-slot) normalization coefficients, one array each:
 /// y = (x·prescale − center)·scale + shift. The prescale is 1 for all but extreme channels, and
@@ -164,7 +165,7 @@ struct kernel_set {
 
   /// Per channel, the pivot that the statistics subtract (d = x − pivot): the mean in float64
   /// of a few of its values spread evenly over it (four runs of one float64 vector over a
-  /// channel's planes, or 16 single values of short planes; four rows), rounded to T.
+  /// channel's planes, or 16 single values of short planes; eight rows), rounded to T.
   /// Planes: per channel of the block. Rows: per slot of the block.
   void (*plane_pivots)(const S* src, const plane_block& block, T* pivot) noexcept;
   void (*row_pivots)(const S* src, const row_block& block, T* pivot) noexcept;

@@ -512,10 +512,12 @@ void interleaved_gradient_sums(const S* src, const S* diff_dst, const row_block&
 /// each, spread evenly over the channel (16 values on AVX2), or from up to 16 single values
 /// where a plane is shorter than a vector. Rows: from this many rows spread evenly. Powers of
 /// two, so that the pivot of exactly representable data stays exact (short channels of fewer
-/// samples divide by their count).
+/// samples divide by their count). At least 8 values: a pivot δ from the mean makes the float32
+/// squares' rounding 1 + δ²/σ² times larger in the variance, and δ²/σ² shrinks as 1/samples;
+/// from four rows it reached 4.7 and y's error 1.3e-6 (docs/design.md, "Pivots").
 constexpr std::size_t plane_pivot_runs = 4;
 constexpr std::size_t plane_pivot_samples = 16;
-constexpr std::size_t row_pivot_samples = 4;
+constexpr std::size_t row_pivot_samples = 8;
 
 template <class Arch, class S, class T = compute_t<S>>
 void plane_pivots(const S* src, const plane_block& block, T* pivot) noexcept {
@@ -581,32 +583,52 @@ void plane_pivots(const S* src, const plane_block& block, T* pivot) noexcept {
 }
 
 /// row_pivots for a sample count known at compile time (the common ones): the loop unrolled,
-/// the same additions in the same order.
+/// the same additions in the same order. In T, a vector of T's lanes at a time: half the
+/// instructions of float64 for float32 data, and the differences between values of one channel
+/// are exact or nearly (the pivot need only be near the mean). Where a difference overflows T
+/// (values of both signs near its largest), the lane's pivot is taken again in float64; per lane,
+/// so that a slot's pivot is the same bits in a vector or alone.
 template <std::size_t Samples, class Arch, class S, class T = compute_t<S>>
 void row_pivots_of(const S* src, std::size_t rows, std::size_t stride, std::size_t width,
                    T* pivot) noexcept {
-  using dvec = xsimd::batch<double, Arch>;
-  constexpr std::size_t lanes = dvec::size;
+  using vec = xsimd::batch<T, Arch>;
+  constexpr std::size_t lanes = vec::size;
   const std::size_t count = Samples > 0 ? Samples : rows;
   const S* row[row_pivot_samples];
   for (std::size_t i = 0; i < count; ++i) row[i] = src + i * rows / count * stride;
-  const dvec divisor(static_cast<double>(count));
-  std::size_t j = 0;
-  for (; j + lanes <= width; j += lanes) {
-    const dvec first = load_elements_as_f64<Arch>(row[0] + j);
-    dvec differences(0.0);
-    for (std::size_t i = 1; i < count; ++i) {
-      differences += load_elements_as_f64<Arch>(row[i] + j) - first;
-    }
-    store_as<Arch>(pivot + j, first + differences / divisor);
-  }
-  for (; j < width; ++j) {
+  const auto in_f64 = [&](std::size_t j) {
     const double first = static_cast<double>(to_compute(row[0][j]));
     double differences = 0.0;
     for (std::size_t i = 1; i < count; ++i) {
       differences += static_cast<double>(to_compute(row[i][j])) - first;
     }
-    pivot[j] = static_cast<T>(first + differences / static_cast<double>(count));
+    return static_cast<T>(first + differences / static_cast<double>(count));
+  };
+  const vec divisor(static_cast<T>(count));
+  std::size_t j = 0;
+  for (; j + lanes <= width; j += lanes) {
+    const vec first = load_elements<Arch>(row[0] + j);
+    vec differences(T(0));
+    for (std::size_t i = 1; i < count; ++i) {
+      differences += load_elements<Arch>(row[i] + j) - first;
+    }
+    vec p = first + differences / divisor;
+    if (!xsimd::all(xsimd::isfinite(p))) {
+      alignas(64) T values[lanes];
+      p.store_aligned(values);
+      for (std::size_t l = 0; l < lanes; ++l) {
+        if (!std::isfinite(values[l])) values[l] = in_f64(j + l);
+      }
+      p = vec::load_aligned(values);
+    }
+    p.store_unaligned(pivot + j);
+  }
+  for (; j < width; ++j) {
+    const T first = to_compute(row[0][j]);
+    T differences(0);
+    for (std::size_t i = 1; i < count; ++i) differences += to_compute(row[i][j]) - first;
+    const T p = first + differences / static_cast<T>(count);
+    pivot[j] = std::isfinite(p) ? p : in_f64(j);
   }
 }
 
