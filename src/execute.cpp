@@ -334,11 +334,11 @@ class training_step {
     // is not finite is summed again too, scaled (and stays NaN where its data holds a NaN or
     // an infinity).
     //
-    // A pivot more than 1.5 standard deviations from its channel's mean (the values it was
-    // taken from did not represent the channel: zero padding, an outlier, stripes) leaves the
-    // float32 squares large next to the variance, and their rounding shows in it: the pivot
-    // moves to the mean and the caller takes the sums again, once (see
-    // kernels::max_pivot_offset_squared).
+    // A pivot far from its channel's mean (the values it was taken from did not represent the
+    // channel: zero padding, an outlier, stripes) leaves the float32 squares large next to the
+    // variance, and their rounding shows in it: beyond the plan's bound (1.5 to 3 standard
+    // deviations, kernels::max_pivot_offset_squared) the pivot moves to the mean and the caller
+    // takes the sums again, once.
     const double resum_below = std::is_same<T, float>::value ? 1e-30 : 0.0;
     finalized result;
     kernels::moment_channels<T> moments;
@@ -352,6 +352,8 @@ class training_step {
     moments.inv_std = inv_std_ + c0;
     moments.scale = scale_ + c0;
     moments.resum_below = resum_below;
+    const double max_offset_squared = plan_.max_pivot_offset_squared;
+    moments.max_offset_squared = max_offset_squared;
     if (kern.channel_moments(moments)) {
       for (std::size_t c = c0; c < c1; ++c) {
         const double variance = variance_[c];
@@ -360,8 +362,7 @@ class training_step {
           continue;
         }
         const double offset = mean_[c] - static_cast<double>(pivot_[c]);
-        if (pivots == correction::allowed &&
-            offset * offset > kernels::max_pivot_offset_squared * variance) {
+        if (pivots == correction::allowed && offset * offset > max_offset_squared * variance) {
           const T moved = static_cast<T>(mean_[c]);
           result.repivoted = result.repivoted || moved != pivot_[c];
           pivot_[c] = moved;

@@ -27,6 +27,8 @@ struct plan_impl {
   /// plan_options::activation as the map kernels take it, in each dtype.
   kernels::epilogue<float> epilogue_f32;
   kernels::epilogue<double> epilogue_f64;
+  /// kernels::max_pivot_offset_squared of this plan's channels (computed once: a pow).
+  double max_pivot_offset_squared = 0;
 
   template <class T>
   const kernels::epilogue<T>& epilogue() const noexcept;

@@ -20,6 +20,7 @@ template <class Arch, class T>
 bool channel_moments(const moment_channels<T>& in) noexcept {
   const std::size_t channels = in.channels;
   const double count = in.count, eps = in.epsilon, resum_below = in.resum_below;
+  const double bound_squared = in.max_offset_squared;
   const T* pivot = in.pivot;
   const T* gamma = in.gamma;
   double* sum_to_mean = in.sum_to_mean;
@@ -40,12 +41,12 @@ bool channel_moments(const moment_channels<T>& in) noexcept {
     // tests agree to the bit, so which channels move never depends on how they are blocked.
     const double moved = mean - static_cast<double>(pivot[c]);
     scalar_below |= variance + eps < resum_below || !std::isfinite(variance) ||
-                    moved * moved > max_pivot_offset_squared * variance;
+                    moved * moved > bound_squared * variance;
     inv_std[c] = 1.0 / std::sqrt(variance + eps);
     scale[c] = (gamma ? static_cast<double>(gamma[c]) : 1.0) * inv_std[c];
   };
-  const dvec n(count), e(eps), zero(0.0), unit(1.0), small(resum_below),
-      bound(max_pivot_offset_squared), infinity(std::numeric_limits<double>::infinity());
+  const dvec n(count), e(eps), zero(0.0), unit(1.0), small(resum_below), bound(bound_squared),
+      infinity(std::numeric_limits<double>::infinity());
   // The vectors' test is the scalar one negated, with ordered compares: a NaN fails each one, so
   // !isfinite costs one compare (variance < infinity). A NaN pivot distance asks for another
   // look where the scalar test does not; finalize_block decides per channel either way.

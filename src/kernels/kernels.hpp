@@ -2,6 +2,7 @@
 // units can include it without pulling in any ISA-specific code.
 #pragma once
 
+#include <cmath>
 #include <cstddef>
 
 #include "bnorm/plan.hpp"
@@ -9,12 +10,18 @@
 
 namespace bnorm::kernels {
 
-/// A pivot farther than this from its channel's mean, in variances ((mean − pivot)² above this
-/// many times the variance: 1.5 standard deviations), leaves the float32 squares large next to
-/// the variance: their rounding grows 1 + 2.25 times in it, y's error up to 1.1e-6 at that
-/// distance (docs/design.md, "Pivots"). The caller moves it to the mean and sums again. Pivots
-/// from eight values or more land that far on ordinary data in fewer than one channel of 45,000.
-inline constexpr double max_pivot_offset_squared = 2.25;
+/// A pivot farther than this from the mean of a channel of `count` values, in variances
+/// ((mean − pivot)² above this many times the variance), leaves the float32 squares large next
+/// to the variance: their rounding grows 1 + (mean − pivot)²/variance times in it. The caller
+/// moves the pivot to the mean and sums again. Short channels average their blocks' rounding
+/// least: 98 values tolerate 1.5 standard deviations (y's error up to 1.1e-6 there), and the
+/// bound grows as count^0.4, to 3 standard deviations from 3,136 values on (docs/design.md,
+/// "Pivots"): long channels, which the two-pass schedules read again to resum, seldom do.
+/// Pivots from eight values or more pass 1.5 standard deviations on ordinary data in fewer
+/// than one channel of 45,000.
+inline double max_pivot_offset_squared(double count) noexcept {
+  return count <= 98.0 ? 2.25 : std::fmin(9.0, 2.25 * std::pow(count / 98.0, 0.4));
+}
 
 /// The per-channel (channels-last: per-slot) normalization coefficients, one array each:
 /// y = (x·prescale − center)·scale + shift. The prescale is 1 for all but extreme channels, and
@@ -124,8 +131,10 @@ struct moment_channels {
   double* inv_std = nullptr;  // out: 1/sqrt(variance + eps)
   double* scale = nullptr;    // out: gamma·inv_std
   /// A variance + eps below this asks for another look (float32's squares lose their bits
-  /// near the bottom of the range).
+  /// near the bottom of the range), and so does a pivot farther from the mean than this
+  /// (max_pivot_offset_squared(count)).
   double resum_below = 0;
+  double max_offset_squared = 0;
 };
 
 /// How the backward's dx is written, the same for every call of a pass (see normalize_params).
