@@ -533,12 +533,8 @@ class inference_step {
                            });
     const normalize_map<S> normalize =
         make_normalize(plan_, src_, dst_, args_.residual, coeffs_.readable, prescaled, post_);
-    if (p_.kind == traversal::planes) {
-      map_pass(plan_, normalize);
-      return;
-    }
-    coeffs_.replicate(p_.channels, p_.period, prescaled);
-    map_row_chunks(plan_, normalize);
+    if (p_.kind == traversal::interleaved) coeffs_.replicate(p_.channels, p_.period, prescaled);
+    map_pass(plan_, normalize);
   }
 
  private:

@@ -192,9 +192,9 @@ bool make_partition(const problem& prob, const plan_options& options, std::size_
     p.units_per_task = 1;
     const std::size_t inference_chunks =
         std::max(wanted_units, std::min(min_inference_chunks, ceil_div(p.rows, rows_per_period)));
-    p.inference_rows_per_chunk =
+    p.map_rows_per_chunk =
         round_up(ceil_div(std::max<std::size_t>(p.rows, 1), inference_chunks), rows_per_period);
-    p.inference_row_chunks = std::max<std::size_t>(1, ceil_div(p.rows, p.inference_rows_per_chunk));
+    p.map_row_chunk_count = std::max<std::size_t>(1, ceil_div(p.rows, p.map_rows_per_chunk));
     p.inference = fused && p.block_width * p.element_size >= min_inference_block_bytes
                       ? inference_schedule::column_blocks
                       : inference_schedule::row_chunks;
@@ -241,8 +241,8 @@ std::string describe(const partition& p) {
       if (p.kind == traversal::planes) {
         out += text("two passes, %zu units (%zu per channel)", p.units, p.chunks_per_channel);
       } else {
-        out +=
-            text("two passes, %zu row chunks × %zu column blocks", p.row_chunks, p.column_blocks);
+        out += text("two passes, %zu row chunks × %zu column blocks, then %zu × %zu rows",
+                    p.row_chunks, p.column_blocks, p.map_row_chunk_count, p.map_rows_per_chunk);
       }
       break;
   }
@@ -259,7 +259,7 @@ std::string describe(const partition& p) {
       out += text("column blocks, %zu × %zu channels", p.column_blocks, p.block_width);
       break;
     case inference_schedule::row_chunks:
-      out += text("row chunks, %zu × %zu rows", p.inference_row_chunks, p.inference_rows_per_chunk);
+      out += text("row chunks, %zu × %zu rows", p.map_row_chunk_count, p.map_rows_per_chunk);
       break;
   }
   out += p.stream_stores ? " · streaming stores" : " · cached stores";

@@ -104,11 +104,12 @@ struct partition {
   std::size_t row_chunks = 0;
   std::size_t column_blocks = 1;
   std::size_t block_width = 0;
-  // interleaved inference in row chunks: unit u covers whole rows [u·inference_rows_per_chunk,
-  // ...), at least 16 units where there are rows enough. Inference needs no column blocks (no
-  // statistics), and whole rows stream better than short column blocks (docs/design.md).
-  std::size_t inference_rows_per_chunk = 0;
-  std::size_t inference_row_chunks = 0;
+  // interleaved map passes (inference's, training's and the backward's normalization) in row
+  // chunks: unit u covers whole rows [u·map_rows_per_chunk, ...), at least 16 units where there
+  // are rows enough. A map needs no column blocks (no statistics), and whole rows stream
+  // better than short column blocks (docs/design.md).
+  std::size_t map_rows_per_chunk = 0;
+  std::size_t map_row_chunk_count = 0;
 
   std::size_t units = 0;  // work units of a pass
   /// Channels per task of the per-channel passes: merging partials and finalizing (training),

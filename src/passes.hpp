@@ -256,9 +256,21 @@ template <class Map>
   });
 }
 
-/// The map pass over the training partition's units, whose coefficients are laid out per
-/// channel (planes) or per slot (rows). Planes of N > 1 short channels go in memory order
-/// (planes_per_unit): channel-major units would jump C·spatial elements at every plane.
+/// The map pass of channels-last inference: chunks of whole rows (see partition).
+template <class Map>
+void map_row_chunks(const plan_impl& plan, const Map& map) {
+  const partition& p = plan.part;
+  map_row_units(
+      plan, p.map_row_chunk_count,
+      [&p](std::size_t u) { return interleaved_unit(p, u, p.map_rows_per_chunk, 1, p.period); },
+      map);
+}
+
+/// The map pass, its coefficients laid out per channel (planes) or per slot (rows). Planes go
+/// over the training partition's units; of N > 1 short channels, in memory order
+/// (planes_per_unit): channel-major units would jump C·spatial elements at every plane. Rows go
+/// in chunks of whole rows, as inference's: the reduce's column blocks, walked again, gave the
+/// hardware prefetcher runs of one block's width (docs/design.md).
 template <class Map>
 void map_pass(const plan_impl& plan, const Map& map) {
   const partition& p = plan.part;
@@ -279,21 +291,8 @@ void map_pass(const plan_impl& plan, const Map& map) {
       for (std::size_t u = b; u < e; ++u) map_unit(p, map, u, u / p.chunks_per_channel);
     });
   } else {
-    map_row_units(
-        plan, p.units, [&p](std::size_t u) { return interleaved_unit(p, u); }, map);
+    map_row_chunks(plan, map);
   }
-}
-
-/// The map pass of channels-last inference: chunks of whole rows (see partition).
-template <class Map>
-void map_row_chunks(const plan_impl& plan, const Map& map) {
-  const partition& p = plan.part;
-  map_row_units(
-      plan, p.inference_row_chunks,
-      [&p](std::size_t u) {
-        return interleaved_unit(p, u, p.inference_rows_per_chunk, 1, p.period);
-      },
-      map);
 }
 
 }  // namespace bnorm::detail

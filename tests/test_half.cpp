@@ -146,6 +146,7 @@ const half_case half_cases[] = {
     {"rows", {4, 12, 9, 9}, layout::channels_last, 2.0},
     {"planes_two_pass", {8, 3, 40000}, layout::channels_first, 0.25},
     {"rows_two_pass", {16, 40, 30, 30}, layout::channels_last, 0.0},
+    {"rows_in_column_blocks", {1, 1001, 300}, layout::channels_last, -0.5},
     {"volumes", {2, 5, 3, 7, 6}, layout::channels_last, 3.0},
     {"few_wide_rows", {1, 512, 7, 7}, layout::channels_last, 1.0},
     {"mean_far_from_zero", {16, 6, 50}, layout::channels_first, 40.0},

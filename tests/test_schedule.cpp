@@ -62,6 +62,11 @@ const schedule_case schedule_cases[] = {
      layout::channels_last,
      "training: two passes",
      "inference: row chunks"},
+    {"rows_in_column_blocks",  // the reduce's units are column blocks, the map's whole rows
+     {2, 1003, 300},
+     layout::channels_last,
+     "column blocks, then",
+     "inference: row chunks"},
     {"batch_of_vectors",
      {4096, 1024},
      layout::channels_first,

@@ -511,10 +511,12 @@ void wide_rows_normalize(const S* src, S* dst, std::size_t rows, std::size_t wid
     // Column blocks (width < stride) take four rows per coefficient load, and load all four
     // before storing any: a block's row r + 1 then never loads from the 4 KiB offsets where
     // row r's stores are still pending (a 4 KiB stride puts them there). Whole rows (width ==
-    // stride) of 1 KiB or more are one contiguous run, walked one row at a time, as fast as a
-    // plain y = a·x + b pass over the same bytes; shorter rows keep the four-row walk, and
-    // streamed rows go one at a time (docs/design.md has the timings of each).
-    if (width == stride && width * sizeof(S) >= 1024) {
+    // stride) of 1 KiB or more are one contiguous run, walked one row at a time in the
+    // uncentered form, as fast as a plain y = a·x + b pass over the same bytes; the centered
+    // form (training's) keeps four rows per load of its three coefficient streams, shorter rows
+    // the four-row walk, and streamed rows go one at a time (docs/design.md has the timings
+    // of each).
+    if (width == stride && width * sizeof(S) >= 1024 && Form == form::uncentered) {
       r = normalize_row_groups<1, Form, Arch>(src, dst, rows, width, stride, k, first, compute,
                                               out);
     } else {

@@ -170,6 +170,23 @@ xsimd::batch<T, Arch> fmadd(const xsimd::batch<T, Arch>& a, const xsimd::batch<T
   }
 }
 
+/// c − a·b, fused wherever the ISA has FMA (xsimd's fnma; AVX-512 as in fmadd).
+template <class T, class Arch>
+xsimd::batch<T, Arch> fnmadd(const xsimd::batch<T, Arch>& a, const xsimd::batch<T, Arch>& b,
+                             const xsimd::batch<T, Arch>& c) noexcept {
+#if XSIMD_WITH_AVX512F
+  if constexpr (is_arch<Arch, xsimd::avx512f>) {
+    if constexpr (std::is_same<T, float>::value)
+      return _mm512_fnmadd_ps(a, b, c);
+    else
+      return _mm512_fnmadd_pd(a, b, c);
+  } else
+#endif
+  {
+    return xsimd::fnma(a, b, c);
+  }
+}
+
 /// (v < bound) ? bound : v (a lower bound) or (v > bound) ? bound : v (an upper one), lane by
 /// lane: a NaN stays, −0 stays −0 against a +0 bound. x86's max and min compute exactly this
 /// with the bound first ((bound > v) ? bound : v, the second operand when either is NaN): one
