@@ -391,9 +391,8 @@ void plane_sums(const Terms& terms, std::size_t len, std::size_t planes, std::si
 constexpr std::size_t rows_per_block = 16;
 
 /// Whether the interleaved sums read the next block's lines ahead of use: for half-precision
-/// storage, whose column walks the hardware prefetcher followed too late (bf16 (4096, 1024)
-/// NHWC training 1,220 → 1,096 µs a call on one thread, 656 → 545 on two); float32 rows
-/// gained nothing (docs/design.md).
+/// storage, whose column walks the hardware prefetcher followed too late; float32 rows gained
+/// nothing (docs/design.md, "Measurements behind the choices").
 template <class Terms>
 constexpr bool reads_ahead = sizeof(typename Terms::storage) == 2;
 
