@@ -31,9 +31,9 @@ constexpr std::size_t max_vector_period = 1024;
 // them below 1/64 of the data they summarize.
 constexpr std::size_t min_chunk_periods = 128;
 constexpr std::size_t max_interleaved_chunks = 256;
-// Interleaved inference splits at least this many row chunks where there are rows enough, so
+// Interleaved map passes split at least this many row chunks where there are rows enough, so
 // that few rows of many channels (7×7, 14×14) still share out evenly between threads.
-constexpr std::size_t min_inference_chunks = 16;
+constexpr std::size_t min_map_chunks = 16;
 // Channels-last inference of few rows of many channels runs in the training partition's fused
 // column blocks, in one parallel pass, where a block's rows are at least this wide; narrower
 // blocks stream worse than whole rows and run as chunks of whole rows instead
@@ -190,10 +190,10 @@ bool make_partition(const problem& prob, const plan_options& options, std::size_
     }
     p.units = p.row_chunks * p.column_blocks;
     p.units_per_task = 1;
-    const std::size_t inference_chunks =
-        std::max(wanted_units, std::min(min_inference_chunks, ceil_div(p.rows, rows_per_period)));
+    const std::size_t map_chunks =
+        std::max(wanted_units, std::min(min_map_chunks, ceil_div(p.rows, rows_per_period)));
     p.map_rows_per_chunk =
-        round_up(ceil_div(std::max<std::size_t>(p.rows, 1), inference_chunks), rows_per_period);
+        round_up(ceil_div(std::max<std::size_t>(p.rows, 1), map_chunks), rows_per_period);
     p.map_row_chunk_count = std::max<std::size_t>(1, ceil_div(p.rows, p.map_rows_per_chunk));
     p.inference = fused && p.block_width * p.element_size >= min_inference_block_bytes
                       ? inference_schedule::column_blocks

@@ -256,7 +256,7 @@ template <class Map>
   });
 }
 
-/// The map pass of channels-last inference: chunks of whole rows (see partition).
+/// The map pass over channels-last rows: chunks of whole rows (see partition).
 template <class Map>
 void map_row_chunks(const plan_impl& plan, const Map& map) {
   const partition& p = plan.part;
