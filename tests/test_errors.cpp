@@ -578,4 +578,27 @@ TEST(IsaSelection, DetectionAgreesWithTheKernel) {
 #endif
 }
 
+// A status copies its code and its message, up to the terminator, into a copy or over an
+// older value, and a message of the longest length keeps every character and its terminator.
+TEST(Status, CopiesCarryTheCodeAndTheWholeMessage) {
+  const std::string longest(bnorm::status::max_message_length, 'x');
+  const bnorm::status failed =
+      bnorm::status::failure(status_code::unsupported, "%s and more", longest.c_str());
+  ASSERT_EQ(std::strlen(failed.message()), bnorm::status::max_message_length);
+  const bnorm::status copy(failed);
+  EXPECT_EQ(copy.code(), status_code::unsupported);
+  EXPECT_EQ(std::string(copy.message()), longest);
+  bnorm::status assigned = bnorm::status(status_code::invalid_argument, "short");
+  assigned = failed;
+  EXPECT_EQ(assigned.code(), status_code::unsupported);
+  EXPECT_EQ(std::string(assigned.message()), longest);
+  assigned = bnorm::status();
+  EXPECT_TRUE(assigned.ok());
+  EXPECT_STREQ(assigned.message(), "");
+  const bnorm::status shorter(status_code::internal_error, "short");
+  bnorm::status over_longer(failed);
+  over_longer = shorter;
+  EXPECT_STREQ(over_longer.message(), "short");
+}
+
 }  // namespace

@@ -28,6 +28,14 @@ class status {
 
   status() noexcept { message_[0] = '\0'; }  // ok
   status(status_code code, const char* message) noexcept;
+  // Copies take the message up to its terminator: returning an ok status through the layers
+  // of a call copies one byte, not the whole buffer.
+  status(const status& other) noexcept : code_(other.code_) { copy_message(other); }
+  status& operator=(const status& other) noexcept {
+    code_ = other.code_;
+    copy_message(other);
+    return *this;
+  }
 
   /// Builds a failure whose message is formatted printf-style (truncated to fit).
   static status failure(status_code code, const char* format, ...) noexcept
@@ -51,6 +59,12 @@ class status {
   }
 
  private:
+  void copy_message(const status& other) noexcept {
+    std::size_t i = 0;
+    while ((message_[i] = other.message_[i]) != '\0' && i < max_message_length) ++i;
+    message_[max_message_length] = '\0';
+  }
+
   status_code code_ = status_code::ok;
   // Only the terminated prefix is meaningful: the rest is left uninitialized so that creating
   // an ok status on every call costs nothing.
