@@ -115,13 +115,18 @@ bool isa_capped(std::optional<isa> cap) noexcept {
 const kernels::kernel_table& kernels_for(const problem& prob, const kernels::kernel_table& best,
                                          std::size_t short_plane) noexcept {
 #if defined(__x86_64__) || defined(_M_X64)
-  if ((best.id == isa::avx512f || best.id == isa::avx512bf16) && prob.dtype == dtype::f32 &&
-      prob.layout == layout::channels_first && cpu_supports(isa::avx2)) {
+  if ((best.id == isa::avx512f || best.id == isa::avx512bf16) && cpu_supports(isa::avx2)) {
+    const std::size_t channels = static_cast<std::size_t>(prob.shape[1]);
     std::size_t spatial = 1;
     for (std::size_t d = 2; d < prob.shape.rank(); ++d) {
       spatial *= static_cast<std::size_t>(prob.shape[d]);
     }
-    if (spatial > 1 && spatial < short_plane) return table_for(isa::avx2);
+    const std::size_t elements = static_cast<std::size_t>(prob.shape[0]) * channels * spatial;
+    if (elements <= tiny_tensor_elements && channels < best.f64_lanes) return table_for(isa::avx2);
+    if (prob.dtype == dtype::f32 && prob.layout == layout::channels_first && spatial > 1 &&
+        spatial < short_plane) {
+      return table_for(isa::avx2);
+    }
   }
 #else
   (void)prob;

@@ -386,7 +386,7 @@ TEST(Module, ReportsItsIsa) {
   ASSERT_TRUE(bnorm::select_isa(std::nullopt, &expected).ok());
   EXPECT_EQ(bn.isa(), expected) << "before the first forward: the ISA its plans will take";
   // Planes of 256 values: the best ISA (shorter float32 planes may run AVX2's kernels on an
-  // AVX-512 machine when no cap is set: PlansForShortPlanes below).
+  // AVX-512 machine when no cap is set: PlansForShortPlanesAndTinyTensors below).
   bn.forward(std::vector<float>(2 * 2 * 256, 1.f), {2, 2, 16, 16});
   EXPECT_EQ(bn.isa(), expected);
   if (std::getenv("BNORM_MAX_ISA") == nullptr) {
@@ -397,10 +397,10 @@ TEST(Module, ReportsItsIsa) {
   EXPECT_EQ(expected, lowest);
 }
 
-// Without a cap, float32 channels-first planes shorter than 256 values run AVX2's kernels on an
-// AVX-512 machine (they are faster there); with a cap, the ISA it names; other problems the
-// best ISA.
-TEST(Module, PlansForShortPlanes) {
+// Without a cap, float32 channels-first planes shorter than 256 values, and tensors of at most
+// 64 values with fewer than 8 channels (any dtype), run AVX2's kernels on an AVX-512 machine
+// (they are faster there); with a cap, the ISA it names; other problems the best ISA.
+TEST(Module, PlansForShortPlanesAndTinyTensors) {
   if (std::getenv("BNORM_MAX_ISA") != nullptr) GTEST_SKIP() << "BNORM_MAX_ISA caps every plan";
   const auto plan_isa = [](const bnorm::problem& prob, std::optional<bnorm::isa> cap) {
     bnorm::plan_options opts;
@@ -418,6 +418,15 @@ TEST(Module, PlansForShortPlanes) {
   EXPECT_EQ(
       plan_isa({{1, 2048, 7, 7}, bnorm::layout::channels_first, bnorm::dtype::bf16}, std::nullopt),
       best);
+  const bnorm::isa tiny_isa = avx512 ? bnorm::isa::avx2 : best;
+  EXPECT_EQ(plan_isa({{2, 4}}, std::nullopt), tiny_isa);
+  EXPECT_EQ(plan_isa({{16, 4}}, std::nullopt), tiny_isa) << "64 values";
+  EXPECT_EQ(plan_isa({{2, 7, 2, 2}, bnorm::layout::channels_last}, std::nullopt), tiny_isa);
+  EXPECT_EQ(plan_isa({{2, 4}, bnorm::layout::channels_first, bnorm::dtype::bf16}, std::nullopt),
+            tiny_isa);
+  EXPECT_EQ(plan_isa({{2, 4}}, best), best) << "a cap names the kernels";
+  EXPECT_EQ(plan_isa({{2, 8}}, std::nullopt), best) << "a whole float64 vector of channels";
+  EXPECT_EQ(plan_isa({{17, 4}}, std::nullopt), best) << "68 values";
 }
 
 }  // namespace
