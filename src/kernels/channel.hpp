@@ -19,7 +19,11 @@ namespace {
 template <class Arch, class T>
 bool channel_moments(const moment_channels<T>& in) noexcept {
   const std::size_t channels = in.channels;
-  const double count = in.count, eps = in.epsilon, resum_below = in.resum_below;
+  const double eps = in.epsilon, resum_below = in.resum_below;
+  // Products by 1/count, not quotients: a division by count per value and vector of channels
+  // kept the divider busy on short channels (docs/design.md); 1/count is exact for the power
+  // of two counts, and within an ulp of float64 elsewhere.
+  const double per_value = 1.0 / in.count;
   const double bound_squared = in.max_offset_squared;
   const T* pivot = in.pivot;
   const T* gamma = in.gamma;
@@ -31,8 +35,8 @@ bool channel_moments(const moment_channels<T>& in) noexcept {
   constexpr std::size_t lanes = dvec::size;
   bool scalar_below = false;
   const auto one = [&](std::size_t c) {  // the same operations, one channel
-    const double offset = sum_to_mean[c] / count;
-    double variance = (sum_sq_to_variance[c] - sum_to_mean[c] * offset) / count;
+    const double offset = sum_to_mean[c] * per_value;
+    double variance = (sum_sq_to_variance[c] - sum_to_mean[c] * offset) * per_value;
     if (variance < 0.0) variance = 0.0;  // rounding only; a NaN stays NaN
     const double mean = static_cast<double>(pivot[c]) + offset;
     sum_to_mean[c] = mean;
@@ -45,8 +49,8 @@ bool channel_moments(const moment_channels<T>& in) noexcept {
     inv_std[c] = 1.0 / std::sqrt(variance + eps);
     scale[c] = (gamma ? static_cast<double>(gamma[c]) : 1.0) * inv_std[c];
   };
-  const dvec n(count), e(eps), zero(0.0), unit(1.0), small(resum_below), bound(bound_squared),
-      infinity(std::numeric_limits<double>::infinity());
+  const dvec per_value_v(per_value), e(eps), zero(0.0), unit(1.0), small(resum_below),
+      bound(bound_squared), infinity(std::numeric_limits<double>::infinity());
   // The vectors' test is the scalar one negated, with ordered compares: a NaN fails each one, so
   // !isfinite costs one compare (variance < infinity). A NaN pivot distance asks for another
   // look where the scalar test does not; finalize_block decides per channel either way.
@@ -55,8 +59,8 @@ bool channel_moments(const moment_channels<T>& in) noexcept {
   for (; c + lanes <= channels; c += lanes) {
     const dvec s = dvec::load_unaligned(sum_to_mean + c);
     const dvec q = dvec::load_unaligned(sum_sq_to_variance + c);
-    const dvec offset = s / n;
-    dvec variance = (q - s * offset) / n;
+    const dvec offset = s * per_value_v;
+    dvec variance = (q - s * offset) * per_value_v;
     variance = at_least(variance, zero);
     const dvec p = load_as_f64<Arch>(pivot + c);
     const dvec mean = p + offset;
@@ -290,7 +294,9 @@ void channel_gradients(const gradient_channels<T>& in, const gradient_coefficien
                        std::size_t first) noexcept {
   using dvec = xsimd::batch<double, Arch>;
   constexpr std::size_t lanes = dvec::size;
-  const dvec count(in.count), eps(in.epsilon), unit(1.0);
+  // Products by 1/count, as channel_moments.
+  const double per_value = 1.0 / in.count;
+  const dvec per_value_v(per_value), eps(in.epsilon), unit(1.0);
   std::size_t c = 0;
   for (; c + lanes <= in.channels; c += lanes) {
     const dvec inv = in.inv_std ? load_as_f64<Arch>(in.inv_std + c)
@@ -302,9 +308,9 @@ void channel_gradients(const gradient_channels<T>& in, const gradient_coefficien
     const std::size_t at = first + c;
     store_as<Arch>(out->center + at, load_as_f64<Arch>(in.mean + c));
     store_as<Arch>(out->dy_scale + at, saturate_to<Arch, T>(a));
-    store_as<Arch>(out->x_scale + at, saturate_to<Arch, T>(-(a * inv) * (dgamma / count)));
+    store_as<Arch>(out->x_scale + at, saturate_to<Arch, T>(-(a * inv) * (dgamma * per_value_v)));
     store_as<Arch>(out->shift + at,
-                   saturate_to<Arch, T>(-a * (dvec::load_unaligned(in.sum_dy + c) / count)));
+                   saturate_to<Arch, T>(-a * (dvec::load_unaligned(in.sum_dy + c) * per_value_v)));
   }
   for (; c < in.channels; ++c) {  // the same operations, one channel
     const double inv = in.inv_std
@@ -317,8 +323,8 @@ void channel_gradients(const gradient_channels<T>& in, const gradient_coefficien
     const std::size_t at = first + c;
     out->center[at] = in.mean[c];
     out->dy_scale[at] = saturate_scalar<T>(a);
-    out->x_scale[at] = saturate_scalar<T>(-(a * inv) * (dgamma / in.count));
-    out->shift[at] = saturate_scalar<T>(-a * (in.sum_dy[c] / in.count));
+    out->x_scale[at] = saturate_scalar<T>(-(a * inv) * (dgamma * per_value));
+    out->shift[at] = saturate_scalar<T>(-a * (in.sum_dy[c] * per_value));
   }
 }
 
