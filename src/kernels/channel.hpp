@@ -21,8 +21,8 @@ bool channel_moments(const moment_channels<T>& in) noexcept {
   const std::size_t channels = in.channels;
   const double eps = in.epsilon, resum_below = in.resum_below;
   // Products by 1/count, not quotients: a division by count per value and vector of channels
-  // kept the divider busy on short channels (docs/design.md); 1/count is exact for the power
-  // of two counts, and within an ulp of float64 elsewhere.
+  // kept the divider busy on short channels (docs/design.md); 1/count is exact for power-of-two
+  // counts, and within an ulp of float64 elsewhere.
   const double per_value = 1.0 / in.count;
   const double bound_squared = in.max_offset_squared;
   const T* pivot = in.pivot;

@@ -10,6 +10,8 @@
 #include "kernels/map.hpp"
 #include "kernels/reduce.hpp"
 
+#include <type_traits>
+
 #if defined(__AVX__)
 #include <immintrin.h>
 #endif
