@@ -16,12 +16,15 @@
 namespace bnorm::kernels {
 namespace {
 
+/// dy·dy_scale + ((x − center)·x_scale + shift), the inner term as shift − (center − x)·x_scale
+/// so that the load of x folds into the subtraction (see map.hpp's normalize: the same bits but
+/// for the sign of a zero).
 template <class Arch, class T>
 [[gnu::always_inline]] inline xsimd::batch<T, Arch> gradient_of(
     const xsimd::batch<T, Arch>& x, const xsimd::batch<T, Arch>& dy,
     const xsimd::batch<T, Arch>& center, const xsimd::batch<T, Arch>& dy_scale,
     const xsimd::batch<T, Arch>& x_scale, const xsimd::batch<T, Arch>& shift) noexcept {
-  return fmadd(dy, dy_scale, fmadd(x - center, x_scale, shift));
+  return fmadd(dy, dy_scale, fnmadd(center - x, x_scale, shift));
 }
 
 /// dx[j] for j in [begin, end) with ordinary stores, f(j, x vector, dy vector) giving the vector
