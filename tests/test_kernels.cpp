@@ -98,6 +98,50 @@ TYPED_TEST(KernelTester, PlaneStatsOverTails) {
   });
 }
 
+// Short planes are summed a group of channels at once, the group's partials tested together and
+// then each channel's where their sum is not finite: a channel whose squares overflow T is
+// summed again in float64 (the others not), also where the group's sum alone overflows.
+TYPED_TEST(KernelTester, PlaneStatsOfHugeChannelsAmongOrdinaryOnes) {
+  using T = TypeParam;
+  using real = typename TestFixture::real;
+  this->for_each_isa([&](const kernels::kernel_set<T>& k, std::size_t v) {
+    for (std::size_t len : {v + 1, 2 * v + 1, 6 * v + 1}) {
+      for (std::size_t planes : {1, 3}) {
+        const std::size_t channels = 2 * v + 1;  // groups of as many as float64 lanes, and more
+        const std::size_t stride = channels * len;
+        std::vector<T> x = this->data(planes * stride, 0.5, 2.0, len * 11 + planes);
+        for (std::size_t p = 0; p < planes; ++p) {
+          for (std::size_t i = 0; i < len; ++i) {
+            x[1 * len + p * stride + i] *= T(1e30);  // its float32 squares overflow
+            for (std::size_t c = 4; c < 8 && c < channels; ++c) {
+              x[c * len + p * stride + i] *= T(2e18);  // squares near 1e37: finite, not their sum
+            }
+          }
+        }
+        std::vector<T> pivot(channels, T(0.5));
+        std::vector<double> sum(channels, 0.0), sum_sq(channels, 0.0);
+        k.plane_stats(x.data(), {len, planes, stride, channels}, pivot.data(), sum.data(),
+                      sum_sq.data());
+        for (std::size_t c = 0; c < channels; ++c) {
+          real s = 0, q = 0;
+          for (std::size_t p = 0; p < planes; ++p) {
+            for (std::size_t i = 0; i < len; ++i) {
+              const real d = static_cast<real>(x[c * len + p * stride + i]) - pivot[c];
+              s += d;
+              q += d * d;
+            }
+          }
+          const double scale = std::sqrt(static_cast<double>(q) * static_cast<double>(len));
+          EXPECT_NEAR(sum[c], static_cast<double>(s), tolerance<T>() * scale)
+              << "len " << len << " planes " << planes << " channel " << c;
+          EXPECT_NEAR(sum_sq[c], static_cast<double>(q), tolerance<T>() * static_cast<double>(q))
+              << "len " << len << " planes " << planes << " channel " << c;
+        }
+      }
+    }
+  });
+}
+
 TYPED_TEST(KernelTester, InterleavedStatsOverTails) {
   using T = TypeParam;
   using real = typename TestFixture::real;

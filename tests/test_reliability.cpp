@@ -148,6 +148,36 @@ TEST_P(Extremes, OneHugeChannelAmongOrdinaryOnes) {
   }
 }
 
+// Channels-first 7×7 planes, end to end: a huge channel (its float32 squares overflow) among
+// ordinary ones, and channels whose squares stay finite while their sum over a group of
+// channels does not, all come out right, one image or several. (The statistics kernel's own
+// checks of such groups: KernelTester.PlaneStatsOfHugeChannelsAmongOrdinaryOnes.)
+TEST_P(Extremes, HugeChannelsAmongShortPlanes) {
+  for (const bnorm::tensor_shape& shape : {bnorm::tensor_shape{1, 12, 7, 7}, {3, 12, 7, 7}}) {
+    const geometry g(shape);
+    std::vector<float> x = normal_data<float>(g.elements(), 0.5, 2.0, 7);
+    for (std::size_t n = 0; n < g.n; ++n) {
+      for (std::size_t s = 0; s < g.spatial; ++s) {
+        x[g.offset(layout::channels_first, n, 1, s)] *= 1e30f;  // squares beyond float
+        for (std::size_t c = 4; c < 8; ++c) {  // squares near 1e37: finite, their sum is not
+          x[g.offset(layout::channels_first, n, c, s)] *= 2e18f;
+        }
+      }
+    }
+    const training_result r = train(plan(shape, layout::channels_first), x, g.c);
+    const reference_stats ref = reference_moments(x, shape, layout::channels_first);
+    const std::vector<double> want =
+        reference_normalize(x, shape, layout::channels_first, ref.mean, ref.variance, 1e-5, {}, {});
+    EXPECT_LE(max_abs_error(r.y, want), 1e-5);
+    for (std::size_t c = 0; c < g.c; ++c) {
+      EXPECT_NEAR(r.mean[c], ref.mean[c], 1e-6 * std::fabs(ref.mean[c]) + 1e-6) << c;
+      EXPECT_NEAR(r.inv_std[c], 1.0 / std::sqrt(ref.variance[c] + 1e-5),
+                  1e-6 / std::sqrt(ref.variance[c] + 1e-5))
+          << c;
+    }
+  }
+}
+
 // A constant channel gives exactly zero (PyTorch #5410); with eps = 0, var + eps = 0 and the
 // channel is NaN (1/sqrt(0)·0), as in PyTorch, while the others are unaffected.
 TEST_P(Extremes, ConstantChannels) {

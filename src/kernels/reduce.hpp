@@ -42,6 +42,18 @@ struct f64_accumulator {
     sum += s;
     sum_sq += q;
   }
+  /// add() into an accumulator that holds nothing yet, without adding to its zeros.
+  void set(const xsimd::batch<float, Arch>& s, const xsimd::batch<float, Arch>& q) noexcept {
+    xsimd::batch<double, Arch> lo, hi;
+    widen(s, lo, hi);
+    sum = lo + hi;
+    widen(q, lo, hi);
+    sum_sq = lo + hi;
+  }
+  void set(const xsimd::batch<double, Arch>& s, const xsimd::batch<double, Arch>& q) noexcept {
+    sum = s;
+    sum_sq = q;
+  }
 };
 
 /// 0, 1, 2, ... as T, for lane masks.
@@ -202,8 +214,9 @@ struct gradient_terms {
 /// lane, see block_vectors); a channel whose T partials overflowed (or hold a NaN) is summed
 /// again in float64. Channels side by side share the loop (on 7×7 planes its overhead was as
 /// large as the sums); each channel's lanes add the same values in the same order whatever the
-/// group, so its bits never depend on its neighbours.
-template <std::size_t Group, class Arch, class Terms, class T = typename Terms::T>
+/// group, so its bits never depend on its neighbours. First: acc holds nothing yet (the first
+/// plane), and takes the partials instead of adding them to zeros.
+template <bool First, std::size_t Group, class Arch, class Terms, class T = typename Terms::T>
 [[gnu::always_inline]] inline void short_run_sums(const Terms& terms,
                                                   const std::size_t (&at)[Group], std::size_t len,
                                                   const lane_mask<T, Arch>& fresh,
@@ -225,12 +238,26 @@ template <std::size_t Group, class Arch, class Terms, class T = typename Terms::
       terms.add_masked(at[g] + len - lanes, fresh, k[g], s[g], q[g]);
     }
   }
+  // One test for the group where it can: a sum of the partials is finite only if each is (an
+  // infinity stays, or meets one of the other sign and makes a NaN).
+  vec all_s = s[0], all_q = q[0];
+#pragma GCC unroll 8
+  for (std::size_t g = 1; g < Group; ++g) {
+    all_s += s[g];
+    all_q += q[g];
+  }
+  const bool all_finite = Terms::finite(all_s, all_q);
 #pragma GCC unroll 8
   for (std::size_t g = 0; g < Group; ++g) {
-    if (Terms::finite(s[g], q[g])) {
-      acc[g].add(s[g], q[g]);
+    if (all_finite || Terms::finite(s[g], q[g])) {
+      if constexpr (First) {
+        acc[g].set(s[g], q[g]);
+      } else {
+        acc[g].add(s[g], q[g]);
+      }
       continue;
     }
+    if constexpr (First) acc[g] = f64_accumulator<Arch>();
     for (std::size_t j = 0; j < whole; j += lanes) terms.add_exact(at[g] + j, k[g], acc[g]);
     if (whole < len) terms.add_exact_masked(at[g] + len - lanes, fresh, k[g], acc[g]);
   }
@@ -310,7 +337,11 @@ template <std::size_t Group, class Arch, class Terms, class T = typename Terms::
   for (std::size_t p = 0; p < planes; ++p) {
     std::size_t at[Group];
     for (std::size_t g = 0; g < Group; ++g) at[g] = (ch + g) * len + p * stride;
-    short_run_sums<Group, Arch>(terms, at, len, fresh, k, acc);
+    if (p == 0) {
+      short_run_sums<true, Group, Arch>(terms, at, len, fresh, k, acc);
+    } else {
+      short_run_sums<false, Group, Arch>(terms, at, len, fresh, k, acc);
+    }
   }
 }
 
