@@ -170,7 +170,10 @@ TEST_P(Extremes, HugeChannelsAmongShortPlanes) {
         reference_normalize(x, shape, layout::channels_first, ref.mean, ref.variance, 1e-5, {}, {});
     EXPECT_LE(max_abs_error(r.y, want), 1e-5);
     for (std::size_t c = 0; c < g.c; ++c) {
-      EXPECT_NEAR(r.mean[c], ref.mean[c], 1e-6 * std::fabs(ref.mean[c]) + 1e-6) << c;
+      // Relative to the spread too: a channel's mean can lie far closer to 0 than its values.
+      EXPECT_NEAR(r.mean[c], ref.mean[c],
+                  1e-6 * (std::fabs(ref.mean[c]) + std::sqrt(ref.variance[c])) + 1e-6)
+          << c;
       EXPECT_NEAR(r.inv_std[c], 1.0 / std::sqrt(ref.variance[c] + 1e-5),
                   1e-6 / std::sqrt(ref.variance[c] + 1e-5))
           << c;
