@@ -38,6 +38,19 @@ void gradient_store_run(const S* x, const S* dy, S* dx, std::size_t begin, std::
   using vec = xsimd::batch<T, Arch>;
   constexpr std::size_t lanes = vec::size;
   std::size_t j = begin;
+  for (; j + 4 * lanes <= end; j += 4 * lanes) {  // four at a time: a quarter of the overhead
+    const vec v0 = f(j, load_elements<Arch>(x + j), load_elements<Arch>(dy + j));
+    const vec v1 =
+        f(j + lanes, load_elements<Arch>(x + j + lanes), load_elements<Arch>(dy + j + lanes));
+    const vec v2 = f(j + 2 * lanes, load_elements<Arch>(x + j + 2 * lanes),
+                     load_elements<Arch>(dy + j + 2 * lanes));
+    const vec v3 = f(j + 3 * lanes, load_elements<Arch>(x + j + 3 * lanes),
+                     load_elements<Arch>(dy + j + 3 * lanes));
+    store_elements<Arch>(dx + j, v0);
+    store_elements<Arch>(dx + j + lanes, v1);
+    store_elements<Arch>(dx + j + 2 * lanes, v2);
+    store_elements<Arch>(dx + j + 3 * lanes, v3);
+  }
   for (; j + 2 * lanes <= end; j += 2 * lanes) {
     const vec v0 = f(j, load_elements<Arch>(x + j), load_elements<Arch>(dy + j));
     const vec v1 =
@@ -90,24 +103,21 @@ void gradient_contiguous_planes(const S* src, const S* diff_dst, S* diff_src, st
   using vec = xsimd::batch<T, Arch>;
   constexpr std::size_t lanes = vec::size;
   const std::size_t last = len - lanes;
-  for (std::size_t ch = 0; ch < channels; ++ch) {
-    const S* x = src + ch * len;
-    const S* g = diff_dst + ch * len;
-    S* y = diff_src + ch * len;
-    const vec c(center[ch]), a(dy_scale[ch]), b(x_scale[ch]), e(shift[ch]);
-    const auto f = [&](std::size_t j) {
-      return gradient_of(load_elements<Arch>(x + j), load_elements<Arch>(g + j), c, a, b, e);
-    };
-    const vec tail = f(last);  // as in plane_gradient: before anything is stored
-    std::size_t i = 0;
-    for (; i + lanes < last; i += 2 * lanes) {
-      const vec v0 = f(i), v1 = f(i + lanes);
-      store_elements<Arch>(y + i, v0);
-      store_elements<Arch>(y + i + lanes, v1);
+  by_plane_length<lanes>(last, [&](auto is_long) {
+    for (std::size_t ch = 0; ch < channels; ++ch) {
+      const S* x = src + ch * len;
+      const S* g = diff_dst + ch * len;
+      S* y = diff_src + ch * len;
+      const vec c(center[ch]), a(dy_scale[ch]), b(x_scale[ch]), e(shift[ch]);
+      const auto f = [&](std::size_t j) {
+        return gradient_of(load_elements<Arch>(x + j), load_elements<Arch>(g + j), c, a, b, e);
+      };
+      const vec tail = f(last);  // as in plane_gradient: before anything is stored
+      plane_vectors<lanes, decltype(is_long)::value>(
+          last, f, [&](std::size_t i, const vec& v) { store_elements<Arch>(y + i, v); });
+      store_elements<Arch>(y + last, tail);
     }
-    if (i < last) store_elements<Arch>(y + i, f(i));
-    store_elements<Arch>(y + last, tail);
-  }
+  });
 }
 
 /// Channel k of `channels` has its first plane at offset k·len and coefficients at first + k.
