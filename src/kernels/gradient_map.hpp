@@ -87,8 +87,15 @@ void gradient_run(const S* x, const S* dy, S* dx, std::size_t n, bool stream, F 
   const std::size_t head = std::min(n, (line - into_line) % line);
   const std::size_t body_end = head + (n - head) / line * line;
   if (head > 0) gradient_store_run<Arch>(x, dy, dx, 0, head, f);
-  for (std::size_t i = head; i < body_end; i += lanes) {
-    stream_elements<Arch>(dx + i, f(i, load_elements<Arch>(x + i), load_elements<Arch>(dy + i)));
+  for (std::size_t i = head; i < body_end; i += line) {  // a line a step, as stream_run
+    xsimd::batch<compute_t<S>, Arch> v[line / lanes];
+#pragma GCC unroll 4
+    for (std::size_t k = 0; k < line / lanes; ++k) {
+      const std::size_t at = i + k * lanes;
+      v[k] = f(at, load_elements<Arch>(x + at), load_elements<Arch>(dy + at));
+    }
+#pragma GCC unroll 4
+    for (std::size_t k = 0; k < line / lanes; ++k) stream_elements<Arch>(dx + i + k * lanes, v[k]);
   }
   if (body_end < n) gradient_store_run<Arch>(x, dy, dx, body_end, n, f);
 }

@@ -171,8 +171,15 @@ void stream_run(const S* x, S* y, std::size_t n, Compute compute, Out out) noexc
   const std::size_t head = std::min(n, (line - into_line) % line);
   const std::size_t body_end = head + (n - head) / line * line;
   if (head > 0) store_run<Arch>(x, y, 0, head, compute, out);
-  for (std::size_t i = head; i < body_end; i += lanes) {
-    stream_elements<Arch>(y + i, out.finish(y + i, compute(i, load_elements<Arch>(x + i))));
+  for (std::size_t i = head; i < body_end; i += line) {  // a line a step: fewer loop overheads
+    vec v[line / lanes];
+#pragma GCC unroll 4
+    for (std::size_t k = 0; k < line / lanes; ++k) {
+      v[k] = out.finish(y + i + k * lanes,
+                        compute(i + k * lanes, load_elements<Arch>(x + i + k * lanes)));
+    }
+#pragma GCC unroll 4
+    for (std::size_t k = 0; k < line / lanes; ++k) stream_elements<Arch>(y + i + k * lanes, v[k]);
   }
   if (body_end < n) store_run<Arch>(x, y, body_end, n, compute, out);
 }
