@@ -552,8 +552,8 @@ class inference_step {
 
   /// Channel-major planes: each task works out its own channels' coefficients, 64 at a time,
   /// in one parallel pass (a pass of its own for them costs more than it saves on short
-  /// planes: docs/design.md). A group pays the calls of its two kernels once: on 7×7 planes,
-  /// groups of 16 took 10% longer than groups of 64.
+  /// planes: docs/design.md). A group pays the calls of its two kernels once, however many
+  /// channels it holds (docs/design.md, `channel_planes_pass`).
   void channel_planes_pass() const {
     plan_.threads.for_each(
         p_.units, p_.units_per_task, p_.serial, [&](std::size_t b, std::size_t e) {
