@@ -99,7 +99,8 @@ bool cpu_supports(isa value) noexcept {
     case isa::avx512f: return cpu.avx512f && __builtin_cpu_supports("avx512f") && has_f16c();
     case isa::avx512bf16:
       return cpu.avx512f && __builtin_cpu_supports("avx512f") && has_f16c() &&
-             __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512bf16");
+             __builtin_cpu_supports("avx512cd") && __builtin_cpu_supports("avx512dq") &&
+             __builtin_cpu_supports("avx512bf16");
     default: return false;
   }
 #else

@@ -567,7 +567,7 @@ TEST(IsaSelection, DetectionAgreesWithTheKernel) {
   EXPECT_EQ(offered(bnorm::isa::avx2), has("avx2") && has("fma"));
   EXPECT_EQ(offered(bnorm::isa::avx512f), has("avx512f"));
   EXPECT_EQ(offered(bnorm::isa::avx512bf16),
-            has("avx512f") && has("avx512dq") && has("avx512_bf16"));
+            has("avx512f") && has("avx512cd") && has("avx512dq") && has("avx512_bf16"));
   if (std::getenv("BNORM_MAX_ISA") == nullptr) {
     bnorm::plan plan;
     // Not a tiny tensor of few channels, nor short float32 planes (those may take AVX2's

@@ -14,8 +14,10 @@
 namespace bnorm::kernels {
 namespace {
 
+/// Whether Arch is Target or extends it: the avx512bf16 unit's xsimd::avx512dq takes the
+/// avx512f branches.
 template <class Arch, class Target>
-inline constexpr bool is_arch = std::is_same<Arch, Target>::value;
+inline constexpr bool is_arch = std::is_base_of<Target, Arch>::value;
 
 #if XSIMD_WITH_AVX512F
 // The float <-> double conversions go through their zero-masked forms with every lane set: the
