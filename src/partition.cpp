@@ -23,8 +23,14 @@ constexpr std::size_t fused_channel_l2_fraction = 4;
 constexpr std::size_t fused_group_l2_fraction = 8;
 constexpr std::size_t fused_group_channels = 16;
 constexpr std::size_t fused_group_l1_bytes = 16 * 1024;  // half of a 32 KiB L1 data cache
-// A fused interleaved unit reads row runs of at least this much: enough for the prefetcher.
-constexpr std::size_t min_fused_run_bytes = 1024;
+// Fused column blocks have rows of 2 KiB at least, and there are four of them at least. Two
+// cores writing parts of the same 4 KiB pages, row after row, run at a fraction of their speed
+// (scripts/page_sharing.cpp: 1 KiB halves of 2 KiB rows took 6 times as long as halves of the
+// rows, 2 KiB halves of 4 KiB rows 2.2 times); a task of the fused pass takes neighbouring
+// blocks (oneTBB splits a range in halves), so that where each core has two blocks or more,
+// most of the blocks beside a block are its own core's (docs/design.md has the timings).
+constexpr std::size_t min_fused_block_row_bytes = 2048;
+constexpr std::size_t min_fused_blocks = 4;
 // Up to this many values, training's statistics are direct float64 sums, in one walk over
 // memory, instead of pivots, partial sums and their merge, whose fixed costs dominate there.
 constexpr std::size_t tiny_elements = 64;
@@ -39,11 +45,6 @@ constexpr std::size_t max_interleaved_chunks = 256;
 // Interleaved map passes split at least this many row chunks where there are rows enough, so
 // that few rows of many channels (7×7, 14×14) still share out evenly between threads.
 constexpr std::size_t min_map_chunks = 16;
-// Channels-last inference of few rows of many channels runs in the training partition's fused
-// column blocks, in one parallel pass, where a block's rows are at least this wide; narrower
-// blocks stream worse than whole rows and run as chunks of whole rows instead
-// (docs/design.md has the timings).
-constexpr std::size_t min_inference_block_bytes = 2048;
 constexpr std::size_t finalize_channels_per_task = 512;
 // Inference's coefficients alone (a square root and a division per channel, in float64 vectors)
 // take about a microsecond for this many channels: less than waking a worker, so they are one
@@ -173,14 +174,14 @@ bool make_partition(const problem& prob, const plan_options& options, std::size_
     p.block_width = p.period;
     const std::size_t wanted_units = ceil_div(std::max<std::size_t>(p.elements, 1), unit_elements);
     const bool splits_columns = p.period == p.channels && p.channels >= 4 * vector_lanes;
-    // Few rows of many channels (ResNet's 7×7 and 14×14 in NHWC): a block of whole channels
-    // over all the rows, with row runs long enough to stream, that fits in a core's cache is
-    // one unit, and training does all of its work in one pass (as channels-first does).
+    // Few rows of many channels (ResNet's 7×7 in NHWC): a block of whole channels over all the
+    // rows that fits in a core's cache is one unit, and training and inference do all of their
+    // work in one pass (as channels-first does).
     const std::size_t fused_blocks =
-        std::min(wanted_units, p.channels * p.element_size / min_fused_run_bytes);
+        std::min(wanted_units, p.channels * p.element_size / min_fused_block_row_bytes);
     const std::size_t fused_width =
         fused_blocks > 0 ? round_up(ceil_div(p.channels, fused_blocks), vector_lanes) : 0;
-    if (splits_columns && p.rows > 0 && fused_blocks > 0 &&
+    if (splits_columns && p.rows > 0 && fused_blocks >= min_fused_blocks &&
         p.rows * fused_width * p.element_size <= fused_channel_bytes) {
       fused = true;
       p.rows_per_chunk = p.rows;
@@ -202,9 +203,7 @@ bool make_partition(const problem& prob, const plan_options& options, std::size_
     p.map_rows_per_chunk =
         round_up(ceil_div(std::max<std::size_t>(p.rows, 1), map_chunks), rows_per_period);
     p.map_row_chunk_count = std::max<std::size_t>(1, ceil_div(p.rows, p.map_rows_per_chunk));
-    p.inference = fused && p.block_width * p.element_size >= min_inference_block_bytes
-                      ? inference_schedule::column_blocks
-                      : inference_schedule::row_chunks;
+    p.inference = fused ? inference_schedule::column_blocks : inference_schedule::row_chunks;
   }
   if (p.kind == traversal::planes) {
     p.inference = p.planes_per_unit == 0 ? inference_schedule::channel_planes

@@ -29,7 +29,7 @@ const split_case split_cases[] = {
     {"one_value_a_rank", {3, 40}, {1, 1, 1}, layout::channels_first, -2.0},
     {"mean_1e5_std", {9, 5, 33}, {4, 5}, layout::channels_first, 1e5},
     {"mean_1e5_std_rows", {9, 5, 33}, {2, 4, 3}, layout::channels_last, 1e5},
-    {"fused_column_blocks", {2, 256, 7, 7}, {1, 1}, layout::channels_last, 3.0},
+    {"fused_column_blocks", {2, 2048, 7, 7}, {1, 1}, layout::channels_last, 3.0},
     {"two_pass_planes", {6, 3, 40000}, {2, 4}, layout::channels_first, 1.0},
 };
 

@@ -52,10 +52,10 @@ const schedule_case schedule_cases[] = {
      layout::channels_last,
      "training: fused column blocks",
      "inference: column blocks"},
-    {"few_rows_of_1k_channels",
+    {"few_rows_of_1k_channels",  // two 2 KiB blocks only: two passes, whole-row maps
      {1, 1024, 14, 14},
      layout::channels_last,
-     "training: fused column blocks",
+     "training: two passes",
      "inference: row chunks"},
     {"many_rows",
      {32, 64, 56, 56},
@@ -127,6 +127,45 @@ TEST(Schedule, CacheSizesDecideWhatStaysInCache) {
   EXPECT_GE(detected.l2_bytes, 128u << 10);
   EXPECT_LE(detected.l2_bytes, 8u << 20);
   EXPECT_GE(detected.last_level_bytes, detected.l2_bytes);
+}
+
+TEST(Schedule, FusedColumnBlocksAreFourAtLeastOf2KiBRows) {
+  // Cores writing into the same pages row after row slow each other down: a fused column
+  // block's rows are 2 KiB at least, and there are four blocks at least, so that a core's
+  // neighbouring blocks are mostly its own; otherwise two passes, the maps in whole rows.
+  const bnorm::isa id = isas_under_test().front();
+  const auto part = [&](bnorm::tensor_shape shape, bnorm::dtype type) {
+    return plan_partition({shape, layout::channels_last, type}, {}, id, reference_caches);
+  };
+  for (const auto& [shape, type, blocks] :
+       {std::tuple<bnorm::tensor_shape, bnorm::dtype, std::size_t>{
+            {1, 2048, 7, 7}, bnorm::dtype::f32, 4},
+        {{2, 2048, 7, 7}, bnorm::dtype::f32, 4},
+        {{1, 4096, 7, 7}, bnorm::dtype::bf16, 4},
+        {{1, 3072, 7, 7}, bnorm::dtype::f32, 5}}) {
+    const bnorm::detail::partition p = part(shape, type);
+    EXPECT_EQ(p.training, bnorm::detail::training_schedule::fused_column_blocks);
+    EXPECT_EQ(p.inference, bnorm::detail::inference_schedule::column_blocks);
+    EXPECT_EQ(p.column_blocks, blocks);
+    EXPECT_GE(p.block_width * p.element_size, 2048u);
+  }
+  // Rows of 1 KiB blocks, or fewer than four blocks of 2 KiB: two passes.
+  for (const auto& [shape, type] :
+       {std::pair<bnorm::tensor_shape, bnorm::dtype>{{1, 512, 14, 14}, bnorm::dtype::f32},
+        {{1, 1024, 14, 14}, bnorm::dtype::f32},
+        {{1, 2048, 7, 7}, bnorm::dtype::bf16},
+        {{1, 1024, 14, 14}, bnorm::dtype::bf16},
+        {{1, 256, 7, 7}, bnorm::dtype::f32}}) {
+    const bnorm::detail::partition p = part(shape, type);
+    EXPECT_EQ(p.training, bnorm::detail::training_schedule::two_passes);
+    EXPECT_EQ(p.inference, bnorm::detail::inference_schedule::row_chunks);
+  }
+  // A block up to a quarter of L2: (4,2048,7,7)'s 392 KiB blocks fit a 2 MiB L2's, not 1 MiB's.
+  const bnorm::problem four_images{{4, 2048, 7, 7}, layout::channels_last};
+  EXPECT_EQ(plan_partition(four_images, {}, id, reference_caches).training,
+            bnorm::detail::training_schedule::fused_column_blocks);
+  EXPECT_EQ(plan_partition(four_images, {}, id, {1u << 20, 32u << 20}).training,
+            bnorm::detail::training_schedule::two_passes);
 }
 
 TEST(Schedule, ShortPlanesFuseAsManyChannelsAsHalfAnL1Holds) {
