@@ -25,10 +25,9 @@ constexpr std::size_t fused_group_channels = 16;
 constexpr std::size_t fused_group_l1_bytes = 16 * 1024;  // half of a 32 KiB L1 data cache
 // Fused column blocks have rows of 2 KiB at least, and there are four of them at least. Two
 // cores writing parts of the same 4 KiB pages, row after row, run at a fraction of their speed
-// (scripts/page_sharing.cpp: 1 KiB halves of 2 KiB rows took 6 times as long as halves of the
-// rows, 2 KiB halves of 4 KiB rows 2.2 times); a task of the fused pass takes neighbouring
-// blocks (oneTBB splits a range in halves), so that where each core has two blocks or more,
-// most of the blocks beside a block are its own core's (docs/design.md has the timings).
+// (scripts/page_sharing.cpp shows it); a task of the fused pass takes neighbouring blocks
+// (oneTBB splits a range in halves), so that where each core has two blocks or more, most of
+// the blocks beside a block are its own core's (docs/design.md has the timings).
 constexpr std::size_t min_fused_block_row_bytes = 2048;
 constexpr std::size_t min_fused_blocks = 4;
 // Up to this many values, training's statistics are direct float64 sums, in one walk over

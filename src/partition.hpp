@@ -80,7 +80,7 @@ struct partition {
   /// Write dst with non-temporal stores (see plan_options::stores).
   bool stream_stores = false;
   /// Fused planes: channels per group (statistics, then normalization), as many as fit in
-  /// an eighth of a core's L2, at most 16.
+  /// an eighth of a core's L2, at most 16, or more where they fit in half an L1.
   std::size_t fused_group = 1;
 
   // planes: unit u covers the run [j·chunk_len, (j+1)·chunk_len) of channel u / k, j = u % k,
