@@ -13,9 +13,13 @@ namespace {
 // A unit of about 128 KiB streams for ~5 µs per core: long enough to amortize a oneTBB task
 // (~1 µs), short enough to give two cores a dozen units on a 4 MiB tensor.
 constexpr std::size_t unit_bytes = 128 * 1024;
-// A channels-first channel up to a quarter of a core's L2 is one unit: training reads it the
-// second time from there, with room left for y's lines and the prefetches of the next channel.
-constexpr std::size_t fused_channel_l2_fraction = 4;
+// A channels-first channel up to half of a core's L2 is one unit: training reads it the second
+// time from there, and the backward reads x and dy a second time mostly from there (the L2 may
+// not hold both whole, but what it holds is read from it instead of from memory).
+constexpr std::size_t fused_channel_l2_fraction = 2;
+// A channels-last fused column block (all the rows of a block of channels) up to a quarter: the
+// fraction its timings were taken with (docs/design.md); half was not measured.
+constexpr std::size_t fused_block_l2_fraction = 4;
 // A fused group of channels-first channels (statistics, then normalization) up to an eighth,
 // of at most 16 channels, or of more where they fit in fused_group_l1_bytes: a group pays its
 // kernels' calls and the set-up of their per-channel loops once, which short planes (7×7, 98
@@ -125,6 +129,7 @@ bool make_partition(const problem& prob, const plan_options& options, std::size_
                      p.elements * p.element_size >= streaming_threshold(caches));
   const std::size_t unit_elements = unit_bytes / p.element_size;
   const std::size_t fused_channel_bytes = caches.l2_bytes / fused_channel_l2_fraction;
+  const std::size_t fused_block_bytes = caches.l2_bytes / fused_block_l2_fraction;
   const std::size_t fused_group_bytes = caches.l2_bytes / fused_group_l2_fraction;
   // Units that hold whole channels and stay in cache, for the fused schedules. Planes: one
   // channel per unit. Interleaved: one row chunk (all the rows), units are blocks of whole
@@ -181,7 +186,7 @@ bool make_partition(const problem& prob, const plan_options& options, std::size_
     const std::size_t fused_width =
         fused_blocks > 0 ? round_up(ceil_div(p.channels, fused_blocks), vector_lanes) : 0;
     if (splits_columns && p.rows > 0 && fused_blocks >= min_fused_blocks &&
-        p.rows * fused_width * p.element_size <= fused_channel_bytes) {
+        p.rows * fused_width * p.element_size <= fused_block_bytes) {
       fused = true;
       p.rows_per_chunk = p.rows;
       p.row_chunks = 1;

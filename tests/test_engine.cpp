@@ -132,6 +132,7 @@ std::vector<bnorm::tensor_shape> sweep_shapes() {
   shapes.push_back({2, 2, 3, 3, 17});
   // Large enough to be chunked and run in parallel.
   shapes.push_back({4, 3, 50000});    // long channels split into runs
+  shapes.push_back({2, 3, 60000});    // long channels fused whole (469 KiB: from a 1 MiB L2 on)
   shapes.push_back({70000, 3});       // many rows, C not a divisor of the vector
   shapes.push_back({65536, 4});       // small C, many rows
   shapes.push_back({4, 1000, 37});    // C without a short period (row mode)

@@ -129,6 +129,19 @@ TEST(Schedule, CacheSizesDecideWhatStaysInCache) {
   EXPECT_GE(detected.last_level_bytes, detected.l2_bytes);
 }
 
+TEST(Schedule, ChannelsFirstChannelsUpToHalfAnL2AreFused) {
+  // The backward's x and dy of a fused channel are read a second time mostly from L2: half of
+  // a 1 MiB L2 fuses bn3d's 392 KiB channels and 512 KiB ones, not one row of floats more.
+  const bnorm::isa id = isas_under_test().front();
+  const bnorm::detail::cache_sizes one_mib_l2{1u << 20, 32u << 20};
+  const auto training = [&](bnorm::tensor_shape shape) {
+    return plan_partition({shape, layout::channels_first}, {}, id, one_mib_l2).training;
+  };
+  EXPECT_EQ(training({2, 32, 16, 56, 56}), bnorm::detail::training_schedule::fused_planes);
+  EXPECT_EQ(training({2, 32, 256, 256}), bnorm::detail::training_schedule::fused_planes);
+  EXPECT_EQ(training({2, 32, 257, 256}), bnorm::detail::training_schedule::two_passes);
+}
+
 TEST(Schedule, FusedColumnBlocksAreFourAtLeastOf2KiBRows) {
   // Cores writing into the same pages row after row slow each other down: a fused column
   // block's rows are 2 KiB at least, and there are four blocks at least, so that a core's
