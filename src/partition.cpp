@@ -48,6 +48,9 @@ constexpr std::size_t max_interleaved_chunks = 256;
 // Interleaved map passes split at least this many row chunks where there are rows enough, so
 // that few rows of many channels (7×7, 14×14) still share out evenly between threads.
 constexpr std::size_t min_map_chunks = 16;
+// A reduce of this many row chunks shares out evenly without column blocks too: whole rows,
+// which the hardware prefetchers follow better than a block's runs of each row (docs/design.md).
+constexpr std::size_t enough_row_chunks = 16;
 constexpr std::size_t finalize_channels_per_task = 512;
 // Inference's coefficients alone (a square root and a division per channel, in float64 vectors)
 // take about a microsecond for this many channels: less than waking a worker, so they are one
@@ -192,9 +195,9 @@ bool make_partition(const problem& prob, const plan_options& options, std::size_
       p.row_chunks = 1;
       p.block_width = fused_width;
       p.column_blocks = ceil_div(p.channels, p.block_width);
-    } else if (splits_columns && p.row_chunks < wanted_units) {
-      // Otherwise split the channels too, in blocks of whole vectors, or one core would do it
-      // all.
+    } else if (splits_columns && p.row_chunks < std::min(wanted_units, enough_row_chunks)) {
+      // Otherwise, where the row chunks are too few to share out, split the channels too, in
+      // blocks of whole vectors, or one core would do it all.
       const std::size_t blocks =
           std::min(ceil_div(wanted_units, p.row_chunks), p.channels / (2 * vector_lanes));
       p.block_width = round_up(ceil_div(p.channels, blocks), vector_lanes);

@@ -142,6 +142,26 @@ TEST(Schedule, ChannelsFirstChannelsUpToHalfAnL2AreFused) {
   EXPECT_EQ(training({2, 32, 257, 256}), bnorm::detail::training_schedule::two_passes);
 }
 
+TEST(Schedule, RowsReduceInWholeRowsWhereRowChunksAreEnough) {
+  // Sixteen row chunks or more share out without column blocks; fewer are split in columns too.
+  const bnorm::isa id = isas_under_test().front();
+  const auto part = [&](bnorm::tensor_shape shape, bnorm::dtype type) {
+    return plan_partition({shape, layout::channels_last, type}, {}, id, reference_caches);
+  };
+  for (const auto& [shape, type] :
+       {std::pair<bnorm::tensor_shape, bnorm::dtype>{{4096, 1024}, bnorm::dtype::f32},
+        {{4096, 1024}, bnorm::dtype::bf16},
+        {{2048, 2048}, bnorm::dtype::f32}}) {
+    const bnorm::detail::partition p = part(shape, type);
+    EXPECT_EQ(p.training, bnorm::detail::training_schedule::two_passes);
+    EXPECT_GE(p.row_chunks, 16u);
+    EXPECT_EQ(p.column_blocks, 1u) << describe(p);
+  }
+  const bnorm::detail::partition few_rows = part({256, 8192}, bnorm::dtype::f32);
+  EXPECT_LT(few_rows.row_chunks, 16u);
+  EXPECT_GT(few_rows.column_blocks, 1u) << describe(few_rows);
+}
+
 TEST(Schedule, FusedColumnBlocksAreFourAtLeastOf2KiBRows) {
   // Cores writing into the same pages row after row slow each other down: a fused column
   // block's rows are 2 KiB at least, and there are four blocks at least, so that a core's
