@@ -546,29 +546,38 @@ TEST(HalfStorage, EveryIsaRoundsToTheSameBits) {
   for (int i = static_cast<int>(gamma.size()); i < 64; ++i) {
     gamma.push_back(std::ldexp(1.0f + static_cast<float>(i) / 1024.0f, 2 * i - 64));
   }
-  const std::size_t spatial = 16;
-  std::vector<std::uint16_t> ones(gamma.size() * spatial, 0x3F80);
   std::vector<float> mean(gamma.size(), 0.0f), var(gamma.size(), 1.0f);
-  for (const bnorm::isa id : isas_under_test()) {
-    bnorm::plan_options opts;
-    opts.max_isa = id;
-    bnorm::problem prob{{1, static_cast<std::int64_t>(gamma.size()), 16},
-                        layout::channels_first,
-                        bnorm::dtype::bf16,
-                        0.0};
-    const bnorm::plan plan = make_plan_or_fail(prob, opts);
-    std::vector<std::uint16_t> y(ones.size());
-    bnorm::inference_args i;
-    i.src = ones.data();
-    i.dst = y.data();
-    i.scale = in(gamma);
-    i.mean = in(mean);
-    i.var = in(var);
-    ASSERT_TRUE(plan.forward_inference(i));
-    for (std::size_t c = 0; c < gamma.size(); ++c) {
-      for (std::size_t e = 0; e < spatial; ++e) {
-        ASSERT_EQ(y[c * spatial + e], reference_bfloat16(gamma[c]))
-            << bnorm::to_string(id) << " channel " << c << " (" << gamma[c] << ")";
+  // Planes of one AVX-512 vector and of four (stored in pairs where the ISA converts two
+  // vectors at once), and rows of the 64 channels (four vectors, likewise).
+  for (const auto& [l, spatial] : {std::pair<layout, std::size_t>{layout::channels_first, 16},
+                                   {layout::channels_first, 64},
+                                   {layout::channels_last, 16}}) {
+    const std::vector<std::uint16_t> ones(gamma.size() * spatial, 0x3F80);
+    for (const bnorm::isa id : isas_under_test()) {
+      bnorm::plan_options opts;
+      opts.max_isa = id;
+      bnorm::problem prob{
+          {1, static_cast<std::int64_t>(gamma.size()), static_cast<std::int64_t>(spatial)},
+          l,
+          bnorm::dtype::bf16,
+          0.0};
+      const bnorm::plan plan = make_plan_or_fail(prob, opts);
+      std::vector<std::uint16_t> y(ones.size());
+      bnorm::inference_args i;
+      i.src = ones.data();
+      i.dst = y.data();
+      i.scale = in(gamma);
+      i.mean = in(mean);
+      i.var = in(var);
+      ASSERT_TRUE(plan.forward_inference(i));
+      for (std::size_t c = 0; c < gamma.size(); ++c) {
+        for (std::size_t e = 0; e < spatial; ++e) {
+          const std::size_t at =
+              l == layout::channels_first ? c * spatial + e : e * gamma.size() + c;
+          ASSERT_EQ(y[at], reference_bfloat16(gamma[c]))
+              << bnorm::to_string(id) << " " << bnorm::to_string(l) << " spatial " << spatial
+              << " channel " << c << " (" << gamma[c] << ")";
+        }
       }
     }
   }

@@ -46,17 +46,14 @@ void gradient_store_run(const S* x, const S* dy, S* dx, std::size_t begin, std::
                      load_elements<Arch>(dy + j + 2 * lanes));
     const vec v3 = f(j + 3 * lanes, load_elements<Arch>(x + j + 3 * lanes),
                      load_elements<Arch>(dy + j + 3 * lanes));
-    store_elements<Arch>(dx + j, v0);
-    store_elements<Arch>(dx + j + lanes, v1);
-    store_elements<Arch>(dx + j + 2 * lanes, v2);
-    store_elements<Arch>(dx + j + 3 * lanes, v3);
+    store_element_pair<Arch>(dx + j, v0, v1);
+    store_element_pair<Arch>(dx + j + 2 * lanes, v2, v3);
   }
   for (; j + 2 * lanes <= end; j += 2 * lanes) {
     const vec v0 = f(j, load_elements<Arch>(x + j), load_elements<Arch>(dy + j));
     const vec v1 =
         f(j + lanes, load_elements<Arch>(x + j + lanes), load_elements<Arch>(dy + j + lanes));
-    store_elements<Arch>(dx + j, v0);
-    store_elements<Arch>(dx + j + lanes, v1);
+    store_element_pair<Arch>(dx + j, v0, v1);
   }
   for (; j + lanes <= end; j += lanes) {
     store_elements<Arch>(dx + j, f(j, load_elements<Arch>(x + j), load_elements<Arch>(dy + j)));
@@ -94,8 +91,7 @@ void gradient_run(const S* x, const S* dy, S* dx, std::size_t n, bool stream, F 
       const std::size_t at = i + k * lanes;
       v[k] = f(at, load_elements<Arch>(x + at), load_elements<Arch>(dy + at));
     }
-#pragma GCC unroll 4
-    for (std::size_t k = 0; k < line / lanes; ++k) stream_elements<Arch>(dx + i + k * lanes, v[k]);
+    put_vectors<true>(dx + i, v);
   }
   if (body_end < n) gradient_store_run<Arch>(x, dy, dx, body_end, n, f);
 }
@@ -121,7 +117,10 @@ void gradient_contiguous_planes(const S* src, const S* diff_dst, S* diff_src, st
       };
       const vec tail = f(last);  // as in plane_gradient: before anything is stored
       plane_vectors<lanes, decltype(is_long)::value>(
-          last, f, [&](std::size_t i, const vec& v) { store_elements<Arch>(y + i, v); });
+          last, f, [&](std::size_t i, const vec& v) { store_elements<Arch>(y + i, v); },
+          [&](std::size_t i, const vec& v0, const vec& v1) {
+            store_element_pair<Arch>(y + i, v0, v1);
+          });
       store_elements<Arch>(y + last, tail);
     }
   });

@@ -178,8 +178,7 @@ void stream_run(const S* x, S* y, std::size_t n, Compute compute, Out out) noexc
       v[k] = out.finish(y + i + k * lanes,
                         compute(i + k * lanes, load_elements<Arch>(x + i + k * lanes)));
     }
-#pragma GCC unroll 4
-    for (std::size_t k = 0; k < line / lanes; ++k) stream_elements<Arch>(y + i + k * lanes, v[k]);
+    put_vectors<true>(y + i, v);
   }
   if (body_end < n) store_run<Arch>(x, y, body_end, n, compute, out);
 }
@@ -234,25 +233,24 @@ bool element_aligned(const T* p) noexcept {
 }
 
 /// The vectors of a plane before its last one, [0, last) (the last, at `last`, overlaps them
-/// where the plane is not a whole number of vectors and is stored apart): put(i, at(i)) for each,
-/// Long ? four at a time, then two : two at a time, then one. A step computes its vectors
-/// before it stores any, so in place each reads x before it is overwritten.
-template <std::size_t Lanes, bool Long, class At, class Put>
-[[gnu::always_inline]] inline void plane_vectors(std::size_t last, const At& at, const Put& put) {
+/// where the plane is not a whole number of vectors and is stored apart), Long ? four at a time,
+/// then two : two at a time, then one: put_pair(i, at(i), at(i + Lanes)) for each pair (see
+/// store_element_pair), put(i, at(i)) for the one. A step computes its vectors before it stores
+/// any, so in place each reads x before it is overwritten.
+template <std::size_t Lanes, bool Long, class At, class Put, class PutPair>
+[[gnu::always_inline]] inline void plane_vectors(std::size_t last, const At& at, const Put& put,
+                                                 const PutPair& put_pair) {
   std::size_t i = 0;
   if constexpr (Long) {
     for (; i + 3 * Lanes < last; i += 4 * Lanes) {
       const auto v0 = at(i), v1 = at(i + Lanes), v2 = at(i + 2 * Lanes), v3 = at(i + 3 * Lanes);
-      put(i, v0);
-      put(i + Lanes, v1);
-      put(i + 2 * Lanes, v2);
-      put(i + 3 * Lanes, v3);
+      put_pair(i, v0, v1);
+      put_pair(i + 2 * Lanes, v2, v3);
     }
   }
   for (; i + Lanes < last; i += 2 * Lanes) {
     const auto v0 = at(i), v1 = at(i + Lanes);
-    put(i, v0);
-    put(i + Lanes, v1);
+    put_pair(i, v0, v1);
   }
   if (i < last) put(i, at(i));
 }
@@ -296,7 +294,10 @@ void normalize_planes(const S* src, S* dst, std::size_t len, std::size_t planes,
       plane_vectors<lanes, decltype(is_long)::value>(
           last,
           [&](std::size_t i) { return out.finish(y + i, compute(load_elements<Arch>(x + i))); },
-          [&](std::size_t i, const vec& v) { store_elements<Arch>(y + i, v); });
+          [&](std::size_t i, const vec& v) { store_elements<Arch>(y + i, v); },
+          [&](std::size_t i, const vec& v0, const vec& v1) {
+            store_element_pair<Arch>(y + i, v0, v1);
+          });
     });
     store_elements<Arch>(y + last, tail);
   }
@@ -355,7 +356,10 @@ void normalize_contiguous_planes(const S* src, S* dst, std::size_t len, std::siz
       plane_vectors<lanes, decltype(is_long)::value>(
           last,
           [&](std::size_t i) { return out.finish(y + i, compute(load_elements<Arch>(x + i))); },
-          [&](std::size_t i, const vec& v) { store_elements<Arch>(y + i, v); });
+          [&](std::size_t i, const vec& v) { store_elements<Arch>(y + i, v); },
+          [&](std::size_t i, const vec& v0, const vec& v1) {
+            store_element_pair<Arch>(y + i, v0, v1);
+          });
       store_elements<Arch>(y + last, tail);
     }
   });
@@ -445,14 +449,16 @@ void narrow_rows_normalize(const S* src, S* dst, std::size_t rows, std::size_t s
     for (std::size_t r = 0; r < rows; ++r) {
       const S* x = src + r * stride;
       S* y = dst + r * stride;
+      vec out[Vectors];
       for (std::size_t v = 0; v < Vectors; ++v) {
-        const vec out = output.finish(
-            y + v * lanes, normalize(load_elements<Arch>(x + v * lanes), c[v], a[v], b[v]));
-        if constexpr (decltype(streamed)::value) {
-          stream_elements<Arch>(y + v * lanes, out);
-        } else {
-          store_elements<Arch>(y + v * lanes, out);
-        }
+        out[v] = output.finish(y + v * lanes,
+                               normalize(load_elements<Arch>(x + v * lanes), c[v], a[v], b[v]));
+      }
+      if constexpr (decltype(streamed)::value) {
+        // Each vector streamed apart: a row is aligned to a vector, not to a pair's line.
+        for (std::size_t v = 0; v < Vectors; ++v) stream_elements<Arch>(y + v * lanes, out[v]);
+      } else {
+        put_vectors<false>(y, out);
       }
     }
   };
@@ -490,6 +496,13 @@ template <std::size_t Rows, std::size_t Vectors, form Form, class Arch, class S,
     }
   }
   for (std::size_t r = 0; r < Rows; ++r) {
+    if constexpr (Vectors == 2) {
+      S* at = y + r * stride;
+      store_element_pair<Arch>(
+          at, out.finish(at, normalize_as<Form, Arch>(v[r][0], c[0], a[0], b[0], h[0])),
+          out.finish(at + lanes, normalize_as<Form, Arch>(v[r][1], c[1], a[1], b[1], h[1])));
+      continue;
+    }
     for (std::size_t g = 0; g < Vectors; ++g) {
       S* at = y + r * stride + g * lanes;
       store_elements<Arch>(

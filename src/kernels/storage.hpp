@@ -140,13 +140,17 @@ auto half_bits(const xsimd::batch<float, Arch>& v) noexcept {
         return reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(v));
       }
 #endif
+      // The zero-masked forms (every lane kept): the plain ones start from
+      // _mm512_undefined_epi32(), which GCC 12 reports as used uninitialized where inlined.
+      constexpr __mmask16 all = 0xFFFF;
       const __m512i bits = _mm512_castps_si512(v);
-      const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
-      const __m512i rounded = _mm512_srli_epi32(
-          _mm512_add_epi32(bits, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7FFF))), 16);
+      const __m512i lsb =
+          _mm512_and_si512(_mm512_maskz_srli_epi32(all, bits, 16), _mm512_set1_epi32(1));
+      const __m512i rounded = _mm512_maskz_srli_epi32(
+          all, _mm512_add_epi32(bits, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7FFF))), 16);
       const __mmask16 nan = _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
-      return _mm512_cvtepi32_epi16(
-          _mm512_mask_blend_epi32(nan, rounded, _mm512_set1_epi32(0x7FC0)));
+      return _mm512_maskz_cvtepi32_epi16(
+          all, _mm512_mask_blend_epi32(nan, rounded, _mm512_set1_epi32(0x7FC0)));
     } else
 #endif
 #if XSIMD_WITH_AVX2
@@ -229,6 +233,72 @@ void stream_elements(S* p, const xsimd::batch<compute_t<S>, Arch>& v) noexcept {
     }
   } else {
     store_halves_scalar<Arch>(p, v);
+  }
+}
+
+/// Whether the ISA rounds two float vectors to S in one instruction: bfloat16 on AVX512_BF16
+/// (vcvtne2ps2bf16), which converts a pair in about the time of one vcvtneps2bf16.
+template <class Arch, class S>
+constexpr bool converts_pairs() noexcept {
+#if XSIMD_WITH_AVX512F && defined(__AVX512BF16__) && defined(__AVX512DQ__)
+  return std::is_same<S, bfloat16>::value && is_arch<Arch, xsimd::avx512f>;
+#else
+  return false;
+#endif
+}
+
+/// Two vectors into 2 × lanes consecutive elements, rounded to S: store_elements (or, with
+/// `Stream`, stream_elements: p aligned to the pair's bytes) of each, or one conversion of the
+/// pair where converts_pairs, with one check of the pair for NaNs and subnormals (see
+/// half_bits).
+template <bool Stream, class Arch, class S>
+void put_element_pair(S* p, const xsimd::batch<compute_t<S>, Arch>& v0,
+                      const xsimd::batch<compute_t<S>, Arch>& v1) noexcept {
+#if XSIMD_WITH_AVX512F && defined(__AVX512BF16__) && defined(__AVX512DQ__)
+  if constexpr (converts_pairs<Arch, S>()) {
+    constexpr int nan_or_subnormal = 0x01 | 0x80 | 0x20;  // QNaN, SNaN, denormal
+    if ((_mm512_fpclass_ps_mask(v0, nan_or_subnormal) |
+         _mm512_fpclass_ps_mask(v1, nan_or_subnormal)) == 0) {
+      // The low half of the result is the second operand's.
+      const __m512i bits = reinterpret_cast<__m512i>(_mm512_cvtne2ps_pbh(v1, v0));
+      if constexpr (Stream) {
+        _mm512_stream_si512(reinterpret_cast<__m512i*>(raw(p)), bits);
+      } else {
+        _mm512_storeu_si512(raw(p), bits);
+      }
+      return;
+    }
+  }
+#endif
+  constexpr std::size_t lanes = xsimd::batch<compute_t<S>, Arch>::size;
+  if constexpr (Stream) {
+    stream_elements<Arch>(p, v0);
+    stream_elements<Arch>(p + lanes, v1);
+  } else {
+    store_elements<Arch>(p, v0);
+    store_elements<Arch>(p + lanes, v1);
+  }
+}
+
+template <class Arch, class S>
+void store_element_pair(S* p, const xsimd::batch<compute_t<S>, Arch>& v0,
+                        const xsimd::batch<compute_t<S>, Arch>& v1) noexcept {
+  put_element_pair<false, Arch>(p, v0, v1);
+}
+
+/// Count vectors into consecutive elements (pairs through store_element_pair); with `Stream`,
+/// streamed: p aligned to a cache line that they fill.
+template <bool Stream, std::size_t Count, class Arch, class S>
+void put_vectors(S* p, const xsimd::batch<compute_t<S>, Arch> (&v)[Count]) noexcept {
+  constexpr std::size_t lanes = xsimd::batch<compute_t<S>, Arch>::size;
+  std::size_t k = 0;
+  for (; k + 2 <= Count; k += 2) put_element_pair<Stream, Arch>(p + k * lanes, v[k], v[k + 1]);
+  if (k < Count) {
+    if constexpr (Stream) {
+      stream_elements<Arch>(p + k * lanes, v[k]);
+    } else {
+      store_elements<Arch>(p + k * lanes, v[k]);
+    }
   }
 }
 
