@@ -131,7 +131,7 @@ std::vector<bnorm::tensor_shape> sweep_shapes() {
   shapes.push_back({1, 3, 4, 2, 3});
   shapes.push_back({2, 2, 3, 3, 17});
   // Large enough to be chunked and run in parallel.
-  shapes.push_back({4, 3, 50000});    // long channels split into runs
+  shapes.push_back({4, 3, 70000});    // long channels split into runs (1.1 MiB each)
   shapes.push_back({2, 3, 60000});    // long channels fused whole (469 KiB: from a 1 MiB L2 on)
   shapes.push_back({70000, 3});       // many rows, C not a divisor of the vector
   shapes.push_back({65536, 4});       // small C, many rows
