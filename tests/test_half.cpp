@@ -548,10 +548,12 @@ TEST(HalfStorage, EveryIsaRoundsToTheSameBits) {
   }
   std::vector<float> mean(gamma.size(), 0.0f), var(gamma.size(), 1.0f);
   // Planes of one AVX-512 vector and of four (stored in pairs where the ISA converts two
-  // vectors at once), and rows of the 64 channels (four vectors, likewise).
+  // vectors at once); rows of the 64 channels, one a map unit (stored a vector at a time) and
+  // four (in pairs).
   for (const auto& [l, spatial] : {std::pair<layout, std::size_t>{layout::channels_first, 16},
                                    {layout::channels_first, 64},
-                                   {layout::channels_last, 16}}) {
+                                   {layout::channels_last, 16},
+                                   {layout::channels_last, 64}}) {
     const std::vector<std::uint16_t> ones(gamma.size() * spatial, 0x3F80);
     for (const bnorm::isa id : isas_under_test()) {
       bnorm::plan_options opts;
