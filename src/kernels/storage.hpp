@@ -5,9 +5,9 @@
 // include only from the kernel headers.
 //
 // The conversions give the bits of the scalar reference ones (element_types.hpp). bfloat16:
-// integer rounding to nearest even on every ISA (AVX512_BF16's vcvtneps2bf16 flushes subnormal
-// inputs to zero, so it is not used). float16: F16C on AVX2 (the AVX2 kernels require it) and
-// AVX-512, the scalar conversion below.
+// integer rounding to nearest even, or on AVX512_BF16 its vcvtneps2bf16 and vcvtne2ps2bf16 for
+// vectors without NaNs and subnormals (which they read as zero), the same rounding. float16:
+// F16C on AVX2 (the AVX2 kernels require it) and AVX-512, the scalar conversion below.
 #pragma once
 
 #include <cstddef>
