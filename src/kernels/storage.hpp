@@ -236,26 +236,25 @@ void stream_elements(S* p, const xsimd::batch<compute_t<S>, Arch>& v) noexcept {
   }
 }
 
-/// Whether the ISA rounds two float vectors to S in one instruction: bfloat16 on AVX512_BF16
-/// (vcvtne2ps2bf16), which converts a pair in about the time of one vcvtneps2bf16.
-template <class Arch, class S>
-constexpr bool converts_pairs() noexcept {
-#if XSIMD_WITH_AVX512F && defined(__AVX512BF16__) && defined(__AVX512DQ__)
-  return std::is_same<S, bfloat16>::value && is_arch<Arch, xsimd::avx512f>;
-#else
-  return false;
-#endif
+/// One vector into consecutive elements: store_elements, or with `Stream` stream_elements.
+template <bool Stream, class Arch, class S>
+void put_elements(S* p, const xsimd::batch<compute_t<S>, Arch>& v) noexcept {
+  if constexpr (Stream) {
+    stream_elements<Arch>(p, v);
+  } else {
+    store_elements<Arch>(p, v);
+  }
 }
 
-/// Two vectors into 2 × lanes consecutive elements, rounded to S: store_elements (or, with
-/// `Stream`, stream_elements: p aligned to the pair's bytes) of each, or one conversion of the
-/// pair where converts_pairs, with one check of the pair for NaNs and subnormals (see
-/// half_bits).
+/// Two vectors into 2 × lanes consecutive elements, rounded to S (with `Stream`, streamed: p
+/// aligned to the pair's bytes): put_elements of each, or for bfloat16 on AVX512_BF16 one
+/// vcvtne2ps2bf16 of the pair, which takes about the time of one vcvtneps2bf16, after one check
+/// of the pair for NaNs and subnormals (see half_bits).
 template <bool Stream, class Arch, class S>
 void put_element_pair(S* p, const xsimd::batch<compute_t<S>, Arch>& v0,
                       const xsimd::batch<compute_t<S>, Arch>& v1) noexcept {
 #if XSIMD_WITH_AVX512F && defined(__AVX512BF16__) && defined(__AVX512DQ__)
-  if constexpr (converts_pairs<Arch, S>()) {
+  if constexpr (std::is_same<S, bfloat16>::value && is_arch<Arch, xsimd::avx512f>) {
     constexpr int nan_or_subnormal = 0x01 | 0x80 | 0x20;  // QNaN, SNaN, denormal
     if ((_mm512_fpclass_ps_mask(v0, nan_or_subnormal) |
          _mm512_fpclass_ps_mask(v1, nan_or_subnormal)) == 0) {
@@ -270,14 +269,8 @@ void put_element_pair(S* p, const xsimd::batch<compute_t<S>, Arch>& v0,
     }
   }
 #endif
-  constexpr std::size_t lanes = xsimd::batch<compute_t<S>, Arch>::size;
-  if constexpr (Stream) {
-    stream_elements<Arch>(p, v0);
-    stream_elements<Arch>(p + lanes, v1);
-  } else {
-    store_elements<Arch>(p, v0);
-    store_elements<Arch>(p + lanes, v1);
-  }
+  put_elements<Stream, Arch>(p, v0);
+  put_elements<Stream, Arch>(p + xsimd::batch<compute_t<S>, Arch>::size, v1);
 }
 
 template <class Arch, class S>
@@ -286,20 +279,14 @@ void store_element_pair(S* p, const xsimd::batch<compute_t<S>, Arch>& v0,
   put_element_pair<false, Arch>(p, v0, v1);
 }
 
-/// Count vectors into consecutive elements (pairs through store_element_pair); with `Stream`,
+/// Count vectors into consecutive elements, in pairs (put_element_pair); with `Stream`,
 /// streamed: p aligned to a cache line that they fill.
 template <bool Stream, std::size_t Count, class Arch, class S>
 void put_vectors(S* p, const xsimd::batch<compute_t<S>, Arch> (&v)[Count]) noexcept {
   constexpr std::size_t lanes = xsimd::batch<compute_t<S>, Arch>::size;
   std::size_t k = 0;
   for (; k + 2 <= Count; k += 2) put_element_pair<Stream, Arch>(p + k * lanes, v[k], v[k + 1]);
-  if (k < Count) {
-    if constexpr (Stream) {
-      stream_elements<Arch>(p + k * lanes, v[k]);
-    } else {
-      store_elements<Arch>(p + k * lanes, v[k]);
-    }
-  }
+  if (k < Count) put_elements<Stream, Arch>(p + k * lanes, v[k]);
 }
 
 /// batch<double, Arch>::size consecutive elements as float64 (pivots, per-channel values).
