@@ -300,9 +300,15 @@ def main():
         lines.append(f"- **inference ≥ 1.3× the faster peer, geometric mean**: "
                      f"{'met' if geo >= 1.3 else 'missed'} ({times(geo)})")
     small = ("r50_b1_c1024_14", "r50_b1_c2048_7")
+    small_forward = [r for r in forward if r["case"][0] in small]
     check("small shapes (ResNet-50 batch 1, 14×14 and 7×7) ≥ 1.5× the faster peer",
-          [r for r in with_peer if r["case"][0] in small and r["case"][2] in FORWARD],
+          [r for r in small_forward if r["speedup"]],
           lambda r: r["speedup"] >= 1.5, lambda r: times(r["speedup"]))
+    check("small shapes never slower than one thread",
+          [r for r in small_forward if r["scaling"]],
+          lambda r: r["scaling"] >= 1.0, lambda r: times(r["scaling"]))
+    check("small shapes ≥ 60% of the roofline", [r for r in small_forward if r["pct"]],
+          lambda r: r["pct"] >= 60, versus_roofline)
     seed = [r for r in forward if r["case"][0] == "seed_1d_2x4"]
     check("seed 2×4: training ≤ 0.2 µs, inference ≤ 0.1 µs", seed,
           lambda r: r["bn"] <= (0.2 if r["case"][2] == "train" else 0.1),
