@@ -93,17 +93,15 @@ struct normalize_map {
   }
 };
 
-/// The normalization through `post` (the plan's epilogue unless the call is plain).
+/// The normalization through `post` (the plan's epilogue unless the call is plain), with
+/// streaming stores where `stream` (the partition's choice for the call's path).
 template <class S, class T = kernels::compute_of_t<S>>
 normalize_map<S> make_normalize(const plan_impl& plan, const S* src, S* dst, const void* residual,
                                 const kernels::coefficients<const T>& coeffs, bool prescaled,
-                                const kernels::epilogue<T>& post) {
-  return {plan.kernels->get<S>(),
-          src,
-          dst,
-          static_cast<const S*>(residual),
-          plan.part.period,
-          {coeffs, prescaled, plan.part.stream_stores, post}};
+                                const kernels::epilogue<T>& post, bool stream) {
+  return {
+      plan.kernels->get<S>(),           src, dst, static_cast<const S*>(residual), plan.part.period,
+      {coeffs, prescaled, stream, post}};
 }
 
 /// One training call: the scratch arrays and the steps over them. Data of storage type S,
@@ -194,7 +192,7 @@ class training_step {
   }
   normalize_map<S> normalize() const {
     return make_normalize(plan_, src_, dst_, args_.residual, coeffs_.readable, prescaled_,
-                          plan_.epilogue<T>());
+                          plan_.epilogue<T>(), p_.stream_training_stores);
   }
 
   /// Pivots, the reduce pass and the merge of its partials into the moments; where some pivot
@@ -245,7 +243,7 @@ class training_step {
           c0, c1, [&] { reduce_channels(p_, statistics(), c0, c1, mean_, variance_); });
       map_channels(p_,
                    make_normalize(plan_, src_, dst_, args_.residual, coeffs_.readable,
-                                  block.prescaled, plan_.epilogue<T>()),
+                                  block.prescaled, plan_.epilogue<T>(), p_.stream_training_stores),
                    c0, c1, c0);
     };
   }
@@ -514,10 +512,10 @@ class inference_step {
         coeffs_.replicate(p_.channels, p_.period, true);
         fused_pass(plan_, [this](std::size_t c0, std::size_t c1) {
           const bool prescaled = set_coefficients(c0, c1, coeffs_, c0);
-          map_channels(
-              p_,
-              make_normalize(plan_, src_, dst_, args_.residual, coeffs_.readable, prescaled, post_),
-              c0, c1, c0);
+          map_channels(p_,
+                       make_normalize(plan_, src_, dst_, args_.residual, coeffs_.readable,
+                                      prescaled, post_, p_.stream_inference_stores),
+                       c0, c1, c0);
         });
         return;
       case inference_schedule::memory_order_planes:
@@ -532,7 +530,8 @@ class inference_step {
                                prescaled = true;  // any order: an OR
                            });
     const normalize_map<S> normalize =
-        make_normalize(plan_, src_, dst_, args_.residual, coeffs_.readable, prescaled, post_);
+        make_normalize(plan_, src_, dst_, args_.residual, coeffs_.readable, prescaled, post_,
+                       p_.stream_inference_stores);
     if (p_.kind == traversal::interleaved) coeffs_.replicate(p_.channels, p_.period, prescaled);
     map_pass(plan_, normalize);
   }
@@ -562,8 +561,8 @@ class inference_step {
           const kernels::coefficients<T> k(center_k, scale_k, shift_k, prescale_k);
           const kernels::coefficients<const T> readable(k);
           // Made once per task: only whether a group has prescales changes.
-          normalize_map<S> normalize =
-              make_normalize(plan_, src_, dst_, args_.residual, readable, false, post_);
+          normalize_map<S> normalize = make_normalize(plan_, src_, dst_, args_.residual, readable,
+                                                      false, post_, p_.stream_inference_stores);
           for (std::size_t u0 = b; u0 < e; u0 += group) {
             const std::size_t u1 = std::min(u0 + group, e);
             const std::size_t c0 = u0 / p_.chunks_per_channel;

@@ -56,10 +56,14 @@ constexpr std::size_t finalize_channels_per_task = 512;
 // take about a microsecond for this many channels: less than waking a worker, so they are one
 // task (docs/design.md).
 constexpr std::size_t coefficient_channels_per_task = 4096;
-// store_policy::automatic streams once source and destination together fill the last-level
-// cache: below that, the next pass (or layer) finds y in cache (docs/design.md).
-std::size_t streaming_threshold(const cache_sizes& caches) noexcept {
-  return caches.last_level_bytes / 2;
+// store_policy::automatic streams the output where its cached lines would push out of the
+// last-level cache the input that is read again: from an eighth of the cache for training and
+// the backward, which read their input a second time within the call; from a quarter for
+// inference, whose input is read again by the next call or layer at most. On a machine shared
+// with other tenants, the share of the last-level cache a call keeps is well below its size
+// (docs/design.md).
+std::size_t streaming_threshold(const cache_sizes& caches, bool reads_twice) noexcept {
+  return caches.last_level_bytes / (reads_twice ? 8 : 4);
 }
 
 std::size_t ceil_div(std::size_t a, std::size_t b) {
@@ -127,9 +131,13 @@ bool make_partition(const problem& prob, const plan_options& options, std::size_
   // The work of an element is its compute type's, whatever it is stored in (bf16 and f16
   // convert to float32 and back): half-storage tensors wait for workers at the same counts.
   p.serial = p.elements * std::max(p.element_size, p.value_size) < serial_bytes;
-  p.stream_stores = options.stores == store_policy::streaming ||
-                    (options.stores == store_policy::automatic &&
-                     p.elements * p.element_size >= streaming_threshold(caches));
+  const auto streams = [&](bool reads_twice) {
+    return options.stores == store_policy::streaming ||
+           (options.stores == store_policy::automatic &&
+            p.elements * p.element_size >= streaming_threshold(caches, reads_twice));
+  };
+  p.stream_training_stores = streams(true);
+  p.stream_inference_stores = streams(false);
   const std::size_t unit_elements = unit_bytes / p.element_size;
   const std::size_t fused_channel_bytes = caches.l2_bytes / fused_channel_l2_fraction;
   const std::size_t fused_block_bytes = caches.l2_bytes / fused_block_l2_fraction;
@@ -275,7 +283,12 @@ std::string describe(const partition& p) {
       out += text("row chunks, %zu × %zu rows", p.map_row_chunk_count, p.map_rows_per_chunk);
       break;
   }
-  out += p.stream_stores ? " · streaming stores" : " · cached stores";
+  if (p.stream_training_stores == p.stream_inference_stores) {
+    out += p.stream_training_stores ? " · streaming stores" : " · cached stores";
+  } else {
+    out += p.stream_training_stores ? " · streaming stores (training, backward)"
+                                    : " · streaming stores (inference)";
+  }
   out += p.serial ? " · calling thread" : " · parallel";
   return out;
 }

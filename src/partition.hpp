@@ -77,8 +77,11 @@ struct partition {
   std::size_t value_size = 0;    // bytes of a per-channel value (pivots, coefficients)
   /// Too small to be worth a task: run every unit on the calling thread.
   bool serial = false;
-  /// Write dst with non-temporal stores (see plan_options::stores).
-  bool stream_stores = false;
+  /// Write the output with non-temporal stores (see plan_options::stores): training's and the
+  /// backward's dx, which read their input twice; inference's (and the frozen backward's dx),
+  /// which read it once.
+  bool stream_training_stores = false;
+  bool stream_inference_stores = false;
   /// Fused planes: channels per group (statistics, then normalization), as many as fit in
   /// an eighth of a core's L2, at most 16, or more where they fit in half an L1.
   std::size_t fused_group = 1;

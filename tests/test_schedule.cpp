@@ -118,10 +118,21 @@ TEST(Schedule, CacheSizesDecideWhatStaysInCache) {
             bnorm::detail::training_schedule::two_passes);
   EXPECT_EQ(plan_partition(long_planes, {}, id, large_l2).training,
             bnorm::detail::training_schedule::fused_planes);
-  // Outputs of half the last-level cache or more are streamed around it.
+  // Outputs are streamed around the last-level cache from an eighth of it where the call reads
+  // its input twice (training, the backward), from a quarter where it reads it once.
   const bnorm::problem four_mib{{1024, 1024}};
-  EXPECT_TRUE(plan_partition(four_mib, {}, id, {2u << 20, 8u << 20}).stream_stores);
-  EXPECT_FALSE(plan_partition(four_mib, {}, id, {2u << 20, 16u << 20}).stream_stores);
+  const auto streams = [&](std::size_t last_level_mib) {
+    const bnorm::detail::partition p =
+        plan_partition(four_mib, {}, id, {2u << 20, last_level_mib << 20});
+    return std::make_pair(p.stream_training_stores, p.stream_inference_stores);
+  };
+  EXPECT_EQ(streams(16), std::make_pair(true, true));
+  EXPECT_EQ(streams(17), std::make_pair(true, false));
+  EXPECT_EQ(streams(32), std::make_pair(true, false));
+  EXPECT_EQ(streams(33), std::make_pair(false, false));
+  bnorm::plan_options cached;
+  cached.stores = bnorm::store_policy::cached;
+  EXPECT_FALSE(plan_partition(four_mib, cached, id, {2u << 20, 8u << 20}).stream_training_stores);
   // What the machine reports is clamped to sizes a planner can trust.
   const bnorm::detail::cache_sizes& detected = bnorm::detail::detected_cache_sizes();
   EXPECT_GE(detected.l2_bytes, 128u << 10);

@@ -96,8 +96,9 @@ const char* to_string(momentum_convention value) noexcept;  ///< "pytorch", ...;
 
 /// How normalization writes dst.
 enum class store_policy {
-  /// Non-temporal stores once the output reaches half the last-level cache (source and
-  /// destination no longer fit in it together), ordinary stores below.
+  /// Non-temporal stores where cached output would push out of the last-level cache the input
+  /// that is read again: for training and the backward (which read their input twice) from
+  /// tensors of an eighth of its size, for inference from a quarter; ordinary stores below.
   automatic,
   /// Ordinary stores: best when the next layer reads y while it is still in cache.
   cached,
