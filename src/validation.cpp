@@ -4,6 +4,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <utility>
 
 namespace bnorm::detail {
 
@@ -112,34 +113,42 @@ status check_channel_buffers(std::initializer_list<channel_buffer> buffers, std:
   return {};
 }
 
-// Every call runs this, so it is kept short: only a written buffer can break the rule, and a call
-// writes one or two, so each written buffer is compared with the others present, in argument
-// order (no sort, no copies).
+// Every call runs this, so it is kept short: the buffers present are sorted by address (a dozen
+// at most) and each is compared only with those that start before it ends.
 status check_separate(std::initializer_list<region> regions) noexcept {
-  const auto present = [](const region& r) { return r.data != nullptr && r.bytes != 0; };
-  for (const region& w : regions) {
-    if (!w.written || !present(w)) continue;
-    const auto w_begin = reinterpret_cast<std::uintptr_t>(w.data);
-    const std::uintptr_t w_end = w_begin + w.bytes;
-    for (const region& o : regions) {
-      if (&o == &w || !present(o)) continue;
-      const auto o_begin = reinterpret_cast<std::uintptr_t>(o.data);
-      const std::uintptr_t o_end = o_begin + o.bytes;
-      if (o_begin >= w_end || w_begin >= o_end) continue;
+  constexpr std::size_t most = 16;
+  std::uintptr_t begin[most], end[most];
+  const region* of[most];
+  unsigned char order[most];
+  std::size_t count = 0;
+  for (const region& r : regions) {
+    if (r.data == nullptr || r.bytes == 0 || count == most) continue;
+    begin[count] = reinterpret_cast<std::uintptr_t>(r.data);
+    end[count] = begin[count] + r.bytes;
+    of[count] = &r;
+    std::size_t at = count;
+    for (; at > 0 && begin[order[at - 1]] > begin[count]; --at) order[at] = order[at - 1];
+    order[at] = static_cast<unsigned char>(count++);
+  }
+  for (std::size_t i = 0; i < count; ++i) {
+    const std::size_t a = order[i];
+    for (std::size_t k = i + 1; k < count && begin[order[k]] < end[a]; ++k) {
+      const std::size_t b = order[k];
+      if (!(of[a]->written || of[b]->written)) continue;
       // In place: a written buffer that is exactly one it reads (never two written ones).
-      if (w.in_place && o.in_place && !o.written && o_begin == w_begin && o_end == w_end) {
+      if (of[a]->in_place && of[b]->in_place && !(of[a]->written && of[b]->written) &&
+          begin[a] == begin[b] && end[a] == end[b]) {
         continue;
       }
       // Named first: the written one; of two, the later argument.
-      const bool o_named = o.written && &o > &w;
-      const region& named = o_named ? o : w;
-      const region& other = o_named ? w : o;
+      const region* w = of[a] > of[b] ? of[a] : of[b];
+      const region* o = of[a] > of[b] ? of[b] : of[a];
+      if (!w->written) std::swap(w, o);
       return status::failure(status_code::invalid_argument,
                              "%s: expected memory of its own (a written buffer may overlap no "
                              "other, except the very buffer it replaces, in place), got %zu "
                              "bytes at %p that overlap %s (%zu bytes at %p)",
-                             named.name, named.bytes, named.data, other.name, other.bytes,
-                             other.data);
+                             w->name, w->bytes, w->data, o->name, o->bytes, o->data);
     }
   }
   return {};
