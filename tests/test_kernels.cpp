@@ -146,12 +146,18 @@ TYPED_TEST(KernelTester, InterleavedStatsOverTails) {
   using T = TypeParam;
   using real = typename TestFixture::real;
   this->for_each_isa([&](const kernels::kernel_set<T>& k, std::size_t v) {
+    // Rows within a block and over several; slot 1's squares overflow a float's partials in the
+    // last rows, which are then summed again in float64.
     for (std::size_t width : lengths(v)) {
-      for (std::size_t rows : {1, 15, 16, 17, 40}) {
+      for (std::size_t rows : {1, 15, 16, 17, 40, 64, 65, 100}) {
         for (bool accumulate : {false, true}) {
           const std::size_t stride = width + 3, offset = 1;
           std::vector<T> buffer = this->data(offset + rows * stride, -3.0, 1.5, width + rows);
-          const T* src = buffer.data() + offset;
+          T* row_data = buffer.data() + offset;
+          for (std::size_t r = rows * 3 / 4; width > 1 && r < rows; ++r) {
+            row_data[r * stride + 1] *= T(1e30);
+          }
+          const T* src = row_data;
           std::vector<T> pivot(width + 64);
           for (std::size_t j = 0; j < width; ++j) pivot[j] = T(-3) + T(j % 3);
           std::vector<double> sum(width, 0.25), sum_sq(width, 0.75);
