@@ -100,8 +100,13 @@ normalize_map<S> make_normalize(const plan_impl& plan, const S* src, S* dst, con
                                 const kernels::coefficients<const T>& coeffs, bool prescaled,
                                 const kernels::epilogue<T>& post, bool stream) {
   return {
-      plan.kernels->get<S>(),           src, dst, static_cast<const S*>(residual), plan.part.period,
-      {coeffs, prescaled, stream, post}};
+      plan.kernels->get<S>(),
+      src,
+      dst,
+      static_cast<const S*>(residual),
+      plan.part.period,
+      {coeffs, prescaled, stream, post},
+  };
 }
 
 /// One training call: the scratch arrays and the steps over them. Data of storage type S,

@@ -285,9 +285,8 @@ std::string describe(const partition& p) {
   }
   if (p.stream_training_stores == p.stream_inference_stores) {
     out += p.stream_training_stores ? " · streaming stores" : " · cached stores";
-  } else {
-    out += p.stream_training_stores ? " · streaming stores (training, backward)"
-                                    : " · streaming stores (inference)";
+  } else {  // training's threshold is the lower one
+    out += " · streaming stores (training, backward)";
   }
   out += p.serial ? " · calling thread" : " · parallel";
   return out;

@@ -130,6 +130,9 @@ TEST(Schedule, CacheSizesDecideWhatStaysInCache) {
   EXPECT_EQ(streams(17), std::make_pair(true, false));
   EXPECT_EQ(streams(32), std::make_pair(true, false));
   EXPECT_EQ(streams(33), std::make_pair(false, false));
+  EXPECT_NE(describe(plan_partition(four_mib, {}, id, {2u << 20, 32u << 20}))
+                .find(" · streaming stores (training, backward) · "),
+            std::string::npos);
   bnorm::plan_options cached;
   cached.stores = bnorm::store_policy::cached;
   EXPECT_FALSE(plan_partition(four_mib, cached, id, {2u << 20, 8u << 20}).stream_training_stores);
