@@ -94,7 +94,8 @@ struct normalize_map {
 };
 
 /// The normalization through `post` (the plan's epilogue unless the call is plain), with
-/// streaming stores where `stream` (the partition's choice for the call's path).
+/// streaming stores where `stream` (the partition's choice for the call's path) and dst allows
+/// (streams_into).
 template <class S, class T = kernels::compute_of_t<S>>
 normalize_map<S> make_normalize(const plan_impl& plan, const S* src, S* dst, const void* residual,
                                 const kernels::coefficients<const T>& coeffs, bool prescaled,
@@ -105,7 +106,7 @@ normalize_map<S> make_normalize(const plan_impl& plan, const S* src, S* dst, con
       dst,
       static_cast<const S*>(residual),
       plan.part.period,
-      {coeffs, prescaled, stream, post},
+      {coeffs, prescaled, streams_into(dst, stream), post},
   };
 }
 

@@ -1,10 +1,20 @@
 // The paths, run on validated arguments and a scratch buffer of the plan's size.
 #pragma once
 
+#include <cstdint>
+
 #include "bnorm/plan.hpp"
 #include "plan_impl.hpp"
 
 namespace bnorm::detail {
+
+/// Whether a map streams its output: where the plan chose to (`planned`) and the output starts
+/// on a cache line. Streamed into a buffer that does not (malloc's 16-byte alignment), rows of
+/// few channels wrote partial lines with non-temporal stores and ran 3–8 times slower than
+/// cached stores (docs/design.md).
+inline bool streams_into(const void* dst, bool planned) noexcept {
+  return planned && reinterpret_cast<std::uintptr_t>(dst) % 64 == 0;
+}
 
 /// Each may throw what oneTBB throws; `plain`: inference without the plan's activation; the API
 /// layer turns that into a status.

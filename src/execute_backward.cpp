@@ -208,7 +208,8 @@ class gradient_step {
 
   gradient_reduce<S> reduce() const { return {kern_, src_, diff_dst_, center_, p_.period}; }
   gradient_map<S> map() const {
-    return {kern_, src_, diff_dst_, diff_src_, p_.period, {readable_, p_.stream_training_stores}};
+    return {kern_,     src_,      diff_dst_,
+            diff_src_, p_.period, {readable_, streams_into(diff_src_, p_.stream_training_stores)}};
   }
 
   /// dγ (in place of Σdy·(x − mean)) and the dx coefficients of channels [c0, c1).
