@@ -1,11 +1,15 @@
-// Small calls under two ISA caps, timed in one process: batches of calls alternate between the
-// two plans, so both see the same phases of a shared machine (whose speed can change by 2×
-// from one process to the next). Prints, per mode, the median of the batches' ns a call.
+// Calls under two ISA caps or two store policies (plan_options::stores), timed in one process:
+// batches of calls alternate between the plans, so both see the same phases of a shared machine
+// (whose speed can change by 2× from one process to the next). Prints, per mode and thread
+// count, the median of the batches' ns a call.
 //
-//   g++ -std=c++17 -O2 -Iinclude -Ibuild/release/include scripts/isa_ab.cpp
-//       build/release/libbnorm.a -ltbb -lpthread -o /tmp/isa_ab     (one line)
-//   /tmp/isa_ab [--bf16] [--last] ISA_A ISA_B N C [spatial...]
-//   e.g. /tmp/isa_ab avx512bf16 avx2 2 4
+//   g++ -std=c++17 -O2 -Iinclude -Ibuild/release/include scripts/plan_ab.cpp
+//       build/release/libbnorm.a -ltbb -lpthread -o /tmp/plan_ab     (one line)
+//   /tmp/plan_ab [--bf16] [--last] [--threads 1,2] [--rounds R] [--calls K] A B N C [spatial...]
+//   A, B: two ISAs, or two of automatic, cached, streaming. Defaults: one thread, 200 rounds
+//   of 2,000 calls (small tensors).
+//   e.g. /tmp/plan_ab avx512bf16 avx2 2 4
+//        /tmp/plan_ab --threads 1,2 --rounds 20 --calls 5 automatic cached 2 32 16 56 56
 #include <bnorm/bnorm.hpp>
 
 #include <algorithm>
@@ -19,11 +23,22 @@
 
 namespace {
 
-std::optional<bnorm::isa> parse_isa(const char* name) {
+/// A plan variant named on the command line: an ISA cap or a store policy.
+bool apply(const char* name, bnorm::plan_options& options) {
   for (bnorm::isa i : bnorm::available_isas()) {
-    if (std::strcmp(bnorm::to_string(i), name) == 0) return i;
+    if (std::strcmp(bnorm::to_string(i), name) == 0) {
+      options.max_isa = i;
+      return true;
+    }
   }
-  return std::nullopt;
+  for (bnorm::store_policy p : {bnorm::store_policy::automatic, bnorm::store_policy::cached,
+                                bnorm::store_policy::streaming}) {
+    if (std::strcmp(bnorm::to_string(p), name) == 0) {
+      options.stores = p;
+      return true;
+    }
+  }
+  return false;
 }
 
 double median(std::vector<double> v) {
@@ -35,19 +50,40 @@ double median(std::vector<double> v) {
 
 int main(int argc, char** argv) {
   bool bf16 = false, last = false;
+  std::vector<int> threads;
+  int rounds = 200, calls = 2000;
   int a = 1;
   for (; a < argc && argv[a][0] == '-'; ++a) {
     bf16 = bf16 || std::strcmp(argv[a], "--bf16") == 0;
     last = last || std::strcmp(argv[a], "--last") == 0;
+    const bool valued = a + 1 < argc;
+    if (valued && std::strcmp(argv[a], "--threads") == 0) {
+      for (const char* t = argv[++a]; *t != '\0'; t += *t == ',') {
+        char* end = nullptr;
+        threads.push_back(static_cast<int>(std::strtol(t, &end, 10)));
+        if (end == t) return 2;  // not a number
+        t = end;
+      }
+    } else if (valued && std::strcmp(argv[a], "--rounds") == 0) {
+      rounds = std::atoi(argv[++a]);
+    } else if (valued && std::strcmp(argv[a], "--calls") == 0) {
+      calls = std::atoi(argv[++a]);
+    }
   }
+  if (threads.empty()) threads.push_back(1);
   if (argc - a < 4) {
-    std::fprintf(stderr, "usage: %s [--bf16] [--last] ISA_A ISA_B N C [spatial...]\n", argv[0]);
+    std::fprintf(stderr,
+                 "usage: %s [--bf16] [--last] [--threads 1,2] [--rounds R] [--calls K] A B N C "
+                 "[spatial...]\n",
+                 argv[0]);
     return 2;
   }
-  const std::optional<bnorm::isa> isas[2] = {parse_isa(argv[a]), parse_isa(argv[a + 1])};
-  if (!isas[0] || !isas[1]) {
-    std::fprintf(stderr, "an ISA this CPU does not offer\n");
-    return 2;
+  bnorm::plan_options variants[2];
+  for (int k = 0; k < 2; ++k) {
+    if (!apply(argv[a + k], variants[k])) {
+      std::fprintf(stderr, "%s: neither an ISA this CPU offers nor a store policy\n", argv[a + k]);
+      return 2;
+    }
   }
   std::vector<std::int64_t> dims;
   for (int i = a + 2; i < argc; ++i) dims.push_back(std::atoll(argv[i]));
@@ -57,16 +93,17 @@ int main(int argc, char** argv) {
   bnorm::problem prob{bnorm::tensor_shape(dims.data(), dims.size()),
                       last ? bnorm::layout::channels_last : bnorm::layout::channels_first,
                       bf16 ? bnorm::dtype::bf16 : bnorm::dtype::f32, 1e-5};
-  bnorm::plan plans[2];
-  for (int k = 0; k < 2; ++k) {
-    bnorm::plan_options options;
-    options.max_isa = isas[k];
-    options.max_threads = 1;
-    if (bnorm::status s = bnorm::make_plan(prob, options, &plans[k]); !s) {
+  // Plan 2t + k: variant k on threads[t].
+  std::vector<bnorm::plan> plans(2 * threads.size());
+  for (std::size_t p = 0; p < plans.size(); ++p) {
+    bnorm::plan_options options = variants[p % 2];
+    options.max_threads = threads[p / 2];
+    if (bnorm::status s = bnorm::make_plan(prob, options, &plans[p]); !s) {
       std::fprintf(stderr, "%s\n", s.message());
       return 1;
     }
   }
+  for (int k = 0; k < 2; ++k) std::printf("%s: %s\n", argv[a + k], plans[k].describe());
   // float32 buffers are large enough for either storage type.
   std::vector<float> x(elements), y(elements), dy(elements, 0.5f), dx(elements);
   for (std::size_t i = 0; i < elements; ++i) x[i] = static_cast<float>(i * 7919 % 101) * 0.01f;
@@ -120,27 +157,29 @@ int main(int argc, char** argv) {
     b.var = {var.data(), c};
     return plan.backward_frozen(b);
   };
-  constexpr int rounds = 200, calls = 2000;
-  std::vector<double> ns[2][4];
+  for (const bnorm::plan& plan : plans) call(plan, 0);    // the backward's saved statistics
+  std::vector<std::vector<double>> ns(plans.size() * 4);  // plan p, mode m: 4p + m
   for (int round = 0; round < rounds; ++round) {
-    for (int k = 0; k < 2; ++k) {
+    for (std::size_t p = 0; p < plans.size(); ++p) {
       for (int mode = 0; mode < 4; ++mode) {
         const auto start = std::chrono::steady_clock::now();
         for (int i = 0; i < calls; ++i) {
-          if (bnorm::status s = call(plans[k], mode); !s) {
+          if (bnorm::status s = call(plans[p], mode); !s) {
             std::fprintf(stderr, "%s: %s\n", modes[mode], s.message());
             return 1;
           }
         }
         const std::chrono::duration<double, std::nano> took =
             std::chrono::steady_clock::now() - start;
-        ns[k][mode].push_back(took.count() / calls);
+        ns[4 * p + mode].push_back(took.count() / calls);
       }
     }
   }
-  for (int mode = 0; mode < 4; ++mode) {
-    std::printf("%-9s  %s %.1f ns  %s %.1f ns\n", modes[mode], argv[a], median(ns[0][mode]),
-                argv[a + 1], median(ns[1][mode]));
+  for (std::size_t t = 0; t < threads.size(); ++t) {
+    for (int mode = 0; mode < 4; ++mode) {
+      std::printf("%-9s %dT  %s %.1f ns  %s %.1f ns\n", modes[mode], threads[t], argv[a],
+                  median(ns[4 * (2 * t) + mode]), argv[a + 1], median(ns[4 * (2 * t + 1) + mode]));
+    }
   }
   return 0;
 }
