@@ -9,9 +9,8 @@
 namespace bnorm::detail {
 
 /// Whether a map streams its output: where the plan chose to (`planned`) and the output starts
-/// on a cache line. Streamed into a buffer that does not (malloc's 16-byte alignment), rows of
-/// few channels wrote partial lines with non-temporal stores and ran 3–8 times slower than
-/// cached stores (docs/design.md).
+/// on a cache line. Into a buffer that does not (malloc's 16-byte alignment), streamed maps
+/// ran 2–8 times slower than cached ones (docs/design.md, `streaming_threshold`).
 inline bool streams_into(const void* dst, bool planned) noexcept {
   return planned && reinterpret_cast<std::uintptr_t>(dst) % 64 == 0;
 }
