@@ -5,6 +5,7 @@
 // outside the rows it was given is written.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -342,6 +343,57 @@ TYPED_TEST(KernelTester, PlaneKernelsGiveEachChannelTheSameBitsInAnyGroup) {
       }
     }
   });
+}
+
+// AVX-512's plane pivots, and its sums of planes shorter than nine of its vectors, run on
+// 256-bit vectors (half_width_arch): the bits of AVX2's kernels. Longer planes keep their own.
+TYPED_TEST(KernelTester, Avx512TakesAvx2VectorsForShortPlanesAndPivots) {
+#if defined(__x86_64__)
+  using T = TypeParam;
+  const std::vector<bnorm::isa> isas = isas_under_test();
+  const auto has = [&](bnorm::isa i) {
+    return std::find(isas.begin(), isas.end(), i) != isas.end();
+  };
+  if (!has(bnorm::isa::avx512f)) GTEST_SKIP() << "no AVX-512 on this CPU";
+  const kernels::kernel_set<T>& avx2 = table_of(bnorm::isa::avx2).get<T>();
+  for (bnorm::isa isa : {bnorm::isa::avx512f, bnorm::isa::avx512bf16}) {
+    if (!has(isa)) continue;
+    SCOPED_TRACE(bnorm::to_string(isa));
+    const kernels::kernel_set<T>& wide = table_of(isa).get<T>();
+    const std::size_t v = table_of(isa).lanes<T>(), short_below = 9 * v;
+    for (std::size_t len : {std::size_t{1}, std::size_t{5}, v - 1, v, v + 1, 3 * v + 1,
+                            short_below - 1, short_below, 2 * short_below + 3}) {
+      for (std::size_t planes : {1, 3}) {
+        const std::size_t channels = 11, stride = channels * len + 3;
+        const std::vector<T> x = this->data(planes * stride, 40.0, 3.0, len * 3 + planes);
+        const std::vector<T> dy = this->data(planes * stride, 0.0, 1.0, len * 5 + planes);
+        const kernels::plane_block block{len, planes, stride, channels};
+        std::vector<T> pivot(channels), pivot_avx2(channels);
+        wide.plane_pivots(x.data(), block, pivot.data());
+        avx2.plane_pivots(x.data(), block, pivot_avx2.data());
+        std::vector<double> sums[2][4];
+        for (auto& per_table : sums)
+          for (auto& values : per_table) values.assign(channels, 0.25);
+        for (int t = 0; t < 2; ++t) {
+          const kernels::kernel_set<T>& k = t == 0 ? wide : avx2;
+          k.plane_stats(x.data(), block, pivot.data(), sums[t][0].data(), sums[t][1].data());
+          k.plane_gradient_sums(x.data(), dy.data(), block, pivot.data(), sums[t][2].data(),
+                                sums[t][3].data());
+        }
+        int differing = 0;
+        for (std::size_t c = 0; c < channels; ++c) {
+          ASSERT_EQ(pivot[c], pivot_avx2[c]) << "len " << len << " channel " << c;
+          for (int kind = 0; kind < 4; ++kind) differing += sums[0][kind][c] != sums[1][kind][c];
+        }
+        if (len < short_below) {
+          EXPECT_EQ(differing, 0) << "len " << len << " planes " << planes;
+        }
+      }
+    }
+  }
+#else
+  GTEST_SKIP() << "x86 only";
+#endif
 }
 
 // Pivots: a constant channel's is exactly its value (its output is then exactly 0), and any

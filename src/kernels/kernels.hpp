@@ -174,7 +174,8 @@ struct kernel_set {
 
   /// Per channel, the pivot that the statistics subtract (d = x − pivot): the mean in float64
   /// of a few of its values spread evenly over it (four runs of one float64 vector over a
-  /// channel's planes, or 16 single values of short planes; eight rows), rounded to T.
+  /// channel's planes, 256-bit on AVX-512, or 16 single values of short planes; eight rows),
+  /// rounded to T.
   /// Planes: per channel of the block. Rows: per slot of the block.
   void (*plane_pivots)(const S* src, const plane_block& block, T* pivot) noexcept;
   void (*row_pivots)(const S* src, const row_block& block, T* pivot) noexcept;

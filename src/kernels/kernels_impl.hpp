@@ -54,7 +54,7 @@ constexpr auto clean = &returns_clean<Kernel>::call;
 /// those of its compute type (float for the half types).
 template <class Arch, class S, class T = compute_t<S>>
 constexpr kernel_set<S> make_kernel_set() noexcept {
-  return {clean<&plane_pivots<Arch, S>>,
+  return {clean<&plane_pivots<half_width_arch<Arch>, S>>,
           clean<&row_pivots<Arch, S>>,
           clean<&plane_stats<Arch, S>>,
           clean<&plane_normalize<Arch, S>>,

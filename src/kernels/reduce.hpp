@@ -541,13 +541,30 @@ void interleaved_sums(const Terms& terms, std::size_t rows, std::size_t width, s
   }
 }
 
+/// plane_sums of the terms Terms<Arch, S> over `sources` (x; or x and dy), on half_width_arch's
+/// vectors where the runs are short enough for short_run_sums.
+template <template <class, class> class Terms, class Arch, class S, class T = compute_t<S>,
+          class... Sources>
+void plane_sums_of(const plane_block& b, const T* center, double* sum, double* sum_sq,
+                   const Sources*... sources) noexcept {
+  using narrow = half_width_arch<Arch>;
+  if constexpr (!std::is_same<narrow, Arch>::value) {
+    if (b.len < one_block_runs_below<T, Arch>) {
+      plane_sums<narrow>(Terms<narrow, S>{sources...}, b.len, b.planes, b.stride, b.channels,
+                         center, sum, sum_sq);
+      return;
+    }
+  }
+  plane_sums<Arch>(Terms<Arch, S>{sources...}, b.len, b.planes, b.stride, b.channels, center, sum,
+                   sum_sq);
+}
+
 // The reduce kernels of the kernel table.
 
 template <class Arch, class S, class T = compute_t<S>>
 void plane_stats(const S* src, const plane_block& b, const T* pivot, double* sum,
                  double* sum_sq) noexcept {
-  plane_sums<Arch>(deviation_terms<Arch, S>{src}, b.len, b.planes, b.stride, b.channels, pivot, sum,
-                   sum_sq);
+  plane_sums_of<deviation_terms, Arch, S>(b, pivot, sum, sum_sq, src);
 }
 
 template <class Arch, class S, class T = compute_t<S>>
@@ -560,8 +577,7 @@ void interleaved_stats(const S* src, const row_block& b, const T* pivot, double*
 template <class Arch, class S, class T = compute_t<S>>
 void plane_gradient_sums(const S* src, const S* diff_dst, const plane_block& b, const T* center,
                          double* sum_dy, double* sum_dy_d) noexcept {
-  plane_sums<Arch>(gradient_terms<Arch, S>{src, diff_dst}, b.len, b.planes, b.stride, b.channels,
-                   center, sum_dy, sum_dy_d);
+  plane_sums_of<gradient_terms, Arch, S>(b, center, sum_dy, sum_dy_d, src, diff_dst);
 }
 
 template <class Arch, class S, class T = compute_t<S>>
@@ -580,7 +596,8 @@ void interleaved_gradient_sums(const S* src, const S* diff_dst, const row_block&
 // its channel's mean is corrected by the caller (see finalize_block).
 
 /// Planes: the pivot is taken from this many runs of one float64 vector's worth of values
-/// each, spread evenly over the channel (16 values on AVX2), or from up to 16 single values
+/// each, spread evenly over the channel (16 values on AVX2, and on AVX-512, whose kernel table
+/// takes the half_width_arch instance), or from up to 16 single values
 /// where a plane is shorter than a vector. Rows: from this many rows spread evenly. Powers of
 /// two, so that the pivot of exactly representable data stays exact (short channels of fewer
 /// samples divide by their count). At least 8 values: a pivot δ from the mean makes the float32

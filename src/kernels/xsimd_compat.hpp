@@ -19,6 +19,28 @@ namespace {
 template <class Arch, class Target>
 inline constexpr bool is_arch = std::is_base_of<Target, Arch>::value;
 
+/// The 256-bit architecture of an AVX-512 Arch, Arch itself for any other. The kernels whose
+/// work grows with the vector's width rather than with the data take it: a short run padded to
+/// whole vectors (a 7×7 plane is three vectors and a masked one on AVX-512, each lane widened to
+/// float64 after it), or a pivot sampled a vector at a time. Where the CPU splits each 512-bit
+/// operation in two (AMD Zen 4), that padding is all AVX-512 adds (docs/design.md,
+/// "half_width_arch").
+template <class Arch, class = void>
+struct half_width {
+  using type = Arch;
+};
+
+#if XSIMD_WITH_AVX512F
+static_assert(XSIMD_WITH_FMA3_AVX2, "the AVX-512 kernel units are built with -mfma");
+template <class Arch>
+struct half_width<Arch, std::enable_if_t<is_arch<Arch, xsimd::avx512f>>> {
+  using type = xsimd::fma3<xsimd::avx2>;
+};
+#endif
+
+template <class Arch>
+using half_width_arch = typename half_width<Arch>::type;
+
 #if XSIMD_WITH_AVX512F
 // The float <-> double conversions go through their zero-masked forms with every lane set: the
 // plain intrinsics pass GCC 12 an undefined merge source, which -Wuninitialized reports (GCC
