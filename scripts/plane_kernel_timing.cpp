@@ -1,0 +1,108 @@
+// The channels-first plane kernels alone, per ISA table of this CPU: C channels of one plane of
+// L float32 values each (64-byte aligned, warm in cache), timed in one process with the tables
+// taking turns. Prints, per table, the median ns of a call of each kernel: plane_pivots,
+// plane_stats, plane_normalize, plane_gradient_sums and plane_gradient.
+//
+//   g++ -std=c++17 -O2 -Isrc -Iinclude -Ibuild/release/include scripts/plane_kernel_timing.cpp
+//       build/release/libbnorm.a -ltbb -lpthread -o /tmp/plane_kernel_timing     (one line)
+//   /tmp/plane_kernel_timing C L      e.g. /tmp/plane_kernel_timing 2048 49
+#include <bnorm/bnorm.hpp>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <new>
+#include <vector>
+
+#include "kernels/kernels.hpp"
+
+namespace {
+
+namespace kernels = bnorm::kernels;
+
+const kernels::kernel_table& table_of(bnorm::isa isa) {
+  switch (isa) {
+#if defined(__x86_64__)
+    case bnorm::isa::avx512bf16: return kernels::avx512bf16_kernels();
+    case bnorm::isa::avx512f: return kernels::avx512f_kernels();
+    case bnorm::isa::avx2: return kernels::avx2_kernels();
+    default: return kernels::sse2_kernels();
+#else
+    default: return kernels::neon64_kernels();
+#endif
+  }
+}
+
+struct aligned_floats {
+  explicit aligned_floats(std::size_t n)
+      : data(static_cast<float*>(::operator new (n * sizeof(float), std::align_val_t{64}))) {
+    std::fill(data, data + n, 0.0f);
+  }
+  ~aligned_floats() { ::operator delete (data, std::align_val_t{64}); }
+  aligned_floats(const aligned_floats&) = delete;
+  aligned_floats& operator=(const aligned_floats&) = delete;
+  float* data;
+};
+
+/// Median ns of a call of f over `batches` batches of `calls` calls.
+template <class F>
+double median_ns(int batches, int calls, const F& f) {
+  std::vector<double> ns;
+  for (int b = 0; b < batches; ++b) {
+    const auto start = std::chrono::steady_clock::now();
+    for (int i = 0; i < calls; ++i) f();
+    const std::chrono::duration<double, std::nano> took = std::chrono::steady_clock::now() - start;
+    ns.push_back(took.count() / calls);
+  }
+  std::sort(ns.begin(), ns.end());
+  return ns[ns.size() / 2];
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc != 3) {
+    std::fprintf(stderr, "usage: %s C L\n", argv[0]);
+    return 2;
+  }
+  const std::size_t channels = std::strtoul(argv[1], nullptr, 10);
+  const std::size_t len = std::strtoul(argv[2], nullptr, 10);
+  const std::size_t n = channels * len;
+  aligned_floats x(n + 16), dy(n + 16), out(n + 16);
+  for (std::size_t i = 0; i < n; ++i) {
+    x.data[i] = 3.0f + static_cast<float>(i * 7919 % 101) * 0.02f;
+    dy.data[i] = static_cast<float>(i * 104729 % 97) * 0.01f - 0.5f;
+  }
+  std::vector<float> pivot(channels), zeros(channels + 16, 0.0f), ones(channels + 16, 1.0f);
+  std::vector<double> sum(channels), sum_sq(channels);
+  const kernels::plane_block block{len, 1, n, channels};
+  kernels::normalize_params<float> normalize;
+  normalize.coeffs = {zeros.data(), ones.data(), zeros.data(), ones.data()};
+  kernels::gradient_params<float> gradient;
+  gradient.coeffs = {zeros.data(), ones.data(), zeros.data(), zeros.data()};
+  const int calls =
+      static_cast<int>(std::max<std::size_t>(1, 2000000 / std::max<std::size_t>(n, 1)));
+  for (int round = 0; round < 3; ++round) {
+    for (bnorm::isa isa : bnorm::available_isas()) {
+      const kernels::kernel_set<float>& k = table_of(isa).f32;
+      const double pivots =
+          median_ns(31, calls, [&] { k.plane_pivots(x.data, block, pivot.data()); });
+      const double stats = median_ns(31, calls, [&] {
+        k.plane_stats(x.data, block, pivot.data(), sum.data(), sum_sq.data());
+      });
+      const double normalized = median_ns(
+          31, calls, [&] { k.plane_normalize(x.data, out.data, nullptr, block, normalize, 0); });
+      const double gradient_sums = median_ns(31, calls, [&] {
+        k.plane_gradient_sums(x.data, dy.data, block, pivot.data(), sum.data(), sum_sq.data());
+      });
+      const double gradient_map = median_ns(
+          31, calls, [&] { k.plane_gradient(x.data, dy.data, out.data, block, gradient, 0); });
+      std::printf(
+          "%-10s pivots %8.0f  stats %8.0f  normalize %8.0f  gradient sums %8.0f  "
+          "gradient %8.0f ns\n",
+          bnorm::to_string(isa), pivots, stats, normalized, gradient_sums, gradient_map);
+    }
+  }
+  return 0;
+}
