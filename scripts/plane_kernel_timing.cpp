@@ -1,11 +1,12 @@
-// The channels-first plane kernels alone, per ISA table of this CPU: C channels of one plane of
-// L float32 values each (64-byte aligned, warm in cache), timed in one process with the tables
-// taking turns. Prints, per table, the median ns of a call of each kernel: plane_pivots,
-// plane_stats, plane_normalize, plane_gradient_sums and plane_gradient.
+// The channels-first plane kernels alone, per ISA table of this CPU: N planes of C channels of
+// L float32 values each (an (N, C, L) tensor, 64-byte aligned, warm in cache; N = 1 unless
+// given), timed in one process with the tables taking turns. Prints, per table, the median ns of a
+// call of each kernel: plane_pivots, plane_stats, plane_normalize, plane_gradient_sums and
+// plane_gradient.
 //
 //   g++ -std=c++17 -O2 -Isrc -Iinclude -Ibuild/release/include scripts/plane_kernel_timing.cpp
 //       build/release/libbnorm.a -ltbb -lpthread -o /tmp/plane_kernel_timing     (one line)
-//   /tmp/plane_kernel_timing C L      e.g. /tmp/plane_kernel_timing 2048 49
+//   /tmp/plane_kernel_timing C L [N]      e.g. /tmp/plane_kernel_timing 2048 49
 #include <bnorm/bnorm.hpp>
 
 #include <algorithm>
@@ -62,13 +63,14 @@ double median_ns(int batches, int calls, const F& f) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (argc != 3) {
-    std::fprintf(stderr, "usage: %s C L\n", argv[0]);
+  if (argc != 3 && argc != 4) {
+    std::fprintf(stderr, "usage: %s C L [N]\n", argv[0]);
     return 2;
   }
   const std::size_t channels = std::strtoul(argv[1], nullptr, 10);
   const std::size_t len = std::strtoul(argv[2], nullptr, 10);
-  const std::size_t n = channels * len;
+  const std::size_t planes = argc == 4 ? std::strtoul(argv[3], nullptr, 10) : 1;
+  const std::size_t n = planes * channels * len;
   aligned_floats x(n + 16), dy(n + 16), out(n + 16);
   for (std::size_t i = 0; i < n; ++i) {
     x.data[i] = 3.0f + static_cast<float>(i * 7919 % 101) * 0.02f;
@@ -76,7 +78,7 @@ int main(int argc, char** argv) {
   }
   std::vector<float> pivot(channels), zeros(channels + 16, 0.0f), ones(channels + 16, 1.0f);
   std::vector<double> sum(channels), sum_sq(channels);
-  const kernels::plane_block block{len, 1, n, channels};
+  const kernels::plane_block block{len, planes, channels * len, channels};
   kernels::normalize_params<float> normalize;
   normalize.coeffs = {zeros.data(), ones.data(), zeros.data(), ones.data()};
   kernels::gradient_params<float> gradient;
