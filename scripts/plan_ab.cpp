@@ -17,10 +17,11 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <new>
 #include <optional>
 #include <string>
 #include <vector>
+
+#include "../support/aligned64.hpp"
 
 namespace {
 
@@ -41,24 +42,6 @@ bool apply(const char* name, bnorm::plan_options& options) {
   }
   return false;
 }
-
-/// Buffers on cache lines, as engines and the benchmark allocate them (a vector's 16-byte
-/// alignment splits every 64-byte access in two).
-template <class T>
-struct cache_line_allocator {
-  using value_type = T;
-  cache_line_allocator() = default;
-  template <class U>
-  cache_line_allocator(const cache_line_allocator<U>&) {}
-  T* allocate(std::size_t n) {
-    return static_cast<T*>(::operator new (n * sizeof(T), std::align_val_t{64}));
-  }
-  void deallocate(T* p, std::size_t) { ::operator delete (p, std::align_val_t{64}); }
-  bool operator==(const cache_line_allocator&) const { return true; }
-  bool operator!=(const cache_line_allocator&) const { return false; }
-};
-template <class T>
-using aligned_vector = std::vector<T, cache_line_allocator<T>>;
 
 double median(std::vector<double> v) {
   std::sort(v.begin(), v.end());
@@ -124,7 +107,9 @@ int main(int argc, char** argv) {
   }
   for (int k = 0; k < 2; ++k) std::printf("%s: %s\n", argv[a + k], plans[k].describe());
   // float32 buffers are large enough for either storage type.
-  aligned_vector<float> x(elements), y(elements), dy(elements, 0.5f), dx(elements);
+  // On cache lines, as the benchmark's (a vector's 16-byte alignment splits 64-byte accesses).
+  std::vector<float, bnorm_bench::aligned64<float>> x(elements), y(elements), dy(elements, 0.5f),
+      dx(elements);
   for (std::size_t i = 0; i < elements; ++i) x[i] = static_cast<float>(i * 7919 % 101) * 0.01f;
   if (bf16) {
     auto* half = reinterpret_cast<bnorm::bfloat16*>(x.data());

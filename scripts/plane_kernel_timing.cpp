@@ -16,24 +16,12 @@
 #include <new>
 #include <vector>
 
+#include "cpu_isa.hpp"
 #include "kernels/kernels.hpp"
 
 namespace {
 
 namespace kernels = bnorm::kernels;
-
-const kernels::kernel_table& table_of(bnorm::isa isa) {
-  switch (isa) {
-#if defined(__x86_64__)
-    case bnorm::isa::avx512bf16: return kernels::avx512bf16_kernels();
-    case bnorm::isa::avx512f: return kernels::avx512f_kernels();
-    case bnorm::isa::avx2: return kernels::avx2_kernels();
-    default: return kernels::sse2_kernels();
-#else
-    default: return kernels::neon64_kernels();
-#endif
-  }
-}
 
 struct aligned_floats {
   explicit aligned_floats(std::size_t n)
@@ -87,7 +75,7 @@ int main(int argc, char** argv) {
       static_cast<int>(std::max<std::size_t>(1, 2000000 / std::max<std::size_t>(n, 1)));
   for (int round = 0; round < 3; ++round) {
     for (bnorm::isa isa : bnorm::available_isas()) {
-      const kernels::kernel_set<float>& k = table_of(isa).f32;
+      const kernels::kernel_set<float>& k = bnorm::detail::table_for(isa).f32;
       const double pivots =
           median_ns(31, calls, [&] { k.plane_pivots(x.data, block, pivot.data()); });
       const double stats = median_ns(31, calls, [&] {

@@ -51,19 +51,6 @@ constexpr isa compiled_isas[] = {isa::neon64};
 #error "bnorm: no kernels for this architecture"
 #endif
 
-const kernels::kernel_table& table_for(isa value) noexcept {
-  switch (value) {
-#if defined(__x86_64__) || defined(_M_X64)
-    case isa::avx512bf16: return kernels::avx512bf16_kernels();
-    case isa::avx512f: return kernels::avx512f_kernels();
-    case isa::avx2: return kernels::avx2_kernels();
-    default: return kernels::sse2_kernels();
-#else
-    default: return kernels::neon64_kernels();
-#endif
-  }
-}
-
 // The rank of an ISA within the compiled family; -1 when it is not compiled here.
 int rank_of(isa value) noexcept {
   constexpr int count = sizeof(compiled_isas) / sizeof(compiled_isas[0]);
@@ -84,6 +71,19 @@ std::vector<isa> available_isas() {
 }
 
 namespace detail {
+
+const kernels::kernel_table& table_for(isa value) noexcept {
+  switch (value) {
+#if defined(__x86_64__) || defined(_M_X64)
+    case isa::avx512bf16: return kernels::avx512bf16_kernels();
+    case isa::avx512f: return kernels::avx512f_kernels();
+    case isa::avx2: return kernels::avx2_kernels();
+    default: return kernels::sse2_kernels();
+#else
+    default: return kernels::neon64_kernels();
+#endif
+  }
+}
 
 bool cpu_supports(isa value) noexcept {
   if (rank_of(value) < 0) return false;

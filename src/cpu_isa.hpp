@@ -11,6 +11,10 @@ namespace bnorm::detail {
 /// True when this build has kernels for `value` and the CPU and OS can run them.
 bool cpu_supports(isa value) noexcept;
 
+/// The kernel table compiled for `value` (the baseline's for an ISA of another architecture),
+/// whether or not this CPU runs it: see cpu_supports.
+const kernels::kernel_table& table_for(isa value) noexcept;
+
 /// Picks the best ISA at or below `cap` and below BNORM_MAX_ISA (when set). Fails, naming the
 /// source of the cap, when the environment variable is malformed or no ISA qualifies.
 status select_kernels(std::optional<isa> cap, const kernels::kernel_table** out) noexcept;

@@ -11,6 +11,7 @@
 #include <limits>
 #include <string>
 
+#include "cpu_isa.hpp"
 #include "kernels/kernels.hpp"
 #include "support.hpp"
 
@@ -22,16 +23,7 @@ namespace {
 /// The kernel table of an ISA, whatever BNORM_MAX_ISA says (the testers run every ISA the CPU
 /// has).
 const kernels::kernel_table& table_of(bnorm::isa isa) {
-  switch (isa) {
-#if defined(__x86_64__)
-    case bnorm::isa::avx512bf16: return kernels::avx512bf16_kernels();
-    case bnorm::isa::avx512f: return kernels::avx512f_kernels();
-    case bnorm::isa::avx2: return kernels::avx2_kernels();
-    default: return kernels::sse2_kernels();
-#else
-    default: return kernels::neon64_kernels();
-#endif
-  }
+  return bnorm::detail::table_for(isa);
 }
 
 /// The tail lengths of a vector width: 1, V − 1, V, V + 1, 2V + 1, and a long odd one.
