@@ -66,6 +66,15 @@ std::size_t streaming_threshold(const cache_sizes& caches, bool reads_twice) noe
   return caches.last_level_bytes / (reads_twice ? 8 : 4);
 }
 
+// Channels-first maps stream plane by plane, and a plane's ragged ends (it starts where the one
+// before it ends, mid-line) are stored as usual (kernels::streamed_lines). Short planes thus
+// stream little and pay for it: 7×7 planes (196 bytes of float32) ran 2–3 times slower streamed
+// than cached in every forward path; 14×14 (784 bytes) gained 5–17% in training and the
+// backward but ran inference (its planes in memory order) 1.85 times slower; 1,000-value planes
+// gained everywhere (docs/design.md). Planes shorter than these stream nothing.
+constexpr std::size_t min_streamed_plane_bytes_reading_twice = 512;
+constexpr std::size_t min_streamed_plane_bytes = 1024;
+
 std::size_t ceil_div(std::size_t a, std::size_t b) {
   return (a + b - 1) / b;
 }
@@ -131,10 +140,14 @@ bool make_partition(const problem& prob, const plan_options& options, std::size_
   // The work of an element is its compute type's, whatever it is stored in (bf16 and f16
   // convert to float32 and back): half-storage tensors wait for workers at the same counts.
   p.serial = p.elements * std::max(p.element_size, p.value_size) < serial_bytes;
+  const bool planes = prob.layout == layout::channels_first && p.spatial > 1;
   const auto streams = [&](bool reads_twice) {
+    const std::size_t min_plane_bytes =
+        reads_twice ? min_streamed_plane_bytes_reading_twice : min_streamed_plane_bytes;
     return options.stores == store_policy::streaming ||
            (options.stores == store_policy::automatic &&
-            p.elements * p.element_size >= streaming_threshold(caches, reads_twice));
+            p.elements * p.element_size >= streaming_threshold(caches, reads_twice) &&
+            (!planes || p.spatial * p.element_size >= min_plane_bytes));
   };
   p.stream_training_stores = streams(true);
   p.stream_inference_stores = streams(false);
@@ -147,7 +160,7 @@ bool make_partition(const problem& prob, const plan_options& options, std::size_
   // channels.
   bool fused = false;
 
-  if (prob.layout == layout::channels_first && p.spatial > 1) {
+  if (planes) {
     p.kind = traversal::planes;
     // A channel that fits in a core's cache is one unit, and training reads it the second time
     // from there. A larger one is split into equal runs; small channels are grouped into tasks.

@@ -210,27 +210,28 @@ TYPED_TEST(KernelTester, PlaneNormalizeOverTailsFormsAndStores) {
     for (std::size_t len : lengths(v)) {
       for (std::size_t planes : {1, 2}) {
         for (int form : {0, 1, 2}) {
-          for (bool stream : {false, true}) {
+          for (int store : {0, 1, 2}) {  // cached, streamed, streamed in place
+            const bool stream = store > 0, in_place = store == 2;
             const std::size_t channels = 3, offset = 1, stride = channels * len + 5;
             const std::vector<T> x = this->data(offset + planes * stride + 8, 1.0, 1.0, len);
-            std::vector<T> y(x.size(), T(-77));
+            std::vector<T> y = in_place ? x : std::vector<T>(x.size(), T(-77));
             const coefficient_buffers<T> coeffs(channels, form);
             const kernels::normalize_params<T> params{coeffs.view(), form == 2, stream, {}};
-            k.plane_normalize(x.data() + offset, y.data() + offset, nullptr,
+            k.plane_normalize((in_place ? y : x).data() + offset, y.data() + offset, nullptr,
                               {len, planes, stride, channels}, params, 0);
             for (std::size_t i = 0; i < y.size(); ++i) {
               const std::size_t at = i - offset;
               const bool written =
                   i >= offset && at % stride < channels * len && at / stride < planes;
               if (!written) {
-                ASSERT_EQ(y[i], T(-77)) << "wrote outside its planes at " << i;
+                ASSERT_EQ(y[i], in_place ? x[i] : T(-77)) << "wrote outside its planes at " << i;
                 continue;
               }
               const long double want = coeffs.at(at % stride / len, x[i]);
               ASSERT_NEAR(y[i], static_cast<double>(want),
                           4 * std::numeric_limits<T>::epsilon() * (1 + std::fabs((double)want)))
-                  << "len " << len << " planes " << planes << " form " << form << " stream "
-                  << stream << " at " << i;
+                  << "len " << len << " planes " << planes << " form " << form << " store " << store
+                  << " at " << i;
             }
           }
         }

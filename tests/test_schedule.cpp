@@ -144,6 +144,31 @@ TEST(Schedule, CacheSizesDecideWhatStaysInCache) {
   EXPECT_GE(detected.last_level_bytes, detected.l2_bytes);
 }
 
+// Channels-first outputs stream plane by plane, their ragged ends cached: planes too short to
+// hold whole lines enough stream nothing (7×7 float32), 14×14 float32 planes stream where the
+// call reads its input twice, 1,000-value planes everywhere; rows are not planes.
+TEST(Schedule, ShortPlanesStayCached) {
+  const bnorm::isa id = isas_under_test().front();
+  const bnorm::detail::cache_sizes caches{1u << 20, 32u << 20};
+  const auto streams = [&](bnorm::tensor_shape shape, layout l, bnorm::dtype type) {
+    const bnorm::detail::partition p = plan_partition({shape, l, type}, {}, id, caches);
+    return std::make_pair(p.stream_training_stores, p.stream_inference_stores);
+  };
+  const auto first = layout::channels_first, last = layout::channels_last;
+  const auto f32 = bnorm::dtype::f32, bf16 = bnorm::dtype::bf16;
+  EXPECT_EQ(streams({128, 512, 7, 7}, first, f32), std::make_pair(false, false));  // 12.25 MiB
+  EXPECT_EQ(streams({128, 512, 7, 7}, last, f32), std::make_pair(true, true));
+  EXPECT_EQ(streams({32, 1024, 14, 14}, first, f32), std::make_pair(true, false));  // 24.5 MiB
+  EXPECT_EQ(streams({64, 1024, 14, 14}, first, bf16), std::make_pair(false, false));
+  EXPECT_EQ(streams({64, 64, 1000}, first, f32), std::make_pair(true, true));  // 15.6 MiB
+  EXPECT_EQ(streams({32, 256, 28, 28}, first, f32), std::make_pair(true, true));
+  // A policy the caller names is taken as it is.
+  bnorm::plan_options streaming;
+  streaming.stores = bnorm::store_policy::streaming;
+  EXPECT_TRUE(
+      plan_partition({{128, 512, 7, 7}, first}, streaming, id, caches).stream_inference_stores);
+}
+
 // A planned stream runs only into an output that starts on a cache line: into malloc's 16-byte
 // alignment, non-temporal stores of partial lines were several times slower than cached ones.
 TEST(Schedule, OutputsStreamFromWholeCacheLinesOnly) {

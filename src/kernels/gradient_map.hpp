@@ -28,9 +28,9 @@ template <class Arch, class T>
 }
 
 /// dx[j] for j in [begin, end) with ordinary stores, f(j, x vector, dy vector) giving the vector
-/// at j; the last values, fewer than a vector, through padded copies (every element is rounded
-/// the same way, whatever its position). f is taken by value: a store through dx could alias a
-/// closure held by reference.
+/// at j; the last values, fewer than a vector, as a partial vector (load_partial, store_partial:
+/// every element is rounded the same way, whatever its position). f is taken by value: a store
+/// through dx could alias a closure held by reference.
 template <class Arch, class S, class F>
 void gradient_store_run(const S* x, const S* dy, S* dx, std::size_t begin, std::size_t end,
                         F f) noexcept {
@@ -59,33 +59,39 @@ void gradient_store_run(const S* x, const S* dy, S* dx, std::size_t begin, std::
     store_elements<Arch>(dx + j, f(j, load_elements<Arch>(x + j), load_elements<Arch>(dy + j)));
   }
   if (j < end) {
-    alignas(64) T px[lanes] = {}, pg[lanes] = {};
     const std::size_t count = end - j;
-    for (std::size_t i = 0; i < count; ++i) {
-      px[i] = to_compute(x[j + i]);
-      pg[i] = to_compute(dy[j + i]);
-    }
-    f(j, vec::load_aligned(px), vec::load_aligned(pg)).store_aligned(px);
-    for (std::size_t i = 0; i < count; ++i) dx[j + i] = from_compute<S>(px[i]);
+    store_partial<Arch>(
+        dx + j, f(j, load_partial<Arch>(x + j, count), load_partial<Arch>(dy + j, count)), count);
   }
 }
 
-/// dx[0, n): streaming stores for its whole cache lines, ordinary ones for the partial lines at
-/// either end (see stream_run); ordinary stores throughout without `stream`.
+/// dx[0, n): streaming stores for the whole cache lines that streamed_lines picks, ordinary ones
+/// for the rest (see stream_run); ordinary stores throughout without `stream`.
 template <class Arch, class S, class F>
 void gradient_run(const S* x, const S* dy, S* dx, std::size_t n, bool stream, F f) noexcept {
+  using vec = xsimd::batch<compute_t<S>, Arch>;
+  constexpr std::size_t lanes = vec::size;
+  constexpr std::size_t line = 64 / sizeof(S);
   if (!stream) {
     gradient_store_run<Arch>(x, dy, dx, 0, n, f);
     return;
   }
-  constexpr std::size_t lanes = xsimd::batch<compute_t<S>, Arch>::size;
-  constexpr std::size_t line = 64 / sizeof(S);
-  const std::size_t into_line = reinterpret_cast<std::uintptr_t>(dx) % 64 / sizeof(S);
-  const std::size_t head = std::min(n, (line - into_line) % line);
-  const std::size_t body_end = head + (n - head) / line * line;
-  if (head > 0) gradient_store_run<Arch>(x, dy, dx, 0, head, f);
-  for (std::size_t i = head; i < body_end; i += line) {  // a line a step, as stream_run
-    xsimd::batch<compute_t<S>, Arch> v[line / lanes];
+  // The ordinary parts as stream_run's (store_run_overlapped).
+  const auto ordinary = [&](std::size_t begin, std::size_t end) {
+    if (end - begin < lanes) {
+      gradient_store_run<Arch>(x, dy, dx, begin, end, f);
+      return;
+    }
+    const std::size_t last = end - lanes;
+    const vec tail = f(last, load_elements<Arch>(x + last), load_elements<Arch>(dy + last));
+    gradient_store_run<Arch>(x, dy, dx, begin, begin + (last - begin + lanes - 1) / lanes * lanes,
+                             f);
+    store_elements<Arch>(dx + last, tail);
+  };
+  const streamed_lines<S> span(dx, n);
+  if (span.lead > 0) ordinary(0, span.lead);
+  for (std::size_t i = span.lead; i < span.body_end; i += line) {  // a line a step
+    vec v[line / lanes];
 #pragma GCC unroll 4
     for (std::size_t k = 0; k < line / lanes; ++k) {
       const std::size_t at = i + k * lanes;
@@ -93,7 +99,7 @@ void gradient_run(const S* x, const S* dy, S* dx, std::size_t n, bool stream, F 
     }
     put_vectors<true>(dx + i, v);
   }
-  if (body_end < n) gradient_store_run<Arch>(x, dy, dx, body_end, n, f);
+  if (span.body_end < n) ordinary(span.body_end, n);
 }
 
 /// Channels of one plane each, back to back (N = 1), each plane at least a vector long and

@@ -46,8 +46,8 @@ template <form Form, class Arch, class T>
 }
 
 // What a map kernel writes: the normalized value through an epilogue (see kernels::epilogue).
-// out.finish(y, v) is the vector to store at y, and out.finish_partial(y, values, count) the
-// same for the first `count` values of a padded copy. add+ReLU reads its residual at y's
+// out.finish(y, v) is the vector to store at y, and out.finish_partial(y, v, count) the same
+// for a vector of which only the first `count` lanes are stored. add+ReLU reads its residual at y's
 // place in the residual tensor: before anything is stored there (dst may be the residual).
 // A kernel that loops over vectors takes its output by value: through a reference, the
 // bounds might be overwritten by y's stores (may_alias intrinsics), and every vector
@@ -58,7 +58,7 @@ template <class Arch, class S>
 struct identity_output {
   using vec = xsimd::batch<compute_t<S>, Arch>;
   vec finish(const S*, const vec& v) const noexcept { return v; }
-  void finish_partial(const S*, compute_t<S>*, std::size_t) const noexcept {}
+  vec finish_partial(const S*, const vec& v, std::size_t) const noexcept { return v; }
 };
 
 /// ReLU, clamp(lo, hi), or ReLU of the sum with a residual tensor. A NaN stays NaN, as
@@ -90,14 +90,12 @@ struct activation_output {
       return activate(v);
     }
   }
-  void finish_partial(const S* y, T* values, std::size_t count) const noexcept {
-    alignas(64) T residual[vec::size] = {};
+  vec finish_partial(const S* y, const vec& v, std::size_t count) const noexcept {
     if constexpr (Kind == epilogue_kind::add_relu) {
-      for (std::size_t i = 0; i < count; ++i) residual[i] = to_compute(residual_at(y)[i]);
+      return activate(v + load_partial<Arch>(residual_at(y), count));
+    } else {
+      return activate(v);
     }
-    const vec v = vec::load_aligned(values);
-    activate(Kind == epilogue_kind::add_relu ? v + vec::load_aligned(residual) : v)
-        .store_aligned(values);
   }
 };
 
@@ -120,18 +118,13 @@ void with_output(const epilogue<compute_t<S>>& post, const S* dst, const S* resi
   }
 }
 
-/// Runs `count` (< one vector) elements through the vector code via a padded copy, so every
-/// element of a tensor is rounded the same way, whatever its position.
+/// Runs `count` (< one vector) elements through the vector code (load_partial, store_partial),
+/// so every element of a tensor is rounded the same way, whatever its position.
 template <class Arch, class S, class Compute, class Out>
 void normalize_partial(const S* src, S* dst, std::size_t count, Compute compute,
                        const Out& out) noexcept {
-  using T = compute_t<S>;
-  using vec = xsimd::batch<T, Arch>;
-  alignas(64) T padded[vec::size] = {};
-  for (std::size_t i = 0; i < count; ++i) padded[i] = to_compute(src[i]);
-  compute(vec::load_aligned(padded)).store_aligned(padded);
-  out.finish_partial(dst, padded, count);
-  for (std::size_t i = 0; i < count; ++i) dst[i] = from_compute<S>(padded[i]);
+  store_partial<Arch>(dst, out.finish_partial(dst, compute(load_partial<Arch>(src, count)), count),
+                      count);
 }
 
 /// Bytes past the last boundary of a vector's worth of elements.
@@ -159,19 +152,56 @@ void store_run(const S* x, S* y, std::size_t begin, std::size_t end, Compute com
   }
 }
 
-/// y[0, n) with streaming stores for its whole cache lines and ordinary ones for the partial
-/// lines at either end: an ordinary store into a line that streaming stores are filling makes
-/// the core flush the line and read it back (docs/design.md). y must be aligned to its element.
+/// How a run of n elements at dst splits for streaming stores: the whole cache lines of
+/// [lead, body_end) streamed, [0, lead) and [body_end, n) (the partial lines at either end)
+/// stored as usual. An ordinary store into a line that streaming stores are filling makes the
+/// core flush the line and read it back (docs/design.md), so the ordinary parts end on line
+/// boundaries. A run without a whole line streams nothing (lead = body_end = n).
+template <class S>
+struct streamed_lines {
+  std::size_t lead = 0;
+  std::size_t body_end = 0;
+
+  streamed_lines(const S* dst, std::size_t n) noexcept : lead(n), body_end(n) {
+    constexpr std::size_t line = 64 / sizeof(S);
+    const std::size_t into_line = reinterpret_cast<std::uintptr_t>(dst) % 64 / sizeof(S);
+    const std::size_t head = (line - into_line) % line;
+    if (head + line > n) return;
+    lead = head;
+    body_end = head + (n - head) / line * line;
+  }
+};
+
+/// y[begin, end) with ordinary stores: whole vectors from begin, the last overlapping the one
+/// before when the length is not a multiple of the lanes (computed, with its residual, before
+/// anything is stored, so in place it still reads x); shorter than a vector, as store_run. On
+/// short planes (14×14) a partial last vector through store_run's path cost as much as the
+/// plane's whole vectors.
+template <class Arch, class S, class Compute, class Out>
+void store_run_overlapped(const S* x, S* y, std::size_t begin, std::size_t end, Compute compute,
+                          Out out) noexcept {
+  using vec = xsimd::batch<compute_t<S>, Arch>;
+  constexpr std::size_t lanes = vec::size;
+  if (end - begin < lanes) {
+    store_run<Arch>(x, y, begin, end, compute, out);
+    return;
+  }
+  const std::size_t last = end - lanes;
+  const vec tail = out.finish(y + last, compute(last, load_elements<Arch>(x + last)));
+  store_run<Arch>(x, y, begin, begin + (last - begin + lanes - 1) / lanes * lanes, compute, out);
+  store_elements<Arch>(y + last, tail);
+}
+
+/// y[0, n) with streaming stores for the whole cache lines that streamed_lines picks and
+/// ordinary ones for the rest. y must be aligned to its element.
 template <class Arch, class S, class Compute, class Out>
 void stream_run(const S* x, S* y, std::size_t n, Compute compute, Out out) noexcept {
   using vec = xsimd::batch<compute_t<S>, Arch>;
   constexpr std::size_t lanes = vec::size;
-  constexpr std::size_t line = 64 / sizeof(S);  // a multiple of the lanes on every ISA
-  const std::size_t into_line = reinterpret_cast<std::uintptr_t>(y) % 64 / sizeof(S);
-  const std::size_t head = std::min(n, (line - into_line) % line);
-  const std::size_t body_end = head + (n - head) / line * line;
-  if (head > 0) store_run<Arch>(x, y, 0, head, compute, out);
-  for (std::size_t i = head; i < body_end; i += line) {  // a line a step: fewer loop overheads
+  constexpr std::size_t line = 64 / sizeof(S);
+  const streamed_lines<S> span(y, n);
+  if (span.lead > 0) store_run_overlapped<Arch>(x, y, 0, span.lead, compute, out);
+  for (std::size_t i = span.lead; i < span.body_end; i += line) {  // a line a step
     vec v[line / lanes];
 #pragma GCC unroll 4
     for (std::size_t k = 0; k < line / lanes; ++k) {
@@ -180,7 +210,7 @@ void stream_run(const S* x, S* y, std::size_t n, Compute compute, Out out) noexc
     }
     put_vectors<true>(y + i, v);
   }
-  if (body_end < n) store_run<Arch>(x, y, body_end, n, compute, out);
+  if (span.body_end < n) store_run_overlapped<Arch>(x, y, span.body_end, n, compute, out);
 }
 
 /// Whether v is +0.0, bit for bit: x − (+0) is x for every x (−0, NaN and infinities

@@ -342,5 +342,44 @@ S from_compute(compute_t<S> v) noexcept {
   }
 }
 
+/// The first `count` elements at p (fewer than a vector holds), the other lanes zero: one
+/// masked load on AVX-512 for float and double (no lane past count is read), else through a
+/// zeroed buffer.
+template <class Arch, class S>
+xsimd::batch<compute_t<S>, Arch> load_partial(const S* p, std::size_t count) noexcept {
+  using vec = xsimd::batch<compute_t<S>, Arch>;
+#if XSIMD_WITH_AVX512F
+  if constexpr (is_arch<Arch, xsimd::avx512f> && std::is_same<S, float>::value) {
+    return vec(_mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << count) - 1), p));
+  } else if constexpr (is_arch<Arch, xsimd::avx512f> && std::is_same<S, double>::value) {
+    return vec(_mm512_maskz_loadu_pd(static_cast<__mmask8>((1u << count) - 1), p));
+  } else
+#endif
+  {
+    alignas(64) compute_t<S> values[vec::size] = {};
+    for (std::size_t i = 0; i < count; ++i) values[i] = to_compute(p[i]);
+    return vec::load_aligned(values);
+  }
+}
+
+/// The first `count` lanes of v (fewer than a vector holds) into p, rounded to S (see
+/// load_partial).
+template <class Arch, class S>
+void store_partial(S* p, const xsimd::batch<compute_t<S>, Arch>& v, std::size_t count) noexcept {
+  using vec = xsimd::batch<compute_t<S>, Arch>;
+#if XSIMD_WITH_AVX512F
+  if constexpr (is_arch<Arch, xsimd::avx512f> && std::is_same<S, float>::value) {
+    _mm512_mask_storeu_ps(p, static_cast<__mmask16>((1u << count) - 1), v);
+  } else if constexpr (is_arch<Arch, xsimd::avx512f> && std::is_same<S, double>::value) {
+    _mm512_mask_storeu_pd(p, static_cast<__mmask8>((1u << count) - 1), v);
+  } else
+#endif
+  {
+    alignas(64) compute_t<S> values[vec::size];
+    v.store_aligned(values);
+    for (std::size_t i = 0; i < count; ++i) p[i] = from_compute<S>(values[i]);
+  }
+}
+
 }  // namespace
 }  // namespace bnorm::kernels
