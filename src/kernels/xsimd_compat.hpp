@@ -32,14 +32,32 @@ struct half_width {
 
 #if XSIMD_WITH_AVX512F
 static_assert(XSIMD_WITH_FMA3_AVX2, "the AVX-512 kernel units are built with -mfma");
+/// xsimd's fma3<avx2> under a name of each unit's own (internal linkage): with fma3<avx2>
+/// itself, an xsimd inline function that a unit does not inline would be one weak symbol in the
+/// AVX2 and the AVX-512 units, the linker keeping one unit's copy for both
+/// (tests/check_weak_symbols.cmake).
+struct avx2_within_avx512 : xsimd::fma3<xsimd::avx2> {};
+
 template <class Arch>
 struct half_width<Arch, std::enable_if_t<is_arch<Arch, xsimd::avx512f>>> {
-  using type = xsimd::fma3<xsimd::avx2>;
+  using type = avx2_within_avx512;
 };
 #endif
 
 template <class Arch>
 using half_width_arch = typename half_width<Arch>::type;
+
+}  // namespace
+}  // namespace bnorm::kernels
+
+#if XSIMD_WITH_AVX512F
+namespace xsimd::types {
+XSIMD_DECLARE_SIMD_REGISTER_ALIAS(bnorm::kernels::avx2_within_avx512, fma3<avx2>);
+}  // namespace xsimd::types
+#endif
+
+namespace bnorm::kernels {
+namespace {
 
 #if XSIMD_WITH_AVX512F
 // The float <-> double conversions go through their zero-masked forms with every lane set: the
