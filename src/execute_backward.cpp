@@ -6,6 +6,7 @@
 // dβ, when asked, take a reduce pass around the running mean. The caller's dγ and dβ are
 // written only at the end.
 #include <algorithm>
+#include <atomic>
 #include <limits>
 
 #include "execute.hpp"
@@ -86,7 +87,7 @@ class gradient_step {
         sum_dy_d_(reinterpret_cast<double*>(scratch + p_.scratch.variance)) {
     T* base = reinterpret_cast<T*>(scratch + p_.scratch.coeffs);
     const std::size_t stride = p_.scratch.coeff_stride;
-    coeffs_ = {base, base + stride, base + 2 * stride, base + 3 * stride};
+    coeffs_ = {base, base + stride, base + 2 * stride, base + 3 * stride, base + 4 * stride};
     readable_ = coeffs_;
   }
 
@@ -208,8 +209,13 @@ class gradient_step {
 
   gradient_reduce<S> reduce() const { return {kern_, src_, diff_dst_, center_, p_.period}; }
   gradient_map<S> map() const {
-    return {kern_,     src_,      diff_dst_,
-            diff_src_, p_.period, {readable_, streams_into(diff_src_, p_.stream_training_stores)}};
+    return {kern_,
+            src_,
+            diff_dst_,
+            diff_src_,
+            p_.period,
+            {readable_, prescaled_.load(std::memory_order_relaxed),
+             streams_into(diff_src_, p_.stream_training_stores)}};
   }
 
   /// dγ (in place of Σdy·(x − mean)) and the dx coefficients of channels [c0, c1).
@@ -228,14 +234,19 @@ class gradient_step {
     in.gamma = at(args_.scale);
     in.sum_dy = sum_dy_ + c0;
     in.sum_dy_d = sum_dy_d_ + c0;
-    kern_.channel_gradients(in, diff_src_ ? &coeffs_ : nullptr, c0);
+    // Blocks run in parallel: an OR in any order. A block's map reads its own channels'
+    // prescales whatever the flag says of others.
+    if (kern_.channel_gradients(in, diff_src_ ? &coeffs_ : nullptr, c0)) {
+      prescaled_.store(true, std::memory_order_relaxed);
+    }
   }
 
-  /// Per slot for interleaved passes, zeros past the period (see replicate_slots).
+  /// Per slot for interleaved passes, zeros past the period (prescale 1; see replicate_slots).
   void replicate_coefficients() const {
     for (T* a : {coeffs_.center, coeffs_.dy_scale, coeffs_.x_scale, coeffs_.shift}) {
       replicate_slots(a, p_.channels, p_.period, T(0));
     }
+    replicate_slots(coeffs_.prescale, p_.channels, p_.period, T(1));
   }
 
   const plan_impl& plan_;
@@ -253,6 +264,7 @@ class gradient_step {
   double* sum_dy_d_;
   kernels::gradient_coefficients<T> coeffs_;
   kernels::gradient_coefficients<const T> readable_;
+  mutable std::atomic<bool> prescaled_{false};  // some channel's prescale is not 1
 };
 
 /// dy through the plan's activation into `out`: elementwise, in parallel chunks (the result

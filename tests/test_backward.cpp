@@ -458,6 +458,86 @@ TEST_P(Backward, OrderOfTheDataDoesNotMatter) {
   }
 }
 
+// Channels whose dx coefficient x_scale = −γ·inv_std²·Σdy·(x − mean)/M leaves float while dx
+// does not, beside ordinary ones: a spread of 1e-25 (inv_std 1e25, given by the caller: x_scale
+// ~1e50, dx ~1e25); a spread of 1e-6 around 4 with γ 1e30 (x_scale ~1e41: times 2^127 the mean
+// would overflow); a spread of 1e18 with γ 1e-5 (x_scale ~1e-41, subnormal: 13 bits left).
+// Every channel's dx within 1e-6 of its scale, max |dx| or max |γ·inv_std·dy| (its terms', which
+// cancel to far less on a channel of three values), whatever the layout and schedule.
+TEST_P(Backward, CoefficientsBeyondFloatKeepDxExact) {
+  struct spread_case {
+    bnorm::tensor_shape shape;
+    layout l;
+  };
+  const spread_case cases[] = {
+      {{3, 5}, layout::channels_last},
+      {{64, 8}, layout::channels_last},
+      {{4, 8, 100}, layout::channels_first},
+      {{4, 8, 100}, layout::channels_last},
+      {{2, 8, 7, 7}, layout::channels_first},
+      {{1, 48, 7, 7}, layout::channels_first},
+      {{32, 4, 130, 130}, layout::channels_first},
+      {{4096, 48}, layout::channels_last},
+  };
+  struct channel_kind {
+    double mean, spread, gamma;  // gamma 0: a normal draw
+  };
+  const channel_kind kinds[] = {
+      {3.0, 1.0, 0.0}, {3e-25, 1e-25, 0.0}, {4.0, 1e-6, 1e30}, {3e18, 1e18, 1e-5}};
+  for (const spread_case& k : cases) {
+    const geometry g(k.shape);
+    std::vector<float> x = normal_data<float>(g.elements(), 0.0, 1.0, 40);
+    const auto dy = normal_data<float>(g.elements(), 0.0, 1.0, 41);
+    std::vector<float> gamma = normal_data<float>(g.c, 1.0, 0.5, 42);
+    for (std::size_t c = 0; c < g.c; ++c) {
+      const channel_kind& kind = kinds[c % 4];
+      if (kind.gamma != 0.0) gamma[c] = static_cast<float>(kind.gamma);
+      for (std::size_t n = 0; n < g.n; ++n)
+        for (std::size_t i = 0; i < g.spatial; ++i) {
+          float& v = x[g.offset(k.l, n, c, i)];
+          v = static_cast<float>(kind.mean + v * kind.spread);
+        }
+    }
+    // The statistics in float64 from the data, rounded to float, as a caller saves them.
+    std::vector<float> mean(g.c), inv_std(g.c);
+    for (std::size_t c = 0; c < g.c; ++c) {
+      long double sum = 0, sq = 0;
+      for (std::size_t n = 0; n < g.n; ++n)
+        for (std::size_t i = 0; i < g.spatial; ++i) sum += x[g.offset(k.l, n, c, i)];
+      const long double m = sum / (g.n * g.spatial);
+      for (std::size_t n = 0; n < g.n; ++n)
+        for (std::size_t i = 0; i < g.spatial; ++i) {
+          const long double d = x[g.offset(k.l, n, c, i)] - m;
+          sq += d * d;
+        }
+      mean[c] = static_cast<float>(m);
+      inv_std[c] = static_cast<float>(1 / std::sqrt(sq / (g.n * g.spatial)));
+    }
+    const bnorm::plan plan = make(k.shape, k.l, bnorm::dtype::f32);
+    const auto [dx, dgamma, dbeta] =
+        all_gradients(plan, statistics::saved_inv_std, x, dy, gamma, mean, inv_std);
+    const std::vector<double> inv(inv_std.begin(), inv_std.end());
+    const reference_gradients ref = reference_backward(x, dy, k.shape, k.l, mean, inv, gamma, true);
+    const std::string name =
+        shape_name(k.shape) + (k.l == layout::channels_first ? "_nchw" : "_nhwc");
+    for (std::size_t c = 0; c < g.c; ++c) {
+      const double dy_scale = std::fabs(static_cast<double>(gamma[c]) * inv[c]);
+      double largest = 0.0, worst = 0.0;
+      for (std::size_t n = 0; n < g.n; ++n)
+        for (std::size_t i = 0; i < g.spatial; ++i) {
+          const std::size_t at = g.offset(k.l, n, c, i);
+          largest = std::max({largest, std::fabs(ref.dx[at]), std::fabs(dy[at] * dy_scale)});
+          const double e = std::fabs(static_cast<double>(dx[at]) - ref.dx[at]);
+          if (!(e <= worst)) worst = e;
+        }
+      EXPECT_LE(worst, 1e-6 * largest)
+          << name << " channel " << c << " spread " << kinds[c % 4].spread;
+    }
+    EXPECT_LE(worst_relative(dgamma, ref.dgamma, ref.abs_dgamma), 1e-6) << name;
+    EXPECT_LE(worst_relative(dbeta, ref.dbeta, ref.abs_dbeta), 1e-6) << name;
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(AllIsas, Backward, testing::ValuesIn(isas_under_test()), isa_param_name);
 
 // As PyTorch: an empty batch gives an empty dx and zero dγ, dβ.

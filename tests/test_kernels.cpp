@@ -598,9 +598,11 @@ TYPED_TEST(KernelTester, GradientSumsOverTails) {
 /// dx coefficients of `n` channels (slots), padded by one widest vector.
 template <class T>
 struct gradient_buffers {
-  std::vector<T> center, dy_scale, x_scale, shift;
-  explicit gradient_buffers(std::size_t n) {
+  std::vector<T> center, dy_scale, x_scale, shift, prescale;
+  /// `prescaled`: every other channel's prescale 1/4 (center·1/4, x_scale·4) or 4 (x_scale/4).
+  explicit gradient_buffers(std::size_t n, bool prescaled = false) {
     const std::size_t padded = n + 64 / sizeof(T);
+    prescale.assign(padded, T(1));
     center.assign(padded, T(0));
     dy_scale.assign(padded, T(0));
     x_scale.assign(padded, T(0));
@@ -610,13 +612,27 @@ struct gradient_buffers {
       dy_scale[j] = T(0.5) + T(j % 7) * T(0.125);
       x_scale[j] = T(-0.25) + T(j % 3) * T(0.125);
       shift[j] = T(j % 3) - T(1);
+      if (prescaled && j % 4 == 1) {
+        prescale[j] = T(0.25);
+        center[j] *= T(0.25);
+        x_scale[j] *= T(4);
+      }
+      if (prescaled && j % 4 == 3) {
+        prescale[j] = T(4);
+        x_scale[j] *= T(0.25);
+      }
     }
   }
   kernels::gradient_coefficients<const T> view() const {
-    return {center.data(), dy_scale.data(), x_scale.data(), shift.data()};
+    return {center.data(), dy_scale.data(), x_scale.data(), shift.data(), prescale.data()};
+  }
+  kernels::gradient_coefficients<T> writable() {
+    return {center.data(), dy_scale.data(), x_scale.data(), shift.data(), prescale.data()};
   }
   long double at(std::size_t j, long double x, long double dy) const {
-    return dy * dy_scale[j] + (x - center[j]) * static_cast<long double>(x_scale[j]) + shift[j];
+    const long double h = prescale[j];
+    return dy * dy_scale[j] + (x * std::min(h, 1.0L) - center[j]) * std::max(h, 1.0L) * x_scale[j] +
+           shift[j];
   }
 };
 
@@ -654,7 +670,7 @@ TYPED_TEST(KernelTester, CenteredMapsRoundAsTheirExpression) {
                             {len, planes, stride, channels}, params, 0);
           const gradient_buffers<T> g(channels);
           k.plane_gradient(x.data() + offset, dy.data() + offset, dx.data() + offset,
-                           {len, planes, stride, channels}, {g.view(), stream}, 0);
+                           {len, planes, stride, channels}, {g.view(), false, stream}, 0);
           for (std::size_t at = 0; at < planes * stride; ++at) {
             if (at % stride >= channels * len) continue;
             const std::size_t c = at % stride / len, i = offset + at;
@@ -680,28 +696,30 @@ TYPED_TEST(KernelTester, GradientMapOverTailsStoresAndInPlace) {
     for (std::size_t len : lengths(v)) {
       for (std::size_t planes : {1, 2}) {
         for (bool stream : {false, true}) {
-          for (bool in_place : {false, true}) {
-            const std::size_t channels = 3, offset = 1, stride = channels * len + 5;
-            const std::vector<T> x = this->data(offset + planes * stride + 8, 1.0, 1.0, len);
-            const std::vector<T> dy = this->data(x.size(), 0.0, 1.0, len + 9);
-            std::vector<T> dx = in_place ? dy : std::vector<T>(x.size(), T(-77));
-            const gradient_buffers<T> coeffs(channels);
-            const kernels::gradient_params<T> params{coeffs.view(), stream};
-            k.plane_gradient(x.data() + offset, (in_place ? dx : dy).data() + offset,
-                             dx.data() + offset, {len, planes, stride, channels}, params, 0);
-            for (std::size_t i = 0; i < dx.size(); ++i) {
-              const std::size_t at = i - offset;
-              const bool written =
-                  i >= offset && at % stride < channels * len && at / stride < planes;
-              if (!written) {
-                ASSERT_EQ(dx[i], in_place ? dy[i] : T(-77)) << "wrote outside at " << i;
-                continue;
+          for (bool in_place : {false, true})
+            for (bool prescaled : {false, true}) {
+              const std::size_t channels = 3, offset = 1, stride = channels * len + 5;
+              const std::vector<T> x = this->data(offset + planes * stride + 8, 1.0, 1.0, len);
+              const std::vector<T> dy = this->data(x.size(), 0.0, 1.0, len + 9);
+              std::vector<T> dx = in_place ? dy : std::vector<T>(x.size(), T(-77));
+              const gradient_buffers<T> coeffs(channels, prescaled);
+              const kernels::gradient_params<T> params{coeffs.view(), prescaled, stream};
+              k.plane_gradient(x.data() + offset, (in_place ? dx : dy).data() + offset,
+                               dx.data() + offset, {len, planes, stride, channels}, params, 0);
+              for (std::size_t i = 0; i < dx.size(); ++i) {
+                const std::size_t at = i - offset;
+                const bool written =
+                    i >= offset && at % stride < channels * len && at / stride < planes;
+                if (!written) {
+                  ASSERT_EQ(dx[i], in_place ? dy[i] : T(-77)) << "wrote outside at " << i;
+                  continue;
+                }
+                const long double want = coeffs.at(at % stride / len, x[i], dy[i]);
+                ASSERT_NEAR(dx[i], (double)want, bound * (1 + std::fabs((double)want)))
+                    << "len " << len << " planes " << planes << " stream " << stream
+                    << " prescaled " << prescaled << " at " << i;
               }
-              const long double want = coeffs.at(at % stride / len, x[i], dy[i]);
-              ASSERT_NEAR(dx[i], (double)want, bound * (1 + std::fabs((double)want)))
-                  << "len " << len << " planes " << planes << " stream " << stream << " at " << i;
             }
-          }
         }
       }
     }
@@ -709,27 +727,29 @@ TYPED_TEST(KernelTester, GradientMapOverTailsStoresAndInPlace) {
       for (std::size_t extra : {0, 3}) {
         for (std::size_t rows : {1, 4, 9}) {
           for (bool stream : {false, true}) {
-            for (bool in_place : {false, true}) {
-              const std::size_t stride = width + extra, offset = extra ? 1 : 0;
-              const std::vector<T> x = this->data(offset + rows * stride + 8, 1.0, 1.0, width);
-              const std::vector<T> dy = this->data(x.size(), 0.0, 1.0, width + 13);
-              std::vector<T> dx = in_place ? dy : std::vector<T>(x.size(), T(-77));
-              const gradient_buffers<T> coeffs(width);
-              const kernels::gradient_params<T> params{coeffs.view(), stream};
-              k.interleaved_gradient(x.data() + offset, (in_place ? dx : dy).data() + offset,
-                                     dx.data() + offset, {rows, width, stride}, params, 0);
-              for (std::size_t i = 0; i < dx.size(); ++i) {
-                const std::size_t at = i - offset;
-                const bool written = i >= offset && at % stride < width && at / stride < rows;
-                if (!written) {
-                  ASSERT_EQ(dx[i], in_place ? dy[i] : T(-77)) << "wrote outside at " << i;
-                  continue;
+            for (bool in_place : {false, true})
+              for (bool prescaled : {false, true}) {
+                const std::size_t stride = width + extra, offset = extra ? 1 : 0;
+                const std::vector<T> x = this->data(offset + rows * stride + 8, 1.0, 1.0, width);
+                const std::vector<T> dy = this->data(x.size(), 0.0, 1.0, width + 13);
+                std::vector<T> dx = in_place ? dy : std::vector<T>(x.size(), T(-77));
+                const gradient_buffers<T> coeffs(width, prescaled);
+                const kernels::gradient_params<T> params{coeffs.view(), prescaled, stream};
+                k.interleaved_gradient(x.data() + offset, (in_place ? dx : dy).data() + offset,
+                                       dx.data() + offset, {rows, width, stride}, params, 0);
+                for (std::size_t i = 0; i < dx.size(); ++i) {
+                  const std::size_t at = i - offset;
+                  const bool written = i >= offset && at % stride < width && at / stride < rows;
+                  if (!written) {
+                    ASSERT_EQ(dx[i], in_place ? dy[i] : T(-77)) << "wrote outside at " << i;
+                    continue;
+                  }
+                  const long double want = coeffs.at(at % stride, x[i], dy[i]);
+                  ASSERT_NEAR(dx[i], (double)want, bound * (1 + std::fabs((double)want)))
+                      << "width " << width << " rows " << rows << " stream " << stream
+                      << " prescaled " << prescaled;
                 }
-                const long double want = coeffs.at(at % stride, x[i], dy[i]);
-                ASSERT_NEAR(dx[i], (double)want, bound * (1 + std::fabs((double)want)))
-                    << "width " << width << " rows " << rows << " stream " << stream;
               }
-            }
           }
         }
       }
@@ -764,9 +784,8 @@ TYPED_TEST(KernelTester, ChannelGradientsOverTails) {
         in.gamma = gamma.data();
         in.sum_dy = sum_dy.data();
         in.sum_dy_d = dgamma.data();
-        kernels::gradient_coefficients<T> out(all.center.data(), all.dy_scale.data(),
-                                              all.x_scale.data(), all.shift.data());
-        k.channel_gradients(in, &out, 0);
+        const kernels::gradient_coefficients<T> out = all.writable();
+        EXPECT_FALSE(k.channel_gradients(in, &out, 0));
         for (std::size_t c = 0; c < n; ++c) {
           gradient_buffers<T> one(1);
           std::vector<double> one_sum = {sums[c]};
@@ -777,14 +796,14 @@ TYPED_TEST(KernelTester, ChannelGradientsOverTails) {
           (from_variance ? single.variance : single.inv_std) += c;
           single.sum_dy += c;
           single.sum_dy_d = one_sum.data();
-          kernels::gradient_coefficients<T> one_out(one.center.data(), one.dy_scale.data(),
-                                                    one.x_scale.data(), one.shift.data());
+          const kernels::gradient_coefficients<T> one_out = one.writable();
           k.channel_gradients(single, &one_out, 0);
           EXPECT_EQ(dgamma[c], one_sum[0]) << c;
           EXPECT_EQ(all.dy_scale[c], one.dy_scale[0]) << c;
           EXPECT_EQ(all.x_scale[c], one.x_scale[0]) << c;
           EXPECT_EQ(all.shift[c], one.shift[0]) << c;
           EXPECT_EQ(all.center[c], mean[c]) << c;
+          EXPECT_EQ(all.prescale[c], T(1)) << c;
           const long double i = from_variance ? 1 / std::sqrt((long double)var[c] + 1e-5L) : inv[c];
           EXPECT_NEAR(dgamma[c], (double)(sums[c] * i), 1e-14 * (1 + std::fabs(dgamma[c])));
           const long double a = gamma[c] * i;
@@ -794,6 +813,68 @@ TYPED_TEST(KernelTester, ChannelGradientsOverTails) {
           EXPECT_NEAR(all.shift[c], (double)(-a * sum_dy[c] / 50),
                       4 * tolerance<T>() * (1 + std::fabs((double)(a * sum_dy[c] / 50))));
         }
+      }
+    }
+  });
+}
+
+// Channels whose x_scale leaves T (1/std of 2^±(0.4·max_exponent): x_scale near 2^±(1.2·
+// max_exponent)) take a prescale: a power of two h, x_scale/h, the center times h where h < 1,
+// which give x_scale back to T's precision; the vector and the scalar channels agree to the bit.
+TYPED_TEST(KernelTester, ChannelGradientsPrescaleExtremeChannels) {
+  using T = TypeParam;
+  if (std::is_same_v<T, double>) {
+    GTEST_SKIP() << "float64 coefficients are computed in float64: none is beyond it";
+  }
+  constexpr int wide = std::numeric_limits<T>::max_exponent * 2 / 5;
+  this->for_each_isa([&](const kernels::kernel_set<T>& k, std::size_t v) {
+    for (std::size_t n : lengths(v)) {
+      const std::vector<T> mean = this->data(n, 3.0, 2.0, n),
+                           gamma = this->data(n, 1.0, 0.5, n + 1);
+      std::vector<T> inv(n);
+      for (std::size_t c = 0; c < n; ++c) {
+        inv[c] = c % 3 == 0 ? T(0.75) : static_cast<T>(std::ldexp(1.0, c % 3 == 1 ? wide : -wide));
+      }
+      const std::vector<double> sum_dy = normal_data<double>(n, 0.0, 3.0, n + 2);
+      std::vector<double> dgamma = normal_data<double>(n, 0.0, 3.0, n + 3);
+      const std::vector<double> sums = dgamma;
+      gradient_buffers<T> all(n);
+      kernels::gradient_channels<T> in;
+      in.channels = n;
+      in.count = 50;
+      in.mean = mean.data();
+      in.inv_std = inv.data();
+      in.gamma = gamma.data();
+      in.sum_dy = sum_dy.data();
+      in.sum_dy_d = dgamma.data();
+      const kernels::gradient_coefficients<T> out = all.writable();
+      EXPECT_EQ(k.channel_gradients(in, &out, 0), n >= 2) << n;
+      for (std::size_t c = 0; c < n; ++c) {
+        gradient_buffers<T> one(1);
+        std::vector<double> one_sum = {sums[c]};
+        kernels::gradient_channels<T> single = in;
+        single.channels = 1;
+        single.mean += c;
+        single.gamma += c;
+        single.inv_std += c;
+        single.sum_dy += c;
+        single.sum_dy_d = one_sum.data();
+        const kernels::gradient_coefficients<T> one_out = one.writable();
+        EXPECT_EQ(k.channel_gradients(single, &one_out, 0), c % 3 != 0) << c;
+        EXPECT_EQ(all.center[c], one.center[0]) << c;
+        EXPECT_EQ(all.dy_scale[c], one.dy_scale[0]) << c;
+        EXPECT_EQ(all.x_scale[c], one.x_scale[0]) << c;
+        EXPECT_EQ(all.shift[c], one.shift[0]) << c;
+        EXPECT_EQ(all.prescale[c], one.prescale[0]) << c;
+        const long double h = all.prescale[c];
+        int exponent = 0;
+        EXPECT_EQ(std::frexp(static_cast<double>(h), &exponent), 0.5) << c;  // a power of two
+        EXPECT_EQ(h == 1, c % 3 == 0) << c;
+        EXPECT_EQ(all.center[c], static_cast<T>(mean[c] * std::min(h, 1.0L))) << c;
+        const long double i = inv[c], a = gamma[c] * i, x_scale = -a * i * (sums[c] * i) / 50;
+        EXPECT_NEAR(static_cast<double>(all.x_scale[c] * h / x_scale), 1.0, 4 * tolerance<T>())
+            << c;
+        EXPECT_NEAR(all.dy_scale[c], (double)a, 4 * tolerance<T>() * std::fabs((double)a));
       }
     }
   });

@@ -151,6 +151,26 @@ double prescale_for(double center, double scale) noexcept {
   return magnitude <= 0.5 * largest ? 0.5 : 1.0;
 }
 
+/// The prescale h of a dx coefficient (see gradient_coefficients): prescale_for's, at most 1,
+/// but for an x_scale beyond T's range: there a power of two h > 1 with x_scale/h in [1, 2),
+/// as far as T holds h, and the kernels multiply x − center by it. x − center is exact near
+/// the center, and (x − center)·h overflows only where the term (x − center)·x_scale does,
+/// whatever the center: prescale_for's x·h − center·h would overflow for any center above
+/// T's largest/h (a mean of 4 with a spread of 1e-6 and γ 1e30). Where x − center can
+/// overflow as well, any other x than the center gives a term beyond T: x_scale saturates.
+template <class T>
+double gradient_prescale_for(double center, double x_scale) noexcept {
+  using limits = std::numeric_limits<T>;
+  const double magnitude = std::fabs(x_scale);
+  if (!(magnitude > static_cast<double>(limits::max())) || !std::isfinite(x_scale)) {
+    return prescale_for<T>(center, x_scale);
+  }
+  if (std::fabs(center) >= overflowing_center<T>()) return 1.0;
+  int exponent = 0;
+  std::frexp(x_scale, &exponent);  // |x_scale| = m·2^exponent, m in [1/2, 1)
+  return std::fmin(std::ldexp(1.0, exponent - 1), std::ldexp(1.0, limits::max_exponent - 1));
+}
+
 /// Channel `at`'s coefficients (see store_coefficients). The arrays come with the index to
 /// write at, not as a view made for the call: the view's pointers, stored just before and
 /// loaded together in the callee, would stall store-to-load forwarding at every call.
@@ -288,15 +308,42 @@ bool inference_coefficients(std::size_t channels, double eps, const T* mean, con
 // The backward: dx = γ·inv_std·(dy − Σdy/M − (x − mean)·inv_std²·Σdy·(x − mean)/M), written as
 // dx = dy·a + (x − mean)·b + e with a = γ·inv_std, b = −a·inv_std·(dγ/M), e = −a·(Σdy/M) and
 // dγ = inv_std·Σdy·(x − mean): x − mean is exact near the mean (as the forward's x − center), and
-// no term cancels against a large one when |mean| ≫ std.
+// no term cancels against a large one when |mean| ≫ std. b grows as inv_std³ while the
+// x − mean it multiplies shrinks as std: b can pass T's largest value where dx does not, and
+// then takes a prescale (gradient_prescale_for), as do a subnormal b and a mean whose x − mean
+// can overflow.
 template <class Arch, class T>
-void channel_gradients(const gradient_channels<T>& in, const gradient_coefficients<T>* out,
+bool channel_gradients(const gradient_channels<T>& in, const gradient_coefficients<T>* out,
                        std::size_t first) noexcept {
   using dvec = xsimd::batch<double, Arch>;
   constexpr std::size_t lanes = dvec::size;
   // Products by 1/count, as channel_moments.
   const double per_value = 1.0 / in.count;
+  const auto inv_std_of = [&in](std::size_t c) {
+    return in.inv_std ? static_cast<double>(in.inv_std[c])
+                      : 1.0 / std::sqrt(static_cast<double>(in.variance[c]) + in.epsilon);
+  };
+  bool prescaled = false;
+  // Channel c's dx coefficients from its 1/std and dγ: the vector loop's operations, then the
+  // saturation and the prescale.
+  const auto coefficients_of = [&](std::size_t c, double inv, double dgamma) {
+    const double a = in.gamma ? static_cast<double>(in.gamma[c]) * inv : inv;
+    const double x_scale = -(a * inv) * (dgamma * per_value);
+    const T center = in.mean[c];
+    const double h = gradient_prescale_for<T>(center, x_scale);
+    const std::size_t at = first + c;
+    // Exact: h is a power of two. A prescale above 1 multiplies x − center, not x.
+    out->center[at] = h >= 1.0 ? center : static_cast<T>(static_cast<double>(center) * h);
+    out->dy_scale[at] = saturate_scalar<T>(a);
+    out->x_scale[at] = saturate_scalar<T>(h == 1.0 ? x_scale : x_scale / h);
+    out->shift[at] = saturate_scalar<T>(-a * (in.sum_dy[c] * per_value));
+    out->prescale[at] = static_cast<T>(h);
+    prescaled = prescaled || h != 1.0;
+  };
   const dvec per_value_v(per_value), eps(in.epsilon), unit(1.0);
+  const dvec largest(static_cast<double>(std::numeric_limits<T>::max())),
+      least(static_cast<double>(std::numeric_limits<T>::min())),
+      overflowing(overflowing_center<T>());
   std::size_t c = 0;
   for (; c + lanes <= in.channels; c += lanes) {
     const dvec inv = in.inv_std ? load_as_f64<Arch>(in.inv_std + c)
@@ -305,27 +352,30 @@ void channel_gradients(const gradient_channels<T>& in, const gradient_coefficien
     dgamma.store_unaligned(in.sum_dy_d + c);
     if (out == nullptr) continue;
     const dvec a = in.gamma ? load_as_f64<Arch>(in.gamma + c) * inv : inv;
+    const dvec center = load_as_f64<Arch>(in.mean + c);
+    const dvec x_scale = -(a * inv) * (dgamma * per_value_v);
     const std::size_t at = first + c;
-    store_as<Arch>(out->center + at, load_as_f64<Arch>(in.mean + c));
+    store_as<Arch>(out->center + at, center);
     store_as<Arch>(out->dy_scale + at, saturate_to<Arch, T>(a));
-    store_as<Arch>(out->x_scale + at, saturate_to<Arch, T>(-(a * inv) * (dgamma * per_value_v)));
+    store_as<Arch>(out->x_scale + at, x_scale);
     store_as<Arch>(out->shift + at,
                    saturate_to<Arch, T>(-a * (dvec::load_unaligned(in.sum_dy + c) * per_value_v)));
+    store_as<Arch>(out->prescale + at, unit);
+    // The lanes prescale_for might not give 1 (or that saturate): the scalar code again.
+    const dvec magnitude = xsimd::abs(x_scale);
+    const auto extreme = (xsimd::abs(center) >= overflowing) | (magnitude >= largest) |
+                         ((magnitude < least) & (x_scale != dvec(0.0)));
+    if (xsimd::any(extreme)) {
+      for (std::size_t k = c; k < c + lanes; ++k) coefficients_of(k, inv_std_of(k), in.sum_dy_d[k]);
+    }
   }
   for (; c < in.channels; ++c) {  // the same operations, one channel
-    const double inv = in.inv_std
-                           ? static_cast<double>(in.inv_std[c])
-                           : 1.0 / std::sqrt(static_cast<double>(in.variance[c]) + in.epsilon);
+    const double inv = inv_std_of(c);
     const double dgamma = in.sum_dy_d[c] * inv;
     in.sum_dy_d[c] = dgamma;
-    if (out == nullptr) continue;
-    const double a = in.gamma ? static_cast<double>(in.gamma[c]) * inv : inv;
-    const std::size_t at = first + c;
-    out->center[at] = in.mean[c];
-    out->dy_scale[at] = saturate_scalar<T>(a);
-    out->x_scale[at] = saturate_scalar<T>(-(a * inv) * (dgamma * per_value));
-    out->shift[at] = saturate_scalar<T>(-a * (in.sum_dy[c] * per_value));
+    if (out != nullptr) coefficients_of(c, inv, dgamma);
   }
+  return prescaled;
 }
 
 template <class Arch, class T>

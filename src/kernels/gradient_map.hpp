@@ -1,8 +1,9 @@
 // The backward's map kernels: dx from x, dy and per-channel (per-slot) coefficients,
-// dx = dy·dy_scale + (x − center)·x_scale + shift, over planes or interleaved rows, with ordinary
-// or streaming stores. Two inputs and one output at the same offsets; dx may be dy (in place):
-// every vector of x and dy is loaded before the dx vector at its place is stored. Part of the
-// kernels compiled once per ISA: include only from kernels_impl.hpp.
+// dx = dy·dy_scale + (x·min(h, 1) − center)·max(h, 1)·x_scale + shift (h the prescale, 1 but
+// for extreme channels: see gradient_coefficients), over planes or interleaved rows, with
+// ordinary or streaming stores. Two inputs and one output at the same offsets; dx may be dy (in
+// place): every vector of x and dy is loaded before the dx vector at its place is stored. Part of
+// the kernels compiled once per ISA: include only from kernels_impl.hpp.
 #pragma once
 
 #include <cstddef>
@@ -25,6 +26,19 @@ template <class Arch, class T>
     const xsimd::batch<T, Arch>& center, const xsimd::batch<T, Arch>& dy_scale,
     const xsimd::batch<T, Arch>& x_scale, const xsimd::batch<T, Arch>& shift) noexcept {
   return fmadd(dy, dy_scale, fnmadd(center - x, x_scale, shift));
+}
+
+/// gradient_of for extreme channels: dy·dy_scale + ((x·min(h, 1) − center)·max(h, 1)·x_scale
+/// + shift), h the prescale. With h = 1 the same bits but for the sign of a zero.
+template <class Arch, class T>
+[[gnu::always_inline]] inline xsimd::batch<T, Arch> prescaled_gradient_of(
+    const xsimd::batch<T, Arch>& x, const xsimd::batch<T, Arch>& dy,
+    const xsimd::batch<T, Arch>& center, const xsimd::batch<T, Arch>& dy_scale,
+    const xsimd::batch<T, Arch>& x_scale, const xsimd::batch<T, Arch>& shift,
+    const xsimd::batch<T, Arch>& prescale) noexcept {
+  const xsimd::batch<T, Arch> one(T(1));
+  const auto deviation = fms(x, at_most(prescale, one), center) * at_least(prescale, one);
+  return fmadd(dy, dy_scale, fmadd(deviation, x_scale, shift));
 }
 
 /// dx[j] for j in [begin, end) with ordinary stores, f(j, x vector, dy vector) giving the vector
@@ -136,25 +150,22 @@ void gradient_contiguous_planes(const S* src, const S* diff_dst, S* diff_src, st
 template <class Arch, class S>
 void plane_gradient(const S* src, const S* diff_dst, S* diff_src, const plane_block& block,
                     const gradient_params<compute_t<S>>& params, std::size_t first) noexcept {
-  using vec = xsimd::batch<compute_t<S>, Arch>;
+  using T = compute_t<S>;
+  using vec = xsimd::batch<T, Arch>;
   const std::size_t len = block.len, planes = block.planes, stride = block.stride;
   const std::size_t channels = block.channels;
-  const gradient_coefficients<const compute_t<S>>& k = params.coeffs;
+  const gradient_coefficients<const T>& k = params.coeffs;
   const bool stream = params.stream && element_aligned(diff_src);
+  const bool extreme = params.prescaled && !all_one<Arch>(k.prescale + first, channels);
   // Planes of 1,024 values or more keep the general loop: GCC 12 gives the contiguous one two
-  // register copies a step there ((1,64,112,112) backward: 1,932,967 instructions a call
-  // against 1,889,470, `bash scripts/instruction_counts.sh`).
-  if (planes == 1 && !stream && len >= vec::size && len < 1024) {
+  // register copies a step there (docs/design.md).
+  if (!extreme && planes == 1 && !stream && len >= vec::size && len < 1024) {
     gradient_contiguous_planes<Arch>(src, diff_dst, diff_src, len, channels, k.center + first,
                                      k.dy_scale + first, k.x_scale + first, k.shift + first);
     return;
   }
-  for (std::size_t ch = 0; ch < channels; ++ch) {
-    const std::size_t at = first + ch;
-    const vec c(k.center[at]), a(k.dy_scale[at]), b(k.x_scale[at]), e(k.shift[at]);
-    const auto f = [c, a, b, e](std::size_t, const vec& x, const vec& g) {
-      return gradient_of(x, g, c, a, b, e);
-    };
+  // Channel ch's planes through f(j, x vector, dy vector).
+  const auto channel_planes = [&](std::size_t ch, auto f) {
     for (std::size_t p = 0; p < planes; ++p) {
       const std::size_t offset = ch * len + p * stride;
       const S* x = src + offset;
@@ -171,6 +182,20 @@ void plane_gradient(const S* src, const S* diff_dst, S* diff_src, const plane_bl
       const vec tail = f(last, load_elements<Arch>(x + last), load_elements<Arch>(g + last));
       gradient_store_run<Arch>(x, g, y, 0, (last + vec::size - 1) / vec::size * vec::size, f);
       store_elements<Arch>(y + last, tail);
+    }
+  };
+  for (std::size_t ch = 0; ch < channels; ++ch) {
+    const std::size_t at = first + ch;
+    const vec c(k.center[at]), a(k.dy_scale[at]), b(k.x_scale[at]), e(k.shift[at]);
+    if (extreme && k.prescale[at] != T(1)) {
+      const vec h(k.prescale[at]);
+      channel_planes(ch, [c, a, b, e, h](std::size_t, const vec& x, const vec& g) {
+        return prescaled_gradient_of(x, g, c, a, b, e, h);
+      });
+    } else {
+      channel_planes(ch, [c, a, b, e](std::size_t, const vec& x, const vec& g) {
+        return gradient_of(x, g, c, a, b, e);
+      });
     }
   }
   if (stream) stream_fence<Arch>();
@@ -214,6 +239,23 @@ void interleaved_gradient(const S* src, const S* diff_dst, S* diff_src, const ro
   const T* dy_scale = k.dy_scale + first;
   const T* x_scale = k.x_scale + first;
   const T* shift = k.shift + first;
+  const T* prescale = k.prescale + first;
+  if (params.prescaled && !all_one<Arch>(prescale, width)) {
+    // Extreme slots: the general form for the block, a row at a time.
+    const auto f = [center, dy_scale, x_scale, shift, prescale](std::size_t j, const vec& x,
+                                                                const vec& g) {
+      return prescaled_gradient_of(x, g, vec::load_unaligned(center + j),
+                                   vec::load_unaligned(dy_scale + j),
+                                   vec::load_unaligned(x_scale + j), vec::load_unaligned(shift + j),
+                                   vec::load_unaligned(prescale + j));
+    };
+    for (std::size_t r = 0; r < rows; ++r) {
+      const std::size_t offset = r * stride;
+      gradient_run<Arch>(src + offset, diff_dst + offset, diff_src + offset, width, stream, f);
+    }
+    if (stream) stream_fence<Arch>();
+    return;
+  }
   const auto f = [center, dy_scale, x_scale, shift](std::size_t j, const vec& x, const vec& g) {
     return gradient_of(x, g, vec::load_unaligned(center + j), vec::load_unaligned(dy_scale + j),
                        vec::load_unaligned(x_scale + j), vec::load_unaligned(shift + j));

@@ -99,21 +99,35 @@ struct normalize_params {
 };
 
 /// The backward's per-channel (per-slot) coefficients, one array each:
-/// dx = dy·dy_scale + (x − center)·x_scale + shift. Training: center the saved mean,
-/// dy_scale = γ·inv_std, x_scale = −γ·inv_std²·Σdy·(x − mean)/M, shift = −γ·inv_std·Σdy/M.
+/// dx = dy·dy_scale + (x·min(h, 1) − center)·max(h, 1)·x_scale + shift, h the prescale.
+/// Training: center the saved mean, dy_scale = γ·inv_std, x_scale = −γ·inv_std²·Σdy·(x −
+/// mean)/M, shift = −γ·inv_std·Σdy/M, and h = 1 but for extreme channels: an x_scale beyond T
+/// whose product with a small x − mean is not (a variance far below 1) takes h > 1 and
+/// x_scale/h; a subnormal x_scale, or a mean whose x − mean could overflow, takes the
+/// forward's h < 1 (see coefficients), with center·h and x_scale/h.
 template <class Value>
 struct gradient_coefficients {
   Value* center = nullptr;
   Value* dy_scale = nullptr;
   Value* x_scale = nullptr;
   Value* shift = nullptr;
+  Value* prescale = nullptr;
 
   gradient_coefficients() noexcept = default;
-  gradient_coefficients(Value* center_, Value* dy_scale_, Value* x_scale_, Value* shift_) noexcept
-      : center(center_), dy_scale(dy_scale_), x_scale(x_scale_), shift(shift_) {}
+  gradient_coefficients(Value* center_, Value* dy_scale_, Value* x_scale_, Value* shift_,
+                        Value* prescale_) noexcept
+      : center(center_),
+        dy_scale(dy_scale_),
+        x_scale(x_scale_),
+        shift(shift_),
+        prescale(prescale_) {}
   template <class Other>
   gradient_coefficients(const gradient_coefficients<Other>& o) noexcept  // NOLINT: implicit
-      : center(o.center), dy_scale(o.dy_scale), x_scale(o.x_scale), shift(o.shift) {}
+      : center(o.center),
+        dy_scale(o.dy_scale),
+        x_scale(o.x_scale),
+        shift(o.shift),
+        prescale(o.prescale) {}
 };
 
 /// The per-channel arithmetic of the forward statistics, in float64 and in place, channels
@@ -137,10 +151,12 @@ struct moment_channels {
   double max_offset_squared = 0;
 };
 
-/// How the backward's dx is written, the same for every call of a pass (see normalize_params).
+/// How the backward's dx is written, the same for every call of a pass (see normalize_params):
+/// `prescaled` says whether some channel's prescale may differ from 1.
 template <class T>
 struct gradient_params {
   gradient_coefficients<const T> coeffs;
+  bool prescaled = false;
   bool stream = false;
 };
 
@@ -229,9 +245,10 @@ struct kernel_set {
   /// values (out may be dy).
   void (*activation_mask)(const S* dy, const S* y, S* out, std::size_t n, T lo, T hi) noexcept;
   /// dγ in place of the sums (see gradient_channels), and, unless `out` is null, the dx
-  /// coefficients of training, to index first + c of its arrays; values beyond T's range
-  /// saturate to its largest.
-  void (*channel_gradients)(const gradient_channels<T>& in, const gradient_coefficients<T>* out,
+  /// coefficients of training, to index first + c of its arrays: the prescale of extreme
+  /// channels as channel_coefficients' (see gradient_coefficients), and values beyond T's range
+  /// saturated to its largest. Returns whether some prescale is not 1.
+  bool (*channel_gradients)(const gradient_channels<T>& in, const gradient_coefficients<T>* out,
                             std::size_t first) noexcept;
   /// Per channel: out[c] = in[c] rounded to T (the batch statistics the caller asked for).
   void (*narrow)(std::size_t channels, const double* in, T* out) noexcept;
