@@ -245,6 +245,42 @@ void inference_at_the_edges(const Edges& test, bnorm::isa isa) {
   (void)test;
 }
 
+// A scale beyond T (γ = largest/64 over sqrt(eps): 4.9 times T's largest) around means from
+// 1/2 to 1000, x within a few ulps of the mean: y = (x − mean)·scale is finite (up to 2.6e35)
+// though the scale is not, and the mean times the power of two that brings the scale back
+// would overflow; each y within the relative bound, none saturated. Float only: float64
+// coefficients are computed in float64, where such a scale overflows (as in PyTorch).
+template <class T>
+void inference_scale_beyond_the_range(bnorm::isa isa) {
+  const T gamma_value = largest<T> / 64;
+  const std::vector<T> mean = {T(4), T(-2), T(0.5), T(1000)};
+  const std::vector<T> var(4, T(0)), gamma(4, gamma_value);
+  for (layout l : {layout::channels_first, layout::channels_last}) {
+    const bnorm::tensor_shape shape{3, 4, 9};
+    const geometry g(shape);
+    std::vector<T> x(g.elements());
+    for (std::size_t n = 0; n < g.n; ++n)
+      for (std::size_t c = 0; c < g.c; ++c)
+        for (std::size_t i = 0; i < g.spatial; ++i) {
+          T v = mean[c];
+          const int ulps = static_cast<int>((n * g.spatial + i) % 9) - 4;
+          for (int k = 0; k < std::abs(ulps); ++k) {
+            v = std::nextafter(v, ulps > 0 ? largest<T> : -largest<T>);
+          }
+          x[g.offset(l, n, c, i)] = v;
+        }
+    bnorm::plan_options opts;
+    opts.max_isa = isa;
+    const bnorm::plan plan = make_plan_or_fail({shape, l, dtype_of<T>()}, opts);
+    SCOPED_TRACE(l == layout::channels_last ? "channels_last" : "channels_first");
+    check_inference<T>(plan, x, shape, l, mean, var, gamma, true);
+  }
+}
+
+TEST_P(Edges, InferenceScaleBeyondTheFloatRange) {
+  inference_scale_beyond_the_range<float>(GetParam());
+}
+
 TEST_P(Edges, InferenceAtTheLargestFloat) {
   inference_at_the_edges<float>(*this, GetParam());
 }

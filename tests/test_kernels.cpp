@@ -189,10 +189,16 @@ struct coefficient_buffers {
       center[j] = form == 0 ? T(0) : T(1) + T(j % 5) * T(0.25);
       scale[j] = T(0.5) + T(j % 7) * T(0.125);
       shift[j] = T(j % 3) - T(1);
-      if (form == 2 && j % 3 == 1) {  // an extreme channel: a power-of-two prescale
+      // Extreme channels: a power-of-two prescale below 1 (it multiplies x and the center)
+      // or above (it multiplies x − center).
+      if (form == 2 && j % 3 == 1) {
         prescale[j] = T(0.25);
         center[j] = center[j] * T(0.25);
         scale[j] = scale[j] * T(4);
+      }
+      if (form == 2 && j % 6 == 2) {
+        prescale[j] = T(4);
+        scale[j] = scale[j] * T(0.25);
       }
     }
   }
@@ -200,7 +206,8 @@ struct coefficient_buffers {
     return {center.data(), scale.data(), shift.data(), prescale.data()};
   }
   long double at(std::size_t j, long double x) const {
-    return (x * prescale[j] - center[j]) * static_cast<long double>(scale[j]) + shift[j];
+    const long double h = prescale[j];
+    return (x * std::min(h, 1.0L) - center[j]) * std::max(h, 1.0L) * scale[j] + shift[j];
   }
 };
 

@@ -123,52 +123,40 @@ constexpr double overflowing_center() noexcept {
   return value;
 }
 
-/// The prescale of a channel (see kernels::coefficients): 1 unless x − center could overflow
-/// or the scale is outside T's normal range. Then a power of two h with scale/h in [1, 2), as
-/// far as T holds h: at least T's least normal value (x·h and center·h stay exact near the
-/// center), at most its largest power of two; at most 1/2 where the center overflows, so that
-/// x·h − center·h cannot. A scale beyond T (1/std of subnormal data with eps 0) keeps the
-/// prescale 1, and saturates, where center·h would overflow or h cannot bring it into range.
+/// The prescale h of a channel (see kernels::coefficients): 1 unless x − center could overflow
+/// or the scale is outside T's normal range. A scale beyond T takes a power of two h > 1 with
+/// scale/h in [1, 2), as far as T holds h, and the kernels multiply x − center by it: x − center
+/// is exact near the center, and (x − center)·h overflows only where (x − center)·scale does,
+/// whatever the center (x·h − center·h would overflow for any center above T's largest/h: a
+/// mean of 4 with γ 1e36). Where x − center can overflow as well, any x but the center gives a
+/// result beyond T: the scale keeps h = 1 and saturates. Otherwise a power of two h < 1 that
+/// multiplies x and the center: with scale/h in [1, 2) for a subnormal scale, at least T's least
+/// normal value (x·h and center·h stay exact near the center); at most 1/2 where the center
+/// overflows, so that x·h − center·h cannot.
 template <class T>
 double prescale_for(double center, double scale) noexcept {
   using limits = std::numeric_limits<T>;
   const double least = static_cast<double>(limits::min());
   const double largest = static_cast<double>(limits::max());
-  const double largest_power = std::ldexp(1.0, limits::max_exponent - 1);
   const double magnitude = std::fabs(scale);
   const bool wide = std::fabs(center) >= overflowing_center<T>();
   const bool subnormal_scale = scale != 0.0 && magnitude < least;
   const bool huge_scale = magnitude > largest;
   if (!(wide || subnormal_scale || huge_scale) || !std::isfinite(scale)) return 1.0;
+  if (huge_scale && wide) return 1.0;
   int exponent = 0;
   std::frexp(scale, &exponent);  // |scale| = m·2^exponent, m in [1/2, 1)
-  const double h = std::fmin(std::fmax(std::ldexp(1.0, exponent - 1), least), largest_power);
-  if (huge_scale) {
-    const bool fits = !wide && std::fabs(center) * h <= largest && magnitude / h <= largest;
-    return fits ? h : 1.0;
-  }
-  if (magnitude < 1.0) return h;
+  const double h = std::ldexp(1.0, exponent - 1);
+  if (huge_scale) return std::fmin(h, std::ldexp(1.0, limits::max_exponent - 1));
+  if (magnitude < 1.0) return std::fmax(h, least);
   return magnitude <= 0.5 * largest ? 0.5 : 1.0;
 }
 
-/// The prescale h of a dx coefficient (see gradient_coefficients): prescale_for's, at most 1,
-/// but for an x_scale beyond T's range: there a power of two h > 1 with x_scale/h in [1, 2),
-/// as far as T holds h, and the kernels multiply x − center by it. x − center is exact near
-/// the center, and (x − center)·h overflows only where the term (x − center)·x_scale does,
-/// whatever the center: prescale_for's x·h − center·h would overflow for any center above
-/// T's largest/h (a mean of 4 with a spread of 1e-6 and γ 1e30). Where x − center can
-/// overflow as well, any other x than the center gives a term beyond T: x_scale saturates.
+/// The center as the kernels take it with prescale h: multiplied by h where h < 1 (exact: a
+/// power of two), itself where h ≥ 1 (see prescale_for).
 template <class T>
-double gradient_prescale_for(double center, double x_scale) noexcept {
-  using limits = std::numeric_limits<T>;
-  const double magnitude = std::fabs(x_scale);
-  if (!(magnitude > static_cast<double>(limits::max())) || !std::isfinite(x_scale)) {
-    return prescale_for<T>(center, x_scale);
-  }
-  if (std::fabs(center) >= overflowing_center<T>()) return 1.0;
-  int exponent = 0;
-  std::frexp(x_scale, &exponent);  // |x_scale| = m·2^exponent, m in [1/2, 1)
-  return std::fmin(std::ldexp(1.0, exponent - 1), std::ldexp(1.0, limits::max_exponent - 1));
+T prescaled_center(T center, double h) noexcept {
+  return h >= 1.0 ? center : static_cast<T>(static_cast<double>(center) * h);
 }
 
 /// Channel `at`'s coefficients (see store_coefficients). The arrays come with the index to
@@ -180,8 +168,7 @@ void store_coefficients_scalar(double mean, double inv_std, double scale, double
   const T center = folds(mean, inv_std) ? T(0) : static_cast<T>(mean);
   const double residual = mean - static_cast<double>(center);
   const double h = prescale_for<T>(center, scale);
-  // Exact: h is a power of two (and h = 1 for all but extreme channels).
-  out.center[at] = h == 1.0 ? center : static_cast<T>(static_cast<double>(center) * h);
+  out.center[at] = prescaled_center(center, h);
   out.scale[at] = saturate_scalar<T>(h == 1.0 ? scale : scale / h);
   out.shift[at] = saturate_scalar<T>(beta - residual * scale);
   out.prescale[at] = static_cast<T>(h);
@@ -310,8 +297,8 @@ bool inference_coefficients(std::size_t channels, double eps, const T* mean, con
 // dγ = inv_std·Σdy·(x − mean): x − mean is exact near the mean (as the forward's x − center), and
 // no term cancels against a large one when |mean| ≫ std. b grows as inv_std³ while the
 // x − mean it multiplies shrinks as std: b can pass T's largest value where dx does not, and
-// then takes a prescale (gradient_prescale_for), as do a subnormal b and a mean whose x − mean
-// can overflow.
+// then takes a prescale (prescale_for), as do a subnormal b and a mean whose x − mean can
+// overflow.
 template <class Arch, class T>
 bool channel_gradients(const gradient_channels<T>& in, const gradient_coefficients<T>* out,
                        std::size_t first) noexcept {
@@ -330,10 +317,9 @@ bool channel_gradients(const gradient_channels<T>& in, const gradient_coefficien
     const double a = in.gamma ? static_cast<double>(in.gamma[c]) * inv : inv;
     const double x_scale = -(a * inv) * (dgamma * per_value);
     const T center = in.mean[c];
-    const double h = gradient_prescale_for<T>(center, x_scale);
+    const double h = prescale_for<T>(center, x_scale);
     const std::size_t at = first + c;
-    // Exact: h is a power of two. A prescale above 1 multiplies x − center, not x.
-    out->center[at] = h >= 1.0 ? center : static_cast<T>(static_cast<double>(center) * h);
+    out->center[at] = prescaled_center(center, h);
     out->dy_scale[at] = saturate_scalar<T>(a);
     out->x_scale[at] = saturate_scalar<T>(h == 1.0 ? x_scale : x_scale / h);
     out->shift[at] = saturate_scalar<T>(-a * (in.sum_dy[c] * per_value));

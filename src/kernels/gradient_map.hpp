@@ -36,9 +36,7 @@ template <class Arch, class T>
     const xsimd::batch<T, Arch>& center, const xsimd::batch<T, Arch>& dy_scale,
     const xsimd::batch<T, Arch>& x_scale, const xsimd::batch<T, Arch>& shift,
     const xsimd::batch<T, Arch>& prescale) noexcept {
-  const xsimd::batch<T, Arch> one(T(1));
-  const auto deviation = fms(x, at_most(prescale, one), center) * at_least(prescale, one);
-  return fmadd(dy, dy_scale, fmadd(deviation, x_scale, shift));
+  return fmadd(dy, dy_scale, fmadd(prescaled_deviation(x, center, prescale), x_scale, shift));
 }
 
 /// dx[j] for j in [begin, end) with ordinary stores, f(j, x vector, dy vector) giving the vector

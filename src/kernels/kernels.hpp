@@ -24,11 +24,13 @@ inline double max_pivot_offset_squared(double count) noexcept {
 }
 
 /// The per-channel (channels-last: per-slot) normalization coefficients, one array each:
-/// y = (x·prescale − center)·scale + shift. The prescale is 1 for all but extreme channels, and
-/// then the expression is (x − center)·scale + shift exactly. Where x − center could overflow
-/// (a center of at least half an ulp of the largest finite value) or the scale is outside T's
-/// normal range, the prescale is a power of two that keeps x·prescale − center finite and the scale
-/// normal: the same result, rounded once more at most. `Value` is T or const T.
+/// y = (x·min(h, 1) − center)·max(h, 1)·scale + shift, h the prescale. h is 1 for all but
+/// extreme channels, and then the expression is (x − center)·scale + shift exactly. Where x −
+/// center could overflow (a center of at least half an ulp of the largest finite value) or the
+/// scale is outside T's normal range, h is a power of two (see prescale_for) that keeps the
+/// deviation finite and the scale normal: h < 1 multiplies x and the center, h > 1 (a scale
+/// beyond T) the difference; the same result, rounded once more at most. `Value` is T or
+/// const T.
 template <class Value>
 struct coefficients {
   Value* center = nullptr;
@@ -101,10 +103,9 @@ struct normalize_params {
 /// The backward's per-channel (per-slot) coefficients, one array each:
 /// dx = dy·dy_scale + (x·min(h, 1) − center)·max(h, 1)·x_scale + shift, h the prescale.
 /// Training: center the saved mean, dy_scale = γ·inv_std, x_scale = −γ·inv_std²·Σdy·(x −
-/// mean)/M, shift = −γ·inv_std·Σdy/M, and h = 1 but for extreme channels: an x_scale beyond T
-/// whose product with a small x − mean is not (a variance far below 1) takes h > 1 and
-/// x_scale/h; a subnormal x_scale, or a mean whose x − mean could overflow, takes the
-/// forward's h < 1 (see coefficients), with center·h and x_scale/h.
+/// mean)/M, shift = −γ·inv_std·Σdy/M, and x_scale's prescale as a scale's (see coefficients):
+/// x_scale grows as inv_std³ while the x − mean it multiplies shrinks as std, so it can pass
+/// T's largest value where dx does not.
 template <class Value>
 struct gradient_coefficients {
   Value* center = nullptr;
@@ -179,7 +180,7 @@ struct gradient_channels {
 /// Pure loops over caller-validated memory. They assert nothing, allocate nothing, never throw.
 /// Statistics accumulate values relative to a pivot, d = x − pivot, in float64: sum += Σd,
 /// sum_sq += Σd².
-/// Normalization computes y = (x·prescale − center)·scale + shift (see coefficients), with the
+/// Normalization computes y = (x − center)·scale + shift (prescaled: see coefficients), with the
 /// center the mean rounded to T (x·a + b with the mean folded into b would cancel when
 /// |mean| ≫ std), written as normalize_params say.
 template <class S>

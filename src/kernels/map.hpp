@@ -1,4 +1,4 @@
-// Map kernels: every element from its channel's coefficients, y = (x·h − center)·scale + shift,
+// Map kernels: every element from its channel's coefficients, y = (x − center)·scale + shift,
 // over planes or interleaved rows, with ordinary or streaming stores. The data is of a storage
 // type S, loaded and stored through the storage layer (storage.hpp) and computed in
 // T = compute_t<S>, the type of the coefficients. Part of the kernels compiled once per ISA:
@@ -30,9 +30,20 @@ xsimd::batch<T, Arch> normalize(const xsimd::batch<T, Arch>& x, const xsimd::bat
   return fnmadd(center - x, scale, shift);
 }
 
-/// The three forms of y = (x·prescale − center)·scale + shift: with every prescale 1 and every
-/// center +0 (two coefficient streams), with every prescale 1 (three), and the general one of
-/// extreme channels (four). Each drops only operations that change no bit.
+/// x − center for a channel with prescale h (see kernels::coefficients): x·h − center where
+/// h < 1 (the center is the mean times h), (x − center)·h where h > 1, x − center where h = 1.
+/// One expression for the three: (x·min(h, 1) − center)·max(h, 1).
+template <class Arch, class T>
+[[gnu::always_inline]] inline xsimd::batch<T, Arch> prescaled_deviation(
+    const xsimd::batch<T, Arch>& x, const xsimd::batch<T, Arch>& center,
+    const xsimd::batch<T, Arch>& prescale) noexcept {
+  const xsimd::batch<T, Arch> one(T(1));
+  return fms(x, at_most(prescale, one), center) * at_least(prescale, one);
+}
+
+/// The three forms of y = (x − center)·scale + shift: with every prescale 1 and every center
+/// +0 (two coefficient streams), with every prescale 1 (three), and the general one of extreme
+/// channels (four: see prescaled_deviation). Each drops only operations that change no bit.
 enum class form { uncentered, centered, prescaled };
 
 template <form Form, class Arch, class T>
@@ -42,7 +53,7 @@ template <form Form, class Arch, class T>
     const xsimd::batch<T, Arch>& prescale) noexcept {
   if (Form == form::uncentered) return fmadd(x, scale, shift);
   if (Form == form::centered) return normalize(x, center, scale, shift);
-  return fmadd(fms(x, prescale, center), scale, shift);
+  return fmadd(prescaled_deviation(x, center, prescale), scale, shift);
 }
 
 // What a map kernel writes: the normalized value through an epilogue (see kernels::epilogue).

@@ -10,12 +10,14 @@
 //   scripts/fuzz.sh 60        (clang-14, ASan + UBSan, the committed seed corpus)
 #include <fuzzer/FuzzedDataProvider.h>
 
+#include <cfloat>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "bnorm/bnorm.hpp"
@@ -199,9 +201,12 @@ void run(FuzzedDataProvider& in, const bnorm::plan& plan, const bnorm::problem& 
         var > 1e300) {
       continue;  // a non-finite channel: any output is PyTorch's answer too
     }
-    if (std::fabs(w * inv) > static_cast<double>(std::numeric_limits<T>::max())) {
-      continue;  // gamma/sqrt(var + eps) beyond T: the scale saturates (documented)
-    }
+    // gamma/sqrt(var + eps) beyond 2^127 times float's range saturates, and beyond double's
+    // overflows in double's coefficient math (documented); within, a prescale brings it back.
+    const double scale_limit = std::is_same_v<T, float>
+                                   ? std::ldexp(static_cast<double>(FLT_MAX), 127)
+                                   : std::numeric_limits<double>::max();
+    if (std::fabs(w * inv) > scale_limit) continue;
     for (std::size_t n = 0; n < g.n; ++n)
       for (std::size_t i = 0; i < g.s; ++i) {
         const std::size_t at = g.at(prob.layout, n, c, i);
