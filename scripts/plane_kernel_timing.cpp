@@ -70,7 +70,7 @@ int main(int argc, char** argv) {
   kernels::normalize_params<float> normalize;
   normalize.coeffs = {zeros.data(), ones.data(), zeros.data(), ones.data()};
   kernels::gradient_params<float> gradient;
-  gradient.coeffs = {zeros.data(), ones.data(), zeros.data(), zeros.data(), ones.data()};
+  gradient.coeffs = {zeros.data(), ones.data(), zeros.data(), zeros.data(), ones.data(), ones.data()};
   const int calls =
       static_cast<int>(std::max<std::size_t>(1, 2000000 / std::max<std::size_t>(n, 1)));
   for (int round = 0; round < 3; ++round) {

@@ -87,7 +87,12 @@ class gradient_step {
         sum_dy_d_(reinterpret_cast<double*>(scratch + p_.scratch.variance)) {
     T* base = reinterpret_cast<T*>(scratch + p_.scratch.coeffs);
     const std::size_t stride = p_.scratch.coeff_stride;
-    coeffs_ = {base, base + stride, base + 2 * stride, base + 3 * stride, base + 4 * stride};
+    coeffs_ = {base,
+               base + stride,
+               base + 2 * stride,
+               base + 3 * stride,
+               base + 4 * stride,
+               base + 5 * stride};
     readable_ = coeffs_;
   }
 
@@ -247,6 +252,7 @@ class gradient_step {
       replicate_slots(a, p_.channels, p_.period, T(0));
     }
     replicate_slots(coeffs_.prescale, p_.channels, p_.period, T(1));
+    replicate_slots(coeffs_.dy_prescale, p_.channels, p_.period, T(1));
   }
 
   const plan_impl& plan_;

@@ -101,7 +101,7 @@ bool lay_out_scratch(partition& p) {
   };
   const std::size_t pad = 64 / p.value_size;  // one vector of the widest ISA
   s.coeff_stride = round_up((p.kind == traversal::planes ? p.channels : p.period) + pad, pad);
-  s.coeffs = take(bytes_of(5 * s.coeff_stride, p.value_size));
+  s.coeffs = take(bytes_of(6 * s.coeff_stride, p.value_size));
   s.inference_bytes = offset;
   s.scale = take(bytes_of(p.channels, sizeof(double)));
   s.pivot_count = p.kind == traversal::planes ? p.channels : p.period;

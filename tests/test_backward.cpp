@@ -461,7 +461,8 @@ TEST_P(Backward, OrderOfTheDataDoesNotMatter) {
 // Channels whose dx coefficient x_scale = −γ·inv_std²·Σdy·(x − mean)/M leaves float while dx
 // does not, beside ordinary ones: a spread of 1e-25 (inv_std 1e25, given by the caller: x_scale
 // ~1e50, dx ~1e25); a spread of 1e-6 around 4 with γ 1e30 (x_scale ~1e41: times 2^127 the mean
-// would overflow); a spread of 1e18 with γ 1e-5 (x_scale ~1e-41, subnormal: 13 bits left).
+// would overflow); a spread of 1e18 with γ 1e-5 (x_scale ~1e-41, subnormal: 13 bits left); a
+// spread of 1e-10 with γ 1e30 and dy ~1e-10 (γ·inv_std ~1e40 too: dy·γ·inv_std ~1e30).
 // Every channel's dx within 1e-6 of its scale, max |dx| or max |γ·inv_std·dy| (its terms', which
 // cancel to far less on a channel of three values), whatever the layout and schedule.
 TEST_P(Backward, CoefficientsBeyondFloatKeepDxExact) {
@@ -476,26 +477,32 @@ TEST_P(Backward, CoefficientsBeyondFloatKeepDxExact) {
       {{4, 8, 100}, layout::channels_last},
       {{2, 8, 7, 7}, layout::channels_first},
       {{1, 48, 7, 7}, layout::channels_first},
-      {{32, 4, 130, 130}, layout::channels_first},
+      {{32, 5, 130, 130}, layout::channels_first},
       {{4096, 48}, layout::channels_last},
   };
   struct channel_kind {
     double mean, spread, gamma;  // gamma 0: a normal draw
+    double dy;                   // dy's standard deviation
   };
-  const channel_kind kinds[] = {
-      {3.0, 1.0, 0.0}, {3e-25, 1e-25, 0.0}, {4.0, 1e-6, 1e30}, {3e18, 1e18, 1e-5}};
+  const channel_kind kinds[] = {{3.0, 1.0, 0.0, 1.0},
+                                {3e-25, 1e-25, 0.0, 1.0},
+                                {4.0, 1e-6, 1e30, 1.0},
+                                {3e18, 1e18, 1e-5, 1.0},
+                                {3e-10, 1e-10, 1e30, 1e-10}};
+  constexpr std::size_t kind_count = sizeof(kinds) / sizeof(kinds[0]);
   for (const spread_case& k : cases) {
     const geometry g(k.shape);
     std::vector<float> x = normal_data<float>(g.elements(), 0.0, 1.0, 40);
-    const auto dy = normal_data<float>(g.elements(), 0.0, 1.0, 41);
+    auto dy = normal_data<float>(g.elements(), 0.0, 1.0, 41);
     std::vector<float> gamma = normal_data<float>(g.c, 1.0, 0.5, 42);
     for (std::size_t c = 0; c < g.c; ++c) {
-      const channel_kind& kind = kinds[c % 4];
+      const channel_kind& kind = kinds[c % kind_count];
       if (kind.gamma != 0.0) gamma[c] = static_cast<float>(kind.gamma);
       for (std::size_t n = 0; n < g.n; ++n)
         for (std::size_t i = 0; i < g.spatial; ++i) {
-          float& v = x[g.offset(k.l, n, c, i)];
-          v = static_cast<float>(kind.mean + v * kind.spread);
+          const std::size_t at = g.offset(k.l, n, c, i);
+          x[at] = static_cast<float>(kind.mean + x[at] * kind.spread);
+          dy[at] = static_cast<float>(dy[at] * kind.dy);
         }
     }
     // The statistics in float64 from the data, rounded to float, as a caller saves them.
@@ -531,7 +538,7 @@ TEST_P(Backward, CoefficientsBeyondFloatKeepDxExact) {
           if (!(e <= worst)) worst = e;
         }
       EXPECT_LE(worst, 1e-6 * largest)
-          << name << " channel " << c << " spread " << kinds[c % 4].spread;
+          << name << " channel " << c << " spread " << kinds[c % kind_count].spread;
     }
     EXPECT_LE(worst_relative(dgamma, ref.dgamma, ref.abs_dgamma), 1e-6) << name;
     EXPECT_LE(worst_relative(dbeta, ref.dbeta, ref.abs_dbeta), 1e-6) << name;

@@ -605,11 +605,13 @@ TYPED_TEST(KernelTester, GradientSumsOverTails) {
 /// dx coefficients of `n` channels (slots), padded by one widest vector.
 template <class T>
 struct gradient_buffers {
-  std::vector<T> center, dy_scale, x_scale, shift, prescale;
-  /// `prescaled`: every other channel's prescale 1/4 (center·1/4, x_scale·4) or 4 (x_scale/4).
+  std::vector<T> center, dy_scale, x_scale, shift, prescale, dy_prescale;
+  /// `prescaled`: every other channel's prescale 1/4 (center·1/4, x_scale·4) or 4 (x_scale/4),
+  /// and every third one's dy prescale 4 or 1/4 (dy_scale divided by it).
   explicit gradient_buffers(std::size_t n, bool prescaled = false) {
     const std::size_t padded = n + 64 / sizeof(T);
     prescale.assign(padded, T(1));
+    dy_prescale.assign(padded, T(1));
     center.assign(padded, T(0));
     dy_scale.assign(padded, T(0));
     x_scale.assign(padded, T(0));
@@ -628,18 +630,24 @@ struct gradient_buffers {
         prescale[j] = T(4);
         x_scale[j] *= T(0.25);
       }
+      if (prescaled && j % 3 != 0) {
+        dy_prescale[j] = j % 3 == 1 ? T(4) : T(0.25);
+        dy_scale[j] /= dy_prescale[j];
+      }
     }
   }
   kernels::gradient_coefficients<const T> view() const {
-    return {center.data(), dy_scale.data(), x_scale.data(), shift.data(), prescale.data()};
+    return {center.data(), dy_scale.data(), x_scale.data(),
+            shift.data(),  prescale.data(), dy_prescale.data()};
   }
   kernels::gradient_coefficients<T> writable() {
-    return {center.data(), dy_scale.data(), x_scale.data(), shift.data(), prescale.data()};
+    return {center.data(), dy_scale.data(), x_scale.data(),
+            shift.data(),  prescale.data(), dy_prescale.data()};
   }
   long double at(std::size_t j, long double x, long double dy) const {
     const long double h = prescale[j];
-    return dy * dy_scale[j] + (x * std::min(h, 1.0L) - center[j]) * std::max(h, 1.0L) * x_scale[j] +
-           shift[j];
+    return dy * dy_prescale[j] * dy_scale[j] +
+           (x * std::min(h, 1.0L) - center[j]) * std::max(h, 1.0L) * x_scale[j] + shift[j];
   }
 };
 
@@ -814,6 +822,7 @@ TYPED_TEST(KernelTester, ChannelGradientsOverTails) {
           const long double i = from_variance ? 1 / std::sqrt((long double)var[c] + 1e-5L) : inv[c];
           EXPECT_NEAR(dgamma[c], (double)(sums[c] * i), 1e-14 * (1 + std::fabs(dgamma[c])));
           const long double a = gamma[c] * i;
+          EXPECT_EQ(all.dy_prescale[c], T(1)) << c;
           EXPECT_NEAR(all.dy_scale[c], (double)a, 4 * tolerance<T>() * std::fabs((double)a));
           EXPECT_NEAR(all.x_scale[c], (double)(-a * i * (sums[c] * i) / 50),
                       4 * tolerance<T>() * (1 + std::fabs((double)(a * i * sums[c] * i / 50))));
@@ -827,7 +836,8 @@ TYPED_TEST(KernelTester, ChannelGradientsOverTails) {
 
 // Channels whose x_scale leaves T (1/std of 2^±(0.4·max_exponent): x_scale near 2^±(1.2·
 // max_exponent)) take a prescale: a power of two h, x_scale/h, the center times h where h < 1,
-// which give x_scale back to T's precision; the vector and the scalar channels agree to the bit.
+// which give x_scale back to T's precision; where γ·inv_std leaves T too (γ of 2^±(0.64·
+// max_exponent)), dy_scale takes its own, g. The vector and the scalar channels agree to the bit.
 TYPED_TEST(KernelTester, ChannelGradientsPrescaleExtremeChannels) {
   using T = TypeParam;
   if (std::is_same_v<T, double>) {
@@ -836,11 +846,13 @@ TYPED_TEST(KernelTester, ChannelGradientsPrescaleExtremeChannels) {
   constexpr int wide = std::numeric_limits<T>::max_exponent * 2 / 5;
   this->for_each_isa([&](const kernels::kernel_set<T>& k, std::size_t v) {
     for (std::size_t n : lengths(v)) {
-      const std::vector<T> mean = this->data(n, 3.0, 2.0, n),
-                           gamma = this->data(n, 1.0, 0.5, n + 1);
-      std::vector<T> inv(n);
+      const std::vector<T> mean = this->data(n, 3.0, 2.0, n);
+      std::vector<T> gamma = this->data(n, 1.0, 0.5, n + 1), inv(n);
+      const auto dy_extreme = [](std::size_t c) { return c % 6 >= 4; };
       for (std::size_t c = 0; c < n; ++c) {
-        inv[c] = c % 3 == 0 ? T(0.75) : static_cast<T>(std::ldexp(1.0, c % 3 == 1 ? wide : -wide));
+        const int sign = c % 3 == 1 ? 1 : -1;
+        inv[c] = c % 3 == 0 ? T(0.75) : static_cast<T>(std::ldexp(1.0, sign * wide));
+        if (dy_extreme(c)) gamma[c] = static_cast<T>(std::ldexp(1.0, sign * wide * 8 / 5));
       }
       const std::vector<double> sum_dy = normal_data<double>(n, 0.0, 3.0, n + 2);
       std::vector<double> dgamma = normal_data<double>(n, 0.0, 3.0, n + 3);
@@ -881,7 +893,11 @@ TYPED_TEST(KernelTester, ChannelGradientsPrescaleExtremeChannels) {
         const long double i = inv[c], a = gamma[c] * i, x_scale = -a * i * (sums[c] * i) / 50;
         EXPECT_NEAR(static_cast<double>(all.x_scale[c] * h / x_scale), 1.0, 4 * tolerance<T>())
             << c;
-        EXPECT_NEAR(all.dy_scale[c], (double)a, 4 * tolerance<T>() * std::fabs((double)a));
+        const long double g = all.dy_prescale[c];
+        EXPECT_EQ(all.dy_prescale[c], one.dy_prescale[0]) << c;
+        EXPECT_EQ(std::frexp(static_cast<double>(g), &exponent), 0.5) << c;
+        EXPECT_EQ(g != 1, dy_extreme(c)) << c;
+        EXPECT_NEAR(static_cast<double>(all.dy_scale[c] * g / a), 1.0, 4 * tolerance<T>()) << c;
       }
     }
   });

@@ -298,7 +298,7 @@ bool inference_coefficients(std::size_t channels, double eps, const T* mean, con
 // no term cancels against a large one when |mean| ≫ std. b grows as inv_std³ while the
 // x − mean it multiplies shrinks as std: b can pass T's largest value where dx does not, and
 // then takes a prescale (prescale_for), as do a subnormal b and a mean whose x − mean can
-// overflow.
+// overflow; a, the forward's scale, takes one where it leaves T's normal range.
 template <class Arch, class T>
 bool channel_gradients(const gradient_channels<T>& in, const gradient_coefficients<T>* out,
                        std::size_t first) noexcept {
@@ -317,14 +317,15 @@ bool channel_gradients(const gradient_channels<T>& in, const gradient_coefficien
     const double a = in.gamma ? static_cast<double>(in.gamma[c]) * inv : inv;
     const double x_scale = -(a * inv) * (dgamma * per_value);
     const T center = in.mean[c];
-    const double h = prescale_for<T>(center, x_scale);
+    const double h = prescale_for<T>(center, x_scale), g = prescale_for<T>(0.0, a);
     const std::size_t at = first + c;
     out->center[at] = prescaled_center(center, h);
-    out->dy_scale[at] = saturate_scalar<T>(a);
+    out->dy_scale[at] = saturate_scalar<T>(g == 1.0 ? a : a / g);
+    out->dy_prescale[at] = static_cast<T>(g);
     out->x_scale[at] = saturate_scalar<T>(h == 1.0 ? x_scale : x_scale / h);
     out->shift[at] = saturate_scalar<T>(-a * (in.sum_dy[c] * per_value));
     out->prescale[at] = static_cast<T>(h);
-    prescaled = prescaled || h != 1.0;
+    prescaled = prescaled || h != 1.0 || g != 1.0;
   };
   const dvec per_value_v(per_value), eps(in.epsilon), unit(1.0);
   const dvec largest(static_cast<double>(std::numeric_limits<T>::max())),
@@ -342,15 +343,17 @@ bool channel_gradients(const gradient_channels<T>& in, const gradient_coefficien
     const dvec x_scale = -(a * inv) * (dgamma * per_value_v);
     const std::size_t at = first + c;
     store_as<Arch>(out->center + at, center);
-    store_as<Arch>(out->dy_scale + at, saturate_to<Arch, T>(a));
+    store_as<Arch>(out->dy_scale + at, a);
     store_as<Arch>(out->x_scale + at, x_scale);
     store_as<Arch>(out->shift + at,
                    saturate_to<Arch, T>(-a * (dvec::load_unaligned(in.sum_dy + c) * per_value_v)));
     store_as<Arch>(out->prescale + at, unit);
+    store_as<Arch>(out->dy_prescale + at, unit);
     // The lanes prescale_for might not give 1 (or that saturate): the scalar code again.
-    const dvec magnitude = xsimd::abs(x_scale);
+    const dvec magnitude = xsimd::abs(x_scale), dy_magnitude = xsimd::abs(a);
     const auto extreme = (xsimd::abs(center) >= overflowing) | (magnitude >= largest) |
-                         ((magnitude < least) & (x_scale != dvec(0.0)));
+                         ((magnitude < least) & (x_scale != dvec(0.0))) |
+                         (dy_magnitude >= largest) | ((dy_magnitude < least) & (a != dvec(0.0)));
     if (xsimd::any(extreme)) {
       for (std::size_t k = c; k < c + lanes; ++k) coefficients_of(k, inv_std_of(k), in.sum_dy_d[k]);
     }

@@ -1,6 +1,6 @@
 // The backward's map kernels: dx from x, dy and per-channel (per-slot) coefficients,
-// dx = dy·dy_scale + (x·min(h, 1) − center)·max(h, 1)·x_scale + shift (h the prescale, 1 but
-// for extreme channels: see gradient_coefficients), over planes or interleaved rows, with
+// dx = dy·dy_scale + (x − center)·x_scale + shift (with prescales for extreme channels: see
+// gradient_coefficients), over planes or interleaved rows, with
 // ordinary or streaming stores. Two inputs and one output at the same offsets; dx may be dy (in
 // place): every vector of x and dy is loaded before the dx vector at its place is stored. Part of
 // the kernels compiled once per ISA: include only from kernels_impl.hpp.
@@ -28,15 +28,24 @@ template <class Arch, class T>
   return fmadd(dy, dy_scale, fnmadd(center - x, x_scale, shift));
 }
 
-/// gradient_of for extreme channels: dy·dy_scale + ((x·min(h, 1) − center)·max(h, 1)·x_scale
-/// + shift), h the prescale. With h = 1 the same bits but for the sign of a zero.
+/// gradient_of for extreme channels: dy·g·dy_scale + ((x·min(h, 1) − center)·max(h, 1)·x_scale
+/// + shift), h the prescale and g the dy prescale. With h = g = 1 the same bits but for the
+/// sign of a zero.
 template <class Arch, class T>
 [[gnu::always_inline]] inline xsimd::batch<T, Arch> prescaled_gradient_of(
     const xsimd::batch<T, Arch>& x, const xsimd::batch<T, Arch>& dy,
     const xsimd::batch<T, Arch>& center, const xsimd::batch<T, Arch>& dy_scale,
     const xsimd::batch<T, Arch>& x_scale, const xsimd::batch<T, Arch>& shift,
-    const xsimd::batch<T, Arch>& prescale) noexcept {
-  return fmadd(dy, dy_scale, fmadd(prescaled_deviation(x, center, prescale), x_scale, shift));
+    const xsimd::batch<T, Arch>& prescale, const xsimd::batch<T, Arch>& dy_prescale) noexcept {
+  return fmadd(dy * dy_prescale, dy_scale,
+               fmadd(prescaled_deviation(x, center, prescale), x_scale, shift));
+}
+
+/// Whether some of the n channels (slots) from `first` has a prescale other than 1.
+template <class Arch, class T>
+bool any_prescaled(const gradient_coefficients<const T>& k, std::size_t first,
+                   std::size_t n) noexcept {
+  return !all_one<Arch>(k.prescale + first, n) || !all_one<Arch>(k.dy_prescale + first, n);
 }
 
 /// dx[j] for j in [begin, end) with ordinary stores, f(j, x vector, dy vector) giving the vector
@@ -154,7 +163,7 @@ void plane_gradient(const S* src, const S* diff_dst, S* diff_src, const plane_bl
   const std::size_t channels = block.channels;
   const gradient_coefficients<const T>& k = params.coeffs;
   const bool stream = params.stream && element_aligned(diff_src);
-  const bool extreme = params.prescaled && !all_one<Arch>(k.prescale + first, channels);
+  const bool extreme = params.prescaled && any_prescaled<Arch>(k, first, channels);
   // Planes of 1,024 values or more keep the general loop: GCC 12 gives the contiguous one two
   // register copies a step there (docs/design.md).
   if (!extreme && planes == 1 && !stream && len >= vec::size && len < 1024) {
@@ -185,10 +194,10 @@ void plane_gradient(const S* src, const S* diff_dst, S* diff_src, const plane_bl
   for (std::size_t ch = 0; ch < channels; ++ch) {
     const std::size_t at = first + ch;
     const vec c(k.center[at]), a(k.dy_scale[at]), b(k.x_scale[at]), e(k.shift[at]);
-    if (extreme && k.prescale[at] != T(1)) {
-      const vec h(k.prescale[at]);
-      channel_planes(ch, [c, a, b, e, h](std::size_t, const vec& x, const vec& g) {
-        return prescaled_gradient_of(x, g, c, a, b, e, h);
+    if (extreme && (k.prescale[at] != T(1) || k.dy_prescale[at] != T(1))) {
+      const vec h(k.prescale[at]), dy_h(k.dy_prescale[at]);
+      channel_planes(ch, [c, a, b, e, h, dy_h](std::size_t, const vec& x, const vec& g) {
+        return prescaled_gradient_of(x, g, c, a, b, e, h, dy_h);
       });
     } else {
       channel_planes(ch, [c, a, b, e](std::size_t, const vec& x, const vec& g) {
@@ -237,15 +246,16 @@ void interleaved_gradient(const S* src, const S* diff_dst, S* diff_src, const ro
   const T* dy_scale = k.dy_scale + first;
   const T* x_scale = k.x_scale + first;
   const T* shift = k.shift + first;
-  const T* prescale = k.prescale + first;
-  if (params.prescaled && !all_one<Arch>(prescale, width)) {
+  if (params.prescaled && any_prescaled<Arch>(k, first, width)) {
     // Extreme slots: the general form for the block, a row at a time.
-    const auto f = [center, dy_scale, x_scale, shift, prescale](std::size_t j, const vec& x,
-                                                                const vec& g) {
-      return prescaled_gradient_of(x, g, vec::load_unaligned(center + j),
-                                   vec::load_unaligned(dy_scale + j),
-                                   vec::load_unaligned(x_scale + j), vec::load_unaligned(shift + j),
-                                   vec::load_unaligned(prescale + j));
+    const T* prescale = k.prescale + first;
+    const T* dy_prescale = k.dy_prescale + first;
+    const auto f = [center, dy_scale, x_scale, shift, prescale, dy_prescale](
+                       std::size_t j, const vec& x, const vec& g) {
+      return prescaled_gradient_of(
+          x, g, vec::load_unaligned(center + j), vec::load_unaligned(dy_scale + j),
+          vec::load_unaligned(x_scale + j), vec::load_unaligned(shift + j),
+          vec::load_unaligned(prescale + j), vec::load_unaligned(dy_prescale + j));
     };
     for (std::size_t r = 0; r < rows; ++r) {
       const std::size_t offset = r * stride;

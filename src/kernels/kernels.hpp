@@ -101,11 +101,12 @@ struct normalize_params {
 };
 
 /// The backward's per-channel (per-slot) coefficients, one array each:
-/// dx = dy·dy_scale + (x·min(h, 1) − center)·max(h, 1)·x_scale + shift, h the prescale.
-/// Training: center the saved mean, dy_scale = γ·inv_std, x_scale = −γ·inv_std²·Σdy·(x −
-/// mean)/M, shift = −γ·inv_std·Σdy/M, and x_scale's prescale as a scale's (see coefficients):
-/// x_scale grows as inv_std³ while the x − mean it multiplies shrinks as std, so it can pass
-/// T's largest value where dx does not.
+/// dx = dy·g·dy_scale + (x·min(h, 1) − center)·max(h, 1)·x_scale + shift, h the prescale and g
+/// the dy prescale. Training: center the saved mean, dy_scale = γ·inv_std, x_scale =
+/// −γ·inv_std²·Σdy·(x − mean)/M, shift = −γ·inv_std·Σdy/M, and h and g as a scale's prescale
+/// (see coefficients; g with a center of 0, so dy·g, which overflows only where dy·dy_scale
+/// does): x_scale grows as inv_std³ while the x − mean it multiplies shrinks as std, so it can
+/// pass T's largest value where dx does not; dy_scale, the forward's scale, can with a small dy.
 template <class Value>
 struct gradient_coefficients {
   Value* center = nullptr;
@@ -113,22 +114,25 @@ struct gradient_coefficients {
   Value* x_scale = nullptr;
   Value* shift = nullptr;
   Value* prescale = nullptr;
+  Value* dy_prescale = nullptr;
 
   gradient_coefficients() noexcept = default;
   gradient_coefficients(Value* center_, Value* dy_scale_, Value* x_scale_, Value* shift_,
-                        Value* prescale_) noexcept
+                        Value* prescale_, Value* dy_prescale_) noexcept
       : center(center_),
         dy_scale(dy_scale_),
         x_scale(x_scale_),
         shift(shift_),
-        prescale(prescale_) {}
+        prescale(prescale_),
+        dy_prescale(dy_prescale_) {}
   template <class Other>
   gradient_coefficients(const gradient_coefficients<Other>& o) noexcept  // NOLINT: implicit
       : center(o.center),
         dy_scale(o.dy_scale),
         x_scale(o.x_scale),
         shift(o.shift),
-        prescale(o.prescale) {}
+        prescale(o.prescale),
+        dy_prescale(o.dy_prescale) {}
 };
 
 /// The per-channel arithmetic of the forward statistics, in float64 and in place, channels
