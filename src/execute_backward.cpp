@@ -7,6 +7,7 @@
 // written only at the end.
 #include <algorithm>
 #include <atomic>
+#include <cmath>
 #include <limits>
 
 #include "execute.hpp"
@@ -144,12 +145,14 @@ class gradient_step {
     if (fused()) {
       fused_pass(plan_, [this](std::size_t c0, std::size_t c1) {
         reduce_channels(p_, reduce(), c0, c1, sum_dy_, sum_dy_d_);
+        sum_small_products_exactly(c0, c1);
       });
     } else {
       reduce_pass(plan_, reduce(), sum_, sum_sq_);
       for_each_channel_block(plan_, p_.channels_per_finalize_task,
                              [this](std::size_t c0, std::size_t c1) {
                                merge_partials(p_, c0, c1, sum_, sum_sq_, sum_dy_, sum_dy_d_);
+                               sum_small_products_exactly(c0, c1);
                              });
     }
     const std::size_t channels = p_.channels;
@@ -169,8 +172,8 @@ class gradient_step {
       std::copy(local + 1, local + 1 + channels, sum_dy_);
       std::copy(local + 1 + channels, local + 1 + 2 * channels, sum_dy_d_);
       S* const dx = diff_src_;
-      diff_src_ = nullptr;  // the sums alone: dγ in place of Σdy·(x − mean)
-      channel_math(0, channels);
+      diff_src_ = nullptr;               // the sums alone: dγ in place of Σdy·(x − mean)
+      channel_math(0, channels, false);  // (run_local took them exactly where they had to)
       diff_src_ = dx;
       std::copy(sum_dy_, sum_dy_ + channels, local_dbeta);
       std::copy(sum_dy_d_, sum_dy_d_ + channels, local_dgamma);
@@ -180,7 +183,7 @@ class gradient_step {
       count_ = summed[0];
       std::copy(summed + 1, summed + 1 + channels, sum_dy_);
       std::copy(summed + 1 + channels, summed + 1 + 2 * channels, sum_dy_d_);
-      channel_math(0, channels);
+      channel_math(0, channels, false);
       if (p_.kind == traversal::interleaved) replicate_coefficients();
       map_pass(plan_, map());
     }
@@ -212,6 +215,34 @@ class gradient_step {
     }
   }
 
+  /// Distributed training: this rank's channels whose sums hold small products (see
+  /// kernels::sums_small_products) summed again in float64 before they are exchanged.
+  void sum_small_products_exactly(std::size_t c0, std::size_t c1) const {
+    if constexpr (std::is_same_v<T, float>) {
+      for (std::size_t c = c0; c < c1; ++c) {
+        if (kernels::sums_small_products(sum_dy_d_[c])) sum_exactly(c);
+      }
+    }
+  }
+
+  /// Channel c's Σdy and Σdy·(x − mean) in float64, value by value.
+  void sum_exactly(std::size_t c) const {
+    const bool first = plan_.prob.layout == layout::channels_first;
+    const std::size_t spatial = p_.spatial, channels = p_.channels;
+    const double center = static_cast<double>(center_[c]);
+    double sum = 0.0, sum_d = 0.0;
+    for (std::size_t n = 0; n < p_.batch; ++n)
+      for (std::size_t s = 0; s < spatial; ++s) {
+        const std::size_t at =
+            first ? (n * channels + c) * spatial + s : (n * spatial + s) * channels + c;
+        const double dy = kernels::to_double(diff_dst_[at]);
+        sum += dy;
+        sum_d += dy * (kernels::to_double(src_[at]) - center);
+      }
+    sum_dy_[c] = sum;
+    sum_dy_d_[c] = sum_d;
+  }
+
   gradient_reduce<S> reduce() const { return {kern_, src_, diff_dst_, center_, p_.period}; }
   gradient_map<S> map() const {
     return {kern_,
@@ -223,9 +254,35 @@ class gradient_step {
              streams_into(diff_src_, p_.stream_training_stores)}};
   }
 
-  /// dγ (in place of Σdy·(x − mean)) and the dx coefficients of channels [c0, c1).
-  void channel_math(std::size_t c0, std::size_t c1) const {
+  /// dγ (in place of Σdy·(x − mean)) and the dx coefficients of channels [c0, c1), from sums
+  /// of this call's data (`own_data`) or of the whole distributed batch.
+  void channel_math(std::size_t c0, std::size_t c1, bool own_data = true) const {
     if (!args_.inv_std.data && !args_.var.data) return;  // dβ alone: Σdy is all it takes
+    kernels::gradient_flags flags =
+        kern_.channel_gradients(channels_of(c0, c1), diff_src_ ? &coeffs_ : nullptr, c0);
+    if (flags.small_products && own_data) {
+      // Rare: the kernel's sums were replaced by dγ = inv_std·Σdy·(x − mean); the channels
+      // whose Σ is small are summed again and their math done again, one by one.
+      for (std::size_t c = c0; c < c1; ++c) {
+        const kernels::gradient_channels<T> one = channels_of(c, c + 1);
+        const double inv =
+            one.inv_std
+                ? static_cast<double>(one.inv_std[0])
+                : 1.0 / std::sqrt(static_cast<double>(one.variance[0]) + plan_.prob.epsilon);
+        if (!kernels::sums_small_products(sum_dy_d_[c] / inv)) continue;
+        sum_exactly(c);
+        flags.prescaled =
+            kern_.channel_gradients(one, diff_src_ ? &coeffs_ : nullptr, c).prescaled ||
+            flags.prescaled;
+      }
+    }
+    // Blocks run in parallel: an OR in any order. A block's map reads its own channels'
+    // prescales whatever the flag says of others.
+    if (flags.prescaled) prescaled_.store(true, std::memory_order_relaxed);
+  }
+
+  /// The per-channel inputs of channels [c0, c1).
+  kernels::gradient_channels<T> channels_of(std::size_t c0, std::size_t c1) const {
     const auto at = [c0](const channel_input& buffer) {
       return buffer.data ? data_of<T>(buffer) + c0 : nullptr;
     };
@@ -239,11 +296,7 @@ class gradient_step {
     in.gamma = at(args_.scale);
     in.sum_dy = sum_dy_ + c0;
     in.sum_dy_d = sum_dy_d_ + c0;
-    // Blocks run in parallel: an OR in any order. A block's map reads its own channels'
-    // prescales whatever the flag says of others.
-    if (kern_.channel_gradients(in, diff_src_ ? &coeffs_ : nullptr, c0)) {
-      prescaled_.store(true, std::memory_order_relaxed);
-    }
+    return in;
   }
 
   /// Per slot for interleaved passes, zeros past the period (prescale 1; see replicate_slots).

@@ -545,6 +545,37 @@ TEST_P(Backward, CoefficientsBeyondFloatKeepDxExact) {
   }
 }
 
+// dy of a few least subnormals times x − mean of ~1,000 (products below float's normal range,
+// which keep only some of their bits in float32) and a caller's inv_std of 1e22, which brings
+// them back into dγ and dx: dγ within 1e-6 of Σ|dy·x̂|, dx within 1e-6 of its terms' scale.
+TEST_P(Backward, SubnormalProductsKeepTheirBits) {
+  for (const layout l : {layout::channels_first, layout::channels_last}) {
+    const bnorm::tensor_shape shape{16, 4, 9};
+    const geometry g(shape);
+    const auto x = normal_data<float>(g.elements(), -700.0, 1000.0, 50);
+    std::vector<float> dy = normal_data<float>(g.elements(), 0.0, 4.0, 51);
+    for (float& v : dy) v = std::round(v) * std::numeric_limits<float>::denorm_min();
+    const std::vector<float> gamma(g.c, 1.0f), mean(g.c, -749.5f), inv_std(g.c, 1e22f);
+    const bnorm::plan plan = make(shape, l, bnorm::dtype::f32);
+    const auto [dx, dgamma, dbeta] =
+        all_gradients(plan, statistics::saved_inv_std, x, dy, gamma, mean, inv_std);
+    const std::vector<double> inv(inv_std.begin(), inv_std.end());
+    const reference_gradients ref = reference_backward(x, dy, shape, l, mean, inv, gamma, true);
+    const std::string name = l == layout::channels_first ? "nchw" : "nhwc";
+    EXPECT_LE(worst_relative(dgamma, ref.dgamma, ref.abs_dgamma), 1e-6) << name;
+    EXPECT_LE(worst_relative(dbeta, ref.dbeta, ref.abs_dbeta), 1e-6) << name;
+    // The x − mean term's scale: γ·inv_std·x̂·Σ|dy·x̂|/M with |x − mean| up to ~4,000.
+    for (std::size_t c = 0; c < g.c; ++c) {
+      const double scale = 1e22 * (1e22 * 4000.0) * ref.abs_dgamma[c] / (g.n * g.spatial);
+      for (std::size_t n = 0; n < g.n; ++n)
+        for (std::size_t i = 0; i < g.spatial; ++i) {
+          const std::size_t at = g.offset(l, n, c, i);
+          ASSERT_NEAR(dx[at], ref.dx[at], 1e-6 * scale) << name << " at " << at;
+        }
+    }
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(AllIsas, Backward, testing::ValuesIn(isas_under_test()), isa_param_name);
 
 // As PyTorch: an empty batch gives an empty dx and zero dγ, dβ.

@@ -602,60 +602,6 @@ TYPED_TEST(KernelTester, GradientSumsOverTails) {
   });
 }
 
-// Σdy·(x − center) from products below float's normal range (dy a few multiples of the least
-// subnormal, x − center up to ~4,000): each within the bound of Σ|dy·(x − center)| itself,
-// which an inv_std of 1e22 carries into dx, not merely of 1 + it.
-TYPED_TEST(KernelTester, GradientSumsOfSubnormalProducts) {
-  using T = TypeParam;
-  using real = typename TestFixture::real;
-  if (std::is_same_v<T, double>) GTEST_SKIP() << "float64 products are kept in float64";
-  const auto subnormal_dy = [this](std::size_t n, std::uint64_t seed) {
-    std::vector<T> dy = this->data(n, 0.0, 4.0, seed);
-    for (T& v : dy) v = std::round(v) * std::numeric_limits<T>::denorm_min();
-    return dy;
-  };
-  this->for_each_isa([&](const kernels::kernel_set<T>& k, std::size_t v) {
-    for (std::size_t len : lengths(v)) {
-      for (std::size_t planes : {1, 3}) {
-        const std::size_t n = planes * len;
-        const std::vector<T> x = this->data(n, -700.0, 1000.0, len + planes);
-        const std::vector<T> dy = subnormal_dy(n, len * 3 + 1);
-        const T center = T(-749.5);
-        double sum = 0, sum_sq = 0;
-        k.plane_gradient_sums(x.data(), dy.data(), {len, planes, len, 1}, &center, &sum, &sum_sq);
-        real q = 0, magnitude = 0;
-        for (std::size_t i = 0; i < n; ++i) {
-          q += dy[i] * (static_cast<real>(x[i]) - center);
-          magnitude += std::fabs(dy[i] * (static_cast<real>(x[i]) - center));
-        }
-        EXPECT_NEAR(sum_sq, (double)q, tolerance<T>() * (double)magnitude)
-            << "len " << len << " planes " << planes;
-      }
-    }
-    for (std::size_t width : lengths(v)) {
-      for (std::size_t rows : {1, 17, 40}) {
-        const std::size_t n = rows * width;
-        const std::vector<T> x = this->data(n, -700.0, 1000.0, width + rows);
-        const std::vector<T> dy = subnormal_dy(n, width * rows);
-        std::vector<T> center(width + 64, T(-749.5));
-        std::vector<double> sum(width), sum_sq(width);
-        k.interleaved_gradient_sums(x.data(), dy.data(), {rows, width, width}, center.data(),
-                                    sum.data(), sum_sq.data(), kernels::sums_mode::start);
-        for (std::size_t j = 0; j < width; ++j) {
-          real q = 0, magnitude = 0;
-          for (std::size_t r = 0; r < rows; ++r) {
-            const std::size_t at = r * width + j;
-            q += dy[at] * (static_cast<real>(x[at]) - center[j]);
-            magnitude += std::fabs(dy[at] * (static_cast<real>(x[at]) - center[j]));
-          }
-          ASSERT_NEAR(sum_sq[j], (double)q, tolerance<T>() * (double)magnitude)
-              << "width " << width << " rows " << rows << " slot " << j;
-        }
-      }
-    }
-  });
-}
-
 /// dx coefficients of `n` channels (slots), padded by one widest vector.
 template <class T>
 struct gradient_buffers {
@@ -854,7 +800,7 @@ TYPED_TEST(KernelTester, ChannelGradientsOverTails) {
         in.sum_dy = sum_dy.data();
         in.sum_dy_d = dgamma.data();
         const kernels::gradient_coefficients<T> out = all.writable();
-        EXPECT_FALSE(k.channel_gradients(in, &out, 0));
+        EXPECT_FALSE(k.channel_gradients(in, &out, 0).prescaled);
         for (std::size_t c = 0; c < n; ++c) {
           gradient_buffers<T> one(1);
           std::vector<double> one_sum = {sums[c]};
@@ -921,7 +867,17 @@ TYPED_TEST(KernelTester, ChannelGradientsPrescaleExtremeChannels) {
       in.sum_dy = sum_dy.data();
       in.sum_dy_d = dgamma.data();
       const kernels::gradient_coefficients<T> out = all.writable();
-      EXPECT_EQ(k.channel_gradients(in, &out, 0), n >= 2) << n;
+      const kernels::gradient_flags flags = k.channel_gradients(in, &out, 0);
+      EXPECT_EQ(flags.prescaled, n >= 2) << n;
+      EXPECT_FALSE(flags.small_products) << n;
+      // A sum of products below the normal range, in the last channel: summed again.
+      std::vector<double> small_sums = sums;
+      small_sums[n - 1] = 0x1p-110;
+      kernels::gradient_channels<T> small = in;
+      small.sum_dy_d = small_sums.data();
+      EXPECT_TRUE(k.channel_gradients(small, nullptr, 0).small_products) << n;
+      small_sums.assign(n, 0.0);  // zero sums keep their bits
+      EXPECT_FALSE(k.channel_gradients(small, nullptr, 0).small_products) << n;
       for (std::size_t c = 0; c < n; ++c) {
         gradient_buffers<T> one(1);
         std::vector<double> one_sum = {sums[c]};
@@ -933,7 +889,7 @@ TYPED_TEST(KernelTester, ChannelGradientsPrescaleExtremeChannels) {
         single.sum_dy += c;
         single.sum_dy_d = one_sum.data();
         const kernels::gradient_coefficients<T> one_out = one.writable();
-        EXPECT_EQ(k.channel_gradients(single, &one_out, 0), c % 3 != 0) << c;
+        EXPECT_EQ(k.channel_gradients(single, &one_out, 0).prescaled, c % 3 != 0) << c;
         EXPECT_EQ(all.center[c], one.center[0]) << c;
         EXPECT_EQ(all.dy_scale[c], one.dy_scale[0]) << c;
         EXPECT_EQ(all.x_scale[c], one.x_scale[0]) << c;

@@ -300,8 +300,8 @@ bool inference_coefficients(std::size_t channels, double eps, const T* mean, con
 // then takes a prescale (prescale_for), as do a subnormal b and a mean whose x − mean can
 // overflow; a, the forward's scale, takes one where it leaves T's normal range.
 template <class Arch, class T>
-bool channel_gradients(const gradient_channels<T>& in, const gradient_coefficients<T>* out,
-                       std::size_t first) noexcept {
+gradient_flags channel_gradients(const gradient_channels<T>& in,
+                                 const gradient_coefficients<T>* out, std::size_t first) noexcept {
   using dvec = xsimd::batch<double, Arch>;
   constexpr std::size_t lanes = dvec::size;
   // Products by 1/count, as channel_moments.
@@ -328,6 +328,9 @@ bool channel_gradients(const gradient_channels<T>& in, const gradient_coefficien
     prescaled = prescaled || h != 1.0 || g != 1.0;
   };
   const dvec per_value_v(per_value), eps(in.epsilon), unit(1.0);
+  constexpr bool checks_products = std::is_same<T, float>::value;
+  const dvec small_products(0x1p-100), zero(0.0);
+  auto small = zero != zero;  // all false
   const dvec largest(static_cast<double>(std::numeric_limits<T>::max())),
       least(static_cast<double>(std::numeric_limits<T>::min())),
       overflowing(overflowing_center<T>());
@@ -335,7 +338,11 @@ bool channel_gradients(const gradient_channels<T>& in, const gradient_coefficien
   for (; c + lanes <= in.channels; c += lanes) {
     const dvec inv = in.inv_std ? load_as_f64<Arch>(in.inv_std + c)
                                 : unit / xsimd::sqrt(load_as_f64<Arch>(in.variance + c) + eps);
-    const dvec dgamma = dvec::load_unaligned(in.sum_dy_d + c) * inv;
+    const dvec sum_dy_d = dvec::load_unaligned(in.sum_dy_d + c);
+    if (checks_products) {
+      small = small | ((xsimd::abs(sum_dy_d) < small_products) & (sum_dy_d != zero));
+    }
+    const dvec dgamma = sum_dy_d * inv;
     dgamma.store_unaligned(in.sum_dy_d + c);
     if (out == nullptr) continue;
     const dvec a = in.gamma ? load_as_f64<Arch>(in.gamma + c) * inv : inv;
@@ -360,11 +367,12 @@ bool channel_gradients(const gradient_channels<T>& in, const gradient_coefficien
   }
   for (; c < in.channels; ++c) {  // the same operations, one channel
     const double inv = inv_std_of(c);
+    if (checks_products && sums_small_products(in.sum_dy_d[c])) small = zero == zero;
     const double dgamma = in.sum_dy_d[c] * inv;
     in.sum_dy_d[c] = dgamma;
     if (out != nullptr) coefficients_of(c, inv, dgamma);
   }
-  return prescaled;
+  return {prescaled, xsimd::any(small)};
 }
 
 template <class Arch, class T>

@@ -1,9 +1,9 @@
 // The backward's map kernels: dx from x, dy and per-channel (per-slot) coefficients,
 // dx = dy·dy_scale + (x − center)·x_scale + shift (with prescales for extreme channels: see
-// gradient_coefficients), over planes or interleaved rows, with
-// ordinary or streaming stores. Two inputs and one output at the same offsets; dx may be dy (in
-// place): every vector of x and dy is loaded before the dx vector at its place is stored. Part of
-// the kernels compiled once per ISA: include only from kernels_impl.hpp.
+// gradient_coefficients), over planes or interleaved rows, with ordinary or streaming stores.
+// Two inputs and one output at the same offsets; dx may be dy (in place): every vector of x and
+// dy is loaded before the dx vector at its place is stored. Part of the kernels compiled once
+// per ISA: include only from kernels_impl.hpp.
 #pragma once
 
 #include <cstddef>

@@ -156,6 +156,23 @@ struct moment_channels {
   double max_offset_squared = 0;
 };
 
+/// float32 products dy·(x − mean) below the normal range (dy of 1e-45) keep only some of their
+/// bits, and an inv_std of 1e22 brings them back into dγ and dx. A channel whose float32
+/// Σdy·(x − mean) is nonzero and below 2^-100 may hold them, and is summed again in float64:
+/// where it reaches 2^-100, the products' roundings (2^-150 each) stay below 2^-24 of it up to
+/// 2^26 values a channel. A zero sum (dy or x − mean all zero) keeps its bits.
+inline bool sums_small_products(double sum_dy_d) noexcept {
+  const double magnitude = std::fabs(sum_dy_d);
+  return magnitude < 0x1p-100 && magnitude != 0.0;
+}
+
+/// What channel_gradients found: some prescale other than 1; some channel of float32 data
+/// whose sums are to be taken again (sums_small_products).
+struct gradient_flags {
+  bool prescaled = false;
+  bool small_products = false;
+};
+
 /// How the backward's dx is written, the same for every call of a pass (see normalize_params):
 /// `prescaled` says whether some channel's prescale may differ from 1.
 template <class T>
@@ -252,9 +269,11 @@ struct kernel_set {
   /// dγ in place of the sums (see gradient_channels), and, unless `out` is null, the dx
   /// coefficients of training, to index first + c of its arrays: the prescale of extreme
   /// channels as channel_coefficients' (see gradient_coefficients), and values beyond T's range
-  /// saturated to its largest. Returns whether some prescale is not 1.
-  bool (*channel_gradients)(const gradient_channels<T>& in, const gradient_coefficients<T>* out,
-                            std::size_t first) noexcept;
+  /// saturated to its largest. Returns whether some prescale is not 1, and (float) whether
+  /// some channel's Σdy·(x − mean) asks to be summed again (sums_small_products).
+  gradient_flags (*channel_gradients)(const gradient_channels<T>& in,
+                                      const gradient_coefficients<T>* out,
+                                      std::size_t first) noexcept;
   /// Per channel: out[c] = in[c] rounded to T (the batch statistics the caller asked for).
   void (*narrow)(std::size_t channels, const double* in, T* out) noexcept;
   /// Per channel, the running statistic's update in float64, rounded to T:

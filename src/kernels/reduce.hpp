@@ -86,8 +86,7 @@ lane_mask<T, Arch> fresh_lanes(std::size_t counted) noexcept {
 //   add_exact_masked(i, fresh, k, acc)  likewise, only its lanes `fresh`
 //   add_scalar(i, k, s, q)        one element in float64
 //   finite(s, q)                  whether T partials kept every bit they should (no overflow,
-//                                 no NaN, no product below the normal range): else the block
-//                                 is summed again with add_exact.
+//                                 no NaN): else the block is summed again with add_exact.
 //   prefetch(i)                   the cache lines of the elements at i, ahead of their use
 //   storage                       the storage type S
 
@@ -188,20 +187,8 @@ struct gradient_terms {
     q += g * (static_cast<double>(to_compute(x[i])) - k);
   }
   /// Σdy can overflow where Σdy·d does not: both are checked (an infinity in s makes s − s NaN).
-  /// float32 products dy·d below its normal range keep only some of their bits (dy of 1e-45):
-  /// a lane whose Σdy·d is nonzero and below 2^-102 may hold them, and an inv_std of 1e22
-  /// brings them back into dx (see channel_gradients). Such a block is summed again in float64
-  /// too. Where the lane's Σ|dy·d| reaches 2^-102, the products' roundings (2^-150 each, at
-  /// most a block's) stay below 2^-43 of it. A zero sum (dy or d all zero) keeps its bits.
   static bool finite(const vec& s, const vec& q) noexcept {
-    const auto kept = xsimd::isfinite(q + (s - s));
-    if constexpr (std::is_same<T, float>::value) {
-      const vec magnitude = xsimd::abs(q);
-      const auto tiny = (magnitude < vec(0x1p-102f)) & (magnitude != vec(0.0f));
-      return xsimd::all(kept) && !xsimd::any(tiny);
-    } else {
-      return xsimd::all(kept);
-    }
+    return xsimd::all(xsimd::isfinite(q + (s - s)));
   }
 
  private:
