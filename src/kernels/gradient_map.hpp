@@ -153,6 +153,49 @@ void gradient_contiguous_planes(const S* src, const S* diff_dst, S* diff_src, st
   });
 }
 
+/// `planes` runs of len values, `stride` apart, through f(j, x vector, dy vector): one channel
+/// of plane_gradient. Its arguments by value: a store through y could alias them by reference.
+template <class Arch, class S, class F>
+[[gnu::always_inline]] inline void gradient_planes(const S* src, const S* diff_dst, S* diff_src,
+                                                   std::size_t len, std::size_t planes,
+                                                   std::size_t stride, bool stream, F f) noexcept {
+  using vec = xsimd::batch<compute_t<S>, Arch>;
+  for (std::size_t p = 0; p < planes; ++p) {
+    const S* x = src + p * stride;
+    const S* g = diff_dst + p * stride;
+    S* y = diff_src + p * stride;
+    if (stream || len < vec::size) {
+      gradient_run<Arch>(x, g, y, len, stream, f);
+      continue;
+    }
+    // The last vector overlaps the one before it when len is not a multiple of the lanes
+    // (short planes, 7×7): computed before anything is stored, so in place it still reads
+    // dy, and stored last.
+    const std::size_t last = len - vec::size;
+    const vec tail = f(last, load_elements<Arch>(x + last), load_elements<Arch>(g + last));
+    gradient_store_run<Arch>(x, g, y, 0, (last + vec::size - 1) / vec::size * vec::size, f);
+    store_elements<Arch>(y + last, tail);
+  }
+}
+
+/// gradient_planes for an extreme channel, its coefficients at `at`. Not inlined: in
+/// plane_gradient, a second instance of the planes' loop made GCC 12 compile the first one
+/// worse (`bash scripts/instruction_counts.sh`, docs/design.md).
+template <class Arch, class S, class T = compute_t<S>>
+[[gnu::noinline]] void prescaled_channel_gradient(const S* src, const S* diff_dst, S* diff_src,
+                                                  std::size_t len, std::size_t planes,
+                                                  std::size_t stride, bool stream,
+                                                  const gradient_coefficients<const T>& k,
+                                                  std::size_t at) noexcept {
+  using vec = xsimd::batch<T, Arch>;
+  const vec c(k.center[at]), a(k.dy_scale[at]), b(k.x_scale[at]), e(k.shift[at]), h(k.prescale[at]),
+      dy_h(k.dy_prescale[at]);
+  gradient_planes<Arch>(src, diff_dst, diff_src, len, planes, stride, stream,
+                        [c, a, b, e, h, dy_h](std::size_t, const vec& x, const vec& g) {
+                          return prescaled_gradient_of(x, g, c, a, b, e, h, dy_h);
+                        });
+}
+
 /// Channel k of `channels` has its first plane at offset k·len and coefficients at first + k.
 template <class Arch, class S>
 void plane_gradient(const S* src, const S* diff_dst, S* diff_src, const plane_block& block,
@@ -171,39 +214,18 @@ void plane_gradient(const S* src, const S* diff_dst, S* diff_src, const plane_bl
                                      k.dy_scale + first, k.x_scale + first, k.shift + first);
     return;
   }
-  // Channel ch's planes through f(j, x vector, dy vector).
-  const auto channel_planes = [&](std::size_t ch, auto f) {
-    for (std::size_t p = 0; p < planes; ++p) {
-      const std::size_t offset = ch * len + p * stride;
-      const S* x = src + offset;
-      const S* g = diff_dst + offset;
-      S* y = diff_src + offset;
-      if (stream || len < vec::size) {
-        gradient_run<Arch>(x, g, y, len, stream, f);
-        continue;
-      }
-      // The last vector overlaps the one before it when len is not a multiple of the lanes
-      // (short planes, 7×7): computed before anything is stored, so in place it still reads
-      // dy, and stored last.
-      const std::size_t last = len - vec::size;
-      const vec tail = f(last, load_elements<Arch>(x + last), load_elements<Arch>(g + last));
-      gradient_store_run<Arch>(x, g, y, 0, (last + vec::size - 1) / vec::size * vec::size, f);
-      store_elements<Arch>(y + last, tail);
-    }
-  };
   for (std::size_t ch = 0; ch < channels; ++ch) {
-    const std::size_t at = first + ch;
-    const vec c(k.center[at]), a(k.dy_scale[at]), b(k.x_scale[at]), e(k.shift[at]);
+    const std::size_t at = first + ch, offset = ch * len;
     if (extreme && (k.prescale[at] != T(1) || k.dy_prescale[at] != T(1))) {
-      const vec h(k.prescale[at]), dy_h(k.dy_prescale[at]);
-      channel_planes(ch, [c, a, b, e, h, dy_h](std::size_t, const vec& x, const vec& g) {
-        return prescaled_gradient_of(x, g, c, a, b, e, h, dy_h);
-      });
-    } else {
-      channel_planes(ch, [c, a, b, e](std::size_t, const vec& x, const vec& g) {
-        return gradient_of(x, g, c, a, b, e);
-      });
+      prescaled_channel_gradient<Arch>(src + offset, diff_dst + offset, diff_src + offset, len,
+                                       planes, stride, stream, k, at);
+      continue;
     }
+    const vec c(k.center[at]), a(k.dy_scale[at]), b(k.x_scale[at]), e(k.shift[at]);
+    gradient_planes<Arch>(src + offset, diff_dst + offset, diff_src + offset, len, planes, stride,
+                          stream, [c, a, b, e](std::size_t, const vec& x, const vec& g) {
+                            return gradient_of(x, g, c, a, b, e);
+                          });
   }
   if (stream) stream_fence<Arch>();
 }
