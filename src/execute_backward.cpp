@@ -7,11 +7,11 @@
 // written only at the end.
 #include <algorithm>
 #include <atomic>
-#include <cmath>
 #include <limits>
 
 #include "execute.hpp"
 #include "passes.hpp"
+#include "statistics.hpp"
 
 namespace bnorm::detail {
 namespace {
@@ -265,10 +265,8 @@ class gradient_step {
       // whose Σ is small are summed again and their math done again, one by one.
       for (std::size_t c = c0; c < c1; ++c) {
         const kernels::gradient_channels<T> one = channels_of(c, c + 1);
-        const double inv =
-            one.inv_std
-                ? static_cast<double>(one.inv_std[0])
-                : 1.0 / std::sqrt(static_cast<double>(one.variance[0]) + plan_.prob.epsilon);
+        const double inv = one.inv_std ? static_cast<double>(one.inv_std[0])
+                                       : inverse_std(one.variance[0], plan_.prob.epsilon);
         if (!kernels::sums_small_products(sum_dy_d_[c] / inv)) continue;
         sum_exactly(c);
         flags.prescaled =
