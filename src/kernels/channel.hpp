@@ -87,17 +87,6 @@ bool channel_moments(const moment_channels<T>& in) noexcept {
 /// A finite float64 value beyond T's range becomes T's largest finite value of its sign, not an
 /// infinity: a constant channel with a tiny var + eps then still gives exactly 0·scale = 0, as
 /// the float64 reference does, instead of 0·inf = NaN. Infinities and NaN stay.
-template <class Arch, class T>
-xsimd::batch<double, Arch> saturate_to(const xsimd::batch<double, Arch>& v) noexcept {
-  using dvec = xsimd::batch<double, Arch>;
-  const dvec largest(static_cast<double>(std::numeric_limits<T>::max()));
-  const dvec finite_limit(std::numeric_limits<double>::max());
-  const dvec magnitude = xsimd::abs(v);
-  const auto beyond = (magnitude > largest) & (magnitude <= finite_limit);
-  return xsimd::select(beyond, xsimd::select(v > dvec(0.0), largest, -largest), v);
-}
-
-/// saturate_to for one value, for the channels after the last whole vector.
 template <class T>
 T saturate_scalar(double v) noexcept {
   constexpr double largest = static_cast<double>(std::numeric_limits<T>::max());
@@ -300,10 +289,18 @@ bool inference_coefficients(std::size_t channels, double eps, const T* mean, con
 // then takes a prescale (prescale_for), as do a subnormal b and a mean whose x − mean can
 // overflow; a, the forward's scale, takes one where it leaves T's normal range.
 template <class Arch, class T>
-gradient_flags channel_gradients(const gradient_channels<T>& in,
-                                 const gradient_coefficients<T>* out, std::size_t first) noexcept {
+gradient_flags channel_gradients(const gradient_channels<T>& channels,
+                                 const gradient_coefficients<T>* coefficients,
+                                 std::size_t first) noexcept {
   using dvec = xsimd::batch<double, Arch>;
   constexpr std::size_t lanes = dvec::size;
+  // Copies: the pointers stay in registers, where through references every store (may_alias)
+  // would load them again.
+  const gradient_channels<T> in = channels;
+  const gradient_coefficients<T> out =
+      coefficients ? *coefficients
+                   : gradient_coefficients<T>(nullptr, nullptr, nullptr, nullptr, nullptr, nullptr);
+  const bool writes = coefficients != nullptr;
   // Products by 1/count, as channel_moments.
   const double per_value = 1.0 / in.count;
   const auto inv_std_of = [&in](std::size_t c) {
@@ -313,64 +310,97 @@ gradient_flags channel_gradients(const gradient_channels<T>& in,
   bool prescaled = false;
   // Channel c's dx coefficients from its 1/std and dγ: the vector loop's operations, then the
   // saturation and the prescale.
+  const double largest = static_cast<double>(std::numeric_limits<T>::max()),
+               least = static_cast<double>(std::numeric_limits<T>::min());
   const auto coefficients_of = [&](std::size_t c, double inv, double dgamma) {
     const double a = in.gamma ? static_cast<double>(in.gamma[c]) * inv : inv;
     const double x_scale = -(a * inv) * (dgamma * per_value);
+    const double shift = -a * (in.sum_dy[c] * per_value);
     const T center = in.mean[c];
-    const double h = prescale_for<T>(center, x_scale), g = prescale_for<T>(0.0, a);
     const std::size_t at = first + c;
-    out->center[at] = prescaled_center(center, h);
-    out->dy_scale[at] = saturate_scalar<T>(g == 1.0 ? a : a / g);
-    out->dy_prescale[at] = static_cast<T>(g);
-    out->x_scale[at] = saturate_scalar<T>(h == 1.0 ? x_scale : x_scale / h);
-    out->shift[at] = saturate_scalar<T>(-a * (in.sum_dy[c] * per_value));
-    out->prescale[at] = static_cast<T>(h);
+    // The vector loop's test of extreme lanes, with its stores where it finds none.
+    const double magnitude = std::fabs(x_scale), dy_magnitude = std::fabs(a);
+    const bool extreme =
+        std::fmax(std::fmax(magnitude, dy_magnitude), std::fabs(shift)) >= largest ||
+        std::fabs(static_cast<double>(center)) >= overflowing_center<T>() ||
+        (magnitude < least && x_scale != 0.0) || (dy_magnitude < least && a != 0.0);
+    if (!extreme) {
+      out.center[at] = center;
+      out.dy_scale[at] = static_cast<T>(a);
+      out.dy_prescale[at] = T(1);
+      out.x_scale[at] = static_cast<T>(x_scale);
+      out.shift[at] = static_cast<T>(shift);
+      out.prescale[at] = T(1);
+      return;
+    }
+    const double h = prescale_for<T>(center, x_scale), g = prescale_for<T>(0.0, a);
+    out.center[at] = prescaled_center(center, h);
+    out.dy_scale[at] = saturate_scalar<T>(g == 1.0 ? a : a / g);
+    out.dy_prescale[at] = static_cast<T>(g);
+    out.x_scale[at] = saturate_scalar<T>(h == 1.0 ? x_scale : x_scale / h);
+    out.shift[at] = saturate_scalar<T>(shift);
+    out.prescale[at] = static_cast<T>(h);
     prescaled = prescaled || h != 1.0 || g != 1.0;
   };
-  const dvec per_value_v(per_value), eps(in.epsilon), unit(1.0);
   constexpr bool checks_products = std::is_same<T, float>::value;
-  const dvec small_products(0x1p-100), zero(0.0);
+  const dvec zero(0.0);
   auto small = zero != zero;  // all false
-  const dvec largest(static_cast<double>(std::numeric_limits<T>::max())),
-      least(static_cast<double>(std::numeric_limits<T>::min())),
-      overflowing(overflowing_center<T>());
-  std::size_t c = 0;
-  for (; c + lanes <= in.channels; c += lanes) {
-    const dvec inv = in.inv_std ? load_as_f64<Arch>(in.inv_std + c)
-                                : unit / xsimd::sqrt(load_as_f64<Arch>(in.variance + c) + eps);
-    const dvec sum_dy_d = dvec::load_unaligned(in.sum_dy_d + c);
-    if (checks_products) {
-      small = small | ((xsimd::abs(sum_dy_d) < small_products) & (sum_dy_d != zero));
+  // The vector loop, with its tests of the optional inputs made once per call.
+  const auto vectors = [&](auto given_inv_std, auto affine, auto coefficients_too) {
+    constexpr bool has_inv_std = decltype(given_inv_std)::value;
+    constexpr bool has_gamma = decltype(affine)::value;
+    constexpr bool has_out = decltype(coefficients_too)::value;
+    const dvec per_value_v(per_value), eps(in.epsilon), unit(1.0), small_products(0x1p-100);
+    const dvec largest_v(largest), least_v(least), overflowing(overflowing_center<T>());
+    std::size_t c = 0;
+    for (; c + lanes <= in.channels; c += lanes) {
+      const dvec inv = has_inv_std ? load_as_f64<Arch>(in.inv_std + c)
+                                   : unit / xsimd::sqrt(load_as_f64<Arch>(in.variance + c) + eps);
+      const dvec sum_dy_d = dvec::load_unaligned(in.sum_dy_d + c);
+      if (checks_products) {
+        small = small | ((xsimd::abs(sum_dy_d) < small_products) & (sum_dy_d != zero));
+      }
+      const dvec dgamma = sum_dy_d * inv;
+      dgamma.store_unaligned(in.sum_dy_d + c);
+      if (!has_out) continue;
+      const dvec a = has_gamma ? load_as_f64<Arch>(in.gamma + c) * inv : inv;
+      const dvec center = load_as_f64<Arch>(in.mean + c);
+      const dvec x_scale = -(a * inv) * (dgamma * per_value_v);
+      const dvec shift = -a * (dvec::load_unaligned(in.sum_dy + c) * per_value_v);
+      const std::size_t at = first + c;
+      store_as<Arch>(out.center + at, center);
+      store_as<Arch>(out.dy_scale + at, a);
+      store_as<Arch>(out.x_scale + at, x_scale);
+      store_as<Arch>(out.shift + at, shift);
+      store_as<Arch>(out.prescale + at, unit);
+      store_as<Arch>(out.dy_prescale + at, unit);
+      // The lanes that prescale_for might not give 1, or that saturate: the scalar code again
+      // (for the others it gives these bits; a NaN lane gives the same bits either way).
+      const dvec magnitude = xsimd::abs(x_scale), dy_magnitude = xsimd::abs(a);
+      const auto extreme =
+          (xsimd::max(xsimd::max(magnitude, dy_magnitude), xsimd::abs(shift)) >= largest_v) |
+          (xsimd::abs(center) >= overflowing) | ((magnitude < least_v) & (x_scale != zero)) |
+          ((dy_magnitude < least_v) & (a != zero));
+      if (xsimd::any(extreme)) {
+        for (std::size_t k = c; k < c + lanes; ++k) {
+          coefficients_of(k, inv_std_of(k), in.sum_dy_d[k]);
+        }
+      }
     }
-    const dvec dgamma = sum_dy_d * inv;
-    dgamma.store_unaligned(in.sum_dy_d + c);
-    if (out == nullptr) continue;
-    const dvec a = in.gamma ? load_as_f64<Arch>(in.gamma + c) * inv : inv;
-    const dvec center = load_as_f64<Arch>(in.mean + c);
-    const dvec x_scale = -(a * inv) * (dgamma * per_value_v);
-    const std::size_t at = first + c;
-    store_as<Arch>(out->center + at, center);
-    store_as<Arch>(out->dy_scale + at, a);
-    store_as<Arch>(out->x_scale + at, x_scale);
-    store_as<Arch>(out->shift + at,
-                   saturate_to<Arch, T>(-a * (dvec::load_unaligned(in.sum_dy + c) * per_value_v)));
-    store_as<Arch>(out->prescale + at, unit);
-    store_as<Arch>(out->dy_prescale + at, unit);
-    // The lanes prescale_for might not give 1 (or that saturate): the scalar code again.
-    const dvec magnitude = xsimd::abs(x_scale), dy_magnitude = xsimd::abs(a);
-    const auto extreme = (xsimd::abs(center) >= overflowing) | (magnitude >= largest) |
-                         ((magnitude < least) & (x_scale != dvec(0.0))) |
-                         (dy_magnitude >= largest) | ((dy_magnitude < least) & (a != dvec(0.0)));
-    if (xsimd::any(extreme)) {
-      for (std::size_t k = c; k < c + lanes; ++k) coefficients_of(k, inv_std_of(k), in.sum_dy_d[k]);
-    }
-  }
-  for (; c < in.channels; ++c) {  // the same operations, one channel
+    return c;
+  };
+  const std::size_t vectorized = instantiate_both(in.inv_std != nullptr, [&](auto given_inv_std) {
+    if (!writes) return vectors(given_inv_std, std::false_type(), std::false_type());
+    return instantiate_both(in.gamma != nullptr, [&](auto affine) {
+      return vectors(given_inv_std, affine, std::true_type());
+    });
+  });
+  for (std::size_t c = vectorized; c < in.channels; ++c) {  // the same operations, one channel
     const double inv = inv_std_of(c);
     if (checks_products && sums_small_products(in.sum_dy_d[c])) small = zero == zero;
     const double dgamma = in.sum_dy_d[c] * inv;
     in.sum_dy_d[c] = dgamma;
-    if (out != nullptr) coefficients_of(c, inv, dgamma);
+    if (writes) coefficients_of(c, inv, dgamma);
   }
   return {prescaled, xsimd::any(small)};
 }
