@@ -380,12 +380,9 @@ class training_step {
 
   /// Channel c's moments, 1/sqrt and scale from exact float64 passes over its values.
   void set_exact_moments(std::size_t c) {
-    const bool first = plan_.prob.layout == layout::channels_first;
-    const std::size_t spatial = p_.spatial, channels = p_.channels;
     const moments m =
-        exact_moments(p_.batch, spatial, plan_.prob.epsilon, [&](std::size_t n, std::size_t s) {
-          return kernels::to_double(
-              src_[first ? (n * channels + c) * spatial + s : (n * spatial + s) * channels + c]);
+        exact_moments(p_.batch, p_.spatial, plan_.prob.epsilon, [&](std::size_t n, std::size_t s) {
+          return kernels::to_double(src_[p_.element(n, c, s)]);
         });
     mean_[c] = m.mean;
     variance_[c] = m.variance;

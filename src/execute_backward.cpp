@@ -227,14 +227,11 @@ class gradient_step {
 
   /// Channel c's Σdy and Σdy·(x − mean) in float64, value by value.
   void sum_exactly(std::size_t c) const {
-    const bool first = plan_.prob.layout == layout::channels_first;
-    const std::size_t spatial = p_.spatial, channels = p_.channels;
     const double center = static_cast<double>(center_[c]);
     double sum = 0.0, sum_d = 0.0;
     for (std::size_t n = 0; n < p_.batch; ++n)
-      for (std::size_t s = 0; s < spatial; ++s) {
-        const std::size_t at =
-            first ? (n * channels + c) * spatial + s : (n * spatial + s) * channels + c;
+      for (std::size_t s = 0; s < p_.spatial; ++s) {
+        const std::size_t at = p_.element(n, c, s);
         const double dy = kernels::to_double(diff_dst_[at]);
         sum += dy;
         sum_d += dy * (kernels::to_double(src_[at]) - center);

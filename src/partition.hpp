@@ -120,6 +120,13 @@ struct partition {
   std::size_t channels_per_finalize_task = 0;
   std::size_t channels_per_coefficient_task = 0;
   scratch_layout scratch;
+
+  /// The index of value s of sample n in channel c: planes are channels-first; rows are
+  /// channels-last, or without spatial extent, where both layouts agree.
+  std::size_t element(std::size_t n, std::size_t c, std::size_t s) const noexcept {
+    return kind == traversal::planes ? (n * channels + c) * spatial + s
+                                     : (n * spatial + s) * channels + c;
+  }
 };
 
 /// One line that says what a plan runs, e.g. "channels-last rows (3136 × 256) · training: two
