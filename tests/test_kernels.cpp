@@ -607,7 +607,8 @@ template <class T>
 struct gradient_buffers {
   std::vector<T> center, dy_scale, x_scale, shift, prescale, dy_prescale;
   /// `prescaled`: every other channel's prescale 1/4 (center·1/4, x_scale·4) or 4 (x_scale/4),
-  /// and every third one's dy prescale 4 or 1/4 (dy_scale divided by it).
+  /// and every third one's dy prescale 4 (dy_scale, x_scale and shift divided by it: the kernel
+  /// multiplies dx by it) or 1/4 (dy_scale divided by it).
   explicit gradient_buffers(std::size_t n, bool prescaled = false) {
     const std::size_t padded = n + 64 / sizeof(T);
     prescale.assign(padded, T(1));
@@ -633,6 +634,10 @@ struct gradient_buffers {
       if (prescaled && j % 3 != 0) {
         dy_prescale[j] = j % 3 == 1 ? T(4) : T(0.25);
         dy_scale[j] /= dy_prescale[j];
+        if (dy_prescale[j] > T(1)) {
+          x_scale[j] /= dy_prescale[j];
+          shift[j] /= dy_prescale[j];
+        }
       }
     }
   }
@@ -645,9 +650,10 @@ struct gradient_buffers {
             shift.data(),  prescale.data(), dy_prescale.data()};
   }
   long double at(std::size_t j, long double x, long double dy) const {
-    const long double h = prescale[j];
-    return dy * dy_prescale[j] * dy_scale[j] +
-           (x * std::min(h, 1.0L) - center[j]) * std::max(h, 1.0L) * x_scale[j] + shift[j];
+    const long double h = prescale[j], g = dy_prescale[j];
+    return (dy * std::min(g, 1.0L) * dy_scale[j] +
+            (x * std::min(h, 1.0L) - center[j]) * std::max(h, 1.0L) * x_scale[j] + shift[j]) *
+           std::max(g, 1.0L);
   }
 };
 
@@ -773,7 +779,7 @@ TYPED_TEST(KernelTester, GradientMapOverTailsStoresAndInPlace) {
 }
 
 // dγ and the dx coefficients: vector channels and the scalar ones after them agree to the bit,
-// from 1/std or from the variance; float32 shifts beyond the range saturate in both.
+// from 1/std or from the variance.
 TYPED_TEST(KernelTester, ChannelGradientsOverTails) {
   using T = TypeParam;
   this->for_each_isa([&](const kernels::kernel_set<T>& k, std::size_t v) {
@@ -785,10 +791,7 @@ TYPED_TEST(KernelTester, ChannelGradientsOverTails) {
         var[c] = T(0.5) + T(c % 4);
         inv[c] = static_cast<T>(1 / std::sqrt(static_cast<double>(var[c]) + 1e-5));
       }
-      std::vector<double> sum_dy = normal_data<double>(n, 0.0, 3.0, n + 2);
-      if (std::is_same_v<T, float>) {  // Σdy of 2^144 in some channels: shifts that saturate
-        for (std::size_t c = 2; c < n; c += 5) sum_dy[c] = std::ldexp(c % 2 ? 1.0 : -1.0, 144);
-      }
+      const std::vector<double> sum_dy = normal_data<double>(n, 0.0, 3.0, n + 2);
       for (const bool from_variance : {false, true}) {
         std::vector<double> dgamma = normal_data<double>(n, 0.0, 3.0, n + 3);
         const std::vector<double> sums = dgamma;
@@ -829,14 +832,75 @@ TYPED_TEST(KernelTester, ChannelGradientsOverTails) {
           EXPECT_NEAR(all.dy_scale[c], (double)a, 4 * tolerance<T>() * std::fabs((double)a));
           EXPECT_NEAR(all.x_scale[c], (double)(-a * i * (sums[c] * i) / 50),
                       4 * tolerance<T>() * (1 + std::fabs((double)(a * i * sums[c] * i / 50))));
-          const long double shift = -a * sum_dy[c] / 50, largest = std::numeric_limits<T>::max();
-          if (std::fabs(shift) > largest) {
-            EXPECT_EQ(all.shift[c], shift > 0 ? largest : -largest) << c;
-          } else {
-            EXPECT_NEAR(all.shift[c], (double)shift,
-                        4 * tolerance<T>() * (1 + std::fabs((double)shift)));
-          }
+          EXPECT_NEAR(all.shift[c], (double)(-a * sum_dy[c] / 50),
+                      4 * tolerance<T>() * (1 + std::fabs((double)(a * sum_dy[c] / 50))));
         }
+      }
+    }
+  });
+}
+
+// Channels whose dy coefficient a = γ·inv_std (γ of 2^(9/16·max_exponent)) or shift (Σdy/M of
+// 2^(5/8·max_exponent)) is near the top of T, among ordinary ones: the three terms are divided
+// by a power of two g > 1, the dy prescale, and give a, x_scale and the shift back to T's
+// precision; vector and scalar channels agree to the bit.
+TYPED_TEST(KernelTester, ChannelGradientsTermsNearTheTop) {
+  using T = TypeParam;
+  constexpr int max_exponent = std::numeric_limits<T>::max_exponent;
+  const auto big_gamma = [](std::size_t c) { return c % 7 == 3; };
+  const auto big_shift = [&](std::size_t c) { return c % 5 == 2 && !big_gamma(c); };
+  this->for_each_isa([&](const kernels::kernel_set<T>& k, std::size_t v) {
+    for (std::size_t n : lengths(v)) {
+      const std::vector<T> mean = this->data(n, 3.0, 2.0, n), inv = this->data(n, 2.0, 0.5, n + 4);
+      std::vector<T> gamma = this->data(n, 1.0, 0.5, n + 1);
+      std::vector<double> sum_dy = normal_data<double>(n, 0.0, 3.0, n + 2);
+      for (std::size_t c = 0; c < n; ++c) {
+        if (big_gamma(c)) gamma[c] = static_cast<T>(std::ldexp(1.0, max_exponent * 9 / 16));
+        if (big_shift(c)) sum_dy[c] = std::ldexp(c % 2 ? 50.0 : -50.0, max_exponent * 5 / 8);
+      }
+      std::vector<double> dgamma = normal_data<double>(n, 0.0, 3.0, n + 3);
+      const std::vector<double> sums = dgamma;
+      gradient_buffers<T> all(n);
+      kernels::gradient_channels<T> in;
+      in.channels = n;
+      in.count = 50;
+      in.mean = mean.data();
+      in.inv_std = inv.data();
+      in.gamma = gamma.data();
+      in.sum_dy = sum_dy.data();
+      in.sum_dy_d = dgamma.data();
+      const kernels::gradient_coefficients<T> out = all.writable();
+      EXPECT_EQ(k.channel_gradients(in, &out, 0).prescaled, n > 2) << n;
+      for (std::size_t c = 0; c < n; ++c) {
+        gradient_buffers<T> one(1);
+        std::vector<double> one_sum = {sums[c]};
+        kernels::gradient_channels<T> single = in;
+        single.channels = 1;
+        single.mean += c;
+        single.gamma += c;
+        single.inv_std += c;
+        single.sum_dy += c;
+        single.sum_dy_d = one_sum.data();
+        const kernels::gradient_coefficients<T> one_out = one.writable();
+        k.channel_gradients(single, &one_out, 0);
+        EXPECT_EQ(all.center[c], one.center[0]) << c;
+        EXPECT_EQ(all.dy_scale[c], one.dy_scale[0]) << c;
+        EXPECT_EQ(all.x_scale[c], one.x_scale[0]) << c;
+        EXPECT_EQ(all.shift[c], one.shift[0]) << c;
+        EXPECT_EQ(all.dy_prescale[c], one.dy_prescale[0]) << c;
+        EXPECT_EQ(all.prescale[c], T(1)) << c;
+        EXPECT_EQ(all.center[c], mean[c]) << c;
+        const long double g = all.dy_prescale[c];
+        int exponent = 0;
+        EXPECT_EQ(std::frexp(static_cast<double>(g), &exponent), 0.5) << c;  // a power of two
+        EXPECT_EQ(g > 1, big_gamma(c) || big_shift(c)) << c;
+        EXPECT_GE(g, 1) << c;
+        const long double i = inv[c], a = gamma[c] * i, x_scale = -a * i * (sums[c] * i) / 50,
+                          shift = -a * sum_dy[c] / 50;
+        EXPECT_NEAR(static_cast<double>(all.dy_scale[c] * g / a), 1.0, 4 * tolerance<T>()) << c;
+        EXPECT_NEAR(static_cast<double>(all.x_scale[c] * g / x_scale), 1.0, 4 * tolerance<T>())
+            << c;
+        EXPECT_NEAR(static_cast<double>(all.shift[c] * g / shift), 1.0, 4 * tolerance<T>()) << c;
       }
     }
   });
@@ -845,7 +909,8 @@ TYPED_TEST(KernelTester, ChannelGradientsOverTails) {
 // Channels whose x_scale leaves T (1/std of 2^±(0.4·max_exponent): x_scale near 2^±(1.2·
 // max_exponent)) take a prescale: a power of two h, x_scale/h, the center times h where h < 1,
 // which give x_scale back to T's precision; where γ·inv_std leaves T too (γ of 2^±(0.64·
-// max_exponent)), dy_scale takes its own, g. The vector and the scalar channels agree to the bit.
+// max_exponent)), dy_scale takes its own, g, and where g > 1 x_scale and the shift are divided by
+// it too. The vector and the scalar channels agree to the bit.
 TYPED_TEST(KernelTester, ChannelGradientsPrescaleExtremeChannels) {
   using T = TypeParam;
   if (std::is_same_v<T, double>) {
@@ -906,16 +971,24 @@ TYPED_TEST(KernelTester, ChannelGradientsPrescaleExtremeChannels) {
         const long double h = all.prescale[c];
         int exponent = 0;
         EXPECT_EQ(std::frexp(static_cast<double>(h), &exponent), 0.5) << c;  // a power of two
-        EXPECT_EQ(h == 1, c % 3 == 0) << c;
+        // 1/std of 2^51 and γ of 2^81: x_scale ~2^234 over g = 2^127 is within float.
+        EXPECT_EQ(h == 1, c % 3 == 0 || c % 6 == 4) << c;
         EXPECT_EQ(all.center[c], static_cast<T>(mean[c] * std::min(h, 1.0L))) << c;
         const long double i = inv[c], a = gamma[c] * i, x_scale = -a * i * (sums[c] * i) / 50;
-        EXPECT_NEAR(static_cast<double>(all.x_scale[c] * h / x_scale), 1.0, 4 * tolerance<T>())
-            << c;
         const long double g = all.dy_prescale[c];
+        EXPECT_NEAR(static_cast<double>(all.x_scale[c] * h * std::max(g, 1.0L) / x_scale), 1.0,
+                    4 * tolerance<T>())
+            << c;
         EXPECT_EQ(all.dy_prescale[c], one.dy_prescale[0]) << c;
         EXPECT_EQ(std::frexp(static_cast<double>(g), &exponent), 0.5) << c;
         EXPECT_EQ(g != 1, dy_extreme(c)) << c;
         EXPECT_NEAR(static_cast<double>(all.dy_scale[c] * g / a), 1.0, 4 * tolerance<T>()) << c;
+        const long double shift = -a * sum_dy[c] / 50;
+        if (std::fabs(shift / std::max(g, 1.0L)) >= std::numeric_limits<T>::min()) {
+          EXPECT_NEAR(static_cast<double>(all.shift[c] * std::max(g, 1.0L) / shift), 1.0,
+                      4 * tolerance<T>())
+              << c;
+        }
       }
     }
   });

@@ -141,6 +141,32 @@ double prescale_for(double center, double scale) noexcept {
   return magnitude <= 0.5 * largest ? 0.5 : 1.0;
 }
 
+/// Where a backward channel's dy coefficient a = γ·inv_std or its shift e = −a·Σdy/M reaches
+/// this (2^64 for float), its terms dy·a, (x − mean)·b and e (of the size of a·dy) may overflow
+/// where dx, what is left when they cancel, does not: three values a channel an ulp apart give
+/// an inv_std of 4e6, and γ 1e32 then makes dy·a 5e38.
+template <class T>
+constexpr double terms_near_top() noexcept {
+  double value = 1.0;
+  for (int i = 0; i < std::numeric_limits<T>::max_exponent / 2; ++i) value *= 2.0;
+  return value;
+}
+
+/// The backward's dy prescale g for a = γ·inv_std and the shift e: where max(|a|, |e|) reaches
+/// terms_near_top, the power of two g > 1 with max(|a|, |e|)/g in [1, 2) (as far as T holds g)
+/// that divides the three terms, whose sum the kernels multiply by g: it overflows only where dx
+/// does. Elsewhere prescale_for with a center of 0: a subnormal a takes a g < 1 that multiplies
+/// dy (dy·g·(a/g)).
+template <class T>
+double terms_prescale_for(double a, double shift) noexcept {
+  const double top = std::fmax(std::fabs(a), std::fabs(shift));
+  if (!(top >= terms_near_top<T>()) || !std::isfinite(top)) return prescale_for<T>(0.0, a);
+  int exponent = 0;
+  std::frexp(top, &exponent);
+  return std::fmin(std::ldexp(1.0, exponent - 1),
+                   std::ldexp(1.0, std::numeric_limits<T>::max_exponent - 1));
+}
+
 /// The center as the kernels take it with prescale h: multiplied by h where h < 1 (exact: a
 /// power of two), itself where h ≥ 1 (see prescale_for).
 template <class T>
@@ -287,7 +313,9 @@ bool inference_coefficients(std::size_t channels, double eps, const T* mean, con
 // no term cancels against a large one when |mean| ≫ std. b grows as inv_std³ while the
 // x − mean it multiplies shrinks as std: b can pass T's largest value where dx does not, and
 // then takes a prescale (prescale_for), as do a subnormal b and a mean whose x − mean can
-// overflow; a, the forward's scale, takes one where it leaves T's normal range.
+// overflow. a takes one too, g (terms_prescale_for): a subnormal a multiplies dy (dy·g·(a/g)), and
+// where a or e is near the top of T, the three terms are divided by g and their sum multiplied
+// by it.
 template <class Arch, class T>
 gradient_flags channel_gradients(const gradient_channels<T>& channels,
                                  const gradient_coefficients<T>* coefficients,
@@ -311,7 +339,8 @@ gradient_flags channel_gradients(const gradient_channels<T>& channels,
   // Channel c's dx coefficients from its 1/std and dγ: the vector loop's operations, then the
   // saturation and the prescale.
   const double largest = static_cast<double>(std::numeric_limits<T>::max()),
-               least = static_cast<double>(std::numeric_limits<T>::min());
+               least = static_cast<double>(std::numeric_limits<T>::min()),
+               near_top = terms_near_top<T>();
   const auto coefficients_of = [&](std::size_t c, double inv, double dgamma) {
     const double a = in.gamma ? static_cast<double>(in.gamma[c]) * inv : inv;
     const double x_scale = -(a * inv) * (dgamma * per_value);
@@ -321,7 +350,7 @@ gradient_flags channel_gradients(const gradient_channels<T>& channels,
     // The vector loop's test of extreme lanes, with its stores where it finds none.
     const double magnitude = std::fabs(x_scale), dy_magnitude = std::fabs(a);
     const bool extreme =
-        std::fmax(std::fmax(magnitude, dy_magnitude), std::fabs(shift)) >= largest ||
+        std::fmax(dy_magnitude, std::fabs(shift)) >= near_top || magnitude >= largest ||
         std::fabs(static_cast<double>(center)) >= overflowing_center<T>() ||
         (magnitude < least && x_scale != 0.0) || (dy_magnitude < least && a != 0.0);
     if (!extreme) {
@@ -333,12 +362,13 @@ gradient_flags channel_gradients(const gradient_channels<T>& channels,
       out.prescale[at] = T(1);
       return;
     }
-    const double h = prescale_for<T>(center, x_scale), g = prescale_for<T>(0.0, a);
+    const double g = terms_prescale_for<T>(a, shift), terms = g > 1.0 ? g : 1.0;
+    const double h = prescale_for<T>(center, x_scale / terms);
     out.center[at] = prescaled_center(center, h);
-    out.dy_scale[at] = saturate_scalar<T>(g == 1.0 ? a : a / g);
+    out.dy_scale[at] = saturate_scalar<T>(a / g);
     out.dy_prescale[at] = static_cast<T>(g);
-    out.x_scale[at] = saturate_scalar<T>(h == 1.0 ? x_scale : x_scale / h);
-    out.shift[at] = saturate_scalar<T>(shift);
+    out.x_scale[at] = saturate_scalar<T>(x_scale / terms / h);
+    out.shift[at] = saturate_scalar<T>(shift / terms);
     out.prescale[at] = static_cast<T>(h);
     prescaled = prescaled || h != 1.0 || g != 1.0;
   };
@@ -351,7 +381,8 @@ gradient_flags channel_gradients(const gradient_channels<T>& channels,
     constexpr bool has_gamma = decltype(affine)::value;
     constexpr bool has_out = decltype(coefficients_too)::value;
     const dvec per_value_v(per_value), eps(in.epsilon), unit(1.0), small_products(0x1p-100);
-    const dvec largest_v(largest), least_v(least), overflowing(overflowing_center<T>());
+    const dvec largest_v(largest), least_v(least), near_top_v(near_top),
+        overflowing(overflowing_center<T>());
     std::size_t c = 0;
     for (; c + lanes <= in.channels; c += lanes) {
       const dvec inv = has_inv_std ? load_as_f64<Arch>(in.inv_std + c)
@@ -377,10 +408,10 @@ gradient_flags channel_gradients(const gradient_channels<T>& channels,
       // The lanes that prescale_for might not give 1, or that saturate: the scalar code again
       // (for the others it gives these bits; a NaN lane gives the same bits either way).
       const dvec magnitude = xsimd::abs(x_scale), dy_magnitude = xsimd::abs(a);
-      const auto extreme =
-          (xsimd::max(xsimd::max(magnitude, dy_magnitude), xsimd::abs(shift)) >= largest_v) |
-          (xsimd::abs(center) >= overflowing) | ((magnitude < least_v) & (x_scale != zero)) |
-          ((dy_magnitude < least_v) & (a != zero));
+      const auto extreme = (xsimd::max(dy_magnitude, xsimd::abs(shift)) >= near_top_v) |
+                           (magnitude >= largest_v) | (xsimd::abs(center) >= overflowing) |
+                           ((magnitude < least_v) & (x_scale != zero)) |
+                           ((dy_magnitude < least_v) & (a != zero));
       if (xsimd::any(extreme)) {
         for (std::size_t k = c; k < c + lanes; ++k) {
           coefficients_of(k, inv_std_of(k), in.sum_dy_d[k]);

@@ -28,17 +28,19 @@ template <class Arch, class T>
   return fmadd(dy, dy_scale, fnmadd(center - x, x_scale, shift));
 }
 
-/// gradient_of for extreme channels: dy·g·dy_scale + ((x·min(h, 1) − center)·max(h, 1)·x_scale
-/// + shift), h the prescale and g the dy prescale. With h = g = 1 the same bits but for the
-/// sign of a zero.
+/// gradient_of for extreme channels: (dy·min(g, 1)·dy_scale + ((x·min(h, 1) − center)·max(h, 1)·
+/// x_scale + shift))·max(g, 1), h the prescale and g the dy prescale (kernels::channel_gradients
+/// divides the terms by a g > 1). With h = g = 1 the same bits but for the sign of a zero.
 template <class Arch, class T>
 [[gnu::always_inline]] inline xsimd::batch<T, Arch> prescaled_gradient_of(
     const xsimd::batch<T, Arch>& x, const xsimd::batch<T, Arch>& dy,
     const xsimd::batch<T, Arch>& center, const xsimd::batch<T, Arch>& dy_scale,
     const xsimd::batch<T, Arch>& x_scale, const xsimd::batch<T, Arch>& shift,
     const xsimd::batch<T, Arch>& prescale, const xsimd::batch<T, Arch>& dy_prescale) noexcept {
-  return fmadd(dy * dy_prescale, dy_scale,
-               fmadd(prescaled_deviation(x, center, prescale), x_scale, shift));
+  const xsimd::batch<T, Arch> one(T(1));
+  return fmadd(dy * at_most(dy_prescale, one), dy_scale,
+               fmadd(prescaled_deviation(x, center, prescale), x_scale, shift)) *
+         at_least(dy_prescale, one);
 }
 
 /// Whether some of the n channels (slots) from `first` has a prescale other than 1.
