@@ -220,9 +220,16 @@ class gradient_step {
   void sum_small_products_exactly(std::size_t c0, std::size_t c1) const {
     if constexpr (std::is_same_v<T, float>) {
       for (std::size_t c = c0; c < c1; ++c) {
-        if (kernels::sums_small_products(sum_dy_d_[c])) sum_exactly(c);
+        if (kernels::sums_small_products(sum_dy_d_[c], inv_std_at(c))) sum_exactly(c);
       }
     }
+  }
+
+  /// Channel c's 1/std, given or from the variance; 0 where neither is (dβ alone).
+  double inv_std_at(std::size_t c) const {
+    if (const T* inv_std = data_of<T>(args_.inv_std)) return static_cast<double>(inv_std[c]);
+    if (const T* var = data_of<T>(args_.var)) return inverse_std(var[c], plan_.prob.epsilon);
+    return 0.0;
   }
 
   /// Channel c's Σdy and Σdy·(x − mean) in float64, value by value.
@@ -261,11 +268,10 @@ class gradient_step {
       // Rare: the kernel's sums were replaced by dγ = inv_std·Σdy·(x − mean); the channels
       // whose Σ is small are summed again and their math done again, one by one.
       for (std::size_t c = c0; c < c1; ++c) {
-        const kernels::gradient_channels<T> one = channels_of(c, c + 1);
-        const double inv = one.inv_std ? static_cast<double>(one.inv_std[0])
-                                       : inverse_std(one.variance[0], plan_.prob.epsilon);
-        if (!kernels::sums_small_products(sum_dy_d_[c] / inv)) continue;
+        const double inv = inv_std_at(c);
+        if (!kernels::sums_small_products(sum_dy_d_[c] / inv, inv)) continue;
         sum_exactly(c);
+        const kernels::gradient_channels<T> one = channels_of(c, c + 1);
         flags.prescaled =
             kern_.channel_gradients(one, diff_src_ ? &coeffs_ : nullptr, c).prescaled ||
             flags.prescaled;

@@ -585,6 +585,33 @@ TEST_P(Backward, SubnormalProductsKeepTheirBits) {
   }
 }
 
+// Subnormal dy times subnormal x − mean: every float32 product rounds to zero, and a variance of
+// 0 with eps 1e-200 gives an inv_std of 1e100, which makes dγ ~1e12 of them: the zero sums are
+// summed again, dγ within 1e-6 of Σ|dy·x̂|, as on one thread and in the distributed reduction.
+TEST_P(Backward, ProductsThatAllRoundToZero) {
+  for (const layout l : {layout::channels_first, layout::channels_last}) {
+    const bnorm::tensor_shape shape{16, 4, 9};
+    const geometry g(shape);
+    std::vector<float> x = normal_data<float>(g.elements(), 0.0, 4.0, 52);
+    std::vector<float> dy = normal_data<float>(g.elements(), 0.0, 4.0, 53);
+    for (float& v : x) v = std::round(v) * std::numeric_limits<float>::denorm_min();
+    for (float& v : dy) v = std::round(v) * std::numeric_limits<float>::denorm_min();
+    const std::vector<float> gamma(g.c, 1.0f), mean(g.c, 0.0f), var(g.c, 0.0f);
+    bnorm::plan_options opts;
+    opts.max_isa = GetParam();
+    opts.update_running_stats = false;
+    const bnorm::plan plan = make_plan_or_fail({shape, l, bnorm::dtype::f32, 1e-200}, opts);
+    const auto [dx, dgamma, dbeta] =
+        all_gradients(plan, statistics::saved_variance, x, dy, gamma, mean, var);
+    const std::vector<double> inv(g.c, 1e100);
+    const reference_gradients ref = reference_backward(x, dy, shape, l, mean, inv, gamma, true);
+    const std::string name = l == layout::channels_first ? "nchw" : "nhwc";
+    for (std::size_t c = 0; c < g.c; ++c) ASSERT_GT(ref.abs_dgamma[c], 1e6) << name;
+    EXPECT_LE(worst_relative(dgamma, ref.dgamma, ref.abs_dgamma), 1e-6) << name;
+    EXPECT_LE(worst_relative(dbeta, ref.dbeta, ref.abs_dbeta), 1e-6) << name;
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(AllIsas, Backward, testing::ValuesIn(isas_under_test()), isa_param_name);
 
 // As PyTorch: an empty batch gives an empty dx and zero dγ, dβ.

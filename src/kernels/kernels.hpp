@@ -160,10 +160,13 @@ struct moment_channels {
 /// bits, and an inv_std of 1e22 brings them back into dγ and dx. A channel whose float32
 /// Σdy·(x − mean) is nonzero and below 2^-100 may hold them, and is summed again in float64:
 /// where it reaches 2^-100, the products' roundings (2^-150 each) stay below 2^-24 of it up to
-/// 2^26 values a channel. A zero sum (dy or x − mean all zero) keeps its bits.
-inline bool sums_small_products(double sum_dy_d) noexcept {
+/// 2^26 values a channel. A zero sum keeps its bits (dy or x − mean all zero: a channel that a
+/// ReLU after it left without gradient) unless inv_std reaches 2^80: its products may all have
+/// rounded to zero (subnormal dy times subnormal x − mean), and inv_std·M·2^-150, what they can
+/// hold, may then be more than dγ's rounding (below 2^-70·M where inv_std does not reach it).
+inline bool sums_small_products(double sum_dy_d, double inv_std) noexcept {
   const double magnitude = std::fabs(sum_dy_d);
-  return magnitude < 0x1p-100 && magnitude != 0.0;
+  return magnitude < 0x1p-100 && (magnitude != 0.0 || inv_std >= 0x1p80);
 }
 
 /// What channel_gradients found: some prescale other than 1; some channel of float32 data
