@@ -380,8 +380,8 @@ gradient_flags channel_gradients(const gradient_channels<T>& channels,
     constexpr bool has_inv_std = decltype(given_inv_std)::value;
     constexpr bool has_gamma = decltype(affine)::value;
     constexpr bool has_out = decltype(coefficients_too)::value;
-    const dvec per_value_v(per_value), eps(in.epsilon), unit(1.0), small_products(0x1p-100),
-        all_rounded_away(0x1p80);  // sums_small_products's two bounds
+    const dvec per_value_v(per_value), eps(in.epsilon), unit(1.0),
+        small_products(small_products_below), all_rounded_away(zero_products_from_inv_std);
     const dvec largest_v(largest), least_v(least), near_top_v(near_top),
         overflowing(overflowing_center<T>());
     std::size_t c = 0;
@@ -389,7 +389,7 @@ gradient_flags channel_gradients(const gradient_channels<T>& channels,
       const dvec inv = has_inv_std ? load_as_f64<Arch>(in.inv_std + c)
                                    : unit / xsimd::sqrt(load_as_f64<Arch>(in.variance + c) + eps);
       const dvec sum_dy_d = dvec::load_unaligned(in.sum_dy_d + c);
-      if (checks_products) {
+      if (checks_products) {  // sums_small_products
         small = small | ((xsimd::abs(sum_dy_d) < small_products) &
                          ((sum_dy_d != zero) | (inv >= all_rounded_away)));
       }

@@ -164,9 +164,12 @@ struct moment_channels {
 /// ReLU after it left without gradient) unless inv_std reaches 2^80: its products may all have
 /// rounded to zero (subnormal dy times subnormal x − mean), and inv_std·M·2^-150, what they can
 /// hold, may then be more than dγ's rounding (below 2^-70·M where inv_std does not reach it).
+constexpr double small_products_below = 0x1p-100;
+constexpr double zero_products_from_inv_std = 0x1p80;
 inline bool sums_small_products(double sum_dy_d, double inv_std) noexcept {
   const double magnitude = std::fabs(sum_dy_d);
-  return magnitude < 0x1p-100 && (magnitude != 0.0 || inv_std >= 0x1p80);
+  return magnitude < small_products_below &&
+         (magnitude != 0.0 || inv_std >= zero_products_from_inv_std);
 }
 
 /// What channel_gradients found: some prescale other than 1; some channel of float32 data
