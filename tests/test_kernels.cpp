@@ -778,6 +778,73 @@ TYPED_TEST(KernelTester, GradientMapOverTailsStoresAndInPlace) {
   });
 }
 
+/// The inputs of channel_gradients over the channels of `mean`, 50 values each, from 1/std.
+template <class T>
+kernels::gradient_channels<T> channel_inputs(const std::vector<T>& mean,
+                                             const std::vector<T>& inv_std,
+                                             const std::vector<T>& gamma,
+                                             const std::vector<double>& sum_dy,
+                                             std::vector<double>& sum_dy_d) {
+  kernels::gradient_channels<T> in;
+  in.channels = mean.size();
+  in.count = 50;
+  in.mean = mean.data();
+  in.inv_std = inv_std.data();
+  in.gamma = gamma.data();
+  in.sum_dy = sum_dy.data();
+  in.sum_dy_d = sum_dy_d.data();
+  return in;
+}
+
+/// channel_gradients over all the channels of `in` (its Σdy·(x − mean) copied, not replaced)
+/// and over each channel alone, for the tests that vector channels and the scalar ones agree to
+/// the bit.
+template <class T>
+struct channel_gradient_runs {
+  gradient_buffers<T> all;
+  std::vector<gradient_buffers<T>> alone;
+  std::vector<double> dgamma, dgamma_alone;
+  kernels::gradient_flags flags;
+  std::vector<kernels::gradient_flags> flags_alone;
+
+  channel_gradient_runs(const kernels::kernel_set<T>& k, kernels::gradient_channels<T> in)
+      : all(in.channels), dgamma(in.sum_dy_d, in.sum_dy_d + in.channels) {
+    const std::vector<double> sums = dgamma;
+    in.sum_dy_d = dgamma.data();
+    const kernels::gradient_coefficients<T> out = all.writable();
+    flags = k.channel_gradients(in, &out, 0);
+    const auto at = [](const T* p, std::size_t c) { return p ? p + c : nullptr; };
+    for (std::size_t c = 0; c < in.channels; ++c) {
+      alone.emplace_back(1);
+      dgamma_alone.push_back(sums[c]);
+    }
+    for (std::size_t c = 0; c < in.channels; ++c) {
+      kernels::gradient_channels<T> single = in;
+      single.channels = 1;
+      single.mean = at(in.mean, c);
+      single.gamma = at(in.gamma, c);
+      single.inv_std = at(in.inv_std, c);
+      single.variance = at(in.variance, c);
+      single.sum_dy += c;
+      single.sum_dy_d = &dgamma_alone[c];
+      const kernels::gradient_coefficients<T> one = alone[c].writable();
+      flags_alone.push_back(k.channel_gradients(single, &one, 0));
+    }
+  }
+
+  /// Channel c's dγ and coefficients: the same bits alone as among the others.
+  void expect_same_bits(std::size_t c) const {
+    const gradient_buffers<T>& one = alone[c];
+    EXPECT_EQ(dgamma[c], dgamma_alone[c]) << c;
+    EXPECT_EQ(all.center[c], one.center[0]) << c;
+    EXPECT_EQ(all.dy_scale[c], one.dy_scale[0]) << c;
+    EXPECT_EQ(all.x_scale[c], one.x_scale[0]) << c;
+    EXPECT_EQ(all.shift[c], one.shift[0]) << c;
+    EXPECT_EQ(all.prescale[c], one.prescale[0]) << c;
+    EXPECT_EQ(all.dy_prescale[c], one.dy_prescale[0]) << c;
+  }
+};
+
 // dγ and the dx coefficients: vector channels and the scalar ones after them agree to the bit,
 // from 1/std or from the variance.
 TYPED_TEST(KernelTester, ChannelGradientsOverTails) {
@@ -792,43 +859,26 @@ TYPED_TEST(KernelTester, ChannelGradientsOverTails) {
         inv[c] = static_cast<T>(1 / std::sqrt(static_cast<double>(var[c]) + 1e-5));
       }
       const std::vector<double> sum_dy = normal_data<double>(n, 0.0, 3.0, n + 2);
+      std::vector<double> sums = normal_data<double>(n, 0.0, 3.0, n + 3);
       for (const bool from_variance : {false, true}) {
-        std::vector<double> dgamma = normal_data<double>(n, 0.0, 3.0, n + 3);
-        const std::vector<double> sums = dgamma;
-        gradient_buffers<T> all(n);
-        kernels::gradient_channels<T> in;
-        in.channels = n;
-        in.count = 50;
-        in.epsilon = 1e-5;
-        in.mean = mean.data();
-        (from_variance ? in.variance : in.inv_std) = from_variance ? var.data() : inv.data();
-        in.gamma = gamma.data();
-        in.sum_dy = sum_dy.data();
-        in.sum_dy_d = dgamma.data();
-        const kernels::gradient_coefficients<T> out = all.writable();
-        EXPECT_FALSE(k.channel_gradients(in, &out, 0).prescaled);
+        kernels::gradient_channels<T> in = channel_inputs(mean, inv, gamma, sum_dy, sums);
+        if (from_variance) {
+          in.inv_std = nullptr;
+          in.variance = var.data();
+          in.epsilon = 1e-5;
+        }
+        const channel_gradient_runs<T> runs(k, in);
+        EXPECT_FALSE(runs.flags.prescaled);
+        const gradient_buffers<T>& all = runs.all;
         for (std::size_t c = 0; c < n; ++c) {
-          gradient_buffers<T> one(1);
-          std::vector<double> one_sum = {sums[c]};
-          kernels::gradient_channels<T> single = in;
-          single.channels = 1;
-          single.mean += c;
-          single.gamma += c;
-          (from_variance ? single.variance : single.inv_std) += c;
-          single.sum_dy += c;
-          single.sum_dy_d = one_sum.data();
-          const kernels::gradient_coefficients<T> one_out = one.writable();
-          k.channel_gradients(single, &one_out, 0);
-          EXPECT_EQ(dgamma[c], one_sum[0]) << c;
-          EXPECT_EQ(all.dy_scale[c], one.dy_scale[0]) << c;
-          EXPECT_EQ(all.x_scale[c], one.x_scale[0]) << c;
-          EXPECT_EQ(all.shift[c], one.shift[0]) << c;
+          runs.expect_same_bits(c);
           EXPECT_EQ(all.center[c], mean[c]) << c;
           EXPECT_EQ(all.prescale[c], T(1)) << c;
-          const long double i = from_variance ? 1 / std::sqrt((long double)var[c] + 1e-5L) : inv[c];
-          EXPECT_NEAR(dgamma[c], (double)(sums[c] * i), 1e-14 * (1 + std::fabs(dgamma[c])));
-          const long double a = gamma[c] * i;
           EXPECT_EQ(all.dy_prescale[c], T(1)) << c;
+          const long double i = from_variance ? 1 / std::sqrt((long double)var[c] + 1e-5L) : inv[c];
+          EXPECT_NEAR(runs.dgamma[c], (double)(sums[c] * i),
+                      1e-14 * (1 + std::fabs(runs.dgamma[c])));
+          const long double a = gamma[c] * i;
           EXPECT_NEAR(all.dy_scale[c], (double)a, 4 * tolerance<T>() * std::fabs((double)a));
           EXPECT_NEAR(all.x_scale[c], (double)(-a * i * (sums[c] * i) / 50),
                       4 * tolerance<T>() * (1 + std::fabs((double)(a * i * sums[c] * i / 50))));
@@ -858,36 +908,13 @@ TYPED_TEST(KernelTester, ChannelGradientsTermsNearTheTop) {
         if (big_gamma(c)) gamma[c] = static_cast<T>(std::ldexp(1.0, max_exponent * 9 / 16));
         if (big_shift(c)) sum_dy[c] = std::ldexp(c % 2 ? 50.0 : -50.0, max_exponent * 5 / 8);
       }
-      std::vector<double> dgamma = normal_data<double>(n, 0.0, 3.0, n + 3);
-      const std::vector<double> sums = dgamma;
-      gradient_buffers<T> all(n);
-      kernels::gradient_channels<T> in;
-      in.channels = n;
-      in.count = 50;
-      in.mean = mean.data();
-      in.inv_std = inv.data();
-      in.gamma = gamma.data();
-      in.sum_dy = sum_dy.data();
-      in.sum_dy_d = dgamma.data();
-      const kernels::gradient_coefficients<T> out = all.writable();
-      EXPECT_EQ(k.channel_gradients(in, &out, 0).prescaled, n > 2) << n;
+      std::vector<double> sums = normal_data<double>(n, 0.0, 3.0, n + 3);
+      const kernels::gradient_channels<T> in = channel_inputs(mean, inv, gamma, sum_dy, sums);
+      const channel_gradient_runs<T> runs(k, in);
+      EXPECT_EQ(runs.flags.prescaled, n > 2) << n;
+      const gradient_buffers<T>& all = runs.all;
       for (std::size_t c = 0; c < n; ++c) {
-        gradient_buffers<T> one(1);
-        std::vector<double> one_sum = {sums[c]};
-        kernels::gradient_channels<T> single = in;
-        single.channels = 1;
-        single.mean += c;
-        single.gamma += c;
-        single.inv_std += c;
-        single.sum_dy += c;
-        single.sum_dy_d = one_sum.data();
-        const kernels::gradient_coefficients<T> one_out = one.writable();
-        k.channel_gradients(single, &one_out, 0);
-        EXPECT_EQ(all.center[c], one.center[0]) << c;
-        EXPECT_EQ(all.dy_scale[c], one.dy_scale[0]) << c;
-        EXPECT_EQ(all.x_scale[c], one.x_scale[0]) << c;
-        EXPECT_EQ(all.shift[c], one.shift[0]) << c;
-        EXPECT_EQ(all.dy_prescale[c], one.dy_prescale[0]) << c;
+        runs.expect_same_bits(c);
         EXPECT_EQ(all.prescale[c], T(1)) << c;
         EXPECT_EQ(all.center[c], mean[c]) << c;
         const long double g = all.dy_prescale[c];
@@ -928,21 +955,11 @@ TYPED_TEST(KernelTester, ChannelGradientsPrescaleExtremeChannels) {
         if (dy_extreme(c)) gamma[c] = static_cast<T>(std::ldexp(1.0, sign * wide * 8 / 5));
       }
       const std::vector<double> sum_dy = normal_data<double>(n, 0.0, 3.0, n + 2);
-      std::vector<double> dgamma = normal_data<double>(n, 0.0, 3.0, n + 3);
-      const std::vector<double> sums = dgamma;
-      gradient_buffers<T> all(n);
-      kernels::gradient_channels<T> in;
-      in.channels = n;
-      in.count = 50;
-      in.mean = mean.data();
-      in.inv_std = inv.data();
-      in.gamma = gamma.data();
-      in.sum_dy = sum_dy.data();
-      in.sum_dy_d = dgamma.data();
-      const kernels::gradient_coefficients<T> out = all.writable();
-      const kernels::gradient_flags flags = k.channel_gradients(in, &out, 0);
-      EXPECT_EQ(flags.prescaled, n >= 2) << n;
-      EXPECT_FALSE(flags.small_products) << n;
+      std::vector<double> sums = normal_data<double>(n, 0.0, 3.0, n + 3);
+      const kernels::gradient_channels<T> in = channel_inputs(mean, inv, gamma, sum_dy, sums);
+      const channel_gradient_runs<T> runs(k, in);
+      EXPECT_EQ(runs.flags.prescaled, n >= 2) << n;
+      EXPECT_FALSE(runs.flags.small_products) << n;
       // A sum of products below the normal range, in the last channel: summed again.
       std::vector<double> small_sums = sums;
       small_sums[n - 1] = 0x1p-110;
@@ -951,23 +968,10 @@ TYPED_TEST(KernelTester, ChannelGradientsPrescaleExtremeChannels) {
       EXPECT_TRUE(k.channel_gradients(small, nullptr, 0).small_products) << n;
       small_sums.assign(n, 0.0);  // zero sums keep their bits
       EXPECT_FALSE(k.channel_gradients(small, nullptr, 0).small_products) << n;
+      const gradient_buffers<T>& all = runs.all;
       for (std::size_t c = 0; c < n; ++c) {
-        gradient_buffers<T> one(1);
-        std::vector<double> one_sum = {sums[c]};
-        kernels::gradient_channels<T> single = in;
-        single.channels = 1;
-        single.mean += c;
-        single.gamma += c;
-        single.inv_std += c;
-        single.sum_dy += c;
-        single.sum_dy_d = one_sum.data();
-        const kernels::gradient_coefficients<T> one_out = one.writable();
-        EXPECT_EQ(k.channel_gradients(single, &one_out, 0).prescaled, c % 3 != 0) << c;
-        EXPECT_EQ(all.center[c], one.center[0]) << c;
-        EXPECT_EQ(all.dy_scale[c], one.dy_scale[0]) << c;
-        EXPECT_EQ(all.x_scale[c], one.x_scale[0]) << c;
-        EXPECT_EQ(all.shift[c], one.shift[0]) << c;
-        EXPECT_EQ(all.prescale[c], one.prescale[0]) << c;
+        runs.expect_same_bits(c);
+        EXPECT_EQ(runs.flags_alone[c].prescaled, c % 3 != 0) << c;
         const long double h = all.prescale[c];
         int exponent = 0;
         EXPECT_EQ(std::frexp(static_cast<double>(h), &exponent), 0.5) << c;  // a power of two
@@ -979,7 +983,6 @@ TYPED_TEST(KernelTester, ChannelGradientsPrescaleExtremeChannels) {
         EXPECT_NEAR(static_cast<double>(all.x_scale[c] * h * std::max(g, 1.0L) / x_scale), 1.0,
                     4 * tolerance<T>())
             << c;
-        EXPECT_EQ(all.dy_prescale[c], one.dy_prescale[0]) << c;
         EXPECT_EQ(std::frexp(static_cast<double>(g), &exponent), 0.5) << c;
         EXPECT_EQ(g != 1, dy_extreme(c)) << c;
         EXPECT_NEAR(static_cast<double>(all.dy_scale[c] * g / a), 1.0, 4 * tolerance<T>()) << c;
