@@ -587,7 +587,8 @@ TEST_P(Backward, SubnormalProductsKeepTheirBits) {
 
 // Subnormal dy times subnormal x − mean: every float32 product rounds to zero, and a variance of
 // 0 with eps 1e-200 gives an inv_std of 1e100, which makes dγ ~1e12 of them: the zero sums are
-// summed again, dγ within 1e-6 of Σ|dy·x̂|, as on one thread and in the distributed reduction.
+// summed again, dγ within 1e-6 of Σ|dy·x̂| (each rank's sums before a distributed exchange:
+// DistributedBackward.ProductsThatAllRoundToZero).
 TEST_P(Backward, ProductsThatAllRoundToZero) {
   for (const layout l : {layout::channels_first, layout::channels_last}) {
     const bnorm::tensor_shape shape{16, 4, 9};

@@ -4,7 +4,9 @@
 // a float64 reference, and the same bits on every rank. tests/mpi/ runs the same over MPI.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <cstring>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -240,6 +242,67 @@ INSTANTIATE_TEST_SUITE_P(
       return std::string(split_cases[std::get<1>(info.param)].name) + "_" +
              bnorm::to_string(std::get<0>(info.param));
     });
+
+// Each rank sums its share before the exchange, and those sums take the same rule as one
+// call's: subnormal dy times subnormal x − mean round every float32 product to zero, and with a
+// variance of 0 and eps 1e-200 (an inv_std of 1e100) the zero sums are summed again in float64.
+// dγ summed over the ranks is the whole batch's within 1e-6 of Σ|dy·x̂| (see
+// Backward.ProductsThatAllRoundToZero for one call).
+TEST(DistributedBackward, ProductsThatAllRoundToZero) {
+  for (const bnorm::isa id : isas_under_test()) {
+    for (const layout l : {layout::channels_first, layout::channels_last}) {
+      const bnorm::tensor_shape whole{16, 4, 9}, half{8, 4, 9};
+      const geometry g(whole);
+      std::vector<float> x = normal_data<float>(g.elements(), 0.0, 4.0, 52);
+      std::vector<float> dy = normal_data<float>(g.elements(), 0.0, 4.0, 53);
+      for (float& v : x) v = std::round(v) * std::numeric_limits<float>::denorm_min();
+      for (float& v : dy) v = std::round(v) * std::numeric_limits<float>::denorm_min();
+      const std::vector<float> gamma(g.c, 1.0f), mean(g.c, 0.0f), var(g.c, 0.0f);
+      std::vector<float> dx(x.size());
+      std::vector<std::vector<float>> dgamma(2, std::vector<float>(g.c));
+      std::vector<std::vector<float>> dbeta(2, std::vector<float>(g.c));
+      bnorm::plan_options opts;
+      opts.max_isa = id;
+      const bnorm::plan plan = make_plan_or_fail({half, l, bnorm::dtype::f32, 1e-200}, opts);
+      const std::size_t block = bnorm::gradient_exchange_size(g.c), share = x.size() / 2;
+      const auto args = [&](std::size_t r) {
+        bnorm::backward_args b;
+        b.src = x.data() + r * share;
+        b.diff_dst = dy.data() + r * share;
+        b.diff_src = dx.data() + r * share;
+        b.scale = in(gamma);
+        b.mean = in(mean);
+        b.var = in(var);
+        b.diff_scale = out(dgamma[r]);
+        b.diff_shift = out(dbeta[r]);
+        return b;
+      };
+      std::vector<double> sums(2 * block), summed(block);
+      for (std::size_t r = 0; r < 2; ++r) {
+        const bnorm::status s = plan.local_gradient_sums(args(r), &sums[r * block], block);
+        ASSERT_TRUE(s) << s.message();
+      }
+      ASSERT_TRUE(bnorm::sum_gradient_exchanges(g.c, sums.data(), 2, summed.data(), block));
+      for (std::size_t r = 0; r < 2; ++r) {
+        const bnorm::status s =
+            plan.backward_training_merged(args(r), &sums[r * block], summed.data(), block);
+        ASSERT_TRUE(s) << s.message();
+      }
+      // The halves along N are the whole batch's first and second eight samples in either
+      // layout, so the reference takes the whole tensors.
+      const std::vector<double> inv(g.c, 1e100);
+      const reference_gradients ref = reference_backward(x, dy, whole, l, mean, inv, gamma, true);
+      const std::string name =
+          std::string(bnorm::to_string(id)) + (l == layout::channels_first ? " nchw" : " nhwc");
+      for (std::size_t c = 0; c < g.c; ++c) {
+        ASSERT_GT(ref.abs_dgamma[c], 1e6) << name;
+        EXPECT_NEAR(double(dgamma[0][c]) + double(dgamma[1][c]), ref.dgamma[c],
+                    1e-6 * ref.abs_dgamma[c])
+            << name << " channel " << c;
+      }
+    }
+  }
+}
 
 TEST(DistributedMerge, ChanMergeInRankOrderMatchesThePooledMoments) {
   // Three ranks of 2, 0 and 3 values of one channel: {1, 3}, {}, {10, 11, 12}.
