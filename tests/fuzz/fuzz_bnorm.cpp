@@ -5,7 +5,8 @@
 // refuses is refused, that every rejection is a clean status that leaves every buffer
 // untouched, and that every accepted call matches a float64 reference. Then a backward call
 // (training or frozen, any output mask, statistics from the forward or arbitrary, some breaching
-// the contract) under the same checks; last, an inference call with an activation.
+// the contract) under the same checks; last, an inference call with an activation and a
+// backward through its mask.
 //
 //   scripts/fuzz.sh 60        (clang-14, ASan + UBSan, the committed seed corpus)
 #include <fuzzer/FuzzedDataProvider.h>
@@ -78,7 +79,8 @@ double tolerance(double ref, double x, double mean, double inv_std) {
 
 template <class T>
 void run_backward(FuzzedDataProvider& in, const bnorm::plan& plan, const bnorm::problem& prob,
-                  const std::vector<T>& x, std::vector<T> mean, std::vector<T> inv_std);
+                  const std::vector<T>& x, std::vector<T> mean, std::vector<T> inv_std,
+                  const std::vector<T>& y = {});
 
 template <class T>
 void run(FuzzedDataProvider& in, const bnorm::plan& plan, const bnorm::problem& prob) {
@@ -237,10 +239,13 @@ void run(FuzzedDataProvider& in, const bnorm::plan& plan, const bnorm::problem& 
 }
 
 /// A backward call on the same plan: arbitrary dy, output mask and statistics (the forward's
-/// where it saved them, else arbitrary), some calls breaking the contract.
+/// where it saved them, else arbitrary), some calls breaking the contract. A plan with an
+/// activation takes y, the forward's output, whose mask dy passes first (and add+ReLU's dz,
+/// the masked dy, when asked).
 template <class T>
 void run_backward(FuzzedDataProvider& in, const bnorm::plan& plan, const bnorm::problem& prob,
-                  const std::vector<T>& x, std::vector<T> mean, std::vector<T> inv_std) {
+                  const std::vector<T>& x, std::vector<T> mean, std::vector<T> inv_std,
+                  const std::vector<T>& y) {
   geometry g;
   g.n = static_cast<std::size_t>(prob.shape[0]);
   g.c = static_cast<std::size_t>(prob.shape[1]);
@@ -267,10 +272,30 @@ void run_backward(FuzzedDataProvider& in, const bnorm::plan& plan, const bnorm::
   if (in.ConsumeBool()) args.diff_scale = {dgamma.data(), dgamma.size()};
   if (in.ConsumeBool()) args.diff_shift = {dbeta.data(), dbeta.size()};
   bool must_refuse = false;
-  std::vector<T> dy_in_place;  // dx == dy: the reference reads this copy
+  std::vector<T> dy_in_place;  // dx == dy (or dz == dy): the reference reads this copy
+  // Only with an activation (y given), so that the committed corpus keeps its meaning.
+  const bnorm::plan_options& opts = plan.options();
+  std::vector<T> dz;
+  if (!y.empty()) {
+    args.dst = in.ConsumeIntegralInRange<int>(0, 20) == 0 ? nullptr : y.data();
+    const int residual = in.ConsumeIntegralInRange<int>(0, 3);
+    if (opts.activation == bnorm::activation::add_relu && residual == 1) {
+      dz.assign(count, T(-4));
+      args.diff_residual = dz.data();
+    } else if (opts.activation == bnorm::activation::add_relu && residual == 2 && args.diff_dst) {
+      dy_in_place = dy;  // dz over dy: allowed
+      dz = dy;
+      args.diff_dst = dz.data();
+      args.diff_residual = dz.data();
+    } else if (residual == 3 && opts.activation != bnorm::activation::add_relu) {
+      dz.assign(count, T(-4));  // a residual gradient the activation has none of
+      args.diff_residual = dz.data();
+      must_refuse = true;
+    }
+  }
   switch (in.ConsumeIntegralInRange<int>(0, 8)) {
     case 0:  // in place: allowed
-      if (args.diff_src && args.diff_dst) {
+      if (args.diff_src && args.diff_dst && args.diff_dst == dy.data()) {
         dy_in_place = dy;
         dx = dy;
         args.diff_dst = dx.data();
@@ -296,20 +321,42 @@ void run_backward(FuzzedDataProvider& in, const bnorm::plan& plan, const bnorm::
       break;
     default: break;
   }
-  const std::vector<T> dx0 = dx, dgamma0 = dgamma, dbeta0 = dbeta;
+  const std::vector<T> dx0 = dx, dgamma0 = dgamma, dbeta0 = dbeta, dz0 = dz;
   const bnorm::status s = frozen ? plan.backward_frozen(args) : plan.backward_training(args);
   if (!s.ok()) {
     if (s.message()[0] == '\0') fail("a backward rejection without a message", s);
     const auto same = [](const std::vector<T>& a, const std::vector<T>& b) {
       return a.empty() || std::memcmp(a.data(), b.data(), a.size() * sizeof(T)) == 0;
     };
-    if (!same(dx, dx0) || !same(dgamma, dgamma0) || !same(dbeta, dbeta0)) {
+    if (!same(dx, dx0) || !same(dgamma, dgamma0) || !same(dbeta, dbeta0) || !same(dz, dz0)) {
       fail("a rejected backward wrote to a buffer", s);
     }
     return;
   }
   if (must_refuse) fail("a backward that breaks the contract was accepted", s);
-  const std::vector<T>& dy_read = dy_in_place.empty() ? dy : dy_in_place;
+  // dy through the activation's mask (y > 0; clamp: within its bounds as the forward rounded
+  // them), the gradient that the rest of the backward takes.
+  std::vector<T> dy_read = dy_in_place.empty() ? dy : dy_in_place;
+  if (!y.empty()) {
+    const double lo = opts.activation == bnorm::activation::clamp
+                          ? static_cast<double>(static_cast<T>(opts.clamp_min))
+                          : 0.0;
+    const double hi = opts.activation == bnorm::activation::clamp
+                          ? static_cast<double>(static_cast<T>(opts.clamp_max))
+                          : std::numeric_limits<double>::infinity();
+    for (std::size_t at = 0; at < count; ++at) {
+      const double yv = static_cast<double>(y[at]);
+      if (!(yv > lo && yv < hi)) dy_read[at] = T(0);
+    }
+  }
+  for (std::size_t at = 0; at < count && args.diff_residual; ++at) {
+    const T want = dy_read[at], got = static_cast<const T*>(args.diff_residual)[at];
+    if (!(got == want || (std::isnan(got) && std::isnan(want)))) {
+      std::fprintf(stderr, "dz at %zu: got %.9g, the masked dy %.9g (y %.9g)\n", at,
+                   static_cast<double>(got), static_cast<double>(want), static_cast<double>(y[at]));
+      fail("dz differs from dy through the mask", s);
+    }
+  }
   const double eps = std::numeric_limits<T>::epsilon();
   const double m = static_cast<double>(g.n * g.s);
   for (std::size_t c = 0; c < g.c && count > 0; ++c) {
@@ -550,6 +597,12 @@ void run_inference(FuzzedDataProvider& in, const bnorm::problem& prob, bnorm::pl
           fail("an accepted inference differs from the float64 reference", s);
         }
       }
+  }
+  // A backward through the activation's mask, with this call's output as the forward's.
+  if (count > 0 && in.ConsumeBool()) {
+    const std::vector<T> y_out(out, out + count);
+    const bool masks = opts.activation != bnorm::activation::none;
+    run_backward<T>(in, plan, prob, x, mean, var, masks ? y_out : std::vector<T>());
   }
 }
 
