@@ -449,7 +449,51 @@ void run_backward(FuzzedDataProvider& in, const bnorm::plan& plan, const bnorm::
 /// statistics and parameters, some calls breaking the contract; the same checks as training's.
 /// Its inputs come after everything the training call reads, so that the committed corpus
 /// keeps its meaning.
-template <class T>
+/// The storage types' conversions and limits: float and double as themselves, bf16 and f16
+/// through float (rounded to nearest even once, as bnorm rounds its float32 results).
+template <class S>
+std::vector<S> stored(const std::vector<typename bnorm::element_traits<S>::parameter_type>& v) {
+  if constexpr (std::is_floating_point_v<S>) {
+    return v;
+  } else {
+    std::vector<S> out(v.size());
+    for (std::size_t i = 0; i < v.size(); ++i) out[i] = S::from_float(v[i]);
+    return out;
+  }
+}
+inline double as_double(float v) {
+  return v;
+}
+inline double as_double(double v) {
+  return v;
+}
+inline double as_double(bnorm::bfloat16 v) {
+  return v.to_float();
+}
+inline double as_double(bnorm::float16 v) {
+  return v.to_float();
+}
+
+/// largest: the largest finite value; rounding: the relative step of one more rounding to S
+/// (none for float and double, whose results are not rounded again); least_step: the spacing
+/// of S's subnormals, the absolute step of that rounding near 0.
+template <class S>
+struct storage_limits {
+  static constexpr double largest = static_cast<double>(std::numeric_limits<S>::max());
+  static constexpr double rounding = 0.0, least_step = 0.0;
+};
+template <>
+struct storage_limits<bnorm::bfloat16> {
+  static constexpr double largest = 3.3895313892515355e38;  // 0x7F7F
+  static constexpr double rounding = 0x1p-8, least_step = 0x1p-133;
+};
+template <>
+struct storage_limits<bnorm::float16> {
+  static constexpr double largest = 65504.0;
+  static constexpr double rounding = 0x1p-11, least_step = 0x1p-24;
+};
+
+template <class S>
 void run_inference(FuzzedDataProvider& in, const bnorm::problem& prob, bnorm::plan_options opts) {
   opts.activation = static_cast<bnorm::activation>(in.ConsumeIntegralInRange<int>(0, 4));
   if (opts.activation == bnorm::activation::clamp) {
@@ -473,12 +517,14 @@ void run_inference(FuzzedDataProvider& in, const bnorm::problem& prob, bnorm::pl
   for (std::size_t d = 2; d < prob.shape.rank(); ++d)
     g.s *= static_cast<std::size_t>(prob.shape[d]);
   const std::size_t count = g.n * g.c * g.s;
-  const std::vector<T> x = values<T>(in, count);
+  using T = typename bnorm::element_traits<S>::parameter_type;  // the compute type too
+  const std::vector<S> x = stored<S>(values<T>(in, count));
   const std::vector<T> gamma = values<T>(in, g.c), beta = values<T>(in, g.c);
   const std::vector<T> mean = values<T>(in, g.c), var = values<T>(in, g.c);
   const bool adds = opts.activation == bnorm::activation::add_relu;
-  std::vector<T> z = adds ? values<T>(in, count) : std::vector<T>();
-  std::vector<T> y(count, T(-7)), buffer;  // buffer: src, dst and z where some share one
+  std::vector<S> z = adds ? stored<S>(values<T>(in, count)) : std::vector<S>();
+  std::vector<S> y = stored<S>(std::vector<T>(count, T(-7))),
+                 buffer;  // buffer: src, dst and z where some share one
   bnorm::inference_args args;
   args.src = x.data();
   args.dst = y.data();
@@ -520,20 +566,20 @@ void run_inference(FuzzedDataProvider& in, const bnorm::problem& prob, bnorm::pl
       break;
     default: break;
   }
-  const std::vector<T> y0 = y, buffer0 = buffer;
+  const std::vector<S> y0 = y, buffer0 = buffer;
   const bnorm::status s = plan.forward_inference(args);
   if (!s.ok()) {
     if (s.message()[0] == '\0') fail("an inference rejection without a message", s);
-    const auto same = [](const std::vector<T>& a, const std::vector<T>& b) {  // NaN-safe
-      return a.empty() || std::memcmp(a.data(), b.data(), a.size() * sizeof(T)) == 0;
+    const auto same = [](const std::vector<S>& a, const std::vector<S>& b) {  // NaN-safe
+      return a.empty() || std::memcmp(a.data(), b.data(), a.size() * sizeof(S)) == 0;
     };
     if (!same(y, y0) || !same(buffer, buffer0)) fail("a rejected inference wrote to a buffer", s);
     return;
   }
   if (must_refuse) fail("an inference that breaks the contract was accepted", s);
-  const T* out = static_cast<const T*>(args.dst);
+  const S* out = static_cast<const S*>(args.dst);
   const double eps = std::numeric_limits<T>::epsilon();
-  const double largest = static_cast<double>(std::numeric_limits<T>::max());
+  const double largest = storage_limits<S>::largest;
   // γ/sqrt(var + eps) beyond 2^127 times float's range saturates (documented, as training's).
   const double scale_limit = std::is_same_v<T, float>
                                  ? std::ldexp(static_cast<double>(FLT_MAX), 127)
@@ -554,9 +600,9 @@ void run_inference(FuzzedDataProvider& in, const bnorm::problem& prob, bnorm::pl
     for (std::size_t n = 0; n < g.n; ++n)
       for (std::size_t i = 0; i < g.s; ++i) {
         const std::size_t at = g.at(prob.layout, n, c, i);
-        const double xv = static_cast<double>(x[at]);
-        const double zv = adds ? static_cast<double>(z[at]) : 0.0;
-        const double got = static_cast<double>(out[at]);
+        const double xv = as_double(x[at]);
+        const double zv = adds ? as_double(z[at]) : 0.0;
+        const double got = as_double(out[at]);
         if (std::isnan(xv) || std::isnan(zv)) {
           // A NaN stays NaN through every activation (PyTorch's relu and clamp).
           if (!std::isnan(got)) {
@@ -584,9 +630,12 @@ void run_inference(FuzzedDataProvider& in, const bnorm::problem& prob, bnorm::pl
         // at the cost of the rounding of mean·scale, at most a quarter of γ (PyTorch folds
         // every mean).
         const double folded = std::fmin(std::fabs(m * scale), 0.25 * std::fabs(scale) / inv);
+        // bf16 and f16 round the float32 result once more, to their own precision.
         const double tol = 64 * eps *
-                           (1 + std::fabs(normalized) + std::fabs(xv - m) * std::fabs(scale) +
-                            folded + std::fabs(b) + std::fabs(zv));
+                               (1 + std::fabs(normalized) + std::fabs(xv - m) * std::fabs(scale) +
+                                folded + std::fabs(b) + std::fabs(zv)) +
+                           storage_limits<S>::rounding * std::fabs(ref) +
+                           storage_limits<S>::least_step;
         // (Infinite clamp bounds give an infinite ref: then exactly that.)
         if (!(std::isinf(ref) ? got == ref : std::fabs(got - ref) <= tol)) {
           std::fprintf(stderr,
@@ -600,9 +649,11 @@ void run_inference(FuzzedDataProvider& in, const bnorm::problem& prob, bnorm::pl
   }
   // A backward through the activation's mask, with this call's output as the forward's.
   if (count > 0 && in.ConsumeBool()) {
-    const std::vector<T> y_out(out, out + count);
-    const bool masks = opts.activation != bnorm::activation::none;
-    run_backward<T>(in, plan, prob, x, mean, var, masks ? y_out : std::vector<T>());
+    if constexpr (std::is_same_v<S, T>) {  // (the backward of halves: tests/test_half.cpp)
+      const std::vector<T> y_out(out, out + count);
+      const bool masks = opts.activation != bnorm::activation::none;
+      run_backward<T>(in, plan, prob, x, mean, var, masks ? y_out : std::vector<T>());
+    }
   }
 }
 
@@ -635,12 +686,18 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     if (s.message()[0] == '\0' || plan.valid()) fail("a bad make_plan rejection", s);
     return 0;
   }
-  if (prob.dtype == bnorm::dtype::f32) {
-    run<float>(in, plan, prob);
-    run_inference<float>(in, prob, opts);
-  } else if (prob.dtype == bnorm::dtype::f64) {
-    run<double>(in, plan, prob);
-    run_inference<double>(in, prob, opts);
-  }  // bf16, f16: planned and validated above; tests/test_half.cpp checks their paths
+  switch (prob.dtype) {
+    case bnorm::dtype::f32:
+      run<float>(in, plan, prob);
+      run_inference<float>(in, prob, opts);
+      break;
+    case bnorm::dtype::f64:
+      run<double>(in, plan, prob);
+      run_inference<double>(in, prob, opts);
+      break;
+    // bf16, f16: inference here; tests/test_half.cpp checks their training and backward.
+    case bnorm::dtype::bf16: run_inference<bnorm::bfloat16>(in, prob, opts); break;
+    case bnorm::dtype::f16: run_inference<bnorm::float16>(in, prob, opts); break;
+  }
   return 0;
 }
