@@ -5,8 +5,8 @@
 // refuses is refused, that every rejection is a clean status that leaves every buffer
 // untouched, and that every accepted call matches a float64 reference. Then a backward call
 // (training or frozen, any output mask, statistics from the forward or arbitrary, some breaching
-// the contract) under the same checks; last, an inference call with an activation and a
-// backward through its mask.
+// the contract) under the same checks; last, an inference call with an activation (in every
+// dtype, bf16 and f16 included) and, for float32 and float64, a backward through its mask.
 //
 //   scripts/fuzz.sh 60        (clang-14, ASan + UBSan, the committed seed corpus)
 #include <fuzzer/FuzzedDataProvider.h>
