@@ -444,11 +444,6 @@ void run_backward(FuzzedDataProvider& in, const bnorm::plan& plan, const bnorm::
   }
 }
 
-/// An inference call under a plan of its own with an activation (none, ReLU, clamp with
-/// arbitrary bounds, add+ReLU with a residual that may be dst or src), arbitrary running
-/// statistics and parameters, some calls breaking the contract; the same checks as training's.
-/// Its inputs come after everything the training call reads, so that the committed corpus
-/// keeps its meaning.
 /// The storage types' conversions and limits: float and double as themselves, bf16 and f16
 /// through float (rounded to nearest even once, as bnorm rounds its float32 results).
 template <class S>
@@ -493,6 +488,11 @@ struct storage_limits<bnorm::float16> {
   static constexpr double rounding = 0x1p-11, least_step = 0x1p-24;
 };
 
+/// An inference call in the problem's dtype (bf16, f16 too), under a plan of its own with an
+/// activation (none, ReLU, clamp with arbitrary bounds, add+ReLU with a residual that may be dst or
+/// src), arbitrary running statistics and parameters, some calls breaking the contract; the same
+/// checks as training's. Its inputs come after everything the training call reads, so that the
+/// committed corpus keeps its meaning.
 template <class S>
 void run_inference(FuzzedDataProvider& in, const bnorm::problem& prob, bnorm::plan_options opts) {
   opts.activation = static_cast<bnorm::activation>(in.ConsumeIntegralInRange<int>(0, 4));
@@ -523,8 +523,8 @@ void run_inference(FuzzedDataProvider& in, const bnorm::problem& prob, bnorm::pl
   const std::vector<T> mean = values<T>(in, g.c), var = values<T>(in, g.c);
   const bool adds = opts.activation == bnorm::activation::add_relu;
   std::vector<S> z = adds ? stored<S>(values<T>(in, count)) : std::vector<S>();
-  std::vector<S> y = stored<S>(std::vector<T>(count, T(-7))),
-                 buffer;  // buffer: src, dst and z where some share one
+  std::vector<S> y = stored<S>(std::vector<T>(count, T(-7)));
+  std::vector<S> buffer;  // src, dst and z where some of them share one
   bnorm::inference_args args;
   args.src = x.data();
   args.dst = y.data();
