@@ -6,7 +6,8 @@
 // untouched, and that every accepted call matches a float64 reference. Then a backward call
 // (training or frozen, any output mask, statistics from the forward or arbitrary, some breaching
 // the contract) under the same checks; last, an inference call with an activation (in every
-// dtype, bf16 and f16 included) and, for float32 and float64, a backward through its mask.
+// dtype, bf16 and f16 included) and, for float32 and float64, a backward through its mask and a
+// training call through it.
 //
 //   scripts/fuzz.sh 60        (clang-14, ASan + UBSan, the committed seed corpus)
 #include <fuzzer/FuzzedDataProvider.h>
@@ -488,6 +489,112 @@ struct storage_limits<bnorm::float16> {
   static constexpr double rounding = 0x1p-11, least_step = 0x1p-24;
 };
 
+/// A training call under a plan with an activation (the inference call's), on the same x, γ,
+/// β and z: batch statistics, then y through the activation, against the float64 reference.
+template <class T>
+void run_training_activation(FuzzedDataProvider& in, const bnorm::plan& plan,
+                             const bnorm::problem& prob, const std::vector<T>& x,
+                             const std::vector<T>& gamma, const std::vector<T>& beta,
+                             const std::vector<T>& z) {
+  geometry g;
+  g.n = static_cast<std::size_t>(prob.shape[0]);
+  g.c = static_cast<std::size_t>(prob.shape[1]);
+  for (std::size_t d = 2; d < prob.shape.rank(); ++d)
+    g.s *= static_cast<std::size_t>(prob.shape[d]);
+  const std::size_t count = x.size();
+  const bnorm::plan_options& opts = plan.options();
+  const bool adds = opts.activation == bnorm::activation::add_relu;
+  std::vector<T> y(count, T(-7)), running_mean(g.c, T(0)), running_var(g.c, T(1));
+  std::int64_t tracked = 0;
+  bnorm::training_args args;
+  args.src = x.data();
+  args.dst = y.data();
+  args.residual = adds ? z.data() : nullptr;
+  if (in.ConsumeBool()) args.scale = {gamma.data(), g.c};
+  if (in.ConsumeBool()) args.shift = {beta.data(), g.c};
+  args.running_mean = {running_mean.data(), g.c};
+  args.running_var = {running_var.data(), g.c};
+  args.num_batches_tracked = &tracked;
+  std::vector<T> z_in_place;  // y over z: the reference reads this copy
+  if (adds && in.ConsumeBool()) {
+    z_in_place = z;
+    y = z;
+    args.residual = args.dst = y.data();
+  }
+  const std::vector<T> y0 = y;
+  const bnorm::status s = plan.forward_training(args);
+  if (!s.ok()) {
+    if (s.message()[0] == '\0') fail("a training rejection without a message", s);
+    if (std::memcmp(y.data(), y0.data(), count * sizeof(T)) != 0) {
+      fail("a rejected training call wrote to y", s);
+    }
+    return;
+  }
+  const std::vector<T>& z_read = z_in_place.empty() ? z : z_in_place;
+  const double eps = std::numeric_limits<T>::epsilon();
+  const double largest = static_cast<double>(std::numeric_limits<T>::max());
+  const double lo = opts.activation == bnorm::activation::clamp
+                        ? static_cast<double>(static_cast<T>(opts.clamp_min))
+                        : 0.0;
+  const double hi = static_cast<double>(static_cast<T>(opts.clamp_max));
+  for (std::size_t c = 0; c < g.c; ++c) {
+    long double total = 0, sq = 0;
+    for (std::size_t n = 0; n < g.n; ++n)
+      for (std::size_t i = 0; i < g.s; ++i) total += x[g.at(prob.layout, n, c, i)];
+    const double mean = static_cast<double>(total / (g.n * g.s));
+    for (std::size_t n = 0; n < g.n; ++n)
+      for (std::size_t i = 0; i < g.s; ++i) {
+        const long double d = x[g.at(prob.layout, n, c, i)] - static_cast<long double>(mean);
+        sq += d * d;
+      }
+    const double var = static_cast<double>(sq / (g.n * g.s));
+    const double inv = 1.0 / std::sqrt(var + prob.epsilon);
+    const double w = args.scale.data ? static_cast<double>(gamma[c]) : 1.0;
+    const double b = args.shift.data ? static_cast<double>(beta[c]) : 0.0;
+    // Non-finite channels, and scales that saturate (as in run): not checked.
+    const double scale_limit = std::is_same_v<T, float>
+                                   ? std::ldexp(static_cast<double>(FLT_MAX), 127)
+                                   : std::numeric_limits<double>::max();
+    if (!std::isfinite(mean) || !std::isfinite(inv) || !std::isfinite(w) || !std::isfinite(b) ||
+        var > 1e300 || std::fabs(w * inv) > scale_limit) {
+      continue;
+    }
+    for (std::size_t n = 0; n < g.n; ++n)
+      for (std::size_t i = 0; i < g.s; ++i) {
+        const std::size_t at = g.at(prob.layout, n, c, i);
+        const double xv = static_cast<double>(x[at]);
+        const double zv = adds ? static_cast<double>(z_read[at]) : 0.0;
+        const double got = static_cast<double>(y[at]);
+        const double normalized = (xv - mean) * inv * w + b;
+        if (std::isnan(zv)) {
+          if (!std::isnan(got)) fail("a training activation dropped a NaN residual", s);
+          continue;
+        }
+        if (!std::isfinite(normalized) || !std::isfinite(zv) ||
+            std::fabs(normalized) > largest / 2 || std::fabs(zv) > largest / 2) {
+          continue;
+        }
+        double ref = normalized + zv;
+        switch (opts.activation) {
+          case bnorm::activation::relu:
+          case bnorm::activation::add_relu: ref = std::fmax(ref, 0.0); break;
+          case bnorm::activation::clamp: ref = std::fmin(std::fmax(ref, lo), hi); break;
+          default: break;
+        }
+        const double tol =
+            tolerance<T>(normalized, xv, mean, inv) * (1 + std::fabs(w)) + 64 * eps * std::fabs(zv);
+        if (!(std::isinf(ref) ? got == ref : std::fabs(got - ref) <= tol)) {
+          std::fprintf(stderr,
+                       "training at %zu: got %.9g, reference %.9g (x %.9g, mean %.9g, var %.9g, "
+                       "gamma %g, beta %g, z %.9g, activation %s [%g, %g])\n",
+                       at, got, ref, xv, mean, var, w, b, zv, bnorm::to_string(opts.activation), lo,
+                       hi);
+          fail("an accepted training call with an activation differs from the reference", s);
+        }
+      }
+  }
+}
+
 /// An inference call in the problem's dtype (bf16, f16 too), under a plan of its own with an
 /// activation (none, ReLU, clamp with arbitrary bounds, add+ReLU with a residual that may be dst or
 /// src), arbitrary running statistics and parameters, some calls breaking the contract; the same
@@ -654,6 +761,11 @@ void run_inference(FuzzedDataProvider& in, const bnorm::problem& prob, bnorm::pl
       const bool masks = opts.activation != bnorm::activation::none;
       run_backward<T>(in, plan, prob, x, mean, var, masks ? y_out : std::vector<T>());
     }
+  }
+  // A training call through the same activation.
+  if constexpr (std::is_same_v<S, T>) {
+    if (count > 0 && in.ConsumeBool())
+      run_training_activation<T>(in, plan, prob, x, gamma, beta, z);
   }
 }
 
