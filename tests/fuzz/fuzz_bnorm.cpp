@@ -65,9 +65,34 @@ std::vector<T> values(FuzzedDataProvider& in, std::size_t n) {
 
 struct geometry {
   std::size_t n = 0, c = 0, s = 1;
+  explicit geometry(const bnorm::problem& prob)
+      : n(static_cast<std::size_t>(prob.shape[0])), c(static_cast<std::size_t>(prob.shape[1])) {
+    for (std::size_t d = 2; d < prob.shape.rank(); ++d)
+      s *= static_cast<std::size_t>(prob.shape[d]);
+  }
   std::size_t at(bnorm::layout l, std::size_t in, std::size_t ic, std::size_t is) const {
     return l == bnorm::layout::channels_first ? (in * c + ic) * s + is : (in * s + is) * c + ic;
   }
+};
+
+/// A plan's activation on float64 values, its clamp bounds as the dtype T holds them (the
+/// forward clamps with those): lo < y < hi is also the backward's mask (ReLU: 0 and +inf).
+struct activation_reference {
+  double lo = 0.0, hi = std::numeric_limits<double>::infinity();
+  bool identity = true;
+
+  template <class T>
+  static activation_reference of(const bnorm::plan_options& opts) {
+    activation_reference a;
+    a.identity = opts.activation == bnorm::activation::none;
+    if (opts.activation == bnorm::activation::clamp) {
+      a.lo = static_cast<double>(static_cast<T>(opts.clamp_min));
+      a.hi = static_cast<double>(static_cast<T>(opts.clamp_max));
+    }
+    return a;
+  }
+  double apply(double v) const { return identity ? v : std::fmin(std::fmax(v, lo), hi); }
+  bool passes(double y) const { return y > lo && y < hi; }
 };
 
 // Tolerance of a float result next to the float64 reference: a few rounding steps of the
@@ -85,11 +110,7 @@ void run_backward(FuzzedDataProvider& in, const bnorm::plan& plan, const bnorm::
 
 template <class T>
 void run(FuzzedDataProvider& in, const bnorm::plan& plan, const bnorm::problem& prob) {
-  geometry g;
-  g.n = static_cast<std::size_t>(prob.shape[0]);
-  g.c = static_cast<std::size_t>(prob.shape[1]);
-  for (std::size_t d = 2; d < prob.shape.rank(); ++d)
-    g.s *= static_cast<std::size_t>(prob.shape[d]);
+  const geometry g(prob);
   const std::size_t count = g.n * g.c * g.s;
   const std::vector<T> x = values<T>(in, count);
   const std::vector<T> gamma = values<T>(in, g.c), beta = values<T>(in, g.c);
@@ -247,11 +268,7 @@ template <class T>
 void run_backward(FuzzedDataProvider& in, const bnorm::plan& plan, const bnorm::problem& prob,
                   const std::vector<T>& x, std::vector<T> mean, std::vector<T> inv_std,
                   const std::vector<T>& y) {
-  geometry g;
-  g.n = static_cast<std::size_t>(prob.shape[0]);
-  g.c = static_cast<std::size_t>(prob.shape[1]);
-  for (std::size_t d = 2; d < prob.shape.rank(); ++d)
-    g.s *= static_cast<std::size_t>(prob.shape[d]);
+  const geometry g(prob);
   const std::size_t count = x.size();
   const bool frozen = in.ConsumeBool();
   const std::vector<T> dy = values<T>(in, count), gamma = values<T>(in, g.c);
@@ -339,15 +356,9 @@ void run_backward(FuzzedDataProvider& in, const bnorm::plan& plan, const bnorm::
   // them), the gradient that the rest of the backward takes.
   std::vector<T> dy_read = dy_in_place.empty() ? dy : dy_in_place;
   if (!y.empty()) {
-    const double lo = opts.activation == bnorm::activation::clamp
-                          ? static_cast<double>(static_cast<T>(opts.clamp_min))
-                          : 0.0;
-    const double hi = opts.activation == bnorm::activation::clamp
-                          ? static_cast<double>(static_cast<T>(opts.clamp_max))
-                          : std::numeric_limits<double>::infinity();
+    const activation_reference mask = activation_reference::of<T>(opts);
     for (std::size_t at = 0; at < count; ++at) {
-      const double yv = static_cast<double>(y[at]);
-      if (!(yv > lo && yv < hi)) dy_read[at] = T(0);
+      if (!mask.passes(static_cast<double>(y[at]))) dy_read[at] = T(0);
     }
   }
   for (std::size_t at = 0; at < count && args.diff_residual; ++at) {
@@ -496,11 +507,7 @@ void run_training_activation(FuzzedDataProvider& in, const bnorm::plan& plan,
                              const bnorm::problem& prob, const std::vector<T>& x,
                              const std::vector<T>& gamma, const std::vector<T>& beta,
                              const std::vector<T>& z) {
-  geometry g;
-  g.n = static_cast<std::size_t>(prob.shape[0]);
-  g.c = static_cast<std::size_t>(prob.shape[1]);
-  for (std::size_t d = 2; d < prob.shape.rank(); ++d)
-    g.s *= static_cast<std::size_t>(prob.shape[d]);
+  const geometry g(prob);
   const std::size_t count = x.size();
   const bnorm::plan_options& opts = plan.options();
   const bool adds = opts.activation == bnorm::activation::add_relu;
@@ -533,10 +540,7 @@ void run_training_activation(FuzzedDataProvider& in, const bnorm::plan& plan,
   const std::vector<T>& z_read = z_in_place.empty() ? z : z_in_place;
   const double eps = std::numeric_limits<T>::epsilon();
   const double largest = static_cast<double>(std::numeric_limits<T>::max());
-  const double lo = opts.activation == bnorm::activation::clamp
-                        ? static_cast<double>(static_cast<T>(opts.clamp_min))
-                        : 0.0;
-  const double hi = static_cast<double>(static_cast<T>(opts.clamp_max));
+  const activation_reference activation = activation_reference::of<T>(opts);
   for (std::size_t c = 0; c < g.c; ++c) {
     long double total = 0, sq = 0;
     for (std::size_t n = 0; n < g.n; ++n)
@@ -574,21 +578,15 @@ void run_training_activation(FuzzedDataProvider& in, const bnorm::plan& plan,
             std::fabs(normalized) > largest / 2 || std::fabs(zv) > largest / 2) {
           continue;
         }
-        double ref = normalized + zv;
-        switch (opts.activation) {
-          case bnorm::activation::relu:
-          case bnorm::activation::add_relu: ref = std::fmax(ref, 0.0); break;
-          case bnorm::activation::clamp: ref = std::fmin(std::fmax(ref, lo), hi); break;
-          default: break;
-        }
+        const double ref = activation.apply(normalized + zv);
         const double tol =
             tolerance<T>(normalized, xv, mean, inv) * (1 + std::fabs(w)) + 64 * eps * std::fabs(zv);
         if (!(std::isinf(ref) ? got == ref : std::fabs(got - ref) <= tol)) {
           std::fprintf(stderr,
                        "training at %zu: got %.9g, reference %.9g (x %.9g, mean %.9g, var %.9g, "
                        "gamma %g, beta %g, z %.9g, activation %s [%g, %g])\n",
-                       at, got, ref, xv, mean, var, w, b, zv, bnorm::to_string(opts.activation), lo,
-                       hi);
+                       at, got, ref, xv, mean, var, w, b, zv, bnorm::to_string(opts.activation),
+                       activation.lo, activation.hi);
           fail("an accepted training call with an activation differs from the reference", s);
         }
       }
@@ -618,11 +616,7 @@ void run_inference(FuzzedDataProvider& in, const bnorm::problem& prob, bnorm::pl
   }
   if (bad_options)
     fail("make_plan accepted an unknown activation or clamp bounds out of order", made);
-  geometry g;
-  g.n = static_cast<std::size_t>(prob.shape[0]);
-  g.c = static_cast<std::size_t>(prob.shape[1]);
-  for (std::size_t d = 2; d < prob.shape.rank(); ++d)
-    g.s *= static_cast<std::size_t>(prob.shape[d]);
+  const geometry g(prob);
   const std::size_t count = g.n * g.c * g.s;
   using T = typename bnorm::element_traits<S>::parameter_type;  // the compute type too
   const std::vector<S> x = stored<S>(values<T>(in, count));
@@ -691,10 +685,7 @@ void run_inference(FuzzedDataProvider& in, const bnorm::problem& prob, bnorm::pl
   const double scale_limit = std::is_same_v<T, float>
                                  ? std::ldexp(static_cast<double>(FLT_MAX), 127)
                                  : std::numeric_limits<double>::max();
-  const double lo = opts.activation == bnorm::activation::clamp
-                        ? static_cast<double>(static_cast<T>(opts.clamp_min))
-                        : 0.0;
-  const double hi = static_cast<double>(static_cast<T>(opts.clamp_max));
+  const activation_reference activation = activation_reference::of<T>(opts);
   for (std::size_t c = 0; c < g.c; ++c) {
     const double m = static_cast<double>(mean[c]);
     const double inv = 1.0 / std::sqrt(static_cast<double>(var[c]) + prob.epsilon);
@@ -725,13 +716,7 @@ void run_inference(FuzzedDataProvider& in, const bnorm::problem& prob, bnorm::pl
             std::fabs(normalized) > largest / 2 || std::fabs(zv) > largest / 2) {
           continue;
         }
-        double ref = normalized + zv;
-        switch (opts.activation) {
-          case bnorm::activation::relu:
-          case bnorm::activation::add_relu: ref = std::fmax(ref, 0.0); break;
-          case bnorm::activation::clamp: ref = std::fmin(std::fmax(ref, lo), hi); break;
-          default: break;
-        }
+        const double ref = activation.apply(normalized + zv);
         // The rounding of x − mean, of the scale, of the product and of the sums; a mean within
         // a quarter of the standard deviation folds into the shift, x·scale + (β − mean·scale),
         // at the cost of the rounding of mean·scale, at most a quarter of γ (PyTorch folds
@@ -749,7 +734,7 @@ void run_inference(FuzzedDataProvider& in, const bnorm::problem& prob, bnorm::pl
                        "inference at %zu: got %.9g, reference %.9g (x %.9g, mean %.9g, var %.9g, "
                        "eps %g, scale %.9g, beta %.9g, z %.9g, activation %s [%g, %g])\n",
                        at, got, ref, xv, m, static_cast<double>(var[c]), prob.epsilon, scale, b, zv,
-                       bnorm::to_string(opts.activation), lo, hi);
+                       bnorm::to_string(opts.activation), activation.lo, activation.hi);
           fail("an accepted inference differs from the float64 reference", s);
         }
       }
