@@ -333,6 +333,41 @@ TEST(HalfStorage, FusedAddReluReadsAndWritesTheStorageType) {
   }
 }
 
+// Clamp bounds are given in float; one beyond the storage type's range gives what storing it
+// gives, the type's own rounding of it: f16 holds 65519 as 65504 and 65520 or 1e29 as
+// infinities, bf16 holds 3.38e38 as 3.3895e38 and 3.4e38 as infinity.
+TEST(HalfStorage, ClampBoundsBeyondTheStorageRangeRoundAsStoredValues) {
+  const double bounds[] = {65519.0, 65520.0, -1e5, -1e29, 3.38e38, -3.4e38};
+  for (const bnorm::dtype d : {bnorm::dtype::bf16, bnorm::dtype::f16}) {
+    for (const double bound : bounds) {
+      const bnorm::tensor_shape shape{2, 3, 5, 7};
+      const geometry g(shape);
+      bnorm::plan_options opts;
+      opts.activation = bnorm::activation::clamp;
+      opts.clamp_min = opts.clamp_max = bound;  // every output is the bound, as stored
+      const bnorm::plan plan = make_plan_or_fail({shape, layout::channels_last, d}, opts);
+      const half_tensor x(d, normal_data<double>(g.elements(), 1.0, 2.0, 44));
+      const std::vector<float> mean(g.c, 0.5f), var(g.c, 2.0f);
+      std::vector<std::uint16_t> y(x.bits.size());
+      bnorm::inference_args i;
+      i.src = x.bits.data();
+      i.dst = y.data();
+      i.mean = in(mean);
+      i.var = in(var);
+      ASSERT_TRUE(plan.forward_inference(i));
+      const float f = static_cast<float>(bound);
+      std::uint16_t want = reference_bfloat16(f);
+      if (d == bnorm::dtype::f16) {
+        const _Float16 h = static_cast<_Float16>(f);
+        std::memcpy(&want, &h, 2);
+      }
+      for (const std::uint16_t got : y) {
+        ASSERT_EQ(got, want) << bnorm::to_string(d) << " clamp bound " << bound;
+      }
+    }
+  }
+}
+
 }  // namespace
 
 namespace {
