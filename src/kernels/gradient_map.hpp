@@ -52,11 +52,12 @@ bool any_prescaled(const gradient_coefficients<const T>& k, std::size_t first,
 
 /// dx[j] for j in [begin, end) with ordinary stores, f(j, x vector, dy vector) giving the vector
 /// at j; the last values, fewer than a vector, as a partial vector (load_partial, store_partial:
-/// every element is rounded the same way, whatever its position). f is taken by value: a store
-/// through dx could alias a closure held by reference.
+/// every element is rounded the same way, whatever its position). On a copy of f, made here
+/// (see map.hpp's note on outputs): a store through dx could alias a closure held by reference.
 template <class Arch, class S, class F>
 void gradient_store_run(const S* x, const S* dy, S* dx, std::size_t begin, std::size_t end,
-                        F f) noexcept {
+                        const F& f_in) noexcept {
+  const F f = f_in;
   using T = compute_t<S>;
   using vec = xsimd::batch<T, Arch>;
   constexpr std::size_t lanes = vec::size;
@@ -91,7 +92,9 @@ void gradient_store_run(const S* x, const S* dy, S* dx, std::size_t begin, std::
 /// dx[0, n): streaming stores for the whole cache lines that streamed_lines picks, ordinary ones
 /// for the rest (see stream_run); ordinary stores throughout without `stream`.
 template <class Arch, class S, class F>
-void gradient_run(const S* x, const S* dy, S* dx, std::size_t n, bool stream, F f) noexcept {
+void gradient_run(const S* x, const S* dy, S* dx, std::size_t n, bool stream,
+                  const F& f_in) noexcept {
+  const F f = f_in;  // a copy, as gradient_store_run's
   using vec = xsimd::batch<compute_t<S>, Arch>;
   constexpr std::size_t lanes = vec::size;
   constexpr std::size_t line = 64 / sizeof(S);

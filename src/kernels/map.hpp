@@ -60,9 +60,12 @@ template <form Form, class Arch, class T>
 // out.finish(y, v) is the vector to store at y, and out.finish_partial(y, v, count) the same
 // for a vector of which only the first `count` lanes are stored. add+ReLU reads its residual at y's
 // place in the residual tensor: before anything is stored there (dst may be the residual).
-// A kernel that loops over vectors takes its output by value: through a reference, the
-// bounds might be overwritten by y's stores (may_alias intrinsics), and every vector
-// reloaded them.
+// A kernel that loops over vectors works on its own copy of the output and of the closure
+// that computes: through a reference, the bounds and coefficients might be overwritten by y's
+// stores (may_alias intrinsics), and every vector reloaded them. The kernel makes the copies
+// from references rather than taking its arguments by value: clang's AddressSanitizer without
+// its fake stack misaligns 64-byte arguments passed by value (LLVM issue 91565), and an AVX-512
+// vector in one faults.
 
 /// The plain normalization.
 template <class Arch, class S>
@@ -132,7 +135,7 @@ void with_output(const epilogue<compute_t<S>>& post, const S* dst, const S* resi
 /// Runs `count` (< one vector) elements through the vector code (load_partial, store_partial),
 /// so every element of a tensor is rounded the same way, whatever its position.
 template <class Arch, class S, class Compute, class Out>
-void normalize_partial(const S* src, S* dst, std::size_t count, Compute compute,
+void normalize_partial(const S* src, S* dst, std::size_t count, const Compute& compute,
                        const Out& out) noexcept {
   store_partial<Arch>(dst, out.finish_partial(dst, compute(load_partial<Arch>(src, count)), count),
                       count);
@@ -145,12 +148,12 @@ std::size_t misalignment(const S* p) noexcept {
   return reinterpret_cast<std::uintptr_t>(p) % bytes;
 }
 
-/// y[j] for j in [begin, end) with ordinary stores; compute(j, x) gives the vector at j. The
-/// helpers take `compute` by value: a store through y could alias a closure held by
-/// reference, and the loop would reload its coefficient pointers at every vector.
+/// y[j] for j in [begin, end) with ordinary stores; compute(j, x) gives the vector at j.
 template <class Arch, class S, class Compute, class Out>
-void store_run(const S* x, S* y, std::size_t begin, std::size_t end, Compute compute,
-               Out out) noexcept {
+void store_run(const S* x, S* y, std::size_t begin, std::size_t end, const Compute& compute_in,
+               const Out& out_in) noexcept {
+  const Compute compute = compute_in;  // copies: see the output's note above
+  const Out out = out_in;
   using vec = xsimd::batch<compute_t<S>, Arch>;
   constexpr std::size_t lanes = vec::size;
   std::size_t j = begin;
@@ -189,8 +192,8 @@ struct streamed_lines {
 /// short planes (14×14) a partial last vector through store_run's path cost as much as the
 /// plane's whole vectors.
 template <class Arch, class S, class Compute, class Out>
-void store_run_overlapped(const S* x, S* y, std::size_t begin, std::size_t end, Compute compute,
-                          Out out) noexcept {
+void store_run_overlapped(const S* x, S* y, std::size_t begin, std::size_t end,
+                          const Compute& compute, const Out& out) noexcept {
   using vec = xsimd::batch<compute_t<S>, Arch>;
   constexpr std::size_t lanes = vec::size;
   if (end - begin < lanes) {
@@ -206,7 +209,10 @@ void store_run_overlapped(const S* x, S* y, std::size_t begin, std::size_t end, 
 /// y[0, n) with streaming stores for the whole cache lines that streamed_lines picks and
 /// ordinary ones for the rest. y must be aligned to its element.
 template <class Arch, class S, class Compute, class Out>
-void stream_run(const S* x, S* y, std::size_t n, Compute compute, Out out) noexcept {
+void stream_run(const S* x, S* y, std::size_t n, const Compute& compute_in,
+                const Out& out_in) noexcept {
+  const Compute compute = compute_in;  // copies: see the output's note above
+  const Out out = out_in;
   using vec = xsimd::batch<compute_t<S>, Arch>;
   constexpr std::size_t lanes = vec::size;
   constexpr std::size_t line = 64 / sizeof(S);
@@ -311,7 +317,9 @@ template <std::size_t Lanes, class With>
 /// `planes` planes of len values, `stride` apart, through compute(x vector).
 template <class Arch, class S, class Compute, class Out>
 void normalize_planes(const S* src, S* dst, std::size_t len, std::size_t planes, std::size_t stride,
-                      bool stream, Compute compute, Out out) noexcept {
+                      bool stream, const Compute& compute_in, const Out& out_in) noexcept {
+  const Compute compute = compute_in;  // copies: see the output's note above
+  const Out out = out_in;
   using vec = xsimd::batch<compute_t<S>, Arch>;
   constexpr std::size_t lanes = vec::size;
   for (std::size_t p = 0; p < planes; ++p) {
@@ -352,7 +360,7 @@ template <form Form, class Arch, class S, class Out>
     const Out& out) noexcept {
   using vec = xsimd::batch<compute_t<S>, Arch>;
   for (std::size_t ch = ch0; ch < ch1; ++ch) {
-    const auto run = [&](auto compute) {
+    const auto run = [&](const auto& compute) {
       normalize_planes<Arch>(src + ch * len, dst + ch * len, len, planes, stride, stream, compute,
                              out);
     };
@@ -380,7 +388,8 @@ template <form Form, class Arch, class S, class Out>
 template <form Form, class Arch, class S, class Out, class T = compute_t<S>>
 void normalize_contiguous_planes(const S* src, S* dst, std::size_t len, std::size_t channels,
                                  const T* center, const T* scale, const T* shift,
-                                 Out out) noexcept {
+                                 const Out& out_in) noexcept {
+  const Out out = out_in;  // a copy: see the output's note above
   static_assert(Form != form::prescaled, "extreme channels take normalize_channel_planes");
   using vec = xsimd::batch<T, Arch>;
   constexpr std::size_t lanes = vec::size;
@@ -475,7 +484,8 @@ void plane_normalize(const S* src, S* dst, const S* residual, const plane_block&
 template <std::size_t Vectors, class Arch, class S, class Out, class T = compute_t<S>>
 void narrow_rows_normalize(const S* src, S* dst, std::size_t rows, std::size_t stride,
                            const T* center, const T* scale, const T* shift, bool stream,
-                           Out output) noexcept {
+                           const Out& output_in) noexcept {
+  const Out output = output_in;  // a copy: see the output's note above
   // (Prescale 1 in every slot: the caller checked.)
   using vec = xsimd::batch<T, Arch>;
   constexpr std::size_t lanes = vec::size;
@@ -557,7 +567,10 @@ template <std::size_t Rows, std::size_t Vectors, form Form, class Arch, class S,
 template <std::size_t Together, form Form, class Arch, class S, class Compute, class Out>
 std::size_t normalize_row_groups(const S* src, S* dst, std::size_t rows, std::size_t width,
                                  std::size_t stride, const coefficients<const compute_t<S>>& k,
-                                 std::size_t first, Compute compute, Out out) noexcept {
+                                 std::size_t first, const Compute& compute_in,
+                                 const Out& out_in) noexcept {
+  const Compute compute = compute_in;  // copies: see the output's note above
+  const Out out = out_in;
   constexpr std::size_t lanes = xsimd::batch<compute_t<S>, Arch>::size;
   constexpr std::size_t together = Together;
   const std::size_t whole = width - width % lanes;

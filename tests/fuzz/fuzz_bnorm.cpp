@@ -24,14 +24,12 @@
 
 #include "bnorm/bnorm.hpp"
 
-// clang's AddressSanitizer leaves the stack misaligned for 64-byte arguments passed by value
-// (AVX-512 vectors, and the kernels' closures and epilogues that hold them: a vmovaps fault in
-// stream_run on add+ReLU inference, `inference_add_relu_streamed_rows` in the corpus) unless
-// frames come from its fake stack, LLVM issue 91565; the fake stack, which also finds uses
-// after return, avoids it. The same call runs correctly in clang-14's and GCC 12's release
-// builds and under GCC's sanitizers (scripts/sanitize.sh).
+// Without its fake stack, clang's AddressSanitizer misaligns 64-byte arguments passed by value
+// (LLVM issue 91565): an AVX-512 vector among them faults on its aligned store. bnorm's kernels
+// pass none (map.hpp's note on outputs), and the fuzzer runs without the fake stack so that one
+// passed again faults here (the corpus's `inference_add_relu_streamed_rows` did, in stream_run).
 extern "C" const char* __asan_default_options() {
-  return "detect_stack_use_after_return=1";
+  return "detect_stack_use_after_return=0";
 }
 
 namespace {
