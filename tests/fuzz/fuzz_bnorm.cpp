@@ -406,7 +406,13 @@ void run_backward(FuzzedDataProvider& in, const bnorm::plan& plan, const bnorm::
     // Where the rounding of the sum's terms (times inv_std) passes half the range, dγ is
     // rounding beyond T whatever its value, of either sign: not checked (a frozen channel of
     // products of 4e-16 that cancel, inv_std 4.5e161: float32 gives −inf, float64 +1.3e74).
-    const double dgamma_bound = 32 * eps * (1 + (double)a2 * std::fabs(inv));
+    // Each product dy·(x − mean) also rounds to T's subnormal spacing where it is that small:
+    // an absolute error, not a relative one (subnormal dy 1e-44 on x − mean 3e3: their exact
+    // sum 1.1e-72 is 0 in float, and dx's x − mean term, inv_std³·d/M·Σ with inv_std 2.7e22,
+    // carries that error times 1e70).
+    const double products_floor = 4 * m * static_cast<double>(std::numeric_limits<T>::denorm_min());
+    const double dgamma_bound =
+        32 * eps * (1 + (double)a2 * std::fabs(inv)) + products_floor * std::fabs(inv);
     const bool dgamma_right =
         dgamma_bound > largest / 2 || (std::fabs(dgamma_ref) > 2 * largest
                                            ? dgamma[c] == static_cast<T>(dgamma_ref)
@@ -424,7 +430,7 @@ void run_backward(FuzzedDataProvider& in, const bnorm::plan& plan, const bnorm::
         const std::size_t at = g.at(prob.layout, n, c, i);
         const double d = static_cast<double>(x[at]) - center;
         const double g_at = static_cast<double>(dy_read[at]);
-        double ref = k * g_at, size = std::fabs(k * g_at);
+        double ref = k * g_at, size = std::fabs(k * g_at), floor = 0.0;
         if (!frozen) {
           const double b = k * inv * inv * static_cast<double>(s2) / m,
                        e = k * static_cast<double>(s1) / m;
@@ -432,6 +438,7 @@ void run_backward(FuzzedDataProvider& in, const bnorm::plan& plan, const bnorm::
           size += std::fabs(b * d) + std::fabs(e) +
                   std::fabs(k) * inv * inv * (double)a2 / m * std::fabs(d) +
                   std::fabs(k) * (double)a1 / m;
+          floor = std::fabs(k) * inv * inv * products_floor / m * std::fabs(d);
         }
         // Terms beyond the limit, even beyond T, that cancel to a dx well within T: dx is
         // still within the rounding of the terms (the terms' prescale), not an inf or a NaN.
@@ -439,7 +446,7 @@ void run_backward(FuzzedDataProvider& in, const bnorm::plan& plan, const bnorm::
         // its value, inf included: not checked (statistics that are not the data's, inv_std
         // 1.5e22 on values spread 3.9e29: T's rounding of Σdy·(x − mean), times inv_std³,
         // makes dx's x − mean term 1e73 where the exact sum cancels to 0).
-        const double dx_bound = 64 * eps * (1 + size);
+        const double dx_bound = 64 * eps * (1 + size) + floor;
         if (!std::isfinite(ref) || !std::isfinite(size) || dx_bound > largest / 2) continue;
         if (size > limit && !(std::fabs(ref) <= largest / 4)) continue;
         if (!(std::fabs(static_cast<double>(dx[at]) - ref) <= dx_bound)) {
