@@ -299,6 +299,26 @@ TEST(HalfStorage, NanStaysNanAndOverflowBecomesInfinity) {
 
 namespace {
 
+/// y of an inference call of a half-storage plan without γ and β (statistics in float32),
+/// decoded; z the residual of add+ReLU, if any.
+half_tensor infer_half(const bnorm::plan& plan, const half_tensor& x,
+                       const std::vector<float>& mean, const std::vector<float>& var,
+                       const half_tensor* z = nullptr) {
+  std::vector<std::uint16_t> y(x.bits.size());
+  bnorm::inference_args i;
+  i.src = x.bits.data();
+  i.dst = y.data();
+  i.mean = in(mean);
+  i.var = in(var);
+  if (z != nullptr) i.residual = z->bits.data();
+  const bnorm::status st = plan.forward_inference(i);
+  EXPECT_TRUE(st.ok()) << st.message();
+  half_tensor got(x.d, {});
+  got.bits = y;
+  got.decode();
+  return got;
+}
+
 TEST(HalfStorage, FusedAddReluReadsAndWritesTheStorageType) {
   for (const bnorm::dtype d : {bnorm::dtype::bf16, bnorm::dtype::f16}) {
     for (const layout l : {layout::channels_first, layout::channels_last}) {
@@ -310,18 +330,8 @@ TEST(HalfStorage, FusedAddReluReadsAndWritesTheStorageType) {
       const half_tensor x(d, normal_data<double>(g.elements(), 1.0, 2.0, 41));
       const half_tensor z(d, normal_data<double>(g.elements(), 0.0, 1.0, 42));
       const std::vector<float> mean = normal_data<float>(g.c, 1.0, 0.5, 43);
-      std::vector<float> var(g.c, 3.0f);
-      std::vector<std::uint16_t> y(x.bits.size());
-      bnorm::inference_args i;
-      i.src = x.bits.data();
-      i.dst = y.data();
-      i.mean = in(mean);
-      i.var = in(var);
-      i.residual = z.bits.data();
-      ASSERT_TRUE(plan.forward_inference(i));
-      half_tensor got(d, {});
-      got.bits = y;
-      got.decode();
+      const std::vector<float> var(g.c, 3.0f);
+      const half_tensor got = infer_half(plan, x, mean, var, &z);
       for (std::size_t e = 0; e < x.values.size(); ++e) {
         const std::size_t c = l == layout::channels_first ? e / g.spatial % g.c : e % g.c;
         const double want =
@@ -348,20 +358,14 @@ TEST(HalfStorage, ClampBoundsBeyondTheStorageRangeRoundAsStoredValues) {
       const bnorm::plan plan = make_plan_or_fail({shape, layout::channels_last, d}, opts);
       const half_tensor x(d, normal_data<double>(g.elements(), 1.0, 2.0, 44));
       const std::vector<float> mean(g.c, 0.5f), var(g.c, 2.0f);
-      std::vector<std::uint16_t> y(x.bits.size());
-      bnorm::inference_args i;
-      i.src = x.bits.data();
-      i.dst = y.data();
-      i.mean = in(mean);
-      i.var = in(var);
-      ASSERT_TRUE(plan.forward_inference(i));
+      const half_tensor y = infer_half(plan, x, mean, var);
       const float f = static_cast<float>(bound);
       std::uint16_t want = reference_bfloat16(f);
       if (d == bnorm::dtype::f16) {
         const _Float16 h = static_cast<_Float16>(f);
         std::memcpy(&want, &h, 2);
       }
-      for (const std::uint16_t got : y) {
+      for (const std::uint16_t got : y.bits) {
         ASSERT_EQ(got, want) << bnorm::to_string(d) << " clamp bound " << bound;
       }
     }
