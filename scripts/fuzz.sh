@@ -5,7 +5,7 @@
 # BNORM_FUZZ_SEED and BNORM_FUZZ_RUNS fix the seed and the number of inputs instead of the time
 # (.ci/run: a search bounded by time reaches further on a quiet machine than on a busy one, and
 # a drawn seed takes another path on every run; the inputs kept along the way still depend on
-# which thread ran what, so two runs are alike, not the same); without them libFuzzer draws a
+# the process's addresses and on which thread ran what, so two runs are alike, not the same); without them libFuzzer draws a
 # seed, which is what a search for new findings wants.
 set -euo pipefail
 cd "$(dirname "$0")/.."
