@@ -220,7 +220,7 @@ class gradient_step {
   void sum_small_products_exactly(std::size_t c0, std::size_t c1) const {
     if constexpr (std::is_same_v<T, float>) {
       for (std::size_t c = c0; c < c1; ++c) {
-        if (kernels::sums_small_products(sum_dy_d_[c], inv_std_at(c))) sum_exactly(c);
+        if (kernels::sums_small_products(sum_dy_d_[c], sum_dy_[c], inv_std_at(c))) sum_exactly(c);
       }
     }
   }
@@ -269,7 +269,7 @@ class gradient_step {
       // whose Σ is small are summed again and their math done again, one by one.
       for (std::size_t c = c0; c < c1; ++c) {
         const double inv = inv_std_at(c);
-        if (!kernels::sums_small_products(sum_dy_d_[c] / inv, inv)) continue;
+        if (!kernels::sums_small_products(sum_dy_d_[c] / inv, sum_dy_[c], inv)) continue;
         sum_exactly(c);
         const kernels::gradient_channels<T> one = channels_of(c, c + 1);
         flags.prescaled =

@@ -966,7 +966,11 @@ TYPED_TEST(KernelTester, ChannelGradientsPrescaleExtremeChannels) {
       kernels::gradient_channels<T> small = in;
       small.sum_dy_d = small_sums.data();
       EXPECT_TRUE(k.channel_gradients(small, nullptr, 0).small_products) << n;
-      small_sums.assign(n, 0.0);  // zero sums keep their bits
+      small_sums.assign(n, 0.0);  // zero sums where Σdy is not zero: summed again
+      EXPECT_TRUE(k.channel_gradients(small, nullptr, 0).small_products) << n;
+      small_sums.assign(n, 0.0);  // where it is zero too, they keep their bits
+      const std::vector<double> no_dy(n, 0.0);
+      small.sum_dy = no_dy.data();
       EXPECT_FALSE(k.channel_gradients(small, nullptr, 0).small_products) << n;
       const gradient_buffers<T>& all = runs.all;
       for (std::size_t c = 0; c < n; ++c) {

@@ -391,7 +391,8 @@ gradient_flags channel_gradients(const gradient_channels<T>& channels,
       const dvec sum_dy_d = dvec::load_unaligned(in.sum_dy_d + c);
       if (checks_products) {  // sums_small_products
         small = small | ((xsimd::abs(sum_dy_d) < small_products) &
-                         ((sum_dy_d != zero) | (inv >= all_rounded_away)));
+                         ((sum_dy_d != zero) | (dvec::load_unaligned(in.sum_dy + c) != zero) |
+                          (inv >= all_rounded_away)));
       }
       const dvec dgamma = sum_dy_d * inv;
       dgamma.store_unaligned(in.sum_dy_d + c);
@@ -430,7 +431,9 @@ gradient_flags channel_gradients(const gradient_channels<T>& channels,
   });
   for (std::size_t c = vectorized; c < in.channels; ++c) {  // the same operations, one channel
     const double inv = inv_std_of(c);
-    if (checks_products && sums_small_products(in.sum_dy_d[c], inv)) small = zero == zero;
+    if (checks_products && sums_small_products(in.sum_dy_d[c], in.sum_dy[c], inv)) {
+      small = zero == zero;
+    }
     const double dgamma = in.sum_dy_d[c] * inv;
     in.sum_dy_d[c] = dgamma;
     if (writes) coefficients_of(c, inv, dgamma);

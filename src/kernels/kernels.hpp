@@ -160,16 +160,20 @@ struct moment_channels {
 /// bits, and an inv_std of 1e22 brings them back into dγ and dx. A channel whose float32
 /// Σdy·(x − mean) is nonzero and below 2^-100 may hold them, and is summed again in float64:
 /// where it reaches 2^-100, the products' roundings (2^-150 each) stay below 2^-24 of it up to
-/// 2^26 values a channel. A zero sum keeps its bits (dy or x − mean all zero: a channel that a
-/// ReLU after it left without gradient) unless inv_std reaches 2^80: its products may all have
+/// 2^26 values a channel. A zero sum is summed again too where Σdy is not zero: subnormal
+/// products that cancel to exactly zero in float32 may hold a sum that dx's x − mean term
+/// multiplies by inv_std³·(x − mean)/M (x of ±1e-23 and ±3e-23, dy 1e-22 and 0.95e-22, the
+/// data's own statistics: dx 4.6% off, dγ 0 for −6.7e-24); x − mean all zero, the other way to
+/// it, is rare. Where Σdy is zero as well (dy all zero: a channel that a ReLU after it left
+/// without gradient) it keeps its bits unless inv_std reaches 2^80: its products may all have
 /// rounded to zero (subnormal dy times subnormal x − mean), and inv_std·M·2^-150, what they can
 /// hold, may then be more than dγ's rounding (below 2^-70·M where inv_std does not reach it).
 constexpr double small_products_below = 0x1p-100;
 constexpr double zero_products_from_inv_std = 0x1p80;
-inline bool sums_small_products(double sum_dy_d, double inv_std) noexcept {
+inline bool sums_small_products(double sum_dy_d, double sum_dy, double inv_std) noexcept {
   const double magnitude = std::fabs(sum_dy_d);
   return magnitude < small_products_below &&
-         (magnitude != 0.0 || inv_std >= zero_products_from_inv_std);
+         (magnitude != 0.0 || sum_dy != 0.0 || inv_std >= zero_products_from_inv_std);
 }
 
 /// What channel_gradients found: some prescale other than 1; some channel of float32 data

@@ -407,10 +407,14 @@ void run_backward(FuzzedDataProvider& in, const bnorm::plan& plan, const bnorm::
     // rounding beyond T whatever its value, of either sign: not checked (a frozen channel of
     // products of 4e-16 that cancel, inv_std 4.5e161: float32 gives −inf, float64 +1.3e74).
     // Each product dy·(x − mean) also rounds to T's subnormal spacing where it is that small:
-    // an absolute error, not a relative one (subnormal dy 1e-44 on x − mean 3e3: their exact
-    // sum 1.1e-72 is 0 in float, and dx's x − mean term, inv_std³·d/M·Σ with inv_std 2.7e22,
-    // carries that error times 1e70).
-    const double products_floor = 4 * m * static_cast<double>(std::numeric_limits<T>::denorm_min());
+    // an absolute error, not a relative one, that dx's x − mean term multiplies by
+    // inv_std³·d/M (1e70 with inv_std 2.7e22). float32 sums that small are summed again in
+    // float64 (kernels::sums_small_products), a zero one only where Σdy is not zero too: the
+    // floor holds for float64, and for float32 where Σdy may round to zero.
+    const double least = static_cast<double>(std::numeric_limits<T>::denorm_min());
+    const bool resummed = std::is_same_v<T, float> &&
+                          std::fabs(static_cast<double>(s1)) > 64 * eps * (double)a1 + m * least;
+    const double products_floor = resummed ? 0.0 : 4 * m * least;
     const double dgamma_bound =
         32 * eps * (1 + (double)a2 * std::fabs(inv)) + products_floor * std::fabs(inv);
     const bool dgamma_right =
