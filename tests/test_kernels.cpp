@@ -64,7 +64,13 @@ TYPED_TEST(KernelTester, PlaneStatsOverTails) {
   using T = TypeParam;
   using real = typename TestFixture::real;
   this->for_each_isa([&](const kernels::kernel_set<T>& k, std::size_t v) {
-    for (std::size_t len : lengths(v)) {
+    std::vector<std::size_t> lens = lengths(v);
+    // Around the float32 blocks of 16 vectors: a whole block, with the tail joining it, two
+    // whole blocks and a partial one with a tail.
+    for (std::size_t extra : {16 * v, 16 * v + 3, 16 * v + v - 1, 32 * v, 32 * v + 5 * v + 1}) {
+      lens.push_back(extra);
+    }
+    for (std::size_t len : lens) {
       for (std::size_t planes : {1, 3}) {
         const std::size_t channels = 2, offset = 1;     // a start one element past alignment
         const std::size_t stride = channels * len + 3;  // odd gap between a channel's planes
@@ -296,7 +302,7 @@ TYPED_TEST(KernelTester, PlaneKernelsGiveEachChannelTheSameBitsInAnyGroup) {
   using real = typename TestFixture::real;
   this->for_each_isa([&](const kernels::kernel_set<T>& k, std::size_t v) {
     std::vector<std::size_t> lens = lengths(v);
-    for (std::size_t extra : {8 * v + 1, 9 * v - 1, 9 * v, 9 * v + 1, 18 * v + 7}) {
+    for (std::size_t extra : {8 * v + 1, 9 * v - 1, 9 * v, 9 * v + 1, 16 * v + 3, 18 * v + 7}) {
       lens.push_back(extra);
     }
     for (std::size_t len : lens) {
