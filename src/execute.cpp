@@ -503,7 +503,8 @@ class inference_step {
         args_(args),
         src_(static_cast<const S*>(args.src)),
         dst_(static_cast<S*>(args.dst)),
-        coeffs_(scratch, p_.scratch) {}
+        coeffs_(scratch, p_.scratch),
+        streams_(plans_inference_streams(plan)) {}
 
   void run() {
     switch (p_.inference) {
@@ -517,7 +518,7 @@ class inference_step {
           const bool prescaled = set_coefficients(c0, c1, coeffs_, c0);
           map_channels(p_,
                        make_normalize(plan_, src_, dst_, args_.residual, coeffs_.readable,
-                                      prescaled, post_, p_.stream_inference_stores),
+                                      prescaled, post_, streams_),
                        c0, c1, c0);
         });
         return;
@@ -532,9 +533,8 @@ class inference_step {
                              if (set_coefficients(c0, c1, coeffs_, c0))
                                prescaled = true;  // any order: an OR
                            });
-    const normalize_map<S> normalize =
-        make_normalize(plan_, src_, dst_, args_.residual, coeffs_.readable, prescaled, post_,
-                       p_.stream_inference_stores);
+    const normalize_map<S> normalize = make_normalize(plan_, src_, dst_, args_.residual,
+                                                      coeffs_.readable, prescaled, post_, streams_);
     if (p_.kind == traversal::interleaved) coeffs_.replicate(p_.channels, p_.period, prescaled);
     map_pass(plan_, normalize);
   }
@@ -564,8 +564,8 @@ class inference_step {
           const kernels::coefficients<T> k(center_k, scale_k, shift_k, prescale_k);
           const kernels::coefficients<const T> readable(k);
           // Made once per task: only whether a group has prescales changes.
-          normalize_map<S> normalize = make_normalize(plan_, src_, dst_, args_.residual, readable,
-                                                      false, post_, p_.stream_inference_stores);
+          normalize_map<S> normalize =
+              make_normalize(plan_, src_, dst_, args_.residual, readable, false, post_, streams_);
           for (std::size_t u0 = b; u0 < e; u0 += group) {
             const std::size_t u1 = std::min(u0 + group, e);
             const std::size_t c0 = u0 / p_.chunks_per_channel;
@@ -592,6 +592,7 @@ class inference_step {
   const S* src_;
   S* dst_;
   coefficient_arrays<T> coeffs_;
+  const bool streams_;  // the plan streams y for this call's threads (plans_inference_streams)
 };
 
 }  // namespace

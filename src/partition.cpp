@@ -59,11 +59,19 @@ constexpr std::size_t coefficient_channels_per_task = 4096;
 // store_policy::automatic streams the output where its cached lines would push out of the
 // last-level cache the input that is read again: from an eighth of the cache for training and
 // the backward, which read their input a second time within the call; from a quarter for
-// inference, whose input is read again by the next call or layer at most. On a machine shared
-// with other tenants, the share of the last-level cache a call keeps is well below its size
-// (docs/design.md).
-std::size_t streaming_threshold(const cache_sizes& caches, bool reads_twice) noexcept {
-  return caches.last_level_bytes / (reads_twice ? 8 : 4);
+// inference on one thread, whose input is read again by the next call or layer at most. On a
+// machine shared with other tenants, the share of the last-level cache a call keeps is well
+// below its size. Inference on more threads streams from half the cache, where x and y no longer
+// fit in it together: below that, cores writing cached lines outran non-temporal stores, which
+// reached the same write rate from one core or two (docs/design.md).
+enum class output_use { training, inference, parallel_inference };
+std::size_t streaming_threshold(const cache_sizes& caches, output_use use) noexcept {
+  switch (use) {
+    case output_use::training: return caches.last_level_bytes / 8;
+    case output_use::inference: return caches.last_level_bytes / 4;
+    case output_use::parallel_inference: break;
+  }
+  return caches.last_level_bytes / 2;
 }
 
 // Channels-first maps stream plane by plane, and a plane's ragged ends (it starts where the one
@@ -141,16 +149,18 @@ bool make_partition(const problem& prob, const plan_options& options, std::size_
   // convert to float32 and back): half-storage tensors wait for workers at the same counts.
   p.serial = p.elements * std::max(p.element_size, p.value_size) < serial_bytes;
   const bool planes = prob.layout == layout::channels_first && p.spatial > 1;
-  const auto streams = [&](bool reads_twice) {
-    const std::size_t min_plane_bytes =
-        reads_twice ? min_streamed_plane_bytes_reading_twice : min_streamed_plane_bytes;
+  const auto streams = [&](output_use use) {
+    const std::size_t min_plane_bytes = use == output_use::training
+                                            ? min_streamed_plane_bytes_reading_twice
+                                            : min_streamed_plane_bytes;
     return options.stores == store_policy::streaming ||
            (options.stores == store_policy::automatic &&
-            p.elements * p.element_size >= streaming_threshold(caches, reads_twice) &&
+            p.elements * p.element_size >= streaming_threshold(caches, use) &&
             (!planes || p.spatial * p.element_size >= min_plane_bytes));
   };
-  p.stream_training_stores = streams(true);
-  p.stream_inference_stores = streams(false);
+  p.stream_training_stores = streams(output_use::training);
+  p.stream_inference_stores = streams(output_use::inference);
+  p.stream_parallel_inference_stores = streams(output_use::parallel_inference);
   const std::size_t unit_elements = unit_bytes / p.element_size;
   const std::size_t fused_channel_bytes = caches.l2_bytes / fused_channel_l2_fraction;
   const std::size_t fused_block_bytes = caches.l2_bytes / fused_block_l2_fraction;
@@ -296,10 +306,13 @@ std::string describe(const partition& p) {
       out += text("row chunks, %zu × %zu rows", p.map_row_chunk_count, p.map_rows_per_chunk);
       break;
   }
-  if (p.stream_training_stores == p.stream_inference_stores) {
+  // The thresholds rise from training to inference on one thread, to inference on more.
+  if (p.stream_training_stores == p.stream_parallel_inference_stores) {
     out += p.stream_training_stores ? " · streaming stores" : " · cached stores";
-  } else {  // training's threshold is the lower one
+  } else if (p.stream_training_stores != p.stream_inference_stores) {
     out += " · streaming stores (training, backward)";
+  } else {
+    out += " · streaming stores (training, backward; inference on one thread)";
   }
   out += p.serial ? " · calling thread" : " · parallel";
   return out;

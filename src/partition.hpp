@@ -79,9 +79,10 @@ struct partition {
   bool serial = false;
   /// Write the output with non-temporal stores (see plan_options::stores): training's and the
   /// backward's dx, which read their input twice; inference's (and the frozen backward's dx),
-  /// which read it once.
+  /// which read it once, on one thread and on more (streams_inference_stores says which).
   bool stream_training_stores = false;
   bool stream_inference_stores = false;
+  bool stream_parallel_inference_stores = false;
   /// Fused planes: channels per group (statistics, then normalization), as many as fit in
   /// an eighth of a core's L2, at most 16, or more where they fit in half an L1.
   std::size_t fused_group = 1;

@@ -33,6 +33,10 @@ thread_limit::thread_limit(int max_threads) {
   }
 }
 
+bool thread_limit::more_than_one_thread() const noexcept {
+  return !single_ && (arena_ != nullptr || tbb::this_task_arena::max_concurrency() > 1);
+}
+
 thread_limit::~thread_limit() = default;
 thread_limit::thread_limit(thread_limit&&) noexcept = default;
 thread_limit& thread_limit::operator=(thread_limit&&) noexcept = default;

@@ -18,6 +18,9 @@ class thread_limit {
   thread_limit& operator=(thread_limit&&) noexcept;
 
   bool single_threaded() const noexcept { return single_; }
+  /// Whether a parallel pass can run on more than one thread: a cap of 2 or more on a machine
+  /// of as many cores, or the caller's arena allowing more than one.
+  bool more_than_one_thread() const noexcept;
 
   /// Whether for_each(count, grain, serial, ...) calls its body once, on the calling thread:
   /// then it throws nothing that the body does not.

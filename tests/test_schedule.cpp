@@ -8,11 +8,15 @@
 #include <cstring>
 #include <string>
 
+#include <oneapi/tbb/info.h>
+#include <oneapi/tbb/task_arena.h>
+
 #include "cache_sizes.hpp"
 #include "cpu_isa.hpp"
 #include "execute.hpp"
 #include "partition.hpp"
 #include "support.hpp"
+#include "threading.hpp"
 
 using namespace bnorm_test;
 using bnorm::layout;
@@ -134,6 +138,21 @@ TEST(Schedule, CacheSizesDecideWhatStaysInCache) {
   EXPECT_NE(describe(plan_partition(four_mib, {}, id, {2u << 20, 32u << 20}))
                 .find(" · streaming stores (training, backward) · "),
             std::string::npos);
+  // Inference on more than one thread streams from half of it, where x and y no longer fit in
+  // it together.
+  const auto streams_in_parallel = [&](std::size_t last_level_mib) {
+    return plan_partition(four_mib, {}, id, {2u << 20, last_level_mib << 20})
+        .stream_parallel_inference_stores;
+  };
+  EXPECT_TRUE(streams_in_parallel(8));
+  EXPECT_FALSE(streams_in_parallel(9));
+  EXPECT_FALSE(streams_in_parallel(16));
+  EXPECT_NE(describe(plan_partition(four_mib, {}, id, {2u << 20, 16u << 20}))
+                .find(" · streaming stores (training, backward; inference on one thread) · "),
+            std::string::npos);
+  EXPECT_NE(describe(plan_partition(four_mib, {}, id, {2u << 20, 8u << 20}))
+                .find(" · streaming stores · "),
+            std::string::npos);
   bnorm::plan_options cached;
   cached.stores = bnorm::store_policy::cached;
   EXPECT_FALSE(plan_partition(four_mib, cached, id, {2u << 20, 8u << 20}).stream_training_stores);
@@ -176,6 +195,18 @@ TEST(Schedule, OutputsStreamFromWholeCacheLinesOnly) {
   EXPECT_TRUE(bnorm::detail::streams_into(buffer, true));
   EXPECT_FALSE(bnorm::detail::streams_into(buffer + 16, true));
   EXPECT_FALSE(bnorm::detail::streams_into(buffer, false));
+}
+
+// Inference's stores follow the threads a call can use (plans_inference_streams; stores change
+// no bits): one under a cap of 1 or in a caller's arena of one, more under a cap of 2 on a
+// machine of two cores or more, or in a caller's arena of two.
+TEST(Schedule, InferenceStoresFollowTheThreadsACallCanUse) {
+  EXPECT_FALSE(bnorm::detail::thread_limit(1).more_than_one_thread());
+  EXPECT_EQ(bnorm::detail::thread_limit(2).more_than_one_thread(),
+            tbb::info::default_concurrency() > 1);
+  const bnorm::detail::thread_limit callers_arena;
+  tbb::task_arena(1).execute([&] { EXPECT_FALSE(callers_arena.more_than_one_thread()); });
+  tbb::task_arena(2).execute([&] { EXPECT_TRUE(callers_arena.more_than_one_thread()); });
 }
 
 TEST(Schedule, ChannelsFirstChannelsUpToHalfAnL2AreFused) {

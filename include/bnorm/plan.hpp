@@ -98,7 +98,8 @@ const char* to_string(momentum_convention value) noexcept;  ///< "pytorch", ...;
 enum class store_policy {
   /// Non-temporal stores where cached output would push out of the last-level cache the input
   /// that is read again: for training and the backward (which read their input twice) from
-  /// tensors of an eighth of its size, for inference from a quarter; ordinary stores below.
+  /// tensors of an eighth of its size, for inference from a quarter on one thread and from half
+  /// on more (where x and y no longer fit in it together); ordinary stores below.
   automatic,
   /// Ordinary stores: best when the next layer reads y while it is still in cache.
   cached,
