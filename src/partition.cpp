@@ -62,8 +62,8 @@ constexpr std::size_t coefficient_channels_per_task = 4096;
 // inference on one thread, whose input is read again by the next call or layer at most. On a
 // machine shared with other tenants, the share of the last-level cache a call keeps is well
 // below its size. Inference on more threads streams from half the cache, where x and y no longer
-// fit in it together: below that, cores writing cached lines outran non-temporal stores, which
-// reached the same write rate from one core or two (docs/design.md).
+// fit in it together: below that, two cores writing cached lines outran non-temporal stores,
+// which mostly reached the same write rate from one core or two (docs/design.md).
 enum class output_use { training, inference, parallel_inference };
 std::size_t streaming_threshold(const cache_sizes& caches, output_use use) noexcept {
   switch (use) {

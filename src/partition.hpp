@@ -79,7 +79,7 @@ struct partition {
   bool serial = false;
   /// Write the output with non-temporal stores (see plan_options::stores): training's and the
   /// backward's dx, which read their input twice; inference's (and the frozen backward's dx),
-  /// which read it once, on one thread and on more (streams_inference_stores says which).
+  /// which read it once, on one thread and on more (plans_inference_streams says which).
   bool stream_training_stores = false;
   bool stream_inference_stores = false;
   bool stream_parallel_inference_stores = false;
