@@ -219,9 +219,12 @@ class gradient_step {
   /// kernels::sums_small_products) summed again in float64 before they are exchanged.
   void sum_small_products_exactly(std::size_t c0, std::size_t c1) const {
     if constexpr (std::is_same_v<T, float>) {
-      for (std::size_t c = c0; c < c1; ++c) {
-        if (kernels::sums_small_products(sum_dy_d_[c], sum_dy_[c], inv_std_at(c))) sum_exactly(c);
-      }
+      sum_exactly(
+          c0, c1,
+          [this](std::size_t c) {
+            return kernels::sums_small_products(sum_dy_d_[c], sum_dy_[c], inv_std_at(c));
+          },
+          [](std::size_t, std::size_t) {});
     }
   }
 
@@ -232,19 +235,61 @@ class gradient_step {
     return 0.0;
   }
 
-  /// Channel c's Σdy and Σdy·(x − mean) in float64, value by value.
-  void sum_exactly(std::size_t c) const {
-    const double center = static_cast<double>(center_[c]);
-    double sum = 0.0, sum_d = 0.0;
-    for (std::size_t n = 0; n < p_.batch; ++n)
-      for (std::size_t s = 0; s < p_.spatial; ++s) {
-        const std::size_t at = p_.element(n, c, s);
-        const double dy = kernels::to_double(diff_dst_[at]);
-        sum += dy;
-        sum_d += dy * (kernels::to_double(src_[at]) - center);
+  /// The Σdy and Σdy·(x − mean) of the channels c of [c0, c1) for which `needs(c)` (which reads
+  /// channel c's sums alone), summed again in float64 (the kernels' *_f64 sums); then `then(a,
+  /// b)` for each run [a, b) of such channels, so that their math is done again a run at a time.
+  /// Planes: each run's planes. Rows: the columns from one such channel to the last within a
+  /// chunk, every row read once a chunk.
+  template <class Needs, class Then>
+  void sum_exactly(std::size_t c0, std::size_t c1, const Needs& needs, const Then& then) const {
+    if (p_.kind == traversal::planes) {
+      for (std::size_t c = c0; c < c1;) {
+        if (!needs(c)) {
+          ++c;
+          continue;
+        }
+        const std::size_t first = c;
+        while (c < c1 && needs(c)) ++c;
+        const std::size_t at = p_.element(0, first, 0);
+        kern_.plane_gradient_sums_f64(src_ + at, diff_dst_ + at,
+                                      {p_.spatial, p_.batch, p_.channels * p_.spatial, c - first},
+                                      center_ + first, sum_dy_ + first, sum_dy_d_ + first);
+        then(first, c);
       }
-    sum_dy_[c] = sum;
-    sum_dy_d_[c] = sum_d;
+      return;
+    }
+    // Rows of C values (each spatial position of each sample), slot j channel first + j. A
+    // chunk as wide as a finalize task's channels reads each row's run of them once.
+    constexpr std::size_t chunk = 512;
+    const kernels::row_block rows{p_.elements / p_.channels, 0, p_.channels};
+    for (std::size_t c = c0; c < c1;) {
+      if (!needs(c)) {
+        ++c;
+        continue;
+      }
+      bool chosen[chunk];
+      kernels::row_block columns = rows;
+      for (std::size_t j = 0; j < chunk && c + j < c1; ++j) {
+        chosen[j] = needs(c + j);
+        if (chosen[j]) columns.width = j + 1;
+      }
+      double sum[chunk], sum_d[chunk];
+      kern_.interleaved_gradient_sums_f64(src_ + c, diff_dst_ + c, columns, center_ + c, sum,
+                                          sum_d);
+      for (std::size_t j = 0; j < columns.width;) {
+        if (!chosen[j]) {
+          ++j;
+          continue;
+        }
+        const std::size_t first = j;
+        for (; j < columns.width && chosen[j]; ++j) {
+          sum_dy_[c + j] = sum[j];
+          sum_dy_d_[c + j] = sum_d[j];
+        }
+        then(c + first, c + j);
+      }
+      c += columns.width;
+    }
   }
 
   gradient_reduce<S> reduce() const { return {kern_, src_, diff_dst_, center_, p_.period}; }
@@ -265,17 +310,21 @@ class gradient_step {
     kernels::gradient_flags flags =
         kern_.channel_gradients(channels_of(c0, c1), diff_src_ ? &coeffs_ : nullptr, c0);
     if (flags.small_products && own_data) {
-      // Rare: the kernel's sums were replaced by dγ = inv_std·Σdy·(x − mean); the channels
-      // whose Σ is small are summed again and their math done again, one by one.
-      for (std::size_t c = c0; c < c1; ++c) {
-        const double inv = inv_std_at(c);
-        if (!kernels::sums_small_products(sum_dy_d_[c] / inv, sum_dy_[c], inv)) continue;
-        sum_exactly(c);
-        const kernels::gradient_channels<T> one = channels_of(c, c + 1);
-        flags.prescaled =
-            kern_.channel_gradients(one, diff_src_ ? &coeffs_ : nullptr, c).prescaled ||
-            flags.prescaled;
-      }
+      // The kernel's sums were replaced by dγ = inv_std·Σdy·(x − mean); the channels whose Σ
+      // is small are summed again and their math done again.
+      sum_exactly(
+          c0, c1,
+          [this](std::size_t c) {
+            const double inv = inv_std_at(c);
+            return kernels::sums_small_products(sum_dy_d_[c] / inv, sum_dy_[c], inv);
+          },
+          [this, &flags](std::size_t first, std::size_t end) {
+            flags.prescaled = kern_
+                                  .channel_gradients(channels_of(first, end),
+                                                     diff_src_ ? &coeffs_ : nullptr, first)
+                                  .prescaled ||
+                              flags.prescaled;
+          });
     }
     // Blocks run in parallel: an OR in any order. A block's map reads its own channels'
     // prescales whatever the flag says of others.

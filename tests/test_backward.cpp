@@ -587,33 +587,86 @@ TEST_P(Backward, SubnormalProductsKeepTheirBits) {
 
 // Products dy·(x − mean) in float32's subnormal range that cancel to exactly zero (x of ±1e-23
 // and ±3e-23 with their own statistics, dy of 1e-22 and 0.95e-22 at the ends: −2.8e-45 and
-// +2.8e-45 once rounded, −1.5e-46 exactly), in every channel: the zero sums are summed again, dγ
-// and dx within 1e-6 of the float64 reference (before, dγ came out 0 for −6.7e-24 and dx 4.6% off).
+// +2.8e-45 once rounded, −1.5e-46 exactly), in two channels of three (the third's values 1e20
+// times larger, its products normal): those zero sums are summed again, dγ and dx within 1e-6 of
+// the float64 reference (before, dγ came out 0 for −6.7e-24 and dx 4.6% off). Shapes whose planes
+// are shorter than a vector or end in a partial one, and rows of more channels than the float64
+// sums take at once.
 TEST_P(Backward, SubnormalProductsThatCancelToZero) {
-  for (const layout l : {layout::channels_first, layout::channels_last}) {
-    const bnorm::tensor_shape shape{4, 19};
-    const geometry g(shape);
-    const float xs[4] = {-3e-23f, -1e-23f, 1e-23f, 3e-23f}, dys[4] = {1e-22f, 0, 0, 0.95e-22f};
-    std::vector<float> x(g.elements()), dy(g.elements());
-    for (std::size_t n = 0; n < g.n; ++n)
+  const float xs[4] = {-3e-23f, -1e-23f, 1e-23f, 3e-23f}, dys[4] = {1e-22f, 0, 0, 0.95e-22f};
+  const auto scaled = [](std::size_t c) { return c % 3 == 2 ? 1e20f : 1.0f; };
+  for (const bnorm::tensor_shape& shape :
+       {bnorm::tensor_shape{4, 19}, bnorm::tensor_shape{4, 300}, bnorm::tensor_shape{4, 19, 7},
+        bnorm::tensor_shape{4, 5, 3, 11}}) {
+    for (const layout l : {layout::channels_first, layout::channels_last}) {
+      const geometry g(shape);
+      std::vector<float> x(g.elements()), dy(g.elements());
+      for (std::size_t n = 0; n < g.n; ++n)
+        for (std::size_t c = 0; c < g.c; ++c)
+          for (std::size_t s = 0; s < g.spatial; ++s) {
+            x[g.offset(l, n, c, s)] = xs[n] * scaled(c);
+            dy[g.offset(l, n, c, s)] = dys[n] * scaled(c);
+          }
+      double var = 0.0;
+      for (const float v : xs) var += static_cast<double>(v) * v / 4;
+      const std::vector<float> gamma(g.c, 1.0f), mean(g.c, 0.0f);
+      std::vector<float> inv_std(g.c);
       for (std::size_t c = 0; c < g.c; ++c) {
-        x[g.offset(l, n, c, 0)] = xs[n];
-        dy[g.offset(l, n, c, 0)] = dys[n];
+        inv_std[c] = static_cast<float>(1 / (std::sqrt(var) * scaled(c)));
       }
-    double var = 0.0;
-    for (const float v : xs) var += static_cast<double>(v) * v / 4;
-    const std::vector<float> gamma(g.c, 1.0f), mean(g.c, 0.0f);
-    const std::vector<float> inv_std(g.c, static_cast<float>(1 / std::sqrt(var)));
-    const bnorm::plan plan = make(shape, l, bnorm::dtype::f32);
-    const auto [dx, dgamma, dbeta] =
-        all_gradients(plan, statistics::saved_inv_std, x, dy, gamma, mean, inv_std);
-    const std::vector<double> inv(inv_std.begin(), inv_std.end());
-    const reference_gradients ref = reference_backward(x, dy, shape, l, mean, inv, gamma, true);
-    const std::string name = l == layout::channels_first ? "nchw" : "nhwc";
-    for (std::size_t c = 0; c < g.c; ++c) ASSERT_LT(ref.dgamma[c], -6e-24) << name;
-    EXPECT_LE(worst_relative(dgamma, ref.dgamma, ref.abs_dgamma), 1e-6) << name;
-    EXPECT_LE(worst_relative(dbeta, ref.dbeta, ref.abs_dbeta), 1e-6) << name;
-    EXPECT_LE(dx_error(dx, ref.dx), 1e-6) << name;
+      const bnorm::plan plan = make(shape, l, bnorm::dtype::f32);
+      const auto [dx, dgamma, dbeta] =
+          all_gradients(plan, statistics::saved_inv_std, x, dy, gamma, mean, inv_std);
+      const std::vector<double> inv(inv_std.begin(), inv_std.end());
+      const reference_gradients ref = reference_backward(x, dy, shape, l, mean, inv, gamma, true);
+      const std::string name = plan.describe();
+      for (std::size_t c = 0; c < g.c; c += 3) ASSERT_LT(ref.dgamma[c], -6e-24) << name;
+      EXPECT_LE(worst_relative(dgamma, ref.dgamma, ref.abs_dgamma), 1e-6) << name;
+      EXPECT_LE(worst_relative(dbeta, ref.dbeta, ref.abs_dbeta), 1e-6) << name;
+      EXPECT_LE(dx_error(dx, ref.dx), 1e-6) << name;
+    }
+  }
+}
+
+// dy constant in each channel (1, 2 or 3) on integer-valued x whose batch mean is exact (a
+// power of two of values a channel): Σdy·(x − mean) is exactly zero where Σdy is not, in every
+// channel, and every channel's sums are taken again in float64 (kernels::sums_small_products),
+// across the finalize tasks of 512 channels and the column chunks of channels-last rows. dγ and
+// dx are zero and dβ the sum of dy, as the float64 reference's.
+TEST_P(Backward, ExactlyZeroSumsInEveryChannel) {
+  for (const bnorm::tensor_shape& shape :
+       {bnorm::tensor_shape{8, 1100}, bnorm::tensor_shape{2, 300, 4, 4},
+        bnorm::tensor_shape{4, 37, 2, 4}}) {
+    for (const layout l : {layout::channels_first, layout::channels_last}) {
+      const geometry g(shape);
+      std::vector<float> x(g.elements()), dy(g.elements());
+      for (std::size_t n = 0; n < g.n; ++n)
+        for (std::size_t c = 0; c < g.c; ++c)
+          for (std::size_t s = 0; s < g.spatial; ++s) {
+            x[g.offset(l, n, c, s)] = static_cast<float>((n * 7 + s * 3 + c) % 5);
+            dy[g.offset(l, n, c, s)] = static_cast<float>(1 + c % 3);
+          }
+      const reference_stats stats = reference_moments(x, shape, l);
+      std::vector<float> mean(g.c), inv_std(g.c);
+      for (std::size_t c = 0; c < g.c; ++c) {
+        mean[c] = static_cast<float>(stats.mean[c]);
+        ASSERT_EQ(static_cast<double>(mean[c]), stats.mean[c]) << "an exact mean";
+        inv_std[c] = static_cast<float>(1 / std::sqrt(stats.variance[c] + 1e-5));
+      }
+      const std::vector<float> gamma(g.c, 1.5f);
+      const bnorm::plan plan = make(shape, l, bnorm::dtype::f32);
+      const auto [dx, dgamma, dbeta] =
+          all_gradients(plan, statistics::saved_inv_std, x, dy, gamma, mean, inv_std);
+      const std::vector<double> inv(inv_std.begin(), inv_std.end());
+      const reference_gradients ref = reference_backward(x, dy, shape, l, mean, inv, gamma, true);
+      const std::string name = plan.describe();
+      for (std::size_t c = 0; c < g.c; ++c) {
+        ASSERT_EQ(ref.dgamma[c], 0.0) << name;
+        ASSERT_EQ(dgamma[c], 0.0f) << name << " channel " << c;
+        ASSERT_EQ(dbeta[c], static_cast<float>(ref.dbeta[c])) << name << " channel " << c;
+      }
+      EXPECT_LE(dx_error(dx, ref.dx), 1e-6) << name;
+    }
   }
 }
 

@@ -608,6 +608,74 @@ TYPED_TEST(KernelTester, GradientSumsOverTails) {
   });
 }
 
+// The backward's sums in float64 throughout, for channels whose float32 sums may have lost
+// subnormal products: with x − center around 1e-23 and dy around 1e-22, every float32 product
+// is subnormal (the float32 sums are off by up to half of each), yet these sums stay within
+// 1e-13 of Σ|dy·(x − center)| and of Σ|dy|, over planes and rows with their tails; they start
+// the sums whatever the arrays held.
+TYPED_TEST(KernelTester, GradientSumsInFloat64KeepSubnormalProducts) {
+  using T = TypeParam;
+  using real = typename TestFixture::real;
+  constexpr double tiny_x = 1e-23, tiny_dy = 1e-22, held = 7.0;
+  this->for_each_isa([&](const kernels::kernel_set<T>& k, std::size_t v) {
+    for (std::size_t len : lengths(v)) {
+      for (std::size_t planes : {1, 3}) {
+        const std::size_t channels = 3, offset = 1, stride = channels * len + 3;
+        const std::vector<T> x = this->data(offset + planes * stride, 0.0, tiny_x, len + planes);
+        const std::vector<T> dy = this->data(offset + planes * stride, 0.0, tiny_dy, len * 3);
+        const T center[channels] = {T(tiny_x), T(-tiny_x / 2), T(0)};
+        double sum[channels] = {held, held, held}, sum_d[channels] = {held, held, held};
+        k.plane_gradient_sums_f64(x.data() + offset, dy.data() + offset,
+                                  {len, planes, stride, channels}, center, sum, sum_d);
+        for (std::size_t c = 0; c < channels; ++c) {
+          real s = 0, q = 0, s_magnitude = 0, q_magnitude = 0;
+          for (std::size_t p = 0; p < planes; ++p)
+            for (std::size_t i = 0; i < len; ++i) {
+              const std::size_t at = offset + c * len + p * stride + i;
+              const real term = dy[at] * (static_cast<real>(x[at]) - center[c]);
+              s += dy[at];
+              q += term;
+              s_magnitude += std::fabs(static_cast<real>(dy[at]));
+              q_magnitude += std::fabs(term);
+            }
+          ASSERT_NEAR(sum[c], (double)s, 1e-13 * (double)s_magnitude) << "len " << len;
+          ASSERT_NEAR(sum_d[c], (double)q, 1e-13 * (double)q_magnitude) << "len " << len;
+        }
+      }
+    }
+    std::vector<std::size_t> widths = lengths(v);
+    widths.push_back(9 * v + 5);  // groups of four vectors, one more, and single slots
+    for (std::size_t width : widths) {
+      for (std::size_t rows : {1, 63, 64, 65, 130}) {
+        const std::size_t stride = width + 3, offset = 1;
+        const std::vector<T> x = this->data(offset + rows * stride, 0.0, tiny_x, width + rows);
+        const std::vector<T> dy = this->data(offset + rows * stride, 0.0, tiny_dy, width * rows);
+        std::vector<T> center(width);
+        for (std::size_t j = 0; j < width; ++j) center[j] = T(tiny_x * (double(j % 3) - 1));
+        std::vector<double> sum(width, held), sum_d(width, held);
+        k.interleaved_gradient_sums_f64(x.data() + offset, dy.data() + offset,
+                                        {rows, width, stride}, center.data(), sum.data(),
+                                        sum_d.data());
+        for (std::size_t j = 0; j < width; ++j) {
+          real s = 0, q = 0, s_magnitude = 0, q_magnitude = 0;
+          for (std::size_t r = 0; r < rows; ++r) {
+            const std::size_t at = offset + r * stride + j;
+            const real term = dy[at] * (static_cast<real>(x[at]) - center[j]);
+            s += dy[at];
+            q += term;
+            s_magnitude += std::fabs(static_cast<real>(dy[at]));
+            q_magnitude += std::fabs(term);
+          }
+          ASSERT_NEAR(sum[j], (double)s, 1e-13 * (double)s_magnitude)
+              << "width " << width << " rows " << rows << " slot " << j;
+          ASSERT_NEAR(sum_d[j], (double)q, 1e-13 * (double)q_magnitude)
+              << "width " << width << " rows " << rows << " slot " << j;
+        }
+      }
+    }
+  });
+}
+
 /// dx coefficients of `n` channels (slots), padded by one widest vector.
 template <class T>
 struct gradient_buffers {

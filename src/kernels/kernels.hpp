@@ -267,6 +267,12 @@ struct kernel_set {
   void (*interleaved_gradient_sums)(const S* src, const S* diff_dst, const row_block& block,
                                     const T* center, double* sum_dy, double* sum_dy_d,
                                     sums_mode mode) noexcept;
+  /// The same sums in float64 throughout, started (overwritten), for the channels whose float32
+  /// sums may have lost subnormal products (sums_small_products): every product exact.
+  void (*plane_gradient_sums_f64)(const S* src, const S* diff_dst, const plane_block& block,
+                                  const T* center, double* sum_dy, double* sum_dy_d) noexcept;
+  void (*interleaved_gradient_sums_f64)(const S* src, const S* diff_dst, const row_block& block,
+                                        const T* center, double* sum_dy, double* sum_dy_d) noexcept;
   /// The backward's dx from its coefficients (see gradient_coefficients), over planes or rows as
   /// plane_normalize and interleaved_normalize. diff_src may be diff_dst (in place).
   void (*plane_gradient)(const S* src, const S* diff_dst, S* diff_src, const plane_block& block,

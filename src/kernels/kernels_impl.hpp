@@ -65,6 +65,8 @@ constexpr kernel_set<S> make_kernel_set() noexcept {
           clean<&inference_coefficients<Arch, T>>,
           clean<&plane_gradient_sums<Arch, S>>,
           clean<&interleaved_gradient_sums<Arch, S>>,
+          clean<&plane_gradient_sums_f64<Arch, S>>,
+          clean<&interleaved_gradient_sums_f64<Arch, S>>,
           clean<&plane_gradient<Arch, S>>,
           clean<&interleaved_gradient<Arch, S>>,
           clean<&activation_mask<Arch, S>>,

@@ -587,6 +587,96 @@ void interleaved_gradient_sums(const S* src, const S* diff_dst, const row_block&
                          sum_dy, sum_dy_d, mode == sums_mode::add);
 }
 
+// The backward's sums in float64 throughout (each dy and x − center widened before they are
+// multiplied and added: every product of two float32 values is exact in float64), for the
+// channels whose float32 sums may have lost subnormal products (sums_small_products). They
+// start the sums (overwrite them). Vectorized, each channel's data read once: an exact zero sum
+// asks for them wherever Σdy·(x − mean) is exactly zero, which ordinary data reach too (dy of
+// 1 on integer-valued x, a dead channel), so they must cost about one more reduce, not a scalar
+// walk of one element per row.
+
+/// Planes: channel k's runs as plane_sums walks them, in float64 (gradient_terms' add_exact).
+template <class Arch, class S, class T = compute_t<S>>
+void plane_gradient_sums_f64(const S* src, const S* diff_dst, const plane_block& b, const T* center,
+                             double* sum_dy, double* sum_dy_d) noexcept {
+  using vec = xsimd::batch<T, Arch>;
+  constexpr std::size_t lanes = vec::size;
+  const gradient_terms<Arch, S> terms{src, diff_dst};
+  const std::size_t len = b.len, whole = len - len % lanes;
+  // The last values of a run of at least one vector: its last whole vector, the lanes already
+  // counted masked out (unused where the runs are whole vectors).
+  const lane_mask<T, Arch> fresh = fresh_lanes<Arch, T>(whole < len ? lanes - len % lanes : 0);
+  for (std::size_t ch = 0; ch < b.channels; ++ch) {
+    const vec k(center[ch]);
+    const double k64 = static_cast<double>(center[ch]);
+    f64_accumulator<Arch> acc;
+    double s = 0.0, q = 0.0;  // runs shorter than a vector
+    for (std::size_t p = 0; p < b.planes; ++p) {
+      const std::size_t at = ch * len + p * b.stride;
+      for (std::size_t i = 0; i < whole; i += lanes) terms.add_exact(at + i, k, acc);
+      if (whole == len) continue;
+      if (whole > 0) {
+        terms.add_exact_masked(at + len - lanes, fresh, k, acc);
+      } else {
+        for (std::size_t i = 0; i < len; ++i) terms.add_scalar(at + i, k64, s, q);
+      }
+    }
+    sum_dy[ch] = sum_lanes<Arch>(acc.sum) + s;
+    sum_dy_d[ch] = sum_lanes<Arch>(acc.sum_sq) + q;
+  }
+}
+
+/// Rows: slot j's sums over the rows, a float64 vector of slots at a time. The rows go in
+/// blocks, each block's columns walked while its rows stay in cache, the sums of a few vectors
+/// of slots in registers over the block (independent chains).
+template <class Arch, class S, class T = compute_t<S>>
+void interleaved_gradient_sums_f64(const S* src, const S* diff_dst, const row_block& b,
+                                   const T* center, double* sum_dy, double* sum_dy_d) noexcept {
+  using dvec = xsimd::batch<double, Arch>;
+  constexpr std::size_t lanes = dvec::size;
+  constexpr std::size_t block_rows = 64;
+  const gradient_terms<Arch, S> terms{src, diff_dst};
+  for (std::size_t j = 0; j < b.width; ++j) sum_dy[j] = sum_dy_d[j] = 0.0;
+  const auto columns = [&](auto group_tag, std::size_t j, std::size_t first, std::size_t count) {
+    constexpr std::size_t group = decltype(group_tag)::value;
+    dvec s[group], q[group], k[group];
+    for (std::size_t g = 0; g < group; ++g) {
+      s[g] = dvec::load_unaligned(sum_dy + j + g * lanes);
+      q[g] = dvec::load_unaligned(sum_dy_d + j + g * lanes);
+      k[g] = load_elements_as_f64<Arch>(center + j + g * lanes);
+    }
+    for (std::size_t r = first; r < first + count; ++r) {
+      const std::size_t at = r * b.stride + j;
+      for (std::size_t g = 0; g < group; ++g) {
+        const dvec dy = load_elements_as_f64<Arch>(diff_dst + at + g * lanes);
+        s[g] += dy;
+        q[g] = fmadd(dy, load_elements_as_f64<Arch>(src + at + g * lanes) - k[g], q[g]);
+      }
+    }
+    for (std::size_t g = 0; g < group; ++g) {
+      s[g].store_unaligned(sum_dy + j + g * lanes);
+      q[g].store_unaligned(sum_dy_d + j + g * lanes);
+    }
+  };
+  for (std::size_t first = 0; first < b.rows; first += block_rows) {
+    const std::size_t count = b.rows - first < block_rows ? b.rows - first : block_rows;
+    constexpr std::size_t group = 4;
+    std::size_t j = 0;
+    for (; j + group * lanes <= b.width; j += group * lanes) {
+      columns(std::integral_constant<std::size_t, group>(), j, first, count);
+    }
+    for (; j + lanes <= b.width; j += lanes) {
+      columns(std::integral_constant<std::size_t, 1>(), j, first, count);
+    }
+    for (; j < b.width; ++j) {
+      const double k = static_cast<double>(center[j]);
+      for (std::size_t r = first; r < first + count; ++r) {
+        terms.add_scalar(r * b.stride + j, k, sum_dy[j], sum_dy_d[j]);
+      }
+    }
+  }
+}
+
 // Pivots: per channel, the mean in float64 of a few of its values spread evenly over it,
 // rounded to T: near the mean, so that Σd² − (Σd)²/n does not cancel, whatever the order of the
 // values (zero padding in the first rows, a dark corner, an outlier first sample); a value of
