@@ -141,6 +141,52 @@ TYPED_TEST(KernelTester, PlaneStatsOfHugeChannelsAmongOrdinaryOnes) {
   });
 }
 
+// Rows: a slot whose float32 squares overflow, and one holding a NaN, among ordinary slots of
+// the same vectors and groups of vectors: the overflowing slot is summed again in float64 (its
+// sums right), the NaN slot's sums are NaN, and every other slot keeps the bits it has without
+// them (before, the whole group of four vectors was summed again).
+TYPED_TEST(KernelTester, InterleavedStatsOfHugeSlotsAmongOrdinaryOnes) {
+  using T = TypeParam;
+  using real = typename TestFixture::real;
+  this->for_each_isa([&](const kernels::kernel_set<T>& k, std::size_t v) {
+    for (std::size_t width : {4 * v + 3, 9 * v + 1}) {
+      for (std::size_t rows : {5, 16, 40}) {
+        const std::size_t stride = width + 2, huge = 1, not_a_number = v + 2;
+        const std::vector<T> plain = this->data(rows * stride, 0.5, 2.0, width * 7 + rows);
+        std::vector<T> x = plain;
+        for (std::size_t r = 0; r < rows; ++r) x[r * stride + huge] *= T(1e30);
+        x[(rows / 2) * stride + not_a_number] = std::numeric_limits<T>::quiet_NaN();
+        const std::vector<T> pivot(width + 64, T(0.5));
+        std::vector<double> sum(width), sum_sq(width), plain_sum(width), plain_sum_sq(width);
+        k.interleaved_stats(x.data(), {rows, width, stride}, pivot.data(), sum.data(),
+                            sum_sq.data(), kernels::sums_mode::start);
+        k.interleaved_stats(plain.data(), {rows, width, stride}, pivot.data(), plain_sum.data(),
+                            plain_sum_sq.data(), kernels::sums_mode::start);
+        for (std::size_t j = 0; j < width; ++j) {
+          if (j == not_a_number) {
+            EXPECT_TRUE(std::isnan(sum_sq[j])) << "width " << width << " rows " << rows;
+            continue;
+          }
+          if (j != huge) {
+            ASSERT_EQ(sum[j], plain_sum[j]) << "width " << width << " rows " << rows << " " << j;
+            ASSERT_EQ(sum_sq[j], plain_sum_sq[j]) << "width " << width << " rows " << rows;
+            continue;
+          }
+          real s = 0, q = 0;
+          for (std::size_t r = 0; r < rows; ++r) {
+            const real d = static_cast<real>(x[r * stride + j]) - pivot[j];
+            s += d;
+            q += d * d;
+          }
+          const double scale = std::sqrt(static_cast<double>(q) * static_cast<double>(rows));
+          EXPECT_NEAR(sum[j], static_cast<double>(s), tolerance<T>() * scale) << width;
+          EXPECT_NEAR(sum_sq[j], static_cast<double>(q), tolerance<T>() * static_cast<double>(q))
+              << "width " << width << " rows " << rows;
+        }
+      }
+    }
+  });
+}
 TYPED_TEST(KernelTester, InterleavedStatsOverTails) {
   using T = TypeParam;
   using real = typename TestFixture::real;

@@ -76,6 +76,21 @@ lane_mask<T, Arch> fresh_lanes(std::size_t counted) noexcept {
   return vec::load_aligned(lane_index<T>::values) >= vec(static_cast<T>(counted));
 }
 
+/// How many float64 vectors a vector of T holds lane for lane: float's low and high halves, or
+/// float64's own.
+template <class T>
+constexpr std::size_t halves_of = std::is_same<T, float>::value ? 2 : 1;
+
+/// A vector of T as halves_of<T> float64 vectors, lane for lane.
+template <class Arch, class T>
+void as_f64_halves(const xsimd::batch<T, Arch>& v, xsimd::batch<double, Arch> (&out)[2]) noexcept {
+  if constexpr (std::is_same<T, float>::value) {
+    widen(v, out[0], out[1]);
+  } else {
+    out[0] = out[1] = v;
+  }
+}
+
 // The terms a reduce kernel sums: per lane, two sums (s, q) of terms of the elements at offset
 // i from the terms' base pointers, given the channel's (slot's) center k. Every reduce kernel is
 // written once over them, so the forward statistics and the backward's gradient sums share
@@ -84,6 +99,9 @@ lane_mask<T, Arch> fresh_lanes(std::size_t counted) noexcept {
 //   add_masked(i, fresh, k, s, q)    the vector at i, only its lanes `fresh` (fresh_lanes)
 //   add_exact(i, k, acc)          one vector of terms in float64 (float32: both halves)
 //   add_exact_masked(i, fresh, k, acc)  likewise, only its lanes `fresh`
+//   add_exact_lanes(i, k, acc)    one vector of terms in float64 lane for lane (rows: each lane
+//                                 its own slot), its halves (as_f64_halves) into acc[0], acc[1],
+//                                 around the center's halves k[0], k[1]
 //   add_scalar(i, k, s, q)        one element in float64
 //   finite(s, q)                  whether T partials kept every bit they should (no overflow,
 //                                 no NaN): else the block is summed again with add_exact.
@@ -119,6 +137,12 @@ struct deviation_terms {
   void add_exact_masked(std::size_t i, const lane_mask<T, Arch>& fresh, const vec& k,
                         f64_accumulator<Arch>& acc) const noexcept {
     add_in_f64(xsimd::select(fresh, load_elements<Arch>(x + i), k), k, acc);
+  }
+  void add_exact_lanes(std::size_t i, const xsimd::batch<double, Arch> (&k)[2],
+                       f64_accumulator<Arch> (&acc)[2]) const noexcept {
+    xsimd::batch<double, Arch> v[2];
+    as_f64_halves<Arch>(load_elements<Arch>(x + i), v);
+    for (std::size_t h = 0; h < halves_of<T>; ++h) add_in_f64(v[h], k[h], acc[h]);
   }
   void add_scalar(std::size_t i, double k, double& s, double& q) const noexcept {
     const double d = static_cast<double>(to_compute(x[i])) - k;
@@ -180,6 +204,13 @@ struct gradient_terms {
                         f64_accumulator<Arch>& acc) const noexcept {
     add_in_f64(xsimd::select(fresh, load_elements<Arch>(x + i), k),
                xsimd::select(fresh, load_elements<Arch>(dy + i), vec(T(0))), k, acc);
+  }
+  void add_exact_lanes(std::size_t i, const xsimd::batch<double, Arch> (&k)[2],
+                       f64_accumulator<Arch> (&acc)[2]) const noexcept {
+    xsimd::batch<double, Arch> v[2], g[2];
+    as_f64_halves<Arch>(load_elements<Arch>(x + i), v);
+    as_f64_halves<Arch>(load_elements<Arch>(dy + i), g);
+    for (std::size_t h = 0; h < halves_of<T>; ++h) add_in_f64(v[h], g[h], k[h], acc[h]);
   }
   void add_scalar(std::size_t i, double k, double& s, double& q) const noexcept {
     const double g = static_cast<double>(to_compute(dy[i]));
@@ -466,6 +497,72 @@ void column_partials(const Terms& terms, std::size_t at, std::size_t count, std:
   }
 }
 
+/// Rows in float64 throughout: the sums of `Group` vectors of slots over `count` rows from
+/// offset `at` (each lane its own slot: add_exact_lanes), added to sum[0...], sum_sq[0...] or,
+/// unless `add`, started there; centers from center[0...]. Each vector's halves are
+/// independent chains.
+template <std::size_t Group, class Arch, class Terms, class T = typename Terms::T>
+void exact_columns(const Terms& terms, std::size_t at, std::size_t count, std::size_t stride,
+                   const T* center, double* sum, double* sum_sq, bool add) noexcept {
+  using vec = xsimd::batch<T, Arch>;
+  using dvec = xsimd::batch<double, Arch>;
+  constexpr std::size_t lanes = vec::size, half = dvec::size;
+  dvec k[Group][2];
+  f64_accumulator<Arch> acc[Group][2];
+  for (std::size_t g = 0; g < Group; ++g) {
+    as_f64_halves<Arch>(vec::load_unaligned(center + g * lanes), k[g]);
+    for (std::size_t h = 0; add && h < halves_of<T>; ++h) {
+      const std::size_t j = g * lanes + h * half;
+      acc[g][h].set(dvec::load_unaligned(sum + j), dvec::load_unaligned(sum_sq + j));
+    }
+  }
+  for (std::size_t r = 0; r < count; ++r) {
+    for (std::size_t g = 0; g < Group; ++g) {
+      terms.add_exact_lanes(at + r * stride + g * lanes, k[g], acc[g]);
+    }
+  }
+  for (std::size_t g = 0; g < Group; ++g) {
+    for (std::size_t h = 0; h < halves_of<T>; ++h) {
+      const std::size_t j = g * lanes + h * half;
+      acc[g][h].sum.store_unaligned(sum + j);
+      acc[g][h].sum_sq.store_unaligned(sum_sq + j);
+    }
+  }
+}
+
+/// interleaved_sums' flush of a block of `count` rows from offset `at`, `vectors` vectors of
+/// slots, where some lane's float32 partials overflowed (or hold a NaN): those lanes' sums again
+/// in float64 (see block_vectors), the others' as the partials give them (taken again one
+/// vector at a time: the same bits), so that no slot's bits depend on its neighbours'. Out of
+/// line, so that the common flush keeps its partials in registers.
+template <class Arch, class Terms, class T = typename Terms::T>
+[[gnu::noinline]] void flush_with_exact_lanes(const Terms& terms, std::size_t at, std::size_t count,
+                                              std::size_t stride, const T* center,
+                                              std::size_t vectors, double* sum, double* sum_sq,
+                                              bool add) noexcept {
+  using vec = xsimd::batch<T, Arch>;
+  constexpr std::size_t lanes = vec::size;
+  for (std::size_t g = 0; g < vectors; ++g) {
+    const std::size_t j = g * lanes;
+    vec s[1], q[1];
+    column_partials<1, Arch>(terms, at + j, count, stride, 0, center + j, s, q);
+    alignas(64) T s_lanes[lanes], q_lanes[lanes];
+    alignas(64) double exact_s[lanes], exact_q[lanes];
+    s[0].store_aligned(s_lanes);
+    q[0].store_aligned(q_lanes);
+    if (!Terms::finite(s[0], q[0])) {
+      exact_columns<1, Arch>(terms, at + j, count, stride, center + j, exact_s, exact_q, false);
+    }
+    for (std::size_t l = 0; l < lanes; ++l) {
+      const bool finite = std::isfinite(s_lanes[l]) && std::isfinite(q_lanes[l]);
+      const double block_s = finite ? static_cast<double>(s_lanes[l]) : exact_s[l];
+      const double block_q = finite ? static_cast<double>(q_lanes[l]) : exact_q[l];
+      sum[j + l] = add ? sum[j + l] + block_s : block_s;
+      sum_sq[j + l] = add ? sum_sq[j + l] + block_q : block_q;
+    }
+  }
+}
+
 /// `rows` rows of `width` slots, `stride` apart, from the terms' base; slot j's sums go to
 /// sum[j], sum_sq[j] (started unless `accumulate`).
 template <class Arch, class Terms, class T = typename Terms::T>
@@ -498,8 +595,7 @@ void interleaved_sums(const Terms& terms, std::size_t rows, std::size_t width, s
       sum_sq[j] = q;
     };
     // The block's partials of a group of vectors of slots from j into the float64 sums. One
-    // check for the group. float32 partials that overflowed (or hold a NaN) are summed again in
-    // float64 (see block_vectors).
+    // check for the group (see flush_with_exact_lanes where it fails).
     const auto flush = [&](auto group_tag, std::size_t j, const vec* s, const vec* q) {
       constexpr std::size_t group = decltype(group_tag)::value;
       if constexpr (std::is_same<T, float>::value) {
@@ -509,7 +605,8 @@ void interleaved_sums(const Terms& terms, std::size_t rows, std::size_t width, s
           all_q += q[g];
         }
         if (!Terms::finite(all_s, all_q)) {
-          for (std::size_t i = 0; i < group * lanes; ++i) column_exact(j + i);
+          flush_with_exact_lanes<Arch>(terms, block + j, count, stride, center + j, group, sum + j,
+                                       sum_sq + j, add);
           return;
         }
 #pragma GCC unroll 4
@@ -626,53 +723,36 @@ void plane_gradient_sums_f64(const S* src, const S* diff_dst, const plane_block&
   }
 }
 
-/// Rows: slot j's sums over the rows, a float64 vector of slots at a time. The rows go in
-/// blocks, each block's columns walked while its rows stay in cache, the sums of a few vectors
-/// of slots in registers over the block (independent chains).
+/// Rows: slot j's sums over the rows (exact_columns), the rows in blocks whose columns are
+/// walked while they stay in cache, two vectors of slots at a time (independent chains).
 template <class Arch, class S, class T = compute_t<S>>
 void interleaved_gradient_sums_f64(const S* src, const S* diff_dst, const row_block& b,
                                    const T* center, double* sum_dy, double* sum_dy_d) noexcept {
-  using dvec = xsimd::batch<double, Arch>;
-  constexpr std::size_t lanes = dvec::size;
-  constexpr std::size_t block_rows = 64;
+  constexpr std::size_t lanes = xsimd::batch<T, Arch>::size;
+  constexpr std::size_t block_rows = 64, group = 2;
   const gradient_terms<Arch, S> terms{src, diff_dst};
-  for (std::size_t j = 0; j < b.width; ++j) sum_dy[j] = sum_dy_d[j] = 0.0;
-  const auto columns = [&](auto group_tag, std::size_t j, std::size_t first, std::size_t count) {
-    constexpr std::size_t group = decltype(group_tag)::value;
-    dvec s[group], q[group], k[group];
-    for (std::size_t g = 0; g < group; ++g) {
-      s[g] = dvec::load_unaligned(sum_dy + j + g * lanes);
-      q[g] = dvec::load_unaligned(sum_dy_d + j + g * lanes);
-      k[g] = load_elements_as_f64<Arch>(center + j + g * lanes);
-    }
-    for (std::size_t r = first; r < first + count; ++r) {
-      const std::size_t at = r * b.stride + j;
-      for (std::size_t g = 0; g < group; ++g) {
-        const dvec dy = load_elements_as_f64<Arch>(diff_dst + at + g * lanes);
-        s[g] += dy;
-        q[g] = fmadd(dy, load_elements_as_f64<Arch>(src + at + g * lanes) - k[g], q[g]);
-      }
-    }
-    for (std::size_t g = 0; g < group; ++g) {
-      s[g].store_unaligned(sum_dy + j + g * lanes);
-      q[g].store_unaligned(sum_dy_d + j + g * lanes);
-    }
-  };
+  if (b.rows == 0) {
+    for (std::size_t j = 0; j < b.width; ++j) sum_dy[j] = sum_dy_d[j] = 0.0;
+  }
   for (std::size_t first = 0; first < b.rows; first += block_rows) {
     const std::size_t count = b.rows - first < block_rows ? b.rows - first : block_rows;
-    constexpr std::size_t group = 4;
+    const std::size_t at = first * b.stride;
+    const bool add = first > 0;
     std::size_t j = 0;
     for (; j + group * lanes <= b.width; j += group * lanes) {
-      columns(std::integral_constant<std::size_t, group>(), j, first, count);
+      exact_columns<group, Arch>(terms, at + j, count, b.stride, center + j, sum_dy + j,
+                                 sum_dy_d + j, add);
     }
     for (; j + lanes <= b.width; j += lanes) {
-      columns(std::integral_constant<std::size_t, 1>(), j, first, count);
+      exact_columns<1, Arch>(terms, at + j, count, b.stride, center + j, sum_dy + j, sum_dy_d + j,
+                             add);
     }
     for (; j < b.width; ++j) {
+      double s = add ? sum_dy[j] : 0.0, q = add ? sum_dy_d[j] : 0.0;
       const double k = static_cast<double>(center[j]);
-      for (std::size_t r = first; r < first + count; ++r) {
-        terms.add_scalar(r * b.stride + j, k, sum_dy[j], sum_dy_d[j]);
-      }
+      for (std::size_t r = 0; r < count; ++r) terms.add_scalar(at + r * b.stride + j, k, s, q);
+      sum_dy[j] = s;
+      sum_dy_d[j] = q;
     }
   }
 }
