@@ -55,6 +55,15 @@ struct geometry {
     return l == bnorm::layout::channels_first ? (in * c + ic) * spatial + is
                                               : (in * spatial + is) * c + ic;
   }
+  /// A tensor of this shape in layout l whose element (n, c, s) is value(n, c, s).
+  template <class T, class Value>
+  std::vector<T> tensor(bnorm::layout l, const Value& value) const {
+    std::vector<T> out(elements());
+    for (std::size_t in = 0; in < n; ++in)
+      for (std::size_t ic = 0; ic < c; ++ic)
+        for (std::size_t is = 0; is < spatial; ++is) out[offset(l, in, ic, is)] = value(in, ic, is);
+    return out;
+  }
 };
 
 struct reference_stats {

@@ -106,6 +106,22 @@ gradients<T> training_gradients(const bnorm::plan& plan, const std::vector<T>& x
   return all_gradients(plan, statistics::saved_inv_std, x, dy, gamma, saved.mean, saved.inv_std);
 }
 
+/// A training backward from the given mean and 1/std, beside the float64 reference's.
+struct gradients_and_reference {
+  gradients<float> got;
+  reference_gradients want;
+};
+gradients_and_reference against_reference(const bnorm::plan& plan, const bnorm::tensor_shape& shape,
+                                          bnorm::layout l, const std::vector<float>& x,
+                                          const std::vector<float>& dy,
+                                          const std::vector<float>& gamma,
+                                          const std::vector<float>& mean,
+                                          const std::vector<float>& inv_std) {
+  const std::vector<double> inv(inv_std.begin(), inv_std.end());
+  return {all_gradients(plan, statistics::saved_inv_std, x, dy, gamma, mean, inv_std),
+          reference_backward(x, dy, shape, l, mean, inv, gamma, true)};
+}
+
 /// Σ w·y: the loss whose gradient with respect to y is w.
 double weighted_sum(const std::vector<double>& w, const std::vector<double>& y) {
   long double sum = 0;
@@ -600,13 +616,10 @@ TEST_P(Backward, SubnormalProductsThatCancelToZero) {
         bnorm::tensor_shape{4, 5, 3, 11}}) {
     for (const layout l : {layout::channels_first, layout::channels_last}) {
       const geometry g(shape);
-      std::vector<float> x(g.elements()), dy(g.elements());
-      for (std::size_t n = 0; n < g.n; ++n)
-        for (std::size_t c = 0; c < g.c; ++c)
-          for (std::size_t s = 0; s < g.spatial; ++s) {
-            x[g.offset(l, n, c, s)] = xs[n] * scaled(c);
-            dy[g.offset(l, n, c, s)] = dys[n] * scaled(c);
-          }
+      const std::vector<float> x = g.tensor<float>(
+          l, [&](std::size_t n, std::size_t c, std::size_t) { return xs[n] * scaled(c); });
+      const std::vector<float> dy = g.tensor<float>(
+          l, [&](std::size_t n, std::size_t c, std::size_t) { return dys[n] * scaled(c); });
       double var = 0.0;
       for (const float v : xs) var += static_cast<double>(v) * v / 4;
       const std::vector<float> gamma(g.c, 1.0f), mean(g.c, 0.0f);
@@ -615,15 +628,12 @@ TEST_P(Backward, SubnormalProductsThatCancelToZero) {
         inv_std[c] = static_cast<float>(1 / (std::sqrt(var) * scaled(c)));
       }
       const bnorm::plan plan = make(shape, l, bnorm::dtype::f32);
-      const auto [dx, dgamma, dbeta] =
-          all_gradients(plan, statistics::saved_inv_std, x, dy, gamma, mean, inv_std);
-      const std::vector<double> inv(inv_std.begin(), inv_std.end());
-      const reference_gradients ref = reference_backward(x, dy, shape, l, mean, inv, gamma, true);
+      const auto [got, ref] = against_reference(plan, shape, l, x, dy, gamma, mean, inv_std);
       const std::string name = plan.describe();
       for (std::size_t c = 0; c < g.c; c += 3) ASSERT_LT(ref.dgamma[c], -6e-24) << name;
-      EXPECT_LE(worst_relative(dgamma, ref.dgamma, ref.abs_dgamma), 1e-6) << name;
-      EXPECT_LE(worst_relative(dbeta, ref.dbeta, ref.abs_dbeta), 1e-6) << name;
-      EXPECT_LE(dx_error(dx, ref.dx), 1e-6) << name;
+      EXPECT_LE(worst_relative(got.dgamma, ref.dgamma, ref.abs_dgamma), 1e-6) << name;
+      EXPECT_LE(worst_relative(got.dbeta, ref.dbeta, ref.abs_dbeta), 1e-6) << name;
+      EXPECT_LE(dx_error(got.dx, ref.dx), 1e-6) << name;
     }
   }
 }
@@ -639,13 +649,12 @@ TEST_P(Backward, ExactlyZeroSumsInEveryChannel) {
         bnorm::tensor_shape{4, 37, 2, 4}}) {
     for (const layout l : {layout::channels_first, layout::channels_last}) {
       const geometry g(shape);
-      std::vector<float> x(g.elements()), dy(g.elements());
-      for (std::size_t n = 0; n < g.n; ++n)
-        for (std::size_t c = 0; c < g.c; ++c)
-          for (std::size_t s = 0; s < g.spatial; ++s) {
-            x[g.offset(l, n, c, s)] = static_cast<float>((n * 7 + s * 3 + c) % 5);
-            dy[g.offset(l, n, c, s)] = static_cast<float>(1 + c % 3);
-          }
+      const std::vector<float> x =
+          g.tensor<float>(l, [](std::size_t n, std::size_t c, std::size_t s) {
+            return static_cast<float>((n * 7 + s * 3 + c) % 5);
+          });
+      const std::vector<float> dy = g.tensor<float>(
+          l, [](std::size_t, std::size_t c, std::size_t) { return static_cast<float>(1 + c % 3); });
       const reference_stats stats = reference_moments(x, shape, l);
       std::vector<float> mean(g.c), inv_std(g.c);
       for (std::size_t c = 0; c < g.c; ++c) {
@@ -655,17 +664,14 @@ TEST_P(Backward, ExactlyZeroSumsInEveryChannel) {
       }
       const std::vector<float> gamma(g.c, 1.5f);
       const bnorm::plan plan = make(shape, l, bnorm::dtype::f32);
-      const auto [dx, dgamma, dbeta] =
-          all_gradients(plan, statistics::saved_inv_std, x, dy, gamma, mean, inv_std);
-      const std::vector<double> inv(inv_std.begin(), inv_std.end());
-      const reference_gradients ref = reference_backward(x, dy, shape, l, mean, inv, gamma, true);
+      const auto [got, ref] = against_reference(plan, shape, l, x, dy, gamma, mean, inv_std);
       const std::string name = plan.describe();
       for (std::size_t c = 0; c < g.c; ++c) {
         ASSERT_EQ(ref.dgamma[c], 0.0) << name;
-        ASSERT_EQ(dgamma[c], 0.0f) << name << " channel " << c;
-        ASSERT_EQ(dbeta[c], static_cast<float>(ref.dbeta[c])) << name << " channel " << c;
+        ASSERT_EQ(got.dgamma[c], 0.0f) << name << " channel " << c;
+        ASSERT_EQ(got.dbeta[c], static_cast<float>(ref.dbeta[c])) << name << " channel " << c;
       }
-      EXPECT_LE(dx_error(dx, ref.dx), 1e-6) << name;
+      EXPECT_LE(dx_error(got.dx, ref.dx), 1e-6) << name;
     }
   }
 }

@@ -547,7 +547,7 @@ template <class Arch, class Terms, class T = typename Terms::T>
     vec s[1], q[1];
     column_partials<1, Arch>(terms, at + j, count, stride, 0, center + j, s, q);
     alignas(64) T s_lanes[lanes], q_lanes[lanes];
-    alignas(64) double exact_s[lanes], exact_q[lanes];
+    alignas(64) double exact_s[lanes] = {}, exact_q[lanes] = {};  // read only where not finite
     s[0].store_aligned(s_lanes);
     q[0].store_aligned(q_lanes);
     if (!Terms::finite(s[0], q[0])) {
