@@ -34,6 +34,14 @@ constexpr std::size_t fused_group_l1_bytes = 16 * 1024;  // half of a 32 KiB L1 
 // the blocks beside a block are its own core's (docs/design.md has the timings).
 constexpr std::size_t min_fused_block_row_bytes = 2048;
 constexpr std::size_t min_fused_blocks = 4;
+// Training and the backward also fuse four blocks of rows of 1 KiB, or two of 2 KiB (a page
+// of each row between them), where their two passes would read x (and dy) twice from a core's
+// L2 or the other's: their stores are a third of their traffic or less, and the page sharing
+// costs them less there than the second pass does. Narrower blocks, or two of 1 KiB, lost on
+// two cores; inference, all stores, keeps its row chunks (docs/design.md).
+constexpr std::size_t min_narrow_block_row_bytes = 1024;
+constexpr std::size_t min_narrow_blocks = 4;
+constexpr std::size_t min_few_blocks = 2;
 // Up to this many values, training's statistics are direct float64 sums, in one walk over
 // memory, instead of pivots, partial sums and their merge, whose fixed costs dominate there.
 constexpr std::size_t tiny_elements = 64;
@@ -169,6 +177,7 @@ bool make_partition(const problem& prob, const plan_options& options, std::size_
   // channel per unit. Interleaved: one row chunk (all the rows), units are blocks of whole
   // channels.
   bool fused = false;
+  bool inference_blocks = false;  // channels-last inference in the fused column blocks too
 
   if (planes) {
     p.kind = traversal::planes;
@@ -212,15 +221,23 @@ bool make_partition(const problem& prob, const plan_options& options, std::size_
     p.block_width = p.period;
     const std::size_t wanted_units = ceil_div(std::max<std::size_t>(p.elements, 1), unit_elements);
     const bool splits_columns = p.period == p.channels && p.channels >= 4 * vector_lanes;
-    // Few rows of many channels (ResNet's 7×7 in NHWC): a block of whole channels over all the
-    // rows that fits in a core's cache is one unit, and training and inference do all of their
-    // work in one pass (as channels-first does).
-    const std::size_t fused_blocks =
-        std::min(wanted_units, p.channels * p.element_size / min_fused_block_row_bytes);
-    const std::size_t fused_width =
-        fused_blocks > 0 ? round_up(ceil_div(p.channels, fused_blocks), vector_lanes) : 0;
-    if (splits_columns && p.rows > 0 && fused_blocks >= min_fused_blocks &&
-        p.rows * fused_width * p.element_size <= fused_block_bytes) {
+    // Few rows of many channels (ResNet's 7×7 and 14×14 in NHWC): a block of whole channels
+    // over all the rows that fits in a core's cache is one unit, and training (and inference,
+    // where the blocks are wide enough) does all of its work in one pass (as channels-first
+    // does). fuses: whether the channels split into at least min_blocks blocks of rows of
+    // min_row_bytes that fit a core's cache, as many as the work deserves (fused_width: their
+    // width, of the split last asked for).
+    std::size_t fused_width = 0;
+    const auto fuses = [&](std::size_t min_row_bytes, std::size_t min_blocks) {
+      const std::size_t blocks =
+          std::min(wanted_units, p.channels * p.element_size / min_row_bytes);
+      fused_width = blocks > 0 ? round_up(ceil_div(p.channels, blocks), vector_lanes) : 0;
+      return splits_columns && p.rows > 0 && blocks >= min_blocks &&
+             p.rows * fused_width * p.element_size <= fused_block_bytes;
+    };
+    inference_blocks = fuses(min_fused_block_row_bytes, min_fused_blocks);
+    if (inference_blocks || fuses(min_narrow_block_row_bytes, min_narrow_blocks) ||
+        fuses(min_fused_block_row_bytes, min_few_blocks)) {
       fused = true;
       p.rows_per_chunk = p.rows;
       p.row_chunks = 1;
@@ -241,7 +258,8 @@ bool make_partition(const problem& prob, const plan_options& options, std::size_
     p.map_rows_per_chunk =
         round_up(ceil_div(std::max<std::size_t>(p.rows, 1), map_chunks), rows_per_period);
     p.map_row_chunk_count = std::max<std::size_t>(1, ceil_div(p.rows, p.map_rows_per_chunk));
-    p.inference = fused ? inference_schedule::column_blocks : inference_schedule::row_chunks;
+    p.inference =
+        inference_blocks ? inference_schedule::column_blocks : inference_schedule::row_chunks;
   }
   if (p.kind == traversal::planes) {
     p.inference = p.planes_per_unit == 0 ? inference_schedule::channel_planes

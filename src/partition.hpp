@@ -38,7 +38,8 @@ enum class inference_schedule {
   channel_planes,
   /// A coefficient pass, then the planes in memory order.
   memory_order_planes,
-  /// The fused column blocks: each unit works out its block's coefficients.
+  /// The fused column blocks, where they are wide enough for it (inference is all stores):
+  /// each unit works out its block's coefficients.
   column_blocks,
   /// A coefficient pass (per slot), then chunks of whole rows.
   row_chunks,

@@ -57,10 +57,10 @@ const schedule_case schedule_cases[] = {
      layout::channels_last,
      "training: fused column blocks",
      "inference: column blocks"},
-    {"few_rows_of_1k_channels",  // two 2 KiB blocks only: two passes, whole-row maps
+    {"few_rows_of_1k_channels",  // four 1 KiB blocks: fused training, inference in whole rows
      {1, 1024, 14, 14},
      layout::channels_last,
-     "training: two passes",
+     "training: fused column blocks",
      "inference: row chunks"},
     {"many_rows",
      {32, 64, 56, 56},
@@ -242,42 +242,56 @@ TEST(Schedule, RowsReduceInWholeRowsWhereRowChunksAreEnough) {
   EXPECT_GT(few_rows.column_blocks, 1u) << describe(few_rows);
 }
 
-TEST(Schedule, FusedColumnBlocksAreFourAtLeastOf2KiBRows) {
-  // Cores writing into the same pages row after row slow each other down: a fused column
-  // block's rows are 2 KiB at least, and there are four blocks at least, so that a core's
-  // neighbouring blocks are mostly its own; otherwise two passes, the maps in whole rows.
+TEST(Schedule, FusedColumnBlocksCoverAPageOfEachRow) {
+  // Cores writing into the same pages row after row slow each other down: column blocks that
+  // inference takes too have rows of 2 KiB at least, four of them at least, so that a core's
+  // neighbouring blocks are mostly its own; training and the backward also fuse four of 1 KiB,
+  // or two of 2 KiB (a page of each row between them), inference then in whole rows; otherwise
+  // two passes, the maps in whole rows.
   const bnorm::isa id = isas_under_test().front();
   const auto part = [&](bnorm::tensor_shape shape, bnorm::dtype type) {
     return plan_partition({shape, layout::channels_last, type}, {}, id, reference_caches);
   };
-  for (const auto& [shape, type, blocks] :
-       {std::tuple<bnorm::tensor_shape, bnorm::dtype, std::size_t>{
-            {1, 2048, 7, 7}, bnorm::dtype::f32, 4},
-        {{2, 2048, 7, 7}, bnorm::dtype::f32, 4},
-        {{1, 4096, 7, 7}, bnorm::dtype::bf16, 4},
-        {{1, 3072, 7, 7}, bnorm::dtype::f32, 5}}) {
+  using bnorm::detail::inference_schedule;
+  for (const auto& [shape, type, blocks, inference] :
+       {std::tuple<bnorm::tensor_shape, bnorm::dtype, std::size_t, inference_schedule>{
+            {1, 2048, 7, 7}, bnorm::dtype::f32, 4, inference_schedule::column_blocks},
+        {{2, 2048, 7, 7}, bnorm::dtype::f32, 4, inference_schedule::column_blocks},
+        {{1, 4096, 7, 7}, bnorm::dtype::bf16, 4, inference_schedule::column_blocks},
+        {{1, 3072, 7, 7}, bnorm::dtype::f32, 5, inference_schedule::column_blocks},
+        {{1, 1024, 14, 14}, bnorm::dtype::f32, 4, inference_schedule::row_chunks},
+        {{1, 2048, 7, 7}, bnorm::dtype::bf16, 2, inference_schedule::row_chunks}}) {
     const bnorm::detail::partition p = part(shape, type);
     EXPECT_EQ(p.training, bnorm::detail::training_schedule::fused_column_blocks);
-    EXPECT_EQ(p.inference, bnorm::detail::inference_schedule::column_blocks);
+    EXPECT_EQ(p.inference, inference);
     EXPECT_EQ(p.column_blocks, blocks);
-    EXPECT_GE(p.block_width * p.element_size, 2048u);
+    EXPECT_GE(p.block_width * p.element_size, blocks >= 4 ? 1024u : 2048u);
+    EXPECT_GE(p.column_blocks * p.block_width * p.element_size, 4096u);
   }
-  // Rows of 1 KiB blocks, or fewer than four blocks of 2 KiB: two passes.
+  // Two blocks of 1 KiB, or one: two passes.
   for (const auto& [shape, type] :
        {std::pair<bnorm::tensor_shape, bnorm::dtype>{{1, 512, 14, 14}, bnorm::dtype::f32},
-        {{1, 1024, 14, 14}, bnorm::dtype::f32},
-        {{1, 2048, 7, 7}, bnorm::dtype::bf16},
         {{1, 1024, 14, 14}, bnorm::dtype::bf16},
         {{1, 256, 7, 7}, bnorm::dtype::f32}}) {
     const bnorm::detail::partition p = part(shape, type);
     EXPECT_EQ(p.training, bnorm::detail::training_schedule::two_passes);
     EXPECT_EQ(p.inference, bnorm::detail::inference_schedule::row_chunks);
   }
-  // A block up to a quarter of L2: (4,2048,7,7)'s 392 KiB blocks fit a 2 MiB L2's, not 1 MiB's.
+  // A block up to a quarter of L2: (4,2048,7,7)'s four 392 KiB blocks of 2 KiB rows fit a 2 MiB
+  // L2's; with 1 MiB, eight of 1 KiB rows (196 KiB), for training alone; (8,2048,7,7)'s eight
+  // of 392 KiB do not.
+  const bnorm::detail::cache_sizes one_mib{1u << 20, 32u << 20};
   const bnorm::problem four_images{{4, 2048, 7, 7}, layout::channels_last};
-  EXPECT_EQ(plan_partition(four_images, {}, id, reference_caches).training,
-            bnorm::detail::training_schedule::fused_column_blocks);
-  EXPECT_EQ(plan_partition(four_images, {}, id, {1u << 20, 32u << 20}).training,
+  const bnorm::detail::partition wide = plan_partition(four_images, {}, id, reference_caches);
+  EXPECT_EQ(wide.training, bnorm::detail::training_schedule::fused_column_blocks);
+  EXPECT_EQ(wide.inference, inference_schedule::column_blocks);
+  EXPECT_EQ(wide.column_blocks, 4u);
+  const bnorm::detail::partition narrow = plan_partition(four_images, {}, id, one_mib);
+  EXPECT_EQ(narrow.training, bnorm::detail::training_schedule::fused_column_blocks);
+  EXPECT_EQ(narrow.inference, inference_schedule::row_chunks);
+  EXPECT_EQ(narrow.column_blocks, 8u);
+  const bnorm::problem eight_images{{8, 2048, 7, 7}, layout::channels_last};
+  EXPECT_EQ(plan_partition(eight_images, {}, id, one_mib).training,
             bnorm::detail::training_schedule::two_passes);
 }
 
