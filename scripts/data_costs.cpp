@@ -4,8 +4,8 @@
 // float32 Σdy·(x − mean) exactly zero, kernels::sums_small_products sums it again in float64),
 // `one_nan` (ordinary, one NaN in x), `huge` (x around 1e31, spread 1e30: float32 squares
 // overflow, the blocks are summed again in float64). One process, one thread, batches of calls
-// alternating between the patterns; prints the medians of the batches, µs a call, and each
-// pattern's ratio to ordinary data's.
+// alternating between the patterns, in one order and then the other; prints the medians of the
+// batches, µs a call, and each pattern's ratio to ordinary data's.
 //
 //   g++ -std=c++17 -O2 -Iinclude -Ibuild/release/include scripts/data_costs.cpp
 //       build/release/libbnorm.a -ltbb -lpthread -o /tmp/data_costs     (one line)
@@ -95,7 +95,8 @@ int run(const bnorm::plan& plan, const std::vector<std::int64_t>& dims) {
   };
   std::vector<double> us[patterns][2];
   for (int round = 0; round < 16; ++round) {
-    for (int p = 0; p < patterns; ++p) {
+    for (int q = 0; q < patterns; ++q) {
+      const int p = round % 2 == 0 ? q : patterns - 1 - q;  // either order: see plan_ab.cpp
       for (int mode = 0; mode < 2; ++mode) {
         constexpr int calls = 3;
         const auto start = std::chrono::steady_clock::now();

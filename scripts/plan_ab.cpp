@@ -164,7 +164,10 @@ int main(int argc, char** argv) {
   for (const bnorm::plan& plan : plans) call(plan, 0);    // the backward's saved statistics
   std::vector<std::vector<double>> ns(plans.size() * 4);  // plan p, mode m: 4p + m
   for (int round = 0; round < rounds; ++round) {
-    for (std::size_t p = 0; p < plans.size(); ++p) {
+    // The plans in one order, then in the other: a plan's place in a round can cost it (on two
+    // threads, the second of two identical plans ran up to 20% slower).
+    for (std::size_t q = 0; q < plans.size(); ++q) {
+      const std::size_t p = round % 2 == 0 ? q : plans.size() - 1 - q;
       for (int mode = 0; mode < 4; ++mode) {
         const auto start = std::chrono::steady_clock::now();
         for (int i = 0; i < calls; ++i) {
