@@ -224,20 +224,22 @@ bool make_partition(const problem& prob, const plan_options& options, std::size_
     // Few rows of many channels (ResNet's 7×7 and 14×14 in NHWC): a block of whole channels
     // over all the rows that fits in a core's cache is one unit, and training (and inference,
     // where the blocks are wide enough) does all of its work in one pass (as channels-first
-    // does). fuses: whether the channels split into at least min_blocks blocks of rows of
-    // min_row_bytes that fit a core's cache, as many as the work deserves (fused_width: their
-    // width, of the split last asked for).
-    std::size_t fused_width = 0;
-    const auto fuses = [&](std::size_t min_row_bytes, std::size_t min_blocks) {
+    // does). block_width: the width of at least min_blocks blocks of rows of min_row_bytes
+    // that fit a core's cache, as many as the work deserves; 0 where there are no such blocks.
+    const auto block_width = [&](std::size_t min_row_bytes, std::size_t min_blocks) {
       const std::size_t blocks =
           std::min(wanted_units, p.channels * p.element_size / min_row_bytes);
-      fused_width = blocks > 0 ? round_up(ceil_div(p.channels, blocks), vector_lanes) : 0;
-      return splits_columns && p.rows > 0 && blocks >= min_blocks &&
-             p.rows * fused_width * p.element_size <= fused_block_bytes;
+      const std::size_t width =
+          blocks > 0 ? round_up(ceil_div(p.channels, blocks), vector_lanes) : 0;
+      const bool fits = splits_columns && p.rows > 0 && blocks >= min_blocks &&
+                        p.rows * width * p.element_size <= fused_block_bytes;
+      return fits ? width : 0;
     };
-    inference_blocks = fuses(min_fused_block_row_bytes, min_fused_blocks);
-    if (inference_blocks || fuses(min_narrow_block_row_bytes, min_narrow_blocks) ||
-        fuses(min_fused_block_row_bytes, min_few_blocks)) {
+    std::size_t fused_width = block_width(min_fused_block_row_bytes, min_fused_blocks);
+    inference_blocks = fused_width > 0;
+    if (fused_width == 0) fused_width = block_width(min_narrow_block_row_bytes, min_narrow_blocks);
+    if (fused_width == 0) fused_width = block_width(min_fused_block_row_bytes, min_few_blocks);
+    if (fused_width > 0) {
       fused = true;
       p.rows_per_chunk = p.rows;
       p.row_chunks = 1;

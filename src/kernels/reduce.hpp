@@ -497,6 +497,18 @@ void column_partials(const Terms& terms, std::size_t at, std::size_t count, std:
   }
 }
 
+/// Rows in float64 throughout, one slot: its sums over `count` rows from offset `at` added to
+/// sum, sum_sq or, unless `add`, started there (the slots after the last whole vector).
+template <class Terms, class T = typename Terms::T>
+void exact_column(const Terms& terms, std::size_t at, std::size_t count, std::size_t stride,
+                  T center, double& sum, double& sum_sq, bool add) noexcept {
+  double s = add ? sum : 0.0, q = add ? sum_sq : 0.0;
+  const double k = static_cast<double>(center);
+  for (std::size_t r = 0; r < count; ++r) terms.add_scalar(at + r * stride, k, s, q);
+  sum = s;
+  sum_sq = q;
+}
+
 /// Rows in float64 throughout: the sums of `Group` vectors of slots over `count` rows from
 /// offset `at` (each lane its own slot: add_exact_lanes), added to sum[0...], sum_sq[0...] or,
 /// unless `add`, started there; centers from center[0...]. Each vector's halves are
@@ -585,15 +597,6 @@ void interleaved_sums(const Terms& terms, std::size_t rows, std::size_t width, s
       (add ? dvec::load_unaligned(sum + j) + s : s).store_unaligned(sum + j);
       (add ? dvec::load_unaligned(sum_sq + j) + q : q).store_unaligned(sum_sq + j);
     };
-    // Slot j's sums over the block's rows in float64, added to what it holds: the slots after
-    // the last whole vector, and float32 partials that overflowed (or hold a NaN).
-    const auto column_exact = [&](std::size_t j) {
-      double s = add ? sum[j] : 0.0, q = add ? sum_sq[j] : 0.0;
-      const double k = static_cast<double>(center[j]);
-      for (std::size_t r = 0; r < count; ++r) terms.add_scalar(block + r * stride + j, k, s, q);
-      sum[j] = s;
-      sum_sq[j] = q;
-    };
     // The block's partials of a group of vectors of slots from j into the float64 sums. One
     // check for the group (see flush_with_exact_lanes where it fails).
     const auto flush = [&](auto group_tag, std::size_t j, const vec* s, const vec* q) {
@@ -634,7 +637,9 @@ void interleaved_sums(const Terms& terms, std::size_t rows, std::size_t width, s
       column_partials<1, Arch>(terms, block + j, count, stride, ahead, center + j, s, q);
       flush(std::integral_constant<std::size_t, 1>(), j, s, q);
     }
-    for (; j < width; ++j) column_exact(j);
+    for (; j < width; ++j) {
+      exact_column(terms, block + j, count, stride, center[j], sum[j], sum_sq[j], add);
+    }
   }
 }
 
@@ -748,11 +753,7 @@ void interleaved_gradient_sums_f64(const S* src, const S* diff_dst, const row_bl
                              add);
     }
     for (; j < b.width; ++j) {
-      double s = add ? sum_dy[j] : 0.0, q = add ? sum_dy_d[j] : 0.0;
-      const double k = static_cast<double>(center[j]);
-      for (std::size_t r = 0; r < count; ++r) terms.add_scalar(at + r * b.stride + j, k, s, q);
-      sum_dy[j] = s;
-      sum_dy_d[j] = q;
+      exact_column(terms, at + j, count, b.stride, center[j], sum_dy[j], sum_dy_d[j], add);
     }
   }
 }
