@@ -373,6 +373,12 @@ template <std::size_t Group, class Arch, class Terms, class T = typename Terms::
     f64_accumulator<Arch> (&acc)[Group]) noexcept {
   xsimd::batch<T, Arch> k[Group];
   for (std::size_t g = 0; g < Group; ++g) k[g] = xsimd::batch<T, Arch>(center[ch + g]);
+  if (planes == 1) {  // batch 1: no loop over planes to carry (and spill) in registers
+    std::size_t at[Group];
+    for (std::size_t g = 0; g < Group; ++g) at[g] = (ch + g) * len;
+    short_run_sums<true, Group, Arch>(terms, at, len, fresh, k, acc);
+    return;
+  }
   for (std::size_t p = 0; p < planes; ++p) {
     std::size_t at[Group];
     for (std::size_t g = 0; g < Group; ++g) at[g] = (ch + g) * len + p * stride;
