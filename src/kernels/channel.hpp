@@ -83,6 +83,9 @@ bool channel_moments(const moment_channels<T>& in) noexcept {
 // Where |mean| ≤ std/4 it does not: the center is then +0 and the shift takes mean·scale, whose
 // magnitude is at most |gamma|/4, so the roundings of x·scale and of the shift grow by at most
 // half an ulp of |gamma|. A block of such channels normalizes from two arrays instead of three.
+// Only while |mean·scale| ≤ fold_limit, though: with a huge gamma that half ulp is itself huge
+// (1e11 at gamma 1e29), where the centered form gives exactly beta at x = mean; float16 output
+// would round it to an infinity.
 
 /// A finite float64 value beyond T's range becomes T's largest finite value of its sign, not an
 /// infinity: a constant channel with a tiny var + eps then still gives exactly 0·scale = 0, as
@@ -97,9 +100,14 @@ T saturate_scalar(double v) noexcept {
   return static_cast<T>(v);
 }
 
-/// Where the mean is within a quarter of the standard deviation: fold it into the shift.
-inline bool folds(double mean, double inv_std) noexcept {
-  return std::fabs(mean) * inv_std <= 0.25;
+/// The largest |mean·scale| a shift takes from a folded mean: its rounding, at most 2^-10, stays
+/// far below float16's largest value, and no ordinary gamma (below 2^16) reaches it.
+constexpr double fold_limit = 16384.0;
+
+/// Where the mean is within a quarter of the standard deviation (and mean·scale within
+/// fold_limit): fold it into the shift.
+inline bool folds(double mean, double inv_std, double scale) noexcept {
+  return std::fabs(mean) * inv_std <= 0.25 && std::fabs(mean * scale) <= fold_limit;
 }
 
 /// The smallest center from which x − center can overflow for a finite x: half an ulp of T's
@@ -180,7 +188,7 @@ T prescaled_center(T center, double h) noexcept {
 template <class T>
 void store_coefficients_scalar(double mean, double inv_std, double scale, double beta,
                                const coefficients<T>& out, std::size_t at) noexcept {
-  const T center = folds(mean, inv_std) ? T(0) : static_cast<T>(mean);
+  const T center = folds(mean, inv_std, scale) ? T(0) : static_cast<T>(mean);
   const double residual = mean - static_cast<double>(center);
   const double h = prescale_for<T>(center, scale);
   out.center[at] = prescaled_center(center, h);
@@ -190,11 +198,11 @@ void store_coefficients_scalar(double mean, double inv_std, double scale, double
 }
 
 /// The coefficients of `lanes` channels from their float64 mean, 1/std and scale: center = +0
-/// where the mean folds, else the mean rounded to T; scale; shift = beta − (mean − center)·scale;
-/// prescale 1. Returns the extreme lanes: a prescale needed, or a scale or shift at or beyond
-/// T's largest value; the caller redoes all channels through the scalar code, which saturates
-/// and prescales them. Elsewhere the scalar code's saturation and prescale are the identity and
-/// its operations are these, so vector and scalar channels agree to the bit.
+/// where the mean folds (folds), else the mean rounded to T; scale; shift = beta − (mean −
+/// center)·scale; prescale 1. Returns the extreme lanes: a prescale needed, or a scale or shift at
+/// or beyond T's largest value; the caller redoes all channels through the scalar code, which
+/// saturates and prescales them. Elsewhere the scalar code's saturation and prescale are the
+/// identity and its operations are these, so vector and scalar channels agree to the bit.
 template <class Arch, class T>
 [[gnu::always_inline]] inline auto store_coefficients(const xsimd::batch<double, Arch>& mean,
                                                       const xsimd::batch<double, Arch>& inv_std,
@@ -203,7 +211,8 @@ template <class Arch, class T>
                                                       const coefficients<T>& out,
                                                       std::size_t at) noexcept {
   using dvec = xsimd::batch<double, Arch>;
-  const auto fold = xsimd::abs(mean) * inv_std <= dvec(0.25);
+  const auto fold =
+      (xsimd::abs(mean) * inv_std <= dvec(0.25)) & (xsimd::abs(mean * scale) <= dvec(fold_limit));
   store_as<Arch>(out.center + at, xsimd::select(fold, dvec(0.0), mean));
   const dvec center = load_as_f64<Arch>(out.center + at);
   const dvec shift = beta - (mean - center) * scale;

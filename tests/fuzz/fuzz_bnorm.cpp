@@ -728,9 +728,11 @@ void run_inference(FuzzedDataProvider& in, const bnorm::problem& prob, bnorm::pl
         const double ref = activation.apply(normalized + zv);
         // The rounding of x − mean, of the scale, of the product and of the sums; a mean within
         // a quarter of the standard deviation folds into the shift, x·scale + (β − mean·scale),
-        // at the cost of the rounding of mean·scale, at most a quarter of γ (PyTorch folds
-        // every mean).
-        const double folded = std::fmin(std::fabs(m * scale), 0.25 * std::fabs(scale) / inv);
+        // at the cost of the rounding of mean·scale, at most a quarter of γ and at most 16384
+        // (bnorm's fold_limit; twice it here, for a decision at the edge; PyTorch folds every
+        // mean, and float16 output once held that rounding, 1e11 at γ 2e29, as an infinity).
+        const double folded =
+            std::fmin(std::fmin(std::fabs(m * scale), 0.25 * std::fabs(scale) / inv), 32768.0);
         // bf16 and f16 round the float32 result once more, to their own precision.
         const double tol = 64 * eps *
                                (1 + std::fabs(normalized) + std::fabs(xv - m) * std::fabs(scale) +
