@@ -593,11 +593,15 @@ std::size_t normalize_row_groups(const S* src, S* dst, std::size_t rows, std::si
   return r;
 }
 
-/// interleaved_normalize for rows wider than the narrow kernels take, in one of the forms.
+/// interleaved_normalize for rows wider than the narrow kernels take, in one of the forms. Out
+/// of line: inlined into the dispatch on an activation, GCC laid its loops out with a jump
+/// back a step (docs/design.md, "Measurements behind the choices").
 template <form Form, class Arch, class S, class Out>
-void wide_rows_normalize(const S* src, S* dst, std::size_t rows, std::size_t width,
-                         std::size_t stride, const coefficients<const compute_t<S>>& k,
-                         std::size_t first, bool stream, const Out& out) noexcept {
+[[gnu::noinline]] void wide_rows_normalize(const S* src, S* dst, std::size_t rows,
+                                           std::size_t width, std::size_t stride,
+                                           const coefficients<const compute_t<S>>& k,
+                                           std::size_t first, bool stream,
+                                           const Out& out) noexcept {
   using T = compute_t<S>;
   using vec = xsimd::batch<T, Arch>;
   // The coefficient arrays are padded by one vector past the width: the loads for a partial
