@@ -774,6 +774,92 @@ void run_inference(FuzzedDataProvider& in, const bnorm::problem& prob, bnorm::pl
 
 }  // namespace
 
+/// A training call on half storage (x and y in S, parameters and statistics in float), on the
+/// plan of the input's problem: y against the float64 reference from x as stored. Where y's
+/// rounding may pass half of S's range, y is not checked (S holds it as an infinity); a
+/// rejected call must write nothing.
+template <class S>
+void run_half_training(FuzzedDataProvider& in, const bnorm::plan& plan,
+                       const bnorm::problem& prob) {
+  const geometry g(prob);
+  const std::size_t count = g.n * g.c * g.s;
+  const std::vector<S> x = stored<S>(values<float>(in, count));
+  const std::vector<float> gamma = values<float>(in, g.c), beta = values<float>(in, g.c);
+  std::vector<float> running_mean = values<float>(in, g.c), running_var = values<float>(in, g.c);
+  std::vector<float> mean(g.c, -8.0f), inv_std(g.c, -9.0f);
+  std::vector<S> y = stored<S>(std::vector<float>(count, -7.0f));
+  std::int64_t tracked = in.ConsumeIntegralInRange<std::int64_t>(0, 5);
+  bnorm::training_args args;
+  args.src = x.data();
+  args.dst = y.data();
+  if (in.ConsumeBool()) args.scale = {gamma.data(), g.c};
+  if (in.ConsumeBool()) args.shift = {beta.data(), g.c};
+  if (in.ConsumeBool()) args.batch_mean = {mean.data(), g.c};
+  if (in.ConsumeBool()) args.batch_inv_std = {inv_std.data(), g.c};
+  if (in.ConsumeBool()) {
+    args.running_mean = {running_mean.data(), g.c};
+    args.running_var = {running_var.data(), g.c};
+    args.num_batches_tracked = &tracked;
+  }
+  const std::vector<S> y0 = y;
+  const std::vector<float> rm0 = running_mean, rv0 = running_var, mean0 = mean, inv_std0 = inv_std;
+  const bnorm::status s = plan.forward_training(args);
+  if (!s.ok()) {
+    if (s.message()[0] == '\0') fail("a half-storage rejection without a message", s);
+    const auto same = [](const auto& a, const auto& b) {  // NaN-safe
+      return a.empty() || std::memcmp(a.data(), b.data(), a.size() * sizeof(a[0])) == 0;
+    };
+    if (!same(y, y0) || !same(running_mean, rm0) || !same(running_var, rv0) || !same(mean, mean0) ||
+        !same(inv_std, inv_std0)) {
+      fail("a rejected half-storage training wrote to a buffer", s);
+    }
+    return;
+  }
+  const double largest = storage_limits<S>::largest;
+  for (std::size_t c = 0; c < g.c; ++c) {
+    long double total = 0;
+    for (std::size_t n = 0; n < g.n; ++n)
+      for (std::size_t i = 0; i < g.s; ++i) total += as_double(x[g.at(prob.layout, n, c, i)]);
+    const double ref_mean = static_cast<double>(total / (g.n * g.s));
+    long double sq = 0;
+    for (std::size_t n = 0; n < g.n; ++n)
+      for (std::size_t i = 0; i < g.s; ++i) {
+        const long double d = as_double(x[g.at(prob.layout, n, c, i)]) - ref_mean;
+        sq += d * d;
+      }
+    const double var = static_cast<double>(sq / (g.n * g.s));
+    const double inv = 1.0 / std::sqrt(var + prob.epsilon);
+    const double w = args.scale.data ? static_cast<double>(gamma[c]) : 1.0;
+    const double b = args.shift.data ? static_cast<double>(beta[c]) : 0.0;
+    // As the float path: a non-finite channel, or a scale beyond 2^127 times float's range
+    // (saturated, documented), is not checked.
+    if (!std::isfinite(ref_mean) || !std::isfinite(inv) || !std::isfinite(w) || !std::isfinite(b) ||
+        var > 1e300 || std::fabs(w * inv) > std::ldexp(static_cast<double>(FLT_MAX), 127)) {
+      continue;
+    }
+    for (std::size_t n = 0; n < g.n; ++n)
+      for (std::size_t i = 0; i < g.s; ++i) {
+        const std::size_t at = g.at(prob.layout, n, c, i);
+        const double xv = as_double(x[at]);
+        const double ref = (xv - ref_mean) * inv * w + b;
+        // float32's roundings, then S's own.
+        const double tol = tolerance<float>(ref, xv, ref_mean, inv) * (1 + std::fabs(w)) +
+                           storage_limits<S>::rounding * std::fabs(ref) +
+                           storage_limits<S>::least_step;
+        if (!std::isfinite(ref) || std::fabs(ref) + tol > largest / 2) continue;
+        const double got = as_double(y[at]);
+        if (!(std::fabs(got - ref) <= tol)) {
+          std::fprintf(stderr,
+                       "half training at %zu: got %.9g, float64 reference %.9g (x %.9g, mean "
+                       "%.9g, var %.9g, eps %g, gamma %g, beta %g, N %zu C %zu S %zu layout %d)\n",
+                       at, got, ref, xv, ref_mean, var, prob.epsilon, w, b, g.n, g.c, g.s,
+                       static_cast<int>(prob.layout));
+          fail("an accepted half-storage training differs from the float64 reference", s);
+        }
+      }
+  }
+}
+
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
   FuzzedDataProvider in(data, size);
   // Shapes stay small (at most 9^5 elements) so that each input runs in milliseconds.
@@ -810,9 +896,16 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
       run<double>(in, plan, prob);
       run_inference<double>(in, prob, opts);
       break;
-    // bf16, f16: inference here; tests/test_half.cpp checks their training and backward.
-    case bnorm::dtype::bf16: run_inference<bnorm::bfloat16>(in, prob, opts); break;
-    case bnorm::dtype::f16: run_inference<bnorm::float16>(in, prob, opts); break;
+    // bf16, f16: inference, then training (after it, so that the corpus's inference inputs
+    // keep their meaning); tests/test_half.cpp checks their backward.
+    case bnorm::dtype::bf16:
+      run_inference<bnorm::bfloat16>(in, prob, opts);
+      run_half_training<bnorm::bfloat16>(in, plan, prob);
+      break;
+    case bnorm::dtype::f16:
+      run_inference<bnorm::float16>(in, prob, opts);
+      run_half_training<bnorm::float16>(in, plan, prob);
+      break;
   }
   return 0;
 }
