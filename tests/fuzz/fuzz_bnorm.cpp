@@ -40,6 +40,13 @@ namespace {
   std::abort();
 }
 
+/// Whether a buffer holds the same bytes as its copy made before a call (NaN-safe): a
+/// rejected call must leave every buffer so.
+template <class V>
+bool same(const V& a, const V& b) {
+  return a.empty() || std::memcmp(a.data(), b.data(), a.size() * sizeof(a[0])) == 0;
+}
+
 template <class T>
 T next_value(FuzzedDataProvider& in) {
   switch (in.ConsumeIntegralInRange<int>(0, 15)) {
@@ -198,9 +205,6 @@ void run(FuzzedDataProvider& in, const bnorm::plan& plan, const bnorm::problem& 
   const bnorm::status s = plan.forward_training(args);
   if (!s.ok()) {
     if (s.message()[0] == '\0') fail("a rejection without a message", s);
-    const auto same = [](const std::vector<T>& a, const std::vector<T>& b) {  // NaN-safe
-      return a.empty() || std::memcmp(a.data(), b.data(), a.size() * sizeof(T)) == 0;
-    };
     if (!same(running_mean, rm0) || !same(running_var, rv0) || tracked != tracked0 ||
         !same(y, y0) || !same(x, x0) || !same(mean, mean0) || !same(inv_std, inv_std0)) {
       fail("a rejected call wrote to a buffer", s);
@@ -341,9 +345,6 @@ void run_backward(FuzzedDataProvider& in, const bnorm::plan& plan, const bnorm::
   const bnorm::status s = frozen ? plan.backward_frozen(args) : plan.backward_training(args);
   if (!s.ok()) {
     if (s.message()[0] == '\0') fail("a backward rejection without a message", s);
-    const auto same = [](const std::vector<T>& a, const std::vector<T>& b) {
-      return a.empty() || std::memcmp(a.data(), b.data(), a.size() * sizeof(T)) == 0;
-    };
     if (!same(dx, dx0) || !same(dgamma, dgamma0) || !same(dbeta, dbeta0) || !same(dz, dz0)) {
       fail("a rejected backward wrote to a buffer", s);
     }
@@ -680,9 +681,6 @@ void run_inference(FuzzedDataProvider& in, const bnorm::problem& prob, bnorm::pl
   const bnorm::status s = plan.forward_inference(args);
   if (!s.ok()) {
     if (s.message()[0] == '\0') fail("an inference rejection without a message", s);
-    const auto same = [](const std::vector<S>& a, const std::vector<S>& b) {  // NaN-safe
-      return a.empty() || std::memcmp(a.data(), b.data(), a.size() * sizeof(S)) == 0;
-    };
     if (!same(y, y0) || !same(buffer, buffer0)) fail("a rejected inference wrote to a buffer", s);
     return;
   }
@@ -806,9 +804,6 @@ void run_half_training(FuzzedDataProvider& in, const bnorm::plan& plan,
   const bnorm::status s = plan.forward_training(args);
   if (!s.ok()) {
     if (s.message()[0] == '\0') fail("a half-storage rejection without a message", s);
-    const auto same = [](const auto& a, const auto& b) {  // NaN-safe
-      return a.empty() || std::memcmp(a.data(), b.data(), a.size() * sizeof(a[0])) == 0;
-    };
     if (!same(y, y0) || !same(running_mean, rm0) || !same(running_var, rv0) || !same(mean, mean0) ||
         !same(inv_std, inv_std0)) {
       fail("a rejected half-storage training wrote to a buffer", s);
