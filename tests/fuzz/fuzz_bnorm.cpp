@@ -68,6 +68,19 @@ std::vector<T> values(FuzzedDataProvider& in, std::size_t n) {
   return v;
 }
 
+inline double as_double(float v) {
+  return v;
+}
+inline double as_double(double v) {
+  return v;
+}
+inline double as_double(bnorm::bfloat16 v) {
+  return v.to_float();
+}
+inline double as_double(bnorm::float16 v) {
+  return v.to_float();
+}
+
 struct geometry {
   std::size_t n = 0, c = 0, s = 1;
   explicit geometry(const bnorm::problem& prob)
@@ -77,6 +90,26 @@ struct geometry {
   }
   std::size_t at(bnorm::layout l, std::size_t in, std::size_t ic, std::size_t is) const {
     return l == bnorm::layout::channels_first ? (in * c + ic) * s + is : (in * s + is) * c + ic;
+  }
+};
+
+/// Channel c's mean and biased variance in float64 (long double sums), two-pass, from x as
+/// stored: the training reference.
+struct reference_moments {
+  double mean = 0.0, var = 0.0;
+  template <class S>
+  reference_moments(const std::vector<S>& x, const geometry& g, bnorm::layout l, std::size_t c) {
+    long double total = 0;
+    for (std::size_t n = 0; n < g.n; ++n)
+      for (std::size_t i = 0; i < g.s; ++i) total += as_double(x[g.at(l, n, c, i)]);
+    mean = static_cast<double>(total / (g.n * g.s));
+    long double sq = 0;
+    for (std::size_t n = 0; n < g.n; ++n)
+      for (std::size_t i = 0; i < g.s; ++i) {
+        const long double d = as_double(x[g.at(l, n, c, i)]) - static_cast<long double>(mean);
+        sq += d * d;
+      }
+    var = static_cast<double>(sq / (g.n * g.s));
   }
 };
 
@@ -218,18 +251,8 @@ void run(FuzzedDataProvider& in, const bnorm::plan& plan, const bnorm::problem& 
   if (in.ConsumeBool() && !must_refuse) run_backward<T>(in, plan, prob, x_read, mean, inv_std);
   // The float64 reference, two-pass, on the same values.
   for (std::size_t c = 0; c < g.c; ++c) {
-    long double total = 0;
-    for (std::size_t n = 0; n < g.n; ++n)
-      for (std::size_t i = 0; i < g.s; ++i) total += x_read[g.at(prob.layout, n, c, i)];
-    const double ref_mean = static_cast<double>(total / (g.n * g.s));
-    long double sq = 0;
-    for (std::size_t n = 0; n < g.n; ++n)
-      for (std::size_t i = 0; i < g.s; ++i) {
-        const long double d =
-            x_read[g.at(prob.layout, n, c, i)] - static_cast<long double>(ref_mean);
-        sq += d * d;
-      }
-    const double var = static_cast<double>(sq / (g.n * g.s));
+    const reference_moments moments(x_read, g, prob.layout, c);
+    const double ref_mean = moments.mean, var = moments.var;
     const double inv = 1.0 / std::sqrt(var + prob.epsilon);
     const double w = args.scale.data ? static_cast<double>(gamma[c]) : 1.0;
     const double b = args.shift.data ? static_cast<double>(beta[c]) : 0.0;
@@ -478,18 +501,6 @@ std::vector<S> stored(const std::vector<typename bnorm::element_traits<S>::param
     return out;
   }
 }
-inline double as_double(float v) {
-  return v;
-}
-inline double as_double(double v) {
-  return v;
-}
-inline double as_double(bnorm::bfloat16 v) {
-  return v.to_float();
-}
-inline double as_double(bnorm::float16 v) {
-  return v.to_float();
-}
 
 /// largest: the largest finite value; rounding: the relative step of one more rounding to S
 /// (none for float and double, whose results are not rounded again); least_step: the spacing
@@ -552,16 +563,8 @@ void run_training_activation(FuzzedDataProvider& in, const bnorm::plan& plan,
   const double largest = static_cast<double>(std::numeric_limits<T>::max());
   const activation_reference activation = activation_reference::of<T>(opts);
   for (std::size_t c = 0; c < g.c; ++c) {
-    long double total = 0, sq = 0;
-    for (std::size_t n = 0; n < g.n; ++n)
-      for (std::size_t i = 0; i < g.s; ++i) total += x[g.at(prob.layout, n, c, i)];
-    const double mean = static_cast<double>(total / (g.n * g.s));
-    for (std::size_t n = 0; n < g.n; ++n)
-      for (std::size_t i = 0; i < g.s; ++i) {
-        const long double d = x[g.at(prob.layout, n, c, i)] - static_cast<long double>(mean);
-        sq += d * d;
-      }
-    const double var = static_cast<double>(sq / (g.n * g.s));
+    const reference_moments moments(x, g, prob.layout, c);
+    const double mean = moments.mean, var = moments.var;
     const double inv = 1.0 / std::sqrt(var + prob.epsilon);
     const double w = args.scale.data ? static_cast<double>(gamma[c]) : 1.0;
     const double b = args.shift.data ? static_cast<double>(beta[c]) : 0.0;
@@ -812,17 +815,8 @@ void run_half_training(FuzzedDataProvider& in, const bnorm::plan& plan,
   }
   const double largest = storage_limits<S>::largest;
   for (std::size_t c = 0; c < g.c; ++c) {
-    long double total = 0;
-    for (std::size_t n = 0; n < g.n; ++n)
-      for (std::size_t i = 0; i < g.s; ++i) total += as_double(x[g.at(prob.layout, n, c, i)]);
-    const double ref_mean = static_cast<double>(total / (g.n * g.s));
-    long double sq = 0;
-    for (std::size_t n = 0; n < g.n; ++n)
-      for (std::size_t i = 0; i < g.s; ++i) {
-        const long double d = as_double(x[g.at(prob.layout, n, c, i)]) - ref_mean;
-        sq += d * d;
-      }
-    const double var = static_cast<double>(sq / (g.n * g.s));
+    const reference_moments moments(x, g, prob.layout, c);
+    const double ref_mean = moments.mean, var = moments.var;
     const double inv = 1.0 / std::sqrt(var + prob.epsilon);
     const double w = args.scale.data ? static_cast<double>(gamma[c]) : 1.0;
     const double b = args.shift.data ? static_cast<double>(beta[c]) : 0.0;
