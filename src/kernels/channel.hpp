@@ -105,9 +105,12 @@ T saturate_scalar(double v) noexcept {
 constexpr double fold_limit = 16384.0;
 
 /// Where the mean is within a quarter of the standard deviation (and mean·scale within
-/// fold_limit): fold it into the shift.
-inline bool folds(double mean, double inv_std, double scale) noexcept {
-  return std::fabs(mean) * inv_std <= 0.25 && std::fabs(mean * scale) <= fold_limit;
+/// fold_limit): fold it into the shift. D is double or a vector of doubles (then a lane mask), so
+/// that the scalar and the vector coefficients decide alike.
+template <class D>
+[[gnu::always_inline]] inline auto folds(const D& mean, const D& inv_std, const D& scale) noexcept {
+  using std::abs;
+  return (abs(mean) * inv_std <= D(0.25)) & (abs(mean * scale) <= D(fold_limit));
 }
 
 /// The smallest center from which x − center can overflow for a finite x: half an ulp of T's
@@ -211,9 +214,7 @@ template <class Arch, class T>
                                                       const coefficients<T>& out,
                                                       std::size_t at) noexcept {
   using dvec = xsimd::batch<double, Arch>;
-  const auto fold =
-      (xsimd::abs(mean) * inv_std <= dvec(0.25)) & (xsimd::abs(mean * scale) <= dvec(fold_limit));
-  store_as<Arch>(out.center + at, xsimd::select(fold, dvec(0.0), mean));
+  store_as<Arch>(out.center + at, xsimd::select(folds(mean, inv_std, scale), dvec(0.0), mean));
   const dvec center = load_as_f64<Arch>(out.center + at);
   const dvec shift = beta - (mean - center) * scale;
   store_as<Arch>(out.scale + at, scale);

@@ -246,8 +246,8 @@ struct kernel_set {
   /// some channel needs another look (see finalize_block): variance + eps below
   /// `resum_below`, a variance that is not finite, or a pivot beyond max_pivot_offset_squared.
   bool (*channel_moments)(const moment_channels<T>& in) noexcept;
-  /// Training, per channel from the float64 mean, 1/std and scale: center = +0 where
-  /// |mean|·inv_std ≤ 1/4 (the mean folds into the shift), else the mean rounded to T; scale;
+  /// Training, per channel from the float64 mean, 1/std and scale: center = +0 where the mean
+  /// folds into the shift (kernels::folds), else the mean rounded to T; scale;
   /// shift = beta − (mean − center)·scale (beta null: 0); values beyond T's range saturate to
   /// its largest; then the prescale (see coefficients). Channel c's go to index first + c of
   /// the arrays. Returns whether some prescale is not 1.
