@@ -149,6 +149,10 @@ const half_case half_cases[] = {
     {"rows_in_column_blocks", {1, 1001, 300}, layout::channels_last, -0.5},
     {"volumes", {2, 5, 3, 7, 6}, layout::channels_last, 3.0},
     {"few_wide_rows", {1, 512, 7, 7}, layout::channels_last, 1.0},
+    {"batch_one_short_planes",
+     {1, 37, 7, 7},
+     layout::channels_first,
+     1.5},  // one image, short planes
     {"mean_far_from_zero", {16, 6, 50}, layout::channels_first, 40.0},
 };
 

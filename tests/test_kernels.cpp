@@ -266,31 +266,38 @@ struct coefficient_buffers {
 TYPED_TEST(KernelTester, PlaneNormalizeOverTailsFormsAndStores) {
   using T = TypeParam;
   this->for_each_isa([&](const kernels::kernel_set<T>& k, std::size_t v) {
-    for (std::size_t len : lengths(v)) {
+    // Besides the tails: 7×7 and the longest plane that goes in channel groups (one plane a
+    // channel, short planes: normalize_channel_groups), with fewer channels than a group and
+    // with two whole groups and three more.
+    std::vector<std::size_t> plane_lengths = lengths(v);
+    plane_lengths.insert(plane_lengths.end(), {49, 8 * v - 1});
+    for (std::size_t len : plane_lengths) {
       for (std::size_t planes : {1, 2}) {
         for (int form : {0, 1, 2}) {
-          for (int store : {0, 1, 2}) {  // cached, streamed, streamed in place
-            const bool stream = store > 0, in_place = store == 2;
-            const std::size_t channels = 3, offset = 1, stride = channels * len + 5;
-            const std::vector<T> x = this->data(offset + planes * stride + 8, 1.0, 1.0, len);
-            std::vector<T> y = in_place ? x : std::vector<T>(x.size(), T(-77));
-            const coefficient_buffers<T> coeffs(channels, form);
-            const kernels::normalize_params<T> params{coeffs.view(), form == 2, stream, {}};
-            k.plane_normalize((in_place ? y : x).data() + offset, y.data() + offset, nullptr,
-                              {len, planes, stride, channels}, params, 0);
-            for (std::size_t i = 0; i < y.size(); ++i) {
-              const std::size_t at = i - offset;
-              const bool written =
-                  i >= offset && at % stride < channels * len && at / stride < planes;
-              if (!written) {
-                ASSERT_EQ(y[i], in_place ? x[i] : T(-77)) << "wrote outside its planes at " << i;
-                continue;
+          for (int store : {0, 1, 2, 3}) {  // cached, streamed, streamed in place, in place
+            for (const std::size_t channels : {std::size_t{3}, 2 * v + 3}) {
+              const bool stream = store == 1 || store == 2, in_place = store >= 2;
+              const std::size_t offset = 1, stride = channels * len + 5;
+              const std::vector<T> x = this->data(offset + planes * stride + 8, 1.0, 1.0, len);
+              std::vector<T> y = in_place ? x : std::vector<T>(x.size(), T(-77));
+              const coefficient_buffers<T> coeffs(channels, form);
+              const kernels::normalize_params<T> params{coeffs.view(), form == 2, stream, {}};
+              k.plane_normalize((in_place ? y : x).data() + offset, y.data() + offset, nullptr,
+                                {len, planes, stride, channels}, params, 0);
+              for (std::size_t i = 0; i < y.size(); ++i) {
+                const std::size_t at = i - offset;
+                const bool written =
+                    i >= offset && at % stride < channels * len && at / stride < planes;
+                if (!written) {
+                  ASSERT_EQ(y[i], in_place ? x[i] : T(-77)) << "wrote outside its planes at " << i;
+                  continue;
+                }
+                const long double want = coeffs.at(at % stride / len, x[i]);
+                ASSERT_NEAR(y[i], static_cast<double>(want),
+                            4 * std::numeric_limits<T>::epsilon() * (1 + std::fabs((double)want)))
+                    << "len " << len << " planes " << planes << " form " << form << " store "
+                    << store << " channels " << channels << " at " << i;
               }
-              const long double want = coeffs.at(at % stride / len, x[i]);
-              ASSERT_NEAR(y[i], static_cast<double>(want),
-                          4 * std::numeric_limits<T>::epsilon() * (1 + std::fabs((double)want)))
-                  << "len " << len << " planes " << planes << " form " << form << " store " << store
-                  << " at " << i;
             }
           }
         }
@@ -798,31 +805,36 @@ TYPED_TEST(KernelTester, CenteredMapsRoundAsTheirExpression) {
     SCOPED_TRACE(bnorm::to_string(isa));
     const kernels::kernel_table& table = table_of(isa);
     const kernels::kernel_set<T>& k = table.get<T>();
-    for (std::size_t len : lengths(table.lanes<T>())) {
+    const std::size_t v = table.lanes<T>();
+    std::vector<std::size_t> plane_lengths = lengths(v);
+    plane_lengths.insert(plane_lengths.end(), {49, 8 * v - 1});  // channel groups too
+    for (std::size_t len : plane_lengths) {
       for (std::size_t planes : {1, 2}) {
         for (bool stream : {false, true}) {
-          const std::size_t channels = 3, offset = 1, stride = channels * len + 5;
-          const std::vector<T> x = this->data(offset + planes * stride + 8, 1.0, 1.0, len);
-          const std::vector<T> dy = this->data(x.size(), 0.0, 1.0, len + 9);
-          std::vector<T> y(x.size()), dx(x.size());
-          const coefficient_buffers<T> coeffs(channels, 1);
-          const kernels::normalize_params<T> params{coeffs.view(), false, stream, {}};
-          k.plane_normalize(x.data() + offset, y.data() + offset, nullptr,
-                            {len, planes, stride, channels}, params, 0);
-          const gradient_buffers<T> g(channels);
-          k.plane_gradient(x.data() + offset, dy.data() + offset, dx.data() + offset,
-                           {len, planes, stride, channels}, {g.view(), false, stream}, 0);
-          for (std::size_t at = 0; at < planes * stride; ++at) {
-            if (at % stride >= channels * len) continue;
-            const std::size_t c = at % stride / len, i = offset + at;
-            ASSERT_EQ(y[i], rounded_as_kernels(isa, x[i], coeffs.center[c], coeffs.scale[c],
-                                               coeffs.shift[c]))
-                << "len " << len << " planes " << planes << " stream " << stream << " at " << at;
-            // dx = dy·dy_scale + ((x − center)·x_scale + shift), the outer sum rounded as the
-            // inner one.
-            const T inner = rounded_as_kernels(isa, x[i], g.center[c], g.x_scale[c], g.shift[c]);
-            ASSERT_EQ(dx[i], rounded_as_kernels(isa, dy[i], T(0), g.dy_scale[c], inner))
-                << "len " << len << " planes " << planes << " stream " << stream << " at " << at;
+          for (const std::size_t channels : {std::size_t{3}, 2 * v + 3}) {
+            const std::size_t offset = 1, stride = channels * len + 5;
+            const std::vector<T> x = this->data(offset + planes * stride + 8, 1.0, 1.0, len);
+            const std::vector<T> dy = this->data(x.size(), 0.0, 1.0, len + 9);
+            std::vector<T> y(x.size()), dx(x.size());
+            const coefficient_buffers<T> coeffs(channels, 1);
+            const kernels::normalize_params<T> params{coeffs.view(), false, stream, {}};
+            k.plane_normalize(x.data() + offset, y.data() + offset, nullptr,
+                              {len, planes, stride, channels}, params, 0);
+            const gradient_buffers<T> g(channels);
+            k.plane_gradient(x.data() + offset, dy.data() + offset, dx.data() + offset,
+                             {len, planes, stride, channels}, {g.view(), false, stream}, 0);
+            for (std::size_t at = 0; at < planes * stride; ++at) {
+              if (at % stride >= channels * len) continue;
+              const std::size_t c = at % stride / len, i = offset + at;
+              ASSERT_EQ(y[i], rounded_as_kernels(isa, x[i], coeffs.center[c], coeffs.scale[c],
+                                                 coeffs.shift[c]))
+                  << "len " << len << " planes " << planes << " stream " << stream << " at " << at;
+              // dx = dy·dy_scale + ((x − center)·x_scale + shift), the outer sum rounded as the
+              // inner one.
+              const T inner = rounded_as_kernels(isa, x[i], g.center[c], g.x_scale[c], g.shift[c]);
+              ASSERT_EQ(dx[i], rounded_as_kernels(isa, dy[i], T(0), g.dy_scale[c], inner))
+                  << "len " << len << " planes " << planes << " stream " << stream << " at " << at;
+            }
           }
         }
       }
@@ -830,37 +842,75 @@ TYPED_TEST(KernelTester, CenteredMapsRoundAsTheirExpression) {
   }
 }
 
+// Every plane length that goes in channel groups (below eight vectors: each vector's lanes
+// find their channels by arithmetic on the length), one plane a channel: the normalization,
+// centered and not, and dx.
+TYPED_TEST(KernelTester, PlaneMapsEveryShortPlaneLength) {
+  using T = TypeParam;
+  this->for_each_isa([&](const kernels::kernel_set<T>& k, std::size_t v) {
+    for (std::size_t len = 1; len < 8 * v; ++len) {
+      for (int form : {0, 1}) {
+        const std::size_t channels = 2 * v + 3;
+        const std::vector<T> x = this->data(channels * len, 1.0, 1.0, len);
+        std::vector<T> y(x.size(), T(-77));
+        const coefficient_buffers<T> coeffs(channels, form);
+        const kernels::normalize_params<T> params{coeffs.view(), false, false, {}};
+        k.plane_normalize(x.data(), y.data(), nullptr, {len, 1, channels * len, channels}, params,
+                          0);
+        const std::vector<T> dy = this->data(x.size(), 0.0, 1.0, len + 9);
+        std::vector<T> dx(x.size(), T(-77));
+        const gradient_buffers<T> g(channels, false);
+        k.plane_gradient(x.data(), dy.data(), dx.data(), {len, 1, channels * len, channels},
+                         {g.view(), false, false}, 0);
+        for (std::size_t i = 0; i < y.size(); ++i) {
+          const long double want = coeffs.at(i / len, x[i]);
+          ASSERT_NEAR(y[i], static_cast<double>(want),
+                      4 * std::numeric_limits<T>::epsilon() * (1 + std::fabs((double)want)))
+              << "len " << len << " form " << form << " at " << i;
+          const long double want_dx = g.at(i / len, x[i], dy[i]);
+          ASSERT_NEAR(dx[i], static_cast<double>(want_dx),
+                      8 * std::numeric_limits<T>::epsilon() * (1 + std::fabs((double)want_dx)))
+              << "dx, len " << len << " at " << i;
+        }
+      }
+    }
+  });
+}
+
 TYPED_TEST(KernelTester, GradientMapOverTailsStoresAndInPlace) {
   using T = TypeParam;
   const double bound = 8 * std::numeric_limits<T>::epsilon();
   this->for_each_isa([&](const kernels::kernel_set<T>& k, std::size_t v) {
-    for (std::size_t len : lengths(v)) {
+    std::vector<std::size_t> plane_lengths = lengths(v);
+    plane_lengths.insert(plane_lengths.end(), {49, 8 * v - 1});  // channel groups too
+    for (std::size_t len : plane_lengths) {
       for (std::size_t planes : {1, 2}) {
         for (bool stream : {false, true}) {
           for (bool in_place : {false, true})
-            for (bool prescaled : {false, true}) {
-              const std::size_t channels = 3, offset = 1, stride = channels * len + 5;
-              const std::vector<T> x = this->data(offset + planes * stride + 8, 1.0, 1.0, len);
-              const std::vector<T> dy = this->data(x.size(), 0.0, 1.0, len + 9);
-              std::vector<T> dx = in_place ? dy : std::vector<T>(x.size(), T(-77));
-              const gradient_buffers<T> coeffs(channels, prescaled);
-              const kernels::gradient_params<T> params{coeffs.view(), prescaled, stream};
-              k.plane_gradient(x.data() + offset, (in_place ? dx : dy).data() + offset,
-                               dx.data() + offset, {len, planes, stride, channels}, params, 0);
-              for (std::size_t i = 0; i < dx.size(); ++i) {
-                const std::size_t at = i - offset;
-                const bool written =
-                    i >= offset && at % stride < channels * len && at / stride < planes;
-                if (!written) {
-                  ASSERT_EQ(dx[i], in_place ? dy[i] : T(-77)) << "wrote outside at " << i;
-                  continue;
+            for (bool prescaled : {false, true})
+              for (const std::size_t channels : {std::size_t{3}, 2 * v + 3}) {
+                const std::size_t offset = 1, stride = channels * len + 5;
+                const std::vector<T> x = this->data(offset + planes * stride + 8, 1.0, 1.0, len);
+                const std::vector<T> dy = this->data(x.size(), 0.0, 1.0, len + 9);
+                std::vector<T> dx = in_place ? dy : std::vector<T>(x.size(), T(-77));
+                const gradient_buffers<T> coeffs(channels, prescaled);
+                const kernels::gradient_params<T> params{coeffs.view(), prescaled, stream};
+                k.plane_gradient(x.data() + offset, (in_place ? dx : dy).data() + offset,
+                                 dx.data() + offset, {len, planes, stride, channels}, params, 0);
+                for (std::size_t i = 0; i < dx.size(); ++i) {
+                  const std::size_t at = i - offset;
+                  const bool written =
+                      i >= offset && at % stride < channels * len && at / stride < planes;
+                  if (!written) {
+                    ASSERT_EQ(dx[i], in_place ? dy[i] : T(-77)) << "wrote outside at " << i;
+                    continue;
+                  }
+                  const long double want = coeffs.at(at % stride / len, x[i], dy[i]);
+                  ASSERT_NEAR(dx[i], (double)want, bound * (1 + std::fabs((double)want)))
+                      << "len " << len << " planes " << planes << " stream " << stream
+                      << " prescaled " << prescaled << " at " << i;
                 }
-                const long double want = coeffs.at(at % stride / len, x[i], dy[i]);
-                ASSERT_NEAR(dx[i], (double)want, bound * (1 + std::fabs((double)want)))
-                    << "len " << len << " planes " << planes << " stream " << stream
-                    << " prescaled " << prescaled << " at " << i;
               }
-            }
         }
       }
     }

@@ -397,9 +397,10 @@ TEST(Module, ReportsItsIsa) {
   EXPECT_EQ(expected, lowest);
 }
 
-// Without a cap, float32 channels-first planes shorter than 256 values, and tensors of at most
-// 64 values with fewer than 8 channels (any dtype), run AVX2's kernels on an AVX-512 machine
-// (they are faster there); with a cap, the ISA it names; other problems the best ISA.
+// Without a cap, float32 channels-first planes shorter than 256 values (but a batch of one
+// image's planes shorter than 128, which go in channel groups), and tensors of at most 64 values
+// with fewer than 8 channels (any dtype), run AVX2's kernels on an AVX-512 machine (they are
+// faster there); with a cap, the ISA it names; other problems the best ISA.
 TEST(Module, PlansForShortPlanesAndTinyTensors) {
   if (std::getenv("BNORM_MAX_ISA") != nullptr) GTEST_SKIP() << "BNORM_MAX_ISA caps every plan";
   const auto plan_isa = [](const bnorm::problem& prob, std::optional<bnorm::isa> cap) {
@@ -410,9 +411,15 @@ TEST(Module, PlansForShortPlanesAndTinyTensors) {
   bnorm::isa best = bnorm::isa::neon64;
   ASSERT_TRUE(bnorm::select_isa(std::nullopt, &best).ok());
   const bool avx512 = best == bnorm::isa::avx512f || best == bnorm::isa::avx512bf16;
-  const bnorm::problem short_planes{{1, 2048, 7, 7}, bnorm::layout::channels_first};
+  const bnorm::problem short_planes{{4, 2048, 7, 7}, bnorm::layout::channels_first};
   EXPECT_EQ(plan_isa(short_planes, std::nullopt), avx512 ? bnorm::isa::avx2 : best);
   EXPECT_EQ(plan_isa(short_planes, best), best) << "a cap names the kernels";
+  EXPECT_EQ(plan_isa({{1, 1024, 14, 14}, bnorm::layout::channels_first}, std::nullopt),
+            avx512 ? bnorm::isa::avx2 : best);
+  EXPECT_EQ(plan_isa({{1, 2048, 7, 7}, bnorm::layout::channels_first}, std::nullopt), best)
+      << "channel groups";
+  EXPECT_EQ(plan_isa({{1, 64, 127}, bnorm::layout::channels_first}, std::nullopt), best)
+      << "channel groups";
   EXPECT_EQ(plan_isa({{1, 2048, 16, 16}, bnorm::layout::channels_first}, std::nullopt), best);
   EXPECT_EQ(plan_isa({{1, 7, 7, 2048}, bnorm::layout::channels_last}, std::nullopt), best);
   EXPECT_EQ(

@@ -6,6 +6,7 @@
 // per ISA: include only from kernels_impl.hpp.
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 
@@ -158,6 +159,51 @@ void gradient_contiguous_planes(const S* src, const S* diff_dst, S* diff_src, st
   });
 }
 
+/// Channels of one plane each, back to back (N = 1), each plane shorter than
+/// grouped_plane_vectors vectors, on an ISA with lane_channels, with ordinary stores: in channel
+/// groups, as map.hpp's normalize_channel_groups (the same bits as gradient_contiguous_planes:
+/// each value through gradient_of with its channel's coefficients). In place, each vector of x
+/// and dy is loaded before dx is stored at its place.
+template <class Arch, class S, class T = compute_t<S>>
+void gradient_channel_groups(const S* src, const S* diff_dst, S* diff_src, std::size_t len,
+                             std::size_t channels, const T* center, const T* dy_scale,
+                             const T* x_scale, const T* shift) noexcept {
+  using vec = xsimd::batch<T, Arch>;
+  using channels_of = lane_channels<Arch>;
+  constexpr std::size_t lanes = vec::size;
+  const auto group = [&](std::size_t ch, const vec& c, const vec& a, const vec& b, const vec& e,
+                         std::size_t values) {
+    const S* x = src + ch * len;
+    const S* g = diff_dst + ch * len;
+    S* y = diff_src + ch * len;
+    channels_of lane_channel(len);
+    const auto compute = [&](const vec& xv, const vec& gv, const auto& index) {
+      return gradient_of(xv, gv, channels_of::of(c, index), channels_of::of(a, index),
+                         channels_of::of(b, index), channels_of::of(e, index));
+    };
+    std::size_t i = 0;
+    for (; i + lanes <= values; i += lanes) {
+      const auto index = lane_channel.next();
+      store_elements<Arch>(y + i,
+                           compute(load_elements<Arch>(x + i), load_elements<Arch>(g + i), index));
+    }
+    if (i < values) {
+      const auto index = lane_channel.next();
+      store_partial<Arch>(y + i,
+                          compute(load_partial<Arch>(x + i, values - i),
+                                  load_partial<Arch>(g + i, values - i), index),
+                          values - i);
+    }
+  };
+  for (std::size_t ch = 0; ch < channels; ch += lanes) {
+    const std::size_t count = std::min(lanes, channels - ch);
+    group(ch, group_coefficients<Arch>(center, ch, count),
+          group_coefficients<Arch>(dy_scale, ch, count),
+          group_coefficients<Arch>(x_scale, ch, count), group_coefficients<Arch>(shift, ch, count),
+          count * len);
+  }
+}
+
 /// `planes` runs of len values, `stride` apart, through f(j, x vector, dy vector): one channel
 /// of plane_gradient. Its arguments by value: a store through y could alias them by reference.
 template <class Arch, class S, class F>
@@ -214,6 +260,13 @@ void plane_gradient(const S* src, const S* diff_dst, S* diff_src, const plane_bl
   const bool extreme = params.prescaled && any_prescaled<Arch>(k, first, channels);
   // Planes of 1,024 values or more keep the general loop: GCC 12 gives the contiguous one two
   // register copies a step there (docs/design.md).
+  if constexpr (lane_channels<Arch>::exists && std::is_same<S, float>::value) {
+    if (!extreme && planes == 1 && !stream && len < grouped_plane_vectors * vec::size) {
+      gradient_channel_groups<Arch>(src, diff_dst, diff_src, len, channels, k.center + first,
+                                    k.dy_scale + first, k.x_scale + first, k.shift + first);
+      return;
+    }
+  }
   if (!extreme && planes == 1 && !stream && len >= vec::size && len < 1024) {
     gradient_contiguous_planes<Arch>(src, diff_dst, diff_src, len, channels, k.center + first,
                                      k.dy_scale + first, k.x_scale + first, k.shift + first);

@@ -299,6 +299,13 @@ struct kernel_set {
                         T* running) noexcept;
 };
 
+/// Channels of one plane each (N = 1) whose planes are shorter than this many vectors go in
+/// channel groups on AVX-512 (lane_channels), float32 storage: `lanes` channels are whole
+/// vectors, each vector's lanes taking their channels' coefficients by a permute (map.hpp's
+/// normalize_channel_groups), where a plane at a time pays an overlapping last vector. bfloat16
+/// and float16 ran slower so (docs/design.md, "Channel groups").
+inline constexpr std::size_t grouped_plane_vectors = 8;
+
 struct kernel_table {
   bnorm::isa id;
   std::size_t f32_lanes;  // floats per vector register

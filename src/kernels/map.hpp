@@ -5,6 +5,7 @@
 // include only from kernels_impl.hpp.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
@@ -415,6 +416,64 @@ void normalize_contiguous_planes(const S* src, S* dst, std::size_t len, std::siz
   });
 }
 
+/// The coefficients of channels [ch, ch + count) from an array indexed by channel, a vector's
+/// worth (count = lanes) or fewer, the other lanes zero (the last channel group, nothing read
+/// past the array).
+template <class Arch, class T>
+[[gnu::always_inline]] inline xsimd::batch<T, Arch> group_coefficients(const T* coefficients,
+                                                                       std::size_t ch,
+                                                                       std::size_t count) noexcept {
+  using vec = xsimd::batch<T, Arch>;
+  return count == vec::size ? vec::load_unaligned(coefficients + ch)
+                            : load_partial<Arch>(coefficients + ch, count);
+}
+
+/// Channels of one plane each, back to back from src (N = 1), every prescale 1, each plane
+/// shorter than grouped_plane_vectors vectors, on an ISA with lane_channels: `lanes` channels
+/// are exactly len whole vectors, and each vector takes its lanes' coefficients by permuting the
+/// group's coefficient vectors. A 7×7 plane then costs 49/16 vectors, where a plane at a time
+/// costs four, the last overlapping the one before, with loads and stores that straddle cache
+/// lines. The channels after the last whole group are a shorter run, its last vector partial.
+/// Every value goes through the operations of normalize_contiguous_planes with its channel's
+/// coefficients: the same bits. In place, each vector is loaded before it is stored at its place.
+template <form Form, class Arch, class S, class Out, class T = compute_t<S>>
+void normalize_channel_groups(const S* src, S* dst, std::size_t len, std::size_t channels,
+                              const T* center, const T* scale, const T* shift,
+                              const Out& out_in) noexcept {
+  static_assert(Form != form::prescaled, "extreme channels take normalize_channel_planes");
+  const Out out = out_in;  // a copy: see the output's note above
+  using vec = xsimd::batch<T, Arch>;
+  using channels_of = lane_channels<Arch>;
+  constexpr std::size_t lanes = vec::size;
+  const auto group = [&](std::size_t ch, const vec& c, const vec& a, const vec& b,
+                         std::size_t values) {
+    const S* x = src + ch * len;
+    S* y = dst + ch * len;
+    channels_of lane_channel(len);
+    const auto compute = [&](const vec& v, const auto& index) {
+      return normalize_as<Form, Arch>(v, Form == form::centered ? channels_of::of(c, index) : c,
+                                      channels_of::of(a, index), channels_of::of(b, index),
+                                      vec(T(1)));
+    };
+    std::size_t i = 0;
+    for (; i + lanes <= values; i += lanes) {
+      const auto index = lane_channel.next();
+      store_elements<Arch>(y + i, out.finish(y + i, compute(load_elements<Arch>(x + i), index)));
+    }
+    if (i < values) {
+      const auto index = lane_channel.next();
+      normalize_partial<Arch>(
+          x + i, y + i, values - i, [&](const vec& v) { return compute(v, index); }, out);
+    }
+  };
+  for (std::size_t ch = 0; ch < channels; ch += lanes) {
+    const std::size_t count = std::min(lanes, channels - ch);
+    group(ch, group_coefficients<Arch>(center, ch, count),
+          group_coefficients<Arch>(scale, ch, count), group_coefficients<Arch>(shift, ch, count),
+          count * len);
+  }
+}
+
 /// plane_normalize through one epilogue's output (inlined, as interleaved_normalize_to).
 template <class Arch, class S, class Out>
 [[gnu::always_inline]] inline void plane_normalize_to(const S* src, S* dst, std::size_t len,
@@ -434,7 +493,22 @@ template <class Arch, class S, class Out>
                                                        first, stream, out);
       }
     }
-  } else if (planes == 1 && !stream && len >= xsimd::batch<T, Arch>::size) {
+    return;
+  }
+  if constexpr (lane_channels<Arch>::exists && std::is_same<S, float>::value) {
+    if (planes == 1 && !stream && len < grouped_plane_vectors * xsimd::batch<T, Arch>::size) {
+      const T* center = k.center + first;
+      if (all_positive_zero<Arch>(center, channels)) {
+        normalize_channel_groups<form::uncentered, Arch>(src, dst, len, channels, center,
+                                                         k.scale + first, k.shift + first, out);
+      } else {
+        normalize_channel_groups<form::centered, Arch>(src, dst, len, channels, center,
+                                                       k.scale + first, k.shift + first, out);
+      }
+      return;
+    }
+  }
+  if (planes == 1 && !stream && len >= xsimd::batch<T, Arch>::size) {
     const T* center = k.center + first;
     if (all_positive_zero<Arch>(center, channels)) {
       normalize_contiguous_planes<form::uncentered, Arch>(src, dst, len, channels, center,

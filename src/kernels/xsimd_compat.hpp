@@ -412,6 +412,42 @@ void store_stream(T* dst, const xsimd::batch<T, Arch>& v) noexcept {
   }
 }
 
+/// The channels of a vector's lanes in a channel group: `lanes` channels of len values each,
+/// back to back, are exactly len whole vectors, and lane j of the group's vector v holds value
+/// n = v·lanes + j, of the group's channel n / len. next() gives vector v's channels (v = 0, 1,
+/// ... in turn) as lane indices for of(): floor((n + 1/2)·(1/len)) in float, whose roundings (a
+/// few parts in 2^24 of a result below 17) stay inside the 1/(2·len) between it and either
+/// integer for any len < 2^16; the steps depend on each other only through n's integer add.
+/// of(table, index) gives table's lane index[j] in each lane j. AVX-512 alone (`exists`): on
+/// AVX2 the index arithmetic and permutes of eight lanes cost more instructions than a plane at
+/// a time saves (docs/design.md, "Channel groups").
+template <class Arch, class = void>
+struct lane_channels {
+  static constexpr bool exists = false;
+};
+
+#if XSIMD_WITH_AVX512F
+template <class Arch>
+struct lane_channels<Arch, std::enable_if_t<is_arch<Arch, xsimd::avx512f>>> {
+  static constexpr bool exists = true;
+  __m512i n = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  __m512 inverse, half;
+  explicit lane_channels(std::size_t len) noexcept
+      : inverse(_mm512_set1_ps(1.0f / static_cast<float>(len))),
+        half(_mm512_set1_ps(0.5f / static_cast<float>(len))) {}
+  __m512i next() noexcept {
+    const __m512i channel =
+        _mm512_cvttps_epi32(_mm512_fmadd_ps(_mm512_cvtepi32_ps(n), inverse, half));
+    n = _mm512_add_epi32(n, _mm512_set1_epi32(16));
+    return channel;
+  }
+  static xsimd::batch<float, Arch> of(const xsimd::batch<float, Arch>& table,
+                                      __m512i index) noexcept {
+    return _mm512_permutexvar_ps(index, table);
+  }
+};
+#endif
+
 /// Orders this thread's non-temporal stores before whatever it does next (they are weakly
 /// ordered), so the results are visible once the pass joins.
 template <class Arch>
