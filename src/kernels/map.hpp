@@ -495,34 +495,29 @@ template <class Arch, class S, class Out>
     }
     return;
   }
-  if constexpr (lane_channels<Arch>::exists && std::is_same<S, float>::value) {
-    if (planes == 1 && !stream && len < grouped_plane_vectors * xsimd::batch<T, Arch>::size) {
-      const T* center = k.center + first;
-      if (all_positive_zero<Arch>(center, channels)) {
-        normalize_channel_groups<form::uncentered, Arch>(src, dst, len, channels, center,
-                                                         k.scale + first, k.shift + first, out);
-      } else {
-        normalize_channel_groups<form::centered, Arch>(src, dst, len, channels, center,
-                                                       k.scale + first, k.shift + first, out);
+  // Every prescale 1: uncentered where every center is +0, else centered.
+  const T* center = k.center + first;
+  const auto in_form = [&](auto form_constant) {
+    constexpr form Form = decltype(form_constant)::value;
+    if constexpr (lane_channels<Arch>::exists && std::is_same<S, float>::value) {
+      if (planes == 1 && !stream && len < grouped_plane_vectors * xsimd::batch<T, Arch>::size) {
+        normalize_channel_groups<Form, Arch>(src, dst, len, channels, center, k.scale + first,
+                                             k.shift + first, out);
+        return;
       }
-      return;
     }
-  }
-  if (planes == 1 && !stream && len >= xsimd::batch<T, Arch>::size) {
-    const T* center = k.center + first;
-    if (all_positive_zero<Arch>(center, channels)) {
-      normalize_contiguous_planes<form::uncentered, Arch>(src, dst, len, channels, center,
-                                                          k.scale + first, k.shift + first, out);
+    if (planes == 1 && !stream && len >= xsimd::batch<T, Arch>::size) {
+      normalize_contiguous_planes<Form, Arch>(src, dst, len, channels, center, k.scale + first,
+                                              k.shift + first, out);
     } else {
-      normalize_contiguous_planes<form::centered, Arch>(src, dst, len, channels, center,
-                                                        k.scale + first, k.shift + first, out);
+      normalize_channel_planes<Form, Arch>(src, dst, len, planes, stride, 0, channels, k, first,
+                                           stream, out);
     }
-  } else if (all_positive_zero<Arch>(k.center + first, channels)) {
-    normalize_channel_planes<form::uncentered, Arch>(src, dst, len, planes, stride, 0, channels, k,
-                                                     first, stream, out);
+  };
+  if (all_positive_zero<Arch>(center, channels)) {
+    in_form(std::integral_constant<form, form::uncentered>());
   } else {
-    normalize_channel_planes<form::centered, Arch>(src, dst, len, planes, stride, 0, channels, k,
-                                                   first, stream, out);
+    in_form(std::integral_constant<form, form::centered>());
   }
 }
 
