@@ -125,8 +125,8 @@ const kernels::kernel_table& kernels_for(const problem& prob, const kernels::ker
     const std::size_t elements = static_cast<std::size_t>(prob.shape[0]) * channels * spatial;
     if (elements <= tiny_tensor_elements && channels < best.f64_lanes) return table_for(isa::avx2);
     // One image's planes short enough for channel groups run those on AVX-512 (docs/design.md).
-    const bool grouped =
-        prob.shape[0] == 1 && spatial < kernels::grouped_plane_vectors * best.f32_lanes;
+    const bool grouped = kernels::in_channel_groups(
+        best.f32_channel_groups, static_cast<std::size_t>(prob.shape[0]), spatial, best.f32_lanes);
     if (prob.dtype == dtype::f32 && prob.layout == layout::channels_first && spatial > 1 &&
         spatial < short_plane && !grouped) {
       return table_for(isa::avx2);

@@ -25,7 +25,7 @@ bool isa_capped(std::optional<isa> cap) noexcept;
 /// The kernels a problem runs by default, given the best the CPU has: those, except on AVX-512
 /// machines, where AVX2's are faster (docs/design.md) for float32 channels-first planes shorter
 /// than `short_plane` values (but those of a batch of one image that go in channel groups:
-/// kernels::grouped_plane_vectors), and for tensors of at most tiny_tensor_elements values with
+/// kernels::in_channel_groups), and for tensors of at most tiny_tensor_elements values with
 /// fewer channels than a float64 vector holds (the per-channel float64 kernels would run them one
 /// channel at a time, where AVX2 has a vector for four). A cap in force is taken as it is: it
 /// names the kernels to run, and the tests run every ISA through it.

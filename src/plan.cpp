@@ -8,6 +8,7 @@
 #include <initializer_list>
 #include <memory>
 #include <new>
+#include <string>
 #include <utility>
 
 #include "bnorm/distributed.hpp"
@@ -445,6 +446,12 @@ status make_plan(const problem& prob, const plan_options& options, plan* out) no
         kernels::max_pivot_offset_squared(static_cast<double>(impl->part.per_channel));
     impl->description = std::string(to_string(table->id)) + " · " + to_string(prob.dtype) + " · " +
                         detail::describe(impl->part);
+    // (The backward's table differs only where the forward's is AVX2's, off channel groups.)
+    if (impl->part.kind == detail::traversal::planes && prob.dtype == dtype::f32 &&
+        kernels::in_channel_groups(table->f32_channel_groups, impl->part.batch, impl->part.spatial,
+                                   table->f32_lanes)) {
+      impl->description += " · maps in groups of " + std::to_string(table->f32_lanes) + " channels";
+    }
     if (backward_table != table) {
       impl->description += std::string(" · backward ") + to_string(backward_table->id);
     }

@@ -115,6 +115,29 @@ TEST_P(Schedule, PlanSaysWhatThePlannerChoseForThisMachine) {
   EXPECT_EQ(plan.describe(), expected);
 }
 
+// One image's float32 planes shorter than eight vectors map in channel groups on AVX-512
+// (kernels::in_channel_groups), and the plan says so; more images, longer planes, other storage
+// types and the other ISAs map a plane at a time.
+TEST(Schedule, OneImageShortPlanesMapInChannelGroups) {
+  for (const bnorm::isa id : isas_under_test()) {
+    SCOPED_TRACE(bnorm::to_string(id));
+    const bool avx512 = id == bnorm::isa::avx512f || id == bnorm::isa::avx512bf16;
+    bnorm::plan_options opts;
+    opts.max_isa = id;
+    const auto grouped = [&](const bnorm::problem& prob) {
+      const std::string line = make_plan_or_fail(prob, opts).describe();
+      return line.find("maps in groups of 16 channels") != std::string::npos;
+    };
+    EXPECT_EQ(grouped({{1, 2048, 7, 7}, layout::channels_first}), avx512);
+    EXPECT_EQ(grouped({{1, 40, 127}, layout::channels_first}), avx512);
+    EXPECT_FALSE(grouped({{1, 40, 128}, layout::channels_first}));
+    EXPECT_FALSE(grouped({{2, 2048, 7, 7}, layout::channels_first}));
+    EXPECT_FALSE(grouped({{1, 2048, 7, 7}, layout::channels_last}));
+    EXPECT_FALSE(grouped({{1, 2048, 7, 7}, layout::channels_first, bnorm::dtype::bf16}));
+    EXPECT_FALSE(grouped({{1, 2048, 7, 7}, layout::channels_first, bnorm::dtype::f64}));
+  }
+}
+
 TEST(Schedule, CacheSizesDecideWhatStaysInCache) {
   const bnorm::isa id = isas_under_test().front();
   const bnorm::problem long_planes{{256, 8, 1024}, layout::channels_first};  // 1 MiB channels

@@ -159,11 +159,10 @@ void gradient_contiguous_planes(const S* src, const S* diff_dst, S* diff_src, st
   });
 }
 
-/// Channels of one plane each, back to back (N = 1), each plane shorter than
-/// grouped_plane_vectors vectors, on an ISA with lane_channels, with ordinary stores: in channel
-/// groups, as map.hpp's normalize_channel_groups (the same bits as gradient_contiguous_planes:
-/// each value through gradient_of with its channel's coefficients). In place, each vector of x
-/// and dy is loaded before dx is stored at its place.
+/// Channels of one plane each, back to back (N = 1), in channel groups (in_channel_groups, on
+/// an ISA with lane_channels), with ordinary stores, as map.hpp's normalize_channel_groups (the
+/// same bits as gradient_contiguous_planes: each value through gradient_of with its channel's
+/// coefficients). In place, each vector of x and dy is loaded before dx is stored at its place.
 template <class Arch, class S, class T = compute_t<S>>
 void gradient_channel_groups(const S* src, const S* diff_dst, S* diff_src, std::size_t len,
                              std::size_t channels, const T* center, const T* dy_scale,
@@ -260,8 +259,9 @@ void plane_gradient(const S* src, const S* diff_dst, S* diff_src, const plane_bl
   const bool extreme = params.prescaled && any_prescaled<Arch>(k, first, channels);
   // Planes of 1,024 values or more keep the general loop: GCC 12 gives the contiguous one two
   // register copies a step there (docs/design.md).
-  if constexpr (lane_channels<Arch>::exists && std::is_same<S, float>::value) {
-    if (!extreme && planes == 1 && !stream && len < grouped_plane_vectors * vec::size) {
+  constexpr bool has_groups = lane_channels<Arch>::exists && std::is_same<S, float>::value;
+  if constexpr (has_groups) {
+    if (!extreme && !stream && in_channel_groups(has_groups, planes, len, vec::size)) {
       gradient_channel_groups<Arch>(src, diff_dst, diff_src, len, channels, k.center + first,
                                     k.dy_scale + first, k.x_scale + first, k.shift + first);
       return;

@@ -299,17 +299,24 @@ struct kernel_set {
                         T* running) noexcept;
 };
 
-/// Channels of one plane each (N = 1) whose planes are shorter than this many vectors go in
-/// channel groups on AVX-512 (lane_channels), float32 storage: `lanes` channels are whole
-/// vectors, each vector's lanes taking their channels' coefficients by a permute (map.hpp's
-/// normalize_channel_groups), where a plane at a time pays an overlapping last vector. bfloat16
-/// and float16 ran slower so (docs/design.md, "Channel groups").
-inline constexpr std::size_t grouped_plane_vectors = 8;
+/// Whether a map over `planes` planes of len values each (a block of channels-first channels)
+/// goes in channel groups: on kernels that have them (`has_groups`: AVX-512's, for float32
+/// storage), one image's planes (planes = 1) shorter than eight vectors of `lanes` floats. Then
+/// `lanes` channels are whole vectors, each vector's lanes taking their channels' coefficients
+/// by a permute (map.hpp's normalize_channel_groups), where a plane at a time pays an
+/// overlapping last vector. bfloat16 and float16 ran slower so (docs/design.md, "Channel
+/// groups"). The one home of the rule: the kernels, the choice of kernels and the plan's
+/// description ask it.
+constexpr bool in_channel_groups(bool has_groups, std::size_t planes, std::size_t len,
+                                 std::size_t lanes) noexcept {
+  return has_groups && planes == 1 && len < 8 * lanes;
+}
 
 struct kernel_table {
   bnorm::isa id;
-  std::size_t f32_lanes;  // floats per vector register
-  std::size_t f64_lanes;  // doubles per vector register
+  std::size_t f32_lanes;    // floats per vector register
+  std::size_t f64_lanes;    // doubles per vector register
+  bool f32_channel_groups;  // float32 plane maps go in channel groups (in_channel_groups)
   kernel_set<float> f32;
   kernel_set<double> f64;
   kernel_set<bfloat16> bf16;

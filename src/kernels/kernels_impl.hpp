@@ -80,6 +80,7 @@ constexpr kernel_table make_kernel_table(bnorm::isa id) noexcept {
   return {id,
           xsimd::batch<float, Arch>::size,
           xsimd::batch<double, Arch>::size,
+          lane_channels<Arch>::exists,
           make_kernel_set<Arch, float>(),
           make_kernel_set<Arch, double>(),
           make_kernel_set<Arch, bfloat16>(),

@@ -428,8 +428,8 @@ template <class Arch, class T>
                             : load_partial<Arch>(coefficients + ch, count);
 }
 
-/// Channels of one plane each, back to back from src (N = 1), every prescale 1, each plane
-/// shorter than grouped_plane_vectors vectors, on an ISA with lane_channels: `lanes` channels
+/// Channels of one plane each, back to back from src (N = 1), every prescale 1, in channel
+/// groups (in_channel_groups, on an ISA with lane_channels): `lanes` channels
 /// are exactly len whole vectors, and each vector takes its lanes' coefficients by permuting the
 /// group's coefficient vectors. A 7×7 plane then costs 49/16 vectors, where a plane at a time
 /// costs four, the last overlapping the one before, with loads and stores that straddle cache
@@ -499,8 +499,9 @@ template <class Arch, class S, class Out>
   const T* center = k.center + first;
   const auto in_form = [&](auto form_constant) {
     constexpr form Form = decltype(form_constant)::value;
-    if constexpr (lane_channels<Arch>::exists && std::is_same<S, float>::value) {
-      if (planes == 1 && !stream && len < grouped_plane_vectors * xsimd::batch<T, Arch>::size) {
+    constexpr bool has_groups = lane_channels<Arch>::exists && std::is_same<S, float>::value;
+    if constexpr (has_groups) {
+      if (!stream && in_channel_groups(has_groups, planes, len, xsimd::batch<T, Arch>::size)) {
         normalize_channel_groups<Form, Arch>(src, dst, len, channels, center, k.scale + first,
                                              k.shift + first, out);
         return;
