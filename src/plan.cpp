@@ -446,8 +446,12 @@ status make_plan(const problem& prob, const plan_options& options, plan* out) no
         kernels::max_pivot_offset_squared(static_cast<double>(impl->part.per_channel));
     impl->description = std::string(to_string(table->id)) + " · " + to_string(prob.dtype) + " · " +
                         detail::describe(impl->part);
-    // (The backward's table differs only where the forward's is AVX2's, off channel groups.)
-    if (impl->part.kind == detail::traversal::planes && prob.dtype == dtype::f32 &&
+    // Channel groups map cached stores only (streamed ones go a plane at a time). The
+    // backward's table differs only where the forward's is AVX2's, which has no groups.
+    const detail::partition& part = impl->part;
+    const bool cached = !part.stream_training_stores && !part.stream_inference_stores &&
+                        !part.stream_parallel_inference_stores;
+    if (cached && part.kind == detail::traversal::planes && prob.dtype == dtype::f32 &&
         kernels::in_channel_groups(table->f32_channel_groups, impl->part.batch, impl->part.spatial,
                                    table->f32_lanes)) {
       impl->description += " · maps in groups of " + std::to_string(table->f32_lanes) + " channels";

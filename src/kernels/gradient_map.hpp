@@ -257,8 +257,6 @@ void plane_gradient(const S* src, const S* diff_dst, S* diff_src, const plane_bl
   const gradient_coefficients<const T>& k = params.coeffs;
   const bool stream = params.stream && element_aligned(diff_src);
   const bool extreme = params.prescaled && any_prescaled<Arch>(k, first, channels);
-  // Planes of 1,024 values or more keep the general loop: GCC 12 gives the contiguous one two
-  // register copies a step there (docs/design.md).
   constexpr bool has_groups = lane_channels<Arch>::exists && std::is_same<S, float>::value;
   if constexpr (has_groups) {
     if (!extreme && !stream && in_channel_groups(has_groups, planes, len, vec::size)) {
@@ -267,6 +265,8 @@ void plane_gradient(const S* src, const S* diff_dst, S* diff_src, const plane_bl
       return;
     }
   }
+  // Planes of 1,024 values or more keep the general loop: GCC 12 gives the contiguous one two
+  // register copies a step there (docs/design.md).
   if (!extreme && planes == 1 && !stream && len >= vec::size && len < 1024) {
     gradient_contiguous_planes<Arch>(src, diff_dst, diff_src, len, channels, k.center + first,
                                      k.dy_scale + first, k.x_scale + first, k.shift + first);

@@ -429,9 +429,9 @@ template <class Arch, class T>
 }
 
 /// Channels of one plane each, back to back from src (N = 1), every prescale 1, in channel
-/// groups (in_channel_groups, on an ISA with lane_channels): `lanes` channels
-/// are exactly len whole vectors, and each vector takes its lanes' coefficients by permuting the
-/// group's coefficient vectors. A 7×7 plane then costs 49/16 vectors, where a plane at a time
+/// groups (in_channel_groups, on an ISA with lane_channels): `lanes` channels are exactly len
+/// whole vectors, and each vector takes its lanes' coefficients by permuting the group's
+/// coefficient vectors. A 7×7 plane then costs 49/16 vectors, where a plane at a time
 /// costs four, the last overlapping the one before, with loads and stores that straddle cache
 /// lines. The channels after the last whole group are a shorter run, its last vector partial.
 /// Every value goes through the operations of normalize_contiguous_planes with its channel's
