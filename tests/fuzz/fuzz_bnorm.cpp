@@ -113,6 +113,37 @@ struct reference_moments {
   }
 };
 
+/// The largest |γ·inv_std| the training and inference checks take for compute type T: beyond
+/// 2^127 times float's range float32 saturates, beyond double's range float64's coefficient
+/// math overflows (both documented); within, a prescale brings the scale back.
+template <class T>
+double checked_scale_limit() {
+  return std::is_same_v<T, float> ? std::ldexp(static_cast<double>(FLT_MAX), 127)
+                                  : std::numeric_limits<double>::max();
+}
+
+/// Channel c's float64 training reference: the moments of x, inv = 1/sqrt(var + eps), w = γ
+/// and b = β (1 and 0 where the call passes none: null).
+struct reference_channel {
+  double mean = 0.0, var = 0.0, inv = 0.0, w = 1.0, b = 0.0;
+  template <class S, class P>
+  reference_channel(const std::vector<S>& x, const geometry& g, const bnorm::problem& prob,
+                    std::size_t c, const P* gamma, const P* beta) {
+    const reference_moments moments(x, g, prob.layout, c);
+    mean = moments.mean;
+    var = moments.var;
+    inv = 1.0 / std::sqrt(var + prob.epsilon);
+    if (gamma) w = static_cast<double>(gamma[c]);
+    if (beta) b = static_cast<double>(beta[c]);
+  }
+  /// Whether its outputs are checked: a finite channel whose |w·inv| is within `scale_limit`
+  /// (checked_scale_limit); any output of a non-finite channel is PyTorch's answer too.
+  bool checked(double scale_limit) const {
+    return !(!std::isfinite(mean) || !std::isfinite(inv) || !std::isfinite(w) ||
+             !std::isfinite(b) || var > 1e300 || std::fabs(w * inv) > scale_limit);
+  }
+};
+
 /// A plan's activation on float64 values, its clamp bounds as the dtype T holds them (the
 /// forward clamps with those): lo < y < hi is also the backward's mask (ReLU: 0 and +inf).
 struct activation_reference {
@@ -251,21 +282,10 @@ void run(FuzzedDataProvider& in, const bnorm::plan& plan, const bnorm::problem& 
   if (in.ConsumeBool() && !must_refuse) run_backward<T>(in, plan, prob, x_read, mean, inv_std);
   // The float64 reference, two-pass, on the same values.
   for (std::size_t c = 0; c < g.c; ++c) {
-    const reference_moments moments(x_read, g, prob.layout, c);
-    const double ref_mean = moments.mean, var = moments.var;
-    const double inv = 1.0 / std::sqrt(var + prob.epsilon);
-    const double w = args.scale.data ? static_cast<double>(gamma[c]) : 1.0;
-    const double b = args.shift.data ? static_cast<double>(beta[c]) : 0.0;
-    if (!std::isfinite(ref_mean) || !std::isfinite(inv) || !std::isfinite(w) || !std::isfinite(b) ||
-        var > 1e300) {
-      continue;  // a non-finite channel: any output is PyTorch's answer too
-    }
-    // gamma/sqrt(var + eps) beyond 2^127 times float's range saturates, and beyond double's
-    // overflows in double's coefficient math (documented); within, a prescale brings it back.
-    const double scale_limit = std::is_same_v<T, float>
-                                   ? std::ldexp(static_cast<double>(FLT_MAX), 127)
-                                   : std::numeric_limits<double>::max();
-    if (std::fabs(w * inv) > scale_limit) continue;
+    const reference_channel ref_c(x_read, g, prob, c, args.scale.data ? gamma.data() : nullptr,
+                                  args.shift.data ? beta.data() : nullptr);
+    if (!ref_c.checked(checked_scale_limit<T>())) continue;
+    const double ref_mean = ref_c.mean, var = ref_c.var, inv = ref_c.inv, w = ref_c.w, b = ref_c.b;
     for (std::size_t n = 0; n < g.n; ++n)
       for (std::size_t i = 0; i < g.s; ++i) {
         const std::size_t at = g.at(prob.layout, n, c, i);
@@ -563,19 +583,10 @@ void run_training_activation(FuzzedDataProvider& in, const bnorm::plan& plan,
   const double largest = static_cast<double>(std::numeric_limits<T>::max());
   const activation_reference activation = activation_reference::of<T>(opts);
   for (std::size_t c = 0; c < g.c; ++c) {
-    const reference_moments moments(x, g, prob.layout, c);
-    const double mean = moments.mean, var = moments.var;
-    const double inv = 1.0 / std::sqrt(var + prob.epsilon);
-    const double w = args.scale.data ? static_cast<double>(gamma[c]) : 1.0;
-    const double b = args.shift.data ? static_cast<double>(beta[c]) : 0.0;
-    // Non-finite channels, and scales that saturate (as in run): not checked.
-    const double scale_limit = std::is_same_v<T, float>
-                                   ? std::ldexp(static_cast<double>(FLT_MAX), 127)
-                                   : std::numeric_limits<double>::max();
-    if (!std::isfinite(mean) || !std::isfinite(inv) || !std::isfinite(w) || !std::isfinite(b) ||
-        var > 1e300 || std::fabs(w * inv) > scale_limit) {
-      continue;
-    }
+    const reference_channel ref_c(x, g, prob, c, args.scale.data ? gamma.data() : nullptr,
+                                  args.shift.data ? beta.data() : nullptr);
+    if (!ref_c.checked(checked_scale_limit<T>())) continue;  // as in run
+    const double mean = ref_c.mean, var = ref_c.var, inv = ref_c.inv, w = ref_c.w, b = ref_c.b;
     for (std::size_t n = 0; n < g.n; ++n)
       for (std::size_t i = 0; i < g.s; ++i) {
         const std::size_t at = g.at(prob.layout, n, c, i);
@@ -691,10 +702,7 @@ void run_inference(FuzzedDataProvider& in, const bnorm::problem& prob, bnorm::pl
   const S* out = static_cast<const S*>(args.dst);
   const double eps = std::numeric_limits<T>::epsilon();
   const double largest = storage_limits<S>::largest;
-  // γ/sqrt(var + eps) beyond 2^127 times float's range saturates (documented, as training's).
-  const double scale_limit = std::is_same_v<T, float>
-                                 ? std::ldexp(static_cast<double>(FLT_MAX), 127)
-                                 : std::numeric_limits<double>::max();
+  const double scale_limit = checked_scale_limit<T>();
   const activation_reference activation = activation_reference::of<T>(opts);
   for (std::size_t c = 0; c < g.c; ++c) {
     const double m = static_cast<double>(mean[c]);
@@ -815,17 +823,10 @@ void run_half_training(FuzzedDataProvider& in, const bnorm::plan& plan,
   }
   const double largest = storage_limits<S>::largest;
   for (std::size_t c = 0; c < g.c; ++c) {
-    const reference_moments moments(x, g, prob.layout, c);
-    const double ref_mean = moments.mean, var = moments.var;
-    const double inv = 1.0 / std::sqrt(var + prob.epsilon);
-    const double w = args.scale.data ? static_cast<double>(gamma[c]) : 1.0;
-    const double b = args.shift.data ? static_cast<double>(beta[c]) : 0.0;
-    // As the float path: a non-finite channel, or a scale beyond 2^127 times float's range
-    // (saturated, documented), is not checked.
-    if (!std::isfinite(ref_mean) || !std::isfinite(inv) || !std::isfinite(w) || !std::isfinite(b) ||
-        var > 1e300 || std::fabs(w * inv) > std::ldexp(static_cast<double>(FLT_MAX), 127)) {
-      continue;
-    }
+    const reference_channel ref_c(x, g, prob, c, args.scale.data ? gamma.data() : nullptr,
+                                  args.shift.data ? beta.data() : nullptr);
+    if (!ref_c.checked(checked_scale_limit<float>())) continue;  // as the float path
+    const double ref_mean = ref_c.mean, var = ref_c.var, inv = ref_c.inv, w = ref_c.w, b = ref_c.b;
     for (std::size_t n = 0; n < g.n; ++n)
       for (std::size_t i = 0; i < g.s; ++i) {
         const std::size_t at = g.at(prob.layout, n, c, i);
