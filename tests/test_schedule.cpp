@@ -7,6 +7,7 @@
 
 #include <cstring>
 #include <string>
+#include <utility>
 
 #include <oneapi/tbb/info.h>
 #include <oneapi/tbb/task_arena.h>
@@ -184,6 +185,37 @@ TEST(Schedule, CacheSizesDecideWhatStaysInCache) {
   EXPECT_GE(detected.l2_bytes, 128u << 10);
   EXPECT_LE(detected.l2_bytes, 8u << 20);
   EXPECT_GE(detected.last_level_bytes, detected.l2_bytes);
+}
+
+// The planner counts on the L3 a machine reports, except where it is more per CPU than any
+// processor has: a guest shown its host's L3 counts on twice its CPUs' L2s.
+TEST(Schedule, CacheSizesCountOnTheL3ACallCanKeep) {
+  using bnorm::detail::cache_readings;
+  using bnorm::detail::planning_cache_sizes;
+  const auto planned = [](cache_readings read) {
+    const bnorm::detail::cache_sizes sizes = planning_cache_sizes(read);
+    return std::make_pair(sizes.l2_bytes >> 10, sizes.last_level_bytes >> 10);  // KiB
+  };
+  constexpr std::size_t mib = 1u << 20;
+  using kib = std::pair<std::size_t, std::size_t>;
+  EXPECT_EQ(planned({1 * mib, 32 * mib, 3, 2}), kib(1024, 32 * 1024));      // a CCD's L3, 2 CPUs
+  EXPECT_EQ(planned({2 * mib, 260 * mib, 3, 2}), kib(2048, 8 * 1024));      // a host's L3, 2 CPUs
+  EXPECT_EQ(planned({2 * mib, 320 * mib, 3, 128}), kib(2048, 320 * 1024));  // the whole host
+  EXPECT_EQ(planned({2 * mib, 32 * mib, 3, 1}), kib(2048, 4 * 1024));       // 32 MiB for one CPU
+  EXPECT_EQ(planned({2 * mib, 16 * mib, 3, 1}), kib(2048, 16 * 1024));
+  EXPECT_EQ(planned({2 * mib, 260 * mib, 3, 0}), kib(2048, 260 * 1024));  // sharing unknown
+  // Defaults where the system says nothing or no L3; an L2 out of range is clamped.
+  EXPECT_EQ(planned({}), kib(1024, 32 * 1024));
+  EXPECT_EQ(planned({1 * mib, 1 * mib, 2, 2}), kib(1024, 32 * 1024));
+  EXPECT_EQ(planned({64u << 10, 32 * mib, 3, 8}), kib(128, 32 * 1024));
+  EXPECT_EQ(planned({64 * mib, 128 * mib, 3, 8}), kib(8 * 1024, 128 * 1024));
+  // The CPUs that share a cache, as sysfs lists them.
+  EXPECT_EQ(bnorm::detail::count_cpu_list("0-1\n"), 2u);
+  EXPECT_EQ(bnorm::detail::count_cpu_list("0"), 1u);
+  EXPECT_EQ(bnorm::detail::count_cpu_list("0,2,4-7\n"), 6u);
+  EXPECT_EQ(bnorm::detail::count_cpu_list("0-63,128-191"), 128u);
+  EXPECT_EQ(bnorm::detail::count_cpu_list(""), 0u);
+  EXPECT_EQ(bnorm::detail::count_cpu_list("5-2"), 0u);
 }
 
 // Channels-first outputs stream plane by plane, their ragged ends cached: planes too short to
