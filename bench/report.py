@@ -169,7 +169,9 @@ def main():
     lines.append(f"# bnorm benchmark report\n\n{header}\n")
     lines.append("Median µs at all threads, except `roofline`: the best time of a plain streaming "
                  "pass over the same bytes with the same threads, measured in the same run (the "
-                 "benchmark issue's definition). `% roof`: the roofline over bnorm's median; "
+                 "benchmark issue's definition), its output written through the cache or around "
+                 "it (non-temporal stores), whichever was the faster for the case when the run "
+                 "began. `% roof`: the roofline over bnorm's median; "
                  "`% roof med`: the roofline's median over bnorm's, like with like (on this noisy "
                  "machine the best of nine repetitions can be far below their median). `vs peer`: "
                  "the faster peer's time over bnorm's; `bnorm 1T`: bnorm's median on one thread; "

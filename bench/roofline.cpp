@@ -1,8 +1,12 @@
 #include "roofline.hpp"
 
+#include <algorithm>
+#include <cstdint>
 #include <map>
 #include <memory>
 #include <mutex>
+
+#include <immintrin.h>
 
 #include <oneapi/tbb/blocked_range.h>
 #include <oneapi/tbb/parallel_for.h>
@@ -67,6 +71,103 @@ __attribute__((target_clones("avx512f", "avx2", "default"))) void add_relu_block
   }
 }
 
+// The same passes with non-temporal stores, in the widest vectors the CPU has: the cached
+// loop up to y's first cache line and after its last whole vector, the vectors streamed
+// between, and a fence so that the stores are ordered before the pass returns.
+std::size_t line_head(const float* y, std::size_t n) {
+  const std::size_t off = reinterpret_cast<std::uintptr_t>(y) % 64 / sizeof(float);
+  return off == 0 ? 0 : std::min(n, 64 / sizeof(float) - off);
+}
+
+__attribute__((target("avx512f"))) void affine_streamed_avx512(const float* x, float* y,
+                                                               std::size_t n) {
+  std::size_t i = line_head(y, n);
+  affine_block(x, y, i);
+  const __m512 a = _mm512_set1_ps(1.5f), b = _mm512_set1_ps(0.25f);
+  for (; i + 16 <= n; i += 16) {
+    _mm512_stream_ps(y + i, _mm512_add_ps(_mm512_mul_ps(a, _mm512_loadu_ps(x + i)), b));
+  }
+  affine_block(x + i, y + i, n - i);
+  _mm_sfence();
+}
+
+__attribute__((target("avx"))) void affine_streamed_avx(const float* x, float* y, std::size_t n) {
+  std::size_t i = line_head(y, n);
+  affine_block(x, y, i);
+  const __m256 a = _mm256_set1_ps(1.5f), b = _mm256_set1_ps(0.25f);
+  for (; i + 8 <= n; i += 8) {
+    _mm256_stream_ps(y + i, _mm256_add_ps(_mm256_mul_ps(a, _mm256_loadu_ps(x + i)), b));
+  }
+  affine_block(x + i, y + i, n - i);
+  _mm_sfence();
+}
+
+void affine_streamed_sse2(const float* x, float* y, std::size_t n) {
+  std::size_t i = line_head(y, n);
+  affine_block(x, y, i);
+  const __m128 a = _mm_set1_ps(1.5f), b = _mm_set1_ps(0.25f);
+  for (; i + 4 <= n; i += 4) {
+    _mm_stream_ps(y + i, _mm_add_ps(_mm_mul_ps(a, _mm_loadu_ps(x + i)), b));
+  }
+  affine_block(x + i, y + i, n - i);
+  _mm_sfence();
+}
+
+__attribute__((target("avx512f"))) void combine_streamed_avx512(const float* x, const float* dy,
+                                                                float* dx, std::size_t n) {
+  std::size_t i = line_head(dx, n);
+  combine_block(x, dy, dx, i);
+  const __m512 a = _mm512_set1_ps(1.5f), b = _mm512_set1_ps(-0.5f), c = _mm512_set1_ps(0.25f);
+  for (; i + 16 <= n; i += 16) {
+    const __m512 t = _mm512_add_ps(_mm512_mul_ps(a, _mm512_loadu_ps(dy + i)),
+                                   _mm512_mul_ps(b, _mm512_loadu_ps(x + i)));
+    _mm512_stream_ps(dx + i, _mm512_add_ps(t, c));
+  }
+  combine_block(x + i, dy + i, dx + i, n - i);
+  _mm_sfence();
+}
+
+__attribute__((target("avx"))) void combine_streamed_avx(const float* x, const float* dy, float* dx,
+                                                         std::size_t n) {
+  std::size_t i = line_head(dx, n);
+  combine_block(x, dy, dx, i);
+  const __m256 a = _mm256_set1_ps(1.5f), b = _mm256_set1_ps(-0.5f), c = _mm256_set1_ps(0.25f);
+  for (; i + 8 <= n; i += 8) {
+    const __m256 t = _mm256_add_ps(_mm256_mul_ps(a, _mm256_loadu_ps(dy + i)),
+                                   _mm256_mul_ps(b, _mm256_loadu_ps(x + i)));
+    _mm256_stream_ps(dx + i, _mm256_add_ps(t, c));
+  }
+  combine_block(x + i, dy + i, dx + i, n - i);
+  _mm_sfence();
+}
+
+void combine_streamed_sse2(const float* x, const float* dy, float* dx, std::size_t n) {
+  std::size_t i = line_head(dx, n);
+  combine_block(x, dy, dx, i);
+  const __m128 a = _mm_set1_ps(1.5f), b = _mm_set1_ps(-0.5f), c = _mm_set1_ps(0.25f);
+  for (; i + 4 <= n; i += 4) {
+    const __m128 t =
+        _mm_add_ps(_mm_mul_ps(a, _mm_loadu_ps(dy + i)), _mm_mul_ps(b, _mm_loadu_ps(x + i)));
+    _mm_stream_ps(dx + i, _mm_add_ps(t, c));
+  }
+  combine_block(x + i, dy + i, dx + i, n - i);
+  _mm_sfence();
+}
+
+void affine_streamed(const float* x, float* y, std::size_t n) {
+  static const auto kernel = __builtin_cpu_supports("avx512f") ? affine_streamed_avx512
+                             : __builtin_cpu_supports("avx")   ? affine_streamed_avx
+                                                               : affine_streamed_sse2;
+  kernel(x, y, n);
+}
+
+void combine_streamed(const float* x, const float* dy, float* dx, std::size_t n) {
+  static const auto kernel = __builtin_cpu_supports("avx512f") ? combine_streamed_avx512
+                             : __builtin_cpu_supports("avx")   ? combine_streamed_avx
+                                                               : combine_streamed_sse2;
+  kernel(x, dy, dx, n);
+}
+
 tbb::task_arena& arena_for(int threads) {
   static std::mutex mutex;
   static std::map<int, std::unique_ptr<tbb::task_arena>> arenas;
@@ -106,8 +207,14 @@ double sum_chunks(std::size_t n, int threads, const Block& block) {
 
 }  // namespace
 
-void stream_affine(const float* x, float* y, std::size_t n, int threads) {
-  for_chunks(n, threads, [&](std::size_t b, std::size_t e) { affine_block(x + b, y + b, e - b); });
+void stream_affine(const float* x, float* y, std::size_t n, int threads, stores kind) {
+  for_chunks(n, threads, [&](std::size_t b, std::size_t e) {
+    if (kind == stores::streamed) {
+      affine_streamed(x + b, y + b, e - b);
+    } else {
+      affine_block(x + b, y + b, e - b);
+    }
+  });
 }
 
 double stream_sum(const float* x, std::size_t n, int threads) {
@@ -120,9 +227,15 @@ double stream_sum2(const float* x, const float* dy, std::size_t n, int threads) 
                     [&](std::size_t b, std::size_t e) { return sum2_block(x + b, dy + b, e - b); });
 }
 
-void stream_combine(const float* x, const float* dy, float* dx, std::size_t n, int threads) {
-  for_chunks(n, threads,
-             [&](std::size_t b, std::size_t e) { combine_block(x + b, dy + b, dx + b, e - b); });
+void stream_combine(const float* x, const float* dy, float* dx, std::size_t n, int threads,
+                    stores kind) {
+  for_chunks(n, threads, [&](std::size_t b, std::size_t e) {
+    if (kind == stores::streamed) {
+      combine_streamed(x + b, dy + b, dx + b, e - b);
+    } else {
+      combine_block(x + b, dy + b, dx + b, e - b);
+    }
+  });
 }
 
 void stream_relu(float* y, std::size_t n, int threads) {
