@@ -14,12 +14,9 @@ constexpr std::size_t min_l2_bytes = 128u << 10;
 constexpr std::size_t max_l2_bytes = 8u << 20;
 // No processor has more last-level cache per core than this (AMD's 3D V-Cache parts have 12 MiB,
 // server parts 1.5 to 5). A virtual machine can be shown its host's whole L3 as shared by its
-// own few CPUs (a 2-CPU guest of a Xeon: 260 MiB shared by 2), where other tenants use nearly
-// all of it. There, keeping the output in that cache lost to streaming it from 1 to 2 MiB up,
-// where it won to 16 MiB on a guest shown its 32 MiB L3 (docs/design.md, "The L3 of a
-// host"). Such a guest counts on twice its CPUs' L2s: their own, and about as much of the L3
-// (server parts have 1.5 to 5 MiB of it a core), which put the planner's crossovers where they
-// were measured there; its L2s alone streamed 1 MiB of 14×14 planes 1.4 times slower.
+// own few CPUs (a 2-CPU guest of a Xeon: 260 MiB shared by 2), most of which other tenants use.
+// Such a guest counts on twice its CPUs' L2s, their own and about as much of the L3: that puts
+// the streaming crossovers where they were measured there (docs/design.md, "The L3 of a host").
 constexpr std::size_t max_last_level_bytes_per_cpu = 16u << 20;
 constexpr std::size_t guest_l2s_counted = 2;
 
@@ -88,11 +85,11 @@ cache_readings read_caches() noexcept {
       last_index = index;
     }
   }
-  char path[96], line[256];
-  std::snprintf(path, sizeof path, "/sys/devices/system/cpu/cpu0/cache/index%d/shared_cpu_list",
-                last_index);
-  if (last_index >= 0 && read_line(path, line, sizeof line)) {
-    found.last_level_cpus = count_cpu_list(line);
+  if (last_index >= 0) {
+    char path[96], line[1024];
+    std::snprintf(path, sizeof path, "/sys/devices/system/cpu/cpu0/cache/index%d/shared_cpu_list",
+                  last_index);
+    if (read_line(path, line, sizeof line)) found.last_level_cpus = count_cpu_list(line);
   }
   return found;
 }

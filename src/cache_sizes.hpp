@@ -23,8 +23,8 @@ std::size_t count_cpu_list(const char* list) noexcept;
 
 /// The sizes the planner works with, from the readings: clamped to sizes a planner can trust,
 /// defaults where the system says nothing, and, where the last level is more per CPU than any
-/// processor has (a virtual machine shown its host's whole L3), the L2s of the CPUs that share
-/// it in its place (cache_sizes.cpp says why).
+/// processor has (a virtual machine shown its host's whole L3), twice the L2s of the CPUs that
+/// share it in its place (cache_sizes.cpp says why).
 cache_sizes planning_cache_sizes(const cache_readings& read) noexcept;
 
 /// The caches of CPU 0 as the kernel describes them to this process (on a VM, the guest's
