@@ -5,9 +5,12 @@
 //
 //   g++ -std=c++17 -O2 -Iinclude -Ibuild/release/include scripts/plan_ab.cpp
 //       build/release/libbnorm.a -ltbb -lpthread -o /tmp/plan_ab     (one line)
-//   /tmp/plan_ab [--bf16] [--last] [--threads 1,2] [--rounds R] [--calls K] A B N C [spatial...]
+//   /tmp/plan_ab [--bf16] [--last] [--threads 1,2] [--rounds R] [--calls K] [--modes M,...]
+//                A B N C [spatial...]
 //   A, B: two ISAs, or two of automatic, cached, streaming. Defaults: one thread, 200 rounds
-//   of 2,000 calls (small tensors).
+//   of 2,000 calls (small tensors), every mode. --modes: some of training, inference, backward,
+//   frozen (each mode's calls follow the previous mode's, whose outputs may still be in cache:
+//   inference after a streamed training finds no y there).
 //   e.g. /tmp/plan_ab avx512bf16 avx2 2 4
 //        /tmp/plan_ab --threads 1,2 --rounds 20 --calls 5 automatic cached 2 32 16 56 56
 #include <bnorm/bnorm.hpp>
@@ -54,6 +57,8 @@ int main(int argc, char** argv) {
   bool bf16 = false, last = false;
   std::vector<int> threads;
   int rounds = 200, calls = 2000;
+  const char* modes[] = {"training", "inference", "backward", "frozen"};
+  bool runs[4] = {true, true, true, true};
   int a = 1;
   for (; a < argc && argv[a][0] == '-'; ++a) {
     bf16 = bf16 || std::strcmp(argv[a], "--bf16") == 0;
@@ -70,12 +75,22 @@ int main(int argc, char** argv) {
       rounds = std::atoi(argv[++a]);
     } else if (valued && std::strcmp(argv[a], "--calls") == 0) {
       calls = std::atoi(argv[++a]);
+    } else if (valued && std::strcmp(argv[a], "--modes") == 0) {
+      const std::string list = std::string(",") + argv[++a] + ",";
+      for (int m = 0; m < 4; ++m) {
+        runs[m] = list.find(std::string(",") + modes[m] + ",") != std::string::npos;
+      }
     }
   }
   if (threads.empty()) threads.push_back(1);
+  if (!(runs[0] || runs[1] || runs[2] || runs[3])) {
+    std::fprintf(stderr, "--modes: expected some of training,inference,backward,frozen\n");
+    return 2;
+  }
   if (argc - a < 4) {
     std::fprintf(stderr,
-                 "usage: %s [--bf16] [--last] [--threads 1,2] [--rounds R] [--calls K] A B N C "
+                 "usage: %s [--bf16] [--last] [--threads 1,2] [--rounds R] [--calls K] [--modes "
+                 "M,...] A B N C "
                  "[spatial...]\n",
                  argv[0]);
     return 2;
@@ -120,7 +135,6 @@ int main(int argc, char** argv) {
   std::vector<float> gamma(c, 1.f), beta(c, 0.f), mean(c, 0.f), var(c, 1.f), saved_mean(c),
       saved_inv_std(c), dgamma(c), dbeta(c);
   std::int64_t steps = 0;
-  const char* modes[] = {"training", "inference", "backward", "frozen"};
   const auto call = [&](const bnorm::plan& plan, int mode) {
     if (mode == 0) {
       bnorm::training_args t;
@@ -169,6 +183,7 @@ int main(int argc, char** argv) {
     for (std::size_t q = 0; q < plans.size(); ++q) {
       const std::size_t p = round % 2 == 0 ? q : plans.size() - 1 - q;
       for (int mode = 0; mode < 4; ++mode) {
+        if (!runs[mode]) continue;
         const auto start = std::chrono::steady_clock::now();
         for (int i = 0; i < calls; ++i) {
           if (bnorm::status s = call(plans[p], mode); !s) {
@@ -184,6 +199,7 @@ int main(int argc, char** argv) {
   }
   for (std::size_t t = 0; t < threads.size(); ++t) {
     for (int mode = 0; mode < 4; ++mode) {
+      if (!runs[mode]) continue;
       std::printf("%-9s %dT  %s %.1f ns  %s %.1f ns\n", modes[mode], threads[t], argv[a],
                   median(ns[4 * (2 * t) + mode]), argv[a + 1], median(ns[4 * (2 * t + 1) + mode]));
     }
