@@ -79,80 +79,33 @@ std::size_t line_head(const float* y, std::size_t n) {
   return off == 0 ? 0 : std::min(n, 64 / sizeof(float) - off);
 }
 
-__attribute__((target("avx512f"))) void affine_streamed_avx512(const float* x, float* y,
-                                                               std::size_t n) {
-  std::size_t i = line_head(y, n);
-  affine_block(x, y, i);
-  const __m512 a = _mm512_set1_ps(1.5f), b = _mm512_set1_ps(0.25f);
-  for (; i + 16 <= n; i += 16) {
-    _mm512_stream_ps(y + i, _mm512_add_ps(_mm512_mul_ps(a, _mm512_loadu_ps(x + i)), b));
+// The two streamed passes for one ISA, from its vector type, width and intrinsics.
+#define BNORM_BENCH_STREAMED_PASSES(TARGET, ISA, V, LANES, SET1, LOADU, ADD, MUL, STREAM)         \
+  TARGET void affine_streamed_##ISA(const float* x, float* y, std::size_t n) {                    \
+    std::size_t i = line_head(y, n);                                                              \
+    affine_block(x, y, i);                                                                        \
+    const V a = SET1(1.5f), b = SET1(0.25f);                                                      \
+    for (; i + LANES <= n; i += LANES) STREAM(y + i, ADD(MUL(a, LOADU(x + i)), b));               \
+    affine_block(x + i, y + i, n - i);                                                            \
+    _mm_sfence();                                                                                 \
+  }                                                                                               \
+  TARGET void combine_streamed_##ISA(const float* x, const float* dy, float* dx, std::size_t n) { \
+    std::size_t i = line_head(dx, n);                                                             \
+    combine_block(x, dy, dx, i);                                                                  \
+    const V a = SET1(1.5f), b = SET1(-0.5f), c = SET1(0.25f);                                     \
+    for (; i + LANES <= n; i += LANES) {                                                          \
+      STREAM(dx + i, ADD(ADD(MUL(a, LOADU(dy + i)), MUL(b, LOADU(x + i))), c));                   \
+    }                                                                                             \
+    combine_block(x + i, dy + i, dx + i, n - i);                                                  \
+    _mm_sfence();                                                                                 \
   }
-  affine_block(x + i, y + i, n - i);
-  _mm_sfence();
-}
-
-__attribute__((target("avx"))) void affine_streamed_avx(const float* x, float* y, std::size_t n) {
-  std::size_t i = line_head(y, n);
-  affine_block(x, y, i);
-  const __m256 a = _mm256_set1_ps(1.5f), b = _mm256_set1_ps(0.25f);
-  for (; i + 8 <= n; i += 8) {
-    _mm256_stream_ps(y + i, _mm256_add_ps(_mm256_mul_ps(a, _mm256_loadu_ps(x + i)), b));
-  }
-  affine_block(x + i, y + i, n - i);
-  _mm_sfence();
-}
-
-void affine_streamed_sse2(const float* x, float* y, std::size_t n) {
-  std::size_t i = line_head(y, n);
-  affine_block(x, y, i);
-  const __m128 a = _mm_set1_ps(1.5f), b = _mm_set1_ps(0.25f);
-  for (; i + 4 <= n; i += 4) {
-    _mm_stream_ps(y + i, _mm_add_ps(_mm_mul_ps(a, _mm_loadu_ps(x + i)), b));
-  }
-  affine_block(x + i, y + i, n - i);
-  _mm_sfence();
-}
-
-__attribute__((target("avx512f"))) void combine_streamed_avx512(const float* x, const float* dy,
-                                                                float* dx, std::size_t n) {
-  std::size_t i = line_head(dx, n);
-  combine_block(x, dy, dx, i);
-  const __m512 a = _mm512_set1_ps(1.5f), b = _mm512_set1_ps(-0.5f), c = _mm512_set1_ps(0.25f);
-  for (; i + 16 <= n; i += 16) {
-    const __m512 t = _mm512_add_ps(_mm512_mul_ps(a, _mm512_loadu_ps(dy + i)),
-                                   _mm512_mul_ps(b, _mm512_loadu_ps(x + i)));
-    _mm512_stream_ps(dx + i, _mm512_add_ps(t, c));
-  }
-  combine_block(x + i, dy + i, dx + i, n - i);
-  _mm_sfence();
-}
-
-__attribute__((target("avx"))) void combine_streamed_avx(const float* x, const float* dy, float* dx,
-                                                         std::size_t n) {
-  std::size_t i = line_head(dx, n);
-  combine_block(x, dy, dx, i);
-  const __m256 a = _mm256_set1_ps(1.5f), b = _mm256_set1_ps(-0.5f), c = _mm256_set1_ps(0.25f);
-  for (; i + 8 <= n; i += 8) {
-    const __m256 t = _mm256_add_ps(_mm256_mul_ps(a, _mm256_loadu_ps(dy + i)),
-                                   _mm256_mul_ps(b, _mm256_loadu_ps(x + i)));
-    _mm256_stream_ps(dx + i, _mm256_add_ps(t, c));
-  }
-  combine_block(x + i, dy + i, dx + i, n - i);
-  _mm_sfence();
-}
-
-void combine_streamed_sse2(const float* x, const float* dy, float* dx, std::size_t n) {
-  std::size_t i = line_head(dx, n);
-  combine_block(x, dy, dx, i);
-  const __m128 a = _mm_set1_ps(1.5f), b = _mm_set1_ps(-0.5f), c = _mm_set1_ps(0.25f);
-  for (; i + 4 <= n; i += 4) {
-    const __m128 t =
-        _mm_add_ps(_mm_mul_ps(a, _mm_loadu_ps(dy + i)), _mm_mul_ps(b, _mm_loadu_ps(x + i)));
-    _mm_stream_ps(dx + i, _mm_add_ps(t, c));
-  }
-  combine_block(x + i, dy + i, dx + i, n - i);
-  _mm_sfence();
-}
+BNORM_BENCH_STREAMED_PASSES(__attribute__((target("avx512f"))), avx512, __m512, 16, _mm512_set1_ps,
+                            _mm512_loadu_ps, _mm512_add_ps, _mm512_mul_ps, _mm512_stream_ps)
+BNORM_BENCH_STREAMED_PASSES(__attribute__((target("avx"))), avx, __m256, 8, _mm256_set1_ps,
+                            _mm256_loadu_ps, _mm256_add_ps, _mm256_mul_ps, _mm256_stream_ps)
+BNORM_BENCH_STREAMED_PASSES(, sse2, __m128, 4, _mm_set1_ps, _mm_loadu_ps, _mm_add_ps, _mm_mul_ps,
+                            _mm_stream_ps)
+#undef BNORM_BENCH_STREAMED_PASSES
 
 void affine_streamed(const float* x, float* y, std::size_t n) {
   static const auto kernel = __builtin_cpu_supports("avx512f") ? affine_streamed_avx512
