@@ -11,7 +11,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=${1:-60}
 bash scripts/install-deps.sh cmake make clang-14 libclang-rt-14-dev libxsimd-dev libtbb-dev
+# Line tables only (-g1), as scripts/sanitize.sh: a crash's frames keep their file:line.
 cmake -S . -B build/fuzz -DCMAKE_CXX_COMPILER=clang++-14 -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+  -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O2 -g1 -DNDEBUG" \
   -DBNORM_BUILD_TESTS=OFF -DBNORM_BUILD_BENCHMARKS=OFF -DBNORM_BUILD_FUZZERS=ON \
   -DCMAKE_CXX_FLAGS="-fsanitize=address,undefined,fuzzer-no-link -fno-sanitize-recover=all"
 cmake --build build/fuzz -j"$(nproc)" --target bnorm_fuzz
