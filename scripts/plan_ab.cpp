@@ -89,9 +89,8 @@ int main(int argc, char** argv) {
   }
   if (argc - a < 4) {
     std::fprintf(stderr,
-                 "usage: %s [--bf16] [--last] [--threads 1,2] [--rounds R] [--calls K] [--modes "
-                 "M,...] A B N C "
-                 "[spatial...]\n",
+                 "usage: %s [--bf16] [--last] [--threads 1,2] [--rounds R] [--calls K] "
+                 "[--modes M,...] A B N C [spatial...]\n",
                  argv[0]);
     return 2;
   }
