@@ -131,7 +131,8 @@ class training_step {
         inv_std_(reinterpret_cast<double*>(scratch + p_.scratch.inv_std)),
         scale_(reinterpret_cast<double*>(scratch + p_.scratch.scale)),
         scratch_(scratch),
-        coeffs_(scratch, p_.scratch) {}
+        coeffs_(scratch, p_.scratch),
+        streams_(plans_training_streams(plan)) {}
 
   void run() {
     switch (p_.training) {
@@ -198,7 +199,7 @@ class training_step {
   }
   normalize_map<S> normalize() const {
     return make_normalize(plan_, src_, dst_, args_.residual, coeffs_.readable, prescaled_,
-                          plan_.epilogue<T>(), p_.stream_training_stores);
+                          plan_.epilogue<T>(), streams_);
   }
 
   /// Pivots, the reduce pass and the merge of its partials into the moments; where some pivot
@@ -249,7 +250,7 @@ class training_step {
           c0, c1, [&] { reduce_channels(p_, statistics(), c0, c1, mean_, variance_); });
       map_channels(p_,
                    make_normalize(plan_, src_, dst_, args_.residual, coeffs_.readable,
-                                  block.prescaled, plan_.epilogue<T>(), p_.stream_training_stores),
+                                  block.prescaled, plan_.epilogue<T>(), streams_),
                    c0, c1, c0);
     };
   }
@@ -481,6 +482,7 @@ class training_step {
   double* scale_;
   unsigned char* scratch_;
   coefficient_arrays<T> coeffs_;
+  const bool streams_;  // whether the map streams y (plans_training_streams)
   // Values per channel in the batch whose statistics are committed: this call's, or every
   // rank's in a distributed step.
   double total_count_ = local_count();

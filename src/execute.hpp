@@ -15,6 +15,17 @@ inline bool streams_into(const void* dst, bool planned) noexcept {
   return planned && reinterpret_cast<std::uintptr_t>(dst) % 64 == 0;
 }
 
+/// Whether training plans to stream its output: the plan's choice for the threads this call can
+/// use, one or more (partition.cpp, stream_parallel_training_stores). Stores change no bits.
+inline bool plans_training_streams(const plan_impl& plan) {
+  const partition& p = plan.part;
+  if (p.stream_training_stores == p.stream_parallel_training_stores) {
+    return p.stream_training_stores;  // the same either way: no need to ask oneTBB
+  }
+  return plan.threads.more_than_one_thread() ? p.stream_parallel_training_stores
+                                             : p.stream_training_stores;
+}
+
 /// Whether inference (and the frozen backward's dx) plans to stream its output: the plan's
 /// choice for the threads this call can use, one or more (partition.cpp, streaming_threshold).
 /// Stores change no bits: the choice can follow the thread count.

@@ -275,6 +275,16 @@ bool make_partition(const problem& prob, const plan_options& options, std::size_
   } else {
     p.training = training_schedule::two_passes;
   }
+  // Training on more than one thread keeps its output cached while the call's tensors fit in
+  // one core's L2, half of two cores' (docs/design.md, "Training's stores on two threads"): the
+  // whole call then stays in the cores' caches, where streamed stores send y to memory. Not
+  // column blocks: a block of a row is a slice of each row, and its lines fall in a share of the
+  // L2's sets.
+  const std::size_t tensors = options.activation == activation::add_relu ? 3 : 2;
+  p.stream_parallel_training_stores =
+      p.stream_training_stores && !(p.training != training_schedule::fused_column_blocks &&
+                                    options.stores == store_policy::automatic &&
+                                    tensors * p.elements * p.element_size <= caches.l2_bytes);
   p.channels_per_finalize_task = finalize_channels_per_task;
   p.channels_per_coefficient_task = coefficient_channels_per_task;
   return lay_out_scratch(p);
@@ -326,13 +336,20 @@ std::string describe(const partition& p) {
       out += text("row chunks, %zu × %zu rows", p.map_row_chunk_count, p.map_rows_per_chunk);
       break;
   }
-  // The thresholds rise from training to inference on one thread, to inference on more.
-  if (p.stream_training_stores == p.stream_parallel_inference_stores) {
+  // The thresholds rise from training to inference on one thread, to inference on more;
+  // training on more threads may keep its stores cached below them all.
+  const bool training_everywhere = p.stream_training_stores == p.stream_parallel_training_stores;
+  if (training_everywhere && p.stream_training_stores == p.stream_parallel_inference_stores) {
     out += p.stream_training_stores ? " · streaming stores" : " · cached stores";
-  } else if (p.stream_training_stores != p.stream_inference_stores) {
-    out += " · streaming stores (training, backward)";
   } else {
-    out += " · streaming stores (training, backward; inference on one thread)";
+    out += training_everywhere ? " · streaming stores (training, backward"
+                               : " · streaming stores (training on one thread, backward";
+    if (p.stream_parallel_inference_stores) {
+      out += "; inference";
+    } else if (p.stream_inference_stores) {
+      out += "; inference on one thread";
+    }
+    out += ")";
   }
   out += p.serial ? " · calling thread" : " · parallel";
   return out;

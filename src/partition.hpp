@@ -79,9 +79,11 @@ struct partition {
   /// Too small to be worth a task: run every unit on the calling thread.
   bool serial = false;
   /// Write the output with non-temporal stores (see plan_options::stores): training's and the
-  /// backward's dx, which read their input twice; inference's (and the frozen backward's dx),
-  /// which read it once, on one thread and on more (plans_inference_streams says which).
+  /// backward's dx, which read their input twice; training's on more than one thread; inference's
+  /// (and the frozen backward's dx), which read it once, on one thread and on more
+  /// (plans_training_streams and plans_inference_streams say which a call takes).
   bool stream_training_stores = false;
+  bool stream_parallel_training_stores = false;
   bool stream_inference_stores = false;
   bool stream_parallel_inference_stores = false;
   /// Fused planes: channels per group (statistics, then normalization), as many as fit in

@@ -180,6 +180,33 @@ TEST(Schedule, CacheSizesDecideWhatStaysInCache) {
   bnorm::plan_options cached;
   cached.stores = bnorm::store_policy::cached;
   EXPECT_FALSE(plan_partition(four_mib, cached, id, {2u << 20, 8u << 20}).stream_training_stores);
+  // Training on more than one thread keeps y cached while the call's tensors fit in one L2 (half
+  // of two cores'), except in column blocks; at 1 MiB of x in an 8 MiB last level and 2 MiB L2s,
+  // one thread streams.
+  const bnorm::detail::cache_sizes host{2u << 20, 8u << 20};
+  const auto training_streams = [&](const bnorm::problem& prob, const bnorm::plan_options& opts) {
+    const bnorm::detail::partition p = plan_partition(prob, opts, id, host);
+    return std::make_pair(p.stream_training_stores, p.stream_parallel_training_stores);
+  };
+  const bnorm::problem narrow_rows{{65536, 4}}, wide_rows{{256, 1024}},
+      planes{{16, 16, 32, 32}, layout::channels_first};
+  EXPECT_EQ(plan_partition(narrow_rows, {}, id, host).training,
+            bnorm::detail::training_schedule::two_passes);
+  EXPECT_EQ(training_streams(narrow_rows, {}), std::make_pair(true, false));
+  EXPECT_EQ(training_streams(planes, {}), std::make_pair(true, false));
+  EXPECT_EQ(training_streams({{131072, 4}}, {}), std::make_pair(true, true));  // 2 MiB
+  EXPECT_EQ(plan_partition(wide_rows, {}, id, host).training,
+            bnorm::detail::training_schedule::fused_column_blocks);
+  EXPECT_EQ(training_streams(wide_rows, {}), std::make_pair(true, true));
+  bnorm::plan_options add_relu;  // x, y and the residual: 3 MiB
+  add_relu.activation = bnorm::activation::add_relu;
+  EXPECT_EQ(training_streams(narrow_rows, add_relu), std::make_pair(true, true));
+  bnorm::plan_options streaming;
+  streaming.stores = bnorm::store_policy::streaming;
+  EXPECT_EQ(training_streams(narrow_rows, streaming), std::make_pair(true, true));
+  EXPECT_NE(describe(plan_partition(narrow_rows, {}, id, host))
+                .find(" · streaming stores (training on one thread, backward) · "),
+            std::string::npos);
   // What the machine reports is clamped to sizes a planner can trust.
   const bnorm::detail::cache_sizes& detected = bnorm::detail::detected_cache_sizes();
   EXPECT_GE(detected.l2_bytes, 128u << 10);
