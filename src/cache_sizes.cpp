@@ -106,6 +106,7 @@ cache_sizes planning_cache_sizes(const cache_readings& read) noexcept {
   } else if (read.last_level_cpus > 0 &&
              read.last_level_bytes / read.last_level_cpus > max_last_level_bytes_per_cpu) {
     sizes.last_level_bytes = guest_l2s_counted * sizes.l2_bytes * read.last_level_cpus;
+    sizes.last_level_from_l2s = true;
   }
   return sizes;
 }

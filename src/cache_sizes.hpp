@@ -8,6 +8,9 @@ namespace bnorm::detail {
 struct cache_sizes {
   std::size_t l2_bytes = 0;          // one core's L2 (or the closest private level)
   std::size_t last_level_bytes = 0;  // the share of the last-level cache a call can count on
+  /// Whether last_level_bytes counts the CPUs' L2s in place of a host's L3: caches private to
+  /// each core, whose share of x and y no other thread adds to (see streaming_threshold).
+  bool last_level_from_l2s = false;
 };
 
 /// What the system says of CPU 0's caches; 0 where it says nothing.

@@ -71,7 +71,10 @@ constexpr std::size_t coefficient_channels_per_task = 4096;
 // machine shared with other tenants, the share of the last-level cache a call keeps is well
 // below its size. Inference on more threads streams from half the cache, where x and y no longer
 // fit in it together: below that, two cores writing cached lines outran non-temporal stores,
-// which mostly reached the same write rate from one core or two (docs/design.md).
+// which mostly reached the same write rate from one core or two (docs/design.md). Where the
+// cache counted is the cores' L2s (a host's L3 not counted: cache_sizes.cpp), more threads keep
+// no more of it than one does in its share: x and y then stay cached while they fit in the L2s,
+// a quarter of what is counted (docs/design.md, "Inference on two threads of a guest").
 enum class output_use { training, inference, parallel_inference };
 std::size_t streaming_threshold(const cache_sizes& caches, output_use use) noexcept {
   switch (use) {
@@ -79,7 +82,7 @@ std::size_t streaming_threshold(const cache_sizes& caches, output_use use) noexc
     case output_use::inference: return caches.last_level_bytes / 4;
     case output_use::parallel_inference: break;
   }
-  return caches.last_level_bytes / 2;
+  return caches.last_level_from_l2s ? caches.last_level_bytes / 4 : caches.last_level_bytes / 2;
 }
 
 // Channels-first maps stream plane by plane, and a plane's ragged ends (it starts where the one

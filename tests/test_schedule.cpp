@@ -207,6 +207,15 @@ TEST(Schedule, CacheSizesDecideWhatStaysInCache) {
   EXPECT_NE(describe(plan_partition(narrow_rows, {}, id, host))
                 .find(" · streaming stores (training on one thread, backward) · "),
             std::string::npos);
+  // Where the cache counted is the cores' L2s, inference on more threads streams from a quarter
+  // of it, as on one: 3 MiB streams in 8 MiB counted as the L2s, not in 8 MiB of a shared L3.
+  const bnorm::problem three_mib{{768, 1024}};
+  const bnorm::detail::cache_sizes guest{2u << 20, 8u << 20, true};
+  EXPECT_TRUE(plan_partition(three_mib, {}, id, guest).stream_parallel_inference_stores);
+  EXPECT_FALSE(plan_partition(three_mib, {}, id, host).stream_parallel_inference_stores);
+  EXPECT_FALSE(plan_partition({{384, 1024}}, {}, id, guest).stream_parallel_inference_stores);
+  EXPECT_NE(describe(plan_partition(three_mib, {}, id, guest)).find(" · streaming stores · "),
+            std::string::npos);
   // What the machine reports is clamped to sizes a planner can trust.
   const bnorm::detail::cache_sizes& detected = bnorm::detail::detected_cache_sizes();
   EXPECT_GE(detected.l2_bytes, 128u << 10);
@@ -231,6 +240,11 @@ TEST(Schedule, CacheSizesCountOnTheL3ACallCanKeep) {
   EXPECT_EQ(planned({2 * mib, 32 * mib, 3, 1}), kib(2048, 4 * 1024));       // 32 MiB for one CPU
   EXPECT_EQ(planned({2 * mib, 16 * mib, 3, 1}), kib(2048, 16 * 1024));
   EXPECT_EQ(planned({2 * mib, 260 * mib, 3, 0}), kib(2048, 260 * 1024));  // sharing unknown
+  // Only the host's L3 is counted as the L2s.
+  EXPECT_TRUE(planning_cache_sizes({2 * mib, 260 * mib, 3, 2}).last_level_from_l2s);
+  EXPECT_FALSE(planning_cache_sizes({1 * mib, 32 * mib, 3, 2}).last_level_from_l2s);
+  EXPECT_FALSE(planning_cache_sizes({2 * mib, 320 * mib, 3, 128}).last_level_from_l2s);
+  EXPECT_FALSE(planning_cache_sizes({}).last_level_from_l2s);
   // Defaults where the system says nothing or no L3; an L2 out of range is clamped.
   EXPECT_EQ(planned({}), kib(1024, 32 * 1024));
   EXPECT_EQ(planned({1 * mib, 1 * mib, 2, 2}), kib(1024, 32 * 1024));
