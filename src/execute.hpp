@@ -15,27 +15,24 @@ inline bool streams_into(const void* dst, bool planned) noexcept {
   return planned && reinterpret_cast<std::uintptr_t>(dst) % 64 == 0;
 }
 
-/// Whether training plans to stream its output: the plan's choice for the threads this call can
-/// use, one or more (partition.cpp, stream_parallel_training_stores). Stores change no bits.
-inline bool plans_training_streams(const plan_impl& plan) {
-  const partition& p = plan.part;
-  if (p.stream_training_stores == p.stream_parallel_training_stores) {
-    return p.stream_training_stores;  // the same either way: no need to ask oneTBB
-  }
-  return plan.threads.more_than_one_thread() ? p.stream_parallel_training_stores
-                                             : p.stream_training_stores;
+/// The plan's store choice for the threads this call can use: `one_thread`'s on one,
+/// `more_threads`' on more (partition.cpp, streaming_threshold). Stores change no bits: the
+/// choice can follow the thread count.
+inline bool plans_streams(const plan_impl& plan, bool one_thread, bool more_threads) {
+  if (one_thread == more_threads) return one_thread;  // the same either way: no need to ask oneTBB
+  return plan.threads.more_than_one_thread() ? more_threads : one_thread;
 }
 
-/// Whether inference (and the frozen backward's dx) plans to stream its output: the plan's
-/// choice for the threads this call can use, one or more (partition.cpp, streaming_threshold).
-/// Stores change no bits: the choice can follow the thread count.
+/// Whether training plans to stream its output.
+inline bool plans_training_streams(const plan_impl& plan) {
+  return plans_streams(plan, plan.part.stream_training_stores,
+                       plan.part.stream_parallel_training_stores);
+}
+
+/// Whether inference (and the frozen backward's dx) plans to stream its output.
 inline bool plans_inference_streams(const plan_impl& plan) {
-  const partition& p = plan.part;
-  if (p.stream_inference_stores == p.stream_parallel_inference_stores) {
-    return p.stream_inference_stores;  // the same either way: no need to ask oneTBB
-  }
-  return plan.threads.more_than_one_thread() ? p.stream_parallel_inference_stores
-                                             : p.stream_inference_stores;
+  return plans_streams(plan, plan.part.stream_inference_stores,
+                       plan.part.stream_parallel_inference_stores);
 }
 
 /// Each may throw what oneTBB throws; `plain`: inference without the plan's activation; the API
