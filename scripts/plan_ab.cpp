@@ -8,8 +8,9 @@
 //   /tmp/plan_ab [--bf16] [--last] [--threads 1,2] [--rounds R] [--calls K] [--modes M,...]
 //                A B N C [spatial...]
 //   A, B: two ISAs, or two of automatic, cached, streaming. Defaults: one thread, 200 rounds
-//   of 2,000 calls (small tensors), every mode. --modes: some of training, inference, backward,
-//   frozen (each mode's calls follow the previous mode's, whose outputs may still be in cache:
+//   of 2,000 calls (small tensors), every mode but statistics. --modes: some of training,
+//   inference, backward, frozen, statistics (local_statistics: the training's reduce pass
+//   alone) (each mode's calls follow the previous mode's, whose outputs may still be in cache:
 //   inference after a streamed training finds no y there).
 //   e.g. /tmp/plan_ab avx512bf16 avx2 2 4
 //        /tmp/plan_ab --threads 1,2 --rounds 20 --calls 5 automatic cached 2 32 16 56 56
@@ -57,8 +58,9 @@ int main(int argc, char** argv) {
   bool bf16 = false, last = false;
   std::vector<int> threads;
   int rounds = 200, calls = 2000;
-  const char* modes[] = {"training", "inference", "backward", "frozen"};
-  bool runs[4] = {true, true, true, true};
+  constexpr int mode_count = 5;
+  const char* modes[mode_count] = {"training", "inference", "backward", "frozen", "statistics"};
+  bool runs[mode_count] = {true, true, true, true, false};
   int a = 1;
   for (; a < argc && argv[a][0] == '-'; ++a) {
     bf16 = bf16 || std::strcmp(argv[a], "--bf16") == 0;
@@ -77,14 +79,15 @@ int main(int argc, char** argv) {
       calls = std::atoi(argv[++a]);
     } else if (valued && std::strcmp(argv[a], "--modes") == 0) {
       const std::string list = std::string(",") + argv[++a] + ",";
-      for (int m = 0; m < 4; ++m) {
+      for (int m = 0; m < mode_count; ++m) {
         runs[m] = list.find(std::string(",") + modes[m] + ",") != std::string::npos;
       }
     }
   }
   if (threads.empty()) threads.push_back(1);
-  if (!(runs[0] || runs[1] || runs[2] || runs[3])) {
-    std::fprintf(stderr, "--modes: expected some of training,inference,backward,frozen\n");
+  if (std::none_of(runs, runs + mode_count, [](bool r) { return r; })) {
+    std::fprintf(stderr,
+                 "--modes: expected some of training,inference,backward,frozen,statistics\n");
     return 2;
   }
   if (argc - a < 4) {
@@ -134,8 +137,9 @@ int main(int argc, char** argv) {
   std::vector<float> gamma(c, 1.f), beta(c, 0.f), mean(c, 0.f), var(c, 1.f), saved_mean(c),
       saved_inv_std(c), dgamma(c), dbeta(c);
   std::int64_t steps = 0;
+  std::vector<double> exchange(bnorm::statistics_exchange_size(c));
   const auto call = [&](const bnorm::plan& plan, int mode) {
-    if (mode == 0) {
+    if (mode == 0 || mode == 4) {
       bnorm::training_args t;
       t.src = x.data();
       t.dst = y.data();
@@ -146,6 +150,7 @@ int main(int argc, char** argv) {
       t.running_mean = {mean.data(), c};
       t.running_var = {var.data(), c};
       t.num_batches_tracked = &steps;
+      if (mode == 4) return plan.local_statistics(t, exchange.data(), exchange.size());
       return plan.forward_training(t);
     }
     if (mode == 1) {
@@ -174,14 +179,14 @@ int main(int argc, char** argv) {
     b.var = {var.data(), c};
     return plan.backward_frozen(b);
   };
-  for (const bnorm::plan& plan : plans) call(plan, 0);    // the backward's saved statistics
-  std::vector<std::vector<double>> ns(plans.size() * 4);  // plan p, mode m: 4p + m
+  for (const bnorm::plan& plan : plans) call(plan, 0);  // the backward's saved statistics
+  std::vector<std::vector<double>> ns(plans.size() * mode_count);  // plan p, mode m
   for (int round = 0; round < rounds; ++round) {
     // The plans in one order, then in the other: a plan's place in a round can cost it (on two
     // threads, the second of two identical plans ran up to 20% slower).
     for (std::size_t q = 0; q < plans.size(); ++q) {
       const std::size_t p = round % 2 == 0 ? q : plans.size() - 1 - q;
-      for (int mode = 0; mode < 4; ++mode) {
+      for (int mode = 0; mode < mode_count; ++mode) {
         if (!runs[mode]) continue;
         const auto start = std::chrono::steady_clock::now();
         for (int i = 0; i < calls; ++i) {
@@ -192,15 +197,16 @@ int main(int argc, char** argv) {
         }
         const std::chrono::duration<double, std::nano> took =
             std::chrono::steady_clock::now() - start;
-        ns[4 * p + mode].push_back(took.count() / calls);
+        ns[mode_count * p + mode].push_back(took.count() / calls);
       }
     }
   }
   for (std::size_t t = 0; t < threads.size(); ++t) {
-    for (int mode = 0; mode < 4; ++mode) {
+    for (int mode = 0; mode < mode_count; ++mode) {
       if (!runs[mode]) continue;
       std::printf("%-9s %dT  %s %.1f ns  %s %.1f ns\n", modes[mode], threads[t], argv[a],
-                  median(ns[4 * (2 * t) + mode]), argv[a + 1], median(ns[4 * (2 * t + 1) + mode]));
+                  median(ns[mode_count * (2 * t) + mode]), argv[a + 1],
+                  median(ns[mode_count * (2 * t + 1) + mode]));
     }
   }
   return 0;
