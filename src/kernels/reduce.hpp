@@ -298,12 +298,13 @@ template <bool First, std::size_t Group, class Arch, class Terms, class T = type
 template <class T, class Arch>
 constexpr std::size_t one_block_runs_below = (block_vectors + 1) * xsimd::batch<T, Arch>::size;
 
-/// The terms of one run [base, base + len) of at least one vector, in blocks of two chains of
+/// The terms of one run [base, base + len) of at least one vector, in blocks of four chains of
 /// block_vectors vectors each, in T (each lane of a chain adds block_vectors values, as a short
-/// run's one chain), each block then into float64 (float64 data: the accumulators themselves,
-/// flushed as often, which costs nothing next to the loads); the last values, fewer than a
-/// vector, join the last block (one more value per lane): short planes would otherwise pay a
-/// float64 step for them. Runs shorter than one_block_runs_below take short_run_sums.
+/// run's one chain, and at most one more at the end of a run), each block then into float64
+/// (float64 data: the accumulators themselves, flushed as often, which costs nothing next to the
+/// loads); the last values, fewer than a vector, join the last block: short planes would
+/// otherwise pay a float64 step for them. Runs shorter than one_block_runs_below take
+/// short_run_sums.
 template <class Arch, class Terms, class T = typename Terms::T>
 [[gnu::always_inline]] inline void run_sums(const Terms& all_terms, std::size_t base,
                                             std::size_t len, const xsimd::batch<T, Arch>& k,
@@ -311,38 +312,42 @@ template <class Arch, class Terms, class T = typename Terms::T>
   // A copy whose address never leaves the function: its pointers stay in registers instead of
   // being loaded again at every block.
   const Terms terms = all_terms;
-  constexpr std::size_t block = 2 * block_vectors * xsimd::batch<T, Arch>::size;
+  // Each add waits for the one before it in its chain: four chains keep the adders busy on
+  // data in cache, where two left them half idle.
+  constexpr std::size_t chains = 4;
+  constexpr std::size_t block = chains * block_vectors * xsimd::batch<T, Arch>::size;
   const std::size_t end_of_run = base + len;
   using vec = xsimd::batch<T, Arch>;
   constexpr std::size_t lanes = vec::size;
   std::size_t i = base;
   while (i < end_of_run) {
-    vec s0(T(0)), s1(T(0)), q0(T(0)), q1(T(0));
+    vec s[chains], q[chains];
+    for (std::size_t c = 0; c < chains; ++c) s[c] = q[c] = vec(T(0));
     const std::size_t begin = i;
     const std::size_t end = end_of_run - i < block ? end_of_run : i + block;
-    for (; i + 4 * lanes <= end; i += 4 * lanes) {  // four at a time: half the loop's overhead
-      terms.add(i, k, s0, q0);
-      terms.add(i + lanes, k, s1, q1);
-      terms.add(i + 2 * lanes, k, s0, q0);
-      terms.add(i + 3 * lanes, k, s1, q1);
+    for (; i + chains * lanes <= end; i += chains * lanes) {
+      for (std::size_t c = 0; c < chains; ++c) terms.add(i + c * lanes, k, s[c], q[c]);
     }
+    // The last whole vectors (at most three) and the partial one, each into a chain of its own
+    // (at most one value more a lane).
     if (i + 2 * lanes <= end) {
-      terms.add(i, k, s0, q0);
-      terms.add(i + lanes, k, s1, q1);
+      terms.add(i, k, s[0], q[0]);
+      terms.add(i + lanes, k, s[1], q[1]);
       i += 2 * lanes;
     }
     if (i + lanes <= end) {
-      terms.add(i, k, s0, q0);
+      terms.add(i, k, s[2], q[2]);
       i += lanes;
     }
     const std::size_t whole_end = i;
     if (i < end_of_run && end_of_run - i < lanes) {
-      terms.add_masked(end_of_run - lanes, fresh_lanes<Arch, T>(lanes - (end_of_run - i)), k, s1,
-                       q1);
+      terms.add_masked(end_of_run - lanes, fresh_lanes<Arch, T>(lanes - (end_of_run - i)), k, s[3],
+                       q[3]);
       i = end_of_run;
     }
-    if (Terms::finite(s0 + s1, q0 + q1)) {
-      acc.add(s0 + s1, q0 + q1);
+    const vec all_s = (s[0] + s[1]) + (s[2] + s[3]), all_q = (q[0] + q[1]) + (q[2] + q[3]);
+    if (Terms::finite(all_s, all_q)) {
+      acc.add(all_s, all_q);
     } else {
       for (std::size_t j = begin; j < whole_end; j += lanes) terms.add_exact(j, k, acc);
       if (whole_end < i) {
