@@ -129,6 +129,10 @@ double max_abs_error(const Vector& got, const std::vector<double>& want) {
 struct reference_gradients {
   std::vector<double> dx, dgamma, dbeta;
   std::vector<double> abs_dgamma, abs_dbeta;  // Σ|dy·x̂|, Σ|dy|
+  /// Per element, |γ·inv|·(|dy| + |dβ|/M + |x̂·dγ|/M): the size of the terms whose sum dx is.
+  /// Where they cancel (a channel of a few nearly equal samples), a T evaluation of dx errs by
+  /// a few roundings of them, not of dx.
+  std::vector<double> dx_terms;
 };
 
 /// With x̂ = (x − mean)·inv_std: dβ = Σdy, dγ = Σdy·x̂; training dx = γ·inv·(dy − dβ/M −
@@ -141,6 +145,7 @@ reference_gradients reference_backward(const std::vector<T>& x, const std::vecto
   const geometry g(shape);
   reference_gradients r;
   r.dx.assign(x.size(), 0.0);
+  r.dx_terms.assign(x.size(), 0.0);
   r.dgamma.assign(g.c, 0.0);
   r.dbeta.assign(g.c, 0.0);
   r.abs_dgamma.assign(g.c, 0.0);
@@ -170,6 +175,10 @@ reference_gradients reference_backward(const std::vector<T>& x, const std::vecto
         const long double v =
             training ? k * (dy[i] - s1 / count - xhat(i) * s2 / count) : k * dy[i];
         r.dx[i] = static_cast<double>(v);
+        const long double terms =
+            std::fabs(static_cast<long double>(dy[i])) +
+            (training ? std::fabs(s1 / count) + std::fabs(xhat(i) * s2 / count) : 0.0L);
+        r.dx_terms[i] = static_cast<double>(std::fabs(k) * terms);
       }
   }
   return r;

@@ -7,6 +7,7 @@
 
 #include <cstring>
 #include <ctime>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -184,11 +185,17 @@ class SyncBatchNorm : public testing::TestWithParam<std::size_t> {
         reference_backward(x, dy, whole, k.l, r.mean, inv, gamma, true);
     double dx_scale = 1.0;
     for (const double v : grads.dx) dx_scale = std::max(dx_scale, std::fabs(v));
+    // Within the tolerance of max(1, max|dx|), or of a few roundings in T of the terms that
+    // dx sums where they cancel: a batch of three samples a channel can hold three nearly
+    // equal ones (x̂ then large), whose dx is a small difference of large terms in any T
+    // evaluation (seed 11: 1.7e-6 of max|dx|, 6.9e-6 against terms of 210).
+    const double rounding = std::numeric_limits<T>::epsilon() / 2;
     double worst_dx = 0.0;
     for (std::size_t i = 0; i < elements; ++i) {
-      worst_dx = std::max(worst_dx, std::fabs(r.dx[i] - grads.dx[offset + i]));
+      const double error = std::fabs(r.dx[i] - grads.dx[offset + i]);
+      worst_dx = std::max(worst_dx, error);
+      EXPECT_LE(error, tolerance * dx_scale + 4 * rounding * grads.dx_terms[offset + i]) << i;
     }
-    EXPECT_LE(worst_dx, tolerance * dx_scale);
     const std::vector<double> dgamma =
         sum_over_ranks(std::vector<double>(r.dgamma.begin(), r.dgamma.end()));
     const std::vector<double> dbeta =
