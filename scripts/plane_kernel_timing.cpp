@@ -1,9 +1,8 @@
 // The channels-first plane kernels alone, per ISA table of this CPU: N planes of C channels of
 // L values each (an (N, C, L) tensor, 64-byte aligned, warm in cache; N = 1 unless given),
 // float32, or bfloat16 or float16 storage after --bf16 or --f16, timed in one process with the
-// tables taking turns. Prints, per table, the median ns of a
-// call of each kernel: plane_pivots, plane_stats, plane_normalize, plane_gradient_sums and
-// plane_gradient.
+// tables taking turns. Prints, per table, the median ns of a call of each kernel: plane_pivots,
+// plane_stats, plane_normalize, plane_gradient_sums and plane_gradient.
 //
 //   g++ -std=c++17 -O2 -Isrc -Iinclude -Ibuild/release/include scripts/plane_kernel_timing.cpp
 //       build/release/libbnorm.a -ltbb -lpthread -o /tmp/plane_kernel_timing     (one line)
