@@ -29,6 +29,12 @@ inline bool plans_training_streams(const plan_impl& plan) {
                        plan.part.stream_parallel_training_stores);
 }
 
+/// Whether the backward plans to stream dx.
+inline bool plans_backward_streams(const plan_impl& plan) {
+  return plans_streams(plan, plan.part.stream_training_stores,
+                       plan.part.stream_parallel_backward_stores);
+}
+
 /// Whether inference (and the frozen backward's dx) plans to stream its output.
 inline bool plans_inference_streams(const plan_impl& plan) {
   return plans_streams(plan, plan.part.stream_inference_stores,

@@ -81,6 +81,7 @@ class gradient_step {
         src_(static_cast<const S*>(args.src ? args.src : args.diff_dst)),
         diff_dst_(static_cast<const S*>(args.diff_dst)),
         diff_src_(frozen ? nullptr : static_cast<S*>(args.diff_src)),
+        streams_(diff_src_ && streams_into(diff_src_, plans_backward_streams(plan))),
         center_(reinterpret_cast<T*>(scratch + p_.scratch.pivot)),
         sum_(reinterpret_cast<double*>(scratch + p_.scratch.sum)),
         sum_sq_(reinterpret_cast<double*>(scratch + p_.scratch.sum_sq)),
@@ -294,13 +295,8 @@ class gradient_step {
 
   gradient_reduce<S> reduce() const { return {kern_, src_, diff_dst_, center_, p_.period}; }
   gradient_map<S> map() const {
-    return {kern_,
-            src_,
-            diff_dst_,
-            diff_src_,
-            p_.period,
-            {readable_, prescaled_.load(std::memory_order_relaxed),
-             streams_into(diff_src_, p_.stream_training_stores)}};
+    const bool prescaled = prescaled_.load(std::memory_order_relaxed);
+    return {kern_, src_, diff_dst_, diff_src_, p_.period, {readable_, prescaled, streams_}};
   }
 
   /// dγ (in place of Σdy·(x − mean)) and the dx coefficients of channels [c0, c1), from sums
@@ -364,7 +360,8 @@ class gradient_step {
   const backward_args& args_;
   const S* src_;
   const S* diff_dst_;
-  S* diff_src_;                                         // null: dx is not computed here
+  S* diff_src_;         // null: dx is not computed here
+  const bool streams_;  // whether the map streams dx (plans_backward_streams)
   double count_ = static_cast<double>(p_.per_channel);  // M: the whole batch's when distributed
   T* center_;
   double* sum_;

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstdio>
+#include <iterator>
 #include <numeric>
 
 #include "validation.hpp"
@@ -278,16 +279,24 @@ bool make_partition(const problem& prob, const plan_options& options, std::size_
   } else {
     p.training = training_schedule::two_passes;
   }
-  // Training on more than one thread keeps its output cached while the call's tensors fit in
-  // one core's L2, half of two cores' (docs/design.md, "Training's stores on two threads"): the
-  // whole call then stays in the cores' caches, where streamed stores send y to memory. Not
-  // column blocks: a block of a row is a slice of each row, and its lines fall in a share of the
-  // L2's sets.
-  const std::size_t tensors = options.activation == activation::add_relu ? 3 : 2;
+  // Training and the backward on more than one thread keep their output cached while the
+  // tensors counted fit in one core's L2, half of two cores': the call then stays in the cores'
+  // caches, where streamed stores send the output to memory. Not column blocks: a block of a row
+  // is a slice of each row, and its lines fall in a share of the L2's sets.
+  const auto streams_in_parallel = [&](std::size_t tensors_counted) {
+    return p.stream_training_stores &&
+           !(p.training != training_schedule::fused_column_blocks &&
+             options.stores == store_policy::automatic &&
+             tensors_counted * p.elements * p.element_size <= caches.l2_bytes);
+  };
+  // Training counts all its tensors: x, y and an add+ReLU's residual (docs/design.md,
+  // "Training's stores on two threads").
   p.stream_parallel_training_stores =
-      p.stream_training_stores && !(p.training != training_schedule::fused_column_blocks &&
-                                    options.stores == store_policy::automatic &&
-                                    tensors * p.elements * p.element_size <= caches.l2_bytes);
+      streams_in_parallel(options.activation == activation::add_relu ? 3 : 2);
+  // The backward counts the two it reads twice, x and dy: at 1 MiB of float32 each, dx streamed
+  // was slower in rows and planes alike, from 1.5 MiB faster (docs/design.md, "The backward's
+  // stores on two threads").
+  p.stream_parallel_backward_stores = streams_in_parallel(2);
   p.channels_per_finalize_task = finalize_channels_per_task;
   p.channels_per_coefficient_task = coefficient_channels_per_task;
   return lay_out_scratch(p);
@@ -339,18 +348,37 @@ std::string describe(const partition& p) {
       out += text("row chunks, %zu × %zu rows", p.map_row_chunk_count, p.map_rows_per_chunk);
       break;
   }
-  // The thresholds rise from training to inference on one thread, to inference on more;
-  // training on more threads may keep its stores cached below them all.
-  const bool training_everywhere = p.stream_training_stores == p.stream_parallel_training_stores;
-  if (training_everywhere && p.stream_training_stores == p.stream_parallel_inference_stores) {
-    out += p.stream_training_stores ? " · streaming stores" : " · cached stores";
+  // Which outputs stream, where the three paths differ: each streams everywhere, on one thread
+  // only (training and the backward may keep theirs cached on more threads), or nowhere.
+  struct path_stores {
+    const char* name;
+    bool one_thread, more_threads;
+  };
+  const path_stores paths[] = {
+      {"training", p.stream_training_stores, p.stream_parallel_training_stores},
+      {"backward", p.stream_training_stores, p.stream_parallel_backward_stores},
+      {"inference", p.stream_inference_stores, p.stream_parallel_inference_stores}};
+  std::string everywhere, one_thread;
+  const auto append = [](std::string& list, const char* name) {
+    list += list.empty() ? name : std::string(", ") + name;
+  };
+  std::size_t streamed_everywhere = 0;
+  for (const path_stores& path : paths) {
+    if (path.more_threads) {
+      append(everywhere, path.name);
+      ++streamed_everywhere;
+    } else if (path.one_thread) {
+      append(one_thread, path.name);
+    }
+  }
+  if (streamed_everywhere == std::size(paths)) {
+    out += " · streaming stores";
+  } else if (everywhere.empty() && one_thread.empty()) {
+    out += " · cached stores";
   } else {
-    out += training_everywhere ? " · streaming stores (training, backward"
-                               : " · streaming stores (training on one thread, backward";
-    if (p.stream_parallel_inference_stores) {
-      out += "; inference";
-    } else if (p.stream_inference_stores) {
-      out += "; inference on one thread";
+    out += " · streaming stores (" + everywhere;
+    if (!one_thread.empty()) {
+      out += (everywhere.empty() ? "" : "; ") + one_thread + " on one thread";
     }
     out += ")";
   }

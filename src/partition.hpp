@@ -79,11 +79,13 @@ struct partition {
   /// Too small to be worth a task: run every unit on the calling thread.
   bool serial = false;
   /// Write the output with non-temporal stores (see plan_options::stores): training's and the
-  /// backward's dx, which read their input twice; training's on more than one thread; inference's
+  /// backward's dx, which read their input twice, on one thread and each on more; inference's
   /// (and the frozen backward's dx), which read it once, on one thread and on more
-  /// (plans_training_streams and plans_inference_streams say which a call takes).
+  /// (plans_training_streams, plans_backward_streams and plans_inference_streams say which a
+  /// call takes).
   bool stream_training_stores = false;
   bool stream_parallel_training_stores = false;
+  bool stream_parallel_backward_stores = false;
   bool stream_inference_stores = false;
   bool stream_parallel_inference_stores = false;
   /// Fused planes: channels per group (statistics, then normalization), as many as fit in

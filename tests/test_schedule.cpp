@@ -204,8 +204,23 @@ TEST(Schedule, CacheSizesDecideWhatStaysInCache) {
   bnorm::plan_options streaming;
   streaming.stores = bnorm::store_policy::streaming;
   EXPECT_EQ(training_streams(narrow_rows, streaming), std::make_pair(true, true));
+  // The backward keeps dx cached on more than one thread while x and dy, which it reads twice,
+  // fit in one L2, except in column blocks: 1 MiB of float32 does, 1.5 MiB does not.
+  const auto backward_streams = [&](const bnorm::problem& prob, const bnorm::plan_options& opts) {
+    return plan_partition(prob, opts, id, host).stream_parallel_backward_stores;
+  };
+  EXPECT_FALSE(backward_streams(narrow_rows, {}));
+  EXPECT_FALSE(backward_streams(planes, {}));
+  EXPECT_FALSE(backward_streams(narrow_rows, add_relu));  // dx is the backward's only output
+  EXPECT_TRUE(backward_streams({{98304, 4}}, {}));        // 1.5 MiB
+  EXPECT_TRUE(backward_streams(wide_rows, {}));
+  EXPECT_TRUE(backward_streams(narrow_rows, streaming));
+  EXPECT_FALSE(backward_streams({{131072, 4}, layout::channels_first, bnorm::dtype::bf16}, {}));
   EXPECT_NE(describe(plan_partition(narrow_rows, {}, id, host))
-                .find(" · streaming stores (training on one thread, backward) · "),
+                .find(" · streaming stores (training, backward on one thread) · "),
+            std::string::npos);
+  EXPECT_NE(describe(plan_partition(narrow_rows, add_relu, id, host))
+                .find(" · streaming stores (training; backward on one thread) · "),
             std::string::npos);
   // Where the cache counted is the cores' L2s, inference on more threads streams from a quarter
   // of it, as on one: 3 MiB streams in 8 MiB counted as the L2s, not in 8 MiB of a shared L3.
