@@ -211,8 +211,9 @@ TEST(Schedule, CacheSizesDecideWhatStaysInCache) {
   };
   EXPECT_FALSE(backward_streams(narrow_rows, {}));
   EXPECT_FALSE(backward_streams(planes, {}));
-  EXPECT_FALSE(backward_streams(narrow_rows, add_relu));  // dx is the backward's only output
-  EXPECT_TRUE(backward_streams({{98304, 4}}, {}));        // 1.5 MiB
+  // An add+ReLU plan's backward masks dy first, then reads x and the masked dy twice as well.
+  EXPECT_FALSE(backward_streams(narrow_rows, add_relu));
+  EXPECT_TRUE(backward_streams({{98304, 4}}, {}));  // 1.5 MiB
   EXPECT_TRUE(backward_streams(wide_rows, {}));
   EXPECT_TRUE(backward_streams(narrow_rows, streaming));
   EXPECT_FALSE(backward_streams({{131072, 4}, layout::channels_first, bnorm::dtype::bf16}, {}));
