@@ -28,8 +28,9 @@ template <class T>
 struct coefficient_arrays : kernels::coefficients<T> {
   kernels::coefficients<const T> readable;
 
-  coefficient_arrays(unsigned char* scratch, const scratch_layout& s) {
-    T* base = reinterpret_cast<T*>(scratch + s.coeffs);
+  /// The arrays of copy `copy` (inference_schedule::row_tasks keeps one a task).
+  coefficient_arrays(unsigned char* scratch, const scratch_layout& s, std::size_t copy = 0) {
+    T* base = reinterpret_cast<T*>(scratch + s.coeffs) + copy * 4 * s.coeff_stride;
     this->center = base;
     this->scale = base + s.coeff_stride;
     this->shift = base + 2 * s.coeff_stride;
@@ -505,25 +506,14 @@ class inference_step {
         args_(args),
         src_(static_cast<const S*>(args.src)),
         dst_(static_cast<S*>(args.dst)),
+        scratch_(scratch),
         coeffs_(scratch, p_.scratch),
         streams_(plans_inference_streams(plan)) {}
 
   void run() {
     switch (p_.inference) {
       case inference_schedule::channel_planes: channel_planes_pass(); return;
-      case inference_schedule::column_blocks:
-        // Each unit works out its block's coefficients and normalizes the block, in one
-        // parallel pass. Vector loads of the last block's coefficients read the padding: keep
-        // it defined (the prescales too: a block may need them).
-        coeffs_.replicate(p_.channels, p_.period, true);
-        fused_pass(plan_, [this](std::size_t c0, std::size_t c1) {
-          const bool prescaled = set_coefficients(c0, c1, coeffs_, c0);
-          map_channels(p_,
-                       make_normalize(plan_, src_, dst_, args_.residual, coeffs_.readable,
-                                      prescaled, post_, streams_),
-                       c0, c1, c0);
-        });
-        return;
+      case inference_schedule::row_tasks: row_tasks_pass(); return;
       case inference_schedule::memory_order_planes:
       case inference_schedule::row_chunks: break;
     }
@@ -552,6 +542,24 @@ class inference_step {
     };
     return kern_.inference_coefficients(c1 - c0, plan_.prob.epsilon, at(args_.mean), at(args_.var),
                                         at(args_.scale), at(args_.shift), out, first);
+  }
+
+  /// Tasks of whole rows, each working out every channel's coefficients in its own copy (a
+  /// call given several tasks uses its first task's copy) before normalizing its rows: on
+  /// one thread the coefficients are worked out once, on more each core writes and reads its
+  /// own. Rows here hold one period of C slots, so only the padding is replicated.
+  void row_tasks_pass() const {
+    const std::size_t rows_per_task = (p_.rows + p_.row_tasks - 1) / p_.row_tasks;
+    plan_.threads.for_each(p_.row_tasks, 1, p_.serial, [&](std::size_t b, std::size_t e) {
+      const coefficient_arrays<T> copy(scratch_, p_.scratch, b);
+      const bool prescaled = set_coefficients(0, p_.channels, copy, 0);
+      copy.replicate(p_.channels, p_.period, true);
+      const std::size_t r0 = b * rows_per_task, r1 = std::min(p_.rows, e * rows_per_task);
+      if (r0 < r1) {
+        make_normalize(plan_, src_, dst_, args_.residual, copy.readable, prescaled, post_, streams_)
+            .rows(r0 * p_.period, r1 - r0, p_.period, 0);
+      }
+    });
   }
 
   /// Channel-major planes: each task works out its own channels' coefficients, 64 at a time,
@@ -593,6 +601,7 @@ class inference_step {
   const inference_args& args_;
   const S* src_;
   S* dst_;
+  unsigned char* scratch_;
   coefficient_arrays<T> coeffs_;
   const bool streams_;  // the plan streams y for this call's threads (plans_inference_streams)
 };

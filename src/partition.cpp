@@ -39,7 +39,8 @@ constexpr std::size_t min_fused_blocks = 4;
 // of each row between them), where their two passes would read x (and dy) twice from a core's
 // L2 or the other's: their stores are a third of their traffic or less, and the page sharing
 // costs them less there than the second pass does. Narrower blocks, or two of 1 KiB, lost on
-// two cores; inference, all stores, keeps its row chunks (docs/design.md).
+// two cores. Inference, all stores, writes whole rows (row chunks, or row tasks where the 2 KiB
+// blocks would fit: docs/design.md).
 constexpr std::size_t min_narrow_block_row_bytes = 1024;
 constexpr std::size_t min_narrow_blocks = 4;
 constexpr std::size_t min_few_blocks = 2;
@@ -61,6 +62,11 @@ constexpr std::size_t min_map_chunks = 16;
 // which the hardware prefetchers follow better than a block's runs of each row (docs/design.md).
 constexpr std::size_t enough_row_chunks = 16;
 constexpr std::size_t finalize_channels_per_task = 512;
+// Few rows of many channels: inference in two tasks of whole rows, each working out its own
+// copy of the coefficients (see inference_schedule::row_tasks). Two: a call of such a tensor
+// takes a few microseconds, which more cores would spend waking up and computing the
+// coefficients again (docs/design.md, "Small channels-last inference on two threads").
+constexpr std::size_t row_tasks_for_inference = 2;
 // Inference's coefficients alone (a square root and a division per channel, in float64 vectors)
 // take about a microsecond for this many channels: less than waking a worker, so they are one
 // task (docs/design.md).
@@ -121,7 +127,9 @@ bool lay_out_scratch(partition& p) {
   };
   const std::size_t pad = 64 / p.value_size;  // one vector of the widest ISA
   s.coeff_stride = round_up((p.kind == traversal::planes ? p.channels : p.period) + pad, pad);
-  s.coeffs = take(bytes_of(6 * s.coeff_stride, p.value_size));
+  s.coeff_copies = std::max<std::size_t>(1, p.row_tasks);
+  s.coeffs =
+      take(bytes_of(std::max<std::size_t>(6, 4 * s.coeff_copies) * s.coeff_stride, p.value_size));
   s.inference_bytes = offset;
   s.scale = take(bytes_of(p.channels, sizeof(double)));
   s.pivot_count = p.kind == traversal::planes ? p.channels : p.period;
@@ -181,7 +189,7 @@ bool make_partition(const problem& prob, const plan_options& options, std::size_
   // channel per unit. Interleaved: one row chunk (all the rows), units are blocks of whole
   // channels.
   bool fused = false;
-  bool inference_blocks = false;  // channels-last inference in the fused column blocks too
+  bool inference_row_tasks = false;  // channels-last inference in row tasks (see below)
 
   if (planes) {
     p.kind = traversal::planes;
@@ -226,10 +234,10 @@ bool make_partition(const problem& prob, const plan_options& options, std::size_
     const std::size_t wanted_units = ceil_div(std::max<std::size_t>(p.elements, 1), unit_elements);
     const bool splits_columns = p.period == p.channels && p.channels >= 4 * vector_lanes;
     // Few rows of many channels (ResNet's 7×7 and 14×14 in NHWC): a block of whole channels
-    // over all the rows that fits in a core's cache is one unit, and training (and inference,
-    // where the blocks are wide enough) does all of its work in one pass (as channels-first
-    // does). block_width: the width of at least min_blocks blocks of rows of min_row_bytes
-    // that fit a core's cache, as many as the work deserves; 0 where there are no such blocks.
+    // over all the rows that fits in a core's cache is one unit, and training does all of its
+    // work in one pass (as channels-first does). block_width: the width of at least min_blocks
+    // blocks of rows of min_row_bytes that fit a core's cache, as many as the work deserves; 0
+    // where there are no such blocks.
     const auto block_width = [&](std::size_t min_row_bytes, std::size_t min_blocks) {
       const std::size_t blocks =
           std::min(wanted_units, p.channels * p.element_size / min_row_bytes);
@@ -240,7 +248,8 @@ bool make_partition(const problem& prob, const plan_options& options, std::size_
       return fits ? width : 0;
     };
     std::size_t fused_width = block_width(min_fused_block_row_bytes, min_fused_blocks);
-    inference_blocks = fused_width > 0;
+    // Where blocks of 2 KiB rows fit, the rows are few and wide: inference takes row tasks.
+    inference_row_tasks = fused_width > 0;
     if (fused_width == 0) fused_width = block_width(min_narrow_block_row_bytes, min_narrow_blocks);
     if (fused_width == 0) fused_width = block_width(min_fused_block_row_bytes, min_few_blocks);
     if (fused_width > 0) {
@@ -265,7 +274,8 @@ bool make_partition(const problem& prob, const plan_options& options, std::size_
         round_up(ceil_div(std::max<std::size_t>(p.rows, 1), map_chunks), rows_per_period);
     p.map_row_chunk_count = std::max<std::size_t>(1, ceil_div(p.rows, p.map_rows_per_chunk));
     p.inference =
-        inference_blocks ? inference_schedule::column_blocks : inference_schedule::row_chunks;
+        inference_row_tasks ? inference_schedule::row_tasks : inference_schedule::row_chunks;
+    if (inference_row_tasks) p.row_tasks = std::min(row_tasks_for_inference, p.rows);
   }
   if (p.kind == traversal::planes) {
     p.inference = p.planes_per_unit == 0 ? inference_schedule::channel_planes
@@ -341,11 +351,11 @@ std::string describe(const partition& p) {
       out +=
           text("planes in memory order, %zu units of %zu planes", p.plane_units, p.planes_per_unit);
       break;
-    case inference_schedule::column_blocks:
-      out += text("column blocks, %zu × %zu channels", p.column_blocks, p.block_width);
-      break;
     case inference_schedule::row_chunks:
       out += text("row chunks, %zu × %zu rows", p.map_row_chunk_count, p.map_rows_per_chunk);
+      break;
+    case inference_schedule::row_tasks:
+      out += text("%zu row tasks, each with all the coefficients", p.row_tasks);
       break;
   }
   // Which outputs stream, where the three paths differ: each streams everywhere, on one thread

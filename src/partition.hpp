@@ -38,11 +38,13 @@ enum class inference_schedule {
   channel_planes,
   /// A coefficient pass, then the planes in memory order.
   memory_order_planes,
-  /// The fused column blocks, where they are wide enough for it (inference is all stores):
-  /// each unit works out its block's coefficients.
-  column_blocks,
   /// A coefficient pass (per slot), then chunks of whole rows.
   row_chunks,
+  /// Channels-last, few rows of many channels: row_tasks tasks of whole rows, each working out
+  /// every channel's coefficients in a copy of its own before normalizing its rows. No core
+  /// writes part of a row that another writes, nor reads coefficients another core wrote in the
+  /// same call (docs/design.md, "Small channels-last inference on two threads").
+  row_tasks,
 };
 
 /// Byte offsets of the scratch arrays, each 64-byte aligned. Sizes in elements are below.
@@ -61,6 +63,7 @@ struct scratch_layout {
   std::size_t pivot_count = 0;
   std::size_t partial_count = 0;
   std::size_t coeff_stride = 0;
+  std::size_t coeff_copies = 1;  // the forward's arrays, once per task of row_tasks
   std::size_t training_bytes = 0;
   std::size_t inference_bytes = 0;  // the coefficients, laid out first
 };
@@ -119,6 +122,8 @@ struct partition {
   // better than short column blocks (docs/design.md).
   std::size_t map_rows_per_chunk = 0;
   std::size_t map_row_chunk_count = 0;
+  // inference_schedule::row_tasks: so many tasks of whole rows (0 under other schedules).
+  std::size_t row_tasks = 0;
 
   std::size_t units = 0;  // work units of a pass
   /// Channels per task of the per-channel passes: merging partials and finalizing (training),

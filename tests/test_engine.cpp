@@ -137,7 +137,7 @@ std::vector<bnorm::tensor_shape> sweep_shapes() {
   shapes.push_back({65536, 4});       // small C, many rows
   shapes.push_back({4, 1000, 37});    // C without a short period (row mode)
   shapes.push_back({2, 2048, 7, 7});  // many channels, short planes
-  shapes.push_back({1, 2048, 7, 7});  // channels-last inference in 2 KiB column blocks
+  shapes.push_back({1, 2048, 7, 7});  // channels-last inference in two row tasks (49 rows)
   shapes.push_back({1, 1001, 300});
   shapes.push_back({2, 1003, 300});  // channels-last: reduced in column blocks, mapped in rows
   return shapes;

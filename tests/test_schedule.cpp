@@ -57,7 +57,7 @@ const schedule_case schedule_cases[] = {
      {1, 2048, 7, 7},
      layout::channels_last,
      "training: fused column blocks",
-     "inference: column blocks"},
+     "inference: 2 row tasks"},
     {"few_rows_of_1k_channels",  // four 1 KiB blocks: fused training, inference in whole rows
      {1, 1024, 14, 14},
      layout::channels_last,
@@ -355,11 +355,12 @@ TEST(Schedule, RowsReduceInWholeRowsWhereRowChunksAreEnough) {
 }
 
 TEST(Schedule, FusedColumnBlocksCoverAPageOfEachRow) {
-  // Cores writing into the same pages row after row slow each other down: column blocks that
-  // inference takes too have rows of 2 KiB at least, four of them at least, so that a core's
-  // neighbouring blocks are mostly its own; training and the backward also fuse four of 1 KiB,
-  // or two of 2 KiB (a page of each row between them), inference then in whole rows; otherwise
-  // two passes, the maps in whole rows.
+  // Cores writing into the same pages row after row slow each other down: fused column blocks
+  // have rows of 2 KiB at least, four of them at least, so that a core's neighbouring blocks
+  // are mostly its own, and inference there goes in two tasks of whole rows, each with its own
+  // coefficients; training and the backward also fuse four of 1 KiB, or two of 2 KiB (a page
+  // of each row between them), inference then in row chunks; otherwise two passes, the maps in
+  // whole rows.
   const bnorm::isa id = isas_under_test().front();
   const auto part = [&](bnorm::tensor_shape shape, bnorm::dtype type) {
     return plan_partition({shape, layout::channels_last, type}, {}, id, reference_caches);
@@ -367,15 +368,16 @@ TEST(Schedule, FusedColumnBlocksCoverAPageOfEachRow) {
   using bnorm::detail::inference_schedule;
   for (const auto& [shape, type, blocks, inference] :
        {std::tuple<bnorm::tensor_shape, bnorm::dtype, std::size_t, inference_schedule>{
-            {1, 2048, 7, 7}, bnorm::dtype::f32, 4, inference_schedule::column_blocks},
-        {{2, 2048, 7, 7}, bnorm::dtype::f32, 4, inference_schedule::column_blocks},
-        {{1, 4096, 7, 7}, bnorm::dtype::bf16, 4, inference_schedule::column_blocks},
-        {{1, 3072, 7, 7}, bnorm::dtype::f32, 5, inference_schedule::column_blocks},
+            {1, 2048, 7, 7}, bnorm::dtype::f32, 4, inference_schedule::row_tasks},
+        {{2, 2048, 7, 7}, bnorm::dtype::f32, 4, inference_schedule::row_tasks},
+        {{1, 4096, 7, 7}, bnorm::dtype::bf16, 4, inference_schedule::row_tasks},
+        {{1, 3072, 7, 7}, bnorm::dtype::f32, 5, inference_schedule::row_tasks},
         {{1, 1024, 14, 14}, bnorm::dtype::f32, 4, inference_schedule::row_chunks},
         {{1, 2048, 7, 7}, bnorm::dtype::bf16, 2, inference_schedule::row_chunks}}) {
     const bnorm::detail::partition p = part(shape, type);
     EXPECT_EQ(p.training, bnorm::detail::training_schedule::fused_column_blocks);
     EXPECT_EQ(p.inference, inference);
+    EXPECT_EQ(p.row_tasks, inference == inference_schedule::row_tasks ? 2u : 0u);
     EXPECT_EQ(p.column_blocks, blocks);
     EXPECT_GE(p.block_width * p.element_size, blocks >= 4 ? 1024u : 2048u);
     EXPECT_GE(p.column_blocks * p.block_width * p.element_size, 4096u);
@@ -396,7 +398,8 @@ TEST(Schedule, FusedColumnBlocksCoverAPageOfEachRow) {
   const bnorm::problem four_images{{4, 2048, 7, 7}, layout::channels_last};
   const bnorm::detail::partition wide = plan_partition(four_images, {}, id, reference_caches);
   EXPECT_EQ(wide.training, bnorm::detail::training_schedule::fused_column_blocks);
-  EXPECT_EQ(wide.inference, inference_schedule::column_blocks);
+  EXPECT_EQ(wide.inference, inference_schedule::row_tasks);
+  EXPECT_EQ(wide.row_tasks, 2u);
   EXPECT_EQ(wide.column_blocks, 4u);
   const bnorm::detail::partition narrow = plan_partition(four_images, {}, id, one_mib);
   EXPECT_EQ(narrow.training, bnorm::detail::training_schedule::fused_column_blocks);
