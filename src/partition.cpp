@@ -127,9 +127,10 @@ bool lay_out_scratch(partition& p) {
   };
   const std::size_t pad = 64 / p.value_size;  // one vector of the widest ISA
   s.coeff_stride = round_up((p.kind == traversal::planes ? p.channels : p.period) + pad, pad);
-  s.coeff_copies = std::max<std::size_t>(1, p.row_tasks);
-  s.coeffs =
-      take(bytes_of(std::max<std::size_t>(6, 4 * s.coeff_copies) * s.coeff_stride, p.value_size));
+  // The backward's six arrays, or the forward's four once per row task.
+  const std::size_t coeff_arrays =
+      std::max<std::size_t>(6, 4 * std::max<std::size_t>(1, p.row_tasks));
+  s.coeffs = take(bytes_of(coeff_arrays * s.coeff_stride, p.value_size));
   s.inference_bytes = offset;
   s.scale = take(bytes_of(p.channels, sizeof(double)));
   s.pivot_count = p.kind == traversal::planes ? p.channels : p.period;

@@ -56,14 +56,14 @@ struct scratch_layout {
   std::size_t variance = 0;  // double[C]: the biased batch variance
   std::size_t inv_std = 0;   // double[C]: 1/sqrt(variance + eps)
   std::size_t scale = 0;     // double[C]: gamma·inv_std
-  std::size_t coeffs = 0;    // T[6][coeff_stride]: the forward's 4 or the backward's 6
+  std::size_t coeffs = 0;    // T[max(6, 4·row tasks)][coeff_stride]: the forward's 4 arrays
+                             // (a copy per row task) or the backward's 6
   // The fused training schedules' commit journal (commit_journal.hpp); empty otherwise.
   std::size_t kept = 0;       // T[4][C]: the values the blocks' commits replace
   std::size_t committed = 0;  // unsigned char[C]: which channels a block has committed
   std::size_t pivot_count = 0;
   std::size_t partial_count = 0;
   std::size_t coeff_stride = 0;
-  std::size_t coeff_copies = 1;  // the forward's arrays, once per task of row_tasks
   std::size_t training_bytes = 0;
   std::size_t inference_bytes = 0;  // the coefficients, laid out first
 };
