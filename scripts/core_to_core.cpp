@@ -1,7 +1,7 @@
 // The round trip of a cache line between two CPUs: one thread on each, pinned, passing a counter
 // back and forth 200,000 times. What a parallel pass pays each time one core reads what the
-// other wrote in the same call (a task handed over, coefficients, partial sums): about 100 ns
-// between cores that share an L3, several hundred between dies (docs/design.md).
+// other wrote in the same call (a task handed over, coefficients, partial sums); hundreds of
+// nanoseconds between the CPUs of the Zen 5 guest (docs/design.md, "The Zen 5 guest").
 //
 //   g++ -std=c++17 -O2 scripts/core_to_core.cpp -lpthread -o /tmp/core_to_core
 //   /tmp/core_to_core [CPU_A CPU_B]      (default 0 1)
