@@ -25,6 +25,7 @@ const epilogue_case cases[] = {
     {{2, 64, 7, 7}, layout::channels_last},     {{1, 1024, 7, 7}, layout::channels_last},
     {{2, 3, 4, 9, 11}, layout::channels_first}, {{2, 3, 4, 9, 11}, layout::channels_last},
     {{8, 16, 64, 64}, layout::channels_first},  {{4, 96, 20, 20}, layout::channels_last},
+    {{1, 2048, 7, 7}, layout::channels_last},  // inference in row tasks, training in column blocks
 };
 
 /// The activation applied to the plain forward's output, in T, as the fused one must give it.
