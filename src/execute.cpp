@@ -549,12 +549,12 @@ class inference_step {
   /// one thread the coefficients are worked out once, on more each core writes and reads its
   /// own. Rows here hold one period of C slots, so only the padding is replicated.
   void row_tasks_pass() const {
-    const std::size_t rows_per_task = (p_.rows + p_.row_tasks - 1) / p_.row_tasks;
     plan_.threads.for_each(p_.row_tasks, 1, p_.serial, [&](std::size_t b, std::size_t e) {
       const coefficient_arrays<T> copy(scratch_, p_.scratch, b);
       const bool prescaled = set_coefficients(0, p_.channels, copy, 0);
       copy.replicate(p_.channels, p_.period, true);
-      const std::size_t r0 = b * rows_per_task, r1 = std::min(p_.rows, e * rows_per_task);
+      const std::size_t r0 = b * p_.rows_per_row_task;
+      const std::size_t r1 = std::min(p_.rows, e * p_.rows_per_row_task);
       if (r0 < r1) {
         make_normalize(plan_, src_, dst_, args_.residual, copy.readable, prescaled, post_, streams_)
             .rows(r0 * p_.period, r1 - r0, p_.period, 0);

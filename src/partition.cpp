@@ -276,7 +276,10 @@ bool make_partition(const problem& prob, const plan_options& options, std::size_
     p.map_row_chunk_count = std::max<std::size_t>(1, ceil_div(p.rows, p.map_rows_per_chunk));
     p.inference =
         inference_row_tasks ? inference_schedule::row_tasks : inference_schedule::row_chunks;
-    if (inference_row_tasks) p.row_tasks = std::min(row_tasks_for_inference, p.rows);
+    if (inference_row_tasks) {
+      p.row_tasks = std::min(row_tasks_for_inference, p.rows);
+      p.rows_per_row_task = ceil_div(p.rows, p.row_tasks);
+    }
   }
   if (p.kind == traversal::planes) {
     p.inference = p.planes_per_unit == 0 ? inference_schedule::channel_planes

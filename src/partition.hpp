@@ -122,8 +122,10 @@ struct partition {
   // better than short column blocks (docs/design.md).
   std::size_t map_rows_per_chunk = 0;
   std::size_t map_row_chunk_count = 0;
-  // inference_schedule::row_tasks: so many tasks of whole rows (0 under other schedules).
+  // inference_schedule::row_tasks: so many tasks of whole rows, task t covering rows
+  // [t·rows_per_row_task, ...) (both 0 under other schedules).
   std::size_t row_tasks = 0;
+  std::size_t rows_per_row_task = 0;
 
   std::size_t units = 0;  // work units of a pass
   /// Channels per task of the per-channel passes: merging partials and finalizing (training),

@@ -400,6 +400,7 @@ TEST(Schedule, FusedColumnBlocksCoverAPageOfEachRow) {
   EXPECT_EQ(wide.training, bnorm::detail::training_schedule::fused_column_blocks);
   EXPECT_EQ(wide.inference, inference_schedule::row_tasks);
   EXPECT_EQ(wide.row_tasks, 2u);
+  EXPECT_EQ(wide.rows_per_row_task, 98u);  // 196 rows
   EXPECT_EQ(wide.column_blocks, 4u);
   const bnorm::detail::partition narrow = plan_partition(four_images, {}, id, one_mib);
   EXPECT_EQ(narrow.training, bnorm::detail::training_schedule::fused_column_blocks);
