@@ -249,10 +249,13 @@ void put_elements(S* p, const xsimd::batch<compute_t<S>, Arch>& v) noexcept {
 /// Two vectors into 2 × lanes consecutive elements, rounded to S (with `Stream`, streamed: p
 /// aligned to the pair's bytes): put_elements of each, or for bfloat16 on AVX512_BF16 one
 /// vcvtne2ps2bf16 of the pair, which takes about the time of one vcvtneps2bf16, after one check
-/// of the pair for NaNs and subnormals (see half_bits).
+/// of the pair for NaNs and subnormals (see half_bits). Always inlined: GCC kept the AVX512_BF16
+/// instance out of line, a call (its vectors passed through memory, a vzeroupper at its return)
+/// for every 32 values stored.
 template <bool Stream, class Arch, class S>
-void put_element_pair(S* p, const xsimd::batch<compute_t<S>, Arch>& v0,
-                      const xsimd::batch<compute_t<S>, Arch>& v1) noexcept {
+[[gnu::always_inline]] inline void put_element_pair(
+    S* p, const xsimd::batch<compute_t<S>, Arch>& v0,
+    const xsimd::batch<compute_t<S>, Arch>& v1) noexcept {
 #if XSIMD_WITH_AVX512F && defined(__AVX512BF16__) && defined(__AVX512DQ__)
   if constexpr (std::is_same<S, bfloat16>::value && is_arch<Arch, xsimd::avx512f>) {
     constexpr int nan_or_subnormal = 0x01 | 0x80 | 0x20;  // QNaN, SNaN, denormal
@@ -276,15 +279,17 @@ void put_element_pair(S* p, const xsimd::batch<compute_t<S>, Arch>& v0,
 }
 
 template <class Arch, class S>
-void store_element_pair(S* p, const xsimd::batch<compute_t<S>, Arch>& v0,
-                        const xsimd::batch<compute_t<S>, Arch>& v1) noexcept {
+[[gnu::always_inline]] inline void store_element_pair(
+    S* p, const xsimd::batch<compute_t<S>, Arch>& v0,
+    const xsimd::batch<compute_t<S>, Arch>& v1) noexcept {
   put_element_pair<false, Arch>(p, v0, v1);
 }
 
 /// Count vectors into consecutive elements, in pairs (put_element_pair); with `Stream`,
-/// streamed: p aligned to a cache line that they fill.
+/// streamed: p aligned to a cache line that they fill. Always inlined, as put_element_pair.
 template <bool Stream, std::size_t Count, class Arch, class S>
-void put_vectors(S* p, const xsimd::batch<compute_t<S>, Arch> (&v)[Count]) noexcept {
+[[gnu::always_inline]] inline void put_vectors(
+    S* p, const xsimd::batch<compute_t<S>, Arch> (&v)[Count]) noexcept {
   constexpr std::size_t lanes = xsimd::batch<compute_t<S>, Arch>::size;
   std::size_t k = 0;
   for (; k + 2 <= Count; k += 2) put_element_pair<Stream, Arch>(p + k * lanes, v[k], v[k + 1]);
