@@ -617,6 +617,16 @@ TEST(HalfGoldens, BFloat16MatchesPyTorchWithinAnUlp) {
 
 namespace {
 
+/// Every ISA under test with cached stores, then with streaming ones.
+std::vector<std::pair<bnorm::isa, bnorm::store_policy>> isas_and_store_policies() {
+  std::vector<std::pair<bnorm::isa, bnorm::store_policy>> out;
+  for (const bnorm::store_policy stores :
+       {bnorm::store_policy::cached, bnorm::store_policy::streaming}) {
+    for (const bnorm::isa id : isas_under_test()) out.emplace_back(id, stores);
+  }
+  return out;
+}
+
 TEST(HalfStorage, EveryIsaRoundsToTheSameBits) {
   // y = 1·gamma (epsilon 0, variance 1): each channel's gamma reaches the vector stores as it
   // is: subnormal floats, NaNs of both signs, values that round to infinity, ties.
@@ -628,15 +638,17 @@ TEST(HalfStorage, EveryIsaRoundsToTheSameBits) {
   std::vector<float> mean(gamma.size(), 0.0f), var(gamma.size(), 1.0f);
   // Planes of one AVX-512 vector and of four (stored in pairs where the ISA converts two
   // vectors at once); rows of the 64 channels, one a map unit (stored a vector at a time) and
-  // four (in pairs).
+  // four (in pairs). Through ordinary stores and streaming ones (their own instances of the
+  // conversions: the AVX512_BF16 pair conversion streamed, among others).
   for (const auto& [l, spatial] : {std::pair<layout, std::size_t>{layout::channels_first, 16},
                                    {layout::channels_first, 64},
                                    {layout::channels_last, 16},
                                    {layout::channels_last, 64}}) {
     const std::vector<std::uint16_t> ones(gamma.size() * spatial, 0x3F80);
-    for (const bnorm::isa id : isas_under_test()) {
+    for (const auto& [id, stores] : isas_and_store_policies()) {
       bnorm::plan_options opts;
       opts.max_isa = id;
+      opts.stores = stores;
       bnorm::problem prob{
           {1, static_cast<std::int64_t>(gamma.size()), static_cast<std::int64_t>(spatial)},
           l,
@@ -657,7 +669,8 @@ TEST(HalfStorage, EveryIsaRoundsToTheSameBits) {
               l == layout::channels_first ? c * spatial + e : e * gamma.size() + c;
           ASSERT_EQ(y[at], reference_bfloat16(gamma[c]))
               << bnorm::to_string(id) << " " << bnorm::to_string(l) << " spatial " << spatial
-              << " channel " << c << " (" << gamma[c] << ")";
+              << (stores == bnorm::store_policy::streaming ? " streamed" : " cached") << " channel "
+              << c << " (" << gamma[c] << ")";
         }
       }
     }
