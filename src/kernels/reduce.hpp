@@ -105,8 +105,18 @@ void as_f64_halves(const xsimd::batch<T, Arch>& v, xsimd::batch<double, Arch> (&
 //   add_scalar(i, k, s, q)        one element in float64
 //   finite(s, q)                  whether T partials kept every bit they should (no overflow,
 //                                 no NaN): else the block is summed again with add_exact.
-//   prefetch(i)                   the cache lines of the elements at i, ahead of their use
+//   prefetch(i, bytes)            the cache line `bytes` past the element at i (see fetch_line),
+//                                 ahead of its use
 //   storage                       the storage type S
+//   sources                       how many tensors the terms read (x; or x and dy)
+
+/// A hint to bring the cache line `bytes_ahead` past `at` into the cache. The address is
+/// computed as an integer, never as a pointer, so that it may lie past the end of the tensor (a
+/// block's rows fetch the next block's, wherever the rows end): a prefetch never faults.
+inline void fetch_line(const void* at, std::size_t bytes_ahead) noexcept {
+  __builtin_prefetch(
+      reinterpret_cast<const void*>(reinterpret_cast<std::uintptr_t>(at) + bytes_ahead));
+}
 
 /// The forward statistics: Σd and Σd², d = x − k.
 template <class Arch, class S>
@@ -114,9 +124,12 @@ struct deviation_terms {
   using storage = S;
   using T = compute_t<S>;
   using vec = xsimd::batch<T, Arch>;
+  static constexpr std::size_t sources = 1;
   const S* x;
 
-  void prefetch(std::size_t i) const noexcept { __builtin_prefetch(x + i); }
+  void prefetch(std::size_t i, std::size_t bytes_ahead) const noexcept {
+    fetch_line(x + i, bytes_ahead);
+  }
 
   void add(std::size_t i, const vec& k, vec& s, vec& q) const noexcept {
     // −d = k − x, so that a float load folds into the subtraction: s − (−d) and (−d)² are
@@ -176,12 +189,13 @@ struct gradient_terms {
   using storage = S;
   using T = compute_t<S>;
   using vec = xsimd::batch<T, Arch>;
+  static constexpr std::size_t sources = 2;
   const S* x;
   const S* dy;
 
-  void prefetch(std::size_t i) const noexcept {
-    __builtin_prefetch(x + i);
-    __builtin_prefetch(dy + i);
+  void prefetch(std::size_t i, std::size_t bytes_ahead) const noexcept {
+    fetch_line(x + i, bytes_ahead);
+    fetch_line(dy + i, bytes_ahead);
   }
 
   void add(std::size_t i, const vec& k, vec& s, vec& q) const noexcept {
@@ -294,6 +308,28 @@ template <bool First, std::size_t Group, class Arch, class Terms, class T = type
   }
 }
 
+/// How far ahead of their use the reduce kernels fetch the lines they read in order, in bytes
+/// of all their sources together: the hardware prefetcher alone left these reads waiting on
+/// memory; farther ahead, or as far for each of two sources, was slower (docs/design.md,
+/// "Measurements behind the choices", reduce.hpp `read_ahead_bytes`).
+constexpr std::size_t read_ahead_bytes = 16 * 1024;
+
+/// How far ahead each source of the terms is read, in bytes and in elements of their storage.
+template <class Terms>
+constexpr std::size_t source_read_ahead_bytes = read_ahead_bytes / Terms::sources;
+template <class Terms>
+constexpr std::size_t read_ahead_elements = source_read_ahead_bytes<Terms> /
+                                            sizeof(typename Terms::storage);
+
+/// Elements of one 64-byte cache line.
+template <class Terms>
+constexpr std::size_t line_elements = 64 / sizeof(typename Terms::storage);
+
+/// Whether run_sums reads ahead: the forward's statistics do; the backward's planes (x and dy,
+/// summed, then mapped from cache) ran slower so on two threads (docs/design.md).
+template <class Terms>
+constexpr bool runs_read_ahead = Terms::sources == 1;
+
 /// Runs shorter than this are one block (see run_sums): block_vectors vectors and a partial one.
 template <class T, class Arch>
 constexpr std::size_t one_block_runs_below = (block_vectors + 1) * xsimd::batch<T, Arch>::size;
@@ -307,7 +343,8 @@ constexpr std::size_t one_block_runs_below = (block_vectors + 1) * xsimd::batch<
 /// short_run_sums.
 template <class Arch, class Terms, class T = typename Terms::T>
 [[gnu::always_inline]] inline void run_sums(const Terms& all_terms, std::size_t base,
-                                            std::size_t len, const xsimd::batch<T, Arch>& k,
+                                            std::size_t len, std::size_t next_run,
+                                            const xsimd::batch<T, Arch>& k,
                                             f64_accumulator<Arch>& acc) noexcept {
   // A copy whose address never leaves the function: its pointers stay in registers instead of
   // being loaded again at every block.
@@ -319,6 +356,7 @@ template <class Arch, class Terms, class T = typename Terms::T>
   const std::size_t end_of_run = base + len;
   using vec = xsimd::batch<T, Arch>;
   constexpr std::size_t lanes = vec::size;
+  const std::size_t distance = len < read_ahead_elements<Terms> ? len : read_ahead_elements<Terms>;
   std::size_t i = base;
   while (i < end_of_run) {
     vec s[chains], q[chains];
@@ -326,6 +364,14 @@ template <class Arch, class Terms, class T = typename Terms::T>
     const std::size_t begin = i;
     const std::size_t end = end_of_run - i < block ? end_of_run : i + block;
     for (; i + chains * lanes <= end; i += chains * lanes) {
+      // The lines `distance` on (no more than a run), in this run or, past its end, in
+      // the next one (an offset below i wraps around: unsigned, as the address it moves).
+      for (std::size_t e = 0; runs_read_ahead<Terms> && e < chains * lanes;
+           e += line_elements<Terms>) {
+        const std::size_t ahead = i + e + distance;
+        const std::size_t target = ahead < end_of_run ? ahead : next_run + (ahead - end_of_run);
+        terms.prefetch(i + e, (target - (i + e)) * sizeof(typename Terms::storage));
+      }
       for (std::size_t c = 0; c < chains; ++c) terms.add(i + c * lanes, k, s[c], q[c]);
     }
     // The last whole vectors (at most three) and the partial one, each into a chain of its own
@@ -365,8 +411,10 @@ template <class Arch, class Terms, class T = typename Terms::T>
                                                 std::size_t ch, const T* center,
                                                 f64_accumulator<Arch>& acc) noexcept {
   const xsimd::batch<T, Arch> k(center[ch]);
-  for (std::size_t p = 0; p < planes; ++p)
-    run_sums<Arch>(terms, ch * len + p * stride, len, k, acc);
+  for (std::size_t p = 0; p < planes; ++p) {
+    const std::size_t next = p + 1 < planes ? ch * len + (p + 1) * stride : (ch + 1) * len;
+    run_sums<Arch>(terms, ch * len + p * stride, len, next, k, acc);
+  }
 }
 
 /// The sums of channels [ch, ch + Group) of plane_sums whose runs are shorter than
@@ -471,24 +519,29 @@ void plane_sums(const Terms& terms, std::size_t len, std::size_t planes, std::si
 // in the accuracy tests (docs/design.md).
 constexpr std::size_t rows_per_block = 16;
 
-/// Whether the interleaved sums read the next block's lines ahead of use: for half-precision
-/// storage, whose column walks the hardware prefetcher followed too late; float32 rows gained
-/// nothing (docs/design.md, "Measurements behind the choices").
+/// Whether the interleaved sums of column blocks (rows wider than the block) read the next
+/// block's lines ahead of use: for half-precision storage, whose column walks the hardware
+/// prefetcher followed too late (docs/design.md, "Measurements behind the choices"). Whole rows
+/// are one run and always read ahead (source_read_ahead_bytes).
 template <class Terms>
 constexpr bool reads_ahead = sizeof(typename Terms::storage) == 2;
 
-/// Elements of one 64-byte cache line.
-template <class Terms>
-constexpr std::size_t line_elements = 64 / sizeof(typename Terms::storage);
+/// The lines column_partials fetches ahead of use: row r of its block fetches the lines
+/// `bytes` past the Group·lanes elements from at + r·step; none where step is 0.
+struct fetch_ahead {
+  std::size_t at = 0;
+  std::size_t step = 0;
+  std::size_t bytes = 0;
+};
 
 /// One block of `count` rows from offset `at` of the terms: per lane, the sums in T over the
 /// rows for `Group` adjacent vectors of slots (k from `center`). Several columns at once keep
 /// that many independent add chains in flight (one column's 16 rows are a chain of dependent
 /// adds) and share the loop's overhead; each lane still adds its rows in order, whatever the
-/// group. Where the terms read ahead, each row's lines `ahead` elements on are fetched (0: none).
+/// group. Each row fetches the lines `fetch` names ahead of their use.
 template <std::size_t Group, class Arch, class Terms, class T = typename Terms::T>
 void column_partials(const Terms& terms, std::size_t at, std::size_t count, std::size_t stride,
-                     std::size_t ahead, const T* center, xsimd::batch<T, Arch> (&s)[Group],
+                     fetch_ahead fetch, const T* center, xsimd::batch<T, Arch> (&s)[Group],
                      xsimd::batch<T, Arch> (&q)[Group]) noexcept {
   using vec = xsimd::batch<T, Arch>;
   constexpr std::size_t lanes = vec::size;
@@ -499,10 +552,8 @@ void column_partials(const Terms& terms, std::size_t at, std::size_t count, std:
   }
   for (std::size_t r = 0; r < count; ++r) {
     const std::size_t row = at + r * stride;
-    if constexpr (reads_ahead<Terms>) {
-      for (std::size_t e = 0; ahead != 0 && e < Group * lanes; e += line_elements<Terms>) {
-        terms.prefetch(row + ahead + e);
-      }
+    for (std::size_t e = 0; fetch.step != 0 && e < Group * lanes; e += line_elements<Terms>) {
+      terms.prefetch(fetch.at + r * fetch.step + e, fetch.bytes);
     }
     for (std::size_t g = 0; g < Group; ++g) terms.add(row + g * lanes, k[g], s[g], q[g]);
   }
@@ -568,7 +619,7 @@ template <class Arch, class Terms, class T = typename Terms::T>
   for (std::size_t g = 0; g < vectors; ++g) {
     const std::size_t j = g * lanes;
     vec s[1], q[1];
-    column_partials<1, Arch>(terms, at + j, count, stride, 0, center + j, s, q);
+    column_partials<1, Arch>(terms, at + j, count, stride, {}, center + j, s, q);
     alignas(64) T s_lanes[lanes], q_lanes[lanes];
     alignas(64) double exact_s[lanes] = {}, exact_q[lanes] = {};  // read only where not finite
     s[0].store_aligned(s_lanes);
@@ -597,13 +648,22 @@ void interleaved_sums(const Terms& terms, std::size_t rows, std::size_t width, s
   if (rows == 0 && !accumulate) {
     for (std::size_t j = 0; j < width; ++j) sum[j] = sum_sq[j] = 0.0;
   }
+  const std::size_t block_bytes = rows_per_block * stride * sizeof(typename Terms::storage);
   for (std::size_t first = 0; first < rows; first += rows_per_block) {
     const std::size_t count = rows - first < rows_per_block ? rows - first : rows_per_block;
     const std::size_t block = first * stride;
     // The first block starts the sums unless asked to add to them: the caller does not zero.
     const bool add = accumulate || first > 0;
-    // The next block's rows, where it is whole (never past the rows).
-    const std::size_t ahead = first + 2 * rows_per_block <= rows ? rows_per_block * stride : 0;
+    // The lines a group of columns from j fetches ahead. Whole rows are one run, fetched in
+    // order (source_read_ahead_bytes ahead): each group fetches as many lines as it reads, from its
+    // share of the block (the run from j·count on). Column blocks: the next block's rows, the
+    // group's own columns.
+    const auto fetch = [&](std::size_t j, std::size_t group) -> fetch_ahead {
+      if (width == stride)
+        return {block + j * count, group * lanes, source_read_ahead_bytes<Terms>};
+      if (!reads_ahead<Terms>) return {};
+      return {block + j, stride, block_bytes};
+    };
     const auto store = [&](std::size_t j, const dvec& s, const dvec& q) {
       (add ? dvec::load_unaligned(sum + j) + s : s).store_unaligned(sum + j);
       (add ? dvec::load_unaligned(sum_sq + j) + q : q).store_unaligned(sum_sq + j);
@@ -640,12 +700,13 @@ void interleaved_sums(const Terms& terms, std::size_t rows, std::size_t width, s
     constexpr std::size_t group = 4;
     for (; j + group * lanes <= width; j += group * lanes) {
       vec s[group], q[group];
-      column_partials<group, Arch>(terms, block + j, count, stride, ahead, center + j, s, q);
+      column_partials<group, Arch>(terms, block + j, count, stride, fetch(j, group), center + j, s,
+                                   q);
       flush(std::integral_constant<std::size_t, group>(), j, s, q);
     }
     for (; j + lanes <= width; j += lanes) {
       vec s[1], q[1];
-      column_partials<1, Arch>(terms, block + j, count, stride, ahead, center + j, s, q);
+      column_partials<1, Arch>(terms, block + j, count, stride, fetch(j, 1), center + j, s, q);
       flush(std::integral_constant<std::size_t, 1>(), j, s, q);
     }
     for (; j < width; ++j) {
