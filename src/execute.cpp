@@ -60,14 +60,17 @@ struct statistics_reduce {
   const S* src;
   const T* pivot;
   std::size_t period;
+  std::size_t read_ahead_bytes;  // partition::statistics_read_ahead_bytes
 
   void planes(std::size_t at, std::size_t len, std::size_t planes, std::size_t stride,
               std::size_t channels, std::size_t c0, double* sum, double* sum_sq) const {
-    kern.plane_stats(src + at, {len, planes, stride, channels}, pivot + c0, sum, sum_sq);
+    kern.plane_stats(src + at, {len, planes, stride, channels, read_ahead_bytes}, pivot + c0, sum,
+                     sum_sq);
   }
   void rows(std::size_t at, std::size_t rows, std::size_t width, std::size_t slot, double* sum,
             double* sum_sq, kernels::sums_mode mode) const {
-    kern.interleaved_stats(src + at, {rows, width, period}, pivot + slot, sum, sum_sq, mode);
+    kern.interleaved_stats(src + at, {rows, width, period, read_ahead_bytes}, pivot + slot, sum,
+                           sum_sq, mode);
   }
 };
 
@@ -196,7 +199,7 @@ class training_step {
   enum class correction { allowed, done };
 
   statistics_reduce<S> statistics() const {
-    return {plan_.kernels->get<S>(), src_, pivot_, p_.period};
+    return {plan_.kernels->get<S>(), src_, pivot_, p_.period, p_.statistics_read_ahead_bytes};
   }
   normalize_map<S> normalize() const {
     return make_normalize(plan_, src_, dst_, args_.residual, coeffs_.readable, prescaled_,

@@ -25,16 +25,18 @@ struct gradient_reduce {
   const S* diff_dst;
   const T* center;
   std::size_t period;
+  std::size_t read_ahead_bytes;  // partition::gradient_read_ahead_bytes
 
   void planes(std::size_t at, std::size_t len, std::size_t planes, std::size_t stride,
               std::size_t channels, std::size_t c0, double* sum, double* sum_sq) const {
-    kern.plane_gradient_sums(src + at, diff_dst + at, {len, planes, stride, channels}, center + c0,
-                             sum, sum_sq);
+    kern.plane_gradient_sums(src + at, diff_dst + at,
+                             {len, planes, stride, channels, read_ahead_bytes}, center + c0, sum,
+                             sum_sq);
   }
   void rows(std::size_t at, std::size_t rows, std::size_t width, std::size_t slot, double* sum,
             double* sum_sq, kernels::sums_mode mode) const {
-    kern.interleaved_gradient_sums(src + at, diff_dst + at, {rows, width, period}, center + slot,
-                                   sum, sum_sq, mode);
+    kern.interleaved_gradient_sums(src + at, diff_dst + at, {rows, width, period, read_ahead_bytes},
+                                   center + slot, sum, sum_sq, mode);
   }
 };
 
@@ -293,7 +295,9 @@ class gradient_step {
     }
   }
 
-  gradient_reduce<S> reduce() const { return {kern_, src_, diff_dst_, center_, p_.period}; }
+  gradient_reduce<S> reduce() const {
+    return {kern_, src_, diff_dst_, center_, p_.period, p_.gradient_read_ahead_bytes};
+  }
   gradient_map<S> map() const {
     const bool prescaled = prescaled_.load(std::memory_order_relaxed);
     return {kern_, src_, diff_dst_, diff_src_, p_.period, {readable_, prescaled, streams_}};

@@ -101,6 +101,15 @@ std::size_t streaming_threshold(const cache_sizes& caches, output_use use) noexc
 constexpr std::size_t min_streamed_plane_bytes_reading_twice = 512;
 constexpr std::size_t min_streamed_plane_bytes = 1024;
 
+// Where their input comes from memory (a tensor of training's streaming threshold or more, too
+// large to stay in the cache from one call to the next), the reduce passes fetch the lines they
+// read this far ahead, in bytes of all their tensors together: the guest's hardware prefetcher
+// alone left them waiting on memory, and farther ahead, or as far for each of two tensors, was
+// slower. Smaller tensors stay in the cache, where the fetches' instructions made training up
+// to 17% slower. The backward's planes, summed and then mapped from the cache, do not fetch:
+// they ran slower so on two threads (docs/design.md, "Reads ahead (stop 44)").
+constexpr std::size_t read_ahead_bytes = 16 * 1024;
+
 std::size_t ceil_div(std::size_t a, std::size_t b) {
   return (a + b - 1) / b;
 }
@@ -182,6 +191,10 @@ bool make_partition(const problem& prob, const plan_options& options, std::size_
   p.stream_training_stores = streams(output_use::training);
   p.stream_inference_stores = streams(output_use::inference);
   p.stream_parallel_inference_stores = streams(output_use::parallel_inference);
+  const bool reads_from_memory =
+      p.elements * p.element_size >= streaming_threshold(caches, output_use::training);
+  p.statistics_read_ahead_bytes = reads_from_memory ? read_ahead_bytes : 0;
+  p.gradient_read_ahead_bytes = reads_from_memory && !planes ? read_ahead_bytes : 0;
   const std::size_t unit_elements = unit_bytes / p.element_size;
   const std::size_t fused_channel_bytes = caches.l2_bytes / fused_channel_l2_fraction;
   const std::size_t fused_block_bytes = caches.l2_bytes / fused_block_l2_fraction;
@@ -395,6 +408,10 @@ std::string describe(const partition& p) {
       out += (everywhere.empty() ? "" : "; ") + one_thread + " on one thread";
     }
     out += ")";
+  }
+  if (p.statistics_read_ahead_bytes > 0) {
+    out += text(" · reads %zu KiB ahead", p.statistics_read_ahead_bytes / 1024);
+    if (p.gradient_read_ahead_bytes == 0) out += " (not the backward)";
   }
   out += p.serial ? " · calling thread" : " · parallel";
   return out;

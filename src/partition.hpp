@@ -91,6 +91,11 @@ struct partition {
   bool stream_parallel_backward_stores = false;
   bool stream_inference_stores = false;
   bool stream_parallel_inference_stores = false;
+  /// How far ahead the reduce passes fetch the lines they read, in bytes of all the tensors they
+  /// read together (kernels::plane_block::read_ahead_bytes; 0: not at all): the forward
+  /// statistics', and the backward sums'.
+  std::size_t statistics_read_ahead_bytes = 0;
+  std::size_t gradient_read_ahead_bytes = 0;
   /// Fused planes: channels per group (statistics, then normalization), as many as fit in
   /// an eighth of a core's L2, at most 16, or more where they fit in half an L1.
   std::size_t fused_group = 1;

@@ -600,6 +600,67 @@ TYPED_TEST(KernelTester, ExtremeChannelsAmongVectorsFollowTheScalarRules) {
   });
 }
 
+// Reading ahead (the planner's read_ahead_bytes) splits a run's vectors between those that fetch
+// within the run and those that fetch in the next: the sums keep their bits, whatever the
+// distance (the tests above check them without reading ahead), over tails of planes and of whole
+// rows (the rows that read ahead), forward and backward.
+TYPED_TEST(KernelTester, ReadingAheadChangesNoBits) {
+  using T = TypeParam;
+  const auto same_bits = [](const std::vector<double>& a, const std::vector<double>& b) {
+    return std::memcmp(a.data(), b.data(), a.size() * sizeof(double)) == 0;
+  };
+  this->for_each_isa([&](const kernels::kernel_set<T>& k, std::size_t v) {
+    std::vector<std::size_t> lens = lengths(v);
+    lens.push_back(64 * v + 7);  // several blocks of 16 vectors
+    for (std::size_t len : lens) {
+      for (std::size_t planes : {1, 3}) {
+        const std::size_t channels = 3, stride = channels * len + 5;
+        const std::vector<T> x = this->data(planes * stride, 5.0, 2.0, len + planes);
+        const std::vector<T> dy = this->data(planes * stride, 0.0, 1.0, len * 5 + planes);
+        const std::vector<T> center = {T(5), T(4.5), T(5.5)};
+        std::vector<double> plain[4];
+        for (std::size_t bytes :
+             {std::size_t(0), std::size_t(64), 4 * v * sizeof(T), std::size_t(16384)}) {
+          std::vector<double> sums[4];
+          for (auto& s : sums) s.assign(channels, 0.0);
+          const kernels::plane_block block{len, planes, stride, channels, bytes};
+          k.plane_stats(x.data(), block, center.data(), sums[0].data(), sums[1].data());
+          k.plane_gradient_sums(x.data(), dy.data(), block, center.data(), sums[2].data(),
+                                sums[3].data());
+          for (int i = 0; i < 4; ++i) {
+            if (bytes == 0) plain[i] = sums[i];
+            EXPECT_TRUE(same_bits(sums[i], plain[i])) << "planes of " << len << " × " << planes
+                                                      << ", " << bytes << " bytes ahead, sum " << i;
+          }
+        }
+      }
+    }
+    for (std::size_t width : lengths(v)) {
+      for (std::size_t rows : {1, 16, 17, 40, 100}) {
+        const std::vector<T> x = this->data(rows * width, -3.0, 1.5, width + rows);
+        const std::vector<T> dy = this->data(rows * width, 0.0, 1.0, width * rows);
+        std::vector<T> center(width + 64);
+        for (std::size_t j = 0; j < width; ++j) center[j] = T(-3) + T(j % 3);
+        std::vector<double> plain[4];
+        for (std::size_t bytes : {std::size_t(0), std::size_t(64), std::size_t(16384)}) {
+          std::vector<double> sums[4];
+          for (auto& s : sums) s.assign(width, 0.0);
+          const kernels::row_block block{rows, width, width, bytes};
+          k.interleaved_stats(x.data(), block, center.data(), sums[0].data(), sums[1].data(),
+                              kernels::sums_mode::start);
+          k.interleaved_gradient_sums(x.data(), dy.data(), block, center.data(), sums[2].data(),
+                                      sums[3].data(), kernels::sums_mode::start);
+          for (int i = 0; i < 4; ++i) {
+            if (bytes == 0) plain[i] = sums[i];
+            EXPECT_TRUE(same_bits(sums[i], plain[i]))
+                << "rows " << rows << " × " << width << ", " << bytes << " bytes ahead, sum " << i;
+          }
+        }
+      }
+    }
+  });
+}
+
 // The backward's sums: Σdy and Σdy·(x − center), planes and rows, over tails; and dx from
 // its coefficients, in place (dx = dy) too, nothing written outside the pieces.
 TYPED_TEST(KernelTester, GradientSumsOverTails) {

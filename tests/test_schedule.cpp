@@ -239,6 +239,33 @@ TEST(Schedule, CacheSizesDecideWhatStaysInCache) {
   EXPECT_GE(detected.last_level_bytes, detected.l2_bytes);
 }
 
+// The reduce passes fetch ahead what they read where it comes from memory: tensors of an eighth
+// of the last-level cache or more (as training's streamed stores), whatever the store policy;
+// the backward's planes do not.
+TEST(Schedule, ReducePassesReadAheadFromMemory) {
+  const bnorm::isa id = isas_under_test().front();
+  const bnorm::detail::cache_sizes caches{1u << 20, 32u << 20};
+  const bnorm::problem rows_4_mib{{1024, 1024}}, rows_below{{1023, 1024}},
+      planes_4_mib{{16, 64, 32, 32}, layout::channels_first};
+  const auto ahead = [&](const bnorm::problem& prob, const bnorm::plan_options& opts) {
+    const bnorm::detail::partition p = plan_partition(prob, opts, id, caches);
+    return std::make_pair(p.statistics_read_ahead_bytes, p.gradient_read_ahead_bytes);
+  };
+  const std::size_t kib16 = 16u << 10;
+  EXPECT_EQ(ahead(rows_4_mib, {}), std::make_pair(kib16, kib16));
+  EXPECT_EQ(ahead(rows_below, {}), std::make_pair(std::size_t(0), std::size_t(0)));
+  EXPECT_EQ(ahead(planes_4_mib, {}), std::make_pair(kib16, std::size_t(0)));
+  bnorm::plan_options cached;
+  cached.stores = bnorm::store_policy::cached;
+  EXPECT_EQ(ahead(rows_4_mib, cached), std::make_pair(kib16, kib16));
+  EXPECT_NE(describe(plan_partition(rows_4_mib, {}, id, caches)).find(" · reads 16 KiB ahead · "),
+            std::string::npos);
+  EXPECT_NE(describe(plan_partition(planes_4_mib, {}, id, caches))
+                .find(" · reads 16 KiB ahead (not the backward) · "),
+            std::string::npos);
+  EXPECT_EQ(describe(plan_partition(rows_below, {}, id, caches)).find("ahead"), std::string::npos);
+}
+
 // The planner counts on the L3 a machine reports, except where it is more per CPU than any
 // processor has: a guest shown its host's L3 counts on twice its CPUs' L2s.
 TEST(Schedule, CacheSizesCountOnTheL3ACallCanKeep) {

@@ -70,6 +70,10 @@ struct plane_block {
   std::size_t planes = 0;
   std::size_t stride = 0;
   std::size_t channels = 0;
+  /// For the reduce kernels: how far ahead of their use to fetch the lines they read, in bytes
+  /// of all the tensors read together (0: not at all). The planner's choice
+  /// (partition::read_ahead_bytes).
+  std::size_t read_ahead_bytes = 0;
 };
 
 /// A block of interleaved channels: `rows` rows of `width` slots, `stride` elements apart. Slot
@@ -79,6 +83,7 @@ struct row_block {
   std::size_t rows = 0;
   std::size_t width = 0;
   std::size_t stride = 0;
+  std::size_t read_ahead_bytes = 0;  // as plane_block's
 };
 
 /// Whether a reduce kernel starts the per-slot sums (overwrites them) or adds to them: zeroing

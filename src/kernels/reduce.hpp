@@ -308,27 +308,9 @@ template <bool First, std::size_t Group, class Arch, class Terms, class T = type
   }
 }
 
-/// How far ahead of their use the reduce kernels fetch the lines they read in order, in bytes
-/// of all their sources together: the hardware prefetcher alone left these reads waiting on
-/// memory; farther ahead, or as far for each of two sources, was slower (docs/design.md,
-/// "Measurements behind the choices", reduce.hpp `read_ahead_bytes`).
-constexpr std::size_t read_ahead_bytes = 16 * 1024;
-
-/// How far ahead each source of the terms is read, in bytes and in elements of their storage.
-template <class Terms>
-constexpr std::size_t source_read_ahead_bytes = read_ahead_bytes / Terms::sources;
-template <class Terms>
-constexpr std::size_t read_ahead_elements = source_read_ahead_bytes<Terms> /
-                                            sizeof(typename Terms::storage);
-
 /// Elements of one 64-byte cache line.
 template <class Terms>
 constexpr std::size_t line_elements = 64 / sizeof(typename Terms::storage);
-
-/// Whether run_sums reads ahead: the forward's statistics do; the backward's planes (x and dy,
-/// summed, then mapped from cache) ran slower so on two threads (docs/design.md).
-template <class Terms>
-constexpr bool runs_read_ahead = Terms::sources == 1;
 
 /// Runs shorter than this are one block (see run_sums): block_vectors vectors and a partial one.
 template <class T, class Arch>
@@ -344,7 +326,7 @@ constexpr std::size_t one_block_runs_below = (block_vectors + 1) * xsimd::batch<
 template <class Arch, class Terms, class T = typename Terms::T>
 [[gnu::always_inline]] inline void run_sums(const Terms& all_terms, std::size_t base,
                                             std::size_t len, std::size_t next_run,
-                                            const xsimd::batch<T, Arch>& k,
+                                            std::size_t read_ahead, const xsimd::batch<T, Arch>& k,
                                             f64_accumulator<Arch>& acc) noexcept {
   // A copy whose address never leaves the function: its pointers stay in registers instead of
   // being loaded again at every block.
@@ -356,24 +338,34 @@ template <class Arch, class Terms, class T = typename Terms::T>
   const std::size_t end_of_run = base + len;
   using vec = xsimd::batch<T, Arch>;
   constexpr std::size_t lanes = vec::size;
-  const std::size_t distance = len < read_ahead_elements<Terms> ? len : read_ahead_elements<Terms>;
+  // `read_ahead` elements on, no farther than a run.
+  const std::size_t distance = len < read_ahead ? len : read_ahead;
+  // Element i's line `distance` on, as bytes past i: in the run, or (i + distance − end) into
+  // the next run (unsigned: a next run below this one wraps around, as the address it moves).
+  constexpr std::size_t size = sizeof(typename Terms::storage);
+  const std::size_t within_run = distance * size;
+  const std::size_t into_next_run = (next_run - end_of_run + distance) * size;
+  // The groups at i < end_of_run − distance, those with i + chains·lanes ≤ next_group_at,
+  // fetch within the run.
+  const std::size_t next_group_at = end_of_run - distance + chains * lanes - 1;
   std::size_t i = base;
   while (i < end_of_run) {
     vec s[chains], q[chains];
     for (std::size_t c = 0; c < chains; ++c) s[c] = q[c] = vec(T(0));
     const std::size_t begin = i;
     const std::size_t end = end_of_run - i < block ? end_of_run : i + block;
-    for (; i + chains * lanes <= end; i += chains * lanes) {
-      // The lines `distance` on (no more than a run), in this run or, past its end, in
-      // the next one (an offset below i wraps around: unsigned, as the address it moves).
-      for (std::size_t e = 0; runs_read_ahead<Terms> && e < chains * lanes;
-           e += line_elements<Terms>) {
-        const std::size_t ahead = i + e + distance;
-        const std::size_t target = ahead < end_of_run ? ahead : next_run + (ahead - end_of_run);
-        terms.prefetch(i + e, (target - (i + e)) * sizeof(typename Terms::storage));
+    // Whole groups of `chains` vectors up to `limit`, fetching the lines `bytes` past each.
+    const auto sum_groups = [&](std::size_t limit, std::size_t bytes) {
+      for (; i + chains * lanes <= limit; i += chains * lanes) {
+        for (std::size_t e = 0; read_ahead != 0 && e < chains * lanes; e += line_elements<Terms>) {
+          terms.prefetch(i + e, bytes);
+        }
+        for (std::size_t c = 0; c < chains; ++c) terms.add(i + c * lanes, k, s[c], q[c]);
       }
-      for (std::size_t c = 0; c < chains; ++c) terms.add(i + c * lanes, k, s[c], q[c]);
-    }
+    };
+    // The groups that fetch within the run, then those that fetch in the next.
+    sum_groups(end < next_group_at ? end : next_group_at, within_run);
+    sum_groups(end, into_next_run);
     // The last whole vectors (at most three) and the partial one, each into a chain of its own
     // (at most one value more a lane).
     if (i + 2 * lanes <= end) {
@@ -404,16 +396,18 @@ template <class Arch, class Terms, class T = typename Terms::T>
   }
 }
 
-/// The sums of channel `ch` of plane_sums (its planes' runs of at least one vector) into acc.
+/// The sums of channel `ch` of plane_sums (its planes' runs of at least one vector) into acc,
+/// each run fetching `read_ahead` elements ahead (see run_sums) on into the run read after it.
 template <class Arch, class Terms, class T = typename Terms::T>
 [[gnu::always_inline]] inline void channel_sums(const Terms& terms, std::size_t len,
                                                 std::size_t planes, std::size_t stride,
-                                                std::size_t ch, const T* center,
+                                                std::size_t ch, std::size_t read_ahead,
+                                                const T* center,
                                                 f64_accumulator<Arch>& acc) noexcept {
   const xsimd::batch<T, Arch> k(center[ch]);
   for (std::size_t p = 0; p < planes; ++p) {
     const std::size_t next = p + 1 < planes ? ch * len + (p + 1) * stride : (ch + 1) * len;
-    run_sums<Arch>(terms, ch * len + p * stride, len, next, k, acc);
+    run_sums<Arch>(terms, ch * len + p * stride, len, next, read_ahead, k, acc);
   }
 }
 
@@ -447,10 +441,12 @@ template <std::size_t Group, class Arch, class Terms, class T = typename Terms::
 /// center[k]; its sums are added into sum[k], sum_sq[k]. A vector of channels (one per float64
 /// lane) is reduced across lanes at once (sum_lanes_of): on short planes (7×7) one channel's
 /// reduction cost as much as its sums. A channel's sums are the same bits in a vector of
-/// channels or alone, so how a schedule groups channels never shows.
+/// channels or alone, so how a schedule groups channels never shows. Runs of a vector or more
+/// fetch `read_ahead_bytes` (of all the terms' sources) ahead.
 template <class Arch, class Terms, class T = typename Terms::T>
 void plane_sums(const Terms& terms, std::size_t len, std::size_t planes, std::size_t stride,
-                std::size_t channels, const T* center, double* sum, double* sum_sq) noexcept {
+                std::size_t channels, std::size_t read_ahead_bytes, const T* center, double* sum,
+                double* sum_sq) noexcept {
   using vec = xsimd::batch<T, Arch>;
   using dvec = xsimd::batch<double, Arch>;
   constexpr std::size_t lanes = vec::size;
@@ -476,6 +472,9 @@ void plane_sums(const Terms& terms, std::size_t len, std::size_t planes, std::si
     sum[ch] += sum_lanes<Arch>(acc.sum);
     sum_sq[ch] += sum_lanes<Arch>(acc.sum_sq);
   };
+  // Elements of each source.
+  const std::size_t read_ahead =
+      read_ahead_bytes / Terms::sources / sizeof(typename Terms::storage);
   std::size_t ch = 0;
   if (len < one_block_runs_below<T, Arch>) {
     const lane_mask<T, Arch> fresh = fresh_lanes<Arch, T>(lanes - len % lanes);
@@ -500,7 +499,7 @@ void plane_sums(const Terms& terms, std::size_t len, std::size_t planes, std::si
     dvec s[group], q[group];
     for (std::size_t g = 0; g < group; ++g) {
       f64_accumulator<Arch> acc;
-      channel_sums<Arch>(terms, len, planes, stride, ch + g, center, acc);
+      channel_sums<Arch>(terms, len, planes, stride, ch + g, read_ahead, center, acc);
       s[g] = acc.sum;
       q[g] = acc.sum_sq;
     }
@@ -508,7 +507,7 @@ void plane_sums(const Terms& terms, std::size_t len, std::size_t planes, std::si
   }
   for (; ch < channels; ++ch) {
     f64_accumulator<Arch> acc;
-    channel_sums<Arch>(terms, len, planes, stride, ch, center, acc);
+    channel_sums<Arch>(terms, len, planes, stride, ch, read_ahead, center, acc);
     store_one(ch, acc);
   }
 }
@@ -522,7 +521,7 @@ constexpr std::size_t rows_per_block = 16;
 /// Whether the interleaved sums of column blocks (rows wider than the block) read the next
 /// block's lines ahead of use: for half-precision storage, whose column walks the hardware
 /// prefetcher followed too late (docs/design.md, "Measurements behind the choices"). Whole rows
-/// are one run and always read ahead (source_read_ahead_bytes).
+/// are one run, read ahead as the planner says (row_block::read_ahead_bytes).
 template <class Terms>
 constexpr bool reads_ahead = sizeof(typename Terms::storage) == 2;
 
@@ -638,10 +637,12 @@ template <class Arch, class Terms, class T = typename Terms::T>
 }
 
 /// `rows` rows of `width` slots, `stride` apart, from the terms' base; slot j's sums go to
-/// sum[j], sum_sq[j] (started unless `accumulate`).
+/// sum[j], sum_sq[j] (started unless `accumulate`). Whole rows (width = stride) fetch
+/// `read_ahead_bytes` (of all the terms' sources) ahead.
 template <class Arch, class Terms, class T = typename Terms::T>
 void interleaved_sums(const Terms& terms, std::size_t rows, std::size_t width, std::size_t stride,
-                      const T* center, double* sum, double* sum_sq, bool accumulate) noexcept {
+                      std::size_t read_ahead_bytes, const T* center, double* sum, double* sum_sq,
+                      bool accumulate) noexcept {
   using vec = xsimd::batch<T, Arch>;
   using dvec = xsimd::batch<double, Arch>;
   constexpr std::size_t lanes = vec::size;
@@ -649,18 +650,20 @@ void interleaved_sums(const Terms& terms, std::size_t rows, std::size_t width, s
     for (std::size_t j = 0; j < width; ++j) sum[j] = sum_sq[j] = 0.0;
   }
   const std::size_t block_bytes = rows_per_block * stride * sizeof(typename Terms::storage);
+  const std::size_t source_read_ahead_bytes = read_ahead_bytes / Terms::sources;
   for (std::size_t first = 0; first < rows; first += rows_per_block) {
     const std::size_t count = rows - first < rows_per_block ? rows - first : rows_per_block;
     const std::size_t block = first * stride;
     // The first block starts the sums unless asked to add to them: the caller does not zero.
     const bool add = accumulate || first > 0;
     // The lines a group of columns from j fetches ahead. Whole rows are one run, fetched in
-    // order (source_read_ahead_bytes ahead): each group fetches as many lines as it reads, from its
-    // share of the block (the run from j·count on). Column blocks: the next block's rows, the
-    // group's own columns.
+    // order: each group fetches as many lines as it reads, from its share of the block (the run
+    // from j·count on). Column blocks: the next block's rows, the group's own columns.
     const auto fetch = [&](std::size_t j, std::size_t group) -> fetch_ahead {
-      if (width == stride)
-        return {block + j * count, group * lanes, source_read_ahead_bytes<Terms>};
+      if (width == stride) {
+        if (source_read_ahead_bytes == 0) return {};
+        return {block + j * count, group * lanes, source_read_ahead_bytes};
+      }
       if (!reads_ahead<Terms>) return {};
       return {block + j, stride, block_bytes};
     };
@@ -725,12 +728,12 @@ void plane_sums_of(const plane_block& b, const T* center, double* sum, double* s
   if constexpr (!std::is_same<narrow, Arch>::value) {
     if (b.len < one_block_runs_below<T, Arch>) {
       plane_sums<narrow>(Terms<narrow, S>{sources...}, b.len, b.planes, b.stride, b.channels,
-                         center, sum, sum_sq);
+                         b.read_ahead_bytes, center, sum, sum_sq);
       return;
     }
   }
-  plane_sums<Arch>(Terms<Arch, S>{sources...}, b.len, b.planes, b.stride, b.channels, center, sum,
-                   sum_sq);
+  plane_sums<Arch>(Terms<Arch, S>{sources...}, b.len, b.planes, b.stride, b.channels,
+                   b.read_ahead_bytes, center, sum, sum_sq);
 }
 
 // The reduce kernels of the kernel table.
@@ -744,8 +747,8 @@ void plane_stats(const S* src, const plane_block& b, const T* pivot, double* sum
 template <class Arch, class S, class T = compute_t<S>>
 void interleaved_stats(const S* src, const row_block& b, const T* pivot, double* sum,
                        double* sum_sq, sums_mode mode) noexcept {
-  interleaved_sums<Arch>(deviation_terms<Arch, S>{src}, b.rows, b.width, b.stride, pivot, sum,
-                         sum_sq, mode == sums_mode::add);
+  interleaved_sums<Arch>(deviation_terms<Arch, S>{src}, b.rows, b.width, b.stride,
+                         b.read_ahead_bytes, pivot, sum, sum_sq, mode == sums_mode::add);
 }
 
 template <class Arch, class S, class T = compute_t<S>>
@@ -757,8 +760,8 @@ void plane_gradient_sums(const S* src, const S* diff_dst, const plane_block& b, 
 template <class Arch, class S, class T = compute_t<S>>
 void interleaved_gradient_sums(const S* src, const S* diff_dst, const row_block& b, const T* center,
                                double* sum_dy, double* sum_dy_d, sums_mode mode) noexcept {
-  interleaved_sums<Arch>(gradient_terms<Arch, S>{src, diff_dst}, b.rows, b.width, b.stride, center,
-                         sum_dy, sum_dy_d, mode == sums_mode::add);
+  interleaved_sums<Arch>(gradient_terms<Arch, S>{src, diff_dst}, b.rows, b.width, b.stride,
+                         b.read_ahead_bytes, center, sum_dy, sum_dy_d, mode == sums_mode::add);
 }
 
 // The backward's sums in float64 throughout (each dy and x − center widened before they are
