@@ -354,18 +354,24 @@ template <class Arch, class Terms, class T = typename Terms::T>
     for (std::size_t c = 0; c < chains; ++c) s[c] = q[c] = vec(T(0));
     const std::size_t begin = i;
     const std::size_t end = end_of_run - i < block ? end_of_run : i + block;
-    // Whole groups of `chains` vectors up to `limit`, fetching the lines `bytes` past each.
-    const auto sum_groups = [&](std::size_t limit, std::size_t bytes) {
+    // Whole groups of `chains` vectors up to `limit`, fetching the lines `bytes` past each
+    // where `fetches`.
+    const auto sum_groups = [&](auto fetches, std::size_t limit, std::size_t bytes) {
       for (; i + chains * lanes <= limit; i += chains * lanes) {
-        for (std::size_t e = 0; read_ahead != 0 && e < chains * lanes; e += line_elements<Terms>) {
-          terms.prefetch(i + e, bytes);
+        if constexpr (decltype(fetches)::value) {
+          for (std::size_t e = 0; e < chains * lanes; e += line_elements<Terms>) {
+            terms.prefetch(i + e, bytes);
+          }
         }
         for (std::size_t c = 0; c < chains; ++c) terms.add(i + c * lanes, k, s[c], q[c]);
       }
     };
-    // The groups that fetch within the run, then those that fetch in the next.
-    sum_groups(end < next_group_at ? end : next_group_at, within_run);
-    sum_groups(end, into_next_run);
+    if (read_ahead == 0) {
+      sum_groups(std::false_type(), end, 0);
+    } else {  // the groups that fetch within the run, then those that fetch in the next
+      sum_groups(std::true_type(), end < next_group_at ? end : next_group_at, within_run);
+      sum_groups(std::true_type(), end, into_next_run);
+    }
     // The last whole vectors (at most three) and the partial one, each into a chain of its own
     // (at most one value more a lane).
     if (i + 2 * lanes <= end) {
