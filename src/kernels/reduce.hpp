@@ -322,7 +322,9 @@ constexpr std::size_t one_block_runs_below = (block_vectors + 1) * xsimd::batch<
 /// (float64 data: the accumulators themselves, flushed as often, which costs nothing next to the
 /// loads); the last values, fewer than a vector, join the last block: short planes would
 /// otherwise pay a float64 step for them. Runs shorter than one_block_runs_below take
-/// short_run_sums.
+/// short_run_sums. Unless `read_ahead` is 0, the lines that many elements on (no farther than a
+/// run) are fetched as the run is read: past its end, those of the run read next, from
+/// `next_run`.
 template <class Arch, class Terms, class T = typename Terms::T>
 [[gnu::always_inline]] inline void run_sums(const Terms& all_terms, std::size_t base,
                                             std::size_t len, std::size_t next_run,
