@@ -72,7 +72,7 @@ struct plane_block {
   std::size_t channels = 0;
   /// For the reduce kernels: how far ahead of their use to fetch the lines they read, in bytes
   /// of all the tensors read together (0: not at all). The planner's choice
-  /// (partition::read_ahead_bytes).
+  /// (partition::statistics_read_ahead_bytes, gradient_read_ahead_bytes).
   std::size_t read_ahead_bytes = 0;
 };
 
