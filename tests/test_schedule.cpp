@@ -58,10 +58,15 @@ const schedule_case schedule_cases[] = {
      layout::channels_last,
      "training: fused column blocks",
      "inference: 2 row tasks"},
-    {"few_rows_of_1k_channels",  // four 1 KiB blocks: fused training, inference in whole rows
+    {"few_rows_of_1k_channels",  // four 1 KiB blocks: fused training, inference in row tasks
      {1, 1024, 14, 14},
      layout::channels_last,
      "training: fused column blocks",
+     "inference: 2 row tasks"},
+    {"rows_past_row_tasks",  // 513 rows of 256 channels: inference in row chunks
+     {1, 256, 513},
+     layout::channels_last,
+     "training: two passes",
      "inference: row chunks"},
     {"many_rows",
      {32, 64, 56, 56},
@@ -384,27 +389,23 @@ TEST(Schedule, RowsReduceInWholeRowsWhereRowChunksAreEnough) {
 TEST(Schedule, FusedColumnBlocksCoverAPageOfEachRow) {
   // Cores writing into the same pages row after row slow each other down: fused column blocks
   // have rows of 2 KiB at least, four of them at least, so that a core's neighbouring blocks
-  // are mostly its own, and inference there goes in two tasks of whole rows, each with its own
-  // coefficients; training and the backward also fuse four of 1 KiB, or two of 2 KiB (a page
-  // of each row between them), inference then in row chunks; otherwise two passes, the maps in
-  // whole rows.
+  // are mostly its own; training and the backward also fuse four of 1 KiB, or two of 2 KiB (a
+  // page of each row between them); otherwise two passes, the maps in whole rows. (Inference
+  // writes whole rows: InferenceTakesRowTasksWhereTheRowsAreFew.)
   const bnorm::isa id = isas_under_test().front();
   const auto part = [&](bnorm::tensor_shape shape, bnorm::dtype type) {
     return plan_partition({shape, layout::channels_last, type}, {}, id, reference_caches);
   };
-  using bnorm::detail::inference_schedule;
-  for (const auto& [shape, type, blocks, inference] :
-       {std::tuple<bnorm::tensor_shape, bnorm::dtype, std::size_t, inference_schedule>{
-            {1, 2048, 7, 7}, bnorm::dtype::f32, 4, inference_schedule::row_tasks},
-        {{2, 2048, 7, 7}, bnorm::dtype::f32, 4, inference_schedule::row_tasks},
-        {{1, 4096, 7, 7}, bnorm::dtype::bf16, 4, inference_schedule::row_tasks},
-        {{1, 3072, 7, 7}, bnorm::dtype::f32, 5, inference_schedule::row_tasks},
-        {{1, 1024, 14, 14}, bnorm::dtype::f32, 4, inference_schedule::row_chunks},
-        {{1, 2048, 7, 7}, bnorm::dtype::bf16, 2, inference_schedule::row_chunks}}) {
+  for (const auto& [shape, type, blocks] :
+       {std::tuple<bnorm::tensor_shape, bnorm::dtype, std::size_t>{
+            {1, 2048, 7, 7}, bnorm::dtype::f32, 4},
+        {{2, 2048, 7, 7}, bnorm::dtype::f32, 4},
+        {{1, 4096, 7, 7}, bnorm::dtype::bf16, 4},
+        {{1, 3072, 7, 7}, bnorm::dtype::f32, 5},
+        {{1, 1024, 14, 14}, bnorm::dtype::f32, 4},
+        {{1, 2048, 7, 7}, bnorm::dtype::bf16, 2}}) {
     const bnorm::detail::partition p = part(shape, type);
     EXPECT_EQ(p.training, bnorm::detail::training_schedule::fused_column_blocks);
-    EXPECT_EQ(p.inference, inference);
-    EXPECT_EQ(p.row_tasks, inference == inference_schedule::row_tasks ? 2u : 0u);
     EXPECT_EQ(p.column_blocks, blocks);
     EXPECT_GE(p.block_width * p.element_size, blocks >= 4 ? 1024u : 2048u);
     EXPECT_GE(p.column_blocks * p.block_width * p.element_size, 4096u);
@@ -414,9 +415,7 @@ TEST(Schedule, FusedColumnBlocksCoverAPageOfEachRow) {
        {std::pair<bnorm::tensor_shape, bnorm::dtype>{{1, 512, 14, 14}, bnorm::dtype::f32},
         {{1, 1024, 14, 14}, bnorm::dtype::bf16},
         {{1, 256, 7, 7}, bnorm::dtype::f32}}) {
-    const bnorm::detail::partition p = part(shape, type);
-    EXPECT_EQ(p.training, bnorm::detail::training_schedule::two_passes);
-    EXPECT_EQ(p.inference, bnorm::detail::inference_schedule::row_chunks);
+    EXPECT_EQ(part(shape, type).training, bnorm::detail::training_schedule::two_passes);
   }
   // A block up to a quarter of L2: (4,2048,7,7)'s four 392 KiB blocks of 2 KiB rows fit a 2 MiB
   // L2's; with 1 MiB, eight of 1 KiB rows (196 KiB), for training alone; (8,2048,7,7)'s eight
@@ -425,17 +424,49 @@ TEST(Schedule, FusedColumnBlocksCoverAPageOfEachRow) {
   const bnorm::problem four_images{{4, 2048, 7, 7}, layout::channels_last};
   const bnorm::detail::partition wide = plan_partition(four_images, {}, id, reference_caches);
   EXPECT_EQ(wide.training, bnorm::detail::training_schedule::fused_column_blocks);
-  EXPECT_EQ(wide.inference, inference_schedule::row_tasks);
-  EXPECT_EQ(wide.row_tasks, 2u);
-  EXPECT_EQ(wide.rows_per_row_task, 98u);  // 196 rows
   EXPECT_EQ(wide.column_blocks, 4u);
   const bnorm::detail::partition narrow = plan_partition(four_images, {}, id, one_mib);
   EXPECT_EQ(narrow.training, bnorm::detail::training_schedule::fused_column_blocks);
-  EXPECT_EQ(narrow.inference, inference_schedule::row_chunks);
   EXPECT_EQ(narrow.column_blocks, 8u);
   const bnorm::problem eight_images{{8, 2048, 7, 7}, layout::channels_last};
   EXPECT_EQ(plan_partition(eight_images, {}, id, one_mib).training,
             bnorm::detail::training_schedule::two_passes);
+}
+
+TEST(Schedule, InferenceTakesRowTasksWhereTheRowsAreFew) {
+  // Up to 512 rows of C slots, of a tensor up to two cores' L2: two tasks of whole rows, each
+  // working out every coefficient in its own copy; otherwise row chunks, the coefficients
+  // worked out first.
+  const bnorm::isa id = isas_under_test().front();
+  const bnorm::detail::cache_sizes one_mib{1u << 20, 32u << 20};
+  using bnorm::detail::inference_schedule;
+  const auto part = [&](bnorm::tensor_shape shape, bnorm::dtype type) {
+    return plan_partition({shape, layout::channels_last, type}, {}, id, one_mib);
+  };
+  for (const auto& [shape, type, rows_per_task] :
+       {std::tuple<bnorm::tensor_shape, bnorm::dtype, std::size_t>{
+            {1, 2048, 7, 7}, bnorm::dtype::f32, 25},
+        {{1, 1024, 14, 14}, bnorm::dtype::f32, 98},
+        {{2, 1024, 14, 14}, bnorm::dtype::f32, 196},
+        {{4, 2048, 7, 7}, bnorm::dtype::f32, 98},
+        {{1, 1024, 14, 14}, bnorm::dtype::bf16, 98},
+        {{1, 256, 512}, bnorm::dtype::f32, 256},      // the most rows
+        {{1, 2048, 16, 16}, bnorm::dtype::f32, 128},  // 2 MiB: two L2s
+        {{1, 2048, 16, 16}, bnorm::dtype::f16, 128}}) {
+    const bnorm::detail::partition p = part(shape, type);
+    EXPECT_EQ(p.inference, inference_schedule::row_tasks) << describe(p);
+    EXPECT_EQ(p.row_tasks, 2u);
+    EXPECT_EQ(p.rows_per_row_task, rows_per_task);
+  }
+  for (const auto& [shape, type] :
+       {std::pair<bnorm::tensor_shape, bnorm::dtype>{{1, 256, 513}, bnorm::dtype::f32},
+        {{1, 2048, 16, 17}, bnorm::dtype::f32},  // past two L2s
+        {{1, 512, 28, 28}, bnorm::dtype::f32},
+        {{64, 4}, bnorm::dtype::f32}}) {  // rows of 4 channels: periods of several rows
+    const bnorm::detail::partition p = part(shape, type);
+    EXPECT_EQ(p.inference, inference_schedule::row_chunks) << describe(p);
+    EXPECT_EQ(p.row_tasks, 0u);
+  }
 }
 
 TEST(Schedule, ShortPlanesFuseAsManyChannelsAsHalfAnL1Holds) {
