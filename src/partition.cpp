@@ -64,15 +64,14 @@ constexpr std::size_t enough_row_chunks = 16;
 constexpr std::size_t finalize_channels_per_task = 512;
 // Few rows of many channels: inference in two tasks of whole rows, each working out its own
 // copy of the coefficients (see inference_schedule::row_tasks), where the rows are at most
-// max_inference_row_task_rows and the tensor fits in inference_row_task_l2s cores' L2: the
-// coefficients are then a share of the traffic that costs more to send from the core that
-// worked them out to the other than to work out again on it. Two: a call of such a tensor
-// takes a few microseconds, which more cores would spend waking up and computing the
-// coefficients again (docs/design.md, "Small channels-last inference on two threads", and
-// "Inference row tasks for up to 512 rows (stop 45)": 392 rows gained, 784 did not).
+// max_inference_row_task_rows and the tensor fits in a core's L2: the coefficients are then a
+// share of the traffic that costs more to send from the core that worked them out to the
+// other than to work out again on it. Two: a call of such a tensor takes a few microseconds,
+// which more cores would spend waking up and computing the coefficients again (docs/design.md,
+// "Small channels-last inference on two threads" and "Inference in row tasks up to a core's
+// L2 (stop 45)").
 constexpr std::size_t row_tasks_for_inference = 2;
 constexpr std::size_t max_inference_row_task_rows = 512;
-constexpr std::size_t inference_row_task_l2s = 2;
 // Inference's coefficients alone (a square root and a division per channel, in float64 vectors)
 // take about a microsecond for this many channels: less than waking a worker, so they are one
 // task (docs/design.md).
@@ -270,7 +269,7 @@ bool make_partition(const problem& prob, const plan_options& options, std::size_
     std::size_t fused_width = block_width(min_fused_block_row_bytes, min_fused_blocks);
     inference_row_tasks = p.period == p.channels && p.rows > 0 &&
                           p.rows <= max_inference_row_task_rows &&
-                          p.elements * p.element_size <= inference_row_task_l2s * caches.l2_bytes;
+                          p.elements * p.element_size <= caches.l2_bytes;
     if (fused_width == 0) fused_width = block_width(min_narrow_block_row_bytes, min_narrow_blocks);
     if (fused_width == 0) fused_width = block_width(min_fused_block_row_bytes, min_few_blocks);
     if (fused_width > 0) {
