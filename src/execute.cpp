@@ -146,6 +146,7 @@ class training_step {
         break;
       case training_schedule::fused_planes:
       case training_schedule::fused_column_blocks: fused_training(); return;
+      case training_schedule::row_tasks: row_task_training(); return;
       case training_schedule::two_passes:
         two_pass_statistics();
         map_pass(plan_, normalize());
@@ -160,6 +161,7 @@ class training_step {
       case training_schedule::direct: tiny_statistics(); break;
       case training_schedule::fused_planes:
       case training_schedule::fused_column_blocks:
+      case training_schedule::row_tasks:  // the column blocks: the same sums, in one pass
         fused_pass(plan_, [this](std::size_t c0, std::size_t c1) {
           compute_pivots(c0, c1);
           statistics_of(c0, c1,
@@ -419,6 +421,52 @@ class training_step {
       throw;
     }
     count_step(update);
+  }
+
+  /// training_schedule::row_tasks: each body of tasks [b, e) takes every channel's statistics
+  /// over all the rows in task b's copy of the arrays (on one thread, once for all the tasks)
+  /// and normalizes the tasks' rows; task 0's body commits, journaled as the fused schedules'
+  /// blocks are; the step counter last.
+  void row_task_training() {
+    const running_update update = this_step();
+    T* const outputs[] = {static_cast<T*>(args_.batch_mean.data),
+                          static_cast<T*>(args_.batch_inv_std.data),
+                          update.active ? static_cast<T*>(args_.running_mean.data) : nullptr,
+                          update.active ? static_cast<T*>(args_.running_var.data) : nullptr};
+    const commit_journal<T> journal(outputs, p_.channels, scratch_as<T>(p_.scratch.kept),
+                                    scratch_as<unsigned char>(p_.scratch.committed));
+    const bool journaled = !plan_.threads.runs_inline(p_.row_tasks, 1, p_.serial);
+    if (journaled) journal.open();
+    try {
+      plan_.threads.for_each(p_.row_tasks, 1, p_.serial, [&](std::size_t b, std::size_t e) {
+        training_step task(plan_, args_, scratch_ + b * p_.scratch.training_copy_bytes);
+        task.statistics_and_rows(b * p_.rows_per_row_task,
+                                 std::min(p_.rows, e * p_.rows_per_row_task));
+        if (b == 0) {
+          if (journaled) journal.keep(0, p_.channels);
+          task.commit_channels(update, 0, p_.channels);
+        }
+      });
+    } catch (...) {
+      if (journaled) journal.restore();
+      throw;
+    }
+    count_step(update);
+  }
+
+  /// A row task: every channel's statistics over all the rows, as one fused column block of
+  /// all the channels takes them (the same bits), then rows [r0, r1) normalized.
+  void statistics_and_rows(std::size_t r0, std::size_t r1) {
+    coeffs_.replicate(p_.channels, p_.period, true);  // rows of C slots: the padding alone
+    compute_pivots(0, p_.channels);
+    const finalized all = statistics_of(0, p_.channels, [&] {
+      reduce_channels(p_, statistics(), 0, p_.channels, mean_, variance_);
+    });
+    if (r0 < r1) {
+      make_normalize(plan_, src_, dst_, args_.residual, coeffs_.readable, all.prescaled,
+                     plan_.epilogue<T>(), streams_)
+          .rows(r0 * p_.period, r1 - r0, p_.period, 0);
+    }
   }
 
   /// The batch statistics, the running statistics, then the step counter: the only writes to

@@ -195,10 +195,7 @@ class gradient_step {
   }
 
  private:
-  bool fused() const {
-    return p_.training == training_schedule::fused_planes ||
-           p_.training == training_schedule::fused_column_blocks;
-  }
+  bool fused() const { return p_.fused_backward; }
 
   /// The centers of the sums and of dx: the mean per channel, per slot for rows (slot j is
   /// channel j % C).

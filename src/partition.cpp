@@ -156,8 +156,14 @@ bool lay_out_scratch(partition& p) {
   s.mean = take(bytes_of(p.channels, sizeof(double)));
   s.variance = take(bytes_of(p.channels, sizeof(double)));
   s.inv_std = take(bytes_of(p.channels, sizeof(double)));
+  if (p.training == training_schedule::row_tasks) {
+    // Every array so far once more for each task after the first.
+    s.training_copy_bytes = offset;
+    take(bytes_of(p.row_tasks - 1, s.training_copy_bytes));
+  }
   const bool journal = p.training == training_schedule::fused_planes ||
-                       p.training == training_schedule::fused_column_blocks;
+                       p.training == training_schedule::fused_column_blocks ||
+                       p.training == training_schedule::row_tasks;
   s.kept = take(bytes_of(journal ? 4 * p.channels : 0, p.value_size));
   s.committed = take(bytes_of(journal ? p.channels : 0, 1));
   s.training_bytes = offset;
@@ -306,30 +312,34 @@ bool make_partition(const problem& prob, const plan_options& options, std::size_
   }
   if (p.elements <= tiny_elements) {
     p.training = training_schedule::direct;
+  } else if (fused && p.kind == traversal::planes) {
+    p.training = training_schedule::fused_planes;
   } else if (fused) {
-    p.training = p.kind == traversal::planes ? training_schedule::fused_planes
-                                             : training_schedule::fused_column_blocks;
+    p.training =
+        inference_row_tasks ? training_schedule::row_tasks : training_schedule::fused_column_blocks;
   } else {
     p.training = training_schedule::two_passes;
   }
+  p.fused_backward = fused && p.training != training_schedule::direct;
   // Training and the backward on more than one thread keep their output cached while the
   // tensors counted fit in one core's L2, half of two cores': the call then stays in the cores'
   // caches, where streamed stores send the output to memory. Not column blocks: a block of a row
   // is a slice of each row, and its lines fall in a share of the L2's sets.
-  const auto streams_in_parallel = [&](std::size_t tensors_counted) {
+  const auto streams_in_parallel = [&](std::size_t tensors_counted, bool column_blocks) {
     return p.stream_training_stores &&
-           !(p.training != training_schedule::fused_column_blocks &&
-             options.stores == store_policy::automatic &&
+           !(!column_blocks && options.stores == store_policy::automatic &&
              tensors_counted * p.elements * p.element_size <= caches.l2_bytes);
   };
+  const bool interleaved_fused_backward = p.fused_backward && p.kind == traversal::interleaved;
   // Training counts all its tensors: x, y and an add+ReLU's residual (docs/design.md,
   // "Training's stores on two threads").
   p.stream_parallel_training_stores =
-      streams_in_parallel(options.activation == activation::add_relu ? 3 : 2);
+      streams_in_parallel(options.activation == activation::add_relu ? 3 : 2,
+                          p.training == training_schedule::fused_column_blocks);
   // The backward counts the two it reads twice, x and dy: at 1 MiB of float32 each, dx streamed
   // was slower in rows and planes alike, from 1.5 MiB faster (docs/design.md, "The backward's
   // stores on two threads").
-  p.stream_parallel_backward_stores = streams_in_parallel(2);
+  p.stream_parallel_backward_stores = streams_in_parallel(2, interleaved_fused_backward);
   p.channels_per_finalize_task = finalize_channels_per_task;
   p.channels_per_coefficient_task = coefficient_channels_per_task;
   return lay_out_scratch(p);
@@ -355,6 +365,12 @@ std::string describe(const partition& p) {
       break;
     case training_schedule::fused_column_blocks:
       out += text("fused column blocks, %zu × %zu channels", p.column_blocks, p.block_width);
+      break;
+    case training_schedule::row_tasks:
+      out += text(
+          "%zu row tasks, each with every channel's statistics (backward: fused column "
+          "blocks, %zu × %zu channels)",
+          p.row_tasks, p.column_blocks, p.block_width);
       break;
     case training_schedule::two_passes:
       if (p.kind == traversal::planes) {

@@ -28,6 +28,12 @@ enum class training_schedule {
   /// Channels-last, few rows of many channels: blocks of whole channels over all the rows,
   /// statistics and normalization back to back, in one parallel pass.
   fused_column_blocks,
+  /// Channels-last, few rows of many channels, where inference takes row tasks: row_tasks
+  /// tasks of whole rows, each taking every channel's statistics over all the rows into a copy
+  /// of its own (the bits of the fused column blocks) before normalizing its rows, the first
+  /// committing them. No core writes part of a row another writes, nor reads what another
+  /// wrote in the call (docs/design.md, "Training in row tasks (stop 45)").
+  row_tasks,
   /// A statistics pass (partial sums per unit, merged in a fixed order), then a normalize pass.
   two_passes,
 };
@@ -66,11 +72,17 @@ struct scratch_layout {
   std::size_t coeff_stride = 0;
   std::size_t training_bytes = 0;
   std::size_t inference_bytes = 0;  // the coefficients, laid out first
+  // training_schedule::row_tasks: task t's arrays (all of the above but the journal) start
+  // t·training_copy_bytes on; 0 under other schedules.
+  std::size_t training_copy_bytes = 0;
 };
 
 struct partition {
   traversal kind = traversal::planes;
   training_schedule training = training_schedule::two_passes;
+  // The backward's reduce and map in one pass over blocks of whole channels that stay in
+  // cache (planes in groups, or column blocks): where training fuses, or takes row tasks.
+  bool fused_backward = false;
   inference_schedule inference = inference_schedule::row_chunks;
   std::size_t batch = 0;         // N
   std::size_t channels = 0;      // C
@@ -127,8 +139,8 @@ struct partition {
   // better than short column blocks (docs/design.md).
   std::size_t map_rows_per_chunk = 0;
   std::size_t map_row_chunk_count = 0;
-  // inference_schedule::row_tasks: so many tasks of whole rows, task t covering rows
-  // [t·rows_per_row_task, ...) (both 0 under other schedules).
+  // inference_schedule::row_tasks (and training_schedule::row_tasks): so many tasks of whole
+  // rows, task t covering rows [t·rows_per_row_task, ...) (both 0 under other schedules).
   std::size_t row_tasks = 0;
   std::size_t rows_per_row_task = 0;
 

@@ -56,13 +56,19 @@ const schedule_case schedule_cases[] = {
     {"few_wide_rows",
      {1, 2048, 7, 7},
      layout::channels_last,
-     "training: fused column blocks",
+     "training: 2 row tasks, each with every channel's statistics (backward: fused column "
+     "blocks, 4 × 512 channels)",
      "inference: 2 row tasks"},
-    {"few_rows_of_1k_channels",  // four 1 KiB blocks: fused training, inference in row tasks
+    {"few_rows_of_1k_channels",  // four 1 KiB blocks for the backward, row tasks
      {1, 1024, 14, 14},
      layout::channels_last,
-     "training: fused column blocks",
+     "training: 2 row tasks",
      "inference: 2 row tasks"},
+    {"column_blocks_past_the_l2",  // 4 MiB: training and the backward in eight 2 KiB blocks
+     {256, 4096},
+     layout::channels_last,
+     "training: fused column blocks, 8 × 512 channels",
+     "inference: row chunks"},
     {"rows_past_row_tasks",  // 513 rows of 256 channels: inference in row chunks
      {1, 256, 513},
      layout::channels_last,
@@ -187,13 +193,14 @@ TEST(Schedule, CacheSizesDecideWhatStaysInCache) {
   EXPECT_FALSE(plan_partition(four_mib, cached, id, {2u << 20, 8u << 20}).stream_training_stores);
   // Training on more than one thread keeps y cached while the call's tensors fit in one L2 (half
   // of two cores'), except in column blocks; at 1 MiB of x in an 8 MiB last level and 2 MiB L2s,
-  // one thread streams.
+  // one thread streams. (256, 1024) takes row tasks, whole rows; (256, 4096), past the L2, the
+  // column blocks.
   const bnorm::detail::cache_sizes host{2u << 20, 8u << 20};
   const auto training_streams = [&](const bnorm::problem& prob, const bnorm::plan_options& opts) {
     const bnorm::detail::partition p = plan_partition(prob, opts, id, host);
     return std::make_pair(p.stream_training_stores, p.stream_parallel_training_stores);
   };
-  const bnorm::problem narrow_rows{{65536, 4}}, wide_rows{{256, 1024}},
+  const bnorm::problem narrow_rows{{65536, 4}}, wide_rows{{256, 1024}}, wider_rows{{256, 4096}},
       planes{{16, 16, 32, 32}, layout::channels_first};
   EXPECT_EQ(plan_partition(narrow_rows, {}, id, host).training,
             bnorm::detail::training_schedule::two_passes);
@@ -201,8 +208,11 @@ TEST(Schedule, CacheSizesDecideWhatStaysInCache) {
   EXPECT_EQ(training_streams(planes, {}), std::make_pair(true, false));
   EXPECT_EQ(training_streams({{131072, 4}}, {}), std::make_pair(true, true));  // 2 MiB
   EXPECT_EQ(plan_partition(wide_rows, {}, id, host).training,
+            bnorm::detail::training_schedule::row_tasks);
+  EXPECT_EQ(training_streams(wide_rows, {}), std::make_pair(true, false));
+  EXPECT_EQ(plan_partition(wider_rows, {}, id, host).training,
             bnorm::detail::training_schedule::fused_column_blocks);
-  EXPECT_EQ(training_streams(wide_rows, {}), std::make_pair(true, true));
+  EXPECT_EQ(training_streams(wider_rows, {}), std::make_pair(true, true));
   bnorm::plan_options add_relu;  // x, y and the residual: 3 MiB
   add_relu.activation = bnorm::activation::add_relu;
   EXPECT_EQ(training_streams(narrow_rows, add_relu), std::make_pair(true, true));
@@ -405,7 +415,8 @@ TEST(Schedule, FusedColumnBlocksCoverAPageOfEachRow) {
         {{1, 1024, 14, 14}, bnorm::dtype::f32, 4},
         {{1, 2048, 7, 7}, bnorm::dtype::bf16, 2}}) {
     const bnorm::detail::partition p = part(shape, type);
-    EXPECT_EQ(p.training, bnorm::detail::training_schedule::fused_column_blocks);
+    EXPECT_TRUE(p.fused_backward);
+    EXPECT_EQ(p.training, bnorm::detail::training_schedule::row_tasks);  // within the L2
     EXPECT_EQ(p.column_blocks, blocks);
     EXPECT_GE(p.block_width * p.element_size, blocks >= 4 ? 1024u : 2048u);
     EXPECT_GE(p.column_blocks * p.block_width * p.element_size, 4096u);
@@ -423,7 +434,8 @@ TEST(Schedule, FusedColumnBlocksCoverAPageOfEachRow) {
   const bnorm::detail::cache_sizes one_mib{1u << 20, 32u << 20};
   const bnorm::problem four_images{{4, 2048, 7, 7}, layout::channels_last};
   const bnorm::detail::partition wide = plan_partition(four_images, {}, id, reference_caches);
-  EXPECT_EQ(wide.training, bnorm::detail::training_schedule::fused_column_blocks);
+  EXPECT_EQ(wide.training, bnorm::detail::training_schedule::row_tasks);  // within the L2
+  EXPECT_TRUE(wide.fused_backward);
   EXPECT_EQ(wide.column_blocks, 4u);
   const bnorm::detail::partition narrow = plan_partition(four_images, {}, id, one_mib);
   EXPECT_EQ(narrow.training, bnorm::detail::training_schedule::fused_column_blocks);
@@ -467,6 +479,44 @@ TEST(Schedule, InferenceTakesRowTasksWhereTheRowsAreFew) {
     EXPECT_EQ(p.inference, inference_schedule::row_chunks) << describe(p);
     EXPECT_EQ(p.row_tasks, 0u);
   }
+}
+
+TEST(Schedule, TrainingTakesRowTasksWhereInferenceDoesAndTheBlocksFuse) {
+  // Where inference takes row tasks and training would fuse column blocks, training takes the
+  // row tasks too, each with every channel's statistics; the backward keeps the blocks. Where
+  // the blocks do not fuse, both paths of training stay in two passes.
+  const bnorm::isa id = isas_under_test().front();
+  const bnorm::detail::cache_sizes one_mib{1u << 20, 32u << 20};
+  const auto part = [&](bnorm::tensor_shape shape) {
+    return plan_partition({shape, layout::channels_last}, {}, id, one_mib);
+  };
+  using bnorm::detail::training_schedule;
+  const bnorm::detail::partition tasks = part({1, 1024, 14, 14});
+  EXPECT_EQ(tasks.training, training_schedule::row_tasks);
+  EXPECT_EQ(tasks.row_tasks, 2u);
+  EXPECT_EQ(tasks.rows_per_row_task, 98u);
+  EXPECT_TRUE(tasks.fused_backward);
+  EXPECT_EQ(tasks.column_blocks, 4u);
+  // Each task's arrays, and one journal of the commit.
+  EXPECT_GE(tasks.scratch.training_copy_bytes, tasks.scratch.inv_std + 1024 * sizeof(double));
+  EXPECT_GE(tasks.scratch.kept, 2 * tasks.scratch.training_copy_bytes);
+  EXPECT_NE(describe(tasks).find("training: 2 row tasks, each with every channel's statistics "
+                                 "(backward: fused column blocks, 4 × 256 channels)"),
+            std::string::npos)
+      << describe(tasks);
+  // Four images: past the L2, the column blocks (eight of 1 KiB) for both.
+  const bnorm::detail::partition blocks = part({4, 2048, 7, 7});
+  EXPECT_EQ(blocks.training, training_schedule::fused_column_blocks);
+  EXPECT_TRUE(blocks.fused_backward);
+  EXPECT_EQ(blocks.scratch.training_copy_bytes, 0u);
+  // Rows of 512 channels: inference in row tasks, training in two passes.
+  const bnorm::detail::partition passes = part({1, 512, 14, 14});
+  EXPECT_EQ(passes.inference, bnorm::detail::inference_schedule::row_tasks);
+  EXPECT_EQ(passes.training, training_schedule::two_passes);
+  EXPECT_FALSE(passes.fused_backward);
+  // Channels-first planes fuse the backward with the training.
+  EXPECT_TRUE(
+      plan_partition({{8, 64, 28, 28}, layout::channels_first}, {}, id, one_mib).fused_backward);
 }
 
 TEST(Schedule, ShortPlanesFuseAsManyChannelsAsHalfAnL1Holds) {
