@@ -68,8 +68,8 @@ constexpr std::size_t finalize_channels_per_task = 512;
 // share of the traffic that costs more to send from the core that worked them out to the
 // other than to work out again on it. Two: a call of such a tensor takes a few microseconds,
 // which more cores would spend waking up and computing the coefficients again (docs/design.md,
-// "Small channels-last inference on two threads" and "Inference in row tasks up to a core's
-// L2 (stop 45)").
+// "Small channels-last inference on two threads" and "Row tasks for few rows of many channels
+// (stop 45)").
 constexpr std::size_t row_tasks_for_inference = 2;
 constexpr std::size_t max_inference_row_task_rows = 512;
 // Inference's coefficients alone (a square root and a division per channel, in float64 vectors)

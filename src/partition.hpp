@@ -32,7 +32,7 @@ enum class training_schedule {
   /// tasks of whole rows, each taking every channel's statistics over all the rows into a copy
   /// of its own (the bits of the fused column blocks) before normalizing its rows, the first
   /// committing them. No core writes part of a row another writes, nor reads what another
-  /// wrote in the call (docs/design.md, "Training in row tasks (stop 45)").
+  /// wrote in the call (docs/design.md, "Row tasks for few rows of many channels (stop 45)").
   row_tasks,
   /// A statistics pass (partial sums per unit, merged in a fixed order), then a normalize pass.
   two_passes,
