@@ -403,12 +403,7 @@ class training_step {
   /// last.
   void fused_training() {
     const running_update update = this_step();
-    T* const outputs[] = {static_cast<T*>(args_.batch_mean.data),
-                          static_cast<T*>(args_.batch_inv_std.data),
-                          update.active ? static_cast<T*>(args_.running_mean.data) : nullptr,
-                          update.active ? static_cast<T*>(args_.running_var.data) : nullptr};
-    const commit_journal<T> journal(outputs, p_.channels, scratch_as<T>(p_.scratch.kept),
-                                    scratch_as<unsigned char>(p_.scratch.committed));
+    const commit_journal<T> journal = journal_of(update);
     const bool journaled = !fused_pass_runs_inline(plan_);
     if (journaled) journal.open();
     try {
@@ -429,12 +424,7 @@ class training_step {
   /// blocks are; the step counter last.
   void row_task_training() {
     const running_update update = this_step();
-    T* const outputs[] = {static_cast<T*>(args_.batch_mean.data),
-                          static_cast<T*>(args_.batch_inv_std.data),
-                          update.active ? static_cast<T*>(args_.running_mean.data) : nullptr,
-                          update.active ? static_cast<T*>(args_.running_var.data) : nullptr};
-    const commit_journal<T> journal(outputs, p_.channels, scratch_as<T>(p_.scratch.kept),
-                                    scratch_as<unsigned char>(p_.scratch.committed));
+    const commit_journal<T> journal = journal_of(update);
     const bool journaled = !plan_.threads.runs_inline(p_.row_tasks, 1, p_.serial);
     if (journaled) journal.open();
     try {
@@ -495,6 +485,17 @@ class training_step {
     if (update.active && args_.num_batches_tracked) {
       *args_.num_batches_tracked = update.batches_tracked;
     }
+  }
+
+  /// The journal of the commits a parallel pass makes (commit_journal.hpp): the batch
+  /// statistics, and the running ones where this step updates them.
+  commit_journal<T> journal_of(const running_update& update) const {
+    T* const outputs[] = {static_cast<T*>(args_.batch_mean.data),
+                          static_cast<T*>(args_.batch_inv_std.data),
+                          update.active ? static_cast<T*>(args_.running_mean.data) : nullptr,
+                          update.active ? static_cast<T*>(args_.running_var.data) : nullptr};
+    return {outputs, p_.channels, scratch_as<T>(p_.scratch.kept),
+            scratch_as<unsigned char>(p_.scratch.committed)};
   }
 
   /// Channels [c0, c1) of the batch and running statistics.
