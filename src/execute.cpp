@@ -84,12 +84,13 @@ struct normalize_map {
   S* dst;
   const S* residual;  // add_relu's z, else null
   std::size_t period;
+  std::size_t residual_read_ahead_bytes;  // 0, or the fused planes' (see fused_block)
   kernels::normalize_params<T> params;
 
   void planes(std::size_t at, std::size_t len, std::size_t planes, std::size_t stride,
               std::size_t channels, std::size_t first) const {
     kern.plane_normalize(src + at, dst + at, residual ? residual + at : nullptr,
-                         {len, planes, stride, channels}, params, first);
+                         {len, planes, stride, channels, residual_read_ahead_bytes}, params, first);
   }
   void rows(std::size_t at, std::size_t rows, std::size_t width, std::size_t first) const {
     kern.interleaved_normalize(src + at, dst + at, residual ? residual + at : nullptr,
@@ -110,6 +111,7 @@ normalize_map<S> make_normalize(const plan_impl& plan, const S* src, S* dst, con
       dst,
       static_cast<const S*>(residual),
       plan.part.period,
+      0,
       {coeffs, prescaled, streams_into(dst, stream), post},
   };
 }
@@ -254,10 +256,12 @@ class training_step {
       compute_pivots(c0, c1);
       const finalized block = statistics_of(
           c0, c1, [&] { reduce_channels(p_, statistics(), c0, c1, mean_, variance_); });
-      map_channels(p_,
-                   make_normalize(plan_, src_, dst_, args_.residual, coeffs_.readable,
-                                  block.prescaled, plan_.epilogue<T>(), streams_),
-                   c0, c1, c0);
+      normalize_map<S> normalize =
+          make_normalize(plan_, src_, dst_, args_.residual, coeffs_.readable, block.prescaled,
+                         plan_.epilogue<T>(), streams_);
+      // x comes from cache here, the residual from memory (partition::residual_read_ahead_bytes).
+      normalize.residual_read_ahead_bytes = p_.residual_read_ahead_bytes;
+      map_channels(p_, normalize, c0, c1, c0);
     };
   }
 

@@ -321,6 +321,14 @@ bool make_partition(const problem& prob, const plan_options& options, std::size_
     p.training = training_schedule::two_passes;
   }
   p.fused_backward = fused && p.training != training_schedule::direct;
+  // The fused planes read x the second time from cache, but add+ReLU's residual once, from
+  // memory, along each channel's planes: runs C·spatial apart, at each of which the hardware
+  // prefetcher starts anew. Where the runs are shorter than the reads ahead, fetched ahead
+  // (docs/design.md, "The residual along the planes (stop 46)").
+  if (p.training == training_schedule::fused_planes && options.activation == activation::add_relu &&
+      p.statistics_read_ahead_bytes > 0 && p.spatial * p.element_size <= read_ahead_bytes) {
+    p.residual_read_ahead_bytes = read_ahead_bytes;
+  }
   // Training and the backward on more than one thread keep their output cached while the
   // tensors counted fit in one core's L2, half of two cores': the call then stays in the cores'
   // caches, where streamed stores send the output to memory. Not column blocks: a block of a row
@@ -434,6 +442,9 @@ std::string describe(const partition& p) {
   if (p.statistics_read_ahead_bytes > 0) {
     out += text(" · reads %zu KiB ahead", p.statistics_read_ahead_bytes / 1024);
     if (p.gradient_read_ahead_bytes == 0) out += " (not the backward)";
+  }
+  if (p.residual_read_ahead_bytes > 0) {
+    out += text(" · the residual's planes %zu KiB ahead", p.residual_read_ahead_bytes / 1024);
   }
   out += p.serial ? " · calling thread" : " · parallel";
   return out;

@@ -108,6 +108,9 @@ struct partition {
   /// statistics', and the backward sums'.
   std::size_t statistics_read_ahead_bytes = 0;
   std::size_t gradient_read_ahead_bytes = 0;
+  /// How far ahead the fused planes' map fetches add+ReLU's residual along a channel's planes
+  /// where it streams (kernels::run_fetch; 0: not at all).
+  std::size_t residual_read_ahead_bytes = 0;
   /// Fused planes: channels per group (statistics, then normalization), as many as fit in
   /// an eighth of a core's L2, at most 16, or more where they fit in half an L1.
   std::size_t fused_group = 1;

@@ -20,12 +20,19 @@ struct epilogue_case {
 };
 
 const epilogue_case cases[] = {
-    {{64, 48}, layout::channels_last},          {{3, 5, 37}, layout::channels_first},
-    {{3, 5, 37}, layout::channels_last},        {{2, 64, 7, 7}, layout::channels_first},
-    {{2, 64, 7, 7}, layout::channels_last},     {{1, 1024, 7, 7}, layout::channels_last},
-    {{2, 3, 4, 9, 11}, layout::channels_first}, {{2, 3, 4, 9, 11}, layout::channels_last},
-    {{8, 16, 64, 64}, layout::channels_first},  {{4, 96, 20, 20}, layout::channels_last},
+    {{64, 48}, layout::channels_last},
+    {{3, 5, 37}, layout::channels_first},
+    {{3, 5, 37}, layout::channels_last},
+    {{2, 64, 7, 7}, layout::channels_first},
+    {{2, 64, 7, 7}, layout::channels_last},
+    {{1, 1024, 7, 7}, layout::channels_last},
+    {{2, 3, 4, 9, 11}, layout::channels_first},
+    {{2, 3, 4, 9, 11}, layout::channels_last},
+    {{8, 16, 64, 64}, layout::channels_first},
+    {{4, 96, 20, 20}, layout::channels_last},
     {{1, 2048, 7, 7}, layout::channels_last},  // inference in row tasks, training in column blocks
+    // 4 MiB of 8 KiB planes: the fused planes fetch add+ReLU's residual ahead (a 32 MiB L3).
+    {{32, 16, 32, 64}, layout::channels_first},
 };
 
 /// The activation applied to the plain forward's output, in T, as the fused one must give it.

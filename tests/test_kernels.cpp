@@ -1233,7 +1233,8 @@ TYPED_TEST(KernelTester, ChannelGradientsPrescaleExtremeChannels) {
 }
 
 // The map kernels' epilogues over tails, forms and stores: each element the plain kernel's
-// value through the activation, to the bit; add+ReLU in place over its residual too.
+// value through the activation, to the bit; add+ReLU in place over its residual too, and over
+// planes fetching the residual ahead (within a plane, into the next, past the tensor's end).
 TYPED_TEST(KernelTester, NormalizeEpiloguesOverTails) {
   using T = TypeParam;
   using kind = kernels::epilogue_kind;
@@ -1249,8 +1250,8 @@ TYPED_TEST(KernelTester, NormalizeEpiloguesOverTails) {
             const std::vector<T> z = this->data(x.size(), 0.0, 1.0, n + 5);
             const coefficient_buffers<T> coeffs(channels * n, 1);
             const auto expect = [&](const std::vector<T>& plain, const std::vector<T>& got,
-                                    const char* kernel) {
-              for (std::size_t i = offset; i < offset + channels * n; ++i) {
+                                    std::size_t count, const char* kernel) {
+              for (std::size_t i = offset; i < offset + count; ++i) {
                 T want = plain[i];
                 if (e == kind::add_relu) want = want + z[i];
                 if (e == kind::clamp) {
@@ -1261,7 +1262,8 @@ TYPED_TEST(KernelTester, NormalizeEpiloguesOverTails) {
                 ASSERT_EQ(got[i], want) << kernel << " n " << n << " stream " << stream;
               }
             };
-            // Planes: `channels` channels of one plane of n values.
+            // Planes: `channels` channels of one plane of n values, then of two planes
+            // (channels·n apart) whose residual is fetched a line or 16 KiB ahead.
             std::vector<T> plain(x.size(), T(-77)), got = in_place ? z : plain;
             const kernels::normalize_params<T> plain_params{coeffs.view(), false, stream, {}};
             const kernels::normalize_params<T> params{coeffs.view(), false, stream, post};
@@ -1269,7 +1271,17 @@ TYPED_TEST(KernelTester, NormalizeEpiloguesOverTails) {
                               {n, 1, 0, channels}, plain_params, 0);
             k.plane_normalize(x.data() + offset, got.data() + offset,
                               (in_place ? got : z).data() + offset, {n, 1, 0, channels}, params, 0);
-            expect(plain, got, "plane_normalize");
+            expect(plain, got, channels * n, "plane_normalize");
+            for (const std::size_t ahead : {std::size_t{64}, std::size_t{16384}}) {
+              plain.assign(x.size(), T(-77));
+              got = in_place ? z : plain;
+              const kernels::plane_block block{n, 2, channels * n, channels, ahead};
+              k.plane_normalize(x.data() + offset, plain.data() + offset, nullptr,
+                                {n, 2, channels * n, channels}, plain_params, 0);
+              k.plane_normalize(x.data() + offset, got.data() + offset,
+                                (in_place ? got : z).data() + offset, block, params, 0);
+              expect(plain, got, 2 * channels * n, "plane_normalize fetching ahead");
+            }
             // Rows: one row of channels·n slots.
             plain.assign(x.size(), T(-77));
             got = in_place ? z : plain;
@@ -1278,7 +1290,7 @@ TYPED_TEST(KernelTester, NormalizeEpiloguesOverTails) {
             k.interleaved_normalize(x.data() + offset, got.data() + offset,
                                     (in_place ? got : z).data() + offset,
                                     {1, channels * n, channels * n}, params, 0);
-            expect(plain, got, "interleaved_normalize");
+            expect(plain, got, channels * n, "interleaved_normalize");
           }
         }
       }

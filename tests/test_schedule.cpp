@@ -281,6 +281,42 @@ TEST(Schedule, ReducePassesReadAheadFromMemory) {
   EXPECT_EQ(describe(plan_partition(rows_below, {}, id, caches)).find("ahead"), std::string::npos);
 }
 
+// The fused planes fetch add+ReLU's residual ahead where it comes from memory in runs shorter
+// than the reads ahead; not inference, not plain or ReLU plans, not long planes or cached
+// tensors, not rows.
+TEST(Schedule, FusedPlanesFetchTheResidualAheadWhereItsRunsAreShort) {
+  const bnorm::isa id = isas_under_test().front();
+  const bnorm::detail::cache_sizes caches{1u << 20, 32u << 20};
+  bnorm::plan_options add_relu, relu;
+  add_relu.activation = bnorm::activation::add_relu;
+  relu.activation = bnorm::activation::relu;
+  const bnorm::problem short_planes{{64, 128, 1024}, layout::channels_first},
+      plane_of_16_kib{{8, 256, 64, 64}, layout::channels_first},
+      long_planes{{2, 32, 16, 56, 56}, layout::channels_first},
+      in_cache{{2, 64, 32, 32}, layout::channels_first},
+      rows{{64, 1024, 64}, layout::channels_last};
+  const auto ahead = [&](const bnorm::problem& prob, const bnorm::plan_options& opts) {
+    const bnorm::detail::partition p = plan_partition(prob, opts, id, caches);
+    EXPECT_TRUE(p.residual_read_ahead_bytes == 0 ||
+                p.training == bnorm::detail::training_schedule::fused_planes);
+    return p.residual_read_ahead_bytes;
+  };
+  const std::size_t kib16 = 16u << 10;
+  EXPECT_EQ(ahead(short_planes, add_relu), kib16);
+  EXPECT_EQ(ahead(plane_of_16_kib, add_relu), kib16);
+  EXPECT_EQ(ahead({{8, 256, 64, 65}, layout::channels_first}, add_relu), 0u);
+  EXPECT_EQ(ahead(long_planes, add_relu), 0u);
+  EXPECT_EQ(ahead(in_cache, add_relu), 0u);
+  EXPECT_EQ(ahead(rows, add_relu), 0u);
+  EXPECT_EQ(ahead(short_planes, relu), 0u);
+  EXPECT_EQ(ahead(short_planes, {}), 0u);
+  EXPECT_NE(describe(plan_partition(short_planes, add_relu, id, caches))
+                .find(" · the residual's planes 16 KiB ahead · "),
+            std::string::npos);
+  EXPECT_EQ(describe(plan_partition(short_planes, {}, id, caches)).find("residual"),
+            std::string::npos);
+}
+
 // The planner counts on the L3 a machine reports, except where it is more per CPU than any
 // processor has: a guest shown its host's L3 counts on twice its CPUs' L2s.
 TEST(Schedule, CacheSizesCountOnTheL3ACallCanKeep) {

@@ -70,9 +70,10 @@ struct plane_block {
   std::size_t planes = 0;
   std::size_t stride = 0;
   std::size_t channels = 0;
-  /// For the reduce kernels: how far ahead of their use to fetch the lines they read, in bytes
-  /// of all the tensors read together (0: not at all). The planner's choice
-  /// (partition::statistics_read_ahead_bytes, gradient_read_ahead_bytes).
+  /// How far ahead of their use to fetch the lines read from memory, in bytes of all the
+  /// tensors read together (0: not at all): for the reduce kernels, what they sum; for the map,
+  /// add+ReLU's residual, streamed. The planner's choice (partition::statistics_read_ahead_bytes,
+  /// gradient_read_ahead_bytes, residual_read_ahead_bytes).
   std::size_t read_ahead_bytes = 0;
 };
 

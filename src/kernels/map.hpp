@@ -61,6 +61,8 @@ template <form Form, class Arch, class T>
 // out.finish(y, v) is the vector to store at y, and out.finish_partial(y, v, count) the same
 // for a vector of which only the first `count` lanes are stored. add+ReLU reads its residual at y's
 // place in the residual tensor: before anything is stored there (dst may be the residual).
+// out.fetch(y, bytes) fetches the residual's line `bytes` past y's place (see run_fetch);
+// without a residual it does nothing.
 // A kernel that loops over vectors works on its own copy of the output and of the closure
 // that computes: through a reference, the bounds and coefficients might be overwritten by y's
 // stores (may_alias intrinsics), and every vector reloaded them. The kernel makes the copies
@@ -74,6 +76,7 @@ struct identity_output {
   using vec = xsimd::batch<compute_t<S>, Arch>;
   vec finish(const S*, const vec& v) const noexcept { return v; }
   vec finish_partial(const S*, const vec& v, std::size_t) const noexcept { return v; }
+  void fetch(const S*, std::size_t) const noexcept {}
 };
 
 /// ReLU, clamp(lo, hi), or ReLU of the sum with a residual tensor. A NaN stays NaN, as
@@ -97,6 +100,9 @@ struct activation_output {
   vec activate(const vec& v) const noexcept {
     const vec floored = at_least(v, lo);
     return Kind == epilogue_kind::clamp ? at_most(floored, hi) : floored;
+  }
+  void fetch(const S* y, std::size_t bytes) const noexcept {
+    if constexpr (Kind == epilogue_kind::add_relu) fetch_line(residual_at(y), bytes);
   }
   vec finish(const S* y, const vec& v) const noexcept {
     if constexpr (Kind == epilogue_kind::add_relu) {
@@ -207,11 +213,36 @@ void store_run_overlapped(const S* x, S* y, std::size_t begin, std::size_t end,
   store_elements<Arch>(y + last, tail);
 }
 
+/// Where a streamed run fetches its output's residual ahead of its use (add+ReLU along a
+/// channel's planes, runs C·spatial elements apart: the hardware prefetcher starts anew at each
+/// one, and in the fused planes x comes from cache but the residual from memory): element i's
+/// line `within` bytes past i until i reaches `next_at`, then `into_next` bytes past i, in the
+/// run read next. `within` 0: nothing.
+struct run_fetch {
+  std::size_t next_at = 0;
+  std::size_t within = 0;
+  std::size_t into_next = 0;
+};
+
+/// The run_fetch of plane p of a channel of `block` (block.read_ahead_bytes on, no farther than
+/// a plane): the run read next is plane p + 1, after the last one the next channel's first.
+template <class S>
+run_fetch plane_fetch(const plane_block& block, std::size_t p) noexcept {
+  const std::size_t distance = std::min(block.len, block.read_ahead_bytes / sizeof(S));
+  if (distance == 0) return {};
+  // Elements from this plane's start to the next run's (unsigned: the next channel's first
+  // plane lies below this one, and the offset wraps around as the address it moves).
+  const std::size_t next =
+      p + 1 < block.planes ? block.stride : block.len - (block.planes - 1) * block.stride;
+  return {block.len - distance, distance * sizeof(S), (next - block.len + distance) * sizeof(S)};
+}
+
 /// y[0, n) with streaming stores for the whole cache lines that streamed_lines picks and
-/// ordinary ones for the rest. y must be aligned to its element.
+/// ordinary ones for the rest, fetching the residual's lines as `fetch` says. y must be
+/// aligned to its element.
 template <class Arch, class S, class Compute, class Out>
-void stream_run(const S* x, S* y, std::size_t n, const Compute& compute_in,
-                const Out& out_in) noexcept {
+void stream_run(const S* x, S* y, std::size_t n, const Compute& compute_in, const Out& out_in,
+                const run_fetch& fetch = {}) noexcept {
   const Compute compute = compute_in;  // copies: see the output's note above
   const Out out = out_in;
   using vec = xsimd::batch<compute_t<S>, Arch>;
@@ -219,7 +250,9 @@ void stream_run(const S* x, S* y, std::size_t n, const Compute& compute_in,
   constexpr std::size_t line = 64 / sizeof(S);
   const streamed_lines<S> span(y, n);
   if (span.lead > 0) store_run_overlapped<Arch>(x, y, 0, span.lead, compute, out);
+  const run_fetch ahead = fetch;
   for (std::size_t i = span.lead; i < span.body_end; i += line) {  // a line a step
+    if (ahead.within != 0) out.fetch(y + i, i < ahead.next_at ? ahead.within : ahead.into_next);
     vec v[line / lanes];
 #pragma GCC unroll 4
     for (std::size_t k = 0; k < line / lanes; ++k) {
@@ -315,12 +348,14 @@ template <std::size_t Lanes, class With>
   }
 }
 
-/// `planes` planes of len values, `stride` apart, through compute(x vector).
+/// One channel's planes of `block` (block.planes runs of block.len values, block.stride apart)
+/// through compute(x vector); streamed, fetching the residual ahead (plane_fetch).
 template <class Arch, class S, class Compute, class Out>
-void normalize_planes(const S* src, S* dst, std::size_t len, std::size_t planes, std::size_t stride,
-                      bool stream, const Compute& compute_in, const Out& out_in) noexcept {
+void normalize_planes(const S* src, S* dst, const plane_block& block, bool stream,
+                      const Compute& compute_in, const Out& out_in) noexcept {
   const Compute compute = compute_in;  // copies: see the output's note above
   const Out out = out_in;
+  const std::size_t len = block.len, planes = block.planes, stride = block.stride;
   using vec = xsimd::batch<compute_t<S>, Arch>;
   constexpr std::size_t lanes = vec::size;
   for (std::size_t p = 0; p < planes; ++p) {
@@ -328,7 +363,8 @@ void normalize_planes(const S* src, S* dst, std::size_t len, std::size_t planes,
     S* y = dst + p * stride;
     if (stream) {
       stream_run<Arch>(
-          x, y, len, [compute](std::size_t, const vec& v) { return compute(v); }, out);
+          x, y, len, [compute](std::size_t, const vec& v) { return compute(v); }, out,
+          plane_fetch<S>(block, p));
       continue;
     }
     if (len < lanes) {
@@ -353,16 +389,16 @@ void normalize_planes(const S* src, S* dst, std::size_t len, std::size_t planes,
   }
 }
 
-/// plane_normalize's channels [ch0, ch1), in one form.
+/// plane_normalize's channels [ch0, ch1) of `block`, in one form.
 template <form Form, class Arch, class S, class Out>
 [[gnu::always_inline]] inline void normalize_channel_planes(
-    const S* src, S* dst, std::size_t len, std::size_t planes, std::size_t stride, std::size_t ch0,
-    std::size_t ch1, const coefficients<const compute_t<S>>& k, std::size_t first, bool stream,
+    const S* src, S* dst, const plane_block& block, std::size_t ch0, std::size_t ch1,
+    const coefficients<const compute_t<S>>& k, std::size_t first, bool stream,
     const Out& out) noexcept {
   using vec = xsimd::batch<compute_t<S>, Arch>;
   for (std::size_t ch = ch0; ch < ch1; ++ch) {
     const auto run = [&](const auto& compute) {
-      normalize_planes<Arch>(src + ch * len, dst + ch * len, len, planes, stride, stream, compute,
+      normalize_planes<Arch>(src + ch * block.len, dst + ch * block.len, block, stream, compute,
                              out);
     };
     // Each closure holds only the coefficients its form reads: normalize_planes copies it.
@@ -476,21 +512,21 @@ void normalize_channel_groups(const S* src, S* dst, std::size_t len, std::size_t
 
 /// plane_normalize through one epilogue's output (inlined, as interleaved_normalize_to).
 template <class Arch, class S, class Out>
-[[gnu::always_inline]] inline void plane_normalize_to(const S* src, S* dst, std::size_t len,
-                                                      std::size_t planes, std::size_t stride,
-                                                      std::size_t channels,
+[[gnu::always_inline]] inline void plane_normalize_to(const S* src, S* dst,
+                                                      const plane_block& block,
                                                       const coefficients<const compute_t<S>>& k,
                                                       std::size_t first, bool prescaled,
                                                       bool stream, const Out& out) noexcept {
   using T = compute_t<S>;
+  const std::size_t len = block.len, planes = block.planes, channels = block.channels;
   if (prescaled && !all_one<Arch>(k.prescale + first, channels)) {
     for (std::size_t ch = 0; ch < channels; ++ch) {
       if (k.prescale[first + ch] != T(1)) {
-        normalize_channel_planes<form::prescaled, Arch>(src, dst, len, planes, stride, ch, ch + 1,
-                                                        k, first, stream, out);
+        normalize_channel_planes<form::prescaled, Arch>(src, dst, block, ch, ch + 1, k, first,
+                                                        stream, out);
       } else {
-        normalize_channel_planes<form::centered, Arch>(src, dst, len, planes, stride, ch, ch + 1, k,
-                                                       first, stream, out);
+        normalize_channel_planes<form::centered, Arch>(src, dst, block, ch, ch + 1, k, first,
+                                                       stream, out);
       }
     }
     return;
@@ -511,8 +547,7 @@ template <class Arch, class S, class Out>
       normalize_contiguous_planes<Form, Arch>(src, dst, len, channels, center, k.scale + first,
                                               k.shift + first, out);
     } else {
-      normalize_channel_planes<Form, Arch>(src, dst, len, planes, stride, 0, channels, k, first,
-                                           stream, out);
+      normalize_channel_planes<Form, Arch>(src, dst, block, 0, channels, k, first, stream, out);
     }
   };
   if (all_positive_zero<Arch>(center, channels)) {
@@ -530,19 +565,16 @@ template <class Arch, class S, class Out>
 template <class Arch, class S>
 void plane_normalize(const S* src, S* dst, const S* residual, const plane_block& block,
                      const normalize_params<compute_t<S>>& params, std::size_t first) noexcept {
-  const std::size_t len = block.len, planes = block.planes, stride = block.stride;
-  const std::size_t channels = block.channels;
   const coefficients<const compute_t<S>>& k = params.coeffs;
   const epilogue<compute_t<S>>& post = params.post;
   const bool prescaled = params.prescaled;
   const bool stream = params.stream && element_aligned(dst);
   if (post.kind == epilogue_kind::identity) {  // inline, without the dispatch's closure
-    plane_normalize_to<Arch>(src, dst, len, planes, stride, channels, k, first, prescaled, stream,
+    plane_normalize_to<Arch>(src, dst, block, k, first, prescaled, stream,
                              identity_output<Arch, S>());
   } else {
     with_output<Arch>(post, dst, residual, [&](const auto& out) {
-      plane_normalize_to<Arch>(src, dst, len, planes, stride, channels, k, first, prescaled, stream,
-                               out);
+      plane_normalize_to<Arch>(src, dst, block, k, first, prescaled, stream, out);
     });
   }
   if (stream) stream_fence<Arch>();

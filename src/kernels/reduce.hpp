@@ -110,14 +110,6 @@ void as_f64_halves(const xsimd::batch<T, Arch>& v, xsimd::batch<double, Arch> (&
 //   storage                       the storage type S
 //   sources                       how many tensors the terms read (x; or x and dy)
 
-/// A hint to bring the cache line `bytes_ahead` past `at` into the cache. The address is
-/// computed as an integer, never as a pointer, so that it may lie past the end of the tensor (a
-/// block's rows fetch the next block's, wherever the rows end): a prefetch never faults.
-inline void fetch_line(const void* at, std::size_t bytes_ahead) noexcept {
-  __builtin_prefetch(
-      reinterpret_cast<const void*>(reinterpret_cast<std::uintptr_t>(at) + bytes_ahead));
-}
-
 /// The forward statistics: Σd and Σd², d = x − k.
 template <class Arch, class S>
 struct deviation_terms {

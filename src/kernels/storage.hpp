@@ -328,6 +328,15 @@ xsimd::batch<double, Arch> load_elements_as_f64(const S* p) noexcept {
   }
 }
 
+/// A hint to bring the cache line `bytes_ahead` past `at` into the cache. The address is
+/// computed as an integer, never as a pointer, so that it may lie past the end of the tensor (a
+/// block's rows fetch the next block's, wherever the rows end; a plane's last lines the next
+/// channel's): a prefetch never faults.
+inline void fetch_line(const void* at, std::size_t bytes_ahead) noexcept {
+  __builtin_prefetch(
+      reinterpret_cast<const void*>(reinterpret_cast<std::uintptr_t>(at) + bytes_ahead));
+}
+
 /// One element, for the scalar edges of the vector code.
 template <class S>
 compute_t<S> to_compute(S v) noexcept {
