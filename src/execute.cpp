@@ -85,12 +85,15 @@ struct normalize_map {
   const S* residual;  // add_relu's z, else null
   std::size_t period;
   std::size_t residual_read_ahead_bytes;  // 0, or the fused planes' (see fused_block)
+  bool fetch_next_block;                  // false, or the fused planes' (see fused_block)
   kernels::normalize_params<T> params;
 
   void planes(std::size_t at, std::size_t len, std::size_t planes, std::size_t stride,
               std::size_t channels, std::size_t first) const {
-    kern.plane_normalize(src + at, dst + at, residual ? residual + at : nullptr,
-                         {len, planes, stride, channels, residual_read_ahead_bytes}, params, first);
+    kern.plane_normalize(
+        src + at, dst + at, residual ? residual + at : nullptr,
+        {len, planes, stride, channels, residual_read_ahead_bytes, fetch_next_block}, params,
+        first);
   }
   void rows(std::size_t at, std::size_t rows, std::size_t width, std::size_t first) const {
     kern.interleaved_normalize(src + at, dst + at, residual ? residual + at : nullptr,
@@ -106,13 +109,8 @@ normalize_map<S> make_normalize(const plan_impl& plan, const S* src, S* dst, con
                                 const kernels::coefficients<const T>& coeffs, bool prescaled,
                                 const kernels::epilogue<T>& post, bool stream) {
   return {
-      plan.kernels->get<S>(),
-      src,
-      dst,
-      static_cast<const S*>(residual),
-      plan.part.period,
-      0,
-      {coeffs, prescaled, streams_into(dst, stream), post},
+      plan.kernels->get<S>(), src, dst,   static_cast<const S*>(residual),
+      plan.part.period,       0,   false, {coeffs, prescaled, streams_into(dst, stream), post},
   };
 }
 
@@ -259,8 +257,10 @@ class training_step {
       normalize_map<S> normalize =
           make_normalize(plan_, src_, dst_, args_.residual, coeffs_.readable, block.prescaled,
                          plan_.epilogue<T>(), streams_);
-      // x comes from cache here, the residual from memory (partition::residual_read_ahead_bytes).
+      // x comes from cache here, the residual and the next block's x from memory
+      // (partition::residual_read_ahead_bytes, fetch_next_fused_block).
       normalize.residual_read_ahead_bytes = p_.residual_read_ahead_bytes;
+      normalize.fetch_next_block = p_.fetch_next_fused_block;
       map_channels(p_, normalize, c0, c1, c0);
     };
   }

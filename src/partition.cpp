@@ -329,6 +329,16 @@ bool make_partition(const problem& prob, const plan_options& options, std::size_
       p.statistics_read_ahead_bytes > 0 && p.spatial * p.element_size <= read_ahead_bytes) {
     p.residual_read_ahead_bytes = read_ahead_bytes;
   }
+  // Otherwise a fused block's statistics read x from memory while no output streams, and its
+  // normalization streams y while nothing is read: the normalization fetches the next block's
+  // x as it goes, so that the two overlap, where two blocks fit in seven eighths of the L2. Not
+  // with the residual's fetches (three tensors in the L2 were slower), nor for half-precision
+  // storage (no faster) (docs/design.md, "The residual along the planes (stop 46)").
+  const std::size_t fused_planes_block_bytes = p.fused_group * p.per_channel * p.element_size;
+  p.fetch_next_fused_block =
+      p.training == training_schedule::fused_planes && p.statistics_read_ahead_bytes > 0 &&
+      2 * fused_planes_block_bytes <= caches.l2_bytes - caches.l2_bytes / 8 &&
+      options.activation != activation::add_relu && p.element_size == p.value_size;
   // Training and the backward on more than one thread keep their output cached while the
   // tensors counted fit in one core's L2, half of two cores': the call then stays in the cores'
   // caches, where streamed stores send the output to memory. Not column blocks: a block of a row
@@ -370,6 +380,7 @@ std::string describe(const partition& p) {
     case training_schedule::direct: out += "direct float64 sums"; break;
     case training_schedule::fused_planes:
       out += text("fused planes, %zu channels in groups of %zu", p.channels, p.fused_group);
+      if (p.fetch_next_fused_block) out += ", each normalized fetching the next";
       break;
     case training_schedule::fused_column_blocks:
       out += text("fused column blocks, %zu × %zu channels", p.column_blocks, p.block_width);

@@ -111,6 +111,9 @@ struct partition {
   /// How far ahead the fused planes' map fetches add+ReLU's residual along a channel's planes
   /// where it streams (kernels::run_fetch; 0: not at all).
   std::size_t residual_read_ahead_bytes = 0;
+  /// Whether the fused planes' map, streaming a block's output, fetches the next block's x
+  /// (kernels::run_fetch).
+  bool fetch_next_fused_block = false;
   /// Fused planes: channels per group (statistics, then normalization), as many as fit in
   /// an eighth of a core's L2, at most 16, or more where they fit in half an L1.
   std::size_t fused_group = 1;

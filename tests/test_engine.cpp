@@ -140,6 +140,9 @@ std::vector<bnorm::tensor_shape> sweep_shapes() {
   shapes.push_back({1, 2048, 7, 7});  // channels-last inference in two row tasks (49 rows)
   shapes.push_back({1, 1001, 300});
   shapes.push_back({2, 1003, 300});  // channels-last: reduced in column blocks, mapped in rows
+  // 4 MiB of float32 (from memory where the last level is 32 MiB): the fused planes read ahead
+  // and fetch the next block as each is normalized.
+  shapes.push_back({16, 64, 32, 32});
   return shapes;
 }
 

@@ -317,6 +317,48 @@ TEST(Schedule, FusedPlanesFetchTheResidualAheadWhereItsRunsAreShort) {
             std::string::npos);
 }
 
+// Fused planes from memory fetch the next block's x as each block is normalized, where two
+// blocks fit in seven eighths of the L2; not with add+ReLU's residual fetches, not for
+// half-precision storage, not in cache, not two passes or rows.
+TEST(Schedule, FusedPlanesFetchTheNextBlockFromMemory) {
+  const bnorm::isa id = isas_under_test().front();
+  const bnorm::detail::cache_sizes caches{1u << 20, 32u << 20};
+  const auto fetches = [&](const bnorm::problem& prob, const bnorm::plan_options& opts) {
+    const bnorm::detail::partition p = plan_partition(prob, opts, id, caches);
+    EXPECT_TRUE(!p.fetch_next_fused_block ||
+                p.training == bnorm::detail::training_schedule::fused_planes);
+    return p.fetch_next_fused_block;
+  };
+  bnorm::plan_options relu, add_relu;
+  relu.activation = bnorm::activation::relu;
+  add_relu.activation = bnorm::activation::add_relu;
+  const bnorm::tensor_shape planes_of_256_kib{64, 128, 1024};  // 32 MiB
+  const bnorm::problem f32{planes_of_256_kib, layout::channels_first},
+      f64{planes_of_256_kib, layout::channels_first, bnorm::dtype::f64},  // 512 KiB channels
+      bf16{planes_of_256_kib, layout::channels_first, bnorm::dtype::bf16},
+      f64_of_448_kib{{56, 128, 1024}, layout::channels_first, bnorm::dtype::f64},
+      f64_above{{57, 128, 1024}, layout::channels_first, bnorm::dtype::f64},
+      in_cache{{2, 64, 32, 32}, layout::channels_first},
+      two_passes{{2, 8, 512, 512}, layout::channels_first},
+      rows{planes_of_256_kib, layout::channels_last};
+  EXPECT_TRUE(fetches(f32, {}));
+  EXPECT_TRUE(fetches(f32, relu));
+  EXPECT_TRUE(fetches(f64_of_448_kib, {}));
+  EXPECT_FALSE(fetches(f64_above, {}));
+  EXPECT_FALSE(fetches(f64, {}));
+  EXPECT_FALSE(fetches(f32, add_relu));
+  EXPECT_FALSE(fetches(bf16, {}));
+  EXPECT_FALSE(fetches(in_cache, {}));
+  EXPECT_FALSE(fetches(two_passes, {}));
+  EXPECT_FALSE(fetches(rows, {}));
+  EXPECT_NE(
+      describe(plan_partition(f32, {}, id, caches))
+          .find("fused planes, 128 channels in groups of 1, each normalized fetching the next"),
+      std::string::npos);
+  EXPECT_EQ(describe(plan_partition(bf16, {}, id, caches)).find("fetching the next"),
+            std::string::npos);
+}
+
 // The planner counts on the L3 a machine reports, except where it is more per CPU than any
 // processor has: a guest shown its host's L3 counts on twice its CPUs' L2s.
 TEST(Schedule, CacheSizesCountOnTheL3ACallCanKeep) {

@@ -213,33 +213,43 @@ void store_run_overlapped(const S* x, S* y, std::size_t begin, std::size_t end,
   store_elements<Arch>(y + last, tail);
 }
 
-/// Where a streamed run fetches its output's residual ahead of its use (add+ReLU along a
-/// channel's planes, runs C·spatial elements apart: the hardware prefetcher starts anew at each
-/// one, and in the fused planes x comes from cache but the residual from memory): element i's
-/// line `within` bytes past i until i reaches `next_at`, then `into_next` bytes past i, in the
-/// run read next. `within` 0: nothing.
+/// What a streamed run fetches as it goes, in the fused planes (a channel's planes are runs
+/// C·spatial elements apart, at each of which the hardware prefetcher starts anew):
+/// - the residual of add+ReLU, which comes from memory where x comes from cache: element i's
+///   line `within` bytes past i until i reaches `next_at`, then `into_next` bytes past i, in
+///   the run read next (`within` 0: not at all);
+/// - x's line `next_block` bytes past element i's (0: not at all): the same element of the
+///   next fused block, whose statistics then read it from cache while this block's output
+///   streams out.
 struct run_fetch {
   std::size_t next_at = 0;
   std::size_t within = 0;
   std::size_t into_next = 0;
+  std::size_t next_block = 0;
 };
 
-/// The run_fetch of plane p of a channel of `block` (block.read_ahead_bytes on, no farther than
-/// a plane): the run read next is plane p + 1, after the last one the next channel's first.
+/// The run_fetch of plane p of a channel of `block` (the residual block.read_ahead_bytes on, no
+/// farther than a plane, the run read next being plane p + 1, after the last one the next
+/// channel's first; the next block's x where block.fetch_next_block).
 template <class S>
 run_fetch plane_fetch(const plane_block& block, std::size_t p) noexcept {
+  run_fetch fetch;
+  fetch.next_block = block.fetch_next_block ? block.channels * block.len * sizeof(S) : 0;
   const std::size_t distance = std::min(block.len, block.read_ahead_bytes / sizeof(S));
-  if (distance == 0) return {};
+  if (distance == 0) return fetch;
   // Elements from this plane's start to the next run's (unsigned: the next channel's first
   // plane lies below this one, and the offset wraps around as the address it moves).
   const std::size_t next =
       p + 1 < block.planes ? block.stride : block.len - (block.planes - 1) * block.stride;
-  return {block.len - distance, distance * sizeof(S), (next - block.len + distance) * sizeof(S)};
+  fetch.next_at = block.len - distance;
+  fetch.within = distance * sizeof(S);
+  fetch.into_next = (next - block.len + distance) * sizeof(S);
+  return fetch;
 }
 
 /// y[0, n) with streaming stores for the whole cache lines that streamed_lines picks and
-/// ordinary ones for the rest, fetching the residual's lines as `fetch` says. y must be
-/// aligned to its element.
+/// ordinary ones for the rest, fetching lines as `fetch` says. y must be aligned to its
+/// element.
 template <class Arch, class S, class Compute, class Out>
 void stream_run(const S* x, S* y, std::size_t n, const Compute& compute_in, const Out& out_in,
                 const run_fetch& fetch = {}) noexcept {
@@ -253,6 +263,7 @@ void stream_run(const S* x, S* y, std::size_t n, const Compute& compute_in, cons
   const run_fetch ahead = fetch;
   for (std::size_t i = span.lead; i < span.body_end; i += line) {  // a line a step
     if (ahead.within != 0) out.fetch(y + i, i < ahead.next_at ? ahead.within : ahead.into_next);
+    if (ahead.next_block != 0) fetch_line(x + i, ahead.next_block);
     vec v[line / lanes];
 #pragma GCC unroll 4
     for (std::size_t k = 0; k < line / lanes; ++k) {
@@ -349,7 +360,7 @@ template <std::size_t Lanes, class With>
 }
 
 /// One channel's planes of `block` (block.planes runs of block.len values, block.stride apart)
-/// through compute(x vector); streamed, fetching the residual ahead (plane_fetch).
+/// through compute(x vector); streamed, fetching ahead as plane_fetch says.
 template <class Arch, class S, class Compute, class Out>
 void normalize_planes(const S* src, S* dst, const plane_block& block, bool stream,
                       const Compute& compute_in, const Out& out_in) noexcept {
