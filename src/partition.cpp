@@ -324,7 +324,7 @@ bool make_partition(const problem& prob, const plan_options& options, std::size_
   // The fused planes read x the second time from cache, but add+ReLU's residual once, from
   // memory, along each channel's planes: runs C·spatial apart, at each of which the hardware
   // prefetcher starts anew. Where the runs are shorter than the reads ahead, fetched ahead
-  // (docs/design.md, "The residual along the planes (stop 46)").
+  // (docs/design.md, "Fetches along the fused planes (stop 46)").
   if (p.training == training_schedule::fused_planes && options.activation == activation::add_relu &&
       p.statistics_read_ahead_bytes > 0 && p.spatial * p.element_size <= read_ahead_bytes) {
     p.residual_read_ahead_bytes = read_ahead_bytes;
@@ -333,7 +333,7 @@ bool make_partition(const problem& prob, const plan_options& options, std::size_
   // normalization streams y while nothing is read: the normalization fetches the next block's
   // x as it goes, so that the two overlap, where two blocks fit in seven eighths of the L2. Not
   // with the residual's fetches (three tensors in the L2 were slower), nor for half-precision
-  // storage (no faster) (docs/design.md, "The residual along the planes (stop 46)").
+  // storage (no faster) (docs/design.md, "Fetches along the fused planes (stop 46)").
   const std::size_t fused_planes_block_bytes = p.fused_group * p.per_channel * p.element_size;
   p.fetch_next_fused_block =
       p.training == training_schedule::fused_planes && p.statistics_read_ahead_bytes > 0 &&
