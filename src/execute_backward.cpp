@@ -48,12 +48,13 @@ struct gradient_map {
   const S* diff_dst;
   S* diff_src;
   std::size_t period;
+  bool fetch_next_block;  // the fused planes' (partition::fetch_next_fused_backward_block)
   kernels::gradient_params<T> params;
 
   void planes(std::size_t at, std::size_t len, std::size_t planes, std::size_t stride,
               std::size_t channels, std::size_t first) const {
-    kern.plane_gradient(src + at, diff_dst + at, diff_src + at, {len, planes, stride, channels},
-                        params, first);
+    kern.plane_gradient(src + at, diff_dst + at, diff_src + at,
+                        {len, planes, stride, channels, 0, fetch_next_block}, params, first);
   }
   void rows(std::size_t at, std::size_t rows, std::size_t width, std::size_t first) const {
     kern.interleaved_gradient(src + at, diff_dst + at, diff_src + at, {rows, width, period}, params,
@@ -113,7 +114,7 @@ class gradient_step {
             set_centers(c0, c1);
             reduce_channels(p_, reduce(), c0, c1, sum_dy_, sum_dy_d_);
             channel_math(c0, c1);
-            if (diff_src_) map_channels(p_, map(), c0, c1, c0);
+            if (diff_src_) map_channels(p_, map(true), c0, c1, c0);
           },
           [this](std::size_t c0, std::size_t c1) { write_gradients(c0, c1); });
       return;
@@ -295,9 +296,17 @@ class gradient_step {
   gradient_reduce<S> reduce() const {
     return {kern_, src_, diff_dst_, center_, p_.period, p_.gradient_read_ahead_bytes};
   }
-  gradient_map<S> map() const {
+  /// dx's map; of a fused block, fetching the next block's x and dy as it streams where the
+  /// plan says (partition::fetch_next_fused_backward_block).
+  gradient_map<S> map(bool of_fused_block = false) const {
     const bool prescaled = prescaled_.load(std::memory_order_relaxed);
-    return {kern_, src_, diff_dst_, diff_src_, p_.period, {readable_, prescaled, streams_}};
+    return {kern_,
+            src_,
+            diff_dst_,
+            diff_src_,
+            p_.period,
+            of_fused_block && p_.fetch_next_fused_backward_block,
+            {readable_, prescaled, streams_}};
   }
 
   /// dγ (in place of Σdy·(x − mean)) and the dx coefficients of channels [c0, c1), from sums

@@ -333,12 +333,18 @@ bool make_partition(const problem& prob, const plan_options& options, std::size_
   // normalization streams y while nothing is read: the normalization fetches the next block's
   // x as it goes, so that the two overlap, where two blocks fit in seven eighths of the L2. Not
   // with the residual's fetches (three tensors in the L2 were slower), nor for half-precision
-  // storage (no faster) (docs/design.md, "Fetches along the fused planes (stop 46)").
+  // storage (no faster). The backward's fused planes likewise fetch the next block's x and dy,
+  // where two blocks of both fit (docs/design.md, "Fetches along the fused planes (stop 46)").
   const std::size_t fused_planes_block_bytes = p.fused_group * p.per_channel * p.element_size;
-  p.fetch_next_fused_block =
-      p.training == training_schedule::fused_planes && p.statistics_read_ahead_bytes > 0 &&
-      2 * fused_planes_block_bytes <= caches.l2_bytes - caches.l2_bytes / 8 &&
-      options.activation != activation::add_relu && p.element_size == p.value_size;
+  const std::size_t l2_to_fill = caches.l2_bytes - caches.l2_bytes / 8;
+  const bool storage_computes = p.element_size == p.value_size;  // not half precision
+  p.fetch_next_fused_block = p.training == training_schedule::fused_planes &&
+                             p.statistics_read_ahead_bytes > 0 &&
+                             2 * fused_planes_block_bytes <= l2_to_fill &&
+                             options.activation != activation::add_relu && storage_computes;
+  p.fetch_next_fused_backward_block =
+      p.fused_backward && p.kind == traversal::planes && p.statistics_read_ahead_bytes > 0 &&
+      4 * fused_planes_block_bytes <= l2_to_fill && storage_computes;
   // Training and the backward on more than one thread keep their output cached while the
   // tensors counted fit in one core's L2, half of two cores': the call then stays in the cores'
   // caches, where streamed stores send the output to memory. Not column blocks: a block of a row
@@ -381,6 +387,7 @@ std::string describe(const partition& p) {
     case training_schedule::fused_planes:
       out += text("fused planes, %zu channels in groups of %zu", p.channels, p.fused_group);
       if (p.fetch_next_fused_block) out += ", each normalized fetching the next";
+      if (p.fetch_next_fused_backward_block) out += ", the backward's blocks fetching the next";
       break;
     case training_schedule::fused_column_blocks:
       out += text("fused column blocks, %zu × %zu channels", p.column_blocks, p.block_width);

@@ -114,6 +114,8 @@ struct partition {
   /// Whether the fused planes' map, streaming a block's output, fetches the next block's x
   /// (kernels::run_fetch).
   bool fetch_next_fused_block = false;
+  /// The same for the backward's fused planes, fetching the next block's x and dy.
+  bool fetch_next_fused_backward_block = false;
   /// Fused planes: channels per group (statistics, then normalization), as many as fit in
   /// an eighth of a core's L2, at most 16, or more where they fit in half an L1.
   std::size_t fused_group = 1;

@@ -169,6 +169,8 @@ const backward_case accuracy_cases[] = {
     {{1, 1024, 7, 7}, layout::channels_last, 0.0, 1e-6},
     {{32, 3, 130, 130}, layout::channels_first, 0.0, 1e-6},  // channels larger than a unit
     {{2, 3, 200, 300}, layout::channels_first, 0.0, 1e-6},  // 469 KiB channels, fused from 1 MiB L2
+    // 4 MiB (from memory where the last level is 32 MiB): fused planes fetching the next block
+    {{16, 64, 32, 32}, layout::channels_first, 0.0, 1e-6},
     {{4096, 64}, layout::channels_last, 0.0, 1e-6},
     {{8, 64, 28, 28}, layout::channels_first, 1e5, 1e-5},
     {{8, 64, 28, 28}, layout::channels_last, 1e5, 1e-5},

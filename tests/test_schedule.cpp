@@ -319,7 +319,8 @@ TEST(Schedule, FusedPlanesFetchTheResidualAheadWhereItsRunsAreShort) {
 
 // Fused planes from memory fetch the next block's x as each block is normalized, where two
 // blocks fit in seven eighths of the L2; not with add+ReLU's residual fetches, not for
-// half-precision storage, not in cache, not two passes or rows.
+// half-precision storage, not in cache, not two passes or rows. The backward's fetch its x and
+// dy where two blocks of both fit.
 TEST(Schedule, FusedPlanesFetchTheNextBlockFromMemory) {
   const bnorm::isa id = isas_under_test().front();
   const bnorm::detail::cache_sizes caches{1u << 20, 32u << 20};
@@ -356,6 +357,21 @@ TEST(Schedule, FusedPlanesFetchTheNextBlockFromMemory) {
           .find("fused planes, 128 channels in groups of 1, each normalized fetching the next"),
       std::string::npos);
   EXPECT_EQ(describe(plan_partition(bf16, {}, id, caches)).find("fetching the next"),
+            std::string::npos);
+  // The backward: x and dy of two blocks of 98 KiB fit, of 256 KiB not.
+  const bnorm::problem planes_of_98_kib{{8, 256, 56, 56}, layout::channels_first};
+  const auto backward_fetches = [&](const bnorm::problem& prob, const bnorm::plan_options& opts) {
+    return plan_partition(prob, opts, id, caches).fetch_next_fused_backward_block;
+  };
+  EXPECT_TRUE(backward_fetches(planes_of_98_kib, {}));
+  EXPECT_TRUE(backward_fetches(planes_of_98_kib, add_relu));
+  EXPECT_FALSE(backward_fetches(f32, {}));
+  EXPECT_FALSE(
+      backward_fetches({{8, 256, 56, 56}, layout::channels_first, bnorm::dtype::bf16}, {}));
+  EXPECT_FALSE(backward_fetches(in_cache, {}));
+  EXPECT_FALSE(backward_fetches(rows, {}));
+  EXPECT_NE(describe(plan_partition(planes_of_98_kib, {}, id, caches))
+                .find("each normalized fetching the next, the backward's blocks fetching the next"),
             std::string::npos);
 }
 

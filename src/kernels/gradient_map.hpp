@@ -91,10 +91,12 @@ void gradient_store_run(const S* x, const S* dy, S* dx, std::size_t begin, std::
 }
 
 /// dx[0, n): streaming stores for the whole cache lines that streamed_lines picks, ordinary ones
-/// for the rest (see stream_run); ordinary stores throughout without `stream`.
+/// for the rest (see stream_run); ordinary stores throughout without `stream`. Streamed, the
+/// lines of x and dy `next_block` bytes on are fetched as it goes (0: not at all; see
+/// run_fetch::next_block).
 template <class Arch, class S, class F>
-void gradient_run(const S* x, const S* dy, S* dx, std::size_t n, bool stream,
-                  const F& f_in) noexcept {
+void gradient_run(const S* x, const S* dy, S* dx, std::size_t n, bool stream, const F& f_in,
+                  std::size_t next_block = 0) noexcept {
   const F f = f_in;  // a copy, as gradient_store_run's
   using vec = xsimd::batch<compute_t<S>, Arch>;
   constexpr std::size_t lanes = vec::size;
@@ -118,6 +120,10 @@ void gradient_run(const S* x, const S* dy, S* dx, std::size_t n, bool stream,
   const streamed_lines<S> span(dx, n);
   if (span.lead > 0) ordinary(0, span.lead);
   for (std::size_t i = span.lead; i < span.body_end; i += line) {  // a line a step
+    if (next_block != 0) {
+      fetch_line(x + i, next_block);
+      fetch_line(dy + i, next_block);
+    }
     vec v[line / lanes];
 #pragma GCC unroll 4
     for (std::size_t k = 0; k < line / lanes; ++k) {
@@ -204,18 +210,20 @@ void gradient_channel_groups(const S* src, const S* diff_dst, S* diff_src, std::
 }
 
 /// `planes` runs of len values, `stride` apart, through f(j, x vector, dy vector): one channel
-/// of plane_gradient. Its arguments by value: a store through y could alias them by reference.
+/// of plane_gradient, streamed fetching x and dy `next_block` bytes on (see gradient_run). Its
+/// arguments by value: a store through y could alias them by reference.
 template <class Arch, class S, class F>
 [[gnu::always_inline]] inline void gradient_planes(const S* src, const S* diff_dst, S* diff_src,
                                                    std::size_t len, std::size_t planes,
-                                                   std::size_t stride, bool stream, F f) noexcept {
+                                                   std::size_t stride, bool stream, F f,
+                                                   std::size_t next_block = 0) noexcept {
   using vec = xsimd::batch<compute_t<S>, Arch>;
   for (std::size_t p = 0; p < planes; ++p) {
     const S* x = src + p * stride;
     const S* g = diff_dst + p * stride;
     S* y = diff_src + p * stride;
     if (stream || len < vec::size) {
-      gradient_run<Arch>(x, g, y, len, stream, f);
+      gradient_run<Arch>(x, g, y, len, stream, f, next_block);
       continue;
     }
     // The last vector overlaps the one before it when len is not a multiple of the lanes
@@ -257,6 +265,8 @@ void plane_gradient(const S* src, const S* diff_dst, S* diff_src, const plane_bl
   const gradient_coefficients<const T>& k = params.coeffs;
   const bool stream = params.stream && element_aligned(diff_src);
   const bool extreme = params.prescaled && any_prescaled<Arch>(k, first, channels);
+  // The next fused block's x and dy, the same element of each (run_fetch::next_block).
+  const std::size_t next_block = block.fetch_next_block ? channels * len * sizeof(S) : 0;
   constexpr bool has_groups = lane_channels<Arch>::exists && std::is_same<S, float>::value;
   if constexpr (has_groups) {
     if (!extreme && !stream && in_channel_groups(has_groups, planes, len, vec::size)) {
@@ -280,10 +290,12 @@ void plane_gradient(const S* src, const S* diff_dst, S* diff_src, const plane_bl
       continue;
     }
     const vec c(k.center[at]), a(k.dy_scale[at]), b(k.x_scale[at]), e(k.shift[at]);
-    gradient_planes<Arch>(src + offset, diff_dst + offset, diff_src + offset, len, planes, stride,
-                          stream, [c, a, b, e](std::size_t, const vec& x, const vec& g) {
-                            return gradient_of(x, g, c, a, b, e);
-                          });
+    gradient_planes<Arch>(
+        src + offset, diff_dst + offset, diff_src + offset, len, planes, stride, stream,
+        [c, a, b, e](std::size_t, const vec& x, const vec& g) {
+          return gradient_of(x, g, c, a, b, e);
+        },
+        next_block);
   }
   if (stream) stream_fence<Arch>();
 }
