@@ -84,9 +84,9 @@ struct normalize_map {
   S* dst;
   const S* residual;  // add_relu's z, else null
   std::size_t period;
-  std::size_t residual_read_ahead_bytes;  // 0, or the fused planes' (see fused_block)
-  bool fetch_next_block;                  // false, or the fused planes' (see fused_block)
   kernels::normalize_params<T> params;
+  std::size_t residual_read_ahead_bytes = 0;  // the fused planes' (see fused_block)
+  bool fetch_next_block = false;              // the fused planes' (see fused_block)
 
   void planes(std::size_t at, std::size_t len, std::size_t planes, std::size_t stride,
               std::size_t channels, std::size_t first) const {
@@ -109,8 +109,12 @@ normalize_map<S> make_normalize(const plan_impl& plan, const S* src, S* dst, con
                                 const kernels::coefficients<const T>& coeffs, bool prescaled,
                                 const kernels::epilogue<T>& post, bool stream) {
   return {
-      plan.kernels->get<S>(), src, dst,   static_cast<const S*>(residual),
-      plan.part.period,       0,   false, {coeffs, prescaled, streams_into(dst, stream), post},
+      plan.kernels->get<S>(),
+      src,
+      dst,
+      static_cast<const S*>(residual),
+      plan.part.period,
+      {coeffs, prescaled, streams_into(dst, stream), post},
   };
 }
 

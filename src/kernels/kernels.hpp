@@ -75,8 +75,9 @@ struct plane_block {
   /// add+ReLU's residual, streamed. The planner's choice (partition::statistics_read_ahead_bytes,
   /// gradient_read_ahead_bytes, residual_read_ahead_bytes).
   std::size_t read_ahead_bytes = 0;
-  /// For the map of a fused block, streamed: fetch the next block's x (channels·len on) line
-  /// for line (partition::fetch_next_fused_block).
+  /// For the maps of a fused block, streamed: fetch the next block's x (and the backward's
+  /// dy), channels·len on, line for line (partition::fetch_next_fused_block,
+  /// fetch_next_fused_backward_block).
   bool fetch_next_block = false;
 };
 
