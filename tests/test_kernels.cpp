@@ -17,6 +17,8 @@
 
 using namespace bnorm_test;
 namespace kernels = bnorm::kernels;
+using bnorm::bfloat16;
+using bnorm::float16;
 
 namespace {
 
@@ -1296,6 +1298,160 @@ TYPED_TEST(KernelTester, NormalizeEpiloguesOverTails) {
       }
     }
   });
+}
+
+// The half storage types' sums over planes (float32 compute, where bfloat16 on AVX2 and AVX-512
+// reads a pair of vectors as its even and its odd elements): forward and backward, over the
+// tails of float's width V and runs of many blocks, starts one element past alignment and odd
+// gaps between planes, against long double sums of the decoded values; reading ahead changes
+// no bits.
+template <class S>
+void half_plane_sums_over_tails() {
+  using real = long double;
+  const auto encode = [](const std::vector<float>& values) {
+    std::vector<S> out;
+    for (float f : values) {
+      if constexpr (std::is_same<S, bfloat16>::value) {
+        out.push_back(bnorm::kernels::to_bfloat16(f));
+      } else {
+        out.push_back(bnorm::kernels::to_float16(f));
+      }
+    }
+    return out;
+  };
+  const auto same_bits = [](const double* a, const double* b, std::size_t n) {
+    return std::memcmp(a, b, n * sizeof(double)) == 0;
+  };
+  for (bnorm::isa isa : isas_under_test()) {
+    SCOPED_TRACE(bnorm::to_string(isa));
+    const kernels::kernel_table& table = table_of(isa);
+    const kernels::kernel_set<S>& k = table.get<S>();
+    const std::size_t v = table.lanes<float>();
+    std::vector<std::size_t> lens = lengths(v);
+    for (std::size_t extra : {16 * v, 16 * v + 3, 32 * v + 5 * v + 1, 64 * v + 7}) {
+      lens.push_back(extra);
+    }
+    for (std::size_t len : lens) {
+      for (std::size_t planes : {1, 3}) {
+        const std::size_t channels = 2, offset = 1, stride = channels * len + 3;
+        const std::vector<S> x =
+            encode(normal_data<float>(offset + planes * stride, 5.0, 2.0, len * 7 + planes));
+        const std::vector<S> dy =
+            encode(normal_data<float>(offset + planes * stride, 0.0, 1.0, len * 3 + planes));
+        const float center[channels] = {5.0f, 4.5f};
+        double sums[2][4][channels];  // without and with reading ahead: Σd, Σd², Σdy, Σdy·d
+        for (int ahead = 0; ahead < 2; ++ahead) {
+          double(&got)[4][channels] = sums[ahead];
+          for (std::size_t c = 0; c < channels; ++c) {
+            got[0][c] = got[2][c] = 0.5;
+            got[1][c] = got[3][c] = 1.0;
+          }
+          const kernels::plane_block block{len, planes, stride, channels,
+                                           ahead ? std::size_t(16384) : std::size_t(0)};
+          k.plane_stats(x.data() + offset, block, center, got[0], got[1]);
+          k.plane_gradient_sums(x.data() + offset, dy.data() + offset, block, center, got[2],
+                                got[3]);
+        }
+        for (int i = 0; i < 4; ++i) {
+          EXPECT_TRUE(same_bits(sums[0][i], sums[1][i], channels))
+              << "len " << len << " planes " << planes << ": reading ahead changed sum " << i;
+        }
+        for (std::size_t c = 0; c < channels; ++c) {
+          real s = 0.5L, q = 1.0L, g = 0.5L, gd = 1.0L, magnitude = 1.0L;
+          for (std::size_t p = 0; p < planes; ++p) {
+            for (std::size_t i = 0; i < len; ++i) {
+              const std::size_t at = offset + c * len + p * stride + i;
+              const real d = static_cast<real>(bnorm::kernels::to_float(x[at])) - center[c];
+              const real grad = bnorm::kernels::to_float(dy[at]);
+              s += d;
+              q += d * d;
+              g += grad;
+              gd += grad * d;
+              magnitude += std::fabs(grad * d);
+            }
+          }
+          const double tol = tolerance<float>();
+          EXPECT_NEAR(sums[0][0][c], (double)s, tol * (1 + (double)q)) << "len " << len;
+          EXPECT_NEAR(sums[0][1][c], (double)q, tol * (double)q) << "len " << len;
+          EXPECT_NEAR(sums[0][2][c], (double)g, tol * (double)magnitude) << "len " << len;
+          EXPECT_NEAR(sums[0][3][c], (double)gd, tol * (double)magnitude) << "len " << len;
+        }
+      }
+    }
+  }
+}
+
+// Rows of half storage types: each slot's sums are the same bits as float32's over the decoded
+// values (bfloat16 on AVX2 and AVX-512 reads pairs of vectors of slots as their even and odd
+// slots, and puts the partials back in order, where the rows start on a pair's bytes), over
+// widths around the groups of four vectors and the tails, blocks of rows and their tails; rows
+// on cache lines (the pairs, where the width keeps them there), and starts one element past
+// alignment with strides past the width; forward and backward, started and added to.
+template <class S>
+void half_row_sums_match_float() {
+  for (bnorm::isa isa : isas_under_test()) {
+    SCOPED_TRACE(bnorm::to_string(isa));
+    const kernels::kernel_table& table = table_of(isa);
+    const kernels::kernel_set<S>& k = table.get<S>();
+    const kernels::kernel_set<float>& kf = table.get<float>();
+    const std::size_t v = table.lanes<float>();
+    std::vector<std::size_t> widths = lengths(v);
+    for (std::size_t extra : {4 * v, 4 * v + 1, 8 * v, 8 * v + v - 1, 12 * v + 3, 64 * v}) {
+      widths.push_back(extra);
+    }
+    for (std::size_t width : widths) {
+      for (std::size_t rows : {1, 16, 17, 40}) {
+        for (bool add : {false, true}) {
+          for (bool aligned : {true, false}) {
+            const std::size_t stride = aligned ? width : width + 3, offset = aligned ? 0 : 1;
+            const std::size_t n = offset + rows * stride;
+            std::vector<float> xf = normal_data<float>(n, -3.0, 1.5, width + rows);
+            std::vector<float> dyf = normal_data<float>(n, 0.0, 1.0, width * rows);
+            aligned_vector<S> x(n), dy(n);
+            for (std::size_t i = 0; i < n; ++i) {
+              x[i] = S::from_float(xf[i]);
+              dy[i] = S::from_float(dyf[i]);
+              xf[i] = bnorm::kernels::to_float(x[i]);  // the decoded values
+              dyf[i] = bnorm::kernels::to_float(dy[i]);
+            }
+            std::vector<float> center(width + 64);
+            for (std::size_t j = 0; j < width; ++j) center[j] = -3.0f + 0.25f * float(j % 5);
+            std::vector<double> got[4], want[4];
+            for (int i = 0; i < 4; ++i) got[i] = want[i] = std::vector<double>(width, 0.5 + i);
+            const kernels::row_block block{rows, width, stride};
+            const auto mode = add ? kernels::sums_mode::add : kernels::sums_mode::start;
+            k.interleaved_stats(x.data() + offset, block, center.data(), got[0].data(),
+                                got[1].data(), mode);
+            kf.interleaved_stats(xf.data() + offset, block, center.data(), want[0].data(),
+                                 want[1].data(), mode);
+            k.interleaved_gradient_sums(x.data() + offset, dy.data() + offset, block, center.data(),
+                                        got[2].data(), got[3].data(), mode);
+            kf.interleaved_gradient_sums(xf.data() + offset, dyf.data() + offset, block,
+                                         center.data(), want[2].data(), want[3].data(), mode);
+            for (int i = 0; i < 4; ++i) {
+              EXPECT_EQ(0, std::memcmp(got[i].data(), want[i].data(), width * sizeof(double)))
+                  << "rows " << rows << " × " << width << (add ? " added" : " started")
+                  << (aligned ? " aligned" : "") << ", sum " << i;
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST(HalfKernelTester, BFloat16RowSumsAreFloat32s) {
+  half_row_sums_match_float<bfloat16>();
+}
+TEST(HalfKernelTester, Float16RowSumsAreFloat32s) {
+  half_row_sums_match_float<float16>();
+}
+
+TEST(HalfKernelTester, BFloat16PlaneSumsOverTails) {
+  half_plane_sums_over_tails<bfloat16>();
+}
+TEST(HalfKernelTester, Float16PlaneSumsOverTails) {
+  half_plane_sums_over_tails<float16>();
 }
 
 }  // namespace

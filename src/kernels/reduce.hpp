@@ -97,6 +97,8 @@ void as_f64_halves(const xsimd::batch<T, Arch>& v, xsimd::batch<double, Arch> (&
 // their traversal, blocking and overflow handling. Each kind provides:
 //   add(i, k, s, q)               one vector of terms, in T
 //   add_masked(i, fresh, k, s, q)    the vector at i, only its lanes `fresh` (fresh_lanes)
+//   add_pair(i, k0, k1, s0, q0, s1, q1)  two vectors of terms from i into two chains, in the
+//                                 order of load_elements_in_any_order, each chain's centers
 //   add_exact(i, k, acc)          one vector of terms in float64 (float32: both halves)
 //   add_exact_masked(i, fresh, k, acc)  likewise, only its lanes `fresh`
 //   add_exact_lanes(i, k, acc)    one vector of terms in float64 lane for lane (rows: each lane
@@ -105,6 +107,7 @@ void as_f64_halves(const xsimd::batch<T, Arch>& v, xsimd::batch<double, Arch> (&
 //   add_scalar(i, k, s, q)        one element in float64
 //   finite(s, q)                  whether T partials kept every bit they should (no overflow,
 //                                 no NaN): else the block is summed again with add_exact.
+//   aligned_to(bytes)             whether every source starts on a multiple of `bytes`
 //   prefetch(i, bytes)            the cache line `bytes` past the element at i (see fetch_line),
 //                                 ahead of its use
 //   storage                       the storage type S
@@ -122,6 +125,7 @@ struct deviation_terms {
   void prefetch(std::size_t i, std::size_t bytes_ahead) const noexcept {
     fetch_line(x + i, bytes_ahead);
   }
+  bool aligned_to(std::size_t bytes) const noexcept { return is_aligned(x, bytes); }
 
   void add(std::size_t i, const vec& k, vec& s, vec& q) const noexcept {
     // −d = k − x, so that a float load folds into the subtraction: s − (−d) and (−d)² are
@@ -129,6 +133,20 @@ struct deviation_terms {
     const vec minus_d = k - load_elements<Arch>(x + i);
     s -= minus_d;
     q = fmadd(minus_d, minus_d, q);
+  }
+  /// The 2 × lanes elements from i into two chains, in the storage's order (see
+  /// load_elements_in_any_order): which lane of which chain adds an element never shows in a
+  /// run's sums but through their rounding, the same in every call.
+  /// k0, k1: the centers of the lanes of each chain in that order (rows: to_even_and_odd).
+  void add_pair(std::size_t i, const vec& k0, const vec& k1, vec& s0, vec& q0, vec& s1,
+                vec& q1) const noexcept {
+    vec v0, v1;
+    load_elements_in_any_order<Arch>(x + i, v0, v1);
+    const vec minus_d0 = k0 - v0, minus_d1 = k1 - v1;
+    s0 -= minus_d0;
+    q0 = fmadd(minus_d0, minus_d0, q0);
+    s1 -= minus_d1;
+    q1 = fmadd(minus_d1, minus_d1, q1);
   }
   void add_masked(std::size_t i, const lane_mask<T, Arch>& fresh, const vec& k, vec& s,
                   vec& q) const noexcept {
@@ -189,6 +207,9 @@ struct gradient_terms {
     fetch_line(x + i, bytes_ahead);
     fetch_line(dy + i, bytes_ahead);
   }
+  bool aligned_to(std::size_t bytes) const noexcept {
+    return is_aligned(x, bytes) && is_aligned(dy, bytes);
+  }
 
   void add(std::size_t i, const vec& k, vec& s, vec& q) const noexcept {
     const vec g = load_elements<Arch>(dy + i);
@@ -196,6 +217,17 @@ struct gradient_terms {
     // q − g·(k − x) is q + g·(x − k) to the bit, with the load of x folded (see
     // deviation_terms::add).
     q = fnmadd(g, k - load_elements<Arch>(x + i), q);
+  }
+  /// As deviation_terms::add_pair: x and dy in the same order.
+  void add_pair(std::size_t i, const vec& k0, const vec& k1, vec& s0, vec& q0, vec& s1,
+                vec& q1) const noexcept {
+    vec g0, g1, v0, v1;
+    load_elements_in_any_order<Arch>(dy + i, g0, g1);
+    load_elements_in_any_order<Arch>(x + i, v0, v1);
+    s0 += g0;
+    q0 = fnmadd(g0, k0 - v0, q0);
+    s1 += g1;
+    q1 = fnmadd(g1, k1 - v1, q1);
   }
   void add_masked(std::size_t i, const lane_mask<T, Arch>& fresh, const vec& k, vec& s,
                   vec& q) const noexcept {
@@ -357,7 +389,9 @@ template <class Arch, class Terms, class T = typename Terms::T>
             terms.prefetch(i + e, bytes);
           }
         }
-        for (std::size_t c = 0; c < chains; ++c) terms.add(i + c * lanes, k, s[c], q[c]);
+        for (std::size_t c = 0; c < chains; c += 2) {
+          terms.add_pair(i + c * lanes, k, k, s[c], q[c], s[c + 1], q[c + 1]);
+        }
       }
     };
     if (read_ahead == 0) {
@@ -538,7 +572,8 @@ struct fetch_ahead {
 /// that many independent add chains in flight (one column's 16 rows are a chain of dependent
 /// adds) and share the loop's overhead; each lane still adds its rows in order, whatever the
 /// group. Each row fetches the lines `fetch` names ahead of their use.
-template <std::size_t Group, class Arch, class Terms, class T = typename Terms::T>
+template <std::size_t Group, class Arch, bool InPairs = false, class Terms,
+          class T = typename Terms::T>
 void column_partials(const Terms& terms, std::size_t at, std::size_t count, std::size_t stride,
                      fetch_ahead fetch, const T* center, xsimd::batch<T, Arch> (&s)[Group],
                      xsimd::batch<T, Arch> (&q)[Group]) noexcept {
@@ -549,12 +584,31 @@ void column_partials(const Terms& terms, std::size_t at, std::size_t count, std:
     k[g] = vec::load_unaligned(center + g * lanes);
     s[g] = q[g] = vec(T(0));
   }
+  // InPairs: pairs of vectors of slots in the storage's order (load_elements_in_any_order),
+  // their centers put in that order, their partials back in order: each slot's the same bits.
+  constexpr bool in_pairs =
+      InPairs && Group % 2 == 0 && loads_pairs_in_any_order<Arch, typename Terms::storage>();
+  if constexpr (in_pairs) {
+    for (std::size_t g = 0; g < Group; g += 2) to_even_and_odd(k[g], k[g + 1]);
+  }
   for (std::size_t r = 0; r < count; ++r) {
     const std::size_t row = at + r * stride;
     for (std::size_t e = 0; fetch.step != 0 && e < Group * lanes; e += line_elements<Terms>) {
       terms.prefetch(fetch.at + r * fetch.step + e, fetch.bytes);
     }
-    for (std::size_t g = 0; g < Group; ++g) terms.add(row + g * lanes, k[g], s[g], q[g]);
+    if constexpr (in_pairs) {
+      for (std::size_t g = 0; g < Group; g += 2) {
+        terms.add_pair(row + g * lanes, k[g], k[g + 1], s[g], q[g], s[g + 1], q[g + 1]);
+      }
+    } else {
+      for (std::size_t g = 0; g < Group; ++g) terms.add(row + g * lanes, k[g], s[g], q[g]);
+    }
+  }
+  if constexpr (in_pairs) {
+    for (std::size_t g = 0; g < Group; g += 2) {
+      from_even_and_odd(s[g], s[g + 1]);
+      from_even_and_odd(q[g], q[g + 1]);
+    }
   }
 }
 
@@ -650,6 +704,13 @@ void interleaved_sums(const Terms& terms, std::size_t rows, std::size_t width, s
     for (std::size_t j = 0; j < width; ++j) sum[j] = sum_sq[j] = 0.0;
   }
   const std::size_t block_bytes = rows_per_block * stride * sizeof(typename Terms::storage);
+  // Pairs of vectors in the storage's order where every row's pairs start on the pair's bytes:
+  // misaligned by half a vector, AVX-512's pairs (each a load across two lines) summed rows of
+  // bfloat16 13% slower than two widening loads, aligned 6% faster (docs/design.md).
+  constexpr std::size_t pair_bytes = 2 * lanes * sizeof(typename Terms::storage);
+  const bool in_pairs = loads_pairs_in_any_order<Arch, typename Terms::storage>() &&
+                        stride * sizeof(typename Terms::storage) % pair_bytes == 0 &&
+                        terms.aligned_to(pair_bytes);
   const std::size_t source_read_ahead_bytes = read_ahead_bytes / Terms::sources;
   for (std::size_t first = 0; first < rows; first += rows_per_block) {
     const std::size_t count = rows - first < rows_per_block ? rows - first : rows_per_block;
@@ -703,8 +764,13 @@ void interleaved_sums(const Terms& terms, std::size_t rows, std::size_t width, s
     constexpr std::size_t group = 4;
     for (; j + group * lanes <= width; j += group * lanes) {
       vec s[group], q[group];
-      column_partials<group, Arch>(terms, block + j, count, stride, fetch(j, group), center + j, s,
-                                   q);
+      if (in_pairs) {
+        column_partials<group, Arch, true>(terms, block + j, count, stride, fetch(j, group),
+                                           center + j, s, q);
+      } else {
+        column_partials<group, Arch>(terms, block + j, count, stride, fetch(j, group), center + j,
+                                     s, q);
+      }
       flush(std::integral_constant<std::size_t, group>(), j, s, q);
     }
     for (; j + lanes <= width; j += lanes) {

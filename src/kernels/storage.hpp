@@ -108,6 +108,102 @@ xsimd::batch<compute_t<S>, Arch> load_elements(const S* p) noexcept {
   }
 }
 
+/// Whether load_elements_in_any_order reorders: bfloat16 on AVX2 and AVX-512.
+template <class Arch, class S>
+constexpr bool loads_pairs_in_any_order() noexcept {
+  if constexpr (!std::is_same<S, bfloat16>::value) return false;
+#if XSIMD_WITH_AVX512F
+  if constexpr (is_arch<Arch, xsimd::avx512f>) return true;
+#endif
+#if XSIMD_WITH_AVX2
+  if constexpr (std::is_base_of<xsimd::avx2, Arch>::value) return true;
+#endif
+  return false;
+}
+
+/// The 2 × lanes consecutive elements from p as two vectors of compute_t<S>, in an order of the
+/// storage's choosing: for sums, whose order within a channel's run is free. bfloat16 (where
+/// loads_pairs_in_any_order): one load and two integer operations, the even elements in v0 and
+/// the odd ones in v1 (a bfloat16 is the top half of a float: its pair's word shifted up, or
+/// kept under a mask), where load_elements widens each vector's halves on the shuffle port that
+/// the statistics of bfloat16 waited on; otherwise v0 and v1 in order.
+template <class Arch, class S>
+[[gnu::always_inline]] inline void load_elements_in_any_order(
+    const S* p, xsimd::batch<compute_t<S>, Arch>& v0,
+    xsimd::batch<compute_t<S>, Arch>& v1) noexcept {
+  using vec = xsimd::batch<compute_t<S>, Arch>;
+  if constexpr (loads_pairs_in_any_order<Arch, S>()) {
+#if XSIMD_WITH_AVX512F
+    if constexpr (is_arch<Arch, xsimd::avx512f>) {
+      const __m512i words = _mm512_loadu_si512(raw(p));
+      v0 = vec(_mm512_castsi512_ps(_mm512_slli_epi32(words, 16)));
+      v1 = vec(_mm512_castsi512_ps(_mm512_and_si512(words, _mm512_set1_epi32(-65536))));
+    } else
+#endif
+    {
+#if XSIMD_WITH_AVX2
+      const __m256i words = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(raw(p)));
+      v0 = vec(_mm256_castsi256_ps(_mm256_slli_epi32(words, 16)));
+      v1 = vec(_mm256_castsi256_ps(_mm256_and_si256(words, _mm256_set1_epi32(-65536))));
+#endif
+    }
+  } else {
+    v0 = load_elements<Arch>(p);
+    v1 = load_elements<Arch>(p + vec::size);
+  }
+}
+
+#if XSIMD_WITH_AVX2
+/// The order of load_elements_in_any_order for vectors in order: v0 and v1 hold 2 × lanes
+/// consecutive values; after, v0 the even ones and v1 the odd ones.
+template <class Arch>
+[[gnu::always_inline]] inline void to_even_and_odd(xsimd::batch<float, Arch>& v0,
+                                                   xsimd::batch<float, Arch>& v1) noexcept {
+  using vec = xsimd::batch<float, Arch>;
+#if XSIMD_WITH_AVX512F
+  if constexpr (is_arch<Arch, xsimd::avx512f>) {
+    const __m512i even =
+        _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
+    const __m512 a = v0, b = v1;
+    v0 = vec(_mm512_permutex2var_ps(a, even, b));
+    v1 = vec(_mm512_permutex2var_ps(a, odd, b));
+  } else
+#endif
+  {
+    // Within each 128-bit half: a0 a2 b0 b2 | a4 a6 b4 b6; then its 64-bit quarters in order.
+    const __m256 a = v0, b = v1;
+    const __m256 even = _mm256_shuffle_ps(a, b, _MM_SHUFFLE(2, 0, 2, 0));
+    const __m256 odd = _mm256_shuffle_ps(a, b, _MM_SHUFFLE(3, 1, 3, 1));
+    v0 = vec(_mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(even), 0xD8)));
+    v1 = vec(_mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(odd), 0xD8)));
+  }
+}
+
+/// The inverse of to_even_and_odd: v0 the even values, v1 the odd ones; after, in order.
+template <class Arch>
+[[gnu::always_inline]] inline void from_even_and_odd(xsimd::batch<float, Arch>& v0,
+                                                     xsimd::batch<float, Arch>& v1) noexcept {
+  using vec = xsimd::batch<float, Arch>;
+#if XSIMD_WITH_AVX512F
+  if constexpr (is_arch<Arch, xsimd::avx512f>) {
+    const __m512i low = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+    const __m512i high = _mm512_add_epi32(low, _mm512_set1_epi32(8));
+    const __m512 even = v0, odd = v1;
+    v0 = vec(_mm512_permutex2var_ps(even, low, odd));
+    v1 = vec(_mm512_permutex2var_ps(even, high, odd));
+  } else
+#endif
+  {
+    // e0 o0 e1 o1 | e4 o4 e5 o5 and e2 o2 e3 o3 | e6 o6 e7 o7; then their halves in order.
+    const __m256 even = v0, odd = v1;
+    const __m256 low = _mm256_unpacklo_ps(even, odd), high = _mm256_unpackhi_ps(even, odd);
+    v0 = vec(_mm256_permute2f128_ps(low, high, 0x20));
+    v1 = vec(_mm256_permute2f128_ps(low, high, 0x31));
+  }
+}
+#endif
+
 /// Whether the ISA converts a float vector to half elements in registers (half_bits).
 template <class Arch, class S>
 constexpr bool converts_in_registers() noexcept {
@@ -335,6 +431,11 @@ xsimd::batch<double, Arch> load_elements_as_f64(const S* p) noexcept {
 inline void fetch_line(const void* at, std::size_t bytes_ahead) noexcept {
   __builtin_prefetch(
       reinterpret_cast<const void*>(reinterpret_cast<std::uintptr_t>(at) + bytes_ahead));
+}
+
+/// Whether p lies on a multiple of `bytes` (a power of two).
+inline bool is_aligned(const void* p, std::size_t bytes) noexcept {
+  return (reinterpret_cast<std::uintptr_t>(p) & (bytes - 1)) == 0;
 }
 
 /// One element, for the scalar edges of the vector code.
