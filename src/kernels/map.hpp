@@ -734,12 +734,12 @@ template <form Form, class Arch, class S, class Out>
     // Column blocks (width < stride) take four rows per coefficient load, and load all four
     // before storing any: a block's row r + 1 then never loads from the 4 KiB offsets where
     // row r's stores are still pending (a 4 KiB stride puts them there). Whole rows (width ==
-    // stride) of 1 KiB or more are one contiguous run, walked one row at a time in the
-    // uncentered form, as fast as a plain y = a·x + b pass over the same bytes; the centered
-    // form (training's) keeps four rows per load of its three coefficient streams, shorter rows
-    // the four-row walk, and streamed rows go one at a time (docs/design.md has the timings
-    // of each).
-    if (width == stride && width * sizeof(S) >= 1024 && Form == form::uncentered) {
+    // stride) of 1 KiB or more are one contiguous run, walked one row at a time, uncentered (as
+    // fast as a plain y = a·x + b pass over the same bytes) or centered (training's: its three
+    // coefficient streams reloaded every vector, faster in L2 than four rows per load); the
+    // prescaled form and shorter rows take the four-row walk, and streamed rows go one at a
+    // time (docs/design.md has the timings of each).
+    if (width == stride && width * sizeof(S) >= 1024 && Form != form::prescaled) {
       r = normalize_row_groups<1, Form, Arch>(src, dst, rows, width, stride, k, first, compute,
                                               out);
     } else {
