@@ -49,6 +49,11 @@ constexpr std::size_t min_few_blocks = 2;
 constexpr std::size_t tiny_elements = 64;
 // Below this a pass is done before a worker would wake up.
 constexpr std::size_t serial_bytes = 256 * 1024;
+// Below this, training in row tasks runs them on the calling thread: each task sums every row,
+// so the second core would save half the map alone, less than it costs to wake and to join
+// ((1,2048,7,7) NHWC, 392 KiB: docs/design.md, "bfloat16 read in pairs; centered rows one at a
+// time (stop 47)").
+constexpr std::size_t serial_row_task_training_bytes = 512 * 1024;
 // An interleaved period up to this many elements keeps the per-slot arrays in L1.
 constexpr std::size_t max_vector_period = 1024;
 // Interleaved partials are chunks × period doubles; at least this many periods per chunk keep
@@ -320,6 +325,9 @@ bool make_partition(const problem& prob, const plan_options& options, std::size_
   } else {
     p.training = training_schedule::two_passes;
   }
+  p.serial_row_task_training = p.training == training_schedule::row_tasks &&
+                               (p.serial || p.elements * std::max(p.element_size, p.value_size) <
+                                                serial_row_task_training_bytes);
   p.fused_backward = fused && p.training != training_schedule::direct;
   // The fused planes read x the second time from cache, but add+ReLU's residual once, from
   // memory, along each channel's planes: runs C·spatial apart, at each of which the hardware
@@ -394,9 +402,10 @@ std::string describe(const partition& p) {
       break;
     case training_schedule::row_tasks:
       out += text(
-          "%zu row tasks, each with every channel's statistics (backward: fused column "
+          "%zu row tasks, each with every channel's statistics%s (backward: fused column "
           "blocks, %zu × %zu channels)",
-          p.row_tasks, p.column_blocks, p.block_width);
+          p.row_tasks, p.serial_row_task_training ? ", on the calling thread" : "", p.column_blocks,
+          p.block_width);
       break;
     case training_schedule::two_passes:
       if (p.kind == traversal::planes) {

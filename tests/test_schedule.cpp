@@ -56,8 +56,8 @@ const schedule_case schedule_cases[] = {
     {"few_wide_rows",
      {1, 2048, 7, 7},
      layout::channels_last,
-     "training: 2 row tasks, each with every channel's statistics (backward: fused column "
-     "blocks, 4 × 512 channels)",
+     "training: 2 row tasks, each with every channel's statistics, on the calling thread "
+     "(backward: fused column blocks, 4 × 512 channels)",
      "inference: 2 row tasks"},
     {"few_rows_of_1k_channels",  // four 1 KiB blocks for the backward, row tasks
      {1, 1024, 14, 14},
@@ -598,6 +598,24 @@ TEST(Schedule, TrainingTakesRowTasksWhereInferenceDoesAndTheBlocksFuse) {
                                  "(backward: fused column blocks, 4 × 256 channels)"),
             std::string::npos)
       << describe(tasks);
+  // 784 KiB: the tasks share out between threads. Below 512 KiB (392 KiB, 400 KiB; bfloat16's
+  // 196 KiB counted as the float values it computes in), on the calling thread: each task sums
+  // every row, and a second core would save only half the map.
+  EXPECT_FALSE(tasks.serial_row_task_training);
+  EXPECT_FALSE(part({1, 3072, 7, 7}).serial_row_task_training);  // 588 KiB
+  for (const bnorm::tensor_shape& small :
+       {bnorm::tensor_shape{1, 2048, 7, 7}, bnorm::tensor_shape{1, 1024, 10, 10}}) {
+    const bnorm::detail::partition serial = part(small);
+    EXPECT_EQ(serial.training, training_schedule::row_tasks);
+    EXPECT_FALSE(serial.serial);  // inference's tasks still share out
+    EXPECT_TRUE(serial.serial_row_task_training);
+    EXPECT_NE(describe(serial).find("every channel's statistics, on the calling thread"),
+              std::string::npos)
+        << describe(serial);
+  }
+  const bnorm::detail::partition half =
+      plan_partition({{1, 2048, 7, 7}, layout::channels_last, bnorm::dtype::bf16}, {}, id, one_mib);
+  EXPECT_TRUE(half.training != training_schedule::row_tasks || half.serial_row_task_training);
   // Four images: past the L2, the column blocks (eight of 1 KiB) for both.
   const bnorm::detail::partition blocks = part({4, 2048, 7, 7});
   EXPECT_EQ(blocks.training, training_schedule::fused_column_blocks);
