@@ -615,7 +615,8 @@ TEST(Schedule, TrainingTakesRowTasksWhereInferenceDoesAndTheBlocksFuse) {
   }
   const bnorm::detail::partition half =
       plan_partition({{1, 2048, 7, 7}, layout::channels_last, bnorm::dtype::bf16}, {}, id, one_mib);
-  EXPECT_TRUE(half.training != training_schedule::row_tasks || half.serial_row_task_training);
+  EXPECT_EQ(half.training, training_schedule::row_tasks);
+  EXPECT_TRUE(half.serial_row_task_training);
   // Four images: past the L2, the column blocks (eight of 1 KiB) for both.
   const bnorm::detail::partition blocks = part({4, 2048, 7, 7});
   EXPECT_EQ(blocks.training, training_schedule::fused_column_blocks);

@@ -705,8 +705,8 @@ void interleaved_sums(const Terms& terms, std::size_t rows, std::size_t width, s
   }
   const std::size_t block_bytes = rows_per_block * stride * sizeof(typename Terms::storage);
   // Pairs of vectors in the storage's order where every row's pairs start on the pair's bytes:
-  // misaligned by half a vector, AVX-512's pairs (each a load across two lines) summed rows of
-  // bfloat16 13% slower than two widening loads, aligned 6% faster (docs/design.md).
+  // misaligned, AVX-512's pairs (each a load across two cache lines) summed rows of bfloat16
+  // slower than two widening loads, aligned faster (docs/design.md, stop 47).
   constexpr std::size_t pair_bytes = 2 * lanes * sizeof(typename Terms::storage);
   const bool in_pairs = loads_pairs_in_any_order<Arch, typename Terms::storage>() &&
                         stride * sizeof(typename Terms::storage) % pair_bytes == 0 &&
