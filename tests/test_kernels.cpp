@@ -1310,13 +1310,7 @@ void half_plane_sums_over_tails() {
   using real = long double;
   const auto encode = [](const std::vector<float>& values) {
     std::vector<S> out;
-    for (float f : values) {
-      if constexpr (std::is_same<S, bfloat16>::value) {
-        out.push_back(bnorm::kernels::to_bfloat16(f));
-      } else {
-        out.push_back(bnorm::kernels::to_float16(f));
-      }
-    }
+    for (float f : values) out.push_back(S::from_float(f));
     return out;
   };
   const auto same_bits = [](const double* a, const double* b, std::size_t n) {
