@@ -28,6 +28,13 @@ constexpr std::size_t fused_block_l2_fraction = 4;
 constexpr std::size_t fused_group_l2_fraction = 8;
 constexpr std::size_t fused_group_channels = 16;
 constexpr std::size_t fused_group_l1_bytes = 16 * 1024;  // half of a 32 KiB L1 data cache
+// The plane kernels take channels a vector of them at a time (the map a float32 vector's lanes,
+// the sums and the pivots a float64 vector's), and the channels after a group's last whole
+// vector each take a one-channel path: a group of four vectors of channels or more is cut to
+// whole vectors of the widest ISA's (64-byte) vectors (docs/design.md, "Fused groups of whole
+// vectors (stop 48)").
+constexpr std::size_t widest_vector_bytes = 64;
+constexpr std::size_t whole_vector_groups_from = 4;
 // Fused column blocks have rows of 2 KiB at least, and there are four of them at least. Two
 // cores writing parts of the same 4 KiB pages, row after row, run at a fraction of their speed
 // (scripts/page_sharing.cpp shows it); a task of the fused pass takes neighbouring blocks
@@ -230,6 +237,10 @@ bool make_partition(const problem& prob, const plan_options& options, std::size_
     p.fused_group = std::clamp<std::size_t>(
         fused_group_bytes / channel_bytes, 1,
         std::max(fused_group_channels, fused_group_l1_bytes / channel_bytes));
+    const std::size_t vector_channels = widest_vector_bytes / p.value_size;
+    if (p.fused_group >= whole_vector_groups_from * vector_channels) {
+      p.fused_group -= p.fused_group % vector_channels;
+    }
     p.chunks_per_channel = fused ? 1 : std::max<std::size_t>(1, p.per_channel / unit_elements);
     p.chunk_len = ceil_div(std::max<std::size_t>(p.per_channel, 1), p.chunks_per_channel);
     p.units = p.channels * p.chunks_per_channel;

@@ -634,7 +634,8 @@ TEST(Schedule, TrainingTakesRowTasksWhereInferenceDoesAndTheBlocksFuse) {
 
 TEST(Schedule, ShortPlanesFuseAsManyChannelsAsHalfAnL1Holds) {
   // Groups of 16 channels, or more where they fit in 16 KiB: a group's kernel calls cost the
-  // same however many channels it holds.
+  // same however many channels it holds. Groups of four 64-byte vectors of channels or more are
+  // cut to whole vectors: the channels after the last take the kernels' one-channel paths.
   const bnorm::isa id = isas_under_test().front();
   const auto group = [&](bnorm::tensor_shape shape, bnorm::dtype type) {
     const bnorm::detail::partition part =
@@ -642,14 +643,15 @@ TEST(Schedule, ShortPlanesFuseAsManyChannelsAsHalfAnL1Holds) {
     EXPECT_EQ(part.training, bnorm::detail::training_schedule::fused_planes);
     return part.fused_group;
   };
-  EXPECT_EQ(group({1, 2048, 7, 7}, bnorm::dtype::f32), 16384u / 196);    // 83
-  EXPECT_EQ(group({1, 2048, 7, 7}, bnorm::dtype::bf16), 16384u / 98);    // 167
-  EXPECT_EQ(group({1, 1024, 14, 14}, bnorm::dtype::f32), 16384u / 784);  // 20
+  EXPECT_EQ(group({1, 2048, 7, 7}, bnorm::dtype::f32), 80u);             // 16384 / 196 = 83
+  EXPECT_EQ(group({1, 2048, 7, 7}, bnorm::dtype::bf16), 160u);           // 16384 / 98 = 167
+  EXPECT_EQ(group({1, 2048, 7, 7}, bnorm::dtype::f64), 40u);             // 16384 / 392 = 41
+  EXPECT_EQ(group({1, 1024, 14, 14}, bnorm::dtype::f32), 16384u / 784);  // 20: under 64, kept
   EXPECT_EQ(group({1, 256, 28, 28}, bnorm::dtype::f32), 16u);            // 3 KiB channels: 16
   EXPECT_EQ(group({1, 256, 56, 56}, bnorm::dtype::f32), 16u);            // 12 KiB channels: 16
   EXPECT_EQ(group({1, 64, 112, 112}, bnorm::dtype::f32), (2u << 20) / 8 / 50176);  // L2/8: 5
   const bnorm::problem seven{{1, 2048, 7, 7}, layout::channels_first};
-  EXPECT_NE(describe(plan_partition(seven, {}, id, reference_caches)).find("in groups of 83"),
+  EXPECT_NE(describe(plan_partition(seven, {}, id, reference_caches)).find("in groups of 80"),
             std::string::npos);
 }
 
