@@ -320,16 +320,22 @@ template <std::size_t Rows, class Arch, class S, class T = compute_t<S>>
   }
 }
 
+/// Rows of at least this many slots go two at a time through interleaved_gradient, narrower ones
+/// four at a time (docs/design.md, "The backward's dx two rows at a time (stop 48)").
+constexpr std::size_t two_row_gradient_slots = 512;
+
 /// Slot j of every row takes the coefficients at first + j (padded by one vector past the
 /// period, so that a partial last vector loads in bounds). Rows go four at a time, each
 /// coefficient vector loaded once for the four: narrow rows (few channels) would otherwise
-/// load four coefficients from L1 for every vector of data.
+/// load four coefficients from L1 for every vector of data. Rows of two_row_gradient_slots or
+/// more go two at a time: four rows' x, dy and dx are twelve streams at once, which took longer
+/// than the coefficient loads they saved.
 template <class Arch, class S>
 void interleaved_gradient(const S* src, const S* diff_dst, S* diff_src, const row_block& block,
                           const gradient_params<compute_t<S>>& params, std::size_t first) noexcept {
   using T = compute_t<S>;
   using vec = xsimd::batch<T, Arch>;
-  constexpr std::size_t lanes = vec::size, together = 4;
+  constexpr std::size_t lanes = vec::size;
   const std::size_t rows = block.rows, width = block.width, stride = block.stride;
   const gradient_coefficients<const T>& k = params.coeffs;
   const bool stream = params.stream && element_aligned(diff_src);
@@ -361,7 +367,9 @@ void interleaved_gradient(const S* src, const S* diff_dst, S* diff_src, const ro
                        vec::load_unaligned(x_scale + j), vec::load_unaligned(shift + j));
   };
   std::size_t r = 0;
-  if (!stream) {
+  // Rows `together` at a time, while `together` remain.
+  const auto rows_together = [&](auto together_constant) {
+    constexpr std::size_t together = decltype(together_constant)::value;
     const std::size_t whole = width - width % lanes;
     for (; r + together <= rows; r += together) {
       const std::size_t offset = r * stride;
@@ -375,6 +383,11 @@ void interleaved_gradient(const S* src, const S* diff_dst, S* diff_src, const ro
         gradient_store_run<Arch>(x + i * stride, g + i * stride, y + i * stride, whole, width, f);
       }
     }
+  };
+  if (!stream && width >= two_row_gradient_slots) {
+    rows_together(std::integral_constant<std::size_t, 2>());
+  } else if (!stream) {
+    rows_together(std::integral_constant<std::size_t, 4>());
   }
   for (; r < rows; ++r) {
     const std::size_t offset = r * stride;
