@@ -32,7 +32,7 @@ constexpr std::size_t fused_group_l1_bytes = 16 * 1024;  // half of a 32 KiB L1 
 // the sums and the pivots a float64 vector's), and the channels after a group's last whole
 // vector each take a one-channel path: a group of four vectors of channels or more is cut to
 // whole vectors of the widest ISA's (64-byte) vectors (docs/design.md, "Fused groups of whole
-// vectors (stop 48)").
+// vectors; the backward's dx two rows at a time (stop 48)").
 constexpr std::size_t widest_vector_bytes = 64;
 constexpr std::size_t whole_vector_groups_from = 4;
 // Fused column blocks have rows of 2 KiB at least, and there are four of them at least. Two

@@ -321,7 +321,8 @@ template <std::size_t Rows, class Arch, class S, class T = compute_t<S>>
 }
 
 /// Rows of at least this many slots go two at a time through interleaved_gradient, narrower ones
-/// four at a time (docs/design.md, "The backward's dx two rows at a time (stop 48)").
+/// four at a time (docs/design.md, "Fused groups of whole vectors; the backward's dx two rows at
+/// a time (stop 48)").
 constexpr std::size_t two_row_gradient_slots = 512;
 
 /// Slot j of every row takes the coefficients at first + j (padded by one vector past the
@@ -384,10 +385,12 @@ void interleaved_gradient(const S* src, const S* diff_dst, S* diff_src, const ro
       }
     }
   };
-  if (!stream && width >= two_row_gradient_slots) {
-    rows_together(std::integral_constant<std::size_t, 2>());
-  } else if (!stream) {
-    rows_together(std::integral_constant<std::size_t, 4>());
+  if (!stream) {  // streamed dx goes one row at a time, below
+    if (width >= two_row_gradient_slots) {
+      rows_together(std::integral_constant<std::size_t, 2>());
+    } else {
+      rows_together(std::integral_constant<std::size_t, 4>());
+    }
   }
   for (; r < rows; ++r) {
     const std::size_t offset = r * stride;
