@@ -163,9 +163,16 @@ class training_step {
   void run_local_statistics(double* exchange) {
     switch (p_.training) {
       case training_schedule::direct: tiny_statistics(); break;
+      case training_schedule::row_tasks:
+        // In parallel over the units: blocks of whole channels where they are (the backward's
+        // fused blocks), else the two passes' chunks. The same bits either way.
+        if (!p_.fused_backward) {
+          two_pass_statistics();
+          break;
+        }
+        [[fallthrough]];
       case training_schedule::fused_planes:
       case training_schedule::fused_column_blocks:
-      case training_schedule::row_tasks:  // the column blocks: the same sums, in one pass
         fused_pass(plan_, [this](std::size_t c0, std::size_t c1) {
           compute_pivots(c0, c1);
           statistics_of(c0, c1,

@@ -61,6 +61,11 @@ constexpr std::size_t serial_bytes = 256 * 1024;
 // ((1,2048,7,7) NHWC, 392 KiB: docs/design.md, "bfloat16 read in pairs; centered rows one at a
 // time (stop 47)").
 constexpr std::size_t serial_row_task_training_bytes = 512 * 1024;
+// Few rows of many channels whose rows are too narrow for the column blocks above, up to this
+// many bytes of input: one block of every channel, so that the backward is one fused pass on
+// one core. Up to 400 KiB that beat two passes on two cores; at 1 MiB it lost by 1.5×
+// (docs/design.md, "Row tasks wherever inference takes them (stop 49)").
+constexpr std::size_t max_whole_tensor_block_bytes = 512 * 1024;
 // An interleaved period up to this many elements keeps the per-slot arrays in L1.
 constexpr std::size_t max_vector_period = 1024;
 // Interleaved partials are chunks × period doubles; at least this many periods per chunk keep
@@ -294,6 +299,10 @@ bool make_partition(const problem& prob, const plan_options& options, std::size_
                           p.elements * p.element_size <= caches.l2_bytes;
     if (fused_width == 0) fused_width = block_width(min_narrow_block_row_bytes, min_narrow_blocks);
     if (fused_width == 0) fused_width = block_width(min_fused_block_row_bytes, min_few_blocks);
+    if (fused_width == 0 && inference_row_tasks &&
+        p.elements * p.element_size <= max_whole_tensor_block_bytes) {
+      fused_width = round_up(p.channels, vector_lanes);
+    }
     if (fused_width > 0) {
       fused = true;
       p.rows_per_chunk = p.rows;
@@ -330,9 +339,12 @@ bool make_partition(const problem& prob, const plan_options& options, std::size_
     p.training = training_schedule::direct;
   } else if (fused && p.kind == traversal::planes) {
     p.training = training_schedule::fused_planes;
+  } else if (inference_row_tasks) {
+    // Whatever the units: each task's statistics over all the rows are a fused column block's
+    // work, whose bits every schedule gives.
+    p.training = training_schedule::row_tasks;
   } else if (fused) {
-    p.training =
-        inference_row_tasks ? training_schedule::row_tasks : training_schedule::fused_column_blocks;
+    p.training = training_schedule::fused_column_blocks;
   } else {
     p.training = training_schedule::two_passes;
   }
@@ -412,11 +424,14 @@ std::string describe(const partition& p) {
       out += text("fused column blocks, %zu × %zu channels", p.column_blocks, p.block_width);
       break;
     case training_schedule::row_tasks:
-      out += text(
-          "%zu row tasks, each with every channel's statistics%s (backward: fused column "
-          "blocks, %zu × %zu channels)",
-          p.row_tasks, p.serial_row_task_training ? ", on the calling thread" : "", p.column_blocks,
-          p.block_width);
+      out += text("%zu row tasks, each with every channel's statistics%s (backward: ", p.row_tasks,
+                  p.serial_row_task_training ? ", on the calling thread" : "");
+      if (p.fused_backward) {
+        out += text("fused column blocks, %zu × %zu channels)", p.column_blocks, p.block_width);
+      } else {
+        out +=
+            text("two passes, %zu row chunks × %zu column blocks)", p.row_chunks, p.column_blocks);
+      }
       break;
     case training_schedule::two_passes:
       if (p.kind == traversal::planes) {

@@ -81,7 +81,9 @@ struct partition {
   traversal kind = traversal::planes;
   training_schedule training = training_schedule::two_passes;
   // The backward's reduce and map in one pass over blocks of whole channels that stay in
-  // cache (planes in groups, or column blocks): where training fuses, or takes row tasks.
+  // cache (planes in groups, or column blocks): where training fuses, or takes row tasks over
+  // such blocks (row tasks over rows too narrow for them, on more than
+  // max_whole_tensor_block_bytes, leave the backward two passes).
   bool fused_backward = false;
   inference_schedule inference = inference_schedule::row_chunks;
   std::size_t batch = 0;         // N

@@ -33,6 +33,10 @@ const split_case split_cases[] = {
     {"mean_1e5_std_rows", {9, 5, 33}, {2, 4, 3}, layout::channels_last, 1e5},
     {"fused_column_blocks", {2, 2048, 7, 7}, {1, 1}, layout::channels_last, 3.0},
     {"two_pass_planes", {6, 3, 40000}, {2, 4}, layout::channels_first, 1.0},
+    // Row tasks over one block of every channel (392 KiB a rank), and over the two passes'
+    // units (640 KiB a rank: rows too narrow for column blocks, too many bytes for one).
+    {"row_tasks_one_block", {2, 512, 14, 14}, {1, 1}, layout::channels_last, -1.5},
+    {"row_tasks_two_pass_units", {640, 512}, {320, 320}, layout::channels_last, 2.0},
 };
 
 /// One rank's share: its plan and its slices of the whole batch's tensors, and its own

@@ -515,12 +515,16 @@ TEST(Schedule, FusedColumnBlocksCoverAPageOfEachRow) {
     EXPECT_GE(p.block_width * p.element_size, blocks >= 4 ? 1024u : 2048u);
     EXPECT_GE(p.column_blocks * p.block_width * p.element_size, 4096u);
   }
-  // Two blocks of 1 KiB, or one: two passes.
+  // Two blocks of 1 KiB, or one: no column blocks of rows. These few small rows take row tasks
+  // all the same, their backward one block of every channel (see
+  // TrainingTakesRowTasksWhereInferenceDoes).
   for (const auto& [shape, type] :
        {std::pair<bnorm::tensor_shape, bnorm::dtype>{{1, 512, 14, 14}, bnorm::dtype::f32},
         {{1, 1024, 14, 14}, bnorm::dtype::bf16},
         {{1, 256, 7, 7}, bnorm::dtype::f32}}) {
-    EXPECT_EQ(part(shape, type).training, bnorm::detail::training_schedule::two_passes);
+    const bnorm::detail::partition p = part(shape, type);
+    EXPECT_EQ(p.training, bnorm::detail::training_schedule::row_tasks);
+    EXPECT_EQ(p.column_blocks, 1u);
   }
   // A block up to a quarter of L2: (4,2048,7,7)'s four 392 KiB blocks of 2 KiB rows fit a 2 MiB
   // L2's; with 1 MiB, eight of 1 KiB rows (196 KiB), for training alone; (8,2048,7,7)'s eight
@@ -575,10 +579,10 @@ TEST(Schedule, InferenceTakesRowTasksWhereTheRowsAreFew) {
   }
 }
 
-TEST(Schedule, TrainingTakesRowTasksWhereInferenceDoesAndTheBlocksFuse) {
-  // Where inference takes row tasks and training would fuse column blocks, training takes the
-  // row tasks too, each with every channel's statistics; the backward keeps the blocks. Where
-  // the blocks do not fuse, both paths of training stay in two passes.
+TEST(Schedule, TrainingTakesRowTasksWhereInferenceDoes) {
+  // Where inference takes row tasks, training takes the row tasks too, each with every
+  // channel's statistics. The backward keeps the column blocks where they fuse; where the rows
+  // are too narrow for them, one block of every channel up to 512 KiB, two passes above.
   const bnorm::isa id = isas_under_test().front();
   const bnorm::detail::cache_sizes one_mib{1u << 20, 32u << 20};
   const auto part = [&](bnorm::tensor_shape shape) {
@@ -622,11 +626,36 @@ TEST(Schedule, TrainingTakesRowTasksWhereInferenceDoesAndTheBlocksFuse) {
   EXPECT_EQ(blocks.training, training_schedule::fused_column_blocks);
   EXPECT_TRUE(blocks.fused_backward);
   EXPECT_EQ(blocks.scratch.training_copy_bytes, 0u);
-  // Rows of 512 channels: inference in row tasks, training in two passes.
-  const bnorm::detail::partition passes = part({1, 512, 14, 14});
+  // Rows of 512 channels (2 KiB: no column blocks), 392 KiB: row tasks on the calling thread,
+  // the backward one block.
+  const bnorm::detail::partition narrow = part({1, 512, 14, 14});
+  EXPECT_EQ(narrow.inference, bnorm::detail::inference_schedule::row_tasks);
+  EXPECT_EQ(narrow.training, training_schedule::row_tasks);
+  EXPECT_TRUE(narrow.serial_row_task_training);
+  EXPECT_TRUE(narrow.fused_backward);
+  EXPECT_EQ(narrow.column_blocks, 1u);
+  EXPECT_NE(describe(narrow).find("(backward: fused column blocks, 1 × 512 channels)"),
+            std::string::npos)
+      << describe(narrow);
+  // bfloat16 rows of 1024 channels: 2 KiB, 392 KiB; the tasks share out (784 KiB of floats).
+  const bnorm::detail::partition narrow_half = plan_partition(
+      {{1, 1024, 14, 14}, layout::channels_last, bnorm::dtype::bf16}, {}, id, one_mib);
+  EXPECT_EQ(narrow_half.training, training_schedule::row_tasks);
+  EXPECT_FALSE(narrow_half.serial_row_task_training);
+  EXPECT_TRUE(narrow_half.fused_backward);
+  EXPECT_EQ(narrow_half.column_blocks, 1u);
+  // 1 MiB of rows of 512 channels: row tasks, the backward in two passes.
+  const bnorm::detail::partition passes = part({512, 512});
   EXPECT_EQ(passes.inference, bnorm::detail::inference_schedule::row_tasks);
-  EXPECT_EQ(passes.training, training_schedule::two_passes);
+  EXPECT_EQ(passes.training, training_schedule::row_tasks);
   EXPECT_FALSE(passes.fused_backward);
+  EXPECT_NE(describe(passes).find("(backward: two passes, "), std::string::npos)
+      << describe(passes);
+  // Past 512 rows, two passes for both.
+  const bnorm::detail::partition many_rows = part({4, 512, 14, 14});
+  EXPECT_EQ(many_rows.inference, bnorm::detail::inference_schedule::row_chunks);
+  EXPECT_EQ(many_rows.training, training_schedule::two_passes);
+  EXPECT_FALSE(many_rows.fused_backward);
   // Channels-first planes fuse the backward with the training.
   EXPECT_TRUE(
       plan_partition({{8, 64, 28, 28}, layout::channels_first}, {}, id, one_mib).fused_backward);
