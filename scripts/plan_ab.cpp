@@ -7,7 +7,8 @@
 //       build/release/libbnorm.a -ltbb -lpthread -o /tmp/plan_ab     (one line)
 //   /tmp/plan_ab [--bf16] [--last] [--threads 1,2] [--rounds R] [--calls K] [--modes M,...]
 //                A B N C [spatial...]
-//   A, B: two ISAs, or two of automatic, cached, streaming. Defaults: one thread, 200 rounds
+//   A, B: two ISAs, two of automatic, cached, streaming, or none and relu (the fused
+//   activation). Defaults: one thread, 200 rounds
 //   of 2,000 calls (small tensors), every mode but statistics. --modes: some of training,
 //   inference, backward, frozen, statistics (local_statistics: the training's reduce pass
 //   alone) (each mode's calls follow the previous mode's, whose outputs may still be in cache:
@@ -29,8 +30,15 @@
 
 namespace {
 
-/// A plan variant named on the command line: an ISA cap or a store policy.
+/// A plan variant named on the command line: an ISA cap, a store policy, or a fused activation
+/// without parameters (none, relu).
 bool apply(const char* name, bnorm::plan_options& options) {
+  for (bnorm::activation f : {bnorm::activation::none, bnorm::activation::relu}) {
+    if (std::strcmp(bnorm::to_string(f), name) == 0) {
+      options.activation = f;
+      return true;
+    }
+  }
   for (bnorm::isa i : bnorm::available_isas()) {
     if (std::strcmp(bnorm::to_string(i), name) == 0) {
       options.max_isa = i;
@@ -100,7 +108,8 @@ int main(int argc, char** argv) {
   bnorm::plan_options variants[2];
   for (int k = 0; k < 2; ++k) {
     if (!apply(argv[a + k], variants[k])) {
-      std::fprintf(stderr, "%s: neither an ISA this CPU offers nor a store policy\n", argv[a + k]);
+      std::fprintf(stderr, "%s: neither an ISA this CPU offers, a store policy nor none or relu\n",
+                   argv[a + k]);
       return 2;
     }
   }
@@ -172,6 +181,8 @@ int main(int argc, char** argv) {
     b.diff_dst = dy.data();
     b.diff_src = dx.data();
     b.scale = {gamma.data(), c};
+    // A fused activation's backward masks dy with the forward's output.
+    if (plan.options().activation != bnorm::activation::none) b.dst = y.data();
     if (mode == 2) {
       b.src = x.data();
       b.mean = {saved_mean.data(), c};
