@@ -149,6 +149,10 @@ const half_case half_cases[] = {
     {"rows_in_column_blocks", {1, 1001, 300}, layout::channels_last, -0.5},
     {"volumes", {2, 5, 3, 7, 6}, layout::channels_last, 3.0},
     {"few_wide_rows", {1, 512, 7, 7}, layout::channels_last, 1.0},
+    // Rows of 2 KiB, too narrow for column blocks: training in row tasks on two threads, the
+    // backward in one block (392 KiB) or in two passes (1 MiB).
+    {"narrow_rows_in_row_tasks", {1, 1024, 14, 14}, layout::channels_last, -2.0},
+    {"narrow_rows_in_row_tasks_1mib", {512, 1024}, layout::channels_last, 0.75},
     {"batch_one_short_planes",
      {1, 37, 7, 7},
      layout::channels_first,
