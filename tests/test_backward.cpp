@@ -167,6 +167,9 @@ const backward_case accuracy_cases[] = {
     {{2, 8, 5, 7, 9}, layout::channels_last, 0.0, 1e-6},
     {{1, 1024, 7, 7}, layout::channels_first, 0.0, 1e-6},
     {{1, 1024, 7, 7}, layout::channels_last, 0.0, 1e-6},
+    // Rows of 1000 channels, too narrow for column blocks: one block of every channel, whose
+    // last vector is partial.
+    {{1, 1000, 7, 7}, layout::channels_last, 0.0, 1e-6},
     {{32, 3, 130, 130}, layout::channels_first, 0.0, 1e-6},  // channels larger than a unit
     {{2, 3, 200, 300}, layout::channels_first, 0.0, 1e-6},  // 469 KiB channels, fused from 1 MiB L2
     // 4 MiB (from memory where the last level is 32 MiB): fused planes fetching the next block
