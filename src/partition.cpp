@@ -413,6 +413,8 @@ std::string describe(const partition& p) {
     out = text("channels-last rows (%zu × %zu)", p.rows, p.channels);
   }
   out += " · training: ";
+  // A block's width is whole vectors; one block of every channel holds just the channels.
+  const std::size_t block_channels = std::min(p.block_width, p.channels);
   switch (p.training) {
     case training_schedule::direct: out += "direct float64 sums"; break;
     case training_schedule::fused_planes:
@@ -421,13 +423,13 @@ std::string describe(const partition& p) {
       if (p.fetch_next_fused_backward_block) out += ", the backward's blocks fetching the next";
       break;
     case training_schedule::fused_column_blocks:
-      out += text("fused column blocks, %zu × %zu channels", p.column_blocks, p.block_width);
+      out += text("fused column blocks, %zu × %zu channels", p.column_blocks, block_channels);
       break;
     case training_schedule::row_tasks:
       out += text("%zu row tasks, each with every channel's statistics%s (backward: ", p.row_tasks,
                   p.serial_row_task_training ? ", on the calling thread" : "");
       if (p.fused_backward) {
-        out += text("fused column blocks, %zu × %zu channels)", p.column_blocks, p.block_width);
+        out += text("fused column blocks, %zu × %zu channels)", p.column_blocks, block_channels);
       } else {
         out +=
             text("two passes, %zu row chunks × %zu column blocks)", p.row_chunks, p.column_blocks);
