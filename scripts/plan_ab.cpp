@@ -8,11 +8,11 @@
 //   /tmp/plan_ab [--bf16] [--last] [--threads 1,2] [--rounds R] [--calls K] [--modes M,...]
 //                A B N C [spatial...]
 //   A, B: two ISAs, two of automatic, cached, streaming, or none and relu (the fused
-//   activation). Defaults: one thread, 200 rounds
-//   of 2,000 calls (small tensors), every mode but statistics. --modes: some of training,
-//   inference, backward, frozen, statistics (local_statistics: the training's reduce pass
-//   alone) (each mode's calls follow the previous mode's, whose outputs may still be in cache:
-//   inference after a streamed training finds no y there).
+//   activation). Defaults: one thread, 200 rounds of 2,000 calls (small tensors), every mode
+//   but statistics. --modes: some of training, inference, backward, frozen, statistics
+//   (local_statistics: the training's reduce pass alone) (each mode's calls follow the
+//   previous mode's, whose outputs may still be in cache: inference after a streamed training
+//   finds no y there).
 //   e.g. /tmp/plan_ab avx512bf16 avx2 2 4
 //        /tmp/plan_ab --threads 1,2 --rounds 20 --calls 5 automatic cached 2 32 16 56 56
 #include <bnorm/bnorm.hpp>

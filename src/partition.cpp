@@ -63,8 +63,9 @@ constexpr std::size_t serial_bytes = 256 * 1024;
 constexpr std::size_t serial_row_task_training_bytes = 512 * 1024;
 // Few rows of many channels whose rows are too narrow for the column blocks above, up to this
 // many bytes of input: one block of every channel, so that the backward is one fused pass on
-// one core. Up to 400 KiB that beat two passes on two cores; at 1 MiB it lost by 1.5×
-// (docs/design.md, "Row tasks wherever inference takes them (stop 49)").
+// one core. At 392 KiB ((1,512,14,14) float32, bfloat16 (1,1024,14,14)) that beat two passes
+// on two cores; at 1 MiB it lost by 1.5× (docs/design.md, "Row tasks wherever inference takes
+// them (stop 49)").
 constexpr std::size_t max_whole_tensor_block_bytes = 512 * 1024;
 // An interleaved period up to this many elements keeps the per-slot arrays in L1.
 constexpr std::size_t max_vector_period = 1024;
