@@ -6,7 +6,7 @@
 //   bash scripts/kernel_ab.sh OLD_REV [MODE ROWS WIDTH [ELEMENT]]
 //   MODE: planes (plane_stats over ROWS planes of WIDTH), planes_gradient, rows
 //   (interleaved_stats over ROWS rows of WIDTH slots), rows_gradient, planes_map, rows_map
-//   (the centered normalization); ELEMENT: bf16 (default), f16 or f32. Buffers start on cache
+//   (the centered normalization), planes_gradient_map, rows_gradient_map (the backward's dx); ELEMENT: bf16 (default), f16 or f32. Buffers start on cache
 //   lines, or OFFSET elements past (environment variable OFFSET).
 #include <algorithm>
 #include <chrono>
@@ -62,6 +62,8 @@ int run(const std::string& mode, std::size_t rows, std::size_t width) {
   std::vector<double> sum(width), sum_sq(width);
   kernels::normalize_params<T> params;
   params.coeffs = {center.data(), scale.data(), shift.data(), nullptr};
+  kernels::gradient_params<T> gradient;
+  gradient.coeffs = {center.data(), scale.data(), scale.data(), shift.data(), nullptr, nullptr};
   const kernels::plane_block planes{width, rows, width, 1};
   const kernels::row_block row_block{rows, width, width};
   const auto call = [&](const kernels::kernel_set<S>& k) {
@@ -79,6 +81,10 @@ int run(const std::string& mode, std::size_t rows, std::size_t width) {
       k.plane_normalize(x.data, y.data, nullptr, planes, params, 0);
     } else if (mode == "rows_map") {
       k.interleaved_normalize(x.data, y.data, nullptr, row_block, params, 0);
+    } else if (mode == "planes_gradient_map") {
+      k.plane_gradient(x.data, dy.data, y.data, planes, gradient, 0);
+    } else if (mode == "rows_gradient_map") {
+      k.interleaved_gradient(x.data, dy.data, y.data, row_block, gradient, 0);
     } else {
       return false;
     }

@@ -8,11 +8,13 @@
 //   /tmp/plan_ab [--bf16] [--last] [--threads 1,2] [--rounds R] [--calls K] [--modes M,...]
 //                A B N C [spatial...]
 //   A, B: two ISAs, two of automatic, cached, streaming, or none and relu (the fused
-//   activation). Defaults: one thread, 200 rounds of 2,000 calls (small tensors), every mode
-//   but statistics. --modes: some of training, inference, backward, frozen, statistics
-//   (local_statistics: the training's reduce pass alone) (each mode's calls follow the
-//   previous mode's, whose outputs may still be in cache: inference after a streamed training
-//   finds no y there).
+//   activation). Defaults: one thread, 200 rounds of 2,000 calls (small tensors), the modes
+//   training, inference, backward and frozen. --modes: some of those, statistics
+//   (local_statistics: the training's reduce pass alone), training+next and backward+next (the
+//   call, then the next layer's read of its output: an inference over y or dx with cached
+//   stores, which finds a streamed output in memory). Each mode's calls follow the previous
+//   mode's, whose outputs may still be in cache: inference after a streamed training finds no
+//   y there.
 //   e.g. /tmp/plan_ab avx512bf16 avx2 2 4
 //        /tmp/plan_ab --threads 1,2 --rounds 20 --calls 5 automatic cached 2 32 16 56 56
 #include <bnorm/bnorm.hpp>
@@ -22,6 +24,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <optional>
 #include <string>
 #include <vector>
@@ -66,9 +69,10 @@ int main(int argc, char** argv) {
   bool bf16 = false, last = false;
   std::vector<int> threads;
   int rounds = 200, calls = 2000;
-  constexpr int mode_count = 5;
-  const char* modes[mode_count] = {"training", "inference", "backward", "frozen", "statistics"};
-  bool runs[mode_count] = {true, true, true, true, false};
+  constexpr int mode_count = 7;
+  const char* modes[mode_count] = {"training",   "inference",     "backward",     "frozen",
+                                   "statistics", "training+next", "backward+next"};
+  bool runs[mode_count] = {true, true, true, true, false, false, false};
   int a = 1;
   for (; a < argc && argv[a][0] == '-'; ++a) {
     bf16 = bf16 || std::strcmp(argv[a], "--bf16") == 0;
@@ -95,7 +99,8 @@ int main(int argc, char** argv) {
   if (threads.empty()) threads.push_back(1);
   if (std::none_of(runs, runs + mode_count, [](bool r) { return r; })) {
     std::fprintf(stderr,
-                 "--modes: expected some of training,inference,backward,frozen,statistics\n");
+                 "--modes: expected some of training,inference,backward,frozen,statistics,"
+                 "training+next,backward+next\n");
     return 2;
   }
   if (argc - a < 4) {
@@ -132,6 +137,17 @@ int main(int argc, char** argv) {
     }
   }
   for (int k = 0; k < 2; ++k) std::printf("%s: %s\n", argv[a + k], plans[k].describe());
+  // The next layer of the +next modes: the same problem on the same threads, its stores cached.
+  std::vector<bnorm::plan> next_plans(plans.size());
+  for (std::size_t p = 0; p < plans.size(); ++p) {
+    bnorm::plan_options options;
+    options.max_threads = threads[p / 2];
+    options.stores = bnorm::store_policy::cached;
+    if (bnorm::status s = bnorm::make_plan(prob, options, &next_plans[p]); !s) {
+      std::fprintf(stderr, "%s\n", s.message());
+      return 1;
+    }
+  }
   // float32 buffers are large enough for either storage type.
   // On cache lines, as the benchmark's (a vector's 16-byte alignment splits 64-byte accesses).
   // dy varies as x does, on another pattern: a constant dy makes Σdy·(x − mean) exactly 0,
@@ -152,7 +168,22 @@ int main(int argc, char** argv) {
       saved_inv_std(c), dgamma(c), dbeta(c);
   std::int64_t steps = 0;
   std::vector<double> exchange(bnorm::statistics_exchange_size(c));
-  const auto call = [&](const bnorm::plan& plan, int mode) {
+  std::vector<float, bnorm_bench::aligned64<float>> next_out(elements);
+  std::function<bnorm::status(const bnorm::plan&, int)> call;
+  call = [&](const bnorm::plan& plan, int mode) -> bnorm::status {
+    if (mode == 5 || mode == 6) {
+      // The call, then the next layer's read of its output (an inference over y or dx, cached
+      // stores, on the same threads): what a store policy costs or saves its consumer.
+      if (bnorm::status s = call(plan, mode == 5 ? 0 : 2); !s) return s;
+      bnorm::inference_args i;
+      i.src = mode == 5 ? y.data() : dx.data();
+      i.dst = next_out.data();
+      i.scale = {gamma.data(), c};
+      i.shift = {beta.data(), c};
+      i.mean = {mean.data(), c};
+      i.var = {var.data(), c};
+      return next_plans[&plan - plans.data()].forward_inference(i);
+    }
     if (mode == 0 || mode == 4) {
       bnorm::training_args t;
       t.src = x.data();

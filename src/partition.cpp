@@ -396,6 +396,17 @@ bool make_partition(const problem& prob, const plan_options& options, std::size_
   // was slower in rows and planes alike, from 1.5 MiB faster (docs/design.md, "The backward's
   // stores on two threads").
   p.stream_parallel_backward_stores = streams_in_parallel(2, interleaved_fused_backward);
+  // Fused column blocks, more than one across a row, shared out between cores, stream dx
+  // whatever the size: a block's x and dy, read twice, fall in the share of the L2's sets its
+  // slices of the rows map to, where cached dx lines (each read before it is written) push them
+  // out. Streamed, the backward of 196 rows of 1024 channels on two cores, followed by the next
+  // layer's read of dx, ran 1.2 to 1.5 times faster in most phases of the shared host and 10%
+  // slower in the quietest (docs/design.md, "The backward's column blocks stream dx on more
+  // cores (stop 50)"). One core keeps dx cached: streamed, its next layer lost what it gained.
+  if (interleaved_fused_backward && p.column_blocks > 1 && !p.serial &&
+      options.stores == store_policy::automatic) {
+    p.stream_parallel_backward_stores = true;
+  }
   p.channels_per_finalize_task = finalize_channels_per_task;
   p.channels_per_coefficient_task = coefficient_channels_per_task;
   return lay_out_scratch(p);
@@ -462,7 +473,8 @@ std::string describe(const partition& p) {
       break;
   }
   // Which outputs stream, where the three paths differ: each streams everywhere, on one thread
-  // only (training and the backward may keep theirs cached on more threads), or nowhere.
+  // only (training and the backward may keep theirs cached on more threads), on more threads only
+  // (the backward's column blocks), or nowhere.
   struct path_stores {
     const char* name;
     bool one_thread, more_threads;
@@ -471,29 +483,33 @@ std::string describe(const partition& p) {
       {"training", p.stream_training_stores, p.stream_parallel_training_stores},
       {"backward", p.stream_training_stores, p.stream_parallel_backward_stores},
       {"inference", p.stream_inference_stores, p.stream_parallel_inference_stores}};
-  std::string everywhere, one_thread;
+  std::string everywhere, one_thread, more_threads;
   const auto append = [](std::string& list, const char* name) {
     list += list.empty() ? name : std::string(", ") + name;
   };
   std::size_t streamed_everywhere = 0;
   for (const path_stores& path : paths) {
-    if (path.more_threads) {
+    if (path.one_thread && path.more_threads) {
       append(everywhere, path.name);
       ++streamed_everywhere;
     } else if (path.one_thread) {
       append(one_thread, path.name);
+    } else if (path.more_threads) {
+      append(more_threads, path.name);
     }
   }
   if (streamed_everywhere == std::size(paths)) {
     out += " · streaming stores";
-  } else if (everywhere.empty() && one_thread.empty()) {
+  } else if (everywhere.empty() && one_thread.empty() && more_threads.empty()) {
     out += " · cached stores";
   } else {
-    out += " · streaming stores (" + everywhere;
-    if (!one_thread.empty()) {
-      out += (everywhere.empty() ? "" : "; ") + one_thread + " on one thread";
-    }
-    out += ")";
+    std::string lists = everywhere;
+    const auto add = [&lists](const std::string& list, const char* where) {
+      if (!list.empty()) lists += (lists.empty() ? "" : "; ") + list + where;
+    };
+    add(one_thread, " on one thread");
+    add(more_threads, " on more threads");
+    out += " · streaming stores (" + lists + ")";
   }
   if (p.statistics_read_ahead_bytes > 0) {
     out += text(" · reads %zu KiB ahead", p.statistics_read_ahead_bytes / 1024);

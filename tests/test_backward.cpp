@@ -358,6 +358,8 @@ TEST_P(Backward, MasksInPlaceAndThreadCountsGiveTheSameBits) {
   const backward_case cases[] = {{{8, 64, 28, 28}, layout::channels_first, 0.0, 0},
                                  {{8, 64, 28, 28}, layout::channels_last, 0.0, 0},
                                  {{1, 2048, 7, 7}, layout::channels_last, 0.0, 0},
+                                 // Column blocks that stream dx on more threads (4 × 256).
+                                 {{1, 1024, 14, 14}, layout::channels_last, 0.0, 0},
                                  {{64, 3, 100, 100}, layout::channels_first, 0.0, 0},
                                  {{3, 5}, layout::channels_last, 0.0, 0}};
   for (const backward_case& k : cases) {
@@ -396,9 +398,11 @@ TEST_P(Backward, MasksInPlaceAndThreadCountsGiveTheSameBits) {
       EXPECT_EQ(std::get<2>(call(plan, false, false, true, false)), std::get<2>(full)) << name;
       EXPECT_EQ(std::get<0>(params), std::vector<float>(x.size(), -7.0f)) << "dx written";
       for (const int threads : {2, 0}) {
-        EXPECT_EQ(call(make(k.shape, k.l, bnorm::dtype::f32, threads), true, true, true, false),
-                  full)
+        const bnorm::plan shared_out = make(k.shape, k.l, bnorm::dtype::f32, threads);
+        EXPECT_EQ(call(shared_out, true, true, true, false), full)
             << name << " threads " << threads;
+        EXPECT_EQ(std::get<0>(call(shared_out, true, true, true, true)), std::get<0>(full))
+            << name << " in place, threads " << threads;
       }
     }
   }

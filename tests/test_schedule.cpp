@@ -661,6 +661,41 @@ TEST(Schedule, TrainingTakesRowTasksWhereInferenceDoes) {
       plan_partition({{8, 64, 28, 28}, layout::channels_first}, {}, id, one_mib).fused_backward);
 }
 
+TEST(Schedule, BackwardColumnBlocksStreamDxOnMoreThreads) {
+  // The backward's fused column blocks, more than one across a row and shared out between
+  // cores, stream dx on more threads whatever the size; one thread keeps it cached, and so do a
+  // block of whole rows, a call on the calling thread, and the cached policy.
+  const bnorm::isa id = isas_under_test().front();
+  const bnorm::detail::cache_sizes one_mib{1u << 20, 32u << 20};
+  const auto part = [&](bnorm::tensor_shape shape, bnorm::plan_options opts) {
+    return plan_partition({shape, layout::channels_last}, opts, id, one_mib);
+  };
+  const bnorm::detail::partition blocks = part({1, 1024, 14, 14}, {});
+  EXPECT_TRUE(blocks.fused_backward);
+  EXPECT_EQ(blocks.column_blocks, 4u);
+  EXPECT_FALSE(blocks.serial);
+  EXPECT_TRUE(blocks.stream_parallel_backward_stores);
+  EXPECT_FALSE(blocks.stream_training_stores);  // one thread's dx, and training's y
+  EXPECT_FALSE(blocks.stream_parallel_training_stores);
+  EXPECT_NE(describe(blocks).find(" · streaming stores (backward on more threads) · "),
+            std::string::npos)
+      << describe(blocks);
+  const bnorm::detail::partition whole_rows = part({1, 512, 14, 14}, {});
+  EXPECT_EQ(whole_rows.column_blocks, 1u);
+  EXPECT_FALSE(whole_rows.stream_parallel_backward_stores);
+  const bnorm::detail::partition serial = part({1, 1024, 7, 7}, {});
+  EXPECT_EQ(serial.column_blocks, 2u);
+  EXPECT_TRUE(serial.serial);
+  EXPECT_FALSE(serial.stream_parallel_backward_stores);
+  bnorm::plan_options cached;
+  cached.stores = bnorm::store_policy::cached;
+  EXPECT_FALSE(part({1, 1024, 14, 14}, cached).stream_parallel_backward_stores);
+  // Two passes (rows too many for a block in the L2) map whole rows: dx stays cached.
+  const bnorm::detail::partition two_passes = part({2, 1024, 14, 14}, {});
+  EXPECT_FALSE(two_passes.fused_backward);
+  EXPECT_FALSE(two_passes.stream_parallel_backward_stores);
+}
+
 TEST(Schedule, ShortPlanesFuseAsManyChannelsAsHalfAnL1Holds) {
   // Groups of 16 channels, or more where they fit in 16 KiB: a group's kernel calls cost the
   // same however many channels it holds. Groups of four 64-byte vectors of channels or more are
