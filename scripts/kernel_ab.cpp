@@ -6,8 +6,9 @@
 //   bash scripts/kernel_ab.sh OLD_REV [MODE ROWS WIDTH [ELEMENT]]
 //   MODE: planes (plane_stats over ROWS planes of WIDTH), planes_gradient, rows
 //   (interleaved_stats over ROWS rows of WIDTH slots), rows_gradient, planes_map, rows_map
-//   (the centered normalization), planes_gradient_map, rows_gradient_map (the backward's dx); ELEMENT: bf16 (default), f16 or f32. Buffers start on cache
-//   lines, or OFFSET elements past (environment variable OFFSET).
+//   (the centered normalization), planes_gradient_map, rows_gradient_map (the backward's dx);
+//   ELEMENT: bf16 (default), f16 or f32. Buffers start on cache lines, or OFFSET elements past
+//   (environment variable OFFSET).
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
