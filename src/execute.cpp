@@ -380,19 +380,25 @@ class training_step {
     moments.resum_below = resum_below;
     const double max_offset_squared = plan_.max_pivot_offset_squared;
     moments.max_offset_squared = max_offset_squared;
-    if (kern.channel_moments(moments)) {
-      for (std::size_t c = c0; c < c1; ++c) {
-        const double variance = variance_[c];
-        if (!std::isfinite(variance) || variance + plan_.prob.epsilon < resum_below) {
-          set_exact_moments(c);
-          continue;
-        }
-        const double offset = mean_[c] - static_cast<double>(pivot_[c]);
-        if (pivots == correction::allowed && offset * offset > max_offset_squared * variance) {
-          const T moved = static_cast<T>(mean_[c]);
-          result.repivoted = result.repivoted || moved != pivot_[c];
-          pivot_[c] = moved;
-        }
+    moments.out = &coeffs_;
+    moments.beta = beta ? beta + c0 : nullptr;
+    moments.first = c0;
+    const kernels::moment_flags flags = kern.channel_moments(moments);
+    if (!flags.look) {  // the coefficients written with the moments
+      result.prescaled = flags.prescaled;
+      return result;
+    }
+    for (std::size_t c = c0; c < c1; ++c) {
+      const double variance = variance_[c];
+      if (!std::isfinite(variance) || variance + plan_.prob.epsilon < resum_below) {
+        set_exact_moments(c);
+        continue;
+      }
+      const double offset = mean_[c] - static_cast<double>(pivot_[c]);
+      if (pivots == correction::allowed && offset * offset > max_offset_squared * variance) {
+        const T moved = static_cast<T>(mean_[c]);
+        result.repivoted = result.repivoted || moved != pivot_[c];
+        pivot_[c] = moved;
       }
     }
     result.prescaled = kern.channel_coefficients(c1 - c0, mean_ + c0, inv_std_ + c0, scale_ + c0,
@@ -516,17 +522,23 @@ class training_step {
 
   /// Channels [c0, c1) of the batch and running statistics.
   void commit_channels(const running_update& update, std::size_t c0, std::size_t c1) const {
-    const kernels::kernel_set<S>& kern = plan_.kernels->get<S>();
-    const std::size_t count = c1 - c0;
-    if (T* out = static_cast<T*>(args_.batch_mean.data)) kern.narrow(count, mean_ + c0, out + c0);
-    if (T* out = static_cast<T*>(args_.batch_inv_std.data)) {
-      kern.narrow(count, inv_std_ + c0, out + c0);
+    const auto from_c0 = [c0](const channel_output& b) {
+      return b.data ? static_cast<T*>(b.data) + c0 : nullptr;
+    };
+    kernels::statistics_commit<T> commit;
+    commit.channels = c1 - c0;
+    commit.mean = mean_ + c0;
+    commit.variance = variance_ + c0;
+    commit.inv_std = inv_std_ + c0;
+    commit.batch_mean = from_c0(args_.batch_mean);
+    commit.batch_inv_std = from_c0(args_.batch_inv_std);
+    if (update.active) {
+      commit.running_mean = from_c0(args_.running_mean);
+      commit.running_var = from_c0(args_.running_var);
+      commit.variance_factor = update.bessel;
+      commit.batch_weight = update.batch_weight;
     }
-    if (!update.active) return;
-    kern.blend_running(count, mean_ + c0, 1.0, update.batch_weight,
-                       static_cast<T*>(args_.running_mean.data) + c0);
-    kern.blend_running(count, variance_ + c0, update.bessel, update.batch_weight,
-                       static_cast<T*>(args_.running_var.data) + c0);
+    plan_.kernels->get<S>().commit_statistics(commit);
   }
 
   template <class U>

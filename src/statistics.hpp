@@ -57,7 +57,7 @@ moments exact_moments(std::size_t batch, std::size_t spatial, double epsilon,
 }
 
 /// How one training step moves the running statistics: r = (1 - w)·r + w·batch (the
-/// blend_running kernel).
+/// commit_statistics kernel).
 struct running_rule {
   double batch_weight;
   bool unbiased_variance;

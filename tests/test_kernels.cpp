@@ -536,15 +536,126 @@ TYPED_TEST(KernelTester, PerChannelKernelsOverTails) {
         EXPECT_NEAR(static_cast<double>((x - all.center[c]) * all.scale[c] + all.shift[c]),
                     static_cast<double>(scale + beta[c]), 8 * tolerance<T>());
       }
-      // blend_running and narrow.
-      std::vector<double> batch(n);
-      for (std::size_t c = 0; c < n; ++c) batch[c] = 1.5 + c;
-      std::vector<T> running(n, T(2)), narrowed(n);
-      k.blend_running(n, batch.data(), 2.0, 0.25, running.data());
-      k.narrow(n, batch.data(), narrowed.data());
+      // commit_statistics (every output, the batch's alone, the running ones alone) and narrow.
+      std::vector<double> batch_mean(n), batch_var(n), batch_inv_std(n);
       for (std::size_t c = 0; c < n; ++c) {
-        EXPECT_EQ(running[c], static_cast<T>(0.25 * (batch[c] * 2.0) + 0.75 * 2.0)) << c;
-        EXPECT_EQ(narrowed[c], static_cast<T>(batch[c])) << c;
+        batch_mean[c] = 1.5 + c;
+        batch_var[c] = 0.3 + 0.1 * c;
+        batch_inv_std[c] = 1.0 / (7.0 + c);
+      }
+      for (int outputs = 1; outputs <= 3; ++outputs) {
+        const bool batch = outputs & 1, running = outputs & 2;
+        std::vector<T> saved_mean(n, T(-9)), saved_inv_std(n, T(-9)), running_mean(n, T(2)),
+            running_var(n, T(3)), narrowed(n);
+        kernels::statistics_commit<T> commit;
+        commit.channels = n;
+        commit.mean = batch_mean.data();
+        commit.variance = batch_var.data();
+        commit.inv_std = batch_inv_std.data();
+        if (batch) {
+          commit.batch_mean = saved_mean.data();
+          commit.batch_inv_std = saved_inv_std.data();
+        }
+        if (running) {
+          commit.running_mean = running_mean.data();
+          commit.running_var = running_var.data();
+          commit.variance_factor = 2.0;
+          commit.batch_weight = 0.25;
+        }
+        k.commit_statistics(commit);
+        k.narrow(n, batch_mean.data(), narrowed.data());
+        for (std::size_t c = 0; c < n; ++c) {
+          EXPECT_EQ(saved_mean[c], batch ? static_cast<T>(batch_mean[c]) : T(-9)) << c;
+          EXPECT_EQ(saved_inv_std[c], batch ? static_cast<T>(batch_inv_std[c]) : T(-9)) << c;
+          EXPECT_EQ(running_mean[c],
+                    running ? static_cast<T>(0.25 * batch_mean[c] + 0.75 * 2.0) : T(2))
+              << c;
+          EXPECT_EQ(running_var[c],
+                    running ? static_cast<T>(0.25 * (batch_var[c] * 2.0) + 0.75 * 3.0) : T(3))
+              << c;
+          EXPECT_EQ(narrowed[c], static_cast<T>(batch_mean[c])) << c;
+        }
+      }
+    }
+  });
+}
+
+// channel_moments: the moments against long double, and its coefficients, written in the same
+// pass, the bits channel_coefficients gives from those moments, over vectors and tails, with an
+// extreme channel (all again through the scalar code) at every position, with and without
+// gamma and beta; where a channel asks for another look, the flag says so.
+TYPED_TEST(KernelTester, ChannelMomentsWriteTheCoefficientsOfTheirMoments) {
+  using T = TypeParam;
+  this->for_each_isa([&](const kernels::kernel_set<T>& k, std::size_t v) {
+    for (std::size_t n : lengths(v)) {
+      for (std::size_t extreme_at = 0; extreme_at <= n; ++extreme_at) {  // n: none
+        for (int affine = 0; affine < 2; ++affine) {
+          const double count = 10.0;
+          std::vector<T> pivot = this->data(n, 3.0, 2.0, n), gamma = this->data(n, 1.0, 0.5, n + 1),
+                         beta = this->data(n, 0.0, 1.0, n + 2);
+          std::vector<double> sum(n), sum_sq(n);
+          for (std::size_t c = 0; c < n; ++c) {
+            sum[c] = 0.25 * static_cast<double>(c % 5) - 0.5;  // mean = pivot + sum/count
+            sum_sq[c] = 4.0 + static_cast<double>(c % 3) + sum[c] * sum[c] / count;
+          }
+          if (extreme_at < n) gamma[extreme_at] = std::numeric_limits<T>::max();
+          std::vector<double> mean = sum, variance = sum_sq, inv_std(n), scale(n);
+          coefficient_buffers<T> fused(n, 1), apart(n, 1);
+          kernels::moment_channels<T> in;
+          in.channels = n;
+          in.count = count;
+          in.epsilon = 1e-5;
+          in.pivot = pivot.data();
+          in.gamma = affine ? gamma.data() : nullptr;
+          in.beta = affine ? beta.data() : nullptr;
+          in.sum_to_mean = mean.data();
+          in.sum_sq_to_variance = variance.data();
+          in.inv_std = inv_std.data();
+          in.scale = scale.data();
+          in.max_offset_squared = 1e9;
+          const kernels::coefficients<T> fused_view(fused.center.data(), fused.scale.data(),
+                                                    fused.shift.data(), fused.prescale.data());
+          in.out = &fused_view;
+          const kernels::moment_flags flags = k.channel_moments(in);
+          EXPECT_FALSE(flags.look);
+          for (std::size_t c = 0; c < n; ++c) {
+            const long double m = static_cast<long double>(pivot[c]) + sum[c] / count;
+            const long double var = sum_sq[c] / count - (sum[c] / count) * (sum[c] / count);
+            EXPECT_NEAR(static_cast<double>(mean[c]), static_cast<double>(m), 1e-14 * 8) << c;
+            EXPECT_NEAR(variance[c], static_cast<double>(var), 1e-14 * 8) << c;
+            EXPECT_NEAR(inv_std[c], static_cast<double>(1 / std::sqrt(var + 1e-5L)), 1e-14) << c;
+          }
+          const bool prescaled = k.channel_coefficients(
+              n, mean.data(), inv_std.data(), scale.data(), affine ? beta.data() : nullptr,
+              {apart.center.data(), apart.scale.data(), apart.shift.data(), apart.prescale.data()},
+              0);
+          EXPECT_EQ(flags.prescaled, prescaled);
+          const auto same = [](T a, T b) { return std::memcmp(&a, &b, sizeof(T)) == 0; };
+          for (std::size_t c = 0; c < n; ++c) {
+            EXPECT_TRUE(
+                same(fused.center[c], apart.center[c]) && same(fused.scale[c], apart.scale[c]) &&
+                same(fused.shift[c], apart.shift[c]) && same(fused.prescale[c], apart.prescale[c]))
+                << n << " " << extreme_at << " " << c;
+          }
+        }
+      }
+      // A pivot far from its channel's mean asks for another look.
+      if (n > 0) {
+        std::vector<T> pivot(n, T(0));
+        std::vector<double> mean(n, 0.0), variance(n, 1.0), inv_std(n), scale(n);
+        mean[n - 1] = 100.0;  // Σd: the mean 10 standard deviations from the pivot
+        variance[n - 1] = 1000.0 + 10.0;
+        kernels::moment_channels<T> in;
+        in.channels = n;
+        in.count = 10.0;
+        in.epsilon = 1e-5;
+        in.pivot = pivot.data();
+        in.sum_to_mean = mean.data();
+        in.sum_sq_to_variance = variance.data();
+        in.inv_std = inv_std.data();
+        in.scale = scale.data();
+        in.max_offset_squared = 9.0;
+        EXPECT_TRUE(k.channel_moments(in).look) << n;
       }
     }
   });

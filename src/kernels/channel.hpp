@@ -16,67 +16,6 @@
 namespace bnorm::kernels {
 namespace {
 
-template <class Arch, class T>
-bool channel_moments(const moment_channels<T>& in) noexcept {
-  const std::size_t channels = in.channels;
-  const double eps = in.epsilon, resum_below = in.resum_below;
-  // Products by 1/count, not quotients: a division by count per value and vector of channels
-  // kept the divider busy on short channels (docs/design.md); 1/count is exact for power-of-two
-  // counts, and within an ulp of float64 elsewhere.
-  const double per_value = 1.0 / in.count;
-  const double bound_squared = in.max_offset_squared;
-  const T* pivot = in.pivot;
-  const T* gamma = in.gamma;
-  double* sum_to_mean = in.sum_to_mean;
-  double* sum_sq_to_variance = in.sum_sq_to_variance;
-  double* inv_std = in.inv_std;
-  double* scale = in.scale;
-  using dvec = xsimd::batch<double, Arch>;
-  constexpr std::size_t lanes = dvec::size;
-  bool scalar_below = false;
-  const auto one = [&](std::size_t c) {  // the same operations, one channel
-    const double offset = sum_to_mean[c] * per_value;
-    double variance = (sum_sq_to_variance[c] - sum_to_mean[c] * offset) * per_value;
-    if (variance < 0.0) variance = 0.0;  // rounding only; a NaN stays NaN
-    const double mean = static_cast<double>(pivot[c]) + offset;
-    sum_to_mean[c] = mean;
-    sum_sq_to_variance[c] = variance;
-    // The pivot's distance as finalize_block measures it, from the rounded mean: the two
-    // tests agree to the bit, so which channels move never depends on how they are blocked.
-    const double moved = mean - static_cast<double>(pivot[c]);
-    scalar_below |= variance + eps < resum_below || !std::isfinite(variance) ||
-                    moved * moved > bound_squared * variance;
-    inv_std[c] = 1.0 / std::sqrt(variance + eps);
-    scale[c] = (gamma ? static_cast<double>(gamma[c]) : 1.0) * inv_std[c];
-  };
-  const dvec per_value_v(per_value), e(eps), zero(0.0), unit(1.0), small(resum_below),
-      bound(bound_squared), infinity(std::numeric_limits<double>::infinity());
-  // The vectors' test is the scalar one negated, with ordered compares: a NaN fails each one, so
-  // !isfinite costs one compare (variance < infinity). A NaN pivot distance asks for another
-  // look where the scalar test does not; finalize_block decides per channel either way.
-  auto settled = zero == zero;  // all true
-  std::size_t c = 0;
-  for (; c + lanes <= channels; c += lanes) {
-    const dvec s = dvec::load_unaligned(sum_to_mean + c);
-    const dvec q = dvec::load_unaligned(sum_sq_to_variance + c);
-    const dvec offset = s * per_value_v;
-    dvec variance = (q - s * offset) * per_value_v;
-    variance = at_least(variance, zero);
-    const dvec p = load_as_f64<Arch>(pivot + c);
-    const dvec mean = p + offset;
-    mean.store_unaligned(sum_to_mean + c);
-    variance.store_unaligned(sum_sq_to_variance + c);
-    const dvec moved = mean - p;
-    settled = settled & (variance + e >= small) & (variance < infinity) &
-              (moved * moved <= bound * variance);
-    const dvec inv = unit / xsimd::sqrt(variance + e);
-    inv.store_unaligned(inv_std + c);
-    (gamma ? load_as_f64<Arch>(gamma + c) * inv : inv).store_unaligned(scale + c);
-  }
-  for (; c < channels; ++c) one(c);
-  return scalar_below || !xsimd::all(settled);
-}
-
 // y = (x − center)·scale + shift. The center is the mean rounded to T, so x − center is exact
 // for x near the mean (Sterbenz); the part of the mean T cannot hold goes into the shift, where
 // it is small. Folding the whole mean into the shift (x·a + b) would cancel when |mean| ≫ std.
@@ -228,6 +167,19 @@ template <class Arch, class T>
           (scale != dvec(0.0)));
 }
 
+/// Channels [c0, c1) through channel_scalar(c, at, out), channel c's going to index at =
+/// first + c. Returns whether some of them needs a prescale.
+template <class T, class Scalar>
+bool scalar_coefficients(std::size_t c0, std::size_t c1, const coefficients<T>& out,
+                         std::size_t first, const Scalar& channel_scalar) noexcept {
+  bool prescaled = false;
+  for (std::size_t c = c0; c < c1; ++c) {
+    channel_scalar(c, first + c, out);
+    prescaled = prescaled || out.prescale[first + c] != T(1);
+  }
+  return prescaled;
+}
+
 /// The coefficients of channels [0, channels) through channel(c, at, out) for each vector of
 /// channels at c (returning its extreme lanes) and channel_scalar(c, at, out) for single ones,
 /// channel c's going to index at; where some channel is extreme, all of them again through the
@@ -242,17 +194,9 @@ bool all_coefficients(std::size_t channels, const coefficients<T> out, std::size
   auto extreme = zero != zero;  // all false
   std::size_t c = 0;
   for (; c + lanes <= channels; c += lanes) extreme = extreme | channel(c, first + c, out);
-  bool prescaled = false;
-  for (; c < channels; ++c) {
-    channel_scalar(c, first + c, out);
-    prescaled = prescaled || out.prescale[first + c] != T(1);
-  }
+  const bool prescaled = scalar_coefficients(c, channels, out, first, channel_scalar);
   if (!xsimd::any(extreme)) return prescaled;
-  for (c = 0; c < channels; ++c) {
-    channel_scalar(c, first + c, out);
-    prescaled = prescaled || out.prescale[first + c] != T(1);
-  }
-  return prescaled;
+  return scalar_coefficients(0, channels, out, first, channel_scalar);
 }
 
 /// Calls with(std::bool_constant<b>) for b = condition: a test that would run once per vector
@@ -282,6 +226,105 @@ bool channel_coefficients(std::size_t channels, const double* mean, const double
           store_coefficients_scalar(mean[c], inv_std[c], scale[c],
                                     shifted ? static_cast<double>(beta[c]) : 0.0, k, at);
         });
+  });
+}
+
+/// channel_moments, the coefficients (Coefficients) with or without beta (Shifted) and gamma
+/// (Scaled) instantiated apart: the common cases test nothing per vector of channels.
+template <bool Coefficients, bool Shifted, bool Scaled, class Arch, class T>
+moment_flags moments_and_coefficients(const moment_channels<T>& in) noexcept {
+  const std::size_t channels = in.channels;
+  const double eps = in.epsilon, resum_below = in.resum_below;
+  // Products by 1/count, not quotients: a division by count per value and vector of channels
+  // kept the divider busy on short channels (docs/design.md); 1/count is exact for power-of-two
+  // counts, and within an ulp of float64 elsewhere.
+  const double per_value = 1.0 / in.count;
+  const double bound_squared = in.max_offset_squared;
+  // Copies: the pointers stay in registers, where through references every store (may_alias)
+  // would load them again.
+  const T* const pivot = in.pivot;
+  const T* const gamma = in.gamma;
+  const T* const beta = in.beta;
+  double* const sum_to_mean = in.sum_to_mean;
+  double* const sum_sq_to_variance = in.sum_sq_to_variance;
+  double* const inv_std = in.inv_std;
+  double* const scale = in.scale;
+  const coefficients<T> out = Coefficients ? *in.out : coefficients<T>();
+  const std::size_t first = in.first;
+  using dvec = xsimd::batch<double, Arch>;
+  constexpr std::size_t lanes = dvec::size;
+  bool scalar_below = false;
+  const auto one = [&](std::size_t c) {  // the same operations, one channel
+    const double offset = sum_to_mean[c] * per_value;
+    double variance = (sum_sq_to_variance[c] - sum_to_mean[c] * offset) * per_value;
+    if (variance < 0.0) variance = 0.0;  // rounding only; a NaN stays NaN
+    const double mean = static_cast<double>(pivot[c]) + offset;
+    sum_to_mean[c] = mean;
+    sum_sq_to_variance[c] = variance;
+    // The pivot's distance as finalize_block measures it, from the rounded mean: the two
+    // tests agree to the bit, so which channels move never depends on how they are blocked.
+    const double moved = mean - static_cast<double>(pivot[c]);
+    scalar_below |= variance + eps < resum_below || !std::isfinite(variance) ||
+                    moved * moved > bound_squared * variance;
+    inv_std[c] = 1.0 / std::sqrt(variance + eps);
+    scale[c] = (Scaled ? static_cast<double>(gamma[c]) : 1.0) * inv_std[c];
+  };
+  const auto one_coefficients = [&](std::size_t c, std::size_t at, const coefficients<T>& k) {
+    store_coefficients_scalar(sum_to_mean[c], inv_std[c], scale[c],
+                              Shifted ? static_cast<double>(beta[c]) : 0.0, k, at);
+  };
+  const dvec per_value_v(per_value), e(eps), zero(0.0), unit(1.0), small(resum_below),
+      bound(bound_squared), infinity(std::numeric_limits<double>::infinity());
+  // The vectors' test is the scalar one negated, with ordered compares: a NaN fails each one, so
+  // !isfinite costs one compare (variance < infinity). A NaN pivot distance asks for another
+  // look where the scalar test does not; finalize_block decides per channel either way.
+  auto settled = zero == zero;  // all true
+  auto extreme = zero != zero;  // all false
+  std::size_t c = 0;
+  for (; c + lanes <= channels; c += lanes) {
+    const dvec s = dvec::load_unaligned(sum_to_mean + c);
+    const dvec q = dvec::load_unaligned(sum_sq_to_variance + c);
+    const dvec offset = s * per_value_v;
+    dvec variance = (q - s * offset) * per_value_v;
+    variance = at_least(variance, zero);
+    const dvec p = load_as_f64<Arch>(pivot + c);
+    const dvec mean = p + offset;
+    mean.store_unaligned(sum_to_mean + c);
+    variance.store_unaligned(sum_sq_to_variance + c);
+    const dvec moved = mean - p;
+    settled = settled & (variance + e >= small) & (variance < infinity) &
+              (moved * moved <= bound * variance);
+    const dvec inv = unit / xsimd::sqrt(variance + e);
+    inv.store_unaligned(inv_std + c);
+    const dvec channel_scale = Scaled ? load_as_f64<Arch>(gamma + c) * inv : inv;
+    channel_scale.store_unaligned(scale + c);
+    if constexpr (Coefficients) {
+      extreme = extreme | store_coefficients<Arch>(mean, inv, channel_scale,
+                                                   Shifted ? load_as_f64<Arch>(beta + c) : zero,
+                                                   out, first + c);
+    }
+  }
+  const std::size_t vectorized = c;
+  for (; c < channels; ++c) one(c);
+  const bool look = scalar_below || !xsimd::all(settled);
+  if (!Coefficients || look) return {look, false};
+  // As all_coefficients: the single channels through the scalar code, and where some channel
+  // is extreme, all of them.
+  const bool prescaled = scalar_coefficients(vectorized, channels, out, first, one_coefficients);
+  if (!xsimd::any(extreme)) return {false, prescaled};
+  return {false, scalar_coefficients(0, channels, out, first, one_coefficients)};
+}
+
+template <class Arch, class T>
+moment_flags channel_moments(const moment_channels<T>& in) noexcept {
+  return instantiate_both(in.out != nullptr, [&](auto with_coefficients) {
+    return instantiate_both(in.beta != nullptr, [&](auto shifted) {
+      return instantiate_both(in.gamma != nullptr, [&](auto scaled) {
+        return moments_and_coefficients<decltype(with_coefficients)::value,
+                                        decltype(shifted)::value, decltype(scaled)::value, Arch>(
+            in);
+      });
+    });
   });
 }
 
@@ -460,22 +503,55 @@ void narrow(std::size_t channels, const double* in, T* out) noexcept {
   for (; c < channels; ++c) out[c] = static_cast<T>(in[c]);
 }
 
-template <class Arch, class T>
-void blend_running(std::size_t channels, const double* batch, double factor, double weight,
-                   T* running) noexcept {
+/// commit_statistics with the batch statistics (Batch) and the running update (Running)
+/// instantiated apart. Each output takes the operations narrow and the scalar loop give it,
+/// whatever else the pass writes.
+template <bool Batch, bool Running, class Arch, class T>
+void commit_channels(const statistics_commit<T>& in) noexcept {
   using dvec = xsimd::batch<double, Arch>;
   constexpr std::size_t lanes = dvec::size;
-  const double keep = 1.0 - weight;
+  const std::size_t channels = in.channels;
+  const double* const mean = in.mean;
+  const double* const variance = in.variance;
+  const double* const inv_std = in.inv_std;
+  T* const batch_mean = in.batch_mean;
+  T* const batch_inv_std = in.batch_inv_std;
+  T* const running_mean = in.running_mean;
+  T* const running_var = in.running_var;
+  const double factor = in.variance_factor, weight = in.batch_weight, keep = 1.0 - weight;
   const dvec f(factor), w(weight), k(keep);
   std::size_t c = 0;
   for (; c + lanes <= channels; c += lanes) {
-    const dvec b = dvec::load_unaligned(batch + c) * f;
-    store_as<Arch>(running + c, w * b + k * load_as_f64<Arch>(running + c));
+    const dvec m = dvec::load_unaligned(mean + c);
+    if constexpr (Batch) {
+      if (batch_mean) store_as<Arch>(batch_mean + c, m);
+      if (batch_inv_std) store_as<Arch>(batch_inv_std + c, dvec::load_unaligned(inv_std + c));
+    }
+    if constexpr (Running) {
+      store_as<Arch>(running_mean + c, w * m + k * load_as_f64<Arch>(running_mean + c));
+      const dvec v = dvec::load_unaligned(variance + c) * f;
+      store_as<Arch>(running_var + c, w * v + k * load_as_f64<Arch>(running_var + c));
+    }
   }
   for (; c < channels; ++c) {  // the same operations, one channel
-    running[c] =
-        static_cast<T>(weight * (batch[c] * factor) + keep * static_cast<double>(running[c]));
+    if (Batch && batch_mean) batch_mean[c] = static_cast<T>(mean[c]);
+    if (Batch && batch_inv_std) batch_inv_std[c] = static_cast<T>(inv_std[c]);
+    if constexpr (Running) {
+      running_mean[c] =
+          static_cast<T>(weight * mean[c] + keep * static_cast<double>(running_mean[c]));
+      running_var[c] = static_cast<T>(weight * (variance[c] * factor) +
+                                      keep * static_cast<double>(running_var[c]));
+    }
   }
+}
+
+template <class Arch, class T>
+void commit_statistics(const statistics_commit<T>& in) noexcept {
+  instantiate_both(in.batch_mean || in.batch_inv_std, [&](auto batch) {
+    instantiate_both(in.running_mean != nullptr, [&](auto running) {
+      commit_channels<decltype(batch)::value, decltype(running)::value, Arch>(in);
+    });
+  });
 }
 
 }  // namespace

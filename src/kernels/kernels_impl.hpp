@@ -72,7 +72,7 @@ constexpr kernel_set<S> make_kernel_set() noexcept {
           clean<&activation_mask<Arch, S>>,
           clean<&channel_gradients<Arch, T>>,
           clean<&narrow<Arch, T>>,
-          clean<&blend_running<Arch, T>>};
+          clean<&commit_statistics<Arch, T>>};
 }
 
 template <class Arch>
