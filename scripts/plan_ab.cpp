@@ -7,8 +7,8 @@
 //       build/release/libbnorm.a -ltbb -lpthread -o /tmp/plan_ab     (one line)
 //   /tmp/plan_ab [--bf16] [--last] [--threads 1,2] [--rounds R] [--calls K] [--modes M,...]
 //                A B N C [spatial...]
-//   A, B: two ISAs, two of automatic, cached, streaming, or none and relu (the fused
-//   activation). Defaults: one thread, 200 rounds of 2,000 calls (small tensors), the modes
+//   A, B: two ISAs, two of automatic, cached, streaming, or two of none, relu and add_relu
+//   (the fused activation). Defaults: one thread, 200 rounds of 2,000 calls (small tensors), the modes
 //   training, inference, backward and frozen. --modes: some of those, statistics
 //   (local_statistics: the training's reduce pass alone), training+next and backward+next (the
 //   call, then the next layer's read of its output: an inference over y or dx with cached
@@ -34,9 +34,10 @@
 namespace {
 
 /// A plan variant named on the command line: an ISA cap, a store policy, or a fused activation
-/// without parameters (none, relu).
+/// without parameters (none, relu, add_relu: its residual z a tensor of its own).
 bool apply(const char* name, bnorm::plan_options& options) {
-  for (bnorm::activation f : {bnorm::activation::none, bnorm::activation::relu}) {
+  for (bnorm::activation f :
+       {bnorm::activation::none, bnorm::activation::relu, bnorm::activation::add_relu}) {
     if (std::strcmp(bnorm::to_string(f), name) == 0) {
       options.activation = f;
       return true;
@@ -153,16 +154,19 @@ int main(int argc, char** argv) {
   // dy varies as x does, on another pattern: a constant dy makes Σdy·(x − mean) exactly 0,
   // which sends the backward to its float64 sums (sums_small_products), not its common path.
   std::vector<float, bnorm_bench::aligned64<float>> x(elements), y(elements), dy(elements),
-      dx(elements);
+      dx(elements), z(elements);
   for (std::size_t i = 0; i < elements; ++i) {
     x[i] = static_cast<float>(i * 7919 % 101) * 0.01f;
     dy[i] = static_cast<float>(i * 104729 % 89) * 0.01f - 0.4f;
+    z[i] = static_cast<float>(i * 6101 % 97) * 0.01f - 0.5f;
   }
   if (bf16) {
     auto* half = reinterpret_cast<bnorm::bfloat16*>(x.data());
     for (std::size_t i = 0; i < elements; ++i) half[i] = bnorm::bfloat16::from_float(x[i]);
     auto* half_dy = reinterpret_cast<bnorm::bfloat16*>(dy.data());
     for (std::size_t i = 0; i < elements; ++i) half_dy[i] = bnorm::bfloat16::from_float(dy[i]);
+    auto* half_z = reinterpret_cast<bnorm::bfloat16*>(z.data());
+    for (std::size_t i = 0; i < elements; ++i) half_z[i] = bnorm::bfloat16::from_float(z[i]);
   }
   std::vector<float> gamma(c, 1.f), beta(c, 0.f), mean(c, 0.f), var(c, 1.f), saved_mean(c),
       saved_inv_std(c), dgamma(c), dbeta(c);
@@ -171,6 +175,8 @@ int main(int argc, char** argv) {
   std::vector<float, bnorm_bench::aligned64<float>> next_out(elements);
   std::function<bnorm::status(const bnorm::plan&, int)> call;
   call = [&](const bnorm::plan& plan, int mode) -> bnorm::status {
+    const void* residual =
+        plan.options().activation == bnorm::activation::add_relu ? z.data() : nullptr;
     if (mode == 5 || mode == 6) {
       // The call, then the next layer's read of its output (an inference over y or dx, cached
       // stores, on the same threads): what a store policy costs or saves its consumer.
@@ -195,6 +201,7 @@ int main(int argc, char** argv) {
       t.running_mean = {mean.data(), c};
       t.running_var = {var.data(), c};
       t.num_batches_tracked = &steps;
+      t.residual = residual;
       if (mode == 4) return plan.local_statistics(t, exchange.data(), exchange.size());
       return plan.forward_training(t);
     }
@@ -202,6 +209,7 @@ int main(int argc, char** argv) {
       bnorm::inference_args i;
       i.src = x.data();
       i.dst = y.data();
+      i.residual = residual;
       i.scale = {gamma.data(), c};
       i.shift = {beta.data(), c};
       i.mean = {mean.data(), c};
