@@ -396,15 +396,17 @@ bool make_partition(const problem& prob, const plan_options& options, std::size_
   // was slower in rows and planes alike, from 1.5 MiB faster (docs/design.md, "The backward's
   // stores on two threads").
   p.stream_parallel_backward_stores = streams_in_parallel(2, interleaved_fused_backward);
-  // Fused column blocks, more than one across a row, shared out between cores, stream dx
-  // whatever the size: a block's x and dy, read twice, fall in the share of the L2's sets its
-  // slices of the rows map to, where cached dx lines (each read before it is written) push them
-  // out. Streamed, the backward of 196 rows of 1024 channels on two cores, followed by the next
-  // layer's read of dx, ran 1.2 to 1.5 times faster in most phases of the shared host and 10%
-  // slower in the quietest (docs/design.md, "The backward's column blocks stream dx on more
-  // cores (stop 50)"). One core keeps dx cached: streamed, its next layer lost what it gained.
-  if (interleaved_fused_backward && p.column_blocks > 1 && !p.serial &&
-      options.stores == store_policy::automatic) {
+  // Fused column blocks shared out between cores stream dx whatever the size: a block's x and
+  // dy, read twice, fall in the share of the L2's sets its slices of the rows map to (all of
+  // them for one block of whole rows), where cached dx lines (each read before it is written)
+  // push them out. Streamed, the backward of 196 rows of 1024 channels (four blocks) on two
+  // cores, followed by the next layer's read of dx, ran 1.2 to 1.5 times faster in most phases
+  // of the shared host and 10% slower in the quietest (docs/design.md, "The backward's column
+  // blocks stream dx on more cores (stop 50)"); one block of 196 rows of 384 to 512 channels,
+  // 1.6 to 1.7 times ("One block of whole rows streams dx on more cores too (stop 51)"). One
+  // core keeps dx cached: streamed, its next layer lost what it gained; and so does a call on
+  // the calling thread, whose next layer read streamed dx 1.2 to 1.5 times slower.
+  if (interleaved_fused_backward && !p.serial && options.stores == store_policy::automatic) {
     p.stream_parallel_backward_stores = true;
   }
   p.channels_per_finalize_task = finalize_channels_per_task;

@@ -662,9 +662,9 @@ TEST(Schedule, TrainingTakesRowTasksWhereInferenceDoes) {
 }
 
 TEST(Schedule, BackwardColumnBlocksStreamDxOnMoreThreads) {
-  // The backward's fused column blocks, more than one across a row and shared out between
-  // cores, stream dx on more threads whatever the size; one thread keeps it cached, and so do a
-  // block of whole rows, a call on the calling thread, and the cached policy.
+  // The backward's fused column blocks, shared out between cores, stream dx on more threads
+  // whatever the size, one block of whole rows too; one thread keeps it cached, and so do a
+  // call on the calling thread and the cached policy.
   const bnorm::isa id = isas_under_test().front();
   const bnorm::detail::cache_sizes one_mib{1u << 20, 32u << 20};
   const auto part = [&](bnorm::tensor_shape shape, bnorm::plan_options opts) {
@@ -681,12 +681,17 @@ TEST(Schedule, BackwardColumnBlocksStreamDxOnMoreThreads) {
             std::string::npos)
       << describe(blocks);
   const bnorm::detail::partition whole_rows = part({1, 512, 14, 14}, {});
+  EXPECT_TRUE(whole_rows.fused_backward);
   EXPECT_EQ(whole_rows.column_blocks, 1u);
-  EXPECT_FALSE(whole_rows.stream_parallel_backward_stores);
-  const bnorm::detail::partition serial = part({1, 1024, 7, 7}, {});
-  EXPECT_EQ(serial.column_blocks, 2u);
-  EXPECT_TRUE(serial.serial);
-  EXPECT_FALSE(serial.stream_parallel_backward_stores);
+  EXPECT_FALSE(whole_rows.serial);
+  EXPECT_TRUE(whole_rows.stream_parallel_backward_stores);
+  EXPECT_FALSE(whole_rows.stream_training_stores);
+  for (const bnorm::tensor_shape& shape : {bnorm::tensor_shape{1, 1024, 7, 7}, {1, 256, 14, 14}}) {
+    const bnorm::detail::partition serial = part(shape, {});
+    EXPECT_TRUE(serial.fused_backward);
+    EXPECT_TRUE(serial.serial);
+    EXPECT_FALSE(serial.stream_parallel_backward_stores);
+  }
   bnorm::plan_options cached;
   cached.stores = bnorm::store_policy::cached;
   EXPECT_FALSE(part({1, 1024, 14, 14}, cached).stream_parallel_backward_stores);
