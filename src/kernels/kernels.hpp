@@ -181,9 +181,10 @@ struct moment_flags {
 };
 
 /// The batch statistics a training step commits, channels [0, channels): mean and inv_std
-/// rounded to T where asked for (non-null), and the running mean and variance blended where
-/// they are updated (non-null): running = weight·(batch·factor) + (1 − weight)·running in
-/// float64, rounded to T, the variance's factor 1 or the Bessel correction n/(n − 1).
+/// rounded to T where asked for (non-null), and the running mean and variance where the step
+/// updates them (both non-null), in float64 rounded to T: running mean = weight·mean +
+/// (1 − weight)·running mean, running variance = weight·(variance·factor) + (1 − weight)·running
+/// variance, the factor 1 or the Bessel correction n/(n − 1).
 template <class T>
 struct statistics_commit {
   std::size_t channels = 0;
