@@ -8,8 +8,8 @@
 //   /tmp/plan_ab [--bf16] [--last] [--threads 1,2] [--rounds R] [--calls K] [--modes M,...]
 //                A B N C [spatial...]
 //   A, B: two ISAs, two of automatic, cached, streaming, or two of none, relu and add_relu
-//   (the fused activation). Defaults: one thread, 200 rounds of 2,000 calls (small tensors), the modes
-//   training, inference, backward and frozen. --modes: some of those, statistics
+//   (the fused activation). Defaults: one thread, 200 rounds of 2,000 calls (small tensors),
+//   the modes training, inference, backward and frozen. --modes: some of those, statistics
 //   (local_statistics: the training's reduce pass alone), training+next and backward+next (the
 //   call, then the next layer's read of its output: an inference over y or dx with cached
 //   stores, which finds a streamed output in memory). Each mode's calls follow the previous
