@@ -380,25 +380,19 @@ class training_step {
     moments.resum_below = resum_below;
     const double max_offset_squared = plan_.max_pivot_offset_squared;
     moments.max_offset_squared = max_offset_squared;
-    moments.out = &coeffs_;
-    moments.beta = beta ? beta + c0 : nullptr;
-    moments.first = c0;
-    const kernels::moment_flags flags = kern.channel_moments(moments);
-    if (!flags.look) {  // the coefficients written with the moments
-      result.prescaled = flags.prescaled;
-      return result;
-    }
-    for (std::size_t c = c0; c < c1; ++c) {
-      const double variance = variance_[c];
-      if (!std::isfinite(variance) || variance + plan_.prob.epsilon < resum_below) {
-        set_exact_moments(c);
-        continue;
-      }
-      const double offset = mean_[c] - static_cast<double>(pivot_[c]);
-      if (pivots == correction::allowed && offset * offset > max_offset_squared * variance) {
-        const T moved = static_cast<T>(mean_[c]);
-        result.repivoted = result.repivoted || moved != pivot_[c];
-        pivot_[c] = moved;
+    if (kern.channel_moments(moments)) {
+      for (std::size_t c = c0; c < c1; ++c) {
+        const double variance = variance_[c];
+        if (!std::isfinite(variance) || variance + plan_.prob.epsilon < resum_below) {
+          set_exact_moments(c);
+          continue;
+        }
+        const double offset = mean_[c] - static_cast<double>(pivot_[c]);
+        if (pivots == correction::allowed && offset * offset > max_offset_squared * variance) {
+          const T moved = static_cast<T>(mean_[c]);
+          result.repivoted = result.repivoted || moved != pivot_[c];
+          pivot_[c] = moved;
+        }
       }
     }
     result.prescaled = kern.channel_coefficients(c1 - c0, mean_ + c0, inv_std_ + c0, scale_ + c0,

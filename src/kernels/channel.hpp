@@ -229,10 +229,10 @@ bool channel_coefficients(std::size_t channels, const double* mean, const double
   });
 }
 
-/// channel_moments, the coefficients (Coefficients) with or without beta (Shifted) and gamma
-/// (Scaled) instantiated apart: the common cases test nothing per vector of channels.
-template <bool Coefficients, bool Shifted, bool Scaled, class Arch, class T>
-moment_flags moments_and_coefficients(const moment_channels<T>& in) noexcept {
+/// channel_moments with and without gamma (Scaled), instantiated apart: the common cases test
+/// nothing per vector of channels.
+template <bool Scaled, class Arch, class T>
+bool scaled_moments(const moment_channels<T>& in) noexcept {
   const std::size_t channels = in.channels;
   const double eps = in.epsilon, resum_below = in.resum_below;
   // Products by 1/count, not quotients: a division by count per value and vector of channels
@@ -244,13 +244,10 @@ moment_flags moments_and_coefficients(const moment_channels<T>& in) noexcept {
   // would load them again.
   const T* const pivot = in.pivot;
   const T* const gamma = in.gamma;
-  const T* const beta = in.beta;
   double* const sum_to_mean = in.sum_to_mean;
   double* const sum_sq_to_variance = in.sum_sq_to_variance;
   double* const inv_std = in.inv_std;
   double* const scale = in.scale;
-  const coefficients<T> out = Coefficients ? *in.out : coefficients<T>();
-  const std::size_t first = in.first;
   using dvec = xsimd::batch<double, Arch>;
   constexpr std::size_t lanes = dvec::size;
   bool scalar_below = false;
@@ -269,17 +266,12 @@ moment_flags moments_and_coefficients(const moment_channels<T>& in) noexcept {
     inv_std[c] = 1.0 / std::sqrt(variance + eps);
     scale[c] = (Scaled ? static_cast<double>(gamma[c]) : 1.0) * inv_std[c];
   };
-  const auto one_coefficients = [&](std::size_t c, std::size_t at, const coefficients<T>& k) {
-    store_coefficients_scalar(sum_to_mean[c], inv_std[c], scale[c],
-                              Shifted ? static_cast<double>(beta[c]) : 0.0, k, at);
-  };
   const dvec per_value_v(per_value), e(eps), zero(0.0), unit(1.0), small(resum_below),
       bound(bound_squared), infinity(std::numeric_limits<double>::infinity());
   // The vectors' test is the scalar one negated, with ordered compares: a NaN fails each one, so
   // !isfinite costs one compare (variance < infinity). A NaN pivot distance asks for another
   // look where the scalar test does not; finalize_block decides per channel either way.
   auto settled = zero == zero;  // all true
-  auto extreme = zero != zero;  // all false
   std::size_t c = 0;
   for (; c + lanes <= channels; c += lanes) {
     const dvec s = dvec::load_unaligned(sum_to_mean + c);
@@ -296,35 +288,16 @@ moment_flags moments_and_coefficients(const moment_channels<T>& in) noexcept {
               (moved * moved <= bound * variance);
     const dvec inv = unit / xsimd::sqrt(variance + e);
     inv.store_unaligned(inv_std + c);
-    const dvec channel_scale = Scaled ? load_as_f64<Arch>(gamma + c) * inv : inv;
-    channel_scale.store_unaligned(scale + c);
-    if constexpr (Coefficients) {
-      extreme = extreme | store_coefficients<Arch>(mean, inv, channel_scale,
-                                                   Shifted ? load_as_f64<Arch>(beta + c) : zero,
-                                                   out, first + c);
-    }
+    (Scaled ? load_as_f64<Arch>(gamma + c) * inv : inv).store_unaligned(scale + c);
   }
-  const std::size_t vectorized = c;
   for (; c < channels; ++c) one(c);
-  const bool look = scalar_below || !xsimd::all(settled);
-  if (!Coefficients || look) return {look, false};
-  // As all_coefficients: the single channels through the scalar code, and where some channel
-  // is extreme, all of them.
-  const bool prescaled = scalar_coefficients(vectorized, channels, out, first, one_coefficients);
-  if (!xsimd::any(extreme)) return {false, prescaled};
-  return {false, scalar_coefficients(0, channels, out, first, one_coefficients)};
+  return scalar_below || !xsimd::all(settled);
 }
 
 template <class Arch, class T>
-moment_flags channel_moments(const moment_channels<T>& in) noexcept {
-  return instantiate_both(in.out != nullptr, [&](auto with_coefficients) {
-    return instantiate_both(in.beta != nullptr, [&](auto shifted) {
-      return instantiate_both(in.gamma != nullptr, [&](auto scaled) {
-        return moments_and_coefficients<decltype(with_coefficients)::value,
-                                        decltype(shifted)::value, decltype(scaled)::value, Arch>(
-            in);
-      });
-    });
+bool channel_moments(const moment_channels<T>& in) noexcept {
+  return instantiate_both(in.gamma != nullptr, [&](auto scaled) {
+    return scaled_moments<decltype(scaled)::value, Arch>(in);
   });
 }
 

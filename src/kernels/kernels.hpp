@@ -164,20 +164,6 @@ struct moment_channels {
   /// (max_pivot_offset_squared(count)).
   double resum_below = 0;
   double max_offset_squared = 0;
-  /// Unless null: the coefficients too, in the same pass, as channel_coefficients gives them
-  /// from these moments (beta null: 0), channel c's to index first + c; written in full only
-  /// where no channel asks for another look (the caller corrects those, then takes the
-  /// coefficients with channel_coefficients).
-  const coefficients<T>* out = nullptr;
-  const T* beta = nullptr;
-  std::size_t first = 0;
-};
-
-/// What channel_moments found: whether some channel asks for another look, and (its
-/// coefficients written) whether some prescale is not 1.
-struct moment_flags {
-  bool look = false;
-  bool prescaled = false;
 };
 
 /// The batch statistics a training step commits, channels [0, channels): mean and inv_std
@@ -285,11 +271,10 @@ struct kernel_set {
   void (*interleaved_normalize)(const S* src, S* dst, const S* residual, const row_block& block,
                                 const normalize_params<T>& params, std::size_t first) noexcept;
   /// Per channel (see moment_channels): Σd, Σd² become the mean and the biased variance; then
-  /// inv_std and scale (and the coefficients where asked). Exact division and square root, as
-  /// the scalar code. Says whether some channel needs another look (see finalize_block):
-  /// variance + eps below `resum_below`, a variance that is not finite, or a pivot beyond
-  /// max_pivot_offset_squared.
-  moment_flags (*channel_moments)(const moment_channels<T>& in) noexcept;
+  /// inv_std and scale. Exact division and square root, as the scalar code. Returns whether
+  /// some channel needs another look (see finalize_block): variance + eps below
+  /// `resum_below`, a variance that is not finite, or a pivot beyond max_pivot_offset_squared.
+  bool (*channel_moments)(const moment_channels<T>& in) noexcept;
   /// Training, per channel from the float64 mean, 1/std and scale: center = +0 where the mean
   /// folds into the shift (kernels::folds), else the mean rounded to T; scale;
   /// shift = beta − (mean − center)·scale (beta null: 0); values beyond T's range saturate to
