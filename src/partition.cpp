@@ -403,7 +403,7 @@ bool make_partition(const problem& prob, const plan_options& options, std::size_
   // cores, followed by the next layer's read of dx, ran 1.2 to 1.5 times faster in most phases
   // of the shared host and 10% slower in the quietest (docs/design.md, "The backward's column
   // blocks stream dx on more cores (stop 50)"); one block of 196 rows of 384 to 512 channels,
-  // 1.6 to 1.7 times ("One block of whole rows streams dx on more cores too (stop 51)"). One
+  // 1.5 to 1.7 times ("One block of whole rows streams dx on more cores too (stop 51)"). One
   // core keeps dx cached: streamed, its next layer lost what it gained; and so does a call on
   // the calling thread, whose next layer read streamed dx 1.2 to 1.5 times slower.
   if (interleaved_fused_backward && !p.serial && options.stores == store_policy::automatic) {
