@@ -10,12 +10,11 @@
 //   A, B: two ISAs, two of automatic, cached, streaming, or two of none, relu and add_relu
 //   (the fused activation). Defaults: one thread, 200 rounds of 2,000 calls (small tensors),
 //   the modes training, inference, backward and frozen. --modes: some of those, statistics
-//   (local_statistics: the training's reduce pass alone), training+next and backward+next (the
-//   call, then the next layer's read of its output: an inference over y or dx with cached
-//   stores, which finds a streamed output in memory). Each mode's calls follow the previous
-//   mode's, whose outputs may still be in cache: inference after a streamed training finds no
-//   y there.
-//   e.g. /tmp/plan_ab avx512bf16 avx2 2 4
+//   (local_statistics: the training's reduce pass alone), training+next, backward+next and
+//   inference+next (the call, then the next layer's read of its output: an inference over y or
+//   dx with cached stores, which finds a streamed output in memory). Each mode's calls follow the
+//   previous mode's, whose outputs may still be in cache: inference after a streamed training finds
+//   no y there. e.g. /tmp/plan_ab avx512bf16 avx2 2 4
 //        /tmp/plan_ab --threads 1,2 --rounds 20 --calls 5 automatic cached 2 32 16 56 56
 #include <bnorm/bnorm.hpp>
 
@@ -70,10 +69,11 @@ int main(int argc, char** argv) {
   bool bf16 = false, last = false;
   std::vector<int> threads;
   int rounds = 200, calls = 2000;
-  constexpr int mode_count = 7;
-  const char* modes[mode_count] = {"training",   "inference",     "backward",     "frozen",
-                                   "statistics", "training+next", "backward+next"};
-  bool runs[mode_count] = {true, true, true, true, false, false, false};
+  constexpr int mode_count = 8;
+  const char* modes[mode_count] = {"training",      "inference",     "backward",
+                                   "frozen",        "statistics",    "training+next",
+                                   "backward+next", "inference+next"};
+  bool runs[mode_count] = {true, true, true, true, false, false, false, false};
   int a = 1;
   for (; a < argc && argv[a][0] == '-'; ++a) {
     bf16 = bf16 || std::strcmp(argv[a], "--bf16") == 0;
@@ -101,7 +101,7 @@ int main(int argc, char** argv) {
   if (std::none_of(runs, runs + mode_count, [](bool r) { return r; })) {
     std::fprintf(stderr,
                  "--modes: expected some of training,inference,backward,frozen,statistics,"
-                 "training+next,backward+next\n");
+                 "training+next,backward+next,inference+next\n");
     return 2;
   }
   if (argc - a < 4) {
@@ -177,12 +177,12 @@ int main(int argc, char** argv) {
   call = [&](const bnorm::plan& plan, int mode) -> bnorm::status {
     const void* residual =
         plan.options().activation == bnorm::activation::add_relu ? z.data() : nullptr;
-    if (mode == 5 || mode == 6) {
+    if (mode >= 5) {
       // The call, then the next layer's read of its output (an inference over y or dx, cached
       // stores, on the same threads): what a store policy costs or saves its consumer.
-      if (bnorm::status s = call(plan, mode == 5 ? 0 : 2); !s) return s;
+      if (bnorm::status s = call(plan, mode == 5 ? 0 : mode == 6 ? 2 : 1); !s) return s;
       bnorm::inference_args i;
-      i.src = mode == 5 ? y.data() : dx.data();
+      i.src = mode == 6 ? dx.data() : y.data();
       i.dst = next_out.data();
       i.scale = {gamma.data(), c};
       i.shift = {beta.data(), c};

@@ -1,6 +1,8 @@
 #include "threading.hpp"
 
 #include <algorithm>
+#include <map>
+#include <mutex>
 
 #include <oneapi/tbb/blocked_range.h>
 #include <oneapi/tbb/info.h>
@@ -17,6 +19,21 @@ struct thread_limit::capped_arena {
   tbb::task_arena arena;
 };
 
+std::shared_ptr<thread_limit::capped_arena> thread_limit::arena_of(int threads) {
+  // Held weakly: the last plan of a cap frees its arena. Never destroyed, so that a plan that
+  // outlives the other statics (a global one) still finds them at its end.
+  static std::mutex* const guard = new std::mutex;
+  static auto* const arenas = new std::map<int, std::weak_ptr<capped_arena>>;
+  const std::lock_guard<std::mutex> lock(*guard);
+  std::weak_ptr<capped_arena>& slot = (*arenas)[threads];
+  std::shared_ptr<capped_arena> arena = slot.lock();
+  if (!arena) {
+    arena = std::make_shared<capped_arena>(threads);
+    slot = arena;
+  }
+  return arena;
+}
+
 thread_limit::thread_limit(int max_threads) {
   if (max_threads == 1) {
     single_ = true;
@@ -28,7 +45,7 @@ thread_limit::thread_limit(int max_threads) {
     if (threads == 1) {
       single_ = true;
     } else {
-      arena_ = std::make_unique<capped_arena>(threads);
+      arena_ = arena_of(threads);
     }
   }
 }

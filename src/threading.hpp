@@ -1,6 +1,9 @@
 // The only oneTBB user. Runs the units of a pass on the calling thread, in the caller's arena,
-// or in an arena capped by plan_options::max_threads. Which thread runs a unit never changes
-// what the unit computes.
+// or in an arena capped by plan_options::max_threads: one arena per cap, shared by every plan
+// of that cap, so that a layer and the next, planned alike, run their tasks on the same threads
+// and a core reads again what it wrote (in an arena each, the threads took a pass's halves at
+// random from call to call: docs/design.md, "One arena per cap (stop 52)"). Which thread runs a
+// unit never changes what the unit computes.
 #pragma once
 
 #include <cstddef>
@@ -11,7 +14,8 @@ namespace bnorm::detail {
 
 class thread_limit {
  public:
-  /// max_threads: 0 = the caller's arena; 1 = the calling thread only; N = an arena of N.
+  /// max_threads: 0 = the caller's arena; 1 = the calling thread only; N = the arena of N
+  /// (clamped to the cores), shared with every thread_limit of N alive.
   explicit thread_limit(int max_threads = 0);
   ~thread_limit();
   thread_limit(thread_limit&&) noexcept;
@@ -21,6 +25,12 @@ class thread_limit {
   /// Whether a parallel pass can run on more than one thread: a cap of 2 or more on a machine
   /// of as many cores, or the caller's arena allowing more than one.
   bool more_than_one_thread() const noexcept;
+
+  /// Whether the two run their parallel passes on the same threads: plans of the same cap share
+  /// one arena.
+  bool same_threads(const thread_limit& other) const noexcept {
+    return arena_ != nullptr && arena_ == other.arena_;
+  }
 
   /// Whether for_each(count, grain, serial, ...) calls its body once, on the calling thread:
   /// then it throws nothing that the body does not.
@@ -44,8 +54,10 @@ class thread_limit {
   void run_parallel(std::size_t count, std::size_t grain, const block_fn& body) const;
 
   struct capped_arena;  // a tbb::task_arena; kept out of this header
+  /// The arena of a cap, shared by every thread_limit of that cap alive (see thread_limit).
+  static std::shared_ptr<capped_arena> arena_of(int threads);
   bool single_ = false;
-  std::unique_ptr<capped_arena> arena_;  // set only for a cap of 2 or more
+  std::shared_ptr<capped_arena> arena_;  // set only for a cap of 2 or more
 };
 
 }  // namespace bnorm::detail

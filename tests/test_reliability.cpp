@@ -363,6 +363,11 @@ TEST(Concurrency, SharedPlanAndSeparateModules) {
   check_shared_plan_and_separate_modules(0);
 }
 
+// The same under a cap of 2: the host threads' plans and modules share one arena.
+TEST(Concurrency, SharedArenaOfACap) {
+  check_shared_plan_and_separate_modules(2);
+}
+
 // The same with no oneTBB worker: what ThreadSanitizer checks (Debian's oneTBB is not built
 // for it, so it cannot see the synchronization of the workers' joins).
 TEST(Concurrency, HostThreadsOnly) {

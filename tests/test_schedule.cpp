@@ -5,9 +5,11 @@
 // the planner's for the machine's caches.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstring>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include <oneapi/tbb/info.h>
 #include <oneapi/tbb/task_arena.h>
@@ -455,6 +457,28 @@ TEST(Schedule, InferenceStoresFollowTheThreadsACallCanUse) {
   const bnorm::detail::thread_limit callers_arena;
   tbb::task_arena(1).execute([&] { EXPECT_FALSE(callers_arena.more_than_one_thread()); });
   tbb::task_arena(2).execute([&] { EXPECT_TRUE(callers_arena.more_than_one_thread()); });
+}
+
+// Plans of one cap share one arena, so that a layer and the next run their halves on the same
+// threads: the cap clamped to the cores first, a cap of 1 and the caller's arena none, and the
+// last of a cap's plans frees its arena, which the next plan of that cap makes anew.
+TEST(Schedule, PlansOfOneCapShareTheirThreads) {
+  const int cores = tbb::info::default_concurrency();
+  const bnorm::detail::thread_limit two(2);
+  EXPECT_EQ(two.same_threads(bnorm::detail::thread_limit(2)), cores > 1);
+  EXPECT_EQ(two.same_threads(bnorm::detail::thread_limit(3)), cores == 2);
+  EXPECT_FALSE(two.same_threads(bnorm::detail::thread_limit(1)));
+  EXPECT_FALSE(two.same_threads(bnorm::detail::thread_limit(0)));
+  EXPECT_FALSE(bnorm::detail::thread_limit(0).same_threads(bnorm::detail::thread_limit(0)));
+  for (int round = 0; round < 2; ++round) {  // the second round's arena made anew
+    const bnorm::detail::thread_limit limit(2), other(2);
+    EXPECT_EQ(limit.same_threads(other), cores > 1);
+    std::vector<int> ran(64, 0);
+    limit.for_each(ran.size(), 1, false, [&](std::size_t b, std::size_t e) {
+      for (std::size_t i = b; i < e; ++i) ++ran[i];
+    });
+    EXPECT_EQ(std::count(ran.begin(), ran.end(), 1), 64);
+  }
 }
 
 TEST(Schedule, ChannelsFirstChannelsUpToHalfAnL2AreFused) {
