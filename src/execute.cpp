@@ -440,11 +440,10 @@ class training_step {
   void row_task_training() {
     const running_update update = this_step();
     const commit_journal<T> journal = journal_of(update);
-    const bool serial = p_.serial_row_task_training;
-    const bool journaled = !plan_.threads.runs_inline(p_.row_tasks, 1, serial);
+    const bool journaled = !plan_.threads.runs_inline(p_.row_tasks, 1, p_.serial);
     if (journaled) journal.open();
     try {
-      plan_.threads.for_each(p_.row_tasks, 1, serial, [&](std::size_t b, std::size_t e) {
+      plan_.threads.for_each(p_.row_tasks, 1, p_.serial, [&](std::size_t b, std::size_t e) {
         training_step task(plan_, args_, scratch_ + b * p_.scratch.training_copy_bytes);
         task.statistics_and_rows(b * p_.rows_per_row_task,
                                  std::min(p_.rows, e * p_.rows_per_row_task));

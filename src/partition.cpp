@@ -56,11 +56,6 @@ constexpr std::size_t min_few_blocks = 2;
 constexpr std::size_t tiny_elements = 64;
 // Below this a pass is done before a worker would wake up.
 constexpr std::size_t serial_bytes = 256 * 1024;
-// Below this, training in row tasks runs them on the calling thread: each task sums every row,
-// so the second core would save half the map alone, less than it costs to wake and to join
-// ((1,2048,7,7) NHWC, 392 KiB: docs/design.md, "bfloat16 read in pairs; centered rows one at a
-// time (stop 47)").
-constexpr std::size_t serial_row_task_training_bytes = 512 * 1024;
 // Few rows of many channels whose rows are too narrow for the column blocks above, up to this
 // many bytes of input: one block of every channel, so that the backward is one fused pass on
 // one core. At 392 KiB ((1,512,14,14) float32, bfloat16 (1,1024,14,14)) that beat two passes
@@ -349,9 +344,6 @@ bool make_partition(const problem& prob, const plan_options& options, std::size_
   } else {
     p.training = training_schedule::two_passes;
   }
-  p.serial_row_task_training = p.training == training_schedule::row_tasks &&
-                               (p.serial || p.elements * std::max(p.element_size, p.value_size) <
-                                                serial_row_task_training_bytes);
   p.fused_backward = fused && p.training != training_schedule::direct;
   // The fused planes read x the second time from cache, but add+ReLU's residual once, from
   // memory, along each channel's planes: runs C·spatial apart, at each of which the hardware
@@ -440,8 +432,7 @@ std::string describe(const partition& p) {
       out += text("fused column blocks, %zu × %zu channels", p.column_blocks, block_channels);
       break;
     case training_schedule::row_tasks:
-      out += text("%zu row tasks, each with every channel's statistics%s (backward: ", p.row_tasks,
-                  p.serial_row_task_training ? ", on the calling thread" : "");
+      out += text("%zu row tasks, each with every channel's statistics (backward: ", p.row_tasks);
       if (p.fused_backward) {
         out += text("fused column blocks, %zu × %zu channels)", p.column_blocks, block_channels);
       } else {

@@ -95,9 +95,6 @@ struct partition {
   std::size_t value_size = 0;    // bytes of a per-channel value (pivots, coefficients)
   /// Too small to be worth a task: run every unit on the calling thread.
   bool serial = false;
-  /// training_schedule::row_tasks on the calling thread: every task sums all the rows, so a
-  /// second core saves only half the map, which on small tensors costs less than its waking.
-  bool serial_row_task_training = false;
   /// Write the output with non-temporal stores (see plan_options::stores): training's and the
   /// backward's dx, which read their input twice, on one thread and each on more; inference's
   /// (and the frozen backward's dx), which read it once, on one thread and on more

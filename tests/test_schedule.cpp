@@ -626,46 +626,42 @@ TEST(Schedule, TrainingTakesRowTasksWhereInferenceDoes) {
                                  "(backward: fused column blocks, 4 × 256 channels)"),
             std::string::npos)
       << describe(tasks);
-  // 784 KiB: the tasks share out between threads. Below 512 KiB (392 KiB, 400 KiB; bfloat16's
-  // 196 KiB counted as the float values it computes in), on the calling thread: each task sums
-  // every row, and a second core would save only half the map.
-  EXPECT_FALSE(tasks.serial_row_task_training);
-  EXPECT_FALSE(part({1, 3072, 7, 7}).serial_row_task_training);  // 588 KiB
-  for (const bnorm::tensor_shape& small :
-       {bnorm::tensor_shape{1, 2048, 7, 7}, bnorm::tensor_shape{1, 1024, 10, 10}}) {
-    const bnorm::detail::partition serial = part(small);
-    EXPECT_EQ(serial.training, training_schedule::row_tasks);
-    EXPECT_FALSE(serial.serial);  // inference's tasks still share out
-    EXPECT_TRUE(serial.serial_row_task_training);
-    EXPECT_NE(describe(serial).find("every channel's statistics, on the calling thread"),
-              std::string::npos)
-        << describe(serial);
+  // From 256 KiB (392 KiB, 400 KiB; bfloat16's 196 KiB counted as the float values it computes
+  // in), the tasks share out between threads as inference's do; below, on the calling thread.
+  for (const bnorm::tensor_shape& shape :
+       {bnorm::tensor_shape{1, 2048, 7, 7}, bnorm::tensor_shape{1, 1024, 10, 10},
+        bnorm::tensor_shape{1, 3072, 7, 7}}) {
+    const bnorm::detail::partition shared = part(shape);
+    EXPECT_EQ(shared.training, training_schedule::row_tasks);
+    EXPECT_FALSE(shared.serial);
+    EXPECT_EQ(describe(shared).find("calling thread"), std::string::npos) << describe(shared);
   }
   const bnorm::detail::partition half =
       plan_partition({{1, 2048, 7, 7}, layout::channels_last, bnorm::dtype::bf16}, {}, id, one_mib);
   EXPECT_EQ(half.training, training_schedule::row_tasks);
-  EXPECT_TRUE(half.serial_row_task_training);
+  EXPECT_FALSE(half.serial);
+  const bnorm::detail::partition small = part({1, 1024, 7, 7});  // 196 KiB
+  EXPECT_EQ(small.training, training_schedule::row_tasks);
+  EXPECT_TRUE(small.serial);
+  EXPECT_NE(describe(small).find("calling thread"), std::string::npos) << describe(small);
   // Four images: past the L2, the column blocks (eight of 1 KiB) for both.
   const bnorm::detail::partition blocks = part({4, 2048, 7, 7});
   EXPECT_EQ(blocks.training, training_schedule::fused_column_blocks);
   EXPECT_TRUE(blocks.fused_backward);
   EXPECT_EQ(blocks.scratch.training_copy_bytes, 0u);
-  // Rows of 512 channels (2 KiB: no column blocks), 392 KiB: row tasks on the calling thread,
-  // the backward one block.
+  // Rows of 512 channels (2 KiB: no column blocks), 392 KiB: row tasks, the backward one block.
   const bnorm::detail::partition narrow = part({1, 512, 14, 14});
   EXPECT_EQ(narrow.inference, bnorm::detail::inference_schedule::row_tasks);
   EXPECT_EQ(narrow.training, training_schedule::row_tasks);
-  EXPECT_TRUE(narrow.serial_row_task_training);
   EXPECT_TRUE(narrow.fused_backward);
   EXPECT_EQ(narrow.column_blocks, 1u);
   EXPECT_NE(describe(narrow).find("(backward: fused column blocks, 1 × 512 channels)"),
             std::string::npos)
       << describe(narrow);
-  // bfloat16 rows of 1024 channels: 2 KiB, 392 KiB; the tasks share out (784 KiB of floats).
+  // bfloat16 rows of 1024 channels: 2 KiB, 392 KiB.
   const bnorm::detail::partition narrow_half = plan_partition(
       {{1, 1024, 14, 14}, layout::channels_last, bnorm::dtype::bf16}, {}, id, one_mib);
   EXPECT_EQ(narrow_half.training, training_schedule::row_tasks);
-  EXPECT_FALSE(narrow_half.serial_row_task_training);
   EXPECT_TRUE(narrow_half.fused_backward);
   EXPECT_EQ(narrow_half.column_blocks, 1u);
   // 1 MiB of rows of 512 channels: row tasks, the backward in two passes.
