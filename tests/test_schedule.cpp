@@ -58,8 +58,8 @@ const schedule_case schedule_cases[] = {
     {"few_wide_rows",
      {1, 2048, 7, 7},
      layout::channels_last,
-     "training: 2 row tasks, each with every channel's statistics, on the calling thread "
-     "(backward: fused column blocks, 4 × 512 channels)",
+     "training: 2 row tasks, each with every channel's statistics (backward: fused column "
+     "blocks, 4 × 512 channels)",
      "inference: 2 row tasks"},
     {"few_rows_of_1k_channels",  // four 1 KiB blocks for the backward, row tasks
      {1, 1024, 14, 14},
