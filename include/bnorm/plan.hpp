@@ -166,7 +166,9 @@ struct plan_options {
   /// Only with the pytorch convention; needs num_batches_tracked at every training call.
   bool cumulative_average = false;
   /// 0 runs in the caller's current oneTBB arena, honouring its limit. N > 0 caps the threads
-  /// at N (1 runs on the calling thread alone). Results are bitwise the same for any value.
+  /// at N (1 runs on the calling thread alone), in one arena shared by every plan of that cap,
+  /// so that consecutive layers run their shares of the work on the same threads. Results are
+  /// bitwise the same for any value.
   int max_threads = 0;
   /// Highest ISA the plan may use; the plan uses the best at or below it. The environment
   /// variable BNORM_MAX_ISA caps it too, and wins when lower; select_isa tells which ISA the
