@@ -11,10 +11,11 @@
 //   (the fused activation). Defaults: one thread, 200 rounds of 2,000 calls (small tensors),
 //   the modes training, inference, backward and frozen. --modes: some of those, statistics
 //   (local_statistics: the training's reduce pass alone), training+next, backward+next and
-//   inference+next (the call, then the next layer's read of its output: an inference over y or
-//   dx with cached stores, which finds a streamed output in memory). Each mode's calls follow the
-//   previous mode's, whose outputs may still be in cache: inference after a streamed training finds
-//   no y there. e.g. /tmp/plan_ab avx512bf16 avx2 2 4
+//   inference+next (the call, then the next layer's read of its output: an inference over y
+//   or dx with cached stores, which finds a streamed output in memory). Each mode's calls
+//   follow the previous mode's, whose outputs may still be in cache: inference after a
+//   streamed training finds no y there.
+//   e.g. /tmp/plan_ab avx512bf16 avx2 2 4
 //        /tmp/plan_ab --threads 1,2 --rounds 20 --calls 5 automatic cached 2 32 16 56 56
 #include <bnorm/bnorm.hpp>
 

@@ -464,13 +464,15 @@ TEST(Schedule, InferenceStoresFollowTheThreadsACallCanUse) {
 // last of a cap's plans frees its arena, which the next plan of that cap makes anew.
 TEST(Schedule, PlansOfOneCapShareTheirThreads) {
   const int cores = tbb::info::default_concurrency();
-  const bnorm::detail::thread_limit two(2);
-  EXPECT_EQ(two.same_threads(bnorm::detail::thread_limit(2)), cores > 1);
-  EXPECT_EQ(two.same_threads(bnorm::detail::thread_limit(3)), cores == 2);
-  EXPECT_FALSE(two.same_threads(bnorm::detail::thread_limit(1)));
-  EXPECT_FALSE(two.same_threads(bnorm::detail::thread_limit(0)));
-  EXPECT_FALSE(bnorm::detail::thread_limit(0).same_threads(bnorm::detail::thread_limit(0)));
-  for (int round = 0; round < 2; ++round) {  // the second round's arena made anew
+  {
+    const bnorm::detail::thread_limit two(2);
+    EXPECT_EQ(two.same_threads(bnorm::detail::thread_limit(2)), cores > 1);
+    EXPECT_EQ(two.same_threads(bnorm::detail::thread_limit(3)), cores == 2);
+    EXPECT_FALSE(two.same_threads(bnorm::detail::thread_limit(1)));
+    EXPECT_FALSE(two.same_threads(bnorm::detail::thread_limit(0)));
+    EXPECT_FALSE(bnorm::detail::thread_limit(0).same_threads(bnorm::detail::thread_limit(0)));
+  }
+  for (int round = 0; round < 2; ++round) {  // no plan of cap 2 left: each round's arena anew
     const bnorm::detail::thread_limit limit(2), other(2);
     EXPECT_EQ(limit.same_threads(other), cores > 1);
     std::vector<int> ran(64, 0);
