@@ -20,8 +20,9 @@ struct thread_limit::capped_arena {
 };
 
 std::shared_ptr<thread_limit::capped_arena> thread_limit::arena_of(int threads) {
-  // Held weakly: the last plan of a cap frees its arena. Never destroyed, so that a plan that
-  // outlives the other statics (a global one) still finds them at its end.
+  // Held weakly: the last plan of a cap frees its arena. The table is never destroyed, so that
+  // a plan made while the program's statics are destroyed (in a global's destructor) still
+  // finds it.
   static std::mutex* const guard = new std::mutex;
   static auto* const arenas = new std::map<int, std::weak_ptr<capped_arena>>;
   const std::lock_guard<std::mutex> lock(*guard);
