@@ -12,8 +12,10 @@
 //   the modes training, inference, backward and frozen. --modes: some of those, statistics
 //   (local_statistics: the training's reduce pass alone), training+next, backward+next and
 //   inference+next (the call, then the next layer's read of its output: an inference over y
-//   or dx with cached stores, which finds a streamed output in memory). Each mode's calls
-//   follow the previous mode's, whose outputs may still be in cache: inference after a
+//   or dx with cached stores, which finds a streamed output in memory), gradient_sums
+//   (local_gradient_sums: the backward's reduce pass alone) and gradient_map
+//   (backward_training_merged from the sums of the first call: its map pass alone). Each mode's
+//   calls follow the previous mode's, whose outputs may still be in cache: inference after a
 //   streamed training finds no y there.
 //   e.g. /tmp/plan_ab avx512bf16 avx2 2 4
 //        /tmp/plan_ab --threads 1,2 --rounds 20 --calls 5 automatic cached 2 32 16 56 56
@@ -70,11 +72,11 @@ int main(int argc, char** argv) {
   bool bf16 = false, last = false;
   std::vector<int> threads;
   int rounds = 200, calls = 2000;
-  constexpr int mode_count = 8;
-  const char* modes[mode_count] = {"training",      "inference",     "backward",
-                                   "frozen",        "statistics",    "training+next",
-                                   "backward+next", "inference+next"};
-  bool runs[mode_count] = {true, true, true, true, false, false, false, false};
+  constexpr int mode_count = 10;
+  const char* modes[mode_count] = {
+      "training",      "inference",     "backward",       "frozen",        "statistics",
+      "training+next", "backward+next", "inference+next", "gradient_sums", "gradient_map"};
+  bool runs[mode_count] = {true, true, true, true, false, false, false, false, false, false};
   int a = 1;
   for (; a < argc && argv[a][0] == '-'; ++a) {
     bf16 = bf16 || std::strcmp(argv[a], "--bf16") == 0;
@@ -102,7 +104,7 @@ int main(int argc, char** argv) {
   if (std::none_of(runs, runs + mode_count, [](bool r) { return r; })) {
     std::fprintf(stderr,
                  "--modes: expected some of training,inference,backward,frozen,statistics,"
-                 "training+next,backward+next,inference+next\n");
+                 "training+next,backward+next,inference+next,gradient_sums,gradient_map\n");
     return 2;
   }
   if (argc - a < 4) {
@@ -172,13 +174,14 @@ int main(int argc, char** argv) {
   std::vector<float> gamma(c, 1.f), beta(c, 0.f), mean(c, 0.f), var(c, 1.f), saved_mean(c),
       saved_inv_std(c), dgamma(c), dbeta(c);
   std::int64_t steps = 0;
-  std::vector<double> exchange(bnorm::statistics_exchange_size(c));
+  std::vector<double> exchange(bnorm::statistics_exchange_size(c)),
+      gradient_exchange(bnorm::gradient_exchange_size(c));
   std::vector<float, bnorm_bench::aligned64<float>> next_out(elements);
   std::function<bnorm::status(const bnorm::plan&, int)> call;
   call = [&](const bnorm::plan& plan, int mode) -> bnorm::status {
     const void* residual =
         plan.options().activation == bnorm::activation::add_relu ? z.data() : nullptr;
-    if (mode >= 5) {
+    if (mode >= 5 && mode <= 7) {
       // The call, then the next layer's read of its output (an inference over y or dx, cached
       // stores, on the same threads): what a store policy costs or saves its consumer.
       if (bnorm::status s = call(plan, mode == 5 ? 0 : mode == 6 ? 2 : 1); !s) return s;
@@ -231,11 +234,31 @@ int main(int argc, char** argv) {
       b.diff_shift = {dbeta.data(), c};
       return plan.backward_training(b);
     }
+    if (mode == 8) {
+      b.src = x.data();
+      b.mean = {saved_mean.data(), c};
+      b.inv_std = {saved_inv_std.data(), c};
+      b.diff_scale = {dgamma.data(), c};
+      b.diff_shift = {dbeta.data(), c};
+      return plan.local_gradient_sums(b, gradient_exchange.data(), gradient_exchange.size());
+    }
+    if (mode == 9) {
+      b.src = x.data();
+      b.mean = {saved_mean.data(), c};
+      b.inv_std = {saved_inv_std.data(), c};
+      b.diff_scale = {dgamma.data(), c};
+      b.diff_shift = {dbeta.data(), c};
+      return plan.backward_training_merged(b, gradient_exchange.data(), gradient_exchange.data(),
+                                           gradient_exchange.size());
+    }
     b.mean = {mean.data(), c};
     b.var = {var.data(), c};
     return plan.backward_frozen(b);
   };
-  for (const bnorm::plan& plan : plans) call(plan, 0);  // the backward's saved statistics
+  for (const bnorm::plan& plan : plans) {
+    call(plan, 0);  // the backward's saved statistics
+    call(plan, 8);  // gradient_map's sums
+  }
   std::vector<std::vector<double>> ns(plans.size() * mode_count);  // plan p, mode m
   for (int round = 0; round < rounds; ++round) {
     // The plans in one order, then in the other: a plan's place in a round can cost it (on two

@@ -49,6 +49,7 @@ struct gradient_map {
   S* diff_src;
   std::size_t period;
   bool fetch_next_block;  // the fused planes' (partition::fetch_next_fused_backward_block)
+  std::size_t row_read_ahead_bytes;  // partition::row_gradient_read_ahead_bytes
   kernels::gradient_params<T> params;
 
   void planes(std::size_t at, std::size_t len, std::size_t planes, std::size_t stride,
@@ -57,8 +58,8 @@ struct gradient_map {
                         {len, planes, stride, channels, 0, fetch_next_block}, params, first);
   }
   void rows(std::size_t at, std::size_t rows, std::size_t width, std::size_t first) const {
-    kern.interleaved_gradient(src + at, diff_dst + at, diff_src + at, {rows, width, period}, params,
-                              first);
+    kern.interleaved_gradient(src + at, diff_dst + at, diff_src + at,
+                              {rows, width, period, row_read_ahead_bytes}, params, first);
   }
 };
 
@@ -306,6 +307,7 @@ class gradient_step {
             diff_src_,
             p_.period,
             of_fused_block && p_.fetch_next_fused_backward_block,
+            p_.row_gradient_read_ahead_bytes,
             {readable_, prescaled, streams_}};
   }
 

@@ -128,6 +128,13 @@ constexpr std::size_t min_streamed_plane_bytes = 1024;
 // they ran slower so on two threads (docs/design.md, "Reads ahead (stop 44)").
 constexpr std::size_t read_ahead_bytes = 16 * 1024;
 
+// The backward's map over rows, streaming dx, fetches x and dy this far ahead of each line it
+// reads, where they come from memory: beside the two tensors, each row reads the four arrays of
+// coefficients again from the cache, and the hardware prefetcher alone left the map a third
+// slower than a pass over the same three tensors. Not for half-precision storage, whose map
+// was no faster so (docs/design.md, "The backward's map over rows reads ahead (stop 53)").
+constexpr std::size_t row_gradient_read_ahead_bytes = 4 * 1024;
+
 std::size_t ceil_div(std::size_t a, std::size_t b) {
   return (a + b - 1) / b;
 }
@@ -219,6 +226,9 @@ bool make_partition(const problem& prob, const plan_options& options, std::size_
       p.elements * p.element_size >= streaming_threshold(caches, output_use::training);
   p.statistics_read_ahead_bytes = reads_from_memory ? read_ahead_bytes : 0;
   p.gradient_read_ahead_bytes = reads_from_memory && !planes ? read_ahead_bytes : 0;
+  const bool storage_computes = p.element_size == p.value_size;  // not half precision
+  p.row_gradient_read_ahead_bytes =
+      reads_from_memory && !planes && storage_computes ? row_gradient_read_ahead_bytes : 0;
   const std::size_t unit_elements = unit_bytes / p.element_size;
   const std::size_t fused_channel_bytes = caches.l2_bytes / fused_channel_l2_fraction;
   const std::size_t fused_block_bytes = caches.l2_bytes / fused_block_l2_fraction;
@@ -361,7 +371,6 @@ bool make_partition(const problem& prob, const plan_options& options, std::size_
   // where two blocks of both fit (docs/design.md, "Fetches along the fused planes (stop 46)").
   const std::size_t fused_planes_block_bytes = p.fused_group * p.per_channel * p.element_size;
   const std::size_t l2_to_fill = caches.l2_bytes - caches.l2_bytes / 8;
-  const bool storage_computes = p.element_size == p.value_size;  // not half precision
   p.fetch_next_fused_block = p.training == training_schedule::fused_planes &&
                              p.statistics_read_ahead_bytes > 0 &&
                              2 * fused_planes_block_bytes <= l2_to_fill &&
@@ -507,6 +516,9 @@ std::string describe(const partition& p) {
   if (p.statistics_read_ahead_bytes > 0) {
     out += text(" · reads %zu KiB ahead", p.statistics_read_ahead_bytes / 1024);
     if (p.gradient_read_ahead_bytes == 0) out += " (not the backward)";
+    if (p.row_gradient_read_ahead_bytes > 0) {
+      out += text(", the backward's streamed dx %zu KiB", p.row_gradient_read_ahead_bytes / 1024);
+    }
   }
   if (p.residual_read_ahead_bytes > 0) {
     out += text(" · the residual's planes %zu KiB ahead", p.residual_read_ahead_bytes / 1024);

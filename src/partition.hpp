@@ -110,6 +110,9 @@ struct partition {
   /// statistics', and the backward sums'.
   std::size_t statistics_read_ahead_bytes = 0;
   std::size_t gradient_read_ahead_bytes = 0;
+  /// How far ahead the backward's map over rows, streaming dx, fetches the lines of x and dy
+  /// (kernels::row_block::read_ahead_bytes; 0: not at all).
+  std::size_t row_gradient_read_ahead_bytes = 0;
   /// How far ahead the fused planes' map fetches add+ReLU's residual along a channel's planes
   /// where it streams (kernels::run_fetch; 0: not at all).
   std::size_t residual_read_ahead_bytes = 0;

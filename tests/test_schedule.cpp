@@ -258,7 +258,8 @@ TEST(Schedule, CacheSizesDecideWhatStaysInCache) {
 
 // The reduce passes fetch ahead what they read where it comes from memory: tensors of an eighth
 // of the last-level cache or more (as training's streamed stores), whatever the store policy;
-// the backward's planes do not.
+// the backward's planes do not. So does the backward's map over rows of float32 or float64, not
+// of half-precision storage.
 TEST(Schedule, ReducePassesReadAheadFromMemory) {
   const bnorm::isa id = isas_under_test().front();
   const bnorm::detail::cache_sizes caches{1u << 20, 32u << 20};
@@ -275,12 +276,25 @@ TEST(Schedule, ReducePassesReadAheadFromMemory) {
   bnorm::plan_options cached;
   cached.stores = bnorm::store_policy::cached;
   EXPECT_EQ(ahead(rows_4_mib, cached), std::make_pair(kib16, kib16));
-  EXPECT_NE(describe(plan_partition(rows_4_mib, {}, id, caches)).find(" · reads 16 KiB ahead · "),
-            std::string::npos);
   EXPECT_NE(describe(plan_partition(planes_4_mib, {}, id, caches))
                 .find(" · reads 16 KiB ahead (not the backward) · "),
             std::string::npos);
   EXPECT_EQ(describe(plan_partition(rows_below, {}, id, caches)).find("ahead"), std::string::npos);
+  const auto map_ahead = [&](const bnorm::problem& prob, const bnorm::plan_options& opts) {
+    return plan_partition(prob, opts, id, caches).row_gradient_read_ahead_bytes;
+  };
+  const std::size_t kib4 = 4u << 10;
+  const bnorm::problem rows_4_mib_f64{{512, 1024}, layout::channels_last, bnorm::dtype::f64},
+      rows_4_mib_bf16{{2048, 1024}, layout::channels_last, bnorm::dtype::bf16};
+  EXPECT_EQ(map_ahead(rows_4_mib, {}), kib4);
+  EXPECT_EQ(map_ahead(rows_4_mib, cached), kib4);
+  EXPECT_EQ(map_ahead(rows_4_mib_f64, {}), kib4);
+  EXPECT_EQ(map_ahead(rows_4_mib_bf16, {}), 0u);
+  EXPECT_EQ(map_ahead(rows_below, {}), 0u);
+  EXPECT_EQ(map_ahead(planes_4_mib, {}), 0u);
+  EXPECT_NE(describe(plan_partition(rows_4_mib, {}, id, caches))
+                .find(" · reads 16 KiB ahead, the backward's streamed dx 4 KiB · "),
+            std::string::npos);
 }
 
 // The fused planes fetch add+ReLU's residual ahead where it comes from memory in runs shorter

@@ -92,8 +92,8 @@ void gradient_store_run(const S* x, const S* dy, S* dx, std::size_t begin, std::
 
 /// dx[0, n): streaming stores for the whole cache lines that streamed_lines picks, ordinary ones
 /// for the rest (see stream_run); ordinary stores throughout without `stream`. Streamed, the
-/// lines of x and dy `next_block` bytes on are fetched as it goes (0: not at all; see
-/// run_fetch::next_block).
+/// lines of x and dy `next_block` bytes on are fetched as it goes (0: not at all): the next
+/// fused block's (see run_fetch::next_block), or a row's read ahead.
 template <class Arch, class S, class F>
 void gradient_run(const S* x, const S* dy, S* dx, std::size_t n, bool stream, const F& f_in,
                   std::size_t next_block = 0) noexcept {
@@ -326,7 +326,8 @@ template <std::size_t Rows, class Arch, class S, class T = compute_t<S>>
 constexpr std::size_t two_row_gradient_slots = 512;
 
 /// Slot j of every row takes the coefficients at first + j (padded by one vector past the
-/// period, so that a partial last vector loads in bounds). Rows go four at a time, each
+/// period, so that a partial last vector loads in bounds). Streamed, a row at a time, fetching
+/// x's and dy's lines block.read_ahead_bytes ahead (0: not at all). Rows go four at a time, each
 /// coefficient vector loaded once for the four: narrow rows (few channels) would otherwise
 /// load four coefficients from L1 for every vector of data. Rows of two_row_gradient_slots or
 /// more go two at a time: four rows' x, dy and dx are twelve streams at once, which took longer
@@ -358,7 +359,8 @@ void interleaved_gradient(const S* src, const S* diff_dst, S* diff_src, const ro
     };
     for (std::size_t r = 0; r < rows; ++r) {
       const std::size_t offset = r * stride;
-      gradient_run<Arch>(src + offset, diff_dst + offset, diff_src + offset, width, stream, f);
+      gradient_run<Arch>(src + offset, diff_dst + offset, diff_src + offset, width, stream, f,
+                         block.read_ahead_bytes);
     }
     if (stream) stream_fence<Arch>();
     return;
@@ -394,7 +396,8 @@ void interleaved_gradient(const S* src, const S* diff_dst, S* diff_src, const ro
   }
   for (; r < rows; ++r) {
     const std::size_t offset = r * stride;
-    gradient_run<Arch>(src + offset, diff_dst + offset, diff_src + offset, width, stream, f);
+    gradient_run<Arch>(src + offset, diff_dst + offset, diff_src + offset, width, stream, f,
+                       block.read_ahead_bytes);
   }
   if (stream) stream_fence<Arch>();
 }

@@ -88,7 +88,9 @@ struct row_block {
   std::size_t rows = 0;
   std::size_t width = 0;
   std::size_t stride = 0;
-  std::size_t read_ahead_bytes = 0;  // as plane_block's
+  /// As plane_block's; for the backward's map, how far ahead of each line it reads the map
+  /// fetches x's and dy's where it streams dx.
+  std::size_t read_ahead_bytes = 0;
 };
 
 /// Whether a reduce kernel starts the per-slot sums (overwrites them) or adds to them: zeroing
