@@ -26,6 +26,7 @@ struct gradient_reduce {
   const T* center;
   std::size_t period;
   std::size_t read_ahead_bytes;  // partition::gradient_read_ahead_bytes
+  bool in_row_order;             // partition::gradient_sums_in_row_order
 
   void planes(std::size_t at, std::size_t len, std::size_t planes, std::size_t stride,
               std::size_t channels, std::size_t c0, double* sum, double* sum_sq) const {
@@ -35,7 +36,8 @@ struct gradient_reduce {
   }
   void rows(std::size_t at, std::size_t rows, std::size_t width, std::size_t slot, double* sum,
             double* sum_sq, kernels::sums_mode mode) const {
-    kern.interleaved_gradient_sums(src + at, diff_dst + at, {rows, width, period, read_ahead_bytes},
+    kern.interleaved_gradient_sums(src + at, diff_dst + at,
+                                   {rows, width, period, read_ahead_bytes, in_row_order},
                                    center + slot, sum, sum_sq, mode);
   }
 };
@@ -295,7 +297,13 @@ class gradient_step {
   }
 
   gradient_reduce<S> reduce() const {
-    return {kern_, src_, diff_dst_, center_, p_.period, p_.gradient_read_ahead_bytes};
+    return {kern_,
+            src_,
+            diff_dst_,
+            center_,
+            p_.period,
+            p_.gradient_read_ahead_bytes,
+            p_.gradient_sums_in_row_order};
   }
   /// dx's map; of a fused block, fetching the next block's x and dy as it streams where the
   /// plan says (partition::fetch_next_fused_backward_block).

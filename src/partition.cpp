@@ -135,6 +135,15 @@ constexpr std::size_t read_ahead_bytes = 16 * 1024;
 // was no faster so (docs/design.md, "The backward's map over rows reads ahead (stop 53)").
 constexpr std::size_t row_gradient_read_ahead_bytes = 4 * 1024;
 
+// The backward's sums over blocks of rows this wide or wider, float32 or float64 from memory,
+// walk each block's rows in memory order (kernels::row_block::in_row_order): a group of
+// columns at a time, sixteen rows of x and dy were 32 runs read at once, half as fast as the
+// same bytes read in order. Narrower rows keep the column walk, whose partials stay in
+// registers, where the row walk's reload each partial a few vectors after storing it; the
+// forward's statistics, one tensor, gained nothing (docs/design.md, "The backward's sums in
+// row order (stop 53)").
+constexpr std::size_t row_order_sums_slots = 512;
+
 std::size_t ceil_div(std::size_t a, std::size_t b) {
   return (a + b - 1) / b;
 }
@@ -378,6 +387,9 @@ bool make_partition(const problem& prob, const plan_options& options, std::size_
   p.fetch_next_fused_backward_block =
       p.fused_backward && p.kind == traversal::planes && p.statistics_read_ahead_bytes > 0 &&
       4 * fused_planes_block_bytes <= l2_to_fill && storage_computes;
+  p.gradient_sums_in_row_order = p.kind == traversal::interleaved &&
+                                 p.gradient_read_ahead_bytes > 0 && storage_computes &&
+                                 p.block_width >= row_order_sums_slots;
   // Training and the backward on more than one thread keep their output cached while the
   // tensors counted fit in one core's L2, half of two cores': the call then stays in the cores'
   // caches, where streamed stores send the output to memory. Not column blocks: a block of a row
@@ -520,6 +532,7 @@ std::string describe(const partition& p) {
       out += text(", the backward's streamed dx %zu KiB", p.row_gradient_read_ahead_bytes / 1024);
     }
   }
+  if (p.gradient_sums_in_row_order) out += " · the backward's sums in row order";
   if (p.residual_read_ahead_bytes > 0) {
     out += text(" · the residual's planes %zu KiB ahead", p.residual_read_ahead_bytes / 1024);
   }

@@ -765,6 +765,73 @@ TYPED_TEST(KernelTester, ReadingAheadChangesNoBits) {
   });
 }
 
+// The rows' sums walked in row order (row_block::in_row_order, the partials in the L1) keep the
+// column walk's bits, forward and backward, over tails, strips of row_order_slots (1,024) and
+// past them, blocks of 16 rows and their rest, with and without reading ahead: among them a
+// slot whose float32 squares overflow in the last rows (summed again in float64) and one
+// holding a NaN. The column walk's sums are checked against the reference in the tests above;
+// the row walk's Σdy·(x − center) here too.
+TYPED_TEST(KernelTester, RowOrderSumsKeepTheColumnWalksBits) {
+  using T = TypeParam;
+  using real = typename TestFixture::real;
+  const auto same_bits = [](const std::vector<double>& a, const std::vector<double>& b) {
+    return std::memcmp(a.data(), b.data(), a.size() * sizeof(double)) == 0;
+  };
+  this->for_each_isa([&](const kernels::kernel_set<T>& k, std::size_t v) {
+    std::vector<std::size_t> widths = lengths(v);
+    widths.insert(widths.end(), {1024, 1024 + 4 * v + 1, 2048 + 3});
+    for (std::size_t width : widths) {
+      for (std::size_t rows : {1, 15, 16, 17, 40}) {
+        for (bool accumulate : {false, true}) {
+          const std::size_t stride = width + 3, offset = 1;
+          std::vector<T> x = this->data(offset + rows * stride, -3.0, 1.5, width + rows);
+          const std::vector<T> dy = this->data(offset + rows * stride, 0.0, 1.0, width * rows);
+          for (std::size_t r = rows * 3 / 4; width > 1 && r < rows; ++r) {
+            x[offset + r * stride + 1] *= T(1e30);
+          }
+          const std::size_t not_a_number = width / 2;
+          if (width > 2 && rows > 1) {
+            x[offset + (rows / 2) * stride + not_a_number] = std::numeric_limits<T>::quiet_NaN();
+          }
+          std::vector<T> center(width + 64);
+          for (std::size_t j = 0; j < width; ++j) center[j] = T(-3) + T(j % 3);
+          const kernels::sums_mode mode =
+              accumulate ? kernels::sums_mode::add : kernels::sums_mode::start;
+          std::vector<double> column_walk[4];
+          for (bool in_row_order : {false, true}) {
+            for (std::size_t bytes : {std::size_t(0), std::size_t(16384)}) {
+              std::vector<double> sums[4];
+              for (auto& s : sums) s.assign(width, 0.25);
+              const kernels::row_block block{rows, width, stride, bytes, in_row_order};
+              k.interleaved_stats(x.data() + offset, block, center.data(), sums[0].data(),
+                                  sums[1].data(), mode);
+              k.interleaved_gradient_sums(x.data() + offset, dy.data() + offset, block,
+                                          center.data(), sums[2].data(), sums[3].data(), mode);
+              for (int i = 0; i < 4; ++i) {
+                if (!in_row_order && bytes == 0) column_walk[i] = sums[i];
+                EXPECT_TRUE(same_bits(sums[i], column_walk[i]))
+                    << "rows " << rows << " × " << width << ", in row order " << in_row_order
+                    << ", " << bytes << " bytes ahead, sum " << i;
+              }
+              for (std::size_t j = 0; in_row_order && j < width; ++j) {
+                if (j == 1 || j == not_a_number) continue;
+                real q = accumulate ? 0.25L : 0.0L, magnitude = 1;
+                for (std::size_t r = 0; r < rows; ++r) {
+                  const std::size_t at = offset + r * stride + j;
+                  q += dy[at] * (static_cast<real>(x[at]) - center[j]);
+                  magnitude += std::fabs(dy[at] * (static_cast<real>(x[at]) - center[j]));
+                }
+                ASSERT_NEAR(sums[3][j], (double)q, tolerance<T>() * (double)magnitude)
+                    << "width " << width << " rows " << rows << " slot " << j;
+              }
+            }
+          }
+        }
+      }
+    }
+  });
+}
+
 // The backward's sums: Σdy and Σdy·(x − center), planes and rows, over tails; and dx from
 // its coefficients, in place (dx = dy) too, nothing written outside the pieces.
 TYPED_TEST(KernelTester, GradientSumsOverTails) {

@@ -297,6 +297,29 @@ TEST(Schedule, ReducePassesReadAheadFromMemory) {
             std::string::npos);
 }
 
+// The backward's sums walk blocks of rows in memory order where they come from memory, the
+// storage computes (float32, float64) and the blocks are 512 slots wide or wider.
+TEST(Schedule, WideRowsSumTheirGradientsInRowOrder) {
+  const bnorm::isa id = isas_under_test().front();
+  const bnorm::detail::cache_sizes caches{1u << 20, 32u << 20};
+  const auto row_order = [&](const bnorm::problem& prob) {
+    return plan_partition(prob, {}, id, caches).gradient_sums_in_row_order;
+  };
+  EXPECT_TRUE(row_order({{4096, 1024}}));
+  EXPECT_FALSE(row_order({{1024, 1024}}));  // four column blocks of 256
+  EXPECT_TRUE(row_order({{2048, 512}}));
+  EXPECT_TRUE(row_order({{16, 512, 16, 16}, layout::channels_last}));
+  EXPECT_TRUE(row_order({{2048, 1024}, layout::channels_first, bnorm::dtype::f64}));
+  EXPECT_FALSE(row_order({{4096, 256}}));                              // narrower
+  EXPECT_FALSE(row_order({{8, 256, 56, 56}, layout::channels_last}));  // narrower
+  EXPECT_FALSE(row_order({{1023, 1024}}));                             // in the cache
+  EXPECT_FALSE(row_order({{2048, 1024}, layout::channels_first, bnorm::dtype::bf16}));
+  EXPECT_FALSE(row_order({{4, 1024, 32, 32}, layout::channels_first}));  // planes
+  EXPECT_NE(describe(plan_partition({{4096, 1024}}, {}, id, caches))
+                .find(" · the backward's sums in row order · "),
+            std::string::npos);
+}
+
 // The fused planes fetch add+ReLU's residual ahead where it comes from memory in runs shorter
 // than the reads ahead; not inference, not plain or ReLU plans, not long planes or cached
 // tensors, not rows.

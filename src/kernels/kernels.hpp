@@ -91,6 +91,10 @@ struct row_block {
   /// As plane_block's; for the backward's map, how far ahead of each line it reads the map
   /// fetches x's and dy's where it streams dx.
   std::size_t read_ahead_bytes = 0;
+  /// For the reduce kernels of float32 and float64 storage: walk each block of rows in memory
+  /// order, the partials in the L1, rather than a group of columns at a time with the partials
+  /// in registers (the same bits; partition::sums_in_row_order).
+  bool in_row_order = false;
 };
 
 /// Whether a reduce kernel starts the per-slot sums (overwrites them) or adds to them: zeroing

@@ -690,18 +690,132 @@ template <class Arch, class Terms, class T = typename Terms::T>
   }
 }
 
-/// `rows` rows of `width` slots, `stride` apart, from the terms' base; slot j's sums go to
-/// sum[j], sum_sq[j] (started unless `accumulate`). Whole rows (width = stride) fetch
-/// `read_ahead_bytes` (of all the terms' sources) ahead.
-template <class Arch, class Terms, class T = typename Terms::T>
-void interleaved_sums(const Terms& terms, std::size_t rows, std::size_t width, std::size_t stride,
-                      std::size_t read_ahead_bytes, const T* center, double* sum, double* sum_sq,
-                      bool accumulate) noexcept {
+/// A block's partials of `Group` vectors of slots, the block's `count` rows from offset `at`
+/// (the first slot's), into the float64 sums from sum, sum_sq (started there unless `add`).
+/// One check for the group (see flush_with_exact_lanes where it fails).
+template <std::size_t Group, class Arch, class Terms, class T = typename Terms::T>
+[[gnu::always_inline]] inline void flush_partials(const Terms& terms, std::size_t at,
+                                                  std::size_t count, std::size_t stride,
+                                                  const T* center,
+                                                  const xsimd::batch<T, Arch> (&s)[Group],
+                                                  const xsimd::batch<T, Arch> (&q)[Group],
+                                                  double* sum, double* sum_sq, bool add) noexcept {
   using vec = xsimd::batch<T, Arch>;
   using dvec = xsimd::batch<double, Arch>;
   constexpr std::size_t lanes = vec::size;
+  const auto store = [&](std::size_t j, const dvec& block_s, const dvec& block_q) {
+    (add ? dvec::load_unaligned(sum + j) + block_s : block_s).store_unaligned(sum + j);
+    (add ? dvec::load_unaligned(sum_sq + j) + block_q : block_q).store_unaligned(sum_sq + j);
+  };
+  if constexpr (std::is_same<T, float>::value) {
+    vec all_s = s[0], all_q = q[0];
+    for (std::size_t g = 1; g < Group; ++g) {
+      all_s += s[g];
+      all_q += q[g];
+    }
+    if (!Terms::finite(all_s, all_q)) {
+      flush_with_exact_lanes<Arch>(terms, at, count, stride, center, Group, sum, sum_sq, add);
+      return;
+    }
+#pragma GCC unroll 4
+    for (std::size_t g = 0; g < Group; ++g) {
+      dvec s_lo, s_hi, q_lo, q_hi;
+      widen(s[g], s_lo, s_hi);
+      widen(q[g], q_lo, q_hi);
+      store(g * lanes, s_lo, q_lo);
+      store(g * lanes + lanes / 2, s_hi, q_hi);
+    }
+  } else {
+#pragma GCC unroll 4
+    for (std::size_t g = 0; g < Group; ++g) store(g * lanes, s[g], q[g]);
+  }
+}
+
+/// Most slots a strip of row_order_sums holds: its partials, two of this many values of T, on
+/// the stack.
+constexpr std::size_t row_order_slots = 1024;
+
+/// interleaved_sums walking each block's rows in memory order (row_block::in_row_order): the
+/// partials of a strip of up to row_order_slots slots in arrays in the L1, loaded and stored
+/// at every row, where the column walk keeps them in registers. The same values added in the
+/// same order, from zeros, each block's partials flushed the same way: the same bits as the
+/// column walk. Fetches `read_ahead_bytes` (of all the terms' sources) ahead along each row.
+/// Not for half-precision storage (its pairs of vectors in any order are the column walk's).
+template <class Arch, class Terms, class T = typename Terms::T>
+void row_order_sums(const Terms& terms, std::size_t rows, std::size_t width, std::size_t stride,
+                    std::size_t read_ahead_bytes, const T* center, double* sum, double* sum_sq,
+                    bool accumulate) noexcept {
+  using vec = xsimd::batch<T, Arch>;
+  constexpr std::size_t lanes = vec::size;
+  static_assert(row_order_slots % (4 * lanes) == 0, "a strip holds whole groups");
+  const std::size_t whole = width - width % lanes;
+  const std::size_t source_read_ahead_bytes = read_ahead_bytes / Terms::sources;
+  constexpr std::size_t line = line_elements<Terms>;
+  alignas(64) T s_part[row_order_slots], q_part[row_order_slots];
+  for (std::size_t first = 0; first < rows; first += rows_per_block) {
+    const std::size_t count = rows - first < rows_per_block ? rows - first : rows_per_block;
+    const std::size_t block = first * stride;
+    const bool add = accumulate || first > 0;
+    for (std::size_t j0 = 0; j0 < whole; j0 += row_order_slots) {
+      const std::size_t strip = whole - j0 < row_order_slots ? whole - j0 : row_order_slots;
+      const T* k = center + j0;
+      for (std::size_t r = 0; r < count; ++r) {
+        const std::size_t row = block + r * stride + j0;
+        for (std::size_t j = 0; j < strip; j += lanes) {
+          if (source_read_ahead_bytes != 0 && j % line == 0) {
+            terms.prefetch(row + j, source_read_ahead_bytes);
+          }
+          vec s(T(0)), q(T(0));  // the first row's terms added to zeros, as the column walk's
+          if (r > 0) {
+            s = vec::load_aligned(s_part + j);
+            q = vec::load_aligned(q_part + j);
+          }
+          terms.add(row + j, vec::load_unaligned(k + j), s, q);
+          s.store_aligned(s_part + j);
+          q.store_aligned(q_part + j);
+        }
+      }
+      std::size_t j = 0;
+      for (; j + 4 * lanes <= strip; j += 4 * lanes) {
+        vec s[4], q[4];
+        for (std::size_t g = 0; g < 4; ++g) {
+          s[g] = vec::load_aligned(s_part + j + g * lanes);
+          q[g] = vec::load_aligned(q_part + j + g * lanes);
+        }
+        flush_partials<4, Arch>(terms, block + j0 + j, count, stride, k + j, s, q, sum + j0 + j,
+                                sum_sq + j0 + j, add);
+      }
+      for (; j < strip; j += lanes) {
+        vec s[1] = {vec::load_aligned(s_part + j)}, q[1] = {vec::load_aligned(q_part + j)};
+        flush_partials<1, Arch>(terms, block + j0 + j, count, stride, k + j, s, q, sum + j0 + j,
+                                sum_sq + j0 + j, add);
+      }
+    }
+    for (std::size_t j = whole; j < width; ++j) {
+      exact_column(terms, block + j, count, stride, center[j], sum[j], sum_sq[j], add);
+    }
+  }
+}
+
+/// `rows` rows of `width` slots, `stride` apart, from the terms' base; slot j's sums go to
+/// sum[j], sum_sq[j] (started unless `accumulate`). Each block of rows_per_block rows goes a
+/// group of columns at a time, its partials in registers, or `in_row_order` (row_order_sums).
+/// Whole rows (width = stride) fetch `read_ahead_bytes` (of all the terms' sources) ahead.
+template <class Arch, class Terms, class T = typename Terms::T>
+void interleaved_sums(const Terms& terms, std::size_t rows, std::size_t width, std::size_t stride,
+                      std::size_t read_ahead_bytes, bool in_row_order, const T* center, double* sum,
+                      double* sum_sq, bool accumulate) noexcept {
+  using vec = xsimd::batch<T, Arch>;
+  constexpr std::size_t lanes = vec::size;
   if (rows == 0 && !accumulate) {
     for (std::size_t j = 0; j < width; ++j) sum[j] = sum_sq[j] = 0.0;
+  }
+  if constexpr (std::is_same<typename Terms::storage, T>::value) {
+    if (in_row_order) {
+      row_order_sums<Arch>(terms, rows, width, stride, read_ahead_bytes, center, sum, sum_sq,
+                           accumulate);
+      return;
+    }
   }
   const std::size_t block_bytes = rows_per_block * stride * sizeof(typename Terms::storage);
   // Pairs of vectors in the storage's order where every row's pairs start on the pair's bytes:
@@ -728,37 +842,10 @@ void interleaved_sums(const Terms& terms, std::size_t rows, std::size_t width, s
       if (!reads_ahead<Terms>) return {};
       return {block + j, stride, block_bytes};
     };
-    const auto store = [&](std::size_t j, const dvec& s, const dvec& q) {
-      (add ? dvec::load_unaligned(sum + j) + s : s).store_unaligned(sum + j);
-      (add ? dvec::load_unaligned(sum_sq + j) + q : q).store_unaligned(sum_sq + j);
-    };
-    // The block's partials of a group of vectors of slots from j into the float64 sums. One
-    // check for the group (see flush_with_exact_lanes where it fails).
-    const auto flush = [&](auto group_tag, std::size_t j, const vec* s, const vec* q) {
-      constexpr std::size_t group = decltype(group_tag)::value;
-      if constexpr (std::is_same<T, float>::value) {
-        vec all_s = s[0], all_q = q[0];
-        for (std::size_t g = 1; g < group; ++g) {
-          all_s += s[g];
-          all_q += q[g];
-        }
-        if (!Terms::finite(all_s, all_q)) {
-          flush_with_exact_lanes<Arch>(terms, block + j, count, stride, center + j, group, sum + j,
-                                       sum_sq + j, add);
-          return;
-        }
-#pragma GCC unroll 4
-        for (std::size_t g = 0; g < group; ++g) {
-          dvec s_lo, s_hi, q_lo, q_hi;
-          widen(s[g], s_lo, s_hi);
-          widen(q[g], q_lo, q_hi);
-          store(j + g * lanes, s_lo, q_lo);
-          store(j + g * lanes + lanes / 2, s_hi, q_hi);
-        }
-      } else {
-#pragma GCC unroll 4
-        for (std::size_t g = 0; g < group; ++g) store(j + g * lanes, s[g], q[g]);
-      }
+    // The block's partials of a group of vectors of slots from j into the float64 sums.
+    const auto flush = [&](std::size_t j, const auto& s, const auto& q) {
+      flush_partials<std::extent<std::remove_reference_t<decltype(s)>>::value, Arch>(
+          terms, block + j, count, stride, center + j, s, q, sum + j, sum_sq + j, add);
     };
     std::size_t j = 0;
     constexpr std::size_t group = 4;
@@ -771,12 +858,12 @@ void interleaved_sums(const Terms& terms, std::size_t rows, std::size_t width, s
         column_partials<group, Arch>(terms, block + j, count, stride, fetch(j, group), center + j,
                                      s, q);
       }
-      flush(std::integral_constant<std::size_t, group>(), j, s, q);
+      flush(j, s, q);
     }
     for (; j + lanes <= width; j += lanes) {
       vec s[1], q[1];
       column_partials<1, Arch>(terms, block + j, count, stride, fetch(j, 1), center + j, s, q);
-      flush(std::integral_constant<std::size_t, 1>(), j, s, q);
+      flush(j, s, q);
     }
     for (; j < width; ++j) {
       exact_column(terms, block + j, count, stride, center[j], sum[j], sum_sq[j], add);
@@ -814,7 +901,8 @@ template <class Arch, class S, class T = compute_t<S>>
 void interleaved_stats(const S* src, const row_block& b, const T* pivot, double* sum,
                        double* sum_sq, sums_mode mode) noexcept {
   interleaved_sums<Arch>(deviation_terms<Arch, S>{src}, b.rows, b.width, b.stride,
-                         b.read_ahead_bytes, pivot, sum, sum_sq, mode == sums_mode::add);
+                         b.read_ahead_bytes, b.in_row_order, pivot, sum, sum_sq,
+                         mode == sums_mode::add);
 }
 
 template <class Arch, class S, class T = compute_t<S>>
@@ -827,7 +915,8 @@ template <class Arch, class S, class T = compute_t<S>>
 void interleaved_gradient_sums(const S* src, const S* diff_dst, const row_block& b, const T* center,
                                double* sum_dy, double* sum_dy_d, sums_mode mode) noexcept {
   interleaved_sums<Arch>(gradient_terms<Arch, S>{src, diff_dst}, b.rows, b.width, b.stride,
-                         b.read_ahead_bytes, center, sum_dy, sum_dy_d, mode == sums_mode::add);
+                         b.read_ahead_bytes, b.in_row_order, center, sum_dy, sum_dy_d,
+                         mode == sums_mode::add);
 }
 
 // The backward's sums in float64 throughout (each dy and x − center widened before they are
