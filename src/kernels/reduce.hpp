@@ -750,7 +750,8 @@ void row_order_sums(const Terms& terms, std::size_t rows, std::size_t width, std
   static_assert(row_order_slots % (4 * lanes) == 0, "a strip holds whole groups");
   const std::size_t whole = width - width % lanes;
   const std::size_t source_read_ahead_bytes = read_ahead_bytes / Terms::sources;
-  constexpr std::size_t line = line_elements<Terms>;
+  // Elements of a line (at least a vector's: float64 vectors of AVX-512 are a line).
+  constexpr std::size_t line = line_elements < Terms >> lanes ? line_elements<Terms> : lanes;
   alignas(64) T s_part[row_order_slots], q_part[row_order_slots];
   for (std::size_t first = 0; first < rows; first += rows_per_block) {
     const std::size_t count = rows - first < rows_per_block ? rows - first : rows_per_block;
@@ -759,22 +760,30 @@ void row_order_sums(const Terms& terms, std::size_t rows, std::size_t width, std
     for (std::size_t j0 = 0; j0 < whole; j0 += row_order_slots) {
       const std::size_t strip = whole - j0 < row_order_slots ? whole - j0 : row_order_slots;
       const T* k = center + j0;
-      for (std::size_t r = 0; r < count; ++r) {
-        const std::size_t row = block + r * stride + j0;
-        for (std::size_t j = 0; j < strip; j += lanes) {
-          if (source_read_ahead_bytes != 0 && j % line == 0) {
-            terms.prefetch(row + j, source_read_ahead_bytes);
-          }
-          vec s(T(0)), q(T(0));  // the first row's terms added to zeros, as the column walk's
-          if (r > 0) {
+      // One row into the partials: the first row's terms added to zeros (as the column walk's),
+      // the others' to the partials stored by the row before. A line of each source a step, its
+      // fetch ahead once.
+      const auto add_row = [&](auto first_row, std::size_t row) {
+        const auto add_vector = [&](std::size_t j) {
+          vec s(T(0)), q(T(0));
+          if constexpr (!decltype(first_row)::value) {
             s = vec::load_aligned(s_part + j);
             q = vec::load_aligned(q_part + j);
           }
           terms.add(row + j, vec::load_unaligned(k + j), s, q);
           s.store_aligned(s_part + j);
           q.store_aligned(q_part + j);
+        };
+        std::size_t j = 0;
+        for (; j + line <= strip; j += line) {
+          terms.prefetch(row + j, source_read_ahead_bytes);
+#pragma GCC unroll 4
+          for (std::size_t v = 0; v < line; v += lanes) add_vector(j + v);
         }
-      }
+        for (; j < strip; j += lanes) add_vector(j);
+      };
+      add_row(std::true_type(), block + j0);
+      for (std::size_t r = 1; r < count; ++r) add_row(std::false_type(), block + r * stride + j0);
       std::size_t j = 0;
       for (; j + 4 * lanes <= strip; j += 4 * lanes) {
         vec s[4], q[4];
