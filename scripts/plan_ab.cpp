@@ -3,8 +3,9 @@
 // (whose speed can change by 2× from one process to the next). Buffers start on cache lines, as
 // the benchmark's. Prints, per mode and thread count, the median of the batches' ns a call.
 //
-//   g++ -std=c++17 -O2 -Iinclude -Ibuild/release/include scripts/plan_ab.cpp
-//       build/release/libbnorm.a -ltbb -lpthread -o /tmp/plan_ab     (one line)
+//   g++ -std=c++17 -O3 -fopenmp-simd -c bench/roofline.cpp -o /tmp/roofline.o
+//   g++ -std=c++17 -O2 -Iinclude -Ibuild/release/include -Ibench scripts/plan_ab.cpp
+//       /tmp/roofline.o build/release/libbnorm.a -ltbb -lpthread -o /tmp/plan_ab   (one line)
 //   /tmp/plan_ab [--bf16] [--last] [--threads 1,2] [--rounds R] [--calls K] [--modes M,...]
 //                A B N C [spatial...]
 //   A, B: two ISAs, two of automatic, cached, streaming, or two of none, relu and add_relu
@@ -14,9 +15,11 @@
 //   inference+next (the call, then the next layer's read of its output: an inference over y
 //   or dx with cached stores, which finds a streamed output in memory), gradient_sums
 //   (local_gradient_sums: the backward's reduce pass alone) and gradient_map
-//   (backward_training_merged from the sums of the first call: its map pass alone). Each mode's
-//   calls follow the previous mode's, whose outputs may still be in cache: inference after a
-//   streamed training finds no y there.
+//   (backward_training_merged from the sums of the first call: its map pass alone), and the
+//   backward's rooflines, the same for A and B (bench/roofline.hpp, on the same threads):
+//   roofline_sums (Σdy and Σdy·x, one read of both) and roofline_dx (one read of x and dy, one
+//   streamed write of dx). Each mode's calls follow the previous mode's, whose outputs may still
+//   be in cache: inference after a streamed training finds no y there.
 //   e.g. /tmp/plan_ab avx512bf16 avx2 2 4
 //        /tmp/plan_ab --threads 1,2 --rounds 20 --calls 5 automatic cached 2 32 16 56 56
 #include <bnorm/bnorm.hpp>
@@ -32,6 +35,7 @@
 #include <vector>
 
 #include "../support/aligned64.hpp"
+#include "roofline.hpp"
 
 namespace {
 
@@ -72,11 +76,13 @@ int main(int argc, char** argv) {
   bool bf16 = false, last = false;
   std::vector<int> threads;
   int rounds = 200, calls = 2000;
-  constexpr int mode_count = 10;
-  const char* modes[mode_count] = {
-      "training",      "inference",     "backward",       "frozen",        "statistics",
-      "training+next", "backward+next", "inference+next", "gradient_sums", "gradient_map"};
-  bool runs[mode_count] = {true, true, true, true, false, false, false, false, false, false};
+  constexpr int mode_count = 12;
+  const char* modes[mode_count] = {"training",      "inference",      "backward",
+                                   "frozen",        "statistics",     "training+next",
+                                   "backward+next", "inference+next", "gradient_sums",
+                                   "gradient_map",  "roofline_sums",  "roofline_dx"};
+  bool runs[mode_count] = {true,  true,  true,  true,  false, false,
+                           false, false, false, false, false, false};
   int a = 1;
   for (; a < argc && argv[a][0] == '-'; ++a) {
     bf16 = bf16 || std::strcmp(argv[a], "--bf16") == 0;
@@ -104,7 +110,8 @@ int main(int argc, char** argv) {
   if (std::none_of(runs, runs + mode_count, [](bool r) { return r; })) {
     std::fprintf(stderr,
                  "--modes: expected some of training,inference,backward,frozen,statistics,"
-                 "training+next,backward+next,inference+next,gradient_sums,gradient_map\n");
+                 "training+next,backward+next,inference+next,gradient_sums,gradient_map,roofline_"
+                 "sums,roofline_dx\n");
     return 2;
   }
   if (argc - a < 4) {
@@ -220,36 +227,36 @@ int main(int argc, char** argv) {
       i.var = {var.data(), c};
       return plan.forward_inference(i);
     }
+    if (mode == 10) {
+      static volatile double kept;
+      kept = bnorm_bench::stream_sum2(x.data(), dy.data(), elements, plan.options().max_threads);
+      return bnorm::status();
+    }
+    if (mode == 11) {
+      bnorm_bench::stream_combine(x.data(), dy.data(), dx.data(), elements,
+                                  plan.options().max_threads, bnorm_bench::stores::streamed);
+      return bnorm::status();
+    }
     bnorm::backward_args b;
     b.diff_dst = dy.data();
     b.diff_src = dx.data();
     b.scale = {gamma.data(), c};
     // A fused activation's backward masks dy with the forward's output.
     if (plan.options().activation != bnorm::activation::none) b.dst = y.data();
-    if (mode == 2) {
+    if (mode == 2 || mode == 8 || mode == 9) {  // the training backward, whole or a pass of it
       b.src = x.data();
       b.mean = {saved_mean.data(), c};
       b.inv_std = {saved_inv_std.data(), c};
       b.diff_scale = {dgamma.data(), c};
       b.diff_shift = {dbeta.data(), c};
+      if (mode == 8) {
+        return plan.local_gradient_sums(b, gradient_exchange.data(), gradient_exchange.size());
+      }
+      if (mode == 9) {
+        return plan.backward_training_merged(b, gradient_exchange.data(), gradient_exchange.data(),
+                                             gradient_exchange.size());
+      }
       return plan.backward_training(b);
-    }
-    if (mode == 8) {
-      b.src = x.data();
-      b.mean = {saved_mean.data(), c};
-      b.inv_std = {saved_inv_std.data(), c};
-      b.diff_scale = {dgamma.data(), c};
-      b.diff_shift = {dbeta.data(), c};
-      return plan.local_gradient_sums(b, gradient_exchange.data(), gradient_exchange.size());
-    }
-    if (mode == 9) {
-      b.src = x.data();
-      b.mean = {saved_mean.data(), c};
-      b.inv_std = {saved_inv_std.data(), c};
-      b.diff_scale = {dgamma.data(), c};
-      b.diff_shift = {dbeta.data(), c};
-      return plan.backward_training_merged(b, gradient_exchange.data(), gradient_exchange.data(),
-                                           gradient_exchange.size());
     }
     b.mean = {mean.data(), c};
     b.var = {var.data(), c};

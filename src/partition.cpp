@@ -130,9 +130,9 @@ constexpr std::size_t read_ahead_bytes = 16 * 1024;
 
 // The backward's map over rows, streaming dx, fetches x and dy this far ahead of each line it
 // reads, where they come from memory: beside the two tensors, each row reads the four arrays of
-// coefficients again from the cache, and the hardware prefetcher alone left the map a third
-// slower than a pass over the same three tensors. Not for half-precision storage, whose map
-// was no faster so (docs/design.md, "The backward's map over rows reads ahead (stop 53)").
+// coefficients again from the cache, and with the hardware prefetcher alone the map took about
+// half as long again as a pass over the same three tensors. Not for half-precision storage,
+// whose map was no faster so (docs/design.md, "The backward over rows from memory (stop 53)").
 constexpr std::size_t row_gradient_read_ahead_bytes = 4 * 1024;
 
 // The backward's sums over blocks of rows this wide or wider, float32 or float64 from memory,
@@ -140,8 +140,8 @@ constexpr std::size_t row_gradient_read_ahead_bytes = 4 * 1024;
 // columns at a time, sixteen rows of x and dy were 32 runs read at once, half as fast as the
 // same bytes read in order. Narrower rows keep the column walk, whose partials stay in
 // registers, where the row walk's reload each partial a few vectors after storing it; the
-// forward's statistics, one tensor, gained nothing (docs/design.md, "The backward's sums in
-// row order (stop 53)").
+// forward's statistics, one tensor, gained nothing (docs/design.md, "The backward over rows
+// from memory (stop 53)").
 constexpr std::size_t row_order_sums_slots = 512;
 
 std::size_t ceil_div(std::size_t a, std::size_t b) {

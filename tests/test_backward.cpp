@@ -175,6 +175,10 @@ const backward_case accuracy_cases[] = {
     // 4 MiB (from memory where the last level is 32 MiB): fused planes fetching the next block
     {{16, 64, 32, 32}, layout::channels_first, 0.0, 1e-6},
     {{4096, 64}, layout::channels_last, 0.0, 1e-6},
+    // 4 MiB rows of 512 channels, from memory where the last level is 32 MiB: the sums in row
+    // order, the map fetching ahead as it streams dx
+    {{2048, 512}, layout::channels_last, 0.0, 1e-6},
+    {{2048, 512}, layout::channels_last, 1e5, 1e-5},
     {{8, 64, 28, 28}, layout::channels_first, 1e5, 1e-5},
     {{8, 64, 28, 28}, layout::channels_last, 1e5, 1e-5},
     {{4096, 64}, layout::channels_last, 1e5, 1e-5},

@@ -93,7 +93,7 @@ struct row_block {
   std::size_t read_ahead_bytes = 0;
   /// For the reduce kernels of float32 and float64 storage: walk each block of rows in memory
   /// order, the partials in the L1, rather than a group of columns at a time with the partials
-  /// in registers (the same bits; partition::sums_in_row_order).
+  /// in registers (the same bits; partition::gradient_sums_in_row_order).
   bool in_row_order = false;
 };
 

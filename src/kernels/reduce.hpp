@@ -5,6 +5,7 @@
 // centers. Part of the kernels compiled once per ISA: include only from kernels_impl.hpp.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
@@ -751,7 +752,7 @@ void row_order_sums(const Terms& terms, std::size_t rows, std::size_t width, std
   const std::size_t whole = width - width % lanes;
   const std::size_t source_read_ahead_bytes = read_ahead_bytes / Terms::sources;
   // Elements of a line (at least a vector's: float64 vectors of AVX-512 are a line).
-  constexpr std::size_t line = line_elements < Terms >> lanes ? line_elements<Terms> : lanes;
+  constexpr std::size_t line = std::max(line_elements<Terms>, lanes);
   alignas(64) T s_part[row_order_slots], q_part[row_order_slots];
   for (std::size_t first = 0; first < rows; first += rows_per_block) {
     const std::size_t count = rows - first < rows_per_block ? rows - first : rows_per_block;
