@@ -128,21 +128,20 @@ constexpr std::size_t min_streamed_plane_bytes = 1024;
 // they ran slower so on two threads (docs/design.md, "Reads ahead (stop 44)").
 constexpr std::size_t read_ahead_bytes = 16 * 1024;
 
-// The backward's map over rows, streaming dx, fetches x and dy this far ahead of each line it
-// reads, where they come from memory: beside the two tensors, each row reads the four arrays of
-// coefficients again from the cache, and with the hardware prefetcher alone the map took about
-// half as long again as a pass over the same three tensors. Not for half-precision storage,
-// whose map was no faster so (docs/design.md, "The backward over rows from memory (stop 53)").
+// The backward over rows of at least this many slots (channels-last, float32 or float64) from
+// memory (docs/design.md, "The backward over rows from memory (stop 53)"):
+// - its map, streaming dx, fetches x and dy row_gradient_read_ahead_bytes ahead of each line
+//   it reads: beside the two tensors, each row reads four arrays of coefficients again from the
+//   cache, and with the hardware prefetcher alone the map took about half as long again as a
+//   pass over the same three tensors; over narrower rows (shorter arrays) the fetches made it
+//   5–10% slower, and half-precision storage gained nothing;
+// - its sums over blocks of rows this wide walk each block's rows in memory order
+//   (kernels::row_block::in_row_order): a group of columns at a time, sixteen rows of x and dy
+//   were 32 runs read at once, half as fast as the same bytes read in order. Narrower rows keep
+//   the column walk, whose partials stay in registers where the row walk reloads each a few
+//   vectors after storing it; the forward's statistics, one tensor, gained nothing.
+constexpr std::size_t wide_row_slots = 512;
 constexpr std::size_t row_gradient_read_ahead_bytes = 4 * 1024;
-
-// The backward's sums over blocks of rows this wide or wider, float32 or float64 from memory,
-// walk each block's rows in memory order (kernels::row_block::in_row_order): a group of
-// columns at a time, sixteen rows of x and dy were 32 runs read at once, half as fast as the
-// same bytes read in order. Narrower rows keep the column walk, whose partials stay in
-// registers, where the row walk's reload each partial a few vectors after storing it; the
-// forward's statistics, one tensor, gained nothing (docs/design.md, "The backward over rows
-// from memory (stop 53)").
-constexpr std::size_t row_order_sums_slots = 512;
 
 std::size_t ceil_div(std::size_t a, std::size_t b) {
   return (a + b - 1) / b;
@@ -236,8 +235,6 @@ bool make_partition(const problem& prob, const plan_options& options, std::size_
   p.statistics_read_ahead_bytes = reads_from_memory ? read_ahead_bytes : 0;
   p.gradient_read_ahead_bytes = reads_from_memory && !planes ? read_ahead_bytes : 0;
   const bool storage_computes = p.element_size == p.value_size;  // not half precision
-  p.row_gradient_read_ahead_bytes =
-      reads_from_memory && !planes && storage_computes ? row_gradient_read_ahead_bytes : 0;
   const std::size_t unit_elements = unit_bytes / p.element_size;
   const std::size_t fused_channel_bytes = caches.l2_bytes / fused_channel_l2_fraction;
   const std::size_t fused_block_bytes = caches.l2_bytes / fused_block_l2_fraction;
@@ -387,9 +384,13 @@ bool make_partition(const problem& prob, const plan_options& options, std::size_
   p.fetch_next_fused_backward_block =
       p.fused_backward && p.kind == traversal::planes && p.statistics_read_ahead_bytes > 0 &&
       4 * fused_planes_block_bytes <= l2_to_fill && storage_computes;
-  p.gradient_sums_in_row_order = p.kind == traversal::interleaved &&
-                                 p.gradient_read_ahead_bytes > 0 && storage_computes &&
-                                 p.block_width >= row_order_sums_slots;
+  // The backward over wide rows from memory (see wide_row_slots): the map's rows are whole
+  // (the period), the sums' blocks of columns.
+  const bool rows_from_memory =
+      p.kind == traversal::interleaved && p.gradient_read_ahead_bytes > 0 && storage_computes;
+  p.row_gradient_read_ahead_bytes =
+      rows_from_memory && p.period >= wide_row_slots ? row_gradient_read_ahead_bytes : 0;
+  p.gradient_sums_in_row_order = rows_from_memory && p.block_width >= wide_row_slots;
   // Training and the backward on more than one thread keep their output cached while the
   // tensors counted fit in one core's L2, half of two cores': the call then stays in the cores'
   // caches, where streamed stores send the output to memory. Not column blocks: a block of a row
