@@ -12,6 +12,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -23,6 +24,13 @@ std::size_t width = 1024, rows = 4096, n = width * rows;
 constexpr std::size_t block_rows = 16;  // reduce.hpp's rows_per_block
 float *x, *dy, *dx, *coefficient[4], *interleaved, *sums;
 volatile float sink;
+
+// A hint for the line `bytes` past p, its address computed as an integer (it may lie past the
+// tensor's end).
+inline void fetch(const float* p, std::size_t bytes) {
+  _mm_prefetch(reinterpret_cast<const char*>(reinterpret_cast<std::uintptr_t>(p) + bytes),
+               _MM_HINT_T0);
+}
 
 #define AVX512 __attribute__((target("avx512f"), noinline))
 #define AVX512_INLINE __attribute__((target("avx512f"), always_inline)) inline
@@ -67,8 +75,8 @@ AVX512 void map_rows() {
     float* out = dx + r * width;
     for (std::size_t j = 0; j < width; j += 16) {
       if (Ahead != 0) {
-        _mm_prefetch(reinterpret_cast<const char*>(xr + j) + Ahead, _MM_HINT_T0);
-        _mm_prefetch(reinterpret_cast<const char*>(gr + j) + Ahead, _MM_HINT_T0);
+        fetch(xr + j, Ahead);
+        fetch(gr + j, Ahead);
       }
       __m512 c, a, b, e;
       Coefficients::load(j, c, a, b, e);
@@ -90,7 +98,9 @@ AVX512 void sums_roofline() {
     q0 = _mm512_fmadd_ps(g0, _mm512_loadu_ps(x + i), q0);
     q1 = _mm512_fmadd_ps(g1, _mm512_loadu_ps(x + i + 16), q1);
   }
-  sink = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(s0, s1), _mm512_add_ps(q0, q1)));
+  alignas(64) float lanes[16];
+  _mm512_store_ps(lanes, _mm512_add_ps(_mm512_add_ps(s0, s1), _mm512_add_ps(q0, q1)));
+  sink = lanes[0] + lanes[15];
 }
 
 // The column walk: per block of 16 rows, four vectors of slots down the 16 rows, then the next
@@ -109,8 +119,8 @@ AVX512 void sums_column_walk() {
           const std::size_t at = block + j * block_rows + r * 64;
           const std::size_t ahead = Fetch == 1 ? 8192 : block_rows * width * sizeof(float);
           for (int e = 0; e < 64; e += 16) {
-            _mm_prefetch(reinterpret_cast<const char*>(x + at + e) + ahead, _MM_HINT_T0);
-            _mm_prefetch(reinterpret_cast<const char*>(dy + at + e) + ahead, _MM_HINT_T0);
+            fetch(x + at + e, ahead);
+            fetch(dy + at + e, ahead);
           }
         }
         for (int g = 0; g < 4; ++g) {
@@ -157,7 +167,7 @@ int main(int argc, char** argv) {
   }
   if (argc > 1) width = std::strtoul(argv[1], nullptr, 10) / 64 * 64;
   if (width == 0) width = 64;
-  rows = 4096 * 1024 / width;
+  rows = 4096 * 1024 / width / block_rows * block_rows;  // whole blocks of 16 rows
   n = width * rows;
   x = filled(n);
   dy = filled(n);

@@ -134,7 +134,7 @@ constexpr std::size_t read_ahead_bytes = 16 * 1024;
 //   it reads: beside the two tensors, each row reads four arrays of coefficients again from the
 //   cache, and with the hardware prefetcher alone the map took about half as long again as a
 //   pass over the same three tensors; over narrower rows (shorter arrays) the fetches made it
-//   5–10% slower, and half-precision storage gained nothing;
+//   5–12% slower, and half-precision storage gained nothing;
 // - its sums over blocks of rows this wide walk each block's rows in memory order
 //   (kernels::row_block::in_row_order): a group of columns at a time, sixteen rows of x and dy
 //   were 32 runs read at once, half as fast as the same bytes read in order. Narrower rows keep
@@ -384,13 +384,17 @@ bool make_partition(const problem& prob, const plan_options& options, std::size_
   p.fetch_next_fused_backward_block =
       p.fused_backward && p.kind == traversal::planes && p.statistics_read_ahead_bytes > 0 &&
       4 * fused_planes_block_bytes <= l2_to_fill && storage_computes;
-  // The backward over wide rows from memory (see wide_row_slots): the map's rows are whole
-  // (the period), the sums' blocks of columns.
-  const bool rows_from_memory =
-      p.kind == traversal::interleaved && p.gradient_read_ahead_bytes > 0 && storage_computes;
-  p.row_gradient_read_ahead_bytes =
-      rows_from_memory && p.period >= wide_row_slots ? row_gradient_read_ahead_bytes : 0;
-  p.gradient_sums_in_row_order = rows_from_memory && p.block_width >= wide_row_slots;
+  // The backward over wide whole rows from memory (see wide_row_slots). The sums run over
+  // the column blocks, the map over whole rows but in the fused blocks': along a block of a row,
+  // the fetches would fall in the blocks beside it.
+  const bool wide_rows_from_memory = p.kind == traversal::interleaved &&
+                                     p.gradient_read_ahead_bytes > 0 && storage_computes &&
+                                     p.period >= wide_row_slots;
+  const bool whole_rows = p.column_blocks == 1;
+  p.row_gradient_read_ahead_bytes = wide_rows_from_memory && (whole_rows || !p.fused_backward)
+                                        ? row_gradient_read_ahead_bytes
+                                        : 0;
+  p.gradient_sums_in_row_order = wide_rows_from_memory && whole_rows;
   // Training and the backward on more than one thread keep their output cached while the
   // tensors counted fit in one core's L2, half of two cores': the call then stays in the cores'
   // caches, where streamed stores send the output to memory. Not column blocks: a block of a row

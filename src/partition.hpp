@@ -113,7 +113,7 @@ struct partition {
   /// How far ahead the backward's map over rows, streaming dx, fetches the lines of x and dy
   /// (kernels::row_block::read_ahead_bytes; 0: not at all).
   std::size_t row_gradient_read_ahead_bytes = 0;
-  /// Whether the backward's sums over rows walk each block's rows in memory order
+  /// Whether the backward's sums over whole rows walk each block's rows in memory order
   /// (kernels::row_block::in_row_order).
   bool gradient_sums_in_row_order = false;
   /// How far ahead the fused planes' map fetches add+ReLU's residual along a channel's planes

@@ -767,10 +767,10 @@ TYPED_TEST(KernelTester, ReadingAheadChangesNoBits) {
 
 // The rows' sums walked in row order (row_block::in_row_order, the partials in the L1) keep the
 // column walk's bits, forward and backward, over tails, strips of row_order_slots (1,024) and
-// past them, blocks of 16 rows and their rest, with and without reading ahead: among them a
-// slot whose float32 squares overflow in the last rows (summed again in float64) and one
+// past them, blocks of 16 rows and their rest, no rows, with and without reading ahead: among
+// them a slot whose float32 squares overflow in the last rows (summed again in float64) and one
 // holding a NaN. The column walk's sums are checked against the reference in the tests above;
-// the row walk's Σdy·(x − center) here too.
+// the row walk's Σdy and Σdy·(x − center) here too.
 TYPED_TEST(KernelTester, RowOrderSumsKeepTheColumnWalksBits) {
   using T = TypeParam;
   using real = typename TestFixture::real;
@@ -779,9 +779,9 @@ TYPED_TEST(KernelTester, RowOrderSumsKeepTheColumnWalksBits) {
   };
   this->for_each_isa([&](const kernels::kernel_set<T>& k, std::size_t v) {
     std::vector<std::size_t> widths = lengths(v);
-    widths.insert(widths.end(), {1024, 1024 + 4 * v + 1, 2048 + 3});
+    widths.insert(widths.end(), {1024, 1024 + 4 * v + 1, 1024 + 5 * v, 2048 + 3});
     for (std::size_t width : widths) {
-      for (std::size_t rows : {1, 15, 16, 17, 40}) {
+      for (std::size_t rows : {0, 1, 15, 16, 17, 40}) {
         for (bool accumulate : {false, true}) {
           const std::size_t stride = width + 3, offset = 1;
           std::vector<T> x = this->data(offset + rows * stride, -3.0, 1.5, width + rows);
@@ -815,12 +815,15 @@ TYPED_TEST(KernelTester, RowOrderSumsKeepTheColumnWalksBits) {
               }
               for (std::size_t j = 0; in_row_order && j < width; ++j) {
                 if (j == 1 || j == not_a_number) continue;
-                real q = accumulate ? 0.25L : 0.0L, magnitude = 1;
+                real s = accumulate ? 0.25L : 0.0L, q = s, magnitude = 1;
                 for (std::size_t r = 0; r < rows; ++r) {
                   const std::size_t at = offset + r * stride + j;
+                  s += dy[at];
                   q += dy[at] * (static_cast<real>(x[at]) - center[j]);
-                  magnitude += std::fabs(dy[at] * (static_cast<real>(x[at]) - center[j]));
+                  magnitude += std::fabs(dy[at]) + std::fabs(dy[at] * (x[at] - center[j]));
                 }
+                ASSERT_NEAR(sums[2][j], (double)s, tolerance<T>() * (double)magnitude)
+                    << "width " << width << " rows " << rows << " slot " << j;
                 ASSERT_NEAR(sums[3][j], (double)q, tolerance<T>() * (double)magnitude)
                     << "width " << width << " rows " << rows << " slot " << j;
               }

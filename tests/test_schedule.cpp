@@ -299,7 +299,7 @@ TEST(Schedule, ReducePassesReadAheadFromMemory) {
 }
 
 // The backward's sums walk blocks of rows in memory order where they come from memory, the
-// storage computes (float32, float64) and the blocks are 512 slots wide or wider.
+// storage computes (float32, float64) and the blocks are whole rows of 512 slots or more.
 TEST(Schedule, WideRowsSumTheirGradientsInRowOrder) {
   const bnorm::isa id = isas_under_test().front();
   const bnorm::detail::cache_sizes caches{1u << 20, 32u << 20};
@@ -316,6 +316,13 @@ TEST(Schedule, WideRowsSumTheirGradientsInRowOrder) {
   EXPECT_FALSE(row_order({{1023, 1024}}));                             // in the cache
   EXPECT_FALSE(row_order({{2048, 1024}, layout::channels_first, bnorm::dtype::bf16}));
   EXPECT_FALSE(row_order({{4, 1024, 32, 32}, layout::channels_first}));  // planes
+  // Fused blocks of 512 of 16,384 channels: neither the sums nor the map along a block fetch
+  // into the blocks beside it.
+  const bnorm::problem fused_blocks{{64, 16384}};
+  ASSERT_TRUE(plan_partition(fused_blocks, {}, id, caches).fused_backward);
+  EXPECT_GT(plan_partition(fused_blocks, {}, id, caches).column_blocks, 1u);
+  EXPECT_FALSE(row_order(fused_blocks));
+  EXPECT_EQ(plan_partition(fused_blocks, {}, id, caches).row_gradient_read_ahead_bytes, 0u);
   EXPECT_NE(describe(plan_partition({{4096, 1024}}, {}, id, caches))
                 .find(" · the backward's sums in row order · "),
             std::string::npos);

@@ -741,7 +741,7 @@ constexpr std::size_t row_order_slots = 1024;
 /// at every row, where the column walk keeps them in registers. The same values added in the
 /// same order, from zeros, each block's partials flushed the same way: the same bits as the
 /// column walk. Fetches `read_ahead_bytes` (of all the terms' sources) ahead along each row.
-/// Not for half-precision storage (its pairs of vectors in any order are the column walk's).
+/// Storage that computes only (float32, float64): half precision gained nothing so.
 template <class Arch, class Terms, class T = typename Terms::T>
 void row_order_sums(const Terms& terms, std::size_t rows, std::size_t width, std::size_t stride,
                     std::size_t read_ahead_bytes, const T* center, double* sum, double* sum_sq,
@@ -777,7 +777,7 @@ void row_order_sums(const Terms& terms, std::size_t rows, std::size_t width, std
         };
         std::size_t j = 0;
         for (; j + line <= strip; j += line) {
-          terms.prefetch(row + j, source_read_ahead_bytes);
+          if (source_read_ahead_bytes != 0) terms.prefetch(row + j, source_read_ahead_bytes);
 #pragma GCC unroll 4
           for (std::size_t v = 0; v < line; v += lanes) add_vector(j + v);
         }
@@ -810,7 +810,8 @@ void row_order_sums(const Terms& terms, std::size_t rows, std::size_t width, std
 /// `rows` rows of `width` slots, `stride` apart, from the terms' base; slot j's sums go to
 /// sum[j], sum_sq[j] (started unless `accumulate`). Each block of rows_per_block rows goes a
 /// group of columns at a time, its partials in registers, or `in_row_order` (row_order_sums).
-/// Whole rows (width = stride) fetch `read_ahead_bytes` (of all the terms' sources) ahead.
+/// The column walk fetches `read_ahead_bytes` (of all the terms' sources) ahead over whole rows
+/// (width = stride), the row walk along each row.
 template <class Arch, class Terms, class T = typename Terms::T>
 void interleaved_sums(const Terms& terms, std::size_t rows, std::size_t width, std::size_t stride,
                       std::size_t read_ahead_bytes, bool in_row_order, const T* center, double* sum,
