@@ -6,7 +6,9 @@
 //   bash scripts/kernel_ab.sh OLD_REV [MODE ROWS WIDTH [ELEMENT]]
 //   MODE: planes (plane_stats over ROWS planes of WIDTH), planes_gradient, rows
 //   (interleaved_stats over ROWS rows of WIDTH slots), rows_gradient, planes_map, rows_map
-//   (the centered normalization), planes_gradient_map, rows_gradient_map (the backward's dx);
+//   (the centered normalization), planes_gradient_map, rows_gradient_map (the backward's dx),
+//   coefficients (inference_coefficients of WIDTH channels), moments (channel_moments of WIDTH
+//   channels, with gamma);
 //   ELEMENT: bf16 (default), f16 or f32. Buffers start on cache lines, or OFFSET elements past
 //   (environment variable OFFSET).
 #include <algorithm>
@@ -65,6 +67,32 @@ int run(const std::string& mode, std::size_t rows, std::size_t width) {
   params.coeffs = {center.data(), scale.data(), shift.data(), nullptr};
   kernels::gradient_params<T> gradient;
   gradient.coeffs = {center.data(), scale.data(), scale.data(), shift.data(), nullptr, nullptr};
+  // The per-channel modes: WIDTH channels of variances 0.5 to 4.5 and of means near 1.
+  std::vector<T> mean(width), variance(width), gamma(width, T(1.25)), beta(width, T(0.5));
+  for (std::size_t c = 0; c < width; ++c) {
+    mean[c] = T(1) + static_cast<T>(c % 17) * T(0.01);
+    variance[c] = T(0.5) + static_cast<T>(c % 9) * T(0.5);
+  }
+  std::vector<T> prescale(width + 64, T(1));
+  const kernels::coefficients<T> coefficients{center.data(), scale.data(), shift.data(),
+                                              prescale.data()};
+  std::vector<double> sums(width), squares(width), moment_mean(width), moment_variance(width),
+      inv_std(width), scaled(width);
+  for (std::size_t c = 0; c < width; ++c) {
+    sums[c] = 0.1 * static_cast<double>(c % 5);
+    squares[c] = 49.0 * static_cast<double>(variance[c]);
+  }
+  kernels::moment_channels<T> moments;
+  moments.channels = width;
+  moments.count = 49.0;
+  moments.epsilon = 1e-5;
+  moments.pivot = mean.data();
+  moments.gamma = gamma.data();
+  moments.sum_to_mean = moment_mean.data();
+  moments.sum_sq_to_variance = moment_variance.data();
+  moments.inv_std = inv_std.data();
+  moments.scale = scaled.data();
+  moments.max_offset_squared = 9.0;
   const kernels::plane_block planes{width, rows, width, 1};
   const kernels::row_block row_block{rows, width, width};
   const auto call = [&](const kernels::kernel_set<S>& k) {
@@ -86,6 +114,13 @@ int run(const std::string& mode, std::size_t rows, std::size_t width) {
       k.plane_gradient(x.data, dy.data, y.data, planes, gradient, 0);
     } else if (mode == "rows_gradient_map") {
       k.interleaved_gradient(x.data, dy.data, y.data, row_block, gradient, 0);
+    } else if (mode == "coefficients") {
+      k.inference_coefficients(width, 1e-5, mean.data(), variance.data(), gamma.data(),
+                               beta.data(), coefficients, 0);
+    } else if (mode == "moments") {
+      std::copy(sums.begin(), sums.end(), moment_mean.begin());  // the moments overwrite them
+      std::copy(squares.begin(), squares.end(), moment_variance.begin());
+      k.channel_moments(moments);
     } else {
       return false;
     }

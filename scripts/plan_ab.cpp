@@ -6,7 +6,7 @@
 //   g++ -std=c++17 -O3 -fopenmp-simd -c bench/roofline.cpp -o /tmp/roofline.o
 //   g++ -std=c++17 -O2 -Iinclude -Ibuild/release/include -Ibench scripts/plan_ab.cpp
 //       /tmp/roofline.o build/release/libbnorm.a -ltbb -lpthread -o /tmp/plan_ab   (one line)
-//   /tmp/plan_ab [--bf16] [--last] [--threads 1,2] [--rounds R] [--calls K] [--modes M,...]
+//   /tmp/plan_ab [--bf16 | --f16] [--last] [--threads 1,2] [--rounds R] [--calls K] [--modes M,...]
 //                A B N C [spatial...]
 //   A, B: two ISAs, two of automatic, cached, streaming, or two of none, relu and add_relu
 //   (the fused activation). Defaults: one thread, 200 rounds of 2,000 calls (small tensors),
@@ -76,7 +76,7 @@ double median(std::vector<double> v) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  bool bf16 = false, last = false;
+  bool bf16 = false, f16 = false, last = false;
   std::vector<int> threads;
   int rounds = 200, calls = 2000;
   constexpr int mode_count = 12;
@@ -89,6 +89,7 @@ int main(int argc, char** argv) {
   int a = 1;
   for (; a < argc && argv[a][0] == '-'; ++a) {
     bf16 = bf16 || std::strcmp(argv[a], "--bf16") == 0;
+    f16 = f16 || std::strcmp(argv[a], "--f16") == 0;
     last = last || std::strcmp(argv[a], "--last") == 0;
     const bool valued = a + 1 < argc;
     if (valued && std::strcmp(argv[a], "--threads") == 0) {
@@ -119,7 +120,7 @@ int main(int argc, char** argv) {
   }
   if (argc - a < 4) {
     std::fprintf(stderr,
-                 "usage: %s [--bf16] [--last] [--threads 1,2] [--rounds R] [--calls K] "
+                 "usage: %s [--bf16 | --f16] [--last] [--threads 1,2] [--rounds R] [--calls K] "
                  "[--modes M,...] A B N C [spatial...]\n",
                  argv[0]);
     return 2;
@@ -139,7 +140,10 @@ int main(int argc, char** argv) {
   const std::size_t c = static_cast<std::size_t>(dims[1]);
   bnorm::problem prob{bnorm::tensor_shape(dims.data(), dims.size()),
                       last ? bnorm::layout::channels_last : bnorm::layout::channels_first,
-                      bf16 ? bnorm::dtype::bf16 : bnorm::dtype::f32, 1e-5};
+                      bf16  ? bnorm::dtype::bf16
+                      : f16 ? bnorm::dtype::f16
+                            : bnorm::dtype::f32,
+                      1e-5};
   // Plan 2t + k: variant k on threads[t].
   std::vector<bnorm::plan> plans(2 * threads.size());
   for (std::size_t p = 0; p < plans.size(); ++p) {
@@ -173,14 +177,16 @@ int main(int argc, char** argv) {
     dy[i] = static_cast<float>(i * 104729 % 89) * 0.01f - 0.4f;
     z[i] = static_cast<float>(i * 6101 % 97) * 0.01f - 0.5f;
   }
-  if (bf16) {
-    auto* half = reinterpret_cast<bnorm::bfloat16*>(x.data());
-    for (std::size_t i = 0; i < elements; ++i) half[i] = bnorm::bfloat16::from_float(x[i]);
-    auto* half_dy = reinterpret_cast<bnorm::bfloat16*>(dy.data());
-    for (std::size_t i = 0; i < elements; ++i) half_dy[i] = bnorm::bfloat16::from_float(dy[i]);
-    auto* half_z = reinterpret_cast<bnorm::bfloat16*>(z.data());
-    for (std::size_t i = 0; i < elements; ++i) half_z[i] = bnorm::bfloat16::from_float(z[i]);
-  }
+  // Half-precision storage: each float buffer's first half holds the tensor's values.
+  const auto to_half = [&](auto half_type) {
+    using half = decltype(half_type);
+    for (auto* buffer : {&x, &dy, &z}) {
+      auto* values = reinterpret_cast<half*>(buffer->data());
+      for (std::size_t i = 0; i < elements; ++i) values[i] = half::from_float((*buffer)[i]);
+    }
+  };
+  if (bf16) to_half(bnorm::bfloat16{});
+  if (f16) to_half(bnorm::float16{});
   std::vector<float> gamma(c, 1.f), beta(c, 0.f), mean(c, 0.f), var(c, 1.f), saved_mean(c),
       saved_inv_std(c), dgamma(c), dbeta(c);
   std::int64_t steps = 0;
@@ -188,7 +194,7 @@ int main(int argc, char** argv) {
       gradient_exchange(bnorm::gradient_exchange_size(c));
   std::vector<float, bnorm_bench::aligned64<float>> next_out(elements);
   // The rooflines stream the tensors' bytes as float32: half as many values for bfloat16.
-  const std::size_t floats_of_tensor = bf16 ? elements / 2 : elements;
+  const std::size_t floats_of_tensor = bf16 || f16 ? elements / 2 : elements;
   std::function<bnorm::status(const bnorm::plan&, int)> call;
   call = [&](const bnorm::plan& plan, int mode) -> bnorm::status {
     const void* residual =

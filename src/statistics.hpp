@@ -17,7 +17,9 @@ struct moments {
 };
 
 inline double inverse_std(double variance, double epsilon) noexcept {
-  return 1.0 / std::sqrt(variance + epsilon);  // exact, unlike a vector rsqrt estimate
+  // A square root and a division, each rounded: within about an ulp, as the kernels'
+  // inverse_sqrt (on AVX-512 an estimate refined by Newton steps) is.
+  return 1.0 / std::sqrt(variance + epsilon);
 }
 
 /// A channel's moments from its values value_at(n, s), n < batch, s < spatial, in passes of

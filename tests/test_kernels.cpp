@@ -652,6 +652,61 @@ TYPED_TEST(KernelTester, ChannelMomentsOverTails) {
   });
 }
 
+// 1/std over the whole float64 range, through channel_moments (one value a channel, so the
+// variance is the sum of squares given): within 2^-52 of long double, as a square root and a
+// division rounded in turn are (AVX-512 refines an estimate instead: one Newton step too few
+// leaves 2^-28); 0, +inf and NaN as 1/sqrt gives them; every channel the same bits in a vector
+// of channels as alone.
+TYPED_TEST(KernelTester, InverseSquareRootsOverTheRange) {
+  using T = TypeParam;
+  std::vector<double> variances = {0.0,
+                                   std::numeric_limits<double>::denorm_min(),
+                                   1e-310,
+                                   std::numeric_limits<double>::min(),
+                                   std::numeric_limits<double>::max(),
+                                   std::numeric_limits<double>::infinity(),
+                                   std::numeric_limits<double>::quiet_NaN()};
+  for (int exponent = -1060; exponent <= 1023; exponent += 13) {
+    const double mantissa = 1.0 + static_cast<double>((exponent + 2000) * 7919 % 1000) / 1000.0;
+    variances.push_back(std::ldexp(mantissa, exponent));
+  }
+  const std::size_t n = variances.size();
+  const auto moments = [&](const kernels::kernel_set<T>& k, std::size_t c0, std::size_t c1,
+                           std::vector<double>& inv_std) {
+    const std::vector<T> pivot(n, T(0));
+    std::vector<double> sum(n, 0.0), sum_sq = variances, scale(n);
+    kernels::moment_channels<T> in;
+    in.channels = c1 - c0;
+    in.count = 1.0;
+    in.epsilon = 0.0;
+    in.pivot = pivot.data() + c0;
+    in.sum_to_mean = sum.data() + c0;
+    in.sum_sq_to_variance = sum_sq.data() + c0;
+    in.inv_std = inv_std.data() + c0;
+    in.scale = scale.data() + c0;
+    in.max_offset_squared = 1e9;
+    k.channel_moments(in);
+  };
+  this->for_each_isa([&](const kernels::kernel_set<T>& k, std::size_t) {
+    std::vector<double> all(n), one(n);
+    moments(k, 0, n, all);
+    for (std::size_t c = 0; c < n; ++c) moments(k, c, c + 1, one);
+    double worst = 0.0;
+    for (std::size_t c = 0; c < n; ++c) {
+      EXPECT_EQ(std::memcmp(&all[c], &one[c], sizeof(double)), 0) << variances[c];
+      const double v = variances[c];
+      if (!(v > 0.0 && v < std::numeric_limits<double>::infinity())) continue;
+      const long double exact = 1.0L / std::sqrt(static_cast<long double>(v));
+      worst = std::max(worst, static_cast<double>(std::fabs((all[c] - exact) / exact)));
+    }
+    EXPECT_LE(worst, std::ldexp(1.0, -52));
+    EXPECT_EQ(all[0], std::numeric_limits<double>::infinity());
+    EXPECT_EQ(all[5], 0.0);
+    EXPECT_FALSE(std::signbit(all[5]));
+    EXPECT_TRUE(std::isnan(all[6]));
+  });
+}
+
 // One extreme channel among ordinary ones, at every position of vectors and tails: a shift or
 // a scale beyond T (saturated), a scale below T's normal range or a center from which x − center
 // overflows (prescaled). Each channel's coefficients are those of a call for it alone (the
