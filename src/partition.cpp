@@ -234,7 +234,6 @@ bool make_partition(const problem& prob, const plan_options& options, std::size_
       p.elements * p.element_size >= streaming_threshold(caches, output_use::training);
   p.statistics_read_ahead_bytes = reads_from_memory ? read_ahead_bytes : 0;
   p.gradient_read_ahead_bytes = reads_from_memory && !planes ? read_ahead_bytes : 0;
-  const bool storage_computes = p.element_size == p.value_size;  // not half precision
   const std::size_t unit_elements = unit_bytes / p.element_size;
   const std::size_t fused_channel_bytes = caches.l2_bytes / fused_channel_l2_fraction;
   const std::size_t fused_block_bytes = caches.l2_bytes / fused_block_l2_fraction;
@@ -376,6 +375,7 @@ bool make_partition(const problem& prob, const plan_options& options, std::size_
   // storage (no faster). The backward's fused planes likewise fetch the next block's x and dy,
   // where two blocks of both fit (docs/design.md, "Fetches along the fused planes (stop 46)").
   const std::size_t fused_planes_block_bytes = p.fused_group * p.per_channel * p.element_size;
+  const bool storage_computes = p.element_size == p.value_size;  // not half precision
   const std::size_t l2_to_fill = caches.l2_bytes - caches.l2_bytes / 8;
   p.fetch_next_fused_block = p.training == training_schedule::fused_planes &&
                              p.statistics_read_ahead_bytes > 0 &&
