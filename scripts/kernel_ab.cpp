@@ -115,8 +115,8 @@ int run(const std::string& mode, std::size_t rows, std::size_t width) {
     } else if (mode == "rows_gradient_map") {
       k.interleaved_gradient(x.data, dy.data, y.data, row_block, gradient, 0);
     } else if (mode == "coefficients") {
-      k.inference_coefficients(width, 1e-5, mean.data(), variance.data(), gamma.data(),
-                               beta.data(), coefficients, 0);
+      k.inference_coefficients(width, 1e-5, mean.data(), variance.data(), gamma.data(), beta.data(),
+                               coefficients, 0);
     } else if (mode == "moments") {
       std::copy(sums.begin(), sums.end(), moment_mean.begin());  // the moments overwrite them
       std::copy(squares.begin(), squares.end(), moment_variance.begin());
@@ -139,7 +139,8 @@ int run(const std::string& mode, std::size_t rows, std::size_t width) {
       const int which = round % 2 ? v : 1 - v;
       const auto start = std::chrono::steady_clock::now();
       for (int i = 0; i < calls; ++i) call(*sets[which]);
-      const std::chrono::duration<double, std::nano> took = std::chrono::steady_clock::now() - start;
+      const std::chrono::duration<double, std::nano> took =
+          std::chrono::steady_clock::now() - start;
       ns[which].push_back(took.count() / calls);
     }
   }
