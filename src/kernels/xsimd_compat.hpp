@@ -233,11 +233,10 @@ xsimd::batch<T, Arch> fnmadd(const xsimd::batch<T, Arch>& a, const xsimd::batch<
 
 /// 1/sqrt(a), lane by lane, in float64. AVX-512 refines its 14-bit estimate (vrsqrt14pd) by two
 /// Newton steps, each squaring the relative error (2^-14, 2^-28, then the steps' own rounding):
-/// within about an ulp, as a square root and a division rounded in turn are. The divider took
-/// three to four times as long over the same channels, a quarter of an inference call of many
-/// short channels (docs/design.md, "Inverse square roots without the divider (stop 54)"). Where
-/// a is not finite and positive (0, −0, +inf, negative, NaN), the estimate is already 1/sqrt(a):
-/// +inf, −inf, +0, NaN, NaN. Other ISAs divide.
+/// within about an ulp, as a square root and a division rounded in turn are, and without the
+/// divider, which the per-channel loops waited on (docs/design.md, "Inverse square roots
+/// without the divider (stop 54)"). Where a is not finite and positive (0, −0, +inf, negative,
+/// NaN), the estimate is already 1/sqrt(a): +inf, −inf, +0, NaN, NaN. Other ISAs divide.
 template <class Arch>
 xsimd::batch<double, Arch> inverse_sqrt(const xsimd::batch<double, Arch>& a) noexcept {
 #if XSIMD_WITH_AVX512F
