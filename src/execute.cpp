@@ -601,10 +601,15 @@ class inference_step {
     const normalize_map<S> normalize = make_normalize(plan_, src_, dst_, args_.residual,
                                                       coeffs_.readable, prescaled, post_, streams_);
     if (p_.kind == traversal::interleaved) coeffs_.replicate(p_.channels, p_.period, prescaled);
-    map_pass(plan_, normalize);
+    map_pass(plan_, normalize, placement());
   }
 
  private:
+  /// The threads the passes' units go to (partition::inference_on_same_threads).
+  unit_placement placement() const {
+    return p_.inference_on_same_threads ? unit_placement::same_threads : unit_placement::balanced;
+  }
+
   /// The coefficients of channels [c0, c1), written from index `first` of out's arrays, in float64
   /// vectors: the kernel's division and square root are as exact as scalar ones, so how the
   /// channels are blocked does not change a bit.
@@ -622,17 +627,21 @@ class inference_step {
   /// one thread the coefficients are worked out once, on more each core writes and reads its
   /// own. Rows here hold one period of C slots, so only the padding is replicated.
   void row_tasks_pass() const {
-    plan_.threads.for_each(p_.row_tasks, 1, p_.serial, [&](std::size_t b, std::size_t e) {
-      const coefficient_arrays<T> copy(scratch_, p_.scratch, b);
-      const bool prescaled = set_coefficients(0, p_.channels, copy, 0);
-      copy.replicate(p_.channels, p_.period, true);
-      const std::size_t r0 = b * p_.rows_per_row_task;
-      const std::size_t r1 = std::min(p_.rows, e * p_.rows_per_row_task);
-      if (r0 < r1) {
-        make_normalize(plan_, src_, dst_, args_.residual, copy.readable, prescaled, post_, streams_)
-            .rows(r0 * p_.period, r1 - r0, p_.period, 0);
-      }
-    });
+    plan_.threads.for_each(
+        p_.row_tasks, 1, p_.serial,
+        [&](std::size_t b, std::size_t e) {
+          const coefficient_arrays<T> copy(scratch_, p_.scratch, b);
+          const bool prescaled = set_coefficients(0, p_.channels, copy, 0);
+          copy.replicate(p_.channels, p_.period, true);
+          const std::size_t r0 = b * p_.rows_per_row_task;
+          const std::size_t r1 = std::min(p_.rows, e * p_.rows_per_row_task);
+          if (r0 < r1) {
+            make_normalize(plan_, src_, dst_, args_.residual, copy.readable, prescaled, post_,
+                           streams_)
+                .rows(r0 * p_.period, r1 - r0, p_.period, 0);
+          }
+        },
+        placement());
   }
 
   /// Channel-major planes: each task works out its own channels' coefficients, 64 at a time,
@@ -641,7 +650,8 @@ class inference_step {
   /// channels it holds (docs/design.md, `channel_planes_pass`).
   void channel_planes_pass() const {
     plan_.threads.for_each(
-        p_.units, p_.units_per_task, p_.serial, [&](std::size_t b, std::size_t e) {
+        p_.units, p_.units_per_task, p_.serial,
+        [&](std::size_t b, std::size_t e) {
           constexpr std::size_t group = 64;
           T center_k[group], scale_k[group], shift_k[group], prescale_k[group];
           const kernels::coefficients<T> k(center_k, scale_k, shift_k, prescale_k);
@@ -662,7 +672,8 @@ class inference_step {
               map_unit(p_, normalize, u, u / p_.chunks_per_channel - c0);
             }
           }
-        });
+        },
+        placement());
   }
 
   static constexpr kernels::epilogue<T> plain_epilogue{};

@@ -230,6 +230,7 @@ bool make_partition(const problem& prob, const plan_options& options, std::size_
   p.stream_training_stores = streams(output_use::training);
   p.stream_inference_stores = streams(output_use::inference);
   p.stream_parallel_inference_stores = streams(output_use::parallel_inference);
+  p.inference_on_same_threads = 2 * p.elements * p.element_size <= caches.last_level_bytes;
   const bool reads_from_memory =
       p.elements * p.element_size >= streaming_threshold(caches, output_use::training);
   p.statistics_read_ahead_bytes = reads_from_memory ? read_ahead_bytes : 0;
@@ -542,6 +543,7 @@ std::string describe(const partition& p) {
     out += text(" · the residual's planes %zu KiB ahead", p.residual_read_ahead_bytes / 1024);
   }
   out += p.serial ? " · calling thread" : " · parallel";
+  if (!p.serial && p.inference_on_same_threads) out += ", inference on the same threads";
   return out;
 }
 

@@ -105,6 +105,12 @@ struct partition {
   bool stream_parallel_backward_stores = false;
   bool stream_inference_stores = false;
   bool stream_parallel_inference_stores = false;
+  /// Inference (and the frozen backward's dx, an inference map of dy) gives each thread the same
+  /// units at every call where x and y together fit in the last-level cache counted: each core
+  /// then reads what it read and wrote the call before from its own cache. Larger tensors come
+  /// from memory and keep the balanced placement, where a core slowed by a neighbour does not
+  /// hold back a fixed share (docs/design.md, "Inference's units on the same threads (stop 55)").
+  bool inference_on_same_threads = false;
   /// How far ahead the reduce passes fetch the lines they read, in bytes of all the tensors they
   /// read together (kernels::plane_block::read_ahead_bytes; 0: not at all): the forward
   /// statistics', and the backward sums'.

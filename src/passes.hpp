@@ -228,16 +228,19 @@ void fused_pass(const plan_impl& plan, const Body& body) {
 /// `units` interleaved units, unit u being unit_at(u): rows of slots with per-slot
 /// coefficients.
 template <class UnitAt, class Map>
-void map_row_units(const plan_impl& plan, std::size_t units, const UnitAt& unit_at,
-                   const Map& map) {
+void map_row_units(const plan_impl& plan, std::size_t units, const UnitAt& unit_at, const Map& map,
+                   unit_placement placement = unit_placement::balanced) {
   const partition& p = plan.part;
-  plan.threads.for_each(units, 1, p.serial, [&](std::size_t b, std::size_t e) {
-    for (std::size_t u = b; u < e; ++u) {
-      const interleaved_unit w = unit_at(u);
-      map.rows(w.offset + w.column, w.periods, w.width, w.column);
-      if (w.remainder) map.rows(w.offset + w.periods * p.period, 1, w.remainder, 0);
-    }
-  });
+  plan.threads.for_each(
+      units, 1, p.serial,
+      [&](std::size_t b, std::size_t e) {
+        for (std::size_t u = b; u < e; ++u) {
+          const interleaved_unit w = unit_at(u);
+          map.rows(w.offset + w.column, w.periods, w.width, w.column);
+          if (w.remainder) map.rows(w.offset + w.periods * p.period, 1, w.remainder, 0);
+        }
+      },
+      placement);
 }
 
 /// Planes unit u (see partition: one channel's run); its channel's coefficients at `first`.
@@ -258,12 +261,13 @@ template <class Map>
 
 /// The map pass over channels-last rows: chunks of whole rows (see partition).
 template <class Map>
-void map_row_chunks(const plan_impl& plan, const Map& map) {
+void map_row_chunks(const plan_impl& plan, const Map& map,
+                    unit_placement placement = unit_placement::balanced) {
   const partition& p = plan.part;
   map_row_units(
       plan, p.map_row_chunk_count,
       [&p](std::size_t u) { return interleaved_unit(p, u, p.map_rows_per_chunk, 1, p.period); },
-      map);
+      map, placement);
 }
 
 /// The map pass, its coefficients laid out per channel (planes) or per slot (rows). Planes go
@@ -272,26 +276,33 @@ void map_row_chunks(const plan_impl& plan, const Map& map) {
 /// in chunks of whole rows, as inference's: the reduce's column blocks, walked again, gave the
 /// hardware prefetcher runs of one block's width (docs/design.md).
 template <class Map>
-void map_pass(const plan_impl& plan, const Map& map) {
+void map_pass(const plan_impl& plan, const Map& map,
+              unit_placement placement = unit_placement::balanced) {
   const partition& p = plan.part;
   if (p.kind == traversal::planes && p.planes_per_unit > 0) {
-    plan.threads.for_each(p.plane_units, 1, p.serial, [&](std::size_t b, std::size_t e) {
-      const std::size_t planes = p.batch * p.channels;
-      std::size_t q = b * p.planes_per_unit;
-      const std::size_t end = std::min(e * p.planes_per_unit, planes);
-      while (q < end) {  // one operation per run of consecutive channels
-        const std::size_t c = q % p.channels;
-        const std::size_t run = std::min(p.channels - c, end - q);
-        map.planes(q * p.spatial, p.spatial, 1, 0, run, c);
-        q += run;
-      }
-    });
+    plan.threads.for_each(
+        p.plane_units, 1, p.serial,
+        [&](std::size_t b, std::size_t e) {
+          const std::size_t planes = p.batch * p.channels;
+          std::size_t q = b * p.planes_per_unit;
+          const std::size_t end = std::min(e * p.planes_per_unit, planes);
+          while (q < end) {  // one operation per run of consecutive channels
+            const std::size_t c = q % p.channels;
+            const std::size_t run = std::min(p.channels - c, end - q);
+            map.planes(q * p.spatial, p.spatial, 1, 0, run, c);
+            q += run;
+          }
+        },
+        placement);
   } else if (p.kind == traversal::planes) {
-    plan.threads.for_each(p.units, p.units_per_task, p.serial, [&](std::size_t b, std::size_t e) {
-      for (std::size_t u = b; u < e; ++u) map_unit(p, map, u, u / p.chunks_per_channel);
-    });
+    plan.threads.for_each(
+        p.units, p.units_per_task, p.serial,
+        [&](std::size_t b, std::size_t e) {
+          for (std::size_t u = b; u < e; ++u) map_unit(p, map, u, u / p.chunks_per_channel);
+        },
+        placement);
   } else {
-    map_row_chunks(plan, map);
+    map_row_chunks(plan, map, placement);
   }
 }
 

@@ -59,20 +59,24 @@ thread_limit::~thread_limit() = default;
 thread_limit::thread_limit(thread_limit&&) noexcept = default;
 thread_limit& thread_limit::operator=(thread_limit&&) noexcept = default;
 
-void thread_limit::run_parallel(std::size_t count, std::size_t grain, const block_fn& body) const {
+void thread_limit::run_parallel(std::size_t count, std::size_t grain, const block_fn& body,
+                                unit_placement placement) const {
   auto loop = [&] {
     // An isolated context: a call made from inside a caller's task whose group is cancelled
     // (another iteration threw, say) must still run every unit, not return with dst unwritten.
     // bnorm's own bodies neither throw nor cancel.
     tbb::task_group_context context(tbb::task_group_context::isolated);
-    tbb::parallel_for(
-        tbb::blocked_range<std::size_t>(0, count, grain),
-        [&](const tbb::blocked_range<std::size_t>& r) {
-          // Workers keep their own floating-point environment: each block computes in bnorm's.
-          const fp_environment_scope environment;
-          body(r.begin(), r.end());
-        },
-        context);
+    const tbb::blocked_range<std::size_t> range(0, count, grain);
+    const auto block = [&](const tbb::blocked_range<std::size_t>& r) {
+      // Workers keep their own floating-point environment: each block computes in bnorm's.
+      const fp_environment_scope environment;
+      body(r.begin(), r.end());
+    };
+    if (placement == unit_placement::same_threads) {
+      tbb::parallel_for(range, block, tbb::static_partitioner(), context);
+    } else {
+      tbb::parallel_for(range, block, context);
+    }
   };
   if (arena_) {
     arena_->arena.execute(loop);

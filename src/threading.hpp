@@ -12,6 +12,15 @@
 
 namespace bnorm::detail {
 
+/// How a parallel pass hands its units to the threads.
+enum class unit_placement {
+  /// oneTBB's automatic partitioner: a thread that is done takes part of what is left.
+  balanced,
+  /// The same units to the same thread at every call (oneTBB's static partitioner): each core
+  /// then finds in its cache what it read and wrote the call before.
+  same_threads,
+};
+
 class thread_limit {
  public:
   /// max_threads: 0 = the caller's arena; 1 = the calling thread only; N = the arena of N
@@ -39,19 +48,22 @@ class thread_limit {
   }
 
   /// Calls body(begin, end) over [0, count) in blocks of at least `grain` units, in parallel
-  /// unless `serial`. May throw what oneTBB throws (e.g. std::bad_alloc).
+  /// unless `serial`, placed on the threads as `placement` says. May throw what oneTBB throws
+  /// (e.g. std::bad_alloc).
   template <class Body>
-  void for_each(std::size_t count, std::size_t grain, bool serial, const Body& body) const {
+  void for_each(std::size_t count, std::size_t grain, bool serial, const Body& body,
+                unit_placement placement = unit_placement::balanced) const {
     if (runs_inline(count, grain, serial)) {
       body(std::size_t{0}, count);
       return;
     }
-    run_parallel(count, grain, std::cref(body));
+    run_parallel(count, grain, std::cref(body), placement);
   }
 
  private:
   using block_fn = std::function<void(std::size_t, std::size_t)>;
-  void run_parallel(std::size_t count, std::size_t grain, const block_fn& body) const;
+  void run_parallel(std::size_t count, std::size_t grain, const block_fn& body,
+                    unit_placement placement) const;
 
   struct capped_arena;  // a tbb::task_arena; kept out of this header
   /// The arena of a cap, shared by every thread_limit of that cap alive (see thread_limit).

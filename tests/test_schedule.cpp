@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstring>
 #include <string>
 #include <utility>
@@ -502,6 +503,43 @@ TEST(Schedule, InferenceStoresFollowTheThreadsACallCanUse) {
   const bnorm::detail::thread_limit callers_arena;
   tbb::task_arena(1).execute([&] { EXPECT_FALSE(callers_arena.more_than_one_thread()); });
   tbb::task_arena(2).execute([&] { EXPECT_TRUE(callers_arena.more_than_one_thread()); });
+}
+
+// Inference gives each thread the same units at every call while x and y together fit in the
+// last-level cache counted, and balances them from memory; either placement covers every unit
+// exactly once, on two threads too.
+TEST(Schedule, InferenceKeepsItsUnitsOnTheirThreadsWhileXAndYFitTheCache) {
+  const bnorm::isa id = isas_under_test().front();
+  const bnorm::detail::cache_sizes guest{2u << 20, 8u << 20, true};
+  const auto same_threads = [&](const bnorm::problem& prob) {
+    return plan_partition(prob, {}, id, guest).inference_on_same_threads;
+  };
+  EXPECT_TRUE(same_threads({{1024, 1024}}));  // 4 MiB: x and y 8 MiB
+  EXPECT_FALSE(same_threads({{1025, 1024}}));
+  EXPECT_TRUE(same_threads({{2048, 1024}, layout::channels_last, bnorm::dtype::bf16}));
+  EXPECT_FALSE(same_threads({{1024, 1024}, layout::channels_last, bnorm::dtype::f64}));
+  EXPECT_TRUE(same_threads({{1, 64, 112, 112}, layout::channels_first}));
+  EXPECT_NE(describe(plan_partition({{1024, 1024}}, {}, id, guest))
+                .find(" · parallel, inference on the same threads"),
+            std::string::npos);
+  EXPECT_EQ(describe(plan_partition({{1025, 1024}}, {}, id, guest)).find("same threads"),
+            std::string::npos);
+  EXPECT_EQ(describe(plan_partition({{2, 4}}, {}, id, guest)).find("same threads"),
+            std::string::npos);  // on the calling thread: no threads to keep
+
+  const bnorm::detail::thread_limit two(2);
+  for (const auto placement :
+       {bnorm::detail::unit_placement::balanced, bnorm::detail::unit_placement::same_threads}) {
+    std::vector<std::atomic<int>> visits(1000);
+    two.for_each(
+        visits.size(), 7, false,
+        [&](std::size_t b, std::size_t e) {
+          EXPECT_LE(e, visits.size());
+          for (std::size_t u = b; u < e; ++u) ++visits[u];
+        },
+        placement);
+    for (std::size_t u = 0; u < visits.size(); ++u) ASSERT_EQ(visits[u].load(), 1) << u;
+  }
 }
 
 // Plans of one cap share one arena, so that a layer and the next run their halves on the same
