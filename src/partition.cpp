@@ -64,8 +64,11 @@ constexpr std::size_t serial_bytes = 256 * 1024;
 constexpr std::size_t max_whole_tensor_block_bytes = 512 * 1024;
 // An interleaved period up to this many elements keeps the per-slot arrays in L1.
 constexpr std::size_t max_vector_period = 1024;
-// Interleaved partials are chunks × period doubles; at least this many periods per chunk keep
-// them below 1/64 of the data they summarize.
+// Interleaved partials are two arrays of chunks × period doubles; at least this many periods
+// per chunk keep them at most 1/32 of the float32 data they summarize (1/16 of half
+// precision's). Fewer chunks, more periods each, summed wide rows faster on the Intel guest but
+// split the channels of other shapes into column blocks that ran slower (docs/design.md, "Tried
+// and not kept (stop 55)").
 constexpr std::size_t min_chunk_periods = 128;
 constexpr std::size_t max_interleaved_chunks = 256;
 // Interleaved map passes split at least this many row chunks where there are rows enough, so
