@@ -49,6 +49,17 @@ bool size_fits(const char* name, std::size_t given, std::size_t known, bnorm_sta
   return false;
 }
 
+/// The engine's enum E of a C enum field, read as the int the C caller stored: C++ gives the C
+/// enums without negative enumerators the range [0, 2^31), and loading another value through
+/// their type (a -1 from C) would be undefined behaviour; E (an enum class over int) holds any.
+template <class E, class CEnum>
+E enum_of(const CEnum& field) noexcept {
+  static_assert(sizeof(CEnum) == sizeof(int), "a C enum spans an int (its _MAX_ENUM value)");
+  int value = 0;
+  std::memcpy(&value, &field, sizeof value);
+  return static_cast<E>(value);
+}
+
 bnorm::channel_input in(const bnorm_channel_input& b) noexcept {
   return {b.data, b.size};
 }
@@ -154,18 +165,18 @@ bnorm_status_code bnorm_plan_create(bnorm_plan* plan, const bnorm_problem* probl
                                          capacity, problem->rank),
                   status);
   }
-  prob.layout = static_cast<bnorm::layout>(problem->layout);
-  prob.dtype = static_cast<bnorm::dtype>(problem->dtype);
+  prob.layout = enum_of<bnorm::layout>(problem->layout);
+  prob.dtype = enum_of<bnorm::dtype>(problem->dtype);
   prob.epsilon = problem->epsilon;
   bnorm::plan_options opts;
   opts.update_running_stats = o.update_running_stats != 0;
-  opts.convention = static_cast<bnorm::momentum_convention>(o.convention);
+  opts.convention = enum_of<bnorm::momentum_convention>(o.convention);
   opts.momentum = o.momentum;
   opts.cumulative_average = o.cumulative_average != 0;
   opts.max_threads = o.max_threads;
-  if (o.max_isa != BNORM_ISA_ANY) opts.max_isa = static_cast<bnorm::isa>(o.max_isa);
-  opts.stores = static_cast<bnorm::store_policy>(o.stores);
-  opts.activation = static_cast<bnorm::activation>(o.activation);
+  if (o.max_isa != BNORM_ISA_ANY) opts.max_isa = enum_of<bnorm::isa>(o.max_isa);
+  opts.stores = enum_of<bnorm::store_policy>(o.stores);
+  opts.activation = enum_of<bnorm::activation>(o.activation);
   opts.clamp_min = o.clamp_min;
   opts.clamp_max = o.clamp_max;
   auto* handle = new (std::nothrow) bnorm_plan_impl;

@@ -6,6 +6,8 @@
 
 #include <xsimd/config/xsimd_cpuid.hpp>
 
+#include "validation.hpp"
+
 #if defined(__x86_64__) || defined(_M_X64)
 #include <cpuid.h>
 #endif
@@ -141,6 +143,11 @@ const kernels::kernel_table& kernels_for(const problem& prob, const kernels::ker
 
 status select_kernels(std::optional<isa> cap, const kernels::kernel_table** out) noexcept {
   int limit = cap ? rank_of(*cap) : 1 << 20;
+  if (cap && !parse_isa(to_string(*cap))) {  // not one of the named ISAs at all
+    return status::failure(status_code::invalid_argument,
+                           "max_isa: expected sse2, avx2, avx512f, avx512bf16 or neon64, got %s",
+                           detail::enum_text(*cap).text);
+  }
   if (cap && limit < 0) {
     return status::failure(status_code::unsupported,
                            "max_isa: expected an ISA of this build's architecture, got %s",

@@ -4,6 +4,8 @@
 
 #include <cmath>
 #include <limits>
+#include <new>
+#include <utility>
 #include <vector>
 
 #include "element_types.hpp"
@@ -75,7 +77,7 @@ status geometry_of(const fold_problem& prob, weight_geometry* out) noexcept {
       for (std::size_t d = 0; d < at; ++d) g.outer *= dim(d);
       for (std::size_t d = at + 1; d < rank; ++d) g.inner *= dim(d);
       g.channels = g.axis;
-      if (prob.layout == weight_layout::output_first && g.axis % groups != 0) {
+      if (g.axis % groups != 0) {
         return status::failure(status_code::invalid_argument,
                                "groups: expected a divisor of the output channels %zu, got %lld",
                                g.axis, static_cast<long long>(prob.groups));
@@ -94,7 +96,15 @@ status geometry_of(const fold_problem& prob, weight_geometry* out) noexcept {
       for (std::size_t d = 2; d < rank; ++d) g.inner *= dim(d);
       g.groups = groups;
       g.rows_per_group = dim(0) / groups;
-      g.channels = g.axis * groups;
+      // Groups of no input channels (I = 0) divide it whatever their number: their channels
+      // must still be a count of values the per-channel buffers can hold.
+      if (__builtin_mul_overflow(g.axis, groups, &g.channels) ||
+          g.channels > (std::size_t{1} << 60) / sizeof(double)) {
+        return status::failure(status_code::invalid_argument,
+                               "groups: expected weight_shape[1] × groups output channels of at "
+                               "most 2^57, got %lld groups of %zu (weight_shape %s)",
+                               static_cast<long long>(prob.groups), g.axis, shape_text(shape).text);
+      }
       break;
     }
     default:
@@ -138,10 +148,26 @@ status fold(const fold_problem& prob, const weight_geometry& g, const fold_args&
                              detail::number_text(var).text, detail::number_text(prob.epsilon).text,
                              c);
     }
-    scale[c] = at_or<P>(args.scale, c, 1.0) / std::sqrt(var + prob.epsilon);
-    bias[c] = (at_or<W>(args.bias, c, 0.0) - at_or<P>(args.mean, c, 0.0)) * scale[c] +
-              at_or<P>(args.shift, c, 0.0);
-    if (!(std::fabs(bias[c]) <= largest)) return beyond_range("folded_bias", c, bias[c], scale[c]);
+    const double gamma = at_or<P>(args.scale, c, 1.0), beta = at_or<P>(args.shift, c, 0.0);
+    const double mean = at_or<P>(args.mean, c, 0.0), layer_bias = at_or<W>(args.bias, c, 0.0);
+    const std::pair<const char*, double> inputs[] = {
+        {"scale", gamma}, {"shift", beta}, {"mean", mean}};
+    for (const auto& [name, value] : inputs) {
+      if (!std::isfinite(value)) {
+        return status::failure(status_code::invalid_argument,
+                               "%s: expected finite values, got %s for channel %zu", name,
+                               detail::number_text(value).text, c);
+      }
+    }
+    // float64 variances near its largest: var + eps may overflow where their root does not.
+    const double var_eps = var + prob.epsilon;
+    scale[c] = std::isfinite(var_eps) ? gamma / std::sqrt(var_eps)
+                                      : gamma / (2.0 * std::sqrt(0.25 * var + 0.25 * prob.epsilon));
+    bias[c] = (layer_bias - mean) * scale[c] + beta;
+    // The layer's own non-finite values carry through, as the layer computes with them.
+    if (!(std::fabs(bias[c]) <= largest) && std::isfinite(layer_bias)) {
+      return beyond_range("folded_bias", c, bias[c], scale[c]);
+    }
   }
   const W* w = static_cast<const W*>(args.weight);
   for (std::size_t i = 0; i < g.elements; ++i) {

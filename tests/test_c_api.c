@@ -106,6 +106,32 @@ static void test_plan_create_and_queries(void) {
   opts.momentum = 2.0;
   expect_error(bnorm_plan_create(&plan, &prob, &opts, &status), &status, BNORM_INVALID_ARGUMENT,
                "momentum: expected");
+  /* Values outside the named ones, negative too, are read as they are and named. */
+  bnorm_plan_options_init(&opts);
+  opts.stores = (bnorm_store_policy)-1;
+  expect_error(bnorm_plan_create(&plan, &prob, &opts, &status), &status, BNORM_INVALID_ARGUMENT,
+               "got an unknown value (-1)");
+  bnorm_plan_options_init(&opts);
+  opts.activation = (bnorm_activation)-5;
+  expect_error(bnorm_plan_create(&plan, &prob, &opts, &status), &status, BNORM_INVALID_ARGUMENT,
+               "got an unknown value (-5)");
+  bnorm_plan_options_init(&opts);
+  opts.max_isa = (bnorm_isa)99;
+  expect_error(bnorm_plan_create(&plan, &prob, &opts, &status), &status, BNORM_INVALID_ARGUMENT,
+               "max_isa: expected sse2, avx2, avx512f, avx512bf16 or neon64, got an unknown "
+               "value (99)");
+  opts.max_isa = (bnorm_isa)-2;
+  expect_error(bnorm_plan_create(&plan, &prob, &opts, &status), &status, BNORM_INVALID_ARGUMENT,
+               "got an unknown value (-2)");
+  prob.layout = (bnorm_layout)-1;
+  expect_error(bnorm_plan_create(&plan, &prob, NULL, &status), &status, BNORM_INVALID_ARGUMENT,
+               "layout: expected channels_first or channels_last, got an unknown value (-1)");
+  prob.layout = BNORM_CHANNELS_LAST;
+  prob.dtype = (bnorm_dtype)-1;
+  expect_error(bnorm_plan_create(&plan, &prob, NULL, &status), &status, BNORM_INVALID_ARGUMENT,
+               "got an unknown value (-1)");
+  prob.dtype = BNORM_F32;
+  bnorm_plan_options_init(&opts);
   CHECK(plan == NULL); /* untouched by every failure */
 
   opts.momentum = 0.1;

@@ -5,8 +5,10 @@
 // refusals that leave the layer untouched.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <fstream>
 #include <functional>
+#include <limits>
 #include <map>
 #include <sstream>
 
@@ -306,6 +308,51 @@ TEST(Fold, LargeVariancesFoldAndOverflowIsRefused) {
   EXPECT_EQ(folded_b2, std::vector<float>(2, 7.0f));
 }
 
+// float64 variances near its largest: var + eps overflows, 1/sqrt of it does not.
+TEST(Fold, Float64VarianceNearItsLargestFolds) {
+  const double big = std::numeric_limits<double>::max();
+  std::vector<double> w = {1e300}, folded_w = {7.0}, folded_b = {7.0};
+  const std::vector<double> mean = {0.0}, var = {big};
+  bnorm::fold_problem prob;
+  prob.dtype = bnorm::dtype::f64;
+  prob.weight_shape = {1, 1};
+  prob.epsilon = big;
+  bnorm::fold_args args;
+  args.weight = w.data();
+  args.folded_weight = folded_w.data();
+  args.folded_bias = out(folded_b);
+  args.mean = in(mean);
+  args.var = in(var);
+  ASSERT_TRUE(bnorm::fold_into_layer(prob, args).ok());
+  // 1e300 / sqrt(2 · DBL_MAX), from long double (whose range holds 2 · DBL_MAX).
+  const double expected = static_cast<double>(1e300L / std::sqrt(2.0L * big));
+  EXPECT_NEAR(folded_w[0], expected, 1e-15 * expected);
+  EXPECT_EQ(folded_b[0], 0.0);
+}
+
+// The layer's own non-finite weights and biases carry through, as the layer computes with
+// them; the batch norm's values must be finite (RefusalsNameTheParameterAndWriteNothing).
+TEST(Fold, LayerNonFiniteValuesCarryThrough) {
+  std::vector<float> w = {INFINITY, 1.0f}, b = {1.0f, std::nanf("")}, folded_b(2, 7.0f);
+  const std::vector<float> mean = {0.0f, 0.0f}, var = {4.0f, 4.0f};
+  bnorm::fold_problem prob;
+  prob.weight_shape = {2, 1};
+  prob.epsilon = 0;
+  bnorm::fold_args args;
+  args.weight = w.data();
+  args.folded_weight = w.data();
+  args.bias = in(b);
+  args.folded_bias = out(folded_b);
+  args.mean = in(mean);
+  args.var = in(var);
+  const bnorm::status st = bnorm::fold_into_layer(prob, args);
+  ASSERT_TRUE(st.ok()) << st.message();
+  EXPECT_EQ(w[0], INFINITY);
+  EXPECT_EQ(w[1], 0.5f);
+  EXPECT_EQ(folded_b[0], 0.5f);
+  EXPECT_TRUE(std::isnan(folded_b[1]));
+}
+
 TEST(Fold, RefusalsNameTheParameterAndWriteNothing) {
   std::vector<float> w(24, 1.0f), b(4, 1.0f), folded_b(4, 5.0f), ones(4, 1.0f);
   const std::vector<float> w0 = w;
@@ -339,6 +386,36 @@ TEST(Fold, RefusalsNameTheParameterAndWriteNothing) {
          a.folded_weight = w.data();
        }},
       {"epsilon: expected", [](bnorm::fold_problem& p, bnorm::fold_args&) { p.epsilon = -1; }},
+      {"groups: expected a divisor of the output channels 4, got 3",
+       [](bnorm::fold_problem& p, bnorm::fold_args&) {
+         p.layout = weight_layout::output_last;
+         p.weight_shape = {2, 3, 4};
+         p.groups = 3;
+       }},
+      // No input channels: any number of groups divides them, but 4 × (2^62 + 1) output
+      // channels wrap around to 4 in 64 bits.
+      {"groups: expected weight_shape[1] × groups output channels of at most 2^57, got "
+       "4611686018427387905 groups of 4",
+       [](bnorm::fold_problem& p, bnorm::fold_args&) {
+         p.layout = weight_layout::transposed;
+         p.weight_shape = {0, 4};
+         p.groups = (std::int64_t{1} << 62) + 1;
+       }},
+      {"mean: expected finite values, got nan for channel 1",
+       [](bnorm::fold_problem&, bnorm::fold_args& a) {
+         static std::vector<float> with_nan = {0, std::nanf(""), 0, 0};
+         a.mean = in(with_nan);
+       }},
+      {"scale: expected finite values, got inf for channel 3",
+       [](bnorm::fold_problem&, bnorm::fold_args& a) {
+         static std::vector<float> with_inf = {1, 1, 1, INFINITY};
+         a.scale = in(with_inf);
+       }},
+      {"shift: expected finite values, got -inf for channel 0",
+       [](bnorm::fold_problem&, bnorm::fold_args& a) {
+         static std::vector<float> with_inf = {-INFINITY, 0, 0, 0};
+         a.shift = in(with_inf);
+       }},
   };
   for (const row& r : rows) {
     bnorm::fold_problem prob;

@@ -7,9 +7,12 @@
  *   prob.rank = 4;  prob.shape[0] = 32;  prob.shape[1] = 64;  prob.shape[2] = prob.shape[3] = 56;
  *   bnorm_plan_options opts;
  *   bnorm_plan_options_init(&opts);
- *   bnorm_plan plan;
+ *   bnorm_plan plan = NULL;
  *   bnorm_status status;
- *   if (bnorm_plan_create(&plan, &prob, &opts, &status) != BNORM_OK) puts(status.message);
+ *   if (bnorm_plan_create(&plan, &prob, &opts, &status) != BNORM_OK) {
+ *     puts(status.message);                    // plan stays NULL
+ *     return 1;
+ *   }
  *   bnorm_inference_args args;
  *   bnorm_inference_args_init(&args);
  *   args.src = x;  args.dst = y;

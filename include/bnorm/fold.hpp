@@ -63,8 +63,10 @@ struct fold_args {
 
 /// Writes the folded weight and bias. Refused before anything is written: a bad problem or
 /// buffer (named, with what was expected and what came); a channel whose var + eps is not
-/// positive; and a folded value beyond the dtype's range (a dead channel, tiny var and eps,
-/// would otherwise fold into infinities, silently).
+/// positive, or whose var, scale, shift or mean is not finite; and a folded value beyond the
+/// dtype's range (a dead channel, tiny var and eps, would otherwise fold into infinities,
+/// silently). The layer's own infinities and NaNs in weight and bias carry through, as the
+/// layer would compute with them.
 status fold_into_layer(const fold_problem& prob, const fold_args& args) noexcept;
 
 }  // namespace bnorm
