@@ -436,39 +436,59 @@ class training_step {
   /// training_schedule::row_tasks: each body of tasks [b, e) takes every channel's statistics
   /// over all the rows in task b's copy of the arrays (on one thread, once for all the tasks)
   /// and normalizes the tasks' rows; task 0's body commits, journaled as the fused schedules'
-  /// blocks are; the step counter last.
+  /// blocks are; the step counter last. In place on several threads, the statistics first.
   void row_task_training() {
+    const bool parallel = !plan_.threads.runs_inline(p_.row_tasks, 1, p_.serial);
+    if (parallel && static_cast<const void*>(dst_) == static_cast<const void*>(src_)) {
+      // In place, a task's rows would be overwritten while another task still reads them for
+      // its statistics: the statistics once, on this thread, before any row is written.
+      const bool prescaled = all_row_statistics().prescaled;
+      plan_.threads.for_each(p_.row_tasks, 1, p_.serial, [&](std::size_t b, std::size_t e) {
+        normalize_rows(b * p_.rows_per_row_task, std::min(p_.rows, e * p_.rows_per_row_task),
+                       prescaled);
+      });
+      commit();
+      return;
+    }
     const running_update update = this_step();
     const commit_journal<T> journal = journal_of(update);
-    const bool journaled = !plan_.threads.runs_inline(p_.row_tasks, 1, p_.serial);
-    if (journaled) journal.open();
+    if (parallel) journal.open();
     try {
       plan_.threads.for_each(p_.row_tasks, 1, p_.serial, [&](std::size_t b, std::size_t e) {
         training_step task(plan_, args_, scratch_ + b * p_.scratch.training_copy_bytes);
         task.statistics_and_rows(b * p_.rows_per_row_task,
                                  std::min(p_.rows, e * p_.rows_per_row_task));
         if (b == 0) {
-          if (journaled) journal.keep(0, p_.channels);
+          if (parallel) journal.keep(0, p_.channels);
           task.commit_channels(update, 0, p_.channels);
         }
       });
     } catch (...) {
-      if (journaled) journal.restore();
+      if (parallel) journal.restore();
       throw;
     }
     count_step(update);
   }
 
-  /// A row task: every channel's statistics over all the rows, as one fused column block of
-  /// all the channels takes them (the same bits), then rows [r0, r1) normalized.
+  /// A row task: every channel's statistics over all the rows, then rows [r0, r1) normalized.
   void statistics_and_rows(std::size_t r0, std::size_t r1) {
+    normalize_rows(r0, r1, all_row_statistics().prescaled);
+  }
+
+  /// Every channel's statistics over all the rows, as one fused column block of all the
+  /// channels takes them (the same bits), and their coefficients.
+  finalized all_row_statistics() {
     coeffs_.replicate(p_.channels, p_.period, true);  // rows of C slots: the padding alone
     compute_pivots(0, p_.channels);
-    const finalized all = statistics_of(0, p_.channels, [&] {
+    return statistics_of(0, p_.channels, [&] {
       reduce_channels(p_, statistics(), 0, p_.channels, mean_, variance_);
     });
+  }
+
+  /// Rows [r0, r1) normalized with the coefficients all_row_statistics made.
+  void normalize_rows(std::size_t r0, std::size_t r1, bool prescaled) const {
     if (r0 < r1) {
-      make_normalize(plan_, src_, dst_, args_.residual, coeffs_.readable, all.prescaled,
+      make_normalize(plan_, src_, dst_, args_.residual, coeffs_.readable, prescaled,
                      plan_.epilogue<T>(), streams_)
           .rows(r0 * p_.period, r1 - r0, p_.period, 0);
     }
