@@ -4,6 +4,7 @@
 
 #include <algorithm>
 
+#include "fp_environment.hpp"
 #include "statistics.hpp"
 #include "validation.hpp"
 
@@ -50,6 +51,7 @@ status check_blocks(std::size_t channels, const double* blocks, std::size_t rank
 
 status merge_statistics(std::size_t channels, const double* blocks, std::size_t ranks,
                         double* merged, std::size_t merged_size) noexcept {
+  const detail::fp_environment_scope environment;  // the same bits on every rank, every caller
   if (status s = check_blocks(channels, blocks, ranks, merged, merged_size, "merged"); !s) {
     return s;
   }
@@ -71,6 +73,7 @@ status merge_statistics(std::size_t channels, const double* blocks, std::size_t 
 
 status sum_gradient_exchanges(std::size_t channels, const double* blocks, std::size_t ranks,
                               double* summed, std::size_t summed_size) noexcept {
+  const detail::fp_environment_scope environment;
   if (status s = check_blocks(channels, blocks, ranks, summed, summed_size, "summed"); !s) {
     return s;
   }

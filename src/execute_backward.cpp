@@ -9,6 +9,7 @@
 #include <atomic>
 #include <limits>
 
+#include "element_types.hpp"
 #include "execute.hpp"
 #include "passes.hpp"
 #include "statistics.hpp"
@@ -401,8 +402,14 @@ void mask_gradient(const plan_impl& plan, const backward_args& args, S* out) {
   const partition& p = plan.part;
   const kernels::epilogue<T>& post = plan.epilogue<T>();
   const bool clamp = post.kind == kernels::epilogue_kind::clamp;
-  const T lo = clamp ? post.lo : T(0);
-  const T hi = clamp ? post.hi : std::numeric_limits<T>::infinity();
+  // A clamped output holds its bound as stored (rounded, in a half type): compared with the
+  // stored bounds, every clamped output is masked. (An output that rounds to a bound counts as
+  // clamped: its value no longer tells.)
+  const auto stored = [](T bound) {
+    return static_cast<T>(kernels::to_double(kernels::from_double<S>(bound)));
+  };
+  const T lo = clamp ? stored(post.lo) : T(0);
+  const T hi = clamp ? stored(post.hi) : std::numeric_limits<T>::infinity();
   const S* dy = static_cast<const S*>(args.diff_dst);
   const S* y = static_cast<const S*>(args.dst);
   const std::size_t chunk = 32 * 1024;  // elements: about a unit's bytes

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "element_types.hpp"
+#include "fp_environment.hpp"
 #include "validation.hpp"
 
 namespace bnorm {
@@ -201,6 +202,7 @@ status fold_as(const fold_problem& prob, const weight_geometry& g, const fold_ar
 }  // namespace
 
 status fold_into_layer(const fold_problem& prob, const fold_args& args) noexcept {
+  const detail::fp_environment_scope environment;  // the same folded bits for every caller
   if (prob.dtype != dtype::f32 && prob.dtype != dtype::f64 && prob.dtype != dtype::bf16 &&
       prob.dtype != dtype::f16) {
     return status::failure(status_code::invalid_argument,

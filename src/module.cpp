@@ -8,6 +8,7 @@
 
 #include <unistd.h>
 
+#include "fp_environment.hpp"
 #include "validation.hpp"
 
 namespace bnorm {
@@ -45,10 +46,12 @@ void initializer::fill(const char* parameter, std::size_t channels, std::vector<
 
 namespace {
 
-/// Runs `fn`, turning the standard library's allocation failures into bnorm::error: every
-/// failure of the module API is a bnorm::error with a status.
+/// Runs `fn` in bnorm's floating-point environment (the gradients' accumulation too), turning
+/// the standard library's allocation failures into bnorm::error: every failure of the module
+/// API is a bnorm::error with a status.
 template <class Fn>
 auto module_call(const char* what, Fn&& fn) -> decltype(fn()) {
+  const detail::fp_environment_scope environment;
   try {
     return fn();
   } catch (const error&) {

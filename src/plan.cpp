@@ -280,20 +280,28 @@ class scratch_buffer {
 
 /// Per-channel buffers of a half type (plan_options::parameter_dtype bf16 or f16), staged as the
 /// float32 the kernels read and write: inputs converted in, outputs converted back by
-/// commit(), after the call succeeded. Without half buffers, stage() changes nothing.
+/// commit(), after the call succeeded. The outputs a call does not write (`writes_outputs`
+/// false: the local steps of a distributed call, which write their exchange block alone; the
+/// running statistics of a plan that does not update them) leave its arguments: nothing is
+/// committed to them. Otherwise, without half buffers, stage() changes nothing.
 class staged_parameters {
  public:
   explicit staged_parameters(const plan_impl& p) noexcept
-      : type_(parameter_dtype(p.prob, p.options)), channels_(p.part.channels) {}
+      : type_(parameter_dtype(p.prob, p.options)),
+        channels_(p.part.channels),
+        updates_running_(p.options.update_running_stats) {}
 
-  status stage(training_args& a) noexcept {
+  status stage(training_args& a, bool writes_outputs) noexcept {
+    if (!writes_outputs) a.batch_mean = a.batch_inv_std = {};
+    if (!writes_outputs || !updates_running_) a.running_mean = a.running_var = {};
     return stage_all({&a.scale, &a.shift}, {&a.batch_mean, &a.batch_inv_std},
                      {&a.running_mean, &a.running_var});
   }
-  status stage(inference_args& a) noexcept {
+  status stage(inference_args& a, bool) noexcept {
     return stage_all({&a.scale, &a.shift, &a.mean, &a.var}, {}, {});
   }
-  status stage(backward_args& a) noexcept {
+  status stage(backward_args& a, bool writes_outputs) noexcept {
+    if (!writes_outputs) a.diff_scale = a.diff_shift = {};
     return stage_all({&a.scale, &a.mean, &a.inv_std, &a.var}, {&a.diff_scale, &a.diff_shift}, {});
   }
   /// The staged outputs into the caller's buffers, rounded to nearest even.
@@ -354,6 +362,7 @@ class staged_parameters {
 
   dtype type_;
   std::size_t channels_;
+  bool updates_running_;
   std::unique_ptr<float[]> storage_;
   output outputs_[4] = {};
   std::size_t output_count_ = 0;
@@ -408,6 +417,8 @@ status select_isa(std::optional<isa> max_isa, isa* out) noexcept {
 }
 
 status make_plan(const problem& prob, const plan_options& options, plan* out) noexcept {
+  // The plan's float values (clamp bounds, the pivot bound) as in any caller's environment.
+  const detail::fp_environment_scope environment;
   if (out == nullptr) {
     return status(status_code::invalid_argument,
                   "out: expected a plan to fill, got a null pointer");
@@ -544,30 +555,36 @@ status check_merged_count(const plan_impl& p, const char* name, double count) no
 }
 
 /// A validated call on its staged arguments (half-type parameters as float32, committed back
-/// when it succeeds): run(type, staged) with the storage type, inside the no-throw boundary.
+/// when it succeeds, those it writes: see staged_parameters): run(type, staged) with the
+/// storage type, inside the no-throw boundary and its floating-point environment (the
+/// commit's float16 rounding too).
 template <class Args, class Run>
-status run_staged(const plan_impl& p, const Args& args, const Run& run) noexcept {
+status run_staged(const plan_impl& p, const Args& args, bool writes_outputs,
+                  const Run& run) noexcept {
   Args staged = args;
   staged_parameters parameters(p);
-  if (status s = parameters.stage(staged); !s) return s;
-  const status s =
-      guarded([&] { with_storage(p.prob.dtype, [&](auto type) { run(type, staged); }); });
-  if (s) parameters.commit();
-  return s;
+  if (status s = parameters.stage(staged, writes_outputs); !s) return s;
+  return guarded([&] {
+    with_storage(p.prob.dtype, [&](auto type) { run(type, staged); });
+    parameters.commit();  // not reached when run throws
+  });
 }
 
 /// A validated training call: scratch, the staged parameters, then run(type, scratch, args)
-/// with the storage type and the arguments the kernels take.
+/// with the storage type and the arguments the kernels take. `writes_outputs`: whether it
+/// writes the statistics (not the local step of a distributed call).
 template <class Run>
-status run_training_call(const plan_impl& p, const training_args& args, const Run& run) noexcept {
+status run_training_call(const plan_impl& p, const training_args& args, bool writes_outputs,
+                         const Run& run) noexcept {
   scratch_buffer scratch;
   if (status s = scratch.acquire(p.part.scratch.training_bytes, args.scratch, args.scratch_size,
                                  "training_scratch_size");
       !s) {
     return s;
   }
-  return run_staged(
-      p, args, [&](auto type, const training_args& staged) { run(type, scratch.data(), staged); });
+  return run_staged(p, args, writes_outputs, [&](auto type, const training_args& staged) {
+    run(type, scratch.data(), staged);
+  });
 }
 
 }  // namespace
@@ -587,7 +604,7 @@ status plan::forward_training(const training_args& args) const noexcept {
     if (p.options.update_running_stats && args.num_batches_tracked) ++*args.num_batches_tracked;
     return {};
   }
-  return run_training_call(p, args,
+  return run_training_call(p, args, true,
                            [&](auto type, unsigned char* scratch, const training_args& staged) {
                              detail::run_training<decltype(type)>(p, staged, scratch);
                            });
@@ -610,7 +627,7 @@ status plan::local_statistics(const training_args& args, double* exchange,
     return {};
   }
   return run_training_call(
-      p, args, [&](auto type, unsigned char* scratch, const training_args& staged) {
+      p, args, false, [&](auto type, unsigned char* scratch, const training_args& staged) {
         detail::run_local_statistics<decltype(type)>(p, staged, scratch, exchange);
       });
 }
@@ -632,7 +649,7 @@ status plan::forward_training_merged(const training_args& args, const double* me
                            number_text(merged[0]).text, shape_text(p.prob.shape).text);
   }
   return run_training_call(
-      p, args, [&](auto type, unsigned char* scratch, const training_args& staged) {
+      p, args, true, [&](auto type, unsigned char* scratch, const training_args& staged) {
         detail::run_training_merged<decltype(type)>(p, staged, scratch, merged);
       });
 }
@@ -675,7 +692,7 @@ status plan::forward_inference(const inference_args& args) const noexcept {
       !s) {
     return s;
   }
-  return run_staged(p, args, [&](auto type, const inference_args& staged) {
+  return run_staged(p, args, true, [&](auto type, const inference_args& staged) {
     detail::run_inference<decltype(type)>(p, staged, scratch.data());
   });
 }
@@ -827,14 +844,14 @@ status backward(const plan_impl& p, const backward_args& args, bool frozen,
       !s) {
     return s;
   }
+  // The local step of a distributed backward writes its exchange block only.
+  const bool local_step = exchange && exchange->local_out;
   // With an activation, dy goes through its mask first, into dz, or dx (whose backward then
-  // runs in place), or, with neither asked for, a tensor of the call's own.
+  // runs in place), or, with neither asked for (or the local step), a tensor of the call's own.
   std::unique_ptr<unsigned char[]> masked_own;
   void* masked = nullptr;
   if (fused != activation::none) {
-    // The local step of a distributed backward writes its exchange block only.
-    const bool own = exchange && exchange->local_out;
-    masked = own ? nullptr : dz ? args.diff_residual : args.diff_src;
+    masked = local_step ? nullptr : dz ? args.diff_residual : args.diff_src;
     if (masked == nullptr) {
       masked_own.reset(new (std::nothrow) unsigned char[data_bytes]);
       if (!masked_own) {
@@ -845,7 +862,7 @@ status backward(const plan_impl& p, const backward_args& args, bool frozen,
       masked = masked_own.get();
     }
   }
-  return run_staged(p, args, [&](auto type, const backward_args& staged) {
+  return run_staged(p, args, !local_step, [&](auto type, const backward_args& staged) {
     detail::run_backward<decltype(type)>(p, staged, frozen, scratch.data(), masked, exchange);
   });
 }

@@ -15,6 +15,9 @@
 #include <immintrin.h>
 #endif
 
+#include "bnorm/distributed.hpp"
+#include "bnorm/fold.hpp"
+#include "bnorm/module.hpp"
 #include "support.hpp"
 
 using namespace bnorm_test;
@@ -156,6 +159,126 @@ TEST(CallersFloatingPointEnvironment, UnmaskedTrapsDoNotFault) {
   const outputs got = run_both(plan, x, g.c);
   EXPECT_TRUE(got.training.ok() && got.inference.ok());
   EXPECT_TRUE(got.same_bits_as(plain));
+}
+
+// The entry points that compute outside the parallel passes: the distributed merges, a plan's
+// float values (its clamp bounds), the fold, the commit of float16 per-channel outputs and the
+// module's gradient accumulation. Each gives the bits it gives in the default environment.
+TEST(CallersFloatingPointEnvironment, EntryPointsOutsideThePassesChangeNoBit) {
+  struct results {
+    std::vector<double> merged, summed;
+    std::vector<float> clamped, folded;
+    std::uint16_t half_mean = 0;
+    std::vector<float> weight_grad;
+    bool operator==(const results& o) const {
+      const auto same = [](const auto& a, const auto& b) {
+        return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof a[0]) == 0;
+      };
+      return same(merged, o.merged) && same(summed, o.summed) && same(clamped, o.clamped) &&
+             same(folded, o.folded) && half_mean == o.half_mean && same(weight_grad, o.weight_grad);
+    }
+  };
+  constexpr std::size_t channels = 64;
+  // Every input made here, in the default environment; compute() only calls bnorm.
+  const std::vector<double> values = normal_data<double>(6 * channels, 1.0, 0.4, 71);
+  // Two ranks' statistics blocks (count, means, biased variances) and gradient sums.
+  std::vector<double> blocks(2 * bnorm::statistics_exchange_size(channels));
+  for (std::size_t k = 0; k < 2; ++k) {
+    double* b = blocks.data() + k * bnorm::statistics_exchange_size(channels);
+    b[0] = k == 0 ? 100.0 : 300.0;
+    for (std::size_t c = 0; c < 2 * channels; ++c) b[1 + c] = std::fabs(values[k * channels + c]);
+  }
+  std::vector<double> sums(2 * bnorm::gradient_exchange_size(channels));
+  for (std::size_t i = 0; i < sums.size(); ++i) sums[i] = values[i % values.size()] / 3.0;
+  sums[0] = 100.0;
+  sums[bnorm::gradient_exchange_size(channels)] = 300.0;
+  std::vector<float> w(4 * channels), bias(channels);
+  std::vector<float> gamma(channels), beta(channels), mean(channels), var(channels);
+  for (std::size_t i = 0; i < w.size(); ++i) w[i] = static_cast<float>(values[i]);
+  for (std::size_t c = 0; c < channels; ++c) {
+    gamma[c] = static_cast<float>(values[c] * 0.7);
+    beta[c] = static_cast<float>(values[channels + c] - 1.0);
+    mean[c] = static_cast<float>(values[2 * channels + c]);
+    var[c] = static_cast<float>(std::fabs(values[3 * channels + c]) + 0.01);
+  }
+  const std::vector<float> x = normal_data<float>(8 * channels, 0.0, 1.0, 72);
+  const std::vector<float> dy = normal_data<float>(8 * channels, 0.0, 1e-39, 73);
+  const auto compute = [&] {
+    results r;
+    r.merged.resize(bnorm::statistics_exchange_size(channels));
+    EXPECT_TRUE(
+        bnorm::merge_statistics(channels, blocks.data(), 2, r.merged.data(), r.merged.size()));
+    r.summed.resize(bnorm::gradient_exchange_size(channels));
+    EXPECT_TRUE(
+        bnorm::sum_gradient_exchanges(channels, sums.data(), 2, r.summed.data(), r.summed.size()));
+    // A plan made here, run below in the default environment: clamp(x) at 0.1 is 0.1f.
+    bnorm::plan_options clamp;
+    clamp.activation = bnorm::activation::clamp;
+    clamp.clamp_min = 0.1;
+    clamp.clamp_max = 0.3;
+    const bnorm::plan clamped = make_plan_or_fail({{2, 4}, layout::channels_first}, clamp);
+    // f16 data whose batch mean, 2/3 · 2^-24, rounds to the smallest subnormal (0x0001).
+    bnorm::plan_options half;
+    half.parameter_dtype = bnorm::dtype::f16;
+    const bnorm::plan half_plan =
+        make_plan_or_fail({{3, 1}, layout::channels_first, bnorm::dtype::f16}, half);
+    const std::uint16_t half_x[3] = {0x0001, 0x0001, 0x0000};
+    std::uint16_t half_y[3] = {}, half_rm = 0, half_rv = 0x3c00;
+    bnorm::training_args t;
+    t.src = half_x;
+    t.dst = half_y;
+    t.batch_mean = {&r.half_mean, 1};
+    t.running_mean = {&half_rm, 1};
+    t.running_var = {&half_rv, 1};
+    EXPECT_TRUE(half_plan.forward_training(t));
+    // Folding: 1/sqrt(var + eps) and each product, rounded to float32.
+    r.folded.assign(w.size() + channels, 0.0f);
+    bnorm::fold_problem fold;
+    fold.weight_shape = {std::int64_t(channels), 4};
+    bnorm::fold_args f;
+    f.weight = w.data();
+    f.folded_weight = r.folded.data();
+    f.bias = in(bias);
+    f.folded_bias = {r.folded.data() + w.size(), channels};
+    f.scale = in(gamma);
+    f.shift = in(beta);
+    f.mean = in(mean);
+    f.var = in(var);
+    EXPECT_TRUE(bnorm::fold_into_layer(fold, f));
+    // A module's gradients, subnormal, accumulated over two backward calls (which a caller's
+    // denormals-are-zero would take as zeros).
+    auto module = bnorm::torch::BatchNorm1d<float>(channels);
+    const bnorm::tensor_shape shape{8, std::int64_t(channels)};
+    for (int step = 0; step < 2; ++step) {
+      module.forward(x, shape);
+      module.backward(x, dy);
+    }
+    r.weight_grad = module.weight_grad();
+    return std::make_pair(r, clamped);
+  };
+  const auto run_clamped = [](const bnorm::plan& plan) {
+    const float x[8] = {-1, -1, -1, -1, -1, -1, -1, -1};
+    const float ones[4] = {1, 1, 1, 1}, zeros[4] = {0, 0, 0, 0};
+    std::vector<float> y(8);
+    bnorm::inference_args a;
+    a.src = x;
+    a.dst = y.data();
+    a.mean = {zeros, 4};
+    a.var = {ones, 4};
+    EXPECT_TRUE(plan.forward_inference(a));
+    return y;
+  };
+  auto [plain, plain_plan] = compute();
+  plain.clamped = run_clamped(plain_plan);
+  EXPECT_EQ(plain.half_mean, 0x0001);
+  for (unsigned mode : {ftz_daz, toward_zero}) {
+    auto [got, got_plan] = [&] {
+      const caller_mxcsr environment(mode);
+      return compute();
+    }();
+    got.clamped = run_clamped(got_plan);
+    EXPECT_TRUE(got == plain) << "MXCSR " << std::hex << mode;
+  }
 }
 
 #endif  // __x86_64__

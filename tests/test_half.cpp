@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "bnorm/distributed.hpp"
 #include "element_types.hpp"
 #include "support.hpp"
 
@@ -416,6 +417,46 @@ TEST(HalfStorage, ClampBoundsBeyondTheStorageRangeRoundAsStoredValues) {
   }
 }
 
+// The clamp's backward with half storage: a clamped output holds its bound rounded to the
+// storage type, which may lie inside the float bounds (bfloat16's 0.1 is 0.10009765625); the
+// gradient through it is still 0, as PyTorch's hardtanh_backward gives where the input lay
+// beyond a bound. Inputs far from the bounds, the reference from them in float64.
+TEST(HalfStorage, ClampBackwardMasksEveryClampedOutput) {
+  struct bounds {
+    bnorm::dtype d;
+    double lo, hi;
+  };
+  for (const bounds b : {bounds{bnorm::dtype::bf16, 0.1, 0.3}, bounds{bnorm::dtype::f16, -0.1, 0.1},
+                         bounds{bnorm::dtype::bf16, -0.3, -0.1}}) {
+    SCOPED_TRACE(std::string(bnorm::to_string(b.d)) + " [" + std::to_string(b.lo) + ", " +
+                 std::to_string(b.hi) + "]");
+    bnorm::plan_options opts;
+    opts.activation = bnorm::activation::clamp;
+    opts.clamp_min = b.lo;
+    opts.clamp_max = b.hi;
+    const bnorm::tensor_shape shape{8, 1};
+    const bnorm::plan plan = make_plan_or_fail({shape, layout::channels_first, b.d, 0.0}, opts);
+    const double mid = (b.lo + b.hi) / 2;
+    const half_tensor x(b.d, {-1.0, 0.0, b.lo - 0.05, mid, mid + 0.01, b.hi + 0.05, 1.0, mid});
+    const std::vector<float> mean = {0.0f}, var = {1.0f};
+    const half_tensor y = infer_half(plan, x, mean, var);
+    const half_tensor dy(b.d, std::vector<double>(8, 1.0));
+    std::vector<std::uint16_t> dx(8, 0x1234);
+    bnorm::backward_args a;
+    a.diff_dst = dy.bits.data();
+    a.dst = y.bits.data();
+    a.diff_src = dx.data();
+    a.var = in(var);
+    const bnorm::status st = plan.backward_frozen(a);
+    ASSERT_TRUE(st.ok()) << st.message();
+    const half_tensor one(b.d, {1.0}), zero(b.d, {0.0});
+    for (std::size_t e = 0; e < 8; ++e) {
+      const bool inside = x.values[e] > b.lo && x.values[e] < b.hi;
+      EXPECT_EQ(dx[e], inside ? one.bits[0] : zero.bits[0]) << "x = " << x.values[e];
+    }
+  }
+}
+
 }  // namespace
 
 namespace {
@@ -430,6 +471,62 @@ struct half_channels {
     values.assign(t.values.begin(), t.values.end());
   }
 };
+
+// Half-type per-channel buffers that a call does not write keep their bits (signaling NaNs
+// as sentinels: a round trip through float32 would quiet them): the running statistics of a
+// plan that does not update them, and every output of the distributed local steps, which
+// write their exchange block alone.
+TEST(HalfStorage, ParametersACallDoesNotWriteKeepTheirBits) {
+  for (const bnorm::dtype d : {bnorm::dtype::bf16, bnorm::dtype::f16}) {
+    SCOPED_TRACE(bnorm::to_string(d));
+    const std::uint16_t sentinel = d == bnorm::dtype::bf16 ? 0x7f81 : 0x7c01;
+    const bnorm::tensor_shape shape{8, 4};
+    const geometry g(shape);
+    bnorm::plan_options opts;
+    opts.parameter_dtype = d;
+    opts.update_running_stats = false;
+    const bnorm::plan plan = make_plan_or_fail({shape, layout::channels_last, d}, opts);
+    const half_tensor x(d, normal_data<double>(g.elements(), 2.0, 1.5, 61));
+    const half_tensor dy(d, normal_data<double>(g.elements(), 0.0, 1.0, 62));
+    std::vector<std::uint16_t> y(x.bits.size()), mean(g.c, sentinel), inv(g.c, sentinel),
+        rm(g.c, sentinel), rv(g.c, sentinel);
+    bnorm::training_args a;
+    a.src = x.bits.data();
+    a.dst = y.data();
+    a.batch_mean = {mean.data(), g.c};
+    a.batch_inv_std = {inv.data(), g.c};
+    a.running_mean = {rm.data(), g.c};
+    a.running_var = {rv.data(), g.c};
+    ASSERT_TRUE(plan.forward_training(a));
+    EXPECT_NE(mean, std::vector<std::uint16_t>(g.c, sentinel));  // written
+    EXPECT_EQ(rm, std::vector<std::uint16_t>(g.c, sentinel));
+    EXPECT_EQ(rv, std::vector<std::uint16_t>(g.c, sentinel));
+
+    std::fill(mean.begin(), mean.end(), sentinel);
+    std::fill(inv.begin(), inv.end(), sentinel);
+    std::vector<double> exchange(bnorm::statistics_exchange_size(g.c));
+    ASSERT_TRUE(plan.local_statistics(a, exchange.data(), exchange.size()));
+    EXPECT_EQ(exchange[0], 8.0);
+    for (const auto* buffer : {&mean, &inv, &rm, &rv}) {
+      EXPECT_EQ(*buffer, std::vector<std::uint16_t>(g.c, sentinel));
+    }
+
+    half_channels saved_mean(d, std::vector<double>(g.c, 2.0));
+    half_channels saved_inv(d, std::vector<double>(g.c, 0.5));
+    std::vector<std::uint16_t> dgamma(g.c, sentinel), dbeta(g.c, sentinel);
+    bnorm::backward_args b;
+    b.src = x.bits.data();
+    b.diff_dst = dy.bits.data();
+    b.mean = {saved_mean.bits.data(), g.c};
+    b.inv_std = {saved_inv.bits.data(), g.c};
+    b.diff_scale = {dgamma.data(), g.c};
+    b.diff_shift = {dbeta.data(), g.c};
+    std::vector<double> sums(bnorm::gradient_exchange_size(g.c));
+    ASSERT_TRUE(plan.local_gradient_sums(b, sums.data(), sums.size()));
+    EXPECT_EQ(dgamma, std::vector<std::uint16_t>(g.c, sentinel));
+    EXPECT_EQ(dbeta, std::vector<std::uint16_t>(g.c, sentinel));
+  }
+}
 
 TEST(HalfStorage, ParametersInTheStorageTypeAreTheFloatOnesRounded) {
   for (const bnorm::dtype d : {bnorm::dtype::bf16, bnorm::dtype::f16}) {
