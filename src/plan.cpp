@@ -526,7 +526,7 @@ status check_training(const plan_impl& p, const training_args& args,
                          {"running_mean", args.running_mean.data, running_bytes, true},
                          {"running_var", args.running_var.data, running_bytes, true},
                          {"num_batches_tracked", counter, sizeof(std::int64_t), true},
-                         {"scratch", args.scratch, p.part.elements ? scratch_bytes : 0, true},
+                         {"scratch", args.scratch, scratch_bytes, true},
                          exchange});
 }
 
@@ -903,7 +903,8 @@ const char* plan::describe() const noexcept {
 }
 
 std::size_t plan::training_scratch_size() const noexcept {
-  if (!impl_ || impl_->part.elements == 0 || impl_->part.per_channel == 1) return 0;
+  // Whatever the tensor: the distributed steps train on a rank's empty or one-value batch.
+  if (!impl_) return 0;
   return caller_scratch(impl_->part.scratch.training_bytes);
 }
 

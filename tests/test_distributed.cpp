@@ -325,6 +325,45 @@ TEST(DistributedMerge, ChanMergeInRankOrderMatchesThePooledMoments) {
   EXPECT_EQ(summed[2], 3.0);
 }
 
+// A rank's batch of one value per channel, or of none, still trains in a distributed step: its
+// plan's training_scratch_size() is the scratch those steps take, and enough.
+TEST(DistributedScratch, TheTrainingSizeServesEveryRanksBatch) {
+  constexpr std::size_t c = 3000;  // per-channel arrays beyond the stack's scratch
+  for (const std::int64_t n : {1, 0}) {
+    SCOPED_TRACE("batch " + std::to_string(n));
+    const bnorm::plan plan = make_plan_or_fail({{n, std::int64_t(c)}, layout::channels_last}, {});
+    const std::size_t bytes = plan.training_scratch_size();
+    ASSERT_GT(bytes, 0u);
+    EXPECT_GE(plan.scratch_size(), bytes);
+    aligned_vector<unsigned char> scratch(bytes);
+    std::vector<float> x(n * c, 2.0f), y(n * c, 7.0f), mean(c), inv(c), rm(c, 0.0f), rv(c, 1.0f);
+    bnorm::training_args a;
+    a.src = n ? x.data() : nullptr;
+    a.dst = n ? y.data() : nullptr;
+    a.batch_mean = out(mean);
+    a.batch_inv_std = out(inv);
+    a.running_mean = out(rm);
+    a.running_var = out(rv);
+    a.scratch = scratch.data();
+    a.scratch_size = bytes;
+    std::vector<double> block(bnorm::statistics_exchange_size(c));
+    bnorm::status s = plan.local_statistics(a, block.data(), block.size());
+    ASSERT_TRUE(s) << s.message();
+    EXPECT_EQ(block[0], static_cast<double>(n));
+    // The whole batch: this rank's values and another rank's 3 values of 4 per channel.
+    std::vector<double> merged(block.size());
+    merged[0] = static_cast<double>(n) + 3.0;
+    for (std::size_t k = 0; k < c; ++k) {
+      merged[1 + k] = 4.0;
+      merged[1 + c + k] = 0.5;
+    }
+    s = plan.forward_training_merged(a, merged.data(), merged.size());
+    ASSERT_TRUE(s) << s.message();
+    EXPECT_FLOAT_EQ(mean[0], 4.0f);
+    EXPECT_FLOAT_EQ(rm[0], 0.4f);  // 0.9 · 0 + 0.1 · 4
+  }
+}
+
 TEST(DistributedErrors, RefusedBeforeAnythingIsWritten) {
   const bnorm::plan plan = make_plan_or_fail({{2, 3, 4}}, {});
   std::vector<float> x = normal_data<float>(24, 0.0, 1.0, 5), y(24, 7.0f);

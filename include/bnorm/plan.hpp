@@ -337,7 +337,8 @@ class plan {
   /// may change between versions.
   const char* describe() const noexcept;
   /// Bytes of caller scratch with which a training (inference) call allocates nothing; 0 when
-  /// the call needs none (its scratch fits on the stack, or the tensor is empty).
+  /// the call needs none (its scratch fits on the stack; an empty tensor's inference). The
+  /// training size serves the distributed steps too, on any rank's batch, empty or not.
   std::size_t training_scratch_size() const noexcept;
   std::size_t inference_scratch_size() const noexcept;
   /// Bytes of caller scratch with which a backward call (either kind) allocates nothing.
