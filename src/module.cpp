@@ -1,8 +1,10 @@
 // The framework-level modules: PyTorch's and MindSpore's mode logic over two cached plans.
 #include "bnorm/module.hpp"
 
+#include <cctype>
 #include <cmath>
 #include <cstring>
+#include <initializer_list>
 #include <new>
 #include <stdexcept>
 
@@ -13,10 +15,28 @@
 
 namespace bnorm {
 
+namespace {
+
+/// Whether `name` is one of `names`, in any case (MindSpore looks its initializers up by
+/// init.lower()).
+bool names_one_of(const char* name, std::initializer_list<const char*> names) {
+  for (const char* candidate : names) {
+    std::size_t i = 0;
+    while (name[i] != '\0' && candidate[i] != '\0' &&
+           std::tolower(static_cast<unsigned char>(name[i])) == candidate[i]) {
+      ++i;
+    }
+    if (name[i] == '\0' && candidate[i] == '\0') return true;
+  }
+  return false;
+}
+
+}  // namespace
+
 initializer::initializer(const char* name) {
-  if (name != nullptr && std::strcmp(name, "ones") == 0) {
+  if (name != nullptr && names_one_of(name, {"ones", "one"})) {
     constant_ = 1.0;
-  } else if (name != nullptr && std::strcmp(name, "zeros") == 0) {
+  } else if (name != nullptr && names_one_of(name, {"zeros", "zero"})) {
     constant_ = 0.0;
   } else {
     kind_ = kind::unknown_name;
@@ -179,6 +199,13 @@ bool batch_norm<T>::uses_batch_statistics() const noexcept {
 }
 
 template <class T>
+bool batch_norm<T>::exchanges_batch_statistics() const noexcept {
+  // torch.nn.SyncBatchNorm: need_sync = bn_training and self.training
+  return exchange_ && uses_batch_statistics() &&
+         (config_.framework == framework::mindspore || training_);
+}
+
+template <class T>
 bool batch_norm<T>::updates_running_stats() const noexcept {
   if (config_.framework == framework::mindspore) {
     return config_.use_batch_statistics.value_or(training_);
@@ -296,10 +323,12 @@ void batch_norm<T>::forward_unguarded(const T* src, T* dst, const tensor_shape& 
       args.running_var = out(running_var_);
       args.num_batches_tracked = &num_batches_tracked_;
     }
-    throw_if_failed(exchange_ ? exchange_->forward_training(p, args) : p.forward_training(args));
+    std::shared_ptr<const training_exchange> exchange;
+    if (exchanges_batch_statistics()) exchange = exchange_;
+    throw_if_failed(exchange ? exchange->forward_training(p, args) : p.forward_training(args));
     saved_mean_ = std::move(mean);
     saved_inv_std_ = std::move(inv_std);
-    last_forward_ = last_forward{shape, true};
+    last_forward_ = last_forward{shape, true, std::move(exchange)};
   } else {
     inference_args args;
     args.src = src;
@@ -309,7 +338,7 @@ void batch_norm<T>::forward_unguarded(const T* src, T* dst, const tensor_shape& 
     args.mean = in(running_mean_);
     args.var = in(running_var_);
     throw_if_failed(p.forward_inference(args));
-    last_forward_ = last_forward{shape, false};
+    last_forward_ = last_forward{shape, false, nullptr};
   }
 }
 
@@ -375,17 +404,19 @@ void batch_norm<T>::backward_unguarded(const T* input, const T* grad_output, T* 
   if (last.batch_statistics) {
     args.mean = in(saved_mean_);
     args.inv_std = in(saved_inv_std_);
-    throw_if_failed(exchange_ ? exchange_->backward_training(p, args) : p.backward_training(args));
+    throw_if_failed(last.exchange ? last.exchange->backward_training(p, args)
+                                  : p.backward_training(args));
   } else {
     args.mean = in(running_mean_);
     args.var = in(running_var_);
     throw_if_failed(p.backward_frozen(args));
   }
   if (!trains_affine()) return;
+  // Nothing below allocates or throws: both gradients change, or neither.
   const auto accumulate = [](std::vector<parameter_type>& into,
-                             const std::vector<parameter_type>& grad) {
+                             std::vector<parameter_type>& grad) noexcept {
     if (into.empty()) {
-      into = grad;
+      into.swap(grad);
       return;
     }
     for (std::size_t c = 0; c < grad.size(); ++c) into[c] += grad[c];
@@ -441,10 +472,9 @@ void batch_norm<T>::zero_grad(bool set_to_none) {
     if (set_to_none) {
       weight_grad_.clear();
       bias_grad_.clear();
-    } else {
-      weight_grad_.assign(trains_affine() ? static_cast<std::size_t>(config_.num_features) : 0,
-                          parameter_type(0));
-      bias_grad_.assign(weight_grad_.size(), parameter_type(0));
+    } else {  // as PyTorch: a gradient that is none stays none
+      std::fill(weight_grad_.begin(), weight_grad_.end(), parameter_type(0));
+      std::fill(bias_grad_.begin(), bias_grad_.end(), parameter_type(0));
     }
   });
 }
@@ -522,14 +552,24 @@ module_config mindspore_config(std::int64_t num_features, const options& opts, s
   module_config cfg = common_config(framework::mindspore, num_features, min_rank, max_rank,
                                     opts.eps, opts.momentum, opts.affine);
   cfg.use_batch_statistics = opts.use_batch_statistics;
-  if (opts.data_format == "NCHW") {
+  // BatchNorm3d names its formats NCDHW (MindSpore's) and NDHWC; NCHW and NHWC name the
+  // layouts of every rank.
+  const bool three_d = min_rank == 5;
+  const std::string& format = opts.data_format;
+  if (format == "NCHW" || (three_d && format == "NCDHW")) {
     cfg.layout = layout::channels_first;
-  } else if (opts.data_format == "NHWC") {
+  } else if (format == "NHWC" || (three_d && format == "NDHWC")) {
     cfg.layout = layout::channels_last;
   } else {
+    throw error(status::failure(
+        status_code::invalid_argument, "data_format: expected %s, got '%.64s'",
+        three_d ? "'NCDHW', 'NDHWC', 'NCHW' or 'NHWC'" : "'NCHW' or 'NHWC'", format.c_str()));
+  }
+  // mindspore.ops.BatchNorm checks epsilon in (0, 1].
+  if (!(opts.eps > 0.0 && opts.eps <= 1.0)) {
     throw error(status::failure(status_code::invalid_argument,
-                                "data_format: expected 'NCHW' or 'NHWC', got '%.64s'",
-                                opts.data_format.c_str()));
+                                "eps: expected a value in (0, 1] (MindSpore's BatchNorm), got %s",
+                                detail::number_text(opts.eps).text));
   }
   cfg.weight_init = opts.gamma_init;
   cfg.bias_init = opts.beta_init;

@@ -2,8 +2,10 @@
 // conventions, initializers, reset, empty batches, and exceptions that leave state untouched.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <cstring>
 #include <limits>
+#include <memory>
 
 #include "support.hpp"
 
@@ -184,6 +186,41 @@ TEST(Module, MindSporeInitializersAndFormat) {
   } catch (const bnorm::error& e) {
     EXPECT_STREQ(e.what(), "data_format: expected 'NCHW' or 'NHWC', got 'NCWH'");
   }
+  // MindSpore's names: initializers in any case, "one" and "zero" too, an integer constant;
+  // BatchNorm3d's NCDHW; epsilon in (0, 1].
+  bnorm::mindspore::options ms;
+  ms.gamma_init = "One";
+  ms.beta_init = 0;
+  ms.moving_mean_init = "ZEROS";
+  ms.moving_var_init = "Ones";
+  ms.data_format = "NCDHW";
+  auto cell = bnorm::mindspore::BatchNorm3d(2, ms);
+  EXPECT_EQ(cell.gamma(), std::vector<float>(2, 1.f));
+  EXPECT_EQ(cell.beta(), std::vector<float>(2, 0.f));
+  EXPECT_EQ(cell.moving_variance(), std::vector<float>(2, 1.f));
+  EXPECT_EQ(cell.get_config().layout, bnorm::layout::channels_first);
+  ms.data_format = "NDHWC";
+  EXPECT_EQ(bnorm::mindspore::BatchNorm3d(2, ms).get_config().layout, bnorm::layout::channels_last);
+  try {
+    bnorm::mindspore::BatchNorm2d(2, ms);  // NDHWC is BatchNorm3d's
+    FAIL();
+  } catch (const bnorm::error& e) {
+    EXPECT_STREQ(e.what(), "data_format: expected 'NCHW' or 'NHWC', got 'NDHWC'");
+  }
+  ms.data_format = "NCHW";
+  for (const double eps : {0.0, 1.5}) {
+    ms.eps = eps;
+    try {
+      bnorm::mindspore::BatchNorm2d(2, ms);
+      FAIL() << eps;
+    } catch (const bnorm::error& e) {
+      EXPECT_NE(std::strstr(e.what(), "eps: expected a value in (0, 1] (MindSpore's BatchNorm)"),
+                nullptr)
+          << e.what();
+    }
+  }
+  ms.eps = 1.0;
+  EXPECT_NO_THROW(bnorm::mindspore::BatchNorm2d(2, ms));
 }
 
 TEST(Module, ResetRunningStatsAndParameters) {
@@ -475,8 +512,12 @@ TEST(ModuleBackward, AccumulatesClearsAndRefuses) {
   EXPECT_EQ(bn.weight_grad(), before) << "a refused backward leaves .grad alone";
   bn.zero_grad(false);
   EXPECT_EQ(bn.weight_grad(), std::vector<float>(3, 0.0f));
+  EXPECT_EQ(bn.bias_grad(), std::vector<float>(3, 0.0f));
   bn.zero_grad();
   EXPECT_TRUE(bn.weight_grad().empty());
+  bn.zero_grad(false);  // as PyTorch: a gradient that is none stays none
+  EXPECT_TRUE(bn.weight_grad().empty());
+  EXPECT_TRUE(bn.bias_grad().empty());
 
   // Eval mode: the frozen backward, dx = γ·dy/sqrt(running_var + eps).
   bn.eval();
@@ -502,6 +543,66 @@ TEST(ModuleBackward, AccumulatesClearsAndRefuses) {
   cell.backward(x, dy);
   ASSERT_EQ(cell.gamma_grad().size(), 3u);
   EXPECT_EQ(cell.beta_grad(), first_bias) << "dβ = Σdy whatever the statistics";
+}
+
+}  // namespace
+
+namespace {
+
+/// A training exchange that runs in this process and counts its calls.
+struct counting_exchange : bnorm::training_exchange {
+  mutable int forwards = 0, backwards = 0;
+  bnorm::status forward_training(const bnorm::plan& p,
+                                 const bnorm::training_args& args) const override {
+    ++forwards;
+    return p.forward_training(args);
+  }
+  bnorm::status backward_training(const bnorm::plan& p,
+                                  const bnorm::backward_args& args) const override {
+    ++backwards;
+    return p.backward_training(args);
+  }
+};
+
+// torch.nn.SyncBatchNorm synchronizes in training mode only (need_sync = bn_training and
+// self.training): in eval mode with track_running_stats=False each process normalizes with
+// its own batch. A MindSpore cell whose use_batch_statistics is True exchanges in eval too.
+// A backward goes through the exchange of its forward.
+TEST(ModuleExchange, PyTorchSynchronizesInTrainingModeOnly) {
+  const bnorm::tensor_shape shape{4, 2};
+  const std::vector<float> x = {1, 2, 3, 4, 5, 7, 0, -1}, dy = {1, 0, 2, 1, 0, 3, 1, 1};
+  bnorm::torch::options untracked;
+  untracked.track_running_stats = false;
+  auto bn = bnorm::torch::BatchNorm1d<float>(2, untracked);
+  const auto exchange = std::make_shared<counting_exchange>();
+  bn.set_training_exchange(exchange);
+  bn.forward(x, shape);
+  bn.backward(x, dy);
+  EXPECT_EQ(exchange->forwards, 1);
+  EXPECT_EQ(exchange->backwards, 1);
+  bn.eval();
+  const std::vector<float> y = bn.forward(x, shape);
+  bn.backward(x, dy);
+  EXPECT_EQ(exchange->forwards, 1) << "eval mode synchronized";
+  EXPECT_EQ(exchange->backwards, 1) << "eval mode synchronized";
+  // Still the batch's own statistics: channel 0 holds 1, 3, 5, 0 (mean 2.25).
+  EXPECT_NEAR(y[0], (1 - 2.25) / std::sqrt(3.6875 + 1e-5), 1e-6);
+  // The forward's exchange serves its backward, even when the module's changes between.
+  bn.train();
+  bn.forward(x, shape);
+  bn.set_training_exchange(nullptr);
+  bn.backward(x, dy);
+  EXPECT_EQ(exchange->forwards, 2);
+  EXPECT_EQ(exchange->backwards, 2);
+
+  bnorm::mindspore::options batch_stats;
+  batch_stats.use_batch_statistics = true;
+  auto cell = bnorm::mindspore::BatchNorm1d<float>(2, batch_stats);
+  const auto cell_exchange = std::make_shared<counting_exchange>();
+  cell.set_training_exchange(cell_exchange);
+  cell.eval();
+  cell.forward(x, shape);
+  EXPECT_EQ(cell_exchange->forwards, 1);
 }
 
 }  // namespace

@@ -12,12 +12,14 @@
 namespace {
 std::atomic<bool> fail_allocations{false};
 std::atomic<bool> fail_throwing_new{false};
+std::atomic<int> throwing_new_countdown{0};  // > 0: the allocation that takes it to 0 fails
 }  // namespace
 
 // The throwing new, for the module API's vectors, over malloc, with the deletes to match (a
 // sanitizer's own delete would report a mismatch).
 void* operator new(std::size_t size) {
   if (fail_throwing_new.load()) throw std::bad_alloc();
+  if (throwing_new_countdown.load() > 0 && --throwing_new_countdown == 0) throw std::bad_alloc();
   if (void* p = std::malloc(size ? size : 1)) return p;
   throw std::bad_alloc();
 }
@@ -120,6 +122,30 @@ TEST(OutOfMemory, ModuleAllocationFailuresAreBnormErrors) {
   }
   EXPECT_EQ(bn.num_batches_tracked(), 0);
   EXPECT_EQ(bn.running_mean(), std::vector<float>(4, 0.f));
+}
+
+// A backward that runs out of memory at any of its allocations leaves weight_grad and bias_grad
+// as they were: both none (the first backward), never one set without the other.
+TEST(OutOfMemory, ModuleBackwardSetsBothGradientsOrNeither) {
+  const std::vector<float> x = normal_data<float>(24, 0.0, 1.0, 3);
+  const std::vector<float> dy = normal_data<float>(24, 0.0, 1.0, 4);
+  std::vector<float> dx(24);
+  bool completed = false;
+  for (int k = 1; !completed && k < 64; ++k) {
+    auto bn = bnorm::torch::BatchNorm2d(3);
+    bn.forward(x, {2, 3, 2, 2});
+    throwing_new_countdown = k;
+    try {
+      bn.backward(x.data(), dy.data(), dx.data());
+      completed = true;
+    } catch (const bnorm::error& e) {
+      EXPECT_EQ(e.code(), bnorm::status_code::out_of_memory) << e.what();
+    }
+    throwing_new_countdown = 0;
+    EXPECT_EQ(bn.weight_grad().size(), completed ? 3u : 0u) << "allocation " << k;
+    EXPECT_EQ(bn.bias_grad().size(), completed ? 3u : 0u) << "allocation " << k;
+  }
+  EXPECT_TRUE(completed);
 }
 
 }  // namespace

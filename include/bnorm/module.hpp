@@ -30,9 +30,12 @@ namespace bnorm {
 /// Initial values of a parameter or buffer: "ones", "zeros", a constant, or C given values.
 class initializer {
  public:
-  initializer(const char* name);  // "ones" or "zeros"; anything else fails at construction
+  /// "ones" or "zeros" ("one", "zero"; any case, as MindSpore's); another name fails when
+  /// the module fills its parameters.
+  initializer(const char* name);
   initializer(const std::string& name) : initializer(name.c_str()) {}
   initializer(double constant) : kind_(kind::constant), constant_(constant) {}
+  initializer(int constant) : initializer(static_cast<double>(constant)) {}
   initializer(std::vector<double> values) : kind_(kind::values), values_(std::move(values)) {}
 
   /// Fills `out` with `channels` values, or throws bnorm::error naming `parameter`.
@@ -126,7 +129,8 @@ class batch_norm {
     return weight_grad_;
   }  // MindSpore names
   const std::vector<parameter_type>& beta_grad() const noexcept { return bias_grad_; }
-  /// Clears the accumulated gradients: to none (PyTorch 2's default), or to zeros.
+  /// Clears the accumulated gradients: to none (PyTorch 2's default), or to zeros (those that
+  /// are none stay none, as PyTorch's).
   void zero_grad(bool set_to_none = true);
 
   /// Folds this batch norm, as inference runs it (eval mode, running statistics), into the
@@ -175,6 +179,10 @@ class batch_norm {
   /// Whether forward() in the current mode uses batch statistics / updates the running ones.
   bool uses_batch_statistics() const noexcept;
   bool updates_running_stats() const noexcept;
+  /// Whether batch statistics go through exchange_: PyTorch's SyncBatchNorm in training mode
+  /// only (in eval, track_running_stats=false takes each process's own batch); MindSpore's
+  /// whenever it uses them.
+  bool exchanges_batch_statistics() const noexcept;
 
  private:
   const plan& plan_for(const tensor_shape& shape, bool training_path);
@@ -195,6 +203,9 @@ class batch_norm {
   struct last_forward {
     tensor_shape shape;
     bool batch_statistics = false;
+    /// The exchange the forward's statistics went through (null: this process's own), which
+    /// its backward takes too.
+    std::shared_ptr<const training_exchange> exchange;
   };
   std::optional<last_forward> last_forward_;
   plan training_plan_, inference_plan_;
@@ -248,11 +259,12 @@ struct options {
   initializer moving_mean_init = "zeros";
   initializer moving_var_init = "ones";
   std::optional<bool> use_batch_statistics;  ///< None / True / False
-  std::string data_format = "NCHW";          ///< "NCHW" or "NHWC"
+  /// "NCHW" or "NHWC"; BatchNorm3d also "NCDHW" (MindSpore's) or "NDHWC".
+  std::string data_format = "NCHW";
 };
 
 /// The module_config of mindspore.nn.BatchNorm*d for inputs of rank min_rank to max_rank.
-/// Throws bnorm::error for a data_format other than "NCHW" or "NHWC".
+/// Throws bnorm::error for a data_format it does not name, or eps outside (0, 1].
 module_config make_config(std::int64_t num_features, const options& opts, std::size_t min_rank,
                           std::size_t max_rank);
 
