@@ -642,6 +642,17 @@ status plan::forward_training_merged(const training_args& args, const double* me
     return s;
   }
   if (status s = check_merged_count(p, "merged[0]", merged[0]); !s) return s;
+  // merge_statistics gives variances >= 0 (NaN where some rank's data held one: it carries
+  // through, as in a local call); a negative one is no block of it.
+  const std::size_t channels = p.part.channels;
+  for (std::size_t c = 0; c < channels; ++c) {
+    if (merged[1 + channels + c] < 0.0) {
+      return status::failure(status_code::invalid_argument,
+                             "merged[%zu]: expected channel %zu's variance, >= 0 (a block of "
+                             "merge_statistics), got %s",
+                             1 + channels + c, c, number_text(merged[1 + channels + c]).text);
+    }
+  }
   if (merged[0] <= 1.0) {
     return status::failure(status_code::invalid_argument,
                            "Expected more than 1 value per channel when training, got %s over "

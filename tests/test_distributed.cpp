@@ -401,6 +401,15 @@ TEST(DistributedErrors, RefusedBeforeAnythingIsWritten) {
   EXPECT_NE(std::string(s.message()).find("merged[0]: expected a count"), std::string::npos)
       << s.message();
   untouched();
+  merged = block;
+  merged[5] = -0.25;  // channel 1's variance
+  s = plan.forward_training_merged(a, merged.data(), merged.size());
+  EXPECT_NE(std::string(s.message())
+                .find("merged[5]: expected channel 1's variance, >= 0 (a block of "
+                      "merge_statistics), got -0.25"),
+            std::string::npos)
+      << s.message();
+  untouched();
   const bnorm::plan one = make_plan_or_fail({{1, 3}}, {});
   std::vector<float> x1(3, 1.0f), y1(3, 7.0f);
   bnorm::training_args a1 = a;
