@@ -7,6 +7,7 @@
 #include <initializer_list>
 #include <new>
 #include <stdexcept>
+#include <utility>
 
 #include <unistd.h>
 
@@ -80,6 +81,27 @@ auto module_call(const char* what, Fn&& fn) -> decltype(fn()) {
     throw error(status::failure(status_code::out_of_memory, "%s: out of memory", what));
   } catch (const std::length_error&) {
     throw error(status::failure(status_code::out_of_memory, "%s: out of memory (length)", what));
+  }
+}
+
+/// A module call that may go through `exchange` (null: none): when it fails before reaching it,
+/// the exchange hears of the refusal, so that a collective one fails on every rank instead of
+/// waiting for this one.
+template <class Fn>
+auto refusing_through(const training_exchange* exchange, Fn&& fn)
+    -> decltype(fn(std::declval<bool&>())) {
+  bool reached = false;
+  try {
+    return fn(reached);
+  } catch (const error& e) {
+    if (exchange && !reached) exchange->refuse(e.get_status());
+    throw;
+  } catch (const std::bad_alloc&) {
+    if (exchange && !reached) exchange->refuse(status(status_code::out_of_memory, "out of memory"));
+    throw;
+  } catch (const std::length_error&) {
+    if (exchange && !reached) exchange->refuse(status(status_code::out_of_memory, "out of memory"));
+    throw;
   }
 }
 
@@ -280,7 +302,10 @@ void batch_norm<T>::check_buffers() const {
 
 template <class T>
 void batch_norm<T>::forward(const T* src, T* dst, const tensor_shape& shape) {
-  module_call("forward", [&] { forward_unguarded(src, dst, shape); });
+  module_call("forward", [&] {
+    refusing_through(forward_exchange(),
+                     [&](bool& reached) { forward_unguarded(src, dst, shape, reached); });
+  });
 }
 
 template <class T>
@@ -302,7 +327,18 @@ void batch_norm<T>::check_input_shape(const tensor_shape& shape) const {
 }
 
 template <class T>
-void batch_norm<T>::forward_unguarded(const T* src, T* dst, const tensor_shape& shape) {
+const training_exchange* batch_norm<T>::forward_exchange() const noexcept {
+  return exchanges_batch_statistics() ? exchange_.get() : nullptr;
+}
+
+template <class T>
+const training_exchange* batch_norm<T>::backward_exchange() const noexcept {
+  return last_forward_ ? last_forward_->exchange.get() : forward_exchange();
+}
+
+template <class T>
+void batch_norm<T>::forward_unguarded(const T* src, T* dst, const tensor_shape& shape,
+                                      bool& reached_exchange) {
   check_input_shape(shape);
   check_buffers();
   const bool batch_stats = uses_batch_statistics();
@@ -325,6 +361,7 @@ void batch_norm<T>::forward_unguarded(const T* src, T* dst, const tensor_shape& 
     }
     std::shared_ptr<const training_exchange> exchange;
     if (exchanges_batch_statistics()) exchange = exchange_;
+    reached_exchange = exchange != nullptr;
     throw_if_failed(exchange ? exchange->forward_training(p, args) : p.forward_training(args));
     saved_mean_ = std::move(mean);
     saved_inv_std_ = std::move(inv_std);
@@ -351,34 +388,41 @@ bool batch_norm<T>::trains_affine() const noexcept {
 
 template <class T>
 void batch_norm<T>::backward(const T* input, const T* grad_output, T* grad_input) {
-  module_call("backward", [&] { backward_unguarded(input, grad_output, grad_input); });
+  module_call("backward", [&] {
+    refusing_through(backward_exchange(), [&](bool& reached) {
+      backward_unguarded(input, grad_output, grad_input, reached);
+    });
+  });
 }
 
 template <class T>
 std::vector<T> batch_norm<T>::backward(const std::vector<T>& input,
                                        const std::vector<T>& grad_output) {
   return module_call("backward", [&] {
-    if (!last_forward_) backward_unguarded(nullptr, nullptr, nullptr);  // its error
-    std::uint64_t expected = 0;
-    detail::element_count(last_forward_->shape, &expected);
-    for (const auto& [name, v] : {std::pair<const char*, const std::vector<T>*>{"input", &input},
-                                  {"grad_output", &grad_output}}) {
-      if (v->size() != expected) {
-        throw error(status::failure(status_code::invalid_argument,
-                                    "%s: expected %llu values (the last forward's shape %s), "
-                                    "got %zu",
-                                    name, static_cast<unsigned long long>(expected),
-                                    detail::shape_text(last_forward_->shape).text, v->size()));
+    return refusing_through(backward_exchange(), [&](bool& reached) {
+      if (!last_forward_) backward_unguarded(nullptr, nullptr, nullptr, reached);  // its error
+      std::uint64_t expected = 0;
+      detail::element_count(last_forward_->shape, &expected);
+      for (const auto& [name, v] : {std::pair<const char*, const std::vector<T>*>{"input", &input},
+                                    {"grad_output", &grad_output}}) {
+        if (v->size() != expected) {
+          throw error(status::failure(status_code::invalid_argument,
+                                      "%s: expected %llu values (the last forward's shape %s), "
+                                      "got %zu",
+                                      name, static_cast<unsigned long long>(expected),
+                                      detail::shape_text(last_forward_->shape).text, v->size()));
+        }
       }
-    }
-    std::vector<T> grad_input(grad_output.size());
-    backward_unguarded(input.data(), grad_output.data(), grad_input.data());
-    return grad_input;
+      std::vector<T> grad_input(grad_output.size());
+      backward_unguarded(input.data(), grad_output.data(), grad_input.data(), reached);
+      return grad_input;
+    });
   });
 }
 
 template <class T>
-void batch_norm<T>::backward_unguarded(const T* input, const T* grad_output, T* grad_input) {
+void batch_norm<T>::backward_unguarded(const T* input, const T* grad_output, T* grad_input,
+                                       bool& reached_exchange) {
   if (!last_forward_) {
     throw error(status(status_code::invalid_argument,
                        "backward: expected a forward before it (its statistics and shape), got "
@@ -404,6 +448,7 @@ void batch_norm<T>::backward_unguarded(const T* input, const T* grad_output, T* 
   if (last.batch_statistics) {
     args.mean = in(saved_mean_);
     args.inv_std = in(saved_inv_std_);
+    reached_exchange = last.exchange != nullptr;
     throw_if_failed(last.exchange ? last.exchange->backward_training(p, args)
                                   : p.backward_training(args));
   } else {
@@ -482,16 +527,18 @@ void batch_norm<T>::zero_grad(bool set_to_none) {
 template <class T>
 std::vector<T> batch_norm<T>::forward(const std::vector<T>& src, const tensor_shape& shape) {
   return module_call("forward", [&] {
-    check_input_shape(shape);
-    std::uint64_t expected = 0;
-    if (!detail::element_count(shape, &expected) || src.size() != expected) {
-      throw error(status::failure(
-          status_code::invalid_argument, "src: expected %llu values for the shape %s, got %zu",
-          static_cast<unsigned long long>(expected), detail::shape_text(shape).text, src.size()));
-    }
-    std::vector<T> dst(src.size());
-    forward_unguarded(src.data(), dst.data(), shape);
-    return dst;
+    return refusing_through(forward_exchange(), [&](bool& reached) {
+      check_input_shape(shape);
+      std::uint64_t expected = 0;
+      if (!detail::element_count(shape, &expected) || src.size() != expected) {
+        throw error(status::failure(
+            status_code::invalid_argument, "src: expected %llu values for the shape %s, got %zu",
+            static_cast<unsigned long long>(expected), detail::shape_text(shape).text, src.size()));
+      }
+      std::vector<T> dst(src.size());
+      forward_unguarded(src.data(), dst.data(), shape, reached);
+      return dst;
+    });
   });
 }
 

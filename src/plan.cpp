@@ -740,11 +740,16 @@ status backward(const plan_impl& p, const backward_args& args, bool frozen,
                            "by the fused %s: its output masks dy)",
                            p.part.elements, shape_text(p.prob.shape).text, to_string(fused));
   }
+  // The local step of a distributed backward writes its exchange block only, which carries
+  // Σdy·(x − mean) for every rank's dx, whatever this rank asks for.
+  const bool local_step = exchange && exchange->local_out;
   // What the outputs asked for read: x̂ needs src, mean and the variance (or 1/std).
-  const bool needs_x = dgamma || (dx && !frozen);
+  const bool needs_x = dgamma || (dx && !frozen) || local_step;
   const bool needs_std = needs_x || (dx && frozen);
-  const char* why = frozen
-                        ? (needs_x ? "by backward_frozen with diff_scale" : nullptr)
+  const char* why = frozen ? (needs_x ? "by backward_frozen with diff_scale" : nullptr)
+                    : local_step
+                        ? "by local_gradient_sums: its block carries Σdy·(x − mean) for "
+                          "every rank's dx"
                         : (needs_x ? "by backward_training with diff_src or diff_scale" : nullptr);
   const std::size_t elements = p.part.elements;
   if (elements > 0 && (args.diff_dst == nullptr || (needs_x && args.src == nullptr))) {
@@ -776,8 +781,9 @@ status backward(const plan_impl& p, const backward_args& args, bool frozen,
     return status::failure(status_code::invalid_argument,
                            "%s: expected %zu values, got a null pointer (required %s)",
                            frozen ? "var" : "inv_std or var", channels,
-                           frozen ? "by backward_frozen with diff_src or diff_scale"
-                                  : "by backward_training with diff_src or diff_scale");
+                           frozen       ? "by backward_frozen with diff_src or diff_scale"
+                           : local_step ? why
+                                        : "by backward_training with diff_src or diff_scale");
   }
   if (status s = check_channel_buffers({{"scale", args.scale.data, args.scale.size},
                                         {"mean", args.mean.data, args.mean.size, why},
@@ -855,8 +861,6 @@ status backward(const plan_impl& p, const backward_args& args, bool frozen,
       !s) {
     return s;
   }
-  // The local step of a distributed backward writes its exchange block only.
-  const bool local_step = exchange && exchange->local_out;
   // With an activation, dy goes through its mask first, into dz, or dx (whose backward then
   // runs in place), or, with neither asked for (or the local step), a tensor of the call's own.
   std::unique_ptr<unsigned char[]> masked_own;

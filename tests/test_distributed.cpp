@@ -433,6 +433,31 @@ TEST(DistributedErrors, RefusedBeforeAnythingIsWritten) {
   b.mean = in(mean);
   b.inv_std = in(inv);
   std::vector<double> sums(7, 9.0);
+  // The local step's block carries Σdy·(x − mean) for every rank's dx: a rank that asks for
+  // dβ alone must still give x and the statistics.
+  bnorm::backward_args dbeta_only;
+  std::vector<float> db(3, 7.0f);
+  dbeta_only.diff_dst = dy.data();
+  dbeta_only.diff_shift = out(db);
+  s = plan.local_gradient_sums(dbeta_only, sums.data(), sums.size());
+  EXPECT_NE(std::string(s.message())
+                .find("src: expected 24 elements of shape [2, 3, 4], got a null pointer (required "
+                      "by local_gradient_sums: its block carries Σdy·(x − mean) for every rank's "
+                      "dx)"),
+            std::string::npos)
+      << s.message();
+  dbeta_only.src = x.data();
+  s = plan.local_gradient_sums(dbeta_only, sums.data(), sums.size());
+  EXPECT_NE(std::string(s.message()).find("inv_std or var: expected 3 values, got a null pointer"),
+            std::string::npos)
+      << s.message();
+  dbeta_only.inv_std = in(inv);
+  s = plan.local_gradient_sums(dbeta_only, sums.data(), sums.size());
+  EXPECT_NE(std::string(s.message()).find("mean: expected 3 values, got a null pointer"),
+            std::string::npos)
+      << s.message();
+  for (const double v : sums) EXPECT_EQ(v, 9.0);
+  for (const float f : db) EXPECT_EQ(f, 7.0f);
   ASSERT_TRUE(plan.local_gradient_sums(b, sums.data(), sums.size()));
   for (const float f : dx) EXPECT_EQ(f, 7.0f);
   std::vector<double> wrong = sums;

@@ -83,6 +83,11 @@ class training_exchange {
   virtual ~training_exchange() = default;
   virtual status forward_training(const plan& p, const training_args& args) const = 0;
   virtual status backward_training(const plan& p, const backward_args& args) const = 0;
+  /// Called in place of forward_training or backward_training when the module refuses the
+  /// call before it reaches them (an input of the wrong shape, a buffer): a collective
+  /// exchange joins the other ranks' call with the refusal, so that theirs fails too instead of
+  /// waiting for this rank. The default does nothing.
+  virtual void refuse(const status& reason) const { (void)reason; }
 };
 
 /// A module over tensors of T: float, double, bnorm::bfloat16 or bnorm::float16. Its
@@ -188,8 +193,14 @@ class batch_norm {
   const plan& plan_for(const tensor_shape& shape, bool training_path);
   void check_input_shape(const tensor_shape& shape) const;
   void check_buffers() const;
-  void forward_unguarded(const T* src, T* dst, const tensor_shape& shape);
-  void backward_unguarded(const T* input, const T* grad_output, T* grad_input);
+  /// The calls' work; `reached_exchange` set as they call the training exchange (after it, a
+  /// failure is the exchange's own, every rank's).
+  void forward_unguarded(const T* src, T* dst, const tensor_shape& shape, bool& reached_exchange);
+  void backward_unguarded(const T* input, const T* grad_output, T* grad_input,
+                          bool& reached_exchange);
+  /// The exchange a forward (backward) called now would go through; null: none.
+  const training_exchange* forward_exchange() const noexcept;
+  const training_exchange* backward_exchange() const noexcept;
   bool trains_affine() const noexcept;
   void reset_running_stats_unguarded();
 

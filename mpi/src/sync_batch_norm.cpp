@@ -45,6 +45,14 @@ struct header {
   std::int64_t words[header_words];
 };
 
+/// The header of a rank that refused the call before it had a plan for it: its status alone.
+header refusal_header(const status& refused) {
+  header h{};
+  h.words[version_word] = header_version;
+  h.words[status_word] = static_cast<std::int64_t>(refused.code());
+  return h;
+}
+
 header header_of(const plan& p, const status& local) {
   const problem& prob = p.get_problem();
   const plan_options& o = p.options();
@@ -90,39 +98,82 @@ status mpi_failure(const char* call, int code) {
   return status::failure(status_code::internal_error, "bnorm::mpi: %s failed: %.200s", call, text);
 }
 
-/// The collective part of a call: every rank's header, checked alike on every rank; then, if
-/// all agree and passed, every rank's block (`block_size` doubles) gathered into `blocks`.
-/// `local` is this rank's own verdict, returned as it is when it refused.
-status exchange(const plan& p, const status& local, const double* block, std::size_t block_size,
-                MPI_Comm comm, std::vector<double>& blocks, int* rank_out) {
-  int initialized = 0;
+/// A communicator this rank can exchange over: MPI running, an intracommunicator. Checked
+/// before any collective call, on this rank alone (a rank cannot tell the others that its
+/// communicator is not one).
+status usable(MPI_Comm comm, int* ranks, int* rank) {
+  int initialized = 0, finalized = 0;
   MPI_Initialized(&initialized);
-  if (!initialized) {
-    return status(status_code::invalid_argument,
-                  "bnorm::mpi: expected MPI to be initialized (MPI_Init), got none");
+  MPI_Finalized(&finalized);
+  if (!initialized || finalized) {
+    return status::failure(status_code::invalid_argument,
+                           "bnorm::mpi: expected MPI to be running (between MPI_Init and "
+                           "MPI_Finalize), got it %s",
+                           initialized ? "finalized" : "not initialized");
   }
-  int ranks = 0, rank = 0;
-  if (int code = MPI_Comm_size(comm, &ranks); code != MPI_SUCCESS) {
+  if (comm == MPI_COMM_NULL) {
+    return status(status_code::invalid_argument,
+                  "comm: expected a communicator, got MPI_COMM_NULL");
+  }
+  int inter = 0;
+  if (int code = MPI_Comm_test_inter(comm, &inter); code != MPI_SUCCESS) {
+    return mpi_failure("MPI_Comm_test_inter", code);
+  }
+  if (inter) {
+    return status(status_code::invalid_argument,
+                  "comm: expected an intracommunicator (its ranks' batches are one batch), got "
+                  "an intercommunicator");
+  }
+  if (int code = MPI_Comm_size(comm, ranks); code != MPI_SUCCESS) {
     return mpi_failure("MPI_Comm_size", code);
   }
-  MPI_Comm_rank(comm, &rank);
+  if (int code = MPI_Comm_rank(comm, rank); code != MPI_SUCCESS) {
+    return mpi_failure("MPI_Comm_rank", code);
+  }
+  return {};
+}
+
+/// A status's message as a fixed block every rank can gather.
+struct message_block {
+  char text[status::max_message_length + 1];
+};
+
+/// The collective part of a call: every rank's header, checked alike on every rank; where some
+/// rank refused, every rank's message (so that each names the first rank that refused and
+/// why); else, if all agree, every rank's block (`block_size` doubles) gathered into
+/// `blocks`. `local` is this rank's own verdict, returned as it is when it refused.
+status exchange(const header& mine, const status& local, const double* block,
+                std::size_t block_size, MPI_Comm comm, std::vector<double>& blocks, int* rank_out) {
+  int ranks = 0, rank = 0;
+  if (status s = usable(comm, &ranks, &rank); !s) return s;
   *rank_out = rank;
-  const header mine = header_of(p, local);
   std::vector<header> all(static_cast<std::size_t>(ranks));
   if (int code = MPI_Allgather(mine.words, header_words, MPI_INT64_T, all.data(), header_words,
                                MPI_INT64_T, comm);
       code != MPI_SUCCESS) {
     return mpi_failure("MPI_Allgather of the headers", code);
   }
-  if (!local) return local;
+  int refusing = -1;
+  for (int r = 0; r < ranks && refusing < 0; ++r) {
+    if (all[static_cast<std::size_t>(r)].words[status_word] != 0) refusing = r;
+  }
+  if (refusing >= 0) {  // every rank knows it: every rank gathers the messages
+    message_block own{};
+    std::snprintf(own.text, sizeof own.text, "%s", local.message());
+    std::vector<message_block> messages(static_cast<std::size_t>(ranks));
+    if (int code = MPI_Allgather(own.text, sizeof own.text, MPI_CHAR, messages.data(),
+                                 sizeof own.text, MPI_CHAR, comm);
+        code != MPI_SUCCESS) {
+      return mpi_failure("MPI_Allgather of the refusals", code);
+    }
+    if (!local) return local;
+    return status::failure(status_code::invalid_argument,
+                           "bnorm::mpi: rank %d refused its arguments (%.160s); nothing was "
+                           "written on any rank",
+                           refusing, messages[static_cast<std::size_t>(refusing)].text);
+  }
   for (int r = 0; r < ranks; ++r) {
     const header& theirs = all[static_cast<std::size_t>(r)];
-    if (theirs.words[status_word] != 0) {
-      return status::failure(status_code::invalid_argument,
-                             "bnorm::mpi: rank %d refused its arguments (its own status says "
-                             "why); nothing was written on any rank",
-                             r);
-    }
     for (int w = 0; w < header_words; ++w) {
       if (w == status_word || theirs.words[w] == mine.words[w]) continue;
       const bool number = w >= epsilon_word;
@@ -182,7 +233,11 @@ status collective_step(const plan& p, MPI_Comm comm, const Local& local, const C
     std::vector<double> block(size), blocks, combined(size);
     const status verdict = local(block.data(), size);
     int rank = 0;
-    if (status s = exchange(p, verdict, block.data(), size, comm, blocks, &rank); !s) return s;
+    if (status s =
+            exchange(header_of(p, verdict), verdict, block.data(), size, comm, blocks, &rank);
+        !s) {
+      return s;
+    }
     const std::size_t channels = (size - 1) / 2;
     if (status s = combine(channels, blocks.data(), blocks.size() / size, combined.data(), size);
         !s) {
@@ -201,6 +256,7 @@ class communicator_exchange final : public training_exchange {
   status backward_training(const plan& p, const backward_args& args) const override {
     return mpi::backward_training(p, args, comm_);
   }
+  void refuse(const status& reason) const override { mpi::refuse(reason, comm_); }
 
  private:
   MPI_Comm comm_;
@@ -227,6 +283,17 @@ status backward_training(const plan& p, const backward_args& args, MPI_Comm comm
       [&](const double* own, const double* summed, std::size_t size) {
         return p.backward_training_merged(args, own, summed, size);
       });
+}
+
+status refuse(const status& reason, MPI_Comm comm) noexcept {
+  return no_throw([&]() -> status {
+    const status refused = reason ? status(status_code::invalid_argument,
+                                           "bnorm::mpi::refuse: refused with no reason given")
+                                  : reason;
+    std::vector<double> blocks;
+    int rank = 0;
+    return exchange(refusal_header(refused), refused, nullptr, 0, comm, blocks, &rank);
+  });
 }
 
 std::shared_ptr<const training_exchange> make_training_exchange(MPI_Comm comm) {

@@ -322,8 +322,10 @@ TEST(SyncBatchNormErrors, OneRankRefusedMeansEveryRankFails) {
   const std::string why = s.message();
   if (rank == 0) {
     EXPECT_NE(why.find("dst: expected 24 elements"), std::string::npos) << why;
-  } else {
-    EXPECT_NE(why.find("rank 0 refused its arguments"), std::string::npos) << why;
+  } else {  // the reason reaches every rank
+    EXPECT_NE(why.find("rank 0 refused its arguments (dst: expected 24 elements"),
+              std::string::npos)
+        << why;
   }
   for (const float v : y) ASSERT_EQ(v, 7.0f);
   for (const float v : rm) ASSERT_EQ(v, 7.0f);
@@ -338,6 +340,103 @@ TEST(SyncBatchNormErrors, OneRankRefusedMeansEveryRankFails) {
   const bnorm::status sb = bnorm::mpi::backward_training(plan, b, MPI_COMM_WORLD);
   EXPECT_FALSE(sb);
   for (const float v : dx) ASSERT_EQ(v, 7.0f);
+}
+
+// A communicator that is not one is refused on the calling rank, before any exchange: a null
+// one, an intercommunicator (whose collectives gather the other group's blocks), MPI stopped.
+TEST(SyncBatchNormErrors, CommunicatorsThatAreNotOneAreRefused) {
+  bnorm::plan plan;
+  ASSERT_TRUE(bnorm::make_plan({{3, 4, 2}}, {}, &plan));
+  std::vector<float> x = normal_data<float>(24, 0.0, 1.0, 5), y(24, 7.0f);
+  bnorm::training_args a;
+  a.src = x.data();
+  a.dst = y.data();
+  bnorm::status s = bnorm::mpi::forward_training(plan, a, MPI_COMM_NULL);
+  EXPECT_EQ(s.code(), bnorm::status_code::invalid_argument);
+  EXPECT_STREQ(s.message(), "comm: expected a communicator, got MPI_COMM_NULL");
+  if (world_size() >= 2) {
+    const int rank = world_rank();
+    MPI_Comm group = MPI_COMM_NULL, inter = MPI_COMM_NULL;
+    MPI_Comm_split(MPI_COMM_WORLD, rank == 0 ? 0 : 1, rank, &group);
+    MPI_Intercomm_create(group, 0, MPI_COMM_WORLD, rank == 0 ? 1 : 0, 77, &inter);
+    s = bnorm::mpi::forward_training(plan, a, inter);
+    EXPECT_NE(std::string(s.message()).find("comm: expected an intracommunicator"),
+              std::string::npos)
+        << s.message();
+    MPI_Comm_free(&inter);
+    MPI_Comm_free(&group);
+  }
+  for (const float v : y) ASSERT_EQ(v, 7.0f);
+}
+
+// A rank asking for dβ alone gives no Σdy·(x − mean) for the others' dx: its local step refuses
+// it, and every rank's call fails.
+TEST(SyncBatchNormErrors, ARankWithoutXFailsEveryRank) {
+  const int rank = world_rank(), last = world_size() - 1;
+  bnorm::plan plan;
+  ASSERT_TRUE(bnorm::make_plan({{3, 4, 2}}, {}, &plan));
+  std::vector<float> x = normal_data<float>(24, 0.0, 1.0, 6), dy(24, 1.0f), dx(24, 7.0f);
+  std::vector<float> mean(4, 0.0f), inv(4, 1.0f), db(4, 7.0f);
+  bnorm::backward_args b;
+  b.diff_dst = dy.data();
+  b.diff_shift = out(db);
+  if (rank != last) {
+    b.src = x.data();
+    b.diff_src = dx.data();
+    b.mean = in(mean);
+    b.inv_std = in(inv);
+  }
+  const bnorm::status s = bnorm::mpi::backward_training(plan, b, MPI_COMM_WORLD);
+  EXPECT_FALSE(s);
+  const std::string why = s.message();
+  EXPECT_NE(why.find("local_gradient_sums: its block carries"), std::string::npos) << why;
+  if (rank != last) {
+    EXPECT_NE(why.find("rank " + std::to_string(last) + " refused its arguments"),
+              std::string::npos)
+        << why;
+  }
+  for (const float v : dx) ASSERT_EQ(v, 7.0f);
+  for (const float v : db) ASSERT_EQ(v, 7.0f);
+}
+
+// A module that refuses its input before the exchange (the wrong channels, a short gradient)
+// still joins it: the call fails on every rank, none waits for the refusing one.
+TEST(SyncBatchNormModule, ARankRefusingItsInputFailsEveryRank) {
+  const int rank = world_rank();
+  auto bn = bnorm::mpi::SyncBatchNorm<float>(4);
+  const std::vector<float> x = normal_data<float>(2 * 4 * 9, 1.0, 2.0, 60 + rank);
+  const std::vector<float> x5 = normal_data<float>(2 * 5 * 9, 1.0, 2.0, 70 + rank);
+  try {
+    if (rank == 0) {
+      bn.forward(x5, {2, 5, 3, 3});
+    } else {
+      bn.forward(x, {2, 4, 3, 3});
+    }
+    ADD_FAILURE() << "a forward that rank 0 refused went through";
+  } catch (const bnorm::error& e) {
+    const std::string why = e.what();
+    EXPECT_NE(why.find(rank == 0 ? "input: expected 4 channels"
+                                 : "rank 0 refused its arguments (input: expected 4 channels"),
+              std::string::npos)
+        << why;
+  }
+  EXPECT_EQ(bn.num_batches_tracked(), 0);
+  bn.forward(x, {2, 4, 3, 3});
+  EXPECT_EQ(bn.num_batches_tracked(), 1);
+  const std::vector<float> dy(rank == 0 ? 71 : 72, 1.0f);  // rank 0's is short
+  try {
+    bn.backward(x, dy);
+    ADD_FAILURE() << "a backward that rank 0 refused went through";
+  } catch (const bnorm::error& e) {
+    const std::string why = e.what();
+    EXPECT_NE(why.find(rank == 0 ? "grad_output: expected 72 values"
+                                 : "rank 0 refused its arguments (grad_output: expected 72"),
+              std::string::npos)
+        << why;
+  }
+  EXPECT_TRUE(bn.weight_grad().empty());
+  // And the next calls go on together.
+  EXPECT_EQ(bn.backward(x, std::vector<float>(72, 1.0f)).size(), 72u);
 }
 
 TEST(SyncBatchNormModule, MirrorsTorchSyncBatchNorm) {

@@ -12,7 +12,8 @@
 // batch (ranks may hold different batch sizes, or none). Before any output is written the
 // ranks exchange what they were asked: ranks that disagree on the channels, dtype, layout or
 // options, or whose arguments their own rank refuses, make the call fail on every rank, each
-// with a message that names the rank and the reason, and nothing is written anywhere.
+// with a message that names the rank and the reason, and nothing is written anywhere. (A rank
+// whose own checks fail before the call, as the modules' do, joins it through refuse().)
 #pragma once
 
 #include <mpi.h>
@@ -34,6 +35,13 @@ status forward_training(const plan& p, const training_args& args, MPI_Comm comm)
 /// data-parallel all-reduce of the parameters' gradients. args.mean and args.inv_std (or var)
 /// are those forward_training saved.
 status backward_training(const plan& p, const backward_args& args, MPI_Comm comm) noexcept;
+
+/// For a rank that refuses a collective call before making it (its own checks failed): joins
+/// the other ranks' forward_training or backward_training with `reason`, so that theirs fail
+/// too, naming this rank and the reason, instead of waiting for it. Returns `reason` (or why
+/// the exchange itself failed). A communicator that is not one (MPI_COMM_NULL, an
+/// intercommunicator, MPI not running) is refused on the calling rank, with no exchange.
+status refuse(const status& reason, MPI_Comm comm) noexcept;
 
 /// A module's training exchange over `comm` (see batch_norm::set_training_exchange). The
 /// communicator is used, not duplicated or freed: it must outlive the module's calls.
