@@ -94,10 +94,18 @@ inline float16 to_float16(float v) noexcept {
   }
   if (magnitude >= 0x477FF000) return {static_cast<std::uint16_t>(sign | 0x7C00)};  // ≥ 65520
   if (magnitude < 0x38800000) {
-    // Below 2^-14: a multiple of 2^-24, the float scaled by 2^24 (exact) and rounded to an
-    // integer in the current rounding mode, round to nearest even in bnorm's environment.
-    const float units = std::nearbyint(std::ldexp(bits_float(magnitude), 24));
-    return {static_cast<std::uint16_t>(sign | static_cast<std::uint16_t>(units))};
+    // Below 2^-14: the nearest multiple of 2^-24 (ties to even), in integers, whatever the
+    // caller's rounding mode: the significand shifted down by 126 − exponent bits (14 to 24;
+    // below 2^-25, float subnormals too, it rounds to zero). 1024 units is 2^-14, float16's
+    // smallest normal, encoded as such.
+    const std::uint32_t exponent = magnitude >> 23;
+    if (exponent < 102) return {sign};
+    const std::uint32_t significand = (magnitude & 0x7FFFFF) | 0x800000;
+    const std::uint32_t shift = 126 - exponent;
+    const std::uint32_t units = significand >> shift;
+    const std::uint32_t rest = significand & ((1u << shift) - 1), half = 1u << (shift - 1);
+    const std::uint32_t rounded = units + (rest > half || (rest == half && (units & 1)) ? 1 : 0);
+    return {static_cast<std::uint16_t>(sign | rounded)};
   }
   // Round at bit 13, then take the exponent from float's bias to float16's; a carry out of the
   // fraction steps the exponent up, as it should.

@@ -17,10 +17,12 @@ namespace bnorm::detail {
 
 class fp_environment_scope {
  public:
-  fp_environment_scope() noexcept : saved_(read() & mode_mask) {
+  fp_environment_scope() noexcept : saved_(read() & mode_mask), outer_(innermost_) {
     if (saved_ != computing) write((read() & ~mode_mask) | computing);
+    innermost_ = this;
   }
   ~fp_environment_scope() {
+    innermost_ = outer_;
     if (saved_ != computing) write((read() & ~mode_mask) | saved_);
   }
   fp_environment_scope(const fp_environment_scope&) = delete;
@@ -55,7 +57,39 @@ class fp_environment_scope {
 #else
 #error "bnorm: no floating-point environment control for this architecture"
 #endif
+ public:
+  /// For the span of a call into oneTBB: the thread's own modes again, as they were before
+  /// bnorm's outermost scope on it. oneTBB records a thread's modes when it first meets it (an
+  /// arena's creation, the thread's first parallel loop) and gives them to the tasks it runs
+  /// there later: it must record the caller's, not bnorm's, or the caller's own oneTBB work
+  /// would lose its FTZ/DAZ or rounding mode for good. No-op outside any scope.
+  class callers_modes {
+   public:
+    callers_modes() noexcept : modes_(outermost_saved()) {
+      if (modes_ != computing) write((read() & ~mode_mask) | modes_);
+    }
+    ~callers_modes() {
+      if (modes_ != computing) write((read() & ~mode_mask) | computing);
+    }
+    callers_modes(const callers_modes&) = delete;
+    callers_modes& operator=(const callers_modes&) = delete;
+
+   private:
+    word modes_;
+  };
+
+ private:
+  /// The modes saved by the outermost scope alive on this thread; `computing` without one.
+  static word outermost_saved() noexcept {
+    const fp_environment_scope* scope = innermost_;
+    if (scope == nullptr) return computing;
+    while (scope->outer_ != nullptr) scope = scope->outer_;
+    return scope->saved_;
+  }
+
   word saved_;
+  const fp_environment_scope* outer_;  // the scope this one is nested in, on this thread
+  inline static thread_local const fp_environment_scope* innermost_ = nullptr;
 };
 
 }  // namespace bnorm::detail

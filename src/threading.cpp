@@ -36,6 +36,7 @@ std::shared_ptr<thread_limit::capped_arena> thread_limit::arena_of(int threads) 
 }
 
 thread_limit::thread_limit(int max_threads) {
+  const fp_environment_scope::callers_modes callers;  // oneTBB may meet this thread here
   if (max_threads == 1) {
     single_ = true;
   } else if (max_threads > 1) {
@@ -52,7 +53,9 @@ thread_limit::thread_limit(int max_threads) {
 }
 
 bool thread_limit::more_than_one_thread() const noexcept {
-  return !single_ && (arena_ != nullptr || tbb::this_task_arena::max_concurrency() > 1);
+  if (single_ || arena_ != nullptr) return !single_;
+  const fp_environment_scope::callers_modes callers;
+  return tbb::this_task_arena::max_concurrency() > 1;
 }
 
 thread_limit::~thread_limit() = default;
@@ -61,7 +64,9 @@ thread_limit& thread_limit::operator=(thread_limit&&) noexcept = default;
 
 void thread_limit::run_parallel(std::size_t count, std::size_t grain, const block_fn& body,
                                 unit_placement placement) const {
-  auto loop = [&] {
+  // The caller's modes while oneTBB runs the loop; each block computes in bnorm's.
+  const fp_environment_scope::callers_modes callers;
+  auto units = [&] {
     // An isolated context: a call made from inside a caller's task whose group is cancelled
     // (another iteration threw, say) must still run every unit, not return with dst unwritten.
     // bnorm's own bodies neither throw nor cancel.
@@ -78,6 +83,10 @@ void thread_limit::run_parallel(std::size_t count, std::size_t grain, const bloc
       tbb::parallel_for(range, block, context);
     }
   };
+  // Isolated: while it waits for the units, the calling thread takes none of the caller's own
+  // tasks (an iteration of the caller's loop around this call, which could wait on a lock the
+  // thread holds, or find its thread's state in the middle of this call).
+  auto loop = [&] { tbb::this_task_arena::isolate(units); };
   if (arena_) {
     arena_->arena.execute(loop);
   } else {

@@ -3,9 +3,11 @@
 // unmasked exceptions). Each test compares with the same call made in a plain environment.
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <cfenv>
 #include <cstring>
 #include <limits>
+#include <thread>
 
 #include <oneapi/tbb/blocked_range.h>
 #include <oneapi/tbb/parallel_for.h>
@@ -281,6 +283,65 @@ TEST(CallersFloatingPointEnvironment, EntryPointsOutsideThePassesChangeNoBit) {
   }
 }
 
+// oneTBB records a thread's floating-point modes when it first meets the thread, and gives
+// them to the tasks it runs for it from then on. A thread whose first oneTBB work is bnorm's
+// (a plan made at load time, a first call) must leave it the caller's modes, not bnorm's: the
+// engine's own parallel loops then still flush subnormals under FTZ/DAZ. Each case on a
+// thread of its own, which oneTBB has not met yet.
+TEST(CallersFloatingPointEnvironment, TheCallersOwnParallelWorkKeepsItsModes) {
+  const geometry g(parallel_shape);
+  const std::vector<float> x = normal_data<float>(g.elements(), 0.0, 1.0, 44);
+  for (const int threads : {0, 2}) {
+    std::size_t flushed = 0, mxcsr_after = 0;
+    std::thread engine([&] {
+      const caller_mxcsr environment(ftz_daz);
+      const bnorm::plan plan = plan_with_threads(threads);  // before any oneTBB work here
+      EXPECT_TRUE(run_both(plan, x, g.c).inference.ok());
+      mxcsr_after = _mm_getcsr() & 0xFFC0u;
+      volatile float tiny = 1e-38f;
+      std::atomic<std::size_t> count{0};
+      tbb::parallel_for(0, 1000, [&](int) {
+        if (tiny * 0.5f == 0.0f) ++count;  // flushed under the engine's FTZ
+      });
+      flushed = count.load();
+    });
+    engine.join();
+    EXPECT_EQ(mxcsr_after, ftz_daz & 0xFFC0u) << "max_threads " << threads;
+    EXPECT_EQ(flushed, 1000u) << "max_threads " << threads
+                              << ": the engine's own tasks lost its FTZ/DAZ";
+  }
+}
+
 #endif  // __x86_64__
+
+// A call waits for its units without taking the caller's other tasks: an iteration of the
+// caller's parallel loop around the call never starts on the calling thread in the middle of
+// it (where it could wait on a lock the thread holds, or find the thread's state half-changed).
+TEST(CallersContext, ACallTakesNoneOfTheCallersTasksWhileItWaits) {
+  const geometry g(parallel_shape);
+  const std::vector<float> x = normal_data<float>(g.elements(), 0.0, 1.0, 45);
+  const std::vector<float> mean(g.c, 0.0f), var(g.c, 1.0f);
+  for (layout l : {layout::channels_first, layout::channels_last}) {
+    const bnorm::plan plan = plan_with_threads(0, l);
+    static thread_local bool in_call = false;
+    std::atomic<int> nested{0};
+    for (int round = 0; round < 20; ++round) {
+      tbb::parallel_for(0, 64, [&](int) {
+        if (in_call) ++nested;
+        std::vector<float> y(x.size());
+        bnorm::inference_args a;
+        a.src = x.data();
+        a.dst = y.data();
+        a.mean = in(mean);
+        a.var = in(var);
+        in_call = true;
+        const bnorm::status s = plan.forward_inference(a);
+        in_call = false;
+        EXPECT_TRUE(s.ok());
+      });
+    }
+    EXPECT_EQ(nested.load(), 0) << (l == layout::channels_first ? "nchw" : "nhwc");
+  }
+}
 
 }  // namespace

@@ -4,6 +4,7 @@
 // place of the storage type, the statistics as exact as float32's.
 #include <gtest/gtest.h>
 
+#include <cfenv>
 #include <cfloat>
 #include <cmath>
 #include <cstring>
@@ -47,6 +48,40 @@ std::uint16_t reference_bfloat16(float v) {
   if (d_lo < d_hi) return static_cast<std::uint16_t>(down >> 16);
   if (d_hi < d_lo) return static_cast<std::uint16_t>(up >> 16);
   return static_cast<std::uint16_t>(((down >> 16) & 1) ? up >> 16 : down >> 16);
+}
+
+// The public conversion rounds to nearest even whatever the caller's rounding mode: float16's
+// subnormal range included (its units of 2^-24, where a float's scaled value was once rounded
+// by the current mode). Every float of magnitude [2^-26, 2^-14) and a little beyond, both
+// signs, against the results in the default mode.
+TEST(HalfConversions, Float16RoundsToNearestInEveryRoundingMode) {
+  std::vector<std::uint32_t> inputs;
+  for (std::uint32_t bits = 0x32800000u; bits < 0x38900000u; bits += 7) {
+    inputs.push_back(bits);
+    inputs.push_back(bits | 0x80000000u);
+  }
+  std::vector<std::uint16_t> nearest(inputs.size());
+  for (std::size_t i = 0; i < inputs.size(); ++i) {
+    float v;
+    std::memcpy(&v, &inputs[i], 4);
+    nearest[i] = bnorm::float16::from_float(v).bits;
+  }
+  for (const int mode : {FE_UPWARD, FE_DOWNWARD, FE_TOWARDZERO}) {
+    ASSERT_EQ(std::fesetround(mode), 0);
+    std::size_t differ = 0;
+    for (std::size_t i = 0; i < inputs.size(); ++i) {
+      float v;
+      std::memcpy(&v, &inputs[i], 4);
+      differ += bnorm::float16::from_float(v).bits != nearest[i];
+    }
+    std::fesetround(FE_TONEAREST);
+    EXPECT_EQ(differ, 0u) << "rounding mode " << mode;
+  }
+  // Ties in the subnormal range go to even: 1.5 and 2.5 units of 2^-24.
+  EXPECT_EQ(bnorm::float16::from_float(0x1.8p-24f).bits, 2);
+  EXPECT_EQ(bnorm::float16::from_float(0x1.4p-23f).bits, 2);
+  EXPECT_EQ(bnorm::float16::from_float(0x1p-25f).bits, 0);
+  EXPECT_EQ(bnorm::float16::from_float(0x1.000002p-25f).bits, 1);
 }
 
 TEST(HalfConversions, Float16MatchesTheCompilersFloat16) {
