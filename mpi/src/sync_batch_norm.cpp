@@ -9,6 +9,7 @@
 
 #include <cstdio>
 #include <cstring>
+#include <limits>
 #include <new>
 #include <string>
 #include <vector>
@@ -193,6 +194,14 @@ status exchange(const header& mine, const status& local, const double* block,
                              "was written on any rank",
                              word_name(w), text);
     }
+  }
+  // MPI counts are ints: every rank agrees on C here, so every rank refuses alike.
+  if (block_size > static_cast<std::size_t>(std::numeric_limits<int>::max())) {
+    return status::failure(
+        status_code::invalid_argument,
+        "bnorm::mpi: expected blocks of at most 2^31 - 1 doubles (C below 2^30), "
+        "got %zu",
+        block_size);
   }
   blocks.resize(static_cast<std::size_t>(ranks) * block_size);
   if (int code = MPI_Allgather(block, static_cast<int>(block_size), MPI_DOUBLE, blocks.data(),
