@@ -356,16 +356,17 @@ class training_step {
     // The kernels square float32 differences: below ~1e-19 those squares lose bits or vanish.
     // That only shows when var + eps is that small too (an eps far below any framework's), so
     // such a channel is summed again, exactly, instead of slowing every block. float64 squares
-    // keep their bits down to ~1e-300. Beyond ~1e154 they overflow: a channel whose variance
-    // is not finite is summed again too, scaled (and stays NaN where its data holds a NaN or
-    // an infinity).
+    // lose theirs below ~1e-308 (subnormal, then zero): a float64 var + eps below 1e-290 is
+    // summed again likewise. Beyond ~1e154 they overflow: a channel whose variance is not
+    // finite is summed again too, scaled (and stays NaN where its data holds a NaN or an
+    // infinity).
     //
     // A pivot far from its channel's mean (the values it was taken from did not represent the
     // channel: zero padding, an outlier, stripes) leaves the float32 squares large next to the
-    // variance, and their rounding shows in it: beyond the plan's bound (1.5 to 3 standard
+    // variance, and their rounding shows in it: beyond the plan's bound (1.5 to 2 standard
     // deviations, kernels::max_pivot_offset_squared) the pivot moves to the mean and the caller
     // takes the sums again, once.
-    const double resum_below = std::is_same<T, float>::value ? 1e-30 : 0.0;
+    const double resum_below = std::is_same<T, float>::value ? 1e-30 : 1e-290;
     finalized result;
     kernels::moment_channels<T> moments;
     moments.channels = c1 - c0;

@@ -544,6 +544,10 @@ std::vector<T> batch_norm<T>::forward(const std::vector<T>& src, const tensor_sh
 
 template <class T>
 isa batch_norm<T>::isa() const {
+  if (last_forward_) {
+    const plan& last = last_forward_->batch_statistics ? training_plan_ : inference_plan_;
+    if (last.valid()) return last.isa();
+  }
   if (training_plan_.valid()) return training_plan_.isa();
   if (inference_plan_.valid()) return inference_plan_.isa();
   bnorm::isa selected = bnorm::isa::sse2;

@@ -51,9 +51,13 @@ moments exact_moments(std::size_t batch, std::size_t spatial, double epsilon,
     }
   const double scaled_variance = squares / count;
   const double variance = scaled_variance * unit * unit;
-  // Where the variance overflows, 1/std still fits: take it from the scaled variance.
-  const double inv_std = std::isinf(variance) && std::isfinite(scaled_variance)
-                             ? 1.0 / (unit * std::sqrt(scaled_variance + epsilon / (unit * unit)))
+  // Where the variance overflows, or underflows to a subnormal or zero (float64 values within
+  // ~1e-154 of each other, eps 0), 1/std still fits: take it from the scaled variance while
+  // eps, scaled alike, stays finite (else eps outweighs the variance by far).
+  const double scaled_epsilon = epsilon / unit / unit;  // unit² itself may underflow
+  const bool beyond = std::isinf(variance) || (unit < 1.0 && std::isfinite(scaled_epsilon));
+  const double inv_std = beyond && std::isfinite(scaled_variance)
+                             ? 1.0 / (unit * std::sqrt(scaled_variance + scaled_epsilon))
                              : inverse_std(variance, epsilon);
   return {mean * unit, variance, inv_std};
 }

@@ -91,7 +91,8 @@ class Edges : public testing::TestWithParam<bnorm::isa> {
   /// Training on x; y, the batch statistics and the running statistics (from mean 0, var 1)
   /// checked against the long double reference.
   template <class T>
-  void check_training(const std::vector<T>& x, const bnorm::tensor_shape& shape, layout l) {
+  void check_training(const std::vector<T>& x, const bnorm::tensor_shape& shape, layout l,
+                      double eps = 1e-5) {
     const geometry g(shape);
     std::vector<T> y(x.size()), mean(g.c), inv_std(g.c), running_mean(g.c, T(0)),
         running_var(g.c, T(1));
@@ -102,12 +103,12 @@ class Edges : public testing::TestWithParam<bnorm::isa> {
     args.batch_inv_std = out(inv_std);
     args.running_mean = out(running_mean);
     args.running_var = out(running_var);
-    const bnorm::status s = plan<T>(shape, l).forward_training(args);
+    const bnorm::status s = plan<T>(shape, l, eps).forward_training(args);
     ASSERT_TRUE(s.ok()) << s.message();
     const auto ref = long_double_moments(x, shape, l);
     const real count = static_cast<real>(g.n * g.spatial);
     for (std::size_t c = 0; c < g.c; ++c) {
-      const real inv = 1 / std::sqrt(ref[c].variance + static_cast<real>(1e-5));
+      const real inv = 1 / std::sqrt(ref[c].variance + static_cast<real>(eps));
       for (std::size_t n = 0; n < g.n; ++n)
         for (std::size_t sp = 0; sp < g.spatial; ++sp) {
           const std::size_t i = g.offset(l, n, c, sp);
@@ -184,6 +185,42 @@ TEST_P(Edges, DoubleSpreadBeyondTheSquareRange) {
       check_training<double>(x, shape, l);
     }
   }
+}
+
+// float64 values within ~1e-154 of each other square below the normal range (subnormal, then
+// zero): with eps 0 the variance lost its bits (y off by 4e-4 at 1e-160) or vanished (1/std
+// infinite, y NaN from 1e-162), where 1/std and y are finite. Summed again exactly, and 1/std
+// taken from the scaled variance.
+TEST_P(Edges, DoubleSpreadBelowTheSquareRange) {
+  for (layout l : {layout::channels_first, layout::channels_last}) {
+    for (double spread : {1e-158, 1e-160, 1e-162, 1e-200, 1e-300}) {
+      SCOPED_TRACE(spread);
+      const double pattern[8] = {1, 3, 1, 3, 2, 2, 1, 3};
+      std::vector<double> x(8);
+      for (std::size_t i = 0; i < 8; ++i) x[i] = pattern[i] * spread;
+      check_training<double>(x, {8, 1}, l, 0.0);
+      const bnorm::tensor_shape shape{16, 3, 5};
+      std::vector<double> wide = normal_data<double>(geometry(shape).elements(), 0.5, 1.0, 10);
+      for (double& v : wide) v *= spread;
+      check_training<double>(wide, shape, l, 0.0);
+    }
+  }
+}
+
+// Data built against the pivot bound: the eight rows the pivots come from sit 2.98 standard
+// deviations above the mean, the others alternate in runs of 64 rows between two values, so
+// that every float32 block of 16 rows rounds its squares alike. With the bound at 3 standard
+// deviations for long channels, 1/std was off by 1.26e-6 and y by 1.27e-6; at 2, the pivot
+// moves to the mean.
+TEST_P(Edges, PivotsBuiltToSitThreeDeviationsOff) {
+  const bnorm::tensor_shape shape{8192, 16};
+  std::vector<float> x(8192 * 16);
+  for (std::size_t r = 0; r < 8192; ++r)
+    for (std::size_t c = 0; c < 16; ++c) {
+      x[r * 16 + c] =
+          r % 1024 == 0 ? 2002.4123535156f : ((r / 64) % 2 ? 1997.0688476562f : 1999.7540283203f);
+    }
+  check_training<float>(x, shape, layout::channels_last);
 }
 
 /// Inference with the given per-channel statistics on x; y against the long double formula.

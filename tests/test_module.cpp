@@ -432,6 +432,19 @@ TEST(Module, ReportsItsIsa) {
   const bnorm::isa lowest = bnorm::available_isas().front();
   ASSERT_TRUE(bnorm::select_isa(lowest, &expected).ok());
   EXPECT_EQ(expected, lowest);
+  // The most recent forward's plan: a training plan of a tiny tensor, then an inference plan
+  // of another shape (each ISA as a plan of its own would take).
+  if (std::getenv("BNORM_MAX_ISA") == nullptr) {
+    auto bn1 = bnorm::torch::BatchNorm1d(4);
+    const auto isa_of = [](const bnorm::tensor_shape& shape) {
+      return make_plan_or_fail({shape, bnorm::layout::channels_first}, {}).isa();
+    };
+    bn1.forward(std::vector<float>(8, 1.f), {2, 4});
+    EXPECT_EQ(bn1.isa(), isa_of({2, 4}));
+    bn1.eval();
+    bn1.forward(std::vector<float>(4096 * 4, 1.f), {4096, 4});
+    EXPECT_EQ(bn1.isa(), isa_of({4096, 4}));
+  }
 }
 
 // Without a cap, float32 channels-first planes shorter than 256 values (but a batch of one

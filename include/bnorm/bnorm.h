@@ -127,7 +127,8 @@ typedef struct bnorm_plan_options {
   double clamp_max;
 } bnorm_plan_options;
 
-/** Per-channel buffers: `size` values of the plan's dtype, C of them; {NULL, 0} to omit. */
+/** Per-channel buffers: `size` values, C of them, of the plan's dtype (float32 for BNORM_BF16
+ * and BNORM_F16 data); {NULL, 0} to omit. */
 typedef struct bnorm_channel_input {
   const void* data;
   size_t size;

@@ -142,7 +142,8 @@ class batch_norm {
   /// layer before it: weight and bias become the fused layer's (see fold_into_layer); an empty
   /// bias (a layer without one) becomes C values. Refused with a bnorm::error, the layer left
   /// untouched, for a module that normalizes with batch statistics (train mode, PyTorch's
-  /// track_running_stats=False, MindSpore's use_batch_statistics=True): "Fusion only for eval".
+  /// track_running_stats=False, MindSpore's use_batch_statistics=True): "fold_into: expected a
+  /// module that normalizes with its running statistics (eval mode), ...".
   void fold_into(std::vector<T>& weight, std::vector<T>& bias, const tensor_shape& weight_shape,
                  weight_layout layout = weight_layout::output_first, std::int64_t groups = 1) const;
 

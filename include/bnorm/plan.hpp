@@ -1,6 +1,6 @@
 // bnorm engine API: validate a problem once into a plan, then execute it on caller-owned buffers.
 //
-//   bnorm::problem prob({32, 64, 56, 56}, bnorm::layout::channels_first, bnorm::dtype::f32, 1e-5);
+//   bnorm::problem prob{{32, 64, 56, 56}, bnorm::layout::channels_first, bnorm::dtype::f32, 1e-5};
 //   bnorm::plan plan;
 //   bnorm::status st = bnorm::make_plan(prob, bnorm::plan_options{}, &plan);
 //   st = plan.forward_training({src, dst, {gamma, 64}, {beta, 64}, ...});
@@ -74,10 +74,13 @@ std::vector<isa> available_isas();
 
 /// The ISA that make_plan picks for `max_isa`: the best available one at or below both
 /// `max_isa` (when given) and the environment variable BNORM_MAX_ISA (when set), which caps
-/// every plan of the process. Without either cap, one kind of problem runs a narrower ISA where
-/// it is faster: float32 channels-first planes of fewer than 256 values (ResNet's 7×7 and
-/// 14×14) take AVX2's kernels on AVX-512 machines; plan::isa() tells. Fails as make_plan would
-/// (a malformed BNORM_MAX_ISA, no ISA under the cap).
+/// every plan of the process. Without either cap, on AVX-512 machines two kinds of problem run
+/// AVX2's kernels, where they are faster: float32 channels-first planes of fewer than 256
+/// values (64 for the backward) that the AVX-512 kernels do not map in channel groups (ResNet's
+/// 14×14 at batch 1 does not take them; its 7×7 does), and tensors of at most 64 values with
+/// fewer channels than a float64 vector holds. plan::isa() tells the forward's ISA,
+/// plan::describe() the backward's where it differs. Fails as make_plan would (a malformed
+/// BNORM_MAX_ISA, no ISA under the cap).
 status select_isa(std::optional<isa> max_isa, isa* out) noexcept;
 
 /// How the running statistics follow the batch statistics. Always explicit: the same momentum
@@ -203,7 +206,9 @@ struct channel_output {
   std::size_t size = 0;
 };
 
-/// Buffers of one training step. All per-channel buffers hold C values of the plan's dtype.
+/// Buffers of one training step. All per-channel buffers hold C values of the plan's parameter
+/// type (see plan_options::parameter_dtype: float32 for bf16 and f16 data unless it says
+/// otherwise).
 struct training_args {
   const void* src = nullptr;     ///< Input, N×C×spatial elements in the plan's layout.
   void* dst = nullptr;           ///< Output, same shape and layout; may equal src (in place).
@@ -222,7 +227,8 @@ struct training_args {
   const void* residual = nullptr;
   /// Optional caller-owned scratch, 64-byte aligned, of at least
   /// plan::training_scratch_size() bytes when that is not 0. Without it a call that needs
-  /// scratch allocates it; calls whose scratch fits on the stack ignore it.
+  /// scratch allocates it; calls whose scratch fits on the stack do not use it (its alignment
+  /// is checked all the same).
   void* scratch = nullptr;
   std::size_t scratch_size = 0;
 };
@@ -265,7 +271,7 @@ struct backward_args {
   channel_output diff_shift;  ///< dβ = Σ dy, or omitted.
   /// A plan with an activation (plan_options::activation): the forward's output, whose mask
   /// the gradient passes through first (ReLU, add+ReLU: y > 0; clamp: clamp_min < y <
-  /// clamp_max). Required there, none otherwise.
+  /// clamp_max, the bounds as the storage type holds them). Required there, none otherwise.
   const void* dst = nullptr;
   /// add_relu: dz, the residual's gradient (dy through the mask), or null; may equal
   /// diff_dst (in place). Other activations: none.
@@ -328,7 +334,7 @@ class plan {
                                   const double* summed, std::size_t exchange_size) const noexcept;
 
   bool valid() const noexcept { return impl_ != nullptr; }
-  /// The ISA whose kernels this plan runs.
+  /// The ISA whose kernels this plan's forward runs (its backward's: see describe()).
   bnorm::isa isa() const noexcept;
   /// One line that says what the plan runs: ISA, dtype, traversal, the schedule of each path
   /// with its units, stores and threading, e.g. "avx512f · f32 · channels-last rows (3136 ×

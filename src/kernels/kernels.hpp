@@ -15,12 +15,12 @@ namespace bnorm::kernels {
 /// to the variance: their rounding grows 1 + (mean − pivot)²/variance times in it. The caller
 /// moves the pivot to the mean and sums again. Short channels average their blocks' rounding
 /// least: 98 values tolerate 1.5 standard deviations (y's error up to 1.1e-6 there), and the
-/// bound grows as count^0.4, to 3 standard deviations from 3,136 values on (docs/design.md,
-/// "Pivots"): long channels, which the two-pass schedules read again to resum, seldom do.
-/// Pivots from eight values or more pass 1.5 standard deviations on ordinary data in fewer
-/// than one channel of 45,000.
+/// bound grows as count^0.4, to 2 standard deviations from 413 values on (docs/design.md,
+/// "Pivots"; 3 let data built to sit in blocks of the float32 sums, a pivot 2.98 standard
+/// deviations off, reach 1.27e-6). Pivots from eight values or more pass 1.5 standard
+/// deviations on ordinary data in fewer than one channel of 45,000, 2 in one of 60 million.
 inline double max_pivot_offset_squared(double count) noexcept {
-  return count <= 98.0 ? 2.25 : std::fmin(9.0, 2.25 * std::pow(count / 98.0, 0.4));
+  return count <= 98.0 ? 2.25 : std::fmin(4.0, 2.25 * std::pow(count / 98.0, 0.4));
 }
 
 /// The per-channel (channels-last: per-slot) normalization coefficients, one array each:

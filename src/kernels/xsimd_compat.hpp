@@ -214,7 +214,10 @@ xsimd::batch<T, Arch> fmadd(const xsimd::batch<T, Arch>& a, const xsimd::batch<T
   }
 }
 
-/// c − a·b, fused wherever the ISA has FMA (xsimd's fnma; AVX-512 as in fmadd).
+/// c − a·b, fused wherever the ISA has FMA (xsimd's fnma; AVX-512 as in fmadd). SSE2 has none:
+/// there one subtraction of the product, so that a NaN product keeps its sign whatever code
+/// surrounds it (xsimd's −a·b + c let GCC negate the product in some loops and subtract it in
+/// others, and a NaN's sign changed with the store policy).
 template <class T, class Arch>
 xsimd::batch<T, Arch> fnmadd(const xsimd::batch<T, Arch>& a, const xsimd::batch<T, Arch>& b,
                              const xsimd::batch<T, Arch>& c) noexcept {
@@ -227,7 +230,11 @@ xsimd::batch<T, Arch> fnmadd(const xsimd::batch<T, Arch>& a, const xsimd::batch<
   } else
 #endif
   {
-    return xsimd::fnma(a, b, c);
+    if constexpr (std::is_same<Arch, xsimd::sse2>::value) {
+      return c - a * b;
+    } else {
+      return xsimd::fnma(a, b, c);
+    }
   }
 }
 
