@@ -115,12 +115,18 @@ std::vector<double> reference_normalize(const std::vector<T>& x, const bnorm::te
   return y;
 }
 
+/// worst = max(worst, error), a NaN error kept (std::max(worst, NaN) would drop it): a
+/// result that is NaN must fail the bound that the worst error is checked against.
+inline void keep_worst(double& worst, double error) {
+  if (!(error <= worst)) worst = error;
+}
+
 template <class Vector>
 double max_abs_error(const Vector& got, const std::vector<double>& want) {
   double worst = 0.0;
   for (std::size_t i = 0; i < got.size(); ++i) {
     const double e = std::fabs(static_cast<double>(got[i]) - want[i]);
-    if (!(e <= worst)) worst = e;  // NaN propagates
+    keep_worst(worst, e);
   }
   return worst;
 }

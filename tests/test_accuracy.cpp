@@ -22,16 +22,17 @@ struct accuracy_case {
   double bound;
 };
 
-// The targets: ≤ 1e-6 on standard-normal data, ≤ 1e-5 when the mean is 1e5 × std.
-// (PyTorch 1.13 channels-last is off by 4.8 at 1e5 on this machine kind, oneDNN 2.6 by 6.7e-2.)
+// The claim: |y − y_ref| ≤ 1e-6 · max(1, |y_ref|) on standard-normal data, and also when the
+// mean is 1e5 × std (PyTorch 1.13 channels-last is off by 4.8 at 1e5 on this machine kind,
+// oneDNN 2.6 by 6.7e-2).
 TEST_P(Accuracy, TrainingMeetsTheTargetsAtLargeOffsets) {
   const accuracy_case cases[] = {
       {{8, 64, 28, 28}, layout::channels_first, 0.0, 1e-6},
       {{8, 64, 28, 28}, layout::channels_last, 0.0, 1e-6},
       {{4096, 64}, layout::channels_last, 0.0, 1e-6},
-      {{8, 64, 28, 28}, layout::channels_first, 1e5, 1e-5},
-      {{8, 64, 28, 28}, layout::channels_last, 1e5, 1e-5},
-      {{4096, 64}, layout::channels_last, 1e5, 1e-5},
+      {{8, 64, 28, 28}, layout::channels_first, 1e5, 1e-6},
+      {{8, 64, 28, 28}, layout::channels_last, 1e5, 1e-6},
+      {{4096, 64}, layout::channels_last, 1e5, 1e-6},
   };
   for (const accuracy_case& k : cases) {
     const geometry g(k.shape);
@@ -47,15 +48,18 @@ TEST_P(Accuracy, TrainingMeetsTheTargetsAtLargeOffsets) {
     args.dst = y.data();
     ASSERT_TRUE(plan.forward_training(args).ok());
     const reference_stats ref = reference_moments(x, k.shape, k.l);
-    const double err =
-        max_abs_error(y, reference_normalize(x, k.shape, k.l, ref.mean, ref.variance, 1e-5,
-                                             std::vector<float>{}, std::vector<float>{}));
+    const std::vector<double> want = reference_normalize(
+        x, k.shape, k.l, ref.mean, ref.variance, 1e-5, std::vector<float>{}, std::vector<float>{});
+    double err = 0.0;  // relative to max(1, |y_ref|)
+    for (std::size_t i = 0; i < y.size(); ++i) {
+      keep_worst(err, std::fabs(y[i] - want[i]) / std::max(1.0, std::fabs(want[i])));
+    }
     const std::string name = shape_name(k.shape) +
                              (k.l == layout::channels_first ? "_nchw" : "_nhwc") + "_offset" +
                              std::to_string(static_cast<long>(k.offset));
     RecordProperty("max_abs_error_" + name, std::to_string(err));
     std::cout << "[ accuracy ] " << bnorm::to_string(GetParam()) << " " << name
-              << " max|y - y_ref| = " << err << "\n";
+              << " max|y - y_ref| / max(1, |y_ref|) = " << err << "\n";
     EXPECT_LE(err, k.bound) << name;
   }
 }

@@ -291,7 +291,9 @@ static void test_backward(void) {
     CHECK(fabs(dbeta[c] - (dy[c] + dy[4 + c])) < 1e-6);
     CHECK(fabs(dgamma[c] - (dy[c] * seed_x[c] + dy[4 + c] * seed_x[4 + c]) * inv) < 1e-6);
   }
-  /* Training, from the batch's own statistics: dx sums to zero over each channel. */
+  /* Training, from the batch's own statistics (the biased variance), against the formulas in
+   * float64 on the same float32 values: dβ = Σdy, dγ = Σdy·x̂ and
+   * dx = inv·(dy − dβ/M − x̂·dγ/M) with x̂ = (x − mean)·inv, M = 2 (γ omitted: 1). */
   float mean[4], var[4];
   for (int c = 0; c < 4; ++c) {
     mean[c] = (seed_x[c] + seed_x[4 + c]) / 2;
@@ -300,7 +302,24 @@ static void test_backward(void) {
   b.mean.data = mean;
   b.var.data = var;
   CHECK(bnorm_backward_training(plan, &b, &status) == BNORM_OK);
-  for (int c = 0; c < 4; ++c) CHECK(fabs(dx[c] + dx[4 + c]) < 1e-4 * (1 + fabs(dx[c])));
+  for (int c = 0; c < 4; ++c) {
+    const double inv = 1 / sqrt((double)var[c] + 1e-5);
+    double xhat[2], sum_dy = 0, sum_dy_xhat = 0, sum_abs = 0;
+    for (int n = 0; n < 2; ++n) {
+      xhat[n] = ((double)seed_x[4 * n + c] - mean[c]) * inv;
+      sum_dy += dy[4 * n + c];
+      sum_dy_xhat += dy[4 * n + c] * xhat[n];
+      sum_abs += fabs(dy[4 * n + c] * xhat[n]);
+    }
+    CHECK(fabs(dbeta[c] - sum_dy) <= 1e-6 * (fabs(dy[c]) + fabs(dy[4 + c])));
+    CHECK(fabs(dgamma[c] - sum_dy_xhat) <= 1e-6 * sum_abs);
+    for (int n = 0; n < 2; ++n) {
+      const double terms =
+          inv * (fabs(dy[4 * n + c]) + fabs(sum_dy) / 2 + fabs(xhat[n] * sum_dy_xhat) / 2);
+      const double want = inv * (dy[4 * n + c] - sum_dy / 2 - xhat[n] * sum_dy_xhat / 2);
+      CHECK(fabs(dx[4 * n + c] - want) <= 1e-6 * terms);
+    }
+  }
   memset(dx, 0, sizeof dx);
   b.var.size = 3;
   expect_error(bnorm_backward_training(plan, &b, &status), &status, BNORM_INVALID_ARGUMENT,

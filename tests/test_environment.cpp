@@ -149,18 +149,33 @@ TEST(CallersFloatingPointEnvironment, FlushToZeroChangesNoBitForAnyThreadCount) 
   }
 }
 
-// A caller that unmasks the invalid-operation trap gets no SIGFPE from a NaN in the data.
+// A caller that unmasks the invalid-operation and divide-by-zero traps gets no SIGFPE from a NaN
+// or an infinity in the data, nor from a constant channel with eps 0 (1/sqrt(0): a division by
+// zero on the ISAs that divide), on every ISA.
 TEST(CallersFloatingPointEnvironment, UnmaskedTrapsDoNotFault) {
   const geometry g(parallel_shape);
   std::vector<float> x = normal_data<float>(g.elements(), 0.0, 1.0, 43);
   x[5] = std::numeric_limits<float>::quiet_NaN();
   x[g.elements() - 3] = std::numeric_limits<float>::infinity();
-  const bnorm::plan plan = plan_with_threads(0);
-  const outputs plain = run_both(plan, x, g.c);
-  const caller_mxcsr unmasked(0x1F80 & ~0x0180u);  // invalid and divide-by-zero unmasked
-  const outputs got = run_both(plan, x, g.c);
-  EXPECT_TRUE(got.training.ok() && got.inference.ok());
-  EXPECT_TRUE(got.same_bits_as(plain));
+  for (std::size_t n = 0; n < g.n; ++n) {  // channel 1 constant
+    for (std::size_t s = 0; s < g.spatial; ++s) x[g.offset(layout::channels_first, n, 1, s)] = 3.f;
+  }
+  constexpr unsigned invalid = 0x0080, divide_by_zero = 0x0200;  // MXCSR's IM and ZM
+  for (bnorm::isa isa : isas_under_test()) {
+    SCOPED_TRACE(bnorm::to_string(isa));
+    bnorm::plan_options opts;
+    opts.max_threads = 0;
+    opts.max_isa = isa;
+    const bnorm::plan plan =
+        make_plan_or_fail({parallel_shape, layout::channels_first, bnorm::dtype::f32, 0.0}, opts);
+    const outputs plain = run_both(plan, x, g.c);
+    ASSERT_TRUE(std::isnan(plain.y[g.offset(layout::channels_first, 0, 1, 0)]))
+        << "the constant channel with eps 0 computes 0·(1/sqrt(0))";
+    const caller_mxcsr unmasked(0x1F80 & ~(invalid | divide_by_zero));
+    const outputs got = run_both(plan, x, g.c);
+    EXPECT_TRUE(got.training.ok() && got.inference.ok());
+    EXPECT_TRUE(got.same_bits_as(plain));
+  }
 }
 
 // The entry points that compute outside the parallel passes: the distributed merges, a plan's

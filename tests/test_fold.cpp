@@ -80,7 +80,7 @@ void expect_folds(const std::string& name, const layer_fn& layer, std::vector<fl
     // float32 rounding of the folded weights and bias: a few ulps of the terms' magnitude.
     const double bound = 1e-6 * static_cast<double>(scale * before.magnitude[i] + 1);
     const double e = std::fabs(static_cast<double>(after.values[i] - want));
-    worst = std::max(worst, e / bound);
+    keep_worst(worst, e / bound);
     ASSERT_LE(e, bound) << "output " << i << " channel " << o;
   }
   std::cout << "[ fold ] " << name << ": worst error " << worst << " of its bound\n";
@@ -213,7 +213,10 @@ TEST(Fold, ConvolutionsEveryLayoutAndGrouping) {
       {"conv2d OIHW grouped", 2, 4, 6, 2, weight_layout::output_first},
       {"conv2d depthwise", 2, 3, 6, 3, weight_layout::output_first},
       {"conv2d OHWI", 2, 3, 4, 1, weight_layout::output_first},
+      {"conv2d OHWI depthwise", 2, 3, 6, 3, weight_layout::output_first},
       {"conv2d HWIO", 2, 3, 4, 1, weight_layout::output_last},
+      {"conv2d HWIO grouped", 2, 4, 6, 2, weight_layout::output_last},
+      {"conv2d HWIO depthwise", 2, 4, 4, 4, weight_layout::output_last},
       {"conv1d OIW", 1, 3, 5, 1, weight_layout::output_first},
       {"conv3d OIDHW grouped", 3, 4, 4, 2, weight_layout::output_first},
   };

@@ -243,7 +243,7 @@ TEST_P(HalfStorage, EveryPathWithinOneUlpOfFloat64) {
     for (std::size_t i = 0; i < want.size(); ++i) {
       const double error = std::fabs(got.values[i] - want[i]);
       const double bound = std::max(ulp_of(d, want[i]), 1e-6 * std::max(scale, std::fabs(want[i])));
-      worst_ulps = std::max(worst_ulps, error / ulp_of(d, want[i]));
+      keep_worst(worst_ulps, error / ulp_of(d, want[i]));
       if (error <= 0.5 * ulp_of(d, want[i])) ++exact;
       ASSERT_LE(error, bound) << what << " at " << i << ": " << got.values[i] << " for " << want[i];
     }
