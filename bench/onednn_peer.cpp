@@ -17,8 +17,9 @@ struct onednn_peer::state {
 };
 
 onednn_peer::onednn_peer(const bnorm::tensor_shape& shape, bnorm::layout l, peer_kind kind,
-                         bnorm::dtype data_type, double eps, const peer_buffers& b)
-    : state_(std::make_unique<state>()) {
+                         bnorm::dtype data_type, double eps, const peer_buffers& b, int threads)
+    : state_(std::make_unique<state>()), threads_(threads) {
+  omp_set_num_threads(threads);  // Debian's oneDNN runs on OpenMP
   using dnnl::memory;
   using dnnl::normalization_flags;
   using tag = memory::format_tag;
@@ -85,8 +86,8 @@ onednn_peer::onednn_peer(const bnorm::tensor_shape& shape, bnorm::layout l, peer
 
 onednn_peer::~onednn_peer() = default;
 
-void onednn_peer::run(int threads) {
-  omp_set_num_threads(threads);  // Debian's oneDNN runs on OpenMP
+void onednn_peer::run() {
+  omp_set_num_threads(threads_);
   state_->primitive.execute(state_->stream, state_->args);
   state_->stream.wait();
 }

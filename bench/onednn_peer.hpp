@@ -36,16 +36,19 @@ struct peer_buffers {
 
 class onednn_peer {
  public:
-  /// `data`: f32, or bf16 (float32 scale, shift and statistics).
+  /// `data`: f32, or bf16 (float32 scale, shift and statistics). `threads`: the OpenMP threads
+  /// it runs on, set before the primitive is created: oneDNN's batch norm fixes its thread
+  /// count then (a primitive made under another count keeps that one).
   onednn_peer(const bnorm::tensor_shape& shape, bnorm::layout l, peer_kind kind, bnorm::dtype data,
-              double eps, const peer_buffers& buffers);
+              double eps, const peer_buffers& buffers, int threads);
   ~onednn_peer();
-  void run(int threads);
+  void run();
   static const char* version();
 
  private:
   struct state;
   std::unique_ptr<state> state_;
+  int threads_;
 };
 
 }  // namespace bnorm_bench

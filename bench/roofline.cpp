@@ -27,26 +27,6 @@ __attribute__((target_clones("avx512f", "avx2", "default"))) void affine_block(c
   for (std::size_t i = 0; i < n; ++i) y[i] = 1.5f * x[i] + 0.25f;
 }
 
-__attribute__((target_clones("avx512f", "avx2", "default"))) double sum_block(const float* x,
-                                                                              std::size_t n) {
-  float s = 0.f;
-#pragma omp simd reduction(+ : s)
-  for (std::size_t i = 0; i < n; ++i) s += x[i];
-  return s;
-}
-
-__attribute__((target_clones("avx512f", "avx2", "default"))) double sum2_block(const float* x,
-                                                                               const float* dy,
-                                                                               std::size_t n) {
-  float s = 0.f, t = 0.f;
-#pragma omp simd reduction(+ : s, t)
-  for (std::size_t i = 0; i < n; ++i) {
-    s += dy[i];
-    t += dy[i] * x[i];
-  }
-  return s + t;
-}
-
 __attribute__((target_clones("avx512f", "avx2", "default"))) void combine_block(const float* x,
                                                                                 const float* dy,
                                                                                 float* dx,
@@ -119,6 +99,71 @@ void combine_streamed(const float* x, const float* dy, float* dx, std::size_t n)
                              : __builtin_cpu_supports("avx")   ? combine_streamed_avx
                                                                : combine_streamed_sse2;
   kernel(x, dy, dx, n);
+}
+
+// The read-only passes, in the widest vectors the CPU has, each with eight independent chains of
+// additions: one chain (what `#pragma omp simd reduction` gives) waits an addition's latency
+// for every vector, and over a cache-resident tensor read slower than a pass that reads and
+// writes the same bytes.
+#define BNORM_BENCH_SUM_PASSES(TARGET, ISA, V, LANES, ZERO, LOADU, ADD, MUL, STORE)        \
+  TARGET double lanes_sum_##ISA(V v) {                                                     \
+    alignas(64) float lanes[LANES];                                                        \
+    STORE(lanes, v);                                                                       \
+    double s = 0.0;                                                                        \
+    for (float lane : lanes) s += lane;                                                    \
+    return s;                                                                              \
+  }                                                                                        \
+  TARGET double sum_##ISA(const float* x, std::size_t n) {                                 \
+    V a[8];                                                                                \
+    for (V & v : a) v = ZERO();                                                            \
+    std::size_t i = 0;                                                                     \
+    for (; i + 8 * LANES <= n; i += 8 * LANES) {                                           \
+      for (int k = 0; k < 8; ++k) a[k] = ADD(a[k], LOADU(x + i + k * LANES));              \
+    }                                                                                      \
+    for (; i + LANES <= n; i += LANES) a[0] = ADD(a[0], LOADU(x + i));                     \
+    double tail = 0.0;                                                                     \
+    for (; i < n; ++i) tail += x[i];                                                       \
+    const V all =                                                                          \
+        ADD(ADD(ADD(a[0], a[1]), ADD(a[2], a[3])), ADD(ADD(a[4], a[5]), ADD(a[6], a[7]))); \
+    return lanes_sum_##ISA(all) + tail;                                                    \
+  }                                                                                        \
+  TARGET double sum2_##ISA(const float* x, const float* dy, std::size_t n) {               \
+    V s[4], t[4];                                                                          \
+    for (int k = 0; k < 4; ++k) s[k] = t[k] = ZERO();                                      \
+    std::size_t i = 0;                                                                     \
+    for (; i + 4 * LANES <= n; i += 4 * LANES) {                                           \
+      for (int k = 0; k < 4; ++k) {                                                        \
+        const V d = LOADU(dy + i + k * LANES);                                             \
+        s[k] = ADD(s[k], d);                                                               \
+        t[k] = ADD(t[k], MUL(d, LOADU(x + i + k * LANES)));                                \
+      }                                                                                    \
+    }                                                                                      \
+    double tail = 0.0;                                                                     \
+    for (; i < n; ++i) tail += dy[i] + dy[i] * x[i];                                       \
+    const V all =                                                                          \
+        ADD(ADD(ADD(s[0], s[1]), ADD(s[2], s[3])), ADD(ADD(t[0], t[1]), ADD(t[2], t[3]))); \
+    return lanes_sum_##ISA(all) + tail;                                                    \
+  }
+BNORM_BENCH_SUM_PASSES(__attribute__((target("avx512f"))), avx512, __m512, 16, _mm512_setzero_ps,
+                       _mm512_loadu_ps, _mm512_add_ps, _mm512_mul_ps, _mm512_store_ps)
+BNORM_BENCH_SUM_PASSES(__attribute__((target("avx"))), avx, __m256, 8, _mm256_setzero_ps,
+                       _mm256_loadu_ps, _mm256_add_ps, _mm256_mul_ps, _mm256_store_ps)
+BNORM_BENCH_SUM_PASSES(, sse2, __m128, 4, _mm_setzero_ps, _mm_loadu_ps, _mm_add_ps, _mm_mul_ps,
+                       _mm_store_ps)
+#undef BNORM_BENCH_SUM_PASSES
+
+double sum_block(const float* x, std::size_t n) {
+  static const auto kernel = __builtin_cpu_supports("avx512f") ? sum_avx512
+                             : __builtin_cpu_supports("avx")   ? sum_avx
+                                                               : sum_sse2;
+  return kernel(x, n);
+}
+
+double sum2_block(const float* x, const float* dy, std::size_t n) {
+  static const auto kernel = __builtin_cpu_supports("avx512f") ? sum2_avx512
+                             : __builtin_cpu_supports("avx")   ? sum2_avx
+                                                               : sum2_sse2;
+  return kernel(x, dy, n);
 }
 
 tbb::task_arena& arena_for(int threads) {
