@@ -101,7 +101,8 @@ class gradient_step {
                base + 2 * stride,
                base + 3 * stride,
                base + 4 * stride,
-               base + 5 * stride};
+               base + 5 * stride,
+               base + 6 * stride};
     readable_ = coeffs_;
   }
 
@@ -368,7 +369,8 @@ class gradient_step {
 
   /// Per slot for interleaved passes, zeros past the period (prescale 1; see replicate_slots).
   void replicate_coefficients() const {
-    for (T* a : {coeffs_.center, coeffs_.dy_scale, coeffs_.x_scale, coeffs_.shift}) {
+    for (T* a :
+         {coeffs_.center, coeffs_.dy_center, coeffs_.dy_scale, coeffs_.x_scale, coeffs_.shift}) {
       replicate_slots(a, p_.channels, p_.period, T(0));
     }
     replicate_slots(coeffs_.prescale, p_.channels, p_.period, T(1));

@@ -7,6 +7,7 @@
 #include <initializer_list>
 #include <new>
 #include <stdexcept>
+#include <string>
 #include <utility>
 
 #include <unistd.h>
@@ -30,6 +31,36 @@ bool names_one_of(const char* name, std::initializer_list<const char*> names) {
     if (name[i] == '\0' && candidate[i] == '\0') return true;
   }
   return false;
+}
+
+/// A backward call's refusal in the words of the module's backward(input, grad_output,
+/// grad_input) and its gradients, not the engine's (src, diff_dst, diff_src, diff_scale,
+/// diff_shift), wherever the message names them (whole words only).
+status in_module_names(const status& s) {
+  if (s) return s;
+  static constexpr std::pair<const char*, const char*> names[] = {{"diff_src", "grad_input"},
+                                                                  {"diff_dst", "grad_output"},
+                                                                  {"diff_scale", "weight_grad"},
+                                                                  {"diff_shift", "bias_grad"},
+                                                                  {"src", "input"}};
+  const auto word_character = [](char c) {
+    return std::isalnum(static_cast<unsigned char>(c)) != 0 || c == '_';
+  };
+  std::string text = s.message();
+  for (const auto& [engine, module] : names) {
+    const std::size_t length = std::strlen(engine);
+    for (std::size_t at = text.find(engine); at != std::string::npos; at = text.find(engine, at)) {
+      const bool whole = (at == 0 || !word_character(text[at - 1])) &&
+                         (at + length == text.size() || !word_character(text[at + length]));
+      if (!whole) {
+        at += length;
+        continue;
+      }
+      text.replace(at, length, module);
+      at += std::strlen(module);
+    }
+  }
+  return status::failure(s.code(), "%s", text.c_str());
 }
 
 }  // namespace
@@ -429,6 +460,11 @@ void batch_norm<T>::backward_unguarded(const T* input, const T* grad_output, T* 
                        "none"));
   }
   check_buffers();
+  if (grad_input == nullptr && !trains_affine()) {
+    throw error(status(status_code::invalid_argument,
+                       "grad_input: expected a buffer for the input gradient (with affine=False "
+                       "it is the only gradient), got a null pointer"));
+  }
   const last_forward& last = *last_forward_;
   const plan& p = plan_for(last.shape, last.batch_statistics);
   const std::size_t channels = static_cast<std::size_t>(config_.num_features);
@@ -449,12 +485,12 @@ void batch_norm<T>::backward_unguarded(const T* input, const T* grad_output, T* 
     args.mean = in(saved_mean_);
     args.inv_std = in(saved_inv_std_);
     reached_exchange = last.exchange != nullptr;
-    throw_if_failed(last.exchange ? last.exchange->backward_training(p, args)
-                                  : p.backward_training(args));
+    throw_if_failed(in_module_names(last.exchange ? last.exchange->backward_training(p, args)
+                                                  : p.backward_training(args)));
   } else {
     args.mean = in(running_mean_);
     args.var = in(running_var_);
-    throw_if_failed(p.backward_frozen(args));
+    throw_if_failed(in_module_names(p.backward_frozen(args)));
   }
   if (!trains_affine()) return;
   // Nothing below allocates or throws: both gradients change, or neither.

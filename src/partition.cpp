@@ -172,9 +172,9 @@ bool lay_out_scratch(partition& p) {
   };
   const std::size_t pad = 64 / p.value_size;  // one vector of the widest ISA
   s.coeff_stride = round_up((p.kind == traversal::planes ? p.channels : p.period) + pad, pad);
-  // The backward's six arrays, or the forward's four once per row task.
+  // The backward's seven arrays, or the forward's four once per row task.
   const std::size_t coeff_arrays =
-      std::max<std::size_t>(6, 4 * std::max<std::size_t>(1, p.row_tasks));
+      std::max<std::size_t>(7, 4 * std::max<std::size_t>(1, p.row_tasks));
   s.coeffs = take(bytes_of(coeff_arrays * s.coeff_stride, p.value_size));
   s.inference_bytes = offset;
   s.scale = take(bytes_of(p.channels, sizeof(double)));

@@ -689,6 +689,61 @@ TEST_P(Backward, ExactlyZeroSumsInEveryChannel) {
   }
 }
 
+// dy constant in a channel: dx is then the remainder of terms of the size of γ·inv_std·dy
+// (a mean loss under a loss scale gives dy ≡ scale/count). On data whose sums are exact (x =
+// mean ± d, 16 values a channel, dy of few significant bits) the exact dγ and dx are 0: dy
+// centered on its mean gives exactly that, where the terms dy·γ·inv_std and −γ·inv_std·Σdy/M,
+// each rounded on its own, left their rounding (2^-24 of γ·inv_std·dy) in dx.
+template <class T>
+void expect_zero_dx_for_constant_dy(const bnorm::plan& plan, const bnorm::tensor_shape& shape,
+                                    layout l) {
+  const geometry g(shape);
+  const std::vector<T> x = g.tensor<T>(l, [&](std::size_t n, std::size_t c, std::size_t s) {
+    const double sign = (n * g.spatial + s + c) % 2 ? 1.0 : -1.0;
+    return static_cast<T>(1.5 + 0.25 * static_cast<double>(c) + sign * 0.375);
+  });
+  const std::vector<T> dy = g.tensor<T>(l, [](std::size_t, std::size_t c, std::size_t) {
+    return static_cast<T>(65600.0 * static_cast<double>(c + 1));
+  });
+  const std::vector<T> gamma(g.c, static_cast<T>(1.3));
+  const saved_statistics<T> saved = forward_statistics(plan, x, g.c);
+  const gradients<T> got = training_gradients(plan, x, dy, gamma, saved);
+  for (std::size_t c = 0; c < g.c; ++c) {
+    ASSERT_EQ(saved.mean[c], static_cast<T>(1.5 + 0.25 * static_cast<double>(c))) << c;
+    EXPECT_EQ(got.dgamma[c], T(0)) << c;
+    EXPECT_EQ(got.dbeta[c], static_cast<T>(16 * 65600.0 * static_cast<double>(c + 1))) << c;
+  }
+  for (std::size_t i = 0; i < got.dx.size(); ++i) {
+    ASSERT_EQ(got.dx[i], T(0)) << "element " << i << ", " << plan.describe();
+  }
+}
+
+TEST_P(Backward, ConstantDyGivesZeroDxWhereTheSumsAreExact) {
+  for (const layout l : {layout::channels_first, layout::channels_last}) {
+    for (const bnorm::tensor_shape& shape :
+         {bnorm::tensor_shape{8, 5, 2}, bnorm::tensor_shape{16, 37},
+          bnorm::tensor_shape{1, 40, 4, 4}}) {
+      expect_zero_dx_for_constant_dy<float>(make(shape, l, bnorm::dtype::f32), shape, l);
+      expect_zero_dx_for_constant_dy<double>(make(shape, l, bnorm::dtype::f64), shape, l);
+    }
+  }
+}
+
+// Two values a channel, close together (1/std of 194), dy close together too (standard-normal
+// draws): dx within 1e-6 of its largest value (3.9e-5 with the terms rounded apart).
+TEST_P(Backward, TwoCloseValuesAChannel) {
+  const bnorm::tensor_shape pair{2, 1};
+  const std::vector<float> x = {0.79267019f, 0.784501612f}, dy = {-1.10871899f, -1.10402668f};
+  const std::vector<float> gamma = {-2.5032382f};
+  const bnorm::plan plan = make(pair, layout::channels_first, bnorm::dtype::f32);
+  const saved_statistics<float> saved = forward_statistics(plan, x, 1);
+  const gradients<float> got = training_gradients(plan, x, dy, gamma, saved);
+  const reference_gradients ref = reference_backward(
+      x, dy, pair, layout::channels_first, saved.mean,
+      std::vector<double>(saved.inv_std.begin(), saved.inv_std.end()), gamma, true);
+  EXPECT_LE(dx_error(got.dx, ref.dx), 1e-6) << got.dx[0] << " for " << ref.dx[0];
+}
+
 // Subnormal dy times subnormal x − mean: every float32 product rounds to zero, and a variance of
 // 0 with eps 1e-200 gives an inv_std of 1e100, which makes dγ ~1e12 of them: the zero sums are
 // summed again, dγ within 1e-6 of Σ|dy·x̂| (each rank's sums before a distributed exchange:

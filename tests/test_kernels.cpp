@@ -1023,7 +1023,7 @@ TYPED_TEST(KernelTester, GradientSumsInFloat64KeepSubnormalProducts) {
 /// dx coefficients of `n` channels (slots), padded by one widest vector.
 template <class T>
 struct gradient_buffers {
-  std::vector<T> center, dy_scale, x_scale, shift, prescale, dy_prescale;
+  std::vector<T> center, dy_center, dy_scale, x_scale, shift, prescale, dy_prescale;
   /// `prescaled`: every other channel's prescale 1/4 (center·1/4, x_scale·4) or 4 (x_scale/4),
   /// and every third one's dy prescale 4 (dy_scale, x_scale and shift divided by it: the kernel
   /// multiplies dx by it) or 1/4 (dy_scale divided by it).
@@ -1032,11 +1032,13 @@ struct gradient_buffers {
     prescale.assign(padded, T(1));
     dy_prescale.assign(padded, T(1));
     center.assign(padded, T(0));
+    dy_center.assign(padded, T(0));
     dy_scale.assign(padded, T(0));
     x_scale.assign(padded, T(0));
     shift.assign(padded, T(0));
     for (std::size_t j = 0; j < n; ++j) {
       center[j] = T(1) + T(j % 5) * T(0.25);
+      dy_center[j] = T(j % 3) * T(0.375) - T(0.25);
       dy_scale[j] = T(0.5) + T(j % 7) * T(0.125);
       x_scale[j] = T(-0.25) + T(j % 3) * T(0.125);
       shift[j] = T(j % 3) - T(1);
@@ -1060,16 +1062,16 @@ struct gradient_buffers {
     }
   }
   kernels::gradient_coefficients<const T> view() const {
-    return {center.data(), dy_scale.data(), x_scale.data(),
-            shift.data(),  prescale.data(), dy_prescale.data()};
+    return {center.data(), dy_center.data(), dy_scale.data(),   x_scale.data(),
+            shift.data(),  prescale.data(),  dy_prescale.data()};
   }
   kernels::gradient_coefficients<T> writable() {
-    return {center.data(), dy_scale.data(), x_scale.data(),
-            shift.data(),  prescale.data(), dy_prescale.data()};
+    return {center.data(), dy_center.data(), dy_scale.data(),   x_scale.data(),
+            shift.data(),  prescale.data(),  dy_prescale.data()};
   }
   long double at(std::size_t j, long double x, long double dy) const {
     const long double h = prescale[j], g = dy_prescale[j];
-    return (dy * std::min(g, 1.0L) * dy_scale[j] +
+    return ((dy - dy_center[j]) * std::min(g, 1.0L) * dy_scale[j] +
             (x * std::min(h, 1.0L) - center[j]) * std::max(h, 1.0L) * x_scale[j] + shift[j]) *
            std::max(g, 1.0L);
   }
@@ -1120,10 +1122,10 @@ TYPED_TEST(KernelTester, CenteredMapsRoundAsTheirExpression) {
               ASSERT_EQ(y[i], rounded_as_kernels(isa, x[i], coeffs.center[c], coeffs.scale[c],
                                                  coeffs.shift[c]))
                   << "len " << len << " planes " << planes << " stream " << stream << " at " << at;
-              // dx = dy·dy_scale + ((x − center)·x_scale + shift), the outer sum rounded as the
-              // inner one.
+              // dx = (dy − dy_center)·dy_scale + ((x − center)·x_scale + shift), the outer sum
+              // rounded as the inner one.
               const T inner = rounded_as_kernels(isa, x[i], g.center[c], g.x_scale[c], g.shift[c]);
-              ASSERT_EQ(dx[i], rounded_as_kernels(isa, dy[i], T(0), g.dy_scale[c], inner))
+              ASSERT_EQ(dx[i], rounded_as_kernels(isa, dy[i], g.dy_center[c], g.dy_scale[c], inner))
                   << "len " << len << " planes " << planes << " stream " << stream << " at " << at;
             }
           }
@@ -1304,11 +1306,29 @@ struct channel_gradient_runs {
     const gradient_buffers<T>& one = alone[c];
     EXPECT_EQ(dgamma[c], dgamma_alone[c]) << c;
     EXPECT_EQ(all.center[c], one.center[0]) << c;
+    EXPECT_EQ(all.dy_center[c], one.dy_center[0]) << c;
     EXPECT_EQ(all.dy_scale[c], one.dy_scale[0]) << c;
     EXPECT_EQ(all.x_scale[c], one.x_scale[0]) << c;
     EXPECT_EQ(all.shift[c], one.shift[0]) << c;
     EXPECT_EQ(all.prescale[c], one.prescale[0]) << c;
     EXPECT_EQ(all.dy_prescale[c], one.dy_prescale[0]) << c;
+  }
+};
+
+/// Channel c's dy center and shift as channel_gradients gives them from Σdy over `count` values
+/// and a = γ·inv_std: the mean of dy rounded to T (0 where dy − mean could overflow), and
+/// −a·(its remainder).
+template <class T>
+struct dy_centering {
+  T center;
+  long double shift;
+  dy_centering(double sum_dy, double count, long double a) {
+    const double mean = sum_dy * (1.0 / count);
+    center = std::fabs(mean) < std::ldexp(1.0, std::numeric_limits<T>::max_exponent -
+                                                   std::numeric_limits<T>::digits - 1)
+                 ? static_cast<T>(mean)
+                 : T(0);
+    shift = -a * (static_cast<long double>(mean) - center);
   }
 };
 
@@ -1349,8 +1369,11 @@ TYPED_TEST(KernelTester, ChannelGradientsOverTails) {
           EXPECT_NEAR(all.dy_scale[c], (double)a, 4 * tolerance<T>() * std::fabs((double)a));
           EXPECT_NEAR(all.x_scale[c], (double)(-a * i * (sums[c] * i) / 50),
                       4 * tolerance<T>() * (1 + std::fabs((double)(a * i * sums[c] * i / 50))));
-          EXPECT_NEAR(all.shift[c], (double)(-a * sum_dy[c] / 50),
-                      4 * tolerance<T>() * (1 + std::fabs((double)(a * sum_dy[c] / 50))));
+          const dy_centering<T> want(sum_dy[c], 50, a);
+          EXPECT_EQ(all.dy_center[c], want.center) << c;
+          EXPECT_NEAR(all.shift[c], (double)want.shift,
+                      4 * tolerance<T>() * std::fabs((double)want.shift) +
+                          std::numeric_limits<T>::denorm_min());
         }
       }
     }
@@ -1358,12 +1381,16 @@ TYPED_TEST(KernelTester, ChannelGradientsOverTails) {
 }
 
 // Channels whose dy coefficient a = γ·inv_std (γ of 2^(9/16·max_exponent)) or shift (Σdy/M of
-// 2^(5/8·max_exponent)) is near the top of T, among ordinary ones: the three terms are divided
-// by a power of two g > 1, the dy prescale, and give a, x_scale and the shift back to T's
-// precision; vector and scalar channels agree to the bit.
+// 2^106 or 2^973, too large to center dy on: dy − Σdy/M could overflow) is near the top
+// of T, among ordinary ones: the three terms are divided by a power of two g > 1, the dy
+// prescale, and give a, x_scale and the shift back to T's precision; vector and scalar channels
+// agree to the bit.
 TYPED_TEST(KernelTester, ChannelGradientsTermsNearTheTop) {
   using T = TypeParam;
   constexpr int max_exponent = std::numeric_limits<T>::max_exponent;
+  // Σdy/M of 2^106 (float) or 2^973 (double): past the dy centers (2^103, 2^970), while x_scale
+  // divided by the g that the shift takes stays normal.
+  constexpr int beyond_centering = max_exponent - std::numeric_limits<T>::digits + 2;
   const auto big_gamma = [](std::size_t c) { return c % 7 == 3; };
   const auto big_shift = [&](std::size_t c) { return c % 5 == 2 && !big_gamma(c); };
   this->for_each_isa([&](const kernels::kernel_set<T>& k, std::size_t v) {
@@ -1373,7 +1400,7 @@ TYPED_TEST(KernelTester, ChannelGradientsTermsNearTheTop) {
       std::vector<double> sum_dy = normal_data<double>(n, 0.0, 3.0, n + 2);
       for (std::size_t c = 0; c < n; ++c) {
         if (big_gamma(c)) gamma[c] = static_cast<T>(std::ldexp(1.0, max_exponent * 9 / 16));
-        if (big_shift(c)) sum_dy[c] = std::ldexp(c % 2 ? 50.0 : -50.0, max_exponent * 5 / 8);
+        if (big_shift(c)) sum_dy[c] = std::ldexp(c % 2 ? 50.0 : -50.0, beyond_centering);
       }
       std::vector<double> sums = normal_data<double>(n, 0.0, 3.0, n + 3);
       const kernels::gradient_channels<T> in = channel_inputs(mean, inv, gamma, sum_dy, sums);
@@ -1389,12 +1416,17 @@ TYPED_TEST(KernelTester, ChannelGradientsTermsNearTheTop) {
         EXPECT_EQ(std::frexp(static_cast<double>(g), &exponent), 0.5) << c;  // a power of two
         EXPECT_EQ(g > 1, big_gamma(c) || big_shift(c)) << c;
         EXPECT_GE(g, 1) << c;
-        const long double i = inv[c], a = gamma[c] * i, x_scale = -a * i * (sums[c] * i) / 50,
-                          shift = -a * sum_dy[c] / 50;
+        const long double i = inv[c], a = gamma[c] * i, x_scale = -a * i * (sums[c] * i) / 50;
+        const dy_centering<T> want(sum_dy[c], 50, a);
+        EXPECT_EQ(all.dy_center[c], want.center) << c;
+        EXPECT_EQ(want.center == T(0), big_shift(c)) << c;
         EXPECT_NEAR(static_cast<double>(all.dy_scale[c] * g / a), 1.0, 4 * tolerance<T>()) << c;
         EXPECT_NEAR(static_cast<double>(all.x_scale[c] * g / x_scale), 1.0, 4 * tolerance<T>())
             << c;
-        EXPECT_NEAR(static_cast<double>(all.shift[c] * g / shift), 1.0, 4 * tolerance<T>()) << c;
+        EXPECT_NEAR(static_cast<double>(all.shift[c] * g), static_cast<double>(want.shift),
+                    4 * tolerance<T>() * std::fabs(static_cast<double>(want.shift)) +
+                        std::numeric_limits<T>::denorm_min())
+            << c;
       }
     }
   });
@@ -1457,9 +1489,10 @@ TYPED_TEST(KernelTester, ChannelGradientsPrescaleExtremeChannels) {
         EXPECT_EQ(std::frexp(static_cast<double>(g), &exponent), 0.5) << c;
         EXPECT_EQ(g != 1, dy_extreme(c)) << c;
         EXPECT_NEAR(static_cast<double>(all.dy_scale[c] * g / a), 1.0, 4 * tolerance<T>()) << c;
-        const long double shift = -a * sum_dy[c] / 50;
-        if (std::fabs(shift / std::max(g, 1.0L)) >= std::numeric_limits<T>::min()) {
-          EXPECT_NEAR(static_cast<double>(all.shift[c] * std::max(g, 1.0L) / shift), 1.0,
+        const dy_centering<T> want(sum_dy[c], 50, a);
+        EXPECT_EQ(all.dy_center[c], want.center) << c;
+        if (std::fabs(want.shift / std::max(g, 1.0L)) >= std::numeric_limits<T>::min()) {
+          EXPECT_NEAR(static_cast<double>(all.shift[c] * std::max(g, 1.0L) / want.shift), 1.0,
                       4 * tolerance<T>())
               << c;
         }

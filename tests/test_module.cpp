@@ -4,6 +4,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <functional>
 #include <limits>
 #include <memory>
 
@@ -549,6 +550,34 @@ TEST(ModuleBackward, AccumulatesClearsAndRefuses) {
   no_affine.forward(x, shape);
   no_affine.backward(x, dy);
   EXPECT_TRUE(no_affine.weight_grad().empty());
+
+  // Refusals name the module's own arguments, not the engine's (src, diff_dst, diff_src).
+  const auto message_of = [](const std::function<void()>& call) {
+    try {
+      call();
+    } catch (const bnorm::error& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  std::vector<float> grad_input(60);
+  std::vector<float> x_copy = x;
+  EXPECT_EQ(message_of([&] {
+              no_affine.backward(nullptr, dy.data(), grad_input.data());
+            }).rfind("input: expected", 0),
+            0u)
+      << message_of([&] { no_affine.backward(nullptr, dy.data(), grad_input.data()); });
+  const std::string overlap =
+      message_of([&] { no_affine.backward(x_copy.data(), dy.data(), x_copy.data()); });
+  EXPECT_EQ(overlap.rfind("grad_input: expected memory of its own", 0), 0u) << overlap;
+  EXPECT_NE(overlap.find("overlap input"), std::string::npos) << overlap;
+  const std::string none = message_of([&] { no_affine.backward(x.data(), dy.data(), nullptr); });
+  EXPECT_EQ(none.rfind("grad_input: expected a buffer", 0), 0u) << none;
+  EXPECT_EQ(message_of([&] {
+              bn.backward(x.data(), nullptr, grad_input.data());
+            }).rfind("grad_output: expected", 0),
+            0u)
+      << message_of([&] { bn.backward(x.data(), nullptr, grad_input.data()); });
 
   // A MindSpore cell starts in eval mode: frozen, and its gamma gradient is named as such.
   auto cell = bnorm::mindspore::BatchNorm1d(3);

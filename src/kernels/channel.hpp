@@ -352,8 +352,9 @@ gradient_flags channel_gradients(const gradient_channels<T>& channels,
   // would load them again.
   const gradient_channels<T> in = channels;
   const gradient_coefficients<T> out =
-      coefficients ? *coefficients
-                   : gradient_coefficients<T>(nullptr, nullptr, nullptr, nullptr, nullptr, nullptr);
+      coefficients
+          ? *coefficients
+          : gradient_coefficients<T>(nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr);
   const bool writes = coefficients != nullptr;
   // Products by 1/count, as channel_moments.
   const double per_value = 1.0 / in.count;
@@ -370,9 +371,13 @@ gradient_flags channel_gradients(const gradient_channels<T>& channels,
   const auto coefficients_of = [&](std::size_t c, double inv, double dgamma) {
     const double a = in.gamma ? static_cast<double>(in.gamma[c]) * inv : inv;
     const double x_scale = -(a * inv) * (dgamma * per_value);
-    const double shift = -a * (in.sum_dy[c] * per_value);
+    const double mean_dy = in.sum_dy[c] * per_value;
+    const T dy_center =
+        std::fabs(mean_dy) < overflowing_center<T>() ? static_cast<T>(mean_dy) : T(0);
+    const double shift = -a * (mean_dy - static_cast<double>(dy_center));
     const T center = in.mean[c];
     const std::size_t at = first + c;
+    out.dy_center[at] = dy_center;
     // The vector loop's test of extreme lanes, with its stores where it finds none.
     const double magnitude = std::fabs(x_scale), dy_magnitude = std::fabs(a);
     const bool extreme =
@@ -426,8 +431,11 @@ gradient_flags channel_gradients(const gradient_channels<T>& channels,
       const dvec a = has_gamma ? load_as_f64<Arch>(in.gamma + c) * inv : inv;
       const dvec center = load_as_f64<Arch>(in.mean + c);
       const dvec x_scale = -(a * inv) * (dgamma * per_value_v);
-      const dvec shift = -a * (dvec::load_unaligned(in.sum_dy + c) * per_value_v);
+      const dvec mean_dy = dvec::load_unaligned(in.sum_dy + c) * per_value_v;
       const std::size_t at = first + c;
+      store_as<Arch>(out.dy_center + at,
+                     xsimd::select(xsimd::abs(mean_dy) < overflowing, mean_dy, zero));
+      const dvec shift = -a * (mean_dy - load_as_f64<Arch>(out.dy_center + at));
       store_as<Arch>(out.center + at, center);
       store_as<Arch>(out.dy_scale + at, a);
       store_as<Arch>(out.x_scale + at, x_scale);

@@ -1,8 +1,8 @@
 // The backward's map kernels: dx from x, dy and per-channel (per-slot) coefficients,
-// dx = dy·dy_scale + (x − center)·x_scale + shift (with prescales for extreme channels: see
-// gradient_coefficients), over planes or interleaved rows, with ordinary or streaming stores.
-// Two inputs and one output at the same offsets; dx may be dy (in place): every vector of x and
-// dy is loaded before the dx vector at its place is stored. Part of the kernels compiled once
+// dx = (dy − dy_center)·dy_scale + (x − center)·x_scale + shift (with prescales for extreme
+// channels: see gradient_coefficients), over planes or interleaved rows, with ordinary or streaming
+// stores. Two inputs and one output at the same offsets; dx may be dy (in place): every vector of x
+// and dy is loaded before the dx vector at its place is stored. Part of the kernels compiled once
 // per ISA: include only from kernels_impl.hpp.
 #pragma once
 
@@ -18,28 +18,31 @@
 namespace bnorm::kernels {
 namespace {
 
-/// dy·dy_scale + ((x − center)·x_scale + shift), the inner term as shift − (center − x)·x_scale
-/// so that the load of x folds into the subtraction (see map.hpp's normalize: the same bits but
-/// for the sign of a zero).
+/// (dy − dy_center)·dy_scale + ((x − center)·x_scale + shift), the inner term as
+/// shift − (center − x)·x_scale so that the load of x folds into the subtraction (see map.hpp's
+/// normalize: the same bits but for the sign of a zero).
 template <class Arch, class T>
 [[gnu::always_inline]] inline xsimd::batch<T, Arch> gradient_of(
     const xsimd::batch<T, Arch>& x, const xsimd::batch<T, Arch>& dy,
-    const xsimd::batch<T, Arch>& center, const xsimd::batch<T, Arch>& dy_scale,
-    const xsimd::batch<T, Arch>& x_scale, const xsimd::batch<T, Arch>& shift) noexcept {
-  return fmadd(dy, dy_scale, fnmadd(center - x, x_scale, shift));
+    const xsimd::batch<T, Arch>& center, const xsimd::batch<T, Arch>& dy_center,
+    const xsimd::batch<T, Arch>& dy_scale, const xsimd::batch<T, Arch>& x_scale,
+    const xsimd::batch<T, Arch>& shift) noexcept {
+  return fmadd(dy - dy_center, dy_scale, fnmadd(center - x, x_scale, shift));
 }
 
-/// gradient_of for extreme channels: (dy·min(g, 1)·dy_scale + ((x·min(h, 1) − center)·max(h, 1)·
-/// x_scale + shift))·max(g, 1), h the prescale and g the dy prescale (kernels::channel_gradients
-/// divides the terms by a g > 1). With h = g = 1 the same bits but for the sign of a zero.
+/// gradient_of for extreme channels: ((dy − dy_center)·min(g, 1)·dy_scale + ((x·min(h, 1) −
+/// center)·max(h, 1)·x_scale + shift))·max(g, 1), h the prescale and g the dy prescale
+/// (kernels::channel_gradients divides the terms by a g > 1). With h = g = 1 the same bits but
+/// for the sign of a zero.
 template <class Arch, class T>
 [[gnu::always_inline]] inline xsimd::batch<T, Arch> prescaled_gradient_of(
     const xsimd::batch<T, Arch>& x, const xsimd::batch<T, Arch>& dy,
-    const xsimd::batch<T, Arch>& center, const xsimd::batch<T, Arch>& dy_scale,
-    const xsimd::batch<T, Arch>& x_scale, const xsimd::batch<T, Arch>& shift,
-    const xsimd::batch<T, Arch>& prescale, const xsimd::batch<T, Arch>& dy_prescale) noexcept {
+    const xsimd::batch<T, Arch>& center, const xsimd::batch<T, Arch>& dy_center,
+    const xsimd::batch<T, Arch>& dy_scale, const xsimd::batch<T, Arch>& x_scale,
+    const xsimd::batch<T, Arch>& shift, const xsimd::batch<T, Arch>& prescale,
+    const xsimd::batch<T, Arch>& dy_prescale) noexcept {
   const xsimd::batch<T, Arch> one(T(1));
-  return fmadd(dy * at_most(dy_prescale, one), dy_scale,
+  return fmadd((dy - dy_center) * at_most(dy_prescale, one), dy_scale,
                fmadd(prescaled_deviation(x, center, prescale), x_scale, shift)) *
          at_least(dy_prescale, one);
 }
@@ -140,8 +143,8 @@ void gradient_run(const S* x, const S* dy, S* dx, std::size_t n, bool stream, co
 /// coefficient pointers and the plane's bounds in registers (see normalize_contiguous_planes).
 template <class Arch, class S, class T = compute_t<S>>
 void gradient_contiguous_planes(const S* src, const S* diff_dst, S* diff_src, std::size_t len,
-                                std::size_t channels, const T* center, const T* dy_scale,
-                                const T* x_scale, const T* shift) noexcept {
+                                std::size_t channels, const T* center, const T* dy_center,
+                                const T* dy_scale, const T* x_scale, const T* shift) noexcept {
   using vec = xsimd::batch<T, Arch>;
   constexpr std::size_t lanes = vec::size;
   const std::size_t last = len - lanes;
@@ -150,9 +153,9 @@ void gradient_contiguous_planes(const S* src, const S* diff_dst, S* diff_src, st
       const S* x = src + ch * len;
       const S* g = diff_dst + ch * len;
       S* y = diff_src + ch * len;
-      const vec c(center[ch]), a(dy_scale[ch]), b(x_scale[ch]), e(shift[ch]);
+      const vec c(center[ch]), m(dy_center[ch]), a(dy_scale[ch]), b(x_scale[ch]), e(shift[ch]);
       const auto f = [&](std::size_t j) {
-        return gradient_of(load_elements<Arch>(x + j), load_elements<Arch>(g + j), c, a, b, e);
+        return gradient_of(load_elements<Arch>(x + j), load_elements<Arch>(g + j), c, m, a, b, e);
       };
       const vec tail = f(last);  // as in plane_gradient: before anything is stored
       plane_vectors<lanes, decltype(is_long)::value>(
@@ -171,20 +174,21 @@ void gradient_contiguous_planes(const S* src, const S* diff_dst, S* diff_src, st
 /// coefficients). In place, each vector of x and dy is loaded before dx is stored at its place.
 template <class Arch, class S, class T = compute_t<S>>
 void gradient_channel_groups(const S* src, const S* diff_dst, S* diff_src, std::size_t len,
-                             std::size_t channels, const T* center, const T* dy_scale,
-                             const T* x_scale, const T* shift) noexcept {
+                             std::size_t channels, const T* center, const T* dy_center,
+                             const T* dy_scale, const T* x_scale, const T* shift) noexcept {
   using vec = xsimd::batch<T, Arch>;
   using channels_of = lane_channels<Arch>;
   constexpr std::size_t lanes = vec::size;
-  const auto group = [&](std::size_t ch, const vec& c, const vec& a, const vec& b, const vec& e,
-                         std::size_t values) {
+  const auto group = [&](std::size_t ch, const vec& c, const vec& m, const vec& a, const vec& b,
+                         const vec& e, std::size_t values) {
     const S* x = src + ch * len;
     const S* g = diff_dst + ch * len;
     S* y = diff_src + ch * len;
     channels_of lane_channel(len);
     const auto compute = [&](const vec& xv, const vec& gv, const auto& index) {
-      return gradient_of(xv, gv, channels_of::of(c, index), channels_of::of(a, index),
-                         channels_of::of(b, index), channels_of::of(e, index));
+      return gradient_of(xv, gv, channels_of::of(c, index), channels_of::of(m, index),
+                         channels_of::of(a, index), channels_of::of(b, index),
+                         channels_of::of(e, index));
     };
     std::size_t i = 0;
     for (; i + lanes <= values; i += lanes) {
@@ -203,6 +207,7 @@ void gradient_channel_groups(const S* src, const S* diff_dst, S* diff_src, std::
   for (std::size_t ch = 0; ch < channels; ch += lanes) {
     const std::size_t count = std::min(lanes, channels - ch);
     group(ch, group_coefficients<Arch>(center, ch, count),
+          group_coefficients<Arch>(dy_center, ch, count),
           group_coefficients<Arch>(dy_scale, ch, count),
           group_coefficients<Arch>(x_scale, ch, count), group_coefficients<Arch>(shift, ch, count),
           count * len);
@@ -246,11 +251,11 @@ template <class Arch, class S, class T = compute_t<S>>
                                                   const gradient_coefficients<const T>& k,
                                                   std::size_t at) noexcept {
   using vec = xsimd::batch<T, Arch>;
-  const vec c(k.center[at]), a(k.dy_scale[at]), b(k.x_scale[at]), e(k.shift[at]), h(k.prescale[at]),
-      dy_h(k.dy_prescale[at]);
+  const vec c(k.center[at]), m(k.dy_center[at]), a(k.dy_scale[at]), b(k.x_scale[at]),
+      e(k.shift[at]), h(k.prescale[at]), dy_h(k.dy_prescale[at]);
   gradient_planes<Arch>(src, diff_dst, diff_src, len, planes, stride, stream,
-                        [c, a, b, e, h, dy_h](std::size_t, const vec& x, const vec& g) {
-                          return prescaled_gradient_of(x, g, c, a, b, e, h, dy_h);
+                        [c, m, a, b, e, h, dy_h](std::size_t, const vec& x, const vec& g) {
+                          return prescaled_gradient_of(x, g, c, m, a, b, e, h, dy_h);
                         });
 }
 
@@ -271,7 +276,8 @@ void plane_gradient(const S* src, const S* diff_dst, S* diff_src, const plane_bl
   if constexpr (has_groups) {
     if (!extreme && !stream && in_channel_groups(has_groups, planes, len, vec::size)) {
       gradient_channel_groups<Arch>(src, diff_dst, diff_src, len, channels, k.center + first,
-                                    k.dy_scale + first, k.x_scale + first, k.shift + first);
+                                    k.dy_center + first, k.dy_scale + first, k.x_scale + first,
+                                    k.shift + first);
       return;
     }
   }
@@ -279,7 +285,8 @@ void plane_gradient(const S* src, const S* diff_dst, S* diff_src, const plane_bl
   // register copies a step there (docs/design.md).
   if (!extreme && planes == 1 && !stream && len >= vec::size && len < 1024) {
     gradient_contiguous_planes<Arch>(src, diff_dst, diff_src, len, channels, k.center + first,
-                                     k.dy_scale + first, k.x_scale + first, k.shift + first);
+                                     k.dy_center + first, k.dy_scale + first, k.x_scale + first,
+                                     k.shift + first);
     return;
   }
   for (std::size_t ch = 0; ch < channels; ++ch) {
@@ -289,11 +296,12 @@ void plane_gradient(const S* src, const S* diff_dst, S* diff_src, const plane_bl
                                        planes, stride, stream, k, at);
       continue;
     }
-    const vec c(k.center[at]), a(k.dy_scale[at]), b(k.x_scale[at]), e(k.shift[at]);
+    const vec c(k.center[at]), m(k.dy_center[at]), a(k.dy_scale[at]), b(k.x_scale[at]),
+        e(k.shift[at]);
     gradient_planes<Arch>(
         src + offset, diff_dst + offset, diff_src + offset, len, planes, stride, stream,
-        [c, a, b, e](std::size_t, const vec& x, const vec& g) {
-          return gradient_of(x, g, c, a, b, e);
+        [c, m, a, b, e](std::size_t, const vec& x, const vec& g) {
+          return gradient_of(x, g, c, m, a, b, e);
         },
         next_block);
   }
@@ -304,19 +312,20 @@ void plane_gradient(const S* src, const S* diff_dst, S* diff_src, const plane_bl
 /// rows, every row's x and dy loaded before any dx is stored (in place, dx = dy, stays right).
 template <std::size_t Rows, class Arch, class S, class T = compute_t<S>>
 [[gnu::always_inline]] inline void gradient_rows(const S* x, const S* g, S* y, std::size_t stride,
-                                                 const T* center, const T* dy_scale,
-                                                 const T* x_scale, const T* shift,
-                                                 std::size_t j) noexcept {
+                                                 const T* center, const T* dy_center,
+                                                 const T* dy_scale, const T* x_scale,
+                                                 const T* shift, std::size_t j) noexcept {
   using vec = xsimd::batch<T, Arch>;
-  const vec c = vec::load_unaligned(center + j), a = vec::load_unaligned(dy_scale + j),
-            b = vec::load_unaligned(x_scale + j), e = vec::load_unaligned(shift + j);
+  const vec c = vec::load_unaligned(center + j), m = vec::load_unaligned(dy_center + j),
+            a = vec::load_unaligned(dy_scale + j), b = vec::load_unaligned(x_scale + j),
+            e = vec::load_unaligned(shift + j);
   vec xv[Rows], gv[Rows];
   for (std::size_t r = 0; r < Rows; ++r) {
     xv[r] = load_elements<Arch>(x + r * stride + j);
     gv[r] = load_elements<Arch>(g + r * stride + j);
   }
   for (std::size_t r = 0; r < Rows; ++r) {
-    store_elements<Arch>(y + r * stride + j, gradient_of(xv[r], gv[r], c, a, b, e));
+    store_elements<Arch>(y + r * stride + j, gradient_of(xv[r], gv[r], c, m, a, b, e));
   }
 }
 
@@ -343,6 +352,7 @@ void interleaved_gradient(const S* src, const S* diff_dst, S* diff_src, const ro
   const bool stream = params.stream && element_aligned(diff_src);
   // Copies of the pointers whose address never leaves this function (see normalize_row_groups).
   const T* center = k.center + first;
+  const T* dy_center = k.dy_center + first;
   const T* dy_scale = k.dy_scale + first;
   const T* x_scale = k.x_scale + first;
   const T* shift = k.shift + first;
@@ -350,12 +360,13 @@ void interleaved_gradient(const S* src, const S* diff_dst, S* diff_src, const ro
     // Extreme slots: the general form for the block, a row at a time.
     const T* prescale = k.prescale + first;
     const T* dy_prescale = k.dy_prescale + first;
-    const auto f = [center, dy_scale, x_scale, shift, prescale, dy_prescale](
+    const auto f = [center, dy_center, dy_scale, x_scale, shift, prescale, dy_prescale](
                        std::size_t j, const vec& x, const vec& g) {
       return prescaled_gradient_of(
-          x, g, vec::load_unaligned(center + j), vec::load_unaligned(dy_scale + j),
-          vec::load_unaligned(x_scale + j), vec::load_unaligned(shift + j),
-          vec::load_unaligned(prescale + j), vec::load_unaligned(dy_prescale + j));
+          x, g, vec::load_unaligned(center + j), vec::load_unaligned(dy_center + j),
+          vec::load_unaligned(dy_scale + j), vec::load_unaligned(x_scale + j),
+          vec::load_unaligned(shift + j), vec::load_unaligned(prescale + j),
+          vec::load_unaligned(dy_prescale + j));
     };
     for (std::size_t r = 0; r < rows; ++r) {
       const std::size_t offset = r * stride;
@@ -365,9 +376,11 @@ void interleaved_gradient(const S* src, const S* diff_dst, S* diff_src, const ro
     if (stream) stream_fence<Arch>();
     return;
   }
-  const auto f = [center, dy_scale, x_scale, shift](std::size_t j, const vec& x, const vec& g) {
-    return gradient_of(x, g, vec::load_unaligned(center + j), vec::load_unaligned(dy_scale + j),
-                       vec::load_unaligned(x_scale + j), vec::load_unaligned(shift + j));
+  const auto f = [center, dy_center, dy_scale, x_scale, shift](std::size_t j, const vec& x,
+                                                               const vec& g) {
+    return gradient_of(x, g, vec::load_unaligned(center + j), vec::load_unaligned(dy_center + j),
+                       vec::load_unaligned(dy_scale + j), vec::load_unaligned(x_scale + j),
+                       vec::load_unaligned(shift + j));
   };
   std::size_t r = 0;
   // Rows `together` at a time, while `together` remain.
@@ -380,7 +393,8 @@ void interleaved_gradient(const S* src, const S* diff_dst, S* diff_src, const ro
       const S* g = diff_dst + offset;
       S* y = diff_src + offset;
       for (std::size_t j = 0; j < whole; j += lanes) {
-        gradient_rows<together, Arch>(x, g, y, stride, center, dy_scale, x_scale, shift, j);
+        gradient_rows<together, Arch>(x, g, y, stride, center, dy_center, dy_scale, x_scale, shift,
+                                      j);
       }
       for (std::size_t i = 0; whole < width && i < together; ++i) {
         gradient_store_run<Arch>(x + i * stride, g + i * stride, y + i * stride, whole, width, f);
@@ -403,7 +417,8 @@ void interleaved_gradient(const S* src, const S* diff_dst, S* diff_src, const ro
 }
 
 /// The gradient through a fused activation, from its output y: out = dy where lo < y < hi,
-/// else 0 (ReLU: lo = 0, hi = +inf; a NaN y passes nothing, as PyTorch's threshold_backward).
+/// else 0 (ReLU: lo = 0, hi = +inf). A NaN y passes nothing: the output is NaN there, and its
+/// gradient is undefined (PyTorch's threshold_backward, whose test is y <= 0, passes dy).
 /// Elementwise over n contiguous values; out may be dy (in place).
 template <class Arch, class S, class T = compute_t<S>>
 void activation_mask(const S* dy, const S* y, S* out, std::size_t n, T lo, T hi) noexcept {

@@ -117,15 +117,21 @@ struct normalize_params {
 };
 
 /// The backward's per-channel (per-slot) coefficients, one array each:
-/// dx = dy·g·dy_scale + (x·min(h, 1) − center)·max(h, 1)·x_scale + shift, h the prescale and g
-/// the dy prescale. Training: center the saved mean, dy_scale = γ·inv_std, x_scale =
-/// −γ·inv_std²·Σdy·(x − mean)/M, shift = −γ·inv_std·Σdy/M, and h and g as a scale's prescale
-/// (see coefficients; g with a center of 0, so dy·g, which overflows only where dy·dy_scale
-/// does): x_scale grows as inv_std³ while the x − mean it multiplies shrinks as std, so it can
-/// pass T's largest value where dx does not; dy_scale, the forward's scale, can with a small dy.
+/// dx = (dy − dy_center)·g·dy_scale + (x·min(h, 1) − center)·max(h, 1)·x_scale + shift, h the
+/// prescale and g the dy prescale. Training: center the saved mean, dy_center = Σdy/M rounded to
+/// T, dy_scale = γ·inv_std, x_scale = −γ·inv_std²·Σdy·(x − mean)/M, shift = −γ·inv_std·(Σdy/M −
+/// dy_center), and h and g as a scale's prescale (see coefficients; g with a center of 0, so
+/// dy·g, which overflows only where dy·dy_scale does): x_scale grows as inv_std³ while the
+/// x − mean it multiplies shrinks as std, so it can pass T's largest value where dx does not;
+/// dy_scale, the forward's scale, can with a small dy. dy − dy_center is exact where dy is near
+/// its mean (as x − center in the forward): the terms dy·dy_scale and −γ·inv_std·Σdy/M, each
+/// rounded at the size of γ·inv_std·|Σdy/M|, would leave that rounding in a dx that is far
+/// smaller (dy constant at 65536, a loss scale: dx ≈ 0 came out as 0.0078). A dy_center from
+/// which dy − dy_center could overflow (see overflowing_center) is 0.
 template <class Value>
 struct gradient_coefficients {
   Value* center = nullptr;
+  Value* dy_center = nullptr;
   Value* dy_scale = nullptr;
   Value* x_scale = nullptr;
   Value* shift = nullptr;
@@ -133,9 +139,10 @@ struct gradient_coefficients {
   Value* dy_prescale = nullptr;
 
   gradient_coefficients() noexcept = default;
-  gradient_coefficients(Value* center_, Value* dy_scale_, Value* x_scale_, Value* shift_,
-                        Value* prescale_, Value* dy_prescale_) noexcept
+  gradient_coefficients(Value* center_, Value* dy_center_, Value* dy_scale_, Value* x_scale_,
+                        Value* shift_, Value* prescale_, Value* dy_prescale_) noexcept
       : center(center_),
+        dy_center(dy_center_),
         dy_scale(dy_scale_),
         x_scale(x_scale_),
         shift(shift_),
@@ -144,6 +151,7 @@ struct gradient_coefficients {
   template <class Other>
   gradient_coefficients(const gradient_coefficients<Other>& o) noexcept  // NOLINT: implicit
       : center(o.center),
+        dy_center(o.dy_center),
         dy_scale(o.dy_scale),
         x_scale(o.x_scale),
         shift(o.shift),
