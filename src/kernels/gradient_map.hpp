@@ -18,16 +18,16 @@
 namespace bnorm::kernels {
 namespace {
 
-/// (dy − dy_center)·dy_scale + ((x − center)·x_scale + shift), the inner term as
-/// shift − (center − x)·x_scale so that the load of x folds into the subtraction (see map.hpp's
-/// normalize: the same bits but for the sign of a zero).
+/// (dy − dy_center)·dy_scale + ((x − center)·x_scale + shift), as inner − (dy_center − dy)·
+/// dy_scale with the inner term shift − (center − x)·x_scale, so that the loads of x and dy fold
+/// into the subtractions (see map.hpp's normalize: the same bits but for the sign of a zero).
 template <class Arch, class T>
 [[gnu::always_inline]] inline xsimd::batch<T, Arch> gradient_of(
     const xsimd::batch<T, Arch>& x, const xsimd::batch<T, Arch>& dy,
     const xsimd::batch<T, Arch>& center, const xsimd::batch<T, Arch>& dy_center,
     const xsimd::batch<T, Arch>& dy_scale, const xsimd::batch<T, Arch>& x_scale,
     const xsimd::batch<T, Arch>& shift) noexcept {
-  return fmadd(dy - dy_center, dy_scale, fnmadd(center - x, x_scale, shift));
+  return fnmadd(dy_center - dy, dy_scale, fnmadd(center - x, x_scale, shift));
 }
 
 /// gradient_of for extreme channels: ((dy − dy_center)·min(g, 1)·dy_scale + ((x·min(h, 1) −
@@ -42,8 +42,8 @@ template <class Arch, class T>
     const xsimd::batch<T, Arch>& shift, const xsimd::batch<T, Arch>& prescale,
     const xsimd::batch<T, Arch>& dy_prescale) noexcept {
   const xsimd::batch<T, Arch> one(T(1));
-  return fmadd((dy - dy_center) * at_most(dy_prescale, one), dy_scale,
-               fmadd(prescaled_deviation(x, center, prescale), x_scale, shift)) *
+  return fnmadd((dy_center - dy) * at_most(dy_prescale, one), dy_scale,
+                fmadd(prescaled_deviation(x, center, prescale), x_scale, shift)) *
          at_least(dy_prescale, one);
 }
 
