@@ -62,8 +62,8 @@ struct scratch_layout {
   std::size_t variance = 0;  // double[C]: the biased batch variance
   std::size_t inv_std = 0;   // double[C]: 1/sqrt(variance + eps)
   std::size_t scale = 0;     // double[C]: gamma·inv_std
-  std::size_t coeffs = 0;    // T[max(6, 4·row tasks)][coeff_stride]: the forward's 4 arrays
-                             // (a copy per row task) or the backward's 6
+  std::size_t coeffs = 0;    // T[max(7, 4·row tasks)][coeff_stride]: the forward's 4 arrays
+                             // (a copy per row task) or the backward's 7
   // The fused training schedules' commit journal (commit_journal.hpp); empty otherwise.
   std::size_t kept = 0;       // T[4][C]: the values the blocks' commits replace
   std::size_t committed = 0;  // unsigned char[C]: which channels a block has committed

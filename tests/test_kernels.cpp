@@ -704,7 +704,6 @@ TYPED_TEST(KernelTester, InverseSquareRootsOverTheRange) {
     EXPECT_EQ(all[5], 0.0);
     EXPECT_FALSE(std::signbit(all[5]));
     EXPECT_TRUE(std::isnan(all[6]));
-    EXPECT_TRUE(std::isnan(all[6]));
   });
 }
 
@@ -1324,9 +1323,11 @@ struct dy_centering {
   long double shift;
   dy_centering(double sum_dy, double count, long double a) {
     const double mean = sum_dy * (1.0 / count);
-    center = std::fabs(mean) < std::ldexp(1.0, std::numeric_limits<T>::max_exponent -
-                                                   std::numeric_limits<T>::digits - 1)
-                 ? static_cast<T>(mean)
+    const T rounded = static_cast<T>(mean);
+    center = std::fabs(static_cast<double>(rounded)) <
+                     std::ldexp(1.0, std::numeric_limits<T>::max_exponent -
+                                         std::numeric_limits<T>::digits - 1)
+                 ? rounded
                  : T(0);
     shift = -a * (static_cast<long double>(mean) - center);
   }
@@ -1378,6 +1379,43 @@ TYPED_TEST(KernelTester, ChannelGradientsOverTails) {
       }
     }
   });
+}
+
+// The dy center is the mean of dy rounded to T, and 0 where dy − center could overflow: a float
+// mean just below 2^103 (half an ulp of the largest float) that rounds to 2^103 is such a mean
+// (2^103 − (−FLT_MAX) rounds to infinity), whatever its unrounded value. Vector and scalar
+// channels alike.
+TEST(KernelDyCenter, ZeroWhereTheRoundedMeanCouldOverflowDy) {
+  const double largest_center = std::ldexp(1.0, 103);
+  // Σdy/M of 4 values: just below 2^103 (rounds to it), 2^103 − 2^80 (a float below it), and
+  // ordinary ones; eight channels and one more, for the vector and the scalar code.
+  const std::vector<double> means = {largest_center - std::ldexp(1.0, 78),
+                                     largest_center - std::ldexp(1.0, 80),
+                                     -(largest_center - std::ldexp(1.0, 78)),
+                                     3.0,
+                                     largest_center,
+                                     -1.5,
+                                     1e30,
+                                     largest_center - std::ldexp(1.0, 78),
+                                     largest_center - std::ldexp(1.0, 78)};
+  const std::size_t n = means.size();
+  std::vector<double> sum_dy(n), sums(n, 0.0);
+  for (std::size_t c = 0; c < n; ++c) sum_dy[c] = 4 * means[c];
+  const std::vector<float> mean(n, 0.5f), inv(n, 0.5f), gamma(n, 1.0f);
+  for (bnorm::isa isa : isas_under_test()) {
+    SCOPED_TRACE(bnorm::to_string(isa));
+    const kernels::kernel_set<float>& k = table_of(isa).get<float>();
+    kernels::gradient_channels<float> in = channel_inputs(mean, inv, gamma, sum_dy, sums);
+    in.count = 4.0;
+    std::vector<double> dgamma = sums;
+    in.sum_dy_d = dgamma.data();
+    gradient_buffers<float> out(n);
+    const kernels::gradient_coefficients<float> writable = out.writable();
+    k.channel_gradients(in, &writable, 0);
+    const std::vector<float> want = {
+        0.f, static_cast<float>(means[1]), 0.f, 3.f, 0.f, -1.5f, 1e30f, 0.f, 0.f};
+    for (std::size_t c = 0; c < n; ++c) EXPECT_EQ(out.dy_center[c], want[c]) << "channel " << c;
+  }
 }
 
 // Channels whose dy coefficient a = γ·inv_std (γ of 2^(9/16·max_exponent)) or shift (Σdy/M of

@@ -372,8 +372,10 @@ gradient_flags channel_gradients(const gradient_channels<T>& channels,
     const double a = in.gamma ? static_cast<double>(in.gamma[c]) * inv : inv;
     const double x_scale = -(a * inv) * (dgamma * per_value);
     const double mean_dy = in.sum_dy[c] * per_value;
-    const T dy_center =
-        std::fabs(mean_dy) < overflowing_center<T>() ? static_cast<T>(mean_dy) : T(0);
+    const T rounded_mean_dy = static_cast<T>(mean_dy);  // the test is the rounded value's
+    const T dy_center = std::fabs(static_cast<double>(rounded_mean_dy)) < overflowing_center<T>()
+                            ? rounded_mean_dy
+                            : T(0);
     const double shift = -a * (mean_dy - static_cast<double>(dy_center));
     const T center = in.mean[c];
     const std::size_t at = first + c;
@@ -433,9 +435,12 @@ gradient_flags channel_gradients(const gradient_channels<T>& channels,
       const dvec x_scale = -(a * inv) * (dgamma * per_value_v);
       const dvec mean_dy = dvec::load_unaligned(in.sum_dy + c) * per_value_v;
       const std::size_t at = first + c;
-      store_as<Arch>(out.dy_center + at,
-                     xsimd::select(xsimd::abs(mean_dy) < overflowing, mean_dy, zero));
-      const dvec shift = -a * (mean_dy - load_as_f64<Arch>(out.dy_center + at));
+      store_as<Arch>(out.dy_center + at, mean_dy);
+      const dvec rounded_mean_dy = load_as_f64<Arch>(out.dy_center + at);
+      const dvec dy_center =
+          xsimd::select(xsimd::abs(rounded_mean_dy) < overflowing, rounded_mean_dy, zero);
+      store_as<Arch>(out.dy_center + at, dy_center);
+      const dvec shift = -a * (mean_dy - dy_center);
       store_as<Arch>(out.center + at, center);
       store_as<Arch>(out.dy_scale + at, a);
       store_as<Arch>(out.x_scale + at, x_scale);

@@ -127,7 +127,8 @@ struct normalize_params {
 /// its mean (as x − center in the forward): the terms dy·dy_scale and −γ·inv_std·Σdy/M, each
 /// rounded at the size of γ·inv_std·|Σdy/M|, would leave that rounding in a dx that is far
 /// smaller (dy constant at 65536, a loss scale: dx ≈ 0 came out as 0.0078). A dy_center from
-/// which dy − dy_center could overflow (see overflowing_center) is 0.
+/// which dy − dy_center could overflow (see overflowing_center; the test is the rounded mean's)
+/// is 0.
 template <class Value>
 struct gradient_coefficients {
   Value* center = nullptr;
