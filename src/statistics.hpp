@@ -42,13 +42,21 @@ moments exact_moments(std::size_t batch, std::size_t spatial, double epsilon,
   double total = 0.0;
   for (std::size_t n = 0; n < batch; ++n)
     for (std::size_t s = 0; s < spatial; ++s) total += value_at(n, s) / unit;
-  const double mean = total / count;
-  double squares = 0.0;
+  const double first_mean = total / count;
+  // The deviations from that mean and their sum, which corrects it: total/count of a constant
+  // channel can be an ulp away from its value (twelve float64 copies of -5.7e-29: with eps
+  // 4.9e-324 every y was 1), and the correction, n times that ulp over n, gives the value back
+  // exactly, and a variance of exactly 0.
+  double deviations = 0.0, squares = 0.0;
   for (std::size_t n = 0; n < batch; ++n)
     for (std::size_t s = 0; s < spatial; ++s) {
-      const double d = value_at(n, s) / unit - mean;
+      const double d = value_at(n, s) / unit - first_mean;
+      deviations += d;
       squares += d * d;
     }
+  const double mean = first_mean + deviations / count;
+  squares -= deviations * (deviations / count);
+  if (squares < 0.0) squares = 0.0;  // rounding only; a NaN stays NaN
   const double scaled_variance = squares / count;
   const double variance = scaled_variance * unit * unit;
   // Where the variance overflows, or underflows to a subnormal or zero (float64 values within

@@ -207,6 +207,36 @@ TEST_P(Edges, DoubleSpreadBelowTheSquareRange) {
   }
 }
 
+// float64 constant channels whose var + eps is below the resum threshold (eps of a subnormal):
+// summed again exactly, each channel's mean must still be its value exactly, so that y is
+// exactly 0. Found by the fuzzer (twelve copies of -5.7e-29 with eps 4.9e-324: every y was 1,
+// the resum's mean an ulp away from the value), `training_f64_constant_channel_resummed`.
+TEST_P(Edges, DoubleConstantChannelsSummedAgainGiveZero) {
+  const bnorm::tensor_shape shape{1, 5, 12};
+  const geometry g(shape);
+  const double values[5] = {-5.7e-29, 3.0, 1e-140, 7e200, -0.1};
+  for (layout l : {layout::channels_first, layout::channels_last}) {
+    for (double eps : {std::numeric_limits<double>::denorm_min(), 1e-300}) {
+      const std::vector<double> x =
+          g.tensor<double>(l, [&](std::size_t, std::size_t c, std::size_t) { return values[c]; });
+      std::vector<double> y(x.size(), -7.0), mean(g.c), running_mean(g.c, 0.0),
+          running_var(g.c, 1.0);
+      bnorm::training_args args;
+      args.src = x.data();
+      args.dst = y.data();
+      args.batch_mean = out(mean);
+      args.running_mean = out(running_mean);
+      args.running_var = out(running_var);
+      const bnorm::status s = plan<double>(shape, l, eps).forward_training(args);
+      ASSERT_TRUE(s.ok()) << s.message();
+      for (std::size_t c = 0; c < g.c; ++c) EXPECT_EQ(mean[c], values[c]) << c;
+      for (std::size_t i = 0; i < y.size(); ++i) {
+        ASSERT_EQ(y[i], 0.0) << "element " << i << ", eps " << eps;
+      }
+    }
+  }
+}
+
 // Data built against the pivot bound: the eight rows the pivots come from sit 2.98 standard
 // deviations above the mean, the others alternate in runs of 64 rows between two values, so
 // that every float32 block of 16 rows rounds its squares alike. With the bound at 3 standard
