@@ -220,6 +220,7 @@ bool make_partition(const problem& prob, const plan_options& options, std::size_
   // The work of an element is its compute type's, whatever it is stored in (bf16 and f16
   // convert to float32 and back): half-storage tensors wait for workers at the same counts.
   p.serial = p.elements * std::max(p.element_size, p.value_size) < serial_bytes;
+  p.one_thread = options.max_threads == 1;
   const bool planes = prob.layout == layout::channels_first && p.spatial > 1;
   const auto streams = [&](output_use use) {
     const std::size_t min_plane_bytes = use == output_use::training
@@ -511,7 +512,8 @@ std::string describe(const partition& p) {
     list += list.empty() ? name : std::string(", ") + name;
   };
   std::size_t streamed_everywhere = 0;
-  for (const path_stores& path : paths) {
+  for (path_stores path : paths) {
+    if (p.one_thread) path.more_threads = path.one_thread;  // no other threads to store from
     if (path.one_thread && path.more_threads) {
       append(everywhere, path.name);
       ++streamed_everywhere;
@@ -545,8 +547,12 @@ std::string describe(const partition& p) {
   if (p.residual_read_ahead_bytes > 0) {
     out += text(" · the residual's planes %zu KiB ahead", p.residual_read_ahead_bytes / 1024);
   }
-  out += p.serial ? " · calling thread" : " · parallel";
-  if (!p.serial && p.inference_on_same_threads) out += ", inference on the same threads";
+  if (p.one_thread) {
+    out += " · one thread";
+  } else {
+    out += p.serial ? " · calling thread" : " · parallel";
+    if (!p.serial && p.inference_on_same_threads) out += ", inference on the same threads";
+  }
   return out;
 }
 

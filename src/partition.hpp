@@ -95,6 +95,9 @@ struct partition {
   std::size_t value_size = 0;    // bytes of a per-channel value (pivots, coefficients)
   /// Too small to be worth a task: run every unit on the calling thread.
   bool serial = false;
+  /// The plan's max_threads is 1: every call runs on the calling thread whatever its size, with
+  /// the one-thread stores (describe says so; the units stay as they are, and so do the bits).
+  bool one_thread = false;
   /// Write the output with non-temporal stores (see plan_options::stores): training's and the
   /// backward's dx, which read their input twice, on one thread and each on more; inference's
   /// (and the frozen backward's dx), which read it once, on one thread and on more

@@ -849,4 +849,28 @@ TEST(Schedule, DescribesStoresAndThreading) {
   EXPECT_STREQ(bnorm::plan().describe(), "plan: not initialized");
 }
 
+// A plan capped at one thread says so, and names the stores that one thread makes, not the
+// stores of threads it never has: a 12 MiB inference streams on one thread (from a quarter of
+// a 32 MiB last-level cache) and not on more (from half).
+TEST(Schedule, OneThreadPlansSayOneThread) {
+  const bnorm::isa id = isas_under_test().front();
+  const bnorm::detail::cache_sizes host{2u << 20, 32u << 20, false};
+  const bnorm::problem prob{{48, 64, 32, 32}};
+  const bnorm::detail::partition shared = plan_partition(prob, {}, id, host);
+  ASSERT_TRUE(shared.stream_inference_stores);
+  ASSERT_FALSE(shared.stream_parallel_inference_stores);
+  const std::string shared_line = describe(shared);
+  EXPECT_NE(shared_line.find(" · parallel"), std::string::npos) << shared_line;
+  EXPECT_NE(shared_line.find("inference on one thread"), std::string::npos) << shared_line;
+  bnorm::plan_options opts;
+  opts.max_threads = 1;
+  const std::string one_line = describe(plan_partition(prob, opts, id, host));
+  EXPECT_NE(one_line.find(" · one thread"), std::string::npos) << one_line;
+  EXPECT_EQ(one_line.find("parallel"), std::string::npos) << one_line;
+  EXPECT_EQ(one_line.find("threads"), std::string::npos) << one_line;
+  EXPECT_NE(one_line.find(" · streaming stores ·"), std::string::npos) << one_line;
+  const bnorm::plan capped = make_plan_or_fail({{2, 4}}, opts);
+  EXPECT_NE(std::string(capped.describe()).find(" · one thread"), std::string::npos);
+}
+
 }  // namespace
