@@ -535,7 +535,8 @@ void register_all() {
   }
 }
 
-/// Sampled bnorm outputs of every case (1 thread), for bench_torch.py's check of PyTorch.
+/// Sampled bnorm outputs of every case (1 thread), and the backward's dγ and dβ, for
+/// bench_torch.py's check of PyTorch.
 int write_samples(const char* path) {
   std::FILE* f = std::fopen(path, "w");
   if (!f) return 1;
@@ -554,6 +555,15 @@ int write_samples(const char* path) {
       std::fprintf(f, "%s[%zu, %.9g]", j ? ", " : "", i, static_cast<double>(out[i]));
     }
     std::fprintf(f, "]");
+    if (k.m == mode::backward) {  // and every channel's dγ and dβ
+      for (const auto& [what, values] : {std::pair{"dgamma", &b.dgamma}, {"dbeta", &b.dbeta}}) {
+        std::fprintf(f, ",\n\"%s/%s\": [", k.name("bnorm").c_str(), what);
+        for (std::size_t c = 0; c < values->size(); ++c) {
+          std::fprintf(f, "%s[%zu, %.9g]", c ? ", " : "", c, static_cast<double>((*values)[c]));
+        }
+        std::fprintf(f, "]");
+      }
+    }
   }
   std::fprintf(f, "\n}\n");
   return std::fclose(f) == 0 ? 0 : 1;

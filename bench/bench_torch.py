@@ -21,7 +21,8 @@ parameters (gamma 1.5, beta 0.25, running mean 0 and variance 1, epsilon 1e-5). 
 The upstream gradient dy is a second deterministic tensor, made like x (with its own
 constants, see GRADIENT) and in x's memory layout. Before a case's time counts, PyTorch's
 output (y; dx for the backward modes) is compared with bnorm's at the sampled positions
-bnorm_bench wrote (--samples_out); a case that differs is reported as an error, not a time.
+bnorm_bench wrote (--samples_out), and the training backward's dgamma and dbeta with bnorm's
+at every channel; a case that differs is reported as an error, not a time.
 """
 import argparse
 import json
@@ -84,7 +85,7 @@ HALF = {"bf16": torch.bfloat16, "f16": torch.float16}
 
 def case_function(mode, x, dy, weight, bias, mean, var):
     """The function timed for one mode; it returns the output checked against bnorm's (y, or
-    dx for the backward modes)."""
+    dx for the backward modes; the training backward's (dx, dgamma, dbeta))."""
     base, _, storage = mode.partition("_")
     if storage in HALF:
         x = x.to(HALF[storage])  # keeps x's memory format
@@ -99,7 +100,7 @@ def case_function(mode, x, dy, weight, bias, mean, var):
         _, save_mean, save_invstd = torch.ops.aten.native_batch_norm(
             x, weight, bias, mean.clone(), var.clone(), True, 0.1, 1e-5)
         return lambda: torch.ops.aten.native_batch_norm_backward(
-            dy, x, weight, mean, var, save_mean, save_invstd, True, 1e-5, [True, True, True])[0]
+            dy, x, weight, mean, var, save_mean, save_invstd, True, 1e-5, [True, True, True])
     assert mode == "frozen"
     return lambda: torch.ops.aten.native_batch_norm_backward(
         dy, x, weight, mean, var, None, None, False, 1e-5, [True, False, False])[0]
@@ -159,19 +160,34 @@ def main():
                              "repetitions": args.repetitions, "threads": threads}
                     try:
                         with torch.no_grad():
-                            y = memory_order(run(), layout).float().numpy()
+                            out = run()
+                            parameters = {}
+                            if mode == "backward":
+                                out, parameters["dgamma"], parameters["dbeta"] = out
+                            y = memory_order(out, layout).float().numpy()
                     except RuntimeError as e:  # float16 on CPU
                         entry.update(error_occurred=True, error_message=str(e)[:80])
                         results.append(entry)
                         print(f"{entry['name']:60s} {str(e)[:60]}", flush=True)
                         continue
-                    expected = samples.get(f"{name}/{layout}/{mode}/threads:1/bnorm", [])
+                    key = f"{name}/{layout}/{mode}/threads:1/bnorm"
+                    expected = samples.get(key, [])
                     worst = max((abs(float(y[i]) - v) / (1 + abs(v)) for i, v in expected),
                                 default=float("inf"))
+                    # dgamma and dbeta: every channel, within float32 sums of the batch's values
+                    # (as the oneDNN check in bench_bnorm.cpp).
+                    worst_parameter = max(
+                        (max((abs(float(got[c]) - v) / (1 + abs(v))
+                              for c, v in samples.get(f"{key}/{what}", [])), default=float("inf"))
+                         for what, got in parameters.items()), default=0.0)
                     # Half outputs: an ulp of theirs apart where the two round differently.
                     if not worst <= (1e-2 if "_" in mode else 1e-4):
                         entry.update(error_occurred=True,
                                      error_message=f"PyTorch output differs from bnorm's by {worst:g}")
+                    elif not worst_parameter <= 1e-3:
+                        entry.update(error_occurred=True,
+                                     error_message="PyTorch dgamma or dbeta differs from bnorm's by "
+                                                   f"{worst_parameter:g}")
                     else:
                         mean.zero_()
                         var.fill_(1.0)
