@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <cstring>
 #include <new>
+#include <utility>
 
 #include "bnorm/plan.hpp"
 #include "bnorm/version.hpp"
@@ -112,7 +113,7 @@ void bnorm_plan_options_init(bnorm_plan_options* options) {
   const bnorm::plan_options defaults;
   options->update_running_stats = defaults.update_running_stats;
   options->convention = static_cast<bnorm_momentum_convention>(defaults.convention);
-  options->momentum = defaults.momentum;
+  options->momentum = bnorm::default_momentum(defaults.convention);
   options->cumulative_average = defaults.cumulative_average;
   options->max_threads = defaults.max_threads;
   options->max_isa = BNORM_ISA_ANY;
@@ -168,6 +169,15 @@ bnorm_status_code bnorm_plan_create(bnorm_plan* plan, const bnorm_problem* probl
   prob.layout = enum_of<bnorm::layout>(problem->layout);
   prob.dtype = enum_of<bnorm::dtype>(problem->dtype);
   prob.epsilon = problem->epsilon;
+  for (const auto& [name, value] :
+       {std::pair{"options.update_running_stats", o.update_running_stats},
+        {"options.cumulative_average", o.cumulative_average}}) {
+    if (value != 0 && value != 1) {
+      return report(bnorm::status::failure(bnorm::status_code::invalid_argument,
+                                           "%s: expected 0 or 1, got %d", name, value),
+                    status);
+    }
+  }
   bnorm::plan_options opts;
   opts.update_running_stats = o.update_running_stats != 0;
   opts.convention = enum_of<bnorm::momentum_convention>(o.convention);

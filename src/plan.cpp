@@ -57,6 +57,12 @@ const char* to_string(momentum_convention value) noexcept {
   return "unknown";
 }
 
+double default_momentum(momentum_convention convention) noexcept {
+  return convention == momentum_convention::mindspore || convention == momentum_convention::onnx
+             ? 0.9
+             : 0.1;
+}
+
 const char* to_string(activation value) noexcept {
   switch (value) {
     case activation::none: return "none";
@@ -140,7 +146,9 @@ status validate_problem(const problem& prob, const plan_options& options) noexce
                            enum_text(prob.layout).text);
   }
   if (status s = detail::check_epsilon("epsilon", prob.epsilon); !s) return s;
-  if (status s = detail::check_momentum("momentum", options.momentum); !s) return s;
+  if (options.momentum) {
+    if (status s = detail::check_momentum("momentum", *options.momentum); !s) return s;
+  }
   if (options.convention != momentum_convention::pytorch &&
       options.convention != momentum_convention::mindspore &&
       options.convention != momentum_convention::onnx) {

@@ -80,15 +80,15 @@ struct running_rule {
 /// `batches_tracked` is num_batches_tracked after this step's increment.
 inline running_rule make_running_rule(const plan_options& options,
                                       std::int64_t batches_tracked) noexcept {
+  const double momentum = options.momentum.value_or(default_momentum(options.convention));
   switch (options.convention) {
     case momentum_convention::pytorch:
-      return {options.cumulative_average ? 1.0 / static_cast<double>(batches_tracked)
-                                         : options.momentum,
+      return {options.cumulative_average ? 1.0 / static_cast<double>(batches_tracked) : momentum,
               true};
-    case momentum_convention::mindspore: return {1.0 - options.momentum, true};
-    case momentum_convention::onnx: return {1.0 - options.momentum, false};
+    case momentum_convention::mindspore: return {1.0 - momentum, true};
+    case momentum_convention::onnx: return {1.0 - momentum, false};
   }
-  return {options.momentum, true};
+  return {momentum, true};
 }
 
 }  // namespace bnorm::detail

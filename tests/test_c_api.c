@@ -106,6 +106,15 @@ static void test_plan_create_and_queries(void) {
   opts.momentum = 2.0;
   expect_error(bnorm_plan_create(&plan, &prob, &opts, &status), &status, BNORM_INVALID_ARGUMENT,
                "momentum: expected");
+  /* Booleans are 0 or 1: another value is refused, not read as true. */
+  bnorm_plan_options_init(&opts);
+  opts.update_running_stats = 2;
+  expect_error(bnorm_plan_create(&plan, &prob, &opts, &status), &status, BNORM_INVALID_ARGUMENT,
+               "options.update_running_stats: expected 0 or 1, got 2");
+  bnorm_plan_options_init(&opts);
+  opts.cumulative_average = -1;
+  expect_error(bnorm_plan_create(&plan, &prob, &opts, &status), &status, BNORM_INVALID_ARGUMENT,
+               "options.cumulative_average: expected 0 or 1, got -1");
   /* Values outside the named ones, negative too, are read as they are and named. */
   bnorm_plan_options_init(&opts);
   opts.stores = (bnorm_store_policy)-1;

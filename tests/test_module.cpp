@@ -152,6 +152,34 @@ TEST(Module, OnnxConventionUsesTheBiasedVariance) {
   }
 }
 
+// A convention set alone keeps its framework's default momentum (PyTorch 0.1, MindSpore and ONNX
+// 0.9: r = 0.9·r + 0.1·batch in all three), not PyTorch's number read in another meaning.
+TEST(Module, ConventionSetAloneTakesItsFrameworksDefaultMomentum) {
+  for (const bnorm::momentum_convention convention :
+       {bnorm::momentum_convention::pytorch, bnorm::momentum_convention::mindspore,
+        bnorm::momentum_convention::onnx}) {
+    bnorm::plan_options opts;
+    opts.convention = convention;
+    const bnorm::plan plan = make_plan_or_fail({{2, 4}}, opts);
+    std::vector<float> y(8), rm(4, 1.f), rv(4, 2.f);
+    bnorm::training_args args;
+    args.src = seed_x.data();
+    args.dst = y.data();
+    args.running_mean = out(rm);
+    args.running_var = out(rv);
+    ASSERT_TRUE(plan.forward_training(args).ok());
+    const bool biased = convention == bnorm::momentum_convention::onnx;
+    for (int c = 0; c < 4; ++c) {
+      EXPECT_NEAR(rm[c], 0.9 * 1.0 + 0.1 * seed_mean[c], 1e-7) << bnorm::to_string(convention);
+      EXPECT_NEAR(rv[c], 0.9 * 2.0 + 0.1 * seed_unbiased_var[c] / (biased ? 2 : 1), 1e-7)
+          << bnorm::to_string(convention);
+    }
+  }
+  EXPECT_EQ(bnorm::default_momentum(bnorm::momentum_convention::pytorch), 0.1);
+  EXPECT_EQ(bnorm::default_momentum(bnorm::momentum_convention::mindspore), 0.9);
+  EXPECT_EQ(bnorm::default_momentum(bnorm::momentum_convention::onnx), 0.9);
+}
+
 TEST(Module, MindSporeInitializersAndFormat) {
   bnorm::mindspore::options opts;
   opts.gamma_init = 2.0;

@@ -117,7 +117,7 @@ typedef struct bnorm_plan_options {
   size_t struct_size;
   int update_running_stats;
   bnorm_momentum_convention convention;
-  double momentum;
+  double momentum; /* in the convention's meaning: set it with the convention */
   int cumulative_average;
   int max_threads;
   bnorm_isa max_isa;
@@ -173,7 +173,8 @@ typedef struct bnorm_backward_args {
   size_t scratch_size;
 } bnorm_backward_args;
 
-/** Defaults of the C++ API (PyTorch convention, momentum 0.1, ...), struct_size set; a
+/** Defaults of the C++ API (PyTorch convention, momentum 0.1: set the momentum with the
+ * convention, MindSpore's and ONNX's default being 0.9, ...), struct_size set; a
  * problem's rank 0 and shape zeros, f32, channels-first, epsilon 1e-5; args all empty. */
 void bnorm_problem_init(bnorm_problem* problem);
 void bnorm_plan_options_init(bnorm_plan_options* options);

@@ -96,6 +96,9 @@ enum class momentum_convention {
 };
 
 const char* to_string(momentum_convention value) noexcept;  ///< "pytorch", ...; "unknown"
+/// The momentum a convention's framework defaults to: PyTorch 0.1, MindSpore and ONNX 0.9 (the
+/// same running statistics: r = 0.9·r + 0.1·batch); 0.1 for an unknown value.
+double default_momentum(momentum_convention convention) noexcept;
 
 /// How normalization writes dst.
 enum class store_policy {
@@ -163,8 +166,10 @@ struct plan_options {
   /// forward_training uses batch statistics only and leaves those buffers alone.
   bool update_running_stats = true;
   momentum_convention convention = momentum_convention::pytorch;
-  /// In the convention's own meaning: PyTorch 0.1, MindSpore and ONNX 0.9 by default.
-  double momentum = 0.1;
+  /// In the convention's own meaning, in [0, 1]. Unset: the convention's default, PyTorch's 0.1,
+  /// MindSpore's and ONNX's 0.9 (default_momentum), so that a convention set alone keeps its
+  /// framework's running statistics.
+  std::optional<double> momentum;
   /// PyTorch momentum=None: the factor is 1/num_batches_tracked, a cumulative average.
   /// Only with the pytorch convention; needs num_batches_tracked at every training call.
   bool cumulative_average = false;

@@ -68,7 +68,7 @@ header header_of(const plan& p, const status& local) {
   h.words[update_running_word] = o.update_running_stats;
   h.words[cumulative_word] = o.cumulative_average;
   h.words[epsilon_word] = bits_of(prob.epsilon);
-  h.words[momentum_word] = bits_of(o.momentum);
+  h.words[momentum_word] = bits_of(o.momentum.value_or(default_momentum(o.convention)));
   h.words[clamp_min_word] = bits_of(o.clamp_min);
   h.words[clamp_max_word] = bits_of(o.clamp_max);
   return h;
