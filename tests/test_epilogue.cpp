@@ -228,6 +228,60 @@ TEST_P(Epilogue, BackwardIsThePlainBackwardOfTheMaskedGradient) {
   }
 }
 
+// An output of +inf (a finite x times a large γ) passes the ReLU's mask as any y > 0 does, and
+// an infinite clamp bound clamps nothing on its side, ±inf included: y = +inf once zeroed dy
+// there, so dx, dz, dγ and dβ lost those values. Vectors and a tail on every ISA.
+TEST_P(Epilogue, MaskPassesInfiniteOutputsWhereNoBoundClampsThem) {
+  const bnorm::tensor_shape shape{1, 1, 37};
+  const std::size_t n = 37;
+  std::vector<float> x(n), dy(n), zeros(n, 0.0f);
+  for (std::size_t i = 0; i < n; ++i) {
+    x[i] = i % 3 == 0 ? 10.0f : i % 3 == 1 ? -10.0f : 0.5f;
+    dy[i] = static_cast<float>(1 + i) / 64.0f;
+  }
+  const std::vector<float> gamma{1e38f}, mean{0.0f}, var{1.0f};
+  for (const activation a : {activation::relu, activation::add_relu, activation::clamp}) {
+    bnorm::plan_options opts;
+    opts.max_isa = GetParam();
+    opts.activation = a;
+    opts.clamp_min = -INFINITY;
+    opts.clamp_max = INFINITY;
+    const bnorm::plan plan =
+        make_plan_or_fail({shape, layout::channels_first, bnorm::dtype::f32, 0.0}, opts);
+    std::vector<float> y(n);
+    bnorm::inference_args fwd;
+    fwd.src = x.data();
+    fwd.dst = y.data();
+    fwd.scale = in(gamma);
+    fwd.mean = in(mean);
+    fwd.var = in(var);
+    if (a == activation::add_relu) fwd.residual = zeros.data();
+    ASSERT_TRUE(plan.forward_inference(fwd).ok());
+    std::vector<float> dx(n, -3.0f), dz(n, -3.0f);
+    bnorm::backward_args back;
+    back.src = x.data();
+    back.diff_dst = dy.data();
+    back.diff_src = dx.data();
+    back.scale = in(gamma);
+    back.mean = in(mean);
+    back.var = in(var);
+    back.dst = y.data();
+    if (a == activation::add_relu) back.diff_residual = dz.data();
+    ASSERT_TRUE(plan.backward_frozen(back).ok());
+    const std::string name = bnorm::to_string(a);
+    for (std::size_t i = 0; i < n; ++i) {
+      ASSERT_EQ(y[i], i % 3 == 0   ? INFINITY
+                      : i % 3 == 1 ? (a == activation::clamp ? -INFINITY : 0.0f)
+                                   : 5e37f)
+          << name << " y at " << i;
+      const bool passes = a == activation::clamp || i % 3 != 1;  // y > 0, or no bound at all
+      const float want = passes ? dy[i] * 1e38f : 0.0f;          // dy·γ/sqrt(1 + 0)
+      EXPECT_NEAR(dx[i], want, 1e-6 * std::fabs(want)) << name << " dx at " << i;
+      if (a == activation::add_relu) EXPECT_EQ(dz[i], passes ? dy[i] : 0.0f) << "dz at " << i;
+    }
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(AllIsas, Epilogue, testing::ValuesIn(isas_under_test()), isa_param_name);
 
 TEST(EpilogueContract, ResidualRulesAndBounds) {

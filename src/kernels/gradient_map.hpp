@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
+#include <limits>
 
 #include "kernels/kernels.hpp"
 #include "kernels/map.hpp"
@@ -417,23 +418,31 @@ void interleaved_gradient(const S* src, const S* diff_dst, S* diff_src, const ro
 }
 
 /// The gradient through a fused activation, from its output y: out = dy where lo < y < hi,
-/// else 0 (ReLU: lo = 0, hi = +inf). A NaN y passes nothing: the output is NaN there, and its
-/// gradient is undefined (PyTorch's threshold_backward, whose test is y <= 0, passes dy).
-/// Elementwise over n contiguous values; out may be dy (in place).
+/// else 0 (ReLU: lo = 0, hi = +inf). An infinite bound clamps nothing, so its side passes every
+/// y, the infinite ones too (ReLU's y = +inf, from a finite x and a large γ or a half type's
+/// overflow, passes dy as PyTorch's threshold_backward does). A NaN y passes nothing: the output
+/// is NaN there, and its gradient is undefined (threshold_backward, whose test is y <= 0, passes
+/// dy). Elementwise over n contiguous values; out may be dy (in place).
 template <class Arch, class S, class T = compute_t<S>>
 void activation_mask(const S* dy, const S* y, S* out, std::size_t n, T lo, T hi) noexcept {
   using vec = xsimd::batch<T, Arch>;
+  using vec_bool = xsimd::batch_bool<T, Arch>;
   constexpr std::size_t lanes = vec::size;
   const vec low(lo), high(hi), zero(T(0));
+  const bool no_lower = lo == -std::numeric_limits<T>::infinity();
+  const bool no_upper = hi == std::numeric_limits<T>::infinity();
+  const vec_bool any_low(no_lower), any_high(no_upper);
   std::size_t i = 0;
   for (; i + lanes <= n; i += lanes) {
     const vec v = load_elements<Arch>(y + i);
-    store_elements<Arch>(out + i,
-                         xsimd::select((v > low) & (v < high), load_elements<Arch>(dy + i), zero));
+    // NaN compares false either way, and v == v keeps it out where a side is open.
+    const vec_bool inside = ((v > low) | (any_low & (v == v))) & ((v < high) | any_high);
+    store_elements<Arch>(out + i, xsimd::select(inside, load_elements<Arch>(dy + i), zero));
   }
   for (; i < n; ++i) {
     const T v = to_compute(y[i]);
-    out[i] = v > lo && v < hi ? dy[i] : from_compute<S>(T(0));
+    const bool inside = (v > lo || (no_lower && v == v)) && (v < hi || no_upper);
+    out[i] = inside ? dy[i] : from_compute<S>(T(0));
   }
 }
 
