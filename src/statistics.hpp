@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <limits>
 
 #include "bnorm/plan.hpp"
 
@@ -16,10 +17,16 @@ struct moments {
   double inv_std;   // 1/sqrt(variance + epsilon), finite even then
 };
 
+/// 1/sqrt(variance + epsilon), from the quarters where the sum overflows though both terms are
+/// finite (the kernels' inverse_std, xsimd_compat.hpp). A square root and a division, each
+/// rounded: within about an ulp, as the kernels' inverse_sqrt (on AVX-512 an estimate refined by
+/// Newton steps) is.
 inline double inverse_std(double variance, double epsilon) noexcept {
-  // A square root and a division, each rounded: within about an ulp, as the kernels'
-  // inverse_sqrt (on AVX-512 an estimate refined by Newton steps) is.
-  return 1.0 / std::sqrt(variance + epsilon);
+  const double sum = variance + epsilon;
+  if (sum == std::numeric_limits<double>::infinity()) {
+    return 0.5 / std::sqrt(variance * 0.25 + epsilon * 0.25);
+  }
+  return 1.0 / std::sqrt(sum);
 }
 
 /// A channel's moments from its values value_at(n, s), n < batch, s < spatial, in passes of

@@ -257,7 +257,8 @@ TEST_P(Edges, PivotsBuiltToSitThreeDeviationsOff) {
 template <class T>
 void check_inference(const bnorm::plan& plan, const std::vector<T>& x,
                      const bnorm::tensor_shape& shape, layout l, const std::vector<T>& mean,
-                     const std::vector<T>& var, const std::vector<T>& gamma, bool relative) {
+                     const std::vector<T>& var, const std::vector<T>& gamma, bool relative,
+                     real eps = 1e-5L) {
   const geometry g(shape);
   std::vector<T> y(x.size());
   bnorm::inference_args args;
@@ -269,7 +270,7 @@ void check_inference(const bnorm::plan& plan, const std::vector<T>& x,
   const bnorm::status s = plan.forward_inference(args);
   ASSERT_TRUE(s.ok()) << s.message();
   for (std::size_t c = 0; c < g.c; ++c) {
-    const real scale = static_cast<real>(gamma[c]) / std::sqrt(static_cast<real>(var[c]) + 1e-5L);
+    const real scale = static_cast<real>(gamma[c]) / std::sqrt(static_cast<real>(var[c]) + eps);
     for (std::size_t n = 0; n < g.n; ++n)
       for (std::size_t sp = 0; sp < g.spatial; ++sp) {
         const std::size_t i = g.offset(l, n, c, sp);
@@ -353,6 +354,59 @@ TEST_P(Edges, InferenceAtTheLargestFloat) {
 }
 TEST_P(Edges, InferenceAtTheLargestDouble) {
   inference_at_the_edges<double>(*this, GetParam());
+}
+
+// float64 variances and an eps whose sum passes the largest double, each finite: 1/std is still
+// finite (about 1e-154), and was 0, with y and the frozen dx 0, returned as ok. Eleven channels:
+// a vector of them and a tail on every ISA.
+TEST_P(Edges, DoubleVarianceAndEpsilonSummingBeyondTheRange) {
+  const double eps = 1e308;
+  const bnorm::tensor_shape shape{6, 11, 5};
+  const geometry g(shape);
+  for (layout l : {layout::channels_first, layout::channels_last}) {
+    SCOPED_TRACE(l == layout::channels_last ? "channels_last" : "channels_first");
+    std::vector<double> x(g.elements());
+    const std::vector<double> ordinary = normal_data<double>(g.elements(), 3.0, 2.0, 9);
+    for (std::size_t n = 0; n < g.n; ++n)
+      for (std::size_t s = 0; s < g.spatial; ++s)
+        for (std::size_t c = 0; c < g.c; ++c) {
+          const std::size_t i = g.offset(l, n, c, s);
+          const double spread = 1e154 * (1 + c / 64.0);  // variances 1e308 to 1.34e308
+          x[i] = c % 3 == 2 ? ordinary[i] : ((n * g.spatial + s) % 2 ? -spread : spread);
+        }
+    check_training<double>(x, shape, l, eps);
+    bnorm::plan_options opts;
+    opts.max_isa = GetParam();
+    const bnorm::plan plan = make_plan_or_fail({shape, l, bnorm::dtype::f64, eps}, opts);
+    std::vector<double> mean(g.c), var(g.c), gamma(g.c);
+    for (std::size_t c = 0; c < g.c; ++c) {
+      mean[c] = c % 2 ? 1e153 : -2.0;
+      var[c] = c % 4 == 0 ? largest<double> : c % 4 == 1 ? 1e308 : c % 4 == 2 ? 7e307 : 1.0;
+      gamma[c] = c % 2 ? 1.5 : -0.5;
+    }
+    check_inference<double>(plan, x, shape, l, mean, var, gamma, false, eps);
+    // The frozen backward's dx = dy·γ/sqrt(var + eps), dy = x / 1e154.
+    std::vector<double> dy(x.size()), dx(x.size());
+    for (std::size_t i = 0; i < x.size(); ++i) dy[i] = x[i] / 1e154;
+    bnorm::backward_args back;
+    back.src = x.data();
+    back.diff_dst = dy.data();
+    back.diff_src = dx.data();
+    back.scale = in(gamma);
+    back.mean = in(mean);
+    back.var = in(var);
+    ASSERT_TRUE(plan.backward_frozen(back).ok());
+    for (std::size_t c = 0; c < g.c; ++c) {
+      const real scale = static_cast<real>(gamma[c]) /
+                         std::sqrt(static_cast<real>(var[c]) + static_cast<real>(eps));
+      for (std::size_t n = 0; n < g.n; ++n)
+        for (std::size_t s = 0; s < g.spatial; ++s) {
+          const std::size_t i = g.offset(l, n, c, s);
+          const real want = static_cast<real>(dy[i]) * scale;
+          if (want != 0) expect_relative<double>(dx[i], want, "frozen dx", i);
+        }
+    }
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(AllIsas, Edges, testing::ValuesIn(isas_under_test()), isa_param_name);

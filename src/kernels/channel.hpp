@@ -263,7 +263,7 @@ bool scaled_moments(const moment_channels<T>& in) noexcept {
     const double moved = mean - static_cast<double>(pivot[c]);
     scalar_below |= variance + eps < resum_below || !std::isfinite(variance) ||
                     moved * moved > bound_squared * variance;
-    inv_std[c] = inverse_sqrt<Arch>(variance + eps);
+    inv_std[c] = inverse_std<Arch>(variance, eps);
     scale[c] = (Scaled ? static_cast<double>(gamma[c]) : 1.0) * inv_std[c];
   };
   const dvec per_value_v(per_value), e(eps), zero(0.0), small(resum_below), bound(bound_squared),
@@ -286,7 +286,7 @@ bool scaled_moments(const moment_channels<T>& in) noexcept {
     const dvec moved = mean - p;
     settled = settled & (variance + e >= small) & (variance < infinity) &
               (moved * moved <= bound * variance);
-    const dvec inv = inverse_sqrt(variance + e);
+    const dvec inv = inverse_std(variance, e);
     inv.store_unaligned(inv_std + c);
     (Scaled ? load_as_f64<Arch>(gamma + c) * inv : inv).store_unaligned(scale + c);
   }
@@ -317,14 +317,14 @@ bool inference_coefficients(std::size_t channels, double eps, const T* mean, con
       return all_coefficients<Arch>(
           channels, out, first,
           [&](std::size_t c, std::size_t at, vector_out k) {
-            const dvec inv = inverse_sqrt(load_as_f64<Arch>(variance + c) + e);
+            const dvec inv = inverse_std(load_as_f64<Arch>(variance + c), e);
             return store_coefficients<Arch>(
                 centered ? load_as_f64<Arch>(mean + c) : dvec(0.0), inv,
                 affine || gamma ? load_as_f64<Arch>(gamma + c) * inv : inv,
                 affine || beta ? load_as_f64<Arch>(beta + c) : dvec(0.0), k, at);
           },
           [&](std::size_t c, std::size_t at, vector_out k) {
-            const double inv = inverse_sqrt<Arch>(static_cast<double>(variance[c]) + eps);
+            const double inv = inverse_std<Arch>(static_cast<double>(variance[c]), eps);
             store_coefficients_scalar(centered ? static_cast<double>(mean[c]) : 0.0, inv,
                                       (affine || gamma ? static_cast<double>(gamma[c]) : 1.0) * inv,
                                       affine || beta ? static_cast<double>(beta[c]) : 0.0, k, at);
@@ -360,7 +360,7 @@ gradient_flags channel_gradients(const gradient_channels<T>& channels,
   const double per_value = 1.0 / in.count;
   const auto inv_std_of = [&in](std::size_t c) {
     return in.inv_std ? static_cast<double>(in.inv_std[c])
-                      : inverse_sqrt<Arch>(static_cast<double>(in.variance[c]) + in.epsilon);
+                      : inverse_std<Arch>(static_cast<double>(in.variance[c]), in.epsilon);
   };
   bool prescaled = false;
   // Channel c's dx coefficients from its 1/std and dγ: the vector loop's operations, then the
@@ -420,7 +420,7 @@ gradient_flags channel_gradients(const gradient_channels<T>& channels,
     std::size_t c = 0;
     for (; c + lanes <= in.channels; c += lanes) {
       const dvec inv = has_inv_std ? load_as_f64<Arch>(in.inv_std + c)
-                                   : inverse_sqrt(load_as_f64<Arch>(in.variance + c) + eps);
+                                   : inverse_std(load_as_f64<Arch>(in.variance + c), eps);
       const dvec sum_dy_d = dvec::load_unaligned(in.sum_dy_d + c);
       if (checks_products) {  // sums_small_products
         small = small | ((xsimd::abs(sum_dy_d) < small_products) &

@@ -279,6 +279,32 @@ double inverse_sqrt(double a) noexcept {
   }
 }
 
+/// Batch norm's 1/std, 1/sqrt(variance + eps), also where the sum overflows though both terms
+/// are finite (a float64 variance or an eps near the largest double; 1/std was 0 there, and y
+/// 0): from the quarters then, 0.5 · 1/sqrt(variance/4 + eps/4), powers of two that scale
+/// exactly (statistics.hpp's inverse_std is the same rule in one value).
+template <class Arch>
+xsimd::batch<double, Arch> inverse_std(const xsimd::batch<double, Arch>& variance,
+                                       const xsimd::batch<double, Arch>& eps) noexcept {
+  using dvec = xsimd::batch<double, Arch>;
+  const dvec sum = variance + eps;
+  const auto overflowed = sum == dvec(std::numeric_limits<double>::infinity());
+  if (!xsimd::any(overflowed)) return inverse_sqrt(sum);
+  const dvec quarter(0.25);
+  return xsimd::select(overflowed, dvec(0.5) * inverse_sqrt(variance * quarter + eps * quarter),
+                       inverse_sqrt(sum));
+}
+
+/// inverse_std of one channel: a lane's bits.
+template <class Arch>
+double inverse_std(double variance, double eps) noexcept {
+  const double sum = variance + eps;
+  if (sum == std::numeric_limits<double>::infinity()) {
+    return 0.5 * inverse_sqrt<Arch>(variance * 0.25 + eps * 0.25);
+  }
+  return inverse_sqrt<Arch>(sum);
+}
+
 /// (v < bound) ? bound : v (a lower bound) or (v > bound) ? bound : v (an upper one), lane by
 /// lane: a NaN stays, −0 stays −0 against a +0 bound. x86's max and min compute exactly this
 /// with the bound first ((bound > v) ? bound : v, the second operand when either is NaN): one
