@@ -3,6 +3,8 @@
 #include "bnorm/distributed.hpp"
 
 #include <algorithm>
+#include <cmath>
+#include <cstdint>
 
 #include "fp_environment.hpp"
 #include "statistics.hpp"
@@ -11,15 +13,21 @@
 namespace bnorm {
 namespace {
 
-status check_blocks(std::size_t channels, const double* blocks, std::size_t ranks,
+/// What a rank's block holds past its count: statistics (each channel's mean, then its biased
+/// variance, >= 0 or NaN) or gradient sums (any values).
+enum class block_kind { statistics, gradient_sums };
+
+status check_blocks(block_kind kind, std::size_t channels, const double* blocks, std::size_t ranks,
                     const double* out, std::size_t out_size, const char* out_name) noexcept {
-  const std::size_t block = statistics_exchange_size(channels);
-  if (channels > (SIZE_MAX / sizeof(double) - 1) / 2 / (ranks > 0 ? ranks : 1)) {
+  // Both kinds: 1 + 2 × channels doubles (statistics_exchange_size, gradient_exchange_size).
+  const std::size_t limit = SIZE_MAX / sizeof(double);
+  if (channels > (limit - 1) / 2 || (ranks > 0 && 1 + 2 * channels > limit / ranks)) {
     return status::failure(status_code::invalid_argument,
                            "channels: expected blocks that fit in memory, got %zu channels of "
                            "%zu ranks",
                            channels, ranks);
   }
+  const std::size_t block = statistics_exchange_size(channels);
   if (ranks == 0 || blocks == nullptr) {
     return status::failure(status_code::invalid_argument,
                            "blocks: expected at least one rank's block of %zu doubles, got %s",
@@ -35,12 +43,24 @@ status check_blocks(std::size_t channels, const double* blocks, std::size_t rank
     if (status s = detail::check_alignment(name, data, alignof(double), "double"); !s) return s;
   }
   for (std::size_t r = 0; r < ranks; ++r) {
-    const double count = blocks[r * block];
-    if (!(count >= 0.0) || count > 9007199254740992.0) {
+    const double* b = blocks + r * block;
+    const double count = b[0];
+    if (!(count >= 0.0) || count > 9007199254740992.0 || count != std::floor(count)) {
       return status::failure(status_code::invalid_argument,
-                             "blocks: expected rank %zu's count of values per channel, a number "
-                             ">= 0, got %s",
-                             r, detail::number_text(count).text);
+                             "blocks[%zu]: expected rank %zu's count of values per channel, a "
+                             "whole number >= 0, got %s",
+                             r * block, r, detail::number_text(count).text);
+    }
+    if (kind != block_kind::statistics) continue;
+    for (std::size_t c = 0; c < channels; ++c) {
+      const double variance = b[1 + channels + c];
+      if (variance < 0.0) {  // NaN passes: a rank's NaN data carries through, as in one call
+        return status::failure(status_code::invalid_argument,
+                               "blocks[%zu]: expected rank %zu's variance of channel %zu, >= 0, "
+                               "got %s",
+                               r * block + 1 + channels + c, r, c,
+                               detail::number_text(variance).text);
+      }
     }
   }
   return detail::check_separate({{"blocks", blocks, ranks * block * sizeof(double), false},
@@ -52,7 +72,9 @@ status check_blocks(std::size_t channels, const double* blocks, std::size_t rank
 status merge_statistics(std::size_t channels, const double* blocks, std::size_t ranks,
                         double* merged, std::size_t merged_size) noexcept {
   const detail::fp_environment_scope environment;  // the same bits on every rank, every caller
-  if (status s = check_blocks(channels, blocks, ranks, merged, merged_size, "merged"); !s) {
+  if (status s = check_blocks(block_kind::statistics, channels, blocks, ranks, merged, merged_size,
+                              "merged");
+      !s) {
     return s;
   }
   const std::size_t block = statistics_exchange_size(channels);
@@ -74,7 +96,9 @@ status merge_statistics(std::size_t channels, const double* blocks, std::size_t 
 status sum_gradient_exchanges(std::size_t channels, const double* blocks, std::size_t ranks,
                               double* summed, std::size_t summed_size) noexcept {
   const detail::fp_environment_scope environment;
-  if (status s = check_blocks(channels, blocks, ranks, summed, summed_size, "summed"); !s) {
+  if (status s = check_blocks(block_kind::gradient_sums, channels, blocks, ranks, summed,
+                              summed_size, "summed");
+      !s) {
     return s;
   }
   const std::size_t block = gradient_exchange_size(channels);

@@ -470,4 +470,35 @@ TEST(DistributedErrors, RefusedBeforeAnythingIsWritten) {
   EXPECT_NE(std::string(s.message()).find("0 ranks"), std::string::npos) << s.message();
 }
 
+// Blocks no rank's local_statistics writes are refused, merged untouched: a count that is no
+// whole number (two such counts summed to a whole one, and the merged step ran), a negative
+// variance (hidden by the other ranks' in the merge), and more ranks than memory holds.
+TEST(Distributed, MergeRefusesBlocksNoRankWrites) {
+  const std::vector<double> good = {1.5, 0.0, -0.5, 2.5, 4.0, 1.0};  // counts 1.5 and 2.5
+  std::vector<double> merged(3, 7.0);
+  bnorm::status s = bnorm::merge_statistics(1, good.data(), 2, merged.data(), merged.size());
+  EXPECT_NE(std::string(s.message())
+                .find("blocks[0]: expected rank 0's count of values per channel, a whole number "
+                      ">= 0, got 1.5"),
+            std::string::npos)
+      << s.message();
+  const std::vector<double> negative = {4.0, 1.0, 2.0, 4.0, 1.0, -3.0};
+  s = bnorm::merge_statistics(1, negative.data(), 2, merged.data(), merged.size());
+  EXPECT_NE(std::string(s.message())
+                .find("blocks[5]: expected rank 1's variance of channel 0, >= 0, got -3"),
+            std::string::npos)
+      << s.message();
+  s = bnorm::merge_statistics(0, negative.data(), SIZE_MAX / 4, merged.data(), 1);
+  EXPECT_NE(std::string(s.message()).find("channels: expected blocks that fit in memory"),
+            std::string::npos)
+      << s.message();
+  EXPECT_EQ(merged, std::vector<double>(3, 7.0));
+  // A NaN variance carries through, as one call's NaN data does; gradient sums may be negative.
+  const std::vector<double> nan_variance = {4.0, 1.0, NAN, 4.0, 1.0, 2.0};
+  EXPECT_TRUE(bnorm::merge_statistics(1, nan_variance.data(), 2, merged.data(), merged.size()));
+  EXPECT_TRUE(std::isnan(merged[2]));
+  EXPECT_TRUE(bnorm::sum_gradient_exchanges(1, negative.data(), 2, merged.data(), merged.size()));
+  EXPECT_EQ(merged[2], -1.0);
+}
+
 }  // namespace
