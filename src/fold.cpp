@@ -53,7 +53,7 @@ status geometry_of(const fold_problem& prob, weight_geometry* out) noexcept {
                            "[O, I, k...]), got rank %zu %s",
                            shape.rank(), shape_text(shape).text);
   }
-  if (status s = detail::check_dimensions(shape); !s) return s;
+  if (status s = detail::check_dimensions(shape, "weight_shape"); !s) return s;
   std::uint64_t elements = 0, extent = 0;
   if (!detail::element_count(shape, &elements, &extent) ||
       extent > (std::uint64_t{1} << 60) / detail::element_size(prob.dtype)) {
@@ -266,4 +266,14 @@ status fold_into_layer(const fold_problem& prob, const fold_args& args) noexcept
   }
 }
 
+namespace detail {
+
+status fold_channels(const fold_problem& prob, std::size_t* channels) noexcept {
+  weight_geometry g;
+  if (status s = geometry_of(prob, &g); !s) return s;
+  *channels = g.channels;
+  return {};
+}
+
+}  // namespace detail
 }  // namespace bnorm

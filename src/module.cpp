@@ -185,7 +185,26 @@ batch_norm<T>::batch_norm(const config& cfg) try
                                 static_cast<long long>(cfg.num_features), parameter_bytes,
                                 static_cast<double>(pages) * static_cast<double>(page_size)));
   }
+  if (cfg.framework != framework::pytorch && cfg.framework != framework::mindspore) {
+    throw error(status::failure(status_code::invalid_argument,
+                                "framework: expected pytorch or mindspore, got an unknown value "
+                                "(%d)",
+                                static_cast<int>(cfg.framework)));
+  }
+  if (cfg.min_rank < 2 || cfg.min_rank > cfg.max_rank || cfg.max_rank > 5) {
+    throw error(
+        status::failure(status_code::invalid_argument,
+                        "min_rank, max_rank: expected input ranks 2 <= min_rank <= max_rank "
+                        "<= 5, got %zu and %zu",
+                        cfg.min_rank, cfg.max_rank));
+  }
   throw_if_failed(detail::check_epsilon("eps", cfg.eps));
+  // mindspore.ops.BatchNorm checks epsilon in (0, 1].
+  if (cfg.framework == framework::mindspore && !(cfg.eps > 0.0 && cfg.eps <= 1.0)) {
+    throw error(status::failure(status_code::invalid_argument,
+                                "eps: expected a value in (0, 1] (MindSpore's BatchNorm), got %s",
+                                detail::number_text(cfg.eps).text));
+  }
   if (cfg.momentum) throw_if_failed(detail::check_momentum("momentum", *cfg.momentum));
   if (!cfg.momentum && cfg.framework != framework::pytorch) {
     throw error(status(status_code::invalid_argument,
@@ -523,9 +542,20 @@ void batch_norm<T>::fold_into(std::vector<T>& weight, std::vector<T>& bias,
     prob.groups = groups;
     prob.dtype = dtype_of<T>;
     prob.epsilon = config_.eps;
+    // The layer's shape as fold_into_layer refuses it, then its output channels against this
+    // module's (the layer's folded bias is staged here, num_features long).
+    std::size_t layer_channels = 0;
+    throw_if_failed(detail::fold_channels(prob, &layer_channels));
+    if (layer_channels != static_cast<std::size_t>(config_.num_features)) {
+      throw error(status::failure(status_code::invalid_argument,
+                                  "weight_shape: expected a layer of %lld output channels "
+                                  "(num_features), got %zu (%s, %s)",
+                                  static_cast<long long>(config_.num_features), layer_channels,
+                                  detail::shape_text(weight_shape).text, to_string(layout)));
+    }
     std::uint64_t elements = 0;
-    if (detail::check_dimensions(weight_shape) && detail::element_count(weight_shape, &elements) &&
-        weight.size() != elements) {
+    detail::element_count(weight_shape, &elements);  // fits: fold_channels took the shape
+    if (weight.size() != elements) {
       throw error(status::failure(status_code::invalid_argument,
                                   "weight: expected %llu values for the shape %s, got %zu",
                                   static_cast<unsigned long long>(elements),
@@ -566,7 +596,11 @@ std::vector<T> batch_norm<T>::forward(const std::vector<T>& src, const tensor_sh
     return refusing_through(forward_exchange(), [&](bool& reached) {
       check_input_shape(shape);
       std::uint64_t expected = 0;
-      if (!detail::element_count(shape, &expected) || src.size() != expected) {
+      // A shape beyond the plans' bound: the plan's refusal, which names it.
+      if (!detail::element_count(shape, &expected)) {
+        forward_unguarded(nullptr, nullptr, shape, reached);
+      }
+      if (src.size() != expected) {
         throw error(status::failure(
             status_code::invalid_argument, "src: expected %llu values for the shape %s, got %zu",
             static_cast<unsigned long long>(expected), detail::shape_text(shape).text, src.size()));
@@ -651,12 +685,6 @@ module_config mindspore_config(std::int64_t num_features, const options& opts, s
     throw error(status::failure(
         status_code::invalid_argument, "data_format: expected %s, got '%.64s'",
         three_d ? "'NCDHW', 'NDHWC', 'NCHW' or 'NHWC'" : "'NCHW' or 'NHWC'", format.c_str()));
-  }
-  // mindspore.ops.BatchNorm checks epsilon in (0, 1].
-  if (!(opts.eps > 0.0 && opts.eps <= 1.0)) {
-    throw error(status::failure(status_code::invalid_argument,
-                                "eps: expected a value in (0, 1] (MindSpore's BatchNorm), got %s",
-                                detail::number_text(opts.eps).text));
   }
   cfg.weight_init = opts.gamma_init;
   cfg.bias_init = opts.beta_init;

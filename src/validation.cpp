@@ -53,11 +53,11 @@ status check_momentum(const char* name, double value) noexcept {
                          number_text(value).text);
 }
 
-status check_dimensions(const tensor_shape& shape) noexcept {
+status check_dimensions(const tensor_shape& shape, const char* name) noexcept {
   for (std::size_t d = 0; d < shape.rank() && d < tensor_shape::capacity; ++d) {
     if (shape[d] < 0) {
       return status::failure(status_code::invalid_argument,
-                             "shape: expected dimensions >= 0, got %lld at dimension %zu of %s",
+                             "%s: expected dimensions >= 0, got %lld at dimension %zu of %s", name,
                              static_cast<long long>(shape[d]), d, shape_text(shape).text);
     }
   }

@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <initializer_list>
 
+#include "bnorm/fold.hpp"
 #include "bnorm/plan.hpp"
 
 namespace bnorm::detail {
@@ -40,8 +41,12 @@ status check_epsilon(const char* name, double value) noexcept;
 /// momentum: finite and in [0, 1].
 status check_momentum(const char* name, double value) noexcept;
 
-/// Rejects a dimension below 0, naming it and the shape.
-status check_dimensions(const tensor_shape& shape) noexcept;
+/// The output channels of a fold_into_layer problem's layer (fold.cpp), refusing its shape,
+/// groups and layout as fold_into_layer does: the module checks them against its own.
+status fold_channels(const fold_problem& prob, std::size_t* channels) noexcept;
+
+/// Rejects a dimension below 0, naming it and the shape (`name`: the parameter holding it).
+status check_dimensions(const tensor_shape& shape, const char* name = "shape") noexcept;
 
 /// Elements of a shape whose dimensions were checked, and (when asked) its extent: the product
 /// of its nonzero dimensions, which bounds every product of some of them (the planner's

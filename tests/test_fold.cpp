@@ -373,6 +373,10 @@ TEST(Fold, RefusalsNameTheParameterAndWriteNothing) {
        }},
       {"groups: expected >= 1, got 0",
        [](bnorm::fold_problem& p, bnorm::fold_args&) { p.groups = 0; }},
+      {"weight_shape: expected dimensions >= 0, got -2 at dimension 1 of [4, -2, 3]",
+       [](bnorm::fold_problem& p, bnorm::fold_args&) {
+         p.weight_shape = {4, -2, 3};
+       }},
       {"mean: expected 4 values, got a null pointer (required by fold_into_layer",
        [](bnorm::fold_problem&, bnorm::fold_args& a) { a.mean = {}; }},
       {"var: expected 4 values (one per channel, C = 4), got 3",
@@ -512,6 +516,24 @@ TEST(Fold, ModuleFoldsInEvalModeOnly) {
   EXPECT_EQ(w, std::vector<float>(6, 1.0f));
   EXPECT_TRUE(b.empty());
   bn.eval();
+  // A layer of other output channels, or a shape fold_into_layer refuses, named as the caller
+  // passed it (not the module's staged bias, nor an element count of a shape never taken).
+  const auto refused = [&](const bnorm::tensor_shape& shape, const char* expected) {
+    try {
+      bn.fold_into(w, b, shape);
+      ADD_FAILURE() << "expected bnorm::error: " << expected;
+    } catch (const bnorm::error& e) {
+      EXPECT_STREQ(e.what(), expected);
+    }
+    EXPECT_EQ(w, std::vector<float>(6, 1.0f));
+    EXPECT_TRUE(b.empty());
+  };
+  refused({6, 1, 1, 1},
+          "weight_shape: expected a layer of 3 output channels (num_features), got 6 ([6, 1, 1, "
+          "1], output_first)");
+  refused({3, 1, 1, 1, 1, 1, 1, 1, 2},
+          "weight_shape: expected rank 2 to 8 (linear [out, in], convolutions [O, I, k...]), got "
+          "rank 9 [3, 1, 1, 1, 1, 1, 1, 1, …]");
   bn.fold_into(w, b, {3, 2, 1, 1});
   ASSERT_EQ(b.size(), 3u);
   for (std::size_t c = 0; c < 3; ++c) {

@@ -361,6 +361,13 @@ TEST(Module, ErrorsThrowAndLeaveStateUntouched) {
         bn.forward(std::vector<float>(8), {2, 4, -3});
       },
       "shape: expected dimensions >= 0, got -3 at dimension 2 of [2, 4, -3]");
+  // An element count beyond 64 bits: the plan's bound, not a count never computed.
+  expect_error(
+      [&] {
+        bn.forward(std::vector<float>(8), {std::int64_t{1} << 40, 4, std::int64_t{1} << 40});
+      },
+      "shape: expected at most 2^60 bytes of f32 (288230376151711744 elements, and as many "
+      "channels), got [1099511627776, 4, 1099511627776]");
   // The module's own names, in both modes.
   for (bool training : {true, false}) {
     bn.train(training);
@@ -426,6 +433,27 @@ TEST(Module, ErrorsThrowAndLeaveStateUntouched) {
     EXPECT_EQ(e.code(), bnorm::status_code::out_of_memory);
     EXPECT_NE(std::strstr(e.what(), "more than this machine's"), nullptr) << e.what();
   }
+  // A config made by hand is held to the factories' rules.
+  const auto refused_config = [](const bnorm::module_config& cfg, const char* expected) {
+    try {
+      bnorm::batch_norm<float> m(cfg);
+      ADD_FAILURE() << "expected bnorm::error: " << expected;
+    } catch (const bnorm::error& e) {
+      EXPECT_STREQ(e.what(), expected);
+    }
+  };
+  bnorm::module_config cfg = bnorm::mindspore::make_config(4, {}, 4, 4);
+  cfg.eps = 0;
+  refused_config(cfg, "eps: expected a value in (0, 1] (MindSpore's BatchNorm), got 0");
+  cfg.eps = 1e-5;
+  cfg.framework = static_cast<bnorm::framework>(5);
+  refused_config(cfg, "framework: expected pytorch or mindspore, got an unknown value (5)");
+  cfg.framework = bnorm::framework::pytorch;
+  cfg.min_rank = 7;
+  cfg.max_rank = 3;
+  refused_config(cfg,
+                 "min_rank, max_rank: expected input ranks 2 <= min_rank <= max_rank <= 5, got 7 "
+                 "and 3");
   bnorm::torch::options bad;
   bad.eps = -1;
   EXPECT_THROW(bnorm::torch::BatchNorm2d(2, bad), bnorm::error);
