@@ -138,7 +138,11 @@ status beyond_range(const char* name, std::size_t c, double value, double scale)
 /// W: the layer's weight and bias; P: the batch norm's parameters and running statistics.
 template <class W, class P>
 status fold(const fold_problem& prob, const weight_geometry& g, const fold_args& args) {
-  const double largest = kernels::largest_finite<W>();
+  // Refused: a folded value that W holds as an infinity (or NaN): not one that rounds down to
+  // W's largest (float16's 65510 is 65504; from 65520 it would be infinite).
+  const auto beyond = [](double v) {
+    return !std::isfinite(kernels::to_double(kernels::from_double<W>(v)));
+  };
   std::vector<double> scale(g.channels), bias(g.channels);
   for (std::size_t c = 0; c < g.channels; ++c) {
     const double var = at_or<P>(args.var, c, 0.0);
@@ -166,7 +170,7 @@ status fold(const fold_problem& prob, const weight_geometry& g, const fold_args&
                                       : gamma / (2.0 * std::sqrt(0.25 * var + 0.25 * prob.epsilon));
     bias[c] = (layer_bias - mean) * scale[c] + beta;
     // The layer's own non-finite values carry through, as the layer computes with them.
-    if (!(std::fabs(bias[c]) <= largest) && std::isfinite(layer_bias)) {
+    if (beyond(bias[c]) && std::isfinite(layer_bias)) {
       return beyond_range("folded_bias", c, bias[c], scale[c]);
     }
   }
@@ -175,7 +179,7 @@ status fold(const fold_problem& prob, const weight_geometry& g, const fold_args&
     const std::size_t c = g.channel_of(i);
     const double weight = kernels::to_double(w[i]);
     const double v = weight * scale[c];
-    if (!(std::fabs(v) <= largest) && std::isfinite(weight)) {
+    if (beyond(v) && std::isfinite(weight)) {
       return beyond_range("folded_weight", c, v, scale[c]);
     }
   }

@@ -311,6 +311,40 @@ TEST(Fold, LargeVariancesFoldAndOverflowIsRefused) {
   EXPECT_EQ(folded_b2, std::vector<float>(2, 7.0f));
 }
 
+// The range is what the layer's type holds after rounding: a float16 weight of 65504 times a
+// scale of 1.0001 is 65510.6, which rounds to 65504 (refused before); 65520 and beyond round to
+// an infinity, refused.
+TEST(Fold, HalfValuesThatRoundIntoTheRangeFold) {
+  using bnorm::float16;
+  bnorm::fold_problem prob;
+  prob.weight_shape = {2, 1};
+  prob.dtype = bnorm::dtype::f16;
+  prob.epsilon = 0;
+  std::vector<float16> w = {float16::from_float(65504.0f), float16::from_float(65504.0f)};
+  std::vector<float16> folded_w(2, float16::from_float(7.0f)),
+      folded_b(2, float16::from_float(7.0f));
+  const std::vector<float> gamma = {1.0001f, 1.0f}, zero = {0.0f, 0.0f}, one = {1.0f, 1.0f};
+  bnorm::fold_args args;
+  args.weight = w.data();
+  args.folded_weight = folded_w.data();
+  args.folded_bias = out(folded_b);
+  args.scale = in(gamma);
+  args.mean = in(zero);
+  args.var = in(one);
+  ASSERT_TRUE(bnorm::fold_into_layer(prob, args).ok());
+  EXPECT_EQ(folded_w[0].to_float(), 65504.0f);
+  EXPECT_EQ(folded_w[1].to_float(), 65504.0f);
+  const std::vector<float> over = {1.0003f, 1.0f};  // 65523.7: an infinity in float16
+  args.scale = in(over);
+  folded_w.assign(2, float16::from_float(7.0f));
+  const bnorm::status st = bnorm::fold_into_layer(prob, args);
+  EXPECT_NE(std::string(st.message())
+                .find("folded_weight: expected values within the dtype's range, got 65523."),
+            std::string::npos)
+      << st.message();
+  EXPECT_EQ(folded_w[0].to_float(), 7.0f);
+}
+
 // float64 variances near its largest: var + eps overflows, 1/sqrt of it does not.
 TEST(Fold, Float64VarianceNearItsLargestFolds) {
   const double big = std::numeric_limits<double>::max();
