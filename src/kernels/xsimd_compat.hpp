@@ -284,8 +284,8 @@ double inverse_sqrt(double a) noexcept {
 /// 0): from the quarters then, 0.5 · 1/sqrt(variance/4 + eps/4), powers of two that scale
 /// exactly (statistics.hpp's inverse_std is the same rule in one value).
 template <class Arch>
-xsimd::batch<double, Arch> inverse_std(const xsimd::batch<double, Arch>& variance,
-                                       const xsimd::batch<double, Arch>& eps) noexcept {
+[[gnu::always_inline]] inline xsimd::batch<double, Arch> inverse_std(
+    const xsimd::batch<double, Arch>& variance, const xsimd::batch<double, Arch>& eps) noexcept {
   using dvec = xsimd::batch<double, Arch>;
   const dvec sum = variance + eps;
   const auto overflowed = sum == dvec(std::numeric_limits<double>::infinity());
@@ -297,7 +297,7 @@ xsimd::batch<double, Arch> inverse_std(const xsimd::batch<double, Arch>& varianc
 
 /// inverse_std of one channel: a lane's bits.
 template <class Arch>
-double inverse_std(double variance, double eps) noexcept {
+[[gnu::always_inline]] inline double inverse_std(double variance, double eps) noexcept {
   const double sum = variance + eps;
   if (sum == std::numeric_limits<double>::infinity()) {
     return 0.5 * inverse_sqrt<Arch>(variance * 0.25 + eps * 0.25);
