@@ -8,6 +8,8 @@
 #include <new>
 #include <utility>
 
+#include "bnorm/distributed.hpp"
+#include "bnorm/fold.hpp"
 #include "bnorm/plan.hpp"
 #include "bnorm/version.hpp"
 
@@ -22,6 +24,10 @@ static_assert(BNORM_F32 == static_cast<int>(bnorm::dtype::f32) &&
                   BNORM_BF16 == static_cast<int>(bnorm::dtype::bf16) &&
                   BNORM_F16 == static_cast<int>(bnorm::dtype::f16),
               "the C dtypes are the engine's");
+static_assert(BNORM_WEIGHT_OUTPUT_FIRST == static_cast<int>(bnorm::weight_layout::output_first) &&
+                  BNORM_WEIGHT_OUTPUT_LAST == static_cast<int>(bnorm::weight_layout::output_last) &&
+                  BNORM_WEIGHT_TRANSPOSED == static_cast<int>(bnorm::weight_layout::transposed),
+              "the C weight layouts are the engine's");
 
 namespace {
 
@@ -228,24 +234,31 @@ size_t bnorm_plan_backward_scratch_size(bnorm_plan plan) {
   return plan != nullptr ? plan->plan.backward_scratch_size() : 0;
 }
 
+namespace {
+
+bnorm::training_args training_of(const bnorm_training_args& args) noexcept {
+  bnorm::training_args a;
+  a.src = args.src;
+  a.dst = args.dst;
+  a.scale = in(args.scale);
+  a.shift = in(args.shift);
+  a.batch_mean = out(args.batch_mean);
+  a.batch_inv_std = out(args.batch_inv_std);
+  a.running_mean = out(args.running_mean);
+  a.running_var = out(args.running_var);
+  a.num_batches_tracked = args.num_batches_tracked;
+  a.residual = args.residual;
+  a.scratch = args.scratch;
+  a.scratch_size = args.scratch_size;
+  return a;
+}
+
+}  // namespace
+
 bnorm_status_code bnorm_forward_training(bnorm_plan plan, const bnorm_training_args* args,
                                          bnorm_status* status) {
-  return run(plan, args, "bnorm_training_args", status, [args](const bnorm::plan& p) {
-    bnorm::training_args a;
-    a.src = args->src;
-    a.dst = args->dst;
-    a.scale = in(args->scale);
-    a.shift = in(args->shift);
-    a.batch_mean = out(args->batch_mean);
-    a.batch_inv_std = out(args->batch_inv_std);
-    a.running_mean = out(args->running_mean);
-    a.running_var = out(args->running_var);
-    a.num_batches_tracked = args->num_batches_tracked;
-    a.residual = args->residual;
-    a.scratch = args->scratch;
-    a.scratch_size = args->scratch_size;
-    return p.forward_training(a);
-  });
+  return run(plan, args, "bnorm_training_args", status,
+             [args](const bnorm::plan& p) { return p.forward_training(training_of(*args)); });
 }
 
 bnorm_status_code bnorm_forward_inference(bnorm_plan plan, const bnorm_inference_args* args,
@@ -297,6 +310,113 @@ bnorm_status_code bnorm_backward_frozen(bnorm_plan plan, const bnorm_backward_ar
                                         bnorm_status* status) {
   return run(plan, args, "bnorm_backward_args", status,
              [args](const bnorm::plan& p) { return p.backward_frozen(backward_of(*args)); });
+}
+
+size_t bnorm_statistics_exchange_size(size_t channels) {
+  return bnorm::statistics_exchange_size(channels);
+}
+
+size_t bnorm_gradient_exchange_size(size_t channels) {
+  return bnorm::gradient_exchange_size(channels);
+}
+
+bnorm_status_code bnorm_local_statistics(bnorm_plan plan, const bnorm_training_args* args,
+                                         double* exchange, size_t exchange_size,
+                                         bnorm_status* status) {
+  return run(plan, args, "bnorm_training_args", status, [&](const bnorm::plan& p) {
+    return p.local_statistics(training_of(*args), exchange, exchange_size);
+  });
+}
+
+bnorm_status_code bnorm_merge_statistics(size_t channels, const double* blocks, size_t ranks,
+                                         double* merged, size_t merged_size, bnorm_status* status) {
+  return report(bnorm::merge_statistics(channels, blocks, ranks, merged, merged_size), status);
+}
+
+bnorm_status_code bnorm_forward_training_merged(bnorm_plan plan, const bnorm_training_args* args,
+                                                const double* merged, size_t merged_size,
+                                                bnorm_status* status) {
+  return run(plan, args, "bnorm_training_args", status, [&](const bnorm::plan& p) {
+    return p.forward_training_merged(training_of(*args), merged, merged_size);
+  });
+}
+
+bnorm_status_code bnorm_local_gradient_sums(bnorm_plan plan, const bnorm_backward_args* args,
+                                            double* exchange, size_t exchange_size,
+                                            bnorm_status* status) {
+  return run(plan, args, "bnorm_backward_args", status, [&](const bnorm::plan& p) {
+    return p.local_gradient_sums(backward_of(*args), exchange, exchange_size);
+  });
+}
+
+bnorm_status_code bnorm_sum_gradient_exchanges(size_t channels, const double* blocks, size_t ranks,
+                                               double* summed, size_t summed_size,
+                                               bnorm_status* status) {
+  return report(bnorm::sum_gradient_exchanges(channels, blocks, ranks, summed, summed_size),
+                status);
+}
+
+bnorm_status_code bnorm_backward_training_merged(bnorm_plan plan, const bnorm_backward_args* args,
+                                                 const double* local, const double* summed,
+                                                 size_t exchange_size, bnorm_status* status) {
+  return run(plan, args, "bnorm_backward_args", status, [&](const bnorm::plan& p) {
+    return p.backward_training_merged(backward_of(*args), local, summed, exchange_size);
+  });
+}
+
+void bnorm_fold_problem_init(bnorm_fold_problem* problem) {
+  if (problem == nullptr) return;
+  std::memset(problem, 0, sizeof(*problem));
+  problem->struct_size = sizeof(*problem);
+  const bnorm::fold_problem defaults;
+  problem->layout = static_cast<bnorm_weight_layout>(defaults.layout);
+  problem->groups = defaults.groups;
+  problem->dtype = static_cast<bnorm_dtype>(defaults.dtype);
+  problem->epsilon = defaults.epsilon;
+}
+
+void bnorm_fold_args_init(bnorm_fold_args* args) {
+  if (args == nullptr) return;
+  std::memset(args, 0, sizeof(*args));
+  args->struct_size = sizeof(*args);
+}
+
+bnorm_status_code bnorm_fold_into_layer(const bnorm_fold_problem* problem,
+                                        const bnorm_fold_args* args, bnorm_status* status) {
+  if (problem == nullptr) {
+    return refuse("problem: expected a bnorm_fold_problem, got NULL", status);
+  }
+  if (args == nullptr) return refuse("args: expected a bnorm_fold_args, got NULL", status);
+  bnorm_status_code code = BNORM_OK;
+  if (!size_fits("bnorm_fold_problem", problem->struct_size, sizeof(bnorm_fold_problem), status,
+                 &code) ||
+      !size_fits("bnorm_fold_args", args->struct_size, sizeof(bnorm_fold_args), status, &code)) {
+    return code;
+  }
+  const std::size_t capacity = sizeof(problem->weight_shape) / sizeof(problem->weight_shape[0]);
+  if (problem->rank > capacity) {
+    return report(bnorm::status::failure(bnorm::status_code::invalid_argument,
+                                         "problem.rank: expected at most %zu dimensions in "
+                                         "problem.weight_shape, got %zu",
+                                         capacity, problem->rank),
+                  status);
+  }
+  bnorm::fold_problem prob;
+  prob.layout = enum_of<bnorm::weight_layout>(problem->layout);
+  prob.weight_shape = bnorm::tensor_shape(problem->weight_shape, problem->rank);
+  prob.groups = problem->groups;
+  prob.dtype = enum_of<bnorm::dtype>(problem->dtype);
+  prob.epsilon = problem->epsilon;
+  bnorm::fold_args a;
+  a.weight = args->weight;
+  a.folded_weight = args->folded_weight;
+  a.bias = in(args->bias);
+  a.folded_bias = out(args->folded_bias);
+  a.scale = in(args->scale);
+  a.shift = in(args->shift);
+  a.mean = in(args->mean);
+  a.var = in(args->var);
+  return report(bnorm::fold_into_layer(prob, a), status);
 }
 
 }  // extern "C"

@@ -344,12 +344,185 @@ static void test_backward(void) {
   bnorm_plan_destroy(plan);
 }
 
+/* Two ranks in one process, one sample each of the seed batch: the distributed steps give what
+ * the formulas over the whole batch give (mean, biased variance, M = 2). */
+static void test_distributed(void) {
+  bnorm_problem prob;
+  bnorm_problem_init(&prob);
+  prob.rank = 2;
+  prob.shape[0] = 1;
+  prob.shape[1] = 4;
+  bnorm_plan plan = NULL;
+  bnorm_status status;
+  CHECK(bnorm_plan_create(&plan, &prob, NULL, &status) == BNORM_OK);
+  const size_t S = bnorm_statistics_exchange_size(4), G = bnorm_gradient_exchange_size(4);
+  CHECK(S == 9 && G == 9);
+  double exchange[18], merged[9], sums[18], summed[9];
+  float y[8], mean[2][4], inv_std[2][4], running_mean[2][4], running_var[2][4];
+  bnorm_training_args t[2];
+  for (int r = 0; r < 2; ++r) {
+    for (int c = 0; c < 4; ++c) {
+      running_mean[r][c] = 0;
+      running_var[r][c] = 1;
+    }
+    bnorm_training_args_init(&t[r]);
+    t[r].src = seed_x + 4 * r;
+    t[r].dst = y + 4 * r;
+    t[r].batch_mean.data = mean[r];
+    t[r].batch_inv_std.data = inv_std[r];
+    t[r].running_mean.data = running_mean[r];
+    t[r].running_var.data = running_var[r];
+    t[r].batch_mean.size = t[r].batch_inv_std.size = t[r].running_mean.size =
+        t[r].running_var.size = 4;
+    CHECK(bnorm_local_statistics(plan, &t[r], exchange + S * r, S, &status) == BNORM_OK);
+  }
+  CHECK(bnorm_merge_statistics(4, exchange, 2, merged, S, &status) == BNORM_OK);
+  CHECK(merged[0] == 2.0);
+  for (int r = 0; r < 2; ++r) {
+    CHECK(bnorm_forward_training_merged(plan, &t[r], merged, S, &status) == BNORM_OK);
+  }
+  double m[4], inv[4];
+  for (int c = 0; c < 4; ++c) {
+    m[c] = ((double)seed_x[c] + seed_x[4 + c]) / 2;
+    const double d = seed_x[c] - m[c];
+    inv[c] = 1 / sqrt(d * d + 1e-5);
+    for (int r = 0; r < 2; ++r) {
+      CHECK(fabs(y[4 * r + c] - (seed_x[4 * r + c] - m[c]) * inv[c]) <= 1e-6);
+      CHECK(fabs(mean[r][c] - m[c]) <= 1e-7 && fabs(inv_std[r][c] - inv[c]) <= 1e-6 * inv[c]);
+      /* The running mean: 0.9·0 + 0.1·m. */
+      CHECK(fabs(running_mean[r][c] - 0.1 * m[c]) <= 1e-7);
+    }
+  }
+  /* Backward: dx over the whole batch, dγ and dβ of each rank's own sample. */
+  const float dy[8] = {1, -2, 0.5f, 3, -1, 2, 1.5f, -3};
+  float dx[8], dgamma[2][4], dbeta[2][4];
+  bnorm_backward_args b[2];
+  for (int r = 0; r < 2; ++r) {
+    bnorm_backward_args_init(&b[r]);
+    b[r].src = seed_x + 4 * r;
+    b[r].diff_dst = dy + 4 * r;
+    b[r].diff_src = dx + 4 * r;
+    b[r].mean.data = mean[r];
+    b[r].inv_std.data = inv_std[r];
+    b[r].diff_scale.data = dgamma[r];
+    b[r].diff_shift.data = dbeta[r];
+    b[r].mean.size = b[r].inv_std.size = b[r].diff_scale.size = b[r].diff_shift.size = 4;
+    CHECK(bnorm_local_gradient_sums(plan, &b[r], sums + G * r, G, &status) == BNORM_OK);
+  }
+  CHECK(bnorm_sum_gradient_exchanges(4, sums, 2, summed, G, &status) == BNORM_OK);
+  for (int r = 0; r < 2; ++r) {
+    CHECK(bnorm_backward_training_merged(plan, &b[r], sums + G * r, summed, G, &status) ==
+          BNORM_OK);
+  }
+  for (int c = 0; c < 4; ++c) {
+    double xhat[2], sum_dy = 0, sum_dy_xhat = 0;
+    for (int n = 0; n < 2; ++n) {
+      xhat[n] = ((double)seed_x[4 * n + c] - m[c]) * inv[c];
+      sum_dy += dy[4 * n + c];
+      sum_dy_xhat += dy[4 * n + c] * xhat[n];
+    }
+    for (int n = 0; n < 2; ++n) {
+      const double terms =
+          inv[c] * (fabs(dy[4 * n + c]) + fabs(sum_dy) / 2 + fabs(xhat[n] * sum_dy_xhat) / 2);
+      const double want = inv[c] * (dy[4 * n + c] - sum_dy / 2 - xhat[n] * sum_dy_xhat / 2);
+      CHECK(fabs(dx[4 * n + c] - want) <= 1e-6 * terms);
+      CHECK(dbeta[n][c] == dy[4 * n + c]);
+      CHECK(fabs(dgamma[n][c] - dy[4 * n + c] * xhat[n]) <= 1e-6 * fabs(dy[4 * n + c] * xhat[n]));
+    }
+  }
+  /* Refusals, named; nothing written. */
+  const double fractional[18] = {0.5, 0, 0, 0, 0, 1, 1, 1, 1, 1.5, 0, 0, 0, 0, 1, 1, 1, 1};
+  merged[0] = -7;
+  expect_error(bnorm_merge_statistics(4, fractional, 2, merged, S, &status), &status,
+               BNORM_INVALID_ARGUMENT,
+               "blocks[0]: expected rank 0's count of values per channel, a whole number");
+  expect_error(bnorm_merge_statistics(4, exchange, 0, merged, S, &status), &status,
+               BNORM_INVALID_ARGUMENT, "0 ranks");
+  CHECK(merged[0] == -7);
+  expect_error(bnorm_sum_gradient_exchanges(4, sums, 2, summed, G - 1, &status), &status,
+               BNORM_INVALID_ARGUMENT, "summed: expected 9 doubles");
+  expect_error(bnorm_local_statistics(plan, &t[0], exchange, S - 1, &status), &status,
+               BNORM_INVALID_ARGUMENT, "exchange: expected 9 doubles");
+  expect_error(bnorm_forward_training_merged(NULL, &t[0], merged, S, &status), &status,
+               BNORM_INVALID_ARGUMENT, "plan: expected");
+  b[0].struct_size = 3;
+  expect_error(bnorm_local_gradient_sums(plan, &b[0], sums, G, &status), &status,
+               BNORM_INVALID_ARGUMENT, "bnorm_backward_args.struct_size");
+  expect_error(bnorm_backward_training_merged(plan, NULL, sums, summed, G, &status), &status,
+               BNORM_INVALID_ARGUMENT, "args: expected a bnorm_backward_args");
+  bnorm_plan_destroy(plan);
+}
+
+/* A linear layer [2, 3] folded: w·γ/sqrt(var + eps) per output row, (b − mean)·that + β. */
+static void test_fold(void) {
+  bnorm_fold_problem prob;
+  bnorm_fold_problem_init(&prob);
+  CHECK(prob.struct_size == sizeof prob && prob.groups == 1 && prob.epsilon == 1e-5);
+  CHECK(prob.layout == BNORM_WEIGHT_OUTPUT_FIRST && prob.dtype == BNORM_F32 && prob.rank == 0);
+  prob.rank = 2;
+  prob.weight_shape[0] = 2;
+  prob.weight_shape[1] = 3;
+  const float w[6] = {1, 2, 3, 4, 5, 6}, bias[2] = {0.5f, -1}, gamma[2] = {2, 0.5f};
+  const float beta[2] = {0.25f, 1}, mean[2] = {1, -2}, var[2] = {4, 0.25f};
+  float folded_w[6], folded_b[2];
+  bnorm_fold_args args;
+  bnorm_fold_args_init(&args);
+  CHECK(args.struct_size == sizeof args && args.weight == NULL && args.mean.size == 0);
+  args.weight = w;
+  args.folded_weight = folded_w;
+  args.bias.data = bias;
+  args.folded_bias.data = folded_b;
+  args.scale.data = gamma;
+  args.shift.data = beta;
+  args.mean.data = mean;
+  args.var.data = var;
+  args.bias.size = args.folded_bias.size = args.scale.size = args.shift.size = args.mean.size =
+      args.var.size = 2;
+  bnorm_status status;
+  CHECK(bnorm_fold_into_layer(&prob, &args, &status) == BNORM_OK);
+  for (int o = 0; o < 2; ++o) {
+    const double scale = gamma[o] / sqrt((double)var[o] + 1e-5);
+    for (int i = 0; i < 3; ++i) {
+      CHECK(fabs(folded_w[3 * o + i] - w[3 * o + i] * scale) <= 1e-6 * fabs(w[3 * o + i] * scale));
+    }
+    const double want = (bias[o] - mean[o]) * scale + beta[o];
+    CHECK(fabs(folded_b[o] - want) <= 1e-6 * fabs(want));
+  }
+  /* Refusals, named; nothing written. */
+  for (int i = 0; i < 6; ++i) folded_w[i] = -9;
+  prob.rank = 9;
+  expect_error(bnorm_fold_into_layer(&prob, &args, &status), &status, BNORM_INVALID_ARGUMENT,
+               "problem.rank: expected at most 8 dimensions in problem.weight_shape, got 9");
+  prob.rank = 1;
+  expect_error(bnorm_fold_into_layer(&prob, &args, &status), &status, BNORM_INVALID_ARGUMENT,
+               "weight_shape: expected rank 2 to 8");
+  prob.rank = 2;
+  prob.layout = (bnorm_weight_layout)7;
+  expect_error(
+      bnorm_fold_into_layer(&prob, &args, &status), &status, BNORM_INVALID_ARGUMENT,
+      "layout: expected output_first, output_last or transposed, got an unknown value (7)");
+  prob.layout = BNORM_WEIGHT_OUTPUT_LAST; /* [2, 3] read as 3 output channels */
+  expect_error(bnorm_fold_into_layer(&prob, &args, &status), &status, BNORM_INVALID_ARGUMENT,
+               "bias: expected 3 values");
+  prob.layout = BNORM_WEIGHT_OUTPUT_FIRST;
+  args.struct_size = 8;
+  expect_error(bnorm_fold_into_layer(&prob, &args, &status), &status, BNORM_INVALID_ARGUMENT,
+               "bnorm_fold_args.struct_size");
+  expect_error(bnorm_fold_into_layer(NULL, &args, &status), &status, BNORM_INVALID_ARGUMENT,
+               "problem: expected a bnorm_fold_problem, got NULL");
+  expect_error(bnorm_fold_into_layer(&prob, NULL, &status), &status, BNORM_INVALID_ARGUMENT,
+               "args: expected a bnorm_fold_args, got NULL");
+  for (int i = 0; i < 6; ++i) CHECK(folded_w[i] == -9);
+}
+
 int main(void) {
   test_bfloat16();
   test_versions_and_inits();
   test_plan_create_and_queries();
   test_forward();
   test_backward();
+  test_distributed();
+  test_fold();
   if (failures) {
     fprintf(stderr, "%d C API checks failed\n", failures);
     return 1;

@@ -36,7 +36,7 @@ extern "C" {
 #endif
 
 /** The version of this C API: bumped when a struct grows or a call is added. */
-#define BNORM_C_API_VERSION 1
+#define BNORM_C_API_VERSION 2 /* 2: folding and the distributed steps */
 
 /** The library's version, "0.1.0", and the C API version it implements. */
 const char* bnorm_version(void);
@@ -209,6 +209,74 @@ bnorm_status_code bnorm_backward_training(bnorm_plan plan, const bnorm_backward_
                                           bnorm_status* status);
 bnorm_status_code bnorm_backward_frozen(bnorm_plan plan, const bnorm_backward_args* args,
                                         bnorm_status* status);
+
+/* Distributed training without a communicator (bnorm/distributed.hpp), for an engine's own
+ * transport. Forward, on every rank r of R: bnorm_local_statistics into exchange + r·S
+ * (S = bnorm_statistics_exchange_size(C)), all-gather the R blocks in rank order,
+ * bnorm_merge_statistics, bnorm_forward_training_merged. Backward (args.mean and args.inv_std
+ * or args.var: the merged ones the forward saved): bnorm_local_gradient_sums into sums + r·G
+ * (G = bnorm_gradient_exchange_size(C)), all-gather, bnorm_sum_gradient_exchanges,
+ * bnorm_backward_training_merged. Blocks are float64: a rank's count of values per channel,
+ * then C values of each per-channel quantity. */
+size_t bnorm_statistics_exchange_size(size_t channels);
+size_t bnorm_gradient_exchange_size(size_t channels);
+bnorm_status_code bnorm_local_statistics(bnorm_plan plan, const bnorm_training_args* args,
+                                         double* exchange, size_t exchange_size,
+                                         bnorm_status* status);
+bnorm_status_code bnorm_merge_statistics(size_t channels, const double* blocks, size_t ranks,
+                                         double* merged, size_t merged_size, bnorm_status* status);
+bnorm_status_code bnorm_forward_training_merged(bnorm_plan plan, const bnorm_training_args* args,
+                                                const double* merged, size_t merged_size,
+                                                bnorm_status* status);
+bnorm_status_code bnorm_local_gradient_sums(bnorm_plan plan, const bnorm_backward_args* args,
+                                            double* exchange, size_t exchange_size,
+                                            bnorm_status* status);
+bnorm_status_code bnorm_sum_gradient_exchanges(size_t channels, const double* blocks, size_t ranks,
+                                               double* summed, size_t summed_size,
+                                               bnorm_status* status);
+bnorm_status_code bnorm_backward_training_merged(bnorm_plan plan, const bnorm_backward_args* args,
+                                                 const double* local, const double* summed,
+                                                 size_t exchange_size, bnorm_status* status);
+
+/* Folding an inference batch norm into the layer before it (bnorm/fold.hpp). */
+typedef enum bnorm_weight_layout {
+  BNORM_WEIGHT_OUTPUT_FIRST = 0, /**< linear [out, in]; OIHW, OHWI, ...; grouped, depthwise */
+  BNORM_WEIGHT_OUTPUT_LAST = 1,  /**< HWIO; depthwise 1HWO */
+  BNORM_WEIGHT_TRANSPOSED = 2,   /**< a transposed convolution's [I, O/groups, k...] */
+  BNORM_WEIGHT_LAYOUT_MAX_ENUM = 0x7FFFFFFF
+} bnorm_weight_layout;
+
+/** As bnorm::fold_problem: the layer's weight shape (rank 2 to 8), layout, groups and dtype,
+ * and the batch norm's epsilon. */
+typedef struct bnorm_fold_problem {
+  size_t struct_size;
+  bnorm_weight_layout layout;
+  size_t rank;
+  int64_t weight_shape[8];
+  int64_t groups;
+  bnorm_dtype dtype;
+  double epsilon;
+} bnorm_fold_problem;
+
+/** As bnorm::fold_args: C = the layer's output channels; the layer's bias and folded bias of
+ * its dtype, the batch norm's values of its parameter type (float32 for BNORM_BF16 and
+ * BNORM_F16). */
+typedef struct bnorm_fold_args {
+  size_t struct_size;
+  const void* weight;
+  void* folded_weight; /**< may equal weight (in place) */
+  bnorm_channel_input bias;
+  bnorm_channel_output folded_bias; /**< may equal bias (in place) */
+  bnorm_channel_input scale, shift, mean, var;
+} bnorm_fold_args;
+
+/** Defaults (output_first, rank 0, groups 1, f32, epsilon 1e-5; args empty), struct_size set. */
+void bnorm_fold_problem_init(bnorm_fold_problem* problem);
+void bnorm_fold_args_init(bnorm_fold_args* args);
+/** bnorm::fold_into_layer: the folded weight and bias, or a refusal before anything is
+ * written. */
+bnorm_status_code bnorm_fold_into_layer(const bnorm_fold_problem* problem,
+                                        const bnorm_fold_args* args, bnorm_status* status);
 
 #ifdef __cplusplus
 }
