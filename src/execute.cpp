@@ -544,6 +544,7 @@ class training_step {
     commit.mean = mean_ + c0;
     commit.variance = variance_ + c0;
     commit.inv_std = inv_std_ + c0;
+    commit.round_to_odd = plan_.half_parameters;
     commit.batch_mean = from_c0(args_.batch_mean);
     commit.batch_inv_std = from_c0(args_.batch_inv_std);
     if (update.active) {

@@ -141,10 +141,10 @@ class gradient_step {
   /// dβ and dγ of channels [c0, c1), from Σdy and the dγ in place of Σdy·(x − mean).
   void write_gradients(std::size_t c0, std::size_t c1) const {
     if (T* out = static_cast<T*>(args_.diff_shift.data)) {
-      kern_.narrow(c1 - c0, sum_dy_ + c0, out + c0);
+      kern_.narrow(c1 - c0, sum_dy_ + c0, out + c0, plan_.half_parameters);
     }
     if (T* out = static_cast<T*>(args_.diff_scale.data)) {
-      kern_.narrow(c1 - c0, sum_dy_d_ + c0, out + c0);
+      kern_.narrow(c1 - c0, sum_dy_d_ + c0, out + c0, plan_.half_parameters);
     }
   }
 
@@ -196,8 +196,13 @@ class gradient_step {
       if (p_.kind == traversal::interleaved) replicate_coefficients();
       map_pass(plan_, map());
     }
-    if (T* out = static_cast<T*>(args_.diff_shift.data)) kern_.narrow(channels, local_dbeta, out);
-    if (T* out = static_cast<T*>(args_.diff_scale.data)) kern_.narrow(channels, local_dgamma, out);
+    const bool odd = plan_.half_parameters;
+    if (T* out = static_cast<T*>(args_.diff_shift.data)) {
+      kern_.narrow(channels, local_dbeta, out, odd);
+    }
+    if (T* out = static_cast<T*>(args_.diff_scale.data)) {
+      kern_.narrow(channels, local_dgamma, out, odd);
+    }
   }
 
  private:

@@ -461,6 +461,7 @@ status make_plan(const problem& prob, const plan_options& options, plan* out) no
     impl->epilogue_f32 = {kind, static_cast<float>(options.clamp_min),
                           static_cast<float>(options.clamp_max)};
     impl->epilogue_f64 = {kind, options.clamp_min, options.clamp_max};
+    impl->half_parameters = element_size(detail::parameter_dtype(prob, options)) == 2;
     impl->max_pivot_offset_squared =
         kernels::max_pivot_offset_squared(static_cast<double>(impl->part.per_channel));
     impl->description = std::string(to_string(table->id)) + " · " + to_string(prob.dtype) + " · " +

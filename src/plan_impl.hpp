@@ -29,6 +29,9 @@ struct plan_impl {
   kernels::epilogue<double> epilogue_f64;
   /// kernels::max_pivot_offset_squared of this plan's channels (computed once: a pow).
   double max_pivot_offset_squared = 0;
+  /// Per-channel buffers of a half type (plan_options::parameter_dtype): the calls stage them as
+  /// float32, and the kernels round the outputs to odd for their second rounding.
+  bool half_parameters = false;
 
   template <class T>
   const kernels::epilogue<T>& epilogue() const noexcept;

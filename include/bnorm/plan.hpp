@@ -193,7 +193,8 @@ struct plan_options {
   /// The type of the per-channel buffers (gamma, beta, the statistics and their gradients):
   /// by default the data's for f32 and f64, float32 for bf16 and f16 (PyTorch's mixed type).
   /// bf16 and f16 data may take them in their own type instead; the arithmetic stays float32
-  /// and the outputs are rounded to nearest even once, from float32.
+  /// (the statistics and dγ, dβ float64) and each output is its float64 value rounded to
+  /// nearest even once (through float32 by round-to-odd).
   std::optional<bnorm::dtype> parameter_dtype;
 };
 

@@ -480,10 +480,41 @@ gradient_flags channel_gradients(const gradient_channels<T>& channels,
   return {prescaled, xsimd::any(small)};
 }
 
+/// v rounded to float by round-to-odd: toward zero, the last bit set where v is not a float.
+/// Rounded again to nearest, to a type of at least two bits fewer (bfloat16's 8, float16's 11,
+/// against float's 24), it gives v's own rounding to that type: rounded to nearest first, a
+/// float64 value just past a half-type tie could land on it, and then to the even side.
+inline float round_to_odd(double v) noexcept {
+  if (std::isnan(v)) return static_cast<float>(v);
+  const double largest = std::numeric_limits<float>::max();
+  float f = std::fabs(v) > largest ? static_cast<float>(std::copysign(largest, v))
+                                   : static_cast<float>(v);
+  if (static_cast<double>(f) == v) return f;
+  if (std::fabs(static_cast<double>(f)) > std::fabs(v)) f = std::nextafter(f, 0.0f);
+  std::uint32_t bits;
+  std::memcpy(&bits, &f, sizeof bits);
+  bits |= 1;
+  std::memcpy(&f, &bits, sizeof bits);
+  return f;
+}
+
+/// One output value: rounded to nearest, or to odd for float outputs that are rounded again.
+template <class T>
+T rounded_output(double v, bool odd) noexcept {
+  if constexpr (std::is_same<T, float>::value) {
+    if (odd) return round_to_odd(v);
+  }
+  return static_cast<T>(v);
+}
+
 template <class Arch, class T>
-void narrow(std::size_t channels, const double* in, T* out) noexcept {
+void narrow(std::size_t channels, const double* in, T* out, bool odd) noexcept {
   using dvec = xsimd::batch<double, Arch>;
   constexpr std::size_t lanes = dvec::size;
+  if (odd) {  // a half type's parameters: C values, one at a time
+    for (std::size_t c = 0; c < channels; ++c) out[c] = rounded_output<T>(in[c], true);
+    return;
+  }
   std::size_t c = 0;
   for (; c + lanes <= channels; c += lanes) store_as<Arch>(out + c, dvec::load_unaligned(in + c));
   for (; c < channels; ++c) out[c] = static_cast<T>(in[c]);
@@ -507,7 +538,8 @@ void commit_channels(const statistics_commit<T>& in) noexcept {
   const double factor = in.variance_factor, weight = in.batch_weight, keep = 1.0 - weight;
   const dvec f(factor), w(weight), k(keep);
   std::size_t c = 0;
-  for (; c + lanes <= channels; c += lanes) {
+  // A half type's parameters round to odd first (C values, one at a time: the scalar loop).
+  for (; !in.round_to_odd && c + lanes <= channels; c += lanes) {
     const dvec m = dvec::load_unaligned(mean + c);
     if constexpr (Batch) {
       if (batch_mean) store_as<Arch>(batch_mean + c, m);
@@ -519,14 +551,15 @@ void commit_channels(const statistics_commit<T>& in) noexcept {
       store_as<Arch>(running_var + c, w * v + k * load_as_f64<Arch>(running_var + c));
     }
   }
+  const bool odd = in.round_to_odd;
   for (; c < channels; ++c) {  // the same operations, one channel
-    if (Batch && batch_mean) batch_mean[c] = static_cast<T>(mean[c]);
-    if (Batch && batch_inv_std) batch_inv_std[c] = static_cast<T>(inv_std[c]);
+    if (Batch && batch_mean) batch_mean[c] = rounded_output<T>(mean[c], odd);
+    if (Batch && batch_inv_std) batch_inv_std[c] = rounded_output<T>(inv_std[c], odd);
     if constexpr (Running) {
       running_mean[c] =
-          static_cast<T>(weight * mean[c] + keep * static_cast<double>(running_mean[c]));
-      running_var[c] = static_cast<T>(weight * (variance[c] * factor) +
-                                      keep * static_cast<double>(running_var[c]));
+          rounded_output<T>(weight * mean[c] + keep * static_cast<double>(running_mean[c]), odd);
+      running_var[c] = rounded_output<T>(
+          weight * (variance[c] * factor) + keep * static_cast<double>(running_var[c]), odd);
     }
   }
 }

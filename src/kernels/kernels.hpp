@@ -198,6 +198,9 @@ struct statistics_commit {
   T* running_var = nullptr;
   double variance_factor = 1.0;
   double batch_weight = 0.0;
+  /// float outputs that are then rounded to a half type (staged half-type parameters): rounded
+  /// to odd here, so that the second rounding gives the float64 value's own (see round_to_odd).
+  bool round_to_odd = false;
 };
 
 /// float32 products dy·(x − mean) below the normal range (dy of 1e-45) keep only some of their
@@ -335,7 +338,8 @@ struct kernel_set {
                                       const gradient_coefficients<T>* out,
                                       std::size_t first) noexcept;
   /// Per channel: out[c] = in[c] rounded to T (the batch statistics the caller asked for).
-  void (*narrow)(std::size_t channels, const double* in, T* out) noexcept;
+  /// out = in rounded to T; `round_to_odd` as statistics_commit's.
+  void (*narrow)(std::size_t channels, const double* in, T* out, bool round_to_odd) noexcept;
   /// The batch and running statistics of a training step, in one pass (see statistics_commit).
   void (*commit_statistics)(const statistics_commit<T>& in) noexcept;
 };
