@@ -5,6 +5,7 @@
 
 #include <cstdio>
 #include <cstring>
+#include <iterator>
 #include <new>
 #include <utility>
 
@@ -65,6 +66,18 @@ E enum_of(const CEnum& field) noexcept {
   int value = 0;
   std::memcpy(&value, &field, sizeof value);
   return static_cast<E>(value);
+}
+
+/// A C shape: `rank` dimensions of the array `shape_name` of `capacity`; more are refused.
+bool rank_fits(const char* shape_name, std::size_t rank, std::size_t capacity, bnorm_status* out,
+               bnorm_status_code* code) noexcept {
+  if (rank <= capacity) return true;
+  *code = report(bnorm::status::failure(bnorm::status_code::invalid_argument,
+                                        "problem.rank: expected at most %zu dimensions in "
+                                        "problem.%s, got %zu",
+                                        capacity, shape_name, rank),
+                 out);
+  return false;
 }
 
 bnorm::channel_input in(const bnorm_channel_input& b) noexcept {
@@ -161,17 +174,9 @@ bnorm_status_code bnorm_plan_create(bnorm_plan* plan, const bnorm_problem* probl
   if (!size_fits("bnorm_plan_options", o.struct_size, sizeof(bnorm_plan_options), status, &code)) {
     return code;
   }
-  const std::size_t capacity = sizeof(problem->shape) / sizeof(problem->shape[0]);
+  if (!rank_fits("shape", problem->rank, std::size(problem->shape), status, &code)) return code;
   bnorm::problem prob;
-  // A rank beyond the array is refused by make_plan, which names it (the shape keeps it).
   prob.shape = bnorm::tensor_shape(problem->shape, problem->rank);
-  if (problem->rank > capacity) {
-    return report(bnorm::status::failure(bnorm::status_code::invalid_argument,
-                                         "problem.rank: expected at most %zu dimensions in "
-                                         "problem.shape, got %zu",
-                                         capacity, problem->rank),
-                  status);
-  }
   prob.layout = enum_of<bnorm::layout>(problem->layout);
   prob.dtype = enum_of<bnorm::dtype>(problem->dtype);
   prob.epsilon = problem->epsilon;
@@ -393,13 +398,8 @@ bnorm_status_code bnorm_fold_into_layer(const bnorm_fold_problem* problem,
       !size_fits("bnorm_fold_args", args->struct_size, sizeof(bnorm_fold_args), status, &code)) {
     return code;
   }
-  const std::size_t capacity = sizeof(problem->weight_shape) / sizeof(problem->weight_shape[0]);
-  if (problem->rank > capacity) {
-    return report(bnorm::status::failure(bnorm::status_code::invalid_argument,
-                                         "problem.rank: expected at most %zu dimensions in "
-                                         "problem.weight_shape, got %zu",
-                                         capacity, problem->rank),
-                  status);
+  if (!rank_fits("weight_shape", problem->rank, std::size(problem->weight_shape), status, &code)) {
+    return code;
   }
   bnorm::fold_problem prob;
   prob.layout = enum_of<bnorm::weight_layout>(problem->layout);

@@ -134,32 +134,20 @@ TEST(Module, MomentumNoneIsACumulativeAverage) {
   for (int c = 0; c < 2; ++c) EXPECT_NEAR(bn.running_mean()[c], mean_sum[c] / 4, 1e-12);
 }
 
-TEST(Module, OnnxConventionUsesTheBiasedVariance) {
-  bnorm::plan_options opts;
-  opts.convention = bnorm::momentum_convention::onnx;
-  opts.momentum = 0.9;
-  const bnorm::plan plan = make_plan_or_fail({{2, 4}}, opts);
-  std::vector<float> y(8), rm(4, 1.f), rv(4, 2.f);
-  bnorm::training_args args;
-  args.src = seed_x.data();
-  args.dst = y.data();
-  args.running_mean = out(rm);
-  args.running_var = out(rv);
-  ASSERT_TRUE(plan.forward_training(args).ok());
-  for (int c = 0; c < 4; ++c) {
-    EXPECT_NEAR(rm[c], 0.9 * 1.0 + 0.1 * seed_mean[c], 1e-7);
-    EXPECT_NEAR(rv[c], 0.9 * 2.0 + 0.1 * seed_unbiased_var[c] / 2, 1e-7);  // biased = unbiased/2
-  }
-}
-
-// A convention set alone keeps its framework's default momentum (PyTorch 0.1, MindSpore and ONNX
-// 0.9: r = 0.9·r + 0.1·batch in all three), not PyTorch's number read in another meaning.
-TEST(Module, ConventionSetAloneTakesItsFrameworksDefaultMomentum) {
-  for (const bnorm::momentum_convention convention :
-       {bnorm::momentum_convention::pytorch, bnorm::momentum_convention::mindspore,
-        bnorm::momentum_convention::onnx}) {
+// Each convention's formula (ONNX's with the biased variance), with its framework's momentum
+// set, or left unset: a convention set alone keeps its framework's default (PyTorch 0.1,
+// MindSpore and ONNX 0.9: r = 0.9·r + 0.1·batch in all three), not PyTorch's number read in
+// another meaning.
+TEST(Module, ConventionsWithTheirFrameworksDefaultMomentum) {
+  for (const auto& [convention, momentum] : {std::pair{bnorm::momentum_convention::pytorch, 0.1},
+                                             {bnorm::momentum_convention::mindspore, 0.9},
+                                             {bnorm::momentum_convention::onnx, 0.9},
+                                             {bnorm::momentum_convention::pytorch, -1.0},
+                                             {bnorm::momentum_convention::mindspore, -1.0},
+                                             {bnorm::momentum_convention::onnx, -1.0}}) {
     bnorm::plan_options opts;
     opts.convention = convention;
+    if (momentum >= 0) opts.momentum = momentum;  // -1: unset
     const bnorm::plan plan = make_plan_or_fail({{2, 4}}, opts);
     std::vector<float> y(8), rm(4, 1.f), rv(4, 2.f);
     bnorm::training_args args;

@@ -337,8 +337,8 @@ struct kernel_set {
   gradient_flags (*channel_gradients)(const gradient_channels<T>& in,
                                       const gradient_coefficients<T>* out,
                                       std::size_t first) noexcept;
-  /// Per channel: out[c] = in[c] rounded to T (the batch statistics the caller asked for).
-  /// out = in rounded to T; `round_to_odd` as statistics_commit's.
+  /// Per channel: out[c] = in[c] rounded to T (dγ, dβ), to odd where `round_to_odd` says so
+  /// (as statistics_commit's).
   void (*narrow)(std::size_t channels, const double* in, T* out, bool round_to_odd) noexcept;
   /// The batch and running statistics of a training step, in one pass (see statistics_commit).
   void (*commit_statistics)(const statistics_commit<T>& in) noexcept;
