@@ -9,7 +9,10 @@
 // before anything is written. Should oneTBB itself fail during the passes (out_of_memory,
 // internal_error), dst is left unspecified; the batch and running statistics and
 // num_batches_tracked are still untouched (written last, or put back). A failed backward leaves
-// its outputs (diff_src, diff_scale, diff_shift, diff_residual) unspecified.
+// its outputs (diff_src, diff_scale, diff_shift, diff_residual) unspecified. One failure oneTBB
+// 2021.8 does not report: an allocation failing inside its task spawn (growing a thread's task
+// pool) leaves its parallel_for waiting for good, bnorm's call with it (a plain parallel_for
+// hangs alike); on one thread (max_threads = 1) no oneTBB call is made.
 //
 // The contract on buffers, checked by every call (a breach is an invalid_argument status):
 // - Every pointer is aligned to its element: 4 bytes for f32 data and per-channel values, 8 for
