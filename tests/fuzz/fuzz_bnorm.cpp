@@ -161,7 +161,12 @@ struct activation_reference {
     return a;
   }
   double apply(double v) const { return identity ? v : std::fmin(std::fmax(v, lo), hi); }
-  bool passes(double y) const { return y > lo && y < hi; }
+  /// lo < y < hi, an infinite bound clamping nothing on its side (ReLU's y = +inf passes); a
+  /// NaN y passes nothing.
+  bool passes(double y) const {
+    const double inf = std::numeric_limits<double>::infinity();
+    return (y > lo || (lo == -inf && y == y)) && (y < hi || hi == inf);
+  }
 };
 
 // Tolerance of a float result next to the float64 reference: a few rounding steps of the
