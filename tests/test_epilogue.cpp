@@ -277,7 +277,9 @@ TEST_P(Epilogue, MaskPassesInfiniteOutputsWhereNoBoundClampsThem) {
       const bool passes = a == activation::clamp || i % 3 != 1;  // y > 0, or no bound at all
       const float want = passes ? dy[i] * 1e38f : 0.0f;          // dy·γ/sqrt(1 + 0)
       EXPECT_NEAR(dx[i], want, 1e-6 * std::fabs(want)) << name << " dx at " << i;
-      if (a == activation::add_relu) EXPECT_EQ(dz[i], passes ? dy[i] : 0.0f) << "dz at " << i;
+      if (a == activation::add_relu) {
+        EXPECT_EQ(dz[i], passes ? dy[i] : 0.0f) << "dz at " << i;
+      }
     }
   }
 }
