@@ -26,7 +26,11 @@ tensor_shape::tensor_shape(std::initializer_list<std::int64_t> dims) noexcept
     : tensor_shape(dims.begin(), dims.size()) {}
 
 tensor_shape::tensor_shape(const std::int64_t* dims, std::size_t rank) noexcept
-    : rank_(rank), stored_(rank < capacity ? rank : capacity) {
+    : rank_(rank),
+      stored_(dims == nullptr   ? 0
+              : rank < capacity ? rank
+                                : capacity),
+      dimensions_missing_(dims == nullptr && rank > 0) {
   for (std::size_t i = 0; i < stored_; ++i) dims_[i] = dims[i];
 }
 

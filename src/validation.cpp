@@ -15,6 +15,10 @@ shape_text::shape_text(const tensor_shape& shape) noexcept {
     const int written = std::snprintf(text + at, sizeof(text) - at, format, value);
     at += written > 0 ? static_cast<std::size_t>(written) : 0;
   };
+  if (!shape.has_dimensions()) {
+    append("%s", "(null)");
+    return;
+  }
   append("%s", "[");
   const std::size_t stored =
       shape.rank() < tensor_shape::capacity ? shape.rank() : tensor_shape::capacity;
@@ -54,6 +58,10 @@ status check_momentum(const char* name, double value) noexcept {
 }
 
 status check_dimensions(const tensor_shape& shape, const char* name) noexcept {
+  if (!shape.has_dimensions()) {
+    return status::failure(status_code::invalid_argument,
+                           "%s: expected %zu dimensions, got a null pointer", name, shape.rank());
+  }
   for (std::size_t d = 0; d < shape.rank() && d < tensor_shape::capacity; ++d) {
     if (shape[d] < 0) {
       return status::failure(status_code::invalid_argument,

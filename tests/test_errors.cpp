@@ -108,6 +108,12 @@ INSTANTIATE_TEST_SUITE_P(
             },
             status_code::invalid_argument,
             "shape: expected dimensions >= 0, got -1 at dimension 3 of [2, 4, 3, -1, 2]"},
+        plan_error_case{
+            "null_dimensions", [](auto& p, auto&) { p.shape = bnorm::tensor_shape(nullptr, 4); },
+            status_code::invalid_argument, "shape: expected 4 dimensions, got a null pointer"},
+        plan_error_case{"null_dimensions_rank9",
+                        [](auto& p, auto&) { p.shape = bnorm::tensor_shape(nullptr, 9); },
+                        status_code::invalid_argument, "got rank 9 (null)"},
         plan_error_case{"eps_negative", [](auto& p, auto&) { p.epsilon = -1e-5; },
                         status_code::invalid_argument,
                         "epsilon: expected a finite value >= 0, got -1e-05"},

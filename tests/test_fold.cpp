@@ -411,6 +411,10 @@ TEST(Fold, RefusalsNameTheParameterAndWriteNothing) {
        [](bnorm::fold_problem& p, bnorm::fold_args&) {
          p.weight_shape = {4, -2, 3};
        }},
+      {"weight_shape: expected 3 dimensions, got a null pointer",
+       [](bnorm::fold_problem& p, bnorm::fold_args&) {
+         p.weight_shape = bnorm::tensor_shape(nullptr, 3);
+       }},
       {"mean: expected 4 values, got a null pointer (required by fold_into_layer",
        [](bnorm::fold_problem&, bnorm::fold_args& a) { a.mean = {}; }},
       {"var: expected 4 values (one per channel, C = 4), got 3",

@@ -142,15 +142,20 @@ class tensor_shape {
 
   tensor_shape() noexcept = default;
   tensor_shape(std::initializer_list<std::int64_t> dims) noexcept;
+  /// dims may be null only with rank 0; a null dims of rank > 0 keeps the rank, stores no
+  /// dimension and is refused by every call that takes the shape.
   tensor_shape(const std::int64_t* dims, std::size_t rank) noexcept;
 
   std::size_t rank() const noexcept { return rank_; }
+  /// False for a null dims of rank > 0.
+  bool has_dimensions() const noexcept { return !dimensions_missing_; }
   /// Dimension i; 0 when i >= rank() or beyond the `capacity` stored dimensions.
   std::int64_t operator[](std::size_t i) const noexcept { return i < stored_ ? dims_[i] : 0; }
 
  private:
   std::size_t rank_ = 0;
   std::size_t stored_ = 0;
+  bool dimensions_missing_ = false;
   std::array<std::int64_t, capacity> dims_{};
 };
 
