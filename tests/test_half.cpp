@@ -499,6 +499,46 @@ TEST(HalfStorage, ClampBackwardMasksEveryClampedOutput) {
   }
 }
 
+// Where the add+ReLU mask passes dy, dz is dy through float32 and back at every position, the
+// vectors' and the scalar tail's alike: a signaling NaN leaves as the format's conversions leave
+// it (bfloat16's canonical 0x7FC0; float16 quieted with its payload), not as raw bits in some
+// positions and converted in others.
+TEST(HalfStorage, MaskedGradientNansLeaveAlikeAtEveryPosition) {
+  struct nan_case {
+    bnorm::dtype d;
+    std::uint16_t signaling, converted;
+  };
+  for (const nan_case c :
+       {nan_case{bnorm::dtype::bf16, 0x7F81, 0x7FC0}, nan_case{bnorm::dtype::bf16, 0xFF81, 0x7FC0},
+        nan_case{bnorm::dtype::f16, 0x7C01, 0x7E01}, nan_case{bnorm::dtype::f16, 0xFC05, 0xFE05}}) {
+    for (const bnorm::isa id : isas_under_test()) {
+      SCOPED_TRACE(std::string(bnorm::to_string(c.d)) + " " + bnorm::to_string(id));
+      bnorm::plan_options opts;
+      opts.max_isa = id;
+      opts.activation = bnorm::activation::add_relu;
+      const std::size_t n = 37;  // whole vectors and a tail on every ISA
+      const bnorm::plan plan = make_plan_or_fail(
+          {{1, 1, static_cast<std::int64_t>(n)}, layout::channels_first, c.d, 0.0}, opts);
+      const half_tensor x(c.d, std::vector<double>(n, 1.0)), z(c.d, std::vector<double>(n, 0.0));
+      const std::vector<float> mean = {0.0f}, var = {1.0f};
+      const half_tensor y = infer_half(plan, x, mean, var, &z);
+      const std::vector<std::uint16_t> dy(n, c.signaling);
+      std::vector<std::uint16_t> dx(n, 0x1234), dz(n, 0x1234);
+      bnorm::backward_args a;
+      a.diff_dst = dy.data();
+      a.dst = y.bits.data();
+      a.diff_src = dx.data();
+      a.diff_residual = dz.data();
+      a.var = in(var);
+      const bnorm::status st = plan.backward_frozen(a);
+      ASSERT_TRUE(st.ok()) << st.message();
+      for (std::size_t e = 0; e < n; ++e) {
+        EXPECT_EQ(dz[e], c.converted) << "at " << e;
+      }
+    }
+  }
+}
+
 }  // namespace
 
 namespace {

@@ -442,7 +442,8 @@ void activation_mask(const S* dy, const S* y, S* out, std::size_t n, T lo, T hi)
   for (; i < n; ++i) {
     const T v = to_compute(y[i]);
     const bool inside = (v > lo || (no_lower && v == v)) && (v < hi || no_upper);
-    out[i] = inside ? dy[i] : from_compute<S>(T(0));
+    // Through the compute type as the vectors go: a half-type NaN leaves as they leave it.
+    out[i] = from_compute<S>(inside ? to_compute(dy[i]) : T(0));
   }
 }
 
