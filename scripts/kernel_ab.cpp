@@ -66,7 +66,9 @@ int run(const std::string& mode, std::size_t rows, std::size_t width) {
   kernels::normalize_params<T> params;
   params.coeffs = {center.data(), scale.data(), shift.data(), nullptr};
   kernels::gradient_params<T> gradient;
-  gradient.coeffs = {center.data(), scale.data(), scale.data(), shift.data(), nullptr, nullptr};
+  std::vector<T> zero(width + 64, T(0));  // dy_center
+  gradient.coeffs = {center.data(), zero.data(), scale.data(), scale.data(),
+                     shift.data(),  nullptr,     nullptr};
   // The per-channel modes: WIDTH channels of variances 0.5 to 4.5 and of means near 1.
   std::vector<T> mean(width), variance(width), gamma(width, T(1.25)), beta(width, T(0.5));
   for (std::size_t c = 0; c < width; ++c) {

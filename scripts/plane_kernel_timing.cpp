@@ -83,8 +83,9 @@ int time_kernels(std::size_t channels, std::size_t len, std::size_t planes) {
   kernels::normalize_params<float> normalize;
   normalize.coeffs = {zeros.data(), ones.data(), zeros.data(), ones.data()};
   kernels::gradient_params<float> gradient;
-  gradient.coeffs = {zeros.data(), ones.data(), zeros.data(),
-                     zeros.data(), ones.data(), ones.data()};
+  // center 0, dy_center 0, dy_scale 1, x_scale 0, shift 0, prescales 1
+  gradient.coeffs = {zeros.data(), zeros.data(), ones.data(), zeros.data(),
+                     zeros.data(), ones.data(),  ones.data()};
   const int calls =
       static_cast<int>(std::max<std::size_t>(1, 2000000 / std::max<std::size_t>(n, 1)));
   for (int round = 0; round < 3; ++round) {
