@@ -479,7 +479,10 @@ void batch_norm<T>::backward_unguarded(const T* input, const T* grad_output, T* 
                        "none"));
   }
   check_buffers();
-  if (grad_input == nullptr && !trains_affine()) {
+  std::uint64_t elements = 0;
+  detail::element_count(last_forward_->shape, &elements);
+  // An empty batch's grad_input holds nothing: a std::vector of none may give a null data().
+  if (grad_input == nullptr && elements > 0 && !trains_affine()) {
     throw error(status(status_code::invalid_argument,
                        "grad_input: expected a buffer for the input gradient (with affine=False "
                        "it is the only gradient), got a null pointer"));

@@ -731,7 +731,9 @@ status backward(const plan_impl& p, const backward_args& args, bool frozen,
   const bool dx = args.diff_src != nullptr, dgamma = args.diff_scale.data != nullptr,
              dbeta = args.diff_shift.data != nullptr, dz = args.diff_residual != nullptr;
   const activation fused = p.options.activation;
-  if (!dx && !dgamma && !dbeta && !dz) {
+  // An empty tensor's dx and dz hold nothing, so their null pointers ask for them too: a rank
+  // of a distributed backward whose local batch is empty still joins the exchange.
+  if (!dx && !dgamma && !dbeta && !dz && p.part.elements > 0) {
     return status(status_code::invalid_argument,
                   "diff_src, diff_scale, diff_shift: expected at least one output to compute, "
                   "got none");

@@ -309,6 +309,19 @@ TEST(Module, EmptyBatchCountsAStepAndLeavesStatistics) {
   EXPECT_TRUE(bn.forward(std::vector<float>{}, {2, 3, 0, 4}).empty());
 }
 
+// Without affine the input gradient is the only one, and an empty batch's is empty: its
+// backward succeeds (a SyncBatchNorm rank of no samples takes the same path), as PyTorch's.
+TEST(Module, EmptyBatchBackwardWithoutAffine) {
+  bnorm::torch::options opts;
+  opts.affine = false;
+  auto bn = bnorm::torch::BatchNorm2d(3, opts);
+  bn.forward(std::vector<float>{}, {0, 3, 4, 4});
+  EXPECT_TRUE(bn.backward(std::vector<float>{}, std::vector<float>{}).empty());
+  bn.forward(nullptr, nullptr, {2, 3, 0, 4});
+  bn.backward(nullptr, nullptr, nullptr);
+  EXPECT_EQ(bn.num_batches_tracked(), 2);
+}
+
 TEST(Module, ErrorsThrowAndLeaveStateUntouched) {
   auto bn = bnorm::torch::BatchNorm1d(4);
   auto expect_error = [&](auto&& call, const char* message) {

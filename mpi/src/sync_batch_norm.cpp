@@ -21,6 +21,7 @@ namespace {
 enum header_word : int {
   version_word,  // of this header's layout
   status_word,   // 0: the rank's arguments passed; else the status code that refused them
+  step_word,     // which step's blocks the rank sends (exchange_step)
   channels_word,
   dtype_word,
   layout_word,
@@ -34,7 +35,11 @@ enum header_word : int {
   clamp_max_word,
   header_words
 };
-constexpr std::int64_t header_version = 1;
+constexpr std::int64_t header_version = 2;
+
+/// The two steps' blocks are alike in size (1 + 2C doubles): a rank in the forward and another
+/// in the backward would merge each other's blocks as their own.
+enum class exchange_step : std::int64_t { forward_statistics = 1, backward_gradient_sums = 2 };
 
 std::int64_t bits_of(double value) {
   std::int64_t bits;
@@ -54,12 +59,13 @@ header refusal_header(const status& refused) {
   return h;
 }
 
-header header_of(const plan& p, const status& local) {
+header header_of(const plan& p, exchange_step step, const status& local) {
   const problem& prob = p.get_problem();
   const plan_options& o = p.options();
   header h{};
   h.words[version_word] = header_version;
   h.words[status_word] = local ? 0 : static_cast<std::int64_t>(local.code());
+  h.words[step_word] = static_cast<std::int64_t>(step);
   h.words[channels_word] = prob.shape[1];
   h.words[dtype_word] = static_cast<std::int64_t>(prob.dtype);
   h.words[layout_word] = static_cast<std::int64_t>(prob.layout);
@@ -77,6 +83,7 @@ header header_of(const plan& p, const status& local) {
 const char* word_name(int word) {
   switch (word) {
     case version_word: return "the bnorm_mpi header version";
+    case step_word: return "the step (1: forward_training, 2: backward_training)";
     case channels_word: return "the channels (C)";
     case dtype_word: return "the dtype";
     case layout_word: return "the layout";
@@ -235,15 +242,15 @@ std::size_t block_size_of(const plan& p) {
 /// (after the headers agree), combined by combine(C, blocks, ranks, out, size) in rank order,
 /// then finish(this rank's own block, the combined one, size).
 template <class Local, class Combine, class Finish>
-status collective_step(const plan& p, MPI_Comm comm, const Local& local, const Combine& combine,
-                       const Finish& finish) noexcept {
+status collective_step(const plan& p, exchange_step step, MPI_Comm comm, const Local& local,
+                       const Combine& combine, const Finish& finish) noexcept {
   return no_throw([&]() -> status {
     const std::size_t size = block_size_of(p);
     std::vector<double> block(size), blocks, combined(size);
     const status verdict = local(block.data(), size);
     int rank = 0;
     if (status s =
-            exchange(header_of(p, verdict), verdict, block.data(), size, comm, blocks, &rank);
+            exchange(header_of(p, step, verdict), verdict, block.data(), size, comm, blocks, &rank);
         !s) {
       return s;
     }
@@ -275,7 +282,7 @@ class communicator_exchange final : public training_exchange {
 
 status forward_training(const plan& p, const training_args& args, MPI_Comm comm) noexcept {
   return collective_step(
-      p, comm,
+      p, exchange_step::forward_statistics, comm,
       [&](double* block, std::size_t size) { return p.local_statistics(args, block, size); },
       merge_statistics,
       // Every rank has the same merged block: a refusal here (one value in all) is every rank's.
@@ -286,7 +293,7 @@ status forward_training(const plan& p, const training_args& args, MPI_Comm comm)
 
 status backward_training(const plan& p, const backward_args& args, MPI_Comm comm) noexcept {
   return collective_step(
-      p, comm,
+      p, exchange_step::backward_gradient_sums, comm,
       [&](double* block, std::size_t size) { return p.local_gradient_sums(args, block, size); },
       sum_gradient_exchanges,
       [&](const double* own, const double* summed, std::size_t size) {

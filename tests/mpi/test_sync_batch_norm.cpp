@@ -263,6 +263,42 @@ TEST(SyncBatchNormErrors, RanksThatDisagreeFailOnEveryRankWithNothingWritten) {
   }
 }
 
+// A rank in the backward while the others are in the forward: the two steps' blocks are alike
+// in size, so without the step in the header each would merge the other's as its own.
+TEST(SyncBatchNormErrors, RanksInDifferentStepsFailOnEveryRank) {
+  const int rank = world_rank(), ranks = world_size();
+  if (ranks == 1) GTEST_SKIP() << "needs two ranks";
+  const bool odd_one = rank == ranks - 1;
+  bnorm::plan plan;
+  ASSERT_TRUE(bnorm::make_plan({{3, 4, 2}}, {}, &plan));
+  const std::vector<float> x = normal_data<float>(24, 0.0, 1.0, 5), dy(24, 1.0f);
+  std::vector<float> y(24, 7.0f), dx(24, 7.0f), rm(4, 7.0f), rv(4, 7.0f);
+  const std::vector<float> mean(4, 0.0f), inv(4, 1.0f);
+  bnorm::status s;
+  if (odd_one) {
+    bnorm::backward_args b;
+    b.src = x.data();
+    b.diff_dst = dy.data();
+    b.diff_src = dx.data();
+    b.mean = in(mean);
+    b.inv_std = in(inv);
+    s = bnorm::mpi::backward_training(plan, b, MPI_COMM_WORLD);
+  } else {
+    bnorm::training_args a;
+    a.src = x.data();
+    a.dst = y.data();
+    a.running_mean = out(rm);
+    a.running_var = out(rv);
+    s = bnorm::mpi::forward_training(plan, a, MPI_COMM_WORLD);
+  }
+  EXPECT_FALSE(s);
+  EXPECT_NE(std::string(s.message()).find("the step"), std::string::npos) << s.message();
+  for (const float v : y) ASSERT_EQ(v, 7.0f);
+  for (const float v : dx) ASSERT_EQ(v, 7.0f);
+  for (const float v : rm) ASSERT_EQ(v, 7.0f);
+  for (const float v : rv) ASSERT_EQ(v, 7.0f);
+}
+
 TEST(SyncBatchNormErrors, LayoutDtypeAndOptionsMustAgree) {
   const int rank = world_rank(), ranks = world_size();
   const bool odd_one = rank == ranks - 1 && ranks > 1;
