@@ -42,15 +42,26 @@ status check_blocks(block_kind kind, std::size_t channels, const double* blocks,
        {std::pair<const char*, const void*>{"blocks", blocks}, {out_name, out}}) {
     if (status s = detail::check_alignment(name, data, alignof(double), "double"); !s) return s;
   }
+  // Counts stay exact in float64 up to 2^53, each rank's and their total.
+  constexpr double exact_counts = 9007199254740992.0;
+  double total = 0.0;
   for (std::size_t r = 0; r < ranks; ++r) {
     const double* b = blocks + r * block;
     const double count = b[0];
-    if (!(count >= 0.0) || count > 9007199254740992.0 || count != std::floor(count)) {
+    if (!(count >= 0.0) || count > exact_counts || count != std::floor(count)) {
       return status::failure(status_code::invalid_argument,
                              "blocks[%zu]: expected rank %zu's count of values per channel, a "
                              "whole number >= 0, got %s",
                              r * block, r, detail::number_text(count).text);
     }
+    if (count > exact_counts - total) {
+      return status::failure(status_code::invalid_argument,
+                             "blocks[%zu]: expected counts summing to at most 2^53 over the "
+                             "ranks, got rank %zu's %s on top of the %s before it",
+                             r * block, r, detail::number_text(count).text,
+                             detail::number_text(total).text);
+    }
+    total += count;
     if (kind != block_kind::statistics) continue;
     for (std::size_t c = 0; c < channels; ++c) {
       const double variance = b[1 + channels + c];

@@ -1,6 +1,7 @@
 // The engine API: validation of problems and arguments, scratch, and the no-throw boundary.
 // Every check runs before anything is written.
 #include <algorithm>
+#include <cfloat>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -657,20 +658,39 @@ status plan::forward_training_merged(const training_args& args, const double* me
   if (status s = check_merged_count(p, "merged[0]", merged[0]); !s) return s;
   // merge_statistics gives variances >= 0 (NaN where some rank's data held one: it carries
   // through, as in a local call); a negative one is no block of it.
+  // A variance that a block cannot carry is refused, where one call over the whole batch would
+  // take 1/std from its scaled sums: beyond the float64 range from finite means (float64 data
+  // spread over more than ~1.3e154), or below its normal range with eps 0 (float64 data within
+  // ~1.5e-154 of each other, whose variance rounds to a subnormal or to 0).
   const std::size_t channels = p.part.channels;
   for (std::size_t c = 0; c < channels; ++c) {
-    if (merged[1 + channels + c] < 0.0) {
+    const double mean = merged[1 + c], variance = merged[1 + channels + c];
+    if (variance < 0.0) {
       return status::failure(status_code::invalid_argument,
                              "merged[%zu]: expected channel %zu's variance, >= 0 (a block of "
                              "merge_statistics), got %s",
-                             1 + channels + c, c, number_text(merged[1 + channels + c]).text);
+                             1 + channels + c, c, number_text(variance).text);
+    }
+    const bool overflowed = std::isinf(variance) && std::isfinite(mean);
+    const bool underflowed = p.prob.epsilon == 0.0 && variance < DBL_MIN && merged[0] > 1.0;
+    if (overflowed || underflowed) {
+      return status::failure(status_code::invalid_argument,
+                             "merged[%zu]: expected channel %zu's variance within float64's "
+                             "normal range%s, got %s (an exchange block cannot carry the "
+                             "variance of this data)",
+                             1 + channels + c, c, underflowed ? " (eps is 0)" : "",
+                             number_text(variance).text);
     }
   }
-  if (merged[0] <= 1.0) {
+  if (merged[0] == 1.0) {
     return status::failure(status_code::invalid_argument,
                            "Expected more than 1 value per channel when training, got %s over "
                            "every rank (input size %s here)",
                            number_text(merged[0]).text, shape_text(p.prob.shape).text);
+  }
+  if (merged[0] == 0.0) {  // every rank empty: a step, as forward_training's empty batch
+    if (p.options.update_running_stats && args.num_batches_tracked) ++*args.num_batches_tracked;
+    return {};
   }
   return run_training_call(
       p, args, true, [&](auto type, unsigned char* scratch, const training_args& staged) {

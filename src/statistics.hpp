@@ -119,7 +119,9 @@ inline group_statistics merge_groups(const group_statistics& a,
   const double count = a.count + b.count;
   const double wa = a.count / count, wb = b.count / count;
   const double delta = b.mean - a.mean;
-  return {count, a.mean + delta * wb, wa * a.variance + wb * b.variance + delta * delta * wa * wb};
+  // (δ·wa)·(δ·wb), not δ²·wa·wb: δ² overflows where the term itself fits (means ±1.2e154).
+  return {count, a.mean + delta * wb,
+          wa * a.variance + wb * b.variance + (delta * wa) * (delta * wb)};
 }
 
 }  // namespace bnorm::detail

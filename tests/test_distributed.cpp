@@ -499,6 +499,91 @@ TEST(Distributed, MergeRefusesBlocksNoRankWrites) {
   EXPECT_TRUE(std::isnan(merged[2]));
   EXPECT_TRUE(bnorm::sum_gradient_exchanges(1, negative.data(), 2, merged.data(), merged.size()));
   EXPECT_EQ(merged[2], -1.0);
+  // Counts beyond 2^53 in total would round: refused, whichever merge.
+  const std::vector<double> many = {9007199254740992.0, 0.0, 0.0, 1.0, 0.0, 0.0};
+  for (const bool statistics : {true, false}) {
+    merged.assign(3, 7.0);
+    s = statistics ? bnorm::merge_statistics(1, many.data(), 2, merged.data(), merged.size())
+                   : bnorm::sum_gradient_exchanges(1, many.data(), 2, merged.data(), 3);
+    EXPECT_NE(std::string(s.message())
+                  .find("blocks[3]: expected counts summing to at most 2^53 over the ranks, got "
+                        "rank 1's 1 on top of the 9007199254740992 before it"),
+              std::string::npos)
+        << s.message();
+    EXPECT_EQ(merged, std::vector<double>(3, 7.0));
+  }
+  // The sizes say 0 where 1 + 2C does not fit: no size that wrapped around.
+  EXPECT_EQ(bnorm::statistics_exchange_size(SIZE_MAX / 2), SIZE_MAX);
+  EXPECT_EQ(bnorm::statistics_exchange_size(SIZE_MAX / 2 + 1), 0u);
+  EXPECT_EQ(bnorm::gradient_exchange_size(std::size_t{1} << 63), 0u);
+}
+
+// Every rank empty: one step over an empty batch, as forward_training's (a step counted, the
+// running statistics left alone); one value in all is refused as one call refuses it.
+TEST(Distributed, EveryRankEmptyIsAStepOfAnEmptyBatch) {
+  const bnorm::plan plan = make_plan_or_fail({{0, 3, 4}}, {});
+  std::vector<float> rm(3, 0.5f), rv(3, 2.0f), mean(3, 7.0f);
+  std::int64_t tracked = 4;
+  bnorm::training_args a;
+  a.running_mean = out(rm);
+  a.running_var = out(rv);
+  a.batch_mean = out(mean);
+  a.num_batches_tracked = &tracked;
+  std::vector<double> blocks(2 * bnorm::statistics_exchange_size(3)), merged(7);
+  ASSERT_TRUE(plan.local_statistics(a, blocks.data(), 7));
+  ASSERT_TRUE(plan.local_statistics(a, blocks.data() + 7, 7));
+  ASSERT_TRUE(bnorm::merge_statistics(3, blocks.data(), 2, merged.data(), merged.size()));
+  const bnorm::status s = plan.forward_training_merged(a, merged.data(), merged.size());
+  ASSERT_TRUE(s) << s.message();
+  EXPECT_EQ(tracked, 5);
+  EXPECT_EQ(rm, std::vector<float>(3, 0.5f));
+  EXPECT_EQ(rv, std::vector<float>(3, 2.0f));
+  EXPECT_EQ(mean, std::vector<float>(3, 7.0f));
+}
+
+// float64 ranks whose whole batch has a variance the block cannot carry: where δ² alone
+// overflowed, the merge now gives it; beyond float64's range, or below its normal range with
+// eps 0, the merged forward refuses it (one call over the batch would scale its sums) and
+// writes nothing.
+TEST(Distributed, MergedVariancesBeyondTheBlocksAreRefused) {
+  const auto run = [](double value, double epsilon, double* variance_out) {
+    const bnorm::plan plan =
+        make_plan_or_fail({{2, 1}, layout::channels_first, bnorm::dtype::f64, epsilon}, {});
+    // Rank 0 holds +value twice, rank 1 -value twice: mean 0, variance value².
+    std::vector<double> blocks = {2.0, value, 0.0, 2.0, -value, 0.0}, merged(3);
+    EXPECT_TRUE(bnorm::merge_statistics(1, blocks.data(), 2, merged.data(), 3));
+    *variance_out = merged[2];
+    const std::vector<double> x = {value, value};
+    std::vector<double> y(2, 7.0), rm(1, 7.0), rv(1, 7.0);
+    bnorm::training_args a;
+    a.src = x.data();
+    a.dst = y.data();
+    a.running_mean = out(rm);
+    a.running_var = out(rv);
+    const bnorm::status s = plan.forward_training_merged(a, merged.data(), merged.size());
+    if (!s) {
+      EXPECT_EQ(y, std::vector<double>(2, 7.0));
+      EXPECT_EQ(rm, std::vector<double>(1, 7.0));
+      EXPECT_EQ(rv, std::vector<double>(1, 7.0));
+    } else {
+      const long double v = value;  // long double: v² neither overflows nor underflows
+      const double want = static_cast<double>(v / std::sqrt(v * v + epsilon));
+      EXPECT_NEAR(y[0], want, 1e-12 * want) << value;
+    }
+    return std::string(s.message());
+  };
+  double variance = 0.0;
+  EXPECT_EQ(run(1.2e154, 1e-5, &variance), "");  // δ² = 5.8e308, the variance 1.44e308
+  EXPECT_DOUBLE_EQ(variance, 1.44e308);
+  EXPECT_NE(run(1e155, 1e-5, &variance)
+                .find("merged[2]: expected channel 0's variance within "
+                      "float64's normal range, got inf"),
+            std::string::npos);
+  EXPECT_NE(run(1.2e-165, 0.0, &variance)
+                .find("merged[2]: expected channel 0's variance within float64's normal range "
+                      "(eps is 0), got 0"),
+            std::string::npos);
+  EXPECT_EQ(run(1.2e-165, 1e-300, &variance), "") << "eps outweighs what the variance lost";
 }
 
 }  // namespace

@@ -217,7 +217,8 @@ bnorm_status_code bnorm_backward_frozen(bnorm_plan plan, const bnorm_backward_ar
  * or args.var: the merged ones the forward saved): bnorm_local_gradient_sums into sums + r·G
  * (G = bnorm_gradient_exchange_size(C)), all-gather, bnorm_sum_gradient_exchanges,
  * bnorm_backward_training_merged. Blocks are float64: a rank's count of values per channel,
- * then C values of each per-channel quantity. */
+ * then C values of each per-channel quantity. The sizes are 0 where 1 + 2C does not fit a
+ * size_t (no plan has so many channels). */
 size_t bnorm_statistics_exchange_size(size_t channels);
 size_t bnorm_gradient_exchange_size(size_t channels);
 bnorm_status_code bnorm_local_statistics(bnorm_plan plan, const bnorm_training_args* args,

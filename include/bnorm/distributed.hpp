@@ -25,19 +25,22 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 
 #include "bnorm/plan.hpp"
 
 namespace bnorm {
 
-/// Doubles in one rank's statistics block: its count, C means and C biased variances.
+/// Doubles in one rank's statistics block: its count, C means and C biased variances; 0 where
+/// that many do not fit a size_t (no plan has so many channels).
 constexpr std::size_t statistics_exchange_size(std::size_t channels) noexcept {
-  return 1 + 2 * channels;
+  return channels > (SIZE_MAX - 1) / 2 ? 0 : 1 + 2 * channels;
 }
 
-/// Doubles in one rank's gradient block: its count, C values of Σdy and C of Σdy·(x − mean).
+/// Doubles in one rank's gradient block: its count, C values of Σdy and C of Σdy·(x − mean);
+/// 0 where that many do not fit a size_t.
 constexpr std::size_t gradient_exchange_size(std::size_t channels) noexcept {
-  return 1 + 2 * channels;
+  return channels > (SIZE_MAX - 1) / 2 ? 0 : 1 + 2 * channels;
 }
 
 /// The statistics of the whole batch from `ranks` consecutive blocks of
