@@ -1,6 +1,6 @@
 // The undo journal of the fused training schedules, which commit each block's per-channel
-// results (batch mean and 1/std, running mean and variance) inside the parallel pass, on the
-// core whose cache holds them: a serial commit after the pass would read every block's
+// results (batch mean, its residual and 1/std, running mean and variance) inside the parallel pass,
+// on the core whose cache holds them: a serial commit after the pass would read every block's
 // statistics from the other cores' caches (docs/design.md, "Per-channel results stay on their
 // core"). Each block keeps the values it is about to replace; should the pass fail midway
 // (oneTBB throws), restore() puts back the blocks already committed, so the caller's
@@ -15,7 +15,7 @@ namespace bnorm::detail {
 template <class T>
 class commit_journal {
  public:
-  static constexpr std::size_t max_outputs = 4;
+  static constexpr std::size_t max_outputs = 5;
 
   /// `outputs`: the buffers a commit writes, nullptr for those it does not; `kept`:
   /// max_outputs × channels values; `committed`: one flag a channel.

@@ -527,6 +527,7 @@ class training_step {
   /// statistics, and the running ones where this step updates them.
   commit_journal<T> journal_of(const running_update& update) const {
     T* const outputs[] = {static_cast<T*>(args_.batch_mean.data),
+                          static_cast<T*>(args_.batch_mean_residual.data),
                           static_cast<T*>(args_.batch_inv_std.data),
                           update.active ? static_cast<T*>(args_.running_mean.data) : nullptr,
                           update.active ? static_cast<T*>(args_.running_var.data) : nullptr};
@@ -546,6 +547,7 @@ class training_step {
     commit.inv_std = inv_std_ + c0;
     commit.round_to_odd = plan_.half_parameters;
     commit.batch_mean = from_c0(args_.batch_mean);
+    commit.batch_mean_residual = from_c0(args_.batch_mean_residual);
     commit.batch_inv_std = from_c0(args_.batch_inv_std);
     if (update.active) {
       commit.running_mean = from_c0(args_.running_mean);

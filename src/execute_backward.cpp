@@ -364,6 +364,7 @@ class gradient_step {
     in.count = count_;
     in.epsilon = plan_.prob.epsilon;
     in.mean = at(args_.mean);
+    in.mean_residual = at(args_.mean_residual);
     in.inv_std = at(args_.inv_std);
     in.variance = at(args_.var);
     in.gamma = at(args_.scale);

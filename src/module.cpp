@@ -396,13 +396,14 @@ void batch_norm<T>::forward_unguarded(const T* src, T* dst, const tensor_shape& 
   if (batch_stats) {
     // The saved statistics are written only by a successful call: stage them.
     std::vector<parameter_type> mean(static_cast<std::size_t>(config_.num_features));
-    std::vector<parameter_type> inv_std(mean.size());
+    std::vector<parameter_type> mean_residual(mean.size()), inv_std(mean.size());
     training_args args;
     args.src = src;
     args.dst = dst;
     args.scale = in(weight_);
     args.shift = in(bias_);
     args.batch_mean = out(mean);
+    args.batch_mean_residual = out(mean_residual);  // the backward's gradient is the forward's
     args.batch_inv_std = out(inv_std);
     if (p.options().update_running_stats) {
       args.running_mean = out(running_mean_);
@@ -414,6 +415,7 @@ void batch_norm<T>::forward_unguarded(const T* src, T* dst, const tensor_shape& 
     reached_exchange = exchange != nullptr;
     throw_if_failed(exchange ? exchange->forward_training(p, args) : p.forward_training(args));
     saved_mean_ = std::move(mean);
+    saved_mean_residual_ = std::move(mean_residual);
     saved_inv_std_ = std::move(inv_std);
     last_forward_ = last_forward{shape, true, std::move(exchange)};
   } else {
@@ -505,6 +507,7 @@ void batch_norm<T>::backward_unguarded(const T* input, const T* grad_output, T* 
   args.diff_shift = out(dbias);
   if (last.batch_statistics) {
     args.mean = in(saved_mean_);
+    args.mean_residual = in(saved_mean_residual_);
     args.inv_std = in(saved_inv_std_);
     reached_exchange = last.exchange != nullptr;
     throw_if_failed(in_module_names(last.exchange ? last.exchange->backward_training(p, args)

@@ -6,6 +6,7 @@
 #include <iterator>
 #include <numeric>
 
+#include "commit_journal.hpp"
 #include "validation.hpp"
 
 namespace bnorm::detail {
@@ -195,7 +196,8 @@ bool lay_out_scratch(partition& p) {
   const bool journal = p.training == training_schedule::fused_planes ||
                        p.training == training_schedule::fused_column_blocks ||
                        p.training == training_schedule::row_tasks;
-  s.kept = take(bytes_of(journal ? 4 * p.channels : 0, p.value_size));
+  s.kept =
+      take(bytes_of(journal ? commit_journal<double>::max_outputs * p.channels : 0, p.value_size));
   s.committed = take(bytes_of(journal ? p.channels : 0, 1));
   s.training_bytes = offset;
   return fits;

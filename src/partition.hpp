@@ -65,7 +65,7 @@ struct scratch_layout {
   std::size_t coeffs = 0;    // T[max(7, 4·row tasks)][coeff_stride]: the forward's 4 arrays
                              // (a copy per row task) or the backward's 7
   // The fused training schedules' commit journal (commit_journal.hpp); empty otherwise.
-  std::size_t kept = 0;       // T[4][C]: the values the blocks' commits replace
+  std::size_t kept = 0;       // T[max_outputs][C]: what the blocks' commits replace
   std::size_t committed = 0;  // unsigned char[C]: which channels a block has committed
   std::size_t pivot_count = 0;
   std::size_t partial_count = 0;

@@ -498,6 +498,26 @@ status make_plan(const problem& prob, const plan_options& options, plan* out) no
 
 namespace {
 
+/// A mean's residual (training_args::batch_mean_residual, backward_args::mean_residual): in the
+/// compute type's parameters alone (a half type's rounding is not the kernels' own), and
+/// never to the frozen backward (`refusing_call`), whose mean is the running one.
+status check_mean_residual(const plan_impl& p, const char* name,
+                           const char* refusing_call) noexcept {
+  if (refusing_call != nullptr) {
+    return status::failure(status_code::invalid_argument,
+                           "%s: expected none (%s takes the running mean as it is), got a buffer",
+                           name, refusing_call);
+  }
+  const dtype parameters = parameter_dtype(p.prob, p.options);
+  if (element_size(parameters) == 2) {
+    return status::failure(status_code::invalid_argument,
+                           "%s: expected none with %s parameters (a mean's residual is kept in "
+                           "float32 or float64 parameters), got a buffer",
+                           name, to_string(parameters));
+  }
+  return {};
+}
+
 /// Every rule of a training call's arguments; `exchange` is the distributed steps' block (none
 /// otherwise), which may overlap no buffer of the call.
 status check_training(const plan_impl& p, const training_args& args,
@@ -511,12 +531,16 @@ status check_training(const plan_impl& p, const training_args& args,
           {{"scale", args.scale.data, args.scale.size},
            {"shift", args.shift.data, args.shift.size},
            {"batch_mean", args.batch_mean.data, args.batch_mean.size},
+           {"batch_mean_residual", args.batch_mean_residual.data, args.batch_mean_residual.size},
            {"batch_inv_std", args.batch_inv_std.data, args.batch_inv_std.size},
            {"running_mean", args.running_mean.data, args.running_mean.size, why_running},
            {"running_var", args.running_var.data, args.running_var.size, why_running}},
           channels, parameter_dtype(p.prob, p.options));
       !s) {
     return s;
+  }
+  if (args.batch_mean_residual.data != nullptr) {
+    if (status s = check_mean_residual(p, "batch_mean_residual", nullptr); !s) return s;
   }
   if (update && p.options.cumulative_average && args.num_batches_tracked == nullptr) {
     return status(status_code::invalid_argument,
@@ -530,18 +554,20 @@ status check_training(const plan_impl& p, const training_args& args,
   const std::size_t channel_bytes = channels * element_size(parameter_dtype(p.prob, p.options));
   const std::size_t running_bytes = update ? channel_bytes : 0;
   const std::size_t scratch_bytes = caller_scratch(p.part.scratch.training_bytes);
-  return check_separate({{"src", args.src, data_bytes, false, true},
-                         {"dst", args.dst, data_bytes, true, true},
-                         {"residual", args.residual, data_bytes, false, true},
-                         {"scale", args.scale.data, channel_bytes, false},
-                         {"shift", args.shift.data, channel_bytes, false},
-                         {"batch_mean", args.batch_mean.data, channel_bytes, true},
-                         {"batch_inv_std", args.batch_inv_std.data, channel_bytes, true},
-                         {"running_mean", args.running_mean.data, running_bytes, true},
-                         {"running_var", args.running_var.data, running_bytes, true},
-                         {"num_batches_tracked", counter, sizeof(std::int64_t), true},
-                         {"scratch", args.scratch, scratch_bytes, true},
-                         exchange});
+  return check_separate(
+      {{"src", args.src, data_bytes, false, true},
+       {"dst", args.dst, data_bytes, true, true},
+       {"residual", args.residual, data_bytes, false, true},
+       {"scale", args.scale.data, channel_bytes, false},
+       {"shift", args.shift.data, channel_bytes, false},
+       {"batch_mean", args.batch_mean.data, channel_bytes, true},
+       {"batch_mean_residual", args.batch_mean_residual.data, channel_bytes, true},
+       {"batch_inv_std", args.batch_inv_std.data, channel_bytes, true},
+       {"running_mean", args.running_mean.data, running_bytes, true},
+       {"running_var", args.running_var.data, running_bytes, true},
+       {"num_batches_tracked", counter, sizeof(std::int64_t), true},
+       {"scratch", args.scratch, scratch_bytes, true},
+       exchange});
 }
 
 /// A distributed step's exchange block: `size` doubles, statistics_exchange_size(C).
@@ -811,6 +837,17 @@ status backward(const plan_impl& p, const backward_args& args, bool frozen,
                   "inv_std, var: expected one of the two (the batch statistics' 1/std or their "
                   "variance), got both");
   }
+  if (args.mean_residual.data != nullptr) {
+    if (status s = check_mean_residual(p, "mean_residual", frozen ? "backward_frozen" : nullptr);
+        !s) {
+      return s;
+    }
+    if (args.mean.data == nullptr) {
+      return status(status_code::invalid_argument,
+                    "mean_residual: expected none without mean (it is the residual of mean), "
+                    "got a buffer");
+    }
+  }
   const bool has_std = args.inv_std.data != nullptr || args.var.data != nullptr;
   if (needs_std && !has_std) {
     return status::failure(status_code::invalid_argument,
@@ -820,13 +857,15 @@ status backward(const plan_impl& p, const backward_args& args, bool frozen,
                            : local_step ? why
                                         : "by backward_training with diff_src or diff_scale");
   }
-  if (status s = check_channel_buffers({{"scale", args.scale.data, args.scale.size},
-                                        {"mean", args.mean.data, args.mean.size, why},
-                                        {"inv_std", args.inv_std.data, args.inv_std.size},
-                                        {"var", args.var.data, args.var.size},
-                                        {"diff_scale", args.diff_scale.data, args.diff_scale.size},
-                                        {"diff_shift", args.diff_shift.data, args.diff_shift.size}},
-                                       channels, parameter_dtype(p.prob, p.options));
+  if (status s = check_channel_buffers(
+          {{"scale", args.scale.data, args.scale.size},
+           {"mean", args.mean.data, args.mean.size, why},
+           {"mean_residual", args.mean_residual.data, args.mean_residual.size},
+           {"inv_std", args.inv_std.data, args.inv_std.size},
+           {"var", args.var.data, args.var.size},
+           {"diff_scale", args.diff_scale.data, args.diff_scale.size},
+           {"diff_shift", args.diff_shift.data, args.diff_shift.size}},
+          channels, parameter_dtype(p.prob, p.options));
       !s) {
     return s;
   }
@@ -867,6 +906,7 @@ status backward(const plan_impl& p, const backward_args& args, bool frozen,
            {"diff_residual", args.diff_residual, data_bytes, true, true},
            {"scale", args.scale.data, channel_bytes, false},
            {"mean", args.mean.data, channel_bytes, false},
+           {"mean_residual", args.mean_residual.data, channel_bytes, false},
            {"inv_std", args.inv_std.data, channel_bytes, false},
            {"var", args.var.data, channel_bytes, false},
            {"diff_scale", args.diff_scale.data, channel_bytes, true},

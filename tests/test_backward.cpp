@@ -237,6 +237,87 @@ TEST_P(Backward, TrainingMeetsTheTargets) {
   }
 }
 
+// With the forward's mean residual the backward is the gradient of the forward itself: against
+// a float64 reference from x's own statistics, not the saved float32 ones, where the saved mean's
+// rounding alone moves x̂ by up to |mean|·2^-24/std, and dx by as much times dy's mean over its
+// spread. Without the residual the same calls miss by far (checked, so that the test shows it).
+TEST_P(Backward, MeanResidualGivesTheForwardsOwnGradient) {
+  struct residual_case {
+    bnorm::tensor_shape shape;
+    layout l;
+    double x_offset, dy_offset;  // in standard deviations
+    double dx_bound;
+  };
+  const residual_case cases[] = {
+      {{8, 64, 28, 28}, layout::channels_first, 1e5, 100.0, 1e-5},
+      {{8, 64, 28, 28}, layout::channels_last, 1e5, 100.0, 1e-5},
+      {{4096, 64}, layout::channels_last, 1e5, 100.0, 1e-5},
+      {{1, 1024, 7, 7}, layout::channels_first, 1e3, 100.0, 1e-5},
+      {{2, 8, 5, 7, 9}, layout::channels_last, 1e4, 10.0, 1e-6},
+  };
+  for (const residual_case& k : cases) {
+    const geometry g(k.shape);
+    const auto x = normal_data<float>(g.elements(), k.x_offset, 1.0, 11);
+    const auto dy = normal_data<float>(g.elements(), k.dy_offset, 1.0, 12);
+    const auto gamma = normal_data<float>(g.c, 1.0, 0.5, 13);
+    const bnorm::plan plan = make(k.shape, k.l, bnorm::dtype::f32);
+    std::vector<float> mean(g.c), residual(g.c), inv_std(g.c), y(x.size());
+    bnorm::training_args fwd;
+    fwd.src = x.data();
+    fwd.dst = y.data();
+    fwd.scale = in(gamma);
+    fwd.batch_mean = out(mean);
+    fwd.batch_mean_residual = out(residual);
+    fwd.batch_inv_std = out(inv_std);
+    ASSERT_TRUE(plan.forward_training(fwd).ok());
+    // x's own statistics, in long double.
+    std::vector<double> exact_mean(g.c), exact_inv(g.c);
+    for (std::size_t c = 0; c < g.c; ++c) {
+      long double sum = 0, squares = 0;
+      for (std::size_t n = 0; n < g.n; ++n)
+        for (std::size_t s = 0; s < g.spatial; ++s) sum += x[g.offset(k.l, n, c, s)];
+      const long double m = sum / static_cast<long double>(g.n * g.spatial);
+      for (std::size_t n = 0; n < g.n; ++n)
+        for (std::size_t s = 0; s < g.spatial; ++s) {
+          const long double d = x[g.offset(k.l, n, c, s)] - m;
+          squares += d * d;
+        }
+      exact_mean[c] = static_cast<double>(m);
+      exact_inv[c] = static_cast<double>(
+          1.0L / std::sqrt(squares / static_cast<long double>(g.n * g.spatial) + 1e-5L));
+      // The residual is the mean less its rounding: mean + residual is the mean to ~2^-48.
+      EXPECT_NEAR(static_cast<double>(mean[c]) + residual[c], exact_mean[c],
+                  1e-12 * std::fabs(exact_mean[c]) + 1e-12)
+          << c;
+    }
+    const std::vector<double> xd(x.begin(), x.end()), dyd(dy.begin(), dy.end()),
+        gammad(gamma.begin(), gamma.end());
+    const reference_gradients ref =
+        reference_backward(xd, dyd, k.shape, k.l, exact_mean, exact_inv, gammad, true);
+    const auto dx_of = [&](bool with_residual) {
+      std::vector<float> dx(x.size());
+      bnorm::backward_args b;
+      b.src = x.data();
+      b.diff_dst = dy.data();
+      b.diff_src = dx.data();
+      b.scale = in(gamma);
+      b.mean = in(mean);
+      if (with_residual) b.mean_residual = in(residual);
+      b.inv_std = in(inv_std);
+      const bnorm::status st = plan.backward_training(b);
+      EXPECT_TRUE(st.ok()) << st.message();
+      return dx_error(dx, ref.dx);
+    };
+    const double with = dx_of(true), without = dx_of(false);
+    const std::string name =
+        shape_name(k.shape) + (k.l == layout::channels_first ? "_nchw" : "_nhwc");
+    std::cout << "[ mean residual ] " << bnorm::to_string(GetParam()) << " " << name << " dx "
+              << with << " (without the residual " << without << ")\n";
+    EXPECT_LE(with, k.dx_bound) << name;
+    EXPECT_GT(without, 10 * k.dx_bound) << name;
+  }
+}
+
 TEST_P(Backward, FrozenMeetsTheTargets) {
   for (const backward_case& k : accuracy_cases) {
     const geometry g(k.shape);
@@ -816,6 +897,27 @@ const backward_error backward_errors[] = {
      "inv_std, var: expected one of the two"},
     {"frozen_inv_std", [](bnorm::backward_args& a, std::vector<float>&) { a.var = {}; }, true,
      "inv_std: expected none (backward_frozen takes the running variance in var)"},
+    {"frozen_mean_residual",
+     [](bnorm::backward_args& a, std::vector<float>&) {
+       a.var = a.inv_std;  // the frozen backward's running variance
+       a.inv_std = {};
+       a.mean_residual = a.mean;
+     },
+     true,
+     "mean_residual: expected none (backward_frozen takes the running mean as it is), got a "
+     "buffer"},
+    {"residual_without_mean",
+     [](bnorm::backward_args& a, std::vector<float>&) {
+       a.mean_residual = a.mean;
+       a.mean = {};
+     },
+     false, "mean_residual: expected none without mean (it is the residual of mean)"},
+    {"short_mean_residual",
+     [](bnorm::backward_args& a, std::vector<float>&) {
+       a.mean_residual = a.mean;
+       a.mean_residual.size = 4;
+     },
+     false, "mean_residual: expected 5 values"},
     {"short_mean", [](bnorm::backward_args& a, std::vector<float>&) { a.mean.size = 4; }, false,
      "mean: expected 5 values (one per channel, C = 5), got 4"},
     {"long_dgamma", [](bnorm::backward_args& a, std::vector<float>&) { a.diff_scale.size = 6; },

@@ -499,6 +499,43 @@ TEST(HalfStorage, ClampBackwardMasksEveryClampedOutput) {
   }
 }
 
+// A mean's residual is kept in float32 or float64 parameters: half-type ones are refused by
+// name, in the forward and the backward, before anything is written.
+TEST(HalfStorage, MeanResidualsWantFloatParameters) {
+  bnorm::plan_options opts;
+  opts.parameter_dtype = bnorm::dtype::bf16;
+  opts.update_running_stats = false;
+  const bnorm::plan plan =
+      make_plan_or_fail({{4, 2}, layout::channels_first, bnorm::dtype::bf16}, opts);
+  const half_tensor x(bnorm::dtype::bf16, {1, 2, 3, 4, 5, 6, 7, 8});
+  std::vector<std::uint16_t> y(8, 0x1234), mean(2, 0x1234), residual(2, 0x1234);
+  bnorm::training_args a;
+  a.src = x.bits.data();
+  a.dst = y.data();
+  a.batch_mean = {mean.data(), 2};
+  a.batch_mean_residual = {residual.data(), 2};
+  bnorm::status s = plan.forward_training(a);
+  EXPECT_NE(
+      std::string(s.message()).find("batch_mean_residual: expected none with bf16 parameters"),
+      std::string::npos)
+      << s.message();
+  EXPECT_EQ(y, std::vector<std::uint16_t>(8, 0x1234));
+  EXPECT_EQ(mean, std::vector<std::uint16_t>(2, 0x1234));
+  std::vector<std::uint16_t> dx(8, 0x1234), inv(2, 0x3F80);
+  bnorm::backward_args b;
+  b.src = x.bits.data();
+  b.diff_dst = x.bits.data();
+  b.diff_src = dx.data();
+  b.mean = {mean.data(), 2};
+  b.mean_residual = {residual.data(), 2};
+  b.inv_std = {inv.data(), 2};
+  s = plan.backward_training(b);
+  EXPECT_NE(std::string(s.message()).find("mean_residual: expected none with bf16 parameters"),
+            std::string::npos)
+      << s.message();
+  EXPECT_EQ(dx, std::vector<std::uint16_t>(8, 0x1234));
+}
+
 // Where the add+ReLU mask passes dy, dz is dy through float32 and back at every position, the
 // vectors' and the scalar tail's alike: a signaling NaN leaves as the format's conversions leave
 // it (bfloat16's canonical 0x7FC0; float16 quieted with its payload), not as raw bits in some

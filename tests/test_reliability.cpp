@@ -347,9 +347,11 @@ TEST(CommitJournal, RestoresExactlyTheBlocksCommittedBeforeAFailure) {
     for (std::size_t c = 0; c < channels; ++c) outputs[k].push_back(float(k * 100 + c) + 0.5f);
   }
   const std::vector<float> before[3] = {outputs[0], outputs[1], outputs[2]};
-  std::vector<float> kept(4 * channels, -7.f);
+  using journal_of_floats = bnorm::detail::commit_journal<float>;
+  std::vector<float> kept(journal_of_floats::max_outputs * channels, -7.f);
   std::vector<unsigned char> committed(channels, 1);  // a previous call's flags
-  float* const buffers[] = {outputs[0].data(), nullptr, outputs[1].data(), outputs[2].data()};
+  float* const buffers[journal_of_floats::max_outputs] = {outputs[0].data(), nullptr,
+                                                          outputs[1].data(), outputs[2].data()};
   const bnorm::detail::commit_journal<float> journal(buffers, channels, kept.data(),
                                                      committed.data());
   const auto commit_block = [&](std::size_t c0, std::size_t c1) {

@@ -209,7 +209,7 @@ class batch_norm {
   bool training_;
   std::vector<parameter_type> weight_, bias_, running_mean_, running_var_;
   std::int64_t num_batches_tracked_ = 0;
-  std::vector<parameter_type> saved_mean_, saved_inv_std_;
+  std::vector<parameter_type> saved_mean_, saved_mean_residual_, saved_inv_std_;
   std::vector<parameter_type> weight_grad_, bias_grad_;
   /// What the most recent successful forward was, for backward.
   struct last_forward {

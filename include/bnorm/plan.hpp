@@ -230,8 +230,13 @@ struct training_args {
   channel_input shift;           ///< beta; omitted means 0.
   channel_output batch_mean;     ///< Optional: the batch mean (for a backward pass).
   channel_output batch_inv_std;  ///< Optional: 1/sqrt(biased batch variance + eps).
-  channel_output running_mean;   ///< Required when the plan updates running statistics.
-  channel_output running_var;    ///< Required when the plan updates running statistics.
+  /// Optional: the batch mean less batch_mean (its rounding to the parameter type), rounded:
+  /// with batch_mean, the mean to twice that type's precision, for backward_args::mean_residual
+  /// (the gradient of data whose mean is large against its spread). Not with half-type
+  /// parameters (plan_options::parameter_dtype bf16 or f16).
+  channel_output batch_mean_residual;
+  channel_output running_mean;  ///< Required when the plan updates running statistics.
+  channel_output running_var;   ///< Required when the plan updates running statistics.
   /// Incremented by one per tracked step when non-null; required with cumulative_average. It
   /// must hold a count from 0 to INT64_MAX − 1: a negative count, or one that the step would
   /// overflow, is refused before anything is written (PyTorch would divide by zero or wrap).
@@ -275,6 +280,12 @@ struct backward_args {
   /// Training: the forward's batch mean (forward_training's batch_mean, PyTorch's save_mean).
   /// Frozen: the running mean.
   channel_input mean;
+  /// Training only, optional: forward_training's batch_mean_residual. The gradient is then that
+  /// of the mean mean + mean_residual, as the forward normalized with it; without, that of
+  /// `mean` as given (PyTorch's), whose rounding moves x̂ by up to |mean|·2^-24/std in float32
+  /// and dx by as much where dy's mean is large against its spread (docs/design.md, "The
+  /// backward's mean").
+  channel_input mean_residual;
   /// Training only: 1/sqrt(biased batch variance + eps), as forward_training's batch_inv_std
   /// and PyTorch's save_invstd. Give this or var, not both.
   channel_input inv_std;

@@ -362,6 +362,15 @@ gradient_flags channel_gradients(const gradient_channels<T>& channels,
     return in.inv_std ? static_cast<double>(in.inv_std[c])
                       : inverse_std<Arch>(static_cast<double>(in.variance[c]), in.epsilon);
   };
+  // Σdy·(x − mean − residual) = Σdy·(x − mean) − residual·Σdy, in float64.
+  const auto residual_corrected = [&in](const dvec& sum_dy_d, std::size_t c) {
+    if (!in.mean_residual) return sum_dy_d;
+    return sum_dy_d - load_as_f64<Arch>(in.mean_residual + c) * dvec::load_unaligned(in.sum_dy + c);
+  };
+  const auto residual_corrected_scalar = [&in](std::size_t c) {
+    if (!in.mean_residual) return in.sum_dy_d[c];
+    return in.sum_dy_d[c] - static_cast<double>(in.mean_residual[c]) * in.sum_dy[c];
+  };
   bool prescaled = false;
   // Channel c's dx coefficients from its 1/std and dγ: the vector loop's operations, then the
   // saturation and the prescale.
@@ -376,7 +385,9 @@ gradient_flags channel_gradients(const gradient_channels<T>& channels,
     const T dy_center = std::fabs(static_cast<double>(rounded_mean_dy)) < overflowing_center<T>()
                             ? rounded_mean_dy
                             : T(0);
-    const double shift = -a * (mean_dy - static_cast<double>(dy_center));
+    const double shift =
+        -a * (mean_dy - static_cast<double>(dy_center)) -
+        (in.mean_residual ? static_cast<double>(in.mean_residual[c]) : 0.0) * x_scale;
     const T center = in.mean[c];
     const std::size_t at = first + c;
     out.dy_center[at] = dy_center;
@@ -421,7 +432,7 @@ gradient_flags channel_gradients(const gradient_channels<T>& channels,
     for (; c + lanes <= in.channels; c += lanes) {
       const dvec inv = has_inv_std ? load_as_f64<Arch>(in.inv_std + c)
                                    : inverse_std(load_as_f64<Arch>(in.variance + c), eps);
-      const dvec sum_dy_d = dvec::load_unaligned(in.sum_dy_d + c);
+      const dvec sum_dy_d = residual_corrected(dvec::load_unaligned(in.sum_dy_d + c), c);
       if (checks_products) {  // sums_small_products
         small = small | ((xsimd::abs(sum_dy_d) < small_products) &
                          ((sum_dy_d != zero) | (dvec::load_unaligned(in.sum_dy + c) != zero) |
@@ -440,7 +451,9 @@ gradient_flags channel_gradients(const gradient_channels<T>& channels,
       const dvec dy_center =
           xsimd::select(xsimd::abs(rounded_mean_dy) < overflowing, rounded_mean_dy, zero);
       store_as<Arch>(out.dy_center + at, dy_center);
-      const dvec shift = -a * (mean_dy - dy_center);
+      const dvec shift = in.mean_residual ? -a * (mean_dy - dy_center) -
+                                                load_as_f64<Arch>(in.mean_residual + c) * x_scale
+                                          : -a * (mean_dy - dy_center);
       store_as<Arch>(out.center + at, center);
       store_as<Arch>(out.dy_scale + at, a);
       store_as<Arch>(out.x_scale + at, x_scale);
@@ -470,10 +483,11 @@ gradient_flags channel_gradients(const gradient_channels<T>& channels,
   });
   for (std::size_t c = vectorized; c < in.channels; ++c) {  // the same operations, one channel
     const double inv = inv_std_of(c);
-    if (checks_products && sums_small_products(in.sum_dy_d[c], in.sum_dy[c], inv)) {
+    const double sum_dy_d = residual_corrected_scalar(c);
+    if (checks_products && sums_small_products(sum_dy_d, in.sum_dy[c], inv)) {
       small = zero == zero;
     }
-    const double dgamma = in.sum_dy_d[c] * inv;
+    const double dgamma = sum_dy_d * inv;
     in.sum_dy_d[c] = dgamma;
     if (writes) coefficients_of(c, inv, dgamma);
   }
@@ -532,6 +546,7 @@ void commit_channels(const statistics_commit<T>& in) noexcept {
   const double* const variance = in.variance;
   const double* const inv_std = in.inv_std;
   T* const batch_mean = in.batch_mean;
+  T* const residual = in.batch_mean_residual;
   T* const batch_inv_std = in.batch_inv_std;
   T* const running_mean = in.running_mean;
   T* const running_var = in.running_var;
@@ -543,6 +558,10 @@ void commit_channels(const statistics_commit<T>& in) noexcept {
     const dvec m = dvec::load_unaligned(mean + c);
     if constexpr (Batch) {
       if (batch_mean) store_as<Arch>(batch_mean + c, m);
+      if (residual) {  // m less its rounding, through the residual's own slots
+        store_as<Arch>(residual + c, m);
+        store_as<Arch>(residual + c, m - load_as_f64<Arch>(residual + c));
+      }
       if (batch_inv_std) store_as<Arch>(batch_inv_std + c, dvec::load_unaligned(inv_std + c));
     }
     if constexpr (Running) {
@@ -554,6 +573,9 @@ void commit_channels(const statistics_commit<T>& in) noexcept {
   const bool odd = in.round_to_odd;
   for (; c < channels; ++c) {  // the same operations, one channel
     if (Batch && batch_mean) batch_mean[c] = rounded_output<T>(mean[c], odd);
+    if (Batch && residual) {  // not with half types' parameters (round_to_odd): refused
+      residual[c] = static_cast<T>(mean[c] - static_cast<double>(static_cast<T>(mean[c])));
+    }
     if (Batch && batch_inv_std) batch_inv_std[c] = rounded_output<T>(inv_std[c], odd);
     if constexpr (Running) {
       running_mean[c] =
@@ -566,7 +588,7 @@ void commit_channels(const statistics_commit<T>& in) noexcept {
 
 template <class Arch, class T>
 void commit_statistics(const statistics_commit<T>& in) noexcept {
-  instantiate_both(in.batch_mean || in.batch_inv_std, [&](auto batch) {
+  instantiate_both(in.batch_mean || in.batch_inv_std || in.batch_mean_residual, [&](auto batch) {
     instantiate_both(in.running_mean != nullptr, [&](auto running) {
       commit_channels<decltype(batch)::value, decltype(running)::value, Arch>(in);
     });

@@ -193,6 +193,9 @@ struct statistics_commit {
   const double* variance = nullptr;
   const double* inv_std = nullptr;
   T* batch_mean = nullptr;
+  /// The mean less its rounding to T, rounded to T: with batch_mean, the mean to twice T's
+  /// precision, for the backward's mean_residual.
+  T* batch_mean_residual = nullptr;
   T* batch_inv_std = nullptr;
   T* running_mean = nullptr;
   T* running_var = nullptr;
@@ -244,9 +247,12 @@ struct gradient_params {
 template <class T>
 struct gradient_channels {
   std::size_t channels = 0;
-  double count = 0;            // M: values per channel
-  double epsilon = 0;          // with `variance`
-  const T* mean = nullptr;     // the centers the sums were taken around
+  double count = 0;         // M: values per channel
+  double epsilon = 0;       // with `variance`
+  const T* mean = nullptr;  // the centers the sums were taken around
+  /// null, or the batch mean less `mean` (its rounding to T): the sums and the centered x are
+  /// those of the mean itself, x − mean − residual, as the forward's.
+  const T* mean_residual = nullptr;
   const T* inv_std = nullptr;  // 1/sqrt(variance + eps), or null and:
   const T* variance = nullptr;
   const T* gamma = nullptr;  // null: 1
