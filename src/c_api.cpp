@@ -248,6 +248,7 @@ bnorm::training_args training_of(const bnorm_training_args& args) noexcept {
   a.scale = in(args.scale);
   a.shift = in(args.shift);
   a.batch_mean = out(args.batch_mean);
+  a.batch_mean_residual = out(args.batch_mean_residual);
   a.batch_inv_std = out(args.batch_inv_std);
   a.running_mean = out(args.running_mean);
   a.running_var = out(args.running_var);
@@ -292,6 +293,7 @@ bnorm::backward_args backward_of(const bnorm_backward_args& args) noexcept {
   a.diff_src = args.diff_src;
   a.scale = in(args.scale);
   a.mean = in(args.mean);
+  a.mean_residual = in(args.mean_residual);
   a.inv_std = in(args.inv_std);
   a.var = in(args.var);
   a.diff_scale = out(args.diff_scale);

@@ -177,6 +177,7 @@ static void test_forward(void) {
   bnorm_plan plan = seed_plan(BNORM_ACTIVATION_NONE);
   bnorm_status status;
   float y[8], mean[4], inv_std[4], running_mean[4] = {0, 0, 0, 0}, running_var[4] = {1, 1, 1, 1};
+  float residual[4] = {99, 99, 99, 99};
   int64_t tracked = 0;
   bnorm_training_args t;
   bnorm_training_args_init(&t);
@@ -186,6 +187,8 @@ static void test_forward(void) {
   t.batch_mean.size = 4;
   t.batch_inv_std.data = inv_std;
   t.batch_inv_std.size = 4;
+  t.batch_mean_residual.data = residual;
+  t.batch_mean_residual.size = 4;
   t.num_batches_tracked = &tracked;
   /* Refused: the running statistics are required; nothing written. */
   memset(y, 0, sizeof y);
@@ -199,10 +202,11 @@ static void test_forward(void) {
   CHECK(bnorm_forward_training(plan, &t, &status) == BNORM_OK);
   CHECK(tracked == 1);
   for (int c = 0; c < 4; ++c) {
-    const double m = (seed_x[c] + seed_x[4 + c]) / 2.0;
+    const double m = ((double)seed_x[c] + seed_x[4 + c]) / 2.0; /* exact in float64 */
     const double d = seed_x[c] - m;
     const double inv = 1.0 / sqrt(d * d + 1e-5);
     CHECK(fabs(mean[c] - m) < 1e-7);
+    CHECK(fabs(mean[c] + (double)residual[c] - m) <= 1e-12 * fabs(m)); /* the mean to ~2^-48 */
     CHECK(fabs(inv_std[c] - inv) < 1e-6 * inv);
     CHECK(fabs(y[c] - d * inv) < 1e-6);
     CHECK(fabs(running_mean[c] - 0.1 * m) < 1e-7);
@@ -334,6 +338,26 @@ static void test_backward(void) {
   expect_error(bnorm_backward_training(plan, &b, &status), &status, BNORM_INVALID_ARGUMENT,
                "var: expected 4 values (one per channel, C = 4), got 3");
   CHECK(dx[0] == 0.0f);
+  /* The mean's residual reaches the engine: with a residual of 0 the same dx, and the frozen
+   * backward refuses one by name. */
+  const float no_residual[4] = {0, 0, 0, 0};
+  float dx_again[8];
+  b.var.size = 4;
+  b.diff_src = dx_again;
+  b.mean_residual.data = no_residual;
+  b.mean_residual.size = 4;
+  CHECK(bnorm_backward_training(plan, &b, &status) == BNORM_OK);
+  b.diff_src = dx;
+  b.mean_residual.data = NULL;
+  b.mean_residual.size = 0;
+  CHECK(bnorm_backward_training(plan, &b, &status) == BNORM_OK);
+  CHECK(memcmp(dx, dx_again, sizeof dx) == 0);
+  b.mean_residual.data = no_residual;
+  b.mean_residual.size = 4;
+  expect_error(bnorm_backward_frozen(plan, &b, &status), &status, BNORM_INVALID_ARGUMENT,
+               "mean_residual: expected none (backward_frozen takes the running mean");
+  b.mean_residual.data = NULL;
+  b.mean_residual.size = 0;
   b.struct_size = 1;
   expect_error(bnorm_backward_frozen(plan, &b, &status), &status, BNORM_INVALID_ARGUMENT,
                "bnorm_backward_args.struct_size");

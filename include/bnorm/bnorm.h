@@ -36,7 +36,7 @@ extern "C" {
 #endif
 
 /** The version of this C API: bumped when a struct grows or a call is added. */
-#define BNORM_C_API_VERSION 2 /* 2: folding and the distributed steps */
+#define BNORM_C_API_VERSION 3 /* 2: folding and the distributed steps; 3: mean residuals */
 
 /** The library's version, "0.1.0", and the C API version it implements. */
 const char* bnorm_version(void);
@@ -148,6 +148,8 @@ typedef struct bnorm_training_args {
   const void* residual;
   void* scratch;
   size_t scratch_size;
+  /* The mean less batch_mean, for bnorm_backward_args.mean_residual (C API 3). */
+  bnorm_channel_output batch_mean_residual;
 } bnorm_training_args;
 
 typedef struct bnorm_inference_args {
@@ -171,6 +173,8 @@ typedef struct bnorm_backward_args {
   void* diff_residual;
   void* scratch;
   size_t scratch_size;
+  /* The forward's batch_mean_residual: dx the gradient of the forward itself (C API 3). */
+  bnorm_channel_input mean_residual;
 } bnorm_backward_args;
 
 /** Defaults of the C++ API (PyTorch convention, momentum 0.1: set the momentum with the
