@@ -7,6 +7,7 @@
 // written only at the end.
 #include <algorithm>
 #include <atomic>
+#include <cmath>
 #include <limits>
 
 #include "element_types.hpp"
@@ -412,12 +413,16 @@ void mask_gradient(const plan_impl& plan, const backward_args& args, S* out) {
   const bool clamp = post.kind == kernels::epilogue_kind::clamp;
   // A clamped output holds its bound as stored (rounded, in a half type): compared with the
   // stored bounds, every clamped output is masked. (An output that rounds to a bound counts as
-  // clamped: its value no longer tells.)
+  // clamped: its value no longer tells.) A bound clamps where the caller gave a finite one,
+  // though the storage type may hold it as an infinity (float16's clamp_max of 1e5).
   const auto stored = [](T bound) {
     return static_cast<T>(kernels::to_double(kernels::from_double<S>(bound)));
   };
-  const T lo = clamp ? stored(post.lo) : T(0);
-  const T hi = clamp ? stored(post.hi) : std::numeric_limits<T>::infinity();
+  kernels::mask_bounds<T> bounds;
+  bounds.lo = clamp ? stored(post.lo) : T(0);
+  bounds.hi = clamp ? stored(post.hi) : std::numeric_limits<T>::infinity();
+  bounds.clamps_below = !clamp || std::isfinite(plan.options.clamp_min);
+  bounds.clamps_above = clamp && std::isfinite(plan.options.clamp_max);
   const S* dy = static_cast<const S*>(args.diff_dst);
   const S* y = static_cast<const S*>(args.dst);
   const std::size_t chunk = 32 * 1024;  // elements: about a unit's bytes
@@ -425,7 +430,7 @@ void mask_gradient(const plan_impl& plan, const backward_args& args, S* out) {
   plan.threads.for_each(chunks, 1, p.serial, [&](std::size_t b, std::size_t e) {
     const std::size_t begin = b * chunk, end = std::min(e * chunk, p.elements);
     plan.backward_kernels->get<S>().activation_mask(dy + begin, y + begin, out + begin, end - begin,
-                                                    lo, hi);
+                                                    bounds);
   });
 }
 

@@ -499,6 +499,61 @@ TEST(HalfStorage, ClampBackwardMasksEveryClampedOutput) {
   }
 }
 
+// A finite clamp bound that the storage type holds as an infinity (float16's 1e5, float32's
+// 3.5e38) still clamps: the outputs clamped to it, stored as +inf, pass no gradient, where a
+// bound given as infinite would pass them (dβ = Σ masked dy, dγ = Σ masked dy·x̂ of the frozen
+// backward, mean 0, variance 1, eps 0: x̂ = x). Every ISA.
+TEST(HalfStorage, FiniteClampBoundsHeldAsInfinityStillClamp) {
+  struct bound_case {
+    bnorm::dtype d;
+    double clamp_max;
+    float gamma;
+  };
+  for (const bound_case k :
+       {bound_case{bnorm::dtype::f16, 1e5, 2e4f}, bound_case{bnorm::dtype::f32, 3.5e38, 1e38f}}) {
+    for (const bnorm::isa id : isas_under_test()) {
+      SCOPED_TRACE(std::string(bnorm::to_string(k.d)) + " " + bnorm::to_string(id));
+      bnorm::plan_options opts;
+      opts.max_isa = id;
+      opts.activation = bnorm::activation::clamp;
+      opts.clamp_min = -INFINITY;
+      opts.clamp_max = k.clamp_max;
+      const bnorm::plan plan = make_plan_or_fail({{4, 1}, layout::channels_first, k.d, 0.0}, opts);
+      // x̂ = -1, 0, 2, 8: γ·x̂ below, inside and (the last) beyond clamp_max.
+      const std::vector<double> xs = {-1.0, 0.0, 2.0, 8.0};
+      const std::vector<float> gamma = {k.gamma}, mean = {0.0f}, var = {1.0f};
+      std::vector<std::uint16_t> x16, y16(4), dy16;
+      std::vector<float> x32(xs.begin(), xs.end()), y32(4), dy32(4, 1.0f);
+      const bool half = k.d == bnorm::dtype::f16;
+      if (half) {
+        x16 = half_tensor(k.d, xs).bits;
+        dy16 = half_tensor(k.d, {1.0, 1.0, 1.0, 1.0}).bits;
+      }
+      bnorm::inference_args i;
+      i.src = half ? static_cast<const void*>(x16.data()) : x32.data();
+      i.dst = half ? static_cast<void*>(y16.data()) : y32.data();
+      i.scale = in(gamma);
+      i.mean = in(mean);
+      i.var = in(var);
+      ASSERT_TRUE(plan.forward_inference(i).ok());
+      std::vector<float> dgamma(1, 7.0f), dbeta(1, 7.0f);
+      bnorm::backward_args b;
+      b.src = i.src;
+      b.diff_dst = half ? static_cast<const void*>(dy16.data()) : dy32.data();
+      b.dst = i.dst;
+      b.scale = in(gamma);
+      b.mean = in(mean);
+      b.var = in(var);
+      b.diff_scale = out(dgamma);
+      b.diff_shift = out(dbeta);
+      const bnorm::status st = plan.backward_frozen(b);
+      ASSERT_TRUE(st.ok()) << st.message();
+      EXPECT_EQ(dbeta[0], 3.0f);   // the last output clamped: no gradient
+      EXPECT_EQ(dgamma[0], 1.0f);  // -1 + 0 + 2
+    }
+  }
+}
+
 // A mean's residual is kept in float32 or float64 parameters: half-type ones are refused by
 // name, in the forward and the backward, before anything is written.
 TEST(HalfStorage, MeanResidualsWantFloatParameters) {

@@ -417,20 +417,20 @@ void interleaved_gradient(const S* src, const S* diff_dst, S* diff_src, const ro
   if (stream) stream_fence<Arch>();
 }
 
-/// The gradient through a fused activation, from its output y: out = dy where lo < y < hi,
-/// else 0 (ReLU: lo = 0, hi = +inf). An infinite bound clamps nothing, so its side passes every
-/// y, the infinite ones too (ReLU's y = +inf, from a finite x and a large γ or a half type's
-/// overflow, passes dy as PyTorch's threshold_backward does). A NaN y passes nothing: the output
-/// is NaN there, and its gradient is undefined (threshold_backward, whose test is y <= 0, passes
-/// dy). Elementwise over n contiguous values; out may be dy (in place).
+/// The gradient through a fused activation, from its output y (see mask_bounds): out = dy where
+/// y is inside, else 0 (ReLU: lo = 0, nothing above). ReLU's y = +inf (a finite x and a large γ,
+/// or a half type's overflow) passes dy, as PyTorch's threshold_backward does. A NaN y passes
+/// nothing: the output is NaN there, and its gradient is undefined (threshold_backward, whose
+/// test is y <= 0, passes dy). Elementwise over n contiguous values; out may be dy (in place).
 template <class Arch, class S, class T = compute_t<S>>
-void activation_mask(const S* dy, const S* y, S* out, std::size_t n, T lo, T hi) noexcept {
+void activation_mask(const S* dy, const S* y, S* out, std::size_t n,
+                     const mask_bounds<T>& bounds) noexcept {
   using vec = xsimd::batch<T, Arch>;
   using vec_bool = xsimd::batch_bool<T, Arch>;
   constexpr std::size_t lanes = vec::size;
-  const vec low(lo), high(hi), zero(T(0));
-  const bool no_lower = lo == -std::numeric_limits<T>::infinity();
-  const bool no_upper = hi == std::numeric_limits<T>::infinity();
+  const vec low(bounds.lo), high(bounds.hi), zero(T(0));
+  const bool no_lower = !bounds.clamps_below, no_upper = !bounds.clamps_above;
+  const T lo = bounds.lo, hi = bounds.hi;
   const vec_bool any_low(no_lower), any_high(no_upper);
   std::size_t i = 0;
   for (; i + lanes <= n; i += lanes) {

@@ -261,6 +261,17 @@ struct gradient_channels {
   double* sum_dy_d = nullptr;
 };
 
+/// The bounds of a fused activation's output, as its backward masks dy: lo < y where
+/// `clamps_below`, y < hi where `clamps_above`. A side that clamps nothing (ReLU's top, a bound
+/// given as infinite) passes every y, infinite ones too; a finite bound that the storage type
+/// holds as an infinity still clamps (hi = +inf then masks y = +inf, the clamped outputs). A NaN
+/// y passes nothing.
+template <class T>
+struct mask_bounds {
+  T lo = T(0), hi = T(0);
+  bool clamps_below = true, clamps_above = true;
+};
+
 /// Pure loops over caller-validated memory. They assert nothing, allocate nothing, never throw.
 /// Statistics accumulate values relative to a pivot, d = x − pivot, in float64: sum += Σd,
 /// sum_sq += Σd².
@@ -332,9 +343,10 @@ struct kernel_set {
                          const gradient_params<T>& params, std::size_t first) noexcept;
   void (*interleaved_gradient)(const S* src, const S* diff_dst, S* diff_src, const row_block& block,
                                const gradient_params<T>& params, std::size_t first) noexcept;
-  /// The gradient through a fused activation: out = lo < y < hi ? dy : 0, elementwise over n
-  /// values (out may be dy).
-  void (*activation_mask)(const S* dy, const S* y, S* out, std::size_t n, T lo, T hi) noexcept;
+  /// The gradient through a fused activation: out = dy where y is inside the bounds, else 0,
+  /// elementwise over n values (out may be dy).
+  void (*activation_mask)(const S* dy, const S* y, S* out, std::size_t n,
+                          const mask_bounds<T>& bounds) noexcept;
   /// dγ in place of the sums (see gradient_channels), and, unless `out` is null, the dx
   /// coefficients of training, to index first + c of its arrays: the prescale of extreme
   /// channels as channel_coefficients' (see gradient_coefficients), and values beyond T's range

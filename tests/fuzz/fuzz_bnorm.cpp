@@ -149,6 +149,7 @@ struct reference_channel {
 struct activation_reference {
   double lo = 0.0, hi = std::numeric_limits<double>::infinity();
   bool identity = true;
+  bool clamps_below = true, clamps_above = false;  // ReLU's
 
   template <class T>
   static activation_reference of(const bnorm::plan_options& opts) {
@@ -157,15 +158,17 @@ struct activation_reference {
     if (opts.activation == bnorm::activation::clamp) {
       a.lo = static_cast<double>(static_cast<T>(opts.clamp_min));
       a.hi = static_cast<double>(static_cast<T>(opts.clamp_max));
+      a.clamps_below = std::isfinite(opts.clamp_min);
+      a.clamps_above = std::isfinite(opts.clamp_max);
     }
     return a;
   }
   double apply(double v) const { return identity ? v : std::fmin(std::fmax(v, lo), hi); }
-  /// lo < y < hi, an infinite bound clamping nothing on its side (ReLU's y = +inf passes); a
-  /// NaN y passes nothing.
+  /// lo < y < hi; a bound given as infinite clamps nothing on its side (ReLU's y = +inf passes),
+  /// a finite one that T holds as an infinity masks y there (the clamped outputs); a NaN y
+  /// passes nothing.
   bool passes(double y) const {
-    const double inf = std::numeric_limits<double>::infinity();
-    return (y > lo || (lo == -inf && y == y)) && (y < hi || hi == inf);
+    return (y > lo || (!clamps_below && y == y)) && (y < hi || !clamps_above);
   }
 };
 
