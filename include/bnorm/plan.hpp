@@ -283,8 +283,8 @@ struct backward_args {
   /// Training only, optional: forward_training's batch_mean_residual. The gradient is then that
   /// of the mean mean + mean_residual, as the forward normalized with it; without, that of
   /// `mean` as given (PyTorch's), whose rounding moves x̂ by up to |mean|·2^-24/std in float32
-  /// and dx by as much where dy's mean is large against its spread (docs/design.md, "The
-  /// backward's mean").
+  /// and dx by as much where dy's mean is large against its spread (docs/design.md, "Numerical
+  /// policy", the backward's mean).
   channel_input mean_residual;
   /// Training only: 1/sqrt(biased batch variance + eps), as forward_training's batch_inv_std
   /// and PyTorch's save_invstd. Give this or var, not both.
