@@ -697,8 +697,10 @@ status plan::forward_training_merged(const training_args& args, const double* me
                              "merge_statistics), got %s",
                              1 + channels + c, c, number_text(variance).text);
     }
+    // A constant channel's variance is exactly 0 (its y NaN with eps 0, as one call's).
     const bool overflowed = std::isinf(variance) && std::isfinite(mean);
-    const bool underflowed = p.prob.epsilon == 0.0 && variance < DBL_MIN && merged[0] > 1.0;
+    const bool underflowed =
+        p.prob.epsilon == 0.0 && variance > 0.0 && variance < DBL_MIN && merged[0] > 1.0;
     if (overflowed || underflowed) {
       return status::failure(status_code::invalid_argument,
                              "merged[%zu]: expected channel %zu's variance within float64's "

@@ -119,9 +119,16 @@ inline group_statistics merge_groups(const group_statistics& a,
   const double count = a.count + b.count;
   const double wa = a.count / count, wb = b.count / count;
   const double delta = b.mean - a.mean;
+  // Where δ overflows (means ±1e308), the weighted mean still fits; the variance is then
+  // beyond the range, as it is.
+  const double mean =
+      std::isfinite(delta) || std::isnan(delta) ? a.mean + delta * wb : wa * a.mean + wb * b.mean;
   // (δ·wa)·(δ·wb), not δ²·wa·wb: δ² overflows where the term itself fits (means ±1.2e154).
-  return {count, a.mean + delta * wb,
-          wa * a.variance + wb * b.variance + (delta * wa) * (delta * wb)};
+  double variance = wa * a.variance + wb * b.variance + (delta * wa) * (delta * wb);
+  // Means that differ give a variance above 0: where it rounds to 0 (float64 means within
+  // ~1e-162), the least subnormal keeps it apart from a constant channel's exact 0.
+  if (variance == 0.0 && delta != 0.0) variance = std::numeric_limits<double>::denorm_min();
+  return {count, mean, variance};
 }
 
 }  // namespace bnorm::detail

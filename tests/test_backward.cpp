@@ -318,6 +318,44 @@ TEST_P(Backward, MeanResidualGivesTheForwardsOwnGradient) {
   }
 }
 
+// float64 data's residual is 0 (its mean is the kernels' own float64): it changes nothing, where
+// Σdy overflows too (0·inf would make dγ NaN). dy of 1e306 on a constant x: dγ = Σdy·x̂ = 0.
+TEST_P(Backward, AZeroResidualChangesNothing) {
+  const bnorm::tensor_shape shape{1000, 2};
+  const bnorm::plan plan = make(shape, layout::channels_last, bnorm::dtype::f64);
+  std::vector<double> x(2000), dy(2000);
+  for (std::size_t n = 0; n < 1000; ++n) {
+    x[2 * n] = 5.0;
+    x[2 * n + 1] = n % 2 ? 6.0 : 4.0;
+    dy[2 * n] = 1e306;
+    dy[2 * n + 1] = n % 2 ? 1.0 : -1.0;
+  }
+  std::vector<double> mean(2), residual(2, 7.0), inv_std(2), y(2000);
+  bnorm::training_args f;
+  f.src = x.data();
+  f.dst = y.data();
+  f.batch_mean = out(mean);
+  f.batch_mean_residual = out(residual);
+  f.batch_inv_std = out(inv_std);
+  ASSERT_TRUE(plan.forward_training(f).ok());
+  EXPECT_EQ(residual, std::vector<double>(2, 0.0));
+  for (const bool with_residual : {false, true}) {
+    std::vector<double> dgamma(2), dbeta(2);
+    bnorm::backward_args b;
+    b.src = x.data();
+    b.diff_dst = dy.data();
+    b.mean = in(mean);
+    if (with_residual) b.mean_residual = in(residual);
+    b.inv_std = in(inv_std);
+    b.diff_scale = out(dgamma);
+    b.diff_shift = out(dbeta);
+    ASSERT_TRUE(plan.backward_training(b).ok());
+    EXPECT_EQ(dgamma[0], 0.0) << with_residual;
+    EXPECT_EQ(dbeta[0], INFINITY) << with_residual;
+    EXPECT_NEAR(dgamma[1], 1000.0 * inv_std[1], 1e-9) << with_residual;
+  }
+}
+
 TEST_P(Backward, FrozenMeetsTheTargets) {
   for (const backward_case& k : accuracy_cases) {
     const geometry g(k.shape);

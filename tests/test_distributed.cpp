@@ -581,9 +581,28 @@ TEST(Distributed, MergedVariancesBeyondTheBlocksAreRefused) {
             std::string::npos);
   EXPECT_NE(run(1.2e-165, 0.0, &variance)
                 .find("merged[2]: expected channel 0's variance within float64's normal range "
-                      "(eps is 0), got 0"),
+                      "(eps is 0), got 5e-324"),
             std::string::npos);
   EXPECT_EQ(run(1.2e-165, 1e-300, &variance), "") << "eps outweighs what the variance lost";
+  // Means of ±1e308: δ overflows, the merged mean (0) does not; the variance is beyond the range.
+  EXPECT_NE(run(1e308, 1e-5, &variance).find("got inf"), std::string::npos);
+  EXPECT_EQ(variance, INFINITY);
+  // A constant channel (variance exactly 0) with eps 0 is what one call takes: NaN outputs.
+  const bnorm::plan plan =
+      make_plan_or_fail({{2, 1}, layout::channels_first, bnorm::dtype::f64, 0.0}, {});
+  std::vector<double> blocks = {2.0, 5.0, 0.0, 2.0, 5.0, 0.0}, merged(3);
+  ASSERT_TRUE(bnorm::merge_statistics(1, blocks.data(), 2, merged.data(), 3));
+  EXPECT_EQ(merged[2], 0.0);
+  const std::vector<double> x = {5.0, 5.0};
+  std::vector<double> y(2, 7.0), rm(1, 0.0), rv(1, 1.0);
+  bnorm::training_args a;
+  a.src = x.data();
+  a.dst = y.data();
+  a.running_mean = out(rm);
+  a.running_var = out(rv);
+  const bnorm::status s = plan.forward_training_merged(a, merged.data(), merged.size());
+  ASSERT_TRUE(s) << s.message();
+  EXPECT_TRUE(std::isnan(y[0]));
 }
 
 }  // namespace

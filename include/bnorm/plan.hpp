@@ -231,8 +231,9 @@ struct training_args {
   channel_output batch_mean;     ///< Optional: the batch mean (for a backward pass).
   channel_output batch_inv_std;  ///< Optional: 1/sqrt(biased batch variance + eps).
   /// Optional: the batch mean less batch_mean (its rounding to the parameter type), rounded:
-  /// with batch_mean, the mean to twice that type's precision, for backward_args::mean_residual
-  /// (the gradient of data whose mean is large against its spread). Not with half-type
+  /// with float32 parameters, the mean to about twice float32's precision, for
+  /// backward_args::mean_residual (the gradient of data whose mean is large against its
+  /// spread). float64 data's is 0: its mean is float64, the kernels' own. Not with half-type
   /// parameters (plan_options::parameter_dtype bf16 or f16).
   channel_output batch_mean_residual;
   channel_output running_mean;  ///< Required when the plan updates running statistics.

@@ -362,14 +362,22 @@ gradient_flags channel_gradients(const gradient_channels<T>& channels,
     return in.inv_std ? static_cast<double>(in.inv_std[c])
                       : inverse_std<Arch>(static_cast<double>(in.variance[c]), in.epsilon);
   };
-  // Σdy·(x − mean − residual) = Σdy·(x − mean) − residual·Σdy, in float64.
+  // Σdy·(x − mean − residual) = Σdy·(x − mean) − residual·Σdy, in float64; a residual of 0
+  // (float64 data's, whose mean is the kernels' own) changes nothing, an infinite Σdy included.
   const auto residual_corrected = [&in](const dvec& sum_dy_d, std::size_t c) {
     if (!in.mean_residual) return sum_dy_d;
-    return sum_dy_d - load_as_f64<Arch>(in.mean_residual + c) * dvec::load_unaligned(in.sum_dy + c);
+    const dvec r = load_as_f64<Arch>(in.mean_residual + c);
+    return xsimd::select(r == dvec(0.0), sum_dy_d,
+                         sum_dy_d - r * dvec::load_unaligned(in.sum_dy + c));
   };
   const auto residual_corrected_scalar = [&in](std::size_t c) {
-    if (!in.mean_residual) return in.sum_dy_d[c];
-    return in.sum_dy_d[c] - static_cast<double>(in.mean_residual[c]) * in.sum_dy[c];
+    const double r = in.mean_residual ? static_cast<double>(in.mean_residual[c]) : 0.0;
+    return r == 0.0 ? in.sum_dy_d[c] : in.sum_dy_d[c] - r * in.sum_dy[c];
+  };
+  // The shift's share of the residual, −residual·x_scale: none where the residual is 0.
+  const auto residual_shift = [&in](std::size_t c, double x_scale) {
+    const double r = in.mean_residual ? static_cast<double>(in.mean_residual[c]) : 0.0;
+    return r == 0.0 ? 0.0 : r * x_scale;
   };
   bool prescaled = false;
   // Channel c's dx coefficients from its 1/std and dγ: the vector loop's operations, then the
@@ -386,8 +394,7 @@ gradient_flags channel_gradients(const gradient_channels<T>& channels,
                             ? rounded_mean_dy
                             : T(0);
     const double shift =
-        -a * (mean_dy - static_cast<double>(dy_center)) -
-        (in.mean_residual ? static_cast<double>(in.mean_residual[c]) : 0.0) * x_scale;
+        -a * (mean_dy - static_cast<double>(dy_center)) - residual_shift(c, x_scale);
     const T center = in.mean[c];
     const std::size_t at = first + c;
     out.dy_center[at] = dy_center;
@@ -451,9 +458,11 @@ gradient_flags channel_gradients(const gradient_channels<T>& channels,
       const dvec dy_center =
           xsimd::select(xsimd::abs(rounded_mean_dy) < overflowing, rounded_mean_dy, zero);
       store_as<Arch>(out.dy_center + at, dy_center);
-      const dvec shift = in.mean_residual ? -a * (mean_dy - dy_center) -
-                                                load_as_f64<Arch>(in.mean_residual + c) * x_scale
-                                          : -a * (mean_dy - dy_center);
+      dvec shift = -a * (mean_dy - dy_center);
+      if (in.mean_residual) {
+        const dvec r = load_as_f64<Arch>(in.mean_residual + c);
+        shift = xsimd::select(r == zero, shift, shift - r * x_scale);
+      }
       store_as<Arch>(out.center + at, center);
       store_as<Arch>(out.dy_scale + at, a);
       store_as<Arch>(out.x_scale + at, x_scale);
