@@ -3,6 +3,7 @@
 // allocate, which is reported, not thrown.
 #include "bnorm/bnorm.h"
 
+#include <cstddef>
 #include <cstdio>
 #include <cstring>
 #include <iterator>
@@ -87,7 +88,24 @@ bnorm::channel_output out(const bnorm_channel_output& b) noexcept {
   return {b.data, b.size};
 }
 
-/// Runs `call` on the plan's C++ object once the handle and the args' size are checked.
+/// The size an args struct had in C API 2, before version 3 added fields at its end; its own
+/// size for the structs that have not grown.
+template <class Args>
+std::size_t version_2_size() noexcept {
+  return sizeof(Args);
+}
+template <>
+std::size_t version_2_size<bnorm_training_args>() noexcept {
+  return offsetof(bnorm_training_args, batch_mean_residual);
+}
+template <>
+std::size_t version_2_size<bnorm_backward_args>() noexcept {
+  return offsetof(bnorm_backward_args, mean_residual);
+}
+
+/// Runs `call` on the plan's C++ object and the caller's args once the handle and the args'
+/// size are checked. Args of C API 2's size (code built against that header) are read as far
+/// as they go, the fields added since then empty: nothing is read past the caller's struct.
 template <class Args, class Call>
 bnorm_status_code run(bnorm_plan plan, const Args* args, const char* name, bnorm_status* status,
                       const Call& call) noexcept {
@@ -99,8 +117,14 @@ bnorm_status_code run(bnorm_plan plan, const Args* args, const char* name, bnorm
                   status);
   }
   bnorm_status_code code = BNORM_OK;
-  if (!size_fits(name, args->struct_size, sizeof(Args), status, &code)) return code;
-  return report(call(plan->plan), status);
+  const std::size_t given = args->struct_size;
+  if (given != version_2_size<Args>() && !size_fits(name, given, sizeof(Args), status, &code)) {
+    return code;
+  }
+  Args full{};
+  std::memcpy(&full, args, given);
+  full.struct_size = sizeof(Args);
+  return report(call(plan->plan, full), status);
 }
 
 }  // namespace
@@ -264,24 +288,28 @@ bnorm::training_args training_of(const bnorm_training_args& args) noexcept {
 bnorm_status_code bnorm_forward_training(bnorm_plan plan, const bnorm_training_args* args,
                                          bnorm_status* status) {
   return run(plan, args, "bnorm_training_args", status,
-             [args](const bnorm::plan& p) { return p.forward_training(training_of(*args)); });
+             [](const bnorm::plan& p, const bnorm_training_args& a) {
+               return p.forward_training(training_of(a));
+             });
 }
 
 bnorm_status_code bnorm_forward_inference(bnorm_plan plan, const bnorm_inference_args* args,
                                           bnorm_status* status) {
-  return run(plan, args, "bnorm_inference_args", status, [args](const bnorm::plan& p) {
-    bnorm::inference_args a;
-    a.src = args->src;
-    a.dst = args->dst;
-    a.scale = in(args->scale);
-    a.shift = in(args->shift);
-    a.mean = in(args->mean);
-    a.var = in(args->var);
-    a.residual = args->residual;
-    a.scratch = args->scratch;
-    a.scratch_size = args->scratch_size;
-    return p.forward_inference(a);
-  });
+  return run(plan, args, "bnorm_inference_args", status,
+             [](const bnorm::plan& p, const bnorm_inference_args& given) {
+               const bnorm_inference_args* args = &given;
+               bnorm::inference_args a;
+               a.src = args->src;
+               a.dst = args->dst;
+               a.scale = in(args->scale);
+               a.shift = in(args->shift);
+               a.mean = in(args->mean);
+               a.var = in(args->var);
+               a.residual = args->residual;
+               a.scratch = args->scratch;
+               a.scratch_size = args->scratch_size;
+               return p.forward_inference(a);
+             });
 }
 
 namespace {
@@ -310,13 +338,17 @@ bnorm::backward_args backward_of(const bnorm_backward_args& args) noexcept {
 bnorm_status_code bnorm_backward_training(bnorm_plan plan, const bnorm_backward_args* args,
                                           bnorm_status* status) {
   return run(plan, args, "bnorm_backward_args", status,
-             [args](const bnorm::plan& p) { return p.backward_training(backward_of(*args)); });
+             [](const bnorm::plan& p, const bnorm_backward_args& a) {
+               return p.backward_training(backward_of(a));
+             });
 }
 
 bnorm_status_code bnorm_backward_frozen(bnorm_plan plan, const bnorm_backward_args* args,
                                         bnorm_status* status) {
   return run(plan, args, "bnorm_backward_args", status,
-             [args](const bnorm::plan& p) { return p.backward_frozen(backward_of(*args)); });
+             [](const bnorm::plan& p, const bnorm_backward_args& a) {
+               return p.backward_frozen(backward_of(a));
+             });
 }
 
 size_t bnorm_statistics_exchange_size(size_t channels) {
@@ -330,9 +362,10 @@ size_t bnorm_gradient_exchange_size(size_t channels) {
 bnorm_status_code bnorm_local_statistics(bnorm_plan plan, const bnorm_training_args* args,
                                          double* exchange, size_t exchange_size,
                                          bnorm_status* status) {
-  return run(plan, args, "bnorm_training_args", status, [&](const bnorm::plan& p) {
-    return p.local_statistics(training_of(*args), exchange, exchange_size);
-  });
+  return run(plan, args, "bnorm_training_args", status,
+             [&](const bnorm::plan& p, const bnorm_training_args& a) {
+               return p.local_statistics(training_of(a), exchange, exchange_size);
+             });
 }
 
 bnorm_status_code bnorm_merge_statistics(size_t channels, const double* blocks, size_t ranks,
@@ -343,17 +376,19 @@ bnorm_status_code bnorm_merge_statistics(size_t channels, const double* blocks, 
 bnorm_status_code bnorm_forward_training_merged(bnorm_plan plan, const bnorm_training_args* args,
                                                 const double* merged, size_t merged_size,
                                                 bnorm_status* status) {
-  return run(plan, args, "bnorm_training_args", status, [&](const bnorm::plan& p) {
-    return p.forward_training_merged(training_of(*args), merged, merged_size);
-  });
+  return run(plan, args, "bnorm_training_args", status,
+             [&](const bnorm::plan& p, const bnorm_training_args& a) {
+               return p.forward_training_merged(training_of(a), merged, merged_size);
+             });
 }
 
 bnorm_status_code bnorm_local_gradient_sums(bnorm_plan plan, const bnorm_backward_args* args,
                                             double* exchange, size_t exchange_size,
                                             bnorm_status* status) {
-  return run(plan, args, "bnorm_backward_args", status, [&](const bnorm::plan& p) {
-    return p.local_gradient_sums(backward_of(*args), exchange, exchange_size);
-  });
+  return run(plan, args, "bnorm_backward_args", status,
+             [&](const bnorm::plan& p, const bnorm_backward_args& a) {
+               return p.local_gradient_sums(backward_of(a), exchange, exchange_size);
+             });
 }
 
 bnorm_status_code bnorm_sum_gradient_exchanges(size_t channels, const double* blocks, size_t ranks,
@@ -366,9 +401,10 @@ bnorm_status_code bnorm_sum_gradient_exchanges(size_t channels, const double* bl
 bnorm_status_code bnorm_backward_training_merged(bnorm_plan plan, const bnorm_backward_args* args,
                                                  const double* local, const double* summed,
                                                  size_t exchange_size, bnorm_status* status) {
-  return run(plan, args, "bnorm_backward_args", status, [&](const bnorm::plan& p) {
-    return p.backward_training_merged(backward_of(*args), local, summed, exchange_size);
-  });
+  return run(plan, args, "bnorm_backward_args", status,
+             [&](const bnorm::plan& p, const bnorm_backward_args& a) {
+               return p.backward_training_merged(backward_of(a), local, summed, exchange_size);
+             });
 }
 
 void bnorm_fold_problem_init(bnorm_fold_problem* problem) {

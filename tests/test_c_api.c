@@ -1,7 +1,9 @@
 /* The C API, compiled as C99: every call, its results against values computed here, and its
  * errors (code, message naming the parameter, nothing written). */
 #include <math.h>
+#include <stddef.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "bnorm/bnorm.h"
@@ -217,6 +219,27 @@ static void test_forward(void) {
                "plan: expected a plan from bnorm_plan_create, got NULL");
   expect_error(bnorm_forward_training(plan, NULL, &status), &status, BNORM_INVALID_ARGUMENT,
                "args: expected a bnorm_training_args, got NULL");
+  /* Code built against C API 2's header: its struct ends before batch_mean_residual, which
+   * is not read (a field of 3 values there would be refused) and not written. */
+  float untouched[4] = {7, 7, 7, 7};
+  t.batch_mean_residual.data = untouched;
+  t.batch_mean_residual.size = 3;
+  t.struct_size = offsetof(bnorm_training_args, batch_mean_residual);
+  CHECK(bnorm_forward_training(plan, &t, &status) == BNORM_OK);
+  CHECK(untouched[0] == 7.0f && tracked == 2);
+  { /* exactly as many bytes as C API 2's struct: the sanitizer run sees any read past them */
+    bnorm_training_args* old = malloc(t.struct_size);
+    CHECK(old != NULL);
+    memcpy(old, &t, t.struct_size);
+    CHECK(bnorm_forward_training(plan, old, &status) == BNORM_OK);
+    free(old);
+    CHECK(tracked == 3);
+  }
+  t.struct_size = sizeof t;
+  expect_error(bnorm_forward_training(plan, &t, &status), &status, BNORM_INVALID_ARGUMENT,
+               "batch_mean_residual: expected 4 values");
+  t.batch_mean_residual.data = residual;
+  t.batch_mean_residual.size = 4;
   t.struct_size += 8;
   expect_error(bnorm_forward_training(plan, &t, &status), &status, BNORM_INVALID_ARGUMENT,
                "bnorm_training_args.struct_size: expected");
@@ -356,6 +379,9 @@ static void test_backward(void) {
   b.mean_residual.size = 4;
   expect_error(bnorm_backward_frozen(plan, &b, &status), &status, BNORM_INVALID_ARGUMENT,
                "mean_residual: expected none (backward_frozen takes the running mean");
+  b.struct_size = offsetof(bnorm_backward_args, mean_residual); /* C API 2: not read */
+  CHECK(bnorm_backward_frozen(plan, &b, &status) == BNORM_OK);
+  b.struct_size = sizeof b;
   b.mean_residual.data = NULL;
   b.mean_residual.size = 0;
   b.struct_size = 1;
