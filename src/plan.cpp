@@ -686,8 +686,8 @@ status plan::forward_training_merged(const training_args& args, const double* me
   // through, as in a local call); a negative one is no block of it.
   // A variance that a block cannot carry is refused, where one call over the whole batch would
   // take 1/std from its scaled sums: beyond the float64 range from finite means (float64 data
-  // spread over more than ~1.3e154), or below its normal range with eps 0 (float64 data within
-  // ~1.5e-154 of each other, whose variance rounds to a subnormal or to 0).
+  // spread over more than ~1.3e154), or below its normal range with eps 0 (ranks' float64
+  // means within ~1.5e-154 of each other: the merge gives them at least the least subnormal).
   const std::size_t channels = p.part.channels;
   for (std::size_t c = 0; c < channels; ++c) {
     const double mean = merged[1 + c], variance = merged[1 + channels + c];
