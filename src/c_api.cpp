@@ -297,17 +297,16 @@ bnorm_status_code bnorm_forward_inference(bnorm_plan plan, const bnorm_inference
                                           bnorm_status* status) {
   return run(plan, args, "bnorm_inference_args", status,
              [](const bnorm::plan& p, const bnorm_inference_args& given) {
-               const bnorm_inference_args* args = &given;
                bnorm::inference_args a;
-               a.src = args->src;
-               a.dst = args->dst;
-               a.scale = in(args->scale);
-               a.shift = in(args->shift);
-               a.mean = in(args->mean);
-               a.var = in(args->var);
-               a.residual = args->residual;
-               a.scratch = args->scratch;
-               a.scratch_size = args->scratch_size;
+               a.src = given.src;
+               a.dst = given.dst;
+               a.scale = in(given.scale);
+               a.shift = in(given.shift);
+               a.mean = in(given.mean);
+               a.var = in(given.var);
+               a.residual = given.residual;
+               a.scratch = given.scratch;
+               a.scratch_size = given.scratch_size;
                return p.forward_inference(a);
              });
 }

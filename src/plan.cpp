@@ -30,8 +30,7 @@ tensor_shape::tensor_shape(const std::int64_t* dims, std::size_t rank) noexcept
     : rank_(rank),
       stored_(dims == nullptr   ? 0
               : rank < capacity ? rank
-                                : capacity),
-      dimensions_missing_(dims == nullptr && rank > 0) {
+                                : capacity) {
   for (std::size_t i = 0; i < stored_; ++i) dims_[i] = dims[i];
 }
 
@@ -499,15 +498,8 @@ status make_plan(const problem& prob, const plan_options& options, plan* out) no
 namespace {
 
 /// A mean's residual (training_args::batch_mean_residual, backward_args::mean_residual): in the
-/// compute type's parameters alone (a half type's rounding is not the kernels' own), and
-/// never to the frozen backward (`refusing_call`), whose mean is the running one.
-status check_mean_residual(const plan_impl& p, const char* name,
-                           const char* refusing_call) noexcept {
-  if (refusing_call != nullptr) {
-    return status::failure(status_code::invalid_argument,
-                           "%s: expected none (%s takes the running mean as it is), got a buffer",
-                           name, refusing_call);
-  }
+/// compute type's parameters alone (a half type's rounding is not the kernels' own).
+status check_mean_residual(const plan_impl& p, const char* name) noexcept {
   const dtype parameters = parameter_dtype(p.prob, p.options);
   if (element_size(parameters) == 2) {
     return status::failure(status_code::invalid_argument,
@@ -540,7 +532,7 @@ status check_training(const plan_impl& p, const training_args& args,
     return s;
   }
   if (args.batch_mean_residual.data != nullptr) {
-    if (status s = check_mean_residual(p, "batch_mean_residual", nullptr); !s) return s;
+    if (status s = check_mean_residual(p, "batch_mean_residual"); !s) return s;
   }
   if (update && p.options.cumulative_average && args.num_batches_tracked == nullptr) {
     return status(status_code::invalid_argument,
@@ -840,10 +832,12 @@ status backward(const plan_impl& p, const backward_args& args, bool frozen,
                   "variance), got both");
   }
   if (args.mean_residual.data != nullptr) {
-    if (status s = check_mean_residual(p, "mean_residual", frozen ? "backward_frozen" : nullptr);
-        !s) {
-      return s;
+    if (frozen) {
+      return status(status_code::invalid_argument,
+                    "mean_residual: expected none (backward_frozen takes the running mean as it "
+                    "is), got a buffer");
     }
+    if (status s = check_mean_residual(p, "mean_residual"); !s) return s;
     if (args.mean.data == nullptr) {
       return status(status_code::invalid_argument,
                     "mean_residual: expected none without mean (it is the residual of mean), "

@@ -148,14 +148,13 @@ class tensor_shape {
 
   std::size_t rank() const noexcept { return rank_; }
   /// False for a null dims of rank > 0.
-  bool has_dimensions() const noexcept { return !dimensions_missing_; }
+  bool has_dimensions() const noexcept { return stored_ > 0 || rank_ == 0; }
   /// Dimension i; 0 when i >= rank() or beyond the `capacity` stored dimensions.
   std::int64_t operator[](std::size_t i) const noexcept { return i < stored_ ? dims_[i] : 0; }
 
  private:
   std::size_t rank_ = 0;
   std::size_t stored_ = 0;
-  bool dimensions_missing_ = false;
   std::array<std::int64_t, capacity> dims_{};
 };
 

@@ -193,8 +193,8 @@ struct statistics_commit {
   const double* variance = nullptr;
   const double* inv_std = nullptr;
   T* batch_mean = nullptr;
-  /// The mean less its rounding to T, rounded to T: with batch_mean, the mean to twice T's
-  /// precision, for the backward's mean_residual.
+  /// The mean less its rounding to T, rounded to T: with batch_mean, a float32 mean to about
+  /// twice float32's precision (float64's is 0), for the backward's mean_residual.
   T* batch_mean_residual = nullptr;
   T* batch_inv_std = nullptr;
   T* running_mean = nullptr;
