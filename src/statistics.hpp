@@ -32,7 +32,8 @@ inline double inverse_std(double variance, double epsilon) noexcept {
 /// A channel's moments from its values value_at(n, s), n < batch, s < spatial, in passes of
 /// float64 over values scaled by a power of two near the largest magnitude: no sum or square
 /// overflows, whatever the values (float64 data spread beyond ~1e154 would square to
-/// infinity). A NaN or an infinity among the values gives NaN moments, as the direct sums do.
+/// infinity). As the direct sums (PyTorch's): infinities of one sign among the values give that
+/// infinite mean and a NaN variance; a NaN, or infinities of both signs, NaN moments.
 template <class ValueAt>
 moments exact_moments(std::size_t batch, std::size_t spatial, double epsilon,
                       const ValueAt& value_at) noexcept {
@@ -61,7 +62,8 @@ moments exact_moments(std::size_t batch, std::size_t spatial, double epsilon,
       deviations += d;
       squares += d * d;
     }
-  const double mean = first_mean + deviations / count;
+  // An infinite mean is left as it is: its deviations (inf − inf) are NaN.
+  const double mean = std::isinf(first_mean) ? first_mean : first_mean + deviations / count;
   squares -= deviations * (deviations / count);
   if (squares < 0.0) squares = 0.0;  // rounding only; a NaN stays NaN
   const double scaled_variance = squares / count;
@@ -120,9 +122,10 @@ inline group_statistics merge_groups(const group_statistics& a,
   const double wa = a.count / count, wb = b.count / count;
   const double delta = b.mean - a.mean;
   // Where δ overflows (means ±1e308), the weighted mean still fits; the variance is then
-  // beyond the range, as it is.
-  const double mean =
-      std::isfinite(delta) || std::isnan(delta) ? a.mean + delta * wb : wa * a.mean + wb * b.mean;
+  // beyond the range, as it is. Two means of the same infinity (ranks with infinite values of
+  // one sign) give it too, where δ is NaN.
+  const bool weighted = std::isinf(delta) || (std::isinf(a.mean) && a.mean == b.mean);
+  const double mean = weighted ? wa * a.mean + wb * b.mean : a.mean + delta * wb;
   // (δ·wa)·(δ·wb), not δ²·wa·wb: δ² overflows where the term itself fits (means ±1.2e154).
   double variance = wa * a.variance + wb * b.variance + (delta * wa) * (delta * wb);
   // Means that differ give a variance above 0: where it rounds to 0 (float64 means within

@@ -324,6 +324,30 @@ TEST(DistributedMerge, ChanMergeInRankOrderMatchesThePooledMoments) {
   EXPECT_EQ(summed[2], 3.0);
 }
 
+// Ranks whose values hold an infinity of one sign have that infinite mean (as one process
+// has): merged, the same infinity, where δ = inf − inf made it NaN; of both signs NaN; with a
+// finite mean the infinity. The variance is NaN wherever an infinity is.
+TEST(DistributedMerge, InfiniteMeansMergeAsThePooledValuesDo) {
+  const double inf = std::numeric_limits<double>::infinity(), nan = std::nan("");
+  struct merge_case {
+    double mean_a, mean_b, merged;
+  };
+  for (const merge_case k : {merge_case{inf, inf, inf}, merge_case{-inf, -inf, -inf},
+                             merge_case{inf, 2.0, inf}, merge_case{-3.0, -inf, -inf}}) {
+    const double variance_a = std::isinf(k.mean_a) ? nan : 1.0;
+    const double variance_b = std::isinf(k.mean_b) ? nan : 1.0;
+    const double blocks[] = {2, k.mean_a, variance_a, 3, k.mean_b, variance_b};
+    double merged[3];
+    ASSERT_TRUE(bnorm::merge_statistics(1, blocks, 2, merged, 3));
+    EXPECT_EQ(merged[1], k.merged) << k.mean_a << " " << k.mean_b;
+    EXPECT_TRUE(std::isnan(merged[2]));
+  }
+  const double both_signs[] = {2, inf, nan, 3, -inf, nan};
+  double merged[3];
+  ASSERT_TRUE(bnorm::merge_statistics(1, both_signs, 2, merged, 3));
+  EXPECT_TRUE(std::isnan(merged[1]));
+}
+
 // A rank's batch of one value per channel, or of none, still trains in a distributed step: its
 // plan's training_scratch_size() is the scratch those steps take, and enough.
 TEST(DistributedScratch, TheTrainingSizeServesEveryRanksBatch) {

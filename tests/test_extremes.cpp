@@ -6,7 +6,10 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdint>
 #include <limits>
+#include <string>
+#include <vector>
 
 #include "support.hpp"
 
@@ -405,6 +408,218 @@ TEST_P(Edges, DoubleVarianceAndEpsilonSummingBeyondTheRange) {
           const real want = static_cast<real>(dy[i]) * scale;
           if (want != 0) expect_relative<double>(dx[i], want, "frozen dx", i);
         }
+    }
+  }
+}
+
+/// Values in a storage type (float32, float64, or bfloat16/float16 bits) and back to double.
+struct stored_values {
+  bnorm::dtype d;
+  std::vector<float> f32;
+  std::vector<double> f64;
+  std::vector<std::uint16_t> half;
+
+  stored_values(bnorm::dtype type, const std::vector<double>& values) : d(type) {
+    for (const double v : values) {
+      const float f = static_cast<float>(v);
+      f32.push_back(f);
+      f64.push_back(v);
+      half.push_back(d == bnorm::dtype::bf16 ? bnorm::bfloat16::from_float(f).bits
+                                             : bnorm::float16::from_float(f).bits);
+    }
+  }
+  void* data() {
+    return d == bnorm::dtype::f32   ? static_cast<void*>(f32.data())
+           : d == bnorm::dtype::f64 ? static_cast<void*>(f64.data())
+                                    : static_cast<void*>(half.data());
+  }
+  double at(std::size_t i) const {
+    switch (d) {
+      case bnorm::dtype::f32: return f32[i];
+      case bnorm::dtype::f64: return f64[i];
+      case bnorm::dtype::bf16: return bnorm::bfloat16{half[i]}.to_float();
+      case bnorm::dtype::f16: break;
+    }
+    return bnorm::float16{half[i]}.to_float();
+  }
+};
+
+const bnorm::dtype every_dtype[] = {bnorm::dtype::f32, bnorm::dtype::f64, bnorm::dtype::bf16,
+                                    bnorm::dtype::f16};
+
+/// Per-channel parameters as the dtype takes them (float32 for the half types).
+bnorm::channel_input parameters(bnorm::dtype d, const std::vector<double>& f64,
+                                std::vector<float>& f32) {
+  f32.assign(f64.begin(), f64.end());
+  return d == bnorm::dtype::f64 ? in(f64) : in(f32);
+}
+
+// An infinite running mean is y = ∓inf, an infinite γ y = ±inf wherever x is not the mean, as
+// (x − mean)·γ/sqrt(var + eps) + β is: the whole channel was NaN (inf − inf in the mean's
+// rounding, 0·inf in the shift). Nine channels (a vector of them and one more on every ISA),
+// the last ordinary: an extreme channel sends the call through the scalar coefficients, which
+// give the ordinary one its usual value.
+TEST_P(Edges, InfiniteMeansAndGammasGiveInfinitiesNotNan) {
+  const double inf = std::numeric_limits<double>::infinity();
+  const bnorm::tensor_shape shape{3, 9, 5};
+  const geometry g(shape);
+  std::vector<double> mean(g.c), var(g.c, 1.0), gamma(g.c, 1.0), beta(g.c, 0.25);
+  for (std::size_t c = 0; c < 8; ++c) {
+    mean[c] = c % 4 == 0 ? inf : c % 4 == 1 ? -inf : 0.5;
+    if (c % 4 >= 2) gamma[c] = c % 4 == 2 ? inf : -inf;
+  }
+  mean[8] = 0.25;
+  var[8] = 2.0;
+  gamma[8] = 1.5;
+  for (const bnorm::dtype d : every_dtype) {
+    for (layout l : {layout::channels_first, layout::channels_last}) {
+      SCOPED_TRACE(std::string(bnorm::to_string(d)) +
+                   (l == layout::channels_last ? " channels_last" : " channels_first"));
+      std::vector<double> xs(g.elements());
+      for (std::size_t i = 0; i < xs.size(); ++i) {
+        xs[i] = static_cast<double>(static_cast<int>(i * 7 % 13) - 6) / 4 + 0.125;  // not 0.5
+      }
+      stored_values x(d, xs), y(d, std::vector<double>(xs.size(), 0.0));
+      bnorm::plan_options opts;
+      opts.max_isa = GetParam();
+      const bnorm::plan plan = make_plan_or_fail({shape, l, d}, opts);
+      std::vector<float> mean32, var32, gamma32, beta32;
+      bnorm::inference_args args;
+      args.src = x.data();
+      args.dst = y.data();
+      args.mean = parameters(d, mean, mean32);
+      args.var = parameters(d, var, var32);
+      args.scale = parameters(d, gamma, gamma32);
+      args.shift = parameters(d, beta, beta32);
+      const bnorm::status s = plan.forward_inference(args);
+      ASSERT_TRUE(s.ok()) << s.message();
+      for (std::size_t n = 0; n < g.n; ++n)
+        for (std::size_t c = 0; c < g.c; ++c)
+          for (std::size_t sp = 0; sp < g.spatial; ++sp) {
+            const std::size_t i = g.offset(l, n, c, sp);
+            const double got = y.at(i), xi = x.at(i);
+            if (c == 8) {
+              EXPECT_NEAR(got, (xi - 0.25) * 1.5 / std::sqrt(2.0 + 1e-5) + 0.25, 1e-2) << i;
+            } else if (c % 4 < 2) {
+              EXPECT_EQ(got, c % 4 == 0 ? -inf : inf) << "channel " << c << " at " << i;
+            } else {
+              EXPECT_EQ(got, (xi > 0.5) == (c % 4 == 2) ? inf : -inf)
+                  << "channel " << c << " x " << xi;
+            }
+          }
+    }
+  }
+}
+
+// Training with γ = ±inf: y = ±inf by the side of the batch mean x is on (the values {0, 1, 2,
+// 4} a channel: the mean 1.75 is no value's), where the shift's share of the mean's rounding
+// was 0·inf or an infinity that cancelled x − center's into NaN.
+TEST_P(Edges, TrainingWithAnInfiniteGammaGivesInfinities) {
+  const double inf = std::numeric_limits<double>::infinity();
+  const bnorm::tensor_shape shape{2, 9, 2};
+  const geometry g(shape);
+  const double values[] = {0.0, 1.0, 2.0, 4.0};
+  std::vector<double> gamma(g.c, inf);
+  for (std::size_t c = 1; c < g.c; c += 2) gamma[c] = -inf;
+  for (const bnorm::dtype d : every_dtype) {
+    for (layout l : {layout::channels_first, layout::channels_last}) {
+      SCOPED_TRACE(std::string(bnorm::to_string(d)) +
+                   (l == layout::channels_last ? " channels_last" : " channels_first"));
+      std::vector<double> xs(g.elements());
+      for (std::size_t n = 0; n < g.n; ++n)
+        for (std::size_t c = 0; c < g.c; ++c)
+          for (std::size_t sp = 0; sp < g.spatial; ++sp) {
+            xs[g.offset(l, n, c, sp)] = values[(n * g.spatial + sp + c) % 4];
+          }
+      stored_values x(d, xs), y(d, std::vector<double>(xs.size(), 0.0));
+      bnorm::plan_options opts;
+      opts.max_isa = GetParam();
+      opts.update_running_stats = false;
+      const bnorm::plan plan = make_plan_or_fail({shape, l, d}, opts);
+      std::vector<float> gamma32;
+      bnorm::training_args args;
+      args.src = x.data();
+      args.dst = y.data();
+      args.scale = parameters(d, gamma, gamma32);
+      const bnorm::status s = plan.forward_training(args);
+      ASSERT_TRUE(s.ok()) << s.message();
+      for (std::size_t n = 0; n < g.n; ++n)
+        for (std::size_t c = 0; c < g.c; ++c)
+          for (std::size_t sp = 0; sp < g.spatial; ++sp) {
+            const std::size_t i = g.offset(l, n, c, sp);
+            EXPECT_EQ(y.at(i), (xs[i] > 1.75) == (c % 2 == 0) ? inf : -inf) << c << " " << i;
+          }
+    }
+  }
+}
+
+/// Per-channel outputs as the dtype writes them (float32 for the half types), read as double.
+struct channel_values {
+  std::vector<float> f32;
+  std::vector<double> f64;
+  channel_values(std::size_t channels, double value)
+      : f32(channels, static_cast<float>(value)), f64(channels, value) {}
+  bnorm::channel_output out(bnorm::dtype d) {
+    return d == bnorm::dtype::f64 ? bnorm_test::out(f64) : bnorm_test::out(f32);
+  }
+  double at(bnorm::dtype d, std::size_t c) const {
+    return d == bnorm::dtype::f64 ? f64[c] : f32[c];
+  }
+};
+
+// One infinity in a channel's values makes that infinity its batch mean and (momentum 0.1 from
+// 0) its running mean, as PyTorch's sums do, its variance, 1/std and y NaN; the mean's residual
+// is 0 (the mean is its own rounding). Both were NaN. Every dtype, layout and statistics path
+// (tiny tensors, planes, rows, one image's short planes).
+TEST_P(Edges, AnInfinityOfOneSignIsItsChannelsMean) {
+  const double inf = std::numeric_limits<double>::infinity();
+  for (const bnorm::tensor_shape& shape :
+       {bnorm::tensor_shape{2, 5, 3}, bnorm::tensor_shape{4, 5, 300},
+        bnorm::tensor_shape{1, 9, 7, 7}}) {
+    const geometry g(shape);
+    for (const bnorm::dtype d : every_dtype) {
+      for (layout l : {layout::channels_first, layout::channels_last}) {
+        for (const double bad : {inf, -inf}) {
+          SCOPED_TRACE(shape_name(shape) + " " + bnorm::to_string(d) +
+                       (l == layout::channels_last ? " channels_last " : " channels_first ") +
+                       std::to_string(bad));
+          std::vector<double> xs = normal_data<double>(g.elements(), 1.0, 2.0, 5);
+          xs[g.offset(l, g.n - 1, 3, g.spatial / 2)] = bad;
+          stored_values x(d, xs), y(d, std::vector<double>(xs.size(), 0.0));
+          bnorm::plan_options opts;
+          opts.max_isa = GetParam();
+          const bnorm::plan plan = make_plan_or_fail({shape, l, d}, opts);
+          channel_values mean(g.c, 7.0), residual(g.c, 7.0), inv_std(g.c, 7.0),
+              running_mean(g.c, 0.0), running_var(g.c, 1.0);
+          bnorm::training_args args;
+          args.src = x.data();
+          args.dst = y.data();
+          args.batch_mean = mean.out(d);
+          args.batch_mean_residual = residual.out(d);
+          args.batch_inv_std = inv_std.out(d);
+          args.running_mean = running_mean.out(d);
+          args.running_var = running_var.out(d);
+          const bnorm::status s = plan.forward_training(args);
+          ASSERT_TRUE(s.ok()) << s.message();
+          for (std::size_t c = 0; c < g.c; ++c) {
+            if (c != 3) {
+              EXPECT_TRUE(std::isfinite(mean.at(d, c)) && std::isfinite(residual.at(d, c)) &&
+                          std::isfinite(running_mean.at(d, c)))
+                  << c;
+              continue;
+            }
+            EXPECT_EQ(mean.at(d, c), bad);
+            EXPECT_EQ(running_mean.at(d, c), bad);
+            EXPECT_EQ(residual.at(d, c), 0.0);
+            EXPECT_TRUE(std::isnan(inv_std.at(d, c)));
+            EXPECT_TRUE(std::isnan(running_var.at(d, c)));
+            for (std::size_t n = 0; n < g.n; ++n)
+              for (std::size_t sp = 0; sp < g.spatial; ++sp) {
+                EXPECT_TRUE(std::isnan(y.at(g.offset(l, n, c, sp)))) << n << " " << sp;
+              }
+          }
+        }
+      }
     }
   }
 }

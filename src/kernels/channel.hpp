@@ -131,11 +131,16 @@ template <class T>
 void store_coefficients_scalar(double mean, double inv_std, double scale, double beta,
                                const coefficients<T>& out, std::size_t at) noexcept {
   const T center = folds(mean, inv_std, scale) ? T(0) : static_cast<T>(mean);
-  const double residual = mean - static_cast<double>(center);
+  // The shift's share of the mean's rounding, (mean − center)·scale: none where the mean is
+  // infinite (it is its own center; inf − inf would make the whole channel NaN where y is
+  // ∓inf) or the scale is (0·inf, or an infinite shift that x − center's infinity of the other
+  // sign would cancel into NaN: y is then ±inf wherever x is not the center, NaN there).
+  const double rounding_share =
+      std::isinf(mean) || std::isinf(scale) ? 0.0 : (mean - static_cast<double>(center)) * scale;
   const double h = prescale_for<T>(center, scale);
   out.center[at] = prescaled_center(center, h);
   out.scale[at] = saturate_scalar<T>(h == 1.0 ? scale : scale / h);
-  out.shift[at] = saturate_scalar<T>(beta - residual * scale);
+  out.shift[at] = saturate_scalar<T>(beta - rounding_share);
   out.prescale[at] = static_cast<T>(h);
 }
 
@@ -567,9 +572,10 @@ void commit_channels(const statistics_commit<T>& in) noexcept {
     const dvec m = dvec::load_unaligned(mean + c);
     if constexpr (Batch) {
       if (batch_mean) store_as<Arch>(batch_mean + c, m);
-      if (residual) {  // m less its rounding, through the residual's own slots
+      if (residual) {  // m less its rounding, through the residual's own slots; inf's is 0
         store_as<Arch>(residual + c, m);
-        store_as<Arch>(residual + c, m - load_as_f64<Arch>(residual + c));
+        const dvec rounded = load_as_f64<Arch>(residual + c);
+        store_as<Arch>(residual + c, xsimd::select(m == rounded, dvec(0.0), m - rounded));
       }
       if (batch_inv_std) store_as<Arch>(batch_inv_std + c, dvec::load_unaligned(inv_std + c));
     }
@@ -583,7 +589,8 @@ void commit_channels(const statistics_commit<T>& in) noexcept {
   for (; c < channels; ++c) {  // the same operations, one channel
     if (Batch && batch_mean) batch_mean[c] = rounded_output<T>(mean[c], odd);
     if (Batch && residual) {  // not with half types' parameters (round_to_odd): refused
-      residual[c] = static_cast<T>(mean[c] - static_cast<double>(static_cast<T>(mean[c])));
+      const double rounded = static_cast<double>(static_cast<T>(mean[c]));
+      residual[c] = static_cast<T>(mean[c] == rounded ? 0.0 : mean[c] - rounded);  // inf: 0
     }
     if (Batch && batch_inv_std) batch_inv_std[c] = rounded_output<T>(inv_std[c], odd);
     if constexpr (Running) {
