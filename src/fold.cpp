@@ -143,7 +143,12 @@ status fold(const fold_problem& prob, const weight_geometry& g, const fold_args&
   const auto beyond = [](double v) {
     return !std::isfinite(kernels::to_double(kernels::from_double<W>(v)));
   };
+  // Channel c's gamma/sqrt(var + eps) is scale[c]·2^exponent[c]: float64's may pass its largest
+  // value (γ 1e300 over sqrt(1e-300)) where the folded values fit; then its significand part
+  // and a power of two apart, each product scaled once at the end (exponent 0 elsewhere: the
+  // same operations as one quotient).
   std::vector<double> scale(g.channels), bias(g.channels);
+  std::vector<int> exponent(g.channels, 0);
   for (std::size_t c = 0; c < g.channels; ++c) {
     const double var = at_or<P>(args.var, c, 0.0);
     if (!(var + prob.epsilon > 0.0) || !std::isfinite(var)) {
@@ -166,27 +171,37 @@ status fold(const fold_problem& prob, const weight_geometry& g, const fold_args&
     }
     // float64 variances near its largest: var + eps may overflow where their root does not.
     const double var_eps = var + prob.epsilon;
-    scale[c] = std::isfinite(var_eps) ? gamma / std::sqrt(var_eps)
-                                      : gamma / (2.0 * std::sqrt(0.25 * var + 0.25 * prob.epsilon));
-    bias[c] = (layer_bias - mean) * scale[c] + beta;
+    const double root = std::isfinite(var_eps) ? std::sqrt(var_eps)
+                                               : 2.0 * std::sqrt(0.25 * var + 0.25 * prob.epsilon);
+    scale[c] = gamma / root;
+    if (std::isinf(scale[c])) scale[c] = std::frexp(gamma, &exponent[c]) / root;
+    // (layer bias − mean)·scale + β, the difference halved where it overflows (float64's ±1e308).
+    double difference = layer_bias - mean;
+    int halved = 0;
+    if (std::isinf(difference) && std::isfinite(layer_bias)) {
+      difference = layer_bias / 2 - mean / 2;
+      halved = 1;
+    }
+    bias[c] = std::ldexp(difference * scale[c], exponent[c] + halved) + beta;
     // The layer's own non-finite values carry through, as the layer computes with them.
     if (beyond(bias[c]) && std::isfinite(layer_bias)) {
-      return beyond_range("folded_bias", c, bias[c], scale[c]);
+      return beyond_range("folded_bias", c, bias[c], std::ldexp(scale[c], exponent[c]));
     }
   }
   const W* w = static_cast<const W*>(args.weight);
   for (std::size_t i = 0; i < g.elements; ++i) {
     const std::size_t c = g.channel_of(i);
     const double weight = kernels::to_double(w[i]);
-    const double v = weight * scale[c];
+    const double v = std::ldexp(weight * scale[c], exponent[c]);
     if (beyond(v) && std::isfinite(weight)) {
-      return beyond_range("folded_weight", c, v, scale[c]);
+      return beyond_range("folded_weight", c, v, std::ldexp(scale[c], exponent[c]));
     }
   }
   // Everything checked: write (in place too: each element is read before it is written).
   W* out = static_cast<W*>(args.folded_weight);
   for (std::size_t i = 0; i < g.elements; ++i) {
-    out[i] = kernels::from_double<W>(kernels::to_double(w[i]) * scale[g.channel_of(i)]);
+    const std::size_t c = g.channel_of(i);
+    out[i] = kernels::from_double<W>(std::ldexp(kernels::to_double(w[i]) * scale[c], exponent[c]));
   }
   W* folded_bias = static_cast<W*>(args.folded_bias.data);
   for (std::size_t c = 0; c < g.channels; ++c) folded_bias[c] = kernels::from_double<W>(bias[c]);

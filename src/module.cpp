@@ -33,16 +33,30 @@ bool names_one_of(const char* name, std::initializer_list<const char*> names) {
   return false;
 }
 
+using name_pair = std::pair<const char*, const char*>;  // the engine's, the module's
+
 /// A backward call's refusal in the words of the module's backward(input, grad_output,
-/// grad_input) and its gradients, not the engine's (src, diff_dst, diff_src, diff_scale,
-/// diff_shift), wherever the message names them (whole words only).
-status in_module_names(const status& s) {
+/// grad_input) and its gradients, not the engine's.
+constexpr name_pair backward_names[] = {{"diff_src", "grad_input"},
+                                        {"diff_dst", "grad_output"},
+                                        {"diff_scale", "weight_grad"},
+                                        {"diff_shift", "bias_grad"},
+                                        {"src", "input"}};
+
+/// fold_into(weight, bias, ...)'s refusal: the layer's weight and bias as the call names them
+/// (the engine stages the folded bias apart), the module's parameters and statistics as it does.
+constexpr name_pair pytorch_fold_names[] = {
+    {"folded_weight", "weight"},    {"folded_bias", "bias"},  {"scale", "the module's weight"},
+    {"shift", "the module's bias"}, {"mean", "running_mean"}, {"var", "running_var"}};
+constexpr name_pair mindspore_fold_names[] = {
+    {"folded_weight", "weight"}, {"folded_bias", "bias"}, {"scale", "gamma"},
+    {"shift", "beta"},           {"mean", "moving_mean"}, {"var", "moving_variance"}};
+
+/// A refusal of the engine in the module's words: each engine name in `names`, in turn,
+/// wherever the message has it as a whole word.
+template <std::size_t N>
+status in_module_names(const status& s, const name_pair (&names)[N]) {
   if (s) return s;
-  static constexpr std::pair<const char*, const char*> names[] = {{"diff_src", "grad_input"},
-                                                                  {"diff_dst", "grad_output"},
-                                                                  {"diff_scale", "weight_grad"},
-                                                                  {"diff_shift", "bias_grad"},
-                                                                  {"src", "input"}};
   const auto word_character = [](char c) {
     return std::isalnum(static_cast<unsigned char>(c)) != 0 || c == '_';
   };
@@ -510,12 +524,13 @@ void batch_norm<T>::backward_unguarded(const T* input, const T* grad_output, T* 
     args.mean_residual = in(saved_mean_residual_);
     args.inv_std = in(saved_inv_std_);
     reached_exchange = last.exchange != nullptr;
-    throw_if_failed(in_module_names(last.exchange ? last.exchange->backward_training(p, args)
-                                                  : p.backward_training(args)));
+    throw_if_failed(in_module_names(
+        last.exchange ? last.exchange->backward_training(p, args) : p.backward_training(args),
+        backward_names));
   } else {
     args.mean = in(running_mean_);
     args.var = in(running_var_);
-    throw_if_failed(in_module_names(p.backward_frozen(args)));
+    throw_if_failed(in_module_names(p.backward_frozen(args), backward_names));
   }
   if (!trains_affine()) return;
   // Nothing below allocates or throws: both gradients change, or neither.
@@ -578,7 +593,9 @@ void batch_norm<T>::fold_into(std::vector<T>& weight, std::vector<T>& bias,
     args.shift = in(bias_);
     args.mean = in(running_mean_);
     args.var = in(running_var_);
-    throw_if_failed(fold_into_layer(prob, args));
+    throw_if_failed(in_module_names(
+        fold_into_layer(prob, args),
+        config_.framework == framework::mindspore ? mindspore_fold_names : pytorch_fold_names));
     bias = std::move(folded_bias);
   });
 }

@@ -367,6 +367,49 @@ TEST(Fold, Float64VarianceNearItsLargestFolds) {
   EXPECT_EQ(folded_b[0], 0.0);
 }
 
+// float64 intermediates beyond its range where the folded values are not: γ/sqrt(var + eps) =
+// 1e300/1e-150 and a layer bias less the mean of 2e308. They were refused ("got -nan", "got
+// inf"); a folded value that is beyond the range is still refused, naming the scale as inf.
+TEST(Fold, Float64IntermediatesBeyondItsRangeFold) {
+  bnorm::fold_problem prob;
+  prob.dtype = bnorm::dtype::f64;
+  prob.weight_shape = {2, 1};
+  prob.epsilon = 0;
+  const std::vector<double> gamma = {1e300, 0.25}, var = {1e-300, 1.0}, mean = {-1e-200, -1e308};
+  std::vector<double> w = {1e-200, 1.0}, b = {0.0, 1e308}, folded_w(2, 7.0), folded_b(2, 7.0);
+  bnorm::fold_args args;
+  args.weight = w.data();
+  args.folded_weight = folded_w.data();
+  args.bias = in(b);
+  args.folded_bias = out(folded_b);
+  args.scale = in(gamma);
+  args.mean = in(mean);
+  args.var = in(var);
+  const bnorm::status s = bnorm::fold_into_layer(prob, args);
+  ASSERT_TRUE(s.ok()) << s.message();
+  // From long double, whose range holds every intermediate.
+  const long double scale0 = 1e300L / std::sqrt(1e-300L);
+  const double want_w = static_cast<double>(1e-200L * scale0);
+  const double want_b = static_cast<double>(1e-200L * scale0);
+  EXPECT_NEAR(folded_w[0], want_w, 1e-15 * want_w);  // 1e250
+  EXPECT_NEAR(folded_b[0], want_b, 1e-15 * want_b);
+  EXPECT_EQ(folded_w[1], 0.25);
+  EXPECT_EQ(folded_b[1], 5e307);  // (1e308 + 1e308)·0.25
+
+  std::vector<double> one = {1.0, 1.0};
+  args.weight = one.data();
+  args.folded_weight = folded_w.data();
+  folded_w.assign(2, 7.0);
+  folded_b.assign(2, 7.0);
+  const bnorm::status beyond = bnorm::fold_into_layer(prob, args);
+  ASSERT_FALSE(beyond.ok());
+  EXPECT_STREQ(beyond.message(),
+               "folded_weight: expected values within the dtype's range, got inf for channel 0 "
+               "(gamma/sqrt(var + eps) = inf)");
+  EXPECT_EQ(folded_w, std::vector<double>(2, 7.0));
+  EXPECT_EQ(folded_b, std::vector<double>(2, 7.0));
+}
+
 // The layer's own non-finite weights and biases carry through, as the layer computes with
 // them; the batch norm's values must be finite (RefusalsNameTheParameterAndWriteNothing).
 TEST(Fold, LayerNonFiniteValuesCarryThrough) {
@@ -572,6 +615,42 @@ TEST(Fold, ModuleFoldsInEvalModeOnly) {
   refused({3, 1, 1, 1, 1, 1, 1, 1, 2},
           "weight_shape: expected rank 2 to 8 (linear [out, in], convolutions [O, I, k...]), got "
           "rank 9 [3, 1, 1, 1, 1, 1, 1, 1, …]");
+  // The engine's refusals in the module's words: its parameters and statistics as it names
+  // them, the layer's weight and bias as fold_into's arguments (the engine's folded_bias is
+  // staged).
+  const auto refused_as = [&](auto& module, const char* expected) {
+    try {
+      module.fold_into(w, b, {3, 2, 1, 1});
+      ADD_FAILURE() << "expected bnorm::error: " << expected;
+    } catch (const bnorm::error& e) {
+      EXPECT_EQ(std::string(e.what()).rfind(expected, 0), 0u) << e.what();
+    }
+    EXPECT_EQ(w, std::vector<float>(6, 1.0f));
+    EXPECT_TRUE(b.empty());
+  };
+  bn.running_var()[1] = -1.0f;
+  refused_as(bn,
+             "running_var: expected running_var + eps > 0 and finite for every channel, got "
+             "running_var -1 ");
+  bn.running_var()[1] = 0.25f;
+  bn.weight()[2] = INFINITY;
+  refused_as(bn, "the module's weight: expected finite values, got inf for channel 2");
+  bn.weight()[2] = 1e38f;
+  bn.running_var()[2] = 1e-30f;
+  refused_as(bn, "bias: expected values within the dtype's range, got ");
+  bn.weight()[2] = 0.5f;
+  bn.running_var()[2] = 1.0f;
+  auto cell = bnorm::mindspore::BatchNorm2d(3);
+  cell.eval();
+  cell.moving_variance()[0] = NAN;
+  refused_as(cell, "moving_variance: expected moving_variance + eps > 0 and finite");
+  cell.moving_variance()[0] = 1.0f;
+  cell.beta()[1] = NAN;
+  refused_as(cell, "beta: expected finite values, got nan for channel 1");
+  cell.beta()[1] = 0.0f;
+  cell.moving_mean()[0] = -INFINITY;
+  refused_as(cell, "moving_mean: expected finite values, got -inf for channel 0");
+
   bn.fold_into(w, b, {3, 2, 1, 1});
   ASSERT_EQ(b.size(), 3u);
   for (std::size_t c = 0; c < 3; ++c) {
