@@ -413,16 +413,19 @@ void mask_gradient(const plan_impl& plan, const backward_args& args, S* out) {
   const bool clamp = post.kind == kernels::epilogue_kind::clamp;
   // A clamped output holds its bound as stored (rounded, in a half type): compared with the
   // stored bounds, every clamped output is masked. (An output that rounds to a bound counts as
-  // clamped: its value no longer tells.) A bound clamps where the caller gave a finite one,
-  // though the storage type may hold it as an infinity (float16's clamp_max of 1e5).
+  // clamped: its value no longer tells.) A bound clamps unless it is the infinity of its own
+  // side (−inf below, +inf above): a finite one though the storage type may hold it as an
+  // infinity (float16's clamp_max of 1e5), and +inf below or −inf above, which clamp every
+  // output.
   const auto stored = [](T bound) {
     return static_cast<T>(kernels::to_double(kernels::from_double<S>(bound)));
   };
   kernels::mask_bounds<T> bounds;
   bounds.lo = clamp ? stored(post.lo) : T(0);
   bounds.hi = clamp ? stored(post.hi) : std::numeric_limits<T>::infinity();
-  bounds.clamps_below = !clamp || std::isfinite(plan.options.clamp_min);
-  bounds.clamps_above = clamp && std::isfinite(plan.options.clamp_max);
+  constexpr double inf = std::numeric_limits<double>::infinity();
+  bounds.clamps_below = !clamp || plan.options.clamp_min != -inf;
+  bounds.clamps_above = clamp && plan.options.clamp_max != inf;
   const S* dy = static_cast<const S*>(args.diff_dst);
   const S* y = static_cast<const S*>(args.dst);
   const std::size_t chunk = 32 * 1024;  // elements: about a unit's bytes

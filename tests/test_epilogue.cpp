@@ -228,6 +228,62 @@ TEST_P(Epilogue, BackwardIsThePlainBackwardOfTheMaskedGradient) {
   }
 }
 
+// Clamp bounds that are one infinity, [+inf, +inf] or [−inf, −inf]: every output is the bound,
+// whatever x, so every gradient is 0 (as PyTorch's clamp passes dy only where min ≤ x ≤ max).
+// The mask took an infinite bound for one that clamps nothing: dx, dγ and dβ came back from the
+// unclamped gradient, as ok. Both backwards, vectors and a tail on every ISA.
+TEST_P(Epilogue, ClampBoundsOfOneInfinityMaskEveryOutput) {
+  const bnorm::tensor_shape shape{3, 2, 13};
+  const geometry g(shape);
+  std::vector<float> x = normal_data<float>(g.elements(), 1.0, 2.0, 4);
+  std::vector<float> dy = normal_data<float>(g.elements(), 0.5, 1.0, 5);
+  const std::vector<float> gamma{1.5f, -0.5f}, running_mean{0.25f, -1.0f}, running_var{2.0f, 0.5f};
+  for (const float bound : {INFINITY, -INFINITY}) {
+    SCOPED_TRACE(bound > 0 ? "[+inf, +inf]" : "[-inf, -inf]");
+    bnorm::plan_options opts;
+    opts.max_isa = GetParam();
+    opts.activation = activation::clamp;
+    opts.clamp_min = bound;
+    opts.clamp_max = bound;
+    opts.update_running_stats = false;
+    const bnorm::plan plan =
+        make_plan_or_fail({shape, layout::channels_first, bnorm::dtype::f32}, opts);
+    std::vector<float> y(x.size()), mean(g.c), inv_std(g.c);
+    bnorm::training_args fwd;
+    fwd.src = x.data();
+    fwd.dst = y.data();
+    fwd.scale = in(gamma);
+    fwd.batch_mean = out(mean);
+    fwd.batch_inv_std = out(inv_std);
+    ASSERT_TRUE(plan.forward_training(fwd).ok());
+    for (const float v : y) ASSERT_EQ(v, bound);
+    for (const bool frozen : {false, true}) {
+      SCOPED_TRACE(frozen ? "frozen" : "training");
+      std::vector<float> dx(x.size(), 7.0f), dgamma(g.c, 7.0f), dbeta(g.c, 7.0f);
+      bnorm::backward_args back;
+      back.src = x.data();
+      back.diff_dst = dy.data();
+      back.dst = y.data();
+      back.diff_src = dx.data();
+      back.scale = in(gamma);
+      back.diff_scale = out(dgamma);
+      back.diff_shift = out(dbeta);
+      if (frozen) {
+        back.mean = in(running_mean);
+        back.var = in(running_var);
+      } else {
+        back.mean = in(mean);
+        back.inv_std = in(inv_std);
+      }
+      const bnorm::status s = frozen ? plan.backward_frozen(back) : plan.backward_training(back);
+      ASSERT_TRUE(s.ok()) << s.message();
+      for (std::size_t i = 0; i < dx.size(); ++i) ASSERT_EQ(dx[i], 0.0f) << i;
+      EXPECT_EQ(dgamma, std::vector<float>(g.c, 0.0f));
+      EXPECT_EQ(dbeta, std::vector<float>(g.c, 0.0f));
+    }
+  }
+}
+
 // An output of +inf (a finite x times a large γ) passes the ReLU's mask as any y > 0 does, and
 // an infinite clamp bound clamps nothing on its side, ±inf included: y = +inf once zeroed dy
 // there, so dx, dz, dγ and dβ lost those values. Vectors and a tail on every ISA.

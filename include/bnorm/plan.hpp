@@ -296,8 +296,8 @@ struct backward_args {
   channel_output diff_shift;  ///< dβ = Σ dy, or omitted.
   /// A plan with an activation (plan_options::activation): the forward's output, whose mask
   /// the gradient passes through first (ReLU, add+ReLU: y > 0, +inf included; clamp:
-  /// clamp_min < y < clamp_max, the bounds as the storage type holds them, an infinite bound
-  /// clamping nothing on its side). Required there, none otherwise.
+  /// clamp_min < y < clamp_max, the bounds as the storage type holds them, a clamp_min of −inf
+  /// or a clamp_max of +inf clamping nothing on its side). Required there, none otherwise.
   const void* dst = nullptr;
   /// add_relu: dz, the residual's gradient (dy through the mask), or null; may equal
   /// diff_dst (in place). Other activations: none.

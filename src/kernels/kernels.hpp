@@ -263,9 +263,10 @@ struct gradient_channels {
 
 /// The bounds of a fused activation's output, as its backward masks dy: lo < y where
 /// `clamps_below`, y < hi where `clamps_above`. A side that clamps nothing (ReLU's top, a bound
-/// given as infinite) passes every y, infinite ones too; a finite bound that the storage type
-/// holds as an infinity still clamps (hi = +inf then masks y = +inf, the clamped outputs). A NaN
-/// y passes nothing.
+/// given as the infinity of its side: −inf below, +inf above) passes every y, infinite ones
+/// too; a finite bound that the storage type holds as an infinity still clamps (hi = +inf then
+/// masks y = +inf, the clamped outputs), as +inf below or −inf above do (every output is the
+/// bound). A NaN y passes nothing.
 template <class T>
 struct mask_bounds {
   T lo = T(0), hi = T(0);

@@ -158,14 +158,14 @@ struct activation_reference {
     if (opts.activation == bnorm::activation::clamp) {
       a.lo = static_cast<double>(static_cast<T>(opts.clamp_min));
       a.hi = static_cast<double>(static_cast<T>(opts.clamp_max));
-      a.clamps_below = std::isfinite(opts.clamp_min);
-      a.clamps_above = std::isfinite(opts.clamp_max);
+      a.clamps_below = opts.clamp_min != -HUGE_VAL;  // +inf below clamps every output
+      a.clamps_above = opts.clamp_max != HUGE_VAL;
     }
     return a;
   }
   double apply(double v) const { return identity ? v : std::fmin(std::fmax(v, lo), hi); }
-  /// lo < y < hi; a bound given as infinite clamps nothing on its side (ReLU's y = +inf passes),
-  /// a finite one that T holds as an infinity masks y there (the clamped outputs); a NaN y
+  /// lo < y < hi; a bound given as its side's infinity clamps nothing there (ReLU's y = +inf
+  /// passes), a finite one that T holds as an infinity masks y there (the clamped outputs); a NaN y
   /// passes nothing.
   bool passes(double y) const {
     return (y > lo || (!clamps_below && y == y)) && (y < hi || !clamps_above);
