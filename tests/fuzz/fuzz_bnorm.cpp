@@ -301,6 +301,29 @@ void run(FuzzedDataProvider& in, const bnorm::plan& plan, const bnorm::problem& 
                                   args.shift.data ? beta.data() : nullptr);
     if (!ref_c.checked(checked_scale_limit<T>())) continue;
     const double ref_mean = ref_c.mean, var = ref_c.var, inv = ref_c.inv, w = ref_c.w, b = ref_c.b;
+    // The saved statistics: the mean within a few roundings of |mean| + std (its float32 sums
+    // are taken around a pivot near it) and its rounding to T, 1/std within a few roundings of
+    // itself where T holds it.
+    // Both also within float64's rounding of their float64 sums (of each channel's M values:
+    // float64 data's sums are float64's own).
+    const double eps = std::numeric_limits<T>::epsilon() +
+                       static_cast<double>(g.n * g.s) * std::numeric_limits<double>::epsilon() / 64;
+    if (args.batch_mean.data == mean.data() &&
+        !(std::fabs(static_cast<double>(mean[c]) - ref_mean) <=
+          64 * eps * (std::fabs(ref_mean) + std::sqrt(var)) +
+              std::numeric_limits<T>::denorm_min())) {  // T's spacing at the least values
+      std::fprintf(stderr, "channel %zu: batch mean %.17g, float64 reference %.17g (var %.9g)\n", c,
+                   static_cast<double>(mean[c]), ref_mean, var);
+      fail("an accepted call's batch mean differs from the float64 reference", s);
+    }
+    const double largest = static_cast<double>(std::numeric_limits<T>::max());
+    const double least = static_cast<double>(std::numeric_limits<T>::min());
+    if (args.batch_inv_std.data == inv_std.data() && inv < largest / 2 && inv > least &&
+        !(std::fabs(static_cast<double>(inv_std[c]) - inv) <= 64 * eps * inv)) {
+      std::fprintf(stderr, "channel %zu: batch 1/std %.17g, float64 reference %.17g (var %.9g)\n",
+                   c, static_cast<double>(inv_std[c]), inv, var);
+      fail("an accepted call's batch 1/std differs from the float64 reference", s);
+    }
     for (std::size_t n = 0; n < g.n; ++n)
       for (std::size_t i = 0; i < g.s; ++i) {
         const std::size_t at = g.at(prob.layout, n, c, i);
@@ -886,6 +909,10 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   opts.cumulative_average = in.ConsumeIntegralInRange<int>(0, 4) == 0;
   opts.max_threads = in.ConsumeIntegralInRange<int>(-1, 3);
   opts.stores = static_cast<bnorm::store_policy>(in.ConsumeIntegralInRange<int>(0, 3));
+  // Every ISA table of the CPU, capped or not (uncapped, some shapes take a narrower table),
+  // chosen by the input's length, not its bytes: the corpus keeps its meaning.
+  static const std::vector<bnorm::isa> isas = bnorm::available_isas();
+  if (size % (isas.size() + 1) < isas.size()) opts.max_isa = isas[size % (isas.size() + 1)];
   bnorm::plan plan;
   const bnorm::status s = bnorm::make_plan(prob, opts, &plan);
   if (!s.ok()) {
