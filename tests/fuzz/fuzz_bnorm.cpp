@@ -102,11 +102,15 @@ struct reference_moments {
     long double total = 0;
     for (std::size_t n = 0; n < g.n; ++n)
       for (std::size_t i = 0; i < g.s; ++i) total += as_double(x[g.at(l, n, c, i)]);
-    mean = static_cast<double>(total / (g.n * g.s));
+    // The squares around the long double mean: around its float64 rounding they would carry
+    // its error squared, which for values a few float64 ulps apart is a share of the variance
+    // itself (eleven 4s and 3.999999999994003: 8e-9).
+    const long double exact_mean = total / (g.n * g.s);
+    mean = static_cast<double>(exact_mean);
     long double sq = 0;
     for (std::size_t n = 0; n < g.n; ++n)
       for (std::size_t i = 0; i < g.s; ++i) {
-        const long double d = as_double(x[g.at(l, n, c, i)]) - static_cast<long double>(mean);
+        const long double d = as_double(x[g.at(l, n, c, i)]) - exact_mean;
         sq += d * d;
       }
     var = static_cast<double>(sq / (g.n * g.s));
