@@ -145,10 +145,17 @@ status fold(const fold_problem& prob, const weight_geometry& g, const fold_args&
   };
   // Channel c's gamma/sqrt(var + eps) is scale[c]·2^exponent[c]: float64's may pass its largest
   // value (γ 1e300 over sqrt(1e-300)) where the folded values fit; then its significand part
-  // and a power of two apart, each product scaled once at the end (exponent 0 elsewhere: the
-  // same operations as one quotient).
+  // and a power of two apart (exponent 0 elsewhere: the same operations as one quotient).
   std::vector<double> scale(g.channels), bias(g.channels);
   std::vector<int> exponent(g.channels, 0);
+  // v·scale: where the exponent is not 0, v's significand times scale[c] (a normal product,
+  // rounded once; v itself may be subnormal), the powers of two added after.
+  const auto times_scale = [&](double v, std::size_t c) {
+    if (exponent[c] == 0) return v * scale[c];
+    int v_exponent = 0;
+    const double significand = std::frexp(v, &v_exponent);
+    return std::ldexp(significand * scale[c], v_exponent + exponent[c]);
+  };
   for (std::size_t c = 0; c < g.channels; ++c) {
     const double var = at_or<P>(args.var, c, 0.0);
     if (!(var + prob.epsilon > 0.0) || !std::isfinite(var)) {
@@ -182,7 +189,7 @@ status fold(const fold_problem& prob, const weight_geometry& g, const fold_args&
       difference = layer_bias / 2 - mean / 2;
       halved = 1;
     }
-    bias[c] = std::ldexp(difference * scale[c], exponent[c] + halved) + beta;
+    bias[c] = std::ldexp(times_scale(difference, c), halved) + beta;
     // The layer's own non-finite values carry through, as the layer computes with them.
     if (beyond(bias[c]) && std::isfinite(layer_bias)) {
       return beyond_range("folded_bias", c, bias[c], std::ldexp(scale[c], exponent[c]));
@@ -192,7 +199,7 @@ status fold(const fold_problem& prob, const weight_geometry& g, const fold_args&
   for (std::size_t i = 0; i < g.elements; ++i) {
     const std::size_t c = g.channel_of(i);
     const double weight = kernels::to_double(w[i]);
-    const double v = std::ldexp(weight * scale[c], exponent[c]);
+    const double v = times_scale(weight, c);
     if (beyond(v) && std::isfinite(weight)) {
       return beyond_range("folded_weight", c, v, std::ldexp(scale[c], exponent[c]));
     }
@@ -200,8 +207,7 @@ status fold(const fold_problem& prob, const weight_geometry& g, const fold_args&
   // Everything checked: write (in place too: each element is read before it is written).
   W* out = static_cast<W*>(args.folded_weight);
   for (std::size_t i = 0; i < g.elements; ++i) {
-    const std::size_t c = g.channel_of(i);
-    out[i] = kernels::from_double<W>(std::ldexp(kernels::to_double(w[i]) * scale[c], exponent[c]));
+    out[i] = kernels::from_double<W>(times_scale(kernels::to_double(w[i]), g.channel_of(i)));
   }
   W* folded_bias = static_cast<W*>(args.folded_bias.data);
   for (std::size_t c = 0; c < g.channels; ++c) folded_bias[c] = kernels::from_double<W>(bias[c]);

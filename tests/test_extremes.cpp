@@ -454,8 +454,9 @@ bnorm::channel_input parameters(bnorm::dtype d, const std::vector<double>& f64,
   return d == bnorm::dtype::f64 ? in(f64) : in(f32);
 }
 
-// An infinite running mean is y = ∓inf, an infinite γ y = ±inf wherever x is not the mean, as
-// (x − mean)·γ/sqrt(var + eps) + β is: the whole channel was NaN (inf − inf in the mean's
+// An infinite running mean is y = ∓inf, an infinite γ y = ±inf wherever x is not the mean (as
+// stored: a mean that T does not hold gives NaN at its rounding), as (x − mean)·γ/sqrt(var +
+// eps) + β is: the whole channel was NaN (inf − inf in the mean's
 // rounding, 0·inf in the shift). Nine channels (a vector of them and one more on every ISA),
 // the last ordinary: an extreme channel sends the call through the scalar coefficients, which
 // give the ordinary one its usual value.

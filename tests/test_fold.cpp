@@ -408,6 +408,27 @@ TEST(Fold, Float64IntermediatesBeyondItsRangeFold) {
                "(gamma/sqrt(var + eps) = inf)");
   EXPECT_EQ(folded_w, std::vector<double>(2, 7.0));
   EXPECT_EQ(folded_b, std::vector<double>(2, 7.0));
+
+  // Subnormal weights and bias times a scale beyond the range (1e308 / 0.5): each rounded once,
+  // not first to the subnormal grid (105 ulps off, 4.8e-5 of 3e-320's).
+  prob.weight_shape = {1, 2};
+  const std::vector<double> big_gamma = {1e308}, quarter = {0.25}, zero = {0.0};
+  std::vector<double> tiny_w = {1e-310, 3e-320}, tiny_b = {1e-310};
+  args.weight = tiny_w.data();
+  args.bias = in(tiny_b);
+  args.scale = in(big_gamma);
+  args.mean = in(zero);
+  args.var = in(quarter);
+  folded_b.assign(1, 7.0);
+  args.folded_bias = out(folded_b);
+  const bnorm::status sub = bnorm::fold_into_layer(prob, args);
+  ASSERT_TRUE(sub.ok()) << sub.message();
+  for (std::size_t i = 0; i < 2; ++i) {
+    const double want = static_cast<double>(static_cast<long double>(tiny_w[i]) * 2e308L);
+    EXPECT_NEAR(folded_w[i], want, 1e-15 * want) << i;
+  }
+  const double want_bias = static_cast<double>(static_cast<long double>(tiny_b[0]) * 2e308L);
+  EXPECT_NEAR(folded_b[0], want_bias, 1e-15 * want_bias);
 }
 
 // The layer's own non-finite weights and biases carry through, as the layer computes with

@@ -93,8 +93,8 @@ struct geometry {
   }
 };
 
-/// Channel c's mean and biased variance in float64 (long double sums), two-pass, from x as
-/// stored: the training reference.
+/// Channel c's mean and biased variance in float64 (long double sums), corrected two-pass, from
+/// x as stored: the training reference.
 struct reference_moments {
   double mean = 0.0, var = 0.0;
   template <class S>
@@ -102,18 +102,21 @@ struct reference_moments {
     long double total = 0;
     for (std::size_t n = 0; n < g.n; ++n)
       for (std::size_t i = 0; i < g.s; ++i) total += as_double(x[g.at(l, n, c, i)]);
-    // The squares around the long double mean: around its float64 rounding they would carry
-    // its error squared, which for values a few float64 ulps apart is a share of the variance
-    // itself (eleven 4s and 3.999999999994003: 8e-9).
-    const long double exact_mean = total / (g.n * g.s);
-    mean = static_cast<double>(exact_mean);
-    long double sq = 0;
+    // The squares around the long double mean, less the square of their mean deviation (the
+    // corrected two-pass): around a rounded mean they carry its rounding squared, which for
+    // values a few float64 ulps apart is a share of the variance itself (eleven 4s and
+    // 3.9999999999999885: 2.7e-4 of 1/std around the long double mean).
+    const long double count = static_cast<long double>(g.n * g.s);
+    const long double rounded_mean = total / count;
+    mean = static_cast<double>(rounded_mean);
+    long double sq = 0, deviation = 0;
     for (std::size_t n = 0; n < g.n; ++n)
       for (std::size_t i = 0; i < g.s; ++i) {
-        const long double d = as_double(x[g.at(l, n, c, i)]) - exact_mean;
+        const long double d = as_double(x[g.at(l, n, c, i)]) - rounded_mean;
+        deviation += d;
         sq += d * d;
       }
-    var = static_cast<double>(sq / (g.n * g.s));
+    var = static_cast<double>((sq - deviation * deviation / count) / count);
   }
 };
 
