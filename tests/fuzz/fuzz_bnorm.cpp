@@ -310,9 +310,8 @@ void run(FuzzedDataProvider& in, const bnorm::plan& plan, const bnorm::problem& 
     const double ref_mean = ref_c.mean, var = ref_c.var, inv = ref_c.inv, w = ref_c.w, b = ref_c.b;
     // The saved statistics: the mean within a few roundings of |mean| + std (its float32 sums
     // are taken around a pivot near it) and its rounding to T, 1/std within a few roundings of
-    // itself where T holds it.
-    // Both also within float64's rounding of their float64 sums (of each channel's M values:
-    // float64 data's sums are float64's own).
+    // itself where T holds it; both also within float64's rounding of sums of M values (float64
+    // data's sums are float64's own).
     const double eps = std::numeric_limits<T>::epsilon() +
                        static_cast<double>(g.n * g.s) * std::numeric_limits<double>::epsilon() / 64;
     if (args.batch_mean.data == mean.data() &&
