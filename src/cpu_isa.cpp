@@ -98,9 +98,13 @@ bool cpu_supports(isa value) noexcept {
     case isa::avx2:  // its kernels convert float16 with F16C
       return cpu.fma3_avx2 && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
              has_f16c();
-    case isa::avx512f: return cpu.avx512f && __builtin_cpu_supports("avx512f") && has_f16c();
+    // AVX512VL: the AVX-512 units' 256-bit kernels (half_width_arch) use all 32 registers.
+    case isa::avx512f:
+      return cpu.avx512f && __builtin_cpu_supports("avx512f") &&
+             __builtin_cpu_supports("avx512vl") && has_f16c();
     case isa::avx512bf16:
-      return cpu.avx512f && __builtin_cpu_supports("avx512f") && has_f16c() &&
+      return cpu.avx512f && __builtin_cpu_supports("avx512f") &&
+             __builtin_cpu_supports("avx512vl") && has_f16c() &&
              __builtin_cpu_supports("avx512cd") && __builtin_cpu_supports("avx512dq") &&
              __builtin_cpu_supports("avx512bf16");
     default: return false;

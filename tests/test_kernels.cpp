@@ -350,8 +350,9 @@ TYPED_TEST(KernelTester, InterleavedNormalizeOverTailsFormsAndStores) {
 // The plane kernels reduce a vector of channels at a time across lanes and the channels after
 // the last whole vector one by one: a channel's pivot and sums must be the same bits either
 // way (a schedule's grouping of channels, which can follow the thread count, must never show),
-// and its sums right. 2·V + 3 channels of lengths around the one-block bound of the float32
-// sums (9 vectors) and the tails.
+// and its sums right. 2·V + 3 and 2·V + 7 channels (whole groups of eight or four side by side
+// on short runs, then one by one) of lengths around the one-block bound of the float32 sums
+// (9 vectors) and the tails.
 TYPED_TEST(KernelTester, PlaneKernelsGiveEachChannelTheSameBitsInAnyGroup) {
   using T = TypeParam;
   using real = typename TestFixture::real;
@@ -361,47 +362,48 @@ TYPED_TEST(KernelTester, PlaneKernelsGiveEachChannelTheSameBitsInAnyGroup) {
       lens.push_back(extra);
     }
     for (std::size_t len : lens) {
-      for (std::size_t planes : {1, 3}) {
-        const std::size_t channels = 2 * v + 3, stride = channels * len + 5;
-        const std::vector<T> x = this->data(planes * stride, 40.0, 3.0, len * 5 + planes);
-        const std::vector<T> dy = this->data(planes * stride, 0.0, 1.0, len * 9 + planes);
-        std::vector<T> pivot(channels), alone(1);
-        k.plane_pivots(x.data(), {len, planes, stride, channels}, pivot.data());
-        std::vector<double> sum(channels, 0.5), sum_sq(channels, 1.5);
-        k.plane_stats(x.data(), {len, planes, stride, channels}, pivot.data(), sum.data(),
-                      sum_sq.data());
-        std::vector<double> sum_dy(channels, 0.0), sum_dy_d(channels, 0.0);
-        k.plane_gradient_sums(x.data(), dy.data(), {len, planes, stride, channels}, pivot.data(),
-                              sum_dy.data(), sum_dy_d.data());
-        for (std::size_t c = 0; c < channels; ++c) {
-          const T* xc = x.data() + c * len;
-          k.plane_pivots(xc, {len, planes, stride, 1}, alone.data());
-          ASSERT_EQ(alone[0], pivot[c]) << "pivot, len " << len << " channel " << c;
-          double s = 0.5, q = 1.5, g = 0.0, gd = 0.0;
-          k.plane_stats(xc, {len, planes, stride, 1}, &pivot[c], &s, &q);
-          k.plane_gradient_sums(xc, dy.data() + c * len, {len, planes, stride, 1}, &pivot[c], &g,
-                                &gd);
-          ASSERT_EQ(s, sum[c]) << "len " << len << " planes " << planes << " channel " << c;
-          ASSERT_EQ(q, sum_sq[c]) << "len " << len << " planes " << planes << " channel " << c;
-          ASSERT_EQ(g, sum_dy[c]) << "len " << len << " planes " << planes << " channel " << c;
-          ASSERT_EQ(gd, sum_dy_d[c]) << "len " << len << " planes " << planes << " channel " << c;
-          real rs = 0.5L, rq = 1.5L, rg = 0, rgd = 0, magnitude = 1;
-          for (std::size_t p = 0; p < planes; ++p)
-            for (std::size_t i = 0; i < len; ++i) {
-              const std::size_t at = c * len + p * stride + i;
-              const real d = static_cast<real>(x[at]) - pivot[c];
-              rs += d;
-              rq += d * d;
-              rg += dy[at];
-              rgd += dy[at] * d;
-              magnitude += std::fabs(dy[at] * d);
-            }
-          ASSERT_NEAR(s, (double)rs, tolerance<T>() * (1 + (double)rq)) << "len " << len;
-          ASSERT_NEAR(q, (double)rq, tolerance<T>() * (double)rq) << "len " << len;
-          ASSERT_NEAR(g, (double)rg, tolerance<T>() * (double)magnitude) << "len " << len;
-          ASSERT_NEAR(gd, (double)rgd, tolerance<T>() * (double)magnitude) << "len " << len;
+      for (std::size_t planes : {1, 3})
+        for (std::size_t channels : {2 * v + 3, 2 * v + 7}) {
+          const std::size_t stride = channels * len + 5;
+          const std::vector<T> x = this->data(planes * stride, 40.0, 3.0, len * 5 + planes);
+          const std::vector<T> dy = this->data(planes * stride, 0.0, 1.0, len * 9 + planes);
+          std::vector<T> pivot(channels), alone(1);
+          k.plane_pivots(x.data(), {len, planes, stride, channels}, pivot.data());
+          std::vector<double> sum(channels, 0.5), sum_sq(channels, 1.5);
+          k.plane_stats(x.data(), {len, planes, stride, channels}, pivot.data(), sum.data(),
+                        sum_sq.data());
+          std::vector<double> sum_dy(channels, 0.0), sum_dy_d(channels, 0.0);
+          k.plane_gradient_sums(x.data(), dy.data(), {len, planes, stride, channels}, pivot.data(),
+                                sum_dy.data(), sum_dy_d.data());
+          for (std::size_t c = 0; c < channels; ++c) {
+            const T* xc = x.data() + c * len;
+            k.plane_pivots(xc, {len, planes, stride, 1}, alone.data());
+            ASSERT_EQ(alone[0], pivot[c]) << "pivot, len " << len << " channel " << c;
+            double s = 0.5, q = 1.5, g = 0.0, gd = 0.0;
+            k.plane_stats(xc, {len, planes, stride, 1}, &pivot[c], &s, &q);
+            k.plane_gradient_sums(xc, dy.data() + c * len, {len, planes, stride, 1}, &pivot[c], &g,
+                                  &gd);
+            ASSERT_EQ(s, sum[c]) << "len " << len << " planes " << planes << " channel " << c;
+            ASSERT_EQ(q, sum_sq[c]) << "len " << len << " planes " << planes << " channel " << c;
+            ASSERT_EQ(g, sum_dy[c]) << "len " << len << " planes " << planes << " channel " << c;
+            ASSERT_EQ(gd, sum_dy_d[c]) << "len " << len << " planes " << planes << " channel " << c;
+            real rs = 0.5L, rq = 1.5L, rg = 0, rgd = 0, magnitude = 1;
+            for (std::size_t p = 0; p < planes; ++p)
+              for (std::size_t i = 0; i < len; ++i) {
+                const std::size_t at = c * len + p * stride + i;
+                const real d = static_cast<real>(x[at]) - pivot[c];
+                rs += d;
+                rq += d * d;
+                rg += dy[at];
+                rgd += dy[at] * d;
+                magnitude += std::fabs(dy[at] * d);
+              }
+            ASSERT_NEAR(s, (double)rs, tolerance<T>() * (1 + (double)rq)) << "len " << len;
+            ASSERT_NEAR(q, (double)rq, tolerance<T>() * (double)rq) << "len " << len;
+            ASSERT_NEAR(g, (double)rg, tolerance<T>() * (double)magnitude) << "len " << len;
+            ASSERT_NEAR(gd, (double)rgd, tolerance<T>() * (double)magnitude) << "len " << len;
+          }
         }
-      }
     }
   });
 }

@@ -513,16 +513,30 @@ void plane_sums(const Terms& terms, std::size_t len, std::size_t planes, std::si
   std::size_t ch = 0;
   if (len < one_block_runs_below<T, Arch>) {
     const lane_mask<T, Arch> fresh = fresh_lanes<Arch, T>(lanes - len % lanes);
-    for (; ch + group <= channels; ch += group) {
-      f64_accumulator<Arch> acc[group];
-      short_channel_sums<group, Arch>(terms, len, planes, stride, ch, center, fresh, acc);
-      dvec s[group], q[group];
-      for (std::size_t g = 0; g < group; ++g) {
-        s[g] = acc[g].sum;
-        q[g] = acc[g].sum_sq;
+    // Where 32 vector registers hold them, the statistics take two vectors of channels side by
+    // side: a short run's adds are one dependent chain a channel. Not the backward's terms (two
+    // loads and a product a vector), which then spilled (docs/design.md, "Short runs on 32
+    // registers (stop 61)").
+    constexpr std::size_t wide_group =
+        vector_registers<Arch> >= 32 && Terms::sources == 1 ? 2 * group : group;
+    // Channels `Width` at a time (a multiple of group), each vector of them stored at once.
+    const auto side_by_side = [&](auto width) {
+      constexpr std::size_t Width = decltype(width)::value;
+      for (; ch + Width <= channels; ch += Width) {
+        f64_accumulator<Arch> acc[Width];
+        short_channel_sums<Width, Arch>(terms, len, planes, stride, ch, center, fresh, acc);
+        for (std::size_t first = 0; first < Width; first += group) {
+          dvec s[group], q[group];
+          for (std::size_t g = 0; g < group; ++g) {
+            s[g] = acc[first + g].sum;
+            q[g] = acc[first + g].sum_sq;
+          }
+          store_sums(ch + first, s, q);
+        }
       }
-      store_sums(ch, s, q);
-    }
+    };
+    side_by_side(std::integral_constant<std::size_t, wide_group>());
+    side_by_side(std::integral_constant<std::size_t, group>());
     for (; ch < channels; ++ch) {
       f64_accumulator<Arch> acc[1];
       short_channel_sums<1, Arch>(terms, len, planes, stride, ch, center, fresh, acc);

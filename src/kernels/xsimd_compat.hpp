@@ -49,6 +49,15 @@ struct half_width<Arch, std::enable_if_t<is_arch<Arch, xsimd::avx512f>>> {
 template <class Arch>
 using half_width_arch = typename half_width<Arch>::type;
 
+/// The vector registers the kernels of Arch are compiled for: 32 in the AVX-512 units (the
+/// 256-bit instructions of half_width_arch reach them through AVX512VL), 16 below.
+template <class Arch>
+inline constexpr std::size_t vector_registers =
+#if XSIMD_WITH_AVX512F
+    is_arch<Arch, xsimd::avx512f> || std::is_same<Arch, avx2_within_avx512>::value ? 32 :
+#endif
+                                                                                   16;
+
 }  // namespace
 }  // namespace bnorm::kernels
 
