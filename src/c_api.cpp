@@ -3,10 +3,12 @@
 // allocate, which is reported, not thrown.
 #include "bnorm/bnorm.h"
 
+#include <cmath>
 #include <cstddef>
 #include <cstdio>
 #include <cstring>
 #include <iterator>
+#include <limits>
 #include <new>
 #include <utility>
 
@@ -156,7 +158,7 @@ void bnorm_plan_options_init(bnorm_plan_options* options) {
   const bnorm::plan_options defaults;
   options->update_running_stats = defaults.update_running_stats;
   options->convention = static_cast<bnorm_momentum_convention>(defaults.convention);
-  options->momentum = bnorm::default_momentum(defaults.convention);
+  options->momentum = std::numeric_limits<double>::quiet_NaN();  // the convention's default
   options->cumulative_average = defaults.cumulative_average;
   options->max_threads = defaults.max_threads;
   options->max_isa = BNORM_ISA_ANY;
@@ -216,7 +218,7 @@ bnorm_status_code bnorm_plan_create(bnorm_plan* plan, const bnorm_problem* probl
   bnorm::plan_options opts;
   opts.update_running_stats = o.update_running_stats != 0;
   opts.convention = enum_of<bnorm::momentum_convention>(o.convention);
-  opts.momentum = o.momentum;
+  if (!std::isnan(o.momentum)) opts.momentum = o.momentum;
   opts.cumulative_average = o.cumulative_average != 0;
   opts.max_threads = o.max_threads;
   if (o.max_isa != BNORM_ISA_ANY) opts.max_isa = enum_of<bnorm::isa>(o.max_isa);

@@ -19,6 +19,7 @@
 #include "execute.hpp"
 #include "fp_environment.hpp"
 #include "plan_impl.hpp"
+#include "statistics.hpp"
 #include "validation.hpp"
 
 namespace bnorm {
@@ -625,7 +626,7 @@ status plan::forward_training(const training_args& args) const noexcept {
   if (!impl_) return status(status_code::invalid_argument, not_planned);
   const plan_impl& p = *impl_;
   if (status s = check_training(p, args); !s) return s;
-  if (p.part.per_channel == 1) {
+  if (p.part.per_channel == 1 && detail::unbiased_running_variance(p.options.convention)) {
     return status::failure(
         status_code::invalid_argument,
         "Expected more than 1 value per channel when training, got input size %s",
@@ -702,7 +703,7 @@ status plan::forward_training_merged(const training_args& args, const double* me
                              number_text(variance).text);
     }
   }
-  if (merged[0] == 1.0) {
+  if (merged[0] == 1.0 && detail::unbiased_running_variance(p.options.convention)) {
     return status::failure(status_code::invalid_argument,
                            "Expected more than 1 value per channel when training, got %s over "
                            "every rank (input size %s here)",

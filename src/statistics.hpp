@@ -86,6 +86,13 @@ struct running_rule {
   bool unbiased_variance;
 };
 
+/// Whether the convention's running variance takes the unbiased batch variance, n/(n − 1) times
+/// the biased one (PyTorch; MindSpore's GPU and Ascend kernels): its training then needs more
+/// than one value per channel, as PyTorch checks. ONNX's takes the biased one, 0 for one value.
+inline bool unbiased_running_variance(momentum_convention convention) noexcept {
+  return convention != momentum_convention::onnx;
+}
+
 /// `batches_tracked` is num_batches_tracked after this step's increment.
 inline running_rule make_running_rule(const plan_options& options,
                                       std::int64_t batches_tracked) noexcept {
@@ -93,9 +100,10 @@ inline running_rule make_running_rule(const plan_options& options,
   switch (options.convention) {
     case momentum_convention::pytorch:
       return {options.cumulative_average ? 1.0 / static_cast<double>(batches_tracked) : momentum,
-              true};
-    case momentum_convention::mindspore: return {1.0 - momentum, true};
-    case momentum_convention::onnx: return {1.0 - momentum, false};
+              unbiased_running_variance(options.convention)};
+    case momentum_convention::mindspore:
+    case momentum_convention::onnx:
+      return {1.0 - momentum, unbiased_running_variance(options.convention)};
   }
   return {momentum, true};
 }

@@ -58,7 +58,7 @@ static void test_versions_and_inits(void) {
   bnorm_plan_options opts;
   bnorm_plan_options_init(&opts);
   CHECK(opts.struct_size == sizeof opts && opts.update_running_stats == 1);
-  CHECK(opts.convention == BNORM_CONVENTION_PYTORCH && opts.momentum == 0.1);
+  CHECK(opts.convention == BNORM_CONVENTION_PYTORCH && isnan(opts.momentum));
   CHECK(opts.max_isa == BNORM_ISA_ANY && opts.activation == BNORM_ACTIVATION_NONE);
   bnorm_training_args t;
   bnorm_training_args_init(&t);
@@ -269,6 +269,80 @@ static void test_forward(void) {
 
 /* bfloat16 data with float32 per-channel buffers: x = 1, 2, 3, 4 (bits 0x3F80 ...), var 4 and
  * epsilon 0: y = x / 2, exact in bfloat16. */
+/* The momentum as bnorm_plan_options_init leaves it (NaN) is the convention's default: a
+ * convention set alone keeps its framework's (ONNX's and MindSpore's 0.9: r = 0.9·r + 0.1·batch;
+ * PyTorch's 0.1: r = 0.9·r + 0.1·batch too), as the C++ API's unset momentum; and ONNX trains
+ * on one value a channel (its biased variance 0: y = beta). */
+static void test_convention_defaults(void) {
+  const bnorm_momentum_convention conventions[] = {
+      BNORM_CONVENTION_PYTORCH, BNORM_CONVENTION_MINDSPORE, BNORM_CONVENTION_ONNX};
+  for (int k = 0; k < 3; ++k) {
+    bnorm_problem prob;
+    bnorm_problem_init(&prob);
+    prob.rank = 2;
+    prob.shape[0] = 2;
+    prob.shape[1] = 4;
+    bnorm_plan_options opts;
+    bnorm_plan_options_init(&opts);
+    opts.convention = conventions[k];
+    bnorm_plan plan = NULL;
+    CHECK(bnorm_plan_create(&plan, &prob, &opts, NULL) == BNORM_OK);
+    float y[8], running_mean[4] = {1, 1, 1, 1}, running_var[4] = {2, 2, 2, 2};
+    bnorm_training_args t;
+    bnorm_training_args_init(&t);
+    t.src = seed_x;
+    t.dst = y;
+    t.running_mean.data = running_mean;
+    t.running_mean.size = 4;
+    t.running_var.data = running_var;
+    t.running_var.size = 4;
+    CHECK(bnorm_forward_training(plan, &t, NULL) == BNORM_OK);
+    for (int c = 0; c < 4; ++c) {
+      const double m = ((double)seed_x[c] + seed_x[4 + c]) / 2.0;
+      const double d = seed_x[c] - m;
+      const double batch_var = conventions[k] == BNORM_CONVENTION_ONNX ? d * d : 2 * d * d;
+      CHECK(fabs(running_mean[c] - (0.9 + 0.1 * m)) < 1e-7);
+      CHECK(fabs(running_var[c] - (1.8 + 0.1 * batch_var)) < 1e-7);
+    }
+    bnorm_plan_destroy(plan);
+  }
+  bnorm_problem prob;
+  bnorm_problem_init(&prob);
+  prob.rank = 2;
+  prob.shape[0] = 1;
+  prob.shape[1] = 4;
+  bnorm_plan_options opts;
+  bnorm_plan_options_init(&opts);
+  bnorm_plan plan = NULL;
+  const float beta[4] = {0.5f, -1, 2, 0};
+  float y[4] = {9, 9, 9, 9}, running_mean[4] = {1, 1, 1, 1}, running_var[4] = {2, 2, 2, 2};
+  bnorm_training_args t;
+  bnorm_training_args_init(&t);
+  t.src = seed_x;
+  t.dst = y;
+  t.shift.data = beta;
+  t.shift.size = 4;
+  t.running_mean.data = running_mean;
+  t.running_mean.size = 4;
+  t.running_var.data = running_var;
+  t.running_var.size = 4;
+  bnorm_status status;
+  CHECK(bnorm_plan_create(&plan, &prob, &opts, NULL) == BNORM_OK); /* PyTorch: refused */
+  expect_error(bnorm_forward_training(plan, &t, &status), &status, BNORM_INVALID_ARGUMENT,
+               "Expected more than 1 value per channel when training, got input size [1, 4]");
+  CHECK(y[0] == 9 && running_mean[0] == 1 && running_var[0] == 2);
+  bnorm_plan_destroy(plan);
+  opts.convention = BNORM_CONVENTION_ONNX;
+  CHECK(bnorm_plan_create(&plan, &prob, &opts, NULL) == BNORM_OK);
+  CHECK(bnorm_forward_training(plan, &t, &status) == BNORM_OK);
+  for (int c = 0; c < 4; ++c) {
+    CHECK(y[c] == beta[c]);
+    CHECK(fabs(running_mean[c] - (0.9 + 0.1 * seed_x[c])) < 1e-7);
+    CHECK(fabs(running_var[c] - 1.8) < 1e-7);
+  }
+  bnorm_plan_destroy(plan);
+}
+
 static void test_bfloat16(void) {
   bnorm_problem prob;
   bnorm_problem_init(&prob);
@@ -573,6 +647,7 @@ int main(void) {
   test_backward();
   test_distributed();
   test_fold();
+  test_convention_defaults();
   if (failures) {
     fprintf(stderr, "%d C API checks failed\n", failures);
     return 1;

@@ -168,6 +168,85 @@ TEST(Module, ConventionsWithTheirFrameworksDefaultMomentum) {
   EXPECT_EQ(bnorm::default_momentum(bnorm::momentum_convention::onnx), 0.9);
 }
 
+// ONNX's training variance is the biased one, 0 for one value a channel (its reference's
+// x.var()): no n/(n − 1) to divide by zero, so ONNX trains on a batch of one value per channel
+// where PyTorch and MindSpore refuse it. y = beta, the batch mean is x, the running variance
+// decays toward 0; the backward gives dx = 0, dγ = 0, dβ = dy. Every layout and dtype, and the
+// distributed step over a single rank.
+template <class T>
+void onnx_one_value_per_channel(const bnorm::tensor_shape& shape, bnorm::layout layout) {
+  const std::vector<T> x = {T(0.75), T(-2.5), T(1e3)}, gamma = {T(1.5), T(0.8), T(-0.1)},
+                       beta = {T(0.1), T(0.3), T(-0.5)}, dy = {T(0.25), T(-4), T(7)};
+  bnorm::plan_options opts;
+  opts.convention = bnorm::momentum_convention::onnx;
+  const bnorm::plan plan = make_plan_or_fail({shape, layout, dtype_of<T>(), 1e-5}, opts);
+  std::vector<T> y(3, T(9)), rm = {T(0.5), T(-0.25), T(1)}, rv = {T(1), T(2), T(0.5)};
+  std::vector<T> mean(3), inv_std(3);
+  std::int64_t tracked = 4;
+  bnorm::training_args args;
+  args.src = x.data();
+  args.dst = y.data();
+  args.scale = in(gamma);
+  args.shift = in(beta);
+  args.batch_mean = out(mean);
+  args.batch_inv_std = out(inv_std);
+  args.running_mean = out(rm);
+  args.running_var = out(rv);
+  args.num_batches_tracked = &tracked;
+  const bnorm::status s = plan.forward_training(args);
+  ASSERT_TRUE(s.ok()) << s.message();
+  const double rm0[] = {0.5, -0.25, 1}, rv0[] = {1, 2, 0.5};
+  for (int c = 0; c < 3; ++c) {
+    EXPECT_EQ(y[c], beta[c]) << c;
+    EXPECT_EQ(mean[c], x[c]) << c;
+    EXPECT_NEAR(inv_std[c], 1 / std::sqrt(1e-5), 1e-6 * (1 / std::sqrt(1e-5))) << c;
+    EXPECT_NEAR(rm[c], 0.9 * rm0[c] + 0.1 * static_cast<double>(x[c]), 1e-6 * 1e3) << c;
+    EXPECT_NEAR(rv[c], 0.9 * rv0[c], 1e-7) << c;
+  }
+  EXPECT_EQ(tracked, 5);
+  std::vector<T> dx(3, T(9)), dgamma(3, T(9)), dbeta(3, T(9));
+  bnorm::backward_args b;
+  b.src = x.data();
+  b.diff_dst = dy.data();
+  b.diff_src = dx.data();
+  b.scale = in(gamma);
+  b.mean = in(mean);
+  b.inv_std = in(inv_std);
+  b.diff_scale = out(dgamma);
+  b.diff_shift = out(dbeta);
+  const bnorm::status bs = plan.backward_training(b);
+  ASSERT_TRUE(bs.ok()) << bs.message();
+  for (int c = 0; c < 3; ++c) {
+    EXPECT_EQ(dx[c], T(0)) << c;
+    EXPECT_EQ(dgamma[c], T(0)) << c;
+    EXPECT_EQ(dbeta[c], dy[c]) << c;
+  }
+  // One rank's merged step: the same outputs.
+  std::vector<T> y_merged(3, T(9)), rm_merged = {T(0.5), T(-0.25), T(1)},
+                                    rv_merged = {T(1), T(2), T(0.5)};
+  args.dst = y_merged.data();
+  args.running_mean = out(rm_merged);
+  args.running_var = out(rv_merged);
+  std::vector<double> block(7);
+  ASSERT_TRUE(plan.local_statistics(args, block.data(), block.size()).ok());
+  const bnorm::status ms = plan.forward_training_merged(args, block.data(), block.size());
+  ASSERT_TRUE(ms.ok()) << ms.message();
+  EXPECT_EQ(y_merged, y);
+  EXPECT_EQ(rm_merged, rm);
+  EXPECT_EQ(rv_merged, rv);
+}
+
+TEST(Module, OnnxTrainsOnOneValuePerChannel) {
+  for (const bnorm::tensor_shape& shape :
+       {bnorm::tensor_shape{1, 3}, bnorm::tensor_shape{1, 3, 1, 1}}) {
+    for (bnorm::layout layout : {bnorm::layout::channels_first, bnorm::layout::channels_last}) {
+      SCOPED_TRACE(shape_name(shape) + (layout == bnorm::layout::channels_last ? " nhwc" : ""));
+      onnx_one_value_per_channel<float>(shape, layout);
+      onnx_one_value_per_channel<double>(shape, layout);
+    }
+  }
+}
+
 TEST(Module, MindSporeInitializersAndFormat) {
   bnorm::mindspore::options opts;
   opts.gamma_init = 2.0;

@@ -36,7 +36,8 @@ extern "C" {
 #endif
 
 /** The version of this C API: bumped when a struct grows or a call is added. */
-#define BNORM_C_API_VERSION 3 /* 2: folding and the distributed steps; 3: mean residuals */
+/* 2: folding and the distributed steps; 3: mean residuals; 4: momentum NaN, the convention's */
+#define BNORM_C_API_VERSION 4
 
 /** The library's version, "0.1.0", and the C API version it implements. */
 const char* bnorm_version(void);
@@ -117,7 +118,10 @@ typedef struct bnorm_plan_options {
   size_t struct_size;
   int update_running_stats;
   bnorm_momentum_convention convention;
-  double momentum; /* in the convention's meaning: set it with the convention */
+  /* In the convention's meaning; NaN (bnorm_plan_options_init's value) takes the convention's
+   * default, PyTorch's 0.1, MindSpore's and ONNX's 0.9, as the C++ API's unset momentum (C API 4;
+   * before, init wrote 0.1). */
+  double momentum;
   int cumulative_average;
   int max_threads;
   bnorm_isa max_isa;
@@ -177,8 +181,8 @@ typedef struct bnorm_backward_args {
   bnorm_channel_input mean_residual;
 } bnorm_backward_args;
 
-/** Defaults of the C++ API (PyTorch convention, momentum 0.1: set the momentum with the
- * convention, MindSpore's and ONNX's default being 0.9, ...), struct_size set; a
+/** Defaults of the C++ API (PyTorch convention, momentum NaN: the convention's default, so
+ * that a convention set alone keeps its framework's, ...), struct_size set; a
  * problem's rank 0 and shape zeros, f32, channels-first, epsilon 1e-5; args all empty. */
 void bnorm_problem_init(bnorm_problem* problem);
 void bnorm_plan_options_init(bnorm_plan_options* options);
