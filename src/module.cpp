@@ -212,13 +212,14 @@ batch_norm<T>::batch_norm(const config& cfg) try
                         "<= 5, got %zu and %zu",
                         cfg.min_rank, cfg.max_rank));
   }
-  throw_if_failed(detail::check_epsilon("eps", cfg.eps));
-  // mindspore.ops.BatchNorm checks epsilon in (0, 1].
+  // mindspore.ops.BatchNorm checks epsilon in (0, 1], which the plan's rule (finite, >= 0)
+  // holds: its message names MindSpore's range for a negative or NaN eps too.
   if (cfg.framework == framework::mindspore && !(cfg.eps > 0.0 && cfg.eps <= 1.0)) {
     throw error(status::failure(status_code::invalid_argument,
                                 "eps: expected a value in (0, 1] (MindSpore's BatchNorm), got %s",
                                 detail::number_text(cfg.eps).text));
   }
+  throw_if_failed(detail::check_epsilon("eps", cfg.eps));
   if (cfg.momentum) throw_if_failed(detail::check_momentum("momentum", *cfg.momentum));
   if (!cfg.momentum && cfg.framework != framework::pytorch) {
     throw error(status(status_code::invalid_argument,
@@ -380,6 +381,8 @@ void batch_norm<T>::check_input_shape(const tensor_shape& shape) const {
         status_code::invalid_argument, "input: expected %s input (got %zuD input)",
         rank_text(config_.min_rank, config_.max_rank, expected, sizeof(expected)), shape.rank()));
   }
+  // The dimensions first: a null or negative shape is named as such, not as a channel count.
+  throw_if_failed(detail::check_dimensions(shape));
   if (shape[1] != config_.num_features) {
     throw error(status::failure(status_code::invalid_argument,
                                 "input: expected %lld channels (num_features) in dimension 1, "
@@ -387,7 +390,6 @@ void batch_norm<T>::check_input_shape(const tensor_shape& shape) const {
                                 static_cast<long long>(config_.num_features),
                                 static_cast<long long>(shape[1])));
   }
-  throw_if_failed(detail::check_dimensions(shape));
 }
 
 template <class T>

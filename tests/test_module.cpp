@@ -304,7 +304,7 @@ TEST(Module, MindSporeInitializersAndFormat) {
     EXPECT_STREQ(e.what(), "data_format: expected 'NCHW' or 'NHWC', got 'NDHWC'");
   }
   ms.data_format = "NCHW";
-  for (const double eps : {0.0, 1.5}) {
+  for (const double eps : {0.0, 1.5, -1.0, std::numeric_limits<double>::quiet_NaN()}) {
     ms.eps = eps;
     try {
       bnorm::mindspore::BatchNorm2d(2, ms);
@@ -426,6 +426,8 @@ TEST(Module, ErrorsThrowAndLeaveStateUntouched) {
         bn.forward(std::vector<float>(6), {2, 3});
       },
       "input: expected 4 channels (num_features) in dimension 1, got 3");
+  expect_error([&] { bn.forward(std::vector<float>(8), bnorm::tensor_shape(nullptr, 2)); },
+               "shape: expected 2 dimensions, got a null pointer");
   expect_error(
       [&] {
         bn.forward(std::vector<float>(4), {1, 4});
