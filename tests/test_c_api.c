@@ -273,29 +273,45 @@ static void test_forward(void) {
  * convention set alone keeps its framework's (ONNX's and MindSpore's 0.9: r = 0.9·r + 0.1·batch;
  * PyTorch's 0.1: r = 0.9·r + 0.1·batch too), as the C++ API's unset momentum; and ONNX trains
  * on one value a channel (its biased variance 0: y = beta). */
+/* A plan of (n, 4) under `convention`, its momentum as bnorm_plan_options_init leaves it. */
+static bnorm_plan plan_of_seed_width(int64_t n, bnorm_momentum_convention convention) {
+  bnorm_problem prob;
+  bnorm_problem_init(&prob);
+  prob.rank = 2;
+  prob.shape[0] = n;
+  prob.shape[1] = 4;
+  bnorm_plan_options opts;
+  bnorm_plan_options_init(&opts);
+  opts.convention = convention;
+  bnorm_plan plan = NULL;
+  CHECK(bnorm_plan_create(&plan, &prob, &opts, NULL) == BNORM_OK);
+  return plan;
+}
+
+/* Training args of seed_x into y, the running statistics of 4 channels 1 and 2. */
+static bnorm_training_args seed_training_args(float* y, float* running_mean, float* running_var) {
+  bnorm_training_args t;
+  bnorm_training_args_init(&t);
+  t.src = seed_x;
+  t.dst = y;
+  for (int c = 0; c < 4; ++c) {
+    running_mean[c] = 1;
+    running_var[c] = 2;
+  }
+  t.running_mean.data = running_mean;
+  t.running_mean.size = 4;
+  t.running_var.data = running_var;
+  t.running_var.size = 4;
+  return t;
+}
+
 static void test_convention_defaults(void) {
   const bnorm_momentum_convention conventions[] = {
       BNORM_CONVENTION_PYTORCH, BNORM_CONVENTION_MINDSPORE, BNORM_CONVENTION_ONNX};
+  float y[8], running_mean[4], running_var[4];
   for (int k = 0; k < 3; ++k) {
-    bnorm_problem prob;
-    bnorm_problem_init(&prob);
-    prob.rank = 2;
-    prob.shape[0] = 2;
-    prob.shape[1] = 4;
-    bnorm_plan_options opts;
-    bnorm_plan_options_init(&opts);
-    opts.convention = conventions[k];
-    bnorm_plan plan = NULL;
-    CHECK(bnorm_plan_create(&plan, &prob, &opts, NULL) == BNORM_OK);
-    float y[8], running_mean[4] = {1, 1, 1, 1}, running_var[4] = {2, 2, 2, 2};
-    bnorm_training_args t;
-    bnorm_training_args_init(&t);
-    t.src = seed_x;
-    t.dst = y;
-    t.running_mean.data = running_mean;
-    t.running_mean.size = 4;
-    t.running_var.data = running_var;
-    t.running_var.size = 4;
+    bnorm_plan plan = plan_of_seed_width(2, conventions[k]);
+    bnorm_training_args t = seed_training_args(y, running_mean, running_var);
     CHECK(bnorm_forward_training(plan, &t, NULL) == BNORM_OK);
     for (int c = 0; c < 4; ++c) {
       const double m = ((double)seed_x[c] + seed_x[4 + c]) / 2.0;
@@ -306,34 +322,18 @@ static void test_convention_defaults(void) {
     }
     bnorm_plan_destroy(plan);
   }
-  bnorm_problem prob;
-  bnorm_problem_init(&prob);
-  prob.rank = 2;
-  prob.shape[0] = 1;
-  prob.shape[1] = 4;
-  bnorm_plan_options opts;
-  bnorm_plan_options_init(&opts);
-  bnorm_plan plan = NULL;
   const float beta[4] = {0.5f, -1, 2, 0};
-  float y[4] = {9, 9, 9, 9}, running_mean[4] = {1, 1, 1, 1}, running_var[4] = {2, 2, 2, 2};
-  bnorm_training_args t;
-  bnorm_training_args_init(&t);
-  t.src = seed_x;
-  t.dst = y;
+  bnorm_training_args t = seed_training_args(y, running_mean, running_var);
   t.shift.data = beta;
   t.shift.size = 4;
-  t.running_mean.data = running_mean;
-  t.running_mean.size = 4;
-  t.running_var.data = running_var;
-  t.running_var.size = 4;
+  memset(y, 0, sizeof y);
   bnorm_status status;
-  CHECK(bnorm_plan_create(&plan, &prob, &opts, NULL) == BNORM_OK); /* PyTorch: refused */
+  bnorm_plan plan = plan_of_seed_width(1, BNORM_CONVENTION_PYTORCH); /* refused */
   expect_error(bnorm_forward_training(plan, &t, &status), &status, BNORM_INVALID_ARGUMENT,
                "Expected more than 1 value per channel when training, got input size [1, 4]");
-  CHECK(y[0] == 9 && running_mean[0] == 1 && running_var[0] == 2);
+  CHECK(y[0] == 0 && running_mean[0] == 1 && running_var[0] == 2);
   bnorm_plan_destroy(plan);
-  opts.convention = BNORM_CONVENTION_ONNX;
-  CHECK(bnorm_plan_create(&plan, &prob, &opts, NULL) == BNORM_OK);
+  plan = plan_of_seed_width(1, BNORM_CONVENTION_ONNX);
   CHECK(bnorm_forward_training(plan, &t, &status) == BNORM_OK);
   for (int c = 0; c < 4; ++c) {
     CHECK(y[c] == beta[c]);
