@@ -347,7 +347,8 @@ class plan {
                           std::size_t exchange_size) const noexcept;
   /// forward_training with the whole batch's statistics (merge_statistics): y, the batch mean
   /// and 1/std, and the running statistics (unbiased with the merged count) as one call over
-  /// the whole batch gives them. "Expected more than 1 value per channel" counts every rank.
+  /// the whole batch gives them. "Expected more than 1 value per channel" (pytorch and mindspore
+  /// conventions) counts every rank.
   status forward_training_merged(const training_args& args, const double* merged,
                                  std::size_t merged_size) const noexcept;
   /// This rank's Σdy and Σdy·(x − mean) into `exchange` of gradient_exchange_size(C)
