@@ -6,7 +6,8 @@
 //   bash scripts/kernel_ab.sh OLD_REV [MODE ROWS WIDTH [ELEMENT]]
 //   MODE: planes (plane_stats over ROWS planes of WIDTH), planes_gradient, rows
 //   (interleaved_stats over ROWS rows of WIDTH slots), rows_gradient, planes_map, rows_map
-//   (the centered normalization), planes_gradient_map, rows_gradient_map (the backward's dx),
+//   (the centered normalization; with CENTER=0 in the environment, centers of +0: inference's
+//   uncentered form), planes_gradient_map, rows_gradient_map (the backward's dx),
 //   coefficients (inference_coefficients of WIDTH channels), moments (channel_moments of WIDTH
 //   channels, with gamma);
 //   ELEMENT: bf16 (default), f16 or f32. Buffers start on cache lines, or OFFSET elements past
@@ -61,7 +62,10 @@ int run(const std::string& mode, std::size_t rows, std::size_t width) {
     dy.data[i] = element<S>(static_cast<float>(i * 104729 % 1000) * 1e-3f - 0.5f);
   }
   using T = kernels::compute_of_t<S>;
-  std::vector<T> center(width + 64, T(1.5)), scale(width + 64, T(0.7)), shift(width + 64, T(0.1));
+  const char* center_text = std::getenv("CENTER");
+  const T center_value = center_text ? static_cast<T>(std::strtod(center_text, nullptr)) : T(1.5);
+  std::vector<T> center(width + 64, center_value), scale(width + 64, T(0.7)),
+      shift(width + 64, T(0.1));
   std::vector<double> sum(width), sum_sq(width);
   kernels::normalize_params<T> params;
   params.coeffs = {center.data(), scale.data(), shift.data(), nullptr};

@@ -675,6 +675,22 @@ template <std::size_t Rows, std::size_t Vectors, form Form, class Arch, class S,
   }
 }
 
+/// The whole vectors of `Together` rows from x (y likewise), two vectors a step. Out of line,
+/// its few values in registers: inlined into the walk over the rows, GCC kept coefficient
+/// pointers on the stack and reloaded them at every step.
+template <std::size_t Together, form Form, class Arch, class S, class Out, class T = compute_t<S>>
+[[gnu::noinline]] void normalize_row_group(const S* x, S* y, std::size_t whole, std::size_t stride,
+                                           const T* center, const T* scale, const T* shift,
+                                           const T* prescale, const Out out) noexcept {
+  constexpr std::size_t lanes = xsimd::batch<T, Arch>::size;
+  const coefficients<const T> at(center, scale, shift, prescale);
+  std::size_t j = 0;
+  for (; j + 2 * lanes <= whole; j += 2 * lanes) {
+    normalize_rows<Together, 2, Form, Arch>(x + j, y + j, stride, at, j, out);
+  }
+  if (j < whole) normalize_rows<Together, 1, Form, Arch>(x + j, y + j, stride, at, j, out);
+}
+
 /// Rows [0, rows − rows % Together) of interleaved_normalize's in-cache path, Together at a
 /// time.
 template <std::size_t Together, form Form, class Arch, class S, class Compute, class Out>
@@ -694,11 +710,8 @@ std::size_t normalize_row_groups(const S* src, S* dst, std::size_t rows, std::si
   for (; r + together <= rows; r += together) {
     const S* x = src + r * stride;
     S* y = dst + r * stride;
-    std::size_t j = 0;
-    for (; j + 2 * lanes <= whole; j += 2 * lanes) {
-      normalize_rows<together, 2, Form, Arch>(x + j, y + j, stride, at, j, out);
-    }
-    if (j < whole) normalize_rows<together, 1, Form, Arch>(x + j, y + j, stride, at, j, out);
+    normalize_row_group<together, Form, Arch>(x, y, whole, stride, at.center, at.scale, at.shift,
+                                              at.prescale, out);
     for (std::size_t i = 0; whole < width && i < together; ++i) {
       store_run<Arch>(x + i * stride, y + i * stride, whole, width, compute, out);
     }
@@ -731,15 +744,15 @@ template <form Form, class Arch, class S, class Out>
   };
   std::size_t r = 0;
   if (!stream) {
-    // Column blocks (width < stride) take four rows per coefficient load, and load all four
-    // before storing any: a block's row r + 1 then never loads from the 4 KiB offsets where
-    // row r's stores are still pending (a 4 KiB stride puts them there). Whole rows (width ==
-    // stride) of 1 KiB or more are one contiguous run, walked one row at a time, uncentered (as
-    // fast as a plain y = a·x + b pass over the same bytes) or centered (training's: its three
-    // coefficient streams reloaded every vector, faster in L2 than four rows per load); the
-    // prescaled form and shorter rows take the four-row walk, and streamed rows go one at a
-    // time (docs/design.md has the timings of each).
-    if (width == stride && width * sizeof(S) >= 1024 && Form != form::prescaled) {
+    // Four rows per coefficient load, all four loaded before any is stored: a column block's
+    // row r + 1 then never loads from the 4 KiB offsets where row r's stores are still pending
+    // (a 4 KiB stride puts them there). Whole rows (width == stride) of 1 KiB or more of float
+    // storage in the uncentered form (inference's two coefficient streams) go one row at a
+    // time, one contiguous run, as fast as a plain y = a·x + b pass; the centered form and
+    // half-precision storage ran faster four rows per load (docs/design.md, "Coefficient
+    // pointers in registers (stop 62)"). Streamed rows go one at a time.
+    if (width == stride && width * sizeof(S) >= 1024 && Form == form::uncentered &&
+        std::is_same<S, T>::value) {
       r = normalize_row_groups<1, Form, Arch>(src, dst, rows, width, stride, k, first, compute,
                                               out);
     } else {
