@@ -966,14 +966,15 @@ TEST(HalfStorage, EveryIsaRoundsToTheSameBits) {
   // is: subnormal floats, NaNs of both signs, values that round to infinity, ties.
   std::vector<float> gamma = {1e-40f,      -3e-39f,     NAN,  -NAN,    3.3961776e38f,  -3.4e38f,
                               1.00390625f, 1.01171875f, 0.0f, -1e-45f, 1.17549435e-38f};
-  for (int i = static_cast<int>(gamma.size()); i < 64; ++i) {
+  for (int i = static_cast<int>(gamma.size()); i < 96; ++i) {
     gamma.push_back(std::ldexp(1.0f + static_cast<float>(i) / 1024.0f, 2 * i - 64));
   }
   std::vector<float> mean(gamma.size(), 0.0f), var(gamma.size(), 1.0f);
   // Planes of one AVX-512 vector and of four (stored in pairs where the ISA converts two
-  // vectors at once); rows of the 64 channels, one a map unit (stored a vector at a time) and
-  // four (in pairs). Through ordinary stores and streaming ones (their own instances of the
-  // conversions: the AVX512_BF16 pair conversion streamed, among others).
+  // vectors at once); rows of the 96 channels (three cache lines, wider than the narrow rows'
+  // kernels), one a map unit (stored a vector at a time) and four (in pairs). Through ordinary
+  // stores and streaming ones (their own instances of the conversions: the AVX512_BF16 pair
+  // conversion streamed, among others), into an aligned y: streamed rows go four at a time.
   for (const auto& [l, spatial] : {std::pair<layout, std::size_t>{layout::channels_first, 16},
                                    {layout::channels_first, 64},
                                    {layout::channels_last, 16},
@@ -989,7 +990,7 @@ TEST(HalfStorage, EveryIsaRoundsToTheSameBits) {
           bnorm::dtype::bf16,
           0.0};
       const bnorm::plan plan = make_plan_or_fail(prob, opts);
-      std::vector<std::uint16_t> y(ones.size());
+      aligned_vector<std::uint16_t> y(ones.size());
       bnorm::inference_args i;
       i.src = ones.data();
       i.dst = y.data();

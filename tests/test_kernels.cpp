@@ -314,6 +314,8 @@ TYPED_TEST(KernelTester, InterleavedNormalizeOverTailsFormsAndStores) {
     std::vector<std::size_t> widths = lengths(v);
     widths.push_back(4 * v);  // the narrow kernels' widths, 1 to 4 whole vectors
     widths.push_back(2 * v);
+    // Wide rows of whole cache lines: whole rows from an aligned y stream four at a time.
+    widths.push_back(8 * v);
     for (std::size_t width : widths) {
       for (std::size_t extra : {0, 3}) {  // whole rows, and column blocks of a wider row
         for (std::size_t rows : {1, 3, 4, 5, 9}) {
@@ -321,7 +323,7 @@ TYPED_TEST(KernelTester, InterleavedNormalizeOverTailsFormsAndStores) {
             for (bool stream : {false, true}) {
               const std::size_t stride = width + extra, offset = extra ? 1 : 0;
               const std::vector<T> x = this->data(offset + rows * stride + 8, 1.0, 1.0, width);
-              std::vector<T> y(x.size(), T(-77));
+              aligned_vector<T> y(x.size(), T(-77));
               const coefficient_buffers<T> coeffs(width, form);
               const kernels::normalize_params<T> params{coeffs.view(), form == 2, stream, {}};
               k.interleaved_normalize(x.data() + offset, y.data() + offset, nullptr,

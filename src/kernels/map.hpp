@@ -639,8 +639,8 @@ void narrow_rows_normalize(const S* src, S* dst, std::size_t rows, std::size_t s
 /// loads then start on lines the step's stores did not touch, faster and in fewer instructions
 /// than one vector per step (docs/design.md). Always inlined: as a call, each step paid a call
 /// and a vzeroupper.
-template <std::size_t Rows, std::size_t Vectors, form Form, class Arch, class S, class Out,
-          class T = compute_t<S>>
+template <std::size_t Rows, std::size_t Vectors, form Form, class Arch, bool Stream = false,
+          class S, class Out, class T = compute_t<S>>
 [[gnu::always_inline]] inline void normalize_rows(const S* x, S* y, std::size_t stride,
                                                   const coefficients<const T>& k, std::size_t j,
                                                   const Out& out) noexcept {
@@ -662,23 +662,25 @@ template <std::size_t Rows, std::size_t Vectors, form Form, class Arch, class S,
   for (std::size_t r = 0; r < Rows; ++r) {
     if constexpr (Vectors == 2) {
       S* at = y + r * stride;
-      store_element_pair<Arch>(
+      put_element_pair<Stream, Arch>(
           at, out.finish(at, normalize_as<Form, Arch>(v[r][0], c[0], a[0], b[0], h[0])),
           out.finish(at + lanes, normalize_as<Form, Arch>(v[r][1], c[1], a[1], b[1], h[1])));
       continue;
     }
     for (std::size_t g = 0; g < Vectors; ++g) {
       S* at = y + r * stride + g * lanes;
-      store_elements<Arch>(
+      put_elements<Stream, Arch>(
           at, out.finish(at, normalize_as<Form, Arch>(v[r][g], c[g], a[g], b[g], h[g])));
     }
   }
 }
 
-/// The whole vectors of `Together` rows from x (y likewise), two vectors a step. Out of line,
+/// The whole vectors of `Together` rows from x (y likewise), two vectors a step, streamed with
+/// `Stream`. Out of line,
 /// its few values in registers: inlined into the walk over the rows, GCC kept coefficient
 /// pointers on the stack and reloaded them at every step.
-template <std::size_t Together, form Form, class Arch, class S, class Out, class T = compute_t<S>>
+template <std::size_t Together, form Form, class Arch, bool Stream, class S, class Out,
+          class T = compute_t<S>>
 [[gnu::noinline]] void normalize_row_group(const S* x, S* y, std::size_t whole, std::size_t stride,
                                            const T* center, const T* scale, const T* shift,
                                            const T* prescale, const Out out) noexcept {
@@ -686,14 +688,15 @@ template <std::size_t Together, form Form, class Arch, class S, class Out, class
   const coefficients<const T> at(center, scale, shift, prescale);
   std::size_t j = 0;
   for (; j + 2 * lanes <= whole; j += 2 * lanes) {
-    normalize_rows<Together, 2, Form, Arch>(x + j, y + j, stride, at, j, out);
+    normalize_rows<Together, 2, Form, Arch, Stream>(x + j, y + j, stride, at, j, out);
   }
-  if (j < whole) normalize_rows<Together, 1, Form, Arch>(x + j, y + j, stride, at, j, out);
+  if (j < whole) normalize_rows<Together, 1, Form, Arch, Stream>(x + j, y + j, stride, at, j, out);
 }
 
-/// Rows [0, rows − rows % Together) of interleaved_normalize's in-cache path, Together at a
-/// time.
-template <std::size_t Together, form Form, class Arch, class S, class Compute, class Out>
+/// Rows [0, rows − rows % Together) of wide_rows_normalize, Together at a time; with `Stream`,
+/// streamed (rows of whole cache lines from an aligned dst).
+template <std::size_t Together, form Form, class Arch, bool Stream = false, class S, class Compute,
+          class Out>
 std::size_t normalize_row_groups(const S* src, S* dst, std::size_t rows, std::size_t width,
                                  std::size_t stride, const coefficients<const compute_t<S>>& k,
                                  std::size_t first, const Compute& compute_in,
@@ -710,8 +713,8 @@ std::size_t normalize_row_groups(const S* src, S* dst, std::size_t rows, std::si
   for (; r + together <= rows; r += together) {
     const S* x = src + r * stride;
     S* y = dst + r * stride;
-    normalize_row_group<together, Form, Arch>(x, y, whole, stride, at.center, at.scale, at.shift,
-                                              at.prescale, out);
+    normalize_row_group<together, Form, Arch, Stream>(x, y, whole, stride, at.center, at.scale,
+                                                      at.shift, at.prescale, out);
     for (std::size_t i = 0; whole < width && i < together; ++i) {
       store_run<Arch>(x + i * stride, y + i * stride, whole, width, compute, out);
     }
@@ -742,23 +745,27 @@ template <form Form, class Arch, class S, class Out>
         vec::load_unaligned(scale + j), vec::load_unaligned(shift + j),
         Form == form::prescaled ? vec::load_unaligned(prescale + j) : vec(T(1)));
   };
+  // Four rows per coefficient load, all four loaded before any is stored: a column block's row
+  // r + 1 then never loads from the 4 KiB offsets where row r's stores are still pending (a
+  // 4 KiB stride puts them there). Whole rows (width == stride) of 1 KiB or more of float
+  // storage in the uncentered form (inference's two coefficient streams) go one row at a time,
+  // one contiguous run, as fast as a plain y = a·x + b pass; the centered form and
+  // half-precision storage ran faster four rows per load, cached or streamed (docs/design.md,
+  // "Coefficient pointers in registers (stop 62)"). Streamed, four rows need rows of whole
+  // cache lines from an aligned dst; other rows go one at a time (stream_run).
+  const bool one_row = width == stride && width * sizeof(S) >= 1024 && Form == form::uncentered &&
+                       std::is_same<S, T>::value;
+  const bool whole_lines = reinterpret_cast<std::uintptr_t>(dst) % 64 == 0 &&
+                           stride * sizeof(S) % 64 == 0 && width * sizeof(S) % 64 == 0;
   std::size_t r = 0;
   if (!stream) {
-    // Four rows per coefficient load, all four loaded before any is stored: a column block's
-    // row r + 1 then never loads from the 4 KiB offsets where row r's stores are still pending
-    // (a 4 KiB stride puts them there). Whole rows (width == stride) of 1 KiB or more of float
-    // storage in the uncentered form (inference's two coefficient streams) go one row at a
-    // time, one contiguous run, as fast as a plain y = a·x + b pass; the centered form and
-    // half-precision storage ran faster four rows per load (docs/design.md, "Coefficient
-    // pointers in registers (stop 62)"). Streamed rows go one at a time.
-    if (width == stride && width * sizeof(S) >= 1024 && Form == form::uncentered &&
-        std::is_same<S, T>::value) {
-      r = normalize_row_groups<1, Form, Arch>(src, dst, rows, width, stride, k, first, compute,
-                                              out);
-    } else {
-      r = normalize_row_groups<4, Form, Arch>(src, dst, rows, width, stride, k, first, compute,
-                                              out);
-    }
+    r = one_row ? normalize_row_groups<1, Form, Arch>(src, dst, rows, width, stride, k, first,
+                                                      compute, out)
+                : normalize_row_groups<4, Form, Arch>(src, dst, rows, width, stride, k, first,
+                                                      compute, out);
+  } else if (!one_row && whole_lines) {
+    r = normalize_row_groups<4, Form, Arch, true>(src, dst, rows, width, stride, k, first, compute,
+                                                  out);
   }
   for (; r < rows; ++r) {
     if (stream) {
