@@ -7,9 +7,9 @@
 //   MODE: planes (plane_stats over ROWS planes of WIDTH), planes_gradient, rows
 //   (interleaved_stats over ROWS rows of WIDTH slots), rows_gradient, planes_map, rows_map
 //   (the centered normalization; with CENTER=0 in the environment, centers of +0: inference's
-//   uncentered form), planes_gradient_map, rows_gradient_map (the backward's dx),
-//   coefficients (inference_coefficients of WIDTH channels), moments (channel_moments of WIDTH
-//   channels, with gamma);
+//   uncentered form; with STREAM set, streaming stores), planes_gradient_map,
+//   rows_gradient_map (the backward's dx), coefficients (inference_coefficients of WIDTH
+//   channels), moments (channel_moments of WIDTH channels, with gamma);
 //   ELEMENT: bf16 (default), f16 or f32. Buffers start on cache lines, or OFFSET elements past
 //   (environment variable OFFSET).
 #include <algorithm>
@@ -69,6 +69,7 @@ int run(const std::string& mode, std::size_t rows, std::size_t width) {
   std::vector<double> sum(width), sum_sq(width);
   kernels::normalize_params<T> params;
   params.coeffs = {center.data(), scale.data(), shift.data(), nullptr};
+  params.stream = std::getenv("STREAM") != nullptr;
   kernels::gradient_params<T> gradient;
   std::vector<T> zero(width + 64, T(0));  // dy_center
   gradient.coeffs = {center.data(), zero.data(), scale.data(), scale.data(),
