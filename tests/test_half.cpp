@@ -971,10 +971,11 @@ TEST(HalfStorage, EveryIsaRoundsToTheSameBits) {
   }
   std::vector<float> mean(gamma.size(), 0.0f), var(gamma.size(), 1.0f);
   // Planes of one AVX-512 vector and of four (stored in pairs where the ISA converts two
-  // vectors at once); rows of the 96 channels (three cache lines, wider than the narrow rows'
-  // kernels), one a map unit (stored a vector at a time) and four (in pairs). Through ordinary
-  // stores and streaming ones (their own instances of the conversions: the AVX512_BF16 pair
-  // conversion streamed, among others), into an aligned y: streamed rows go four at a time.
+  // vectors at once); rows of the 96 channels (three cache lines; the subnormal gammas make the
+  // prescaled form, which takes the wide rows' walk), sixteen and sixty-four of them. Through
+  // ordinary stores and streaming ones (their own instances of the conversions: the AVX512_BF16
+  // pair conversion streamed, among others), into an aligned y: streamed rows of whole lines go
+  // four at a time.
   for (const auto& [l, spatial] : {std::pair<layout, std::size_t>{layout::channels_first, 16},
                                    {layout::channels_first, 64},
                                    {layout::channels_last, 16},

@@ -1606,6 +1606,40 @@ TYPED_TEST(KernelTester, NormalizeEpiloguesOverTails) {
         }
       }
     }
+    // Rows of whole cache lines from aligned buffers (the map's walk of four rows a coefficient
+    // load, streamed or not): five rows of 8·V slots, four at a time then one, in place over
+    // the residual too.
+    for (const kind e : {kind::relu, kind::clamp, kind::add_relu}) {
+      for (bool stream : {false, true}) {
+        for (bool in_place : {false, true}) {
+          if (in_place && e != kind::add_relu) continue;
+          const kernels::epilogue<T> post{e, T(-0.25), T(0.5)};
+          const std::size_t rows = 5, width = 8 * v;
+          const std::vector<T> xs = this->data(rows * width, 0.0, 1.0, width);
+          const std::vector<T> zs = this->data(rows * width, 0.0, 1.0, width + 5);
+          const aligned_vector<T> x(xs.begin(), xs.end()), z(zs.begin(), zs.end());
+          const coefficient_buffers<T> coeffs(width, 1);
+          const kernels::normalize_params<T> plain_params{coeffs.view(), false, stream, {}};
+          const kernels::normalize_params<T> params{coeffs.view(), false, stream, post};
+          aligned_vector<T> plain(x.size(), T(-77)), got = in_place ? z : plain;
+          k.interleaved_normalize(x.data(), plain.data(), nullptr, {rows, width, width},
+                                  plain_params, 0);
+          k.interleaved_normalize(x.data(), got.data(), (in_place ? got : z).data(),
+                                  {rows, width, width}, params, 0);
+          for (std::size_t i = 0; i < x.size(); ++i) {
+            T want = plain[i];
+            if (e == kind::add_relu) want = want + z[i];
+            if (e == kind::clamp) {
+              want = want < post.lo ? post.lo : want > post.hi ? post.hi : want;
+            } else {
+              want = want < T(0) ? T(0) : want;
+            }
+            ASSERT_EQ(got[i], want) << "rows of " << width << " stream " << stream << " in place "
+                                    << in_place << " at " << i;
+          }
+        }
+      }
+    }
   });
 }
 

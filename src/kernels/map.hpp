@@ -683,7 +683,8 @@ template <std::size_t Together, form Form, class Arch, bool Stream, class S, cla
           class T = compute_t<S>>
 [[gnu::noinline]] void normalize_row_group(const S* x, S* y, std::size_t whole, std::size_t stride,
                                            const T* center, const T* scale, const T* shift,
-                                           const T* prescale, const Out out) noexcept {
+                                           const T* prescale, const Out& out_in) noexcept {
+  const Out out = out_in;  // a copy: see the output's note above
   constexpr std::size_t lanes = xsimd::batch<T, Arch>::size;
   const coefficients<const T> at(center, scale, shift, prescale);
   std::size_t j = 0;
@@ -747,12 +748,13 @@ template <form Form, class Arch, class S, class Out>
   };
   // Four rows per coefficient load, all four loaded before any is stored: a column block's row
   // r + 1 then never loads from the 4 KiB offsets where row r's stores are still pending (a
-  // 4 KiB stride puts them there). Whole rows (width == stride) of 1 KiB or more of float
-  // storage in the uncentered form (inference's two coefficient streams) go one row at a time,
-  // one contiguous run, as fast as a plain y = a·x + b pass; the centered form and
+  // 4 KiB stride puts them there). Whole rows (width == stride) of 1 KiB or more of float32 and
+  // float64 storage in the uncentered form (inference's two coefficient streams) go one row at
+  // a time, one contiguous run, as fast as a plain y = a·x + b pass; the centered form and
   // half-precision storage ran faster four rows per load, cached or streamed (docs/design.md,
   // "Coefficient pointers in registers (stop 62)"). Streamed, four rows need rows of whole
-  // cache lines from an aligned dst; other rows go one at a time (stream_run).
+  // cache lines from an aligned dst (then every vector is whole: no ordinary store lands in a
+  // streamed line); other rows go one at a time (stream_run).
   const bool one_row = width == stride && width * sizeof(S) >= 1024 && Form == form::uncentered &&
                        std::is_same<S, T>::value;
   const bool whole_lines = reinterpret_cast<std::uintptr_t>(dst) % 64 == 0 &&
