@@ -676,9 +676,8 @@ template <std::size_t Rows, std::size_t Vectors, form Form, class Arch, bool Str
 }
 
 /// The whole vectors of `Together` rows from x (y likewise), two vectors a step, streamed with
-/// `Stream`. Out of line,
-/// its few values in registers: inlined into the walk over the rows, GCC kept coefficient
-/// pointers on the stack and reloaded them at every step.
+/// `Stream`. Out of line, its few values in registers: inlined into the walk over the rows, GCC
+/// kept coefficient pointers on the stack and reloaded them at every step.
 template <std::size_t Together, form Form, class Arch, bool Stream, class S, class Out,
           class T = compute_t<S>>
 [[gnu::noinline]] void normalize_row_group(const S* x, S* y, std::size_t whole, std::size_t stride,
