@@ -1543,6 +1543,15 @@ TYPED_TEST(KernelTester, ChannelGradientsPrescaleExtremeChannels) {
   });
 }
 
+/// The epilogue's output from the plain normalized value y and the residual z (add+ReLU).
+template <class T>
+T activated(const kernels::epilogue<T>& post, T y, T z) {
+  using kind = kernels::epilogue_kind;
+  if (post.kind == kind::add_relu) y = y + z;
+  if (post.kind == kind::clamp) return y < post.lo ? post.lo : y > post.hi ? post.hi : y;
+  return y < T(0) ? T(0) : y;
+}
+
 // The map kernels' epilogues over tails, forms and stores: each element the plain kernel's
 // value through the activation, to the bit; add+ReLU in place over its residual too, and over
 // planes fetching the residual ahead (within a plane, into the next, past the tensor's end).
@@ -1563,14 +1572,8 @@ TYPED_TEST(KernelTester, NormalizeEpiloguesOverTails) {
             const auto expect = [&](const std::vector<T>& plain, const std::vector<T>& got,
                                     std::size_t count, const char* kernel) {
               for (std::size_t i = offset; i < offset + count; ++i) {
-                T want = plain[i];
-                if (e == kind::add_relu) want = want + z[i];
-                if (e == kind::clamp) {
-                  want = want < post.lo ? post.lo : want > post.hi ? post.hi : want;
-                } else {
-                  want = want < T(0) ? T(0) : want;
-                }
-                ASSERT_EQ(got[i], want) << kernel << " n " << n << " stream " << stream;
+                ASSERT_EQ(got[i], activated(post, plain[i], z[i]))
+                    << kernel << " n " << n << " stream " << stream;
               }
             };
             // Planes: `channels` channels of one plane of n values, then of two planes
@@ -1627,15 +1630,9 @@ TYPED_TEST(KernelTester, NormalizeEpiloguesOverTails) {
           k.interleaved_normalize(x.data(), got.data(), (in_place ? got : z).data(),
                                   {rows, width, width}, params, 0);
           for (std::size_t i = 0; i < x.size(); ++i) {
-            T want = plain[i];
-            if (e == kind::add_relu) want = want + z[i];
-            if (e == kind::clamp) {
-              want = want < post.lo ? post.lo : want > post.hi ? post.hi : want;
-            } else {
-              want = want < T(0) ? T(0) : want;
-            }
-            ASSERT_EQ(got[i], want) << "rows of " << width << " stream " << stream << " in place "
-                                    << in_place << " at " << i;
+            ASSERT_EQ(got[i], activated(post, plain[i], z[i]))
+                << "rows of " << width << " stream " << stream << " in place " << in_place << " at "
+                << i;
           }
         }
       }
