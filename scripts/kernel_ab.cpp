@@ -7,11 +7,13 @@
 //   MODE: planes (plane_stats over ROWS planes of WIDTH), planes_gradient, rows
 //   (interleaved_stats over ROWS rows of WIDTH slots), rows_gradient, planes_map, rows_map
 //   (the centered normalization; with CENTER=0 in the environment, centers of +0: inference's
-//   uncentered form; with STREAM set, streaming stores), planes_gradient_map,
-//   rows_gradient_map (the backward's dx), coefficients (inference_coefficients of WIDTH
-//   channels), moments (channel_moments of WIDTH channels, with gamma);
-//   ELEMENT: bf16 (default), f16 or f32. Buffers start on cache lines, or OFFSET elements past
-//   (environment variable OFFSET).
+//   uncentered form), planes_gradient_map, rows_gradient_map (the backward's dx; these four
+//   with STREAM set in the environment: streaming stores), coefficients (inference_coefficients of
+//   WIDTH channels), moments (channel_moments of WIDTH channels, with gamma); ELEMENT: bf16
+//   (default), f16 or f32. Buffers start on cache lines, or OFFSET elements past (environment
+//   variable OFFSET). The row modes read READ_AHEAD bytes ahead where their kernels fetch (none
+//   unset; READ_AHEAD_NEW, if set, for the new tree's); with ROW_ORDER set, the row sums walk each
+//   block's rows in memory order.
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
@@ -74,6 +76,7 @@ int run(const std::string& mode, std::size_t rows, std::size_t width) {
   std::vector<T> zero(width + 64, T(0));  // dy_center
   gradient.coeffs = {center.data(), zero.data(), scale.data(), scale.data(),
                      shift.data(),  nullptr,     nullptr};
+  gradient.stream = params.stream;
   // The per-channel modes: WIDTH channels of variances 0.5 to 4.5 and of means near 1.
   std::vector<T> mean(width), variance(width), gamma(width, T(1.25)), beta(width, T(0.5));
   for (std::size_t c = 0; c < width; ++c) {
@@ -101,8 +104,18 @@ int run(const std::string& mode, std::size_t rows, std::size_t width) {
   moments.scale = scaled.data();
   moments.max_offset_squared = 9.0;
   const kernels::plane_block planes{width, rows, width, 1};
-  const kernels::row_block row_block{rows, width, width};
-  const auto call = [&](const kernels::kernel_set<S>& k) {
+  // The row modes' blocks for the old tree's kernels and the new's.
+  kernels::row_block row_blocks[2];
+  for (int v = 0; v < 2; ++v) {
+    const char* read_ahead_text =
+        std::getenv(v == 1 && std::getenv("READ_AHEAD_NEW") ? "READ_AHEAD_NEW" : "READ_AHEAD");
+    row_blocks[v] = {rows, width, width};
+    row_blocks[v].read_ahead_bytes =
+        read_ahead_text ? std::strtoul(read_ahead_text, nullptr, 10) : 0;
+    row_blocks[v].in_row_order = std::getenv("ROW_ORDER") != nullptr;
+  }
+  const auto call = [&](const kernels::kernel_set<S>& k, int which) {
+    const kernels::row_block& row_block = row_blocks[which];
     if (mode == "planes") {
       k.plane_stats(x.data, planes, center.data(), sum.data(), sum_sq.data());
     } else if (mode == "planes_gradient") {
@@ -135,7 +148,7 @@ int run(const std::string& mode, std::size_t rows, std::size_t width) {
   };
   const kernels::kernel_set<S>* sets[2] = {&kernels::table_a().get<S>(),
                                            &kernels::table_b().get<S>()};
-  if (!call(*sets[0])) {
+  if (!call(*sets[0], 0)) {
     std::fprintf(stderr, "unknown mode %s\n", mode.c_str());
     return 2;
   }
@@ -145,7 +158,7 @@ int run(const std::string& mode, std::size_t rows, std::size_t width) {
     for (int v = 0; v < 2; ++v) {
       const int which = round % 2 ? v : 1 - v;
       const auto start = std::chrono::steady_clock::now();
-      for (int i = 0; i < calls; ++i) call(*sets[which]);
+      for (int i = 0; i < calls; ++i) call(*sets[which], which);
       const std::chrono::duration<double, std::nano> took =
           std::chrono::steady_clock::now() - start;
       ns[which].push_back(took.count() / calls);

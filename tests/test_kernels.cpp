@@ -1211,8 +1211,10 @@ TYPED_TEST(KernelTester, GradientMapOverTailsStoresAndInPlace) {
       }
     }
     std::vector<std::size_t> widths = lengths(v);
-    // Around the width from which rows go two at a time (gradient_map.hpp), with a tail.
-    widths.insert(widths.end(), {511, 512, 515 + v});
+    // Around the width from which rows go two at a time (gradient_map.hpp), with a tail; 8v and
+    // 512: rows of whole cache lines (with no extra stride and an aligned dx, streamed rows go
+    // four and two at a time).
+    widths.insert(widths.end(), {511, 512, 515 + v, 8 * v});
     for (std::size_t width : widths) {
       for (std::size_t extra : {0, 3}) {
         for (std::size_t rows : {1, 4, 9}) {
@@ -1222,9 +1224,12 @@ TYPED_TEST(KernelTester, GradientMapOverTailsStoresAndInPlace) {
                 const std::size_t stride = width + extra, offset = extra ? 1 : 0;
                 // Fetches ahead, past the rows' end at the last: no change to what is written.
                 const std::size_t read_ahead = stream && rows == 4 ? 4096 : 0;
-                const std::vector<T> x = this->data(offset + rows * stride + 8, 1.0, 1.0, width);
-                const std::vector<T> dy = this->data(x.size(), 0.0, 1.0, width + 13);
-                std::vector<T> dx = in_place ? dy : std::vector<T>(x.size(), T(-77));
+                const std::vector<T> x_data =
+                    this->data(offset + rows * stride + 8, 1.0, 1.0, width);
+                const std::vector<T> dy_data = this->data(x_data.size(), 0.0, 1.0, width + 13);
+                const aligned_vector<T> x(x_data.begin(), x_data.end());
+                const aligned_vector<T> dy(dy_data.begin(), dy_data.end());
+                aligned_vector<T> dx = in_place ? dy : aligned_vector<T>(x.size(), T(-77));
                 const gradient_buffers<T> coeffs(width, prescaled);
                 const kernels::gradient_params<T> params{coeffs.view(), prescaled, stream};
                 k.interleaved_gradient(x.data() + offset, (in_place ? dx : dy).data() + offset,
@@ -1772,6 +1777,66 @@ void half_row_sums_match_float() {
       }
     }
   }
+}
+
+// The backward's dx over rows of half storage types: each value float32's dx over the decoded
+// values, rounded to the storage type (the half kernels compute in float32 as the float32 ones
+// do), over widths around the vectors, the tails and the width from which rows go two at a
+// time; ordinary and streaming stores, in place and not, prescaled channels and not; rows of
+// whole cache lines from an aligned dx (streamed, they go four or two at a time, fetching
+// ahead), and rows one element past alignment with strides past the width.
+template <class S>
+void half_row_gradient_matches_float() {
+  for (bnorm::isa isa : isas_under_test()) {
+    SCOPED_TRACE(bnorm::to_string(isa));
+    const kernels::kernel_table& table = table_of(isa);
+    const kernels::kernel_set<S>& k = table.get<S>();
+    const kernels::kernel_set<float>& kf = table.get<float>();
+    const std::size_t v = table.lanes<float>();
+    std::vector<std::size_t> widths = lengths(v);
+    widths.insert(widths.end(), {16 * v, 16 * v + v, 512, 1024 + 32});
+    for (std::size_t width : widths)
+      for (std::size_t rows : {1, 4, 9})
+        for (bool aligned : {true, false})
+          for (bool stream : {false, true})
+            for (bool in_place : {false, true})
+              for (bool prescaled : {false, true}) {
+                const std::size_t stride = aligned ? width : width + 3, offset = aligned ? 0 : 1;
+                const std::size_t n = offset + rows * stride + 8;
+                std::vector<float> xf = normal_data<float>(n, 1.0, 1.0, width + rows);
+                std::vector<float> dyf = normal_data<float>(n, 0.0, 1.0, width * rows + 7);
+                aligned_vector<S> x(n), dy(n);
+                for (std::size_t i = 0; i < n; ++i) {
+                  x[i] = S::from_float(xf[i]);
+                  dy[i] = S::from_float(dyf[i]);
+                  xf[i] = bnorm::kernels::to_float(x[i]);  // the decoded values
+                  dyf[i] = bnorm::kernels::to_float(dy[i]);
+                }
+                aligned_vector<S> dx = in_place ? dy : aligned_vector<S>(n, S::from_float(-77.0f));
+                std::vector<float> dxf = in_place ? dyf : std::vector<float>(n, -77.0f);
+                const gradient_buffers<float> coeffs(width, prescaled);
+                const kernels::gradient_params<float> params{coeffs.view(), prescaled, stream};
+                const std::size_t read_ahead = stream && rows == 4 ? 4096 : 0;
+                const kernels::row_block block{rows, width, stride, read_ahead};
+                k.interleaved_gradient(x.data() + offset, (in_place ? dx : dy).data() + offset,
+                                       dx.data() + offset, block, params, 0);
+                kf.interleaved_gradient(xf.data() + offset, (in_place ? dxf : dyf).data() + offset,
+                                        dxf.data() + offset, block, params, 0);
+                for (std::size_t i = 0; i < n; ++i) {
+                  ASSERT_EQ(dx[i].bits, S::from_float(dxf[i]).bits)
+                      << "rows " << rows << " × " << width << (aligned ? " aligned" : "")
+                      << (stream ? " streamed" : "") << (in_place ? " in place" : "")
+                      << (prescaled ? " prescaled" : "") << " at " << i;
+                }
+              }
+  }
+}
+
+TEST(HalfKernelTester, BFloat16RowGradientIsFloat32sRounded) {
+  half_row_gradient_matches_float<bfloat16>();
+}
+TEST(HalfKernelTester, Float16RowGradientIsFloat32sRounded) {
+  half_row_gradient_matches_float<float16>();
 }
 
 TEST(HalfKernelTester, BFloat16RowSumsAreFloat32s) {

@@ -309,24 +309,71 @@ void plane_gradient(const S* src, const S* diff_dst, S* diff_src, const plane_bl
   if (stream) stream_fence<Arch>();
 }
 
-/// `Rows` rows, `stride` apart, of one vector at slot j: the coefficients loaded once for the
-/// rows, every row's x and dy loaded before any dx is stored (in place, dx = dy, stays right).
-template <std::size_t Rows, class Arch, class S, class T = compute_t<S>>
+/// `Rows` rows, `stride` apart, of `Vectors` vectors from slot j: the coefficients loaded once
+/// for the rows, every row's x and dy loaded before any dx is stored (in place, dx = dy, stays
+/// right; and a row's loads never wait behind the row before's stores at 4 KiB offsets). With
+/// `Stream`, streamed: rows of whole cache lines from an aligned dx.
+template <std::size_t Rows, std::size_t Vectors, class Arch, bool Stream, class S,
+          class T = compute_t<S>>
 [[gnu::always_inline]] inline void gradient_rows(const S* x, const S* g, S* y, std::size_t stride,
                                                  const T* center, const T* dy_center,
                                                  const T* dy_scale, const T* x_scale,
                                                  const T* shift, std::size_t j) noexcept {
   using vec = xsimd::batch<T, Arch>;
-  const vec c = vec::load_unaligned(center + j), m = vec::load_unaligned(dy_center + j),
-            a = vec::load_unaligned(dy_scale + j), b = vec::load_unaligned(x_scale + j),
-            e = vec::load_unaligned(shift + j);
-  vec xv[Rows], gv[Rows];
-  for (std::size_t r = 0; r < Rows; ++r) {
-    xv[r] = load_elements<Arch>(x + r * stride + j);
-    gv[r] = load_elements<Arch>(g + r * stride + j);
+  constexpr std::size_t lanes = vec::size;
+  vec c[Vectors], m[Vectors], a[Vectors], b[Vectors], e[Vectors], xv[Rows][Vectors],
+      gv[Rows][Vectors];
+  for (std::size_t v = 0; v < Vectors; ++v) {
+    const std::size_t at = j + v * lanes;
+    c[v] = vec::load_unaligned(center + at);
+    m[v] = vec::load_unaligned(dy_center + at);
+    a[v] = vec::load_unaligned(dy_scale + at);
+    b[v] = vec::load_unaligned(x_scale + at);
+    e[v] = vec::load_unaligned(shift + at);
   }
   for (std::size_t r = 0; r < Rows; ++r) {
-    store_elements<Arch>(y + r * stride + j, gradient_of(xv[r], gv[r], c, m, a, b, e));
+    for (std::size_t v = 0; v < Vectors; ++v) {
+      xv[r][v] = load_elements<Arch>(x + r * stride + j + v * lanes);
+      gv[r][v] = load_elements<Arch>(g + r * stride + j + v * lanes);
+    }
+  }
+  for (std::size_t r = 0; r < Rows; ++r) {
+    S* at = y + r * stride + j;
+    if constexpr (Vectors == 2) {
+      put_element_pair<Stream, Arch>(at,
+                                     gradient_of(xv[r][0], gv[r][0], c[0], m[0], a[0], b[0], e[0]),
+                                     gradient_of(xv[r][1], gv[r][1], c[1], m[1], a[1], b[1], e[1]));
+    } else {
+      put_elements<Stream, Arch>(at, gradient_of(xv[r][0], gv[r][0], c[0], m[0], a[0], b[0], e[0]));
+    }
+  }
+}
+
+/// The whole vectors of `Together` rows from x, dy (dx likewise), streamed with `Stream`: two
+/// vectors a step where the registers hold two steps' coefficients and values (AVX-512), one
+/// below. Out of line, its pointers in registers (see map.hpp's normalize_row_group).
+template <std::size_t Together, class Arch, bool Stream, class S, class T = compute_t<S>>
+[[gnu::noinline]] void gradient_row_group(const S* x, const S* g, S* y, std::size_t whole,
+                                          std::size_t stride, const T* center, const T* dy_center,
+                                          const T* dy_scale, const T* x_scale, const T* shift,
+                                          std::size_t read_ahead) noexcept {
+  constexpr std::size_t lanes = xsimd::batch<T, Arch>::size;
+  constexpr std::size_t step = vector_registers<Arch> >= 32 ? 2 : 1;
+  constexpr std::size_t line = 64 / sizeof(S);
+  std::size_t j = 0;
+  for (; j + step * lanes <= whole; j += step * lanes) {
+    for (std::size_t e = j; read_ahead != 0 && e < j + step * lanes; e += line) {
+      for (std::size_t r = 0; r < Together; ++r) {
+        fetch_line(x + r * stride + e, read_ahead);
+        fetch_line(g + r * stride + e, read_ahead);
+      }
+    }
+    gradient_rows<Together, step, Arch, Stream>(x, g, y, stride, center, dy_center, dy_scale,
+                                                x_scale, shift, j);
+  }
+  if (j < whole) {
+    gradient_rows<Together, 1, Arch, Stream>(x, g, y, stride, center, dy_center, dy_scale, x_scale,
+                                             shift, j);
   }
 }
 
@@ -384,8 +431,8 @@ void interleaved_gradient(const S* src, const S* diff_dst, S* diff_src, const ro
                        vec::load_unaligned(shift + j));
   };
   std::size_t r = 0;
-  // Rows `together` at a time, while `together` remain.
-  const auto rows_together = [&](auto together_constant) {
+  // Rows `together` at a time, while `together` remain; with `streamed`, streamed.
+  const auto rows_together = [&](auto together_constant, auto streamed) {
     constexpr std::size_t together = decltype(together_constant)::value;
     const std::size_t whole = width - width % lanes;
     for (; r + together <= rows; r += together) {
@@ -393,20 +440,31 @@ void interleaved_gradient(const S* src, const S* diff_dst, S* diff_src, const ro
       const S* x = src + offset;
       const S* g = diff_dst + offset;
       S* y = diff_src + offset;
-      for (std::size_t j = 0; j < whole; j += lanes) {
-        gradient_rows<together, Arch>(x, g, y, stride, center, dy_center, dy_scale, x_scale, shift,
-                                      j);
-      }
+      gradient_row_group<together, Arch, decltype(streamed)::value>(
+          x, g, y, whole, stride, center, dy_center, dy_scale, x_scale, shift,
+          decltype(streamed)::value ? block.read_ahead_bytes : 0);
       for (std::size_t i = 0; whole < width && i < together; ++i) {
         gradient_store_run<Arch>(x + i * stride, g + i * stride, y + i * stride, whole, width, f);
       }
     }
   };
-  if (!stream) {  // streamed dx goes one row at a time, below
-    if (width >= two_row_gradient_slots) {
-      rows_together(std::integral_constant<std::size_t, 2>());
+  // Streamed, rows go together where every row is whole cache lines from an aligned dx (then
+  // every vector is whole: no ordinary store lands in a streamed line); other rows one at a
+  // time (gradient_run).
+  const bool whole_lines = reinterpret_cast<std::uintptr_t>(diff_src) % 64 == 0 &&
+                           stride * sizeof(S) % 64 == 0 && width * sizeof(S) % 64 == 0;
+  if (!stream || whole_lines) {
+    const auto by_width = [&](auto streamed) {
+      if (width >= two_row_gradient_slots) {
+        rows_together(std::integral_constant<std::size_t, 2>(), streamed);
+      } else {
+        rows_together(std::integral_constant<std::size_t, 4>(), streamed);
+      }
+    };
+    if (stream) {
+      by_width(std::true_type());
     } else {
-      rows_together(std::integral_constant<std::size_t, 4>());
+      by_width(std::false_type());
     }
   }
   for (; r < rows; ++r) {
