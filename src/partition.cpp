@@ -132,14 +132,18 @@ constexpr std::size_t min_streamed_plane_bytes = 1024;
 // they ran slower so on two threads (docs/design.md, "Reads ahead (stop 44)").
 constexpr std::size_t read_ahead_bytes = 16 * 1024;
 
-// The backward over rows of at least this many slots (channels-last, float32 or float64) from
-// memory (docs/design.md, "The backward over rows from memory (stop 53)"):
+// The backward over rows from memory:
 // - its map, streaming dx, fetches x and dy row_gradient_read_ahead_bytes ahead of each line
-//   it reads: beside the two tensors, each row reads four arrays of coefficients again from the
+//   it reads, over rows of whole cache lines (from an aligned dx, they go four or two at a
+//   time: docs/design.md, "The backward's dx rows together, streamed (stop 63)"), of any
+//   storage, and over other rows of wide_row_slots or more of float32 or float64, which go one
+//   at a time: beside the two tensors, each row reads its coefficient arrays again from the
 //   cache, and with the hardware prefetcher alone the map took about half as long again as a
-//   pass over the same three tensors; over narrower rows (shorter arrays) the fetches made it
-//   5–12% slower, and half-precision storage gained nothing;
-// - its sums over blocks of rows this wide walk each block's rows in memory order
+//   pass over the same three tensors; a row at a time over narrower rows, the fetches made it
+//   5–12% slower, and half-precision storage gained nothing ("The backward over rows from
+//   memory (stop 53)");
+// - its sums over blocks of rows of wide_row_slots or more (float32, float64) walk each
+//   block's rows in memory order
 //   (kernels::row_block::in_row_order): a group of columns at a time, sixteen rows of x and dy
 //   were 32 runs read at once, half as fast as the same bytes read in order. Narrower rows keep
 //   the column walk, whose partials stay in registers where the row walk reloads each a few
@@ -391,14 +395,17 @@ bool make_partition(const problem& prob, const plan_options& options, std::size_
   p.fetch_next_fused_backward_block =
       p.fused_backward && p.kind == traversal::planes && p.statistics_read_ahead_bytes > 0 &&
       4 * fused_planes_block_bytes <= l2_to_fill && storage_computes;
-  // The backward over wide whole rows from memory (see wide_row_slots). The sums run over
-  // the column blocks, the map over whole rows but in the fused blocks': along a block of a row,
-  // the fetches would fall in the blocks beside it.
-  const bool wide_rows_from_memory = p.kind == traversal::interleaved &&
-                                     p.gradient_read_ahead_bytes > 0 && storage_computes &&
-                                     p.period >= wide_row_slots;
+  // The backward over rows from memory (see wide_row_slots). The sums run over the column
+  // blocks, the map over whole rows but in the fused blocks': along a block of a row, the
+  // fetches would fall in the blocks beside it.
+  const bool rows_from_memory = p.kind == traversal::interleaved && p.gradient_read_ahead_bytes > 0;
+  const bool wide_rows_from_memory =
+      rows_from_memory && storage_computes && p.period >= wide_row_slots;
+  const bool rows_of_whole_lines = p.period * p.element_size % 64 == 0;
   const bool whole_rows = p.column_blocks == 1;
-  p.row_gradient_read_ahead_bytes = wide_rows_from_memory && (whole_rows || !p.fused_backward)
+  p.row_gradient_read_ahead_bytes = rows_from_memory &&
+                                            (rows_of_whole_lines || wide_rows_from_memory) &&
+                                            (whole_rows || !p.fused_backward)
                                         ? row_gradient_read_ahead_bytes
                                         : 0;
   p.gradient_sums_in_row_order = wide_rows_from_memory && whole_rows;
