@@ -7,6 +7,7 @@
 #include <numeric>
 
 #include "commit_journal.hpp"
+#include "kernels/kernels.hpp"
 #include "validation.hpp"
 
 namespace bnorm::detail {
@@ -134,14 +135,14 @@ constexpr std::size_t read_ahead_bytes = 16 * 1024;
 
 // The backward over rows from memory:
 // - its map, streaming dx, fetches x and dy row_gradient_read_ahead_bytes ahead of each line
-//   it reads, over rows of whole cache lines (from an aligned dx, they go four or two at a
-//   time: docs/design.md, "The backward's dx rows together, streamed (stop 63)"), of any
-//   storage, and over other rows of wide_row_slots or more of float32 or float64, which go one
-//   at a time: beside the two tensors, each row reads its coefficient arrays again from the
-//   cache, and with the hardware prefetcher alone the map took about half as long again as a
-//   pass over the same three tensors; a row at a time over narrower rows, the fetches made it
-//   5–12% slower, and half-precision storage gained nothing ("The backward over rows from
-//   memory (stop 53)");
+//   it reads, over rows of whole cache lines narrower than kernels::two_row_gradient_slots
+//   (from an aligned dx, they go four at a time: docs/design.md, "The backward's dx rows
+//   together, streamed (stop 63)"), of any storage, and over rows of wide_row_slots or more
+//   of float32 or float64, which go one at a time: beside the two tensors, each row reads its
+//   coefficient arrays again from the cache, and with the hardware prefetcher alone the map
+//   took about half as long again as a pass over the same three tensors; a row at a time over
+//   narrower rows, the fetches made it 5–12% slower, and half-precision storage gained nothing
+//   ("The backward over rows from memory (stop 53)");
 // - its sums over blocks of rows of wide_row_slots or more (float32, float64) walk each
 //   block's rows in memory order
 //   (kernels::row_block::in_row_order): a group of columns at a time, sixteen rows of x and dy
@@ -401,10 +402,11 @@ bool make_partition(const problem& prob, const plan_options& options, std::size_
   const bool rows_from_memory = p.kind == traversal::interleaved && p.gradient_read_ahead_bytes > 0;
   const bool wide_rows_from_memory =
       rows_from_memory && storage_computes && p.period >= wide_row_slots;
-  const bool rows_of_whole_lines = p.period * p.element_size % 64 == 0;
+  const bool narrow_rows_of_whole_lines =
+      p.period * p.element_size % 64 == 0 && p.period < kernels::two_row_gradient_slots;
   const bool whole_rows = p.column_blocks == 1;
   p.row_gradient_read_ahead_bytes = rows_from_memory &&
-                                            (rows_of_whole_lines || wide_rows_from_memory) &&
+                                            (narrow_rows_of_whole_lines || wide_rows_from_memory) &&
                                             (whole_rows || !p.fused_backward)
                                         ? row_gradient_read_ahead_bytes
                                         : 0;

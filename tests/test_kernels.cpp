@@ -1211,9 +1211,9 @@ TYPED_TEST(KernelTester, GradientMapOverTailsStoresAndInPlace) {
       }
     }
     std::vector<std::size_t> widths = lengths(v);
-    // Around the width from which rows go two at a time (gradient_map.hpp), with a tail; 8v and
-    // 512: rows of whole cache lines (with no extra stride and an aligned dx, streamed rows go
-    // four and two at a time).
+    // Around the width from which rows go two at a time (two_row_gradient_slots), with a tail;
+    // 8v and 512: rows of whole cache lines (with no extra stride and an aligned dx, streamed
+    // rows of 8v go four at a time).
     widths.insert(widths.end(), {511, 512, 515 + v, 8 * v});
     for (std::size_t width : widths) {
       for (std::size_t extra : {0, 3}) {
@@ -1783,8 +1783,9 @@ void half_row_sums_match_float() {
 // values, rounded to the storage type (the half kernels compute in float32 as the float32 ones
 // do), over widths around the vectors, the tails and the width from which rows go two at a
 // time; ordinary and streaming stores, in place and not, prescaled channels and not; rows of
-// whole cache lines from an aligned dx (streamed, they go four or two at a time, fetching
-// ahead), and rows one element past alignment with strides past the width.
+// whole cache lines from an aligned dx (streamed, those narrower than two_row_gradient_slots
+// go four at a time, fetching ahead), and rows one element past alignment with strides past the
+// width.
 template <class S>
 void half_row_gradient_matches_float() {
   for (bnorm::isa isa : isas_under_test()) {

@@ -259,8 +259,9 @@ TEST(Schedule, CacheSizesDecideWhatStaysInCache) {
 
 // The reduce passes fetch ahead what they read where it comes from memory: tensors of an eighth
 // of the last-level cache or more (as training's streamed stores), whatever the store policy;
-// the backward's planes do not. So does the backward's map over rows of whole cache lines, and
-// over other rows of 512 slots or more of float32 or float64, not of half-precision storage.
+// the backward's planes do not. So does the backward's map over rows of whole cache lines
+// narrower than 512 slots, of any storage, and over rows of 512 slots or more of float32 or
+// float64, not of half-precision storage.
 TEST(Schedule, ReducePassesReadAheadFromMemory) {
   const bnorm::isa id = isas_under_test().front();
   const bnorm::detail::cache_sizes caches{1u << 20, 32u << 20};
@@ -290,13 +291,14 @@ TEST(Schedule, ReducePassesReadAheadFromMemory) {
   EXPECT_EQ(map_ahead(rows_4_mib, {}), kib4);
   EXPECT_EQ(map_ahead(rows_4_mib, cached), kib4);
   EXPECT_EQ(map_ahead(rows_4_mib_f64, {}), kib4);
-  EXPECT_EQ(map_ahead(rows_4_mib_bf16, {}), kib4);  // whole lines
+  EXPECT_EQ(map_ahead(rows_4_mib_bf16, {}), 0u);  // whole lines, but 512 slots or more
   EXPECT_EQ(map_ahead(rows_below, {}), 0u);
   EXPECT_EQ(map_ahead({{4096, 256}}, {}), kib4);  // rows narrower than 512 slots, whole lines
   EXPECT_EQ(map_ahead({{100352, 64}}, {}), kib4);
   EXPECT_EQ(map_ahead({{8192, 250}}, {}), 0u);    // narrower, not whole lines
   EXPECT_EQ(map_ahead({{4096, 600}}, {}), kib4);  // 512 slots or more, not whole lines
   EXPECT_EQ(map_ahead({{4096, 600}, layout::channels_first, bnorm::dtype::bf16}, {}), 0u);
+  EXPECT_EQ(map_ahead({{8192, 256}, layout::channels_first, bnorm::dtype::bf16}, {}), kib4);
   EXPECT_EQ(map_ahead(planes_4_mib, {}), 0u);
   EXPECT_NE(describe(plan_partition(rows_4_mib, {}, id, caches))
                 .find(" · reads 16 KiB ahead, the backward's streamed dx 4 KiB · "),

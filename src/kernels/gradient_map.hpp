@@ -377,18 +377,14 @@ template <std::size_t Together, class Arch, bool Stream, class S, class T = comp
   }
 }
 
-/// Rows of at least this many slots go two at a time through interleaved_gradient, narrower ones
-/// four at a time (docs/design.md, "Fused groups of whole vectors; the backward's dx two rows at
-/// a time (stop 48)").
-constexpr std::size_t two_row_gradient_slots = 512;
-
 /// Slot j of every row takes the coefficients at first + j (padded by one vector past the
-/// period, so that a partial last vector loads in bounds). Streamed, a row at a time, fetching
-/// x's and dy's lines block.read_ahead_bytes ahead (0: not at all). Rows go four at a time, each
+/// period, so that a partial last vector loads in bounds). Rows go four at a time, each
 /// coefficient vector loaded once for the four: narrow rows (few channels) would otherwise
-/// load four coefficients from L1 for every vector of data. Rows of two_row_gradient_slots or
-/// more go two at a time: four rows' x, dy and dx are twelve streams at once, which took longer
-/// than the coefficient loads they saved.
+/// load five coefficients from L1 for every vector of data. In cache, rows of
+/// two_row_gradient_slots or more go two at a time: four rows' x, dy and dx are twelve streams
+/// at once, which took longer than the coefficient loads they saved. Streamed, they go one at a
+/// time (see below). Streamed rows fetch x's and dy's lines block.read_ahead_bytes ahead (0: not
+/// at all).
 template <class Arch, class S>
 void interleaved_gradient(const S* src, const S* diff_dst, S* diff_src, const row_block& block,
                           const gradient_params<compute_t<S>>& params, std::size_t first) noexcept {
@@ -448,24 +444,21 @@ void interleaved_gradient(const S* src, const S* diff_dst, S* diff_src, const ro
       }
     }
   };
-  // Streamed, rows go together where every row is whole cache lines from an aligned dx (then
-  // every vector is whole: no ordinary store lands in a streamed line); other rows one at a
-  // time (gradient_run).
+  // Streamed, rows narrower than two_row_gradient_slots go four at a time where every row is
+  // whole cache lines from an aligned dx (then every vector is whole: no ordinary store lands
+  // in a streamed line). Wider rows, two at a time, took longer on two threads than one at a
+  // time (docs/design.md, "The backward's dx rows together, streamed (stop 63)"); they and
+  // other rows go one at a time (gradient_run).
   const bool whole_lines = reinterpret_cast<std::uintptr_t>(diff_src) % 64 == 0 &&
                            stride * sizeof(S) % 64 == 0 && width * sizeof(S) % 64 == 0;
-  if (!stream || whole_lines) {
-    const auto by_width = [&](auto streamed) {
-      if (width >= two_row_gradient_slots) {
-        rows_together(std::integral_constant<std::size_t, 2>(), streamed);
-      } else {
-        rows_together(std::integral_constant<std::size_t, 4>(), streamed);
-      }
-    };
-    if (stream) {
-      by_width(std::true_type());
+  if (!stream) {
+    if (width >= two_row_gradient_slots) {
+      rows_together(std::integral_constant<std::size_t, 2>(), std::false_type());
     } else {
-      by_width(std::false_type());
+      rows_together(std::integral_constant<std::size_t, 4>(), std::false_type());
     }
+  } else if (whole_lines && width < two_row_gradient_slots) {
+    rows_together(std::integral_constant<std::size_t, 4>(), std::true_type());
   }
   for (; r < rows; ++r) {
     const std::size_t offset = r * stride;

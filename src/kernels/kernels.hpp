@@ -97,6 +97,12 @@ struct row_block {
   bool in_row_order = false;
 };
 
+/// interleaved_gradient's rows of at least this many slots go two at a time in cache and one at
+/// a time streamed, narrower ones four at a time (docs/design.md, "Fused groups of whole
+/// vectors; the backward's dx two rows at a time (stop 48)", "The backward's dx rows together,
+/// streamed (stop 63)"). The planner fetches ahead for the four-row walk.
+constexpr std::size_t two_row_gradient_slots = 512;
+
 /// Whether a reduce kernel starts the per-slot sums (overwrites them) or adds to them: zeroing
 /// the arrays first would cost as much as a pass over short tensors.
 enum class sums_mode { start, add };
