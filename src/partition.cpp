@@ -134,10 +134,11 @@ constexpr std::size_t min_streamed_plane_bytes = 1024;
 constexpr std::size_t read_ahead_bytes = 16 * 1024;
 
 // The backward over rows from memory:
-// - its map, streaming dx, fetches x and dy row_gradient_read_ahead_bytes ahead of each line
-//   it reads, over rows of whole cache lines narrower than kernels::two_row_gradient_slots
-//   (from an aligned dx, they go four at a time: docs/design.md, "The backward's dx rows
-//   together, streamed (stop 63)"), of any storage, and over rows of wide_row_slots or more
+// - its map, streaming dx, fetches each line of x and dy row_gradient_read_ahead_bytes ahead,
+//   over rows of whole cache lines narrower than kernels::two_row_gradient_slots, of any
+//   storage (from an aligned dx they go four at a time: docs/design.md, "The backward's dx rows
+//   together, streamed (stop 63)"; the kernel fetches nothing where such rows go one at a
+//   time, which dx's alignment decides at the call), and over rows of wide_row_slots or more
 //   of float32 or float64, which go one at a time: beside the two tensors, each row reads its
 //   coefficient arrays again from the cache, and with the hardware prefetcher alone the map
 //   took about half as long again as a pass over the same three tensors; a row at a time over
@@ -151,6 +152,8 @@ constexpr std::size_t read_ahead_bytes = 16 * 1024;
 //   vectors after storing it; the forward's statistics, one tensor, gained nothing.
 constexpr std::size_t wide_row_slots = 512;
 constexpr std::size_t row_gradient_read_ahead_bytes = 4 * 1024;
+static_assert(wide_row_slots == kernels::two_row_gradient_slots,
+              "the map's one-row walk fetches from the width where the planner's rule starts");
 
 std::size_t ceil_div(std::size_t a, std::size_t b) {
   return (a + b - 1) / b;

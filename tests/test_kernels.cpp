@@ -1213,7 +1213,9 @@ TYPED_TEST(KernelTester, GradientMapOverTailsStoresAndInPlace) {
     std::vector<std::size_t> widths = lengths(v);
     // Around the width from which rows go two at a time (two_row_gradient_slots), with a tail;
     // 8v and 512: rows of whole cache lines (with no extra stride and an aligned dx, streamed
-    // rows of 8v go four at a time).
+    // rows of 8v go four at a time, two vectors a step on AVX-512, one below; on AVX-512, rows
+    // of an odd number of vectors end in a step of one: v, streamed or not, and 17v + 5 in
+    // cache).
     widths.insert(widths.end(), {511, 512, 515 + v, 8 * v});
     for (std::size_t width : widths) {
       for (std::size_t extra : {0, 3}) {
@@ -1720,6 +1722,29 @@ void half_plane_sums_over_tails() {
   }
 }
 
+/// body(k, kf, v) for each ISA under test: its kernels of the half type S, its float32 kernels
+/// and the lanes of its float32 vectors.
+template <class S, class Body>
+void for_each_isa_with_float(const Body& body) {
+  for (bnorm::isa isa : isas_under_test()) {
+    SCOPED_TRACE(bnorm::to_string(isa));
+    const kernels::kernel_table& table = table_of(isa);
+    body(table.get<S>(), table.get<float>(), table.lanes<float>());
+  }
+}
+
+/// `values` rounded to S, and `values` replaced by the decoded ones: the inputs of a half
+/// kernel and of the float32 kernel it is compared with.
+template <class S>
+aligned_vector<S> rounded_to(std::vector<float>& values) {
+  aligned_vector<S> out(values.size());
+  for (std::size_t i = 0; i < values.size(); ++i) {
+    out[i] = S::from_float(values[i]);
+    values[i] = bnorm::kernels::to_float(out[i]);
+  }
+  return out;
+}
+
 // Rows of half storage types: each slot's sums are the same bits as float32's over the decoded
 // values (bfloat16 on AVX2 and AVX-512 reads pairs of vectors of slots as their even and odd
 // slots, and puts the partials back in order, where the rows start on a pair's bytes), over
@@ -1728,55 +1753,45 @@ void half_plane_sums_over_tails() {
 // alignment with strides past the width; forward and backward, started and added to.
 template <class S>
 void half_row_sums_match_float() {
-  for (bnorm::isa isa : isas_under_test()) {
-    SCOPED_TRACE(bnorm::to_string(isa));
-    const kernels::kernel_table& table = table_of(isa);
-    const kernels::kernel_set<S>& k = table.get<S>();
-    const kernels::kernel_set<float>& kf = table.get<float>();
-    const std::size_t v = table.lanes<float>();
-    std::vector<std::size_t> widths = lengths(v);
-    for (std::size_t extra : {4 * v, 4 * v + 1, 8 * v, 8 * v + v - 1, 12 * v + 3, 64 * v}) {
-      widths.push_back(extra);
-    }
-    for (std::size_t width : widths) {
-      for (std::size_t rows : {1, 16, 17, 40}) {
-        for (bool add : {false, true}) {
-          for (bool aligned : {true, false}) {
-            const std::size_t stride = aligned ? width : width + 3, offset = aligned ? 0 : 1;
-            const std::size_t n = offset + rows * stride;
-            std::vector<float> xf = normal_data<float>(n, -3.0, 1.5, width + rows);
-            std::vector<float> dyf = normal_data<float>(n, 0.0, 1.0, width * rows);
-            aligned_vector<S> x(n), dy(n);
-            for (std::size_t i = 0; i < n; ++i) {
-              x[i] = S::from_float(xf[i]);
-              dy[i] = S::from_float(dyf[i]);
-              xf[i] = bnorm::kernels::to_float(x[i]);  // the decoded values
-              dyf[i] = bnorm::kernels::to_float(dy[i]);
-            }
-            std::vector<float> center(width + 64);
-            for (std::size_t j = 0; j < width; ++j) center[j] = -3.0f + 0.25f * float(j % 5);
-            std::vector<double> got[4], want[4];
-            for (int i = 0; i < 4; ++i) got[i] = want[i] = std::vector<double>(width, 0.5 + i);
-            const kernels::row_block block{rows, width, stride};
-            const auto mode = add ? kernels::sums_mode::add : kernels::sums_mode::start;
-            k.interleaved_stats(x.data() + offset, block, center.data(), got[0].data(),
-                                got[1].data(), mode);
-            kf.interleaved_stats(xf.data() + offset, block, center.data(), want[0].data(),
-                                 want[1].data(), mode);
-            k.interleaved_gradient_sums(x.data() + offset, dy.data() + offset, block, center.data(),
-                                        got[2].data(), got[3].data(), mode);
-            kf.interleaved_gradient_sums(xf.data() + offset, dyf.data() + offset, block,
-                                         center.data(), want[2].data(), want[3].data(), mode);
-            for (int i = 0; i < 4; ++i) {
-              EXPECT_EQ(0, std::memcmp(got[i].data(), want[i].data(), width * sizeof(double)))
-                  << "rows " << rows << " × " << width << (add ? " added" : " started")
-                  << (aligned ? " aligned" : "") << ", sum " << i;
+  for_each_isa_with_float<S>(
+      [](const kernels::kernel_set<S>& k, const kernels::kernel_set<float>& kf, std::size_t v) {
+        std::vector<std::size_t> widths = lengths(v);
+        for (std::size_t extra : {4 * v, 4 * v + 1, 8 * v, 8 * v + v - 1, 12 * v + 3, 64 * v}) {
+          widths.push_back(extra);
+        }
+        for (std::size_t width : widths) {
+          for (std::size_t rows : {1, 16, 17, 40}) {
+            for (bool add : {false, true}) {
+              for (bool aligned : {true, false}) {
+                const std::size_t stride = aligned ? width : width + 3, offset = aligned ? 0 : 1;
+                const std::size_t n = offset + rows * stride;
+                std::vector<float> xf = normal_data<float>(n, -3.0, 1.5, width + rows);
+                std::vector<float> dyf = normal_data<float>(n, 0.0, 1.0, width * rows);
+                const aligned_vector<S> x = rounded_to<S>(xf), dy = rounded_to<S>(dyf);
+                std::vector<float> center(width + 64);
+                for (std::size_t j = 0; j < width; ++j) center[j] = -3.0f + 0.25f * float(j % 5);
+                std::vector<double> got[4], want[4];
+                for (int i = 0; i < 4; ++i) got[i] = want[i] = std::vector<double>(width, 0.5 + i);
+                const kernels::row_block block{rows, width, stride};
+                const auto mode = add ? kernels::sums_mode::add : kernels::sums_mode::start;
+                k.interleaved_stats(x.data() + offset, block, center.data(), got[0].data(),
+                                    got[1].data(), mode);
+                kf.interleaved_stats(xf.data() + offset, block, center.data(), want[0].data(),
+                                     want[1].data(), mode);
+                k.interleaved_gradient_sums(x.data() + offset, dy.data() + offset, block,
+                                            center.data(), got[2].data(), got[3].data(), mode);
+                kf.interleaved_gradient_sums(xf.data() + offset, dyf.data() + offset, block,
+                                             center.data(), want[2].data(), want[3].data(), mode);
+                for (int i = 0; i < 4; ++i) {
+                  EXPECT_EQ(0, std::memcmp(got[i].data(), want[i].data(), width * sizeof(double)))
+                      << "rows " << rows << " × " << width << (add ? " added" : " started")
+                      << (aligned ? " aligned" : "") << ", sum " << i;
+                }
+              }
             }
           }
         }
-      }
-    }
-  }
+      });
 }
 
 // The backward's dx over rows of half storage types: each value float32's dx over the decoded
@@ -1788,12 +1803,8 @@ void half_row_sums_match_float() {
 // width.
 template <class S>
 void half_row_gradient_matches_float() {
-  for (bnorm::isa isa : isas_under_test()) {
-    SCOPED_TRACE(bnorm::to_string(isa));
-    const kernels::kernel_table& table = table_of(isa);
-    const kernels::kernel_set<S>& k = table.get<S>();
-    const kernels::kernel_set<float>& kf = table.get<float>();
-    const std::size_t v = table.lanes<float>();
+  for_each_isa_with_float<S>([](const kernels::kernel_set<S>& k,
+                                const kernels::kernel_set<float>& kf, std::size_t v) {
     std::vector<std::size_t> widths = lengths(v);
     widths.insert(widths.end(), {16 * v, 16 * v + v, 512, 1024 + 32});
     for (std::size_t width : widths)
@@ -1806,13 +1817,8 @@ void half_row_gradient_matches_float() {
                 const std::size_t n = offset + rows * stride + 8;
                 std::vector<float> xf = normal_data<float>(n, 1.0, 1.0, width + rows);
                 std::vector<float> dyf = normal_data<float>(n, 0.0, 1.0, width * rows + 7);
-                aligned_vector<S> x(n), dy(n);
-                for (std::size_t i = 0; i < n; ++i) {
-                  x[i] = S::from_float(xf[i]);
-                  dy[i] = S::from_float(dyf[i]);
-                  xf[i] = bnorm::kernels::to_float(x[i]);  // the decoded values
-                  dyf[i] = bnorm::kernels::to_float(dy[i]);
-                }
+                const aligned_vector<S> x = rounded_to<S>(xf);
+                const aligned_vector<S> dy = rounded_to<S>(dyf);
                 aligned_vector<S> dx = in_place ? dy : aligned_vector<S>(n, S::from_float(-77.0f));
                 std::vector<float> dxf = in_place ? dyf : std::vector<float>(n, -77.0f);
                 const gradient_buffers<float> coeffs(width, prescaled);
@@ -1830,7 +1836,7 @@ void half_row_gradient_matches_float() {
                       << (prescaled ? " prescaled" : "") << " at " << i;
                 }
               }
-  }
+  });
 }
 
 TEST(HalfKernelTester, BFloat16RowGradientIsFloat32sRounded) {

@@ -295,7 +295,7 @@ TEST(Schedule, ReducePassesReadAheadFromMemory) {
   EXPECT_EQ(map_ahead(rows_below, {}), 0u);
   EXPECT_EQ(map_ahead({{4096, 256}}, {}), kib4);  // rows narrower than 512 slots, whole lines
   EXPECT_EQ(map_ahead({{100352, 64}}, {}), kib4);
-  EXPECT_EQ(map_ahead({{8192, 250}}, {}), 0u);    // narrower, not whole lines
+  EXPECT_EQ(map_ahead({{8192, 257}}, {}), 0u);    // narrower, not whole lines
   EXPECT_EQ(map_ahead({{4096, 600}}, {}), kib4);  // 512 slots or more, not whole lines
   EXPECT_EQ(map_ahead({{4096, 600}, layout::channels_first, bnorm::dtype::bf16}, {}), 0u);
   EXPECT_EQ(map_ahead({{8192, 256}, layout::channels_first, bnorm::dtype::bf16}, {}), kib4);

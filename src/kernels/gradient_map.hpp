@@ -350,8 +350,10 @@ template <std::size_t Rows, std::size_t Vectors, class Arch, bool Stream, class 
 }
 
 /// The whole vectors of `Together` rows from x, dy (dx likewise), streamed with `Stream`: two
-/// vectors a step where the registers hold two steps' coefficients and values (AVX-512), one
-/// below. Out of line, its pointers in registers (see map.hpp's normalize_row_group).
+/// vectors a step where the registers hold their coefficients and the rows' values (AVX-512's
+/// 32), one below. Streamed, each line of x and dy is fetched `read_ahead` bytes ahead once, at
+/// the step where it starts. Out of line, its pointers and bounds loaded once (see map.hpp's
+/// normalize_row_group).
 template <std::size_t Together, class Arch, bool Stream, class S, class T = compute_t<S>>
 [[gnu::noinline]] void gradient_row_group(const S* x, const S* g, S* y, std::size_t whole,
                                           std::size_t stride, const T* center, const T* dy_center,
@@ -360,18 +362,26 @@ template <std::size_t Together, class Arch, bool Stream, class S, class T = comp
   constexpr std::size_t lanes = xsimd::batch<T, Arch>::size;
   constexpr std::size_t step = vector_registers<Arch> >= 32 ? 2 : 1;
   constexpr std::size_t line = 64 / sizeof(S);
-  std::size_t j = 0;
-  for (; j + step * lanes <= whole; j += step * lanes) {
-    for (std::size_t e = j; read_ahead != 0 && e < j + step * lanes; e += line) {
-      for (std::size_t r = 0; r < Together; ++r) {
-        fetch_line(x + r * stride + e, read_ahead);
-        fetch_line(g + r * stride + e, read_ahead);
+  // The lines that start in slots [from, to) of each row.
+  const auto fetch = [&](std::size_t from, std::size_t to) {
+    if constexpr (Stream) {
+      for (std::size_t at = (from + line - 1) / line * line; read_ahead != 0 && at < to;
+           at += line) {
+        for (std::size_t r = 0; r < Together; ++r) {
+          fetch_line(x + r * stride + at, read_ahead);
+          fetch_line(g + r * stride + at, read_ahead);
+        }
       }
     }
+  };
+  std::size_t j = 0;
+  for (; j + step * lanes <= whole; j += step * lanes) {
+    fetch(j, j + step * lanes);
     gradient_rows<Together, step, Arch, Stream>(x, g, y, stride, center, dy_center, dy_scale,
                                                 x_scale, shift, j);
   }
   if (j < whole) {
+    fetch(j, whole);
     gradient_rows<Together, 1, Arch, Stream>(x, g, y, stride, center, dy_center, dy_scale, x_scale,
                                              shift, j);
   }
@@ -383,8 +393,11 @@ template <std::size_t Together, class Arch, bool Stream, class S, class T = comp
 /// load five coefficients from L1 for every vector of data. In cache, rows of
 /// two_row_gradient_slots or more go two at a time: four rows' x, dy and dx are twelve streams
 /// at once, which took longer than the coefficient loads they saved. Streamed, they go one at a
-/// time (see below). Streamed rows fetch x's and dy's lines block.read_ahead_bytes ahead (0: not
-/// at all).
+/// time (see below). Streamed, the four-row walk and the one-row walk over rows of
+/// two_row_gradient_slots or more fetch x's and dy's lines block.read_ahead_bytes ahead (0: not
+/// at all); narrower rows a row at a time do not (where dx is not aligned, the prescaled form,
+/// the last rows): a row at a time, the fetches made them slower (docs/design.md, "The backward
+/// over rows from memory (stop 53)").
 template <class Arch, class S>
 void interleaved_gradient(const S* src, const S* diff_dst, S* diff_src, const row_block& block,
                           const gradient_params<compute_t<S>>& params, std::size_t first) noexcept {
@@ -394,6 +407,8 @@ void interleaved_gradient(const S* src, const S* diff_dst, S* diff_src, const ro
   const std::size_t rows = block.rows, width = block.width, stride = block.stride;
   const gradient_coefficients<const T>& k = params.coeffs;
   const bool stream = params.stream && element_aligned(diff_src);
+  const std::size_t one_row_read_ahead =
+      width >= two_row_gradient_slots ? block.read_ahead_bytes : 0;
   // Copies of the pointers whose address never leaves this function (see normalize_row_groups).
   const T* center = k.center + first;
   const T* dy_center = k.dy_center + first;
@@ -415,7 +430,7 @@ void interleaved_gradient(const S* src, const S* diff_dst, S* diff_src, const ro
     for (std::size_t r = 0; r < rows; ++r) {
       const std::size_t offset = r * stride;
       gradient_run<Arch>(src + offset, diff_dst + offset, diff_src + offset, width, stream, f,
-                         block.read_ahead_bytes);
+                         one_row_read_ahead);
     }
     if (stream) stream_fence<Arch>();
     return;
@@ -449,8 +464,7 @@ void interleaved_gradient(const S* src, const S* diff_dst, S* diff_src, const ro
   // in a streamed line). Wider rows, two at a time, took longer on two threads than one at a
   // time (docs/design.md, "The backward's dx rows together, streamed (stop 63)"); they and
   // other rows go one at a time (gradient_run).
-  const bool whole_lines = reinterpret_cast<std::uintptr_t>(diff_src) % 64 == 0 &&
-                           stride * sizeof(S) % 64 == 0 && width * sizeof(S) % 64 == 0;
+  const bool whole_lines = rows_of_whole_lines(diff_src, width, stride);
   if (!stream) {
     if (width >= two_row_gradient_slots) {
       rows_together(std::integral_constant<std::size_t, 2>(), std::false_type());
@@ -463,7 +477,7 @@ void interleaved_gradient(const S* src, const S* diff_dst, S* diff_src, const ro
   for (; r < rows; ++r) {
     const std::size_t offset = r * stride;
     gradient_run<Arch>(src + offset, diff_dst + offset, diff_src + offset, width, stream, f,
-                       block.read_ahead_bytes);
+                       one_row_read_ahead);
   }
   if (stream) stream_fence<Arch>();
 }

@@ -98,9 +98,11 @@ struct row_block {
 };
 
 /// interleaved_gradient's rows of at least this many slots go two at a time in cache and one at
-/// a time streamed, narrower ones four at a time (docs/design.md, "Fused groups of whole
+/// a time streamed; narrower ones four at a time in cache, and streamed where they are whole
+/// cache lines from an aligned dx (else one at a time) (docs/design.md, "Fused groups of whole
 /// vectors; the backward's dx two rows at a time (stop 48)", "The backward's dx rows together,
-/// streamed (stop 63)"). The planner fetches ahead for the four-row walk.
+/// streamed (stop 63)"). Streamed, the four-row walk and the one-row walk over the wider rows
+/// fetch ahead (row_block::read_ahead_bytes); the narrower rows a row at a time do not.
 constexpr std::size_t two_row_gradient_slots = 512;
 
 /// Whether a reduce kernel starts the per-slot sums (overwrites them) or adds to them: zeroing

@@ -756,8 +756,7 @@ template <form Form, class Arch, class S, class Out>
   // streamed line); other rows go one at a time (stream_run).
   const bool one_row = width == stride && width * sizeof(S) >= 1024 && Form == form::uncentered &&
                        std::is_same<S, T>::value;
-  const bool whole_lines = reinterpret_cast<std::uintptr_t>(dst) % 64 == 0 &&
-                           stride * sizeof(S) % 64 == 0 && width * sizeof(S) % 64 == 0;
+  const bool whole_lines = rows_of_whole_lines(dst, width, stride);
   std::size_t r = 0;
   if (!stream) {
     r = one_row ? normalize_row_groups<1, Form, Arch>(src, dst, rows, width, stride, k, first,

@@ -438,6 +438,13 @@ inline bool is_aligned(const void* p, std::size_t bytes) noexcept {
   return (reinterpret_cast<std::uintptr_t>(p) & (bytes - 1)) == 0;
 }
 
+/// Whether rows of `width` elements, `stride` apart, from p are whole cache lines each: p on a
+/// line, the width and the stride whole lines. Streamed, such rows need no ordinary store.
+template <class S>
+bool rows_of_whole_lines(const S* p, std::size_t width, std::size_t stride) noexcept {
+  return is_aligned(p, 64) && width * sizeof(S) % 64 == 0 && stride * sizeof(S) % 64 == 0;
+}
+
 /// One element, for the scalar edges of the vector code.
 template <class S>
 compute_t<S> to_compute(S v) noexcept {
