@@ -145,11 +145,11 @@ constexpr std::size_t read_ahead_bytes = 16 * 1024;
 //   narrower rows, the fetches made it 5–12% slower, and half-precision storage gained nothing
 //   ("The backward over rows from memory (stop 53)");
 // - its sums over blocks of rows of wide_row_slots or more (float32, float64) walk each
-//   block's rows in memory order
-//   (kernels::row_block::in_row_order): a group of columns at a time, sixteen rows of x and dy
-//   were 32 runs read at once, half as fast as the same bytes read in order. Narrower rows keep
-//   the column walk, whose partials stay in registers where the row walk reloads each a few
-//   vectors after storing it; the forward's statistics, one tensor, gained nothing.
+//   block's rows in memory order (kernels::row_block::in_row_order): a group of columns at a
+//   time, sixteen rows of x and dy were 32 runs read at once, half as fast as the same bytes
+//   read in order. Narrower rows keep the column walk, whose partials stay in registers where
+//   the row walk reloads each a few vectors after storing it; the forward's statistics, one
+//   tensor, gained nothing.
 constexpr std::size_t wide_row_slots = 512;
 constexpr std::size_t row_gradient_read_ahead_bytes = 4 * 1024;
 static_assert(wide_row_slots == kernels::two_row_gradient_slots,
@@ -408,11 +408,10 @@ bool make_partition(const problem& prob, const plan_options& options, std::size_
   const bool narrow_rows_of_whole_lines =
       p.period * p.element_size % 64 == 0 && p.period < kernels::two_row_gradient_slots;
   const bool whole_rows = p.column_blocks == 1;
-  p.row_gradient_read_ahead_bytes = rows_from_memory &&
-                                            (narrow_rows_of_whole_lines || wide_rows_from_memory) &&
-                                            (whole_rows || !p.fused_backward)
-                                        ? row_gradient_read_ahead_bytes
-                                        : 0;
+  const bool map_fetches = rows_from_memory &&
+                           (narrow_rows_of_whole_lines || wide_rows_from_memory) &&
+                           (whole_rows || !p.fused_backward);
+  p.row_gradient_read_ahead_bytes = map_fetches ? row_gradient_read_ahead_bytes : 0;
   p.gradient_sums_in_row_order = wide_rows_from_memory && whole_rows;
   // Training and the backward on more than one thread keep their output cached while the
   // tensors counted fit in one core's L2, half of two cores': the call then stays in the cores'
