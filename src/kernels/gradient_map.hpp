@@ -352,8 +352,8 @@ template <std::size_t Rows, std::size_t Vectors, class Arch, bool Stream, class 
 /// The whole vectors of `Together` rows from x, dy (dx likewise), streamed with `Stream`: two
 /// vectors a step where the registers hold their coefficients and the rows' values (AVX-512's
 /// 32), one below. Streamed, each line of x and dy is fetched `read_ahead` bytes ahead once, at
-/// the step where it starts. Out of line, its pointers and bounds loaded once (see map.hpp's
-/// normalize_row_group).
+/// the step where it starts; in cache, nothing is fetched. Out of line, its pointers and bounds
+/// loaded once (see map.hpp's normalize_row_group).
 template <std::size_t Together, class Arch, bool Stream, class S, class T = compute_t<S>>
 [[gnu::noinline]] void gradient_row_group(const S* x, const S* g, S* y, std::size_t whole,
                                           std::size_t stride, const T* center, const T* dy_center,
@@ -451,9 +451,9 @@ void interleaved_gradient(const S* src, const S* diff_dst, S* diff_src, const ro
       const S* x = src + offset;
       const S* g = diff_dst + offset;
       S* y = diff_src + offset;
-      gradient_row_group<together, Arch, decltype(streamed)::value>(
-          x, g, y, whole, stride, center, dy_center, dy_scale, x_scale, shift,
-          decltype(streamed)::value ? block.read_ahead_bytes : 0);
+      gradient_row_group<together, Arch, decltype(streamed)::value>(x, g, y, whole, stride, center,
+                                                                    dy_center, dy_scale, x_scale,
+                                                                    shift, block.read_ahead_bytes);
       for (std::size_t i = 0; whole < width && i < together; ++i) {
         gradient_store_run<Arch>(x + i * stride, g + i * stride, y + i * stride, whole, width, f);
       }
