@@ -144,8 +144,9 @@ status fold(const fold_problem& prob, const weight_geometry& g, const fold_args&
     return !std::isfinite(kernels::to_double(kernels::from_double<W>(v)));
   };
   // Channel c's gamma/sqrt(var + eps) is scale[c]·2^exponent[c]: float64's may pass its largest
-  // value (γ 1e300 over sqrt(1e-300)) where the folded values fit; then its significand part
-  // and a power of two apart (exponent 0 elsewhere: the same operations as one quotient).
+  // value (γ 1e300 over sqrt(1e-300)) or fall below its smallest normal one (γ 1e-300 over
+  // sqrt(1e300)) where the folded values fit; then its significand part and a power of two
+  // apart (exponent 0 elsewhere: the same operations as one quotient).
   std::vector<double> scale(g.channels), bias(g.channels);
   std::vector<int> exponent(g.channels, 0);
   // v·scale: where the exponent is not 0, v's significand times scale[c] (a normal product,
@@ -181,7 +182,10 @@ status fold(const fold_problem& prob, const weight_geometry& g, const fold_args&
     const double root = std::isfinite(var_eps) ? std::sqrt(var_eps)
                                                : 2.0 * std::sqrt(0.25 * var + 0.25 * prob.epsilon);
     scale[c] = gamma / root;
-    if (std::isinf(scale[c])) scale[c] = std::frexp(gamma, &exponent[c]) / root;
+    if (std::isinf(scale[c]) ||
+        (gamma != 0.0 && std::fabs(scale[c]) < std::numeric_limits<double>::min())) {
+      scale[c] = std::frexp(gamma, &exponent[c]) / root;  // [0.5, 1) over at most 1.4e154
+    }
     // (layer bias − mean)·scale + β, the difference halved where it overflows (float64's ±1e308).
     double difference = layer_bias - mean;
     int halved = 0;

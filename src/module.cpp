@@ -1,10 +1,13 @@
 // The framework-level modules: PyTorch's and MindSpore's mode logic over two cached plans.
 #include "bnorm/module.hpp"
 
+#include <array>
 #include <cctype>
 #include <cmath>
 #include <cstring>
 #include <initializer_list>
+#include <iterator>
+#include <limits>
 #include <new>
 #include <stdexcept>
 #include <string>
@@ -35,13 +38,18 @@ bool names_one_of(const char* name, std::initializer_list<const char*> names) {
 
 using name_pair = std::pair<const char*, const char*>;  // the engine's, the module's
 
-/// A backward call's refusal in the words of the module's backward(input, grad_output,
-/// grad_input) and its gradients, not the engine's.
-constexpr name_pair backward_names[] = {{"diff_src", "grad_input"},
-                                        {"diff_dst", "grad_output"},
-                                        {"diff_scale", "weight_grad"},
-                                        {"diff_shift", "bias_grad"},
-                                        {"src", "input"}};
+/// The module's parameters and buffers as its framework names them.
+struct parameter_names {
+  const char* weight;
+  const char* bias;
+  const char* running_mean;
+  const char* running_var;
+};
+constexpr parameter_names pytorch_names = {"weight", "bias", "running_mean", "running_var"};
+constexpr parameter_names mindspore_names = {"gamma", "beta", "moving_mean", "moving_variance"};
+const parameter_names& names_of(framework f) {
+  return f == framework::mindspore ? mindspore_names : pytorch_names;
+}
 
 /// fold_into(weight, bias, ...)'s refusal: the layer's weight and bias as the call names them
 /// (the engine stages the folded bias apart), the module's parameters and statistics as it does.
@@ -52,16 +60,16 @@ constexpr name_pair mindspore_fold_names[] = {
     {"folded_weight", "weight"}, {"folded_bias", "bias"}, {"scale", "gamma"},
     {"shift", "beta"},           {"mean", "moving_mean"}, {"var", "moving_variance"}};
 
-/// A refusal of the engine in the module's words: each engine name in `names`, in turn,
+/// A refusal of the engine in the module's words: each engine name in [first, last), in turn,
 /// wherever the message has it as a whole word.
-template <std::size_t N>
-status in_module_names(const status& s, const name_pair (&names)[N]) {
+status in_module_names(const status& s, const name_pair* first, const name_pair* last) {
   if (s) return s;
   const auto word_character = [](char c) {
     return std::isalnum(static_cast<unsigned char>(c)) != 0 || c == '_';
   };
   std::string text = s.message();
-  for (const auto& [engine, module] : names) {
+  for (const name_pair* name = first; name != last; ++name) {
+    const auto& [engine, module] = *name;
     const std::size_t length = std::strlen(engine);
     for (std::size_t at = text.find(engine); at != std::string::npos; at = text.find(engine, at)) {
       const bool whole = (at == 0 || !word_character(text[at - 1])) &&
@@ -75,6 +83,27 @@ status in_module_names(const status& s, const name_pair (&names)[N]) {
     }
   }
   return status::failure(s.code(), "%s", text.c_str());
+}
+
+status in_module_names(const status& s, std::initializer_list<name_pair> names) {
+  return in_module_names(s, names.begin(), names.end());
+}
+template <class Names>
+status in_module_names(const status& s, const Names& names) {
+  return in_module_names(s, std::data(names), std::data(names) + std::size(names));
+}
+
+/// A backward call's refusal in the words of backward(input, grad_output, grad_input), its
+/// gradients and the module's buffers: the saved batch statistics, or (frozen) the running ones.
+std::array<name_pair, 8> backward_names(const parameter_names& names, bool frozen) {
+  return {{{"diff_src", "grad_input"},
+           {"diff_dst", "grad_output"},
+           {"diff_scale", "weight_grad"},
+           {"diff_shift", "bias_grad"},
+           {"src", "input"},
+           {"scale", names.weight},
+           {"mean", frozen ? names.running_mean : "saved_mean"},
+           frozen ? name_pair{"var", names.running_var} : name_pair{"inv_std", "saved_inv_std"}}};
 }
 
 }  // namespace
@@ -92,14 +121,30 @@ initializer::initializer(const char* name) {
 
 template <class T>
 void initializer::fill(const char* parameter, std::size_t channels, std::vector<T>& out) const {
+  // A finite value beyond T's range would be stored as an infinity (a conversion ISO C++ leaves
+  // undefined): refused. NaN and infinities are kept as given, as the frameworks keep them.
+  const auto check_range = [&](double v) {
+    if (std::isfinite(v) && std::fabs(v) > static_cast<double>(std::numeric_limits<T>::max())) {
+      throw error(status::failure(status_code::invalid_argument,
+                                  "%s: expected values within the range of %s (at most %s in "
+                                  "magnitude), got %s",
+                                  parameter, sizeof(T) == 4 ? "float32" : "float64",
+                                  detail::number_text(std::numeric_limits<T>::max()).text,
+                                  detail::number_text(v).text));
+    }
+  };
   switch (kind_) {
-    case kind::constant: out.assign(channels, static_cast<T>(constant_)); return;
+    case kind::constant:
+      check_range(constant_);
+      out.assign(channels, static_cast<T>(constant_));
+      return;
     case kind::values:
       if (values_.size() != channels) {
         throw error(status::failure(status_code::invalid_argument,
                                     "%s: expected %zu values (num_features), got %zu", parameter,
                                     channels, values_.size()));
       }
+      for (double v : values_) check_range(v);
       out.assign(values_.begin(), values_.end());
       return;
     case kind::unknown_name:
@@ -429,7 +474,13 @@ void batch_norm<T>::forward_unguarded(const T* src, T* dst, const tensor_shape& 
     std::shared_ptr<const training_exchange> exchange;
     if (exchanges_batch_statistics()) exchange = exchange_;
     reached_exchange = exchange != nullptr;
-    throw_if_failed(exchange ? exchange->forward_training(p, args) : p.forward_training(args));
+    const parameter_names& names = names_of(config_.framework);
+    throw_if_failed(
+        in_module_names(exchange ? exchange->forward_training(p, args) : p.forward_training(args),
+                        {{"scale", names.weight},
+                         {"shift", names.bias},
+                         {"running_mean", names.running_mean},
+                         {"running_var", names.running_var}}));
     saved_mean_ = std::move(mean);
     saved_mean_residual_ = std::move(mean_residual);
     saved_inv_std_ = std::move(inv_std);
@@ -442,7 +493,11 @@ void batch_norm<T>::forward_unguarded(const T* src, T* dst, const tensor_shape& 
     args.shift = in(bias_);
     args.mean = in(running_mean_);
     args.var = in(running_var_);
-    throw_if_failed(p.forward_inference(args));
+    const parameter_names& names = names_of(config_.framework);
+    throw_if_failed(in_module_names(p.forward_inference(args), {{"scale", names.weight},
+                                                                {"shift", names.bias},
+                                                                {"mean", names.running_mean},
+                                                                {"var", names.running_var}}));
     last_forward_ = last_forward{shape, false, nullptr};
   }
 }
@@ -514,6 +569,7 @@ void batch_norm<T>::backward_unguarded(const T* input, const T* grad_output, T* 
     dweight.resize(channels);
     dbias.resize(channels);
   }
+  const parameter_names& names = names_of(config_.framework);
   backward_args args;
   args.src = input;
   args.diff_dst = grad_output;
@@ -528,11 +584,11 @@ void batch_norm<T>::backward_unguarded(const T* input, const T* grad_output, T* 
     reached_exchange = last.exchange != nullptr;
     throw_if_failed(in_module_names(
         last.exchange ? last.exchange->backward_training(p, args) : p.backward_training(args),
-        backward_names));
+        backward_names(names, false)));
   } else {
     args.mean = in(running_mean_);
     args.var = in(running_var_);
-    throw_if_failed(in_module_names(p.backward_frozen(args), backward_names));
+    throw_if_failed(in_module_names(p.backward_frozen(args), backward_names(names, true)));
   }
   if (!trains_affine()) return;
   // Nothing below allocates or throws: both gradients change, or neither.

@@ -755,6 +755,88 @@ TEST(ModuleBackward, AccumulatesClearsAndRefuses) {
   EXPECT_EQ(cell.beta_grad(), first_bias) << "dβ = Σdy whatever the statistics";
 }
 
+// Refusals from the engine name the module's buffers as its framework does (module.hpp), in
+// the forward as in the backward: "overlap gamma", not the engine's "overlap scale". They said
+// scale, var, running_mean (for MindSpore's moving_mean) and mean.
+TEST(Module, RefusalsNameTheModulesBuffers) {
+  const auto message_of = [](auto&& call) {
+    try {
+      call();
+    } catch (const bnorm::error& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  const auto expect_names = [](const std::string& message, const char* begins,
+                               const char* overlaps) {
+    EXPECT_EQ(message.rfind(begins, 0), 0u) << message;
+    EXPECT_NE(message.find(std::string("overlap ") + overlaps), std::string::npos) << message;
+  };
+  std::vector<float> x = {1, 2, 3, 4, 5, 6, 7, 8}, dy = {1, -1, 2, -2, 3, -3, 4, -4};
+  auto cell = bnorm::mindspore::BatchNorm1d(4);  // eval: running statistics
+  // Room for 8 values in each buffer, so that no range below leaves an allocation.
+  for (auto* buffer : {&cell.gamma(), &cell.beta(), &cell.moving_mean(), &cell.moving_variance()}) {
+    buffer->reserve(8);
+  }
+  expect_names(message_of([&] {
+                 cell.forward(x.data(), cell.gamma().data(), {2, 4});
+               }),
+               "dst: expected memory of its own", "gamma");
+  expect_names(message_of([&] {
+                 cell.forward(x.data(), cell.moving_variance().data(), {2, 4});
+               }),
+               "dst: expected memory of its own", "moving_variance");
+  cell.train();  // batch statistics, the moving ones updated
+  expect_names(message_of([&] {
+                 cell.forward(x.data(), cell.moving_mean().data(), {2, 4});
+               }),
+               "moving_mean: expected memory of its own", "dst");
+
+  auto bn = bnorm::torch::BatchNorm1d(4);
+  for (auto* buffer : {&bn.weight(), &bn.running_mean()}) buffer->reserve(8);
+  bn.forward(x, {2, 4});
+  expect_names(message_of([&] { bn.backward(x.data(), dy.data(), bn.weight().data()); }),
+               "grad_input: expected memory of its own", "weight");
+  bn.eval();
+  bn.forward(x, {2, 4});
+  expect_names(message_of([&] { bn.backward(x.data(), dy.data(), bn.running_mean().data()); }),
+               "grad_input: expected memory of its own", "running_mean");
+}
+
+// An initializer's finite value beyond the parameter type's range would be stored as an
+// infinity: refused when the module is built (it was kept as inf, and forward gave NaN).
+TEST(Module, InitializersBeyondTheParameterRangeAreRefused) {
+  bnorm::mindspore::options opts;
+  opts.gamma_init = 1e300;
+  try {
+    bnorm::mindspore::BatchNorm2d(2, opts);
+    ADD_FAILURE() << "gamma_init 1e300 must throw for float32 parameters";
+  } catch (const bnorm::error& e) {
+    EXPECT_EQ(e.code(), bnorm::status_code::invalid_argument);
+    EXPECT_EQ(std::string(e.what()).rfind("gamma_init: expected values within the range of "
+                                          "float32",
+                                          0),
+              0u)
+        << e.what();
+    EXPECT_NE(std::string(e.what()).find("got 1e+300"), std::string::npos) << e.what();
+  }
+  opts.gamma_init = "ones";
+  opts.moving_var_init = std::vector<double>{1e39, 1.0};
+  try {
+    bnorm::mindspore::BatchNorm2d(2, opts);
+    ADD_FAILURE() << "moving_var_init 1e39 must throw for float32 parameters";
+  } catch (const bnorm::error& e) {
+    EXPECT_EQ(std::string(e.what()).rfind("moving_var_init: expected values within", 0), 0u)
+        << e.what();
+  }
+  // The largest float32 itself, and NaN as given (the frameworks keep it), are kept.
+  opts.moving_var_init = std::vector<double>{std::numeric_limits<float>::max(),
+                                             std::numeric_limits<double>::quiet_NaN()};
+  auto cell = bnorm::mindspore::BatchNorm2d(2, opts);
+  EXPECT_EQ(cell.moving_variance()[0], std::numeric_limits<float>::max());
+  EXPECT_TRUE(std::isnan(cell.moving_variance()[1]));
+}
+
 }  // namespace
 
 namespace {
