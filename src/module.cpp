@@ -455,17 +455,20 @@ void batch_norm<T>::forward_unguarded(const T* src, T* dst, const tensor_shape& 
   const bool batch_stats = uses_batch_statistics();
   const plan& p = plan_for(shape, batch_stats);
   if (batch_stats) {
-    // The saved statistics are written only by a successful call: stage them.
-    std::vector<parameter_type> mean(static_cast<std::size_t>(config_.num_features));
-    std::vector<parameter_type> mean_residual(mean.size()), inv_std(mean.size());
+    // The saved statistics are written only by a successful call: staged.
+    const auto channels = static_cast<std::size_t>(config_.num_features);
+    for (auto* staged : {&staged_mean_, &staged_mean_residual_, &staged_inv_std_}) {
+      staged->resize(channels);
+    }
     training_args args;
     args.src = src;
     args.dst = dst;
     args.scale = in(weight_);
     args.shift = in(bias_);
-    args.batch_mean = out(mean);
-    args.batch_mean_residual = out(mean_residual);  // the backward's gradient is the forward's
-    args.batch_inv_std = out(inv_std);
+    args.batch_mean = out(staged_mean_);
+    // The backward's gradient is the forward's: the mean's residual too.
+    args.batch_mean_residual = out(staged_mean_residual_);
+    args.batch_inv_std = out(staged_inv_std_);
     if (p.options().update_running_stats) {
       args.running_mean = out(running_mean_);
       args.running_var = out(running_var_);
@@ -481,9 +484,9 @@ void batch_norm<T>::forward_unguarded(const T* src, T* dst, const tensor_shape& 
                          {"shift", names.bias},
                          {"running_mean", names.running_mean},
                          {"running_var", names.running_var}}));
-    saved_mean_ = std::move(mean);
-    saved_mean_residual_ = std::move(mean_residual);
-    saved_inv_std_ = std::move(inv_std);
+    saved_mean_.swap(staged_mean_);
+    saved_mean_residual_.swap(staged_mean_residual_);
+    saved_inv_std_.swap(staged_inv_std_);
     last_forward_ = last_forward{shape, true, std::move(exchange)};
   } else {
     inference_args args;
@@ -563,20 +566,19 @@ void batch_norm<T>::backward_unguarded(const T* input, const T* grad_output, T* 
   const last_forward& last = *last_forward_;
   const plan& p = plan_for(last.shape, last.batch_statistics);
   const std::size_t channels = static_cast<std::size_t>(config_.num_features);
-  // The parameter gradients are staged: the accumulated ones change only on success.
-  std::vector<parameter_type> dweight, dbias;
-  if (trains_affine()) {
-    dweight.resize(channels);
-    dbias.resize(channels);
-  }
   const parameter_names& names = names_of(config_.framework);
   backward_args args;
   args.src = input;
   args.diff_dst = grad_output;
   args.diff_src = grad_input;
   args.scale = in(weight_);
-  args.diff_scale = out(dweight);
-  args.diff_shift = out(dbias);
+  // The parameter gradients are staged: the accumulated ones change only on success.
+  if (trains_affine()) {
+    staged_weight_grad_.resize(channels);
+    staged_bias_grad_.resize(channels);
+    args.diff_scale = out(staged_weight_grad_);
+    args.diff_shift = out(staged_bias_grad_);
+  }
   if (last.batch_statistics) {
     args.mean = in(saved_mean_);
     args.mean_residual = in(saved_mean_residual_);
@@ -600,8 +602,8 @@ void batch_norm<T>::backward_unguarded(const T* input, const T* grad_output, T* 
     }
     for (std::size_t c = 0; c < grad.size(); ++c) into[c] += grad[c];
   };
-  accumulate(weight_grad_, dweight);
-  accumulate(bias_grad_, dbias);
+  accumulate(weight_grad_, staged_weight_grad_);
+  accumulate(bias_grad_, staged_bias_grad_);
 }
 
 template <class T>

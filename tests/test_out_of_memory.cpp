@@ -124,6 +124,33 @@ TEST(OutOfMemory, ModuleAllocationFailuresAreBnormErrors) {
   EXPECT_EQ(bn.running_mean(), std::vector<float>(4, 0.f));
 }
 
+// Once warm (its plans made, its staging buffers and gradients sized), a module's step
+// allocates nothing: forward and backward through pointers, in train and in eval mode. They
+// allocated three vectors a training forward and two a backward.
+TEST(OutOfMemory, WarmModuleStepsAllocateNothing) {
+  auto bn = bnorm::torch::BatchNorm1d(4);
+  const std::vector<float> x = normal_data<float>(8, 0.0, 1.0, 5);
+  const std::vector<float> dy = normal_data<float>(8, 0.0, 1.0, 6);
+  std::vector<float> y(8), dx(8);
+  const auto step = [&] {
+    bn.forward(x.data(), y.data(), {2, 4});
+    bn.backward(x.data(), dy.data(), dx.data());
+  };
+  for (bool training : {true, false}) {
+    bn.train(training);
+    step();  // the plans, the staging buffers and the gradients
+    step();  // the staging buffers swapped out by the first step
+    fail_throwing_new = true;
+    try {
+      step();
+      fail_throwing_new = false;
+    } catch (const bnorm::error& e) {
+      fail_throwing_new = false;
+      ADD_FAILURE() << (training ? "train: " : "eval: ") << e.what();
+    }
+  }
+}
+
 // A backward that runs out of memory at any of its allocations leaves weight_grad and bias_grad
 // as they were: both none (the first backward), never one set without the other.
 TEST(OutOfMemory, ModuleBackwardSetsBothGradientsOrNeither) {

@@ -211,6 +211,10 @@ class batch_norm {
   std::int64_t num_batches_tracked_ = 0;
   std::vector<parameter_type> saved_mean_, saved_mean_residual_, saved_inv_std_;
   std::vector<parameter_type> weight_grad_, bias_grad_;
+  /// What a call writes before it has succeeded (the saved statistics, the parameter
+  /// gradients), swapped with them after: once warm, a step allocates nothing.
+  std::vector<parameter_type> staged_mean_, staged_mean_residual_, staged_inv_std_;
+  std::vector<parameter_type> staged_weight_grad_, staged_bias_grad_;
   /// What the most recent successful forward was, for backward.
   struct last_forward {
     tensor_shape shape;
