@@ -12,7 +12,8 @@
 //   auto ms = bnorm::mindspore::BatchNorm2d(64, opts);      // eval mode, momentum 0.9
 //
 // A module is not safe to call from several threads at once (it updates its buffers); its
-// plans are, for engines that share them.
+// plans are, for engines that share them. Once warm (a shape's plans made, its buffers sized by
+// two steps), forward and backward through pointers allocate nothing.
 #pragma once
 
 #include <cstdint>
