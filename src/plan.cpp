@@ -245,14 +245,31 @@ status check_counter(const std::int64_t* counter) noexcept {
   return {};
 }
 
-status check_scratch_pointer(const void* data, std::size_t size) noexcept {
+/// Scratch the caller gives for a call that lays out `needed` bytes: enough of it, where the
+/// call takes it (beyond the stack's).
+status check_given_scratch(std::size_t needed, const void* given, std::size_t given_size,
+                           const char* size_function) noexcept {
+  if (needed > detail::stack_scratch_bytes && given != nullptr && given_size < needed) {
+    return status::failure(status_code::invalid_argument,
+                           "scratch: expected at least %zu bytes (plan::%s()), got %zu", needed,
+                           size_function, given_size);
+  }
+  return {};
+}
+
+/// The caller's scratch (data, size) for a call that lays out `needed` bytes (see
+/// plan::`size_function`()): data where a size is given, on a cache line, and enough of it
+/// where the call takes it; checked before its overlaps, which take its needed size.
+status check_scratch(const void* data, std::size_t size, std::size_t needed,
+                     const char* size_function) noexcept {
   if (data == nullptr) {
     if (size == 0) return {};
     return status::failure(status_code::invalid_argument,
                            "scratch: expected data for the given size %zu, got a null pointer",
                            size);
   }
-  return check_alignment("scratch", data, 64, "a cache line");
+  if (status s = check_alignment("scratch", data, 64, "a cache line"); !s) return s;
+  return check_given_scratch(needed, data, size, size_function);
 }
 
 /// Scratch from the caller, or the stack, or the heap. `needed` is what the call lays out;
@@ -261,16 +278,12 @@ class scratch_buffer {
  public:
   status acquire(std::size_t needed, void* given, std::size_t given_size,
                  const char* size_function) noexcept {
+    if (status s = check_given_scratch(needed, given, given_size, size_function); !s) return s;
     if (needed <= detail::stack_scratch_bytes) {
       data_ = local_;
       return {};
     }
     if (given != nullptr) {
-      if (given_size < needed) {
-        return status::failure(status_code::invalid_argument,
-                               "scratch: expected at least %zu bytes (plan::%s()), got %zu", needed,
-                               size_function, given_size);
-      }
       data_ = static_cast<unsigned char*>(given);
       return {};
     }
@@ -542,7 +555,11 @@ status check_training(const plan_impl& p, const training_args& args,
   }
   const std::int64_t* counter = update ? args.num_batches_tracked : nullptr;
   if (status s = check_counter(counter); !s) return s;
-  if (status s = check_scratch_pointer(args.scratch, args.scratch_size); !s) return s;
+  if (status s = check_scratch(args.scratch, args.scratch_size, p.part.scratch.training_bytes,
+                               "training_scratch_size");
+      !s) {
+    return s;
+  }
   const std::size_t data_bytes = p.part.elements * p.part.element_size;
   const std::size_t channel_bytes = channels * element_size(parameter_dtype(p.prob, p.options));
   const std::size_t running_bytes = update ? channel_bytes : 0;
@@ -734,7 +751,12 @@ status plan::forward_inference(const inference_args& args) const noexcept {
       !s) {
     return s;
   }
-  if (status s = check_scratch_pointer(args.scratch, args.scratch_size); !s) return s;
+  if (status s = check_scratch(args.scratch, args.scratch_size,
+                               p.part.elements ? p.part.scratch.inference_bytes : 0,
+                               "inference_scratch_size");
+      !s) {
+    return s;
+  }
   const std::size_t data_bytes = p.part.elements * p.part.element_size;
   const std::size_t channel_bytes = channels * element_size(parameter_dtype(p.prob, p.options));
   const std::size_t scratch_bytes = caller_scratch(p.part.scratch.inference_bytes);
@@ -866,7 +888,16 @@ status backward(const plan_impl& p, const backward_args& args, bool frozen,
       !s) {
     return s;
   }
-  if (status s = check_scratch_pointer(args.scratch, args.scratch_size); !s) return s;
+  // A frozen dx alone runs as inference: its scratch is inference's.
+  const bool sums = !frozen || dgamma || dbeta;
+  const std::size_t needed_scratch = elements == 0 ? 0
+                                     : sums        ? p.part.scratch.training_bytes
+                                                   : p.part.scratch.inference_bytes;
+  if (status s =
+          check_scratch(args.scratch, args.scratch_size, needed_scratch, "backward_scratch_size");
+      !s) {
+    return s;
+  }
   const std::size_t data_bytes = elements * p.part.element_size;
   const std::size_t channel_bytes = channels * element_size(parameter_dtype(p.prob, p.options));
   const std::size_t scratch_bytes = caller_scratch(p.part.scratch.training_bytes);
@@ -924,12 +955,9 @@ status backward(const plan_impl& p, const backward_args& args, bool frozen,
     }
     return {};
   }
-  // A frozen dx alone runs as inference: its scratch is inference's.
-  const bool sums = !frozen || dgamma || dbeta;
   scratch_buffer scratch;
   if (status s =
-          scratch.acquire(sums ? p.part.scratch.training_bytes : p.part.scratch.inference_bytes,
-                          args.scratch, args.scratch_size, "backward_scratch_size");
+          scratch.acquire(needed_scratch, args.scratch, args.scratch_size, "backward_scratch_size");
       !s) {
     return s;
   }

@@ -387,6 +387,36 @@ TEST(DistributedScratch, TheTrainingSizeServesEveryRanksBatch) {
   }
 }
 
+// Scratch too small for the merged step is refused by every rank's local step, an empty one's
+// too: the empty rank's local step accepted it, then only its merged step refused, after the
+// exchange, while the other ranks committed their step.
+TEST(DistributedScratch, AnEmptyRanksLocalStepRefusesScratchItsMergedStepWould) {
+  constexpr std::size_t c = 3000;  // per-channel arrays beyond the stack's scratch
+  for (const std::int64_t n : {0, 2}) {
+    SCOPED_TRACE("batch " + std::to_string(n));
+    const bnorm::plan plan = make_plan_or_fail({{n, std::int64_t(c)}, layout::channels_last}, {});
+    ASSERT_GT(plan.training_scratch_size(), 64u);
+    aligned_vector<unsigned char> scratch(64);
+    std::vector<float> x(n * c, 2.0f), y(n * c, 7.0f), mean(c), inv(c), rm(c, 0.0f), rv(c, 1.0f);
+    bnorm::training_args a;
+    a.src = n ? x.data() : nullptr;
+    a.dst = n ? y.data() : nullptr;
+    a.batch_mean = out(mean);
+    a.batch_inv_std = out(inv);
+    a.running_mean = out(rm);
+    a.running_var = out(rv);
+    a.scratch = scratch.data();
+    a.scratch_size = 64;
+    std::vector<double> block(bnorm::statistics_exchange_size(c), 7.0);
+    const bnorm::status s = plan.local_statistics(a, block.data(), block.size());
+    ASSERT_FALSE(s.ok());
+    EXPECT_EQ(std::string(s.message()), "scratch: expected at least " +
+                                            std::to_string(plan.training_scratch_size()) +
+                                            " bytes (plan::training_scratch_size()), got 64");
+    EXPECT_EQ(block, std::vector<double>(block.size(), 7.0)) << "the block untouched";
+  }
+}
+
 TEST(DistributedErrors, RefusedBeforeAnythingIsWritten) {
   const bnorm::plan plan = make_plan_or_fail({{2, 3, 4}}, {});
   std::vector<float> x = normal_data<float>(24, 0.0, 1.0, 5), y(24, 7.0f);
