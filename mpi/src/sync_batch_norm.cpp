@@ -11,7 +11,9 @@
 #include <cstring>
 #include <limits>
 #include <new>
+#include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace bnorm::mpi {
@@ -146,16 +148,56 @@ struct message_block {
   char text[status::max_message_length + 1];
 };
 
+/// Every buffer of one collective step, this rank's block included, allocated before its first
+/// collective call: a rank that cannot have them says so in agree_on_buffers instead of leaving
+/// the others waiting in a gather it never joins.
+struct step_buffers {
+  std::vector<header> headers;
+  std::vector<message_block> messages;
+  std::vector<double> block, blocks, combined;
+
+  /// `block_size` doubles for this rank's block and the combined one, `ranks` of each of the
+  /// rest; false when memory runs out.
+  bool allocate(int ranks, std::size_t block_size) noexcept {
+    try {
+      const auto count = static_cast<std::size_t>(ranks);
+      headers.resize(count);
+      messages.resize(count);
+      block.resize(block_size);
+      combined.resize(block_size);
+      blocks.resize(count * block_size);
+      return true;
+    } catch (const std::bad_alloc&) {
+      return false;
+    } catch (const std::length_error&) {
+      return false;
+    }
+  }
+};
+
+/// Whether every rank has its step's buffers: one reduction of no buffer of its own, so that a
+/// rank short of memory still takes part. Every rank returns the same verdict.
+status agree_on_buffers(bool allocated, int ranks, int rank, MPI_Comm comm) {
+  const int mine = allocated ? ranks : rank;
+  int first = ranks;
+  if (int code = MPI_Allreduce(&mine, &first, 1, MPI_INT, MPI_MIN, comm); code != MPI_SUCCESS) {
+    return mpi_failure("MPI_Allreduce of the buffers' verdict", code);
+  }
+  if (first == ranks) return {};
+  return status::failure(status_code::out_of_memory,
+                         "bnorm::mpi: rank %d could not allocate the exchange's buffers; nothing "
+                         "was written on any rank",
+                         first);
+}
+
 /// The collective part of a call: every rank's header, checked alike on every rank; where some
 /// rank refused, every rank's message (so that each names the first rank that refused and
-/// why); else, if all agree, every rank's block (`block_size` doubles) gathered into
-/// `blocks`. `local` is this rank's own verdict, returned as it is when it refused.
-status exchange(const header& mine, const status& local, const double* block,
-                std::size_t block_size, MPI_Comm comm, std::vector<double>& blocks, int* rank_out) {
-  int ranks = 0, rank = 0;
-  if (status s = usable(comm, &ranks, &rank); !s) return s;
-  *rank_out = rank;
-  std::vector<header> all(static_cast<std::size_t>(ranks));
+/// why); else, if all agree, every rank's block (buffers.block, `block_size` doubles) gathered
+/// into buffers.blocks. `local` is this rank's own verdict, returned as it is when it refused.
+status exchange(const header& mine, const status& local, std::size_t block_size,
+                step_buffers& buffers, MPI_Comm comm) {
+  const int ranks = static_cast<int>(buffers.headers.size());
+  std::vector<header>& all = buffers.headers;
   if (int code = MPI_Allgather(mine.words, header_words, MPI_INT64_T, all.data(), header_words,
                                MPI_INT64_T, comm);
       code != MPI_SUCCESS) {
@@ -168,7 +210,7 @@ status exchange(const header& mine, const status& local, const double* block,
   if (refusing >= 0) {  // every rank knows it: every rank gathers the messages
     message_block own{};
     std::snprintf(own.text, sizeof own.text, "%s", local.message());
-    std::vector<message_block> messages(static_cast<std::size_t>(ranks));
+    std::vector<message_block>& messages = buffers.messages;
     if (int code = MPI_Allgather(own.text, sizeof own.text, MPI_CHAR, messages.data(),
                                  sizeof own.text, MPI_CHAR, comm);
         code != MPI_SUCCESS) {
@@ -210,13 +252,32 @@ status exchange(const header& mine, const status& local, const double* block,
         "got %zu",
         block_size);
   }
-  blocks.resize(static_cast<std::size_t>(ranks) * block_size);
-  if (int code = MPI_Allgather(block, static_cast<int>(block_size), MPI_DOUBLE, blocks.data(),
-                               static_cast<int>(block_size), MPI_DOUBLE, comm);
+  if (int code =
+          MPI_Allgather(buffers.block.data(), static_cast<int>(block_size), MPI_DOUBLE,
+                        buffers.blocks.data(), static_cast<int>(block_size), MPI_DOUBLE, comm);
       code != MPI_SUCCESS) {
     return mpi_failure("MPI_Allgather of the blocks", code);
   }
   return {};
+}
+
+/// A rank's part in a collective step up to its exchange: the communicator checked, the step's
+/// buffers allocated and agreed on by every rank, then `local(buffers)` (this rank's verdict,
+/// its block written) exchanged.
+template <class Local>
+status prepared_exchange(std::size_t block_size, MPI_Comm comm, step_buffers& buffers, int* rank,
+                         const Local& local) {
+  int ranks = 0;
+  if (status s = usable(comm, &ranks, rank); !s) return s;
+  // Blocks beyond MPI's int counts get no buffers: exchange refuses them once the headers agree.
+  const bool countable = block_size <= static_cast<std::size_t>(std::numeric_limits<int>::max());
+  if (status s =
+          agree_on_buffers(buffers.allocate(ranks, countable ? block_size : 0), ranks, *rank, comm);
+      !s) {
+    return s;
+  }
+  const auto [mine, verdict] = local();
+  return exchange(mine, verdict, block_size, buffers, comm);
 }
 
 /// Runs body() and turns an allocation failure into a status: the call never throws.
@@ -246,20 +307,28 @@ status collective_step(const plan& p, exchange_step step, MPI_Comm comm, const L
                        const Combine& combine, const Finish& finish) noexcept {
   return no_throw([&]() -> status {
     const std::size_t size = block_size_of(p);
-    std::vector<double> block(size), blocks, combined(size);
-    const status verdict = local(block.data(), size);
+    step_buffers buffers;
     int rank = 0;
-    if (status s =
-            exchange(header_of(p, step, verdict), verdict, block.data(), size, comm, blocks, &rank);
+    if (status s = prepared_exchange(size, comm, buffers, &rank,
+                                     [&] {
+                                       // No block buffer: refused once the headers agree.
+                                       const status verdict =
+                                           buffers.block.size() == size
+                                               ? local(buffers.block.data(), size)
+                                               : status();
+                                       return std::pair(header_of(p, step, verdict), verdict);
+                                     });
         !s) {
       return s;
     }
     const std::size_t channels = (size - 1) / 2;
-    if (status s = combine(channels, blocks.data(), blocks.size() / size, combined.data(), size);
+    if (status s = combine(channels, buffers.blocks.data(), buffers.blocks.size() / size,
+                           buffers.combined.data(), size);
         !s) {
       return s;
     }
-    return finish(blocks.data() + static_cast<std::size_t>(rank) * size, combined.data(), size);
+    return finish(buffers.blocks.data() + static_cast<std::size_t>(rank) * size,
+                  buffers.combined.data(), size);
   });
 }
 
@@ -306,9 +375,10 @@ status refuse(const status& reason, MPI_Comm comm) noexcept {
     const status refused = reason ? status(status_code::invalid_argument,
                                            "bnorm::mpi::refuse: refused with no reason given")
                                   : reason;
-    std::vector<double> blocks;
+    step_buffers buffers;
     int rank = 0;
-    return exchange(refusal_header(refused), refused, nullptr, 0, comm, blocks, &rank);
+    return prepared_exchange(0, comm, buffers, &rank,
+                             [&] { return std::pair(refusal_header(refused), refused); });
   });
 }
 

@@ -6,10 +6,13 @@
 #include <mpi.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <ctime>
 #include <limits>
+#include <new>
 #include <string>
 #include <vector>
 
@@ -18,6 +21,34 @@
 
 using namespace bnorm_test;
 using bnorm::layout;
+
+namespace {
+// The throwing new of this binary, over malloc (with the deletes to match: a sanitizer's own
+// delete would report a mismatch), failing an allocation of exactly `failing_size` bytes while
+// it is not 0: one rank runs out of memory at one buffer of a collective step.
+std::atomic<std::size_t> failing_size{0};
+}  // namespace
+
+void* operator new(std::size_t size) {
+  if (size != 0 && size == failing_size.load()) throw std::bad_alloc();
+  if (void* p = std::malloc(size ? size : 1)) return p;
+  throw std::bad_alloc();
+}
+void* operator new[](std::size_t size) {
+  return ::operator new(size);
+}
+void operator delete(void* p) noexcept {
+  std::free(p);
+}
+void operator delete(void* p, std::size_t) noexcept {
+  std::free(p);
+}
+void operator delete[](void* p) noexcept {
+  std::free(p);
+}
+void operator delete[](void* p, std::size_t) noexcept {
+  std::free(p);
+}
 
 namespace {
 
@@ -378,6 +409,51 @@ TEST(SyncBatchNormErrors, OneRankRefusedMeansEveryRankFails) {
   const bnorm::status sb = bnorm::mpi::backward_training(plan, b, MPI_COMM_WORLD);
   EXPECT_FALSE(sb);
   for (const float v : dx) ASSERT_EQ(v, 7.0f);
+}
+
+// A rank that runs out of memory for a step's buffers fails every rank, with nothing written:
+// it returned at once while the others waited for it in the next gather, for ever.
+TEST(SyncBatchNormErrors, ARankOutOfMemoryFailsEveryRankWithoutWaiting) {
+  const int rank = world_rank(), ranks = world_size();
+  constexpr std::int64_t channels = 37;  // blocks of a size no other buffer of the call has
+  bnorm::plan plan;
+  ASSERT_TRUE(bnorm::make_plan({{3, channels, 2}}, {}, &plan));
+  std::vector<float> x = normal_data<float>(3 * channels * 2, 0.0, 1.0, 6);
+  std::vector<float> y(x.size(), 7.0f), rm(channels, 7.0f), rv(channels, 7.0f);
+  std::vector<float> dy(x.size(), 1.0f), dx(x.size(), 7.0f), mean(channels, 0.0f);
+  std::vector<float> inv(channels, 1.0f), dgamma(channels, 7.0f);
+  bnorm::training_args a;
+  a.src = x.data();
+  a.dst = y.data();
+  a.running_mean = out(rm);
+  a.running_var = out(rv);
+  bnorm::backward_args b;
+  b.src = x.data();
+  b.diff_dst = dy.data();
+  b.diff_src = dx.data();
+  b.diff_scale = out(dgamma);
+  b.mean = in(mean);
+  b.inv_std = in(inv);
+  // Every rank's blocks together: ranks × (1 + 2C) doubles, on the last rank only.
+  const std::size_t blocks_bytes =
+      static_cast<std::size_t>(ranks) * bnorm::statistics_exchange_size(channels) * sizeof(double);
+  const std::string expected = "bnorm::mpi: rank " + std::to_string(ranks - 1) +
+                               " could not allocate the exchange's buffers; nothing was written "
+                               "on any rank";
+  for (const bool forward : {true, false}) {
+    SCOPED_TRACE(forward ? "forward" : "backward");
+    if (rank == ranks - 1) failing_size = blocks_bytes;
+    const bnorm::status s = forward ? bnorm::mpi::forward_training(plan, a, MPI_COMM_WORLD)
+                                    : bnorm::mpi::backward_training(plan, b, MPI_COMM_WORLD);
+    failing_size = 0;
+    EXPECT_EQ(s.code(), bnorm::status_code::out_of_memory) << s.message();
+    EXPECT_EQ(std::string(s.message()), expected);
+  }
+  for (const float v : y) ASSERT_EQ(v, 7.0f);
+  for (const float v : rm) ASSERT_EQ(v, 7.0f);
+  for (const float v : rv) ASSERT_EQ(v, 7.0f);
+  for (const float v : dx) ASSERT_EQ(v, 7.0f);
+  for (const float v : dgamma) ASSERT_EQ(v, 7.0f);
 }
 
 // A communicator that is not one is refused on the calling rank, before any exchange: a null
