@@ -7,6 +7,7 @@
 #include <cstring>
 #include <new>
 
+#include "replaced_new.hpp"
 #include "support.hpp"
 
 namespace {
@@ -15,28 +16,10 @@ std::atomic<bool> fail_throwing_new{false};
 std::atomic<int> throwing_new_countdown{0};  // > 0: the allocation that takes it to 0 fails
 }  // namespace
 
-// The throwing new, for the module API's vectors, over malloc, with the deletes to match (a
-// sanitizer's own delete would report a mismatch).
-void* operator new(std::size_t size) {
-  if (fail_throwing_new.load()) throw std::bad_alloc();
-  if (throwing_new_countdown.load() > 0 && --throwing_new_countdown == 0) throw std::bad_alloc();
-  if (void* p = std::malloc(size ? size : 1)) return p;
-  throw std::bad_alloc();
-}
-void* operator new[](std::size_t size) {
-  return ::operator new(size);
-}
-void operator delete(void* p) noexcept {
-  std::free(p);
-}
-void operator delete(void* p, std::size_t) noexcept {
-  std::free(p);
-}
-void operator delete[](void* p) noexcept {
-  std::free(p);
-}
-void operator delete[](void* p, std::size_t) noexcept {
-  std::free(p);
+// The throwing new, for the module API's vectors (replaced_new.hpp).
+bool fail_this_allocation(std::size_t) {
+  return fail_throwing_new.load() ||
+         (throwing_new_countdown.load() > 0 && --throwing_new_countdown == 0);
 }
 
 void* operator new[](std::size_t size, const std::nothrow_t&) noexcept {

@@ -17,37 +17,20 @@
 #include <vector>
 
 #include "bnorm/mpi.hpp"
+#include "replaced_new.hpp"
 #include "support.hpp"
 
 using namespace bnorm_test;
 using bnorm::layout;
 
 namespace {
-// The throwing new of this binary, over malloc (with the deletes to match: a sanitizer's own
-// delete would report a mismatch), failing an allocation of exactly `failing_size` bytes while
-// it is not 0: one rank runs out of memory at one buffer of a collective step.
+// One rank runs out of memory at one buffer of a collective step: the allocation of exactly
+// `failing_size` bytes fails while it is not 0 (replaced_new.hpp).
 std::atomic<std::size_t> failing_size{0};
 }  // namespace
 
-void* operator new(std::size_t size) {
-  if (size != 0 && size == failing_size.load()) throw std::bad_alloc();
-  if (void* p = std::malloc(size ? size : 1)) return p;
-  throw std::bad_alloc();
-}
-void* operator new[](std::size_t size) {
-  return ::operator new(size);
-}
-void operator delete(void* p) noexcept {
-  std::free(p);
-}
-void operator delete(void* p, std::size_t) noexcept {
-  std::free(p);
-}
-void operator delete[](void* p) noexcept {
-  std::free(p);
-}
-void operator delete[](void* p, std::size_t) noexcept {
-  std::free(p);
+bool fail_this_allocation(std::size_t size) {
+  return size != 0 && size == failing_size.load();
 }
 
 namespace {
