@@ -370,6 +370,7 @@ TEST(Fold, Float64VarianceNearItsLargestFolds) {
 // float64 intermediates beyond its range where the folded values are not: γ/sqrt(var + eps) =
 // 1e300/1e-150 and a layer bias less the mean of 2e308. They were refused ("got -nan", "got
 // inf"); a folded value that is beyond the range is still refused, naming the scale as inf.
+// Scales below its normal range fold too.
 TEST(Fold, Float64IntermediatesBeyondItsRangeFold) {
   bnorm::fold_problem prob;
   prob.dtype = bnorm::dtype::f64;
@@ -429,34 +430,28 @@ TEST(Fold, Float64IntermediatesBeyondItsRangeFold) {
   }
   const double want_bias = static_cast<double>(static_cast<long double>(tiny_b[0]) * 2e308L);
   EXPECT_NEAR(folded_b[0], want_bias, 1e-15 * want_bias);
-}
 
-// float64 scales below its normal range where the folded values are normal: γ/sqrt(var + eps) =
-// 1e-300/1e150 and 1e-300/1e10. They folded to 0 and to 9.9999999999999688e-301 (the scale
-// rounded to the subnormal grid first), and said ok.
-TEST(Fold, Float64ScalesBelowItsNormalRangeFold) {
-  bnorm::fold_problem prob;
-  prob.dtype = bnorm::dtype::f64;
+  // Scales below float64's normal range where the folded values are normal: γ/sqrt(var + eps)
+  // = 1e-300/1e150 and 1e-300/1e10. They folded to 0 and to 9.9999999999999688e-301 (the scale
+  // rounded to the subnormal grid first), and said ok.
   prob.weight_shape = {2, 1};
-  prob.epsilon = 0;
-  const std::vector<double> gamma = {1e-300, 1e-300}, var = {1e300, 1e20}, mean = {0.0, 0.0};
-  std::vector<double> w = {1e300, 1e10}, b = {1e300, 0.0}, folded_w(2, 7.0), folded_b(2, 7.0);
-  bnorm::fold_args args;
-  args.weight = w.data();
-  args.folded_weight = folded_w.data();
-  args.bias = in(b);
+  const std::vector<double> tiny_gamma = {1e-300, 1e-300}, big_var = {1e300, 1e20};
+  const std::vector<double> zeros = {0.0, 0.0};
+  std::vector<double> big_w = {1e300, 1e10}, big_b = {1e300, 0.0};
+  args.weight = big_w.data();
+  args.bias = in(big_b);
+  args.scale = in(tiny_gamma);
+  args.mean = in(zeros);
+  args.var = in(big_var);
+  folded_b.assign(2, 7.0);
   args.folded_bias = out(folded_b);
-  args.scale = in(gamma);
-  args.mean = in(mean);
-  args.var = in(var);
-  const bnorm::status s = bnorm::fold_into_layer(prob, args);
-  ASSERT_TRUE(s.ok()) << s.message();
-  // From long double, whose range holds every intermediate.
+  const bnorm::status small = bnorm::fold_into_layer(prob, args);
+  ASSERT_TRUE(small.ok()) << small.message();
   for (std::size_t c = 0; c < 2; ++c) {
     const long double scale =
-        static_cast<long double>(gamma[c]) / std::sqrt(static_cast<long double>(var[c]));
-    const double want_w = static_cast<double>(w[c] * scale);
-    const double want_b = static_cast<double>(b[c] * scale);
+        static_cast<long double>(tiny_gamma[c]) / std::sqrt(static_cast<long double>(big_var[c]));
+    const double want_w = static_cast<double>(big_w[c] * scale);
+    const double want_b = static_cast<double>(big_b[c] * scale);
     EXPECT_NEAR(folded_w[c], want_w, 1e-15 * want_w) << c;  // 1e-150, 1e-300
     EXPECT_NEAR(folded_b[c], want_b, 1e-15 * want_b) << c;  // 1e-150, 0
   }
