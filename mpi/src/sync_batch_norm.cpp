@@ -76,10 +76,39 @@ header header_of(const plan& p, exchange_step step, const status& local) {
   h.words[update_running_word] = o.update_running_stats;
   h.words[cumulative_word] = o.cumulative_average;
   h.words[epsilon_word] = bits_of(prob.epsilon);
-  h.words[momentum_word] = bits_of(o.momentum.value_or(default_momentum(o.convention)));
-  h.words[clamp_min_word] = bits_of(o.clamp_min);
-  h.words[clamp_max_word] = bits_of(o.clamp_max);
+  // Values a step does not use are not compared: momentum without a running update by it, the
+  // clamp bounds of another activation.
+  const bool momentum_used = o.update_running_stats && !o.cumulative_average;
+  const bool clamps = o.activation == activation::clamp;
+  h.words[momentum_word] =
+      momentum_used ? bits_of(o.momentum.value_or(default_momentum(o.convention))) : 0;
+  h.words[clamp_min_word] = clamps ? bits_of(o.clamp_min) : 0;
+  h.words[clamp_max_word] = clamps ? bits_of(o.clamp_max) : 0;
   return h;
+}
+
+/// A header word's value as its message names it: the enums' names, the flags' and the
+/// doubles' values, the other counts as numbers.
+void value_text(int word, std::int64_t value, char* text, std::size_t size) {
+  const auto named = [&](const char* name) { std::snprintf(text, size, "%s", name); };
+  switch (word) {
+    case dtype_word: return named(to_string(static_cast<dtype>(value)));
+    case layout_word: return named(to_string(static_cast<layout>(value)));
+    case activation_word: return named(to_string(static_cast<activation>(value)));
+    case convention_word: return named(to_string(static_cast<momentum_convention>(value)));
+    case update_running_word:
+    case cumulative_word: return named(value ? "true" : "false");
+    case epsilon_word:
+    case momentum_word:
+    case clamp_min_word:
+    case clamp_max_word: {
+      double number = 0.0;
+      std::memcpy(&number, &value, sizeof number);
+      std::snprintf(text, size, "%.17g", number);
+      return;
+    }
+    default: std::snprintf(text, size, "%lld", static_cast<long long>(value));
+  }
 }
 
 const char* word_name(int word) {
@@ -217,7 +246,10 @@ status exchange(const header& mine, const status& local, std::size_t block_size,
       return mpi_failure("MPI_Allgather of the refusals", code);
     }
     if (!local) return local;
-    return status::failure(status_code::invalid_argument,
+    // The refusing rank's own code (its arguments, or its memory), in its header.
+    const auto code =
+        static_cast<status_code>(all[static_cast<std::size_t>(refusing)].words[status_word]);
+    return status::failure(code,
                            "bnorm::mpi: rank %d refused its arguments (%.160s); nothing was "
                            "written on any rank",
                            refusing, messages[static_cast<std::size_t>(refusing)].text);
@@ -226,22 +258,13 @@ status exchange(const header& mine, const status& local, std::size_t block_size,
     const header& theirs = all[static_cast<std::size_t>(r)];
     for (int w = 0; w < header_words; ++w) {
       if (w == status_word || theirs.words[w] == mine.words[w]) continue;
-      const bool number = w >= epsilon_word;
-      double here = 0.0, there = 0.0;
-      std::memcpy(&here, &mine.words[w], sizeof here);
-      std::memcpy(&there, &theirs.words[w], sizeof there);
-      char text[96];
-      if (number) {
-        std::snprintf(text, sizeof text, "%.17g here, %.17g on rank %d", here, there, r);
-      } else {
-        std::snprintf(text, sizeof text, "%lld here, %lld on rank %d",
-                      static_cast<long long>(mine.words[w]),
-                      static_cast<long long>(theirs.words[w]), r);
-      }
+      char here[32], there[32];
+      value_text(w, mine.words[w], here, sizeof here);
+      value_text(w, theirs.words[w], there, sizeof there);
       return status::failure(status_code::invalid_argument,
-                             "bnorm::mpi: expected every rank to agree on %s, got %s; nothing "
-                             "was written on any rank",
-                             word_name(w), text);
+                             "bnorm::mpi: expected every rank to agree on %s, got %s here, %s on "
+                             "rank %d; nothing was written on any rank",
+                             word_name(w), here, there, r);
     }
   }
   // MPI counts are ints: every rank agrees on C here, so every rank refuses alike.

@@ -317,20 +317,27 @@ TEST(SyncBatchNormErrors, LayoutDtypeAndOptionsMustAgree) {
   const int rank = world_rank(), ranks = world_size();
   const bool odd_one = rank == ranks - 1 && ranks > 1;
   struct variant {
-    const char* named;  // what the message names
+    const char* named;   // what the message names; null: no refusal
+    const char* values;  // the odd one's value, as the message on the other ranks names it
     bnorm::layout l;
     bnorm::dtype d;
     double momentum;
+    double clamp_min;  // not used by these plans (no clamp): not compared
   };
   const variant variants[] = {
-      {"the layout", odd_one ? layout::channels_last : layout::channels_first, bnorm::dtype::f32,
-       0.1},
-      {"the dtype", layout::channels_first, odd_one ? bnorm::dtype::f64 : bnorm::dtype::f32, 0.1},
-      {"momentum", layout::channels_first, bnorm::dtype::f32, odd_one ? 0.2 : 0.1},
+      {"the layout", "channels_first here, channels_last on rank",
+       odd_one ? layout::channels_last : layout::channels_first, bnorm::dtype::f32, 0.1, 0.0},
+      {"the dtype", "f32 here, f64 on rank", layout::channels_first,
+       odd_one ? bnorm::dtype::f64 : bnorm::dtype::f32, 0.1, 0.0},
+      {"momentum", "0.10000000000000001 here, 0.20000000000000001 on rank", layout::channels_first,
+       bnorm::dtype::f32, odd_one ? 0.2 : 0.1, 0.0},
+      {nullptr, nullptr, layout::channels_first, bnorm::dtype::f32, 0.1, odd_one ? -1.0 : 0.0},
   };
   for (const variant& v : variants) {
+    SCOPED_TRACE(v.named ? v.named : "clamp_min");
     bnorm::plan_options opts;
     opts.momentum = v.momentum;
+    opts.clamp_min = v.clamp_min;
     bnorm::plan plan;
     ASSERT_TRUE(bnorm::make_plan({{3, 4, 2}, v.l, v.d}, opts, &plan));
     std::vector<double> x = normal_data<double>(24, 0.0, 1.0, 6), y(24, 7.0), rv(4, 7.0);
@@ -345,12 +352,15 @@ TEST(SyncBatchNormErrors, LayoutDtypeAndOptionsMustAgree) {
     a.running_var =
         f64 ? bnorm::channel_output{rv.data(), 4} : bnorm::channel_output{rvf.data(), 4};
     const bnorm::status s = bnorm::mpi::forward_training(plan, a, MPI_COMM_WORLD);
-    if (ranks == 1) {
+    if (ranks == 1 || v.named == nullptr) {
       EXPECT_TRUE(s) << s.message();
       continue;
     }
     EXPECT_FALSE(s);
     EXPECT_NE(std::string(s.message()).find(v.named), std::string::npos) << s.message();
+    if (!odd_one) {
+      EXPECT_NE(std::string(s.message()).find(v.values), std::string::npos) << s.message();
+    }
     for (const double d : y) ASSERT_EQ(d, 7.0);
     for (const float f : yf) ASSERT_EQ(f, 7.0f);
     for (const float f : rvf) ASSERT_EQ(f, 7.0f);
@@ -437,6 +447,16 @@ TEST(SyncBatchNormErrors, ARankOutOfMemoryFailsEveryRankWithoutWaiting) {
   for (const float v : rv) ASSERT_EQ(v, 7.0f);
   for (const float v : dx) ASSERT_EQ(v, 7.0f);
   for (const float v : dgamma) ASSERT_EQ(v, 7.0f);
+
+  // A rank that refuses for want of memory of its own: every rank's status carries its code
+  // (the other ranks said invalid_argument).
+  const bnorm::status refused =
+      rank == 0 ? bnorm::mpi::refuse(
+                      bnorm::status(bnorm::status_code::out_of_memory, "no memory for the step"),
+                      MPI_COMM_WORLD)
+                : bnorm::mpi::forward_training(plan, a, MPI_COMM_WORLD);
+  EXPECT_EQ(refused.code(), bnorm::status_code::out_of_memory) << refused.message();
+  for (const float v : y) ASSERT_EQ(v, 7.0f);
 }
 
 // A communicator that is not one is refused on the calling rank, before any exchange: a null
