@@ -797,9 +797,10 @@ status backward(const plan_impl& p, const backward_args& args, bool frozen,
   // An empty tensor's dx and dz hold nothing, so their null pointers ask for them too: a rank
   // of a distributed backward whose local batch is empty still joins the exchange.
   if (!dx && !dgamma && !dbeta && !dz && p.part.elements > 0) {
-    return status(status_code::invalid_argument,
-                  "diff_src, diff_scale, diff_shift: expected at least one output to compute, "
-                  "got none");
+    return status::failure(status_code::invalid_argument,
+                           "diff_src, diff_scale, diff_shift%s: expected at least one output to "
+                           "compute, got none",
+                           fused == activation::add_relu ? ", diff_residual" : "");
   }
   if (dz && fused != activation::add_relu) {
     return status::failure(status_code::invalid_argument,

@@ -410,6 +410,14 @@ TEST(EpilogueContract, ResidualRulesAndBounds) {
       << st.message();
   EXPECT_EQ(y, std::vector<float>(g.elements(), 7.0f));
   EXPECT_NE(std::string(relu.describe()).find("fused relu"), std::string::npos) << relu.describe();
+
+  // With add+ReLU, dz alone is an output: the refusal of none names it too (it did not).
+  back.diff_src = nullptr;
+  back.diff_residual = nullptr;
+  st = plan_with(activation::add_relu).backward_training(back);
+  EXPECT_STREQ(st.message(),
+               "diff_src, diff_scale, diff_shift, diff_residual: expected at least one output to "
+               "compute, got none");
 }
 
 }  // namespace

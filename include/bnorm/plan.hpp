@@ -201,7 +201,10 @@ struct plan_options {
   /// by default the data's for f32 and f64, float32 for bf16 and f16 (PyTorch's mixed type).
   /// bf16 and f16 data may take them in their own type instead; the arithmetic stays float32
   /// (the statistics and dγ, dβ float64) and each output is its float64 value rounded to
-  /// nearest even once (through float32 by round-to-odd).
+  /// nearest even once (through float32 by round-to-odd). As in PyTorch's half running
+  /// statistics, a value beyond the half type's range rounds to an infinity (a float16
+  /// running_var past 65504 is +inf, and a later step's blend of it inf or NaN): float32
+  /// parameters keep data of such spread finite.
   std::optional<bnorm::dtype> parameter_dtype;
 };
 
@@ -373,7 +376,11 @@ class plan {
   const char* describe() const noexcept;
   /// Bytes of caller scratch with which a training (inference) call allocates nothing; 0 when
   /// the call needs none (its scratch fits on the stack; an empty tensor's inference). The
-  /// training size serves the distributed steps too, on any rank's batch, empty or not.
+  /// training size serves the distributed steps too, on any rank's batch, empty or not. Two
+  /// calls allocate beyond it: any call with per-channel buffers in a half type
+  /// (parameter_dtype bf16 or f16: 4 bytes a channel for each buffer, staged as float32), and
+  /// the backward of a fused activation that asks for neither dx nor dz, or its local step
+  /// (dy through the activation's mask into a tensor of its own).
   std::size_t training_scratch_size() const noexcept;
   std::size_t inference_scratch_size() const noexcept;
   /// Bytes of caller scratch with which a backward call (either kind) allocates nothing.
