@@ -245,21 +245,10 @@ status check_counter(const std::int64_t* counter) noexcept {
   return {};
 }
 
-/// Scratch the caller gives for a call that lays out `needed` bytes: enough of it, where the
-/// call takes it (beyond the stack's).
-status check_given_scratch(std::size_t needed, const void* given, std::size_t given_size,
-                           const char* size_function) noexcept {
-  if (needed > detail::stack_scratch_bytes && given != nullptr && given_size < needed) {
-    return status::failure(status_code::invalid_argument,
-                           "scratch: expected at least %zu bytes (plan::%s()), got %zu", needed,
-                           size_function, given_size);
-  }
-  return {};
-}
-
 /// The caller's scratch (data, size) for a call that lays out `needed` bytes (see
 /// plan::`size_function`()): data where a size is given, on a cache line, and enough of it
-/// where the call takes it; checked before its overlaps, which take its needed size.
+/// where the call takes it (beyond the stack's); checked before its overlaps, which take its
+/// needed size.
 status check_scratch(const void* data, std::size_t size, std::size_t needed,
                      const char* size_function) noexcept {
   if (data == nullptr) {
@@ -269,16 +258,19 @@ status check_scratch(const void* data, std::size_t size, std::size_t needed,
                            size);
   }
   if (status s = check_alignment("scratch", data, 64, "a cache line"); !s) return s;
-  return check_given_scratch(needed, data, size, size_function);
+  if (needed > detail::stack_scratch_bytes && size < needed) {
+    return status::failure(status_code::invalid_argument,
+                           "scratch: expected at least %zu bytes (plan::%s()), got %zu", needed,
+                           size_function, size);
+  }
+  return {};
 }
 
 /// Scratch from the caller, or the stack, or the heap. `needed` is what the call lays out;
-/// only scratch beyond the stack's is taken from the caller.
+/// only scratch beyond the stack's is taken from the caller, whose size check_scratch checked.
 class scratch_buffer {
  public:
-  status acquire(std::size_t needed, void* given, std::size_t given_size,
-                 const char* size_function) noexcept {
-    if (status s = check_given_scratch(needed, given, given_size, size_function); !s) return s;
+  status acquire(std::size_t needed, void* given) noexcept {
     if (needed <= detail::stack_scratch_bytes) {
       data_ = local_;
       return {};
@@ -627,9 +619,7 @@ template <class Run>
 status run_training_call(const plan_impl& p, const training_args& args, bool writes_outputs,
                          const Run& run) noexcept {
   scratch_buffer scratch;
-  if (status s = scratch.acquire(p.part.scratch.training_bytes, args.scratch, args.scratch_size,
-                                 "training_scratch_size");
-      !s) {
+  if (status s = scratch.acquire(p.part.scratch.training_bytes, args.scratch); !s) {
     return s;
   }
   return run_staged(p, args, writes_outputs, [&](auto type, const training_args& staged) {
@@ -774,9 +764,7 @@ status plan::forward_inference(const inference_args& args) const noexcept {
   }
   if (p.part.elements == 0) return {};
   scratch_buffer scratch;
-  if (status s = scratch.acquire(p.part.scratch.inference_bytes, args.scratch, args.scratch_size,
-                                 "inference_scratch_size");
-      !s) {
+  if (status s = scratch.acquire(p.part.scratch.inference_bytes, args.scratch); !s) {
     return s;
   }
   return run_staged(p, args, true, [&](auto type, const inference_args& staged) {
@@ -957,9 +945,7 @@ status backward(const plan_impl& p, const backward_args& args, bool frozen,
     return {};
   }
   scratch_buffer scratch;
-  if (status s =
-          scratch.acquire(needed_scratch, args.scratch, args.scratch_size, "backward_scratch_size");
-      !s) {
+  if (status s = scratch.acquire(needed_scratch, args.scratch); !s) {
     return s;
   }
   // With an activation, dy goes through its mask first, into dz, or dx (whose backward then
