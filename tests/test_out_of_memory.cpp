@@ -1,5 +1,5 @@
 // An allocation failure inside a call returns out_of_memory and writes nothing. This binary
-// replaces the nothrow array new, which the call's scratch comes from, so it can fail on demand.
+// replaces operator new (replaced_new.hpp) so that it can fail on demand.
 #include <gtest/gtest.h>
 
 #include <atomic>
@@ -22,13 +22,9 @@ bool fail_this_allocation(std::size_t) {
          (throwing_new_countdown.load() > 0 && --throwing_new_countdown == 0);
 }
 
-void* operator new[](std::size_t size, const std::nothrow_t&) noexcept {
-  if (fail_allocations.load()) return nullptr;
-  try {
-    return ::operator new[](size);  // the default, so the default delete[] matches
-  } catch (...) {
-    return nullptr;
-  }
+// The nothrow new, which a call's scratch comes from (replaced_new.hpp).
+bool fail_this_nothrow_allocation(std::size_t) {
+  return fail_allocations.load();
 }
 
 namespace {
