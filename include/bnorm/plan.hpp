@@ -323,8 +323,8 @@ class plan {
   /// Training: batch mean and biased variance per channel, y = (x-mean)/sqrt(var+eps)·gamma+beta,
   /// then the running statistics and num_batches_tracked. Errors (including "Expected more than
   /// 1 value per channel when training" under the pytorch and mindspore conventions, whose
-  /// running variance is the unbiased one; onnx's biased one takes one value: y = beta) are
-  /// returned before anything is written.
+  /// running variance is the unbiased one; onnx's biased one takes one value: y = beta, NaN
+  /// with eps 0 as any constant channel) are returned before anything is written.
   status forward_training(const training_args& args) const noexcept;
 
   /// Inference: y = (x - mean)/sqrt(var + eps)·gamma + beta with the given statistics.
