@@ -225,6 +225,8 @@ constexpr std::int64_t max_num_features = std::int64_t{1} << 57;
 template <class T>
 batch_norm<T>::batch_norm(const config& cfg) try
     : config_(cfg), training_(cfg.framework == framework::pytorch) {
+  // The checks compare floats: in bnorm's environment, as every call's (module_call).
+  const detail::fp_environment_scope environment;
   if (cfg.num_features < 1 || cfg.num_features > max_num_features) {
     throw error(status::failure(status_code::invalid_argument,
                                 "num_features: expected 1 to 2^57, got %lld",

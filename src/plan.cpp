@@ -386,11 +386,10 @@ class staged_parameters {
   std::size_t output_count_ = 0;
 };
 
-// The no-throw boundary: xsimd kernels are noexcept, but oneTBB may throw. The work runs in
-// bnorm's floating-point environment (see plan.hpp).
+// The no-throw boundary: xsimd kernels are noexcept, but oneTBB may throw. The caller is an
+// entry point, already in bnorm's floating-point environment (see forward_training).
 template <class Fn>
 status guarded(Fn&& fn) noexcept {
-  const detail::fp_environment_scope environment;
   try {
     fn();
     return {};
@@ -630,6 +629,9 @@ status run_training_call(const plan_impl& p, const training_args& args, bool wri
 }  // namespace
 
 status plan::forward_training(const training_args& args) const noexcept {
+  // From the first check on: the checks compare floats, which a caller's DAZ would change and
+  // whose NaNs an unmasked invalid-operation trap would fault on.
+  const detail::fp_environment_scope environment;
   if (!impl_) return status(status_code::invalid_argument, not_planned);
   const plan_impl& p = *impl_;
   if (status s = check_training(p, args); !s) return s;
@@ -652,6 +654,7 @@ status plan::forward_training(const training_args& args) const noexcept {
 
 status plan::local_statistics(const training_args& args, double* exchange,
                               std::size_t exchange_size) const noexcept {
+  const detail::fp_environment_scope environment;  // see forward_training
   if (!impl_) return status(status_code::invalid_argument, not_planned);
   const plan_impl& p = *impl_;
   if (status s = check_exchange("exchange", exchange, exchange_size, p.part.channels); !s) {
@@ -674,6 +677,7 @@ status plan::local_statistics(const training_args& args, double* exchange,
 
 status plan::forward_training_merged(const training_args& args, const double* merged,
                                      std::size_t merged_size) const noexcept {
+  const detail::fp_environment_scope environment;  // see forward_training
   if (!impl_) return status(status_code::invalid_argument, not_planned);
   const plan_impl& p = *impl_;
   if (status s = check_exchange("merged", merged, merged_size, p.part.channels); !s) return s;
@@ -727,6 +731,7 @@ status plan::forward_training_merged(const training_args& args, const double* me
 }
 
 status plan::forward_inference(const inference_args& args) const noexcept {
+  const detail::fp_environment_scope environment;  // see forward_training
   if (!impl_) return status(status_code::invalid_argument, not_planned);
   const plan_impl& p = *impl_;
   const std::size_t channels = p.part.channels;
@@ -778,6 +783,7 @@ namespace {
 /// `exchange`: one of the distributed training backward's steps.
 status backward(const plan_impl& p, const backward_args& args, bool frozen,
                 const detail::backward_exchange* exchange = nullptr) noexcept {
+  const detail::fp_environment_scope environment;  // see forward_training
   const std::size_t channels = p.part.channels;
   const bool dx = args.diff_src != nullptr, dgamma = args.diff_scale.data != nullptr,
              dbeta = args.diff_shift.data != nullptr, dz = args.diff_residual != nullptr;

@@ -298,6 +298,102 @@ TEST(CallersFloatingPointEnvironment, EntryPointsOutsideThePassesChangeNoBit) {
   }
 }
 
+// A call's checks run in bnorm's environment too: under the caller's denormals-are-zero a
+// subnormal is no zero to them, and a NaN they compare raises no trap the caller unmasked. The
+// merged steps check the blocks they are given; a module's constructor its eps.
+TEST(CallersFloatingPointEnvironment, ChecksGiveTheSameAnswerAndDoNotFault) {
+  constexpr std::size_t channels = 2;
+  constexpr unsigned invalid_unmasked = 0x1F80 & ~0x0080u;
+  const bnorm::plan plan = make_plan_or_fail(
+      {{4, std::int64_t(channels)}, layout::channels_first, bnorm::dtype::f32, 0.0}, {});
+  const std::vector<float> x = {1, 2, 3, 4, 5, 6, 7, 8};
+  std::vector<float> y(x.size(), -7.f), running_mean(channels, 0.5f), running_var(channels, 2.f);
+  bnorm::training_args train;
+  train.src = x.data();
+  train.dst = y.data();
+  train.running_mean = out(running_mean);
+  train.running_var = out(running_var);
+  // A block of four values a channel: count, means, biased variances.
+  const auto merged_call = [&](double count, double variance0) {
+    const std::vector<double> merged = {count, 4.0, 5.0, variance0, 5.0};
+    return plan.forward_training_merged(train, merged.data(), merged.size());
+  };
+  struct refusal {
+    const char* what;
+    double count, variance0;
+    unsigned mode;
+  };
+  for (const refusal& r : {refusal{"a subnormal variance with eps 0", 4.0, 1e-310, ftz_daz},
+                           refusal{"a negative subnormal variance", 4.0, -1e-310, ftz_daz},
+                           refusal{"a NaN count", std::nan(""), 5.0, invalid_unmasked}}) {
+    SCOPED_TRACE(r.what);
+    const bnorm::status plain = merged_call(r.count, r.variance0);
+    ASSERT_EQ(plain.code(), bnorm::status_code::invalid_argument) << plain.message();
+    const bnorm::status got = [&] {
+      const caller_mxcsr environment(r.mode);
+      return merged_call(r.count, r.variance0);
+    }();
+    EXPECT_STREQ(got.message(), plain.message());
+    EXPECT_EQ(y, std::vector<float>(x.size(), -7.f));
+    EXPECT_EQ(running_var, std::vector<float>(channels, 2.f));
+  }
+  {  // A NaN variance carries through to its channel, as in a local call.
+    const caller_mxcsr environment(invalid_unmasked);
+    const bnorm::status s = merged_call(4.0, std::nan(""));
+    ASSERT_TRUE(s) << s.message();
+  }
+  EXPECT_TRUE(std::isnan(y[0]) && std::isnan(y[6]));    // (N, C): channel 0 at even indices
+  EXPECT_FLOAT_EQ(y[1], float(-3.0 / std::sqrt(5.0)));  // channel 1: (2 − 5)/sqrt(5)
+
+  const std::vector<float> dy = {1, -1, 2, -2, 3, -3, 4, -4}, mean = {4, 5}, inv = {0.5f, 0.5f};
+  std::vector<float> dx(x.size(), -7.f);
+  bnorm::backward_args back;
+  back.src = x.data();
+  back.diff_dst = dy.data();
+  back.diff_src = dx.data();
+  back.mean = in(mean);
+  back.inv_std = in(inv);
+  std::vector<double> local(bnorm::gradient_exchange_size(channels));
+  ASSERT_TRUE(plan.local_gradient_sums(back, local.data(), local.size()));
+  std::vector<double> summed = local;
+  summed[0] = std::nan("");
+  const bnorm::status plain =
+      plan.backward_training_merged(back, local.data(), summed.data(), summed.size());
+  ASSERT_EQ(plain.code(), bnorm::status_code::invalid_argument) << plain.message();
+  const bnorm::status got = [&] {
+    const caller_mxcsr environment(invalid_unmasked);
+    return plan.backward_training_merged(back, local.data(), summed.data(), summed.size());
+  }();
+  EXPECT_STREQ(got.message(), plain.message());
+  EXPECT_EQ(dx, std::vector<float>(x.size(), -7.f));
+
+  // Modules: MindSpore's eps NaN, PyTorch's eps a negative subnormal.
+  const auto refused_eps = [](const auto& make) {
+    try {
+      make();
+    } catch (const bnorm::error& e) {
+      return std::string(e.what()).find("eps: expected") != std::string::npos;
+    }
+    return false;
+  };
+  bnorm::mindspore::options ms;
+  ms.eps = std::nan("");
+  bnorm::torch::options pt;
+  pt.eps = -1e-310;
+  const auto make_ms = [&] { return bnorm::mindspore::BatchNorm2d<float>(4, ms); };
+  const auto make_pt = [&] { return bnorm::torch::BatchNorm2d<float>(4, pt); };
+  ASSERT_TRUE(refused_eps(make_ms));
+  ASSERT_TRUE(refused_eps(make_pt));
+  {
+    const caller_mxcsr environment(invalid_unmasked);
+    EXPECT_TRUE(refused_eps(make_ms));
+  }
+  {
+    const caller_mxcsr environment(ftz_daz);
+    EXPECT_TRUE(refused_eps(make_pt));
+  }
+}
+
 // oneTBB records a thread's floating-point modes when it first meets the thread, and gives
 // them to the tasks it runs for it from then on. A thread whose first oneTBB work is bnorm's
 // (a plan made at load time, a first call) must leave it the caller's modes, not bnorm's: the
