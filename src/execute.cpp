@@ -508,14 +508,14 @@ class training_step {
     bool active = false;
     std::int64_t batches_tracked = 0;  // num_batches_tracked after this step
     double batch_weight = 0.0;
-    double bessel = 1.0;  // the unbiased variance's factor, or 1
+    double bessel = 1.0;  // running_rule::variance_factor
   };
   running_update this_step() const {
     if (!plan_.options.update_running_stats) return {};
     const std::int64_t tracked = args_.num_batches_tracked ? *args_.num_batches_tracked + 1 : 0;
     const running_rule rule = make_running_rule(plan_.options, tracked);
     const double count = total_count_;
-    return {true, tracked, rule.batch_weight, rule.unbiased_variance ? count / (count - 1.0) : 1.0};
+    return {true, tracked, rule.batch_weight, rule.variance_factor(count)};
   }
   void count_step(const running_update& update) const {
     if (update.active && args_.num_batches_tracked) {

@@ -635,7 +635,7 @@ status plan::forward_training(const training_args& args) const noexcept {
   if (!impl_) return status(status_code::invalid_argument, not_planned);
   const plan_impl& p = *impl_;
   if (status s = check_training(p, args); !s) return s;
-  if (p.part.per_channel == 1 && detail::unbiased_running_variance(p.options.convention)) {
+  if (p.part.per_channel == 1 && detail::refuses_one_value_per_channel(p.options.convention)) {
     return status::failure(
         status_code::invalid_argument,
         "Expected more than 1 value per channel when training, got input size %s",
@@ -714,7 +714,7 @@ status plan::forward_training_merged(const training_args& args, const double* me
                              number_text(variance).text);
     }
   }
-  if (merged[0] == 1.0 && detail::unbiased_running_variance(p.options.convention)) {
+  if (merged[0] == 1.0 && detail::refuses_one_value_per_channel(p.options.convention)) {
     return status::failure(status_code::invalid_argument,
                            "Expected more than 1 value per channel when training, got %s over "
                            "every rank (input size %s here)",

@@ -2,6 +2,8 @@
 // framework. (The normalization coefficients are computed by the kernels: see kernels.hpp.)
 #pragma once
 
+#include <algorithm>
+
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
@@ -84,13 +86,26 @@ moments exact_moments(std::size_t batch, std::size_t spatial, double epsilon,
 struct running_rule {
   double batch_weight;
   bool unbiased_variance;
+  /// What the biased batch variance of `count` values is multiplied by in the running
+  /// variance: n/(n − 1) where it is the unbiased one, MindSpore nnacl's n/1 at n = 1 (PyTorch
+  /// refuses one value, refuses_one_value_per_channel), 1 where it is the biased one.
+  double variance_factor(double count) const noexcept {
+    return unbiased_variance ? count / std::max(count - 1.0, 1.0) : 1.0;
+  }
 };
 
 /// Whether the convention's running variance takes the unbiased batch variance, n/(n − 1) times
-/// the biased one (PyTorch; MindSpore's GPU and Ascend kernels): its training then needs more
-/// than one value per channel, as PyTorch checks. ONNX's takes the biased one, 0 for one value.
+/// the biased one (PyTorch; MindSpore's GPU and Ascend kernels and its nnacl one). ONNX's takes
+/// the biased one, as MindSpore's CPU kernel does.
 inline bool unbiased_running_variance(momentum_convention convention) noexcept {
   return convention != momentum_convention::onnx;
+}
+
+/// Whether training refuses one value per channel, where n/(n − 1) divides by zero: PyTorch's
+/// check. MindSpore trains on it (its nnacl kernel divides by 1 there, its CPU kernel's variance
+/// is biased), as ONNX's reference does (biased).
+inline bool refuses_one_value_per_channel(momentum_convention convention) noexcept {
+  return convention == momentum_convention::pytorch;
 }
 
 /// `batches_tracked` is num_batches_tracked after this step's increment.

@@ -170,15 +170,17 @@ TEST(Module, ConventionsWithTheirFrameworksDefaultMomentum) {
 
 // ONNX's training variance is the biased one, 0 for one value a channel (its reference's
 // x.var()): no n/(n − 1) to divide by zero, so ONNX trains on a batch of one value per channel
-// where PyTorch and MindSpore refuse it. y = beta, the batch mean is x, the running variance
-// decays toward 0; the backward gives dx = 0, dγ = 0, dβ = dy. Every layout and dtype, and the
+// where PyTorch refuses it; so does MindSpore (its nnacl kernel divides by 1 there, its CPU
+// kernel's variance is biased). y = beta, the batch mean is x, the running variance decays
+// toward 0; the backward gives dx = 0, dγ = 0, dβ = dy. Every layout and dtype, and the
 // distributed step over a single rank.
 template <class T>
-void onnx_one_value_per_channel(const bnorm::tensor_shape& shape, bnorm::layout layout) {
+void one_value_per_channel(bnorm::momentum_convention convention, const bnorm::tensor_shape& shape,
+                           bnorm::layout layout) {
   const std::vector<T> x = {T(0.75), T(-2.5), T(1e3)}, gamma = {T(1.5), T(0.8), T(-0.1)},
                        beta = {T(0.1), T(0.3), T(-0.5)}, dy = {T(0.25), T(-4), T(7)};
   bnorm::plan_options opts;
-  opts.convention = bnorm::momentum_convention::onnx;
+  opts.convention = convention;  // either's default momentum: a batch weight of 0.1
   const bnorm::plan plan = make_plan_or_fail({shape, layout, dtype_of<T>(), 1e-5}, opts);
   std::vector<T> y(3, T(9)), rm = {T(0.5), T(-0.25), T(1)}, rv = {T(1), T(2), T(0.5)};
   std::vector<T> mean(3), inv_std(3);
@@ -236,15 +238,26 @@ void onnx_one_value_per_channel(const bnorm::tensor_shape& shape, bnorm::layout 
   EXPECT_EQ(rv_merged, rv);
 }
 
-TEST(Module, OnnxTrainsOnOneValuePerChannel) {
-  for (const bnorm::tensor_shape& shape :
-       {bnorm::tensor_shape{1, 3}, bnorm::tensor_shape{1, 3, 1, 1}}) {
-    for (bnorm::layout layout : {bnorm::layout::channels_first, bnorm::layout::channels_last}) {
-      SCOPED_TRACE(shape_name(shape) + (layout == bnorm::layout::channels_last ? " nhwc" : ""));
-      onnx_one_value_per_channel<float>(shape, layout);
-      onnx_one_value_per_channel<double>(shape, layout);
+TEST(Module, OnnxAndMindSporeTrainOnOneValuePerChannel) {
+  for (bnorm::momentum_convention convention :
+       {bnorm::momentum_convention::onnx, bnorm::momentum_convention::mindspore}) {
+    for (const bnorm::tensor_shape& shape :
+         {bnorm::tensor_shape{1, 3}, bnorm::tensor_shape{1, 3, 1, 1}}) {
+      for (bnorm::layout layout : {bnorm::layout::channels_first, bnorm::layout::channels_last}) {
+        SCOPED_TRACE(std::string(bnorm::to_string(convention)) + " " + shape_name(shape) +
+                     (layout == bnorm::layout::channels_last ? " nhwc" : ""));
+        one_value_per_channel<float>(convention, shape, layout);
+        one_value_per_channel<double>(convention, shape, layout);
+      }
     }
   }
+  // MindSpore's module in training: y = beta (0), the moving variance 0.9·1 + 0.1·0.
+  bnorm::mindspore::options ms;
+  ms.use_batch_statistics = true;
+  auto bn = bnorm::mindspore::BatchNorm2d<float>(2, ms);
+  const std::vector<float> y = bn.forward(std::vector<float>{3.f, -5.f}, {1, 2, 1, 1});
+  EXPECT_EQ(y, std::vector<float>(2, 0.f));
+  EXPECT_EQ(bn.running_var(), std::vector<float>(2, 0.9f));
 }
 
 TEST(Module, MindSporeInitializersAndFormat) {

@@ -322,9 +322,9 @@ class plan {
 
   /// Training: batch mean and biased variance per channel, y = (x-mean)/sqrt(var+eps)·gamma+beta,
   /// then the running statistics and num_batches_tracked. Errors (including "Expected more than
-  /// 1 value per channel when training" under the pytorch and mindspore conventions, whose
-  /// running variance is the unbiased one; onnx's biased one takes one value: y = beta, NaN
-  /// with eps 0 as any constant channel) are returned before anything is written.
+  /// 1 value per channel when training" under the pytorch convention, whose running variance
+  /// is the unbiased one; mindspore and onnx train on one value: y = beta, NaN with eps 0 as
+  /// any constant channel) are returned before anything is written.
   status forward_training(const training_args& args) const noexcept;
 
   /// Inference: y = (x - mean)/sqrt(var + eps)·gamma + beta with the given statistics.
@@ -350,8 +350,8 @@ class plan {
                           std::size_t exchange_size) const noexcept;
   /// forward_training with the whole batch's statistics (merge_statistics): y, the batch mean
   /// and 1/std, and the running statistics (unbiased with the merged count) as one call over
-  /// the whole batch gives them. "Expected more than 1 value per channel" (pytorch and mindspore
-  /// conventions) counts every rank.
+  /// the whole batch gives them. "Expected more than 1 value per channel" (pytorch convention)
+  /// counts every rank.
   status forward_training_merged(const training_args& args, const double* merged,
                                  std::size_t merged_size) const noexcept;
   /// This rank's Σdy and Σdy·(x − mean) into `exchange` of gradient_exchange_size(C)
