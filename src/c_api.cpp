@@ -48,14 +48,17 @@ bnorm_status_code refuse(const char* message, bnorm_status* out) noexcept {
   return report(bnorm::status(bnorm::status_code::invalid_argument, message), out);
 }
 
-/// A struct the caller's header sized: this library knows `known` bytes of it.
+/// A struct the caller's header sized: this library knows `known` bytes of it, and reads
+/// `older` bytes (an earlier C API's size) too where that is not 0.
 bool size_fits(const char* name, std::size_t given, std::size_t known, bnorm_status* out,
-               bnorm_status_code* code) noexcept {
-  if (given == known) return true;
+               bnorm_status_code* code, std::size_t older = 0) noexcept {
+  if (given == known || (older != 0 && given == older)) return true;
+  char sizes[48];
+  std::snprintf(sizes, sizeof sizes, older != 0 ? "%zu or %zu (C API 2's)" : "%zu", known, older);
   *code = report(bnorm::status::failure(bnorm::status_code::invalid_argument,
-                                        "%s.struct_size: expected %zu (this library's %s, as "
+                                        "%s.struct_size: expected %s (this library's %s, as "
                                         "its _init function sets it), got %zu",
-                                        name, known, name, given),
+                                        name, sizes, name, given),
                  out);
   return false;
 }
@@ -120,9 +123,8 @@ bnorm_status_code run(bnorm_plan plan, const Args* args, const char* name, bnorm
   }
   bnorm_status_code code = BNORM_OK;
   const std::size_t given = args->struct_size;
-  if (given != version_2_size<Args>() && !size_fits(name, given, sizeof(Args), status, &code)) {
-    return code;
-  }
+  const std::size_t older = version_2_size<Args>() != sizeof(Args) ? version_2_size<Args>() : 0;
+  if (!size_fits(name, given, sizeof(Args), status, &code, older)) return code;
   Args full{};
   std::memcpy(&full, args, given);
   full.struct_size = sizeof(Args);
