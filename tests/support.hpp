@@ -226,4 +226,21 @@ inline std::string isa_param_name(const testing::TestParamInfo<bnorm::isa>& info
   return bnorm::to_string(info.param);
 }
 
+/// The message of the bnorm::error `call` throws; a test failure (and "") if it throws none.
+template <class Call>
+std::string error_message(Call&& call) {
+  try {
+    call();
+  } catch (const bnorm::error& e) {
+    return e.what();
+  }
+  ADD_FAILURE() << "expected a bnorm::error";
+  return "";
+}
+
+/// Whether `text` contains `part` (for EXPECT_TRUE with the text in its message).
+inline bool contains(const std::string& text, const char* part) {
+  return text.find(part) != std::string::npos;
+}
+
 }  // namespace bnorm_test

@@ -440,8 +440,8 @@ static void test_backward(void) {
   expect_error(bnorm_backward_training(plan, &b, &status), &status, BNORM_INVALID_ARGUMENT,
                "var: expected 4 values (one per channel, C = 4), got 3");
   CHECK(dx[0] == 0.0f);
-  /* The mean's residual reaches the engine: with a residual of 0 the same dx, and the frozen
-   * backward refuses one by name. */
+  /* The mean's residual reaches the engine: with a residual of 0 the same dx, with another the
+   * gradient about the mean it moves to, and the frozen backward refuses one by name. */
   const float no_residual[4] = {0, 0, 0, 0};
   float dx_again[8];
   b.var.size = 4;
@@ -454,6 +454,29 @@ static void test_backward(void) {
   b.mean_residual.size = 0;
   CHECK(bnorm_backward_training(plan, &b, &status) == BNORM_OK);
   CHECK(memcmp(dx, dx_again, sizeof dx) == 0);
+  /* and a residual r gives the gradient of the mean mean + r (the formulas above with it). */
+  const float some_residual[4] = {0.125f, -0.25f, 0.0625f, 0.5f};
+  b.diff_src = dx_again;
+  b.mean_residual.data = some_residual;
+  b.mean_residual.size = 4;
+  CHECK(bnorm_backward_training(plan, &b, &status) == BNORM_OK);
+  for (int c = 0; c < 4; ++c) {
+    const double inv = 1 / sqrt((double)var[c] + 1e-5), m = (double)mean[c] + some_residual[c];
+    double xhat[2], sum_dy = 0, sum_dy_xhat = 0;
+    for (int n = 0; n < 2; ++n) {
+      xhat[n] = ((double)seed_x[4 * n + c] - m) * inv;
+      sum_dy += dy[4 * n + c];
+      sum_dy_xhat += dy[4 * n + c] * xhat[n];
+    }
+    for (int n = 0; n < 2; ++n) {
+      const double terms =
+          inv * (fabs(dy[4 * n + c]) + fabs(sum_dy) / 2 + fabs(xhat[n] * sum_dy_xhat) / 2);
+      const double want = inv * (dy[4 * n + c] - sum_dy / 2 - xhat[n] * sum_dy_xhat / 2);
+      CHECK(fabs(dx_again[4 * n + c] - want) <= 1e-6 * terms);
+    }
+  }
+  CHECK(memcmp(dx, dx_again, sizeof dx) != 0);
+  b.diff_src = dx;
   b.mean_residual.data = no_residual;
   b.mean_residual.size = 4;
   expect_error(bnorm_backward_frozen(plan, &b, &status), &status, BNORM_INVALID_ARGUMENT,

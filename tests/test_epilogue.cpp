@@ -1,6 +1,7 @@
 // Fused activations (plan_options::activation): the fused forward gives the same bits as the
-// plain forward followed by the activation, on every ISA, layout, rank and dtype, in both
-// paths; add+ReLU in place over its residual; NaN stays NaN; and the rules of the residual.
+// plain forward followed by the activation, on every ISA, layout and rank, float32 and float64,
+// in both paths (half storage: test_half.cpp, against its float64 reference); add+ReLU in place
+// over its residual; NaN stays NaN; and the rules of the residual.
 #include <gtest/gtest.h>
 
 #include <cstring>

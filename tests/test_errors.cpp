@@ -35,12 +35,16 @@ TEST_P(PlanErrors, RejectedWithANamedParameter) {
   bnorm::problem prob{{2, 4, 3}, layout::channels_first, bnorm::dtype::f32, 1e-5};
   bnorm::plan_options opts;
   k.mutate(prob, opts);
-  bnorm::plan plan;
+  // A plan of another problem, which a failed make_plan must leave as it was.
+  bnorm::plan plan = make_plan_or_fail({{2, 3}, layout::channels_last}, {});
   const bnorm::status s = bnorm::make_plan(prob, opts, &plan);
   EXPECT_EQ(s.code(), k.code) << s.message();
   EXPECT_NE(std::strstr(s.message(), k.message), nullptr)
       << "message '" << s.message() << "' lacks '" << k.message << "'";
-  EXPECT_FALSE(plan.valid()) << "a failed make_plan must leave the plan untouched";
+  ASSERT_TRUE(plan.valid()) << "a failed make_plan must leave the plan untouched";
+  EXPECT_EQ(plan.get_problem().shape.rank(), 2u);
+  EXPECT_EQ(plan.get_problem().shape[1], 3);
+  EXPECT_EQ(plan.get_problem().layout, layout::channels_last);
 }
 
 INSTANTIATE_TEST_SUITE_P(
@@ -412,7 +416,16 @@ TEST(CallErrors, UninitializedPlan) {
   const bnorm::status s = plan.forward_training(f.args);
   EXPECT_EQ(s.code(), status_code::invalid_argument);
   EXPECT_NE(std::strstr(s.message(), "plan: not initialized"), nullptr);
-  EXPECT_FALSE(plan.forward_inference({}).ok());
+  const bnorm::backward_args back;
+  std::vector<double> exchange(bnorm::statistics_exchange_size(4));
+  for (const bnorm::status& other :
+       {plan.forward_inference({}), plan.backward_training(back), plan.backward_frozen(back),
+        plan.local_statistics(f.args, exchange.data(), exchange.size()),
+        plan.forward_training_merged(f.args, exchange.data(), exchange.size()),
+        plan.local_gradient_sums(back, exchange.data(), exchange.size()),
+        plan.backward_training_merged(back, exchange.data(), exchange.data(), exchange.size())}) {
+    EXPECT_STREQ(other.message(), "plan: not initialized; create it with bnorm::make_plan");
+  }
 }
 
 TEST(CallErrors, InferenceNeedsStatistics) {

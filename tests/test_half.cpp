@@ -363,7 +363,7 @@ TEST(HalfStorage, AHugeGammaKeepsItsCenter) {
         const half_tensor x(d, std::vector<double>(g.elements(), -2996.0));
         const std::vector<float> mean(g.c, static_cast<float>(x.values[0]));
         const std::vector<float> var(g.c, 1.5294118e29f), gamma(g.c, -2.2352e29f), beta(g.c, 0.0f);
-        std::vector<std::uint16_t> y(x.bits.size());
+        std::vector<std::uint16_t> y(x.bits.size(), 0x1234);  // not ±0: y must be written
         bnorm::inference_args i;
         i.src = x.bits.data();
         i.dst = y.data();
@@ -391,7 +391,7 @@ namespace {
 half_tensor infer_half(const bnorm::plan& plan, const half_tensor& x,
                        const std::vector<float>& mean, const std::vector<float>& var,
                        const half_tensor* z = nullptr) {
-  std::vector<std::uint16_t> y(x.bits.size());
+  std::vector<std::uint16_t> y(x.bits.size(), 0x7FC1);  // a NaN in both types: y must be written
   bnorm::inference_args i;
   i.src = x.bits.data();
   i.dst = y.data();
@@ -406,25 +406,40 @@ half_tensor infer_half(const bnorm::plan& plan, const half_tensor& x,
   return got;
 }
 
-TEST(HalfStorage, FusedAddReluReadsAndWritesTheStorageType) {
-  for (const bnorm::dtype d : {bnorm::dtype::bf16, bnorm::dtype::f16}) {
-    for (const layout l : {layout::channels_first, layout::channels_last}) {
-      const bnorm::tensor_shape shape{3, 5, 4, 7};
-      const geometry g(shape);
-      bnorm::plan_options opts;
-      opts.activation = bnorm::activation::add_relu;
-      const bnorm::plan plan = make_plan_or_fail({shape, l, d}, opts);
-      const half_tensor x(d, normal_data<double>(g.elements(), 1.0, 2.0, 41));
-      const half_tensor z(d, normal_data<double>(g.elements(), 0.0, 1.0, 42));
-      const std::vector<float> mean = normal_data<float>(g.c, 1.0, 0.5, 43);
-      const std::vector<float> var(g.c, 3.0f);
-      const half_tensor got = infer_half(plan, x, mean, var, &z);
-      for (std::size_t e = 0; e < x.values.size(); ++e) {
-        const std::size_t c = l == layout::channels_first ? e / g.spatial % g.c : e % g.c;
-        const double want =
-            std::max(0.0, (x.values[e] - mean[c]) / std::sqrt(3.0 + 1e-5) + z.values[e]);
-        ASSERT_LE(std::fabs(got.values[e] - want), std::max(ulp_of(d, want), 1e-6))
-            << bnorm::to_string(d) << " " << e;
+// ReLU, clamp and add+ReLU fused into a half-storage inference, on every ISA and layout: each
+// output within an ulp of the storage type of the activation of the float64 reference.
+TEST(HalfStorage, FusedActivationsReadAndWriteTheStorageType) {
+  const double lo = -0.5, hi = 0.7;
+  for (const bnorm::isa isa : isas_under_test()) {
+    for (const bnorm::activation a :
+         {bnorm::activation::relu, bnorm::activation::clamp, bnorm::activation::add_relu}) {
+      for (const bnorm::dtype d : {bnorm::dtype::bf16, bnorm::dtype::f16}) {
+        for (const layout l : {layout::channels_first, layout::channels_last}) {
+          const bnorm::tensor_shape shape{3, 5, 4, 7};
+          const geometry g(shape);
+          bnorm::plan_options opts;
+          opts.max_isa = isa;
+          opts.activation = a;
+          opts.clamp_min = lo;
+          opts.clamp_max = hi;
+          const bnorm::plan plan = make_plan_or_fail({shape, l, d}, opts);
+          const half_tensor x(d, normal_data<double>(g.elements(), 1.0, 2.0, 41));
+          const half_tensor z(d, normal_data<double>(g.elements(), 0.0, 1.0, 42));
+          const std::vector<float> mean = normal_data<float>(g.c, 1.0, 0.5, 43);
+          const std::vector<float> var(g.c, 3.0f);
+          const bool add = a == bnorm::activation::add_relu;
+          const half_tensor got = infer_half(plan, x, mean, var, add ? &z : nullptr);
+          for (std::size_t e = 0; e < x.values.size(); ++e) {
+            const std::size_t c = l == layout::channels_first ? e / g.spatial % g.c : e % g.c;
+            const double y = (x.values[e] - mean[c]) / std::sqrt(3.0 + 1e-5);
+            const double want = a == bnorm::activation::clamp
+                                    ? std::min(hi, std::max(lo, y))
+                                    : std::max(0.0, y + (add ? z.values[e] : 0.0));
+            ASSERT_LE(std::fabs(got.values[e] - want), std::max(ulp_of(d, want), 1e-6))
+                << bnorm::to_string(isa) << " " << bnorm::to_string(a) << " " << bnorm::to_string(d)
+                << " " << e;
+          }
+        }
       }
     }
   }
