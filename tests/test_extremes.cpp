@@ -5,6 +5,7 @@
 // double (x86: 64-bit significand, range to 1e4932), from the same input.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -97,8 +98,10 @@ class Edges : public testing::TestWithParam<bnorm::isa> {
   void check_training(const std::vector<T>& x, const bnorm::tensor_shape& shape, layout l,
                       double eps = 1e-5) {
     const geometry g(shape);
-    std::vector<T> y(x.size()), mean(g.c), inv_std(g.c), running_mean(g.c, T(0)),
-        running_var(g.c, T(1));
+    // Outputs start as NaN: one left unwritten fails, also where its reference is near 0.
+    const T unwritten = std::numeric_limits<T>::quiet_NaN();
+    std::vector<T> y(x.size(), unwritten), mean(g.c, unwritten), inv_std(g.c, unwritten),
+        running_mean(g.c, T(0)), running_var(g.c, T(1));
     bnorm::training_args args;
     args.src = x.data();
     args.dst = y.data();
@@ -117,12 +120,53 @@ class Edges : public testing::TestWithParam<bnorm::isa> {
           const std::size_t i = g.offset(l, n, c, sp);
           expect_close<T>(y[i], (x[i] - ref[c].mean) * inv, "y", i);
         }
-      expect_close<T>(mean[c], ref[c].mean, "batch mean", c);
+      // Relative: tiny data's means (2e-160) are far below expect_close's absolute bound.
+      expect_relative<T>(mean[c], ref[c].mean, "batch mean", c);
       expect_relative<T>(inv_std[c], inv, "batch inv_std", c);
-      expect_close<T>(running_mean[c], ref[c].mean / 2, "running mean", c);
+      expect_relative<T>(running_mean[c], ref[c].mean / 2, "running mean", c);
       expect_close<T>(running_var[c], (ref[c].variance * count / (count - 1) + 1) / 2,
                       "running var", c);
     }
+  }
+
+  /// The float64 training backward, eps 0, from the forward's saved statistics: dx against the
+  /// float64 reference of the same statistics, relative to its largest value. Its coefficient
+  /// of x − mean grows as inv_std³, beyond float64 where the spread is below ~1e-154 and dx is
+  /// not (it was inf there).
+  void check_backward(const std::vector<double>& x, const bnorm::tensor_shape& shape, layout l) {
+    const geometry g(shape);
+    const bnorm::plan p = plan<double>(shape, l, 0.0);
+    std::vector<double> y(x.size()), mean(g.c), inv_std(g.c);
+    bnorm::training_args f;
+    f.src = x.data();
+    f.dst = y.data();
+    f.batch_mean = out(mean);
+    f.batch_inv_std = out(inv_std);
+    std::vector<double> running_mean(g.c, 0.0), running_var(g.c, 1.0);
+    f.running_mean = out(running_mean);
+    f.running_var = out(running_var);
+    ASSERT_TRUE(p.forward_training(f).ok());
+    std::vector<double> dy(x.size());
+    for (std::size_t i = 0; i < dy.size(); ++i) dy[i] = static_cast<double>(i % 3) - 0.7 + 0.1 * i;
+    std::vector<double> dx(x.size(), std::numeric_limits<double>::quiet_NaN());
+    bnorm::backward_args b;
+    b.src = x.data();
+    b.diff_dst = dy.data();
+    b.diff_src = dx.data();
+    b.mean = in(mean);
+    b.inv_std = in(inv_std);
+    const bnorm::status s = p.backward_training(b);
+    ASSERT_TRUE(s.ok()) << s.message();
+    const reference_gradients ref =
+        reference_backward(x, dy, shape, l, mean, inv_std, std::vector<double>{}, true);
+    double largest_dx = 0.0, worst = 0.0;
+    for (const double v : ref.dx) largest_dx = std::max(largest_dx, std::fabs(v));
+    ASSERT_TRUE(std::isfinite(largest_dx) && largest_dx > 0.0);
+    for (std::size_t i = 0; i < dx.size(); ++i) {
+      ASSERT_TRUE(std::isfinite(dx[i])) << "dx " << i << ": " << dx[i] << " for " << ref.dx[i];
+      worst = std::max(worst, std::fabs(dx[i] - ref.dx[i]) / largest_dx);
+    }
+    EXPECT_LE(worst, 1e-12) << "dx, relative to max |dx|";
   }
 };
 
@@ -202,10 +246,12 @@ TEST_P(Edges, DoubleSpreadBelowTheSquareRange) {
       std::vector<double> x(8);
       for (std::size_t i = 0; i < 8; ++i) x[i] = pattern[i] * spread;
       check_training<double>(x, {8, 1}, l, 0.0);
+      check_backward(x, {8, 1}, l);
       const bnorm::tensor_shape shape{16, 3, 5};
       std::vector<double> wide = normal_data<double>(geometry(shape).elements(), 0.5, 1.0, 10);
       for (double& v : wide) v *= spread;
       check_training<double>(wide, shape, l, 0.0);
+      check_backward(wide, shape, l);
     }
   }
 }

@@ -91,6 +91,33 @@ double prescale_for(double center, double scale) noexcept {
   return magnitude <= 0.5 * largest ? 0.5 : 1.0;
 }
 
+/// A scale p·q·r whose product in float64 overflows (or is inf·0), of finite p, q and r, divided by
+/// `terms` (a power of two) and prescaled: its prescale h as prescale_for gives a huge scale (the
+/// largest power of two T holds, or 1 where x − center can overflow too) and p·q·r/terms/h, from
+/// the product's significand ((p·q)·r's own: the scalings by powers of two are exact) and exponent
+/// apart.
+struct prescaled_beyond_range {
+  double prescale;
+  double scaled;
+};
+template <class T>
+prescaled_beyond_range prescale_beyond_range(double center, double p, double q, double r,
+                                             double terms) noexcept {
+  int p_exponent = 0, q_exponent = 0, r_exponent = 0, pq_exponent = 0, product_exponent = 0;
+  const double pq =
+      std::frexp(std::frexp(p, &p_exponent) * std::frexp(q, &q_exponent), &pq_exponent);
+  const double product = std::frexp(pq * std::frexp(r, &r_exponent), &product_exponent);
+  const int exponent =
+      p_exponent + q_exponent + pq_exponent + r_exponent + product_exponent - std::ilogb(terms);
+  if (product == 0.0) return {1.0, product};  // r = 0: p·q alone overflowed (inf·0 = NaN)
+  // What is still beyond float64 saturates (saturate_scalar then gives T's largest).
+  const double saturated = std::copysign(std::numeric_limits<double>::max(), product);
+  if (std::fabs(center) >= overflowing_center<T>()) return {1.0, saturated};
+  constexpr int top = std::numeric_limits<T>::max_exponent - 1;  // h = 2^top
+  const double scaled = std::ldexp(product, exponent - top);
+  return {std::ldexp(1.0, top), std::isinf(scaled) ? saturated : scaled};
+}
+
 /// Where a backward channel's dy coefficient a = γ·inv_std or its shift e = −a·Σdy/M reaches
 /// this (2^64 for float), its terms dy·a, (x − mean)·b and e (of the size of a·dy) may overflow
 /// where dx, what is left when they cancel, does not: three values a channel an ulp apart give
@@ -403,11 +430,15 @@ gradient_flags channel_gradients(const gradient_channels<T>& channels,
     const T center = in.mean[c];
     const std::size_t at = first + c;
     out.dy_center[at] = dy_center;
+    // x_scale beyond float64 from finite factors (float64 data spread below ~1e-154 with eps
+    // 0: b grows as inv_std³ where (x − mean)·b does not), or their product inf·0.
+    const bool beyond_f64 = !std::isfinite(x_scale) && std::isfinite(a) && std::isfinite(inv) &&
+                            std::isfinite(dgamma * per_value);
     // The vector loop's test of extreme lanes, with its stores where it finds none.
     const double magnitude = std::fabs(x_scale), dy_magnitude = std::fabs(a);
     const bool extreme =
-        std::fmax(dy_magnitude, std::fabs(shift)) >= near_top || magnitude >= largest ||
-        std::fabs(static_cast<double>(center)) >= overflowing_center<T>() ||
+        beyond_f64 || std::fmax(dy_magnitude, std::fabs(shift)) >= near_top ||
+        magnitude >= largest || std::fabs(static_cast<double>(center)) >= overflowing_center<T>() ||
         (magnitude < least && x_scale != 0.0) || (dy_magnitude < least && a != 0.0);
     if (!extreme) {
       out.center[at] = center;
@@ -419,11 +450,17 @@ gradient_flags channel_gradients(const gradient_channels<T>& channels,
       return;
     }
     const double g = terms_prescale_for<T>(a, shift), terms = g > 1.0 ? g : 1.0;
-    const double h = prescale_for<T>(center, x_scale / terms);
+    double h = prescale_for<T>(center, x_scale / terms), scaled = x_scale / terms / h;
+    if (beyond_f64) {  // its significand and exponent apart
+      const prescaled_beyond_range split =
+          prescale_beyond_range<T>(center, -a, inv, dgamma * per_value, terms);
+      h = split.prescale;
+      scaled = split.scaled;
+    }
     out.center[at] = prescaled_center(center, h);
     out.dy_scale[at] = saturate_scalar<T>(a / g);
     out.dy_prescale[at] = static_cast<T>(g);
-    out.x_scale[at] = saturate_scalar<T>(x_scale / terms / h);
+    out.x_scale[at] = saturate_scalar<T>(scaled);
     out.shift[at] = saturate_scalar<T>(shift / terms);
     out.prescale[at] = static_cast<T>(h);
     prescaled = prescaled || h != 1.0 || g != 1.0;
@@ -480,7 +517,8 @@ gradient_flags channel_gradients(const gradient_channels<T>& channels,
       const auto extreme = (xsimd::max(dy_magnitude, xsimd::abs(shift)) >= near_top_v) |
                            (magnitude >= largest_v) | (xsimd::abs(center) >= overflowing) |
                            ((magnitude < least_v) & (x_scale != zero)) |
-                           ((dy_magnitude < least_v) & (a != zero));
+                           ((dy_magnitude < least_v) & (a != zero)) |
+                           (x_scale != x_scale);  // NaN: inf·0 from finite factors too
       if (xsimd::any(extreme)) {
         for (std::size_t k = c; k < c + lanes; ++k) {
           coefficients_of(k, inv_std_of(k), in.sum_dy_d[k]);
