@@ -289,6 +289,22 @@ TEST(Fold, LargeVariancesFoldAndOverflowIsRefused) {
   ASSERT_TRUE(bnorm::fold_into_layer(prob, args).ok());
   EXPECT_FLOAT_EQ(w[0], 1.5f / std::sqrt(1e6f + 1e-5f));
   EXPECT_FLOAT_EQ(folded_b[1], static_cast<float>((2.0 - 1e5) * 2.0 / std::sqrt(4e9 + 1e-5)));
+  {  // a float16 layer, whose statistics stay float32: its folded weights and bias as float16
+    std::vector<bnorm::float16> w16, b16, folded_b16(2, bnorm::float16::from_float(9.0f));
+    for (const float v : {1.5f, -2.0f, 3.0f, 0.5f}) w16.push_back(bnorm::float16::from_float(v));
+    for (const float v : {1.0f, 2.0f}) b16.push_back(bnorm::float16::from_float(v));
+    bnorm::fold_problem half = prob;
+    half.dtype = bnorm::dtype::f16;
+    bnorm::fold_args a = args;
+    a.weight = a.folded_weight = w16.data();
+    a.bias = {b16.data(), 2};
+    a.folded_bias = {folded_b16.data(), 2};
+    ASSERT_TRUE(bnorm::fold_into_layer(half, a).ok());
+    const double want_w = 1.5 / std::sqrt(1e6 + 1e-5),
+                 want_b = (2.0 - 1e5) * 2.0 / std::sqrt(4e9 + 1e-5);
+    EXPECT_NEAR(w16[0].to_float(), want_w, std::fabs(want_w) * 0x1p-11);
+    EXPECT_NEAR(folded_b16[1].to_float(), want_b, std::fabs(want_b) * 0x1p-11);
+  }
 
   std::vector<float> w2 = {1e30f, 1.0f}, folded_w2(2, 7.0f), folded_b2(2, 7.0f);
   const std::vector<float> tiny = {1e-30f, 1.0f}, zero_mean = {0.0f, 0.0f};

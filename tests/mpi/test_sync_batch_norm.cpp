@@ -404,6 +404,12 @@ TEST(SyncBatchNormErrors, OneRankRefusedMeansEveryRankFails) {
   b.inv_std = in(inv);
   const bnorm::status sb = bnorm::mpi::backward_training(plan, b, MPI_COMM_WORLD);
   EXPECT_FALSE(sb);
+  const std::string why_backward = sb.message();
+  const char* reason = "expected at least one output to compute, got none";
+  EXPECT_NE(why_backward.find(reason), std::string::npos) << why_backward;
+  if (rank != 0) {
+    EXPECT_NE(why_backward.find("rank 0 refused"), std::string::npos) << why_backward;
+  }
   for (const float v : dx) ASSERT_EQ(v, 7.0f);
 }
 
