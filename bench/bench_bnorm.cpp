@@ -4,6 +4,8 @@
 // the same buffers.
 //
 //   bnorm_bench [google benchmark flags]      names: SHAPE/LAYOUT/MODE/threads:T/IMPL
+//               [--fail_on_error]             exits 1 if a case ended in an error (bnorm's
+//                                             call refused, a peer's output rejected)
 //   bnorm_bench --samples_out=FILE            writes sampled bnorm outputs for bench_torch.py
 //   bnorm_bench --calls=CASE --count=K        runs bnorm's CASE (e.g. r50_b1_c2048_7/nchw/train/
 //                                             threads:1) K times and nothing else: under
@@ -359,11 +361,33 @@ void run_roofline(benchmark::State& state, const bench_case& k, bool one_pass) {
   state.SetLabel(stores == bnorm_bench::stores::streamed ? "streamed stores" : "cached stores");
 }
 
+/// Cases that ended in an error (bnorm's call refused, a peer's output rejected): with
+/// --fail_on_error, the exit status says so (the benchmark_smoke test).
+int failed_cases = 0;
+
+void fail_case(benchmark::State& state, const std::string& message) {
+  ++failed_cases;
+  state.SkipWithError(message.c_str());
+}
+
+/// max over i < n of |got(i) − expected(i)| / (1 + |expected(i)|); +inf where a term is NaN,
+/// which no tolerance accepts (a running maximum by comparisons would let a later term drop it).
+template <class Got, class Expected>
+double worst_relative_error(std::size_t n, Got got, Expected expected) {
+  double worst = 0;
+  for (std::size_t i = 0; i < n; ++i) {
+    const double e = std::fabs(got(i) - expected(i)) / (1 + std::fabs(expected(i)));
+    if (std::isnan(e)) return std::numeric_limits<double>::infinity();
+    worst = std::max(worst, e);
+  }
+  return worst;
+}
+
 void run_bnorm(benchmark::State& state, const bench_case& k) {
   buffers b(k);
   const bnorm_runner runner(k, b, k.threads);
   if (bnorm::status s = runner.run(); !s) {
-    state.SkipWithError(s.message());
+    fail_case(state, s.message());
     return;
   }
   for (auto _ : state) {
@@ -391,7 +415,7 @@ void run_unfused(benchmark::State& state, const bench_case& k) {
     return s;
   };
   if (bnorm::status s = step(); !s) {
-    state.SkipWithError(s.message());
+    fail_case(state, s.message());
     return;
   }
   for (auto _ : state) {
@@ -407,7 +431,7 @@ void run_onednn(benchmark::State& state, const bench_case& k) {
   // bnorm's output first: oneDNN's time counts only if it computes the same thing.
   const bnorm_runner runner(k, b, 1);
   if (bnorm::status s = runner.run(); !s) {
-    state.SkipWithError(s.message());
+    fail_case(state, s.message());
     return;
   }
   const tensor expected = b.output(k);
@@ -447,29 +471,25 @@ void run_onednn(benchmark::State& state, const bench_case& k) {
   // oneDNN's frozen backward takes no scale: its dx is bnorm's over gamma (1.5 throughout).
   const double factor = k.m == mode::frozen ? 1.5 : 1.0;
   const tensor got_output = b.output(k);
-  double worst = 0;
-  for (std::size_t i = 0; i < expected.size(); ++i) {
-    const double got = got_output[i] * factor;
-    const double e = std::fabs(got - expected[i]) / (1 + std::fabs(double(expected[i])));
-    if (!(e <= worst)) worst = e;
-  }
+  const double worst = worst_relative_error(
+      expected.size(), [&](std::size_t i) { return double(got_output[i]) * factor; },
+      [&](std::size_t i) { return double(expected[i]); });
   // bfloat16 outputs may differ by an ulp of theirs (2^-8 relative) where rounding differs.
   if (!(worst <= (k.half() ? 1e-2 : 1e-4))) {
-    const std::string message = "oneDNN output differs from bnorm's by " + std::to_string(worst);
-    state.SkipWithError(message.c_str());
+    fail_case(state, "oneDNN output differs from bnorm's by " + std::to_string(worst));
     return;
   }
   if (k.m == mode::backward) {  // and dγ, dβ, within float32 sums of the batch's values
-    double worst_parameter = 0;
-    for (std::size_t c = 0; c < dgamma.size(); ++c) {
-      const double e = std::fmax(std::fabs(dgamma[c] - b.dgamma[c]) / (1 + std::fabs(b.dgamma[c])),
-                                 std::fabs(dbeta[c] - b.dbeta[c]) / (1 + std::fabs(b.dbeta[c])));
-      if (!(e <= worst_parameter)) worst_parameter = e;
-    }
+    const double worst_parameter =
+        std::max(worst_relative_error(
+                     dgamma.size(), [&](std::size_t c) { return double(dgamma[c]); },
+                     [&](std::size_t c) { return double(b.dgamma[c]); }),
+                 worst_relative_error(
+                     dbeta.size(), [&](std::size_t c) { return double(dbeta[c]); },
+                     [&](std::size_t c) { return double(b.dbeta[c]); }));
     if (!(worst_parameter <= 1e-3)) {
-      const std::string message =
-          "oneDNN dgamma or dbeta differs from bnorm's by " + std::to_string(worst_parameter);
-      state.SkipWithError(message.c_str());
+      fail_case(state, "oneDNN dgamma or dbeta differs from bnorm's by " +
+                           std::to_string(worst_parameter));
       return;
     }
   }
@@ -535,8 +555,27 @@ void register_all() {
   }
 }
 
-/// Sampled bnorm outputs of every case (1 thread), and the backward's dγ and dβ, for
-/// bench_torch.py's check of PyTorch.
+/// The positions of a case's output that bench_torch.py compares with PyTorch's: one in every
+/// channel (a batch index and a spatial position spread by a hash of the channel), then 64
+/// spread over the whole tensor.
+std::vector<std::size_t> sample_positions(const bench_case& k) {
+  const auto c_count = static_cast<std::size_t>(k.shape.c);
+  const auto n_count = static_cast<std::size_t>(k.shape.n);
+  const std::size_t elements = static_cast<std::size_t>(k.shape.elements());
+  const std::size_t spatial = elements / (n_count * c_count);
+  std::vector<std::size_t> positions;
+  for (std::size_t c = 0; c < c_count; ++c) {
+    const std::size_t n = (c * 2654435761u) % n_count, s = (c * 40503u + 7) % spatial;
+    positions.push_back(k.layout == bnorm::layout::channels_first
+                            ? (n * c_count + c) * spatial + s
+                            : (n * spatial + s) * c_count + c);
+  }
+  for (std::size_t j = 0; j < 64; ++j) positions.push_back((j * 2654435761u) % elements);
+  return positions;
+}
+
+/// Sampled bnorm outputs of every case (1 thread: sample_positions), and the backward's dγ and
+/// dβ, for bench_torch.py's check of PyTorch.
 int write_samples(const char* path) {
   std::FILE* f = std::fopen(path, "w");
   if (!f) return 1;
@@ -550,9 +589,10 @@ int write_samples(const char* path) {
     std::fprintf(f, "%s\"%s\": [", first ? "" : ",\n", k.name("bnorm").c_str());
     first = false;
     const tensor out = b.output(k);
-    for (std::size_t j = 0; j < 64; ++j) {
-      const std::size_t i = (j * 2654435761u) % out.size();
-      std::fprintf(f, "%s[%zu, %.9g]", j ? ", " : "", i, static_cast<double>(out[i]));
+    const char* separator = "";
+    for (const std::size_t i : sample_positions(k)) {
+      std::fprintf(f, "%s[%zu, %.9g]", separator, i, static_cast<double>(out[i]));
+      separator = ", ";
     }
     std::fprintf(f, "]");
     if (k.m == mode::backward) {  // and every channel's dγ and dβ
@@ -595,10 +635,17 @@ int run_calls(const std::string& wanted, long count) {
 int main(int argc, char** argv) {
   std::string calls;
   long count = 1;
+  bool fail_on_error = false;
   for (int i = 1; i < argc; ++i) {
     if (std::strncmp(argv[i], "--samples_out=", 14) == 0) return write_samples(argv[i] + 14);
     if (std::strncmp(argv[i], "--calls=", 8) == 0) calls = argv[i] + 8;
     if (std::strncmp(argv[i], "--count=", 8) == 0) count = std::atol(argv[i] + 8);
+    if (std::strcmp(argv[i], "--fail_on_error") == 0) {
+      fail_on_error = true;
+      std::copy(argv + i + 1, argv + argc + 1, argv + i);  // not benchmark's: out of its sight
+      --argc;
+      --i;
+    }
   }
   if (!calls.empty()) return run_calls(calls, count);
   register_all();
@@ -610,5 +657,9 @@ int main(int argc, char** argv) {
 #endif
   benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();
+  if (fail_on_error && failed_cases > 0) {
+    std::fprintf(stderr, "%d case(s) ended in an error\n", failed_cases);
+    return 1;
+  }
   return 0;
 }

@@ -219,10 +219,16 @@ def main():
                  times(rec['scaling']) if rec["scaling"] else "-"]
         cells += [fmt(get(case, threads_all, "bnorm_" + i)) for i in isas]
         lines.append("| " + " | ".join(cells) + " |")
-    errors = [f"- {'/'.join(map(str, k))}: {v['error']}" for k, v in rows.items() if "error" in v]
-    if errors:
-        lines.append("\nRejected peer results (output differed from bnorm's):\n")
-        lines += errors
+    # Cases without a time: a peer's output that differs from bnorm's (its time not counted),
+    # and calls that failed (a peer that does not run the case, or bnorm refusing it).
+    errors = [(f"- {'/'.join(map(str, k))}: {v['error']}", "differs from bnorm's" in v["error"])
+              for k, v in rows.items() if "error" in v]
+    for title, rejected in (("Rejected peer results (output differed from bnorm's)", True),
+                            ("Cases that failed to run", False)):
+        listed = [line for line, is_rejection in errors if is_rejection == rejected]
+        if listed:
+            lines.append(f"\n{title}:\n")
+            lines += listed
 
     # The targets of the benchmark issue, each with the cases that miss it.
     def check(title, selected, ok, show):

@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh cmake g++ make binutils pkgconf clang-format libxsimd-dev libtbb-dev libgtest-dev \
-  libbenchmark-dev libopenmpi-dev openmpi-bin
+  libbenchmark-dev libopenmpi-dev openmpi-bin libdnnl-dev ocl-icd-opencl-dev opencl-c-headers
 cmake -S . -B build/release -DCMAKE_BUILD_TYPE=Release -DBNORM_BUILD_TESTS=ON \
   -DBNORM_BUILD_BENCHMARKS=ON
 cmake --build build/release -j"$(nproc)"
