@@ -574,6 +574,19 @@ std::vector<std::size_t> sample_positions(const bench_case& k) {
   return positions;
 }
 
+/// A sample [position, value] as JSON, non-finite values as Python's json reads them (NaN,
+/// Infinity), which bench_torch.py's check then rejects.
+void write_sample(std::FILE* f, const char* separator, std::size_t position, double value) {
+  if (std::isfinite(value)) {
+    std::fprintf(f, "%s[%zu, %.9g]", separator, position, value);
+  } else {
+    std::fprintf(f, "%s[%zu, %s]", separator, position,
+                 std::isnan(value) ? "NaN"
+                 : value > 0       ? "Infinity"
+                                   : "-Infinity");
+  }
+}
+
 /// Sampled bnorm outputs of every case (1 thread: sample_positions), and the backward's dγ and
 /// dβ, for bench_torch.py's check of PyTorch.
 int write_samples(const char* path) {
@@ -591,7 +604,7 @@ int write_samples(const char* path) {
     const tensor out = b.output(k);
     const char* separator = "";
     for (const std::size_t i : sample_positions(k)) {
-      std::fprintf(f, "%s[%zu, %.9g]", separator, i, static_cast<double>(out[i]));
+      write_sample(f, separator, i, static_cast<double>(out[i]));
       separator = ", ";
     }
     std::fprintf(f, "]");
@@ -599,7 +612,7 @@ int write_samples(const char* path) {
       for (const auto& [what, values] : {std::pair{"dgamma", &b.dgamma}, {"dbeta", &b.dbeta}}) {
         std::fprintf(f, ",\n\"%s/%s\": [", k.name("bnorm").c_str(), what);
         for (std::size_t c = 0; c < values->size(); ++c) {
-          std::fprintf(f, "%s[%zu, %.9g]", c ? ", " : "", c, static_cast<double>((*values)[c]));
+          write_sample(f, c ? ", " : "", c, static_cast<double>((*values)[c]));
         }
         std::fprintf(f, "]");
       }
