@@ -888,14 +888,14 @@ status backward(const plan_impl& p, const backward_args& args, bool frozen,
   const std::size_t needed_scratch = elements == 0 ? 0
                                      : sums        ? p.part.scratch.training_bytes
                                                    : p.part.scratch.inference_bytes;
-  if (status s =
-          check_scratch(args.scratch, args.scratch_size, needed_scratch, "backward_scratch_size");
+  if (status s = check_scratch(args.scratch, args.scratch_size, needed_scratch,
+                               sums ? "backward_scratch_size" : "inference_scratch_size");
       !s) {
     return s;
   }
   const std::size_t data_bytes = elements * p.part.element_size;
   const std::size_t channel_bytes = channels * element_size(parameter_dtype(p.prob, p.options));
-  const std::size_t scratch_bytes = caller_scratch(p.part.scratch.training_bytes);
+  const std::size_t scratch_bytes = caller_scratch(needed_scratch);
   const std::size_t exchange_bytes = exchange ? exchange->size * sizeof(double) : 0;
   const double* local = exchange ? exchange->local : nullptr;
   if (exchange) {

@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
@@ -490,6 +491,50 @@ TEST(CallErrors, ScratchBoundsAreWhatTheCallsNeed) {
   s = plan.forward_inference(args);
   EXPECT_TRUE(s.ok()) << s.message();
   EXPECT_EQ(y, std::vector<float>(6000, 0.f));
+}
+
+// A frozen dx alone runs as inference: its scratch is inference's, for the size and for the
+// overlap rule (scratch right before dx, as large as inference needs, overlaps nothing it uses;
+// found in review: it was refused as if it took the backward's scratch).
+TEST(CallErrors, FrozenDxAloneNeedsAndChecksInferenceScratch) {
+  bnorm::plan plan;
+  const bnorm::tensor_shape shape{4, 1024, 8, 8};
+  ASSERT_TRUE(bnorm::make_plan({shape}, {}, &plan).ok());
+  const std::size_t scratch_bytes = plan.inference_scratch_size(), count = 4 * 1024 * 64;
+  ASSERT_GT(scratch_bytes, 0u);
+  ASSERT_EQ(scratch_bytes % 64, 0u);
+  ASSERT_GT(plan.backward_scratch_size(), scratch_bytes);
+  // One block: the scratch, then dx.
+  aligned_vector<unsigned char> block(scratch_bytes + count * sizeof(float));
+  float* dx = reinterpret_cast<float*>(block.data() + scratch_bytes);
+  std::fill(dx, dx + count, -9.f);
+  std::vector<float> dy(count), gamma(1024), var(1024);
+  for (std::size_t i = 0; i < count; ++i) dy[i] = static_cast<float>(i % 13) - 6.f;
+  for (std::size_t c = 0; c < 1024; ++c) {
+    gamma[c] = 0.5f + static_cast<float>(c % 5);
+    var[c] = 0.25f * static_cast<float>(1 + c % 7);
+  }
+  bnorm::backward_args args;
+  args.diff_dst = dy.data();
+  args.diff_src = dx;
+  args.scale = in(gamma);
+  args.var = in(var);
+  args.scratch = block.data();
+  args.scratch_size = scratch_bytes - 1;
+  bnorm::status s = plan.backward_frozen(args);
+  const std::string want = "scratch: expected at least " + std::to_string(scratch_bytes) +
+                           " bytes (plan::inference_scratch_size()), got " +
+                           std::to_string(scratch_bytes - 1);
+  EXPECT_NE(std::strstr(s.message(), want.c_str()), nullptr) << s.message();
+  EXPECT_EQ(dx[0], -9.f);
+  args.scratch_size = scratch_bytes;
+  s = plan.backward_frozen(args);
+  ASSERT_TRUE(s.ok()) << s.message();
+  for (std::size_t i = 0; i < count; i += 997) {
+    const std::size_t c = (i / 64) % 1024;
+    const double want_dx = double(gamma[c]) * double(dy[i]) / std::sqrt(double(var[c]) + 1e-5);
+    EXPECT_NEAR(dx[i], want_dx, 1e-6 * std::fabs(want_dx) + 1e-6) << i;
+  }
 }
 
 // An empty tensor's src and dst may be null, but a pointer that is given is aligned.

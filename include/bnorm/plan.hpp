@@ -305,7 +305,8 @@ struct backward_args {
   /// add_relu: dz, the residual's gradient (dy through the mask), or null; may equal
   /// diff_dst (in place). Other activations: none.
   void* diff_residual = nullptr;
-  /// As training_args::scratch, with plan::backward_scratch_size().
+  /// As training_args::scratch, with plan::backward_scratch_size(); a frozen dx alone (no dγ,
+  /// dβ) runs as inference and needs plan::inference_scratch_size().
   void* scratch = nullptr;
   std::size_t scratch_size = 0;
 };
