@@ -189,9 +189,11 @@ def main():
     lines.append("| " + " | ".join(head) + " |")
     lines.append("|" + "---|" * len(head))
     summary = []
+    untimed = []  # cases bnorm has no time for: left out of the table and of every target
     for case in cases:
         bn = get(case, threads_all, "bnorm")
         if bn is None:
+            untimed.append(case)
             continue
         one = get(case, 1, "bnorm")
         roof = get(case, threads_all, "roofline", "best")
@@ -250,6 +252,9 @@ def main():
 
     big = [r for r in summary if r["mib"] >= 1.0 and r["pct"]]
     lines.append("\n## Targets\n")
+    if untimed:
+        lines.append(f"Left out of every target, without a bnorm time at {threads_all} threads: "
+                     + ", ".join(" ".join(c) for c in untimed) + ".\n")
     forward = [r for r in summary if r["case"][2] in FORWARD]
     check("training ≥ 80% of the roofline (≥ 1 MiB)", [r for r in big if r["case"][2] == "train"],
           lambda r: r["pct"] >= 80, versus_roofline)
