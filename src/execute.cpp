@@ -635,8 +635,8 @@ class inference_step {
   }
 
   /// The coefficients of channels [c0, c1), written from index `first` of out's arrays, in float64
-  /// vectors: the kernel's division and square root are as exact as scalar ones, so how the
-  /// channels are blocked does not change a bit.
+  /// vectors: each channel's operations are the same in any lane and in the kernel's scalar
+  /// code, so how the channels are blocked does not change a bit.
   bool set_coefficients(std::size_t c0, std::size_t c1, const kernels::coefficients<T>& out,
                         std::size_t first) const {
     const auto at = [c0](const channel_input& buffer) {

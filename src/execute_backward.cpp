@@ -4,7 +4,8 @@
 // three back to back on each block, in one parallel pass (one read of x and dy). Frozen: dx =
 // dy·γ/sqrt(running_var + eps) is the inference map with a zero mean (one read of dy); dγ and
 // dβ, when asked, take a reduce pass around the running mean. The caller's dγ and dβ are
-// written only at the end.
+// written once their channels' sums are whole: after the reduce pass, or by the fused block that
+// summed them (never before every check has passed).
 #include <algorithm>
 #include <atomic>
 #include <cmath>

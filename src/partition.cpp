@@ -14,7 +14,7 @@ namespace bnorm::detail {
 namespace {
 
 // A unit of about 128 KiB streams for ~5 µs per core: long enough to amortize a oneTBB task
-// (~1 µs), short enough to give two cores a dozen units on a 4 MiB tensor.
+// (~1 µs), short enough to give two cores 16 units each on a 4 MiB tensor.
 constexpr std::size_t unit_bytes = 128 * 1024;
 // A channels-first channel up to half of a core's L2 is one unit: training reads it the second
 // time from there, and the backward reads x and dy a second time mostly from there (the L2 may
@@ -48,8 +48,8 @@ constexpr std::size_t min_fused_blocks = 4;
 // of each row between them), where their two passes would read x (and dy) twice from a core's
 // L2 or the other's: their stores are a third of their traffic or less, and the page sharing
 // costs them less there than the second pass does. Narrower blocks, or two of 1 KiB, lost on
-// two cores. Inference, all stores, writes whole rows (row chunks, or row tasks where the 2 KiB
-// blocks would fit: docs/design.md).
+// two cores. Inference, all stores, writes whole rows (row chunks, or row tasks for up to
+// max_inference_row_task_rows rows of C slots within a core's L2: docs/design.md).
 constexpr std::size_t min_narrow_block_row_bytes = 1024;
 constexpr std::size_t min_narrow_blocks = 4;
 constexpr std::size_t min_few_blocks = 2;

@@ -1,6 +1,7 @@
 // The planner: how a problem's elements are split into work units and where scratch lives.
-// Everything here depends on the problem, the ISA and the cache sizes only, never on the thread
-// count, so the same input gives the same bits however many threads run the units.
+// Everything here depends on the problem, its options, the ISA and the cache sizes only, never on
+// the number of threads that run the units (a cap of one thread changes no bits), so the same
+// input gives the same bits however many threads run them.
 #pragma once
 
 #include <cstddef>

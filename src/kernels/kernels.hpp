@@ -315,7 +315,8 @@ struct kernel_set {
   void (*interleaved_normalize)(const S* src, S* dst, const S* residual, const row_block& block,
                                 const normalize_params<T>& params, std::size_t first) noexcept;
   /// Per channel (see moment_channels): Σd, Σd² become the mean and the biased variance; then
-  /// inv_std and scale. Exact division and square root, as the scalar code. Returns whether
+  /// inv_std and scale: products by 1/count and inverse_sqrt, each channel's operations the
+  /// same in any lane and in the scalar code. Returns whether
   /// some channel needs another look (see finalize_block): variance + eps below
   /// `resum_below`, a variance that is not finite, or a pivot beyond max_pivot_offset_squared.
   bool (*channel_moments)(const moment_channels<T>& in) noexcept;
