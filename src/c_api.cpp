@@ -74,14 +74,16 @@ E enum_of(const CEnum& field) noexcept {
   return static_cast<E>(value);
 }
 
-/// A C shape: `rank` dimensions of the array `shape_name` of `capacity`; more are refused.
-bool rank_fits(const char* shape_name, std::size_t rank, std::size_t capacity, bnorm_status* out,
-               bnorm_status_code* code) noexcept {
+/// A C shape: `rank` dimensions of the array `shape_name` of `capacity`; more are refused,
+/// with the ranks the call takes (`expected`: the engine's own rule, which refuses the others
+/// below the capacity in the same words).
+bool rank_fits(const char* shape_name, std::size_t rank, std::size_t capacity, const char* expected,
+               bnorm_status* out, bnorm_status_code* code) noexcept {
   if (rank <= capacity) return true;
   *code = report(bnorm::status::failure(bnorm::status_code::invalid_argument,
-                                        "problem.rank: expected at most %zu dimensions in "
-                                        "problem.%s, got %zu",
-                                        capacity, shape_name, rank),
+                                        "problem.rank: expected %s dimensions in problem.%s, got "
+                                        "%zu",
+                                        expected, shape_name, rank),
                  out);
   return false;
 }
@@ -202,7 +204,10 @@ bnorm_status_code bnorm_plan_create(bnorm_plan* plan, const bnorm_problem* probl
   if (!size_fits("bnorm_plan_options", o.struct_size, sizeof(bnorm_plan_options), status, &code)) {
     return code;
   }
-  if (!rank_fits("shape", problem->rank, std::size(problem->shape), status, &code)) return code;
+  if (!rank_fits("shape", problem->rank, std::size(problem->shape), "2 to 5 (N, C[, D][, H][, W])",
+                 status, &code)) {
+    return code;
+  }
   bnorm::problem prob;
   prob.shape = bnorm::tensor_shape(problem->shape, problem->rank);
   prob.layout = enum_of<bnorm::layout>(problem->layout);
@@ -439,7 +444,8 @@ bnorm_status_code bnorm_fold_into_layer(const bnorm_fold_problem* problem,
       !size_fits("bnorm_fold_args", args->struct_size, sizeof(bnorm_fold_args), status, &code)) {
     return code;
   }
-  if (!rank_fits("weight_shape", problem->rank, std::size(problem->weight_shape), status, &code)) {
+  if (!rank_fits("weight_shape", problem->rank, std::size(problem->weight_shape),
+                 "2 to 8 (linear [out, in], convolutions [O, I, k...])", status, &code)) {
     return code;
   }
   bnorm::fold_problem prob;

@@ -44,9 +44,13 @@ struct parameter_names {
   const char* bias;
   const char* running_mean;
   const char* running_var;
+  const char* weight_grad;
+  const char* bias_grad;
 };
-constexpr parameter_names pytorch_names = {"weight", "bias", "running_mean", "running_var"};
-constexpr parameter_names mindspore_names = {"gamma", "beta", "moving_mean", "moving_variance"};
+constexpr parameter_names pytorch_names = {"weight",      "bias",        "running_mean",
+                                           "running_var", "weight_grad", "bias_grad"};
+constexpr parameter_names mindspore_names = {"gamma",           "beta",       "moving_mean",
+                                             "moving_variance", "gamma_grad", "beta_grad"};
 const parameter_names& names_of(framework f) {
   return f == framework::mindspore ? mindspore_names : pytorch_names;
 }
@@ -98,8 +102,8 @@ status in_module_names(const status& s, const Names& names) {
 std::array<name_pair, 8> backward_names(const parameter_names& names, bool frozen) {
   return {{{"diff_src", "grad_input"},
            {"diff_dst", "grad_output"},
-           {"diff_scale", "weight_grad"},
-           {"diff_shift", "bias_grad"},
+           {"diff_scale", names.weight_grad},
+           {"diff_shift", names.bias_grad},
            {"src", "input"},
            {"scale", names.weight},
            {"mean", frozen ? names.running_mean : "saved_mean"},
@@ -489,7 +493,7 @@ void batch_norm<T>::forward_unguarded(const T* src, T* dst, const tensor_shape& 
     saved_mean_.swap(staged_mean_);
     saved_mean_residual_.swap(staged_mean_residual_);
     saved_inv_std_.swap(staged_inv_std_);
-    last_forward_ = last_forward{shape, true, std::move(exchange)};
+    last_forward_ = last_forward{shape, true, std::move(exchange), p.isa()};
   } else {
     inference_args args;
     args.src = src;
@@ -503,7 +507,7 @@ void batch_norm<T>::forward_unguarded(const T* src, T* dst, const tensor_shape& 
                                                                 {"shift", names.bias},
                                                                 {"mean", names.running_mean},
                                                                 {"var", names.running_var}}));
-    last_forward_ = last_forward{shape, false, nullptr};
+    last_forward_ = last_forward{shape, false, nullptr, p.isa()};
   }
 }
 
@@ -699,10 +703,7 @@ std::vector<T> batch_norm<T>::forward(const std::vector<T>& src, const tensor_sh
 
 template <class T>
 isa batch_norm<T>::isa() const {
-  if (last_forward_) {
-    const plan& last = last_forward_->batch_statistics ? training_plan_ : inference_plan_;
-    if (last.valid()) return last.isa();
-  }
+  if (last_forward_) return last_forward_->isa;
   if (training_plan_.valid()) return training_plan_.isa();
   if (inference_plan_.valid()) return inference_plan_.isa();
   bnorm::isa selected = bnorm::isa::sse2;

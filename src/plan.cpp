@@ -984,7 +984,13 @@ status plan::backward_training(const backward_args& args) const noexcept {
 
 status plan::local_gradient_sums(const backward_args& args, double* exchange,
                                  std::size_t exchange_size) const noexcept {
+  const detail::fp_environment_scope environment;  // see forward_training
   if (!impl_) return status(status_code::invalid_argument, not_planned);
+  // This step's own block, checked first: null, backward() would take the call for the merged
+  // step and name that step's `local`.
+  if (status s = check_exchange("exchange", exchange, exchange_size, impl_->part.channels); !s) {
+    return s;
+  }
   const detail::backward_exchange step{exchange, nullptr, nullptr, exchange_size};
   return backward(*impl_, args, false, &step);
 }

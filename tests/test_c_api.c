@@ -92,7 +92,8 @@ static void test_plan_create_and_queries(void) {
                "shape: expected rank 2 to 5");
   prob.rank = 9;
   expect_error(bnorm_plan_create(&plan, &prob, NULL, &status), &status, BNORM_INVALID_ARGUMENT,
-               "problem.rank: expected at most 8");
+               "problem.rank: expected 2 to 5 (N, C[, D][, H][, W]) dimensions in problem.shape, "
+               "got 9");
   prob.rank = 2;
   prob.shape[1] = 4;
   prob.layout = (bnorm_layout)7;
@@ -644,7 +645,8 @@ static void test_fold(void) {
   for (int i = 0; i < 6; ++i) folded_w[i] = -9;
   prob.rank = 9;
   expect_error(bnorm_fold_into_layer(&prob, &args, &status), &status, BNORM_INVALID_ARGUMENT,
-               "problem.rank: expected at most 8 dimensions in problem.weight_shape, got 9");
+               "problem.rank: expected 2 to 8 (linear [out, in], convolutions [O, I, k...]) "
+               "dimensions in problem.weight_shape, got 9");
   prob.rank = 1;
   expect_error(bnorm_fold_into_layer(&prob, &args, &status), &status, BNORM_INVALID_ARGUMENT,
                "weight_shape: expected rank 2 to 8");

@@ -491,6 +491,15 @@ TEST(DistributedErrors, RefusedBeforeAnythingIsWritten) {
       << s.message();
   for (const double v : sums) EXPECT_EQ(v, 9.0);
   for (const float f : db) EXPECT_EQ(f, 7.0f);
+  // A null block is the local step's own `exchange` (it was named as the merged step's `local`;
+  // found in review).
+  s = plan.local_gradient_sums(b, nullptr, sums.size());
+  EXPECT_NE(std::string(s.message())
+                .find("exchange: expected 7 doubles (1 + 2 × 3 channels), got a null pointer of "
+                      "size 7"),
+            std::string::npos)
+      << s.message();
+  for (const float f : dx) EXPECT_EQ(f, 7.0f);
   ASSERT_TRUE(plan.local_gradient_sums(b, sums.data(), sums.size()));
   for (const float f : dx) EXPECT_EQ(f, 7.0f);
   std::vector<double> wrong = sums;

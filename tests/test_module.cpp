@@ -608,6 +608,12 @@ TEST(Module, ReportsItsIsa) {
     bn1.eval();
     bn1.forward(std::vector<float>(4096 * 4, 1.f), {4096, 4});
     EXPECT_EQ(bn1.isa(), isa_of({4096, 4}));
+    // A refused forward of another shape leaves it (its plan replaced the cached one; found in
+    // review). Seen where the two shapes' plans take different ISAs (AVX-512 machines).
+    std::vector<float> y(8, -9.f);
+    EXPECT_THROW(bn1.forward(nullptr, y.data(), {2, 4}), bnorm::error);
+    EXPECT_EQ(bn1.isa(), isa_of({4096, 4}));
+    EXPECT_EQ(y, std::vector<float>(8, -9.f));
   }
 }
 
@@ -832,6 +838,17 @@ TEST(Module, RefusalsNameTheModulesBuffers) {
   bn.forward(x, {2, 4});
   expect_names(message_of([&] { bn.backward(x.data(), dy.data(), bn.running_mean().data()); }),
                "grad_input: expected memory of its own", "running_mean");
+
+  // The gradients asked of a frozen backward are named too: a frozen dγ reads the input
+  // (MindSpore's gamma_grad, where it said PyTorch's weight_grad; found in review).
+  cell.eval();
+  cell.forward(x, {2, 4});
+  std::vector<float> dx(8, -9.f);
+  const std::string frozen = message_of([&] { cell.backward(nullptr, dy.data(), dx.data()); });
+  EXPECT_NE(frozen.find("(required by backward_frozen with gamma_grad)"), std::string::npos)
+      << frozen;
+  EXPECT_EQ(frozen.find("weight_grad"), std::string::npos) << frozen;
+  EXPECT_EQ(dx, std::vector<float>(8, -9.f));
 }
 
 // An initializer's finite value beyond the parameter type's range would be stored as an

@@ -223,6 +223,8 @@ class batch_norm {
     /// The exchange the forward's statistics went through (null: this process's own), which
     /// its backward takes too.
     std::shared_ptr<const training_exchange> exchange;
+    /// Its plan's ISA: a refused forward of another shape may have replaced the cached plan.
+    bnorm::isa isa = bnorm::isa::sse2;
   };
   std::optional<last_forward> last_forward_;
   plan training_plan_, inference_plan_;
