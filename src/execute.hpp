@@ -56,13 +56,18 @@ template <class T>
 void run_training_merged(const plan_impl& plan, const training_args& args, unsigned char* scratch,
                          const double* merged);
 
-/// One step of the distributed training backward: this rank's sums into local_out, or, without
-/// it, dx from the summed blocks and dγ, dβ from the rank's own (local). `size` doubles each.
+/// One step of the distributed training backward, `size` doubles a block: `local_sums` writes
+/// this rank's sums into `local_out`; `merged` computes dx from the summed blocks (`summed`) and
+/// dγ, dβ from the rank's own (`local`).
 struct backward_exchange {
+  enum class step { local_sums, merged };
+  step kind;
   double* local_out;
   const double* local;
   const double* summed;
   std::size_t size;
+
+  bool writes_local_sums() const noexcept { return kind == step::local_sums; }
 };
 
 /// The training backward, or with `frozen` the backward on the running statistics, or a step

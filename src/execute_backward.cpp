@@ -450,7 +450,7 @@ void run_backward(const plan_impl& plan, const backward_args& given, bool frozen
   }
   if (exchange != nullptr) {
     gradient_step<S> step(plan, args, false, scratch);
-    if (exchange->local_out) {
+    if (exchange->writes_local_sums()) {
       step.run_local(exchange->local_out);
     } else {
       step.run_merged(exchange->local, exchange->summed);

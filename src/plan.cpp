@@ -815,7 +815,7 @@ status backward(const plan_impl& p, const backward_args& args, bool frozen,
   }
   // The local step of a distributed backward writes its exchange block only, which carries
   // Σdy·(x − mean) for every rank's dx, whatever this rank asks for.
-  const bool local_step = exchange && exchange->local_out;
+  const bool local_step = exchange && exchange->writes_local_sums();
   // What the outputs asked for read: x̂ needs src, mean and the variance (or 1/std).
   const bool needs_x = dgamma || (dx && !frozen) || local_step;
   const bool needs_std = needs_x || (dx && frozen);
@@ -899,13 +899,13 @@ status backward(const plan_impl& p, const backward_args& args, bool frozen,
   const std::size_t exchange_bytes = exchange ? exchange->size * sizeof(double) : 0;
   const double* local = exchange ? exchange->local : nullptr;
   if (exchange) {
-    const bool writes = exchange->local_out != nullptr;
-    const void* block = writes ? static_cast<const void*>(exchange->local_out) : local;
-    if (status s = check_exchange(writes ? "exchange" : "local", block, exchange->size, channels);
+    const void* block = local_step ? static_cast<const void*>(exchange->local_out) : local;
+    if (status s =
+            check_exchange(local_step ? "exchange" : "local", block, exchange->size, channels);
         !s) {
       return s;
     }
-    if (!writes) {
+    if (!local_step) {
       if (status s = check_exchange("summed", exchange->summed, exchange->size, channels); !s) {
         return s;
       }
@@ -938,7 +938,7 @@ status backward(const plan_impl& p, const backward_args& args, bool frozen,
       !s) {
     return s;
   }
-  if (elements == 0 && exchange && exchange->local_out) {  // no values: a count of 0, zero sums
+  if (elements == 0 && local_step) {  // no values: a count of 0, zero sums
     std::fill_n(exchange->local_out, exchange->size, 0.0);
     return {};
   }
@@ -984,14 +984,9 @@ status plan::backward_training(const backward_args& args) const noexcept {
 
 status plan::local_gradient_sums(const backward_args& args, double* exchange,
                                  std::size_t exchange_size) const noexcept {
-  const detail::fp_environment_scope environment;  // see forward_training
   if (!impl_) return status(status_code::invalid_argument, not_planned);
-  // This step's own block, checked first: null, backward() would take the call for the merged
-  // step and name that step's `local`.
-  if (status s = check_exchange("exchange", exchange, exchange_size, impl_->part.channels); !s) {
-    return s;
-  }
-  const detail::backward_exchange step{exchange, nullptr, nullptr, exchange_size};
+  const detail::backward_exchange step{detail::backward_exchange::step::local_sums, exchange,
+                                       nullptr, nullptr, exchange_size};
   return backward(*impl_, args, false, &step);
 }
 
@@ -999,7 +994,8 @@ status plan::backward_training_merged(const backward_args& args, const double* l
                                       const double* summed,
                                       std::size_t exchange_size) const noexcept {
   if (!impl_) return status(status_code::invalid_argument, not_planned);
-  const detail::backward_exchange step{nullptr, local, summed, exchange_size};
+  const detail::backward_exchange step{detail::backward_exchange::step::merged, nullptr, local,
+                                       summed, exchange_size};
   return backward(*impl_, args, false, &step);
 }
 
