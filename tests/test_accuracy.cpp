@@ -64,6 +64,64 @@ TEST_P(Accuracy, TrainingMeetsTheTargetsAtLargeOffsets) {
   }
 }
 
+// Where beta cancels gamma·x̂, y is a remainder of its terms and keeps the float32 rounding of
+// the scale gamma·inv_std: the bound is 1e-6 of max(1, |y|, |gamma·x̂|), not of max(1, |y|)
+// (README). Beta cancels gamma·x̂ at each channel's largest value, with gamma up to 8 (found in
+// review: 4.5e-6 of max(1, |y|) there).
+TEST_P(Accuracy, TrainingWhereBetaCancelsGammaXhatKeepsTheScalesRounding) {
+  const bnorm::tensor_shape shape{8, 64, 28, 28};
+  const geometry g(shape);
+  for (layout l : {layout::channels_first, layout::channels_last}) {
+    for (double offset : {0.0, 1e5}) {
+      const std::vector<float> x = normal_data<float>(g.elements(), offset, 1.0, 42);
+      const reference_stats ref = reference_moments(x, shape, l);
+      std::vector<float> gamma(g.c), beta(g.c);
+      for (std::size_t c = 0; c < g.c; ++c) {
+        gamma[c] = static_cast<float>(1 << (c % 4));  // 1, 2, 4, 8
+        double largest = -HUGE_VAL;
+        for (std::size_t n = 0; n < g.n; ++n)
+          for (std::size_t s = 0; s < g.spatial; ++s)
+            largest = std::max(largest, static_cast<double>(x[g.offset(l, n, c, s)]));
+        const double x_hat = (largest - ref.mean[c]) / std::sqrt(ref.variance[c] + 1e-5);
+        beta[c] = static_cast<float>(-gamma[c] * x_hat);
+      }
+      bnorm::plan_options opts;
+      opts.max_isa = GetParam();
+      opts.update_running_stats = false;
+      const bnorm::plan plan = make_plan_or_fail({shape, l, bnorm::dtype::f32, 1e-5}, opts);
+      std::vector<float> y(x.size());
+      bnorm::training_args args;
+      args.src = x.data();
+      args.dst = y.data();
+      args.scale = in(gamma);
+      args.shift = in(beta);
+      ASSERT_TRUE(plan.forward_training(args).ok());
+      const std::vector<double> want =
+          reference_normalize(x, shape, l, ref.mean, ref.variance, 1e-5, gamma, beta);
+      double err = 0.0;       // relative to max(1, |y_ref|, |gamma·x̂|)
+      double err_of_y = 0.0;  // relative to max(1, |y_ref|): the forward's usual bound
+      for (std::size_t c = 0; c < g.c; ++c) {
+        const double inv_std = 1.0 / std::sqrt(ref.variance[c] + 1e-5);
+        for (std::size_t n = 0; n < g.n; ++n) {
+          for (std::size_t s = 0; s < g.spatial; ++s) {
+            const std::size_t at = g.offset(l, n, c, s);
+            const double term = gamma[c] * (x[at] - ref.mean[c]) * inv_std;
+            const double e = std::fabs(y[at] - want[at]);
+            keep_worst(err, e / std::max({1.0, std::fabs(want[at]), std::fabs(term)}));
+            keep_worst(err_of_y, e / std::max(1.0, std::fabs(want[at])));
+          }
+        }
+      }
+      std::cout << "[ accuracy ] " << bnorm::to_string(GetParam()) << " beta cancelling gamma·x̂ "
+                << (l == layout::channels_first ? "nchw" : "nhwc") << " offset " << offset
+                << ": max|y - y_ref| / max(1, |y_ref|, |gamma·x̂|) = " << err
+                << ", / max(1, |y_ref|) = " << err_of_y << "\n";
+      EXPECT_LE(err, 1e-6) << (l == layout::channels_first ? "nchw" : "nhwc") << " offset "
+                           << offset;
+    }
+  }
+}
+
 // Per channel: half the values m + d, half m - d, shuffled, with m and d powers of two or small
 // multiples of them. Mean m, variance d², inverse std 1/d and y = ±gamma + beta are exact.
 template <class T>
