@@ -18,8 +18,13 @@ int main() {
   ms.gamma_init = 0.5;
   auto cell = bnorm::mindspore::BatchNorm2d(64, ms);
   cell.train();
+  cell.forward(std::vector<float>(64, 1.f), {1, 64, 1, 1});  // one value per channel: y = beta
+
+  // Refusals throw bnorm::error: PyTorch refuses to train on one value per channel.
+  auto single = bnorm::torch::BatchNorm1d(4);
   try {
-    cell.forward(std::vector<float>(64), {1, 64, 1, 1});  // one value per channel
+    single.forward(std::vector<float>(4), {1, 4});
+    return 1;  // not reached
   } catch (const bnorm::error& e) {
     std::printf("%s\n", e.what());  // Expected more than 1 value per channel when training, ...
   }

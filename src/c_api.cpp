@@ -133,8 +133,49 @@ bnorm_status_code run(bnorm_plan plan, const Args* args, const char* name, bnorm
   return report(call(plan->plan, full), status);
 }
 
+/// The C API's argument structs as the C++ API takes them.
+bnorm::training_args training_of(const bnorm_training_args& args) noexcept {
+  bnorm::training_args a;
+  a.src = args.src;
+  a.dst = args.dst;
+  a.scale = in(args.scale);
+  a.shift = in(args.shift);
+  a.batch_mean = out(args.batch_mean);
+  a.batch_mean_residual = out(args.batch_mean_residual);
+  a.batch_inv_std = out(args.batch_inv_std);
+  a.running_mean = out(args.running_mean);
+  a.running_var = out(args.running_var);
+  a.num_batches_tracked = args.num_batches_tracked;
+  a.residual = args.residual;
+  a.scratch = args.scratch;
+  a.scratch_size = args.scratch_size;
+  return a;
+}
+
+bnorm::backward_args backward_of(const bnorm_backward_args& args) noexcept {
+  bnorm::backward_args a;
+  a.src = args.src;
+  a.diff_dst = args.diff_dst;
+  a.diff_src = args.diff_src;
+  a.scale = in(args.scale);
+  a.mean = in(args.mean);
+  a.mean_residual = in(args.mean_residual);
+  a.inv_std = in(args.inv_std);
+  a.var = in(args.var);
+  a.diff_scale = out(args.diff_scale);
+  a.diff_shift = out(args.diff_shift);
+  a.dst = args.dst;
+  a.diff_residual = args.diff_residual;
+  a.scratch = args.scratch;
+  a.scratch_size = args.scratch_size;
+  return a;
+}
+
 }  // namespace
 
+// Only the bnorm_ functions of bnorm.h in here: whatever this block defines gets C linkage, an
+// unprefixed global name that an engine's own function of that name would clash with (or, in a
+// shared library, replace: `library_exports_only_its_own_names`).
 extern "C" {
 
 const char* bnorm_version(void) {
@@ -272,28 +313,6 @@ size_t bnorm_plan_backward_scratch_size(bnorm_plan plan) {
   return plan != nullptr ? plan->plan.backward_scratch_size() : 0;
 }
 
-namespace {
-
-bnorm::training_args training_of(const bnorm_training_args& args) noexcept {
-  bnorm::training_args a;
-  a.src = args.src;
-  a.dst = args.dst;
-  a.scale = in(args.scale);
-  a.shift = in(args.shift);
-  a.batch_mean = out(args.batch_mean);
-  a.batch_mean_residual = out(args.batch_mean_residual);
-  a.batch_inv_std = out(args.batch_inv_std);
-  a.running_mean = out(args.running_mean);
-  a.running_var = out(args.running_var);
-  a.num_batches_tracked = args.num_batches_tracked;
-  a.residual = args.residual;
-  a.scratch = args.scratch;
-  a.scratch_size = args.scratch_size;
-  return a;
-}
-
-}  // namespace
-
 bnorm_status_code bnorm_forward_training(bnorm_plan plan, const bnorm_training_args* args,
                                          bnorm_status* status) {
   return run(plan, args, "bnorm_training_args", status,
@@ -319,29 +338,6 @@ bnorm_status_code bnorm_forward_inference(bnorm_plan plan, const bnorm_inference
                return p.forward_inference(a);
              });
 }
-
-namespace {
-
-bnorm::backward_args backward_of(const bnorm_backward_args& args) noexcept {
-  bnorm::backward_args a;
-  a.src = args.src;
-  a.diff_dst = args.diff_dst;
-  a.diff_src = args.diff_src;
-  a.scale = in(args.scale);
-  a.mean = in(args.mean);
-  a.mean_residual = in(args.mean_residual);
-  a.inv_std = in(args.inv_std);
-  a.var = in(args.var);
-  a.diff_scale = out(args.diff_scale);
-  a.diff_shift = out(args.diff_shift);
-  a.dst = args.dst;
-  a.diff_residual = args.diff_residual;
-  a.scratch = args.scratch;
-  a.scratch_size = args.scratch_size;
-  return a;
-}
-
-}  // namespace
 
 bnorm_status_code bnorm_backward_training(bnorm_plan plan, const bnorm_backward_args* args,
                                           bnorm_status* status) {

@@ -31,6 +31,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "bnorm/export.h"
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -40,8 +42,8 @@ extern "C" {
 #define BNORM_C_API_VERSION 4
 
 /** The library's version, "0.1.0", and the C API version it implements. */
-const char* bnorm_version(void);
-int bnorm_c_api_version(void);
+BNORM_API const char* bnorm_version(void);
+BNORM_API int bnorm_c_api_version(void);
 
 /** The values of bnorm::status_code. */
 typedef enum bnorm_status_code {
@@ -184,39 +186,43 @@ typedef struct bnorm_backward_args {
 /** Defaults of the C++ API (PyTorch convention, momentum NaN: the convention's default, so
  * that a convention set alone keeps its framework's, ...), struct_size set; a
  * problem's rank 0 and shape zeros, f32, channels-first, epsilon 1e-5; args all empty. */
-void bnorm_problem_init(bnorm_problem* problem);
-void bnorm_plan_options_init(bnorm_plan_options* options);
-void bnorm_training_args_init(bnorm_training_args* args);
-void bnorm_inference_args_init(bnorm_inference_args* args);
-void bnorm_backward_args_init(bnorm_backward_args* args);
+BNORM_API void bnorm_problem_init(bnorm_problem* problem);
+BNORM_API void bnorm_plan_options_init(bnorm_plan_options* options);
+BNORM_API void bnorm_training_args_init(bnorm_training_args* args);
+BNORM_API void bnorm_inference_args_init(bnorm_inference_args* args);
+BNORM_API void bnorm_backward_args_init(bnorm_backward_args* args);
 
 /** An opaque, immutable plan; safe to execute from many threads at once. */
 typedef struct bnorm_plan_impl* bnorm_plan;
 
 /** Validates the problem and options into *plan (left untouched on failure); options NULL
  * means the defaults. */
-bnorm_status_code bnorm_plan_create(bnorm_plan* plan, const bnorm_problem* problem,
-                                    const bnorm_plan_options* options, bnorm_status* status);
-/** Frees a plan; NULL is a no-op. */
-void bnorm_plan_destroy(bnorm_plan plan);
+BNORM_API bnorm_status_code bnorm_plan_create(bnorm_plan* plan, const bnorm_problem* problem,
+                                              const bnorm_plan_options* options,
+                                              bnorm_status* status);
+/** Frees a plan; NULL is a no-op. Each plan is freed once, after its last call: a freed handle,
+ * like freed memory, is invalid (freeing it again is undefined behaviour, as free's). */
+BNORM_API void bnorm_plan_destroy(bnorm_plan plan);
 
 /** What a plan runs: its ISA, its one-line description (owned by the plan), and the scratch
  * its calls take from the caller (0: none). A NULL plan: BNORM_ISA_ANY, "", 0. */
-bnorm_isa bnorm_plan_isa(bnorm_plan plan);
-const char* bnorm_plan_describe(bnorm_plan plan);
-size_t bnorm_plan_training_scratch_size(bnorm_plan plan);
-size_t bnorm_plan_inference_scratch_size(bnorm_plan plan);
-size_t bnorm_plan_backward_scratch_size(bnorm_plan plan);
+BNORM_API bnorm_isa bnorm_plan_isa(bnorm_plan plan);
+BNORM_API const char* bnorm_plan_describe(bnorm_plan plan);
+BNORM_API size_t bnorm_plan_training_scratch_size(bnorm_plan plan);
+BNORM_API size_t bnorm_plan_inference_scratch_size(bnorm_plan plan);
+BNORM_API size_t bnorm_plan_backward_scratch_size(bnorm_plan plan);
 
 /** The four calls of bnorm::plan. */
-bnorm_status_code bnorm_forward_training(bnorm_plan plan, const bnorm_training_args* args,
-                                         bnorm_status* status);
-bnorm_status_code bnorm_forward_inference(bnorm_plan plan, const bnorm_inference_args* args,
-                                          bnorm_status* status);
-bnorm_status_code bnorm_backward_training(bnorm_plan plan, const bnorm_backward_args* args,
-                                          bnorm_status* status);
-bnorm_status_code bnorm_backward_frozen(bnorm_plan plan, const bnorm_backward_args* args,
-                                        bnorm_status* status);
+BNORM_API bnorm_status_code bnorm_forward_training(bnorm_plan plan, const bnorm_training_args* args,
+                                                   bnorm_status* status);
+BNORM_API bnorm_status_code bnorm_forward_inference(bnorm_plan plan,
+                                                    const bnorm_inference_args* args,
+                                                    bnorm_status* status);
+BNORM_API bnorm_status_code bnorm_backward_training(bnorm_plan plan,
+                                                    const bnorm_backward_args* args,
+                                                    bnorm_status* status);
+BNORM_API bnorm_status_code bnorm_backward_frozen(bnorm_plan plan, const bnorm_backward_args* args,
+                                                  bnorm_status* status);
 
 /* Distributed training without a communicator (bnorm/distributed.hpp), for an engine's own
  * transport. Forward, on every rank r of R: bnorm_local_statistics into exchange + r·S
@@ -227,25 +233,28 @@ bnorm_status_code bnorm_backward_frozen(bnorm_plan plan, const bnorm_backward_ar
  * bnorm_backward_training_merged. Blocks are float64: a rank's count of values per channel,
  * then C values of each per-channel quantity. The sizes are 0 where 1 + 2C does not fit a
  * size_t (no plan has so many channels). */
-size_t bnorm_statistics_exchange_size(size_t channels);
-size_t bnorm_gradient_exchange_size(size_t channels);
-bnorm_status_code bnorm_local_statistics(bnorm_plan plan, const bnorm_training_args* args,
-                                         double* exchange, size_t exchange_size,
-                                         bnorm_status* status);
-bnorm_status_code bnorm_merge_statistics(size_t channels, const double* blocks, size_t ranks,
-                                         double* merged, size_t merged_size, bnorm_status* status);
-bnorm_status_code bnorm_forward_training_merged(bnorm_plan plan, const bnorm_training_args* args,
-                                                const double* merged, size_t merged_size,
-                                                bnorm_status* status);
-bnorm_status_code bnorm_local_gradient_sums(bnorm_plan plan, const bnorm_backward_args* args,
-                                            double* exchange, size_t exchange_size,
-                                            bnorm_status* status);
-bnorm_status_code bnorm_sum_gradient_exchanges(size_t channels, const double* blocks, size_t ranks,
-                                               double* summed, size_t summed_size,
-                                               bnorm_status* status);
-bnorm_status_code bnorm_backward_training_merged(bnorm_plan plan, const bnorm_backward_args* args,
-                                                 const double* local, const double* summed,
-                                                 size_t exchange_size, bnorm_status* status);
+BNORM_API size_t bnorm_statistics_exchange_size(size_t channels);
+BNORM_API size_t bnorm_gradient_exchange_size(size_t channels);
+BNORM_API bnorm_status_code bnorm_local_statistics(bnorm_plan plan, const bnorm_training_args* args,
+                                                   double* exchange, size_t exchange_size,
+                                                   bnorm_status* status);
+BNORM_API bnorm_status_code bnorm_merge_statistics(size_t channels, const double* blocks,
+                                                   size_t ranks, double* merged, size_t merged_size,
+                                                   bnorm_status* status);
+BNORM_API bnorm_status_code bnorm_forward_training_merged(bnorm_plan plan,
+                                                          const bnorm_training_args* args,
+                                                          const double* merged, size_t merged_size,
+                                                          bnorm_status* status);
+BNORM_API bnorm_status_code bnorm_local_gradient_sums(bnorm_plan plan,
+                                                      const bnorm_backward_args* args,
+                                                      double* exchange, size_t exchange_size,
+                                                      bnorm_status* status);
+BNORM_API bnorm_status_code bnorm_sum_gradient_exchanges(size_t channels, const double* blocks,
+                                                         size_t ranks, double* summed,
+                                                         size_t summed_size, bnorm_status* status);
+BNORM_API bnorm_status_code bnorm_backward_training_merged(
+    bnorm_plan plan, const bnorm_backward_args* args, const double* local, const double* summed,
+    size_t exchange_size, bnorm_status* status);
 
 /* Folding an inference batch norm into the layer before it (bnorm/fold.hpp). */
 typedef enum bnorm_weight_layout {
@@ -280,12 +289,13 @@ typedef struct bnorm_fold_args {
 } bnorm_fold_args;
 
 /** Defaults (output_first, rank 0, groups 1, f32, epsilon 1e-5; args empty), struct_size set. */
-void bnorm_fold_problem_init(bnorm_fold_problem* problem);
-void bnorm_fold_args_init(bnorm_fold_args* args);
+BNORM_API void bnorm_fold_problem_init(bnorm_fold_problem* problem);
+BNORM_API void bnorm_fold_args_init(bnorm_fold_args* args);
 /** bnorm::fold_into_layer: the folded weight and bias, or a refusal before anything is
  * written. */
-bnorm_status_code bnorm_fold_into_layer(const bnorm_fold_problem* problem,
-                                        const bnorm_fold_args* args, bnorm_status* status);
+BNORM_API bnorm_status_code bnorm_fold_into_layer(const bnorm_fold_problem* problem,
+                                                  const bnorm_fold_args* args,
+                                                  bnorm_status* status);
 
 #ifdef __cplusplus
 }

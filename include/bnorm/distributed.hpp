@@ -47,11 +47,12 @@ constexpr std::size_t gradient_exchange_size(std::size_t channels) noexcept {
 /// statistics_exchange_size(channels) doubles, merged in rank order (Chan's update); ranks of
 /// no values leave the rest as they are. `merged` (of merged_size doubles) may not overlap the
 /// blocks.
-status merge_statistics(std::size_t channels, const double* blocks, std::size_t ranks,
-                        double* merged, std::size_t merged_size) noexcept;
+BNORM_API status merge_statistics(std::size_t channels, const double* blocks, std::size_t ranks,
+                                  double* merged, std::size_t merged_size) noexcept;
 
 /// The gradient sums of the whole batch: the ranks' blocks added in rank order.
-status sum_gradient_exchanges(std::size_t channels, const double* blocks, std::size_t ranks,
-                              double* summed, std::size_t summed_size) noexcept;
+BNORM_API status sum_gradient_exchanges(std::size_t channels, const double* blocks,
+                                        std::size_t ranks, double* summed,
+                                        std::size_t summed_size) noexcept;
 
 }  // namespace bnorm

@@ -32,7 +32,7 @@ enum class weight_layout {
   transposed,
 };
 
-const char* to_string(weight_layout value) noexcept;
+BNORM_API const char* to_string(weight_layout value) noexcept;
 
 /// The layer's weight and the arithmetic: which axes, which element type.
 struct fold_problem {
@@ -67,6 +67,6 @@ struct fold_args {
 /// dtype's range (a dead channel, tiny var and eps, would otherwise fold into infinities,
 /// silently). The layer's own infinities and NaNs in weight and bias carry through, as the
 /// layer would compute with them.
-status fold_into_layer(const fold_problem& prob, const fold_args& args) noexcept;
+BNORM_API status fold_into_layer(const fold_problem& prob, const fold_args& args) noexcept;
 
 }  // namespace bnorm

@@ -29,7 +29,7 @@
 namespace bnorm {
 
 /// Initial values of a parameter or buffer: "ones", "zeros", a constant, or C given values.
-class initializer {
+class BNORM_API initializer {
  public:
   /// "ones" or "zeros" ("one", "zero"; any case, as MindSpore's); another name fails when
   /// the module fills its parameters.
@@ -79,7 +79,7 @@ struct module_config {
 /// runs them over every rank of a communicator; an engine with its own transport implements
 /// this interface over the steps of bnorm/distributed.hpp. Each call returns a status and
 /// writes nothing when it fails; a collective one fails on every rank alike.
-class training_exchange {
+class BNORM_API training_exchange {
  public:
   virtual ~training_exchange() = default;
   virtual status forward_training(const plan& p, const training_args& args) const = 0;
@@ -96,7 +96,7 @@ class training_exchange {
 /// the half-precision types (as PyTorch keeps a bfloat16 network's batch norm parameters under
 /// autocast, and as its CPU kernel takes them).
 template <class T>
-class batch_norm {
+class BNORM_API batch_norm {
  public:
   using config = module_config;
   using element_type = T;
@@ -248,8 +248,8 @@ struct options {
 };
 
 /// The module_config of torch.nn.BatchNorm*d for inputs of rank min_rank to max_rank.
-module_config make_config(std::int64_t num_features, const options& opts, std::size_t min_rank,
-                          std::size_t max_rank);
+BNORM_API module_config make_config(std::int64_t num_features, const options& opts,
+                                    std::size_t min_rank, std::size_t max_rank);
 
 template <class T = float>
 batch_norm<T> BatchNorm1d(std::int64_t num_features, const options& opts = {}) {
@@ -284,8 +284,8 @@ struct options {
 
 /// The module_config of mindspore.nn.BatchNorm*d for inputs of rank min_rank to max_rank.
 /// Throws bnorm::error for a data_format it does not name, or eps outside (0, 1].
-module_config make_config(std::int64_t num_features, const options& opts, std::size_t min_rank,
-                          std::size_t max_rank);
+BNORM_API module_config make_config(std::int64_t num_features, const options& opts,
+                                    std::size_t min_rank, std::size_t max_rank);
 
 template <class T = float>
 batch_norm<T> BatchNorm1d(std::int64_t num_features, const options& opts = {}) {

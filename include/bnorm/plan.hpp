@@ -50,8 +50,9 @@ enum class layout {
 /// ones, as PyTorch's mixed types do, and compute in float32.
 enum class dtype { f32, f64, bf16, f16 };
 
-const char* to_string(bnorm::layout value) noexcept;  ///< "channels_first", ...; "unknown"
-const char* to_string(dtype value) noexcept;          ///< "f32", "f64", "bf16", "f16"
+BNORM_API const char* to_string(
+    bnorm::layout value) noexcept;                      ///< "channels_first", ...; "unknown"
+BNORM_API const char* to_string(dtype value) noexcept;  ///< "f32", "f64", "bf16", "f16"
 
 /// Instruction sets with a compiled kernel. Order within a family is the dispatch order.
 enum class isa {
@@ -65,15 +66,15 @@ enum class isa {
   avx512bf16,
 };
 
-const char* to_string(isa value) noexcept;
+BNORM_API const char* to_string(isa value) noexcept;
 
 /// Parses "sse2", "avx2", "avx512f", "avx512bf16" or "neon64". Returns nullopt for anything
 /// else.
-std::optional<isa> parse_isa(const char* name) noexcept;
+BNORM_API std::optional<isa> parse_isa(const char* name) noexcept;
 
 /// The ISAs this build has kernels for and this CPU (and OS) can run, lowest first. The
 /// environment variable BNORM_MAX_ISA does not change this list: see select_isa.
-std::vector<isa> available_isas();
+BNORM_API std::vector<isa> available_isas();
 
 /// The ISA that make_plan picks for `max_isa`: the best available one at or below both
 /// `max_isa` (when given) and the environment variable BNORM_MAX_ISA (when set), which caps
@@ -84,7 +85,7 @@ std::vector<isa> available_isas();
 /// fewer channels than a float64 vector holds. plan::isa() tells the forward's ISA,
 /// plan::describe() the backward's where it differs. Fails as make_plan would (a malformed
 /// BNORM_MAX_ISA, no ISA under the cap).
-status select_isa(std::optional<isa> max_isa, isa* out) noexcept;
+BNORM_API status select_isa(std::optional<isa> max_isa, isa* out) noexcept;
 
 /// How the running statistics follow the batch statistics. Always explicit: the same momentum
 /// number means opposite things in PyTorch and MindSpore.
@@ -98,10 +99,10 @@ enum class momentum_convention {
   onnx,
 };
 
-const char* to_string(momentum_convention value) noexcept;  ///< "pytorch", ...; "unknown"
+BNORM_API const char* to_string(momentum_convention value) noexcept;  ///< "pytorch", ...; "unknown"
 /// The momentum a convention's framework defaults to: PyTorch 0.1, MindSpore and ONNX 0.9 (the
 /// same running statistics: r = 0.9·r + 0.1·batch); 0.1 for an unknown value.
-double default_momentum(momentum_convention convention) noexcept;
+BNORM_API double default_momentum(momentum_convention convention) noexcept;
 
 /// How normalization writes dst.
 enum class store_policy {
@@ -117,7 +118,7 @@ enum class store_policy {
   streaming,
 };
 
-const char* to_string(store_policy value) noexcept;  ///< "automatic", ...; "unknown"
+BNORM_API const char* to_string(store_policy value) noexcept;  ///< "automatic", ...; "unknown"
 
 /// What the forward writes: the normalized y, or an activation of it fused into the same pass
 /// over memory (no second pass, no intermediate tensor).
@@ -128,14 +129,14 @@ enum class activation {
   add_relu,  ///< max(y + z, 0), z the call's residual tensor: the ResNet block's tail
 };
 
-const char* to_string(activation value) noexcept;  ///< "none", "relu", ...; "unknown"
+BNORM_API const char* to_string(activation value) noexcept;  ///< "none", "relu", ...; "unknown"
 
 /// Maximum tensor rank (N, C, D, H, W).
 inline constexpr std::size_t max_rank = 5;
 
 /// Dimensions of a tensor in logical order (N, C, spatial...). Any rank can be stored so that a
 /// wrong one is reported, not truncated.
-class tensor_shape {
+class BNORM_API tensor_shape {
  public:
   /// Dimensions stored; a longer shape keeps its rank (and is refused by make_plan).
   static constexpr std::size_t capacity = 8;
@@ -317,7 +318,7 @@ struct plan_impl;
 
 /// A validated problem bound to one ISA and one work partition. Cheap to copy (shared state);
 /// const and safe to execute from many threads at once.
-class plan {
+class BNORM_API plan {
  public:
   plan() noexcept = default;
 
@@ -398,6 +399,6 @@ class plan {
 
 /// Validates `prob` and `options`, picks the ISA and the work partition, and stores the plan in
 /// `*out` (left untouched on failure).
-status make_plan(const problem& prob, const plan_options& options, plan* out) noexcept;
+BNORM_API status make_plan(const problem& prob, const plan_options& options, plan* out) noexcept;
 
 }  // namespace bnorm

@@ -4,6 +4,8 @@
 #include <cstddef>
 #include <exception>
 
+#include "bnorm/export.h"
+
 namespace bnorm {
 
 /// What kind of failure a call reports. `invalid_argument` is a caller error (bad shape, bad
@@ -22,7 +24,7 @@ const char* to_string(status_code code) noexcept;
 /// The result of every engine-level call: a code and, on failure, one sentence that names the
 /// parameter, what was expected and what came. Holds no heap memory, so returning it never
 /// allocates and never throws.
-class status {
+class BNORM_API status {
  public:
   static constexpr std::size_t max_message_length = 255;
 
@@ -72,7 +74,7 @@ class status {
 };
 
 /// The one exception type of the module API: it carries the status of the failed call.
-class error : public std::exception {
+class BNORM_API error : public std::exception {
  public:
   explicit error(const status& s) noexcept : status_(s) {}
   const char* what() const noexcept override { return status_.message(); }
@@ -83,9 +85,12 @@ class error : public std::exception {
   bnorm::status status_;
 };
 
-/// Throws `error` when `s` is a failure; the bridge from the engine API to the module API.
+#if defined(__cpp_exceptions) || defined(__EXCEPTIONS)
+/// Throws `error` when `s` is a failure; the bridge from the engine API to the module API. Not
+/// declared where exceptions are off (-fno-exceptions): the engine API never throws.
 inline void throw_if_failed(const status& s) {
   if (!s.ok()) throw error(s);
 }
+#endif
 
 }  // namespace bnorm

@@ -17,6 +17,17 @@ run(${CMAKE_COMMAND} -S "${SOURCE_DIR}" -B "${WORK_DIR}/build" -DCMAKE_BUILD_TYP
 run(${CMAKE_COMMAND} --build "${WORK_DIR}/build")
 run("${WORK_DIR}/build/consumer")
 run("${WORK_DIR}/build/consumer_c")
+# A project of C alone links the static library too (bnorm::bnorm brings the C++ runtime).
+run(${CMAKE_COMMAND} -S "${SOURCE_DIR}/c_only" -B "${WORK_DIR}/build_c_only"
+    -DCMAKE_BUILD_TYPE=Release "-DCMAKE_PREFIX_PATH=${WORK_DIR}/prefix")
+run(${CMAKE_COMMAND} --build "${WORK_DIR}/build_c_only")
+run("${WORK_DIR}/build_c_only/consumer_c_only")
+# Where the package has bnorm_mpi, `COMPONENTS mpi` finds it.
+file(GLOB_RECURSE mpi_libraries "${WORK_DIR}/prefix/*/libbnorm_mpi.*")
+if(mpi_libraries AND NOT EXISTS "${WORK_DIR}/build/consumer_mpi")
+  message(FATAL_ERROR "the package installs ${mpi_libraries}, but find_package(bnorm "
+                      "OPTIONAL_COMPONENTS mpi) did not find the mpi component")
+endif()
 if(EXISTS "${WORK_DIR}/build/consumer_mpi")  # a singleton MPI process, no mpirun
   set(ENV{OMPI_ALLOW_RUN_AS_ROOT} 1)
   set(ENV{OMPI_ALLOW_RUN_AS_ROOT_CONFIRM} 1)

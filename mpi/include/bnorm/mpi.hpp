@@ -28,24 +28,25 @@ namespace bnorm::mpi {
 /// plan::forward_training over the whole batch of every rank of `comm`: the statistics of all
 /// ranks' values, y of this rank's, the same batch and running statistics on every rank.
 /// args.batch_mean and args.batch_inv_std (the merged ones) are what backward_training needs.
-status forward_training(const plan& p, const training_args& args, MPI_Comm comm) noexcept;
+BNORM_API status forward_training(const plan& p, const training_args& args, MPI_Comm comm) noexcept;
 
 /// plan::backward_training over the whole batch: dx of this rank's values from the sums of
 /// every rank; dγ and dβ of this rank's values, as torch.nn.SyncBatchNorm leaves them for the
 /// data-parallel all-reduce of the parameters' gradients. args.mean and args.inv_std (or var)
 /// are those forward_training saved.
-status backward_training(const plan& p, const backward_args& args, MPI_Comm comm) noexcept;
+BNORM_API status backward_training(const plan& p, const backward_args& args,
+                                   MPI_Comm comm) noexcept;
 
 /// For a rank that refuses a collective call before making it (its own checks failed): joins
 /// the other ranks' forward_training or backward_training with `reason`, so that theirs fail
 /// too, naming this rank and the reason, instead of waiting for it. Returns `reason` (or why
 /// the exchange itself failed). A communicator that is not one (MPI_COMM_NULL, an
 /// intercommunicator, MPI not running) is refused on the calling rank, with no exchange.
-status refuse(const status& reason, MPI_Comm comm) noexcept;
+BNORM_API status refuse(const status& reason, MPI_Comm comm) noexcept;
 
 /// A module's training exchange over `comm` (see batch_norm::set_training_exchange). The
 /// communicator is used, not duplicated or freed: it must outlive the module's calls.
-std::shared_ptr<const training_exchange> make_training_exchange(MPI_Comm comm);
+BNORM_API std::shared_ptr<const training_exchange> make_training_exchange(MPI_Comm comm);
 
 /// torch.nn.SyncBatchNorm(num_features, eps, momentum, affine, track_running_stats,
 /// process_group): inputs of rank 2 to 5, statistics over every rank of `process_group` in
