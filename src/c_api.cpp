@@ -175,7 +175,7 @@ bnorm::backward_args backward_of(const bnorm_backward_args& args) noexcept {
 
 // Only the bnorm_ functions of bnorm.h in here: whatever this block defines gets C linkage, an
 // unprefixed global name that an engine's own function of that name would clash with (or, in a
-// shared library, replace: `library_exports_only_its_own_names`).
+// shared library, replace: `bnorm_exports_only_its_own_names`).
 extern "C" {
 
 const char* bnorm_version(void) {

@@ -3,7 +3,7 @@ cmake_policy(VERSION 3.25)
 # in namespace bnorm. Any other global name (a helper given C linkage inside `extern "C"`, a
 # function outside the namespace) clashes with an engine's function of the same name when
 # linked statically, and in a shared library the engine's function replaces bnorm's.
-# And the library's internals (bnorm::detail, bnorm::kernels, xsimd's and oneTBB's code) are
+# The library's internals (bnorm::detail, bnorm::kernels, xsimd's and oneTBB's code) are
 # hidden (bnorm/export.h): a shared libbnorm.so, or an engine's plugin linked against the
 # static one, exports the API alone.
 # Inputs: -DNM= -DREADELF= -DLIBRARY=
@@ -44,7 +44,7 @@ set(visible_count 0)
 foreach(line IN LISTS visible)
   string(REGEX REPLACE "^.* DEFAULT +[0-9]+ " "" name "${line}")
   math(EXPR visible_count "${visible_count} + 1")
-  if(name MATCHES "N5bnorm6detail|N5bnorm7kernels|N5xsimd|N3tbb")
+  if(name MATCHES "NK?(5bnorm6detail|5bnorm7kernels|5xsimd|3tbb)")
     list(APPEND internal "${name}")
   endif()
 endforeach()
@@ -56,5 +56,21 @@ if(internal)
   message(FATAL_ERROR "internal names of default visibility (exported by a shared build):\n"
                       "${internal}")
 endif()
+# The other way round: a global definition of the API's namespaces (bnorm, bnorm::torch, ...,
+# outside detail and kernels) that is hidden is a declaration of the public headers without
+# BNORM_API, which an engine linking the shared library could not call.
+string(REGEX MATCHALL "[^\n]* GLOBAL +HIDDEN +[0-9]+ [^\n]+" hidden "${table}")
+set(unexported "")
+foreach(line IN LISTS hidden)
+  string(REGEX REPLACE "^.* HIDDEN +[0-9]+ " "" name "${line}")
+  if(name MATCHES "^(_ZN|_ZNK|_ZT[ISV]N)5bnorm" AND NOT name MATCHES "NK?5bnorm(6detail|7kernels)")
+    list(APPEND unexported "${name}")
+  endif()
+endforeach()
+if(unexported)
+  list(REMOVE_DUPLICATES unexported)
+  message(FATAL_ERROR "API names without BNORM_API (hidden from a shared build's users):\n"
+                      "${unexported}")
+endif()
 message("${count} strong global definitions, each bnorm_ or in namespace bnorm; "
-        "${visible_count} visible names, none of them internal")
+        "${visible_count} visible names, none of them internal; no API name hidden")

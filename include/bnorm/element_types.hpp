@@ -16,7 +16,7 @@
 namespace bnorm {
 
 /// The top half of a float32: 8 exponent bits, 7 of fraction (torch.bfloat16).
-struct bfloat16 {
+struct BNORM_API bfloat16 {
   std::uint16_t bits;
 
   /// Rounded to nearest even, as PyTorch rounds: a NaN becomes the quiet NaN 0x7FC0, a value
@@ -27,7 +27,7 @@ struct bfloat16 {
 };
 
 /// IEEE 754 binary16: 5 exponent bits, 10 of fraction (torch.float16).
-struct float16 {
+struct BNORM_API float16 {
   std::uint16_t bits;
 
   /// Rounded to nearest even, as F16C and the compiler's _Float16 round: subnormals kept,

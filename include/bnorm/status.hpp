@@ -19,7 +19,7 @@ enum class status_code {
 };
 
 /// Returns a stable lower-case name for `code`, e.g. "invalid_argument".
-const char* to_string(status_code code) noexcept;
+BNORM_API const char* to_string(status_code code) noexcept;
 
 /// The result of every engine-level call: a code and, on failure, one sentence that names the
 /// parameter, what was expected and what came. Holds no heap memory, so returning it never
