@@ -50,9 +50,10 @@ enum class layout {
 /// ones, as PyTorch's mixed types do, and compute in float32.
 enum class dtype { f32, f64, bf16, f16 };
 
-BNORM_API const char* to_string(
-    bnorm::layout value) noexcept;                      ///< "channels_first", ...; "unknown"
-BNORM_API const char* to_string(dtype value) noexcept;  ///< "f32", "f64", "bf16", "f16"
+/// "channels_first", "channels_last"; "unknown" for another value.
+BNORM_API const char* to_string(bnorm::layout value) noexcept;
+/// "f32", "f64", "bf16", "f16"; "unknown" for another value.
+BNORM_API const char* to_string(dtype value) noexcept;
 
 /// Instruction sets with a compiled kernel. Order within a family is the dispatch order.
 enum class isa {
