@@ -3,7 +3,9 @@ cmake_policy(VERSION 3.25)
 # - its global definitions are the C API's bnorm_ functions and C++ names in namespace bnorm:
 #   any other (a helper given C linkage inside `extern "C"`, a function outside the namespace)
 #   clashes with an engine's function of the same name when linked statically, and in a shared
-#   library the engine's function replaces bnorm's;
+#   library the engine's function replaces bnorm's; weak ones (inline functions, template
+#   instantiations, their statics) may also be the standard library's, oneTBB's or xsimd's,
+#   which merge with the engine's copies of the same code;
 # - its internals (bnorm::detail, bnorm::kernels, xsimd's and oneTBB's code) are hidden
 #   (bnorm/export.h): a shared libbnorm.so, or an engine's plugin linked against the static
 #   one, exports the API alone;
@@ -30,19 +32,26 @@ function(defined_names out binding visibility)
   set(${out} "${names}" PARENT_SCOPE)
 endfunction()
 
-# Strong definitions only: template instantiations and inline functions are weak (or unique)
-# and merge with the engine's own copies by design.
 defined_names(strong "GLOBAL" "DEFAULT|HIDDEN|PROTECTED")
-defined_names(visible "GLOBAL|WEAK" "DEFAULT")
+defined_names(merged "WEAK|UNIQUE" "DEFAULT|HIDDEN|PROTECTED")
+defined_names(visible "GLOBAL|WEAK|UNIQUE" "DEFAULT")
 defined_names(hidden "GLOBAL" "HIDDEN")
 if(NOT strong OR NOT visible)
   message(FATAL_ERROR "no global or no visible definition in ${LIBRARY}: readelf's output changed?")
 endif()
-set(api_namespace "^(_ZN|_ZNK|_ZT[ISV]N|_ZThn?[0-9]+_N)5bnorm")
+# Mangled names in namespace bnorm: functions and data (N), const members (NK), statics of
+# inline functions and their guards (Z, GVZ), typeinfo and vtables (TI, TS, TV), thunks (Th).
+set(api_namespace "^(_Z(Z|GVZ)?NK?|_ZT[ISV]N|_ZThn?[0-9]+_N)5bnorm")
+set(library_namespaces "^(DW\\.ref\\.|_Z(Z|GVZ|T[ISV])?N?K?(St|Sa|3tbb|5xsimd|9__gnu_cxx))")
 set(internal_namespace "NK?(5bnorm6detail|5bnorm7kernels|5xsimd|3tbb)")
 set(foreign "")
 foreach(name IN LISTS strong)
   if(NOT name MATCHES "^bnorm_" AND NOT name MATCHES "${api_namespace}")
+    list(APPEND foreign "${name}")
+  endif()
+endforeach()
+foreach(name IN LISTS merged)
+  if(NOT name MATCHES "${api_namespace}" AND NOT name MATCHES "${library_namespaces}")
     list(APPEND foreign "${name}")
   endif()
 endforeach()
@@ -59,7 +68,8 @@ foreach(name IN LISTS hidden)
   endif()
 endforeach()
 if(foreign)
-  message(FATAL_ERROR "global names outside bnorm_ and namespace bnorm:\n${foreign}")
+  message(FATAL_ERROR "global names outside bnorm_ and namespace bnorm (weak ones outside the "
+                      "standard library's, oneTBB's and xsimd's too):\n${foreign}")
 endif()
 if(internal)
   message(FATAL_ERROR "internal names of default visibility (exported by a shared build):\n"
@@ -71,5 +81,5 @@ if(unexported)
 endif()
 list(LENGTH strong strong_count)
 list(LENGTH visible visible_count)
-message("${strong_count} global definitions, each bnorm_ or in namespace bnorm; "
+message("${strong_count} strong global definitions, each bnorm_ or in namespace bnorm; "
         "${visible_count} visible names, none of them internal; no API name hidden")

@@ -201,7 +201,7 @@ BNORM_API bnorm_status_code bnorm_plan_create(bnorm_plan* plan, const bnorm_prob
                                               const bnorm_plan_options* options,
                                               bnorm_status* status);
 /** Frees a plan; NULL is a no-op. Each plan is freed once, after its last call: a freed handle,
- * like freed memory, is invalid (freeing it again is undefined behaviour, as free's). */
+ * like freed memory, is invalid (freeing it again is undefined behaviour, as with free). */
 BNORM_API void bnorm_plan_destroy(bnorm_plan plan);
 
 /** What a plan runs: its ISA, its one-line description (owned by the plan), and the scratch

@@ -1,8 +1,9 @@
 /* BNORM_API marks what the library exports. bnorm compiles with hidden visibility (CMake's
  * CXX_VISIBILITY_PRESET), so a shared libbnorm.so exports these declarations alone, not its
  * kernels, schedules or the template instantiations of oneTBB and xsimd it uses; the static
- * library likewise gives an engine's plugin, linked against it, nothing else to re-export. In an
- * engine's own code the mark changes nothing. C and C++. */
+ * library likewise gives an engine's plugin, linked against it, nothing else to re-export. The
+ * engine's own declarations are not marked; the inline members of bnorm's marked classes it
+ * compiles are hidden where it builds with -fvisibility-inlines-hidden too. C and C++. */
 #ifndef BNORM_EXPORT_H
 #define BNORM_EXPORT_H
 

@@ -85,7 +85,7 @@ class BNORM_API error : public std::exception {
   bnorm::status status_;
 };
 
-#if defined(__cpp_exceptions) || defined(__EXCEPTIONS)
+#if defined(__cpp_exceptions)
 /// Throws `error` when `s` is a failure; the bridge from the engine API to the module API. Not
 /// declared where exceptions are off (-fno-exceptions): the engine API never throws.
 inline void throw_if_failed(const status& s) {

@@ -44,7 +44,11 @@ set(ENV{PKG_CONFIG_PATH} "${pc_dir}")
 # A shared libbnorm.so in a prefix the loader does not search: the programs below find it as an
 # engine's would, through LD_LIBRARY_PATH (CMake's builds above carry an rpath).
 get_filename_component(library_dir "${pc_dir}" DIRECTORY)
-set(ENV{LD_LIBRARY_PATH} "${library_dir}:$ENV{LD_LIBRARY_PATH}")
+if(DEFINED ENV{LD_LIBRARY_PATH} AND NOT "$ENV{LD_LIBRARY_PATH}" STREQUAL "")
+  set(ENV{LD_LIBRARY_PATH} "${library_dir}:$ENV{LD_LIBRARY_PATH}")
+else()  # no empty entry: it would search the working directory
+  set(ENV{LD_LIBRARY_PATH} "${library_dir}")
+endif()
 execute_process(COMMAND ${PKG_CONFIG} --cflags --libs bnorm RESULT_VARIABLE result
                 OUTPUT_VARIABLE flags ERROR_VARIABLE err OUTPUT_STRIP_TRAILING_WHITESPACE)
 if(NOT result EQUAL 0)
