@@ -39,11 +39,15 @@ defined_names(hidden "GLOBAL" "HIDDEN")
 if(NOT strong OR NOT visible)
   message(FATAL_ERROR "no global or no visible definition in ${LIBRARY}: readelf's output changed?")
 endif()
-# Mangled names in namespace bnorm: functions and data (N), const members (NK), statics of
-# inline functions and their guards (Z, GVZ), typeinfo and vtables (TI, TS, TV), thunks (Th).
-set(api_namespace "^(_Z(Z|GVZ)?NK?|_ZT[ISV]N|_ZThn?[0-9]+_N)5bnorm")
-set(library_namespaces "^(DW\\.ref\\.|_Z(Z|GVZ|T[ISV])?N?K?(St|Sa|3tbb|5xsimd|9__gnu_cxx))")
-set(internal_namespace "NK?(5bnorm6detail|5bnorm7kernels|5xsimd|3tbb)")
+# Mangled names in namespace bnorm: functions and data (N), qualified members (NK, NKR, ...), what is local
+# to a function (its statics, their guards and its lambdas, nested: Z, ZZ, GVZ), typeinfo and
+# vtables (TI, TS, TV), thunks (Th). An unoptimized or sanitized build keeps lambdas weak.
+set(api_namespace "^(_Z(Z*|GVZ+)N[KVRO]*|_ZT[ISV]N|_ZThn?[0-9]+_N)5bnorm")
+# Beside them, what compilers make of their own: typeinfo of function, pointer, array and
+# qualified types (clang's -fsanitize=function), clang's terminate helper.
+set(library_namespaces "^(DW\\.ref\\.|_Z(Z*|GVZ+|T[ISV])N?[KVRO]*(St|Sa|3tbb|5xsimd|9__gnu_cxx)|\
+_ZT[IS][FPAKRV]|__clang_call_terminate$)")
+set(internal_namespace "N[KVRO]*(5bnorm6detail|5bnorm7kernels|5xsimd|3tbb)")
 set(foreign "")
 foreach(name IN LISTS strong)
   if(NOT name MATCHES "^bnorm_" AND NOT name MATCHES "${api_namespace}")
