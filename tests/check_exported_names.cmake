@@ -8,7 +8,7 @@ cmake_policy(VERSION 3.25)
 #   which merge with the engine's copies of the same code;
 # - its internals (bnorm::detail, bnorm::kernels, xsimd's and oneTBB's code) are hidden
 #   (bnorm/export.h): a shared libbnorm.so, or an engine's plugin linked against the static
-#   one, exports the API alone;
+#   one, exports the API and the standard library's weak instantiations, nothing else;
 # - and no name of the API is hidden (a declaration of the public headers without BNORM_API,
 #   which an engine linking the shared library could not call; seen in the static library,
 #   whose objects keep hidden names global, where a shared one makes them local).
@@ -39,9 +39,9 @@ defined_names(hidden "GLOBAL" "HIDDEN")
 if(NOT strong OR NOT visible)
   message(FATAL_ERROR "no global or no visible definition in ${LIBRARY}: readelf's output changed?")
 endif()
-# Mangled names in namespace bnorm: functions and data (N), qualified members (NK, NKR, ...), what is local
-# to a function (its statics, their guards and its lambdas, nested: Z, ZZ, GVZ), typeinfo and
-# vtables (TI, TS, TV), thunks (Th). An unoptimized or sanitized build keeps lambdas weak.
+# Mangled names in namespace bnorm: functions and data (N), qualified members (NK, NKR, ...),
+# what is local to a function (its statics, their guards and its lambdas, nested: Z, ZZ, GVZ),
+# typeinfo and vtables (TI, TS, TV), thunks (Th). A sanitized build keeps lambdas weak.
 set(api_namespace "^(_Z(Z*|GVZ+)N[KVRO]*|_ZT[ISV]N|_ZThn?[0-9]+_N)5bnorm")
 # Beside them, what compilers make of their own: typeinfo of function, pointer, array and
 # qualified types (clang's -fsanitize=function), clang's terminate helper.
